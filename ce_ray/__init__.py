@@ -1,0 +1,8 @@
+"""ce-ray: score, rerank and fine-tune cross-encoder rerankers at cluster scale on Ray."""
+
+from .config import RerankConfig, ScoreConfig, load_config
+from .score import run_score, score
+
+__version__ = "0.1.0"
+
+__all__ = ["score", "run_score", "ScoreConfig", "RerankConfig", "load_config", "__version__"]

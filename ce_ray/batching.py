@@ -1,0 +1,182 @@
+"""Pair tokenization into Arrow list columns, and token-budget micro-batches built from them.
+
+Shared by scoring and training. Token ids travel between stages as Arrow `list<int32>` columns; padded
+arrays are built from the Arrow offsets with numpy, with no Python loop per row.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+IDS = "_ce_input_ids"
+TYPES = "_ce_token_type_ids"
+REJECT = "reject_reason"
+
+
+@functools.lru_cache(maxsize=4)
+def cached_tokenizer(path: str, trust_remote_code: bool = False):
+    """One tokenizer per worker process, reused by every task that runs there."""
+    from .model import load_tokenizer
+
+    return load_tokenizer(path, trust_remote_code)
+
+
+def text_column(table: pa.Table, name: str) -> Tuple[pa.Array, np.ndarray]:
+    """The column as a string array, and the reason each row cannot be scored ('' when it can).
+
+    A column that is not text (numbers or objects from JSONL, a mixed pandas block) is checked value by
+    value: strings stay, anything else is rejected and kept in the rejects as its JSON text.
+    """
+    column = table.column(name).combine_chunks() if table.num_columns else pa.array([], pa.string())
+    reasons = np.full(len(column), "", dtype=object)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        nulls = column.is_null().to_numpy(zero_copy_only=False)
+        reasons[nulls] = f"{name} is null"
+        return column.cast(pa.string()), reasons
+    import json
+
+    values = column.to_pylist()
+    text = []
+    for i, v in enumerate(values):
+        if isinstance(v, str):
+            text.append(v)
+        elif v is None or (isinstance(v, float) and v != v):
+            text.append(None)
+            reasons[i] = f"{name} is null"
+        else:
+            text.append(json.dumps(v, default=str))
+            reasons[i] = f"{name} is {type(v).__name__}, not text"
+    return pa.array(text, pa.string()), reasons
+
+
+def encode_pairs_hf(tokenizer, queries: List[str], documents: List[str], max_length: int):
+    """The Hugging Face pair encoding with CrossEncoder's truncation (longest_first), as Arrow lists."""
+    if not queries:
+        return pa.array([], pa.list_(pa.int32())), pa.array([], pa.list_(pa.int8()))
+    enc = tokenizer(
+        queries,
+        documents,
+        truncation="longest_first",
+        max_length=max_length,
+        padding=False,
+        return_attention_mask=False,
+    )
+    ids = enc["input_ids"]
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
+    offsets = np.zeros(len(ids) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat_ids = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(offsets[-1]))
+    ids_array = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat_ids))
+    if "token_type_ids" not in enc:
+        return ids_array, None
+    flat_types = np.fromiter(
+        (t for row in enc["token_type_ids"] for t in row), dtype=np.int8, count=int(offsets[-1])
+    )
+    return ids_array, pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat_types))
+
+
+def use_fast_tokenizer(tokenizer, choice: str) -> bool:
+    """nanotoken for BERT WordPiece tokenizers (auto), Hugging Face otherwise or when asked."""
+    if choice == "hf":
+        return False
+    try:
+        from . import fast_tokenize
+    except ImportError:  # TEMP until fast_tokenize lands
+        return False
+
+    supported = fast_tokenize.supports(tokenizer)
+    if choice == "fast" and not supported:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} is not BERT WordPiece: use tokenizer='hf'")
+    return supported
+
+
+def encode_pairs(tokenizer, queries, documents, max_length: int, choice: str = "auto"):
+    if use_fast_tokenizer(tokenizer, choice):
+        from . import fast_tokenize
+
+        return fast_tokenize.encode_pairs(tokenizer, queries, documents, max_length)
+    return encode_pairs_hf(tokenizer, queries, documents, max_length)
+
+
+def tokenize_table(
+    table: pa.Table,
+    tokenizer,
+    query_column: str,
+    document_column: str,
+    max_length: int,
+    choice: str = "auto",
+) -> pa.Table:
+    """Adds token ids (and token types) for rows that can be scored, and a reject reason for the rest."""
+    queries, q_reasons = text_column(table, query_column)
+    documents, d_reasons = text_column(table, document_column)
+    reasons = np.where(q_reasons != "", q_reasons, d_reasons)
+    valid = reasons == ""
+    valid_idx = np.flatnonzero(valid)
+    ids, types = encode_pairs(
+        tokenizer,
+        queries.take(valid_idx).to_pylist(),
+        documents.take(valid_idx).to_pylist(),
+        max_length,
+        choice,
+    )
+    if len(valid_idx) < table.num_rows:
+        # Put the encoded rows back in place; rejected rows get null ids.
+        position = np.full(table.num_rows, -1, dtype=np.int64)
+        position[valid_idx] = np.arange(len(valid_idx))
+        take = pa.array(position, mask=~valid)
+        ids = ids.take(take)
+        types = types.take(take) if types is not None else None
+    table = table.set_column(table.schema.get_field_index(query_column), query_column, queries)
+    table = table.set_column(table.schema.get_field_index(document_column), document_column, documents)
+    table = table.append_column(IDS, ids)
+    if types is not None:
+        table = table.append_column(TYPES, types)
+    reject = pa.array(np.where(valid, None, reasons), pa.string())
+    return table.append_column(REJECT, reject)
+
+
+def list_parts(column: pa.ChunkedArray | pa.Array) -> Tuple[np.ndarray, np.ndarray]:
+    """Flat values and row offsets of a list column (nulls have length 0)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if array.null_count:
+        array = pc.if_else(array.is_null(), pa.scalar([], array.type), array)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    offsets = array.offsets.to_numpy()
+    values = array.values.to_numpy(zero_copy_only=False)
+    return values[offsets[0] : offsets[-1]], offsets - offsets[0]
+
+
+def token_budget_batches(lengths: np.ndarray, budget: int, max_rows: Optional[int] = None) -> Iterator[np.ndarray]:
+    """Row indices sorted by length (longest first), cut so that rows x padded length <= budget.
+
+    Longest first makes the padded length of a batch its first row's, so padding is small, and the first
+    batch is the largest allocation the replica will ever make.
+    """
+    order = np.argsort(-lengths, kind="stable")
+    start = 0
+    while start < len(order):
+        padded = max(int(lengths[order[start]]), 1)
+        rows = max(budget // padded, 1)
+        if max_rows:
+            rows = min(rows, max_rows)
+        yield order[start : start + rows]
+        start += rows
+
+
+def pad(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray, pad_id: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """Right-padded [len(rows), longest] array of the selected rows, and its attention mask."""
+    starts = offsets[rows]
+    lengths = offsets[rows + 1] - starts
+    width = max(int(lengths.max()) if len(rows) else 0, 1)
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    out = np.full((len(rows), width), pad_id, dtype=values.dtype)
+    # Source index of every real token: each row's start plus its position within the row.
+    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out[mask] = values[np.repeat(starts, lengths) + within]
+    return out, mask

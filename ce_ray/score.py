@@ -1,0 +1,207 @@
+"""The scoring pipeline on Ray Data: tokenize on CPU tasks, score in an actor pool of model replicas.
+
+`score(ds, config)` takes and returns a `ray.data.Dataset`, so it drops into a user's own pipeline.
+`run_score(config)` is the whole job: read, check, score, write, summarise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+
+from .batching import IDS, REJECT, TYPES, cached_tokenizer, list_parts, pad, token_budget_batches, tokenize_table
+from .config import ScoreConfig, require
+from .model import load_reranker, local_model_path
+
+SCORE = "score"
+
+
+def _tokenize_block(table: pa.Table, model: str, query_column: str, document_column: str, max_length: int,
+                    tokenizer_choice: str, on_invalid: str, trust_remote_code: bool) -> pa.Table:
+    tokenizer = cached_tokenizer(model, trust_remote_code)
+    out = tokenize_table(table, tokenizer, query_column, document_column, max_length, tokenizer_choice)
+    if on_invalid == "fail" and out.column(REJECT).null_count < out.num_rows:
+        reasons = out.column(REJECT).drop_null()
+        raise ValueError(f"{len(reasons)} row(s) cannot be scored, e.g. {reasons[0]} (on_invalid=fail)")
+    return out
+
+
+class Scorer:
+    """One model replica. Each call scores a block: length-sorted token-budget micro-batches, input order
+    restored at the end. On GPU the next batch is padded and copied while the current one runs."""
+
+    def __init__(self, config: ScoreConfig, device: str):
+        import torch
+
+        if device == "cpu":
+            # Ray pins OMP threads to the actor's CPU share; the model is the bottleneck here, so use the cores.
+            torch.set_num_threads(max(len(os.sched_getaffinity(0)), 1))
+        self.torch = torch
+        self.reranker = load_reranker(
+            config.model, device=device, dtype=config.dtype, max_length=config.max_length,
+            allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code,
+        )
+        on_gpu = self.reranker.device.type == "cuda"
+        self.budget = config.batch_tokens or (65536 if on_gpu else 8192)
+        self.pad_id = self.reranker.tokenizer.pad_token_id or 0
+        self.pin = on_gpu
+
+    def _to_device(self, array: np.ndarray):
+        tensor = self.torch.from_numpy(array)
+        if self.pin:
+            tensor = tensor.pin_memory()
+        return tensor.to(self.reranker.device, non_blocking=True)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        torch = self.torch
+        ids, offsets = list_parts(table.column(IDS))
+        has_types = TYPES in table.column_names
+        types = list_parts(table.column(TYPES))[0] if has_types else None
+        lengths = np.diff(offsets)
+        valid = table.column(REJECT).is_null().to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(valid)
+        scores = np.full(table.num_rows, np.nan, dtype=np.float32)
+        pending = []
+        with torch.inference_mode():
+            for batch in token_budget_batches(lengths[rows], self.budget):
+                index = rows[batch]
+                input_ids, mask = pad(ids, offsets, index, self.pad_id)
+                inputs = {
+                    "input_ids": self._to_device(input_ids.astype(np.int64)),
+                    "attention_mask": self._to_device(mask.astype(np.int64)),
+                }
+                if has_types:
+                    inputs["token_type_ids"] = self._to_device(pad(types, offsets, index)[0].astype(np.int64))
+                logits = self.reranker.model(**inputs).logits
+                # Keep results on the device: reading them back would wait for the GPU every batch.
+                pending.append((index, self.reranker.scores(logits)))
+        for index, result in pending:
+            scores[index] = result.cpu().numpy()
+        table = table.drop_columns([c for c in (IDS, TYPES) if c in table.column_names])
+        return table.append_column(SCORE, pa.array(scores, pa.float32(), mask=~valid))
+
+
+def _resolved(config: ScoreConfig) -> ScoreConfig:
+    """Local model paths made absolute, so that workers with another working directory find them."""
+    model = config.model
+    if "://" not in model and os.path.isdir(model):
+        model = os.path.abspath(model)
+    return dataclasses.replace(config, model=model)
+
+
+def _cluster_gpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def score(ds, config: Optional[ScoreConfig] = None, **settings):
+    """Adds a float32 `score` to every row of a Dataset of (query, document) pairs.
+
+    Rows that cannot be scored (null or non-text query or document) keep a null score and say why in
+    `reject_reason` (null for scored rows); with `on_invalid="fail"` they fail the job instead.
+    Example: `ce_ray.score(ray.data.read_parquet(...), model="cross-encoder/ms-marco-MiniLM-L6-v2")`.
+    """
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    config = dataclasses.replace(config or ScoreConfig(), **settings)
+    require(config, "model")
+    config = _resolved(config)
+    tokenizer = cached_tokenizer(local_model_path(config.model), config.trust_remote_code)
+    if config.max_length is None:
+        from transformers import AutoConfig
+
+        from .model import max_length_of
+
+        path = local_model_path(config.model)
+        model_config = AutoConfig.from_pretrained(path, trust_remote_code=config.trust_remote_code)
+        config = dataclasses.replace(config, max_length=max_length_of(path, tokenizer, model_config))
+
+    use_gpu = config.use_gpu if config.use_gpu is not None else _cluster_gpus() > 0
+    max_replicas = config.replicas or (max(_cluster_gpus(), 1) if use_gpu else 1)
+    tokenized = ds.map_batches(
+        _tokenize_block,
+        fn_kwargs=dict(
+            model=config.model, query_column=config.query_column, document_column=config.document_column,
+            max_length=config.max_length, tokenizer_choice=config.tokenizer, on_invalid=config.on_invalid,
+            trust_remote_code=config.trust_remote_code,
+        ),
+        batch_format="pyarrow",
+        batch_size=config.rows_per_block,
+        num_cpus=config.tokenize_cpus,
+    )
+    return tokenized.map_batches(
+        Scorer,
+        fn_constructor_kwargs=dict(config=config, device="cuda" if use_gpu else "cpu"),
+        batch_format="pyarrow",
+        batch_size=config.rows_per_block,
+        compute=ActorPoolStrategy(min_size=min(config.min_replicas, max_replicas), max_size=max_replicas),
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=1,
+        # A replica that dies (node lost, OOM) is restarted and its blocks are redone by Ray.
+        max_restarts=-1,
+        max_task_retries=-1,
+    )
+
+
+@dataclasses.dataclass
+class Summary:
+    rows_in: int
+    rows_scored: int
+    rows_rejected: int
+    seconds: float
+    output: str
+    files_in: int
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.rows_scored / self.seconds if self.seconds else 0.0
+
+    def lines(self, title: str = "ce-ray score") -> list:
+        return [
+            f"{title}: done",
+            f"  files in      {self.files_in}",
+            f"  rows in       {self.rows_in:,}",
+            f"  rows scored   {self.rows_scored:,}",
+            f"  rows rejected {self.rows_rejected:,}" + ("  (see rejects/)" if self.rows_rejected else ""),
+            f"  seconds       {self.seconds:.1f}",
+            f"  pairs/s       {self.pairs_per_second:,.1f}",
+            f"  output        {self.output}",
+        ]
+
+
+def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") -> Summary:
+    """The `ce-ray score` job: check the input, score it, write results and rejects, print a summary.
+
+    `transform` (Dataset -> Dataset) runs between scoring and writing; rerank uses it to add ranks.
+    """
+    from .io import read_dataset
+    from .sink import PairsSink, prepare_output
+
+    require(config, "model", "input", "output")
+    start = time.perf_counter()
+    ds, files, _ = read_dataset(config.input, config.input_format, [config.query_column, config.document_column])
+    prepare_output(config.output, config.mode)
+    scored = score(ds, config)
+    if transform is not None:
+        scored = transform(scored)
+    sink = PairsSink(config.output)
+    scored.write_datasink(sink)
+    counts = sink.counts
+    summary = Summary(
+        rows_in=counts["rows_scored"] + counts["rows_rejected"],
+        rows_scored=counts["rows_scored"],
+        rows_rejected=counts["rows_rejected"],
+        seconds=time.perf_counter() - start,
+        output=config.output,
+        files_in=len(files),
+    )
+    sink.write_success(dataclasses.asdict(summary) | {"pairs_per_second": summary.pairs_per_second})
+    print("\n".join(summary.lines(title)), flush=True)
+    return summary
