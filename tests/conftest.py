@@ -1,0 +1,61 @@
+"""Shared fixtures: paths to ../shared, one local Ray for the session, tiny random rerankers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = (ROOT / ".." / "shared").resolve()
+L12 = SHARED / "models" / "ms-marco-MiniLM-L12-v2"
+WIKIQA = SHARED / "data" / "wikiqa"
+SCIFACT = SHARED / "data" / "scifact"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def build_tiny_model(path: Path, layers: int = 2, hidden: int = 32, seed: int = 0) -> Path:
+    """A random BERT reranker with the real tokenizer: the shapes of the shared config, made tiny."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig.from_pretrained(L12)
+    config.num_hidden_layers = layers
+    config.hidden_size = hidden
+    config.num_attention_heads = 2
+    config.intermediate_size = hidden * 2
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config)
+    model.save_pretrained(path, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy(L12 / name, path / name)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-reranker"))
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One in-process local Ray for the tests that use the Python API or in-process jobs."""
+    import ray
+
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def wikiqa_pairs(split: str = "test", n: int | None = None):
+    """WikiQA (question, sentence) pairs as a pandas frame with query/document columns."""
+    import pandas as pd
+
+    df = pd.read_csv(WIKIQA / f"WikiQA-{split}.tsv.gz", sep="\t", quoting=3, keep_default_na=False)
+    df = df.rename(columns={"Question": "query", "Sentence": "document", "QuestionID": "query_id",
+                            "SentenceID": "doc_id", "Label": "label"})
+    return df if n is None else df.head(n)
