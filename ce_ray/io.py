@@ -8,6 +8,7 @@ filesystem. `s3://` goes through s3fs, which takes the endpoint and credentials 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import os
 import posixpath
@@ -72,6 +73,7 @@ def list_files(uri: str, input_format: str = "auto") -> Tuple[List[str], str, pa
     Returns the paths as the filesystem names them (no scheme), the format and the filesystem.
     Hidden and underscore files (`_SUCCESS`, `.crc`) are skipped, as Spark and Arrow do.
     """
+    check_s3_access(uri)
     fs, path = filesystem(uri)
     has_glob = any(c in path for c in "*?[")
     base = path
@@ -179,27 +181,262 @@ def check_inputs(
     return checks
 
 
-def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[str]] = None):
-    """A Ray Dataset over the input files, after `check_inputs` passed."""
+def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[str]] = None,
+                 keep=None, rows_per_block: int = 4096):
+    """A Ray Dataset over the input files, after `check_inputs` passed.
+
+    Files are streamed in chunks, one file per read at a time, and every row is tagged with its input
+    file's key and position (`TAGS`). `keep(path)`, when given, selects the files to read (resume).
+    """
     import ray.data
 
     files, input_format, fs = list_files(uri, input_format)
     checks = check_inputs(fs, files, input_format, list(required or []))
     files = [c.path for c in checks if c.rows != 0]
+    todo = [f for f in files if keep is None or keep(f)]
+    if not todo:
+        return None, files, input_format
+    text_columns = list(required or [])
     if input_format == "parquet":
-        ds = ray.data.read_parquet(files, filesystem=fs)
+        source = tagged_files(todo, fs, functools.partial(parquet_chunks, rows=rows_per_block), random_access=True)
     elif input_format == "csv":
-        import pyarrow.csv as pacsv
-
-        # Text columns stay text (a query "42" is a string, not an integer); empty cells are nulls.
-        types = {c: pa.string() for c in (required or [])}
-        ds = ray.data.read_csv(
-            files,
-            filesystem=fs,
-            convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True),
-        )
+        source = tagged_files(todo, fs, functools.partial(csv_chunks, text_columns=text_columns))
     else:
-        # lines=True reads with pandas, which keeps a record whose text is a number or null instead of
-        # failing the whole file the way Arrow's JSON reader does; such rows become rejects.
-        ds = ray.data.read_json(files, filesystem=fs, lines=True)
-    return ds, files, input_format
+        lines = JsonLinesDatasource(todo, text_columns=text_columns, filesystem=fs)
+        source = tagged_files(todo, fs, lines._read_stream)
+    return ray.data.read_datasource(source), files, input_format
+
+
+def _parse_lines_slowly(lines: List[bytes], first_line: int, path: str, text_columns: List[str]) -> pa.Table:
+    """Line by line, for a chunk Arrow's JSON reader refused (mixed types, a bad line): nothing is lost.
+
+    A line that is not valid JSON (or not UTF-8) becomes a row with null text and a reason; a text column
+    holding a number, list or object keeps the value as JSON text and the row is rejected with the reason.
+    """
+    from .batching import REJECT
+
+    rows, reasons = [], []
+    for number, line in enumerate(lines, start=first_line):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            rows.append({})
+            reasons.append(f"{path} line {number}: not valid JSON ({str(e)[:80]})")
+            continue
+        reason = None
+        for column in text_columns:
+            value = record.get(column)
+            if value is not None and not isinstance(value, str):
+                reason = reason or f"{column} is {type(value).__name__}, not text"
+                record[column] = json.dumps(value)
+        rows.append(record)
+        reasons.append(reason)
+    columns = {}
+    for name in dict.fromkeys(k for row in rows for k in row):
+        values = [row.get(name) for row in rows]
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types in a passthrough column: keep as JSON text
+            columns[name] = pa.array([None if v is None else json.dumps(v) for v in values], pa.string())
+    for column in text_columns:
+        if column not in columns or pa.types.is_null(columns[column].type):
+            columns[column] = pa.nulls(len(rows), pa.string())
+    columns[REJECT] = pa.array(reasons, pa.string())
+    return pa.table(columns)
+
+
+class JsonLinesDatasource:
+    """Streams JSON Lines files in chunks of whole lines: Arrow's reader for speed, line by line when a
+    chunk has mixed types or bad lines, so that one odd record never fails the whole file."""
+
+    CHUNK_BYTES = 32 << 20
+
+    def __new__(cls, paths, text_columns, filesystem):
+        from ray.data.datasource import FileBasedDatasource
+
+        class _JsonLines(FileBasedDatasource):
+            _FILE_EXTENSIONS = None
+
+            def _read_stream(self, f, path):
+                import pyarrow.json as pajson
+
+                pending, line_number = b"", 1
+                while True:
+                    data = f.read(cls.CHUNK_BYTES)
+                    chunk = pending + data
+                    if data:
+                        cut = chunk.rfind(b"\n") + 1
+                        chunk, pending = chunk[:cut], chunk[cut:]
+                    else:
+                        pending = b""
+                    lines = [line for line in chunk.split(b"\n") if line.strip()]
+                    if lines:
+                        try:
+                            table = pajson.read_json(pa.BufferReader(b"\n".join(lines)))
+                            if table.num_rows != len(lines):
+                                raise pa.ArrowInvalid("row count differs from line count")
+                        except pa.ArrowInvalid:
+                            table = _parse_lines_slowly(lines, line_number, path, text_columns)
+                        yield table
+                    line_number += chunk.count(b"\n")
+                    if not data:
+                        return
+
+        return _JsonLines(paths, filesystem=filesystem)
+
+
+# Every row read by `read_dataset` carries where it came from, so that outputs can be named after their
+# input file and a re-run can tell which inputs are complete. The sink drops these columns.
+ROW_INPUT = "_ce_input"  # the input file's key, `<stem>-<hash8>`, which names its output parts
+ROW_INDEX = "_ce_row"  # the row's position in its input file
+FILE_ROWS = "_ce_file_rows"  # the input file's row count, on the rows of its last chunk only (else null)
+TAGS = (ROW_INPUT, ROW_INDEX, FILE_ROWS)
+
+
+def input_key(path: str) -> str:
+    """`<stem>-<hash8>`: readable, and unique per input path, so it names the outputs of one input file."""
+    import hashlib
+    import re
+
+    name = posixpath.basename(path.rstrip("/"))
+    for suffix in (".gz", ".bz2", ".zst"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.splitext(name)[0])[:64] or "input"
+    return f"{stem}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+
+
+def reject_invalid_utf8(table: pa.Table, what: str) -> pa.Table:
+    """Rows whose text holds invalid UTF-8 are rejected (text shown with U+FFFD), never fail the file."""
+    from .batching import REJECT
+
+    reasons = None
+    for i, field in enumerate(table.schema):
+        if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)) or field.name == REJECT:
+            continue
+        column = table.column(i).combine_chunks()
+        try:
+            column.validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        raw = column.view(pa.large_binary() if pa.types.is_large_string(field.type) else pa.binary()).to_pylist()
+        fixed, bad = [], []
+        for value in raw:
+            if value is None:
+                fixed.append(None)
+                bad.append(False)
+                continue
+            try:
+                fixed.append(value.decode("utf-8"))
+                bad.append(False)
+            except UnicodeDecodeError:
+                fixed.append(value.decode("utf-8", errors="replace"))
+                bad.append(True)
+        table = table.set_column(i, field.name, pa.array(fixed, field.type))
+        if reasons is None:
+            reasons = [None] * table.num_rows
+        for row in (r for r, b in enumerate(bad) if b):
+            reasons[row] = reasons[row] or f"{field.name} is not valid UTF-8 in {what} (shown with U+FFFD)"
+    if reasons is None:
+        return table
+    if REJECT in table.column_names:  # keep a reason the reader already gave
+        earlier = table.column(REJECT).to_pylist()
+        reasons = [e or r for e, r in zip(earlier, reasons)]
+        table = table.drop_columns([REJECT])
+    return table.append_column(REJECT, pa.array(reasons, pa.string()))
+
+
+def _tag(table: pa.Table, key: str, start: int, file_rows: Optional[int]) -> pa.Table:
+    import numpy as np
+
+    n = table.num_rows
+    table = table.append_column(ROW_INPUT, pa.array([key] * n, pa.string()))
+    table = table.append_column(ROW_INDEX, pa.array(np.arange(start, start + n, dtype=np.int64)))
+    rows = pa.nulls(n, pa.int64()) if file_rows is None else pa.array(np.full(n, file_rows, dtype=np.int64))
+    return table.append_column(FILE_ROWS, rows)
+
+
+def tag_rows(chunks, path: str):
+    """Adds the row tags to a file's chunks; holds one chunk back to know which is the last."""
+    key, start, held = input_key(path), 0, None
+    for chunk in chunks:
+        table = chunk if isinstance(chunk, pa.Table) else pa.Table.from_pandas(chunk, preserve_index=False)
+        if not table.num_rows:
+            continue
+        if held is not None:
+            yield _tag(held, key, start, None)
+            start += held.num_rows
+        held = table
+    if held is not None:
+        yield _tag(held, key, start, start + held.num_rows)
+
+
+def parquet_chunks(f, path: str, rows: int = 4096):
+    for batch in pq.ParquetFile(f).iter_batches(batch_size=rows):
+        yield reject_invalid_utf8(pa.Table.from_batches([batch]), path)
+
+
+def csv_chunks(f, path: str, text_columns: List[str]):
+    import pyarrow.csv as pacsv
+
+    # Text columns stay text (a query "42" is a string, not an integer); empty cells are nulls. UTF-8 is
+    # checked per row afterwards, so that one bad byte rejects its row instead of failing the file.
+    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in text_columns},
+                                   strings_can_be_null=True, check_utf8=False)
+    for batch in pacsv.open_csv(f, convert_options=convert):
+        if batch.num_rows:
+            yield reject_invalid_utf8(pa.Table.from_batches([batch]), path)
+
+
+def tagged_files(paths: List[str], filesystem: pafs.FileSystem, read_file, random_access: bool = False):
+    """A Ray Data datasource over whole files: `read_file(f, path)` yields a file's chunks, tagged here."""
+    from ray.data.datasource import FileBasedDatasource
+
+    class TaggedFiles(FileBasedDatasource):
+        _FILE_EXTENSIONS = None
+
+        def _open_input_source(self, fs, path, **open_args):
+            if random_access:  # parquet reads its footer first
+                return fs.open_input_file(path)
+            return super()._open_input_source(fs, path, **open_args)
+
+        def _read_stream(self, f, path):
+            yield from tag_rows(read_file(f, path), path)
+
+    return TaggedFiles(paths, filesystem=filesystem)
+
+
+def s3_location(uri: str) -> Tuple[str, str]:
+    bucket, _, key = uri.split("://", 1)[1].partition("/")
+    return bucket, key
+
+
+def check_s3_access(uri: str) -> None:
+    """Fails fast, before any work, when the S3 endpoint cannot be reached or refuses the credentials.
+
+    The job's own filesystem retries transient errors with backoff for minutes; this one look-up
+    (list one key under the prefix) gives up after a few seconds with a message that names the endpoint
+    and bucket. Credentials are never part of a message.
+    """
+    if not uri.startswith(("s3://", "s3a://")):
+        return
+    import s3fs
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = s3_location(uri)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+    where = f"s3://{bucket} at {endpoint}"
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, config_kwargs={
+        "retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 20})
+    try:
+        fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key, MaxKeys=1)
+    except PermissionError as e:
+        raise InputError(f"{where} refused the credentials from the environment or instance role ({e}): check "
+                         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the role's permissions") from None
+    except FileNotFoundError:
+        raise InputError(f"bucket {bucket} does not exist at {endpoint}") from None
+    except (BotoCoreError, ClientError, OSError) as e:
+        raise InputError(f"cannot reach {where}: {type(e).__name__}: {e}") from None

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from .batching import IDS, REJECT, TYPES, cached_tokenizer, list_parts, pad, token_budget_batches, tokenize_table
-from .config import ScoreConfig, require
+from .config import ConfigError, ScoreConfig, require
 from .model import load_reranker, local_model_path
 
 SCORE = "score"
@@ -144,9 +144,8 @@ def score(ds, config: Optional[ScoreConfig] = None, **settings):
         compute=ActorPoolStrategy(min_size=min(config.min_replicas, max_replicas), max_size=max_replicas),
         num_gpus=1 if use_gpu else 0,
         num_cpus=1,
-        # A replica that dies (node lost, OOM) is restarted and its blocks are redone by Ray.
-        max_restarts=-1,
-        max_task_retries=-1,
+        # A replica that dies (node lost, OOM) is restarted and its blocks are redone: Ray Data's actor
+        # pools default to max_restarts=-1 and max_task_retries=-1.
     )
 
 
@@ -158,10 +157,12 @@ class Summary:
     seconds: float
     output: str
     files_in: int
+    files_kept: int = 0  # --mode resume: inputs complete from an earlier run, not redone
+    rows_kept: int = 0  # their rows (scored and rejected), counted in rows_in
 
     @property
     def pairs_per_second(self) -> float:
-        return self.rows_scored / self.seconds if self.seconds else 0.0
+        return (self.rows_in - self.rows_kept) / self.seconds if self.seconds else 0.0
 
     def lines(self, title: str = "ce-ray score") -> list:
         return [
@@ -170,37 +171,60 @@ class Summary:
             f"  rows in       {self.rows_in:,}",
             f"  rows scored   {self.rows_scored:,}",
             f"  rows rejected {self.rows_rejected:,}" + ("  (see rejects/)" if self.rows_rejected else ""),
+        ] + ([f"  kept          {self.files_kept} file(s), {self.rows_kept:,} rows (resumed)"]
+             if self.files_kept else []) + [
             f"  seconds       {self.seconds:.1f}",
             f"  pairs/s       {self.pairs_per_second:,.1f}",
             f"  output        {self.output}",
         ]
 
 
+def job_settings(config: ScoreConfig) -> dict:
+    """The settings that decide an output's rows and scores: a resumed run must share them."""
+    names = ("model", "input", "input_format", "query_column", "document_column", "max_length", "dtype",
+             "tokenizer", "on_invalid", "allow_pickle", "trust_remote_code")
+    return {name: getattr(config, name) for name in names}
+
+
 def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") -> Summary:
     """The `ce-ray score` job: check the input, score it, write results and rejects, print a summary.
 
     `transform` (Dataset -> Dataset) runs between scoring and writing; rerank uses it to add ranks.
+    Outputs are named per input file; `mode="resume"` keeps the inputs an earlier run completed and
+    redoes the rest. A transform regroups rows across files, so its jobs cannot resume.
     """
-    from .io import read_dataset
-    from .sink import PairsSink, prepare_output
+    from .io import input_key, read_dataset
+    from .sink import PairsSink, ResumeState, prepare_output, resume_state
 
     require(config, "model", "input", "output")
+    if config.mode == "resume" and transform is not None:
+        raise ConfigError(f"{title}: mode resume works per input file, but this job groups rows across "
+                          "files; use mode overwrite")
     start = time.perf_counter()
-    ds, files, _ = read_dataset(config.input, config.input_format, [config.query_column, config.document_column])
-    prepare_output(config.output, config.mode)
-    scored = score(ds, config)
-    if transform is not None:
-        scored = transform(scored)
+    job = job_settings(config)
+    earlier = resume_state(config.output, job) if config.mode == "resume" else ResumeState({}, [])
+    done = earlier.complete
+    ds, files, _ = read_dataset(config.input, config.input_format, [config.query_column, config.document_column],
+                                keep=lambda path: input_key(path) not in done, rows_per_block=config.rows_per_block)
+    kept = prepare_output(config.output, config.mode, job=job, resume=earlier)
     sink = PairsSink(config.output)
-    scored.write_datasink(sink)
+    if ds is not None:
+        scored = score(ds, config)
+        if transform is not None:
+            scored = transform(scored)
+        scored.write_datasink(sink)
     counts = sink.counts
+    kept_scored = sum(p.rows_scored for p in kept.parts.values())
+    kept_rejected = sum(p.rows_rejected for p in kept.parts.values())
     summary = Summary(
-        rows_in=counts["rows_scored"] + counts["rows_rejected"],
-        rows_scored=counts["rows_scored"],
-        rows_rejected=counts["rows_rejected"],
+        rows_in=counts["rows_scored"] + counts["rows_rejected"] + kept_scored + kept_rejected,
+        rows_scored=counts["rows_scored"] + kept_scored,
+        rows_rejected=counts["rows_rejected"] + kept_rejected,
         seconds=time.perf_counter() - start,
         output=config.output,
         files_in=len(files),
+        files_kept=len(kept.parts),
+        rows_kept=kept_scored + kept_rejected,
     )
     sink.write_success(dataclasses.asdict(summary) | {"pairs_per_second": summary.pairs_per_second})
     print("\n".join(summary.lines(title)), flush=True)

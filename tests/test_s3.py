@@ -1,0 +1,79 @@
+"""The same score job with model, input and output on a real S3-protocol server (moto) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+from test_score import read_results, run_cli
+
+BUCKET = "ce-ray-test"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "testing-secret",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3_server():
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    env = {**CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    try:
+        yield env
+    finally:
+        server.stop()
+
+
+def s3fs_for(env):
+    import s3fs
+
+    return s3fs.S3FileSystem(key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"],
+                             endpoint_url=env["AWS_ENDPOINT_URL"])
+
+
+def test_score_job_reads_and_writes_s3(tmp_path, tiny_model, s3_server):
+    from conftest import wikiqa_pairs
+
+    pairs = wikiqa_pairs("test", 80)[["query_id", "query", "document", "label"]].reset_index(drop=True)
+    pairs["pair_id"] = np.arange(len(pairs))
+    fs = s3fs_for(s3_server)
+    fs.mkdir(BUCKET)
+    for i, part in enumerate((pairs.iloc[:40], pairs.iloc[40:])):
+        with fs.open(f"{BUCKET}/in/part-{i}.parquet", "wb") as f:
+            part.to_parquet(f)
+    fs.put(str(tiny_model) + "/", f"{BUCKET}/models/tiny/", recursive=True)
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+
+    cache = {"CE_RAY_CACHE": str(tmp_path / "cache")}
+    remote = run_cli("score", "--model", f"s3://{BUCKET}/models/tiny", "--input", f"s3://{BUCKET}/in/",
+                     "--output", f"s3://{BUCKET}/out", "--rows-per-block", "32", env={**s3_server, **cache})
+    assert remote.returncode == 0, remote.stderr[-3000:]
+    assert f"s3://{BUCKET}/out" in remote.stdout
+    local = run_cli("score", "--model", str(tiny_model), "--input", str(tmp_path / "pairs.parquet"),
+                    "--output", str(tmp_path / "out"))
+    assert local.returncode == 0, local.stderr[-3000:]
+
+    assert fs.exists(f"{BUCKET}/out/_SUCCESS")
+    remote_rows = pd.concat(pd.read_parquet(fs.open(p, "rb")) for p in fs.glob(f"{BUCKET}/out/results/*.parquet"))
+    local_rows = read_results(tmp_path / "out")
+    remote_rows = remote_rows.sort_values("pair_id").reset_index(drop=True)
+    local_rows = local_rows.sort_values("pair_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(remote_rows.drop(columns="score"), local_rows.drop(columns="score"))
+    np.testing.assert_allclose(remote_rows["score"], local_rows["score"], atol=1e-6)
+    assert len(remote_rows) == len(pairs)
+    # The model was copied once into the local cache, and no credential reached the output or the logs.
+    assert any((tmp_path / "cache" / "models").iterdir())
+    assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in remote.stdout + remote.stderr

@@ -1,0 +1,238 @@
+"""`ce-ray score`: parity with CrossEncoder.predict, every input format, row accounting, errors, S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ce_ray import ScoreConfig, run_score, score
+from ce_ray.config import ConfigError, load_config
+from ce_ray.io import InputError
+from ce_ray.sink import OutputExistsError
+
+from conftest import L12, ROOT, SCIFACT, wikiqa_pairs
+
+
+def read_results(out) -> pd.DataFrame:
+    return pd.read_parquet(os.path.join(out, "results"))
+
+
+def read_rejects(out) -> pd.DataFrame:
+    return pd.read_parquet(os.path.join(out, "rejects"))
+
+
+def scifact_pairs(n: int) -> pd.DataFrame:
+    """SciFact (claim, abstract) pairs from the test qrels; abstracts run past 512 tokens."""
+    queries = {q["_id"]: q["text"] for q in map(json.loads, open(SCIFACT / "queries.jsonl"))}
+    corpus = {d["_id"]: (d["title"] + " " + d["text"]).strip() for d in map(json.loads, open(SCIFACT / "corpus.jsonl"))}
+    qrels = pd.read_csv(SCIFACT / "qrels" / "test.tsv", sep="\t", dtype=str)
+    rows = [(queries[q], corpus[d]) for q, d in zip(qrels["query-id"], qrels["corpus-id"])]
+    # Longest abstracts first, so that truncation is exercised for sure.
+    rows.sort(key=lambda r: -len(r[1]))
+    return pd.DataFrame(rows[:n], columns=["query", "document"])
+
+
+def predict(model_path, df: pd.DataFrame) -> np.ndarray:
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(model_path), device="cpu")
+    return model.predict(list(zip(df["query"], df["document"])), batch_size=32, show_progress_bar=False)
+
+
+def test_scores_match_cross_encoder_predict(ray_local, tmp_path):
+    wikiqa = wikiqa_pairs("test", 300)[["query", "document"]]
+    scifact = scifact_pairs(30)
+    pairs = pd.concat([wikiqa, scifact], ignore_index=True)
+    pairs["pair_id"] = np.arange(len(pairs))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(L12)
+    lengths = [len(tokenizer(q, d)["input_ids"]) for q, d in zip(scifact["query"], scifact["document"])]
+    assert max(lengths) > 512, "the SciFact pairs must be long enough to be truncated"
+
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    summary = run_score(ScoreConfig(model=str(L12), input=str(tmp_path / "pairs.parquet"),
+                                    output=str(tmp_path / "out"), rows_per_block=64))
+    assert (summary.rows_in, summary.rows_scored, summary.rows_rejected) == (330, 330, 0)
+    out = read_results(tmp_path / "out").sort_values("pair_id")
+    assert out["score"].dtype == np.float32
+    assert list(out.columns) == ["query", "document", "pair_id", "score"]
+    expected = predict(L12, pairs)
+    np.testing.assert_array_equal(out["query"].values, pairs["query"].values)
+    assert np.abs(out["score"].values - expected).max() <= 1e-5
+
+
+def write_formats(df: pd.DataFrame, folder) -> dict:
+    """The same pairs as parquet (2 files), JSONL and CSV."""
+    (folder / "parquet").mkdir(parents=True)
+    half = len(df) // 2
+    df.iloc[:half].to_parquet(folder / "parquet" / "a.parquet")
+    df.iloc[half:].to_parquet(folder / "parquet" / "b.parquet")
+    jsonl = folder / "pairs.jsonl"
+    df.to_json(jsonl, orient="records", lines=True)
+    csv = folder / "pairs.csv"
+    df.to_csv(csv, index=False)
+    return {"folder": folder / "parquet", "jsonl": jsonl, "csv": csv}
+
+
+@pytest.fixture(scope="module")
+def pairs_df() -> pd.DataFrame:
+    df = wikiqa_pairs("test", 120)[["query_id", "query", "document", "label"]].copy()
+    df["pair_id"] = np.arange(len(df))
+    return df
+
+
+def expected_scores(model, df) -> np.ndarray:
+    """Scores of the tiny model straight from ce-ray's loader, without Ray, for comparison."""
+    import torch
+
+    from ce_ray.model import load_reranker
+
+    reranker = load_reranker(str(model), device="cpu")
+    enc = reranker.tokenizer(list(df["query"]), list(df["document"]), truncation="longest_first",
+                             max_length=reranker.max_length, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        return reranker.scores(reranker.model(**enc).logits).numpy()
+
+
+@pytest.mark.parametrize("fmt", ["folder", "glob", "jsonl", "csv"])
+def test_each_input_format(ray_local, tmp_path, tiny_model, pairs_df, fmt):
+    paths = write_formats(pairs_df, tmp_path / "in")
+    source = {"folder": str(paths["folder"]), "glob": str(paths["folder"] / "*.parquet"),
+              "jsonl": str(paths["jsonl"]), "csv": str(paths["csv"])}[fmt]
+    summary = run_score(ScoreConfig(model=str(tiny_model), input=source, output=str(tmp_path / "out"),
+                                    rows_per_block=32))
+    assert summary.rows_in == summary.rows_scored == len(pairs_df)
+    assert summary.files_in == (2 if fmt in ("folder", "glob") else 1)
+    out = read_results(tmp_path / "out").sort_values("pair_id").reset_index(drop=True)
+    assert sorted(out.columns) == sorted(list(pairs_df.columns) + ["score"])
+    np.testing.assert_array_equal(out["pair_id"].values, pairs_df["pair_id"].values)
+    np.testing.assert_allclose(out["score"].values, expected_scores(tiny_model, pairs_df), atol=1e-5)
+
+
+def test_nulls_and_non_text_rows_are_rejected_with_a_reason(ray_local, tmp_path, tiny_model):
+    lines = [
+        {"query": "what is ray", "document": "a distributed engine", "id": 0},
+        {"query": None, "document": "no query", "id": 1},
+        {"query": "no document", "document": None, "id": 2},
+        {"query": 42, "document": "a number as query", "id": 3},
+        {"query": "a list as document", "document": ["x", "y"], "id": 4},
+        {"query": "", "document": "an empty query is still text", "id": 5},
+        {"query": "second good row", "document": "fine", "id": 6},
+    ]
+    (tmp_path / "in").mkdir()
+    with open(tmp_path / "in" / "mixed.jsonl", "w") as f:
+        f.writelines(json.dumps(line) + "\n" for line in lines)
+    summary = run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "in"),
+                                    output=str(tmp_path / "out")))
+    assert (summary.rows_in, summary.rows_scored, summary.rows_rejected) == (7, 3, 4)
+    good = read_results(tmp_path / "out")
+    assert sorted(good["id"]) == [0, 5, 6]
+    assert good["score"].notna().all()
+    bad = read_rejects(tmp_path / "out").sort_values("id")
+    assert list(bad["id"]) == [1, 2, 3, 4]
+    assert list(bad["reason"]) == ["query is null", "document is null", "query is int, not text",
+                                   "document is list, not text"]
+    assert "score" not in bad.columns
+    success = json.loads((tmp_path / "out" / "_SUCCESS").read_text())
+    assert success["rows_in"] == 7 and success["rows_rejected"] == 4
+
+
+def test_on_invalid_fail_stops_the_job(ray_local, tmp_path, tiny_model):
+    pd.DataFrame({"query": ["q", None], "document": ["d", "e"]}).to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(Exception, match="query is null"):
+        run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "p.parquet"),
+                              output=str(tmp_path / "out"), on_invalid="fail"))
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_missing_column_names_file_and_column(tmp_path, tiny_model):
+    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "a.parquet")
+    pd.DataFrame({"query": ["q"], "passage": ["d"]}).to_parquet(tmp_path / "b.parquet")
+    with pytest.raises(InputError, match=r"b\.parquet: missing column\(s\) 'document'"):
+        run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path), output=str(tmp_path / "out")))
+    with pytest.raises(InputError, match=r"a\.parquet: missing column\(s\) 'text'"):
+        run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "a.parquet"),
+                              output=str(tmp_path / "out"), document_column="text"))
+
+
+def test_unreadable_and_empty_inputs_fail_before_scoring(tmp_path, tiny_model):
+    def job(source):
+        return run_score(ScoreConfig(model=str(tiny_model), input=str(source), output=str(tmp_path / "out")))
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.parquet").write_bytes(b"not a parquet file at all")
+    with pytest.raises(InputError, match=r"cannot read .*x\.parquet"):
+        job(tmp_path / "bad")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no parquet files"):
+        job(tmp_path / "empty")
+    with pytest.raises(InputError, match="does not exist"):
+        job(tmp_path / "nowhere")
+    pq.write_table(pa.table({"query": pa.array([], pa.string()), "document": pa.array([], pa.string())}),
+                   tmp_path / "zero.parquet")
+    with pytest.raises(InputError, match="no rows"):
+        job(tmp_path / "zero.parquet")
+    (tmp_path / "header.csv").write_text("query,document\n")
+    with pytest.raises(InputError, match="no rows"):
+        job(tmp_path / "header.csv")
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_is_refused_unless_overwrite(ray_local, tmp_path, tiny_model, pairs_df):
+    pairs_df.head(10).to_parquet(tmp_path / "p.parquet")
+    config = ScoreConfig(model=str(tiny_model), input=str(tmp_path / "p.parquet"), output=str(tmp_path / "out"))
+    run_score(config)
+    with pytest.raises(OutputExistsError, match="already has results"):
+        run_score(config)
+    run_score(ScoreConfig(**{**config.__dict__, "mode": "overwrite"}))
+    assert len(read_results(tmp_path / "out")) == 10
+
+
+def test_python_api_takes_and_returns_a_dataset(ray_local, tiny_model, pairs_df):
+    import ray.data
+
+    ds = ray.data.from_pandas(pairs_df.rename(columns={"query": "q", "document": "d"}))
+    scored = score(ds, model=str(tiny_model), query_column="q", document_column="d").to_pandas()
+    scored = scored.sort_values("pair_id")
+    assert scored["reject_reason"].isna().all()
+    np.testing.assert_allclose(scored["score"].values, expected_scores(tiny_model, pairs_df), atol=1e-5)
+
+
+def test_yaml_config_and_flags_give_the_same_settings(tmp_path):
+    (tmp_path / "c.yaml").write_text("model: m\ninput: in\noutput: out\nbatch_tokens: 4096\nquery_column: q\n")
+    config = load_config(ScoreConfig, str(tmp_path / "c.yaml"), {"batch_tokens": 1024})
+    assert (config.model, config.batch_tokens, config.query_column) == ("m", 1024, "q")
+    (tmp_path / "typo.yaml").write_text("batch_token: 4096\n")
+    with pytest.raises(ConfigError, match="unknown setting 'batch_token' \\(did you mean 'batch_tokens'\\?\\)"):
+        load_config(ScoreConfig, str(tmp_path / "typo.yaml"))
+    (tmp_path / "type.yaml").write_text("batch_tokens: many\n")
+    with pytest.raises(ConfigError, match="batch_tokens: expected int"):
+        load_config(ScoreConfig, str(tmp_path / "type.yaml"))
+
+
+def run_cli(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "ce_ray.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def test_cli_with_config_file_prints_a_summary(tmp_path, tiny_model, pairs_df):
+    pairs_df.head(40).to_csv(tmp_path / "pairs.csv", index=False)
+    (tmp_path / "job.yaml").write_text(
+        f"model: {tiny_model}\ninput: {tmp_path / 'pairs.csv'}\noutput: {tmp_path / 'wrong'}\nbatch_tokens: 2048\n")
+    result = run_cli("score", "--config", str(tmp_path / "job.yaml"), "--output", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in ("rows in       40", "rows scored   40", "rows rejected 0", "pairs/s", str(tmp_path / "out")):
+        assert line in result.stdout
+    assert len(read_results(tmp_path / "out")) == 40 and not (tmp_path / "wrong").exists()
+    bad = run_cli("score", "--model", str(tiny_model), "--input", str(tmp_path / "pairs.csv"), "--output",
+                  str(tmp_path / "o2"), "--query-column", "question")
+    assert bad.returncode == 2 and "pairs.csv: missing column(s) 'question'" in bad.stderr
