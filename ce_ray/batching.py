@@ -57,7 +57,8 @@ def text_column(table: pa.Table, name: str) -> Tuple[pa.Array, np.ndarray]:
 def encode_pairs_hf(tokenizer, queries: List[str], documents: List[str], max_length: int):
     """The Hugging Face pair encoding with CrossEncoder's truncation (longest_first), as Arrow lists."""
     if not queries:
-        return pa.array([], pa.list_(pa.int32())), pa.array([], pa.list_(pa.int8()))
+        with_types = "token_type_ids" in tokenizer.model_input_names
+        return pa.array([], pa.list_(pa.int32())), pa.array([], pa.list_(pa.int8())) if with_types else None
     enc = tokenizer(
         queries,
         documents,
@@ -84,10 +85,7 @@ def use_fast_tokenizer(tokenizer, choice: str) -> bool:
     """nanotoken for BERT WordPiece tokenizers (auto), Hugging Face otherwise or when asked."""
     if choice == "hf":
         return False
-    try:
-        from . import fast_tokenize
-    except ImportError:  # TEMP until fast_tokenize lands
-        return False
+    from . import fast_tokenize
 
     supported = fast_tokenize.supports(tokenizer)
     if choice == "fast" and not supported:
@@ -96,11 +94,14 @@ def use_fast_tokenizer(tokenizer, choice: str) -> bool:
 
 
 def encode_pairs(tokenizer, queries, documents, max_length: int, choice: str = "auto"):
+    """Queries and documents (Arrow string arrays or lists) to (ids, token types) Arrow list arrays, with
+    the fastest tokenizer that gives the Hugging Face ids exactly."""
     if use_fast_tokenizer(tokenizer, choice):
         from . import fast_tokenize
 
         return fast_tokenize.encode_pairs(tokenizer, queries, documents, max_length)
-    return encode_pairs_hf(tokenizer, queries, documents, max_length)
+    as_list = lambda texts: texts.to_pylist() if hasattr(texts, "to_pylist") else list(texts)  # noqa: E731
+    return encode_pairs_hf(tokenizer, as_list(queries), as_list(documents), max_length)
 
 
 def tokenize_table(
@@ -115,15 +116,13 @@ def tokenize_table(
     queries, q_reasons = text_column(table, query_column)
     documents, d_reasons = text_column(table, document_column)
     reasons = np.where(q_reasons != "", q_reasons, d_reasons)
+    if REJECT in table.column_names:  # the reader already found something wrong with the row
+        prior = np.array(table.column(REJECT).fill_null("").to_pylist(), dtype=object)
+        reasons = np.where(prior != "", prior, reasons)
+        table = table.drop_columns([REJECT])
     valid = reasons == ""
     valid_idx = np.flatnonzero(valid)
-    ids, types = encode_pairs(
-        tokenizer,
-        queries.take(valid_idx).to_pylist(),
-        documents.take(valid_idx).to_pylist(),
-        max_length,
-        choice,
-    )
+    ids, types = encode_pairs(tokenizer, queries.take(valid_idx), documents.take(valid_idx), max_length, choice)
     if len(valid_idx) < table.num_rows:
         # Put the encoded rows back in place; rejected rows get null ids.
         position = np.full(table.num_rows, -1, dtype=np.int64)

@@ -1,0 +1,235 @@
+"""The nanotoken pair encoding equals the Hugging Face one, ids and token types, on real and hostile text."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import L12, SCIFACT, wikiqa_pairs
+
+from ce_ray import batching, fast_tokenize
+from ce_ray.batching import encode_pairs_hf
+
+EDGE_TEXTS = [
+    "",
+    " ",
+    "   \t\n  ",
+    "\u00a0\u2003\u3000",  # no-break, em and ideographic spaces
+    "\u200b\u200c\u200d\ufeff",  # zero-width characters only
+    "zero\u200bwidth\u2060joiner",
+    "tab\there\x0bvertical\x0cform feed\r\nnew line",
+    "null\x00byte and \x01\x07\x1b\x7f controls",
+    "Café naïve résumé façade Ångström",
+    "e\u0301 combining a\u0308 marks o\u0302\u0323",
+    "ΟΔΥΣΣΕΥΣ σοφός İstanbul ıi Straße ﬁne ﬂow Ⅻ ½ ²",
+    "日本語のテキストと中文混合 한국어 テスト",
+    "emoji 👍🏽 👨‍👩‍👧‍👦 🇫🇷 ❤️ done",
+    "مرحبا بالعالم नमस्ते दुनिया สวัสดีชาวโลก",
+    "[CLS] special [SEP] tokens [MASK] inside [UNK] [PAD] text",
+    "[sep] lower [Sep] mixed [SEP][SEP]",
+    "a" * 150 + " overlong word then " + "b" * 99 + " short",
+    "punctuation!!!...???,,,;;;:::--__((()))[[]]{{}}'\"`~@#$%^&*",
+    "numbers 3.14159 1,000,000 -42 1e-9 0x1F 2024-01-01",
+    "http://example.com/path?q=1&b=2#frag user@example.org",
+    "What is the capital of France?",
+    "Paris is the capital and most populous city of France.",
+]
+LONG_TEXT = " ".join(["The quick brown fox jumps over the lazy dog, naïvely."] * 1900)[:100_000]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from ce_ray.model import load_tokenizer
+
+    return load_tokenizer(str(L12))
+
+
+def assert_same(tokenizer, queries, documents, max_length):
+    expected_ids, expected_types = encode_pairs_hf(tokenizer, queries, documents, max_length)
+    ids, types = fast_tokenize.encode_pairs(tokenizer, queries, documents, max_length)
+    assert ids.type == pa.list_(pa.int32()) and types.type == pa.list_(pa.int8())
+    assert len(ids) == len(queries)
+    if not ids.equals(expected_ids) or not types.equals(expected_types):
+        for row, (a, b, c, d) in enumerate(zip(ids.to_pylist(), expected_ids.to_pylist(),
+                                               types.to_pylist(), expected_types.to_pylist())):
+            assert (a, c) == (b, d), f"row {row} max_length {max_length}: {queries[row]!r} / {documents[row]!r}"
+        pytest.fail("arrays differ")
+
+
+def random_texts(count: int, seed: int = 0, lengths=(0, 1, 5, 30, 200)):
+    """Seeded random text mixing ASCII words, Latin accents, CJK, emoji, spaces and control characters."""
+    rng = random.Random(seed)
+    pools = ["abcdefghij KLMNOP,.!?'-", "àéîõüçñßæøÅÉ", "中文字日本語한국", "😀🏽‍👍", " \t\n\u00a0\u200b", "\x00\x01\x0b\x0c\x7f\u0301"]
+    texts = []
+    for _ in range(count):
+        length = rng.choice(lengths)
+        texts.append("".join(rng.choice(rng.choice(pools)) for _ in range(length)))
+    return texts
+
+
+@pytest.mark.parametrize("max_length", [8, 32, 128, 512])
+def test_wikiqa_test_pairs(tokenizer, max_length):
+    pairs = wikiqa_pairs("test")
+    assert len(pairs) == 6165
+    assert_same(tokenizer, pairs["query"].tolist(), pairs["document"].tolist(), max_length)
+
+
+def scifact_pairs():
+    """Every (claim, abstract) pair of the SciFact test qrels, plus each claim with the next one's abstract."""
+    corpus = {}
+    with open(SCIFACT / "corpus.jsonl", encoding="utf-8") as f:
+        for line in f:
+            doc = json.loads(line)
+            corpus[doc["_id"]] = f"{doc['title']} {doc['text']}"
+    with open(SCIFACT / "queries.jsonl", encoding="utf-8") as f:
+        claims = {q["_id"]: q["text"] for q in map(json.loads, f)}
+    qrels = [line.split("\t")[:2] for line in (SCIFACT / "qrels" / "test.tsv").read_text().splitlines()[1:]]
+    queries = [claims[q] for q, _ in qrels]
+    documents = [corpus[d] for _, d in qrels]
+    return queries + queries, documents + documents[1:] + documents[:1]
+
+
+@pytest.mark.parametrize("max_length", [32, 128, 256, 512])
+def test_scifact_pairs(tokenizer, max_length):
+    queries, documents = scifact_pairs()
+    assert len(queries) == 678
+    if max_length == 512:  # some abstracts do not fit: truncation at the model's limit is exercised
+        lengths = fast_tokenize.encode_pairs(tokenizer, queries, documents, 10**6)[0].value_lengths().to_numpy()
+        assert (lengths > 512).sum() > 5
+    assert_same(tokenizer, queries, documents, max_length)
+
+
+@pytest.mark.parametrize("max_length", [0, 2, 3, 4, 8, 9, 32, 512])
+def test_edge_cases(tokenizer, max_length):
+    # Hugging Face keeps every overflow piece of a truncated pair and crosses both sides' pieces: at
+    # max_length 4..9 a 100k-character text costs it seconds, and long against long gigabytes.
+    short_room = 3 <= max_length < 32
+    long_text = LONG_TEXT[:5000] if short_room else LONG_TEXT
+    texts = EDGE_TEXTS + random_texts(20, lengths=(0, 1, 5, 30) if short_room else (0, 1, 5, 30, 200))
+    queries = [q for q in texts for _ in texts] + [long_text, "short query", ""]
+    documents = [d for _ in texts for d in texts] + ["short document", long_text, long_text]
+    if not short_room:
+        queries, documents = queries + [LONG_TEXT[:5000]], documents + [LONG_TEXT[:6000]]
+    assert_same(tokenizer, queries, documents, max_length)
+
+
+def test_longest_first_on_every_length_pair(tokenizer):
+    """All (query, document) token counts 0..14 under every small max_length: HF's split, tie included."""
+    counts = [(nq, nd) for nq in range(15) for nd in range(15)]
+    queries = [" ".join(["a"] * nq) for nq, _ in counts]
+    documents = [" ".join(["b"] * nd) for _, nd in counts]
+    for max_length in range(0, 33):
+        assert_same(tokenizer, queries, documents, max_length)
+
+
+def test_random_unicode(tokenizer):
+    texts = random_texts(300, seed=1, lengths=(0, 5, 30, 200, 1500, 5000))
+    assert_same(tokenizer, texts[:150], texts[150:], 128)
+
+
+def test_arrow_input_and_repeated_queries(tokenizer):
+    """Arrow string arrays are taken as they are; a query repeated over many documents is encoded once."""
+    pairs = wikiqa_pairs("test", n=400)
+    queries = pa.array(np.repeat(pairs["query"].to_numpy()[:4], 100).tolist())
+    documents = pa.chunked_array([pairs["document"].tolist()[:200], pairs["document"].tolist()[200:]])
+    ids, types = fast_tokenize.encode_pairs(tokenizer, queries, documents, 64)
+    expected_ids, expected_types = encode_pairs_hf(tokenizer, queries.to_pylist(), documents.to_pylist(), 64)
+    assert ids.equals(expected_ids) and types.equals(expected_types)
+
+
+def test_empty_batch_and_bad_input(tokenizer):
+    ids, types = fast_tokenize.encode_pairs(tokenizer, [], [], 128)
+    assert len(ids) == 0 and ids.type == pa.list_(pa.int32()) and types.type == pa.list_(pa.int8())
+    with pytest.raises(ValueError, match="queries but"):
+        fast_tokenize.encode_pairs(tokenizer, ["q"], [], 128)
+    with pytest.raises(ValueError, match="null"):
+        fast_tokenize.encode_pairs(tokenizer, ["q", None], ["d", "e"], 128)
+
+
+def test_model_without_token_types(tokenizer):
+    from ce_ray.model import load_tokenizer
+
+    no_types = load_tokenizer(str(L12))
+    no_types.model_input_names = ["input_ids", "attention_mask"]
+    expected_ids, expected_types = encode_pairs_hf(no_types, ["a query"], ["a document"], 16)
+    ids, types = fast_tokenize.encode_pairs(no_types, ["a query"], ["a document"], 16)
+    assert expected_types is None and types is None and ids.equals(expected_ids)
+
+
+def wordpiece_variant(normalizer, post_processor=None):
+    """A BERT WordPiece tokenizer on the shared vocab with another normalizer or pair template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = (L12 / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    backend = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    backend.normalizer = normalizer
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = post_processor or processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 101), ("[SEP]", 102)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]",
+                                   model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+
+
+@pytest.mark.parametrize("lowercase, strip_accents", [(False, None), (True, False), (False, True)])
+def test_other_bert_normalizer_settings(lowercase, strip_accents):
+    from tokenizers import normalizers, processors
+
+    for post in (None, processors.BertProcessing(("[SEP]", 102), ("[CLS]", 101))):
+        tok = wordpiece_variant(normalizers.BertNormalizer(lowercase=lowercase, strip_accents=strip_accents), post)
+        assert fast_tokenize.supports(tok)
+        texts = EDGE_TEXTS + random_texts(10, seed=2)
+        assert_same(tok, [q for q in texts for _ in texts], [d for _ in texts for d in texts], 24)
+
+
+def unsupported_tokenizers():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE({"[UNK]": 0, "a": 1, "b": 2, "ab": 3}, [("a", "b")], unk_token="[UNK]"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    unigram = Tokenizer(models.Unigram([("[UNK]", 0.0), ("a", -1.0), ("b", -2.0)], unk_id=0))
+    not_bert_normalizer = wordpiece_variant(normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase()]))
+    roberta_pairs = wordpiece_variant(
+        normalizers.BertNormalizer(), processors.RobertaProcessing(("[SEP]", 102), ("[CLS]", 101))
+    )
+    left = wordpiece_variant(normalizers.BertNormalizer())
+    left.truncation_side = "left"
+    return {
+        "bpe": PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="[UNK]"),
+        "unigram": PreTrainedTokenizerFast(tokenizer_object=unigram, unk_token="[UNK]"),
+        "nfd+lowercase": not_bert_normalizer,
+        "roberta pair template": roberta_pairs,
+        "left truncation": left,
+    }
+
+
+def test_unsupported_tokenizers_fall_back_to_hugging_face(tokenizer):
+    assert fast_tokenize.supports(tokenizer)
+    assert batching.use_fast_tokenizer(tokenizer, "auto") and not batching.use_fast_tokenizer(tokenizer, "hf")
+    for name, tok in unsupported_tokenizers().items():
+        assert not fast_tokenize.supports(tok), name
+        assert batching.use_fast_tokenizer(tok, "auto") is False, name
+        with pytest.raises(ValueError, match="not BERT WordPiece"):
+            batching.use_fast_tokenizer(tok, "fast")
+        with pytest.raises(ValueError, match="not a supported"):
+            fast_tokenize.encode_pairs(tok, ["a b"], ["b a"], 8)
+        ids, types = batching.encode_pairs(tok, ["a b", "ab"], ["b a", ""], 8, "auto")
+        expected_ids, expected_types = encode_pairs_hf(tok, ["a b", "ab"], ["b a", ""], 8)
+        assert ids.equals(expected_ids) and len(ids) == 2
+        assert (types is None and expected_types is None) or types.equals(expected_types)
+
+
+def test_tokenize_table_auto_equals_hf(tokenizer):
+    """The pipeline's tokenize stage picks nanotoken on its own and gives the Hugging Face columns."""
+    pairs = wikiqa_pairs("test", n=300)
+    table = pa.table({"query": pairs["query"].tolist()[:-1] + [None], "document": pairs["document"].tolist()})
+    assert batching.use_fast_tokenizer(tokenizer, "auto") and batching.use_fast_tokenizer(tokenizer, "fast")
+    fast = batching.tokenize_table(table, tokenizer, "query", "document", 64, "auto")
+    hf = batching.tokenize_table(table, tokenizer, "query", "document", 64, "hf")
+    assert fast.equals(hf) and fast.column(batching.IDS).null_count == 1
