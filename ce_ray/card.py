@@ -1,0 +1,177 @@
+"""The model card (README.md) of a trained reranker, in the spirit of sentence-transformers' cards.
+
+Everything in it comes from what the run saw: the base model, the data's size, columns and lengths, the loss
+and its parameters, the settings that differ from the defaults, the training log, final metrics, versions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+from dataclasses import dataclass
+from typing import List, Optional
+
+HIDDEN = {"model", "dtype", "output", "train_data", "eval_data", "storage_path", "run_name", "deepspeed"}
+
+
+@dataclass
+class CardFacts:
+    base_model: str
+    config: object  # TrainConfig
+    defaults: object  # TrainConfig()
+    stats: dict
+    log: List[dict]
+    final_metrics: dict
+    max_length: int
+    num_workers: int
+    steps: int
+    samples_per_second: float
+    output: str
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    versions = {"Python": platform.python_version()}
+    for name, package in (("ce-ray", "ce-ray"), ("Ray", "ray"), ("PyTorch", "torch"),
+                          ("Transformers", "transformers"), ("Sentence Transformers", "sentence-transformers"),
+                          ("DeepSpeed", "deepspeed")):
+        try:
+            versions[name] = md.version(package)
+        except md.PackageNotFoundError:
+            if name == "ce-ray":
+                from . import __version__
+
+                versions[name] = __version__
+    return versions
+
+
+def non_default_settings(config, defaults) -> dict:
+    changed = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.name not in HIDDEN and value != getattr(defaults, field.name):
+            changed[field.name] = value
+    if getattr(config, "deepspeed", None) is not None:
+        changed["deepspeed"] = dataclasses.asdict(config.deepspeed)
+    return changed
+
+
+def _number(value: Optional[float], digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int) or float(value).is_integer() and abs(value) >= 1:
+        return f"{int(value):,}"
+    return f"{value:.{digits}f}"
+
+
+def _log_table(log: List[dict]) -> List[str]:
+    metric_names = sorted({k for entry in log for k in entry if k.startswith("eval_")})
+    header = ["Epoch", "Step", "Training Loss"] + [m[5:] for m in metric_names]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---:"] * len(header)) + "|"]
+    for entry in log:
+        row = [f"{entry['epoch']:.4f}", str(entry["step"]), _number(entry.get("loss"))]
+        row += [_number(entry.get(m)) for m in metric_names]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def model_card(facts: CardFacts) -> str:
+    config, stats = facts.config, facts.stats
+    name = facts.output.rstrip("/").split("/")[-1] or "model"
+    loss_parameters = {"activation_fn": "torch.nn.modules.linear.Identity", "pos_weight": config.pos_weight}
+    lines = [
+        "---",
+        "library_name: sentence-transformers",
+        "pipeline_tag: text-ranking",
+        "tags: [sentence-transformers, cross-encoder, reranker, generated_from_trainer, ce-ray]",
+        f"base_model: {facts.base_model}",
+        "---",
+        "",
+        f"# CrossEncoder based on {facts.base_model}",
+        "",
+        f"This is a [Cross Encoder](https://www.sbert.net/docs/cross_encoder/usage/usage.html) model finetuned from "
+        f"`{facts.base_model}` with ce-ray on Ray Train ({facts.num_workers} worker(s), "
+        f"{'DeepSpeed ZeRO-%d' % config.deepspeed.stage if config.deepspeed else 'DDP'}). "
+        "It computes a relevance score for a (query, document) pair and can rerank search results.",
+        "",
+        "## Model Details",
+        "",
+        "- **Model Type:** Cross Encoder",
+        f"- **Base model:** `{facts.base_model}`",
+        f"- **Maximum Sequence Length:** {facts.max_length} tokens",
+        "- **Number of Output Labels:** 1 label",
+        f"- **Training Dataset:** {stats.get('source', config.train_data)}",
+        "",
+        "## Usage",
+        "",
+        "```bash",
+        "pip install -U sentence-transformers",
+        "```",
+        "",
+        "```python",
+        "from sentence_transformers import CrossEncoder",
+        "",
+        f'model = CrossEncoder("{facts.output}")',
+        "pairs = [",
+        '    ["How many people live in Berlin?", "Berlin has a population of 3,520,031 registered inhabitants."],',
+        '    ["How many people live in Berlin?", "Berlin is well known for its museums."],',
+        "]",
+        "scores = model.predict(pairs)",
+        'ranks = model.rank("How many people live in Berlin?", [p[1] for p in pairs])',
+        "```",
+        "",
+        "Or at cluster scale: `ce-ray score --model <this folder> --input pairs.parquet --output scored/`.",
+        "",
+    ]
+    if facts.final_metrics:
+        lines += ["## Evaluation", "",
+                  f"Reranking the BM25 top {config.eval_top_k} of `{config.eval_data}` ({config.eval_split} split).",
+                  "", "| Metric | Value |", "|:--|:--|"]
+        lines += [f"| {k[5:]} | {v:.4f} |" for k, v in facts.final_metrics.items()]
+        lines.append("")
+    lines += [
+        "## Training Details",
+        "",
+        "### Training Dataset",
+        "",
+        f"- Size: {stats['pairs']:,} training pairs"
+        + (f" ({stats['rejected']:,} rows left out: {json.dumps(stats['reject_reasons'])})" if stats["rejected"] else ""),
+        f"- Columns: {', '.join(f'`{c}`' for c in stats['columns'])}",
+        f"- Positives (label >= 0.5): {stats['positives']:,}; mean label {stats['label_mean']:.4f}",
+        "- Statistics of every pair:",
+        "",
+        "  | | query | document | label | tokens (pair) |",
+        "  |:--|:--|:--|:--|:--|",
+        f"  | type | string | string | float | int |",
+        f"  | details | min: {stats['query_chars_min']} characters, mean: {stats['query_chars_mean']:.2f} characters, "
+        f"max: {stats['query_chars_max']} characters | min: {stats['document_chars_min']} characters, "
+        f"mean: {stats['document_chars_mean']:.2f} characters, max: {stats['document_chars_max']} characters | "
+        f"min: {stats['label_min']}, mean: {stats['label_mean']:.2f}, max: {stats['label_max']} | "
+        f"min: {stats['tokens_min']}, mean: {stats['tokens_mean']:.2f}, max: {stats['tokens_max']} |",
+        "",
+        f"- Loss: `BinaryCrossEntropyLoss` with these parameters:",
+        "",
+        "  ```json",
+        "  " + json.dumps(loss_parameters),
+        "  ```",
+        "",
+        "### Training Hyperparameters",
+        "",
+        "#### Non-Default Hyperparameters",
+        "",
+    ]
+    changed = non_default_settings(config, facts.defaults)
+    lines += [f"- `{k}`: {json.dumps(v)}" for k, v in changed.items()] or ["- none: the defaults below"]
+    lines += ["", "<details><summary>All Hyperparameters</summary>", ""]
+    lines += [f"- `{f.name}`: {json.dumps(getattr(config, f.name), default=str)}" for f in dataclasses.fields(config)
+              if f.name not in HIDDEN]
+    lines += ["", "</details>", "", "### Training Logs", ""] + _log_table(facts.log)
+    lines += ["", f"Steps: {facts.steps:,}; throughput: {facts.samples_per_second:,.1f} samples/s.", "",
+              "### Framework Versions", ""]
+    lines += [f"- {k}: {v}" for k, v in _versions().items()]
+    lines += ["", "## Citation", "",
+              "Sentence-BERT: Reimers and Gurevych, \"Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks\", "
+              "EMNLP 2019.", ""]
+    return "\n".join(lines)

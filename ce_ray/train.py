@@ -1,0 +1,674 @@
+"""Fine-tuning on Ray Train: pairs tokenized by Ray Data, sharded to DDP (or DeepSpeed ZeRO) workers.
+
+`train(config)` is the whole job: read and tokenize the pairs (or build them from a BEIR split with BM25
+hard negatives), run `train_loop` on `num_workers` Ray Train workers, checkpoint every `save_every` steps and
+at each epoch end, evaluate NDCG@10 / MRR@10 / MAP on the eval split, and save a folder that
+`sentence_transformers.CrossEncoder` loads, with a model card. A run started again with the same name (and
+storage) resumes from its last checkpoint: weights, optimizer, scheduler, step and data position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Dict, Iterator, List, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .batching import IDS, REJECT, TYPES, cached_tokenizer, list_parts, pad, token_budget_batches, tokenize_table
+from .config import ConfigError, TrainConfig, require
+from .io import InputError, filesystem, is_remote, join
+
+LABEL = "_ce_label"
+QUERY_CHARS = "_ce_query_chars"
+DOCUMENT_CHARS = "_ce_document_chars"
+PROGRESS = "progress.json"
+STATE = "state.pt"
+MODEL = "model"
+DS_TAG = "zero"
+
+
+# ---------------------------------------------------------------- driver: data
+
+
+def _tokenize_train_block(table: pa.Table, model: str, query_column: str, document_column: str,
+                          label_column: Optional[str], max_length: int, choice: str,
+                          trust_remote_code: bool) -> pa.Table:
+    """Token ids, the label as float32, text lengths for the card, and why a row cannot be trained on."""
+    tokenizer = cached_tokenizer(model, trust_remote_code)
+    out = tokenize_table(table, tokenizer, query_column, document_column, max_length, choice)
+    reasons = out.column(REJECT).combine_chunks()
+    columns = {IDS: out.column(IDS)}
+    if TYPES in out.column_names:
+        columns[TYPES] = out.column(TYPES)
+    if label_column is not None:
+        try:
+            labels = pc.cast(out.column(label_column), pa.float32())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise InputError(f"label column {label_column!r} is {out.column(label_column).type}, not a number")
+        values = labels.to_numpy(zero_copy_only=False)
+        bad = np.isnan(values) | (values < 0) | (values > 1)
+        label_reason = np.where(np.isnan(values), f"{label_column} is null",
+                                np.char.add(f"{label_column} outside [0, 1]: ", values.astype(str)))
+        reason = np.where(reasons.is_null().to_numpy(zero_copy_only=False) & bad, label_reason, None)
+        reasons = pc.coalesce(reasons, pa.array(reason, pa.string()))
+        columns[LABEL] = labels
+    else:  # eval candidates keep their ids
+        columns["query_id"] = out.column("query_id")
+        columns["doc_id"] = out.column("doc_id")
+    columns[QUERY_CHARS] = pc.utf8_length(out.column(query_column).fill_null(""))
+    columns[DOCUMENT_CHARS] = pc.utf8_length(out.column(document_column).fill_null(""))
+    columns[REJECT] = reasons
+    return pa.table(columns)
+
+
+def _block_stats(table: pa.Table) -> pa.Table:
+    """One row per block: counts, sums, minima and maxima that the driver combines into the card's figures."""
+    valid = table.column(REJECT).is_null()
+    kept = table.filter(valid)
+    tokens = np.diff(list_parts(kept.column(IDS))[1]) if kept.num_rows else np.zeros(0)
+    labels = kept.column(LABEL).to_numpy(zero_copy_only=False) if kept.num_rows else np.zeros(0)
+    reasons = table.column(REJECT).drop_null().to_pylist()
+    row = {"rows": table.num_rows, "kept": kept.num_rows, "positives": int((labels >= 0.5).sum()),
+           "label_sum": float(labels.sum()), "label_min": float(labels.min()) if len(labels) else None,
+           "label_max": float(labels.max()) if len(labels) else None,
+           "reasons": json.dumps(dict(zip(*np.unique(reasons, return_counts=True))) if reasons else {},
+                                 default=int)}
+    for name, values in (("tokens", tokens), ("query_chars", kept.column(QUERY_CHARS).to_numpy()),
+                         ("document_chars", kept.column(DOCUMENT_CHARS).to_numpy())):
+        row[f"{name}_sum"] = int(np.sum(values))
+        row[f"{name}_min"] = int(np.min(values)) if len(values) else None
+        row[f"{name}_max"] = int(np.max(values)) if len(values) else None
+    return pa.Table.from_pylist([row])
+
+
+def _combine_stats(rows: List[dict]) -> dict:
+    kept = sum(r["kept"] for r in rows)
+    reasons: Dict[str, int] = {}
+    for r in rows:
+        for reason, count in json.loads(r["reasons"]).items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    stats = {"rows": sum(r["rows"] for r in rows), "pairs": kept, "rejected": sum(reasons.values()),
+             "reject_reasons": reasons, "positives": sum(r["positives"] for r in rows),
+             "label_mean": sum(r["label_sum"] for r in rows) / kept if kept else 0.0}
+    for name in ("label", "tokens", "query_chars", "document_chars"):
+        lows = [r[f"{name}_min"] for r in rows if r[f"{name}_min"] is not None]
+        highs = [r[f"{name}_max"] for r in rows if r[f"{name}_max"] is not None]
+        stats[f"{name}_min"] = min(lows) if lows else None
+        stats[f"{name}_max"] = max(highs) if highs else None
+        if name != "label":
+            stats[f"{name}_mean"] = sum(r[f"{name}_sum"] for r in rows) / kept if kept else 0.0
+    return stats
+
+
+def _kept_rows(table: pa.Table) -> pa.Table:
+    """Rows a model can learn from (or score), with only the columns the workers read."""
+    kept = table.filter(table.column(REJECT).is_null())
+    return kept.select([c for c in (IDS, TYPES, LABEL, "query_id", "doc_id") if c in kept.column_names])
+
+
+def _is_beir(uri: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    return fs.get_file_info(f"{path.rstrip('/')}/corpus.jsonl").type == pafs.FileType.File
+
+
+def beir_training_pairs(folder: str, split: str, hard_negatives: int) -> pa.Table:
+    """(query, document, label): every judged positive, and `hard_negatives` BM25 negatives per positive
+    (the highest-ranked documents of the query that the qrels do not mark relevant)."""
+    from .candidates import bm25_top_k, read_corpus, read_qrels, read_queries
+
+    qrels = read_qrels(join(folder, "qrels", f"{split}.tsv"))
+    queries, corpus = read_queries(folder), read_corpus(folder)
+    positives = {q: [d for d, g in judged.items() if g > 0 and d in corpus]
+                 for q, judged in qrels.items() if q in queries}
+    positives = {q: docs for q, docs in positives.items() if docs}
+    if not positives:
+        raise InputError(f"{folder}: qrels/{split}.tsv has no positive pair of a known query and document")
+    query_ids = list(positives)
+    doc_ids = list(corpus)
+    rows = [(q, d, 1.0) for q in query_ids for d in positives[q]]
+    if hard_negatives:
+        most = max(len(p) for p in positives.values())
+        indices, _ = bm25_top_k([corpus[d] for d in doc_ids], [queries[q] for q in query_ids],
+                                most * (hard_negatives + 1))
+        for q, ranked in zip(query_ids, indices):
+            judged = qrels[q]
+            negatives = [doc_ids[i] for i in ranked if judged.get(doc_ids[i], 0) <= 0]
+            rows.extend((q, d, 0.0) for d in negatives[: hard_negatives * len(positives[q])])
+    return pa.table({"query": [queries[q] for q, _, _ in rows], "document": [corpus[d] for _, d, _ in rows],
+                     "label": pa.array([label for _, _, label in rows], pa.float32())})
+
+
+def _eval_candidates(config: TrainConfig):
+    """BM25 top-k of the eval split's queries as (query_id, doc_id, query, document), and the qrels."""
+    from .candidates import candidates_table, read_corpus, read_qrels, read_queries
+
+    qrels = read_qrels(join(config.eval_data, "qrels", f"{config.eval_split}.tsv"))
+    queries, corpus = read_queries(config.eval_data), read_corpus(config.eval_data)
+    query_ids = [q for q, judged in qrels.items() if q in queries and any(g > 0 for g in judged.values())]
+    query_ids = query_ids[: config.eval_max_queries]
+    if not query_ids:
+        raise InputError(f"{config.eval_data}: no query of qrels/{config.eval_split}.tsv has a relevant document")
+    table = candidates_table(corpus, queries, qrels, query_ids, config.eval_top_k)
+    return table, {q: qrels[q] for q in query_ids}
+
+
+def _tokenized(ds, config: TrainConfig, model: str, max_length: int, labels: bool):
+    return ds.map_batches(
+        _tokenize_train_block,
+        fn_kwargs=dict(model=model, query_column=config.query_column if labels else "query",
+                       document_column=config.document_column if labels else "document",
+                       label_column=config.label_column if labels else None, max_length=max_length,
+                       choice=config.tokenizer, trust_remote_code=config.trust_remote_code),
+        batch_format="pyarrow", batch_size=4096,
+    ).materialize()
+
+
+def prepare_data(config: TrainConfig, model: str, max_length: int):
+    """The tokenized training set (materialized: every epoch reads it again), its statistics, the eval set."""
+    import ray.data
+
+    from .io import read_dataset
+
+    if _is_beir(config.train_data):
+        table = beir_training_pairs(config.train_data, config.train_split, config.hard_negatives)
+        source = f"{config.train_data} (qrels/{config.train_split}.tsv, {config.hard_negatives} BM25 hard negatives per positive)"
+        ds = ray.data.from_arrow(table)
+        config = dataclasses.replace(config, query_column="query", document_column="document", label_column="label")
+    else:
+        ds, _, _ = read_dataset(config.train_data, config.input_format, [config.query_column, config.document_column])
+        if config.label_column not in ds.schema().names:
+            raise InputError(f"{config.train_data}: missing column {config.label_column!r} "
+                             f"(columns: {', '.join(ds.schema().names)})")
+        source = config.train_data
+    tokenized = _tokenized(ds, config, model, max_length, labels=True)
+    stats = _combine_stats(tokenized.map_batches(_block_stats, batch_format="pyarrow", batch_size=None).take_all())
+    stats["source"] = source
+    stats["columns"] = [config.query_column, config.document_column, config.label_column]
+    label_errors = {r: n for r, n in stats["reject_reasons"].items() if "outside [0, 1]" in r}
+    if label_errors:
+        raise InputError(f"{config.train_data}: {sum(label_errors.values())} label(s) outside [0, 1], e.g. "
+                         f"{next(iter(label_errors))}: BinaryCrossEntropyLoss needs labels in [0, 1]")
+    if stats["pairs"] < config.num_workers:
+        raise InputError(f"{config.train_data}: {stats['pairs']} trainable pair(s) for {config.num_workers} workers")
+    train_ds = tokenized.map_batches(_kept_rows, batch_format="pyarrow", batch_size=None).materialize()
+    eval_ds, qrels = None, None
+    if config.eval_data:
+        table, qrels = _eval_candidates(config)
+        eval_ds = _tokenized(ray.data.from_arrow(table), config, model, max_length, labels=False)
+        eval_ds = eval_ds.map_batches(_kept_rows, batch_format="pyarrow", batch_size=None).materialize()
+    return train_ds, stats, eval_ds, qrels
+
+
+# ---------------------------------------------------------------- workers: batches, loss, evaluation
+
+
+def length_grouped(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                   group_by_length: bool = True) -> List[np.ndarray]:
+    """Row indices of a window cut into batches: shuffled, sorted by length (so that padding is small),
+    and the batches themselves in random order, so that long and short batches alternate."""
+    order = rng.permutation(len(lengths))
+    if group_by_length:
+        order = order[np.argsort(-lengths[order], kind="stable")]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def micro_batches(shard, config: TrainConfig, epoch: int, rank: int, skip: int, pad_id: int) -> Iterator[tuple]:
+    """(inputs as numpy, labels) of one epoch of a worker's shard, the first `skip` batches left out (resume).
+
+    The order depends only on (seed, epoch, rank, window), so a resumed run sees the batches it had not seen.
+    """
+    window = config.batch_size * config.length_window
+    seen = 0
+    for number, table in enumerate(shard.iter_batches(batch_size=window, batch_format="pyarrow")):
+        ids, offsets = list_parts(table.column(IDS))
+        types = list_parts(table.column(TYPES))[0] if TYPES in table.column_names else None
+        labels = table.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float32)
+        rng = np.random.default_rng([config.seed, epoch, rank, number])
+        for rows in length_grouped(np.diff(offsets), config.batch_size, rng, config.group_by_length):
+            seen += 1
+            if seen <= skip:
+                continue
+            input_ids, mask = pad(ids, offsets, rows, pad_id)
+            inputs = {"input_ids": input_ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
+            if types is not None:
+                inputs["token_type_ids"] = pad(types, offsets, rows)[0].astype(np.int64)
+            yield inputs, labels[rows]
+
+
+def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id: int, budget: int) -> dict:
+    """NDCG@10, MRR@10 and MAP of the model's ranking of the eval candidates.
+
+    Relevant documents the first stage missed count, as in BEIR: MAP divides by all relevant documents and
+    the ideal NDCG ranks all judged ones.
+    """
+    import torch
+
+    from .metrics import mean_metrics, ranking_metrics
+
+    ranked: Dict[str, list] = {}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for table in eval_shard.iter_batches(batch_size=4096, batch_format="pyarrow"):
+            ids, offsets = list_parts(table.column(IDS))
+            types = list_parts(table.column(TYPES))[0] if TYPES in table.column_names else None
+            scores = np.empty(table.num_rows, dtype=np.float32)
+            for rows in token_budget_batches(np.diff(offsets), budget):
+                input_ids, mask = pad(ids, offsets, rows, pad_id)
+                inputs = {"input_ids": input_ids, "attention_mask": mask}
+                if types is not None:
+                    inputs["token_type_ids"] = pad(types, offsets, rows)[0]
+                inputs = {k: torch.from_numpy(v.astype(np.int64)).to(device) for k, v in inputs.items()}
+                scores[rows] = model(**inputs).logits.float().view(-1).cpu().numpy()
+            for q, d, s in zip(table.column("query_id").to_pylist(), table.column("doc_id").to_pylist(), scores):
+                ranked.setdefault(q, []).append((-float(s), d))
+    model.train(was_training)
+    per_query = []
+    for q, judged in qrels.items():
+        order = [d for _, d in sorted(ranked.get(q, []))]
+        per_query.append(ranking_metrics([judged.get(d, 0) for d in order], k=10,
+                                         relevant_total=sum(g > 0 for g in judged.values()),
+                                         ideal_gains=list(judged.values())))
+    means = mean_metrics(per_query)
+    return {f"eval_{name}": means[name] for name in ("ndcg@10", "mrr@10", "map")}
+
+
+def linear_schedule(warmup: int, total: int):
+    """transformers' linear schedule with warmup, as a LambdaLR factor."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def _parameter_groups(model, weight_decay: float) -> list:
+    """No weight decay on biases and LayerNorm weights, as transformers' Trainer does."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _deepspeed_config(config: TrainConfig, bf16: bool) -> dict:
+    ds = config.deepspeed
+    zero: dict = {"stage": ds.stage}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if ds.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "train_micro_batch_size_per_gpu": config.batch_size,
+        "gradient_accumulation_steps": config.grad_accum,
+        "gradient_clipping": config.max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bf16},
+        "zero_allow_untested_optimizer": True,  # torch's AdamW: nothing to compile, runs on CPU too
+        "steps_per_print": 1 << 62,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _import_deepspeed(use_gpu: bool):
+    if not use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    if not use_gpu:
+        # The CPU accelerator would JIT-compile a shared-memory allreduce; gloo does the same job uncompiled.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    return deepspeed
+
+
+def _fingerprint(module):
+    """Per-tensor sums in float64: equal on every replica when data parallelism keeps them in sync."""
+    import torch
+
+    return torch.stack([p.detach().double().sum() for p in module.parameters()]).cpu()
+
+
+def _replica_divergence(module) -> float:
+    import torch
+    import torch.distributed as dist
+
+    mine = _fingerprint(module)
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return 0.0
+    every = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)
+    return float(max((e - every[0]).abs().max() for e in every))
+
+
+def _global_mean(value: float, count: int) -> float:
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return value / max(count, 1)
+    pair = torch.tensor([value, float(count)], dtype=torch.float64)
+    dist.all_reduce(pair)
+    return float(pair[0] / max(pair[1], 1.0))
+
+
+# ---------------------------------------------------------------- workers: the loop
+
+
+def train_loop(loop_config: dict) -> dict:
+    """One Ray Train worker: reads like a single-device loop, with the distributed parts where they act."""
+    import contextlib
+
+    import ray.train
+    import ray.train.torch
+    import torch
+    from ray.train import Checkpoint
+
+    from .model import load_reranker
+
+    config: TrainConfig = loop_config["config"]
+    plan: dict = loop_config["plan"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    use_gpu = device.type == "cuda"
+    bf16 = config.bf16 if config.bf16 is not None else use_gpu
+    torch.manual_seed(config.seed)
+
+    reranker = load_reranker(plan["model"], device="cpu", dtype="float32", max_length=plan["max_length"],
+                             allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+    net = reranker.model.train()
+    pad_id = reranker.tokenizer.pad_token_id or 0
+    total, per_epoch, accum = plan["total_steps"], plan["batches_per_epoch"], config.grad_accum
+
+    checkpoint = ray.train.get_checkpoint()
+    progress = {"step": 0, "micro": 0, "log": [], "samples": 0, "seconds": 0.0, "resumed_from": []}
+    checkpoint_dir = None
+    if checkpoint:
+        checkpoint_dir = checkpoint.to_directory()
+        with open(os.path.join(checkpoint_dir, PROGRESS)) as f:
+            progress = json.load(f)
+        progress["resumed_from"].append(progress["step"])
+        torch.manual_seed(config.seed + progress["step"])
+        if not config.deepspeed:
+            from safetensors.torch import load_file
+
+            net.load_state_dict(load_file(os.path.join(checkpoint_dir, MODEL, "model.safetensors")), strict=False)
+
+    optimizer = torch.optim.AdamW(_parameter_groups(net, config.weight_decay), lr=config.lr)
+    warmup = math.ceil(config.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, total))
+    if config.deepspeed:
+        deepspeed = _import_deepspeed(use_gpu)
+        model, optimizer, _, scheduler = deepspeed.initialize(
+            model=net, optimizer=optimizer, lr_scheduler=scheduler, config=_deepspeed_config(config, bf16))
+        if checkpoint_dir:
+            model.load_checkpoint(checkpoint_dir, tag=DS_TAG)
+        module, autocast = model.module, contextlib.nullcontext  # DeepSpeed casts the model itself
+    else:
+        model = ray.train.torch.prepare_model(net)  # DDP: gradients averaged across workers
+        if checkpoint_dir:
+            state = torch.load(os.path.join(checkpoint_dir, STATE), weights_only=True)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        module = model.module if hasattr(model, "module") else model
+        autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+    if checkpoint_dir:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    loss_fn = torch.nn.BCEWithLogitsLoss(
+        pos_weight=torch.tensor(config.pos_weight, device=device) if config.pos_weight else None)
+    shard = ray.train.get_dataset_shard("train")
+    eval_shard = ray.train.get_dataset_shard("eval") if plan["qrels"] else None
+    budget = 65536 if use_gpu else 8192
+
+    def run_eval() -> dict:
+        return evaluate(model if config.deepspeed else module, eval_shard, plan["qrels"], device, pad_id, budget)
+
+    def save(metrics: dict) -> None:
+        """Every worker reports (a barrier); rank 0 writes the model and the state, DeepSpeed ranks their shards."""
+        with tempfile.TemporaryDirectory() as tmp:
+            if config.deepspeed:
+                model.save_checkpoint(tmp, tag=DS_TAG)
+            full_state = model._zero3_consolidated_16bit_state_dict() if config.deepspeed and config.deepspeed.stage == 3 else None
+            if rank == 0:
+                save_reranker(module, reranker.tokenizer, os.path.join(tmp, MODEL), plan["max_length"],
+                              state_dict=full_state)
+                if not config.deepspeed:
+                    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                               os.path.join(tmp, STATE))
+                with open(os.path.join(tmp, PROGRESS), "w") as f:
+                    json.dump(progress, f)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if rank == 0 or config.deepspeed
+                             else None, checkpoint_dir_name=f"checkpoint_{progress['step']:07d}")
+
+    if plan["qrels"] and progress["step"] == 0:
+        baseline = run_eval()
+        progress["log"].append({"epoch": 0.0, "step": 0, **baseline})
+        if rank == 0:
+            print(f"ce-ray train: before training " + _metrics_text(baseline), flush=True)
+
+    step, micro = progress["step"], progress["micro"]
+    loss_sum, loss_count, samples, tick = 0.0, 0, 0, time.perf_counter()
+    epoch = micro // per_epoch
+    while step < total:
+        for inputs, labels in micro_batches(shard, config, epoch, rank, micro - epoch * per_epoch, pad_id):
+            inputs = {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}
+            target = torch.from_numpy(labels).to(device)
+            boundary = (micro + 1) % accum == 0
+            if config.deepspeed:
+                loss = loss_fn(model(**inputs).logits.float().view(-1), target)
+                model.backward(loss)
+                model.step()  # optimizer, scheduler and clipping at accumulation boundaries
+            else:
+                sync = contextlib.nullcontext() if boundary or world == 1 else model.no_sync()
+                with sync:
+                    with autocast():
+                        logits = model(**inputs).logits
+                    loss = loss_fn(logits.float().view(-1), target)
+                    (loss / accum).backward()
+                if boundary:
+                    if config.max_grad_norm > 0:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+            micro += 1
+            loss_sum, loss_count, samples = loss_sum + float(loss.detach()), loss_count + 1, samples + len(labels)
+            if not boundary:
+                continue
+            step += 1
+            epoch_end = micro // per_epoch > (micro - accum) // per_epoch
+            last = step == total
+            saving = (config.save_every and step % config.save_every == 0) or epoch_end or last
+            logging = step % config.log_every == 0 or saving
+            if not logging:
+                continue
+            elapsed = time.perf_counter() - tick
+            global_samples = samples * world
+            entry = {"epoch": round(micro / per_epoch, 4), "step": step,
+                     "loss": _global_mean(loss_sum, loss_count), "lr": scheduler.get_last_lr()[0],
+                     "samples_per_second": global_samples / elapsed if elapsed else 0.0}
+            progress["samples"] += global_samples
+            progress["seconds"] += elapsed
+            if plan["qrels"] and ((config.eval_every and step % config.eval_every == 0) or epoch_end or last):
+                entry.update(run_eval())
+            progress["step"], progress["micro"] = step, micro
+            progress["log"].append(entry)
+            if rank == 0:
+                print(f"ce-ray train: step {step}/{total} epoch {entry['epoch']:.2f} loss {entry['loss']:.4f} "
+                      f"lr {entry['lr']:.2e} samples/s {entry['samples_per_second']:.1f} "
+                      + _metrics_text(entry), flush=True)
+            if saving:
+                save(entry)
+            loss_sum, loss_count, samples, tick = 0.0, 0, 0, time.perf_counter()
+            if last:
+                break
+        epoch += 1
+    divergence = None if config.deepspeed and config.deepspeed.stage == 3 else _replica_divergence(module)
+    return {"log": progress["log"], "resumed_from": progress["resumed_from"], "replica_divergence": divergence,
+            "samples": progress["samples"], "seconds": progress["seconds"], "steps": step}
+
+
+def save_reranker(module, tokenizer, path: str, max_length: int, state_dict=None) -> None:
+    """The CrossEncoder layout; `state_dict` holds the gathered weights when ZeRO-3 partitions the module."""
+    from .model import SIGMOID, save_reranker as save_full
+
+    if state_dict is None:
+        return save_full(module, tokenizer, path, max_length)
+    module.config.sentence_transformers = {"activation_fn": SIGMOID}
+    module.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
+    tokenizer.model_max_length = max_length
+    tokenizer.save_pretrained(path)
+
+
+def _metrics_text(entry: dict) -> str:
+    return " ".join(f"{k[5:]} {v:.4f}" for k, v in entry.items() if k.startswith("eval_"))
+
+
+# ---------------------------------------------------------------- driver: the job
+
+
+@dataclasses.dataclass
+class TrainOutcome:
+    """What `train` returns: Ray Train's result, where the model is, and what the run saw."""
+
+    result: object  # ray.train.Result
+    model_path: str
+    stats: dict
+    log: List[dict]
+    final_metrics: dict
+    steps: int
+    samples_per_second: float
+    seconds: float
+    resumed_from: List[int]
+    replica_divergence: Optional[float]
+
+    def lines(self) -> List[str]:
+        metrics = " ".join(f"{k[5:]} {v:.4f}" for k, v in self.final_metrics.items())
+        return [
+            "ce-ray train: done",
+            f"  pairs         {self.stats['pairs']:,} ({self.stats['rejected']:,} rejected)",
+            f"  steps         {self.steps:,}" + (f" (resumed at {self.resumed_from})" if self.resumed_from else ""),
+            f"  samples/s     {self.samples_per_second:,.1f}",
+            f"  seconds       {self.seconds:.1f}",
+        ] + ([f"  eval          {metrics}"] if metrics else []) + [f"  model         {self.model_path}"]
+
+
+def _storage(config: TrainConfig):
+    """Ray Train's storage (filesystem, path) and run name; checkpoints default to <output>/checkpoints."""
+    uri = config.storage_path or join(config.output, "checkpoints")
+    fs, path = filesystem(uri)
+    name = config.run_name or os.path.basename(config.output.rstrip("/")) or "ce-ray-train"
+    return fs, path, name
+
+
+def _publish(model_dir: str, output: str, card_text: str) -> None:
+    """Copies the final model folder (and its card) to the output, local or s3://."""
+    import pyarrow.fs as pafs
+
+    with open(os.path.join(model_dir, "README.md"), "w") as f:
+        f.write(card_text)
+    fs, path = filesystem(output)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(model_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
+    """Fine-tunes a cross-encoder on Ray Train and saves a folder that `CrossEncoder(path)` loads.
+
+    Example: `ce_ray.train(TrainConfig(model=..., train_data="pairs.parquet", output="s3://b/model", num_workers=4))`.
+    """
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from transformers import AutoConfig
+
+    from . import card
+    from .model import check_safe, local_model_path, max_length_of
+
+    config = dataclasses.replace(config or TrainConfig(), **settings)
+    require(config, "model", "train_data", "output")
+    config.validate()
+    start = time.perf_counter()
+    model = local_model_path(config.model)
+    if os.path.isdir(model):
+        model = os.path.abspath(model)
+    check_safe(model, config.allow_pickle, config.trust_remote_code)
+    tokenizer = cached_tokenizer(model, config.trust_remote_code)
+    max_length = config.max_length or max_length_of(
+        model, tokenizer, AutoConfig.from_pretrained(model, trust_remote_code=config.trust_remote_code))
+    if not ray.is_initialized():
+        ray.init()
+    use_gpu = config.use_gpu if config.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    if config.deepspeed:
+        try:
+            _import_deepspeed(use_gpu)
+        except ImportError as e:
+            raise ConfigError(f"the deepspeed section needs DeepSpeed: pip install 'ce-ray[deepspeed]' ({e})")
+
+    train_ds, stats, eval_ds, qrels = prepare_data(config, model, max_length)
+    per_worker = stats["pairs"] // config.num_workers  # the shards are cut equal so every worker steps together
+    per_epoch = math.ceil(per_worker / config.batch_size)
+    total = config.max_steps or (config.epochs * per_epoch) // config.grad_accum
+    if total < 1:
+        raise ConfigError(f"{per_epoch} batch(es) per epoch and grad_accum {config.grad_accum}: no optimizer step")
+    plan = {"model": model, "max_length": max_length, "batches_per_epoch": per_epoch, "total_steps": total,
+            "qrels": qrels}
+    print(f"ce-ray train: {stats['pairs']:,} pairs ({stats['rejected']:,} rejected), {config.num_workers} worker(s), "
+          f"{per_epoch} batch(es) of {config.batch_size} per worker and epoch, {total} step(s)", flush=True)
+
+    fs, storage_path, name = _storage(config)
+    datasets = {"train": train_ds} | ({"eval": eval_ds} if eval_ds is not None else {})
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": config, "plan": plan},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": config.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})),
+        run_config=RunConfig(
+            name=name, storage_path=storage_path, storage_filesystem=fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=config.max_failures),
+        ),
+        datasets=datasets,
+        # The eval candidates go whole to every worker (ZeRO-3 needs every rank in each forward pass).
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    summary = result.return_value or {}
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint_dir = result.checkpoint.to_directory(os.path.join(tmp, "checkpoint"))
+        with open(os.path.join(checkpoint_dir, PROGRESS)) as f:
+            progress = json.load(f)
+        log = summary.get("log", progress["log"])
+        final = next((({k: v for k, v in e.items() if k.startswith("eval_")}) for e in reversed(log)
+                      if any(k.startswith("eval_") for k in e)), {})
+        seconds = summary.get("seconds", progress["seconds"])
+        samples = summary.get("samples", progress["samples"])
+        facts = card.CardFacts(
+            base_model=config.model, config=config, defaults=TrainConfig(), stats=stats, log=log,
+            final_metrics=final, max_length=max_length, num_workers=config.num_workers, steps=progress["step"],
+            samples_per_second=samples / seconds if seconds else 0.0, output=config.output)
+        _publish(os.path.join(checkpoint_dir, MODEL), config.output, card.model_card(facts))
+    outcome = TrainOutcome(
+        result=result, model_path=config.output, stats=stats, log=log, final_metrics=final,
+        steps=progress["step"], samples_per_second=facts.samples_per_second,
+        seconds=time.perf_counter() - start, resumed_from=summary.get("resumed_from", progress["resumed_from"]),
+        replica_divergence=summary.get("replica_divergence"))
+    print("\n".join(outcome.lines()), flush=True)
+    return outcome

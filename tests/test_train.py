@@ -1,0 +1,194 @@
+"""Training on Ray Train (DDP on CPU, gloo): data parallelism, resume after a killed worker, the saved
+model against CrossEncoder, training pairs from BEIR with BM25 hard negatives, bad labels."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import SCIFACT, build_tiny_model, wikiqa_pairs
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def _train_module():
+    import ce_ray.train  # noqa: F401  (the package exports the function under the same name)
+
+    return sys.modules["ce_ray.train"]
+
+
+def _weights(folder) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(folder, "model.safetensors"))
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def still_model(tmp_path_factory):
+    """A tiny reranker without dropout, so that runs can be compared weight for weight."""
+    path = build_tiny_model(tmp_path_factory.mktemp("still"), seed=1)
+    config = json.loads((path / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    frame = wikiqa_pairs("train", 400)[["query", "document", "label"]]
+    frame = pd.concat([frame[frame.label == 1].head(24), frame[frame.label == 0].head(40)])
+    frame = frame.sample(frac=1.0, random_state=0).astype({"label": "float32"})
+    path = tmp_path_factory.mktemp("pairs") / "pairs.parquet"
+    frame.to_parquet(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_parallel_runs(ray_local, still_model, pairs_file, tmp_path_factory):
+    """The same 16 pairs for 3 epochs: 2 workers x 8 per device, and 1 worker x 16. Every epoch is one
+    optimizer step over all 16 pairs, so averaged gradients make both runs take the same steps."""
+    from ce_ray.config import TrainConfig
+
+    sixteen = tmp_path_factory.mktemp("sixteen") / "pairs.parquet"
+    pd.read_parquet(pairs_file).head(16).to_parquet(sixteen)
+    out = tmp_path_factory.mktemp("dp")
+    common = dict(model=str(still_model), train_data=str(sixteen), epochs=3, lr=1e-3, log_every=1)
+    started = time.perf_counter()
+    two = _train_module().train(TrainConfig(**common, output=str(out / "two"), num_workers=2, batch_size=8))
+    one = _train_module().train(TrainConfig(**common, output=str(out / "one"), num_workers=1, batch_size=16))
+    print(f"two data-parallel runs: {time.perf_counter() - started:.1f}s")
+    return two, one
+
+
+def test_replicas_stay_identical_and_match_one_worker_with_twice_the_batch(data_parallel_runs, still_model):
+    two, one = data_parallel_runs
+    assert two.steps == one.steps == 3
+    assert two.replica_divergence == 0.0  # both replicas hold the same weights after 3 steps
+    start, w2, w1 = _weights(still_model), _weights(two.model_path), _weights(one.model_path)
+    moved = _max_diff(start, w2)
+    assert moved > 1e-3  # training changed the weights...
+    assert _max_diff(w2, w1) < 1e-5  # ...and both runs changed them the same way
+    losses = [entry["loss"] for entry in two.log]
+    assert losses == pytest.approx([entry["loss"] for entry in one.log], abs=1e-5)
+
+
+def test_saved_model_is_a_crossencoder_that_scores_like_ce_ray(data_parallel_runs, pairs_file):
+    import ray.data
+    from sentence_transformers import CrossEncoder
+
+    import ce_ray
+
+    path = data_parallel_runs[1].model_path
+    frame = pd.read_parquet(pairs_file)[["query", "document"]]
+    expected = CrossEncoder(path, device="cpu").predict(list(zip(frame["query"], frame["document"])),
+                                                         batch_size=16)
+    scored = ce_ray.score(ray.data.from_pandas(frame), model=path).to_pandas()
+    merged = frame.merge(scored, on=["query", "document"])
+    assert len(merged) == len(frame)
+    assert np.abs(merged["score"].to_numpy() - expected).max() <= 1e-5
+
+
+def test_model_card_reports_what_the_run_saw(data_parallel_runs):
+    two = data_parallel_runs[0]
+    card = open(os.path.join(two.model_path, "README.md")).read()
+    assert "# CrossEncoder based on" in card and "BinaryCrossEntropyLoss" in card
+    assert "- Size: 16 training pairs" in card
+    assert "- `num_workers`: 2" in card and "- `lr`: 0.001" in card and "- `batch_size`: 8" in card
+    table = [line for line in card.splitlines() if line.startswith("| 3.0000 | 3 |")]
+    assert table and f"{two.log[-1]['loss']:.4f}" in table[0]
+    assert "Sentence Transformers:" in card and "Ray:" in card and "CrossEncoder(" in card
+
+
+def _ray_train_workers():
+    """This test process's own Ray Train worker processes (other Ray clusters on the machine are left alone)."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if child.cmdline() and child.cmdline()[0].startswith("ray::RayTrainWorker"):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, tiny_model, pairs_file, tmp_path):
+    from ce_ray.config import TrainConfig
+
+    out = tmp_path / "resumed"
+    runs = out / "checkpoints" / "resumed"
+    killed = []
+
+    def kill_after_first_checkpoint():
+        deadline = time.time() + 600
+        while time.time() < deadline and not killed:
+            snapshot = runs / "checkpoint_manager_snapshot.json"
+            # Registered with the controller (not only written), so that a restart finds it.
+            if snapshot.exists() and "checkpoint_0" in snapshot.read_text():
+                workers = _ray_train_workers()
+                if workers:
+                    os.kill(workers[-1].pid, signal.SIGKILL)
+                    killed.append(workers[-1].pid)
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    killer.start()
+    outcome = _train_module().train(TrainConfig(
+        model=str(tiny_model), train_data=str(pairs_file), output=str(out), num_workers=2, batch_size=2,
+        epochs=2, save_every=4, log_every=4, max_failures=1))
+    killer.join(timeout=5)
+    assert killed, "no training worker was running once the first checkpoint appeared"
+    total = 2 * (outcome.stats["pairs"] // 2 // 2)
+    assert outcome.steps == total
+    assert len(outcome.resumed_from) == 1
+    resumed_at = outcome.resumed_from[0]
+    assert 4 <= resumed_at < total and resumed_at % 4 == 0  # from a checkpoint, not from zero
+    steps = [entry["step"] for entry in outcome.log]
+    assert steps == sorted(set(steps)) and steps[-1] == total  # the counter went on; no step was redone
+    assert resumed_at in steps and steps.index(resumed_at) + 1 < len(steps)
+
+
+def test_beir_pairs_with_bm25_hard_negatives_train_and_evaluate(ray_local, tiny_model, tmp_path):
+    from ce_ray.candidates import read_qrels
+    from ce_ray.config import TrainConfig
+
+    train = _train_module()
+    table = train.beir_training_pairs(str(SCIFACT), "train", hard_negatives=2).to_pandas()
+    qrels = read_qrels(str(SCIFACT / "qrels" / "train.tsv"))
+    positives = sum(sum(g > 0 for g in judged.values()) for judged in qrels.values())
+    assert (table.label == 1.0).sum() == positives
+    assert (table.label == 0.0).sum() == 2 * positives
+    outcome = train.train(TrainConfig(
+        model=str(tiny_model), train_data=str(SCIFACT), hard_negatives=2, output=str(tmp_path / "scifact"),
+        eval_data=str(SCIFACT), eval_split="test", eval_top_k=10, eval_max_queries=8,
+        max_steps=3, batch_size=4, log_every=1))
+    assert outcome.steps == 3 and outcome.stats["pairs"] == 3 * positives
+    assert outcome.log[0]["step"] == 0 and "eval_ndcg@10" in outcome.log[0]  # the base model, before training
+    assert set(outcome.final_metrics) == {"eval_ndcg@10", "eval_mrr@10", "eval_map"}
+    assert all(0.0 <= v <= 1.0 for v in outcome.final_metrics.values())
+    card = open(tmp_path / "scifact" / "README.md").read()
+    assert "## Evaluation" in card and "BM25 hard negatives" in card
+
+
+def test_labels_outside_zero_one_fail_before_training(ray_local, tiny_model, tmp_path):
+    from ce_ray.config import TrainConfig
+    from ce_ray.io import InputError
+
+    path = tmp_path / "graded.parquet"
+    pd.DataFrame({"query": ["q"] * 4, "document": ["a", "b", "c", "d"], "label": [0.0, 1.0, 2.0, 3.0]}).to_parquet(path)
+    with pytest.raises(InputError, match=r"2 label\(s\) outside \[0, 1\]"):
+        _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(path), output=str(tmp_path / "o")))
