@@ -1,0 +1,201 @@
+"""Ray Jobs end to end: a real local cluster (`ray start --head`, token authentication on), jobs submitted
+with `ce-ray submit`, followed to their end. Only the processes this module starts are stopped: `ray stop`
+would stop every Ray on the machine."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT, build_tiny_model, wikiqa_pairs
+
+BIN = Path(sys.executable).parent
+JOB_TIMEOUT = 420  # seconds a submitted job may take on a busy 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def reference_scores(model: Path, df: pd.DataFrame) -> np.ndarray:
+    """Scores of the pairs from the model loaded in this process, in one padded batch."""
+    import torch
+
+    from ce_ray.model import load_reranker
+
+    reranker = load_reranker(str(model), device="cpu")
+    enc = reranker.tokenizer(list(df["query"]), list(df["document"]), truncation="longest_first",
+                             max_length=reranker.max_length, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        return reranker.scores(reranker.model(**enc).logits).numpy()
+
+
+def kill_leftovers(marker: str) -> None:
+    """Kills processes whose command line names this cluster's own temp dir (all started by it)."""
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if marker in " ".join(proc.info["cmdline"] or []) and proc.pid != os.getpid():
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+@dataclass
+class LocalCluster:
+    address: str  # dashboard URL, for `ce-ray submit --address`
+    env: dict  # the environment a client needs: token authentication on, the venv's python first on PATH
+
+    def submit(self, job: str, config: Path, *flags: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "ce-ray"), "submit", job, "--config", str(config), "--address", self.address, *flags],
+            env=env or self.env, capture_output=True, text=True, timeout=JOB_TIMEOUT, cwd=ROOT,
+        )
+
+
+def node_logs(temp_dir: str) -> str:
+    """The tail of `ray start`'s output and of the node's dashboard and raylet logs, for failure messages."""
+    paths = [Path(temp_dir) / "ray-start.log"]
+    for name in ("dashboard.log", "dashboard.err", "raylet.err", "gcs_server.err"):
+        paths += sorted(Path(temp_dir).glob(f"ray/session_*/logs/{name}"))
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in paths if p.exists())
+
+
+def stop(proc: subprocess.Popen, temp_dir: str) -> None:
+    if proc.poll() is not None:  # the node went down on its own: say why in the test's output
+        print(node_logs(temp_dir))
+    # `ray start --block` stops its node (raylet, GCS, dashboard and their workers) on SIGTERM.
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    kill_leftovers(temp_dir)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # A short temp dir of its own: Ray's unix socket paths must stay under 108 characters.
+    temp_dir = tempfile.mkdtemp(prefix="ce-ray-jobs-", dir="/tmp")
+    token = Path(temp_dir) / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", RAY_AUTH_MODE="token",
+               RAY_AUTH_TOKEN_PATH=str(token), RAY_DATA_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false")
+    dashboard = free_port()
+    command = [
+        str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", f"--dashboard-port={dashboard}",
+        "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp_dir}/ray",
+        f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+        "--include-dashboard=true", "--disable-usage-stats",
+    ]
+    log = open(Path(temp_dir) / "ray-start.log", "w")
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        address = f"http://127.0.0.1:{dashboard}"
+        request = urllib.request.Request(f"{address}/api/version",
+                                         headers={"Authorization": f"Bearer {token.read_text()}"})
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"ray start exited {proc.returncode}:\n{node_logs(temp_dir)}")
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the local Ray cluster's dashboard did not come up in 240 s:\n{node_logs(temp_dir)}")
+            time.sleep(1)
+        yield LocalCluster(address, env)
+    finally:
+        stop(proc, temp_dir)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("jobs-model"), seed=3)
+
+
+def write_config(path: Path, **settings) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def test_score_job_on_a_local_cluster(cluster, model, tmp_path):
+    pairs = wikiqa_pairs("test", 40)[["query_id", "doc_id", "query", "document", "label"]]
+    pairs.to_parquet(tmp_path / "pairs.parquet", index=False)
+    config = write_config(tmp_path / "score.yaml", model=str(model), input=str(tmp_path / "pairs.parquet"),
+                          output=str(tmp_path / "out"), rows_per_block=16)
+
+    run = cluster.submit("score", config)
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "SUCCEEDED" in run.stdout
+    assert "rows scored   40" in run.stdout  # the job's own summary, followed from its logs
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+    out = pq.read_table(tmp_path / "out" / "results").to_pandas()
+    assert len(out) == 40 and not out.duplicated(["query_id", "doc_id"]).any()
+    merged = pairs.merge(out[["query_id", "doc_id", "score"]], on=["query_id", "doc_id"], validate="1:1")
+    assert np.abs(merged["score"].to_numpy() - reference_scores(model, merged)).max() <= 1e-5
+
+
+def test_failing_job_reports_its_status_and_message(cluster, model, tmp_path):
+    pq.write_table(pa.table({"query": ["what is ray?"] * 3, "passage": ["a", "b", "c"]}), tmp_path / "bad.parquet")
+    config = write_config(tmp_path / "bad.yaml", model=str(model), input=str(tmp_path / "bad.parquet"),
+                          output=str(tmp_path / "out"))
+
+    run = cluster.submit("score", config)
+
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "FAILED" in run.stderr
+    assert "missing column(s) 'document'" in run.stdout + run.stderr
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_submission_needs_the_token(cluster, model, tmp_path):
+    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "pairs.parquet")
+    config = write_config(tmp_path / "score.yaml", model=str(model), input=str(tmp_path / "pairs.parquet"),
+                          output=str(tmp_path / "out"))
+    env = dict(cluster.env, RAY_AUTH_MODE="disabled")
+
+    run = cluster.submit("score", config, env=env)
+
+    assert run.returncode == 2
+    assert "Authentication required" in run.stderr and "RAY_AUTH_MODE=token" in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_config_fails_before_submission(tmp_path, capsys):
+    from ce_ray.cli import main
+
+    config = write_config(tmp_path / "score.yaml", model="m", input="in", output="out", rows_per_blok=16)
+    # Nothing listens on port 9: the config is refused before any connection is tried.
+    assert main(["submit", "score", "--config", str(config), "--address", "http://127.0.0.1:9"]) == 2
+    assert "unknown setting 'rows_per_blok' (did you mean 'rows_per_block'?)" in capsys.readouterr().err

@@ -1,0 +1,148 @@
+"""A score job on a multi-node Ray cluster on one machine loses a worker node mid-job and still writes every
+row exactly once, with the right score. The job runs in a driver subprocess of its own (`ray.cluster_utils.
+Cluster`: a head without CPUs and two 3-CPU workers), apart from the session's in-process Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import build_tiny_model, wikiqa_pairs
+from test_jobs import kill_leftovers, reference_scores
+
+ROWS, FILES, GATE_ROW = 1200, 6, 400
+
+# Rows from GATE_ROW on wait in a step after scoring until a worker node has been removed, so the removal
+# always lands mid-job: the job cannot end before it, and it ends only after work has been lost with the node.
+DRIVER = r'''
+import json, os, sys, threading, time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import ray
+from ray.cluster_utils import Cluster
+from ray.util.state import list_actors
+
+from ce_ray.config import ScoreConfig
+from ce_ray.score import run_score
+
+model, input_dir, output, signals, temp_dir, gate_row = sys.argv[1:7]
+signals, gate_row = Path(signals), int(gate_row)
+removed = signals / "node-removed"
+
+
+def gate(batch):
+    if pc.min(batch["row"]).as_py() >= gate_row:
+        (signals / f"waiting-{os.getpid()}").touch()
+        while not removed.exists():
+            time.sleep(0.1)
+    return batch
+
+
+def remove_a_scoring_node(cluster, workers, report):
+    deadline = time.monotonic() + 240
+    while not list(signals.glob("waiting-*")):
+        if time.monotonic() > deadline:
+            report["error"] = "no batch reached the gate"
+            removed.touch()
+            return
+        time.sleep(0.2)
+    scorers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "Scorer" in a.class_name]
+    hosts = {a.node_id for a in scorers}
+    victim = next((w for w in workers if w.node_id in hosts), workers[-1])
+    report.update(removed_node=victim.node_id, scorer_on_removed_node=victim.node_id in hosts,
+                  scorers_alive=len(scorers), done_before_removal=(Path(output) / "_SUCCESS").exists(),
+                  seconds_to_removal=round(time.monotonic() - start, 1))
+    cluster.remove_node(victim, allow_graceful=False)
+    removed.touch()
+
+
+start = time.monotonic()
+# A lost node is declared dead after ~3 s instead of ~15 s, so that recovery starts soon.
+health = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_failure_threshold": 6}
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp_dir, "_system_config": health})
+try:
+    # 3 CPUs a node: the survivor holds both scoring replicas (1 CPU each) and still has one for writing.
+    workers = [cluster.add_node(num_cpus=3, temp_dir=temp_dir) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    report = {"seconds_to_start": round(time.monotonic() - start, 1)}
+    watcher = threading.Thread(target=remove_a_scoring_node, args=(cluster, workers, report), daemon=True)
+    watcher.start()
+    config = ScoreConfig(model=model, input=input_dir, output=output, rows_per_block=100, replicas=2,
+                         min_replicas=2, tokenize_cpus=0.5)
+    summary = run_score(config, transform=lambda ds: ds.map_batches(gate, batch_format="pyarrow", num_cpus=0.5))
+    watcher.join(timeout=60)
+    report.update(rows_scored=summary.rows_scored, rows_rejected=summary.rows_rejected,
+                  nodes_alive=sum(n["Alive"] for n in ray.nodes()), seconds=round(time.monotonic() - start, 1))
+    print("REPORT " + json.dumps(report), flush=True)
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+'''
+
+
+@pytest.fixture
+def scratch():
+    # Short and of its own: Ray's socket paths must stay under 108 characters, and leftovers are found by it.
+    path = tempfile.mkdtemp(prefix="ce-ray-mn-", dir="/tmp")
+    yield Path(path)
+    kill_leftovers(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_score_job_survives_losing_a_worker_node(tmp_path, scratch):
+    model = build_tiny_model(tmp_path / "model", seed=5)
+    pairs = wikiqa_pairs("train", ROWS)[["query", "document"]].reset_index(drop=True)
+    pairs.insert(0, "row", np.arange(ROWS, dtype=np.int64))
+    (tmp_path / "in").mkdir()
+    for i, part in enumerate(np.array_split(np.arange(ROWS), FILES)):
+        pq.write_table(pa.Table.from_pandas(pairs.iloc[part], preserve_index=False),
+                       tmp_path / "in" / f"pairs-{i}.parquet")
+    (tmp_path / "signals").mkdir()
+    (scratch / "auth_token").write_text(secrets.token_hex(32))
+    (tmp_path / "driver.py").write_text(DRIVER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(scratch / "auth_token"),
+               RAY_DATA_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false")
+
+    with open(scratch / "driver.log", "w") as out:
+        driver = subprocess.Popen(
+            [sys.executable, str(tmp_path / "driver.py"), str(model), str(tmp_path / "in"), str(tmp_path / "out"),
+             str(tmp_path / "signals"), str(scratch / "ray"), str(GATE_ROW)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            driver.wait(timeout=480)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+                driver.wait(timeout=30)
+    log = (scratch / "driver.log").read_text(errors="replace")
+
+    assert driver.returncode == 0, log[-6000:]
+    report = json.loads(next(line for line in log.splitlines() if line.startswith("REPORT "))[len("REPORT "):])
+    print(report)
+    assert "error" not in report, report
+    assert report["scorer_on_removed_node"] and not report["done_before_removal"], report
+    assert report["nodes_alive"] == 2, report  # the head and the surviving worker
+    assert report["rows_scored"] == ROWS and report["rows_rejected"] == 0, report
+
+    out = pq.read_table(tmp_path / "out" / "results").to_pandas().sort_values("row").reset_index(drop=True)
+    assert len(out) == ROWS and out["row"].tolist() == list(range(ROWS))  # every row, exactly once
+    assert (out[["query", "document"]] == pairs[["query", "document"]]).all().all()
+    assert np.abs(out["score"].to_numpy() - reference_scores(model, pairs)).max() <= 1e-5
