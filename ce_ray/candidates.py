@@ -1,0 +1,216 @@
+"""BM25 first stage (`bm25s`) over a BEIR folder: the top-k documents of each query, as pairs parquet.
+
+A BEIR folder holds `corpus.jsonl` (`_id`, `title`, `text`), `queries.jsonl` (`_id`, `text`) and
+`qrels/<split>.tsv` (`query-id`, `corpus-id`, `score`). The output has one row per (query, candidate):
+query_id, doc_id, query, document (title and text, joined as BEIR joins them), bm25_score, bm25_rank
+(1 = best) and label (the qrels grade, 0 when unjudged), ready for `ce-ray rerank` and `ce-ray eval`.
+The index lives in one process: BM25 here serves demos, evaluation and hard-negative mining.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .config import CandidatesConfig, ConfigError, require
+from .io import InputError, filesystem, join
+
+SUCCESS = "_SUCCESS"
+
+
+def _lines(uri: str):
+    """(line number, line) of a local or s3:// text file (gzip etc. detected from the name)."""
+    fs, path = filesystem(uri)
+    try:
+        with fs.open_input_stream(path, compression="detect") as f:
+            data = f.read()  # the whole file: BM25 indexes all of it in memory anyway
+    except FileNotFoundError:
+        raise InputError(f"{uri} does not exist") from None
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        try:
+            yield number, line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{uri} line {number}: not valid UTF-8") from None
+
+
+def read_jsonl_records(uri: str) -> List[dict]:
+    """Every record of a JSON Lines file; a bad line fails with the file and the line number."""
+    records = []
+    for number, line in _lines(uri):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            raise InputError(f"{uri} line {number}: not valid JSON ({str(e)[:80]})") from None
+        if not isinstance(record, dict) or "_id" not in record:
+            raise InputError(f"{uri} line {number}: expected a JSON object with an '_id'")
+        records.append(record)
+    return records
+
+
+def read_corpus(folder: str) -> Dict[str, str]:
+    """doc id -> document text: title and text joined with a space and stripped, as BEIR's reranker does."""
+    return {str(r["_id"]): f"{r.get('title') or ''} {r.get('text') or ''}".strip()
+            for r in read_jsonl_records(join(folder, "corpus.jsonl"))}
+
+
+def read_queries(folder: str) -> Dict[str, str]:
+    return {str(r["_id"]): r.get("text") or "" for r in read_jsonl_records(join(folder, "queries.jsonl"))}
+
+
+def read_qrels(uri: str) -> Dict[str, Dict[str, int]]:
+    """query id -> {doc id: grade} from a BEIR qrels TSV (header `query-id corpus-id score`), in file order."""
+    qrels: Dict[str, Dict[str, int]] = {}
+    rows = ((n, line.rstrip("\n\r")) for n, line in _lines(uri))
+    for number, line in rows:
+        if not line.strip():
+            continue
+        parts = next(csv.reader([line], delimiter="\t"))
+        if number == 1 and parts[:2] == ["query-id", "corpus-id"]:
+            continue
+        if len(parts) != 3:
+            raise InputError(f"{uri} line {number}: expected 3 tab-separated fields, got {len(parts)}")
+        try:
+            grade = int(float(parts[2]))
+        except ValueError:
+            raise InputError(f"{uri} line {number}: score {parts[2]!r} is not a number") from None
+        qrels.setdefault(parts[0], {})[parts[1]] = grade
+    return qrels
+
+
+@dataclass
+class QrelsReport:
+    """qrels entries that name a query or a document the folder does not have."""
+
+    unknown_queries: List[str] = field(default_factory=list)
+    unknown_documents: List[tuple] = field(default_factory=list)  # (query id, doc id)
+
+    def lines(self, examples: int = 5) -> List[str]:
+        out = []
+        if self.unknown_queries:
+            out.append(f"qrels name {len(self.unknown_queries)} unknown quer(y/ies), not retrieved: "
+                       f"{', '.join(self.unknown_queries[:examples])}")
+        if self.unknown_documents:
+            shown = ", ".join(f"{q}/{d}" for q, d in self.unknown_documents[:examples])
+            out.append(f"qrels name {len(self.unknown_documents)} unknown document(s) (query/doc): {shown}")
+        return out
+
+
+def check_qrels(qrels: Dict[str, Dict[str, int]], queries: Dict[str, str], corpus: Dict[str, str]) -> QrelsReport:
+    report = QrelsReport()
+    for query_id, judged in qrels.items():
+        if query_id not in queries:
+            report.unknown_queries.append(query_id)
+        report.unknown_documents.extend((query_id, d) for d in judged if d not in corpus)
+    return report
+
+
+def bm25_top_k(corpus_texts: List[str], query_texts: List[str], k: int):
+    """(doc indices, scores), each [queries, k], best first."""
+    import bm25s
+
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(corpus_texts, stopwords="en", show_progress=False), show_progress=False)
+    query_tokens = bm25s.tokenize(query_texts, stopwords="en", return_ids=False, show_progress=False)
+    k = min(k, len(corpus_texts))
+    return retriever.retrieve(query_tokens, k=k, show_progress=False, n_threads=0)
+
+
+SCHEMA = pa.schema([
+    ("query_id", pa.string()), ("doc_id", pa.string()), ("query", pa.string()), ("document", pa.string()),
+    ("bm25_score", pa.float32()), ("bm25_rank", pa.int32()), ("label", pa.int32()),
+])
+
+
+def candidates_table(corpus: Dict[str, str], queries: Dict[str, str], qrels: Dict[str, Dict[str, int]],
+                     query_ids: List[str], k: int) -> pa.Table:
+    doc_ids = list(corpus)
+    texts = [corpus[d] for d in doc_ids]
+    indices, scores = bm25_top_k(texts, [queries[q] for q in query_ids], k)
+    per_query = indices.shape[1]
+    rows_doc = [doc_ids[i] for i in indices.ravel()]
+    rows_query = np.repeat(np.array(query_ids, dtype=object), per_query)
+    labels = [qrels.get(q, {}).get(d, 0) for q, d in zip(rows_query, rows_doc)]
+    return pa.table({
+        "query_id": pa.array(rows_query, pa.string()),
+        "doc_id": pa.array(rows_doc, pa.string()),
+        "query": pa.array([queries[q] for q in rows_query], pa.string()),
+        "document": pa.array([texts[i] for i in indices.ravel()], pa.string()),
+        "bm25_score": pa.array(scores.ravel().astype(np.float32)),
+        "bm25_rank": pa.array(np.tile(np.arange(1, per_query + 1, dtype=np.int32), len(query_ids))),
+        "label": pa.array(labels, pa.int32()),
+    }, schema=SCHEMA)
+
+
+def output_file(config: CandidatesConfig) -> str:
+    return join(config.output, f"candidates-{config.split}.parquet")
+
+
+def _prepare(config: CandidatesConfig) -> None:
+    fs, path = filesystem(config.output)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        raise ConfigError(f"output {config.output} is a file: pass a folder")
+    if info.type == pafs.FileType.NotFound:
+        fs.create_dir(path, recursive=True)
+        return
+    ours = [filesystem(output_file(config))[1], f"{path}/{SUCCESS}"]
+    present = [p for p in ours if fs.get_file_info(p).type == pafs.FileType.File]
+    if present and config.mode == "error":
+        raise FileExistsError(f"{config.output} already has candidates: pass --mode overwrite to replace them")
+    for p in present:
+        fs.delete_file(p)
+
+
+def run_candidates(config: CandidatesConfig) -> dict:
+    """The `ce-ray candidates` job: BM25 top-k of every query of a split, written as pairs parquet."""
+    require(config, "data", "output")
+    start = time.perf_counter()
+    qrels = read_qrels(join(config.data, "qrels", f"{config.split}.tsv"))
+    queries = read_queries(config.data)
+    corpus = read_corpus(config.data)
+    report = check_qrels(qrels, queries, corpus)
+    for line in report.lines():
+        print(f"ce-ray candidates: warning: {line}", file=sys.stderr, flush=True)
+    query_ids = [q for q in qrels if q in queries][: config.max_queries]
+    if not query_ids:
+        raise InputError(f"no query of qrels/{config.split}.tsv is in {join(config.data, 'queries.jsonl')}")
+    _prepare(config)
+    table = candidates_table(corpus, queries, qrels, query_ids, config.top_k)
+    fs, path = filesystem(output_file(config))
+    pq.write_table(table, path, filesystem=fs)
+    judged = sum(len(qrels[q]) for q in query_ids)
+    found = int(pa.compute.sum(pa.compute.greater(table.column("label"), 0)).as_py() or 0)
+    relevant = sum(sum(g > 0 for g in qrels[q].values()) for q in query_ids)
+    summary = {
+        "queries": len(query_ids), "documents": len(corpus), "pairs": table.num_rows, "top_k": config.top_k,
+        "split": config.split, "judged_pairs": judged, "relevant_retrieved": found, "relevant_total": relevant,
+        "unknown_qrels_queries": len(report.unknown_queries),
+        "unknown_qrels_queries_examples": report.unknown_queries[:10],
+        "unknown_qrels_documents": len(report.unknown_documents),
+        "unknown_qrels_documents_examples": [list(p) for p in report.unknown_documents[:10]],
+        "seconds": time.perf_counter() - start, "output": output_file(config),
+    }
+    with fs.open_output_stream(filesystem(join(config.output, SUCCESS))[1]) as f:
+        f.write(json.dumps(summary, indent=2).encode())
+    recall = found / relevant if relevant else 0.0
+    print("\n".join([
+        "ce-ray candidates: done",
+        f"  queries       {len(query_ids):,} ({config.split})",
+        f"  documents     {len(corpus):,}",
+        f"  pairs         {table.num_rows:,} (BM25 top {config.top_k})",
+        f"  relevant      {found:,} of {relevant:,} retrieved (recall@{config.top_k} {recall:.3f})",
+        f"  seconds       {summary['seconds']:.1f}",
+        f"  output        {summary['output']}",
+    ]), flush=True)
+    return summary

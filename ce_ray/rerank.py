@@ -1,0 +1,203 @@
+"""Rerank: score, then rank within each query (1 = best) and optionally keep the top k.
+
+Ray Data groups the scored rows by query id (`groupby(...).map_groups`): each group is ranked in one task,
+so many queries stream through many tasks and no process ever holds all pairs.
+
+Ties are broken by input order, deterministically. Every row read by `ce_ray.io.read_dataset` carries
+its input file's key and its position in that file (`_ce_input`, `_ce_row`); the input order is the
+order of the files as listed (sorted paths), then the row's position in its file. Both are set by the
+reader as it streams each whole file, so they hold however Ray splits the files into blocks and
+whichever task a row's group lands in. Rows without these tags (a Dataset built by the caller) break
+ties by the document text instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import List, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .batching import REJECT
+from .config import ConfigError, RerankConfig, require
+from .io import ROW_INDEX, ROW_INPUT, TAGS
+from .score import SCORE, score
+from .sink import PairsSink
+
+RANK = "rank"
+CUT = "_ce_cut"  # rows top-k cut from the query, on its best row (0 elsewhere); the sink counts and drops it
+_FILE = "_ce_file"
+
+
+def _reject_null_query_ids(table: pa.Table, query_id_column: str) -> pa.Table:
+    """Rows without a query id belong to no query: they are rejected, not ranked together."""
+    if query_id_column not in table.column_names or not table.column(query_id_column).null_count:
+        return table
+    null = table.column(query_id_column).is_null()
+    reasons = table.column(REJECT) if REJECT in table.column_names else pa.nulls(table.num_rows, pa.string())
+    reasons = pc.if_else(pc.and_(null, reasons.is_null()), f"{query_id_column} is null", reasons)
+    table = table.drop_columns([REJECT]) if REJECT in table.column_names else table
+    return table.append_column(REJECT, reasons)
+
+
+def rank_group(table: pa.Table, top_k: Optional[int] = None, input_order: Optional[List[str]] = None,
+               document_column: str = "document", count_cut: bool = False,
+               query_id_column: str = "query_id") -> pa.Table:
+    """Ranks the rows of one query. Rejected rows (no score) are kept, unranked, for the rejects output."""
+    table = _reject_null_query_ids(table, query_id_column)
+    valid = table.column(SCORE).is_valid()
+    if REJECT in table.column_names:
+        valid = pc.and_(valid, table.column(REJECT).is_null())
+    scored, rejected = table.filter(valid), table.filter(pc.invert(valid))
+    keys = [(SCORE, "descending")]
+    if ROW_INPUT in table.column_names and ROW_INDEX in table.column_names:
+        files = scored.column(ROW_INPUT)
+        if input_order is not None:
+            files = pc.index_in(files, value_set=pa.array(input_order, pa.string()))
+        scored = scored.append_column(_FILE, files)
+        keys += [(_FILE, "ascending"), (ROW_INDEX, "ascending")]
+    elif document_column in table.column_names:
+        keys.append((document_column, "ascending"))
+    ranked = scored.take(pc.sort_indices(scored, sort_keys=keys))  # a stable sort
+    kept = ranked.num_rows if top_k is None else min(top_k, ranked.num_rows)
+    ranked = ranked.slice(0, kept).append_column(RANK, pa.array(np.arange(1, kept + 1, dtype=np.int32)))
+    rejected = rejected.append_column(RANK, pa.nulls(rejected.num_rows, pa.int32()))
+    if count_cut:
+        cut = np.zeros(kept, dtype=np.int64)
+        if kept:
+            cut[0] = scored.num_rows - kept
+        ranked = ranked.append_column(CUT, pa.array(cut))
+        rejected = rejected.append_column(CUT, pa.array(np.zeros(rejected.num_rows, dtype=np.int64)))
+    out = pa.concat_tables([ranked.drop_columns([c for c in (_FILE,) if c in ranked.column_names]), rejected],
+                           promote_options="default")
+    return out.drop_columns([c for c in TAGS if c in out.column_names])
+
+
+def rank(ds, query_id_column: str = "query_id", top_k: Optional[int] = None,
+         input_order: Optional[List[str]] = None, document_column: str = "document", count_cut: bool = False,
+         partitions: Optional[int] = None):
+    """Adds `rank` within each query to a scored Dataset (and keeps the top k when given)."""
+    return ds.groupby(query_id_column, num_partitions=partitions).map_groups(
+        rank_group,
+        fn_kwargs=dict(top_k=top_k, input_order=input_order, document_column=document_column, count_cut=count_cut,
+                       query_id_column=query_id_column),
+        batch_format="pyarrow",
+    )
+
+
+def rerank(ds, config: Optional[RerankConfig] = None, input_order: Optional[List[str]] = None, **settings):
+    """Scores a Dataset of pairs and ranks them within each query: adds `score`, `rank` (1 = best) and
+    keeps every input column; with `top_k`, only the best k of each query. Rejected rows keep a null
+    score and rank and say why in `reject_reason`.
+    Example: `ce_ray.rerank(ray.data.read_parquet(...), model="cross-encoder/ms-marco-MiniLM-L6-v2", top_k=10)`.
+    """
+    config = dataclasses.replace(config or RerankConfig(), **settings)
+    config.validate()
+    return rank(score(ds, config), config.query_id_column, config.top_k, input_order, config.document_column,
+                partitions=config.rank_partitions)
+
+
+class RankedSink(PairsSink):
+    """The pairs sink, also counting the rows top-k cut (the `_ce_cut` column, dropped here)."""
+
+    def __init__(self, output: str):
+        super().__init__(output)
+        self.counts["rows_cut"] = 0
+
+    def write(self, blocks, ctx) -> dict:
+        from ray.data.block import BlockAccessor
+
+        # Ray fuses this write into the group-by's reduce tasks, which never call on_write_start.
+        self.on_write_start()
+        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+        cut = sum(int(pc.sum(t.column(CUT)).as_py() or 0) for t in tables if CUT in t.column_names)
+        tables = [t.drop_columns([CUT]) if CUT in t.column_names else t for t in tables]
+        counts = super().write(tables, ctx)
+        counts["rows_cut"] = cut
+        return counts
+
+
+@dataclasses.dataclass
+class RerankSummary:
+    rows_in: int
+    rows_kept: int  # written to results/, ranked
+    rows_cut: int  # scored, below the top k
+    rows_rejected: int
+    seconds: float
+    output: str
+    files_in: int
+    top_k: Optional[int]
+
+    @property
+    def rows_scored(self) -> int:
+        return self.rows_kept + self.rows_cut
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.rows_scored / self.seconds if self.seconds else 0.0
+
+    def lines(self, title: str = "ce-ray rerank") -> list:
+        return [
+            f"{title}: done",
+            f"  files in      {self.files_in}",
+            f"  rows in       {self.rows_in:,}",
+            f"  rows scored   {self.rows_scored:,}",
+            f"  rows kept     {self.rows_kept:,}" + (f"  (top {self.top_k} of each query)" if self.top_k else ""),
+            f"  rows rejected {self.rows_rejected:,}" + ("  (see rejects/)" if self.rows_rejected else ""),
+            f"  seconds       {self.seconds:.1f}",
+            f"  pairs/s       {self.pairs_per_second:,.1f}",
+            f"  output        {self.output}",
+        ]
+
+
+def _check_query_id(config: RerankConfig) -> None:
+    """The query id column must be in every non-empty input file (it may be text or a number)."""
+    from .io import check_inputs, list_files
+
+    files, input_format, fs = list_files(config.input, config.input_format)
+    for check in check_inputs(fs, files, input_format, []):
+        if check.rows != 0 and config.query_id_column not in check.columns:
+            have = ", ".join(check.columns[:12]) or "none"
+            raise ConfigError(f"{check.path}: missing column {config.query_id_column!r} (columns: {have}); "
+                              "pass --query-id-column")
+
+
+def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSummary:
+    """The `ce-ray rerank` job: read, score, rank per query, keep the top k, write results and rejects."""
+    from .io import input_key, read_dataset
+    from .score import job_settings
+    from .sink import prepare_output
+
+    require(config, "model", "input", "output")
+    config.validate()
+    if config.mode == "resume":
+        raise ConfigError(f"{title}: mode resume works per input file, but ranking groups rows across files; "
+                          "use mode overwrite")
+    start = time.perf_counter()
+    _check_query_id(config)
+    ds, files, _ = read_dataset(config.input, config.input_format, [config.query_column, config.document_column],
+                                rows_per_block=config.rows_per_block)
+    job = job_settings(config) | {"query_id_column": config.query_id_column, "top_k": config.top_k}
+    prepare_output(config.output, config.mode, job=job)
+    ranked = rank(score(ds, config), config.query_id_column, config.top_k, [input_key(f) for f in files],
+                  config.document_column, count_cut=True, partitions=config.rank_partitions)
+    sink = RankedSink(config.output)
+    ranked.write_datasink(sink)
+    counts = sink.counts
+    summary = RerankSummary(
+        rows_in=counts["rows_scored"] + counts["rows_cut"] + counts["rows_rejected"],
+        rows_kept=counts["rows_scored"],
+        rows_cut=counts["rows_cut"],
+        rows_rejected=counts["rows_rejected"],
+        seconds=time.perf_counter() - start,
+        output=config.output,
+        files_in=len(files),
+        top_k=config.top_k,
+    )
+    sink.write_success(dataclasses.asdict(summary) | {"rows_scored": summary.rows_scored,
+                                                      "pairs_per_second": summary.pairs_per_second})
+    print("\n".join(summary.lines(title)), flush=True)
+    return summary

@@ -1,0 +1,109 @@
+"""`ce-ray candidates`: BM25 top-k over SciFact checked against BM25 by hand and the qrels; bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from ce_ray.candidates import read_corpus, read_qrels, read_queries, run_candidates
+from ce_ray.cli import main
+from ce_ray.config import CandidatesConfig
+from ce_ray.io import InputError
+
+from conftest import SCIFACT
+
+
+def lucene_bm25(query: list, documents: list, k1: float = 1.5, b: float = 0.75) -> list:
+    """BM25 as Lucene scores it, from the tokens: the reference the retrieved order must follow."""
+    n = len(documents)
+    average = sum(len(d) for d in documents) / n
+    df = Counter(t for d in documents for t in set(d))
+    scores = []
+    for doc in documents:
+        tf = Counter(doc)
+        s = 0.0
+        for t in set(query):
+            if tf[t]:
+                idf = math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5))
+                s += idf * tf[t] / (tf[t] + k1 * (1 - b + b * len(doc) / average))  # Lucene drops (k1 + 1)
+        scores.append(s)
+    return scores
+
+
+def test_scifact_candidates(tmp_path):
+    import bm25s
+
+    out = tmp_path / "cands"
+    assert main(["candidates", "--data", str(SCIFACT), "--split", "test", "--top-k", "5",
+                 "--output", str(out)]) == 0
+    df = pd.read_parquet(out / "candidates-test.parquet")
+    qrels = read_qrels(str(SCIFACT / "qrels" / "test.tsv"))
+    corpus, queries = read_corpus(str(SCIFACT)), read_queries(str(SCIFACT))
+    assert df["query_id"].nunique() == 300 == len(qrels) and len(df) == 1500
+    assert (df.groupby("query_id")["bm25_rank"].apply(list) == [[1, 2, 3, 4, 5]] * 300).all()
+    assert (df.groupby("query_id")["bm25_score"].diff().dropna() <= 0).all()
+    assert (df["query"] == df["query_id"].map(queries)).all()
+    assert (df["document"] == df["doc_id"].map(corpus)).all()
+
+    # Labels: the qrels grade of each retrieved pair, 0 when unjudged; every judged pair found is labelled.
+    grades = [qrels[q].get(d, 0) for q, d in zip(df["query_id"], df["doc_id"])]
+    assert df["label"].tolist() == grades
+    found = sum(1 for q, judged in qrels.items() for d in judged if d in set(df.loc[df["query_id"] == q, "doc_id"]))
+    assert int((df["label"] > 0).sum()) == found > 150
+
+    # The ranking: Lucene BM25 computed here over the same tokens, for a few queries.
+    doc_ids = list(corpus)
+    tokens = bm25s.tokenize([corpus[d] for d in doc_ids], stopwords="en", return_ids=False, show_progress=False)
+    for query_id in list(qrels)[:3]:
+        q_tokens = bm25s.tokenize([queries[query_id]], stopwords="en", return_ids=False, show_progress=False)[0]
+        reference = dict(zip(doc_ids, lucene_bm25(q_tokens, tokens)))
+        mine = df[df["query_id"] == query_id]
+        for doc_id, score in zip(mine["doc_id"], mine["bm25_score"]):
+            assert score == pytest.approx(reference[doc_id], rel=1e-4)
+        best = sorted(reference.values(), reverse=True)[:5]
+        assert mine["bm25_score"].tolist() == pytest.approx(best, rel=1e-4)
+
+    summary = json.loads((out / "_SUCCESS").read_text())
+    assert summary["unknown_qrels_queries"] == 0 and summary["unknown_qrels_documents"] == 0
+    with pytest.raises(FileExistsError):
+        run_candidates(CandidatesConfig(data=str(SCIFACT), output=str(out), top_k=5))
+
+
+def beir_folder(path, corpus_lines, qrels_text):
+    (path / "qrels").mkdir(parents=True)
+    (path / "corpus.jsonl").write_text("\n".join(corpus_lines) + "\n")
+    (path / "queries.jsonl").write_text('{"_id": "q1", "text": "red apples"}\n{"_id": "q2", "text": "blue sea"}\n')
+    (path / "qrels" / "test.tsv").write_text(qrels_text)
+    return path
+
+
+def test_unknown_qrels_entries_are_reported(tmp_path, capsys):
+    docs = ['{"_id": "d1", "title": "Apples", "text": "red apples are sweet"}',
+            '{"_id": "d2", "title": "", "text": "the blue sea is deep"}',
+            '{"_id": "d3", "title": "Trees", "text": "green leaves"}']
+    qrels = "query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\td404\t1\nq2\td2\t1\nq9\td3\t1\n"
+    folder = beir_folder(tmp_path / "beir", docs, qrels)
+    summary = run_candidates(CandidatesConfig(data=str(folder), output=str(tmp_path / "out"), top_k=2))
+    assert summary["unknown_qrels_queries"] == 1 and summary["unknown_qrels_queries_examples"] == ["q9"]
+    assert summary["unknown_qrels_documents"] == 1
+    assert summary["unknown_qrels_documents_examples"] == [["q1", "d404"]]
+    err = capsys.readouterr().err
+    assert "1 unknown quer(y/ies)" in err and "q9" in err and "q1/d404" in err
+    df = pd.read_parquet(tmp_path / "out" / "candidates-test.parquet")
+    assert df["query_id"].unique().tolist() == ["q1", "q2"]  # q9 is not in queries.jsonl
+    top = df[df["bm25_rank"] == 1].set_index("query_id")
+    assert top.loc["q1", "doc_id"] == "d1" and top.loc["q1", "label"] == 2
+    assert top.loc["q1", "document"] == "Apples red apples are sweet"
+    assert top.loc["q2", "document"] == "the blue sea is deep"  # empty title: no leading space
+
+
+def test_bad_corpus_line_names_file_and_line(tmp_path):
+    docs = ['{"_id": "d1", "title": "A", "text": "alpha"}', '{"_id": "d2", "title": "B", "text": beta}']
+    folder = beir_folder(tmp_path / "beir", docs, "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    with pytest.raises(InputError, match=r"corpus\.jsonl line 2: not valid JSON"):
+        run_candidates(CandidatesConfig(data=str(folder), output=str(tmp_path / "out")))
+    assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out")]) == 2

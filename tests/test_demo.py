@@ -1,0 +1,26 @@
+"""The demo end to end on a few WikiQA questions with a tiny model (the real run is the README's)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from ce_ray.demo import main
+
+from conftest import WIKIQA
+
+
+def test_demo_on_a_few_questions(ray_local, tiny_model, tmp_path, capsys):
+    assert main(["--model", str(tiny_model), "--max-questions", "8", "--output", str(tmp_path),
+                 "--data", str(WIKIQA / "WikiQA-test.tsv.gz")]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((tmp_path / "eval.json").read_text())
+    answered = result["queries"]
+    assert 0 < answered < 8 and result["queries_skipped_without_relevant"] == 8 - answered
+    assert f"{answered} questions with a correct answer (the others left out)" in printed
+    for label in ("MAP", "MRR@10", "NDCG@10", "pairs/s"):
+        assert label in printed
+    ranked = pd.read_parquet(tmp_path / "reranked" / "results")
+    assert ranked["query_id"].nunique() == 8
+    assert {"rank", "score", "original_rank", "label", "DocumentTitle"} <= set(ranked.columns)

@@ -1,0 +1,128 @@
+"""IR metrics: hand-worked values, and the same numbers as sentence-transformers' reranking evaluator."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ce_ray.config import EvalConfig
+from ce_ray.evaluate import evaluate_frame, run_eval
+from ce_ray.metrics import ranking_metrics
+
+from conftest import wikiqa_pairs
+
+
+def test_graded_ndcg_mrr_map_recall_by_hand():
+    # Grades in rank order: ranks 2, 3 and 5 are relevant, with grades 2, 1 and 3.
+    m = ranking_metrics([0, 2, 1, 0, 3], k=10, recall_k=2)
+    dcg = 2 / np.log2(3) + 1 / np.log2(4) + 3 / np.log2(6)  # 2.9224179
+    ideal = 3 / np.log2(2) + 2 / np.log2(3) + 1 / np.log2(4)  # 4.7618595
+    assert m["ndcg@10"] == pytest.approx(0.6137136, abs=1e-6) == dcg / ideal
+    assert m["mrr@10"] == 0.5
+    assert m["map"] == pytest.approx((1 / 2 + 2 / 3 + 3 / 5) / 3)
+    assert m["recall@2"] == pytest.approx(1 / 3)
+    # A fourth relevant document (grade 2) that the list missed: it counts in the ideal, MAP and recall.
+    m = ranking_metrics([0, 2, 1, 0, 3], k=10, recall_k=100, relevant_total=4, ideal_gains=[3, 2, 2, 1])
+    assert m["ndcg@10"] == pytest.approx(dcg / (ideal + 2 / np.log2(4) - 1 / np.log2(4) + 1 / np.log2(5)))
+    assert m["map"] == pytest.approx((1 / 2 + 2 / 3 + 3 / 5) / 4)
+    assert m["recall@100"] == pytest.approx(3 / 4)
+    # Cut-offs: the only relevant document at rank 11 is outside MRR@10 and NDCG@10.
+    late = ranking_metrics([0] * 10 + [1], k=10)
+    assert late["mrr@10"] == 0 and late["ndcg@10"] == 0 and late["map"] == pytest.approx(1 / 11)
+
+
+def test_query_without_relevant_counts_zero_and_unknown_qrels_are_reported(tmp_path, capsys):
+    rows = pd.DataFrame({
+        "query_id": ["a", "a", "a", "b", "b"],
+        "doc_id": ["d1", "d2", "d3", "d4", "d5"],
+        "score": [0.9, 0.8, 0.1, 0.7, 0.6],
+        "bm25_rank": [3, 2, 1, 1, 2],
+    })
+    rows.to_parquet(tmp_path / "scored.parquet")
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\na\td1\t1\nb\td9\t0\nzz\td1\t1\nyy\td2\t2\n")
+    out = tmp_path / "eval.json"
+    result = run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), qrels=str(tmp_path / "qrels.tsv"),
+                                 output=str(out)))
+    assert result["queries"] == 2 and result["queries_without_relevant"] == 1
+    assert result["reranked"]["map"] == pytest.approx((1.0 + 0.0) / 2)  # b has no relevant document: 0
+    assert result["baseline"]["map"] == pytest.approx((1 / 3 + 0.0) / 2)
+    assert result["qrels_queries_without_candidates"] == 2
+    assert result["qrels_queries_without_candidates_examples"] == ["zz", "yy"]
+    printed = capsys.readouterr().out
+    assert "2 queries with no candidates" in printed and "zz, yy" in printed
+    assert json.loads(out.read_text())["reranked"] == result["reranked"]
+
+    skipped = run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), qrels=str(tmp_path / "qrels.tsv"),
+                                  output=str(out), only_with_relevant=True))
+    assert skipped["queries"] == 1 and skipped["queries_skipped_without_relevant"] == 1
+    assert skipped["reranked"]["map"] == 1.0
+
+
+def evaluator_samples(df: pd.DataFrame) -> list:
+    """The evaluator's samples: every candidate in the file's order, positives among them."""
+    samples = []
+    for _, group in df.groupby("query_id", sort=False):
+        samples.append({"query": group["query"].iloc[0], "documents": group["document"].tolist(),
+                        "positive": group.loc[group["label"] == 1, "document"].tolist()})
+    return samples
+
+
+def spread_model(tiny_model, path):
+    """The tiny reranker with its classifier scaled up: random BERT scores crowd within 1e-6 of each
+    other, closer than CrossEncoder parity, and both sides must see the same order."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny_model, path)
+    weights = load_file(path / "model.safetensors")
+    for name in ("classifier.weight", "classifier.bias"):
+        weights[name] = weights[name] * 300
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+def test_same_numbers_as_cross_encoder_reranking_evaluator(ray_local, tiny_model, tmp_path):
+    import ray
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
+
+    import ce_ray
+
+    pairs = wikiqa_pairs("test")
+    questions = pairs["query_id"].unique()[:60]
+    pairs = pairs[pairs["query_id"].isin(questions)].reset_index(drop=True)
+    pairs["original_rank"] = pairs.groupby("query_id", sort=False).cumcount() + 1
+    # The evaluator finds positives by text: no question may hold one sentence twice with two labels.
+    assert not pairs.groupby(["query_id", "document"])["label"].nunique().gt(1).any()
+
+    model_path = spread_model(tiny_model, tmp_path / "spread")
+    ranked = ce_ray.rerank(ray.data.from_pandas(pairs), model=str(model_path), rank_partitions=4).to_pandas()
+    assert len(ranked) == len(pairs)
+    # Scores of two different sentences of one question must differ by more than CrossEncoder parity
+    # (1e-5 promised, ~1e-7 seen), or both sides could order a near-tie differently: such questions are
+    # left out (a repeated sentence ties, harmlessly).
+    ordered = ranked.sort_values(["query_id", "score"])
+    same = ordered.groupby("query_id")["document"].shift() == ordered["document"]
+    gaps = ordered.assign(gap=ordered.groupby("query_id")["score"].diff().where(~same))
+    separated = gaps.groupby("query_id")["gap"].min().fillna(1.0) > 2e-6  # fp32 parity is ~1e-7 in practice
+    assert separated.sum() >= 25
+    keep = set(separated[separated].index)
+    pairs, ranked = pairs[pairs["query_id"].isin(keep)], ranked[ranked["query_id"].isin(keep)]
+
+    model = CrossEncoder(str(model_path), device="cpu")
+    for only_with_relevant in (False, True):
+        subset = pairs if not only_with_relevant else pairs[pairs.groupby("query_id")["label"].transform("max") > 0]
+        evaluator = CrossEncoderRerankingEvaluator(evaluator_samples(subset), at_k=10,
+                                                   always_rerank_positives=False, write_csv=False)
+        expected = evaluator(model)
+        ours = evaluate_frame(ranked, EvalConfig(baseline_column="original_rank",
+                                                 only_with_relevant=only_with_relevant))
+        assert ours["queries"] == len(evaluator.samples)
+        for name in ("map", "mrr@10", "ndcg@10"):
+            assert ours["reranked"][name] == pytest.approx(expected[name], abs=1e-6), name
+            assert ours["baseline"][name] == pytest.approx(expected[f"base_{name}"], abs=1e-6), name
+    assert 0 < ours["reranked"]["map"] < 1

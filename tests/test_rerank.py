@@ -1,0 +1,131 @@
+"""Rerank: ranks per query (ties in input order), top-k, rejects, queries spread over files and blocks."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from ce_ray.batching import REJECT
+from ce_ray.config import ConfigError, RerankConfig
+from ce_ray.io import ROW_INDEX, ROW_INPUT
+from ce_ray.rerank import CUT, rank_group, run_rerank
+
+
+def tagged(rows) -> pa.Table:
+    """Rows (file key, row in file, score, doc) of one query, tagged as the reader tags them."""
+    keys, index, scores, docs = zip(*rows)
+    return pa.table({"query_id": ["q"] * len(rows), "document": list(docs), "score": pa.array(scores, pa.float32()),
+                     ROW_INPUT: list(keys), ROW_INDEX: pa.array(index, pa.int64())})
+
+
+def test_ties_follow_input_order_across_files():
+    table = tagged([("b", 0, 0.5, "b0"), ("a", 3, 0.5, "a3"), ("b", 1, 0.9, "b1"), ("a", 1, 0.5, "a1")])
+    out = rank_group(table, input_order=["a", "b"])
+    assert out.column("document").to_pylist() == ["b1", "a1", "a3", "b0"]
+    assert out.column("rank").to_pylist() == [1, 2, 3, 4]
+    assert ROW_INPUT not in out.column_names and ROW_INDEX not in out.column_names
+    # The file order comes from the listing, not from the key's spelling.
+    out = rank_group(table, input_order=["b", "a"])
+    assert out.column("document").to_pylist() == ["b1", "b0", "a1", "a3"]
+
+
+def test_top_k_single_candidate_and_rejects():
+    table = tagged([("a", 0, 0.1, "x"), ("a", 1, 0.7, "y"), ("a", 2, 0.4, "z"), ("a", 3, 0.2, "w")])
+    table = table.append_column(REJECT, pa.array([None, None, None, "document is null"], pa.string()))
+    table = table.set_column(2, "score", pa.array([0.1, 0.7, 0.4, None], pa.float32()))
+    out = rank_group(table, top_k=2, input_order=["a"], count_cut=True).to_pandas()
+    ranked = out[out[REJECT].isna()]
+    assert ranked["document"].tolist() == ["y", "z"] and ranked["rank"].tolist() == [1, 2]
+    assert ranked[CUT].tolist() == [1, 0]  # x was cut, counted once on the best row
+    rejected = out[out[REJECT].notna()]
+    assert rejected["document"].tolist() == ["w"] and rejected["rank"].isna().all()
+
+    one = rank_group(tagged([("a", 5, 0.3, "only")]), top_k=10, input_order=["a"])
+    assert one.column("rank").to_pylist() == [1]
+
+
+def test_null_query_id_is_rejected_not_ranked():
+    table = pa.table({"query_id": pa.array([None, None], pa.string()), "document": ["a", "b"],
+                      "score": pa.array([0.2, 0.3], pa.float32())})
+    out = rank_group(table)
+    assert out.column(REJECT).to_pylist() == ["query_id is null"] * 2
+    assert out.column("rank").null_count == 2
+
+
+def write_inputs(folder) -> pd.DataFrame:
+    """Three parquet files; queries q1 and q2 spread over all of them; q3 has one candidate; one row
+    cannot be scored. Returns every row with its file index and row position."""
+    rng = np.random.default_rng(0)
+    words = ["protein", "cell", "cancer", "river", "music", "tax", "gene", "moon", "virus", "tree"]
+    frames = []
+    for f in range(3):
+        rows = []
+        for i in range(7):
+            q = ["q1", "q2"][i % 2]
+            rows.append({"query_id": q, "query": f"what about {q}", "doc_id": f"f{f}-{i}",
+                         "document": " ".join(rng.choice(words, 5)), "extra": f * 100 + i})
+        if f == 1:
+            rows.append({"query_id": "q3", "query": "lonely question", "doc_id": "f1-7", "document": "one answer",
+                         "extra": 107})
+            rows.append({"query_id": "q1", "query": "what about q1", "doc_id": "f1-8", "document": None,
+                         "extra": 108})
+        frame = pd.DataFrame(rows)
+        frame.to_parquet(os.path.join(folder, f"part-{f}.parquet"), index=False)
+        frames.append(frame.assign(file=f, row=np.arange(len(frame))))
+    return pd.concat(frames, ignore_index=True)
+
+
+def expected_ranks(results: pd.DataFrame, inputs: pd.DataFrame) -> pd.DataFrame:
+    merged = results.merge(inputs[["doc_id", "file", "row"]], on="doc_id")
+    merged = merged.sort_values(["query_id", "score", "file", "row"], ascending=[True, False, True, True],
+                                kind="stable")
+    merged["expected"] = merged.groupby("query_id").cumcount() + 1
+    return merged
+
+
+def test_rerank_job_over_files_and_blocks(ray_local, tiny_model, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    inputs = write_inputs(folder)
+    config = RerankConfig(model=str(tiny_model), input=str(folder), output=str(tmp_path / "all"),
+                          rows_per_block=3, rank_partitions=3)
+    summary = run_rerank(config)
+    assert summary.rows_in == len(inputs) == 23
+    assert (summary.rows_kept, summary.rows_cut, summary.rows_rejected) == (22, 0, 1)
+
+    results = pd.read_parquet(tmp_path / "all" / "results")
+    assert sorted(results.columns) == sorted(list(inputs.columns[:-2]) + ["score", "rank"])
+    assert sorted(results["doc_id"]) == sorted(inputs["doc_id"][inputs["document"].notna()])
+    checked = expected_ranks(results, inputs)
+    assert (checked["rank"] == checked["expected"]).all()
+    assert results.loc[results["query_id"] == "q3", "rank"].tolist() == [1]
+    rejects = pd.read_parquet(tmp_path / "all" / "rejects")
+    assert rejects["doc_id"].tolist() == ["f1-8"] and rejects["reason"].tolist() == ["document is null"]
+    assert "rank" not in rejects.columns and "score" not in rejects.columns
+    success = json.loads((tmp_path / "all" / "_SUCCESS").read_text())
+    assert success["rows_in"] == 23
+
+    top = run_rerank(RerankConfig(model=str(tiny_model), input=str(folder), output=str(tmp_path / "top"),
+                                  rows_per_block=3, rank_partitions=3, top_k=2))
+    assert (top.rows_kept, top.rows_cut, top.rows_rejected, top.rows_in) == (5, 17, 1, 23)
+    kept = pd.read_parquet(tmp_path / "top" / "results").sort_values(["query_id", "rank"])
+    best = results[results["rank"] <= 2].sort_values(["query_id", "rank"])
+    assert kept["doc_id"].tolist() == best["doc_id"].tolist()
+    np.testing.assert_allclose(kept["score"], best["score"], atol=1e-6)
+
+
+def test_rerank_input_errors(tiny_model, tmp_path):
+    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "x.parquet")
+    config = RerankConfig(model=str(tiny_model), input=str(tmp_path / "x.parquet"), output=str(tmp_path / "o"))
+    with pytest.raises(ConfigError, match="missing column 'query_id'"):
+        run_rerank(config)
+    with pytest.raises(ConfigError, match="resume"):
+        run_rerank(RerankConfig(model=str(tiny_model), input=str(tmp_path), output=str(tmp_path / "o"),
+                                mode="resume"))
+    with pytest.raises(ConfigError, match="top_k"):
+        run_rerank(RerankConfig(model=str(tiny_model), input=str(tmp_path), output=str(tmp_path / "o"), top_k=0))
