@@ -2,7 +2,9 @@
 
 from .config import RerankConfig, ScoreConfig, load_config
 from .score import run_score, score
+from .rerank import rerank, run_rerank
+from .train import train
 
 __version__ = "0.1.0"
 
-__all__ = ["score", "run_score", "ScoreConfig", "RerankConfig", "load_config", "__version__"]
+__all__ = ["score", "run_score", "rerank", "run_rerank", "train", "ScoreConfig", "RerankConfig", "load_config", "__version__"]

@@ -9,7 +9,7 @@ import sys
 import typing
 from typing import Literal
 
-from .config import ConfigError, RerankConfig, ScoreConfig, load_config
+from .config import CandidatesConfig, ConfigError, EvalConfig, RerankConfig, ScoreConfig, TrainConfig, load_config
 
 
 def _flag_type(annotation):
@@ -52,8 +52,40 @@ def _score(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from .train import train
+
+    train(config_from_args(TrainConfig, args))
+    return 0
+
+
+def _candidates(args) -> int:
+    from .candidates import run_candidates
+
+    run_candidates(config_from_args(CandidatesConfig, args))
+    return 0
+
+
+def _rerank(args) -> int:
+    from .rerank import run_rerank
+
+    run_rerank(config_from_args(RerankConfig, args))
+    return 0
+
+
+def _eval(args) -> int:
+    from .evaluate import run_eval
+
+    run_eval(config_from_args(EvalConfig, args))
+    return 0
+
+
 COMMANDS = {
     "score": (ScoreConfig, _score, "score (query, document) pairs into parquet with a score column"),
+    "candidates": (CandidatesConfig, _candidates, "BM25 top-k candidates of a BEIR split, as pairs parquet"),
+    "rerank": (RerankConfig, _rerank, "score pairs, then rank them within each query (rank, optional top-k)"),
+    "eval": (EvalConfig, _eval, "NDCG@10, MRR@10, MAP, Recall@k of a reranked output beside a baseline order"),
+    "train": (TrainConfig, _train, "fine-tune a reranker on Ray Train (DDP or DeepSpeed); save a CrossEncoder folder"),
 }
 
 
@@ -62,12 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (cls, _, help_text) in COMMANDS.items():
         add_config_flags(sub.add_parser(name, help=help_text, description=help_text), cls)
+    from .submit import add_submit_parser
+
+    add_submit_parser(sub, list(COMMANDS))
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    _, run, _ = COMMANDS[args.command]
+    if args.command == "submit":
+        from .submit import run_submit as run
+    else:
+        _, run, _ = COMMANDS[args.command]
     try:
         return run(args)
     except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as e:

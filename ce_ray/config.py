@@ -57,6 +57,123 @@ class RerankConfig(ScoreConfig):
 
     query_id_column: str = "query_id"
     top_k: Optional[int] = None
+    rank_partitions: Optional[int] = None  # hash partitions of the group-by query id; None: Ray's default
+
+    def validate(self) -> None:
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+        if self.rank_partitions is not None and self.rank_partitions < 1:
+            raise ConfigError(f"rank_partitions must be >= 1, got {self.rank_partitions}")
+
+
+@dataclass
+class CandidatesConfig:
+    """`ce-ray candidates`: BM25 top-k of each query of a BEIR split, as pairs parquet."""
+
+    data: str = ""  # BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv; local or s3://
+    split: str = "test"
+    output: str = ""  # folder; writes candidates-<split>.parquet
+    top_k: int = 100
+    max_queries: Optional[int] = None  # the first n queries of the qrels
+    mode: Literal["error", "overwrite"] = "error"
+
+    def validate(self) -> None:
+        if self.top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+        if self.max_queries is not None and self.max_queries < 1:
+            raise ConfigError(f"max_queries must be >= 1, got {self.max_queries}")
+
+
+@dataclass
+class EvalConfig:
+    """`ce-ray eval`: NDCG, MRR, MAP and Recall of a scored or ranked output, beside a baseline order."""
+
+    input: str = ""  # rerank/score output folder (its results/) or parquet files
+    qrels: str = ""  # BEIR qrels TSV; empty: the label column gives the grades
+    output: str = ""  # JSON file; default <input>/eval.json
+    query_id_column: str = "query_id"
+    doc_id_column: str = "doc_id"
+    label_column: str = "label"
+    score_column: str = "score"
+    rank_column: str = "rank"  # used when present, else the order of score_column
+    baseline_column: str = "bm25_rank"  # empty: no baseline
+    baseline_descending: bool = False  # False: 1 is best (a rank); True: higher is better (a score)
+    k: int = 10  # NDCG@k, MRR@k
+    recall_k: int = 100
+    only_with_relevant: bool = False  # skip queries without a relevant document instead of counting 0
+
+    def validate(self) -> None:
+        if self.k < 1 or self.recall_k < 1:
+            raise ConfigError("k and recall_k must be >= 1")
+
+
+@dataclass
+class DeepSpeedConfig:
+    """`deepspeed:` section of a training config: ZeRO instead of DDP."""
+
+    stage: Literal[1, 2, 3] = 2
+    bf16: Optional[bool] = None  # None: on GPU
+    offload_optimizer: bool = False  # optimizer states in CPU memory
+    offload_params: bool = False  # parameters in CPU memory (stage 3)
+
+
+@dataclass
+class TrainConfig(ModelConfig):
+    """`ce-ray train`: fine-tune a reranker on Ray Train. Defaults are the seeds' recipe."""
+
+    train_data: str = ""  # pairs (parquet/jsonl/csv: query, document, label in [0, 1]) or a BEIR folder
+    input_format: Literal["auto", "parquet", "jsonl", "csv"] = "auto"
+    query_column: str = "query"
+    document_column: str = "document"
+    label_column: str = "label"
+    train_split: str = "train"  # qrels split when train_data is a BEIR folder
+    hard_negatives: int = 4  # BM25 hard negatives per positive (BEIR training data)
+    eval_data: str = ""  # BEIR folder; its split is reranked from BM25 top-k during training
+    eval_split: str = "test"
+    eval_top_k: int = 100
+    eval_max_queries: Optional[int] = None
+    output: str = ""  # final model folder; local or s3://
+    storage_path: str = ""  # checkpoints; default: <output>/checkpoints
+    run_name: str = ""  # a run started again with the same name resumes; default: the output's name
+    num_workers: int = 1
+    use_gpu: Optional[bool] = None  # None: when the cluster has GPUs
+    cpus_per_worker: float = 1.0
+    epochs: int = 1
+    max_steps: Optional[int] = None  # optimizer steps; overrides epochs
+    batch_size: int = 16  # per device
+    grad_accum: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    pos_weight: Optional[float] = None  # BCE weight of positives
+    seed: int = 42
+    bf16: Optional[bool] = None  # autocast; None: on GPU
+    group_by_length: bool = True
+    length_window: int = 50  # batches sorted by length together
+    save_every: int = 0  # steps between checkpoints; 0: at each epoch end only
+    keep_checkpoints: int = 2
+    eval_every: int = 0  # steps between evaluations; 0: at each epoch end only
+    log_every: int = 10
+    max_failures: int = 0  # worker failures the run recovers from (from its last checkpoint)
+    deepspeed: Optional[DeepSpeedConfig] = None
+
+    def validate(self) -> None:
+        for name in ("num_workers", "epochs", "batch_size", "grad_accum", "log_every", "eval_top_k",
+                     "length_window", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("save_every", "eval_every", "max_failures", "hard_negatives"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ConfigError("lr must be > 0, weight_decay and max_grad_norm >= 0")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.pos_weight is not None and self.pos_weight <= 0:
+            raise ConfigError(f"pos_weight must be > 0, got {self.pos_weight}")
 
 
 def _check_type(name: str, value: Any, annotation: Any) -> Any:
@@ -151,6 +268,10 @@ __all__ = [
     "ModelConfig",
     "ScoreConfig",
     "RerankConfig",
+    "CandidatesConfig",
+    "EvalConfig",
+    "TrainConfig",
+    "DeepSpeedConfig",
     "load_config",
     "from_dict",
     "to_dict",

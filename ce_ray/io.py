@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import posixpath
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -204,7 +205,8 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     else:
         lines = JsonLinesDatasource(todo, text_columns=text_columns, filesystem=fs)
         source = tagged_files(todo, fs, lines._read_stream)
-    return ray.data.read_datasource(source), files, input_format
+    # One read task per file: a file's rows travel together, so files complete one after another.
+    return ray.data.read_datasource(source, override_num_blocks=len(todo)), files, input_format
 
 
 def _parse_lines_slowly(lines: List[bytes], first_line: int, path: str, text_columns: List[str]) -> pa.Table:
@@ -298,7 +300,6 @@ TAGS = (ROW_INPUT, ROW_INDEX, FILE_ROWS)
 def input_key(path: str) -> str:
     """`<stem>-<hash8>`: readable, and unique per input path, so it names the outputs of one input file."""
     import hashlib
-    import re
 
     name = posixpath.basename(path.rstrip("/"))
     for suffix in (".gz", ".bz2", ".zst"):
@@ -427,10 +428,12 @@ def check_s3_access(uri: str) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = s3_location(uri)
+    key = re.split(r"[*?\[]", key, maxsplit=1)[0]  # a glob lists from its fixed prefix
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
     where = f"s3://{bucket} at {endpoint}"
     fs = s3fs.S3FileSystem(skip_instance_cache=True, config_kwargs={
         "retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 20})
+    fs.retries = 1
     try:
         fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key, MaxKeys=1)
     except PermissionError as e:

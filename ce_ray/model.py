@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .io import filesystem
+from .io import check_s3_access, filesystem
 
 SIGMOID = "torch.nn.modules.activation.Sigmoid"
 IDENTITY = "torch.nn.modules.linear.Identity"
@@ -50,6 +50,7 @@ def _copy_remote_folder(uri: str) -> str:
     done = os.path.join(target, ".ce-ray-complete")
     if os.path.exists(done):
         return target
+    check_s3_access(uri)
     fs, path = filesystem(uri)
     infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=True, allow_not_found=True))
     files = [i for i in infos if i.type == pafs.FileType.File]

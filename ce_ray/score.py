@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from .batching import IDS, REJECT, TYPES, cached_tokenizer, list_parts, pad, token_budget_batches, tokenize_table
 from .config import ConfigError, ScoreConfig, require
-from .model import load_reranker, local_model_path
+from .model import ModelError, check_safe, load_reranker, local_model_path
 
 SCORE = "score"
 
@@ -113,7 +113,11 @@ def score(ds, config: Optional[ScoreConfig] = None, **settings):
     config = dataclasses.replace(config or ScoreConfig(), **settings)
     require(config, "model")
     config = _resolved(config)
-    tokenizer = cached_tokenizer(local_model_path(config.model), config.trust_remote_code)
+    check_safe(local_model_path(config.model), config.allow_pickle, config.trust_remote_code)
+    try:
+        tokenizer = cached_tokenizer(local_model_path(config.model), config.trust_remote_code)
+    except (OSError, ValueError) as e:  # not a folder, an unknown hub id, no hub reachable
+        raise ModelError(f"cannot load model {config.model}: {e}") from None
     if config.max_length is None:
         from transformers import AutoConfig
 
@@ -193,26 +197,28 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     Outputs are named per input file; `mode="resume"` keeps the inputs an earlier run completed and
     redoes the rest. A transform regroups rows across files, so its jobs cannot resume.
     """
-    from .io import input_key, read_dataset
-    from .sink import PairsSink, ResumeState, prepare_output, resume_state
+    from .io import check_s3_access, input_key, read_dataset
+    from .sink import WRITE_REMOTE_ARGS, PairsSink, ResumeState, prepare_output, resume_state
 
     require(config, "model", "input", "output")
     if config.mode == "resume" and transform is not None:
         raise ConfigError(f"{title}: mode resume works per input file, but this job groups rows across "
                           "files; use mode overwrite")
     start = time.perf_counter()
+    check_s3_access(config.output)
     job = job_settings(config)
     earlier = resume_state(config.output, job) if config.mode == "resume" else ResumeState({}, [])
     done = earlier.complete
     ds, files, _ = read_dataset(config.input, config.input_format, [config.query_column, config.document_column],
                                 keep=lambda path: input_key(path) not in done, rows_per_block=config.rows_per_block)
+    # score() checks and loads the model's config and tokenizer: a bad model fails before the output is touched.
+    scored = None if ds is None else score(ds, config)
+    if scored is not None and transform is not None:
+        scored = transform(scored)
     kept = prepare_output(config.output, config.mode, job=job, resume=earlier)
     sink = PairsSink(config.output)
-    if ds is not None:
-        scored = score(ds, config)
-        if transform is not None:
-            scored = transform(scored)
-        scored.write_datasink(sink)
+    if scored is not None:
+        scored.write_datasink(sink, ray_remote_args=WRITE_REMOTE_ARGS)
     counts = sink.counts
     kept_scored = sum(p.rows_scored for p in kept.parts.values())
     kept_rejected = sum(p.rows_rejected for p in kept.parts.values())

@@ -1,68 +1,221 @@
 """Writing scored pairs: `results/` and `rejects/` parquet beside each other, `_SUCCESS` when complete.
 
 Layout of an output folder:
-    results/part-000000.parquet ...   every input column, plus score (and rank for rerank)
-    rejects/part-000000.parquet ...   rows that could not be scored, with a `reason` column
-    _SUCCESS                          JSON summary, written last: its presence means the output is complete
-A part is named after its write task, so a retried task overwrites its own file rather than adding one,
-and each file is written under a temporary name and renamed (S3 puts are atomic by themselves).
+    results/<stem>-<hash8>-r<first row>.parquet   every input column, plus score (and rank for rerank)
+    rejects/<stem>-<hash8>-r<first row>.parquet   rows that could not be scored, with a `reason` column
+    _ce_ray/job.json                              the settings that decide the scores (checked by resume)
+    _SUCCESS                                      JSON summary, written last: the output is complete
+`<stem>-<hash8>` names the input file (its name, and a hash of its path), and `r<first row>` the first
+row of that file the part holds. The names depend only on the input, so a retried write task rewrites its
+own files and a re-run never adds a second copy of a row. The part holding a file's last row records the
+file's row count in its footer, so the output alone tells which inputs are complete (see `scan_parts`).
+Rows without input tags (a transform that regroups rows, the Python API) get task-indexed names.
+Each file is written under a hidden temporary name and renamed; an S3 put is atomic by itself.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Iterable
+import os
+import re
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, Optional, Set
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from .batching import REJECT
-from .io import filesystem, is_remote
+from .io import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS, filesystem, is_remote
 
 RESULTS = "results"
 REJECTS = "rejects"
 SUCCESS = "_SUCCESS"
+STATE = "_ce_ray"
+JOB = "job.json"
+INPUT_ROWS = b"ce_ray.input_rows"  # footer key: the input file's row count, on the part with its last row
+# Writing is I/O: a write task asks for a quarter of a core, so it never waits behind tokenizing for one.
+WRITE_REMOTE_ARGS = {"num_cpus": 0.25}
+# Fault injection, for tests only: the write of rows from an input whose key contains this value hangs, as
+# a stuck writer would, so that a test can kill the job at a known point.
+STALL_ENV = "CE_RAY_TEST_STALL_WRITE"
+_PART = re.compile(r"^(?P<key>.+)-r(?P<first>\d{12})\.parquet$")
 
 
 class OutputExistsError(FileExistsError):
     pass
 
 
+class ResumeError(ValueError):
+    """The output cannot be resumed by this job."""
+
+
 def has_results(output: str) -> bool:
     fs, path = filesystem(output)
-    for sub in (RESULTS, REJECTS, SUCCESS):
+    for sub in (RESULTS, REJECTS, SUCCESS, STATE):
         if fs.get_file_info(f"{path}/{sub}").type != pafs.FileType.NotFound:
             return True
     return False
 
 
-def prepare_output(output: str, mode: str) -> None:
-    """mode error: refuse an output that has results; overwrite: clear them first."""
+@dataclass
+class InputParts:
+    """What an output folder holds of one input file."""
+
+    rows: int = 0  # rows in its parts, results and rejects together
+    rows_scored: int = 0
+    rows_rejected: int = 0
+    input_rows: Optional[int] = None  # known once the part with the file's last row is written
+    files: list = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.input_rows is not None and self.rows == self.input_rows
+
+
+@dataclass
+class ResumeState:
+    parts: Dict[str, InputParts]  # input key -> its parts
+    other: list  # files that belong to no input: temporaries of a killed run, task-indexed parts
+
+    @property
+    def complete(self) -> Set[str]:
+        return {key for key, parts in self.parts.items() if parts.complete}
+
+
+def _list(fs: pafs.FileSystem, folder: str) -> list:
+    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    return [i for i in infos if i.type == pafs.FileType.File]
+
+
+def scan_parts(output: str) -> ResumeState:
+    """Reads the footers of every part in the output: rows per input file, and which files are complete."""
+    fs, path = filesystem(output)
+    named, other = [], []
+    for sub in (RESULTS, REJECTS):
+        for info in _list(fs, f"{path}/{sub}"):
+            match = _PART.match(info.base_name)
+            (named if match else other).append((sub, info.path, match))
+
+    def footer(item):
+        sub, file, match = item
+        with fs.open_input_file(file) as f:
+            meta = pq.ParquetFile(f).metadata
+        return item, meta.num_rows, (meta.metadata or {}).get(INPUT_ROWS)
+
+    parts: Dict[str, InputParts] = {}
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for (sub, file, match), rows, input_rows in pool.map(footer, named):
+            entry = parts.setdefault(match["key"], InputParts())
+            entry.rows += rows
+            if sub == RESULTS:
+                entry.rows_scored += rows
+            else:
+                entry.rows_rejected += rows
+            if input_rows is not None:
+                entry.input_rows = int(input_rows)
+            entry.files.append(file)
+    return ResumeState(parts, [file for _, file, _ in other])
+
+
+def _read_job(fs: pafs.FileSystem, path: str) -> Optional[dict]:
+    try:
+        with fs.open_input_stream(f"{path}/{STATE}/{JOB}") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+
+
+def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:
+    """Read-only: what a `--mode resume` run would keep. Refuses an output written with other settings."""
     fs, path = filesystem(output)
     if not has_results(output):
-        fs.create_dir(path, recursive=True)
-        return
-    if mode == "error":
-        raise OutputExistsError(
-            f"{output} already has results: pass --mode overwrite to replace them (or --mode resume)"
+        return ResumeState({}, [])
+    earlier = _read_job(fs, path)
+    if job is not None and earlier is not None:
+        changed = sorted(k for k in set(job) | set(earlier) if job.get(k) != earlier.get(k))
+        if changed:
+            raise ResumeError(
+                f"{output} was written with other settings ({', '.join(changed)}): resuming would mix "
+                "their scores; pass --mode overwrite, or the same settings"
+            )
+    state = scan_parts(output)
+    if any(not f.rsplit("/", 1)[-1].startswith(".") for f in state.other):  # not a temporary: a foreign part
+        raise ResumeError(
+            f"{output} holds parts not named after an input file (written by a job that regroups rows, "
+            "such as rerank): it cannot be resumed; pass --mode overwrite"
         )
-    if mode == "overwrite":
-        for sub in (SUCCESS, RESULTS, REJECTS):
-            info = fs.get_file_info(f"{path}/{sub}")
-            if info.type == pafs.FileType.Directory:
-                fs.delete_dir(info.path)
-            elif info.type == pafs.FileType.File:
-                fs.delete_file(info.path)
+    return state
+
+
+def _delete(fs: pafs.FileSystem, path: str) -> None:
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def prepare_output(output: str, mode: str, job: Optional[dict] = None,
+                   resume: Optional[ResumeState] = None) -> ResumeState:
+    """mode error: refuse an output that has results; overwrite: clear them first; resume: keep the parts
+    of complete inputs, remove everything else (parts of unfinished inputs, temporaries, `_SUCCESS`).
+    Records the job's settings in `_ce_ray/job.json`. Returns what was kept."""
+    fs, path = filesystem(output)
+    kept = ResumeState({}, [])
+    if has_results(output):
+        if mode == "error":
+            raise OutputExistsError(
+                f"{output} already has results: pass --mode overwrite to replace them, "
+                "or --mode resume to finish an interrupted job"
+            )
+        if mode == "overwrite":
+            for sub in (SUCCESS, RESULTS, REJECTS, STATE):
+                _delete(fs, f"{path}/{sub}")
+        elif mode == "resume":
+            resume = resume or resume_state(output, job)
+            _delete(fs, f"{path}/{SUCCESS}")  # incomplete again until this run ends
+            complete = resume.complete
+            for key, parts in resume.parts.items():
+                if key in complete:
+                    kept.parts[key] = parts
+                else:
+                    for file in parts.files:
+                        fs.delete_file(file)
+            for file in resume.other:
+                fs.delete_file(file)
+        else:
+            raise ValueError(f"unknown mode {mode!r}")
+    fs.create_dir(f"{path}/{STATE}", recursive=True)
+    if job is not None:
+        _write_bytes(fs, f"{path}/{STATE}/{JOB}", json.dumps(job, indent=2).encode(), is_remote(output))
+    return kept
+
+
+def _temporary(path: str) -> str:
+    folder, name = path.rsplit("/", 1)
+    return f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"  # hidden: readers of the folder skip it
+
+
+def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes, remote: bool) -> None:
+    target = path if remote else _temporary(path)
+    with fs.open_output_stream(target) as f:
+        f.write(data)
+    if not remote:
+        fs.move(target, path)
 
 
 def write_table_atomic(fs: pafs.FileSystem, path: str, table: pa.Table, remote: bool) -> None:
     if remote:
         pq.write_table(table, path, filesystem=fs)
         return
-    tmp = f"{path}.tmp"
+    tmp = _temporary(path)
     pq.write_table(table, tmp, filesystem=fs)
     fs.move(tmp, path)
 
@@ -72,13 +225,23 @@ def split_rejects(table: pa.Table) -> tuple:
     if REJECT not in table.column_names:
         return table, None
     rejected = table.column(REJECT).is_valid()
-    good = table.filter(pa.compute.invert(rejected)).drop_columns([REJECT])
+    good = table.filter(pc.invert(rejected)).drop_columns([REJECT])
     bad = table.filter(rejected)
     if not bad.num_rows:
         return good, None
     bad = bad.drop_columns([c for c in ("score", "rank") if c in bad.column_names])
     bad = bad.rename_columns([("reason" if c == REJECT else c) for c in bad.column_names])
     return good, bad
+
+
+def _input_groups(table: pa.Table):
+    """(part name, rows without tags, input row count or None) for each input file in a block."""
+    keys = table.column(ROW_INPUT)
+    for key in pc.unique(keys).to_pylist():
+        rows = table.filter(pc.equal(keys, key)).sort_by(ROW_INDEX)
+        first = rows.column(ROW_INDEX)[0].as_py()
+        input_rows = pc.max(rows.column(FILE_ROWS)).as_py()
+        yield f"{key}-r{first:012d}.parquet", rows.drop_columns(list(TAGS)), input_rows
 
 
 class PairsSink(Datasink):
@@ -93,21 +256,35 @@ class PairsSink(Datasink):
     def write(self, blocks: Iterable, ctx) -> dict:
         tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
         tables = [t for t in tables if t.num_rows]
+        counts = {"rows_scored": 0, "rows_rejected": 0, "files": 0}
         if not tables:
-            return {"rows_scored": 0, "rows_rejected": 0, "files": 0}
-        good, bad = split_rejects(pa.concat_tables(tables, promote_options="default"))
+            return counts
+        table = pa.concat_tables(tables, promote_options="default")
+        if ROW_INPUT in table.column_names and ROW_INDEX in table.column_names:
+            groups = list(_input_groups(table))
+        else:
+            table = table.drop_columns([c for c in TAGS if c in table.column_names])
+            groups = [(f"part-{ctx.task_idx:06d}.parquet", table, None)]
         fs, path = filesystem(self.output)
         remote = is_remote(self.output)
-        name = f"part-{ctx.task_idx:06d}.parquet"
-        files = 0
-        if good.num_rows:
-            write_table_atomic(fs, f"{path}/{RESULTS}/{name}", good, remote)
-            files += 1
-        if bad is not None:
-            fs.create_dir(f"{path}/{REJECTS}", recursive=True)
-            write_table_atomic(fs, f"{path}/{REJECTS}/{name}", bad, remote)
-            files += 1
-        return {"rows_scored": good.num_rows, "rows_rejected": 0 if bad is None else bad.num_rows, "files": files}
+        stall = os.environ.get(STALL_ENV)
+        for name, rows, input_rows in groups:
+            if stall and stall in name:
+                time.sleep(3600)
+            good, bad = split_rejects(rows)
+            metadata = {} if input_rows is None else {INPUT_ROWS: str(input_rows).encode()}
+            for sub, part in ((RESULTS, good), (REJECTS, bad)):
+                if part is None or not part.num_rows:
+                    continue
+                if metadata:
+                    part = part.replace_schema_metadata({**(part.schema.metadata or {}), **metadata})
+                if sub == REJECTS:
+                    fs.create_dir(f"{path}/{REJECTS}", recursive=True)
+                write_table_atomic(fs, f"{path}/{sub}/{name}", part, remote)
+                counts["files"] += 1
+            counts["rows_scored"] += good.num_rows
+            counts["rows_rejected"] += 0 if bad is None else bad.num_rows
+        return counts
 
     def on_write_complete(self, write_result) -> None:
         for part in write_result.write_returns:
@@ -116,5 +293,4 @@ class PairsSink(Datasink):
 
     def write_success(self, summary: dict) -> None:
         fs, path = filesystem(self.output)
-        with fs.open_output_stream(f"{path}/{SUCCESS}") as f:
-            f.write(json.dumps(summary, indent=2).encode())
+        _write_bytes(fs, f"{path}/{SUCCESS}", json.dumps(summary, indent=2).encode(), is_remote(self.output))

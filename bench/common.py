@@ -1,0 +1,289 @@
+"""Shared parts of the GPU benches: random MiniLM rerankers, MS MARCO-like pairs, FLOPs, device facts, results.
+
+The GPU machine has no ../shared: `python3 bench/common.py assets` copies the shared reranker's config and
+tokenizer files (~1 MB, no weights) into .cache/bench-assets/, a folder that travels with the working tree.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the GPU machine runs from a bare working tree, without `pip install -e`
+SHARED_MODEL = os.path.join(ROOT, "..", "shared", "models", "ms-marco-MiniLM-L12-v2")
+ASSETS = os.path.join(ROOT, ".cache", "bench-assets")
+ASSET_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+RESULTS = os.path.join(ROOT, "bench", "results")
+
+# Measured before on one H100 with 16 CPUs (the issue's anchors and targets), in pairs/s.
+ANCHORS = {
+    6: {"predict_defaults": 3396, "predict_fp16_b256": 4126, "ray_data_recipe": 1567, "model_ceiling": 104000,
+        "target": 100000},
+    12: {"predict_defaults": 2363, "predict_fp16_b256": 5032, "ray_data_recipe": None, "model_ceiling": 53600,
+         "target": 50000},
+}
+ANCHOR_RATES = {"hf_tokenizer_16_cores": 30800, "nanotoken_16_cores": 1760000}
+
+
+def assets_dir() -> str:
+    """The shared reranker's folder when it is here, else the carried copy of its config and tokenizer."""
+    for path in (SHARED_MODEL, ASSETS):
+        if all(os.path.exists(os.path.join(path, f)) for f in ASSET_FILES):
+            return os.path.abspath(path)
+    sys.exit(f"no model config/tokenizer: run `python3 bench/common.py assets` where ../shared exists and "
+             f"carry .cache/bench-assets")
+
+
+def copy_assets() -> None:
+    os.makedirs(ASSETS, exist_ok=True)
+    for name in ASSET_FILES:
+        shutil.copy(os.path.join(SHARED_MODEL, name), os.path.join(ASSETS, name))
+    print(f"copied {', '.join(ASSET_FILES)} to {ASSETS}")
+
+
+def build_model(dest: str, layers: int, seed: int = 0, logit_std: float = 2.0) -> str:
+    """A random BertForSequenceClassification of MiniLM shape (hidden 384) with `layers` layers.
+
+    A random BERT's pooled outputs barely differ between pairs, so its logits are all alike (std ~0.003,
+    every score ~0.5) and any score check would pass. The classifier is set along the direction in which
+    the pooled outputs of a sample of pairs vary most, scaled so that logits spread with `logit_std`
+    around 0, as a trained reranker's do. Rounding still weighs more here than in a trained model: the
+    bf16 check compares against this model's own bf16 noise (see score_gpu.py).
+    """
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    source = assets_dir()
+    config = BertConfig.from_pretrained(source)
+    config.num_hidden_layers = layers
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    queries, documents = synthetic_texts(256, seed=seed + 1)
+    batch = tokenizer(queries, documents, truncation=True, max_length=512, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        pooled = model.bert(**batch).pooler_output
+        centred = pooled - pooled.mean(0)
+        direction = torch.linalg.svd(centred, full_matrices=False).Vh[0]
+        weight = direction * logit_std / (centred @ direction).std()
+        model.classifier.weight.copy_(weight[None])
+        model.classifier.bias.fill_(-float(pooled.mean(0) @ weight))
+    os.makedirs(dest, exist_ok=True)
+    model.save_pretrained(dest, safe_serialization=True)
+    for name in ASSET_FILES[1:]:
+        shutil.copy(os.path.join(source, name), os.path.join(dest, name))
+    return dest
+
+
+def _words(vocab_file: str) -> np.ndarray:
+    """Whole lowercase words of the vocabulary, in its order (roughly by frequency in BERT's)."""
+    with open(vocab_file, encoding="utf-8") as f:
+        vocab = [line.rstrip("\n") for line in f]
+    return np.array([w for w in vocab if w.isalpha() and w.isascii() and w.islower() and (len(w) > 1 or w == "a")])
+
+
+def _texts(rng: np.random.Generator, words: np.ndarray, lengths: np.ndarray, punctuation: float) -> pa.Array:
+    """One text per length: Zipf-like word choice, a comma or full stop after some words. Built in Arrow."""
+    rank = np.arange(len(words), dtype=np.float64)
+    p = 1.0 / (rank + 20.0)
+    p /= p.sum()
+    total = int(lengths.sum())
+    picks = pa.array(words).take(pa.array(rng.choice(len(words), size=total, p=p)))
+    marks = np.where(rng.random(total) < punctuation, np.where(rng.random(total) < 0.6, ",", "."), "")
+    picks = pc.binary_join_element_wise(picks, pa.array(marks), "")
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return pc.binary_join(pa.LargeListArray.from_arrays(pa.array(offsets), picks), " ").cast(pa.string())
+
+
+def synthetic_texts(pairs: int, seed: int = 0, per_query: int = 100):
+    """(queries, documents) as Python lists; see `synthetic_pairs`."""
+    table = synthetic_pairs(pairs, seed, per_query)
+    return table.column("query").to_pylist(), table.column("document").to_pylist()
+
+
+def synthetic_pairs(pairs: int, seed: int = 0, per_query: int = 100) -> pa.Table:
+    """MS MARCO-like reranking input, deterministic by seed: `per_query` candidate passages per query.
+
+    Queries ~8 words, passages ~55 words (log-normal, 8 to 250) with some punctuation: ~72 tokens per pair
+    with a BERT uncased tokenizer. Words come from the tokenizer's vocabulary, so text tokenizes to real
+    whole-word ids; every passage is distinct, every query repeats `per_query` times in a row.
+    """
+    rng = np.random.default_rng(seed)
+    words = _words(os.path.join(assets_dir(), "vocab.txt"))
+    n_queries = -(-pairs // per_query)
+    query_lengths = np.clip(2 + rng.poisson(6, n_queries), 2, 30)
+    sigma = 0.45
+    doc_lengths = np.clip(rng.lognormal(np.log(55) - sigma**2 / 2, sigma, pairs), 8, 250).astype(np.int64)
+    queries = _texts(rng, words, query_lengths, punctuation=0.0)
+    documents = _texts(rng, words, doc_lengths, punctuation=0.1)
+    query_id = np.arange(pairs, dtype=np.int64) // per_query
+    return pa.table({
+        "pair_id": np.arange(pairs, dtype=np.int64),
+        "query_id": query_id,
+        "doc_id": np.arange(pairs, dtype=np.int64),
+        "query": queries.take(pa.array(query_id)),
+        "document": documents,
+    })
+
+
+def write_pairs(table: pa.Table, folder: str, files: int) -> str:
+    """The table as `files` parquet files of consecutive rows (ce-ray reads each file in its own task)."""
+    os.makedirs(folder, exist_ok=True)
+    bounds = np.linspace(0, table.num_rows, files + 1).astype(int)
+    for i in range(files):
+        pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]), os.path.join(folder, f"pairs-{i:03d}.parquet"))
+    return folder
+
+
+def model_flops(config, lengths: np.ndarray) -> float:
+    """Forward FLOPs of a BERT sequence classifier over sequences of these (unpadded) lengths.
+
+    2 FLOPs per multiply-add: every token through each layer's Q, K, V, O and two FFN matrices, the
+    attention scores and weighted sum (4 x L^2 x hidden per layer per sequence), and the pooler and
+    classifier once per sequence. Embedding lookups, norms and activations are left out, as in MFU usage.
+    """
+    h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    lengths = np.asarray(lengths, dtype=np.float64)
+    per_token = 2.0 * n * (4 * h * h + 2 * h * i)
+    attention = 4.0 * n * h * float((lengths**2).sum())
+    head = 2.0 * (h * h + h) * len(lengths)
+    return per_token * float(lengths.sum()) + attention + head
+
+
+def matmul_peak(device: str, seconds: float = 2.0) -> Dict[str, float]:
+    """Measured matmul FLOP/s: bf16 8192^3 on GPU; fp32 1024^3 on CPU (the dtype each path scores in)."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    n, dtype = (8192, torch.bfloat16) if cuda else (1024, torch.float32)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    wait = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(3):
+        a @ b
+    wait()
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(10):
+            a @ b
+        wait()
+        runs += 10
+    elapsed = time.perf_counter() - start
+    return {"flops_per_s": 2.0 * n**3 * runs / elapsed, "n": n, "dtype": str(dtype).replace("torch.", "")}
+
+
+def device_info(device: str) -> dict:
+    import torch
+
+    info = {"device": device, "cpus": os.cpu_count(), "platform": platform.platform(),
+            "cpu": platform.processor() or platform.machine(), "load_average_1m": round(os.getloadavg()[0], 2)}
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(0)
+        info |= {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+                 "gpu_count": torch.cuda.device_count(), "cuda": torch.version.cuda}
+    return info
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "sentence-transformers", "ray", "pyarrow", "numpy", "nanotoken",
+                 "tokenizers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def pick_device(choice: str) -> str:
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def free(device: str) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def write_result(name: str, result: dict) -> str:
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2, default=float)
+    return path
+
+
+def header(device: str) -> dict:
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": device_info(device), "versions": versions()}
+
+
+def init_ray(num_cpus: Optional[int] = None):
+    import ray
+
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    if ray.is_initialized():
+        ray.shutdown()
+    start = time.perf_counter()
+    # The working tree's ce_ray must reach the workers (it is not installed on the GPU machine); the
+    # local cluster's processes inherit this environment.
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if ROOT not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in paths if p])
+    for attempt in range(3):  # a loaded machine can take longer than Ray's 30 s to start a raylet
+        try:
+            # "local": a cluster of its own, never one that `ray start` left recorded in /tmp/ray.
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception as e:  # Ray raises a bare Exception on a startup timeout
+            if attempt == 2 or "timed out" not in str(e):
+                raise
+            ray.shutdown()
+            print(f"Ray did not start in time ({e}); trying again", flush=True)
+    return time.perf_counter() - start
+
+
+def fmt_rate(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def table(rows: Sequence[Sequence[str]], widths: Sequence[int]) -> str:
+    return "\n".join("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in rows)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["assets"]:
+        copy_assets()
+    else:
+        sys.exit("usage: python3 bench/common.py assets")

@@ -1,0 +1,277 @@
+"""GPU scoring: `ce-ray score` against CrossEncoder.predict, Ray Data's plain recipe and the model alone.
+
+One run, the same synthetic MS MARCO-like pairs (~72 tokens, 100 passages per query) and the same random
+MiniLM reranker (hidden 384; 6 or 12 layers) for every system:
+  (a) CrossEncoder.predict, defaults (fp32, batch 32)               on the first --anchor-pairs pairs
+  (b) CrossEncoder.predict, fp16, batch 256                         on the first --anchor-pairs pairs
+  (c) Ray Data's recipe: read_parquet -> one actor calling predict on raw text -> write_parquet
+                                                                    on the first --anchor-pairs pairs
+  (d) the model alone: pre-tokenized, length-sorted token-budget batches already on the device, bf16 SDPA
+                                                                    on all --pairs pairs (the ceiling)
+  (e) `ce-ray score` end to end, parquet to parquet (run_score, tokenizer="fast")   on all --pairs pairs
+Rates of (a)-(c) are pairs/s on their subset (the same pairs, so the same length mix); (a) and (b) time
+predict() alone, the model loaded beforehand; (c) and (e) time the whole job, reading to writing, after
+Ray has started. MFU = useful model FLOPs (unpadded tokens) / time / a measured matmul peak (bf16 on GPU).
+ce-ray's scores are checked against (a)'s on the first --check pairs. Writes bench/results/score_gpu.json
+(score_gpu_cpu.json on CPU).
+
+    python3 bench/score_gpu.py                                # GPU: 1M pairs, L6 and L12
+    .venv/bin/python bench/score_gpu.py --pairs 2000 --anchor-pairs 500 --layers 2   # CPU smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+import numpy as np
+import pyarrow.parquet as pq
+
+import common
+
+
+def predict_rate(model_dir: str, queries, documents, device: str, batch_size: int, fp16: bool):
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    kwargs = {"model_kwargs": {"dtype": torch.float16}} if fp16 else {}
+    model = CrossEncoder(model_dir, device=device, **kwargs)
+    pairs = list(zip(queries, documents))
+    model.predict(pairs[: batch_size * 2], batch_size=batch_size, show_progress_bar=False)  # warm-up
+    common.sync(device)
+    start = time.perf_counter()
+    scores = model.predict(pairs, batch_size=batch_size, show_progress_bar=False)
+    common.sync(device)
+    seconds = time.perf_counter() - start
+    del model
+    common.free(device)
+    return seconds, np.asarray(scores, dtype=np.float32)
+
+
+class PredictActor:
+    """Ray Data's batch-inference recipe: the model in an actor, raw text in, scores out."""
+
+    def __init__(self, model_dir: str, device: str):
+        from sentence_transformers import CrossEncoder
+
+        self.model = CrossEncoder(model_dir, device=device)
+
+    def __call__(self, batch):
+        batch["score"] = self.model.predict(list(zip(batch["query"], batch["document"])), show_progress_bar=False)
+        return batch
+
+
+def ray_recipe_seconds(model_dir: str, folder: str, out: str, device: str, rows_per_call: int) -> float:
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    start = time.perf_counter()
+    ds = ray.data.read_parquet(folder).map_batches(
+        PredictActor, fn_constructor_kwargs=dict(model_dir=model_dir, device=device), batch_format="pandas",
+        batch_size=rows_per_call, compute=ActorPoolStrategy(size=1), num_gpus=1 if device.startswith("cuda") else 0,
+    )
+    ds.write_parquet(out)
+    return time.perf_counter() - start
+
+
+def ceiling(model_dir: str, ids, types, device: str, batch_tokens: int) -> dict:
+    """The model alone: every batch padded and copied to the device before the clock starts."""
+    import torch
+
+    from ce_ray.batching import list_parts, pad, token_budget_batches
+    from ce_ray.model import load_reranker
+
+    reranker = load_reranker(model_dir, device=device)
+    values, offsets = list_parts(ids)
+    type_values = list_parts(types)[0]
+    lengths = np.diff(offsets)
+    batches, order, padded_tokens = [], [], 0
+    for rows in token_budget_batches(lengths, batch_tokens):
+        order.append(rows)
+        input_ids, mask = pad(values, offsets, rows)
+        padded_tokens += input_ids.size
+        batches.append({
+            "input_ids": torch.from_numpy(input_ids.astype(np.int64)).to(device),
+            "attention_mask": torch.from_numpy(mask.astype(np.int64)).to(device),
+            "token_type_ids": torch.from_numpy(pad(type_values, offsets, rows)[0].astype(np.int64)).to(device),
+        })
+    with torch.inference_mode():
+        for batch in batches[:3]:  # warm-up: the largest shapes come first
+            reranker.model(**batch)
+        common.sync(device)
+        start = time.perf_counter()
+        outputs = [reranker.scores(reranker.model(**batch).logits) for batch in batches]
+        common.sync(device)
+        seconds = time.perf_counter() - start
+    scores = np.empty(len(lengths), np.float32)
+    for rows, output in zip(order, outputs):
+        scores[rows] = output.cpu().numpy()
+    count = len(batches)
+    del outputs, batches, reranker
+    common.free(device)
+    return scores, {"seconds": seconds, "batches": count, "padded_tokens": int(padded_tokens), "tokens": int(lengths.sum()),
+            "padding_fraction": 1 - lengths.sum() / max(padded_tokens, 1)}
+
+
+def ce_ray_run(model_dir: str, folder: str, out: str, batch_tokens: int, device: str):
+    from ce_ray import ScoreConfig, run_score
+
+    config = ScoreConfig(model=model_dir, input=folder, output=out, tokenizer="fast", batch_tokens=batch_tokens,
+                         mode="overwrite", use_gpu=device.startswith("cuda"))
+    summary = run_score(config)
+    return summary
+
+
+def run_layers(layers: int, args, work: str, device: str, table, tokenized, peak: float) -> dict:
+    from transformers import AutoConfig
+
+    model_dir = common.build_model(os.path.join(work, f"minilm-l{layers}"), layers, seed=args.seed)
+    config = AutoConfig.from_pretrained(model_dir)
+    ids, types = tokenized
+    lengths = np.diff(ids.offsets.to_numpy())
+    n, n_anchor = table.num_rows, min(args.anchor_pairs, table.num_rows)
+    flops_all, flops_anchor = common.model_flops(config, lengths), common.model_flops(config, lengths[:n_anchor])
+    queries = table.column("query").to_pylist()[:n_anchor]
+    documents = table.column("document").to_pylist()[:n_anchor]
+    anchor_folder = common.write_pairs(table.slice(0, n_anchor), os.path.join(work, "anchor-pairs"),
+                                       files=max(1, min(args.files, n_anchor // 4096)))
+    systems, expected = {}, None
+
+    def record(name, pairs, seconds, flops, **extra):
+        systems[name] = {"pairs": pairs, "seconds": seconds, "pairs_per_s": pairs / seconds,
+                         "mfu": flops / seconds / peak} | extra
+        print(f"  {name}: {pairs:,} pairs in {seconds:.2f} s = {pairs / seconds:,.0f} pairs/s", flush=True)
+
+    print(f"\nMiniLM-L{layers} (random weights), {n:,} pairs, {int(lengths.sum()):,} tokens, on {device}", flush=True)
+    if "predict" not in args.skip:
+        seconds, expected = predict_rate(model_dir, queries, documents, device, 32, fp16=False)
+        record("predict_defaults", n_anchor, seconds, flops_anchor, dtype="float32", batch_size=32)
+        seconds, fp16_scores = predict_rate(model_dir, queries, documents, device, 256, fp16=True)
+        record("predict_fp16_b256", n_anchor, seconds, flops_anchor, dtype="float16", batch_size=256,
+               max_abs_diff_vs_predict=float(np.abs(fp16_scores - expected).max()))
+    floor = None
+    if "ceiling" not in args.skip:
+        model_scores, result = ceiling(model_dir, ids, types, device, args.batch_tokens)
+        if expected is not None:
+            # The model's own rounding noise at ce-ray's dtype: the same model, plain batches, vs predict fp32.
+            check = min(args.check, n_anchor)
+            floor = float(np.abs(model_scores[:check] - expected[:check]).max())
+            result["max_abs_diff_vs_predict"] = floor
+        record("model_ceiling", n, result.pop("seconds"), flops_all, batch_tokens=args.batch_tokens, **result)
+    if "recipe" not in args.skip:
+        seconds = ray_recipe_seconds(model_dir, anchor_folder, os.path.join(work, "recipe-out"), device,
+                                     args.recipe_rows)
+        record("ray_data_recipe", n_anchor, seconds, flops_anchor, rows_per_call=args.recipe_rows)
+        shutil.rmtree(os.path.join(work, "recipe-out"), ignore_errors=True)
+    if "ce-ray" not in args.skip:
+        runs = []
+        for _ in range(args.repeats):
+            out = os.path.join(work, f"ce-ray-out-l{layers}")
+            summary = ce_ray_run(model_dir, os.path.join(work, "pairs"), out, args.batch_tokens, device)
+            runs.append(summary.seconds)
+        best = min(runs)
+        extra = {"runs_seconds": runs, "batch_tokens": args.batch_tokens, "rows_scored": summary.rows_scored}
+        if expected is not None:
+            got = pq.read_table(os.path.join(out, "results"), columns=["pair_id", "score"]).to_pandas()
+            got = got[got["pair_id"] < min(args.check, n_anchor)].sort_values("pair_id")
+            check = got["score"].to_numpy() - expected[got["pair_id"].to_numpy()]
+            diff = float(np.abs(check).max())
+            bound = 1e-2 if device.startswith("cuda") else 1e-5
+            # ce-ray may not add error beyond the dtype's: within the bound, or within twice the noise of
+            # the same model at the same dtype (random weights round worse than a trained reranker's).
+            allowed = max(bound, 2 * floor) if floor is not None else bound
+            extra |= {"checked_pairs": len(got), "max_abs_diff_vs_predict": diff, "dtype_noise_floor": floor,
+                      "allowed_diff": allowed, "scores_match": diff <= allowed and summary.rows_scored == n}
+        record("ce_ray_score", n, best, flops_all, **extra)
+        shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(anchor_folder, ignore_errors=True)
+    return {"layers": layers, "flops_per_pair": flops_all / n,
+            "mean_tokens_per_pair": float(lengths.mean()), "systems": systems}
+
+
+def report(results: list, device: str, peak: dict) -> None:
+    names = {"predict_defaults": "(a) CrossEncoder.predict fp32 b32", "predict_fp16_b256": "(b) predict fp16 b256",
+             "ray_data_recipe": "(c) Ray Data recipe (predict in actor)", "model_ceiling": "(d) model alone (ceiling)",
+             "ce_ray_score": "(e) ce-ray score, parquet to parquet"}
+    for result in results:
+        layers, systems = result["layers"], result["systems"]
+        anchors = common.ANCHORS.get(layers, {})
+        print(f"\nMiniLM-L{layers} on {device}; peak {peak['flops_per_s'] / 1e9:,.0f} GFLOP/s ({peak['dtype']} "
+              f"{peak['n']}^3 matmul); {result['flops_per_pair'] / 1e6:.1f} MFLOP/pair")
+        rows = [("system", "pairs", "pairs/s", "MFU", "H100 before")]
+        for key, name in names.items():
+            if key in systems:
+                s = systems[key]
+                before = {"ce_ray_score": "target " + common.fmt_rate(anchors.get("target"))}.get(
+                    key, common.fmt_rate(anchors.get(key)))
+                rows.append((name, f"{s['pairs']:,}", common.fmt_rate(s["pairs_per_s"]), f"{s['mfu']:.3f}", before))
+        print(common.table(rows, (40, 10, 10, 6, 14)))
+        ours = systems.get("ce_ray_score")
+        if ours:
+            ratios = {key: ours["pairs_per_s"] / systems[key]["pairs_per_s"] for key in names if key in systems}
+            ours["ratio_to"] = ratios
+            if anchors.get("target"):
+                ours["ratio_to_target"] = ours["pairs_per_s"] / anchors["target"]
+            print("  ce-ray / " + ", ".join(f"{k}: {v:.2f}x" for k, v in ratios.items() if k != "ce_ray_score"))
+            if "max_abs_diff_vs_predict" in ours:
+                floor = ours["dtype_noise_floor"]
+                print(f"  max |ce-ray - predict fp32| on {ours['checked_pairs']:,} pairs: "
+                      f"{ours['max_abs_diff_vs_predict']:.2e}; the model alone at ce-ray's dtype: "
+                      f"{'-' if floor is None else f'{floor:.2e}'}; allowed {ours['allowed_diff']:.0e}: "
+                      f"{'match' if ours['scores_match'] else 'MISMATCH'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=1_000_000, help="pairs for ce-ray and the ceiling")
+    parser.add_argument("--anchor-pairs", type=int, default=50_000, help="the first N pairs for (a)-(c)")
+    parser.add_argument("--layers", type=int, nargs="+", default=[6, 12])
+    parser.add_argument("--batch-tokens", type=int, default=None, help="default: 65536 on GPU, 8192 on CPU")
+    parser.add_argument("--files", type=int, default=16, help="parquet files the pairs are written as")
+    parser.add_argument("--recipe-rows", type=int, default=1024, help="rows per predict call in (c)")
+    parser.add_argument("--repeats", type=int, default=2, help="ce-ray runs (the best is reported, all kept)")
+    parser.add_argument("--check", type=int, default=5000, help="pairs whose scores are compared with predict")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["predict", "recipe", "ceiling", "ce-ray"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    from ce_ray import fast_tokenize
+    from ce_ray.model import load_tokenizer
+
+    device = common.pick_device(args.device)
+    args.batch_tokens = args.batch_tokens or (65536 if device.startswith("cuda") else 8192)
+    work = tempfile.mkdtemp(prefix="ce-ray-bench-")
+    start = time.perf_counter()
+    table = common.synthetic_pairs(args.pairs, seed=args.seed)
+    common.write_pairs(table, os.path.join(work, "pairs"), args.files)
+    tokenizer = load_tokenizer(common.assets_dir())
+    tokenized = fast_tokenize.encode_pairs(tokenizer, table.column("query"), table.column("document"), 512)
+    print(f"{args.pairs:,} synthetic pairs written and tokenized in {time.perf_counter() - start:.1f} s", flush=True)
+    peak = common.matmul_peak(device)
+    result = common.header(device) | {"bench": "score_gpu", "args": vars(args), "matmul_peak": peak,
+                                      "anchors_before": common.ANCHORS}
+    ray_start_s = None
+    if {"recipe", "ce-ray"} - set(args.skip):
+        ray_start_s = common.init_ray()
+    name = "score_gpu" if device.startswith("cuda") else "score_gpu_cpu"
+    results = []
+    for layers in args.layers:  # written after each model: a run cut short keeps what it measured
+        results.append(run_layers(layers, args, work, device, table, tokenized, peak["flops_per_s"]))
+        report(results[-1:], device, peak)
+        path = common.write_result(name, result | {"ray_start_s": ray_start_s, "results": results})
+    print(f"\nwrote {path}")
+    shutil.rmtree(work, ignore_errors=True)
+    bad = [r["layers"] for r in results if not r["systems"].get("ce_ray_score", {}).get("scores_match", True)]
+    if bad:
+        sys.exit(f"ce-ray's scores differ from predict's beyond the allowed difference for L{bad}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Bounded streaming: scoring 5x more pairs must not take more memory, in the driver or in any worker.
+
+Each size runs as its own `ce-ray score` process with a Ray of its own, sampled with psutil every 0.25 s.
+CE_RAY_MEMORY_ROWS (default "100000,500000") sets the sizes; the figures go to stdout (pytest -s).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT, build_tiny_model
+
+ROWS_PER_FILE = 50_000
+GROWTH_LIMIT = 150 * 2**20  # bytes a peak may grow from the smallest size to the largest
+
+
+def write_pairs(folder, rows: int, seed: int = 0) -> None:
+    """Short generated pairs (a 4-word query, a 12-word document) in parquet files of 50k rows."""
+    rng = np.random.default_rng(seed)
+    vocab = np.array("the of ray data score rank query document model token batch cluster actor "
+                     "worker stream block memory disk node python arrow file".split())
+    folder.mkdir(parents=True)
+    for start in range(0, rows, ROWS_PER_FILE):
+        n = min(ROWS_PER_FILE, rows - start)
+        words = vocab[rng.integers(0, len(vocab), size=(n, 16))]
+        queries = [" ".join(w) for w in words[:, :4]]
+        documents = [" ".join(w) for w in words[:, 4:]]
+        table = pa.table({"pair_id": np.arange(start, start + n), "query": queries, "document": documents})
+        pq.write_table(table, folder / f"pairs-{start // ROWS_PER_FILE:04d}.parquet")
+
+
+def sample_peaks(pid: int, stop: threading.Event, peaks: dict) -> None:
+    driver = psutil.Process(pid)
+    while not stop.is_set():
+        try:
+            peaks["driver"] = max(peaks["driver"], driver.memory_info().rss)
+            workers = [p for p in driver.children(recursive=True) if p.name().startswith("ray::")
+                       or "default_worker" in " ".join(p.cmdline())]
+            sizes = []
+            for worker in workers:
+                try:
+                    sizes.append(worker.memory_info().rss)
+                except psutil.Error:
+                    pass
+            if sizes:
+                peaks["worker"] = max(peaks["worker"], max(sizes))
+                peaks["workers"] = max(peaks["workers"], sum(sizes))
+        except psutil.Error:
+            pass
+        stop.wait(0.25)
+
+
+def run_job(model, folder, out) -> dict:
+    env = {**os.environ, "RAY_ADDRESS": "local", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    peaks = {"driver": 0, "worker": 0, "workers": 0}
+    stop = threading.Event()
+    start = time.monotonic()
+    job = subprocess.Popen([sys.executable, "-m", "ce_ray.cli", "score", "--model", str(model), "--input",
+                            str(folder), "--output", str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    sampler = threading.Thread(target=sample_peaks, args=(job.pid, stop, peaks), daemon=True)
+    sampler.start()
+    try:
+        log, _ = job.communicate(timeout=1500)
+    finally:
+        stop.set()
+        sampler.join()
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0, log[-3000:]
+    return {**peaks, "seconds": time.monotonic() - start, "log": log}
+
+
+@pytest.mark.timeout(3600)
+def test_peak_memory_does_not_grow_with_input_size(tmp_path):
+    sizes = [int(n) for n in os.environ.get("CE_RAY_MEMORY_ROWS", "100000,500000").split(",")]
+    model = build_tiny_model(tmp_path / "model", layers=1, hidden=32)
+    figures = {}
+    for rows in sizes:
+        write_pairs(tmp_path / f"in-{rows}", rows)
+        figures[rows] = run_job(model, tmp_path / f"in-{rows}", tmp_path / f"out-{rows}")
+        assert f"rows scored   {rows:,}" in figures[rows]["log"]
+        mib = {k: round(v / 2**20) for k, v in figures[rows].items() if k not in ("seconds", "log")}
+        print(f"\n{rows:>9,} pairs: {figures[rows]['seconds']:.0f} s, peak RSS MiB {mib}", flush=True)
+    small, large = figures[min(sizes)], figures[max(sizes)]
+    for key in ("driver", "worker", "workers"):
+        assert large[key] - small[key] < GROWTH_LIMIT, (key, small[key] / 2**20, large[key] / 2**20)

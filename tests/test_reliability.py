@@ -1,0 +1,339 @@
+"""Every bad input and fault of docs/reliability.md: one test per row of its table."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ce_ray import ScoreConfig, run_score
+from ce_ray.config import ConfigError, load_config
+from ce_ray.io import InputError
+from ce_ray.model import ModelError
+
+from conftest import ROOT
+
+LONG = "word " * 25_000  # 125,000 characters
+
+
+def job(tiny_model, source, out, **settings):
+    return run_score(ScoreConfig(model=str(tiny_model), input=str(source), output=str(out), **settings))
+
+
+def rejects(out) -> pd.DataFrame:
+    return pd.read_parquet(os.path.join(out, "rejects")).sort_values("id").reset_index(drop=True)
+
+
+def results(out) -> pd.DataFrame:
+    return pd.read_parquet(os.path.join(out, "results")).sort_values("id").reset_index(drop=True)
+
+
+# One JSONL job and one CSV job hold every kind of bad row; the tests below each look at one kind.
+JSONL_LINES = [
+    b'{"id": 0, "query": "good", "document": "row", "path": "a user column named path"}',
+    b'{"id": 1, "query": null, "document": "null query"}',
+    b'{"id": 2, "query": "", "document": "empty query is text"}',
+    b'{"id": 3, "query": 42, "document": "a number as query"}',
+    b'{"id": 4, "query": "bad byte \xff here", "document": "invalid UTF-8"}',
+    b'{"id": 5, "query": "long", "document": "' + LONG.encode() + b'"}',
+    b'{"id": 6, "query": "duplicate id", "document": "first"}',
+    b'{"id": 6, "query": "duplicate id", "document": "second"}',
+    b'{"id": 8, "query": "broken json", ',
+    b'{"id": 9, "query": "good", "document": "last row"}',
+]
+
+
+@pytest.fixture(scope="module")
+def jsonl_job(ray_local, tiny_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad-jsonl")
+    (folder / "in").mkdir()
+    (folder / "in" / "rows.jsonl").write_bytes(b"\n".join(JSONL_LINES) + b"\n")
+    summary = job(tiny_model, folder / "in", folder / "out", rows_per_block=4)
+    return summary, folder / "out"
+
+
+@pytest.fixture(scope="module")
+def csv_job(ray_local, tiny_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad-csv")
+    (folder / "in").mkdir()
+    lines = [b"id,query,document", b"0,good,row", b"1,,empty cell", b"2,bad \xfe byte,x", b'3,"quoted, ok",y',
+             b"4,long," + LONG.encode()]
+    (folder / "in" / "rows.csv").write_bytes(b"\n".join(lines) + b"\n")
+    summary = job(tiny_model, folder / "in", folder / "out")
+    return summary, folder / "out"
+
+
+def test_every_row_is_accounted_for(jsonl_job, csv_job):
+    for summary, out, n in ((*jsonl_job, len(JSONL_LINES)), (*csv_job, 5)):
+        assert summary.rows_in == n == summary.rows_scored + summary.rows_rejected
+        assert len(results(out)) + len(pd.read_parquet(out / "rejects")) == n
+
+
+def test_null_text_is_rejected(jsonl_job, csv_job):
+    assert rejects(jsonl_job[1]).set_index("id").loc[1, "reason"] == "query is null"
+    assert rejects(csv_job[1]).set_index("id").loc[1, "reason"] == "query is null"  # an empty CSV cell
+
+
+def test_empty_string_is_scored(jsonl_job):
+    row = results(jsonl_job[1]).set_index("id").loc[2]
+    assert row["query"] == "" and np.isfinite(row["score"])
+
+
+def test_wrong_type_is_rejected_with_its_value(jsonl_job):
+    row = rejects(jsonl_job[1]).set_index("id").loc[3]
+    assert row["reason"] == "query is int, not text" and row["query"] == "42"
+
+
+def test_invalid_utf8_in_jsonl_rejects_the_line(jsonl_job):
+    bad = rejects(jsonl_job[1])
+    reason = bad[bad["reason"].str.contains("line 5")]["reason"].tolist()
+    assert len(reason) == 1 and "not valid JSON" in reason[0] and "utf-8" in reason[0].lower()
+    assert 4 not in set(results(jsonl_job[1])["id"])
+
+
+def test_invalid_utf8_in_csv_rejects_the_row(csv_job):
+    row = rejects(csv_job[1]).set_index("id").loc[2]
+    assert row["reason"].startswith("query is not valid UTF-8") and row["query"] == "bad \ufffd byte"
+    assert results(csv_job[1]).set_index("id").loc[3, "query"] == "quoted, ok"
+
+
+def test_broken_json_line_is_rejected_and_the_rest_scored(jsonl_job):
+    bad = rejects(jsonl_job[1])
+    assert bad["reason"].str.contains("line 9: not valid JSON").sum() == 1
+    assert 9 in set(results(jsonl_job[1])["id"])
+
+
+def test_text_of_100k_characters_is_truncated_and_scored(jsonl_job, csv_job):
+    for out in (jsonl_job[1], csv_job[1]):
+        got = results(out)
+        row = got[got["document"].str.len() > 100_000]
+        assert len(row) == 1 and np.isfinite(row["score"].iloc[0])
+        assert row["document"].iloc[0] == LONG.strip() or row["document"].iloc[0] == LONG  # kept unchanged
+
+
+def test_duplicate_ids_are_kept_as_separate_rows(jsonl_job):
+    got = results(jsonl_job[1])
+    assert sorted(got[got["id"] == 6]["document"]) == ["first", "second"]
+
+
+def test_a_user_column_named_path_is_kept(jsonl_job):
+    got = results(jsonl_job[1]).set_index("id")
+    assert got.loc[0, "path"] == "a user column named path"
+    assert not [c for c in got.columns if c.startswith("_ce_")]
+
+
+def test_missing_and_misnamed_columns_fail_before_scoring(tmp_path, tiny_model):
+    pd.DataFrame({"query": ["q"], "Document": ["d"]}).to_parquet(tmp_path / "a.parquet")
+    with pytest.raises(InputError, match=r"a\.parquet: missing column\(s\) 'document' \(columns: query, Document\)"):
+        job(tiny_model, tmp_path / "a.parquet", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_text_column_type_fails_before_scoring(tmp_path, tiny_model):
+    pd.DataFrame({"query": [1, 2], "document": ["a", "b"]}).to_parquet(tmp_path / "ints.parquet")
+    with pytest.raises(InputError, match=r"ints\.parquet: column 'query' is int64, not text"):
+        job(tiny_model, tmp_path / "ints.parquet", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_parquet_among_good_ones_fails_before_scoring(tmp_path, tiny_model):
+    for i in range(3):
+        pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / f"good-{i}.parquet")
+    data = (tmp_path / "good-0.parquet").read_bytes()
+    (tmp_path / "torn.parquet").write_bytes(data[: len(data) // 2])  # a copy cut short
+    with pytest.raises(InputError, match=r"cannot read .*torn\.parquet"):
+        job(tiny_model, tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_folder_fails(tmp_path, tiny_model):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no parquet files"):
+        job(tiny_model, tmp_path / "empty", tmp_path / "out")
+
+
+def test_zero_rows_fail(tmp_path, tiny_model):
+    table = pa.table({"query": pa.array([], pa.string()), "document": pa.array([], pa.string())})
+    pq.write_table(table, tmp_path / "zero.parquet")
+    (tmp_path / "zero.jsonl").write_text("")
+    for name in ("zero.parquet", "zero.jsonl"):
+        with pytest.raises(InputError, match="no rows"):
+            job(tiny_model, tmp_path / name, tmp_path / "out")
+
+
+def test_unknown_model_path_and_hub_id_fail_before_the_output_is_touched(tmp_path, tiny_model, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no hub here: do not wait on retries
+    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(ModelError, match="does not exist"):
+        job(tmp_path / "no-such-model", tmp_path / "p.parquet", tmp_path / "out")
+    with pytest.raises(ModelError, match="cannot load model no-such-org/no-such-reranker"):
+        job("no-such-org/no-such-reranker", tmp_path / "p.parquet", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _model_copy(tiny_model, tmp_path, name):
+    import shutil
+
+    target = tmp_path / name
+    shutil.copytree(tiny_model, target)
+    return target
+
+
+def test_model_needing_remote_code_is_refused(tmp_path, tiny_model):
+    model = _model_copy(tiny_model, tmp_path, "remote-code")
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForSequenceClassification": "modeling_evil.EvilModel"}
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "modeling_evil.py").write_text("raise SystemExit('repository code ran')\n")
+    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(ModelError, match="needs code from its repository"):
+        job(model, tmp_path / "p.parquet", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_pickle_only_weights_are_refused(tmp_path, tiny_model):
+    import torch
+    from safetensors.torch import load_file
+
+    model = _model_copy(tiny_model, tmp_path, "pickled")
+    torch.save(load_file(model / "model.safetensors"), model / "pytorch_model.bin")
+    os.remove(model / "model.safetensors")
+    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(ModelError, match="only pickle weights"):
+        job(model, tmp_path / "p.parquet", tmp_path / "out")
+
+
+def test_checkpoints_are_loaded_with_weights_only():
+    """Every torch.load in the library passes weights_only=True (no pickle code runs from a checkpoint)."""
+    calls = []
+    for name in os.listdir(ROOT / "ce_ray"):
+        if name.endswith(".py"):
+            for node in ast.walk(ast.parse((ROOT / "ce_ray" / name).read_text())):
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "load" and \
+                        getattr(node.func.value, "id", "") == "torch":
+                    safe = any(k.arg == "weights_only" and getattr(k.value, "value", None) is True
+                               for k in node.keywords)
+                    calls.append((name, node.lineno, safe))
+    assert all(safe for _, _, safe in calls), calls
+
+
+def test_unknown_and_mistyped_config_keys_fail(tmp_path):
+    (tmp_path / "a.yaml").write_text("model: m\nrows_per_blok: 10\n")
+    with pytest.raises(ConfigError, match="unknown setting 'rows_per_blok' \\(did you mean 'rows_per_block'\\?\\)"):
+        load_config(ScoreConfig, str(tmp_path / "a.yaml"))
+    (tmp_path / "b.yaml").write_text("model: m\nmode: resumee\n")
+    with pytest.raises(ConfigError, match="mode: 'resumee' is not one of 'error', 'overwrite', 'resume'"):
+        load_config(ScoreConfig, str(tmp_path / "b.yaml"))
+
+
+# --- S3 -------------------------------------------------------------------------------------------------
+
+SECRET = "fake-secret-Zq7uV9xK2pLm"
+KEY_ID = "AKIAFAKEKEYID7Q2W"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def fake_credentials(monkeypatch):
+    for name, value in (("AWS_ACCESS_KEY_ID", KEY_ID), ("AWS_SECRET_ACCESS_KEY", SECRET),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_s3_endpoint_fails_fast_naming_it(tmp_path, tiny_model, monkeypatch, fake_credentials):
+    import time
+
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    start = time.monotonic()
+    with pytest.raises(InputError) as error:
+        job(tiny_model, "s3://ce-ray-in/pairs/", tmp_path / "out")
+    assert time.monotonic() - start < 30
+    assert f"cannot reach s3://ce-ray-in at {endpoint}" in str(error.value)
+    assert SECRET not in str(error.value) and KEY_ID not in str(error.value)
+
+
+@pytest.mark.timeout(60)
+def test_wrong_s3_credentials_fail_fast_without_printing_them(tmp_path, tiny_model, monkeypatch, fake_credentials):
+    import boto3
+    import moto.settings
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="ce-ray-in")
+        monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # from now on keys are checked
+        with pytest.raises(InputError) as error:
+            job(tiny_model, "s3://ce-ray-in/pairs/", tmp_path / "out")
+        with pytest.raises(InputError) as out_error:
+            job(tiny_model, str(tmp_path), "s3://ce-ray-in/out")
+    finally:
+        server.stop()
+    for e in (error, out_error):
+        assert f"s3://ce-ray-in at {endpoint} refused the credentials" in str(e.value)
+        assert SECRET not in str(e.value) and KEY_ID not in str(e.value)
+
+
+@pytest.mark.timeout(400)
+def test_credentials_never_reach_outputs_logs_or_configs(tmp_path, tiny_model):
+    """A job over S3 with fake keys in its environment: no output file, log line or job file holds them."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    ray_tmp = tempfile.mkdtemp(prefix="cer-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET,
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+           "RAY_TMPDIR": ray_tmp, "RAY_ADDRESS": "local", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    try:
+        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=KEY_ID,
+                          aws_secret_access_key=SECRET, region_name="us-east-1")
+        s3.create_bucket(Bucket="ce-ray-io")
+        frame = pd.DataFrame({"query": ["what is ray", None], "document": ["a distributed engine", "x"]})
+        s3.put_object(Bucket="ce-ray-io", Key="in/pairs.parquet", Body=frame.to_parquet())
+        result = subprocess.run(
+            [sys.executable, "-m", "ce_ray.cli", "score", "--model", str(tiny_model), "--input",
+             "s3://ce-ray-io/in/", "--output", "s3://ce-ray-io/out"],
+            cwd=ROOT, env=env, capture_output=True, timeout=360)
+        assert result.returncode == 0, result.stderr[-3000:]
+        written = {o["Key"]: s3.get_object(Bucket="ce-ray-io", Key=o["Key"])["Body"].read()
+                   for o in s3.list_objects_v2(Bucket="ce-ray-io", Prefix="out/")["Contents"]}
+    finally:
+        server.stop()
+    assert {"out/_SUCCESS", "out/_ce_ray/job.json"} <= set(written)
+    assert any(k.startswith("out/results/") for k in written) and any(k.startswith("out/rejects/") for k in written)
+    texts = {"stdout": result.stdout, "stderr": result.stderr, **{f"s3://{k}": v for k, v in written.items()}}
+    for root, _, files in os.walk(ray_tmp):  # every log and file of the job's Ray session
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as f:
+                    texts[path] = f.read()
+    assert len(texts) > 10
+    for secret in (SECRET, KEY_ID):
+        leaks = [where for where, data in texts.items() if secret.encode() in data]
+        assert not leaks, f"{secret} found in {leaks}"
