@@ -170,9 +170,12 @@ class Reranker:
     device: torch.device
     dtype: torch.dtype
 
+    def __post_init__(self):
+        self.activation_fn = activation_from_path(self.activation)  # built once, not per batch
+
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits to scores: upcast to fp32 first, then the activation (as CrossEncoder.predict)."""
-        return activation_from_path(self.activation)(logits.float()).squeeze(-1)
+        return self.activation_fn(logits.float()).squeeze(-1)
 
 
 def load_reranker(
