@@ -62,7 +62,7 @@ def main() -> None:
     from ce_ray import ScoreConfig, run_score
 
     start = time.perf_counter()
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     ray_start_s = time.perf_counter() - start
     summary = run_score(ScoreConfig(model=MODEL, input=os.path.join(work, "pairs.parquet"),
                                     output=os.path.join(work, "out"), mode="overwrite"))
