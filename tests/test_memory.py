@@ -21,7 +21,9 @@ import pytest
 from conftest import ROOT, build_tiny_model
 
 ROWS_PER_FILE = 50_000
-GROWTH_LIMIT = 150 * 2**20  # bytes a peak may grow from the smallest size to the largest
+# Bytes a peak may grow from the smallest size to the largest: one process, and all workers together
+# (their sum also moves with how many idle workers Ray keeps at that moment).
+GROWTH_LIMIT = {"driver": 150 * 2**20, "worker": 150 * 2**20, "workers": 300 * 2**20}
 
 
 def write_pairs(folder, rows: int, seed: int = 0) -> None:
@@ -94,5 +96,5 @@ def test_peak_memory_does_not_grow_with_input_size(tmp_path):
         mib = {k: round(v / 2**20) for k, v in figures[rows].items() if k not in ("seconds", "log")}
         print(f"\n{rows:>9,} pairs: {figures[rows]['seconds']:.0f} s, peak RSS MiB {mib}", flush=True)
     small, large = figures[min(sizes)], figures[max(sizes)]
-    for key in ("driver", "worker", "workers"):
-        assert large[key] - small[key] < GROWTH_LIMIT, (key, small[key] / 2**20, large[key] / 2**20)
+    for key, limit in GROWTH_LIMIT.items():
+        assert large[key] - small[key] < limit, (key, small[key] / 2**20, large[key] / 2**20)
