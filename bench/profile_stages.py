@@ -311,7 +311,7 @@ def main() -> None:
     device = common.pick_device(args.device)
     cuda = device.startswith("cuda")
     args.batch_tokens = args.batch_tokens or ([16384, 32768, 65536, 131072] if cuda else [2048, 4096, 8192])
-    args.stage_batch_tokens = args.stage_batch_tokens or (65536 if cuda else 8192)
+    args.stage_batch_tokens = args.stage_batch_tokens or (65536 if cuda else 2048)
     cpus = os.cpu_count()
     if args.tokenize_cpus is None:
         args.tokenize_cpus = sorted({k for k in (1, 2, 4, 8) if k < cpus} | {max(cpus - 1, 1)})

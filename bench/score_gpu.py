@@ -232,7 +232,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=1_000_000, help="pairs for ce-ray and the ceiling")
     parser.add_argument("--anchor-pairs", type=int, default=50_000, help="the first N pairs for (a)-(c)")
     parser.add_argument("--layers", type=int, nargs="+", default=[6, 12])
-    parser.add_argument("--batch-tokens", type=int, default=None, help="default: 65536 on GPU, 8192 on CPU")
+    parser.add_argument("--batch-tokens", type=int, default=None, help="default: the library's (65536 on GPU, 2048 on CPU)")
     parser.add_argument("--files", type=int, default=16, help="parquet files the pairs are written as")
     parser.add_argument("--recipe-rows", type=int, default=1024, help="rows per predict call in (c)")
     parser.add_argument("--repeats", type=int, default=2, help="ce-ray runs (the best is reported, all kept)")
@@ -243,10 +243,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from ce_ray import fast_tokenize
+    from ce_ray.batching import default_batch_tokens
     from ce_ray.model import load_tokenizer
 
     device = common.pick_device(args.device)
-    args.batch_tokens = args.batch_tokens or (65536 if device.startswith("cuda") else 8192)
+    args.batch_tokens = args.batch_tokens or default_batch_tokens(device.startswith("cuda"))
     work = tempfile.mkdtemp(prefix="ce-ray-bench-")
     start = time.perf_counter()
     table = common.synthetic_pairs(args.pairs, seed=args.seed)

@@ -17,6 +17,15 @@ IDS = "_ce_input_ids"
 TYPES = "_ce_token_type_ids"
 REJECT = "reject_reason"
 
+# Token budget of one forward pass. A GPU wants big batches to fill its cores; on CPU, batches past ~2k tokens
+# fall out of cache and run slower (L12 on 2 cores: ~58 pairs/s at 2,048, ~45 at 8,192).
+GPU_BATCH_TOKENS = 65536
+CPU_BATCH_TOKENS = 2048
+
+
+def default_batch_tokens(on_gpu: bool) -> int:
+    return GPU_BATCH_TOKENS if on_gpu else CPU_BATCH_TOKENS
+
 
 @functools.lru_cache(maxsize=4)
 def cached_tokenizer(path: str, trust_remote_code: bool = False):

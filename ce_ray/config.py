@@ -41,7 +41,7 @@ class ScoreConfig(ModelConfig):
     input_format: Literal["auto", "parquet", "jsonl", "csv"] = "auto"
     query_column: str = "query"
     document_column: str = "document"
-    batch_tokens: Optional[int] = None  # token budget of one forward pass; None: 65536 on GPU, 8192 on CPU
+    batch_tokens: Optional[int] = None  # token budget of one forward pass; None: 65536 on GPU, 2048 on CPU
     rows_per_block: int = 4096  # rows handed to a scoring replica at once
     replicas: Optional[int] = None  # max scoring replicas; None: one per GPU, or 1 on CPU
     min_replicas: int = 1

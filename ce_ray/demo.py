@@ -33,13 +33,10 @@ def wikiqa_pairs(path: str, max_questions=None):
     return df.assign(original_rank=df.groupby("query_id", sort=False).cumcount() + 1)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ce_ray.demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="reranker: folder or hub id")
-    parser.add_argument("--data", default=DEFAULT_DATA, help="WikiQA-test.tsv.gz")
-    parser.add_argument("--output", default=os.path.join(".", "out", "demo"))
-    parser.add_argument("--max-questions", type=int, default=None)
-    args = parser.parse_args(argv)
+def run_demo(model: str = DEFAULT_MODEL, data: str = DEFAULT_DATA, output: str = os.path.join(".", "out", "demo"),
+             max_questions=None) -> dict:
+    """Reranks and evaluates, prints the table, and returns what it measured (the benches record it)."""
+    import dataclasses
 
     import ray
 
@@ -48,8 +45,8 @@ def main(argv=None) -> int:
     from .rerank import run_rerank
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    pairs = wikiqa_pairs(args.data, args.max_questions)
-    input_dir = os.path.join(args.output, "input")
+    pairs = wikiqa_pairs(data, max_questions)
+    input_dir = os.path.join(output, "input")
     os.makedirs(input_dir, exist_ok=True)
     pairs.to_parquet(os.path.join(input_dir, "wikiqa-test.parquet"), index=False)
     questions = pairs["query_id"].nunique()
@@ -61,10 +58,10 @@ def main(argv=None) -> int:
     if started_here:
         ray.init(address="local", include_dashboard=False, log_to_driver=False)  # a local Ray, in process
     try:
-        reranked = os.path.join(args.output, "reranked")
-        summary = run_rerank(RerankConfig(model=args.model, input=input_dir, output=reranked, mode="overwrite",
+        reranked = os.path.join(output, "reranked")
+        summary = run_rerank(RerankConfig(model=model, input=input_dir, output=reranked, mode="overwrite",
                                           rank_partitions=8))
-        result = run_eval(EvalConfig(input=reranked, output=os.path.join(args.output, "eval.json"),
+        result = run_eval(EvalConfig(input=reranked, output=os.path.join(output, "eval.json"),
                                      baseline_column="original_rank", only_with_relevant=True))
     finally:
         if started_here:
@@ -73,14 +70,26 @@ def main(argv=None) -> int:
     print("\n".join([
         "",
         f"WikiQA test, {result['queries']:,} questions with a correct answer (the others left out), "
-        f"model {args.model}",
+        f"model {model}",
         f"  {'':<9}{'original':>10}{'reranked':>10}",
         *(f"  {label:<9}{base[name]:>10.4f}{new[name]:>10.4f}"
           for label, name in (("MAP", "map"), ("MRR@10", "mrr@10"), ("NDCG@10", "ndcg@10"))),
         f"  {summary.rows_scored:,} pairs in {summary.seconds:.1f} s: {summary.pairs_per_second:,.1f} pairs/s "
         "(reading, scoring, ranking, writing)",
-        f"  outputs: {os.path.join(reranked, 'results')}, {os.path.join(args.output, 'eval.json')}",
+        f"  outputs: {os.path.join(reranked, 'results')}, {os.path.join(output, 'eval.json')}",
     ]), flush=True)
+    return {"model": model, "pairs": len(pairs), "questions": int(questions), "questions_answered": answered,
+            "eval": result, "rerank": dataclasses.asdict(summary) | {"pairs_per_second": summary.pairs_per_second}}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ce_ray.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="reranker: folder or hub id")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="WikiQA-test.tsv.gz")
+    parser.add_argument("--output", default=os.path.join(".", "out", "demo"))
+    parser.add_argument("--max-questions", type=int, default=None)
+    args = parser.parse_args(argv)
+    run_demo(args.model, args.data, args.output, args.max_questions)
     return 0
 
 

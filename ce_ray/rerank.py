@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from .batching import REJECT
 from .config import ConfigError, RerankConfig, require
 from .io import ROW_INDEX, ROW_INPUT, TAGS
-from .score import SCORE, score
+from .score import SCORE, score, summary_lines
 from .sink import PairsSink
 
 RANK = "rank"
@@ -140,17 +140,16 @@ class RerankSummary:
         return self.rows_scored / self.seconds if self.seconds else 0.0
 
     def lines(self, title: str = "ce-ray rerank") -> list:
-        return [
-            f"{title}: done",
-            f"  files in      {self.files_in}",
-            f"  rows in       {self.rows_in:,}",
-            f"  rows scored   {self.rows_scored:,}",
-            f"  rows kept     {self.rows_kept:,}" + (f"  (top {self.top_k} of each query)" if self.top_k else ""),
-            f"  rows rejected {self.rows_rejected:,}" + ("  (see rejects/)" if self.rows_rejected else ""),
-            f"  seconds       {self.seconds:.1f}",
-            f"  pairs/s       {self.pairs_per_second:,.1f}",
-            f"  output        {self.output}",
-        ]
+        return summary_lines(title, [
+            ("files in", f"{self.files_in}"),
+            ("rows in", f"{self.rows_in:,}"),
+            ("rows scored", f"{self.rows_scored:,}"),
+            ("rows kept", f"{self.rows_kept:,}" + (f"  (top {self.top_k} of each query)" if self.top_k else "")),
+            ("rows rejected", f"{self.rows_rejected:,}" + ("  (see rejects/)" if self.rows_rejected else "")),
+            ("seconds", f"{self.seconds:.1f}"),
+            ("pairs/s", f"{self.pairs_per_second:,.1f}"),
+            ("output", self.output),
+        ])
 
 
 def _check_query_id(config: RerankConfig) -> None:

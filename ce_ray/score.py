@@ -14,7 +14,8 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
-from .batching import IDS, REJECT, TYPES, cached_tokenizer, list_parts, pad, token_budget_batches, tokenize_table
+from .batching import (IDS, REJECT, TYPES, cached_tokenizer, default_batch_tokens, list_parts, pad,
+                       token_budget_batches, tokenize_table)
 from .config import ConfigError, ScoreConfig, require
 from .model import ModelError, check_safe, load_reranker, local_model_path
 
@@ -47,7 +48,7 @@ class Scorer:
             allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code,
         )
         on_gpu = self.reranker.device.type == "cuda"
-        self.budget = config.batch_tokens or (65536 if on_gpu else 8192)
+        self.budget = config.batch_tokens or default_batch_tokens(on_gpu)
         self.pad_id = self.reranker.tokenizer.pad_token_id or 0
         self.pin = on_gpu
 
@@ -169,18 +170,21 @@ class Summary:
         return (self.rows_in - self.rows_kept) / self.seconds if self.seconds else 0.0
 
     def lines(self, title: str = "ce-ray score") -> list:
-        return [
-            f"{title}: done",
-            f"  files in      {self.files_in}",
-            f"  rows in       {self.rows_in:,}",
-            f"  rows scored   {self.rows_scored:,}",
-            f"  rows rejected {self.rows_rejected:,}" + ("  (see rejects/)" if self.rows_rejected else ""),
-        ] + ([f"  kept          {self.files_kept} file(s), {self.rows_kept:,} rows (resumed)"]
-             if self.files_kept else []) + [
-            f"  seconds       {self.seconds:.1f}",
-            f"  pairs/s       {self.pairs_per_second:,.1f}",
-            f"  output        {self.output}",
-        ]
+        return summary_lines(title, [
+            ("files in", f"{self.files_in}"),
+            ("rows in", f"{self.rows_in:,}"),
+            ("rows scored", f"{self.rows_scored:,}"),
+            ("rows rejected", f"{self.rows_rejected:,}" + ("  (see rejects/)" if self.rows_rejected else "")),
+        ] + ([("kept", f"{self.files_kept} file(s), {self.rows_kept:,} rows (resumed)")] if self.files_kept else []) + [
+            ("seconds", f"{self.seconds:.1f}"),
+            ("pairs/s", f"{self.pairs_per_second:,.1f}"),
+            ("output", self.output),
+        ])
+
+
+def summary_lines(title: str, fields: list) -> list:
+    """A job's closing summary: its title, then one aligned (label, value) line per field."""
+    return [f"{title}: done"] + [f"  {label:<13} {value}" for label, value in fields]
 
 
 def job_settings(config: ScoreConfig) -> dict:

@@ -23,7 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .batching import IDS, REJECT, TYPES, cached_tokenizer, list_parts, pad, token_budget_batches, tokenize_table
+from .batching import (IDS, REJECT, TYPES, cached_tokenizer, default_batch_tokens, list_parts, pad,
+                       token_budget_batches, tokenize_table)
 from .config import ConfigError, TrainConfig, require
 from .io import InputError, filesystem, is_remote, join
 
@@ -432,7 +433,7 @@ def train_loop(loop_config: dict) -> dict:
         pos_weight=torch.tensor(config.pos_weight, device=device) if config.pos_weight else None)
     shard = ray.train.get_dataset_shard("train")
     eval_shard = ray.train.get_dataset_shard("eval") if plan["qrels"] else None
-    budget = 65536 if use_gpu else 8192
+    budget = default_batch_tokens(use_gpu)
 
     def run_eval() -> dict:
         return evaluate(model if config.deepspeed else module, eval_shard, plan["qrels"], device, pad_id, budget)
