@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
 import typing
 from typing import Literal
@@ -45,48 +46,26 @@ def config_from_args(cls, args: argparse.Namespace):
     return load_config(cls, args.config, overrides)
 
 
-def _score(args) -> int:
-    from .score import run_score
-
-    run_score(config_from_args(ScoreConfig, args))
-    return 0
-
-
-def _train(args) -> int:
-    from .train import train
-
-    train(config_from_args(TrainConfig, args))
-    return 0
-
-
-def _candidates(args) -> int:
-    from .candidates import run_candidates
-
-    run_candidates(config_from_args(CandidatesConfig, args))
-    return 0
-
-
-def _rerank(args) -> int:
-    from .rerank import run_rerank
-
-    run_rerank(config_from_args(RerankConfig, args))
-    return 0
-
-
-def _eval(args) -> int:
-    from .evaluate import run_eval
-
-    run_eval(config_from_args(EvalConfig, args))
-    return 0
-
-
+# command: (config class, "module:function" that runs it, help); the module is imported when the command runs.
 COMMANDS = {
-    "score": (ScoreConfig, _score, "score (query, document) pairs into parquet with a score column"),
-    "candidates": (CandidatesConfig, _candidates, "BM25 top-k candidates of a BEIR split, as pairs parquet"),
-    "rerank": (RerankConfig, _rerank, "score pairs, then rank them within each query (rank, optional top-k)"),
-    "eval": (EvalConfig, _eval, "NDCG@10, MRR@10, MAP, Recall@k of a reranked output beside a baseline order"),
-    "train": (TrainConfig, _train, "fine-tune a reranker on Ray Train (DDP or DeepSpeed); save a CrossEncoder folder"),
+    "score": (ScoreConfig, "score:run_score", "score (query, document) pairs into parquet with a score column"),
+    "candidates": (CandidatesConfig, "candidates:run_candidates",
+                   "BM25 top-k candidates of a BEIR split, as pairs parquet"),
+    "rerank": (RerankConfig, "rerank:run_rerank",
+               "score pairs, then rank them within each query (rank, optional top-k)"),
+    "eval": (EvalConfig, "evaluate:run_eval",
+             "NDCG@10, MRR@10, MAP, Recall@k of a reranked output beside a baseline order"),
+    "train": (TrainConfig, "train:train",
+              "fine-tune a reranker on Ray Train (DDP or DeepSpeed); save a CrossEncoder folder"),
 }
+
+
+def run_command(name: str, args: argparse.Namespace) -> int:
+    cls, target, _ = COMMANDS[name]
+    module, function = target.split(":")
+    run = getattr(importlib.import_module(f".{module}", __package__), function)
+    run(config_from_args(cls, args))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,12 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "submit":
-        from .submit import run_submit as run
-    else:
-        _, run, _ = COMMANDS[args.command]
     try:
-        return run(args)
+        if args.command == "submit":
+            from .submit import run_submit
+
+            return run_submit(args)
+        return run_command(args.command, args)
     except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as e:
         print(f"ce-ray {args.command}: error: {e}", file=sys.stderr)
         return 2
