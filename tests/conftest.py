@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,22 @@ def wikiqa_pairs(split: str = "test", n: int | None = None):
     df = df.rename(columns={"Question": "query", "Sentence": "document", "QuestionID": "query_id",
                             "SentenceID": "doc_id", "Label": "label"})
     return df if n is None else df.head(n)
+
+
+# The whole suite must end inside CI's limit, whatever hangs: past this budget the remaining tests fail at
+# once with a clear reason, so that the run still reports which test used the time.
+SUITE_BUDGET_S = float(os.environ.get("CE_RAY_TEST_BUDGET_S", 4200))
+_SUITE_START = time.monotonic()
+
+
+def pytest_runtest_setup(item):
+    spent = time.monotonic() - _SUITE_START
+    if spent > SUITE_BUDGET_S:
+        pytest.fail(f"the suite's time budget ({SUITE_BUDGET_S:.0f} s) is spent ({spent:.0f} s); not started")
+
+
+def pytest_runtest_logreport(report):
+    """Print a failure as it happens, not only in the summary: a run cut short still shows why."""
+    if report.failed:
+        print(f"\n--- {report.nodeid} ({report.when}) failed after {report.duration:.0f} s ---\n"
+              f"{report.longreprtext[-6000:]}\n---", flush=True)
