@@ -141,6 +141,9 @@ class TrainConfig(ModelConfig):
     epochs: int = 1
     max_steps: Optional[int] = None  # optimizer steps; overrides epochs
     batch_size: int = 16  # per device
+    # Padded tokens of one forward pass at most: a larger batch runs in several passes (gradients summed
+    # before the step), so a large batch_size fits in memory and long and short pairs pad little.
+    batch_tokens: Optional[int] = None
     grad_accum: int = 1
     lr: float = 5e-5
     weight_decay: float = 0.0
@@ -166,6 +169,11 @@ class TrainConfig(ModelConfig):
         for name in ("save_every", "eval_every", "max_failures", "hard_negatives"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            raise ConfigError(f"batch_tokens must be >= 1, got {self.batch_tokens}")
+        if self.batch_tokens and self.deepspeed:
+            raise ConfigError("batch_tokens works with DDP only: DeepSpeed steps after a fixed number of passes; "
+                              "use grad_accum with a smaller batch_size instead")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.lr <= 0 or self.weight_decay < 0 or self.max_grad_norm < 0:

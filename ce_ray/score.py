@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import time
 from typing import Optional
@@ -101,6 +102,18 @@ def _cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
+def free_failed_actors() -> None:
+    """Frees the actors of an earlier failed Ray Data execution in this process, before a new job asks for
+    CPUs or GPUs.
+
+    Ray Data lets a failed execution's actors go by reference counting, but its error and the executor's
+    state reference each other: the actors live, holding their resources, until the garbage collector
+    breaks that cycle, and on a small cluster the next job would wait for them forever. (While something
+    still holds the error, such as a logging handler that keeps records, nothing can free them.)
+    """
+    gc.collect()
+
+
 def score(ds, config: Optional[ScoreConfig] = None, **settings):
     """Adds a float32 `score` to every row of a Dataset of (query, document) pairs.
 
@@ -128,6 +141,7 @@ def score(ds, config: Optional[ScoreConfig] = None, **settings):
         model_config = AutoConfig.from_pretrained(path, trust_remote_code=config.trust_remote_code)
         config = dataclasses.replace(config, max_length=max_length_of(path, tokenizer, model_config))
 
+    free_failed_actors()
     use_gpu = config.use_gpu if config.use_gpu is not None else _cluster_gpus() > 0
     max_replicas = config.replicas or (max(_cluster_gpus(), 1) if use_gpu else 1)
     tokenized = ds.map_batches(

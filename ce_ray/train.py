@@ -225,8 +225,10 @@ def length_grouped(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def micro_batches(shard, config: TrainConfig, epoch: int, rank: int, skip: int, pad_id: int) -> Iterator[tuple]:
-    """(inputs as numpy, labels) of one epoch of a worker's shard, the first `skip` batches left out (resume).
+def micro_batches(shard, config: TrainConfig, epoch: int, rank: int, skip: int, pad_id: int) -> Iterator[list]:
+    """One epoch of a worker's shard, the first `skip` batches left out (resume). Each batch of `batch_size`
+    rows comes as a list of forward passes, (inputs as numpy, labels): one, or with `batch_tokens` as many
+    as keep every pass under that many padded tokens.
 
     The order depends only on (seed, epoch, rank, window), so a resumed run sees the batches it had not seen.
     """
@@ -236,16 +238,24 @@ def micro_batches(shard, config: TrainConfig, epoch: int, rank: int, skip: int, 
         ids, offsets = list_parts(table.column(IDS))
         types = list_parts(table.column(TYPES))[0] if TYPES in table.column_names else None
         labels = table.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float32)
+        lengths = np.diff(offsets)
         rng = np.random.default_rng([config.seed, epoch, rank, number])
-        for rows in length_grouped(np.diff(offsets), config.batch_size, rng, config.group_by_length):
+        for rows in length_grouped(lengths, config.batch_size, rng, config.group_by_length):
             seen += 1
             if seen <= skip:
                 continue
-            input_ids, mask = pad(ids, offsets, rows, pad_id)
-            inputs = {"input_ids": input_ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
-            if types is not None:
-                inputs["token_type_ids"] = pad(types, offsets, rows)[0].astype(np.int64)
-            yield inputs, labels[rows]
+            passes = ([rows[part] for part in token_budget_batches(lengths[rows], config.batch_tokens)]
+                      if config.batch_tokens else [rows])
+            yield [(_padded_inputs(ids, types, offsets, part, pad_id), labels[part]) for part in passes]
+
+
+def _padded_inputs(ids: np.ndarray, types: Optional[np.ndarray], offsets: np.ndarray, rows: np.ndarray,
+                   pad_id: int) -> dict:
+    input_ids, mask = pad(ids, offsets, rows, pad_id)
+    inputs = {"input_ids": input_ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
+    if types is not None:
+        inputs["token_type_ids"] = pad(types, offsets, rows)[0].astype(np.int64)
+    return inputs
 
 
 def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id: int, budget: int) -> dict:
@@ -430,10 +440,10 @@ def train_loop(loop_config: dict) -> dict:
     if checkpoint_dir:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     loss_fn = torch.nn.BCEWithLogitsLoss(
-        pos_weight=torch.tensor(config.pos_weight, device=device) if config.pos_weight else None)
+        reduction="sum", pos_weight=torch.tensor(config.pos_weight, device=device) if config.pos_weight else None)
     shard = ray.train.get_dataset_shard("train")
     eval_shard = ray.train.get_dataset_shard("eval") if plan["qrels"] else None
-    budget = default_batch_tokens(use_gpu)
+    budget = config.batch_tokens or default_batch_tokens(use_gpu)
 
     def run_eval() -> dict:
         return evaluate(model if config.deepspeed else module, eval_shard, plan["qrels"], device, pad_id, budget)
@@ -465,29 +475,35 @@ def train_loop(loop_config: dict) -> dict:
     loss_sum, loss_count, samples, tick = 0.0, 0, 0, time.perf_counter()
     epoch = micro // per_epoch
     while step < total:
-        for inputs, labels in micro_batches(shard, config, epoch, rank, micro - epoch * per_epoch, pad_id):
-            inputs = {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}
-            target = torch.from_numpy(labels).to(device)
+        for passes in micro_batches(shard, config, epoch, rank, micro - epoch * per_epoch, pad_id):
             boundary = (micro + 1) % accum == 0
-            if config.deepspeed:
-                loss = loss_fn(model(**inputs).logits.float().view(-1), target)
-                model.backward(loss)
-                model.step()  # optimizer, scheduler and clipping at accumulation boundaries
-            else:
-                sync = contextlib.nullcontext() if boundary or world == 1 else model.no_sync()
-                with sync:
-                    with autocast():
-                        logits = model(**inputs).logits
-                    loss = loss_fn(logits.float().view(-1), target)
-                    (loss / accum).backward()
-                if boundary:
-                    if config.max_grad_norm > 0:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+            rows = sum(len(labels) for _, labels in passes)
+            for number, (inputs, labels) in enumerate(passes):
+                inputs = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in inputs.items()}
+                target = torch.from_numpy(labels).to(device, non_blocking=True)
+                if config.deepspeed:
+                    loss = loss_fn(model(**inputs).logits.float().view(-1), target) / rows
+                    model.backward(loss)
+                    model.step()  # optimizer, scheduler and clipping at accumulation boundaries
+                else:
+                    # Gradients cross workers once a step: at the last pass of the boundary batch. Workers
+                    # may cut their batches into different numbers of passes; only that last one syncs.
+                    synced = world == 1 or (boundary and number == len(passes) - 1)
+                    with contextlib.nullcontext() if synced else model.no_sync():
+                        with autocast():
+                            logits = model(**inputs).logits
+                        # The batch's mean, whatever the passes: each pass adds its sum over the batch's rows.
+                        loss = loss_fn(logits.float().view(-1), target) / rows
+                        (loss / accum).backward()
+                loss_sum = loss_sum + loss.detach()  # stays on the device: no sync until it is logged
+            if not config.deepspeed and boundary:
+                if config.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
             micro += 1
-            loss_sum, loss_count, samples = loss_sum + float(loss.detach()), loss_count + 1, samples + len(labels)
+            loss_count, samples = loss_count + 1, samples + rows
             if not boundary:
                 continue
             step += 1
@@ -500,7 +516,7 @@ def train_loop(loop_config: dict) -> dict:
             elapsed = time.perf_counter() - tick
             global_samples = samples * world
             entry = {"epoch": round(micro / per_epoch, 4), "step": step,
-                     "loss": _global_mean(loss_sum, loss_count), "lr": scheduler.get_last_lr()[0],
+                     "loss": _global_mean(float(loss_sum), loss_count), "lr": scheduler.get_last_lr()[0],
                      "samples_per_second": global_samples / elapsed if elapsed else 0.0}
             progress["samples"] += global_samples
             progress["seconds"] += elapsed
@@ -599,6 +615,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
 
     from . import card
     from .model import check_safe, local_model_path, max_length_of
+    from .score import free_failed_actors
 
     config = dataclasses.replace(config or TrainConfig(), **settings)
     require(config, "model", "train_data", "output")
@@ -613,6 +630,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         model, tokenizer, AutoConfig.from_pretrained(model, trust_remote_code=config.trust_remote_code))
     if not ray.is_initialized():
         ray.init()
+    free_failed_actors()
     use_gpu = config.use_gpu if config.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     if config.deepspeed:
         try:
@@ -629,7 +647,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     plan = {"model": model, "max_length": max_length, "batches_per_epoch": per_epoch, "total_steps": total,
             "qrels": qrels}
     print(f"ce-ray train: {stats['pairs']:,} pairs ({stats['rejected']:,} rejected), {config.num_workers} worker(s), "
-          f"{per_epoch} batch(es) of {config.batch_size} per worker and epoch, {total} step(s)", flush=True)
+          f"{per_epoch} batch(es) of {config.batch_size} per worker and epoch, {total} step(s)"
+          + (f", forward passes of at most {config.batch_tokens:,} tokens" if config.batch_tokens else ""), flush=True)
 
     fs, storage_path, name = _storage(config)
     datasets = {"train": train_ds} | ({"eval": eval_ds} if eval_ds is not None else {})

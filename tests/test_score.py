@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import gc
 import os
 import subprocess
 import sys
@@ -146,12 +147,23 @@ def test_nulls_and_non_text_rows_are_rejected_with_a_reason(ray_local, tmp_path,
     assert success["rows_in"] == 7 and success["rows_rejected"] == 4
 
 
-def test_on_invalid_fail_stops_the_job(ray_local, tmp_path, tiny_model):
+@pytest.mark.timeout(240)
+def test_on_invalid_fail_stops_the_job_and_frees_its_replica(ray_local, tmp_path, tiny_model):
     pd.DataFrame({"query": ["q", None], "document": ["d", "e"]}).to_parquet(tmp_path / "p.parquet")
-    with pytest.raises(Exception, match="query is null"):
-        run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "p.parquet"),
-                              output=str(tmp_path / "out"), on_invalid="fail"))
-    assert not (tmp_path / "out" / "_SUCCESS").exists()
+    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "good.parquet")
+    gc.disable()  # the worst case: the garbage collector does not happen to run between the two jobs
+    try:
+        with pytest.raises(Exception, match="query is null"):
+            run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "p.parquet"),
+                                  output=str(tmp_path / "out"), on_invalid="fail"))
+        assert not (tmp_path / "out" / "_SUCCESS").exists()
+        # The failed job's scoring actor must not keep its CPU: on this 2-CPU Ray the next job's replica
+        # and its read task need both, and would wait forever.
+        summary = run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "good.parquet"),
+                                        output=str(tmp_path / "good")))
+    finally:
+        gc.enable()
+    assert summary.rows_scored == 1
 
 
 def test_missing_column_names_file_and_column(tmp_path, tiny_model):

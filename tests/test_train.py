@@ -3,6 +3,7 @@ model against CrossEncoder, training pairs from BEIR with BM25 hard negatives, b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from conftest import SCIFACT, build_tiny_model, wikiqa_pairs
@@ -68,12 +70,15 @@ def data_parallel_runs(ray_local, still_model, pairs_file, tmp_path_factory):
     started = time.perf_counter()
     two = _train_module().train(TrainConfig(**common, output=str(out / "two"), num_workers=2, batch_size=8))
     one = _train_module().train(TrainConfig(**common, output=str(out / "one"), num_workers=1, batch_size=16))
-    print(f"two data-parallel runs: {time.perf_counter() - started:.1f}s")
-    return two, one
+    # Forward passes of at most 160 padded tokens: 1 to 3 pairs each, a different number on each worker.
+    passes = _train_module().train(TrainConfig(**common, output=str(out / "passes"), num_workers=2, batch_size=8,
+                                               batch_tokens=160))
+    print(f"three data-parallel runs: {time.perf_counter() - started:.1f}s")
+    return two, one, passes
 
 
 def test_replicas_stay_identical_and_match_one_worker_with_twice_the_batch(data_parallel_runs, still_model):
-    two, one = data_parallel_runs
+    two, one, _ = data_parallel_runs
     assert two.steps == one.steps == 3
     assert two.replica_divergence == 0.0  # both replicas hold the same weights after 3 steps
     start, w2, w1 = _weights(still_model), _weights(two.model_path), _weights(one.model_path)
@@ -82,6 +87,36 @@ def test_replicas_stay_identical_and_match_one_worker_with_twice_the_batch(data_
     assert _max_diff(w2, w1) < 1e-5  # ...and both runs changed them the same way
     losses = [entry["loss"] for entry in two.log]
     assert losses == pytest.approx([entry["loss"] for entry in one.log], abs=1e-5)
+
+
+def test_batches_cut_into_token_budget_passes_train_the_same_weights(data_parallel_runs):
+    two, _, passes = data_parallel_runs
+    assert passes.steps == two.steps == 3 and passes.replica_divergence == 0.0
+    assert _max_diff(_weights(two.model_path), _weights(passes.model_path)) < 1e-5
+    assert [e["loss"] for e in passes.log] == pytest.approx([e["loss"] for e in two.log], abs=1e-5)
+
+
+def test_passes_hold_the_batch_rows_under_the_token_budget(ray_local, tiny_model, pairs_file):
+    import ray.data
+
+    from ce_ray.config import TrainConfig
+
+    train = _train_module()
+    table = train._tokenize_train_block(pa.table(pd.read_parquet(pairs_file)), str(tiny_model), "query",
+                                        "document", "label", 128, "auto", False)
+    shard = ray.data.from_arrow(train._kept_rows(table))
+    config = TrainConfig(batch_size=8, length_window=4)
+    whole = list(train.micro_batches(shard, config, epoch=0, rank=0, skip=0, pad_id=0))
+    cut = list(train.micro_batches(shard, dataclasses.replace(config, batch_tokens=200), 0, 0, 0, 0))
+    assert len(whole) == len(cut) == 8 and all(len(batch) == 1 for batch in whole)
+    assert sum(len(batch) for batch in cut) > len(cut)  # the budget did cut batches
+    for [(inputs, labels)], passes in zip(whole, cut):
+        assert all(p["input_ids"].size <= 200 for p, _ in passes)
+        # The same pairs (as token rows) and labels, only in other passes.
+        rows = lambda ids, mask: sorted(tuple(r[m.astype(bool)]) for r, m in zip(ids, mask))  # noqa: E731
+        assert rows(inputs["input_ids"], inputs["attention_mask"]) == sorted(
+            r for p, _ in passes for r in rows(p["input_ids"], p["attention_mask"]))
+        assert sorted(labels) == sorted(np.concatenate([l for _, l in passes]))
 
 
 def test_saved_model_is_a_crossencoder_that_scores_like_ce_ray(data_parallel_runs, pairs_file):

@@ -1,0 +1,148 @@
+"""GPU training throughput: `ce-ray train` against sentence-transformers' CrossEncoderTrainer, in one run.
+
+The same synthetic MS MARCO-like pairs (common.synthetic_pairs, ~72 tokens; a label of 1 on one pair in
+five) and the same random MiniLM reranker (6 or 12 layers) for every system:
+  (a) CrossEncoderTrainer, batch 16, fp32                       on the first --anchor-steps x 16 pairs
+  (b) CrossEncoderTrainer, batch 16, bf16                       on the same pairs
+  (c) ce-ray train, batch 16 per device (bf16 on GPU)           on the same pairs
+  (d) ce-ray train, --large-batch pairs per step in forward passes of at most --batch-tokens padded tokens
+                                                                on all --pairs pairs
+Rates are training samples/s of the training loop: the trainer's own `train_samples_per_second`, and
+ce-ray's logged rate (Ray's start and the tokenizing before the first step are not in either). MFU =
+3 x forward FLOPs of the unpadded tokens (forward and backward) / time / a measured matmul peak. Writes
+bench/results/train_gpu.json (train_gpu_cpu.json on CPU).
+
+    python3 bench/train_gpu.py                        # GPU: L6, 200,000 pairs for (d)
+    .venv/bin/python bench/train_gpu.py --layers 2 --pairs 1024 --anchor-steps 16 --large-batch 64 \
+        --batch-tokens 2048                            # CPU smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pyarrow as pa
+
+import common
+
+BATCH = 16  # the seeds' batch per device, and CrossEncoderTrainer's default
+
+
+def labelled_pairs(pairs: int, seed: int) -> pa.Table:
+    table = common.synthetic_pairs(pairs, seed=seed)
+    labels = (np.random.default_rng(seed + 7).random(pairs) < 0.2).astype(np.float32)
+    return table.select(["query", "document"]).append_column("label", pa.array(labels))
+
+
+def flops_per_pair(model_dir: str, table: pa.Table, sample: int = 5000) -> float:
+    """Mean forward FLOPs of one pair, from the token lengths of a sample of the pairs."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = table.slice(0, sample)
+    encoded = tokenizer(rows.column("query").to_pylist(), rows.column("document").to_pylist(),
+                        truncation=True, max_length=512)
+    lengths = np.array([len(ids) for ids in encoded["input_ids"]])
+    return common.model_flops(AutoConfig.from_pretrained(model_dir), lengths) / len(lengths)
+
+
+def trainer_rate(model_dir: str, table: pa.Table, device: str, bf16: bool, work: str) -> dict:
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import (CrossEncoder, CrossEncoderTrainer,
+                                                     CrossEncoderTrainingArguments)
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+    model = CrossEncoder(model_dir, device=device)
+    args = CrossEncoderTrainingArguments(
+        output_dir=os.path.join(work, "st"), num_train_epochs=1, per_device_train_batch_size=BATCH,
+        learning_rate=5e-5, bf16=bf16, save_strategy="no", logging_steps=50, report_to="none",
+        use_cpu=not device.startswith("cuda"), dataloader_num_workers=0, seed=42)
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=Dataset.from_pandas(table.to_pandas(), preserve_index=False),
+                                  loss=BinaryCrossEntropyLoss(model))
+    output = trainer.train()
+    del trainer, model
+    common.free(device)
+    return {"samples_per_second": output.metrics["train_samples_per_second"], "steps": output.global_step,
+            "final_loss": output.training_loss}
+
+
+def ce_ray_rate(model_dir: str, table: pa.Table, work: str, name: str, cpus: int, **settings) -> dict:
+    import pyarrow.parquet as pq
+
+    from ce_ray.config import TrainConfig
+    import ce_ray.train  # noqa: F401
+
+    path = os.path.join(work, f"{name}.parquet")
+    pq.write_table(table, path)
+    start = time.perf_counter()
+    outcome = sys.modules["ce_ray.train"].train(TrainConfig(
+        model=model_dir, train_data=path, output=os.path.join(work, name), num_workers=1,
+        cpus_per_worker=float(cpus), lr=5e-5, seed=42, **settings))
+    return {"samples_per_second": outcome.samples_per_second, "steps": outcome.steps,
+            "final_loss": outcome.log[-1]["loss"], "wall_seconds": time.perf_counter() - start,
+            "settings": settings}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--pairs", type=int, default=200_000, help="pairs of system (d)")
+    parser.add_argument("--anchor-steps", type=int, default=400, help="batches of 16 for systems (a)-(c)")
+    parser.add_argument("--large-batch", type=int, default=2048, help="pairs per step of system (d)")
+    parser.add_argument("--batch-tokens", type=int, default=65536, help="padded tokens per forward pass of (d)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    device = common.pick_device(args.device)
+    gpu = device.startswith("cuda")
+    result = common.header(device) | {"args": vars(args), "systems": {}}
+    result["peak"] = common.matmul_peak(device)
+    out = os.path.join(common.RESULTS, "train_gpu.json" if gpu else "train_gpu_cpu.json")
+    cpus = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as work:
+        model_dir = common.build_model(os.path.join(work, "model"), args.layers)
+        table = labelled_pairs(max(args.pairs, args.anchor_steps * BATCH), args.seed)
+        anchor = table.slice(0, args.anchor_steps * BATCH)
+        per_pair = flops_per_pair(model_dir, table)
+        result["flops_per_pair_forward"] = per_pair
+        systems = result["systems"]
+
+        def record(name: str, figures: dict) -> None:
+            figures["mfu"] = 3 * per_pair * figures["samples_per_second"] / result["peak"]["flops_per_s"]
+            systems[name] = figures
+            print(f"{name}: {figures['samples_per_second']:,.1f} samples/s, MFU {figures['mfu']:.3f}", flush=True)
+            common.write_result(os.path.basename(out)[:-5], result)
+
+        record("trainer_fp32_b16", trainer_rate(model_dir, anchor, device, bf16=False, work=work))
+        if gpu:
+            record("trainer_bf16_b16", trainer_rate(model_dir, anchor, device, bf16=True, work=work))
+        result["ray_start_seconds"] = common.init_ray()
+        record("ce_ray_b16", ce_ray_rate(model_dir, anchor, work, "b16", cpus, batch_size=BATCH,
+                                         log_every=max(args.anchor_steps // 4, 1)))
+        steps = max(args.pairs // args.large_batch, 1)
+        record("ce_ray_token_batches", ce_ray_rate(
+            model_dir, table.slice(0, args.pairs), work, "tokens", cpus, batch_size=args.large_batch,
+            batch_tokens=args.batch_tokens, log_every=max(steps // 4, 1)))
+
+    fp32 = systems["trainer_fp32_b16"]["samples_per_second"]
+    bf16 = systems.get("trainer_bf16_b16", {}).get("samples_per_second")
+    rows = [("system", "samples/s", "x trainer fp32", "x trainer bf16", "MFU")]
+    for name, figures in systems.items():
+        rate = figures["samples_per_second"]
+        rows.append((name, common.fmt_rate(rate), f"{rate / fp32:.2f}", f"{rate / bf16:.2f}" if bf16 else "-",
+                     f"{figures['mfu']:.3f}"))
+    print(f"\nL{args.layers} on {result['machine'].get('gpu', device)}, peak "
+          f"{result['peak']['flops_per_s'] / 1e12:.1f} TFLOP/s ({result['peak']['dtype']})")
+    print(common.table(rows, (22, 10, 15, 15, 6)))
+    print(f"written to {common.write_result(os.path.basename(out)[:-5], result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
