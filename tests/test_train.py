@@ -18,7 +18,7 @@ import pytest
 
 from conftest import SCIFACT, build_tiny_model, wikiqa_pairs
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(600)
 
 
 def _train_module():

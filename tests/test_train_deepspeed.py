@@ -17,7 +17,7 @@ try:
 except ImportError as e:  # pragma: no cover - deepspeed is in the dev extra
     pytest.skip(f"deepspeed cannot be imported ({e}): pip install 'ce-ray[deepspeed]'", allow_module_level=True)
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(600)
 
 
 def test_zero2_trains_and_saves_a_crossencoder(ray_local, tiny_model, tmp_path):
