@@ -62,8 +62,8 @@ def trainer_rate(model_dir: str, table: pa.Table, device: str, bf16: bool, work:
         output_dir=os.path.join(work, "st"), num_train_epochs=1, per_device_train_batch_size=BATCH,
         learning_rate=5e-5, bf16=bf16, save_strategy="no", logging_steps=50, report_to="none",
         use_cpu=not device.startswith("cuda"), dataloader_num_workers=0, seed=42)
-    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=Dataset.from_pandas(table.to_pandas(), preserve_index=False),
-                                  loss=BinaryCrossEntropyLoss(model))
+    dataset = Dataset.from_pandas(table.to_pandas(), preserve_index=False)
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=BinaryCrossEntropyLoss(model))
     output = trainer.train()
     del trainer, model
     common.free(device)
@@ -103,7 +103,7 @@ def main() -> int:
     gpu = device.startswith("cuda")
     result = common.header(device) | {"args": vars(args), "systems": {}}
     result["peak"] = common.matmul_peak(device)
-    out = os.path.join(common.RESULTS, "train_gpu.json" if gpu else "train_gpu_cpu.json")
+    results_name = "train_gpu" if gpu else "train_gpu_cpu"  # bench/results/<results_name>.json
     cpus = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as work:
         model_dir = common.build_model(os.path.join(work, "model"), args.layers)
@@ -117,7 +117,7 @@ def main() -> int:
             figures["mfu"] = 3 * per_pair * figures["samples_per_second"] / result["peak"]["flops_per_s"]
             systems[name] = figures
             print(f"{name}: {figures['samples_per_second']:,.1f} samples/s, MFU {figures['mfu']:.3f}", flush=True)
-            common.write_result(os.path.basename(out)[:-5], result)
+            common.write_result(results_name, result)
 
         record("trainer_fp32_b16", trainer_rate(model_dir, anchor, device, bf16=False, work=work))
         if gpu:
@@ -140,7 +140,7 @@ def main() -> int:
     print(f"\nL{args.layers} on {result['machine'].get('gpu', device)}, peak "
           f"{result['peak']['flops_per_s'] / 1e12:.1f} TFLOP/s ({result['peak']['dtype']})")
     print(common.table(rows, (22, 10, 15, 15, 6)))
-    print(f"written to {common.write_result(os.path.basename(out)[:-5], result)}")
+    print(f"written to {common.write_result(results_name, result)}")
     return 0
 
 

@@ -277,11 +277,8 @@ def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id
             types = list_parts(table.column(TYPES))[0] if TYPES in table.column_names else None
             scores = np.empty(table.num_rows, dtype=np.float32)
             for rows in token_budget_batches(np.diff(offsets), budget):
-                input_ids, mask = pad(ids, offsets, rows, pad_id)
-                inputs = {"input_ids": input_ids, "attention_mask": mask}
-                if types is not None:
-                    inputs["token_type_ids"] = pad(types, offsets, rows)[0]
-                inputs = {k: torch.from_numpy(v.astype(np.int64)).to(device) for k, v in inputs.items()}
+                inputs = {k: torch.from_numpy(v).to(device)
+                          for k, v in _padded_inputs(ids, types, offsets, rows, pad_id).items()}
                 scores[rows] = model(**inputs).logits.float().view(-1).cpu().numpy()
             for q, d, s in zip(table.column("query_id").to_pylist(), table.column("doc_id").to_pylist(), scores):
                 ranked.setdefault(q, []).append((-float(s), d))

@@ -110,10 +110,13 @@ def test_passes_hold_the_batch_rows_under_the_token_budget(ray_local, tiny_model
     cut = list(train.micro_batches(shard, dataclasses.replace(config, batch_tokens=200), 0, 0, 0, 0))
     assert len(whole) == len(cut) == 8 and all(len(batch) == 1 for batch in whole)
     assert sum(len(batch) for batch in cut) > len(cut)  # the budget did cut batches
+
+    def rows(ids, mask):  # each pair as its unpadded token ids
+        return sorted(tuple(r[m.astype(bool)]) for r, m in zip(ids, mask))
+
     for [(inputs, labels)], passes in zip(whole, cut):
         assert all(p["input_ids"].size <= 200 for p, _ in passes)
-        # The same pairs (as token rows) and labels, only in other passes.
-        rows = lambda ids, mask: sorted(tuple(r[m.astype(bool)]) for r, m in zip(ids, mask))  # noqa: E731
+        # The same pairs and labels, only in other passes.
         assert rows(inputs["input_ids"], inputs["attention_mask"]) == sorted(
             r for p, _ in passes for r in rows(p["input_ids"], p["attention_mask"]))
         assert sorted(labels) == sorted(np.concatenate([l for _, l in passes]))
