@@ -53,8 +53,9 @@ def copy_assets() -> None:
     print(f"copied {', '.join(ASSET_FILES)} to {ASSETS}")
 
 
-def build_model(dest: str, layers: int, seed: int = 0, logit_std: float = 2.0) -> str:
-    """A random BertForSequenceClassification of MiniLM shape (hidden 384) with `layers` layers.
+def build_model(dest: str, layers: int, seed: int = 0, logit_std: float = 2.0, hidden: Optional[int] = None) -> str:
+    """A random BertForSequenceClassification of MiniLM shape (hidden 384) with `layers` layers; `hidden`
+    makes it narrower (heads of 32 dimensions, FFN 4 x hidden), for CPU runs that measure the pipeline.
 
     A random BERT's pooled outputs barely differ between pairs, so its logits are all alike (std ~0.003,
     every score ~0.5) and any score check would pass. The classifier is set along the direction in which
@@ -68,6 +69,9 @@ def build_model(dest: str, layers: int, seed: int = 0, logit_std: float = 2.0) -
     source = assets_dir()
     config = BertConfig.from_pretrained(source)
     config.num_hidden_layers = layers
+    if hidden:
+        config.hidden_size, config.intermediate_size = hidden, 4 * hidden
+        config.num_attention_heads = max(hidden // 32, 1)
     torch.manual_seed(seed)
     model = BertForSequenceClassification(config).eval()
     tokenizer = AutoTokenizer.from_pretrained(source)

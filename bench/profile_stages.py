@@ -6,12 +6,14 @@ the CPU stages, so their rates are per CPU):
   tokenize_hf     ce_ray.batching.encode_pairs_hf per block (on the first --hf-pairs pairs)
   tokenize_fast   ce_ray.fast_tokenize.encode_pairs per block (nanotoken, one thread), cold and warm cache
   tokenize_table  ce_ray.batching.tokenize_table per block (fast, cold cache): what a tokenize task runs
-  pad_copy        per token-budget batch: pad, int64, pinned copy to the device (what the Scorer does)
+  pad_copy        Scorer.device_batches: a block's int32 ids and int8 types copied once, each batch padded
+                  on the device (what a replica does before the model)
+  pad_copy_host   the former path, for comparison: numpy padding, int64, three pinned copies per batch
   model           per batch, the forward pass alone on inputs already on the device (CUDA events on GPU)
   scorer          ce_ray.score.Scorer on the tokenized blocks: pad, copy and model, as a replica runs them
   write           pyarrow.parquet.write_table of the scored blocks
 GPU busy fraction of a replica = model time / scorer time (the same batches). Then, end to end
-(run_score, parquet to parquet, on local Ray): pairs/s against --batch-tokens, against the CPUs left for
+(run_score, parquet to parquet, on local Ray): pairs/s against --batch-tokens, --rows-per-call, the CPUs left for
 reading and tokenizing (Ray restarted with that many CPUs + 1 for the replica), and against --replicas
 (where the devices allow), with GPU utilization sampled by nvidia-smi where there is one. The fixed cost
 of a job (actor start, model load) is measured on a 1-file, --fixed-pairs input and reported apart.
@@ -58,7 +60,7 @@ def stage_rates(args, work: str, table: pa.Table, model_dir: str, device: str) -
     from ce_ray import fast_tokenize
     from ce_ray.batching import IDS, TYPES, encode_pairs_hf, list_parts, pad, token_budget_batches, tokenize_table
     from ce_ray.config import ScoreConfig
-    from ce_ray.model import load_reranker, load_tokenizer
+    from ce_ray.model import load_tokenizer
     from ce_ray.score import Scorer
 
     if device == "cpu":
@@ -97,53 +99,56 @@ def stage_rates(args, work: str, table: pa.Table, model_dir: str, device: str) -
         seconds, _ = timed(lambda b: pq.write_table(b, os.path.join(work, "write.parquet")), scored)
         record("write", n, seconds, per="CPU")
         return stages
-    reranker = load_reranker(model_dir, device=device)
     cuda = device.startswith("cuda")
     budget = args.stage_batch_tokens
+    scorer = Scorer(ScoreConfig(model=model_dir, batch_tokens=budget, max_length=512), device)
+    if device == "cpu":
+        torch.set_num_threads(1)  # the Scorer takes every core; every stage here runs on one
 
-    def to_device(array):
-        tensor = torch.from_numpy(array)
-        return (tensor.pin_memory() if cuda else tensor).to(device, non_blocking=True)
+    def host_padded(ids, types, offsets, rows):
+        """The replica's former path, for comparison: numpy padding, int64, three pinned copies a batch."""
+        input_ids, mask = pad(ids, offsets, rows)
+        return {"input_ids": scorer._to_device(input_ids.astype(np.int64)),
+                "attention_mask": scorer._to_device(mask.astype(np.int64)),
+                "token_type_ids": scorer._to_device(pad(types, offsets, rows)[0].astype(np.int64))}
 
-    copy_s, model_s, batches, device_batches = 0.0, 0.0, 0, []
+    host_s, copy_s, model_s, batches, device_batches = 0.0, 0.0, 0.0, 0, []
     with torch.inference_mode():
         for block in tokenized:
             ids, offsets = list_parts(block.column(IDS))
             types = list_parts(block.column(TYPES))[0]
+            start = time.perf_counter()
             for rows in token_budget_batches(np.diff(offsets), budget):
-                start = time.perf_counter()
-                input_ids, mask = pad(ids, offsets, rows)
-                inputs = {"input_ids": to_device(input_ids.astype(np.int64)),
-                          "attention_mask": to_device(mask.astype(np.int64)),
-                          "token_type_ids": to_device(pad(types, offsets, rows)[0].astype(np.int64))}
-                common.sync(device)
-                copy_s += time.perf_counter() - start
-                device_batches.append(inputs)
-                batches += 1
+                host_padded(ids, types, offsets, rows)
+            common.sync(device)
+            host_s += time.perf_counter() - start
+            start = time.perf_counter()
+            device_batches += [inputs for _, inputs in scorer.device_batches(block)]
+            common.sync(device)
+            copy_s += time.perf_counter() - start
+        batches = len(device_batches)
+        model = scorer.reranker.model
         for inputs in device_batches[:3]:
-            reranker.model(**inputs)
+            model(**inputs)
         common.sync(device)
         if cuda:
             events = []
             for inputs in device_batches:
                 begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 begin.record()
-                reranker.model(**inputs)
+                model(**inputs)
                 end.record()
                 events.append((begin, end))
             torch.cuda.synchronize()
             model_s = sum(b.elapsed_time(e) for b, e in events) / 1000
         else:
-            model_s, _ = timed(lambda inputs: reranker.model(**inputs), device_batches)
-    del device_batches, reranker
+            model_s, _ = timed(lambda inputs: model(**inputs), device_batches)
+    del device_batches
     common.free(device)
+    record("pad_copy_host", n, host_s, batches=batches, batch_tokens=budget, per="replica thread")
     record("pad_copy", n, copy_s, batches=batches, batch_tokens=budget, per="replica thread")
     record("model", n, model_s, batches=batches, batch_tokens=budget, per="GPU" if cuda else "CPU")
 
-    config = ScoreConfig(model=model_dir, batch_tokens=budget, max_length=512)
-    scorer = Scorer(config, device)
-    if device == "cpu":
-        torch.set_num_threads(1)  # the Scorer takes every core; compare with the model stage on one
     scorer(tokenized[0])  # warm-up
     common.sync(device)
     seconds, scored = timed(scorer, tokenized)
@@ -195,7 +200,7 @@ def sweeps(args, work: str, model_dir: str, device: str, n: int) -> dict:
     cpus = os.cpu_count()
     # A GPU replica takes a GPU; a CPU replica takes a CPU, and one CPU must stay for the read/tokenize tasks.
     devices = torch.cuda.device_count() if device.startswith("cuda") else max(cpus - 1, 1)
-    result = {"batch_tokens": [], "tokenize_cpus": [], "replicas": [], "fixed": []}
+    result = {"batch_tokens": [], "rows_per_call": [], "tokenize_cpus": [], "replicas": [], "fixed": []}
 
     def run(kind, labels=None, **settings):
         point = end_to_end(model_dir, folder, out, device, rows_per_block=args.rows_per_block, **settings)
@@ -217,6 +222,8 @@ def sweeps(args, work: str, model_dir: str, device: str, n: int) -> dict:
     fixed_cost(f"{cpus} CPUs")
     for budget in args.batch_tokens:
         run("batch_tokens", batch_tokens=budget)
+    for rows in args.rows_per_call:
+        run("rows_per_call", batch_tokens=args.stage_batch_tokens, rows_per_call=rows)
     for replicas in args.replicas:
         if replicas > devices:
             result["replicas"].append({"replicas": replicas, "skipped": f"room for {devices} replica(s) here"})
@@ -292,6 +299,8 @@ def main() -> None:
     parser.add_argument("--tokenize-cpus", type=int, nargs="*", default=None,
                         help="CPUs left for read/tokenize/write tasks; default 1 2 4 8 and all but one")
     parser.add_argument("--replicas", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--rows-per-call", type=int, nargs="*", default=None,
+                        help="sweep of rows a replica scores per call; default 4096 16384 32768 65536 on GPU, none on CPU")
     parser.add_argument("--fixed-pairs", type=int, default=1000)
     parser.add_argument("--files", type=int, default=16)
     parser.add_argument("--no-sweeps", action="store_true")
@@ -312,6 +321,8 @@ def main() -> None:
     cuda = device.startswith("cuda")
     args.batch_tokens = args.batch_tokens or ([16384, 32768, 65536, 131072] if cuda else [2048, 4096, 8192])
     args.stage_batch_tokens = args.stage_batch_tokens or (65536 if cuda else 2048)
+    if args.rows_per_call is None:
+        args.rows_per_call = [4096, 16384, 32768, 65536] if cuda else []
     cpus = os.cpu_count()
     if args.tokenize_cpus is None:
         args.tokenize_cpus = sorted({k for k in (1, 2, 4, 8) if k < cpus} | {max(cpus - 1, 1)})

@@ -42,13 +42,22 @@ class ScoreConfig(ModelConfig):
     query_column: str = "query"
     document_column: str = "document"
     batch_tokens: Optional[int] = None  # token budget of one forward pass; None: 65536 on GPU, 2048 on CPU
-    rows_per_block: int = 4096  # rows handed to a scoring replica at once
+    rows_per_block: int = 4096  # rows read and tokenized per block
+    rows_per_call: Optional[int] = None  # rows a scoring replica takes per call; None: 32768 on GPU, rows_per_block on CPU
     replicas: Optional[int] = None  # max scoring replicas; None: one per GPU, or 1 on CPU
     min_replicas: int = 1
     tokenize_cpus: float = 1.0  # CPUs per tokenizing task
     use_gpu: Optional[bool] = None  # None: when the cluster has GPUs
     on_invalid: Literal["reject", "fail"] = "reject"
     mode: Literal["error", "overwrite", "resume"] = "error"  # what to do when the output has results
+
+    def validate(self) -> None:
+        for name in ("batch_tokens", "rows_per_block", "rows_per_call", "replicas", "min_replicas"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.tokenize_cpus <= 0:
+            raise ConfigError(f"tokenize_cpus must be > 0, got {self.tokenize_cpus}")
 
 
 @dataclass
@@ -60,6 +69,7 @@ class RerankConfig(ScoreConfig):
     rank_partitions: Optional[int] = None  # hash partitions of the group-by query id; None: Ray's default
 
     def validate(self) -> None:
+        super().validate()
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
         if self.rank_partitions is not None and self.rank_partitions < 1:

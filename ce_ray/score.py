@@ -10,17 +10,20 @@ import dataclasses
 import gc
 import os
 import time
-from typing import Optional
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
 
-from .batching import (IDS, REJECT, TYPES, cached_tokenizer, default_batch_tokens, list_parts, pad,
-                       token_budget_batches, tokenize_table)
+from .batching import (IDS, REJECT, TYPES, cached_tokenizer, default_batch_tokens, list_parts, token_budget_batches,
+                       tokenize_table)
 from .config import ConfigError, ScoreConfig, require
 from .model import ModelError, check_safe, load_reranker, local_model_path
 
 SCORE = "score"
+# Rows a GPU replica scores per call. Between calls the GPU idles (results copied back, the next rows
+# handed over), so a call should hold many batches: 32,768 MS MARCO-length pairs are ~36 64k-token batches.
+GPU_ROWS_PER_CALL = 32768
 
 
 def _tokenize_block(table: pa.Table, model: str, query_column: str, document_column: str, max_length: int,
@@ -35,7 +38,12 @@ def _tokenize_block(table: pa.Table, model: str, query_column: str, document_col
 
 class Scorer:
     """One model replica. Each call scores a block: length-sorted token-budget micro-batches, input order
-    restored at the end. On GPU the next batch is padded and copied while the current one runs."""
+    restored at the end.
+
+    The block's tokens go to the device once, as they travel (int32 ids, int8 token types), and each batch
+    is padded there by a few tensor ops: the replica's one Python thread only queues work, so on a GPU the
+    next batch is ready while the current one runs, and the scores come back in one copy per block.
+    """
 
     def __init__(self, config: ScoreConfig, device: str):
         import torch
@@ -54,36 +62,57 @@ class Scorer:
         self.pin = on_gpu
 
     def _to_device(self, array: np.ndarray):
-        tensor = self.torch.from_numpy(array)
-        if self.pin:
-            tensor = tensor.pin_memory()
+        # One host copy: into pinned memory on a GPU, so that the transfer runs while the host goes on.
+        # (The arrays are often read-only views of Arrow buffers, which torch.from_numpy would warn about.)
+        tensor = self.torch.empty(array.shape, dtype=getattr(self.torch, array.dtype.name), pin_memory=self.pin)
+        tensor.numpy()[...] = array
         return tensor.to(self.reranker.device, non_blocking=True)
+
+    def _padded_inputs(self, flat_ids, flat_types, starts, lengths, width: int) -> dict:
+        """A batch's model inputs, padded on the device from the block's flat tokens: row i holds
+        flat[starts[i] : starts[i] + lengths[i]], then padding (the same arrays as `batching.pad`)."""
+        torch = self.torch
+        position = torch.arange(width, device=flat_ids.device)
+        mask = position < lengths[:, None]
+        source = torch.where(mask, starts[:, None] + position, 0)
+        inputs = {"input_ids": flat_ids[source].masked_fill_(~mask, self.pad_id).long(),
+                  "attention_mask": mask.long()}
+        if flat_types is not None:
+            inputs["token_type_ids"] = flat_types[source].masked_fill_(~mask, 0).long()
+        return inputs
+
+    def device_batches(self, table: pa.Table) -> Iterator[Tuple[np.ndarray, dict]]:
+        """(rows, model inputs on the device) of each token-budget batch of the block's valid rows."""
+        ids, offsets = list_parts(table.column(IDS))
+        lengths = np.diff(offsets)
+        rows = np.flatnonzero(table.column(REJECT).is_null().to_numpy(zero_copy_only=False))
+        batches = list(token_budget_batches(lengths[rows], self.budget))
+        if not batches:
+            return
+        order = rows[np.concatenate(batches)]  # every valid row, batch after batch
+        flat_ids = self._to_device(ids)
+        flat_types = self._to_device(list_parts(table.column(TYPES))[0]) if TYPES in table.column_names else None
+        sorted_lengths = lengths[order]
+        starts, row_lengths = self._to_device(np.stack([offsets[order], sorted_lengths]).astype(np.int64))
+        first = 0
+        for batch in batches:
+            last = first + len(batch)
+            # Longest first: a batch's width is its first row's length, known here without a sync.
+            yield order[first:last], self._padded_inputs(flat_ids, flat_types, starts[first:last],
+                                                         row_lengths[first:last], max(int(sorted_lengths[first]), 1))
+            first = last
 
     def __call__(self, table: pa.Table) -> pa.Table:
         torch = self.torch
-        ids, offsets = list_parts(table.column(IDS))
-        has_types = TYPES in table.column_names
-        types = list_parts(table.column(TYPES))[0] if has_types else None
-        lengths = np.diff(offsets)
         valid = table.column(REJECT).is_null().to_numpy(zero_copy_only=False)
-        rows = np.flatnonzero(valid)
         scores = np.full(table.num_rows, np.nan, dtype=np.float32)
-        pending = []
+        order, results = [], []
         with torch.inference_mode():
-            for batch in token_budget_batches(lengths[rows], self.budget):
-                index = rows[batch]
-                input_ids, mask = pad(ids, offsets, index, self.pad_id)
-                inputs = {
-                    "input_ids": self._to_device(input_ids.astype(np.int64)),
-                    "attention_mask": self._to_device(mask.astype(np.int64)),
-                }
-                if has_types:
-                    inputs["token_type_ids"] = self._to_device(pad(types, offsets, index)[0].astype(np.int64))
-                logits = self.reranker.model(**inputs).logits
-                # Keep results on the device: reading them back would wait for the GPU every batch.
-                pending.append((index, self.reranker.scores(logits)))
-        for index, result in pending:
-            scores[index] = result.cpu().numpy()
+            for rows, inputs in self.device_batches(table):
+                results.append(self.reranker.scores(self.reranker.model(**inputs).logits))
+                order.append(rows)
+        if results:  # one copy back per block: reading each batch's scores would wait for the GPU every batch
+            scores[np.concatenate(order)] = torch.cat(results).cpu().numpy()
         table = table.drop_columns([c for c in (IDS, TYPES) if c in table.column_names])
         return table.append_column(SCORE, pa.array(scores, pa.float32(), mask=~valid))
 
@@ -126,6 +155,7 @@ def score(ds, config: Optional[ScoreConfig] = None, **settings):
 
     config = dataclasses.replace(config or ScoreConfig(), **settings)
     require(config, "model")
+    config.validate()
     config = _resolved(config)
     check_safe(local_model_path(config.model), config.allow_pickle, config.trust_remote_code)
     try:
@@ -154,15 +184,22 @@ def score(ds, config: Optional[ScoreConfig] = None, **settings):
         batch_format="pyarrow",
         batch_size=config.rows_per_block,
         num_cpus=config.tokenize_cpus,
+        udf_modifying_row_count=False,
     )
     return tokenized.map_batches(
         Scorer,
         fn_constructor_kwargs=dict(config=config, device="cuda" if use_gpu else "cpu"),
         batch_format="pyarrow",
-        batch_size=config.rows_per_block,
-        compute=ActorPoolStrategy(min_size=min(config.min_replicas, max_replicas), max_size=max_replicas),
+        batch_size=config.rows_per_call or (GPU_ROWS_PER_CALL if use_gpu else config.rows_per_block),
+        compute=ActorPoolStrategy(
+            min_size=min(config.min_replicas, max_replicas), max_size=max_replicas,
+            # On a GPU, Ray Data gathers the next call's rows while the replica scores (the calls themselves
+            # still run one at a time): the gap between two calls is the GPU's idle time.
+            max_concurrent_calls_per_actor=2 if use_gpu else None,
+        ),
         num_gpus=1 if use_gpu else 0,
         num_cpus=1,
+        udf_modifying_row_count=False,
         # A replica that dies (node lost, OOM) is restarted and its blocks are redone: Ray Data's actor
         # pools default to max_restarts=-1 and max_task_retries=-1.
     )
@@ -219,6 +256,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     from .sink import WRITE_REMOTE_ARGS, PairsSink, ResumeState, prepare_output, resume_state
 
     require(config, "model", "input", "output")
+    config.validate()
     if config.mode == "resume" and transform is not None:
         raise ConfigError(f"{title}: mode resume works per input file, but this job groups rows across "
                           "files; use mode overwrite")

@@ -104,6 +104,42 @@ def expected_scores(model, df) -> np.ndarray:
         return reranker.scores(reranker.model(**enc).logits).numpy()
 
 
+def test_scorer_pads_each_batch_on_the_device_as_batching_pad(tiny_model):
+    from ce_ray.batching import pad
+    from ce_ray.score import Scorer
+
+    scorer = Scorer(ScoreConfig(model=str(tiny_model)), device="cpu")
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 20, size=50)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    ids = rng.integers(1, 1000, size=offsets[-1]).astype(np.int32)
+    types = rng.integers(0, 2, size=offsets[-1]).astype(np.int8)
+    rows = rng.permutation(50)[:30]
+    rows = rows[np.argsort(-lengths[rows], kind="stable")]
+    to = scorer._to_device
+    inputs = scorer._padded_inputs(to(ids), to(types), to(offsets[rows]), to(lengths[rows]), int(lengths[rows].max()))
+    expected_ids, mask = pad(ids, offsets, rows, scorer.pad_id)
+    np.testing.assert_array_equal(inputs["input_ids"].numpy(), expected_ids)
+    np.testing.assert_array_equal(inputs["attention_mask"].numpy(), mask)
+    np.testing.assert_array_equal(inputs["token_type_ids"].numpy(), pad(types, offsets, rows)[0])
+
+
+def test_scorer_keeps_row_order_across_batches_and_rejects(tiny_model, pairs_df):
+    from ce_ray.batching import cached_tokenizer, tokenize_table
+    from ce_ray.score import Scorer
+
+    df = pairs_df.copy()
+    df.loc[[3, 50], "document"] = None
+    table = tokenize_table(pa.Table.from_pandas(df, preserve_index=False), cached_tokenizer(str(tiny_model)),
+                           "query", "document", 512)
+    scorer = Scorer(ScoreConfig(model=str(tiny_model), batch_tokens=300), device="cpu")  # many small batches
+    out = scorer(table)
+    scores = out.column("score").to_numpy(zero_copy_only=False)
+    valid = df["document"].notna().values
+    assert np.isnan(scores[~valid]).all() and out.column("score").null_count == 2
+    np.testing.assert_allclose(scores[valid], expected_scores(tiny_model, df[valid]), atol=1e-5)
+
+
 @pytest.mark.parametrize("fmt", ["folder", "glob", "jsonl", "csv"])
 def test_each_input_format(ray_local, tmp_path, tiny_model, pairs_df, fmt):
     paths = write_formats(pairs_df, tmp_path / "in")
@@ -229,6 +265,9 @@ def test_yaml_config_and_flags_give_the_same_settings(tmp_path):
     (tmp_path / "type.yaml").write_text("batch_tokens: many\n")
     with pytest.raises(ConfigError, match="batch_tokens: expected int"):
         load_config(ScoreConfig, str(tmp_path / "type.yaml"))
+    for setting, value in (("rows_per_call", 0), ("batch_tokens", -1), ("tokenize_cpus", 0.0)):
+        with pytest.raises(ConfigError, match=f"{setting} must be"):
+            load_config(ScoreConfig, None, {setting: value})
 
 
 def run_cli(*args, env=None, timeout=300):

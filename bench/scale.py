@@ -1,0 +1,180 @@
+"""Cost linear in the number of pairs, memory bounded: `ce-ray score` end to end at 1M and 5M pairs.
+
+Each size runs as its own `ce-ray score` process with a local Ray of its own, on MS MARCO-like pairs
+(`common.synthetic_pairs`, 250,000 a file; the larger input holds the smaller one's files) and a random
+reranker. A sampler reads, every 0.5 s, the resident memory of the job's driver and of each Ray worker
+(resident, and heap alone), and on a GPU the device memory in use. It prints, per size, the seconds, the job's pairs/s and the peaks;
+then the cost fitted to the two sizes (seconds = fixed + pairs / rate: the rate is what each further pair
+costs, free of Ray's start and the model load) and how much each peak grew.
+
+    python3 bench/scale.py --layers 6                          # GPU machine (see bench/README.md)
+    .venv/bin/python bench/scale.py --hidden 32 --layers 1     # CPU: a tiny model, so that the pipeline,
+                                                               # not the model, is what is measured
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+ROWS_PER_FILE = 250_000
+SAMPLE_S = 0.5
+
+
+def write_inputs(work: str, sizes: list) -> dict:
+    """One folder per size; the files of a smaller size are the first files of a larger one (hard links)."""
+    pool = os.path.join(work, "pool")
+    os.makedirs(pool, exist_ok=True)
+    files = -(-max(sizes) // ROWS_PER_FILE)
+    for i in range(files):
+        path = os.path.join(pool, f"pairs-{i:04d}.parquet")
+        if not os.path.exists(path):
+            table = common.synthetic_pairs(ROWS_PER_FILE, seed=1000 + i)
+            pair_id = pa.array(table.column("pair_id").to_numpy() + i * ROWS_PER_FILE)
+            pq.write_table(table.set_column(0, "pair_id", pair_id), path)
+    folders = {}
+    for size in sizes:
+        if size % ROWS_PER_FILE:
+            sys.exit(f"sizes must be multiples of {ROWS_PER_FILE:,}")
+        folder = os.path.join(work, f"in-{size}")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
+        for i in range(size // ROWS_PER_FILE):
+            name = f"pairs-{i:04d}.parquet"
+            os.link(os.path.join(pool, name), os.path.join(folder, name))
+        folders[size] = folder
+    return folders
+
+
+def gpu_memory_used() -> int:
+    """Bytes in use on the first GPU, all processes together (0 without nvidia-smi)."""
+    if not shutil.which("nvidia-smi"):
+        return 0
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                         capture_output=True, text=True, timeout=10).stdout
+    return int(out.split()[0]) * 2**20 if out.strip() else 0
+
+
+def anonymous_memory(pid: int) -> int:
+    """A process's own heap (RssAnon): unlike its resident size, without the object store's shared pages and
+    the mapped files it has touched, which Ray and the page cache reclaim."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def sample(pid: int, stop: threading.Event, peaks: dict) -> None:
+    import ray  # noqa: F401  Ray puts the psutil it carries on the path (the GPU machine has no other)
+    import psutil
+
+    driver = psutil.Process(pid)
+    while not stop.is_set():
+        try:
+            workers = []
+            for process in driver.children(recursive=True):
+                try:
+                    if process.name().startswith("ray::") or "default_worker" in " ".join(process.cmdline()):
+                        workers.append(({"rss": process.memory_info().rss, "anon": anonymous_memory(process.pid)},
+                                        process.name()))
+                except (psutil.Error, OSError):
+                    pass
+            peaks["driver"] = max(peaks["driver"], driver.memory_info().rss)
+            for kind in ("rss", "anon"):
+                sizes = [memory[kind] for memory, _ in workers]
+                if sizes and max(sizes) > peaks[f"worker_{kind}"]:
+                    peaks[f"worker_{kind}"] = max(sizes)
+                    peaks[f"worker_{kind}_name"] = workers[sizes.index(max(sizes))][1]
+                peaks[f"workers_{kind}"] = max(peaks[f"workers_{kind}"], sum(sizes))
+            peaks["gpu"] = max(peaks["gpu"], gpu_memory_used())
+        except psutil.Error:
+            pass
+        stop.wait(SAMPLE_S)
+
+
+def run_job(model: str, folder: str, out: str, settings: list, timeout: float) -> dict:
+    env = {**os.environ, "RAY_ADDRESS": "local", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+           "PYTHONPATH": os.pathsep.join([common.ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    peaks = {"driver": 0, "worker_rss": 0, "workers_rss": 0, "worker_anon": 0, "workers_anon": 0, "gpu": 0}
+    stop = threading.Event()
+    start = time.perf_counter()
+    job = subprocess.Popen([sys.executable, "-m", "ce_ray.cli", "score", "--model", model, "--input", folder,
+                            "--output", out, "--mode", "overwrite", *settings],
+                           cwd=common.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sampler = threading.Thread(target=sample, args=(job.pid, stop, peaks), daemon=True)
+    sampler.start()
+    try:
+        log, _ = job.communicate(timeout=timeout)
+    finally:
+        stop.set()
+        sampler.join()
+        if job.poll() is None:
+            job.kill()
+    seconds = time.perf_counter() - start
+    if job.returncode != 0:
+        sys.exit(f"ce-ray score failed:\n{log[-4000:]}")
+    rate = re.search(r"pairs/s\s+([\d,.]+)", log)
+    return {"seconds": seconds, "job_pairs_per_s": float(rate.group(1).replace(",", "")) if rate else None,
+            **{f"peak_{k}" + ("" if k.endswith("_name") else "_mib"): v if k.endswith("_name") else round(v / 2**20)
+               for k, v in peaks.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000])
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--hidden", type=int, default=None, help="a narrower random model (CPU); default MiniLM's 384")
+    parser.add_argument("--work", default=None, help="folder for inputs and outputs (default: a temporary one)")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds one job may take")
+    parser.add_argument("settings", nargs=argparse.REMAINDER, help="after --: more `ce-ray score` flags")
+    args = parser.parse_args()
+    settings = [s for s in args.settings if s != "--"]
+    device = common.pick_device("auto")
+    work = args.work or tempfile.mkdtemp(prefix="ce-ray-scale-")
+    model = common.build_model(os.path.join(work, "model"), args.layers, hidden=args.hidden)
+    print(f"writing inputs ({max(args.sizes):,} pairs) to {work}", flush=True)
+    folders = write_inputs(work, sorted(args.sizes))
+
+    points = {}
+    for size in sorted(args.sizes):
+        point = run_job(model, folders[size], os.path.join(work, f"out-{size}"), settings, args.timeout)
+        points[size] = point
+        print(f"{size:>11,} pairs  {point['seconds']:8.1f} s  job {common.fmt_rate(point['job_pairs_per_s'])} "
+              f"pairs/s  peak MiB: driver {point['peak_driver_mib']:,}; largest worker rss {point['peak_worker_rss_mib']:,} "
+              f"({point.get('peak_worker_rss_name')}), heap {point['peak_worker_anon_mib']:,} "
+              f"({point.get('peak_worker_anon_name')}); all workers rss {point['peak_workers_rss_mib']:,}, heap "
+              f"{point['peak_workers_anon_mib']:,}; GPU {point['peak_gpu_mib']:,}", flush=True)
+        shutil.rmtree(os.path.join(work, f"out-{size}"), ignore_errors=True)
+
+    small, large = min(points), max(points)
+    rate = (large - small) / (points[large]["seconds"] - points[small]["seconds"])
+    fit = {"pairs_per_s_per_further_pair": rate, "fixed_seconds": points[small]["seconds"] - small / rate,
+           "job_rate_ratio": (points[large]["job_pairs_per_s"] or 0) / (points[small]["job_pairs_per_s"] or 1),
+           "peak_growth_mib": {k: points[large][k] - points[small][k] for k in points[small] if k.endswith("_mib")}}
+    print(f"\nseconds = {fit['fixed_seconds']:.1f} + pairs / {rate:,.0f}; job pairs/s at {large:,} / at {small:,} = "
+          f"{fit['job_rate_ratio']:.2f}; peak growth MiB {fit['peak_growth_mib']}")
+    name = f"scale_l{args.layers}" + (f"_h{args.hidden}" if args.hidden else "") + ("" if device == "cuda" else "_cpu")
+    path = common.write_result(name, {**common.header(device), "layers": args.layers, "hidden": args.hidden or 384,
+                                      "settings": settings, "rows_per_file": ROWS_PER_FILE,
+                                      "points": {str(k): v for k, v in points.items()}, "fit": fit})
+    print(f"wrote {path}")
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
