@@ -80,8 +80,9 @@ def ray_recipe_seconds(model_dir: str, folder: str, out: str, device: str, rows_
     return time.perf_counter() - start
 
 
-def ceiling(model_dir: str, ids, types, device: str, batch_tokens: int) -> dict:
-    """The model alone: every batch padded and copied to the device before the clock starts."""
+def ceiling(model_dir: str, ids, types, device: str, batch_tokens: int, mask_4d: bool = False) -> dict:
+    """The model alone: every batch padded and copied to the device before the clock starts. `mask_4d`:
+    the [rows, 1, 1, width] boolean mask the Scorer hands BERT (no host-device sync in a forward pass)."""
     import torch
 
     from ce_ray.batching import list_parts, pad, token_budget_batches
@@ -98,7 +99,8 @@ def ceiling(model_dir: str, ids, types, device: str, batch_tokens: int) -> dict:
         padded_tokens += input_ids.size
         batches.append({
             "input_ids": torch.from_numpy(input_ids.astype(np.int64)).to(device),
-            "attention_mask": torch.from_numpy(mask.astype(np.int64)).to(device),
+            "attention_mask": (torch.from_numpy(mask)[:, None, None, :] if mask_4d
+                               else torch.from_numpy(mask.astype(np.int64))).to(device),
             "token_type_ids": torch.from_numpy(pad(type_values, offsets, rows)[0].astype(np.int64)).to(device),
         })
     with torch.inference_mode():
@@ -164,6 +166,8 @@ def run_layers(layers: int, args, work: str, device: str, table, tokenized, peak
             floor = float(np.abs(model_scores[:check] - expected[:check]).max())
             result["max_abs_diff_vs_predict"] = floor
         record("model_ceiling", n, result.pop("seconds"), flops_all, batch_tokens=args.batch_tokens, **result)
+        _, result = ceiling(model_dir, ids, types, device, args.batch_tokens, mask_4d=True)
+        record("model_ceiling_4d_mask", n, result.pop("seconds"), flops_all, batch_tokens=args.batch_tokens, **result)
     if "recipe" not in args.skip:
         seconds = ray_recipe_seconds(model_dir, anchor_folder, os.path.join(work, "recipe-out"), device,
                                      args.recipe_rows)
@@ -198,6 +202,7 @@ def run_layers(layers: int, args, work: str, device: str, table, tokenized, peak
 def report(results: list, device: str, peak: dict) -> None:
     names = {"predict_defaults": "(a) CrossEncoder.predict fp32 b32", "predict_fp16_b256": "(b) predict fp16 b256",
              "ray_data_recipe": "(c) Ray Data recipe (predict in actor)", "model_ceiling": "(d) model alone (ceiling)",
+             "model_ceiling_4d_mask": "(d2) model alone, 4D mask",
              "ce_ray_score": "(e) ce-ray score, parquet to parquet"}
     for result in results:
         layers, systems = result["layers"], result["systems"]

@@ -21,6 +21,11 @@ from .config import ConfigError, ScoreConfig, require
 from .model import ModelError, check_safe, load_reranker, local_model_path
 
 SCORE = "score"
+# Model types whose Hugging Face code takes a ready [rows, 1, 1, width] boolean attention mask as it is.
+# Given the usual [rows, width] mask, they check `mask.all()` in every forward pass (to drop a mask
+# without padding), and on a GPU that check waits for all queued work: the replica's thread could never
+# run ahead of the GPU. Other model types get the usual mask.
+MASK_4D_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra"})
 # Rows a GPU replica scores per call. Between calls the GPU idles (results copied back, the next rows
 # handed over), so a call should hold many batches: 32,768 MS MARCO-length pairs are ~36 64k-token batches.
 GPU_ROWS_PER_CALL = 32768
@@ -60,6 +65,7 @@ class Scorer:
         self.budget = config.batch_tokens or default_batch_tokens(on_gpu)
         self.pad_id = self.reranker.tokenizer.pad_token_id or 0
         self.pin = on_gpu
+        self.mask_4d = self.reranker.model.config.model_type in MASK_4D_MODEL_TYPES
 
     def _to_device(self, array: np.ndarray):
         # One host copy: into pinned memory on a GPU, so that the transfer runs while the host goes on.
@@ -76,7 +82,7 @@ class Scorer:
         mask = position < lengths[:, None]
         source = torch.where(mask, starts[:, None] + position, 0)
         inputs = {"input_ids": flat_ids[source].masked_fill_(~mask, self.pad_id).long(),
-                  "attention_mask": mask.long()}
+                  "attention_mask": mask[:, None, None, :] if self.mask_4d else mask.long()}
         if flat_types is not None:
             inputs["token_type_ids"] = flat_types[source].masked_fill_(~mask, 0).long()
         return inputs

@@ -17,6 +17,7 @@ import pytest
 from ce_ray import ScoreConfig, run_score, score
 from ce_ray.config import ConfigError, load_config
 from ce_ray.io import InputError
+from ce_ray.score import MASK_4D_MODEL_TYPES
 from ce_ray.sink import OutputExistsError
 
 from conftest import L12, ROOT, SCIFACT, wikiqa_pairs
@@ -120,8 +121,31 @@ def test_scorer_pads_each_batch_on_the_device_as_batching_pad(tiny_model):
     inputs = scorer._padded_inputs(to(ids), to(types), to(offsets[rows]), to(lengths[rows]), int(lengths[rows].max()))
     expected_ids, mask = pad(ids, offsets, rows, scorer.pad_id)
     np.testing.assert_array_equal(inputs["input_ids"].numpy(), expected_ids)
-    np.testing.assert_array_equal(inputs["attention_mask"].numpy(), mask)
+    assert inputs["attention_mask"].shape == (len(rows), 1, 1, mask.shape[1])  # BERT takes the 4D mask
+    np.testing.assert_array_equal(inputs["attention_mask"][:, 0, 0].numpy(), mask)
     np.testing.assert_array_equal(inputs["token_type_ids"].numpy(), pad(types, offsets, rows)[0])
+
+
+@pytest.mark.parametrize("model_type", sorted(MASK_4D_MODEL_TYPES))
+def test_models_given_the_4d_mask_score_as_with_the_usual_mask(model_type):
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.for_model(model_type, vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=64, num_labels=1,
+                                  max_position_embeddings=64, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    lengths = torch.tensor([9, 7, 7, 4, 2])
+    mask = torch.arange(9)[None, :] < lengths[:, None]
+    ids = torch.randint(5, 100, (5, 9)).masked_fill(~mask, config.pad_token_id or 0)
+    with torch.inference_mode():
+        outputs = {name: model(input_ids=ids, attention_mask=attention, output_hidden_states=True)
+                   for name, attention in (("usual", mask.long()), ("given", mask[:, None, None, :]), ("none", None))}
+    hidden = {name: out.hidden_states[-1][mask] for name, out in outputs.items()}  # real tokens only
+    assert torch.allclose(outputs["usual"].logits, outputs["given"].logits, atol=1e-6, rtol=0)
+    assert torch.allclose(hidden["usual"], hidden["given"], atol=1e-5, rtol=0)
+    assert (hidden["usual"] - hidden["none"]).abs().max() > 1e-2  # the mask matters: padded rows change without it
 
 
 def test_scorer_keeps_row_order_across_batches_and_rejects(tiny_model, pairs_df):
