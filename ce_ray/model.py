@@ -129,6 +129,18 @@ def activation_from_path(dotted: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return getattr(importlib.import_module(module), name)()
 
 
+# Model types whose Hugging Face code takes a ready [rows, 1, 1, width] boolean attention mask as it is.
+# Given the usual [rows, width] mask, they check `mask.all()` in every forward pass (to drop a mask without
+# padding), and on a GPU that check waits for all queued work: the host could never queue a batch ahead of
+# the GPU. Other model types get the usual mask.
+MASK_4D_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra"})
+
+
+def attention_mask_for(model_type: str, mask: torch.Tensor) -> torch.Tensor:
+    """The attention mask to hand a model of this type, from a [rows, width] mask of real tokens."""
+    return mask.bool()[:, None, None, :] if model_type in MASK_4D_MODEL_TYPES else mask.long()
+
+
 def max_length_of(path: str, tokenizer, config) -> int:
     """CrossEncoder's rule: sentence_bert_config.json, else the tokenizer's, capped by the positions."""
     file = os.path.join(path, "sentence_bert_config.json") if os.path.isdir(path) else ""

@@ -18,14 +18,9 @@ import pyarrow as pa
 from .batching import (IDS, REJECT, TYPES, cached_tokenizer, default_batch_tokens, list_parts, token_budget_batches,
                        tokenize_table)
 from .config import ConfigError, ScoreConfig, require
-from .model import ModelError, check_safe, load_reranker, local_model_path
+from .model import ModelError, attention_mask_for, check_safe, load_reranker, local_model_path
 
 SCORE = "score"
-# Model types whose Hugging Face code takes a ready [rows, 1, 1, width] boolean attention mask as it is.
-# Given the usual [rows, width] mask, they check `mask.all()` in every forward pass (to drop a mask
-# without padding), and on a GPU that check waits for all queued work: the replica's thread could never
-# run ahead of the GPU. Other model types get the usual mask.
-MASK_4D_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra"})
 # Rows a GPU replica scores per call. Between calls the GPU idles (results copied back, the next rows
 # handed over), so a call should hold many batches: 32,768 MS MARCO-length pairs are ~36 64k-token batches.
 GPU_ROWS_PER_CALL = 32768
@@ -65,7 +60,7 @@ class Scorer:
         self.budget = config.batch_tokens or default_batch_tokens(on_gpu)
         self.pad_id = self.reranker.tokenizer.pad_token_id or 0
         self.pin = on_gpu
-        self.mask_4d = self.reranker.model.config.model_type in MASK_4D_MODEL_TYPES
+        self.model_type = self.reranker.model.config.model_type
 
     def _to_device(self, array: np.ndarray):
         # One host copy: into pinned memory on a GPU, so that the transfer runs while the host goes on.
@@ -82,7 +77,7 @@ class Scorer:
         mask = position < lengths[:, None]
         source = torch.where(mask, starts[:, None] + position, 0)
         inputs = {"input_ids": flat_ids[source].masked_fill_(~mask, self.pad_id).long(),
-                  "attention_mask": mask[:, None, None, :] if self.mask_4d else mask.long()}
+                  "attention_mask": attention_mask_for(self.model_type, mask)}
         if flat_types is not None:
             inputs["token_type_ids"] = flat_types[source].masked_fill_(~mask, 0).long()
         return inputs

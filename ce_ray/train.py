@@ -267,8 +267,10 @@ def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id
     import torch
 
     from .metrics import mean_metrics, ranking_metrics
+    from .model import attention_mask_for
 
     ranked: Dict[str, list] = {}
+    model_type = getattr(model, "module", model).config.model_type  # DeepSpeed's engine wraps the model
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -279,6 +281,7 @@ def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id
             for rows in token_budget_batches(np.diff(offsets), budget):
                 inputs = {k: torch.from_numpy(v).to(device)
                           for k, v in _padded_inputs(ids, types, offsets, rows, pad_id).items()}
+                inputs["attention_mask"] = attention_mask_for(model_type, inputs["attention_mask"])
                 scores[rows] = model(**inputs).logits.float().view(-1).cpu().numpy()
             for q, d, s in zip(table.column("query_id").to_pylist(), table.column("doc_id").to_pylist(), scores):
                 ranked.setdefault(q, []).append((-float(s), d))
@@ -385,7 +388,7 @@ def train_loop(loop_config: dict) -> dict:
     import torch
     from ray.train import Checkpoint
 
-    from .model import load_reranker
+    from .model import attention_mask_for, load_reranker
 
     config: TrainConfig = loop_config["config"]
     plan: dict = loop_config["plan"]
@@ -399,6 +402,7 @@ def train_loop(loop_config: dict) -> dict:
     reranker = load_reranker(plan["model"], device="cpu", dtype="float32", max_length=plan["max_length"],
                              allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
     net = reranker.model.train()
+    model_type = net.config.model_type
     pad_id = reranker.tokenizer.pad_token_id or 0
     total, per_epoch, accum = plan["total_steps"], plan["batches_per_epoch"], config.grad_accum
 
@@ -477,6 +481,7 @@ def train_loop(loop_config: dict) -> dict:
             rows = sum(len(labels) for _, labels in passes)
             for number, (inputs, labels) in enumerate(passes):
                 inputs = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in inputs.items()}
+                inputs["attention_mask"] = attention_mask_for(model_type, inputs["attention_mask"])
                 target = torch.from_numpy(labels).to(device, non_blocking=True)
                 if config.deepspeed:
                     loss = loss_fn(model(**inputs).logits.float().view(-1), target) / rows

@@ -17,7 +17,7 @@ import pytest
 from ce_ray import ScoreConfig, run_score, score
 from ce_ray.config import ConfigError, load_config
 from ce_ray.io import InputError
-from ce_ray.score import MASK_4D_MODEL_TYPES
+from ce_ray.model import MASK_4D_MODEL_TYPES, attention_mask_for
 from ce_ray.sink import OutputExistsError
 
 from conftest import L12, ROOT, SCIFACT, wikiqa_pairs
@@ -139,9 +139,11 @@ def test_models_given_the_4d_mask_score_as_with_the_usual_mask(model_type):
     lengths = torch.tensor([9, 7, 7, 4, 2])
     mask = torch.arange(9)[None, :] < lengths[:, None]
     ids = torch.randint(5, 100, (5, 9)).masked_fill(~mask, config.pad_token_id or 0)
+    given = attention_mask_for(model_type, mask)
+    assert given.shape == (5, 1, 1, 9) and given.dtype == torch.bool
     with torch.inference_mode():
         outputs = {name: model(input_ids=ids, attention_mask=attention, output_hidden_states=True)
-                   for name, attention in (("usual", mask.long()), ("given", mask[:, None, None, :]), ("none", None))}
+                   for name, attention in (("usual", mask.long()), ("given", given), ("none", None))}
     hidden = {name: out.hidden_states[-1][mask] for name, out in outputs.items()}  # real tokens only
     assert torch.allclose(outputs["usual"].logits, outputs["given"].logits, atol=1e-6, rtol=0)
     assert torch.allclose(hidden["usual"], hidden["given"], atol=1e-5, rtol=0)
