@@ -82,13 +82,14 @@ def ray_recipe_seconds(model_dir: str, folder: str, out: str, device: str, rows_
 
 def ceiling(model_dir: str, ids, types, device: str, batch_tokens: int, mask_4d: bool = False) -> dict:
     """The model alone: every batch padded and copied to the device before the clock starts. `mask_4d`:
-    the [rows, 1, 1, width] boolean mask the Scorer hands BERT (no host-device sync in a forward pass)."""
+    the mask as the Scorer hands it (`attention_mask_for`: no host-device sync in a BERT forward pass)."""
     import torch
 
     from ce_ray.batching import list_parts, pad, token_budget_batches
-    from ce_ray.model import load_reranker
+    from ce_ray.model import attention_mask_for, load_reranker
 
     reranker = load_reranker(model_dir, device=device)
+    model_type = reranker.model.config.model_type
     values, offsets = list_parts(ids)
     type_values = list_parts(types)[0]
     lengths = np.diff(offsets)
@@ -99,7 +100,7 @@ def ceiling(model_dir: str, ids, types, device: str, batch_tokens: int, mask_4d:
         padded_tokens += input_ids.size
         batches.append({
             "input_ids": torch.from_numpy(input_ids.astype(np.int64)).to(device),
-            "attention_mask": (torch.from_numpy(mask)[:, None, None, :] if mask_4d
+            "attention_mask": (attention_mask_for(model_type, torch.from_numpy(mask)) if mask_4d
                                else torch.from_numpy(mask.astype(np.int64))).to(device),
             "token_type_ids": torch.from_numpy(pad(type_values, offsets, rows)[0].astype(np.int64)).to(device),
         })

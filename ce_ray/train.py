@@ -252,10 +252,22 @@ def micro_batches(shard, config: TrainConfig, epoch: int, rank: int, skip: int, 
 def _padded_inputs(ids: np.ndarray, types: Optional[np.ndarray], offsets: np.ndarray, rows: np.ndarray,
                    pad_id: int) -> dict:
     input_ids, mask = pad(ids, offsets, rows, pad_id)
-    inputs = {"input_ids": input_ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
+    inputs = {"input_ids": input_ids.astype(np.int64), "attention_mask": mask}  # bool: see _on_device
     if types is not None:
         inputs["token_type_ids"] = pad(types, offsets, rows)[0].astype(np.int64)
     return inputs
+
+
+def _on_device(inputs: dict, device, model_type: str) -> dict:
+    """A pass's padded host arrays as model inputs on the device, the mask in the form the model takes
+    without waiting for the GPU (`model.attention_mask_for`)."""
+    import torch
+
+    from .model import attention_mask_for
+
+    on_device = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in inputs.items()}
+    on_device["attention_mask"] = attention_mask_for(model_type, on_device["attention_mask"])
+    return on_device
 
 
 def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id: int, budget: int) -> dict:
@@ -267,7 +279,6 @@ def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id
     import torch
 
     from .metrics import mean_metrics, ranking_metrics
-    from .model import attention_mask_for
 
     ranked: Dict[str, list] = {}
     model_type = getattr(model, "module", model).config.model_type  # DeepSpeed's engine wraps the model
@@ -279,9 +290,7 @@ def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id
             types = list_parts(table.column(TYPES))[0] if TYPES in table.column_names else None
             scores = np.empty(table.num_rows, dtype=np.float32)
             for rows in token_budget_batches(np.diff(offsets), budget):
-                inputs = {k: torch.from_numpy(v).to(device)
-                          for k, v in _padded_inputs(ids, types, offsets, rows, pad_id).items()}
-                inputs["attention_mask"] = attention_mask_for(model_type, inputs["attention_mask"])
+                inputs = _on_device(_padded_inputs(ids, types, offsets, rows, pad_id), device, model_type)
                 scores[rows] = model(**inputs).logits.float().view(-1).cpu().numpy()
             for q, d, s in zip(table.column("query_id").to_pylist(), table.column("doc_id").to_pylist(), scores):
                 ranked.setdefault(q, []).append((-float(s), d))
@@ -388,7 +397,7 @@ def train_loop(loop_config: dict) -> dict:
     import torch
     from ray.train import Checkpoint
 
-    from .model import attention_mask_for, load_reranker
+    from .model import load_reranker
 
     config: TrainConfig = loop_config["config"]
     plan: dict = loop_config["plan"]
@@ -480,8 +489,7 @@ def train_loop(loop_config: dict) -> dict:
             boundary = (micro + 1) % accum == 0
             rows = sum(len(labels) for _, labels in passes)
             for number, (inputs, labels) in enumerate(passes):
-                inputs = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in inputs.items()}
-                inputs["attention_mask"] = attention_mask_for(model_type, inputs["attention_mask"])
+                inputs = _on_device(inputs, device, model_type)
                 target = torch.from_numpy(labels).to(device, non_blocking=True)
                 if config.deepspeed:
                     loss = loss_fn(model(**inputs).logits.float().view(-1), target) / rows
