@@ -1,7 +1,7 @@
 """Cost linear in the number of pairs, memory bounded: `ce-ray score` end to end at 1M and 5M pairs.
 
 Each size runs as its own `ce-ray score` process with a local Ray of its own, on MS MARCO-like pairs
-(`common.synthetic_pairs`, 250,000 a file; the larger input holds the smaller one's files) and a random
+(`common.synthetic_pairs`, 250,000 a file, 4 distinct files repeated; the larger input holds the smaller one's files) and a random
 reranker. A sampler reads, every 0.5 s, the resident memory of the job's driver and of each Ray worker
 (resident, and heap alone), and on a GPU the device memory in use. It prints, per size, the seconds, the job's pairs/s and the peaks;
 then the cost fitted to the two sizes (seconds = fixed + pairs / rate: the rate is what each further pair
@@ -31,15 +31,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 ROWS_PER_FILE = 250_000
+# Distinct files made; the inputs repeat them (hard links), since making 5M pairs would take minutes of
+# the GPU machine. Scoring costs the same for a repeated file: no stage keeps anything from one file to the next.
+POOL_FILES = 4
 SAMPLE_S = 0.5
 
 
 def write_inputs(work: str, sizes: list) -> dict:
-    """One folder per size; the files of a smaller size are the first files of a larger one (hard links)."""
+    """One folder per size of hard links to the pool's files; a smaller size's files are a larger one's first."""
     pool = os.path.join(work, "pool")
     os.makedirs(pool, exist_ok=True)
-    files = -(-max(sizes) // ROWS_PER_FILE)
-    for i in range(files):
+    for i in range(min(POOL_FILES, -(-max(sizes) // ROWS_PER_FILE))):
         path = os.path.join(pool, f"pairs-{i:04d}.parquet")
         if not os.path.exists(path):
             table = common.synthetic_pairs(ROWS_PER_FILE, seed=1000 + i)
@@ -54,7 +56,7 @@ def write_inputs(work: str, sizes: list) -> dict:
         os.makedirs(folder)
         for i in range(size // ROWS_PER_FILE):
             name = f"pairs-{i:04d}.parquet"
-            os.link(os.path.join(pool, name), os.path.join(folder, name))
+            os.link(os.path.join(pool, f"pairs-{i % POOL_FILES:04d}.parquet"), os.path.join(folder, name))
         folders[size] = folder
     return folders
 

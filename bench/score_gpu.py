@@ -40,6 +40,9 @@ def predict_rate(model_dir: str, queries, documents, device: str, batch_size: in
     import torch
     from sentence_transformers import CrossEncoder
 
+    # As users run it, with torch's default attention backends (ce-ray's replicas turn cuDNN attention off,
+    # and the ceiling, loaded in this process, did so here too).
+    torch.backends.cuda.enable_cudnn_sdp(True)
     kwargs = {"model_kwargs": {"dtype": torch.float16}} if fp16 else {}
     model = CrossEncoder(model_dir, device=device, **kwargs)
     pairs = list(zip(queries, documents))

@@ -397,7 +397,7 @@ def train_loop(loop_config: dict) -> dict:
     import torch
     from ray.train import Checkpoint
 
-    from .model import load_reranker
+    from .model import load_reranker, use_shape_free_attention
 
     config: TrainConfig = loop_config["config"]
     plan: dict = loop_config["plan"]
@@ -406,6 +406,7 @@ def train_loop(loop_config: dict) -> dict:
     device = ray.train.torch.get_device()
     use_gpu = device.type == "cuda"
     bf16 = config.bf16 if config.bf16 is not None else use_gpu
+    use_shape_free_attention(device)  # the model is loaded on the CPU below, then moved
     torch.manual_seed(config.seed)
 
     reranker = load_reranker(plan["model"], device="cpu", dtype="float32", max_length=plan["max_length"],

@@ -17,7 +17,7 @@ import pytest
 from ce_ray import ScoreConfig, run_score, score
 from ce_ray.config import ConfigError, load_config
 from ce_ray.io import InputError
-from ce_ray.model import MASK_4D_MODEL_TYPES, attention_mask_for
+from ce_ray.model import MASK_4D_MODEL_TYPES, attention_mask_for, use_shape_free_attention
 from ce_ray.sink import OutputExistsError
 
 from conftest import L12, ROOT, SCIFACT, wikiqa_pairs
@@ -148,6 +148,21 @@ def test_models_given_the_4d_mask_score_as_with_the_usual_mask(model_type):
     assert torch.allclose(outputs["usual"].logits, outputs["given"].logits, atol=1e-6, rtol=0)
     assert torch.allclose(hidden["usual"], hidden["given"], atol=1e-5, rtol=0)
     assert (hidden["usual"] - hidden["none"]).abs().max() > 1e-2  # the mask matters: padded rows change without it
+
+
+def test_cuda_replicas_keep_attention_off_cudnn_and_cpu_ones_leave_it():
+    import torch
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        use_shape_free_attention("cpu")
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        use_shape_free_attention(torch.device("cuda", 0))  # the switch alone: no GPU is needed to set it
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.mem_efficient_sdp_enabled() and torch.backends.cuda.flash_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
 
 
 def test_scorer_keeps_row_order_across_batches_and_rejects(tiny_model, pairs_df):

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Every GPU bench in one call on the GPU machine, most important first, within a time budget.
+#
+#   bash bench/gpu_suite.sh [SECONDS] [STEP...]     # default 500 s; steps: smoke score train scale profile
+#
+# The machine comes bare and is lent for minutes, so one call does it all: it installs the carried wheels
+# (.whl, see bench/README.md), records the machine, then runs each step under `timeout` with what is left
+# of the budget. The first step is a small end-to-end run that stops the suite early if ce-ray fails on
+# the GPU, before the long steps. Logs and results gather in a folder, packed after each step into
+# $OUT/gpu_suite.tar (or ./gpu_suite.tar without $OUT), so that a call cut short keeps what it measured.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+budget=${1:-500}
+shift || true
+steps=${*:-smoke score train scale profile}
+deadline=$(( $(date +%s) + budget ))
+logs=$(mktemp -d)
+pack() { cp bench/results/*.json bench/results/*.png "$logs/" 2>/dev/null; tar -C "$logs" -cf "${OUT:-.}/gpu_suite.tar" .; }
+
+if [ -d .whl ] && ! python3 -c "import ray" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1 RAY_DATA_DISABLE_PROGRESS_BARS=1 TOKENIZERS_PARALLELISM=true
+{ nvidia-smi; nproc; free -g; df -h /tmp /dev/shm
+  python3 -c "import torch, transformers, pyarrow, ray, nanotoken, sentence_transformers as st
+print('torch', torch.__version__, 'transformers', transformers.__version__, 'pyarrow', pyarrow.__version__,
+      'ray', ray.__version__, 'sentence-transformers', st.__version__)"; } >"$logs/machine.log" 2>&1
+cat "$logs/machine.log"
+pack
+
+# step NAME SECONDS COMMAND...: runs COMMAND for at most SECONDS and what is left of the budget.
+step() {
+  local name=$1 limit=$2 left=$(( deadline - $(date +%s) ))
+  shift 2
+  [[ " $steps " == *" $name "* ]] || return 0
+  (( left < limit )) && limit=$left
+  if (( limit < 20 )); then echo "== $name: skipped, ${left}s left"; return 0; fi
+  echo "== $name (at most ${limit}s): $*"
+  local start=$(date +%s)
+  timeout -k 10 "$limit" "$@" 2>&1 | tee "$logs/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "== $name: exit $rc after $(( $(date +%s) - start ))s" | tee -a "$logs/$name.log"
+  pack
+  return "$rc"
+}
+
+# A small run of every system: a failure here (ce-ray on the GPU) ends the suite before the long steps.
+if ! step smoke 120 python3 bench/score_gpu.py --layers 6 --pairs 20000 --anchor-pairs 2000 --files 4 \
+    --repeats 1 --check 2000 --skip recipe; then
+  echo "smoke failed: the suite stops here"; exit 1
+fi
+[[ " $steps " == *" smoke "* ]] && mv bench/results/score_gpu.json "$logs/score_gpu_smoke.json"
+step score 240 python3 bench/score_gpu.py --anchor-pairs 10000 --repeats 1
+step train 110 python3 bench/train_gpu.py --layers 6 --pairs 100000 --anchor-steps 200
+step scale 130 python3 bench/scale.py --layers 6 --sizes 1000000 5000000
+step profile 170 python3 bench/profile_stages.py --layers 6 --pairs 300000 --hf-pairs 5000 \
+    --batch-tokens 16384 65536 131072 --rows-per-call 4096 --tokenize-cpus 1 3 --replicas
+pack
+echo "== done: $(( budget - (deadline - $(date +%s)) ))s of ${budget}s; results in ${OUT:-.}/gpu_suite.tar"
