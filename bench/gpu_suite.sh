@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU bench in one call on the GPU machine, most important first, within a time budget.
 #
-#   bash bench/gpu_suite.sh [SECONDS] [STEP...]     # default 500 s; steps: smoke score train scale profile
+#   bash bench/gpu_suite.sh [SECONDS] [STEP...]     # default 540 s; steps: smoke score train scale profile
 #
 # The machine comes bare and is lent for minutes, so one call does it all: it installs the carried wheels
 # (.whl, see bench/README.md), records the machine, then runs each step under `timeout` with what is left
@@ -10,7 +10,7 @@
 # $OUT/gpu_suite.tar (or ./gpu_suite.tar without $OUT), so that a call cut short keeps what it measured.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-budget=${1:-500}
+budget=${1:-540}
 shift || true
 steps=${*:-smoke score train scale profile}
 deadline=$(( $(date +%s) + budget ))
@@ -51,10 +51,10 @@ if ! step smoke 120 python3 bench/score_gpu.py --layers 6 --pairs 20000 --anchor
   echo "smoke failed: the suite stops here"; exit 1
 fi
 [[ " $steps " == *" smoke "* ]] && mv bench/results/score_gpu.json "$logs/score_gpu_smoke.json"
-step score 240 python3 bench/score_gpu.py --anchor-pairs 10000 --repeats 1
+step score 300 python3 bench/score_gpu.py --anchor-pairs 10000 --repeats 1
 step train 110 python3 bench/train_gpu.py --layers 6 --pairs 100000 --anchor-steps 200
-step scale 130 python3 bench/scale.py --layers 6 --sizes 1000000 5000000
-step profile 170 python3 bench/profile_stages.py --layers 6 --pairs 300000 --hf-pairs 5000 \
+step scale 150 python3 bench/scale.py --layers 6 --sizes 1000000 5000000
+step profile 200 python3 bench/profile_stages.py --layers 6 --pairs 300000 --hf-pairs 5000 \
     --batch-tokens 16384 65536 131072 --rows-per-call 4096 --tokenize-cpus 1 3 --replicas
 pack
 echo "== done: $(( budget - (deadline - $(date +%s)) ))s of ${budget}s; results in ${OUT:-.}/gpu_suite.tar"
