@@ -88,8 +88,8 @@ def ceiling(model_dir: str, ids, types, device: str, batch_tokens: int, as_ce_ra
             passes: int = 2) -> tuple:
     """The model alone: every batch padded and copied to the device before the clock starts, then `passes`
     timed passes over all of them. `as_ce_ray`: the inputs and settings of a ce-ray replica (the 4D mask of
-    `attention_mask_for`, attention off cuDNN); else torch's and transformers' defaults (the usual 2D mask,
-    every SDPA backend). A first pass meets each batch shape for the first time; a second pass shows what a
+    `attention_mask_for`, none for a batch without padding, attention off cuDNN); else torch's and
+    transformers' defaults (the usual 2D mask, every SDPA backend). A first pass meets each batch shape for the first time; a second pass shows what a
     cost per new shape took from the first."""
     import torch
 
@@ -107,12 +107,13 @@ def ceiling(model_dir: str, ids, types, device: str, batch_tokens: int, as_ce_ra
         order.append(rows)
         input_ids, mask = pad(values, offsets, rows)
         padded_tokens += input_ids.size
-        batches.append({
-            "input_ids": torch.from_numpy(input_ids.astype(np.int64)).to(device),
-            "attention_mask": (attention_mask_for(model_type, torch.from_numpy(mask)) if as_ce_ray
-                               else torch.from_numpy(mask.astype(np.int64))).to(device),
-            "token_type_ids": torch.from_numpy(pad(type_values, offsets, rows)[0].astype(np.int64)).to(device),
-        })
+        batch = {"input_ids": torch.from_numpy(input_ids.astype(np.int64)).to(device),
+                 "token_type_ids": torch.from_numpy(pad(type_values, offsets, rows)[0].astype(np.int64)).to(device)}
+        if not as_ce_ray:
+            batch["attention_mask"] = torch.from_numpy(mask.astype(np.int64)).to(device)
+        elif not mask.all():  # a replica hands a batch without padding no mask (Scorer._padded_inputs)
+            batch["attention_mask"] = attention_mask_for(model_type, torch.from_numpy(mask)).to(device)
+        batches.append(batch)
     seconds = []
     with torch.inference_mode():
         for batch in batches[:3]:  # warm-up: the largest shapes come first

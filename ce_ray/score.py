@@ -69,15 +69,18 @@ class Scorer:
         tensor.numpy()[...] = array
         return tensor.to(self.reranker.device, non_blocking=True)
 
-    def _padded_inputs(self, flat_ids, flat_types, starts, lengths, width: int) -> dict:
+    def _padded_inputs(self, flat_ids, flat_types, starts, lengths, width: int, padded: bool = True) -> dict:
         """A batch's model inputs, padded on the device from the block's flat tokens: row i holds
-        flat[starts[i] : starts[i] + lengths[i]], then padding (the same arrays as `batching.pad`)."""
+        flat[starts[i] : starts[i] + lengths[i]], then padding (the same arrays as `batching.pad`).
+        A batch whose rows all have `width` tokens (`padded` False) gets no attention mask: with length-sorted
+        batches that is most of them, and without a mask SDPA may take its FlashAttention kernel."""
         torch = self.torch
         position = torch.arange(width, device=flat_ids.device)
         mask = position < lengths[:, None]
         source = torch.where(mask, starts[:, None] + position, 0)
-        inputs = {"input_ids": flat_ids[source].masked_fill_(~mask, self.pad_id).long(),
-                  "attention_mask": attention_mask_for(self.model_type, mask)}
+        inputs = {"input_ids": flat_ids[source].masked_fill_(~mask, self.pad_id).long()}
+        if padded:
+            inputs["attention_mask"] = attention_mask_for(self.model_type, mask)
         if flat_types is not None:
             inputs["token_type_ids"] = flat_types[source].masked_fill_(~mask, 0).long()
         return inputs
@@ -98,9 +101,12 @@ class Scorer:
         first = 0
         for batch in batches:
             last = first + len(batch)
-            # Longest first: a batch's width is its first row's length, known here without a sync.
+            # Longest first: a batch's width is its first row's length and it is padded if its last row is
+            # shorter, both known here without a sync.
+            width = max(int(sorted_lengths[first]), 1)
             yield order[first:last], self._padded_inputs(flat_ids, flat_types, starts[first:last],
-                                                         row_lengths[first:last], max(int(sorted_lengths[first]), 1))
+                                                         row_lengths[first:last], width,
+                                                         padded=bool(sorted_lengths[last - 1] < width))
             first = last
 
     def __call__(self, table: pa.Table) -> pa.Table:

@@ -106,6 +106,8 @@ def expected_scores(model, df) -> np.ndarray:
 
 
 def test_scorer_pads_each_batch_on_the_device_as_batching_pad(tiny_model):
+    import torch
+
     from ce_ray.batching import pad
     from ce_ray.score import Scorer
 
@@ -124,6 +126,15 @@ def test_scorer_pads_each_batch_on_the_device_as_batching_pad(tiny_model):
     assert inputs["attention_mask"].shape == (len(rows), 1, 1, mask.shape[1])  # BERT takes the 4D mask
     np.testing.assert_array_equal(inputs["attention_mask"][:, 0, 0].numpy(), mask)
     np.testing.assert_array_equal(inputs["token_type_ids"].numpy(), pad(types, offsets, rows)[0])
+    # Rows of one length: no mask (SDPA's unmasked kernels), and the same scores as with the all-true mask.
+    same = np.flatnonzero(lengths == np.bincount(lengths).argmax())
+    inputs = scorer._padded_inputs(to(ids), to(types), to(offsets[same]), to(lengths[same]), int(lengths[same[0]]),
+                                   padded=False)
+    assert "attention_mask" not in inputs and inputs["input_ids"].shape == (len(same), lengths[same[0]])
+    with torch.inference_mode():
+        unmasked = scorer.reranker.model(**inputs).logits
+        masked = scorer.reranker.model(**inputs, attention_mask=torch.ones_like(inputs["input_ids"])).logits
+    assert len(same) > 1 and torch.allclose(unmasked, masked, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("model_type", sorted(MASK_4D_MODEL_TYPES))
