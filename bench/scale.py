@@ -1,11 +1,12 @@
 """Cost linear in the number of pairs, memory bounded: `ce-ray score` end to end at 1M and 5M pairs.
 
 Each size runs as its own `ce-ray score` process with a local Ray of its own, on MS MARCO-like pairs
-(`common.synthetic_pairs`, 250,000 a file, 4 distinct files repeated; the larger input holds the smaller one's files) and a random
-reranker. A sampler reads, every 0.5 s, the resident memory of the job's driver and of each Ray worker
-(resident, and heap alone), and on a GPU the device memory in use. It prints, per size, the seconds, the job's pairs/s and the peaks;
-then the cost fitted to the two sizes (seconds = fixed + pairs / rate: the rate is what each further pair
-costs, free of Ray's start and the model load) and how much each peak grew.
+(`common.synthetic_pairs`, 250,000 a file, 4 distinct files repeated; the larger input holds the smaller
+one's files) and a random reranker. A sampler reads, every 0.5 s, the resident memory of the job's driver
+and of each Ray worker (resident, and heap alone), and on a GPU the device memory in use. It prints, per
+size, the seconds, the job's pairs/s and the peaks; then the cost fitted to the two sizes (seconds = fixed +
+pairs / rate: the rate is what each further pair costs, free of Ray's start and the model load) and how much
+each peak grew.
 
     python3 bench/scale.py --layers 6                          # GPU machine (see bench/README.md)
     .venv/bin/python bench/scale.py --hidden 32 --layers 1     # CPU: a tiny model, so that the pipeline,

@@ -89,8 +89,8 @@ def ceiling(model_dir: str, ids, types, device: str, batch_tokens: int, as_ce_ra
     """The model alone: every batch padded and copied to the device before the clock starts, then `passes`
     timed passes over all of them. `as_ce_ray`: the inputs and settings of a ce-ray replica (the 4D mask of
     `attention_mask_for`, none for a batch without padding, attention off cuDNN); else torch's and
-    transformers' defaults (the usual 2D mask, every SDPA backend). A first pass meets each batch shape for the first time; a second pass shows what a
-    cost per new shape took from the first."""
+    transformers' defaults (the usual 2D mask, every SDPA backend). A first pass meets each batch shape for
+    the first time; a second pass shows what a cost per new shape took from the first."""
     import torch
 
     from ce_ray.batching import list_parts, pad, token_budget_batches
