@@ -122,6 +122,21 @@ def test_passes_hold_the_batch_rows_under_the_token_budget(ray_local, tiny_model
         assert sorted(labels) == sorted(np.concatenate([l for _, l in passes]))
 
 
+def test_a_pass_without_padding_goes_to_the_model_without_a_mask():
+    import torch
+
+    train = _train_module()
+    lengths = np.array([5, 5, 3])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    ids = np.arange(1, offsets[-1] + 1, dtype=np.int32)
+    types = np.zeros(offsets[-1], dtype=np.int8)
+    uniform = train._on_device(train._padded_inputs(ids, types, offsets, np.array([0, 1]), 0), "cpu", "bert")
+    assert set(uniform) == {"input_ids", "token_type_ids"} and uniform["input_ids"].shape == (2, 5)
+    padded = train._on_device(train._padded_inputs(ids, types, offsets, np.array([0, 2]), 0), "cpu", "bert")
+    assert padded["attention_mask"].dtype == torch.bool and padded["attention_mask"].shape == (2, 1, 1, 5)
+    assert padded["attention_mask"][1, 0, 0].tolist() == [True, True, True, False, False]
+
+
 def test_saved_model_is_a_crossencoder_that_scores_like_ce_ray(data_parallel_runs, pairs_file):
     import ray.data
     from sentence_transformers import CrossEncoder
