@@ -15,6 +15,7 @@ shift || true
 steps=${*:-smoke score train scale profile}
 deadline=$(( $(date +%s) + budget ))
 logs=$(mktemp -d)
+wanted() { [[ " $steps " == *" $1 "* ]]; }
 pack() { cp bench/results/*.json bench/results/*.png "$logs/" 2>/dev/null; tar -C "$logs" -cf "${OUT:-.}/gpu_suite.tar" .; }
 
 if [ -d .whl ] && ! python3 -c "import ray" 2>/dev/null; then
@@ -33,7 +34,7 @@ pack
 step() {
   local name=$1 limit=$2 left=$(( deadline - $(date +%s) ))
   shift 2
-  [[ " $steps " == *" $name "* ]] || return 0
+  wanted "$name" || return 0
   (( left < limit )) && limit=$left
   if (( limit < 20 )); then echo "== $name: skipped, ${left}s left"; return 0; fi
   echo "== $name (at most ${limit}s): $*"
@@ -50,7 +51,7 @@ if ! step smoke 120 python3 bench/score_gpu.py --layers 6 --pairs 20000 --anchor
     --repeats 1 --check 2000 --skip recipe; then
   echo "smoke failed: the suite stops here"; exit 1
 fi
-[[ " $steps " == *" smoke "* ]] && mv bench/results/score_gpu.json "$logs/score_gpu_smoke.json"
+wanted smoke && mv bench/results/score_gpu.json "$logs/score_gpu_smoke.json"
 step score 300 python3 bench/score_gpu.py --anchor-pairs 10000 --repeats 1
 step train 110 python3 bench/train_gpu.py --layers 6 --pairs 100000 --anchor-steps 200
 step scale 150 python3 bench/scale.py --layers 6 --sizes 1000000 5000000

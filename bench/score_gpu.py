@@ -88,13 +88,13 @@ def ceiling(model_dir: str, ids, types, device: str, batch_tokens: int, as_ce_ra
             passes: int = 2) -> tuple:
     """The model alone: every batch padded and copied to the device before the clock starts, then `passes`
     timed passes over all of them. `as_ce_ray`: the inputs and settings of a ce-ray replica (the 4D mask of
-    `attention_mask_for`, none for a batch without padding, attention off cuDNN); else torch's and
+    `attention_inputs`: none for a batch without padding; attention off cuDNN); else torch's and
     transformers' defaults (the usual 2D mask, every SDPA backend). A first pass meets each batch shape for
     the first time; a second pass shows what a cost per new shape took from the first."""
     import torch
 
     from ce_ray.batching import list_parts, pad, token_budget_batches
-    from ce_ray.model import attention_mask_for, load_reranker
+    from ce_ray.model import attention_inputs, load_reranker
 
     reranker = load_reranker(model_dir, device=device)  # turns cuDNN attention off on CUDA
     torch.backends.cuda.enable_cudnn_sdp(not as_ce_ray)
@@ -109,10 +109,10 @@ def ceiling(model_dir: str, ids, types, device: str, batch_tokens: int, as_ce_ra
         padded_tokens += input_ids.size
         batch = {"input_ids": torch.from_numpy(input_ids.astype(np.int64)).to(device),
                  "token_type_ids": torch.from_numpy(pad(type_values, offsets, rows)[0].astype(np.int64)).to(device)}
-        if not as_ce_ray:
+        if as_ce_ray:
+            batch |= attention_inputs(model_type, torch.from_numpy(mask).to(device), padded=not mask.all())
+        else:
             batch["attention_mask"] = torch.from_numpy(mask.astype(np.int64)).to(device)
-        elif not mask.all():  # a replica hands a batch without padding no mask (Scorer._padded_inputs)
-            batch["attention_mask"] = attention_mask_for(model_type, torch.from_numpy(mask)).to(device)
         batches.append(batch)
     seconds = []
     with torch.inference_mode():

@@ -141,6 +141,13 @@ def attention_mask_for(model_type: str, mask: torch.Tensor) -> torch.Tensor:
     return mask.bool()[:, None, None, :] if model_type in MASK_4D_MODEL_TYPES else mask.long()
 
 
+def attention_inputs(model_type: str, mask: torch.Tensor, padded: bool) -> dict:
+    """A batch's attention-mask input: none when no row is padded, so that SDPA may take its unmasked
+    FlashAttention kernel (length-sorted batches are mostly so), else `attention_mask_for`'s. `padded` comes
+    from the host: reading a mask on the GPU would wait for it."""
+    return {"attention_mask": attention_mask_for(model_type, mask)} if padded else {}
+
+
 def use_shape_free_attention(device) -> None:
     """On a CUDA device, keeps scaled_dot_product_attention off its cuDNN backend in this process.
 

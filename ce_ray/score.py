@@ -18,7 +18,7 @@ import pyarrow as pa
 from .batching import (IDS, REJECT, TYPES, cached_tokenizer, default_batch_tokens, list_parts, token_budget_batches,
                        tokenize_table)
 from .config import ConfigError, ScoreConfig, require
-from .model import ModelError, attention_mask_for, check_safe, load_reranker, local_model_path
+from .model import ModelError, attention_inputs, check_safe, load_reranker, local_model_path
 
 SCORE = "score"
 # Rows a GPU replica scores per call. Between calls the GPU idles (results copied back, the next rows
@@ -72,15 +72,13 @@ class Scorer:
     def _padded_inputs(self, flat_ids, flat_types, starts, lengths, width: int, padded: bool = True) -> dict:
         """A batch's model inputs, padded on the device from the block's flat tokens: row i holds
         flat[starts[i] : starts[i] + lengths[i]], then padding (the same arrays as `batching.pad`).
-        A batch whose rows all have `width` tokens (`padded` False) gets no attention mask: with length-sorted
-        batches that is most of them, and without a mask SDPA may take its FlashAttention kernel."""
+        A batch whose rows all have `width` tokens (`padded` False) gets no attention mask (`attention_inputs`)."""
         torch = self.torch
         position = torch.arange(width, device=flat_ids.device)
         mask = position < lengths[:, None]
         source = torch.where(mask, starts[:, None] + position, 0)
-        inputs = {"input_ids": flat_ids[source].masked_fill_(~mask, self.pad_id).long()}
-        if padded:
-            inputs["attention_mask"] = attention_mask_for(self.model_type, mask)
+        inputs = {"input_ids": flat_ids[source].masked_fill_(~mask, self.pad_id).long(),
+                  **attention_inputs(self.model_type, mask, padded)}
         if flat_types is not None:
             inputs["token_type_ids"] = flat_types[source].masked_fill_(~mask, 0).long()
         return inputs

@@ -260,18 +260,14 @@ def _padded_inputs(ids: np.ndarray, types: Optional[np.ndarray], offsets: np.nda
 
 def _on_device(inputs: dict, device, model_type: str) -> dict:
     """A pass's padded host arrays as model inputs on the device, the mask in the form the model takes
-    without waiting for the GPU (`model.attention_mask_for`), and none for a pass without padding (as the
-    Scorer does: SDPA may then take its unmasked kernels)."""
+    without waiting for the GPU, and none for a pass without padding (`model.attention_inputs`)."""
     import torch
 
-    from .model import attention_mask_for
+    from .model import attention_inputs
 
-    padded = not inputs["attention_mask"].all()  # read on the host: no wait for the GPU
-    on_device = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in inputs.items()
-                 if k != "attention_mask" or padded}
-    if padded:
-        on_device["attention_mask"] = attention_mask_for(model_type, on_device["attention_mask"])
-    return on_device
+    on_device = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in inputs.items()}
+    mask = on_device.pop("attention_mask")
+    return on_device | attention_inputs(model_type, mask, padded=not inputs["attention_mask"].all())
 
 
 def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id: int, budget: int) -> dict:
