@@ -277,6 +277,51 @@ def init_ray(num_cpus: Optional[int] = None):
     return time.perf_counter() - start
 
 
+def job_timeline(since: float) -> dict:
+    """Where a Ray Data job's time went, from Ray's own task events (`ray.timeline`), in seconds after
+    `since` (time.time() at the job's start): when the first replica's process ran its constructor, the
+    constructor's imports (unpickling its arguments) and its body (model load), the first scoring call, and
+    how busy the replicas were from their first call to their last (calls run one at a time per replica)."""
+    import ray
+
+    time.sleep(2)  # workers report task events to Ray about once a second
+    workers: Dict[str, list] = {}
+    for event in ray.timeline():
+        if event.get("ph") == "X" and event["ts"] / 1e6 >= since:
+            workers.setdefault(event["tid"], []).append(event)
+    at = lambda event: event["ts"] / 1e6 - since  # noqa: E731
+    end = lambda event: at(event) + event["dur"] / 1e6  # noqa: E731
+    tasks = [e for events in workers.values() for e in events if e["name"].endswith("_map_task")]
+    # A replica is an actor whose calls are Ray Data map workers' `submit`; its constructor is `__init__`.
+    replicas = [events for events in workers.values() if any(e["name"] == "submit" for e in events)]
+    if not replicas:
+        return {"replicas": 0}
+    first = min(replicas, key=lambda events: min(at(e) for e in events))
+    init = next((e for e in first if e["name"] == "__init__"), None)
+    inside = [e for e in first if init and at(init) <= at(e) <= end(init)]
+    phase = lambda name: next((e["dur"] / 1e6 for e in inside if e["name"] == name), None)  # noqa: E731
+    calls = sorted((e for events in replicas for e in events if e["name"] == "submit"), key=at)
+    span = max(end(c) for c in calls) - at(calls[0])
+    return {"replicas": len(replicas), "first_task_at_s": min(map(at, tasks)) if tasks else None,
+            "replica_constructor_at_s": at(init) if init else None,
+            "replica_imports_s": phase("task:deserialize_arguments"), "replica_constructor_s": phase("task:execute"),
+            "first_call_at_s": at(calls[0]), "first_call_s": calls[0]["dur"] / 1e6, "calls": len(calls),
+            "calls_s": sum(c["dur"] for c in calls) / 1e6,
+            "replica_busy_fraction": sum(c["dur"] for c in calls) / 1e6 / span / len(replicas) if span > 0 else None}
+
+
+def timeline_line(t: dict) -> str:
+    """One line of `job_timeline`'s figures."""
+    if not t.get("replicas"):
+        return "  timeline: no replica call found"
+    f = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    return (f"  timeline: first task at +{f(t['first_task_at_s'])} s; replica constructor at "
+            f"+{f(t['replica_constructor_at_s'])} s: imports {f(t['replica_imports_s'])} s, body "
+            f"{f(t['replica_constructor_s'])} s; first call at +{f(t['first_call_at_s'])} s "
+            f"({t['first_call_s']:.2f} s); {t['calls']} calls on {t['replicas']} replica(s), "
+            f"{t['calls_s']:.1f} s, busy {f(t['replica_busy_fraction'])} from the first call to the last")
+
+
 def fmt_rate(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:,.0f}"
 

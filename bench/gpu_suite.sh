@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU bench in one call on the GPU machine, most important first, within a time budget.
 #
-#   bash bench/gpu_suite.sh [SECONDS] [STEP...]     # default 540 s; steps: smoke score train scale profile
+#   bash bench/gpu_suite.sh [SECONDS] [STEP...]     # default 540 s; steps: smoke score train score12 scale profile
 #
 # The machine comes bare and is lent for minutes, so one call does it all: it installs the carried wheels
 # (.whl, see bench/README.md), records the machine, then runs each step under `timeout` with what is left
@@ -12,7 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 budget=${1:-540}
 shift || true
-steps=${*:-smoke score train scale profile}
+steps=${*:-smoke score train score12 scale profile}
 deadline=$(( $(date +%s) + budget ))
 logs=$(mktemp -d)
 wanted() { [[ " $steps " == *" $1 "* ]]; }
@@ -48,12 +48,14 @@ step() {
 
 # A small run of every system: a failure here (ce-ray on the GPU) ends the suite before the long steps.
 if ! step smoke 120 python3 bench/score_gpu.py --layers 6 --pairs 20000 --anchor-pairs 2000 --files 4 \
-    --repeats 1 --check 2000 --skip recipe; then
+    --repeats 1 --check 2000 --skip recipe --name score_gpu_smoke; then
   echo "smoke failed: the suite stops here"; exit 1
 fi
-wanted smoke && mv bench/results/score_gpu.json "$logs/score_gpu_smoke.json"
-step score 300 python3 bench/score_gpu.py --anchor-pairs 10000 --repeats 1
+# L6 with every anchor, then the same under torch.compile (model alone and ce-ray --compile).
+step score 300 python3 bench/score_gpu.py --layers 6 --anchor-pairs 10000 --repeats 1 --compile
 step train 110 python3 bench/train_gpu.py --layers 6 --pairs 100000 --anchor-steps 200
+step score12 150 python3 bench/score_gpu.py --layers 12 --anchor-pairs 10000 --repeats 1 --skip recipe \
+    --name score_gpu_l12
 step scale 150 python3 bench/scale.py --layers 6 --sizes 1000000 5000000
 step profile 200 python3 bench/profile_stages.py --layers 6 --pairs 300000 --hf-pairs 5000 \
     --batch-tokens 16384 65536 131072 --rows-per-call 4096 --tokenize-cpus 1 3 --replicas

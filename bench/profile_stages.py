@@ -187,9 +187,13 @@ def end_to_end(model_dir: str, folder: str, out: str, device: str, **settings) -
     config = ScoreConfig(model=model_dir, input=folder, output=out, tokenizer="fast", mode="overwrite",
                          use_gpu=device.startswith("cuda"), **settings)
     sampler = GpuSampler(device.startswith("cuda"))
+    since = time.time()
     summary = run_score(config)
+    gpu = sampler.stop()
+    timeline = common.job_timeline(since)
+    print(common.timeline_line(timeline), flush=True)
     return {"seconds": summary.seconds, "pairs": summary.rows_in, "pairs_per_s": summary.pairs_per_second,
-            "gpu": sampler.stop()} | settings
+            "gpu": gpu, "timeline": timeline} | settings
 
 
 def sweeps(args, work: str, model_dir: str, device: str, n: int) -> dict:

@@ -10,6 +10,8 @@ MiniLM reranker (hidden 384; 6 or 12 layers) for every system:
       as a ce-ray replica runs it; two passes, the second reported   on all --pairs pairs (the ceiling)
   (d2) the same with torch's and transformers' defaults, one pass   on the first --defaults-pairs pairs
   (e) `ce-ray score` end to end, parquet to parquet (run_score, tokenizer="fast")   on all --pairs pairs
+With --compile, also (d3) the model alone under torch.compile, as a replica with `compile=True` runs it (its
+first pass includes the compiling), and (e2) `ce-ray score --compile` end to end.
 Rates of (a)-(c) are pairs/s on their subset (the same pairs, so the same length mix); (a) and (b) time
 predict() alone, the model loaded beforehand; (c) and (e) time the whole job, reading to writing, after
 Ray has started. MFU = useful model FLOPs (unpadded tokens) / time / a measured matmul peak (bf16 on GPU).
@@ -17,6 +19,7 @@ ce-ray's scores are checked against (a)'s on the first --check pairs. Writes ben
 (score_gpu_cpu.json on CPU).
 
     python3 bench/score_gpu.py                                # GPU: 1M pairs, L6 and L12
+    python3 bench/score_gpu.py --layers 6 --compile --skip recipe --name score_gpu_compile
     .venv/bin/python bench/score_gpu.py --pairs 2000 --anchor-pairs 500 --layers 2   # CPU smoke
 """
 
@@ -85,12 +88,13 @@ def ray_recipe_seconds(model_dir: str, folder: str, out: str, device: str, rows_
 
 
 def ceiling(model_dir: str, ids, types, device: str, batch_tokens: int, as_ce_ray: bool = True,
-            passes: int = 2) -> tuple:
+            passes: int = 2, compiled: bool = False) -> tuple:
     """The model alone: every batch padded and copied to the device before the clock starts, then `passes`
     timed passes over all of them. `as_ce_ray`: the inputs and settings of a ce-ray replica (the 4D mask of
     `attention_inputs`: none for a batch without padding; attention off cuDNN); else torch's and
     transformers' defaults (the usual 2D mask, every SDPA backend). A first pass meets each batch shape for
-    the first time; a second pass shows what a cost per new shape took from the first."""
+    the first time; a second pass shows what a cost per new shape took from the first. `compiled`: under
+    torch.compile as a replica with `compile=True` (the first pass includes the compiling)."""
     import torch
 
     from ce_ray.batching import list_parts, pad, token_budget_batches
@@ -98,6 +102,7 @@ def ceiling(model_dir: str, ids, types, device: str, batch_tokens: int, as_ce_ra
 
     reranker = load_reranker(model_dir, device=device)  # turns cuDNN attention off on CUDA
     torch.backends.cuda.enable_cudnn_sdp(not as_ce_ray)
+    forward = torch.compile(reranker.model, dynamic=True) if compiled else reranker.model
     model_type = reranker.model.config.model_type
     values, offsets = list_parts(ids)
     type_values = list_parts(types)[0]
@@ -117,11 +122,11 @@ def ceiling(model_dir: str, ids, types, device: str, batch_tokens: int, as_ce_ra
     seconds = []
     with torch.inference_mode():
         for batch in batches[:3]:  # warm-up: the largest shapes come first
-            reranker.model(**batch)
+            forward(**batch)
         for _ in range(passes):
             common.sync(device)
             start = time.perf_counter()
-            outputs = [reranker.scores(reranker.model(**batch).logits) for batch in batches]
+            outputs = [reranker.scores(forward(**batch).logits) for batch in batches]
             common.sync(device)
             seconds.append(time.perf_counter() - start)
     scores = np.empty(len(lengths), np.float32)
@@ -135,13 +140,29 @@ def ceiling(model_dir: str, ids, types, device: str, batch_tokens: int, as_ce_ra
                     "padding_fraction": 1 - lengths.sum() / max(padded_tokens, 1)}
 
 
-def ce_ray_run(model_dir: str, folder: str, out: str, batch_tokens: int, device: str):
+def ce_ray_run(model_dir: str, folder: str, out: str, batch_tokens: int, device: str, compile: bool = False):
     from ce_ray import ScoreConfig, run_score
 
     config = ScoreConfig(model=model_dir, input=folder, output=out, tokenizer="fast", batch_tokens=batch_tokens,
-                         mode="overwrite", use_gpu=device.startswith("cuda"))
+                         mode="overwrite", use_gpu=device.startswith("cuda"), compile=compile)
+    since = time.time()
     summary = run_score(config)
-    return summary
+    timeline = common.job_timeline(since)
+    print(common.timeline_line(timeline), flush=True)
+    return summary, timeline
+
+
+def check_scores(out: str, expected, check: int, floor, device: str, all_scored: bool) -> dict:
+    """ce-ray's scores of the first `check` pairs against predict fp32's. ce-ray may not add error beyond the
+    dtype's: within a bound, or within twice the noise of the same model at the same dtype (`floor`; random
+    weights round worse than a trained reranker's)."""
+    got = pq.read_table(os.path.join(out, "results"), columns=["pair_id", "score"]).to_pandas()
+    got = got[got["pair_id"] < check].sort_values("pair_id")
+    diff = float(np.abs(got["score"].to_numpy() - expected[got["pair_id"].to_numpy()]).max())
+    bound = 1e-2 if device.startswith("cuda") else 1e-5
+    allowed = max(bound, 2 * floor) if floor is not None else bound
+    return {"checked_pairs": len(got), "max_abs_diff_vs_predict": diff, "dtype_noise_floor": floor,
+            "allowed_diff": allowed, "scores_match": diff <= allowed and all_scored}
 
 
 def run_layers(layers: int, args, work: str, device: str, table, tokenized, peak: float) -> dict:
@@ -192,37 +213,50 @@ def run_layers(layers: int, args, work: str, device: str, table, tokenized, peak
                                      args.recipe_rows)
         record("ray_data_recipe", n_anchor, seconds, flops_anchor, rows_per_call=args.recipe_rows)
         shutil.rmtree(os.path.join(work, "recipe-out"), ignore_errors=True)
-    if "ce-ray" not in args.skip:
-        runs = []
+    def ce_ray_system(name, compile):
+        runs, timelines = [], []
+        out = os.path.join(work, f"ce-ray-out-l{layers}")
         for _ in range(args.repeats):
-            out = os.path.join(work, f"ce-ray-out-l{layers}")
-            summary = ce_ray_run(model_dir, os.path.join(work, "pairs"), out, args.batch_tokens, device)
+            summary, timeline = ce_ray_run(model_dir, os.path.join(work, "pairs"), out, args.batch_tokens, device,
+                                           compile)
             runs.append(summary.seconds)
-        best = min(runs)
-        extra = {"runs_seconds": runs, "batch_tokens": args.batch_tokens, "rows_scored": summary.rows_scored}
+            timelines.append(timeline)
+        extra = {"runs_seconds": runs, "timelines": timelines, "batch_tokens": args.batch_tokens,
+                 "rows_scored": summary.rows_scored}
         if expected is not None:
-            got = pq.read_table(os.path.join(out, "results"), columns=["pair_id", "score"]).to_pandas()
-            got = got[got["pair_id"] < min(args.check, n_anchor)].sort_values("pair_id")
-            check = got["score"].to_numpy() - expected[got["pair_id"].to_numpy()]
-            diff = float(np.abs(check).max())
-            bound = 1e-2 if device.startswith("cuda") else 1e-5
-            # ce-ray may not add error beyond the dtype's: within the bound, or within twice the noise of
-            # the same model at the same dtype (random weights round worse than a trained reranker's).
-            allowed = max(bound, 2 * floor) if floor is not None else bound
-            extra |= {"checked_pairs": len(got), "max_abs_diff_vs_predict": diff, "dtype_noise_floor": floor,
-                      "allowed_diff": allowed, "scores_match": diff <= allowed and summary.rows_scored == n}
-        record("ce_ray_score", n, best, flops_all, **extra)
+            extra |= check_scores(out, expected, min(args.check, n_anchor), floor, device, summary.rows_scored == n)
+        record(name, n, min(runs), flops_all, **extra)
         shutil.rmtree(out, ignore_errors=True)
+
+    if "ce-ray" not in args.skip:
+        ce_ray_system("ce_ray_score", compile=False)
+    compile_error = None
+    if args.compile:  # last, so that a compiler that fails on this machine leaves the rest measured
+        try:
+            if "ceiling" not in args.skip:
+                compiled_scores, result = ceiling(model_dir, ids, types, device, args.batch_tokens, compiled=True)
+                result["first_pass_pairs_per_s"] = n / result["passes_seconds"][0]
+                result["max_abs_diff_vs_eager"] = float(np.abs(compiled_scores - model_scores).max())
+                record("model_compiled", n, result.pop("seconds"), flops_all, batch_tokens=args.batch_tokens,
+                       **result)
+            if "ce-ray" not in args.skip:
+                ce_ray_system("ce_ray_score_compiled", compile=True)
+        except Exception as e:  # noqa: BLE001 (recorded in the results)
+            compile_error = f"{type(e).__name__}: {e}"
+            print(f"  torch.compile failed: {compile_error}", flush=True)
     shutil.rmtree(anchor_folder, ignore_errors=True)
-    return {"layers": layers, "flops_per_pair": flops_all / n,
-            "mean_tokens_per_pair": float(lengths.mean()), "systems": systems}
+    return {"layers": layers, "flops_per_pair": flops_all / n, "mean_tokens_per_pair": float(lengths.mean()),
+            "systems": systems, "compile_error": compile_error}
 
 
 def report(results: list, device: str, peak: dict) -> None:
     names = {"predict_defaults": "(a) CrossEncoder.predict fp32 b32", "predict_fp16_b256": "(b) predict fp16 b256",
              "ray_data_recipe": "(c) Ray Data recipe (predict in actor)", "model_ceiling": "(d) model alone (ceiling)",
              "model_torch_defaults": "(d2) model alone, torch's defaults",
-             "ce_ray_score": "(e) ce-ray score, parquet to parquet"}
+             "model_compiled": "(d3) model alone, torch.compile",
+             "ce_ray_score": "(e) ce-ray score, parquet to parquet",
+             "ce_ray_score_compiled": "(e2) ce-ray score --compile"}
+    ours_names = ("ce_ray_score", "ce_ray_score_compiled")
     for result in results:
         layers, systems = result["layers"], result["systems"]
         anchors = common.ANCHORS.get(layers, {})
@@ -232,20 +266,23 @@ def report(results: list, device: str, peak: dict) -> None:
         for key, name in names.items():
             if key in systems:
                 s = systems[key]
-                before = {"ce_ray_score": "target " + common.fmt_rate(anchors.get("target"))}.get(
-                    key, common.fmt_rate(anchors.get(key)))
+                before = ("target " + common.fmt_rate(anchors.get("target")) if key in ours_names
+                          else common.fmt_rate(anchors.get(key)))
                 rows.append((name, f"{s['pairs']:,}", common.fmt_rate(s["pairs_per_s"]), f"{s['mfu']:.3f}", before))
         print(common.table(rows, (40, 10, 10, 6, 14)))
-        ours = systems.get("ce_ray_score")
-        if ours:
-            ratios = {key: ours["pairs_per_s"] / systems[key]["pairs_per_s"] for key in names if key in systems}
+        for key in ours_names:
+            if key not in systems:
+                continue
+            ours, label = systems[key], names[key].split()[0]
+            ratios = {other: ours["pairs_per_s"] / systems[other]["pairs_per_s"] for other in names
+                      if other in systems and other not in ours_names}
             ours["ratio_to"] = ratios
             if anchors.get("target"):
                 ours["ratio_to_target"] = ours["pairs_per_s"] / anchors["target"]
-            print("  ce-ray / " + ", ".join(f"{k}: {v:.2f}x" for k, v in ratios.items() if k != "ce_ray_score"))
+            print(f"  {label} / " + ", ".join(f"{k}: {v:.2f}x" for k, v in ratios.items()))
             if "max_abs_diff_vs_predict" in ours:
                 floor = ours["dtype_noise_floor"]
-                print(f"  max |ce-ray - predict fp32| on {ours['checked_pairs']:,} pairs: "
+                print(f"  max |{label} - predict fp32| on {ours['checked_pairs']:,} pairs: "
                       f"{ours['max_abs_diff_vs_predict']:.2e}; the model alone at ce-ray's dtype: "
                       f"{'-' if floor is None else f'{floor:.2e}'}; allowed {ours['allowed_diff']:.0e}: "
                       f"{'match' if ours['scores_match'] else 'MISMATCH'}")
@@ -263,6 +300,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="ce-ray runs (the best is reported, all kept)")
     parser.add_argument("--check", type=int, default=5000, help="pairs whose scores are compared with predict")
     parser.add_argument("--skip", nargs="*", default=[], choices=["predict", "recipe", "ceiling", "ce-ray"])
+    parser.add_argument("--compile", action="store_true", help="also (d3) and (e2): the model under torch.compile")
+    parser.add_argument("--name", default=None, help="results file name (default: score_gpu, score_gpu_cpu on CPU)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -286,7 +325,7 @@ def main() -> None:
     ray_start_s = None
     if {"recipe", "ce-ray"} - set(args.skip):
         ray_start_s = common.init_ray()
-    name = "score_gpu" if device.startswith("cuda") else "score_gpu_cpu"
+    name = args.name or ("score_gpu" if device.startswith("cuda") else "score_gpu_cpu")
     results = []
     for layers in args.layers:  # written after each model: a run cut short keeps what it measured
         results.append(run_layers(layers, args, work, device, table, tokenized, peak["flops_per_s"]))
@@ -294,7 +333,8 @@ def main() -> None:
         path = common.write_result(name, result | {"ray_start_s": ray_start_s, "results": results})
     print(f"\nwrote {path}")
     shutil.rmtree(work, ignore_errors=True)
-    bad = [r["layers"] for r in results if not r["systems"].get("ce_ray_score", {}).get("scores_match", True)]
+    bad = [r["layers"] for r in results for key in ("ce_ray_score", "ce_ray_score_compiled")
+           if not r["systems"].get(key, {}).get("scores_match", True)]
     if bad:
         sys.exit(f"ce-ray's scores differ from predict's beyond the allowed difference for L{bad}")
 

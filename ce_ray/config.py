@@ -47,6 +47,7 @@ class ScoreConfig(ModelConfig):
     replicas: Optional[int] = None  # max scoring replicas; None: one per GPU, or 1 on CPU
     min_replicas: int = 1
     tokenize_cpus: float = 1.0  # CPUs per tokenizing task
+    compile: bool = False  # torch.compile the model in each replica: faster batches after a one-off compile
     use_gpu: Optional[bool] = None  # None: when the cluster has GPUs
     on_invalid: Literal["reject", "fail"] = "reject"
     mode: Literal["error", "overwrite", "resume"] = "error"  # what to do when the output has results

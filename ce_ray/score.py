@@ -61,6 +61,26 @@ class Scorer:
         self.pad_id = self.reranker.tokenizer.pad_token_id or 0
         self.pin = on_gpu
         self.model_type = self.reranker.model.config.model_type
+        self.forward = self.reranker.model
+        if config.compile:
+            # dynamic=True: one graph for every (rows, width), not one per batch shape.
+            self.forward = torch.compile(self.reranker.model, dynamic=True)
+            self._compile_graphs()
+
+    def _compile_graphs(self) -> None:
+        """Compiles every graph that calls will meet, before the first call, so that the compiling overlaps
+        the job's first reads and tokenizing and no call waits for it: a batch with padding (it has a mask),
+        one without (no mask), and one of a single row (torch specializes sizes of 1)."""
+        with_types = "token_type_ids" in self.reranker.tokenizer.model_input_names
+        with self.torch.inference_mode():  # as in a call: graphs are kept per grad mode and tensor kind
+            for lengths in ([13, 11, 9], [11, 11, 11], [11]):
+                lengths = np.array(lengths, np.int64)
+                total = int(lengths.sum())
+                starts, row_lengths = self._to_device(np.stack([np.cumsum(lengths) - lengths, lengths]))
+                flat_ids = self._to_device(np.full(total, self.pad_id, np.int32))
+                flat_types = self._to_device(np.zeros(total, np.int8)) if with_types else None
+                self.forward(**self._padded_inputs(flat_ids, flat_types, starts, row_lengths, int(lengths[0]),
+                                                   padded=bool(lengths[-1] < lengths[0])))
 
     def _to_device(self, array: np.ndarray):
         # One host copy: into pinned memory on a GPU, so that the transfer runs while the host goes on.
@@ -114,7 +134,7 @@ class Scorer:
         order, results = [], []
         with torch.inference_mode():
             for rows, inputs in self.device_batches(table):
-                results.append(self.reranker.scores(self.reranker.model(**inputs).logits))
+                results.append(self.reranker.scores(self.forward(**inputs).logits))
                 order.append(rows)
         if results:  # one copy back per block: reading each batch's scores would wait for the GPU every batch
             scores[np.concatenate(order)] = torch.cat(results).cpu().numpy()

@@ -192,6 +192,28 @@ def test_scorer_keeps_row_order_across_batches_and_rejects(tiny_model, pairs_df)
     np.testing.assert_allclose(scores[valid], expected_scores(tiny_model, df[valid]), atol=1e-5)
 
 
+def test_a_compiled_replica_compiles_before_its_first_call_and_scores_as_eager(tiny_model, pairs_df):
+    import torch
+
+    from ce_ray.batching import IDS, cached_tokenizer, tokenize_table
+    from ce_ray.score import Scorer
+
+    table = tokenize_table(pa.Table.from_pandas(pairs_df, preserve_index=False), cached_tokenizer(str(tiny_model)),
+                           "query", "document", 512)
+    eager = Scorer(ScoreConfig(model=str(tiny_model), batch_tokens=300), device="cpu")
+    compiled = Scorer(ScoreConfig(model=str(tiny_model), batch_tokens=300, compile=True), device="cpu")
+    shortest = int(np.argmin([len(ids) for ids in table.column(IDS).to_pylist()]))
+    # Batches with padding, a batch of rows of one length (no mask), a batch of one row.
+    blocks = (table, table.take([shortest] * 4), table.slice(0, 1))
+    padded = [[("attention_mask" in inputs, len(rows)) for rows, inputs in eager.device_batches(block)]
+              for block in blocks]
+    assert all(p for p, _ in padded[0]) and padded[1:] == [[(False, 4)], [(False, 1)]]
+    with torch._dynamo.config.patch(error_on_recompile=True):  # a graph compiled after the constructor fails
+        for block in blocks:
+            np.testing.assert_allclose(compiled(block).column("score").to_numpy(),
+                                       eager(block).column("score").to_numpy(), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("fmt", ["folder", "glob", "jsonl", "csv"])
 def test_each_input_format(ray_local, tmp_path, tiny_model, pairs_df, fmt):
     paths = write_formats(pairs_df, tmp_path / "in")
