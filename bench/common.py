@@ -277,11 +277,24 @@ def init_ray(num_cpus: Optional[int] = None):
     return time.perf_counter() - start
 
 
+def covered_share(intervals: list) -> Optional[float]:
+    """The share of the time from the first start to the last end that at least one (start, end) covers."""
+    intervals = sorted(intervals)
+    covered, (start, stop) = 0.0, intervals[0]
+    for begin, finish in intervals[1:]:
+        if begin > stop:  # a gap: close the covered stretch
+            covered, start = covered + stop - start, begin
+        stop = max(stop, finish)
+    span = stop - intervals[0][0]
+    return (covered + stop - start) / span if span > 0 else None
+
+
 def job_timeline(since: float) -> dict:
     """Where a Ray Data job's time went, from Ray's own task events (`ray.timeline`), in seconds after
     `since` (time.time() at the job's start): when the first replica's process ran its constructor, the
     constructor's imports (unpickling its arguments) and its body (model load), the first scoring call, and
-    how busy the replicas were from their first call to their last (calls run one at a time per replica)."""
+    the share of the time from a replica's first call to its last when one of its calls was running (calls
+    may overlap: Ray Data fetches a call's rows while the one before runs)."""
     import ray
 
     time.sleep(2)  # workers report task events to Ray about once a second
@@ -301,13 +314,13 @@ def job_timeline(since: float) -> dict:
     inside = [e for e in first if init and at(init) <= at(e) <= end(init)]
     phase = lambda name: next((e["dur"] / 1e6 for e in inside if e["name"] == name), None)  # noqa: E731
     calls = sorted((e for events in replicas for e in events if e["name"] == "submit"), key=at)
-    span = max(end(c) for c in calls) - at(calls[0])
+    busy = [covered_share([(at(e), end(e)) for e in events if e["name"] == "submit"]) for events in replicas]
     return {"replicas": len(replicas), "first_task_at_s": min(map(at, tasks)) if tasks else None,
             "replica_constructor_at_s": at(init) if init else None,
             "replica_imports_s": phase("task:deserialize_arguments"), "replica_constructor_s": phase("task:execute"),
             "first_call_at_s": at(calls[0]), "first_call_s": calls[0]["dur"] / 1e6, "calls": len(calls),
             "calls_s": sum(c["dur"] for c in calls) / 1e6,
-            "replica_busy_fraction": sum(c["dur"] for c in calls) / 1e6 / span / len(replicas) if span > 0 else None}
+            "replica_busy_fraction": None if None in busy else sum(busy) / len(busy)}
 
 
 def timeline_line(t: dict) -> str:
@@ -319,7 +332,7 @@ def timeline_line(t: dict) -> str:
             f"+{f(t['replica_constructor_at_s'])} s: imports {f(t['replica_imports_s'])} s, body "
             f"{f(t['replica_constructor_s'])} s; first call at +{f(t['first_call_at_s'])} s "
             f"({t['first_call_s']:.2f} s); {t['calls']} calls on {t['replicas']} replica(s), "
-            f"{t['calls_s']:.1f} s, busy {f(t['replica_busy_fraction'])} from the first call to the last")
+            f"{t['calls_s']:.1f} s, busy {f(t['replica_busy_fraction'])} of the time from the first to the last")
 
 
 def fmt_rate(value: Optional[float]) -> str:

@@ -430,7 +430,10 @@ def train_loop(loop_config: dict) -> dict:
 
             net.load_state_dict(load_file(os.path.join(checkpoint_dir, MODEL, "model.safetensors")), strict=False)
 
-    optimizer = torch.optim.AdamW(_parameter_groups(net, config.weight_decay), lr=config.lr)
+    # On a GPU, AdamW's fused kernel updates every parameter in a few launches (as CrossEncoderTrainer's
+    # default optimizer does); small-batch steps are otherwise launch-bound. DeepSpeed keeps its own way.
+    fused = True if use_gpu and not config.deepspeed else None
+    optimizer = torch.optim.AdamW(_parameter_groups(net, config.weight_decay), lr=config.lr, fused=fused)
     warmup = math.ceil(config.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, total))
     if config.deepspeed:
