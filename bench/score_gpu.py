@@ -165,7 +165,7 @@ def check_scores(out: str, expected, check: int, floor, device: str, all_scored:
             "allowed_diff": allowed, "scores_match": diff <= allowed and all_scored}
 
 
-def run_layers(layers: int, args, work: str, device: str, table, tokenized, peak: float) -> dict:
+def run_layers(layers: int, args, work: str, device: str, table, tokenized, peak: float, save) -> dict:
     from transformers import AutoConfig
 
     model_dir = common.build_model(os.path.join(work, f"minilm-l{layers}"), layers, seed=args.seed)
@@ -184,6 +184,7 @@ def run_layers(layers: int, args, work: str, device: str, table, tokenized, peak
         systems[name] = {"pairs": pairs, "seconds": seconds, "pairs_per_s": pairs / seconds,
                          "mfu": flops / seconds / peak} | extra
         print(f"  {name}: {pairs:,} pairs in {seconds:.2f} s = {pairs / seconds:,.0f} pairs/s", flush=True)
+        save({"layers": layers, "systems": systems, "unfinished": True})
 
     print(f"\nMiniLM-L{layers} (random weights), {n:,} pairs, {int(lengths.sum()):,} tokens, on {device}", flush=True)
     if "predict" not in args.skip:
@@ -327,8 +328,12 @@ def main() -> None:
         ray_start_s = common.init_ray()
     name = args.name or ("score_gpu" if device.startswith("cuda") else "score_gpu_cpu")
     results = []
-    for layers in args.layers:  # written after each model: a run cut short keeps what it measured
-        results.append(run_layers(layers, args, work, device, table, tokenized, peak["flops_per_s"]))
+
+    def save(unfinished: dict) -> None:  # after each system: a run cut short keeps what it measured
+        common.write_result(name, result | {"ray_start_s": ray_start_s, "results": results + [unfinished]})
+
+    for layers in args.layers:
+        results.append(run_layers(layers, args, work, device, table, tokenized, peak["flops_per_s"], save))
         report(results[-1:], device, peak)
         path = common.write_result(name, result | {"ray_start_s": ray_start_s, "results": results})
     print(f"\nwrote {path}")
