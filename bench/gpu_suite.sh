@@ -53,7 +53,7 @@ if ! step smoke 120 python3 bench/score_gpu.py --layers 6 --pairs 20000 --anchor
 fi
 # L6 with every anchor, then the same under torch.compile (model alone and ce-ray --compile).
 step score 330 python3 bench/score_gpu.py --layers 6 --anchor-pairs 10000 --repeats 1 --compile
-step train 110 python3 bench/train_gpu.py --layers 6 --pairs 100000 --anchor-steps 200
+step train 150 python3 bench/train_gpu.py --layers 6 --pairs 100000 --anchor-steps 200
 step score12 150 python3 bench/score_gpu.py --layers 12 --anchor-pairs 10000 --repeats 1 --skip recipe \
     --name score_gpu_l12
 step scale 150 python3 bench/scale.py --layers 6 --sizes 1000000 5000000
