@@ -6,7 +6,7 @@ MiniLM reranker (hidden 384; 6 or 12 layers) for every system:
   (b) CrossEncoder.predict, fp16, batch 256                         on the first --anchor-pairs pairs
   (c) Ray Data's recipe: read_parquet -> one actor calling predict on raw text -> write_parquet
                                                                     on the first --anchor-pairs pairs
-  (d) the model alone: pre-tokenized, length-sorted token-budget batches already on the device, bf16 SDPA,
+  (d) the model alone: pre-tokenized, length-sorted token-budget batches already on the device, fp16 SDPA,
       as a ce-ray replica runs it; two passes, the second reported   on all --pairs pairs (the ceiling)
   (d2) the same with torch's and transformers' defaults, one pass   on the first --defaults-pairs pairs
   (e) `ce-ray score` end to end, parquet to parquet (run_score, tokenizer="fast")   on all --pairs pairs
@@ -14,7 +14,7 @@ With --compile, also (d3) the model alone under torch.compile, as a replica with
 first pass includes the compiling), and (e2) `ce-ray score --compile` end to end.
 Rates of (a)-(c) are pairs/s on their subset (the same pairs, so the same length mix); (a) and (b) time
 predict() alone, the model loaded beforehand; (c) and (e) time the whole job, reading to writing, after
-Ray has started. MFU = useful model FLOPs (unpadded tokens) / time / a measured matmul peak (bf16 on GPU).
+Ray has started. MFU = useful model FLOPs (unpadded tokens) / time / a measured matmul peak (bf16 on GPU; fp16's rate is the same).
 ce-ray's scores are checked against (a)'s on the first --check pairs. Writes bench/results/score_gpu.json
 (score_gpu_cpu.json on CPU).
 

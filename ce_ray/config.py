@@ -26,7 +26,7 @@ class ModelConfig:
 
     model: str = ""  # local folder, Hugging Face hub id, or s3:// folder
     max_length: Optional[int] = None  # None: the model's own (CrossEncoder's rule)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
     allow_pickle: bool = False  # load .bin/.pt weights (pickle) when no safetensors are present
     trust_remote_code: bool = False
     tokenizer: Literal["auto", "fast", "hf"] = "auto"  # fast: nanotoken WordPiece; hf: Hugging Face

@@ -178,11 +178,16 @@ def max_length_of(path: str, tokenizer, config) -> int:
 
 
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto`: float16 on a GPU, float32 on CPU.
+
+    Half precision, for speed, must keep scores within 1e-2 of CrossEncoder.predict's fp32 ones. On the
+    shared MiniLM-L12 reranker over all 6,165 WikiQA test pairs, bfloat16 missed that on 22 pairs (up to
+    1.55e-2: its 8-bit mantissa) and float16 stayed within 2.0e-3, at the same tensor-core speed. float16's
+    narrower range can overflow in some models: the Scorer then fails naming bfloat16 and float32.
+    """
     if dtype != "auto":
         return getattr(torch, dtype)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return torch.float16 if device.type == "cuda" else torch.float32
 
 
 def load_tokenizer(model: str, trust_remote_code: bool = False):

@@ -138,6 +138,12 @@ class Scorer:
                 order.append(rows)
         if results:  # one copy back per block: reading each batch's scores would wait for the GPU every batch
             scores[np.concatenate(order)] = torch.cat(results).cpu().numpy()
+        bad = int((~np.isfinite(scores[valid])).sum())
+        if bad:  # never written as scores: a half-precision overflow, or a broken model
+            message = f"{self.reranker.path} gave {bad} non-finite score(s) in {self.reranker.dtype}"
+            if self.reranker.dtype == torch.float16:
+                message += ": float16's range overflowed; score with --dtype bfloat16 or float32"
+            raise ModelError(message)
         table = table.drop_columns([c for c in (IDS, TYPES) if c in table.column_names])
         return table.append_column(SCORE, pa.array(scores, pa.float32(), mask=~valid))
 
