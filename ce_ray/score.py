@@ -140,7 +140,8 @@ class Scorer:
             scores[np.concatenate(order)] = torch.cat(results).cpu().numpy()
         bad = int((~np.isfinite(scores[valid])).sum())
         if bad:  # never written as scores: a half-precision overflow, or a broken model
-            message = f"{self.reranker.path} gave {bad} non-finite score(s) in {self.reranker.dtype}"
+            dtype = str(self.reranker.dtype).removeprefix("torch.")
+            message = f"{self.reranker.path} gave {bad} non-finite score(s) in {dtype}"
             if self.reranker.dtype == torch.float16:
                 message += ": float16's range overflowed; score with --dtype bfloat16 or float32"
             raise ModelError(message)
