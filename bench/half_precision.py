@@ -61,7 +61,8 @@ def main() -> None:
     model = common.SHARED_MODEL
     result = common.header(device) | {"bench": "half_precision", "model": "ms-marco-MiniLM-L12-v2", "bound": BOUND,
                                       "sets": {}}
-    for name, df in (("wikiqa_test", wikiqa_test()), (f"scifact_longest_{args.scifact}", scifact_longest(args.scifact))):
+    sets = (("wikiqa_test", wikiqa_test()), (f"scifact_longest_{args.scifact}", scifact_longest(args.scifact)))
+    for name, df in sets:
         expected = CrossEncoder(model, device=device).predict(list(zip(df["query"], df["document"])), batch_size=32,
                                                               show_progress_bar=False)
         table = tokenize_table(pa.Table.from_pandas(df, preserve_index=False), cached_tokenizer(model),
@@ -71,7 +72,8 @@ def main() -> None:
             scorer = scorer_class(ScoreConfig(model=model, dtype=dtype), device=device.split(":")[0])
             diff = np.abs(scorer(table).column("score").to_numpy() - expected)
             figures[dtype] = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-                              "p999_abs_diff": float(np.quantile(diff, 0.999)), "pairs_over_bound": int((diff > BOUND).sum())}
+                              "p999_abs_diff": float(np.quantile(diff, 0.999)),
+                              "pairs_over_bound": int((diff > BOUND).sum())}
             print(f"{name} ({len(df):,} pairs) {dtype:>8}: max {diff.max():.2e}, mean {diff.mean():.2e}, "
                   f"{figures[dtype]['pairs_over_bound']} over {BOUND:g}", flush=True)
         result["sets"][name] = {"pairs": len(df), "dtypes": figures}

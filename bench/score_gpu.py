@@ -14,7 +14,8 @@ With --compile, also (d3) the model alone under torch.compile, as a replica with
 first pass includes the compiling), and (e2) `ce-ray score --compile` end to end.
 Rates of (a)-(c) are pairs/s on their subset (the same pairs, so the same length mix); (a) and (b) time
 predict() alone, the model loaded beforehand; (c) and (e) time the whole job, reading to writing, after
-Ray has started. MFU = useful model FLOPs (unpadded tokens) / time / a measured matmul peak (bf16 on GPU; fp16's rate is the same).
+Ray has started. MFU = useful model FLOPs (unpadded tokens) / time / a measured matmul peak (bf16 on GPU,
+where fp16's rate is the same).
 ce-ray's scores are checked against (a)'s on the first --check pairs. Writes bench/results/score_gpu.json
 (score_gpu_cpu.json on CPU).
 
@@ -214,6 +215,7 @@ def run_layers(layers: int, args, work: str, device: str, table, tokenized, peak
                                      args.recipe_rows)
         record("ray_data_recipe", n_anchor, seconds, flops_anchor, rows_per_call=args.recipe_rows)
         shutil.rmtree(os.path.join(work, "recipe-out"), ignore_errors=True)
+
     def ce_ray_system(name, compile):
         runs, timelines = [], []
         out = os.path.join(work, f"ce-ray-out-l{layers}")
