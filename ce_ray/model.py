@@ -162,6 +162,17 @@ def use_shape_free_attention(device) -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
 
 
+def to_device(array, device) -> torch.Tensor:
+    """A numpy array as a tensor on `device`, in one host copy. For a GPU the copy goes through pinned
+    memory: a copy from pageable memory may first wait for all the GPU's queued work, and the host could then
+    never prepare a batch while the GPU runs the one before. (Arrays are often read-only views of Arrow
+    buffers, which torch.from_numpy would warn about.)"""
+    device = torch.device(device)
+    tensor = torch.empty(array.shape, dtype=getattr(torch, array.dtype.name), pin_memory=device.type == "cuda")
+    tensor.numpy()[...] = array
+    return tensor.to(device, non_blocking=True)
+
+
 def max_length_of(path: str, tokenizer, config) -> int:
     """CrossEncoder's rule: sentence_bert_config.json, else the tokenizer's, capped by the positions."""
     file = os.path.join(path, "sentence_bert_config.json") if os.path.isdir(path) else ""

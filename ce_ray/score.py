@@ -18,7 +18,7 @@ import pyarrow as pa
 from .batching import (IDS, REJECT, TYPES, cached_tokenizer, default_batch_tokens, list_parts, token_budget_batches,
                        tokenize_table)
 from .config import ConfigError, ScoreConfig, require
-from .model import ModelError, attention_inputs, check_safe, load_reranker, local_model_path
+from .model import ModelError, attention_inputs, check_safe, load_reranker, local_model_path, to_device
 
 SCORE = "score"
 # Rows a GPU replica scores per call. Between calls the GPU idles (results copied back, the next rows
@@ -56,10 +56,8 @@ class Scorer:
             config.model, device=device, dtype=config.dtype, max_length=config.max_length,
             allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code,
         )
-        on_gpu = self.reranker.device.type == "cuda"
-        self.budget = config.batch_tokens or default_batch_tokens(on_gpu)
+        self.budget = config.batch_tokens or default_batch_tokens(self.reranker.device.type == "cuda")
         self.pad_id = self.reranker.tokenizer.pad_token_id or 0
-        self.pin = on_gpu
         self.model_type = self.reranker.model.config.model_type
         self.forward = self.reranker.model
         if config.compile:
@@ -83,11 +81,7 @@ class Scorer:
                                                    padded=bool(lengths[-1] < lengths[0])))
 
     def _to_device(self, array: np.ndarray):
-        # One host copy: into pinned memory on a GPU, so that the transfer runs while the host goes on.
-        # (The arrays are often read-only views of Arrow buffers, which torch.from_numpy would warn about.)
-        tensor = self.torch.empty(array.shape, dtype=getattr(self.torch, array.dtype.name), pin_memory=self.pin)
-        tensor.numpy()[...] = array
-        return tensor.to(self.reranker.device, non_blocking=True)
+        return to_device(array, self.reranker.device)
 
     def _padded_inputs(self, flat_ids, flat_types, starts, lengths, width: int, padded: bool = True) -> dict:
         """A batch's model inputs, padded on the device from the block's flat tokens: row i holds

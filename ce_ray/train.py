@@ -261,11 +261,9 @@ def _padded_inputs(ids: np.ndarray, types: Optional[np.ndarray], offsets: np.nda
 def _on_device(inputs: dict, device, model_type: str) -> dict:
     """A pass's padded host arrays as model inputs on the device, the mask in the form the model takes
     without waiting for the GPU, and none for a pass without padding (`model.attention_inputs`)."""
-    import torch
+    from .model import attention_inputs, to_device
 
-    from .model import attention_inputs
-
-    on_device = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in inputs.items()}
+    on_device = {k: to_device(v, device) for k, v in inputs.items()}
     mask = on_device.pop("attention_mask")
     return on_device | attention_inputs(model_type, mask, padded=not inputs["attention_mask"].all())
 
@@ -397,7 +395,7 @@ def train_loop(loop_config: dict) -> dict:
     import torch
     from ray.train import Checkpoint
 
-    from .model import load_reranker, use_shape_free_attention
+    from .model import load_reranker, to_device, use_shape_free_attention
 
     config: TrainConfig = loop_config["config"]
     plan: dict = loop_config["plan"]
@@ -494,7 +492,7 @@ def train_loop(loop_config: dict) -> dict:
             rows = sum(len(labels) for _, labels in passes)
             for number, (inputs, labels) in enumerate(passes):
                 inputs = _on_device(inputs, device, model_type)
-                target = torch.from_numpy(labels).to(device, non_blocking=True)
+                target = to_device(labels, device)
                 if config.deepspeed:
                     loss = loss_fn(model(**inputs).logits.float().view(-1), target) / rows
                     model.backward(loss)
