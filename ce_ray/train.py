@@ -263,9 +263,9 @@ def _on_device(inputs: dict, device, model_type: str) -> dict:
     without waiting for the GPU, and none for a pass without padding (`model.attention_inputs`)."""
     from .model import attention_inputs, to_device
 
-    on_device = {k: to_device(v, device) for k, v in inputs.items()}
-    mask = on_device.pop("attention_mask")
-    return on_device | attention_inputs(model_type, mask, padded=not inputs["attention_mask"].all())
+    mask, padded = inputs["attention_mask"], not inputs["attention_mask"].all()
+    on_device = {k: to_device(v, device) for k, v in inputs.items() if k != "attention_mask"}
+    return on_device | attention_inputs(model_type, to_device(mask, device) if padded else None, padded)
 
 
 def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id: int, budget: int) -> dict:
