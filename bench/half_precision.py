@@ -54,7 +54,7 @@ def main() -> None:
     from sentence_transformers import CrossEncoder
 
     from ce_ray import ScoreConfig
-    from ce_ray.batching import cached_tokenizer, tokenize_table
+    from ce_ray.batching import pair_encoder, tokenize_table
 
     scorer_class = sys.modules["ce_ray.score"].Scorer  # the package re-exports the function `score`
     device = common.pick_device(args.device)
@@ -65,7 +65,7 @@ def main() -> None:
     for name, df in sets:
         expected = CrossEncoder(model, device=device).predict(list(zip(df["query"], df["document"])), batch_size=32,
                                                               show_progress_bar=False)
-        table = tokenize_table(pa.Table.from_pandas(df, preserve_index=False), cached_tokenizer(model),
+        table = tokenize_table(pa.Table.from_pandas(df, preserve_index=False), pair_encoder(model),
                                "query", "document", 512)
         figures = {}
         for dtype in ("float16", "bfloat16", "float32"):

@@ -58,7 +58,8 @@ def stage_rates(args, work: str, table: pa.Table, model_dir: str, device: str) -
     import torch
 
     from ce_ray import fast_tokenize
-    from ce_ray.batching import IDS, TYPES, encode_pairs_hf, list_parts, pad, token_budget_batches, tokenize_table
+    from ce_ray.batching import (IDS, TYPES, encode_pairs_hf, list_parts, pad, pair_encoder, token_budget_batches,
+                                 tokenize_table)
     from ce_ray.config import ScoreConfig
     from ce_ray.model import load_tokenizer
     from ce_ray.score import Scorer
@@ -75,13 +76,14 @@ def stage_rates(args, work: str, table: pa.Table, model_dir: str, device: str) -
     seconds, _ = timed(lambda f: pq.read_table(f, use_threads=False), files)
     record("read", n, seconds, per="CPU")
     tokenizer = load_tokenizer(model_dir)
+    encoder = pair_encoder(model_dir, "fast")
     blocks = blocks_of(table, args.rows_per_block)
     hf_blocks = blocks_of(table.slice(0, args.hf_pairs), args.rows_per_block)
     seconds, _ = timed(lambda b: encode_pairs_hf(tokenizer, b.column("query").to_pylist(),
                                                  b.column("document").to_pylist(), 512), hf_blocks)
     record("tokenize_hf", min(args.hf_pairs, n), seconds, per="CPU")
     # nanotoken caches the words it has seen: a tokenize worker starts cold and warms up over its blocks.
-    clear_cache = fast_tokenize._plan(tokenizer).encoder.clear_cache
+    clear_cache = fast_tokenize.pair_plan(tokenizer).encoder.clear_cache
     fast = lambda b: fast_tokenize.encode_pairs(tokenizer, b.column("query"), b.column("document"), 512, parallel=False)
     clear_cache()
     seconds, _ = timed(fast, blocks)
@@ -89,7 +91,7 @@ def stage_rates(args, work: str, table: pa.Table, model_dir: str, device: str) -
     seconds, _ = timed(fast, blocks)
     record("tokenize_fast", n, seconds, per="CPU", cache="warm")
     clear_cache()
-    seconds, tokenized = timed(lambda b: tokenize_table(b, tokenizer, "query", "document", 512, "fast"), blocks)
+    seconds, tokenized = timed(lambda b: tokenize_table(b, encoder, "query", "document", 512), blocks)
     record("tokenize_table", n, seconds, per="CPU", cache="cold")
 
     if args.cpu_stages_only:

@@ -89,7 +89,7 @@ def main() -> None:
     for name, (queries, documents) in inputs.items():
         n = len(queries)
         expected = encode_pairs_hf(tokenizer, queries, documents, MAX_LENGTH)
-        fast_tokenize._plan(tokenizer).encoder.clear_cache()
+        fast_tokenize.pair_plan(tokenizer).encoder.clear_cache()
         start = time.perf_counter()
         got = fast_tokenize.encode_pairs(tokenizer, queries, documents, MAX_LENGTH, parallel=False)
         cold_s = time.perf_counter() - start

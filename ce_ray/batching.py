@@ -7,11 +7,15 @@ arrays are built from the Arrow offsets with numpy, with no Python loop per row.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from . import fast_tokenize
+from .config import ConfigError
 
 IDS = "_ce_input_ids"
 TYPES = "_ce_token_type_ids"
@@ -90,36 +94,46 @@ def encode_pairs_hf(tokenizer, queries: List[str], documents: List[str], max_len
     return ids_array, pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat_types))
 
 
-def use_fast_tokenizer(tokenizer, choice: str) -> bool:
-    """nanotoken for BERT WordPiece tokenizers (auto), Hugging Face otherwise or when asked."""
+def fast_plan(tokenizer, choice: str = "auto"):
+    """nanotoken's plan for a tokenizer (`fast_tokenize.PairPlan`), or None for the Hugging Face path: nanotoken
+    for BERT WordPiece tokenizers (auto), Hugging Face otherwise or when asked ("hf")."""
     if choice == "hf":
-        return False
-    from . import fast_tokenize
-
-    supported = fast_tokenize.supports(tokenizer)
-    if choice == "fast" and not supported:
-        raise ValueError(f"tokenizer {type(tokenizer).__name__} is not BERT WordPiece: use tokenizer='hf'")
-    return supported
+        return None
+    plan = fast_tokenize.pair_plan(tokenizer)
+    if choice == "fast" and plan is None:
+        raise ConfigError(f"tokenizer {type(tokenizer).__name__} is not BERT WordPiece: use tokenizer='hf'")
+    return plan
 
 
-def encode_pairs(tokenizer, queries, documents, max_length: int, choice: str = "auto"):
-    """Queries and documents (Arrow string arrays or lists) to (ids, token types) Arrow list arrays, with
-    the fastest tokenizer that gives the Hugging Face ids exactly."""
-    if use_fast_tokenizer(tokenizer, choice):
-        from . import fast_tokenize
+@dataclass(frozen=True)
+class PairEncoder:
+    """How tokenize tasks encode pairs, decided once on the driver (`pair_encoder`): nanotoken's plan where it
+    gives the model tokenizer's ids, else the Hugging Face tokenizer that each worker loads from `model`.
 
-        return fast_tokenize.encode_pairs(tokenizer, queries, documents, max_length)
-    as_list = lambda texts: texts.to_pylist() if hasattr(texts, "to_pylist") else list(texts)  # noqa: E731
-    return encode_pairs_hf(tokenizer, as_list(queries), as_list(documents), max_length)
+    With a plan, a task imports neither transformers nor torch: its worker process is ready ~2 s sooner and
+    holds ~200 MB less (bench/README.md, finding 12), which counts on a node with a tokenize task per CPU.
+    """
+
+    model: str
+    trust_remote_code: bool = False
+    fast: Optional[fast_tokenize.PairPlan] = None
+
+    def encode(self, queries: pa.Array, documents: pa.Array, max_length: int):
+        """(ids, token types or None) Arrow list arrays, the Hugging Face pair encoding id for id."""
+        if self.fast is not None:
+            return self.fast.encode(queries, documents, max_length)
+        tokenizer = cached_tokenizer(self.model, self.trust_remote_code)
+        return encode_pairs_hf(tokenizer, queries.to_pylist(), documents.to_pylist(), max_length)
+
+
+def pair_encoder(model: str, choice: str = "auto", trust_remote_code: bool = False) -> PairEncoder:
+    """The encoder of a model's pairs for `tokenize_table`; choice "fast" fails for a tokenizer nanotoken
+    cannot reproduce."""
+    return PairEncoder(model, trust_remote_code, fast_plan(cached_tokenizer(model, trust_remote_code), choice))
 
 
 def tokenize_table(
-    table: pa.Table,
-    tokenizer,
-    query_column: str,
-    document_column: str,
-    max_length: int,
-    choice: str = "auto",
+    table: pa.Table, encoder: PairEncoder, query_column: str, document_column: str, max_length: int
 ) -> pa.Table:
     """Adds token ids (and token types) for rows that can be scored, and a reject reason for the rest."""
     queries, q_reasons = text_column(table, query_column)
@@ -131,7 +145,7 @@ def tokenize_table(
         table = table.drop_columns([REJECT])
     valid = reasons == ""
     valid_idx = np.flatnonzero(valid)
-    ids, types = encode_pairs(tokenizer, queries.take(valid_idx), documents.take(valid_idx), max_length, choice)
+    ids, types = encoder.encode(queries.take(valid_idx), documents.take(valid_idx), max_length)
     if len(valid_idx) < table.num_rows:
         # Put the encoded rows back in place; rejected rows get null ids.
         position = np.full(table.num_rows, -1, dtype=np.int64)

@@ -22,10 +22,27 @@ PAIR_SPECIALS = 3  # [CLS] q [SEP] d [SEP]
 
 
 @dataclass(frozen=True)
-class _Plan:
-    encoder: object  # nanotoken.Tokenizer
+class PairPlan:
+    """How nanotoken encodes one tokenizer's pairs: its pipeline as tokenizer JSON (truncation and padding
+    left out), the [CLS] and [SEP] ids, and whether the model takes token types.
+
+    Small and picklable, and it needs no Hugging Face tokenizer to encode: the driver builds it once, and a
+    tokenize task that gets it imports neither transformers nor torch.
+    """
+
+    spec: str
     cls_id: int
     sep_id: int
+    with_types: bool
+
+    @property
+    def encoder(self):  # nanotoken.Tokenizer, built once per process
+        return _encoder(self.spec)
+
+    def encode(self, queries: Texts, documents: Texts, max_length: int,
+               parallel: Optional[bool] = None) -> Tuple[pa.ListArray, Optional[pa.ListArray]]:
+        """See `encode_pairs`."""
+        return _encode(self, queries, documents, max_length, parallel)
 
 
 # tokenizer -> (its vocabulary size, its plan or None): a changed vocabulary (added tokens) rebuilds it.
@@ -34,11 +51,12 @@ _plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def supports(tokenizer) -> bool:
     """True for a Hugging Face BERT WordPiece tokenizer whose whole pipeline nanotoken reproduces."""
-    return _plan(tokenizer) is not None
+    return pair_plan(tokenizer) is not None
 
 
-def _plan(tokenizer) -> Optional[_Plan]:
-    """The nanotoken encoder and pair template of a tokenizer, built once per tokenizer object."""
+def pair_plan(tokenizer) -> Optional[PairPlan]:
+    """The nanotoken plan of a Hugging Face tokenizer, built once per tokenizer object; None where nanotoken
+    cannot reproduce it."""
     # Settings that change between calls are checked every time.
     if getattr(tokenizer, "truncation_side", "right") != "right":
         return None
@@ -62,7 +80,7 @@ def _plan(tokenizer) -> Optional[_Plan]:
     return plan
 
 
-def _build_plan(tokenizer) -> Optional[_Plan]:
+def _build_plan(tokenizer) -> Optional[PairPlan]:
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     model = spec.get("model") or {}
     normalizer = spec.get("normalizer") or {}
@@ -84,10 +102,11 @@ def _build_plan(tokenizer) -> Optional[_Plan]:
     # encodes without them, and leaving them out makes equal pipelines share one encoder.
     spec["truncation"] = None
     spec["padding"] = None
-    encoder = _encoder(json.dumps(spec))
-    if encoder is None:
+    spec = json.dumps(spec)
+    if _encoder(spec) is None:
         return None
-    return _Plan(encoder, template[0], template[1])
+    with_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ["token_type_ids"])
+    return PairPlan(spec, template[0], template[1], with_types)
 
 
 def _pair_template(post: Optional[dict]) -> Optional[Tuple[int, int]]:
@@ -178,12 +197,16 @@ def encode_pairs(
 ) -> Tuple[pa.ListArray, Optional[pa.ListArray]]:
     """Token ids (list<int32>) and token types (list<int8>, None when the model takes none) of each pair,
     identical to `batching.encode_pairs_hf`. `parallel` overrides where nanotoken uses threads."""
-    plan = _plan(tokenizer)
+    plan = pair_plan(tokenizer)
     if plan is None:
         raise ValueError(f"tokenizer {type(tokenizer).__name__} is not a supported BERT WordPiece tokenizer")
+    return plan.encode(queries, documents, max_length, parallel)
+
+
+def _encode(plan: PairPlan, queries: Texts, documents: Texts, max_length: int, parallel: Optional[bool]):
     if len(queries) != len(documents):
         raise ValueError(f"{len(queries)} queries but {len(documents)} documents")
-    with_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ["token_type_ids"])
+    with_types = plan.with_types
     rows = len(queries)
     if rows == 0:  # as encode_pairs_hf
         return pa.array([], pa.list_(pa.int32())), pa.array([], pa.list_(pa.int8())) if with_types else None

@@ -15,10 +15,12 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 
-from .batching import (IDS, REJECT, TYPES, cached_tokenizer, default_batch_tokens, list_parts, token_budget_batches,
-                       tokenize_table)
+from .batching import (IDS, REJECT, TYPES, PairEncoder, cached_tokenizer, default_batch_tokens, fast_plan,
+                       list_parts, token_budget_batches, tokenize_table)
 from .config import ConfigError, ScoreConfig, require
-from .model import ModelError, attention_inputs, check_safe, load_reranker, local_model_path, to_device
+
+# .model (torch) is imported where it is used: the read, tokenize and write tasks import this package, and
+# would otherwise each load torch for nothing.
 
 SCORE = "score"
 # Rows a GPU replica scores per call. Between calls the GPU idles (results copied back, the next rows
@@ -26,10 +28,9 @@ SCORE = "score"
 GPU_ROWS_PER_CALL = 32768
 
 
-def _tokenize_block(table: pa.Table, model: str, query_column: str, document_column: str, max_length: int,
-                    tokenizer_choice: str, on_invalid: str, trust_remote_code: bool) -> pa.Table:
-    tokenizer = cached_tokenizer(model, trust_remote_code)
-    out = tokenize_table(table, tokenizer, query_column, document_column, max_length, tokenizer_choice)
+def _tokenize_block(table: pa.Table, encoder: PairEncoder, query_column: str, document_column: str,
+                    max_length: int, on_invalid: str) -> pa.Table:
+    out = tokenize_table(table, encoder, query_column, document_column, max_length)
     if on_invalid == "fail" and out.column(REJECT).null_count < out.num_rows:
         reasons = out.column(REJECT).drop_null()
         raise ValueError(f"{len(reasons)} row(s) cannot be scored, e.g. {reasons[0]} (on_invalid=fail)")
@@ -47,6 +48,8 @@ class Scorer:
 
     def __init__(self, config: ScoreConfig, device: str):
         import torch
+
+        from .model import load_reranker
 
         if device == "cpu":
             # Ray pins OMP threads to the actor's CPU share; the model is the bottleneck here, so use the cores.
@@ -81,6 +84,8 @@ class Scorer:
                                                    padded=bool(lengths[-1] < lengths[0])))
 
     def _to_device(self, array: np.ndarray):
+        from .model import to_device
+
         return to_device(array, self.reranker.device)
 
     def _padded_inputs(self, flat_ids, flat_types, starts, lengths, width: int, padded: bool = True) -> dict:
@@ -91,6 +96,8 @@ class Scorer:
         position = torch.arange(width, device=flat_ids.device)
         mask = position < lengths[:, None]
         source = torch.where(mask, starts[:, None] + position, 0)
+        from .model import attention_inputs
+
         inputs = {"input_ids": flat_ids[source].masked_fill_(~mask, self.pad_id).long(),
                   **attention_inputs(self.model_type, mask, padded)}
         if flat_types is not None:
@@ -134,6 +141,8 @@ class Scorer:
             scores[np.concatenate(order)] = torch.cat(results).cpu().numpy()
         bad = int((~np.isfinite(scores[valid])).sum())
         if bad:  # never written as scores: a half-precision overflow, or a broken model
+            from .model import ModelError
+
             dtype = str(self.reranker.dtype).removeprefix("torch.")
             message = f"{self.reranker.path} gave {bad} non-finite score(s) in {dtype}"
             if self.reranker.dtype == torch.float16:
@@ -179,21 +188,22 @@ def score(ds, config: Optional[ScoreConfig] = None, **settings):
     import ray.data
     from ray.data import ActorPoolStrategy
 
+    from .model import ModelError, check_safe, local_model_path, max_length_of
+
     config = dataclasses.replace(config or ScoreConfig(), **settings)
     require(config, "model")
     config.validate()
     config = _resolved(config)
-    check_safe(local_model_path(config.model), config.allow_pickle, config.trust_remote_code)
+    path = local_model_path(config.model)
+    check_safe(path, config.allow_pickle, config.trust_remote_code)
     try:
-        tokenizer = cached_tokenizer(local_model_path(config.model), config.trust_remote_code)
+        tokenizer = cached_tokenizer(config.model, config.trust_remote_code)
     except (OSError, ValueError) as e:  # not a folder, an unknown hub id, no hub reachable
         raise ModelError(f"cannot load model {config.model}: {e}") from None
+    encoder = PairEncoder(config.model, config.trust_remote_code, fast_plan(tokenizer, config.tokenizer))
     if config.max_length is None:
         from transformers import AutoConfig
 
-        from .model import max_length_of
-
-        path = local_model_path(config.model)
         model_config = AutoConfig.from_pretrained(path, trust_remote_code=config.trust_remote_code)
         config = dataclasses.replace(config, max_length=max_length_of(path, tokenizer, model_config))
 
@@ -203,9 +213,8 @@ def score(ds, config: Optional[ScoreConfig] = None, **settings):
     tokenized = ds.map_batches(
         _tokenize_block,
         fn_kwargs=dict(
-            model=config.model, query_column=config.query_column, document_column=config.document_column,
-            max_length=config.max_length, tokenizer_choice=config.tokenizer, on_invalid=config.on_invalid,
-            trust_remote_code=config.trust_remote_code,
+            encoder=encoder, query_column=config.query_column, document_column=config.document_column,
+            max_length=config.max_length, on_invalid=config.on_invalid,
         ),
         batch_format="pyarrow",
         batch_size=config.rows_per_block,

@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .batching import (IDS, REJECT, TYPES, cached_tokenizer, default_batch_tokens, list_parts, pad,
-                       token_budget_batches, tokenize_table)
+from .batching import (IDS, REJECT, TYPES, PairEncoder, cached_tokenizer, default_batch_tokens, list_parts, pad,
+                       pair_encoder, token_budget_batches, tokenize_table)
 from .config import ConfigError, TrainConfig, require
 from .io import InputError, filesystem, is_remote, join
 
@@ -40,12 +40,10 @@ DS_TAG = "zero"
 # ---------------------------------------------------------------- driver: data
 
 
-def _tokenize_train_block(table: pa.Table, model: str, query_column: str, document_column: str,
-                          label_column: Optional[str], max_length: int, choice: str,
-                          trust_remote_code: bool) -> pa.Table:
+def _tokenize_train_block(table: pa.Table, encoder: PairEncoder, query_column: str, document_column: str,
+                          label_column: Optional[str], max_length: int) -> pa.Table:
     """Token ids, the label as float32, text lengths for the card, and why a row cannot be trained on."""
-    tokenizer = cached_tokenizer(model, trust_remote_code)
-    out = tokenize_table(table, tokenizer, query_column, document_column, max_length, choice)
+    out = tokenize_table(table, encoder, query_column, document_column, max_length)
     reasons = out.column(REJECT).combine_chunks()
     columns = {IDS: out.column(IDS)}
     if TYPES in out.column_names:
@@ -167,10 +165,10 @@ def _eval_candidates(config: TrainConfig):
 def _tokenized(ds, config: TrainConfig, model: str, max_length: int, labels: bool):
     return ds.map_batches(
         _tokenize_train_block,
-        fn_kwargs=dict(model=model, query_column=config.query_column if labels else "query",
+        fn_kwargs=dict(encoder=pair_encoder(model, config.tokenizer, config.trust_remote_code),
+                       query_column=config.query_column if labels else "query",
                        document_column=config.document_column if labels else "document",
-                       label_column=config.label_column if labels else None, max_length=max_length,
-                       choice=config.tokenizer, trust_remote_code=config.trust_remote_code),
+                       label_column=config.label_column if labels else None, max_length=max_length),
         batch_format="pyarrow", batch_size=4096,
     ).materialize()
 

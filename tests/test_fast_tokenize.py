@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import pickle
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -200,6 +204,7 @@ def unsupported_tokenizers():
     )
     left = wordpiece_variant(normalizers.BertNormalizer())
     left.truncation_side = "left"
+    left.init_kwargs["truncation_side"] = "left"  # kept by save_pretrained
     return {
         "bpe": PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="[UNK]"),
         "unigram": PreTrainedTokenizerFast(tokenizer_object=unigram, unk_token="[UNK]"),
@@ -209,17 +214,22 @@ def unsupported_tokenizers():
     }
 
 
-def test_unsupported_tokenizers_fall_back_to_hugging_face(tokenizer):
+def test_unsupported_tokenizers_fall_back_to_hugging_face(tokenizer, tmp_path):
     assert fast_tokenize.supports(tokenizer)
-    assert batching.use_fast_tokenizer(tokenizer, "auto") and not batching.use_fast_tokenizer(tokenizer, "hf")
+    assert batching.fast_plan(tokenizer, "auto") and batching.fast_plan(tokenizer, "hf") is None
     for name, tok in unsupported_tokenizers().items():
         assert not fast_tokenize.supports(tok), name
-        assert batching.use_fast_tokenizer(tok, "auto") is False, name
+        assert batching.fast_plan(tok, "auto") is None, name
         with pytest.raises(ValueError, match="not BERT WordPiece"):
-            batching.use_fast_tokenizer(tok, "fast")
+            batching.fast_plan(tok, "fast")
         with pytest.raises(ValueError, match="not a supported"):
             fast_tokenize.encode_pairs(tok, ["a b"], ["b a"], 8)
-        ids, types = batching.encode_pairs(tok, ["a b", "ab"], ["b a", ""], 8, "auto")
+        # As a job runs it: the driver decides, a worker loads the tokenizer from the model's folder.
+        tok.save_pretrained(tmp_path / name)
+        encoder = pickle.loads(pickle.dumps(batching.pair_encoder(str(tmp_path / name), "auto")))
+        assert encoder.fast is None, name
+        texts = pa.array(["a b", "ab"]), pa.array(["b a", ""])
+        ids, types = encoder.encode(*texts, 8)
         expected_ids, expected_types = encode_pairs_hf(tok, ["a b", "ab"], ["b a", ""], 8)
         assert ids.equals(expected_ids) and len(ids) == 2
         assert (types is None and expected_types is None) or types.equals(expected_types)
@@ -229,7 +239,32 @@ def test_tokenize_table_auto_equals_hf(tokenizer):
     """The pipeline's tokenize stage picks nanotoken on its own and gives the Hugging Face columns."""
     pairs = wikiqa_pairs("test", n=300)
     table = pa.table({"query": pairs["query"].tolist()[:-1] + [None], "document": pairs["document"].tolist()})
-    assert batching.use_fast_tokenizer(tokenizer, "auto") and batching.use_fast_tokenizer(tokenizer, "fast")
-    fast = batching.tokenize_table(table, tokenizer, "query", "document", 64, "auto")
-    hf = batching.tokenize_table(table, tokenizer, "query", "document", 64, "hf")
-    assert fast.equals(hf) and fast.column(batching.IDS).null_count == 1
+    auto, hf = batching.pair_encoder(str(L12), "auto"), batching.pair_encoder(str(L12), "hf")
+    assert auto.fast is not None and batching.pair_encoder(str(L12), "fast") == auto and hf.fast is None
+    fast = batching.tokenize_table(table, auto, "query", "document", 64)
+    assert fast.equals(batching.tokenize_table(table, hf, "query", "document", 64))
+    assert fast.column(batching.IDS).null_count == 1
+
+
+def test_a_tokenize_task_imports_neither_transformers_nor_torch():
+    """A tokenize worker, in a fresh process: it unpickles the driver's encoder and runs the job's tokenize
+    function. With nanotoken it needs no Hugging Face tokenizer, so neither transformers nor torch loads
+    (each ~1 s and ~100 MB in every worker process of a node)."""
+    pairs = wikiqa_pairs("test", n=200)
+    table = pa.table({"query": pairs["query"].tolist(), "document": pairs["document"].tolist()})
+    encoder = batching.pair_encoder(str(L12))
+    expected = batching.tokenize_table(table, batching.pair_encoder(str(L12), "hf"), "query", "document", 128)
+    job = {"encoder": encoder, "table": table}
+    code = (
+        "import pickle, sys\n"
+        "from ce_ray.score import _tokenize_block\n"
+        "job = pickle.load(sys.stdin.buffer)\n"
+        "out = _tokenize_block(job['table'], job['encoder'], 'query', 'document', 128, 'fail')\n"
+        "loaded = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "pickle.dump((out, loaded), sys.stdout.buffer)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(job), capture_output=True, timeout=120,
+                         cwd=Path(__file__).parent.parent)
+    assert run.returncode == 0, run.stderr.decode()
+    out, loaded = pickle.loads(run.stdout)
+    assert loaded == [] and out.equals(expected)

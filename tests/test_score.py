@@ -177,12 +177,12 @@ def test_cuda_replicas_keep_attention_off_cudnn_and_cpu_ones_leave_it():
 
 
 def test_scorer_keeps_row_order_across_batches_and_rejects(tiny_model, pairs_df):
-    from ce_ray.batching import cached_tokenizer, tokenize_table
+    from ce_ray.batching import pair_encoder, tokenize_table
     from ce_ray.score import Scorer
 
     df = pairs_df.copy()
     df.loc[[3, 50], "document"] = None
-    table = tokenize_table(pa.Table.from_pandas(df, preserve_index=False), cached_tokenizer(str(tiny_model)),
+    table = tokenize_table(pa.Table.from_pandas(df, preserve_index=False), pair_encoder(str(tiny_model)),
                            "query", "document", 512)
     scorer = Scorer(ScoreConfig(model=str(tiny_model), batch_tokens=300), device="cpu")  # many small batches
     out = scorer(table)
@@ -195,14 +195,14 @@ def test_scorer_keeps_row_order_across_batches_and_rejects(tiny_model, pairs_df)
 def test_half_precision_is_float16_on_gpu_and_keeps_the_real_rerankers_scores_close_to_predict():
     import torch
 
-    from ce_ray.batching import cached_tokenizer, tokenize_table
+    from ce_ray.batching import pair_encoder, tokenize_table
     from ce_ray.model import pick_dtype
     from ce_ray.score import Scorer
 
     assert pick_dtype("auto", torch.device("cuda")) == torch.float16
     assert pick_dtype("auto", torch.device("cpu")) == torch.float32
     df = pd.concat([wikiqa_pairs("test", 400)[["query", "document"]], scifact_pairs(10)], ignore_index=True)
-    table = tokenize_table(pa.Table.from_pandas(df, preserve_index=False), cached_tokenizer(str(L12)),
+    table = tokenize_table(pa.Table.from_pandas(df, preserve_index=False), pair_encoder(str(L12)),
                            "query", "document", 512)
     scores = Scorer(ScoreConfig(model=str(L12), dtype="float16"), device="cpu")(table).column("score").to_numpy()
     # The design's bound in half precision is 1e-2. float16 stays far inside it (2.0e-3 over all 6,165 WikiQA
@@ -213,7 +213,7 @@ def test_half_precision_is_float16_on_gpu_and_keeps_the_real_rerankers_scores_cl
 def test_a_float16_overflow_fails_naming_the_wider_dtypes(tmp_path, pairs_df):
     from safetensors.torch import load_file, save_file
 
-    from ce_ray.batching import cached_tokenizer, tokenize_table
+    from ce_ray.batching import pair_encoder, tokenize_table
     from ce_ray.model import ModelError
     from ce_ray.score import Scorer
 
@@ -224,7 +224,7 @@ def test_a_float16_overflow_fails_naming_the_wider_dtypes(tmp_path, pairs_df):
     name = next(key for key in weights if key.endswith("word_embeddings.weight"))
     weights[name] = weights[name] * 1e6  # past float16's largest value, 65,504
     save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
-    table = tokenize_table(pa.Table.from_pandas(pairs_df, preserve_index=False), cached_tokenizer(str(model)),
+    table = tokenize_table(pa.Table.from_pandas(pairs_df, preserve_index=False), pair_encoder(str(model)),
                            "query", "document", 512)
     with pytest.raises(ModelError, match="non-finite score.*score with --dtype bfloat16 or float32"):
         Scorer(ScoreConfig(model=str(model), dtype="float16"), device="cpu")(table)
@@ -235,10 +235,10 @@ def test_a_float16_overflow_fails_naming_the_wider_dtypes(tmp_path, pairs_df):
 def test_a_compiled_replica_compiles_before_its_first_call_and_scores_as_eager(tiny_model, pairs_df):
     import torch
 
-    from ce_ray.batching import IDS, cached_tokenizer, tokenize_table
+    from ce_ray.batching import IDS, pair_encoder, tokenize_table
     from ce_ray.score import Scorer
 
-    table = tokenize_table(pa.Table.from_pandas(pairs_df, preserve_index=False), cached_tokenizer(str(tiny_model)),
+    table = tokenize_table(pa.Table.from_pandas(pairs_df, preserve_index=False), pair_encoder(str(tiny_model)),
                            "query", "document", 512)
     eager = Scorer(ScoreConfig(model=str(tiny_model), batch_tokens=300), device="cpu")
     compiled = Scorer(ScoreConfig(model=str(tiny_model), batch_tokens=300, compile=True), device="cpu")

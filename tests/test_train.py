@@ -18,6 +18,8 @@ import pytest
 
 from conftest import SCIFACT, build_tiny_model, wikiqa_pairs
 
+from ce_ray.batching import pair_encoder
+
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -102,8 +104,8 @@ def test_passes_hold_the_batch_rows_under_the_token_budget(ray_local, tiny_model
     from ce_ray.config import TrainConfig
 
     train = _train_module()
-    table = train._tokenize_train_block(pa.table(pd.read_parquet(pairs_file)), str(tiny_model), "query",
-                                        "document", "label", 128, "auto", False)
+    table = train._tokenize_train_block(pa.table(pd.read_parquet(pairs_file)), pair_encoder(str(tiny_model)),
+                                        "query", "document", "label", 128)
     shard = ray.data.from_arrow(train._kept_rows(table))
     config = TrainConfig(batch_size=8, length_window=4)
     whole = list(train.micro_batches(shard, config, epoch=0, rank=0, skip=0, pad_id=0))
