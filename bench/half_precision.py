@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 import pandas as pd
@@ -55,8 +54,8 @@ def main() -> None:
 
     from ce_ray import ScoreConfig
     from ce_ray.batching import pair_encoder, tokenize_table
+    from ce_ray.replica import Scorer
 
-    scorer_class = sys.modules["ce_ray.score"].Scorer  # the package re-exports the function `score`
     device = common.pick_device(args.device)
     model = common.SHARED_MODEL
     result = common.header(device) | {"bench": "half_precision", "model": "ms-marco-MiniLM-L12-v2", "bound": BOUND,
@@ -69,7 +68,7 @@ def main() -> None:
                                "query", "document", 512)
         figures = {}
         for dtype in ("float16", "bfloat16", "float32"):
-            scorer = scorer_class(ScoreConfig(model=model, dtype=dtype), device=device.split(":")[0])
+            scorer = Scorer(ScoreConfig(model=model, dtype=dtype), device=device.split(":")[0])
             diff = np.abs(scorer(table).column("score").to_numpy() - expected)
             figures[dtype] = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
                               "p999_abs_diff": float(np.quantile(diff, 0.999)),

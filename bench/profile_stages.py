@@ -10,7 +10,7 @@ the CPU stages, so their rates are per CPU):
                   on the device (what a replica does before the model)
   pad_copy_host   the former path, for comparison: numpy padding, int64, three pinned copies per batch
   model           per batch, the forward pass alone on inputs already on the device (CUDA events on GPU)
-  scorer          ce_ray.score.Scorer on the tokenized blocks: pad, copy and model, as a replica runs them
+  scorer          ce_ray.replica.Scorer on the tokenized blocks: pad, copy and model, as a replica runs them
   write           pyarrow.parquet.write_table of the scored blocks
 GPU busy fraction of a replica = model time / scorer time (the same batches). Then, end to end
 (run_score, parquet to parquet, on local Ray): pairs/s against --batch-tokens, --rows-per-call, the CPUs left for
@@ -62,7 +62,7 @@ def stage_rates(args, work: str, table: pa.Table, model_dir: str, device: str) -
                                  tokenize_table)
     from ce_ray.config import ScoreConfig
     from ce_ray.model import load_tokenizer
-    from ce_ray.score import Scorer
+    from ce_ray.replica import Scorer
 
     if device == "cpu":
         torch.set_num_threads(1)

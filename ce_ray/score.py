@@ -10,17 +10,15 @@ import dataclasses
 import gc
 import os
 import time
-from typing import Iterator, Optional, Tuple
+from typing import Optional
 
-import numpy as np
 import pyarrow as pa
 
-from .batching import (IDS, REJECT, TYPES, PairEncoder, cached_tokenizer, default_batch_tokens, fast_plan,
-                       list_parts, token_budget_batches, tokenize_table)
+from .batching import REJECT, PairEncoder, cached_tokenizer, fast_plan, tokenize_table
 from .config import ConfigError, ScoreConfig, require
 
-# .model (torch) is imported where it is used: the read, tokenize and write tasks import this package, and
-# would otherwise each load torch for nothing.
+# torch is imported by the replica (ce_ray.replica, ce_ray.model) alone: the read, tokenize and write tasks
+# import this module and the package, and would otherwise each load it for nothing.
 
 SCORE = "score"
 # Rows a GPU replica scores per call. Between calls the GPU idles (results copied back, the next rows
@@ -35,121 +33,6 @@ def _tokenize_block(table: pa.Table, encoder: PairEncoder, query_column: str, do
         reasons = out.column(REJECT).drop_null()
         raise ValueError(f"{len(reasons)} row(s) cannot be scored, e.g. {reasons[0]} (on_invalid=fail)")
     return out
-
-
-class Scorer:
-    """One model replica. Each call scores a block: length-sorted token-budget micro-batches, input order
-    restored at the end.
-
-    The block's tokens go to the device once, as they travel (int32 ids, int8 token types), and each batch
-    is padded there by a few tensor ops: the replica's one Python thread only queues work, so on a GPU the
-    next batch is ready while the current one runs, and the scores come back in one copy per block.
-    """
-
-    def __init__(self, config: ScoreConfig, device: str):
-        import torch
-
-        from .model import load_reranker
-
-        if device == "cpu":
-            # Ray pins OMP threads to the actor's CPU share; the model is the bottleneck here, so use the cores.
-            torch.set_num_threads(max(len(os.sched_getaffinity(0)), 1))
-        self.torch = torch
-        self.reranker = load_reranker(
-            config.model, device=device, dtype=config.dtype, max_length=config.max_length,
-            allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code,
-        )
-        self.budget = config.batch_tokens or default_batch_tokens(self.reranker.device.type == "cuda")
-        self.pad_id = self.reranker.tokenizer.pad_token_id or 0
-        self.model_type = self.reranker.model.config.model_type
-        self.forward = self.reranker.model
-        if config.compile:
-            # dynamic=True: one graph for every (rows, width), not one per batch shape.
-            self.forward = torch.compile(self.reranker.model, dynamic=True)
-            self._compile_graphs()
-
-    def _compile_graphs(self) -> None:
-        """Compiles every graph that calls will meet, before the first call, so that the compiling overlaps
-        the job's first reads and tokenizing and no call waits for it: a batch with padding (it has a mask),
-        one without (no mask), and one of a single row (torch specializes sizes of 1)."""
-        with_types = "token_type_ids" in self.reranker.tokenizer.model_input_names
-        with self.torch.inference_mode():  # as in a call: graphs are kept per grad mode and tensor kind
-            for lengths in ([13, 11, 9], [11, 11, 11], [11]):
-                lengths = np.array(lengths, np.int64)
-                total = int(lengths.sum())
-                starts, row_lengths = self._to_device(np.stack([np.cumsum(lengths) - lengths, lengths]))
-                flat_ids = self._to_device(np.full(total, self.pad_id, np.int32))
-                flat_types = self._to_device(np.zeros(total, np.int8)) if with_types else None
-                self.forward(**self._padded_inputs(flat_ids, flat_types, starts, row_lengths, int(lengths[0]),
-                                                   padded=bool(lengths[-1] < lengths[0])))
-
-    def _to_device(self, array: np.ndarray):
-        from .model import to_device
-
-        return to_device(array, self.reranker.device)
-
-    def _padded_inputs(self, flat_ids, flat_types, starts, lengths, width: int, padded: bool = True) -> dict:
-        """A batch's model inputs, padded on the device from the block's flat tokens: row i holds
-        flat[starts[i] : starts[i] + lengths[i]], then padding (the same arrays as `batching.pad`).
-        A batch whose rows all have `width` tokens (`padded` False) gets no attention mask (`attention_inputs`)."""
-        torch = self.torch
-        position = torch.arange(width, device=flat_ids.device)
-        mask = position < lengths[:, None]
-        source = torch.where(mask, starts[:, None] + position, 0)
-        from .model import attention_inputs
-
-        inputs = {"input_ids": flat_ids[source].masked_fill_(~mask, self.pad_id).long(),
-                  **attention_inputs(self.model_type, mask, padded)}
-        if flat_types is not None:
-            inputs["token_type_ids"] = flat_types[source].masked_fill_(~mask, 0).long()
-        return inputs
-
-    def device_batches(self, table: pa.Table) -> Iterator[Tuple[np.ndarray, dict]]:
-        """(rows, model inputs on the device) of each token-budget batch of the block's valid rows."""
-        ids, offsets = list_parts(table.column(IDS))
-        lengths = np.diff(offsets)
-        rows = np.flatnonzero(table.column(REJECT).is_null().to_numpy(zero_copy_only=False))
-        batches = list(token_budget_batches(lengths[rows], self.budget))
-        if not batches:
-            return
-        order = rows[np.concatenate(batches)]  # every valid row, batch after batch
-        flat_ids = self._to_device(ids)
-        flat_types = self._to_device(list_parts(table.column(TYPES))[0]) if TYPES in table.column_names else None
-        sorted_lengths = lengths[order]
-        starts, row_lengths = self._to_device(np.stack([offsets[order], sorted_lengths]).astype(np.int64))
-        first = 0
-        for batch in batches:
-            last = first + len(batch)
-            # Longest first: a batch's width is its first row's length and it is padded if its last row is
-            # shorter, both known here without a sync.
-            width = max(int(sorted_lengths[first]), 1)
-            yield order[first:last], self._padded_inputs(flat_ids, flat_types, starts[first:last],
-                                                         row_lengths[first:last], width,
-                                                         padded=bool(sorted_lengths[last - 1] < width))
-            first = last
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        torch = self.torch
-        valid = table.column(REJECT).is_null().to_numpy(zero_copy_only=False)
-        scores = np.full(table.num_rows, np.nan, dtype=np.float32)
-        order, results = [], []
-        with torch.inference_mode():
-            for rows, inputs in self.device_batches(table):
-                results.append(self.reranker.scores(self.forward(**inputs).logits))
-                order.append(rows)
-        if results:  # one copy back per block: reading each batch's scores would wait for the GPU every batch
-            scores[np.concatenate(order)] = torch.cat(results).cpu().numpy()
-        bad = int((~np.isfinite(scores[valid])).sum())
-        if bad:  # never written as scores: a half-precision overflow, or a broken model
-            from .model import ModelError
-
-            dtype = str(self.reranker.dtype).removeprefix("torch.")
-            message = f"{self.reranker.path} gave {bad} non-finite score(s) in {dtype}"
-            if self.reranker.dtype == torch.float16:
-                message += ": float16's range overflowed; score with --dtype bfloat16 or float32"
-            raise ModelError(message)
-        table = table.drop_columns([c for c in (IDS, TYPES) if c in table.column_names])
-        return table.append_column(SCORE, pa.array(scores, pa.float32(), mask=~valid))
 
 
 def _resolved(config: ScoreConfig) -> ScoreConfig:
@@ -189,6 +72,7 @@ def score(ds, config: Optional[ScoreConfig] = None, **settings):
     from ray.data import ActorPoolStrategy
 
     from .model import ModelError, check_safe, local_model_path, max_length_of
+    from .replica import Scorer
 
     config = dataclasses.replace(config or ScoreConfig(), **settings)
     require(config, "model")

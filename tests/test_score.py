@@ -109,7 +109,7 @@ def test_scorer_pads_each_batch_on_the_device_as_batching_pad(tiny_model):
     import torch
 
     from ce_ray.batching import pad
-    from ce_ray.score import Scorer
+    from ce_ray.replica import Scorer
 
     scorer = Scorer(ScoreConfig(model=str(tiny_model)), device="cpu")
     rng = np.random.default_rng(0)
@@ -178,7 +178,7 @@ def test_cuda_replicas_keep_attention_off_cudnn_and_cpu_ones_leave_it():
 
 def test_scorer_keeps_row_order_across_batches_and_rejects(tiny_model, pairs_df):
     from ce_ray.batching import pair_encoder, tokenize_table
-    from ce_ray.score import Scorer
+    from ce_ray.replica import Scorer
 
     df = pairs_df.copy()
     df.loc[[3, 50], "document"] = None
@@ -197,7 +197,7 @@ def test_half_precision_is_float16_on_gpu_and_keeps_the_real_rerankers_scores_cl
 
     from ce_ray.batching import pair_encoder, tokenize_table
     from ce_ray.model import pick_dtype
-    from ce_ray.score import Scorer
+    from ce_ray.replica import Scorer
 
     assert pick_dtype("auto", torch.device("cuda")) == torch.float16
     assert pick_dtype("auto", torch.device("cpu")) == torch.float32
@@ -215,7 +215,7 @@ def test_a_float16_overflow_fails_naming_the_wider_dtypes(tmp_path, pairs_df):
 
     from ce_ray.batching import pair_encoder, tokenize_table
     from ce_ray.model import ModelError
-    from ce_ray.score import Scorer
+    from ce_ray.replica import Scorer
 
     from conftest import build_tiny_model
 
@@ -236,7 +236,7 @@ def test_a_compiled_replica_compiles_before_its_first_call_and_scores_as_eager(t
     import torch
 
     from ce_ray.batching import IDS, pair_encoder, tokenize_table
-    from ce_ray.score import Scorer
+    from ce_ray.replica import Scorer
 
     table = tokenize_table(pa.Table.from_pandas(pairs_df, preserve_index=False), pair_encoder(str(tiny_model)),
                            "query", "document", 512)
