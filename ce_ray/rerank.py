@@ -167,7 +167,7 @@ def _check_query_id(config: RerankConfig) -> None:
 def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSummary:
     """The `ce-ray rerank` job: read, score, rank per query, keep the top k, write results and rejects."""
     from .io import input_key, read_dataset
-    from .score import job_settings
+    from .score import job_settings, surfaced_errors
     from .sink import prepare_output
 
     require(config, "model", "input", "output")
@@ -184,7 +184,8 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     ranked = rank(score(ds, config), config.query_id_column, config.top_k, [input_key(f) for f in files],
                   config.document_column, count_cut=True, partitions=config.rank_partitions)
     sink = RankedSink(config.output)
-    ranked.write_datasink(sink)
+    with surfaced_errors():
+        ranked.write_datasink(sink)
     counts = sink.counts
     summary = RerankSummary(
         rows_in=counts["rows_scored"] + counts["rows_cut"] + counts["rows_rejected"],

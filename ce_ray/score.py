@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import os
+import re
 import time
 from typing import Optional
 
@@ -31,7 +33,9 @@ def _tokenize_block(table: pa.Table, encoder: PairEncoder, query_column: str, do
     out = tokenize_table(table, encoder, query_column, document_column, max_length)
     if on_invalid == "fail" and out.column(REJECT).null_count < out.num_rows:
         reasons = out.column(REJECT).drop_null()
-        raise ValueError(f"{len(reasons)} row(s) cannot be scored, e.g. {reasons[0]} (on_invalid=fail)")
+        from .io import InputError
+
+        raise InputError(f"{len(reasons)} row(s) cannot be scored, e.g. {reasons[0]} (on_invalid=fail)")
     return out
 
 
@@ -59,6 +63,30 @@ def free_failed_actors() -> None:
     still holds the error, such as a logging handler that keeps records, nothing can free them.)
     """
     gc.collect()
+
+
+@contextlib.contextmanager
+def surfaced_errors():
+    """Re-raises ce-ray's own error (ModelError, InputError, ConfigError) that failed a task or a replica of
+    the job as itself, with its message alone, instead of inside Ray's report of it.
+
+    Ray Data wraps an exception of a task or an actor call in a UserCodeException and carries the original
+    across processes only as traceback text, so a user would see a page of Ray's frames for an error such
+    as a float16 overflow or on_invalid=fail. Any other failure goes through as Ray reports it.
+    """
+    try:
+        yield
+    except Exception as e:
+        text = getattr(e, "traceback_str", None) or str(e)
+        found = re.findall(r"^ce_ray\.\w+\.(ModelError|InputError|ConfigError): (.+)$", text, re.MULTILINE)
+        if not found:
+            raise
+        from .io import InputError
+        from .model import ModelError
+
+        kind, message = found[0]  # the root cause: a chain prints its first exception first
+        error = {"ModelError": ModelError, "InputError": InputError, "ConfigError": ConfigError}[kind]
+        raise error(message) from None
 
 
 def score(ds, config: Optional[ScoreConfig] = None, **settings):
@@ -193,7 +221,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     kept = prepare_output(config.output, config.mode, job=job, resume=earlier)
     sink = PairsSink(config.output)
     if scored is not None:
-        scored.write_datasink(sink, ray_remote_args=WRITE_REMOTE_ARGS)
+        with surfaced_errors():
+            scored.write_datasink(sink, ray_remote_args=WRITE_REMOTE_ARGS)
     counts = sink.counts
     kept_scored = sum(p.rows_scored for p in kept.parts.values())
     kept_rejected = sum(p.rows_rejected for p in kept.parts.values())

@@ -625,7 +625,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
 
     from . import card
     from .model import check_safe, local_model_path, max_length_of
-    from .score import free_failed_actors
+    from .score import free_failed_actors, surfaced_errors
 
     config = dataclasses.replace(config or TrainConfig(), **settings)
     require(config, "model", "train_data", "output")
@@ -648,7 +648,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         except ImportError as e:
             raise ConfigError(f"the deepspeed section needs DeepSpeed: pip install 'ce-ray[deepspeed]' ({e})")
 
-    train_ds, stats, eval_ds, qrels = prepare_data(config, model, max_length)
+    with surfaced_errors():  # a label that is not a number fails a tokenize task
+        train_ds, stats, eval_ds, qrels = prepare_data(config, model, max_length)
     per_worker = stats["pairs"] // config.num_workers  # the shards are cut equal so every worker steps together
     per_epoch = math.ceil(per_worker / config.batch_size)
     total = config.max_steps or (config.epochs * per_epoch) // config.grad_accum

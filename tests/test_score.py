@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import os
 import subprocess
 import sys
@@ -230,6 +231,14 @@ def test_a_float16_overflow_fails_naming_the_wider_dtypes(tmp_path, pairs_df):
         Scorer(ScoreConfig(model=str(model), dtype="float16"), device="cpu")(table)
     scores = Scorer(ScoreConfig(model=str(model), dtype="float32"), device="cpu")(table).column("score")
     assert scores.null_count == 0 and np.isfinite(scores.to_numpy()).all()  # the same model scores in float32
+    # A job: the replica's error reaches the command line as its message, not inside Ray's report of it.
+    pairs_df.to_parquet(tmp_path / "pairs.parquet")
+    failed = run_cli("score", "--model", str(model), "--input", str(tmp_path / "pairs.parquet"), "--output",
+                     str(tmp_path / "out"), "--dtype", "float16")
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    assert re.search(r"^ce-ray score: error: \S+ gave \d+ non-finite score\(s\) in float16: float16's range "
+                     r"overflowed; score with --dtype bfloat16 or float32$", failed.stderr, re.MULTILINE)
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
 def test_a_compiled_replica_compiles_before_its_first_call_and_scores_as_eager(tiny_model, pairs_df):
@@ -303,7 +312,7 @@ def test_on_invalid_fail_stops_the_job_and_frees_its_replica(ray_local, tmp_path
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "good.parquet")
     gc.disable()  # the worst case: the garbage collector does not happen to run between the two jobs
     try:
-        with pytest.raises(Exception, match="query is null"):
+        with pytest.raises(InputError, match="1 row.s. cannot be scored, e.g. query is null .on_invalid=fail.$"):
             run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "p.parquet"),
                                   output=str(tmp_path / "out"), on_invalid="fail"))
         assert not (tmp_path / "out" / "_SUCCESS").exists()

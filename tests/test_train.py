@@ -250,3 +250,7 @@ def test_labels_outside_zero_one_fail_before_training(ray_local, tiny_model, tmp
     pd.DataFrame({"query": ["q"] * 4, "document": ["a", "b", "c", "d"], "label": [0.0, 1.0, 2.0, 3.0]}).to_parquet(path)
     with pytest.raises(InputError, match=r"2 label\(s\) outside \[0, 1\]"):
         _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(path), output=str(tmp_path / "o")))
+    # A label that is not a number fails in a tokenize task: the error comes back as itself, not in Ray's report.
+    pd.DataFrame({"query": ["q"] * 2, "document": ["a", "b"], "label": ["yes", "no"]}).to_parquet(path)
+    with pytest.raises(InputError, match=r"^label column 'label' is (large_)?string, not a number$"):
+        _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(path), output=str(tmp_path / "o")))
