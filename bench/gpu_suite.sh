@@ -4,11 +4,11 @@
 #   bash bench/gpu_suite.sh [SECONDS] [STEP...]     # default 560 s; steps: smoke score train compile scale profile
 #
 # The machine comes bare and is lent for minutes (15 of device time a session, its start included), so one
-# call does what fits: it installs the carried wheels
-# (.whl, see bench/README.md), records the machine, then runs each step under `timeout` with what is left
-# of the budget. The first step is a small end-to-end run that stops the suite early if ce-ray fails on
-# the GPU, before the long steps. Logs and results gather in a folder, packed after each step into
-# $OUT/gpu_suite.tar (or ./gpu_suite.tar without $OUT), so that a call cut short keeps what it measured.
+# call does what fits: it installs the carried wheels (.whl, see bench/README.md), records the machine, then
+# runs each step under `timeout` with what is left of the budget. The first step is a small end-to-end run
+# that stops the suite early if ce-ray fails on the GPU, before the long steps. Logs and results gather in a
+# folder, packed after each step into $OUT/gpu_suite.tar (or ./gpu_suite.tar without $OUT), so that a call cut
+# short keeps what it measured.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 budget=${1:-560}

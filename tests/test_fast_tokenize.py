@@ -249,7 +249,7 @@ def test_tokenize_table_auto_equals_hf(tokenizer):
 def test_a_tokenize_task_imports_neither_transformers_nor_torch():
     """A tokenize worker, in a fresh process: it unpickles the driver's encoder and runs the job's tokenize
     function. With nanotoken it needs no Hugging Face tokenizer, so neither transformers nor torch loads
-    (each ~1 s and ~100 MB in every worker process of a node)."""
+    (together ~2 s and ~200 MB in every worker process of a node)."""
     pairs = wikiqa_pairs("test", n=200)
     table = pa.table({"query": pairs["query"].tolist(), "document": pairs["document"].tolist()})
     encoder = batching.pair_encoder(str(L12))
