@@ -52,7 +52,9 @@ def _tokenize_train_block(table: pa.Table, encoder: PairEncoder, query_column: s
         try:
             labels = pc.cast(out.column(label_column), pa.float32())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise InputError(f"label column {label_column!r} is {out.column(label_column).type}, not a number")
+            kind = out.column(label_column).type
+            kind = "text" if pa.types.is_string(kind) or pa.types.is_large_string(kind) else kind
+            raise InputError(f"label column {label_column!r} is {kind}, not a number")
         values = labels.to_numpy(zero_copy_only=False)
         bad = np.isnan(values) | (values < 0) | (values > 1)
         label_reason = np.where(np.isnan(values), f"{label_column} is null",
