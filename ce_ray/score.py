@@ -16,8 +16,9 @@ from typing import Optional
 
 import pyarrow as pa
 
-from .batching import REJECT, PairEncoder, cached_tokenizer, fast_plan, tokenize_table
+from .batching import REJECT, PairEncoder, cached_tokenizer, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, require
+from .io import InputError
 
 # torch is imported by the replica (ce_ray.replica, ce_ray.model) alone: the read, tokenize and write tasks
 # import this module and the package, and would otherwise each load it for nothing.
@@ -33,8 +34,6 @@ def _tokenize_block(table: pa.Table, encoder: PairEncoder, query_column: str, do
     out = tokenize_table(table, encoder, query_column, document_column, max_length)
     if on_invalid == "fail" and out.column(REJECT).null_count < out.num_rows:
         reasons = out.column(REJECT).drop_null()
-        from .io import InputError
-
         raise InputError(f"{len(reasons)} row(s) cannot be scored, e.g. {reasons[0]} (on_invalid=fail)")
     return out
 
@@ -81,7 +80,6 @@ def surfaced_errors():
         found = re.findall(r"^ce_ray\.\w+\.(ModelError|InputError|ConfigError): (.+)$", text, re.MULTILINE)
         if not found:
             raise
-        from .io import InputError
         from .model import ModelError
 
         kind, message = found[0]  # the root cause: a chain prints its first exception first
@@ -112,7 +110,7 @@ def score(ds, config: Optional[ScoreConfig] = None, **settings):
         tokenizer = cached_tokenizer(config.model, config.trust_remote_code)
     except (OSError, ValueError) as e:  # not a folder, an unknown hub id, no hub reachable
         raise ModelError(f"cannot load model {config.model}: {e}") from None
-    encoder = PairEncoder(config.model, config.trust_remote_code, fast_plan(tokenizer, config.tokenizer))
+    encoder = pair_encoder(config.model, config.tokenizer, config.trust_remote_code)  # the tokenizer above, cached
     if config.max_length is None:
         from transformers import AutoConfig
 
