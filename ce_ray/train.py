@@ -360,6 +360,14 @@ def _fingerprint(module):
     return torch.stack([p.detach().double().sum() for p in module.parameters()]).cpu()
 
 
+def _collective_device():
+    """Where a tensor must be for the process group's collectives: NCCL takes only GPU tensors, gloo CPU ones."""
+    import torch
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def _replica_divergence(module) -> float:
     import torch
     import torch.distributed as dist
@@ -367,6 +375,7 @@ def _replica_divergence(module) -> float:
     mine = _fingerprint(module)
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return 0.0
+    mine = mine.to(_collective_device())
     every = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(every, mine)
     return float(max((e - every[0]).abs().max() for e in every))
@@ -378,7 +387,7 @@ def _global_mean(value: float, count: int) -> float:
 
     if not dist.is_initialized():
         return value / max(count, 1)
-    pair = torch.tensor([value, float(count)], dtype=torch.float64)
+    pair = torch.tensor([value, float(count)], dtype=torch.float64, device=_collective_device())
     dist.all_reduce(pair)
     return float(pair[0] / max(pair[1], 1.0))
 
