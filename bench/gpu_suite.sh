@@ -52,9 +52,10 @@ if ! step smoke 90 python3 bench/score_gpu.py --layers 6 --pairs 20000 --anchor-
     --repeats 1 --check 2000 --skip recipe --name score_gpu_smoke; then
   echo "smoke failed: the suite stops here"; exit 1
 fi
-# L6 and L12 on the same 1M pairs, every anchor: the targets. ~110 s a model on the H200 (2026-11-29).
-step score 260 python3 bench/score_gpu.py --layers 6 12 --anchor-pairs 10000 --repeats 1
-step train 140 python3 bench/train_gpu.py --layers 6 --pairs 100000 --anchor-steps 200
+# L6 and L12 on the same 1M pairs, every anchor: the targets. 246 s for both on the H200 (2026-11-30).
+step score 240 python3 bench/score_gpu.py --layers 6 12 --anchor-pairs 10000 --repeats 1
+# The trainer's anchors, ce-ray at batch 16, then token-budget batches: 140 s were too few (2026-11-30).
+step train 200 python3 bench/train_gpu.py --layers 6 --pairs 100000 --anchor-steps 200
 # torch.compile against eager, model alone and end to end, on fewer pairs: the compiling takes a minute.
 step compile 180 python3 bench/score_gpu.py --layers 6 --pairs 300000 --skip predict recipe --repeats 1 --compile \
     --name score_gpu_compile

@@ -7,8 +7,10 @@ MiniLM reranker (hidden 384; 6 or 12 layers) for every system:
   (c) Ray Data's recipe: read_parquet -> one actor calling predict on raw text -> write_parquet
                                                                     on the first --anchor-pairs pairs
   (d) the model alone: pre-tokenized, length-sorted token-budget batches already on the device, fp16 SDPA,
-      as a ce-ray replica runs it; two passes, the second reported   on all --pairs pairs (the ceiling)
-  (d2) the same with torch's and transformers' defaults, one pass   on the first --defaults-pairs pairs
+      as a ce-ray replica runs it (its own BERT forward pass); two passes, the second reported
+                                                                    on all --pairs pairs (the ceiling)
+  (d2) the same in transformers' model with torch's and transformers' defaults, one pass
+                                                                    on the first --defaults-pairs pairs
   (e) `ce-ray score` end to end, parquet to parquet (run_score, tokenizer="fast")   on all --pairs pairs
 With --compile, also (d3) the model alone under torch.compile, as a replica with `compile=True` runs it (its
 first pass includes the compiling), and (e2) `ce-ray score --compile` end to end.
@@ -99,12 +101,13 @@ def ceiling(model_dir: str, ids, types, device: str, batch_tokens: int, as_ce_ra
     import torch
 
     from ce_ray.batching import list_parts, pad, token_budget_batches
-    from ce_ray.model import attention_inputs, load_reranker
+    from ce_ray.model import attention_inputs, load_reranker, load_scoring_model
 
-    reranker = load_reranker(model_dir, device=device)  # turns cuDNN attention off on CUDA
+    # A replica's model (ce-ray's own BERT forward pass), or transformers'; both turn cuDNN attention off on CUDA.
+    reranker = (load_scoring_model if as_ce_ray else load_reranker)(model_dir, device=device)
     torch.backends.cuda.enable_cudnn_sdp(not as_ce_ray)
     forward = torch.compile(reranker.model, dynamic=True) if compiled else reranker.model
-    model_type = reranker.model.config.model_type
+    model_type = reranker.model_type
     values, offsets = list_parts(ids)
     type_values = list_parts(types)[0]
     lengths = np.diff(offsets)
@@ -127,7 +130,7 @@ def ceiling(model_dir: str, ids, types, device: str, batch_tokens: int, as_ce_ra
         for _ in range(passes):
             common.sync(device)
             start = time.perf_counter()
-            outputs = [reranker.scores(forward(**batch).logits) for batch in batches]
+            outputs = [reranker.scores(reranker.logits(forward(**batch))) for batch in batches]
             common.sync(device)
             seconds.append(time.perf_counter() - start)
     scores = np.empty(len(lengths), np.float32)

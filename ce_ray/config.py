@@ -48,6 +48,9 @@ class ScoreConfig(ModelConfig):
     min_replicas: int = 1
     tokenize_cpus: float = 1.0  # CPUs per tokenizing task
     compile: bool = False  # torch.compile the model in each replica: faster batches after a one-off compile
+    # auto: ce-ray's own forward pass for a BERT classifier it reproduces (no transformers to import: a
+    # replica starts sooner), transformers' for any other model; transformers: always transformers'
+    implementation: Literal["auto", "transformers"] = "auto"
     use_gpu: Optional[bool] = None  # None: when the cluster has GPUs
     on_invalid: Literal["reject", "fail"] = "reject"
     mode: Literal["error", "overwrite", "resume"] = "error"  # what to do when the output has results

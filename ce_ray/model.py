@@ -209,15 +209,21 @@ def load_tokenizer(model: str, trust_remote_code: bool = False):
 
 @dataclass
 class Reranker:
-    """A loaded cross-encoder: the sequence classifier, its tokenizer and CrossEncoder's conventions."""
+    """A loaded cross-encoder: the sequence classifier, its tokenizer and CrossEncoder's conventions.
+
+    From `load_scoring_model`'s own BERT (`ce_ray.bert`), `tokenizer` and `max_length` are None: a replica
+    scores tokens made before it and needs only `pad_id` and `input_names`."""
 
     model: torch.nn.Module
-    tokenizer: object
+    tokenizer: Optional[object]
     path: str
-    max_length: int
+    max_length: Optional[int]
     activation: str
     device: torch.device
     dtype: torch.dtype
+    model_type: str
+    pad_id: int
+    input_names: tuple  # the inputs the tokenizer makes: input_ids, token_type_ids or not, attention_mask
 
     def __post_init__(self):
         self.activation_fn = activation_from_path(self.activation)  # built once, not per batch
@@ -225,6 +231,10 @@ class Reranker:
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits to scores: upcast to fp32 first, then the activation (as CrossEncoder.predict)."""
         return self.activation_fn(logits.float()).squeeze(-1)
+
+    def logits(self, output) -> torch.Tensor:
+        """The logits of a forward pass: ce-ray's BERT returns them, transformers' models an output object."""
+        return output if isinstance(output, torch.Tensor) else output.logits
 
 
 def load_reranker(
@@ -266,7 +276,35 @@ def load_reranker(
         activation=activation_path(path, config.num_labels, trust_remote_code),
         device=dev,
         dtype=torch_dtype,
+        model_type=config.model_type,
+        pad_id=tokenizer.pad_token_id or 0,
+        input_names=tuple(tokenizer.model_input_names),
     )
+
+
+def load_scoring_model(model: str, device: Optional[str] = None, dtype: str = "auto", allow_pickle: bool = False,
+                       trust_remote_code: bool = False, implementation: str = "auto") -> Reranker:
+    """The reranker a scoring replica runs. `auto`: ce-ray's own forward pass of a BERT classifier
+    (`ce_ray.bert`, no transformers to import) where it reproduces the model; otherwise, and with
+    `transformers`, `load_reranker`'s."""
+    if implementation == "auto":
+        from . import bert
+
+        path = local_model_path(model)
+        check_safe(path, allow_pickle, trust_remote_code)
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        torch_dtype = pick_dtype(dtype, dev)
+        use_shape_free_attention(dev)  # on CUDA: for the whole process
+        net = bert.load(path, torch_dtype, dev)
+        if net is not None:
+            with open(os.path.join(path, "config.json")) as f:
+                pad_id = json.load(f).get("pad_token_id") or 0
+            return Reranker(model=net, tokenizer=None, path=path, max_length=None,
+                            activation=activation_path(path, 1, trust_remote_code), device=dev, dtype=torch_dtype,
+                            model_type=net.model_type, pad_id=pad_id,
+                            input_names=("input_ids", "token_type_ids", "attention_mask"))
+    return load_reranker(model, device=device, dtype=dtype, allow_pickle=allow_pickle,
+                         trust_remote_code=trust_remote_code)
 
 
 def save_reranker(model, tokenizer, path: str, max_length: int, activation: str = SIGMOID) -> None:

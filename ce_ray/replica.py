@@ -15,7 +15,7 @@ import torch
 
 from .batching import IDS, REJECT, TYPES, default_batch_tokens, list_parts, token_budget_batches
 from .config import ScoreConfig
-from .model import ModelError, attention_inputs, load_reranker, to_device
+from .model import ModelError, attention_inputs, load_scoring_model, to_device
 from .score import SCORE
 
 
@@ -32,13 +32,13 @@ class Scorer:
         if device == "cpu":
             # Ray pins OMP threads to the actor's CPU share; the model is the bottleneck here, so use the cores.
             torch.set_num_threads(max(len(os.sched_getaffinity(0)), 1))
-        self.reranker = load_reranker(
-            config.model, device=device, dtype=config.dtype, max_length=config.max_length,
-            allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code,
+        self.reranker = load_scoring_model(
+            config.model, device=device, dtype=config.dtype, allow_pickle=config.allow_pickle,
+            trust_remote_code=config.trust_remote_code, implementation=config.implementation,
         )
         self.budget = config.batch_tokens or default_batch_tokens(self.reranker.device.type == "cuda")
-        self.pad_id = self.reranker.tokenizer.pad_token_id or 0
-        self.model_type = self.reranker.model.config.model_type
+        self.pad_id = self.reranker.pad_id
+        self.model_type = self.reranker.model_type
         self.forward = self.reranker.model
         if config.compile:
             # dynamic=True: one graph for every (rows, width), not one per batch shape.
@@ -49,7 +49,7 @@ class Scorer:
         """Compiles every graph that calls will meet, before the first call, so that the compiling overlaps
         the job's first reads and tokenizing and no call waits for it: a batch with padding (it has a mask),
         one without (no mask), and one of a single row (torch specializes sizes of 1)."""
-        with_types = "token_type_ids" in self.reranker.tokenizer.model_input_names
+        with_types = "token_type_ids" in self.reranker.input_names
         with torch.inference_mode():  # as in a call: graphs are kept per grad mode and tensor kind
             for lengths in ([13, 11, 9], [11, 11, 11], [11]):
                 lengths = np.array(lengths, np.int64)
@@ -106,7 +106,7 @@ class Scorer:
         order, results = [], []
         with torch.inference_mode():
             for rows, inputs in self.device_batches(table):
-                results.append(self.reranker.scores(self.forward(**inputs).logits))
+                results.append(self.reranker.scores(self.reranker.logits(self.forward(**inputs))))
                 order.append(rows)
         if results:  # one copy back per block: reading each batch's scores would wait for the GPU every batch
             scores[np.concatenate(order)] = torch.cat(results).cpu().numpy()

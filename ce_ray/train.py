@@ -14,7 +14,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from typing import Dict, Iterator, List, Optional
@@ -26,7 +25,7 @@ import pyarrow.compute as pc
 from .batching import (IDS, REJECT, TYPES, PairEncoder, cached_tokenizer, default_batch_tokens, list_parts, pad,
                        pair_encoder, token_budget_batches, tokenize_table)
 from .config import ConfigError, TrainConfig, require
-from .io import InputError, filesystem, is_remote, join
+from .io import InputError, filesystem, join
 
 LABEL = "_ce_label"
 QUERY_CHARS = "_ce_query_chars"

@@ -69,6 +69,21 @@ SUITE_BUDGET_S = float(os.environ.get("CE_RAY_TEST_BUDGET_S", 3600))
 _SUITE_START = time.monotonic()
 
 
+def scifact_pairs(n: int) -> pd.DataFrame:
+    """SciFact (claim, abstract) pairs from the test qrels; abstracts run past 512 tokens."""
+    import json
+
+    import pandas as pd
+
+    queries = {q["_id"]: q["text"] for q in map(json.loads, open(SCIFACT / "queries.jsonl"))}
+    corpus = {d["_id"]: (d["title"] + " " + d["text"]).strip() for d in map(json.loads, open(SCIFACT / "corpus.jsonl"))}
+    qrels = pd.read_csv(SCIFACT / "qrels" / "test.tsv", sep="\t", dtype=str)
+    rows = [(queries[q], corpus[d]) for q, d in zip(qrels["query-id"], qrels["corpus-id"])]
+    # Longest abstracts first, so that truncation is exercised for sure.
+    rows.sort(key=lambda r: -len(r[1]))
+    return pd.DataFrame(rows[:n], columns=["query", "document"])
+
+
 def pytest_runtest_setup(item):
     spent = time.monotonic() - _SUITE_START
     if spent > SUITE_BUDGET_S:

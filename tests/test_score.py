@@ -21,7 +21,7 @@ from ce_ray.io import InputError
 from ce_ray.model import MASK_4D_MODEL_TYPES, attention_mask_for, use_shape_free_attention
 from ce_ray.sink import OutputExistsError
 
-from conftest import L12, ROOT, SCIFACT, wikiqa_pairs
+from conftest import L12, ROOT, scifact_pairs, wikiqa_pairs
 
 
 def read_results(out) -> pd.DataFrame:
@@ -30,17 +30,6 @@ def read_results(out) -> pd.DataFrame:
 
 def read_rejects(out) -> pd.DataFrame:
     return pd.read_parquet(os.path.join(out, "rejects"))
-
-
-def scifact_pairs(n: int) -> pd.DataFrame:
-    """SciFact (claim, abstract) pairs from the test qrels; abstracts run past 512 tokens."""
-    queries = {q["_id"]: q["text"] for q in map(json.loads, open(SCIFACT / "queries.jsonl"))}
-    corpus = {d["_id"]: (d["title"] + " " + d["text"]).strip() for d in map(json.loads, open(SCIFACT / "corpus.jsonl"))}
-    qrels = pd.read_csv(SCIFACT / "qrels" / "test.tsv", sep="\t", dtype=str)
-    rows = [(queries[q], corpus[d]) for q, d in zip(qrels["query-id"], qrels["corpus-id"])]
-    # Longest abstracts first, so that truncation is exercised for sure.
-    rows.sort(key=lambda r: -len(r[1]))
-    return pd.DataFrame(rows[:n], columns=["query", "document"])
 
 
 def predict(model_path, df: pd.DataFrame) -> np.ndarray:
@@ -133,8 +122,8 @@ def test_scorer_pads_each_batch_on_the_device_as_batching_pad(tiny_model):
                                    padded=False)
     assert "attention_mask" not in inputs and inputs["input_ids"].shape == (len(same), lengths[same[0]])
     with torch.inference_mode():
-        unmasked = scorer.reranker.model(**inputs).logits
-        masked = scorer.reranker.model(**inputs, attention_mask=torch.ones_like(inputs["input_ids"])).logits
+        unmasked = scorer.reranker.logits(scorer.reranker.model(**inputs))
+        masked = scorer.reranker.logits(scorer.reranker.model(**inputs, attention_mask=torch.ones_like(inputs["input_ids"])))
     assert len(same) > 1 and torch.allclose(unmasked, masked, atol=1e-6, rtol=0)
 
 

@@ -1,0 +1,139 @@
+"""ce-ray's own forward pass of a BERT cross-encoder, for scoring: a few torch layers, weights read straight
+from the model's safetensors, no transformers.
+
+A scoring replica is a fresh process, and transformers costs it seconds before its first batch: its lazy
+import table, BERT's modules and what they pull in (torch.distributed, torch._dynamo, ...), 2.5 s of a
+replica's 4.5 s start on a 2-core CPU; on the GPU machine a replica's start is a 1M-pair job's largest cost.
+MiniLM and the other BERT rerankers are a few standard layers, built here from config.json with the query,
+key and value projections in one matrix product. `load` takes a model only when it reproduces it exactly:
+another architecture, position scheme or activation, or weights it does not expect or misses, and it returns
+None (the replica then loads the model with transformers). Inference only; training uses transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}  # transformers' "gelu" is the exact (erf) one, as F.gelu's
+ENCODER = "bert."  # the prefix of BertForSequenceClassification's encoder weights
+BUFFERS = {"bert.embeddings.position_ids", "bert.embeddings.token_type_ids"}  # saved by some versions; unused
+
+
+class Layer(nn.Module):
+    """One transformer layer, post-norm as BERT's: attention, add and norm, feed-forward, add and norm."""
+
+    def __init__(self, hidden: int, heads: int, intermediate: int, eps: float, activation: str):
+        super().__init__()
+        self.heads, self.scale = heads, (hidden // heads) ** -0.5  # transformers' scale, to the last bit
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.attention_out = nn.Linear(hidden, hidden)
+        self.attention_norm = nn.LayerNorm(hidden, eps=eps)
+        self.up = nn.Linear(hidden, intermediate)
+        self.down = nn.Linear(intermediate, hidden)
+        self.output_norm = nn.LayerNorm(hidden, eps=eps)
+        self.activation = ACTIVATIONS[activation]
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        rows, width, hidden = x.shape
+        q, k, v = self.qkv(x).view(rows, width, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        x = self.attention_norm(self.attention_out(attended.transpose(1, 2).reshape(rows, width, hidden)) + x)
+        return self.output_norm(self.down(self.activation(self.up(x))) + x)
+
+
+class BertCrossEncoder(nn.Module):
+    """BertForSequenceClassification with one label, in eval mode: input ids (and token types, and a mask)
+    in, logits [rows, 1] out. The mask is [rows, 1, 1, width] booleans (`model.attention_mask_for`) or the
+    usual [rows, width] of ones and zeros; none for a batch without padding."""
+
+    model_type = "bert"
+
+    def __init__(self, config: dict):
+        super().__init__()
+        hidden = config["hidden_size"]
+        self.word = nn.Embedding(config["vocab_size"], hidden)
+        self.position = nn.Embedding(config["max_position_embeddings"], hidden)
+        self.token_type = nn.Embedding(config["type_vocab_size"], hidden)
+        self.embedding_norm = nn.LayerNorm(hidden, eps=config["layer_norm_eps"])
+        self.layers = nn.ModuleList(
+            Layer(hidden, config["num_attention_heads"], config["intermediate_size"], config["layer_norm_eps"],
+                  config["hidden_act"])
+            for _ in range(config["num_hidden_layers"]))
+        self.pooler = nn.Linear(hidden, hidden)
+        self.classifier = nn.Linear(hidden, 1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        width = input_ids.shape[1]
+        types = self.token_type.weight[0] if token_type_ids is None else self.token_type(token_type_ids)
+        x = self.word(input_ids) + types + self.position.weight[:width]  # transformers' order of the sums
+        x = self.embedding_norm(x)
+        if attention_mask is not None and attention_mask.dim() == 2:
+            attention_mask = attention_mask.bool()[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, attention_mask)
+        return self.classifier(torch.tanh(self.pooler(x[:, 0])))
+
+
+def weight_names(layers: int) -> dict:
+    """This module's parameter names -> the checkpoint's names (a list: concatenated, in order)."""
+    names = {"word.weight": ["bert.embeddings.word_embeddings.weight"],
+             "position.weight": ["bert.embeddings.position_embeddings.weight"],
+             "token_type.weight": ["bert.embeddings.token_type_embeddings.weight"]}
+    for kind in ("weight", "bias"):
+        names[f"embedding_norm.{kind}"] = [f"bert.embeddings.LayerNorm.{kind}"]
+        names[f"pooler.{kind}"] = [f"bert.pooler.dense.{kind}"]
+        names[f"classifier.{kind}"] = [f"classifier.{kind}"]
+        for i in range(layers):
+            layer = f"bert.encoder.layer.{i}."
+            names[f"layers.{i}.qkv.{kind}"] = [f"{layer}attention.self.{p}.{kind}" for p in ("query", "key", "value")]
+            names[f"layers.{i}.attention_out.{kind}"] = [f"{layer}attention.output.dense.{kind}"]
+            names[f"layers.{i}.attention_norm.{kind}"] = [f"{layer}attention.output.LayerNorm.{kind}"]
+            names[f"layers.{i}.up.{kind}"] = [f"{layer}intermediate.dense.{kind}"]
+            names[f"layers.{i}.down.{kind}"] = [f"{layer}output.dense.{kind}"]
+            names[f"layers.{i}.output_norm.{kind}"] = [f"{layer}output.LayerNorm.{kind}"]
+    return names
+
+
+def reproducible(config: dict) -> bool:
+    """Whether `BertCrossEncoder` computes what transformers computes for a model of this config."""
+    labels = len(config["id2label"]) if "id2label" in config else config.get("num_labels", 2)
+    return (config.get("model_type") == "bert" and not config.get("auto_map")
+            and config.get("architectures", ["BertForSequenceClassification"]) == ["BertForSequenceClassification"]
+            and config.get("position_embedding_type", "absolute") == "absolute"
+            and config.get("hidden_act") in ACTIVATIONS and labels == 1
+            and not config.get("is_decoder") and not config.get("add_cross_attention")
+            and config.get("hidden_size", 0) % max(config.get("num_attention_heads", 0), 1) == 0)
+
+
+def load(path: str, dtype: torch.dtype, device: torch.device) -> Optional[BertCrossEncoder]:
+    """The model of the folder `path` as a BertCrossEncoder in `dtype` on `device`, in eval mode; None when
+    this module does not reproduce it (see the module's docstring)."""
+    from safetensors.torch import load_file
+
+    weights_file = os.path.join(path, "model.safetensors")  # one file: a sharded model goes to transformers
+    if not os.path.exists(weights_file):
+        return None
+    with open(os.path.join(path, "config.json")) as f:
+        config = json.load(f)
+    if not reproducible(config):
+        return None
+    names = weight_names(config["num_hidden_layers"])
+    weights = load_file(weights_file)
+    if set(weights) - BUFFERS != {name for parts in names.values() for name in parts}:
+        return None  # missing weights (transformers would initialise them at random) or ones this module lacks
+    state = {mine: torch.cat([weights[name] for name in parts]) for mine, parts in names.items()}
+    # Built on the CPU, initialised at random and then replaced (0.2 s for MiniLM-L12): building on the "meta"
+    # device instead would import torch._dynamo for its initialisers, 1 s.
+    model = BertCrossEncoder(config)
+    try:
+        model.load_state_dict(state, assign=True)
+    except RuntimeError:  # a shape that does not match the config
+        return None
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
