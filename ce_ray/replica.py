@@ -7,6 +7,7 @@ torch and transformers.
 from __future__ import annotations
 
 import os
+import time
 from typing import Iterator, Tuple
 
 import numpy as np
@@ -14,6 +15,7 @@ import pyarrow as pa
 import torch
 
 from .batching import IDS, REJECT, TYPES, default_batch_tokens, list_parts, token_budget_batches
+from .bert import BertCrossEncoder
 from .config import ScoreConfig
 from .model import ModelError, attention_inputs, load_scoring_model, to_device
 from .score import SCORE
@@ -29,6 +31,7 @@ class Scorer:
     """
 
     def __init__(self, config: ScoreConfig, device: str):
+        start = time.perf_counter()
         if device == "cpu":
             # Ray pins OMP threads to the actor's CPU share; the model is the bottleneck here, so use the cores.
             torch.set_num_threads(max(len(os.sched_getaffinity(0)), 1))
@@ -44,6 +47,11 @@ class Scorer:
             # dynamic=True: one graph for every (rows, width), not one per batch shape.
             self.forward = torch.compile(self.reranker.model, dynamic=True)
             self._compile_graphs()
+        # One line per replica (Ray shows it with the worker's name): which forward pass runs, and its start.
+        code = "ce-ray's BERT" if isinstance(self.reranker.model, BertCrossEncoder) else "transformers"
+        print(f"ce-ray replica: {config.model} on {self.reranker.device} in {str(self.reranker.dtype)[6:]} "
+              f"({code}{', compiled' if config.compile else ''}), ready in {time.perf_counter() - start:.1f} s",
+              flush=True)
 
     def _compile_graphs(self) -> None:
         """Compiles every graph that calls will meet, before the first call, so that the compiling overlaps
