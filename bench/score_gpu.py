@@ -13,7 +13,8 @@ MiniLM reranker (hidden 384; 6 or 12 layers) for every system:
                                                                     on the first --defaults-pairs pairs
   (e) `ce-ray score` end to end, parquet to parquet (run_score, tokenizer="fast")   on all --pairs pairs
 With --compile, also (d3) the model alone under torch.compile, as a replica with `compile=True` runs it (its
-first pass includes the compiling), and (e2) `ce-ray score --compile` end to end.
+first pass includes the compiling), and (e2) `ce-ray score --compile` end to end. With --transformers, also
+(e3) `ce-ray score --implementation transformers`: replicas with transformers' model instead of ce-ray's BERT.
 Rates of (a)-(c) are pairs/s on their subset (the same pairs, so the same length mix); (a) and (b) time
 predict() alone, the model loaded beforehand; (c) and (e) time the whole job, reading to writing, after
 Ray has started. MFU = useful model FLOPs (unpadded tokens) / time / a measured matmul peak (bf16 on GPU,
@@ -144,11 +145,13 @@ def ceiling(model_dir: str, ids, types, device: str, batch_tokens: int, as_ce_ra
                     "padding_fraction": 1 - lengths.sum() / max(padded_tokens, 1)}
 
 
-def ce_ray_run(model_dir: str, folder: str, out: str, batch_tokens: int, device: str, compile: bool = False):
+def ce_ray_run(model_dir: str, folder: str, out: str, batch_tokens: int, device: str, compile: bool = False,
+               implementation: str = "auto"):
     from ce_ray import ScoreConfig, run_score
 
     config = ScoreConfig(model=model_dir, input=folder, output=out, tokenizer="fast", batch_tokens=batch_tokens,
-                         mode="overwrite", use_gpu=device.startswith("cuda"), compile=compile)
+                         mode="overwrite", use_gpu=device.startswith("cuda"), compile=compile,
+                         implementation=implementation)
     since = time.time()
     summary = run_score(config)
     timeline = common.job_timeline(since)
@@ -219,12 +222,12 @@ def run_layers(layers: int, args, work: str, device: str, table, tokenized, peak
         record("ray_data_recipe", n_anchor, seconds, flops_anchor, rows_per_call=args.recipe_rows)
         shutil.rmtree(os.path.join(work, "recipe-out"), ignore_errors=True)
 
-    def ce_ray_system(name, compile):
+    def ce_ray_system(name, compile, implementation="auto"):
         runs, timelines = [], []
         out = os.path.join(work, f"ce-ray-out-l{layers}")
         for _ in range(args.repeats):
             summary, timeline = ce_ray_run(model_dir, os.path.join(work, "pairs"), out, args.batch_tokens, device,
-                                           compile)
+                                           compile, implementation)
             runs.append(summary.seconds)
             timelines.append(timeline)
         extra = {"runs_seconds": runs, "timelines": timelines, "batch_tokens": args.batch_tokens,
@@ -236,6 +239,8 @@ def run_layers(layers: int, args, work: str, device: str, table, tokenized, peak
 
     if "ce-ray" not in args.skip:
         ce_ray_system("ce_ray_score", compile=False)
+        if args.transformers:  # the same job with transformers' model in the replicas: what ce-ray's BERT gains
+            ce_ray_system("ce_ray_score_transformers", compile=False, implementation="transformers")
     compile_error = None
     if args.compile:  # last, so that a compiler that fails on this machine leaves the rest measured
         try:
@@ -261,8 +266,9 @@ def report(results: list, device: str, peak: dict) -> None:
              "model_torch_defaults": "(d2) model alone, torch's defaults",
              "model_compiled": "(d3) model alone, torch.compile",
              "ce_ray_score": "(e) ce-ray score, parquet to parquet",
-             "ce_ray_score_compiled": "(e2) ce-ray score --compile"}
-    ours_names = ("ce_ray_score", "ce_ray_score_compiled")
+             "ce_ray_score_compiled": "(e2) ce-ray score --compile",
+             "ce_ray_score_transformers": "(e3) ce-ray score, transformers' model"}
+    ours_names = ("ce_ray_score", "ce_ray_score_compiled", "ce_ray_score_transformers")
     for result in results:
         layers, systems = result["layers"], result["systems"]
         anchors = common.ANCHORS.get(layers, {})
@@ -307,6 +313,8 @@ def main() -> None:
     parser.add_argument("--check", type=int, default=5000, help="pairs whose scores are compared with predict")
     parser.add_argument("--skip", nargs="*", default=[], choices=["predict", "recipe", "ceiling", "ce-ray"])
     parser.add_argument("--compile", action="store_true", help="also (d3) and (e2): the model under torch.compile")
+    parser.add_argument("--transformers", action="store_true",
+                        help="also (e3): ce-ray score with --implementation transformers")
     parser.add_argument("--name", default=None, help="results file name (default: score_gpu, score_gpu_cpu on CPU)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
