@@ -30,6 +30,10 @@ class ModelConfig:
     allow_pickle: bool = False  # load .bin/.pt weights (pickle) when no safetensors are present
     trust_remote_code: bool = False
     tokenizer: Literal["auto", "fast", "hf"] = "auto"  # fast: nanotoken WordPiece; hf: Hugging Face
+    # auto: ce-ray's own forward pass (ce_ray/bert.py) for a BERT classifier it reproduces, transformers' for
+    # any other model; transformers: always transformers'. Scoring replicas then start without importing
+    # transformers, and training steps dispatch fewer operations.
+    implementation: Literal["auto", "transformers"] = "auto"
 
 
 @dataclass
@@ -48,9 +52,6 @@ class ScoreConfig(ModelConfig):
     min_replicas: int = 1
     tokenize_cpus: float = 1.0  # CPUs per tokenizing task
     compile: bool = False  # torch.compile the model in each replica: faster batches after a one-off compile
-    # auto: ce-ray's own forward pass for a BERT classifier it reproduces (no transformers to import: a
-    # replica starts sooner), transformers' for any other model; transformers: always transformers'
-    implementation: Literal["auto", "transformers"] = "auto"
     use_gpu: Optional[bool] = None  # None: when the cluster has GPUs
     on_invalid: Literal["reject", "fail"] = "reject"
     mode: Literal["error", "overwrite", "resume"] = "error"  # what to do when the output has results

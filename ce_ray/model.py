@@ -232,7 +232,8 @@ class Reranker:
         """Logits to scores: upcast to fp32 first, then the activation (as CrossEncoder.predict)."""
         return self.activation_fn(logits.float()).squeeze(-1)
 
-    def logits(self, output) -> torch.Tensor:
+    @staticmethod
+    def logits(output) -> torch.Tensor:
         """The logits of a forward pass: ce-ray's BERT returns them, transformers' models an output object."""
         return output if isinstance(output, torch.Tensor) else output.logits
 

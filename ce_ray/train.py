@@ -267,7 +267,8 @@ def _on_device(inputs: dict, device, model_type: str) -> dict:
     return on_device | attention_inputs(model_type, to_device(mask, device) if padded else None, padded)
 
 
-def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id: int, budget: int) -> dict:
+def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id: int, budget: int,
+             model_type: str) -> dict:
     """NDCG@10, MRR@10 and MAP of the model's ranking of the eval candidates.
 
     Relevant documents the first stage missed count, as in BEIR: MAP divides by all relevant documents and
@@ -276,9 +277,9 @@ def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id
     import torch
 
     from .metrics import mean_metrics, ranking_metrics
+    from .model import Reranker
 
     ranked: Dict[str, list] = {}
-    model_type = getattr(model, "module", model).config.model_type  # DeepSpeed's engine wraps the model
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -288,7 +289,7 @@ def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id
             scores = np.empty(table.num_rows, dtype=np.float32)
             for rows in token_budget_batches(np.diff(offsets), budget):
                 inputs = _on_device(_padded_inputs(ids, types, offsets, rows, pad_id), device, model_type)
-                scores[rows] = model(**inputs).logits.float().view(-1).cpu().numpy()
+                scores[rows] = Reranker.logits(model(**inputs)).float().view(-1).cpu().numpy()
             for q, d, s in zip(table.column("query_id").to_pylist(), table.column("doc_id").to_pylist(), scores):
                 ranked.setdefault(q, []).append((-float(s), d))
     model.train(was_training)
@@ -315,10 +316,13 @@ def linear_schedule(warmup: int, total: int):
 
 def _parameter_groups(model, weight_decay: float) -> list:
     """No weight decay on biases and LayerNorm weights, as transformers' Trainer does."""
+    import torch
+
+    norms = {id(p) for m in model.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+            (no_decay if name.endswith("bias") or id(param) in norms else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -403,7 +407,8 @@ def train_loop(loop_config: dict) -> dict:
     import torch
     from ray.train import Checkpoint
 
-    from .model import load_reranker, to_device, use_shape_free_attention
+    from . import bert
+    from .model import Reranker, load_reranker, to_device, use_shape_free_attention
 
     config: TrainConfig = loop_config["config"]
     plan: dict = loop_config["plan"]
@@ -413,13 +418,18 @@ def train_loop(loop_config: dict) -> dict:
     use_gpu = device.type == "cuda"
     bf16 = config.bf16 if config.bf16 is not None else use_gpu
     use_shape_free_attention(device)  # the model is loaded on the CPU below, then moved
-    torch.manual_seed(config.seed)
 
     reranker = load_reranker(plan["model"], device="cpu", dtype="float32", max_length=plan["max_length"],
                              allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
-    net = reranker.model.train()
-    model_type = net.config.model_type
-    pad_id = reranker.tokenizer.pad_token_id or 0
+    # ce-ray's BERT where it reproduces the model: less host work per pass, and a step of 16 pairs on a GPU
+    # is little else. transformers' model stays on the CPU to save the weights under its names.
+    native = bert.from_transformers(reranker.model) if config.implementation == "auto" else None
+    net = native if native is not None else reranker.model.train()
+    model_type, pad_id = reranker.model_type, reranker.pad_id
+    torch.manual_seed(config.seed)
+    if rank == 0:
+        code = "ce-ray's BERT" if native is not None else "transformers"
+        print(f"ce-ray train: {plan['model']} on {device} ({code}{', bf16' if bf16 else ''})", flush=True)
     total, per_epoch, accum = plan["total_steps"], plan["batches_per_epoch"], config.grad_accum
 
     checkpoint = ray.train.get_checkpoint()
@@ -434,7 +444,11 @@ def train_loop(loop_config: dict) -> dict:
         if not config.deepspeed:
             from safetensors.torch import load_file
 
-            net.load_state_dict(load_file(os.path.join(checkpoint_dir, MODEL, "model.safetensors")), strict=False)
+            weights = load_file(os.path.join(checkpoint_dir, MODEL, "model.safetensors"))
+            if native is not None:
+                net.load_state_dict(bert.native_state(weights, reranker.model.config.to_dict()))
+            else:
+                net.load_state_dict(weights, strict=False)
 
     # On a GPU, AdamW's fused kernel updates every parameter in a few launches (as CrossEncoderTrainer's
     # default optimizer does); small-batch steps are otherwise launch-bound. DeepSpeed keeps its own way.
@@ -466,7 +480,8 @@ def train_loop(loop_config: dict) -> dict:
     budget = config.batch_tokens or default_batch_tokens(use_gpu)
 
     def run_eval() -> dict:
-        return evaluate(model if config.deepspeed else module, eval_shard, plan["qrels"], device, pad_id, budget)
+        return evaluate(model if config.deepspeed else module, eval_shard, plan["qrels"], device, pad_id, budget,
+                        model_type)
 
     def save(metrics: dict) -> None:
         """Every worker reports (a barrier); rank 0 writes the model and the state, DeepSpeed ranks their shards."""
@@ -475,8 +490,12 @@ def train_loop(loop_config: dict) -> dict:
                 model.save_checkpoint(tmp, tag=DS_TAG)
             full_state = model._zero3_consolidated_16bit_state_dict() if config.deepspeed and config.deepspeed.stage == 3 else None
             if rank == 0:
-                save_reranker(module, reranker.tokenizer, os.path.join(tmp, MODEL), plan["max_length"],
-                              state_dict=full_state)
+                if native is not None:  # ce-ray's BERT's weights, renamed, into transformers' model, which saves them
+                    state = module.state_dict() if full_state is None else full_state
+                    reranker.model.load_state_dict(bert.transformers_state(state, len(native.layers)), strict=False)
+                save_reranker(reranker.model if native is not None else module, reranker.tokenizer,
+                              os.path.join(tmp, MODEL), plan["max_length"],
+                              state_dict=full_state if native is None else None)
                 if not config.deepspeed:
                     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                                os.path.join(tmp, STATE))
@@ -502,7 +521,7 @@ def train_loop(loop_config: dict) -> dict:
                 inputs = _on_device(inputs, device, model_type)
                 target = to_device(labels, device)
                 if config.deepspeed:
-                    loss = loss_fn(model(**inputs).logits.float().view(-1), target) / rows
+                    loss = loss_fn(Reranker.logits(model(**inputs)).float().view(-1), target) / rows
                     model.backward(loss)
                     model.step()  # optimizer, scheduler and clipping at accumulation boundaries
                 else:
@@ -511,7 +530,7 @@ def train_loop(loop_config: dict) -> dict:
                     synced = world == 1 or (boundary and number == len(passes) - 1)
                     with contextlib.nullcontext() if synced else model.no_sync():
                         with autocast():
-                            logits = model(**inputs).logits
+                            logits = Reranker.logits(model(**inputs))
                         # The batch's mean, whatever the passes: each pass adds its sum over the batch's rows.
                         loss = loss_fn(logits.float().view(-1), target) / rows
                         (loss / accum).backward()

@@ -111,3 +111,38 @@ def test_a_model_it_does_not_reproduce_is_loaded_with_transformers(tmp_path, cha
     reranker = load_scoring_model(str(model), device="cpu", implementation=implementation)
     assert type(reranker.model).__name__ == "BertForSequenceClassification"
     assert reranker.tokenizer is not None and reranker.model_type == "bert"
+
+
+def test_training_steps_with_ce_rays_bert_update_the_weights_as_transformers_model(tmp_path):
+    """The same AdamW steps (dropout off: its random masks differ) on transformers' model and on ce-ray's BERT
+    built from it: the same weights after, under transformers' names, the fused query, key and value
+    projections included."""
+    import torch
+
+    from ce_ray import bert
+    from ce_ray.train import _parameter_groups
+
+    model = build_tiny_model(tmp_path / "model")
+    edit_config(model, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    theirs = load_reranker(str(model), "cpu").model.train()
+    ours = bert.from_transformers(theirs)
+    assert ours is not None and ours.training
+    torch.manual_seed(0)
+    ids = torch.randint(5, 1000, (8, 12))
+    mask = torch.arange(12)[None, :] < torch.tensor([12, 12, 11, 9, 9, 7, 4, 2])[:, None]
+    labels = torch.rand(8)
+    optimizers = [torch.optim.AdamW(_parameter_groups(m, 0.01), lr=1e-2) for m in (theirs, ours)]
+    for _ in range(5):
+        for net, optimizer in zip((theirs, ours), optimizers):
+            out = net(input_ids=ids, token_type_ids=(ids % 2), attention_mask=attention_mask_for("bert", mask))
+            logits = out if isinstance(out, torch.Tensor) else out.logits
+            torch.nn.functional.binary_cross_entropy_with_logits(logits.view(-1), labels).backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+    after = bert.transformers_state(ours.state_dict(), len(ours.layers))
+    expected = {k: v for k, v in theirs.state_dict().items() if k in after}
+    assert len(expected) == len(after) == len(list(theirs.parameters()))
+    assert max((after[k] - v).abs().max().item() for k, v in expected.items()) < 1e-4  # float sums differ
+    assert max((v - load_reranker(str(model), "cpu").model.state_dict()[k]).abs().max().item()
+               for k, v in expected.items()) > 1e-3  # the steps did move the weights
