@@ -1,5 +1,5 @@
-"""ce-ray's own forward pass of a BERT cross-encoder, for scoring: a few torch layers, weights read straight
-from the model's safetensors, no transformers.
+"""ce-ray's own forward pass of a BERT cross-encoder: a few torch layers, weights read straight from the
+model's safetensors, no transformers.
 
 A scoring replica is a fresh process, and transformers costs it seconds before its first batch: its lazy
 import table, BERT's modules and what they pull in (torch.distributed, torch._dynamo, ...), 2.5 s of a
@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}  # transformers' "gelu" is the exact (erf) one, as F.gelu's
-ENCODER = "bert."  # the prefix of BertForSequenceClassification's encoder weights
 BUFFERS = {"bert.embeddings.position_ids", "bert.embeddings.token_type_ids"}  # saved by some versions; unused
 
 
@@ -132,7 +131,7 @@ def native_state(weights: dict, config: dict) -> Optional[dict]:
     names = weight_names(config["num_hidden_layers"])
     if set(weights) - BUFFERS != {name for parts in names.values() for name in parts}:
         return None  # missing weights (transformers would initialise them at random) or ones this module lacks
-    return {mine: torch.cat([weights[name] for name in parts]) for mine, parts in names.items()}
+    return {mine: torch.cat([weights[name] for name in parts]) for mine, parts in names.items()}  # copies
 
 
 def transformers_state(state: dict, layers: int) -> dict:
@@ -160,11 +159,9 @@ def from_state(config: dict, weights: dict) -> Optional[BertCrossEncoder]:
 
 
 def from_transformers(model: nn.Module) -> Optional[BertCrossEncoder]:
-    """A BertCrossEncoder with the weights of transformers' `model` (copies), in train mode; None if it does
+    """A BertCrossEncoder with copies of the weights of transformers' `model`, in train mode; None if it does
     not reproduce it."""
-    if getattr(model.config, "auto_map", None):
-        return None
-    net = from_state(model.config.to_dict(), {k: v.detach().clone() for k, v in model.state_dict().items()})
+    net = from_state(model.config.to_dict(), {k: v.detach() for k, v in model.state_dict().items()})
     return None if net is None else net.train()
 
 
