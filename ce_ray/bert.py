@@ -65,6 +65,7 @@ class BertCrossEncoder(nn.Module):
     def __init__(self, config: dict):
         super().__init__()
         hidden, dropout = config["hidden_size"], config.get("hidden_dropout_prob", 0.1)
+        self.pad_id = config.get("pad_token_id") or 0
         self.word = nn.Embedding(config["vocab_size"], hidden)
         self.position = nn.Embedding(config["max_position_embeddings"], hidden)
         self.token_type = nn.Embedding(config["type_vocab_size"], hidden)

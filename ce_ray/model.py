@@ -201,6 +201,12 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
+def device_and_dtype(device: Optional[str], dtype: str) -> tuple:
+    """The torch device (the GPU where there is one, unless `device` says) and the dtype `pick_dtype` gives it."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return dev, pick_dtype(dtype, dev)
+
+
 def load_tokenizer(model: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -250,8 +256,7 @@ def load_reranker(
 
     path = local_model_path(model)
     check_safe(path, allow_pickle, trust_remote_code)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch_dtype = pick_dtype(dtype, dev)
+    dev, torch_dtype = device_and_dtype(device, dtype)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -293,16 +298,13 @@ def load_scoring_model(model: str, device: Optional[str] = None, dtype: str = "a
 
         path = local_model_path(model)
         check_safe(path, allow_pickle, trust_remote_code)
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        torch_dtype = pick_dtype(dtype, dev)
+        dev, torch_dtype = device_and_dtype(device, dtype)
         use_shape_free_attention(dev)  # on CUDA: for the whole process
         net = bert.load(path, torch_dtype, dev)
         if net is not None:
-            with open(os.path.join(path, "config.json")) as f:
-                pad_id = json.load(f).get("pad_token_id") or 0
             return Reranker(model=net, tokenizer=None, path=path, max_length=None,
                             activation=activation_path(path, 1, trust_remote_code), device=dev, dtype=torch_dtype,
-                            model_type=net.model_type, pad_id=pad_id,
+                            model_type=net.model_type, pad_id=net.pad_id,
                             input_names=("input_ids", "token_type_ids", "attention_mask"))
     return load_reranker(model, device=device, dtype=dtype, allow_pickle=allow_pickle,
                          trust_remote_code=trust_remote_code)

@@ -1,7 +1,7 @@
 """A scoring replica: one model on one device, scoring the tokenized blocks Ray Data hands it.
 
 `score.score` runs this class in an actor pool; only the replica's process imports this module, and with it
-torch and transformers.
+torch (and transformers, for a model that ce-ray's BERT does not reproduce).
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ class Scorer:
             self._compile_graphs()
         # One line per replica (Ray shows it with the worker's name): which forward pass runs, and its start.
         code = "ce-ray's BERT" if isinstance(self.reranker.model, BertCrossEncoder) else "transformers"
-        print(f"ce-ray replica: {config.model} on {self.reranker.device} in {str(self.reranker.dtype)[6:]} "
+        dtype = str(self.reranker.dtype).removeprefix("torch.")
+        print(f"ce-ray replica: {config.model} on {self.reranker.device} in {dtype} "
               f"({code}{', compiled' if config.compile else ''}), ready in {time.perf_counter() - start:.1f} s",
               flush=True)
 

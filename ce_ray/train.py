@@ -490,12 +490,13 @@ def train_loop(loop_config: dict) -> dict:
                 model.save_checkpoint(tmp, tag=DS_TAG)
             full_state = model._zero3_consolidated_16bit_state_dict() if config.deepspeed and config.deepspeed.stage == 3 else None
             if rank == 0:
+                saved, state = module, full_state
                 if native is not None:  # ce-ray's BERT's weights, renamed, into transformers' model, which saves them
                     state = module.state_dict() if full_state is None else full_state
                     reranker.model.load_state_dict(bert.transformers_state(state, len(native.layers)), strict=False)
-                save_reranker(reranker.model if native is not None else module, reranker.tokenizer,
-                              os.path.join(tmp, MODEL), plan["max_length"],
-                              state_dict=full_state if native is None else None)
+                    saved, state = reranker.model, None
+                save_reranker(saved, reranker.tokenizer, os.path.join(tmp, MODEL), plan["max_length"],
+                              state_dict=state)
                 if not config.deepspeed:
                     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                                os.path.join(tmp, STATE))
