@@ -26,8 +26,9 @@ class Scorer:
     restored at the end.
 
     The block's tokens go to the device once, as they travel (int32 ids, int8 token types), and each batch
-    is padded there by a few tensor ops: the replica's one Python thread only queues work, so on a GPU the
-    next batch is ready while the current one runs, and the scores come back in one copy per block.
+    is padded there by a few tensor ops: a call only queues work, so on a GPU the next batch is ready while
+    the current one runs, and the scores come back in one copy per block. On a GPU two calls run at once, in
+    two threads (`score.replica_pool`): a call keeps all its state in its own frame.
     """
 
     def __init__(self, config: ScoreConfig, device: str):

@@ -24,8 +24,8 @@ from .io import InputError
 # import this module and the package, and would otherwise each load it for nothing.
 
 SCORE = "score"
-# Rows a GPU replica scores per call. Between calls the GPU idles (results copied back, the next rows
-# handed over), so a call should hold many batches: 32,768 MS MARCO-length pairs are ~36 64k-token batches.
+# Rows a GPU replica scores per call. Each call ends by waiting for its scores, and its table goes back
+# through Ray Data, so a call should hold many batches: 32,768 MS MARCO-length pairs are ~36 64k-token batches.
 GPU_ROWS_PER_CALL = 32768
 
 
@@ -94,9 +94,6 @@ def score(ds, config: Optional[ScoreConfig] = None, **settings):
     `reject_reason` (null for scored rows); with `on_invalid="fail"` they fail the job instead.
     Example: `ce_ray.score(ray.data.read_parquet(...), model="cross-encoder/ms-marco-MiniLM-L6-v2")`.
     """
-    import ray.data
-    from ray.data import ActorPoolStrategy
-
     from .model import ModelError, check_safe, local_model_path, max_length_of
     from .replica import Scorer
 
@@ -136,17 +133,33 @@ def score(ds, config: Optional[ScoreConfig] = None, **settings):
         fn_constructor_kwargs=dict(config=config, device="cuda" if use_gpu else "cpu"),
         batch_format="pyarrow",
         batch_size=config.rows_per_call or (GPU_ROWS_PER_CALL if use_gpu else config.rows_per_block),
-        compute=ActorPoolStrategy(
-            min_size=min(config.min_replicas, max_replicas), max_size=max_replicas,
-            # On a GPU, Ray Data gathers the next call's rows while the replica scores (the calls themselves
-            # still run one at a time): the gap between two calls is the GPU's idle time.
-            max_concurrent_calls_per_actor=2 if use_gpu else None,
-        ),
+        compute=replica_pool(config, use_gpu, max_replicas),
         num_gpus=1 if use_gpu else 0,
         num_cpus=1,
         udf_modifying_row_count=False,
         # A replica that dies (node lost, OOM) is restarted and its blocks are redone: Ray Data's actor
         # pools default to max_restarts=-1 and max_task_retries=-1.
+    )
+
+
+def replica_pool(config: ScoreConfig, use_gpu: bool, max_replicas: int):
+    """The scoring replicas' actor pool.
+
+    A GPU replica runs two calls at once. A call queues all its batches on the GPU and then waits for its
+    scores; meanwhile the other call, in the actor's second thread, queues its own, so the GPU's queue does
+    not drain between calls (returning a table and taking the next rows would otherwise leave the GPU idle
+    once a call). The Scorer keeps no state between calls; GPU memory holds the batches of two calls. A
+    compiled model runs one call at a time (torch.compile does not promise thread safety), as does a CPU
+    replica, where the model already uses every core.
+    """
+    from ray.data import ActorPoolStrategy
+
+    overlap = use_gpu and not config.compile
+    return ActorPoolStrategy(
+        min_size=min(config.min_replicas, max_replicas), max_size=max_replicas,
+        # Ray Data also gathers a call's rows while the call before runs.
+        max_concurrent_calls_per_actor=2 if use_gpu else None,
+        enable_true_multi_threading=overlap,
     )
 
 

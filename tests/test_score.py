@@ -8,6 +8,7 @@ import re
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -180,6 +181,38 @@ def test_scorer_keeps_row_order_across_batches_and_rejects(tiny_model, pairs_df)
     valid = df["document"].notna().values
     assert np.isnan(scores[~valid]).all() and out.column("score").null_count == 2
     np.testing.assert_allclose(scores[valid], expected_scores(tiny_model, df[valid]), atol=1e-5)
+
+
+def test_gpu_replicas_run_two_calls_at_once_and_each_call_scores_its_own_block(tiny_model, pairs_df):
+    """On a GPU, Ray Data runs two calls of a replica at once in two threads (score.replica_pool), so that
+    one call queues its batches while the other waits for its scores: no call may see another's rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ce_ray.batching import pair_encoder, tokenize_table
+    from ce_ray.replica import Scorer
+    from ce_ray.score import replica_pool
+
+    gpu = replica_pool(ScoreConfig(model="m"), use_gpu=True, max_replicas=1)
+    assert gpu.enable_true_multi_threading and gpu.max_concurrent_calls_per_actor == 2
+    assert not replica_pool(ScoreConfig(model="m", compile=True), use_gpu=True, max_replicas=1).enable_true_multi_threading
+    assert not replica_pool(ScoreConfig(model="m"), use_gpu=False, max_replicas=1).enable_true_multi_threading
+
+    encoder = pair_encoder(str(tiny_model))
+    blocks = [tokenize_table(pa.Table.from_pandas(pairs_df.iloc[i::4], preserve_index=False), encoder,
+                             "query", "document", 512) for i in range(4)]
+    scorer = Scorer(ScoreConfig(model=str(tiny_model), batch_tokens=300), device="cpu")  # many batches a call
+    alone = [scorer(block).column("score").to_numpy() for block in blocks]
+    model = scorer.forward
+
+    def waiting_forward(**inputs):  # as a GPU call waits: the other thread runs meanwhile
+        time.sleep(0.002)
+        return model(**inputs)
+
+    scorer.forward = waiting_forward
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(scorer, blocks * 3))
+    for out, expected in zip(together, alone * 3):
+        np.testing.assert_allclose(out.column("score").to_numpy(), expected, atol=1e-6)
 
 
 def test_half_precision_is_float16_on_gpu_and_keeps_the_real_rerankers_scores_close_to_predict():
