@@ -10,15 +10,20 @@ import os
 import time
 from typing import Iterator, Tuple
 
-import numpy as np
-import pyarrow as pa
-import torch
+# A replica's process imports this module as it starts, and torch is most of its start on a GPU machine:
+# the ready line reports how long the imports took.
+_imports_started = time.perf_counter()
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import torch  # noqa: E402
 
-from .batching import IDS, REJECT, TYPES, default_batch_tokens, list_parts, token_budget_batches
-from .bert import BertCrossEncoder
-from .config import ScoreConfig
-from .model import ModelError, attention_inputs, load_scoring_model, to_device
-from .score import SCORE
+from .batching import IDS, REJECT, TYPES, default_batch_tokens, list_parts, token_budget_batches  # noqa: E402
+from .bert import BertCrossEncoder  # noqa: E402
+from .config import ScoreConfig  # noqa: E402
+from .model import ModelError, attention_inputs, load_scoring_model, to_device  # noqa: E402
+from .score import SCORE  # noqa: E402
+
+IMPORT_SECONDS = time.perf_counter() - _imports_started
 
 
 class Scorer:
@@ -32,10 +37,13 @@ class Scorer:
     """
 
     def __init__(self, config: ScoreConfig, device: str):
-        start = time.perf_counter()
+        marks = [("start", time.perf_counter())]  # (what ended, when) for the ready line
         if device == "cpu":
             # Ray pins OMP threads to the actor's CPU share; the model is the bottleneck here, so use the cores.
             torch.set_num_threads(max(len(os.sched_getaffinity(0)), 1))
+        else:  # CUDA's start, apart from the model's load
+            torch.zeros(1, device=device)
+            marks.append(("CUDA", time.perf_counter()))
         self.reranker = load_scoring_model(
             config.model, device=device, dtype=config.dtype, allow_pickle=config.allow_pickle,
             trust_remote_code=config.trust_remote_code, implementation=config.implementation,
@@ -44,16 +52,20 @@ class Scorer:
         self.pad_id = self.reranker.pad_id
         self.model_type = self.reranker.model_type
         self.forward = self.reranker.model
+        marks.append(("model", time.perf_counter()))
         if config.compile:
             # dynamic=True: one graph for every (rows, width), not one per batch shape.
             self.forward = torch.compile(self.reranker.model, dynamic=True)
             self._compile_graphs()
-        # One line per replica (Ray shows it with the worker's name): which forward pass runs, and its start.
+            marks.append(("compiling", time.perf_counter()))
+        # One line per replica (Ray shows it with the worker's name): which forward pass runs, and where its
+        # start went.
         code = "ce-ray's BERT" if isinstance(self.reranker.model, BertCrossEncoder) else "transformers"
         dtype = str(self.reranker.dtype).removeprefix("torch.")
+        took = ", ".join(f"{what} {end - begin:.1f} s" for (_, begin), (what, end) in zip(marks, marks[1:]))
         print(f"ce-ray replica: {config.model} on {self.reranker.device} in {dtype} "
-              f"({code}{', compiled' if config.compile else ''}), ready in {time.perf_counter() - start:.1f} s",
-              flush=True)
+              f"({code}{', compiled' if config.compile else ''}), ready in {marks[-1][1] - marks[0][1]:.1f} s "
+              f"({took}; imports before that {IMPORT_SECONDS:.1f} s)", flush=True)
 
     def _compile_graphs(self) -> None:
         """Compiles every graph that calls will meet, before the first call, so that the compiling overlaps
