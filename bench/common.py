@@ -7,11 +7,13 @@ tokenizer files (~1 MB, no weights) into .cache/bench-assets/, a folder that tra
 from __future__ import annotations
 
 import datetime
+import glob
 import json
 import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 from typing import Dict, Optional, Sequence
 
@@ -315,7 +317,8 @@ def job_timeline(since: float) -> dict:
     phase = lambda name: next((e["dur"] / 1e6 for e in inside if e["name"] == name), None)  # noqa: E731
     calls = sorted((e for events in replicas for e in events if e["name"] == "submit"), key=at)
     busy = [covered_share([(at(e), end(e)) for e in events if e["name"] == "submit"]) for events in replicas]
-    return {"replicas": len(replicas), "first_task_at_s": min(map(at, tasks)) if tasks else None,
+    return {"replicas": len(replicas), "replica_lines": replica_lines(since),
+            "first_task_at_s": min(map(at, tasks)) if tasks else None,
             "replica_constructor_at_s": at(init) if init else None,
             "replica_imports_s": phase("task:deserialize_arguments"), "replica_constructor_s": phase("task:execute"),
             "first_call_at_s": at(calls[0]), "first_call_s": calls[0]["dur"] / 1e6, "calls": len(calls),
@@ -324,8 +327,20 @@ def job_timeline(since: float) -> dict:
             "replica_busy_fraction": None if None in busy else sum(busy) / len(busy)}
 
 
+def replica_lines(since: float) -> list:
+    """The lines the job's replicas printed when ready (`ce-ray replica: ...`, where a replica's start went),
+    from the worker logs of Ray's session: the benches start Ray without sending them to the driver."""
+    logs = os.path.join(tempfile.gettempdir(), "ray", "session_latest", "logs")
+    lines = []
+    for path in sorted(glob.glob(os.path.join(logs, "worker-*.out"))):
+        if os.path.getmtime(path) >= since:  # a replica of this job, not of one before
+            with open(path, errors="replace") as f:
+                lines += [line.strip() for line in f if line.startswith("ce-ray replica:")]
+    return lines
+
+
 def timeline_line(t: dict) -> str:
-    """One line of `job_timeline`'s figures."""
+    """`job_timeline`'s figures in one line, and under it the replicas' ready lines."""
     if not t.get("replicas"):
         return "  timeline: no replica call found"
     f = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
@@ -334,7 +349,7 @@ def timeline_line(t: dict) -> str:
             f"{f(t['replica_constructor_s'])} s; first call at +{f(t['first_call_at_s'])} s "
             f"({t['first_call_s']:.2f} s); {t['calls']} calls on {t['replicas']} replica(s), "
             f"the last ending at +{t['last_call_end_s']:.1f} s, busy {f(t['replica_busy_fraction'])} of the time "
-            f"from the first to the last")
+            f"from the first to the last" + "".join(f"\n  {line}" for line in t.get("replica_lines", [])))
 
 
 def fmt_rate(value: Optional[float]) -> str:
