@@ -84,11 +84,15 @@ def ce_ray_rate(model_dir: str, table: pa.Table, work: str, name: str, cpus: int
         model=model_dir, train_data=path, output=os.path.join(work, name), num_workers=1,
         cpus_per_worker=float(cpus), lr=5e-5, seed=42, **settings))
     # Each log line's rate: the first includes the worker's first batches (its data stream starting).
-    windows = [entry["samples_per_second"] for entry in outcome.log if "samples_per_second" in entry]
-    print(f"{name}: samples/s between log lines " + ", ".join(f"{rate:,.0f}" for rate in windows), flush=True)
+    # With the share of each window the worker waited for its next batch (is the data the limit?).
+    logged = [entry for entry in outcome.log if "samples_per_second" in entry]
+    windows = [entry["samples_per_second"] for entry in logged]
+    waits = [entry["data_wait"] for entry in logged]
+    print(f"{name}: samples/s between log lines " + ", ".join(
+        f"{rate:,.0f} ({wait:.0%} waiting for data)" for rate, wait in zip(windows, waits)), flush=True)
     return {"samples_per_second": outcome.samples_per_second, "steps": outcome.steps,
             "final_loss": outcome.log[-1]["loss"], "wall_seconds": time.perf_counter() - start,
-            "samples_per_second_between_logs": windows, "settings": settings}
+            "samples_per_second_between_logs": windows, "data_wait_between_logs": waits, "settings": settings}
 
 
 def main() -> int:

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterator, List, Optional
 
 import numpy as np
@@ -224,16 +225,36 @@ def length_grouped(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def micro_batches(shard, config: TrainConfig, epoch: int, rank: int, skip: int, pad_id: int) -> Iterator[list]:
-    """One epoch of a worker's shard, the first `skip` batches left out (resume). Each batch of `batch_size`
-    rows comes as a list of forward passes, (inputs as numpy, labels): one, or with `batch_tokens` as many
-    as keep every pass under that many padded tokens.
+def shard_windows(shard, config: TrainConfig) -> Iterator[pa.Table]:
+    """One epoch of a worker's shard (a Ray Data iterator or dataset) in windows of `length_window` batches."""
+    return iter(shard.iter_batches(batch_size=config.batch_size * config.length_window, batch_format="pyarrow"))
+
+
+def prefetched(items: Iterator) -> Iterator:
+    """`items`, whose first item a thread fetches from now on while the caller goes on."""
+    pool = ThreadPoolExecutor(1)
+    first = pool.submit(next, items, None)
+    pool.shutdown(wait=False)  # the thread ends with its one fetch
+
+    def rest():
+        item = first.result()
+        if item is not None:
+            yield item
+            yield from items
+
+    return rest()
+
+
+def micro_batches(windows: Iterator[pa.Table], config: TrainConfig, epoch: int, rank: int, skip: int,
+                  pad_id: int) -> Iterator[list]:
+    """One epoch of a worker's shard, from its `shard_windows`, the first `skip` batches left out (resume).
+    Each batch of `batch_size` rows comes as a list of forward passes, (inputs as numpy, labels): one, or with
+    `batch_tokens` as many as keep every pass under that many padded tokens.
 
     The order depends only on (seed, epoch, rank, window), so a resumed run sees the batches it had not seen.
     """
-    window = config.batch_size * config.length_window
     seen = 0
-    for number, table in enumerate(shard.iter_batches(batch_size=window, batch_format="pyarrow")):
+    for number, table in enumerate(windows):
         ids, offsets = list_parts(table.column(IDS))
         types = list_parts(table.column(TYPES))[0] if TYPES in table.column_names else None
         labels = table.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float32)
@@ -418,6 +439,9 @@ def train_loop(loop_config: dict) -> dict:
     use_gpu = device.type == "cuda"
     bf16 = config.bf16 if config.bf16 is not None else use_gpu
     use_shape_free_attention(device)  # the model is loaded on the CPU below, then moved
+    # The data stream starts while the model loads: its first window takes a second or more to come.
+    shard = ray.train.get_dataset_shard("train")
+    windows = prefetched(shard_windows(shard, config))
 
     reranker = load_reranker(plan["model"], device="cpu", dtype="float32", max_length=plan["max_length"],
                              allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
@@ -475,7 +499,6 @@ def train_loop(loop_config: dict) -> dict:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     loss_fn = torch.nn.BCEWithLogitsLoss(
         reduction="sum", pos_weight=torch.tensor(config.pos_weight, device=device) if config.pos_weight else None)
-    shard = ray.train.get_dataset_shard("train")
     eval_shard = ray.train.get_dataset_shard("eval") if plan["qrels"] else None
     budget = config.batch_tokens or default_batch_tokens(use_gpu)
 
@@ -513,9 +536,10 @@ def train_loop(loop_config: dict) -> dict:
 
     step, micro = progress["step"], progress["micro"]
     loss_sum, loss_count, samples, tick = 0.0, 0, 0, time.perf_counter()
+    data = Waiting()
     epoch = micro // per_epoch
     while step < total:
-        for passes in micro_batches(shard, config, epoch, rank, micro - epoch * per_epoch, pad_id):
+        for passes in data.over(micro_batches(windows, config, epoch, rank, micro - epoch * per_epoch, pad_id)):
             boundary = (micro + 1) % accum == 0
             rows = sum(len(labels) for _, labels in passes)
             for number, (inputs, labels) in enumerate(passes):
@@ -557,7 +581,9 @@ def train_loop(loop_config: dict) -> dict:
             global_samples = samples * world
             entry = {"epoch": round(micro / per_epoch, 4), "step": step,
                      "loss": _global_mean(float(loss_sum), loss_count), "lr": scheduler.get_last_lr()[0],
-                     "samples_per_second": global_samples / elapsed if elapsed else 0.0}
+                     "samples_per_second": global_samples / elapsed if elapsed else 0.0,
+                     # The share of the time this worker waited for its next batch: is the data the limit?
+                     "data_wait": data.seconds / elapsed if elapsed else 0.0}
             progress["samples"] += global_samples
             progress["seconds"] += elapsed
             if plan["qrels"] and ((config.eval_every and step % config.eval_every == 0) or epoch_end or last):
@@ -567,16 +593,35 @@ def train_loop(loop_config: dict) -> dict:
             if rank == 0:
                 print(f"ce-ray train: step {step}/{total} epoch {entry['epoch']:.2f} loss {entry['loss']:.4f} "
                       f"lr {entry['lr']:.2e} samples/s {entry['samples_per_second']:.1f} "
-                      + _metrics_text(entry), flush=True)
+                      f"(waiting for data {entry['data_wait']:.0%}) " + _metrics_text(entry), flush=True)
             if saving:
                 save(entry)
             loss_sum, loss_count, samples, tick = 0.0, 0, 0, time.perf_counter()
+            data.seconds = 0.0
             if last:
                 break
         epoch += 1
+        windows = shard_windows(shard, config)
     divergence = None if config.deepspeed and config.deepspeed.stage == 3 else _replica_divergence(module)
     return {"log": progress["log"], "resumed_from": progress["resumed_from"], "replica_divergence": divergence,
             "samples": progress["samples"], "seconds": progress["seconds"], "steps": step}
+
+
+class Waiting:
+    """The seconds a loop spends waiting for the items of the iterators it goes `over`."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def over(self, items) -> Iterator:
+        items = iter(items)
+        while True:
+            start = time.perf_counter()
+            item = next(items, None)
+            self.seconds += time.perf_counter() - start
+            if item is None:
+                return
+            yield item
 
 
 def save_reranker(module, tokenizer, path: str, max_length: int, state_dict=None) -> None:

@@ -108,8 +108,9 @@ def test_passes_hold_the_batch_rows_under_the_token_budget(ray_local, tiny_model
                                         "query", "document", "label", 128)
     shard = ray.data.from_arrow(train._kept_rows(table))
     config = TrainConfig(batch_size=8, length_window=4)
-    whole = list(train.micro_batches(shard, config, epoch=0, rank=0, skip=0, pad_id=0))
-    cut = list(train.micro_batches(shard, dataclasses.replace(config, batch_tokens=200), 0, 0, 0, 0))
+    whole = list(train.micro_batches(train.shard_windows(shard, config), config, epoch=0, rank=0, skip=0, pad_id=0))
+    cut_config = dataclasses.replace(config, batch_tokens=200)
+    cut = list(train.micro_batches(train.prefetched(train.shard_windows(shard, cut_config)), cut_config, 0, 0, 0, 0))
     assert len(whole) == len(cut) == 8 and all(len(batch) == 1 for batch in whole)
     assert sum(len(batch) for batch in cut) > len(cut)  # the budget did cut batches
 
