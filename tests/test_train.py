@@ -89,6 +89,8 @@ def test_replicas_stay_identical_and_match_one_worker_with_twice_the_batch(data_
     assert _max_diff(w2, w1) < 1e-5  # ...and both runs changed them the same way
     losses = [entry["loss"] for entry in two.log]
     assert losses == pytest.approx([entry["loss"] for entry in one.log], abs=1e-5)
+    # Each log line says what share of its time the worker waited for data.
+    assert all(0.0 <= entry["data_wait"] < 1.0 for entry in two.log + one.log if "samples_per_second" in entry)
 
 
 def test_batches_cut_into_token_budget_passes_train_the_same_weights(data_parallel_runs):
