@@ -45,12 +45,16 @@ class Layer(nn.Module):
         self.output_norm = nn.LayerNorm(hidden, eps=eps)
         self.activation = ACTIVATIONS[activation]
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor], first_only: bool = False) -> torch.Tensor:
+        """The layer's output for every token, or with `first_only` for the first token alone ([rows, 1,
+        hidden]): what the last layer need give the pooler, which reads only that token."""
         rows, width, hidden = x.shape
         q, k, v = self.qkv(x).view(rows, width, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        if first_only:  # every token's key and value, the first token's query: attention, FFN on one row
+            q, x = q[:, :, :1], x[:, :1]
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
                                                   dropout_p=self.attention_dropout if self.training else 0.0)
-        attended = self.attention_out(attended.transpose(1, 2).reshape(rows, width, hidden))
+        attended = self.attention_out(attended.transpose(1, 2).reshape(rows, x.shape[1], hidden))
         x = self.attention_norm(self.dropout(attended) + x)
         return self.output_norm(self.dropout(self.down(self.activation(self.up(x)))) + x)
 
@@ -90,8 +94,12 @@ class BertCrossEncoder(nn.Module):
         x = self.dropout(self.embedding_norm(x))
         if attention_mask is not None and attention_mask.dim() == 2:
             attention_mask = attention_mask.bool()[:, None, None, :]
-        for layer in self.layers:
-            x = layer(x, attention_mask)
+        # The pooler reads the first token alone, so the last layer computes only its row when scoring:
+        # an eighth less work for MiniLM-L6 at MS MARCO lengths, a sixteenth for L12. Training keeps every row, so that dropout draws the same
+        # random numbers as transformers' model.
+        last = len(self.layers) - 1
+        for number, layer in enumerate(self.layers):
+            x = layer(x, attention_mask, first_only=number == last and not self.training)
         return self.classifier(self.classifier_dropout(torch.tanh(self.pooler(x[:, 0]))))
 
 
