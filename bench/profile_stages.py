@@ -61,7 +61,7 @@ def stage_rates(args, work: str, table: pa.Table, model_dir: str, device: str) -
     from ce_ray.batching import (IDS, TYPES, encode_pairs_hf, list_parts, pad, pair_encoder, token_budget_batches,
                                  tokenize_table)
     from ce_ray.config import ScoreConfig
-    from ce_ray.model import load_tokenizer
+    from ce_ray.model_folder import load_tokenizer
     from ce_ray.replica import Scorer
 
     if device == "cpu":

@@ -322,7 +322,7 @@ def main() -> None:
 
     from ce_ray import fast_tokenize
     from ce_ray.batching import default_batch_tokens
-    from ce_ray.model import load_tokenizer
+    from ce_ray.model_folder import load_tokenizer
 
     device = common.pick_device(args.device)
     args.batch_tokens = args.batch_tokens or default_batch_tokens(device.startswith("cuda"))

@@ -75,7 +75,7 @@ def main() -> None:
 
     from ce_ray import fast_tokenize
     from ce_ray.batching import encode_pairs_hf
-    from ce_ray.model import load_tokenizer
+    from ce_ray.model_folder import load_tokenizer
 
     tokenizer = load_tokenizer(MODEL)
     assert fast_tokenize.supports(tokenizer)

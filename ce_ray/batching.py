@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from . import fast_tokenize
 from .config import ConfigError
+from .tokenizer_facts import tokenizer_facts
 
 IDS = "_ce_input_ids"
 TYPES = "_ce_token_type_ids"
@@ -34,7 +35,7 @@ def default_batch_tokens(on_gpu: bool) -> int:
 @functools.lru_cache(maxsize=4)
 def cached_tokenizer(path: str, trust_remote_code: bool = False):
     """One tokenizer per worker process, reused by every task that runs there."""
-    from .model import load_tokenizer
+    from .model_folder import load_tokenizer
 
     return load_tokenizer(path, trust_remote_code)
 
@@ -97,11 +98,16 @@ def encode_pairs_hf(tokenizer, queries: List[str], documents: List[str], max_len
 def fast_plan(tokenizer, choice: str = "auto"):
     """nanotoken's plan for a tokenizer (`fast_tokenize.PairPlan`), or None for the Hugging Face path: nanotoken
     for BERT WordPiece tokenizers (auto), Hugging Face otherwise or when asked ("hf")."""
+    return chosen_plan(None if choice == "hf" else fast_tokenize.pair_plan(tokenizer), choice,
+                       type(tokenizer).__name__)
+
+
+def chosen_plan(plan, choice: str, tokenizer_class: str):
+    """`plan` (nanotoken's, or None where it cannot serve) as the `tokenizer` setting `choice` takes it."""
     if choice == "hf":
         return None
-    plan = fast_tokenize.pair_plan(tokenizer)
     if choice == "fast" and plan is None:
-        raise ConfigError(f"tokenizer {type(tokenizer).__name__} is not BERT WordPiece: use tokenizer='hf'")
+        raise ConfigError(f"tokenizer {tokenizer_class} is not BERT WordPiece: use tokenizer='hf'")
     return plan
 
 
@@ -128,8 +134,9 @@ class PairEncoder:
 
 def pair_encoder(model: str, choice: str = "auto", trust_remote_code: bool = False) -> PairEncoder:
     """The encoder of a model's pairs for `tokenize_table`; choice "fast" fails for a tokenizer nanotoken
-    cannot reproduce."""
-    return PairEncoder(model, trust_remote_code, fast_plan(cached_tokenizer(model, trust_remote_code), choice))
+    cannot reproduce. The plan comes from `tokenizer_facts`: after a first job, without transformers."""
+    facts = tokenizer_facts(model, trust_remote_code)
+    return PairEncoder(model, trust_remote_code, chosen_plan(facts.plan, choice, facts.tokenizer_class))
 
 
 def tokenize_table(

@@ -1,125 +1,19 @@
 """Loading a reranker the way sentence-transformers' CrossEncoder does, and saving one it loads.
 
-A model is a local folder, a Hugging Face hub id, or an `s3://` folder (copied to a local cache first).
-Safe by default: safetensors only unless `allow_pickle`, no repository code unless `trust_remote_code`.
+A model is a local folder, a Hugging Face hub id, or an `s3://` folder (copied to a local cache first;
+`ce_ray.model_folder`, which a job's driver uses without importing torch). Safe by default: safetensors only
+unless `allow_pickle`, no repository code unless `trust_remote_code`.
 """
 
 from __future__ import annotations
 
-import glob
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
-from .io import check_s3_access, filesystem
-
-SIGMOID = "torch.nn.modules.activation.Sigmoid"
-IDENTITY = "torch.nn.modules.linear.Identity"
-
-
-class ModelError(ValueError):
-    """The model cannot be loaded safely or at all."""
-
-
-def cache_dir() -> str:
-    return os.environ.get("CE_RAY_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ce-ray"))
-
-
-def local_model_path(model: str) -> str:
-    """A local folder for `model`: itself, a copy of an `s3://` folder, or the hub id unchanged."""
-    if model.startswith(("s3://", "s3a://")):
-        return _copy_remote_folder(model)
-    if model.startswith("file://"):
-        model = model[len("file://") :]
-    if os.path.isdir(model):
-        return model
-    if os.path.exists(model) or model.startswith((".", "/")) or model.count("/") > 1:
-        raise ModelError(f"model folder {model} does not exist")
-    return model  # a hub id; transformers resolves it (and fails clearly when the hub is unreachable)
-
-
-def _copy_remote_folder(uri: str) -> str:
-    """Copies an object-storage folder once into the local cache; a finished copy is marked complete."""
-    import pyarrow.fs as pafs
-
-    target = os.path.join(cache_dir(), "models", hashlib.sha256(uri.encode()).hexdigest()[:16])
-    done = os.path.join(target, ".ce-ray-complete")
-    if os.path.exists(done):
-        return target
-    check_s3_access(uri)
-    fs, path = filesystem(uri)
-    infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=True, allow_not_found=True))
-    files = [i for i in infos if i.type == pafs.FileType.File]
-    if not files:
-        raise ModelError(f"model folder {uri} is empty or does not exist")
-    partial = f"{target}.partial-{os.getpid()}"
-    for info in files:
-        rel = info.path[len(path.rstrip("/")) + 1 :]
-        os.makedirs(os.path.dirname(os.path.join(partial, rel)) or partial, exist_ok=True)
-        with fs.open_input_stream(info.path) as src, open(os.path.join(partial, rel), "wb") as dst:
-            while chunk := src.read(1 << 24):
-                dst.write(chunk)
-    open(os.path.join(partial, ".ce-ray-complete"), "w").close()
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    try:
-        os.rename(partial, target)  # atomic: concurrent replicas either see the whole copy or none
-    except OSError:
-        import shutil
-
-        shutil.rmtree(partial, ignore_errors=True)  # another process finished first
-    return target
-
-
-def check_safe(path: str, allow_pickle: bool, trust_remote_code: bool) -> None:
-    """Refuses pickle-only weights and repository code before anything is loaded."""
-    if not os.path.isdir(path):
-        return  # hub ids: transformers enforces use_safetensors and trust_remote_code itself
-    config_file = os.path.join(path, "config.json")
-    if not os.path.exists(config_file):
-        raise ModelError(f"{path} has no config.json: not a Hugging Face model folder")
-    with open(config_file) as f:
-        config = json.load(f)
-    if config.get("auto_map") and not trust_remote_code:
-        raise ModelError(
-            f"{path} needs code from its repository (auto_map in config.json); "
-            "pass --trust-remote-code only if you trust it"
-        )
-    has_safetensors = bool(glob.glob(os.path.join(path, "*.safetensors")))
-    has_pickle = bool(glob.glob(os.path.join(path, "*.bin")) + glob.glob(os.path.join(path, "*.pt")))
-    if not has_safetensors and has_pickle and not allow_pickle:
-        raise ModelError(
-            f"{path} has only pickle weights (.bin/.pt), which can run code when loaded; "
-            "convert them to safetensors, or pass --allow-pickle if you trust the file"
-        )
-    if not has_safetensors and not has_pickle:
-        raise ModelError(f"{path} has no weights (*.safetensors)")
-
-
-def activation_path(path: str, num_labels: int, trust_remote_code: bool = False) -> str:
-    """The activation CrossEncoder applies: from the saved configs, else sigmoid for one label."""
-    candidates = []
-    if os.path.isdir(path):
-        for name, keys in (
-            ("config_sentence_transformers.json", ("activation_fn",)),
-            ("config.json", ("sentence_transformers", "activation_fn")),
-            ("config.json", ("sbert_ce_default_activation_function",)),
-        ):
-            file = os.path.join(path, name)
-            if os.path.exists(file):
-                with open(file) as f:
-                    value = json.load(f)
-                for key in keys:
-                    value = value.get(key) if isinstance(value, dict) else None
-                if value:
-                    candidates.append(value)
-    for found in candidates:
-        if found.startswith("torch.") or trust_remote_code:
-            return found
-    return SIGMOID if num_labels == 1 else IDENTITY
+from .model_folder import SIGMOID, ModelError, activation_path, check_safe, local_model_path, max_length_of
 
 
 def activation_from_path(dotted: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -173,21 +67,6 @@ def to_device(array, device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
-def max_length_of(path: str, tokenizer, config) -> int:
-    """CrossEncoder's rule: sentence_bert_config.json, else the tokenizer's, capped by the positions."""
-    file = os.path.join(path, "sentence_bert_config.json") if os.path.isdir(path) else ""
-    if file and os.path.exists(file):
-        with open(file) as f:
-            value = json.load(f).get("max_seq_length")
-        if value:
-            return int(value)
-    length = tokenizer.model_max_length
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions and positions > 0 and (length is None or length > positions):
-        length = positions
-    return int(length)
-
-
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """`auto`: float16 on a GPU, float32 on CPU.
 
@@ -205,12 +84,6 @@ def device_and_dtype(device: Optional[str], dtype: str) -> tuple:
     """The torch device (the GPU where there is one, unless `device` says) and the dtype `pick_dtype` gives it."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return dev, pick_dtype(dtype, dev)
-
-
-def load_tokenizer(model: str, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(local_model_path(model), trust_remote_code=trust_remote_code)
 
 
 @dataclass

@@ -16,12 +16,14 @@ from typing import Optional
 
 import pyarrow as pa
 
-from .batching import REJECT, PairEncoder, cached_tokenizer, pair_encoder, tokenize_table
+from .batching import REJECT, PairEncoder, chosen_plan, tokenize_table
 from .config import ConfigError, ScoreConfig, require
 from .io import InputError
+from .tokenizer_facts import tokenizer_facts
 
-# torch is imported by the replica (ce_ray.replica, ce_ray.model) alone: the read, tokenize and write tasks
-# import this module and the package, and would otherwise each load it for nothing.
+# torch is imported by the replica (ce_ray.replica, ce_ray.model) alone: the driver (with the tokenizer's
+# facts recorded, `tokenizer_facts`) and the read, tokenize and write tasks import this module and the
+# package, and would otherwise each load it for nothing.
 
 SCORE = "score"
 # Rows a GPU replica scores per call. Each call ends by waiting for its scores, and its table goes back
@@ -80,7 +82,7 @@ def surfaced_errors():
         found = re.findall(r"^ce_ray\.\w+\.(ModelError|InputError|ConfigError): (.+)$", text, re.MULTILINE)
         if not found:
             raise
-        from .model import ModelError
+        from .model_folder import ModelError
 
         kind, message = found[0]  # the root cause: a chain prints its first exception first
         error = {"ModelError": ModelError, "InputError": InputError, "ConfigError": ConfigError}[kind]
@@ -94,8 +96,7 @@ def score(ds, config: Optional[ScoreConfig] = None, **settings):
     `reject_reason` (null for scored rows); with `on_invalid="fail"` they fail the job instead.
     Example: `ce_ray.score(ray.data.read_parquet(...), model="cross-encoder/ms-marco-MiniLM-L6-v2")`.
     """
-    from .model import ModelError, check_safe, local_model_path, max_length_of
-    from .replica import Scorer
+    from .model_folder import ModelError, check_safe, local_model_path
 
     config = dataclasses.replace(config or ScoreConfig(), **settings)
     require(config, "model")
@@ -104,15 +105,13 @@ def score(ds, config: Optional[ScoreConfig] = None, **settings):
     path = local_model_path(config.model)
     check_safe(path, config.allow_pickle, config.trust_remote_code)
     try:
-        tokenizer = cached_tokenizer(config.model, config.trust_remote_code)
+        facts = tokenizer_facts(config.model, config.trust_remote_code)
     except (OSError, ValueError) as e:  # not a folder, an unknown hub id, no hub reachable
         raise ModelError(f"cannot load model {config.model}: {e}") from None
-    encoder = pair_encoder(config.model, config.tokenizer, config.trust_remote_code)  # the tokenizer above, cached
+    encoder = PairEncoder(config.model, config.trust_remote_code,
+                          chosen_plan(facts.plan, config.tokenizer, facts.tokenizer_class))
     if config.max_length is None:
-        from transformers import AutoConfig
-
-        model_config = AutoConfig.from_pretrained(path, trust_remote_code=config.trust_remote_code)
-        config = dataclasses.replace(config, max_length=max_length_of(path, tokenizer, model_config))
+        config = dataclasses.replace(config, max_length=facts.max_length)
 
     free_failed_actors()
     use_gpu = config.use_gpu if config.use_gpu is not None else _cluster_gpus() > 0
@@ -129,7 +128,7 @@ def score(ds, config: Optional[ScoreConfig] = None, **settings):
         udf_modifying_row_count=False,
     )
     return tokenized.map_batches(
-        Scorer,
+        ScoringReplica,
         fn_constructor_kwargs=dict(config=config, device="cuda" if use_gpu else "cpu"),
         batch_format="pyarrow",
         batch_size=config.rows_per_call or (GPU_ROWS_PER_CALL if use_gpu else config.rows_per_block),
@@ -140,6 +139,19 @@ def score(ds, config: Optional[ScoreConfig] = None, **settings):
         # A replica that dies (node lost, OOM) is restarted and its blocks are redone: Ray Data's actor
         # pools default to max_restarts=-1 and max_task_retries=-1.
     )
+
+
+class ScoringReplica:
+    """The actor pool's class: a `replica.Scorer`, whose module (and torch with it) is imported in the
+    replica's process alone. Imported here, it would cost the driver seconds (torch and the CUDA libraries)."""
+
+    def __init__(self, config: ScoreConfig, device: str):
+        from .replica import Scorer
+
+        self.scorer = Scorer(config, device)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        return self.scorer(table)
 
 
 def replica_pool(config: ScoreConfig, use_gpu: bool, max_replicas: int):

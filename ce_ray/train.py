@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .batching import (IDS, REJECT, TYPES, PairEncoder, cached_tokenizer, default_batch_tokens, list_parts, pad,
+from .batching import (IDS, REJECT, TYPES, PairEncoder, default_batch_tokens, list_parts, pad,
                        pair_encoder, token_budget_batches, tokenize_table)
 from .config import ConfigError, TrainConfig, require
 from .io import InputError, filesystem, join
@@ -626,7 +626,8 @@ class Waiting:
 
 def save_reranker(module, tokenizer, path: str, max_length: int, state_dict=None) -> None:
     """The CrossEncoder layout; `state_dict` holds the gathered weights when ZeRO-3 partitions the module."""
-    from .model import SIGMOID, save_reranker as save_full
+    from .model import save_reranker as save_full
+    from .model_folder import SIGMOID
 
     if state_dict is None:
         return save_full(module, tokenizer, path, max_length)
@@ -696,11 +697,11 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-    from transformers import AutoConfig
 
     from . import card
-    from .model import check_safe, local_model_path, max_length_of
+    from .model_folder import check_safe, local_model_path
     from .score import free_failed_actors, surfaced_errors
+    from .tokenizer_facts import tokenizer_facts
 
     config = dataclasses.replace(config or TrainConfig(), **settings)
     require(config, "model", "train_data", "output")
@@ -710,9 +711,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     if os.path.isdir(model):
         model = os.path.abspath(model)
     check_safe(model, config.allow_pickle, config.trust_remote_code)
-    tokenizer = cached_tokenizer(model, config.trust_remote_code)
-    max_length = config.max_length or max_length_of(
-        model, tokenizer, AutoConfig.from_pretrained(model, trust_remote_code=config.trust_remote_code))
+    max_length = config.max_length or tokenizer_facts(model, config.trust_remote_code).max_length
     if not ray.is_initialized():
         ray.init()
     free_failed_actors()

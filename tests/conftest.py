@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+# ce-ray's cache (models copied from S3, tokenizer facts) goes to a folder of the run's own, not the user's.
+os.environ["CE_RAY_CACHE"] = tempfile.mkdtemp(prefix="ce-ray-test-cache-")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = (ROOT / ".." / "shared").resolve()

@@ -46,7 +46,7 @@ LONG_TEXT = " ".join(["The quick brown fox jumps over the lazy dog, naïvely."] 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from ce_ray.model import load_tokenizer
+    from ce_ray.model_folder import load_tokenizer
 
     return load_tokenizer(str(L12))
 
@@ -154,7 +154,7 @@ def test_empty_batch_and_bad_input(tokenizer):
 
 
 def test_model_without_token_types(tokenizer):
-    from ce_ray.model import load_tokenizer
+    from ce_ray.model_folder import load_tokenizer
 
     no_types = load_tokenizer(str(L12))
     no_types.model_input_names = ["input_ids", "attention_mask"]

@@ -59,7 +59,7 @@ def remove_a_scoring_node(cluster, workers, report):
             removed.touch()
             return
         time.sleep(0.2)
-    scorers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "Scorer" in a.class_name]
+    scorers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "ScoringReplica" in a.class_name]
     hosts = {a.node_id for a in scorers}
     victim = next((w for w in workers if w.node_id in hosts), workers[-1])
     report.update(removed_node=victim.node_id, scorer_on_removed_node=victim.node_id in hosts,

@@ -142,11 +142,11 @@ def test_resume_refuses_other_settings_and_regrouping_jobs(ray_local, tmp_path, 
 
 
 def _scorer_pids() -> list:
-    """Scoring replicas of this process's own local Ray (named after the Scorer class by Ray)."""
+    """Scoring replicas of this process's own local Ray (named after their class, ScoringReplica, by Ray)."""
     pids = []
     for child in psutil.Process().children(recursive=True):
         try:
-            if "Scorer" in " ".join(child.cmdline()):
+            if "ScoringReplica" in " ".join(child.cmdline()):
                 pids.append(child.pid)
         except psutil.Error:
             pass

@@ -1,0 +1,102 @@
+"""What a job's driver needs of a model's tokenizer, kept on disk so that later jobs with the same model need
+neither transformers nor torch in the driver (2 s of a job on a 2-core CPU): nanotoken's plan, the
+tokenizer's class, and CrossEncoder's max length.
+
+transformers settles these from the folder's files (tokenizer.json, tokenizer_config.json, the special
+tokens, config.json, sentence_bert_config.json) by rules that change between its versions, so ce-ray does
+not reproduce them. The first job with a folder asks transformers and records its answer under a key made of
+the bytes of every file of the folder but the weights (and files too large for a tokenizer), the versions
+of transformers, tokenizers and nanotoken, and the source of the ce-ray code that derives the answer: any
+change to any of them is another key, asked again. Hub ids and models with repository code are not recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from . import fast_tokenize
+from .model_folder import cache_dir, load_tokenizer, local_model_path, max_length_of
+
+WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ckpt", ".gguf", ".ot")
+LARGEST = 64 << 20  # bytes: a larger file is no tokenizer's (XLM-R's tokenizer.json is 17 MB), left out too
+LIBRARIES = ("transformers", "tokenizers", "nanotoken")
+
+
+@dataclass(frozen=True)
+class TokenizerFacts:
+    plan: Optional[fast_tokenize.PairPlan]  # None: nanotoken cannot reproduce the tokenizer
+    tokenizer_class: str
+    max_length: int  # CrossEncoder's (`model_folder.max_length_of`)
+
+
+def tokenizer_facts(model: str, trust_remote_code: bool = False) -> TokenizerFacts:
+    """The facts of `model`'s tokenizer: from the record of an earlier job, else from transformers (then
+    recorded)."""
+    path = local_model_path(model)
+    record = None if trust_remote_code or not os.path.isdir(path) else _record_path(path)
+    facts = _read(record) if record else None
+    if facts is None:
+        facts = _from_transformers(path, trust_remote_code)
+        if record:
+            _write(record, facts)
+    return facts
+
+
+def _read(record: str) -> Optional[TokenizerFacts]:
+    """The recorded facts; None when there are none (or they cannot be read: then they are asked again)."""
+    try:
+        with open(record) as f:
+            saved = json.load(f)
+        plan = saved["plan"] and fast_tokenize.PairPlan(**saved["plan"])
+        return TokenizerFacts(plan, saved["tokenizer_class"], saved["max_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _from_transformers(path: str, trust_remote_code: bool) -> TokenizerFacts:
+    from transformers import AutoConfig
+
+    # Loaded afresh (not `batching.cached_tokenizer`'s, which a process keeps per path): the files may have
+    # changed since, and the answer is recorded under their present bytes.
+    tokenizer = load_tokenizer(path, trust_remote_code)
+    # A folder of a tokenizer alone has no model config (nor positions to cap the length).
+    alone = os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json"))
+    config = None if alone else AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return TokenizerFacts(fast_tokenize.pair_plan(tokenizer), type(tokenizer).__name__,
+                          max_length_of(path, tokenizer, config))
+
+
+def _record_path(path: str) -> str:
+    key = hashlib.sha256()
+    for name in LIBRARIES:
+        try:
+            key.update(f"{name} {importlib.metadata.version(name)}\n".encode())
+        except importlib.metadata.PackageNotFoundError:
+            key.update(f"{name} none\n".encode())
+    here = os.path.dirname(os.path.abspath(__file__))
+    for source in ("tokenizer_facts.py", "fast_tokenize.py", "model_folder.py"):
+        with open(os.path.join(here, source), "rb") as f:
+            key.update(f.read())
+    for name in sorted(os.listdir(path)):
+        file = os.path.join(path, name)
+        if os.path.isfile(file) and not name.endswith(WEIGHTS) and os.path.getsize(file) <= LARGEST:
+            with open(file, "rb") as f:
+                key.update(f"\n{name} {os.path.getsize(file)}\n".encode() + f.read())
+    return os.path.join(cache_dir(), "tokenizers", f"{key.hexdigest()[:32]}.json")
+
+
+def _write(record: str, facts: TokenizerFacts) -> None:
+    """Written whole or not at all (renamed into place); a cache that cannot be written is skipped."""
+    try:
+        os.makedirs(os.path.dirname(record), exist_ok=True)
+        partial = f"{record}.partial-{os.getpid()}"
+        with open(partial, "w") as f:
+            json.dump(asdict(facts), f)
+        os.replace(partial, record)
+    except OSError:
+        pass
