@@ -94,9 +94,9 @@ class BertCrossEncoder(nn.Module):
         x = self.dropout(self.embedding_norm(x))
         if attention_mask is not None and attention_mask.dim() == 2:
             attention_mask = attention_mask.bool()[:, None, None, :]
-        # The pooler reads the first token alone, so the last layer computes only its row when scoring:
-        # an eighth less work for MiniLM-L6 at MS MARCO lengths, a sixteenth for L12. Training keeps every row, so that dropout draws the same
-        # random numbers as transformers' model.
+        # The pooler reads the first token alone, so the last layer computes only its row when scoring: an
+        # eighth less work for MiniLM-L6 at MS MARCO lengths, a sixteenth for L12. Training keeps every row,
+        # so that dropout draws the same random numbers as transformers' model.
         last = len(self.layers) - 1
         for number, layer in enumerate(self.layers):
             x = layer(x, attention_mask, first_only=number == last and not self.training)
