@@ -7,7 +7,6 @@ unless `allow_pickle`, no repository code unless `trust_remote_code`.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
