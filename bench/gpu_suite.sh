@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU bench in one call on the GPU machine, most important first, within a time budget.
 #
-#   bash bench/gpu_suite.sh [SECONDS] [STEP...]     # default 560 s; steps: smoke score train compile scale profile
+#   bash bench/gpu_suite.sh [SECONDS] [STEP...]     # default 560 s; steps: smoke score scale train compile profile
 #
 # The machine comes bare and is lent for minutes (15 of device time a session, its start included), so one
 # call does what fits: it installs the carried wheels (.whl, see bench/README.md), records the machine, then
@@ -13,7 +13,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 budget=${1:-560}
 shift || true
-steps=${*:-smoke score train compile scale profile}
+steps=${*:-smoke score scale train compile profile}
 deadline=$(( $(date +%s) + budget ))
 logs=$(mktemp -d)
 wanted() { [[ " $steps " == *" $1 "* ]]; }
@@ -55,12 +55,14 @@ if ! step smoke 110 python3 bench/score_gpu.py --layers 6 --pairs 20000 --anchor
 fi
 # L6 and L12 on the same 1M pairs, every anchor: the targets. 246 s for both on the H200 (2026-11-30).
 step score 240 python3 bench/score_gpu.py --layers 6 12 --anchor-pairs 10000 --repeats 1
+# 1M and 5M pairs through the `ce-ray score` command, each in its own process and Ray: cost per pair and
+# memory at scale, and the "1M+" rate, which a 5M job can reach where a 1M one cannot (its start is seconds).
+step scale 150 python3 bench/scale.py --layers 6 --sizes 1000000 5000000
 # The trainer's anchors, ce-ray at batch 16, then token-budget batches: 140 s were too few (2026-11-30).
 step train 200 python3 bench/train_gpu.py --layers 6 --pairs 100000 --anchor-steps 200
 # torch.compile against eager, model alone and end to end, on fewer pairs: the compiling takes a minute.
 step compile 180 python3 bench/score_gpu.py --layers 6 --pairs 300000 --skip predict recipe --repeats 1 --compile \
     --name score_gpu_compile
-step scale 150 python3 bench/scale.py --layers 6 --sizes 1000000 5000000
 step profile 200 python3 bench/profile_stages.py --layers 6 --pairs 300000 --hf-pairs 5000 \
     --batch-tokens 16384 65536 131072 --rows-per-call 4096 --tokenize-cpus 1 3 --replicas
 pack
