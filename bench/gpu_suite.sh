@@ -57,7 +57,7 @@ fi
 step score 240 python3 bench/score_gpu.py --layers 6 12 --anchor-pairs 10000 --repeats 1
 # 1M and 5M pairs through the `ce-ray score` command, each in its own process and Ray: cost per pair and
 # memory at scale, and the "1M+" rate, which a 5M job can reach where a 1M one cannot (its start is seconds).
-step scale 150 python3 bench/scale.py --layers 6 --sizes 1000000 5000000
+step scale 180 python3 bench/scale.py --layers 6 --sizes 1000000 5000000
 # The trainer's anchors, ce-ray at batch 16, then token-budget batches: 140 s were too few (2026-11-30).
 step train 200 python3 bench/train_gpu.py --layers 6 --pairs 100000 --anchor-steps 200
 # torch.compile against eager, model alone and end to end, on fewer pairs: the compiling takes a minute.
