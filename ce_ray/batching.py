@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from . import fast_tokenize
 from .config import ConfigError
-from .tokenizer_facts import tokenizer_facts
+from .tokenizer_facts import TokenizerFacts, tokenizer_facts
 
 IDS = "_ce_input_ids"
 TYPES = "_ce_token_type_ids"
@@ -132,10 +132,12 @@ class PairEncoder:
         return encode_pairs_hf(tokenizer, queries.to_pylist(), documents.to_pylist(), max_length)
 
 
-def pair_encoder(model: str, choice: str = "auto", trust_remote_code: bool = False) -> PairEncoder:
+def pair_encoder(model: str, choice: str = "auto", trust_remote_code: bool = False,
+                 facts: Optional[TokenizerFacts] = None) -> PairEncoder:
     """The encoder of a model's pairs for `tokenize_table`; choice "fast" fails for a tokenizer nanotoken
-    cannot reproduce. The plan comes from `tokenizer_facts`: after a first job, without transformers."""
-    facts = tokenizer_facts(model, trust_remote_code)
+    cannot reproduce. The plan comes from the model's `tokenizer_facts` (after a first job, without
+    transformers), or from `facts` where the caller has them already."""
+    facts = facts or tokenizer_facts(model, trust_remote_code)
     return PairEncoder(model, trust_remote_code, chosen_plan(facts.plan, choice, facts.tokenizer_class))
 
 

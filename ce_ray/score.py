@@ -16,7 +16,7 @@ from typing import Optional
 
 import pyarrow as pa
 
-from .batching import REJECT, PairEncoder, chosen_plan, tokenize_table
+from .batching import REJECT, PairEncoder, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, require
 from .io import InputError
 from .tokenizer_facts import tokenizer_facts
@@ -108,8 +108,7 @@ def score(ds, config: Optional[ScoreConfig] = None, **settings):
         facts = tokenizer_facts(config.model, config.trust_remote_code)
     except (OSError, ValueError) as e:  # not a folder, an unknown hub id, no hub reachable
         raise ModelError(f"cannot load model {config.model}: {e}") from None
-    encoder = PairEncoder(config.model, config.trust_remote_code,
-                          chosen_plan(facts.plan, config.tokenizer, facts.tokenizer_class))
+    encoder = pair_encoder(config.model, config.tokenizer, config.trust_remote_code, facts)
     if config.max_length is None:
         config = dataclasses.replace(config, max_length=facts.max_length)
 

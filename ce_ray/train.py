@@ -164,10 +164,10 @@ def _eval_candidates(config: TrainConfig):
     return table, {q: qrels[q] for q in query_ids}
 
 
-def _tokenized(ds, config: TrainConfig, model: str, max_length: int, labels: bool):
+def _tokenized(ds, config: TrainConfig, encoder: PairEncoder, max_length: int, labels: bool):
     return ds.map_batches(
         _tokenize_train_block,
-        fn_kwargs=dict(encoder=pair_encoder(model, config.tokenizer, config.trust_remote_code),
+        fn_kwargs=dict(encoder=encoder,
                        query_column=config.query_column if labels else "query",
                        document_column=config.document_column if labels else "document",
                        label_column=config.label_column if labels else None, max_length=max_length),
@@ -175,7 +175,7 @@ def _tokenized(ds, config: TrainConfig, model: str, max_length: int, labels: boo
     ).materialize()
 
 
-def prepare_data(config: TrainConfig, model: str, max_length: int):
+def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int):
     """The tokenized training set (materialized: every epoch reads it again), its statistics, the eval set."""
     import ray.data
 
@@ -192,7 +192,7 @@ def prepare_data(config: TrainConfig, model: str, max_length: int):
             raise InputError(f"{config.train_data}: missing column {config.label_column!r} "
                              f"(columns: {', '.join(ds.schema().names)})")
         source = config.train_data
-    tokenized = _tokenized(ds, config, model, max_length, labels=True)
+    tokenized = _tokenized(ds, config, encoder, max_length, labels=True)
     stats = _combine_stats(tokenized.map_batches(_block_stats, batch_format="pyarrow", batch_size=None).take_all())
     stats["source"] = source
     stats["columns"] = [config.query_column, config.document_column, config.label_column]
@@ -206,7 +206,7 @@ def prepare_data(config: TrainConfig, model: str, max_length: int):
     eval_ds, qrels = None, None
     if config.eval_data:
         table, qrels = _eval_candidates(config)
-        eval_ds = _tokenized(ray.data.from_arrow(table), config, model, max_length, labels=False)
+        eval_ds = _tokenized(ray.data.from_arrow(table), config, encoder, max_length, labels=False)
         eval_ds = eval_ds.map_batches(_kept_rows, batch_format="pyarrow", batch_size=None).materialize()
     return train_ds, stats, eval_ds, qrels
 
@@ -711,7 +711,9 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     if os.path.isdir(model):
         model = os.path.abspath(model)
     check_safe(model, config.allow_pickle, config.trust_remote_code)
-    max_length = config.max_length or tokenizer_facts(model, config.trust_remote_code).max_length
+    facts = tokenizer_facts(model, config.trust_remote_code)  # once: the max length and the encoder's plan
+    max_length = config.max_length or facts.max_length
+    encoder = pair_encoder(model, config.tokenizer, config.trust_remote_code, facts)
     if not ray.is_initialized():
         ray.init()
     free_failed_actors()
@@ -723,7 +725,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
             raise ConfigError(f"the deepspeed section needs DeepSpeed: pip install 'ce-ray[deepspeed]' ({e})")
 
     with surfaced_errors():  # a label that is not a number fails a tokenize task
-        train_ds, stats, eval_ds, qrels = prepare_data(config, model, max_length)
+        train_ds, stats, eval_ds, qrels = prepare_data(config, encoder, max_length)
     per_worker = stats["pairs"] // config.num_workers  # the shards are cut equal so every worker steps together
     per_epoch = math.ceil(per_worker / config.batch_size)
     total = config.max_steps or (config.epochs * per_epoch) // config.grad_accum
