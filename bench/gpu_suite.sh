@@ -58,7 +58,8 @@ step score 240 python3 bench/score_gpu.py --layers 6 12 --anchor-pairs 10000 --r
 # 1M and 5M pairs through the `ce-ray score` command, each in its own process and Ray: cost per pair and
 # memory at scale, and the "1M+" rate, which a 5M job can reach where a 1M one cannot (its start is seconds).
 step scale 180 python3 bench/scale.py --layers 6 --sizes 1000000 5000000
-# The trainer's anchors, ce-ray at batch 16, then token-budget batches: 140 s were too few (2026-11-30).
+# The trainer's anchors, ce-ray at batch 16, then at 256 (the quality-checked large-batch recipe) and 2,048,
+# each in passes of at most 65,536 tokens: 140 s were too few for one large batch (2026-11-30).
 step train 200 python3 bench/train_gpu.py --layers 6 --pairs 100000 --anchor-steps 200
 # torch.compile against eager, model alone and end to end, on fewer pairs: the compiling takes a minute.
 step compile 180 python3 bench/score_gpu.py --layers 6 --pairs 300000 --skip predict recipe --repeats 1 --compile \

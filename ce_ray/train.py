@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,23 @@ DS_TAG = "zero"
 
 
 # ---------------------------------------------------------------- driver: data
+
+
+# Token budget of a training pass when batch_tokens is not set. A pass keeps every layer's activations for
+# the backward pass (on a CPU also the attention weights, rows x heads x width^2): an uncut batch of 256
+# WikiQA pairs grew the shared L12's worker past 20 GB on a CPU before Ray's memory monitor killed it. 8,192
+# holds the seeds' batch of 16 at 512 tokens in one pass, as CrossEncoderTrainer runs it; 65,536 is the
+# scoring budget of a GPU.
+GPU_TRAIN_BATCH_TOKENS = 65536
+CPU_TRAIN_BATCH_TOKENS = 8192
+
+
+def training_batch_tokens(config: TrainConfig, use_gpu: bool) -> Optional[int]:
+    """Padded tokens of one training pass at most: the setting, or the device's default; None with DeepSpeed,
+    which steps after a fixed number of passes (each worker then runs its batches whole)."""
+    if config.batch_tokens or config.deepspeed:
+        return config.batch_tokens
+    return GPU_TRAIN_BATCH_TOKENS if use_gpu else CPU_TRAIN_BATCH_TOKENS
 
 
 def _tokenize_train_block(table: pa.Table, encoder: PairEncoder, query_column: str, document_column: str,
@@ -637,6 +655,19 @@ def save_reranker(module, tokenizer, path: str, max_length: int, state_dict=None
     tokenizer.save_pretrained(path)
 
 
+def memory_hint(error: str, batch_size: int, batch_tokens: Optional[int]) -> str:
+    """What to change when a worker ran out of memory (Ray's memory monitor killed it, or CUDA's allocator
+    failed), else ''."""
+    if "running low on memory" not in error and "CUDA out of memory" not in error:
+        return ""
+    if batch_tokens is None:  # DeepSpeed: whole batches
+        return (f"a training worker ran out of memory with whole batches of {batch_size} pairs: set a smaller "
+                f"batch_size (--batch-size) and a grad_accum that keeps batch_size x grad_accum")
+    return (f"a training worker ran out of memory in forward passes of at most {batch_tokens:,} padded tokens "
+            f"(batches of {batch_size} pairs): set a smaller batch_tokens (--batch-tokens); a pass's memory "
+            f"grows with its tokens and, on a CPU, with their length")
+
+
 def _metrics_text(entry: dict) -> str:
     return " ".join(f"{k[5:]} {v:.4f}" for k, v in entry.items() if k.startswith("eval_"))
 
@@ -733,15 +764,16 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         raise ConfigError(f"{per_epoch} batch(es) per epoch and grad_accum {config.grad_accum}: no optimizer step")
     plan = {"model": model, "max_length": max_length, "batches_per_epoch": per_epoch, "total_steps": total,
             "qrels": qrels}
+    batch_tokens = training_batch_tokens(config, use_gpu)
     print(f"ce-ray train: {stats['pairs']:,} pairs ({stats['rejected']:,} rejected), {config.num_workers} worker(s), "
           f"{per_epoch} batch(es) of {config.batch_size} per worker and epoch, {total} step(s)"
-          + (f", forward passes of at most {config.batch_tokens:,} tokens" if config.batch_tokens else ""), flush=True)
+          + (f", forward passes of at most {batch_tokens:,} tokens" if batch_tokens else ""), flush=True)
 
     fs, storage_path, name = _storage(config)
     datasets = {"train": train_ds} | ({"eval": eval_ds} if eval_ds is not None else {})
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": config, "plan": plan},
+        train_loop_config={"config": dataclasses.replace(config, batch_tokens=batch_tokens), "plan": plan},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": config.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})),
@@ -756,6 +788,9 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     )
     result = trainer.fit()
     if result.error:
+        hint = memory_hint(str(result.error), config.batch_size, batch_tokens)
+        if hint:
+            print(f"ce-ray train: {hint}", file=sys.stderr, flush=True)
         raise result.error
     summary = result.return_value or {}
     with tempfile.TemporaryDirectory() as tmp:

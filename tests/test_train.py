@@ -127,6 +127,22 @@ def test_passes_hold_the_batch_rows_under_the_token_budget(ray_local, tiny_model
         assert sorted(labels) == sorted(np.concatenate([l for _, l in passes]))
 
 
+def test_training_passes_have_a_token_budget_unless_deepspeed_and_the_seeds_batch_stays_whole():
+    from ce_ray.config import DeepSpeedConfig, TrainConfig
+
+    train = _train_module()
+    seeds = TrainConfig()
+    cpu, gpu = train.training_batch_tokens(seeds, use_gpu=False), train.training_batch_tokens(seeds, use_gpu=True)
+    assert seeds.batch_size * 512 <= cpu <= gpu  # 16 pairs at BERT's longest: one pass, as the trainer runs it
+    assert train.training_batch_tokens(TrainConfig(batch_tokens=300), use_gpu=True) == 300
+    assert train.training_batch_tokens(TrainConfig(deepspeed=DeepSpeedConfig()), use_gpu=True) is None
+    # What a run that ran out of memory prints before Ray's error (the messages of Ray's monitor and torch).
+    ray_monitor = "Training failed due to worker errors: 5 worker(s) were killed due to the node running low on memory."
+    assert "--batch-tokens" in train.memory_hint(ray_monitor, 256, cpu)
+    assert "grad_accum" in train.memory_hint("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate", 256, None)
+    assert train.memory_hint("Training failed due to worker errors: ValueError: bad label", 16, cpu) == ""
+
+
 def test_a_pass_without_padding_goes_to_the_model_without_a_mask():
     import torch
 
