@@ -518,11 +518,10 @@ def train_loop(loop_config: dict) -> dict:
     loss_fn = torch.nn.BCEWithLogitsLoss(
         reduction="sum", pos_weight=torch.tensor(config.pos_weight, device=device) if config.pos_weight else None)
     eval_shard = ray.train.get_dataset_shard("eval") if plan["qrels"] else None
-    budget = config.batch_tokens or default_batch_tokens(use_gpu)
 
     def run_eval() -> dict:
-        return evaluate(model if config.deepspeed else module, eval_shard, plan["qrels"], device, pad_id, budget,
-                        model_type)
+        return evaluate(model if config.deepspeed else module, eval_shard, plan["qrels"], device, pad_id,
+                        plan["eval_batch_tokens"], model_type)
 
     def save(metrics: dict) -> None:
         """Every worker reports (a barrier); rank 0 writes the model and the state, DeepSpeed ranks their shards."""
@@ -762,8 +761,9 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     total = config.max_steps or (config.epochs * per_epoch) // config.grad_accum
     if total < 1:
         raise ConfigError(f"{per_epoch} batch(es) per epoch and grad_accum {config.grad_accum}: no optimizer step")
+    # Evaluation keeps no activations: its passes take the scoring budget, not the training one.
     plan = {"model": model, "max_length": max_length, "batches_per_epoch": per_epoch, "total_steps": total,
-            "qrels": qrels}
+            "qrels": qrels, "eval_batch_tokens": config.batch_tokens or default_batch_tokens(use_gpu)}
     batch_tokens = training_batch_tokens(config, use_gpu)
     print(f"ce-ray train: {stats['pairs']:,} pairs ({stats['rejected']:,} rejected), {config.num_workers} worker(s), "
           f"{per_epoch} batch(es) of {config.batch_size} per worker and epoch, {total} step(s)"
