@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU bench in one call on the GPU machine, most important first, within a time budget.
 #
-#   bash bench/gpu_suite.sh [SECONDS] [STEP...]     # default 560 s; steps: smoke score scale train compile profile
+#   bash bench/gpu_suite.sh [SECONDS] [STEP...]     # default 560 s; steps: smoke score scale train compile
+#                                                   # train_compile profile
 #
 # The machine comes bare and is lent for minutes (15 of device time a session, its start included), so one
 # call does what fits: it installs the carried wheels (.whl, see bench/README.md), records the machine, then
@@ -13,7 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 budget=${1:-560}
 shift || true
-steps=${*:-smoke score scale train compile profile}
+steps=${*:-smoke score scale train compile train_compile profile}
 deadline=$(( $(date +%s) + budget ))
 logs=$(mktemp -d)
 wanted() { [[ " $steps " == *" $1 "* ]]; }
@@ -64,6 +65,10 @@ step train 200 python3 bench/train_gpu.py --layers 6 --pairs 100000 --anchor-ste
 # torch.compile against eager, model alone and end to end, on fewer pairs: the compiling takes a minute.
 step compile 180 python3 bench/score_gpu.py --layers 6 --pairs 300000 --skip predict recipe --repeats 1 --compile \
     --name score_gpu_compile
+# ce-ray train at batch 16 eager and under torch.compile (the trainer's anchors again, for the ratios): the
+# compiling falls in the compiled run's first log window, its steady rate in the later ones.
+step train_compile 150 python3 bench/train_gpu.py --layers 6 --anchor-steps 200 --large-batch --compile \
+    --name train_gpu_compile
 step profile 200 python3 bench/profile_stages.py --layers 6 --pairs 300000 --hf-pairs 5000 \
     --batch-tokens 16384 65536 131072 --rows-per-call 4096 --tokenize-cpus 1 3 --replicas
 pack

@@ -7,17 +7,20 @@ five) and the same random MiniLM reranker (6 or 12 layers) for every system:
   (c) ce-ray train, batch 16 per device (bf16 on GPU)           on the same pairs
   (d) ce-ray train, for each --large-batch B, B pairs per step in forward passes of at most --batch-tokens
       padded tokens                                              on all --pairs pairs
+With --compile, also (c2): (c) with `compile=True` (its first log window includes the compiling; the steady
+rate is the one between later log lines).
 The quality of large batches is measured by train_quality.py (batch 256 and 512 keep the seeds' quality
 with lr 2e-4 and a 10% warmup). Here every system trains with the seeds' lr 5e-5: these random weights and
 labels diverge at 2e-4 (a loss of 3.3 to 15 in four steps of 256), and the rate is what is measured.
 Rates are training samples/s of the training loop: the trainer's own `train_samples_per_second`, and
 ce-ray's logged rate (Ray's start and the tokenizing before the first step are not in either). MFU =
 3 x forward FLOPs of the unpadded tokens (forward and backward) / time / a measured matmul peak. Writes
-bench/results/train_gpu.json (train_gpu_cpu.json on CPU).
+bench/results/train_gpu.json (train_gpu_cpu.json on CPU; or --name's).
 
     python3 bench/train_gpu.py                        # GPU: L6, 200,000 pairs for (d), batches of 256 and 2,048
     .venv/bin/python bench/train_gpu.py --layers 2 --pairs 1024 --anchor-steps 16 --large-batch 64 \
         --batch-tokens 2048                            # CPU smoke
+    python3 bench/train_gpu.py --anchor-steps 200 --large-batch --compile --name train_gpu_compile   # (c2), no (d)
 """
 
 from __future__ import annotations
@@ -93,7 +96,12 @@ def ce_ray_rate(model_dir: str, table: pa.Table, work: str, name: str, cpus: int
     waits = [entry["data_wait"] for entry in logged]
     print(f"{name}: samples/s between log lines " + ", ".join(
         f"{rate:,.0f} ({wait:.0%} waiting for data)" for rate, wait in zip(windows, waits)), flush=True)
-    return {"samples_per_second": outcome.samples_per_second, "steps": outcome.steps,
+    # The rate after the first window, for the steady state: the later windows' steps over their seconds.
+    steps = np.diff([0] + [entry["step"] for entry in logged])[1:]
+    steady = steps.sum() / sum(n / rate for n, rate in zip(steps, windows[1:])) if len(windows) > 1 else None
+    return {"samples_per_second": outcome.samples_per_second,
+            "steady_samples_per_second": None if steady is None else float(steady),
+            "steps": outcome.steps,
             "final_loss": outcome.log[-1]["loss"], "wall_seconds": time.perf_counter() - start,
             "samples_per_second_between_logs": windows, "data_wait_between_logs": waits, "settings": settings}
 
@@ -103,9 +111,11 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--pairs", type=int, default=200_000, help="pairs of system (d)")
     parser.add_argument("--anchor-steps", type=int, default=400, help="batches of 16 for systems (a)-(c)")
-    parser.add_argument("--large-batch", type=int, nargs="+", default=[256, 2048],
+    parser.add_argument("--large-batch", type=int, nargs="*", default=[256, 2048],
                         help="pairs per step of system (d), one run each")
     parser.add_argument("--batch-tokens", type=int, default=65536, help="padded tokens per forward pass of (d)")
+    parser.add_argument("--compile", action="store_true", help="also (c2): ce-ray at batch 16 under torch.compile")
+    parser.add_argument("--name", default=None, help="results file name (default: train_gpu, train_gpu_cpu on CPU)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -114,7 +124,7 @@ def main() -> int:
     gpu = device.startswith("cuda")
     result = common.header(device) | {"args": vars(args), "systems": {}}
     result["peak"] = common.matmul_peak(device)
-    results_name = "train_gpu" if gpu else "train_gpu_cpu"  # bench/results/<results_name>.json
+    results_name = args.name or ("train_gpu" if gpu else "train_gpu_cpu")  # bench/results/<results_name>.json
     cpus = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as work:
         model_dir = common.build_model(os.path.join(work, "model"), args.layers)
@@ -136,6 +146,9 @@ def main() -> int:
         result["ray_start_seconds"] = common.init_ray()
         record("ce_ray_b16", ce_ray_rate(model_dir, anchor, work, "b16", cpus, batch_size=BATCH,
                                          log_every=max(args.anchor_steps // 4, 1)))
+        if args.compile:
+            record("ce_ray_b16_compiled", ce_ray_rate(model_dir, anchor, work, "b16_compiled", cpus, batch_size=BATCH,
+                                                      log_every=max(args.anchor_steps // 4, 1), compile=True))
         for batch in args.large_batch:
             steps = max(args.pairs // batch, 1)
             record(f"ce_ray_b{batch}", ce_ray_rate(
@@ -144,14 +157,16 @@ def main() -> int:
 
     fp32 = systems["trainer_fp32_b16"]["samples_per_second"]
     bf16 = systems.get("trainer_bf16_b16", {}).get("samples_per_second")
-    rows = [("system", "samples/s", "x trainer fp32", "x trainer bf16", "MFU")]
+    rows = [("system", "samples/s", "steady", "x trainer fp32", "x trainer bf16", "MFU")]
     for name, figures in systems.items():
         rate = figures["samples_per_second"]
-        rows.append((name, common.fmt_rate(rate), f"{rate / fp32:.2f}", f"{rate / bf16:.2f}" if bf16 else "-",
-                     f"{figures['mfu']:.3f}"))
+        rows.append((name, common.fmt_rate(rate), common.fmt_rate(figures.get("steady_samples_per_second")),
+                     f"{rate / fp32:.2f}", f"{rate / bf16:.2f}" if bf16 else "-", f"{figures['mfu']:.3f}"))
     print(f"\nL{args.layers} on {result['machine'].get('gpu', device)}, peak "
           f"{result['peak']['flops_per_s'] / 1e12:.1f} TFLOP/s ({result['peak']['dtype']})")
-    print(common.table(rows, (22, 10, 15, 15, 6)))
+    print(common.table(rows, (22, 10, 10, 15, 15, 6)))
+    print("steady: the rate between log lines after the first (which holds the data stream's start, and the "
+          "compiling with compile=True); the ratios are of the whole run's rate")
     print(f"written to {common.write_result(results_name, result)}")
     return 0
 

@@ -168,6 +168,9 @@ class TrainConfig(ModelConfig):
     pos_weight: Optional[float] = None  # BCE weight of positives
     seed: int = 42
     bf16: Optional[bool] = None  # autocast; None: on GPU
+    # torch.compile the training forward pass (and so its backward) in each worker: fewer, fused kernels per
+    # step after a one-off compile of a minute or so; not with DeepSpeed, which wraps the model its own way.
+    compile: bool = False
     group_by_length: bool = True
     length_window: int = 50  # batches sorted by length together
     save_every: int = 0  # steps between checkpoints; 0: at each epoch end only
@@ -190,6 +193,8 @@ class TrainConfig(ModelConfig):
         if self.batch_tokens and self.deepspeed:
             raise ConfigError("batch_tokens works with DDP only: DeepSpeed steps after a fixed number of passes; "
                               "use grad_accum with a smaller batch_size instead")
+        if self.compile and self.deepspeed:
+            raise ConfigError("compile works with DDP only: DeepSpeed wraps the model its own way")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.lr <= 0 or self.weight_decay < 0 or self.max_grad_norm < 0:

@@ -471,7 +471,8 @@ def train_loop(loop_config: dict) -> dict:
     torch.manual_seed(config.seed)
     if rank == 0:
         code = "ce-ray's BERT" if native is not None else "transformers"
-        print(f"ce-ray train: {plan['model']} on {device} ({code}{', bf16' if bf16 else ''})", flush=True)
+        compiled = ", compiled in its first steps" if config.compile else ""
+        print(f"ce-ray train: {plan['model']} on {device} ({code}{', bf16' if bf16 else ''}{compiled})", flush=True)
     total, per_epoch, accum = plan["total_steps"], plan["batches_per_epoch"], config.grad_accum
 
     checkpoint = ray.train.get_checkpoint()
@@ -515,6 +516,11 @@ def train_loop(loop_config: dict) -> dict:
         autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     if checkpoint_dir:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    # The training passes' forward. A step of a small batch on a GPU is mostly launching kernels, and the
+    # compiled pass (forward and backward) launches fewer, fused ones. dynamic=True: one graph serves every
+    # (rows, width) of the length-grouped batches; a pass with padding and one without are two graphs.
+    # Evaluation stays eager: it runs rarely, in eval mode, which would be graphs of its own.
+    forward = torch.compile(model, dynamic=True) if config.compile else model
     loss_fn = torch.nn.BCEWithLogitsLoss(
         reduction="sum", pos_weight=torch.tensor(config.pos_weight, device=device) if config.pos_weight else None)
     eval_shard = ray.train.get_dataset_shard("eval") if plan["qrels"] else None
@@ -572,7 +578,7 @@ def train_loop(loop_config: dict) -> dict:
                     synced = world == 1 or (boundary and number == len(passes) - 1)
                     with contextlib.nullcontext() if synced else model.no_sync():
                         with autocast():
-                            logits = Reranker.logits(model(**inputs))
+                            logits = Reranker.logits(forward(**inputs))
                         # The batch's mean, whatever the passes: each pass adds its sum over the batch's rows.
                         loss = loss_fn(logits.float().view(-1), target) / rows
                         (loss / accum).backward()
@@ -621,7 +627,16 @@ def train_loop(loop_config: dict) -> dict:
         windows = shard_windows(shard, config)
     divergence = None if config.deepspeed and config.deepspeed.stage == 3 else _replica_divergence(module)
     return {"log": progress["log"], "resumed_from": progress["resumed_from"], "replica_divergence": divergence,
-            "samples": progress["samples"], "seconds": progress["seconds"], "steps": step}
+            "samples": progress["samples"], "seconds": progress["seconds"], "steps": step,
+            "compiled_graphs": _compiled_graphs() if config.compile else None}
+
+
+def _compiled_graphs() -> int:
+    """The graphs torch.compile built in this process, recompiles included: a few (passes with and without
+    padding, of one row), or a count that grows with the run, where each graph took seconds of it."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 class Waiting:
@@ -688,16 +703,22 @@ class TrainOutcome:
     seconds: float
     resumed_from: List[int]
     replica_divergence: Optional[float]
+    compiled_graphs: Optional[int] = None  # with `compile`: the graphs rank 0 compiled
 
     def lines(self) -> List[str]:
         metrics = " ".join(f"{k[5:]} {v:.4f}" for k, v in self.final_metrics.items())
-        return [
+        lines = [
             "ce-ray train: done",
             f"  pairs         {self.stats['pairs']:,} ({self.stats['rejected']:,} rejected)",
             f"  steps         {self.steps:,}" + (f" (resumed at {self.resumed_from})" if self.resumed_from else ""),
             f"  samples/s     {self.samples_per_second:,.1f}",
             f"  seconds       {self.seconds:.1f}",
-        ] + ([f"  eval          {metrics}"] if metrics else []) + [f"  model         {self.model_path}"]
+        ]
+        if self.compiled_graphs is not None:
+            lines.append(f"  compiled      {self.compiled_graphs} graph(s)")
+        if metrics:
+            lines.append(f"  eval          {metrics}")
+        return lines + [f"  model         {self.model_path}"]
 
 
 def _storage(config: TrainConfig):
@@ -811,6 +832,6 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         result=result, model_path=config.output, stats=stats, log=log, final_metrics=final,
         steps=progress["step"], samples_per_second=facts.samples_per_second,
         seconds=time.perf_counter() - start, resumed_from=summary.get("resumed_from", progress["resumed_from"]),
-        replica_divergence=summary.get("replica_divergence"))
+        replica_divergence=summary.get("replica_divergence"), compiled_graphs=summary.get("compiled_graphs"))
     print("\n".join(outcome.lines()), flush=True)
     return outcome

@@ -59,16 +59,21 @@ def pairs_file(tmp_path_factory):
     return path
 
 
+def _sixteen_pairs_for_three_epochs(still_model, pairs_file, folder) -> dict:
+    """The data-parallel runs' settings: the same 16 pairs for 3 epochs."""
+    sixteen = folder / "pairs.parquet"
+    pd.read_parquet(pairs_file).head(16).to_parquet(sixteen)
+    return dict(model=str(still_model), train_data=str(sixteen), epochs=3, lr=1e-3, log_every=1)
+
+
 @pytest.fixture(scope="module")
 def data_parallel_runs(ray_local, still_model, pairs_file, tmp_path_factory):
     """The same 16 pairs for 3 epochs: 2 workers x 8 per device, and 1 worker x 16. Every epoch is one
     optimizer step over all 16 pairs, so averaged gradients make both runs take the same steps."""
     from ce_ray.config import TrainConfig
 
-    sixteen = tmp_path_factory.mktemp("sixteen") / "pairs.parquet"
-    pd.read_parquet(pairs_file).head(16).to_parquet(sixteen)
+    common = _sixteen_pairs_for_three_epochs(still_model, pairs_file, tmp_path_factory.mktemp("sixteen"))
     out = tmp_path_factory.mktemp("dp")
-    common = dict(model=str(still_model), train_data=str(sixteen), epochs=3, lr=1e-3, log_every=1)
     started = time.perf_counter()
     two = _train_module().train(TrainConfig(**common, output=str(out / "two"), num_workers=2, batch_size=8))
     one = _train_module().train(TrainConfig(**common, output=str(out / "one"), num_workers=1, batch_size=16))
@@ -98,6 +103,24 @@ def test_batches_cut_into_token_budget_passes_train_the_same_weights(data_parall
     assert passes.steps == two.steps == 3 and passes.replica_divergence == 0.0
     assert _max_diff(_weights(two.model_path), _weights(passes.model_path)) < 1e-5
     assert [e["loss"] for e in passes.log] == pytest.approx([e["loss"] for e in two.log], abs=1e-5)
+
+
+def test_compiled_passes_train_the_same_weights_as_eager_ones(data_parallel_runs, still_model, pairs_file, tmp_path):
+    """`compile`: the passes of 1 to 3 pairs (with padding, without, of one row) compiled forward and backward,
+    under DDP with the workers skipping the gradient sync on all but their last pass, take the eager steps."""
+    from ce_ray.config import ConfigError, DeepSpeedConfig, TrainConfig
+
+    _, _, passes = data_parallel_runs
+    settings = _sixteen_pairs_for_three_epochs(still_model, pairs_file, tmp_path)
+    compiled = _train_module().train(TrainConfig(**settings, output=str(tmp_path / "compiled"), num_workers=2,
+                                                 batch_size=8, batch_tokens=160, compile=True))
+    assert compiled.steps == 3 and compiled.replica_divergence == 0.0
+    assert compiled.compiled_graphs >= 2 and passes.compiled_graphs is None  # passes with a mask and without
+    assert "  compiled      " in "\n".join(compiled.lines())
+    assert _max_diff(_weights(passes.model_path), _weights(compiled.model_path)) < 1e-6  # fused sums may round
+    assert [e["loss"] for e in compiled.log] == pytest.approx([e["loss"] for e in passes.log], abs=1e-6)
+    with pytest.raises(ConfigError, match="compile works with DDP only"):
+        TrainConfig(compile=True, deepspeed=DeepSpeedConfig()).validate()
 
 
 def test_passes_hold_the_batch_rows_under_the_token_budget(ray_local, tiny_model, pairs_file):
