@@ -65,9 +65,9 @@ step train 200 python3 bench/train_gpu.py --layers 6 --pairs 100000 --anchor-ste
 # torch.compile against eager, model alone and end to end, on fewer pairs: the compiling takes a minute.
 step compile 180 python3 bench/score_gpu.py --layers 6 --pairs 300000 --skip predict recipe --repeats 1 --compile \
     --name score_gpu_compile
-# ce-ray train at batch 16 eager and under torch.compile (the trainer's anchors again, for the ratios): the
-# compiling falls in the compiled run's first log window, its steady rate in the later ones.
-step train_compile 150 python3 bench/train_gpu.py --layers 6 --anchor-steps 200 --large-batch --compile \
+# ce-ray train at batch 16 eager, under torch.compile, and with CUDA graphs too (the trainer's anchors again,
+# for the ratios): the compiling falls in a compiled run's first log window, its steady rate in the later ones.
+step train_compile 300 python3 bench/train_gpu.py --layers 6 --anchor-steps 200 --large-batch --compile \
     --name train_gpu_compile
 step profile 200 python3 bench/profile_stages.py --layers 6 --pairs 300000 --hf-pairs 5000 \
     --batch-tokens 16384 65536 131072 --rows-per-call 4096 --tokenize-cpus 1 3 --replicas

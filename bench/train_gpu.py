@@ -7,8 +7,9 @@ five) and the same random MiniLM reranker (6 or 12 layers) for every system:
   (c) ce-ray train, batch 16 per device (bf16 on GPU)           on the same pairs
   (d) ce-ray train, for each --large-batch B, B pairs per step in forward passes of at most --batch-tokens
       padded tokens                                              on all --pairs pairs
-With --compile, also (c2): (c) with `compile=True` (its first log window includes the compiling; the steady
-rate is the one between later log lines).
+With --compile, also (c2): (c) with `compile=True`, and (c3): with `compile_mode="reduce-overhead"` too (CUDA
+graphs, the passes' widths bucketed). Their first log window includes the compiling; the steady rate is the
+one between later log lines.
 The quality of large batches is measured by train_quality.py (batch 256 and 512 keep the seeds' quality
 with lr 2e-4 and a 10% warmup). Here every system trains with the seeds' lr 5e-5: these random weights and
 labels diverge at 2e-4 (a loss of 3.3 to 15 in four steps of 256), and the rate is what is measured.
@@ -20,7 +21,7 @@ bench/results/train_gpu.json (train_gpu_cpu.json on CPU; or --name's).
     python3 bench/train_gpu.py                        # GPU: L6, 200,000 pairs for (d), batches of 256 and 2,048
     .venv/bin/python bench/train_gpu.py --layers 2 --pairs 1024 --anchor-steps 16 --large-batch 64 \
         --batch-tokens 2048                            # CPU smoke
-    python3 bench/train_gpu.py --anchor-steps 200 --large-batch --compile --name train_gpu_compile   # (c2), no (d)
+    python3 bench/train_gpu.py --anchor-steps 200 --large-batch --compile --name train_gpu_compile   # (c2), (c3), no (d)
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ def main() -> int:
     parser.add_argument("--large-batch", type=int, nargs="*", default=[256, 2048],
                         help="pairs per step of system (d), one run each")
     parser.add_argument("--batch-tokens", type=int, default=65536, help="padded tokens per forward pass of (d)")
-    parser.add_argument("--compile", action="store_true", help="also (c2): ce-ray at batch 16 under torch.compile")
+    parser.add_argument("--compile", action="store_true",
+                        help="also (c2) and (c3): ce-ray at batch 16 under torch.compile, without and with CUDA graphs")
     parser.add_argument("--name", default=None, help="results file name (default: train_gpu, train_gpu_cpu on CPU)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
@@ -147,8 +149,10 @@ def main() -> int:
         record("ce_ray_b16", ce_ray_rate(model_dir, anchor, work, "b16", cpus, batch_size=BATCH,
                                          log_every=max(args.anchor_steps // 4, 1)))
         if args.compile:
-            record("ce_ray_b16_compiled", ce_ray_rate(model_dir, anchor, work, "b16_compiled", cpus, batch_size=BATCH,
-                                                      log_every=max(args.anchor_steps // 4, 1), compile=True))
+            for name, mode in (("compiled", "default"), ("graphs", "reduce-overhead")):
+                record(f"ce_ray_b16_{name}", ce_ray_rate(
+                    model_dir, anchor, work, f"b16_{name}", cpus, batch_size=BATCH,
+                    log_every=max(args.anchor_steps // 4, 1), compile=True, compile_mode=mode))
         for batch in args.large_batch:
             steps = max(args.pairs // batch, 1)
             record(f"ce_ray_b{batch}", ce_ray_rate(

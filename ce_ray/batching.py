@@ -200,11 +200,13 @@ def token_budget_batches(lengths: np.ndarray, budget: int, max_rows: Optional[in
         start += rows
 
 
-def pad(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray, pad_id: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """Right-padded [len(rows), longest] array of the selected rows, and its attention mask."""
+def pad(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray, pad_id: int = 0,
+        width: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Right-padded [len(rows), width] array of the selected rows, and its attention mask; the width is the
+    longest row's unless given (at least that)."""
     starts = offsets[rows]
     lengths = offsets[rows + 1] - starts
-    width = max(int(lengths.max()) if len(rows) else 0, 1)
+    width = max(int(lengths.max()) if len(rows) else 0, width or 1)
     mask = np.arange(width)[None, :] < lengths[:, None]
     out = np.full((len(rows), width), pad_id, dtype=values.dtype)
     # Source index of every real token: each row's start plus its position within the row.

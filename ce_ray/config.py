@@ -171,6 +171,9 @@ class TrainConfig(ModelConfig):
     # torch.compile the training forward pass (and so its backward) in each worker: fewer, fused kernels per
     # step after a one-off compile of a minute or so; not with DeepSpeed, which wraps the model its own way.
     compile: bool = False
+    # default: Inductor's fused kernels; reduce-overhead: also CUDA graphs (on a GPU), which replay a pass's
+    # launches at once, with the passes' widths padded to multiples of 32 so that a few graphs serve them all.
+    compile_mode: Literal["default", "reduce-overhead"] = "default"
     group_by_length: bool = True
     length_window: int = 50  # batches sorted by length together
     save_every: int = 0  # steps between checkpoints; 0: at each epoch end only
@@ -195,6 +198,8 @@ class TrainConfig(ModelConfig):
                               "use grad_accum with a smaller batch_size instead")
         if self.compile and self.deepspeed:
             raise ConfigError("compile works with DDP only: DeepSpeed wraps the model its own way")
+        if self.compile_mode != "default" and not self.compile:
+            raise ConfigError(f"compile_mode {self.compile_mode!r} needs compile: true")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.lr <= 0 or self.weight_decay < 0 or self.max_grad_norm < 0:

@@ -263,14 +263,32 @@ def prefetched(items: Iterator) -> Iterator:
     return rest()
 
 
+# Under CUDA graphs (compile_mode reduce-overhead) each (rows, width) of a pass is a graph of its own,
+# recorded on its first run: widths padded to multiples of 32 let a few graphs serve every batch (16 up to
+# 512 tokens), for some padding, which a step of a small batch, bound by launching kernels, does not feel.
+GRAPH_WIDTH_MULTIPLE = 32
+
+
+def pass_width(lengths: np.ndarray, multiple: Optional[int], max_width: Optional[int]) -> Optional[int]:
+    """The padded width of a pass of rows of these lengths: None (the longest row's), or with `multiple` the
+    longest rounded up to a multiple of it, at most `max_width` (the model's max length, within its positions)."""
+    if not multiple:
+        return None
+    longest = int(lengths.max())
+    rounded = -(-longest // multiple) * multiple
+    return min(rounded, max(max_width, longest)) if max_width else rounded
+
+
 def micro_batches(windows: Iterator[pa.Table], config: TrainConfig, epoch: int, rank: int, skip: int,
-                  pad_id: int) -> Iterator[list]:
+                  pad_id: int, max_width: Optional[int] = None) -> Iterator[list]:
     """One epoch of a worker's shard, from its `shard_windows`, the first `skip` batches left out (resume).
     Each batch of `batch_size` rows comes as a list of forward passes, (inputs as numpy, labels): one, or with
-    `batch_tokens` as many as keep every pass under that many padded tokens.
+    `batch_tokens` as many as keep every pass under that many padded tokens. Under CUDA graphs the passes'
+    widths are bucketed (`pass_width`).
 
     The order depends only on (seed, epoch, rank, window), so a resumed run sees the batches it had not seen.
     """
+    multiple = GRAPH_WIDTH_MULTIPLE if config.compile and config.compile_mode == "reduce-overhead" else None
     seen = 0
     for number, table in enumerate(windows):
         ids, offsets = list_parts(table.column(IDS))
@@ -284,15 +302,16 @@ def micro_batches(windows: Iterator[pa.Table], config: TrainConfig, epoch: int, 
                 continue
             passes = ([rows[part] for part in token_budget_batches(lengths[rows], config.batch_tokens)]
                       if config.batch_tokens else [rows])
-            yield [(_padded_inputs(ids, types, offsets, part, pad_id), labels[part]) for part in passes]
+            yield [(_padded_inputs(ids, types, offsets, part, pad_id, pass_width(lengths[part], multiple, max_width)),
+                    labels[part]) for part in passes]
 
 
 def _padded_inputs(ids: np.ndarray, types: Optional[np.ndarray], offsets: np.ndarray, rows: np.ndarray,
-                   pad_id: int) -> dict:
-    input_ids, mask = pad(ids, offsets, rows, pad_id)
+                   pad_id: int, width: Optional[int] = None) -> dict:
+    input_ids, mask = pad(ids, offsets, rows, pad_id, width)
     inputs = {"input_ids": input_ids.astype(np.int64), "attention_mask": mask}  # bool: see _on_device
     if types is not None:
-        inputs["token_type_ids"] = pad(types, offsets, rows)[0].astype(np.int64)
+        inputs["token_type_ids"] = pad(types, offsets, rows, 0, width)[0].astype(np.int64)
     return inputs
 
 
@@ -471,7 +490,7 @@ def train_loop(loop_config: dict) -> dict:
     torch.manual_seed(config.seed)
     if rank == 0:
         code = "ce-ray's BERT" if native is not None else "transformers"
-        compiled = ", compiled in its first steps" if config.compile else ""
+        compiled = f", compiled ({config.compile_mode}) in its first steps" if config.compile else ""
         print(f"ce-ray train: {plan['model']} on {device} ({code}{', bf16' if bf16 else ''}{compiled})", flush=True)
     total, per_epoch, accum = plan["total_steps"], plan["batches_per_epoch"], config.grad_accum
 
@@ -517,10 +536,11 @@ def train_loop(loop_config: dict) -> dict:
     if checkpoint_dir:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     # The training passes' forward. A step of a small batch on a GPU is mostly launching kernels, and the
-    # compiled pass (forward and backward) launches fewer, fused ones. dynamic=True: one graph serves every
-    # (rows, width) of the length-grouped batches; a pass with padding and one without are two graphs.
-    # Evaluation stays eager: it runs rarely, in eval mode, which would be graphs of its own.
-    forward = torch.compile(model, dynamic=True) if config.compile else model
+    # compiled pass (forward and backward) launches fewer, fused ones; with reduce-overhead, CUDA graphs
+    # replay each (rows, width)'s launches at once. dynamic=True: one compiled graph serves every (rows,
+    # width) of the length-grouped batches; a pass with padding and one without are two. Evaluation stays
+    # eager: it runs rarely, in eval mode, which would be graphs of its own.
+    forward = torch.compile(model, dynamic=True, mode=config.compile_mode) if config.compile else model
     loss_fn = torch.nn.BCEWithLogitsLoss(
         reduction="sum", pos_weight=torch.tensor(config.pos_weight, device=device) if config.pos_weight else None)
     eval_shard = ray.train.get_dataset_shard("eval") if plan["qrels"] else None
@@ -562,7 +582,8 @@ def train_loop(loop_config: dict) -> dict:
     data = Waiting()
     epoch = micro // per_epoch
     while step < total:
-        for passes in data.over(micro_batches(windows, config, epoch, rank, micro - epoch * per_epoch, pad_id)):
+        for passes in data.over(micro_batches(windows, config, epoch, rank, micro - epoch * per_epoch, pad_id,
+                                              plan["max_length"])):
             boundary = (micro + 1) % accum == 0
             rows = sum(len(labels) for _, labels in passes)
             for number, (inputs, labels) in enumerate(passes):

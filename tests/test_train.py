@@ -105,22 +105,47 @@ def test_batches_cut_into_token_budget_passes_train_the_same_weights(data_parall
     assert [e["loss"] for e in passes.log] == pytest.approx([e["loss"] for e in two.log], abs=1e-5)
 
 
-def test_compiled_passes_train_the_same_weights_as_eager_ones(data_parallel_runs, still_model, pairs_file, tmp_path):
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_passes_train_the_same_weights_as_eager_ones(data_parallel_runs, still_model, pairs_file, tmp_path,
+                                                              mode):
     """`compile`: the passes of 1 to 3 pairs (with padding, without, of one row) compiled forward and backward,
-    under DDP with the workers skipping the gradient sync on all but their last pass, take the eager steps."""
-    from ce_ray.config import ConfigError, DeepSpeedConfig, TrainConfig
+    under DDP with the workers skipping the gradient sync on all but their last pass, take the eager steps.
+    reduce-overhead's CUDA graphs need a GPU; here it runs its wider, bucketed passes (padding masked)."""
+    from ce_ray.config import TrainConfig
 
     _, _, passes = data_parallel_runs
     settings = _sixteen_pairs_for_three_epochs(still_model, pairs_file, tmp_path)
     compiled = _train_module().train(TrainConfig(**settings, output=str(tmp_path / "compiled"), num_workers=2,
-                                                 batch_size=8, batch_tokens=160, compile=True))
+                                                 batch_size=8, batch_tokens=160, compile=True, compile_mode=mode))
     assert compiled.steps == 3 and compiled.replica_divergence == 0.0
     assert compiled.compiled_graphs >= 2 and passes.compiled_graphs is None  # passes with a mask and without
     assert "  compiled      " in "\n".join(compiled.lines())
     assert _max_diff(_weights(passes.model_path), _weights(compiled.model_path)) < 1e-6  # fused sums may round
     assert [e["loss"] for e in compiled.log] == pytest.approx([e["loss"] for e in passes.log], abs=1e-6)
+
+
+def test_cuda_graph_passes_come_in_a_few_widths_and_compile_settings_are_checked():
+    from ce_ray.config import ConfigError, DeepSpeedConfig, TrainConfig
+
+    train = _train_module()
+    lengths = np.array([40, 33, 31, 7, 500, 512])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    ids = pa.ListArray.from_arrays(offsets.astype(np.int32), np.arange(1, offsets[-1] + 1, dtype=np.int32))
+    table = pa.table({train.IDS: ids, train.LABEL: pa.array(np.ones(len(lengths), np.float32))})
+    graphs = TrainConfig(batch_size=2, compile=True, compile_mode="reduce-overhead", group_by_length=True)
+    widths = {}
+    for config in (graphs, dataclasses.replace(graphs, compile_mode="default")):
+        batches = list(train.micro_batches(iter([table]), config, 0, 0, 0, pad_id=0, max_width=512))
+        widths[config.compile_mode] = sorted(inputs["input_ids"].shape[1] for [(inputs, _)] in batches)
+        for [(inputs, _)] in batches:  # the real tokens are the same whatever the width
+            assert sorted(inputs["attention_mask"].sum(axis=1)) in ([7, 31], [33, 40], [500, 512])
+    assert widths == {"reduce-overhead": [32, 64, 512], "default": [31, 40, 512]}
+    assert train.pass_width(np.array([500]), 32, 500) == 500  # never past the model's max length
+    assert train.pass_width(np.array([5]), None, 512) is None
     with pytest.raises(ConfigError, match="compile works with DDP only"):
         TrainConfig(compile=True, deepspeed=DeepSpeedConfig()).validate()
+    with pytest.raises(ConfigError, match="compile_mode 'reduce-overhead' needs compile: true"):
+        TrainConfig(compile_mode="reduce-overhead").validate()
 
 
 def test_passes_hold_the_batch_rows_under_the_token_budget(ray_local, tiny_model, pairs_file):
