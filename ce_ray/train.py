@@ -649,15 +649,21 @@ def train_loop(loop_config: dict) -> dict:
     divergence = None if config.deepspeed and config.deepspeed.stage == 3 else _replica_divergence(module)
     return {"log": progress["log"], "resumed_from": progress["resumed_from"], "replica_divergence": divergence,
             "samples": progress["samples"], "seconds": progress["seconds"], "steps": step,
-            "compiled_graphs": _compiled_graphs() if config.compile else None}
+            **_compile_counts(config)}
 
 
-def _compiled_graphs() -> int:
-    """The graphs torch.compile built in this process, recompiles included: a few (passes with and without
-    padding, of one row), or a count that grows with the run, where each graph took seconds of it."""
+def _compile_counts(config: TrainConfig) -> dict:
+    """What torch.compile did in this process. `compiled_graphs`: the graphs built, recompiles included: a few
+    (passes with and without padding, of one row), or a count that grows with the run, each graph seconds of
+    it. `cuda_graph_skips`, with reduce-overhead: the compiled forward and backward passes that run without
+    CUDA graphs (all of them on a CPU; on a GPU torch warns why)."""
+    if not config.compile:
+        return {"compiled_graphs": None, "cuda_graph_skips": None}
     from torch._dynamo.utils import counters
 
-    return counters["stats"]["unique_graphs"]
+    graphs = config.compile_mode == "reduce-overhead"
+    return {"compiled_graphs": counters["stats"]["unique_graphs"],
+            "cuda_graph_skips": counters["inductor"]["cudagraph_skips"] if graphs else None}
 
 
 class Waiting:
@@ -725,6 +731,7 @@ class TrainOutcome:
     resumed_from: List[int]
     replica_divergence: Optional[float]
     compiled_graphs: Optional[int] = None  # with `compile`: the graphs rank 0 compiled
+    cuda_graph_skips: Optional[int] = None  # with reduce-overhead: its compiled passes without CUDA graphs
 
     def lines(self) -> List[str]:
         metrics = " ".join(f"{k[5:]} {v:.4f}" for k, v in self.final_metrics.items())
@@ -736,7 +743,8 @@ class TrainOutcome:
             f"  seconds       {self.seconds:.1f}",
         ]
         if self.compiled_graphs is not None:
-            lines.append(f"  compiled      {self.compiled_graphs} graph(s)")
+            skips = f"; CUDA graphs skipped {self.cuda_graph_skips} time(s)" if self.cuda_graph_skips else ""
+            lines.append(f"  compiled      {self.compiled_graphs} graph(s){skips}")
         if metrics:
             lines.append(f"  eval          {metrics}")
         return lines + [f"  model         {self.model_path}"]
@@ -853,6 +861,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         result=result, model_path=config.output, stats=stats, log=log, final_metrics=final,
         steps=progress["step"], samples_per_second=facts.samples_per_second,
         seconds=time.perf_counter() - start, resumed_from=summary.get("resumed_from", progress["resumed_from"]),
-        replica_divergence=summary.get("replica_divergence"), compiled_graphs=summary.get("compiled_graphs"))
+        replica_divergence=summary.get("replica_divergence"), compiled_graphs=summary.get("compiled_graphs"),
+        cuda_graph_skips=summary.get("cuda_graph_skips"))
     print("\n".join(outcome.lines()), flush=True)
     return outcome
