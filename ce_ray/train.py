@@ -655,8 +655,8 @@ def train_loop(loop_config: dict) -> dict:
 def _compile_counts(config: TrainConfig) -> dict:
     """What torch.compile did in this process. `compiled_graphs`: the graphs built, recompiles included: a few
     (passes with and without padding, of one row), or a count that grows with the run, each graph seconds of
-    it. `cuda_graph_skips`, with reduce-overhead: the compiled forward and backward passes that run without
-    CUDA graphs (all of them on a CPU; on a GPU torch warns why)."""
+    it. `cuda_graph_skips`, with reduce-overhead: how many times torch left a compiled graph without CUDA
+    graphs (every one on a CPU; on a GPU torch warns why)."""
     if not config.compile:
         return {"compiled_graphs": None, "cuda_graph_skips": None}
     from torch._dynamo.utils import counters
@@ -731,7 +731,7 @@ class TrainOutcome:
     resumed_from: List[int]
     replica_divergence: Optional[float]
     compiled_graphs: Optional[int] = None  # with `compile`: the graphs rank 0 compiled
-    cuda_graph_skips: Optional[int] = None  # with reduce-overhead: its compiled passes without CUDA graphs
+    cuda_graph_skips: Optional[int] = None  # with reduce-overhead: compiled graphs left without CUDA graphs
 
     def lines(self) -> List[str]:
         metrics = " ".join(f"{k[5:]} {v:.4f}" for k, v in self.final_metrics.items())

@@ -119,7 +119,7 @@ def test_compiled_passes_train_the_same_weights_as_eager_ones(data_parallel_runs
                                                  batch_size=8, batch_tokens=160, compile=True, compile_mode=mode))
     assert compiled.steps == 3 and compiled.replica_divergence == 0.0
     assert compiled.compiled_graphs >= 2 and passes.compiled_graphs is None  # passes with a mask and without
-    # No CUDA graphs on a CPU: every compiled pass, forward and backward, runs without, and the summary says so.
+    # No CUDA graphs on a CPU: every compiled graph runs without, and the summary says so.
     assert (compiled.cuda_graph_skips >= 2) if mode == "reduce-overhead" else compiled.cuda_graph_skips is None
     assert ("CUDA graphs skipped" in "\n".join(compiled.lines())) == (mode == "reduce-overhead")
     assert _max_diff(_weights(passes.model_path), _weights(compiled.model_path)) < 1e-6  # fused sums may round
