@@ -271,12 +271,12 @@ GRAPH_WIDTH_MULTIPLE = 32
 
 def pass_width(lengths: np.ndarray, multiple: Optional[int], max_width: Optional[int]) -> Optional[int]:
     """The padded width of a pass of rows of these lengths: None (the longest row's), or with `multiple` the
-    longest rounded up to a multiple of it, at most `max_width` (the model's max length, within its positions)."""
+    longest rounded up to a multiple of it, at most `max_width` (the model's max length, within its positions;
+    `pad` never pads below the longest row)."""
     if not multiple:
         return None
-    longest = int(lengths.max())
-    rounded = -(-longest // multiple) * multiple
-    return min(rounded, max(max_width, longest)) if max_width else rounded
+    rounded = -(-int(lengths.max()) // multiple) * multiple
+    return min(rounded, max_width) if max_width else rounded
 
 
 def micro_batches(windows: Iterator[pa.Table], config: TrainConfig, epoch: int, rank: int, skip: int,
