@@ -269,14 +269,12 @@ def prefetched(items: Iterator) -> Iterator:
 GRAPH_WIDTH_MULTIPLE = 32
 
 
-def pass_width(lengths: np.ndarray, multiple: Optional[int], max_width: Optional[int]) -> Optional[int]:
-    """The padded width of a pass of rows of these lengths: None (the longest row's), or with `multiple` the
-    longest rounded up to a multiple of it, at most `max_width` (the model's max length, within its positions;
-    `pad` never pads below the longest row)."""
-    if not multiple:
-        return None
-    rounded = -(-int(lengths.max()) // multiple) * multiple
-    return min(rounded, max_width) if max_width else rounded
+def bucketed_widths(lengths: np.ndarray, multiple: int, max_width: Optional[int]) -> np.ndarray:
+    """Each row's padded width under CUDA graphs: its length rounded up to a multiple of `multiple`, at most
+    `max_width` (the model's max length, within its positions), never below the length itself. A pass is
+    as wide as its widest row's width, and the token budget counts these widths, not the lengths."""
+    rounded = -(-lengths // multiple) * multiple
+    return np.maximum(np.minimum(rounded, max_width), lengths) if max_width else rounded
 
 
 def micro_batches(windows: Iterator[pa.Table], config: TrainConfig, epoch: int, rank: int, skip: int,
@@ -284,25 +282,26 @@ def micro_batches(windows: Iterator[pa.Table], config: TrainConfig, epoch: int, 
     """One epoch of a worker's shard, from its `shard_windows`, the first `skip` batches left out (resume).
     Each batch of `batch_size` rows comes as a list of forward passes, (inputs as numpy, labels): one, or with
     `batch_tokens` as many as keep every pass under that many padded tokens. Under CUDA graphs the passes'
-    widths are bucketed (`pass_width`).
+    widths are bucketed (`bucketed_widths`), and the budget counts the bucketed widths.
 
     The order depends only on (seed, epoch, rank, window), so a resumed run sees the batches it had not seen.
     """
-    multiple = GRAPH_WIDTH_MULTIPLE if config.compile and config.compile_mode == "reduce-overhead" else None
+    graphs = config.compile and config.compile_mode == "reduce-overhead"
     seen = 0
     for number, table in enumerate(windows):
         ids, offsets = list_parts(table.column(IDS))
         types = list_parts(table.column(TYPES))[0] if TYPES in table.column_names else None
         labels = table.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float32)
         lengths = np.diff(offsets)
+        widths = bucketed_widths(lengths, GRAPH_WIDTH_MULTIPLE, max_width) if graphs else lengths
         rng = np.random.default_rng([config.seed, epoch, rank, number])
         for rows in length_grouped(lengths, config.batch_size, rng, config.group_by_length):
             seen += 1
             if seen <= skip:
                 continue
-            passes = ([rows[part] for part in token_budget_batches(lengths[rows], config.batch_tokens)]
+            passes = ([rows[part] for part in token_budget_batches(widths[rows], config.batch_tokens)]
                       if config.batch_tokens else [rows])
-            yield [(_padded_inputs(ids, types, offsets, part, pad_id, pass_width(lengths[part], multiple, max_width)),
+            yield [(_padded_inputs(ids, types, offsets, part, pad_id, int(widths[part].max()) if graphs else None),
                     labels[part]) for part in passes]
 
 

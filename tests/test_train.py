@@ -142,8 +142,17 @@ def test_cuda_graph_passes_come_in_a_few_widths_and_compile_settings_are_checked
         for [(inputs, _)] in batches:  # the real tokens are the same whatever the width
             assert sorted(inputs["attention_mask"].sum(axis=1)) in ([7, 31], [33, 40], [500, 512])
     assert widths == {"reduce-overhead": [32, 64, 512], "default": [31, 40, 512]}
-    assert train.pass_width(np.array([500]), 32, 500) == 500  # never past the model's max length
-    assert train.pass_width(np.array([5]), None, 512) is None
+    # Never past the model's max length, never below a row's length.
+    assert list(train.bucketed_widths(np.array([500, 7, 64]), 32, 500)) == [500, 32, 64]
+    assert list(train.bucketed_widths(np.array([510]), 32, 500)) == [510]
+    # The token budget counts the bucketed widths: 3 rows of 40 tokens fit 128 tokens, 3 of width 64 do not.
+    tight = dataclasses.replace(graphs, batch_size=3, batch_tokens=128)
+    three = pa.table({train.IDS: pa.ListArray.from_arrays(np.arange(0, 121, 40, dtype=np.int32),
+                                                          np.arange(1, 121, dtype=np.int32)),
+                      train.LABEL: pa.array(np.ones(3, np.float32))})
+    for config, shapes in ((tight, [(2, 64), (1, 64)]), (dataclasses.replace(tight, compile_mode="default"), [(3, 40)])):
+        [passes] = train.micro_batches(iter([three]), config, 0, 0, 0, pad_id=0, max_width=512)
+        assert [inputs["input_ids"].shape for inputs, _ in passes] == shapes
     with pytest.raises(ConfigError, match="compile works with DDP only"):
         TrainConfig(compile=True, deepspeed=DeepSpeedConfig()).validate()
     with pytest.raises(ConfigError, match="compile_mode 'reduce-overhead' needs compile: true"):
