@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU bench in one call on the GPU machine, most important first, within a time budget.
 #
-#   bash bench/gpu_suite.sh [SECONDS] [STEP...]     # default 560 s; steps: smoke score scale train compile
-#                                                   # train_compile profile
+#   bash bench/gpu_suite.sh [SECONDS] [STEP...]     # default 560 s; steps: smoke score scale scale12 train
+#                                                   # compile train_compile profile
 #
 # The machine comes bare and is lent for minutes (15 of device time a session, its start included), so one
 # call does what fits: it installs the carried wheels (.whl, see bench/README.md), records the machine, then
@@ -14,7 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 budget=${1:-560}
 shift || true
-steps=${*:-smoke score scale train compile train_compile profile}
+steps=${*:-smoke score scale scale12 train compile train_compile profile}
 deadline=$(( $(date +%s) + budget ))
 logs=$(mktemp -d)
 wanted() { [[ " $steps " == *" $1 "* ]]; }
@@ -58,7 +58,9 @@ fi
 step score 240 python3 bench/score_gpu.py --layers 6 12 --anchor-pairs 10000 --repeats 1
 # 1M and 5M pairs through the `ce-ray score` command, each in its own process and Ray: cost per pair and
 # memory at scale, and the "1M+" rate, which a 5M job can reach where a 1M one cannot (its start is seconds).
-step scale 180 python3 bench/scale.py --layers 6 --sizes 1000000 5000000
+step scale 180 python3 bench/scale.py --layers 6 --sizes 1000000 5000000 --work /tmp/ce-ray-scale
+# L12's "1M+" rate: 5M pairs, one job (~100 s at its 1M rate after the start), on the inputs scale made.
+step scale12 150 python3 bench/scale.py --layers 12 --sizes 5000000 --work /tmp/ce-ray-scale
 # The trainer's anchors, ce-ray at batch 16, then at 256 (the quality-checked large-batch recipe) and 2,048,
 # each in passes of at most 65,536 tokens: 140 s were too few for one large batch (2026-11-30).
 step train 200 python3 bench/train_gpu.py --layers 6 --pairs 100000 --anchor-steps 200

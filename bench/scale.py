@@ -4,11 +4,12 @@ Each size runs as its own `ce-ray score` process with a local Ray of its own, on
 (`common.synthetic_pairs`, 250,000 a file, 4 distinct files repeated; the larger input holds the smaller
 one's files) and a random reranker. A sampler reads, every 0.5 s, the resident memory of the job's driver
 and of each Ray worker (resident, and heap alone), and on a GPU the device memory in use. It prints, per
-size, the seconds, the job's pairs/s and the peaks; then the cost fitted to the two sizes (seconds = fixed +
-pairs / rate: the rate is what each further pair costs, free of Ray's start and the model load) and how much
-each peak grew.
+size, the seconds, the job's pairs/s and the peaks; then, given two sizes, the cost fitted to them (seconds =
+fixed + pairs / rate: the rate is what each further pair costs, free of Ray's start and the model load) and
+how much each peak grew.
 
     python3 bench/scale.py --layers 6                          # GPU machine (see bench/README.md)
+    python3 bench/scale.py --layers 12 --sizes 5000000         # one size: L12's rate at 5M pairs
     .venv/bin/python bench/scale.py --hidden 32 --layers 1     # CPU: a tiny model, so that the pipeline,
                                                                # not the model, is what is measured
 """
@@ -141,14 +142,15 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000])
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--hidden", type=int, default=None, help="a narrower random model (CPU); default MiniLM's 384")
-    parser.add_argument("--work", default=None, help="folder for inputs and outputs (default: a temporary one)")
+    parser.add_argument("--work", default=None,
+                        help="folder for inputs and outputs, kept for the next run (default: a temporary one)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one job may take")
     parser.add_argument("settings", nargs=argparse.REMAINDER, help="after --: more `ce-ray score` flags")
     args = parser.parse_args()
     settings = [s for s in args.settings if s != "--"]
     device = common.pick_device("auto")
     work = args.work or tempfile.mkdtemp(prefix="ce-ray-scale-")
-    model = common.build_model(os.path.join(work, "model"), args.layers, hidden=args.hidden)
+    model = common.build_model(os.path.join(work, f"model-l{args.layers}"), args.layers, hidden=args.hidden)
     print(f"writing inputs ({max(args.sizes):,} pairs) to {work}", flush=True)
     folders = write_inputs(work, sorted(args.sizes))
 
@@ -163,13 +165,15 @@ def main() -> None:
               f"{point['peak_workers_anon_mib']:,}; GPU {point['peak_gpu_mib']:,}", flush=True)
         shutil.rmtree(os.path.join(work, f"out-{size}"), ignore_errors=True)
 
-    small, large = min(points), max(points)
-    rate = (large - small) / (points[large]["seconds"] - points[small]["seconds"])
-    fit = {"pairs_per_s_per_further_pair": rate, "fixed_seconds": points[small]["seconds"] - small / rate,
-           "job_rate_ratio": (points[large]["job_pairs_per_s"] or 0) / (points[small]["job_pairs_per_s"] or 1),
-           "peak_growth_mib": {k: points[large][k] - points[small][k] for k in points[small] if k.endswith("_mib")}}
-    print(f"\nseconds = {fit['fixed_seconds']:.1f} + pairs / {rate:,.0f}; job pairs/s at {large:,} / at {small:,} = "
-          f"{fit['job_rate_ratio']:.2f}; peak growth MiB {fit['peak_growth_mib']}")
+    fit = None
+    if len(points) > 1:  # one size (the "1M+" rate of a larger model alone) has no cost to fit
+        small, large = min(points), max(points)
+        rate = (large - small) / (points[large]["seconds"] - points[small]["seconds"])
+        fit = {"pairs_per_s_per_further_pair": rate, "fixed_seconds": points[small]["seconds"] - small / rate,
+               "job_rate_ratio": (points[large]["job_pairs_per_s"] or 0) / (points[small]["job_pairs_per_s"] or 1),
+               "peak_growth_mib": {k: points[large][k] - points[small][k] for k in points[small] if k.endswith("_mib")}}
+        print(f"\nseconds = {fit['fixed_seconds']:.1f} + pairs / {rate:,.0f}; job pairs/s at {large:,} / at "
+              f"{small:,} = {fit['job_rate_ratio']:.2f}; peak growth MiB {fit['peak_growth_mib']}")
     name = f"scale_l{args.layers}" + (f"_h{args.hidden}" if args.hidden else "") + ("" if device == "cuda" else "_cpu")
     path = common.write_result(name, {**common.header(device), "layers": args.layers, "hidden": args.hidden or 384,
                                       "settings": settings, "rows_per_file": ROWS_PER_FILE,
