@@ -103,7 +103,8 @@ def sample(pid: int, stop: threading.Event, peaks: dict) -> None:
                 if sizes and max(sizes) > peaks[f"worker_{kind}"]:
                     peaks[f"worker_{kind}"] = max(sizes)
                     peaks[f"worker_{kind}_name"] = workers[sizes.index(max(sizes))][1]
-                peaks[f"workers_{kind}"] = max(peaks[f"workers_{kind}"], sum(sizes))
+                if sum(sizes) > peaks[f"workers_{kind}"]:  # and how many processes that sum is over
+                    peaks[f"workers_{kind}"], peaks[f"workers_{kind}_count"] = sum(sizes), len(sizes)
             peaks["gpu"] = max(peaks["gpu"], gpu_memory_used())
         except psutil.Error:
             pass
@@ -133,8 +134,8 @@ def run_job(model: str, folder: str, out: str, settings: list, timeout: float) -
         sys.exit(f"ce-ray score failed:\n{log[-4000:]}")
     rate = re.search(r"pairs/s\s+([\d,.]+)", log)
     return {"seconds": seconds, "job_pairs_per_s": float(rate.group(1).replace(",", "")) if rate else None,
-            **{f"peak_{k}" + ("" if k.endswith("_name") else "_mib"): v if k.endswith("_name") else round(v / 2**20)
-               for k, v in peaks.items()}}
+            **{f"peak_{k}" + ("" if k.endswith(("_name", "_count")) else "_mib"):
+               v if k.endswith(("_name", "_count")) else round(v / 2**20) for k, v in peaks.items()}}
 
 
 def main() -> None:
@@ -162,7 +163,8 @@ def main() -> None:
               f"pairs/s  peak MiB: driver {point['peak_driver_mib']:,}; largest worker rss {point['peak_worker_rss_mib']:,} "
               f"({point.get('peak_worker_rss_name')}), heap {point['peak_worker_anon_mib']:,} "
               f"({point.get('peak_worker_anon_name')}); all workers rss {point['peak_workers_rss_mib']:,}, heap "
-              f"{point['peak_workers_anon_mib']:,}; GPU {point['peak_gpu_mib']:,}", flush=True)
+              f"{point['peak_workers_anon_mib']:,} ({point.get('peak_workers_anon_count')} processes); "
+              f"GPU {point['peak_gpu_mib']:,}", flush=True)
         shutil.rmtree(os.path.join(work, f"out-{size}"), ignore_errors=True)
 
     fit = None
