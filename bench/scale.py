@@ -168,7 +168,7 @@ def main() -> None:
         shutil.rmtree(os.path.join(work, f"out-{size}"), ignore_errors=True)
 
     fit = None
-    if len(points) > 1:  # one size (the "1M+" rate of a larger model alone) has no cost to fit
+    if len(points) > 1:  # one size (L12 at 5M, say) has no cost to fit
         small, large = min(points), max(points)
         rate = (large - small) / (points[large]["seconds"] - points[small]["seconds"])
         fit = {"pairs_per_s_per_further_pair": rate, "fixed_seconds": points[small]["seconds"] - small / rate,
