@@ -445,7 +445,8 @@ def _global_mean(value: float, count: int) -> float:
     import torch
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    # One worker needs no collective: with NCCL the first one would also set up its communicator, for nothing.
+    if not dist.is_initialized() or dist.get_world_size() == 1:
         return value / max(count, 1)
     pair = torch.tensor([value, float(count)], dtype=torch.float64, device=_collective_device())
     dist.all_reduce(pair)
