@@ -92,8 +92,11 @@ class BertCrossEncoder(nn.Module):
         types = self.token_type(torch.zeros_like(positions) if token_type_ids is None else token_type_ids)
         x = self.word(input_ids) + types + self.position(positions)  # transformers' order of the sums
         x = self.dropout(self.embedding_norm(x))
-        if attention_mask is not None and attention_mask.dim() == 2:
-            attention_mask = attention_mask.bool()[:, None, None, :]
+        if attention_mask is not None:
+            if attention_mask.dim() == 2:
+                attention_mask = attention_mask.bool()[:, None, None, :]
+            if not torch.compiler.is_compiling():  # compiled, Inductor fuses the conversion into the graph
+                attention_mask = attention_bias(attention_mask, self.attention_dtype(x.device.type))
         # The pooler reads the first token alone, so the last layer computes only its row when scoring: an
         # eighth less work for MiniLM-L6 at MS MARCO lengths, a sixteenth for L12. Training keeps every row,
         # so that dropout draws the same random numbers as transformers' model.
@@ -101,6 +104,24 @@ class BertCrossEncoder(nn.Module):
         for number, layer in enumerate(self.layers):
             x = layer(x, attention_mask, first_only=number == last and not self.training)
         return self.classifier(self.classifier_dropout(torch.tanh(self.pooler(x[:, 0]))))
+
+    def attention_dtype(self, device_type: str) -> torch.dtype:
+        """The dtype of the layers' queries: autocast's, or the weights'."""
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return self.layers[0].qkv.weight.dtype
+
+
+def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A [rows, 1, 1, width] boolean mask as the additive bias that scaled_dot_product_attention makes of it
+    (0 where a key is seen, -inf where not), made once for every layer. Given the boolean mask, SDPA converts
+    it in each layer, and on a GPU its memory-efficient kernel also copies a bias whose rows are not aligned
+    to 8 elements into one that is: a few kernel launches a layer, one by one from the host, which is what a
+    step of a small batch waits for. The bias is made at a width rounded up to 16 and sliced back, so the
+    kernel takes it as it is; the attention is the same to the bit."""
+    rows, width = mask.shape[0], mask.shape[-1]
+    bias = torch.zeros(rows, 1, 1, -(-width // 16) * 16, dtype=dtype, device=mask.device)
+    return bias[..., :width].masked_fill_(~mask, float("-inf"))
 
 
 def weight_names(layers: int) -> dict:

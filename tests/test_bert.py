@@ -148,3 +148,23 @@ def test_training_steps_with_ce_rays_bert_update_the_weights_as_transformers_mod
     assert max((after[k] - v).abs().max().item() for k, v in expected.items()) < 1e-4  # float sums differ
     assert max((v - load_reranker(str(model), "cpu").model.state_dict()[k]).abs().max().item()
                for k, v in expected.items()) > 1e-3  # the steps did move the weights
+
+
+def test_the_attention_bias_is_made_once_aligned_and_attends_as_the_boolean_mask():
+    """The padded batches' mask becomes one additive bias for all layers, at a row stride SDPA's
+    memory-efficient kernel takes without a copy (a multiple of 8 elements), with the attention of the mask."""
+    import torch
+    import torch.nn.functional as F
+
+    from ce_ray.bert import attention_bias
+
+    torch.manual_seed(0)
+    lengths = torch.tensor([75, 60, 33, 1])
+    mask = (torch.arange(75)[None, :] < lengths[:, None])[:, None, None, :]
+    for dtype in (torch.float32, torch.bfloat16):
+        bias = attention_bias(mask, dtype)
+        assert bias.shape == mask.shape and bias.dtype == dtype and bias.stride(-1) == 1
+        assert all(stride % 8 == 0 for stride in bias.stride()[:-1])
+        q, k, v = (torch.randn(4, 2, 75, 16, dtype=dtype) for _ in range(3))
+        assert torch.equal(F.scaled_dot_product_attention(q, k, v, attn_mask=bias),
+                           F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
