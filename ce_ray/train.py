@@ -301,8 +301,9 @@ def micro_batches(windows: Iterator[pa.Table], config: TrainConfig, epoch: int, 
                 continue
             passes = ([rows[part] for part in token_budget_batches(widths[rows], config.batch_tokens)]
                       if config.batch_tokens else [rows])
-            yield [(_padded_inputs(ids, types, offsets, part, pad_id, int(widths[part].max()) if graphs else None),
-                    labels[part]) for part in passes]
+            # Without CUDA graphs the widths are the lengths: each pass as wide as its longest row.
+            yield [(_padded_inputs(ids, types, offsets, part, pad_id, int(widths[part].max())), labels[part])
+                   for part in passes]
 
 
 def _padded_inputs(ids: np.ndarray, types: Optional[np.ndarray], offsets: np.ndarray, rows: np.ndarray,
