@@ -14,10 +14,11 @@ import time
 import numpy as np
 import pandas as pd
 import psutil
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ce_ray import ScoreConfig, run_score
+from ce_ray import ScoreConfig, io, run_score
 from ce_ray.config import ConfigError
 from ce_ray.io import input_key
 from ce_ray.sink import STALL_ENV, OutputExistsError, ResumeError, scan_parts
@@ -139,6 +140,40 @@ def test_resume_refuses_other_settings_and_regrouping_jobs(ray_local, tmp_path, 
         run_score(config_for(out, tiny_model, folder, mode="resume", max_length=64))
     with pytest.raises(ConfigError, match="groups rows across files"):
         run_score(config_for(out, tiny_model, folder, mode="resume"), transform=lambda ds: ds)
+
+
+def test_a_parquet_file_is_read_in_ranges_of_row_groups_and_resumed_whole(ray_local, tmp_path, tiny_model,
+                                                                           wikiqa_files, reference, monkeypatch):
+    """One file of 8 row groups read by 3 tasks: every row once, numbered by its row in the file, the file
+    complete; a part of the middle range lost, resume redoes the whole file."""
+    _, pairs = wikiqa_files
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "all.parquet"
+    pq.write_table(pa.Table.from_pandas(pairs, preserve_index=False), path, row_group_size=ROWS_PER_FILE)
+    monkeypatch.setattr(io, "PARQUET_ROWS_PER_READ", 3 * ROWS_PER_FILE)
+    fs, local = io.filesystem(str(path))
+    [check] = io.check_inputs(fs, [local], "parquet", ["query", "document"])
+    ranges = io.read_ranges(check, io.PARQUET_ROWS_PER_READ)
+    assert [(r.row_groups, r.first_row, r.rows, r.ends_file) for r in ranges] == \
+        [([0, 1, 2], 0, 75, False), ([3, 4, 5], 75, 75, False), ([6, 7], 150, 50, True)]
+
+    def check_output(out):
+        got, want = results(out), results(reference)
+        pd.testing.assert_frame_equal(got.drop(columns="score"), want.drop(columns="score"))
+        np.testing.assert_allclose(got["score"], want["score"], atol=1e-6)
+        state = scan_parts(str(out))
+        assert state.complete == {input_key(local)}
+        assert state.parts[input_key(local)].input_rows == FILES * ROWS_PER_FILE
+
+    out = tmp_path / "out"
+    run_score(config_for(out, tiny_model, path.parent))
+    check_output(out)
+    first_row = lambda name: int(name.rsplit("-r", 1)[1].split(".")[0])  # noqa: E731
+    middle = [n for n in sorted(os.listdir(out / "results")) if 75 <= first_row(n) < 150]
+    os.remove(out / "results" / middle[0])
+    summary = run_score(config_for(out, tiny_model, path.parent, mode="resume"))
+    assert (summary.files_kept, summary.rows_in) == (0, FILES * ROWS_PER_FILE)
+    check_output(out)
 
 
 def _scorer_pids() -> list:
