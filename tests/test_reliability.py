@@ -113,6 +113,30 @@ def test_broken_json_line_is_rejected_and_the_rest_scored(jsonl_job):
     assert 9 in set(results(jsonl_job[1])["id"])
 
 
+def test_blank_lines_in_jsonl_are_skipped_and_a_line_of_two_objects_is_rejected(tmp_path):
+    """Blank and whitespace lines (CRLF too) are no rows; two objects on one line are not a JSON line (Arrow's
+    reader would take both), so that line is rejected and the others keep their rows."""
+    import pyarrow.fs as pafs
+
+    from ce_ray.batching import REJECT
+    from ce_ray.io import JsonLinesDatasource
+
+    def read(data: bytes) -> list:
+        """(id, reject reason) of each row the reader gives."""
+        path = tmp_path / "rows.jsonl"
+        path.write_bytes(data)
+        source = JsonLinesDatasource([str(path)], text_columns=["query"], filesystem=pafs.LocalFileSystem())
+        with open(path, "rb") as f:
+            tables = list(source._read_stream(f, str(path)))
+        return [(row["id"], row.get(REJECT)) for table in tables for row in table.to_pylist()]
+
+    rows = [b'{"id": %d, "query": "q"}' % i for i in range(5)]
+    assert read(b"\r\n".join(rows[:2] + [b"", b"  "] + rows[2:])) == [(i, None) for i in range(5)]
+    two = read(b"\n".join(rows[:2] + [b"", b'{"id": 7}{"id": 8}'] + rows[2:]))
+    assert [i for i, _ in two] == [0, 1, None, 2, 3, 4] and "not valid JSON" in two[2][1]
+    assert read(b"\n \r\n") == []
+
+
 def test_text_of_100k_characters_is_truncated_and_scored(jsonl_job, csv_job):
     for out in (jsonl_job[1], csv_job[1]):
         got = results(out)
