@@ -386,7 +386,8 @@ def tag_rows(chunks, path: str, start: int = 0, ends_file: bool = True):
 
 
 # A parquet file is read by one task per this many rows, in whole row groups, so that a few large files still
-# spread over a node's CPUs: one CPU reads ~200,000-340,000 pairs/s, and a node of 8 GPUs scores over 1M.
+# spread over a node's CPUs: a task reads ~0.5M rows/s (bench/README.md, finding 9), a node of 8 GPUs scores
+# over 1M pairs/s.
 PARQUET_ROWS_PER_READ = 1 << 20
 
 
