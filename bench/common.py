@@ -146,7 +146,7 @@ def synthetic_pairs(pairs: int, seed: int = 0, per_query: int = 100) -> pa.Table
 
 
 def write_pairs(table: pa.Table, folder: str, files: int) -> str:
-    """The table as `files` parquet files of consecutive rows (ce-ray reads each file in its own task)."""
+    """The table as `files` parquet files of consecutive rows (ce-ray reads a file of under ~1M rows in one task)."""
     os.makedirs(folder, exist_ok=True)
     bounds = np.linspace(0, table.num_rows, files + 1).astype(int)
     for i in range(files):

@@ -7,8 +7,8 @@ Ties are broken by input order, deterministically. Every row read by `ce_ray.io.
 its input file's key and its position in that file (`_ce_input`, `_ce_row`); the input order is the
 order of the files as listed (sorted paths), then the row's position in its file. Both are set by the
 reader (a parquet file's ranges of row groups start at the rows their footer gives), so they hold however
-Ray splits the files into tasks and blocks and whichever task a row's group lands in. Rows without these tags (a Dataset built by the caller) break
-ties by the document text instead.
+Ray splits the files into tasks and blocks and whichever task a row's group lands in. Rows without these
+tags (a Dataset built by the caller) break ties by the document text instead.
 """
 
 from __future__ import annotations
