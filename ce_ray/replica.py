@@ -127,9 +127,15 @@ class Scorer:
         scores = np.full(table.num_rows, np.nan, dtype=np.float32)
         order, results = [], []
         with torch.inference_mode():
-            for rows, inputs in self.device_batches(table):
-                results.append(self.reranker.scores(self.reranker.logits(self.forward(**inputs))))
-                order.append(rows)
+            try:
+                for rows, inputs in self.device_batches(table):
+                    results.append(self.reranker.scores(self.reranker.logits(self.forward(**inputs))))
+                    order.append(rows)
+            except torch.OutOfMemoryError as e:  # one line, with the setting to change, for the command line
+                raise ModelError(
+                    f"{self.reranker.path} ran out of GPU memory scoring batches of up to {self.budget:,} padded "
+                    f"tokens, {table.num_rows:,} rows a call ({str(e).splitlines()[0]}): set a smaller "
+                    "--batch-tokens (or --rows-per-call)") from None
         if results:  # one copy back per block: reading each batch's scores would wait for the GPU every batch
             scores[np.concatenate(order)] = torch.cat(results).cpu().numpy()
         bad = int((~np.isfinite(scores[valid])).sum())

@@ -263,6 +263,31 @@ def test_a_float16_overflow_fails_naming_the_wider_dtypes(tmp_path, pairs_df):
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
+def test_a_batch_past_the_gpus_memory_fails_naming_the_setting_to_lower(tiny_model, pairs_df):
+    """The replica's forward pass raises what CUDA's allocator raises when a batch does not fit (no GPU here
+    to fill): the job's error is one line, naming the batches' budget and the setting."""
+    import torch
+
+    from ce_ray.batching import pair_encoder, tokenize_table
+    from ce_ray.model import ModelError
+    from ce_ray.replica import Scorer
+
+    table = tokenize_table(pa.Table.from_pandas(pairs_df, preserve_index=False), pair_encoder(str(tiny_model)),
+                           "query", "document", 512)
+    scorer = Scorer(ScoreConfig(model=str(tiny_model), batch_tokens=4096), device="cpu")
+
+    def forward(**inputs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                                     "capacity of 79.19 GiB of which 1.06 GiB is free.\nOf the allocated memory ...")
+
+    scorer.forward = forward
+    with pytest.raises(ModelError) as failed:
+        scorer(table)
+    assert re.fullmatch(r"\S+ ran out of GPU memory scoring batches of up to 4,096 padded tokens, "
+                        rf"{table.num_rows:,} rows a call \(CUDA out of memory\. Tried to allocate 2\.00 GiB\. .* "
+                        r"free\.\): set a smaller --batch-tokens \(or --rows-per-call\)", str(failed.value))
+
+
 def test_a_compiled_replica_compiles_before_its_first_call_and_scores_as_eager(tiny_model, pairs_df):
     import torch
 
