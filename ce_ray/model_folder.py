@@ -93,6 +93,20 @@ def check_safe(path: str, allow_pickle: bool, trust_remote_code: bool) -> None:
         )
     if not has_safetensors and not has_pickle:
         raise ModelError(f"{path} has no weights (*.safetensors)")
+    check_weights_files(path)
+
+
+def check_weights_files(path: str) -> None:
+    """A safetensors file cut short (an interrupted copy or download) would fail each replica as it starts,
+    the job's output already begun: its header, read here (not its tensors), says whether the file holds them."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(glob.glob(os.path.join(path, "*.safetensors"))):
+        try:
+            with safe_open(file, framework="numpy"):
+                pass
+        except SafetensorError as e:
+            raise ModelError(f"{file} is not a whole safetensors file ({e}): copy or download it again") from None
 
 
 def activation_path(path: str, num_labels: int, trust_remote_code: bool = False) -> str:

@@ -239,6 +239,17 @@ def test_pickle_only_weights_are_refused(tmp_path, tiny_model):
         job(model, tmp_path / "p.parquet", tmp_path / "out")
 
 
+def test_a_cut_short_safetensors_file_fails_before_the_output_is_touched(tmp_path, tiny_model):
+    model = _model_copy(tiny_model, tmp_path, "cut-short")
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])  # as an interrupted copy leaves it
+    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(ModelError, match=r"model\.safetensors is not a whole safetensors file \(.*\): copy or "
+                                         "download it again"):
+        job(model, tmp_path / "p.parquet", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_checkpoints_are_loaded_with_weights_only():
     """Every torch.load in the library passes weights_only=True (no pickle code runs from a checkpoint)."""
     calls = []
