@@ -70,6 +70,15 @@ def _copy_remote_folder(uri: str) -> str:
     return target
 
 
+def read_json(file: str) -> dict:
+    """A model folder's JSON file; one that does not parse fails naming it."""
+    with open(file) as f:
+        try:
+            return json.load(f)
+        except ValueError as e:
+            raise ModelError(f"{file} is not valid JSON ({e})") from None
+
+
 def check_safe(path: str, allow_pickle: bool, trust_remote_code: bool) -> None:
     """Refuses pickle-only weights and repository code before anything is loaded."""
     if not os.path.isdir(path):
@@ -77,8 +86,7 @@ def check_safe(path: str, allow_pickle: bool, trust_remote_code: bool) -> None:
     config_file = os.path.join(path, "config.json")
     if not os.path.exists(config_file):
         raise ModelError(f"{path} has no config.json: not a Hugging Face model folder")
-    with open(config_file) as f:
-        config = json.load(f)
+    config = read_json(config_file)
     if config.get("auto_map") and not trust_remote_code:
         raise ModelError(
             f"{path} needs code from its repository (auto_map in config.json); "
@@ -120,8 +128,7 @@ def activation_path(path: str, num_labels: int, trust_remote_code: bool = False)
         ):
             file = os.path.join(path, name)
             if os.path.exists(file):
-                with open(file) as f:
-                    value = json.load(f)
+                value = read_json(file)
                 for key in keys:
                     value = value.get(key) if isinstance(value, dict) else None
                 if value:
@@ -136,8 +143,7 @@ def max_length_of(path: str, tokenizer, config) -> int:
     """CrossEncoder's rule: sentence_bert_config.json, else the tokenizer's, capped by the positions."""
     file = os.path.join(path, "sentence_bert_config.json") if os.path.isdir(path) else ""
     if file and os.path.exists(file):
-        with open(file) as f:
-            value = json.load(f).get("max_seq_length")
+        value = read_json(file).get("max_seq_length")
         if value:
             return int(value)
     length = tokenizer.model_max_length

@@ -239,13 +239,18 @@ def test_pickle_only_weights_are_refused(tmp_path, tiny_model):
         job(model, tmp_path / "p.parquet", tmp_path / "out")
 
 
-def test_a_cut_short_safetensors_file_fails_before_the_output_is_touched(tmp_path, tiny_model):
+def test_a_damaged_model_folder_fails_before_the_output_is_touched(tmp_path, tiny_model):
+    """A safetensors file cut short (as an interrupted copy leaves it), a config.json that is not JSON."""
+    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "p.parquet")
     model = _model_copy(tiny_model, tmp_path, "cut-short")
     weights = model / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-1000])  # as an interrupted copy leaves it
-    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "p.parquet")
+    weights.write_bytes(weights.read_bytes()[:-1000])
     with pytest.raises(ModelError, match=r"model\.safetensors is not a whole safetensors file \(.*\): copy or "
                                          "download it again"):
+        job(model, tmp_path / "p.parquet", tmp_path / "out")
+    model = _model_copy(tiny_model, tmp_path, "bad-config")
+    (model / "config.json").write_text('{"model_type": "bert",\n')
+    with pytest.raises(ModelError, match=r"bad-config/config\.json is not valid JSON \(.*line 2"):
         job(model, tmp_path / "p.parquet", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
