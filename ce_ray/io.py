@@ -100,6 +100,8 @@ def list_files(uri: str, input_format: str = "auto") -> Tuple[List[str], str, pa
             and not any(part.startswith(("_", ".")) for part in i.path[len(base) :].split("/") if part)
             and (not has_glob or fnmatch.fnmatch(i.path, path))
         )
+    if has_glob and not files:
+        raise InputError(f"input {uri} matches no files")
     if input_format == "auto":
         formats = {detect_format(f) for f in files} - {None}
         if len(formats) > 1:

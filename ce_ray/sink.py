@@ -56,6 +56,10 @@ class ResumeError(ValueError):
     """The output cannot be resumed by this job."""
 
 
+class OutputError(ValueError):
+    """The output cannot be written where it is (a folder that cannot be made)."""
+
+
 def has_results(output: str) -> bool:
     fs, path = filesystem(output)
     for sub in (RESULTS, REJECTS, SUCCESS, STATE):
@@ -192,9 +196,12 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None,
                 fs.delete_file(file)
         else:
             raise ValueError(f"unknown mode {mode!r}")
-    fs.create_dir(f"{path}/{STATE}", recursive=True)
-    if job is not None:
-        _write_bytes(fs, f"{path}/{STATE}/{JOB}", json.dumps(job, indent=2).encode(), is_remote(output))
+    try:  # the job's first write: a place it cannot write fails here, before any work
+        fs.create_dir(f"{path}/{STATE}", recursive=True)
+        if job is not None:
+            _write_bytes(fs, f"{path}/{STATE}/{JOB}", json.dumps(job, indent=2).encode(), is_remote(output))
+    except OSError as e:
+        raise OutputError(f"cannot write the output {output}: {e}") from None
     return kept
 
 

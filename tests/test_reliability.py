@@ -180,10 +180,21 @@ def test_corrupt_parquet_among_good_ones_fails_before_scoring(tmp_path, tiny_mod
     assert not (tmp_path / "out").exists()
 
 
-def test_empty_folder_fails(tmp_path, tiny_model):
+def test_empty_folder_and_a_glob_matching_nothing_fail(tmp_path, tiny_model):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no parquet files"):
         job(tiny_model, tmp_path / "empty", tmp_path / "out")
+    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "empty" / "p.parquet")
+    with pytest.raises(InputError, match=r"input \S+/empty/\*\.csv matches no files"):
+        job(tiny_model, f"{tmp_path}/empty/*.csv", tmp_path / "out")
+
+
+def test_an_output_that_cannot_be_made_fails_before_any_work(tmp_path, tiny_model):
+    from ce_ray.sink import OutputError
+
+    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(OutputError, match=r"cannot write the output \S+/p\.parquet/out: .*Not a directory"):
+        job(tiny_model, tmp_path / "p.parquet", tmp_path / "p.parquet" / "out")  # under a file
 
 
 def test_zero_rows_fail(tmp_path, tiny_model):
