@@ -759,6 +759,19 @@ def _storage(config: TrainConfig):
     return fs, path, name
 
 
+def _check_output(output: str) -> None:
+    """The model is written to `output` after the training: a place it cannot be written fails now."""
+    from .io import check_s3_access
+    from .sink import OutputError
+
+    check_s3_access(output)
+    fs, path = filesystem(output)
+    try:
+        fs.create_dir(path, recursive=True)
+    except OSError as e:
+        raise OutputError(f"cannot write the output {output}: {e}") from None
+
+
 def _publish(model_dir: str, output: str, card_text: str) -> None:
     """Copies the final model folder (and its card) to the output, local or s3://."""
     import pyarrow.fs as pafs
@@ -792,6 +805,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     if os.path.isdir(model):
         model = os.path.abspath(model)
     check_safe(model, config.allow_pickle, config.trust_remote_code)
+    _check_output(config.output)
     facts = tokenizer_facts(model, config.trust_remote_code)  # once: the max length and the encoder's plan
     max_length = config.max_length or facts.max_length
     encoder = pair_encoder(model, config.tokenizer, config.trust_remote_code, facts)

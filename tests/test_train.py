@@ -332,3 +332,14 @@ def test_labels_outside_zero_one_fail_before_training(ray_local, tiny_model, tmp
     pd.DataFrame({"query": ["q"] * 2, "document": ["a", "b"], "label": ["yes", "no"]}).to_parquet(path)
     with pytest.raises(InputError, match=r"^label column 'label' is text, not a number$"):
         _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(path), output=str(tmp_path / "o")))
+
+
+def test_an_output_that_cannot_be_written_fails_before_training(tiny_model, tmp_path):
+    """The model is written after the training: a place it cannot go fails before any data is read."""
+    from ce_ray.config import TrainConfig
+    from ce_ray.sink import OutputError
+
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(OutputError, match=r"cannot write the output \S+/a-file/model: .*Not a directory"):
+        _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(tmp_path / "nowhere.parquet"),
+                                          output=str(tmp_path / "a-file" / "model")))
