@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from . import fast_tokenize
 from .config import ConfigError
+from .io import is_text
 from .tokenizer_facts import TokenizerFacts, tokenizer_facts
 
 IDS = "_ce_input_ids"
@@ -48,7 +49,9 @@ def text_column(table: pa.Table, name: str) -> Tuple[pa.Array, np.ndarray]:
     """
     column = table.column(name).combine_chunks() if table.num_columns else pa.array([], pa.string())
     reasons = np.full(len(column), "", dtype=object)
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+    if is_text(column.type):
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
         nulls = column.is_null().to_numpy(zero_copy_only=False)
         reasons[nulls] = f"{name} is null"
         return column.cast(pa.string()), reasons

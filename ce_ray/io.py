@@ -36,6 +36,13 @@ class InputError(ValueError):
     """The input cannot be read as pairs: named file, named column."""
 
 
+def is_text(dtype: pa.DataType) -> bool:
+    """Strings, or strings dictionary-encoded (a pandas categorical, a Polars categorical written to parquet)."""
+    if pa.types.is_dictionary(dtype):
+        dtype = dtype.value_type
+    return pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
+
+
 def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
@@ -180,8 +187,7 @@ def check_inputs(
             raise InputError(f"{check.path}: missing column(s) {', '.join(map(repr, missing))} (columns: {have})")
         for column in required:
             dtype = check.types.get(column)
-            if dtype is not None and not (pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
-                                          or pa.types.is_null(dtype)):
+            if dtype is not None and not (is_text(dtype) or pa.types.is_null(dtype)):
                 raise InputError(f"{check.path}: column {column!r} is {dtype}, not text")
     if all(c.rows == 0 for c in checks):
         raise InputError(f"input has no rows ({len(files)} file(s), all empty)")

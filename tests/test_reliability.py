@@ -137,6 +137,21 @@ def test_blank_lines_in_jsonl_are_skipped_and_a_line_of_two_objects_is_rejected(
     assert read(b"\n \r\n") == []
 
 
+def test_a_categorical_text_column_is_text(ray_local, tmp_path, tiny_model):
+    """pandas writes a categorical column as a dictionary of strings: scored as the same strings would be."""
+    df = pd.DataFrame({"id": range(6), "query": pd.Categorical(["q one", "q one", "q two", None, "q two", "q one"]),
+                       "document": [f"document {i}" for i in range(6)]})
+    for name, frame in (("categorical", df), ("plain", df.astype({"query": object}))):
+        (tmp_path / name).mkdir()
+        frame.to_parquet(tmp_path / name / "p.parquet")
+    assert pa.types.is_dictionary(pq.read_schema(tmp_path / "categorical" / "p.parquet").field("query").type)
+    summary = job(tiny_model, tmp_path / "categorical", tmp_path / "out-categorical")
+    assert (summary.rows_scored, summary.rows_rejected) == (5, 1)
+    assert rejects(tmp_path / "out-categorical")["reason"].tolist() == ["query is null"]
+    job(tiny_model, tmp_path / "plain", tmp_path / "out-plain")
+    pd.testing.assert_frame_equal(results(tmp_path / "out-categorical"), results(tmp_path / "out-plain"))
+
+
 def test_text_of_100k_characters_is_truncated_and_scored(jsonl_job, csv_job):
     for out in (jsonl_job[1], csv_job[1]):
         got = results(out)
