@@ -76,10 +76,21 @@ def rank_group(table: pa.Table, top_k: Optional[int] = None, input_order: Option
     return out.drop_columns([c for c in TAGS if c in out.column_names])
 
 
+def plain_key(table: pa.Table, column: str) -> pa.Table:
+    """The query id column with its dictionary decoded (a categorical in pandas or Polars): Ray Data's group-by
+    cannot hash a dictionary-encoded column. Other columns, and a plain key, are left as they are."""
+    if column in table.column_names and pa.types.is_dictionary(table.schema.field(column).type):
+        key = table.column(column)
+        table = table.set_column(table.schema.get_field_index(column), column, key.cast(key.type.value_type))
+    return table
+
+
 def rank(ds, query_id_column: str = "query_id", top_k: Optional[int] = None,
          input_order: Optional[List[str]] = None, document_column: str = "document", count_cut: bool = False,
          partitions: Optional[int] = None):
     """Adds `rank` within each query to a scored Dataset (and keeps the top k when given)."""
+    ds = ds.map_batches(plain_key, fn_kwargs=dict(column=query_id_column), batch_format="pyarrow", batch_size=None,
+                        zero_copy_batch=True, udf_modifying_row_count=False)
     return ds.groupby(query_id_column, num_partitions=partitions).map_groups(
         rank_group,
         fn_kwargs=dict(top_k=top_k, input_order=input_order, document_column=document_column, count_cut=count_cut,

@@ -118,6 +118,18 @@ def test_rerank_job_over_files_and_blocks(ray_local, tiny_model, tmp_path):
     assert kept["doc_id"].tolist() == best["doc_id"].tolist()
     np.testing.assert_allclose(kept["score"], best["score"], atol=1e-6)
 
+    # Query ids written as a categorical (a dictionary of strings in parquet): the same ranks.
+    (tmp_path / "categorical").mkdir()
+    for f in range(3):
+        frame = pd.read_parquet(folder / f"part-{f}.parquet")
+        frame.astype({"query_id": "category"}).to_parquet(tmp_path / "categorical" / f"part-{f}.parquet", index=False)
+    run_rerank(RerankConfig(model=str(tiny_model), input=str(tmp_path / "categorical"),
+                            output=str(tmp_path / "cat"), rows_per_block=3, rank_partitions=3))
+    ranked = pd.read_parquet(tmp_path / "cat" / "results").astype({"query_id": object}).sort_values("doc_id")
+    plain = results.sort_values("doc_id")
+    assert ranked["rank"].tolist() == plain["rank"].tolist()
+    assert ranked["query_id"].tolist() == plain["query_id"].tolist()
+
 
 def test_rerank_input_errors(tiny_model, tmp_path):
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "x.parquet")
