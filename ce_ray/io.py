@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 FORMATS = ("parquet", "jsonl", "csv")
+UTF8_BOM = b"\xef\xbb\xbf"  # what some tools (Excel) write first in a text file; Arrow's readers skip it
 _EXTENSIONS = {
     ".parquet": "parquet",
     ".pq": "parquet",
@@ -144,7 +145,7 @@ def _check_one(fs: pafs.FileSystem, path: str, input_format: str) -> FileCheck:
             return FileCheck(path, schema.names, meta.num_rows, {n: schema.field(n).type for n in schema.names},
                              groups)
         with fs.open_input_stream(path, compression="detect") as f:
-            head = f.read(1 << 20)
+            head = f.read(1 << 20).removeprefix(UTF8_BOM)
         lines = [line for line in head.split(b"\n") if line.strip()]
         if input_format == "csv":
             if not lines:

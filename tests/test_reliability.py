@@ -152,6 +152,20 @@ def test_a_categorical_text_column_is_text(ray_local, tmp_path, tiny_model):
     pd.testing.assert_frame_equal(results(tmp_path / "out-categorical"), results(tmp_path / "out-plain"))
 
 
+def test_a_utf8_bom_at_the_start_of_a_csv_or_jsonl_file_is_skipped(ray_local, tmp_path, tiny_model):
+    """As Excel writes CSV: the header's first name is still `id`, and a JSONL first line is still an object
+    (the second line, a number for text, sends the chunk line by line)."""
+    bom = b"\xef\xbb\xbf"
+    files = {"csv": b"id,query,document\n0,q,first\n1,q,second\n",
+             "jsonl": b'{"id": 0, "query": "q", "document": "first"}\n{"id": 1, "query": "q", "document": 42}\n'}
+    for kind, data in files.items():
+        (tmp_path / kind).mkdir()
+        (tmp_path / kind / f"rows.{kind}").write_bytes(bom + data)
+        summary = job(tiny_model, tmp_path / kind, tmp_path / f"out-{kind}")
+        assert (summary.rows_scored, summary.rows_rejected) == ((2, 0) if kind == "csv" else (1, 1))
+        assert 0 in set(results(tmp_path / f"out-{kind}")["id"])
+
+
 def test_text_of_100k_characters_is_truncated_and_scored(jsonl_job, csv_job):
     for out in (jsonl_job[1], csv_job[1]):
         got = results(out)
