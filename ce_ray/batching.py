@@ -49,9 +49,7 @@ def text_column(table: pa.Table, name: str) -> Tuple[pa.Array, np.ndarray]:
     """
     column = table.column(name).combine_chunks() if table.num_columns else pa.array([], pa.string())
     reasons = np.full(len(column), "", dtype=object)
-    if is_text(column.type):
-        if pa.types.is_dictionary(column.type):
-            column = column.dictionary_decode()
+    if is_text(column.type):  # a dictionary of strings (a categorical) casts to its strings too
         nulls = column.is_null().to_numpy(zero_copy_only=False)
         reasons[nulls] = f"{name} is null"
         return column.cast(pa.string()), reasons

@@ -15,6 +15,7 @@ Each file is written under a hidden temporary name and renamed; an S3 put is ato
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -196,13 +197,20 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None,
                 fs.delete_file(file)
         else:
             raise ValueError(f"unknown mode {mode!r}")
-    try:  # the job's first write: a place it cannot write fails here, before any work
+    with writing(output):  # the job's first write: a place it cannot write fails here, before any work
         fs.create_dir(f"{path}/{STATE}", recursive=True)
         if job is not None:
             _write_bytes(fs, f"{path}/{STATE}/{JOB}", json.dumps(job, indent=2).encode(), is_remote(output))
+    return kept
+
+
+@contextlib.contextmanager
+def writing(output: str):
+    """The filesystem's error of a write to `output` as an OutputError that names the output."""
+    try:
+        yield
     except OSError as e:
         raise OutputError(f"cannot write the output {output}: {e}") from None
-    return kept
 
 
 def _temporary(path: str) -> str:

@@ -762,14 +762,12 @@ def _storage(config: TrainConfig):
 def _check_output(output: str) -> None:
     """The model is written to `output` after the training: a place it cannot be written fails now."""
     from .io import check_s3_access
-    from .sink import OutputError
+    from .sink import writing
 
     check_s3_access(output)
     fs, path = filesystem(output)
-    try:
+    with writing(output):
         fs.create_dir(path, recursive=True)
-    except OSError as e:
-        raise OutputError(f"cannot write the output {output}: {e}") from None
 
 
 def _publish(model_dir: str, output: str, card_text: str) -> None:
