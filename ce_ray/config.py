@@ -42,7 +42,7 @@ class ScoreConfig(ModelConfig):
 
     input: str = ""  # file, folder or glob; local or s3://
     output: str = ""  # folder; local or s3://
-    input_format: Literal["auto", "parquet", "jsonl", "csv"] = "auto"
+    input_format: Literal["auto", "parquet", "jsonl", "csv", "tsv"] = "auto"
     query_column: str = "query"
     document_column: str = "document"
     batch_tokens: Optional[int] = None  # token budget of one forward pass; None: 65536 on GPU, 2048 on CPU
@@ -136,8 +136,8 @@ class DeepSpeedConfig:
 class TrainConfig(ModelConfig):
     """`ce-ray train`: fine-tune a reranker on Ray Train. Defaults are the seeds' recipe."""
 
-    train_data: str = ""  # pairs (parquet/jsonl/csv: query, document, label in [0, 1]) or a BEIR folder
-    input_format: Literal["auto", "parquet", "jsonl", "csv"] = "auto"
+    train_data: str = ""  # pairs (parquet/jsonl/csv/tsv: query, document, label in [0, 1]) or a BEIR folder
+    input_format: Literal["auto", "parquet", "jsonl", "csv", "tsv"] = "auto"
     query_column: str = "query"
     document_column: str = "document"
     label_column: str = "label"

@@ -67,14 +67,14 @@ def csv_job(ray_local, tiny_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bad-csv")
     (folder / "in").mkdir()
     lines = [b"id,query,document", b"0,good,row", b"1,,empty cell", b"2,bad \xfe byte,x", b'3,"quoted, ok",y',
-             b"4,long," + LONG.encode()]
+             b"4,long," + LONG.encode(), b"5,a stray,comma,here", b"   ", b"6,cut short"]
     (folder / "in" / "rows.csv").write_bytes(b"\n".join(lines) + b"\n")
     summary = job(tiny_model, folder / "in", folder / "out")
     return summary, folder / "out"
 
 
 def test_every_row_is_accounted_for(jsonl_job, csv_job):
-    for summary, out, n in ((*jsonl_job, len(JSONL_LINES)), (*csv_job, 5)):
+    for summary, out, n in ((*jsonl_job, len(JSONL_LINES)), (*csv_job, 7)):
         assert summary.rows_in == n == summary.rows_scored + summary.rows_rejected
         assert len(results(out)) + len(pd.read_parquet(out / "rejects")) == n
 
@@ -105,6 +105,58 @@ def test_invalid_utf8_in_csv_rejects_the_row(csv_job):
     row = rejects(csv_job[1]).set_index("id").loc[2]
     assert row["reason"].startswith("query is not valid UTF-8") and row["query"] == "bad \ufffd byte"
     assert results(csv_job[1]).set_index("id").loc[3, "query"] == "quoted, ok"
+
+
+def test_a_csv_row_whose_fields_do_not_match_the_header_is_rejected(csv_job):
+    """Too many fields (a stray comma) or too few (a line cut short): that row rejected with its text, the
+    others scored; a line of spaces is a blank line."""
+    bad = rejects(csv_job[1])
+    malformed = bad[bad["id"].isna()]["reason"].tolist()
+    assert sorted(r.split(": ", 1)[1] for r in malformed) == [
+        "a row of 2 field(s) where the header has 3 ('6,cut short')",
+        "a row of 4 field(s) where the header has 3 ('5,a stray,comma,here')"]
+    assert malformed[0].startswith(str(csv_job[1].parent / "in" / "rows.csv"))
+    assert set(results(csv_job[1])["id"]) == {0, 3, 4}
+
+
+def test_tsv_is_tab_separated_text_without_quotes(ray_local, tmp_path, tiny_model):
+    """As WikiQA, MS MARCO and BEIR's qrels are written: split at every tab, a quote is text. All of WikiQA
+    test (.tsv.gz) is read as pandas reads it with quoting off (with CSV's quoting, 49 of its rows would merge
+    into others), then a file with a row cut at a tab inside a field, a CRLF line and invalid UTF-8."""
+    from conftest import WIKIQA
+
+    wikiqa = WIKIQA / "WikiQA-test.tsv.gz"
+    summary = job(tiny_model, wikiqa, tmp_path / "wikiqa", query_column="Question", document_column="Sentence",
+                  rows_per_block=2048)
+    assert (summary.rows_in, summary.rows_scored, summary.rows_rejected) == (6165, 6165, 0)
+    expected = pd.read_csv(wikiqa, sep="\t", quoting=3, keep_default_na=False)
+    scored = pd.read_parquet(tmp_path / "wikiqa" / "results").sort_values("SentenceID").reset_index(drop=True)
+    pd.testing.assert_frame_equal(scored.drop(columns="score"),
+                                  expected.sort_values("SentenceID").reset_index(drop=True))
+    assert scored["Sentence"].str.contains('"').sum() > 0
+
+    (tmp_path / "in").mkdir()
+    lines = [b"id\tquery\tdocument", b'0\t"quoted\tsays "hi"', b"1\ta tab\tinside\ta field", b"2\tq\td\r",
+             b"3\tbad \xfe byte\td"]
+    (tmp_path / "in" / "rows.tsv").write_bytes(b"\n".join(lines) + b"\n")
+    summary = job(tiny_model, tmp_path / "in", tmp_path / "out")
+    assert (summary.rows_in, summary.rows_scored, summary.rows_rejected) == (4, 2, 2)
+    assert results(tmp_path / "out")[["id", "query", "document"]].to_dict("list") == {
+        "id": [0, 2], "query": ['"quoted', "q"], "document": ['says "hi"', "d"]}
+    malformed, utf8 = sorted(rejects(tmp_path / "out")["reason"])
+    assert malformed.endswith("rows.tsv: a row of 4 field(s) where the header has 3 ('1\\ta tab\\tinside\\ta field')")
+    assert utf8.startswith("query is not valid UTF-8 in")
+
+
+def test_a_csv_column_whose_values_change_kind_after_the_first_megabyte_fails_naming_it(ray_local, tmp_path,
+                                                                                        tiny_model):
+    """Arrow guesses a column's type from a file's first block: an id `A7` after 150,000 numbers cannot be
+    converted; the job fails with one line that names the file, the value and what to do."""
+    (tmp_path / "in").mkdir()
+    rows = ["id,query,document", *(f"{i},q,d" for i in range(150_000)), "A7,q,d"]
+    (tmp_path / "in" / "ids.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(InputError, match=r"ids\.csv: .*conversion error to int64: invalid value 'A7' .*parquet"):
+        job(tiny_model, tmp_path / "in", tmp_path / "out", rows_per_block=50_000)
 
 
 def test_broken_json_line_is_rejected_and_the_rest_scored(jsonl_job):
