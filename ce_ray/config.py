@@ -43,6 +43,7 @@ class ScoreConfig(ModelConfig):
     input: str = ""  # file, folder or glob; local or s3://
     output: str = ""  # folder; local or s3://
     input_format: Literal["auto", "parquet", "jsonl", "csv", "tsv"] = "auto"
+    column_names: str = ""  # CSV or TSV files without a header line: their columns, "query_id,doc_id,query,document"
     query_column: str = "query"
     document_column: str = "document"
     batch_tokens: Optional[int] = None  # token budget of one forward pass; None: 65536 on GPU, 2048 on CPU
@@ -138,6 +139,7 @@ class TrainConfig(ModelConfig):
 
     train_data: str = ""  # pairs (parquet/jsonl/csv/tsv: query, document, label in [0, 1]) or a BEIR folder
     input_format: Literal["auto", "parquet", "jsonl", "csv", "tsv"] = "auto"
+    column_names: str = ""  # CSV or TSV files without a header line: their columns, "query,document,label"
     query_column: str = "query"
     document_column: str = "document"
     label_column: str = "label"

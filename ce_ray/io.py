@@ -45,6 +45,16 @@ def is_text(dtype: pa.DataType) -> bool:
     return pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
 
 
+def parse_column_names(text: str) -> Optional[List[str]]:
+    """The `column_names` setting, `query_id,doc_id,query,document`, as a list (None when unset)."""
+    if not text.strip():
+        return None
+    names = [name.strip() for name in text.split(",")]
+    if not all(names) or len(set(names)) != len(names):
+        raise InputError(f"column_names must be distinct names separated by commas, got {text!r}")
+    return names
+
+
 def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
@@ -77,11 +87,13 @@ def detect_format(path: str) -> Optional[str]:
     return _EXTENSIONS.get(os.path.splitext(name)[1])
 
 
-def list_files(uri: str, input_format: str = "auto") -> Tuple[List[str], str, pafs.FileSystem]:
+def list_files(uri: str, input_format: str = "auto",
+               column_names: Optional[List[str]] = None) -> Tuple[List[str], str, pafs.FileSystem]:
     """Expands a file, a folder (recursively) or a glob into data files, all of one format.
 
     Returns the paths as the filesystem names them (no scheme), the format and the filesystem.
-    Hidden and underscore files (`_SUCCESS`, `.crc`) are skipped, as Spark and Arrow do.
+    Hidden and underscore files (`_SUCCESS`, `.crc`) are skipped, as Spark and Arrow do. `column_names`,
+    for files without a header line, is refused for formats whose files name their columns.
     """
     check_s3_access(uri)
     fs, path = filesystem(uri)
@@ -123,6 +135,9 @@ def list_files(uri: str, input_format: str = "auto") -> Tuple[List[str], str, pa
     files = [f for f in files if detect_format(f) in (input_format, None)]
     if not files:
         raise InputError(f"input {uri} holds no {input_format} files")
+    if column_names and input_format not in ("csv", "tsv"):
+        raise InputError(f"column_names names the columns of CSV or TSV files without a header line; {uri} is "
+                         f"{input_format}, whose files name their columns")
     return files, input_format, fs
 
 
@@ -135,7 +150,7 @@ class FileCheck:
     row_groups: Tuple[Tuple[int, int], ...] = ()  # parquet: (rows, bytes in memory) of each row group
 
 
-def _check_one(fs: pafs.FileSystem, path: str, input_format: str) -> FileCheck:
+def _check_one(fs: pafs.FileSystem, path: str, input_format: str, column_names: Optional[List[str]]) -> FileCheck:
     try:
         if input_format == "parquet":
             with fs.open_input_file(path) as f:
@@ -149,6 +164,8 @@ def _check_one(fs: pafs.FileSystem, path: str, input_format: str) -> FileCheck:
             head = f.read(1 << 20).removeprefix(UTF8_BOM)
         lines = [line for line in head.split(b"\n") if line.strip()]
         if input_format in ("csv", "tsv"):
+            if column_names:  # no header line: every line is a row
+                return FileCheck(path, column_names, None if lines else 0, {})
             if not lines:
                 return FileCheck(path, [], 0, {})
             import csv
@@ -172,7 +189,8 @@ def _check_one(fs: pafs.FileSystem, path: str, input_format: str) -> FileCheck:
 
 
 def check_inputs(
-    fs: pafs.FileSystem, files: List[str], input_format: str, required: List[str]
+    fs: pafs.FileSystem, files: List[str], input_format: str, required: List[str],
+    column_names: Optional[List[str]] = None,
 ) -> List[FileCheck]:
     """Reads each file's schema (parquet footer, CSV header, first JSON line) before any work starts.
 
@@ -180,14 +198,18 @@ def check_inputs(
     there are no rows at all.
     """
     with ThreadPoolExecutor(max_workers=16) as pool:
-        checks = list(pool.map(lambda p: _check_one(fs, p, input_format), files))
+        checks = list(pool.map(lambda p: _check_one(fs, p, input_format, column_names), files))
     for check in checks:
         if check.rows == 0:
             continue  # an empty file contributes no rows and needs no columns
         missing = [c for c in required if c not in check.columns]
         if missing:
             have = ", ".join(check.columns[:12]) or "none"
-            raise InputError(f"{check.path}: missing column(s) {', '.join(map(repr, missing))} (columns: {have})")
+            # A header line that looks like a row: MS MARCO's files, for one, have none.
+            hint = ("; for a file without a header line, give its columns' names in column_names"
+                    if input_format in ("csv", "tsv") and not column_names else "")
+            raise InputError(f"{check.path}: missing column(s) {', '.join(map(repr, missing))} (columns: {have})"
+                             + hint)
         for column in required:
             dtype = check.types.get(column)
             if dtype is not None and not (is_text(dtype) or pa.types.is_null(dtype)):
@@ -198,18 +220,19 @@ def check_inputs(
 
 
 def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[str]] = None,
-                 keep=None, rows_per_block: int = 4096, rows_per_read: Optional[int] = None):
+                 keep=None, rows_per_block: int = 4096, rows_per_read: Optional[int] = None,
+                 column_names: Optional[List[str]] = None):
     """A Ray Dataset over the input files, after `check_inputs` passed.
 
     Files are streamed in chunks of `rows_per_block` rows, and every row is tagged with its input file's key
     and position (`TAGS`). A text file is one read task; a parquet file one task per `rows_per_read` rows
     (`PARQUET_ROWS_PER_READ`), in whole row groups (`ReadRange`). `keep(path)`, when given, selects the files
-    to read (resume).
+    to read (resume). `column_names` names the columns of CSV or TSV files that have no header line.
     """
     import ray.data
 
-    files, input_format, fs = list_files(uri, input_format)
-    checks = check_inputs(fs, files, input_format, list(required or []))
+    files, input_format, fs = list_files(uri, input_format, column_names)
+    checks = check_inputs(fs, files, input_format, list(required or []), column_names)
     checks = [c for c in checks if c.rows != 0]
     files = [c.path for c in checks]
     todo = [c for c in checks if keep is None or keep(c.path)]
@@ -222,7 +245,8 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     paths = [c.path for c in todo]
     if input_format in ("csv", "tsv"):
         source = tagged_files(paths, fs, functools.partial(delimited_chunks, text_columns=list(required or []),
-                                                            tab_separated=input_format == "tsv"))
+                                                            tab_separated=input_format == "tsv",
+                                                            column_names=column_names))
     else:
         source = tagged_files(paths, fs, JsonLinesDatasource(paths, text_columns=list(required or []),
                                                              filesystem=fs)._read_stream)
@@ -463,8 +487,10 @@ def tagged_parquet(ranges: List[ReadRange], filesystem: pafs.FileSystem, rows_pe
 TAB_SEPARATED = dict(delimiter="\t", quote_char=False)
 
 
-def delimited_chunks(f, path: str, text_columns: List[str], tab_separated: bool = False):
-    """A CSV (or TSV) file's rows, chunk by chunk, with Arrow's streaming reader.
+def delimited_chunks(f, path: str, text_columns: List[str], tab_separated: bool = False,
+                     column_names: Optional[List[str]] = None):
+    """A CSV (or TSV) file's rows, chunk by chunk, with Arrow's streaming reader. With `column_names` the file
+    has no header line (MS MARCO's files have none) and its first line is a row.
 
     A row whose fields do not match the header (a stray delimiter, a tab or line break inside a TSV field, a
     line cut short) is rejected with the reason and its text, and the others are read: it never fails the
@@ -475,15 +501,16 @@ def delimited_chunks(f, path: str, text_columns: List[str], tab_separated: bool 
 
     def reject_row(row) -> str:
         if row.text.strip():  # a line of spaces is a blank line, as in JSON Lines
-            malformed.append(f"{path}: a row of {row.actual_columns} field(s) where the header has "
-                             f"{row.expected_columns} ({row.text[:80]!r})")
+            malformed.append(f"{path}: a row of {row.actual_columns} field(s) where the "
+                             f"{'column names have' if column_names else 'header has'} {row.expected_columns} "
+                             f"({row.text[:80]!r})")
         return "skip"
 
     parse = pacsv.ParseOptions(invalid_row_handler=reject_row, **(TAB_SEPARATED if tab_separated else {}))
     # One thread, so that where a rejected row lands depends on the file alone (a retried task must give the
     # same rows): with threads, Arrow parses blocks ahead, as they happen to run. It reads as fast (~3.8M
     # rows/s here), and a task has one CPU.
-    read = pacsv.ReadOptions(use_threads=False)
+    read = pacsv.ReadOptions(use_threads=False, column_names=column_names)
     # Text columns stay text (a query "42" is a string, not an integer); empty cells are nulls. UTF-8 is
     # checked per row afterwards, so that one bad byte rejects its row instead of failing the file.
     convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in text_columns},

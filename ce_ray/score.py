@@ -211,7 +211,9 @@ def job_settings(config: ScoreConfig) -> dict:
     """The settings that decide an output's rows and scores: a resumed run must share them."""
     names = ("model", "input", "input_format", "query_column", "document_column", "max_length", "dtype",
              "tokenizer", "on_invalid", "allow_pickle", "trust_remote_code")
-    return {name: getattr(config, name) for name in names}
+    # column_names only when set, so that outputs written before it existed still resume
+    return {name: getattr(config, name) for name in names} | (
+        {"column_names": config.column_names} if config.column_names else {})
 
 
 def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") -> Summary:
@@ -221,7 +223,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     Outputs are named per input file; `mode="resume"` keeps the inputs an earlier run completed and
     redoes the rest. A transform regroups rows across files, so its jobs cannot resume.
     """
-    from .io import check_s3_access, input_key, read_dataset
+    from .io import check_s3_access, input_key, parse_column_names, read_dataset
     from .sink import WRITE_REMOTE_ARGS, PairsSink, ResumeState, prepare_output, resume_state
 
     require(config, "model", "input", "output")
@@ -235,7 +237,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     earlier = resume_state(config.output, job) if config.mode == "resume" else ResumeState({}, [])
     done = earlier.complete
     ds, files, _ = read_dataset(config.input, config.input_format, [config.query_column, config.document_column],
-                                keep=lambda path: input_key(path) not in done, rows_per_block=config.rows_per_block)
+                                keep=lambda path: input_key(path) not in done, rows_per_block=config.rows_per_block,
+                                column_names=parse_column_names(config.column_names))
     # score() checks and loads the model's config and tokenizer: a bad model fails before the output is touched.
     scored = None if ds is None else score(ds, config)
     if scored is not None and transform is not None:

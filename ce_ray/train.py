@@ -197,7 +197,7 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int):
     """The tokenized training set (materialized: every epoch reads it again), its statistics, the eval set."""
     import ray.data
 
-    from .io import read_dataset
+    from .io import parse_column_names, read_dataset
 
     if _is_beir(config.train_data):
         table = beir_training_pairs(config.train_data, config.train_split, config.hard_negatives)
@@ -205,7 +205,8 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int):
         ds = ray.data.from_arrow(table)
         config = dataclasses.replace(config, query_column="query", document_column="document", label_column="label")
     else:
-        ds, _, _ = read_dataset(config.train_data, config.input_format, [config.query_column, config.document_column])
+        ds, _, _ = read_dataset(config.train_data, config.input_format, [config.query_column, config.document_column],
+                                column_names=parse_column_names(config.column_names))
         if config.label_column not in ds.schema().names:
             raise InputError(f"{config.train_data}: missing column {config.label_column!r} "
                              f"(columns: {', '.join(ds.schema().names)})")

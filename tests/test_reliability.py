@@ -159,6 +159,40 @@ def test_a_csv_column_whose_values_change_kind_after_the_first_megabyte_fails_na
         job(tiny_model, tmp_path / "in", tmp_path / "out", rows_per_block=50_000)
 
 
+def test_a_csv_or_tsv_file_without_a_header_line_is_read_with_column_names(ray_local, tmp_path, tiny_model):
+    """As MS MARCO's top1000 files come (qid, pid, query, passage, no header): `column_names` names the
+    columns and the first line is a row. Without it the first row is taken as the header and the job fails
+    naming the columns it found; the setting is refused for formats whose files name their columns."""
+    from ce_ray.config import RerankConfig
+    from ce_ray.rerank import _check_query_id
+
+    (tmp_path / "in").mkdir()
+    lines = [b"1048585\t7187158\twhat is paula deen's brother\tPaula Deen and her brother Earl W. Bubba Hiers",
+             b"1048585\t7187157\twhat is paula deen's brother\tHer brother is \"Bubba\"", b"2\t3\tcut short"]
+    (tmp_path / "in" / "top1000.dev.tsv").write_bytes(b"\r\n".join(lines) + b"\r\n")
+    names = "query_id,doc_id,query,document"
+    summary = job(tiny_model, tmp_path / "in", tmp_path / "out", column_names=names)
+    assert (summary.rows_in, summary.rows_scored, summary.rows_rejected) == (3, 2, 1)
+    scored = pd.read_parquet(tmp_path / "out" / "results").sort_values("doc_id")
+    assert scored[["query_id", "doc_id", "document"]].values.tolist() == [
+        [1048585, 7187157, 'Her brother is "Bubba"'],
+        [1048585, 7187158, "Paula Deen and her brother Earl W. Bubba Hiers"]]
+    assert pd.read_parquet(tmp_path / "out" / "rejects")["reason"].str.endswith(
+        "a row of 3 field(s) where the column names have 4 ('2\\t3\\tcut short')").all()
+    _check_query_id(RerankConfig(model=str(tiny_model), input=str(tmp_path / "in"), column_names=names))
+
+    with pytest.raises(InputError, match=r"missing column\(s\) 'query', 'document' \(columns: 1048585, 7187158, "
+                                         r"what is .*; for a file without a header line, give its columns' names"):
+        job(tiny_model, tmp_path / "in", tmp_path / "out-no-names", mode="overwrite")
+    with pytest.raises(ConfigError, match="missing column 'query_id'"):
+        _check_query_id(RerankConfig(model=str(tiny_model), input=str(tmp_path / "in")))
+    pq.write_table(pa.table({"query": ["q"], "document": ["d"]}), tmp_path / "p.parquet")
+    with pytest.raises(InputError, match="p.parquet is parquet, whose files name their columns"):
+        job(tiny_model, tmp_path / "p.parquet", tmp_path / "out-parquet", column_names="query,document")
+    with pytest.raises(InputError, match="distinct names"):
+        job(tiny_model, tmp_path / "in", tmp_path / "out-twice", column_names="query,query,document,x")
+
+
 def test_broken_json_line_is_rejected_and_the_rest_scored(jsonl_job):
     bad = rejects(jsonl_job[1])
     assert bad["reason"].str.contains("line 9: not valid JSON").sum() == 1
