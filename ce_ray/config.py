@@ -143,6 +143,10 @@ class TrainConfig(ModelConfig):
     query_column: str = "query"
     document_column: str = "document"
     label_column: str = "label"
+    # Rows of a query, a positive and its negatives (MS MARCO's triples, sentence-transformers' (anchor,
+    # positive, negative) sets): the negatives' columns, comma-separated. Each row then gives a pair of the
+    # query and document_column (the positive) labelled 1, and one labelled 0 per negative; no label column.
+    negative_columns: str = ""
     train_split: str = "train"  # qrels split when train_data is a BEIR folder
     hard_negatives: int = 4  # BM25 hard negatives per positive (BEIR training data)
     eval_data: str = ""  # BEIR folder; its split is reranked from BM25 top-k during training

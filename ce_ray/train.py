@@ -128,6 +128,35 @@ def _combine_stats(rows: List[dict]) -> dict:
     return stats
 
 
+def _negative_columns(config: TrainConfig) -> List[str]:
+    names = [name.strip() for name in config.negative_columns.split(",") if name.strip()]
+    if names and _is_beir(config.train_data):
+        raise ConfigError("negative_columns is for rows of a query, a positive and negatives; a BEIR folder's "
+                          "negatives are BM25's (hard_negatives)")
+    if config.document_column in names or config.query_column in names or len(set(names)) != len(names):
+        raise ConfigError(f"negative_columns must name other columns than the query and the positive, each once, "
+                          f"got {config.negative_columns!r}")
+    return names
+
+
+def labelled_pairs(table: pa.Table, query_column: str, positive_column: str,
+                   negative_columns: List[str]) -> pa.Table:
+    """Rows of (query, positive, negatives...) as labelled pairs: (query, positive, 1) for every row, then
+    (query, negative, 0) for every negative that is not null (rows may hold fewer negatives than columns).
+    The pairs' documents go in `positive_column`, as large strings (the columns may differ in string type),
+    and a row the reader rejected (a line that is not JSON, invalid UTF-8) gives rejected pairs."""
+    def pairs(rows: pa.Table, document: str, label: float) -> pa.Table:
+        columns = {query_column: rows.column(query_column),
+                   positive_column: pc.cast(rows.column(document), pa.large_string()),
+                   "label": pa.array(np.full(rows.num_rows, label, np.float32))}
+        if REJECT in rows.column_names:
+            columns[REJECT] = rows.column(REJECT)
+        return pa.table(columns)
+
+    return pa.concat_tables([pairs(table, positive_column, 1.0)] + [
+        pairs(table.filter(table.column(column).is_valid()), column, 0.0) for column in negative_columns])
+
+
 def _kept_rows(table: pa.Table) -> pa.Table:
     """Rows a model can learn from (or score), with only the columns the workers read."""
     kept = table.filter(table.column(REJECT).is_null())
@@ -199,22 +228,29 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int):
 
     from .io import parse_column_names, read_dataset
 
+    negatives = _negative_columns(config)
     if _is_beir(config.train_data):
         table = beir_training_pairs(config.train_data, config.train_split, config.hard_negatives)
         source = f"{config.train_data} (qrels/{config.train_split}.tsv, {config.hard_negatives} BM25 hard negatives per positive)"
         ds = ray.data.from_arrow(table)
         config = dataclasses.replace(config, query_column="query", document_column="document", label_column="label")
     else:
-        ds, _, _ = read_dataset(config.train_data, config.input_format, [config.query_column, config.document_column],
+        ds, _, _ = read_dataset(config.train_data, config.input_format,
+                                [config.query_column, config.document_column, *negatives],
                                 column_names=parse_column_names(config.column_names))
-        if config.label_column not in ds.schema().names:
+        if negatives:
+            ds = ds.map_batches(labelled_pairs, fn_kwargs=dict(query_column=config.query_column,
+                                                               positive_column=config.document_column,
+                                                               negative_columns=negatives), batch_format="pyarrow")
+            config = dataclasses.replace(config, label_column="label")
+        elif config.label_column not in ds.schema().names:
             raise InputError(f"{config.train_data}: missing column {config.label_column!r} "
                              f"(columns: {', '.join(ds.schema().names)})")
         source = config.train_data
     tokenized = _tokenized(ds, config, encoder, max_length, labels=True)
     stats = _combine_stats(tokenized.map_batches(_block_stats, batch_format="pyarrow", batch_size=None).take_all())
     stats["source"] = source
-    stats["columns"] = [config.query_column, config.document_column, config.label_column]
+    stats["columns"] = [config.query_column, config.document_column, *(negatives or [config.label_column])]
     label_errors = {r: n for r, n in stats["reject_reasons"].items() if "outside [0, 1]" in r}
     if label_errors:
         raise InputError(f"{config.train_data}: {sum(label_errors.values())} label(s) outside [0, 1], e.g. "

@@ -320,6 +320,55 @@ def test_beir_pairs_with_bm25_hard_negatives_train_and_evaluate(ray_local, tiny_
     assert "## Evaluation" in card and "BM25 hard negatives" in card
 
 
+def test_rows_of_a_query_a_positive_and_negatives_train_as_their_labelled_pairs(ray_local, tiny_model, tmp_path):
+    """`negative_columns`: rows of two negatives, some missing, and MS MARCO's triples (a TSV without a header
+    line: query, positive, negative) give the training set of the same pairs written out with labels: one
+    labelled 1 per row, one labelled 0 per negative that is given."""
+    from ce_ray.batching import IDS
+    from ce_ray.config import ConfigError, TrainConfig
+
+    train = _train_module()
+    frame = wikiqa_pairs("train", 300)
+    rows = []
+    for _, group in frame.groupby("query_id", sort=False):
+        positives, negatives = group[group.label == 1].document, group[group.label == 0].document.tolist()
+        if len(positives) and negatives:
+            rows.append({"query": group["query"].iloc[0], "positive": positives.iloc[0],
+                         "negative_1": negatives[0], "negative_2": negatives[1] if len(negatives) > 1 else None})
+    rows = pd.DataFrame(rows)
+    assert len(rows) >= 5 and rows.negative_2.isna().any() and rows.negative_2.notna().any()
+    rows.to_parquet(tmp_path / "rows.parquet")
+    (tmp_path / "triples.train.tsv").write_text(
+        "".join(f"{q}\t{p}\t{n}\n" for q, p, n in rows[["query", "positive", "negative_1"]].values))
+
+    def written_out(negatives: list, name: str) -> str:
+        """The same rows as pairs with labels, in a parquet file."""
+        pairs = pd.concat([rows.assign(document=rows[column], label=np.float32(column == "positive"))
+                           .dropna(subset="document") for column in ["positive", *negatives]])
+        pairs[["query", "document", "label"]].to_parquet(tmp_path / name)
+        return str(tmp_path / name)
+
+    def training_set(**settings):
+        """(token ids, label) of every pair of the training set, sorted; and its statistics."""
+        config = TrainConfig(model=str(tiny_model), output=str(tmp_path / "o"), **settings)
+        data, stats, _, _ = train.prepare_data(config, pair_encoder(str(tiny_model)), 128)
+        return sorted((tuple(row[IDS]), float(row[train.LABEL])) for row in data.take_all()), stats
+
+    expected, expected_stats = training_set(train_data=written_out(["negative_1", "negative_2"], "pairs.parquet"))
+    got, stats = training_set(train_data=str(tmp_path / "rows.parquet"), document_column="positive",
+                              negative_columns="negative_1, negative_2")
+    assert got == expected and len(got) == 2 * len(rows) + rows.negative_2.notna().sum()
+    assert (stats["pairs"], stats["rejected"], stats["positives"]) == (expected_stats["pairs"], 0, len(rows))
+    assert stats["columns"] == ["query", "positive", "negative_1", "negative_2"]
+    got, _ = training_set(train_data=str(tmp_path / "triples.train.tsv"), column_names="query,positive,negative",
+                          document_column="positive", negative_columns="negative")
+    assert got == training_set(train_data=written_out(["negative_1"], "triple-pairs.parquet"))[0]
+    assert sum(label for _, label in got) == len(got) / 2 == len(rows)
+    with pytest.raises(ConfigError, match="other columns than the query and the positive"):
+        training_set(train_data=str(tmp_path / "rows.parquet"), document_column="positive",
+                     negative_columns="negative_1,positive")
+
+
 def test_labels_outside_zero_one_fail_before_training(ray_local, tiny_model, tmp_path):
     from ce_ray.config import TrainConfig
     from ce_ray.io import InputError
