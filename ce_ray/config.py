@@ -107,6 +107,8 @@ class EvalConfig:
     input: str = ""  # rerank/score output folder (its results/) or parquet files
     qrels: str = ""  # BEIR qrels TSV; empty: the label column gives the grades
     output: str = ""  # JSON file; default <input>/eval.json
+    # also the reranked order as a TREC run file (`query_id Q0 doc_id rank score ce-ray`), for trec_eval
+    run_output: str = ""
     query_id_column: str = "query_id"
     doc_id_column: str = "doc_id"
     label_column: str = "label"

@@ -53,12 +53,18 @@ def _order(group: pd.DataFrame, column: str, descending: bool) -> pd.DataFrame:
     return group.sort_values(column, ascending=not descending, kind="stable", na_position="last")
 
 
-def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[str, Dict[str, int]]] = None) -> dict:
-    """Per-query and mean metrics of the reranked and baseline orders of a frame of scored pairs."""
-    c = config
+def _reranked_by(df: pd.DataFrame, c: EvalConfig) -> tuple:
+    """The column that gives the reranked order, and whether higher comes first: the rank, else the score."""
     ranked_by, descending = (c.rank_column, False) if c.rank_column in df.columns else (c.score_column, True)
     if ranked_by not in df.columns:
         raise InputError(f"neither {c.rank_column!r} nor {c.score_column!r} is a column of the input")
+    return ranked_by, descending
+
+
+def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[str, Dict[str, int]]] = None) -> dict:
+    """Per-query and mean metrics of the reranked and baseline orders of a frame of scored pairs."""
+    c = config
+    ranked_by, descending = _reranked_by(df, c)
     baseline = c.baseline_column if c.baseline_column and c.baseline_column in df.columns else None
     if c.baseline_column and baseline is None:
         print(f"ce-ray eval: note: no {c.baseline_column!r} column, no baseline", file=sys.stderr)
@@ -104,6 +110,20 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
     return result
 
 
+def write_trec_run(uri: str, df: pd.DataFrame, c: EvalConfig) -> None:
+    """The reranked order as a TREC run file, one line per pair: `query_id Q0 doc_id rank score ce-ray`,
+    queries in input order. trec_eval orders a query's documents by score and breaks ties by document id,
+    where ce-ray keeps the input order: only equal scores can rank differently there."""
+    ranked_by, descending = _reranked_by(df, c)
+    lines = []
+    for query_id, group in df.groupby(c.query_id_column, sort=False):
+        ordered = _order(group, ranked_by, descending)
+        scores = ordered[c.score_column] if c.score_column in ordered.columns else -ordered[ranked_by]
+        lines += [f"{query_id} Q0 {doc_id} {rank} {score:.9g} ce-ray" for rank, (doc_id, score)
+                  in enumerate(zip(ordered[c.doc_id_column], scores), start=1)]
+    write_file(uri, ("\n".join(lines) + "\n").encode())
+
+
 def table_lines(result: dict, config: EvalConfig) -> List[str]:
     names = metric_names(config.k, config.recall_k)
     base = result.get("baseline")
@@ -128,12 +148,12 @@ def default_output(uri: str) -> str:
     return uri + ".eval.json"
 
 
-def write_json(uri: str, data: dict) -> None:
+def write_file(uri: str, data: bytes) -> None:
     fs, path = filesystem(uri)
     if not is_remote(uri):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with fs.open_output_stream(path) as f:
-        f.write(json.dumps(data, indent=2).encode())
+        f.write(data)
 
 
 def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
@@ -142,7 +162,8 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     require(config, "input")
     c = config
     qrels = read_qrels(c.qrels) if c.qrels else None
-    required = [c.query_id_column] + ([c.doc_id_column] if qrels is not None else [c.label_column])
+    required = [c.query_id_column] + ([c.doc_id_column] if qrels is not None or c.run_output else []) + (
+        [c.label_column] if qrels is None else [])
     wanted = required + [c.rank_column, c.score_column] + ([c.baseline_column] if c.baseline_column else [])
     df = read_columns(c.input, list(dict.fromkeys(wanted)), required)
     if not len(df):
@@ -151,7 +172,9 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     if not result["queries"]:
         raise ConfigError("no query to evaluate (none has a relevant document)")
     output = c.output or default_output(c.input)
-    write_json(output, result)
+    write_file(output, json.dumps(result, indent=2).encode())
+    if c.run_output:
+        write_trec_run(c.run_output, df, c)
     counted = result["counted"]
     lines = [f"{title}: {result['queries']:,} queries ({counted}), {result['pairs']:,} pairs"]
     if result["queries_skipped_without_relevant"]:
@@ -165,6 +188,6 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     lines.append(f"  reranked by {result['reranked_by']}" + (f", baseline by {result['baseline_by']}"
                                                              if result["baseline_by"] else ""))
     lines += table_lines(result, c)
-    lines.append(f"  written to {output}")
+    lines.append(f"  written to {output}" + (f", the run to {c.run_output}" if c.run_output else ""))
     print("\n".join(lines), flush=True)
     return result

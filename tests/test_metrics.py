@@ -10,6 +10,7 @@ import pytest
 
 from ce_ray.config import EvalConfig
 from ce_ray.evaluate import evaluate_frame, run_eval
+from ce_ray.io import InputError
 from ce_ray.metrics import ranking_metrics
 
 from conftest import wikiqa_pairs
@@ -59,6 +60,27 @@ def test_query_without_relevant_counts_zero_and_unknown_qrels_are_reported(tmp_p
                                   output=str(out), only_with_relevant=True))
     assert skipped["queries"] == 1 and skipped["queries_skipped_without_relevant"] == 1
     assert skipped["reranked"]["map"] == 1.0
+
+
+def test_the_reranked_order_is_written_as_a_trec_run(tmp_path):
+    """One line per pair, `query Q0 doc rank score ce-ray`, ranks by the rank column when there is one (its
+    ties broken by input order), and by the score otherwise; a run needs the document ids."""
+    rows = pd.DataFrame({"query_id": [7, 7, 7, 3], "doc_id": ["d1", "d2", "d3", "d4"],
+                         "score": np.array([0.25, 0.75, 0.25, 0.5], np.float32), "label": [0, 1, 0, 1]})
+    rows.to_parquet(tmp_path / "scored.parquet")
+    run = tmp_path / "runs" / "ce-ray.run"
+    run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "eval.json"),
+                        run_output=str(run)))
+    assert run.read_text() == ("7 Q0 d2 1 0.75 ce-ray\n7 Q0 d1 2 0.25 ce-ray\n7 Q0 d3 3 0.25 ce-ray\n"
+                               "3 Q0 d4 1 0.5 ce-ray\n")
+    rows.assign(rank=[3, 1, 2, 1]).to_parquet(tmp_path / "scored.parquet")
+    run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "eval.json"),
+                        run_output=str(run)))
+    assert run.read_text().splitlines()[:3] == ["7 Q0 d2 1 0.75 ce-ray", "7 Q0 d3 2 0.25 ce-ray",
+                                                "7 Q0 d1 3 0.25 ce-ray"]
+    rows.drop(columns="doc_id").to_parquet(tmp_path / "scored.parquet")
+    with pytest.raises(InputError, match="missing column\\(s\\) 'doc_id'"):
+        run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), run_output=str(run)))
 
 
 def evaluator_samples(df: pd.DataFrame) -> list:
