@@ -69,7 +69,9 @@ def read_queries(folder: str) -> Dict[str, str]:
 
 
 def read_qrels(uri: str) -> Dict[str, Dict[str, int]]:
-    """query id -> {doc id: grade} from a BEIR qrels TSV (header `query-id corpus-id score`), in file order."""
+    """query id -> {doc id: grade}, in file order, from a BEIR qrels TSV (header `query-id corpus-id score`)
+    or a TREC qrels file (`query iteration document relevance`, split at spaces or tabs, no header: MS
+    MARCO's and TREC DL's)."""
     qrels: Dict[str, Dict[str, int]] = {}
     rows = ((n, line.rstrip("\n\r")) for n, line in _lines(uri))
     for number, line in rows:
@@ -78,8 +80,12 @@ def read_qrels(uri: str) -> Dict[str, Dict[str, int]]:
         parts = next(csv.reader([line], delimiter="\t"))
         if number == 1 and parts[:2] == ["query-id", "corpus-id"]:
             continue
+        if len(parts) != 3 and len(line.split()) == 4:  # TREC: the iteration (0 or Q0) is not used
+            query, _, document, grade = line.split()
+            parts = [query, document, grade]
         if len(parts) != 3:
-            raise InputError(f"{uri} line {number}: expected 3 tab-separated fields, got {len(parts)}")
+            raise InputError(f"{uri} line {number}: expected BEIR's 3 tab-separated fields (query-id, corpus-id, "
+                             f"score) or TREC's 4 (query, iteration, document, relevance), got {len(parts)}")
         try:
             grade = int(float(parts[2]))
         except ValueError:

@@ -105,7 +105,7 @@ class EvalConfig:
     """`ce-ray eval`: NDCG, MRR, MAP and Recall of a scored or ranked output, beside a baseline order."""
 
     input: str = ""  # rerank/score output folder (its results/) or parquet files
-    qrels: str = ""  # BEIR qrels TSV; empty: the label column gives the grades
+    qrels: str = ""  # BEIR qrels TSV or TREC qrels (MS MARCO's); empty: the label column gives the grades
     output: str = ""  # JSON file; default <input>/eval.json
     # also the reranked order as a TREC run file (`query_id Q0 doc_id rank score ce-ray`), for trec_eval
     run_output: str = ""

@@ -62,6 +62,22 @@ def test_query_without_relevant_counts_zero_and_unknown_qrels_are_reported(tmp_p
     assert skipped["reranked"]["map"] == 1.0
 
 
+def test_trec_qrels_read_as_beir_qrels(tmp_path):
+    """MS MARCO's qrels (tab-separated) and TREC DL's (spaces) give the grades a BEIR file gives."""
+    from ce_ray.candidates import read_qrels
+
+    (tmp_path / "beir.tsv").write_text("query-id\tcorpus-id\tscore\n1102432\t2026790\t1\n264014\tD7\t2\n"
+                                       "264014\tD8\t0\n")
+    (tmp_path / "msmarco.tsv").write_text("1102432\t0\t2026790\t1\n264014\t0\tD7\t2\n264014\t0\tD8\t0\n")
+    (tmp_path / "trec.txt").write_text("1102432 Q0 2026790 1\n264014 0 D7 2\n\n264014  0  D8 0\n")
+    expected = read_qrels(str(tmp_path / "beir.tsv"))
+    assert expected == {"1102432": {"2026790": 1}, "264014": {"D7": 2, "D8": 0}}
+    assert read_qrels(str(tmp_path / "msmarco.tsv")) == read_qrels(str(tmp_path / "trec.txt")) == expected
+    (tmp_path / "bad.tsv").write_text("q1\td1\n")
+    with pytest.raises(InputError, match="line 1: expected BEIR's 3 tab-separated fields .* or TREC's 4 .*got 2"):
+        read_qrels(str(tmp_path / "bad.tsv"))
+
+
 def test_the_reranked_order_is_written_as_a_trec_run(tmp_path):
     """One line per pair, `query Q0 doc rank score ce-ray`, ranks by the rank column when there is one (its
     ties broken by input order), and by the score otherwise; a run needs the document ids."""
