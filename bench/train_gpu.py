@@ -107,6 +107,7 @@ def ce_ray_rate(model_dir: str, table: pa.Table, work: str, name: str, cpus: int
             "steady_samples_per_second": None if steady is None else float(steady),
             "steps": outcome.steps,
             "final_loss": outcome.log[-1]["loss"], "wall_seconds": time.perf_counter() - start,
+            "phases_seconds": outcome.phases,
             "samples_per_second_between_logs": windows, "data_wait_between_logs": waits, "settings": settings,
             "compiled_graphs": outcome.compiled_graphs, "cuda_graph_skips": outcome.cuda_graph_skips}
 

@@ -770,6 +770,10 @@ class TrainOutcome:
     replica_divergence: Optional[float]
     compiled_graphs: Optional[int] = None  # with `compile`: the graphs rank 0 compiled
     cuda_graph_skips: Optional[int] = None  # with reduce-overhead: compiled graphs left without CUDA graphs
+    # Where `seconds` went: "start" (the model folder's checks, Ray's start), "data" (reading, tokenizing,
+    # checking the pairs), "fit" (Ray Train: workers starting, the model loading, the steps, checkpoints),
+    # "steps" (inside fit: the training loop's logged windows), "output" (the model and its card written)
+    phases: Dict[str, float] = dataclasses.field(default_factory=dict)
 
     def lines(self) -> List[str]:
         metrics = " ".join(f"{k[5:]} {v:.4f}" for k, v in self.final_metrics.items())
@@ -778,7 +782,9 @@ class TrainOutcome:
             f"  pairs         {self.stats['pairs']:,} ({self.stats['rejected']:,} rejected)",
             f"  steps         {self.steps:,}" + (f" (resumed at {self.resumed_from})" if self.resumed_from else ""),
             f"  samples/s     {self.samples_per_second:,.1f}",
-            f"  seconds       {self.seconds:.1f}",
+            f"  seconds       {self.seconds:.1f}" + (
+                " (start {start:.1f}, data {data:.1f}, Ray Train {fit:.1f} of which steps {steps:.1f}, "
+                "output {output:.1f})".format(**self.phases) if self.phases else ""),
         ]
         if self.compiled_graphs is not None:
             skips = f"; CUDA graphs skipped {self.cuda_graph_skips} time(s)" if self.cuda_graph_skips else ""
@@ -854,8 +860,10 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         except ImportError as e:
             raise ConfigError(f"the deepspeed section needs DeepSpeed: pip install 'ce-ray[deepspeed]' ({e})")
 
+    data_start = time.perf_counter()
     with surfaced_errors():  # a label that is not a number fails a tokenize task
         train_ds, stats, eval_ds, qrels = prepare_data(config, encoder, max_length)
+    data_done = time.perf_counter()
     per_worker = stats["pairs"] // config.num_workers  # the shards are cut equal so every worker steps together
     per_epoch = math.ceil(per_worker / config.batch_size)
     total = config.max_steps or (config.epochs * per_epoch) // config.grad_accum
@@ -887,6 +895,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()
+    fit_done = time.perf_counter()
     if result.error:
         hint = memory_hint(str(result.error), config.batch_size, batch_tokens)
         if hint:
@@ -912,6 +921,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         steps=progress["step"], samples_per_second=facts.samples_per_second,
         seconds=time.perf_counter() - start, resumed_from=summary.get("resumed_from", progress["resumed_from"]),
         replica_divergence=summary.get("replica_divergence"), compiled_graphs=summary.get("compiled_graphs"),
-        cuda_graph_skips=summary.get("cuda_graph_skips"))
+        cuda_graph_skips=summary.get("cuda_graph_skips"),
+        phases={"start": data_start - start, "data": data_done - data_start, "fit": fit_done - data_done,
+                "steps": seconds, "output": time.perf_counter() - fit_done})
     print("\n".join(outcome.lines()), flush=True)
     return outcome

@@ -96,6 +96,13 @@ def test_replicas_stay_identical_and_match_one_worker_with_twice_the_batch(data_
     assert losses == pytest.approx([entry["loss"] for entry in one.log], abs=1e-5)
     # Each log line says what share of its time the worker waited for data.
     assert all(0.0 <= entry["data_wait"] < 1.0 for entry in two.log + one.log if "samples_per_second" in entry)
+    # The summary says where the run's seconds went: its phases add up to them, the steps inside Ray Train's.
+    for run in (two, one):
+        phases = run.phases
+        assert min(phases.values()) >= 0 and 0 < phases["steps"] < phases["fit"]
+        assert phases["start"] + phases["data"] + phases["fit"] + phases["output"] == pytest.approx(run.seconds,
+                                                                                                   abs=0.05)
+        assert f"of which steps {phases['steps']:.1f}" in "\n".join(run.lines())
 
 
 def test_batches_cut_into_token_budget_passes_train_the_same_weights(data_parallel_runs):
