@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import io
 import json
 import os
 import posixpath
@@ -164,15 +165,13 @@ def _check_one(fs: pafs.FileSystem, path: str, input_format: str, column_names: 
             head = f.read(1 << 20).removeprefix(UTF8_BOM)
         lines = [line for line in head.split(b"\n") if line.strip()]
         if input_format in ("csv", "tsv"):
-            if column_names:  # no header line: every line is a row
+            first = _first_record(head[head.index(lines[0]):], input_format) if lines else []
+            if column_names:  # no header line: every line is a row, each of as many fields as there are names
+                if lines and len(first) != len(column_names):
+                    raise InputError(f"{path}: its first line has {len(first)} field(s), column_names names "
+                                     f"{len(column_names)} ({', '.join(column_names)})")
                 return FileCheck(path, column_names, None if lines else 0, {})
-            if not lines:
-                return FileCheck(path, [], 0, {})
-            import csv
-
-            first = lines[0].decode("utf-8", errors="replace")
-            header = first.rstrip("\r").split("\t") if input_format == "tsv" else next(csv.reader([first]))
-            return FileCheck(path, header, 0 if len(lines) == 1 else None, {})
+            return FileCheck(path, first, 0 if len(lines) <= 1 else None, {})
         if not lines:
             return FileCheck(path, [], 0, {})
         try:
@@ -186,6 +185,17 @@ def _check_one(fs: pafs.FileSystem, path: str, input_format: str, column_names: 
         raise
     except (OSError, pa.ArrowException) as e:
         raise InputError(f"cannot read {path}: {e}") from e
+
+
+def _first_record(data: bytes, input_format: str) -> List[str]:
+    """The fields of the first record of CSV or TSV `data`, split as the reader splits them (a quoted CSV
+    field may hold line breaks)."""
+    import csv
+
+    text = data.decode("utf-8", errors="replace")
+    if input_format == "tsv":
+        return text.split("\n", 1)[0].rstrip("\r").split("\t")
+    return next(csv.reader(io.StringIO(text)))
 
 
 def check_inputs(

@@ -191,6 +191,9 @@ def test_a_csv_or_tsv_file_without_a_header_line_is_read_with_column_names(ray_l
         job(tiny_model, tmp_path / "p.parquet", tmp_path / "out-parquet", column_names="query,document")
     with pytest.raises(InputError, match="distinct names"):
         job(tiny_model, tmp_path / "in", tmp_path / "out-twice", column_names="query,query,document,x")
+    with pytest.raises(InputError, match=r"top1000.dev.tsv: its first line has 4 field\(s\), column_names names 3 "
+                                         r"\(query_id, doc_id, query\)$"):
+        job(tiny_model, tmp_path / "in", tmp_path / "out-three", column_names="query_id,doc_id,query")
 
 
 def test_broken_json_line_is_rejected_and_the_rest_scored(jsonl_job):
