@@ -4,11 +4,16 @@ dataclasses, so a flag and a YAML key always name the same setting; flags overri
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import functools
 import importlib
+import inspect
+import io
 import sys
+import tokenize
 import typing
-from typing import Literal
+from typing import Literal, Optional
 
 from .config import CandidatesConfig, ConfigError, EvalConfig, RerankConfig, ScoreConfig, TrainConfig, load_config
 
@@ -24,6 +29,42 @@ def _flag_type(annotation):
     return annotation, None
 
 
+@functools.lru_cache(maxsize=None)
+def _field_comments() -> dict:
+    """(config class, field) -> the field's comment in config.py: the comment lines right above it, then the
+    one at the end of its line. Each flag's --help is the comment that documents the setting there."""
+    from . import config as config_module
+
+    try:
+        source = inspect.getsource(config_module)
+    except (OSError, TypeError):  # no source at hand: flags without descriptions
+        return {}
+    lines = source.splitlines()
+    comments = {token.start[0]: token.string.lstrip("#").strip()
+                for token in tokenize.generate_tokens(io.StringIO(source).readline) if token.type == tokenize.COMMENT}
+    found = {}
+    for node in ast.walk(ast.parse(source)):
+        for item in node.body if isinstance(node, ast.ClassDef) else []:
+            if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                above, line = [], item.lineno - 1
+                while line in comments and lines[line - 1].lstrip().startswith("#"):
+                    above.insert(0, comments[line])
+                    line -= 1
+                own = [comments[item.end_lineno]] if item.end_lineno in comments else []
+                found[(node.name, item.target.id)] = " ".join(above + own)
+    return found
+
+
+def _help(cls, field: dataclasses.Field) -> Optional[str]:
+    """A flag's help: the setting's comment in config.py (from the class that declares it) and its default."""
+    comments = _field_comments()
+    text = next((comments[(c.__name__, field.name)] for c in cls.__mro__ if (c.__name__, field.name) in comments), "")
+    default = field.default if field.default is not dataclasses.MISSING else None
+    if default not in (None, ""):
+        text += f" (default: {default})"
+    return text.strip().replace("%", "%%") or None  # argparse formats help with %
+
+
 def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     """One --flag per field; every default is None so that only given flags override the YAML file."""
     parser.add_argument("--config", help="YAML file with settings (flags override it)")
@@ -31,8 +72,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     for field in dataclasses.fields(cls):
         flag = "--" + field.name.replace("_", "-")
         kind, choices = _flag_type(hints[field.name])
-        default = field.default if field.default is not dataclasses.MISSING else None
-        help_text = f"(default: {default})" if default not in (None, "") else None
+        help_text = _help(cls, field)
         if kind is bool:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)

@@ -28,7 +28,7 @@ class ModelConfig:
     max_length: Optional[int] = None  # None: the model's own (CrossEncoder's rule)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
     allow_pickle: bool = False  # load .bin/.pt weights (pickle) when no safetensors are present
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # run the model folder's own code (auto_map): only for a folder you trust
     tokenizer: Literal["auto", "fast", "hf"] = "auto"  # fast: nanotoken WordPiece; hf: Hugging Face
     # auto: ce-ray's own forward pass (ce_ray/bert.py) for a BERT classifier it reproduces, transformers' for
     # any other model; transformers: always transformers'. Scoring replicas then start without importing
@@ -42,19 +42,20 @@ class ScoreConfig(ModelConfig):
 
     input: str = ""  # file, folder or glob; local or s3://
     output: str = ""  # folder; local or s3://
-    input_format: Literal["auto", "parquet", "jsonl", "csv", "tsv"] = "auto"
+    input_format: Literal["auto", "parquet", "jsonl", "csv", "tsv"] = "auto"  # auto: from the files' names
     column_names: str = ""  # CSV or TSV files without a header line: their columns, "query_id,doc_id,query,document"
-    query_column: str = "query"
-    document_column: str = "document"
+    query_column: str = "query"  # the query's text
+    document_column: str = "document"  # the document's text
     batch_tokens: Optional[int] = None  # token budget of one forward pass; None: 65536 on GPU, 2048 on CPU
     rows_per_block: int = 4096  # rows read and tokenized per block
-    rows_per_call: Optional[int] = None  # rows a scoring replica takes per call; None: 32768 on GPU, rows_per_block on CPU
+    # rows a scoring replica takes per call; None: 32768 on GPU, rows_per_block on CPU
+    rows_per_call: Optional[int] = None
     replicas: Optional[int] = None  # max scoring replicas; None: one per GPU, or 1 on CPU
-    min_replicas: int = 1
+    min_replicas: int = 1  # replicas the pool starts with; it grows up to replicas as resources allow
     tokenize_cpus: float = 1.0  # CPUs per tokenizing task
     compile: bool = False  # torch.compile the model in each replica: faster batches after a one-off compile
     use_gpu: Optional[bool] = None  # None: when the cluster has GPUs
-    on_invalid: Literal["reject", "fail"] = "reject"
+    on_invalid: Literal["reject", "fail"] = "reject"  # a row that cannot be scored: to rejects/, or stop the job
     mode: Literal["error", "overwrite", "resume"] = "error"  # what to do when the output has results
 
     def validate(self) -> None:
@@ -70,8 +71,8 @@ class ScoreConfig(ModelConfig):
 class RerankConfig(ScoreConfig):
     """`ce-ray rerank`: score, then rank within each query."""
 
-    query_id_column: str = "query_id"
-    top_k: Optional[int] = None
+    query_id_column: str = "query_id"  # the rows of one query are ranked together
+    top_k: Optional[int] = None  # keep the best k of each query; None: all, ranked
     rank_partitions: Optional[int] = None  # hash partitions of the group-by query id; None: Ray's default
 
     def validate(self) -> None:
@@ -87,11 +88,11 @@ class CandidatesConfig:
     """`ce-ray candidates`: BM25 top-k of each query of a BEIR split, as pairs parquet."""
 
     data: str = ""  # BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv; local or s3://
-    split: str = "test"
+    split: str = "test"  # the qrels file, qrels/<split>.tsv, whose queries are searched
     output: str = ""  # folder; writes candidates-<split>.parquet
-    top_k: int = 100
+    top_k: int = 100  # BM25 candidates per query
     max_queries: Optional[int] = None  # the first n queries of the qrels
-    mode: Literal["error", "overwrite"] = "error"
+    mode: Literal["error", "overwrite"] = "error"  # what to do when the output exists
 
     def validate(self) -> None:
         if self.top_k < 1:
@@ -110,14 +111,14 @@ class EvalConfig:
     # also the reranked order as a TREC run file (`query_id Q0 doc_id rank score ce-ray`), for trec_eval
     run_output: str = ""
     query_id_column: str = "query_id"
-    doc_id_column: str = "doc_id"
-    label_column: str = "label"
+    doc_id_column: str = "doc_id"  # matched against the qrels' document ids
+    label_column: str = "label"  # the grade of each row, without qrels
     score_column: str = "score"
     rank_column: str = "rank"  # used when present, else the order of score_column
     baseline_column: str = "bm25_rank"  # empty: no baseline
     baseline_descending: bool = False  # False: 1 is best (a rank); True: higher is better (a score)
     k: int = 10  # NDCG@k, MRR@k
-    recall_k: int = 100
+    recall_k: int = 100  # Recall@k
     only_with_relevant: bool = False  # skip queries without a relevant document instead of counting 0
 
     def validate(self) -> None:
@@ -140,11 +141,11 @@ class TrainConfig(ModelConfig):
     """`ce-ray train`: fine-tune a reranker on Ray Train. Defaults are the seeds' recipe."""
 
     train_data: str = ""  # pairs (parquet/jsonl/csv/tsv: query, document, label in [0, 1]) or a BEIR folder
-    input_format: Literal["auto", "parquet", "jsonl", "csv", "tsv"] = "auto"
+    input_format: Literal["auto", "parquet", "jsonl", "csv", "tsv"] = "auto"  # auto: from the files' names
     column_names: str = ""  # CSV or TSV files without a header line: their columns, "query,document,label"
-    query_column: str = "query"
-    document_column: str = "document"
-    label_column: str = "label"
+    query_column: str = "query"  # the query's text
+    document_column: str = "document"  # the document's text (with negative_columns, the positive's)
+    label_column: str = "label"  # the relevance label, in [0, 1]
     # Rows of a query, a positive and its negatives (MS MARCO's triples, sentence-transformers' (anchor,
     # positive, negative) sets): the negatives' columns, comma-separated. Each row then gives a pair of the
     # query and document_column (the positive) labelled 1, and one labelled 0 per negative; no label column.
@@ -153,28 +154,28 @@ class TrainConfig(ModelConfig):
     hard_negatives: int = 4  # BM25 hard negatives per positive (BEIR training data)
     eval_data: str = ""  # BEIR folder; its split is reranked from BM25 top-k during training
     eval_split: str = "test"
-    eval_top_k: int = 100
-    eval_max_queries: Optional[int] = None
+    eval_top_k: int = 100  # BM25 candidates per evaluated query
+    eval_max_queries: Optional[int] = None  # the first n queries of the split; None: all
     output: str = ""  # final model folder; local or s3://
     storage_path: str = ""  # checkpoints; default: <output>/checkpoints
     run_name: str = ""  # a run started again with the same name resumes; default: the output's name
-    num_workers: int = 1
+    num_workers: int = 1  # data-parallel workers, one GPU each on a GPU cluster
     use_gpu: Optional[bool] = None  # None: when the cluster has GPUs
     cpus_per_worker: float = 1.0
-    epochs: int = 1
+    epochs: int = 1  # passes over the training pairs
     max_steps: Optional[int] = None  # optimizer steps; overrides epochs
     batch_size: int = 16  # per device
     # Padded tokens of one forward pass at most: a larger batch runs in several passes (gradients summed
     # before the step), so a large batch_size fits in memory and long and short pairs pad little. None:
     # 65,536 on GPU, 8,192 on CPU (the seeds' batch of 16 stays one pass); DeepSpeed runs whole batches.
     batch_tokens: Optional[int] = None
-    grad_accum: int = 1
-    lr: float = 5e-5
+    grad_accum: int = 1  # batches per optimizer step
+    lr: float = 5e-5  # AdamW's peak learning rate, linear decay to 0
     weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    max_grad_norm: float = 1.0
+    warmup_ratio: float = 0.0  # share of the steps the learning rate rises over
+    max_grad_norm: float = 1.0  # gradient clipping; 0: none
     pos_weight: Optional[float] = None  # BCE weight of positives
-    seed: int = 42
+    seed: int = 42  # dropout and the order of the batches
     bf16: Optional[bool] = None  # autocast; None: on GPU
     # torch.compile the training forward pass (and so its backward) in each worker: fewer, fused kernels per
     # step after a one-off compile of a minute or so; not with DeepSpeed, which wraps the model its own way.
@@ -182,14 +183,14 @@ class TrainConfig(ModelConfig):
     # default: Inductor's fused kernels; reduce-overhead: also CUDA graphs (on a GPU), which replay a pass's
     # launches at once, with the passes' widths padded to multiples of 32 so that a few graphs serve them all.
     compile_mode: Literal["default", "reduce-overhead"] = "default"
-    group_by_length: bool = True
+    group_by_length: bool = True  # batches of pairs of similar lengths, which pad little
     length_window: int = 50  # batches sorted by length together
     save_every: int = 0  # steps between checkpoints; 0: at each epoch end only
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # the latest ones
     eval_every: int = 0  # steps between evaluations; 0: at each epoch end only
-    log_every: int = 10
+    log_every: int = 10  # steps between log lines
     max_failures: int = 0  # worker failures the run recovers from (from its last checkpoint)
-    deepspeed: Optional[DeepSpeedConfig] = None
+    deepspeed: Optional[DeepSpeedConfig] = None  # a section of the YAML file: ZeRO instead of DDP
 
     def validate(self) -> None:
         for name in ("num_workers", "epochs", "batch_size", "grad_accum", "log_every", "eval_top_k",

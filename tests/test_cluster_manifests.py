@@ -128,3 +128,27 @@ def test_example_job_configs_load_with_their_commands():
         assert (ROOT / "jobs" / f"{job}.py").is_file()
         if job in COMMANDS:
             load_config(COMMANDS[job][0], str(path))
+
+
+def test_every_flag_says_what_it_sets():
+    """`ce-ray <command> --help` describes each setting with its comment in ce_ray/config.py (the lines above
+    it, then its line's own) and its default."""
+    import argparse
+    import dataclasses
+
+    from ce_ray.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, (cls, _, _) in COMMANDS.items():
+        helps = {a.dest: a.help for a in commands[name]._actions}
+        undocumented = [f.name for f in dataclasses.fields(cls) if f.name in helps and not helps[f.name]]
+        assert undocumented == [], f"ce-ray {name}: flags without a description: {undocumented}"
+        assert {f.name for f in dataclasses.fields(cls)} - set(helps) <= {"deepspeed"}  # a YAML section
+    score, train = ({a.dest: a.help for a in commands[c]._actions} for c in ("score", "train"))
+    assert score["input"] == "file, folder or glob; local or s3://"
+    assert score["rows_per_block"] == "rows read and tokenized per block (default: 4096)"
+    assert train["batch_size"] == "per device (default: 16)"
+    assert train["batch_tokens"].startswith("Padded tokens of one forward pass at most: a larger batch runs in")
+    assert train["batch_tokens"].endswith("DeepSpeed runs whole batches.")
+    assert score["trust_remote_code"].startswith("run the model folder's own code")  # from ModelConfig
