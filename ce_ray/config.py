@@ -110,10 +110,10 @@ class EvalConfig:
     output: str = ""  # JSON file; default <input>/eval.json
     # also the reranked order as a TREC run file (`query_id Q0 doc_id rank score ce-ray`), for trec_eval
     run_output: str = ""
-    query_id_column: str = "query_id"
+    query_id_column: str = "query_id"  # the rows of one query are evaluated together
     doc_id_column: str = "doc_id"  # matched against the qrels' document ids
     label_column: str = "label"  # the grade of each row, without qrels
-    score_column: str = "score"
+    score_column: str = "score"  # higher is better
     rank_column: str = "rank"  # used when present, else the order of score_column
     baseline_column: str = "bm25_rank"  # empty: no baseline
     baseline_descending: bool = False  # False: 1 is best (a rank); True: higher is better (a score)
@@ -130,7 +130,7 @@ class EvalConfig:
 class DeepSpeedConfig:
     """`deepspeed:` section of a training config: ZeRO instead of DDP."""
 
-    stage: Literal[1, 2, 3] = 2
+    stage: Literal[1, 2, 3] = 2  # ZeRO stage: 1 optimizer states, 2 and gradients, 3 and parameters
     bf16: Optional[bool] = None  # None: on GPU
     offload_optimizer: bool = False  # optimizer states in CPU memory
     offload_params: bool = False  # parameters in CPU memory (stage 3)
@@ -153,7 +153,7 @@ class TrainConfig(ModelConfig):
     train_split: str = "train"  # qrels split when train_data is a BEIR folder
     hard_negatives: int = 4  # BM25 hard negatives per positive (BEIR training data)
     eval_data: str = ""  # BEIR folder; its split is reranked from BM25 top-k during training
-    eval_split: str = "test"
+    eval_split: str = "test"  # the qrels file of eval_data, qrels/<split>.tsv
     eval_top_k: int = 100  # BM25 candidates per evaluated query
     eval_max_queries: Optional[int] = None  # the first n queries of the split; None: all
     output: str = ""  # final model folder; local or s3://
@@ -161,7 +161,7 @@ class TrainConfig(ModelConfig):
     run_name: str = ""  # a run started again with the same name resumes; default: the output's name
     num_workers: int = 1  # data-parallel workers, one GPU each on a GPU cluster
     use_gpu: Optional[bool] = None  # None: when the cluster has GPUs
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 1.0  # CPUs each training worker holds
     epochs: int = 1  # passes over the training pairs
     max_steps: Optional[int] = None  # optimizer steps; overrides epochs
     batch_size: int = 16  # per device
@@ -171,7 +171,7 @@ class TrainConfig(ModelConfig):
     batch_tokens: Optional[int] = None
     grad_accum: int = 1  # batches per optimizer step
     lr: float = 5e-5  # AdamW's peak learning rate, linear decay to 0
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # AdamW's, not on biases and LayerNorm weights
     warmup_ratio: float = 0.0  # share of the steps the learning rate rises over
     max_grad_norm: float = 1.0  # gradient clipping; 0: none
     pos_weight: Optional[float] = None  # BCE weight of positives
