@@ -194,8 +194,9 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
                                 column_names=parse_column_names(config.column_names))
     job = job_settings(config) | {"query_id_column": config.query_id_column, "top_k": config.top_k}
     prepare_output(config.output, config.mode, job=job)
-    ranked = rank(score(ds, config), config.query_id_column, config.top_k, [input_key(f) for f in files],
-                  config.document_column, count_cut=True, partitions=config.rank_partitions)
+    ranked = rank(score(ds, config, announce=title), config.query_id_column, config.top_k,
+                  [input_key(f) for f in files], config.document_column, count_cut=True,
+                  partitions=config.rank_partitions)
     sink = RankedSink(config.output)
     with surfaced_errors():
         ranked.write_datasink(sink)

@@ -16,7 +16,7 @@ from typing import Optional
 
 import pyarrow as pa
 
-from .batching import REJECT, PairEncoder, pair_encoder, tokenize_table
+from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, require
 from .io import InputError
 from .tokenizer_facts import tokenizer_facts
@@ -89,12 +89,14 @@ def surfaced_errors():
         raise error(message) from None
 
 
-def score(ds, config: Optional[ScoreConfig] = None, **settings):
+def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settings):
     """Adds a float32 `score` to every row of a Dataset of (query, document) pairs.
 
     Rows that cannot be scored (null or non-text query or document) keep a null score and say why in
     `reject_reason` (null for scored rows); with `on_invalid="fail"` they fail the job instead.
     Example: `ce_ray.score(ray.data.read_parquet(...), model="cross-encoder/ms-marco-MiniLM-L6-v2")`.
+    With `announce` (a job's title), one line says how the pairs will be scored: the device, the replicas,
+    the tokenizer, the forward passes' token budget.
     """
     from .model_folder import ModelError, check_safe, local_model_path
 
@@ -115,6 +117,11 @@ def score(ds, config: Optional[ScoreConfig] = None, **settings):
     free_failed_actors()
     use_gpu = config.use_gpu if config.use_gpu is not None else _cluster_gpus() > 0
     max_replicas = config.replicas or (max(_cluster_gpus(), 1) if use_gpu else 1)
+    if announce:  # before Ray Data's own lines, which follow the run
+        budget = config.batch_tokens or default_batch_tokens(use_gpu)
+        print(f"{announce}: {config.model} on {'GPU' if use_gpu else 'CPU'}, up to {max_replicas} replica(s), "
+              f"tokenizer {'nanotoken' if encoder.fast is not None else 'Hugging Face'}, forward passes of at "
+              f"most {budget:,} tokens", flush=True)
     tokenized = ds.map_batches(
         _tokenize_block,
         fn_kwargs=dict(
@@ -240,7 +247,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
                                 keep=lambda path: input_key(path) not in done, rows_per_block=config.rows_per_block,
                                 column_names=parse_column_names(config.column_names))
     # score() checks and loads the model's config and tokenizer: a bad model fails before the output is touched.
-    scored = None if ds is None else score(ds, config)
+    scored = None if ds is None else score(ds, config, announce=title)
     if scored is not None and transform is not None:
         scored = transform(scored)
     kept = prepare_output(config.output, config.mode, job=job, resume=earlier)

@@ -73,7 +73,9 @@ def write_formats(df: pd.DataFrame, folder) -> dict:
     df.to_json(jsonl, orient="records", lines=True)
     csv = folder / "pairs.csv"
     df.to_csv(csv, index=False)
-    return {"folder": folder / "parquet", "jsonl": jsonl, "csv": csv}
+    tsv = folder / "pairs.tsv"  # no quoting: the texts hold no tabs or line breaks
+    tsv.write_text("".join("\t".join(map(str, row)) + "\n" for row in [df.columns, *df.itertuples(index=False)]))
+    return {"folder": folder / "parquet", "jsonl": jsonl, "csv": csv, "tsv": tsv}
 
 
 @pytest.fixture(scope="module")
@@ -310,13 +312,16 @@ def test_a_compiled_replica_compiles_before_its_first_call_and_scores_as_eager(t
                                        eager(block).column("score").to_numpy(), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("fmt", ["folder", "glob", "jsonl", "csv"])
-def test_each_input_format(ray_local, tmp_path, tiny_model, pairs_df, fmt):
+@pytest.mark.parametrize("fmt", ["folder", "glob", "jsonl", "csv", "tsv"])
+def test_each_input_format(ray_local, tmp_path, tiny_model, pairs_df, fmt, capsys):
     paths = write_formats(pairs_df, tmp_path / "in")
     source = {"folder": str(paths["folder"]), "glob": str(paths["folder"] / "*.parquet"),
-              "jsonl": str(paths["jsonl"]), "csv": str(paths["csv"])}[fmt]
+              "jsonl": str(paths["jsonl"]), "csv": str(paths["csv"]), "tsv": str(paths["tsv"])}[fmt]
     summary = run_score(ScoreConfig(model=str(tiny_model), input=source, output=str(tmp_path / "out"),
                                     rows_per_block=32))
+    # The job says how it scores before it does: here on the CPU, nanotoken, the CPU's token budget.
+    assert (f"ce-ray score: {tiny_model} on CPU, up to 1 replica(s), tokenizer nanotoken, forward passes of at "
+            "most 2,048 tokens") in capsys.readouterr().out
     assert summary.rows_in == summary.rows_scored == len(pairs_df)
     assert summary.files_in == (2 if fmt in ("folder", "glob") else 1)
     out = read_results(tmp_path / "out").sort_values("pair_id").reset_index(drop=True)
