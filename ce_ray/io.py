@@ -170,6 +170,9 @@ def _check_one(fs: pafs.FileSystem, path: str, input_format: str, column_names: 
                 if lines and len(first) != len(column_names):
                     raise InputError(f"{path}: its first line has {len(first)} field(s), column_names names "
                                      f"{len(column_names)} ({', '.join(column_names)})")
+                if first == column_names:  # it would be scored (or trained on) as a pair
+                    raise InputError(f"{path}: its first line is a header naming the columns column_names names: "
+                                     "leave column_names out")
                 return FileCheck(path, column_names, None if lines else 0, {})
             return FileCheck(path, first, 0 if len(lines) <= 1 else None, {})
         if not lines:

@@ -194,6 +194,10 @@ def test_a_csv_or_tsv_file_without_a_header_line_is_read_with_column_names(ray_l
     with pytest.raises(InputError, match=r"top1000.dev.tsv: its first line has 4 field\(s\), column_names names 3 "
                                          r"\(query_id, doc_id, query\)$"):
         job(tiny_model, tmp_path / "in", tmp_path / "out-three", column_names="query_id,doc_id,query")
+    (tmp_path / "with-header").mkdir()
+    (tmp_path / "with-header" / "top.tsv").write_bytes(b"query_id\tdoc_id\tquery\tdocument\r\n" + lines[0])
+    with pytest.raises(InputError, match="top.tsv: its first line is a header naming the columns"):
+        job(tiny_model, tmp_path / "with-header", tmp_path / "out-header", column_names=names)
 
 
 def test_broken_json_line_is_rejected_and_the_rest_scored(jsonl_job):
