@@ -147,6 +147,39 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
     )
 
 
+def predict(model: str, pairs, **settings):
+    """`CrossEncoder(model).predict(pairs)` on the Ray cluster: (query, document) pairs in, their float32
+    scores out as a numpy array, in order, scored by the cluster's replicas (its GPUs where it has them).
+
+    For pairs that fit in the driver's memory; `score` (a Dataset) or `run_score` (files) for more. A pair
+    that cannot be scored (a query or document that is None or not text) fails the call, as in CrossEncoder,
+    naming why. Settings are `ScoreConfig`'s (`batch_tokens`, `dtype`, ...). Starts a local Ray if none is.
+    """
+    import numpy as np
+    import ray
+
+    pairs = list(pairs)
+    if not pairs:
+        return np.zeros(0, np.float32)
+    queries, documents = (list(column) for column in zip(*pairs))
+    try:
+        columns = {"query": pa.array(queries, pa.large_string(), from_pandas=True),
+                   "document": pa.array(documents, pa.large_string(), from_pandas=True)}
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise InputError(f"pairs must be (query, document) texts: {e}") from None
+    if not ray.is_initialized():
+        ray.init()
+    # Each pair's position travels with it: Ray Data may hand blocks back in any order.
+    table = pa.table(columns | {"position": np.arange(len(pairs))})
+    settings = {"on_invalid": "fail", "query_column": "query", "document_column": "document", **settings}
+    with surfaced_errors():
+        scored = score(ray.data.from_arrow(table), model=model, **settings).select_columns(["position", SCORE])
+        out = pa.concat_tables(ray.get(scored.to_arrow_refs()))
+    scores = np.empty(len(pairs), np.float32)
+    scores[out.column("position").to_numpy()] = out.column(SCORE).to_numpy(zero_copy_only=False)
+    return scores
+
+
 class ScoringReplica:
     """The actor pool's class: a `replica.Scorer`, whose module (and torch with it) is imported in the
     replica's process alone. Imported here, it would cost the driver seconds (torch and the CUDA libraries)."""

@@ -462,3 +462,20 @@ def test_cli_with_config_file_prints_a_summary(tmp_path, tiny_model, pairs_df):
     bad = run_cli("score", "--model", str(tiny_model), "--input", str(tmp_path / "pairs.csv"), "--output",
                   str(tmp_path / "o2"), "--query-column", "question")
     assert bad.returncode == 2 and "pairs.csv: missing column(s) 'question'" in bad.stderr
+
+
+def test_predict_scores_pairs_in_order_as_cross_encoder_does(ray_local, tiny_model, pairs_df):
+    """`ce_ray.predict(model, pairs)`: CrossEncoder.predict's call on the cluster, the scores in the pairs'
+    order although blocks of 16 come back in any order; a pair that cannot be scored fails the call."""
+    import ce_ray
+    from ce_ray.io import InputError
+
+    pairs = list(zip(pairs_df["query"], pairs_df["document"]))
+    scores = ce_ray.predict(str(tiny_model), pairs, rows_per_block=16)
+    assert scores.dtype == np.float32 and scores.shape == (len(pairs),)
+    np.testing.assert_allclose(scores, expected_scores(tiny_model, pairs_df), atol=1e-5)
+    assert ce_ray.predict(str(tiny_model), []).shape == (0,)
+    with pytest.raises(InputError, match=r"cannot be scored, e\.g\. query is null"):
+        ce_ray.predict(str(tiny_model), [("a query", "a document"), (None, "a document")])
+    with pytest.raises(InputError, match="pairs must be \\(query, document\\) texts"):
+        ce_ray.predict(str(tiny_model), [("a query", 42)])
