@@ -257,8 +257,8 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
     return value
 
 
-def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
-    """Builds a config dataclass from a mapping; unknown keys and wrong types fail with the key's name."""
+def _checked(cls: type, values: dict, prefix: str = "") -> dict:
+    """`values` as settings of `cls`; unknown keys and wrong types fail with the key's name."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -268,7 +268,17 @@ def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"unknown setting {prefix}{key!r}{hint}")
         kwargs[key] = _check_type(f"{prefix}{key}", value, hints[key])
-    return cls(**kwargs)
+    return kwargs
+
+
+def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
+    """Builds a config dataclass from a mapping; unknown keys and wrong types fail with the key's name."""
+    return cls(**_checked(cls, values, prefix))
+
+
+def with_settings(config: Any, settings: dict) -> Any:
+    """`config` with the Python API's keyword settings on top, checked as YAML keys are."""
+    return dataclasses.replace(config, **_checked(type(config), settings))
 
 
 def load_config(cls: type, path: Optional[str] = None, overrides: Optional[dict] = None) -> Any:

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .batching import REJECT
-from .config import ConfigError, RerankConfig, require
+from .config import ConfigError, RerankConfig, require, with_settings
 from .io import ROW_INDEX, ROW_INPUT, TAGS
 from .score import SCORE, score, summary_lines
 from .sink import PairsSink
@@ -105,7 +105,7 @@ def rerank(ds, config: Optional[RerankConfig] = None, input_order: Optional[List
     score and rank and say why in `reject_reason`.
     Example: `ce_ray.rerank(ray.data.read_parquet(...), model="cross-encoder/ms-marco-MiniLM-L6-v2", top_k=10)`.
     """
-    config = dataclasses.replace(config or RerankConfig(), **settings)
+    config = with_settings(config or RerankConfig(), settings)
     config.validate()
     return rank(score(ds, config), config.query_id_column, config.top_k, input_order, config.document_column,
                 partitions=config.rank_partitions)

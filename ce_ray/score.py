@@ -17,7 +17,7 @@ from typing import Optional
 import pyarrow as pa
 
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
-from .config import ConfigError, ScoreConfig, require
+from .config import ConfigError, ScoreConfig, require, with_settings
 from .io import InputError
 from .tokenizer_facts import tokenizer_facts
 
@@ -100,7 +100,7 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
     """
     from .model_folder import ModelError, check_safe, local_model_path
 
-    config = dataclasses.replace(config or ScoreConfig(), **settings)
+    config = with_settings(config or ScoreConfig(), settings)
     require(config, "model")
     config.validate()
     config = _resolved(config)

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from .batching import (IDS, REJECT, TYPES, PairEncoder, default_batch_tokens, list_parts, pad,
                        pair_encoder, token_budget_batches, tokenize_table)
-from .config import ConfigError, TrainConfig, require
+from .config import ConfigError, TrainConfig, require, with_settings
 from .io import InputError, filesystem, join
 
 LABEL = "_ce_label"
@@ -838,7 +838,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     from .score import free_failed_actors, surfaced_errors
     from .tokenizer_facts import tokenizer_facts
 
-    config = dataclasses.replace(config or TrainConfig(), **settings)
+    config = with_settings(config or TrainConfig(), settings)
     require(config, "model", "train_data", "output")
     config.validate()
     start = time.perf_counter()

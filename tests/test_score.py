@@ -479,3 +479,6 @@ def test_predict_scores_pairs_in_order_as_cross_encoder_does(ray_local, tiny_mod
         ce_ray.predict(str(tiny_model), [("a query", "a document"), (None, "a document")])
     with pytest.raises(InputError, match="pairs must be \\(query, document\\) texts"):
         ce_ray.predict(str(tiny_model), [("a query", 42)])
+    # Settings are checked as YAML keys are: CrossEncoder.predict's batch_size is not one.
+    with pytest.raises(ConfigError, match=r"unknown setting 'batch_size' \(did you mean 'batch_tokens'\?\)"):
+        ce_ray.predict(str(tiny_model), pairs, batch_size=32)
