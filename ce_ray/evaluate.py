@@ -6,7 +6,8 @@ and the ideal NDCG ranks all judged documents) or from the rows' `label` column.
 the `rank` column when present, else the score, highest first, ties in file order. A query with no
 relevant document counts 0, as in sentence-transformers' `CrossEncoderRerankingEvaluator`; with
 `only_with_relevant` such queries are left out instead (WikiQA's usual protocol). Only the needed
-columns are read, so a million pairs evaluate in one process in seconds.
+columns are read, so a million pairs evaluate in one process in seconds. The input may also be a TREC run
+file of any system (with qrels), so that a first stage's run and ce-ray's output are measured alike.
 Compare on untruncated candidates: after `--top-k` the baseline sees only the reranker's choice.
 """
 
@@ -24,7 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import ConfigError, EvalConfig, require
-from .io import InputError, filesystem, is_remote, join, list_files
+from .io import InputError, detect_format, filesystem, is_remote, join, list_files
 from .metrics import mean_metrics, metric_names, ranking_metrics
 from .sink import RESULTS
 
@@ -47,6 +48,32 @@ def read_columns(uri: str, wanted: List[str], required: List[str]) -> pd.DataFra
             tables.append(parquet.read(columns=[c for c in wanted if c in names]))
     table = pa.concat_tables([t for t in tables if t.num_rows] or tables, promote_options="default")
     return table.to_pandas()
+
+
+def is_trec_run(uri: str) -> bool:
+    """A single file whose name is not that of a data format (`run.txt`, `bm25.trec`): a TREC run."""
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File and detect_format(path) is None
+
+
+def read_trec_run(uri: str, c: EvalConfig) -> pd.DataFrame:
+    """A TREC run (`query Q0 document rank score tag` a line, any system's) as rows of query id, doc id and
+    score; its order is the score's, highest first, as trec_eval takes it (equal scores in file order)."""
+    from .candidates import _lines
+
+    rows = []
+    for number, line in _lines(uri):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 6:
+            raise InputError(f"{uri} line {number}: a TREC run line has 6 fields (query Q0 document rank score "
+                             f"tag), got {len(fields)}")
+        try:
+            rows.append((fields[0], fields[2], float(fields[4])))
+        except ValueError:
+            raise InputError(f"{uri} line {number}: score {fields[4]!r} is not a number") from None
+    return pd.DataFrame(rows, columns=[c.query_id_column, c.doc_id_column, c.score_column])
 
 
 def _order(group: pd.DataFrame, column: str, descending: bool) -> pd.DataFrame:
@@ -165,7 +192,12 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     required = [c.query_id_column] + ([c.doc_id_column] if qrels is not None or c.run_output else []) + (
         [c.label_column] if qrels is None else [])
     wanted = required + [c.rank_column, c.score_column] + ([c.baseline_column] if c.baseline_column else [])
-    df = read_columns(c.input, list(dict.fromkeys(wanted)), required)
+    if is_trec_run(c.input):
+        if qrels is None:
+            raise ConfigError(f"{c.input} is a TREC run, which holds no grades: give --qrels")
+        df = read_trec_run(c.input, c)
+    else:
+        df = read_columns(c.input, list(dict.fromkeys(wanted)), required)
     if not len(df):
         raise InputError(f"{c.input} has no scored rows")
     result = evaluate_frame(df, c, qrels)

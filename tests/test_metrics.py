@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ce_ray.config import EvalConfig
+from ce_ray.config import ConfigError, EvalConfig
 from ce_ray.evaluate import evaluate_frame, run_eval
 from ce_ray.io import InputError
 from ce_ray.metrics import ranking_metrics
@@ -94,6 +94,16 @@ def test_the_reranked_order_is_written_as_a_trec_run(tmp_path):
                         run_output=str(run)))
     assert run.read_text().splitlines()[:3] == ["7 Q0 d2 1 0.75 ce-ray", "7 Q0 d3 2 0.25 ce-ray",
                                                 "7 Q0 d1 3 0.25 ce-ray"]
+    # A run file is itself an input (any system's), with qrels: the metrics of the order it holds (by score,
+    # equal scores in file order: here d3 before d1, as the rank column put them).
+    (tmp_path / "qrels.txt").write_text("7 0 d3 1\n3 0 d4 2\n")
+    json_out = str(tmp_path / "r.json")
+    from_run = run_eval(EvalConfig(input=str(run), qrels=str(tmp_path / "qrels.txt"), output=json_out))
+    from_rows = run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), qrels=str(tmp_path / "qrels.txt"),
+                                    output=json_out))
+    assert from_run["reranked"] == from_rows["reranked"] and from_run["reranked"]["mrr@10"] == (1 / 2 + 1) / 2
+    with pytest.raises(ConfigError, match="is a TREC run, which holds no grades: give --qrels"):
+        run_eval(EvalConfig(input=str(run)))
     rows.drop(columns="doc_id").to_parquet(tmp_path / "scored.parquet")
     with pytest.raises(InputError, match="missing column\\(s\\) 'doc_id'"):
         run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), run_output=str(run)))
