@@ -23,6 +23,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 FORMATS = ("parquet", "jsonl", "csv", "tsv")
+DELIMITED = ("csv", "tsv")  # read by Arrow's CSV reader, a header line or column_names naming the columns
 UTF8_BOM = b"\xef\xbb\xbf"  # what some tools (Excel) write first in a text file; Arrow's readers skip it
 _EXTENSIONS = {
     ".parquet": "parquet",
@@ -46,13 +47,13 @@ def is_text(dtype: pa.DataType) -> bool:
     return pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
 
 
-def parse_column_names(text: str) -> Optional[List[str]]:
-    """The `column_names` setting, `query_id,doc_id,query,document`, as a list (None when unset)."""
+def parse_names(text: str, setting: str = "column_names") -> Optional[List[str]]:
+    """A setting that names columns, `query_id,doc_id,query,document`, as a list (None when unset)."""
     if not text.strip():
         return None
     names = [name.strip() for name in text.split(",")]
     if not all(names) or len(set(names)) != len(names):
-        raise InputError(f"column_names must be distinct names separated by commas, got {text!r}")
+        raise InputError(f"{setting} must be distinct names separated by commas, got {text!r}")
     return names
 
 
@@ -136,7 +137,7 @@ def list_files(uri: str, input_format: str = "auto",
     files = [f for f in files if detect_format(f) in (input_format, None)]
     if not files:
         raise InputError(f"input {uri} holds no {input_format} files")
-    if column_names and input_format not in ("csv", "tsv"):
+    if column_names and input_format not in DELIMITED:
         raise InputError(f"column_names names the columns of CSV or TSV files without a header line; {uri} is "
                          f"{input_format}, whose files name their columns")
     return files, input_format, fs
@@ -164,7 +165,7 @@ def _check_one(fs: pafs.FileSystem, path: str, input_format: str, column_names: 
         with fs.open_input_stream(path, compression="detect") as f:
             head = f.read(1 << 20).removeprefix(UTF8_BOM)
         lines = [line for line in head.split(b"\n") if line.strip()]
-        if input_format in ("csv", "tsv"):
+        if input_format in DELIMITED:
             first = _first_record(head[head.index(lines[0]):], input_format) if lines else []
             if column_names:  # no header line: every line is a row, each of as many fields as there are names
                 if lines and len(first) != len(column_names):
@@ -220,7 +221,7 @@ def check_inputs(
             have = ", ".join(check.columns[:12]) or "none"
             # A header line that looks like a row: MS MARCO's files, for one, have none.
             hint = ("; for a file without a header line, give its columns' names in column_names"
-                    if input_format in ("csv", "tsv") and not column_names else "")
+                    if input_format in DELIMITED and not column_names else "")
             raise InputError(f"{check.path}: missing column(s) {', '.join(map(repr, missing))} (columns: {have})"
                              + hint)
         for column in required:
@@ -256,7 +257,7 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
         return ray.data.read_datasource(tagged_parquet(ranges, fs, rows_per_block),
                                         override_num_blocks=len(ranges)), files, input_format
     paths = [c.path for c in todo]
-    if input_format in ("csv", "tsv"):
+    if input_format in DELIMITED:
         source = tagged_files(paths, fs, functools.partial(delimited_chunks, text_columns=list(required or []),
                                                             tab_separated=input_format == "tsv",
                                                             column_names=column_names))

@@ -165,9 +165,9 @@ class RerankSummary:
 
 def _check_query_id(config: RerankConfig) -> None:
     """The query id column must be in every non-empty input file (it may be text or a number)."""
-    from .io import check_inputs, list_files, parse_column_names
+    from .io import check_inputs, list_files, parse_names
 
-    names = parse_column_names(config.column_names)
+    names = parse_names(config.column_names)
     files, input_format, fs = list_files(config.input, config.input_format, names)
     for check in check_inputs(fs, files, input_format, [], names):
         if check.rows != 0 and config.query_id_column not in check.columns:
@@ -178,7 +178,7 @@ def _check_query_id(config: RerankConfig) -> None:
 
 def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSummary:
     """The `ce-ray rerank` job: read, score, rank per query, keep the top k, write results and rejects."""
-    from .io import input_key, parse_column_names, read_dataset
+    from .io import input_key, parse_names, read_dataset
     from .score import job_settings, surfaced_errors
     from .sink import prepare_output
 
@@ -191,7 +191,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     _check_query_id(config)
     ds, files, _ = read_dataset(config.input, config.input_format, [config.query_column, config.document_column],
                                 rows_per_block=config.rows_per_block,
-                                column_names=parse_column_names(config.column_names))
+                                column_names=parse_names(config.column_names))
     job = job_settings(config) | {"query_id_column": config.query_id_column, "top_k": config.top_k}
     prepare_output(config.output, config.mode, job=job)
     ranked = rank(score(ds, config, announce=title), config.query_id_column, config.top_k,

@@ -263,7 +263,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     Outputs are named per input file; `mode="resume"` keeps the inputs an earlier run completed and
     redoes the rest. A transform regroups rows across files, so its jobs cannot resume.
     """
-    from .io import check_s3_access, input_key, parse_column_names, read_dataset
+    from .io import check_s3_access, input_key, parse_names, read_dataset
     from .sink import WRITE_REMOTE_ARGS, PairsSink, ResumeState, prepare_output, resume_state
 
     require(config, "model", "input", "output")
@@ -278,7 +278,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     done = earlier.complete
     ds, files, _ = read_dataset(config.input, config.input_format, [config.query_column, config.document_column],
                                 keep=lambda path: input_key(path) not in done, rows_per_block=config.rows_per_block,
-                                column_names=parse_column_names(config.column_names))
+                                column_names=parse_names(config.column_names))
     # score() checks and loads the model's config and tokenizer: a bad model fails before the output is touched.
     scored = None if ds is None else score(ds, config, announce=title)
     if scored is not None and transform is not None:

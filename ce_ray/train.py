@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from .batching import (IDS, REJECT, TYPES, PairEncoder, default_batch_tokens, list_parts, pad,
                        pair_encoder, token_budget_batches, tokenize_table)
 from .config import ConfigError, TrainConfig, require, with_settings
-from .io import InputError, filesystem, join
+from .io import InputError, filesystem, join, parse_names
 
 LABEL = "_ce_label"
 QUERY_CHARS = "_ce_query_chars"
@@ -129,12 +129,12 @@ def _combine_stats(rows: List[dict]) -> dict:
 
 
 def _negative_columns(config: TrainConfig) -> List[str]:
-    names = [name.strip() for name in config.negative_columns.split(",") if name.strip()]
+    names = parse_names(config.negative_columns, "negative_columns") or []
     if names and _is_beir(config.train_data):
         raise ConfigError("negative_columns is for rows of a query, a positive and negatives; a BEIR folder's "
                           "negatives are BM25's (hard_negatives)")
-    if config.document_column in names or config.query_column in names or len(set(names)) != len(names):
-        raise ConfigError(f"negative_columns must name other columns than the query and the positive, each once, "
+    if config.document_column in names or config.query_column in names:
+        raise ConfigError(f"negative_columns must name other columns than the query and the positive, "
                           f"got {config.negative_columns!r}")
     return names
 
@@ -226,7 +226,7 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int):
     """The tokenized training set (materialized: every epoch reads it again), its statistics, the eval set."""
     import ray.data
 
-    from .io import parse_column_names, read_dataset
+    from .io import read_dataset
 
     negatives = _negative_columns(config)
     if _is_beir(config.train_data):
@@ -237,7 +237,7 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int):
     else:
         ds, _, _ = read_dataset(config.train_data, config.input_format,
                                 [config.query_column, config.document_column, *negatives],
-                                column_names=parse_column_names(config.column_names))
+                                column_names=parse_names(config.column_names))
         if negatives:
             ds = ds.map_batches(labelled_pairs, fn_kwargs=dict(query_column=config.query_column,
                                                                positive_column=config.document_column,
