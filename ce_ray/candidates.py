@@ -27,7 +27,7 @@ from .io import InputError, filesystem, join
 SUCCESS = "_SUCCESS"
 
 
-def _lines(uri: str):
+def numbered_lines(uri: str):
     """(line number, line) of a local or s3:// text file (gzip etc. detected from the name)."""
     fs, path = filesystem(uri)
     try:
@@ -45,7 +45,7 @@ def _lines(uri: str):
 def read_jsonl_records(uri: str) -> List[dict]:
     """Every record of a JSON Lines file; a bad line fails with the file and the line number."""
     records = []
-    for number, line in _lines(uri):
+    for number, line in numbered_lines(uri):
         if not line.strip():
             continue
         try:
@@ -73,7 +73,7 @@ def read_qrels(uri: str) -> Dict[str, Dict[str, int]]:
     or a TREC qrels file (`query iteration document relevance`, split at spaces or tabs, no header: MS
     MARCO's and TREC DL's)."""
     qrels: Dict[str, Dict[str, int]] = {}
-    rows = ((n, line.rstrip("\n\r")) for n, line in _lines(uri))
+    rows = ((n, line.rstrip("\n\r")) for n, line in numbered_lines(uri))
     for number, line in rows:
         if not line.strip():
             continue

@@ -59,10 +59,10 @@ def is_trec_run(uri: str) -> bool:
 def read_trec_run(uri: str, c: EvalConfig) -> pd.DataFrame:
     """A TREC run (`query Q0 document rank score tag` a line, any system's) as rows of query id, doc id and
     score; its order is the score's, highest first, as trec_eval takes it (equal scores in file order)."""
-    from .candidates import _lines
+    from .candidates import numbered_lines
 
     rows = []
-    for number, line in _lines(uri):
+    for number, line in numbered_lines(uri):
         fields = line.split()
         if not fields:
             continue
