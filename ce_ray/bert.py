@@ -9,16 +9,18 @@ key and value projections in one matrix product. `load` takes a model only when 
 another architecture, position scheme or activation, or weights it does not expect or misses, and it returns
 None (the replica then loads the model with transformers).
 
-Training runs it too (`from_transformers`, with transformers' dropout in train mode): for a 6-layer model a
+Training runs it too (`trainable`, with transformers' dropout in train mode): for a 6-layer model a
 training step dispatches 423 operations instead of 494 and a forward pass takes 40% less host time, and a
-step of 16 pairs on a GPU is little but that host work. The weights go back into transformers' model to be
-saved (`transformers_state`), so the folder is CrossEncoder's.
+step of 16 pairs on a GPU is little but that host work. `save` writes the trained weights under transformers'
+names, with the source folder's config and tokenizer files, so the folder is CrossEncoder's, and a training
+worker never imports transformers either (2.7 s of its start for the shared L12 on a 2-core CPU).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Optional
 
 import torch
@@ -27,6 +29,12 @@ from torch import nn
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}  # transformers' "gelu" is the exact (erf) one, as F.gelu's
 BUFFERS = {"bert.embeddings.position_ids", "bert.embeddings.token_type_ids"}  # saved by some versions; unused
+# The config keys BertCrossEncoder reads without a default (transformers writes them all).
+REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "hidden_act")
+# A BERT tokenizer's files, as `save` copies them; tokenizer_config.json holds the max length.
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "special_tokens_map.json",
+                   "added_tokens.json")
 
 
 class Layer(nn.Module):
@@ -147,7 +155,7 @@ def weight_names(layers: int) -> dict:
 def reproducible(config: dict) -> bool:
     """Whether `BertCrossEncoder` computes what transformers computes for a model of this config."""
     labels = len(config["id2label"]) if "id2label" in config else config.get("num_labels", 2)
-    return (config.get("model_type") == "bert" and not config.get("auto_map")
+    return (config.get("model_type") == "bert" and all(key in config for key in REQUIRED) and not config.get("auto_map")
             and (config.get("architectures") or ["BertForSequenceClassification"]) == ["BertForSequenceClassification"]
             and config.get("position_embedding_type", "absolute") == "absolute"
             and config.get("hidden_act") in ACTIVATIONS and labels == 1
@@ -155,10 +163,10 @@ def reproducible(config: dict) -> bool:
             and config.get("hidden_size", 0) % max(config.get("num_attention_heads", 0), 1) == 0)
 
 
-def native_state(weights: dict, config: dict) -> Optional[dict]:
-    """transformers' BertForSequenceClassification weights renamed (and the query, key and value ones
-    concatenated) for BertCrossEncoder; None unless they are exactly the ones it has."""
-    names = weight_names(config["num_hidden_layers"])
+def native_state(weights: dict, layers: int) -> Optional[dict]:
+    """transformers' BertForSequenceClassification weights (of a model of `layers` layers) renamed, and the
+    query, key and value ones concatenated, for BertCrossEncoder; None unless they are exactly the ones it has."""
+    names = weight_names(layers)
     if set(weights) - BUFFERS != {name for parts in names.values() for name in parts}:
         return None  # missing weights (transformers would initialise them at random) or ones this module lacks
     return {mine: torch.cat([weights[name] for name in parts]) for mine, parts in names.items()}  # copies
@@ -175,7 +183,7 @@ def transformers_state(state: dict, layers: int) -> dict:
 def from_state(config: dict, weights: dict) -> Optional[BertCrossEncoder]:
     """A BertCrossEncoder holding `weights` (transformers' names), on the CPU; None if it does not reproduce
     the model."""
-    state = native_state(weights, config) if reproducible(config) else None
+    state = native_state(weights, config["num_hidden_layers"]) if reproducible(config) else None
     if state is None:
         return None
     # Built on the CPU, initialised at random and then replaced (0.2 s for MiniLM-L12): building on the "meta"
@@ -207,3 +215,39 @@ def load(path: str, dtype: torch.dtype, device: torch.device) -> Optional[BertCr
         config = json.load(f)
     model = from_state(config, load_file(weights_file))
     return None if model is None else model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def trainable(path: str) -> Optional[BertCrossEncoder]:
+    """The model of the folder `path` to fine-tune: float32 on the CPU, in train mode; None when `load` would
+    give none, or when the folder has no tokenizer_config.json (where `save` writes the max length)."""
+    if not os.path.exists(os.path.join(path, "tokenizer_config.json")):
+        return None
+    model = load(path, torch.float32, torch.device("cpu"))
+    return None if model is None else model.train().requires_grad_(True)
+
+
+def save(state: dict, source: str, path: str, max_length: int, activation: str) -> None:
+    """The folder `CrossEncoder(path)` loads, as transformers' `save_pretrained` of the model and tokenizer
+    would write it, without transformers: `state` (a BertCrossEncoder's weights, on any device or dtype) in
+    float32 under transformers' names, the `source` folder's config with the activation sentence-transformers
+    reads, and its tokenizer files with `max_length` as the tokenizer's."""
+    from safetensors.torch import save_file
+
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(source, "config.json")) as f:
+        config = json.load(f)
+    # Copies: the query, key and value weights are chunks of one tensor, which safetensors refuses to write.
+    weights = {name: tensor.to("cpu", torch.float32, copy=True)
+               for name, tensor in transformers_state(state, config["num_hidden_layers"]).items()}
+    save_file(weights, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    config.pop("torch_dtype", None)  # transformers 4's name of the weights' dtype
+    config.update(dtype="float32", sentence_transformers={"activation_fn": activation})
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    for name in TOKENIZER_FILES:
+        if os.path.exists(os.path.join(source, name)):
+            shutil.copyfile(os.path.join(source, name), os.path.join(path, name))
+    with open(os.path.join(source, "tokenizer_config.json")) as f:
+        tokenizer_config = json.load(f)
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump(tokenizer_config | {"model_max_length": max_length}, f, indent=2)

@@ -265,6 +265,21 @@ def _ray_train_workers():
     return found
 
 
+def test_ray_trains_health_checks_are_quick_during_a_run_unless_the_user_chose(monkeypatch):
+    """Ray Train's controller sees a finished run at its next health check: ce-ray sets their interval for
+    the run (Ray Train passes it from the driver's environment to its controller), then leaves it as it was."""
+    train = _train_module()
+    name = train.HEALTH_CHECK_INTERVAL_VAR
+    monkeypatch.delenv(name, raising=False)
+    with train.quick_health_checks():
+        assert os.environ[name] == train.HEALTH_CHECK_INTERVAL_S == "0.5"
+    assert name not in os.environ
+    monkeypatch.setenv(name, "3")
+    with train.quick_health_checks():
+        assert os.environ[name] == "3"
+    assert os.environ[name] == "3"
+
+
 def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, tiny_model, pairs_file, tmp_path):
     from ce_ray.config import TrainConfig
 
