@@ -254,7 +254,9 @@ def header(device: str) -> dict:
             "machine": device_info(device), "versions": versions()}
 
 
-def init_ray(num_cpus: Optional[int] = None):
+def init_ray(num_cpus: Optional[int] = None, log_to_driver: bool = False):
+    """A local Ray of its own; `log_to_driver` prints the workers' lines here (training's per-window lines,
+    so that a run cut short by the suite's budget still shows how far it got)."""
     import ray
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -269,7 +271,7 @@ def init_ray(num_cpus: Optional[int] = None):
     for attempt in range(3):  # a loaded machine can take longer than Ray's 30 s to start a raylet
         try:
             # "local": a cluster of its own, never one that `ray start` left recorded in /tmp/ray.
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver)
             break
         except Exception as e:  # Ray raises a bare Exception on a startup timeout
             if attempt == 2 or "timed out" not in str(e):

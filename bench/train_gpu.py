@@ -150,7 +150,7 @@ def main() -> int:
         record("trainer_fp32_b16", trainer_rate(model_dir, anchor, device, bf16=False, work=work))
         if gpu:
             record("trainer_bf16_b16", trainer_rate(model_dir, anchor, device, bf16=True, work=work))
-        result["ray_start_seconds"] = common.init_ray()
+        result["ray_start_seconds"] = common.init_ray(log_to_driver=True)
         record("ce_ray_b16", ce_ray_rate(model_dir, anchor, work, "b16", cpus, batch_size=BATCH,
                                          log_every=max(args.anchor_steps // 4, 1)))
         if args.compile:

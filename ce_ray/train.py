@@ -530,7 +530,7 @@ def train_loop(loop_config: dict) -> dict:
     if rank == 0:
         code = "ce-ray's BERT" if native is not None else "transformers"
         compiled = f", compiled ({config.compile_mode}) in its first steps" if config.compile else ""
-        print(f"ce-ray train: {plan['model']} on {device} ({code}{', bf16' if bf16 else ''}{compiled})", flush=True)
+        say(f"ce-ray train: {plan['model']} on {device} ({code}{', bf16' if bf16 else ''}{compiled})")
     total, per_epoch, accum = plan["total_steps"], plan["batches_per_epoch"], config.grad_accum
 
     checkpoint = ray.train.get_checkpoint()
@@ -613,7 +613,7 @@ def train_loop(loop_config: dict) -> dict:
         baseline = run_eval()
         progress["log"].append({"epoch": 0.0, "step": 0, **baseline})
         if rank == 0:
-            print(f"ce-ray train: before training " + _metrics_text(baseline), flush=True)
+            say("ce-ray train: before training " + _metrics_text(baseline))
 
     step, micro = progress["step"], progress["micro"]
     loss_sum, loss_count, samples, tick = 0.0, 0, 0, time.perf_counter()
@@ -673,9 +673,9 @@ def train_loop(loop_config: dict) -> dict:
             progress["step"], progress["micro"] = step, micro
             progress["log"].append(entry)
             if rank == 0:
-                print(f"ce-ray train: step {step}/{total} epoch {entry['epoch']:.2f} loss {entry['loss']:.4f} "
-                      f"lr {entry['lr']:.2e} samples/s {entry['samples_per_second']:.1f} "
-                      f"(waiting for data {entry['data_wait']:.0%}) " + _metrics_text(entry), flush=True)
+                say(f"ce-ray train: step {step}/{total} epoch {entry['epoch']:.2f} loss {entry['loss']:.4f} "
+                    f"lr {entry['lr']:.2e} samples/s {entry['samples_per_second']:.1f} "
+                    f"(waiting for data {entry['data_wait']:.0%}) {_metrics_text(entry)}".rstrip())
             if saving:
                 save(entry)
             loss_sum, loss_count, samples, tick = 0.0, 0, 0, time.perf_counter()
@@ -688,6 +688,13 @@ def train_loop(loop_config: dict) -> dict:
     return {"log": progress["log"], "resumed_from": progress["resumed_from"], "replica_divergence": divergence,
             "samples": progress["samples"], "seconds": progress["seconds"], "steps": step,
             **_compile_counts(config)}
+
+
+def say(line: str) -> None:
+    """A worker's line for the user, once. Ray Train patches a worker's `print` to log the line, and where Ray
+    has wrapped sys.stdout (its workers do) to print it as well: every line came twice. The process's own
+    stdout, which Ray's log monitor forwards as it does any worker output, takes it once."""
+    print(line, file=sys.__stdout__, flush=True)
 
 
 def _compile_counts(config: TrainConfig) -> dict:

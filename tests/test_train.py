@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -238,6 +239,21 @@ def test_saved_model_is_a_crossencoder_that_scores_like_ce_ray(data_parallel_run
     merged = frame.merge(scored, on=["query", "document"])
     assert len(merged) == len(frame)
     assert np.abs(merged["score"].to_numpy() - expected).max() <= 1e-5
+
+
+def test_a_workers_lines_come_once(data_parallel_runs, ray_local):
+    """Rank 0's step lines, as Ray keeps each worker's output (stdout and stderr files per process): once each.
+    Ray Train's print patch logged every `print` and printed it again (Ray wraps a worker's sys.stdout)."""
+    from collections import Counter
+
+    logs = Path(ray_local._private.worker._global_node.get_session_dir_path()) / "logs"
+    lines = Counter()
+    for file in [*logs.glob("worker-*.out"), *logs.glob("worker-*.err")]:
+        for line in file.read_text(errors="replace").splitlines():
+            if "ce-ray train: step " in line:
+                lines[(file.stem, line)] += 1
+    # The three data-parallel runs: 3 steps each, every one logged (log_every 1).
+    assert len(lines) >= 9 and set(lines.values()) == {1}, lines.most_common(3)
 
 
 def test_model_card_reports_what_the_run_saw(data_parallel_runs):
