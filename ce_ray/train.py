@@ -264,6 +264,12 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int):
         table, qrels = _eval_candidates(config)
         eval_ds = _tokenized(ray.data.from_arrow(table), config, encoder, max_length, labels=False)
         eval_ds = eval_ds.map_batches(_kept_rows, batch_format="pyarrow", batch_size=None).materialize()
+    # Ray Train hands each epoch of a materialized set out through an actor of Ray Data's, which drew progress
+    # bars (a dozen lines of terminal codes an epoch among the run's lines) for what takes milliseconds. The
+    # sets' own settings: the user's DataContext is left as it is.
+    for ds in (train_ds, eval_ds):
+        if ds is not None:
+            ds.context.enable_progress_bars = False
     return train_ds, stats, eval_ds, qrels
 
 

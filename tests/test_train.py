@@ -390,6 +390,9 @@ def test_rows_of_a_query_a_positive_and_negatives_train_as_their_labelled_pairs(
         """(token ids, label) of every pair of the training set, sorted; and its statistics."""
         config = TrainConfig(model=str(tiny_model), output=str(tmp_path / "o"), **settings)
         data, stats, _, _ = train.prepare_data(config, pair_encoder(str(tiny_model)), 128)
+        # Ray Data's actor that hands out each epoch to the workers draws no progress bars for it (the tests'
+        # Ray has them off everywhere, so only the set's own setting can be checked here).
+        assert not data.context.enable_progress_bars
         return sorted((tuple(row[IDS]), float(row[train.LABEL])) for row in data.take_all()), stats
 
     expected, expected_stats = training_set(train_data=written_out(["negative_1", "negative_2"], "pairs.parquet"))
