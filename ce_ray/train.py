@@ -679,9 +679,11 @@ def train_loop(loop_config: dict) -> dict:
             progress["step"], progress["micro"] = step, micro
             progress["log"].append(entry)
             if rank == 0:
+                # The steps left at the mean time of a step so far (evaluations and checkpoints left out).
+                left = "" if last else f", ~{duration((total - step) * progress['seconds'] / step)} left"
                 say(f"ce-ray train: step {step}/{total} epoch {entry['epoch']:.2f} loss {entry['loss']:.4f} "
                     f"lr {entry['lr']:.2e} samples/s {entry['samples_per_second']:.1f} "
-                    f"(waiting for data {entry['data_wait']:.0%}) {_metrics_text(entry)}".rstrip())
+                    f"(waiting for data {entry['data_wait']:.0%}){left} {_metrics_text(entry)}".rstrip())
             if saving:
                 save(entry)
             loss_sum, loss_count, samples, tick = 0.0, 0, 0, time.perf_counter()
@@ -694,6 +696,16 @@ def train_loop(loop_config: dict) -> dict:
     return {"log": progress["log"], "resumed_from": progress["resumed_from"], "replica_divergence": divergence,
             "samples": progress["samples"], "seconds": progress["seconds"], "steps": step,
             **_compile_counts(config)}
+
+
+def duration(seconds: float) -> str:
+    """Seconds as a person reads them: 42s, 3m05s, 2h07m."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def say(line: str) -> None:

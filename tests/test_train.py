@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -252,9 +253,10 @@ def _moving_file_text(path: Path, moved: Path) -> str:
     return ""
 
 
-def test_a_workers_lines_come_once(data_parallel_runs, ray_local):
+def test_a_workers_lines_come_once_and_say_how_long_is_left(data_parallel_runs, ray_local):
     """Rank 0's step lines, as Ray keeps each worker's output (stdout and stderr files per process): once each.
-    Ray Train's print patch logged every `print` and printed it again (Ray wraps a worker's sys.stdout)."""
+    Ray Train's print patch logged every `print` and printed it again (Ray wraps a worker's sys.stdout). Each
+    but the last says how long the steps left should take."""
     from collections import Counter
 
     logs = Path(ray_local._private.worker._global_node.get_session_dir_path()) / "logs"
@@ -265,6 +267,10 @@ def test_a_workers_lines_come_once(data_parallel_runs, ray_local):
                 lines[(name.rsplit(".", 1)[0], line)] += 1
     # The three data-parallel runs: 3 steps each, every one logged (log_every 1).
     assert len(lines) >= 9 and set(lines.values()) == {1}, lines.most_common(3)
+    for _, line in lines:
+        left = re.search(r"\(waiting for data \d+%\), ~(\d+s|\d+m\d\ds|\d+h\d\dm) left$", line)
+        assert (left is None) == (" step 3/3 " in line), line
+    assert [_train_module().duration(s) for s in (0.4, 42, 185, 7620)] == ["0s", "42s", "3m05s", "2h07m"]
 
 
 def test_model_card_reports_what_the_run_saw(data_parallel_runs):
