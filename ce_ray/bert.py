@@ -244,10 +244,10 @@ def save(state: dict, source: str, path: str, max_length: int, activation: str) 
     config.update(dtype="float32", sentence_transformers={"activation_fn": activation})
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
-    for name in TOKENIZER_FILES:
-        if os.path.exists(os.path.join(source, name)):
-            shutil.copyfile(os.path.join(source, name), os.path.join(path, name))
     with open(os.path.join(source, "tokenizer_config.json")) as f:
         tokenizer_config = json.load(f)
     with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
         json.dump(tokenizer_config | {"model_max_length": max_length}, f, indent=2)
+    for name in TOKENIZER_FILES:  # the others as they are
+        if name != "tokenizer_config.json" and os.path.exists(os.path.join(source, name)):
+            shutil.copyfile(os.path.join(source, name), os.path.join(path, name))

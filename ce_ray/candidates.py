@@ -80,9 +80,8 @@ def read_qrels(uri: str) -> Dict[str, Dict[str, int]]:
         parts = next(csv.reader([line], delimiter="\t"))
         if number == 1 and parts[:2] == ["query-id", "corpus-id"]:
             continue
-        if len(parts) != 3 and len(line.split()) == 4:  # TREC: the iteration (0 or Q0) is not used
-            query, _, document, grade = line.split()
-            parts = [query, document, grade]
+        if len(parts) != 3 and len(fields := line.split()) == 4:  # TREC: the iteration (0 or Q0) is not used
+            parts = [fields[0], fields[2], fields[3]]
         if len(parts) != 3:
             raise InputError(f"{uri} line {number}: expected BEIR's 3 tab-separated fields (query-id, corpus-id, "
                              f"score) or TREC's 4 (query, iteration, document, relevance), got {len(parts)}")

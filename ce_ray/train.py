@@ -531,7 +531,8 @@ def train_loop(loop_config: dict) -> dict:
         plan["model"], device="cpu", dtype="float32", max_length=plan["max_length"],
         allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
     net = native if native is not None else reranker.model.train()
-    model_type, pad_id = (net.model_type, net.pad_id) if native is not None else (reranker.model_type, reranker.pad_id)
+    loaded = native if native is not None else reranker  # both know the model's type and pad id
+    model_type, pad_id = loaded.model_type, loaded.pad_id
     torch.manual_seed(config.seed)
     if rank == 0:
         code = "ce-ray's BERT" if native is not None else "transformers"
