@@ -16,7 +16,7 @@ import posixpath
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -204,19 +204,19 @@ def _first_record(data: bytes, input_format: str) -> List[str]:
 
 def check_inputs(
     fs: pafs.FileSystem, files: List[str], input_format: str, required: List[str],
-    column_names: Optional[List[str]] = None,
+    column_names: Optional[List[str]] = None, present: Sequence[str] = (),
 ) -> List[FileCheck]:
     """Reads each file's schema (parquet footer, CSV header, first JSON line) before any work starts.
 
-    Fails naming the file and the column when a required column is missing, a file is unreadable, or
-    there are no rows at all.
+    Fails naming the file and the column when a required (text) column or a `present` one (of any type: an
+    id) is missing, a file is unreadable, or there are no rows at all.
     """
     with ThreadPoolExecutor(max_workers=16) as pool:
         checks = list(pool.map(lambda p: _check_one(fs, p, input_format, column_names), files))
     for check in checks:
         if check.rows == 0:
             continue  # an empty file contributes no rows and needs no columns
-        missing = [c for c in required if c not in check.columns]
+        missing = [c for c in [*required, *present] if c not in check.columns]
         if missing:
             have = ", ".join(check.columns[:12]) or "none"
             # A header line that looks like a row: MS MARCO's files, for one, have none.
@@ -235,8 +235,9 @@ def check_inputs(
 
 def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[str]] = None,
                  keep=None, rows_per_block: int = 4096, rows_per_read: Optional[int] = None,
-                 column_names: Optional[List[str]] = None):
-    """A Ray Dataset over the input files, after `check_inputs` passed.
+                 column_names: Optional[List[str]] = None, present: Sequence[str] = ()):
+    """A Ray Dataset over the input files, after `check_inputs` passed (`required` text columns, `present`
+    ones of any type).
 
     Files are streamed in chunks of `rows_per_block` rows, and every row is tagged with its input file's key
     and position (`TAGS`). A text file is one read task; a parquet file one task per `rows_per_read` rows
@@ -246,7 +247,7 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     import ray.data
 
     files, input_format, fs = list_files(uri, input_format, column_names)
-    checks = check_inputs(fs, files, input_format, list(required or []), column_names)
+    checks = check_inputs(fs, files, input_format, list(required or []), column_names, present)
     checks = [c for c in checks if c.rows != 0]
     files = [c.path for c in checks]
     todo = [c for c in checks if keep is None or keep(c.path)]

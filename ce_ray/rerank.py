@@ -163,19 +163,6 @@ class RerankSummary:
         ])
 
 
-def _check_query_id(config: RerankConfig) -> None:
-    """The query id column must be in every non-empty input file (it may be text or a number)."""
-    from .io import check_inputs, list_files, parse_names
-
-    names = parse_names(config.column_names)
-    files, input_format, fs = list_files(config.input, config.input_format, names)
-    for check in check_inputs(fs, files, input_format, [], names):
-        if check.rows != 0 and config.query_id_column not in check.columns:
-            have = ", ".join(check.columns[:12]) or "none"
-            raise ConfigError(f"{check.path}: missing column {config.query_id_column!r} (columns: {have}); "
-                              "pass --query-id-column")
-
-
 def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSummary:
     """The `ce-ray rerank` job: read, score, rank per query, keep the top k, write results and rejects."""
     from .io import input_key, parse_names, read_dataset
@@ -188,10 +175,10 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
         raise ConfigError(f"{title}: mode resume works per input file, but ranking groups rows across files; "
                           "use mode overwrite")
     start = time.perf_counter()
-    _check_query_id(config)
+    # The query id may be text or a number: present, of any type.
     ds, files, _ = read_dataset(config.input, config.input_format, [config.query_column, config.document_column],
                                 rows_per_block=config.rows_per_block,
-                                column_names=parse_names(config.column_names))
+                                column_names=parse_names(config.column_names), present=[config.query_id_column])
     job = job_settings(config) | {"query_id_column": config.query_id_column, "top_k": config.top_k}
     prepare_output(config.output, config.mode, job=job)
     ranked = rank(score(ds, config, announce=title), config.query_id_column, config.top_k,

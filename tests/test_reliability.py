@@ -163,8 +163,7 @@ def test_a_csv_or_tsv_file_without_a_header_line_is_read_with_column_names(ray_l
     """As MS MARCO's top1000 files come (qid, pid, query, passage, no header): `column_names` names the
     columns and the first line is a row. Without it the first row is taken as the header and the job fails
     naming the columns it found; the setting is refused for formats whose files name their columns."""
-    from ce_ray.config import RerankConfig
-    from ce_ray.rerank import _check_query_id
+    from ce_ray.io import check_inputs, list_files
 
     (tmp_path / "in").mkdir()
     lines = [b"1048585\t7187158\twhat is paula deen's brother\tPaula Deen and her brother Earl W. Bubba Hiers",
@@ -179,13 +178,14 @@ def test_a_csv_or_tsv_file_without_a_header_line_is_read_with_column_names(ray_l
         [1048585, 7187158, "Paula Deen and her brother Earl W. Bubba Hiers"]]
     assert pd.read_parquet(tmp_path / "out" / "rejects")["reason"].str.endswith(
         "a row of 3 field(s) where the column names have 4 ('2\\t3\\tcut short')").all()
-    _check_query_id(RerankConfig(model=str(tiny_model), input=str(tmp_path / "in"), column_names=names))
+    files, input_format, fs = list_files(str(tmp_path / "in"), "auto", names.split(","))
+    check_inputs(fs, files, input_format, ["query"], names.split(","), present=["query_id"])  # as rerank checks
 
     with pytest.raises(InputError, match=r"missing column\(s\) 'query', 'document' \(columns: 1048585, 7187158, "
                                          r"what is .*; for a file without a header line, give its columns' names"):
         job(tiny_model, tmp_path / "in", tmp_path / "out-no-names", mode="overwrite")
-    with pytest.raises(ConfigError, match="missing column 'query_id'"):
-        _check_query_id(RerankConfig(model=str(tiny_model), input=str(tmp_path / "in")))
+    with pytest.raises(InputError, match=r"missing column\(s\) 'query_id' \(columns: 1048585,"):
+        check_inputs(fs, files, input_format, [], None, present=["query_id"])
     pq.write_table(pa.table({"query": ["q"], "document": ["d"]}), tmp_path / "p.parquet")
     with pytest.raises(InputError, match="p.parquet is parquet, whose files name their columns"):
         job(tiny_model, tmp_path / "p.parquet", tmp_path / "out-parquet", column_names="query,document")

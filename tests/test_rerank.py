@@ -12,7 +12,7 @@ import pytest
 
 from ce_ray.batching import REJECT
 from ce_ray.config import ConfigError, RerankConfig
-from ce_ray.io import ROW_INDEX, ROW_INPUT
+from ce_ray.io import ROW_INDEX, ROW_INPUT, InputError
 from ce_ray.rerank import CUT, rank_group, run_rerank
 
 
@@ -134,7 +134,7 @@ def test_rerank_job_over_files_and_blocks(ray_local, tiny_model, tmp_path):
 def test_rerank_input_errors(tiny_model, tmp_path):
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "x.parquet")
     config = RerankConfig(model=str(tiny_model), input=str(tmp_path / "x.parquet"), output=str(tmp_path / "o"))
-    with pytest.raises(ConfigError, match="missing column 'query_id'"):
+    with pytest.raises(InputError, match=r"x\.parquet: missing column\(s\) 'query_id' \(columns: query, document"):
         run_rerank(config)
     with pytest.raises(ConfigError, match="resume"):
         run_rerank(RerankConfig(model=str(tiny_model), input=str(tmp_path), output=str(tmp_path / "o"),
