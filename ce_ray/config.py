@@ -144,11 +144,14 @@ class TrainConfig(ModelConfig):
     input_format: Literal["auto", "parquet", "jsonl", "csv", "tsv"] = "auto"  # auto: from the files' names
     column_names: str = ""  # CSV or TSV files without a header line: their columns, "query,document,label"
     query_column: str = "query"  # the query's text
-    document_column: str = "document"  # the document's text (with negative_columns, the positive's)
+    # The document's text (with negative_columns, the positive's), or a list of texts: a pair for each, with
+    # label_column's list of as many labels (sentence-transformers' labeled-list) or its one label
+    document_column: str = "document"
     label_column: str = "label"  # the relevance label, in [0, 1]
     # Rows of a query, a positive and its negatives (MS MARCO's triples, sentence-transformers' (anchor,
     # positive, negative) sets): the negatives' columns, comma-separated. Each row then gives a pair of the
     # query and document_column (the positive) labelled 1, and one labelled 0 per negative; no label column.
+    # Each column may hold lists of texts ({"query": ..., "pos": [...], "neg": [...]}).
     negative_columns: str = ""
     train_split: str = "train"  # qrels split when train_data is a BEIR folder
     hard_negatives: int = 4  # BM25 hard negatives per positive (BEIR training data)

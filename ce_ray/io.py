@@ -40,6 +40,15 @@ class InputError(ValueError):
     """The input cannot be read as pairs: named file, named column."""
 
 
+def holds_texts(value) -> bool:
+    """A JSON value that a column of texts or of lists of texts takes."""
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+
+
+def is_list(dtype: pa.DataType) -> bool:
+    return pa.types.is_list(dtype) or pa.types.is_large_list(dtype)
+
+
 def is_text(dtype: pa.DataType) -> bool:
     """Strings, or strings dictionary-encoded (a pandas categorical, a Polars categorical written to parquet)."""
     if pa.types.is_dictionary(dtype):
@@ -204,12 +213,13 @@ def _first_record(data: bytes, input_format: str) -> List[str]:
 
 def check_inputs(
     fs: pafs.FileSystem, files: List[str], input_format: str, required: List[str],
-    column_names: Optional[List[str]] = None, present: Sequence[str] = (),
+    column_names: Optional[List[str]] = None, present: Sequence[str] = (), lists: Sequence[str] = (),
 ) -> List[FileCheck]:
     """Reads each file's schema (parquet footer, CSV header, first JSON line) before any work starts.
 
     Fails naming the file and the column when a required (text) column or a `present` one (of any type: an
-    id) is missing, a file is unreadable, or there are no rows at all.
+    id) is missing or a required one is not text (nor a list of texts, for those in `lists`), a file is
+    unreadable, or there are no rows at all.
     """
     with ThreadPoolExecutor(max_workers=16) as pool:
         checks = list(pool.map(lambda p: _check_one(fs, p, input_format, column_names), files))
@@ -226,8 +236,11 @@ def check_inputs(
                              + hint)
         for column in required:
             dtype = check.types.get(column)
+            if dtype is not None and column in lists and is_list(dtype):
+                dtype = dtype.value_type
             if dtype is not None and not (is_text(dtype) or pa.types.is_null(dtype)):
-                raise InputError(f"{check.path}: column {column!r} is {dtype}, not text")
+                kind = "text or a list of texts" if column in lists else "text"
+                raise InputError(f"{check.path}: column {column!r} is {check.types[column]}, not {kind}")
     if all(c.rows == 0 for c in checks):
         raise InputError(f"input has no rows ({len(files)} file(s), all empty)")
     return checks
@@ -235,9 +248,10 @@ def check_inputs(
 
 def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[str]] = None,
                  keep=None, rows_per_block: int = 4096, rows_per_read: Optional[int] = None,
-                 column_names: Optional[List[str]] = None, present: Sequence[str] = ()):
-    """A Ray Dataset over the input files, after `check_inputs` passed (`required` text columns, `present`
-    ones of any type).
+                 column_names: Optional[List[str]] = None, present: Sequence[str] = (),
+                 lists: Sequence[str] = ()):
+    """A Ray Dataset over the input files, after `check_inputs` passed (`required` text columns, or lists of
+    texts for those in `lists`; `present` ones of any type).
 
     Files are streamed in chunks of `rows_per_block` rows, and every row is tagged with its input file's key
     and position (`TAGS`). A text file is one read task; a parquet file one task per `rows_per_read` rows
@@ -247,7 +261,7 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     import ray.data
 
     files, input_format, fs = list_files(uri, input_format, column_names)
-    checks = check_inputs(fs, files, input_format, list(required or []), column_names, present)
+    checks = check_inputs(fs, files, input_format, list(required or []), column_names, present, lists)
     checks = [c for c in checks if c.rows != 0]
     files = [c.path for c in checks]
     todo = [c for c in checks if keep is None or keep(c.path)]
@@ -264,16 +278,19 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
                                                             column_names=column_names))
     else:
         source = tagged_files(paths, fs, JsonLinesDatasource(paths, text_columns=list(required or []),
-                                                             filesystem=fs)._read_stream)
+                                                             filesystem=fs, list_columns=lists)._read_stream)
     # One read task per file: a file's rows travel together, so files complete one after another.
     return ray.data.read_datasource(source, override_num_blocks=len(paths)), files, input_format
 
 
-def _parse_lines_slowly(lines: List[bytes], first_line: int, path: str, text_columns: List[str]) -> pa.Table:
+def _parse_lines_slowly(lines: List[bytes], first_line: int, path: str, text_columns: List[str],
+                        list_columns: Sequence[str] = ()) -> pa.Table:
     """Line by line, for a chunk Arrow's JSON reader refused (mixed types, a bad line): nothing is lost.
 
     A line that is not valid JSON (or not UTF-8) becomes a row with null text and a reason; a text column
     holding a number, list or object keeps the value as JSON text and the row is rejected with the reason.
+    A text column of `list_columns` may hold lists of texts: where the chunk has some, its texts become lists
+    of one (the same pairs), so that the column has one type.
     """
     from .batching import REJECT
 
@@ -290,11 +307,18 @@ def _parse_lines_slowly(lines: List[bytes], first_line: int, path: str, text_col
         reason = None
         for column in text_columns:
             value = record.get(column)
-            if value is not None and not isinstance(value, str):
-                reason = reason or f"{column} is {type(value).__name__}, not text"
-                record[column] = json.dumps(value)
+            if value is None or isinstance(value, str) or (column in list_columns and holds_texts(value)):
+                continue
+            kind = "text or a list of texts" if column in list_columns else "text"
+            reason = reason or f"{column} is {type(value).__name__}, not {kind}"
+            record[column] = json.dumps(value)
         rows.append(record)
         reasons.append(reason)
+    for column in list_columns:
+        if any(isinstance(row.get(column), list) for row in rows):
+            for row in rows:
+                if isinstance(row.get(column), str):
+                    row[column] = [row[column]]
     columns = {}
     for name in dict.fromkeys(k for row in rows for k in row):
         values = [row.get(name) for row in rows]
@@ -315,7 +339,7 @@ class JsonLinesDatasource:
 
     CHUNK_BYTES = 32 << 20
 
-    def __new__(cls, paths, text_columns, filesystem):
+    def __new__(cls, paths, text_columns, filesystem, list_columns: Sequence[str] = ()):
         from ray.data.datasource import FileBasedDatasource
 
         class _JsonLines(FileBasedDatasource):
@@ -340,7 +364,7 @@ class JsonLinesDatasource:
                             if table.num_rows != len(lines):
                                 raise pa.ArrowInvalid("row count differs from line count")
                         except pa.ArrowInvalid:
-                            table = _parse_lines_slowly(lines, line_number, path, text_columns)
+                            table = _parse_lines_slowly(lines, line_number, path, text_columns, list_columns)
                         yield table
                     line_number += chunk.count(b"\n")
                     if not data:

@@ -29,6 +29,7 @@ from .batching import (IDS, REJECT, TYPES, PairEncoder, default_batch_tokens, li
                        pair_encoder, token_budget_batches, tokenize_table)
 from .config import ConfigError, TrainConfig, require, with_settings
 from .io import InputError, filesystem, join, parse_names
+from .training_pairs import LABEL_OF_NEGATIVES, training_pairs
 
 LABEL = "_ce_label"
 QUERY_CHARS = "_ce_query_chars"
@@ -140,24 +141,6 @@ def _negative_columns(config: TrainConfig) -> List[str]:
     return names
 
 
-def labelled_pairs(table: pa.Table, query_column: str, positive_column: str,
-                   negative_columns: List[str]) -> pa.Table:
-    """Rows of (query, positive, negatives...) as labelled pairs: (query, positive, 1) for every row, then
-    (query, negative, 0) for every negative that is not null (rows may hold fewer negatives than columns).
-    The pairs' documents go in `positive_column`, as large strings (the columns may differ in string type),
-    and a row the reader rejected (a line that is not JSON, invalid UTF-8) gives rejected pairs."""
-    def pairs(rows: pa.Table, document: str, label: float) -> pa.Table:
-        columns = {query_column: rows.column(query_column),
-                   positive_column: pc.cast(rows.column(document), pa.large_string()),
-                   "label": pa.array(np.full(rows.num_rows, label, np.float32))}
-        if REJECT in rows.column_names:
-            columns[REJECT] = rows.column(REJECT)
-        return pa.table(columns)
-
-    return pa.concat_tables([pairs(table, positive_column, 1.0)] + [
-        pairs(table.filter(table.column(column).is_valid()), column, 0.0) for column in negative_columns])
-
-
 def _kept_rows(table: pa.Table) -> pa.Table:
     """Rows a model can learn from (or score), with only the columns the workers read."""
     kept = table.filter(table.column(REJECT).is_null())
@@ -236,17 +219,16 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int):
         ds = ray.data.from_arrow(table)
         config = dataclasses.replace(config, query_column="query", document_column="document", label_column="label")
     else:
-        ds, _, _ = read_dataset(config.train_data, config.input_format,
-                                [config.query_column, config.document_column, *negatives],
-                                column_names=parse_names(config.column_names))
+        documents = [config.document_column, *negatives]  # each a column of texts or of lists of texts
+        ds, _, _ = read_dataset(config.train_data, config.input_format, [config.query_column, *documents],
+                                column_names=parse_names(config.column_names), lists=documents,
+                                present=[] if negatives else [config.label_column])
+        # Whole blocks: a column may be text in one block and lists in another, which no batch could hold.
+        ds = ds.map_batches(training_pairs, fn_kwargs=dict(
+            query_column=config.query_column, document_column=config.document_column, negative_columns=negatives,
+            label_column=config.label_column), batch_format="pyarrow", batch_size=None)
         if negatives:
-            ds = ds.map_batches(labelled_pairs, fn_kwargs=dict(query_column=config.query_column,
-                                                               positive_column=config.document_column,
-                                                               negative_columns=negatives), batch_format="pyarrow")
-            config = dataclasses.replace(config, label_column="label")
-        elif config.label_column not in ds.schema().names:
-            raise InputError(f"{config.train_data}: missing column {config.label_column!r} "
-                             f"(columns: {', '.join(ds.schema().names)})")
+            config = dataclasses.replace(config, label_column=LABEL_OF_NEGATIVES)
         source = config.train_data
     tokenized = _tokenized(ds, config, encoder, max_length, labels=True)
     stats = _combine_stats(tokenized.map_batches(_block_stats, batch_format="pyarrow", batch_size=None).take_all())

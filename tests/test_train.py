@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import SCIFACT, build_tiny_model, wikiqa_pairs
@@ -378,9 +379,11 @@ def test_beir_pairs_with_bm25_hard_negatives_train_and_evaluate(ray_local, tiny_
 def test_rows_of_a_query_a_positive_and_negatives_train_as_their_labelled_pairs(ray_local, tiny_model, tmp_path):
     """`negative_columns`: rows of two negatives, some missing, and MS MARCO's triples (a TSV without a header
     line: query, positive, negative) give the training set of the same pairs written out with labels: one
-    labelled 1 per row, one labelled 0 per negative that is given."""
+    labelled 1 per row, one labelled 0 per negative that is given. So do rows whose positives and negatives
+    are lists of texts (JSON Lines), and rows of a list of documents with a list of labels (parquet)."""
     from ce_ray.batching import IDS
     from ce_ray.config import ConfigError, TrainConfig
+    from ce_ray.io import InputError
 
     train = _train_module()
     frame = wikiqa_pairs("train", 300)
@@ -425,6 +428,39 @@ def test_rows_of_a_query_a_positive_and_negatives_train_as_their_labelled_pairs(
     with pytest.raises(ConfigError, match="other columns than the query and the positive"):
         training_set(train_data=str(tmp_path / "rows.parquet"), document_column="positive",
                      negative_columns="negative_1,positive")
+
+    # Lists of texts: rows of a query, its positives and its negatives, and sentence-transformers' labeled-list.
+    negatives = [[n for n in pair if isinstance(n, str)] for pair in rows[["negative_1", "negative_2"]].values]
+    lists = pd.DataFrame({"query": rows["query"], "pos": [[p] for p in rows.positive], "neg": negatives})
+    lists.to_json(tmp_path / "lists.jsonl", orient="records", lines=True)
+    got, stats = training_set(train_data=str(tmp_path / "lists.jsonl"), document_column="pos", negative_columns="neg")
+    assert got == expected and stats["rejected"] == 0
+    labelled = pd.DataFrame({"query": rows["query"], "documents": [[p, *n] for p, n in zip(rows.positive, negatives)],
+                             "labels": [[1] + [0] * len(n) for n in negatives]})
+    labelled.to_parquet(tmp_path / "labeled-list.parquet")
+    got, stats = training_set(train_data=str(tmp_path / "labeled-list.parquet"), document_column="documents",
+                              label_column="labels")
+    assert got == expected and stats["rejected"] == 0
+    # Odd rows are rejected, each with its reason, and the rest trained on: a text where the others have lists
+    # (a list of one), labels that do not match the documents, texts that are not text, no text, not JSON.
+    odd = [{"query": "q1", "documents": "a text", "labels": [1]},
+           {"query": "q2", "documents": ["a", "b"], "labels": [1]},
+           {"query": "q3", "documents": [1, 2], "labels": [1, 0]},
+           {"query": "q4", "documents": [], "labels": []},
+           {"query": "q5", "documents": ["c", "d"], "labels": [0, 1]}]
+    (tmp_path / "odd.jsonl").write_text("".join(json.dumps(row) + "\n" for row in odd) + "{not json\n")
+    got, stats = training_set(train_data=str(tmp_path / "odd.jsonl"), document_column="documents",
+                              label_column="labels")
+    assert sorted(label for _, label in got) == [0.0, 1.0, 1.0] and stats["pairs"] == 3
+    reasons = stats["reject_reasons"]
+    not_json = [r for r in reasons if r.startswith(f"{tmp_path / 'odd.jsonl'} line 6: not valid JSON")]
+    assert len(not_json) == 1 and reasons == {
+        "labels holds 1 label(s) for 2 document(s)": 1, "documents is list, not text or a list of texts": 1,
+        "documents holds no text": 1, not_json[0]: 1}
+    pq.write_table(pa.table({"query": ["q"], "documents": [[1]], "labels": [[1]]}), tmp_path / "numbers.parquet")
+    with pytest.raises(InputError, match=r"column 'documents' is list<.*int64>, not text or a list of texts"):
+        training_set(train_data=str(tmp_path / "numbers.parquet"), document_column="documents",
+                     label_column="labels")
 
 
 def test_labels_outside_zero_one_fail_before_training(ray_local, tiny_model, tmp_path):
