@@ -457,6 +457,9 @@ def test_rows_of_a_query_a_positive_and_negatives_train_as_their_labelled_pairs(
     assert len(not_json) == 1 and reasons == {
         "labels holds 1 label(s) for 2 document(s)": 1, "documents is list, not text or a list of texts": 1,
         "documents holds no text": 1, not_json[0]: 1}
+    (tmp_path / "numbers.jsonl").write_text('{"query": "q", "pos": "p", "neg": 5}\n')  # read as a number column
+    _, stats = training_set(train_data=str(tmp_path / "numbers.jsonl"), document_column="pos", negative_columns="neg")
+    assert stats["pairs"] == 1 and stats["reject_reasons"] == {"neg is int, not text": 1}
     pq.write_table(pa.table({"query": ["q"], "documents": [[1]], "labels": [[1]]}), tmp_path / "numbers.parquet")
     with pytest.raises(InputError, match=r"column 'documents' is list<.*int64>, not text or a list of texts"):
         training_set(train_data=str(tmp_path / "numbers.parquet"), document_column="documents",
