@@ -127,7 +127,7 @@ def model_card(facts: CardFacts) -> str:
     ]
     if facts.final_metrics:
         lines += ["## Evaluation", "",
-                  f"Reranking the BM25 top {config.eval_top_k} of `{config.eval_data}` ({config.eval_split} split).",
+                  f"Reranking {stats['eval']}.",
                   "", "| Metric | Value |", "|:--|:--|"]
         lines += [f"| {k[5:]} | {v:.4f} |" for k, v in facts.final_metrics.items()]
         lines.append("")

@@ -155,10 +155,12 @@ class TrainConfig(ModelConfig):
     negative_columns: str = ""
     train_split: str = "train"  # qrels split when train_data is a BEIR folder
     hard_negatives: int = 4  # BM25 hard negatives per positive (BEIR training data)
-    eval_data: str = ""  # BEIR folder; its split is reranked from BM25 top-k during training
+    # Evaluated during training: a BEIR folder, whose split's queries rerank their BM25 top-k, or rows in
+    # train_data's shape and columns, each query's rows (by its text) its candidates, their labels its grades
+    eval_data: str = ""
     eval_split: str = "test"  # the qrels file of eval_data, qrels/<split>.tsv
-    eval_top_k: int = 100  # BM25 candidates per evaluated query
-    eval_max_queries: Optional[int] = None  # the first n queries of the split; None: all
+    eval_top_k: int = 100  # BM25 candidates per evaluated query (BEIR)
+    eval_max_queries: Optional[int] = None  # the first n queries (with a relevant document); None: all
     output: str = ""  # final model folder; local or s3://
     storage_path: str = ""  # checkpoints; default: <output>/checkpoints
     run_name: str = ""  # a run started again with the same name resumes; default: the output's name

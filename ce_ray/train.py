@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .batching import (IDS, REJECT, TYPES, PairEncoder, default_batch_tokens, list_parts, pad,
-                       pair_encoder, token_budget_batches, tokenize_table)
+                       pair_encoder, text_column, token_budget_batches, tokenize_table)
 from .config import ConfigError, TrainConfig, require, with_settings
 from .io import InputError, filesystem, join, parse_names
 from .training_pairs import LABEL_OF_NEGATIVES, training_pairs
@@ -60,6 +60,16 @@ def training_batch_tokens(config: TrainConfig, use_gpu: bool) -> Optional[int]:
     return GPU_TRAIN_BATCH_TOKENS if use_gpu else CPU_TRAIN_BATCH_TOKENS
 
 
+def numeric_labels(table: pa.Table, label_column: str) -> pa.Array:
+    """The label column as float32 (null stays null); a column of text or other kinds fails naming it."""
+    try:
+        return pc.cast(table.column(label_column), pa.float32())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        kind = table.column(label_column).type
+        kind = "text" if pa.types.is_string(kind) or pa.types.is_large_string(kind) else kind
+        raise InputError(f"label column {label_column!r} is {kind}, not a number")
+
+
 def _tokenize_train_block(table: pa.Table, encoder: PairEncoder, query_column: str, document_column: str,
                           label_column: Optional[str], max_length: int) -> pa.Table:
     """Token ids, the label as float32, text lengths for the card, and why a row cannot be trained on."""
@@ -69,12 +79,7 @@ def _tokenize_train_block(table: pa.Table, encoder: PairEncoder, query_column: s
     if TYPES in out.column_names:
         columns[TYPES] = out.column(TYPES)
     if label_column is not None:
-        try:
-            labels = pc.cast(out.column(label_column), pa.float32())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            kind = out.column(label_column).type
-            kind = "text" if pa.types.is_string(kind) or pa.types.is_large_string(kind) else kind
-            raise InputError(f"label column {label_column!r} is {kind}, not a number")
+        labels = numeric_labels(out, label_column)
         values = labels.to_numpy(zero_copy_only=False)
         bad = np.isnan(values) | (values < 0) | (values > 1)
         label_reason = np.where(np.isnan(values), f"{label_column} is null",
@@ -181,8 +186,10 @@ def beir_training_pairs(folder: str, split: str, hard_negatives: int) -> pa.Tabl
                      "label": pa.array([label for _, _, label in rows], pa.float32())})
 
 
-def _eval_candidates(config: TrainConfig):
-    """BM25 top-k of the eval split's queries as (query_id, doc_id, query, document), and the qrels."""
+def _eval_candidates(config: TrainConfig, negatives: List[str]):
+    """The eval queries' candidates as (query_id, doc_id, query, document), their qrels, and what they are."""
+    if not _is_beir(config.eval_data):
+        return _eval_rows(config, negatives)
     from .candidates import candidates_table, read_corpus, read_qrels, read_queries
 
     qrels = read_qrels(join(config.eval_data, "qrels", f"{config.eval_split}.tsv"))
@@ -192,7 +199,39 @@ def _eval_candidates(config: TrainConfig):
     if not query_ids:
         raise InputError(f"{config.eval_data}: no query of qrels/{config.eval_split}.tsv has a relevant document")
     table = candidates_table(corpus, queries, qrels, query_ids, config.eval_top_k)
-    return table, {q: qrels[q] for q in query_ids}
+    return (table, {q: qrels[q] for q in query_ids},
+            f"the BM25 top {config.eval_top_k} of `{config.eval_data}` ({config.eval_split} split)")
+
+
+def _eval_rows(config: TrainConfig, negatives: List[str]):
+    """eval_data in train_data's shape (the same columns): the rows of a query (by its text) are its candidates
+    and their labels its grades, as CrossEncoderRerankingEvaluator ranks a sample's positives and negatives.
+    Queries without a row labelled above 0 are left out, as from a BEIR split; rows that cannot be scored too."""
+    import ray
+
+    ds, config = _labelled_rows(config.eval_data, config, negatives)
+    table = pa.concat_tables(ray.get(ds.to_arrow_refs()), promote_options="permissive")
+    queries, query_reasons = text_column(table, config.query_column)
+    documents, document_reasons = text_column(table, config.document_column)
+    labels = numeric_labels(table, config.label_column).to_numpy(zero_copy_only=False)
+    usable = (query_reasons == "") & (document_reasons == "") & ~np.isnan(labels)
+    if REJECT in table.column_names:
+        usable &= table.column(REJECT).is_null().to_numpy(zero_copy_only=False)
+    qrels: Dict[str, Dict[str, float]] = {}
+    query_of = queries.to_pylist()
+    for row in np.flatnonzero(usable):
+        qrels.setdefault(query_of[row], {})[str(row)] = float(labels[row])
+    query_ids = [q for q, judged in qrels.items() if any(g > 0 for g in judged.values())]
+    query_ids = query_ids[: config.eval_max_queries]
+    if not query_ids:
+        raise InputError(f"{config.eval_data}: no query has a row labelled above 0 to evaluate")
+    rows = np.array([int(d) for q in query_ids for d in qrels[q]], dtype=np.int64)
+    candidates = pa.table({"query_id": queries.take(rows), "doc_id": pa.array(rows.astype(str)),
+                           "query": queries.take(rows), "document": documents.take(rows)})
+    left_out = table.num_rows - int(usable.sum())
+    return (candidates, {q: qrels[q] for q in query_ids},
+            f"each query's rows of `{config.eval_data}` ({len(query_ids):,} queries, {len(rows):,} candidates"
+            + (f"; {left_out:,} rows that cannot be scored left out)" if left_out else ")"))
 
 
 def _tokenized(ds, config: TrainConfig, encoder: PairEncoder, max_length: int, labels: bool):
@@ -206,29 +245,37 @@ def _tokenized(ds, config: TrainConfig, encoder: PairEncoder, max_length: int, l
     ).materialize()
 
 
+def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str]):
+    """The rows at `uri`, in any shape `training_pairs` takes, as labelled pairs; and the config naming their
+    label column."""
+    from .io import read_dataset
+
+    documents = [config.document_column, *negatives]  # each a column of texts or of lists of texts
+    ds, _, _ = read_dataset(uri, config.input_format, [config.query_column, *documents],
+                            column_names=parse_names(config.column_names), lists=documents,
+                            present=[] if negatives else [config.label_column])
+    # Whole blocks: a column may be text in one block and lists in another, which no batch could hold.
+    ds = ds.map_batches(training_pairs, fn_kwargs=dict(
+        query_column=config.query_column, document_column=config.document_column, negative_columns=negatives,
+        label_column=config.label_column), batch_format="pyarrow", batch_size=None)
+    if negatives:
+        config = dataclasses.replace(config, label_column=LABEL_OF_NEGATIVES)
+    return ds, config
+
+
 def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int):
     """The tokenized training set (materialized: every epoch reads it again), its statistics, the eval set."""
     import ray.data
 
-    from .io import read_dataset
-
     negatives = _negative_columns(config)
+    eval_config = config
     if _is_beir(config.train_data):
         table = beir_training_pairs(config.train_data, config.train_split, config.hard_negatives)
         source = f"{config.train_data} (qrels/{config.train_split}.tsv, {config.hard_negatives} BM25 hard negatives per positive)"
         ds = ray.data.from_arrow(table)
         config = dataclasses.replace(config, query_column="query", document_column="document", label_column="label")
     else:
-        documents = [config.document_column, *negatives]  # each a column of texts or of lists of texts
-        ds, _, _ = read_dataset(config.train_data, config.input_format, [config.query_column, *documents],
-                                column_names=parse_names(config.column_names), lists=documents,
-                                present=[] if negatives else [config.label_column])
-        # Whole blocks: a column may be text in one block and lists in another, which no batch could hold.
-        ds = ds.map_batches(training_pairs, fn_kwargs=dict(
-            query_column=config.query_column, document_column=config.document_column, negative_columns=negatives,
-            label_column=config.label_column), batch_format="pyarrow", batch_size=None)
-        if negatives:
-            config = dataclasses.replace(config, label_column=LABEL_OF_NEGATIVES)
+        ds, config = _labelled_rows(config.train_data, config, negatives)
         source = config.train_data
     tokenized = _tokenized(ds, config, encoder, max_length, labels=True)
     stats = _combine_stats(tokenized.map_batches(_block_stats, batch_format="pyarrow", batch_size=None).take_all())
@@ -243,7 +290,7 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int):
     train_ds = tokenized.map_batches(_kept_rows, batch_format="pyarrow", batch_size=None).materialize()
     eval_ds, qrels = None, None
     if config.eval_data:
-        table, qrels = _eval_candidates(config)
+        table, qrels, stats["eval"] = _eval_candidates(eval_config, negatives)
         eval_ds = _tokenized(ray.data.from_arrow(table), config, encoder, max_length, labels=False)
         eval_ds = eval_ds.map_batches(_kept_rows, batch_format="pyarrow", batch_size=None).materialize()
     # Ray Train hands each epoch of a materialized set out through an actor of Ray Data's, which drew progress
@@ -904,6 +951,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     print(f"ce-ray train: {stats['pairs']:,} pairs ({stats['rejected']:,} rejected), {config.num_workers} worker(s), "
           f"{per_epoch} batch(es) of {config.batch_size} per worker and epoch, {total} step(s)"
           + (f", forward passes of at most {batch_tokens:,} tokens" if batch_tokens else ""), flush=True)
+    if qrels:
+        print(f"ce-ray train: evaluation reranks {stats['eval']}", flush=True)
 
     fs, storage_path, name = _storage(config)
     datasets = {"train": train_ds} | ({"eval": eval_ds} if eval_ds is not None else {})

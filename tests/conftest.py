@@ -57,6 +57,19 @@ def ray_local():
     ray.shutdown()
 
 
+def spread_model(tiny_model, path):
+    """The tiny reranker with its classifier scaled up: random BERT scores crowd within 1e-6 of each
+    other, closer than CrossEncoder parity, and both sides must see the same order."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny_model, path)
+    weights = load_file(path / "model.safetensors")
+    for name in ("classifier.weight", "classifier.bias"):
+        weights[name] = weights[name] * 300
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
 def wikiqa_pairs(split: str = "test", n: int | None = None):
     """WikiQA (question, sentence) pairs as a pandas frame with query/document columns."""
     import pandas as pd

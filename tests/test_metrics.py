@@ -13,7 +13,7 @@ from ce_ray.evaluate import evaluate_frame, run_eval
 from ce_ray.io import InputError
 from ce_ray.metrics import ranking_metrics
 
-from conftest import wikiqa_pairs
+from conftest import spread_model, wikiqa_pairs
 
 
 def test_graded_ndcg_mrr_map_recall_by_hand():
@@ -116,21 +116,6 @@ def evaluator_samples(df: pd.DataFrame) -> list:
         samples.append({"query": group["query"].iloc[0], "documents": group["document"].tolist(),
                         "positive": group.loc[group["label"] == 1, "document"].tolist()})
     return samples
-
-
-def spread_model(tiny_model, path):
-    """The tiny reranker with its classifier scaled up: random BERT scores crowd within 1e-6 of each
-    other, closer than CrossEncoder parity, and both sides must see the same order."""
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(tiny_model, path)
-    weights = load_file(path / "model.safetensors")
-    for name in ("classifier.weight", "classifier.bias"):
-        weights[name] = weights[name] * 300
-    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
-    return path
 
 
 def test_same_numbers_as_cross_encoder_reranking_evaluator(ray_local, tiny_model, tmp_path):

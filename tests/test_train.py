@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import SCIFACT, build_tiny_model, wikiqa_pairs
+from conftest import SCIFACT, build_tiny_model, spread_model, wikiqa_pairs
 
 from ce_ray.batching import pair_encoder
 
@@ -464,6 +464,48 @@ def test_rows_of_a_query_a_positive_and_negatives_train_as_their_labelled_pairs(
     with pytest.raises(InputError, match=r"column 'documents' is list<.*int64>, not text or a list of texts"):
         training_set(train_data=str(tmp_path / "numbers.parquet"), document_column="documents",
                      label_column="labels")
+
+
+def test_eval_data_in_the_training_datas_shape_ranks_each_querys_rows(ray_local, tiny_model, tmp_path):
+    """eval_data given as rows like the training data's (a query, its positives and its negatives, as lists):
+    each query's rows are its candidates, and the base model's metrics (step 0) are those of
+    CrossEncoderRerankingEvaluator on the same samples, positives ranked among negatives. A query without a
+    positive is left out, as from a BEIR split."""
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
+
+    from ce_ray.config import TrainConfig
+
+    model_path = spread_model(tiny_model, tmp_path / "spread")
+    model = CrossEncoder(str(model_path), device="cpu")
+    samples = []
+    for _, group in wikiqa_pairs("test").groupby("query_id", sort=False):
+        documents = group.document.drop_duplicates().tolist()
+        scores = np.sort(model.predict([(group["query"].iloc[0], d) for d in documents]))
+        # Both sides must see the same order: scores of two sentences closer than fp32 parity could swap.
+        if len(documents) == len(group) and (len(scores) < 2 or np.diff(scores).min() > 2e-6):
+            samples.append({"query": group["query"].iloc[0], "positive": group[group.label == 1].document.tolist(),
+                            "negative": group[group.label == 0].document.tolist()})
+        if len(samples) == 30:
+            break
+    assert sum(not s["positive"] for s in samples) >= 3
+    pd.DataFrame({"query": [s["query"] for s in samples], "pos": [s["positive"] for s in samples],
+                  "neg": [s["negative"] for s in samples]}).to_json(tmp_path / "eval.jsonl", orient="records",
+                                                                       lines=True)
+    with_positive = [s for s in samples if s["positive"]]
+    expected = CrossEncoderRerankingEvaluator(with_positive, at_k=10, write_csv=False)(model)
+
+    outcome = _train_module().train(TrainConfig(
+        model=str(model_path), train_data=str(tmp_path / "eval.jsonl"), eval_data=str(tmp_path / "eval.jsonl"),
+        document_column="pos", negative_columns="neg", output=str(tmp_path / "o"), max_steps=1, batch_size=4))
+    base = outcome.log[0]
+    assert base["step"] == 0
+    for name in ("map", "mrr@10", "ndcg@10"):
+        assert base[f"eval_{name}"] == pytest.approx(expected[name], abs=1e-6), name
+    candidates = sum(len(s["positive"]) + len(s["negative"]) for s in with_positive)
+    card = open(tmp_path / "o" / "README.md").read()
+    assert f"Reranking each query's rows of `{tmp_path / 'eval.jsonl'}` ({len(with_positive)} queries, " \
+           f"{candidates} candidates)." in card
 
 
 def test_labels_outside_zero_one_fail_before_training(ray_local, tiny_model, tmp_path):
