@@ -28,6 +28,7 @@ class CardFacts:
     steps: int
     samples_per_second: float
     output: str
+    best_step: Optional[int] = None  # the model is this step's checkpoint, the best by config.best_metric
 
 
 def _versions() -> dict:
@@ -127,7 +128,9 @@ def model_card(facts: CardFacts) -> str:
     ]
     if facts.final_metrics:
         lines += ["## Evaluation", "",
-                  f"Reranking {stats['eval']}.",
+                  f"Reranking {stats['eval']}."
+                  + (f" The model is the checkpoint of step {facts.best_step}, the best by {config.best_metric} of "
+                     "those evaluated." if facts.best_step is not None else ""),
                   "", "| Metric | Value |", "|:--|:--|"]
         lines += [f"| {k[5:]} | {v:.4f} |" for k, v in facts.final_metrics.items()]
         lines.append("")

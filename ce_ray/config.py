@@ -191,7 +191,10 @@ class TrainConfig(ModelConfig):
     group_by_length: bool = True  # batches of pairs of similar lengths, which pad little
     length_window: int = 50  # batches sorted by length together
     save_every: int = 0  # steps between checkpoints; 0: at each epoch end only
-    keep_checkpoints: int = 2  # the latest ones
+    keep_checkpoints: int = 2  # the latest ones; with best_metric, the best ones (and the latest, to resume from)
+    # The output is the checkpoint with the best eval metric (each checkpoint is then evaluated), as
+    # CrossEncoderTrainer's load_best_model_at_end; empty: the last one
+    best_metric: Literal["", "ndcg@10", "mrr@10", "map"] = ""
     eval_every: int = 0  # steps between evaluations; 0: at each epoch end only
     log_every: int = 10  # steps between log lines
     max_failures: int = 0  # worker failures the run recovers from (from its last checkpoint)
@@ -210,6 +213,8 @@ class TrainConfig(ModelConfig):
         if self.batch_tokens and self.deepspeed:
             raise ConfigError("batch_tokens works with DDP only: DeepSpeed steps after a fixed number of passes; "
                               "use grad_accum with a smaller batch_size instead")
+        if self.best_metric and not self.eval_data:
+            raise ConfigError(f"best_metric {self.best_metric} needs eval_data, which it is measured on")
         if self.compile and self.deepspeed:
             raise ConfigError("compile works with DDP only: DeepSpeed wraps the model its own way")
         if self.compile_mode != "default" and not self.compile:

@@ -231,7 +231,7 @@ def _eval_rows(config: TrainConfig, negatives: List[str]):
     left_out = table.num_rows - int(usable.sum())
     return (candidates, {q: qrels[q] for q in query_ids},
             f"each query's rows of `{config.eval_data}` ({len(query_ids):,} queries, {len(rows):,} candidates"
-            + (f"; {left_out:,} rows that cannot be scored left out)" if left_out else ")"))
+            + (f"; {left_out:,} row(s) that cannot be scored left out)" if left_out else ")"))
 
 
 def _tokenized(ds, config: TrainConfig, encoder: PairEncoder, max_length: int, labels: bool):
@@ -704,7 +704,8 @@ def train_loop(loop_config: dict) -> dict:
                      "data_wait": data.seconds / elapsed if elapsed else 0.0}
             progress["samples"] += global_samples
             progress["seconds"] += elapsed
-            if plan["qrels"] and ((config.eval_every and step % config.eval_every == 0) or epoch_end or last):
+            evaluating = (config.eval_every and step % config.eval_every == 0) or epoch_end or last
+            if plan["qrels"] and (evaluating or (config.best_metric and saving)):
                 entry.update(run_eval())
             progress["step"], progress["micro"] = step, micro
             progress["log"].append(entry)
@@ -849,6 +850,8 @@ class TrainOutcome:
     # checking the pairs), "fit" (Ray Train: workers starting, the model loading, the steps, checkpoints),
     # "steps" (inside fit: the training loop's logged windows), "output" (the model and its card written)
     phases: Dict[str, float] = dataclasses.field(default_factory=dict)
+    best_step: Optional[int] = None  # with best_metric: the step of the checkpoint that is the model
+    best_metric: str = ""
 
     def lines(self) -> List[str]:
         metrics = " ".join(f"{k[5:]} {v:.4f}" for k, v in self.final_metrics.items())
@@ -866,7 +869,24 @@ class TrainOutcome:
             lines.append(f"  compiled      {self.compiled_graphs} graph(s){skips}")
         if metrics:
             lines.append(f"  eval          {metrics}")
-        return lines + [f"  model         {self.model_path}"]
+        best = f" (step {self.best_step}, the best {self.best_metric})" if self.best_step is not None else ""
+        return lines + [f"  model         {self.model_path}{best}"]
+
+
+def _best_kept(config: TrainConfig) -> dict:
+    """Ray Train keeps the best checkpoints by the eval metric (and the latest, which a restart resumes from)."""
+    if not config.best_metric:
+        return {}
+    return {"checkpoint_score_attribute": f"eval_{config.best_metric}", "checkpoint_score_order": "max"}
+
+
+def _best_checkpoint(result, config: TrainConfig):
+    """(checkpoint, metrics) of the best checkpoint by best_metric, the later of equals; None without it."""
+    if not config.best_metric:
+        return None
+    name = f"eval_{config.best_metric}"
+    scored = [(c, m) for c, m in result.best_checkpoints or [] if m.get(name) is not None]
+    return max(scored, key=lambda cm: (cm[1][name], cm[1]["step"]), default=None)
 
 
 def _storage(config: TrainConfig):
@@ -964,7 +984,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
                                      resources_per_worker={"CPU": config.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})),
         run_config=RunConfig(
             name=name, storage_path=storage_path, storage_filesystem=fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints, **_best_kept(config)),
             failure_config=FailureConfig(max_failures=config.max_failures),
         ),
         datasets=datasets,
@@ -987,19 +1007,25 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         log = summary.get("log", progress["log"])
         final = next((({k: v for k, v in e.items() if k.startswith("eval_")}) for e in reversed(log)
                       if any(k.startswith("eval_") for k in e)), {})
+        best = _best_checkpoint(result, config)
+        if best is not None:
+            checkpoint, metrics = best
+            checkpoint_dir = checkpoint.to_directory(os.path.join(tmp, "best"))
+            final = {k: v for k, v in metrics.items() if k.startswith("eval_")}
+            best = metrics["step"]
         seconds = summary.get("seconds", progress["seconds"])
         samples = summary.get("samples", progress["samples"])
         facts = card.CardFacts(
             base_model=config.model, config=config, defaults=TrainConfig(), stats=stats, log=log,
             final_metrics=final, max_length=max_length, num_workers=config.num_workers, steps=progress["step"],
-            samples_per_second=samples / seconds if seconds else 0.0, output=config.output)
+            samples_per_second=samples / seconds if seconds else 0.0, output=config.output, best_step=best)
         _publish(os.path.join(checkpoint_dir, MODEL), config.output, card.model_card(facts))
     outcome = TrainOutcome(
         result=result, model_path=config.output, stats=stats, log=log, final_metrics=final,
         steps=progress["step"], samples_per_second=facts.samples_per_second,
         seconds=time.perf_counter() - start, resumed_from=summary.get("resumed_from", progress["resumed_from"]),
         replica_divergence=summary.get("replica_divergence"), compiled_graphs=summary.get("compiled_graphs"),
-        cuda_graph_skips=summary.get("cuda_graph_skips"),
+        cuda_graph_skips=summary.get("cuda_graph_skips"), best_step=best, best_metric=config.best_metric,
         phases={"start": data_start - start, "data": data_done - data_start, "fit": fit_done - data_done,
                 "steps": seconds, "output": time.perf_counter() - fit_done})
     print("\n".join(outcome.lines()), flush=True)

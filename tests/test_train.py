@@ -508,6 +508,41 @@ def test_eval_data_in_the_training_datas_shape_ranks_each_querys_rows(ray_local,
            f"{candidates} candidates)." in card
 
 
+def test_best_metric_makes_the_best_evaluated_checkpoint_the_model(ray_local, tiny_model, tmp_path):
+    """With best_metric every checkpoint is evaluated, Ray Train keeps the best ones and the latest (which a
+    restart resumes from), and the output is the best one's model, as CrossEncoderTrainer's
+    load_best_model_at_end makes it."""
+    from safetensors.numpy import load_file
+
+    from ce_ray.config import ConfigError, TrainConfig
+
+    model_path = spread_model(tiny_model, tmp_path / "spread")
+    wikiqa_pairs("train", 400)[["query", "document", "label"]].to_parquet(tmp_path / "train.parquet")
+    wikiqa_pairs("test", 300)[["query", "document", "label"]].to_parquet(tmp_path / "eval.parquet")
+    settings = dict(model=str(model_path), train_data=str(tmp_path / "train.parquet"), output=str(tmp_path / "o"),
+                    best_metric="ndcg@10", save_every=1, max_steps=6, batch_size=16, lr=5e-2, log_every=1)
+    with pytest.raises(ConfigError, match="best_metric ndcg@10 needs eval_data"):
+        _train_module().train(TrainConfig(**settings))
+    outcome = _train_module().train(TrainConfig(**settings, eval_data=str(tmp_path / "eval.parquet")))
+
+    evaluated = [entry for entry in outcome.log if entry["step"] > 0]
+    assert [entry["step"] for entry in evaluated] == [1, 2, 3, 4, 5, 6]
+    best = max(evaluated, key=lambda entry: (entry["eval_ndcg@10"], entry["step"]))
+    assert outcome.best_step == best["step"] < 6, [e["eval_ndcg@10"] for e in evaluated]  # the choice is seen
+    assert outcome.final_metrics == {k: v for k, v in best.items() if k.startswith("eval_")}
+    by_score = sorted(evaluated, key=lambda entry: (entry["eval_ndcg@10"], entry["step"]))
+    kept = {entry["step"] for entry in by_score[-2:]} | {6}
+    folder = tmp_path / "o" / "checkpoints" / "o"
+    checkpoints = sorted(p.name for p in folder.glob("checkpoint_*") if p.is_dir())
+    assert checkpoints == [f"checkpoint_{step:07d}" for step in sorted(kept)]
+    chosen = load_file(folder / f"checkpoint_{best['step']:07d}" / "model" / "model.safetensors")
+    published = load_file(tmp_path / "o" / "model.safetensors")
+    assert chosen.keys() == published.keys() and all(np.array_equal(chosen[k], published[k]) for k in chosen)
+    assert f"The model is the checkpoint of step {best['step']}, the best by ndcg@10" in (
+        tmp_path / "o" / "README.md").read_text()
+    assert f"(step {best['step']}, the best ndcg@10)" in outcome.lines()[-1]
+
+
 def test_labels_outside_zero_one_fail_before_training(ray_local, tiny_model, tmp_path):
     from ce_ray.config import TrainConfig
     from ce_ray.io import InputError
