@@ -1,14 +1,14 @@
-"""`ce-ray eval`: NDCG@k, MRR@k, MAP and Recall@k of a scored or ranked output, per query and averaged,
-for the reranked order and a baseline order (`bm25_rank`, an original position, ...) side by side.
+"""`ce-ray eval`: NDCG@k, MRR@k, MAP and Recall@k of a scored or ranked output, per query and averaged, for the
+reranked order and a baseline order (`bm25_rank`, an original position, ...) side by side.
 
-Grades come from a BEIR qrels file (documents the first stage missed then count against Recall and MAP,
-and the ideal NDCG ranks all judged documents) or from the rows' `label` column. The reranked order is
-the `rank` column when present, else the score, highest first, ties in file order. A query with no
-relevant document counts 0, as in sentence-transformers' `CrossEncoderRerankingEvaluator`; with
-`only_with_relevant` such queries are left out instead (WikiQA's usual protocol). Only the needed
-columns are read, so a million pairs evaluate in one process in seconds. The input may also be a TREC run
-file of any system (with qrels), so that a first stage's run and ce-ray's output are measured alike.
-Compare on untruncated candidates: after `--top-k` the baseline sees only the reranker's choice.
+Grades come from a BEIR qrels file (documents the first stage missed then count against Recall and MAP, and
+the ideal NDCG ranks all judged documents) or from the rows' `label` column. The reranked order is the `rank`
+column when present, else the score, highest first, ties in file order. A query with no relevant document
+counts 0, as in sentence-transformers' `CrossEncoderRerankingEvaluator`; with `only_with_relevant` such
+queries are left out instead (WikiQA's usual protocol). Only the needed columns are read, and every query is
+measured at once (numpy), so a million pairs evaluate in about a second. The input may also be a TREC run file
+of any system (with qrels), so that a first stage's run and ce-ray's output are measured alike. Compare on
+untruncated candidates: after `--top-k` the baseline sees only the reranker's choice.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from .config import ConfigError, EvalConfig, require
 from .io import InputError, detect_format, filesystem, is_remote, join, list_files
-from .metrics import mean_metrics, metric_names, ranking_metrics
+from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 from .sink import RESULTS
 
 
@@ -76,8 +76,13 @@ def read_trec_run(uri: str, c: EvalConfig) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[c.query_id_column, c.doc_id_column, c.score_column])
 
 
-def _order(group: pd.DataFrame, column: str, descending: bool) -> pd.DataFrame:
-    return group.sort_values(column, ascending=not descending, kind="stable", na_position="last")
+def _ranked(lists: np.ndarray, values: pd.Series, descending: bool) -> np.ndarray:
+    """Row positions with each list's rows together (lists in ascending number) in the order of `values`,
+    missing ones last, equal ones in file order."""
+    frame = pd.DataFrame({"list": lists, "value": values.to_numpy(), "row": np.arange(len(lists))})
+    frame = frame.sort_values(["list", "value", "row"], ascending=[True, not descending, True],
+                              na_position="last")
+    return frame["row"].to_numpy()
 
 
 def _reranked_by(df: pd.DataFrame, c: EvalConfig) -> tuple:
@@ -95,28 +100,33 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
     baseline = c.baseline_column if c.baseline_column and c.baseline_column in df.columns else None
     if c.baseline_column and baseline is None:
         print(f"ce-ray eval: note: no {c.baseline_column!r} column, no baseline", file=sys.stderr)
-    df = df.assign(_key=df[c.query_id_column].astype(str))
+    keys = df[c.query_id_column].astype(str)
+    lists, query_ids = pd.factorize(keys, sort=False)  # queries numbered in the order they first come
     if qrels is not None:
-        docs = df[c.doc_id_column].astype(str)
-        df["_gain"] = [qrels.get(q, {}).get(d, 0) for q, d in zip(df["_key"], docs)]
+        grades = pd.DataFrame([(q, d, g) for q, judged in qrels.items() for d, g in judged.items()],
+                              columns=["query", "doc", "grade"])
+        pairs = pd.DataFrame({"query": keys.to_numpy(), "doc": df[c.doc_id_column].astype(str).to_numpy()})
+        gains = pairs.merge(grades, how="left", on=["query", "doc"])["grade"].fillna(0).to_numpy(np.float64)
+        judged = [list(qrels.get(q, {}).values()) for q in query_ids]
+        total = np.array([sum(g > 0 for g in grades) for grades in judged])
+        ideal = np.array([dcg(sorted(grades, reverse=True), c.k) for grades in judged])
     else:
-        df["_gain"] = pd.to_numeric(df[c.label_column], errors="coerce").fillna(0)
-    per_query, skipped, without_relevant = [], 0, 0
-    for query_id, group in df.groupby("_key", sort=False):
-        judged = None if qrels is None else list(qrels.get(query_id, {}).values())
-        total = None if judged is None else sum(g > 0 for g in judged)
-        has_relevant = (group["_gain"] > 0).any() if total is None else total > 0
-        if c.only_with_relevant and not has_relevant:
-            skipped += 1
-            continue
-        without_relevant += not has_relevant
-        orders = {"reranked": _order(group, ranked_by, descending)}
-        if baseline:
-            orders["baseline"] = _order(group, baseline, c.baseline_descending)
-        entry = {"query_id": query_id, "candidates": len(group)}
-        for name, ordered in orders.items():
-            entry[name] = ranking_metrics(ordered["_gain"].to_numpy(), c.k, c.recall_k, total, judged)
-        per_query.append(entry)
+        gains = pd.to_numeric(df[c.label_column], errors="coerce").fillna(0).to_numpy(dtype=np.float64)
+        total, ideal = np.bincount(lists, weights=gains > 0, minlength=len(query_ids)), None
+    orders = {"reranked": (ranked_by, descending)} | ({"baseline": (baseline, c.baseline_descending)}
+                                                      if baseline else {})
+    metrics = {}
+    for name, (column, higher_first) in orders.items():
+        rows = _ranked(lists, df[column], higher_first)
+        metrics[name] = lists_metrics(lists[rows], gains[rows], len(query_ids), c.k, c.recall_k, total, ideal)
+    has_relevant = total > 0
+    counted = np.flatnonzero(has_relevant | (not c.only_with_relevant))
+    skipped = len(query_ids) - len(counted)
+    without_relevant = int((~has_relevant).sum()) - skipped
+    candidates = np.bincount(lists, minlength=len(query_ids))
+    per_query = [{"query_id": query_ids[q], "candidates": int(candidates[q]),
+                  **{name: {m: float(values[q]) for m, values in metrics[name].items()} for name in orders}}
+                 for q in counted]
     result = {
         "queries": len(per_query),
         "queries_skipped_without_relevant": skipped,
@@ -130,7 +140,7 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
         "per_query": per_query,
     }
     if qrels is not None:
-        present = set(df["_key"])
+        present = set(query_ids)
         missing = [q for q in qrels if q not in present]
         result["qrels_queries_without_candidates"] = len(missing)
         result["qrels_queries_without_candidates_examples"] = missing[:10]
@@ -142,12 +152,13 @@ def write_trec_run(uri: str, df: pd.DataFrame, c: EvalConfig) -> None:
     queries in input order. trec_eval orders a query's documents by score and breaks ties by document id,
     where ce-ray keeps the input order: only equal scores can rank differently there."""
     ranked_by, descending = _reranked_by(df, c)
-    lines = []
-    for query_id, group in df.groupby(c.query_id_column, sort=False):
-        ordered = _order(group, ranked_by, descending)
-        scores = ordered[c.score_column] if c.score_column in ordered.columns else -ordered[ranked_by]
-        lines += [f"{query_id} Q0 {doc_id} {rank} {score:.9g} ce-ray" for rank, (doc_id, score)
-                  in enumerate(zip(ordered[c.doc_id_column], scores), start=1)]
+    lists, query_ids = pd.factorize(df[c.query_id_column], sort=False)  # a missing query id is -1: left out
+    rows = _ranked(lists, df[ranked_by], descending)
+    rows = rows[lists[rows] >= 0]
+    ranks = np.arange(len(rows)) - np.searchsorted(lists[rows], lists[rows]) + 1
+    scores = df[c.score_column] if c.score_column in df.columns else -df[ranked_by]
+    lines = [f"{query_id} Q0 {doc_id} {rank} {score:.9g} ce-ray" for query_id, doc_id, rank, score
+             in zip(query_ids[lists[rows]], df[c.doc_id_column].to_numpy()[rows], ranks, scores.to_numpy()[rows])]
     write_file(uri, ("\n".join(lines) + "\n").encode())
 
 

@@ -49,6 +49,38 @@ def ranking_metrics(gains: Iterable[float], k: int = 10, recall_k: int = 100,
     }
 
 
+def lists_metrics(lists: np.ndarray, gains: np.ndarray, count: int, k: int = 10, recall_k: int = 100,
+                  relevant_total: Optional[np.ndarray] = None, ideal_dcg: Optional[np.ndarray] = None
+                  ) -> Dict[str, np.ndarray]:
+    """`ranking_metrics` of `count` ranked lists at once, one array per metric: row i belongs to list
+    `lists[i]` (0 to count - 1, ascending: each list's rows together, in rank order) and has grade `gains[i]`.
+    `relevant_total` and `ideal_dcg` (at k), per list, take the judgments the lists do not hold."""
+    lists = np.asarray(lists, dtype=np.int64)
+    gains = np.asarray(gains, dtype=np.float64)
+    starts = np.searchsorted(lists, np.arange(count))
+    rank = np.arange(len(lists)) - starts[lists]  # 0 is the first of its list
+    relevant = gains > 0
+    top, total = rank < k, relevant_total
+    if total is None:
+        total = np.bincount(lists, weights=relevant, minlength=count)
+    dcg = np.bincount(lists[top], weights=gains[top] / np.log2(rank[top] + 2), minlength=count)
+    if ideal_dcg is None:  # each list's own grades, best first
+        ideal = gains[np.lexsort((-gains, lists))]
+        ideal_dcg = np.bincount(lists[top], weights=ideal[top] / np.log2(rank[top] + 2), minlength=count)
+    hits_before = np.concatenate([[0], np.cumsum(relevant)])  # relevant rows before each row, all lists
+    hits = hits_before[1:] - hits_before[starts][lists]  # relevant rows up to this one, in its list
+    precision = np.bincount(lists[relevant], weights=hits[relevant] / (rank[relevant] + 1), minlength=count)
+    first = np.full(count, np.inf)
+    np.minimum.at(first, lists[relevant & top], rank[relevant & top])
+    found = np.bincount(lists[relevant & (rank < recall_k)], minlength=count)
+    judged = total > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        names = metric_names(k, recall_k)
+        metrics = {names[0]: np.where(ideal_dcg > 0, dcg / ideal_dcg, 0.0), names[1]: 1.0 / (first + 1),
+                   names[2]: precision / total, names[3]: found / total}
+    return {name: np.where(judged, values, 0.0) for name, values in metrics.items()}
+
+
 def mean_metrics(per_query: Iterable[Dict[str, float]]) -> Dict[str, float]:
     per_query = list(per_query)
     if not per_query:

@@ -35,6 +35,29 @@ def test_graded_ndcg_mrr_map_recall_by_hand():
     assert late["mrr@10"] == 0 and late["ndcg@10"] == 0 and late["map"] == pytest.approx(1 / 11)
 
 
+def test_many_ranked_lists_at_once_give_each_lists_metrics():
+    """`lists_metrics` (what `ce-ray eval` computes, a million pairs in a second) against `ranking_metrics` list
+    by list: graded gains, lists of one row and of none, with and without relevant documents the lists miss."""
+    from ce_ray.metrics import dcg, lists_metrics
+
+    rng = np.random.default_rng(7)
+    sizes = rng.integers(0, 30, 300)
+    sizes[:3] = [0, 1, 25]
+    lists = np.repeat(np.arange(300), sizes)
+    gains = rng.choice([0, 0, 0, 0, 1, 2, 3], len(lists)).astype(np.float64)
+    missed = rng.integers(0, 3, 300)  # relevant documents (grade 2) the first stage did not find
+    judged = [list(gains[lists == q]) + [2] * missed[q] for q in range(300)]
+    total = np.array([sum(g > 0 for g in grades) for grades in judged])
+    ideal = np.array([dcg(sorted(grades, reverse=True), 10) for grades in judged])
+    for extra in (False, True):
+        got = lists_metrics(lists, gains, 300, 10, 5, total if extra else None, ideal if extra else None)
+        for q in range(300):
+            expected = ranking_metrics(gains[lists == q], 10, 5, total[q] if extra else None,
+                                       judged[q] if extra else None)
+            assert {name: got[name][q] for name in expected} == pytest.approx(expected, abs=1e-12), (q, extra)
+    assert (got["map"] > 0).sum() > 100 and (got["ndcg@10"] == 0).sum() > 10
+
+
 def test_query_without_relevant_counts_zero_and_unknown_qrels_are_reported(tmp_path, capsys):
     rows = pd.DataFrame({
         "query_id": ["a", "a", "a", "b", "b"],
