@@ -59,7 +59,11 @@ def remove_a_scoring_node(cluster, workers, report):
             removed.touch()
             return
         time.sleep(0.2)
-    scorers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "ScoringReplica" in a.class_name]
+    # A batch may reach the gate while the replicas still start (a loaded machine): wait until one runs.
+    scorers = []
+    while not scorers and time.monotonic() < deadline:
+        scorers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "ScoringReplica" in a.class_name]
+        time.sleep(0.2)
     hosts = {a.node_id for a in scorers}
     victim = next((w for w in workers if w.node_id in hosts), workers[-1])
     report.update(removed_node=victim.node_id, scorer_on_removed_node=victim.node_id in hosts,
