@@ -1007,25 +1007,25 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         log = summary.get("log", progress["log"])
         final = next((({k: v for k, v in e.items() if k.startswith("eval_")}) for e in reversed(log)
                       if any(k.startswith("eval_") for k in e)), {})
-        best = _best_checkpoint(result, config)
-        if best is not None:
+        best, best_step = _best_checkpoint(result, config), None
+        if best is not None:  # its model is the output; the latest checkpoint still tells the run's progress
             checkpoint, metrics = best
             checkpoint_dir = checkpoint.to_directory(os.path.join(tmp, "best"))
             final = {k: v for k, v in metrics.items() if k.startswith("eval_")}
-            best = metrics["step"]
+            best_step = metrics["step"]
         seconds = summary.get("seconds", progress["seconds"])
         samples = summary.get("samples", progress["samples"])
         facts = card.CardFacts(
             base_model=config.model, config=config, defaults=TrainConfig(), stats=stats, log=log,
             final_metrics=final, max_length=max_length, num_workers=config.num_workers, steps=progress["step"],
-            samples_per_second=samples / seconds if seconds else 0.0, output=config.output, best_step=best)
+            samples_per_second=samples / seconds if seconds else 0.0, output=config.output, best_step=best_step)
         _publish(os.path.join(checkpoint_dir, MODEL), config.output, card.model_card(facts))
     outcome = TrainOutcome(
         result=result, model_path=config.output, stats=stats, log=log, final_metrics=final,
         steps=progress["step"], samples_per_second=facts.samples_per_second,
         seconds=time.perf_counter() - start, resumed_from=summary.get("resumed_from", progress["resumed_from"]),
         replica_divergence=summary.get("replica_divergence"), compiled_graphs=summary.get("compiled_graphs"),
-        cuda_graph_skips=summary.get("cuda_graph_skips"), best_step=best, best_metric=config.best_metric,
+        cuda_graph_skips=summary.get("cuda_graph_skips"), best_step=best_step, best_metric=config.best_metric,
         phases={"start": data_start - start, "data": data_done - data_start, "fit": fit_done - data_done,
                 "steps": seconds, "output": time.perf_counter() - fit_done})
     print("\n".join(outcome.lines()), flush=True)
