@@ -142,6 +142,13 @@ def pair_encoder(model: str, choice: str = "auto", trust_remote_code: bool = Fal
     return PairEncoder(model, trust_remote_code, chosen_plan(facts.plan, choice, facts.tokenizer_class))
 
 
+def reader_reasons(table: pa.Table) -> np.ndarray:
+    """Why the reader rejected each row ('' where it did not)."""
+    if REJECT not in table.column_names:
+        return np.full(table.num_rows, "", dtype=object)
+    return np.array(table.column(REJECT).fill_null("").to_pylist(), dtype=object)
+
+
 def tokenize_table(
     table: pa.Table, encoder: PairEncoder, query_column: str, document_column: str, max_length: int
 ) -> pa.Table:
@@ -150,7 +157,7 @@ def tokenize_table(
     documents, d_reasons = text_column(table, document_column)
     reasons = np.where(q_reasons != "", q_reasons, d_reasons)
     if REJECT in table.column_names:  # the reader already found something wrong with the row
-        prior = np.array(table.column(REJECT).fill_null("").to_pylist(), dtype=object)
+        prior = reader_reasons(table)
         reasons = np.where(prior != "", prior, reasons)
         table = table.drop_columns([REJECT])
     valid = reasons == ""

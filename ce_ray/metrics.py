@@ -59,10 +59,8 @@ def lists_metrics(lists: np.ndarray, gains: np.ndarray, count: int, k: int = 10,
     gains = np.asarray(gains, dtype=np.float64)
     starts = np.searchsorted(lists, np.arange(count))
     rank = np.arange(len(lists)) - starts[lists]  # 0 is the first of its list
-    relevant = gains > 0
-    top, total = rank < k, relevant_total
-    if total is None:
-        total = np.bincount(lists, weights=relevant, minlength=count)
+    relevant, top = gains > 0, rank < k
+    total = relevant_total if relevant_total is not None else np.bincount(lists, weights=relevant, minlength=count)
     dcg = np.bincount(lists[top], weights=gains[top] / np.log2(rank[top] + 2), minlength=count)
     if ideal_dcg is None:  # each list's own grades, best first
         ideal = gains[np.lexsort((-gains, lists))]

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .batching import REJECT, text_column
+from .batching import REJECT, reader_reasons, text_column
 from .io import is_list
 
 LABEL_OF_NEGATIVES = "label"  # the label column of the pairs built with negative_columns
@@ -33,21 +33,13 @@ def _texts(table: pa.Table, column: str) -> Tuple[np.ndarray, pa.Array]:
     return np.arange(len(values)), values
 
 
-def _reasons(table: pa.Table) -> np.ndarray:
-    if REJECT not in table.column_names:
-        return np.full(table.num_rows, "", dtype=object)
-    return np.array(table.column(REJECT).fill_null("").to_pylist(), dtype=object)
-
-
 def training_pairs(table: pa.Table, query_column: str, document_column: str, negative_columns: List[str],
                    label_column: str) -> pa.Table:
     """The pairs of a block of training rows: (query_column, document_column, label, REJECT), the label column
     being `label_column` without negative columns and LABEL_OF_NEGATIVES with them."""
-    documents = table.column(document_column).type
-    labels = table.column(label_column) if not negative_columns else None
-    if not negative_columns and not is_list(documents):
+    if not negative_columns and not is_list(table.column(document_column).type):
         return table  # pairs already
-    row_reasons = _reasons(table)
+    row_reasons = reader_reasons(table)
     parts = []  # (rows, documents, labels, the documents' column name)
     if negative_columns:
         label_column = LABEL_OF_NEGATIVES
@@ -59,7 +51,7 @@ def training_pairs(table: pa.Table, query_column: str, document_column: str, neg
             rows, texts = rows[given], texts.filter(pa.array(given))
             parts.append((rows, texts, pa.array(np.zeros(len(rows), np.float32)), column))
     else:
-        labels = labels.combine_chunks()
+        labels = table.column(label_column).combine_chunks()
         rows, texts = _texts(table, document_column)
         if is_list(labels.type):
             counts = pc.list_value_length(table.column(document_column)).fill_null(0).to_numpy(zero_copy_only=False)
