@@ -2,7 +2,7 @@
 # Every GPU bench in one call on the GPU machine, most important first, within a time budget.
 #
 #   bash bench/gpu_suite.sh [SECONDS] [STEP...]     # default 560 s; steps: smoke score scale scale12 train
-#                                                   # compile train_compile profile
+#                                                   # compile train_compile profile rank
 #
 # The machine comes bare and is lent for minutes (15 of device time a session, its start included), so one
 # call does what fits: it installs the carried wheels (.whl, see bench/README.md), records the machine, then
@@ -14,7 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 budget=${1:-560}
 shift || true
-steps=${*:-smoke score scale scale12 train compile train_compile profile}
+steps=${*:-smoke score scale scale12 train compile train_compile profile rank}
 deadline=$(( $(date +%s) + budget ))
 logs=$(mktemp -d)
 wanted() { [[ " $steps " == *" $1 "* ]]; }
@@ -74,5 +74,7 @@ step train_compile 300 python3 bench/train_gpu.py --layers 6 --anchor-steps 200 
     --name train_gpu_compile
 step profile 200 python3 bench/profile_stages.py --layers 6 --pairs 300000 --hf-pairs 5000 \
     --batch-tokens 16384 65536 131072 --rows-per-call 4096 --tokenize-cpus 1 3 --replicas
+# rerank's rank stage on the machine's 16 CPUs (no GPU): Ray's plain group-by against ce-ray's.
+step rank 120 python3 bench/rank_stage.py --pairs 2000000 --files 16 --repeats 1 --name rank_stage_16cpu
 pack
 echo "== done: $(( budget - (deadline - $(date +%s)) ))s of ${budget}s; results in ${OUT:-.}/gpu_suite.tar"

@@ -73,7 +73,9 @@ class RerankConfig(ScoreConfig):
 
     query_id_column: str = "query_id"  # the rows of one query are ranked together
     top_k: Optional[int] = None  # keep the best k of each query; None: all, ranked
-    rank_partitions: Optional[int] = None  # hash partitions of the group-by query id; None: Ray's default
+    # Hash partitions of the group-by query id, each ranked in one task and written as one file; None: one per
+    # CPU of the cluster, and one per 256 MiB of input beyond (ce-ray rerank), Ray's default in ce_ray.rerank
+    rank_partitions: Optional[int] = None
 
     def validate(self) -> None:
         super().validate()

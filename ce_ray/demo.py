@@ -59,8 +59,7 @@ def run_demo(model: str = DEFAULT_MODEL, data: str = DEFAULT_DATA, output: str =
         ray.init(address="local", include_dashboard=False, log_to_driver=False)  # a local Ray, in process
     try:
         reranked = os.path.join(output, "reranked")
-        summary = run_rerank(RerankConfig(model=model, input=input_dir, output=reranked, mode="overwrite",
-                                          rank_partitions=8))
+        summary = run_rerank(RerankConfig(model=model, input=input_dir, output=reranked, mode="overwrite"))
         result = run_eval(EvalConfig(input=reranked, output=os.path.join(output, "eval.json"),
                                      baseline_column="original_rank", only_with_relevant=True))
     finally:

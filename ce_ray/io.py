@@ -24,6 +24,10 @@ import pyarrow.parquet as pq
 
 FORMATS = ("parquet", "jsonl", "csv", "tsv")
 DELIMITED = ("csv", "tsv")  # read by Arrow's CSV reader, a header line or column_names naming the columns
+COMPRESSED = (".gz", ".bz2", ".zst")  # read through, by the suffix
+# A compressed text file's text, in memory, taken as this many times its size (text compresses 3-5x).
+COMPRESSED_TEXT_RATIO = 4
+HEAD_BYTES = 1 << 20  # what the schema check reads of a text file
 UTF8_BOM = b"\xef\xbb\xbf"  # what some tools (Excel) write first in a text file; Arrow's readers skip it
 _EXTENSIONS = {
     ".parquet": "parquet",
@@ -92,7 +96,7 @@ def join(uri: str, *parts: str) -> str:
 
 def detect_format(path: str) -> Optional[str]:
     name = path.lower()
-    for suffix in (".gz", ".bz2", ".zst"):
+    for suffix in COMPRESSED:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
     return _EXTENSIONS.get(os.path.splitext(name)[1])
@@ -159,6 +163,15 @@ class FileCheck:
     rows: Optional[int]  # known for parquet (footer); None for text formats
     types: dict
     row_groups: Tuple[Tuple[int, int], ...] = ()  # parquet: (rows, bytes in memory) of each row group
+    size_bytes: int = 0  # about what its rows take in memory: parquet's row groups, a text file's text
+
+
+def _text_bytes(fs: pafs.FileSystem, path: str, head: bytes) -> int:
+    """A text file's size in memory: its head when that was all of it (no request), else its size."""
+    if len(head) < HEAD_BYTES:
+        return len(head)
+    size = fs.get_file_info(path).size
+    return size * COMPRESSED_TEXT_RATIO if path.lower().endswith(COMPRESSED) else size
 
 
 def _check_one(fs: pafs.FileSystem, path: str, input_format: str, column_names: Optional[List[str]]) -> FileCheck:
@@ -170,9 +183,11 @@ def _check_one(fs: pafs.FileSystem, path: str, input_format: str, column_names: 
             groups = tuple((meta.row_group(i).num_rows, meta.row_group(i).total_byte_size)
                            for i in range(meta.num_row_groups))
             return FileCheck(path, schema.names, meta.num_rows, {n: schema.field(n).type for n in schema.names},
-                             groups)
+                             groups, sum(size for _, size in groups))
         with fs.open_input_stream(path, compression="detect") as f:
-            head = f.read(1 << 20).removeprefix(UTF8_BOM)
+            head = f.read(HEAD_BYTES)
+        size = _text_bytes(fs, path, head)
+        head = head.removeprefix(UTF8_BOM)
         lines = [line for line in head.split(b"\n") if line.strip()]
         if input_format in DELIMITED:
             first = _first_record(head[head.index(lines[0]):], input_format) if lines else []
@@ -183,8 +198,8 @@ def _check_one(fs: pafs.FileSystem, path: str, input_format: str, column_names: 
                 if first == column_names:  # it would be scored (or trained on) as a pair
                     raise InputError(f"{path}: its first line is a header naming the columns column_names names: "
                                      "leave column_names out")
-                return FileCheck(path, column_names, None if lines else 0, {})
-            return FileCheck(path, first, 0 if len(lines) <= 1 else None, {})
+                return FileCheck(path, column_names, None if lines else 0, {}, size_bytes=size)
+            return FileCheck(path, first, 0 if len(lines) <= 1 else None, {}, size_bytes=size)
         if not lines:
             return FileCheck(path, [], 0, {})
         try:
@@ -193,7 +208,7 @@ def _check_one(fs: pafs.FileSystem, path: str, input_format: str, column_names: 
             raise InputError(f"{path}: line 1 is not valid JSON ({e})") from None
         if not isinstance(first, dict):
             raise InputError(f"{path}: line 1 is not a JSON object")
-        return FileCheck(path, list(first), None, {})
+        return FileCheck(path, list(first), None, {}, size_bytes=size)
     except InputError:
         raise
     except (OSError, pa.ArrowException) as e:
@@ -257,6 +272,8 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     and position (`TAGS`). A text file is one read task; a parquet file one task per `rows_per_read` rows
     (`PARQUET_ROWS_PER_READ`), in whole row groups (`ReadRange`). `keep(path)`, when given, selects the files
     to read (resume). `column_names` names the columns of CSV or TSV files that have no header line.
+    Returns the Dataset (None when `keep` selects nothing), the input files, and about how many bytes the rows
+    to read take in memory (`FileCheck.size_bytes`).
     """
     import ray.data
 
@@ -266,11 +283,12 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     files = [c.path for c in checks]
     todo = [c for c in checks if keep is None or keep(c.path)]
     if not todo:
-        return None, files, input_format
+        return None, files, 0
+    size_bytes = sum(c.size_bytes for c in todo)
     if input_format == "parquet":
         ranges = [r for c in todo for r in read_ranges(c, rows_per_read or PARQUET_ROWS_PER_READ)]
         return ray.data.read_datasource(tagged_parquet(ranges, fs, rows_per_block),
-                                        override_num_blocks=len(ranges)), files, input_format
+                                        override_num_blocks=len(ranges)), files, size_bytes
     paths = [c.path for c in todo]
     if input_format in DELIMITED:
         source = tagged_files(paths, fs, functools.partial(delimited_chunks, text_columns=list(required or []),
@@ -280,7 +298,7 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
         source = tagged_files(paths, fs, JsonLinesDatasource(paths, text_columns=list(required or []),
                                                              filesystem=fs, list_columns=lists)._read_stream)
     # One read task per file: a file's rows travel together, so files complete one after another.
-    return ray.data.read_datasource(source, override_num_blocks=len(paths)), files, input_format
+    return ray.data.read_datasource(source, override_num_blocks=len(paths)), files, size_bytes
 
 
 def _parse_lines_slowly(lines: List[bytes], first_line: int, path: str, text_columns: List[str],
@@ -386,7 +404,7 @@ def input_key(path: str) -> str:
     import hashlib
 
     name = posixpath.basename(path.rstrip("/"))
-    for suffix in (".gz", ".bz2", ".zst"):
+    for suffix in COMPRESSED:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.splitext(name)[0])[:64] or "input"

@@ -1,7 +1,9 @@
 """Rerank: score, then rank within each query (1 = best) and optionally keep the top k.
 
 Ray Data groups the scored rows by query id (`groupby(...).map_groups`): each group is ranked in one task,
-so many queries stream through many tasks and no process ever holds all pairs.
+so many queries stream through many tasks and no process ever holds all pairs. With a top k, each scored block
+keeps only its best k rows of each query before the group-by's shuffle (`keep_block_top_k`): the shuffle then
+moves a fraction of the rows (a tenth for 10 of 100 candidates), and the ranks are the same.
 
 Ties are broken by input order, deterministically. Every row read by `ce_ray.io.read_dataset` carries
 its input file's key and its position in that file (`_ce_input`, `_ce_row`); the input order is the
@@ -30,6 +32,7 @@ from .sink import PairsSink
 RANK = "rank"
 CUT = "_ce_cut"  # rows top-k cut from the query, on its best row (0 elsewhere); the sink counts and drops it
 _FILE = "_ce_file"
+PARTITION_BYTES = 256 << 20  # about the most that one rank partition's rows take in memory
 
 
 def _reject_null_query_ids(table: pa.Table, query_id_column: str) -> pa.Table:
@@ -43,6 +46,21 @@ def _reject_null_query_ids(table: pa.Table, query_id_column: str) -> pa.Table:
     return table.append_column(REJECT, reasons)
 
 
+def _ranking_order(table: pa.Table, input_order: Optional[List[str]], document_column: str):
+    """(table, sort keys) of the ranking order: score descending, ties by input order (the files as listed, then
+    the row in its file, as `_FILE` and `_ce_row`), or by document text in rows without the reader's tags."""
+    keys = [(SCORE, "descending")]
+    if ROW_INPUT in table.column_names and ROW_INDEX in table.column_names:
+        files = table.column(ROW_INPUT)
+        if input_order is not None:
+            files = pc.index_in(files, value_set=pa.array(input_order, pa.string()))
+        table = table.append_column(_FILE, files)
+        keys += [(_FILE, "ascending"), (ROW_INDEX, "ascending")]
+    elif document_column in table.column_names:
+        keys.append((document_column, "ascending"))
+    return table, keys
+
+
 def rank_group(table: pa.Table, top_k: Optional[int] = None, input_order: Optional[List[str]] = None,
                document_column: str = "document", count_cut: bool = False,
                query_id_column: str = "query_id") -> pa.Table:
@@ -51,16 +69,11 @@ def rank_group(table: pa.Table, top_k: Optional[int] = None, input_order: Option
     valid = table.column(SCORE).is_valid()
     if REJECT in table.column_names:
         valid = pc.and_(valid, table.column(REJECT).is_null())
+    # Rows cut before the shuffle (keep_block_top_k) count with those cut here.
+    cut_before = int(pc.sum(table.column(CUT)).as_py() or 0) if CUT in table.column_names else 0
+    table = table.drop_columns([c for c in (CUT,) if c in table.column_names])
     scored, rejected = table.filter(valid), table.filter(pc.invert(valid))
-    keys = [(SCORE, "descending")]
-    if ROW_INPUT in table.column_names and ROW_INDEX in table.column_names:
-        files = scored.column(ROW_INPUT)
-        if input_order is not None:
-            files = pc.index_in(files, value_set=pa.array(input_order, pa.string()))
-        scored = scored.append_column(_FILE, files)
-        keys += [(_FILE, "ascending"), (ROW_INDEX, "ascending")]
-    elif document_column in table.column_names:
-        keys.append((document_column, "ascending"))
+    scored, keys = _ranking_order(scored, input_order, document_column)
     ranked = scored.take(pc.sort_indices(scored, sort_keys=keys))  # a stable sort
     kept = ranked.num_rows if top_k is None else min(top_k, ranked.num_rows)
     ranked = ranked.slice(0, kept).append_column(RANK, pa.array(np.arange(1, kept + 1, dtype=np.int32)))
@@ -68,7 +81,7 @@ def rank_group(table: pa.Table, top_k: Optional[int] = None, input_order: Option
     if count_cut:
         cut = np.zeros(kept, dtype=np.int64)
         if kept:
-            cut[0] = scored.num_rows - kept
+            cut[0] = scored.num_rows - kept + cut_before
         ranked = ranked.append_column(CUT, pa.array(cut))
         rejected = rejected.append_column(CUT, pa.array(np.zeros(rejected.num_rows, dtype=np.int64)))
     out = pa.concat_tables([ranked.drop_columns([c for c in (_FILE,) if c in ranked.column_names]), rejected],
@@ -85,18 +98,56 @@ def plain_key(table: pa.Table, column: str) -> pa.Table:
     return table
 
 
+def keep_block_top_k(table: pa.Table, top_k: int, query_id_column: str = "query_id",
+                     input_order: Optional[List[str]] = None, document_column: str = "document",
+                     count_cut: bool = False) -> pa.Table:
+    """The best `top_k` rows of each query in one block, and every row that will not be ranked (no score, a
+    reject reason, no query id). A row that k rows of its query beat in its block is beaten by them in the
+    whole query too (the same order, `_ranking_order`), so the query's top k is among the rows kept. With
+    `count_cut`, the rows cut are counted on their query's best row of the block (`_ce_cut`), and
+    `rank_group` adds them to its own."""
+    if query_id_column not in table.column_names:
+        return table
+    valid = pc.and_(table.column(SCORE).is_valid(), table.column(query_id_column).is_valid())
+    if REJECT in table.column_names:
+        valid = pc.and_(valid, table.column(REJECT).is_null())
+    scored, other = table.filter(valid), table.filter(pc.invert(valid))
+    scored, keys = _ranking_order(scored, input_order, document_column)
+    scored = scored.take(pc.sort_indices(scored, sort_keys=[(query_id_column, "ascending")] + keys))
+    rows = scored.num_rows
+    query = scored.column(query_id_column)
+    first = np.ones(rows, dtype=bool)  # each query's first (best) row in the sorted block
+    if rows > 1:
+        first[1:] = pc.not_equal(query.slice(1), query.slice(0, rows - 1)).to_numpy()
+    position = np.arange(rows)
+    position -= np.maximum.accumulate(np.where(first, position, 0))  # the row's place in its query
+    keep = position < top_k
+    if count_cut:
+        starts = np.flatnonzero(first)
+        cut = np.zeros(rows, dtype=np.int64)
+        cut[starts] = np.maximum(np.diff(np.append(starts, rows)) - top_k, 0)
+        scored = scored.append_column(CUT, pa.array(cut))
+        other = other.append_column(CUT, pa.array(np.zeros(other.num_rows, dtype=np.int64)))
+    scored = scored.filter(pa.array(keep)).drop_columns([c for c in (_FILE,) if c in scored.column_names])
+    return pa.concat_tables([scored, other], promote_options="default")
+
+
+def shuffle_input(table: pa.Table, column: str, top_k: Optional[int] = None, **ranking) -> pa.Table:
+    """A scored block as the group-by's shuffle takes it: a plain key, and with a top k only each query's best k."""
+    table = plain_key(table, column)
+    return table if top_k is None else keep_block_top_k(table, top_k, column, **ranking)
+
+
 def rank(ds, query_id_column: str = "query_id", top_k: Optional[int] = None,
          input_order: Optional[List[str]] = None, document_column: str = "document", count_cut: bool = False,
          partitions: Optional[int] = None):
     """Adds `rank` within each query to a scored Dataset (and keeps the top k when given)."""
-    ds = ds.map_batches(plain_key, fn_kwargs=dict(column=query_id_column), batch_format="pyarrow", batch_size=None,
-                        zero_copy_batch=True, udf_modifying_row_count=False)
+    ranking = dict(input_order=input_order, document_column=document_column, count_cut=count_cut)
+    ds = ds.map_batches(shuffle_input, fn_kwargs=dict(column=query_id_column, top_k=top_k, **ranking),
+                        batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
+                        udf_modifying_row_count=top_k is not None)
     return ds.groupby(query_id_column, num_partitions=partitions).map_groups(
-        rank_group,
-        fn_kwargs=dict(top_k=top_k, input_order=input_order, document_column=document_column, count_cut=count_cut,
-                       query_id_column=query_id_column),
-        batch_format="pyarrow",
-    )
+        rank_group, fn_kwargs=dict(top_k=top_k, query_id_column=query_id_column, **ranking), batch_format="pyarrow")
 
 
 def rerank(ds, config: Optional[RerankConfig] = None, input_order: Optional[List[str]] = None, **settings):
@@ -163,6 +214,17 @@ class RerankSummary:
         ])
 
 
+def default_partitions(input_bytes: int) -> int:
+    """The group-by's partitions for an input of this size in memory: one per CPU of the cluster, so that
+    ranking runs on all of them, and more for a large input, so that none holds much more than
+    `PARTITION_BYTES`. Each partition is gathered, sorted and ranked in one task and written as one file.
+    (Ray's default, 200, gave a small input 200 files of a few rows, and a large one partitions that grow
+    with it.)"""
+    import ray
+
+    return max(int(ray.cluster_resources().get("CPU", 1)), -(-input_bytes // PARTITION_BYTES), 1)
+
+
 def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSummary:
     """The `ce-ray rerank` job: read, score, rank per query, keep the top k, write results and rejects."""
     from .io import input_key, parse_names, read_dataset
@@ -176,14 +238,15 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
                           "use mode overwrite")
     start = time.perf_counter()
     # The query id may be text or a number: present, of any type.
-    ds, files, _ = read_dataset(config.input, config.input_format, [config.query_column, config.document_column],
-                                rows_per_block=config.rows_per_block,
-                                column_names=parse_names(config.column_names), present=[config.query_id_column])
+    ds, files, input_bytes = read_dataset(
+        config.input, config.input_format, [config.query_column, config.document_column],
+        rows_per_block=config.rows_per_block, column_names=parse_names(config.column_names),
+        present=[config.query_id_column])
     job = job_settings(config) | {"query_id_column": config.query_id_column, "top_k": config.top_k}
     prepare_output(config.output, config.mode, job=job)
-    ranked = rank(score(ds, config, announce=title), config.query_id_column, config.top_k,
-                  [input_key(f) for f in files], config.document_column, count_cut=True,
-                  partitions=config.rank_partitions)
+    scored = score(ds, config, announce=title)
+    ranked = rank(scored, config.query_id_column, config.top_k, [input_key(f) for f in files], config.document_column,
+                  count_cut=True, partitions=config.rank_partitions or default_partitions(input_bytes))
     sink = RankedSink(config.output)
     with surfaced_errors():
         ranked.write_datasink(sink)

@@ -259,7 +259,7 @@ def job_settings(config: ScoreConfig) -> dict:
 def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") -> Summary:
     """The `ce-ray score` job: check the input, score it, write results and rejects, print a summary.
 
-    `transform` (Dataset -> Dataset) runs between scoring and writing; rerank uses it to add ranks.
+    `transform` (Dataset -> Dataset), when given, runs between scoring and writing.
     Outputs are named per input file; `mode="resume"` keeps the inputs an earlier run completed and
     redoes the rest. A transform regroups rows across files, so its jobs cannot resume.
     """

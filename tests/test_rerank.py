@@ -13,7 +13,7 @@ import pytest
 from ce_ray.batching import REJECT
 from ce_ray.config import ConfigError, RerankConfig
 from ce_ray.io import ROW_INDEX, ROW_INPUT, InputError
-from ce_ray.rerank import CUT, rank_group, run_rerank
+from ce_ray.rerank import CUT, keep_block_top_k, rank_group, run_rerank
 
 
 def tagged(rows) -> pa.Table:
@@ -55,6 +55,78 @@ def test_null_query_id_is_rejected_not_ranked():
     out = rank_group(table)
     assert out.column(REJECT).to_pylist() == ["query_id is null"] * 2
     assert out.column("rank").null_count == 2
+
+
+def ranked_queries(blocks, top_k, input_order=None) -> pd.DataFrame:
+    """rank_group over each query's rows of all blocks, with the rows cut counted, as the group-by runs it."""
+    rows = pa.concat_tables(blocks, promote_options="default")
+    ids = rows.column("query_id").to_numpy(zero_copy_only=False)
+    groups = [rows.filter(pa.array(ids == q)) for q in sorted(set(ids) - {None})]
+    groups.append(rows.filter(pa.array(pd.isna(ids))))
+    out = pd.concat([rank_group(g, top_k=top_k, input_order=input_order, count_cut=True).to_pandas() for g in groups])
+    return out.sort_values("doc").reset_index(drop=True)
+
+
+@pytest.mark.parametrize("tags", [True, False])
+def test_block_top_k_before_the_shuffle_keeps_the_ranks(tags):
+    """Each block's best k rows of each query, ranked across blocks, give the same top k, ranks and rows cut as
+    all rows: on queries spread over shuffled blocks, with tied scores, rejects and rows without a query id."""
+    rng = np.random.default_rng(7)
+    n = 3000
+    table = pa.table({
+        "query_id": pa.array(rng.integers(0, 40, n).astype(str), pa.string()),
+        "document": [f"doc {i:05d}" for i in rng.permutation(n)],
+        "doc": np.arange(n),
+        "score": pa.array(rng.integers(0, 8, n) / 8, pa.float32(), mask=rng.random(n) < 0.03),
+        REJECT: pa.array(np.where(rng.random(n) < 0.02, "document is null", None), pa.string()),
+    })
+    table = table.set_column(0, "query_id", pa.array(table.column("query_id").to_pylist(), pa.string(),
+                                                     mask=rng.random(n) < 0.01))
+    order = None
+    if tags:  # three files, listed in an order that is not the keys' spelling
+        table = table.append_column(ROW_INPUT, pa.array(rng.choice(["c", "a", "b"], n)))
+        table = table.append_column(ROW_INDEX, pa.array(rng.permutation(n)))
+        order = ["c", "a", "b"]
+    table = table.take(pa.array(rng.permutation(n)))
+    bounds = np.sort(rng.choice(np.arange(1, n), 11, replace=False))
+    blocks = [table.slice(a, b - a) for a, b in zip(np.r_[0, bounds], np.r_[bounds, n])]
+    for top_k in (1, 3, 200):
+        expected = ranked_queries(blocks, top_k, order)
+        cut = [keep_block_top_k(b, top_k, input_order=order, count_cut=True) for b in blocks]
+        assert sum(c.num_rows for c in cut) < n if top_k < 200 else sum(c.num_rows for c in cut) == n
+        got = ranked_queries(cut, top_k, order)
+        pd.testing.assert_frame_equal(got, expected)
+        assert len(got) + got[CUT].sum() == n  # every row written or counted as cut
+
+
+def test_partitions_follow_the_cluster_and_the_input_size(ray_local, tmp_path):
+    """One rank partition per CPU of the cluster, more for a large input, whose size in memory the input check
+    gives: parquet footers' row groups, a small text file's text, a large compressed file's size times 4."""
+    import gzip
+
+    import pyarrow.parquet as pq
+
+    from ce_ray import io
+    from ce_ray.rerank import PARTITION_BYTES, default_partitions
+
+    cpus = int(ray_local.cluster_resources()["CPU"])
+    assert default_partitions(0) == cpus and default_partitions(PARTITION_BYTES) == cpus
+    assert default_partitions(10 * PARTITION_BYTES + 1) == 11 > cpus
+
+    fs = io.filesystem(str(tmp_path))[0]
+    rows = pa.table({"query": ["q"] * 1000, "document": [f"document {i}" for i in range(1000)]})
+    pq.write_table(rows, tmp_path / "a.parquet", row_group_size=400)
+    footer = pq.ParquetFile(tmp_path / "a.parquet").metadata
+    (tmp_path / "a.jsonl").write_text('{"query": "q", "document": "d"}\n' * 10)
+    text = "".join(f'{{"query": "q{i}", "document": "d{i * 7919 % 10007}"}}\n' for i in range(40_000))
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(text.encode()))
+    assert len(text) > io.HEAD_BYTES
+    [parquet] = io.check_inputs(fs, [str(tmp_path / "a.parquet")], "parquet", ["query", "document"])
+    assert parquet.size_bytes == sum(footer.row_group(i).total_byte_size for i in range(3)) > 0
+    small, large = io.check_inputs(fs, [str(tmp_path / n) for n in ("a.jsonl", "b.jsonl.gz")], "jsonl",
+                                   ["query", "document"])
+    assert small.size_bytes == 320
+    assert large.size_bytes == 4 * os.path.getsize(tmp_path / "b.jsonl.gz")
 
 
 def write_inputs(folder) -> pd.DataFrame:
