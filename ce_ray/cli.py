@@ -77,7 +77,10 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
         elif kind in (int, float, str):
-            parser.add_argument(flag, dest=field.name, type=kind, choices=choices, default=None, help=help_text)
+            # An empty choice (best_metric's "none") would show as a leading comma: the usage lists the others.
+            metavar = "{" + ",".join(c for c in choices if c) + "}" if choices and "" in choices else None
+            parser.add_argument(flag, dest=field.name, type=kind, choices=choices, default=None, help=help_text,
+                                metavar=metavar)
 
 
 def config_from_args(cls, args: argparse.Namespace):

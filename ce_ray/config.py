@@ -73,7 +73,7 @@ class RerankConfig(ScoreConfig):
 
     query_id_column: str = "query_id"  # the rows of one query are ranked together
     top_k: Optional[int] = None  # keep the best k of each query; None: all, ranked
-    # Hash partitions of the group-by query id, each ranked in one task and written as one file; None: one per
+    # Hash partitions of the group-by query id, each ranked in one task and written as its own file(s); None: one per
     # CPU of the cluster, and one per 256 MiB of input beyond (ce-ray rerank), Ray's default in ce_ray.rerank
     rank_partitions: Optional[int] = None
 

@@ -217,7 +217,7 @@ class RerankSummary:
 def default_partitions(input_bytes: int) -> int:
     """The group-by's partitions for an input of this size in memory: one per CPU of the cluster, so that
     ranking runs on all of them, and more for a large input, so that none holds much more than
-    `PARTITION_BYTES`. Each partition is gathered, sorted and ranked in one task and written as one file.
+    `PARTITION_BYTES`. Each partition is gathered, sorted and ranked in one task and written as its own file(s).
     (Ray's default, 200, gave a small input 200 files of a few rows, and a large one partitions that grow
     with it.)"""
     import ray
