@@ -6,12 +6,14 @@ one's files) and a random reranker. A sampler reads, every 0.5 s, the resident m
 and of each Ray worker (resident, and heap alone), and on a GPU the device memory in use. It prints, per
 size, the seconds, the job's pairs/s and the peaks; then, given two sizes, the cost fitted to them (seconds =
 fixed + pairs / rate: the rate is what each further pair costs, free of Ray's start and the model load) and
-how much each peak grew.
+how much each peak grew. `--command rerank` runs `ce-ray rerank` instead: the same, and the rank stage's
+shuffle (query ids start again in each file, so a query gathers 100 rows from each: 400 at 1M, 2,000 at 5M).
 
     python3 bench/scale.py --layers 6                          # GPU machine (see bench/README.md)
     python3 bench/scale.py --layers 12 --sizes 5000000         # one size: L12's rate at 5M pairs
     .venv/bin/python bench/scale.py --hidden 32 --layers 1     # CPU: a tiny model, so that the pipeline,
                                                                # not the model, is what is measured
+    .venv/bin/python bench/scale.py --hidden 32 --layers 1 --command rerank -- --top-k 10
 """
 
 from __future__ import annotations
@@ -111,13 +113,13 @@ def sample(pid: int, stop: threading.Event, peaks: dict) -> None:
         stop.wait(SAMPLE_S)
 
 
-def run_job(model: str, folder: str, out: str, settings: list, timeout: float) -> dict:
+def run_job(model: str, folder: str, out: str, settings: list, timeout: float, command: str = "score") -> dict:
     env = {**os.environ, "RAY_ADDRESS": "local", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
            "PYTHONPATH": os.pathsep.join([common.ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
     peaks = {"driver": 0, "worker_rss": 0, "workers_rss": 0, "worker_anon": 0, "workers_anon": 0, "gpu": 0}
     stop = threading.Event()
     start = time.perf_counter()
-    job = subprocess.Popen([sys.executable, "-m", "ce_ray.cli", "score", "--model", model, "--input", folder,
+    job = subprocess.Popen([sys.executable, "-m", "ce_ray.cli", command, "--model", model, "--input", folder,
                             "--output", out, "--mode", "overwrite", *settings],
                            cwd=common.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sampler = threading.Thread(target=sample, args=(job.pid, stop, peaks), daemon=True)
@@ -131,7 +133,7 @@ def run_job(model: str, folder: str, out: str, settings: list, timeout: float) -
             job.kill()
     seconds = time.perf_counter() - start
     if job.returncode != 0:
-        sys.exit(f"ce-ray score failed:\n{log[-4000:]}")
+        sys.exit(f"ce-ray {command} failed:\n{log[-4000:]}")
     rate = re.search(r"pairs/s\s+([\d,.]+)", log)
     return {"seconds": seconds, "job_pairs_per_s": float(rate.group(1).replace(",", "")) if rate else None,
             **{f"peak_{k}" + ("" if k.endswith(("_name", "_count")) else "_mib"):
@@ -146,7 +148,9 @@ def main() -> None:
     parser.add_argument("--work", default=None,
                         help="folder for inputs and outputs, kept for the next run (default: a temporary one)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one job may take")
-    parser.add_argument("settings", nargs=argparse.REMAINDER, help="after --: more `ce-ray score` flags")
+    parser.add_argument("--command", choices=["score", "rerank"], default="score",
+                        help="rerank: the same inputs ranked per query (a query's rows repeat over the repeated files)")
+    parser.add_argument("settings", nargs=argparse.REMAINDER, help="after --: more flags of the command")
     args = parser.parse_args()
     settings = [s for s in args.settings if s != "--"]
     device = common.pick_device("auto")
@@ -157,7 +161,7 @@ def main() -> None:
 
     points = {}
     for size in sorted(args.sizes):
-        point = run_job(model, folders[size], os.path.join(work, f"out-{size}"), settings, args.timeout)
+        point = run_job(model, folders[size], os.path.join(work, f"out-{size}"), settings, args.timeout, args.command)
         points[size] = point
         print(f"{size:>11,} pairs  {point['seconds']:8.1f} s  job {common.fmt_rate(point['job_pairs_per_s'])} "
               f"pairs/s  peak MiB: driver {point['peak_driver_mib']:,}; largest worker rss {point['peak_worker_rss_mib']:,} "
@@ -176,8 +180,10 @@ def main() -> None:
                "peak_growth_mib": {k: points[large][k] - points[small][k] for k in points[small] if k.endswith("_mib")}}
         print(f"\nseconds = {fit['fixed_seconds']:.1f} + pairs / {rate:,.0f}; job pairs/s at {large:,} / at "
               f"{small:,} = {fit['job_rate_ratio']:.2f}; peak growth MiB {fit['peak_growth_mib']}")
-    name = f"scale_l{args.layers}" + (f"_h{args.hidden}" if args.hidden else "") + ("" if device == "cuda" else "_cpu")
-    path = common.write_result(name, {**common.header(device), "layers": args.layers, "hidden": args.hidden or 384,
+    name = (("scale_rerank" if args.command == "rerank" else "scale") + f"_l{args.layers}"
+            + (f"_h{args.hidden}" if args.hidden else "") + ("" if device == "cuda" else "_cpu"))
+    path = common.write_result(name, {**common.header(device), "command": args.command, "layers": args.layers,
+                                      "hidden": args.hidden or 384,
                                       "settings": settings, "rows_per_file": ROWS_PER_FILE,
                                       "points": {str(k): v for k, v in points.items()}, "fit": fit})
     print(f"wrote {path}")
