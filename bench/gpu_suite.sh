@@ -75,6 +75,6 @@ step train_compile 300 python3 bench/train_gpu.py --layers 6 --anchor-steps 200 
 step profile 200 python3 bench/profile_stages.py --layers 6 --pairs 300000 --hf-pairs 5000 \
     --batch-tokens 16384 65536 131072 --rows-per-call 4096 --tokenize-cpus 1 3 --replicas
 # rerank's rank stage on the machine's 16 CPUs (no GPU): Ray's plain group-by against ce-ray's.
-step rank 120 python3 bench/rank_stage.py --pairs 2000000 --files 16 --repeats 1 --name rank_stage_16cpu
+step rank 120 python3 bench/rank_stage.py --pairs 1000000 --files 16 --repeats 1 --name rank_stage_16cpu
 pack
 echo "== done: $(( budget - (deadline - $(date +%s)) ))s of ${budget}s; results in ${OUT:-.}/gpu_suite.tar"
