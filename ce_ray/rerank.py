@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from .batching import REJECT
 from .config import ConfigError, RerankConfig, require, with_settings
-from .io import ROW_INDEX, ROW_INPUT, TAGS
+from .io import ROW_INDEX, ROW_INPUT, TAGS, InputError
 from .score import SCORE, score, summary_lines
 from .sink import PairsSink
 
@@ -91,10 +91,16 @@ def rank_group(table: pa.Table, top_k: Optional[int] = None, input_order: Option
 
 def plain_key(table: pa.Table, column: str) -> pa.Table:
     """The query id column with its dictionary decoded (a categorical in pandas or Polars): Ray Data's group-by
-    cannot hash a dictionary-encoded column. Other columns, and a plain key, are left as they are."""
-    if column in table.column_names and pa.types.is_dictionary(table.schema.field(column).type):
+    cannot hash a dictionary-encoded column. Other columns, and a plain key, are left as they are. A key that
+    is no single value (a list, a struct) fails the job here, naming the column, rather than in the group-by."""
+    if column not in table.column_names:
+        return table
+    if pa.types.is_dictionary(table.schema.field(column).type):
         key = table.column(column)
         table = table.set_column(table.schema.get_field_index(column), column, key.cast(key.type.value_type))
+    dtype = table.schema.field(column).type
+    if pa.types.is_nested(dtype):
+        raise InputError(f"{column} is {dtype}: a query id is one value (text or a number) per row")
     return table
 
 
