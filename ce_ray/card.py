@@ -80,7 +80,6 @@ def _log_table(log: List[dict]) -> List[str]:
 
 def model_card(facts: CardFacts) -> str:
     config, stats = facts.config, facts.stats
-    name = facts.output.rstrip("/").split("/")[-1] or "model"
     loss_parameters = {"activation_fn": "torch.nn.modules.linear.Identity", "pos_weight": config.pos_weight}
     lines = [
         "---",
@@ -147,14 +146,14 @@ def model_card(facts: CardFacts) -> str:
         "",
         "  | | query | document | label | tokens (pair) |",
         "  |:--|:--|:--|:--|:--|",
-        f"  | type | string | string | float | int |",
+        "  | type | string | string | float | int |",
         f"  | details | min: {stats['query_chars_min']} characters, mean: {stats['query_chars_mean']:.2f} characters, "
         f"max: {stats['query_chars_max']} characters | min: {stats['document_chars_min']} characters, "
         f"mean: {stats['document_chars_mean']:.2f} characters, max: {stats['document_chars_max']} characters | "
         f"min: {stats['label_min']}, mean: {stats['label_mean']:.2f}, max: {stats['label_max']} | "
         f"min: {stats['tokens_min']}, mean: {stats['tokens_mean']:.2f}, max: {stats['tokens_max']} |",
         "",
-        f"- Loss: `BinaryCrossEntropyLoss` with these parameters:",
+        "- Loss: `BinaryCrossEntropyLoss` with these parameters:",
         "",
         "  ```json",
         "  " + json.dumps(loss_parameters),

@@ -1,10 +1,11 @@
 """Fine-tuning on Ray Train: pairs tokenized by Ray Data, sharded to DDP (or DeepSpeed ZeRO) workers.
 
 `train(config)` is the whole job: read and tokenize the pairs (or build them from a BEIR split with BM25
-hard negatives), run `train_loop` on `num_workers` Ray Train workers, checkpoint every `save_every` steps and
-at each epoch end, evaluate NDCG@10 / MRR@10 / MAP on the eval split, and save a folder that
-`sentence_transformers.CrossEncoder` loads, with a model card. A run started again with the same name (and
-storage) resumes from its last checkpoint: weights, optimizer, scheduler, step and data position.
+hard negatives: `train_data`, which also cuts each worker's shard into batches and passes), run `train_loop`
+on `num_workers` Ray Train workers, checkpoint every `save_every` steps and at each epoch end, evaluate
+NDCG@10 / MRR@10 / MAP on the eval split, and save a folder that `sentence_transformers.CrossEncoder` loads,
+with a model card. A run started again with the same name (and storage) resumes from its last checkpoint:
+weights, optimizer, scheduler, step and data position.
 """
 
 from __future__ import annotations
@@ -18,374 +19,23 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterator, List, Optional
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from .batching import (IDS, REJECT, TYPES, PairEncoder, default_batch_tokens, list_parts, pad,
-                       pair_encoder, text_column, token_budget_batches, tokenize_table)
+from .batching import IDS, TYPES, default_batch_tokens, list_parts, pair_encoder, token_budget_batches
 from .config import ConfigError, TrainConfig, require, with_settings
-from .io import InputError, filesystem, join, parse_names
-from .training_pairs import LABEL_OF_NEGATIVES, training_pairs
+from .io import filesystem, join
+from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, shard_windows,
+                         training_batch_tokens)
 
-LABEL = "_ce_label"
-QUERY_CHARS = "_ce_query_chars"
-DOCUMENT_CHARS = "_ce_document_chars"
 PROGRESS = "progress.json"
 STATE = "state.pt"
 MODEL = "model"
 DS_TAG = "zero"
 
 
-# ---------------------------------------------------------------- driver: data
-
-
-# Token budget of a training pass when batch_tokens is not set. A pass keeps every layer's activations for
-# the backward pass (on a CPU also the attention weights, rows x heads x width^2): an uncut batch of 256
-# WikiQA pairs grew the shared L12's worker past 20 GB on a CPU before Ray's memory monitor killed it. 8,192
-# holds the seeds' batch of 16 at 512 tokens in one pass, as CrossEncoderTrainer runs it; 65,536 is the
-# scoring budget of a GPU.
-GPU_TRAIN_BATCH_TOKENS = 65536
-CPU_TRAIN_BATCH_TOKENS = 8192
-
-
-def training_batch_tokens(config: TrainConfig, use_gpu: bool) -> Optional[int]:
-    """Padded tokens of one training pass at most: the setting, or the device's default; None with DeepSpeed,
-    which steps after a fixed number of passes (each worker then runs its batches whole)."""
-    if config.batch_tokens or config.deepspeed:
-        return config.batch_tokens
-    return GPU_TRAIN_BATCH_TOKENS if use_gpu else CPU_TRAIN_BATCH_TOKENS
-
-
-def numeric_labels(table: pa.Table, label_column: str) -> pa.Array:
-    """The label column as float32 (null stays null); a column of text or other kinds fails naming it."""
-    try:
-        return pc.cast(table.column(label_column), pa.float32())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        kind = table.column(label_column).type
-        kind = "text" if pa.types.is_string(kind) or pa.types.is_large_string(kind) else kind
-        raise InputError(f"label column {label_column!r} is {kind}, not a number")
-
-
-def _tokenize_train_block(table: pa.Table, encoder: PairEncoder, query_column: str, document_column: str,
-                          label_column: Optional[str], max_length: int) -> pa.Table:
-    """Token ids, the label as float32, text lengths for the card, and why a row cannot be trained on."""
-    out = tokenize_table(table, encoder, query_column, document_column, max_length)
-    reasons = out.column(REJECT).combine_chunks()
-    columns = {IDS: out.column(IDS)}
-    if TYPES in out.column_names:
-        columns[TYPES] = out.column(TYPES)
-    if label_column is not None:
-        labels = numeric_labels(out, label_column)
-        values = labels.to_numpy(zero_copy_only=False)
-        bad = np.isnan(values) | (values < 0) | (values > 1)
-        label_reason = np.where(np.isnan(values), f"{label_column} is null",
-                                np.char.add(f"{label_column} outside [0, 1]: ", values.astype(str)))
-        reason = np.where(reasons.is_null().to_numpy(zero_copy_only=False) & bad, label_reason, None)
-        reasons = pc.coalesce(reasons, pa.array(reason, pa.string()))
-        columns[LABEL] = labels
-    else:  # eval candidates keep their ids
-        columns["query_id"] = out.column("query_id")
-        columns["doc_id"] = out.column("doc_id")
-    columns[QUERY_CHARS] = pc.utf8_length(out.column(query_column).fill_null(""))
-    columns[DOCUMENT_CHARS] = pc.utf8_length(out.column(document_column).fill_null(""))
-    columns[REJECT] = reasons
-    return pa.table(columns)
-
-
-def _block_stats(table: pa.Table) -> pa.Table:
-    """One row per block: counts, sums, minima and maxima that the driver combines into the card's figures."""
-    valid = table.column(REJECT).is_null()
-    kept = table.filter(valid)
-    tokens = np.diff(list_parts(kept.column(IDS))[1]) if kept.num_rows else np.zeros(0)
-    labels = kept.column(LABEL).to_numpy(zero_copy_only=False) if kept.num_rows else np.zeros(0)
-    reasons = table.column(REJECT).drop_null().to_pylist()
-    row = {"rows": table.num_rows, "kept": kept.num_rows, "positives": int((labels >= 0.5).sum()),
-           "label_sum": float(labels.sum()), "label_min": float(labels.min()) if len(labels) else None,
-           "label_max": float(labels.max()) if len(labels) else None,
-           "reasons": json.dumps(dict(zip(*np.unique(reasons, return_counts=True))) if reasons else {},
-                                 default=int)}
-    for name, values in (("tokens", tokens), ("query_chars", kept.column(QUERY_CHARS).to_numpy()),
-                         ("document_chars", kept.column(DOCUMENT_CHARS).to_numpy())):
-        row[f"{name}_sum"] = int(np.sum(values))
-        row[f"{name}_min"] = int(np.min(values)) if len(values) else None
-        row[f"{name}_max"] = int(np.max(values)) if len(values) else None
-    return pa.Table.from_pylist([row])
-
-
-def _combine_stats(rows: List[dict]) -> dict:
-    kept = sum(r["kept"] for r in rows)
-    reasons: Dict[str, int] = {}
-    for r in rows:
-        for reason, count in json.loads(r["reasons"]).items():
-            reasons[reason] = reasons.get(reason, 0) + count
-    stats = {"rows": sum(r["rows"] for r in rows), "pairs": kept, "rejected": sum(reasons.values()),
-             "reject_reasons": reasons, "positives": sum(r["positives"] for r in rows),
-             "label_mean": sum(r["label_sum"] for r in rows) / kept if kept else 0.0}
-    for name in ("label", "tokens", "query_chars", "document_chars"):
-        lows = [r[f"{name}_min"] for r in rows if r[f"{name}_min"] is not None]
-        highs = [r[f"{name}_max"] for r in rows if r[f"{name}_max"] is not None]
-        stats[f"{name}_min"] = min(lows) if lows else None
-        stats[f"{name}_max"] = max(highs) if highs else None
-        if name != "label":
-            stats[f"{name}_mean"] = sum(r[f"{name}_sum"] for r in rows) / kept if kept else 0.0
-    return stats
-
-
-def _negative_columns(config: TrainConfig) -> List[str]:
-    names = parse_names(config.negative_columns, "negative_columns") or []
-    if names and _is_beir(config.train_data):
-        raise ConfigError("negative_columns is for rows of a query, a positive and negatives; a BEIR folder's "
-                          "negatives are BM25's (hard_negatives)")
-    if config.document_column in names or config.query_column in names:
-        raise ConfigError(f"negative_columns must name other columns than the query and the positive, "
-                          f"got {config.negative_columns!r}")
-    return names
-
-
-def _kept_rows(table: pa.Table) -> pa.Table:
-    """Rows a model can learn from (or score), with only the columns the workers read."""
-    kept = table.filter(table.column(REJECT).is_null())
-    return kept.select([c for c in (IDS, TYPES, LABEL, "query_id", "doc_id") if c in kept.column_names])
-
-
-def _is_beir(uri: str) -> bool:
-    import pyarrow.fs as pafs
-
-    fs, path = filesystem(uri)
-    return fs.get_file_info(f"{path.rstrip('/')}/corpus.jsonl").type == pafs.FileType.File
-
-
-def beir_training_pairs(folder: str, split: str, hard_negatives: int) -> pa.Table:
-    """(query, document, label): every judged positive, and `hard_negatives` BM25 negatives per positive
-    (the highest-ranked documents of the query that the qrels do not mark relevant)."""
-    from .candidates import bm25_top_k, read_corpus, read_qrels, read_queries
-
-    qrels = read_qrels(join(folder, "qrels", f"{split}.tsv"))
-    queries, corpus = read_queries(folder), read_corpus(folder)
-    positives = {q: [d for d, g in judged.items() if g > 0 and d in corpus]
-                 for q, judged in qrels.items() if q in queries}
-    positives = {q: docs for q, docs in positives.items() if docs}
-    if not positives:
-        raise InputError(f"{folder}: qrels/{split}.tsv has no positive pair of a known query and document")
-    query_ids = list(positives)
-    doc_ids = list(corpus)
-    rows = [(q, d, 1.0) for q in query_ids for d in positives[q]]
-    if hard_negatives:
-        most = max(len(p) for p in positives.values())
-        indices, _ = bm25_top_k([corpus[d] for d in doc_ids], [queries[q] for q in query_ids],
-                                most * (hard_negatives + 1))
-        for q, ranked in zip(query_ids, indices):
-            judged = qrels[q]
-            negatives = [doc_ids[i] for i in ranked if judged.get(doc_ids[i], 0) <= 0]
-            rows.extend((q, d, 0.0) for d in negatives[: hard_negatives * len(positives[q])])
-    return pa.table({"query": [queries[q] for q, _, _ in rows], "document": [corpus[d] for _, d, _ in rows],
-                     "label": pa.array([label for _, _, label in rows], pa.float32())})
-
-
-def _eval_candidates(config: TrainConfig, negatives: List[str]):
-    """The eval queries' candidates as (query_id, doc_id, query, document), their qrels, and what they are."""
-    if not _is_beir(config.eval_data):
-        return _eval_rows(config, negatives)
-    from .candidates import candidates_table, read_corpus, read_qrels, read_queries
-
-    qrels = read_qrels(join(config.eval_data, "qrels", f"{config.eval_split}.tsv"))
-    queries, corpus = read_queries(config.eval_data), read_corpus(config.eval_data)
-    query_ids = [q for q, judged in qrels.items() if q in queries and any(g > 0 for g in judged.values())]
-    query_ids = query_ids[: config.eval_max_queries]
-    if not query_ids:
-        raise InputError(f"{config.eval_data}: no query of qrels/{config.eval_split}.tsv has a relevant document")
-    table = candidates_table(corpus, queries, qrels, query_ids, config.eval_top_k)
-    return (table, {q: qrels[q] for q in query_ids},
-            f"the BM25 top {config.eval_top_k} of `{config.eval_data}` ({config.eval_split} split)")
-
-
-def _eval_rows(config: TrainConfig, negatives: List[str]):
-    """eval_data in train_data's shape (the same columns): the rows of a query (by its text) are its candidates
-    and their labels its grades, as CrossEncoderRerankingEvaluator ranks a sample's positives and negatives.
-    Queries without a row labelled above 0 are left out, as from a BEIR split; rows that cannot be scored too."""
-    import ray
-
-    ds, config = _labelled_rows(config.eval_data, config, negatives)
-    table = pa.concat_tables(ray.get(ds.to_arrow_refs()), promote_options="permissive")
-    queries, query_reasons = text_column(table, config.query_column)
-    documents, document_reasons = text_column(table, config.document_column)
-    labels = numeric_labels(table, config.label_column).to_numpy(zero_copy_only=False)
-    usable = (query_reasons == "") & (document_reasons == "") & ~np.isnan(labels)
-    if REJECT in table.column_names:
-        usable &= table.column(REJECT).is_null().to_numpy(zero_copy_only=False)
-    qrels: Dict[str, Dict[str, float]] = {}
-    query_of = queries.to_pylist()
-    for row in np.flatnonzero(usable):
-        qrels.setdefault(query_of[row], {})[str(row)] = float(labels[row])
-    query_ids = [q for q, judged in qrels.items() if any(g > 0 for g in judged.values())]
-    query_ids = query_ids[: config.eval_max_queries]
-    if not query_ids:
-        raise InputError(f"{config.eval_data}: no query has a row labelled above 0 to evaluate")
-    rows = np.array([int(d) for q in query_ids for d in qrels[q]], dtype=np.int64)
-    candidates = pa.table({"query_id": queries.take(rows), "doc_id": pa.array(rows.astype(str)),
-                           "query": queries.take(rows), "document": documents.take(rows)})
-    left_out = table.num_rows - int(usable.sum())
-    return (candidates, {q: qrels[q] for q in query_ids},
-            f"each query's rows of `{config.eval_data}` ({len(query_ids):,} queries, {len(rows):,} candidates"
-            + (f"; {left_out:,} row(s) that cannot be scored left out)" if left_out else ")"))
-
-
-def _tokenized(ds, config: TrainConfig, encoder: PairEncoder, max_length: int, labels: bool):
-    return ds.map_batches(
-        _tokenize_train_block,
-        fn_kwargs=dict(encoder=encoder,
-                       query_column=config.query_column if labels else "query",
-                       document_column=config.document_column if labels else "document",
-                       label_column=config.label_column if labels else None, max_length=max_length),
-        batch_format="pyarrow", batch_size=4096,
-    ).materialize()
-
-
-def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str]):
-    """The rows at `uri`, in any shape `training_pairs` takes, as labelled pairs; and the config naming their
-    label column."""
-    from .io import read_dataset
-
-    documents = [config.document_column, *negatives]  # each a column of texts or of lists of texts
-    ds, _, _ = read_dataset(uri, config.input_format, [config.query_column, *documents],
-                            column_names=parse_names(config.column_names), lists=documents,
-                            present=[] if negatives else [config.label_column])
-    # Whole blocks: a column may be text in one block and lists in another, which no batch could hold.
-    ds = ds.map_batches(training_pairs, fn_kwargs=dict(
-        query_column=config.query_column, document_column=config.document_column, negative_columns=negatives,
-        label_column=config.label_column), batch_format="pyarrow", batch_size=None)
-    if negatives:
-        config = dataclasses.replace(config, label_column=LABEL_OF_NEGATIVES)
-    return ds, config
-
-
-def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int):
-    """The tokenized training set (materialized: every epoch reads it again), its statistics, the eval set."""
-    import ray.data
-
-    negatives = _negative_columns(config)
-    eval_config = config
-    if _is_beir(config.train_data):
-        table = beir_training_pairs(config.train_data, config.train_split, config.hard_negatives)
-        source = f"{config.train_data} (qrels/{config.train_split}.tsv, {config.hard_negatives} BM25 hard negatives per positive)"
-        ds = ray.data.from_arrow(table)
-        config = dataclasses.replace(config, query_column="query", document_column="document", label_column="label")
-    else:
-        ds, config = _labelled_rows(config.train_data, config, negatives)
-        source = config.train_data
-    tokenized = _tokenized(ds, config, encoder, max_length, labels=True)
-    stats = _combine_stats(tokenized.map_batches(_block_stats, batch_format="pyarrow", batch_size=None).take_all())
-    stats["source"] = source
-    stats["columns"] = [config.query_column, config.document_column, *(negatives or [config.label_column])]
-    label_errors = {r: n for r, n in stats["reject_reasons"].items() if "outside [0, 1]" in r}
-    if label_errors:
-        raise InputError(f"{config.train_data}: {sum(label_errors.values())} label(s) outside [0, 1], e.g. "
-                         f"{next(iter(label_errors))}: BinaryCrossEntropyLoss needs labels in [0, 1]")
-    if stats["pairs"] < config.num_workers:
-        raise InputError(f"{config.train_data}: {stats['pairs']} trainable pair(s) for {config.num_workers} workers")
-    train_ds = tokenized.map_batches(_kept_rows, batch_format="pyarrow", batch_size=None).materialize()
-    eval_ds, qrels = None, None
-    if config.eval_data:
-        table, qrels, stats["eval"] = _eval_candidates(eval_config, negatives)
-        eval_ds = _tokenized(ray.data.from_arrow(table), config, encoder, max_length, labels=False)
-        eval_ds = eval_ds.map_batches(_kept_rows, batch_format="pyarrow", batch_size=None).materialize()
-    # Ray Train hands each epoch of a materialized set out through an actor of Ray Data's, which drew progress
-    # bars (a dozen lines of terminal codes an epoch among the run's lines) for what takes milliseconds. The
-    # sets' own settings: the user's DataContext is left as it is.
-    for ds in (train_ds, eval_ds):
-        if ds is not None:
-            ds.context.enable_progress_bars = False
-    return train_ds, stats, eval_ds, qrels
-
-
-# ---------------------------------------------------------------- workers: batches, loss, evaluation
-
-
-def length_grouped(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
-                   group_by_length: bool = True) -> List[np.ndarray]:
-    """Row indices of a window cut into batches: shuffled, sorted by length (so that padding is small),
-    and the batches themselves in random order, so that long and short batches alternate."""
-    order = rng.permutation(len(lengths))
-    if group_by_length:
-        order = order[np.argsort(-lengths[order], kind="stable")]
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
-def shard_windows(shard, config: TrainConfig) -> Iterator[pa.Table]:
-    """One epoch of a worker's shard (a Ray Data iterator or dataset) in windows of `length_window` batches."""
-    return iter(shard.iter_batches(batch_size=config.batch_size * config.length_window, batch_format="pyarrow"))
-
-
-def prefetched(items: Iterator) -> Iterator:
-    """`items`, whose first item a thread fetches from now on while the caller goes on."""
-    pool = ThreadPoolExecutor(1)
-    first = pool.submit(next, items, None)
-    pool.shutdown(wait=False)  # the thread ends with its one fetch
-
-    def rest():
-        item = first.result()
-        if item is not None:
-            yield item
-            yield from items
-
-    return rest()
-
-
-# Under CUDA graphs (compile_mode reduce-overhead) each (rows, width) of a pass is a graph of its own,
-# recorded on its first run: widths padded to multiples of 32 let a few graphs serve every batch (16 up to
-# 512 tokens), for some padding, which a step of a small batch, bound by launching kernels, does not feel.
-GRAPH_WIDTH_MULTIPLE = 32
-
-
-def bucketed_widths(lengths: np.ndarray, multiple: int, max_width: Optional[int]) -> np.ndarray:
-    """Each row's padded width under CUDA graphs: its length rounded up to a multiple of `multiple`, at most
-    `max_width` (the model's max length, within its positions), never below the length itself. A pass is
-    as wide as its widest row's width, and the token budget counts these widths, not the lengths."""
-    rounded = -(-lengths // multiple) * multiple
-    return np.maximum(np.minimum(rounded, max_width), lengths) if max_width else rounded
-
-
-def micro_batches(windows: Iterator[pa.Table], config: TrainConfig, epoch: int, rank: int, skip: int,
-                  pad_id: int, max_width: Optional[int] = None) -> Iterator[list]:
-    """One epoch of a worker's shard, from its `shard_windows`, the first `skip` batches left out (resume).
-    Each batch of `batch_size` rows comes as a list of forward passes, (inputs as numpy, labels): one, or with
-    `batch_tokens` as many as keep every pass under that many padded tokens. Under CUDA graphs the passes'
-    widths are bucketed (`bucketed_widths`), and the budget counts the bucketed widths.
-
-    The order depends only on (seed, epoch, rank, window), so a resumed run sees the batches it had not seen.
-    """
-    graphs = config.compile and config.compile_mode == "reduce-overhead"
-    seen = 0
-    for number, table in enumerate(windows):
-        ids, offsets = list_parts(table.column(IDS))
-        types = list_parts(table.column(TYPES))[0] if TYPES in table.column_names else None
-        labels = table.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float32)
-        lengths = np.diff(offsets)
-        widths = bucketed_widths(lengths, GRAPH_WIDTH_MULTIPLE, max_width) if graphs else lengths
-        rng = np.random.default_rng([config.seed, epoch, rank, number])
-        for rows in length_grouped(lengths, config.batch_size, rng, config.group_by_length):
-            seen += 1
-            if seen <= skip:
-                continue
-            passes = ([rows[part] for part in token_budget_batches(widths[rows], config.batch_tokens)]
-                      if config.batch_tokens else [rows])
-            # Without CUDA graphs the widths are the lengths: each pass as wide as its longest row.
-            yield [(_padded_inputs(ids, types, offsets, part, pad_id, int(widths[part].max())), labels[part])
-                   for part in passes]
-
-
-def _padded_inputs(ids: np.ndarray, types: Optional[np.ndarray], offsets: np.ndarray, rows: np.ndarray,
-                   pad_id: int, width: Optional[int] = None) -> dict:
-    input_ids, mask = pad(ids, offsets, rows, pad_id, width)
-    inputs = {"input_ids": input_ids.astype(np.int64), "attention_mask": mask}  # bool: see _on_device
-    if types is not None:
-        inputs["token_type_ids"] = pad(types, offsets, rows, 0, width)[0].astype(np.int64)
-    return inputs
+# ---------------------------------------------------------------- workers: loss, evaluation
 
 
 def _on_device(inputs: dict, device, model_type: str) -> dict:
@@ -419,7 +69,7 @@ def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id
             types = list_parts(table.column(TYPES))[0] if TYPES in table.column_names else None
             scores = np.empty(table.num_rows, dtype=np.float32)
             for rows in token_budget_batches(np.diff(offsets), budget):
-                inputs = _on_device(_padded_inputs(ids, types, offsets, rows, pad_id), device, model_type)
+                inputs = _on_device(padded_inputs(ids, types, offsets, rows, pad_id), device, model_type)
                 scores[rows] = Reranker.logits(model(**inputs)).float().view(-1).cpu().numpy()
             for q, d, s in zip(table.column("query_id").to_pylist(), table.column("doc_id").to_pylist(), scores):
                 ranked.setdefault(q, []).append((-float(s), d))

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import socket
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT
 from test_score import read_results, run_cli
 
 BUCKET = "ce-ray-test"

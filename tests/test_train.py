@@ -21,6 +21,7 @@ import pytest
 
 from conftest import SCIFACT, build_tiny_model, spread_model, wikiqa_pairs
 
+from ce_ray import train_data
 from ce_ray.batching import pair_encoder
 
 pytestmark = pytest.mark.timeout(600)
@@ -139,29 +140,28 @@ def test_compiled_passes_train_the_same_weights_as_eager_ones(data_parallel_runs
 def test_cuda_graph_passes_come_in_a_few_widths_and_compile_settings_are_checked():
     from ce_ray.config import ConfigError, DeepSpeedConfig, TrainConfig
 
-    train = _train_module()
     lengths = np.array([40, 33, 31, 7, 500, 512])
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     ids = pa.ListArray.from_arrays(offsets.astype(np.int32), np.arange(1, offsets[-1] + 1, dtype=np.int32))
-    table = pa.table({train.IDS: ids, train.LABEL: pa.array(np.ones(len(lengths), np.float32))})
+    table = pa.table({train_data.IDS: ids, train_data.LABEL: pa.array(np.ones(len(lengths), np.float32))})
     graphs = TrainConfig(batch_size=2, compile=True, compile_mode="reduce-overhead", group_by_length=True)
     widths = {}
     for config in (graphs, dataclasses.replace(graphs, compile_mode="default")):
-        batches = list(train.micro_batches(iter([table]), config, 0, 0, 0, pad_id=0, max_width=512))
+        batches = list(train_data.micro_batches(iter([table]), config, 0, 0, 0, pad_id=0, max_width=512))
         widths[config.compile_mode] = sorted(inputs["input_ids"].shape[1] for [(inputs, _)] in batches)
         for [(inputs, _)] in batches:  # the real tokens are the same whatever the width
             assert sorted(inputs["attention_mask"].sum(axis=1)) in ([7, 31], [33, 40], [500, 512])
     assert widths == {"reduce-overhead": [32, 64, 512], "default": [31, 40, 512]}
     # Never past the model's max length, never below a row's length.
-    assert list(train.bucketed_widths(np.array([500, 7, 64]), 32, 500)) == [500, 32, 64]
-    assert list(train.bucketed_widths(np.array([510]), 32, 500)) == [510]
+    assert list(train_data.bucketed_widths(np.array([500, 7, 64]), 32, 500)) == [500, 32, 64]
+    assert list(train_data.bucketed_widths(np.array([510]), 32, 500)) == [510]
     # The token budget counts the bucketed widths: 3 rows of 40 tokens fit 128 tokens, 3 of width 64 do not.
     tight = dataclasses.replace(graphs, batch_size=3, batch_tokens=128)
-    three = pa.table({train.IDS: pa.ListArray.from_arrays(np.arange(0, 121, 40, dtype=np.int32),
+    three = pa.table({train_data.IDS: pa.ListArray.from_arrays(np.arange(0, 121, 40, dtype=np.int32),
                                                           np.arange(1, 121, dtype=np.int32)),
-                      train.LABEL: pa.array(np.ones(3, np.float32))})
+                      train_data.LABEL: pa.array(np.ones(3, np.float32))})
     for config, shapes in ((tight, [(2, 64), (1, 64)]), (dataclasses.replace(tight, compile_mode="default"), [(3, 40)])):
-        [passes] = train.micro_batches(iter([three]), config, 0, 0, 0, pad_id=0, max_width=512)
+        [passes] = train_data.micro_batches(iter([three]), config, 0, 0, 0, pad_id=0, max_width=512)
         assert [inputs["input_ids"].shape for inputs, _ in passes] == shapes
     with pytest.raises(ConfigError, match="compile works with DDP only"):
         TrainConfig(compile=True, deepspeed=DeepSpeedConfig()).validate()
@@ -174,14 +174,15 @@ def test_passes_hold_the_batch_rows_under_the_token_budget(ray_local, tiny_model
 
     from ce_ray.config import TrainConfig
 
-    train = _train_module()
-    table = train._tokenize_train_block(pa.table(pd.read_parquet(pairs_file)), pair_encoder(str(tiny_model)),
+    table = train_data._tokenize_train_block(pa.table(pd.read_parquet(pairs_file)), pair_encoder(str(tiny_model)),
                                         "query", "document", "label", 128)
-    shard = ray.data.from_arrow(train._kept_rows(table))
+    shard = ray.data.from_arrow(train_data._kept_rows(table))
     config = TrainConfig(batch_size=8, length_window=4)
-    whole = list(train.micro_batches(train.shard_windows(shard, config), config, epoch=0, rank=0, skip=0, pad_id=0))
+    whole = list(train_data.micro_batches(train_data.shard_windows(shard, config), config, epoch=0, rank=0, skip=0,
+                                          pad_id=0))
     cut_config = dataclasses.replace(config, batch_tokens=200)
-    cut = list(train.micro_batches(train.prefetched(train.shard_windows(shard, cut_config)), cut_config, 0, 0, 0, 0))
+    windows = train_data.prefetched(train_data.shard_windows(shard, cut_config))
+    cut = list(train_data.micro_batches(windows, cut_config, 0, 0, 0, 0))
     assert len(whole) == len(cut) == 8 and all(len(batch) == 1 for batch in whole)
     assert sum(len(batch) for batch in cut) > len(cut)  # the budget did cut batches
 
@@ -201,10 +202,10 @@ def test_training_passes_have_a_token_budget_unless_deepspeed_and_the_seeds_batc
 
     train = _train_module()
     seeds = TrainConfig()
-    cpu, gpu = train.training_batch_tokens(seeds, use_gpu=False), train.training_batch_tokens(seeds, use_gpu=True)
+    cpu, gpu = (train_data.training_batch_tokens(seeds, use_gpu=use_gpu) for use_gpu in (False, True))
     assert seeds.batch_size * 512 <= cpu <= gpu  # 16 pairs at BERT's longest: one pass, as the trainer runs it
-    assert train.training_batch_tokens(TrainConfig(batch_tokens=300), use_gpu=True) == 300
-    assert train.training_batch_tokens(TrainConfig(deepspeed=DeepSpeedConfig()), use_gpu=True) is None
+    assert train_data.training_batch_tokens(TrainConfig(batch_tokens=300), use_gpu=True) == 300
+    assert train_data.training_batch_tokens(TrainConfig(deepspeed=DeepSpeedConfig()), use_gpu=True) is None
     # What a run that ran out of memory prints before Ray's error (the messages of Ray's monitor and torch).
     ray_monitor = "Training failed due to worker errors: 5 worker(s) were killed due to the node running low on memory."
     assert "--batch-tokens" in train.memory_hint(ray_monitor, 256, cpu)
@@ -220,9 +221,9 @@ def test_a_pass_without_padding_goes_to_the_model_without_a_mask():
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     ids = np.arange(1, offsets[-1] + 1, dtype=np.int32)
     types = np.zeros(offsets[-1], dtype=np.int8)
-    uniform = train._on_device(train._padded_inputs(ids, types, offsets, np.array([0, 1]), 0), "cpu", "bert")
+    uniform = train._on_device(train_data.padded_inputs(ids, types, offsets, np.array([0, 1]), 0), "cpu", "bert")
     assert set(uniform) == {"input_ids", "token_type_ids"} and uniform["input_ids"].shape == (2, 5)
-    padded = train._on_device(train._padded_inputs(ids, types, offsets, np.array([0, 2]), 0), "cpu", "bert")
+    padded = train._on_device(train_data.padded_inputs(ids, types, offsets, np.array([0, 2]), 0), "cpu", "bert")
     assert padded["attention_mask"].dtype == torch.bool and padded["attention_mask"].shape == (2, 1, 1, 5)
     assert padded["attention_mask"][1, 0, 0].tolist() == [True, True, True, False, False]
 
@@ -359,7 +360,7 @@ def test_beir_pairs_with_bm25_hard_negatives_train_and_evaluate(ray_local, tiny_
     from ce_ray.config import TrainConfig
 
     train = _train_module()
-    table = train.beir_training_pairs(str(SCIFACT), "train", hard_negatives=2).to_pandas()
+    table = train_data.beir_training_pairs(str(SCIFACT), "train", hard_negatives=2).to_pandas()
     qrels = read_qrels(str(SCIFACT / "qrels" / "train.tsv"))
     positives = sum(sum(g > 0 for g in judged.values()) for judged in qrels.values())
     assert (table.label == 1.0).sum() == positives
@@ -385,7 +386,6 @@ def test_rows_of_a_query_a_positive_and_negatives_train_as_their_labelled_pairs(
     from ce_ray.config import ConfigError, TrainConfig
     from ce_ray.io import InputError
 
-    train = _train_module()
     frame = wikiqa_pairs("train", 300)
     rows = []
     for _, group in frame.groupby("query_id", sort=False):
@@ -409,11 +409,11 @@ def test_rows_of_a_query_a_positive_and_negatives_train_as_their_labelled_pairs(
     def training_set(**settings):
         """(token ids, label) of every pair of the training set, sorted; and its statistics."""
         config = TrainConfig(model=str(tiny_model), output=str(tmp_path / "o"), **settings)
-        data, stats, _, _ = train.prepare_data(config, pair_encoder(str(tiny_model)), 128)
+        data, stats, _, _ = train_data.prepare_data(config, pair_encoder(str(tiny_model)), 128)
         # Ray Data's actor that hands out each epoch to the workers draws no progress bars for it (the tests'
         # Ray has them off everywhere, so only the set's own setting can be checked here).
         assert not data.context.enable_progress_bars
-        return sorted((tuple(row[IDS]), float(row[train.LABEL])) for row in data.take_all()), stats
+        return sorted((tuple(row[IDS]), float(row[train_data.LABEL])) for row in data.take_all()), stats
 
     expected, expected_stats = training_set(train_data=written_out(["negative_1", "negative_2"], "pairs.parquet"))
     got, stats = training_set(train_data=str(tmp_path / "rows.parquet"), document_column="positive",
