@@ -251,8 +251,11 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     job = job_settings(config) | {"query_id_column": config.query_id_column, "top_k": config.top_k}
     prepare_output(config.output, config.mode, job=job)
     scored = score(ds, config, announce=title)
+    partitions = config.rank_partitions or default_partitions(input_bytes)
+    print(f"{title}: ranks the rows of each {config.query_id_column} in {partitions} partition(s)"
+          + (f", keeping the best {config.top_k}" if config.top_k else ""), flush=True)
     ranked = rank(scored, config.query_id_column, config.top_k, [input_key(f) for f in files], config.document_column,
-                  count_cut=True, partitions=config.rank_partitions or default_partitions(input_bytes))
+                  count_cut=True, partitions=partitions)
     sink = RankedSink(config.output)
     with surfaced_errors():
         ranked.write_datasink(sink)

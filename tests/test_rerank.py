@@ -160,7 +160,7 @@ def expected_ranks(results: pd.DataFrame, inputs: pd.DataFrame) -> pd.DataFrame:
     return merged
 
 
-def test_rerank_job_over_files_and_blocks(ray_local, tiny_model, tmp_path):
+def test_rerank_job_over_files_and_blocks(ray_local, tiny_model, tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
     inputs = write_inputs(folder)
@@ -168,6 +168,7 @@ def test_rerank_job_over_files_and_blocks(ray_local, tiny_model, tmp_path):
                           rows_per_block=3, rank_partitions=3)
     summary = run_rerank(config)
     assert summary.rows_in == len(inputs) == 23
+    assert "ce-ray rerank: ranks the rows of each query_id in 3 partition(s)\n" in capsys.readouterr().out
     assert (summary.rows_kept, summary.rows_cut, summary.rows_rejected) == (22, 0, 1)
 
     results = pd.read_parquet(tmp_path / "all" / "results")
@@ -185,6 +186,7 @@ def test_rerank_job_over_files_and_blocks(ray_local, tiny_model, tmp_path):
     top = run_rerank(RerankConfig(model=str(tiny_model), input=str(folder), output=str(tmp_path / "top"),
                                   rows_per_block=3, rank_partitions=3, top_k=2))
     assert (top.rows_kept, top.rows_cut, top.rows_rejected, top.rows_in) == (5, 17, 1, 23)
+    assert "in 3 partition(s), keeping the best 2\n" in capsys.readouterr().out
     kept = pd.read_parquet(tmp_path / "top" / "results").sort_values(["query_id", "rank"])
     best = results[results["rank"] <= 2].sort_values(["query_id", "rank"])
     assert kept["doc_id"].tolist() == best["doc_id"].tolist()
