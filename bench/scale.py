@@ -149,7 +149,7 @@ def main() -> None:
                         help="folder for inputs and outputs, kept for the next run (default: a temporary one)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one job may take")
     parser.add_argument("--command", choices=["score", "rerank"], default="score",
-                        help="rerank: the same inputs ranked per query (a query's rows repeat over the repeated files)")
+                        help="rerank: the same inputs, ranked per query (a query gathers 100 rows from each file)")
     parser.add_argument("settings", nargs=argparse.REMAINDER, help="after --: more flags of the command")
     args = parser.parse_args()
     settings = [s for s in args.settings if s != "--"]

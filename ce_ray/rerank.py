@@ -46,6 +46,16 @@ def _reject_null_query_ids(table: pa.Table, query_id_column: str) -> pa.Table:
     return table.append_column(REJECT, reasons)
 
 
+def _rankable(table: pa.Table, query_id_column: str) -> pa.Array:
+    """The rows that get a rank: a score, no reject reason, a query id."""
+    valid = table.column(SCORE).is_valid()
+    if query_id_column in table.column_names:
+        valid = pc.and_(valid, table.column(query_id_column).is_valid())
+    if REJECT in table.column_names:
+        valid = pc.and_(valid, table.column(REJECT).is_null())
+    return valid
+
+
 def _ranking_order(table: pa.Table, input_order: Optional[List[str]], document_column: str):
     """(table, sort keys) of the ranking order: score descending, ties by input order (the files as listed, then
     the row in its file, as `_FILE` and `_ce_row`), or by document text in rows without the reader's tags."""
@@ -66,9 +76,7 @@ def rank_group(table: pa.Table, top_k: Optional[int] = None, input_order: Option
                query_id_column: str = "query_id") -> pa.Table:
     """Ranks the rows of one query. Rejected rows (no score) are kept, unranked, for the rejects output."""
     table = _reject_null_query_ids(table, query_id_column)
-    valid = table.column(SCORE).is_valid()
-    if REJECT in table.column_names:
-        valid = pc.and_(valid, table.column(REJECT).is_null())
+    valid = _rankable(table, query_id_column)
     # Rows cut before the shuffle (keep_block_top_k) count with those cut here.
     cut_before = int(pc.sum(table.column(CUT)).as_py() or 0) if CUT in table.column_names else 0
     table = table.drop_columns([c for c in (CUT,) if c in table.column_names])
@@ -114,9 +122,7 @@ def keep_block_top_k(table: pa.Table, top_k: int, query_id_column: str = "query_
     `rank_group` adds them to its own."""
     if query_id_column not in table.column_names:
         return table
-    valid = pc.and_(table.column(SCORE).is_valid(), table.column(query_id_column).is_valid())
-    if REJECT in table.column_names:
-        valid = pc.and_(valid, table.column(REJECT).is_null())
+    valid = _rankable(table, query_id_column)
     scored, other = table.filter(valid), table.filter(pc.invert(valid))
     scored, keys = _ranking_order(scored, input_order, document_column)
     scored = scored.take(pc.sort_indices(scored, sort_keys=[(query_id_column, "ascending")] + keys))
