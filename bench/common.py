@@ -45,7 +45,7 @@ def assets_dir() -> str:
         if all(os.path.exists(os.path.join(path, f)) for f in ASSET_FILES):
             return os.path.abspath(path)
     sys.exit(f"no model config/tokenizer: run `python3 bench/common.py assets` where ../shared exists and "
-             f"carry .cache/bench-assets")
+             "carry .cache/bench-assets")
 
 
 def copy_assets() -> None:

@@ -3,7 +3,7 @@
 Writes --pairs synthetic MS MARCO-like pairs (`common.synthetic_pairs`, 100 candidates per query) as --files
 parquet files, starts a local Ray with --cpus CPUs, and runs, in the same Ray session and alternated over
 --repeats rounds after a warm-up, each of these from the files to parquet:
-- no ranking: read (`ce_ray.io.read_dataset`), a score column, write: what every system below also does;
+- no ranking: read (`ce_ray.readers.read_dataset`), a score column, write: what every system below also does;
 - Ray's recipe: `groupby(query_id).map_groups(rank_group)`, Ray's default partitions (200), every row shuffled;
 - the same with ce-ray's partitions (with the top k only: what the partitions alone change);
 - ce-ray: `rerank.rank`, as `ce-ray rerank` runs it: its partitions (`rerank.default_partitions`: one per CPU,
@@ -41,7 +41,7 @@ def with_scores(table: pa.Table) -> pa.Table:
 
 
 def run(folder: str, out: str, system: str, top_k) -> float:
-    from ce_ray.io import input_key, read_dataset
+    from ce_ray.readers import input_key, read_dataset
     from ce_ray.rerank import default_partitions, rank, rank_group
 
     start = time.perf_counter()

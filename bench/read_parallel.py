@@ -1,10 +1,10 @@
-"""Reading one large parquet file: one read task for the file (as before `io.read_ranges`) against one task per
+"""Reading one large parquet file: one read task for the file (as before `readers.read_ranges`) against one task per
 range of row groups (ce-ray's default), in the same Ray session.
 
 Writes --pairs synthetic MS MARCO-like pairs (`common.synthetic_pairs`) as ONE parquet file of --row-group rows
-per row group, starts a local Ray with --cpus CPUs and reads the file with `ce_ray.io.read_dataset` into Ray's
+per row group, starts a local Ray with --cpus CPUs and reads the file with `ce_ray.readers.read_dataset` into Ray's
 object store (`materialize`), as a job's read stage hands blocks to tokenizing: with `rows_per_read` the whole
-file (one task), and with the default (`io.PARQUET_ROWS_PER_READ`), alternated over --repeats rounds after a
+file (one task), and with the default (`readers.PARQUET_ROWS_PER_READ`), alternated over --repeats rounds after a
 warm-up read. Prints rows/s and the ratio; writes bench/results/read_parallel.json.
 
     .venv/bin/python bench/read_parallel.py                     # 3M pairs, row groups of 250,000, 2 CPUs
@@ -24,7 +24,7 @@ import common
 
 
 def read_seconds(folder: str, rows_per_read: int) -> float:
-    from ce_ray.io import read_dataset
+    from ce_ray.readers import read_dataset
 
     start = time.perf_counter()
     ds, _, _ = read_dataset(folder, "parquet", ["query", "document"], rows_per_read=rows_per_read)
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from ce_ray import io
+    from ce_ray import io, readers
 
     with tempfile.TemporaryDirectory() as work:
         table = common.synthetic_pairs(args.pairs)
@@ -52,14 +52,14 @@ def main() -> None:
         size = os.path.getsize(path)
         fs, local = io.filesystem(path)
         [check] = io.check_inputs(fs, [local], "parquet", ["query", "document"])
-        ranges = len(io.read_ranges(check, io.PARQUET_ROWS_PER_READ))
+        ranges = len(readers.read_ranges(check, readers.PARQUET_ROWS_PER_READ))
         common.init_ray(args.cpus)
-        systems = {"one task for the file": args.pairs, f"ranges of >= {io.PARQUET_ROWS_PER_READ:,} rows": None}
+        systems = {"one task for the file": args.pairs, f"ranges of >= {readers.PARQUET_ROWS_PER_READ:,} rows": None}
         read_seconds(work, args.pairs)  # warm-up: Ray's workers start, the file enters the page cache
         seconds = {name: [] for name in systems}
         for _ in range(args.repeats):
             for name, rows_per_read in systems.items():
-                seconds[name].append(read_seconds(work, rows_per_read or io.PARQUET_ROWS_PER_READ))
+                seconds[name].append(read_seconds(work, rows_per_read or readers.PARQUET_ROWS_PER_READ))
 
     rates = {name: args.pairs / min(times) for name, times in seconds.items()}
     before, after = rates.values()
@@ -70,7 +70,7 @@ def main() -> None:
                        (34, 12, 24)))
     print(f"ratio: {after / before:.2f}x")
     result = {**common.header("cpu"), "pairs": args.pairs, "file_mib": size / 2**20, "row_group": args.row_group,
-              "cpus": args.cpus, "rows_per_read": io.PARQUET_ROWS_PER_READ, "seconds": seconds,
+              "cpus": args.cpus, "rows_per_read": readers.PARQUET_ROWS_PER_READ, "seconds": seconds,
               "rows_per_s": rates, "ratio": after / before}
     print("wrote", common.write_result("read_parallel", result))
 

@@ -5,7 +5,7 @@ so many queries stream through many tasks and no process ever holds all pairs. W
 keeps only its best k rows of each query before the group-by's shuffle (`keep_block_top_k`): the shuffle then
 moves a fraction of the rows (a tenth for 10 of 100 candidates), and the ranks are the same.
 
-Ties are broken by input order, deterministically. Every row read by `ce_ray.io.read_dataset` carries
+Ties are broken by input order, deterministically. Every row read by `ce_ray.readers.read_dataset` carries
 its input file's key and its position in that file (`_ce_input`, `_ce_row`); the input order is the
 order of the files as listed (sorted paths), then the row's position in its file. Both are set by the
 reader (a parquet file's ranges of row groups start at the rows their footer gives), so they hold however
@@ -25,7 +25,8 @@ import pyarrow.compute as pc
 
 from .batching import REJECT
 from .config import ConfigError, RerankConfig, require, with_settings
-from .io import ROW_INDEX, ROW_INPUT, TAGS, InputError
+from .io import InputError
+from .readers import ROW_INDEX, ROW_INPUT, TAGS
 from .score import SCORE, score, summary_lines
 from .sink import PairsSink
 
@@ -239,7 +240,8 @@ def default_partitions(input_bytes: int) -> int:
 
 def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSummary:
     """The `ce-ray rerank` job: read, score, rank per query, keep the top k, write results and rejects."""
-    from .io import input_key, parse_names, read_dataset
+    from .io import parse_names
+    from .readers import input_key, read_dataset
     from .score import job_settings, surfaced_errors
     from .sink import prepare_output
 

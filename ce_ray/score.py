@@ -263,7 +263,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     Outputs are named per input file; `mode="resume"` keeps the inputs an earlier run completed and
     redoes the rest. A transform regroups rows across files, so its jobs cannot resume.
     """
-    from .io import check_s3_access, input_key, parse_names, read_dataset
+    from .io import check_s3_access, parse_names
+    from .readers import input_key, read_dataset
     from .sink import WRITE_REMOTE_ARGS, PairsSink, ResumeState, prepare_output, resume_state
 
     require(config, "model", "input", "output")

@@ -33,7 +33,8 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from .batching import REJECT
-from .io import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS, filesystem, is_remote
+from .io import filesystem, is_remote
+from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 
 RESULTS = "results"
 REJECTS = "rejects"

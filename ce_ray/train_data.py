@@ -238,7 +238,7 @@ def _tokenized(ds, config: TrainConfig, encoder: PairEncoder, max_length: int, l
 def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str]):
     """The rows at `uri`, in any shape `training_pairs` takes, as labelled pairs; and the config naming their
     label column."""
-    from .io import read_dataset
+    from .readers import read_dataset
 
     documents = [config.document_column, *negatives]  # each a column of texts or of lists of texts
     ds, _, _ = read_dataset(uri, config.input_format, [config.query_column, *documents],

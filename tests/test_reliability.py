@@ -212,7 +212,7 @@ def test_blank_lines_in_jsonl_are_skipped_and_a_line_of_two_objects_is_rejected(
     import pyarrow.fs as pafs
 
     from ce_ray.batching import REJECT
-    from ce_ray.io import JsonLinesDatasource
+    from ce_ray.readers import JsonLinesDatasource
 
     def read(data: bytes) -> list:
         """(id, reject reason) of each row the reader gives."""

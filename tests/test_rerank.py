@@ -12,7 +12,8 @@ import pytest
 
 from ce_ray.batching import REJECT
 from ce_ray.config import ConfigError, RerankConfig
-from ce_ray.io import ROW_INDEX, ROW_INPUT, InputError
+from ce_ray.io import InputError
+from ce_ray.readers import ROW_INDEX, ROW_INPUT
 from ce_ray.rerank import CUT, keep_block_top_k, plain_key, rank_group, run_rerank
 
 

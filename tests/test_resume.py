@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ce_ray import ScoreConfig, io, run_score
+from ce_ray import ScoreConfig, io, readers, run_score
 from ce_ray.config import ConfigError
-from ce_ray.io import input_key
+from ce_ray.readers import input_key
 from ce_ray.sink import STALL_ENV, OutputExistsError, ResumeError, scan_parts
 
 from conftest import ROOT, wikiqa_pairs
@@ -150,10 +150,10 @@ def test_a_parquet_file_is_read_in_ranges_of_row_groups_and_resumed_whole(ray_lo
     (tmp_path / "in").mkdir()
     path = tmp_path / "in" / "all.parquet"
     pq.write_table(pa.Table.from_pandas(pairs, preserve_index=False), path, row_group_size=ROWS_PER_FILE)
-    monkeypatch.setattr(io, "PARQUET_ROWS_PER_READ", 3 * ROWS_PER_FILE)
+    monkeypatch.setattr(readers, "PARQUET_ROWS_PER_READ", 3 * ROWS_PER_FILE)
     fs, local = io.filesystem(str(path))
     [check] = io.check_inputs(fs, [local], "parquet", ["query", "document"])
-    ranges = io.read_ranges(check, io.PARQUET_ROWS_PER_READ)
+    ranges = readers.read_ranges(check, readers.PARQUET_ROWS_PER_READ)
     assert [(r.row_groups, r.first_row, r.rows, r.ends_file) for r in ranges] == \
         [([0, 1, 2], 0, 75, False), ([3, 4, 5], 75, 75, False), ([6, 7], 150, 50, True)]
 

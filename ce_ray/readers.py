@@ -1,0 +1,380 @@
+"""Input files to a Ray Dataset of tagged rows: `read_dataset`, and Ray Data datasources of ce-ray's own for
+each format (parquet in ranges of row groups, JSON Lines, CSV and TSV in chunks of whole lines).
+
+Every row carries where it came from (`TAGS`: its input file's key, its position in the file, and on a file's
+last chunk the file's row count), so that outputs are named after their inputs and a re-run can tell which
+inputs are complete (docs/reliability.md). A record that cannot be read becomes a row with a reject reason,
+never a failed file.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .io import COMPRESSED, DELIMITED, FileCheck, InputError, check_inputs, holds_texts, list_files
+
+
+def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[str]] = None,
+                 keep=None, rows_per_block: int = 4096, rows_per_read: Optional[int] = None,
+                 column_names: Optional[List[str]] = None, present: Sequence[str] = (),
+                 lists: Sequence[str] = ()):
+    """A Ray Dataset over the input files, after `check_inputs` passed (`required` text columns, or lists of
+    texts for those in `lists`; `present` ones of any type).
+
+    Files are streamed in chunks of `rows_per_block` rows, and every row is tagged with its input file's key
+    and position (`TAGS`). A text file is one read task; a parquet file one task per `rows_per_read` rows
+    (`PARQUET_ROWS_PER_READ`), in whole row groups (`ReadRange`). `keep(path)`, when given, selects the files
+    to read (resume). `column_names` names the columns of CSV or TSV files that have no header line.
+    Returns the Dataset (None when `keep` selects nothing), the input files, and about how many bytes the rows
+    to read take in memory (`FileCheck.size_bytes`).
+    """
+    import ray.data
+
+    files, input_format, fs = list_files(uri, input_format, column_names)
+    checks = check_inputs(fs, files, input_format, list(required or []), column_names, present, lists)
+    checks = [c for c in checks if c.rows != 0]
+    files = [c.path for c in checks]
+    todo = [c for c in checks if keep is None or keep(c.path)]
+    if not todo:
+        return None, files, 0
+    size_bytes = sum(c.size_bytes for c in todo)
+    if input_format == "parquet":
+        ranges = [r for c in todo for r in read_ranges(c, rows_per_read or PARQUET_ROWS_PER_READ)]
+        return ray.data.read_datasource(tagged_parquet(ranges, fs, rows_per_block),
+                                        override_num_blocks=len(ranges)), files, size_bytes
+    paths = [c.path for c in todo]
+    if input_format in DELIMITED:
+        source = tagged_files(paths, fs, functools.partial(delimited_chunks, text_columns=list(required or []),
+                                                            tab_separated=input_format == "tsv",
+                                                            column_names=column_names))
+    else:
+        source = tagged_files(paths, fs, JsonLinesDatasource(paths, text_columns=list(required or []),
+                                                             filesystem=fs, list_columns=lists)._read_stream)
+    # One read task per file: a file's rows travel together, so files complete one after another.
+    return ray.data.read_datasource(source, override_num_blocks=len(paths)), files, size_bytes
+
+
+def _parse_lines_slowly(lines: List[bytes], first_line: int, path: str, text_columns: List[str],
+                        list_columns: Sequence[str] = ()) -> pa.Table:
+    """Line by line, for a chunk Arrow's JSON reader refused (mixed types, a bad line): nothing is lost.
+
+    A line that is not valid JSON (or not UTF-8) becomes a row with null text and a reason; a text column
+    holding a number, list or object keeps the value as JSON text and the row is rejected with the reason.
+    A text column of `list_columns` may hold lists of texts: where the chunk has some, its texts become lists
+    of one (the same pairs), so that the column has one type.
+    """
+    from .batching import REJECT
+
+    rows, reasons = [], []
+    for number, line in enumerate(lines, start=first_line):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            rows.append({})
+            reasons.append(f"{path} line {number}: not valid JSON ({str(e)[:80]})")
+            continue
+        reason = None
+        for column in text_columns:
+            value = record.get(column)
+            if value is None or isinstance(value, str) or (column in list_columns and holds_texts(value)):
+                continue
+            kind = "text or a list of texts" if column in list_columns else "text"
+            reason = reason or f"{column} is {type(value).__name__}, not {kind}"
+            record[column] = json.dumps(value)
+        rows.append(record)
+        reasons.append(reason)
+    for column in list_columns:
+        if any(isinstance(row.get(column), list) for row in rows):
+            for row in rows:
+                if isinstance(row.get(column), str):
+                    row[column] = [row[column]]
+    columns = {}
+    for name in dict.fromkeys(k for row in rows for k in row):
+        values = [row.get(name) for row in rows]
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types in a passthrough column: keep as JSON text
+            columns[name] = pa.array([None if v is None else json.dumps(v) for v in values], pa.string())
+    for column in text_columns:
+        if column not in columns or pa.types.is_null(columns[column].type):
+            columns[column] = pa.nulls(len(rows), pa.string())
+    columns[REJECT] = pa.array(reasons, pa.string())
+    return pa.table(columns)
+
+
+class JsonLinesDatasource:
+    """Streams JSON Lines files in chunks of whole lines: Arrow's reader for speed, line by line when a
+    chunk has mixed types or bad lines, so that one odd record never fails the whole file."""
+
+    CHUNK_BYTES = 32 << 20
+
+    def __new__(cls, paths, text_columns, filesystem, list_columns: Sequence[str] = ()):
+        from ray.data.datasource import FileBasedDatasource
+
+        class _JsonLines(FileBasedDatasource):
+            _FILE_EXTENSIONS = None
+
+            def _read_stream(self, f, path):
+                import pyarrow.json as pajson
+
+                pending, line_number = b"", 1
+                while True:
+                    data = f.read(cls.CHUNK_BYTES)
+                    chunk = pending + data
+                    if data:
+                        cut = chunk.rfind(b"\n") + 1
+                        chunk, pending = chunk[:cut], chunk[cut:]
+                    else:
+                        pending = b""
+                    lines = [line for line in chunk.split(b"\n") if line.strip()]
+                    if lines:
+                        try:
+                            table = pajson.read_json(pa.BufferReader(b"\n".join(lines)))
+                            if table.num_rows != len(lines):
+                                raise pa.ArrowInvalid("row count differs from line count")
+                        except pa.ArrowInvalid:
+                            table = _parse_lines_slowly(lines, line_number, path, text_columns, list_columns)
+                        yield table
+                    line_number += chunk.count(b"\n")
+                    if not data:
+                        return
+
+        return _JsonLines(paths, filesystem=filesystem)
+
+
+# Every row read by `read_dataset` carries where it came from, so that outputs can be named after their
+# input file and a re-run can tell which inputs are complete. The sink drops these columns.
+ROW_INPUT = "_ce_input"  # the input file's key, `<stem>-<hash8>`, which names its output parts
+ROW_INDEX = "_ce_row"  # the row's position in its input file
+FILE_ROWS = "_ce_file_rows"  # the input file's row count, on the rows of its last chunk only (else null)
+TAGS = (ROW_INPUT, ROW_INDEX, FILE_ROWS)
+
+
+def input_key(path: str) -> str:
+    """`<stem>-<hash8>`: readable, and unique per input path, so it names the outputs of one input file."""
+    import hashlib
+
+    name = posixpath.basename(path.rstrip("/"))
+    for suffix in COMPRESSED:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.splitext(name)[0])[:64] or "input"
+    return f"{stem}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+
+
+def reject_invalid_utf8(table: pa.Table, what: str) -> pa.Table:
+    """Rows whose text holds invalid UTF-8 are rejected (text shown with U+FFFD), never fail the file."""
+    from .batching import REJECT
+
+    reasons = None
+    for i, field in enumerate(table.schema):
+        if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)) or field.name == REJECT:
+            continue
+        column = table.column(i).combine_chunks()
+        try:
+            column.validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        raw = column.view(pa.large_binary() if pa.types.is_large_string(field.type) else pa.binary()).to_pylist()
+        fixed, bad = [], []
+        for value in raw:
+            if value is None:
+                fixed.append(None)
+                bad.append(False)
+                continue
+            try:
+                fixed.append(value.decode("utf-8"))
+                bad.append(False)
+            except UnicodeDecodeError:
+                fixed.append(value.decode("utf-8", errors="replace"))
+                bad.append(True)
+        table = table.set_column(i, field.name, pa.array(fixed, field.type))
+        if reasons is None:
+            reasons = [None] * table.num_rows
+        for row in (r for r, b in enumerate(bad) if b):
+            reasons[row] = reasons[row] or f"{field.name} is not valid UTF-8 in {what} (shown with U+FFFD)"
+    if reasons is None:
+        return table
+    if REJECT in table.column_names:  # keep a reason the reader already gave
+        earlier = table.column(REJECT).to_pylist()
+        reasons = [e or r for e, r in zip(earlier, reasons)]
+        table = table.drop_columns([REJECT])
+    return table.append_column(REJECT, pa.array(reasons, pa.string()))
+
+
+def _tag(table: pa.Table, key: str, start: int, file_rows: Optional[int]) -> pa.Table:
+    import numpy as np
+
+    n = table.num_rows
+    table = table.append_column(ROW_INPUT, pa.array([key] * n, pa.string()))
+    table = table.append_column(ROW_INDEX, pa.array(np.arange(start, start + n, dtype=np.int64)))
+    rows = pa.nulls(n, pa.int64()) if file_rows is None else pa.array(np.full(n, file_rows, dtype=np.int64))
+    return table.append_column(FILE_ROWS, rows)
+
+
+def tag_rows(chunks, path: str, start: int = 0, ends_file: bool = True):
+    """Adds the row tags to a file's chunks, the first being the file's row `start`. The last chunk of the
+    file (when `ends_file`) also carries the file's row count: one chunk is held back to know which is last."""
+    key, held = input_key(path), None
+    for chunk in chunks:
+        table = chunk if isinstance(chunk, pa.Table) else pa.Table.from_pandas(chunk, preserve_index=False)
+        if not table.num_rows:
+            continue
+        if held is not None:
+            yield _tag(held, key, start, None)
+            start += held.num_rows
+        held = table
+    if held is not None:
+        yield _tag(held, key, start, start + held.num_rows if ends_file else None)
+
+
+# A parquet file is read by one task per this many rows, in whole row groups, so that a few large files still
+# spread over a node's CPUs: a task reads ~0.5M rows/s (bench/README.md, finding 9), a node of 8 GPUs scores
+# over 1M pairs/s.
+PARQUET_ROWS_PER_READ = 1 << 20
+
+
+@dataclass
+class ReadRange:
+    """Consecutive row groups of one parquet file: what one read task reads."""
+
+    path: str
+    row_groups: List[int]
+    first_row: int  # the file's row number of the range's first row
+    rows: int
+    size_bytes: int  # in memory, as the footer gives it
+    ends_file: bool
+
+
+def read_ranges(check: FileCheck, rows_per_read: int) -> List[ReadRange]:
+    """The file's row groups in order, cut into ranges of at least `rows_per_read` rows (the last may hold
+    fewer); a row group is never split, so a file of one row group is one range."""
+    ranges, group, first_row = [], 0, 0
+    while group < len(check.row_groups):
+        rows = size = 0
+        start = group
+        while group < len(check.row_groups) and rows < rows_per_read:
+            rows, size, group = rows + check.row_groups[group][0], size + check.row_groups[group][1], group + 1
+        ranges.append(ReadRange(check.path, list(range(start, group)), first_row, rows, size,
+                                group == len(check.row_groups)))
+        first_row += rows
+    return ranges
+
+
+def read_range(fs: pafs.FileSystem, part: ReadRange, rows_per_block: int):
+    """A range's rows in chunks of `rows_per_block`, tagged with their file's key and row numbers."""
+    with fs.open_input_file(part.path) as f:
+        batches = pq.ParquetFile(f).iter_batches(batch_size=rows_per_block, row_groups=part.row_groups)
+        chunks = (reject_invalid_utf8(pa.Table.from_batches([b]), part.path) for b in batches)
+        yield from tag_rows(chunks, part.path, part.first_row, part.ends_file)
+
+
+def tagged_parquet(ranges: List[ReadRange], filesystem: pafs.FileSystem, rows_per_block: int):
+    """A Ray Data datasource with one read task per range. The footers were read once, by `check_inputs`:
+    each task knows its rows and size before it runs, as Ray Data's planning wants."""
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class TaggedParquet(Datasource):
+        def estimate_inmemory_data_size(self) -> int:
+            return sum(r.size_bytes for r in ranges)
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> List[ReadTask]:
+            return [ReadTask(functools.partial(read_range, filesystem, r, rows_per_block),
+                             BlockMetadata(num_rows=r.rows, size_bytes=r.size_bytes, exec_stats=None,
+                                           input_files=[r.path]),
+                             per_task_row_limit=per_task_row_limit)
+                    for r in ranges]
+
+    return TaggedParquet()
+
+
+# Tab-separated values as IANA's text/tab-separated-values defines them, and as MS MARCO, BEIR's qrels and
+# WikiQA are written: a header line, then fields split at every tab. There is no quoting: a quote is text.
+TAB_SEPARATED = dict(delimiter="\t", quote_char=False)
+
+
+def delimited_chunks(f, path: str, text_columns: List[str], tab_separated: bool = False,
+                     column_names: Optional[List[str]] = None):
+    """A CSV (or TSV) file's rows, chunk by chunk, with Arrow's streaming reader. With `column_names` the file
+    has no header line (MS MARCO's files have none) and its first line is a row.
+
+    A row whose fields do not match the header (a stray delimiter, a tab or line break inside a TSV field, a
+    line cut short) is rejected with the reason and its text, and the others are read: it never fails the
+    file. Arrow does not say where such a row was: it comes after the chunk being read when it was found."""
+    import pyarrow.csv as pacsv
+
+    malformed = []
+
+    def reject_row(row) -> str:
+        if row.text.strip():  # a line of spaces is a blank line, as in JSON Lines
+            malformed.append(f"{path}: a row of {row.actual_columns} field(s) where the "
+                             f"{'column names have' if column_names else 'header has'} {row.expected_columns} "
+                             f"({row.text[:80]!r})")
+        return "skip"
+
+    parse = pacsv.ParseOptions(invalid_row_handler=reject_row, **(TAB_SEPARATED if tab_separated else {}))
+    # One thread, so that where a rejected row lands depends on the file alone (a retried task must give the
+    # same rows): with threads, Arrow parses blocks ahead, as they happen to run. It reads as fast (~3.8M
+    # rows/s here), and a task has one CPU.
+    read = pacsv.ReadOptions(use_threads=False, column_names=column_names)
+    # Text columns stay text (a query "42" is a string, not an integer); empty cells are nulls. UTF-8 is
+    # checked per row afterwards, so that one bad byte rejects its row instead of failing the file.
+    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in text_columns},
+                                   strings_can_be_null=True, check_utf8=False)
+    try:
+        reader = pacsv.open_csv(f, read_options=read, parse_options=parse, convert_options=convert)
+        for batch in reader:
+            table = with_rejected_rows(pa.Table.from_batches([batch]), malformed)
+            malformed = []
+            if table.num_rows:
+                yield reject_invalid_utf8(table, path)
+    except pa.ArrowInvalid as e:
+        # Arrow guesses each other column's type from the file's first block (a megabyte); a later value of
+        # another kind (an id "A7" after numbers) cannot be converted.
+        why = str(e).splitlines()[0]
+        if "conversion error" in why:
+            why += (" (the type of a column other than the query and document is guessed from the file's first "
+                    "megabyte: give such a file as parquet or JSON Lines)")
+        raise InputError(f"cannot read {path}: {why}") from None
+    if malformed:  # found in the last chunk, after its rows
+        yield with_rejected_rows(reader.schema.empty_table(), malformed)
+
+
+def with_rejected_rows(table: pa.Table, reasons: List[str]) -> pa.Table:
+    """`table` and after it a row for each reason: every column null, the reason in `reject_reason`."""
+    from .batching import REJECT
+
+    if not reasons:
+        return table
+    if REJECT not in table.column_names:
+        table = table.append_column(REJECT, pa.nulls(table.num_rows, pa.string()))
+    rejected = pa.table({field.name: pa.array(reasons, pa.string()) if field.name == REJECT
+                         else pa.nulls(len(reasons), field.type) for field in table.schema})
+    return pa.concat_tables([table, rejected])
+
+
+def tagged_files(paths: List[str], filesystem: pafs.FileSystem, read_file):
+    """A Ray Data datasource over whole text files: `read_file(f, path)` yields a file's chunks, tagged here."""
+    from ray.data.datasource import FileBasedDatasource
+
+    class TaggedFiles(FileBasedDatasource):
+        _FILE_EXTENSIONS = None
+
+        def _read_stream(self, f, path):
+            yield from tag_rows(read_file(f, path), path)
+
+    return TaggedFiles(paths, filesystem=filesystem)
