@@ -242,7 +242,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     """The `ce-ray rerank` job: read, score, rank per query, keep the top k, write results and rejects."""
     from .io import parse_names
     from .readers import input_key, read_dataset
-    from .score import job_settings, surfaced_errors
+    from .score import ensure_ray, job_settings, surfaced_errors
     from .sink import prepare_output
 
     require(config, "model", "input", "output")
@@ -251,6 +251,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
         raise ConfigError(f"{title}: mode resume works per input file, but ranking groups rows across files; "
                           "use mode overwrite")
     start = time.perf_counter()
+    ensure_ray()
     # The query id may be text or a number: present, of any type.
     ds, files, input_bytes = read_dataset(
         config.input, config.input_format, [config.query_column, config.document_column],

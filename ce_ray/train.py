@@ -580,7 +580,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
 
     from . import card
     from .model_folder import check_safe, local_model_path
-    from .score import free_failed_actors, surfaced_errors
+    from .score import ensure_ray, free_failed_actors, surfaced_errors
     from .tokenizer_facts import tokenizer_facts
 
     config = with_settings(config or TrainConfig(), settings)
@@ -595,8 +595,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     facts = tokenizer_facts(model, config.trust_remote_code)  # once: the max length and the encoder's plan
     max_length = config.max_length or facts.max_length
     encoder = pair_encoder(model, config.tokenizer, config.trust_remote_code, facts)
-    if not ray.is_initialized():
-        ray.init()
+    ensure_ray()
     free_failed_actors()
     use_gpu = config.use_gpu if config.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     if config.deepspeed:

@@ -459,6 +459,8 @@ def test_cli_with_config_file_prints_a_summary(tmp_path, tiny_model, pairs_df):
     for line in ("rows in       40", "rows scored   40", "rows rejected 0", "pairs/s", str(tmp_path / "out")):
         assert line in result.stdout
     assert len(read_results(tmp_path / "out")) == 40 and not (tmp_path / "wrong").exists()
+    # Its own local Ray, for the one job: without the dashboard, whose start the job would wait for.
+    assert "Started a local Ray instance" in result.stderr and "View the dashboard" not in result.stderr
     bad = run_cli("score", "--model", str(tiny_model), "--input", str(tmp_path / "pairs.csv"), "--output",
                   str(tmp_path / "o2"), "--query-column", "question")
     assert bad.returncode == 2 and "pairs.csv: missing column(s) 'question'" in bad.stderr
