@@ -4,7 +4,8 @@ each format (parquet in ranges of row groups, JSON Lines, CSV and TSV in chunks 
 Every row carries where it came from (`TAGS`: its input file's key, its position in the file, and on a file's
 last chunk the file's row count), so that outputs are named after their inputs and a re-run can tell which
 inputs are complete (docs/reliability.md). A record that cannot be read becomes a row with a reject reason,
-never a failed file.
+never a failed file. The partition keys of hive-style folders (`day=2026-11-30/`) become columns, as in Ray
+Data's readers.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import json
 import os
 import posixpath
 import re
+import urllib.parse
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -215,10 +217,21 @@ def reject_invalid_utf8(table: pa.Table, what: str) -> pa.Table:
     return table.append_column(REJECT, pa.array(reasons, pa.string()))
 
 
-def _tag(table: pa.Table, key: str, start: int, file_rows: Optional[int]) -> pa.Table:
+def partition_values(path: str) -> Dict[str, str]:
+    """The partition keys of a file's folders, written hive-style as Spark, Hive and Ray Data write them
+    (`.../day=2026-11-30/lang=en/part-0.parquet`), each a column of text, URL-decoded: what Ray Data's readers
+    give by default."""
+    folders = (f.split("=") for f in posixpath.dirname(path).split("/") if f.count("=") == 1)
+    return {key: urllib.parse.unquote(value) for key, value in folders if key}
+
+
+def _tag(table: pa.Table, key: str, start: int, file_rows: Optional[int], partitions: Dict[str, str]) -> pa.Table:
     import numpy as np
 
     n = table.num_rows
+    for name, value in partitions.items():
+        if name not in table.column_names:  # a column of the file's own wins, as in Ray Data
+            table = table.append_column(name, pa.repeat(pa.scalar(value, pa.string()), n))
     table = table.append_column(ROW_INPUT, pa.array([key] * n, pa.string()))
     table = table.append_column(ROW_INDEX, pa.array(np.arange(start, start + n, dtype=np.int64)))
     rows = pa.nulls(n, pa.int64()) if file_rows is None else pa.array(np.full(n, file_rows, dtype=np.int64))
@@ -227,18 +240,19 @@ def _tag(table: pa.Table, key: str, start: int, file_rows: Optional[int]) -> pa.
 
 def tag_rows(chunks, path: str, start: int = 0, ends_file: bool = True):
     """Adds the row tags to a file's chunks, the first being the file's row `start`. The last chunk of the
-    file (when `ends_file`) also carries the file's row count: one chunk is held back to know which is last."""
-    key, held = input_key(path), None
+    file (when `ends_file`) also carries the file's row count: one chunk is held back to know which is last.
+    The file's partition keys (`partition_values`) become columns too."""
+    key, held, partitions = input_key(path), None, partition_values(path)
     for chunk in chunks:
         table = chunk if isinstance(chunk, pa.Table) else pa.Table.from_pandas(chunk, preserve_index=False)
         if not table.num_rows:
             continue
         if held is not None:
-            yield _tag(held, key, start, None)
+            yield _tag(held, key, start, None, partitions)
             start += held.num_rows
         held = table
     if held is not None:
-        yield _tag(held, key, start, start + held.num_rows if ends_file else None)
+        yield _tag(held, key, start, start + held.num_rows if ends_file else None, partitions)
 
 
 # A parquet file is read by one task per this many rows, in whole row groups, so that a few large files still

@@ -278,6 +278,28 @@ def test_a_user_column_named_path_is_kept(jsonl_job):
     assert not [c for c in got.columns if c.startswith("_ce_")]
 
 
+def test_partition_keys_of_hive_style_folders_become_columns(ray_local, tmp_path, tiny_model):
+    """`day=1/lang=en%20us/part-0.parquet`, as Spark and Hive write: each key a text column, URL-decoded, as Ray
+    Data's readers give it; a column of the file's own of that name wins; a single file's folders count too."""
+    from ce_ray.readers import partition_values
+
+    assert partition_values("bucket/data/day=1/lang=en%20us/part-0.parquet") == {"day": "1", "lang": "en us"}
+    assert partition_values("/data/a=b=c/=x/plain/f.jsonl") == {}
+    rows = {"day=1/lang=en%20us": ["a", "b"], "day=2/lang=fr": ["c"], "day=2/lang=de": ["d", "e", "f"]}
+    for i, (folder, ids) in enumerate(rows.items()):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        frame = pd.DataFrame({"id": ids, "query": "q", "document": ids})
+        if folder.endswith("de"):
+            frame["day"] = "its own"
+        frame.to_parquet(tmp_path / "in" / folder / f"part-{i}.parquet")
+    job(tiny_model, tmp_path / "in", tmp_path / "out")
+    got = results(tmp_path / "out").set_index("id")
+    assert got["day"].to_dict() == {"a": "1", "b": "1", "c": "2", "d": "its own", "e": "its own", "f": "its own"}
+    assert got["lang"].to_dict() == {"a": "en us", "b": "en us", "c": "fr", "d": "de", "e": "de", "f": "de"}
+    job(tiny_model, tmp_path / "in" / "day=2" / "lang=fr" / "part-1.parquet", tmp_path / "one")
+    assert results(tmp_path / "one")[["day", "lang"]].values.tolist() == [["2", "fr"]]
+
+
 def test_missing_and_misnamed_columns_fail_before_scoring(tmp_path, tiny_model):
     pd.DataFrame({"query": ["q"], "Document": ["d"]}).to_parquet(tmp_path / "a.parquet")
     with pytest.raises(InputError, match=r"a\.parquet: missing column\(s\) 'document' \(columns: query, Document\)"):
