@@ -20,6 +20,16 @@ class ConfigError(ValueError):
     """A setting is unknown, of the wrong type or out of range."""
 
 
+def _require_names(config, *settings: str) -> None:
+    """The output columns the settings name: each a name, all different."""
+    names = [getattr(config, s) for s in settings]
+    for setting, name in zip(settings, names):
+        if not name:
+            raise ConfigError(f"{setting} must name a column")
+    if len(set(names)) < len(names):
+        raise ConfigError(f"{' and '.join(settings)} must name different columns, got {names}")
+
+
 @dataclass
 class ModelConfig:
     """Where the reranker comes from and how it runs."""
@@ -46,6 +56,9 @@ class ScoreConfig(ModelConfig):
     column_names: str = ""  # CSV or TSV files without a header line: their columns, "query_id,doc_id,query,document"
     query_column: str = "query"  # the query's text
     document_column: str = "document"  # the document's text
+    # the output column of the scores: an input column of that name fails the job before it starts (score
+    # an earlier output with another model under another name, score_l12)
+    score_column: str = "score"
     batch_tokens: Optional[int] = None  # token budget of one forward pass; None: 65536 on GPU, 2048 on CPU
     rows_per_block: int = 4096  # rows read and tokenized per block
     # rows a scoring replica takes per call; None: 32768 on GPU, rows_per_block on CPU
@@ -65,6 +78,7 @@ class ScoreConfig(ModelConfig):
                 raise ConfigError(f"{name} must be >= 1, got {value}")
         if self.tokenize_cpus <= 0:
             raise ConfigError(f"tokenize_cpus must be > 0, got {self.tokenize_cpus}")
+        _require_names(self, "score_column")
 
 
 @dataclass
@@ -72,6 +86,7 @@ class RerankConfig(ScoreConfig):
     """`ce-ray rerank`: score, then rank within each query."""
 
     query_id_column: str = "query_id"  # the rows of one query are ranked together
+    rank_column: str = "rank"  # the output column of the ranks (1 = best), another than any input column
     top_k: Optional[int] = None  # keep the best k of each query; None: all, ranked
     # Hash partitions of the group-by query id, each ranked in one task and written as its own file(s); None: one per
     # CPU of the cluster, and one per 256 MiB of input beyond (ce-ray rerank), Ray's default in ce_ray.rerank
@@ -83,6 +98,7 @@ class RerankConfig(ScoreConfig):
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
         if self.rank_partitions is not None and self.rank_partitions < 1:
             raise ConfigError(f"rank_partitions must be >= 1, got {self.rank_partitions}")
+        _require_names(self, "score_column", "rank_column")
 
 
 @dataclass

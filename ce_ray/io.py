@@ -16,7 +16,7 @@ import posixpath
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -229,18 +229,23 @@ def _first_record(data: bytes, input_format: str) -> List[str]:
 def check_inputs(
     fs: pafs.FileSystem, files: List[str], input_format: str, required: List[str],
     column_names: Optional[List[str]] = None, present: Sequence[str] = (), lists: Sequence[str] = (),
+    written: Optional[Dict[str, str]] = None,
 ) -> List[FileCheck]:
     """Reads each file's schema (parquet footer, CSV header, first JSON line) before any work starts.
 
     Fails naming the file and the column when a required (text) column or a `present` one (of any type: an
-    id) is missing or a required one is not text (nor a list of texts, for those in `lists`), a file is
-    unreadable, or there are no rows at all.
+    id) is missing or a required one is not text (nor a list of texts, for those in `lists`), a file has a
+    column the job writes (`written`: each name with what the user can do about it), a file is unreadable,
+    or there are no rows at all.
     """
     with ThreadPoolExecutor(max_workers=16) as pool:
         checks = list(pool.map(lambda p: _check_one(fs, p, input_format, column_names), files))
     for check in checks:
         if check.rows == 0:
             continue  # an empty file contributes no rows and needs no columns
+        for column in check.columns:
+            if column in (written or {}):
+                raise InputError(f"{check.path}: has a column {column!r}, which the job writes: {written[column]}")
         missing = [c for c in [*required, *present] if c not in check.columns]
         if missing:
             have = ", ".join(check.columns[:12]) or "none"

@@ -24,14 +24,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .io import COMPRESSED, DELIMITED, FileCheck, InputError, check_inputs, holds_texts, list_files
+from .runtime import ensure_ray
 
 
 def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[str]] = None,
                  keep=None, rows_per_block: int = 4096, rows_per_read: Optional[int] = None,
                  column_names: Optional[List[str]] = None, present: Sequence[str] = (),
-                 lists: Sequence[str] = ()):
+                 lists: Sequence[str] = (), written: Optional[Dict[str, str]] = None):
     """A Ray Dataset over the input files, after `check_inputs` passed (`required` text columns, or lists of
-    texts for those in `lists`; `present` ones of any type).
+    texts for those in `lists`; `present` ones of any type; none that the job writes, `written`).
 
     Files are streamed in chunks of `rows_per_block` rows, and every row is tagged with its input file's key
     and position (`TAGS`). A text file is one read task; a parquet file one task per `rows_per_read` rows
@@ -43,12 +44,13 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     import ray.data
 
     files, input_format, fs = list_files(uri, input_format, column_names)
-    checks = check_inputs(fs, files, input_format, list(required or []), column_names, present, lists)
+    checks = check_inputs(fs, files, input_format, list(required or []), column_names, present, lists, written)
     checks = [c for c in checks if c.rows != 0]
     files = [c.path for c in checks]
     todo = [c for c in checks if keep is None or keep(c.path)]
     if not todo:
         return None, files, 0
+    ensure_ray()  # here, not by Ray Data's own start, which would start the dashboard too
     size_bytes = sum(c.size_bytes for c in todo)
     if input_format == "parquet":
         ranges = [r for c in todo for r in read_ranges(c, rows_per_read or PARQUET_ROWS_PER_READ)]

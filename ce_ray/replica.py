@@ -21,7 +21,6 @@ from .batching import IDS, REJECT, TYPES, default_batch_tokens, list_parts, toke
 from .bert import BertCrossEncoder  # noqa: E402
 from .config import ScoreConfig  # noqa: E402
 from .model import ModelError, attention_inputs, load_scoring_model, to_device  # noqa: E402
-from .score import SCORE  # noqa: E402
 
 IMPORT_SECONDS = time.perf_counter() - _imports_started
 
@@ -49,6 +48,7 @@ class Scorer:
             trust_remote_code=config.trust_remote_code, implementation=config.implementation,
         )
         self.budget = config.batch_tokens or default_batch_tokens(self.reranker.device.type == "cuda")
+        self.score_column = config.score_column
         self.pad_id = self.reranker.pad_id
         self.model_type = self.reranker.model_type
         self.forward = self.reranker.model
@@ -146,4 +146,4 @@ class Scorer:
                 message += ": float16's range overflowed; score with --dtype bfloat16 or float32"
             raise ModelError(message)
         table = table.drop_columns([c for c in (IDS, TYPES) if c in table.column_names])
-        return table.append_column(SCORE, pa.array(scores, pa.float32(), mask=~valid))
+        return table.append_column(self.score_column, pa.array(scores, pa.float32(), mask=~valid))

@@ -47,9 +47,9 @@ def _reject_null_query_ids(table: pa.Table, query_id_column: str) -> pa.Table:
     return table.append_column(REJECT, reasons)
 
 
-def _rankable(table: pa.Table, query_id_column: str) -> pa.Array:
+def _rankable(table: pa.Table, query_id_column: str, score_column: str) -> pa.Array:
     """The rows that get a rank: a score, no reject reason, a query id."""
-    valid = table.column(SCORE).is_valid()
+    valid = table.column(score_column).is_valid()
     if query_id_column in table.column_names:
         valid = pc.and_(valid, table.column(query_id_column).is_valid())
     if REJECT in table.column_names:
@@ -57,10 +57,10 @@ def _rankable(table: pa.Table, query_id_column: str) -> pa.Array:
     return valid
 
 
-def _ranking_order(table: pa.Table, input_order: Optional[List[str]], document_column: str):
+def _ranking_order(table: pa.Table, input_order: Optional[List[str]], document_column: str, score_column: str):
     """(table, sort keys) of the ranking order: score descending, ties by input order (the files as listed, then
     the row in its file, as `_FILE` and `_ce_row`), or by document text in rows without the reader's tags."""
-    keys = [(SCORE, "descending")]
+    keys = [(score_column, "descending")]
     if ROW_INPUT in table.column_names and ROW_INDEX in table.column_names:
         files = table.column(ROW_INPUT)
         if input_order is not None:
@@ -73,20 +73,20 @@ def _ranking_order(table: pa.Table, input_order: Optional[List[str]], document_c
 
 
 def rank_group(table: pa.Table, top_k: Optional[int] = None, input_order: Optional[List[str]] = None,
-               document_column: str = "document", count_cut: bool = False,
-               query_id_column: str = "query_id") -> pa.Table:
+               document_column: str = "document", count_cut: bool = False, query_id_column: str = "query_id",
+               score_column: str = SCORE, rank_column: str = RANK) -> pa.Table:
     """Ranks the rows of one query. Rejected rows (no score) are kept, unranked, for the rejects output."""
     table = _reject_null_query_ids(table, query_id_column)
-    valid = _rankable(table, query_id_column)
+    valid = _rankable(table, query_id_column, score_column)
     # Rows cut before the shuffle (keep_block_top_k) count with those cut here.
     cut_before = int(pc.sum(table.column(CUT)).as_py() or 0) if CUT in table.column_names else 0
     table = table.drop_columns([c for c in (CUT,) if c in table.column_names])
     scored, rejected = table.filter(valid), table.filter(pc.invert(valid))
-    scored, keys = _ranking_order(scored, input_order, document_column)
+    scored, keys = _ranking_order(scored, input_order, document_column, score_column)
     ranked = scored.take(pc.sort_indices(scored, sort_keys=keys))  # a stable sort
     kept = ranked.num_rows if top_k is None else min(top_k, ranked.num_rows)
-    ranked = ranked.slice(0, kept).append_column(RANK, pa.array(np.arange(1, kept + 1, dtype=np.int32)))
-    rejected = rejected.append_column(RANK, pa.nulls(rejected.num_rows, pa.int32()))
+    ranked = ranked.slice(0, kept).append_column(rank_column, pa.array(np.arange(1, kept + 1, dtype=np.int32)))
+    rejected = rejected.append_column(rank_column, pa.nulls(rejected.num_rows, pa.int32()))
     if count_cut:
         cut = np.zeros(kept, dtype=np.int64)
         if kept:
@@ -115,7 +115,7 @@ def plain_key(table: pa.Table, column: str) -> pa.Table:
 
 def keep_block_top_k(table: pa.Table, top_k: int, query_id_column: str = "query_id",
                      input_order: Optional[List[str]] = None, document_column: str = "document",
-                     count_cut: bool = False) -> pa.Table:
+                     count_cut: bool = False, score_column: str = SCORE) -> pa.Table:
     """The best `top_k` rows of each query in one block, and every row that will not be ranked (no score, a
     reject reason, no query id). A row that k rows of its query beat in its block is beaten by them in the
     whole query too (the same order, `_ranking_order`), so the query's top k is among the rows kept. With
@@ -123,9 +123,9 @@ def keep_block_top_k(table: pa.Table, top_k: int, query_id_column: str = "query_
     `rank_group` adds them to its own."""
     if query_id_column not in table.column_names:
         return table
-    valid = _rankable(table, query_id_column)
+    valid = _rankable(table, query_id_column, score_column)
     scored, other = table.filter(valid), table.filter(pc.invert(valid))
-    scored, keys = _ranking_order(scored, input_order, document_column)
+    scored, keys = _ranking_order(scored, input_order, document_column, score_column)
     scored = scored.take(pc.sort_indices(scored, sort_keys=[(query_id_column, "ascending")] + keys))
     rows = scored.num_rows
     query = scored.column(query_id_column)
@@ -153,33 +153,35 @@ def shuffle_input(table: pa.Table, column: str, top_k: Optional[int] = None, **r
 
 def rank(ds, query_id_column: str = "query_id", top_k: Optional[int] = None,
          input_order: Optional[List[str]] = None, document_column: str = "document", count_cut: bool = False,
-         partitions: Optional[int] = None):
-    """Adds `rank` within each query to a scored Dataset (and keeps the top k when given)."""
-    ranking = dict(input_order=input_order, document_column=document_column, count_cut=count_cut)
+         partitions: Optional[int] = None, score_column: str = SCORE, rank_column: str = RANK):
+    """Adds `rank` (`rank_column`) within each query to a scored Dataset (and keeps the top k when given)."""
+    ranking = dict(input_order=input_order, document_column=document_column, count_cut=count_cut,
+                   score_column=score_column)
     ds = ds.map_batches(shuffle_input, fn_kwargs=dict(column=query_id_column, top_k=top_k, **ranking),
                         batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
                         udf_modifying_row_count=top_k is not None)
     return ds.groupby(query_id_column, num_partitions=partitions).map_groups(
-        rank_group, fn_kwargs=dict(top_k=top_k, query_id_column=query_id_column, **ranking), batch_format="pyarrow")
+        rank_group, fn_kwargs=dict(top_k=top_k, query_id_column=query_id_column, rank_column=rank_column, **ranking),
+        batch_format="pyarrow")
 
 
 def rerank(ds, config: Optional[RerankConfig] = None, input_order: Optional[List[str]] = None, **settings):
-    """Scores a Dataset of pairs and ranks them within each query: adds `score`, `rank` (1 = best) and
-    keeps every input column; with `top_k`, only the best k of each query. Rejected rows keep a null
-    score and rank and say why in `reject_reason`.
+    """Scores a Dataset of pairs and ranks them within each query: adds `score`, `rank` (1 = best; named by
+    `score_column` and `rank_column`) and keeps every input column; with `top_k`, only the best k of each
+    query. Rejected rows keep a null score and rank and say why in `reject_reason`.
     Example: `ce_ray.rerank(ray.data.read_parquet(...), model="cross-encoder/ms-marco-MiniLM-L6-v2", top_k=10)`.
     """
     config = with_settings(config or RerankConfig(), settings)
     config.validate()
     return rank(score(ds, config), config.query_id_column, config.top_k, input_order, config.document_column,
-                partitions=config.rank_partitions)
+                partitions=config.rank_partitions, score_column=config.score_column, rank_column=config.rank_column)
 
 
 class RankedSink(PairsSink):
     """The pairs sink, also counting the rows top-k cut (the `_ce_cut` column, dropped here)."""
 
-    def __init__(self, output: str):
-        super().__init__(output)
+    def __init__(self, output: str, written):
+        super().__init__(output, written)
         self.counts["rows_cut"] = 0
 
     def write(self, blocks, ctx) -> dict:
@@ -242,7 +244,8 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     """The `ce-ray rerank` job: read, score, rank per query, keep the top k, write results and rejects."""
     from .io import parse_names
     from .readers import input_key, read_dataset
-    from .score import ensure_ray, job_settings, surfaced_errors
+    from .runtime import surfaced_errors
+    from .score import job_settings, written_columns
     from .sink import prepare_output
 
     require(config, "model", "input", "output")
@@ -251,21 +254,22 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
         raise ConfigError(f"{title}: mode resume works per input file, but ranking groups rows across files; "
                           "use mode overwrite")
     start = time.perf_counter()
-    ensure_ray()
     # The query id may be text or a number: present, of any type.
     ds, files, input_bytes = read_dataset(
         config.input, config.input_format, [config.query_column, config.document_column],
         rows_per_block=config.rows_per_block, column_names=parse_names(config.column_names),
-        present=[config.query_id_column])
-    job = job_settings(config) | {"query_id_column": config.query_id_column, "top_k": config.top_k}
+        present=[config.query_id_column], written=written_columns(config))
+    job = job_settings(config) | {"query_id_column": config.query_id_column, "top_k": config.top_k} | (
+        {"rank_column": config.rank_column} if config.rank_column != RANK else {})
     prepare_output(config.output, config.mode, job=job)
     scored = score(ds, config, announce=title)
     partitions = config.rank_partitions or default_partitions(input_bytes)
     print(f"{title}: ranks the rows of each {config.query_id_column} in {partitions} partition(s)"
           + (f", keeping the best {config.top_k}" if config.top_k else ""), flush=True)
     ranked = rank(scored, config.query_id_column, config.top_k, [input_key(f) for f in files], config.document_column,
-                  count_cut=True, partitions=partitions)
-    sink = RankedSink(config.output)
+                  count_cut=True, partitions=partitions, score_column=config.score_column,
+                  rank_column=config.rank_column)
+    sink = RankedSink(config.output, list(written_columns(config)))
     with surfaced_errors():
         ranked.write_datasink(sink)
     counts = sink.counts

@@ -6,19 +6,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import os
-import re
 import time
-from typing import Optional
+from typing import Dict, Optional
 
 import pyarrow as pa
 
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, require, with_settings
 from .io import InputError
+from .runtime import cluster_gpus, ensure_ray, free_failed_actors, surfaced_errors
 from .tokenizer_facts import tokenizer_facts
 
 # torch is imported by the replica (ce_ray.replica, ce_ray.model) alone: the driver (with the tokenizer's
@@ -31,8 +29,21 @@ SCORE = "score"
 GPU_ROWS_PER_CALL = 32768
 
 
+def written_columns(config: ScoreConfig) -> Dict[str, str]:
+    """The columns a job adds to the rows, each with what to do about an input column of that name, which the
+    job would overwrite: it fails before any work instead (`check_inputs`), or at the block that has it (a
+    JSON line's own keys, a caller's Dataset)."""
+    columns = {config.score_column: "name the scores otherwise with score_column (--score-column)"}
+    if getattr(config, "rank_column", None):  # rerank
+        columns[config.rank_column] = "name the ranks otherwise with rank_column (--rank-column)"
+    return columns
+
+
 def _tokenize_block(table: pa.Table, encoder: PairEncoder, query_column: str, document_column: str,
-                    max_length: int, on_invalid: str) -> pa.Table:
+                    max_length: int, on_invalid: str, written: Dict[str, str]) -> pa.Table:
+    for column in table.column_names:
+        if column in written:
+            raise InputError(f"the input has a column {column!r}, which the job writes: {written[column]}")
     out = tokenize_table(table, encoder, query_column, document_column, max_length)
     if on_invalid == "fail" and out.column(REJECT).null_count < out.num_rows:
         reasons = out.column(REJECT).drop_null()
@@ -48,62 +59,8 @@ def _resolved(config: ScoreConfig) -> ScoreConfig:
     return dataclasses.replace(config, model=model)
 
 
-def ensure_ray() -> None:
-    """Joins the Ray cluster (`RAY_ADDRESS`, or one `ray start` runs on this machine) or starts a local one.
-
-    A local Ray started here serves one job and ends with it: it starts without the dashboard, which took
-    0.6-0.7 s more of each job's start on a 2-core CPU (2.4-3.4 s against 3.0-4.1) and a process beside the
-    job's. To watch jobs in the dashboard, `ray start --head` first: the commands join that cluster.
-    """
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False)  # ignored when joining a cluster
-
-
-def _cluster_gpus() -> int:
-    import ray
-
-    return int(ray.cluster_resources().get("GPU", 0))
-
-
-def free_failed_actors() -> None:
-    """Frees the actors of an earlier failed Ray Data execution in this process, before a new job asks for
-    CPUs or GPUs.
-
-    Ray Data lets a failed execution's actors go by reference counting, but its error and the executor's
-    state reference each other: the actors live, holding their resources, until the garbage collector
-    breaks that cycle, and on a small cluster the next job would wait for them forever. (While something
-    still holds the error, such as a logging handler that keeps records, nothing can free them.)
-    """
-    gc.collect()
-
-
-@contextlib.contextmanager
-def surfaced_errors():
-    """Re-raises ce-ray's own error (ModelError, InputError, ConfigError) that failed a task or a replica of
-    the job as itself, with its message alone, instead of inside Ray's report of it.
-
-    Ray Data wraps an exception of a task or an actor call in a UserCodeException and carries the original
-    across processes only as traceback text, so a user would see a page of Ray's frames for an error such
-    as a float16 overflow or on_invalid=fail. Any other failure goes through as Ray reports it.
-    """
-    try:
-        yield
-    except Exception as e:
-        text = getattr(e, "traceback_str", None) or str(e)
-        found = re.findall(r"^ce_ray\.\w+\.(ModelError|InputError|ConfigError): (.+)$", text, re.MULTILINE)
-        if not found:
-            raise
-        from .model_folder import ModelError
-
-        kind, message = found[0]  # the root cause: a chain prints its first exception first
-        error = {"ModelError": ModelError, "InputError": InputError, "ConfigError": ConfigError}[kind]
-        raise error(message) from None
-
-
 def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settings):
-    """Adds a float32 `score` to every row of a Dataset of (query, document) pairs.
+    """Adds a float32 `score` (`score_column`) to every row of a Dataset of (query, document) pairs.
 
     Rows that cannot be scored (null or non-text query or document) keep a null score and say why in
     `reject_reason` (null for scored rows); with `on_invalid="fail"` they fail the job instead.
@@ -128,8 +85,8 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
         config = dataclasses.replace(config, max_length=facts.max_length)
 
     free_failed_actors()
-    use_gpu = config.use_gpu if config.use_gpu is not None else _cluster_gpus() > 0
-    max_replicas = config.replicas or (max(_cluster_gpus(), 1) if use_gpu else 1)
+    use_gpu = config.use_gpu if config.use_gpu is not None else cluster_gpus() > 0
+    max_replicas = config.replicas or (max(cluster_gpus(), 1) if use_gpu else 1)
     if announce:  # before Ray Data's own lines, which follow the run
         budget = config.batch_tokens or default_batch_tokens(use_gpu)
         print(f"{announce}: {config.model} on {'GPU' if use_gpu else 'CPU'}, up to {max_replicas} replica(s), "
@@ -139,7 +96,7 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
         _tokenize_block,
         fn_kwargs=dict(
             encoder=encoder, query_column=config.query_column, document_column=config.document_column,
-            max_length=config.max_length, on_invalid=config.on_invalid,
+            max_length=config.max_length, on_invalid=config.on_invalid, written=written_columns(config),
         ),
         batch_format="pyarrow",
         batch_size=config.rows_per_block,
@@ -184,11 +141,12 @@ def predict(model: str, pairs, **settings):
     # Each pair's position travels with it: Ray Data may hand blocks back in any order.
     table = pa.table(columns | {"position": np.arange(len(pairs))})
     settings = {"on_invalid": "fail", "query_column": "query", "document_column": "document", **settings}
+    column = settings.setdefault("score_column", SCORE)
     with surfaced_errors():
-        scored = score(ray.data.from_arrow(table), model=model, **settings).select_columns(["position", SCORE])
+        scored = score(ray.data.from_arrow(table), model=model, **settings).select_columns(["position", column])
         out = pa.concat_tables(ray.get(scored.to_arrow_refs()))
     scores = np.empty(len(pairs), np.float32)
-    scores[out.column("position").to_numpy()] = out.column(SCORE).to_numpy(zero_copy_only=False)
+    scores[out.column("position").to_numpy()] = out.column(column).to_numpy(zero_copy_only=False)
     return scores
 
 
@@ -263,9 +221,10 @@ def job_settings(config: ScoreConfig) -> dict:
     """The settings that decide an output's rows and scores: a resumed run must share them."""
     names = ("model", "input", "input_format", "query_column", "document_column", "max_length", "dtype",
              "tokenizer", "on_invalid", "allow_pickle", "trust_remote_code")
-    # column_names only when set, so that outputs written before it existed still resume
+    # column_names and score_column only when set, so that outputs written before they existed still resume
     return {name: getattr(config, name) for name in names} | (
-        {"column_names": config.column_names} if config.column_names else {})
+        {"column_names": config.column_names} if config.column_names else {}) | (
+        {"score_column": config.score_column} if config.score_column != SCORE else {})
 
 
 def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") -> Summary:
@@ -285,20 +244,19 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         raise ConfigError(f"{title}: mode resume works per input file, but this job groups rows across "
                           "files; use mode overwrite")
     start = time.perf_counter()
-    ensure_ray()
     check_s3_access(config.output)
     job = job_settings(config)
     earlier = resume_state(config.output, job) if config.mode == "resume" else ResumeState({}, [])
     done = earlier.complete
     ds, files, _ = read_dataset(config.input, config.input_format, [config.query_column, config.document_column],
                                 keep=lambda path: input_key(path) not in done, rows_per_block=config.rows_per_block,
-                                column_names=parse_names(config.column_names))
+                                column_names=parse_names(config.column_names), written=written_columns(config))
     # score() checks and loads the model's config and tokenizer: a bad model fails before the output is touched.
     scored = None if ds is None else score(ds, config, announce=title)
     if scored is not None and transform is not None:
         scored = transform(scored)
     kept = prepare_output(config.output, config.mode, job=job, resume=earlier)
-    sink = PairsSink(config.output)
+    sink = PairsSink(config.output, list(written_columns(config)))
     if scored is not None:
         with surfaced_errors():
             scored.write_datasink(sink, ray_remote_args=WRITE_REMOTE_ARGS)

@@ -23,7 +23,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Optional, Set
+from typing import Dict, Iterable, Optional, Sequence, Set
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,6 +38,7 @@ from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 
 RESULTS = "results"
 REJECTS = "rejects"
+REASON = "reason"  # why a row of rejects/ was rejected
 SUCCESS = "_SUCCESS"
 STATE = "_ce_ray"
 JOB = "job.json"
@@ -236,8 +237,9 @@ def write_table_atomic(fs: pafs.FileSystem, path: str, table: pa.Table, remote: 
     fs.move(tmp, path)
 
 
-def split_rejects(table: pa.Table) -> tuple:
-    """(scored rows without the reject column, rejected rows with `reason` and without scores)."""
+def split_rejects(table: pa.Table, written: Sequence[str] = ("score",)) -> tuple:
+    """(scored rows without the reject column, rejected rows with `reason` and without the `written` columns,
+    the score's and rank's). Where the input has a `reason` column of its own, the rejects' is `reject_reason`."""
     if REJECT not in table.column_names:
         return table, None
     rejected = table.column(REJECT).is_valid()
@@ -245,8 +247,9 @@ def split_rejects(table: pa.Table) -> tuple:
     bad = table.filter(rejected)
     if not bad.num_rows:
         return good, None
-    bad = bad.drop_columns([c for c in ("score", "rank") if c in bad.column_names])
-    bad = bad.rename_columns([("reason" if c == REJECT else c) for c in bad.column_names])
+    bad = bad.drop_columns([c for c in written if c in bad.column_names])
+    if REASON not in bad.column_names:
+        bad = bad.rename_columns([(REASON if c == REJECT else c) for c in bad.column_names])
     return good, bad
 
 
@@ -261,8 +264,12 @@ def _input_groups(table: pa.Table):
 
 
 class PairsSink(Datasink):
-    def __init__(self, output: str):
+    """Writes each input file's rows to results/ and rejects/, named after it; `written`: the columns the job
+    added (the score's, the rank's), which rejected rows go without."""
+
+    def __init__(self, output: str, written: Sequence[str] = ("score",)):
         self.output = output
+        self.written = list(written)
         self.counts = {"rows_scored": 0, "rows_rejected": 0, "files": 0}
 
     def on_write_start(self, schema=None) -> None:
@@ -287,7 +294,7 @@ class PairsSink(Datasink):
         for name, rows, input_rows in groups:
             if stall and stall in name:
                 time.sleep(3600)
-            good, bad = split_rejects(rows)
+            good, bad = split_rejects(rows, self.written)
             metadata = {} if input_rows is None else {INPUT_ROWS: str(input_rows).encode()}
             for sub, part in ((RESULTS, good), (REJECTS, bad)):
                 if part is None or not part.num_rows:

@@ -580,7 +580,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
 
     from . import card
     from .model_folder import check_safe, local_model_path
-    from .score import ensure_ray, free_failed_actors, surfaced_errors
+    from .runtime import ensure_ray, free_failed_actors, surfaced_errors
     from .tokenizer_facts import tokenizer_facts
 
     config = with_settings(config or TrainConfig(), settings)

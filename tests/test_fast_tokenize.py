@@ -259,7 +259,7 @@ def test_a_tokenize_task_imports_neither_transformers_nor_torch():
         "import pickle, sys\n"
         "from ce_ray.score import _tokenize_block\n"
         "job = pickle.load(sys.stdin.buffer)\n"
-        "out = _tokenize_block(job['table'], job['encoder'], 'query', 'document', 128, 'fail')\n"
+        "out = _tokenize_block(job['table'], job['encoder'], 'query', 'document', 128, 'fail', {})\n"
         "loaded = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
         "pickle.dump((out, loaded), sys.stdout.buffer)\n"
     )

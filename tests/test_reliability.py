@@ -300,6 +300,32 @@ def test_partition_keys_of_hive_style_folders_become_columns(ray_local, tmp_path
     assert results(tmp_path / "one")[["day", "lang"]].values.tolist() == [["2", "fr"]]
 
 
+def test_a_column_the_job_writes_fails_before_scoring_unless_named_otherwise(ray_local, tmp_path, tiny_model):
+    """A first stage's `score` (or an earlier output's): the job would overwrite it. It fails before any work,
+    naming the setting that names the scores otherwise; a later JSON line's key fails the job at its block."""
+    frame = pd.DataFrame({"query": ["q", "q"], "document": ["d", None], "score": [0.5, 0.7], "reason": ["r1", "r2"]})
+    frame.to_parquet(tmp_path / "bm25.parquet")
+    with pytest.raises(InputError, match=r"bm25\.parquet: has a column 'score', which the job writes: name the "
+                                         r"scores otherwise with score_column \(--score-column\)"):
+        job(tiny_model, tmp_path / "bm25.parquet", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    job(tiny_model, tmp_path / "bm25.parquet", tmp_path / "out", score_column="ce_score")
+    got = pd.read_parquet(tmp_path / "out" / "results")
+    assert got[["score", "reason"]].values.tolist() == [[0.5, "r1"]] and got["ce_score"].notna().all()
+    # The input's own `reason` stays; the rejects' is then `reject_reason`.
+    bad = pd.read_parquet(tmp_path / "out" / "rejects")
+    assert bad[["reason", "reject_reason"]].values.tolist() == [["r2", "document is null"]]
+    assert "ce_score" not in bad.columns
+
+    lines = ['{"query": "q", "document": "d"}', '{"query": "q", "document": "e", "score": 1}']
+    (tmp_path / "late.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match="the input has a column 'score', which the job writes"):
+        job(tiny_model, tmp_path / "late.jsonl", tmp_path / "late")
+    assert not (tmp_path / "late" / "_SUCCESS").exists()
+    with pytest.raises(ConfigError, match="score_column must name a column"):
+        job(tiny_model, tmp_path / "late.jsonl", tmp_path / "late", score_column="")
+
+
 def test_missing_and_misnamed_columns_fail_before_scoring(tmp_path, tiny_model):
     pd.DataFrame({"query": ["q"], "Document": ["d"]}).to_parquet(tmp_path / "a.parquet")
     with pytest.raises(InputError, match=r"a\.parquet: missing column\(s\) 'document' \(columns: query, Document\)"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -204,6 +205,20 @@ def test_rerank_job_over_files_and_blocks(ray_local, tiny_model, tmp_path, capsy
     plain = results.sort_values("doc_id")
     assert ranked["rank"].tolist() == plain["rank"].tolist()
     assert ranked["query_id"].tolist() == plain["query_id"].tolist()
+
+    # A cascade: the output reranked again (here by the same model), its scores and ranks under other names.
+    again = RerankConfig(model=str(tiny_model), input=str(tmp_path / "all" / "results"), output=str(tmp_path / "two"),
+                         top_k=2)
+    with pytest.raises(InputError, match="has a column 'score', which the job writes"):
+        run_rerank(again)
+    with pytest.raises(InputError, match="has a column 'rank', which the job writes: name the ranks otherwise"):
+        run_rerank(dataclasses.replace(again, score_column="score_2"))
+    with pytest.raises(ConfigError, match="must name different columns"):
+        run_rerank(dataclasses.replace(again, score_column="s", rank_column="s"))
+    run_rerank(dataclasses.replace(again, score_column="score_2", rank_column="rank_2"))
+    two = pd.read_parquet(tmp_path / "two" / "results").sort_values(["query_id", "rank_2"])
+    assert two["doc_id"].tolist() == best["doc_id"].tolist() and (two["rank_2"] == two["rank"]).all()
+    np.testing.assert_allclose(two["score_2"], two["score"], atol=1e-6)
 
 
 def test_rerank_input_errors(tiny_model, tmp_path):
