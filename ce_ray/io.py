@@ -54,10 +54,11 @@ def is_list(dtype: pa.DataType) -> bool:
 
 
 def is_text(dtype: pa.DataType) -> bool:
-    """Strings, or strings dictionary-encoded (a pandas categorical, a Polars categorical written to parquet)."""
+    """Strings, strings dictionary-encoded (a pandas categorical, a Polars categorical written to parquet), or
+    string views (Polars' strings in Arrow)."""
     if pa.types.is_dictionary(dtype):
         dtype = dtype.value_type
-    return pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
+    return pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype)
 
 
 def parse_names(text: str, setting: str = "column_names") -> Optional[List[str]]:

@@ -178,6 +178,15 @@ def input_key(path: str) -> str:
     return f"{stem}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
 
 
+def without_views(table: pa.Table) -> pa.Table:
+    """String and binary views (Polars writes its strings so) as plain strings and binaries: the same values,
+    in the types every stage and Ray Data's group-by take."""
+    plain = {pa.string_view(): pa.string(), pa.binary_view(): pa.binary()}
+    if not any(f.type in plain for f in table.schema):
+        return table
+    return table.cast(pa.schema([f.with_type(plain.get(f.type, f.type)) for f in table.schema]))
+
+
 def reject_invalid_utf8(table: pa.Table, what: str) -> pa.Table:
     """Rows whose text holds invalid UTF-8 are rejected (text shown with U+FFFD), never fail the file."""
     from .batching import REJECT
@@ -294,7 +303,7 @@ def read_range(fs: pafs.FileSystem, part: ReadRange, rows_per_block: int):
     """A range's rows in chunks of `rows_per_block`, tagged with their file's key and row numbers."""
     with fs.open_input_file(part.path) as f:
         batches = pq.ParquetFile(f).iter_batches(batch_size=rows_per_block, row_groups=part.row_groups)
-        chunks = (reject_invalid_utf8(pa.Table.from_batches([b]), part.path) for b in batches)
+        chunks = (reject_invalid_utf8(without_views(pa.Table.from_batches([b])), part.path) for b in batches)
         yield from tag_rows(chunks, part.path, part.first_row, part.ends_file)
 
 

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from .batching import REJECT
 from .config import ConfigError, RerankConfig, require, with_settings
 from .io import InputError
-from .readers import ROW_INDEX, ROW_INPUT, TAGS
+from .readers import ROW_INDEX, ROW_INPUT, TAGS, without_views
 from .score import SCORE, score, summary_lines
 from .sink import PairsSink
 
@@ -146,8 +146,9 @@ def keep_block_top_k(table: pa.Table, top_k: int, query_id_column: str = "query_
 
 
 def shuffle_input(table: pa.Table, column: str, top_k: Optional[int] = None, **ranking) -> pa.Table:
-    """A scored block as the group-by's shuffle takes it: a plain key, and with a top k only each query's best k."""
-    table = plain_key(table, column)
+    """A scored block as the group-by's shuffle takes it: a plain key, no string views (which Arrow's sorts and
+    takes refuse: a caller's Dataset may hold them), and with a top k only each query's best k."""
+    table = plain_key(without_views(table), column)
     return table if top_k is None else keep_block_top_k(table, top_k, column, **ranking)
 
 
