@@ -86,7 +86,7 @@ class RerankConfig(ScoreConfig):
     """`ce-ray rerank`: score, then rank within each query."""
 
     query_id_column: str = "query_id"  # the rows of one query are ranked together
-    rank_column: str = "rank"  # the output column of the ranks (1 = best), another than any input column
+    rank_column: str = "rank"  # the output column of the ranks (1 = best); as score_column, no input column's
     top_k: Optional[int] = None  # keep the best k of each query; None: all, ranked
     # Hash partitions of the group-by query id, each ranked in one task and written as its own file(s); None: one per
     # CPU of the cluster, and one per 256 MiB of input beyond (ce-ray rerank), Ray's default in ce_ray.rerank

@@ -32,7 +32,6 @@ def cluster_gpus() -> int:
     import ray
 
     ensure_ray()
-
     return int(ray.cluster_resources().get("GPU", 0))
 
 
