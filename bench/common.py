@@ -44,7 +44,7 @@ def assets_dir() -> str:
     for path in (SHARED_MODEL, ASSETS):
         if all(os.path.exists(os.path.join(path, f)) for f in ASSET_FILES):
             return os.path.abspath(path)
-    sys.exit(f"no model config/tokenizer: run `python3 bench/common.py assets` where ../shared exists and "
+    sys.exit("no model config/tokenizer: run `python3 bench/common.py assets` where ../shared exists and "
              "carry .cache/bench-assets")
 
 
