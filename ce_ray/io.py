@@ -227,6 +227,14 @@ def _first_record(data: bytes, input_format: str) -> List[str]:
     return next(csv.reader(io.StringIO(text)))
 
 
+def refuse_written(columns: Sequence[str], written: Dict[str, str], where: str) -> None:
+    """Fails naming the first of `columns` that the job writes (`written`: each name with what the user can do
+    about it), which the job would overwrite."""
+    for column in columns:
+        if column in written:
+            raise InputError(f"{where} has a column {column!r}, which the job writes: {written[column]}")
+
+
 def check_inputs(
     fs: pafs.FileSystem, files: List[str], input_format: str, required: List[str],
     column_names: Optional[List[str]] = None, present: Sequence[str] = (), lists: Sequence[str] = (),
@@ -244,9 +252,7 @@ def check_inputs(
     for check in checks:
         if check.rows == 0:
             continue  # an empty file contributes no rows and needs no columns
-        for column in check.columns:
-            if column in (written or {}):
-                raise InputError(f"{check.path}: has a column {column!r}, which the job writes: {written[column]}")
+        refuse_written(check.columns, written or {}, f"{check.path}:")
         missing = [c for c in [*required, *present] if c not in check.columns]
         if missing:
             have = ", ".join(check.columns[:12]) or "none"

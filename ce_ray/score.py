@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, require, with_settings
-from .io import InputError
+from .io import InputError, refuse_written
 from .runtime import cluster_gpus, ensure_ray, free_failed_actors, surfaced_errors
 from .tokenizer_facts import tokenizer_facts
 
@@ -41,9 +41,7 @@ def written_columns(config: ScoreConfig) -> Dict[str, str]:
 
 def _tokenize_block(table: pa.Table, encoder: PairEncoder, query_column: str, document_column: str,
                     max_length: int, on_invalid: str, written: Dict[str, str]) -> pa.Table:
-    for column in table.column_names:
-        if column in written:
-            raise InputError(f"the input has a column {column!r}, which the job writes: {written[column]}")
+    refuse_written(table.column_names, written, "the input")
     out = tokenize_table(table, encoder, query_column, document_column, max_length)
     if on_invalid == "fail" and out.column(REJECT).null_count < out.num_rows:
         reasons = out.column(REJECT).drop_null()

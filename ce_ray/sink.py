@@ -237,7 +237,7 @@ def write_table_atomic(fs: pafs.FileSystem, path: str, table: pa.Table, remote: 
     fs.move(tmp, path)
 
 
-def split_rejects(table: pa.Table, written: Sequence[str] = ("score",)) -> tuple:
+def split_rejects(table: pa.Table, written: Sequence[str]) -> tuple:
     """(scored rows without the reject column, rejected rows with `reason` and without the `written` columns,
     the score's and rank's). Where the input has a `reason` column of its own, the rejects' is `reject_reason`."""
     if REJECT not in table.column_names:
@@ -267,7 +267,7 @@ class PairsSink(Datasink):
     """Writes each input file's rows to results/ and rejects/, named after it; `written`: the columns the job
     added (the score's, the rank's), which rejected rows go without."""
 
-    def __init__(self, output: str, written: Sequence[str] = ("score",)):
+    def __init__(self, output: str, written: Sequence[str]):
         self.output = output
         self.written = list(written)
         self.counts = {"rows_scored": 0, "rows_rejected": 0, "files": 0}

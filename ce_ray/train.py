@@ -574,13 +574,12 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
 
     Example: `ce_ray.train(TrainConfig(model=..., train_data="pairs.parquet", output="s3://b/model", num_workers=4))`.
     """
-    import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from . import card
     from .model_folder import check_safe, local_model_path
-    from .runtime import ensure_ray, free_failed_actors, surfaced_errors
+    from .runtime import cluster_gpus, ensure_ray, free_failed_actors, surfaced_errors
     from .tokenizer_facts import tokenizer_facts
 
     config = with_settings(config or TrainConfig(), settings)
@@ -597,7 +596,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     encoder = pair_encoder(model, config.tokenizer, config.trust_remote_code, facts)
     ensure_ray()
     free_failed_actors()
-    use_gpu = config.use_gpu if config.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    use_gpu = config.use_gpu if config.use_gpu is not None else cluster_gpus() > 0
     if config.deepspeed:
         try:
             _import_deepspeed(use_gpu)
