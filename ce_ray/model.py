@@ -135,8 +135,7 @@ def load_reranker(
         net = AutoModelForSequenceClassification.from_pretrained(
             path,
             config=config,
-            dtype=torch_dtype,
-            attn_implementation="sdpa",
+            dtype=torch_dtype,  # attention: SDPA where the architecture has it, else its own (DeBERTa's)
             use_safetensors=None if allow_pickle else True,
             trust_remote_code=trust_remote_code,
         )

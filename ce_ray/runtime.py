@@ -12,19 +12,21 @@ from .config import ConfigError
 from .io import InputError
 
 
-def ensure_ray() -> None:
+def ensure_ray(dashboard: bool = False) -> None:
     """Joins the Ray cluster (`RAY_ADDRESS`, or one `ray start` runs on this machine) or starts a local one.
 
-    A local Ray started here serves one job and ends with it: it starts without the dashboard, which took
-    0.6-0.7 s more of each job's start on a 2-core CPU (2.4-3.4 s against 3.0-4.1) and a process beside the
-    job's. To watch jobs in the dashboard, `ray start --head` first: the commands join that cluster.
+    A local Ray started here serves one job and ends with it. For scoring it starts without the dashboard,
+    which took 0.6-0.7 s more of each job's start on a 2-core CPU (2.4-3.4 s against 3.0-4.1) and a process
+    beside the job's. Training asks for it (`dashboard`): Ray Train watches its controller through Ray's
+    state API, which the dashboard serves, and without it warns every few seconds for the whole run. To watch
+    any job in the dashboard, `ray start --head` first: the commands join that cluster.
     Jobs call it where they first need Ray, after their input and output checks, so that a bad input fails
     without waiting for Ray's start.
     """
     import ray
 
     if not ray.is_initialized():
-        ray.init(include_dashboard=False)  # ignored when joining a cluster
+        ray.init(include_dashboard=None if dashboard else False)  # ignored when joining a cluster
 
 
 def cluster_gpus() -> int:

@@ -594,7 +594,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     facts = tokenizer_facts(model, config.trust_remote_code)  # once: the max length and the encoder's plan
     max_length = config.max_length or facts.max_length
     encoder = pair_encoder(model, config.tokenizer, config.trust_remote_code, facts)
-    ensure_ray()
+    ensure_ray(dashboard=True)  # Ray Train's state queries need it
     free_failed_actors()
     use_gpu = config.use_gpu if config.use_gpu is not None else cluster_gpus() > 0
     if config.deepspeed:

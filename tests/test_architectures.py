@@ -1,0 +1,111 @@
+"""Rerankers that are not BERT: other tokenizers (byte-level BPE, SentencePiece-style Unigram) and a model
+whose attention has no SDPA (DeBERTa-v2's, as mxbai's rerankers), scored and trained as CrossEncoder does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ce_ray import ScoreConfig, run_score
+
+from conftest import wikiqa_pairs
+from test_score import read_results, run_cli
+
+SIGMOID = "torch.nn.modules.activation.Sigmoid"
+
+
+def trained_tokenizer(kind: str, texts):
+    """A small tokenizer of the kind's family, trained on `texts`, as transformers loads it."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast, RobertaTokenizerFast
+
+    if kind == "roberta":  # byte-level BPE, <s> q </s></s> d </s>, no token types
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        tokenizer.train_from_iterator(texts, trainers.BpeTrainer(
+            vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+        return RobertaTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                    cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+    # deberta-v2: a SentencePiece-style Unigram, [CLS] q [SEP] d [SEP] with token types
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.normalizer, tokenizer.pre_tokenizer = normalizers.NFKC(), pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=600, special_tokens=specials,
+                                                                 unk_token="[UNK]"))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, cls_token="[CLS]", sep_token="[SEP]",
+                                   pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]")
+
+
+def build_reranker(kind: str, path, texts):
+    """A random 2-layer reranker of `kind`, saved as a CrossEncoder folder. Weights drawn wider than usual
+    (initializer_range 0.5) spread its scores over (0, 1), so that parity at 1e-5 says something."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    tokenizer = trained_tokenizer(kind, texts)
+    tokenizer.model_max_length = 128
+    extra = dict(pad_token_id=1, bos_token_id=0, eos_token_id=2, max_position_embeddings=130) if kind == "roberta" \
+        else dict(pad_token_id=0, max_position_embeddings=128)
+    config = AutoConfig.for_model(kind, vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=64, num_labels=1, initializer_range=0.5,
+                                  **extra)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config)
+    model.config.sentence_transformers = {"activation_fn": SIGMOID}
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pairs() -> pd.DataFrame:
+    return wikiqa_pairs("test", 200)[["query_id", "query", "document", "label"]].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def rerankers(pairs, tmp_path_factory) -> dict:
+    texts = list(pairs["query"].unique()) + list(pairs["document"])
+    return {kind: build_reranker(kind, tmp_path_factory.mktemp(kind), texts) for kind in ("roberta", "deberta-v2")}
+
+
+def predict(path, frame: pd.DataFrame) -> np.ndarray:
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(str(path), device="cpu").predict(list(zip(frame["query"], frame["document"])),
+                                                         show_progress_bar=False)
+
+
+@pytest.mark.parametrize("kind", ["roberta", "deberta-v2"])
+def test_other_architectures_and_tokenizers_score_as_cross_encoder_predict(ray_local, tmp_path, pairs, rerankers,
+                                                                           kind):
+    pairs.assign(pair_id=np.arange(len(pairs))).to_parquet(tmp_path / "pairs.parquet")
+    summary = run_score(ScoreConfig(model=str(rerankers[kind]), input=str(tmp_path / "pairs.parquet"),
+                                    output=str(tmp_path / "out"), rows_per_block=64))
+    assert (summary.rows_scored, summary.rows_rejected) == (len(pairs), 0)
+    scores = read_results(tmp_path / "out").sort_values("pair_id")["score"].to_numpy()
+    expected = predict(rerankers[kind], pairs)
+    assert expected.std() > 0.1, "the random model's scores must spread for parity to mean something"
+    assert np.abs(scores - expected).max() <= 1e-5
+
+
+def test_training_from_the_command_line_with_its_own_ray(tmp_path, pairs, rerankers):
+    """`ce-ray train` of a DeBERTa-v2 reranker (attention without SDPA), in a process that starts its own local
+    Ray: with the dashboard, whose state API Ray Train queries every second (without it, Ray Train warns each
+    time). The saved folder loads in CrossEncoder, and its scores moved."""
+    pairs.to_parquet(tmp_path / "train.parquet")
+    result = run_cli("train", "--model", str(rerankers["deberta-v2"]), "--train-data", str(tmp_path / "train.parquet"),
+                     "--output", str(tmp_path / "model"), "--num-workers", "1", "--max-steps", "4", "--lr", "1e-3",
+                     "--log-every", "2", timeout=420)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "steps         4" in result.stdout
+    assert "View the dashboard" in result.stderr
+    assert "Failed to query Ray Train Controller" not in result.stderr
+    before, after = predict(rerankers["deberta-v2"], pairs), predict(tmp_path / "model", pairs)
+    assert np.isfinite(after).all() and np.abs(after - before).max() > 1e-3
