@@ -124,9 +124,13 @@ class PairEncoder:
     model: str
     trust_remote_code: bool = False
     fast: Optional[fast_tokenize.PairPlan] = None
+    prompt: str = ""  # put before each query, as CrossEncoder.predict puts its prompt (`model_folder.query_prompt`)
 
     def encode(self, queries: pa.Array, documents: pa.Array, max_length: int):
         """(ids, token types or None) Arrow list arrays, the Hugging Face pair encoding id for id."""
+        if self.prompt:
+            queries = pc.binary_join_element_wise(pa.scalar(self.prompt, queries.type), queries,
+                                                  pa.scalar("", queries.type))
         if self.fast is not None:
             return self.fast.encode(queries, documents, max_length)
         tokenizer = cached_tokenizer(self.model, self.trust_remote_code)
@@ -134,12 +138,12 @@ class PairEncoder:
 
 
 def pair_encoder(model: str, choice: str = "auto", trust_remote_code: bool = False,
-                 facts: Optional[TokenizerFacts] = None) -> PairEncoder:
+                 facts: Optional[TokenizerFacts] = None, prompt: str = "") -> PairEncoder:
     """The encoder of a model's pairs for `tokenize_table`; choice "fast" fails for a tokenizer nanotoken
     cannot reproduce. The plan comes from the model's `tokenizer_facts` (after a first job, without
     transformers), or from `facts` where the caller has them already."""
     facts = facts or tokenizer_facts(model, trust_remote_code)
-    return PairEncoder(model, trust_remote_code, chosen_plan(facts.plan, choice, facts.tokenizer_class))
+    return PairEncoder(model, trust_remote_code, chosen_plan(facts.plan, choice, facts.tokenizer_class), prompt)
 
 
 def reader_reasons(table: pa.Table) -> np.ndarray:

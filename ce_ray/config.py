@@ -59,6 +59,10 @@ class ScoreConfig(ModelConfig):
     # the output column of the scores: an input column of that name fails the job before it starts (score
     # an earlier output with another model under another name, score_l12)
     score_column: str = "score"
+    # text put before each query, as CrossEncoder.predict's prompt; None: the model's default prompt
+    # (default_prompt_name in its config_sentence_transformers.json), if any; "" for none
+    prompt: Optional[str] = None
+    prompt_name: Optional[str] = None  # instead: one of the model's saved prompts, by name, as predict's prompt_name
     batch_tokens: Optional[int] = None  # token budget of one forward pass; None: 65536 on GPU, 2048 on CPU
     rows_per_block: int = 4096  # rows read and tokenized per block
     # rows a scoring replica takes per call; None: 32768 on GPU, rows_per_block on CPU

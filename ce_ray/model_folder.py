@@ -1,5 +1,6 @@
 """A model folder without torch: where it is (local, a copy of an `s3://` folder, or a hub id), whether it
-is safe to load, and what CrossEncoder reads from it besides the weights (max length, activation, tokenizer).
+is safe to load, and what CrossEncoder reads from it besides the weights (max length, activation, tokenizer,
+prompt).
 
 A job's driver needs only these, and importing torch would cost it seconds: `ce_ray.model` holds the rest.
 """
@@ -10,7 +11,9 @@ import glob
 import hashlib
 import json
 import os
+from typing import Optional
 
+from .config import ConfigError
 from .io import check_s3_access, filesystem
 
 SIGMOID = "torch.nn.modules.activation.Sigmoid"
@@ -137,6 +140,24 @@ def activation_path(path: str, num_labels: int, trust_remote_code: bool = False)
         if found.startswith("torch.") or trust_remote_code:
             return found
     return SIGMOID if num_labels == 1 else IDENTITY
+
+
+def query_prompt(path: str, prompt: Optional[str] = None, prompt_name: Optional[str] = None) -> str:
+    """The text put before each query, as CrossEncoder.predict resolves its `prompt` and `prompt_name`: the
+    prompt given, else the model's saved prompt of that name, else its default prompt
+    (config_sentence_transformers.json: `prompts`, `default_prompt_name`), else none ("")."""
+    if prompt is not None and prompt_name is not None:
+        raise ConfigError("set prompt or prompt_name, not both")
+    if prompt is not None:
+        return prompt
+    file = os.path.join(path, "config_sentence_transformers.json") if os.path.isdir(path) else ""
+    saved = read_json(file) if file and os.path.exists(file) else {}
+    prompts = saved.get("prompts") or {}
+    if prompt_name is not None:
+        if prompt_name not in prompts:
+            raise ConfigError(f"prompt_name {prompt_name!r}: the model's prompts are {sorted(prompts)}")
+        return prompts[prompt_name]
+    return prompts.get(saved.get("default_prompt_name"), "") or ""
 
 
 def max_length_of(path: str, tokenizer, config) -> int:

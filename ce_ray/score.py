@@ -66,7 +66,7 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
     With `announce` (a job's title), one line says how the pairs will be scored: the device, the replicas,
     the tokenizer, the forward passes' token budget.
     """
-    from .model_folder import ModelError, check_safe, local_model_path
+    from .model_folder import ModelError, check_safe, local_model_path, query_prompt
 
     config = with_settings(config or ScoreConfig(), settings)
     require(config, "model")
@@ -78,7 +78,8 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
         facts = tokenizer_facts(config.model, config.trust_remote_code)
     except (OSError, ValueError) as e:  # not a folder, an unknown hub id, no hub reachable
         raise ModelError(f"cannot load model {config.model}: {e}") from None
-    encoder = pair_encoder(config.model, config.tokenizer, config.trust_remote_code, facts)
+    prompt = query_prompt(path, config.prompt, config.prompt_name)
+    encoder = pair_encoder(config.model, config.tokenizer, config.trust_remote_code, facts, prompt)
     if config.max_length is None:
         config = dataclasses.replace(config, max_length=facts.max_length)
 
@@ -89,7 +90,7 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
         budget = config.batch_tokens or default_batch_tokens(use_gpu)
         print(f"{announce}: {config.model} on {'GPU' if use_gpu else 'CPU'}, up to {max_replicas} replica(s), "
               f"tokenizer {'nanotoken' if encoder.fast is not None else 'Hugging Face'}, forward passes of at "
-              f"most {budget:,} tokens", flush=True)
+              f"most {budget:,} tokens" + (f", each query after the prompt {prompt!r}" if prompt else ""), flush=True)
     tokenized = ds.map_batches(
         _tokenize_block,
         fn_kwargs=dict(
@@ -222,7 +223,8 @@ def job_settings(config: ScoreConfig) -> dict:
     # column_names and score_column only when set, so that outputs written before they existed still resume
     return {name: getattr(config, name) for name in names} | (
         {"column_names": config.column_names} if config.column_names else {}) | (
-        {"score_column": config.score_column} if config.score_column != SCORE else {})
+        {"score_column": config.score_column} if config.score_column != SCORE else {}) | {
+        name: getattr(config, name) for name in ("prompt", "prompt_name") if getattr(config, name) is not None}
 
 
 def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") -> Summary:
