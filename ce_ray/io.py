@@ -61,6 +61,14 @@ def is_text(dtype: pa.DataType) -> bool:
     return pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype)
 
 
+def read_type(dtype: pa.DataType) -> pa.DataType:
+    """The type a column of a file is read as (`readers.plain_columns`): string and binary views (Polars') as
+    plain strings and binaries, dictionary-encoded columns (pandas' and Polars' categoricals) as their values."""
+    if pa.types.is_dictionary(dtype):
+        dtype = dtype.value_type
+    return {pa.string_view(): pa.string(), pa.binary_view(): pa.binary()}.get(dtype, dtype)
+
+
 def parse_names(text: str, setting: str = "column_names") -> Optional[List[str]]:
     """A setting that names columns, `query_id,doc_id,query,document`, as a list (None when unset)."""
     if not text.strip():
@@ -270,7 +278,34 @@ def check_inputs(
                 raise InputError(f"{check.path}: column {column!r} is {check.types[column]}, not {kind}")
     if all(c.rows == 0 for c in checks):
         raise InputError(f"input has no rows ({len(files)} file(s), all empty)")
+    check_types_agree(checks)
     return checks
+
+
+def check_types_agree(checks: List[FileCheck]) -> None:
+    """Fails naming both files when a column is of kinds in two files that Arrow cannot make one (a number
+    in one, text in the other): Ray Data would fail the job where it first puts rows of both in one block,
+    mid-way. Kinds that widen to one type (int32 and int64, string and large_string, timestamp units, an
+    all-null column) pass, as Ray Data unifies them. Parquet files' types only: text formats' come per block."""
+    seen: Dict[str, Tuple[pa.DataType, str]] = {}  # a column's type so far, and a file that has it
+    for check in checks:
+        if check.rows == 0:
+            continue
+        for name, dtype in check.types.items():
+            dtype = read_type(dtype)
+            if name not in seen:
+                seen[name] = dtype, check.path
+                continue
+            unified, where = seen[name]
+            if unified == dtype:
+                continue
+            try:
+                unified = pa.unify_schemas([pa.schema([(name, unified)]), pa.schema([(name, dtype)])],
+                                           promote_options="permissive").field(name).type
+            except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise InputError(f"{check.path}: column {name!r} is {dtype}, but in {where} it is {unified}: rows "
+                                 "of both cannot be put together; write it as one type in every file") from None
+            seen[name] = unified, where
 
 
 def s3_location(uri: str) -> Tuple[str, str]:

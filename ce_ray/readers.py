@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .io import COMPRESSED, DELIMITED, FileCheck, InputError, check_inputs, holds_texts, list_files
+from .io import COMPRESSED, DELIMITED, FileCheck, InputError, check_inputs, holds_texts, list_files, read_type
 from .runtime import ensure_ray
 
 
@@ -178,13 +178,12 @@ def input_key(path: str) -> str:
     return f"{stem}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
 
 
-def without_views(table: pa.Table) -> pa.Table:
-    """String and binary views (Polars writes its strings so) as plain strings and binaries: the same values,
-    in the types every stage and Ray Data's group-by take."""
-    plain = {pa.string_view(): pa.string(), pa.binary_view(): pa.binary()}
-    if not any(f.type in plain for f in table.schema):
-        return table
-    return table.cast(pa.schema([f.with_type(plain.get(f.type, f.type)) for f in table.schema]))
+def plain_columns(table: pa.Table) -> pa.Table:
+    """The columns in the types they are read as (`io.read_type`): the same values, in types that every stage
+    and Ray Data's group-by take, and the same in every file (a categorical in one file, plain text in another,
+    would fail where Ray Data puts their rows in one block)."""
+    schema = pa.schema([f.with_type(read_type(f.type)) for f in table.schema], metadata=table.schema.metadata)
+    return table if schema == table.schema else table.cast(schema)
 
 
 def reject_invalid_utf8(table: pa.Table, what: str) -> pa.Table:
@@ -303,7 +302,7 @@ def read_range(fs: pafs.FileSystem, part: ReadRange, rows_per_block: int):
     """A range's rows in chunks of `rows_per_block`, tagged with their file's key and row numbers."""
     with fs.open_input_file(part.path) as f:
         batches = pq.ParquetFile(f).iter_batches(batch_size=rows_per_block, row_groups=part.row_groups)
-        chunks = (reject_invalid_utf8(without_views(pa.Table.from_batches([b])), part.path) for b in batches)
+        chunks = (reject_invalid_utf8(plain_columns(pa.Table.from_batches([b])), part.path) for b in batches)
         yield from tag_rows(chunks, part.path, part.first_row, part.ends_file)
 
 

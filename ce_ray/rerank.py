@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from .batching import REJECT
 from .config import ConfigError, RerankConfig, require, with_settings
 from .io import InputError
-from .readers import ROW_INDEX, ROW_INPUT, TAGS, without_views
+from .readers import ROW_INDEX, ROW_INPUT, TAGS, plain_columns
 from .score import SCORE, score, summary_lines
 from .sink import PairsSink
 
@@ -98,19 +98,12 @@ def rank_group(table: pa.Table, top_k: Optional[int] = None, input_order: Option
     return out.drop_columns([c for c in TAGS if c in out.column_names])
 
 
-def plain_key(table: pa.Table, column: str) -> pa.Table:
-    """The query id column with its dictionary decoded (a categorical in pandas or Polars): Ray Data's group-by
-    cannot hash a dictionary-encoded column. Other columns, and a plain key, are left as they are. A key that
-    is no single value (a list, a struct) fails the job here, naming the column, rather than in the group-by."""
-    if column not in table.column_names:
-        return table
-    if pa.types.is_dictionary(table.schema.field(column).type):
-        key = table.column(column)
-        table = table.set_column(table.schema.get_field_index(column), column, key.cast(key.type.value_type))
-    dtype = table.schema.field(column).type
-    if pa.types.is_nested(dtype):
+def check_key(table: pa.Table, column: str) -> None:
+    """A query id that is no single value (a list, a struct) fails the job here, naming the column, rather
+    than in the group-by."""
+    dtype = table.schema.field(column).type if column in table.column_names else None
+    if dtype is not None and pa.types.is_nested(dtype):
         raise InputError(f"{column} is {dtype}: a query id is one value (text or a number) per row")
-    return table
 
 
 def keep_block_top_k(table: pa.Table, top_k: int, query_id_column: str = "query_id",
@@ -146,9 +139,11 @@ def keep_block_top_k(table: pa.Table, top_k: int, query_id_column: str = "query_
 
 
 def shuffle_input(table: pa.Table, column: str, top_k: Optional[int] = None, **ranking) -> pa.Table:
-    """A scored block as the group-by's shuffle takes it: a plain key, no string views (which Arrow's sorts and
-    takes refuse: a caller's Dataset may hold them), and with a top k only each query's best k."""
-    table = plain_key(without_views(table), column)
+    """A scored block as the group-by's shuffle takes it: plain columns (a caller's Dataset may hold string
+    views, which Arrow's sorts and takes refuse, and a categorical key, which Ray Data's group-by cannot hash),
+    a single-valued key, and with a top k only each query's best k."""
+    table = plain_columns(table)
+    check_key(table, column)
     return table if top_k is None else keep_block_top_k(table, top_k, column, **ranking)
 
 

@@ -231,18 +231,36 @@ def test_blank_lines_in_jsonl_are_skipped_and_a_line_of_two_objects_is_rejected(
 
 
 def test_a_categorical_text_column_is_text(ray_local, tmp_path, tiny_model):
-    """pandas writes a categorical column as a dictionary of strings: scored as the same strings would be."""
+    """pandas writes a categorical column as a dictionary of strings: scored as the same strings would be,
+    also where one file has it categorical and another plain (and ids int32 in one, int64 in the other),
+    whose rows Ray Data put in one block and failed on."""
     df = pd.DataFrame({"id": range(6), "query": pd.Categorical(["q one", "q one", "q two", None, "q two", "q one"]),
                        "document": [f"document {i}" for i in range(6)]})
-    for name, frame in (("categorical", df), ("plain", df.astype({"query": object}))):
+    plain = df.astype({"query": object})
+    for name, frame in (("categorical", df), ("plain", plain)):
         (tmp_path / name).mkdir()
         frame.to_parquet(tmp_path / name / "p.parquet")
+    (tmp_path / "mixed").mkdir()
+    df.iloc[:3].astype({"id": np.int32}).to_parquet(tmp_path / "mixed" / "a.parquet")
+    plain.iloc[3:].to_parquet(tmp_path / "mixed" / "b.parquet")
     assert pa.types.is_dictionary(pq.read_schema(tmp_path / "categorical" / "p.parquet").field("query").type)
     summary = job(tiny_model, tmp_path / "categorical", tmp_path / "out-categorical")
     assert (summary.rows_scored, summary.rows_rejected) == (5, 1)
     assert rejects(tmp_path / "out-categorical")["reason"].tolist() == ["query is null"]
     job(tiny_model, tmp_path / "plain", tmp_path / "out-plain")
     pd.testing.assert_frame_equal(results(tmp_path / "out-categorical"), results(tmp_path / "out-plain"))
+    job(tiny_model, tmp_path / "mixed", tmp_path / "out-mixed")
+    pd.testing.assert_frame_equal(results(tmp_path / "out-mixed"), results(tmp_path / "out-plain"))
+
+
+def test_files_whose_column_types_disagree_fail_before_scoring(tmp_path, tiny_model):
+    """An id that is a number in one file and text in another: Ray Data failed the job where it first put
+    rows of both in one block, after the output was begun, in a page of its frames."""
+    pd.DataFrame({"query_id": [1, 2], "query": ["q", "q"], "document": ["a", "b"]}).to_parquet(tmp_path / "a.parquet")
+    pd.DataFrame({"query_id": ["3"], "query": ["q"], "document": ["c"]}).to_parquet(tmp_path / "b.parquet")
+    with pytest.raises(InputError, match=r"b\.parquet: column 'query_id' is (large_)?string, but in \S+a\.parquet it is int64"):
+        job(tiny_model, tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_utf8_bom_at_the_start_of_a_csv_or_jsonl_file_is_skipped(ray_local, tmp_path, tiny_model):

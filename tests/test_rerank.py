@@ -15,7 +15,7 @@ from ce_ray.batching import REJECT
 from ce_ray.config import ConfigError, RerankConfig
 from ce_ray.io import InputError
 from ce_ray.readers import ROW_INDEX, ROW_INPUT
-from ce_ray.rerank import CUT, keep_block_top_k, plain_key, rank_group, run_rerank
+from ce_ray.rerank import CUT, keep_block_top_k, rank_group, run_rerank, shuffle_input
 
 
 def tagged(rows) -> pa.Table:
@@ -231,8 +231,8 @@ def test_rerank_input_errors(tiny_model, tmp_path):
                                 mode="resume"))
     # A query id that is no single value fails naming the column, before Ray Data's group-by would fail on it.
     with pytest.raises(InputError, match=r"query_id is list<\w+: int64>: a query id is one value"):
-        plain_key(pa.table({"query_id": [[1], [2]], "document": ["a", "b"]}), "query_id")
+        shuffle_input(pa.table({"query_id": [[1], [2]], "document": ["a", "b"]}), "query_id")
     categorical = pa.table({"query_id": pa.array(["q1", "q2", "q1"]).dictionary_encode()})
-    assert plain_key(categorical, "query_id").column("query_id").type == pa.string()
+    assert shuffle_input(categorical, "query_id").column("query_id").type == pa.string()
     with pytest.raises(ConfigError, match="top_k"):
         run_rerank(RerankConfig(model=str(tiny_model), input=str(tmp_path), output=str(tmp_path / "o"), top_k=0))
