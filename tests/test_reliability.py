@@ -258,7 +258,8 @@ def test_files_whose_column_types_disagree_fail_before_scoring(tmp_path, tiny_mo
     rows of both in one block, after the output was begun, in a page of its frames."""
     pd.DataFrame({"query_id": [1, 2], "query": ["q", "q"], "document": ["a", "b"]}).to_parquet(tmp_path / "a.parquet")
     pd.DataFrame({"query_id": ["3"], "query": ["q"], "document": ["c"]}).to_parquet(tmp_path / "b.parquet")
-    with pytest.raises(InputError, match=r"b\.parquet: column 'query_id' is (large_)?string, but in \S+a\.parquet it is int64"):
+    disagree = r"b\.parquet: column 'query_id' is (large_)?string, but in \S+a\.parquet it is int64"
+    with pytest.raises(InputError, match=disagree):
         job(tiny_model, tmp_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
