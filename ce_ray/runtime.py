@@ -56,13 +56,21 @@ def surfaced_errors():
 
     Ray Data wraps an exception of a task or an actor call in a UserCodeException and carries the original
     across processes only as traceback text, so a user would see a page of Ray's frames for an error such
-    as a float16 overflow or on_invalid=fail. Any other failure goes through as Ray reports it.
+    as a float16 overflow or on_invalid=fail. Blocks whose column types Ray Data cannot make one (a number in
+    one JSON or CSV file, text in another; parquet inputs are checked before the job) fail as an InputError
+    naming the column. Any other failure goes through as Ray reports it.
     """
     try:
         yield
     except Exception as e:
         text = getattr(e, "traceback_str", None) or str(e)
         found = re.findall(r"^ce_ray\.\w+\.(ModelError|InputError|ConfigError): (.+)$", text, re.MULTILINE)
+        clash = re.search(r"Unable to merge: Field (\S+) has incompatible types: (.+?) vs (.+?)$", text, re.MULTILINE)
+        if not found and clash:
+            column, one, other = clash.groups()
+            raise InputError(f"column {column!r} is {one} in some rows and {other} in others (a number in one file, "
+                             "text in another): rows of both cannot be put together; write it as one type in "
+                             "every file") from None
         if not found:
             raise
         from .model_folder import ModelError

@@ -253,15 +253,24 @@ def test_a_categorical_text_column_is_text(ray_local, tmp_path, tiny_model):
     pd.testing.assert_frame_equal(results(tmp_path / "out-mixed"), results(tmp_path / "out-plain"))
 
 
-def test_files_whose_column_types_disagree_fail_before_scoring(tmp_path, tiny_model):
+def test_files_whose_column_types_disagree_fail_naming_the_column(ray_local, tmp_path, tiny_model):
     """An id that is a number in one file and text in another: Ray Data failed the job where it first put
-    rows of both in one block, after the output was begun, in a page of its frames."""
-    pd.DataFrame({"query_id": [1, 2], "query": ["q", "q"], "document": ["a", "b"]}).to_parquet(tmp_path / "a.parquet")
-    pd.DataFrame({"query_id": ["3"], "query": ["q"], "document": ["c"]}).to_parquet(tmp_path / "b.parquet")
+    rows of both in one block, after the output was begun, in a page of its frames. Parquet files fail before
+    any work, naming both; JSON Lines files, whose types come with each block, fail the job in one line."""
+    (tmp_path / "parquet").mkdir()
+    pd.DataFrame({"query_id": [1, 2], "query": ["q", "q"], "document": ["a", "b"]}).to_parquet(
+        tmp_path / "parquet" / "a.parquet")
+    pd.DataFrame({"query_id": ["3"], "query": ["q"], "document": ["c"]}).to_parquet(tmp_path / "parquet" / "b.parquet")
     disagree = r"b\.parquet: column 'query_id' is (large_)?string, but in \S+a\.parquet it is int64"
     with pytest.raises(InputError, match=disagree):
-        job(tiny_model, tmp_path, tmp_path / "out")
+        job(tiny_model, tmp_path / "parquet", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    (tmp_path / "jsonl").mkdir()
+    (tmp_path / "jsonl" / "a.jsonl").write_text('{"id": 1, "query": "q", "document": "a"}\n')
+    (tmp_path / "jsonl" / "b.jsonl").write_text('{"id": "x2", "query": "q", "document": "b"}\n')
+    with pytest.raises(InputError, match=r"^column 'id' is (int64|string) in some rows and (string|int64) in others"):
+        job(tiny_model, tmp_path / "jsonl", tmp_path / "out-jsonl")
+    assert not (tmp_path / "out-jsonl" / "_SUCCESS").exists()
 
 
 def test_a_utf8_bom_at_the_start_of_a_csv_or_jsonl_file_is_skipped(ray_local, tmp_path, tiny_model):
