@@ -82,6 +82,27 @@ def read_json(file: str) -> dict:
             raise ModelError(f"{file} is not valid JSON ({e})") from None
 
 
+def is_sequence_classifier(architectures) -> bool:
+    """CrossEncoder's rule: a model saved as a sequence classifier has its classifier; any other (a base
+    model's MaskedLM, a bi-encoder's BertModel, or none named) gets a new one-logit head."""
+    return any(name.endswith("ForSequenceClassification") for name in architectures or ())
+
+
+def saved_architectures(path: str) -> list:
+    """The architectures a local model folder's config.json names (empty for a hub id or none named)."""
+    config_file = os.path.join(path, "config.json")
+    return (read_json(config_file).get("architectures") or []) if os.path.exists(config_file) else []
+
+
+def check_scores(path: str, model: str) -> None:
+    """Refuses to score with a model that has no classifier: its head would be drawn at random, as
+    CrossEncoder draws one to fine-tune it, and every score would mean nothing."""
+    architectures = saved_architectures(path)
+    if architectures and not is_sequence_classifier(architectures):
+        raise ModelError(f"{model} is a {', '.join(architectures)}, not a sequence classifier: it has no reranker's "
+                         "classifier, and its scores would be random; fine-tune it first (ce-ray train)")
+
+
 def check_safe(path: str, allow_pickle: bool, trust_remote_code: bool) -> None:
     """Refuses pickle-only weights and repository code before anything is loaded."""
     if not os.path.isdir(path):

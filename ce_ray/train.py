@@ -205,6 +205,7 @@ def train_loop(loop_config: dict) -> dict:
 
     # ce-ray's BERT where it reproduces the model: less host work per pass (a step of 16 pairs on a GPU is
     # little else), and loaded and saved without transformers, whose import is seconds of a worker's start.
+    torch.manual_seed(config.seed)  # a base model's new head: the same in every run (DDP gives all rank 0's)
     native = bert.trainable(plan["model"]) if config.implementation == "auto" else None
     reranker = None if native is not None else load_reranker(
         plan["model"], device="cpu", dtype="float32", max_length=plan["max_length"],
@@ -578,7 +579,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from . import card
-    from .model_folder import check_safe, local_model_path
+    from .model_folder import check_safe, is_sequence_classifier, local_model_path, saved_architectures
     from .runtime import cluster_gpus, ensure_ray, free_failed_actors, surfaced_errors
     from .tokenizer_facts import tokenizer_facts
 
@@ -591,6 +592,10 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         model = os.path.abspath(model)
     check_safe(model, config.allow_pickle, config.trust_remote_code)
     _check_output(config.output)
+    architectures = saved_architectures(model)
+    if os.path.isdir(model) and not is_sequence_classifier(architectures):
+        print(f"ce-ray train: {model} has no classifier ({', '.join(architectures) or 'no architectures named'}): "
+              "it gets a new one-logit head, as CrossEncoder gives it", flush=True)
     facts = tokenizer_facts(model, config.trust_remote_code)  # once: the max length and the encoder's plan
     max_length = config.max_length or facts.max_length
     encoder = pair_encoder(model, config.tokenizer, config.trust_remote_code, facts)

@@ -566,3 +566,41 @@ def test_an_output_that_cannot_be_written_fails_before_training(tiny_model, tmp_
     with pytest.raises(OutputError, match=r"cannot write the output \S+/a-file/model: .*Not a directory"):
         _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(tmp_path / "nowhere.parquet"),
                                           output=str(tmp_path / "a-file" / "model")))
+
+
+def test_a_base_model_is_refused_for_scoring_and_fine_tuned_with_a_new_head(ray_local, tiny_model, pairs_file,
+                                                                              tmp_path, capsys):
+    """A base model (a MaskedLM, no classifier, no labels in its config), as CrossEncoder takes one to fine-tune:
+    ce-ray train gives it a one-logit head (it failed on the config's 2 labels), drawn from the run's seed;
+    scoring it before is refused (its head would be random), and after, it scores as CrossEncoder does."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import BertConfig, BertForMaskedLM
+
+    from ce_ray import ScoreConfig, run_score
+    from ce_ray.config import TrainConfig
+    from ce_ray.model_folder import ModelError
+
+    config = json.loads((tiny_model / "config.json").read_text())
+    for key in ("architectures", "id2label", "label2id", "sentence_transformers"):
+        config.pop(key, None)
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    BertForMaskedLM(BertConfig(**config)).save_pretrained(base)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (tiny_model / name).exists():
+            (base / name).write_bytes((tiny_model / name).read_bytes())
+    with pytest.raises(ModelError, match=r"base is a BertForMaskedLM, not a sequence classifier: .*\(ce-ray train\)"):
+        run_score(ScoreConfig(model=str(base), input=str(pairs_file), output=str(tmp_path / "scored-base")))
+    assert not (tmp_path / "scored-base").exists()
+
+    _train_module().train(TrainConfig(model=str(base), train_data=str(pairs_file), output=str(tmp_path / "model"),
+                                      num_workers=2, batch_size=8, max_steps=3, lr=1e-3))
+    assert "has no classifier (BertForMaskedLM): it gets a new one-logit head" in capsys.readouterr().out
+    model = str(tmp_path / "model")
+    assert CrossEncoder(model, device="cpu").num_labels == 1
+    run_score(ScoreConfig(model=model, input=str(pairs_file), output=str(tmp_path / "scored")))
+    frame = pd.read_parquet(pairs_file)
+    scored = pd.read_parquet(tmp_path / "scored" / "results")  # one input file: its rows in order
+    expected = CrossEncoder(model, device="cpu").predict(list(zip(frame["query"], frame["document"])))
+    assert np.abs(scored["score"].to_numpy() - expected).max() <= 1e-5
