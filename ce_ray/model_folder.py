@@ -181,6 +181,27 @@ def query_prompt(path: str, prompt: Optional[str] = None, prompt_name: Optional[
     return prompts.get(saved.get("default_prompt_name"), "") or ""
 
 
+# Model types whose positions are a learned table of max_position_embeddings rows: a longer input indexes past
+# it (an IndexError on a CPU, a device-side assert that ends the process on a GPU). RoBERTa's kin number their
+# positions from pad_token_id + 1. Rotary (ModernBERT) and relative (DeBERTa-v2) positions have no such bound.
+LEARNED_POSITIONS = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "albert"})
+OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert"})
+
+
+def check_max_length(path: str, model: str, max_length: Optional[int]) -> None:
+    """Refuses a max_length past the tokens a model's learned positions can take, before any work."""
+    config_file = os.path.join(path, "config.json")
+    if max_length is None or not os.path.exists(config_file):
+        return
+    config = read_json(config_file)
+    positions, model_type = config.get("max_position_embeddings"), config.get("model_type")
+    if not positions or model_type not in LEARNED_POSITIONS:
+        return
+    limit = positions - ((config.get("pad_token_id") or 0) + 1 if model_type in OFFSET_POSITIONS else 0)
+    if max_length > limit:
+        raise ConfigError(f"max_length {max_length}: {model} takes at most {limit} tokens (its position table)")
+
+
 def max_length_of(path: str, tokenizer, config) -> int:
     """CrossEncoder's rule: sentence_bert_config.json, else the tokenizer's, capped by the positions."""
     file = os.path.join(path, "sentence_bert_config.json") if os.path.isdir(path) else ""

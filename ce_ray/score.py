@@ -66,7 +66,7 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
     With `announce` (a job's title), one line says how the pairs will be scored: the device, the replicas,
     the tokenizer, the forward passes' token budget.
     """
-    from .model_folder import ModelError, check_safe, check_scores, local_model_path, query_prompt
+    from .model_folder import ModelError, check_max_length, check_safe, check_scores, local_model_path, query_prompt
 
     config = with_settings(config or ScoreConfig(), settings)
     require(config, "model")
@@ -75,6 +75,7 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
     path = local_model_path(config.model)
     check_safe(path, config.allow_pickle, config.trust_remote_code)
     check_scores(path, config.model)
+    check_max_length(path, config.model, config.max_length)
     try:
         facts = tokenizer_facts(config.model, config.trust_remote_code)
     except (OSError, ValueError) as e:  # not a folder, an unknown hub id, no hub reachable

@@ -579,7 +579,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from . import card
-    from .model_folder import check_safe, is_sequence_classifier, local_model_path, saved_architectures
+    from .model_folder import (check_max_length, check_safe, is_sequence_classifier, local_model_path,
+                               saved_architectures)
     from .runtime import cluster_gpus, ensure_ray, free_failed_actors, surfaced_errors
     from .tokenizer_facts import tokenizer_facts
 
@@ -591,6 +592,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     if os.path.isdir(model):
         model = os.path.abspath(model)
     check_safe(model, config.allow_pickle, config.trust_remote_code)
+    check_max_length(model, config.model, config.max_length)
     _check_output(config.output)
     architectures = saved_architectures(model)
     if os.path.isdir(model) and not is_sequence_classifier(architectures):

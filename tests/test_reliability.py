@@ -441,6 +441,22 @@ def _model_copy(tiny_model, tmp_path, name):
     return target
 
 
+def test_a_max_length_past_the_models_positions_fails_before_any_work(tmp_path, tiny_model):
+    """BERT's 512 learned positions: a longer max_length indexed past them (an IndexError on a CPU, on a GPU a
+    device-side assert that ends the replica's process), mid-job. Now it is refused before any work."""
+    from ce_ray.config import TrainConfig
+    from ce_ray.train import train
+
+    pd.DataFrame({"query": ["q"], "document": ["d " * 900], "label": [1.0]}).to_parquet(tmp_path / "p.parquet")
+    past = r"max_length 1000: \S+ takes at most 512 tokens \(its position table\)"
+    with pytest.raises(ConfigError, match=past):
+        job(tiny_model, tmp_path / "p.parquet", tmp_path / "out", max_length=1000)
+    with pytest.raises(ConfigError, match=past):
+        train(TrainConfig(model=str(tiny_model), train_data=str(tmp_path / "p.parquet"), output=str(tmp_path / "m"),
+                          max_length=1000))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m").exists()
+
+
 def test_model_needing_remote_code_is_refused(tmp_path, tiny_model):
     model = _model_copy(tiny_model, tmp_path, "remote-code")
     config = json.loads((model / "config.json").read_text())
