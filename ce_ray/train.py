@@ -548,6 +548,46 @@ def _storage(config: TrainConfig):
     return fs, path, name
 
 
+# The settings that make a run's checkpoints what they are: a run of the same name resumes from them only with
+# the same (`_claim_run`).
+RUN_SETTINGS = ("model", "max_length", "train_data", "input_format", "column_names", "query_column",
+                "document_column", "label_column", "negative_columns", "train_split", "hard_negatives", "num_workers",
+                "epochs", "max_steps", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_ratio", "max_grad_norm",
+                "pos_weight", "seed", "group_by_length", "length_window", "deepspeed")
+RUN_FILE = "ce-ray-run.json"
+
+
+def _claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str) -> bool:
+    """Records the settings of the run whose checkpoints go to <storage>/<name>, and refuses a run of other
+    settings there: Ray Train resumes a run of the same name from its last checkpoint, and another model's,
+    data's or schedule's checkpoint would be loaded into this run (a model's weights partly, silently) or fail
+    it mid-way. True when the run resumes from a checkpoint."""
+    settings = {key: getattr(config, key) for key in RUN_SETTINGS} | {"model": model}
+    if "://" not in config.train_data:
+        settings["train_data"] = os.path.abspath(config.train_data)
+    settings["deepspeed"] = settings["deepspeed"] and dataclasses.asdict(settings["deepspeed"])
+    run_dir, shown = f"{storage_path}/{name}", join(config.storage_path or join(config.output, "checkpoints"), name)
+    try:
+        with fs.open_input_stream(f"{run_dir}/{RUN_FILE}") as f:
+            earlier = json.loads(f.read())
+    except FileNotFoundError:
+        earlier = None
+    if earlier is not None:
+        changed = sorted(key for key in set(settings) | set(earlier) if settings.get(key) != earlier.get(key))
+        if changed:
+            raise ConfigError(f"{shown} holds the checkpoints of a run with other settings ({', '.join(changed)}), "
+                              "which a run of the same name resumes from: give another run_name or output, or delete "
+                              f"{shown} to start afresh")
+    else:
+        fs.create_dir(run_dir, recursive=True)
+        with fs.open_output_stream(f"{run_dir}/{RUN_FILE}") as f:
+            f.write(json.dumps(settings, indent=2).encode())
+    import pyarrow.fs as pafs
+
+    entries = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
+    return any(os.path.basename(e.path).startswith("checkpoint_") for e in entries)
+
+
 def _check_output(output: str) -> None:
     """The model is written to `output` after the training: a place it cannot be written fails now."""
     from .io import check_s3_access
@@ -594,6 +634,10 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     check_safe(model, config.allow_pickle, config.trust_remote_code)
     check_max_length(model, config.model, config.max_length)
     _check_output(config.output)
+    fs, storage_path, name = _storage(config)
+    if _claim_run(config, model, fs, storage_path, name):
+        print(f"ce-ray train: resumes the run {name} from its last checkpoint (a finished run only saves its model "
+              "again)", flush=True)
     architectures = saved_architectures(model)
     if os.path.isdir(model) and not is_sequence_classifier(architectures):
         print(f"ce-ray train: {model} has no classifier ({', '.join(architectures) or 'no architectures named'}): "
@@ -629,7 +673,6 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     if qrels:
         print(f"ce-ray train: evaluation reranks {stats['eval']}", flush=True)
 
-    fs, storage_path, name = _storage(config)
     datasets = {"train": train_ds} | ({"eval": eval_ds} if eval_ds is not None else {})
     trainer = TorchTrainer(
         train_loop,

@@ -353,6 +353,14 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, tiny_model, p
     assert steps == sorted(set(steps)) and steps[-1] == total  # the counter went on; no step was redone
     resumed_at = outcome.resumed_from[0]
     assert resumed_at in steps and steps.index(resumed_at) + 1 < len(steps)
+    # A run of the same name with other settings would resume from these checkpoints: another model's weights
+    # loaded partly, silently, or a crash mid-way on its optimizer's state. It is refused before any work.
+    from ce_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"checkpoints/resumed holds the checkpoints of a run with other settings "
+                                          r"\(lr, model\), which a run of the same name resumes from"):
+        _train_module().train(TrainConfig(model=str(tmp_path / "resumed"), train_data=str(pairs_file), output=str(out),
+                                          num_workers=2, batch_size=2, save_every=4, lr=1e-4))
 
 
 def test_beir_pairs_with_bm25_hard_negatives_train_and_evaluate(ray_local, tiny_model, tmp_path):
