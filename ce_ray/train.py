@@ -551,9 +551,9 @@ def _storage(config: TrainConfig):
 # The settings that make a run's checkpoints what they are: a run of the same name resumes from them only with
 # the same (`_claim_run`).
 RUN_SETTINGS = ("model", "max_length", "train_data", "input_format", "column_names", "query_column",
-                "document_column", "label_column", "negative_columns", "train_split", "hard_negatives", "num_workers",
-                "epochs", "max_steps", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_ratio", "max_grad_norm",
-                "pos_weight", "seed", "group_by_length", "length_window", "deepspeed")
+                "document_column", "label_column", "negative_columns", "train_split", "hard_negatives",
+                "num_workers", "epochs", "max_steps", "batch_size", "grad_accum", "lr", "weight_decay",
+                "warmup_ratio", "max_grad_norm", "pos_weight", "seed", "group_by_length", "length_window", "deepspeed")
 RUN_FILE = "ce-ray-run.json"
 
 
