@@ -1,7 +1,7 @@
 """Loading a reranker the way sentence-transformers' CrossEncoder does, and saving one it loads.
 
-A model is a local folder, a Hugging Face hub id, or an `s3://` folder (copied to a local cache first;
-`ce_ray.model_folder`, which a job's driver uses without importing torch). Safe by default: safetensors only
+A model is a local folder, a Hugging Face hub id, or an `s3://` folder (the last two copied to a local cache
+first; `ce_ray.model_folder`, which a job's driver uses without importing torch). Safe by default: safetensors only
 unless `allow_pickle`, no repository code unless `trust_remote_code`.
 """
 

@@ -1,4 +1,4 @@
-"""A model folder without torch: where it is (local, a copy of an `s3://` folder, or a hub id), whether it
+"""A model folder without torch: where it is (local, a copy of an `s3://` folder or a hub snapshot), whether it
 is safe to load, and what CrossEncoder reads from it besides the weights (max length, activation, tokenizer,
 prompt).
 
@@ -29,7 +29,8 @@ def cache_dir() -> str:
 
 
 def local_model_path(model: str) -> str:
-    """A local folder for `model`: itself, a copy of an `s3://` folder, or the hub id unchanged."""
+    """A local folder for `model`: itself, a copy of an `s3://` folder, or a hub repository's snapshot.
+    Every process that loads a model calls it, so each node of a cluster makes its own copy."""
     if model.startswith(("s3://", "s3a://")):
         return _copy_remote_folder(model)
     if model.startswith("file://"):
@@ -38,7 +39,28 @@ def local_model_path(model: str) -> str:
         return model
     if os.path.exists(model) or model.startswith((".", "/")) or model.count("/") > 1:
         raise ModelError(f"model folder {model} does not exist")
-    return model  # a hub id; transformers resolves it (and fails clearly when the hub is unreachable)
+    return _hub_snapshot(model)
+
+
+# What loading a reranker reads of a hub repository: configs, tokenizer files, safetensors weights (and code,
+# which runs only with trust_remote_code); not the ONNX or OpenVINO copies that can be most of its bytes.
+HUB_FILES = ["*.json", "*.txt", "*.model", "*.safetensors", "*.py"]
+
+
+def _hub_snapshot(model_id: str) -> str:
+    """The local snapshot of a Hugging Face hub repository, in the hub's own cache (`HF_HOME`), downloaded once
+    per machine as transformers would; with `HF_HUB_OFFLINE=1`, the cache alone. A folder, the model is then
+    read as a local one is: CrossEncoder's activation, max length and prompt from its files, ce-ray's BERT,
+    the tokenizer's recorded facts. A repository of pickle weights only brings them, for `allow_pickle`."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(model_id, allow_patterns=HUB_FILES)
+        if not glob.glob(os.path.join(path, "*.safetensors")):
+            path = snapshot_download(model_id, allow_patterns=HUB_FILES + ["pytorch_model*.bin"])
+    except Exception as e:  # no such repository, no hub reachable, offline without a copy
+        raise ModelError(f"cannot load model {model_id}: {e}") from None
+    return path
 
 
 def _copy_remote_folder(uri: str) -> str:
@@ -89,7 +111,7 @@ def is_sequence_classifier(architectures) -> bool:
 
 
 def saved_architectures(path: str) -> list:
-    """The architectures a local model folder's config.json names (empty for a hub id or none named)."""
+    """The architectures a model folder's config.json names (empty where it names none)."""
     config_file = os.path.join(path, "config.json")
     return (read_json(config_file).get("architectures") or []) if os.path.exists(config_file) else []
 
@@ -106,7 +128,7 @@ def check_scores(path: str, model: str) -> None:
 def check_safe(path: str, allow_pickle: bool, trust_remote_code: bool) -> None:
     """Refuses pickle-only weights and repository code before anything is loaded."""
     if not os.path.isdir(path):
-        return  # hub ids: transformers enforces use_safetensors and trust_remote_code itself
+        return  # not a folder: transformers enforces use_safetensors and trust_remote_code itself
     config_file = os.path.join(path, "config.json")
     if not os.path.exists(config_file):
         raise ModelError(f"{path} has no config.json: not a Hugging Face model folder")

@@ -7,7 +7,7 @@ tokens, config.json, sentence_bert_config.json) by rules that change between its
 not reproduce them. The first job with a folder asks transformers and records its answer under a key made of
 the bytes of every file of the folder but the weights (and files too large for a tokenizer), the versions
 of transformers, tokenizers and nanotoken, and the source of the ce-ray code that derives the answer: any
-change to any of them is another key, asked again. Hub ids and models with repository code are not recorded.
+change to any of them is another key, asked again. Models with repository code are not recorded.
 """
 
 from __future__ import annotations

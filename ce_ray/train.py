@@ -189,7 +189,7 @@ def train_loop(loop_config: dict) -> dict:
 
     from . import bert
     from .model import Reranker, load_reranker, to_device, use_shape_free_attention
-    from .model_folder import SIGMOID
+    from .model_folder import SIGMOID, local_model_path
 
     config: TrainConfig = loop_config["config"]
     plan: dict = loop_config["plan"]
@@ -206,9 +206,10 @@ def train_loop(loop_config: dict) -> dict:
     # ce-ray's BERT where it reproduces the model: less host work per pass (a step of 16 pairs on a GPU is
     # little else), and loaded and saved without transformers, whose import is seconds of a worker's start.
     torch.manual_seed(config.seed)  # a base model's new head: the same in every run (DDP gives all rank 0's)
-    native = bert.trainable(plan["model"]) if config.implementation == "auto" else None
+    model_path = local_model_path(plan["model"])  # on this worker's node: a copy of an s3:// or hub model
+    native = bert.trainable(model_path) if config.implementation == "auto" else None
     reranker = None if native is not None else load_reranker(
-        plan["model"], device="cpu", dtype="float32", max_length=plan["max_length"],
+        model_path, device="cpu", dtype="float32", max_length=plan["max_length"],
         allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
     net = native if native is not None else reranker.model.train()
     loaded = native if native is not None else reranker  # both know the model's type and pad id
@@ -283,7 +284,7 @@ def train_loop(loop_config: dict) -> dict:
             full_state = model._zero3_consolidated_16bit_state_dict() if config.deepspeed and config.deepspeed.stage == 3 else None
             if rank == 0:
                 if native is not None:
-                    bert.save(module.state_dict() if full_state is None else full_state, plan["model"],
+                    bert.save(module.state_dict() if full_state is None else full_state, model_path,
                               os.path.join(tmp, MODEL), plan["max_length"], SIGMOID)
                 else:
                     save_reranker(module, reranker.tokenizer, os.path.join(tmp, MODEL), plan["max_length"],
@@ -628,14 +629,15 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     require(config, "model", "train_data", "output")
     config.validate()
     start = time.perf_counter()
-    model = local_model_path(config.model)
-    if os.path.isdir(model):
-        model = os.path.abspath(model)
+    model = local_model_path(config.model)  # this machine's copy, for the checks and the tokenizer's facts
+    # What the workers and tokenize tasks load: a local folder by its full path, an s3:// or hub model by its
+    # name, which each node copies for itself.
+    source = os.path.abspath(model) if os.path.isdir(config.model) else config.model
     check_safe(model, config.allow_pickle, config.trust_remote_code)
     check_max_length(model, config.model, config.max_length)
     _check_output(config.output)
     fs, storage_path, name = _storage(config)
-    if _claim_run(config, model, fs, storage_path, name):
+    if _claim_run(config, source, fs, storage_path, name):
         print(f"ce-ray train: resumes the run {name} from its last checkpoint (a finished run only saves its model "
               "again)", flush=True)
     architectures = saved_architectures(model)
@@ -644,7 +646,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
               "it gets a new one-logit head, as CrossEncoder gives it", flush=True)
     facts = tokenizer_facts(model, config.trust_remote_code)  # once: the max length and the encoder's plan
     max_length = config.max_length or facts.max_length
-    encoder = pair_encoder(model, config.tokenizer, config.trust_remote_code, facts)
+    encoder = pair_encoder(source, config.tokenizer, config.trust_remote_code, facts)
     ensure_ray(dashboard=True)  # Ray Train's state queries need it
     free_failed_actors()
     use_gpu = config.use_gpu if config.use_gpu is not None else cluster_gpus() > 0
@@ -664,7 +666,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     if total < 1:
         raise ConfigError(f"{per_epoch} batch(es) per epoch and grad_accum {config.grad_accum}: no optimizer step")
     # Evaluation keeps no activations: its passes take the scoring budget, not the training one.
-    plan = {"model": model, "max_length": max_length, "batches_per_epoch": per_epoch, "total_steps": total,
+    plan = {"model": source, "max_length": max_length, "batches_per_epoch": per_epoch, "total_steps": total,
             "qrels": qrels, "eval_batch_tokens": config.batch_tokens or default_batch_tokens(use_gpu)}
     batch_tokens = training_batch_tokens(config, use_gpu)
     print(f"ce-ray train: {stats['pairs']:,} pairs ({stats['rejected']:,} rejected), {config.num_workers} worker(s), "

@@ -509,3 +509,42 @@ def test_a_models_saved_prompt_goes_before_each_query_as_predict_puts_it(ray_loc
     assert np.abs(scores["default"] - scores["none"]).max() > 0.1  # the prompt changes the scores
     with pytest.raises(ConfigError, match=r"prompt_name 'long': the model's prompts are \['rerank', 'short'\]"):
         ce_ray.predict(model, pairs, prompt_name="long")
+
+
+def test_a_hub_id_is_read_from_its_snapshot_as_a_local_folder(pairs_df, tmp_path):
+    """`--model org/name`: the repository's snapshot in the hub's cache (here made by hand, offline), read as a
+    local folder is: CrossEncoder's activation (Identity), max length and default prompt from its files, and
+    ce-ray's BERT in the replicas. A hub id was passed to transformers as it was: sigmoid scores, the prompt
+    and the max length left out, transformers' BERT."""
+    from sentence_transformers import CrossEncoder
+
+    from conftest import build_tiny_model
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--ce-ray-test--tiny-reranker"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    CrossEncoder(str(build_tiny_model(tmp_path / "tiny", init_range=0.5)), device="cpu", max_length=24,
+                 activation_fn=__import__("torch").nn.Identity(), prompts={"rerank": "Judge: "},
+                 default_prompt_name="rerank").save(str(repo / "snapshots" / commit))
+    pairs_df.head(40).to_parquet(tmp_path / "pairs.parquet")
+    hub = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    result = run_cli("score", "--model", "ce-ray-test/tiny-reranker", "--input", str(tmp_path / "pairs.parquet"),
+                     "--output", str(tmp_path / "out"), env=hub)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import huggingface_hub.constants
+
+    from ce_ray.model import load_scoring_model
+
+    cache, offline = huggingface_hub.constants.HF_HUB_CACHE, huggingface_hub.constants.HF_HUB_OFFLINE
+    huggingface_hub.constants.HF_HUB_CACHE, huggingface_hub.constants.HF_HUB_OFFLINE = hub["HF_HUB_CACHE"], True
+    try:
+        cross_encoder = CrossEncoder("ce-ray-test/tiny-reranker", device="cpu")
+        assert load_scoring_model("ce-ray-test/tiny-reranker", device="cpu").tokenizer is None  # ce-ray's BERT
+    finally:
+        huggingface_hub.constants.HF_HUB_CACHE, huggingface_hub.constants.HF_HUB_OFFLINE = cache, offline
+    frame = pairs_df.head(40)
+    expected = cross_encoder.predict(list(zip(frame["query"], frame["document"])), show_progress_bar=False)
+    scores = read_results(tmp_path / "out").sort_values("pair_id")["score"].to_numpy()
+    assert (expected < 0).any()  # logits: Identity, not sigmoid
+    assert np.abs(scores - expected).max() <= 1e-5
