@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import build_tiny_model, wikiqa_pairs
-from test_jobs import kill_leftovers, reference_scores
+from test_jobs import free_port, kill_leftovers, reference_scores
 
 ROWS, FILES, GATE_ROW = 1200, 6, 400
 
@@ -38,7 +38,7 @@ from ray.util.state import list_actors
 from ce_ray.config import ScoreConfig
 from ce_ray.score import run_score
 
-model, input_dir, output, signals, temp_dir, gate_row = sys.argv[1:7]
+model, input_dir, output, signals, temp_dir, gate_row, dashboard_port = sys.argv[1:8]
 signals, gate_row = Path(signals), int(gate_row)
 removed = signals / "node-removed"
 
@@ -62,7 +62,9 @@ def remove_a_scoring_node(cluster, workers, report):
     # A batch may reach the gate while the replicas still start (a loaded machine): wait until one runs.
     scorers = []
     while not scorers and time.monotonic() < deadline:
-        scorers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "ScoringReplica" in a.class_name]
+        # This cluster's state: without an address, the state API may find another Ray on this machine.
+        alive = list_actors(address=cluster.address, filters=[("state", "=", "ALIVE")])
+        scorers = [a for a in alive if "ScoringReplica" in a.class_name]
         time.sleep(0.2)
     hosts = {a.node_id for a in scorers}
     victim = next((w for w in workers if w.node_id in hosts), workers[-1])
@@ -76,7 +78,9 @@ def remove_a_scoring_node(cluster, workers, report):
 start = time.monotonic()
 # A lost node is declared dead after ~3 s instead of ~15 s, so that recovery starts soon.
 health = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_failure_threshold": 6}
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp_dir, "_system_config": health})
+# The dashboard (the state API) on a port of its own: another Ray on this machine may hold the default one.
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp_dir, "_system_config": health,
+                                                        "dashboard_port": int(dashboard_port)})
 try:
     # 3 CPUs a node: the survivor holds both scoring replicas (1 CPU each) and still has one for writing.
     workers = [cluster.add_node(num_cpus=3, temp_dir=temp_dir) for _ in range(2)]
@@ -125,7 +129,7 @@ def test_score_job_survives_losing_a_worker_node(tmp_path, scratch):
     with open(scratch / "driver.log", "w") as out:
         driver = subprocess.Popen(
             [sys.executable, str(tmp_path / "driver.py"), str(model), str(tmp_path / "in"), str(tmp_path / "out"),
-             str(tmp_path / "signals"), str(scratch / "ray"), str(GATE_ROW)],
+             str(tmp_path / "signals"), str(scratch / "ray"), str(GATE_ROW), str(free_port())],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:
