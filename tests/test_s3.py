@@ -1,4 +1,4 @@
-"""The same score job with model, input and output on a real S3-protocol server (moto) on 127.0.0.1."""
+"""Score and train jobs with model, input and output on a real S3-protocol server (moto) on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -75,3 +75,30 @@ def test_score_job_reads_and_writes_s3(tmp_path, tiny_model, s3_server):
     # The model was copied once into the local cache, and no credential reached the output or the logs.
     assert any((tmp_path / "cache" / "models").iterdir())
     assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in remote.stdout + remote.stderr
+
+
+def test_train_job_reads_and_writes_s3(tmp_path, tiny_model, s3_server):
+    """Model, training data, checkpoints and the trained model on S3: each worker copies the model for itself
+    (a worker on another node has no copy of the driver's), and the run's settings go beside its checkpoints."""
+    import json
+
+    from sentence_transformers import CrossEncoder
+
+    from conftest import wikiqa_pairs
+
+    fs = s3fs_for(s3_server)
+    fs.mkdir(BUCKET)
+    fs.put(str(tiny_model) + "/", f"{BUCKET}/models/tiny/", recursive=True)
+    with fs.open(f"{BUCKET}/data/pairs.parquet", "wb") as f:
+        wikiqa_pairs("train", 64)[["query", "document", "label"]].to_parquet(f)
+    result = run_cli("train", "--model", f"s3://{BUCKET}/models/tiny", "--train-data",
+                     f"s3://{BUCKET}/data/pairs.parquet", "--output", f"s3://{BUCKET}/trained", "--num-workers", "2",
+                     "--batch-size", "8", "--max-steps", "3", env={**s3_server, "CE_RAY_CACHE": str(tmp_path / "cache")},
+                     timeout=420)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "steps         3" in result.stdout and f"s3://{BUCKET}/trained" in result.stdout
+    run = json.loads(fs.cat(f"{BUCKET}/trained/checkpoints/trained/ce-ray-run.json"))
+    assert run["model"] == f"s3://{BUCKET}/models/tiny" and run["num_workers"] == 2
+    fs.get(f"{BUCKET}/trained/", str(tmp_path / "trained"), recursive=True)
+    assert CrossEncoder(str(tmp_path / "trained"), device="cpu").predict([("a query", "a document")]).shape == (1,)
+    assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
