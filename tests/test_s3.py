@@ -93,8 +93,8 @@ def test_train_job_reads_and_writes_s3(tmp_path, tiny_model, s3_server):
         wikiqa_pairs("train", 64)[["query", "document", "label"]].to_parquet(f)
     result = run_cli("train", "--model", f"s3://{BUCKET}/models/tiny", "--train-data",
                      f"s3://{BUCKET}/data/pairs.parquet", "--output", f"s3://{BUCKET}/trained", "--num-workers", "2",
-                     "--batch-size", "8", "--max-steps", "3", env={**s3_server, "CE_RAY_CACHE": str(tmp_path / "cache")},
-                     timeout=420)
+                     "--batch-size", "8", "--max-steps", "3", timeout=420,
+                     env={**s3_server, "CE_RAY_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "steps         3" in result.stdout and f"s3://{BUCKET}/trained" in result.stdout
     run = json.loads(fs.cat(f"{BUCKET}/trained/checkpoints/trained/ce-ray-run.json"))
