@@ -560,33 +560,33 @@ RUN_FILE = "ce-ray-run.json"
 
 def _claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str) -> bool:
     """Records the settings of the run whose checkpoints go to <storage>/<name>, and refuses a run of other
-    settings there: Ray Train resumes a run of the same name from its last checkpoint, and another model's,
-    data's or schedule's checkpoint would be loaded into this run (a model's weights partly, silently) or fail
-    it mid-way. True when the run resumes from a checkpoint."""
+    settings where there are checkpoints: Ray Train resumes a run of the same name from its last one, and
+    another model's, data's or schedule's checkpoint would be loaded into this run (a model's weights partly,
+    silently) or fail it mid-way. True when the run resumes from a checkpoint."""
+    import pyarrow.fs as pafs
+
     settings = {key: getattr(config, key) for key in RUN_SETTINGS} | {"model": model}
     if "://" not in config.train_data:
         settings["train_data"] = os.path.abspath(config.train_data)
     settings["deepspeed"] = settings["deepspeed"] and dataclasses.asdict(settings["deepspeed"])
     run_dir, shown = f"{storage_path}/{name}", join(config.storage_path or join(config.output, "checkpoints"), name)
+    entries = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
+    resumes = any(os.path.basename(e.path).startswith("checkpoint_") for e in entries)
     try:
         with fs.open_input_stream(f"{run_dir}/{RUN_FILE}") as f:
             earlier = json.loads(f.read())
     except FileNotFoundError:
-        earlier = None
-    if earlier is not None:
-        changed = sorted(key for key in set(settings) | set(earlier) if settings.get(key) != earlier.get(key))
-        if changed:
-            raise ConfigError(f"{shown} holds the checkpoints of a run with other settings ({', '.join(changed)}), "
-                              "which a run of the same name resumes from: give another run_name or output, or delete "
-                              f"{shown} to start afresh")
-    else:
+        earlier = None  # a new run, or checkpoints written before runs recorded their settings
+    changed = sorted(key for key in set(settings) | set(earlier or {}) if settings.get(key) != (earlier or {}).get(key))
+    if resumes and earlier is not None and changed:
+        raise ConfigError(f"{shown} holds the checkpoints of a run with other settings ({', '.join(changed)}), "
+                          "which a run of the same name resumes from: give another run_name or output, or delete "
+                          f"{shown} to start afresh")
+    if changed:  # a run that stopped before its first checkpoint leaves nothing to resume: its settings go
         fs.create_dir(run_dir, recursive=True)
         with fs.open_output_stream(f"{run_dir}/{RUN_FILE}") as f:
             f.write(json.dumps(settings, indent=2).encode())
-    import pyarrow.fs as pafs
-
-    entries = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
-    return any(os.path.basename(e.path).startswith("checkpoint_") for e in entries)
+    return resumes
 
 
 def _check_output(output: str) -> None:
