@@ -86,19 +86,20 @@ def test_train_job_reads_and_writes_s3(tmp_path, tiny_model, s3_server):
 
     from conftest import wikiqa_pairs
 
+    bucket = "ce-ray-train-test"  # moto keeps one store per process: a bucket the score test did not make
     fs = s3fs_for(s3_server)
-    fs.mkdir(BUCKET)
-    fs.put(str(tiny_model) + "/", f"{BUCKET}/models/tiny/", recursive=True)
-    with fs.open(f"{BUCKET}/data/pairs.parquet", "wb") as f:
+    fs.mkdir(bucket)
+    fs.put(str(tiny_model) + "/", f"{bucket}/models/tiny/", recursive=True)
+    with fs.open(f"{bucket}/data/pairs.parquet", "wb") as f:
         wikiqa_pairs("train", 64)[["query", "document", "label"]].to_parquet(f)
-    result = run_cli("train", "--model", f"s3://{BUCKET}/models/tiny", "--train-data",
-                     f"s3://{BUCKET}/data/pairs.parquet", "--output", f"s3://{BUCKET}/trained", "--num-workers", "2",
+    data, model, output = f"s3://{bucket}/data/pairs.parquet", f"s3://{bucket}/models/tiny", f"s3://{bucket}/trained"
+    result = run_cli("train", "--model", model, "--train-data", data, "--output", output, "--num-workers", "2",
                      "--batch-size", "8", "--max-steps", "3", timeout=420,
                      env={**s3_server, "CE_RAY_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "steps         3" in result.stdout and f"s3://{BUCKET}/trained" in result.stdout
-    run = json.loads(fs.cat(f"{BUCKET}/trained/checkpoints/trained/ce-ray-run.json"))
-    assert run["model"] == f"s3://{BUCKET}/models/tiny" and run["num_workers"] == 2
-    fs.get(f"{BUCKET}/trained/", str(tmp_path / "trained"), recursive=True)
+    assert "steps         3" in result.stdout and output in result.stdout
+    run = json.loads(fs.cat(f"{bucket}/trained/checkpoints/trained/ce-ray-run.json"))
+    assert run["model"] == model and run["num_workers"] == 2
+    fs.get(f"{bucket}/trained/", str(tmp_path / "trained"), recursive=True)
     assert CrossEncoder(str(tmp_path / "trained"), device="cpu").predict([("a query", "a document")]).shape == (1,)
     assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
