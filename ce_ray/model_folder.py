@@ -7,6 +7,7 @@ A job's driver needs only these, and importing torch would cost it seconds: `ce_
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -42,11 +43,18 @@ def local_model_path(model: str) -> str:
     return _hub_snapshot(model)
 
 
+def model_source(model: str) -> str:
+    """What a job's workers load: a local folder by its absolute path (they may run in another working
+    directory), an `s3://` or hub model by its name, which each node copies for itself (`local_model_path`)."""
+    return os.path.abspath(model) if "://" not in model and os.path.isdir(model) else model
+
+
 # What loading a reranker reads of a hub repository: configs, tokenizer files, safetensors weights (and code,
 # which runs only with trust_remote_code); not the ONNX or OpenVINO copies that can be most of its bytes.
 HUB_FILES = ["*.json", "*.txt", "*.model", "*.safetensors", "*.py"]
 
 
+@functools.lru_cache(maxsize=8)  # once per process: the driver and each replica resolve a model several times
 def _hub_snapshot(model_id: str) -> str:
     """The local snapshot of a Hugging Face hub repository, in the hub's own cache (`HF_HOME`), downloaded once
     per machine as transformers would; with `HF_HUB_OFFLINE=1`, the cache alone. A folder, the model is then

@@ -265,7 +265,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     ranked = rank(scored, config.query_id_column, config.top_k, [input_key(f) for f in files], config.document_column,
                   count_cut=True, partitions=partitions, score_column=config.score_column,
                   rank_column=config.rank_column)
-    sink = RankedSink(config.output, list(written_columns(config)))
+    sink = RankedSink(config.output, written_columns(config))
     with surfaced_errors():
         ranked.write_datasink(sink)
     counts = sink.counts

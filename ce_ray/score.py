@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Dict, Optional
 
@@ -49,14 +48,6 @@ def _tokenize_block(table: pa.Table, encoder: PairEncoder, query_column: str, do
     return out
 
 
-def _resolved(config: ScoreConfig) -> ScoreConfig:
-    """Local model paths made absolute, so that workers with another working directory find them."""
-    model = config.model
-    if "://" not in model and os.path.isdir(model):
-        model = os.path.abspath(model)
-    return dataclasses.replace(config, model=model)
-
-
 def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settings):
     """Adds a float32 `score` (`score_column`) to every row of a Dataset of (query, document) pairs.
 
@@ -66,12 +57,13 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
     With `announce` (a job's title), one line says how the pairs will be scored: the device, the replicas,
     the tokenizer, the forward passes' token budget.
     """
-    from .model_folder import ModelError, check_max_length, check_safe, check_scores, local_model_path, query_prompt
+    from .model_folder import (ModelError, check_max_length, check_safe, check_scores, local_model_path, model_source,
+                               query_prompt)
 
     config = with_settings(config or ScoreConfig(), settings)
     require(config, "model")
     config.validate()
-    config = _resolved(config)
+    config = dataclasses.replace(config, model=model_source(config.model))
     path = local_model_path(config.model)
     check_safe(path, config.allow_pickle, config.trust_remote_code)
     check_scores(path, config.model)
@@ -86,8 +78,9 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
         config = dataclasses.replace(config, max_length=facts.max_length)
 
     free_failed_actors()
-    use_gpu = config.use_gpu if config.use_gpu is not None else cluster_gpus() > 0
-    max_replicas = config.replicas or (max(cluster_gpus(), 1) if use_gpu else 1)
+    gpus = cluster_gpus()
+    use_gpu = config.use_gpu if config.use_gpu is not None else gpus > 0
+    max_replicas = config.replicas or (max(gpus, 1) if use_gpu else 1)
     if announce:  # before Ray Data's own lines, which follow the run
         budget = config.batch_tokens or default_batch_tokens(use_gpu)
         print(f"{announce}: {config.model} on {'GPU' if use_gpu else 'CPU'}, up to {max_replicas} replica(s), "
@@ -258,7 +251,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     if scored is not None and transform is not None:
         scored = transform(scored)
     kept = prepare_output(config.output, config.mode, job=job, resume=earlier)
-    sink = PairsSink(config.output, list(written_columns(config)))
+    sink = PairsSink(config.output, written_columns(config))
     if scored is not None:
         with surfaced_errors():
             scored.write_datasink(sink, ray_remote_args=WRITE_REMOTE_ARGS)

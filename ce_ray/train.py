@@ -542,11 +542,12 @@ def _best_checkpoint(result, config: TrainConfig):
 
 
 def _storage(config: TrainConfig):
-    """Ray Train's storage (filesystem, path) and run name; checkpoints default to <output>/checkpoints."""
+    """Ray Train's storage (filesystem, path), run name, and the run's folder as the user names it;
+    checkpoints default to <output>/checkpoints."""
     uri = config.storage_path or join(config.output, "checkpoints")
     fs, path = filesystem(uri)
     name = config.run_name or os.path.basename(config.output.rstrip("/")) or "ce-ray-train"
-    return fs, path, name
+    return fs, path, name, join(uri, name)
 
 
 # The settings that make a run's checkpoints what they are: a run of the same name resumes from them only with
@@ -558,7 +559,7 @@ RUN_SETTINGS = ("model", "max_length", "train_data", "input_format", "column_nam
 RUN_FILE = "ce-ray-run.json"
 
 
-def _claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str) -> bool:
+def _claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str, shown: str) -> bool:
     """Records the settings of the run whose checkpoints go to <storage>/<name>, and refuses a run of other
     settings where there are checkpoints: Ray Train resumes a run of the same name from its last one, and
     another model's, data's or schedule's checkpoint would be loaded into this run (a model's weights partly,
@@ -569,16 +570,16 @@ def _claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str
     if "://" not in config.train_data:
         settings["train_data"] = os.path.abspath(config.train_data)
     settings["deepspeed"] = settings["deepspeed"] and dataclasses.asdict(settings["deepspeed"])
-    run_dir, shown = f"{storage_path}/{name}", join(config.storage_path or join(config.output, "checkpoints"), name)
+    run_dir = f"{storage_path}/{name}"
     entries = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
     resumes = any(os.path.basename(e.path).startswith("checkpoint_") for e in entries)
     try:
         with fs.open_input_stream(f"{run_dir}/{RUN_FILE}") as f:
             earlier = json.loads(f.read())
     except FileNotFoundError:
-        earlier = None  # a new run, or checkpoints written before runs recorded their settings
-    changed = sorted(key for key in set(settings) | set(earlier or {}) if settings.get(key) != (earlier or {}).get(key))
-    if resumes and earlier is not None and changed:
+        earlier = {}  # a new run, or checkpoints written before runs recorded their settings
+    changed = sorted(key for key in set(settings) | set(earlier) if settings.get(key) != earlier.get(key))
+    if resumes and earlier and changed:
         raise ConfigError(f"{shown} holds the checkpoints of a run with other settings ({', '.join(changed)}), "
                           "which a run of the same name resumes from: give another run_name or output, or delete "
                           f"{shown} to start afresh")
@@ -620,7 +621,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from . import card
-    from .model_folder import (check_max_length, check_safe, is_sequence_classifier, local_model_path,
+    from .model_folder import (check_max_length, check_safe, is_sequence_classifier, local_model_path, model_source,
                                saved_architectures)
     from .runtime import cluster_gpus, ensure_ray, free_failed_actors, surfaced_errors
     from .tokenizer_facts import tokenizer_facts
@@ -630,14 +631,12 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     config.validate()
     start = time.perf_counter()
     model = local_model_path(config.model)  # this machine's copy, for the checks and the tokenizer's facts
-    # What the workers and tokenize tasks load: a local folder by its full path, an s3:// or hub model by its
-    # name, which each node copies for itself.
-    source = os.path.abspath(model) if os.path.isdir(config.model) else config.model
+    source = model_source(config.model)  # what the workers and tokenize tasks load
     check_safe(model, config.allow_pickle, config.trust_remote_code)
     check_max_length(model, config.model, config.max_length)
     _check_output(config.output)
-    fs, storage_path, name = _storage(config)
-    if _claim_run(config, source, fs, storage_path, name):
+    fs, storage_path, name, run_uri = _storage(config)
+    if _claim_run(config, source, fs, storage_path, name, run_uri):
         print(f"ce-ray train: resumes the run {name} from its last checkpoint (a finished run only saves its model "
               "again)", flush=True)
     architectures = saved_architectures(model)
