@@ -146,7 +146,7 @@ def candidates_table(corpus: Dict[str, str], queries: Dict[str, str], qrels: Dic
     rows_doc = [doc_ids[i] for i in indices.ravel()]
     rows_query = np.repeat(np.array(query_ids, dtype=object), per_query)
     labels = [qrels.get(q, {}).get(d, 0) for q, d in zip(rows_query, rows_doc)]
-    return pa.table({
+    table = pa.table({
         "query_id": pa.array(rows_query, pa.string()),
         "doc_id": pa.array(rows_doc, pa.string()),
         "query": pa.array([queries[q] for q in rows_query], pa.string()),
@@ -155,6 +155,9 @@ def candidates_table(corpus: Dict[str, str], queries: Dict[str, str], qrels: Dic
         "bm25_rank": pa.array(np.tile(np.arange(1, per_query + 1, dtype=np.int32), len(query_ids))),
         "label": pa.array(labels, pa.int32()),
     }, schema=SCHEMA)
+    # A document that shares no term with the query (BM25 score 0) was not retrieved: bm25s fills a query's k
+    # with such documents, in arbitrary order, where fewer match.
+    return table.filter(pa.compute.greater(table.column("bm25_score"), 0))
 
 
 def output_file(config: CandidatesConfig) -> str:
@@ -195,10 +198,13 @@ def run_candidates(config: CandidatesConfig) -> dict:
     fs, path = filesystem(output_file(config))
     pq.write_table(table, path, filesystem=fs)
     judged = sum(len(qrels[q]) for q in query_ids)
+    counts = table.group_by("query_id").aggregate([("doc_id", "count")]).column("doc_id_count").to_numpy()
+    short = len(query_ids) - int((counts == min(config.top_k, len(corpus))).sum())  # queries with fewer than k
     found = int(pa.compute.sum(pa.compute.greater(table.column("label"), 0)).as_py() or 0)
     relevant = sum(sum(g > 0 for g in qrels[q].values()) for q in query_ids)
     summary = {
         "queries": len(query_ids), "documents": len(corpus), "pairs": table.num_rows, "top_k": config.top_k,
+        "queries_with_fewer_matches": short,
         "split": config.split, "judged_pairs": judged, "relevant_retrieved": found, "relevant_total": relevant,
         "unknown_qrels_queries": len(report.unknown_queries),
         "unknown_qrels_queries_examples": report.unknown_queries[:10],
@@ -213,7 +219,8 @@ def run_candidates(config: CandidatesConfig) -> dict:
         "ce-ray candidates: done",
         f"  queries       {len(query_ids):,} ({config.split})",
         f"  documents     {len(corpus):,}",
-        f"  pairs         {table.num_rows:,} (BM25 top {config.top_k})",
+        f"  pairs         {table.num_rows:,} (BM25 top {config.top_k}"
+        + (f"; fewer for {short:,} queries, whose other documents share no term with them)" if short else ")"),
         f"  relevant      {found:,} of {relevant:,} retrieved (recall@{config.top_k} {recall:.3f})",
         f"  seconds       {summary['seconds']:.1f}",
         f"  output        {summary['output']}",

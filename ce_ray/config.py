@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,8 +27,13 @@ def _require_names(config, *settings: str) -> None:
     for setting, name in zip(settings, names):
         if not name:
             raise ConfigError(f"{setting} must name a column")
+        if name == "reject_reason" or name.startswith("_ce_"):  # the columns ce-ray itself adds to the rows
+            raise ConfigError(f"{setting} {name!r} is a column ce-ray uses itself: name another")
     if len(set(names)) < len(names):
         raise ConfigError(f"{' and '.join(settings)} must name different columns, got {names}")
+
+
+MIN_MAX_LENGTH = 8
 
 
 @dataclass
@@ -44,6 +50,13 @@ class ModelConfig:
     # any other model; transformers: always transformers'. Scoring replicas then start without importing
     # transformers, and training steps dispatch fewer operations.
     implementation: Literal["auto", "transformers"] = "auto"
+
+    def validate(self) -> None:
+        # A pair needs its special tokens ([CLS] q [SEP] d [SEP], four for RoBERTa) and some of each text; below
+        # that the tokenizers truncate nothing, and the pair runs past the positions the model was given.
+        if self.max_length is not None and self.max_length < MIN_MAX_LENGTH:
+            raise ConfigError(f"max_length must be >= {MIN_MAX_LENGTH} (a pair's special tokens and some of each "
+                              f"text), got {self.max_length}")
 
 
 @dataclass
@@ -76,6 +89,7 @@ class ScoreConfig(ModelConfig):
     mode: Literal["error", "overwrite", "resume"] = "error"  # what to do when the output has results
 
     def validate(self) -> None:
+        super().validate()
         for name in ("batch_tokens", "rows_per_block", "rows_per_call", "replicas", "min_replicas"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -223,6 +237,7 @@ class TrainConfig(ModelConfig):
     deepspeed: Optional[DeepSpeedConfig] = None  # a section of the YAML file: ZeRO instead of DDP
 
     def validate(self) -> None:
+        super().validate()
         for name in ("num_workers", "epochs", "batch_size", "grad_accum", "log_every", "eval_top_k",
                      "length_window", "keep_checkpoints"):
             if getattr(self, name) < 1:
@@ -241,8 +256,14 @@ class TrainConfig(ModelConfig):
             raise ConfigError("compile works with DDP only: DeepSpeed wraps the model its own way")
         if self.compile_mode != "default" and not self.compile:
             raise ConfigError(f"compile_mode {self.compile_mode!r} needs compile: true")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
+        for name in ("max_steps", "eval_max_queries"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0 or self.cpus_per_worker <= 0:
+            raise ConfigError(f"seed must be >= 0 and cpus_per_worker > 0, got {self.seed} and {self.cpus_per_worker}")
+        if self.dtype != "auto":  # a ModelConfig setting that scoring reads
+            raise ConfigError(f"dtype {self.dtype}: training keeps float32 weights, with bf16 autocast on a GPU "
+                              "(set bf16: true or false)")
         if self.lr <= 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
             raise ConfigError("lr must be > 0, weight_decay and max_grad_norm >= 0")
         if not 0 <= self.warmup_ratio < 1:
@@ -251,8 +272,12 @@ class TrainConfig(ModelConfig):
             raise ConfigError(f"pos_weight must be > 0, got {self.pos_weight}")
 
 
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _check_type(name: str, value: Any, annotation: Any) -> Any:
-    """Checks (and mildly coerces, int -> float) a YAML or flag value against a dataclass annotation."""
+    """Checks (and mildly coerces: int -> float, `1e-4` text -> float) a YAML or flag value against a dataclass
+    annotation."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -276,6 +301,8 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
         return value
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)  # YAML reads 1e-4 (an exponent without a dot) as text
     if annotation in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{name}: expected {annotation.__name__}, got a boolean {value!r}")
     if dataclasses.is_dataclass(annotation):

@@ -21,20 +21,18 @@ from typing import Dict, List, Optional
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import ConfigError, EvalConfig, require
-from .io import InputError, detect_format, filesystem, is_remote, join, list_files
+from .io import (InputError, detect_format, filesystem, glob_base, is_remote, join, list_files,
+                 missing_values)
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
-from .sink import RESULTS
 
 
-def read_columns(uri: str, wanted: List[str], required: List[str]) -> pd.DataFrame:
-    """The wanted columns (those present) of an output folder's results/, or of parquet files."""
-    fs, path = filesystem(uri)
-    if fs.get_file_info(f"{path}/{RESULTS}").type == pafs.FileType.Directory:
-        uri = join(uri, RESULTS)
+def read_columns(uri: str, wanted: List[str], required: List[str], ids: List[str]) -> pd.DataFrame:
+    """The wanted columns (those present) of an output folder's results/ (`list_files`), or of parquet files."""
     files, _, fs = list_files(uri, "parquet")
     tables = []
     for file in files:
@@ -47,7 +45,14 @@ def read_columns(uri: str, wanted: List[str], required: List[str]) -> pd.DataFra
                                  f"(columns: {', '.join(names[:12])})")
             tables.append(parquet.read(columns=[c for c in wanted if c in names]))
     table = pa.concat_tables([t for t in tables if t.num_rows] or tables, promote_options="default")
-    return table.to_pandas()
+    # A row without an id belongs to no query (or matches no judgment); dropped here, in Arrow, so that integer
+    # ids stay integers (pandas would make them floats around a null, and `1` would become `1.0`).
+    identified = pa.array(np.ones(table.num_rows, dtype=bool))
+    for name in ids:
+        identified = pc.and_(identified, pc.invert(missing_values(table.column(name))))
+    df = table.filter(identified).to_pandas()
+    df.attrs["rows_without_ids"] = table.num_rows - len(df)
+    return df
 
 
 def is_trec_run(uri: str) -> bool:
@@ -79,6 +84,8 @@ def read_trec_run(uri: str, c: EvalConfig) -> pd.DataFrame:
 def _ranked(lists: np.ndarray, values: pd.Series, descending: bool) -> np.ndarray:
     """Row positions with each list's rows together (lists in ascending number) in the order of `values`,
     missing ones last, equal ones in file order."""
+    if not pd.api.types.is_numeric_dtype(values):  # a rank or score that came as text (a CSV's column)
+        values = pd.to_numeric(values, errors="coerce")
     frame = pd.DataFrame({"list": lists, "value": values.to_numpy(), "row": np.arange(len(lists))})
     frame = frame.sort_values(["list", "value", "row"], ascending=[True, not descending, True],
                               na_position="last")
@@ -100,6 +107,16 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
     baseline = c.baseline_column if c.baseline_column and c.baseline_column in df.columns else None
     if c.baseline_column and baseline is None:
         print(f"ce-ray eval: note: no {c.baseline_column!r} column, no baseline", file=sys.stderr)
+    notes = {}
+    if qrels is not None:
+        # As trec_eval: a query the qrels do not judge is not evaluated (TREC DL judges a few of its queries),
+        # and a document listed twice for a query (candidates merged from two retrievers) counts once.
+        judged_rows = df[c.query_id_column].astype(str).isin(qrels.keys())
+        notes["queries_not_in_qrels"] = int(df.loc[~judged_rows, c.query_id_column].nunique())
+        df = df[judged_rows]
+        repeated = df.duplicated([c.query_id_column, c.doc_id_column])
+        notes["repeated_pairs_dropped"] = int(repeated.sum())
+        df = df[~repeated].reset_index(drop=True)
     keys = df[c.query_id_column].astype(str)
     lists, query_ids = pd.factorize(keys, sort=False)  # queries numbered in the order they first come
     if qrels is not None:
@@ -138,7 +155,7 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
         "reranked": mean_metrics(e["reranked"] for e in per_query),
         "baseline": mean_metrics(e["baseline"] for e in per_query) if baseline else None,
         "per_query": per_query,
-    }
+    } | notes
     if qrels is not None:
         present = set(query_ids)
         missing = [q for q in qrels if q not in present]
@@ -180,6 +197,9 @@ def table_lines(result: dict, config: EvalConfig) -> List[str]:
 
 
 def default_output(uri: str) -> str:
+    """`eval.json` in the input folder (in the folder of a glob), or beside an input file."""
+    if any(c in uri for c in "*?["):
+        return join(glob_base(uri), "eval.json")
     fs, path = filesystem(uri)
     if fs.get_file_info(path).type == pafs.FileType.Directory:
         return join(uri, "eval.json")
@@ -208,10 +228,11 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
             raise ConfigError(f"{c.input} is a TREC run, which holds no grades: give --qrels")
         df = read_trec_run(c.input, c)
     else:
-        df = read_columns(c.input, list(dict.fromkeys(wanted)), required)
+        df = read_columns(c.input, list(dict.fromkeys(wanted)), required,
+                          [name for name in required if name in (c.query_id_column, c.doc_id_column)])
     if not len(df):
         raise InputError(f"{c.input} has no scored rows")
-    result = evaluate_frame(df, c, qrels)
+    result = evaluate_frame(df, c, qrels) | {"rows_without_ids": df.attrs.get("rows_without_ids", 0)}
     if not result["queries"]:
         raise ConfigError("no query to evaluate (none has a relevant document)")
     output = c.output or default_output(c.input)
@@ -224,6 +245,12 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
         lines.append(f"  left out {result['queries_skipped_without_relevant']:,} queries without a relevant document")
     if result["queries_without_relevant"]:
         lines.append(f"  {result['queries_without_relevant']:,} queries have no relevant document: counted as 0")
+    if result.get("queries_not_in_qrels"):
+        lines.append(f"  left out {result['queries_not_in_qrels']:,} queries the qrels do not judge (as trec_eval)")
+    if result.get("repeated_pairs_dropped"):
+        lines.append(f"  counted once {result['repeated_pairs_dropped']:,} repeated (query, document) pair(s)")
+    if result.get("rows_without_ids"):
+        lines.append(f"  left out {result['rows_without_ids']:,} rows without a query or document id")
     if result.get("qrels_queries_without_candidates"):
         examples = ", ".join(result["qrels_queries_without_candidates_examples"][:5])
         lines.append(f"  qrels name {result['qrels_queries_without_candidates']:,} queries with no candidates, "

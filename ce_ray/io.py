@@ -14,6 +14,7 @@ import json
 import os
 import posixpath
 import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -38,6 +39,13 @@ _EXTENSIONS = {
     ".csv": "csv",
     ".tsv": "tsv",
 }
+
+
+# An output folder of ce-ray (its layout: ce_ray/sink.py), which may be the input of a later job.
+RESULTS = "results"
+REJECTS = "rejects"
+SUCCESS = "_SUCCESS"
+STATE = "_ce_ray"
 
 
 class InputError(ValueError):
@@ -67,6 +75,16 @@ def read_type(dtype: pa.DataType) -> pa.DataType:
     if pa.types.is_dictionary(dtype):
         dtype = dtype.value_type
     return {pa.string_view(): pa.string(), pa.binary_view(): pa.binary()}.get(dtype, dtype)
+
+
+def missing_values(column) -> pa.Array:
+    """Where an id is missing: null, or NaN (how pandas writes a missing integer id)."""
+    import pyarrow.compute as pc
+
+    missing = column.is_null()
+    if pa.types.is_floating(column.type):
+        missing = pc.or_(missing, pc.is_nan(column).fill_null(True))
+    return missing
 
 
 def parse_names(text: str, setting: str = "column_names") -> Optional[List[str]]:
@@ -111,26 +129,62 @@ def detect_format(path: str) -> Optional[str]:
     return _EXTENSIONS.get(os.path.splitext(name)[1])
 
 
+def glob_base(path: str) -> str:
+    """The folder a glob lists (`data/*.parquet`: `data`; its `*` matches inside subfolders too), else the path."""
+    if any(c in path for c in "*?["):
+        prefix = path[: min(path.index(c) for c in "*?[" if c in path)]
+        path = (prefix.rsplit("/", 1)[0] or "/") if "/" in prefix else "."
+    return path.rstrip("/") or "/"
+
+
+def check_apart(input_uri: str, output_uri: str) -> None:
+    """Refuses an output inside the input (a later run would read its results as pairs, and delete them as it
+    overwrites its output while reading them) or an input inside the output (overwriting would delete it)."""
+    def inside(path: str, folder: str) -> bool:
+        return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+    fs, source = filesystem(input_uri)
+    source, target = glob_base(source), filesystem(output_uri)[1].rstrip("/") or "/"
+    # Under a file nothing can be written (that write fails, saying so); a folder or a glob's folder is checked.
+    if inside(target, source) and fs.get_file_info(source).type != pafs.FileType.File:
+        raise InputError(f"the output {output_uri} is inside the input {input_uri}: later runs would read its "
+                         "results as pairs; write it elsewhere")
+    if inside(source, target):
+        raise InputError(f"the input {input_uri} is inside the output {output_uri}, whose results a run "
+                         "replaces: write the output elsewhere")
+
+
+def _is_output(fs: pafs.FileSystem, path: str) -> bool:
+    """A folder that a ce-ray job wrote: its settings (`_ce_ray/`) beside `results/`."""
+    return all(fs.get_file_info(f"{path}/{sub}").type == pafs.FileType.Directory for sub in (STATE, RESULTS))
+
+
 def list_files(uri: str, input_format: str = "auto",
                column_names: Optional[List[str]] = None) -> Tuple[List[str], str, pafs.FileSystem]:
     """Expands a file, a folder (recursively) or a glob into data files, all of one format.
 
     Returns the paths as the filesystem names them (no scheme), the format and the filesystem.
-    Hidden and underscore files (`_SUCCESS`, `.crc`) are skipped, as Spark and Arrow do. `column_names`,
+    Hidden and underscore files (`_SUCCESS`, `.crc`) are skipped, as Spark and Arrow do, and in a folder or
+    glob the files of other formats. An output folder of ce-ray gives its `results/` (refused unless its job
+    finished). `column_names`,
     for files without a header line, is refused for formats whose files name their columns.
     """
     check_s3_access(uri)
     fs, path = filesystem(uri)
     has_glob = any(c in path for c in "*?[")
-    base = path
-    if has_glob:
-        base = path[: min(path.index(c) for c in "*?[" if c in path)].rsplit("/", 1)[0] or "/"
+    base = glob_base(path) if has_glob else path
     try:
         info = fs.get_file_info(base)
     except OSError as e:
         raise InputError(f"cannot read input {uri}: {e}") from e
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"input {uri} does not exist")
+    if info.type == pafs.FileType.Directory and not has_glob and _is_output(fs, path):
+        # An earlier job's output (a cascade reranks one again, eval measures one): its results are the rows.
+        if fs.get_file_info(f"{path}/{SUCCESS}").type == pafs.FileType.NotFound:
+            raise InputError(f"input {uri} is the output of a job that did not finish (no {SUCCESS}): its results "
+                             "are partial; finish or rerun that job first")
+        base = path = f"{path}/{RESULTS}"
     if info.type == pafs.FileType.File and not has_glob:
         files = [path]
     else:
@@ -147,6 +201,8 @@ def list_files(uri: str, input_format: str = "auto",
         )
     if has_glob and not files:
         raise InputError(f"input {uri} matches no files")
+    named = info.type == pafs.FileType.File and not has_glob  # one file, named: read whatever its name
+    given = input_format != "auto"
     if input_format == "auto":
         formats = {detect_format(f) for f in files} - {None}
         if len(formats) > 1:
@@ -156,7 +212,16 @@ def list_files(uri: str, input_format: str = "auto",
                 f"cannot tell the format of {files[0]} from its name: pass input_format (parquet, jsonl, csv or tsv)"
             )
         input_format = formats.pop() if formats else "parquet"
-    files = [f for f in files if detect_format(f) in (input_format, None)]
+    if not named:
+        # A folder's other files (a LICENSE.pdf, a README.md, an eval.json) are not pairs; a file without an
+        # extension (Hadoop's part-00000) is, when the format was given.
+        kept = [f for f in files if detect_format(f) == input_format
+                or (given and detect_format(f) is None and "." not in posixpath.basename(f))]
+        if len(kept) < len(files):
+            other = [posixpath.basename(f) for f in sorted(set(files) - set(kept))]
+            print(f"ce-ray: note: {uri}: skipped {len(other)} file(s) that are not {input_format}: "
+                  + ", ".join(other[:5]) + (", ..." if len(other) > 5 else ""), file=sys.stderr, flush=True)
+        files = kept
     if not files:
         raise InputError(f"input {uri} holds no {input_format} files")
     if column_names and input_format not in DELIMITED:
@@ -277,7 +342,8 @@ def check_inputs(
                 kind = "text or a list of texts" if column in lists else "text"
                 raise InputError(f"{check.path}: column {column!r} is {check.types[column]}, not {kind}")
     if all(c.rows == 0 for c in checks):
-        raise InputError(f"input has no rows ({len(files)} file(s), all empty)")
+        raise InputError(f"input has no rows ({len(files)} file(s), all empty: {', '.join(files[:3])}"
+                         + (", ...)" if len(files) > 3 else ")"))
     check_types_agree(checks)
     return checks
 

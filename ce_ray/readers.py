@@ -58,7 +58,8 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
                                         override_num_blocks=len(ranges)), files, size_bytes
     paths = [c.path for c in todo]
     if input_format in DELIMITED:
-        source = tagged_files(paths, fs, functools.partial(delimited_chunks, text_columns=list(required or []),
+        columns = list(dict.fromkeys(name for c in todo for name in c.columns))  # every file's, all read as text
+        source = tagged_files(paths, fs, functools.partial(delimited_chunks, text_columns=columns,
                                                             tab_separated=input_format == "tsv",
                                                             column_names=column_names))
     else:
@@ -336,6 +337,12 @@ def delimited_chunks(f, path: str, text_columns: List[str], tab_separated: bool 
     """A CSV (or TSV) file's rows, chunk by chunk, with Arrow's streaming reader. With `column_names` the file
     has no header line (MS MARCO's files have none) and its first line is a row.
 
+    `text_columns` (the file's columns) are read as text, as they come: a CSV holds no types, and guessing
+    them would change values (an id `0042` would become the number 42, which no longer matches its qrels)
+    and could fail a file mid-way (an id `A7` after a megabyte of numbers). Spark reads CSV the same way by
+    default. Where a number is needed (a training label), it is parsed there. Only an empty field is null:
+    `NA`, `null` or `nan` are words (a document may be the word "null").
+
     A row whose fields do not match the header (a stray delimiter, a tab or line break inside a TSV field, a
     line cut short) is rejected with the reason and its text, and the others are read: it never fails the
     file. Arrow does not say where such a row was: it comes after the chunk being read when it was found."""
@@ -347,7 +354,7 @@ def delimited_chunks(f, path: str, text_columns: List[str], tab_separated: bool 
         if row.text.strip():  # a line of spaces is a blank line, as in JSON Lines
             malformed.append(f"{path}: a row of {row.actual_columns} field(s) where the "
                              f"{'column names have' if column_names else 'header has'} {row.expected_columns} "
-                             f"({row.text[:80]!r})")
+                             f"({row.text!r})")
         return "skip"
 
     parse = pacsv.ParseOptions(invalid_row_handler=reject_row, **(TAB_SEPARATED if tab_separated else {}))
@@ -355,9 +362,8 @@ def delimited_chunks(f, path: str, text_columns: List[str], tab_separated: bool 
     # same rows): with threads, Arrow parses blocks ahead, as they happen to run. It reads as fast (~3.8M
     # rows/s here), and a task has one CPU.
     read = pacsv.ReadOptions(use_threads=False, column_names=column_names)
-    # Text columns stay text (a query "42" is a string, not an integer); empty cells are nulls. UTF-8 is
-    # checked per row afterwards, so that one bad byte rejects its row instead of failing the file.
-    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in text_columns},
+    # UTF-8 is checked per row afterwards, so that one bad byte rejects its row instead of failing the file.
+    convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in text_columns}, null_values=[""],
                                    strings_can_be_null=True, check_utf8=False)
     try:
         reader = pacsv.open_csv(f, read_options=read, parse_options=parse, convert_options=convert)
@@ -367,13 +373,7 @@ def delimited_chunks(f, path: str, text_columns: List[str], tab_separated: bool 
             if table.num_rows:
                 yield reject_invalid_utf8(table, path)
     except pa.ArrowInvalid as e:
-        # Arrow guesses each other column's type from the file's first block (a megabyte); a later value of
-        # another kind (an id "A7" after numbers) cannot be converted.
-        why = str(e).splitlines()[0]
-        if "conversion error" in why:
-            why += (" (the type of a column other than the query and document is guessed from the file's first "
-                    "megabyte: give such a file as parquet or JSON Lines)")
-        raise InputError(f"cannot read {path}: {why}") from None
+        raise InputError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
     if malformed:  # found in the last chunk, after its rows
         yield with_rejected_rows(reader.schema.empty_table(), malformed)
 

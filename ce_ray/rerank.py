@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from .batching import REJECT
 from .config import ConfigError, RerankConfig, require, with_settings
-from .io import InputError
+from .io import InputError, missing_values
 from .readers import ROW_INDEX, ROW_INPUT, TAGS, plain_columns
 from .score import SCORE, score, summary_lines
 from .sink import PairsSink
@@ -37,12 +37,16 @@ PARTITION_BYTES = 256 << 20  # about the most that one rank partition's rows tak
 
 
 def _reject_null_query_ids(table: pa.Table, query_id_column: str) -> pa.Table:
-    """Rows without a query id belong to no query: they are rejected, not ranked together."""
-    if query_id_column not in table.column_names or not table.column(query_id_column).null_count:
+    """Rows without a query id (null or NaN) belong to no query: they are rejected, not ranked together."""
+    if query_id_column not in table.column_names:
         return table
-    null = table.column(query_id_column).is_null()
+    column = table.column(query_id_column)
+    missing = missing_values(column)
+    if not pc.any(missing).as_py():
+        return table
     reasons = table.column(REJECT) if REJECT in table.column_names else pa.nulls(table.num_rows, pa.string())
-    reasons = pc.if_else(pc.and_(null, reasons.is_null()), f"{query_id_column} is null", reasons)
+    why = pc.if_else(column.is_null(), f"{query_id_column} is null", f"{query_id_column} is NaN")
+    reasons = pc.if_else(pc.and_(missing, reasons.is_null()), why, reasons)
     table = table.drop_columns([REJECT]) if REJECT in table.column_names else table
     return table.append_column(REJECT, reasons)
 
@@ -51,7 +55,7 @@ def _rankable(table: pa.Table, query_id_column: str, score_column: str) -> pa.Ar
     """The rows that get a rank: a score, no reject reason, a query id."""
     valid = table.column(score_column).is_valid()
     if query_id_column in table.column_names:
-        valid = pc.and_(valid, table.column(query_id_column).is_valid())
+        valid = pc.and_(valid, pc.invert(missing_values(table.column(query_id_column))))
     if REJECT in table.column_names:
         valid = pc.and_(valid, table.column(REJECT).is_null())
     return valid
@@ -86,6 +90,9 @@ def rank_group(table: pa.Table, top_k: Optional[int] = None, input_order: Option
     ranked = scored.take(pc.sort_indices(scored, sort_keys=keys))  # a stable sort
     kept = ranked.num_rows if top_k is None else min(top_k, ranked.num_rows)
     ranked = ranked.slice(0, kept).append_column(rank_column, pa.array(np.arange(1, kept + 1, dtype=np.int32)))
+    # A rejected row has no score either: a row without a query id was scored before it was rejected here.
+    rejected = rejected.set_column(rejected.schema.get_field_index(score_column), score_column,
+                                   pa.nulls(rejected.num_rows, rejected.schema.field(score_column).type))
     rejected = rejected.append_column(rank_column, pa.nulls(rejected.num_rows, pa.int32()))
     if count_cut:
         cut = np.zeros(kept, dtype=np.int64)
@@ -101,8 +108,11 @@ def rank_group(table: pa.Table, top_k: Optional[int] = None, input_order: Option
 def check_key(table: pa.Table, column: str) -> None:
     """A query id that is no single value (a list, a struct) fails the job here, naming the column, rather
     than in the group-by."""
-    dtype = table.schema.field(column).type if column in table.column_names else None
-    if dtype is not None and pa.types.is_nested(dtype):
+    if column not in table.column_names:  # a caller's Dataset (a job's input check found it in every file)
+        raise InputError(f"the rows have no column {column!r} (columns: {', '.join(table.column_names[:12])}): "
+                         "name the query id's column with query_id_column")
+    dtype = table.schema.field(column).type
+    if pa.types.is_nested(dtype):
         raise InputError(f"{column} is {dtype}: a query id is one value (text or a number) per row")
 
 
@@ -238,7 +248,7 @@ def default_partitions(input_bytes: int) -> int:
 
 def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSummary:
     """The `ce-ray rerank` job: read, score, rank per query, keep the top k, write results and rejects."""
-    from .io import parse_names
+    from .io import check_apart, parse_names
     from .readers import input_key, read_dataset
     from .runtime import surfaced_errors
     from .score import job_settings, written_columns
@@ -250,6 +260,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
         raise ConfigError(f"{title}: mode resume works per input file, but ranking groups rows across files; "
                           "use mode overwrite")
     start = time.perf_counter()
+    check_apart(config.input, config.output)
     # The query id may be text or a number: present, of any type.
     ds, files, input_bytes = read_dataset(
         config.input, config.input_format, [config.query_column, config.document_column],
@@ -257,8 +268,9 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
         present=[config.query_id_column], written=written_columns(config))
     job = job_settings(config) | {"query_id_column": config.query_id_column, "top_k": config.top_k} | (
         {"rank_column": config.rank_column} if config.rank_column != RANK else {})
-    prepare_output(config.output, config.mode, job=job)
+    # score() checks and loads the model's config and tokenizer: a bad model fails before the output is touched.
     scored = score(ds, config, announce=title)
+    prepare_output(config.output, config.mode, job=job)
     partitions = config.rank_partitions or default_partitions(input_bytes)
     print(f"{title}: ranks the rows of each {config.query_id_column} in {partitions} partition(s)"
           + (f", keeping the best {config.top_k}" if config.top_k else ""), flush=True)

@@ -29,12 +29,26 @@ def ensure_ray(dashboard: bool = False) -> None:
         ray.init(include_dashboard=None if dashboard else False)  # ignored when joining a cluster
 
 
+def started_here() -> bool:
+    """Whether this process started the Ray it uses (a local one for this job alone, which cannot grow),
+    rather than joining a cluster (which an autoscaler may grow)."""
+    import ray._private.worker
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    return bool(node is not None and node.is_head())
+
+
 def cluster_gpus() -> int:
     """The GPUs of the cluster, joined or started."""
+    return int(cluster_resources().get("GPU", 0))
+
+
+def cluster_resources() -> dict:
+    """The resources of the cluster, joined or started: {"CPU": ..., "GPU": ...}."""
     import ray
 
     ensure_ray()
-    return int(ray.cluster_resources().get("GPU", 0))
+    return ray.cluster_resources()
 
 
 def free_failed_actors() -> None:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from typing import Dict, Optional
 
@@ -15,7 +16,7 @@ import pyarrow as pa
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, require, with_settings
 from .io import InputError, refuse_written
-from .runtime import cluster_gpus, ensure_ray, free_failed_actors, surfaced_errors
+from .runtime import cluster_resources, ensure_ray, free_failed_actors, surfaced_errors
 from .tokenizer_facts import tokenizer_facts
 
 # torch is imported by the replica (ce_ray.replica, ce_ray.model) alone: the driver (with the tokenizer's
@@ -41,6 +42,10 @@ def written_columns(config: ScoreConfig) -> Dict[str, str]:
 def _tokenize_block(table: pa.Table, encoder: PairEncoder, query_column: str, document_column: str,
                     max_length: int, on_invalid: str, written: Dict[str, str]) -> pa.Table:
     refuse_written(table.column_names, written, "the input")
+    for column, setting in ((query_column, "query_column"), (document_column, "document_column")):
+        if column not in table.column_names:  # a caller's Dataset (a job's input check found it in every file)
+            raise InputError(f"the rows have no column {column!r} (columns: {', '.join(table.column_names[:12])}): "
+                             f"name the column with {setting}")
     out = tokenize_table(table, encoder, query_column, document_column, max_length)
     if on_invalid == "fail" and out.column(REJECT).null_count < out.num_rows:
         reasons = out.column(REJECT).drop_null()
@@ -78,9 +83,18 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
         config = dataclasses.replace(config, max_length=facts.max_length)
 
     free_failed_actors()
-    gpus = cluster_gpus()
+    resources = cluster_resources()
+    gpus = int(resources.get("GPU", 0))
     use_gpu = config.use_gpu if config.use_gpu is not None else gpus > 0
     max_replicas = config.replicas or (max(gpus, 1) if use_gpu else 1)
+    min_replicas = min(config.min_replicas, max_replicas)
+    cpus = int(resources.get("CPU", 1))
+    if not use_gpu and min_replicas >= cpus > 1:
+        # Each CPU replica holds a CPU for the whole job: replicas on all of them would leave none to read
+        # the rows they wait for, and the job would never start.
+        min_replicas = cpus - 1
+        print(f"ce-ray: note: min_replicas {config.min_replicas} would hold all {cpus} CPUs of the cluster, leaving "
+              f"none to read the input: starting {min_replicas}", file=sys.stderr, flush=True)
     if announce:  # before Ray Data's own lines, which follow the run
         budget = config.batch_tokens or default_batch_tokens(use_gpu)
         print(f"{announce}: {config.model} on {'GPU' if use_gpu else 'CPU'}, up to {max_replicas} replica(s), "
@@ -102,7 +116,7 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
         fn_constructor_kwargs=dict(config=config, device="cuda" if use_gpu else "cpu"),
         batch_format="pyarrow",
         batch_size=config.rows_per_call or (GPU_ROWS_PER_CALL if use_gpu else config.rows_per_block),
-        compute=replica_pool(config, use_gpu, max_replicas),
+        compute=replica_pool(config, use_gpu, min_replicas, max_replicas),
         num_gpus=1 if use_gpu else 0,
         num_cpus=1,
         udf_modifying_row_count=False,
@@ -114,6 +128,7 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
 def predict(model: str, pairs, **settings):
     """`CrossEncoder(model).predict(pairs)` on the Ray cluster: (query, document) pairs in, their float32
     scores out as a numpy array, in order, scored by the cluster's replicas (its GPUs where it has them).
+    One pair, `(query, document)`, gives its score alone, as predict does.
 
     For pairs that fit in the driver's memory; `score` (a Dataset) or `run_score` (files) for more. A pair
     that cannot be scored (a query or document that is None or not text) fails the call, as in CrossEncoder,
@@ -123,8 +138,14 @@ def predict(model: str, pairs, **settings):
     import ray
 
     pairs = list(pairs)
+    single = len(pairs) == 2 and all(isinstance(text, str) for text in pairs)
+    if single:  # one pair, as CrossEncoder.predict takes it: its score alone comes back
+        pairs = [pairs]
     if not pairs:
         return np.zeros(0, np.float32)
+    for number, pair in enumerate(pairs):
+        if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
+            raise InputError(f"pairs must be (query, document) pairs: pair {number} is {str(pair)[:80]!r}")
     queries, documents = (list(column) for column in zip(*pairs))
     try:
         columns = {"query": pa.array(queries, pa.large_string(), from_pandas=True),
@@ -141,7 +162,7 @@ def predict(model: str, pairs, **settings):
         out = pa.concat_tables(ray.get(scored.to_arrow_refs()))
     scores = np.empty(len(pairs), np.float32)
     scores[out.column("position").to_numpy()] = out.column(column).to_numpy(zero_copy_only=False)
-    return scores
+    return scores[0] if single else scores
 
 
 class ScoringReplica:
@@ -157,7 +178,7 @@ class ScoringReplica:
         return self.scorer(table)
 
 
-def replica_pool(config: ScoreConfig, use_gpu: bool, max_replicas: int):
+def replica_pool(config: ScoreConfig, use_gpu: bool, min_replicas: int, max_replicas: int):
     """The scoring replicas' actor pool.
 
     A GPU replica runs two calls at once. A call queues all its batches on the GPU and then waits for its
@@ -171,7 +192,7 @@ def replica_pool(config: ScoreConfig, use_gpu: bool, max_replicas: int):
 
     overlap = use_gpu and not config.compile
     return ActorPoolStrategy(
-        min_size=min(config.min_replicas, max_replicas), max_size=max_replicas,
+        min_size=min_replicas, max_size=max_replicas,
         # Ray Data also gathers a call's rows while the call before runs.
         max_concurrent_calls_per_actor=2 if use_gpu else None,
         enable_true_multi_threading=overlap,
@@ -229,7 +250,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     Outputs are named per input file; `mode="resume"` keeps the inputs an earlier run completed and
     redoes the rest. A transform regroups rows across files, so its jobs cannot resume.
     """
-    from .io import check_s3_access, parse_names
+    from .io import check_apart, check_s3_access, parse_names
     from .readers import input_key, read_dataset
     from .sink import WRITE_REMOTE_ARGS, PairsSink, ResumeState, prepare_output, resume_state
 
@@ -239,6 +260,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         raise ConfigError(f"{title}: mode resume works per input file, but this job groups rows across "
                           "files; use mode overwrite")
     start = time.perf_counter()
+    check_apart(config.input, config.output)
     check_s3_access(config.output)
     job = job_settings(config)
     earlier = resume_state(config.output, job) if config.mode == "resume" else ResumeState({}, [])

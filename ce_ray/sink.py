@@ -33,14 +33,10 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from .batching import REJECT
-from .io import filesystem, is_remote
+from .io import REJECTS, RESULTS, STATE, SUCCESS, filesystem, is_remote
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 
-RESULTS = "results"
-REJECTS = "rejects"
 REASON = "reason"  # why a row of rejects/ was rejected
-SUCCESS = "_SUCCESS"
-STATE = "_ce_ray"
 JOB = "job.json"
 INPUT_ROWS = b"ce_ray.input_rows"  # footer key: the input file's row count, on the part with its last row
 # Writing is I/O: a write task asks for a quarter of a core, so it never waits behind tokenizing for one.
@@ -64,11 +60,13 @@ class OutputError(ValueError):
 
 
 def has_results(output: str) -> bool:
+    """Whether a job wrote rows or finished here. A job that failed before its first write leaves only its
+    settings (`_ce_ray/job.json`): nothing to keep or to resume from."""
     fs, path = filesystem(output)
-    for sub in (RESULTS, REJECTS, SUCCESS, STATE):
-        if fs.get_file_info(f"{path}/{sub}").type != pafs.FileType.NotFound:
-            return True
-    return False
+    if fs.get_file_info(f"{path}/{SUCCESS}").type != pafs.FileType.NotFound:
+        return True
+    return any(info.type == pafs.FileType.File for sub in (RESULTS, REJECTS)
+               for info in fs.get_file_info(pafs.FileSelector(f"{path}/{sub}", recursive=True, allow_not_found=True)))
 
 
 @dataclass

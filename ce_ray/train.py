@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -310,14 +311,19 @@ def train_loop(loop_config: dict) -> dict:
     while step < total:
         for passes in data.over(micro_batches(windows, config, epoch, rank, micro - epoch * per_epoch, pad_id,
                                               plan["max_length"])):
-            boundary = (micro + 1) % accum == 0
+            # `accum` batches a step, within an epoch: its last step takes what is left (fewer batches), so
+            # that every batch is trained on, as transformers' Trainer does.
+            in_epoch = micro - epoch * per_epoch
+            group = min(accum, per_epoch - (in_epoch - in_epoch % accum))
+            boundary = in_epoch % accum == group - 1
             rows = sum(len(labels) for _, labels in passes)
             for number, (inputs, labels) in enumerate(passes):
                 inputs = _on_device(inputs, device, model_type)
                 target = to_device(labels, device)
                 if config.deepspeed:
+                    model.set_gradient_accumulation_boundary(boundary)  # ours, not its count of batches
                     loss = loss_fn(Reranker.logits(model(**inputs)).float().view(-1), target) / rows
-                    model.backward(loss)
+                    model.backward(loss * (accum / group))  # it divides by accum: the mean over the group
                     model.step()  # optimizer, scheduler and clipping at accumulation boundaries
                 else:
                     # Gradients cross workers once a step: at the last pass of the boundary batch. Workers
@@ -328,7 +334,7 @@ def train_loop(loop_config: dict) -> dict:
                             logits = Reranker.logits(forward(**inputs))
                         # The batch's mean, whatever the passes: each pass adds its sum over the batch's rows.
                         loss = loss_fn(logits.float().view(-1), target) / rows
-                        (loss / accum).backward()
+                        (loss / group).backward()
                 loss_sum = loss_sum + loss.detach()  # stays on the device: no sync until it is logged
             if not config.deepspeed and boundary:
                 if config.max_grad_norm > 0:
@@ -341,11 +347,13 @@ def train_loop(loop_config: dict) -> dict:
             if not boundary:
                 continue
             step += 1
-            epoch_end = micro // per_epoch > (micro - accum) // per_epoch
+            epoch_end = in_epoch == per_epoch - 1
             last = step == total
             saving = (config.save_every and step % config.save_every == 0) or epoch_end or last
-            logging = step % config.log_every == 0 or saving
-            if not logging:
+            evaluating = plan["qrels"] and (
+                (config.eval_every and step % config.eval_every == 0) or epoch_end or last
+                or (config.best_metric and saving))
+            if not (step % config.log_every == 0 or saving or evaluating):
                 continue
             elapsed = time.perf_counter() - tick
             global_samples = samples * world
@@ -356,8 +364,7 @@ def train_loop(loop_config: dict) -> dict:
                      "data_wait": data.seconds / elapsed if elapsed else 0.0}
             progress["samples"] += global_samples
             progress["seconds"] += elapsed
-            evaluating = (config.eval_every and step % config.eval_every == 0) or epoch_end or last
-            if plan["qrels"] and (evaluating or (config.best_metric and saving)):
+            if evaluating:
                 entry.update(run_eval())
             progress["step"], progress["micro"] = step, micro
             progress["log"].append(entry)
@@ -601,6 +608,32 @@ def _check_output(output: str) -> None:
         fs.create_dir(path, recursive=True)
 
 
+def _check_room(config: TrainConfig, use_gpu: bool) -> None:
+    """The workers' CPUs (and GPUs) against the cluster's: Ray Train would wait for them forever on a local Ray,
+    which cannot grow. A joined cluster may grow (an autoscaler): it is only said."""
+    from .runtime import cluster_resources, started_here
+
+    have = cluster_resources()
+    need = {"CPU": config.num_workers * config.cpus_per_worker} | ({"GPU": config.num_workers} if use_gpu else {})
+    short = [f"{count:g} {kind}(s) (the cluster has {have.get(kind, 0):g})" for kind, count in need.items()
+             if have.get(kind, 0) < count]
+    if not short:
+        return
+    message = f"{config.num_workers} worker(s) need {' and '.join(short)}"
+    if started_here():
+        raise ConfigError(f"{message}: lower num_workers (or cpus_per_worker)")
+    print(f"ce-ray train: {message}: the run waits until the cluster has them", file=sys.stderr, flush=True)
+
+
+# The files of a model folder that transformers and sentence-transformers read: where the output held an earlier
+# model, those the new one does not have would still be read with it (an earlier model's
+# config_sentence_transformers.json would set the activation).
+MODEL_FILES = re.compile(r"(config_sentence_transformers|modules|sentence_bert_config|config|generation_config|"
+                         r"tokenizer|tokenizer_config|special_tokens_map|added_tokens|vocab)\.json|vocab\.txt|"
+                         r"merges\.txt|\w*\.model|(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)|"
+                         r"(model\.safetensors|pytorch_model\.bin)\.index\.json")
+
+
 def _publish(model_dir: str, output: str, card_text: str) -> None:
     """Copies the final model folder (and its card) to the output, local or s3://."""
     import pyarrow.fs as pafs
@@ -610,6 +643,14 @@ def _publish(model_dir: str, output: str, card_text: str) -> None:
     fs, path = filesystem(output)
     fs.create_dir(path, recursive=True)
     pafs.copy_files(model_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    new = set(os.listdir(model_dir))
+    stale = [info for info in fs.get_file_info(pafs.FileSelector(path)) if info.type == pafs.FileType.File
+             and info.base_name not in new and MODEL_FILES.fullmatch(info.base_name)]
+    for info in stale:
+        fs.delete_file(info.path)
+    if stale:
+        print(f"ce-ray train: removed from {output} what an earlier model left there: "
+              + ", ".join(sorted(info.base_name for info in stale)), flush=True)
 
 
 def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
@@ -649,6 +690,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     ensure_ray(dashboard=True)  # Ray Train's state queries need it
     free_failed_actors()
     use_gpu = config.use_gpu if config.use_gpu is not None else cluster_gpus() > 0
+    _check_room(config, use_gpu)
     if config.deepspeed:
         try:
             _import_deepspeed(use_gpu)
@@ -661,9 +703,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     data_done = time.perf_counter()
     per_worker = stats["pairs"] // config.num_workers  # the shards are cut equal so every worker steps together
     per_epoch = math.ceil(per_worker / config.batch_size)
-    total = config.max_steps or (config.epochs * per_epoch) // config.grad_accum
-    if total < 1:
-        raise ConfigError(f"{per_epoch} batch(es) per epoch and grad_accum {config.grad_accum}: no optimizer step")
+    # grad_accum batches a step; an epoch's last step takes those left (`train_loop`)
+    total = config.max_steps or config.epochs * math.ceil(per_epoch / config.grad_accum)
     # Evaluation keeps no activations: its passes take the scoring budget, not the training one.
     plan = {"model": source, "max_length": max_length, "batches_per_epoch": per_epoch, "total_steps": total,
             "qrels": qrels, "eval_batch_tokens": config.batch_tokens or default_batch_tokens(use_gpu)}

@@ -267,6 +267,9 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int):
     else:
         ds, config = _labelled_rows(config.train_data, config, negatives)
         source = config.train_data
+    # The same rows in the same order in every run of these settings, for the shuffle below and for a resumed
+    # run's place in the data (this set's own setting, shared by the sets made from it).
+    ds.context.execution_options.preserve_order = True
     tokenized = _tokenized(ds, config, encoder, max_length, labels=True)
     stats = _combine_stats(tokenized.map_batches(_block_stats, batch_format="pyarrow", batch_size=None).take_all())
     stats["source"] = source
@@ -276,8 +279,15 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int):
         raise InputError(f"{config.train_data}: {sum(label_errors.values())} label(s) outside [0, 1], e.g. "
                          f"{next(iter(label_errors))}: BinaryCrossEntropyLoss needs labels in [0, 1]")
     if stats["pairs"] < config.num_workers:
-        raise InputError(f"{config.train_data}: {stats['pairs']} trainable pair(s) for {config.num_workers} workers")
-    train_ds = tokenized.map_batches(_kept_rows, batch_format="pyarrow", batch_size=None).materialize()
+        reasons = sorted(stats["reject_reasons"].items(), key=lambda item: -item[1])[:3]
+        why = "; rejected: " + ", ".join(f"{reason} ({count:,})" for reason, count in reasons) if reasons else ""
+        raise InputError(f"{config.train_data}: {stats['pairs']} trainable pair(s) for {config.num_workers} "
+                         f"worker(s){why}")
+    # Shuffled once, seeded, over the whole set: rows come grouped (a BEIR split's positives, then its
+    # negatives; triples' positives, then their negatives; a file's rows by query), and each worker takes a
+    # contiguous part of the set, each batch rows of one window. Unshuffled, a worker could see only negatives.
+    train_ds = tokenized.map_batches(_kept_rows, batch_format="pyarrow", batch_size=None)
+    train_ds = train_ds.random_shuffle(seed=config.seed).materialize()
     eval_ds, qrels = None, None
     if config.eval_data:
         table, qrels, stats["eval"] = _eval_candidates(eval_config, negatives)

@@ -85,6 +85,32 @@ def test_query_without_relevant_counts_zero_and_unknown_qrels_are_reported(tmp_p
     assert skipped["reranked"]["map"] == 1.0
 
 
+def test_eval_counts_as_trec_eval_does_where_rows_repeat_lack_ids_or_are_not_judged(tmp_path, capsys):
+    """A (query, document) pair listed twice counts once (merged candidates), a row without a query id
+    (null, or NaN from pandas) is left out with integer ids kept as they are (`1`, not `1.0`), and a query
+    the qrels do not judge is not evaluated, as trec_eval does; a baseline rank that came as text is a number."""
+    rows = pd.DataFrame({
+        "query_id": pd.array([1, 1, 1, 2, 2, None, 3], dtype="Int64"),
+        "doc_id": ["a", "a", "b", "c", "d", "a", "e"],
+        "score": [0.9, 0.9, 0.5, 0.8, 0.7, 0.99, 0.1],
+        "bm25_rank": ["2", "2", "10", "1", "2", "1", "1"],
+    })
+    rows.to_parquet(tmp_path / "scored.parquet")
+    (tmp_path / "qrels.txt").write_text("1 0 a 1\n2 0 d 1\n")
+    result = run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), qrels=str(tmp_path / "qrels.txt")))
+    assert (result["queries"], result["pairs"]) == (2, 4)
+    assert result["reranked"]["map"] == pytest.approx((1.0 + 0.5) / 2)
+    assert result["baseline"]["map"] == pytest.approx((1.0 + 0.5) / 2)  # ranks "2" before "10"
+    assert max(v for name in ("reranked", "baseline") for v in result[name].values()) <= 1.0
+    assert (result["repeated_pairs_dropped"], result["rows_without_ids"], result["queries_not_in_qrels"]) == (1, 1, 1)
+    printed = capsys.readouterr().out
+    for line in ("left out 1 queries the qrels do not judge", "counted once 1 repeated", "left out 1 rows without"):
+        assert line in printed
+    # A glob's default output goes into its folder, not a file named after the pattern.
+    glob = run_eval(EvalConfig(input=str(tmp_path / "*.parquet"), qrels=str(tmp_path / "qrels.txt")))
+    assert glob["queries"] == 2 and (tmp_path / "eval.json").exists()
+
+
 def test_trec_qrels_read_as_beir_qrels(tmp_path):
     """MS MARCO's qrels (tab-separated) and TREC DL's (spaces) give the grades a BEIR file gives."""
     from ce_ray.candidates import read_qrels

@@ -81,7 +81,7 @@ def test_every_row_is_accounted_for(jsonl_job, csv_job):
 
 def test_null_text_is_rejected(jsonl_job, csv_job):
     assert rejects(jsonl_job[1]).set_index("id").loc[1, "reason"] == "query is null"
-    assert rejects(csv_job[1]).set_index("id").loc[1, "reason"] == "query is null"  # an empty CSV cell
+    assert rejects(csv_job[1]).set_index("id").loc["1", "reason"] == "query is null"  # an empty CSV cell
 
 
 def test_empty_string_is_scored(jsonl_job):
@@ -102,9 +102,9 @@ def test_invalid_utf8_in_jsonl_rejects_the_line(jsonl_job):
 
 
 def test_invalid_utf8_in_csv_rejects_the_row(csv_job):
-    row = rejects(csv_job[1]).set_index("id").loc[2]
+    row = rejects(csv_job[1]).set_index("id").loc["2"]
     assert row["reason"].startswith("query is not valid UTF-8") and row["query"] == "bad \ufffd byte"
-    assert results(csv_job[1]).set_index("id").loc[3, "query"] == "quoted, ok"
+    assert results(csv_job[1]).set_index("id").loc["3", "query"] == "quoted, ok"
 
 
 def test_a_csv_row_whose_fields_do_not_match_the_header_is_rejected(csv_job):
@@ -116,7 +116,7 @@ def test_a_csv_row_whose_fields_do_not_match_the_header_is_rejected(csv_job):
         "a row of 2 field(s) where the header has 3 ('6,cut short')",
         "a row of 4 field(s) where the header has 3 ('5,a stray,comma,here')"]
     assert malformed[0].startswith(str(csv_job[1].parent / "in" / "rows.csv"))
-    assert set(results(csv_job[1])["id"]) == {0, 3, 4}
+    assert set(results(csv_job[1])["id"]) == {"0", "3", "4"}  # a CSV's columns are text, as they come
 
 
 def test_tsv_is_tab_separated_text_without_quotes(ray_local, tmp_path, tiny_model):
@@ -129,7 +129,7 @@ def test_tsv_is_tab_separated_text_without_quotes(ray_local, tmp_path, tiny_mode
     summary = job(tiny_model, wikiqa, tmp_path / "wikiqa", query_column="Question", document_column="Sentence",
                   rows_per_block=2048)
     assert (summary.rows_in, summary.rows_scored, summary.rows_rejected) == (6165, 6165, 0)
-    expected = pd.read_csv(wikiqa, sep="\t", quoting=3, keep_default_na=False)
+    expected = pd.read_csv(wikiqa, sep="\t", quoting=3, keep_default_na=False, dtype=str)  # every column text
     scored = pd.read_parquet(tmp_path / "wikiqa" / "results").sort_values("SentenceID").reset_index(drop=True)
     pd.testing.assert_frame_equal(scored.drop(columns="score"),
                                   expected.sort_values("SentenceID").reset_index(drop=True))
@@ -142,21 +142,26 @@ def test_tsv_is_tab_separated_text_without_quotes(ray_local, tmp_path, tiny_mode
     summary = job(tiny_model, tmp_path / "in", tmp_path / "out")
     assert (summary.rows_in, summary.rows_scored, summary.rows_rejected) == (4, 2, 2)
     assert results(tmp_path / "out")[["id", "query", "document"]].to_dict("list") == {
-        "id": [0, 2], "query": ['"quoted', "q"], "document": ['says "hi"', "d"]}
+        "id": ["0", "2"], "query": ['"quoted', "q"], "document": ['says "hi"', "d"]}
     malformed, utf8 = sorted(rejects(tmp_path / "out")["reason"])
     assert malformed.endswith("rows.tsv: a row of 4 field(s) where the header has 3 ('1\\ta tab\\tinside\\ta field')")
     assert utf8.startswith("query is not valid UTF-8 in")
 
 
-def test_a_csv_column_whose_values_change_kind_after_the_first_megabyte_fails_naming_it(ray_local, tmp_path,
-                                                                                        tiny_model):
-    """Arrow guesses a column's type from a file's first block: an id `A7` after 150,000 numbers cannot be
-    converted; the job fails with one line that names the file, the value and what to do."""
+def test_csv_and_tsv_columns_are_read_as_text_as_they_come(ray_local, tmp_path, tiny_model):
+    """A CSV holds no types: every column comes back as the text it was. An id `0042` stays `0042` (a number
+    would not match its qrels), an id `A7` after 150,000 numbers is read (a type guessed from the first
+    megabyte failed the file there), `NA`, `null` and `nan` are words; only an empty field is null."""
     (tmp_path / "in").mkdir()
-    rows = ["id,query,document", *(f"{i},q,d" for i in range(150_000)), "A7,q,d"]
+    rows = ["id,query,document", "0042,NA,null", "A1,nan,", *(f"{i},q,d" for i in range(150_000)), "A7,q,d"]
     (tmp_path / "in" / "ids.csv").write_text("\n".join(rows) + "\n")
-    with pytest.raises(InputError, match=r"ids\.csv: .*conversion error to int64: invalid value 'A7' .*parquet"):
-        job(tiny_model, tmp_path / "in", tmp_path / "out", rows_per_block=50_000)
+    summary = job(tiny_model, tmp_path / "in", tmp_path / "out", rows_per_block=50_000)
+    assert (summary.rows_in, summary.rows_scored, summary.rows_rejected) == (150_003, 150_002, 1)
+    scored = results(tmp_path / "out")
+    assert scored["id"].tolist()[:2] == ["0", "0042"] and scored["id"].tolist()[-1] == "A7"
+    assert scored.set_index("id").loc["0042", ["query", "document"]].tolist() == ["NA", "null"]
+    rejected = rejects(tmp_path / "out")
+    assert rejected[["id", "query", "reason"]].values.tolist() == [["A1", "nan", "document is null"]]
 
 
 def test_a_csv_or_tsv_file_without_a_header_line_is_read_with_column_names(ray_local, tmp_path, tiny_model):
@@ -174,8 +179,8 @@ def test_a_csv_or_tsv_file_without_a_header_line_is_read_with_column_names(ray_l
     assert (summary.rows_in, summary.rows_scored, summary.rows_rejected) == (3, 2, 1)
     scored = pd.read_parquet(tmp_path / "out" / "results").sort_values("doc_id")
     assert scored[["query_id", "doc_id", "document"]].values.tolist() == [
-        [1048585, 7187157, 'Her brother is "Bubba"'],
-        [1048585, 7187158, "Paula Deen and her brother Earl W. Bubba Hiers"]]
+        ["1048585", "7187157", 'Her brother is "Bubba"'],
+        ["1048585", "7187158", "Paula Deen and her brother Earl W. Bubba Hiers"]]
     assert pd.read_parquet(tmp_path / "out" / "rejects")["reason"].str.endswith(
         "a row of 3 field(s) where the column names have 4 ('2\\t3\\tcut short')").all()
     files, input_format, fs = list_files(str(tmp_path / "in"), "auto", names.split(","))
@@ -284,7 +289,7 @@ def test_a_utf8_bom_at_the_start_of_a_csv_or_jsonl_file_is_skipped(ray_local, tm
         (tmp_path / kind / f"rows.{kind}").write_bytes(bom + data)
         summary = job(tiny_model, tmp_path / kind, tmp_path / f"out-{kind}")
         assert (summary.rows_scored, summary.rows_rejected) == ((2, 0) if kind == "csv" else (1, 1))
-        assert 0 in set(results(tmp_path / f"out-{kind}")["id"])
+        assert {"csv": "0", "jsonl": 0}[kind] in set(results(tmp_path / f"out-{kind}")["id"])
 
 
 def test_text_of_100k_characters_is_truncated_and_scored(jsonl_job, csv_job):
@@ -386,12 +391,13 @@ def test_non_text_column_type_fails_before_scoring(tmp_path, tiny_model):
 
 
 def test_corrupt_parquet_among_good_ones_fails_before_scoring(tmp_path, tiny_model):
+    (tmp_path / "in").mkdir()
     for i in range(3):
-        pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / f"good-{i}.parquet")
-    data = (tmp_path / "good-0.parquet").read_bytes()
-    (tmp_path / "torn.parquet").write_bytes(data[: len(data) // 2])  # a copy cut short
+        pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "in" / f"good-{i}.parquet")
+    data = (tmp_path / "in" / "good-0.parquet").read_bytes()
+    (tmp_path / "in" / "torn.parquet").write_bytes(data[: len(data) // 2])  # a copy cut short
     with pytest.raises(InputError, match=r"cannot read .*torn\.parquet"):
-        job(tiny_model, tmp_path, tmp_path / "out")
+        job(tiny_model, tmp_path / "in", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -402,6 +408,21 @@ def test_empty_folder_and_a_glob_matching_nothing_fail(tmp_path, tiny_model):
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "empty" / "p.parquet")
     with pytest.raises(InputError, match=r"input \S+/empty/\*\.csv matches no files"):
         job(tiny_model, f"{tmp_path}/empty/*.csv", tmp_path / "out")
+
+
+def test_other_files_in_an_input_folder_are_skipped_and_said(ray_local, tmp_path, tiny_model, capsys):
+    """A folder as datasets come (WikiQA's has a LICENSE.pdf and a README): its files of the format are read,
+    the others skipped with one line; with the format given, a file without an extension (Hadoop's
+    part-00000) is read too; a file named alone is read whatever its name."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "LICENSE.pdf").write_bytes(b"%PDF-1.5 not pairs")
+    (tmp_path / "in" / "README.md").write_text("# not pairs")
+    (tmp_path / "in" / "pairs.tsv").write_text("query\tdocument\nq\ta\n")
+    assert job(tiny_model, tmp_path / "in", tmp_path / "out").rows_in == 1
+    assert "skipped 2 file(s) that are not tsv: LICENSE.pdf, README.md" in capsys.readouterr().err
+    (tmp_path / "in" / "part-00000").write_text("query\tdocument\nq\tb\n")
+    assert job(tiny_model, tmp_path / "in", tmp_path / "out2", input_format="tsv").rows_in == 2
+    assert job(tiny_model, tmp_path / "in" / "part-00000", tmp_path / "out3", input_format="tsv").rows_in == 1
 
 
 def test_an_output_that_cannot_be_made_fails_before_any_work(tmp_path, tiny_model):

@@ -56,7 +56,15 @@ def test_null_query_id_is_rejected_not_ranked():
                       "score": pa.array([0.2, 0.3], pa.float32())})
     out = rank_group(table)
     assert out.column(REJECT).to_pylist() == ["query_id is null"] * 2
-    assert out.column("rank").null_count == 2
+    assert out.column("rank").null_count == 2 and out.column("score").null_count == 2  # rejected: no score
+    # NaN is how pandas writes a missing integer id: rejected too, not ranked together as one query.
+    table = pa.table({"query_id": [1.0, float("nan"), float("nan")], "document": ["a", "b", "c"],
+                      "score": pa.array([0.2, 0.3, 0.4], pa.float32())})
+    out = rank_group(table)
+    assert out.column(REJECT).to_pylist() == [None, "query_id is NaN", "query_id is NaN"]
+    assert out.column("rank").to_pylist() == [1, None, None]
+    kept = keep_block_top_k(table, 1, "query_id")
+    assert kept.num_rows == 3  # the NaN rows pass on, to be rejected, not cut as one query's
 
 
 def ranked_queries(blocks, top_k, input_order=None) -> pd.DataFrame:
@@ -207,8 +215,9 @@ def test_rerank_job_over_files_and_blocks(ray_local, tiny_model, tmp_path, capsy
     assert ranked["query_id"].tolist() == plain["query_id"].tolist()
 
     # A cascade: the output reranked again (here by the same model), its scores and ranks under other names.
-    again = RerankConfig(model=str(tiny_model), input=str(tmp_path / "all" / "results"), output=str(tmp_path / "two"),
-                         top_k=2)
+    # The output folder gives its results/ (not its rejects/, nor the eval.json an eval wrote beside them).
+    (tmp_path / "all" / "eval.json").write_text("{}")
+    again = RerankConfig(model=str(tiny_model), input=str(tmp_path / "all"), output=str(tmp_path / "two"), top_k=2)
     with pytest.raises(InputError, match="has a column 'score', which the job writes"):
         run_rerank(again)
     with pytest.raises(InputError, match="has a column 'rank', which the job writes: name the ranks otherwise"):
@@ -219,6 +228,15 @@ def test_rerank_job_over_files_and_blocks(ray_local, tiny_model, tmp_path, capsy
     two = pd.read_parquet(tmp_path / "two" / "results").sort_values(["query_id", "rank_2"])
     assert two["doc_id"].tolist() == best["doc_id"].tolist() and (two["rank_2"] == two["rank"]).all()
     np.testing.assert_allclose(two["score_2"], two["score"], atol=1e-6)
+    # An output whose job did not finish is partial: refused as an input (and by eval, which reads it alike).
+    (tmp_path / "two" / "_SUCCESS").unlink()
+    with pytest.raises(InputError, match=r"is the output of a job that did not finish \(no _SUCCESS\)"):
+        run_rerank(dataclasses.replace(again, input=str(tmp_path / "two"), output=str(tmp_path / "three"),
+                                       score_column="score_3", rank_column="rank_3"))
+    # A bad model fails before an output it would overwrite is touched.
+    with pytest.raises(Exception, match="does not exist"):
+        run_rerank(dataclasses.replace(config, model=str(tmp_path / "no-model"), mode="overwrite"))
+    assert (tmp_path / "all" / "_SUCCESS").exists() and len(pd.read_parquet(tmp_path / "all" / "results")) == 22
 
 
 def test_rerank_input_errors(tiny_model, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import re
@@ -194,10 +195,13 @@ def test_gpu_replicas_run_two_calls_at_once_and_each_call_scores_its_own_block(t
     from ce_ray.replica import Scorer
     from ce_ray.score import replica_pool
 
-    gpu = replica_pool(ScoreConfig(model="m"), use_gpu=True, max_replicas=1)
+    def pool(use_gpu: bool, **settings):
+        return replica_pool(ScoreConfig(model="m", **settings), use_gpu=use_gpu, min_replicas=1, max_replicas=1)
+
+    gpu = pool(True)
     assert gpu.enable_true_multi_threading and gpu.max_concurrent_calls_per_actor == 2
-    assert not replica_pool(ScoreConfig(model="m", compile=True), use_gpu=True, max_replicas=1).enable_true_multi_threading
-    assert not replica_pool(ScoreConfig(model="m"), use_gpu=False, max_replicas=1).enable_true_multi_threading
+    assert not pool(True, compile=True).enable_true_multi_threading
+    assert not pool(False).enable_true_multi_threading
 
     encoder = pair_encoder(str(tiny_model))
     blocks = [tokenize_table(pa.Table.from_pandas(pairs_df.iloc[i::4], preserve_index=False), encoder,
@@ -324,7 +328,11 @@ def test_each_input_format(ray_local, tmp_path, tiny_model, pairs_df, fmt, capsy
             "most 2,048 tokens") in capsys.readouterr().out
     assert summary.rows_in == summary.rows_scored == len(pairs_df)
     assert summary.files_in == (2 if fmt in ("folder", "glob") else 1)
-    out = read_results(tmp_path / "out").sort_values("pair_id").reset_index(drop=True)
+    out = read_results(tmp_path / "out")
+    if fmt in ("csv", "tsv"):  # a CSV's columns come back as the text they were
+        assert out["pair_id"].map(type).eq(str).all()
+        out = out.astype({"pair_id": pairs_df["pair_id"].dtype})
+    out = out.sort_values("pair_id").reset_index(drop=True)
     assert sorted(out.columns) == sorted(list(pairs_df.columns) + ["score"])
     np.testing.assert_array_equal(out["pair_id"].values, pairs_df["pair_id"].values)
     np.testing.assert_allclose(out["score"].values, expected_scores(tiny_model, pairs_df), atol=1e-5)
@@ -378,13 +386,36 @@ def test_on_invalid_fail_stops_the_job_and_frees_its_replica(ray_local, tmp_path
 
 
 def test_missing_column_names_file_and_column(tmp_path, tiny_model):
-    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "a.parquet")
-    pd.DataFrame({"query": ["q"], "passage": ["d"]}).to_parquet(tmp_path / "b.parquet")
+    (tmp_path / "in").mkdir()
+    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "in" / "a.parquet")
+    pd.DataFrame({"query": ["q"], "passage": ["d"]}).to_parquet(tmp_path / "in" / "b.parquet")
     with pytest.raises(InputError, match=r"b\.parquet: missing column\(s\) 'document'"):
-        run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path), output=str(tmp_path / "out")))
+        run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "in"), output=str(tmp_path / "out")))
     with pytest.raises(InputError, match=r"a\.parquet: missing column\(s\) 'text'"):
-        run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "a.parquet"),
+        run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "in" / "a.parquet"),
                               output=str(tmp_path / "out"), document_column="text"))
+
+
+def test_an_output_inside_the_input_or_around_it_is_refused(tmp_path, tiny_model):
+    """A later run would read the results as pairs (and delete them while reading them, overwriting), or an
+    overwrite would delete the input: refused before any work. A sibling folder, or a glob beside it, is fine."""
+    from ce_ray.io import check_apart
+
+    for source, target in [("data", "data/scored"), ("data/*.parquet", "data/scored"), ("data", "data"),
+                           ("out/results", "out"), ("s3://bucket/in/out", "s3://bucket/in")]:
+        with pytest.raises(InputError, match="inside the"):
+            check_apart(str(tmp_path / source) if "://" not in source else source,
+                        str(tmp_path / target) if "://" not in target else target)
+    for source, target in [("data", "data-scored"), ("data/a.parquet", "data/scored"), ("data/x*", "scored"),
+                           ("s3://bucket/in", "s3://bucket/inside")]:
+        check_apart(str(tmp_path / source) if "://" not in source else source,
+                    str(tmp_path / target) if "://" not in target else target)
+    (tmp_path / "data").mkdir()
+    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "data" / "a.parquet")
+    with pytest.raises(InputError, match=r"the output \S+scored is inside the input"):
+        run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "data"),
+                              output=str(tmp_path / "data" / "scored")))
+    assert not (tmp_path / "data" / "scored").exists()
 
 
 def test_unreadable_and_empty_inputs_fail_before_scoring(tmp_path, tiny_model):
@@ -418,6 +449,23 @@ def test_existing_output_is_refused_unless_overwrite(ray_local, tmp_path, tiny_m
         run_score(config)
     run_score(ScoreConfig(**{**config.__dict__, "mode": "overwrite"}))
     assert len(read_results(tmp_path / "out")) == 10
+    # A job that failed before its first write left its settings alone: nothing to refuse for.
+    failed = dataclasses.replace(config, output=str(tmp_path / "failed"))
+    (tmp_path / "failed" / "_ce_ray").mkdir(parents=True)
+    (tmp_path / "failed" / "_ce_ray" / "job.json").write_text("{}")
+    assert run_score(failed).rows_scored == 10
+
+
+def test_min_replicas_leave_a_cpu_to_read_on_a_cpu_cluster(ray_local, tiny_model, pairs_df, capsys):
+    """CPU replicas hold a CPU each for the whole job: as many as the cluster's CPUs left none to read the rows
+    they waited for, and the job never started. The pool starts one fewer and says so."""
+    import ray.data
+
+    cpus = int(ray_local.cluster_resources()["CPU"])
+    ds = ray.data.from_pandas(pairs_df.head(20))
+    scored = score(ds, model=str(tiny_model), replicas=cpus, min_replicas=cpus).to_pandas()
+    assert len(scored) == 20 and scored["score"].notna().all()
+    assert f"min_replicas {cpus} would hold all {cpus} CPUs of the cluster" in capsys.readouterr().err
 
 
 def test_python_api_takes_and_returns_a_dataset(ray_local, tiny_model, pairs_df):
@@ -440,9 +488,12 @@ def test_yaml_config_and_flags_give_the_same_settings(tmp_path):
     (tmp_path / "type.yaml").write_text("batch_tokens: many\n")
     with pytest.raises(ConfigError, match="batch_tokens: expected int"):
         load_config(ScoreConfig, str(tmp_path / "type.yaml"))
-    for setting, value in (("rows_per_call", 0), ("batch_tokens", -1), ("tokenize_cpus", 0.0)):
+    for setting, value in (("rows_per_call", 0), ("batch_tokens", -1), ("tokenize_cpus", 0.0), ("max_length", 2)):
         with pytest.raises(ConfigError, match=f"{setting} must be"):
             load_config(ScoreConfig, None, {setting: value})
+    for name in ("reject_reason", "_ce_cut"):  # columns ce-ray adds itself
+        with pytest.raises(ConfigError, match=f"score_column '{name}' is a column ce-ray uses itself"):
+            load_config(ScoreConfig, None, {"score_column": name})
 
 
 def run_cli(*args, env=None, timeout=300):
@@ -484,6 +535,21 @@ def test_predict_scores_pairs_in_order_as_cross_encoder_does(ray_local, tiny_mod
     # Settings are checked as YAML keys are: CrossEncoder.predict's batch_size is not one.
     with pytest.raises(ConfigError, match=r"unknown setting 'batch_size' \(did you mean 'batch_tokens'\?\)"):
         ce_ray.predict(str(tiny_model), pairs, batch_size=32)
+    # One pair gives its score alone, as predict does; what is not a pair fails naming it.
+    one = ce_ray.predict(str(tiny_model), pairs[0])
+    assert np.ndim(one) == 0 and one == pytest.approx(scores[0], abs=1e-6)
+    for bad, shown in (([("q", "d", "x")], "pair 0 is \"\\('q', 'd', 'x'\\)\""), ([("q", "d"), ("q2",)], "pair 1"),
+                       (["ab", "cd", "ef"], "pair 0 is 'ab'")):
+        with pytest.raises(InputError, match=f"pairs must be \\(query, document\\) pairs: {shown}"):
+            ce_ray.predict(str(tiny_model), bad)
+    # A Dataset without the columns fails naming them, from score and from rerank.
+    import ray.data
+
+    rows = ray.data.from_items([{"q": "a query", "document": "a document"}])
+    with pytest.raises(Exception, match=r"the rows have no column 'query' \(columns: q, document"):
+        score(rows, model=str(tiny_model)).materialize()
+    with pytest.raises(Exception, match=r"the rows have no column 'query_id' \(columns: q, document"):
+        ce_ray.rerank(rows, model=str(tiny_model), query_column="q").materialize()
 
 
 def test_a_models_saved_prompt_goes_before_each_query_as_predict_puts_it(ray_local, pairs_df, tmp_path):

@@ -474,6 +474,67 @@ def test_rows_of_a_query_a_positive_and_negatives_train_as_their_labelled_pairs(
                      label_column="labels")
 
 
+def test_the_training_set_is_shuffled_once_with_the_runs_seed(ray_local, tiny_model, tmp_path):
+    """Triples give each block's positives, then its negatives (a BEIR split all its positives, then all its
+    negatives), and each worker reads a contiguous part of the set: unshuffled, one of two workers trained on
+    negatives alone. The set is shuffled over all its rows with the run's seed: the same order in every run
+    of that seed (a resumed run finds its place), both halves and every window of rows mixing the labels."""
+    from ce_ray.config import TrainConfig
+
+    (tmp_path / "triples").mkdir()
+    for part in range(2):
+        pd.DataFrame({"query": [f"query {part} {i}" for i in range(100)],
+                      "positive": [f"the passage that answers {part} {i}" for i in range(100)],
+                      "negative": [f"another passage {part} {i}" for i in range(100)]}).to_parquet(
+            tmp_path / "triples" / f"part-{part}.parquet")
+
+    def labels(seed: int) -> list:
+        config = TrainConfig(model=str(tiny_model), output=str(tmp_path / "o"), train_data=str(tmp_path / "triples"),
+                             document_column="positive", negative_columns="negative", seed=seed)
+        data, stats, _, _ = train_data.prepare_data(config, pair_encoder(str(tiny_model)), 64)
+        assert stats["pairs"] == 400
+        return [float(row[train_data.LABEL]) for row in data.take_all()]
+
+    first = labels(42)
+    assert first == labels(42) and first != labels(7) and sum(first) == 200
+    for part in (first[:200], first[200:], *(first[i : i + 80] for i in range(0, 400, 80))):
+        assert 0.25 < np.mean(part) < 0.75, part
+
+
+def test_every_batch_trains_under_grad_accum_and_eval_every_evaluates_between_log_lines(ray_local, tiny_model,
+                                                                                         pairs_file, tmp_path, capsys):
+    """64 pairs in batches of 16: 4 an epoch. With grad_accum 3 an epoch is 2 steps, the second on its last
+    batch alone, as transformers' Trainer takes them (it was 1 step, and a batch was never trained on);
+    eval_every 1 evaluates every step although log_every is 10. An output folder that held an earlier model
+    keeps no file of it that would be read with the new one; other files stay. Workers the local Ray cannot
+    hold, and settings training does not take, are refused before any work."""
+    from ce_ray.config import ConfigError, TrainConfig, load_config
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "config_sentence_transformers.json").write_text('{"activation_fn": "torch.nn.modules.linear.Identity"}')
+    (out / "notes.txt").write_text("mine")
+    settings = dict(model=str(tiny_model), train_data=str(pairs_file), output=str(out))
+    outcome = _train_module().train(TrainConfig(**settings, eval_data=str(pairs_file), grad_accum=3, eval_every=1,
+                                                log_every=10))
+    trained = [entry for entry in outcome.log if entry["step"] > 0]
+    assert outcome.steps == 2 and [(e["step"], e["epoch"]) for e in trained] == [(1, 0.75), (2, 1.0)]
+    assert all("eval_ndcg@10" in entry for entry in trained)
+    assert not (out / "config_sentence_transformers.json").exists() and (out / "notes.txt").read_text() == "mine"
+    assert "what an earlier model left there: config_sentence_transformers.json" in capsys.readouterr().out
+
+    with pytest.raises(ConfigError, match=r"64 worker\(s\) need 64 CPU\(s\) \(the cluster has \d+\): lower"):
+        _train_module().train(TrainConfig(**{**settings, "output": str(tmp_path / "wide")}, num_workers=64))
+    for bad, match in (({"dtype": "bfloat16"}, "training keeps float32 weights"), ({"seed": -1}, "seed must be"),
+                       ({"cpus_per_worker": 0.0}, "cpus_per_worker > 0"), ({"eval_max_queries": 0}, "eval_max_queries"),
+                       ({"max_length": 0}, "max_length must be >= 8")):
+        with pytest.raises(ConfigError, match=match):
+            TrainConfig(**settings, **bad).validate()
+    (tmp_path / "lr.yaml").write_text("lr: 1e-4\nwarmup_ratio: .1\n")  # YAML reads these as text
+    loaded = load_config(TrainConfig, str(tmp_path / "lr.yaml"))
+    assert (loaded.lr, loaded.warmup_ratio) == (1e-4, 0.1)
+
+
 def test_eval_data_in_the_training_datas_shape_ranks_each_querys_rows(ray_local, tiny_model, tmp_path):
     """eval_data given as rows like the training data's (a query, its positives and its negatives, as lists):
     each query's rows are its candidates, and the base model's metrics (step 0) are those of
