@@ -166,8 +166,8 @@ def list_files(uri: str, input_format: str = "auto",
     Returns the paths as the filesystem names them (no scheme), the format and the filesystem.
     Hidden and underscore files (`_SUCCESS`, `.crc`) are skipped, as Spark and Arrow do, and in a folder or
     glob the files of other formats. An output folder of ce-ray gives its `results/` (refused unless its job
-    finished). `column_names`,
-    for files without a header line, is refused for formats whose files name their columns.
+    finished). `column_names`, for files without a header line, is refused for formats whose files name their
+    columns.
     """
     check_s3_access(uri)
     fs, path = filesystem(uri)
