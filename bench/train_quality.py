@@ -81,7 +81,9 @@ def train_ce_ray(train: pd.DataFrame, work: Path, recipe: dict, batch_tokens: in
 
     path = work / "pairs.parquet"
     train[["query", "document", "label"]].astype({"label": "float32"}).to_parquet(path)
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, address="local")
+    # With the dashboard: Ray Train watches its run through the state API that it serves (ce-ray's own runs
+    # start their local Ray so, `runtime.ensure_ray`).
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=True, address="local")
     start = time.perf_counter()
     output = work / f"ce-ray-{recipe['batch_size']}-{recipe['lr']}-{recipe['epochs']}-{recipe['warmup_ratio']}"
     try:

@@ -50,31 +50,40 @@ def _on_device(inputs: dict, device, model_type: str) -> dict:
 
 
 def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id: int, budget: int,
-             model_type: str) -> dict:
+             model_type: str, rank: int = 0, world: int = 1) -> dict:
     """NDCG@10, MRR@10 and MAP of the model's ranking of the eval candidates.
 
     Relevant documents the first stage missed count, as in BEIR: MAP divides by all relevant documents and
-    the ideal NDCG ranks all judged ones.
+    the ideal NDCG ranks all judged ones. With `world` > 1 each worker scores every world-th candidate and the
+    workers share their scores, so that all hold the same metrics.
     """
     import torch
 
     from .metrics import mean_metrics, ranking_metrics
     from .model import Reranker
 
-    ranked: Dict[str, list] = {}
+    scored = []  # (query id, -score, doc id) of this worker's candidates
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for table in eval_shard.iter_batches(batch_size=4096, batch_format="pyarrow"):
+            table = table.take(np.arange(rank, table.num_rows, world)) if world > 1 else table
             ids, offsets = list_parts(table.column(IDS))
             types = list_parts(table.column(TYPES))[0] if TYPES in table.column_names else None
             scores = np.empty(table.num_rows, dtype=np.float32)
             for rows in token_budget_batches(np.diff(offsets), budget):
                 inputs = _on_device(padded_inputs(ids, types, offsets, rows, pad_id), device, model_type)
                 scores[rows] = Reranker.logits(model(**inputs)).float().view(-1).cpu().numpy()
-            for q, d, s in zip(table.column("query_id").to_pylist(), table.column("doc_id").to_pylist(), scores):
-                ranked.setdefault(q, []).append((-float(s), d))
+            scored += zip(table.column("query_id").to_pylist(), (-float(s) for s in scores),
+                          table.column("doc_id").to_pylist())
     model.train(was_training)
+    if world > 1:
+        parts = [None] * world
+        torch.distributed.all_gather_object(parts, scored)
+        scored = [row for part in parts for row in part]
+    ranked: Dict[str, list] = {}
+    for q, negative_score, d in scored:
+        ranked.setdefault(q, []).append((negative_score, d))
     per_query = []
     for q, judged in qrels.items():
         order = [d for _, d in sorted(ranked.get(q, []))]
@@ -273,9 +282,14 @@ def train_loop(loop_config: dict) -> dict:
         reduction="sum", pos_weight=torch.tensor(config.pos_weight, device=device) if config.pos_weight else None)
     eval_shard = ray.train.get_dataset_shard("eval") if plan["qrels"] else None
 
+    # Each worker scores its share of the candidates, but under ZeRO-3 every rank takes part in each forward
+    # pass (its parameters are gathered there), so each scores them all.
+    zero3 = config.deepspeed is not None and config.deepspeed.stage == 3
+    share = dict(rank=0, world=1) if zero3 else dict(rank=rank, world=world)
+
     def run_eval() -> dict:
         return evaluate(model if config.deepspeed else module, eval_shard, plan["qrels"], device, pad_id,
-                        plan["eval_batch_tokens"], model_type)
+                        plan["eval_batch_tokens"], model_type, **share)
 
     def save(metrics: dict) -> None:
         """Every worker reports (a barrier); rank 0 writes the model and the state, DeepSpeed ranks their shards."""
@@ -728,7 +742,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
             failure_config=FailureConfig(max_failures=config.max_failures),
         ),
         datasets=datasets,
-        # The eval candidates go whole to every worker (ZeRO-3 needs every rank in each forward pass).
+        # The eval candidates go whole to every worker, which scores its share of them (`evaluate`).
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     with quick_health_checks():

@@ -564,15 +564,18 @@ def test_eval_data_in_the_training_datas_shape_ranks_each_querys_rows(ray_local,
     with_positive = [s for s in samples if s["positive"]]
     expected = CrossEncoderRerankingEvaluator(with_positive, at_k=10, write_csv=False)(model)
 
-    outcome = _train_module().train(TrainConfig(
-        model=str(model_path), train_data=str(tmp_path / "eval.jsonl"), eval_data=str(tmp_path / "eval.jsonl"),
-        document_column="pos", negative_columns="neg", output=str(tmp_path / "o"), max_steps=1, batch_size=4))
-    base = outcome.log[0]
-    assert base["step"] == 0
-    for name in ("map", "mrr@10", "ndcg@10"):
-        assert base[f"eval_{name}"] == pytest.approx(expected[name], abs=1e-6), name
+    # Two workers each score half of the candidates and share their scores: the same metrics.
+    for workers in (2, 1):
+        outcome = _train_module().train(TrainConfig(
+            model=str(model_path), train_data=str(tmp_path / "eval.jsonl"), eval_data=str(tmp_path / "eval.jsonl"),
+            document_column="pos", negative_columns="neg", output=str(tmp_path / f"o{workers}"), max_steps=1,
+            batch_size=4, num_workers=workers))
+        base = outcome.log[0]
+        assert base["step"] == 0
+        for name in ("map", "mrr@10", "ndcg@10"):
+            assert base[f"eval_{name}"] == pytest.approx(expected[name], abs=1e-6), (workers, name)
     candidates = sum(len(s["positive"]) + len(s["negative"]) for s in with_positive)
-    card = open(tmp_path / "o" / "README.md").read()
+    card = open(tmp_path / "o1" / "README.md").read()
     assert f"Reranking each query's rows of `{tmp_path / 'eval.jsonl'}` ({len(with_positive)} queries, " \
            f"{candidates} candidates)." in card
 
