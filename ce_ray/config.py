@@ -143,7 +143,7 @@ class EvalConfig:
 
     input: str = ""  # rerank/score output folder (its results/) or parquet files
     qrels: str = ""  # BEIR qrels TSV or TREC qrels (MS MARCO's); empty: the label column gives the grades
-    output: str = ""  # JSON file; default <input>/eval.json
+    output: str = ""  # JSON file; default <output folder>/eval.json, else <input>.eval.json beside the input
     # also the reranked order as a TREC run file (`query_id Q0 doc_id rank score ce-ray`), for trec_eval
     run_output: str = ""
     query_id_column: str = "query_id"  # the rows of one query are evaluated together

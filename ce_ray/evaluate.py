@@ -26,7 +26,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import ConfigError, EvalConfig, require
-from .io import (InputError, detect_format, filesystem, glob_base, is_remote, join, list_files,
+from .io import (InputError, detect_format, filesystem, glob_base, is_output, is_remote, join, list_files,
                  missing_values)
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 
@@ -197,13 +197,14 @@ def table_lines(result: dict, config: EvalConfig) -> List[str]:
 
 
 def default_output(uri: str) -> str:
-    """`eval.json` in the input folder (in the folder of a glob), or beside an input file."""
+    """`eval.json` in an output folder of ce-ray, beside its results/ (which later jobs read); else
+    `<input>.eval.json` beside the input file, folder or glob's folder, where no job reads it as pairs."""
     if any(c in uri for c in "*?["):
-        return join(glob_base(uri), "eval.json")
+        return glob_base(uri) + ".eval.json"
     fs, path = filesystem(uri)
-    if fs.get_file_info(path).type == pafs.FileType.Directory:
+    if fs.get_file_info(path).type == pafs.FileType.Directory and is_output(fs, path):
         return join(uri, "eval.json")
-    return uri + ".eval.json"
+    return uri.rstrip("/") + ".eval.json"
 
 
 def write_file(uri: str, data: bytes) -> None:

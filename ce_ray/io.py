@@ -109,7 +109,8 @@ def filesystem(uri: str) -> Tuple[pafs.FileSystem, str]:
         # s3fs (botocore) reads AWS_ENDPOINT_URL, keys and region from the environment or instance role.
         # Retries with backoff cover transient errors (throttling, 5xx, dropped connections).
         fs = s3fs.S3FileSystem(config_kwargs={"retries": {"max_attempts": 8, "mode": "adaptive"}})
-        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), uri.split("://", 1)[1]
+        # `s3://b/out/` and `s3://b/out` are one folder: paths joined to it must not hold `//`.
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), uri.split("://", 1)[1].rstrip("/")
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     if "://" in uri:
@@ -154,9 +155,9 @@ def check_apart(input_uri: str, output_uri: str) -> None:
                          "replaces: write the output elsewhere")
 
 
-def _is_output(fs: pafs.FileSystem, path: str) -> bool:
-    """A folder that a ce-ray job wrote: its settings (`_ce_ray/`) beside `results/`."""
-    return all(fs.get_file_info(f"{path}/{sub}").type == pafs.FileType.Directory for sub in (STATE, RESULTS))
+def is_output(fs: pafs.FileSystem, path: str) -> bool:
+    """A folder that a ce-ray job wrote: it holds the job's settings (`_ce_ray/`)."""
+    return fs.get_file_info(f"{path}/{STATE}").type == pafs.FileType.Directory
 
 
 def list_files(uri: str, input_format: str = "auto",
@@ -179,12 +180,14 @@ def list_files(uri: str, input_format: str = "auto",
         raise InputError(f"cannot read input {uri}: {e}") from e
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"input {uri} does not exist")
-    if info.type == pafs.FileType.Directory and not has_glob and _is_output(fs, path):
+    if info.type == pafs.FileType.Directory and not has_glob and is_output(fs, path):
         # An earlier job's output (a cascade reranks one again, eval measures one): its results are the rows.
         if fs.get_file_info(f"{path}/{SUCCESS}").type == pafs.FileType.NotFound:
             raise InputError(f"input {uri} is the output of a job that did not finish (no {SUCCESS}): its results "
                              "are partial; finish or rerun that job first")
         base = path = f"{path}/{RESULTS}"
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:  # S3 keeps no empty folder
+            raise InputError(f"input {uri} is the output of a job that scored no row (see its {REJECTS}/)")
     if info.type == pafs.FileType.File and not has_glob:
         files = [path]
     else:
@@ -213,10 +216,10 @@ def list_files(uri: str, input_format: str = "auto",
             )
         input_format = formats.pop() if formats else "parquet"
     if not named:
-        # A folder's other files (a LICENSE.pdf, a README.md, an eval.json) are not pairs; a file without an
-        # extension (Hadoop's part-00000) is, when the format was given.
+        # A folder's other files (a LICENSE.pdf, a README.md) are not pairs. A file whose name says no format
+        # (part-00000, pairs.txt) is read when the format was given, or a glob named it.
         kept = [f for f in files if detect_format(f) == input_format
-                or (given and detect_format(f) is None and "." not in posixpath.basename(f))]
+                or (detect_format(f) is None and (given or has_glob))]
         if len(kept) < len(files):
             other = [posixpath.basename(f) for f in sorted(set(files) - set(kept))]
             print(f"ce-ray: note: {uri}: skipped {len(other)} file(s) that are not {input_format}: "

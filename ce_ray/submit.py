@@ -54,12 +54,25 @@ def runtime_env(working_dir: Path, pip: Sequence[str] = (), env: Sequence[str] =
     return out
 
 
+# The settings that name files or folders.
+PATH_SETTINGS = ("input", "output", "model", "train_data", "eval_data", "storage_path", "qrels", "data", "run_output")
+
+
 def check_config(job: str, config: str) -> None:
-    """Builds the job's config here first, so that a typo fails before anything is submitted."""
+    """Builds the job's config here first, so that a typo fails before anything is submitted; and says which
+    of its paths are relative: on the cluster they are read in the job's own working directory, a copy of
+    the config's folder that Ray deletes after the job, so an output written there is lost."""
     from .cli import COMMANDS
     from .config import load_config
 
-    load_config(COMMANDS[job][0], config)
+    settings = load_config(COMMANDS[job][0], config)
+    relative = [f"{name}: {value}" for name in PATH_SETTINGS if isinstance(value := getattr(settings, name, ""), str)
+                and value and "://" not in value and not os.path.isabs(value)
+                and (name != "model" or os.path.exists(value))]  # else a hub id
+    if relative:
+        print(f"ce-ray submit: warning: relative path(s) in {config} ({'; '.join(relative)}): the job reads them "
+              "in its working directory on the cluster, which Ray deletes after the job; give absolute paths on "
+              "the cluster's shared storage, or s3://", file=sys.stderr, flush=True)
 
 
 def _follow(client, job_id: str) -> None:

@@ -271,6 +271,9 @@ def train_loop(loop_config: dict) -> dict:
         module = model.module if hasattr(model, "module") else model
         autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     if checkpoint_dir:
+        # Ray gives the workers of a node one folder for the checkpoint: none may delete it while another reads.
+        if world > 1:
+            torch.distributed.barrier()
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     # The training passes' forward. A step of a small batch on a GPU is mostly launching kernels, and the
     # compiled pass (forward and backward) launches fewer, fused ones; with reduce-overhead, CUDA graphs
@@ -644,7 +647,7 @@ def _check_room(config: TrainConfig, use_gpu: bool) -> None:
 # config_sentence_transformers.json would set the activation).
 MODEL_FILES = re.compile(r"(config_sentence_transformers|modules|sentence_bert_config|config|generation_config|"
                          r"tokenizer|tokenizer_config|special_tokens_map|added_tokens|vocab)\.json|vocab\.txt|"
-                         r"merges\.txt|\w*\.model|(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)|"
+                         r"merges\.txt|[\w.-]*\.model|(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)|"
                          r"(model\.safetensors|pytorch_model\.bin)\.index\.json")
 
 

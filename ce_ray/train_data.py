@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from .batching import (IDS, REJECT, TYPES, PairEncoder, list_parts, pad, text_column, token_budget_batches,
                        tokenize_table)
 from .config import ConfigError, TrainConfig
-from .io import InputError, filesystem, join, parse_names
+from .io import InputError, filesystem, is_text, join, parse_names
 from .training_pairs import LABEL_OF_NEGATIVES, training_pairs
 
 LABEL = "_ce_label"
@@ -51,13 +51,30 @@ def training_batch_tokens(config: TrainConfig, use_gpu: bool) -> Optional[int]:
 
 
 def numeric_labels(table: pa.Table, label_column: str) -> pa.Array:
-    """The label column as float32 (null stays null); a column of text or other kinds fails naming it."""
+    """The label column as float32 (null stays null). A CSV's labels come as text: each is read as a number,
+    and one that is none (`NA`) becomes null, its row rejected (`_tokenize_train_block`); a column of other
+    kinds, or of text where no value is a number, fails naming it."""
+    column = table.column(label_column)
     try:
-        return pc.cast(table.column(label_column), pa.float32())
+        return pc.cast(column, pa.float32())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        kind = table.column(label_column).type
-        kind = "text" if pa.types.is_string(kind) or pa.types.is_large_string(kind) else kind
-        raise InputError(f"label column {label_column!r} is {kind}, not a number")
+        pass
+    if is_text(column.type):
+        encoded = pc.dictionary_encode(column).combine_chunks()
+        values = np.array([_number(text) for text in encoded.dictionary.to_pylist()] + [np.nan], np.float32)
+        if not np.isnan(values).all():
+            indices = encoded.indices.fill_null(len(values) - 1).to_numpy(zero_copy_only=False)
+            numbers = values[indices]
+            return pa.array(numbers, pa.float32(), mask=np.isnan(numbers))
+    kind = "text" if is_text(column.type) else column.type
+    raise InputError(f"label column {label_column!r} is {kind}, not a number")
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return np.nan
 
 
 def _tokenize_train_block(table: pa.Table, encoder: PairEncoder, query_column: str, document_column: str,
@@ -72,8 +89,9 @@ def _tokenize_train_block(table: pa.Table, encoder: PairEncoder, query_column: s
         labels = numeric_labels(out, label_column)
         values = labels.to_numpy(zero_copy_only=False)
         bad = np.isnan(values) | (values < 0) | (values > 1)
-        label_reason = np.where(np.isnan(values), f"{label_column} is null",
-                                np.char.add(f"{label_column} outside [0, 1]: ", values.astype(str)))
+        given = out.column(label_column).is_valid().to_numpy(zero_copy_only=False)
+        label_reason = np.where(~np.isnan(values), np.char.add(f"{label_column} outside [0, 1]: ", values.astype(str)),
+                                np.where(given, f"{label_column} is not a number", f"{label_column} is null"))
         reason = np.where(reasons.is_null().to_numpy(zero_copy_only=False) & bad, label_reason, None)
         reasons = pc.coalesce(reasons, pa.array(reason, pa.string()))
         columns[LABEL] = labels

@@ -199,3 +199,15 @@ def test_a_bad_config_fails_before_submission(tmp_path, capsys):
     # Nothing listens on port 9: the config is refused before any connection is tried.
     assert main(["submit", "score", "--config", str(config), "--address", "http://127.0.0.1:9"]) == 2
     assert "unknown setting 'rows_per_blok' (did you mean 'rows_per_block'?)" in capsys.readouterr().err
+
+
+def test_relative_paths_are_said_before_submission(tmp_path, capsys):
+    """On the cluster a relative path is read in the job's working directory, which Ray deletes after the job:
+    a relative output would be lost. A hub id is no path."""
+    from ce_ray.submit import check_config
+
+    config = write_config(tmp_path / "score.yaml", model="cross-encoder/ms-marco-MiniLM-L6-v2",
+                          input="s3://bucket/pairs", output="out/scored")
+    check_config("score", str(config))
+    err = capsys.readouterr().err
+    assert "relative path(s)" in err and "output: out/scored" in err and "model" not in err and "input" not in err

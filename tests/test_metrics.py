@@ -106,9 +106,10 @@ def test_eval_counts_as_trec_eval_does_where_rows_repeat_lack_ids_or_are_not_jud
     printed = capsys.readouterr().out
     for line in ("left out 1 queries the qrels do not judge", "counted once 1 repeated", "left out 1 rows without"):
         assert line in printed
-    # A glob's default output goes into its folder, not a file named after the pattern.
+    # The default output goes beside the input, where no job reads it as pairs (not a file named after a glob).
     glob = run_eval(EvalConfig(input=str(tmp_path / "*.parquet"), qrels=str(tmp_path / "qrels.txt")))
-    assert glob["queries"] == 2 and (tmp_path / "eval.json").exists()
+    assert glob["queries"] == 2 and (tmp_path.parent / f"{tmp_path.name}.eval.json").exists()
+    assert (tmp_path / "scored.parquet.eval.json").exists() and not (tmp_path / "eval.json").exists()
 
 
 def test_trec_qrels_read_as_beir_qrels(tmp_path):

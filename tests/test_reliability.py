@@ -423,6 +423,17 @@ def test_other_files_in_an_input_folder_are_skipped_and_said(ray_local, tmp_path
     (tmp_path / "in" / "part-00000").write_text("query\tdocument\nq\tb\n")
     assert job(tiny_model, tmp_path / "in", tmp_path / "out2", input_format="tsv").rows_in == 2
     assert job(tiny_model, tmp_path / "in" / "part-00000", tmp_path / "out3", input_format="tsv").rows_in == 1
+    # A glob names its files: read as the format given, whatever their names say.
+    (tmp_path / "txt").mkdir()
+    (tmp_path / "txt" / "pairs.txt").write_text("query\tdocument\nq\tc\n")
+    assert job(tiny_model, f"{tmp_path}/txt/*.txt", tmp_path / "out4", input_format="tsv").rows_in == 1
+    # An output whose every row was rejected has no results/ on S3 (no empty folders there): said so.
+    from ce_ray.io import list_files
+
+    (tmp_path / "rejected" / "_ce_ray").mkdir(parents=True)
+    (tmp_path / "rejected" / "_SUCCESS").write_text("{}")
+    with pytest.raises(InputError, match="is the output of a job that scored no row"):
+        list_files(str(tmp_path / "rejected"))
 
 
 def test_an_output_that_cannot_be_made_fails_before_any_work(tmp_path, tiny_model):

@@ -399,7 +399,9 @@ def test_missing_column_names_file_and_column(tmp_path, tiny_model):
 def test_an_output_inside_the_input_or_around_it_is_refused(tmp_path, tiny_model):
     """A later run would read the results as pairs (and delete them while reading them, overwriting), or an
     overwrite would delete the input: refused before any work. A sibling folder, or a glob beside it, is fine."""
-    from ce_ray.io import check_apart
+    from ce_ray.io import check_apart, filesystem
+
+    assert filesystem("s3://bucket/out/")[1] == filesystem("s3://bucket/out")[1] == "bucket/out"  # one folder
 
     for source, target in [("data", "data/scored"), ("data/*.parquet", "data/scored"), ("data", "data"),
                            ("out/results", "out"), ("s3://bucket/in/out", "s3://bucket/in")]:

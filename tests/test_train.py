@@ -530,6 +530,7 @@ def test_every_batch_trains_under_grad_accum_and_eval_every_evaluates_between_lo
                        ({"max_length": 0}, "max_length must be >= 8")):
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**settings, **bad).validate()
+    assert _train_module().MODEL_FILES.fullmatch("sentencepiece.bpe.model")  # XLM-R's tokenizer, removed too
     (tmp_path / "lr.yaml").write_text("lr: 1e-4\nwarmup_ratio: .1\n")  # YAML reads these as text
     loaded = load_config(TrainConfig, str(tmp_path / "lr.yaml"))
     assert (loaded.lr, loaded.warmup_ratio) == (1e-4, 0.1)
@@ -627,6 +628,20 @@ def test_labels_outside_zero_one_fail_before_training(ray_local, tiny_model, tmp
     pd.DataFrame({"query": ["q"] * 2, "document": ["a", "b"], "label": ["yes", "no"]}).to_parquet(path)
     with pytest.raises(InputError, match=r"^label column 'label' is text, not a number$"):
         _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(path), output=str(tmp_path / "o")))
+
+
+def test_labels_that_come_as_text_are_read_as_numbers_and_a_word_rejects_its_row(tiny_model):
+    """A CSV's labels come as text: `1` and `0.5` are numbers, and a row labelled `NA` is rejected with the
+    reason; a column where no value is a number fails the job naming it, as a column of another kind does."""
+    from ce_ray.io import InputError
+
+    rows = pa.table({"query": ["q"] * 5, "document": list("abcde"), "label": ["1", "0.5", "NA", None, "2"]})
+    out = train_data._tokenize_train_block(rows, pair_encoder(str(tiny_model)), "query", "document", "label", 64)
+    assert out.column(train_data.LABEL).to_pylist() == [1.0, 0.5, None, None, 2.0]
+    assert out.column("reject_reason").to_pylist() == [None, None, "label is not a number", "label is null",
+                                                       "label outside [0, 1]: 2.0"]
+    with pytest.raises(InputError, match=r"^label column 'label' is text, not a number$"):
+        train_data.numeric_labels(pa.table({"label": ["yes", "no"]}), "label")
 
 
 def test_an_output_that_cannot_be_written_fails_before_training(tiny_model, tmp_path):
