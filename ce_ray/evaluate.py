@@ -26,8 +26,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import ConfigError, EvalConfig, require
-from .io import (InputError, detect_format, filesystem, glob_base, is_output, is_remote, join, list_files,
-                 missing_values)
+from .io import (InputError, detect_format, filesystem, glob_base, is_glob, is_output, is_remote, join,
+                 list_files, missing_values)
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 
 
@@ -199,7 +199,7 @@ def table_lines(result: dict, config: EvalConfig) -> List[str]:
 def default_output(uri: str) -> str:
     """`eval.json` in an output folder of ce-ray, beside its results/ (which later jobs read); else
     `<input>.eval.json` beside the input file, folder or glob's folder, where no job reads it as pairs."""
-    if any(c in uri for c in "*?["):
+    if is_glob(uri):
         return glob_base(uri) + ".eval.json"
     fs, path = filesystem(uri)
     if fs.get_file_info(path).type == pafs.FileType.Directory and is_output(fs, path):

@@ -130,10 +130,17 @@ def detect_format(path: str) -> Optional[str]:
     return _EXTENSIONS.get(os.path.splitext(name)[1])
 
 
+GLOB_CHARS = "*?["
+
+
+def is_glob(path: str) -> bool:
+    return any(c in path for c in GLOB_CHARS)
+
+
 def glob_base(path: str) -> str:
     """The folder a glob lists (`data/*.parquet`: `data`; its `*` matches inside subfolders too), else the path."""
-    if any(c in path for c in "*?["):
-        prefix = path[: min(path.index(c) for c in "*?[" if c in path)]
+    if is_glob(path):
+        prefix = path[: min(path.index(c) for c in GLOB_CHARS if c in path)]
         path = (prefix.rsplit("/", 1)[0] or "/") if "/" in prefix else "."
     return path.rstrip("/") or "/"
 
@@ -172,7 +179,7 @@ def list_files(uri: str, input_format: str = "auto",
     """
     check_s3_access(uri)
     fs, path = filesystem(uri)
-    has_glob = any(c in path for c in "*?[")
+    has_glob = is_glob(path)
     base = glob_base(path) if has_glob else path
     try:
         info = fs.get_file_info(base)
@@ -180,6 +187,7 @@ def list_files(uri: str, input_format: str = "auto",
         raise InputError(f"cannot read input {uri}: {e}") from e
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"input {uri} does not exist")
+    named = info.type == pafs.FileType.File and not has_glob  # one file, named: read whatever its name
     if info.type == pafs.FileType.Directory and not has_glob and is_output(fs, path):
         # An earlier job's output (a cascade reranks one again, eval measures one): its results are the rows.
         if fs.get_file_info(f"{path}/{SUCCESS}").type == pafs.FileType.NotFound:
@@ -188,7 +196,7 @@ def list_files(uri: str, input_format: str = "auto",
         base = path = f"{path}/{RESULTS}"
         if fs.get_file_info(path).type == pafs.FileType.NotFound:  # S3 keeps no empty folder
             raise InputError(f"input {uri} is the output of a job that scored no row (see its {REJECTS}/)")
-    if info.type == pafs.FileType.File and not has_glob:
+    if named:
         files = [path]
     else:
         try:
@@ -204,7 +212,6 @@ def list_files(uri: str, input_format: str = "auto",
         )
     if has_glob and not files:
         raise InputError(f"input {uri} matches no files")
-    named = info.type == pafs.FileType.File and not has_glob  # one file, named: read whatever its name
     given = input_format != "auto"
     if input_format == "auto":
         formats = {detect_format(f) for f in files} - {None}

@@ -241,9 +241,9 @@ def default_partitions(input_bytes: int) -> int:
     `PARTITION_BYTES`. Each partition is gathered, sorted and ranked in one task and written as its own file(s).
     (Ray's default, 200, gave a small input 200 files of a few rows, and a large one partitions that grow
     with it.)"""
-    import ray
+    from .runtime import cluster_resources
 
-    return max(int(ray.cluster_resources().get("CPU", 1)), -(-input_bytes // PARTITION_BYTES), 1)
+    return max(int(cluster_resources().get("CPU", 1)), -(-input_bytes // PARTITION_BYTES), 1)
 
 
 def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSummary:

@@ -38,11 +38,6 @@ def started_here() -> bool:
     return bool(node is not None and node.is_head())
 
 
-def cluster_gpus() -> int:
-    """The GPUs of the cluster, joined or started."""
-    return int(cluster_resources().get("GPU", 0))
-
-
 def cluster_resources() -> dict:
     """The resources of the cluster, joined or started: {"CPU": ..., "GPU": ...}."""
     import ray

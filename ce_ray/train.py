@@ -625,12 +625,11 @@ def _check_output(output: str) -> None:
         fs.create_dir(path, recursive=True)
 
 
-def _check_room(config: TrainConfig, use_gpu: bool) -> None:
-    """The workers' CPUs (and GPUs) against the cluster's: Ray Train would wait for them forever on a local Ray,
-    which cannot grow. A joined cluster may grow (an autoscaler): it is only said."""
-    from .runtime import cluster_resources, started_here
+def _check_room(config: TrainConfig, use_gpu: bool, have: dict) -> None:
+    """The workers' CPUs (and GPUs) against the cluster's (`have`): Ray Train would wait for them forever on a
+    local Ray, which cannot grow. A joined cluster may grow (an autoscaler): it is only said."""
+    from .runtime import started_here
 
-    have = cluster_resources()
     need = {"CPU": config.num_workers * config.cpus_per_worker} | ({"GPU": config.num_workers} if use_gpu else {})
     short = [f"{count:g} {kind}(s) (the cluster has {have.get(kind, 0):g})" for kind, count in need.items()
              if have.get(kind, 0) < count]
@@ -681,7 +680,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     from . import card
     from .model_folder import (check_max_length, check_safe, is_sequence_classifier, local_model_path, model_source,
                                saved_architectures)
-    from .runtime import cluster_gpus, ensure_ray, free_failed_actors, surfaced_errors
+    from .runtime import cluster_resources, ensure_ray, free_failed_actors, surfaced_errors
     from .tokenizer_facts import tokenizer_facts
 
     config = with_settings(config or TrainConfig(), settings)
@@ -706,8 +705,9 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     encoder = pair_encoder(source, config.tokenizer, config.trust_remote_code, facts)
     ensure_ray(dashboard=True)  # Ray Train's state queries need it
     free_failed_actors()
-    use_gpu = config.use_gpu if config.use_gpu is not None else cluster_gpus() > 0
-    _check_room(config, use_gpu)
+    resources = cluster_resources()
+    use_gpu = config.use_gpu if config.use_gpu is not None else resources.get("GPU", 0) > 0
+    _check_room(config, use_gpu, resources)
     if config.deepspeed:
         try:
             _import_deepspeed(use_gpu)
