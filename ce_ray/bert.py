@@ -154,7 +154,9 @@ def weight_names(layers: int) -> dict:
 
 def reproducible(config: dict) -> bool:
     """Whether `BertCrossEncoder` computes what transformers computes for a model of this config."""
-    labels = len(config["id2label"]) if "id2label" in config else config.get("num_labels", 2)
+    from .model_folder import label_count
+
+    labels = label_count(config)
     return (config.get("model_type") == "bert" and all(key in config for key in REQUIRED) and not config.get("auto_map")
             and (config.get("architectures") or ["BertForSequenceClassification"]) == ["BertForSequenceClassification"]
             and config.get("position_embedding_type", "absolute") == "absolute"

@@ -69,11 +69,15 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     """One --flag per field; every default is None so that only given flags override the YAML file."""
     parser.add_argument("--config", help="YAML file with settings (flags override it)")
     hints = typing.get_type_hints(cls)
+    sections = []
     for field in dataclasses.fields(cls):
         flag = "--" + field.name.replace("_", "-")
         kind, choices = _flag_type(hints[field.name])
         help_text = _help(cls, field)
-        if kind is bool:
+        if dataclasses.is_dataclass(kind):  # a section of settings: YAML only
+            keys = ", ".join(f.name for f in dataclasses.fields(kind))
+            sections.append(f"{field.name}: {help_text} (its keys: {keys})")
+        elif kind is bool:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
         elif kind in (int, float, str):
@@ -81,6 +85,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
             metavar = "{" + ",".join(c for c in choices if c) + "}" if choices and "" in choices else None
             parser.add_argument(flag, dest=field.name, type=kind, choices=choices, default=None, help=help_text,
                                 metavar=metavar)
+    if sections:
+        parser.epilog = "Sections of the YAML file (--config), without flags: " + "; ".join(sections)
 
 
 def config_from_args(cls, args: argparse.Namespace):
@@ -133,6 +139,11 @@ def main(argv=None) -> int:
     except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as e:
         print(f"ce-ray {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a line, not the traceback of wherever the driver was waiting
+        again = {"score": "; --mode resume finishes it", "train": "; the same command resumes it from its last "
+                 "checkpoint"}.get(args.command, "")
+        print(f"\nce-ray {args.command}: interrupted{again}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

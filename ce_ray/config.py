@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import types
 import typing
@@ -41,7 +42,7 @@ class ModelConfig:
     """Where the reranker comes from and how it runs."""
 
     model: str = ""  # local folder, Hugging Face hub id, or s3:// folder
-    max_length: Optional[int] = None  # None: the model's own (CrossEncoder's rule)
+    max_length: Optional[int] = None  # unset: the model's own (CrossEncoder's rule)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
     allow_pickle: bool = False  # load .bin/.pt weights (pickle) when no safetensors are present
     trust_remote_code: bool = False  # run the model folder's own code (auto_map): only for a folder you trust
@@ -72,19 +73,19 @@ class ScoreConfig(ModelConfig):
     # the output column of the scores: an input column of that name fails the job before it starts (score
     # an earlier output with another model under another name, score_l12)
     score_column: str = "score"
-    # text put before each query, as CrossEncoder.predict's prompt; None: the model's default prompt
+    # text put before each query, as CrossEncoder.predict's prompt; unset: the model's default prompt
     # (default_prompt_name in its config_sentence_transformers.json), if any; "" for none
     prompt: Optional[str] = None
     prompt_name: Optional[str] = None  # instead: one of the model's saved prompts, by name, as predict's prompt_name
-    batch_tokens: Optional[int] = None  # token budget of one forward pass; None: 65536 on GPU, 2048 on CPU
+    batch_tokens: Optional[int] = None  # token budget of one forward pass; unset: 65536 on GPU, 2048 on CPU
     rows_per_block: int = 4096  # rows read and tokenized per block
-    # rows a scoring replica takes per call; None: 32768 on GPU, rows_per_block on CPU
+    # rows a scoring replica takes per call; unset: 32768 on GPU, rows_per_block on CPU
     rows_per_call: Optional[int] = None
-    replicas: Optional[int] = None  # max scoring replicas; None: one per GPU, or 1 on CPU
+    replicas: Optional[int] = None  # max scoring replicas; unset: one per GPU, or 1 on CPU
     min_replicas: int = 1  # replicas the pool starts with; it grows up to replicas as resources allow
     tokenize_cpus: float = 1.0  # CPUs per tokenizing task
     compile: bool = False  # torch.compile the model in each replica: faster batches after a one-off compile
-    use_gpu: Optional[bool] = None  # None: when the cluster has GPUs
+    use_gpu: Optional[bool] = None  # unset: when the cluster has GPUs
     on_invalid: Literal["reject", "fail"] = "reject"  # a row that cannot be scored: to rejects/, or stop the job
     mode: Literal["error", "overwrite", "resume"] = "error"  # what to do when the output has results
 
@@ -104,10 +105,10 @@ class RerankConfig(ScoreConfig):
     """`ce-ray rerank`: score, then rank within each query."""
 
     query_id_column: str = "query_id"  # the rows of one query are ranked together
-    rank_column: str = "rank"  # the output column of the ranks (1 = best); as score_column, no input column's
-    top_k: Optional[int] = None  # keep the best k of each query; None: all, ranked
-    # Hash partitions of the group-by query id, each ranked in one task and written as its own file(s); None: one per
-    # CPU of the cluster, and one per 256 MiB of input beyond (ce-ray rerank), Ray's default in ce_ray.rerank
+    rank_column: str = "rank"  # the output column of the ranks (1 = best); as score_column, a name no input column has
+    top_k: Optional[int] = None  # keep the best k of each query; unset: all, ranked
+    # Hash partitions of the group-by query id, each ranked in one task and written as its own file(s); unset: one per
+    # CPU of the cluster, and one per 256 MiB of input beyond (in ce-ray rerank; from Python, Ray Data's default)
     rank_partitions: Optional[int] = None
 
     def validate(self) -> None:
@@ -167,7 +168,7 @@ class DeepSpeedConfig:
     """`deepspeed:` section of a training config: ZeRO instead of DDP."""
 
     stage: Literal[1, 2, 3] = 2  # ZeRO stage: 1 optimizer states, 2 and gradients, 3 and parameters
-    bf16: Optional[bool] = None  # None: on GPU
+    bf16: Optional[bool] = None  # unset: on GPU
     offload_optimizer: bool = False  # optimizer states in CPU memory
     offload_params: bool = False  # parameters in CPU memory (stage 3)
 
@@ -196,18 +197,18 @@ class TrainConfig(ModelConfig):
     eval_data: str = ""
     eval_split: str = "test"  # the qrels file of eval_data, qrels/<split>.tsv
     eval_top_k: int = 100  # BM25 candidates per evaluated query (BEIR)
-    eval_max_queries: Optional[int] = None  # the first n queries (with a relevant document); None: all
+    eval_max_queries: Optional[int] = None  # the first n queries (with a relevant document); unset: all
     output: str = ""  # final model folder; local or s3://
     storage_path: str = ""  # checkpoints; default: <output>/checkpoints
     run_name: str = ""  # a run started again with the same name resumes; default: the output's name
     num_workers: int = 1  # data-parallel workers, one GPU each on a GPU cluster
-    use_gpu: Optional[bool] = None  # None: when the cluster has GPUs
+    use_gpu: Optional[bool] = None  # unset: when the cluster has GPUs
     cpus_per_worker: float = 1.0  # CPUs each training worker holds
     epochs: int = 1  # passes over the training pairs
     max_steps: Optional[int] = None  # optimizer steps; overrides epochs
     batch_size: int = 16  # per device
     # Padded tokens of one forward pass at most: a larger batch runs in several passes (gradients summed
-    # before the step), so a large batch_size fits in memory and long and short pairs pad little. None:
+    # before the step), so a large batch_size fits in memory and long and short pairs pad little. Unset:
     # 65,536 on GPU, 8,192 on CPU (the seeds' batch of 16 stays one pass); DeepSpeed runs whole batches.
     batch_tokens: Optional[int] = None
     grad_accum: int = 1  # batches per optimizer step
@@ -217,7 +218,8 @@ class TrainConfig(ModelConfig):
     max_grad_norm: float = 1.0  # gradient clipping; 0: none
     pos_weight: Optional[float] = None  # BCE weight of positives
     seed: int = 42  # dropout and the order of the batches
-    bf16: Optional[bool] = None  # autocast; None: on GPU
+    bf16: Optional[bool] = None  # autocast; unset: on GPU
+    dtype: Literal["auto"] = "auto"  # training keeps float32 weights (bf16 sets the autocast)
     # torch.compile the training forward pass (and so its backward) in each worker: fewer, fused kernels per
     # step after a one-off compile of a minute or so; not with DeepSpeed, which wraps the model its own way.
     compile: bool = False
@@ -234,7 +236,7 @@ class TrainConfig(ModelConfig):
     eval_every: int = 0  # steps between evaluations; 0: at each epoch end only
     log_every: int = 10  # steps between log lines
     max_failures: int = 0  # worker failures the run recovers from (from its last checkpoint)
-    deepspeed: Optional[DeepSpeedConfig] = None  # a section of the YAML file: ZeRO instead of DDP
+    deepspeed: Optional[DeepSpeedConfig] = None  # ZeRO instead of DDP
 
     def validate(self) -> None:
         super().validate()
@@ -264,8 +266,11 @@ class TrainConfig(ModelConfig):
         if self.dtype != "auto":  # a ModelConfig setting that scoring reads
             raise ConfigError(f"dtype {self.dtype}: training keeps float32 weights, with bf16 autocast on a GPU "
                               "(set bf16: true or false)")
-        if self.lr <= 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
-            raise ConfigError("lr must be > 0, weight_decay and max_grad_norm >= 0")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        for name in ("weight_decay", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.pos_weight is not None and self.pos_weight <= 0:
@@ -336,7 +341,9 @@ def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
 
 
 def with_settings(config: Any, settings: dict) -> Any:
-    """`config` with the Python API's keyword settings on top, checked as YAML keys are."""
+    """`config` with the Python API's keyword settings on top, checked as YAML keys are; a path may be a
+    `pathlib.Path`, as sentence-transformers takes one."""
+    settings = {key: os.fspath(value) if isinstance(value, os.PathLike) else value for key, value in settings.items()}
     return dataclasses.replace(config, **_checked(type(config), settings))
 
 

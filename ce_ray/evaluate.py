@@ -7,12 +7,14 @@ column when present, else the score, highest first, ties in file order. A query 
 counts 0, as in sentence-transformers' `CrossEncoderRerankingEvaluator`; with `only_with_relevant` such
 queries are left out instead (WikiQA's usual protocol). Only the needed columns are read, and every query is
 measured at once (numpy), so a million pairs evaluate in about a second. The input may also be a TREC run file
-of any system (with qrels), so that a first stage's run and ce-ray's output are measured alike. Compare on
-untruncated candidates: after `--top-k` the baseline sees only the reranker's choice.
+of any system (with qrels), so that a first stage's run and ce-ray's output are measured alike. A rerank's
+output cut to each query's top k gets no baseline (its rows are the reranker's choice, not the first stage's
+list): the first stage is measured on the rerank's input.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -26,7 +28,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import ConfigError, EvalConfig, require
-from .io import (InputError, detect_format, filesystem, glob_base, is_glob, is_output, is_remote, join,
+from .io import (InputError, detect_format, filesystem, glob_base, is_glob, is_output, is_remote, job_summary, join,
                  list_files, missing_values)
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 
@@ -50,9 +52,21 @@ def read_columns(uri: str, wanted: List[str], required: List[str], ids: List[str
     identified = pa.array(np.ones(table.num_rows, dtype=bool))
     for name in ids:
         identified = pc.and_(identified, pc.invert(missing_values(table.column(name))))
-    df = table.filter(identified).to_pandas()
+    kept = table.filter(identified)
+    for name in ids:
+        kept = kept.set_column(kept.schema.get_field_index(name), name, _whole_numbers(kept.column(name)))
+    df = kept.to_pandas()
     df.attrs["rows_without_ids"] = table.num_rows - len(df)
     return df
+
+
+def _whole_numbers(ids: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Float ids that are all whole numbers (how pandas writes an integer id column with a missing value) as
+    integers, so that `1.0` matches the qrels' `1`."""
+    if not pa.types.is_floating(ids.type) or not len(ids):
+        return ids
+    values = ids.to_numpy()
+    return pa.chunked_array([values.astype(np.int64)]) if np.array_equal(values, np.round(values)) else ids
 
 
 def is_trec_run(uri: str) -> bool:
@@ -123,7 +137,9 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
         grades = pd.DataFrame([(q, d, g) for q, judged in qrels.items() for d, g in judged.items()],
                               columns=["query", "doc", "grade"])
         pairs = pd.DataFrame({"query": keys.to_numpy(), "doc": df[c.doc_id_column].astype(str).to_numpy()})
-        gains = pairs.merge(grades, how="left", on=["query", "doc"])["grade"].fillna(0).to_numpy(np.float64)
+        graded = pairs.merge(grades, how="left", on=["query", "doc"])["grade"]
+        notes["judged_pairs"] = int(graded.notna().sum())
+        gains = graded.fillna(0).to_numpy(np.float64)
         judged = [list(qrels.get(q, {}).values()) for q in query_ids]
         total = np.array([sum(g > 0 for g in grades) for grades in judged])
         ideal = np.array([dcg(sorted(grades, reverse=True), c.k) for grades in judged])
@@ -148,7 +164,8 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
         "queries": len(per_query),
         "queries_skipped_without_relevant": skipped,
         "queries_without_relevant": without_relevant,  # counted, at 0
-        "counted": "queries with a relevant document" if c.only_with_relevant else "all queries (none relevant = 0)",
+        "counted": ("queries with a relevant document" if c.only_with_relevant
+                    else "all queries, one without a relevant document at 0"),
         "pairs": int(len(df)),
         "reranked_by": ranked_by,
         "baseline_by": baseline,
@@ -215,6 +232,18 @@ def write_file(uri: str, data: bytes) -> None:
         f.write(data)
 
 
+def _baseline_of_all_candidates(config: EvalConfig) -> tuple:
+    """The settings, without a baseline where the input is a rerank's output that kept only each query's top k
+    (the baseline's order of the reranker's choice is not the first stage's list), and why it is left out."""
+    job = job_summary(config.input) or {}
+    if not (config.baseline_column and job.get("rows_cut")):
+        return config, ""
+    note = (f"{config.input} holds the reranker's top {job.get('top_k')} of each query ({job['rows_cut']:,} rows "
+            f"cut), so {config.baseline_column} would rank the reranker's choice, not the first stage's list; "
+            "evaluate the baseline on the rerank's input")
+    return dataclasses.replace(config, baseline_column=""), note
+
+
 def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     from .candidates import read_qrels
 
@@ -233,7 +262,14 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
                           [name for name in required if name in (c.query_id_column, c.doc_id_column)])
     if not len(df):
         raise InputError(f"{c.input} has no scored rows")
-    result = evaluate_frame(df, c, qrels) | {"rows_without_ids": df.attrs.get("rows_without_ids", 0)}
+    c, baseline_note = _baseline_of_all_candidates(c)
+    result = evaluate_frame(df, c, qrels) | {"rows_without_ids": df.attrs.get("rows_without_ids", 0)} | (
+        {"baseline_left_out": baseline_note} if baseline_note else {})
+    if not result["queries"] and result.get("queries_not_in_qrels"):
+        example = df[c.query_id_column].dropna().astype(str).iloc[0]
+        raise InputError(f"none of the {result['queries_not_in_qrels']:,} query ids of {c.input} is in the qrels "
+                         f"{c.qrels} ({example!r} there, {next(iter(qrels))!r} in the qrels): check the files and "
+                         f"the query id column ({c.query_id_column})")
     if not result["queries"]:
         raise ConfigError("no query to evaluate (none has a relevant document)")
     output = c.output or default_output(c.input)
@@ -252,10 +288,15 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
         lines.append(f"  counted once {result['repeated_pairs_dropped']:,} repeated (query, document) pair(s)")
     if result.get("rows_without_ids"):
         lines.append(f"  left out {result['rows_without_ids']:,} rows without a query or document id")
+    if qrels is not None and not result.get("judged_pairs"):
+        lines.append(f"  warning: the qrels judge none of the input's (query, document) pairs, so every metric is 0: "
+                     f"check the document id column ({c.doc_id_column})")
     if result.get("qrels_queries_without_candidates"):
         examples = ", ".join(result["qrels_queries_without_candidates_examples"][:5])
         lines.append(f"  qrels name {result['qrels_queries_without_candidates']:,} queries with no candidates, "
                      f"not evaluated: {examples}")
+    if baseline_note:
+        lines.append(f"  no baseline: {baseline_note}")
     lines.append(f"  reranked by {result['reranked_by']}" + (f", baseline by {result['baseline_by']}"
                                                              if result["baseline_by"] else ""))
     lines += table_lines(result, c)

@@ -28,7 +28,8 @@ DELIMITED = ("csv", "tsv")  # read by Arrow's CSV reader, a header line or colum
 COMPRESSED = (".gz", ".bz2", ".zst")  # read through, by the suffix
 # A compressed text file's text, in memory, taken as this many times its size (text compresses 3-5x).
 COMPRESSED_TEXT_RATIO = 4
-HEAD_BYTES = 1 << 20  # what the schema check reads of a text file
+HEAD_BYTES = 1 << 20  # what the schema check reads of a text file, and more to the end of its first line
+FIRST_LINE_BYTES = 256 << 20  # a first line longer than this is not read to its end
 UTF8_BOM = b"\xef\xbb\xbf"  # what some tools (Excel) write first in a text file; Arrow's readers skip it
 _EXTENSIONS = {
     ".parquet": "parquet",
@@ -46,6 +47,7 @@ RESULTS = "results"
 REJECTS = "rejects"
 SUCCESS = "_SUCCESS"
 STATE = "_ce_ray"
+OWN_COLUMNS = "_ce_"  # the prefix of the columns ce-ray adds to rows as they travel (their file and place)
 
 
 class InputError(ValueError):
@@ -99,6 +101,11 @@ def parse_names(text: str, setting: str = "column_names") -> Optional[List[str]]
 
 def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
+
+
+def absolute(uri: str) -> str:
+    """A local path written out from the working directory; a URI as it is."""
+    return uri if "://" in uri else os.path.abspath(uri)
 
 
 def filesystem(uri: str) -> Tuple[pafs.FileSystem, str]:
@@ -165,6 +172,20 @@ def check_apart(input_uri: str, output_uri: str) -> None:
 def is_output(fs: pafs.FileSystem, path: str) -> bool:
     """A folder that a ce-ray job wrote: it holds the job's settings (`_ce_ray/`)."""
     return fs.get_file_info(f"{path}/{STATE}").type == pafs.FileType.Directory
+
+
+def job_summary(uri: str) -> Optional[dict]:
+    """The summary (`_SUCCESS`) of the finished job whose output folder `uri` is, or None for any other input."""
+    if is_glob(uri):
+        return None
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory or not is_output(fs, path):
+        return None
+    try:
+        with fs.open_input_stream(f"{path}/{SUCCESS}") as f:
+            return json.loads(f.read() or b"{}")
+    except (OSError, ValueError):  # not finished (refused when read), or an empty marker of another writer
+        return None
 
 
 def list_files(uri: str, input_format: str = "auto",
@@ -250,12 +271,28 @@ class FileCheck:
     size_bytes: int = 0  # about what its rows take in memory: parquet's row groups, a text file's text
 
 
-def _text_bytes(fs: pafs.FileSystem, path: str, head: bytes) -> int:
+def _text_bytes(fs: pafs.FileSystem, path: str, head: bytes, whole: bool) -> int:
     """A text file's size in memory: its head when that was all of it (no request), else its size."""
-    if len(head) < HEAD_BYTES:
+    if whole:
         return len(head)
     size = fs.get_file_info(path).size
     return size * COMPRESSED_TEXT_RATIO if path.lower().endswith(COMPRESSED) else size
+
+
+def _head(f) -> Tuple[bytes, bool]:
+    """A text file's first `HEAD_BYTES`, or more to the end of its first line where that is longer (a JSON record
+    holding a long document); and whether that is the whole file."""
+    head = f.read(HEAD_BYTES)
+    if len(head) < HEAD_BYTES:
+        return head, True
+    if b"\n" in head.lstrip():
+        return head, False
+    chunks = [head]
+    while len(chunks) < FIRST_LINE_BYTES // HEAD_BYTES:
+        chunks.append(f.read(HEAD_BYTES))
+        if len(chunks[-1]) < HEAD_BYTES or b"\n" in chunks[-1]:
+            break
+    return b"".join(chunks), len(chunks[-1]) < HEAD_BYTES
 
 
 def _check_one(fs: pafs.FileSystem, path: str, input_format: str, column_names: Optional[List[str]]) -> FileCheck:
@@ -269,8 +306,8 @@ def _check_one(fs: pafs.FileSystem, path: str, input_format: str, column_names: 
             return FileCheck(path, schema.names, meta.num_rows, {n: schema.field(n).type for n in schema.names},
                              groups, sum(size for _, size in groups))
         with fs.open_input_stream(path, compression="detect") as f:
-            head = f.read(HEAD_BYTES)
-        size = _text_bytes(fs, path, head)
+            head, whole = _head(f)
+        size = _text_bytes(fs, path, head, whole)
         head = head.removeprefix(UTF8_BOM)
         lines = [line for line in head.split(b"\n") if line.strip()]
         if input_format in DELIMITED:
@@ -318,6 +355,20 @@ def refuse_written(columns: Sequence[str], written: Dict[str, str], where: str) 
             raise InputError(f"{where} has a column {column!r}, which the job writes: {written[column]}")
 
 
+def _missing_columns_hint(check: FileCheck, input_format: str, column_names: Optional[List[str]],
+                          some_found: bool) -> str:
+    """What a missing column most likely means: a file read in another format than its own, or (a first line
+    that names none of the columns) a file without a header line, as MS MARCO's files are."""
+    named = detect_format(check.path)
+    one_field = len(check.columns) == 1 and any(mark in check.columns[0] for mark in (",", "\t", "{"))
+    if (named and named != input_format) or (input_format in DELIMITED and one_field):
+        return f"; read as {input_format}" + (f", though its name says {named}" if named else "") + (
+            ": check input_format")
+    if input_format in DELIMITED and not column_names and not some_found:
+        return "; for a file without a header line, give its columns' names in column_names"
+    return ""
+
+
 def check_inputs(
     fs: pafs.FileSystem, files: List[str], input_format: str, required: List[str],
     column_names: Optional[List[str]] = None, present: Sequence[str] = (), lists: Sequence[str] = (),
@@ -330,20 +381,28 @@ def check_inputs(
     column the job writes (`written`: each name with what the user can do about it), a file is unreadable,
     or there are no rows at all.
     """
+    from .batching import REJECT
+
     with ThreadPoolExecutor(max_workers=16) as pool:
         checks = list(pool.map(lambda p: _check_one(fs, p, input_format, column_names), files))
     for check in checks:
         if check.rows == 0:
             continue  # an empty file contributes no rows and needs no columns
         refuse_written(check.columns, written or {}, f"{check.path}:")
+        own = [name for name in check.columns if name.startswith(OWN_COLUMNS) or name == REJECT]
+        if own:
+            raise InputError(f"{check.path}: has a column {own[0]!r}, a name ce-ray gives its own columns (a row's "
+                             f"file and place as it travels, {REJECT} a rejected row's reason): rename it")
+        twice = sorted({name for name in check.columns if check.columns.count(name) > 1})
+        if twice:
+            raise InputError(f"{check.path}: its header names {', '.join(map(repr, twice))} more than once: name "
+                             "each column once")
         missing = [c for c in [*required, *present] if c not in check.columns]
         if missing:
             have = ", ".join(check.columns[:12]) or "none"
-            # A header line that looks like a row: MS MARCO's files, for one, have none.
-            hint = ("; for a file without a header line, give its columns' names in column_names"
-                    if input_format in DELIMITED and not column_names else "")
             raise InputError(f"{check.path}: missing column(s) {', '.join(map(repr, missing))} (columns: {have})"
-                             + hint)
+                             + _missing_columns_hint(check, input_format, column_names, len(missing) < len(
+                                 [*required, *present])))
         for column in required:
             dtype = check.types.get(column)
             if dtype is not None and column in lists and is_list(dtype):

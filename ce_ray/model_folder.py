@@ -12,6 +12,7 @@ import glob
 import hashlib
 import json
 import os
+import sys
 from typing import Optional
 
 from .config import ConfigError
@@ -67,7 +68,9 @@ def _hub_snapshot(model_id: str) -> str:
         if not glob.glob(os.path.join(path, "*.safetensors")):
             path = snapshot_download(model_id, allow_patterns=HUB_FILES + ["pytorch_model*.bin"])
     except Exception as e:  # no such repository, no hub reachable, offline without a copy
-        raise ModelError(f"cannot load model {model_id}: {e}") from None
+        # A mistyped relative folder (`models/reranker`) reads as a hub id: say both.
+        raise ModelError(f"cannot load model {model_id}: no such folder here, and as a Hugging Face hub id: {e}"
+                         ) from None
     return path
 
 
@@ -124,13 +127,58 @@ def saved_architectures(path: str) -> list:
     return (read_json(config_file).get("architectures") or []) if os.path.exists(config_file) else []
 
 
+def label_count(config: dict) -> int:
+    """The logits a sequence classifier of this config.json gives, as transformers counts them (2 unless said)."""
+    return len(config["id2label"]) if "id2label" in config else config.get("num_labels", 2)
+
+
+def check_single_logit(path: str, model: str) -> None:
+    """Refuses a classifier of several labels (an NLI model's 3, a 2-way classifier's 2): ce-ray scores and trains
+    rerankers of one logit, as CrossEncoder's rerankers are, and found out only in its workers otherwise."""
+    config_file = os.path.join(path, "config.json")
+    if not os.path.exists(config_file) or not is_sequence_classifier(saved_architectures(path)):
+        return
+    labels = label_count(read_json(config_file))
+    if labels != 1:
+        raise ModelError(f"{model} is a classifier of {labels} labels: ce-ray scores and trains rerankers of one "
+                         "logit (CrossEncoder(..., num_labels=1)); for a new reranker, start from its base model")
+
+
+def is_bi_encoder(path: str) -> bool:
+    """A sentence-transformers bi-encoder's folder (its settings say SentenceTransformer, or it pools tokens)."""
+    settings, modules = (os.path.join(path, name) for name in ("config_sentence_transformers.json", "modules.json"))
+    return ((os.path.exists(settings) and read_json(settings).get("model_type") == "SentenceTransformer")
+            or (os.path.exists(modules) and any("Pooling" in str(module.get("type")) for module in read_json(modules))))
+
+
+def has_classifier_weights(path: str) -> bool:
+    """Whether a folder's safetensors weights hold a classifier head (`classifier.*`, or `score.*` as decoders'
+    classifiers name it); true where there are none to look in (pickle weights)."""
+    from safetensors import safe_open
+
+    files = glob.glob(os.path.join(path, "*.safetensors"))
+    names = set()
+    for file in files:
+        with safe_open(file, framework="numpy") as weights:
+            names.update(weights.keys())
+    return not files or any(name.split(".")[0] in ("classifier", "score") for name in names)
+
+
 def check_scores(path: str, model: str) -> None:
-    """Refuses to score with a model that has no classifier: its head would be drawn at random, as
-    CrossEncoder draws one to fine-tune it, and every score would mean nothing."""
+    """Refuses to score with a model that has no classifier (its head would be drawn at random, as
+    CrossEncoder draws one to fine-tune it, and every score would mean nothing) or more than one logit. Where
+    config.json names no architecture, the weights tell."""
     architectures = saved_architectures(path)
-    if architectures and not is_sequence_classifier(architectures):
-        raise ModelError(f"{model} is a {', '.join(architectures)}, not a sequence classifier: it has no reranker's "
-                         "classifier, and its scores would be random; fine-tune it first (ce-ray train)")
+    if is_bi_encoder(path):
+        what = "a sentence-transformers bi-encoder (SentenceTransformer)"
+    elif architectures and not is_sequence_classifier(architectures):
+        what = f"a {', '.join(architectures)}"
+    elif not architectures and not has_classifier_weights(path):
+        what = "a model whose weights hold no classifier"
+    else:
+        return check_single_logit(path, model)
+    raise ModelError(f"{model} is {what}, not a sequence classifier: it has no reranker's classifier, and its scores "
+                     "would be random; fine-tune it first (ce-ray train)")
 
 
 def check_safe(path: str, allow_pickle: bool, trust_remote_code: bool) -> None:
@@ -218,18 +266,35 @@ LEARNED_POSITIONS = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "e
 OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert"})
 
 
-def check_max_length(path: str, model: str, max_length: Optional[int]) -> None:
-    """Refuses a max_length past the tokens a model's learned positions can take, before any work."""
+def position_limit(path: str) -> Optional[int]:
+    """The most tokens a model's learned positions can take; None where nothing bounds them."""
     config_file = os.path.join(path, "config.json")
-    if max_length is None or not os.path.exists(config_file):
-        return
+    if not os.path.exists(config_file):
+        return None
     config = read_json(config_file)
     positions, model_type = config.get("max_position_embeddings"), config.get("model_type")
     if not positions or model_type not in LEARNED_POSITIONS:
-        return
-    limit = positions - ((config.get("pad_token_id") or 0) + 1 if model_type in OFFSET_POSITIONS else 0)
-    if max_length > limit:
+        return None
+    return positions - ((config.get("pad_token_id") or 0) + 1 if model_type in OFFSET_POSITIONS else 0)
+
+
+def check_max_length(path: str, model: str, max_length: Optional[int]) -> None:
+    """Refuses a max_length past the tokens a model's learned positions can take, before any work."""
+    limit = position_limit(path)
+    if max_length is not None and limit is not None and max_length > limit:
         raise ConfigError(f"max_length {max_length}: {model} takes at most {limit} tokens (its position table)")
+
+
+def usable_max_length(path: str, model: str, own: int) -> int:
+    """The model's own max length (CrossEncoder's rule, `max_length_of`) within its position table: a RoBERTa
+    whose tokenizer names no length gets its 514 positions, two of them before the first token's, and a long
+    pair then failed the job (as it fails CrossEncoder.predict)."""
+    limit = position_limit(path)
+    if limit is None or own <= limit:
+        return own
+    print(f"ce-ray: note: {model}'s own max length, {own}, is past its position table: pairs are cut at {limit} "
+          "tokens", file=sys.stderr, flush=True)
+    return limit
 
 
 def max_length_of(path: str, tokenizer, config) -> int:

@@ -251,16 +251,18 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     from .io import check_apart, parse_names
     from .readers import input_key, read_dataset
     from .runtime import surfaced_errors
-    from .score import job_settings, written_columns
-    from .sink import prepare_output
+    from .score import job_settings, scoring_model, written_columns
+    from .sink import check_output, prepare_output
 
     require(config, "model", "input", "output")
     config.validate()
     if config.mode == "resume":
-        raise ConfigError(f"{title}: mode resume works per input file, but ranking groups rows across files; "
+        raise ConfigError("mode resume works per input file, but ranking groups rows across files; "
                           "use mode overwrite")
     start = time.perf_counter()
     check_apart(config.input, config.output)
+    check_output(config.output, config.mode)
+    checked = scoring_model(config)
     # The query id may be text or a number: present, of any type.
     ds, files, input_bytes = read_dataset(
         config.input, config.input_format, [config.query_column, config.document_column],
@@ -268,8 +270,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
         present=[config.query_id_column], written=written_columns(config))
     job = job_settings(config) | {"query_id_column": config.query_id_column, "top_k": config.top_k} | (
         {"rank_column": config.rank_column} if config.rank_column != RANK else {})
-    # score() checks and loads the model's config and tokenizer: a bad model fails before the output is touched.
-    scored = score(ds, config, announce=title)
+    scored = score(ds, config, announce=title, checked=checked)
     prepare_output(config.output, config.mode, job=job)
     partitions = config.rank_partitions or default_partitions(input_bytes)
     print(f"{title}: ranks the rows of each {config.query_id_column} in {partitions} partition(s)"

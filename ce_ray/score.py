@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from collections.abc import Mapping
 from typing import Dict, Optional
 
 import pyarrow as pa
 
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, require, with_settings
-from .io import InputError, refuse_written
+from .io import InputError, absolute, refuse_written
 from .runtime import cluster_resources, ensure_ray, free_failed_actors, surfaced_errors
 from .tokenizer_facts import tokenizer_facts
 
@@ -53,21 +54,20 @@ def _tokenize_block(table: pa.Table, encoder: PairEncoder, query_column: str, do
     return out
 
 
-def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settings):
-    """Adds a float32 `score` (`score_column`) to every row of a Dataset of (query, document) pairs.
+@dataclasses.dataclass
+class ScoringModel:
+    """A checked model, as a job's tasks and replicas take it."""
+    config: ScoreConfig  # the model as the workers load it, the max length set
+    encoder: PairEncoder
+    prompt: str
 
-    Rows that cannot be scored (null or non-text query or document) keep a null score and say why in
-    `reject_reason` (null for scored rows); with `on_invalid="fail"` they fail the job instead.
-    Example: `ce_ray.score(ray.data.read_parquet(...), model="cross-encoder/ms-marco-MiniLM-L6-v2")`.
-    With `announce` (a job's title), one line says how the pairs will be scored: the device, the replicas,
-    the tokenizer, the forward passes' token budget.
-    """
+
+def scoring_model(config: ScoreConfig) -> ScoringModel:
+    """Checks the model (its folder, weights, classifier, max length) and reads its tokenizer's facts: a job
+    does it before it starts Ray or touches its output, so that a bad model fails at once."""
     from .model_folder import (ModelError, check_max_length, check_safe, check_scores, local_model_path, model_source,
-                               query_prompt)
+                               query_prompt, usable_max_length)
 
-    config = with_settings(config or ScoreConfig(), settings)
-    require(config, "model")
-    config.validate()
     config = dataclasses.replace(config, model=model_source(config.model))
     path = local_model_path(config.model)
     check_safe(path, config.allow_pickle, config.trust_remote_code)
@@ -80,7 +80,28 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
     prompt = query_prompt(path, config.prompt, config.prompt_name)
     encoder = pair_encoder(config.model, config.tokenizer, config.trust_remote_code, facts, prompt)
     if config.max_length is None:
-        config = dataclasses.replace(config, max_length=facts.max_length)
+        config = dataclasses.replace(config, max_length=usable_max_length(path, config.model, facts.max_length))
+    return ScoringModel(config, encoder, prompt)
+
+
+def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked: Optional[ScoringModel] = None,
+          **settings):
+    """Adds a float32 `score` (`score_column`) to every row of a Dataset of (query, document) pairs.
+
+    Rows that cannot be scored (null or non-text query or document) keep a null score and say why in
+    `reject_reason` (null for scored rows); with `on_invalid="fail"` they fail the job instead.
+    Example: `ce_ray.score(ray.data.read_parquet(...), model="cross-encoder/ms-marco-MiniLM-L6-v2")`.
+    With `announce` (a job's title), one line says how the pairs will be scored: the device, the replicas,
+    the tokenizer, the forward passes' token budget. `checked`: `scoring_model(config)`, where a job checked it.
+    """
+    if not hasattr(ds, "map_batches"):
+        raise InputError(f"pairs to score come as a Ray Dataset (ray.data.from_pandas(frame), ray.data.read_parquet"
+                         f"(...)), not a {type(ds).__name__}; ce_ray.predict takes a list of pairs")
+    config = with_settings(config or ScoreConfig(), settings)
+    require(config, "model")
+    config.validate()
+    checked = checked or scoring_model(config)
+    config, encoder, prompt = checked.config, checked.encoder, checked.prompt
 
     free_failed_actors()
     resources = cluster_resources()
@@ -88,7 +109,12 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
     use_gpu = config.use_gpu if config.use_gpu is not None else gpus > 0
     max_replicas = config.replicas or (max(gpus, 1) if use_gpu else 1)
     min_replicas = min(config.min_replicas, max_replicas)
+    if min_replicas < config.min_replicas:
+        print(f"ce-ray: note: min_replicas {config.min_replicas} is more than the {max_replicas} replica(s) the job "
+              f"may start (replicas; by default one per GPU, one on CPU): starting {min_replicas}",
+              file=sys.stderr, flush=True)
     cpus = int(resources.get("CPU", 1))
+    _check_room(config, use_gpu, gpus, cpus)
     if not use_gpu and min_replicas >= cpus > 1:
         # Each CPU replica holds a CPU for the whole job: replicas on all of them would leave none to read
         # the rows they wait for, and the job would never start.
@@ -125,6 +151,22 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
     )
 
 
+def _check_room(config: ScoreConfig, use_gpu: bool, gpus: int, cpus: int) -> None:
+    """A GPU, and the CPUs of a tokenize task, that the cluster does not have: a local Ray, which cannot grow,
+    would wait for them forever, and is refused; a joined cluster may grow (an autoscaler), and is told."""
+    from .runtime import started_here
+
+    short = (["a GPU (use_gpu; the cluster has none)"] if use_gpu and not gpus else []) + (
+        [f"{config.tokenize_cpus:g} CPUs a tokenize task (tokenize_cpus; the cluster has {cpus})"]
+        if config.tokenize_cpus > cpus else [])
+    if not short:
+        return
+    if started_here():
+        raise ConfigError(f"the job needs {' and '.join(short)}, which the local Ray it started cannot give")
+    print(f"ce-ray: note: the job needs {' and '.join(short)}: it waits until the cluster has them",
+          file=sys.stderr, flush=True)
+
+
 def predict(model: str, pairs, **settings):
     """`CrossEncoder(model).predict(pairs)` on the Ray cluster: (query, document) pairs in, their float32
     scores out as a numpy array, in order, scored by the cluster's replicas (its GPUs where it has them).
@@ -137,6 +179,9 @@ def predict(model: str, pairs, **settings):
     import numpy as np
     import ray
 
+    if isinstance(pairs, Mapping) or hasattr(pairs, "columns"):  # iterated, they give their keys
+        raise InputError(f"pairs must be (query, document) pairs, not a {type(pairs).__name__}: a DataFrame's are "
+                         "df[[query, document]].itertuples(index=False), or score it with ce_ray.score(Dataset)")
     pairs = list(pairs)
     single = len(pairs) == 2 and all(isinstance(text, str) for text in pairs)
     if single:  # one pair, as CrossEncoder.predict takes it: its score alone comes back
@@ -144,14 +189,18 @@ def predict(model: str, pairs, **settings):
     if not pairs:
         return np.zeros(0, np.float32)
     for number, pair in enumerate(pairs):
-        if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
+        # A dict's two keys or a set's two texts would pass as a pair: keys, and in no set order.
+        if (isinstance(pair, (str, bytes, Mapping, set, frozenset)) or not hasattr(pair, "__len__")
+                or len(pair) != 2):
             raise InputError(f"pairs must be (query, document) pairs: pair {number} is {str(pair)[:80]!r}")
     queries, documents = (list(column) for column in zip(*pairs))
     try:
         columns = {"query": pa.array(queries, pa.large_string(), from_pandas=True),
                    "document": pa.array(documents, pa.large_string(), from_pandas=True)}
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise InputError(f"pairs must be (query, document) texts: {e}") from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeEncodeError) as e:
+        bad = next((n for n, pair in enumerate(pairs) if not all(map(_is_text_or_missing, pair))), None)
+        which = f"pair {bad} is {str(pairs[bad])[:80]!r} " if bad is not None else ""
+        raise InputError(f"pairs must be (query, document) texts: {which}({e})") from None
     ensure_ray()
     # Each pair's position travels with it: Ray Data may hand blocks back in any order.
     table = pa.table(columns | {"position": np.arange(len(pairs))})
@@ -163,6 +212,13 @@ def predict(model: str, pairs, **settings):
     scores = np.empty(len(pairs), np.float32)
     scores[out.column("position").to_numpy()] = out.column(column).to_numpy(zero_copy_only=False)
     return scores[0] if single else scores
+
+
+def _is_text_or_missing(text) -> bool:
+    """What a pair may hold: text that UTF-8 can write (not a lone surrogate), or None or NaN (rejected)."""
+    if isinstance(text, str):
+        return text.encode("utf-8", errors="ignore").decode("utf-8") == text
+    return text is None or (isinstance(text, float) and text != text)
 
 
 class ScoringReplica:
@@ -234,10 +290,15 @@ def summary_lines(title: str, fields: list) -> list:
 
 def job_settings(config: ScoreConfig) -> dict:
     """The settings that decide an output's rows and scores: a resumed run must share them."""
-    names = ("model", "input", "input_format", "query_column", "document_column", "max_length", "dtype",
+    from .model_folder import model_source
+
+    names = ("input_format", "query_column", "document_column", "max_length", "dtype",
              "tokenizer", "on_invalid", "allow_pickle", "trust_remote_code")
+    # The model and the input as they are wherever the job runs from: a relative path is the same folder
+    # from another working directory only when it is written out.
+    where = {"model": model_source(config.model), "input": absolute(config.input)}
     # column_names and score_column only when set, so that outputs written before they existed still resume
-    return {name: getattr(config, name) for name in names} | (
+    return where | {name: getattr(config, name) for name in names} | (
         {"column_names": config.column_names} if config.column_names else {}) | (
         {"score_column": config.score_column} if config.score_column != SCORE else {}) | {
         name: getattr(config, name) for name in ("prompt", "prompt_name") if getattr(config, name) is not None}
@@ -252,27 +313,33 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     """
     from .io import check_apart, check_s3_access, parse_names
     from .readers import input_key, read_dataset
-    from .sink import WRITE_REMOTE_ARGS, PairsSink, ResumeState, prepare_output, resume_state
+    from .sink import WRITE_REMOTE_ARGS, PairsSink, ResumeState, check_output, prepare_output, resume_state
 
     require(config, "model", "input", "output")
     config.validate()
     if config.mode == "resume" and transform is not None:
-        raise ConfigError(f"{title}: mode resume works per input file, but this job groups rows across "
+        raise ConfigError("mode resume works per input file, but this job groups rows across "
                           "files; use mode overwrite")
     start = time.perf_counter()
     check_apart(config.input, config.output)
     check_s3_access(config.output)
+    check_output(config.output, config.mode)
     job = job_settings(config)
     earlier = resume_state(config.output, job) if config.mode == "resume" else ResumeState({}, [])
     done = earlier.complete
+    checked = scoring_model(config)
     ds, files, _ = read_dataset(config.input, config.input_format, [config.query_column, config.document_column],
                                 keep=lambda path: input_key(path) not in done, rows_per_block=config.rows_per_block,
                                 column_names=parse_names(config.column_names), written=written_columns(config))
-    # score() checks and loads the model's config and tokenizer: a bad model fails before the output is touched.
-    scored = None if ds is None else score(ds, config, announce=title)
+    scored = None if ds is None else score(ds, config, announce=title, checked=checked)
     if scored is not None and transform is not None:
         scored = transform(scored)
-    kept = prepare_output(config.output, config.mode, job=job, resume=earlier)
+    inputs = {input_key(f) for f in files}
+    gone = sorted(key for key in done if key not in inputs)
+    if gone:
+        print(f"{title}: note: {len(gone)} input file(s) that an earlier run completed are no longer in the input "
+              f"(e.g. {gone[0]}): their results are removed", file=sys.stderr, flush=True)
+    kept = prepare_output(config.output, config.mode, job=job, resume=earlier, inputs=inputs)
     sink = PairsSink(config.output, written_columns(config))
     if scored is not None:
         with surfaced_errors():

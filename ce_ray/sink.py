@@ -167,19 +167,28 @@ def _delete(fs: pafs.FileSystem, path: str) -> None:
         fs.delete_file(path)
 
 
+def check_output(output: str, mode: str) -> None:
+    """What `prepare_output` would refuse, checked before a job starts its work: an output that is a file, and
+    in mode error one that has results."""
+    fs, path = filesystem(output)
+    with writing(output):
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            raise OutputError(f"output {output} is a file: give a folder")
+    if mode == "error" and has_results(output):
+        raise OutputExistsError(f"{output} already has results: pass --mode overwrite to replace them, "
+                                "or --mode resume to finish an interrupted job")
+
+
 def prepare_output(output: str, mode: str, job: Optional[dict] = None,
-                   resume: Optional[ResumeState] = None) -> ResumeState:
+                   resume: Optional[ResumeState] = None, inputs: Optional[Set[str]] = None) -> ResumeState:
     """mode error: refuse an output that has results; overwrite: clear them first; resume: keep the parts
-    of complete inputs, remove everything else (parts of unfinished inputs, temporaries, `_SUCCESS`).
-    Records the job's settings in `_ce_ray/job.json`. Returns what was kept."""
+    of complete inputs (of those still in the input, `inputs`: their keys), remove everything else (parts of
+    unfinished inputs, temporaries, `_SUCCESS`). Records the job's settings in `_ce_ray/job.json`. Returns what
+    was kept."""
     fs, path = filesystem(output)
     kept = ResumeState({}, [])
+    check_output(output, mode)
     if has_results(output):
-        if mode == "error":
-            raise OutputExistsError(
-                f"{output} already has results: pass --mode overwrite to replace them, "
-                "or --mode resume to finish an interrupted job"
-            )
         if mode == "overwrite":
             for sub in (SUCCESS, RESULTS, REJECTS, STATE):
                 _delete(fs, f"{path}/{sub}")
@@ -188,7 +197,7 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None,
             _delete(fs, f"{path}/{SUCCESS}")  # incomplete again until this run ends
             complete = resume.complete
             for key, parts in resume.parts.items():
-                if key in complete:
+                if key in complete and (inputs is None or key in inputs):
                     kept.parts[key] = parts
                 else:
                     for file in parts.files:

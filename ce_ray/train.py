@@ -26,7 +26,7 @@ import numpy as np
 
 from .batching import IDS, TYPES, default_batch_tokens, list_parts, pair_encoder, token_budget_batches
 from .config import ConfigError, TrainConfig, require, with_settings
-from .io import filesystem, join
+from .io import filesystem, is_remote, join
 from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, shard_windows,
                          training_batch_tokens)
 
@@ -199,7 +199,7 @@ def train_loop(loop_config: dict) -> dict:
 
     from . import bert
     from .model import Reranker, load_reranker, to_device, use_shape_free_attention
-    from .model_folder import SIGMOID, local_model_path
+    from .model_folder import local_model_path
 
     config: TrainConfig = loop_config["config"]
     plan: dict = loop_config["plan"]
@@ -303,10 +303,10 @@ def train_loop(loop_config: dict) -> dict:
             if rank == 0:
                 if native is not None:
                     bert.save(module.state_dict() if full_state is None else full_state, model_path,
-                              os.path.join(tmp, MODEL), plan["max_length"], SIGMOID)
+                              os.path.join(tmp, MODEL), plan["max_length"], plan["activation"])
                 else:
                     save_reranker(module, reranker.tokenizer, os.path.join(tmp, MODEL), plan["max_length"],
-                                  state_dict=full_state)
+                                  plan["activation"], state_dict=full_state)
                 if not config.deepspeed:
                     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                                os.path.join(tmp, STATE))
@@ -453,14 +453,13 @@ class Waiting:
             yield item
 
 
-def save_reranker(module, tokenizer, path: str, max_length: int, state_dict=None) -> None:
+def save_reranker(module, tokenizer, path: str, max_length: int, activation: str, state_dict=None) -> None:
     """The CrossEncoder layout; `state_dict` holds the gathered weights when ZeRO-3 partitions the module."""
     from .model import save_reranker as save_full
-    from .model_folder import SIGMOID
 
     if state_dict is None:
-        return save_full(module, tokenizer, path, max_length)
-    module.config.sentence_transformers = {"activation_fn": SIGMOID}
+        return save_full(module, tokenizer, path, max_length, activation)
+    module.config.sentence_transformers = {"activation_fn": activation}
     module.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
     tokenizer.model_max_length = max_length
     tokenizer.save_pretrained(path)
@@ -614,11 +613,17 @@ def _claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str
     return resumes
 
 
-def _check_output(output: str) -> None:
-    """The model is written to `output` after the training: a place it cannot be written fails now."""
+def _check_output(output: str, model: str) -> None:
+    """The model is written to `output` after the training: a place it cannot be written fails now, and so
+    does the model's own folder, whose weights the run would replace."""
     from .io import check_s3_access
     from .sink import writing
 
+    same = (output.rstrip("/") == model.rstrip("/") if is_remote(output)
+            else os.path.isdir(model) and os.path.realpath(output) == os.path.realpath(model))
+    if same:
+        raise ConfigError(f"output {output} is the model's own folder, which the trained model would replace: "
+                          "give another output")
     check_s3_access(output)
     fs, path = filesystem(output)
     with writing(output):
@@ -678,8 +683,9 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from . import card
-    from .model_folder import (check_max_length, check_safe, is_sequence_classifier, local_model_path, model_source,
-                               saved_architectures)
+    from .model_folder import (SIGMOID, activation_path, check_max_length, check_safe, check_single_logit,
+                               is_sequence_classifier, local_model_path, model_source, saved_architectures,
+                               usable_max_length)
     from .runtime import cluster_resources, ensure_ray, free_failed_actors, surfaced_errors
     from .tokenizer_facts import tokenizer_facts
 
@@ -690,8 +696,9 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     model = local_model_path(config.model)  # this machine's copy, for the checks and the tokenizer's facts
     source = model_source(config.model)  # what the workers and tokenize tasks load
     check_safe(model, config.allow_pickle, config.trust_remote_code)
+    check_single_logit(model, config.model)
     check_max_length(model, config.model, config.max_length)
-    _check_output(config.output)
+    _check_output(config.output, config.model if is_remote(config.model) else model)
     fs, storage_path, name, run_uri = _storage(config)
     if _claim_run(config, source, fs, storage_path, name, run_uri):
         print(f"ce-ray train: resumes the run {name} from its last checkpoint (a finished run only saves its model "
@@ -701,7 +708,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         print(f"ce-ray train: {model} has no classifier ({', '.join(architectures) or 'no architectures named'}): "
               "it gets a new one-logit head, as CrossEncoder gives it", flush=True)
     facts = tokenizer_facts(model, config.trust_remote_code)  # once: the max length and the encoder's plan
-    max_length = config.max_length or facts.max_length
+    max_length = config.max_length or usable_max_length(model, config.model, facts.max_length)
     encoder = pair_encoder(source, config.tokenizer, config.trust_remote_code, facts)
     ensure_ray(dashboard=True)  # Ray Train's state queries need it
     free_failed_actors()
@@ -723,10 +730,18 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     # grad_accum batches a step; an epoch's last step takes those left (`train_loop`)
     total = config.max_steps or config.epochs * math.ceil(per_epoch / config.grad_accum)
     # Evaluation keeps no activations: its passes take the scoring budget, not the training one.
-    plan = {"model": source, "max_length": max_length, "batches_per_epoch": per_epoch, "total_steps": total,
-            "qrels": qrels, "eval_batch_tokens": config.batch_tokens or default_batch_tokens(use_gpu)}
+    # A reranker keeps the activation it had (CrossEncoder's, read as it reads it: a logits reranker's scores
+    # stay logits, as CrossEncoderTrainer keeps them); a new head gets CrossEncoder's sigmoid.
+    activation = (activation_path(model, 1, config.trust_remote_code) if is_sequence_classifier(architectures)
+                  else SIGMOID)
+    plan = {"model": source, "max_length": max_length, "activation": activation, "batches_per_epoch": per_epoch,
+            "total_steps": total, "qrels": qrels,
+            "eval_batch_tokens": config.batch_tokens or default_batch_tokens(use_gpu)}
     batch_tokens = training_batch_tokens(config, use_gpu)
-    print(f"ce-ray train: {stats['pairs']:,} pairs ({stats['rejected']:,} rejected), {config.num_workers} worker(s), "
+    reasons = ", ".join(f"{reason}: {count:,}" for reason, count in sorted(
+        stats["reject_reasons"].items(), key=lambda item: -item[1])[:3])
+    rejected = f"{stats['rejected']:,} rejected" + (f"; {reasons}" if reasons else "")
+    print(f"ce-ray train: {stats['pairs']:,} pairs ({rejected}), {config.num_workers} worker(s), "
           f"{per_epoch} batch(es) of {config.batch_size} per worker and epoch, {total} step(s)"
           + (f", forward passes of at most {batch_tokens:,} tokens" if batch_tokens else ""), flush=True)
     if qrels:

@@ -208,7 +208,8 @@ def _eval_candidates(config: TrainConfig, negatives: List[str]):
         raise InputError(f"{config.eval_data}: no query of qrels/{config.eval_split}.tsv has a relevant document")
     table = candidates_table(corpus, queries, qrels, query_ids, config.eval_top_k)
     return (table, {q: qrels[q] for q in query_ids},
-            f"the BM25 top {config.eval_top_k} of `{config.eval_data}` ({config.eval_split} split)")
+            f"the BM25 top {config.eval_top_k} of `{config.eval_data}` ({config.eval_split} split, "
+            f"{len(query_ids):,} queries)")
 
 
 def _eval_rows(config: TrainConfig, negatives: List[str]):
@@ -294,8 +295,9 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int):
     stats["columns"] = [config.query_column, config.document_column, *(negatives or [config.label_column])]
     label_errors = {r: n for r, n in stats["reject_reasons"].items() if "outside [0, 1]" in r}
     if label_errors:
-        raise InputError(f"{config.train_data}: {sum(label_errors.values())} label(s) outside [0, 1], e.g. "
-                         f"{next(iter(label_errors))}: BinaryCrossEntropyLoss needs labels in [0, 1]")
+        example = next(iter(label_errors)).rsplit(": ", 1)[-1]
+        raise InputError(f"{config.train_data}: {sum(label_errors.values())} label(s) outside [0, 1] (e.g. {example}): "
+                         "BinaryCrossEntropyLoss needs labels in [0, 1]")
     if stats["pairs"] < config.num_workers:
         reasons = sorted(stats["reject_reasons"].items(), key=lambda item: -item[1])[:3]
         why = "; rejected: " + ", ".join(f"{reason} ({count:,})" for reason, count in reasons) if reasons else ""

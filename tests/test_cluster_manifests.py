@@ -123,7 +123,7 @@ def test_example_job_configs_load_with_their_commands():
     from ce_ray.config import load_config
 
     configs = sorted((ROOT / "jobs" / "configs").glob("*.yaml"))
-    assert {"score.yaml", "rerank.yaml", "eval.yaml"} <= {p.name for p in configs}
+    assert {f"{command}.yaml" for command in COMMANDS} <= {p.name for p in configs}
     for path in configs:
         job = path.stem
         assert (ROOT / "jobs" / f"{job}.py").is_file()

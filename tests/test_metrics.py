@@ -83,6 +83,17 @@ def test_query_without_relevant_counts_zero_and_unknown_qrels_are_reported(tmp_p
                                   output=str(out), only_with_relevant=True))
     assert skipped["queries"] == 1 and skipped["queries_skipped_without_relevant"] == 1
     assert skipped["reranked"]["map"] == 1.0
+    assert "judge none of the input's" not in capsys.readouterr().out
+
+    # Qrels of other ids: none of the queries (an error naming an id of each), or none of the documents (said).
+    (tmp_path / "other.tsv").write_text("query-id\tcorpus-id\tscore\nQ-a\td1\t1\n")
+    with pytest.raises(InputError, match=r"none of the 2 query ids of .* is in the qrels .*\('a' there, 'Q-a' in"):
+        run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), qrels=str(tmp_path / "other.tsv"), output=str(out)))
+    (tmp_path / "other.tsv").write_text("query-id\tcorpus-id\tscore\na\tD-1\t1\n")
+    unjudged = run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), qrels=str(tmp_path / "other.tsv"),
+                                   output=str(out)))
+    assert unjudged["judged_pairs"] == 0 and unjudged["reranked"]["map"] == 0
+    assert "warning: the qrels judge none of the input's (query, document) pairs" in capsys.readouterr().out
 
 
 def test_eval_counts_as_trec_eval_does_where_rows_repeat_lack_ids_or_are_not_judged(tmp_path, capsys):
@@ -106,6 +117,11 @@ def test_eval_counts_as_trec_eval_does_where_rows_repeat_lack_ids_or_are_not_jud
     printed = capsys.readouterr().out
     for line in ("left out 1 queries the qrels do not judge", "counted once 1 repeated", "left out 1 rows without"):
         assert line in printed
+    # Written as floats (pandas' integers around a missing value, without its Int64), the ids are the same.
+    rows.astype({"query_id": "float64"}).to_parquet(tmp_path / "floats.parquet")
+    floats = run_eval(EvalConfig(input=str(tmp_path / "floats.parquet"), qrels=str(tmp_path / "qrels.txt")))
+    assert floats["reranked"] == result["reranked"] and floats["rows_without_ids"] == 1
+    (tmp_path / "floats.parquet").unlink()
     # The default output goes beside the input, where no job reads it as pairs (not a file named after a glob).
     glob = run_eval(EvalConfig(input=str(tmp_path / "*.parquet"), qrels=str(tmp_path / "qrels.txt")))
     assert glob["queries"] == 2 and (tmp_path.parent / f"{tmp_path.name}.eval.json").exists()

@@ -191,6 +191,13 @@ def test_a_csv_or_tsv_file_without_a_header_line_is_read_with_column_names(ray_l
         job(tiny_model, tmp_path / "in", tmp_path / "out-no-names", mode="overwrite")
     with pytest.raises(InputError, match=r"missing column\(s\) 'query_id' \(columns: 1048585,"):
         check_inputs(fs, files, input_format, [], None, present=["query_id"])
+    # A file read in another format, or a headed file missing a column, is not told to name its columns.
+    (tmp_path / "pairs.csv").write_text("query_id,query,document\n1,q,d\n")
+    with pytest.raises(InputError, match=r"\(columns: query_id,query,document\); read as tsv, though its name says "
+                                         r"csv: check input_format$"):
+        check_inputs(fs, [str(tmp_path / "pairs.csv")], "tsv", ["query", "document"])
+    with pytest.raises(InputError, match=r"missing column\(s\) 'qid' \(columns: query_id, query, document\)$"):
+        check_inputs(fs, [str(tmp_path / "pairs.csv")], "csv", ["query", "document"], present=["qid"])
     pq.write_table(pa.table({"query": ["q"], "document": ["d"]}), tmp_path / "p.parquet")
     with pytest.raises(InputError, match="p.parquet is parquet, whose files name their columns"):
         job(tiny_model, tmp_path / "p.parquet", tmp_path / "out-parquet", column_names="query,document")
@@ -226,13 +233,78 @@ def test_blank_lines_in_jsonl_are_skipped_and_a_line_of_two_objects_is_rejected(
         source = JsonLinesDatasource([str(path)], text_columns=["query"], filesystem=pafs.LocalFileSystem())
         with open(path, "rb") as f:
             tables = list(source._read_stream(f, str(path)))
-        return [(row["id"], row.get(REJECT)) for table in tables for row in table.to_pylist()]
+        return [(row.get("id"), row.get(REJECT)) for table in tables for row in table.to_pylist()]
 
     rows = [b'{"id": %d, "query": "q"}' % i for i in range(5)]
     assert read(b"\r\n".join(rows[:2] + [b"", b"  "] + rows[2:])) == [(i, None) for i in range(5)]
     two = read(b"\n".join(rows[:2] + [b"", b'{"id": 7}{"id": 8}'] + rows[2:]))
     assert [i for i, _ in two] == [0, 1, None, 2, 3, 4] and "not valid JSON" in two[2][1]
+    assert two[2][1].startswith(f"{tmp_path / 'rows.jsonl'} line 4: ")  # its line in the file, blank ones counted
     assert read(b"\n \r\n") == []
+    # A lone surrogate is valid JSON and no UTF-8 text: its line is rejected (it failed the job).
+    lone = read(b"\n".join(rows[:2] + [b'{"id": 9, "query": "q \\ud800"}', rows[2]]))
+    assert [i for i, _ in lone] == [0, 1, None, 2] and "line 3: holds a lone surrogate" in lone[2][1]
+
+    # Strings that look like dates are the strings they are (Arrow's reader made them timestamps, the query
+    # then "datetime, not text" and a timestamp's zone dropped).
+    (tmp_path / "dated.jsonl").write_text('{"query": "2021-03-04", "created": "2026-01-01T10:00:00Z"}\n' * 3)
+    source = JsonLinesDatasource([str(tmp_path / "dated.jsonl")], ["query"], pafs.LocalFileSystem())
+    with open(tmp_path / "dated.jsonl", "rb") as f:
+        dated = pa.concat_tables(source._read_stream(f, str(tmp_path / "dated.jsonl")))
+    assert dated.schema.types == [pa.string(), pa.string()]
+    assert dated.to_pylist()[0] == {"query": "2021-03-04", "created": "2026-01-01T10:00:00Z"}
+
+
+def test_long_rows_are_read_and_column_names_the_job_cannot_keep_are_refused(tmp_path):
+    """A CSV row of two 1.2 MB fields failed its file (Arrow's blocks of 1 MiB), and a JSON Lines file whose first
+    line passed 1 MiB was refused as not JSON. A header naming a column twice, or a column named as ce-ray's own
+    (`_ce_row`, `reject_reason`), is refused before any work: they failed mid-job, and a user's `reject_reason`
+    rejected its rows silently."""
+    import io as memory
+    import pyarrow.fs as pafs
+
+    from ce_ray.io import check_inputs
+    from ce_ray.readers import delimited_chunks
+
+    big = "x" * 1_200_000
+    rows = f"query,document\n{big},{big}\nq,d\n".encode()
+    assert sum(t.num_rows for t in delimited_chunks(memory.BytesIO(rows), "p.csv", ["query", "document"])) == 2
+    fs = pafs.LocalFileSystem()
+    (tmp_path / "long.jsonl").write_text(json.dumps({"query": "q", "document": big}) + "\n")
+    assert check_inputs(fs, [str(tmp_path / "long.jsonl")], "jsonl", ["query", "document"])[0].columns == [
+        "query", "document"]
+    for header, refused in (("query,document,note,note", "its header names 'note' more than once"),
+                            ("query,document,reject_reason", "has a column 'reject_reason', a name ce-ray gives"),
+                            ("query,document,_ce_row", "has a column '_ce_row', a name ce-ray gives")):
+        (tmp_path / "p.csv").write_text(f"{header}\n{','.join('v' * len(header.split(',')))}\n")
+        with pytest.raises(InputError, match=refused):
+            check_inputs(fs, [str(tmp_path / "p.csv")], "csv", ["query", "document"])
+
+
+def test_ctrl_c_ends_a_job_with_a_line_that_says_how_to_finish_it(tmp_path, tiny_model):
+    """Ctrl-C printed the traceback of wherever the driver was waiting (~30 lines of Ray's internals)."""
+    import signal
+    import time
+
+    (tmp_path / "in").mkdir()
+    pd.DataFrame({"query": ["a query"] * 200_000, "document": [f"document {i}" for i in range(200_000)]}).to_parquet(
+        tmp_path / "in" / "pairs.parquet")
+    env = {**os.environ, "RAY_ADDRESS": "local", "RAY_TMPDIR": tempfile.mkdtemp(prefix="cer-", dir="/tmp")}
+    job = subprocess.Popen([sys.executable, "-m", "ce_ray.cli", "score", "--model", str(tiny_model), "--input",
+                            str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--rows-per-block", "512"],
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in job.stdout:  # the job's line saying how it scores: Ray has started, the pairs are read
+            if "forward passes of at most" in line:
+                break
+        time.sleep(3)
+        job.send_signal(signal.SIGINT)
+        _, errors = job.communicate(timeout=120)
+    finally:
+        job.kill()
+    assert job.returncode == 130, errors[-3000:]
+    assert "\nce-ray score: interrupted; --mode resume finishes it\n" in errors  # Ray's exit may log after it
+    assert "Traceback" not in errors and "KeyboardInterrupt" not in errors
 
 
 def test_a_categorical_text_column_is_text(ray_local, tmp_path, tiny_model):
@@ -465,6 +537,49 @@ def test_unknown_model_path_and_hub_id_fail_before_the_output_is_touched(tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def test_a_bad_model_or_output_fails_before_ray_starts(tmp_path, tiny_model, monkeypatch):
+    """The model's checks and the output's refusals come before a job starts Ray (seconds on a laptop)."""
+    import importlib
+
+    from ce_ray.config import RerankConfig, TrainConfig
+    from ce_ray.rerank import run_rerank
+    from ce_ray.sink import OutputError, OutputExistsError
+    from ce_ray.train import train
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started before the checks")
+
+    for module in ("readers", "runtime", "score"):  # each module's own name of it
+        monkeypatch.setattr(importlib.import_module(f"ce_ray.{module}"), "ensure_ray", no_ray)
+    pairs = tmp_path / "in" / "p.parquet"
+    pairs.parent.mkdir()
+    pd.DataFrame({"query": ["q"], "document": ["d"], "query_id": ["1"], "label": [1.0]}).to_parquet(pairs)
+    three = _model_copy(tiny_model, tmp_path, "nli")  # a 3-way classifier: an NLI model's labels
+    config = json.loads((three / "config.json").read_text())
+    config["id2label"] = {str(i): name for i, name in enumerate(["contradiction", "entailment", "neutral"])}
+    (three / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="is a classifier of 3 labels: ce-ray scores and trains rerankers of one"):
+        job(three, pairs, tmp_path / "out")
+    with pytest.raises(ModelError, match="classifier of 3 labels"):
+        run_rerank(RerankConfig(model=str(three), input=str(pairs), output=str(tmp_path / "out")))
+    with pytest.raises(ModelError, match="classifier of 3 labels"):
+        train(TrainConfig(model=str(three), train_data=str(pairs), output=str(tmp_path / "trained")))
+    with pytest.raises(ModelError, match="has no config.json: not a Hugging Face model folder"):
+        job(pairs.parent, pairs, tmp_path / "out")  # a data folder as the model
+    (tmp_path / "notes.txt").write_text("a file")
+    with pytest.raises(OutputError, match="is a file: give a folder"):
+        job(tiny_model, pairs, tmp_path / "notes.txt")
+    (tmp_path / "done" / "results").mkdir(parents=True)
+    (tmp_path / "done" / "_SUCCESS").write_text("{}")
+    with pytest.raises(OutputExistsError, match="already has results"):
+        job(tiny_model, pairs, tmp_path / "done")
+    # Training into the model's own folder would replace the weights it starts from.
+    own = _model_copy(tiny_model, tmp_path, "own")
+    with pytest.raises(ConfigError, match="is the model's own folder"):
+        train(TrainConfig(model=str(own), train_data=str(pairs), output=str(own) + "/"))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "trained").exists()
+
+
 def _model_copy(tiny_model, tmp_path, name):
     import shutil
 
@@ -487,6 +602,16 @@ def test_a_max_length_past_the_models_positions_fails_before_any_work(tmp_path, 
         train(TrainConfig(model=str(tiny_model), train_data=str(tmp_path / "p.parquet"), output=str(tmp_path / "m"),
                           max_length=1000))
     assert not (tmp_path / "out").exists() and not (tmp_path / "m").exists()
+    # A RoBERTa whose tokenizer names no length: CrossEncoder's rule gives its 514 positions, two of which come
+    # before the first token's; the pairs are cut at 512 instead, said.
+    from ce_ray.model_folder import usable_max_length
+
+    (tmp_path / "roberta").mkdir()
+    (tmp_path / "roberta" / "config.json").write_text(json.dumps(
+        {"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1}))
+    assert usable_max_length(str(tmp_path / "roberta"), "r", 514) == 512
+    assert usable_max_length(str(tmp_path / "roberta"), "r", 256) == 256
+    assert usable_max_length(str(tiny_model), "t", 512) == 512
 
 
 def test_model_needing_remote_code_is_refused(tmp_path, tiny_model):

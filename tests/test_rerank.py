@@ -12,7 +12,8 @@ import pyarrow as pa
 import pytest
 
 from ce_ray.batching import REJECT
-from ce_ray.config import ConfigError, RerankConfig
+from ce_ray.config import ConfigError, EvalConfig, RerankConfig
+from ce_ray.evaluate import run_eval
 from ce_ray.io import InputError
 from ce_ray.readers import ROW_INDEX, ROW_INPUT
 from ce_ray.rerank import CUT, keep_block_top_k, rank_group, run_rerank, shuffle_input
@@ -201,6 +202,14 @@ def test_rerank_job_over_files_and_blocks(ray_local, tiny_model, tmp_path, capsy
     best = results[results["rank"] <= 2].sort_values(["query_id", "rank"])
     assert kept["doc_id"].tolist() == best["doc_id"].tolist()
     np.testing.assert_allclose(kept["score"], best["score"], atol=1e-6)
+    # Eval of the top 2: a baseline would rank the reranker's choice, not the first stage's list: left out, said.
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tf0-0\t1\nq2\tf0-1\t1\n")
+    measured = {name: run_eval(EvalConfig(input=str(tmp_path / name), qrels=str(tmp_path / "qrels.tsv"),
+                                          baseline_column="extra")) for name in ("all", "top")}
+    assert measured["all"]["baseline"] is not None and "baseline_left_out" not in measured["all"]
+    assert measured["top"]["baseline"] is None
+    assert "top 2 of each query (17 rows cut)" in measured["top"]["baseline_left_out"]
+    assert "  no baseline: " in capsys.readouterr().out
 
     # Query ids written as a categorical (a dictionary of strings in parquet): the same ranks.
     (tmp_path / "categorical").mkdir()

@@ -142,6 +142,34 @@ def test_resume_refuses_other_settings_and_regrouping_jobs(ray_local, tmp_path, 
         run_score(config_for(out, tiny_model, folder, mode="resume"), transform=lambda ds: ds)
 
 
+def test_resume_follows_the_input_files_not_how_their_path_is_spelled(ray_local, tmp_path, tiny_model,
+                                                                        wikiqa_files, reference, monkeypatch,
+                                                                        capsys):
+    """The same folder given relative to another working directory resumes (it was refused as other settings,
+    where the same relative words in another directory, other files, were taken); an input file an earlier run
+    completed and that is no longer in the input has its results removed (they were kept and counted)."""
+    folder, pairs = wikiqa_files
+    out = copy_of(reference, tmp_path)
+    monkeypatch.chdir(folder.parent)
+    summary = run_score(config_for(out, os.path.relpath(tiny_model), folder.name, mode="resume"))
+    assert summary.files_kept == FILES
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        shutil.copy(folder / f"shard-{i}.parquet", tmp_path / "in")
+    run_score(config_for(tmp_path / "three", tiny_model, "in"))  # relative, from tmp_path
+    (tmp_path / "elsewhere" / "in").mkdir(parents=True)  # the same words, other files
+    shutil.copy(folder / "shard-5.parquet", tmp_path / "elsewhere" / "in")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(ResumeError, match=r"other settings \(input\)"):
+        run_score(config_for(tmp_path / "three", tiny_model, "in", mode="resume"))
+    os.remove(tmp_path / "in" / "shard-1.parquet")
+    summary = run_score(config_for(tmp_path / "three", tiny_model, tmp_path / "in", mode="resume"))
+    assert (summary.files_in, summary.files_kept, summary.rows_in) == (2, 2, 2 * ROWS_PER_FILE)
+    assert "1 input file(s) that an earlier run completed are no longer in the input" in capsys.readouterr().err
+    assert sorted(results(tmp_path / "three")["pair_id"] // ROWS_PER_FILE) == [0] * 24 + [2] * 24
+
+
 def test_a_parquet_file_is_read_in_ranges_of_row_groups_and_resumed_whole(ray_local, tmp_path, tiny_model,
                                                                            wikiqa_files, reference, monkeypatch):
     """One file of 8 row groups read by 3 tasks: every row once, numbered by its row in the file, the file

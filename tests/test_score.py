@@ -468,6 +468,13 @@ def test_min_replicas_leave_a_cpu_to_read_on_a_cpu_cluster(ray_local, tiny_model
     scored = score(ds, model=str(tiny_model), replicas=cpus, min_replicas=cpus).to_pandas()
     assert len(scored) == 20 and scored["score"].notna().all()
     assert f"min_replicas {cpus} would hold all {cpus} CPUs of the cluster" in capsys.readouterr().err
+    score(ds, model=str(tiny_model), min_replicas=2)  # said as the Dataset is planned: nothing to run
+    assert "min_replicas 2 is more than the 1 replica(s) the job may start" in capsys.readouterr().err
+    # What a local Ray does not have, it never will: the job would wait forever.
+    with pytest.raises(ConfigError, match=r"needs a GPU \(use_gpu; the cluster has none\), which the local Ray"):
+        score(ds, model=str(tiny_model), use_gpu=True)
+    with pytest.raises(ConfigError, match=f"needs {cpus + 1} CPUs a tokenize task \\(tokenize_cpus; the cluster has"):
+        score(ds, model=str(tiny_model), tokenize_cpus=cpus + 1)
 
 
 def test_python_api_takes_and_returns_a_dataset(ray_local, tiny_model, pairs_df):
@@ -532,13 +539,22 @@ def test_predict_scores_pairs_in_order_as_cross_encoder_does(ray_local, tiny_mod
     assert ce_ray.predict(str(tiny_model), []).shape == (0,)
     with pytest.raises(InputError, match=r"cannot be scored, e\.g\. query is null"):
         ce_ray.predict(str(tiny_model), [("a query", "a document"), (None, "a document")])
-    with pytest.raises(InputError, match="pairs must be \\(query, document\\) texts"):
-        ce_ray.predict(str(tiny_model), [("a query", 42)])
+    with pytest.raises(InputError, match="pairs must be \\(query, document\\) texts: pair 1 is \"\\('q', 42\\)\""):
+        ce_ray.predict(str(tiny_model), [("a query", "a document"), ("q", 42)])
+    with pytest.raises(InputError, match="texts: pair 0 is "):  # a lone surrogate, which UTF-8 cannot write
+        ce_ray.predict(str(tiny_model), [("q\ud800", "d")])
+    # Iterated, a DataFrame or a dict gives its keys, a dict row passes as two texts, a set has no order.
+    frame = pairs_df[["query", "document"]].head(2)
+    for bad, shown in ((frame, "not a DataFrame"), (dict(pairs[:2]), "not a dict"),
+                       (frame.to_dict("records"), "pair 0 is \"{'query'"), ([{"alpha", "beta"}], "pair 0 is ")):
+        with pytest.raises(InputError, match=f"pairs must be \\(query, document\\) pairs(,|:) {shown}"):
+            ce_ray.predict(str(tiny_model), bad)
     # Settings are checked as YAML keys are: CrossEncoder.predict's batch_size is not one.
     with pytest.raises(ConfigError, match=r"unknown setting 'batch_size' \(did you mean 'batch_tokens'\?\)"):
         ce_ray.predict(str(tiny_model), pairs, batch_size=32)
-    # One pair gives its score alone, as predict does; what is not a pair fails naming it.
-    one = ce_ray.predict(str(tiny_model), pairs[0])
+    # One pair gives its score alone, as predict does (the model a pathlib.Path, as CrossEncoder takes one);
+    # what is not a pair fails naming it.
+    one = ce_ray.predict(tiny_model, pairs[0])
     assert np.ndim(one) == 0 and one == pytest.approx(scores[0], abs=1e-6)
     for bad, shown in (([("q", "d", "x")], "pair 0 is \"\\('q', 'd', 'x'\\)\""), ([("q", "d"), ("q2",)], "pair 1"),
                        (["ab", "cd", "ef"], "pair 0 is 'ab'")):
@@ -552,6 +568,8 @@ def test_predict_scores_pairs_in_order_as_cross_encoder_does(ray_local, tiny_mod
         score(rows, model=str(tiny_model)).materialize()
     with pytest.raises(Exception, match=r"the rows have no column 'query_id' \(columns: q, document"):
         ce_ray.rerank(rows, model=str(tiny_model), query_column="q").materialize()
+    with pytest.raises(InputError, match=r"come as a Ray Dataset \(ray.data.from_pandas\(frame\), .*not a DataFrame"):
+        ce_ray.rerank(pairs_df, model=str(tiny_model))
 
 
 def test_a_models_saved_prompt_goes_before_each_query_as_predict_puts_it(ray_local, pairs_df, tmp_path):

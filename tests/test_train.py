@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -357,9 +358,10 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, tiny_model, p
     # loaded partly, silently, or a crash mid-way on its optimizer's state. It is refused before any work.
     from ce_ray.config import ConfigError
 
+    trained = shutil.copytree(out, tmp_path / "trained", ignore=shutil.ignore_patterns("checkpoints"))
     with pytest.raises(ConfigError, match=r"checkpoints/resumed holds the checkpoints of a run with other settings "
                                           r"\(lr, model\), which a run of the same name resumes from"):
-        _train_module().train(TrainConfig(model=str(tmp_path / "resumed"), train_data=str(pairs_file), output=str(out),
+        _train_module().train(TrainConfig(model=str(trained), train_data=str(pairs_file), output=str(out),
                                           num_workers=2, batch_size=2, save_every=4, lr=1e-4))
 
 
@@ -507,14 +509,20 @@ def test_every_batch_trains_under_grad_accum_and_eval_every_evaluates_between_lo
     batch alone, as transformers' Trainer takes them (it was 1 step, and a batch was never trained on);
     eval_every 1 evaluates every step although log_every is 10. An output folder that held an earlier model
     keeps no file of it that would be read with the new one; other files stay. Workers the local Ray cannot
-    hold, and settings training does not take, are refused before any work."""
+    hold, and settings training does not take, are refused before any work. A reranker whose scores are its
+    logits (its saved activation Identity) keeps them so, as CrossEncoderTrainer keeps its activation."""
+    from sentence_transformers import CrossEncoder
+
     from ce_ray.config import ConfigError, TrainConfig, load_config
 
     out = tmp_path / "o"
     out.mkdir()
-    (out / "config_sentence_transformers.json").write_text('{"activation_fn": "torch.nn.modules.linear.Identity"}')
+    identity = '{"activation_fn": "torch.nn.modules.linear.Identity"}'
+    (out / "config_sentence_transformers.json").write_text(identity)
     (out / "notes.txt").write_text("mine")
-    settings = dict(model=str(tiny_model), train_data=str(pairs_file), output=str(out))
+    logits = shutil.copytree(tiny_model, tmp_path / "logits")
+    (logits / "config_sentence_transformers.json").write_text(identity)
+    settings = dict(model=str(logits), train_data=str(pairs_file), output=str(out))
     outcome = _train_module().train(TrainConfig(**settings, eval_data=str(pairs_file), grad_accum=3, eval_every=1,
                                                 log_every=10))
     trained = [entry for entry in outcome.log if entry["step"] > 0]
@@ -522,6 +530,7 @@ def test_every_batch_trains_under_grad_accum_and_eval_every_evaluates_between_lo
     assert all("eval_ndcg@10" in entry for entry in trained)
     assert not (out / "config_sentence_transformers.json").exists() and (out / "notes.txt").read_text() == "mine"
     assert "what an earlier model left there: config_sentence_transformers.json" in capsys.readouterr().out
+    assert type(CrossEncoder(str(out), device="cpu").activation_fn).__name__ == "Identity"
 
     with pytest.raises(ConfigError, match=r"64 worker\(s\) need 64 CPU\(s\) \(the cluster has \d+\): lower"):
         _train_module().train(TrainConfig(**{**settings, "output": str(tmp_path / "wide")}, num_workers=64))
@@ -679,6 +688,20 @@ def test_a_base_model_is_refused_for_scoring_and_fine_tuned_with_a_new_head(ray_
             (base / name).write_bytes((tiny_model / name).read_bytes())
     with pytest.raises(ModelError, match=r"base is a BertForMaskedLM, not a sequence classifier: .*\(ce-ray train\)"):
         run_score(ScoreConfig(model=str(base), input=str(pairs_file), output=str(tmp_path / "scored-base")))
+    # Where config.json names no architecture, the weights tell; a bi-encoder's folder (sentence-transformers'
+    # SentenceTransformer, here with a classifier's weights even) says what it is.
+    shutil.copytree(base, tmp_path / "bare")
+    bare_config = json.loads((tmp_path / "bare" / "config.json").read_text())
+    del bare_config["architectures"]
+    (tmp_path / "bare" / "config.json").write_text(json.dumps(bare_config))
+    shutil.copytree(tiny_model, tmp_path / "bi")
+    (tmp_path / "bi" / "config_sentence_transformers.json").write_text(
+        json.dumps({"model_type": "SentenceTransformer"}))
+    for name, what in (("bare", "a model whose weights hold no classifier"),
+                       ("bi", r"a sentence-transformers bi-encoder \(SentenceTransformer\)")):
+        with pytest.raises(ModelError, match=f"{name} is {what}, not a sequence classifier"):
+            run_score(ScoreConfig(model=str(tmp_path / name), input=str(pairs_file),
+                                  output=str(tmp_path / "scored-base")))
     assert not (tmp_path / "scored-base").exists()
 
     _train_module().train(TrainConfig(model=str(base), train_data=str(pairs_file), output=str(tmp_path / "model"),
