@@ -17,6 +17,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from .io import OWN_COLUMNS
+
 
 class ConfigError(ValueError):
     """A setting is unknown, of the wrong type or out of range."""
@@ -28,7 +30,7 @@ def _require_names(config, *settings: str) -> None:
     for setting, name in zip(settings, names):
         if not name:
             raise ConfigError(f"{setting} must name a column")
-        if name == "reject_reason" or name.startswith("_ce_"):  # the columns ce-ray itself adds to the rows
+        if name == "reject_reason" or name.startswith(OWN_COLUMNS):  # the columns ce-ray itself adds to the rows
             raise ConfigError(f"{setting} {name!r} is a column ce-ray uses itself: name another")
     if len(set(names)) < len(names):
         raise ConfigError(f"{' and '.join(settings)} must name different columns, got {names}")
@@ -42,7 +44,7 @@ class ModelConfig:
     """Where the reranker comes from and how it runs."""
 
     model: str = ""  # local folder, Hugging Face hub id, or s3:// folder
-    max_length: Optional[int] = None  # unset: the model's own (CrossEncoder's rule)
+    max_length: Optional[int] = None  # unset: the model's own (CrossEncoder's rule), within its position table
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
     allow_pickle: bool = False  # load .bin/.pt weights (pickle) when no safetensors are present
     trust_remote_code: bool = False  # run the model folder's own code (auto_map): only for a folder you trust
@@ -219,7 +221,7 @@ class TrainConfig(ModelConfig):
     pos_weight: Optional[float] = None  # BCE weight of positives
     seed: int = 42  # dropout and the order of the batches
     bf16: Optional[bool] = None  # autocast; unset: on GPU
-    dtype: Literal["auto"] = "auto"  # training keeps float32 weights (bf16 sets the autocast)
+    dtype: Literal["auto"] = "auto"  # auto only: training keeps float32 weights (bf16 sets the autocast)
     # torch.compile the training forward pass (and so its backward) in each worker: fewer, fused kernels per
     # step after a one-off compile of a minute or so; not with DeepSpeed, which wraps the model its own way.
     compile: bool = False
@@ -263,9 +265,6 @@ class TrainConfig(ModelConfig):
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.seed < 0 or self.cpus_per_worker <= 0:
             raise ConfigError(f"seed must be >= 0 and cpus_per_worker > 0, got {self.seed} and {self.cpus_per_worker}")
-        if self.dtype != "auto":  # a ModelConfig setting that scoring reads
-            raise ConfigError(f"dtype {self.dtype}: training keeps float32 weights, with bf16 autocast on a GPU "
-                              "(set bf16: true or false)")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         for name in ("weight_decay", "max_grad_norm"):

@@ -265,8 +265,8 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     c, baseline_note = _baseline_of_all_candidates(c)
     result = evaluate_frame(df, c, qrels) | {"rows_without_ids": df.attrs.get("rows_without_ids", 0)} | (
         {"baseline_left_out": baseline_note} if baseline_note else {})
-    if not result["queries"] and result.get("queries_not_in_qrels"):
-        example = df[c.query_id_column].dropna().astype(str).iloc[0]
+    if qrels is not None and not df[c.query_id_column].astype(str).isin(qrels.keys()).any():
+        example = df[c.query_id_column].astype(str).iloc[0]
         raise InputError(f"none of the {result['queries_not_in_qrels']:,} query ids of {c.input} is in the qrels "
                          f"{c.qrels} ({example!r} there, {next(iter(qrels))!r} in the qrels): check the files and "
                          f"the query id column ({c.query_id_column})")

@@ -29,7 +29,7 @@ COMPRESSED = (".gz", ".bz2", ".zst")  # read through, by the suffix
 # A compressed text file's text, in memory, taken as this many times its size (text compresses 3-5x).
 COMPRESSED_TEXT_RATIO = 4
 HEAD_BYTES = 1 << 20  # what the schema check reads of a text file, and more to the end of its first line
-FIRST_LINE_BYTES = 256 << 20  # a first line longer than this is not read to its end
+FIRST_LINE_BYTES = 64 << 20  # a first line longer than this is not read to its end (16 files are checked at once)
 UTF8_BOM = b"\xef\xbb\xbf"  # what some tools (Excel) write first in a text file; Arrow's readers skip it
 _EXTENSIONS = {
     ".parquet": "parquet",
@@ -381,18 +381,16 @@ def check_inputs(
     column the job writes (`written`: each name with what the user can do about it), a file is unreadable,
     or there are no rows at all.
     """
-    from .batching import REJECT
-
     with ThreadPoolExecutor(max_workers=16) as pool:
         checks = list(pool.map(lambda p: _check_one(fs, p, input_format, column_names), files))
     for check in checks:
         if check.rows == 0:
             continue  # an empty file contributes no rows and needs no columns
         refuse_written(check.columns, written or {}, f"{check.path}:")
-        own = [name for name in check.columns if name.startswith(OWN_COLUMNS) or name == REJECT]
+        own = [name for name in check.columns if name.startswith(OWN_COLUMNS)]
         if own:
             raise InputError(f"{check.path}: has a column {own[0]!r}, a name ce-ray gives its own columns (a row's "
-                             f"file and place as it travels, {REJECT} a rejected row's reason): rename it")
+                             "file and place as it travels): rename it")
         twice = sorted({name for name in check.columns if check.columns.count(name) > 1})
         if twice:
             raise InputError(f"{check.path}: its header names {', '.join(map(repr, twice))} more than once: name "

@@ -145,10 +145,13 @@ def check_single_logit(path: str, model: str) -> None:
 
 
 def is_bi_encoder(path: str) -> bool:
-    """A sentence-transformers bi-encoder's folder (its settings say SentenceTransformer, or it pools tokens)."""
+    """A sentence-transformers folder of a model that embeds texts one by one (its settings say SentenceTransformer
+    or SparseEncoder; or, saying nothing of its kind, it pools tokens), not a CrossEncoder's."""
     settings, modules = (os.path.join(path, name) for name in ("config_sentence_transformers.json", "modules.json"))
-    return ((os.path.exists(settings) and read_json(settings).get("model_type") == "SentenceTransformer")
-            or (os.path.exists(modules) and any("Pooling" in str(module.get("type")) for module in read_json(modules))))
+    kind = read_json(settings).get("model_type") if os.path.exists(settings) else None
+    if kind:
+        return kind in ("SentenceTransformer", "SparseEncoder")
+    return os.path.exists(modules) and any("Pooling" in str(module.get("type")) for module in read_json(modules))
 
 
 def has_classifier_weights(path: str) -> bool:
@@ -170,7 +173,7 @@ def check_scores(path: str, model: str) -> None:
     config.json names no architecture, the weights tell."""
     architectures = saved_architectures(path)
     if is_bi_encoder(path):
-        what = "a sentence-transformers bi-encoder (SentenceTransformer)"
+        what = "a sentence-transformers bi-encoder (it embeds each text alone)"
     elif architectures and not is_sequence_classifier(architectures):
         what = f"a {', '.join(architectures)}"
     elif not architectures and not has_classifier_weights(path):

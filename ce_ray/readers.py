@@ -126,6 +126,18 @@ def _parse_lines_slowly(lines: List[bytes], numbers: List[int], path: str, text_
     return pa.table(columns)
 
 
+def _dates_as_text(kind: pa.DataType) -> pa.DataType:
+    """`kind` with every timestamp or date in it, nested in structs and lists too, as text."""
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+        return pa.string()
+    if pa.types.is_struct(kind):
+        return pa.struct([field.with_type(_dates_as_text(field.type)) for field in kind])
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        make = pa.large_list if pa.types.is_large_list(kind) else pa.list_
+        return make(kind.value_field.with_type(_dates_as_text(kind.value_type)))
+    return kind
+
+
 def _read_json_as_written(data: bytes) -> pa.Table:
     """Arrow's JSON reader, which reads a string that looks like a date ("2021-03-04", an ISO timestamp) as a
     timestamp, a value changed (its zone dropped) and a query no longer text: such columns are read again,
@@ -133,10 +145,9 @@ def _read_json_as_written(data: bytes) -> pa.Table:
     import pyarrow.json as pajson
 
     table = pajson.read_json(pa.BufferReader(data))
-    if not any(pa.types.is_timestamp(field.type) or pa.types.is_date(field.type) for field in table.schema):
+    schema = pa.schema([field.with_type(_dates_as_text(field.type)) for field in table.schema])
+    if schema == table.schema:
         return table
-    schema = pa.schema([pa.field(field.name, pa.string()) if pa.types.is_timestamp(field.type)
-                        or pa.types.is_date(field.type) else field for field in table.schema])
     return pajson.read_json(pa.BufferReader(data), parse_options=pajson.ParseOptions(explicit_schema=schema))
 
 
@@ -320,9 +331,10 @@ def read_ranges(check: FileCheck, rows_per_read: int) -> List[ReadRange]:
 
 
 # A parquet file is read through a buffer of this many bytes per column, page after page, rather than whole
-# row groups at once (pyarrow's pre_buffer): a row group of 150,000 pairs of 2.6 KB each took a read task to
-# 500 MiB, and 160-180 MiB so (a local file, 2-core CPU, 2026-12-01), in two-thirds of the time. 8 MiB keeps a
-# read from S3 to a request per 8 MiB of a column.
+# row groups at once (pyarrow's pre_buffer): reading a row group of 150,000 pairs of 2.6 KB each (373 MiB) took
+# 500 MiB, and 160-180 MiB so, in two-thirds of the time (pyarrow alone, a local file, 2-core CPU, 2026-12-01);
+# in a job, its read task's resident memory went from 1,146 to 752 MiB. 8 MiB keeps a read from S3 to a request
+# per 8 MiB of a column (not measured on S3).
 PARQUET_BUFFER_BYTES = 8 << 20
 
 

@@ -92,7 +92,8 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
     `reject_reason` (null for scored rows); with `on_invalid="fail"` they fail the job instead.
     Example: `ce_ray.score(ray.data.read_parquet(...), model="cross-encoder/ms-marco-MiniLM-L6-v2")`.
     With `announce` (a job's title), one line says how the pairs will be scored: the device, the replicas,
-    the tokenizer, the forward passes' token budget. `checked`: `scoring_model(config)`, where a job checked it.
+    the tokenizer, the forward passes' token budget. `checked`: `scoring_model(config)`, where a job checked it
+    (its config is then the one used).
     """
     if not hasattr(ds, "map_batches"):
         raise InputError(f"pairs to score come as a Ray Dataset (ray.data.from_pandas(frame), ray.data.read_parquet"
@@ -327,7 +328,9 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     job = job_settings(config)
     earlier = resume_state(config.output, job) if config.mode == "resume" else ResumeState({}, [])
     done = earlier.complete
-    checked = scoring_model(config)
+    # The model is checked before Ray starts, except where an earlier run completed inputs: a resume with nothing
+    # left needs no model (checked in score(), where there is).
+    checked = None if done else scoring_model(config)
     ds, files, _ = read_dataset(config.input, config.input_format, [config.query_column, config.document_column],
                                 keep=lambda path: input_key(path) not in done, rows_per_block=config.rows_per_block,
                                 column_names=parse_names(config.column_names), written=written_columns(config))

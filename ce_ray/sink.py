@@ -137,12 +137,25 @@ def _read_job(fs: pafs.FileSystem, path: str) -> Optional[dict]:
         return None
 
 
+def _as_recorded_now(job: dict) -> dict:
+    """An earlier job's settings with its input and model written out as jobs now record them: earlier ones kept
+    them as typed (`data/in`, `/models/rr/`), and their outputs resume from the same working directory."""
+    from .io import absolute
+    from .model_folder import model_source
+
+    written_out = {"input": absolute, "model": model_source}
+    return job | {name: write(job[name]) for name, write in written_out.items()
+                  if isinstance(job.get(name), str) and "://" not in job[name]}
+
+
 def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:
     """Read-only: what a `--mode resume` run would keep. Refuses an output written with other settings."""
     fs, path = filesystem(output)
     if not has_results(output):
         return ResumeState({}, [])
     earlier = _read_job(fs, path)
+    if earlier is not None:
+        earlier = _as_recorded_now(earlier)
     if job is not None and earlier is not None:
         changed = sorted(k for k in set(job) | set(earlier) if job.get(k) != earlier.get(k))
         if changed:

@@ -147,7 +147,8 @@ def test_resume_follows_the_input_files_not_how_their_path_is_spelled(ray_local,
                                                                         capsys):
     """The same folder given relative to another working directory resumes (it was refused as other settings,
     where the same relative words in another directory, other files, were taken); an input file an earlier run
-    completed and that is no longer in the input has its results removed (they were kept and counted)."""
+    completed and that is no longer in the input has its results removed (they were kept and counted). Outputs
+    of the earlier version, which recorded the input as typed, still resume."""
     folder, pairs = wikiqa_files
     out = copy_of(reference, tmp_path)
     monkeypatch.chdir(folder.parent)
@@ -158,6 +159,10 @@ def test_resume_follows_the_input_files_not_how_their_path_is_spelled(ray_local,
     for i in range(3):
         shutil.copy(folder / f"shard-{i}.parquet", tmp_path / "in")
     run_score(config_for(tmp_path / "three", tiny_model, "in"))  # relative, from tmp_path
+    # An earlier version recorded the input as typed: its output resumes from the same working directory.
+    job_file = tmp_path / "three" / "_ce_ray" / "job.json"
+    job_file.write_text(json.dumps(json.loads(job_file.read_text()) | {"input": "in"}))
+    assert run_score(config_for(tmp_path / "three", tiny_model, tmp_path / "in", mode="resume")).files_kept == 3
     (tmp_path / "elsewhere" / "in").mkdir(parents=True)  # the same words, other files
     shutil.copy(folder / "shard-5.parquet", tmp_path / "elsewhere" / "in")
     monkeypatch.chdir(tmp_path / "elsewhere")

@@ -534,7 +534,9 @@ def test_every_batch_trains_under_grad_accum_and_eval_every_evaluates_between_lo
 
     with pytest.raises(ConfigError, match=r"64 worker\(s\) need 64 CPU\(s\) \(the cluster has \d+\): lower"):
         _train_module().train(TrainConfig(**{**settings, "output": str(tmp_path / "wide")}, num_workers=64))
-    for bad, match in (({"dtype": "bfloat16"}, "training keeps float32 weights"), ({"seed": -1}, "seed must be"),
+    with pytest.raises(ConfigError, match="dtype: 'bfloat16' is not one of 'auto'"):  # as YAML and flags give it
+        load_config(TrainConfig, None, {"dtype": "bfloat16"})
+    for bad, match in (({"seed": -1}, "seed must be"),
                        ({"cpus_per_worker": 0.0}, "cpus_per_worker > 0"), ({"eval_max_queries": 0}, "eval_max_queries"),
                        ({"max_length": 0}, "max_length must be >= 8")):
         with pytest.raises(ConfigError, match=match):
@@ -698,7 +700,7 @@ def test_a_base_model_is_refused_for_scoring_and_fine_tuned_with_a_new_head(ray_
     (tmp_path / "bi" / "config_sentence_transformers.json").write_text(
         json.dumps({"model_type": "SentenceTransformer"}))
     for name, what in (("bare", "a model whose weights hold no classifier"),
-                       ("bi", r"a sentence-transformers bi-encoder \(SentenceTransformer\)")):
+                       ("bi", r"a sentence-transformers bi-encoder \(it embeds each text alone\)")):
         with pytest.raises(ModelError, match=f"{name} is {what}, not a sequence classifier"):
             run_score(ScoreConfig(model=str(tmp_path / name), input=str(pairs_file),
                                   output=str(tmp_path / "scored-base")))
