@@ -127,6 +127,7 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
         # and a document listed twice for a query (candidates merged from two retrievers) counts once.
         judged_rows = df[c.query_id_column].astype(str).isin(qrels.keys())
         notes["queries_not_in_qrels"] = int(df.loc[~judged_rows, c.query_id_column].nunique())
+        notes["queries_in_qrels"] = int(df.loc[judged_rows, c.query_id_column].nunique())
         df = df[judged_rows]
         repeated = df.duplicated([c.query_id_column, c.doc_id_column])
         notes["repeated_pairs_dropped"] = int(repeated.sum())
@@ -265,7 +266,7 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     c, baseline_note = _baseline_of_all_candidates(c)
     result = evaluate_frame(df, c, qrels) | {"rows_without_ids": df.attrs.get("rows_without_ids", 0)} | (
         {"baseline_left_out": baseline_note} if baseline_note else {})
-    if qrels is not None and not df[c.query_id_column].astype(str).isin(qrels.keys()).any():
+    if qrels is not None and not result["queries_in_qrels"]:
         example = df[c.query_id_column].astype(str).iloc[0]
         raise InputError(f"none of the {result['queries_not_in_qrels']:,} query ids of {c.input} is in the qrels "
                          f"{c.qrels} ({example!r} there, {next(iter(qrels))!r} in the qrels): check the files and "

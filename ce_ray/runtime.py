@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import re
+import sys
 
 from .config import ConfigError
 from .io import InputError
@@ -36,6 +37,14 @@ def started_here() -> bool:
 
     node = getattr(ray._private.worker, "_global_node", None)
     return bool(node is not None and node.is_head())
+
+
+def refuse_or_wait(refusal: str, note: str) -> None:
+    """A job that needs what the cluster lacks: a local Ray started for it cannot grow, and the job would wait
+    forever, so it is refused (`refusal`); a joined cluster may grow (an autoscaler), so it is said (`note`)."""
+    if started_here():
+        raise ConfigError(refusal)
+    print(note, file=sys.stderr, flush=True)
 
 
 def cluster_resources() -> dict:

@@ -153,19 +153,16 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
 
 
 def _check_room(config: ScoreConfig, use_gpu: bool, gpus: int, cpus: int) -> None:
-    """A GPU, and the CPUs of a tokenize task, that the cluster does not have: a local Ray, which cannot grow,
-    would wait for them forever, and is refused; a joined cluster may grow (an autoscaler), and is told."""
-    from .runtime import started_here
+    """A GPU, and the CPUs of a tokenize task, that the cluster does not have (`runtime.refuse_or_wait`)."""
+    from .runtime import refuse_or_wait
 
     short = (["a GPU (use_gpu; the cluster has none)"] if use_gpu and not gpus else []) + (
         [f"{config.tokenize_cpus:g} CPUs a tokenize task (tokenize_cpus; the cluster has {cpus})"]
         if config.tokenize_cpus > cpus else [])
     if not short:
         return
-    if started_here():
-        raise ConfigError(f"the job needs {' and '.join(short)}, which the local Ray it started cannot give")
-    print(f"ce-ray: note: the job needs {' and '.join(short)}: it waits until the cluster has them",
-          file=sys.stderr, flush=True)
+    refuse_or_wait(f"the job needs {' and '.join(short)}, which the local Ray it started cannot give",
+                   f"ce-ray: note: the job needs {' and '.join(short)}: it waits until the cluster has them")
 
 
 def predict(model: str, pairs, **settings):

@@ -27,7 +27,7 @@ import numpy as np
 from .batching import IDS, TYPES, default_batch_tokens, list_parts, pair_encoder, token_budget_batches
 from .config import ConfigError, TrainConfig, require, with_settings
 from .io import filesystem, is_remote, join
-from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, shard_windows,
+from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, shard_windows, top_reasons,
                          training_batch_tokens)
 
 PROGRESS = "progress.json"
@@ -631,9 +631,9 @@ def _check_output(output: str, model: str) -> None:
 
 
 def _check_room(config: TrainConfig, use_gpu: bool, have: dict) -> None:
-    """The workers' CPUs (and GPUs) against the cluster's (`have`): Ray Train would wait for them forever on a
-    local Ray, which cannot grow. A joined cluster may grow (an autoscaler): it is only said."""
-    from .runtime import started_here
+    """The workers' CPUs (and GPUs) against the cluster's (`have`), which Ray Train would wait for
+    (`runtime.refuse_or_wait`)."""
+    from .runtime import refuse_or_wait
 
     need = {"CPU": config.num_workers * config.cpus_per_worker} | ({"GPU": config.num_workers} if use_gpu else {})
     short = [f"{count:g} {kind}(s) (the cluster has {have.get(kind, 0):g})" for kind, count in need.items()
@@ -641,9 +641,8 @@ def _check_room(config: TrainConfig, use_gpu: bool, have: dict) -> None:
     if not short:
         return
     message = f"{config.num_workers} worker(s) need {' and '.join(short)}"
-    if started_here():
-        raise ConfigError(f"{message}: lower num_workers (or cpus_per_worker)")
-    print(f"ce-ray train: {message}: the run waits until the cluster has them", file=sys.stderr, flush=True)
+    refuse_or_wait(f"{message}: lower num_workers (or cpus_per_worker)",
+                   f"ce-ray train: {message}: the run waits until the cluster has them")
 
 
 # The files of a model folder that transformers and sentence-transformers read: where the output held an earlier
@@ -738,9 +737,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
             "total_steps": total, "qrels": qrels,
             "eval_batch_tokens": config.batch_tokens or default_batch_tokens(use_gpu)}
     batch_tokens = training_batch_tokens(config, use_gpu)
-    reasons = ", ".join(f"{reason}: {count:,}" for reason, count in sorted(
-        stats["reject_reasons"].items(), key=lambda item: -item[1])[:3])
-    rejected = f"{stats['rejected']:,} rejected" + (f"; {reasons}" if reasons else "")
+    reasons = top_reasons(stats)
+    rejected = f"{stats['rejected']:,} rejected" + (f": {reasons}" if reasons else "")
     print(f"ce-ray train: {stats['pairs']:,} pairs ({rejected}), {config.num_workers} worker(s), "
           f"{per_epoch} batch(es) of {config.batch_size} per worker and epoch, {total} step(s)"
           + (f", forward passes of at most {batch_tokens:,} tokens" if batch_tokens else ""), flush=True)

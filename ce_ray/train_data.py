@@ -272,6 +272,12 @@ def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str]):
     return ds, config
 
 
+def top_reasons(stats: dict, count: int = 3) -> str:
+    """The most frequent reasons rows were rejected, with how many: `label is null (12), ...`."""
+    reasons = sorted(stats["reject_reasons"].items(), key=lambda item: -item[1])[:count]
+    return ", ".join(f"{reason} ({rows:,})" for reason, rows in reasons)
+
+
 def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int):
     """The tokenized training set (materialized: every epoch reads it again), its statistics, the eval set."""
     import ray.data
@@ -299,8 +305,8 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int):
         raise InputError(f"{config.train_data}: {sum(label_errors.values())} label(s) outside [0, 1] (e.g. {example}): "
                          "BinaryCrossEntropyLoss needs labels in [0, 1]")
     if stats["pairs"] < config.num_workers:
-        reasons = sorted(stats["reject_reasons"].items(), key=lambda item: -item[1])[:3]
-        why = "; rejected: " + ", ".join(f"{reason} ({count:,})" for reason, count in reasons) if reasons else ""
+        reasons = top_reasons(stats)
+        why = f"; rejected: {reasons}" if reasons else ""
         raise InputError(f"{config.train_data}: {stats['pairs']} trainable pair(s) for {config.num_workers} "
                          f"worker(s){why}")
     # Shuffled once, seeded, over the whole set: rows come grouped (a BEIR split's positives, then its
