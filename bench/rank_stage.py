@@ -47,7 +47,7 @@ def run(folder: str, out: str, system: str, top_k) -> float:
     start = time.perf_counter()
     ds, files, input_bytes = read_dataset(folder, "parquet", ["query", "document"], present=["query_id"])
     ds = ds.map_batches(with_scores, batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
-    order = [input_key(f) for f in files]
+    order = [input_key(f.path) for f in files]
     if system in ("ray", "ray-partitions"):
         partitions = default_partitions(input_bytes) if system == "ray-partitions" else None
         ds = ds.groupby("query_id", num_partitions=partitions).map_groups(

@@ -16,6 +16,7 @@ import posixpath
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -114,8 +115,12 @@ def filesystem(uri: str) -> Tuple[pafs.FileSystem, str]:
         import s3fs
 
         # s3fs (botocore) reads AWS_ENDPOINT_URL, keys and region from the environment or instance role.
-        # Retries with backoff cover transient errors (throttling, 5xx, dropped connections).
-        fs = s3fs.S3FileSystem(config_kwargs={"retries": {"max_attempts": 8, "mode": "adaptive"}})
+        # Retries with backoff cover transient errors (throttling, 5xx, dropped connections). s3fs keeps one
+        # instance per process, and by default every listing it made for the process's life: a second job of
+        # a process (the Python API, a notebook) would not see objects written or rewritten since, by another
+        # process (Ray's workers write the outputs), and fail reading a rewritten one (`FileExpired`).
+        fs = s3fs.S3FileSystem(use_listings_cache=False,
+                               config_kwargs={"retries": {"max_attempts": 8, "mode": "adaptive"}})
         # `s3://b/out/` and `s3://b/out` are one folder: paths joined to it must not hold `//`.
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), uri.split("://", 1)[1].rstrip("/")
     if uri.startswith("file://"):
@@ -269,6 +274,20 @@ class FileCheck:
     types: dict
     row_groups: Tuple[Tuple[int, int], ...] = ()  # parquet: (rows, bytes in memory) of each row group
     size_bytes: int = 0  # about what its rows take in memory: parquet's row groups, a text file's text
+    # Its size and modification time or ETag (`file_stamp`): a resumed job tells from it a file rewritten since
+    # the earlier run, whose results it scores again.
+    stamp: str = ""
+
+
+def file_stamp(fs: pafs.FileSystem, path: str) -> str:
+    """`<bytes>:<modified, ns>` of a local file; `<bytes>:<ETag>` of an S3 object (s3fs gives Arrow no time,
+    and a new upload gets a new ETag)."""
+    handler = getattr(fs, "handler", None)
+    if isinstance(handler, pafs.FSSpecHandler):
+        info = handler.fs.info(path)
+        return f"{info.get('size')}:{info.get('ETag') or info.get('LastModified') or ''}"
+    info = fs.get_file_info(path)
+    return f"{info.size}:{info.mtime_ns or ''}"
 
 
 def _text_bytes(fs: pafs.FileSystem, path: str, head: bytes, whole: bool) -> int:
@@ -296,6 +315,14 @@ def _head(f) -> Tuple[bytes, bool]:
 
 
 def _check_one(fs: pafs.FileSystem, path: str, input_format: str, column_names: Optional[List[str]]) -> FileCheck:
+    try:
+        stamp = file_stamp(fs, path)  # before its rows are read: a file rewritten meanwhile differs next time
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e}") from e
+    return dataclasses.replace(_read_schema(fs, path, input_format, column_names), stamp=stamp)
+
+
+def _read_schema(fs: pafs.FileSystem, path: str, input_format: str, column_names: Optional[List[str]]) -> FileCheck:
     try:
         if input_format == "parquet":
             with fs.open_input_file(path) as f:

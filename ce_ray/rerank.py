@@ -275,8 +275,8 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     partitions = config.rank_partitions or default_partitions(input_bytes)
     print(f"{title}: ranks the rows of each {config.query_id_column} in {partitions} partition(s)"
           + (f", keeping the best {config.top_k}" if config.top_k else ""), flush=True)
-    ranked = rank(scored, config.query_id_column, config.top_k, [input_key(f) for f in files], config.document_column,
-                  count_cut=True, partitions=partitions, score_column=config.score_column,
+    ranked = rank(scored, config.query_id_column, config.top_k, [input_key(f.path) for f in files],
+                  config.document_column, count_cut=True, partitions=partitions, score_column=config.score_column,
                   rank_column=config.rank_column)
     sink = RankedSink(config.output, written_columns(config))
     with surfaced_errors():

@@ -306,8 +306,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     """The `ce-ray score` job: check the input, score it, write results and rejects, print a summary.
 
     `transform` (Dataset -> Dataset), when given, runs between scoring and writing.
-    Outputs are named per input file; `mode="resume"` keeps the inputs an earlier run completed and
-    redoes the rest. A transform regroups rows across files, so its jobs cannot resume.
+    Outputs are named per input file; `mode="resume"` keeps the inputs an earlier run completed (and that are
+    not rewritten since) and redoes the rest. A transform regroups rows across files, so its jobs cannot resume.
     """
     from .io import check_apart, check_s3_access, parse_names
     from .readers import input_key, read_dataset
@@ -329,17 +329,22 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     # left needs no model (checked in score(), where there is).
     checked = None if done else scoring_model(config)
     ds, files, _ = read_dataset(config.input, config.input_format, [config.query_column, config.document_column],
-                                keep=lambda path: input_key(path) not in done, rows_per_block=config.rows_per_block,
-                                column_names=parse_names(config.column_names), written=written_columns(config))
+                                keep=lambda check: not earlier.done(input_key(check.path), check.stamp),
+                                rows_per_block=config.rows_per_block, column_names=parse_names(config.column_names),
+                                written=written_columns(config))
     scored = None if ds is None else score(ds, config, announce=title, checked=checked)
     if scored is not None and transform is not None:
         scored = transform(scored)
-    inputs = {input_key(f) for f in files}
-    gone = sorted(key for key in done if key not in inputs)
+    stamps = {input_key(f.path): f.stamp for f in files}
+    gone = sorted(key for key in done if key not in stamps)
     if gone:
         print(f"{title}: note: {len(gone)} input file(s) that an earlier run completed are no longer in the input "
               f"(e.g. {gone[0]}): their results are removed", file=sys.stderr, flush=True)
-    kept = prepare_output(config.output, config.mode, job=job, resume=earlier, inputs=inputs)
+    rewritten = sorted(key for key in done if key in stamps and not earlier.done(key, stamps[key]))
+    if rewritten:
+        print(f"{title}: note: {len(rewritten)} input file(s) that an earlier run completed were rewritten since "
+              f"(another size, time or ETag, e.g. {rewritten[0]}): they are scored again", file=sys.stderr, flush=True)
+    kept = prepare_output(config.output, config.mode, job=job, resume=earlier, stamps=stamps)
     sink = PairsSink(config.output, written_columns(config))
     if scored is not None:
         with surfaced_errors():

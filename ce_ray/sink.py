@@ -4,6 +4,7 @@ Layout of an output folder:
     results/<stem>-<hash8>-r<first row>.parquet   every input column, plus score (and rank for rerank)
     rejects/<stem>-<hash8>-r<first row>.parquet   rows that could not be scored, with a `reason` column
     _ce_ray/job.json                              the settings that decide the scores (checked by resume)
+    _ce_ray/inputs.json                           each input file's size and time or ETag (for resume)
     _SUCCESS                                      JSON summary, written last: the output is complete
 `<stem>-<hash8>` names the input file (its name, and a hash of its path), and `r<first row>` the first
 row of that file the part holds. The names depend only on the input, so a retried write task rewrites its
@@ -38,6 +39,7 @@ from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 
 REASON = "reason"  # why a row of rejects/ was rejected
 JOB = "job.json"
+INPUTS = "inputs.json"  # input key -> the file's stamp (`io.FileCheck.stamp`) when the job read it
 INPUT_ROWS = b"ce_ray.input_rows"  # footer key: the input file's row count, on the part with its last row
 # Writing is I/O: a write task asks for a quarter of a core, so it never waits behind tokenizing for one.
 WRITE_REMOTE_ARGS = {"num_cpus": 0.25}
@@ -88,10 +90,17 @@ class InputParts:
 class ResumeState:
     parts: Dict[str, InputParts]  # input key -> its parts
     other: list  # files that belong to no input: temporaries of a killed run, task-indexed parts
+    # input key -> its file's stamp when the earlier run read it (empty for outputs of versions without them)
+    stamps: Dict[str, str] = field(default_factory=dict)
 
     @property
     def complete(self) -> Set[str]:
         return {key for key, parts in self.parts.items() if parts.complete}
+
+    def done(self, key: str, stamp: str) -> bool:
+        """Whether the earlier run completed the input file `key` as the file is now (`stamp`): one rewritten
+        since (another size, time or ETag) is scored again."""
+        return key in self.parts and self.parts[key].complete and self.stamps.get(key, stamp) == stamp
 
 
 def _list(fs: pafs.FileSystem, folder: str) -> list:
@@ -129,9 +138,9 @@ def scan_parts(output: str) -> ResumeState:
     return ResumeState(parts, [file for _, file, _ in other])
 
 
-def _read_job(fs: pafs.FileSystem, path: str) -> Optional[dict]:
+def _read_state(fs: pafs.FileSystem, path: str, name: str = JOB) -> Optional[dict]:
     try:
-        with fs.open_input_stream(f"{path}/{STATE}/{JOB}") as f:
+        with fs.open_input_stream(f"{path}/{STATE}/{name}") as f:
             return json.loads(f.read())
     except FileNotFoundError:
         return None
@@ -153,7 +162,7 @@ def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:
     fs, path = filesystem(output)
     if not has_results(output):
         return ResumeState({}, [])
-    earlier = _read_job(fs, path)
+    earlier = _read_state(fs, path)
     if earlier is not None:
         earlier = _as_recorded_now(earlier)
     if job is not None and earlier is not None:
@@ -164,6 +173,7 @@ def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:
                 "their scores; pass --mode overwrite, or the same settings"
             )
     state = scan_parts(output)
+    state.stamps = _read_state(fs, path, INPUTS) or {}
     if any(not f.rsplit("/", 1)[-1].startswith(".") for f in state.other):  # not a temporary: a foreign part
         raise ResumeError(
             f"{output} holds parts not named after an input file (written by a job that regroups rows, "
@@ -193,11 +203,12 @@ def check_output(output: str, mode: str) -> None:
 
 
 def prepare_output(output: str, mode: str, job: Optional[dict] = None,
-                   resume: Optional[ResumeState] = None, inputs: Optional[Set[str]] = None) -> ResumeState:
+                   resume: Optional[ResumeState] = None, stamps: Optional[Dict[str, str]] = None) -> ResumeState:
     """mode error: refuse an output that has results; overwrite: clear them first; resume: keep the parts
-    of complete inputs (of those still in the input, `inputs`: their keys), remove everything else (parts of
-    unfinished inputs, temporaries, `_SUCCESS`). Records the job's settings in `_ce_ray/job.json`. Returns what
-    was kept."""
+    of complete inputs (of those still in the input, and as they were then, where `stamps` gives the input
+    files' keys and stamps now), remove everything else (parts of unfinished or rewritten inputs, temporaries,
+    `_SUCCESS`). Records the job's settings in `_ce_ray/job.json`, and `stamps` in `_ce_ray/inputs.json`.
+    Returns what was kept."""
     fs, path = filesystem(output)
     kept = ResumeState({}, [])
     check_output(output, mode)
@@ -208,9 +219,8 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None,
         elif mode == "resume":
             resume = resume or resume_state(output, job)
             _delete(fs, f"{path}/{SUCCESS}")  # incomplete again until this run ends
-            complete = resume.complete
             for key, parts in resume.parts.items():
-                if key in complete and (inputs is None or key in inputs):
+                if parts.complete if stamps is None else key in stamps and resume.done(key, stamps[key]):
                     kept.parts[key] = parts
                 else:
                     for file in parts.files:
@@ -221,8 +231,9 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None,
             raise ValueError(f"unknown mode {mode!r}")
     with writing(output):  # the job's first write: a place it cannot write fails here, before any work
         fs.create_dir(f"{path}/{STATE}", recursive=True)
-        if job is not None:
-            _write_bytes(fs, f"{path}/{STATE}/{JOB}", json.dumps(job, indent=2).encode(), is_remote(output))
+        for name, state in ((JOB, job), (INPUTS, stamps)):
+            if state is not None:
+                _write_bytes(fs, f"{path}/{STATE}/{name}", json.dumps(state, indent=2).encode(), is_remote(output))
     return kept
 
 

@@ -147,8 +147,9 @@ def test_resume_follows_the_input_files_not_how_their_path_is_spelled(ray_local,
                                                                         capsys):
     """The same folder given relative to another working directory resumes (it was refused as other settings,
     where the same relative words in another directory, other files, were taken); an input file an earlier run
-    completed and that is no longer in the input has its results removed (they were kept and counted). Outputs
-    of the earlier version, which recorded the input as typed, still resume."""
+    completed and that is no longer in the input has its results removed (they were kept and counted), and one
+    rewritten since is scored again. Outputs of the earlier version, which recorded the input as typed, still
+    resume."""
     folder, pairs = wikiqa_files
     out = copy_of(reference, tmp_path)
     monkeypatch.chdir(folder.parent)
@@ -173,6 +174,13 @@ def test_resume_follows_the_input_files_not_how_their_path_is_spelled(ray_local,
     assert (summary.files_in, summary.files_kept, summary.rows_in) == (2, 2, 2 * ROWS_PER_FILE)
     assert "1 input file(s) that an earlier run completed are no longer in the input" in capsys.readouterr().err
     assert sorted(results(tmp_path / "three")["pair_id"] // ROWS_PER_FILE) == [0] * 24 + [2] * 24
+    # A file rewritten under the same name (its first 10 rows, one of them a reject) is scored again; its
+    # earlier results were kept as complete, and counted.
+    pairs.iloc[2 * ROWS_PER_FILE:2 * ROWS_PER_FILE + 10].to_parquet(tmp_path / "in" / "shard-2.parquet")
+    summary = run_score(config_for(tmp_path / "three", tiny_model, tmp_path / "in", mode="resume"))
+    assert (summary.files_in, summary.files_kept, summary.rows_in) == (2, 1, ROWS_PER_FILE + 10)
+    assert "1 input file(s) that an earlier run completed were rewritten since" in capsys.readouterr().err
+    assert sorted(results(tmp_path / "three")["pair_id"] // ROWS_PER_FILE) == [0] * 24 + [2] * 9
 
 
 def test_a_parquet_file_is_read_in_ranges_of_row_groups_and_resumed_whole(ray_local, tmp_path, tiny_model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import numpy as np
@@ -103,3 +104,43 @@ def test_train_job_reads_and_writes_s3(tmp_path, tiny_model, s3_server):
     fs.get(f"{bucket}/trained/", str(tmp_path / "trained"), recursive=True)
     assert CrossEncoder(str(tmp_path / "trained"), device="cpu").predict([("a query", "a document")]).shape == (1,)
     assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
+
+
+def test_a_second_job_of_a_process_sees_the_objects_as_they_are_now(tmp_path, tiny_model, s3_server):
+    """Two jobs in one Python process (the Python API, a notebook): the second sees an input object rewritten
+    and one added since the first, and its resume scores the rewritten one again (by its ETag). s3fs kept the
+    process's first listings: the second job failed reading the rewritten object (`FileExpired`)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, wikiqa_pairs
+
+    bucket = "ce-ray-second-job"  # moto keeps one store per process: a bucket of this test alone
+    s3fs_for(s3_server).mkdir(bucket)
+    pairs = wikiqa_pairs("test", 90)[["query", "document"]].reset_index(drop=True)
+    pairs["pair_id"] = np.arange(len(pairs))
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    script = f"""
+import json, pandas as pd, s3fs
+from ce_ray import ScoreConfig, run_score
+pairs, fs = pd.read_parquet({str(tmp_path / "pairs.parquet")!r}), s3fs.S3FileSystem()
+def put(name, rows):
+    with fs.open("{bucket}/in/" + name, "wb") as f:
+        rows.to_parquet(f)
+def job(mode):
+    return run_score(ScoreConfig(model={str(tiny_model)!r}, input="s3://{bucket}/in/", output="s3://{bucket}/out",
+                                 mode=mode))
+put("a.parquet", pairs.iloc[:40]); put("b.parquet", pairs.iloc[40:80])
+job("error")
+put("a.parquet", pairs.iloc[:10]); put("c.parquet", pairs.iloc[80:])
+summary = job("resume")
+print("RESUMED", json.dumps([summary.files_in, summary.files_kept, summary.rows_in]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                            env={**os.environ, **s3_server})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "RESUMED [3, 1, 60]" in result.stdout
+    assert "1 input file(s) that an earlier run completed were rewritten since" in result.stderr
+    fs = s3fs_for(s3_server)
+    scored = pd.concat(pd.read_parquet(fs.open(p, "rb")) for p in fs.glob(f"{bucket}/out/results/*.parquet"))
+    assert sorted(scored["pair_id"]) == [*range(10), *range(40, 90)]
