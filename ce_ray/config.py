@@ -62,6 +62,22 @@ class ModelConfig:
                               f"text), got {self.max_length}")
 
 
+def _check_activation(dotted: str, trust_remote_code: bool) -> None:
+    """An activation names a class that makes the function with no argument (torch.nn.Identity, Sigmoid): of
+    torch, as CrossEncoder loads a saved one, or of other code where trust_remote_code runs it."""
+    import importlib
+
+    module, _, name = dotted.rpartition(".")
+    if not (dotted.startswith("torch.") or trust_remote_code):
+        raise ConfigError(f"activation {dotted!r} is not torch's (torch.nn.Identity for the logit, "
+                          "torch.nn.Sigmoid): code from elsewhere runs only with trust_remote_code")
+    try:
+        getattr(importlib.import_module(module), name)()
+    except Exception as e:  # an import, attribute or constructor error: all say the name is wrong
+        raise ConfigError(f"activation {dotted!r} is no class that makes a function with no argument "
+                          f"(torch.nn.Identity, torch.nn.Sigmoid): {type(e).__name__}: {e}") from None
+
+
 @dataclass
 class ScoreConfig(ModelConfig):
     """`ce-ray score`: pairs in, the same rows with a `score` column out."""
@@ -79,6 +95,9 @@ class ScoreConfig(ModelConfig):
     # (default_prompt_name in its config_sentence_transformers.json), if any; "" for none
     prompt: Optional[str] = None
     prompt_name: Optional[str] = None  # instead: one of the model's saved prompts, by name, as predict's prompt_name
+    # the function of the logit the scores are, a torch class (torch.nn.Identity: the logit itself), as predict's
+    # activation_fn; unset: the model's own, as CrossEncoder (its saved activation_fn, else sigmoid)
+    activation: str = ""
     batch_tokens: Optional[int] = None  # token budget of one forward pass; unset: 65536 on GPU, 2048 on CPU
     rows_per_block: int = 4096  # rows read and tokenized per block
     # rows a scoring replica takes per call; unset: 32768 on GPU, rows_per_block on CPU
@@ -100,6 +119,8 @@ class ScoreConfig(ModelConfig):
         if self.tokenize_cpus <= 0:
             raise ConfigError(f"tokenize_cpus must be > 0, got {self.tokenize_cpus}")
         _require_names(self, "score_column")
+        if self.activation:
+            _check_activation(self.activation, self.trust_remote_code)
 
 
 @dataclass

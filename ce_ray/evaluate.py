@@ -9,7 +9,8 @@ queries are left out instead (WikiQA's usual protocol). Only the needed columns 
 measured at once (numpy), so a million pairs evaluate in about a second. The input may also be a TREC run file
 of any system (with qrels), so that a first stage's run and ce-ray's output are measured alike. A rerank's
 output cut to each query's top k gets no baseline (its rows are the reranker's choice, not the first stage's
-list): the first stage is measured on the rerank's input.
+list): the first stage is measured on the rerank's input. An output of ce-ray is read as its job wrote it
+(`_following_the_job`).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import ConfigError, EvalConfig, require
-from .io import (InputError, detect_format, filesystem, glob_base, is_glob, is_output, is_remote, job_summary, join,
-                 list_files, missing_values)
+from .io import (REJECTS, InputError, check_s3_access, detect_format, filesystem, glob_base, is_glob, is_output,
+                 is_remote, job_summary, join, list_files, missing_values)
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 
 
@@ -110,7 +111,8 @@ def _reranked_by(df: pd.DataFrame, c: EvalConfig) -> tuple:
     """The column that gives the reranked order, and whether higher comes first: the rank, else the score."""
     ranked_by, descending = (c.rank_column, False) if c.rank_column in df.columns else (c.score_column, True)
     if ranked_by not in df.columns:
-        raise InputError(f"neither {c.rank_column!r} nor {c.score_column!r} is a column of the input")
+        raise InputError(f"neither {c.rank_column!r} nor {c.score_column!r} is a column of the input: name the "
+                         "order's column with --rank-column (1 is best) or --score-column (higher is better)")
     return ranked_by, descending
 
 
@@ -121,6 +123,9 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
     baseline = c.baseline_column if c.baseline_column and c.baseline_column in df.columns else None
     if c.baseline_column and baseline is None:
         print(f"ce-ray eval: note: no {c.baseline_column!r} column, no baseline", file=sys.stderr)
+    if baseline == ranked_by:
+        print(f"ce-ray eval: note: {baseline!r} gives the reranked order: no baseline", file=sys.stderr)
+        baseline = None
     notes = {}
     if qrels is not None:
         # As trec_eval: a query the qrels do not judge is not evaluated (TREC DL judges a few of its queries),
@@ -166,7 +171,7 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
         "queries_skipped_without_relevant": skipped,
         "queries_without_relevant": without_relevant,  # counted, at 0
         "counted": ("queries with a relevant document" if c.only_with_relevant
-                    else "all queries, one without a relevant document at 0"),
+                    else "all queries, those without a relevant document at 0"),
         "pairs": int(len(df)),
         "reranked_by": ranked_by,
         "baseline_by": baseline,
@@ -233,27 +238,61 @@ def write_file(uri: str, data: bytes) -> None:
         f.write(data)
 
 
-def _baseline_of_all_candidates(config: EvalConfig) -> tuple:
-    """The settings, without a baseline where the input is a rerank's output that kept only each query's top k
-    (the baseline's order of the reranker's choice is not the first stage's list), and why it is left out."""
-    job = job_summary(config.input) or {}
-    if not (config.baseline_column and job.get("rows_cut")):
-        return config, ""
-    note = (f"{config.input} holds the reranker's top {job.get('top_k')} of each query ({job['rows_cut']:,} rows "
+def _following_the_job(config: EvalConfig) -> tuple:
+    """Where the input is the output of a ce-ray job, the settings made to follow what the job wrote, and
+    notes to print and keep in eval.json (name -> line).
+
+    - The job's query id, score and rank columns, where eval's are left at their defaults: a rerank grouped
+      by `--query-id-column QuestionID` is measured by that column.
+    - A score job writes no rank: a `rank` column there is the input's own (a first stage's), so its order is
+      the job's scores.
+    - A rerank that kept each query's top k: no baseline (its order of the reranker's choice is not the first
+      stage's list), and without qrels no metric at all, since the cut rows' labels are gone: recall, MAP and
+      NDCG's ideal order would count only the relevant documents the reranker kept.
+    """
+    job = job_summary(config.input)
+    if job is None:
+        return config, {}
+    settings, defaults = job.get("settings", {}), EvalConfig()
+    changes = {name: settings[name] for name in ("query_id_column", "score_column", "rank_column")
+               if settings.get(name) and getattr(config, name) == getattr(defaults, name) != settings[name]}
+    notes = {"columns_of_the_job": ", ".join(f"{name} {value!r}" for name, value in changes.items())
+             + f": as the job that wrote {config.input}"} if changes else {}
+    if "rows_cut" not in job and config.rank_column == defaults.rank_column:  # a score job's: rerank's counts cuts
+        changes["rank_column"] = ""
+    cut = job.get("rows_cut")
+    if cut and not config.qrels:
+        raise ConfigError(f"{config.input} holds the reranker's top {job.get('top_k')} of each query ({cut:,} rows "
+                          "cut): the cut rows' labels are gone, so recall, MAP and NDCG would count only the "
+                          "relevant documents it kept; give --qrels, or evaluate a rerank without --top-k")
+    if cut and config.baseline_column:
+        notes["baseline_left_out"] = (
+            f"no baseline: {config.input} holds the reranker's top {job.get('top_k')} of each query ({cut:,} rows "
             f"cut), so {config.baseline_column} would rank the reranker's choice, not the first stage's list; "
             "evaluate the baseline on the rerank's input")
-    return dataclasses.replace(config, baseline_column=""), note
+        changes["baseline_column"] = ""
+    if job.get("rows_rejected"):
+        notes["rejected_rows_left_out"] = (f"left out {job['rows_rejected']:,} row(s) the job rejected (its "
+                                           f"{REJECTS}/)" + ("" if config.qrels else ": their labels not counted"))
+    return dataclasses.replace(config, **changes), notes
+
+
+def _queries(count: int) -> str:
+    return f"{count:,} query" if count == 1 else f"{count:,} queries"
 
 
 def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     from .candidates import read_qrels
 
     require(config, "input")
-    c = config
+    c, job_notes = _following_the_job(config)
+    output = c.output or default_output(c.input)
+    for uri in (output, c.run_output):
+        check_s3_access(uri)  # before any work, naming the bucket (s3fs's error names none)
     qrels = read_qrels(c.qrels) if c.qrels else None
     required = [c.query_id_column] + ([c.doc_id_column] if qrels is not None or c.run_output else []) + (
         [c.label_column] if qrels is None else [])
-    wanted = required + [c.rank_column, c.score_column] + ([c.baseline_column] if c.baseline_column else [])
+    wanted = [name for name in required + [c.rank_column, c.score_column, c.baseline_column] if name]
     if is_trec_run(c.input):
         if qrels is None:
             raise ConfigError(f"{c.input} is a TREC run, which holds no grades: give --qrels")
@@ -263,9 +302,7 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
                           [name for name in required if name in (c.query_id_column, c.doc_id_column)])
     if not len(df):
         raise InputError(f"{c.input} has no scored rows")
-    c, baseline_note = _baseline_of_all_candidates(c)
-    result = evaluate_frame(df, c, qrels) | {"rows_without_ids": df.attrs.get("rows_without_ids", 0)} | (
-        {"baseline_left_out": baseline_note} if baseline_note else {})
+    result = evaluate_frame(df, c, qrels) | {"rows_without_ids": df.attrs.get("rows_without_ids", 0)} | job_notes
     if qrels is not None and not result["queries_in_qrels"]:
         example = df[c.query_id_column].astype(str).iloc[0]
         raise InputError(f"none of the {result['queries_not_in_qrels']:,} query ids of {c.input} is in the qrels "
@@ -273,18 +310,17 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
                          f"the query id column ({c.query_id_column})")
     if not result["queries"]:
         raise ConfigError("no query to evaluate (none has a relevant document)")
-    output = c.output or default_output(c.input)
     write_file(output, json.dumps(result, indent=2).encode())
     if c.run_output:
         write_trec_run(c.run_output, df, c)
     counted = result["counted"]
     lines = [f"{title}: {result['queries']:,} queries ({counted}), {result['pairs']:,} pairs"]
     if result["queries_skipped_without_relevant"]:
-        lines.append(f"  left out {result['queries_skipped_without_relevant']:,} queries without a relevant document")
+        lines.append(f"  left out {_queries(result['queries_skipped_without_relevant'])} without a relevant document")
     if result["queries_without_relevant"]:
-        lines.append(f"  {result['queries_without_relevant']:,} queries have no relevant document: counted as 0")
+        lines.append(f"  {_queries(result['queries_without_relevant'])} without a relevant document: counted as 0")
     if result.get("queries_not_in_qrels"):
-        lines.append(f"  left out {result['queries_not_in_qrels']:,} queries the qrels do not judge (as trec_eval)")
+        lines.append(f"  left out {_queries(result['queries_not_in_qrels'])} the qrels do not judge (as trec_eval)")
     if result.get("repeated_pairs_dropped"):
         lines.append(f"  counted once {result['repeated_pairs_dropped']:,} repeated (query, document) pair(s)")
     if result.get("rows_without_ids"):
@@ -296,8 +332,7 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
         examples = ", ".join(result["qrels_queries_without_candidates_examples"][:5])
         lines.append(f"  qrels name {result['qrels_queries_without_candidates']:,} queries with no candidates, "
                      f"not evaluated: {examples}")
-    if baseline_note:
-        lines.append(f"  no baseline: {baseline_note}")
+    lines += [f"  {note}" for note in job_notes.values()]
     lines.append(f"  reranked by {result['reranked_by']}" + (f", baseline by {result['baseline_by']}"
                                                              if result["baseline_by"] else ""))
     lines += table_lines(result, c)

@@ -48,6 +48,7 @@ RESULTS = "results"
 REJECTS = "rejects"
 SUCCESS = "_SUCCESS"
 STATE = "_ce_ray"
+JOB = "job.json"  # in STATE: the settings of the job that wrote the output
 OWN_COLUMNS = "_ce_"  # the prefix of the columns ce-ray adds to rows as they travel (their file and place)
 
 
@@ -180,7 +181,8 @@ def is_output(fs: pafs.FileSystem, path: str) -> bool:
 
 
 def job_summary(uri: str) -> Optional[dict]:
-    """The summary (`_SUCCESS`) of the finished job whose output folder `uri` is, or None for any other input."""
+    """The summary (`_SUCCESS`) of the finished job whose output folder `uri` is, with the job's settings
+    (`_ce_ray/job.json`) as its "settings", or None for any other input."""
     if is_glob(uri):
         return None
     fs, path = filesystem(uri)
@@ -188,9 +190,14 @@ def job_summary(uri: str) -> Optional[dict]:
         return None
     try:
         with fs.open_input_stream(f"{path}/{SUCCESS}") as f:
-            return json.loads(f.read() or b"{}")
+            summary = json.loads(f.read() or b"{}")
     except (OSError, ValueError):  # not finished (refused when read), or an empty marker of another writer
         return None
+    try:
+        with fs.open_input_stream(f"{path}/{STATE}/{JOB}") as f:
+            return summary | {"settings": json.loads(f.read())}
+    except (OSError, ValueError):
+        return summary | {"settings": {}}
 
 
 def list_files(uri: str, input_format: str = "auto",

@@ -116,8 +116,11 @@ def _parse_lines_slowly(lines: List[bytes], numbers: List[int], path: str, text_
         values = [row.get(name) for row in rows]
         try:
             columns[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types in a passthrough column: keep as JSON text
-            columns[name] = pa.array([None if v is None else json.dumps(v) for v in values], pa.string())
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types in a passthrough column: all kept as text,
+            # texts as they are and other values as JSON: an id written `1` on one line and `"1"` on another is
+            # one id, where quoting the text too made `"1"` another
+            columns[name] = pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values],
+                                     pa.string())
     for column in text_columns:
         if column not in columns or pa.types.is_null(columns[column].type):
             columns[column] = pa.nulls(len(rows), pa.string())

@@ -6,6 +6,7 @@ torch (and transformers, for a model that ce-ray's BERT does not reproduce).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Iterator, Tuple
@@ -47,6 +48,8 @@ class Scorer:
             config.model, device=device, dtype=config.dtype, allow_pickle=config.allow_pickle,
             trust_remote_code=config.trust_remote_code, implementation=config.implementation,
         )
+        if config.activation:  # the user's, instead of the model's own
+            self.reranker = dataclasses.replace(self.reranker, activation=config.activation)
         self.budget = config.batch_tokens or default_batch_tokens(self.reranker.device.type == "cuda")
         self.score_column = config.score_column
         self.pad_id = self.reranker.pad_id

@@ -27,7 +27,7 @@ from .batching import REJECT
 from .config import ConfigError, RerankConfig, require, with_settings
 from .io import InputError, missing_values
 from .readers import ROW_INDEX, ROW_INPUT, TAGS, plain_columns
-from .score import SCORE, score, summary_lines
+from .score import SCORE, check_columns, check_known_columns, score, summary_lines
 from .sink import PairsSink
 
 RANK = "rank"
@@ -108,9 +108,7 @@ def rank_group(table: pa.Table, top_k: Optional[int] = None, input_order: Option
 def check_key(table: pa.Table, column: str) -> None:
     """A query id that is no single value (a list, a struct) fails the job here, naming the column, rather
     than in the group-by."""
-    if column not in table.column_names:  # a caller's Dataset (a job's input check found it in every file)
-        raise InputError(f"the rows have no column {column!r} (columns: {', '.join(table.column_names[:12])}): "
-                         "name the query id's column with query_id_column")
+    check_columns(table.column_names, {column: "query_id_column"})  # a Dataset that did not know its columns
     dtype = table.schema.field(column).type
     if pa.types.is_nested(dtype):
         raise InputError(f"{column} is {dtype}: a query id is one value (text or a number) per row")
@@ -179,6 +177,7 @@ def rerank(ds, config: Optional[RerankConfig] = None, input_order: Optional[List
     """
     config = with_settings(config or RerankConfig(), settings)
     config.validate()
+    check_known_columns(ds, {config.query_id_column: "query_id_column"})
     return rank(score(ds, config), config.query_id_column, config.top_k, input_order, config.document_column,
                 partitions=config.rank_partitions, score_column=config.score_column, rank_column=config.rank_column)
 
@@ -248,7 +247,7 @@ def default_partitions(input_bytes: int) -> int:
 
 def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSummary:
     """The `ce-ray rerank` job: read, score, rank per query, keep the top k, write results and rejects."""
-    from .io import check_apart, parse_names
+    from .io import check_apart, check_s3_access, parse_names
     from .readers import input_key, read_dataset
     from .runtime import surfaced_errors
     from .score import job_settings, scoring_model, written_columns
@@ -261,6 +260,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
                           "use mode overwrite")
     start = time.perf_counter()
     check_apart(config.input, config.output)
+    check_s3_access(config.output)  # a bucket that is not there is an error, where writing would create it
     check_output(config.output, config.mode)
     checked = scoring_model(config)
     # The query id may be text or a number: present, of any type.

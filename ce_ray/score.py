@@ -10,7 +10,7 @@ import dataclasses
 import sys
 import time
 from collections.abc import Mapping
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import pyarrow as pa
 
@@ -43,15 +43,29 @@ def written_columns(config: ScoreConfig) -> Dict[str, str]:
 def _tokenize_block(table: pa.Table, encoder: PairEncoder, query_column: str, document_column: str,
                     max_length: int, on_invalid: str, written: Dict[str, str]) -> pa.Table:
     refuse_written(table.column_names, written, "the input")
-    for column, setting in ((query_column, "query_column"), (document_column, "document_column")):
-        if column not in table.column_names:  # a caller's Dataset (a job's input check found it in every file)
-            raise InputError(f"the rows have no column {column!r} (columns: {', '.join(table.column_names[:12])}): "
-                             f"name the column with {setting}")
+    # a caller's Dataset that did not know its columns (a job's input check found them in every file)
+    check_columns(table.column_names, {query_column: "query_column", document_column: "document_column"})
     out = tokenize_table(table, encoder, query_column, document_column, max_length)
     if on_invalid == "fail" and out.column(REJECT).null_count < out.num_rows:
         reasons = out.column(REJECT).drop_null()
         raise InputError(f"{len(reasons)} row(s) cannot be scored, e.g. {reasons[0]} (on_invalid=fail)")
     return out
+
+
+def check_columns(names: List[str], needed: Dict[str, str]) -> None:
+    """Fails naming a needed column (name -> the setting that names it) that is not among `names`."""
+    for column, setting in needed.items():
+        if column not in names:
+            raise InputError(f"the rows have no column {column!r} (columns: {', '.join(names[:12])}): name the "
+                             f"column with {setting}")
+
+
+def check_known_columns(ds, needed: Dict[str, str]) -> None:
+    """`check_columns` now, where a Dataset knows its columns without running (read from files, from pandas),
+    rather than in a task's traceback once its rows were scored."""
+    schema = ds.schema(fetch_if_missing=False) if hasattr(ds, "map_batches") else None  # else score() says so
+    if schema is not None:
+        check_columns(list(schema.names), needed)
 
 
 @dataclasses.dataclass
@@ -101,6 +115,7 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
     config = with_settings(config or ScoreConfig(), settings)
     require(config, "model")
     config.validate()
+    check_known_columns(ds, {config.query_column: "query_column", config.document_column: "document_column"})
     checked = checked or scoring_model(config)
     config, encoder, prompt = checked.config, checked.encoder, checked.prompt
 
@@ -172,10 +187,16 @@ def predict(model: str, pairs, **settings):
 
     For pairs that fit in the driver's memory; `score` (a Dataset) or `run_score` (files) for more. A pair
     that cannot be scored (a query or document that is None or not text) fails the call, as in CrossEncoder,
-    naming why. Settings are `ScoreConfig`'s (`batch_tokens`, `dtype`, ...). Starts a local Ray if none is.
+    naming why. Settings are `ScoreConfig`'s (`batch_tokens`, `dtype`, ...), and predict's own where they
+    mean something here: `activation_fn` (a torch module: `torch.nn.Identity()` gives the logits) and
+    `convert_to_tensor`; `show_progress_bar`, `convert_to_numpy` and `apply_softmax` (for several labels) are
+    taken and change nothing. `batch_size` is refused: batches here are of tokens (`batch_tokens`), and a
+    batch of pairs would not bound their memory. Starts a local Ray if none is.
     """
     import numpy as np
     import ray
+
+    settings, as_tensor = _predict_arguments(settings)
 
     if isinstance(pairs, Mapping) or hasattr(pairs, "columns"):  # iterated, they give their keys
         raise InputError(f"pairs must be (query, document) pairs, not a {type(pairs).__name__}: a DataFrame's are "
@@ -209,7 +230,27 @@ def predict(model: str, pairs, **settings):
         out = pa.concat_tables(ray.get(scored.to_arrow_refs()))
     scores = np.empty(len(pairs), np.float32)
     scores[out.column("position").to_numpy()] = out.column(column).to_numpy(zero_copy_only=False)
+    if as_tensor:
+        import torch
+
+        scores = torch.from_numpy(scores)
     return scores[0] if single else scores
+
+
+# CrossEncoder.predict's arguments that change nothing here: Ray shows progress, the scores come as numpy, and a
+# reranker has one label (apply_softmax is for several).
+PREDICT_ARGUMENTS_WITHOUT_EFFECT = ("show_progress_bar", "convert_to_numpy", "apply_softmax")
+
+
+def _predict_arguments(settings: dict) -> tuple:
+    """predict's settings as ScoreConfig's, from CrossEncoder.predict's arguments where given; and whether the
+    scores come back as a torch tensor."""
+    settings = {name: value for name, value in settings.items() if name not in PREDICT_ARGUMENTS_WITHOUT_EFFECT}
+    function = settings.pop("activation_fn", None)
+    if function is not None:
+        kind = type(function)
+        settings["activation"] = f"{kind.__module__}.{kind.__qualname__}"
+    return settings, bool(settings.pop("convert_to_tensor", False))
 
 
 def _is_text_or_missing(text) -> bool:
@@ -299,7 +340,8 @@ def job_settings(config: ScoreConfig) -> dict:
     return where | {name: getattr(config, name) for name in names} | (
         {"column_names": config.column_names} if config.column_names else {}) | (
         {"score_column": config.score_column} if config.score_column != SCORE else {}) | {
-        name: getattr(config, name) for name in ("prompt", "prompt_name") if getattr(config, name) is not None}
+        name: getattr(config, name) for name in ("prompt", "prompt_name") if getattr(config, name) is not None} | (
+        {"activation": config.activation} if config.activation else {})
 
 
 def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") -> Summary:

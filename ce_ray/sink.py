@@ -34,11 +34,10 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from .batching import REJECT
-from .io import REJECTS, RESULTS, STATE, SUCCESS, filesystem, is_remote
+from .io import JOB, REJECTS, RESULTS, STATE, SUCCESS, filesystem, is_remote
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 
 REASON = "reason"  # why a row of rejects/ was rejected
-JOB = "job.json"
 INPUTS = "inputs.json"  # input key -> the file's stamp (`io.FileCheck.stamp`) when the job read it
 INPUT_ROWS = b"ce_ray.input_rows"  # footer key: the input file's row count, on the part with its last row
 # Writing is I/O: a write task asks for a quarter of a core, so it never waits behind tokenizing for one.

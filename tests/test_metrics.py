@@ -115,7 +115,7 @@ def test_eval_counts_as_trec_eval_does_where_rows_repeat_lack_ids_or_are_not_jud
     assert max(v for name in ("reranked", "baseline") for v in result[name].values()) <= 1.0
     assert (result["repeated_pairs_dropped"], result["rows_without_ids"], result["queries_not_in_qrels"]) == (1, 1, 1)
     printed = capsys.readouterr().out
-    for line in ("left out 1 queries the qrels do not judge", "counted once 1 repeated", "left out 1 rows without"):
+    for line in ("left out 1 query the qrels do not judge", "counted once 1 repeated", "left out 1 rows without"):
         assert line in printed
     # Written as floats (pandas' integers around a missing value, without its Int64), the ids are the same.
     rows.astype({"query_id": "float64"}).to_parquet(tmp_path / "floats.parquet")

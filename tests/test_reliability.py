@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ce_ray import ScoreConfig, run_score
+from ce_ray import ScoreConfig, readers, run_score
 from ce_ray.config import ConfigError, load_config
 from ce_ray.io import InputError
 from ce_ray.model import ModelError
@@ -92,6 +92,15 @@ def test_empty_string_is_scored(jsonl_job):
 def test_wrong_type_is_rejected_with_its_value(jsonl_job):
     row = rejects(jsonl_job[1]).set_index("id").loc[3]
     assert row["reason"] == "query is int, not text" and row["query"] == "42"
+
+
+def test_a_column_of_mixed_types_in_jsonl_is_kept_as_text():
+    """Lines that give a passthrough column (an id) as a number and as text: all text, a text as it is, where a
+    text came quoted (`"1"`), so that `1` and `"1"` were two queries."""
+    lines = [b'{"query": "q", "document": "d", "query_id": %s}' % value for value in
+             (b"1", b'"1"', b"1.5", b'{"a": 1}', b"null")]
+    table = readers._parse_lines_slowly(lines, list(range(1, 6)), "ids.jsonl", ["query", "document"])
+    assert table.column("query_id").to_pylist() == ["1", "1", "1.5", '{"a": 1}', None]
 
 
 def test_invalid_utf8_in_jsonl_rejects_the_line(jsonl_job):
@@ -739,6 +748,34 @@ def test_wrong_s3_credentials_fail_fast_without_printing_them(tmp_path, tiny_mod
     for e in (error, out_error):
         assert f"s3://ce-ray-in at {endpoint} refused the credentials" in str(e.value)
         assert SECRET not in str(e.value) and KEY_ID not in str(e.value)
+
+
+@pytest.mark.timeout(60)
+def test_an_output_bucket_that_is_not_there_is_refused_before_any_work(tmp_path, tiny_model, monkeypatch,
+                                                                       fake_credentials):
+    """rerank and eval to a bucket that does not exist (a typo) fail naming it, as score does; rerank created
+    the bucket and wrote into it, eval's error named no bucket."""
+    from moto.server import ThreadedMotoServer
+
+    from ce_ray.config import EvalConfig, RerankConfig
+    from ce_ray.evaluate import run_eval
+    from ce_ray.rerank import run_rerank
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    pd.DataFrame({"query_id": [1], "query": ["q"], "document": ["d"], "score": [0.5], "label": [1]}).to_parquet(
+        tmp_path / "pairs.parquet")
+    try:
+        with pytest.raises(InputError, match=f"bucket ce-ray-typo does not exist at {endpoint}"):
+            run_rerank(RerankConfig(model=str(tiny_model), input=str(tmp_path / "pairs.parquet"),
+                                    output="s3://ce-ray-typo/out", score_column="score_2"))
+        with pytest.raises(InputError, match=f"bucket ce-ray-typo does not exist at {endpoint}"):
+            run_eval(EvalConfig(input=str(tmp_path / "pairs.parquet"), output="s3://ce-ray-typo/eval.json"))
+    finally:
+        server.stop()
 
 
 @pytest.mark.timeout(400)

@@ -210,6 +210,7 @@ def test_rerank_job_over_files_and_blocks(ray_local, tiny_model, tmp_path, capsy
     assert measured["top"]["baseline"] is None
     assert "top 2 of each query (17 rows cut)" in measured["top"]["baseline_left_out"]
     assert "  no baseline: " in capsys.readouterr().out
+    assert "left out 1 row(s) the job rejected" in measured["all"]["rejected_rows_left_out"]
 
     # Query ids written as a categorical (a dictionary of strings in parquet): the same ranks.
     (tmp_path / "categorical").mkdir()
@@ -263,3 +264,38 @@ def test_rerank_input_errors(tiny_model, tmp_path):
     assert shuffle_input(categorical, "query_id").column("query_id").type == pa.string()
     with pytest.raises(ConfigError, match="top_k"):
         run_rerank(RerankConfig(model=str(tiny_model), input=str(tmp_path), output=str(tmp_path / "o"), top_k=0))
+
+
+def test_eval_reads_an_output_as_its_job_wrote_it(ray_local, tiny_model, tmp_path):
+    """eval of a score job's output orders by its scores, not by a `rank` column the input brought (every metric
+    was that order's, 1.0); of a rerank's, by the query id and rank columns the rerank wrote (a missing column
+    `query_id` failed it); of a rerank cut to its top k, labels are refused (recall was 1.0 and MAP counted only
+    the relevant documents kept)."""
+    from ce_ray import ScoreConfig, run_score
+    from ce_ray.evaluate import evaluate_frame
+
+    (tmp_path / "in").mkdir()
+    inputs = write_inputs(tmp_path / "in").rename(columns={"query_id": "qid"})
+    inputs["label"] = (inputs["extra"] % 3 == 0).astype(int)
+    inputs["rank"] = inputs.groupby("qid").cumcount() + 1 + 100 * (1 - inputs["label"])  # relevant ones first
+    for f, part in inputs.groupby("file"):
+        part.drop(columns=["file", "row"]).to_parquet(tmp_path / "in" / f"part-{f}.parquet", index=False)
+    by_qid = EvalConfig(query_id_column="qid", baseline_column="")
+
+    run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "in"), output=str(tmp_path / "scored")))
+    scored = run_eval(dataclasses.replace(by_qid, input=str(tmp_path / "scored")))
+    results = pd.read_parquet(tmp_path / "scored" / "results")
+    assert scored["reranked_by"] == "score"
+    assert scored["reranked"] == evaluate_frame(results.drop(columns="rank"), by_qid)["reranked"] != \
+        evaluate_frame(results, by_qid)["reranked"]
+
+    config = RerankConfig(model=str(tiny_model), input=str(tmp_path / "in"), output=str(tmp_path / "ranked"),
+                          query_id_column="qid", rank_column="rank_ce")
+    run_rerank(config)
+    ranked = run_eval(EvalConfig(input=str(tmp_path / "ranked"), baseline_column="rank"))
+    assert ranked["reranked_by"] == "rank_ce" and ranked["baseline_by"] == "rank"
+    assert ranked["columns_of_the_job"].startswith("query_id_column 'qid', rank_column 'rank_ce': as the job")
+    assert ranked["queries"] == 3 and ranked["baseline"]["map"] == pytest.approx(2 / 3)  # q3: none relevant, 0
+    run_rerank(dataclasses.replace(config, output=str(tmp_path / "top"), top_k=2))
+    with pytest.raises(ConfigError, match=r"top 2 of each query \(17 rows cut\): the cut rows' labels are gone"):
+        run_eval(EvalConfig(input=str(tmp_path / "top")))

@@ -549,9 +549,23 @@ def test_predict_scores_pairs_in_order_as_cross_encoder_does(ray_local, tiny_mod
                        (frame.to_dict("records"), "pair 0 is \"{'query'"), ([{"alpha", "beta"}], "pair 0 is ")):
         with pytest.raises(InputError, match=f"pairs must be \\(query, document\\) pairs(,|:) {shown}"):
             ce_ray.predict(str(tiny_model), bad)
-    # Settings are checked as YAML keys are: CrossEncoder.predict's batch_size is not one.
+    # Settings are checked as YAML keys are: CrossEncoder.predict's batch_size is not one. Its activation_fn
+    # and convert_to_tensor are (Identity: the logits), and its arguments without effect here are taken.
     with pytest.raises(ConfigError, match=r"unknown setting 'batch_size' \(did you mean 'batch_tokens'\?\)"):
         ce_ray.predict(str(tiny_model), pairs, batch_size=32)
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    logits = ce_ray.predict(str(tiny_model), pairs, activation_fn=torch.nn.Identity(), convert_to_tensor=True,
+                            show_progress_bar=False, convert_to_numpy=True, apply_softmax=False)
+    anchor = CrossEncoder(str(tiny_model), device="cpu").predict(pairs, activation_fn=torch.nn.Identity())
+    assert isinstance(logits, torch.Tensor) and (logits.numpy() != scores).all()
+    np.testing.assert_allclose(logits.numpy(), anchor, atol=1e-5)
+    np.testing.assert_allclose(logits.sigmoid().numpy(), scores, atol=1e-6)
+    with pytest.raises(ConfigError, match=r"activation 'os\.system' is not torch's"):
+        ce_ray.predict(str(tiny_model), pairs, activation="os.system")
+    with pytest.raises(ConfigError, match=r"activation 'torch\.nn\.Nothing' is no class"):
+        ce_ray.predict(str(tiny_model), pairs, activation="torch.nn.Nothing")
     # One pair gives its score alone, as predict does (the model a pathlib.Path, as CrossEncoder takes one);
     # what is not a pair fails naming it.
     one = ce_ray.predict(tiny_model, pairs[0])
@@ -560,14 +574,17 @@ def test_predict_scores_pairs_in_order_as_cross_encoder_does(ray_local, tiny_mod
                        (["ab", "cd", "ef"], "pair 0 is 'ab'")):
         with pytest.raises(InputError, match=f"pairs must be \\(query, document\\) pairs: {shown}"):
             ce_ray.predict(str(tiny_model), bad)
-    # A Dataset without the columns fails naming them, from score and from rerank.
+    # A Dataset without the columns fails naming them, from score and from rerank: at the call where the Dataset
+    # knows its columns (the error came from a task's traceback once the rows were scored), else in the task.
     import ray.data
 
     rows = ray.data.from_items([{"q": "a query", "document": "a document"}])
+    with pytest.raises(InputError, match=r"the rows have no column 'query' \(columns: q, document"):
+        score(rows, model=str(tiny_model))
+    with pytest.raises(InputError, match=r"the rows have no column 'query_id' \(columns: q, document"):
+        ce_ray.rerank(rows, model=str(tiny_model), query_column="q")
     with pytest.raises(Exception, match=r"the rows have no column 'query' \(columns: q, document"):
-        score(rows, model=str(tiny_model)).materialize()
-    with pytest.raises(Exception, match=r"the rows have no column 'query_id' \(columns: q, document"):
-        ce_ray.rerank(rows, model=str(tiny_model), query_column="q").materialize()
+        score(rows.map(lambda row: row), model=str(tiny_model)).materialize()
     with pytest.raises(InputError, match=r"come as a Ray Dataset \(ray.data.from_pandas\(frame\), .*not a DataFrame"):
         ce_ray.rerank(pairs_df, model=str(tiny_model))
 
