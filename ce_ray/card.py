@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 from dataclasses import dataclass
 from typing import List, Optional
@@ -78,6 +79,10 @@ def _log_table(log: List[dict]) -> List[str]:
     return lines
 
 
+def _is_hub_id(model: str) -> bool:
+    return "://" not in model and not os.path.exists(model) and not model.startswith((".", "/"))
+
+
 def model_card(facts: CardFacts) -> str:
     config, stats = facts.config, facts.stats
     loss_parameters = {"activation_fn": "torch.nn.modules.linear.Identity", "pos_weight": config.pos_weight}
@@ -86,7 +91,8 @@ def model_card(facts: CardFacts) -> str:
         "library_name: sentence-transformers",
         "pipeline_tag: text-ranking",
         "tags: [sentence-transformers, cross-encoder, reranker, generated_from_trainer, ce-ray]",
-        f"base_model: {facts.base_model}",
+        # The hub reads base_model as a hub id: a local or object-storage folder is named in the text only.
+        *([f"base_model: {facts.base_model}"] if _is_hub_id(facts.base_model) else []),
         "---",
         "",
         f"# CrossEncoder based on {facts.base_model}",

@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from typing import Dict, Iterator, List, Optional
 
 import numpy as np
@@ -240,6 +241,8 @@ def train_loop(loop_config: dict) -> dict:
             progress = json.load(f)
         progress["resumed_from"].append(progress["step"])
         torch.manual_seed(config.seed + progress["step"])
+        if rank == 0:  # the step Ray Train resumes from: checkpoints a stopped run wrote after it recorded none
+            say(f"ce-ray train: resumed at step {progress['step']:,} of {total:,}, from {checkpoint.path}")
         if not config.deepspeed:
             from safetensors.torch import load_file
 
@@ -248,6 +251,9 @@ def train_loop(loop_config: dict) -> dict:
                 net.load_state_dict(bert.native_state(weights, len(net.layers)))
             else:
                 net.load_state_dict(weights, strict=False)
+    if progress.get("invocation") != plan["invocation"]:  # this command's first group of workers
+        # Its steps' seconds start here: a group restarted within the command goes on counting them.
+        progress["invocation"], progress["seconds_before"] = plan["invocation"], progress["seconds"]
 
     # On a GPU, AdamW's fused kernel updates every parameter in a few launches (as CrossEncoderTrainer's
     # default optimizer does); small-batch steps are otherwise launch-bound. DeepSpeed keeps its own way.
@@ -402,6 +408,7 @@ def train_loop(loop_config: dict) -> dict:
     divergence = None if config.deepspeed and config.deepspeed.stage == 3 else _replica_divergence(module)
     return {"log": progress["log"], "resumed_from": progress["resumed_from"], "replica_divergence": divergence,
             "samples": progress["samples"], "seconds": progress["seconds"], "steps": step,
+            "seconds_here": progress["seconds"] - progress["seconds_before"],
             **_compile_counts(config)}
 
 
@@ -483,6 +490,41 @@ def quick_health_checks() -> Iterator[None]:
         yield
     finally:
         os.environ.pop(HEALTH_CHECK_INTERVAL_VAR, None)
+
+
+@contextlib.contextmanager
+def ctrl_c_kept() -> Iterator[None]:
+    """Ctrl-C during Ray Train's fit as KeyboardInterrupt after it, so that the command ends with its line.
+
+    fit takes SIGINT for its own: its handler aborts the run, and fit then fails with Ray's error of the
+    aborted controller (or returns), the handler left in place. Python writes every signal it handles to the
+    wakeup fd, whoever's the handler: that tells a Ctrl-C apart from the failures it causes.
+    """
+    import signal
+    import socket
+
+    noticed, wakeup = socket.socketpair()
+    noticed.setblocking(False)
+    wakeup.setblocking(False)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        earlier = signal.set_wakeup_fd(wakeup.fileno())
+    except ValueError:  # not the main thread, where no signal comes
+        earlier = None
+    try:
+        yield
+    finally:
+        if earlier is not None:
+            signal.set_wakeup_fd(earlier)
+            signal.signal(signal.SIGINT, handler)
+        try:
+            interrupted = signal.SIGINT in noticed.recv(4096)
+        except BlockingIOError:  # no signal came
+            interrupted = False
+        noticed.close()
+        wakeup.close()
+        if interrupted:
+            raise KeyboardInterrupt
 
 
 def memory_hint(error: str, batch_size: int, batch_tokens: Optional[int]) -> str:
@@ -673,6 +715,23 @@ def _publish(model_dir: str, output: str, card_text: str) -> None:
               + ", ".join(sorted(info.base_name for info in stale)), flush=True)
 
 
+def _check_data(config: TrainConfig) -> None:
+    """Training or eval data that is not there fails before Ray starts (it failed after, some 15 s in), naming
+    which of the two it is."""
+    import pyarrow.fs as pafs
+
+    from .io import InputError, check_s3_access, glob_base
+
+    for name in ("train_data", "eval_data"):
+        uri = getattr(config, name)
+        if not uri:
+            continue
+        check_s3_access(uri)
+        fs, path = filesystem(uri)
+        if fs.get_file_info(glob_base(path)).type == pafs.FileType.NotFound:
+            raise InputError(f"{name} {uri} does not exist")
+
+
 def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     """Fine-tunes a cross-encoder on Ray Train and saves a folder that `CrossEncoder(path)` loads.
 
@@ -698,10 +757,11 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     check_single_logit(model, config.model)
     check_max_length(model, config.model, config.max_length)
     _check_output(config.output, config.model if is_remote(config.model) else model)
+    _check_data(config)
     fs, storage_path, name, run_uri = _storage(config)
     if _claim_run(config, source, fs, storage_path, name, run_uri):
-        print(f"ce-ray train: resumes the run {name} from its last checkpoint (a finished run only saves its model "
-              "again)", flush=True)
+        print(f"ce-ray train: resumes the run {name} from the last checkpoint Ray Train recorded (a finished run only "
+              "saves its model again)", flush=True)
     architectures = saved_architectures(model)
     if os.path.isdir(model) and not is_sequence_classifier(architectures):
         print(f"ce-ray train: {model} has no classifier ({', '.join(architectures) or 'no architectures named'}): "
@@ -734,6 +794,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     activation = (activation_path(model, 1, config.trust_remote_code) if is_sequence_classifier(architectures)
                   else SIGMOID)
     plan = {"model": source, "max_length": max_length, "activation": activation, "batches_per_epoch": per_epoch,
+            "invocation": uuid.uuid4().hex,  # this command's, apart from earlier ones of the run it resumes
             "total_steps": total, "qrels": qrels,
             "eval_batch_tokens": config.batch_tokens or default_batch_tokens(use_gpu)}
     batch_tokens = training_batch_tokens(config, use_gpu)
@@ -742,6 +803,10 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     print(f"ce-ray train: {stats['pairs']:,} pairs ({rejected}), {config.num_workers} worker(s), "
           f"{per_epoch} batch(es) of {config.batch_size} per worker and epoch, {total} step(s)"
           + (f", forward passes of at most {batch_tokens:,} tokens" if batch_tokens else ""), flush=True)
+    if stats["positives"] in (0, stats["pairs"]):  # BCE on one class learns that class, whatever the pairs
+        print(f"ce-ray train: warning: {'none' if not stats['positives'] else 'every one'} of the {stats['pairs']:,} "
+              "pairs is labelled relevant (0.5 or above): the model learns no ranking from them", file=sys.stderr,
+              flush=True)
     if qrels:
         print(f"ce-ray train: evaluation reranks {stats['eval']}", flush=True)
 
@@ -761,7 +826,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         # The eval candidates go whole to every worker, which scores its share of them (`evaluate`).
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
-    with quick_health_checks():
+    with quick_health_checks(), ctrl_c_kept():
         result = trainer.fit()
     fit_done = time.perf_counter()
     if result.error:
@@ -797,6 +862,6 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         replica_divergence=summary.get("replica_divergence"), compiled_graphs=summary.get("compiled_graphs"),
         cuda_graph_skips=summary.get("cuda_graph_skips"), best_step=best_step, best_metric=config.best_metric,
         phases={"start": data_start - start, "data": data_done - data_start, "fit": fit_done - data_done,
-                "steps": seconds, "output": time.perf_counter() - fit_done})
+                "steps": summary.get("seconds_here", seconds), "output": time.perf_counter() - fit_done})
     print("\n".join(outcome.lines()), flush=True)
     return outcome

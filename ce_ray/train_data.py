@@ -51,9 +51,10 @@ def training_batch_tokens(config: TrainConfig, use_gpu: bool) -> Optional[int]:
 
 
 def numeric_labels(table: pa.Table, label_column: str) -> pa.Array:
-    """The label column as float32 (null stays null). A CSV's labels come as text: each is read as a number,
-    and one that is none (`NA`) becomes null, its row rejected (`_tokenize_train_block`); a column of other
-    kinds, or of text where no value is a number, fails naming it."""
+    """The label column as float32 (null stays null). A CSV's labels come as text: each is read as a number
+    (`True` and `False`, as pandas writes booleans, as 1 and 0, as parquet's and JSON's booleans are), and one
+    that is none (`NA`) becomes null, its row rejected (`_tokenize_train_block`); a column of other kinds, or
+    of text where no value is a number, fails naming it."""
     column = table.column(label_column)
     try:
         return pc.cast(column, pa.float32())
@@ -70,11 +71,14 @@ def numeric_labels(table: pa.Table, label_column: str) -> pa.Array:
     raise InputError(f"label column {label_column!r} is {kind}, not a number")
 
 
+BOOLEAN_TEXTS = {"true": 1.0, "false": 0.0}
+
+
 def _number(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        return np.nan
+        return BOOLEAN_TEXTS.get(text.strip().lower(), np.nan)
 
 
 def _tokenize_train_block(table: pa.Table, encoder: PairEncoder, query_column: str, document_column: str,
@@ -215,7 +219,10 @@ def _eval_candidates(config: TrainConfig, negatives: List[str]):
 def _eval_rows(config: TrainConfig, negatives: List[str]):
     """eval_data in train_data's shape (the same columns): the rows of a query (by its text) are its candidates
     and their labels its grades, as CrossEncoderRerankingEvaluator ranks a sample's positives and negatives.
-    Queries without a row labelled above 0 are left out, as from a BEIR split; rows that cannot be scored too."""
+    A document given twice for a query (triples repeat the positive on each row) is one candidate, of its
+    highest label. Queries without a row labelled above 0 are left out, as from a BEIR split; rows that cannot
+    be scored too. Labels must be grades (whole numbers): of soft ones (0.1, 0.9), every row above 0 would be
+    relevant."""
     import ray
 
     ds, config = _labelled_rows(config.eval_data, config, negatives)
@@ -226,21 +233,32 @@ def _eval_rows(config: TrainConfig, negatives: List[str]):
     usable = (query_reasons == "") & (document_reasons == "") & ~np.isnan(labels)
     if REJECT in table.column_names:
         usable &= table.column(REJECT).is_null().to_numpy(zero_copy_only=False)
+    soft = labels[usable & (labels != np.round(labels))]
+    if len(soft):
+        raise InputError(f"{config.eval_data}: evaluation takes labels as grades, which documents are relevant, "
+                         f"and {soft[0]:g} is none: give eval_data labels of 0 and 1 (or whole grades), or a BEIR "
+                         "folder")
     qrels: Dict[str, Dict[str, float]] = {}
-    query_of = queries.to_pylist()
+    first_row: Dict[tuple, str] = {}  # (query, document) -> the row that stands for it
+    query_of, document_of = queries.to_pylist(), documents.to_pylist()
     for row in np.flatnonzero(usable):
-        qrels.setdefault(query_of[row], {})[str(row)] = float(labels[row])
-    query_ids = [q for q, judged in qrels.items() if any(g > 0 for g in judged.values())]
-    query_ids = query_ids[: config.eval_max_queries]
+        query = query_of[row]
+        doc_id = first_row.setdefault((query, document_of[row]), str(row))
+        judged = qrels.setdefault(query, {})
+        judged[doc_id] = max(judged.get(doc_id, float(labels[row])), float(labels[row]))
+    with_relevant = [q for q, judged in qrels.items() if any(g > 0 for g in judged.values())]
+    query_ids = with_relevant[: config.eval_max_queries]
     if not query_ids:
         raise InputError(f"{config.eval_data}: no query has a row labelled above 0 to evaluate")
     rows = np.array([int(d) for q in query_ids for d in qrels[q]], dtype=np.int64)
     candidates = pa.table({"query_id": queries.take(rows), "doc_id": pa.array(rows.astype(str)),
                            "query": queries.take(rows), "document": documents.take(rows)})
     left_out = table.num_rows - int(usable.sum())
+    without_relevant = len(qrels) - len(with_relevant)
     return (candidates, {q: qrels[q] for q in query_ids},
             f"each query's rows of `{config.eval_data}` ({len(query_ids):,} queries, {len(rows):,} candidates"
-            + (f"; {left_out:,} row(s) that cannot be scored left out)" if left_out else ")"))
+            + (f"; {without_relevant:,} queries without a row labelled above 0 left out" if without_relevant else "")
+            + (f"; {left_out:,} row(s) that cannot be scored left out" if left_out else "") + ")")
 
 
 def _tokenized(ds, config: TrainConfig, encoder: PairEncoder, max_length: int, labels: bool):

@@ -72,6 +72,31 @@ def spread_model(tiny_model, path):
     return path
 
 
+def interrupted_as_in_a_terminal(command: list, after: str, wait: float = 3.0) -> tuple:
+    """Runs `ce-ray <command>` as a terminal runs it, Ctrl-C reaching it (a test run started in the background
+    of a shell ignores SIGINT, and so would the job it starts), sends SIGINT `wait` seconds after a line of its
+    output holds `after`, and returns its exit code and stderr."""
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAY_ADDRESS": "local", "RAY_TMPDIR": tempfile.mkdtemp(prefix="cer-", dir="/tmp")}
+    as_in_a_terminal = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                        f"sys.argv = ['ce-ray', *{command!r}]; runpy.run_module('ce_ray.cli', run_name='__main__')")
+    job = subprocess.Popen([sys.executable, "-c", as_in_a_terminal], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        for line in job.stdout:
+            if after in line:
+                break
+        time.sleep(wait)
+        job.send_signal(signal.SIGINT)
+        _, errors = job.communicate(timeout=120)
+    finally:
+        job.kill()
+    return job.returncode, errors
+
+
 def wikiqa_pairs(split: str = "test", n: int | None = None):
     """WikiQA (question, sentence) pairs as a pandas frame with query/document columns."""
     import pandas as pd

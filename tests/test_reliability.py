@@ -293,31 +293,16 @@ def test_long_rows_are_read_and_column_names_the_job_cannot_keep_are_refused(tmp
 
 def test_ctrl_c_ends_a_job_with_a_line_that_says_how_to_finish_it(tmp_path, tiny_model):
     """Ctrl-C printed the traceback of wherever the driver was waiting (~30 lines of Ray's internals)."""
-    import signal
-    import time
+    from conftest import interrupted_as_in_a_terminal
 
     (tmp_path / "in").mkdir()
     pd.DataFrame({"query": ["a query"] * 600_000, "document": [f"document {i}" for i in range(600_000)]}).to_parquet(
         tmp_path / "in" / "pairs.parquet")  # a minute's work here: still running when the signal comes
-    env = {**os.environ, "RAY_ADDRESS": "local", "RAY_TMPDIR": tempfile.mkdtemp(prefix="cer-", dir="/tmp")}
-    # The command as a terminal runs it, Ctrl-C reaching it: a test run started in the background of a shell
-    # ignores SIGINT, and so would the job it starts (which then ran to its end).
     command = ["score", "--model", str(tiny_model), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
                "--rows-per-block", "512"]
-    as_in_a_terminal = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                        f"sys.argv = ['ce-ray', *{command!r}]; runpy.run_module('ce_ray.cli', run_name='__main__')")
-    job = subprocess.Popen([sys.executable, "-c", as_in_a_terminal], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
-    try:
-        for line in job.stdout:  # the job's line saying how it scores: Ray has started, the pairs are read
-            if "forward passes of at most" in line:
-                break
-        time.sleep(3)
-        job.send_signal(signal.SIGINT)
-        _, errors = job.communicate(timeout=120)
-    finally:
-        job.kill()
-    assert job.returncode == 130, errors[-3000:]
+    # after the job's line saying how it scores: Ray has started, the pairs are read
+    returncode, errors = interrupted_as_in_a_terminal(command, after="forward passes of at most")
+    assert returncode == 130, errors[-3000:]
     assert "\nce-ray score: interrupted; --mode resume finishes it\n" in errors  # Ray's exit may log after it
     assert "Traceback" not in errors and "KeyboardInterrupt" not in errors
 

@@ -285,6 +285,39 @@ def test_model_card_reports_what_the_run_saw(data_parallel_runs):
     table = [line for line in card.splitlines() if line.startswith("| 3.0000 | 3 |")]
     assert table and f"{two.log[-1]['loss']:.4f}" in table[0]
     assert "Sentence Transformers:" in card and "Ray:" in card and "CrossEncoder(" in card
+    # The hub reads the header's base_model as a hub id: a local folder is named in the text only.
+    header = card.split("---")[1]
+    assert "base_model:" not in header and "pipeline_tag: text-ranking" in header
+    from ce_ray.card import _is_hub_id
+
+    assert _is_hub_id("cross-encoder/ms-marco-MiniLM-L6-v2") and not _is_hub_id("s3://bucket/models/reranker")
+
+
+def test_missing_data_fails_before_ray_starts_and_csv_booleans_are_labels(ray_local, tiny_model, tmp_path, capsys):
+    """A training or eval data path that is not there fails naming which (it failed after Ray's start, ~15 s in,
+    as `input ... does not exist`); a CSV's True and False (pandas' booleans) are labels 1 and 0, as parquet's
+    and JSON's booleans are (they failed the run as `label column 'label' is text, not a number`). Pairs all
+    of one label train with a warning (silently, before)."""
+    from ce_ray.config import TrainConfig
+    from ce_ray.io import InputError
+
+    settings = dict(model=str(tiny_model), output=str(tmp_path / "out"), max_steps=1)
+    pd.DataFrame({"query": ["q"], "document": ["d"], "label": [1]}).to_parquet(tmp_path / "pairs.parquet")
+    with pytest.raises(InputError, match=r"^train_data .*nope\.parquet does not exist"):
+        _train_module().train(TrainConfig(train_data=str(tmp_path / "nope.parquet"), **settings))
+    with pytest.raises(InputError, match=r"^eval_data .*nope/\*\.parquet does not exist"):
+        _train_module().train(TrainConfig(train_data=str(tmp_path / "pairs.parquet"),
+                                          eval_data=str(tmp_path / "nope" / "*.parquet"), **settings))
+    table = pa.table({"label": ["True", "false", "1", "0.5", "NA", None]})
+    assert train_data.numeric_labels(table, "label").to_pylist() == [1.0, 0.0, 1.0, 0.5, None, None]
+    pd.DataFrame({"query": ["q", "q"], "document": ["d", "e"], "label": ["True", "true"]}).to_csv(
+        tmp_path / "pairs.csv", index=False)
+    assert _train_module().train(TrainConfig(train_data=str(tmp_path / "pairs.csv"), **settings)).steps == 1
+    assert "warning: every one of the 2 pairs is labelled relevant" in capsys.readouterr().err
+    # The same command again finds the run finished: it saves the model again, and took no step's seconds (the
+    # summary counted the earlier command's, past its own Ray Train's).
+    again = _train_module().train(TrainConfig(train_data=str(tmp_path / "pairs.csv"), **settings))
+    assert again.resumed_from == [1] and again.phases["steps"] == 0.0
 
 
 def _ray_train_workers():
@@ -354,6 +387,9 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, tiny_model, p
     assert steps == sorted(set(steps)) and steps[-1] == total  # the counter went on; no step was redone
     resumed_at = outcome.resumed_from[0]
     assert resumed_at in steps and steps.index(resumed_at) + 1 < len(steps)
+    # The steps' seconds are this command's, its restarted workers' too: within the seconds of Ray Train (a
+    # resumed run counted those of the runs before it, past Ray Train's own).
+    assert 0 < outcome.phases["steps"] <= outcome.phases["fit"]
     # A run of the same name with other settings would resume from these checkpoints: another model's weights
     # loaded partly, silently, or a crash mid-way on its optimizer's state. It is refused before any work.
     from ce_ray.config import ConfigError
@@ -363,6 +399,22 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, tiny_model, p
                                           r"\(lr, model\), which a run of the same name resumes from"):
         _train_module().train(TrainConfig(model=str(trained), train_data=str(pairs_file), output=str(out),
                                           num_workers=2, batch_size=2, save_every=4, lr=1e-4))
+
+
+def test_ctrl_c_ends_a_training_run_with_a_line_that_says_how_to_resume_it(tiny_model, tmp_path):
+    """Ray Train's fit takes Ctrl-C for its own: it aborted the run and failed with Ray's error of the aborted
+    controller, exit 1, without ce-ray's line."""
+    from conftest import interrupted_as_in_a_terminal
+
+    wikiqa_pairs("train", 3000)[["query", "document", "label"]].to_parquet(tmp_path / "pairs.parquet")
+    command = ["train", "--model", str(tiny_model), "--train-data", str(tmp_path / "pairs.parquet"),
+               "--output", str(tmp_path / "out"), "--batch-size", "2", "--log-every", "5", "--epochs", "5"]
+    returncode, errors = interrupted_as_in_a_terminal(command, after="ce-ray train: step 5/", wait=1.0)
+    assert returncode == 130, errors[-3000:]
+    assert "\nce-ray train: interrupted; the same command resumes it from its last checkpoint\n" in errors
+    # The driver's own: Ray's actors may log theirs (`(PlacementGroupCleaner pid=...)`, where several local Rays run)
+    assert "KeyboardInterrupt" not in errors
+    assert not [line for line in errors.splitlines() if "Traceback" in line and "pid=" not in line]
 
 
 def test_beir_pairs_with_bm25_hard_negatives_train_and_evaluate(ray_local, tiny_model, tmp_path):
@@ -551,11 +603,13 @@ def test_eval_data_in_the_training_datas_shape_ranks_each_querys_rows(ray_local,
     """eval_data given as rows like the training data's (a query, its positives and its negatives, as lists):
     each query's rows are its candidates, and the base model's metrics (step 0) are those of
     CrossEncoderRerankingEvaluator on the same samples, positives ranked among negatives. A query without a
-    positive is left out, as from a BEIR split."""
+    positive is left out, as from a BEIR split, and said; triples (a row per negative, the positives repeated on
+    each) give the same candidates, where each repeat was another (MAP doubled). Soft labels are refused."""
     from sentence_transformers import CrossEncoder
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
 
     from ce_ray.config import TrainConfig
+    from ce_ray.io import InputError
 
     model_path = spread_model(tiny_model, tmp_path / "spread")
     model = CrossEncoder(str(model_path), device="cpu")
@@ -573,13 +627,16 @@ def test_eval_data_in_the_training_datas_shape_ranks_each_querys_rows(ray_local,
     pd.DataFrame({"query": [s["query"] for s in samples], "pos": [s["positive"] for s in samples],
                   "neg": [s["negative"] for s in samples]}).to_json(tmp_path / "eval.jsonl", orient="records",
                                                                        lines=True)
+    pd.DataFrame([{"query": s["query"], "pos": s["positive"], "neg": [negative]} for s in samples
+                  for negative in s["negative"]]).to_json(tmp_path / "triples.jsonl", orient="records", lines=True)
     with_positive = [s for s in samples if s["positive"]]
     expected = CrossEncoderRerankingEvaluator(with_positive, at_k=10, write_csv=False)(model)
 
     # Two workers each score half of the candidates and share their scores: the same metrics.
+    evaluated = {2: tmp_path / "eval.jsonl", 1: tmp_path / "triples.jsonl"}
     for workers in (2, 1):
         outcome = _train_module().train(TrainConfig(
-            model=str(model_path), train_data=str(tmp_path / "eval.jsonl"), eval_data=str(tmp_path / "eval.jsonl"),
+            model=str(model_path), train_data=str(tmp_path / "eval.jsonl"), eval_data=str(evaluated[workers]),
             document_column="pos", negative_columns="neg", output=str(tmp_path / f"o{workers}"), max_steps=1,
             batch_size=4, num_workers=workers))
         base = outcome.log[0]
@@ -588,8 +645,15 @@ def test_eval_data_in_the_training_datas_shape_ranks_each_querys_rows(ray_local,
             assert base[f"eval_{name}"] == pytest.approx(expected[name], abs=1e-6), (workers, name)
     candidates = sum(len(s["positive"]) + len(s["negative"]) for s in with_positive)
     card = open(tmp_path / "o1" / "README.md").read()
-    assert f"Reranking each query's rows of `{tmp_path / 'eval.jsonl'}` ({len(with_positive)} queries, " \
-           f"{candidates} candidates)." in card
+    without = len({s["query"] for s in samples if s["negative"]}) - len(with_positive)
+    assert f"Reranking each query's rows of `{tmp_path / 'triples.jsonl'}` ({len(with_positive)} queries, " \
+           f"{candidates} candidates; {without} queries without a row labelled above 0 left out)." in card
+    soft = pd.DataFrame({"query": ["q", "q"], "document": ["a", "b"], "label": [0.9, 0.1]})
+    soft.to_parquet(tmp_path / "soft.parquet")
+    with pytest.raises(InputError, match=r"soft\.parquet: evaluation takes labels as grades.* and 0\.9 is none"):
+        _train_module().train(TrainConfig(model=str(model_path), train_data=str(tmp_path / "soft.parquet"),
+                                          eval_data=str(tmp_path / "soft.parquet"), output=str(tmp_path / "soft"),
+                                          max_steps=1))
 
 
 def test_best_metric_makes_the_best_evaluated_checkpoint_the_model(ray_local, tiny_model, tmp_path):
