@@ -128,21 +128,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def finishing_hint(command: str) -> str:
+    """How an interrupted job of this command is finished, for the line that says it stopped."""
+    return {"score": "; --mode resume finishes it",
+            "train": "; the same command resumes it from its last checkpoint"}.get(command, "")
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `ce-ray submit <command>` takes the command's own flags too, which override its config (checked there).
+    args, overrides = parser.parse_known_args(argv)
+    if overrides and args.command != "submit":
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
     try:
         if args.command == "submit":
             from .submit import run_submit
 
-            return run_submit(args)
+            return run_submit(args, overrides)
         return run_command(args.command, args)
     except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as e:
         print(f"ce-ray {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: a line, not the traceback of wherever the driver was waiting
-        again = {"score": "; --mode resume finishes it", "train": "; the same command resumes it from its last "
-                 "checkpoint"}.get(args.command, "")
-        print(f"\nce-ray {args.command}: interrupted{again}", file=sys.stderr)
+        print(f"\nce-ray {args.command}: interrupted{finishing_hint(args.command)}", file=sys.stderr)
         return 130
 
 

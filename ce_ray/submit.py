@@ -8,7 +8,10 @@ Submission goes through Ray's `JobSubmissionClient`. What travels with the job (
   go into config files: prefer the cluster's own credentials (instance role, Kubernetes Secret).
 The address is `--address`, else `RAY_ADDRESS`, else a local cluster's dashboard. A cluster with token
 authentication needs `RAY_AUTH_MODE=token` here (the token from `RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH`
-or ~/.ray/auth_token), as for `ray job submit`.
+or ~/.ray/auth_token), as for `ray job submit`. The command's own flags after the config override it, as
+they do locally (`--mode resume`, `--use-gpu`): checked here, and passed to the job's entrypoint.
+Exit status: 0 the job succeeded, 1 it failed or was stopped, 2 nothing was submitted, 3 its end was not
+seen (the connection to the cluster was lost), 130 Ctrl-C (the job keeps running).
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ JOBS_DIR = PACKAGE_DIR.parent / "jobs"  # present in a source checkout
 EXCLUDES = ["__pycache__", "*.pyc"]
 
 
-def stage_job(job: str, config: str, into: Path) -> str:
-    """Fills `into` (the job's working_dir) with the entrypoint and the config; returns the entrypoint."""
+def stage_job(job: str, config: str, into: Path, overrides: Sequence[str] = ()) -> str:
+    """Fills `into` (the job's working_dir) with the entrypoint and the config; returns the entrypoint, the
+    config's overriding flags (`overrides`) after it."""
     config_name = Path(config).name
     shutil.copy(config, into / config_name)
     script = JOBS_DIR / f"{job}.py"
@@ -39,7 +43,7 @@ def stage_job(job: str, config: str, into: Path) -> str:
         command = ["python", f"jobs/{script.name}"]
     else:
         command = ["python", "-m", "ce_ray.cli", job]
-    return shlex.join(command + ["--config", config_name])
+    return shlex.join(command + ["--config", config_name, *overrides])
 
 
 def runtime_env(working_dir: Path, pip: Sequence[str] = (), env: Sequence[str] = ()) -> dict:
@@ -58,21 +62,46 @@ def runtime_env(working_dir: Path, pip: Sequence[str] = (), env: Sequence[str] =
 PATH_SETTINGS = ("input", "output", "model", "train_data", "eval_data", "storage_path", "qrels", "data", "run_output")
 
 
-def check_config(job: str, config: str) -> None:
-    """Builds the job's config here first, so that a typo fails before anything is submitted; and says which
-    of its paths are relative: on the cluster they are read in the job's own working directory, a copy of
-    the config's folder that Ray deletes after the job, so an output written there is lost."""
-    from .cli import COMMANDS
-    from .config import load_config
+def check_config(job: str, config: str, overrides: Sequence[str] = ()) -> None:
+    """Builds the job's config here first, with its overriding flags, so that a typo fails before anything is
+    submitted; and says which of its paths are relative: on the cluster they are read in the job's own working
+    directory, which holds the config file alone and which Ray deletes after the job."""
+    import argparse
 
-    settings = load_config(COMMANDS[job][0], config)
+    from .cli import COMMANDS, add_config_flags, config_from_args
+
+    parser = argparse.ArgumentParser(prog=f"ce-ray submit {job} --config {config}", add_help=False)
+    add_config_flags(parser, COMMANDS[job][0])
+    settings = config_from_args(COMMANDS[job][0], parser.parse_args(["--config", config, *overrides]))
     relative = [f"{name}: {value}" for name in PATH_SETTINGS if isinstance(value := getattr(settings, name, ""), str)
                 and value and "://" not in value and not os.path.isabs(value)
                 and (name != "model" or os.path.exists(value))]  # else a hub id
     if relative:
-        print(f"ce-ray submit: warning: relative path(s) in {config} ({'; '.join(relative)}): the job reads them "
-              "in its working directory on the cluster, which Ray deletes after the job; give absolute paths on "
-              "the cluster's shared storage, or s3://", file=sys.stderr, flush=True)
+        print(f"ce-ray submit: warning: relative path(s) in {config} ({'; '.join(relative)}): on the cluster the "
+              "job reads them in its working directory, which holds the config file alone (and which Ray deletes "
+              "after the job); give absolute paths on the cluster's shared storage, or s3://", file=sys.stderr,
+              flush=True)
+
+
+# While the cluster does not answer, the job's status is asked again for this long before giving up on it.
+UNANSWERED_SECONDS = 60.0
+PENDING_SAID_AFTER = 10.0  # seconds a job may wait to start before its status message is shown
+
+
+class LostContact(Exception):
+    """The cluster stopped answering while the job was followed: its end is unknown here."""
+
+
+def _status(client, job_id: str):
+    """The job's status, asked again while the cluster does not answer (a port-forward restarting)."""
+    deadline = time.monotonic() + UNANSWERED_SECONDS
+    while True:
+        try:
+            return client.get_job_status(job_id)
+        except OSError as e:  # requests' connection errors are OSErrors (not the built-in ConnectionError)
+            if time.monotonic() > deadline:
+                raise LostContact(str(e)) from None
+            time.sleep(2)
 
 
 def _follow(client, job_id: str) -> None:
@@ -80,26 +109,36 @@ def _follow(client, job_id: str) -> None:
         async for lines in client.tail_job_logs(job_id):
             print(lines, end="", flush=True)
 
+    from ray.job_submission import JobStatus
+
+    waited, said = time.monotonic(), False
+    while _status(client, job_id) == JobStatus.PENDING:  # nothing to tail yet: say why, where it waits a while
+        if not said and time.monotonic() - waited > PENDING_SAID_AFTER:
+            print(f"ce-ray submit: job {job_id} is pending: {client.get_job_info(job_id).message}", flush=True)
+            said = True
+        time.sleep(1)
     try:
         asyncio.run(tail())
-    except RuntimeError as e:  # the log stream broke: fall back to asking for the status
+    except (RuntimeError, OSError) as e:  # the log stream broke: fall back to asking for the status
         print(f"ce-ray submit: lost the log stream ({e}); waiting for the job to end", file=sys.stderr)
-    while not client.get_job_status(job_id).is_terminal():
+    while not _status(client, job_id).is_terminal():
         time.sleep(2)
 
 
 def submit(job: str, config: str, address: Optional[str] = None, pip: Sequence[str] = (),
            env: Sequence[str] = (), submission_id: Optional[str] = None,
-           entrypoint_num_cpus: Optional[float] = None, wait: bool = True) -> int:
-    """Submits the job; with `wait`, prints its logs as they come and returns 0 if it succeeded, else 1."""
+           entrypoint_num_cpus: Optional[float] = None, wait: bool = True, overrides: Sequence[str] = ()) -> int:
+    """Submits the job; with `wait`, prints its logs as they come and returns its exit status (above)."""
     from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from .cli import finishing_hint
 
     if not os.path.isfile(config):
         raise FileNotFoundError(f"config file {config} does not exist")
-    check_config(job, config)
+    check_config(job, config, overrides)
     client = JobSubmissionClient(address)
     with tempfile.TemporaryDirectory(prefix=f"ce-ray-{job}-") as staging:
-        entrypoint = stage_job(job, config, Path(staging))
+        entrypoint = stage_job(job, config, Path(staging), overrides)
         job_id = client.submit_job(
             entrypoint=entrypoint, runtime_env=runtime_env(Path(staging), pip, env),
             submission_id=submission_id, entrypoint_num_cpus=entrypoint_num_cpus,
@@ -112,19 +151,29 @@ def submit(job: str, config: str, address: Optional[str] = None, pip: Sequence[s
         return 0
     try:
         _follow(client, job_id)
+        info = client.get_job_info(job_id)
     except KeyboardInterrupt:
         print(f"\nce-ray submit: job {job_id} keeps running; stop it with: "
               f"ray job stop {job_id} --address {where}", file=sys.stderr)
         return 130
-    info = client.get_job_info(job_id)
-    print(f"ce-ray submit: job {job_id} {info.status}" + (f": {info.message}" if info.message else ""),
+    except (LostContact, OSError) as e:
+        print(f"ce-ray submit: lost the connection to {where} ({e}); job {job_id} may still be running: follow "
+              f"it with: ray job logs --follow {job_id} --address {where}", file=sys.stderr)
+        return 3
+    # A failed job's message repeats the end of its logs, which were just printed: its first line is enough.
+    message = (info.message or "").split("\n", 1)[0].split(", last available logs", 1)[0]
+    print(f"ce-ray submit: job {job_id} {info.status}" + (f": {message}" if message else "")
+          + (finishing_hint(job) if info.status == JobStatus.STOPPED else ""),
           file=sys.stdout if info.status == JobStatus.SUCCEEDED else sys.stderr, flush=True)
     return 0 if info.status == JobStatus.SUCCEEDED else 1
 
 
 def add_submit_parser(sub, jobs: Sequence[str]) -> None:
     help_text = "run a command (score, rerank, ...) as a Ray Job on a cluster and follow its logs"
-    p = sub.add_parser("submit", help=help_text, description=help_text)
+    p = sub.add_parser("submit", help=help_text, description=help_text,
+                       epilog="The command's own flags (ce-ray <command> --help) may follow: they override the config "
+                              "there, as locally. Exit status: 0 succeeded, 1 failed or stopped, 2 not submitted, "
+                              "3 the job's end not seen (the cluster stopped answering), 130 Ctrl-C.")
     p.add_argument("job", choices=list(jobs))
     p.add_argument("--config", required=True, help="YAML config of the job (the same file works locally)")
     p.add_argument("--address", help="dashboard URL of the cluster (default: RAY_ADDRESS, else local)")
@@ -137,17 +186,23 @@ def add_submit_parser(sub, jobs: Sequence[str]) -> None:
     p.add_argument("--no-wait", dest="wait", action="store_false", help="return once submitted")
 
 
-def run_submit(args) -> int:
+def run_submit(args, overrides: Sequence[str] = ()) -> int:
     from ray.exceptions import AuthenticationError
 
     try:
         return submit(args.job, args.config, args.address, args.pip, args.env, args.submission_id,
-                      args.entrypoint_num_cpus, args.wait)
+                      args.entrypoint_num_cpus, args.wait, overrides)
     except AuthenticationError as e:
-        print(f"ce-ray submit: error: {e}\nThe cluster uses token authentication: set RAY_AUTH_MODE=token here, "
-              "with the cluster's token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.",
-              file=sys.stderr)
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":  # on here, and no token found, or another
+            what = ("RAY_AUTH_MODE=token is set here: put the cluster's token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH "
+                    "or ~/.ray/auth_token (a cluster without token authentication needs none: unset RAY_AUTH_MODE)")
+        else:
+            what = ("the cluster uses token authentication: set RAY_AUTH_MODE=token here, with the cluster's token "
+                    "in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token")
+        print(f"ce-ray submit: error: {e}\n{what[0].upper()}{what[1:]}.", file=sys.stderr)
         return 2
     except (ConnectionError, RuntimeError) as e:  # cluster unreachable, or the job server refused the request
-        print(f"ce-ray submit: error: {e}", file=sys.stderr)
+        # The job server's refusal carries its traceback: its last line says why (an id already taken).
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        print(f"ce-ray submit: error: {lines[-1] if 'Traceback' in str(e) else e}", file=sys.stderr)
         return 2

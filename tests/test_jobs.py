@@ -30,9 +30,18 @@ JOB_TIMEOUT = 420  # seconds a submitted job may take on a busy 2-core machine
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, below Linux's ephemeral range (32768-60999): a port of that range, free when
+    checked, can be taken before `ray start` binds it by a connection that Ray's own processes open."""
+    import random
+
+    while True:
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
 
 
 def reference_scores(model: Path, df: pd.DataFrame) -> np.ndarray:
@@ -164,6 +173,38 @@ def test_score_job_on_a_local_cluster(cluster, model, tmp_path):
     assert len(out) == 40 and not out.duplicated(["query_id", "doc_id"]).any()
     merged = pairs.merge(out[["query_id", "doc_id", "score"]], on=["query_id", "doc_id"], validate="1:1")
     assert np.abs(merged["score"].to_numpy() - reference_scores(model, merged)).max() <= 1e-5
+
+    # The command's own flags after the config override it, as locally (the job's errors name them): checked
+    # here (a wrong one is submitted nowhere) and passed to the entrypoint. They were refused by submit.
+    bad = cluster.submit("score", config, "--mode", "resum")
+    assert bad.returncode == 2 and "invalid choice: 'resum'" in bad.stderr and "submitted" not in bad.stdout
+    again = cluster.submit("score", config, "--mode", "overwrite", "--score-column", "score_2")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "--config score.yaml --mode overwrite --score-column score_2" in again.stdout
+    assert "score_2" in pq.read_schema(next((tmp_path / "out" / "results").glob("*.parquet"))).names
+
+
+def test_a_cluster_that_stops_answering_is_asked_again_then_said(cluster):
+    """A port-forward that drops while a job is followed: the job's status is asked again for a while, then
+    the command says how to follow the job (it printed requests' traceback and exited 1, as if the job failed).
+    In a process of the cluster's environment (Ray reads the token's mode once per process)."""
+    script = f"""
+import time
+from ray.job_submission import JobSubmissionClient
+from ce_ray import submit
+client = JobSubmissionClient({cluster.address!r})
+client._address = "http://127.0.0.1:{free_port()}"  # the forwarded port, gone
+submit.UNANSWERED_SECONDS = 3.0
+started = time.monotonic()
+try:
+    submit._status(client, "a-job")
+except submit.LostContact:
+    print("lost after", round(time.monotonic() - started))
+"""
+    run = subprocess.run([sys.executable, "-c", script], env=cluster.env, capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert int(run.stdout.split("lost after ")[1]) >= 3
 
 
 def test_failing_job_reports_its_status_and_message(cluster, model, tmp_path):
