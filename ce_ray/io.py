@@ -16,8 +16,7 @@ import posixpath
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
@@ -180,6 +179,15 @@ def is_output(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(f"{path}/{STATE}").type == pafs.FileType.Directory
 
 
+def read_state(fs: pafs.FileSystem, path: str, name: str = JOB) -> Optional[dict]:
+    """One of the JSON files in an output's `_ce_ray/` (the job's settings by default), or None where it has none."""
+    try:
+        with fs.open_input_stream(f"{path}/{STATE}/{name}") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+
+
 def job_summary(uri: str) -> Optional[dict]:
     """The summary (`_SUCCESS`) of the finished job whose output folder `uri` is, with the job's settings
     (`_ce_ray/job.json`) as its "settings", or None for any other input."""
@@ -194,8 +202,7 @@ def job_summary(uri: str) -> Optional[dict]:
     except (OSError, ValueError):  # not finished (refused when read), or an empty marker of another writer
         return None
     try:
-        with fs.open_input_stream(f"{path}/{STATE}/{JOB}") as f:
-            return summary | {"settings": json.loads(f.read())}
+        return summary | {"settings": read_state(fs, path) or {}}
     except (OSError, ValueError):
         return summary | {"settings": {}}
 
@@ -281,27 +288,26 @@ class FileCheck:
     types: dict
     row_groups: Tuple[Tuple[int, int], ...] = ()  # parquet: (rows, bytes in memory) of each row group
     size_bytes: int = 0  # about what its rows take in memory: parquet's row groups, a text file's text
-    # Its size and modification time or ETag (`file_stamp`): a resumed job tells from it a file rewritten since
+    # Its size and modification time or ETag (`size_and_stamp`): a resumed job tells from it a file rewritten since
     # the earlier run, whose results it scores again.
     stamp: str = ""
 
 
-def file_stamp(fs: pafs.FileSystem, path: str) -> str:
-    """`<bytes>:<modified, ns>` of a local file; `<bytes>:<ETag>` of an S3 object (s3fs gives Arrow no time,
-    and a new upload gets a new ETag)."""
+def size_and_stamp(fs: pafs.FileSystem, path: str) -> Tuple[int, str]:
+    """A file's size in bytes, and its stamp: `<bytes>:<modified, ns>` of a local file, `<bytes>:<ETag>` of an
+    S3 object (s3fs gives Arrow no time, and a new upload gets a new ETag)."""
     handler = getattr(fs, "handler", None)
     if isinstance(handler, pafs.FSSpecHandler):
         info = handler.fs.info(path)
-        return f"{info.get('size')}:{info.get('ETag') or info.get('LastModified') or ''}"
+        return info.get("size"), f"{info.get('size')}:{info.get('ETag') or info.get('LastModified') or ''}"
     info = fs.get_file_info(path)
-    return f"{info.size}:{info.mtime_ns or ''}"
+    return info.size, f"{info.size}:{info.mtime_ns or ''}"
 
 
-def _text_bytes(fs: pafs.FileSystem, path: str, head: bytes, whole: bool) -> int:
-    """A text file's size in memory: its head when that was all of it (no request), else its size."""
+def _text_bytes(path: str, size: int, head: bytes, whole: bool) -> int:
+    """A text file's size in memory: its head when that was all of it, else its size (`size` bytes)."""
     if whole:
         return len(head)
-    size = fs.get_file_info(path).size
     return size * COMPRESSED_TEXT_RATIO if path.lower().endswith(COMPRESSED) else size
 
 
@@ -323,13 +329,14 @@ def _head(f) -> Tuple[bytes, bool]:
 
 def _check_one(fs: pafs.FileSystem, path: str, input_format: str, column_names: Optional[List[str]]) -> FileCheck:
     try:
-        stamp = file_stamp(fs, path)  # before its rows are read: a file rewritten meanwhile differs next time
+        size, stamp = size_and_stamp(fs, path)  # before its rows are read: a file rewritten meanwhile differs later
     except OSError as e:
         raise InputError(f"cannot read {path}: {e}") from e
-    return dataclasses.replace(_read_schema(fs, path, input_format, column_names), stamp=stamp)
+    return replace(_read_schema(fs, path, size, input_format, column_names), stamp=stamp)
 
 
-def _read_schema(fs: pafs.FileSystem, path: str, input_format: str, column_names: Optional[List[str]]) -> FileCheck:
+def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
+                 column_names: Optional[List[str]]) -> FileCheck:
     try:
         if input_format == "parquet":
             with fs.open_input_file(path) as f:
@@ -341,7 +348,7 @@ def _read_schema(fs: pafs.FileSystem, path: str, input_format: str, column_names
                              groups, sum(size for _, size in groups))
         with fs.open_input_stream(path, compression="detect") as f:
             head, whole = _head(f)
-        size = _text_bytes(fs, path, head, whole)
+        size = _text_bytes(path, size, head, whole)
         head = head.removeprefix(UTF8_BOM)
         lines = [line for line in head.split(b"\n") if line.strip()]
         if input_format in DELIMITED:

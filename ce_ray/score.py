@@ -60,10 +60,17 @@ def check_columns(names: List[str], needed: Dict[str, str]) -> None:
                              f"column with {setting}")
 
 
+def require_dataset(ds) -> None:
+    if not hasattr(ds, "map_batches"):
+        raise InputError(f"pairs to score come as a Ray Dataset (ray.data.from_pandas(frame), ray.data.read_parquet"
+                         f"(...)), not a {type(ds).__name__}; ce_ray.predict takes a list of pairs")
+
+
 def check_known_columns(ds, needed: Dict[str, str]) -> None:
-    """`check_columns` now, where a Dataset knows its columns without running (read from files, from pandas),
-    rather than in a task's traceback once its rows were scored."""
-    schema = ds.schema(fetch_if_missing=False) if hasattr(ds, "map_batches") else None  # else score() says so
+    """That `ds` is a Dataset, and `check_columns` now where it knows its columns without running (read from
+    files, from pandas), rather than in a task's traceback once its rows were scored."""
+    require_dataset(ds)
+    schema = ds.schema(fetch_if_missing=False)
     if schema is not None:
         check_columns(list(schema.names), needed)
 
@@ -109,9 +116,7 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
     the tokenizer, the forward passes' token budget. `checked`: `scoring_model(config)`, where a job checked it
     (its config is then the one used).
     """
-    if not hasattr(ds, "map_batches"):
-        raise InputError(f"pairs to score come as a Ray Dataset (ray.data.from_pandas(frame), ray.data.read_parquet"
-                         f"(...)), not a {type(ds).__name__}; ce_ray.predict takes a list of pairs")
+    require_dataset(ds)
     config = with_settings(config or ScoreConfig(), settings)
     require(config, "model")
     config.validate()

@@ -34,7 +34,7 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from .batching import REJECT
-from .io import JOB, REJECTS, RESULTS, STATE, SUCCESS, filesystem, is_remote
+from .io import JOB, REJECTS, RESULTS, STATE, SUCCESS, filesystem, is_remote, read_state
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 
 REASON = "reason"  # why a row of rejects/ was rejected
@@ -137,14 +137,6 @@ def scan_parts(output: str) -> ResumeState:
     return ResumeState(parts, [file for _, file, _ in other])
 
 
-def _read_state(fs: pafs.FileSystem, path: str, name: str = JOB) -> Optional[dict]:
-    try:
-        with fs.open_input_stream(f"{path}/{STATE}/{name}") as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        return None
-
-
 def _as_recorded_now(job: dict) -> dict:
     """An earlier job's settings with its input and model written out as jobs now record them: earlier ones kept
     them as typed (`data/in`, `/models/rr/`), and their outputs resume from the same working directory."""
@@ -161,7 +153,7 @@ def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:
     fs, path = filesystem(output)
     if not has_results(output):
         return ResumeState({}, [])
-    earlier = _read_state(fs, path)
+    earlier = read_state(fs, path)
     if earlier is not None:
         earlier = _as_recorded_now(earlier)
     if job is not None and earlier is not None:
@@ -172,7 +164,7 @@ def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:
                 "their scores; pass --mode overwrite, or the same settings"
             )
     state = scan_parts(output)
-    state.stamps = _read_state(fs, path, INPUTS) or {}
+    state.stamps = read_state(fs, path, INPUTS) or {}
     if any(not f.rsplit("/", 1)[-1].startswith(".") for f in state.other):  # not a temporary: a foreign part
         raise ResumeError(
             f"{output} holds parts not named after an input file (written by a job that regroups rows, "
