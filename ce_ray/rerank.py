@@ -32,6 +32,9 @@ from .sink import PairsSink
 
 RANK = "rank"
 CUT = "_ce_cut"  # rows top-k cut from the query, on its best row (0 elsewhere); the sink counts and drops it
+# 1 on the best row of a query id whose rows carry more than one query text (two sources' ids colliding): its rows
+# are ranked as one list, which the summary says; the sink counts and drops it.
+SHARED = "_ce_shared_id"
 _FILE = "_ce_file"
 PARTITION_BYTES = 256 << 20  # about the most that one rank partition's rows take in memory
 
@@ -76,15 +79,28 @@ def _ranking_order(table: pa.Table, input_order: Optional[List[str]], document_c
     return table, keys
 
 
+def _several_texts(table: pa.Table, query_column: Optional[str], starts: np.ndarray) -> np.ndarray:
+    """1 for each query (its rows from `starts[i]` to the next start) whose rows carry more than one query text."""
+    if query_column is None or query_column not in table.column_names or not len(starts):
+        return np.zeros(len(starts), dtype=np.int64)
+    texts = table.column(query_column)
+    firsts = np.repeat(starts, np.diff(np.append(starts, table.num_rows)))
+    differs = pc.fill_null(pc.not_equal(texts, texts.take(pa.array(firsts))), False).to_numpy(zero_copy_only=False)
+    return np.maximum.reduceat(differs.astype(np.int64), starts)
+
+
 def rank_group(table: pa.Table, top_k: Optional[int] = None, input_order: Optional[List[str]] = None,
                document_column: str = "document", count_cut: bool = False, query_id_column: str = "query_id",
-               score_column: str = SCORE, rank_column: str = RANK) -> pa.Table:
-    """Ranks the rows of one query. Rejected rows (no score) are kept, unranked, for the rejects output."""
+               score_column: str = SCORE, rank_column: str = RANK, query_column: Optional[str] = None) -> pa.Table:
+    """Ranks the rows of one query. Rejected rows (no score) are kept, unranked, for the rejects output.
+    With `count_cut`, the rows cut by the top k are counted (`CUT`), and a query id whose rows carry more than one
+    `query_column` text is marked (`SHARED`), also where keep_block_top_k saw it."""
     table = _reject_null_query_ids(table, query_id_column)
     valid = _rankable(table, query_id_column, score_column)
     # Rows cut before the shuffle (keep_block_top_k) count with those cut here.
     cut_before = int(pc.sum(table.column(CUT)).as_py() or 0) if CUT in table.column_names else 0
-    table = table.drop_columns([c for c in (CUT,) if c in table.column_names])
+    shared_before = int(pc.max(table.column(SHARED)).as_py() or 0) if SHARED in table.column_names else 0
+    table = table.drop_columns([c for c in (CUT, SHARED) if c in table.column_names])
     scored, rejected = table.filter(valid), table.filter(pc.invert(valid))
     scored, keys = _ranking_order(scored, input_order, document_column, score_column)
     ranked = scored.take(pc.sort_indices(scored, sort_keys=keys))  # a stable sort
@@ -95,11 +111,13 @@ def rank_group(table: pa.Table, top_k: Optional[int] = None, input_order: Option
                                    pa.nulls(rejected.num_rows, rejected.schema.field(score_column).type))
     rejected = rejected.append_column(rank_column, pa.nulls(rejected.num_rows, pa.int32()))
     if count_cut:
-        cut = np.zeros(kept, dtype=np.int64)
+        cut, shared = np.zeros(kept, dtype=np.int64), np.zeros(kept, dtype=np.int64)
         if kept:
             cut[0] = scored.num_rows - kept + cut_before
-        ranked = ranked.append_column(CUT, pa.array(cut))
-        rejected = rejected.append_column(CUT, pa.array(np.zeros(rejected.num_rows, dtype=np.int64)))
+            shared[0] = max(shared_before, _several_texts(scored, query_column, np.zeros(1, dtype=np.int64))[0])
+        ranked = ranked.append_column(CUT, pa.array(cut)).append_column(SHARED, pa.array(shared))
+        none = pa.array(np.zeros(rejected.num_rows, dtype=np.int64))
+        rejected = rejected.append_column(CUT, none).append_column(SHARED, none)
     out = pa.concat_tables([ranked.drop_columns([c for c in (_FILE,) if c in ranked.column_names]), rejected],
                            promote_options="default")
     return out.drop_columns([c for c in TAGS if c in out.column_names])
@@ -116,12 +134,13 @@ def check_key(table: pa.Table, column: str) -> None:
 
 def keep_block_top_k(table: pa.Table, top_k: int, query_id_column: str = "query_id",
                      input_order: Optional[List[str]] = None, document_column: str = "document",
-                     count_cut: bool = False, score_column: str = SCORE) -> pa.Table:
+                     count_cut: bool = False, score_column: str = SCORE,
+                     query_column: Optional[str] = None) -> pa.Table:
     """The best `top_k` rows of each query in one block, and every row that will not be ranked (no score, a
     reject reason, no query id). A row that k rows of its query beat in its block is beaten by them in the
     whole query too (the same order, `_ranking_order`), so the query's top k is among the rows kept. With
     `count_cut`, the rows cut are counted on their query's best row of the block (`_ce_cut`), and
-    `rank_group` adds them to its own."""
+    `rank_group` adds them to its own; so is a query of several texts marked (`SHARED`)."""
     if query_id_column not in table.column_names:
         return table
     valid = _rankable(table, query_id_column, score_column)
@@ -140,8 +159,11 @@ def keep_block_top_k(table: pa.Table, top_k: int, query_id_column: str = "query_
         starts = np.flatnonzero(first)
         cut = np.zeros(rows, dtype=np.int64)
         cut[starts] = np.maximum(np.diff(np.append(starts, rows)) - top_k, 0)
-        scored = scored.append_column(CUT, pa.array(cut))
-        other = other.append_column(CUT, pa.array(np.zeros(other.num_rows, dtype=np.int64)))
+        shared = np.zeros(rows, dtype=np.int64)
+        shared[starts] = _several_texts(scored, query_column, starts)
+        scored = scored.append_column(CUT, pa.array(cut)).append_column(SHARED, pa.array(shared))
+        none = pa.array(np.zeros(other.num_rows, dtype=np.int64))
+        other = other.append_column(CUT, none).append_column(SHARED, none)
     scored = scored.filter(pa.array(keep)).drop_columns([c for c in (_FILE,) if c in scored.column_names])
     return pa.concat_tables([scored, other], promote_options="default")
 
@@ -157,10 +179,11 @@ def shuffle_input(table: pa.Table, column: str, top_k: Optional[int] = None, **r
 
 def rank(ds, query_id_column: str = "query_id", top_k: Optional[int] = None,
          input_order: Optional[List[str]] = None, document_column: str = "document", count_cut: bool = False,
-         partitions: Optional[int] = None, score_column: str = SCORE, rank_column: str = RANK):
+         partitions: Optional[int] = None, score_column: str = SCORE, rank_column: str = RANK,
+         query_column: Optional[str] = None):
     """Adds `rank` (`rank_column`) within each query to a scored Dataset (and keeps the top k when given)."""
     ranking = dict(input_order=input_order, document_column=document_column, count_cut=count_cut,
-                   score_column=score_column)
+                   score_column=score_column, query_column=query_column)
     ds = ds.map_batches(shuffle_input, fn_kwargs=dict(column=query_id_column, top_k=top_k, **ranking),
                         batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
                         udf_modifying_row_count=top_k is not None)
@@ -182,12 +205,17 @@ def rerank(ds, config: Optional[RerankConfig] = None, input_order: Optional[List
                 partitions=config.rank_partitions, score_column=config.score_column, rank_column=config.rank_column)
 
 
+def _column_sum(tables: List[pa.Table], column: str) -> int:
+    return sum(int(pc.sum(t.column(column)).as_py() or 0) for t in tables if column in t.column_names)
+
+
 class RankedSink(PairsSink):
-    """The pairs sink, also counting the rows top-k cut (the `_ce_cut` column, dropped here)."""
+    """The pairs sink, also counting the rows top-k cut and the query ids of several query texts (the `CUT` and
+    `SHARED` columns, dropped here)."""
 
     def __init__(self, output: str, written):
         super().__init__(output, written)
-        self.counts["rows_cut"] = 0
+        self.counts |= {"rows_cut": 0, "shared_query_ids": 0}
 
     def write(self, blocks, ctx) -> dict:
         from ray.data.block import BlockAccessor
@@ -195,11 +223,9 @@ class RankedSink(PairsSink):
         # Ray fuses this write into the group-by's reduce tasks, which never call on_write_start.
         self.on_write_start()
         tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
-        cut = sum(int(pc.sum(t.column(CUT)).as_py() or 0) for t in tables if CUT in t.column_names)
-        tables = [t.drop_columns([CUT]) if CUT in t.column_names else t for t in tables]
-        counts = super().write(tables, ctx)
-        counts["rows_cut"] = cut
-        return counts
+        added = {"rows_cut": _column_sum(tables, CUT), "shared_query_ids": _column_sum(tables, SHARED)}
+        tables = [t.drop_columns([c for c in (CUT, SHARED) if c in t.column_names]) for t in tables]
+        return super().write(tables, ctx) | added
 
 
 @dataclasses.dataclass
@@ -212,6 +238,7 @@ class RerankSummary:
     output: str
     files_in: int
     top_k: Optional[int]
+    shared_query_ids: int = 0  # query ids whose rows carry more than one query text, each ranked as one list
 
     @property
     def rows_scored(self) -> int:
@@ -228,6 +255,8 @@ class RerankSummary:
             ("rows scored", f"{self.rows_scored:,}"),
             ("rows kept", f"{self.rows_kept:,}" + (f"  (top {self.top_k} of each query)" if self.top_k else "")),
             ("rows rejected", f"{self.rows_rejected:,}" + ("  (see rejects/)" if self.rows_rejected else "")),
+        ] + ([("query ids", f"{self.shared_query_ids:,} with more than one query text, each ranked as one query")]
+             if self.shared_query_ids else []) + [
             ("seconds", f"{self.seconds:.1f}"),
             ("pairs/s", f"{self.pairs_per_second:,.1f}"),
             ("output", self.output),
@@ -277,7 +306,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
           + (f", keeping the best {config.top_k}" if config.top_k else ""), flush=True)
     ranked = rank(scored, config.query_id_column, config.top_k, [input_key(f.path) for f in files],
                   config.document_column, count_cut=True, partitions=partitions, score_column=config.score_column,
-                  rank_column=config.rank_column)
+                  rank_column=config.rank_column, query_column=config.query_column)
     sink = RankedSink(config.output, written_columns(config))
     with surfaced_errors():
         ranked.write_datasink(sink)
@@ -291,6 +320,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
         output=config.output,
         files_in=len(files),
         top_k=config.top_k,
+        shared_query_ids=counts["shared_query_ids"],
     )
     sink.write_success(dataclasses.asdict(summary) | {"rows_scored": summary.rows_scored,
                                                       "pairs_per_second": summary.pairs_per_second})

@@ -180,7 +180,7 @@ def test_rerank_job_over_files_and_blocks(ray_local, tiny_model, tmp_path, capsy
     summary = run_rerank(config)
     assert summary.rows_in == len(inputs) == 23
     assert "ce-ray rerank: ranks the rows of each query_id in 3 partition(s)\n" in capsys.readouterr().out
-    assert (summary.rows_kept, summary.rows_cut, summary.rows_rejected) == (22, 0, 1)
+    assert (summary.rows_kept, summary.rows_cut, summary.rows_rejected, summary.shared_query_ids) == (22, 0, 1, 0)
 
     results = pd.read_parquet(tmp_path / "all" / "results")
     assert sorted(results.columns) == sorted(list(inputs.columns[:-2]) + ["score", "rank"])
@@ -211,6 +211,19 @@ def test_rerank_job_over_files_and_blocks(ray_local, tiny_model, tmp_path, capsy
     assert "top 2 of each query (17 rows cut)" in measured["top"]["baseline_left_out"]
     assert "  no baseline: " in capsys.readouterr().out
     assert "left out 1 row(s) the job rejected" in measured["all"]["rejected_rows_left_out"]
+
+    # Two sources whose ids collide: q1 asks two questions. Its rows are ranked as one list, as the input says,
+    # and the summary says so.
+    (tmp_path / "collide").mkdir()
+    for f in range(3):
+        frame = pd.read_parquet(folder / f"part-{f}.parquet")
+        if f == 2:
+            frame["query"] = frame["query"].str.replace("what about q1", "who wrote q1")
+        frame.to_parquet(tmp_path / "collide" / f"part-{f}.parquet", index=False)
+    collide = run_rerank(RerankConfig(model=str(tiny_model), input=str(tmp_path / "collide"),
+                                      output=str(tmp_path / "collide-out"), rank_partitions=2, top_k=3))
+    assert collide.shared_query_ids == 1 and collide.rows_kept == 7
+    assert "query ids     1 with more than one query text, each ranked as one query\n" in capsys.readouterr().out
 
     # Query ids written as a categorical (a dictionary of strings in parquet): the same ranks.
     (tmp_path / "categorical").mkdir()
