@@ -2,7 +2,8 @@
 
 A ranked list is given as the gains of its documents in rank order (the qrels grade, 0 when unjudged).
 Gains are linear (grade / log2(rank + 1)), as in trec_eval, BEIR and scikit-learn's `ndcg_score`; a
-document is relevant when its grade is > 0. A query with no relevant document scores 0 everywhere, as
+document is relevant when its grade is > 0. A negative grade (some TREC qrels mark spam or junk so) gains 0, as
+trec_eval counts it: NDCG stays within [0, 1]. A query with no relevant document scores 0 everywhere, as
 sentence-transformers' `CrossEncoderRerankingEvaluator` counts it.
 
 `relevant_total` and `ideal_gains` take the judgments the list does not hold (relevant documents the first
@@ -22,7 +23,7 @@ def metric_names(k: int = 10, recall_k: int = 100) -> list:
 
 
 def dcg(gains: np.ndarray, k: int) -> float:
-    gains = np.asarray(gains, dtype=np.float64)[:k]
+    gains = np.maximum(np.asarray(gains, dtype=np.float64)[:k], 0.0)  # a negative grade gains 0 (trec_eval)
     return float(np.sum(gains / np.log2(np.arange(2, len(gains) + 2))))
 
 
@@ -56,7 +57,7 @@ def lists_metrics(lists: np.ndarray, gains: np.ndarray, count: int, k: int = 10,
     `lists[i]` (0 to count - 1, ascending: each list's rows together, in rank order) and has grade `gains[i]`.
     `relevant_total` and `ideal_dcg` (at k), per list, take the judgments the lists do not hold."""
     lists = np.asarray(lists, dtype=np.int64)
-    gains = np.asarray(gains, dtype=np.float64)
+    gains = np.maximum(np.asarray(gains, dtype=np.float64), 0.0)  # a negative grade gains 0 (trec_eval)
     starts = np.searchsorted(lists, np.arange(count))
     rank = np.arange(len(lists)) - starts[lists]  # 0 is the first of its list
     relevant, top = gains > 0, rank < k

@@ -35,6 +35,22 @@ def test_graded_ndcg_mrr_map_recall_by_hand():
     assert late["mrr@10"] == 0 and late["ndcg@10"] == 0 and late["map"] == pytest.approx(1 / 11)
 
 
+def test_a_negative_grade_gains_nothing_as_in_trec_eval():
+    """TREC qrels may grade junk below 0: trec_eval counts such a document as a gain of 0, in the list and in
+    the ideal order, so NDCG stays within [0, 1] (a negative gain made it -0.29 here, and below -2 elsewhere)."""
+    ranked = [-1, 1, 0]  # d1 (junk) first, d2 (grade 1) second, d5 (unjudged) third
+    expected = (1 / np.log2(3)) / (2 + 1 / np.log2(3))  # ideal: d3 (grade 2), then d2; 0.2398125, as trec_eval
+    one = ranking_metrics(ranked, relevant_total=2, ideal_gains=[-1, 1, 2, -2])
+    assert one["ndcg@10"] == pytest.approx(expected, abs=1e-9) and one["map"] == pytest.approx(1 / 4)
+    rows = pd.DataFrame({"query_id": ["a"] * 3, "doc_id": ["d1", "d2", "d5"], "score": [3.0, 2.0, 1.0]})
+    qrels = {"a": {"d1": -1, "d2": 1, "d3": 2, "d4": -2}}
+    result = evaluate_frame(rows, EvalConfig(baseline_column=""), qrels)
+    assert result["reranked"]["ndcg@10"] == pytest.approx(expected, abs=1e-9)
+    # Grades in the rows (no qrels): the list's own, junk first, then the relevant one.
+    labelled = evaluate_frame(rows.assign(label=[-1, 1, 0]), EvalConfig(baseline_column=""))
+    assert labelled["reranked"]["ndcg@10"] == pytest.approx(1 / np.log2(3), abs=1e-9)
+
+
 def test_many_ranked_lists_at_once_give_each_lists_metrics():
     """`lists_metrics` (what `ce-ray eval` computes, a million pairs in a second) against `ranking_metrics` list
     by list: graded gains, lists of one row and of none, with and without relevant documents the lists miss."""
