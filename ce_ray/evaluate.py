@@ -107,6 +107,13 @@ def _ranked(lists: np.ndarray, values: pd.Series, descending: bool) -> np.ndarra
     return frame["row"].to_numpy()
 
 
+def _first_of_each_pair(rows: np.ndarray, lists: np.ndarray, docs: pd.Series) -> np.ndarray:
+    """Ranked rows (`_ranked`) less the later copies of each (query, document) pair: a document counts once,
+    at its best rank, whatever the file's order (a document scored passage by passage counts as its best)."""
+    ranked = pd.DataFrame({"list": lists[rows], "doc": docs.astype(str).to_numpy()[rows]})
+    return rows[~ranked.duplicated().to_numpy()]
+
+
 def _reranked_by(df: pd.DataFrame, c: EvalConfig) -> tuple:
     """The column that gives the reranked order, and whether higher comes first: the rank, else the score."""
     ranked_by, descending = (c.rank_column, False) if c.rank_column in df.columns else (c.score_column, True)
@@ -128,15 +135,17 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
         baseline = None
     notes = {}
     if qrels is not None:
-        # As trec_eval: a query the qrels do not judge is not evaluated (TREC DL judges a few of its queries),
-        # and a document listed twice for a query (candidates merged from two retrievers) counts once.
+        # As trec_eval: a query the qrels do not judge is not evaluated (TREC DL judges a few of its queries).
+        # A document listed twice for a query (candidates merged from two retrievers, passages of one document)
+        # counts once, at its best rank in each order (`_first_of_each_pair`), where trec_eval refuses the run.
         judged_rows = df[c.query_id_column].astype(str).isin(qrels.keys())
         notes["queries_not_in_qrels"] = int(df.loc[~judged_rows, c.query_id_column].nunique())
         notes["queries_in_qrels"] = int(df.loc[judged_rows, c.query_id_column].nunique())
-        df = df[judged_rows]
-        repeated = df.duplicated([c.query_id_column, c.doc_id_column])
+        df = df[judged_rows].reset_index(drop=True)
+        repeated = df.duplicated([c.query_id_column, c.doc_id_column]).to_numpy()
         notes["repeated_pairs_dropped"] = int(repeated.sum())
-        df = df[~repeated].reset_index(drop=True)
+    else:
+        repeated = np.zeros(len(df), dtype=bool)  # without qrels each row is a candidate, as in the evaluator
     keys = df[c.query_id_column].astype(str)
     lists, query_ids = pd.factorize(keys, sort=False)  # queries numbered in the order they first come
     if qrels is not None:
@@ -157,12 +166,14 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
     metrics = {}
     for name, (column, higher_first) in orders.items():
         rows = _ranked(lists, df[column], higher_first)
+        if repeated.any():
+            rows = _first_of_each_pair(rows, lists, df[c.doc_id_column])
         metrics[name] = lists_metrics(lists[rows], gains[rows], len(query_ids), c.k, c.recall_k, total, ideal)
     has_relevant = total > 0
     counted = np.flatnonzero(has_relevant | (not c.only_with_relevant))
     skipped = len(query_ids) - len(counted)
     without_relevant = int((~has_relevant).sum()) - skipped
-    candidates = np.bincount(lists, minlength=len(query_ids))
+    candidates = np.bincount(lists[~repeated], minlength=len(query_ids))
     per_query = [{"query_id": query_ids[q], "candidates": int(candidates[q]),
                   **{name: {m: float(values[q]) for m, values in metrics[name].items()} for name in orders}}
                  for q in counted]
@@ -172,7 +183,7 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
         "queries_without_relevant": without_relevant,  # counted, at 0
         "counted": ("queries with a relevant document" if c.only_with_relevant
                     else "all queries, those without a relevant document at 0"),
-        "pairs": int(len(df)),
+        "pairs": int((~repeated).sum()),
         "reranked_by": ranked_by,
         "baseline_by": baseline,
         "reranked": mean_metrics(e["reranked"] for e in per_query),

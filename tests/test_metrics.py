@@ -144,6 +144,20 @@ def test_eval_counts_as_trec_eval_does_where_rows_repeat_lack_ids_or_are_not_jud
     assert (tmp_path / "scored.parquet.eval.json").exists() and not (tmp_path / "eval.json").exists()
 
 
+def test_a_document_listed_twice_counts_at_its_best_rank_in_each_order():
+    """Passages of one document scored apart (or one document from two retrievers) count once, at the best
+    rank each order gives the document, whatever the file's order: the first row in the file (here the
+    passage scored 0.1) put the relevant document second, MRR 0.5 where its best passage ranks it first."""
+    rows = pd.DataFrame({"query_id": ["q", "q", "q"], "doc_id": ["D", "E", "D"], "score": [0.1, 0.5, 0.9],
+                         "bm25_rank": [3, 2, 1]})
+    result = evaluate_frame(rows, EvalConfig(), {"q": {"D": 1}})
+    assert result["reranked"]["mrr@10"] == result["reranked"]["map"] == 1.0
+    assert result["baseline"]["mrr@10"] == 1.0  # the baseline's best copy is the other row
+    assert (result["pairs"], result["per_query"][0]["candidates"], result["repeated_pairs_dropped"]) == (2, 2, 1)
+    worse = evaluate_frame(rows.assign(bm25_rank=[1, 2, 3]), EvalConfig(), {"q": {"E": 1}})
+    assert worse["reranked"]["mrr@10"] == worse["baseline"]["mrr@10"] == 0.5  # D (best copy) above E both ways
+
+
 def test_trec_qrels_read_as_beir_qrels(tmp_path):
     """MS MARCO's qrels (tab-separated) and TREC DL's (spaces) give the grades a BEIR file gives."""
     from ce_ray.candidates import read_qrels
