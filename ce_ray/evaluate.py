@@ -78,7 +78,8 @@ def is_trec_run(uri: str) -> bool:
 
 def read_trec_run(uri: str, c: EvalConfig) -> pd.DataFrame:
     """A TREC run (`query Q0 document rank score tag` a line, any system's) as rows of query id, doc id and
-    score; its order is the score's, highest first, as trec_eval takes it (equal scores in file order)."""
+    score; its order is the score's, highest first, as trec_eval takes it (the rank field is not read), equal
+    scores in file order, where trec_eval orders them by document id, descending (`tied_pairs` counts them)."""
     from .candidates import numbered_lines
 
     rows = []
@@ -112,6 +113,12 @@ def _first_of_each_pair(rows: np.ndarray, lists: np.ndarray, docs: pd.Series) ->
     at its best rank, whatever the file's order (a document scored passage by passage counts as its best)."""
     ranked = pd.DataFrame({"list": lists[rows], "doc": docs.astype(str).to_numpy()[rows]})
     return rows[~ranked.duplicated().to_numpy()]
+
+
+def _tied_pairs(lists: np.ndarray, scores: pd.Series) -> int:
+    """Rows whose score another row of their query shares: ce-ray ranks those in file order, trec_eval by
+    document id (descending) and other tools otherwise, so only there can their figures differ."""
+    return int(pd.DataFrame({"list": lists, "score": scores.to_numpy()}).duplicated(keep=False).sum())
 
 
 def _reranked_by(df: pd.DataFrame, c: EvalConfig) -> tuple:
@@ -169,6 +176,8 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
         if repeated.any():
             rows = _first_of_each_pair(rows, lists, df[c.doc_id_column])
         metrics[name] = lists_metrics(lists[rows], gains[rows], len(query_ids), c.k, c.recall_k, total, ideal)
+    scores = df[c.score_column if c.score_column in df.columns else ranked_by]
+    notes["tied_pairs"] = _tied_pairs(lists[~repeated], scores[~repeated])
     has_relevant = total > 0
     counted = np.flatnonzero(has_relevant | (not c.only_with_relevant))
     skipped = len(query_ids) - len(counted)
@@ -334,6 +343,9 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
         lines.append(f"  left out {_queries(result['queries_not_in_qrels'])} the qrels do not judge (as trec_eval)")
     if result.get("repeated_pairs_dropped"):
         lines.append(f"  counted once {result['repeated_pairs_dropped']:,} repeated (query, document) pair(s)")
+    if result.get("tied_pairs"):
+        lines.append(f"  {result['tied_pairs']:,} pairs share a score with another of their query: ranked in input "
+                     "order (trec_eval ranks them by document id, descending, so its figures can differ)")
     if result.get("rows_without_ids"):
         lines.append(f"  left out {result['rows_without_ids']:,} rows without a query or document id")
     if qrels is not None and not result.get("judged_pairs"):

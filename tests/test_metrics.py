@@ -158,6 +158,20 @@ def test_a_document_listed_twice_counts_at_its_best_rank_in_each_order():
     assert worse["reranked"]["mrr@10"] == worse["baseline"]["mrr@10"] == 0.5  # D (best copy) above E both ways
 
 
+def test_equal_scores_are_counted_and_said(tmp_path, capsys):
+    """Equal scores in a query rank in file order, where trec_eval orders them by document id (descending):
+    the only place its figures can differ, so eval counts such pairs and says so. A repeated pair is no tie."""
+    rows = pd.DataFrame({"query_id": ["q", "q", "q", "q", "r", "r"], "doc_id": ["a", "b", "c", "a", "a", "b"],
+                         "score": [0.5, 0.5, 0.2, 0.5, 0.5, 0.4]})
+    rows.to_parquet(tmp_path / "scored.parquet")
+    (tmp_path / "qrels.txt").write_text("q 0 a 1\nr 0 a 1\n")
+    result = run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), qrels=str(tmp_path / "qrels.txt")))
+    assert result["tied_pairs"] == 2 and result["reranked"]["mrr@10"] == 1.0  # trec_eval: b before a, 0.75
+    assert "2 pairs share a score with another of their query: ranked in input order" in capsys.readouterr().out
+    assert evaluate_frame(rows.assign(score=[0.9, 0.5, 0.2, 0.9, 0.5, 0.4]), EvalConfig(),
+                          {"q": {"a": 1}})["tied_pairs"] == 0
+
+
 def test_trec_qrels_read_as_beir_qrels(tmp_path):
     """MS MARCO's qrels (tab-separated) and TREC DL's (spaces) give the grades a BEIR file gives."""
     from ce_ray.candidates import read_qrels
