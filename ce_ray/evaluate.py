@@ -115,10 +115,11 @@ def _first_of_each_pair(rows: np.ndarray, lists: np.ndarray, docs: pd.Series) ->
     return rows[~ranked.duplicated().to_numpy()]
 
 
-def _tied_pairs(lists: np.ndarray, scores: pd.Series) -> int:
-    """Rows whose score another row of their query shares: ce-ray ranks those in file order, trec_eval by
-    document id (descending) and other tools otherwise, so only there can their figures differ."""
-    return int(pd.DataFrame({"list": lists, "score": scores.to_numpy()}).duplicated(keep=False).sum())
+def _tied_pairs(lists: np.ndarray, scores: np.ndarray) -> int:
+    """Rows whose score another row of their query shares: ce-ray keeps their order (the rank column's, else the
+    file's), trec_eval orders them by document id (descending) and other tools otherwise, so only there can
+    their figures differ."""
+    return int(pd.DataFrame({"list": lists, "score": scores}).duplicated(keep=False).sum())
 
 
 def _reranked_by(df: pd.DataFrame, c: EvalConfig) -> tuple:
@@ -175,9 +176,9 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
         rows = _ranked(lists, df[column], higher_first)
         if repeated.any():
             rows = _first_of_each_pair(rows, lists, df[c.doc_id_column])
+        if name == "reranked":  # the scores a run of this order gets (`write_trec_run`), as trec_eval sees them
+            notes["tied_pairs"] = _tied_pairs(lists[rows], _run_scores(df, rows, lists[rows], c, ranked_by)[0])
         metrics[name] = lists_metrics(lists[rows], gains[rows], len(query_ids), c.k, c.recall_k, total, ideal)
-    scores = df[c.score_column if c.score_column in df.columns else ranked_by]
-    notes["tied_pairs"] = _tied_pairs(lists[~repeated], scores[~repeated])
     has_relevant = total > 0
     counted = np.flatnonzero(has_relevant | (not c.only_with_relevant))
     skipped = len(query_ids) - len(counted)
@@ -207,19 +208,34 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
     return result
 
 
-def write_trec_run(uri: str, df: pd.DataFrame, c: EvalConfig) -> None:
+def write_trec_run(uri: str, df: pd.DataFrame, c: EvalConfig) -> bool:
     """The reranked order as a TREC run file, one line per pair: `query_id Q0 doc_id rank score ce-ray`,
     queries in input order. trec_eval orders a query's documents by score and breaks ties by document id,
-    where ce-ray keeps the input order: only equal scores can rank differently there."""
+    where ce-ray keeps the input order: only equal scores can rank differently there. True where the scores
+    written are the negated ranks (`_run_scores`)."""
     ranked_by, descending = _reranked_by(df, c)
     lists, query_ids = pd.factorize(df[c.query_id_column], sort=False)  # a missing query id is -1: left out
     rows = _ranked(lists, df[ranked_by], descending)
     rows = rows[lists[rows] >= 0]
     ranks = np.arange(len(rows)) - np.searchsorted(lists[rows], lists[rows]) + 1
-    scores = df[c.score_column] if c.score_column in df.columns else -df[ranked_by]
+    scores, by_rank = _run_scores(df, rows, lists[rows], c, ranked_by)
     lines = [f"{query_id} Q0 {doc_id} {rank} {score:.9g} ce-ray" for query_id, doc_id, rank, score
-             in zip(query_ids[lists[rows]], df[c.doc_id_column].to_numpy()[rows], ranks, scores.to_numpy()[rows])]
+             in zip(query_ids[lists[rows]], df[c.doc_id_column].to_numpy()[rows], ranks, scores)]
     write_file(uri, ("\n".join(lines) + "\n").encode())
+    return by_rank
+
+
+def _run_scores(df: pd.DataFrame, rows: np.ndarray, lists: np.ndarray, c: EvalConfig, ranked_by: str) -> tuple:
+    """The scores of the ranked rows, and whether they are the negated ranks: trec_eval and ir_measures read a
+    run's order from its scores alone, so a score column that the rank column's order does not follow (a first
+    stage's rank beside a reranker's score) would have them measure another order than ce-ray's."""
+    ranks = pd.to_numeric(df[ranked_by], errors="coerce").to_numpy(np.float64)[rows]
+    if c.score_column not in df.columns:
+        return -ranks, False
+    scores = pd.to_numeric(df[c.score_column], errors="coerce").to_numpy(np.float64)[rows]
+    same_list = lists[1:] == lists[:-1]
+    follows = ranked_by == c.score_column or not np.any(same_list & ~(scores[1:] <= scores[:-1]))
+    return (scores, False) if follows else (-ranks, True)
 
 
 def table_lines(result: dict, config: EvalConfig) -> List[str]:
@@ -331,8 +347,7 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     if not result["queries"]:
         raise ConfigError("no query to evaluate (none has a relevant document)")
     write_file(output, json.dumps(result, indent=2).encode())
-    if c.run_output:
-        write_trec_run(c.run_output, df, c)
+    run_by_rank = bool(c.run_output) and write_trec_run(c.run_output, df, c)
     counted = result["counted"]
     lines = [f"{title}: {result['queries']:,} queries ({counted}), {result['pairs']:,} pairs"]
     if result["queries_skipped_without_relevant"]:
@@ -344,8 +359,9 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     if result.get("repeated_pairs_dropped"):
         lines.append(f"  counted once {result['repeated_pairs_dropped']:,} repeated (query, document) pair(s)")
     if result.get("tied_pairs"):
-        lines.append(f"  {result['tied_pairs']:,} pairs share a score with another of their query: ranked in input "
-                     "order (trec_eval ranks them by document id, descending, so its figures can differ)")
+        lines.append(f"  {result['tied_pairs']:,} pairs share a score with another of their query: ce-ray keeps their "
+                     f"order ({result['reranked_by']}, then input order), trec_eval orders them by document id, "
+                     "descending, so its figures can differ")
     if result.get("rows_without_ids"):
         lines.append(f"  left out {result['rows_without_ids']:,} rows without a query or document id")
     if qrels is not None and not result.get("judged_pairs"):
@@ -359,6 +375,9 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     lines.append(f"  reranked by {result['reranked_by']}" + (f", baseline by {result['baseline_by']}"
                                                              if result["baseline_by"] else ""))
     lines += table_lines(result, c)
+    if run_by_rank:
+        lines.append(f"  the run's scores are the negated {result['reranked_by']} (its order): {c.score_column} does "
+                     "not follow it, and trec_eval orders a run by its scores")
     lines.append(f"  written to {output}" + (f", the run to {c.run_output}" if c.run_output else ""))
     print("\n".join(lines), flush=True)
     return result

@@ -167,7 +167,7 @@ def test_equal_scores_are_counted_and_said(tmp_path, capsys):
     (tmp_path / "qrels.txt").write_text("q 0 a 1\nr 0 a 1\n")
     result = run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), qrels=str(tmp_path / "qrels.txt")))
     assert result["tied_pairs"] == 2 and result["reranked"]["mrr@10"] == 1.0  # trec_eval: b before a, 0.75
-    assert "2 pairs share a score with another of their query: ranked in input order" in capsys.readouterr().out
+    assert "2 pairs share a score with another of their query: ce-ray keeps their order" in capsys.readouterr().out
     assert evaluate_frame(rows.assign(score=[0.9, 0.5, 0.2, 0.9, 0.5, 0.4]), EvalConfig(),
                           {"q": {"a": 1}})["tied_pairs"] == 0
 
@@ -217,6 +217,23 @@ def test_the_reranked_order_is_written_as_a_trec_run(tmp_path):
     rows.drop(columns="doc_id").to_parquet(tmp_path / "scored.parquet")
     with pytest.raises(InputError, match="missing column\\(s\\) 'doc_id'"):
         run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), run_output=str(run)))
+
+
+def test_a_run_whose_scores_do_not_follow_its_ranks_is_written_by_rank(tmp_path, capsys):
+    """trec_eval reads a run's order from its scores, not its ranks: where the order is a rank column that the
+    score column does not follow (a first stage's rank beside a reranker's scores), the run's scores are the
+    negated ranks, so that trec_eval measures the order ce-ray measured (it measured the scores' order)."""
+    rows = pd.DataFrame({"query_id": ["q", "q", "q"], "doc_id": ["a", "b", "c"], "rank": [1, 2, 3],
+                         "score": [0.1, 0.9, 0.5], "label": [1, 0, 0]})
+    rows.to_parquet(tmp_path / "scored.parquet")
+    run = tmp_path / "run.txt"
+    run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "e.json"), run_output=str(run)))
+    assert run.read_text() == "q Q0 a 1 -1 ce-ray\nq Q0 b 2 -2 ce-ray\nq Q0 c 3 -3 ce-ray\n"
+    assert "the run's scores are the negated rank (its order): score does not follow it" in capsys.readouterr().out
+    # The run measured as trec_eval takes it: the order ce-ray measured.
+    (tmp_path / "qrels.txt").write_text("q 0 a 1\n")
+    assert run_eval(EvalConfig(input=str(run), qrels=str(tmp_path / "qrels.txt"),
+                               output=str(tmp_path / "r.json")))["reranked"]["mrr@10"] == 1.0
 
 
 def evaluator_samples(df: pd.DataFrame) -> list:
