@@ -63,12 +63,15 @@ def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id
     from .metrics import mean_metrics, ranking_metrics
     from .model import Reranker
 
-    scored = []  # (query id, -score, doc id) of this worker's candidates
+    scored = []  # (query id, -score, row, doc id) of this worker's candidates; row: its place among all candidates
+    seen = 0
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for table in eval_shard.iter_batches(batch_size=4096, batch_format="pyarrow"):
-            table = table.take(np.arange(rank, table.num_rows, world)) if world > 1 else table
+            share = np.arange(rank, table.num_rows, world)  # this worker's rows of the batch
+            places = (seen + share).tolist()
+            table, seen = table.take(share), seen + table.num_rows
             ids, offsets = list_parts(table.column(IDS))
             types = list_parts(table.column(TYPES))[0] if TYPES in table.column_names else None
             scores = np.empty(table.num_rows, dtype=np.float32)
@@ -76,18 +79,18 @@ def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id
                 inputs = _on_device(padded_inputs(ids, types, offsets, rows, pad_id), device, model_type)
                 scores[rows] = Reranker.logits(model(**inputs)).float().view(-1).cpu().numpy()
             scored += zip(table.column("query_id").to_pylist(), (-float(s) for s in scores),
-                          table.column("doc_id").to_pylist())
+                          places, table.column("doc_id").to_pylist())
     model.train(was_training)
     if world > 1:
         parts = [None] * world
         torch.distributed.all_gather_object(parts, scored)
         scored = [row for part in parts for row in part]
     ranked: Dict[str, list] = {}
-    for q, negative_score, d in scored:
-        ranked.setdefault(q, []).append((negative_score, d))
+    for q, negative_score, place, d in scored:
+        ranked.setdefault(q, []).append((negative_score, place, d))
     per_query = []
     for q, judged in qrels.items():
-        order = [d for _, d in sorted(ranked.get(q, []))]
+        order = [d for _, _, d in sorted(ranked.get(q, []))]  # equal scores in the candidates' order, as ce-ray eval
         per_query.append(ranking_metrics([judged.get(d, 0) for d in order], k=10,
                                          relevant_total=sum(g > 0 for g in judged.values()),
                                          ideal_gains=list(judged.values())))

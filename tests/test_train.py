@@ -23,7 +23,7 @@ import pytest
 from conftest import SCIFACT, build_tiny_model, spread_model, wikiqa_pairs
 
 from ce_ray import train_data
-from ce_ray.batching import pair_encoder
+from ce_ray.batching import IDS, pair_encoder
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -227,6 +227,25 @@ def test_a_pass_without_padding_goes_to_the_model_without_a_mask():
     padded = train._on_device(train_data.padded_inputs(ids, types, offsets, np.array([0, 2]), 0), "cpu", "bert")
     assert padded["attention_mask"].dtype == torch.bool and padded["attention_mask"].shape == (2, 1, 1, 5)
     assert padded["attention_mask"][1, 0, 0].tolist() == [True, True, True, False, False]
+
+
+def test_training_eval_ranks_equal_scores_in_the_candidates_order_as_ce_ray_eval(ray_local, tiny_model):
+    """A model that scores every pair alike: the only relevant candidate, last of its query, ranks last, as
+    `ce-ray eval` ranks equal scores (it ranked first, by document id)."""
+    import ray
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+    docs = ["d3", "d2", "d1", "d0"]
+    ids = pa.array([[101, 2000 + i, 102] for i in range(4)], pa.list_(pa.int32()))
+    shard = ray.data.from_arrow(pa.table({IDS: ids, "query_id": ["q"] * 4, "doc_id": docs}))
+    qrels = {"q": {"d0": 1}}
+    train = _train_module()
+    alone = train.evaluate(model, shard, qrels, "cpu", 0, 2048, "bert")
+    assert alone["eval_mrr@10"] == pytest.approx(1 / 4) and alone["eval_map"] == pytest.approx(1 / 4)
 
 
 def test_saved_model_is_a_crossencoder_that_scores_like_ce_ray(data_parallel_runs, pairs_file):
