@@ -221,7 +221,8 @@ def run_candidates(config: CandidatesConfig) -> dict:
         f"  documents     {len(corpus):,}",
         f"  pairs         {table.num_rows:,} (BM25 top {config.top_k}"
         + (f"; fewer for {short:,} queries, whose other documents share no term with them)" if short else ")"),
-        f"  relevant      {found:,} of {relevant:,} retrieved (recall@{config.top_k} {recall:.3f})",
+        f"  relevant      {found:,} of {relevant:,} retrieved (recall@{config.top_k} {recall:.3f} over all pairs; "
+        "ce-ray eval averages it per query)",
         f"  seconds       {summary['seconds']:.1f}",
         f"  output        {summary['output']}",
     ]), flush=True)

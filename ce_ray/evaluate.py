@@ -370,7 +370,7 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     if result.get("qrels_queries_without_candidates"):
         examples = ", ".join(result["qrels_queries_without_candidates_examples"][:5])
         lines.append(f"  qrels name {result['qrels_queries_without_candidates']:,} queries with no candidates, "
-                     f"not evaluated: {examples}")
+                     f"not evaluated, as by trec_eval (with -c it and ir_measures count them at 0): {examples}")
     lines += [f"  {note}" for note in job_notes.values()]
     lines.append(f"  reranked by {result['reranked_by']}" + (f", baseline by {result['baseline_by']}"
                                                              if result["baseline_by"] else ""))
