@@ -125,18 +125,37 @@ def _follow(client, job_id: str) -> None:
         time.sleep(2)
 
 
+# The variables through which Ray's job client takes its address over the one it is given.
+ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+
+
+def job_client(address: Optional[str] = None):
+    """Ray's JobSubmissionClient for `address`, else for RAY_ADDRESS. Ray's client lets RAY_ADDRESS override
+    the address it is given: `--address` would be ignored wherever RAY_ADDRESS is set (an earlier cluster's,
+    or `local`), and the job sent to that cluster, so the given address is passed with those variables unset."""
+    from ray.job_submission import JobSubmissionClient
+
+    if not address:
+        return JobSubmissionClient()
+    saved = {name: os.environ.pop(name) for name in ADDRESS_VARIABLES if name in os.environ}
+    try:
+        return JobSubmissionClient(address)
+    finally:
+        os.environ.update(saved)
+
+
 def submit(job: str, config: str, address: Optional[str] = None, pip: Sequence[str] = (),
            env: Sequence[str] = (), submission_id: Optional[str] = None,
            entrypoint_num_cpus: Optional[float] = None, wait: bool = True, overrides: Sequence[str] = ()) -> int:
     """Submits the job; with `wait`, prints its logs as they come and returns its exit status (above)."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus
 
     from .cli import finishing_hint
 
     if not os.path.isfile(config):
         raise FileNotFoundError(f"config file {config} does not exist")
     check_config(job, config, overrides)
-    client = JobSubmissionClient(address)
+    client = job_client(address)
     with tempfile.TemporaryDirectory(prefix=f"ce-ray-{job}-") as staging:
         entrypoint = stage_job(job, config, Path(staging), overrides)
         job_id = client.submit_job(

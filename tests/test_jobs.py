@@ -252,3 +252,17 @@ def test_relative_paths_are_said_before_submission(tmp_path, capsys):
     check_config("score", str(config))
     err = capsys.readouterr().err
     assert "relative path(s)" in err and "output: out/scored" in err and "model" not in err and "input" not in err
+
+
+def test_the_address_given_wins_over_ray_address(tmp_path, capsys, monkeypatch):
+    """Ray's job client takes RAY_ADDRESS over the address it is given: `--address` was ignored where
+    RAY_ADDRESS was set (an earlier cluster's), and the job went there. Nothing listens on either port."""
+    from ce_ray.cli import main
+
+    given, other = free_port(), free_port()
+    monkeypatch.setenv("RAY_ADDRESS", f"http://127.0.0.1:{other}")
+    config = write_config(tmp_path / "score.yaml", model="m", input="s3://b/in", output="s3://b/out")
+    assert main(["submit", "score", "--config", str(config), "--address", f"http://127.0.0.1:{given}"]) == 2
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{given}" in err and f"127.0.0.1:{other}" not in err
+    assert os.environ["RAY_ADDRESS"] == f"http://127.0.0.1:{other}"  # the environment as it was
