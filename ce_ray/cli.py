@@ -15,7 +15,8 @@ import tokenize
 import typing
 from typing import Literal, Optional
 
-from .config import CandidatesConfig, ConfigError, EvalConfig, RerankConfig, ScoreConfig, TrainConfig, load_config
+from .config import (CandidatesConfig, ConfigError, EvalConfig, RerankConfig, ScoreConfig, TrainConfig,
+                     commands_with_setting, load_config)
 
 
 def _flag_type(annotation):
@@ -128,6 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The subcommand's own parser, whose error shows that command's usage rather than ce-ray's."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices[command]
+
+
+def other_commands_hint(command: str, unknown: list) -> str:
+    """Which other commands take the flags `command` does not (rerank's --top-k given to score), as a hint."""
+    hints = []
+    for flag in (a.split("=", 1)[0] for a in unknown if a.startswith("--")):
+        owners = [c for c in commands_with_setting(flag[2:].replace("-", "_")) if c != command]
+        if owners:
+            hints.append(f"{flag} is a setting of {' and '.join(f'ce-ray {c}' for c in owners)}")
+    return f" ({'; '.join(hints)}, not of ce-ray {command})" if hints else ""
+
+
 def finishing_hint(command: str) -> str:
     """How an interrupted job of this command is finished, for the line that says it stopped."""
     return {"score": "; --mode resume finishes it",
@@ -139,7 +156,8 @@ def main(argv=None) -> int:
     # `ce-ray submit <command>` takes the command's own flags too, which override its config (checked there).
     args, overrides = parser.parse_known_args(argv)
     if overrides and args.command != "submit":
-        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+        command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(overrides)}"
+                                                   f"{other_commands_hint(args.command, overrides)}")
     try:
         if args.command == "submit":
             from .submit import run_submit

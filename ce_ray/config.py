@@ -297,6 +297,16 @@ class TrainConfig(ModelConfig):
             raise ConfigError(f"pos_weight must be > 0, got {self.pos_weight}")
 
 
+# The config of each command, for saying which command takes a setting that another was given.
+COMMAND_CONFIGS = {"score": ScoreConfig, "candidates": CandidatesConfig, "rerank": RerankConfig, "eval": EvalConfig,
+                   "train": TrainConfig}
+
+
+def commands_with_setting(name: str) -> list:
+    """The commands whose config has the setting `name` (rerank's top_k given to score: rerank, candidates)."""
+    return [command for command, cls in COMMAND_CONFIGS.items() if name in {f.name for f in dataclasses.fields(cls)}]
+
+
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
@@ -349,7 +359,9 @@ def _checked(cls: type, values: dict, prefix: str = "") -> dict:
     for key, value in values.items():
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            owners = [] if prefix else commands_with_setting(key)
+            hint = (f" (did you mean {close[0]!r}?)" if close else
+                    f" (a setting of {' and '.join(f'ce-ray {c}' for c in owners)})" if owners else "")
             raise ConfigError(f"unknown setting {prefix}{key!r}{hint}")
         kwargs[key] = _check_type(f"{prefix}{key}", value, hints[key])
     return kwargs

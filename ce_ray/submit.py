@@ -68,11 +68,14 @@ def check_config(job: str, config: str, overrides: Sequence[str] = ()) -> None:
     directory, which holds the config file alone and which Ray deletes after the job."""
     import argparse
 
-    from .cli import COMMANDS, add_config_flags, config_from_args
+    from .cli import COMMANDS, add_config_flags, config_from_args, other_commands_hint
 
     parser = argparse.ArgumentParser(prog=f"ce-ray submit {job} --config {config}", add_help=False)
     add_config_flags(parser, COMMANDS[job][0])
-    settings = config_from_args(COMMANDS[job][0], parser.parse_args(["--config", config, *overrides]))
+    args, unknown = parser.parse_known_args(["--config", config, *overrides])
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{other_commands_hint(job, unknown)}")
+    settings = config_from_args(COMMANDS[job][0], args)
     relative = [f"{name}: {value}" for name in PATH_SETTINGS if isinstance(value := getattr(settings, name, ""), str)
                 and value and "://" not in value and not os.path.isabs(value)
                 and (name != "model" or os.path.exists(value))]  # else a hub id

@@ -266,3 +266,22 @@ def test_the_address_given_wins_over_ray_address(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert f"127.0.0.1:{given}" in err and f"127.0.0.1:{other}" not in err
     assert os.environ["RAY_ADDRESS"] == f"http://127.0.0.1:{other}"  # the environment as it was
+
+
+def test_a_setting_of_another_command_is_named_so(tmp_path, capsys):
+    """rerank's --top-k given to score, eval's --qrels to rerank, in a flag or a YAML key: the error names the
+    command that takes it, with the usage of the command given (ce-ray's own usage hid which one it was)."""
+    from ce_ray.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["score", "--model", "m", "--input", "in", "--output", "out", "--top-k", "5"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: ce-ray score" in err
+    assert "--top-k is a setting of ce-ray candidates and ce-ray rerank, not of ce-ray score" in err
+    config = write_config(tmp_path / "score.yaml", model="m", input="in", output="out", top_k=5)
+    assert main(["score", "--config", str(config)]) == 2
+    assert "unknown setting 'top_k' (a setting of ce-ray candidates and ce-ray rerank)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # refused before any connection: nothing listens on port 9
+        main(["submit", "rerank", "--config", str(config), "--address", "http://127.0.0.1:9", "--qrels", "q"])
+    assert "--qrels is a setting of ce-ray eval, not of ce-ray rerank" in capsys.readouterr().err
