@@ -686,8 +686,19 @@ def _check_room(config: TrainConfig, use_gpu: bool, have: dict) -> None:
     if not short:
         return
     message = f"{config.num_workers} worker(s) need {' and '.join(short)}"
-    refuse_or_wait(f"{message}: lower num_workers (or cpus_per_worker)",
+    refuse_or_wait(f"{message}: {_room_hint(config, use_gpu, have)}",
                    f"ce-ray train: {message}: the run waits until the cluster has them")
+
+
+def _room_hint(config: TrainConfig, use_gpu: bool, have: dict) -> str:
+    """What makes the workers fit: fewer of them, or, on a cluster without GPUs, none asked for (fewer workers
+    would still need a GPU each)."""
+    hints = []
+    if use_gpu and not have.get("GPU", 0):
+        hints.append("the cluster has no GPU: train on its CPUs without use_gpu (--no-use-gpu)")
+    if use_gpu and have.get("GPU", 0) or have.get("CPU", 0) < config.num_workers * config.cpus_per_worker:
+        hints.append("lower num_workers" + ("" if use_gpu and have.get("GPU", 0) else " (or cpus_per_worker)"))
+    return "; ".join(hints)
 
 
 # The files of a model folder that transformers and sentence-transformers read: where the output held an earlier

@@ -799,3 +799,23 @@ def test_a_base_model_is_refused_for_scoring_and_fine_tuned_with_a_new_head(ray_
     scored = pd.read_parquet(tmp_path / "scored" / "results")  # one input file: its rows in order
     expected = CrossEncoder(model, device="cpu").predict(list(zip(frame["query"], frame["document"])))
     assert np.abs(scored["score"].to_numpy() - expected).max() <= 1e-5
+
+
+def test_workers_that_do_not_fit_say_what_makes_them_fit(monkeypatch):
+    """use_gpu on a cluster without GPUs said to lower num_workers (or cpus_per_worker), which cannot help: it
+    now says to leave use_gpu out; too few CPUs, or GPUs, still say to lower num_workers."""
+    from ce_ray import runtime
+    from ce_ray.config import ConfigError, TrainConfig
+
+    monkeypatch.setattr(runtime, "started_here", lambda: True)  # a local Ray, which cannot grow: refused
+    check_room = _train_module()._check_room
+    config = TrainConfig(model="m", train_data="d", output="o", num_workers=2)
+    with pytest.raises(ConfigError) as refused:
+        check_room(config, True, {"CPU": 2.0})
+    assert str(refused.value) == ("2 worker(s) need 2 GPU(s) (the cluster has 0): the cluster has no GPU: train on "
+                                  "its CPUs without use_gpu (--no-use-gpu)")
+    with pytest.raises(ConfigError, match=r"need 2 GPU\(s\) \(the cluster has 1\): lower num_workers$"):
+        check_room(config, True, {"CPU": 8.0, "GPU": 1.0})
+    with pytest.raises(ConfigError, match=r"need 2 CPU\(s\) \(the cluster has 1\): lower num_workers \(or cpus_per"):
+        check_room(config, False, {"CPU": 1.0})
+    check_room(config, False, {"CPU": 2.0})  # room enough: nothing said
