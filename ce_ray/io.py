@@ -406,7 +406,7 @@ def _missing_columns_hint(check: FileCheck, input_format: str, column_names: Opt
         return f"; read as {input_format}" + (f", though its name says {named}" if named else "") + (
             ": check input_format")
     if input_format in DELIMITED and not column_names and not some_found:
-        return "; for a file without a header line, give its columns' names in column_names"
+        return "; for a file without a header line, give its columns' names in column_names (--column-names)"
     return ""
 
 

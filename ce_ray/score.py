@@ -225,10 +225,12 @@ def predict(model: str, pairs, **settings):
         bad = next((n for n, pair in enumerate(pairs) if not all(map(_is_text_or_missing, pair))), None)
         which = f"pair {bad} is {str(pairs[bad])[:80]!r} " if bad is not None else ""
         raise InputError(f"pairs must be (query, document) texts: {which}({e})") from None
+    settings = {"on_invalid": "fail", "query_column": "query", "document_column": "document", **settings}
+    if settings["on_invalid"] == "fail":
+        _refuse_missing_texts(columns, pairs)
     ensure_ray()
     # Each pair's position travels with it: Ray Data may hand blocks back in any order.
     table = pa.table(columns | {"position": np.arange(len(pairs))})
-    settings = {"on_invalid": "fail", "query_column": "query", "document_column": "document", **settings}
     column = settings.setdefault("score_column", SCORE)
     with surfaced_errors():
         scored = score(ray.data.from_arrow(table), model=model, **settings).select_columns(["position", column])
@@ -240,6 +242,14 @@ def predict(model: str, pairs, **settings):
 
         scores = torch.from_numpy(scores)
     return scores[0] if single else scores
+
+
+def _refuse_missing_texts(columns: Dict[str, pa.Array], pairs: list) -> None:
+    """A pair without a query or document (None, NaN) fails the call before Ray starts, naming the pair."""
+    for name, column in columns.items():
+        if column.null_count:
+            number = column.is_null().to_pylist().index(True)
+            raise InputError(f"pair {number} has no {name}: {str(pairs[number])[:80]!r}")
 
 
 # CrossEncoder.predict's arguments that change nothing here: Ray shows progress, the scores come as numpy, and a
