@@ -260,6 +260,9 @@ PREDICT_ARGUMENTS_WITHOUT_EFFECT = ("show_progress_bar", "convert_to_numpy", "ap
 def _predict_arguments(settings: dict) -> tuple:
     """predict's settings as ScoreConfig's, from CrossEncoder.predict's arguments where given; and whether the
     scores come back as a torch tensor."""
+    if "batch_size" in settings:
+        raise ConfigError("batch_size: predict's batches here are of tokens, which bound their memory where a number "
+                          "of pairs does not: give batch_tokens (a forward pass's tokens) or leave its default")
     settings = {name: value for name, value in settings.items() if name not in PREDICT_ARGUMENTS_WITHOUT_EFFECT}
     function = settings.pop("activation_fn", None)
     if function is not None:

@@ -549,9 +549,9 @@ def test_predict_scores_pairs_in_order_as_cross_encoder_does(ray_local, tiny_mod
                        (frame.to_dict("records"), "pair 0 is \"{'query'"), ([{"alpha", "beta"}], "pair 0 is ")):
         with pytest.raises(InputError, match=f"pairs must be \\(query, document\\) pairs(,|:) {shown}"):
             ce_ray.predict(str(tiny_model), bad)
-    # Settings are checked as YAML keys are: CrossEncoder.predict's batch_size is not one. Its activation_fn
+    # CrossEncoder.predict's batch_size is refused, saying why. Its activation_fn
     # and convert_to_tensor are (Identity: the logits), and its arguments without effect here are taken.
-    with pytest.raises(ConfigError, match=r"unknown setting 'batch_size' \(did you mean 'batch_tokens'\?\)"):
+    with pytest.raises(ConfigError, match=r"batch_size: predict's batches here are of tokens.*give batch_tokens"):
         ce_ray.predict(str(tiny_model), pairs, batch_size=32)
     import torch
     from sentence_transformers import CrossEncoder
