@@ -158,6 +158,9 @@ def main(argv=None) -> int:
     if overrides and args.command != "submit":
         command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(overrides)}"
                                                    f"{other_commands_hint(args.command, overrides)}")
+    from .runtime import pace_logged_progress
+
+    pace_logged_progress()  # the commands and the Ray Jobs' entrypoints, not a user's own pipeline in Python
     try:
         if args.command == "submit":
             from .submit import run_submit

@@ -6,11 +6,25 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import re
 import sys
 
 from .config import ConfigError
 from .io import InputError
+
+
+# Where its output is no terminal (a file, a Ray Job's log), Ray Data logs a job's progress as a block of 10-20
+# lines every 10 s: 4,000-6,000 lines an hour, nearly all of a long job's log. Once a minute still says how far
+# each stage is; the variable is Ray Data's own, and a value the user sets is kept.
+LOGGED_PROGRESS_INTERVAL_VAR = "RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL"
+LOGGED_PROGRESS_INTERVAL_S = "60"
+
+
+def pace_logged_progress() -> None:
+    """Ray Data's progress, where it is logged rather than drawn, once a minute unless the user says otherwise.
+    Ray Data reads the variable when a job first runs a Dataset, so this comes before any."""
+    os.environ.setdefault(LOGGED_PROGRESS_INTERVAL_VAR, LOGGED_PROGRESS_INTERVAL_S)
 
 
 def ensure_ray(dashboard: bool = False) -> None:
