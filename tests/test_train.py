@@ -353,6 +353,27 @@ def _ray_train_workers():
     return found
 
 
+def test_the_runs_first_line_comes_before_ray_datas_lines_for_its_data(ray_local, tiny_model, pairs_file, tmp_path,
+                                                                       monkeypatch, capsys):
+    """Where the output is a file, Ray Data's lines for the data's six passes (67 lines) came before the run's
+    first line of its own: the run says what it is doing first."""
+    from ce_ray.config import TrainConfig
+
+    class Stop(Exception):
+        pass
+
+    def read(*args):
+        said_before_reading.append(capsys.readouterr().out)
+        raise Stop
+
+    said_before_reading = []
+    monkeypatch.setattr(_train_module(), "prepare_data", read)
+    with pytest.raises(Stop):
+        _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(pairs_file),
+                                          output=str(tmp_path / "out"), max_steps=1))
+    assert f"ce-ray train: reading, checking and tokenizing {pairs_file} on Ray Data" in said_before_reading[0]
+
+
 def test_ray_trains_health_checks_are_quick_during_a_run_unless_the_user_chose(monkeypatch):
     """Ray Train's controller sees a finished run at its next health check: ce-ray sets their interval for
     the run (Ray Train passes it from the driver's environment to its controller), then leaves it as it was."""
