@@ -362,6 +362,15 @@ def job_settings(config: ScoreConfig) -> dict:
         {"activation": config.activation} if config.activation else {})
 
 
+def say_input(title: str, files) -> None:
+    """The pairs a job is to score (known from parquet footers; a text file's rows are counted as it is read):
+    Ray Data's progress gives the scoring stage's rows against its own estimate of the total, which may be far
+    from it (1,769,472 for a file of 1,200,000 rows)."""
+    rows = [f.rows for f in files]
+    pairs = f"{sum(rows):,} pairs in " if rows and None not in rows else ""
+    print(f"{title}: {pairs}{len(files)} file(s) to score", flush=True)
+
+
 def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") -> Summary:
     """The `ce-ray score` job: check the input, score it, write results and rejects, print a summary.
 
@@ -392,6 +401,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
                                 keep=lambda check: not earlier.done(input_key(check.path), check.stamp),
                                 rows_per_block=config.rows_per_block, column_names=parse_names(config.column_names),
                                 written=written_columns(config))
+    if ds is not None:
+        say_input(title, [f for f in files if not earlier.done(input_key(f.path), f.stamp)])
     scored = None if ds is None else score(ds, config, announce=title, checked=checked)
     if scored is not None and transform is not None:
         scored = transform(scored)

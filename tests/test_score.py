@@ -323,9 +323,13 @@ def test_each_input_format(ray_local, tmp_path, tiny_model, pairs_df, fmt, capsy
               "jsonl": str(paths["jsonl"]), "csv": str(paths["csv"]), "tsv": str(paths["tsv"])}[fmt]
     summary = run_score(ScoreConfig(model=str(tiny_model), input=source, output=str(tmp_path / "out"),
                                     rows_per_block=32))
-    # The job says how it scores before it does: here on the CPU, nanotoken, the CPU's token budget.
+    # The job says how it scores before it does: here on the CPU, nanotoken, the CPU's token budget; and how many
+    # pairs, where the files say (parquet's footers), against which Ray Data's estimate of the total may be far.
+    out = capsys.readouterr().out
     assert (f"ce-ray score: {tiny_model} on CPU, up to 1 replica(s), tokenizer nanotoken, forward passes of at "
-            "most 2,048 tokens") in capsys.readouterr().out
+            "most 2,048 tokens") in out
+    assert (f"ce-ray score: {len(pairs_df):,} pairs in 2 file(s) to score" if fmt in ("folder", "glob")
+            else "ce-ray score: 1 file(s) to score") in out
     assert summary.rows_in == summary.rows_scored == len(pairs_df)
     assert summary.files_in == (2 if fmt in ("folder", "glob") else 1)
     out = read_results(tmp_path / "out")
