@@ -34,12 +34,15 @@ def lucene_bm25(query: list, documents: list, k1: float = 1.5, b: float = 0.75) 
     return scores
 
 
-def test_scifact_candidates(tmp_path):
+def test_scifact_candidates(tmp_path, capsys):
     import bm25s
 
     out = tmp_path / "cands"
     assert main(["candidates", "--data", str(SCIFACT), "--split", "test", "--top-k", "5",
                  "--output", str(out)]) == 0
+    # What it is doing, before the index that takes minutes on a large corpus (it said nothing until done).
+    assert ("ce-ray candidates: 5,183 documents and 300 queries (test) read in "
+            in capsys.readouterr().out.split("\n")[0])
     df = pd.read_parquet(out / "candidates-test.parquet")
     qrels = read_qrels(str(SCIFACT / "qrels" / "test.tsv"))
     corpus, queries = read_corpus(str(SCIFACT)), read_queries(str(SCIFACT))
