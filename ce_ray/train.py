@@ -51,8 +51,13 @@ def _on_device(inputs: dict, device, model_type: str) -> dict:
 
 
 def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id: int, budget: int,
-             model_type: str, rank: int = 0, world: int = 1) -> dict:
+             model_type: str, rank: int = 0, world: int = 1, activation: Optional[str] = None) -> dict:
     """NDCG@10, MRR@10 and MAP of the model's ranking of the eval candidates.
+
+    The candidates rank by the scores the saved model gives (`activation`, the one it is saved with, on the
+    fp32 logits, as `ce-ray rerank` and CrossEncoder.predict apply it; None: the logits): a sigmoid rounds
+    logits above about 17 to 1.0 in fp32, and those candidates then tie, in the candidates' order, there as
+    here. Ranked by the logits, the run reported an order that the saved model's scores do not give.
 
     Relevant documents the first stage missed count, as in BEIR: MAP divides by all relevant documents and
     the ideal NDCG ranks all judged ones. With `world` > 1 each worker scores every world-th candidate and the
@@ -61,8 +66,9 @@ def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id
     import torch
 
     from .metrics import mean_metrics, ranking_metrics
-    from .model import Reranker
+    from .model import Reranker, activation_from_path
 
+    to_score = activation_from_path(activation) if activation else torch.nn.Identity()
     scored = []  # (query id, -score, row, doc id) of this worker's candidates; row: its place among all candidates
     seen = 0
     was_training = model.training
@@ -77,7 +83,7 @@ def evaluate(model, eval_shard, qrels: Dict[str, Dict[str, int]], device, pad_id
             scores = np.empty(table.num_rows, dtype=np.float32)
             for rows in token_budget_batches(np.diff(offsets), budget):
                 inputs = _on_device(padded_inputs(ids, types, offsets, rows, pad_id), device, model_type)
-                scores[rows] = Reranker.logits(model(**inputs)).float().view(-1).cpu().numpy()
+                scores[rows] = to_score(Reranker.logits(model(**inputs)).float()).view(-1).cpu().numpy()
             scored += zip(table.column("query_id").to_pylist(), (-float(s) for s in scores),
                           places, table.column("doc_id").to_pylist())
     model.train(was_training)
@@ -301,7 +307,7 @@ def train_loop(loop_config: dict) -> dict:
 
     def run_eval() -> dict:
         return evaluate(model if config.deepspeed else module, eval_shard, plan["qrels"], device, pad_id,
-                        plan["eval_batch_tokens"], model_type, **share)
+                        plan["eval_batch_tokens"], model_type, activation=plan["activation"], **share)
 
     def save(metrics: dict) -> None:
         """Every worker reports (a barrier); rank 0 writes the model and the state, DeepSpeed ranks their shards."""

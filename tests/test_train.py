@@ -248,6 +248,33 @@ def test_training_eval_ranks_equal_scores_in_the_candidates_order_as_ce_ray_eval
     assert alone["eval_mrr@10"] == pytest.approx(1 / 4) and alone["eval_map"] == pytest.approx(1 / 4)
 
 
+def test_training_eval_ranks_by_the_saved_models_scores_where_its_sigmoid_rounds_logits_to_one(ray_local,
+                                                                                               tiny_model):
+    """Logits above about 17 all give a sigmoid score of 1.0 in fp32: `ce-ray rerank` and CrossEncoder then
+    rank those candidates in their input order, and so must training's eval, which ranked them by the logits
+    (MRR 1 reported, 1/4 for the saved model's scores)."""
+    import ray
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model)
+    with torch.no_grad():
+        model.classifier.weight.mul_(300)
+        model.classifier.bias.add_(60)
+        inputs = [[101, 2000 + i, 102] for i in range(4)]
+        logits = model(input_ids=torch.tensor(inputs)).logits.view(-1)
+    assert logits.min() > 20 and len(set(logits.tolist())) == 4 and torch.sigmoid(logits).eq(1).all()
+    order = torch.argsort(logits).tolist()  # the highest logit, the relevant candidate, last
+    ids = pa.array([inputs[i] for i in order], pa.list_(pa.int32()))
+    shard = ray.data.from_arrow(pa.table({IDS: ids, "query_id": ["q"] * 4, "doc_id": [f"d{i}" for i in order]}))
+    qrels = {"q": {f"d{order[-1]}": 1}}
+    train = _train_module()
+    sigmoid = train.evaluate(model, shard, qrels, "cpu", 0, 2048, "bert", activation="torch.nn.Sigmoid")
+    assert sigmoid["eval_mrr@10"] == pytest.approx(1 / 4)
+    logits_kept = train.evaluate(model, shard, qrels, "cpu", 0, 2048, "bert", activation="torch.nn.Identity")
+    assert logits_kept["eval_mrr@10"] == pytest.approx(1.0)
+
+
 def test_saved_model_is_a_crossencoder_that_scores_like_ce_ray(data_parallel_runs, pairs_file):
     import ray.data
     from sentence_transformers import CrossEncoder
