@@ -200,6 +200,17 @@ def _global_mean(value: float, count: int) -> float:
 # ---------------------------------------------------------------- workers: the loop
 
 
+def uses_bf16(config: TrainConfig, use_gpu: bool) -> bool:
+    """Whether the run trains in bf16: under DeepSpeed its section's `bf16` where set (as jobs/configs/train.yaml
+    sets it), else the run's `bf16`; unset, on a GPU. The section's setting was read nowhere: `bf16: false`
+    there still trained a GPU run in bf16, and `bf16: true` a CPU run in fp32."""
+    section = config.deepspeed.bf16 if config.deepspeed else None
+    for setting in (section, config.bf16):
+        if setting is not None:
+            return setting
+    return use_gpu
+
+
 def train_loop(loop_config: dict) -> dict:
     """One Ray Train worker: reads like a single-device loop, with the distributed parts where they act."""
     import ray.train
@@ -217,7 +228,7 @@ def train_loop(loop_config: dict) -> dict:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     use_gpu = device.type == "cuda"
-    bf16 = config.bf16 if config.bf16 is not None else use_gpu
+    bf16 = uses_bf16(config, use_gpu)
     use_shape_free_attention(device)  # the model is loaded on the CPU below, then moved
     # The data stream starts while the model loads: its first window takes a second or more to come.
     shard = ray.train.get_dataset_shard("train")

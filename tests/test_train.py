@@ -275,6 +275,17 @@ def test_training_eval_ranks_by_the_saved_models_scores_where_its_sigmoid_rounds
     assert logits_kept["eval_mrr@10"] == pytest.approx(1.0)
 
 
+def test_the_deepspeed_sections_bf16_sets_the_runs_precision():
+    from ce_ray.config import DeepSpeedConfig, TrainConfig
+
+    train = _train_module()
+    assert train.uses_bf16(TrainConfig(deepspeed=DeepSpeedConfig(bf16=False)), use_gpu=True) is False
+    assert train.uses_bf16(TrainConfig(deepspeed=DeepSpeedConfig(bf16=True)), use_gpu=False) is True
+    assert train.uses_bf16(TrainConfig(deepspeed=DeepSpeedConfig()), use_gpu=True) is True
+    assert train.uses_bf16(TrainConfig(bf16=False), use_gpu=True) is False
+    assert train.uses_bf16(TrainConfig(), use_gpu=False) is False
+
+
 def test_saved_model_is_a_crossencoder_that_scores_like_ce_ray(data_parallel_runs, pairs_file):
     import ray.data
     from sentence_transformers import CrossEncoder
