@@ -36,6 +36,10 @@ CUT = "_ce_cut"  # rows top-k cut from the query, on its best row (0 elsewhere);
 # are ranked as one list, which the summary says; the sink counts and drops it.
 SHARED = "_ce_shared_id"
 _FILE = "_ce_file"
+# The query id as the group-by hashes it: its text, "" where missing. Ray Data hashes each block's key in that block's
+# own type, so 7 hashed as int64 differs from 7 in a block whose ids hold a null (hashed as a float), or from 7.0 of a
+# file that pandas wrote as floats: one query's rows went to two partitions and were ranked as two lists.
+GROUP = "_ce_group"
 PARTITION_BYTES = 256 << 20  # about the most that one rank partition's rows take in memory
 
 
@@ -120,7 +124,7 @@ def rank_group(table: pa.Table, top_k: Optional[int] = None, input_order: Option
         rejected = rejected.append_column(CUT, none).append_column(SHARED, none)
     out = pa.concat_tables([ranked.drop_columns([c for c in (_FILE,) if c in ranked.column_names]), rejected],
                            promote_options="default")
-    return out.drop_columns([c for c in TAGS if c in out.column_names])
+    return out.drop_columns([c for c in TAGS + (GROUP,) if c in out.column_names])
 
 
 def check_key(table: pa.Table, column: str) -> None:
@@ -168,13 +172,22 @@ def keep_block_top_k(table: pa.Table, top_k: int, query_id_column: str = "query_
     return pa.concat_tables([scored, other], promote_options="default")
 
 
+def group_key(column) -> pa.Array:
+    """The query ids as one type in every block (`GROUP`): their text (7 and 7.0 alike), "" where missing (those
+    rows are rejected), and binary ids as they are."""
+    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        return column
+    return pc.fill_null(pc.cast(column, pa.string()), "")
+
+
 def shuffle_input(table: pa.Table, column: str, top_k: Optional[int] = None, **ranking) -> pa.Table:
     """A scored block as the group-by's shuffle takes it: plain columns (a caller's Dataset may hold string
     views, which Arrow's sorts and takes refuse, and a categorical key, which Ray Data's group-by cannot hash),
-    a single-valued key, and with a top k only each query's best k."""
+    a single-valued key, with a top k only each query's best k, and the key that the shuffle hashes (`GROUP`)."""
     table = plain_columns(table)
     check_key(table, column)
-    return table if top_k is None else keep_block_top_k(table, top_k, column, **ranking)
+    table = table if top_k is None else keep_block_top_k(table, top_k, column, **ranking)
+    return table.append_column(GROUP, group_key(table.column(column)))
 
 
 def rank(ds, query_id_column: str = "query_id", top_k: Optional[int] = None,
@@ -187,7 +200,7 @@ def rank(ds, query_id_column: str = "query_id", top_k: Optional[int] = None,
     ds = ds.map_batches(shuffle_input, fn_kwargs=dict(column=query_id_column, top_k=top_k, **ranking),
                         batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
                         udf_modifying_row_count=top_k is not None)
-    return ds.groupby(query_id_column, num_partitions=partitions).map_groups(
+    return ds.groupby(GROUP, num_partitions=partitions).map_groups(
         rank_group, fn_kwargs=dict(top_k=top_k, query_id_column=query_id_column, rank_column=rank_column, **ranking),
         batch_format="pyarrow")
 

@@ -110,6 +110,28 @@ def test_block_top_k_before_the_shuffle_keeps_the_ranks(tags):
         assert len(got) + got[CUT].sum() == n  # every row written or counted as cut
 
 
+def test_a_query_is_one_list_whatever_type_its_blocks_give_its_ids(ray_local):
+    """Ray Data hashes each block's key in that block's type: int64 ids hash otherwise in a block that holds a
+    null id, and so do 7.0 (a file pandas wrote as floats). One query's rows must still be ranked as one list."""
+    from ce_ray.rerank import rank
+
+    queries, rows = np.arange(40), 3
+
+    def block(ids, offset):
+        return pa.table({"query_id": ids, "document": [f"d{offset + i}" for i in range(len(ids))],
+                         "score": pa.array(np.linspace(0, 1, len(ids)), pa.float32())})
+    plain = block(pa.array(np.repeat(queries, rows), pa.int64()), 0)
+    with_null = block(pa.array(list(np.repeat(queries, rows)) + [None], pa.int64()), 1000)
+    floats = block(pa.array(np.repeat(queries, rows).astype(float)), 2000)
+    ds = ray_local.data.from_arrow([plain, with_null, floats])
+    out = rank(ds, partitions=8).to_pandas()
+    ranked = out[out["rank"].notna()]
+    ranked = ranked.assign(query_id=ranked["query_id"].astype(int))
+    assert len(ranked) == 3 * rows * len(queries) and len(out) - len(ranked) == 1  # the null id: rejected
+    for query, ranks in ranked.groupby("query_id")["rank"]:
+        assert sorted(ranks) == list(range(1, 3 * rows + 1)), query
+
+
 def test_partitions_follow_the_cluster_and_the_input_size(ray_local, tmp_path):
     """One rank partition per CPU of the cluster, more for a large input, whose size in memory the input check
     gives: parquet footers' row groups, a small text file's text, a large compressed file's size times 4."""
