@@ -109,25 +109,87 @@ def absolute(uri: str) -> str:
     return uri if "://" in uri else os.path.abspath(uri)
 
 
+def s3_retries() -> dict:
+    """botocore's retry settings of the job's S3 client: 8 retries in `adaptive` mode, unless the environment
+    sets botocore's own `AWS_MAX_ATTEMPTS` (attempts in all) or `AWS_RETRY_MODE`, which a client's settings
+    would override.
+
+    They set how long a store that does not answer (stalled, overloaded, its connections taken and left silent)
+    holds a job. Each request is retried by botocore (9 attempts, backoff up to 20 s) and, where botocore gave up,
+    by s3fs (5 times), and each attempt waits s3fs's `read_timeout` (15 s) for an answer and `connect_timeout`
+    (5 s) for a connection (`s3_session` bounds the rest): a look-up or a write fails after about 15 minutes,
+    naming the endpoint's URL (886-921 s against moto under SIGSTOP, 2026-12-01). A read from a file already open
+    is retried by s3fs 5 times more around that, as it retries a broken download: up to 75 minutes, past Ray
+    Data's no-progress limit (30 minutes, which fails the job naming no store). `AWS_MAX_ATTEMPTS=3` brings 15
+    minutes to 4 (measured 233-245 s), 75 to about 20; `AWS_MAX_ATTEMPTS=1`, to 77 s and 387 s (measured). A
+    store that refuses connections (down) fails a request in 35-60 s; a shorter pause is ridden out.
+    """
+    retries = {}
+    if not os.environ.get("AWS_MAX_ATTEMPTS"):
+        retries["max_attempts"] = 8
+    if not os.environ.get("AWS_RETRY_MODE"):
+        retries["mode"] = "adaptive"
+    return retries
+
+
+class _S3Handler(pafs.FSSpecHandler):
+    """pyarrow's handler asks `isfile` before opening a file for reading, which answers False for any error: a
+    store that timed out or could not be reached read as `FileNotFoundError: <path>` (a score job's input file,
+    after 15 minutes of a store that did not answer). Here the store's own error goes through."""
+
+    def _file(self, path: str):
+        from pyarrow import PythonFile
+
+        if self.fs.info(path)["type"] != "file":  # FileNotFoundError where there is nothing
+            raise FileNotFoundError(path)
+        return PythonFile(self.fs.open(path, mode="rb"), mode="r")
+
+    def open_input_stream(self, path):
+        return self._file(path)
+
+    def open_input_file(self, path):
+        return self._file(path)
+
+
 def filesystem(uri: str) -> Tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and the path inside it, for a local path, `file://` or `s3://` URI."""
     if uri.startswith("s3://") or uri.startswith("s3a://"):
         import s3fs
+
+        from .s3_session import BoundedSession
 
         # s3fs (botocore) reads AWS_ENDPOINT_URL, keys and region from the environment or instance role.
         # Retries with backoff cover transient errors (throttling, 5xx, dropped connections). s3fs keeps one
         # instance per process, and by default every listing it made for the process's life: a second job of
         # a process (the Python API, a notebook) would not see objects written or rewritten since, by another
         # process (Ray's workers write the outputs), and fail reading a rewritten one (`FileExpired`).
+        # Every request is bounded in time (`s3_session`); how long a store that does not answer holds a job:
+        # `s3_retries`.
         fs = s3fs.S3FileSystem(use_listings_cache=False,
-                               config_kwargs={"retries": {"max_attempts": 8, "mode": "adaptive"}})
+                               config_kwargs={"retries": s3_retries(), "http_session_cls": BoundedSession})
         # `s3://b/out/` and `s3://b/out` are one folder: paths joined to it must not hold `//`.
-        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), uri.split("://", 1)[1].rstrip("/")
+        return pafs.PyFileSystem(_S3Handler(fs)), uri.split("://", 1)[1].rstrip("/")
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     if "://" in uri:
         raise InputError(f"unsupported URI scheme in {uri!r}: use a local path or s3://")
     return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def upload_folder(local_dir: str, fs: pafs.FileSystem, path: str) -> None:
+    """Copies a local folder's files to `path` in `fs`, failing where a file could not be written.
+    `pyarrow.fs.copy_files` is not used: it ignores the error of closing an output stream of a Python filesystem
+    (pyarrow 26), and s3fs uploads a file when it closes it: files that a store down or not answering did not take
+    were left out of a trained model without a word (`config.json` of one, whose run failed only at its next
+    request, a listing)."""
+    for root, _, names in os.walk(local_dir):
+        folder = posixpath.join(path, os.path.relpath(root, local_dir).replace(os.sep, "/")).removesuffix("/.")
+        if names and folder != path:
+            fs.create_dir(folder, recursive=True)
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f, fs.open_output_stream(f"{folder}/{name}") as out:
+                while chunk := f.read(8 << 20):
+                    out.write(chunk)
 
 
 def join(uri: str, *parts: str) -> str:

@@ -27,7 +27,7 @@ import numpy as np
 
 from .batching import IDS, TYPES, default_batch_tokens, list_parts, pair_encoder, token_budget_batches
 from .config import ConfigError, TrainConfig, require, with_settings
-from .io import filesystem, is_remote, join
+from .io import filesystem, is_remote, join, upload_folder
 from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, shard_windows, top_reasons,
                          training_batch_tokens)
 
@@ -735,7 +735,7 @@ def _publish(model_dir: str, output: str, card_text: str) -> None:
         f.write(card_text)
     fs, path = filesystem(output)
     fs.create_dir(path, recursive=True)
-    pafs.copy_files(model_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    upload_folder(model_dir, fs, path)
     new = set(os.listdir(model_dir))
     stale = [info for info in fs.get_file_info(pafs.FileSelector(path)) if info.type == pafs.FileType.File
              and info.base_name not in new and MODEL_FILES.fullmatch(info.base_name)]

@@ -144,3 +144,94 @@ print("RESUMED", json.dumps([summary.files_in, summary.files_kept, summary.rows_
     fs = s3fs_for(s3_server)
     scored = pd.concat(pd.read_parquet(fs.open(p, "rb")) for p in fs.glob(f"{bucket}/out/results/*.parquet"))
     assert sorted(scored["pair_id"]) == [*range(10), *range(40, 90)]
+
+
+@pytest.fixture
+def silent_store(monkeypatch):
+    """An endpoint whose connections are taken and never read or answered: a store that stalled (a paused
+    process, an overloaded gateway). Timeouts of a second and two tries of each request, so that a wait that
+    has a bound ends in seconds, and one that has none shows."""
+    import s3fs
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)  # never accepted: the kernel completes the connections, nothing reads them
+        endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint, "AWS_MAX_ATTEMPTS": "1"}.items():
+            monkeypatch.setenv(name, value)
+        for name, value in (("read_timeout", 1), ("connect_timeout", 1), ("retries", 2)):
+            monkeypatch.setattr(s3fs.S3FileSystem, name, value)
+        s3fs.S3FileSystem.clear_instance_cache()
+        try:
+            yield endpoint
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
+
+
+def bounded(call, seconds: float):
+    """(the exception `call` raised, seconds it took), failing the test where it has not ended in `seconds`."""
+    import threading
+    import time
+
+    outcome = {}
+
+    def run():
+        start = time.monotonic()
+        try:
+            call()
+        except Exception as e:  # noqa: BLE001 - what the store's silence raises is what is checked
+            outcome["error"] = e
+        outcome["seconds"] = time.monotonic() - start
+
+    thread = threading.Thread(target=run, daemon=True)  # a call that hangs is left behind, not waited for
+    thread.start()
+    thread.join(seconds)
+    assert "seconds" in outcome, f"still waiting after {seconds} s"
+    return outcome.get("error"), outcome["seconds"]
+
+
+def test_a_store_that_stops_answering_fails_writes_and_reads_in_bounded_time(silent_store, monkeypatch):
+    """A write waited forever for the `100 Continue` that botocore asks of every upload, and a body the store
+    stopped reading blocked its write for good; an input file of a store that did not answer read as
+    `FileNotFoundError`. Each now fails after its timeouts and retries, naming the endpoint."""
+    from ce_ray import io, s3_session
+
+    fs, path = io.filesystem("s3://bucket/out")
+
+    def write(size):
+        with fs.open_output_stream(f"{path}/part.parquet") as f:
+            f.write(b"x" * size)
+
+    error, seconds = bounded(lambda: write(1000), 30)  # the waits: 2 tries of 1 s
+    assert "Read timeout on endpoint URL" in str(error) and silent_store in str(error) and seconds < 10
+    # 8 MiB: more than the sockets' buffers take; limit 1 + 1 s, beyond which it would be given 32 s
+    monkeypatch.setattr(s3_session, "MIN_UPLOAD_BYTES_PER_S", 1 << 40)
+    error, seconds = bounded(lambda: write(8 << 20), 30)
+    assert "Read timeout on endpoint URL" in str(error) and silent_store in str(error) and seconds < 10
+    error, seconds = bounded(lambda: fs.open_input_file(f"{path}/part.parquet"), 30)
+    assert not isinstance(error, FileNotFoundError) and silent_store in str(error) and seconds < 10
+
+
+def test_botocores_own_retry_variables_are_honoured(monkeypatch):
+    """AWS_MAX_ATTEMPTS and AWS_RETRY_MODE bound a job's retries, where the client's settings overrode them."""
+    from ce_ray.io import s3_retries
+
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    assert s3_retries() == {"max_attempts": 8, "mode": "adaptive"}
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("AWS_RETRY_MODE", "standard")
+    assert s3_retries() == {}
+
+
+def test_a_model_upload_that_the_store_does_not_take_fails(silent_store, tmp_path):
+    """The trained model's files go up one by one, each failing where the store did not take it: through
+    `pyarrow.fs.copy_files` a file whose upload failed was left out without a word."""
+    from ce_ray import io
+
+    (tmp_path / "model" / "sub").mkdir(parents=True)
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "model" / "sub" / "weights.bin").write_bytes(b"w" * 1000)
+    fs, path = io.filesystem("s3://bucket/trained")
+    error, seconds = bounded(lambda: io.upload_folder(str(tmp_path / "model"), fs, path), 30)
+    assert "Read timeout on endpoint URL" in str(error) and silent_store in str(error) and seconds < 10
