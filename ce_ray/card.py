@@ -135,7 +135,8 @@ def model_card(facts: CardFacts) -> str:
         lines += ["## Evaluation", "",
                   f"Reranking {stats['eval']}."
                   + (f" The model is the checkpoint of step {facts.best_step}, the best by {config.best_metric} of "
-                     "the checkpoints (the base model, evaluated at step 0, is none)." if facts.best_step is not None else ""),
+                     "the checkpoints (the base model, evaluated at step 0, is none)."
+                     if facts.best_step is not None else ""),
                   "", "| Metric | Value |", "|:--|:--|"]
         lines += [f"| {k[5:]} | {v:.4f} |" for k, v in facts.final_metrics.items()]
         lines.append("")
