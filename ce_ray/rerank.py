@@ -83,6 +83,10 @@ def _ranking_order(table: pa.Table, input_order: Optional[List[str]], document_c
     return table, keys
 
 
+def _column_sum(tables: List[pa.Table], column: str) -> int:
+    return sum(int(pc.sum(t.column(column)).as_py() or 0) for t in tables if column in t.column_names)
+
+
 def _several_texts(table: pa.Table, query_column: Optional[str], starts: np.ndarray) -> np.ndarray:
     """1 for each query (its rows from `starts[i]` to the next start) whose rows carry more than one query text."""
     if query_column is None or query_column not in table.column_names or not len(starts):
@@ -102,7 +106,7 @@ def rank_group(table: pa.Table, top_k: Optional[int] = None, input_order: Option
     table = _reject_null_query_ids(table, query_id_column)
     valid = _rankable(table, query_id_column, score_column)
     # Rows cut before the shuffle (keep_block_top_k) count with those cut here.
-    cut_before = int(pc.sum(table.column(CUT)).as_py() or 0) if CUT in table.column_names else 0
+    cut_before = _column_sum([table], CUT)
     shared_before = int(pc.max(table.column(SHARED)).as_py() or 0) if SHARED in table.column_names else 0
     table = table.drop_columns([c for c in (CUT, SHARED) if c in table.column_names])
     scored, rejected = table.filter(valid), table.filter(pc.invert(valid))
@@ -216,10 +220,6 @@ def rerank(ds, config: Optional[RerankConfig] = None, input_order: Optional[List
     check_known_columns(ds, {config.query_id_column: "query_id_column"})
     return rank(score(ds, config), config.query_id_column, config.top_k, input_order, config.document_column,
                 partitions=config.rank_partitions, score_column=config.score_column, rank_column=config.rank_column)
-
-
-def _column_sum(tables: List[pa.Table], column: str) -> int:
-    return sum(int(pc.sum(t.column(column)).as_py() or 0) for t in tables if column in t.column_names)
 
 
 class RankedSink(PairsSink):

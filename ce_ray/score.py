@@ -397,12 +397,15 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     # The model is checked before Ray starts, except where an earlier run completed inputs: a resume with nothing
     # left needs no model (checked in score(), where there is).
     checked = None if done else scoring_model(config)
+
+    def to_score(check) -> bool:  # an input that no earlier run completed as it is now
+        return not earlier.done(input_key(check.path), check.stamp)
+
     ds, files, _ = read_dataset(config.input, config.input_format, [config.query_column, config.document_column],
-                                keep=lambda check: not earlier.done(input_key(check.path), check.stamp),
-                                rows_per_block=config.rows_per_block, column_names=parse_names(config.column_names),
-                                written=written_columns(config))
+                                keep=to_score, rows_per_block=config.rows_per_block,
+                                column_names=parse_names(config.column_names), written=written_columns(config))
     if ds is not None:
-        say_input(title, [f for f in files if not earlier.done(input_key(f.path), f.stamp)])
+        say_input(title, [f for f in files if to_score(f)])
     scored = None if ds is None else score(ds, config, announce=title, checked=checked)
     if scored is not None and transform is not None:
         scored = transform(scored)
