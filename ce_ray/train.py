@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
+import posixpath
 import re
 import shutil
 import sys
@@ -35,6 +37,85 @@ PROGRESS = "progress.json"
 STATE = "state.pt"
 MODEL = "model"
 DS_TAG = "zero"
+FILE_LIST = "ce-ray-files-{rank}.json"  # a checkpoint's files as each rank wrote them: {path: bytes}
+
+
+class CheckpointUploadError(OSError):
+    """A checkpoint that the store did not take whole."""
+
+
+class IncompleteCheckpoint(FileNotFoundError):
+    """A checkpoint that lacks some of its files."""
+
+
+# ---------------------------------------------------------------- checkpoints: written whole, or not at all
+
+
+def list_files(folder: str, rank: int) -> None:
+    """Writes the list of the files this rank put in a checkpoint's `folder`, with their sizes, so that a
+    checkpoint missing any of them is known for what it is when it is read (`missing_files`)."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            local = os.path.join(root, name)
+            files[os.path.relpath(local, folder).replace(os.sep, "/")] = os.path.getsize(local)
+    with open(os.path.join(folder, FILE_LIST.format(rank=rank)), "w") as f:
+        json.dump(files, f)
+
+
+def missing_files(folder: str, deepspeed: bool) -> List[str]:
+    """The files of a checkpoint that its folder lacks (or holds at another size), by the lists its ranks
+    wrote: progress.json says how many. A checkpoint written before the lists has the files that the run
+    reads checked."""
+    def absent(path: str, size: Optional[int] = None) -> bool:
+        local = os.path.join(folder, path)
+        return not os.path.isfile(local) or size is not None and os.path.getsize(local) != size
+
+    if absent(PROGRESS):
+        return [PROGRESS]
+    with open(os.path.join(folder, PROGRESS)) as f:
+        lists = json.load(f).get("file_lists")
+    if lists is None:
+        needed = [f"{MODEL}/config.json"] + ([] if deepspeed else [STATE, f"{MODEL}/model.safetensors"])
+        return [path for path in needed if absent(path)]
+    missing = []
+    for rank in range(lists):
+        name = FILE_LIST.format(rank=rank)
+        if absent(name):
+            missing.append(name)
+            continue
+        with open(os.path.join(folder, name)) as f:
+            missing += [path for path, size in json.load(f).items() if absent(path, size)]
+    return missing
+
+
+def check_whole(folder: str, deepspeed: bool, shown: str) -> None:
+    """Refuses a checkpoint that lacks files: a store that failed some of its uploads, silently, as Ray Train's
+    own upload let it (a run resumed from it would fail on a missing file or, worse, save a model without its
+    weights or configuration)."""
+    missing = missing_files(folder, deepspeed)
+    if missing:
+        shown_missing = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise IncompleteCheckpoint(
+            f"the checkpoint {shown} lacks {shown_missing}: it was not written whole to the store and is not "
+            f"loaded. Delete the run's folder ({posixpath.dirname(shown)}) or give another run_name to start afresh")
+
+
+def upload_checkpoint(checkpoint, dir_name: str, shown: str):
+    """Ray Train's `checkpoint_upload_fn` for object storage: the checkpoint's files go up one by one, and one
+    that the store does not take fails the report, so that Ray Train records no checkpoint (and restarts from
+    the last one, within max_failures). Its own upload, `pyarrow.fs.copy_files`, drops such a failure: a
+    checkpoint without its weights was logged "Checkpoint successfully created", recorded, and resumed from."""
+    import ray.train
+
+    storage = ray.train.get_context().get_storage()
+    path = storage.build_checkpoint_path_from_name(dir_name)
+    try:
+        upload_folder(checkpoint.path, storage.storage_filesystem, path)
+    except Exception as e:
+        raise CheckpointUploadError(f"the checkpoint {shown}/{dir_name} was not written whole to the store "
+                                    f"({type(e).__name__}: {e}); Ray Train records no checkpoint of it") from e
+    return ray.train.Checkpoint(path=path, filesystem=storage.storage_filesystem)
 
 
 # ---------------------------------------------------------------- workers: loss, evaluation
@@ -257,6 +338,8 @@ def train_loop(loop_config: dict) -> dict:
     checkpoint_dir = None
     if checkpoint:
         checkpoint_dir = checkpoint.to_directory()
+        shown = f"{plan['checkpoints']}/{os.path.basename(checkpoint.path)}"
+        check_whole(checkpoint_dir, bool(config.deepspeed), shown)  # before any of it is read
         with open(os.path.join(checkpoint_dir, PROGRESS)) as f:
             progress = json.load(f)
         progress["resumed_from"].append(progress["step"])
@@ -320,6 +403,9 @@ def train_loop(loop_config: dict) -> dict:
         return evaluate(model if config.deepspeed else module, eval_shard, plan["qrels"], device, pad_id,
                         plan["eval_batch_tokens"], model_type, activation=plan["activation"], **share)
 
+    # Object storage: ce-ray's upload, which fails where a file was not written. Local storage keeps Ray Train's.
+    upload = functools.partial(upload_checkpoint, shown=plan["checkpoints"]) if is_remote(plan["checkpoints"]) else None
+
     def save(metrics: dict) -> None:
         """Every worker reports (a barrier); rank 0 writes the model and the state, DeepSpeed ranks their shards."""
         with tempfile.TemporaryDirectory() as tmp:
@@ -337,9 +423,12 @@ def train_loop(loop_config: dict) -> dict:
                     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                                os.path.join(tmp, STATE))
                 with open(os.path.join(tmp, PROGRESS), "w") as f:
-                    json.dump(progress, f)
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if rank == 0 or config.deepspeed
-                             else None, checkpoint_dir_name=f"checkpoint_{progress['step']:07d}")
+                    json.dump(progress | {"file_lists": world if config.deepspeed else 1}, f)
+            reports = rank == 0 or config.deepspeed
+            if reports:
+                list_files(tmp, rank)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if reports else None,
+                             checkpoint_dir_name=f"checkpoint_{progress['step']:07d}", checkpoint_upload_fn=upload)
 
     if plan["qrels"] and progress["step"] == 0:
         baseline = run_eval()
@@ -610,6 +699,13 @@ class TrainOutcome:
         return lines + [f"  model         {self.model_path}{best}"]
 
 
+def _whole_checkpoint(checkpoint, folder: str, config: TrainConfig, run_uri: str) -> str:
+    """A checkpoint of the run copied to `folder`, refused where it lacks files: its model is the output."""
+    checkpoint_dir = checkpoint.to_directory(folder)
+    check_whole(checkpoint_dir, bool(config.deepspeed), f"{run_uri}/{os.path.basename(checkpoint.path)}")
+    return checkpoint_dir
+
+
 def _best_kept(config: TrainConfig) -> dict:
     """Ray Train keeps the best checkpoints by the eval metric (and the latest, which a restart resumes from)."""
     if not config.best_metric:
@@ -829,6 +925,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
                   else SIGMOID)
     plan = {"model": source, "max_length": max_length, "activation": activation, "batches_per_epoch": per_epoch,
             "invocation": uuid.uuid4().hex,  # this command's, apart from earlier ones of the run it resumes
+            "checkpoints": run_uri,
             "total_steps": total, "qrels": qrels,
             "eval_batch_tokens": config.batch_tokens or default_batch_tokens(use_gpu)}
     batch_tokens = training_batch_tokens(config, use_gpu)
@@ -870,7 +967,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         raise result.error
     summary = result.return_value or {}
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint_dir = result.checkpoint.to_directory(os.path.join(tmp, "checkpoint"))
+        checkpoint_dir = _whole_checkpoint(result.checkpoint, os.path.join(tmp, "checkpoint"), config, run_uri)
         with open(os.path.join(checkpoint_dir, PROGRESS)) as f:
             progress = json.load(f)
         log = summary.get("log", progress["log"])
@@ -879,7 +976,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         best, best_step = _best_checkpoint(result, config), None
         if best is not None:  # its model is the output; the latest checkpoint still tells the run's progress
             checkpoint, metrics = best
-            checkpoint_dir = checkpoint.to_directory(os.path.join(tmp, "best"))
+            checkpoint_dir = _whole_checkpoint(checkpoint, os.path.join(tmp, "best"), config, run_uri)
             final = {k: v for k, v in metrics.items() if k.startswith("eval_")}
             best_step = metrics["step"]
         seconds = summary.get("seconds", progress["seconds"])

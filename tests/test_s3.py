@@ -235,3 +235,65 @@ def test_a_model_upload_that_the_store_does_not_take_fails(silent_store, tmp_pat
     fs, path = io.filesystem("s3://bucket/trained")
     error, seconds = bounded(lambda: io.upload_folder(str(tmp_path / "model"), fs, path), 30)
     assert "Read timeout on endpoint URL" in str(error) and silent_store in str(error) and seconds < 10
+
+
+@pytest.fixture
+def refusing_store():
+    """A moto S3 server that refuses (403 AccessDenied) the first PUT of a key that matches `refuse["keys"]`, as a
+    store does whose policy or quota stops a write: (its environment, the refusals' state)."""
+    import re
+    import threading
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    refuse = {"keys": None, "refused": []}
+
+    def store(environ, start_response):
+        key = environ.get("PATH_INFO", "")
+        if environ["REQUEST_METHOD"] == "PUT" and refuse["keys"] and re.search(refuse["keys"], key) \
+                and key not in refuse["refused"]:
+            refuse["refused"].append(key)
+            start_response("403 Forbidden", [("Content-Type", "application/xml")])
+            return [b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
+                    b"<Message>Access Denied</Message></Error>"]
+        return moto(environ, start_response)
+
+    moto = DomainDispatcherApplication(create_backend_app)
+    server = make_server("127.0.0.1", free_port(), store, threaded=True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield {**CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.server_port}"}, refuse
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+def test_a_checkpoint_the_store_does_not_take_whole_is_not_recorded(tmp_path, tiny_model, refusing_store):
+    """A checkpoint file that the store refuses fails the checkpoint, naming it, and Ray Train restarts the run from
+    the last whole one (max_failures). Through Ray Train's own upload (`pyarrow.fs.copy_files`) the refusal was
+    dropped: "Checkpoint successfully created", recorded without its weights, and resumed from."""
+    import json
+
+    from conftest import wikiqa_pairs
+
+    env, refuse = refusing_store
+    bucket = "ce-ray-refused-checkpoint"  # moto keeps one store per process: a bucket of this test alone
+    fs = s3fs_for(env)
+    fs.mkdir(bucket)
+    wikiqa_pairs("train", 32)[["query", "document", "label"]].to_parquet(tmp_path / "pairs.parquet")
+    refuse["keys"] = r"/checkpoint_0000002/model/model\.safetensors$"
+    result = run_cli("train", "--model", str(tiny_model), "--train-data", str(tmp_path / "pairs.parquet"),
+                     "--output", str(tmp_path / "trained"), "--storage-path", f"s3://{bucket}/runs",
+                     "--batch-size", "8", "--max-steps", "2", "--save-every", "1", "--max-failures", "1",
+                     timeout=300, env={**env, "RAY_ADDRESS": "local"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert refuse["refused"] == [f"/{bucket}/runs/trained/checkpoint_0000002/model/model.safetensors"]
+    assert (f"CheckpointUploadError: the checkpoint s3://{bucket}/runs/trained/checkpoint_0000002 was not written "
+            "whole to the store (PermissionError: Access Denied)") in result.stdout + result.stderr
+    assert "steps         2 (resumed at [1])" in result.stdout
+    recorded = json.loads(fs.cat(f"{bucket}/runs/trained/checkpoint_manager_snapshot.json"))
+    assert recorded["latest_checkpoint_result"]["checkpoint_dir_name"] == "checkpoint_0000002"
+    assert fs.exists(f"{bucket}/runs/trained/checkpoint_0000002/model/model.safetensors")
+    assert (tmp_path / "trained" / "model.safetensors").exists()

@@ -769,6 +769,40 @@ def test_best_metric_makes_the_best_evaluated_checkpoint_the_model(ray_local, ti
     assert f"(step {best['step']}, the best ndcg@10)" in outcome.lines()[-1]
 
 
+def test_a_checkpoint_that_lacks_files_is_not_resumed_from_nor_made_the_model(ray_local, tiny_model, tmp_path):
+    """A recorded checkpoint whose folder lacks a file (a store that dropped an upload, as Ray Train's own upload
+    let it, or lost it since) is refused, naming the file, when the run resumes from it. A run of the same name
+    after a finished one saved that checkpoint's model again: a model folder without its config.json."""
+    from ce_ray.config import TrainConfig
+
+    train = _train_module()
+    wikiqa_pairs("train", 32)[["query", "document", "label"]].to_parquet(tmp_path / "pairs.parquet")
+    settings = TrainConfig(model=str(tiny_model), train_data=str(tmp_path / "pairs.parquet"),
+                           output=str(tmp_path / "o"), max_steps=1, batch_size=8)
+    train.train(settings)
+    checkpoint = tmp_path / "o" / "checkpoints" / "o" / "checkpoint_0000001"
+    assert json.loads((checkpoint / "ce-ray-files-0.json").read_text())["model/config.json"] > 0
+    (checkpoint / "model" / "config.json").unlink()
+    with pytest.raises(Exception, match=re.escape(f"the checkpoint {checkpoint} lacks model/config.json: it was not "
+                                                  "written whole to the store and is not loaded")):
+        train.train(settings)
+
+    # What each case lacks: by the lists of the ranks' files, which progress.json counts, or (a checkpoint of an
+    # earlier ce-ray, without them) the files the run reads.
+    (checkpoint / "model" / "config.json").write_text("{}")
+    assert train.missing_files(str(checkpoint), deepspeed=False) == ["model/config.json"]  # not its size
+    (checkpoint / "state.pt").unlink()
+    progress = json.loads((checkpoint / train.PROGRESS).read_text())
+    (checkpoint / train.PROGRESS).write_text(json.dumps(progress | {"file_lists": 2}))
+    assert sorted(train.missing_files(str(checkpoint), deepspeed=True)) == [
+        "ce-ray-files-1.json", "model/config.json", "state.pt"]
+    (checkpoint / train.PROGRESS).write_text(json.dumps({k: v for k, v in progress.items() if k != "file_lists"}))
+    assert train.missing_files(str(checkpoint), deepspeed=False) == ["state.pt"]
+    assert train.missing_files(str(checkpoint), deepspeed=True) == []
+    (checkpoint / train.PROGRESS).unlink()
+    assert train.missing_files(str(checkpoint), deepspeed=False) == ["progress.json"]
+
+
 def test_labels_outside_zero_one_fail_before_training(ray_local, tiny_model, tmp_path):
     from ce_ray.config import TrainConfig
     from ce_ray.io import InputError
