@@ -145,10 +145,33 @@ def other_commands_hint(command: str, unknown: list) -> str:
     return f" ({'; '.join(hints)}, not of ce-ray {command})" if hints else ""
 
 
+# How a job of each command that stopped mid-way is finished. A score job's output holds the parts of the input
+# files it completed, which resume keeps; ranking and BM25 regroup rows across files, so their jobs start over.
+HOW_TO_FINISH = {
+    "score": "--mode resume finishes it (the input files completed are kept)",
+    "rerank": "rerun it with --mode overwrite (ranking groups rows across files: it cannot resume)",
+    "candidates": "rerun it with --mode overwrite",
+    "train": "the same command resumes it from its last checkpoint",
+}
+FAILED = 1  # the exit status of a job that failed during its work; 2 is a usage error, found before any work
+USAGE_ERRORS = (ConfigError, ValueError, FileExistsError, FileNotFoundError)
+
+
 def finishing_hint(command: str) -> str:
-    """How an interrupted job of this command is finished, for the line that says it stopped."""
-    return {"score": "; --mode resume finishes it",
-            "train": "; the same command resumes it from its last checkpoint"}.get(command, "")
+    """How a job of this command that was interrupted or failed is finished, for the line that says so."""
+    return f"; {HOW_TO_FINISH[command]}" if command in HOW_TO_FINISH else ""
+
+
+def report_failure(command: str, error: BaseException) -> None:
+    """Prints a job's failure: its traceback, then one line with the error that caused it and how to finish the
+    job. A failure in Ray's tasks or workers is printed without the driver's chain of Ray's own exceptions
+    (which ones it was handling, a bare marker of Ray Data's), which repeats nothing of the worker's error."""
+    import traceback
+
+    from .runtime import failure_cause, from_ray
+
+    traceback.print_exception(error, chain=not from_ray(error), file=sys.stderr)
+    print(f"ce-ray {command}: failed: {failure_cause(error)}{finishing_hint(command)}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:
@@ -167,12 +190,17 @@ def main(argv=None) -> int:
 
             return run_submit(args, overrides)
         return run_command(args.command, args)
-    except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as e:
-        print(f"ce-ray {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:  # Ctrl-C: a line, not the traceback of wherever the driver was waiting
         print(f"\nce-ray {args.command}: interrupted{finishing_hint(args.command)}", file=sys.stderr)
         return 130
+    except Exception as e:
+        from .runtime import from_ray
+
+        if isinstance(e, USAGE_ERRORS) and not from_ray(e):
+            print(f"ce-ray {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        report_failure(args.command, e)
+        return FAILED
 
 
 if __name__ == "__main__":

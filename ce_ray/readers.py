@@ -282,12 +282,23 @@ def _tag(table: pa.Table, key: str, start: int, file_rows: Optional[int], partit
     return table.append_column(FILE_ROWS, rows)
 
 
+def _naming_the_file(chunks, path: str):
+    """The chunks; an error in reading them notes the file. Arrow's own name none (a parquet page that cannot be
+    decoded: `OSError: Couldn't deserialize thrift ...`), and the job's failure is to say which file it was."""
+    try:
+        yield from chunks
+    except Exception as e:
+        if path not in str(e):
+            e.add_note(f"reading {path}")
+        raise
+
+
 def tag_rows(chunks, path: str, start: int = 0, ends_file: bool = True):
     """Adds the row tags to a file's chunks, the first being the file's row `start`. The last chunk of the
     file (when `ends_file`) also carries the file's row count: one chunk is held back to know which is last.
     The file's partition keys (`partition_values`) become columns too."""
     key, held, partitions = input_key(path), None, partition_values(path)
-    for chunk in chunks:
+    for chunk in _naming_the_file(chunks, path):
         table = chunk if isinstance(chunk, pa.Table) else pa.Table.from_pandas(chunk, preserve_index=False)
         if not table.num_rows:
             continue

@@ -303,7 +303,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     start = time.perf_counter()
     check_apart(config.input, config.output)
     check_s3_access(config.output)  # a bucket that is not there is an error, where writing would create it
-    check_output(config.output, config.mode)
+    check_output(config.output, config.mode, resumable=False)
     checked = scoring_model(config)
     # The query id may be text or a number: present, of any type.
     ds, files, input_bytes = read_dataset(
@@ -314,7 +314,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
         {"rank_column": config.rank_column} if config.rank_column != RANK else {})
     say_input(title, files)
     scored = score(ds, config, announce=title, checked=checked)
-    prepare_output(config.output, config.mode, job=job)
+    prepare_output(config.output, config.mode, job=job, resumable=False)
     partitions = config.rank_partitions or default_partitions(input_bytes)
     print(f"{title}: ranks the rows of each {config.query_id_column} in {partitions} partition(s)"
           + (f", keeping the best {config.top_k}" if config.top_k else ""), flush=True)

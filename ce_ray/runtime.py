@@ -110,3 +110,84 @@ def surfaced_errors():
         kind, message = found[0]  # the root cause: a chain prints its first exception first
         error = {"ModelError": ModelError, "InputError": InputError, "ConfigError": ConfigError}[kind]
         raise error(message) from None
+
+
+# How Python prints a chain of exceptions: each one after the one that caused it.
+_CAUSED = "\nThe above exception was the direct cause of the following exception:\n"
+_DURING = "\nDuring handling of the above exception, another exception occurred:\n"
+
+
+def from_ray(error: BaseException) -> bool:
+    """Whether Ray raised `error` for work that failed in its tasks, actors or Ray Train workers: a failure
+    of the job, whatever the original error's type (Ray's RayTaskError is also of its cause's type, so that a
+    worker's FileNotFoundError would pass for one of the command's own)."""
+    if "ray" not in sys.modules:  # a job that failed before Ray was imported
+        return False
+    from ray.exceptions import RayError
+
+    train = sys.modules.get("ray.train")
+    return isinstance(error, (RayError, getattr(train, "TrainingFailedError", RayError)))
+
+
+def failure_cause(error: BaseException) -> str:
+    """The error that failed a job, in one line (`OSError: ...`): the original error of a task, an actor or a
+    Ray Train worker, out of Ray's wrappers (RayTaskError, Ray Data's UserCodeException, Ray Train's
+    WorkerGroupError and ControllerError), with the notes added to it (which file was being read)."""
+    if not from_ray(error):
+        return _one_line(error)
+    from ray.exceptions import RayTaskError, UserCodeException
+
+    printed = ""  # the last worker's traceback passed, as Ray prints it
+    for _ in range(16):  # wrappers within wrappers: a few at most
+        if isinstance(error, RayTaskError):
+            printed, error = str(error), error.cause
+        elif isinstance(error, UserCodeException) and error.__cause__ is not None:
+            error = error.__cause__
+        elif getattr(error, "worker_failures", None):  # Ray Train: each failed worker's error, by rank
+            error = error.worker_failures[min(error.worker_failures)]
+        elif getattr(error, "controller_failure", None) is not None:
+            error = error.controller_failure
+        else:
+            break
+    if isinstance(error, UserCodeException):
+        # Ray Data's wrapper of a UDF's error came from the worker without the error, which it only printed.
+        return _original_printed(printed) or _one_line(error)
+    return _one_line(error)
+
+
+# What Ray Data adds to the message of an error it retried (`_annotate_exception_with_retry_context`): `Failed to
+# <what> after <n>/<m> attempts (total backoff <s>s).` and which of its settings retry more; after the message, or
+# after an OSError's arguments. The traceback keeps it; the error's own line goes without.
+_RETRIED = re.compile(r" after \d+/\d+ attempts \(total backoff [\d.]+s\)\.")
+
+
+def _without_retries(text: str) -> str:
+    retried = _RETRIED.search(text)
+    start = text.rfind("Failed to ", 0, retried.start()) if retried else -1
+    return text[:start].rstrip(" \n:,'\"") if start > 0 else text
+
+
+def _one_line(error: BaseException) -> str:
+    notes = [str(note) for note in getattr(error, "__notes__", ())]
+    return f"{type(error).__name__}: {_joined(str(error))}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _joined(text: str) -> str:
+    """The lines of an error's message as one, without what Ray Data added to it."""
+    return " ".join(line.strip() for line in _without_retries(text).splitlines() if line.strip())
+
+
+def _original_printed(traceback_text: str) -> str:
+    """The error that a UDF raised, from the worker's printed chain: the last of the chain that is not Ray's
+    own (an error raised while handling another is its own start)."""
+    errors = [_error_lines(part.split(_DURING)[-1]) for part in traceback_text.split(_CAUSED)]
+    original = [lines for lines in errors if lines and not lines[0].startswith("ray.")]
+    return _joined("\n".join(original[-1])) if original else ""
+
+
+def _error_lines(printed: str) -> list:
+    """The lines of a printed exception after its frames: its type, message and notes."""
+    lines = printed.strip("\n").splitlines()[1:]  # after the header (`Traceback ...`, or Ray's `ray::task()`)
+    while lines and (lines[0].startswith(" ") or not lines[0].strip()):
+        lines.pop(0)
+    return [line for line in lines if line.strip()]

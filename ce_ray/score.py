@@ -390,7 +390,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     start = time.perf_counter()
     check_apart(config.input, config.output)
     check_s3_access(config.output)
-    check_output(config.output, config.mode)
+    check_output(config.output, config.mode, resumable=transform is None)
     job = job_settings(config)
     earlier = resume_state(config.output, job) if config.mode == "resume" else ResumeState({}, [])
     done = earlier.complete
@@ -418,7 +418,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     if rewritten:
         print(f"{title}: note: {len(rewritten)} input file(s) that an earlier run completed were rewritten since "
               f"(another size, time or ETag, e.g. {rewritten[0]}): they are scored again", file=sys.stderr, flush=True)
-    kept = prepare_output(config.output, config.mode, job=job, resume=earlier, stamps=stamps)
+    kept = prepare_output(config.output, config.mode, job=job, resume=earlier, stamps=stamps,
+                          resumable=transform is None)
     sink = PairsSink(config.output, written_columns(config))
     if scored is not None:
         with surfaced_errors():

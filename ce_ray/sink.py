@@ -181,20 +181,21 @@ def _delete(fs: pafs.FileSystem, path: str) -> None:
         fs.delete_file(path)
 
 
-def check_output(output: str, mode: str) -> None:
+def check_output(output: str, mode: str, resumable: bool = True) -> None:
     """What `prepare_output` would refuse, checked before a job starts its work: an output that is a file, and
-    in mode error one that has results."""
+    in mode error one that has results. The refusal names --mode resume only for a job that can resume
+    (`resumable`: not one that regroups rows across input files, such as rerank)."""
     fs, path = filesystem(output)
     with writing(output):
         if fs.get_file_info(path).type == pafs.FileType.File:
             raise OutputError(f"output {output} is a file: give a folder")
     if mode == "error" and has_results(output):
-        raise OutputExistsError(f"{output} already has results: pass --mode overwrite to replace them, "
-                                "or --mode resume to finish an interrupted job")
+        raise OutputExistsError(f"{output} already has results: pass --mode overwrite to replace them"
+                                + (", or --mode resume to finish an interrupted job" if resumable else ""))
 
 
-def prepare_output(output: str, mode: str, job: Optional[dict] = None,
-                   resume: Optional[ResumeState] = None, stamps: Optional[Dict[str, str]] = None) -> ResumeState:
+def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: Optional[ResumeState] = None,
+                   stamps: Optional[Dict[str, str]] = None, resumable: bool = True) -> ResumeState:
     """mode error: refuse an output that has results; overwrite: clear them first; resume: keep the parts
     of complete inputs (of those still in the input, and as they were then, where `stamps` gives the input
     files' keys and stamps now), remove everything else (parts of unfinished or rewritten inputs, temporaries,
@@ -202,7 +203,7 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None,
     Returns what was kept."""
     fs, path = filesystem(output)
     kept = ResumeState({}, [])
-    check_output(output, mode)
+    check_output(output, mode, resumable)
     if has_results(output):
         if mode == "overwrite":
             for sub in (SUCCESS, RESULTS, REJECTS, STATE):

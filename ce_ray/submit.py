@@ -153,7 +153,7 @@ def submit(job: str, config: str, address: Optional[str] = None, pip: Sequence[s
     """Submits the job; with `wait`, prints its logs as they come and returns its exit status (above)."""
     from ray.job_submission import JobStatus
 
-    from .cli import finishing_hint
+    from .cli import FAILED, finishing_hint
 
     if not os.path.isfile(config):
         raise FileNotFoundError(f"config file {config} does not exist")
@@ -184,8 +184,12 @@ def submit(job: str, config: str, address: Optional[str] = None, pip: Sequence[s
         return 3
     # A failed job's message repeats the end of its logs, which were just printed: its first line is enough.
     message = (info.message or "").split("\n", 1)[0].split(", last available logs", 1)[0]
+    # How to finish it: a stopped job, and one that failed during its work (its command's exit status FAILED, its
+    # log's last line the error that failed it); one refused before any work has nothing to finish.
+    stopped_mid_way = info.status == JobStatus.STOPPED or (
+        info.status == JobStatus.FAILED and info.driver_exit_code == FAILED)
     print(f"ce-ray submit: job {job_id} {info.status}" + (f": {message}" if message else "")
-          + (finishing_hint(job) if info.status == JobStatus.STOPPED else ""),
+          + (finishing_hint(job) if stopped_mid_way else ""),
           file=sys.stdout if info.status == JobStatus.SUCCEEDED else sys.stderr, flush=True)
     return 0 if info.status == JobStatus.SUCCEEDED else 1
 

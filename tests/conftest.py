@@ -97,6 +97,28 @@ def interrupted_as_in_a_terminal(command: list, after: str, wait: float = 3.0) -
     return job.returncode, errors
 
 
+def undecodable_parquet(path: Path, frame) -> Path:
+    """`frame` as a parquet file with a data page that cannot be decoded (bits flipped on a disk, a copy gone
+    wrong), its footer whole: the footer's checks pass, and the job fails mid-way where it reads the page, with
+    pyarrow's `ArrowInvalid: Index not in dictionary bounds` (a ValueError), which names no file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, compression="none")
+    whole = path.read_bytes()
+    column = pq.ParquetFile(path).metadata.row_group(0).column(frame.columns.get_loc("document"))
+    for offset in range(column.data_page_offset, column.data_page_offset + column.total_compressed_size):
+        path.write_bytes(whole[:offset] + b"\xff\xff\xff\xff" + whole[offset + 4:])
+        try:
+            pq.read_table(path)
+        except pa.ArrowInvalid as e:
+            if "dictionary" in str(e):
+                return path
+        except Exception:  # another failure (a page header that cannot be read): another offset
+            pass
+    raise AssertionError("no offset in the document column's page makes the file undecodable")
+
+
 def wikiqa_pairs(split: str = "test", n: int | None = None):
     """WikiQA (question, sentence) pairs as a pandas frame with query/document columns."""
     import pandas as pd

@@ -110,3 +110,19 @@ def test_bad_corpus_line_names_file_and_line(tmp_path):
     with pytest.raises(InputError, match=r"corpus\.jsonl line 2: not valid JSON"):
         run_candidates(CandidatesConfig(data=str(folder), output=str(tmp_path / "out")))
     assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out")]) == 2
+
+
+def test_a_job_that_fails_mid_way_says_why_and_that_it_reruns_with_overwrite(tmp_path, capsys):
+    """A write that fails after the index was built (here a folder in the candidates file's place): Python's
+    traceback, exit 1, and nothing said of the job. The traceback stays; the last line says what failed and
+    how to finish the job."""
+    docs = ['{"_id": "d1", "title": "Apples", "text": "red apples are sweet"}',
+            '{"_id": "d2", "title": "", "text": "the blue sea is deep"}']
+    folder = beir_folder(tmp_path / "beir", docs, "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    (tmp_path / "out" / "candidates-test.parquet").mkdir(parents=True)
+    assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out")]) == 1
+    errors = capsys.readouterr().err
+    assert "Traceback" in errors
+    assert errors.splitlines()[-1].startswith("ce-ray candidates: failed: IsADirectoryError: ")
+    assert errors.splitlines()[-1].endswith("; rerun it with --mode overwrite")
+    assert not (tmp_path / "out" / "_SUCCESS").exists()

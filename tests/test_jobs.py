@@ -217,6 +217,33 @@ def test_failing_job_reports_its_status_and_message(cluster, model, tmp_path):
     assert run.returncode == 1, run.stdout + run.stderr
     assert "FAILED" in run.stderr
     assert "missing column(s) 'document'" in run.stdout + run.stderr
+    assert "--mode resume" not in run.stderr  # refused before any work: nothing to finish
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_a_job_that_fails_mid_way_says_why_and_how_to_finish_it(cluster, model, tmp_path):
+    """A job that fails during its work: its log ends with the command's line of what failed and how to finish
+    the job, and submit's own line says the same way to finish it (it said FAILED and the exit code alone)."""
+    from conftest import undecodable_parquet
+
+    (tmp_path / "in").mkdir()
+    frame = pd.DataFrame({"query": [f"query {i % 3}" for i in range(40)],
+                          "document": [f"doc {i % 7}" for i in range(40)]})
+    undecodable_parquet(tmp_path / "in" / "pairs.parquet", frame)
+    config = write_config(tmp_path / "score.yaml", model=str(model), input=str(tmp_path / "in"),
+                          output=str(tmp_path / "out"))
+
+    run = cluster.submit("score", config)
+
+    assert run.returncode == 1, run.stdout + run.stderr
+    finish = "--mode resume finishes it (the input files completed are kept)"
+    logged = [line for line in run.stdout.splitlines() if line.startswith("ce-ray score: ")]
+    assert logged[-1] == (f"ce-ray score: failed: ArrowInvalid: Index not in dictionary bounds (reading "
+                          f"{tmp_path}/in/pairs.parquet); {finish}")
+    assert run.stdout.rstrip().endswith(logged[-1])  # the job's log ends with it
+    said = run.stderr.strip().splitlines()[-1]
+    assert said.startswith("ce-ray submit: job ") and said.endswith(f" FAILED: Job entrypoint command failed with "
+                                                                      f"exit code 1; {finish}"), run.stderr
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 

@@ -303,8 +303,34 @@ def test_ctrl_c_ends_a_job_with_a_line_that_says_how_to_finish_it(tmp_path, tiny
     # after the job's line saying how it scores: Ray has started, the pairs are read
     returncode, errors = interrupted_as_in_a_terminal(command, after="forward passes of at most")
     assert returncode == 130, errors[-3000:]
-    assert "\nce-ray score: interrupted; --mode resume finishes it\n" in errors  # Ray's exit may log after it
+    # Ray's exit may log after it
+    assert "\nce-ray score: interrupted; --mode resume finishes it (the input files completed are kept)\n" in errors
     assert "Traceback" not in errors and "KeyboardInterrupt" not in errors
+
+
+def test_a_job_that_fails_mid_way_ends_with_a_line_of_why_and_how_to_finish_it(ray_local, tmp_path, tiny_model,
+                                                                             capsys):
+    """A file whose page cannot be decoded, read mid-way: Ray Data's error of the read task (pyarrow's
+    ArrowInvalid, a ValueError, which Ray's error is too) ended the job as a usage error, `ce-ray score: error:`
+    and a page of Ray's frames, exit 2, naming no file. Ray's report stays for debugging; the last line says
+    what failed, in which file, and how to finish the job."""
+    from ce_ray.cli import main
+    from conftest import undecodable_parquet
+
+    (tmp_path / "in").mkdir()
+    frames = [pd.DataFrame({"id": range(i * 50, i * 50 + 50), "query": [f"query {i}"] * 50,
+                            "document": [f"document {j % 7}" for j in range(50)]}) for i in range(3)]
+    for i, frame in enumerate(frames):
+        frame.to_parquet(tmp_path / "in" / f"p{i}.parquet")
+    undecodable_parquet(tmp_path / "in" / "p1.parquet", frames[1])
+    command = ["score", "--model", str(tiny_model), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    assert main(command) == 1
+    errors = capsys.readouterr().err
+    assert errors.splitlines()[-1] == (
+        f"ce-ray score: failed: ArrowInvalid: Index not in dictionary bounds (reading {tmp_path}/in/p1.parquet); "
+        "--mode resume finishes it (the input files completed are kept)")
+    assert "Traceback" in errors and "ce-ray score: error" not in errors
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
 def test_a_categorical_text_column_is_text(ray_local, tmp_path, tiny_model):

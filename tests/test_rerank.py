@@ -334,3 +334,30 @@ def test_eval_reads_an_output_as_its_job_wrote_it(ray_local, tiny_model, tmp_pat
     run_rerank(dataclasses.replace(config, output=str(tmp_path / "top"), top_k=2))
     with pytest.raises(ConfigError, match=r"top 2 of each query \(17 rows cut\): the cut rows' labels are gone"):
         run_eval(EvalConfig(input=str(tmp_path / "top")))
+
+
+def test_a_rerank_that_fails_mid_way_says_why_and_that_it_reruns_with_overwrite(ray_local, tiny_model, tmp_path,
+                                                                               capsys):
+    """A file whose page cannot be decoded, read mid-way, ended the job as a usage error (`error:`, a page of
+    Ray's frames, exit 2); the last line says what failed and how to finish: a rerank cannot resume. An output
+    with results is refused naming --mode overwrite alone (it offered --mode resume, which rerank refuses)."""
+    from ce_ray.cli import main
+    from conftest import undecodable_parquet
+
+    (tmp_path / "in").mkdir()
+    frame = pd.DataFrame({"query_id": [f"q{i % 3}" for i in range(60)], "query": [f"query {i % 3}" for i in range(60)],
+                          "document": [f"document {i % 7}" for i in range(60)]})
+    frame.to_parquet(tmp_path / "in" / "a.parquet")
+    undecodable_parquet(tmp_path / "in" / "b.parquet", frame)
+    command = ["rerank", "--model", str(tiny_model), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    assert main(command) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"ce-ray rerank: failed: ArrowInvalid: Index not in dictionary bounds (reading {tmp_path}/in/b.parquet); "
+        "rerun it with --mode overwrite (ranking groups rows across files: it cannot resume)")
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+    (tmp_path / "out" / "results").mkdir()  # as an earlier run left it
+    frame.to_parquet(tmp_path / "out" / "results" / "part-000000.parquet")
+    assert main(command) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"ce-ray rerank: error: {tmp_path}/out already has results: pass --mode overwrite to replace them")

@@ -377,6 +377,25 @@ def test_missing_data_fails_before_ray_starts_and_csv_booleans_are_labels(ray_lo
     assert again.resumed_from == [1] and again.phases["steps"] == 0.0
 
 
+def test_a_run_that_fails_mid_way_says_why_and_that_the_same_command_resumes_it(ray_local, tiny_model, tmp_path,
+                                                                               capsys):
+    """Training data with a page that cannot be decoded, found as Ray Data reads it: Ray's error, a usage
+    error's line and exit 2 (pyarrow's ArrowInvalid is a ValueError, and so is Ray's error of it), naming no
+    file. The last line says what failed and how to go on: the same command, which resumes the run."""
+    from ce_ray.cli import main
+    from conftest import undecodable_parquet
+
+    pairs = pd.DataFrame({"query": [f"query {i % 4}" for i in range(40)],
+                          "document": [f"document {i % 9}" for i in range(40)], "label": [i % 2 for i in range(40)]})
+    undecodable_parquet(tmp_path / "pairs.parquet", pairs)
+    assert main(["train", "--model", str(tiny_model), "--train-data", str(tmp_path / "pairs.parquet"),
+                 "--output", str(tmp_path / "out"), "--max-steps", "1"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"ce-ray train: failed: ArrowInvalid: Index not in dictionary bounds (reading {tmp_path}/pairs.parquet); "
+        "the same command resumes it from its last checkpoint")
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
 def _ray_train_workers():
     """This test process's own Ray Train worker processes (other Ray clusters on the machine are left alone)."""
     import psutil
