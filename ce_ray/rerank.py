@@ -28,7 +28,7 @@ from .config import ConfigError, RerankConfig, require, with_settings
 from .io import InputError, missing_values
 from .readers import ROW_INDEX, ROW_INPUT, TAGS, plain_columns
 from .score import SCORE, check_columns, check_known_columns, score, summary_lines
-from .sink import PairsSink
+from .sink import OVERWRITE, PairsSink
 
 RANK = "rank"
 CUT = "_ce_cut"  # rows top-k cut from the query, on its best row (0 elsewhere); the sink counts and drops it
@@ -227,7 +227,7 @@ class RankedSink(PairsSink):
     `SHARED` columns, dropped here)."""
 
     def __init__(self, output: str, written):
-        super().__init__(output, written)
+        super().__init__(output, written, finish=OVERWRITE)
         self.counts |= {"rows_cut": 0, "shared_query_ids": 0}
 
     def write(self, blocks, ctx) -> dict:

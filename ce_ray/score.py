@@ -380,7 +380,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     """
     from .io import check_apart, check_s3_access, parse_names
     from .readers import input_key, read_dataset
-    from .sink import WRITE_REMOTE_ARGS, PairsSink, ResumeState, check_output, prepare_output, resume_state
+    from .sink import (OVERWRITE, RESUME, WRITE_REMOTE_ARGS, PairsSink, ResumeState, check_output, prepare_output,
+                       resume_state)
 
     require(config, "model", "input", "output")
     config.validate()
@@ -414,13 +415,16 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     if gone:
         print(f"{title}: note: {len(gone)} input file(s) that an earlier run completed are no longer in the input "
               f"(e.g. {gone[0]}): their results are removed", file=sys.stderr, flush=True)
+    if earlier.damaged:
+        print(f"{title}: note: {len(earlier.damaged)} part(s) of the output cannot be read (cut short, or not parquet; "
+              f"e.g. {earlier.damaged[0]}): their input files are scored again", file=sys.stderr, flush=True)
     rewritten = sorted(key for key in done if key in stamps and not earlier.done(key, stamps[key]))
     if rewritten:
         print(f"{title}: note: {len(rewritten)} input file(s) that an earlier run completed were rewritten since "
               f"(another size, time or ETag, e.g. {rewritten[0]}): they are scored again", file=sys.stderr, flush=True)
     kept = prepare_output(config.output, config.mode, job=job, resume=earlier, stamps=stamps,
                           resumable=transform is None)
-    sink = PairsSink(config.output, written_columns(config))
+    sink = PairsSink(config.output, written_columns(config), finish=RESUME if transform is None else OVERWRITE)
     if scored is not None:
         with surfaced_errors():
             scored.write_datasink(sink, ray_remote_args=WRITE_REMOTE_ARGS)
@@ -437,6 +441,6 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         files_kept=len(kept.parts),
         rows_kept=kept_scored + kept_rejected,
     )
-    sink.write_success(dataclasses.asdict(summary) | {"pairs_per_second": summary.pairs_per_second})
+    sink.write_success(dataclasses.asdict(summary) | {"pairs_per_second": summary.pairs_per_second}, kept=kept)
     print("\n".join(summary.lines(title)), flush=True)
     return summary

@@ -5,7 +5,8 @@ Layout of an output folder:
     rejects/<stem>-<hash8>-r<first row>.parquet   rows that could not be scored, with a `reason` column
     _ce_ray/job.json                              the settings that decide the scores (checked by resume)
     _ce_ray/inputs.json                           each input file's size and time or ETag (for resume)
-    _SUCCESS                                      JSON summary, written last: the output is complete
+    _SUCCESS                                      JSON summary, written last: the output is complete, as
+                                                  its parts' footers show (`check_parts`)
 `<stem>-<hash8>` names the input file (its name, and a hash of its path), and `r<first row>` the first
 row of that file the part holds. The names depend only on the input, so a retried write task rewrites its
 own files and a re-run never adds a second copy of a row. The part holding a file's last row records the
@@ -34,7 +35,7 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from .batching import REJECT
-from .io import JOB, REJECTS, RESULTS, STATE, SUCCESS, filesystem, is_remote, read_state
+from .io import JOB, REJECTS, RESULTS, STATE, SUCCESS, filesystem, is_remote, read_state, read_tail
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 
 REASON = "reason"  # why a row of rejects/ was rejected
@@ -45,6 +46,8 @@ WRITE_REMOTE_ARGS = {"num_cpus": 0.25}
 # Fault injection, for tests only: the write of rows from an input whose key contains this value hangs, as
 # a stuck writer would, so that a test can kill the job at a known point.
 STALL_ENV = "CE_RAY_TEST_STALL_WRITE"
+# What finishes a job whose output lost parts it wrote: a score job resumes, a job that regroups rows cannot.
+RESUME, OVERWRITE = "--mode resume finishes it", "rerun it with --mode overwrite"
 _PART = re.compile(r"^(?P<key>.+)-r(?P<first>\d{12})\.parquet$")
 
 
@@ -58,6 +61,10 @@ class ResumeError(ValueError):
 
 class OutputError(ValueError):
     """The output cannot be written where it is (a folder that cannot be made)."""
+
+
+class OutputLostError(ValueError):
+    """The output does not hold what the job wrote to it: the job is not done."""
 
 
 def has_results(output: str) -> bool:
@@ -78,11 +85,11 @@ class InputParts:
     rows_scored: int = 0
     rows_rejected: int = 0
     input_rows: Optional[int] = None  # known once the part with the file's last row is written
-    files: list = field(default_factory=list)
+    files: Dict[str, Optional[int]] = field(default_factory=dict)  # part -> its rows; None: its footer is unreadable
 
     @property
     def complete(self) -> bool:
-        return self.input_rows is not None and self.rows == self.input_rows
+        return self.input_rows is not None and self.rows == self.input_rows and None not in self.files.values()
 
 
 @dataclass
@@ -96,6 +103,15 @@ class ResumeState:
     def complete(self) -> Set[str]:
         return {key for key, parts in self.parts.items() if parts.complete}
 
+    @property
+    def damaged(self) -> list:
+        """Parts whose footer cannot be read (cut short, not parquet): their inputs are scored again."""
+        return sorted(file for parts in self.parts.values() for file, rows in parts.files.items() if rows is None)
+
+    def files(self) -> Dict[str, int]:
+        """Every part held, and its rows."""
+        return {file: rows for parts in self.parts.values() for file, rows in parts.files.items()}
+
     def done(self, key: str, stamp: str) -> bool:
         """Whether the earlier run completed the input file `key` as the file is now (`stamp`): one rewritten
         since (another size, time or ETag) is scored again."""
@@ -107,6 +123,43 @@ def _list(fs: pafs.FileSystem, folder: str) -> list:
     return [i for i in infos if i.type == pafs.FileType.File]
 
 
+@dataclass
+class Footer:
+    """What a part's parquet footer says; `rows` None where there is no footer to read (a file cut short, or not
+    parquet), `missing` where the file is not there."""
+
+    rows: Optional[int] = None
+    input_rows: Optional[int] = None
+    missing: bool = False
+
+
+FOOTER_BYTES = 64 << 10  # read from a part's end: its footer and more, for all but very wide tables
+
+
+def _footer(fs: pafs.FileSystem, file: str, size: int) -> Footer:
+    """The footer of a part of `size` bytes, read from its end alone (parquet ends with the footer, its length
+    and `PAR1`): one read for most parts, two where the footer is larger than `FOOTER_BYTES`."""
+    try:
+        tail = read_tail(fs, file, size, FOOTER_BYTES)
+        length = int.from_bytes(tail[-8:-4], "little") + 8 if tail[-4:] == b"PAR1" else 0
+        if len(tail) < length <= size:
+            tail = read_tail(fs, file, size, length)
+        meta = pq.ParquetFile(pa.BufferReader(tail)).metadata
+    except FileNotFoundError:
+        return Footer(missing=True)
+    except pa.ArrowInvalid:  # pyarrow's error for a file too short for a footer, or without parquet's magic
+        return Footer()
+    # Any other error (a store that does not answer) fails the caller: a part not read is no damaged part.
+    input_rows = (meta.metadata or {}).get(INPUT_ROWS)
+    return Footer(meta.num_rows, None if input_rows is None else int(input_rows))
+
+
+def read_footers(fs: pafs.FileSystem, sizes: Dict[str, int]) -> Dict[str, Footer]:
+    """The footers of many parts (path -> size, from a listing), read in parallel: metadata only."""
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return dict(zip(sizes, pool.map(lambda file: _footer(fs, file, sizes[file]), sizes)))
+
+
 def scan_parts(output: str) -> ResumeState:
     """Reads the footers of every part in the output: rows per input file, and which files are complete."""
     fs, path = filesystem(output)
@@ -114,27 +167,25 @@ def scan_parts(output: str) -> ResumeState:
     for sub in (RESULTS, REJECTS):
         for info in _list(fs, f"{path}/{sub}"):
             match = _PART.match(info.base_name)
-            (named if match else other).append((sub, info.path, match))
+            (named if match else other).append((sub, f"{path}/{sub}/{info.base_name}", match, info.size))
 
-    def footer(item):
-        sub, file, match = item
-        with fs.open_input_file(file) as f:
-            meta = pq.ParquetFile(f).metadata
-        return item, meta.num_rows, (meta.metadata or {}).get(INPUT_ROWS)
-
+    footers = read_footers(fs, {file: size for _, file, _, size in named})
     parts: Dict[str, InputParts] = {}
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        for (sub, file, match), rows, input_rows in pool.map(footer, named):
-            entry = parts.setdefault(match["key"], InputParts())
-            entry.rows += rows
-            if sub == RESULTS:
-                entry.rows_scored += rows
-            else:
-                entry.rows_rejected += rows
-            if input_rows is not None:
-                entry.input_rows = int(input_rows)
-            entry.files.append(file)
-    return ResumeState(parts, [file for _, file, _ in other])
+    for sub, file, match, _ in named:
+        footer = footers[file]
+        if footer.missing:  # deleted since the listing
+            continue
+        entry = parts.setdefault(match["key"], InputParts())
+        rows = footer.rows or 0
+        entry.rows += rows
+        if sub == RESULTS:
+            entry.rows_scored += rows
+        else:
+            entry.rows_rejected += rows
+        if footer.input_rows is not None:
+            entry.input_rows = footer.input_rows
+        entry.files[file] = footer.rows
+    return ResumeState(parts, [file for _, file, _, _ in other])
 
 
 def _as_recorded_now(job: dict) -> dict:
@@ -290,10 +341,12 @@ class PairsSink(Datasink):
     """Writes each input file's rows to results/ and rejects/, named after it; `written`: the columns the job
     added (the score's, the rank's), which rejected rows go without."""
 
-    def __init__(self, output: str, written: Sequence[str]):
+    def __init__(self, output: str, written: Sequence[str], finish: str = RESUME):
         self.output = output
         self.written = list(written)
+        self.finish = finish  # what finishes the job where the output lost parts it wrote
         self.counts = {"rows_scored": 0, "rows_rejected": 0, "files": 0}
+        self.parts: Dict[str, int] = {}  # every part written: results/<name> or rejects/<name> -> its rows
 
     def on_write_start(self, schema=None) -> None:
         fs, path = filesystem(self.output)
@@ -304,7 +357,7 @@ class PairsSink(Datasink):
         tables = [t for t in tables if t.num_rows]
         counts = {"rows_scored": 0, "rows_rejected": 0, "files": 0}
         if not tables:
-            return counts
+            return counts | {"parts": {}}
         table = pa.concat_tables(tables, promote_options="default")
         if ROW_INPUT in table.column_names and ROW_INDEX in table.column_names:
             groups = list(_input_groups(table))
@@ -314,6 +367,7 @@ class PairsSink(Datasink):
         fs, path = filesystem(self.output)
         remote = is_remote(self.output)
         stall = os.environ.get(STALL_ENV)
+        written = {}  # part (results/<name>, rejects/<name>) -> its rows, checked before _SUCCESS is written
         for name, rows, input_rows in groups:
             if stall and stall in name:
                 time.sleep(3600)
@@ -328,15 +382,53 @@ class PairsSink(Datasink):
                     fs.create_dir(f"{path}/{REJECTS}", recursive=True)
                 write_table_atomic(fs, f"{path}/{sub}/{name}", part, remote)
                 counts["files"] += 1
+                written[f"{sub}/{name}"] = part.num_rows
             counts["rows_scored"] += good.num_rows
             counts["rows_rejected"] += 0 if bad is None else bad.num_rows
-        return counts
+        return counts | {"parts": written}
 
     def on_write_complete(self, write_result) -> None:
-        for part in write_result.write_returns:
+        for returned in write_result.write_returns:
             for key in self.counts:
-                self.counts[key] += part[key]
+                self.counts[key] += returned[key]
+            for name, rows in returned["parts"].items():  # two tasks writing one name: the rows of both
+                self.parts[name] = self.parts.get(name, 0) + rows
 
-    def write_success(self, summary: dict) -> None:
+    def write_success(self, summary: dict, kept: Optional[ResumeState] = None) -> None:
+        """Writes `_SUCCESS`, once the output is seen to hold every part this job wrote and kept, whole."""
         fs, path = filesystem(self.output)
+        expected = {f"{path}/{name}": rows for name, rows in self.parts.items()}
+        check_parts(self.output, expected | (kept.files() if kept else {}), self.finish)
         _write_bytes(fs, f"{path}/{SUCCESS}", json.dumps(summary, indent=2).encode(), is_remote(self.output))
+
+
+def _differences(fs: pafs.FileSystem, path: str, expected: Dict[str, int]) -> list:
+    """What results/ and rejects/ hold otherwise than `expected` (part -> rows), each said in a few words: parts
+    missing, of other row counts or unreadable (from their footers alone), and parts that no one expected."""
+    held = {f"{path}/{sub}/{info.base_name}": info.size for sub in (RESULTS, REJECTS)
+            for info in _list(fs, f"{path}/{sub}") if not info.base_name.startswith(".")}  # a temporary is no part
+    footers = read_footers(fs, {file: size for file, size in held.items() if file in expected})
+    said = []
+    for file, rows in sorted(expected.items()):
+        footer = footers.get(file, Footer(missing=True))
+        name = file[len(path) + 1:]
+        if footer.missing:
+            said.append(f"{name} is missing ({rows:,} rows)")
+        elif footer.rows is None:
+            said.append(f"{name} cannot be read as parquet (cut short?; {rows:,} rows written)")
+        elif footer.rows != rows:
+            said.append(f"{name} holds {footer.rows:,} rows of the {rows:,} written")
+    said += [f"{file[len(path) + 1:]} was not written by this job" for file in sorted(held.keys() - expected.keys())]
+    return said
+
+
+def check_parts(output: str, expected: Dict[str, int], finish: str) -> None:
+    """Fails unless the output holds exactly the parts `expected` (path -> rows), so that `_SUCCESS` never counts
+    rows that are not there: a store that lost writes it had taken, a folder cleared by another hand, a part
+    deleted by another job's --mode overwrite."""
+    fs, path = filesystem(output)
+    said = _differences(fs, path, expected)
+    if said:
+        shown = "; ".join(said[:5]) + (f"; and {len(said) - 5} more" if len(said) > 5 else "")
+        raise OutputLostError(f"{output} does not hold the parts this job counts: {shown}. "
+                              f"No {SUCCESS} written; {finish}")

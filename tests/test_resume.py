@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,7 +22,8 @@ import pytest
 from ce_ray import ScoreConfig, io, readers, run_score
 from ce_ray.config import ConfigError
 from ce_ray.readers import input_key
-from ce_ray.sink import STALL_ENV, OutputExistsError, ResumeError, scan_parts
+from ce_ray.rerank import RankedSink
+from ce_ray.sink import STALL_ENV, OutputExistsError, OutputLostError, PairsSink, ResumeError, scan_parts
 
 from conftest import ROOT, wikiqa_pairs
 
@@ -130,6 +132,87 @@ def test_resume_removes_partial_parts_and_temporaries(ray_local, tmp_path, tiny_
             assert after[name] == stat, f"{name} of a complete input was rewritten"
     assert not [n for n in os.listdir(out / "results") if n.startswith(".")]
     pd.testing.assert_frame_equal(results(out), results(reference))
+
+
+def test_resume_scores_again_the_inputs_of_parts_cut_short_or_short_of_rows(ray_local, tmp_path, tiny_model,
+                                                                           wikiqa_files, reference, capsys):
+    """A part cut short (no footer to read) failed the resume with pyarrow's `Parquet magic bytes not found`,
+    naming no file; a part holding fewer rows than it did disagrees with the input's row count its footer
+    recorded. Both inputs are scored again, the others kept."""
+    folder, _ = wikiqa_files
+    out = copy_of(reference, tmp_path)
+    cut, short = (sorted((out / "results").glob(f"{input_key(str(folder / f'shard-{i}.parquet'))}-r*"))[0]
+                  for i in (3, 5))
+    cut.write_bytes(cut.read_bytes()[:100])
+    table = pq.read_table(short)
+    pq.write_table(table.slice(0, table.num_rows - 1), short)  # its schema's metadata (the input's rows) kept
+    os.remove(out / "_SUCCESS")
+    summary = run_score(config_for(out, tiny_model, folder, mode="resume"))
+    assert summary.files_kept == FILES - 2
+    assert f"1 part(s) of the output cannot be read (cut short, or not parquet; e.g. {cut})" in capsys.readouterr().err
+    got, want = results(out), results(reference)
+    pd.testing.assert_frame_equal(got.drop(columns="score"), want.drop(columns="score"))
+    np.testing.assert_allclose(got["score"], want["score"], atol=1e-6)
+
+
+@pytest.mark.parametrize("sink_class, finish", [(PairsSink, "--mode resume finishes it"),
+                                                (RankedSink, "rerun it with --mode overwrite")])
+def test_success_is_written_only_where_the_output_holds_every_part_the_job_wrote(ray_local, tmp_path, sink_class,
+                                                                                 finish):
+    """Parts lost after they were written (a store that lost writes, a folder cleared, another job's
+    --mode overwrite) failed nothing: `_SUCCESS` counted rows that were not there. The footers are checked first."""
+    import ray
+
+    out = tmp_path / "out"
+    sink = sink_class(str(out), ["score"])
+    ray.data.range(30, override_num_blocks=3).write_datasink(sink)
+    parts = sorted((out / "results").iterdir())
+    assert [pq.read_metadata(p).num_rows for p in parts] == [10, 10, 10] and sink.counts["rows_scored"] == 30
+    sink.write_success({"rows_in": 30})  # the output as written: whole
+    os.remove(out / "_SUCCESS")
+    parts[0].unlink()
+    parts[1].write_bytes(parts[1].read_bytes()[:100])
+    pq.write_table(pq.read_table(parts[2]).slice(0, 4), parts[2])
+    shutil.copy(parts[2], out / "results" / "part-of-another-job.parquet")
+    with pytest.raises(OutputLostError) as lost:
+        sink.write_success({"rows_in": 30})
+    assert str(lost.value) == (
+        f"{out} does not hold the parts this job counts: results/{parts[0].name} is missing (10 rows); "
+        f"results/{parts[1].name} cannot be read as parquet (cut short?; 10 rows written); "
+        f"results/{parts[2].name} holds 4 rows of the 10 written; "
+        f"results/part-of-another-job.parquet was not written by this job. No _SUCCESS written; {finish}")
+    assert not (out / "_SUCCESS").exists()
+
+
+@pytest.mark.timeout(90)
+def test_a_part_lost_while_the_job_runs_fails_it_without_success(ray_local, tmp_path, tiny_model, wikiqa_files):
+    """A part deleted from the output while the job writes the others (as by another job's --mode overwrite):
+    the job wrote `_SUCCESS` counting its rows. It fails naming the part, and a resume would redo its input alone."""
+    folder, _ = wikiqa_files
+    out = tmp_path / "out"
+    deleted = []
+
+    def delete_the_first_part():
+        deadline = time.monotonic() + 60
+        while not deleted and time.monotonic() < deadline:
+            names = [n for n in os.listdir(out / "results") if not n.startswith(".")] \
+                if (out / "results").is_dir() else []
+            if names:
+                os.remove(out / "results" / names[0])
+                deleted.append(names[0])
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=delete_the_first_part, daemon=True)
+    watcher.start()
+    # A block per input: fewer tasks than the other tests' jobs, and still a write for each of the 8 inputs.
+    job = dataclasses.replace(config_for(out, tiny_model, folder), rows_per_block=ROWS_PER_FILE)
+    with pytest.raises(OutputLostError, match=r"results/(\S+) is missing .* No _SUCCESS written; --mode resume") \
+            as lost:
+        run_score(job)
+    watcher.join()
+    assert f"results/{deleted[0]} is missing" in str(lost.value)
+    assert not (out / "_SUCCESS").exists()
+    assert len(scan_parts(str(out)).complete) == FILES - 1
 
 
 def test_resume_refuses_other_settings_and_regrouping_jobs(ray_local, tmp_path, tiny_model, wikiqa_files,

@@ -297,3 +297,37 @@ def test_a_checkpoint_the_store_does_not_take_whole_is_not_recorded(tmp_path, ti
     assert recorded["latest_checkpoint_result"]["checkpoint_dir_name"] == "checkpoint_0000002"
     assert fs.exists(f"{bucket}/runs/trained/checkpoint_0000002/model/model.safetensors")
     assert (tmp_path / "trained" / "model.safetensors").exists()
+
+
+def test_parts_a_store_lost_after_it_took_them_fail_the_check_before_success(s3_server, monkeypatch):
+    """A store that took a job's parts and then lost them (an object deleted, the store restarted empty within
+    the retry window): `_SUCCESS` counted them all. The check before it lists the output and reads each part's
+    footer, and fails naming the parts."""
+    import urllib.request
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import s3fs
+
+    from ce_ray.sink import RESUME, OutputLostError, check_parts
+
+    for name, value in s3_server.items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()  # an instance of another test's server would answer otherwise
+    bucket, fs = "ce-ray-lost-parts", s3fs_for(s3_server)
+    fs.mkdir(bucket)
+    expected = {}
+    for i, rows in enumerate((3, 5)):
+        with fs.open(f"{bucket}/out/results/in-{i}.parquet", "wb") as f:
+            pq.write_table(pa.table({"x": list(range(rows))}), f)
+        expected[f"{bucket}/out/results/in-{i}.parquet"] = rows
+    output = f"s3://{bucket}/out"
+    check_parts(output, expected, RESUME)  # as written: whole
+    fs.rm(f"{bucket}/out/results/in-0.parquet")
+    with pytest.raises(OutputLostError, match=r": results/in-0.parquet is missing \(3 rows\)\. No _SUCCESS written"):
+        check_parts(output, expected, RESUME)
+    reset = urllib.request.Request(s3_server["AWS_ENDPOINT_URL"] + "/moto-api/reset", method="POST")
+    urllib.request.urlopen(reset, timeout=10).close()  # the store restarted empty: no bucket, no object
+    with pytest.raises(OutputLostError, match=r"in-0.parquet is missing \(3 rows\); results/in-1.parquet is missing"):
+        check_parts(output, expected, RESUME)
+    s3fs.S3FileSystem.clear_instance_cache()
