@@ -372,10 +372,19 @@ def from_dict(cls: type, values: dict, prefix: str = "") -> Any:
     return cls(**_checked(cls, values, prefix))
 
 
+def refuse_loaded_model(model: Any) -> None:
+    """A model comes by name, since each replica or worker loads it itself: a loaded CrossEncoder (or transformers
+    model) is refused, saying so, rather than printed whole in a type error."""
+    if hasattr(model, "forward"):
+        raise ConfigError(f"model: a folder, a hub id or an s3:// folder, which each replica or worker loads itself, "
+                          f"not a loaded {type(model).__name__}: save it (model.save(path)) and give the path")
+
+
 def with_settings(config: Any, settings: dict) -> Any:
     """`config` with the Python API's keyword settings on top, checked as YAML keys are; a path may be a
     `pathlib.Path`, as sentence-transformers takes one."""
     settings = {key: os.fspath(value) if isinstance(value, os.PathLike) else value for key, value in settings.items()}
+    refuse_loaded_model(settings.get("model"))
     return dataclasses.replace(config, **_checked(type(config), settings))
 
 

@@ -20,6 +20,8 @@ from .io import check_s3_access, filesystem
 
 SIGMOID = "torch.nn.modules.activation.Sigmoid"
 IDENTITY = "torch.nn.modules.linear.Identity"
+# CrossEncoder's own layout of a folder, beside transformers' files: its modules, their config, its settings.
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
 
 class ModelError(ValueError):
@@ -242,6 +244,38 @@ def activation_path(path: str, num_labels: int, trust_remote_code: bool = False)
         if found.startswith("torch.") or trust_remote_code:
             return found
     return SIGMOID if num_labels == 1 else IDENTITY
+
+
+def saved_prompts(path: str) -> dict:
+    """The settings of a folder in CrossEncoder's layout (config_sentence_transformers.json) where they hold prompts
+    (`prompts`, `default_prompt_name`); {} otherwise, and where CrossEncoder would not read them (no modules.json)."""
+    files = [os.path.join(path, name) for name in SENTENCE_TRANSFORMERS_FILES]
+    if not all(os.path.isfile(file) for file in files):
+        return {}
+    settings = read_json(files[-1])
+    return settings if settings.get("prompts") or settings.get("default_prompt_name") else {}
+
+
+def keep_prompts(base: str, saved: str, activation: str, max_length: int) -> None:
+    """Gives the folder of a model trained from `base` the prompts that `base` had (sentence-transformers'
+    `prompts` and `default_prompt_name`), as CrossEncoder.save keeps them for a model CrossEncoderTrainer
+    trained: without them, the trained model's queries went without the prompt that the base put before each.
+
+    CrossEncoder reads them only in its own layout (`modules.json` beside them), so the base's layout files
+    come too: its settings with the trained model's activation, its module config with the trained max length.
+    """
+    settings = saved_prompts(base)
+    if not settings:
+        return
+    files = {name: os.path.join(base, name) for name in SENTENCE_TRANSFORMERS_FILES}
+    module = read_json(files["sentence_bert_config.json"])
+    if "max_seq_length" in module:  # CrossEncoder's max length before the tokenizer's
+        module["max_seq_length"] = max_length
+    written = {"modules.json": read_json(files["modules.json"]), "sentence_bert_config.json": module,
+               "config_sentence_transformers.json": settings | {"activation_fn": activation}}
+    for name, content in written.items():
+        with open(os.path.join(saved, name), "w") as f:
+            json.dump(content, f, indent=2)
 
 
 def query_prompt(path: str, prompt: Optional[str] = None, prompt_name: Optional[str] = None) -> str:

@@ -9,8 +9,9 @@ Ties are broken by input order, deterministically. Every row read by `ce_ray.rea
 its input file's key and its position in that file (`_ce_input`, `_ce_row`); the input order is the
 order of the files as listed (sorted paths), then the row's position in its file. Both are set by the
 reader (a parquet file's ranges of row groups start at the rows their footer gives), so they hold however
-Ray splits the files into tasks and blocks and whichever task a row's group lands in. Rows without these
-tags (a Dataset built by the caller) break ties by the document text instead.
+Ray splits the files into tasks and blocks and whichever task a row's group lands in. A caller's Dataset that
+Ray holds (from pandas, materialized) is tagged alike, its blocks in order (`in_row_order`); the rows of a
+lazy one come in no set order, and break ties by the document text instead.
 """
 
 from __future__ import annotations
@@ -209,15 +210,45 @@ def rank(ds, query_id_column: str = "query_id", top_k: Optional[int] = None,
         batch_format="pyarrow")
 
 
+def _tag_block(table, key: str) -> pa.Table:
+    """A block of a caller's Dataset with the tags of its rows' order (`ROW_INPUT`: the block, `ROW_INDEX`: the
+    row in it), as the reader tags a file's rows."""
+    from ray.data.block import BlockAccessor
+
+    table = BlockAccessor.for_block(table).to_arrow()
+    return table.append_column(ROW_INPUT, pa.array([key] * table.num_rows, pa.string())).append_column(
+        ROW_INDEX, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+
+
+def in_row_order(ds):
+    """(Dataset, input order) that ranks equal scores in the order of the Dataset's rows, as CrossEncoder.rank's
+    stable sort keeps the documents' order: for a Dataset whose blocks Ray holds in order (from_pandas,
+    from_items, from_arrow, materialize()), each row tagged with its block and place, as the reader tags a file's.
+    A lazy Dataset has no order that Ray Data keeps (its blocks come as their tasks end): it stays as it is, and
+    equal scores go by document text (`_ranking_order`)."""
+    import ray
+    from ray.data.dataset import MaterializedDataset
+
+    if not isinstance(ds, MaterializedDataset):
+        return ds, None
+    tag = ray.remote(_tag_block)
+    blocks = [tag.remote(block, str(number)) for number, block in enumerate(ds.to_arrow_refs())]
+    return ray.data.from_arrow_refs(blocks), [str(number) for number in range(len(blocks))]
+
+
 def rerank(ds, config: Optional[RerankConfig] = None, input_order: Optional[List[str]] = None, **settings):
     """Scores a Dataset of pairs and ranks them within each query: adds `score`, `rank` (1 = best; named by
     `score_column` and `rank_column`) and keeps every input column; with `top_k`, only the best k of each
-    query. Rejected rows keep a null score and rank and say why in `reject_reason`.
+    query. Rejected rows keep a null score and rank and say why in `reject_reason`. Equal scores keep the rows'
+    order, as CrossEncoder.rank keeps the documents', in a Dataset that Ray holds (`ray.data.from_pandas(frame)`,
+    `from_items`, `materialize()`); in a lazy one, whose blocks come in no set order, they go by document text.
     Example: `ce_ray.rerank(ray.data.read_parquet(...), model="cross-encoder/ms-marco-MiniLM-L6-v2", top_k=10)`.
     """
     config = with_settings(config or RerankConfig(), settings)
     config.validate()
     check_known_columns(ds, {config.query_id_column: "query_id_column"})
+    if input_order is None:
+        ds, input_order = in_row_order(ds)
     return rank(score(ds, config), config.query_id_column, config.top_k, input_order, config.document_column,
                 partitions=config.rank_partitions, score_column=config.score_column, rank_column=config.rank_column)
 

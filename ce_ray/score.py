@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 import pyarrow as pa
 
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
-from .config import ConfigError, ScoreConfig, require, with_settings
+from .config import ConfigError, ScoreConfig, refuse_loaded_model, require, with_settings
 from .io import InputError, absolute, refuse_written
 from .runtime import cluster_resources, ensure_ray, free_failed_actors, surfaced_errors
 from .tokenizer_facts import tokenizer_facts
@@ -192,16 +192,19 @@ def predict(model: str, pairs, **settings):
 
     For pairs that fit in the driver's memory; `score` (a Dataset) or `run_score` (files) for more. A pair
     that cannot be scored (a query or document that is None or not text) fails the call, as in CrossEncoder,
-    naming why. Settings are `ScoreConfig`'s (`batch_tokens`, `dtype`, ...), and predict's own where they
-    mean something here: `activation_fn` (a torch module: `torch.nn.Identity()` gives the logits) and
-    `convert_to_tensor`; `show_progress_bar`, `convert_to_numpy` and `apply_softmax` (for several labels) are
-    taken and change nothing. `batch_size` is refused: batches here are of tokens (`batch_tokens`), and a
-    batch of pairs would not bound their memory. Starts a local Ray if none is.
+    naming why. Settings are `ScoreConfig`'s (`batch_tokens`, `dtype`, `prompt`, `prompt_name`, ...), and
+    predict's own where they mean something here: `activation_fn` (a torch module built with no argument:
+    `torch.nn.Identity()` gives the logits), `convert_to_tensor` and `convert_to_numpy=False` (a list of
+    tensors); `show_progress_bar`, `apply_softmax` (for several labels) and `num_workers` are taken and change
+    nothing. `batch_size`, `device`, `pool`, `chunk_size` and `processing_kwargs` are refused, naming the
+    setting that does their work here (`batch_tokens`: batches of tokens bound their memory, where a number
+    of pairs does not). Starts a local Ray if none is.
     """
     import numpy as np
     import ray
 
-    settings, as_tensor = _predict_arguments(settings)
+    refuse_loaded_model(model)
+    settings, returned = _predict_arguments(settings)
 
     if isinstance(pairs, Mapping) or hasattr(pairs, "columns"):  # iterated, they give their keys
         raise InputError(f"pairs must be (query, document) pairs, not a {type(pairs).__name__}: a DataFrame's are "
@@ -211,7 +214,7 @@ def predict(model: str, pairs, **settings):
     if single:  # one pair, as CrossEncoder.predict takes it: its score alone comes back
         pairs = [pairs]
     if not pairs:
-        return np.zeros(0, np.float32)
+        return _as_returned(np.zeros(0, np.float32), returned)
     for number, pair in enumerate(pairs):
         # A dict's two keys or a set's two texts would pass as a pair: keys, and in no set order.
         if (isinstance(pair, (str, bytes, Mapping, set, frozenset)) or not hasattr(pair, "__len__")
@@ -237,11 +240,17 @@ def predict(model: str, pairs, **settings):
         out = pa.concat_tables(ray.get(scored.to_arrow_refs()))
     scores = np.empty(len(pairs), np.float32)
     scores[out.column("position").to_numpy()] = out.column(column).to_numpy(zero_copy_only=False)
-    if as_tensor:
-        import torch
-
-        scores = torch.from_numpy(scores)
+    scores = _as_returned(scores, returned)
     return scores[0] if single else scores
+
+
+def _as_returned(scores, returned: str):
+    """The scores as predict returns them: a numpy array, a tensor, or a list of one tensor each."""
+    if returned == "numpy":
+        return scores
+    import torch
+
+    return torch.from_numpy(scores) if returned == "tensor" else list(torch.from_numpy(scores))
 
 
 def _refuse_missing_texts(columns: Dict[str, pa.Array], pairs: list) -> None:
@@ -252,23 +261,53 @@ def _refuse_missing_texts(columns: Dict[str, pa.Array], pairs: list) -> None:
             raise InputError(f"pair {number} has no {name}: {str(pairs[number])[:80]!r}")
 
 
-# CrossEncoder.predict's arguments that change nothing here: Ray shows progress, the scores come as numpy, and a
-# reranker has one label (apply_softmax is for several).
-PREDICT_ARGUMENTS_WITHOUT_EFFECT = ("show_progress_bar", "convert_to_numpy", "apply_softmax")
+# CrossEncoder.predict's arguments that change nothing here: Ray shows progress, a reranker has one label
+# (apply_softmax is for several), and num_workers changes nothing in predict either.
+PREDICT_ARGUMENTS_WITHOUT_EFFECT = ("show_progress_bar", "apply_softmax", "num_workers")
+# CrossEncoder.predict's arguments that ce-ray's settings replace, each with what to give instead.
+PREDICT_ARGUMENTS_REPLACED = {
+    "batch_size": "predict's batches here are of tokens, which bound their memory where a number of pairs does "
+                  "not: give batch_tokens (a forward pass's tokens) or leave its default",
+    "device": "the replicas run on the cluster's GPUs where it has them: use_gpu=False keeps them on CPUs, "
+              "replicas sets how many",
+    "pool": "the cluster's replicas (a Ray actor pool) score the pairs: replicas sets how many",
+    "chunk_size": "the cluster's replicas take the pairs in blocks: rows_per_block sets their rows",
+    "processing_kwargs": "the tokenizer's settings are the model's: max_length sets the truncation",
+}
 
 
 def _predict_arguments(settings: dict) -> tuple:
-    """predict's settings as ScoreConfig's, from CrossEncoder.predict's arguments where given; and whether the
-    scores come back as a torch tensor."""
-    if "batch_size" in settings:
-        raise ConfigError("batch_size: predict's batches here are of tokens, which bound their memory where a number "
-                          "of pairs does not: give batch_tokens (a forward pass's tokens) or leave its default")
+    """predict's settings as ScoreConfig's, from CrossEncoder.predict's arguments where given; and how the scores
+    come back: "numpy", "tensor" (convert_to_tensor) or "list" (of tensors, convert_to_numpy=False), as predict's."""
+    for name, instead in PREDICT_ARGUMENTS_REPLACED.items():
+        if name in settings:
+            raise ConfigError(f"{name}: {instead}")
     settings = {name: value for name, value in settings.items() if name not in PREDICT_ARGUMENTS_WITHOUT_EFFECT}
-    function = settings.pop("activation_fn", None)
+    function = settings.pop("activation_fn", settings.pop("activation_fct", None))  # predict's old name too
     if function is not None:
-        kind = type(function)
-        settings["activation"] = f"{kind.__module__}.{kind.__qualname__}"
-    return settings, bool(settings.pop("convert_to_tensor", False))
+        settings["activation"] = _activation_name(function)
+    as_tensor, as_numpy = settings.pop("convert_to_tensor", False), settings.pop("convert_to_numpy", True)
+    return settings, "tensor" if as_tensor else "numpy" if as_numpy else "list"
+
+
+def _activation_name(function) -> str:
+    """The dotted class name of predict's `activation_fn`, as the replicas build it: with no argument. A function
+    that this would not give (a lambda, a module built with arguments) is refused, not replaced by another."""
+    import torch
+
+    kind = type(function)
+    if not isinstance(function, torch.nn.Module) or repr(function) != repr(_built_alone(kind)):
+        raise ConfigError(f"activation_fn {str(function)[:80]}: each replica builds its activation from a class, with "
+                          "no argument (torch.nn.Identity(), torch.nn.Sigmoid(), torch.nn.Tanh()); for another "
+                          "function, take the logits (activation_fn=torch.nn.Identity()) and apply it to them")
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _built_alone(kind: type):
+    try:
+        return kind()
+    except Exception:  # a module that needs arguments: no replica could build it
+        return None
 
 
 def _is_text_or_missing(text) -> bool:

@@ -301,7 +301,7 @@ def train_loop(loop_config: dict) -> dict:
 
     from . import bert
     from .model import Reranker, load_reranker, to_device, use_shape_free_attention
-    from .model_folder import local_model_path
+    from .model_folder import keep_prompts, local_model_path
 
     config: TrainConfig = loop_config["config"]
     plan: dict = loop_config["plan"]
@@ -419,6 +419,7 @@ def train_loop(loop_config: dict) -> dict:
                 else:
                     save_reranker(module, reranker.tokenizer, os.path.join(tmp, MODEL), plan["max_length"],
                                   plan["activation"], state_dict=full_state)
+                keep_prompts(model_path, os.path.join(tmp, MODEL), plan["activation"], plan["max_length"])
                 if not config.deepspeed:
                     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                                os.path.join(tmp, STATE))
@@ -869,8 +870,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
 
     from . import card
     from .model_folder import (SIGMOID, activation_path, check_max_length, check_safe, check_single_logit,
-                               is_sequence_classifier, local_model_path, model_source, saved_architectures,
-                               usable_max_length)
+                               is_sequence_classifier, local_model_path, model_source, query_prompt,
+                               saved_architectures, saved_prompts, usable_max_length)
     from .runtime import cluster_resources, ensure_ray, free_failed_actors, surfaced_errors
     from .tokenizer_facts import tokenizer_facts
 
@@ -896,6 +897,10 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     facts = tokenizer_facts(model, config.trust_remote_code)  # once: the max length and the encoder's plan
     max_length = config.max_length or usable_max_length(model, config.model, facts.max_length)
     encoder = pair_encoder(source, config.tokenizer, config.trust_remote_code, facts)
+    # Training puts no prompt before the queries, as CrossEncoderTrainer's loss does; evaluation scores as the
+    # saved model will, which keeps the base's default prompt, as CrossEncoderRerankingEvaluator's predict does.
+    prompt = query_prompt(model) if saved_prompts(model) else ""
+    eval_encoder = pair_encoder(source, config.tokenizer, config.trust_remote_code, facts, prompt) if prompt else None
     ensure_ray(dashboard=True)  # Ray Train's state queries need it
     free_failed_actors()
     resources = cluster_resources()
@@ -912,7 +917,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     print(f"ce-ray train: reading, checking and tokenizing {config.train_data}"
           + (f" and {config.eval_data}" if config.eval_data else "") + " on Ray Data", flush=True)
     with surfaced_errors():  # a label that is not a number fails a tokenize task
-        train_ds, stats, eval_ds, qrels = prepare_data(config, encoder, max_length)
+        train_ds, stats, eval_ds, qrels = prepare_data(config, encoder, max_length, eval_encoder)
     data_done = time.perf_counter()
     per_worker = stats["pairs"] // config.num_workers  # the shards are cut equal so every worker steps together
     per_epoch = math.ceil(per_worker / config.batch_size)

@@ -296,8 +296,10 @@ def top_reasons(stats: dict, count: int = 3) -> str:
     return ", ".join(f"{reason} ({rows:,})" for reason, rows in reasons)
 
 
-def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int):
-    """The tokenized training set (materialized: every epoch reads it again), its statistics, the eval set."""
+def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int,
+                 eval_encoder: Optional[PairEncoder] = None):
+    """The tokenized training set (materialized: every epoch reads it again), its statistics, the eval set
+    (tokenized by `eval_encoder` where given: the saved model's default prompt before each query)."""
     import ray.data
 
     negatives = _negative_columns(config)
@@ -335,7 +337,7 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int):
     eval_ds, qrels = None, None
     if config.eval_data:
         table, qrels, stats["eval"] = _eval_candidates(eval_config, negatives)
-        eval_ds = _tokenized(ray.data.from_arrow(table), config, encoder, max_length, labels=False)
+        eval_ds = _tokenized(ray.data.from_arrow(table), config, eval_encoder or encoder, max_length, labels=False)
         eval_ds = eval_ds.map_batches(_kept_rows, batch_format="pyarrow", batch_size=None).materialize()
     # Ray Train hands each epoch of a materialized set out through an actor of Ray Data's, which drew progress
     # bars (a dozen lines of terminal codes an epoch among the run's lines) for what takes milliseconds. The

@@ -361,3 +361,38 @@ def test_a_rerank_that_fails_mid_way_says_why_and_that_it_reruns_with_overwrite(
     assert main(command) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"ce-ray rerank: error: {tmp_path}/out already has results: pass --mode overwrite to replace them")
+
+
+def test_equal_scores_of_a_python_dataset_keep_its_rows_order_as_cross_encoder_rank_does(ray_local, tiny_model,
+                                                                                         tmp_path):
+    """`ce_ray.rerank` of a DataFrame made a Dataset: of equal scores, the earlier row ranks first, over blocks,
+    as CrossEncoder.rank's stable sort keeps the documents' order and `ce-ray rerank` keeps a file's. Equal
+    scores were ordered by document text (apple before zebra)."""
+    import shutil
+
+    import ray.data
+    from safetensors.torch import load_file, save_file
+    from sentence_transformers import CrossEncoder
+
+    import ce_ray
+
+    flat = tmp_path / "flat"  # a classifier of zero weights: every pair scores sigmoid(bias)
+    shutil.copytree(tiny_model, flat)
+    weights = load_file(flat / "model.safetensors")
+    weights["classifier.weight"] = weights["classifier.weight"] * 0
+    save_file(weights, flat / "model.safetensors", metadata={"format": "pt"})
+    documents = ["zebra stripes", "apple pie", "mango", "banana split", "cherry", "kiwi"]
+    frame = pd.DataFrame({"query_id": [1] * 6 + [2] * 6, "query": ["which fruit"] * 6 + ["which animal"] * 6,
+                          "document": documents + documents[::-1]})
+    rows = ray.data.from_pandas([frame.iloc[start:start + 3] for start in range(0, 12, 3)])  # a query over blocks
+    # The best 2 of each query: each block's best 2 first (keep_block_top_k), then the query's.
+    ranked = ce_ray.rerank(rows, model=str(flat), top_k=2, rank_partitions=2).to_pandas()
+    assert sorted(ranked.columns) == ["document", "query", "query_id", "rank", "reject_reason", "score"]
+    anchor = CrossEncoder(str(flat), device="cpu")
+    for query_id, group in frame.groupby("query_id"):
+        expected = [group["document"].iloc[hit["corpus_id"]]
+                    for hit in anchor.rank(group["query"].iloc[0], group["document"].tolist(), top_k=2)]
+        got = ranked[ranked["query_id"] == query_id].sort_values("rank")
+        assert got["score"].nunique() == 1 and got["document"].tolist() == expected
+    assert ranked.sort_values(["query_id", "rank"])["document"].tolist() == ["zebra stripes", "apple pie", "kiwi",
+                                                                             "cherry"]

@@ -553,16 +553,31 @@ def test_predict_scores_pairs_in_order_as_cross_encoder_does(ray_local, tiny_mod
                        (frame.to_dict("records"), "pair 0 is \"{'query'"), ([{"alpha", "beta"}], "pair 0 is ")):
         with pytest.raises(InputError, match=f"pairs must be \\(query, document\\) pairs(,|:) {shown}"):
             ce_ray.predict(str(tiny_model), bad)
-    # CrossEncoder.predict's batch_size is refused, saying why. Its activation_fn
-    # and convert_to_tensor are (Identity: the logits), and its arguments without effect here are taken.
-    with pytest.raises(ConfigError, match=r"batch_size: predict's batches here are of tokens.*give batch_tokens"):
-        ce_ray.predict(str(tiny_model), pairs, batch_size=32)
+    # CrossEncoder.predict's batch_size, device, pool, chunk_size and processing_kwargs are refused, naming what
+    # does their work here, as is a loaded model. Its activation_fn (also by its old name, activation_fct),
+    # convert_to_tensor and convert_to_numpy are taken (Identity: the logits), and its arguments without effect
+    # here are taken.
     import torch
     from sentence_transformers import CrossEncoder
 
-    logits = ce_ray.predict(str(tiny_model), pairs, activation_fn=torch.nn.Identity(), convert_to_tensor=True,
-                            show_progress_bar=False, convert_to_numpy=True, apply_softmax=False)
-    anchor = CrossEncoder(str(tiny_model), device="cpu").predict(pairs, activation_fn=torch.nn.Identity())
+    for name, value, instead in (("batch_size", 32, "predict's batches here are of tokens.*give batch_tokens"),
+                                 ("device", "cuda:0", "use_gpu=False keeps them on CPUs, replicas sets how many"),
+                                 ("pool", {}, "replicas sets how many"), ("chunk_size", 8, "rows_per_block"),
+                                 ("processing_kwargs", {}, "max_length sets the truncation")):
+        with pytest.raises(ConfigError, match=f"^{name}: .*{instead}"):
+            ce_ray.predict(str(tiny_model), pairs, **{name: value})
+    anchor_model = CrossEncoder(str(tiny_model), device="cpu")
+    with pytest.raises(ConfigError, match=r"^model: .* not a loaded CrossEncoder: save it \(model.save\(path\)\)"):
+        ce_ray.predict(anchor_model, pairs)
+    # A function the replicas would not build as given (by its class, with no argument) is refused, not replaced
+    # by another: Hardtanh(-2, 2) ran as Hardtanh(), clipping the logits at 1.
+    for function in (lambda logits: logits * 2, torch.nn.Hardtanh(-2.0, 2.0), torch.nn.Softmax(dim=0)):
+        with pytest.raises(ConfigError, match=r"activation_fn .*: each replica builds its activation from a class, "
+                                              r"with no argument .* apply it to them"):
+            ce_ray.predict(str(tiny_model), pairs, activation_fn=function)
+    logits = ce_ray.predict(str(tiny_model), pairs, activation_fct=torch.nn.Identity(), convert_to_tensor=True,
+                            show_progress_bar=False, convert_to_numpy=True, apply_softmax=False, num_workers=2)
+    anchor = anchor_model.predict(pairs, activation_fn=torch.nn.Identity())
     assert isinstance(logits, torch.Tensor) and (logits.numpy() != scores).all()
     np.testing.assert_allclose(logits.numpy(), anchor, atol=1e-5)
     np.testing.assert_allclose(logits.sigmoid().numpy(), scores, atol=1e-6)
@@ -574,6 +589,10 @@ def test_predict_scores_pairs_in_order_as_cross_encoder_does(ray_local, tiny_mod
     # what is not a pair fails naming it.
     one = ce_ray.predict(tiny_model, pairs[0])
     assert np.ndim(one) == 0 and one == pytest.approx(scores[0], abs=1e-6)
+    # convert_to_numpy=False: predict's list of one tensor a pair, and of one pair its tensor
+    assert ce_ray.predict(tiny_model, [], convert_to_numpy=False) == []
+    one = ce_ray.predict(tiny_model, pairs[0], convert_to_numpy=False)
+    assert isinstance(one, torch.Tensor) and one.ndim == 0 and float(one) == pytest.approx(scores[0], abs=1e-6)
     for bad, shown in (([("q", "d", "x")], "pair 0 is \"\\('q', 'd', 'x'\\)\""), ([("q", "d"), ("q2",)], "pair 1"),
                        (["ab", "cd", "ef"], "pair 0 is 'ab'")):
         with pytest.raises(InputError, match=f"pairs must be \\(query, document\\) pairs: {shown}"):

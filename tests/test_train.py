@@ -931,3 +931,49 @@ def test_workers_that_do_not_fit_say_what_makes_them_fit(monkeypatch):
     with pytest.raises(ConfigError, match=r"need 2 CPU\(s\) \(the cluster has 1\): lower num_workers \(or cpus_per"):
         check_room(config, False, {"CPU": 1.0})
     check_room(config, False, {"CPU": 2.0})  # room enough: nothing said
+
+
+def test_the_trained_model_keeps_the_prompts_and_activation_of_the_model_it_started_from(ray_local, tiny_model,
+                                                                                        pairs_file, tmp_path):
+    """A reranker saved with prompts and a default prompt (sentence-transformers' `prompts`,
+    `default_prompt_name`), as CrossEncoder.save writes them, keeps them through training, as it keeps them
+    through CrossEncoderTrainer: the trained model lost them, so its queries went without the prompt. The
+    run's evaluation scores as the saved model will, the prompt before each query, as
+    CrossEncoderRerankingEvaluator scores with predict (it scored without)."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
+
+    from ce_ray.config import TrainConfig
+    from ce_ray.model_folder import query_prompt
+
+    prompts = {"rerank": "Judge the relevance: ", "short": "q: "}
+    base = CrossEncoder(str(spread_model(tiny_model, tmp_path / "spread")), device="cpu", prompts=prompts,
+                        default_prompt_name="rerank", activation_fn=torch.nn.Identity())
+    base.save(str(tmp_path / "prompted"))
+    samples, rows = [], []
+    for _, group in wikiqa_pairs("test").groupby("query_id", sort=False):
+        documents = group.document.tolist()
+        scores = np.sort(base.predict([(group["query"].iloc[0], d) for d in documents]))
+        # Both sides must see the same order: scores of two sentences closer than fp32 parity could swap.
+        if group.label.any() and len(set(documents)) == len(documents) and np.diff(scores).min(initial=1) > 2e-5:
+            samples.append({"query": group["query"].iloc[0], "positive": group[group.label == 1].document.tolist(),
+                            "negative": group[group.label == 0].document.tolist()})
+            rows.append(group[["query", "document", "label"]])
+        if len(samples) == 12:
+            break
+    pd.concat(rows).astype({"label": "float32"}).to_parquet(tmp_path / "eval.parquet")
+    expected = CrossEncoderRerankingEvaluator(samples, at_k=10, write_csv=False)(base)
+    without = CrossEncoderRerankingEvaluator(samples, at_k=10, write_csv=False)(
+        CrossEncoder(str(tmp_path / "spread"), device="cpu", activation_fn=torch.nn.Identity()))
+    assert without["map"] != pytest.approx(expected["map"], abs=1e-6)  # the prompt changes the order
+    outcome = _train_module().train(TrainConfig(model=str(tmp_path / "prompted"), train_data=str(pairs_file),
+                                                eval_data=str(tmp_path / "eval.parquet"),
+                                                output=str(tmp_path / "model"), batch_size=16, max_steps=1))
+    assert outcome.log[0]["step"] == 0
+    for name in ("map", "mrr@10", "ndcg@10"):
+        assert outcome.log[0][f"eval_{name}"] == pytest.approx(expected[name], abs=1e-6), name
+    trained = CrossEncoder(str(tmp_path / "model"), device="cpu")
+    assert trained.prompts == prompts and trained.default_prompt_name == "rerank"
+    assert isinstance(trained.activation_fn, torch.nn.Identity)  # a logits reranker stays one
+    assert query_prompt(str(tmp_path / "model")) == "Judge the relevance: "  # as ce-ray scores it
