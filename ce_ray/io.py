@@ -435,8 +435,8 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
                 if first == column_names:  # it would be scored (or trained on) as a pair
                     raise InputError(f"{path}: its first line is a header naming the columns column_names names: "
                                      "leave column_names out")
-                return FileCheck(path, column_names, None if lines else 0, {}, size_bytes=size)
-            return FileCheck(path, first, 0 if len(lines) <= 1 else None, {}, size_bytes=size)
+                return FileCheck(path, column_names, None if lines else 0, as_text(column_names), size_bytes=size)
+            return FileCheck(path, first, 0 if len(lines) <= 1 else None, as_text(first), size_bytes=size)
         if not lines:
             return FileCheck(path, [], 0, {})
         try:
@@ -445,11 +445,27 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
             raise InputError(f"{path}: line 1 is not valid JSON ({e})") from None
         if not isinstance(first, dict):
             raise InputError(f"{path}: line 1 is not a JSON object")
-        return FileCheck(path, list(first), None, {}, size_bytes=size)
+        return FileCheck(path, list(first), None, _json_types(lines if whole else lines[:-1] or lines[:1], path),
+                         size_bytes=size)
     except InputError:
         raise
     except (OSError, pa.ArrowException) as e:
         raise InputError(f"cannot read {path}: {e}") from e
+
+
+def as_text(columns: Sequence[str]) -> Dict[str, pa.DataType]:
+    """A CSV's or TSV's columns, each read as text (`readers.delimited_chunks`)."""
+    return {name: pa.string() for name in columns}
+
+
+def _json_types(lines: List[bytes], path: str) -> Dict[str, pa.DataType]:
+    """The types a JSON Lines file's first lines (whole lines of its head) are read as, by the reader's own
+    parsing (`readers.read_json_lines`): its columns' types, from a cheap look at the file's start."""
+    from .batching import REJECT
+    from .readers import read_json_lines
+
+    table = read_json_lines(lines, list(range(1, len(lines) + 1)), path, text_columns=[])
+    return {field.name: field.type for field in table.schema if field.name != REJECT}
 
 
 def _first_record(data: bytes, input_format: str) -> List[str]:
@@ -499,6 +515,8 @@ def check_inputs(
     """
     with ThreadPoolExecutor(max_workers=16) as pool:
         checks = list(pool.map(lambda p: _check_one(fs, p, input_format, column_names), files))
+    if input_format == "jsonl":  # the reader makes a text column text in every block, rejecting rows of other values
+        checks = [replace(c, types={n: t for n, t in c.types.items() if n not in required}) for c in checks]
     for check in checks:
         if check.rows == 0:
             continue  # an empty file contributes no rows and needs no columns
@@ -527,15 +545,19 @@ def check_inputs(
     if all(c.rows == 0 for c in checks):
         raise InputError(f"input has no rows ({len(files)} file(s), all empty: {', '.join(files[:3])}"
                          + (", ...)" if len(files) > 3 else ")"))
-    check_types_agree(checks)
+    agreed_schema(checks)
     return checks
 
 
-def check_types_agree(checks: List[FileCheck]) -> None:
-    """Fails naming both files when a column is of kinds in two files that Arrow cannot make one (a number
-    in one, text in the other): Ray Data would fail the job where it first puts rows of both in one block,
-    mid-way. Kinds that widen to one type (int32 and int64, string and large_string, timestamp units, an
-    all-null column) pass, as Ray Data unifies them. Parquet files' types only: text formats' come per block."""
+def agreed_schema(checks: List[FileCheck]) -> pa.Schema:
+    """The input's columns, each in one type for every file (in the order files first have them), that the job
+    writes every output part in (`sink.conform`), so that the output reads back as one table.
+
+    Fails naming both files when a column is of kinds in two files that Arrow cannot make one (a number in one,
+    text in the other, a struct in one): Ray Data would fail the job where it first puts rows of both in one
+    block, mid-way. Kinds that widen to one type (int32 and int64, an integer and a float, string and
+    large_string, timestamp units, an all-null column, structs of other fields) pass, as Ray Data unifies them.
+    The types are parquet's footers', a JSON Lines file's first lines' (`HEAD_BYTES`) and text for CSV and TSV."""
     seen: Dict[str, Tuple[pa.DataType, str]] = {}  # a column's type so far, and a file that has it
     for check in checks:
         if check.rows == 0:
@@ -555,6 +577,7 @@ def check_types_agree(checks: List[FileCheck]) -> None:
                 raise InputError(f"{check.path}: column {name!r} is {dtype}, but in {where} it is {unified}: rows "
                                  "of both cannot be put together; write it as one type in every file") from None
             seen[name] = unified, where
+    return pa.schema([(name, dtype) for name, (dtype, _) in seen.items()])
 
 
 def s3_location(uri: str) -> Tuple[str, str]:

@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .io import COMPRESSED, DELIMITED, FileCheck, InputError, check_inputs, holds_texts, list_files, read_type
+from .io import (COMPRESSED, DELIMITED, FileCheck, InputError, check_inputs, holds_texts, is_text, list_files,
+                 read_type)
 from .runtime import ensure_ray
 
 
@@ -153,6 +154,25 @@ def _read_json_as_written(data: bytes) -> pa.Table:
     return pajson.read_json(pa.BufferReader(data), parse_options=pajson.ParseOptions(explicit_schema=schema))
 
 
+def read_json_lines(lines: List[bytes], numbers: List[int], path: str, text_columns: Sequence[str],
+                    list_columns: Sequence[str] = ()) -> pa.Table:
+    """JSON Lines `lines` (each line's number in its file, `numbers`) as a table: Arrow's reader for speed, line by
+    line (`_parse_lines_slowly`) where it refuses them (mixed types, a bad line) or reads a text column as another
+    kind (a query that is a number on every line), so that a text column is text in every block of every file,
+    its other values rejected with their rows. A column of `list_columns` (training's documents) is checked value
+    by value where its pairs are made (`training_pairs`), which keeps a row's other pairs."""
+    try:
+        table = _read_json_as_written(b"\n".join(lines))
+        if table.num_rows != len(lines):
+            raise pa.ArrowInvalid("row count differs from line count")
+        texts = [table.schema.field(c).type for c in text_columns if c in table.column_names and c not in list_columns]
+        if all(is_text(dtype) or pa.types.is_null(dtype) for dtype in texts):
+            return table
+    except pa.ArrowInvalid:
+        pass
+    return _parse_lines_slowly(lines, numbers, path, text_columns, list_columns)
+
+
 class JsonLinesDatasource:
     """Streams JSON Lines files in chunks of whole lines: Arrow's reader for speed, line by line when a
     chunk has mixed types or bad lines, so that one odd record never fails the whole file."""
@@ -178,13 +198,7 @@ class JsonLinesDatasource:
                     numbered = [(line_number + i, line) for i, line in enumerate(chunk.split(b"\n")) if line.strip()]
                     if numbered:
                         numbers, lines = (list(values) for values in zip(*numbered))
-                        try:
-                            table = _read_json_as_written(b"\n".join(lines))
-                            if table.num_rows != len(lines):
-                                raise pa.ArrowInvalid("row count differs from line count")
-                        except pa.ArrowInvalid:
-                            table = _parse_lines_slowly(lines, numbers, path, text_columns, list_columns)
-                        yield table
+                        yield read_json_lines(lines, numbers, path, text_columns, list_columns)
                     line_number += chunk.count(b"\n")
                     if not data:
                         return

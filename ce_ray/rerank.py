@@ -257,8 +257,8 @@ class RankedSink(PairsSink):
     """The pairs sink, also counting the rows top-k cut and the query ids of several query texts (the `CUT` and
     `SHARED` columns, dropped here)."""
 
-    def __init__(self, output: str, written):
-        super().__init__(output, written, finish=OVERWRITE)
+    def __init__(self, output: str, written, schema=None):
+        super().__init__(output, written, schema, finish=OVERWRITE)
         self.counts |= {"rows_cut": 0, "shared_query_ids": 0}
 
     def write(self, blocks, ctx) -> dict:
@@ -320,7 +320,7 @@ def default_partitions(input_bytes: int) -> int:
 
 def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSummary:
     """The `ce-ray rerank` job: read, score, rank per query, keep the top k, write results and rejects."""
-    from .io import check_apart, check_s3_access, parse_names
+    from .io import agreed_schema, check_apart, check_s3_access, parse_names
     from .readers import input_key, read_dataset
     from .runtime import surfaced_errors
     from .score import job_settings, say_input, scoring_model, written_columns
@@ -352,7 +352,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     ranked = rank(scored, config.query_id_column, config.top_k, [input_key(f.path) for f in files],
                   config.document_column, count_cut=True, partitions=partitions, score_column=config.score_column,
                   rank_column=config.rank_column, query_column=config.query_column)
-    sink = RankedSink(config.output, written_columns(config))
+    sink = RankedSink(config.output, written_columns(config), agreed_schema(files))
     with surfaced_errors():
         ranked.write_datasink(sink)
     counts = sink.counts

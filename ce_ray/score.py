@@ -417,7 +417,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     Outputs are named per input file; `mode="resume"` keeps the inputs an earlier run completed (and that are
     not rewritten since) and redoes the rest. A transform regroups rows across files, so its jobs cannot resume.
     """
-    from .io import check_apart, check_s3_access, parse_names
+    from .io import agreed_schema, check_apart, check_s3_access, parse_names
     from .readers import input_key, read_dataset
     from .sink import (OVERWRITE, RESUME, WRITE_REMOTE_ARGS, PairsSink, ResumeState, check_output, prepare_output,
                        resume_state)
@@ -463,7 +463,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
               f"(another size, time or ETag, e.g. {rewritten[0]}): they are scored again", file=sys.stderr, flush=True)
     kept = prepare_output(config.output, config.mode, job=job, resume=earlier, stamps=stamps,
                           resumable=transform is None)
-    sink = PairsSink(config.output, written_columns(config), finish=RESUME if transform is None else OVERWRITE)
+    sink = PairsSink(config.output, written_columns(config), agreed_schema(files),
+                     finish=RESUME if transform is None else OVERWRITE)
     if scored is not None:
         with surfaced_errors():
             scored.write_datasink(sink, ray_remote_args=WRITE_REMOTE_ARGS)

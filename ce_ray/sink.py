@@ -327,6 +327,34 @@ def split_rejects(table: pa.Table, written: Sequence[str]) -> tuple:
     return good, bad
 
 
+def conform(table: pa.Table, schema: Optional[pa.Schema]) -> pa.Table:
+    """A part's rows in the input's columns and types (`io.agreed_schema`): a column that its input file lacks is
+    null, one of a narrower type (int32 for int64, an all-null column) is widened, and the columns come in one
+    order, so that every part of the output has one schema and the folder reads back as one table (Arrow's and
+    pandas' readers take the first part's schema, and failed on a later part's `string` for an all-null column
+    or dropped a column the first part lacked). The job's own columns (score, rank, reason) follow."""
+    if schema is None:
+        return table
+    columns, fields = [], []
+    for field in schema:
+        if field.name == REJECT:  # an earlier job's column: the reasons of this one replace it
+            continue
+        if field.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, field.type))
+        else:
+            column = table.column(field.name)
+            try:
+                column = column if column.type == field.type else column.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a type past what the check saw: kept as it is
+                field = field.with_type(column.type)
+            columns.append(column)
+        fields.append(field)
+    rest = [name for name in table.column_names if name not in schema.names]
+    return pa.Table.from_arrays(columns + [table.column(name) for name in rest],
+                                schema=pa.schema(fields + [table.schema.field(name) for name in rest],
+                                                 metadata=table.schema.metadata))
+
+
 def _input_groups(table: pa.Table):
     """(part name, rows without tags, input row count or None) for each input file in a block."""
     keys = table.column(ROW_INPUT)
@@ -339,11 +367,14 @@ def _input_groups(table: pa.Table):
 
 class PairsSink(Datasink):
     """Writes each input file's rows to results/ and rejects/, named after it; `written`: the columns the job
-    added (the score's, the rank's), which rejected rows go without."""
+    added (the score's, the rank's), which rejected rows go without; `schema`, the input's columns and types, which
+    every part is written in (`conform`)."""
 
-    def __init__(self, output: str, written: Sequence[str], finish: str = RESUME):
+    def __init__(self, output: str, written: Sequence[str], schema: Optional[pa.Schema] = None,
+                 finish: str = RESUME):
         self.output = output
         self.written = list(written)
+        self.schema = schema
         self.finish = finish  # what finishes the job where the output lost parts it wrote
         self.counts = {"rows_scored": 0, "rows_rejected": 0, "files": 0}
         self.parts: Dict[str, int] = {}  # every part written: results/<name> or rejects/<name> -> its rows
@@ -358,7 +389,7 @@ class PairsSink(Datasink):
         counts = {"rows_scored": 0, "rows_rejected": 0, "files": 0}
         if not tables:
             return counts | {"parts": {}}
-        table = pa.concat_tables(tables, promote_options="default")
+        table = pa.concat_tables(tables, promote_options="permissive")  # blocks of one file read in other types
         if ROW_INPUT in table.column_names and ROW_INDEX in table.column_names:
             groups = list(_input_groups(table))
         else:
@@ -376,6 +407,7 @@ class PairsSink(Datasink):
             for sub, part in ((RESULTS, good), (REJECTS, bad)):
                 if part is None or not part.num_rows:
                     continue
+                part = conform(part, self.schema)
                 if metadata:
                     part = part.replace_schema_metadata({**(part.schema.metadata or {}), **metadata})
                 if sub == REJECTS:

@@ -359,7 +359,8 @@ def test_a_categorical_text_column_is_text(ray_local, tmp_path, tiny_model):
 def test_files_whose_column_types_disagree_fail_naming_the_column(ray_local, tmp_path, tiny_model):
     """An id that is a number in one file and text in another: Ray Data failed the job where it first put
     rows of both in one block, after the output was begun, in a page of its frames. Parquet files fail before
-    any work, naming both; JSON Lines files, whose types come with each block, fail the job in one line."""
+    any work, naming both, from their footers; JSON Lines files too, from their first lines (they failed the
+    job where their rows met, the work lost), and so does a struct in one file and text in another."""
     (tmp_path / "parquet").mkdir()
     pd.DataFrame({"query_id": [1, 2], "query": ["q", "q"], "document": ["a", "b"]}).to_parquet(
         tmp_path / "parquet" / "a.parquet")
@@ -369,11 +370,47 @@ def test_files_whose_column_types_disagree_fail_naming_the_column(ray_local, tmp
         job(tiny_model, tmp_path / "parquet", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     (tmp_path / "jsonl").mkdir()
-    (tmp_path / "jsonl" / "a.jsonl").write_text('{"id": 1, "query": "q", "document": "a"}\n')
-    (tmp_path / "jsonl" / "b.jsonl").write_text('{"id": "x2", "query": "q", "document": "b"}\n')
-    with pytest.raises(InputError, match=r"^column 'id' is (int64|string) in some rows and (string|int64) in others"):
+    (tmp_path / "jsonl" / "a.jsonl").write_text('{"id": 1, "meta": {"n": 1}, "query": "q", "document": "a"}\n')
+    (tmp_path / "jsonl" / "b.jsonl").write_text('{"id": "x2", "meta": "n", "query": "q", "document": "b"}\n')
+    with pytest.raises(InputError, match=r"b\.jsonl: column 'id' is string, but in \S+a\.jsonl it is int64"):
         job(tiny_model, tmp_path / "jsonl", tmp_path / "out-jsonl")
-    assert not (tmp_path / "out-jsonl" / "_SUCCESS").exists()
+    (tmp_path / "jsonl" / "b.jsonl").write_text('{"id": 2, "meta": "n", "query": "q", "document": "b"}\n')
+    with pytest.raises(InputError, match=r"b\.jsonl: column 'meta' is string, but in \S+a\.jsonl it is struct"):
+        job(tiny_model, tmp_path / "jsonl", tmp_path / "out-jsonl")
+    assert not (tmp_path / "out-jsonl").exists()
+
+
+def test_files_whose_columns_widen_to_one_type_are_written_in_it(ray_local, tmp_path, tiny_model):
+    """Files of one input whose columns differ but widen to one type (int32 and int64, an all-null column and
+    text), that lack a column another has, or hold their columns in another order: each results part was
+    written in its own file's schema, and the folder no longer read back as one table (Arrow's and pandas'
+    readers failed on a later part's text for the first one's all-null column, or dropped a column the first
+    part lacked). Every part is now written in the input's one schema."""
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": pa.array([0, 1, 2], pa.int32()), "query": ["q"] * 3,
+                             "document": ["d0", "d1", "d2"], "note": pa.nulls(3)}), tmp_path / "in" / "a.parquet")
+    pq.write_table(pa.table({"document": ["d3", "d4"], "label": [1, 0], "note": ["x", None], "query": ["q"] * 2,
+                             "id": pa.array([3, 2**40], pa.int64())}), tmp_path / "in" / "b.parquet")
+    job(tiny_model, tmp_path / "in", tmp_path / "out", rows_per_block=2)  # blocks of one file each, never merged
+    parts = sorted((tmp_path / "out" / "results").iterdir())
+    schemas = {str(pq.read_schema(part).remove_metadata()) for part in parts}
+    assert len(parts) == 2 and len(schemas) == 1, schemas
+    got = results(tmp_path / "out")
+    assert got["id"].tolist() == [0, 1, 2, 3, 2**40] and got["label"].tolist()[3:] == [1, 0]
+    assert got["note"].tolist()[3] == "x" and got.columns.tolist() == ["id", "query", "document", "note", "label",
+                                                                         "score"]
+
+
+def test_a_jsonl_file_whose_query_is_a_number_on_every_line_rejects_its_rows(ray_local, tmp_path, tiny_model):
+    """Arrow's reader read such a file's query as numbers, and Ray Data failed the job where its block met
+    another file's texts, after the scoring had begun; its rows are rejected, as a number on one line is."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text('{"id": 0, "query": "q", "document": "d"}\n' * 2)
+    (tmp_path / "in" / "b.jsonl").write_text('{"id": 1, "query": 7, "document": "d"}\n' * 2)
+    summary = job(tiny_model, tmp_path / "in", tmp_path / "out")
+    assert (summary.rows_scored, summary.rows_rejected) == (2, 2)
+    assert rejects(tmp_path / "out")["query"].tolist() == ["7", "7"]
+    assert rejects(tmp_path / "out")["reason"].tolist() == ["query is int, not text"] * 2
 
 
 def test_a_utf8_bom_at_the_start_of_a_csv_or_jsonl_file_is_skipped(ray_local, tmp_path, tiny_model):
