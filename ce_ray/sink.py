@@ -336,19 +336,19 @@ def conform(table: pa.Table, schema: Optional[pa.Schema]) -> pa.Table:
     if schema is None:
         return table
     columns, fields = [], []
-    for field in schema:
-        if field.name == REJECT:  # an earlier job's column: the reasons of this one replace it
+    for wanted in schema:
+        if wanted.name == REJECT:  # an earlier job's column: the reasons of this one replace it
             continue
-        if field.name not in table.column_names:
-            columns.append(pa.nulls(table.num_rows, field.type))
+        if wanted.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, wanted.type))
         else:
-            column = table.column(field.name)
+            column = table.column(wanted.name)
             try:
-                column = column if column.type == field.type else column.cast(field.type)
+                column = column if column.type == wanted.type else column.cast(wanted.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a type past what the check saw: kept as it is
-                field = field.with_type(column.type)
+                wanted = wanted.with_type(column.type)
             columns.append(column)
-        fields.append(field)
+        fields.append(wanted)
     rest = [name for name in table.column_names if name not in schema.names]
     return pa.Table.from_arrays(columns + [table.column(name) for name in rest],
                                 schema=pa.schema(fields + [table.schema.field(name) for name in rest],
