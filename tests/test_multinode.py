@@ -93,8 +93,13 @@ try:
                          min_replicas=2, tokenize_cpus=0.5)
     summary = run_score(config, transform=lambda ds: ds.map_batches(gate, batch_format="pyarrow", num_cpus=0.5))
     watcher.join(timeout=60)
+    seconds = round(time.monotonic() - start, 1)
+    # A job that ends within seconds of the removal may end before Ray declares the node dead (~3 s): wait for it.
+    deadline = time.monotonic() + 30
+    while sum(n["Alive"] for n in ray.nodes()) > 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
     report.update(rows_scored=summary.rows_scored, rows_rejected=summary.rows_rejected,
-                  nodes_alive=sum(n["Alive"] for n in ray.nodes()), seconds=round(time.monotonic() - start, 1))
+                  nodes_alive=sum(n["Alive"] for n in ray.nodes()), seconds=seconds)
     print("REPORT " + json.dumps(report), flush=True)
 finally:
     ray.shutdown()

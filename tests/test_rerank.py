@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -396,3 +397,19 @@ def test_equal_scores_of_a_python_dataset_keep_its_rows_order_as_cross_encoder_r
         assert got["score"].nunique() == 1 and got["document"].tolist() == expected
     assert ranked.sort_values(["query_id", "rank"])["document"].tolist() == ["zebra stripes", "apple pie", "kiwi",
                                                                              "cherry"]
+
+
+def test_a_python_dataset_that_ray_holds_is_ranked_in_partitions_of_its_size(ray_local, tiny_model):
+    """`ce_ray.rerank` of a DataFrame made a Dataset ranked its few rows in Ray's default 200 partitions (40 s on 2
+    CPUs); a Dataset that Ray holds gets as many as `ce-ray rerank` gives an input of its size."""
+    import ray.data
+
+    import ce_ray
+    from ce_ray.rerank import default_partitions
+
+    frame = pd.DataFrame({"query_id": [1, 1, 2], "query": ["q one", "q one", "q two"],
+                          "document": ["a", "b", "c"]})
+    ranked = ce_ray.rerank(ray.data.from_pandas(frame), model=str(tiny_model)).materialize()
+    assert ranked.count() == 3
+    # Ray Data's stats name each shuffle stage with its partitions: `HashShuffleMap(keys=(...), partitions=N)`.
+    assert set(re.findall(r"partitions=(\d+)", ranked.stats())) == {str(default_partitions(0))}
