@@ -17,6 +17,7 @@ from typing import Literal, Optional
 
 from .config import (CandidatesConfig, ConfigError, EvalConfig, RerankConfig, ScoreConfig, TrainConfig,
                      commands_with_setting, load_config)
+from .io import OVERWRITE, RESUME
 
 
 def _flag_type(annotation):
@@ -148,9 +149,9 @@ def other_commands_hint(command: str, unknown: list) -> str:
 # How a job of each command that stopped mid-way is finished. A score job's output holds the parts of the input
 # files it completed, which resume keeps; ranking and BM25 regroup rows across files, so their jobs start over.
 HOW_TO_FINISH = {
-    "score": "--mode resume finishes it (the input files completed are kept)",
-    "rerank": "rerun it with --mode overwrite (ranking groups rows across files: it cannot resume)",
-    "candidates": "rerun it with --mode overwrite",
+    "score": f"{RESUME} (the input files completed are kept)",
+    "rerank": f"{OVERWRITE} (ranking groups rows across files: it cannot resume)",
+    "candidates": OVERWRITE,
     "train": "the same command resumes it from its last checkpoint",
 }
 FAILED = 1  # the exit status of a job that failed during its work; 2 is a usage error, found before any work

@@ -46,6 +46,8 @@ _EXTENSIONS = {
 RESULTS = "results"
 REJECTS = "rejects"
 SUCCESS = "_SUCCESS"
+# What finishes a job that stopped or failed mid-way: a score job resumes, a job that regroups rows cannot.
+RESUME, OVERWRITE = "--mode resume finishes it", "rerun it with --mode overwrite"
 STATE = "_ce_ray"
 JOB = "job.json"  # in STATE: the settings of the job that wrote the output
 OWN_COLUMNS = "_ce_"  # the prefix of the columns ce-ray adds to rows as they travel (their file and place)

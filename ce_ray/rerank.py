@@ -26,10 +26,10 @@ import pyarrow.compute as pc
 
 from .batching import REJECT
 from .config import ConfigError, RerankConfig, require, with_settings
-from .io import InputError, missing_values
+from .io import OVERWRITE, InputError, missing_values
 from .readers import ROW_INDEX, ROW_INPUT, TAGS, plain_columns
 from .score import SCORE, check_columns, check_known_columns, score, summary_lines
-from .sink import OVERWRITE, PairsSink
+from .sink import PairsSink
 
 RANK = "rank"
 CUT = "_ce_cut"  # rows top-k cut from the query, on its best row (0 elsewhere); the sink counts and drops it

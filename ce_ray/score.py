@@ -417,10 +417,9 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     Outputs are named per input file; `mode="resume"` keeps the inputs an earlier run completed (and that are
     not rewritten since) and redoes the rest. A transform regroups rows across files, so its jobs cannot resume.
     """
-    from .io import agreed_schema, check_apart, check_s3_access, parse_names
+    from .io import OVERWRITE, RESUME, agreed_schema, check_apart, check_s3_access, parse_names
     from .readers import input_key, read_dataset
-    from .sink import (OVERWRITE, RESUME, WRITE_REMOTE_ARGS, PairsSink, ResumeState, check_output, prepare_output,
-                       resume_state)
+    from .sink import WRITE_REMOTE_ARGS, PairsSink, ResumeState, check_output, prepare_output, resume_state
 
     require(config, "model", "input", "output")
     config.validate()

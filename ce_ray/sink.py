@@ -35,7 +35,7 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from .batching import REJECT
-from .io import JOB, REJECTS, RESULTS, STATE, SUCCESS, filesystem, is_remote, read_state, read_tail
+from .io import JOB, REJECTS, RESULTS, RESUME, STATE, SUCCESS, filesystem, is_remote, read_state, read_tail
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 
 REASON = "reason"  # why a row of rejects/ was rejected
@@ -46,8 +46,6 @@ WRITE_REMOTE_ARGS = {"num_cpus": 0.25}
 # Fault injection, for tests only: the write of rows from an input whose key contains this value hangs, as
 # a stuck writer would, so that a test can kill the job at a known point.
 STALL_ENV = "CE_RAY_TEST_STALL_WRITE"
-# What finishes a job whose output lost parts it wrote: a score job resumes, a job that regroups rows cannot.
-RESUME, OVERWRITE = "--mode resume finishes it", "rerun it with --mode overwrite"
 _PART = re.compile(r"^(?P<key>.+)-r(?P<first>\d{12})\.parquet$")
 
 

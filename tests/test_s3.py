@@ -309,7 +309,8 @@ def test_parts_a_store_lost_after_it_took_them_fail_the_check_before_success(s3_
     import pyarrow.parquet as pq
     import s3fs
 
-    from ce_ray.sink import RESUME, OutputLostError, check_parts
+    from ce_ray.io import RESUME
+    from ce_ray.sink import OutputLostError, check_parts
 
     for name, value in s3_server.items():
         monkeypatch.setenv(name, value)
