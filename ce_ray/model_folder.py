@@ -226,33 +226,32 @@ def check_weights_files(path: str) -> None:
 
 def activation_path(path: str, num_labels: int, trust_remote_code: bool = False) -> str:
     """The activation CrossEncoder applies: from the saved configs, else sigmoid for one label."""
-    candidates = []
-    if os.path.isdir(path):
-        for name, keys in (
-            ("config_sentence_transformers.json", ("activation_fn",)),
-            ("config.json", ("sentence_transformers", "activation_fn")),
-            ("config.json", ("sbert_ce_default_activation_function",)),
-        ):
-            file = os.path.join(path, name)
-            if os.path.exists(file):
-                value = read_json(file)
-                for key in keys:
-                    value = value.get(key) if isinstance(value, dict) else None
-                if value:
-                    candidates.append(value)
+    candidates = [crossencoder_settings(path).get("activation_fn")]
+    config_file = os.path.join(path, "config.json")
+    if os.path.isfile(config_file):
+        config = read_json(config_file)
+        candidates += [(config.get("sentence_transformers") or {}).get("activation_fn"),
+                       config.get("sbert_ce_default_activation_function")]
+    candidates = [found for found in candidates if isinstance(found, str) and found]
     for found in candidates:
         if found.startswith("torch.") or trust_remote_code:
             return found
     return SIGMOID if num_labels == 1 else IDENTITY
 
 
+def crossencoder_settings(path: str) -> dict:
+    """A folder's config_sentence_transformers.json (activation, prompts) where CrossEncoder reads it: in its own
+    layout, modules.json beside it. sentence-transformers 6 builds a folder without modules.json from its
+    transformers files alone (config.json's `sentence_transformers` activation still counts), the settings file
+    unread, so its prompt and activation there would score otherwise than `predict`; {} then."""
+    settings, modules = (os.path.join(path, name) for name in ("config_sentence_transformers.json", "modules.json"))
+    return read_json(settings) if os.path.isfile(settings) and os.path.isfile(modules) else {}
+
+
 def saved_prompts(path: str) -> dict:
-    """The settings of a folder in CrossEncoder's layout (config_sentence_transformers.json) where they hold prompts
-    (`prompts`, `default_prompt_name`); {} otherwise, and where CrossEncoder would not read them (no modules.json)."""
-    files = [os.path.join(path, name) for name in SENTENCE_TRANSFORMERS_FILES]
-    if not all(os.path.isfile(file) for file in files):
-        return {}
-    settings = read_json(files[-1])
+    """The settings of a folder in CrossEncoder's layout where they hold prompts (`prompts`,
+    `default_prompt_name`); {} otherwise."""
+    settings = crossencoder_settings(path)
     return settings if settings.get("prompts") or settings.get("default_prompt_name") else {}
 
 
@@ -268,7 +267,7 @@ def keep_prompts(base: str, saved: str, activation: str, max_length: int) -> Non
     if not settings:
         return
     files = {name: os.path.join(base, name) for name in SENTENCE_TRANSFORMERS_FILES}
-    module = read_json(files["sentence_bert_config.json"])
+    module = read_json(files["sentence_bert_config.json"]) if os.path.isfile(files["sentence_bert_config.json"]) else {}
     if "max_seq_length" in module:  # CrossEncoder's max length before the tokenizer's
         module["max_seq_length"] = max_length
     written = {"modules.json": read_json(files["modules.json"]), "sentence_bert_config.json": module,
@@ -286,8 +285,7 @@ def query_prompt(path: str, prompt: Optional[str] = None, prompt_name: Optional[
         raise ConfigError("set prompt or prompt_name, not both")
     if prompt is not None:
         return prompt
-    file = os.path.join(path, "config_sentence_transformers.json") if os.path.isdir(path) else ""
-    saved = read_json(file) if file and os.path.exists(file) else {}
+    saved = crossencoder_settings(path)
     prompts = saved.get("prompts") or {}
     if prompt_name is not None:
         if prompt_name not in prompts:

@@ -871,7 +871,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     from . import card
     from .model_folder import (SIGMOID, activation_path, check_max_length, check_safe, check_single_logit,
                                is_sequence_classifier, local_model_path, model_source, query_prompt,
-                               saved_architectures, saved_prompts, usable_max_length)
+                               saved_architectures, usable_max_length)
     from .runtime import cluster_resources, ensure_ray, free_failed_actors, surfaced_errors
     from .tokenizer_facts import tokenizer_facts
 
@@ -899,7 +899,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     encoder = pair_encoder(source, config.tokenizer, config.trust_remote_code, facts)
     # Training puts no prompt before the queries, as CrossEncoderTrainer's loss does; evaluation scores as the
     # saved model will, which keeps the base's default prompt, as CrossEncoderRerankingEvaluator's predict does.
-    prompt = query_prompt(model) if saved_prompts(model) else ""
+    prompt = query_prompt(model)
     eval_encoder = pair_encoder(source, config.tokenizer, config.trust_remote_code, facts, prompt) if prompt else None
     ensure_ray(dashboard=True)  # Ray Train's state queries need it
     free_failed_actors()

@@ -635,6 +635,14 @@ def test_a_models_saved_prompt_goes_before_each_query_as_predict_puts_it(ray_loc
     assert np.abs(scores["default"] - scores["none"]).max() > 0.1  # the prompt changes the scores
     with pytest.raises(ConfigError, match=r"prompt_name 'long': the model's prompts are \['rerank', 'short'\]"):
         ce_ray.predict(model, pairs, prompt_name="long")
+    # Without modules.json, CrossEncoder builds a folder from its transformers files alone and reads neither the
+    # prompts nor an activation of config_sentence_transformers.json: ce-ray gave the prompt and the identity.
+    settings_file = tmp_path / "prompted" / "config_sentence_transformers.json"
+    settings = json.loads(settings_file.read_text()) | {"activation_fn": "torch.nn.modules.linear.Identity"}
+    settings_file.write_text(json.dumps(settings))
+    (tmp_path / "prompted" / "modules.json").unlink()
+    expected = CrossEncoder(model, device="cpu").predict(pairs, show_progress_bar=False)
+    assert np.abs(ce_ray.predict(model, pairs) - expected).max() <= 1e-5
 
 
 def test_a_hub_id_is_read_from_its_snapshot_as_a_local_folder(pairs_df, tmp_path):
