@@ -1,10 +1,11 @@
 """ce-ray: score, rerank and fine-tune cross-encoder rerankers at cluster scale on Ray."""
 
 from .config import RerankConfig, ScoreConfig, load_config
-from .score import predict, run_score, score
+from .score import predict, rank, run_score, score
 from .rerank import rerank, run_rerank
 from .train import train
 
 __version__ = "0.1.0"
 
-__all__ = ["predict", "score", "run_score", "rerank", "run_rerank", "train", "ScoreConfig", "RerankConfig", "load_config", "__version__"]
+__all__ = ["predict", "rank", "score", "run_score", "rerank", "run_rerank", "train", "ScoreConfig", "RerankConfig",
+           "load_config", "__version__"]

@@ -131,7 +131,7 @@ class RerankConfig(ScoreConfig):
     rank_column: str = "rank"  # the output column of the ranks (1 = best); as score_column, a name no input column has
     top_k: Optional[int] = None  # keep the best k of each query; unset: all, ranked
     # Hash partitions of the group-by query id, each ranked in one task and written as its own file(s); unset: one per
-    # CPU of the cluster, and one per 256 MiB of input beyond (in ce-ray rerank; from Python, Ray Data's default)
+    # CPU of the cluster, and one per 256 MiB of input beyond (from Python, for a lazy Dataset: one per CPU)
     rank_partitions: Optional[int] = None
 
     def validate(self) -> None:

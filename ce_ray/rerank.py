@@ -250,17 +250,17 @@ def rerank(ds, config: Optional[RerankConfig] = None, input_order: Optional[List
     if input_order is None:
         ds, input_order = in_row_order(ds)
     return rank(score(ds, config), config.query_id_column, config.top_k, input_order, config.document_column,
-                partitions=config.rank_partitions or _held_partitions(ds), score_column=config.score_column,
+                partitions=config.rank_partitions or _dataset_partitions(ds), score_column=config.score_column,
                 rank_column=config.rank_column)
 
 
-def _held_partitions(ds) -> Optional[int]:
-    """The group-by's partitions for a Dataset that Ray holds, by its size, as `ce-ray rerank` sizes them for its
-    input (Ray's default, 200, took 40 s to rank a few rows on 2 CPUs); None (Ray's default) for a lazy one, whose
-    size is known only once it has run."""
+def _dataset_partitions(ds) -> int:
+    """The group-by's partitions for a caller's Dataset, as `ce-ray rerank` sizes them for its input (Ray's default,
+    200, took 40 s to rank a few rows on 2 CPUs): by its size where Ray holds it; for a lazy one, whose size is
+    known only once it has run (running it here would run it twice), one per CPU of the cluster."""
     from ray.data.dataset import MaterializedDataset
 
-    return default_partitions(ds.size_bytes()) if isinstance(ds, MaterializedDataset) else None
+    return default_partitions(ds.size_bytes() if isinstance(ds, MaterializedDataset) else 0)
 
 
 class RankedSink(PairsSink):

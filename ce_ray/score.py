@@ -185,17 +185,19 @@ def _check_room(config: ScoreConfig, use_gpu: bool, gpus: int, cpus: int) -> Non
                    f"ce-ray: note: the job needs {' and '.join(short)}: it waits until the cluster has them")
 
 
-def predict(model: str, pairs, **settings):
+def predict(model: str, pairs=None, **settings):
     """`CrossEncoder(model).predict(pairs)` on the Ray cluster: (query, document) pairs in, their float32
     scores out as a numpy array, in order, scored by the cluster's replicas (its GPUs where it has them).
-    One pair, `(query, document)`, gives its score alone, as predict does.
+    One pair, `(query, document)`, gives its score alone, as predict does; no pairs give predict's empty array
+    (`np.array([])`, float64). The pairs may come by predict's names for them, `inputs=` (or `sentences=`).
 
     For pairs that fit in the driver's memory; `score` (a Dataset) or `run_score` (files) for more. A pair
     that cannot be scored (a query or document that is None or not text) fails the call, as in CrossEncoder,
     naming why. Settings are `ScoreConfig`'s (`batch_tokens`, `dtype`, `prompt`, `prompt_name`, ...), and
     predict's own where they mean something here: `activation_fn` (a torch module built with no argument:
-    `torch.nn.Identity()` gives the logits), `convert_to_tensor` and `convert_to_numpy=False` (a list of
-    tensors); `show_progress_bar`, `apply_softmax` (for several labels) and `num_workers` are taken and change
+    `torch.nn.Identity()` gives the logits), `convert_to_tensor`, `convert_to_numpy=False` (a list of
+    tensors) and `show_progress_bar` (True or False shows or hides Ray Data's progress for this call; by default
+    Ray Data's setting decides); `apply_softmax` (for several labels) and `num_workers` are taken and change
     nothing. `batch_size`, `device`, `pool`, `chunk_size` and `processing_kwargs` are refused, naming the
     setting that does their work here (`batch_tokens`: batches of tokens bound their memory, where a number
     of pairs does not). Starts a local Ray if none is.
@@ -204,7 +206,8 @@ def predict(model: str, pairs, **settings):
     import ray
 
     refuse_loaded_model(model)
-    settings, returned = _predict_arguments(settings)
+    pairs = _given_pairs(pairs, settings)
+    settings, returned, progress = _predict_arguments(settings)
 
     if isinstance(pairs, Mapping) or hasattr(pairs, "columns"):  # iterated, they give their keys
         raise InputError(f"pairs must be (query, document) pairs, not a {type(pairs).__name__}: a DataFrame's are "
@@ -235,8 +238,11 @@ def predict(model: str, pairs, **settings):
     # Each pair's position travels with it: Ray Data may hand blocks back in any order.
     table = pa.table(columns | {"position": np.arange(len(pairs))})
     column = settings.setdefault("score_column", SCORE)
+    rows = ray.data.from_arrow(table)
+    if progress is not None:  # this call's Dataset alone: Ray Data's setting stays as it is for the others
+        rows.context.enable_progress_bars = bool(progress)
     with surfaced_errors():
-        scored = score(ray.data.from_arrow(table), model=model, **settings).select_columns(["position", column])
+        scored = score(rows, model=model, **settings).select_columns(["position", column])
         out = pa.concat_tables(ray.get(scored.to_arrow_refs()))
     scores = np.empty(len(pairs), np.float32)
     scores[out.column("position").to_numpy()] = out.column(column).to_numpy(zero_copy_only=False)
@@ -244,10 +250,35 @@ def predict(model: str, pairs, **settings):
     return scores[0] if single else scores
 
 
+# CrossEncoder.rank's arguments that it takes and that change nothing there: its scores are Python floats.
+RANK_ARGUMENTS_WITHOUT_EFFECT = ("convert_to_numpy", "convert_to_tensor")
+
+
+def rank(model: str, query: str, documents, top_k: Optional[int] = None, return_documents: bool = False,
+         **settings) -> List[dict]:
+    """`CrossEncoder(model).rank(query, documents)` on the Ray cluster: the documents' scores from `predict`, as
+    rank's list of `{"corpus_id": the document's place in documents, "score": a float}` (and `"text"`: the
+    document, with `return_documents`), the best first, of equal scores the earlier document first, as rank's
+    stable sort orders them; the best `top_k` where given (0: none). Settings are `predict`'s (it refuses and
+    takes the same); rank's `convert_to_numpy` and `convert_to_tensor` are taken and change nothing, as in rank.
+    """
+    if top_k is not None and top_k < 0:
+        raise ConfigError(f"top_k must be >= 0 (None: all the documents), got {top_k}")
+    documents = list(documents)  # a generator's documents are given back with return_documents
+    settings = {name: value for name, value in settings.items() if name not in RANK_ARGUMENTS_WITHOUT_EFFECT}
+    scores = predict(model, [(query, document) for document in documents], **settings).tolist()
+    ranked = [{"corpus_id": number, "score": value} | ({"text": document} if return_documents else {})
+              for number, (value, document) in enumerate(zip(scores, documents))]
+    # sorted() keeps equal scores in their order, reversed too, as in rank
+    return sorted(ranked, key=lambda row: row["score"], reverse=True)[:top_k]
+
+
 def _as_returned(scores, returned: str):
     """The scores as predict returns them: a numpy array, a tensor, or a list of one tensor each."""
+    import numpy as np
+
     if returned == "numpy":
-        return scores
+        return scores if len(scores) else np.array([])  # predict's array of no scores is numpy's default, float64
     import torch
 
     return torch.from_numpy(scores) if returned == "tensor" else list(torch.from_numpy(scores))
@@ -261,9 +292,11 @@ def _refuse_missing_texts(columns: Dict[str, pa.Array], pairs: list) -> None:
             raise InputError(f"pair {number} has no {name}: {str(pairs[number])[:80]!r}")
 
 
-# CrossEncoder.predict's arguments that change nothing here: Ray shows progress, a reranker has one label
-# (apply_softmax is for several), and num_workers changes nothing in predict either.
-PREDICT_ARGUMENTS_WITHOUT_EFFECT = ("show_progress_bar", "apply_softmax", "num_workers")
+# CrossEncoder.predict's names for its pairs, which a caller may give by name: `inputs`, and `sentences` before it.
+PAIRS_NAMES = ("inputs", "sentences")
+# CrossEncoder.predict's arguments that change nothing here: a reranker has one label (apply_softmax is for
+# several), and num_workers changes nothing in predict either.
+PREDICT_ARGUMENTS_WITHOUT_EFFECT = ("apply_softmax", "num_workers")
 # CrossEncoder.predict's arguments that ce-ray's settings replace, each with what to give instead.
 PREDICT_ARGUMENTS_REPLACED = {
     "batch_size": "predict's batches here are of tokens, which bound their memory where a number of pairs does "
@@ -276,9 +309,20 @@ PREDICT_ARGUMENTS_REPLACED = {
 }
 
 
+def _given_pairs(pairs, settings: dict):
+    """The pairs, given as `pairs` or by one of CrossEncoder.predict's names for them (taken from `settings`)."""
+    given = ({"pairs": pairs} if pairs is not None else {}) | {
+        name: settings.pop(name) for name in PAIRS_NAMES if name in settings}
+    if len(given) != 1:
+        raise TypeError("predict() takes the pairs once, as its second argument or as pairs, inputs or sentences: "
+                        + (f"got {', '.join(given)}" if given else "none given"))
+    return next(iter(given.values()))
+
+
 def _predict_arguments(settings: dict) -> tuple:
-    """predict's settings as ScoreConfig's, from CrossEncoder.predict's arguments where given; and how the scores
-    come back: "numpy", "tensor" (convert_to_tensor) or "list" (of tensors, convert_to_numpy=False), as predict's."""
+    """predict's settings as ScoreConfig's, from CrossEncoder.predict's arguments where given; how the scores
+    come back: "numpy", "tensor" (convert_to_tensor) or "list" (of tensors, convert_to_numpy=False), as predict's;
+    and `show_progress_bar` (None: Ray Data's setting)."""
     for name, instead in PREDICT_ARGUMENTS_REPLACED.items():
         if name in settings:
             raise ConfigError(f"{name}: {instead}")
@@ -287,7 +331,8 @@ def _predict_arguments(settings: dict) -> tuple:
     if function is not None:
         settings["activation"] = _activation_name(function)
     as_tensor, as_numpy = settings.pop("convert_to_tensor", False), settings.pop("convert_to_numpy", True)
-    return settings, "tensor" if as_tensor else "numpy" if as_numpy else "list"
+    progress = settings.pop("show_progress_bar", None)
+    return settings, "tensor" if as_tensor else "numpy" if as_numpy else "list", progress
 
 
 def _activation_name(function) -> str:

@@ -413,3 +413,21 @@ def test_a_python_dataset_that_ray_holds_is_ranked_in_partitions_of_its_size(ray
     assert ranked.count() == 3
     # Ray Data's stats name each shuffle stage with its partitions: `HashShuffleMap(keys=(...), partitions=N)`.
     assert set(re.findall(r"partitions=(\d+)", ranked.stats())) == {str(default_partitions(0))}
+
+
+def test_a_lazy_python_dataset_is_ranked_in_one_partition_per_cpu(ray_local, tiny_model):
+    """A lazy Dataset (its size known only once it has run) was ranked in Ray's default 200 partitions (40 s for a
+    few rows on 2 CPUs): it gets `ce-ray rerank`'s least, one per CPU of the cluster, and runs once."""
+    import ray.data
+
+    import ce_ray
+    from ce_ray.rerank import default_partitions
+
+    frame = pd.DataFrame({"query_id": [1, 1, 2], "query": ["q one", "q one", "q two"],
+                          "document": ["a", "b", "c"]})
+    lazy = ray.data.from_pandas(frame).map_batches(lambda batch: batch, batch_format="pyarrow")
+    ranked = ce_ray.rerank(lazy, model=str(tiny_model)).materialize()
+    assert sorted(ranked.to_pandas()["rank"].tolist()) == [1, 1, 2]
+    assert set(re.findall(r"partitions=(\d+)", ranked.stats())) == {str(default_partitions(0))}
+    # once: its map ran for its one block, not again to learn its size
+    assert len(re.findall(r"Operator \d+ MapBatches\(<lambda>\)", ranked.stats())) == 1

@@ -682,3 +682,98 @@ def test_a_hub_id_is_read_from_its_snapshot_as_a_local_folder(pairs_df, tmp_path
     scores = read_results(tmp_path / "out").sort_values("pair_id")["score"].to_numpy()
     assert (expected < 0).any()  # logits: Identity, not sigmoid
     assert np.abs(scores - expected).max() <= 1e-5
+
+
+def test_rank_orders_the_documents_as_cross_encoder_rank_does(ray_local, tiny_model):
+    """`ce_ray.rank(model, query, documents)`: CrossEncoder.rank's list of `corpus_id`, `score` (and `text`) on the
+    cluster, the same order and scores as rank's on the L12 reranker, a document given twice (equal scores) in the
+    documents' order; its arguments as rank's and predict's (refused, or taken and changing nothing)."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    import ce_ray
+
+    wikiqa = wikiqa_pairs("test", 60)
+    question = wikiqa[wikiqa["query_id"] == "Q0"]
+    query, documents = question["query"].iloc[0], list(question["document"])
+    documents.insert(1, documents[4])  # a tie: rank's stable sort keeps the earlier first
+    cross_encoder = CrossEncoder(str(L12), device="cpu")
+    expected = cross_encoder.rank(query, documents, return_documents=True, show_progress_bar=False)
+    ranked = ce_ray.rank(L12, query, documents, return_documents=True)
+    assert [row["corpus_id"] for row in ranked] == [row["corpus_id"] for row in expected]
+    assert [row["text"] for row in ranked] == [row["text"] for row in expected]
+    assert all(type(row["score"]) is float for row in ranked)
+    np.testing.assert_allclose([row["score"] for row in ranked], [row["score"] for row in expected], atol=1e-5)
+    tied = [row["corpus_id"] for row in ranked if row["text"] == documents[1]]
+    assert tied == [1, 5], "equal scores keep the documents' order"
+    # top_k, by keyword as rank takes them all; the logits with activation_fn; rank's and predict's arguments without
+    # effect taken
+    logits = ce_ray.rank(model=L12, query=query, documents=iter(documents[:4]), top_k=2,
+                         activation_fn=torch.nn.Identity(), convert_to_tensor=True, convert_to_numpy=False,
+                         apply_softmax=True, num_workers=2)
+    expected = cross_encoder.rank(query, documents[:4], top_k=2, activation_fn=torch.nn.Identity())
+    assert [sorted(row) for row in logits] == [["corpus_id", "score"]] * 2
+    assert [row["corpus_id"] for row in logits] == [row["corpus_id"] for row in expected]
+    np.testing.assert_allclose([row["score"] for row in logits], [row["score"] for row in expected], atol=1e-4)
+    assert ce_ray.rank(tiny_model, query, []) == cross_encoder.rank(query, []) == []
+    assert ce_ray.rank(tiny_model, query, documents, top_k=0) == []
+    with pytest.raises(ConfigError, match=r"top_k must be >= 0 \(None: all the documents\), got -1"):
+        ce_ray.rank(tiny_model, query, documents, top_k=-1)
+    with pytest.raises(ConfigError, match="^batch_size: predict's batches here are of tokens"):
+        ce_ray.rank(tiny_model, query, documents, batch_size=32)
+
+
+def test_predict_takes_the_pairs_by_cross_encoders_names_and_gives_its_types(ray_local, tiny_model):
+    """CrossEncoder.predict's pairs by its names for them (`inputs`, `sentences` before) failed with Python's
+    missing-argument error; and no pairs gave a float32 array where predict gives numpy's default, float64. The
+    types and shapes of predict's answers, for no pairs and for one, as a numpy array, a tensor or a list."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    import ce_ray
+
+    cross_encoder = CrossEncoder(str(tiny_model), device="cpu")
+    pair, other = ("what is a reranker", "a model that orders documents"), ("q", "d")
+
+    def kind(answer):  # the type, dtype and shape of an answer (a list: of each item)
+        if isinstance(answer, list):
+            return ["list"] + [kind(item) for item in answer]
+        return type(answer).__name__, str(answer.dtype), tuple(answer.shape)
+
+    for returned in ({}, {"convert_to_tensor": True}, {"convert_to_numpy": False}):
+        assert kind(ce_ray.predict(tiny_model, inputs=[], **returned)) == kind(cross_encoder.predict([], **returned))
+    assert ce_ray.predict(tiny_model, []).dtype == np.float64
+    one = ce_ray.predict(tiny_model, inputs=pair, convert_to_tensor=True)
+    expected = kind(cross_encoder.predict(inputs=pair, convert_to_tensor=True))
+    assert kind(one) == expected == ("Tensor", "torch.float32", ())
+    both = ce_ray.predict(tiny_model, sentences=[pair, other])
+    assert kind(both) == kind(cross_encoder.predict([pair, other])) == ("ndarray", "float32", (2,))
+    assert float(one) == pytest.approx(both[0], abs=1e-6)
+    with pytest.raises(TypeError, match=r"takes the pairs once, .* as pairs, inputs or sentences: got pairs, inputs"):
+        ce_ray.predict(tiny_model, [pair], inputs=[pair])
+    with pytest.raises(TypeError, match=r"takes the pairs once, .*: none given"):
+        ce_ray.predict(tiny_model, convert_to_tensor=True)
+
+
+def test_show_progress_bar_shows_ray_datas_progress_for_the_call(ray_local, tiny_model):
+    """`show_progress_bar=True` was taken and changed nothing: it shows Ray Data's progress for the call (logged
+    where the output is no terminal) where Ray Data's setting hides it, and leaves that setting as it was."""
+    import logging
+
+    import ray.data
+
+    import ce_ray
+
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    logging.getLogger("ray.data").addHandler(handler)
+    context = ray.data.DataContext.get_current()
+    before, context.enable_progress_bars = context.enable_progress_bars, False
+    try:
+        ce_ray.predict(tiny_model, [("a query", "a document")] * 3, show_progress_bar=True)
+        assert any(line.startswith("Total Progress") for line in logged), logged
+        assert context.enable_progress_bars is False
+    finally:
+        context.enable_progress_bars = before
+        logging.getLogger("ray.data").removeHandler(handler)
