@@ -22,7 +22,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import CandidatesConfig, ConfigError, require
-from .io import InputError, filesystem, join
+from .io import InputError, filesystem, join, remove
+from .runtime import work
 
 SUCCESS = "_SUCCESS"
 
@@ -172,12 +173,14 @@ def _prepare(config: CandidatesConfig) -> None:
     if info.type == pafs.FileType.NotFound:
         fs.create_dir(path, recursive=True)
         return
+    # A folder in the place of either (a parquet dataset of that name) is replaced as a file is, before any work:
+    # the write would fail on it after the index was built.
     ours = [filesystem(output_file(config))[1], f"{path}/{SUCCESS}"]
-    present = [p for p in ours if fs.get_file_info(p).type == pafs.FileType.File]
+    present = [p for p in ours if fs.get_file_info(p).type != pafs.FileType.NotFound]
     if present and config.mode == "error":
         raise FileExistsError(f"{config.output} already has candidates: pass --mode overwrite to replace them")
     for p in present:
-        fs.delete_file(p)
+        remove(fs, p)
 
 
 def run_candidates(config: CandidatesConfig) -> dict:
@@ -194,6 +197,13 @@ def run_candidates(config: CandidatesConfig) -> dict:
     if not query_ids:
         raise InputError(f"no query of qrels/{config.split}.tsv is in {join(config.data, 'queries.jsonl')}")
     _prepare(config)
+    with work():  # from here on an error fails a job that has done work, whatever its type
+        return _retrieve(config, corpus, queries, qrels, query_ids, report, start)
+
+
+def _retrieve(config: CandidatesConfig, corpus: Dict[str, str], queries: Dict[str, str],
+              qrels: Dict[str, Dict[str, int]], query_ids: List[str], report: QrelsReport, start: float) -> dict:
+    """The work of `run_candidates`, after its checks: the index, the candidates file, `_SUCCESS` and the summary."""
     # Said before the index is built: BM25 over 400,000 documents took 40 s on 2 CPU cores, and a corpus of
     # millions takes many minutes, with nothing else said until the job ends.
     print(f"ce-ray candidates: {len(corpus):,} documents and {len(query_ids):,} queries ({config.split}) read in "

@@ -83,8 +83,11 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
         elif kind in (int, float, str):
-            # An empty choice (best_metric's "none") would show as a leading comma: the usage lists the others.
-            metavar = "{" + ",".join(c for c in choices if c) + "}" if choices and "" in choices else None
+            # The usage lists the choices offered: not an empty one (best_metric's "none", which would show as a
+            # leading comma), nor one the command refuses (rerank's mode resume), which is taken to say why.
+            refused = getattr(cls, "REFUSED", {}).get(field.name, {})
+            offered = [c for c in choices or [] if c and c not in refused]
+            metavar = "{" + ",".join(offered) + "}" if choices and len(offered) < len(choices) else None
             parser.add_argument(flag, dest=field.name, type=kind, choices=choices, default=None, help=help_text,
                                 metavar=metavar)
     if sections:
@@ -155,24 +158,32 @@ HOW_TO_FINISH = {
     "train": "the same command resumes it from its last checkpoint",
 }
 FAILED = 1  # the exit status of a job that failed during its work; 2 is a usage error, found before any work
+# The errors of a usage, found before any work; the same types raised during the work fail the job (`runtime.work`).
 USAGE_ERRORS = (ConfigError, ValueError, FileExistsError, FileNotFoundError)
 
 
-def finishing_hint(command: str) -> str:
-    """How a job of this command that was interrupted or failed is finished, for the line that says so."""
-    return f"; {HOW_TO_FINISH[command]}" if command in HOW_TO_FINISH else ""
+def finishing_hint(command: str, cause: str = "") -> str:
+    """How a job of this command that was interrupted or failed is finished, for the line that says so; nothing
+    where the error's `cause` says it already (a score job's output that lost a part: `--mode resume finishes it`)."""
+    if command not in HOW_TO_FINISH or RESUME in cause or OVERWRITE in cause:
+        return ""
+    return f"; {HOW_TO_FINISH[command]}"
 
 
 def report_failure(command: str, error: BaseException) -> None:
     """Prints a job's failure: its traceback, then one line with the error that caused it and how to finish the
     job. A failure in Ray's tasks or workers is printed without the driver's chain of Ray's own exceptions
-    (which ones it was handling, a bare marker of Ray Data's), which repeats nothing of the worker's error."""
+    (which ones it was handling, a bare marker of Ray Data's), which repeats nothing of the worker's error.
+    ce-ray's own errors (a row that cannot be scored, a float16 overflow, a part the output lost) are the
+    line alone: their message says all, and the traceback would be the driver's wait for the work."""
     import traceback
 
     from .runtime import failure_cause, from_ray
 
-    traceback.print_exception(error, chain=not from_ray(error), file=sys.stderr)
-    print(f"ce-ray {command}: failed: {failure_cause(error)}{finishing_hint(command)}", file=sys.stderr, flush=True)
+    if not type(error).__module__.startswith(f"{__package__}."):
+        traceback.print_exception(error, chain=not from_ray(error), file=sys.stderr)
+    cause = failure_cause(error)
+    print(f"ce-ray {command}: failed: {cause}{finishing_hint(command, cause)}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:
@@ -195,9 +206,9 @@ def main(argv=None) -> int:
         print(f"\nce-ray {args.command}: interrupted{finishing_hint(args.command)}", file=sys.stderr)
         return 130
     except Exception as e:
-        from .runtime import from_ray
+        from .runtime import failed_during_work
 
-        if isinstance(e, USAGE_ERRORS) and not from_ray(e):
+        if isinstance(e, USAGE_ERRORS) and not failed_during_work(e):
             print(f"ce-ray {args.command}: error: {e}", file=sys.stderr)
             return 2
         report_failure(args.command, e)

@@ -13,7 +13,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Dict, Literal, Optional
 
 import yaml
 
@@ -133,9 +133,16 @@ class RerankConfig(ScoreConfig):
     # Hash partitions of the group-by query id, each ranked in one task and written as its own file(s); unset: one per
     # CPU of the cluster, and one per 256 MiB of input beyond (from Python, for a lazy Dataset: one per CPU)
     rank_partitions: Optional[int] = None
+    # Values of score's settings that ranking refuses, each with the reason: --help does not offer them, and a job
+    # given one is refused before any work, saying why.
+    REFUSED: ClassVar[Dict[str, Dict[str, str]]] = {"mode": {
+        "resume": "mode resume works per input file, but ranking groups rows across files; use mode overwrite"}}
 
     def validate(self) -> None:
         super().validate()
+        for name, reasons in self.REFUSED.items():
+            if getattr(self, name) in reasons:
+                raise ConfigError(reasons[getattr(self, name)])
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
         if self.rank_partitions is not None and self.rank_partitions < 1:

@@ -166,6 +166,15 @@ def read_tail(fs: pafs.FileSystem, path: str, size: int, length: int) -> bytes:
         return f.read_at(size - start, start)
 
 
+def remove(fs: pafs.FileSystem, path: str) -> None:
+    """Deletes the file or the folder at `path`, if there is one."""
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
 def filesystem(uri: str) -> Tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and the path inside it, for a local path, `file://` or `s3://` URI."""
     if uri.startswith("s3://") or uri.startswith("s3a://"):

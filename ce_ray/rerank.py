@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .batching import REJECT
-from .config import ConfigError, RerankConfig, require, with_settings
+from .config import RerankConfig, require, with_settings
 from .io import OVERWRITE, InputError, missing_values
 from .readers import ROW_INDEX, ROW_INPUT, TAGS, plain_columns
 from .score import SCORE, check_columns, check_known_columns, score, summary_lines
@@ -332,15 +332,12 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     """The `ce-ray rerank` job: read, score, rank per query, keep the top k, write results and rejects."""
     from .io import agreed_schema, check_apart, check_s3_access, parse_names
     from .readers import input_key, read_dataset
-    from .runtime import surfaced_errors
+    from .runtime import surfaced_errors, work
     from .score import job_settings, say_input, scoring_model, written_columns
     from .sink import check_output, prepare_output
 
     require(config, "model", "input", "output")
-    config.validate()
-    if config.mode == "resume":
-        raise ConfigError("mode resume works per input file, but ranking groups rows across files; "
-                          "use mode overwrite")
+    config.validate()  # refuses mode resume, saying why
     start = time.perf_counter()
     check_apart(config.input, config.output)
     check_s3_access(config.output)  # a bucket that is not there is an error, where writing would create it
@@ -363,7 +360,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
                   config.document_column, count_cut=True, partitions=partitions, score_column=config.score_column,
                   rank_column=config.rank_column, query_column=config.query_column)
     sink = RankedSink(config.output, written_columns(config), agreed_schema(files))
-    with surfaced_errors():
+    with work(), surfaced_errors():
         ranked.write_datasink(sink)
     counts = sink.counts
     summary = RerankSummary(

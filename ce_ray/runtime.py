@@ -81,6 +81,28 @@ def free_failed_actors() -> None:
     gc.collect()
 
 
+# The mark of an error raised during a job's work (`work`), which the command line tells from one found before it.
+_DURING_WORK = "ce_ray_during_work"
+
+
+@contextlib.contextmanager
+def work():
+    """A job's work, after its checks: an error raised in it failed the job, whatever its type. ce-ray's own
+    errors and the usage errors' types (an InputError on a bad row and pyarrow's ArrowInvalid are ValueErrors,
+    a file gone mid-way a FileNotFoundError) also fail a job that has done work, which the command line
+    ends with the way to finish it (`failed_during_work`)."""
+    try:
+        yield
+    except Exception as e:
+        setattr(e, _DURING_WORK, True)
+        raise
+
+
+def failed_during_work(error: BaseException) -> bool:
+    """Whether `error` failed a job during its work: raised in `work`, or by Ray for its tasks and workers."""
+    return getattr(error, _DURING_WORK, False) or from_ray(error)
+
+
 @contextlib.contextmanager
 def surfaced_errors():
     """Re-raises ce-ray's own error (ModelError, InputError, ConfigError) that failed a task or a replica of
@@ -90,7 +112,8 @@ def surfaced_errors():
     across processes only as traceback text, so a user would see a page of Ray's frames for an error such
     as a float16 overflow or on_invalid=fail. Blocks whose column types Ray Data cannot make one (a number in
     one JSON or CSV file, text in another; parquet inputs are checked before the job) fail as an InputError
-    naming the column. Any other failure goes through as Ray reports it.
+    naming the column. Any other failure goes through as Ray reports it. Around a job's `work`, either is a
+    failure of it; around its checks (train's of its data), ce-ray's own is an error found before the work.
     """
     try:
         yield

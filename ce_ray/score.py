@@ -17,7 +17,7 @@ import pyarrow as pa
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, require, with_settings
 from .io import InputError, absolute, refuse_written
-from .runtime import cluster_resources, ensure_ray, free_failed_actors, surfaced_errors
+from .runtime import cluster_resources, ensure_ray, free_failed_actors, surfaced_errors, work
 from .tokenizer_facts import tokenizer_facts
 
 # torch is imported by the replica (ce_ray.replica, ce_ray.model) alone: the driver (with the tokenizer's
@@ -510,7 +510,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     sink = PairsSink(config.output, written_columns(config), agreed_schema(files),
                      finish=RESUME if transform is None else OVERWRITE)
     if scored is not None:
-        with surfaced_errors():
+        with work(), surfaced_errors():
             scored.write_datasink(sink, ray_remote_args=WRITE_REMOTE_ARGS)
     counts = sink.counts
     kept_scored = sum(p.rows_scored for p in kept.parts.values())

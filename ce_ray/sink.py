@@ -35,8 +35,10 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from .batching import REJECT
-from .io import JOB, REJECTS, RESULTS, RESUME, STATE, SUCCESS, filesystem, is_remote, read_state, read_tail
+from .io import (JOB, REJECTS, RESULTS, RESUME, STATE, SUCCESS, filesystem, is_remote, read_state, read_tail,
+                 remove)
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
+from .runtime import work
 
 REASON = "reason"  # why a row of rejects/ was rejected
 INPUTS = "inputs.json"  # input key -> the file's stamp (`io.FileCheck.stamp`) when the job read it
@@ -222,14 +224,6 @@ def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:
     return state
 
 
-def _delete(fs: pafs.FileSystem, path: str) -> None:
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.Directory:
-        fs.delete_dir(path)
-    elif info.type == pafs.FileType.File:
-        fs.delete_file(path)
-
-
 def check_output(output: str, mode: str, resumable: bool = True) -> None:
     """What `prepare_output` would refuse, checked before a job starts its work: an output that is a file, and
     in mode error one that has results. The refusal names --mode resume only for a job that can resume
@@ -256,10 +250,10 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: O
     if has_results(output):
         if mode == "overwrite":
             for sub in (SUCCESS, RESULTS, REJECTS, STATE):
-                _delete(fs, f"{path}/{sub}")
+                remove(fs, f"{path}/{sub}")
         elif mode == "resume":
             resume = resume or resume_state(output, job)
-            _delete(fs, f"{path}/{SUCCESS}")  # incomplete again until this run ends
+            remove(fs, f"{path}/{SUCCESS}")  # incomplete again until this run ends
             for key, parts in resume.parts.items():
                 if parts.complete if stamps is None else key in stamps and resume.done(key, stamps[key]):
                     kept.parts[key] = parts
@@ -428,7 +422,8 @@ class PairsSink(Datasink):
         """Writes `_SUCCESS`, once the output is seen to hold every part this job wrote and kept, whole."""
         fs, path = filesystem(self.output)
         expected = {f"{path}/{name}": rows for name, rows in self.parts.items()}
-        check_parts(self.output, expected | (kept.files() if kept else {}), self.finish)
+        with work():  # a part lost during the work fails the job, as an error of its tasks does
+            check_parts(self.output, expected | (kept.files() if kept else {}), self.finish)
         _write_bytes(fs, f"{path}/{SUCCESS}", json.dumps(summary, indent=2).encode(), is_remote(self.output))
 
 

@@ -113,16 +113,34 @@ def test_bad_corpus_line_names_file_and_line(tmp_path):
 
 
 def test_a_job_that_fails_mid_way_says_why_and_that_it_reruns_with_overwrite(tmp_path, capsys):
-    """A write that fails after the index was built (here a folder in the candidates file's place): Python's
-    traceback, exit 1, and nothing said of the job. The traceback stays; the last line says what failed and
-    how to finish the job."""
+    """A write that fails after the index was built (here the candidates file a link to a folder that is not
+    there): Python's traceback and its error, which, of a usage error's type (FileNotFoundError), ended the job
+    as one found before any work, `error:`, exit 2. The traceback stays; the last line says what failed and how
+    to finish the job."""
     docs = ['{"_id": "d1", "title": "Apples", "text": "red apples are sweet"}',
             '{"_id": "d2", "title": "", "text": "the blue sea is deep"}']
     folder = beir_folder(tmp_path / "beir", docs, "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
-    (tmp_path / "out" / "candidates-test.parquet").mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "candidates-test.parquet").symlink_to(tmp_path / "gone" / "candidates.parquet")
     assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out")]) == 1
     errors = capsys.readouterr().err
     assert "Traceback" in errors
-    assert errors.splitlines()[-1].startswith("ce-ray candidates: failed: IsADirectoryError: ")
+    assert errors.splitlines()[-1].startswith("ce-ray candidates: failed: FileNotFoundError: ")
     assert errors.splitlines()[-1].endswith("; rerun it with --mode overwrite")
     assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_a_folder_in_the_candidates_files_place_is_refused_before_the_work_and_overwritten(tmp_path, capsys):
+    """A folder named as the candidates file (a parquet dataset of that name) failed the job after the index was
+    built, and `--mode overwrite`, which the failure said finishes it, failed the same way: it deleted files
+    alone. It is refused before any work, and overwritten as a file is."""
+    docs = ['{"_id": "d1", "title": "Apples", "text": "red apples are sweet"}']
+    folder = beir_folder(tmp_path / "beir", docs, "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    (tmp_path / "out" / "candidates-test.parquet").mkdir(parents=True)
+    (tmp_path / "out" / "candidates-test.parquet" / "part-0.parquet").write_bytes(b"")
+    assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"ce-ray candidates: error: {tmp_path}/out already has candidates: pass --mode overwrite to replace them")
+    assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out"), "--mode", "overwrite"]) == 0
+    assert pd.read_parquet(tmp_path / "out" / "candidates-test.parquet")["doc_id"].tolist() == ["d1"]
+    assert (tmp_path / "out" / "_SUCCESS").is_file()

@@ -285,7 +285,7 @@ def test_rerank_job_over_files_and_blocks(ray_local, tiny_model, tmp_path, capsy
     assert (tmp_path / "all" / "_SUCCESS").exists() and len(pd.read_parquet(tmp_path / "all" / "results")) == 22
 
 
-def test_rerank_input_errors(tiny_model, tmp_path):
+def test_rerank_input_errors(tiny_model, tmp_path, capsys):
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "x.parquet")
     config = RerankConfig(model=str(tiny_model), input=str(tmp_path / "x.parquet"), output=str(tmp_path / "o"))
     with pytest.raises(InputError, match=r"x\.parquet: missing column\(s\) 'query_id' \(columns: query, document"):
@@ -293,6 +293,16 @@ def test_rerank_input_errors(tiny_model, tmp_path):
     with pytest.raises(ConfigError, match="resume"):
         run_rerank(RerankConfig(model=str(tiny_model), input=str(tmp_path), output=str(tmp_path / "o"),
                                 mode="resume"))
+    # --help offered mode resume, which ranking refuses; given, it is still refused saying why.
+    from ce_ray.cli import build_parser, command_parser, main
+
+    usage = command_parser(build_parser(), "rerank").format_help()
+    assert "--mode {error,overwrite}" in usage and "resume" not in usage
+    assert main(["rerank", "--model", str(tiny_model), "--input", str(tmp_path), "--output", str(tmp_path / "o"),
+                 "--mode", "resume"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == ("ce-ray rerank: error: mode resume works per input file, but "
+                                                        "ranking groups rows across files; use mode overwrite")
+    assert "--mode {error,overwrite,resume}" in command_parser(build_parser(), "score").format_help()
     # A query id that is no single value fails naming the column, before Ray Data's group-by would fail on it.
     with pytest.raises(InputError, match=r"query_id is list<\w+: int64>: a query id is one value"):
         shuffle_input(pa.table({"query_id": [[1], [2]], "document": ["a", "b"]}), "query_id")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -185,9 +186,14 @@ def test_success_is_written_only_where_the_output_holds_every_part_the_job_wrote
 
 
 @pytest.mark.timeout(90)
-def test_a_part_lost_while_the_job_runs_fails_it_without_success(ray_local, tmp_path, tiny_model, wikiqa_files):
+def test_a_part_lost_while_the_job_runs_fails_it_without_success(ray_local, tmp_path, tiny_model, wikiqa_files,
+                                                                  capsys):
     """A part deleted from the output while the job writes the others (as by another job's --mode overwrite):
-    the job wrote `_SUCCESS` counting its rows. It fails naming the part, and a resume would redo its input alone."""
+    the job wrote `_SUCCESS` counting its rows. It fails naming the part, and a resume would redo its input alone.
+    On the command line it is a failure during the work, as one of a task: it ended `ce-ray score: error:`,
+    exit 2, the status of an error found before any work."""
+    from ce_ray.cli import main
+
     folder, _ = wikiqa_files
     out = tmp_path / "out"
     deleted = []
@@ -205,12 +211,14 @@ def test_a_part_lost_while_the_job_runs_fails_it_without_success(ray_local, tmp_
     watcher = threading.Thread(target=delete_the_first_part, daemon=True)
     watcher.start()
     # A block per input: fewer tasks than the other tests' jobs, and still a write for each of the 8 inputs.
-    job = dataclasses.replace(config_for(out, tiny_model, folder), rows_per_block=ROWS_PER_FILE)
-    with pytest.raises(OutputLostError, match=r"results/(\S+) is missing .* No _SUCCESS written; --mode resume") \
-            as lost:
-        run_score(job)
+    assert main(["score", "--model", str(tiny_model), "--input", str(folder), "--output", str(out),
+                 "--rows-per-block", str(ROWS_PER_FILE)]) == 1
     watcher.join()
-    assert f"results/{deleted[0]} is missing" in str(lost.value)
+    last = capsys.readouterr().err.splitlines()[-1]
+    # The way to finish is said once: the error's message says it.
+    assert re.fullmatch(rf"ce-ray score: failed: OutputLostError: {re.escape(str(out))} does not hold the parts this "
+                        rf"job counts: results/{re.escape(deleted[0])} is missing \(\d+ rows\)\. No _SUCCESS written; "
+                        r"--mode resume finishes it", last), last
     assert not (out / "_SUCCESS").exists()
     assert len(scan_parts(str(out)).complete) == FILES - 1
 

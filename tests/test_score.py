@@ -259,13 +259,15 @@ def test_a_float16_overflow_fails_naming_the_wider_dtypes(tmp_path, pairs_df):
         Scorer(ScoreConfig(model=str(model), dtype="float16"), device="cpu")(table)
     scores = Scorer(ScoreConfig(model=str(model), dtype="float32"), device="cpu")(table).column("score")
     assert scores.null_count == 0 and np.isfinite(scores.to_numpy()).all()  # the same model scores in float32
-    # A job: the replica's error reaches the command line as its message, not inside Ray's report of it.
+    # A job: the replica's error reaches the command line as its message, not inside Ray's report of it, as a
+    # failure during the work (it ended `error:`, exit 2, the status of an error found before any work).
     pairs_df.to_parquet(tmp_path / "pairs.parquet")
     failed = run_cli("score", "--model", str(model), "--input", str(tmp_path / "pairs.parquet"), "--output",
                      str(tmp_path / "out"), "--dtype", "float16")
-    assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
-    assert re.search(r"^ce-ray score: error: \S+ gave \d+ non-finite score\(s\) in float16: float16's range "
-                     r"overflowed; score with --dtype bfloat16 or float32$", failed.stderr, re.MULTILINE)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    assert re.fullmatch(r"ce-ray score: failed: ModelError: \S+ gave \d+ non-finite score\(s\) in float16: float16's "
+                        r"range overflowed; score with --dtype bfloat16 or float32; --mode resume finishes it \(the "
+                        r"input files completed are kept\)", failed.stderr.splitlines()[-1])
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
@@ -371,7 +373,9 @@ def test_nulls_and_non_text_rows_are_rejected_with_a_reason(ray_local, tmp_path,
 
 
 @pytest.mark.timeout(240)
-def test_on_invalid_fail_stops_the_job_and_frees_its_replica(ray_local, tmp_path, tiny_model):
+def test_on_invalid_fail_stops_the_job_and_frees_its_replica(ray_local, tmp_path, tiny_model, capsys):
+    from ce_ray.cli import main
+
     pd.DataFrame({"query": ["q", None], "document": ["d", "e"]}).to_parquet(tmp_path / "p.parquet")
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "good.parquet")
     gc.disable()  # the worst case: the garbage collector does not happen to run between the two jobs
@@ -387,6 +391,15 @@ def test_on_invalid_fail_stops_the_job_and_frees_its_replica(ray_local, tmp_path
     finally:
         gc.enable()
     assert summary.rows_scored == 1
+    # On the command line a failure during the work, with the way to finish: the files completed are kept (it
+    # ended `error:`, exit 2, the status of an error found before any work, and said no way to finish).
+    assert main(["score", "--model", str(tiny_model), "--input", str(tmp_path / "p.parquet"), "--output",
+                 str(tmp_path / "out"), "--on-invalid", "fail", "--mode", "overwrite"]) == 1
+    errors = capsys.readouterr().err
+    assert errors.splitlines()[-1] == ("ce-ray score: failed: InputError: 1 row(s) cannot be scored, e.g. query is "
+                                       "null (on_invalid=fail); --mode resume finishes it (the input files "
+                                       "completed are kept)")
+    assert "Traceback" not in errors
 
 
 def test_missing_column_names_file_and_column(tmp_path, tiny_model):
