@@ -247,6 +247,23 @@ def test_a_job_that_fails_mid_way_says_why_and_how_to_finish_it(cluster, model, 
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
+def test_a_job_that_ce_rays_own_error_stops_says_how_to_finish_it(cluster, model, tmp_path):
+    """A row that --on-invalid fail stops at, in a task: the job's command ended `error:`, exit 2, as for an error
+    found before any work, and submit's FAILED line said no way to finish it. Both say it now."""
+    pq.write_table(pa.table({"query": ["what is ray?", None], "document": ["a", "b"]}), tmp_path / "pairs.parquet")
+    config = write_config(tmp_path / "score.yaml", model=str(model), input=str(tmp_path / "pairs.parquet"),
+                          output=str(tmp_path / "out"), on_invalid="fail")
+
+    run = cluster.submit("score", config)
+
+    assert run.returncode == 1, run.stdout + run.stderr
+    finish = "--mode resume finishes it (the input files completed are kept)"
+    assert run.stdout.rstrip().endswith("ce-ray score: failed: InputError: 1 row(s) cannot be scored, e.g. query is "
+                                        f"null (on_invalid=fail); {finish}"), run.stdout[-3000:]
+    assert run.stderr.strip().splitlines()[-1].endswith(" FAILED: Job entrypoint command failed with exit code 1; "
+                                                        f"{finish}"), run.stderr
+
+
 def test_submission_needs_the_token(cluster, model, tmp_path):
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "pairs.parquet")
     config = write_config(tmp_path / "score.yaml", model=str(model), input=str(tmp_path / "pairs.parquet"),
