@@ -2,6 +2,7 @@
 
 Each size runs as its own `ce-ray score` process with a Ray of its own, sampled with psutil every 0.25 s.
 CE_RAY_MEMORY_ROWS (default "100000,500000") sets the sizes; the figures go to stdout (pytest -s).
+One large file (one parquet row group, one JSON Lines file) is read a chunk at a time, never whole.
 """
 
 from __future__ import annotations
@@ -24,17 +25,17 @@ ROWS_PER_FILE = 50_000
 # Bytes a peak may grow from the smallest size to the largest: one process, and all workers together
 # (their sum also moves with how many idle workers Ray keeps at that moment).
 GROWTH_LIMIT = {"driver": 150 * 2**20, "worker": 150 * 2**20, "workers": 300 * 2**20}
+WORDS = np.array("the of ray data score rank query document model token batch cluster actor "
+                 "worker stream block memory disk node python arrow file".split())
 
 
 def write_pairs(folder, rows: int, seed: int = 0) -> None:
     """Short generated pairs (a 4-word query, a 12-word document) in parquet files of 50k rows."""
     rng = np.random.default_rng(seed)
-    vocab = np.array("the of ray data score rank query document model token batch cluster actor "
-                     "worker stream block memory disk node python arrow file".split())
     folder.mkdir(parents=True)
     for start in range(0, rows, ROWS_PER_FILE):
         n = min(ROWS_PER_FILE, rows - start)
-        words = vocab[rng.integers(0, len(vocab), size=(n, 16))]
+        words = WORDS[rng.integers(0, len(WORDS), size=(n, 16))]
         queries = [" ".join(w) for w in words[:, :4]]
         documents = [" ".join(w) for w in words[:, 4:]]
         table = pa.table({"pair_id": np.arange(start, start + n), "query": queries, "document": documents})
@@ -98,3 +99,52 @@ def test_peak_memory_does_not_grow_with_input_size(tmp_path):
     small, large = figures[min(sizes)], figures[max(sizes)]
     for key, limit in GROWTH_LIMIT.items():
         assert large[key] - small[key] < limit, (key, small[key] / 2**20, large[key] / 2**20)
+
+
+BIG_FILE_ROWS = 160_000  # pairs of a 4-word query and a 60-word document, 62 MB in memory
+
+
+def long_pairs(rows: int, seed: int = 0) -> pa.Table:
+    """Pairs as long as MS MARCO's passages, of generated words."""
+    rng = np.random.default_rng(seed)
+    words = WORDS[rng.integers(0, len(WORDS), size=(rows, 64))]
+    return pa.table({"pair_id": np.arange(rows), "query": [" ".join(w) for w in words[:, :4]],
+                     "document": [" ".join(w) for w in words[:, 4:]]})
+
+
+def read_with_peak(chunks) -> tuple:
+    """The pair ids of a reader's `chunks`, taken one by one as a read task takes them, and the most bytes
+    Arrow held meanwhile."""
+    earlier, pool = pa.default_memory_pool(), pa.proxy_memory_pool(pa.default_memory_pool())
+    pa.set_memory_pool(pool)
+    try:
+        ids = [i for chunk in chunks for i in chunk.column("pair_id").to_pylist()]
+    finally:
+        pa.set_memory_pool(earlier)
+    return ids, pool.max_memory()
+
+
+def test_one_big_row_group_and_one_big_json_lines_file_are_read_in_small_chunks(tmp_path, ray_local):
+    """A file's read task holds a chunk at a time, never the file: a parquet file of one row group (pyarrow's
+    `row_group_size=len(table)`, DuckDB's and Polars' exports) is read in batches of `rows_per_block` through
+    small buffers, and a JSON Lines file in chunks of a few MiB of lines; every row comes, in order."""
+    import pyarrow.fs as pafs
+
+    from ce_ray.io import check_inputs
+    from ce_ray.readers import JsonLinesDatasource, read_range, read_ranges, tag_rows
+
+    pairs = long_pairs(BIG_FILE_ROWS)
+    size = pairs.nbytes
+    fs = pafs.LocalFileSystem()
+    parquet, lines = str(tmp_path / "pairs.parquet"), str(tmp_path / "pairs.jsonl")
+    pq.write_table(pairs, parquet, row_group_size=len(pairs))
+    (ranges,) = [read_ranges(c, BIG_FILE_ROWS) for c in check_inputs(fs, [parquet], "parquet", ["query"])]
+    assert len(ranges) == 1 and ranges[0].row_groups == [0]
+    ids, peak = read_with_peak(read_range(fs, ranges[0], rows_per_block=4096))
+    assert ids == list(range(BIG_FILE_ROWS)) and peak < size / 4, (peak, size)
+
+    pairs.to_pandas().to_json(lines, orient="records", lines=True)
+    source = JsonLinesDatasource([lines], text_columns=["query", "document"], filesystem=fs)
+    with fs.open_input_stream(lines) as f:
+        ids, peak = read_with_peak(tag_rows(source._read_stream(f, lines), lines))
+    assert ids == list(range(BIG_FILE_ROWS)) and peak < size, (peak, size)
