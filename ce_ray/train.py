@@ -5,7 +5,8 @@ hard negatives: `train_data`, which also cuts each worker's shard into batches a
 on `num_workers` Ray Train workers, checkpoint every `save_every` steps and at each epoch end, evaluate
 NDCG@10 / MRR@10 / MAP on the eval split, and save a folder that `sentence_transformers.CrossEncoder` loads,
 with a model card. A run started again with the same name (and storage) resumes from its last checkpoint:
-weights, optimizer, scheduler, step and data position.
+weights, optimizer, scheduler, step, data position and each worker's random state, so that it ends as the run
+would have had it not stopped.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ STATE = "state.pt"
 MODEL = "model"
 DS_TAG = "zero"
 FILE_LIST = "ce-ray-files-{rank}.json"  # a checkpoint's files as each rank wrote them: {path: bytes}
+RANDOM_STATE = "ce-ray-random-{rank}.pt"  # each rank's random generators at the checkpoint (`random_state`)
 
 
 class CheckpointUploadError(OSError):
@@ -116,6 +118,39 @@ def upload_checkpoint(checkpoint, dir_name: str, shown: str):
         raise CheckpointUploadError(f"the checkpoint {shown}/{dir_name} was not written whole to the store "
                                     f"({type(e).__name__}: {e}); Ray Train records no checkpoint of it") from e
     return ray.train.Checkpoint(path=path, filesystem=storage.storage_filesystem)
+
+
+# ---------------------------------------------------------------- workers: random state
+
+
+def random_state(device) -> dict:
+    """The state of this process's random generators: torch's (dropout draws from it; the device's too on a
+    GPU), numpy's and Python's global ones. A checkpoint holds each rank's, so that a resumed run draws the
+    dropout masks the run would have drawn had it not stopped."""
+    import random
+
+    import torch
+
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             # torch.load's weights_only takes tensors, not numpy arrays
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss)}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_random_state(state: dict, device) -> None:
+    import random
+
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 # ---------------------------------------------------------------- workers: loss, evaluation
@@ -335,7 +370,7 @@ def train_loop(loop_config: dict) -> dict:
 
     checkpoint = ray.train.get_checkpoint()
     progress = {"step": 0, "micro": 0, "log": [], "samples": 0, "seconds": 0.0, "resumed_from": []}
-    checkpoint_dir = None
+    checkpoint_dir, resumed_random = None, None
     if checkpoint:
         checkpoint_dir = checkpoint.to_directory()
         shown = f"{plan['checkpoints']}/{os.path.basename(checkpoint.path)}"
@@ -343,7 +378,11 @@ def train_loop(loop_config: dict) -> dict:
         with open(os.path.join(checkpoint_dir, PROGRESS)) as f:
             progress = json.load(f)
         progress["resumed_from"].append(progress["step"])
-        torch.manual_seed(config.seed + progress["step"])
+        random_file = os.path.join(checkpoint_dir, RANDOM_STATE.format(rank=rank))
+        if os.path.isfile(random_file):  # taken back where the steps start, as it was saved where they stopped
+            resumed_random = torch.load(random_file, weights_only=True)
+        else:  # a checkpoint of an earlier ce-ray: other dropout masks than the run would have drawn
+            torch.manual_seed(config.seed + progress["step"])
         if rank == 0:  # the step Ray Train resumes from: checkpoints a stopped run wrote after it recorded none
             say(f"ce-ray train: resumed at step {progress['step']:,} of {total:,}, from {checkpoint.path}")
         if not config.deepspeed:
@@ -407,8 +446,10 @@ def train_loop(loop_config: dict) -> dict:
     upload = functools.partial(upload_checkpoint, shown=plan["checkpoints"]) if is_remote(plan["checkpoints"]) else None
 
     def save(metrics: dict) -> None:
-        """Every worker reports (a barrier); rank 0 writes the model and the state, DeepSpeed ranks their shards."""
+        """Every worker reports (a barrier) its random state; rank 0 writes the model and the state, DeepSpeed
+        ranks their shards."""
         with tempfile.TemporaryDirectory() as tmp:
+            torch.save(random_state(device), os.path.join(tmp, RANDOM_STATE.format(rank=rank)))
             if config.deepspeed:
                 model.save_checkpoint(tmp, tag=DS_TAG)
             full_state = model._zero3_consolidated_16bit_state_dict() if config.deepspeed and config.deepspeed.stage == 3 else None
@@ -424,11 +465,9 @@ def train_loop(loop_config: dict) -> dict:
                     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                                os.path.join(tmp, STATE))
                 with open(os.path.join(tmp, PROGRESS), "w") as f:
-                    json.dump(progress | {"file_lists": world if config.deepspeed else 1}, f)
-            reports = rank == 0 or config.deepspeed
-            if reports:
-                list_files(tmp, rank)
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if reports else None,
+                    json.dump(progress | {"file_lists": world}, f)
+            list_files(tmp, rank)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_{progress['step']:07d}", checkpoint_upload_fn=upload)
 
     if plan["qrels"] and progress["step"] == 0:
@@ -437,6 +476,8 @@ def train_loop(loop_config: dict) -> dict:
         if rank == 0:
             say("ce-ray train: before training " + _metrics_text(baseline))
 
+    if resumed_random is not None:
+        restore_random_state(resumed_random, device)
     step, micro = progress["step"], progress["micro"]
     loss_sum, loss_count, samples, tick = 0.0, 0, 0, time.perf_counter()
     data = Waiting()

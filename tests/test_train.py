@@ -447,8 +447,15 @@ def test_ray_trains_health_checks_are_quick_during_a_run_unless_the_user_chose(m
 
 
 def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, tiny_model, pairs_file, tmp_path):
+    """The restarted workers go on from the last checkpoint and end with the model of the run never stopped, bit
+    for bit, with its losses: each rank's checkpoint holds its random state, so the dropout of the steps after the
+    checkpoint (the tiny model's, 0.1) draws the same masks (reseeded, the losses after it differed, and the
+    weights)."""
     from ce_ray.config import TrainConfig
 
+    settings = dict(model=str(tiny_model), train_data=str(pairs_file), num_workers=2, batch_size=2, epochs=1,
+                    save_every=4, log_every=4)
+    uninterrupted = _train_module().train(TrainConfig(**settings, output=str(tmp_path / "uninterrupted")))
     out = tmp_path / "resumed"
     runs = out / "checkpoints" / "resumed"
     killed = []
@@ -470,9 +477,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, tiny_model, p
     killer.start()
     # One failure more than the test causes is allowed: on a small shared machine a worker of the restarted
     # group can die too (seen once in CI, during the restart). Every restart must still resume from a checkpoint.
-    outcome = _train_module().train(TrainConfig(
-        model=str(tiny_model), train_data=str(pairs_file), output=str(out), num_workers=2, batch_size=2,
-        epochs=1, save_every=4, log_every=4, max_failures=2))
+    outcome = _train_module().train(TrainConfig(**settings, output=str(out), max_failures=2))
     killer.join(timeout=5)
     assert killed, "no training worker was running once the first checkpoint appeared"
     total = outcome.stats["pairs"] // 2 // 2  # one epoch of 2 workers x 2 pairs
@@ -487,6 +492,9 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, tiny_model, p
     # The steps' seconds are this command's, its restarted workers' too: within the seconds of Ray Train (a
     # resumed run counted those of the runs before it, past Ray Train's own).
     assert 0 < outcome.phases["steps"] <= outcome.phases["fit"]
+    assert [(e["step"], e["loss"], e["lr"]) for e in outcome.log] == [
+        (e["step"], e["loss"], e["lr"]) for e in uninterrupted.log]
+    assert _max_diff(_weights(out), _weights(tmp_path / "uninterrupted")) == 0.0
     # A run of the same name with other settings would resume from these checkpoints: another model's weights
     # loaded partly, silently, or a crash mid-way on its optimizer's state. It is refused before any work.
     from ce_ray.config import ConfigError
@@ -800,7 +808,13 @@ def test_a_checkpoint_that_lacks_files_is_not_resumed_from_nor_made_the_model(ra
                            output=str(tmp_path / "o"), max_steps=1, batch_size=8)
     train.train(settings)
     checkpoint = tmp_path / "o" / "checkpoints" / "o" / "checkpoint_0000001"
-    assert json.loads((checkpoint / "ce-ray-files-0.json").read_text())["model/config.json"] > 0
+    listed = json.loads((checkpoint / "ce-ray-files-0.json").read_text())
+    assert listed["model/config.json"] > 0 and listed["ce-ray-random-0.pt"] > 0
+    # A checkpoint of an earlier ce-ray holds no random state: the run resumes from it, reseeded.
+    (checkpoint / "ce-ray-random-0.pt").unlink()
+    del listed["ce-ray-random-0.pt"]
+    (checkpoint / "ce-ray-files-0.json").write_text(json.dumps(listed))
+    assert train.train(settings).resumed_from == [1]
     (checkpoint / "model" / "config.json").unlink()
     with pytest.raises(Exception, match=re.escape(f"the checkpoint {checkpoint} lacks model/config.json: it was not "
                                                   "written whole to the store and is not loaded")):
