@@ -27,7 +27,7 @@ def read_seconds(folder: str, rows_per_read: int) -> float:
     from ce_ray.readers import read_dataset
 
     start = time.perf_counter()
-    ds, _, _ = read_dataset(folder, "parquet", ["query", "document"], rows_per_read=rows_per_read)
+    ds, _, _, _ = read_dataset(folder, "parquet", ["query", "document"], rows_per_read=rows_per_read)
     materialized = ds.materialize()
     seconds = time.perf_counter() - start
     del materialized
@@ -51,7 +51,7 @@ def main() -> None:
         path = os.path.join(work, "pairs.parquet")
         size = os.path.getsize(path)
         fs, local = io.filesystem(path)
-        [check] = io.check_inputs(fs, [local], "parquet", ["query", "document"])
+        [check], _ = io.check_inputs(fs, [local], "parquet", ["query", "document"])
         ranges = len(readers.read_ranges(check, readers.PARQUET_ROWS_PER_READ))
         common.init_ray(args.cpus)
         systems = {"one task for the file": args.pairs, f"ranges of >= {readers.PARQUET_ROWS_PER_READ:,} rows": None}

@@ -40,22 +40,24 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     (`PARQUET_ROWS_PER_READ`), in whole row groups (`ReadRange`). `keep(check)`, when given, selects the files
     to read (resume) from their `FileCheck`. `column_names` names the columns of CSV or TSV files that have no
     header line. Returns the Dataset (None when `keep` selects nothing), the input files' checks (those with
-    rows), and about how many bytes the rows to read take in memory (`FileCheck.size_bytes`).
+    rows), about how many bytes the rows to read take in memory (`FileCheck.size_bytes`), and the input's schema
+    (`io.agreed_schema`).
     """
     import ray.data
 
     files, input_format, fs = list_files(uri, input_format, column_names)
-    checks = check_inputs(fs, files, input_format, list(required or []), column_names, present, lists, written)
+    checks, schema = check_inputs(fs, files, input_format, list(required or []), column_names, present, lists,
+                                  written)
     checks = [c for c in checks if c.rows != 0]
     todo = [c for c in checks if keep is None or keep(c)]
     if not todo:
-        return None, checks, 0
+        return None, checks, 0, schema
     ensure_ray()  # here, not by Ray Data's own start, which would start the dashboard too
     size_bytes = sum(c.size_bytes for c in todo)
     if input_format == "parquet":
         ranges = [r for c in todo for r in read_ranges(c, rows_per_read or PARQUET_ROWS_PER_READ)]
         return ray.data.read_datasource(tagged_parquet(ranges, fs, rows_per_block),
-                                        override_num_blocks=len(ranges)), checks, size_bytes
+                                        override_num_blocks=len(ranges)), checks, size_bytes, schema
     paths = [c.path for c in todo]
     if input_format in DELIMITED:
         columns = list(dict.fromkeys(name for c in todo for name in c.columns))  # every file's, all read as text
@@ -66,7 +68,7 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
         source = tagged_files(paths, fs, JsonLinesDatasource(paths, text_columns=list(required or []),
                                                              filesystem=fs, list_columns=lists)._read_stream)
     # One read task per file: a file's rows travel together, so files complete one after another.
-    return ray.data.read_datasource(source, override_num_blocks=len(paths)), checks, size_bytes
+    return ray.data.read_datasource(source, override_num_blocks=len(paths)), checks, size_bytes, schema
 
 
 def _parse_lines_slowly(lines: List[bytes], numbers: List[int], path: str, text_columns: List[str],

@@ -330,7 +330,7 @@ def default_partitions(input_bytes: int) -> int:
 
 def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSummary:
     """The `ce-ray rerank` job: read, score, rank per query, keep the top k, write results and rejects."""
-    from .io import agreed_schema, check_apart, check_s3_access, parse_names
+    from .io import check_apart, check_s3_access, parse_names
     from .readers import input_key, read_dataset
     from .runtime import surfaced_errors, work
     from .score import job_settings, say_input, scoring_model, written_columns
@@ -344,7 +344,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     check_output(config.output, config.mode, resumable=False)
     checked = scoring_model(config)
     # The query id may be text or a number: present, of any type.
-    ds, files, input_bytes = read_dataset(
+    ds, files, input_bytes, schema = read_dataset(
         config.input, config.input_format, [config.query_column, config.document_column],
         rows_per_block=config.rows_per_block, column_names=parse_names(config.column_names),
         present=[config.query_id_column], written=written_columns(config))
@@ -359,7 +359,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     ranked = rank(scored, config.query_id_column, config.top_k, [input_key(f.path) for f in files],
                   config.document_column, count_cut=True, partitions=partitions, score_column=config.score_column,
                   rank_column=config.rank_column, query_column=config.query_column)
-    sink = RankedSink(config.output, written_columns(config), agreed_schema(files))
+    sink = RankedSink(config.output, written_columns(config), schema)
     with work(), surfaced_errors():
         ranked.write_datasink(sink)
     counts = sink.counts

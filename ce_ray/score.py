@@ -462,7 +462,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     Outputs are named per input file; `mode="resume"` keeps the inputs an earlier run completed (and that are
     not rewritten since) and redoes the rest. A transform regroups rows across files, so its jobs cannot resume.
     """
-    from .io import OVERWRITE, RESUME, agreed_schema, check_apart, check_s3_access, parse_names
+    from .io import OVERWRITE, RESUME, check_apart, check_s3_access, parse_names
     from .readers import input_key, read_dataset
     from .sink import WRITE_REMOTE_ARGS, PairsSink, ResumeState, check_output, prepare_output, resume_state
 
@@ -485,9 +485,10 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     def to_score(check) -> bool:  # an input that no earlier run completed as it is now
         return not earlier.done(input_key(check.path), check.stamp)
 
-    ds, files, _ = read_dataset(config.input, config.input_format, [config.query_column, config.document_column],
-                                keep=to_score, rows_per_block=config.rows_per_block,
-                                column_names=parse_names(config.column_names), written=written_columns(config))
+    ds, files, _, schema = read_dataset(
+        config.input, config.input_format, [config.query_column, config.document_column], keep=to_score,
+        rows_per_block=config.rows_per_block, column_names=parse_names(config.column_names),
+        written=written_columns(config))
     if ds is not None:
         say_input(title, [f for f in files if to_score(f)])
     scored = None if ds is None else score(ds, config, announce=title, checked=checked)
@@ -507,7 +508,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
               f"(another size, time or ETag, e.g. {rewritten[0]}): they are scored again", file=sys.stderr, flush=True)
     kept = prepare_output(config.output, config.mode, job=job, resume=earlier, stamps=stamps,
                           resumable=transform is None)
-    sink = PairsSink(config.output, written_columns(config), agreed_schema(files),
+    sink = PairsSink(config.output, written_columns(config), schema,
                      finish=RESUME if transform is None else OVERWRITE)
     if scored is not None:
         with work(), surfaced_errors():

@@ -23,7 +23,6 @@ import os
 import re
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Optional, Sequence, Set
 
@@ -35,8 +34,8 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from .batching import REJECT
-from .io import (JOB, REJECTS, RESULTS, RESUME, STATE, SUCCESS, filesystem, is_remote, read_state, read_tail,
-                 remove)
+from .io import (JOB, REJECTS, RESULTS, RESUME, STATE, SUCCESS, filesystem, in_parallel, is_remote, parquet_footer,
+                 read_state, remove)
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 from .runtime import work
 
@@ -133,18 +132,10 @@ class Footer:
     missing: bool = False
 
 
-FOOTER_BYTES = 64 << 10  # read from a part's end: its footer and more, for all but very wide tables
-
-
 def _footer(fs: pafs.FileSystem, file: str, size: int) -> Footer:
-    """The footer of a part of `size` bytes, read from its end alone (parquet ends with the footer, its length
-    and `PAR1`): one read for most parts, two where the footer is larger than `FOOTER_BYTES`."""
+    """The footer of a part of `size` bytes (`io.parquet_footer`)."""
     try:
-        tail = read_tail(fs, file, size, FOOTER_BYTES)
-        length = int.from_bytes(tail[-8:-4], "little") + 8 if tail[-4:] == b"PAR1" else 0
-        if len(tail) < length <= size:
-            tail = read_tail(fs, file, size, length)
-        meta = pq.ParquetFile(pa.BufferReader(tail)).metadata
+        meta = parquet_footer(fs, file, size)
     except FileNotFoundError:
         return Footer(missing=True)
     except pa.ArrowInvalid:  # pyarrow's error for a file too short for a footer, or without parquet's magic
@@ -156,8 +147,7 @@ def _footer(fs: pafs.FileSystem, file: str, size: int) -> Footer:
 
 def read_footers(fs: pafs.FileSystem, sizes: Dict[str, int]) -> Dict[str, Footer]:
     """The footers of many parts (path -> size, from a listing), read in parallel: metadata only."""
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return dict(zip(sizes, pool.map(lambda file: _footer(fs, file, sizes[file]), sizes)))
+    return dict(zip(sizes, in_parallel(lambda file: _footer(fs, file, sizes[file]), list(sizes))))
 
 
 def scan_parts(output: str) -> ResumeState:
@@ -254,14 +244,13 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: O
         elif mode == "resume":
             resume = resume or resume_state(output, job)
             remove(fs, f"{path}/{SUCCESS}")  # incomplete again until this run ends
+            dropped = list(resume.other)
             for key, parts in resume.parts.items():
                 if parts.complete if stamps is None else key in stamps and resume.done(key, stamps[key]):
                     kept.parts[key] = parts
                 else:
-                    for file in parts.files:
-                        fs.delete_file(file)
-            for file in resume.other:
-                fs.delete_file(file)
+                    dropped += parts.files
+            in_parallel(fs.delete_file, dropped)  # on S3 two requests a file (a look-up, the delete)
         else:
             raise ValueError(f"unknown mode {mode!r}")
     with writing(output):  # the job's first write: a place it cannot write fails here, before any work

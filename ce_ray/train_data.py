@@ -278,9 +278,9 @@ def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str]):
     from .readers import read_dataset
 
     documents = [config.document_column, *negatives]  # each a column of texts or of lists of texts
-    ds, _, _ = read_dataset(uri, config.input_format, [config.query_column, *documents],
-                            column_names=parse_names(config.column_names), lists=documents,
-                            present=[] if negatives else [config.label_column])
+    ds, _, _, _ = read_dataset(uri, config.input_format, [config.query_column, *documents],
+                               column_names=parse_names(config.column_names), lists=documents,
+                               present=[] if negatives else [config.label_column])
     # Whole blocks: a column may be text in one block and lists in another, which no batch could hold.
     ds = ds.map_batches(training_pairs, fn_kwargs=dict(
         query_column=config.query_column, document_column=config.document_column, negative_columns=negatives,

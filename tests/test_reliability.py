@@ -279,8 +279,8 @@ def test_long_rows_are_read_and_column_names_the_job_cannot_keep_are_refused(tmp
     assert sum(t.num_rows for t in delimited_chunks(memory.BytesIO(rows), "p.csv", ["query", "document"])) == 2
     fs = pafs.LocalFileSystem()
     (tmp_path / "long.jsonl").write_text(json.dumps({"query": "q", "document": big}) + "\n")
-    assert check_inputs(fs, [str(tmp_path / "long.jsonl")], "jsonl", ["query", "document"])[0].columns == [
-        "query", "document"]
+    [check], _ = check_inputs(fs, [str(tmp_path / "long.jsonl")], "jsonl", ["query", "document"])
+    assert check.columns == ["query", "document"]
     for header, refused in (("query,document,note,note", "its header names 'note' more than once"),
                             ("query,document,_ce_row", "has a column '_ce_row', a name ce-ray gives")):
         (tmp_path / "p.csv").write_text(f"{header}\n{','.join('v' * len(header.split(',')))}\n")
@@ -288,7 +288,8 @@ def test_long_rows_are_read_and_column_names_the_job_cannot_keep_are_refused(tmp
             check_inputs(fs, [str(tmp_path / "p.csv")], "csv", ["query", "document"])
     # A reject_reason column is an earlier job's (ce_ray.score's Dataset written out): read, not refused.
     (tmp_path / "p.csv").write_text("query,document,reject_reason\nq,d,\n")
-    assert check_inputs(fs, [str(tmp_path / "p.csv")], "csv", ["query", "document"])[0].columns[-1] == "reject_reason"
+    [check], _ = check_inputs(fs, [str(tmp_path / "p.csv")], "csv", ["query", "document"])
+    assert check.columns[-1] == "reject_reason"
 
 
 def test_ctrl_c_ends_a_job_with_a_line_that_says_how_to_finish_it(tmp_path, tiny_model):

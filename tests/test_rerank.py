@@ -155,10 +155,10 @@ def test_partitions_follow_the_cluster_and_the_input_size(ray_local, tmp_path):
     text = "".join(f'{{"query": "q{i}", "document": "d{i * 7919 % 10007}"}}\n' for i in range(40_000))
     (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(text.encode()))
     assert len(text) > io.HEAD_BYTES
-    [parquet] = io.check_inputs(fs, [str(tmp_path / "a.parquet")], "parquet", ["query", "document"])
+    [parquet], _ = io.check_inputs(fs, [str(tmp_path / "a.parquet")], "parquet", ["query", "document"])
     assert parquet.size_bytes == sum(footer.row_group(i).total_byte_size for i in range(3)) > 0
-    small, large = io.check_inputs(fs, [str(tmp_path / n) for n in ("a.jsonl", "b.jsonl.gz")], "jsonl",
-                                   ["query", "document"])
+    (small, large), _ = io.check_inputs(fs, [str(tmp_path / n) for n in ("a.jsonl", "b.jsonl.gz")], "jsonl",
+                                        ["query", "document"])
     assert small.size_bytes == 320
     assert large.size_bytes == 4 * os.path.getsize(tmp_path / "b.jsonl.gz")
 

@@ -284,7 +284,7 @@ def test_a_parquet_file_is_read_in_ranges_of_row_groups_and_resumed_whole(ray_lo
     pq.write_table(pa.Table.from_pandas(pairs, preserve_index=False), path, row_group_size=ROWS_PER_FILE)
     monkeypatch.setattr(readers, "PARQUET_ROWS_PER_READ", 3 * ROWS_PER_FILE)
     fs, local = io.filesystem(str(path))
-    [check] = io.check_inputs(fs, [local], "parquet", ["query", "document"])
+    [check], _ = io.check_inputs(fs, [local], "parquet", ["query", "document"])
     ranges = readers.read_ranges(check, readers.PARQUET_ROWS_PER_READ)
     assert [(r.row_groups, r.first_row, r.rows, r.ends_file) for r in ranges] == \
         [([0, 1, 2], 0, 75, False), ([3, 4, 5], 75, 75, False), ([6, 7], 150, 50, True)]

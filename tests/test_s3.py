@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -237,19 +238,36 @@ def test_a_model_upload_that_the_store_does_not_take_fails(silent_store, tmp_pat
     assert "Read timeout on endpoint URL" in str(error) and silent_store in str(error) and seconds < 10
 
 
-@pytest.fixture
-def refusing_store():
-    """A moto S3 server that refuses (403 AccessDenied) the first PUT of a key that matches `refuse["keys"]`, as a
-    store does whose policy or quota stops a write: (its environment, the refusals' state)."""
-    import re
+@contextlib.contextmanager
+def moto_behind(front):
+    """A moto S3 server on 127.0.0.1 whose requests go through `front(environ, start_response, moto)`, a WSGI
+    application given moto's: its environment."""
     import threading
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
 
+    moto = DomainDispatcherApplication(create_backend_app)
+    server = make_server("127.0.0.1", free_port(), lambda environ, start_response: front(environ, start_response, moto),
+                         threaded=True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield {**CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.server_port}"}
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+@pytest.fixture
+def refusing_store():
+    """A moto S3 server that refuses (403 AccessDenied) the first PUT of a key that matches `refuse["keys"]`, as a
+    store does whose policy or quota stops a write: (its environment, the refusals' state)."""
+    import re
+
     refuse = {"keys": None, "refused": []}
 
-    def store(environ, start_response):
+    def store(environ, start_response, moto):
         key = environ.get("PATH_INFO", "")
         if environ["REQUEST_METHOD"] == "PUT" and refuse["keys"] and re.search(refuse["keys"], key) \
                 and key not in refuse["refused"]:
@@ -259,15 +277,8 @@ def refusing_store():
                     b"<Message>Access Denied</Message></Error>"]
         return moto(environ, start_response)
 
-    moto = DomainDispatcherApplication(create_backend_app)
-    server = make_server("127.0.0.1", free_port(), store, threaded=True, request_handler=MotoRequestHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield {**CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.server_port}"}, refuse
-    finally:
-        server.shutdown()
-        thread.join()
+    with moto_behind(store) as env:
+        yield env, refuse
 
 
 def test_a_checkpoint_the_store_does_not_take_whole_is_not_recorded(tmp_path, tiny_model, refusing_store):
@@ -332,3 +343,102 @@ def test_parts_a_store_lost_after_it_took_them_fail_the_check_before_success(s3_
     with pytest.raises(OutputLostError, match=r"in-0.parquet is missing \(3 rows\); results/in-1.parquet is missing"):
         check_parts(output, expected, RESUME)
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def counting_store(monkeypatch):
+    """A moto S3 server that answers each request after 50 ms, as a store across a network does, and records it as
+    (method, path) in `requests`, and the most requests it answered at once in `most_at_once`; the process's S3
+    settings point at it."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    import s3fs
+
+    counted = SimpleNamespace(requests=[], at_once=0, most_at_once=0)
+    lock = threading.Lock()
+
+    def store(environ, start_response, moto):
+        with lock:
+            counted.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
+            counted.at_once += 1
+            counted.most_at_once = max(counted.most_at_once, counted.at_once)
+        try:
+            time.sleep(0.05)
+            return moto(environ, start_response)
+        finally:
+            with lock:
+                counted.at_once -= 1
+
+    with moto_behind(store) as env:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        s3fs.S3FileSystem.clear_instance_cache()
+        try:
+            yield counted
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_an_input_of_many_files_costs_a_few_requests_a_file_before_any_work(counting_store):
+    """Users keep pairs as hundreds or thousands of parquet files (Spark's parts). Before any work a job reads each
+    input file's size and ETag (one HEAD) and its footer (one ranged GET of its end), and a resume reads each part's
+    footer (one GET), 16 at a time: at moto's ~20 ms a request, what a file costs is a job's start. Opening each
+    input file as pyarrow does cost two HEAD requests more, 4 requests a file."""
+    import collections
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import s3fs
+
+    from ce_ray import io
+    from ce_ray.sink import scan_parts
+
+    requests, bucket, files = counting_store.requests, "ce-ray-many-files", 20
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(bucket)
+    for i in range(files):
+        for key in (f"in/part-{i:05d}.parquet", f"out/{io.RESULTS}/part-{i:05d}-0000000{i % 10}-r000000000000.parquet"):
+            with fs.open(f"{bucket}/{key}", "wb") as f:
+                pq.write_table(pa.table({"query": [f"query {i}"] * 3, "document": ["a document"] * 3}), f)
+
+    def each_file(prefix: str) -> collections.Counter:
+        return collections.Counter(method for method, path in requests if path.startswith(f"/{bucket}/{prefix}"))
+
+    requests.clear()
+    paths, input_format, input_fs = io.list_files(f"s3://{bucket}/in/")
+    checks, schema = io.check_inputs(input_fs, paths, input_format, ["query", "document"])
+    assert [check.rows for check in checks] == [3] * files and schema.names == ["query", "document"]
+    assert each_file("in/part-") == {"HEAD": files, "GET": files}
+    assert len(requests) <= 2 * files + 10  # the listing and the look-ups of the job, not of each file
+    requests.clear()
+    assert len(scan_parts(f"s3://{bucket}/out").parts) == files
+    assert each_file(f"out/{io.RESULTS}/part-") == {"GET": files}
+    assert len(requests) <= files + 10
+
+
+def test_a_resume_deletes_the_parts_of_unfinished_inputs_several_at_a_time(counting_store):
+    """A resume deletes the parts of the inputs an earlier run did not finish (and temporaries) before it scores:
+    on S3 two requests a part (pyarrow's look-up, the delete), one part after another, 40 s for 1,000 parts at
+    moto's ~20 ms a request. They go 16 at a time, as the footers are read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import s3fs
+
+    from ce_ray import io
+    from ce_ray.sink import prepare_output, resume_state
+
+    bucket, output = "ce-ray-unfinished-parts", "s3://ce-ray-unfinished-parts/out"
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(bucket)
+    for i in range(8):  # parts without the input's row count (its last part): none of these inputs is complete
+        with fs.open(f"{bucket}/out/{io.RESULTS}/part-{i:05d}-0000000{i}-r000000000000.parquet", "wb") as f:
+            pq.write_table(pa.table({"query": ["a query"], "document": ["a document"]}), f)
+    state = resume_state(output)
+    assert state.parts and not state.complete
+    counting_store.most_at_once = 0
+    assert not prepare_output(output, "resume", resume=state).parts
+    fs.invalidate_cache()
+    assert not fs.find(f"{bucket}/out/{io.RESULTS}")
+    assert counting_store.most_at_once > 1
