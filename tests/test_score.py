@@ -740,7 +740,6 @@ def test_predict_takes_the_pairs_by_cross_encoders_names_and_gives_its_types(ray
     """CrossEncoder.predict's pairs by its names for them (`inputs`, `sentences` before) failed with Python's
     missing-argument error; and no pairs gave a float32 array where predict gives numpy's default, float64. The
     types and shapes of predict's answers, for no pairs and for one, as a numpy array, a tensor or a list."""
-    import torch
     from sentence_transformers import CrossEncoder
 
     import ce_ray
