@@ -164,8 +164,9 @@ USAGE_ERRORS = (ConfigError, ValueError, FileExistsError, FileNotFoundError)
 
 def finishing_hint(command: str, cause: str = "") -> str:
     """How a job of this command that was interrupted or failed is finished, for the line that says so; nothing
-    where the error's `cause` says it already (a score job's output that lost a part: `--mode resume finishes it`)."""
-    if command not in HOW_TO_FINISH or RESUME in cause or OVERWRITE in cause:
+    where the error's `cause` names a mode already (a score job's output that lost a part: `--mode resume finishes
+    it`; a float16 overflow, whose other dtype a resume would refuse: `--mode overwrite`)."""
+    if command not in HOW_TO_FINISH or "--mode " in cause:
         return ""
     return f"; {HOW_TO_FINISH[command]}"
 

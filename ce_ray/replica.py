@@ -146,7 +146,9 @@ class Scorer:
             dtype = str(self.reranker.dtype).removeprefix("torch.")
             message = f"{self.reranker.path} gave {bad} non-finite score(s) in {dtype}"
             if self.reranker.dtype == torch.float16:
-                message += ": float16's range overflowed; score with --dtype bfloat16 or float32"
+                # The way to finish too: a resume in another dtype is refused over files scored in this one.
+                message += (": float16's range overflowed; score with --dtype bfloat16 or float32 and --mode "
+                            "overwrite (resuming would mix their scores with float16's)")
             raise ModelError(message)
         table = table.drop_columns([c for c in (IDS, TYPES) if c in table.column_names])
         return table.append_column(self.score_column, pa.array(scores, pa.float32(), mask=~valid))

@@ -266,8 +266,8 @@ def test_a_float16_overflow_fails_naming_the_wider_dtypes(tmp_path, pairs_df):
                      str(tmp_path / "out"), "--dtype", "float16")
     assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
     assert re.fullmatch(r"ce-ray score: failed: ModelError: \S+ gave \d+ non-finite score\(s\) in float16: float16's "
-                        r"range overflowed; score with --dtype bfloat16 or float32; --mode resume finishes it \(the "
-                        r"input files completed are kept\)", failed.stderr.splitlines()[-1])
+                        r"range overflowed; score with --dtype bfloat16 or float32 and --mode overwrite \(resuming "
+                        r"would mix their scores with float16's\)", failed.stderr.splitlines()[-1])
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
