@@ -678,7 +678,10 @@ def test_every_batch_trains_under_grad_accum_and_eval_every_evaluates_between_lo
     (out / "config_sentence_transformers.json").write_text(identity)
     (out / "notes.txt").write_text("mine")
     logits = shutil.copytree(tiny_model, tmp_path / "logits")
-    (logits / "config_sentence_transformers.json").write_text(identity)
+    # Where CrossEncoder reads a folder's activation without its own layout (modules.json): config.json's
+    config = json.loads((logits / "config.json").read_text())
+    (logits / "config.json").write_text(json.dumps(config | {"sentence_transformers": json.loads(identity)}))
+    assert type(CrossEncoder(str(logits), device="cpu").activation_fn).__name__ == "Identity"
     settings = dict(model=str(logits), train_data=str(pairs_file), output=str(out))
     outcome = _train_module().train(TrainConfig(**settings, eval_data=str(pairs_file), grad_accum=3, eval_every=1,
                                                 log_every=10))
