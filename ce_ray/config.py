@@ -44,7 +44,9 @@ class ModelConfig:
     """Where the reranker comes from and how it runs."""
 
     model: str = ""  # local folder, Hugging Face hub id, or s3:// folder
-    max_length: Optional[int] = None  # unset: the model's own (CrossEncoder's rule), within its position table
+    # tokens of a pair at most, a longer pair truncated longest_first as CrossEncoder truncates it; unset: the
+    # model's own (CrossEncoder's rule), within its position table
+    max_length: Optional[int] = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
     allow_pickle: bool = False  # load .bin/.pt weights (pickle) when no safetensors are present
     trust_remote_code: bool = False  # run the model folder's own code (auto_map): only for a folder you trust
@@ -99,7 +101,9 @@ class ScoreConfig(ModelConfig):
     # activation_fn; unset: the model's own, as CrossEncoder (its saved activation_fn, else sigmoid)
     activation: str = ""
     batch_tokens: Optional[int] = None  # token budget of one forward pass; unset: 65536 on GPU, 2048 on CPU
-    rows_per_block: int = 4096  # rows read and tokenized per block
+    # rows tokenized in one batch (on CPU, also scored in one replica call) and read from a parquet file at a time;
+    # not Ray Data's blocks, into which a read task gathers its rows up to 128 MiB
+    rows_per_block: int = 4096
     # rows a scoring replica takes per call; unset: 32768 on GPU, rows_per_block on CPU
     rows_per_call: Optional[int] = None
     replicas: Optional[int] = None  # max scoring replicas; unset: one per GPU, or 1 on CPU
@@ -159,7 +163,8 @@ class CandidatesConfig:
     output: str = ""  # folder; writes candidates-<split>.parquet
     top_k: int = 100  # BM25 candidates per query
     max_queries: Optional[int] = None  # the first n queries of the qrels
-    mode: Literal["error", "overwrite"] = "error"  # what to do when the output exists
+    # what to do when the output holds candidates (candidates-<split>.parquet or _SUCCESS); other files stay
+    mode: Literal["error", "overwrite"] = "error"
 
     def validate(self) -> None:
         if self.top_k < 1:

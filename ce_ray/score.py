@@ -304,7 +304,7 @@ PREDICT_ARGUMENTS_REPLACED = {
     "device": "the replicas run on the cluster's GPUs where it has them: use_gpu=False keeps them on CPUs, "
               "replicas sets how many",
     "pool": "the cluster's replicas (a Ray actor pool) score the pairs: replicas sets how many",
-    "chunk_size": "the cluster's replicas take the pairs in blocks: rows_per_block sets their rows",
+    "chunk_size": "the pairs go to the replicas in batches: rows_per_block sets their rows (rows_per_call on a GPU)",
     "processing_kwargs": "the tokenizer's settings are the model's: max_length sets the truncation",
 }
 

@@ -904,7 +904,8 @@ def _check_data(config: TrainConfig) -> None:
 def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     """Fine-tunes a cross-encoder on Ray Train and saves a folder that `CrossEncoder(path)` loads.
 
-    Example: `ce_ray.train(TrainConfig(model=..., train_data="pairs.parquet", output="s3://b/model", num_workers=4))`.
+    Settings come as a `ce_ray.config.TrainConfig`, as keywords on top of it, or both; returns a `TrainOutcome`.
+    Example: `ce_ray.train(model=..., train_data="pairs.parquet", output="s3://b/model", num_workers=4)`.
     """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
