@@ -177,7 +177,7 @@ class CandidatesConfig:
 class EvalConfig:
     """`ce-ray eval`: NDCG, MRR, MAP and Recall of a scored or ranked output, beside a baseline order."""
 
-    input: str = ""  # rerank/score output folder (its results/) or parquet files
+    input: str = ""  # rerank/score output folder (its results/), parquet files, or a TREC run file (with qrels)
     qrels: str = ""  # BEIR qrels TSV or TREC qrels (MS MARCO's); empty: the label column gives the grades
     output: str = ""  # JSON file; default <output folder>/eval.json, else <input>.eval.json beside the input
     # also the reranked order as a TREC run file (`query_id Q0 doc_id rank score ce-ray`), for trec_eval

@@ -1,6 +1,6 @@
 """The demo: rerank every WikiQA test question's candidate sentences on local Ray, then evaluate.
 
-    python -m ce_ray.demo [--model PATH] [--output ./out/demo] [--max-questions N]
+    python -m ce_ray.demo [--model PATH] [--data WikiQA-test.tsv.gz] [--output ./out/demo] [--max-questions N]
 
 WikiQA lists, for each question, the sentences of a Wikipedia summary in their original order; the
 demo reranks them with a cross-encoder (`ce_ray.rerank`), then compares the original order with the
@@ -84,9 +84,10 @@ def run_demo(model: str = DEFAULT_MODEL, data: str = DEFAULT_DATA, output: str =
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ce_ray.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL, help="reranker: folder or hub id")
-    parser.add_argument("--data", default=DEFAULT_DATA, help="WikiQA-test.tsv.gz")
-    parser.add_argument("--output", default=os.path.join(".", "out", "demo"))
-    parser.add_argument("--max-questions", type=int, default=None)
+    parser.add_argument("--data", default=DEFAULT_DATA, help="WikiQA's test split, WikiQA-test.tsv.gz")
+    parser.add_argument("--output", default=os.path.join(".", "out", "demo"),
+                        help="folder of the pairs (input/), the reranked pairs (reranked/) and eval.json")
+    parser.add_argument("--max-questions", type=int, default=None, help="the first n questions; unset: all")
     args = parser.parse_args(argv)
     run_demo(args.model, args.data, args.output, args.max_questions)
     return 0

@@ -147,14 +147,15 @@ def test_every_flag_says_what_it_sets():
                         if f.name in helps and not re.sub(r"\(default: .*\)$", "", helps[f.name] or "").strip()]
         assert undocumented == [], f"ce-ray {name}: flags without a description: {undocumented}"
         assert {f.name for f in dataclasses.fields(cls)} - set(helps) <= {"deepspeed"}  # a YAML section
-    score, train = ({a.dest: a.help for a in commands[c]._actions} for c in ("score", "train"))
+    score, train, candidates, evaluate = ({a.dest: a.help for a in commands[c]._actions}
+                                          for c in ("score", "train", "candidates", "eval"))
     assert score["input"] == "file, folder or glob; local or s3://"
     assert score["rows_per_block"] == ("rows tokenized in one batch (on CPU, also scored in one replica call) and read "
                                        "from a parquet file at a time; not Ray Data's blocks, into which a read task "
                                        "gathers its rows up to 128 MiB (default: 4096)")
     assert score["max_length"].startswith("tokens of a pair at most, a longer pair truncated longest_first")
-    candidates = {a.dest: a.help for a in commands["candidates"]._actions}
     assert candidates["mode"].startswith("what to do when the output holds candidates (candidates-<split>.parquet")
+    assert evaluate["input"].endswith("parquet files, or a TREC run file (with qrels)")
     assert train["batch_size"] == "per device (default: 16)"
     assert train["batch_tokens"].startswith("Padded tokens of one forward pass at most: a larger batch runs in")
     assert train["batch_tokens"].endswith("DeepSpeed runs whole batches.")

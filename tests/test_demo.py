@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from ce_ray.demo import main
 
@@ -24,3 +25,11 @@ def test_demo_on_a_few_questions(ray_local, tiny_model, tmp_path, capsys):
     ranked = pd.read_parquet(tmp_path / "reranked" / "results")
     assert ranked["query_id"].nunique() == 8
     assert {"rank", "score", "original_rank", "label", "DocumentTitle"} <= set(ranked.columns)
+
+
+def test_demo_help_describes_each_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    described = " ".join(capsys.readouterr().out.split())
+    assert "--output OUTPUT folder of the pairs (input/), the reranked pairs (reranked/) and eval.json" in described
+    assert "--max-questions MAX_QUESTIONS the first n questions; unset: all" in described
