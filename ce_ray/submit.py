@@ -202,7 +202,8 @@ def add_submit_parser(sub, jobs: Sequence[str]) -> None:
                               "3 the job's end not seen (the cluster stopped answering), 130 Ctrl-C.")
     p.add_argument("job", choices=list(jobs))
     p.add_argument("--config", required=True, help="YAML config of the job (the same file works locally)")
-    p.add_argument("--address", help="dashboard URL of the cluster (default: RAY_ADDRESS, else local)")
+    p.add_argument("--address", help="dashboard URL of the cluster (default: RAY_ADDRESS, "
+                   "else that of the cluster `ray start` runs on this machine)")
     p.add_argument("--pip", action="append", default=[], metavar="REQ",
                    help="a pip requirement installed for the job (repeatable; needs a package index)")
     p.add_argument("--env", action="append", default=[], metavar="NAME",

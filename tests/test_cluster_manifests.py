@@ -155,6 +155,8 @@ def test_every_flag_says_what_it_sets():
                                        "gathers its rows up to 128 MiB (default: 4096)")
     assert score["max_length"].startswith("tokens of a pair at most, a longer pair truncated longest_first")
     assert candidates["mode"].startswith("what to do when the output holds candidates (candidates-<split>.parquet")
+    submit = {a.dest: a.help for a in commands["submit"]._actions}
+    assert submit["address"].endswith("else that of the cluster `ray start` runs on this machine)")
     assert evaluate["input"].endswith("parquet files, or a TREC run file (with qrels)")
     assert train["batch_size"] == "per device (default: 16)"
     assert train["batch_tokens"].startswith("Padded tokens of one forward pass at most: a larger batch runs in")
