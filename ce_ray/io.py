@@ -532,6 +532,15 @@ def _missing_columns_hint(check: FileCheck, input_format: str, column_names: Opt
     return ""
 
 
+def _as_read(types: dict, required: Sequence[str], lists: Sequence[str]) -> dict:
+    """A JSON Lines file's types as its reader gives them: a required text column is text in every block (the
+    reader rejects the rows of other values) whatever its first lines hold, and stays in its place among the
+    file's columns, where the output writes it; a column that may hold lists of texts is checked where its pairs
+    are made, and left out."""
+    return {name: pa.string() if name in required else dtype for name, dtype in types.items()
+            if name not in lists or name not in required}
+
+
 def check_inputs(
     fs: pafs.FileSystem, files: List[str], input_format: str, required: List[str],
     column_names: Optional[List[str]] = None, present: Sequence[str] = (), lists: Sequence[str] = (),
@@ -546,8 +555,8 @@ def check_inputs(
     or there are no rows at all.
     """
     checks = in_parallel(lambda p: _check_one(fs, p, input_format, column_names), files)
-    if input_format == "jsonl":  # the reader makes a text column text in every block, rejecting rows of other values
-        checks = [replace(c, types={n: t for n, t in c.types.items() if n not in required}) for c in checks]
+    if input_format == "jsonl":
+        checks = [replace(c, types=_as_read(c.types, required, lists)) for c in checks]
     for check in checks:
         if check.rows == 0:
             continue  # an empty file contributes no rows and needs no columns

@@ -414,6 +414,16 @@ def test_a_jsonl_file_whose_query_is_a_number_on_every_line_rejects_its_rows(ray
     assert rejects(tmp_path / "out")["reason"].tolist() == ["query is int, not text"] * 2
 
 
+def test_jsonl_columns_are_written_in_the_input_order(ray_local, tmp_path, tiny_model):
+    """The output keeps the input's columns in their order, as for parquet and CSV: a JSON Lines input's query and
+    document went after its other columns (`id` first), in results and rejects alike."""
+    (tmp_path / "in.jsonl").write_text('{"query": "q", "document": "d", "id": 0}\n'
+                                       '{"query": 7, "document": "d", "id": 1}\n')
+    job(tiny_model, tmp_path / "in.jsonl", tmp_path / "out")
+    assert results(tmp_path / "out").columns.tolist() == ["query", "document", "id", "score"]
+    assert rejects(tmp_path / "out").columns.tolist() == ["query", "document", "id", "reason"]
+
+
 def test_a_utf8_bom_at_the_start_of_a_csv_or_jsonl_file_is_skipped(ray_local, tmp_path, tiny_model):
     """As Excel writes CSV: the header's first name is still `id`, and a JSONL first line is still an object
     (the second line, a number for text, sends the chunk line by line)."""
