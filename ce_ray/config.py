@@ -109,7 +109,9 @@ class ScoreConfig(ModelConfig):
     replicas: Optional[int] = None  # max scoring replicas; unset: one per GPU, or 1 on CPU
     min_replicas: int = 1  # replicas the pool starts with; it grows up to replicas as resources allow
     tokenize_cpus: float = 1.0  # CPUs per tokenizing task
-    compile: bool = False  # torch.compile the model in each replica: faster batches after a one-off compile
+    # torch.compile the model in each replica, which compiles first (seconds to a minute): fused kernels for long
+    # jobs on a GPU, where what they gain is not measured yet (on a CPU they gained nothing, bench/README.md)
+    compile: bool = False
     use_gpu: Optional[bool] = None  # unset: when the cluster has GPUs
     on_invalid: Literal["reject", "fail"] = "reject"  # a row that cannot be scored: to rejects/, or stop the job
     mode: Literal["error", "overwrite", "resume"] = "error"  # what to do when the output has results

@@ -157,6 +157,7 @@ def test_every_flag_says_what_it_sets():
     assert candidates["mode"].startswith("what to do when the output holds candidates (candidates-<split>.parquet")
     submit = {a.dest: a.help for a in commands["submit"]._actions}
     assert submit["address"].endswith("else that of the cluster `ray start` runs on this machine)")
+    assert score["compile"].endswith("(on a CPU they gained nothing, bench/README.md) (default: False)")
     assert evaluate["input"].endswith("parquet files, or a TREC run file (with qrels)")
     assert train["batch_size"] == "per device (default: 16)"
     assert train["batch_tokens"].startswith("Padded tokens of one forward pass at most: a larger batch runs in")
