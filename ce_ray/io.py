@@ -544,7 +544,7 @@ def _as_read(types: dict, required: Sequence[str], lists: Sequence[str]) -> dict
 def check_inputs(
     fs: pafs.FileSystem, files: List[str], input_format: str, required: List[str],
     column_names: Optional[List[str]] = None, present: Sequence[str] = (), lists: Sequence[str] = (),
-    written: Optional[Dict[str, str]] = None,
+    written: Optional[Dict[str, str]] = None, read: Optional[Sequence[str]] = None,
 ) -> Tuple[List[FileCheck], pa.Schema]:
     """Reads each file's schema (parquet footer, CSV header, first JSON line) before any work starts, and returns
     the files' checks and the input's schema (`agreed_schema`), which the job writes its output parts in.
@@ -552,7 +552,8 @@ def check_inputs(
     Fails naming the file and the column when a required (text) column or a `present` one (of any type: an
     id) is missing or a required one is not text (nor a list of texts, for those in `lists`), a file has a
     column the job writes (`written`: each name with what the user can do about it), a file is unreadable,
-    or there are no rows at all.
+    or there are no rows at all. With `read` (a job that reads only those columns: training), only their types must
+    agree from file to file, and only they make the schema: the others may differ.
     """
     checks = in_parallel(lambda p: _check_one(fs, p, input_format, column_names), files)
     if input_format == "jsonl":
@@ -585,7 +586,9 @@ def check_inputs(
     if all(c.rows == 0 for c in checks):
         raise InputError(f"input has no rows ({len(files)} file(s), all empty: {', '.join(files[:3])}"
                          + (", ...)" if len(files) > 3 else ")"))
-    return checks, agreed_schema(checks)
+    if read is None:
+        return checks, agreed_schema(checks)
+    return checks, agreed_schema([replace(c, types={n: t for n, t in c.types.items() if n in read}) for c in checks])
 
 
 def agreed_schema(checks: List[FileCheck]) -> pa.Schema:

@@ -31,7 +31,8 @@ from .runtime import ensure_ray
 def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[str]] = None,
                  keep=None, rows_per_block: int = 4096, rows_per_read: Optional[int] = None,
                  column_names: Optional[List[str]] = None, present: Sequence[str] = (),
-                 lists: Sequence[str] = (), written: Optional[Dict[str, str]] = None):
+                 lists: Sequence[str] = (), written: Optional[Dict[str, str]] = None,
+                 read: Optional[Sequence[str]] = None):
     """A Ray Dataset over the input files, after `check_inputs` passed (`required` text columns, or lists of
     texts for those in `lists`; `present` ones of any type; none that the job writes, `written`).
 
@@ -39,7 +40,9 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     and position (`TAGS`). A text file is one read task; a parquet file one task per `rows_per_read` rows
     (`PARQUET_ROWS_PER_READ`), in whole row groups (`ReadRange`). `keep(check)`, when given, selects the files
     to read (resume) from their `FileCheck`. `column_names` names the columns of CSV or TSV files that have no
-    header line. Returns the Dataset (None when `keep` selects nothing), the input files' checks (those with
+    header line. `read`: the only columns the job reads, when it does not pass the rows on (training), whose
+    types alone must agree from file to file (`check_inputs`): the job drops the others from each block before
+    rows of two files meet. Returns the Dataset (None when `keep` selects nothing), the input files' checks (those with
     rows), about how many bytes the rows to read take in memory (`FileCheck.size_bytes`), and the input's schema
     (`io.agreed_schema`).
     """
@@ -47,7 +50,7 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
 
     files, input_format, fs = list_files(uri, input_format, column_names)
     checks, schema = check_inputs(fs, files, input_format, list(required or []), column_names, present, lists,
-                                  written)
+                                  written, read)
     checks = [c for c in checks if c.rows != 0]
     todo = [c for c in checks if keep is None or keep(c)]
     if not todo:

@@ -225,7 +225,12 @@ def _eval_rows(config: TrainConfig, negatives: List[str]):
     relevant."""
     import ray
 
-    ds, config = _labelled_rows(config.eval_data, config, negatives)
+    try:
+        ds, config = _labelled_rows(config.eval_data, config, negatives)
+    except InputError as e:  # eval_data has no columns of its own to name: say whose they are
+        names = ", ".join(repr(c) for c in [config.query_column, config.document_column,
+                                            *(negatives or [config.label_column])])
+        raise InputError(f"eval_data {e} (eval rows are read in the training data's columns: {names})") from None
     table = pa.concat_tables(ray.get(ds.to_arrow_refs()), promote_options="permissive")
     queries, query_reasons = text_column(table, config.query_column)
     documents, document_reasons = text_column(table, config.document_column)
@@ -278,9 +283,11 @@ def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str]):
     from .readers import read_dataset
 
     documents = [config.document_column, *negatives]  # each a column of texts or of lists of texts
+    labels = [] if negatives else [config.label_column]
+    # Only these columns are read: the files' other columns may differ from file to file (`training_pairs`).
     ds, _, _, _ = read_dataset(uri, config.input_format, [config.query_column, *documents],
-                               column_names=parse_names(config.column_names), lists=documents,
-                               present=[] if negatives else [config.label_column])
+                               column_names=parse_names(config.column_names), lists=documents, present=labels,
+                               read=[config.query_column, *documents, *labels])
     # Whole blocks: a column may be text in one block and lists in another, which no batch could hold.
     ds = ds.map_batches(training_pairs, fn_kwargs=dict(
         query_column=config.query_column, document_column=config.document_column, negative_columns=negatives,
@@ -312,6 +319,9 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int,
     else:
         ds, config = _labelled_rows(config.train_data, config, negatives)
         source = config.train_data
+    eval_ds, qrels = None, None
+    if config.eval_data:  # read before the training data's tokenizing, so that its errors come before that work
+        eval_table, qrels, eval_source = _eval_candidates(eval_config, negatives)
     # The same rows in the same order in every run of these settings, for the shuffle below and for a resumed
     # run's place in the data (this set's own setting, shared by the sets made from it).
     ds.context.execution_options.preserve_order = True
@@ -322,8 +332,9 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int,
     label_errors = {r: n for r, n in stats["reject_reasons"].items() if "outside [0, 1]" in r}
     if label_errors:
         example = next(iter(label_errors)).rsplit(": ", 1)[-1]
-        raise InputError(f"{config.train_data}: {sum(label_errors.values())} label(s) outside [0, 1] (e.g. {example}): "
-                         "BinaryCrossEntropyLoss needs labels in [0, 1]")
+        raise InputError(f"{config.train_data}: {sum(label_errors.values())} label(s) of column "
+                         f"{config.label_column!r} outside [0, 1] (e.g. {example}): BinaryCrossEntropyLoss needs "
+                         "labels in [0, 1] (give graded labels divided by the highest grade)")
     if stats["pairs"] < config.num_workers:
         reasons = top_reasons(stats)
         why = f"; rejected: {reasons}" if reasons else ""
@@ -334,10 +345,10 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int,
     # contiguous part of the set, each batch rows of one window. Unshuffled, a worker could see only negatives.
     train_ds = tokenized.map_batches(_kept_rows, batch_format="pyarrow", batch_size=None)
     train_ds = train_ds.random_shuffle(seed=config.seed).materialize()
-    eval_ds, qrels = None, None
     if config.eval_data:
-        table, qrels, stats["eval"] = _eval_candidates(eval_config, negatives)
-        eval_ds = _tokenized(ray.data.from_arrow(table), config, eval_encoder or encoder, max_length, labels=False)
+        stats["eval"] = eval_source
+        eval_ds = _tokenized(ray.data.from_arrow(eval_table), config, eval_encoder or encoder, max_length,
+                             labels=False)
         eval_ds = eval_ds.map_batches(_kept_rows, batch_format="pyarrow", batch_size=None).materialize()
     # Ray Train hands each epoch of a materialized set out through an actor of Ray Data's, which drew progress
     # bars (a dozen lines of terminal codes an epoch among the run's lines) for what takes milliseconds. The

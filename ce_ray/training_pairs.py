@@ -36,7 +36,11 @@ def _texts(table: pa.Table, column: str) -> Tuple[np.ndarray, pa.Array]:
 def training_pairs(table: pa.Table, query_column: str, document_column: str, negative_columns: List[str],
                    label_column: str) -> pa.Table:
     """The pairs of a block of training rows: (query_column, document_column, label, REJECT), the label column
-    being `label_column` without negative columns and LABEL_OF_NEGATIVES with them."""
+    being `label_column` without negative columns and LABEL_OF_NEGATIVES with them. Other columns are dropped."""
+    # Only the columns trained on, so that blocks of files whose other columns differ (a column of one file
+    # alone, or of another type in each) make one set.
+    used = [query_column, document_column, *(negative_columns or [label_column]), REJECT]
+    table = table.select([name for name in used if name in table.column_names])
     if not negative_columns and not is_list(table.column(document_column).type):
         return table  # pairs already
     row_reasons = reader_reasons(table)

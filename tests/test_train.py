@@ -660,6 +660,34 @@ def test_the_training_set_is_shuffled_once_with_the_runs_seed(ray_local, tiny_mo
         assert 0.25 < np.mean(part) < 0.75, part
 
 
+def test_columns_the_run_does_not_read_may_differ_from_file_to_file(ray_local, tiny_model, tmp_path):
+    """Files whose columns differ only in columns the run does not read (a `source` of text in one file, of
+    numbers in another, absent from a third; a label column beside negative columns) make one training set, and
+    one eval set: they were refused as `column 'source' is int64, but in ... it is large_string`."""
+    from ce_ray.config import TrainConfig
+
+    for name in ("train", "eval", "triples"):
+        (tmp_path / name).mkdir()
+    pairs = pd.DataFrame({"query": ["q1", "q1", "q2", "q2"], "document": ["a", "b", "c", "d"], "label": [1, 0, 1, 0]})
+    for name, source in (("text", ["wiki"] * 4), ("numbers", [1, 2, 3, 4]), ("none", None)):
+        rows = pairs if source is None else pairs.assign(source=source)
+        rows.to_parquet(tmp_path / "train" / f"{name}.parquet")
+        rows.to_json(tmp_path / "eval" / f"{name}.jsonl", orient="records", lines=True)
+    triples = pd.DataFrame({"query": ["q1", "q2"], "pos": ["a", "c"], "neg": ["b", "d"]})
+    triples.assign(label=[1, 1]).to_parquet(tmp_path / "triples" / "numbers.parquet")
+    triples.assign(label=["yes", "yes"]).to_parquet(tmp_path / "triples" / "text.parquet")
+    encoder = pair_encoder(str(tiny_model))
+    config = TrainConfig(model=str(tiny_model), output=str(tmp_path / "o"), train_data=str(tmp_path / "train"),
+                         eval_data=str(tmp_path / "eval"))
+    _, stats, eval_set, qrels = train_data.prepare_data(config, encoder, 32)
+    assert (stats["pairs"], stats["positives"], stats["rejected"]) == (12, 6, 0)
+    assert eval_set.count() == 4 and set(qrels) == {"q1", "q2"}  # each query's two documents, given thrice
+    config = TrainConfig(model=str(tiny_model), output=str(tmp_path / "o"), train_data=str(tmp_path / "triples"),
+                         document_column="pos", negative_columns="neg")
+    _, stats, _, _ = train_data.prepare_data(config, encoder, 32)
+    assert (stats["pairs"], stats["positives"], stats["rejected"]) == (8, 4, 0)
+
+
 def test_every_batch_trains_under_grad_accum_and_eval_every_evaluates_between_log_lines(ray_local, tiny_model,
                                                                                          pairs_file, tmp_path, capsys):
     """64 pairs in batches of 16: 4 an epoch. With grad_accum 3 an epoch is 2 steps, the second on its last
@@ -764,6 +792,24 @@ def test_eval_data_in_the_training_datas_shape_ranks_each_querys_rows(ray_local,
                                           max_steps=1))
 
 
+def test_eval_data_in_other_columns_fails_before_the_training_data_is_tokenized(ray_local, tiny_model, tmp_path):
+    """eval_data is read in the training data's columns: eval rows written with names of their own fail naming
+    the file, what it lacks and the columns it is read in (the training data's were not named), and before the
+    training data's tokenizing (here failing on a label that is no number), which came first."""
+    from ce_ray.config import TrainConfig
+    from ce_ray.io import InputError
+
+    pd.DataFrame({"query": ["q", "q"], "document": ["a", "b"], "label": ["yes", "no"]}).to_parquet(
+        tmp_path / "train.parquet")
+    pd.DataFrame({"question": ["q", "q"], "passage": ["a", "b"], "score": [1, 0]}).to_parquet(tmp_path / "eval.parquet")
+    config = TrainConfig(model=str(tiny_model), output=str(tmp_path / "o"), train_data=str(tmp_path / "train.parquet"),
+                         eval_data=str(tmp_path / "eval.parquet"))
+    with pytest.raises(InputError, match=r"^eval_data .*eval\.parquet: missing column\(s\) 'query', 'document', "
+                                         r"'label' \(columns: question, passage, score\) \(eval rows are read in the "
+                                         r"training data's columns: 'query', 'document', 'label'\)$"):
+        train_data.prepare_data(config, pair_encoder(str(tiny_model)), 32)
+
+
 def test_best_metric_makes_the_best_evaluated_checkpoint_the_model(ray_local, tiny_model, tmp_path):
     """With best_metric every checkpoint is evaluated, Ray Train keeps the best ones and the latest (which a
     restart resumes from), and the output is the best one's model, as CrossEncoderTrainer's
@@ -845,7 +891,8 @@ def test_labels_outside_zero_one_fail_before_training(ray_local, tiny_model, tmp
 
     path = tmp_path / "graded.parquet"
     pd.DataFrame({"query": ["q"] * 4, "document": ["a", "b", "c", "d"], "label": [0.0, 1.0, 2.0, 3.0]}).to_parquet(path)
-    with pytest.raises(InputError, match=r"2 label\(s\) outside \[0, 1\]"):
+    with pytest.raises(InputError, match=r"2 label\(s\) of column 'label' outside \[0, 1\] \(e\.g\. 2\.0\): "
+                                         r".* \(give graded labels divided by the highest grade\)$"):
         _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(path), output=str(tmp_path / "o")))
     # A label that is not a number fails in a tokenize task: the error comes back as itself, not in Ray's report.
     pd.DataFrame({"query": ["q"] * 2, "document": ["a", "b"], "label": ["yes", "no"]}).to_parquet(path)
