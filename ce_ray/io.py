@@ -552,8 +552,8 @@ def check_inputs(
     Fails naming the file and the column when a required (text) column or a `present` one (of any type: an
     id) is missing or a required one is not text (nor a list of texts, for those in `lists`), a file has a
     column the job writes (`written`: each name with what the user can do about it), a file is unreadable,
-    or there are no rows at all. With `read` (a job that reads only those columns: training), only their types must
-    agree from file to file, and only they make the schema: the others may differ.
+    or there are no rows at all. With `read` (a job that reads only those columns: training), only their types
+    must agree from file to file, and only they make the schema: the others may differ.
     """
     checks = in_parallel(lambda p: _check_one(fs, p, input_format, column_names), files)
     if input_format == "jsonl":
@@ -586,9 +586,9 @@ def check_inputs(
     if all(c.rows == 0 for c in checks):
         raise InputError(f"input has no rows ({len(files)} file(s), all empty: {', '.join(files[:3])}"
                          + (", ...)" if len(files) > 3 else ")"))
-    if read is None:
-        return checks, agreed_schema(checks)
-    return checks, agreed_schema([replace(c, types={n: t for n, t in c.types.items() if n in read}) for c in checks])
+    agreeing = checks if read is None else [replace(c, types={n: t for n, t in c.types.items() if n in read})
+                                            for c in checks]
+    return checks, agreed_schema(agreeing)
 
 
 def agreed_schema(checks: List[FileCheck]) -> pa.Schema:

@@ -42,9 +42,9 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     to read (resume) from their `FileCheck`. `column_names` names the columns of CSV or TSV files that have no
     header line. `read`: the only columns the job reads, when it does not pass the rows on (training), whose
     types alone must agree from file to file (`check_inputs`): the job drops the others from each block before
-    rows of two files meet. Returns the Dataset (None when `keep` selects nothing), the input files' checks (those with
-    rows), about how many bytes the rows to read take in memory (`FileCheck.size_bytes`), and the input's schema
-    (`io.agreed_schema`).
+    rows of two files meet. Returns the Dataset (None when `keep` selects nothing), the input files' checks
+    (those with rows), about how many bytes the rows to read take in memory (`FileCheck.size_bytes`), and the
+    input's schema (`io.agreed_schema`).
     """
     import ray.data
 
