@@ -23,6 +23,7 @@ from .batching import (IDS, REJECT, TYPES, PairEncoder, list_parts, pad, text_co
                        tokenize_table)
 from .config import ConfigError, TrainConfig
 from .io import InputError, filesystem, is_text, join, parse_names
+from .readers import ROW_INPUT
 from .training_pairs import LABEL_OF_NEGATIVES, training_pairs
 
 LABEL = "_ce_label"
@@ -82,15 +83,20 @@ def _number(text: str) -> float:
 
 
 def _tokenize_train_block(table: pa.Table, encoder: PairEncoder, query_column: str, document_column: str,
-                          label_column: Optional[str], max_length: int) -> pa.Table:
-    """Token ids, the label as float32, text lengths for the card, and why a row cannot be trained on."""
+                          label_column: Optional[str], max_length: int,
+                          files: Optional[Dict[str, str]] = None) -> pa.Table:
+    """Token ids, the label as float32, text lengths for the card, and why a row cannot be trained on. A label
+    column that is no number fails naming the block's files (`files`: each input key's path)."""
     out = tokenize_table(table, encoder, query_column, document_column, max_length)
     reasons = out.column(REJECT).combine_chunks()
     columns = {IDS: out.column(IDS)}
     if TYPES in out.column_names:
         columns[TYPES] = out.column(TYPES)
     if label_column is not None:
-        labels = numeric_labels(out, label_column)
+        try:
+            labels = numeric_labels(out, label_column)
+        except InputError as e:
+            raise InputError(f"{_block_files(out, files)}{e}") from None
         values = labels.to_numpy(zero_copy_only=False)
         bad = np.isnan(values) | (values < 0) | (values > 1)
         given = out.column(label_column).is_valid().to_numpy(zero_copy_only=False)
@@ -106,6 +112,13 @@ def _tokenize_train_block(table: pa.Table, encoder: PairEncoder, query_column: s
     columns[DOCUMENT_CHARS] = pc.utf8_length(out.column(document_column).fill_null(""))
     columns[REJECT] = reasons
     return pa.table(columns)
+
+
+def _block_files(table: pa.Table, files: Optional[Dict[str, str]]) -> str:
+    """`<path>, <path>: ` of the input files whose rows the block holds, where it knows them; else nothing."""
+    if not files or ROW_INPUT not in table.column_names:
+        return ""
+    return ", ".join(files[key] for key in pc.unique(table.column(ROW_INPUT)).to_pylist() if key in files) + ": "
 
 
 def _block_stats(table: pa.Table) -> pa.Table:
@@ -226,7 +239,7 @@ def _eval_rows(config: TrainConfig, negatives: List[str]):
     import ray
 
     try:
-        ds, config = _labelled_rows(config.eval_data, config, negatives)
+        ds, config, files = _labelled_rows(config.eval_data, config, negatives)
     except InputError as e:  # eval_data has no columns of its own to name: say whose they are
         names = ", ".join(repr(c) for c in [config.query_column, config.document_column,
                                             *(negatives or [config.label_column])])
@@ -234,7 +247,10 @@ def _eval_rows(config: TrainConfig, negatives: List[str]):
     table = pa.concat_tables(ray.get(ds.to_arrow_refs()), promote_options="permissive")
     queries, query_reasons = text_column(table, config.query_column)
     documents, document_reasons = text_column(table, config.document_column)
-    labels = numeric_labels(table, config.label_column).to_numpy(zero_copy_only=False)
+    try:
+        labels = numeric_labels(table, config.label_column).to_numpy(zero_copy_only=False)
+    except InputError as e:
+        raise InputError(f"{_block_files(table, files)}{e}") from None
     usable = (query_reasons == "") & (document_reasons == "") & ~np.isnan(labels)
     if REJECT in table.column_names:
         usable &= table.column(REJECT).is_null().to_numpy(zero_copy_only=False)
@@ -266,35 +282,37 @@ def _eval_rows(config: TrainConfig, negatives: List[str]):
             + (f"; {left_out:,} row(s) that cannot be scored left out" if left_out else "") + ")")
 
 
-def _tokenized(ds, config: TrainConfig, encoder: PairEncoder, max_length: int, labels: bool):
+def _tokenized(ds, config: TrainConfig, encoder: PairEncoder, max_length: int, labels: bool,
+               files: Optional[Dict[str, str]] = None):
     return ds.map_batches(
         _tokenize_train_block,
         fn_kwargs=dict(encoder=encoder,
                        query_column=config.query_column if labels else "query",
                        document_column=config.document_column if labels else "document",
-                       label_column=config.label_column if labels else None, max_length=max_length),
+                       label_column=config.label_column if labels else None, max_length=max_length, files=files),
         batch_format="pyarrow", batch_size=4096,
     ).materialize()
 
 
 def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str]):
-    """The rows at `uri`, in any shape `training_pairs` takes, as labelled pairs; and the config naming their
-    label column."""
-    from .readers import read_dataset
+    """The rows at `uri`, in any shape `training_pairs` takes, as labelled pairs; the config naming their
+    label column; and the files' paths by their input keys (`ROW_INPUT`)."""
+    from .readers import input_key, read_dataset
 
     documents = [config.document_column, *negatives]  # each a column of texts or of lists of texts
     labels = [] if negatives else [config.label_column]
     # Only these columns are read: the files' other columns may differ from file to file (`training_pairs`).
-    ds, _, _, _ = read_dataset(uri, config.input_format, [config.query_column, *documents],
-                               column_names=parse_names(config.column_names), lists=documents, present=labels,
-                               read=[config.query_column, *documents, *labels])
+    ds, checks, _, _ = read_dataset(uri, config.input_format, [config.query_column, *documents],
+                                    column_names=parse_names(config.column_names), lists=documents,
+                                    present=labels,
+                                    read=[config.query_column, *documents, *labels])
     # Whole blocks: a column may be text in one block and lists in another, which no batch could hold.
     ds = ds.map_batches(training_pairs, fn_kwargs=dict(
         query_column=config.query_column, document_column=config.document_column, negative_columns=negatives,
         label_column=config.label_column), batch_format="pyarrow", batch_size=None)
     if negatives:
         config = dataclasses.replace(config, label_column=LABEL_OF_NEGATIVES)
-    return ds, config
+    return ds, config, {input_key(check.path): check.path for check in checks}
 
 
 def top_reasons(stats: dict, count: int = 3) -> str:
@@ -314,10 +332,10 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int,
     if _is_beir(config.train_data):
         table = beir_training_pairs(config.train_data, config.train_split, config.hard_negatives)
         source = f"{config.train_data} (qrels/{config.train_split}.tsv, {config.hard_negatives} BM25 hard negatives per positive)"
-        ds = ray.data.from_arrow(table)
+        ds, files = ray.data.from_arrow(table), None
         config = dataclasses.replace(config, query_column="query", document_column="document", label_column="label")
     else:
-        ds, config = _labelled_rows(config.train_data, config, negatives)
+        ds, config, files = _labelled_rows(config.train_data, config, negatives)
         source = config.train_data
     eval_ds, qrels = None, None
     if config.eval_data:  # read before the training data's tokenizing, so that its errors come before that work
@@ -325,7 +343,7 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int,
     # The same rows in the same order in every run of these settings, for the shuffle below and for a resumed
     # run's place in the data (this set's own setting, shared by the sets made from it).
     ds.context.execution_options.preserve_order = True
-    tokenized = _tokenized(ds, config, encoder, max_length, labels=True)
+    tokenized = _tokenized(ds, config, encoder, max_length, labels=True, files=files)
     stats = _combine_stats(tokenized.map_batches(_block_stats, batch_format="pyarrow", batch_size=None).take_all())
     stats["source"] = source
     stats["columns"] = [config.query_column, config.document_column, *(negatives or [config.label_column])]

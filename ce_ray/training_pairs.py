@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from .batching import REJECT, reader_reasons, text_column
 from .io import is_list
+from .readers import ROW_INPUT
 
 LABEL_OF_NEGATIVES = "label"  # the label column of the pairs built with negative_columns
 
@@ -37,9 +38,9 @@ def training_pairs(table: pa.Table, query_column: str, document_column: str, neg
                    label_column: str) -> pa.Table:
     """The pairs of a block of training rows: (query_column, document_column, label, REJECT), the label column
     being `label_column` without negative columns and LABEL_OF_NEGATIVES with them. Other columns are dropped."""
-    # Only the columns trained on, so that blocks of files whose other columns differ (a column of one file
-    # alone, or of another type in each) make one set.
-    used = [query_column, document_column, *(negative_columns or [label_column]), REJECT]
+    # Only the columns trained on (and each row's file, which an error names), so that blocks of files whose
+    # other columns differ (a column of one file alone, or of another type in each) make one set.
+    used = [query_column, document_column, *(negative_columns or [label_column]), REJECT, ROW_INPUT]
     table = table.select([name for name in used if name in table.column_names])
     if not negative_columns and not is_list(table.column(document_column).type):
         return table  # pairs already

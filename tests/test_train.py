@@ -894,10 +894,15 @@ def test_labels_outside_zero_one_fail_before_training(ray_local, tiny_model, tmp
     with pytest.raises(InputError, match=r"2 label\(s\) of column 'label' outside \[0, 1\] \(e\.g\. 2\.0\): "
                                          r".* \(give graded labels divided by the highest grade\)$"):
         _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(path), output=str(tmp_path / "o")))
-    # A label that is not a number fails in a tokenize task: the error comes back as itself, not in Ray's report.
-    pd.DataFrame({"query": ["q"] * 2, "document": ["a", "b"], "label": ["yes", "no"]}).to_parquet(path)
-    with pytest.raises(InputError, match=r"^label column 'label' is text, not a number$"):
-        _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(path), output=str(tmp_path / "o")))
+    # A label that is not a number fails in a tokenize task: the error comes back as itself, not in Ray's report,
+    # naming the file of the folder whose label column it is.
+    (tmp_path / "words").mkdir()
+    pd.DataFrame({"query": ["q"] * 2, "document": ["a", "b"], "label": ["yes", "no"]}).to_parquet(
+        tmp_path / "words" / "words.parquet")
+    with pytest.raises(InputError, match=rf"^{tmp_path / 'words' / 'words.parquet'}: label column 'label' is text, "
+                                         "not a number$"):
+        _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(tmp_path / "words"),
+                                          output=str(tmp_path / "o")))
 
 
 def test_labels_that_come_as_text_are_read_as_numbers_and_a_word_rejects_its_row(tiny_model):
