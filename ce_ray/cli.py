@@ -18,6 +18,7 @@ from typing import Literal, Optional
 from .config import (CandidatesConfig, ConfigError, EvalConfig, RerankConfig, ScoreConfig, TrainConfig,
                      commands_with_setting, load_config)
 from .io import OVERWRITE, RESUME
+from .runtime import RayStartError
 
 
 def _flag_type(annotation):
@@ -159,7 +160,8 @@ HOW_TO_FINISH = {
 }
 FAILED = 1  # the exit status of a job that failed during its work; 2 is a usage error, found before any work
 # The errors of a usage, found before any work; the same types raised during the work fail the job (`runtime.work`).
-USAGE_ERRORS = (ConfigError, ValueError, FileExistsError, FileNotFoundError)
+# Ray that cannot be joined or started is one too: no work was done, and a resume would have nothing to keep.
+USAGE_ERRORS = (ConfigError, ValueError, FileExistsError, FileNotFoundError, RayStartError)
 
 
 def finishing_hint(command: str, cause: str = "") -> str:

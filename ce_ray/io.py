@@ -610,16 +610,24 @@ def agreed_schema(checks: List[FileCheck]) -> pa.Schema:
                 seen[name] = dtype, check.path
                 continue
             unified, where = seen[name]
-            if unified == dtype or isinstance(dtype, pa.ExtensionType) or isinstance(unified, pa.ExtensionType):
-                continue  # extension types (Ray's tensors) Ray Data unifies its own way
-            try:
-                unified = pa.unify_schemas([pa.schema([(name, unified)]), pa.schema([(name, dtype)])],
-                                           promote_options="permissive").field(name).type
-            except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            one = one_type(unified, dtype)
+            if one is None:
                 raise InputError(f"{check.path}: column {name!r} is {dtype}, but in {where} it is {unified}: rows "
-                                 "of both cannot be put together; write it as one type in every file") from None
-            seen[name] = unified, where
+                                 "of both cannot be put together; write it as one type in every file")
+            seen[name] = one, where
     return pa.schema([(name, dtype) for name, (dtype, _) in seen.items()])
+
+
+def one_type(one: pa.DataType, other: pa.DataType) -> Optional[pa.DataType]:
+    """The type that rows of both types are put together in, as Ray Data widens them; None where there is none.
+    Extension types (Ray's tensors) Ray Data unifies its own way: the first is kept."""
+    if one == other or isinstance(one, pa.ExtensionType) or isinstance(other, pa.ExtensionType):
+        return one
+    try:
+        return pa.unify_schemas([pa.schema([("c", one)]), pa.schema([("c", other)])],
+                                promote_options="permissive").field("c").type
+    except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
 
 
 def s3_location(uri: str) -> Tuple[str, str]:

@@ -41,7 +41,10 @@ def local_model_path(model: str) -> str:
         model = model[len("file://") :]
     if os.path.isdir(model):
         return model
-    if os.path.exists(model) or model.startswith((".", "/")) or model.count("/") > 1:
+    if os.path.exists(model):  # a weights or config file given for its folder
+        raise ModelError(f"model {model} is a file: give the model's folder (its config.json, weights and tokenizer"
+                         " files, as CrossEncoder.save writes them)")
+    if model.startswith((".", "/")) or model.count("/") > 1:
         raise ModelError(f"model folder {model} does not exist")
     return _hub_snapshot(model)
 

@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .io import (COMPRESSED, DELIMITED, FileCheck, InputError, check_inputs, holds_texts, is_text, list_files,
-                 read_type)
+                 one_type, read_type)
 from .runtime import ensure_ray
 
 
@@ -69,7 +69,8 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
                                                             column_names=column_names))
     else:
         source = tagged_files(paths, fs, JsonLinesDatasource(paths, text_columns=list(required or []),
-                                                             filesystem=fs, list_columns=lists)._read_stream)
+                                                             filesystem=fs, list_columns=lists,
+                                                             schema=schema)._read_stream)
     # One read task per file: a file's rows travel together, so files complete one after another.
     return ray.data.read_datasource(source, override_num_blocks=len(paths)), checks, size_bytes, schema
 
@@ -122,16 +123,19 @@ def _parse_lines_slowly(lines: List[bytes], numbers: List[int], path: str, text_
         values = [row.get(name) for row in rows]
         try:
             columns[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types in a passthrough column: all kept as text,
-            # texts as they are and other values as JSON: an id written `1` on one line and `"1"` on another is
-            # one id, where quoting the text too made `"1"` another
-            columns[name] = pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values],
-                                     pa.string())
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types in a passthrough column: all kept as text
+            columns[name] = as_json_text(values)
     for column in text_columns:
         if column not in columns or pa.types.is_null(columns[column].type):
             columns[column] = pa.nulls(len(rows), pa.string())
     columns[REJECT] = pa.array(reasons, pa.string())
     return pa.table(columns)
+
+
+def as_json_text(values: list) -> pa.Array:
+    """A passthrough column's values as text: texts as they are and other values as JSON, so that an id written
+    `1` on one line and `"1"` on another is one id, where quoting the text too made `"1"` another."""
+    return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pa.string())
 
 
 def _dates_as_text(kind: pa.DataType) -> pa.DataType:
@@ -178,6 +182,39 @@ def read_json_lines(lines: List[bytes], numbers: List[int], path: str, text_colu
     return _parse_lines_slowly(lines, numbers, path, text_columns, list_columns)
 
 
+def as_checked_types(table: pa.Table, schema: pa.Schema, numbers: List[int], path: str,
+                     own: Sequence[str]) -> pa.Table:
+    """A JSON Lines chunk's columns in kinds that can be put together with the types the input's check found
+    (`io.agreed_schema`, from each file's first MiB), where they changed past it: a column of text there takes
+    other values as JSON text (as lines of mixed kinds do, `as_json_text`); any other fails the job naming the
+    file and lines (a text past a megabyte of numbers), where Ray Data would fail it where the rows meet, naming
+    no file. The query and document (`own`) are the reader's: a value of another kind is rejected with its row."""
+    for i, field in enumerate(table.schema):
+        if field.name in schema.names and field.name not in own and not pa.types.is_null(field.type):
+            agreed = schema.field(field.name).type
+            if one_type(agreed, field.type) is not None:
+                continue
+            if is_text(agreed):
+                table = table.set_column(i, field.name, as_json_text(table.column(i).to_pylist()))
+            else:
+                raise InputError(f"{path}: column {field.name!r} is {field.type} in lines {numbers[0]:,}-"
+                                 f"{numbers[-1]:,}{_first_other(table.column(i), agreed, numbers)}, but {agreed} "
+                                 "where the check before the job read the input (each file's first MiB): rows of "
+                                 "both cannot be put together; write it as one type in every file")
+    return table
+
+
+def _first_other(column: pa.ChunkedArray, agreed: pa.DataType, numbers: List[int]) -> str:
+    """` (e.g. line N: value)`: the first value of a chunk's column that is not of the `agreed` type, which a chunk
+    read line by line (`_parse_lines_slowly`) made text with the others. Only where the job fails."""
+    for number, value in zip(numbers, column.to_pylist()):
+        try:
+            pa.array([value]).cast(agreed)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            return f" (e.g. line {number:,}: {str(value)[:40]!r})"
+    return ""
+
+
 class JsonLinesDatasource:
     """Streams JSON Lines files in chunks of whole lines: Arrow's reader for speed, line by line when a
     chunk has mixed types or bad lines, so that one odd record never fails the whole file."""
@@ -188,8 +225,13 @@ class JsonLinesDatasource:
     # 1.6M pairs), no slower (2-core CPU, 2026-12-02; docs/reliability.md).
     CHUNK_BYTES = 8 << 20
 
-    def __new__(cls, paths, text_columns, filesystem, list_columns: Sequence[str] = ()):
+    def __new__(cls, paths, text_columns, filesystem, list_columns: Sequence[str] = (),
+                schema: Optional[pa.Schema] = None):
         from ray.data.datasource import FileBasedDatasource
+
+        from .batching import REJECT
+
+        own = [*text_columns, *list_columns, REJECT]  # the columns the reader checks value by value
 
         class _JsonLines(FileBasedDatasource):
             _FILE_EXTENSIONS = None
@@ -207,7 +249,8 @@ class JsonLinesDatasource:
                     numbered = [(line_number + i, line) for i, line in enumerate(chunk.split(b"\n")) if line.strip()]
                     if numbered:
                         numbers, lines = (list(values) for values in zip(*numbered))
-                        yield read_json_lines(lines, numbers, path, text_columns, list_columns)
+                        table = read_json_lines(lines, numbers, path, text_columns, list_columns)
+                        yield as_checked_types(table, schema, numbers, path, own) if schema else table
                     line_number += chunk.count(b"\n")
                     if not data:
                         return

@@ -138,7 +138,7 @@ class Scorer:
                 raise ModelError(
                     f"{self.reranker.path} ran out of GPU memory scoring batches of up to {self.budget:,} padded "
                     f"tokens, {table.num_rows:,} rows a call ({str(e).splitlines()[0]}): set a smaller "
-                    "--batch-tokens (or --rows-per-call)") from None
+                    "batch_tokens (--batch-tokens), or rows_per_call (--rows-per-call)") from None
         if results:  # one copy back per block: reading each batch's scores would wait for the GPU every batch
             scores[np.concatenate(order)] = torch.cat(results).cpu().numpy()
         bad = int((~np.isfinite(scores[valid])).sum())
@@ -146,9 +146,11 @@ class Scorer:
             dtype = str(self.reranker.dtype).removeprefix("torch.")
             message = f"{self.reranker.path} gave {bad} non-finite score(s) in {dtype}"
             if self.reranker.dtype == torch.float16:
-                # The way to finish too: a resume in another dtype is refused over files scored in this one.
-                message += (": float16's range overflowed; score with --dtype bfloat16 or float32 and --mode "
-                            "overwrite (resuming would mix their scores with float16's)")
+                # The way to finish too: a resume in another dtype is refused over files scored in this one. The
+                # settings by their names in Python and on the command line, as the caller may use either.
+                message += (": float16's range overflowed; score with dtype bfloat16 or float32 (--dtype), a job's "
+                            "output with mode overwrite (--mode overwrite): resuming would mix their scores with "
+                            "float16's")
             raise ModelError(message)
         table = table.drop_columns([c for c in (IDS, TYPES) if c in table.column_names])
         return table.append_column(self.score_column, pa.array(scores, pa.float32(), mask=~valid))

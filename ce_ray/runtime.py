@@ -36,12 +36,64 @@ def ensure_ray(dashboard: bool = False) -> None:
     state API, which the dashboard serves, and without it warns every few seconds for the whole run. To watch
     any job in the dashboard, `ray start --head` first: the commands join that cluster.
     Jobs call it where they first need Ray, after their input and output checks, so that a bad input fails
-    without waiting for Ray's start.
+    without waiting for Ray's start. A cluster address where nothing answers, or a Ray that fails to start,
+    is a RayStartError: an error before any work, that no resume finishes.
     """
     import ray
 
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        return
+    address = _cluster_address()
+    where = f"join the Ray cluster at {address}" if address else "start a local Ray"
+    if address:
+        _refuse_silent(address)
+    try:
         ray.init(include_dashboard=None if dashboard else False)  # ignored when joining a cluster
+    except Exception as e:  # Ray's own frames say no more than its message
+        raise RayStartError(f"cannot {where}: {type(e).__name__}: {_joined(str(e))}") from None
+
+
+class RayStartError(RuntimeError):
+    """Ray could not be joined or started: the job did no work, and is run again as it was once Ray can be."""
+
+
+# How long a job waits for the cluster it joins to answer at all. Ray retries a cluster address where nothing
+# listens for many minutes: ray.init on a loopback port without a cluster had not given up after 5 minutes
+# (2-core CPU, 2026-12-02).
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _address_source() -> str:
+    """Where the address of the cluster to join came from, as the user gave it (Ray writes a loopback address as
+    the machine's own)."""
+    given = os.environ.get("RAY_ADDRESS", "")
+    return f"RAY_ADDRESS={given}" if given else "the cluster `ray start` ran on this machine"
+
+
+def _cluster_address() -> str:
+    """The address of the cluster that ray.init() joins as `host:port` (RAY_ADDRESS, or the one `ray start`
+    recorded on this machine); "" where it starts a local Ray or joins through Ray Client (`ray://`)."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    if "://" in os.environ.get("RAY_ADDRESS", ""):
+        return ""
+    try:
+        return canonicalize_bootstrap_address(None) or ""
+    except (ValueError, ConnectionError) as e:  # an address that is none
+        raise RayStartError(f"cannot join a Ray cluster ({_address_source()}): {e}") from None
+
+
+def _refuse_silent(address: str) -> None:
+    """Fails at once where nothing answers at the cluster's address, rather than in Ray's retries."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as e:
+        raise RayStartError(f"cannot join the Ray cluster at {address} ({_address_source()}): nothing answers there "
+                            f"({e}); start it (`ray start --head`), or set RAY_ADDRESS=local to start a local Ray "
+                            "for the job") from None
 
 
 def started_here() -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Dict, List, Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, require, with_settings
@@ -41,15 +42,30 @@ def written_columns(config: ScoreConfig) -> Dict[str, str]:
 
 
 def _tokenize_block(table: pa.Table, encoder: PairEncoder, query_column: str, document_column: str,
-                    max_length: int, on_invalid: str, written: Dict[str, str]) -> pa.Table:
+                    max_length: int, on_invalid: str, written: Dict[str, str],
+                    sources: Optional[Dict[str, str]] = None) -> pa.Table:
     refuse_written(table.column_names, written, "the input")
     # a caller's Dataset that did not know its columns (a job's input check found them in every file)
     check_columns(table.column_names, {query_column: "query_column", document_column: "document_column"})
     out = tokenize_table(table, encoder, query_column, document_column, max_length)
     if on_invalid == "fail" and out.column(REJECT).null_count < out.num_rows:
-        reasons = out.column(REJECT).drop_null()
-        raise InputError(f"{len(reasons)} row(s) cannot be scored, e.g. {reasons[0]} (on_invalid=fail)")
+        raise InputError(_unscorable(out, sources or {}))
     return out
+
+
+def _unscorable(table: pa.Table, sources: Dict[str, str]) -> str:
+    """What on_invalid=fail stops at: how many rows of the block cannot be scored, and the first one's reason,
+    with its row and input file where the rows were read from files (`sources`: path by `readers.input_key`),
+    which is what the user has to fix."""
+    from .readers import ROW_INDEX, ROW_INPUT
+
+    reasons = table.column(REJECT)
+    first = pc.index(reasons.is_valid(), True).as_py()
+    reason = reasons[first].as_py()
+    path = sources.get(table.column(ROW_INPUT)[first].as_py()) if ROW_INPUT in table.column_names else None
+    if path and path not in reason:  # a reader's reason names the file and line already
+        reason += f", in row {table.column(ROW_INDEX)[first].as_py() + 1:,} of {path}"
+    return f"{table.num_rows - reasons.null_count} row(s) cannot be scored, e.g. {reason} (on_invalid=fail)"
 
 
 def check_columns(names: List[str], needed: Dict[str, str]) -> None:
@@ -106,7 +122,7 @@ def scoring_model(config: ScoreConfig) -> ScoringModel:
 
 
 def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked: Optional[ScoringModel] = None,
-          **settings):
+          sources: Optional[Dict[str, str]] = None, **settings):
     """Adds a float32 `score` (`score_column`) to every row of a Dataset of (query, document) pairs.
 
     Rows that cannot be scored (null or non-text query or document) keep a null score and say why in
@@ -114,7 +130,8 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
     Example: `ce_ray.score(ray.data.read_parquet(...), model="cross-encoder/ms-marco-MiniLM-L6-v2")`.
     With `announce` (a job's title), one line says how the pairs will be scored: the device, the replicas,
     the tokenizer, the forward passes' token budget. `checked`: `scoring_model(config)`, where a job checked it
-    (its config is then the one used).
+    (its config is then the one used). `sources`: a job's input files by their key (`input_sources`), so that a
+    row that on_invalid=fail stops at names its file.
     """
     require_dataset(ds)
     config = with_settings(config or ScoreConfig(), settings)
@@ -152,6 +169,7 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
         fn_kwargs=dict(
             encoder=encoder, query_column=config.query_column, document_column=config.document_column,
             max_length=config.max_length, on_invalid=config.on_invalid, written=written_columns(config),
+            sources=sources,
         ),
         batch_format="pyarrow",
         batch_size=config.rows_per_block,
@@ -446,6 +464,13 @@ def job_settings(config: ScoreConfig) -> dict:
         {"activation": config.activation} if config.activation else {})
 
 
+def input_sources(files) -> Dict[str, str]:
+    """The input files' paths by the key their rows carry (`readers.input_key`)."""
+    from .readers import input_key
+
+    return {input_key(f.path): f.path for f in files}
+
+
 def say_input(title: str, files) -> None:
     """The pairs a job is to score (known from parquet footers; a text file's rows are counted as it is read):
     Ray Data's progress gives the scoring stage's rows against its own estimate of the total, which may be far
@@ -491,7 +516,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         written=written_columns(config))
     if ds is not None:
         say_input(title, [f for f in files if to_score(f)])
-    scored = None if ds is None else score(ds, config, announce=title, checked=checked)
+    scored = None if ds is None else score(ds, config, announce=title, checked=checked, sources=input_sources(files))
     if scored is not None and transform is not None:
         scored = transform(scored)
     stamps = {input_key(f.path): f.stamp for f in files}

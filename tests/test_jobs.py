@@ -259,7 +259,8 @@ def test_a_job_that_ce_rays_own_error_stops_says_how_to_finish_it(cluster, model
     assert run.returncode == 1, run.stdout + run.stderr
     finish = "--mode resume finishes it (the input files completed are kept)"
     assert run.stdout.rstrip().endswith("ce-ray score: failed: InputError: 1 row(s) cannot be scored, e.g. query is "
-                                        f"null (on_invalid=fail); {finish}"), run.stdout[-3000:]
+                                        f"null, in row 2 of {tmp_path}/pairs.parquet (on_invalid=fail); {finish}"), \
+        run.stdout[-3000:]
     assert run.stderr.strip().splitlines()[-1].endswith(" FAILED: Job entrypoint command failed with exit code 1; "
                                                         f"{finish}"), run.stderr
 

@@ -381,6 +381,32 @@ def test_files_whose_column_types_disagree_fail_naming_the_column(ray_local, tmp
     assert not (tmp_path / "out-jsonl").exists()
 
 
+def test_a_jsonl_column_whose_kind_changes_past_the_checked_mib_fails_naming_the_file_and_line(ray_local, tmp_path,
+                                                                                                  tiny_model):
+    """The check before the job reads a JSON Lines file's first MiB: an id that is a number there and text past it
+    failed the job where its rows met another file's, in a line naming the column alone (`column 'id' is int64 in
+    some rows and string in others`), not which file to fix. An id that is text there and a number past it is one
+    id, as where a file mixes them in its first lines: its rows are scored, the numbers kept as text."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text('{"id": 1, "query": "q", "document": "a"}\n')
+    pad = "x" * 1000  # 1,100 lines of 1 KB: past the first MiB
+    lines = [{"id": n, "query": "q", "document": "d", "pad": pad} for n in range(1100)]
+    lines[1090]["id"] = "x7"
+    (tmp_path / "in" / "b.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(InputError) as failed:
+        job(tiny_model, tmp_path / "in", tmp_path / "out")
+    assert str(failed.value) == (f"{tmp_path}/in/b.jsonl: column 'id' is string in lines 1-1,100 (e.g. line 1,091: "
+                                 "'x7'), but int64 where the check before the job read the input (each file's first "
+                                 "MiB): rows of both cannot be put together; write it as one type in every file")
+    # Text in the file's first chunk of lines (`JsonLinesDatasource.CHUNK_BYTES`), numbers alone in the next
+    pad = "x" * 100_000
+    lines = [{"id": "a" if n == 0 else n, "query": "q", "document": "d", "pad": pad} for n in range(90)]
+    (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    job(tiny_model, tmp_path / "mixed.jsonl", tmp_path / "texts")
+    got = results(tmp_path / "texts")
+    assert sorted(got["id"]) == sorted(["a", *map(str, range(1, 90))]) and got["score"].notna().all()
+
+
 def test_files_whose_columns_widen_to_one_type_are_written_in_it(ray_local, tmp_path, tiny_model):
     """Files of one input whose columns differ but widen to one type (int32 and int64, an all-null column and
     text), that lack a column another has, or hold their columns in another order: each results part was
@@ -606,6 +632,9 @@ def test_unknown_model_path_and_hub_id_fail_before_the_output_is_touched(tmp_pat
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "p.parquet")
     with pytest.raises(ModelError, match="does not exist"):
         job(tmp_path / "no-such-model", tmp_path / "p.parquet", tmp_path / "out")
+    # A file of the model's given for its folder: it said the folder `does not exist`, which the user saw it did
+    with pytest.raises(ModelError, match=r"model \S+/model\.safetensors is a file: give the model's folder"):
+        job(tiny_model / "model.safetensors", tmp_path / "p.parquet", tmp_path / "out")
     with pytest.raises(ModelError, match="cannot load model no-such-org/no-such-reranker"):
         job("no-such-org/no-such-reranker", tmp_path / "p.parquet", tmp_path / "out")
     assert not (tmp_path / "out").exists()

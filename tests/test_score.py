@@ -255,7 +255,8 @@ def test_a_float16_overflow_fails_naming_the_wider_dtypes(tmp_path, pairs_df):
     save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
     table = tokenize_table(pa.Table.from_pandas(pairs_df, preserve_index=False), pair_encoder(str(model)),
                            "query", "document", 512)
-    with pytest.raises(ModelError, match="non-finite score.*score with --dtype bfloat16 or float32"):
+    # The settings by their Python names too: a caller of ce_ray.score or predict has no flags.
+    with pytest.raises(ModelError, match=r"non-finite score.*score with dtype bfloat16 or float32 \(--dtype\)"):
         Scorer(ScoreConfig(model=str(model), dtype="float16"), device="cpu")(table)
     scores = Scorer(ScoreConfig(model=str(model), dtype="float32"), device="cpu")(table).column("score")
     assert scores.null_count == 0 and np.isfinite(scores.to_numpy()).all()  # the same model scores in float32
@@ -266,8 +267,9 @@ def test_a_float16_overflow_fails_naming_the_wider_dtypes(tmp_path, pairs_df):
                      str(tmp_path / "out"), "--dtype", "float16")
     assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
     assert re.fullmatch(r"ce-ray score: failed: ModelError: \S+ gave \d+ non-finite score\(s\) in float16: float16's "
-                        r"range overflowed; score with --dtype bfloat16 or float32 and --mode overwrite \(resuming "
-                        r"would mix their scores with float16's\)", failed.stderr.splitlines()[-1])
+                        r"range overflowed; score with dtype bfloat16 or float32 \(--dtype\), a job's output with "
+                        r"mode overwrite \(--mode overwrite\): resuming would mix their scores with float16's",
+                        failed.stderr.splitlines()[-1])
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
@@ -293,7 +295,8 @@ def test_a_batch_past_the_gpus_memory_fails_naming_the_setting_to_lower(tiny_mod
         scorer(table)
     assert re.fullmatch(r"\S+ ran out of GPU memory scoring batches of up to 4,096 padded tokens, "
                         rf"{table.num_rows:,} rows a call \(CUDA out of memory\. Tried to allocate 2\.00 GiB\. .* "
-                        r"free\.\): set a smaller --batch-tokens \(or --rows-per-call\)", str(failed.value))
+                        r"free\.\): set a smaller batch_tokens \(--batch-tokens\), or rows_per_call "
+                        r"\(--rows-per-call\)", str(failed.value))
 
 
 def test_a_compiled_replica_compiles_before_its_first_call_and_scores_as_eager(tiny_model, pairs_df):
@@ -380,7 +383,11 @@ def test_on_invalid_fail_stops_the_job_and_frees_its_replica(ray_local, tmp_path
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "good.parquet")
     gc.disable()  # the worst case: the garbage collector does not happen to run between the two jobs
     try:
-        with pytest.raises(InputError, match="1 row.s. cannot be scored, e.g. query is null .on_invalid=fail.$"):
+        # The row and the file to fix: the rows carry their file's key, which the user never sees. (The error is
+        # not kept, `pytest.raises(...) as`: it holds the failed execution, whose actor the next job waits for.)
+        unscorable = (f"1 row(s) cannot be scored, e.g. query is null, in row 2 of {tmp_path}/p.parquet "
+                      "(on_invalid=fail)")
+        with pytest.raises(InputError, match=f"^{re.escape(unscorable)}$"):
             run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "p.parquet"),
                                   output=str(tmp_path / "out"), on_invalid="fail"))
         assert not (tmp_path / "out" / "_SUCCESS").exists()
@@ -397,8 +404,8 @@ def test_on_invalid_fail_stops_the_job_and_frees_its_replica(ray_local, tmp_path
                  str(tmp_path / "out"), "--on-invalid", "fail", "--mode", "overwrite"]) == 1
     errors = capsys.readouterr().err
     assert errors.splitlines()[-1] == ("ce-ray score: failed: InputError: 1 row(s) cannot be scored, e.g. query is "
-                                       "null (on_invalid=fail); --mode resume finishes it (the input files "
-                                       "completed are kept)")
+                                       f"null, in row 2 of {tmp_path}/p.parquet (on_invalid=fail); --mode resume "
+                                       "finishes it (the input files completed are kept)")
     assert "Traceback" not in errors
 
 
@@ -525,6 +532,25 @@ def test_yaml_config_and_flags_give_the_same_settings(tmp_path):
 def run_cli(*args, env=None, timeout=300):
     return subprocess.run([sys.executable, "-m", "ce_ray.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def test_a_cluster_address_where_nothing_listens_is_an_error_before_any_work(tmp_path, tiny_model, pairs_df):
+    """RAY_ADDRESS naming a port where no cluster is: Ray retried it for over 5 minutes, and its error would have
+    ended `failed: ...; --mode resume finishes it`, exit 1, though the job did no work."""
+    import socket
+
+    with socket.socket() as free:  # a loopback port that nothing listens on once closed
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    pairs_df.head(4).to_parquet(tmp_path / "pairs.parquet")
+    started = time.perf_counter()
+    result = run_cli("score", "--model", str(tiny_model), "--input", str(tmp_path / "pairs.parquet"), "--output",
+                     str(tmp_path / "out"), env={"RAY_ADDRESS": f"127.0.0.1:{port}"}, timeout=120)
+    assert result.returncode == 2 and time.perf_counter() - started < 60, result.stderr[-3000:]
+    assert re.fullmatch(rf"ce-ray score: error: cannot join the Ray cluster at \S+:{port} \(RAY_ADDRESS=127\.0\.0\.1:"
+                        rf"{port}\): nothing answers there \(.*\); start it \(`ray start --head`\), or set "
+                        r"RAY_ADDRESS=local to start a local Ray for the job", result.stderr.splitlines()[-1])
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
 def test_cli_with_config_file_prints_a_summary(tmp_path, tiny_model, pairs_df):
