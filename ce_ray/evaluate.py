@@ -4,12 +4,13 @@ reranked order and a baseline order (`bm25_rank`, an original position, ...) sid
 Grades come from a BEIR qrels file (documents the first stage missed then count against Recall and MAP, and
 the ideal NDCG ranks all judged documents) or from the rows' `label` column. The reranked order is the `rank`
 column when present, else the score, highest first, ties in file order. A query with no relevant document
-counts 0, as in sentence-transformers' `CrossEncoderRerankingEvaluator`; with `only_with_relevant` such
-queries are left out instead (WikiQA's usual protocol). Only the needed columns are read, and every query is
-measured at once (numpy), so a million pairs evaluate in about a second. The input may also be a TREC run file
-of any system (with qrels), so that a first stage's run and ce-ray's output are measured alike. A rerank's
-output cut to each query's top k gets no baseline (its rows are the reranker's choice, not the first stage's
-list): the first stage is measured on the rerank's input. An output of ce-ray is read as its job wrote it
+counts 0, as in sentence-transformers' `CrossEncoderRerankingEvaluator` and trec_eval; with
+`only_with_relevant` such queries are left out instead (WikiQA's usual protocol). Only the needed columns are
+read, and every query is measured at once (numpy), so a million pairs evaluate in about a second. The input
+may also be a TREC run file of any system (with qrels), so that a first stage's run and ce-ray's output are
+measured alike, its equal scores ranked as trec_eval ranks them (`read_trec_run`). A rerank's output cut to
+each query's top k gets no baseline (its rows are the reranker's choice, not the first stage's list): the
+first stage is measured on the rerank's input. An output of ce-ray is read as its job wrote it
 (`_following_the_job`).
 """
 
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pcsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -34,8 +36,10 @@ from .io import (REJECTS, InputError, check_s3_access, detect_format, filesystem
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 
 
-def read_columns(uri: str, wanted: List[str], required: List[str], ids: List[str]) -> pd.DataFrame:
-    """The wanted columns (those present) of an output folder's results/ (`list_files`), or of parquet files."""
+def read_columns(uri: str, wanted: List[str], required: List[str], ids: List[str], needed_ids: List[str]
+                 ) -> pd.DataFrame:
+    """The wanted columns (those present) of an output folder's results/ (`list_files`), or of parquet files;
+    a row without one of `needed_ids` is left out, and `ids` columns of whole floats are integers."""
     files, _, fs = list_files(uri, "parquet")
     tables = []
     for file in files:
@@ -51,11 +55,12 @@ def read_columns(uri: str, wanted: List[str], required: List[str], ids: List[str
     # A row without an id belongs to no query (or matches no judgment); dropped here, in Arrow, so that integer
     # ids stay integers (pandas would make them floats around a null, and `1` would become `1.0`).
     identified = pa.array(np.ones(table.num_rows, dtype=bool))
-    for name in ids:
+    for name in needed_ids:
         identified = pc.and_(identified, pc.invert(missing_values(table.column(name))))
     kept = table.filter(identified)
     for name in ids:
-        kept = kept.set_column(kept.schema.get_field_index(name), name, _whole_numbers(kept.column(name)))
+        if name in kept.column_names:
+            kept = kept.set_column(kept.schema.get_field_index(name), name, _whole_numbers(kept.column(name)))
     df = kept.to_pandas()
     df.attrs["rows_without_ids"] = table.num_rows - len(df)
     return df
@@ -63,11 +68,14 @@ def read_columns(uri: str, wanted: List[str], required: List[str], ids: List[str
 
 def _whole_numbers(ids: pa.ChunkedArray) -> pa.ChunkedArray:
     """Float ids that are all whole numbers (how pandas writes an integer id column with a missing value) as
-    integers, so that `1.0` matches the qrels' `1`."""
+    integers, so that `1.0` matches the qrels' `1`; a missing one stays missing."""
     if not pa.types.is_floating(ids.type) or not len(ids):
         return ids
-    values = ids.to_numpy()
-    return pa.chunked_array([values.astype(np.int64)]) if np.array_equal(values, np.round(values)) else ids
+    missing = missing_values(ids)
+    values = ids.filter(pc.invert(missing)).to_numpy()
+    if not np.array_equal(values, np.round(values)):
+        return ids
+    return pc.cast(pc.if_else(missing, pa.scalar(None, ids.type), ids), pa.int64())
 
 
 def is_trec_run(uri: str) -> bool:
@@ -78,8 +86,9 @@ def is_trec_run(uri: str) -> bool:
 
 def read_trec_run(uri: str, c: EvalConfig) -> pd.DataFrame:
     """A TREC run (`query Q0 document rank score tag` a line, any system's) as rows of query id, doc id and
-    score; its order is the score's, highest first, as trec_eval takes it (the rank field is not read), equal
-    scores in file order, where trec_eval orders them by document id, descending (`tied_pairs` counts them)."""
+    score; its order is the score's, highest first, as trec_eval takes it (the rank field is not read), and
+    equal scores are ordered as trec_eval orders them, by document id, descending (a BM25 run ties often): each
+    query's rows come so, and the ranking keeps the rows' order among equal scores (`_ranked`)."""
     from .candidates import numbered_lines
 
     rows = []
@@ -94,32 +103,49 @@ def read_trec_run(uri: str, c: EvalConfig) -> pd.DataFrame:
             rows.append((fields[0], fields[2], float(fields[4])))
         except ValueError:
             raise InputError(f"{uri} line {number}: score {fields[4]!r} is not a number") from None
-    return pd.DataFrame(rows, columns=[c.query_id_column, c.doc_id_column, c.score_column])
+    run = pd.DataFrame(rows, columns=[c.query_id_column, c.doc_id_column, c.score_column])
+    query = pd.factorize(run[c.query_id_column])[0]  # queries stay in the file's order
+    doc = pd.factorize(run[c.doc_id_column], sort=True)[0]  # numbered in the ids' order
+    return run.iloc[np.lexsort((-doc, query))].reset_index(drop=True)
 
 
 def _ranked(lists: np.ndarray, values: pd.Series, descending: bool) -> np.ndarray:
     """Row positions with each list's rows together (lists in ascending number) in the order of `values`,
-    missing ones last, equal ones in file order."""
+    missing ones last, equal ones in file order (numpy's lexsort is stable)."""
     if not pd.api.types.is_numeric_dtype(values):  # a rank or score that came as text (a CSV's column)
         values = pd.to_numeric(values, errors="coerce")
-    frame = pd.DataFrame({"list": lists, "value": values.to_numpy(), "row": np.arange(len(lists))})
-    frame = frame.sort_values(["list", "value", "row"], ascending=[True, not descending, True],
-                              na_position="last")
-    return frame["row"].to_numpy()
+    key = values.to_numpy(np.float64, na_value=np.nan)  # NaN sorts last, negated too
+    return np.lexsort((-key if descending else key, lists))
 
 
 def _first_of_each_pair(rows: np.ndarray, lists: np.ndarray, docs: pd.Series) -> np.ndarray:
     """Ranked rows (`_ranked`) less the later copies of each (query, document) pair: a document counts once,
     at its best rank, whatever the file's order (a document scored passage by passage counts as its best)."""
-    ranked = pd.DataFrame({"list": lists[rows], "doc": docs.astype(str).to_numpy()[rows]})
-    return rows[~ranked.duplicated().to_numpy()]
+    codes, documents = pd.factorize(docs)  # pairs as numbers, which hash faster than text
+    pairs = lists.astype(np.int64) * (len(documents) + 1) + codes + 1  # a missing id (-1) is a document of its own
+    return rows[~pd.Series(pairs[rows]).duplicated().to_numpy()]
 
 
 def _tied_pairs(lists: np.ndarray, scores: np.ndarray) -> int:
     """Rows whose score another row of their query shares: ce-ray keeps their order (the rank column's, else the
-    file's), trec_eval orders them by document id (descending) and other tools otherwise, so only there can
-    their figures differ."""
-    return int(pd.DataFrame({"list": lists, "score": scores}).duplicated(keep=False).sum())
+    file's; a TREC run's, read, is trec_eval's), trec_eval orders them by document id (descending) and other
+    tools otherwise, so only there can their figures differ. The rows come ranked, a query's scores never rising (`_run_scores`): equal ones are
+    neighbours."""
+    equal = (scores[1:] == scores[:-1]) | (np.isnan(scores[1:]) & np.isnan(scores[:-1]))
+    tie = (lists[1:] == lists[:-1]) & equal
+    tied = np.zeros(len(lists), dtype=bool)
+    tied[1:] |= tie
+    tied[:-1] |= tie
+    return int(tied.sum())
+
+
+def rank_queries(df: pd.DataFrame, c: EvalConfig) -> tuple:
+    """The reranked order of a frame, measured (`evaluate_frame`) and written as a run (`write_trec_run`) alike,
+    so ranked once: each row's query number (queries numbered in the order they first come, by the id's text,
+    as rerank groups them), the query ids, and the rows ranked (`_ranked`)."""
+    ranked_by, descending = _reranked_by(df, c)
+    lists, query_ids = pd.factorize(df[c.query_id_column].astype(str), sort=False)
+    return lists, np.asarray(query_ids, dtype=object), _ranked(lists, df[ranked_by], descending)
 
 
 def _reranked_by(df: pd.DataFrame, c: EvalConfig) -> tuple:
@@ -131,35 +157,33 @@ def _reranked_by(df: pd.DataFrame, c: EvalConfig) -> tuple:
     return ranked_by, descending
 
 
-def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[str, Dict[str, int]]] = None) -> dict:
-    """Per-query and mean metrics of the reranked and baseline orders of a frame of scored pairs."""
+def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[str, Dict[str, int]]] = None,
+                   ranking: Optional[tuple] = None) -> dict:
+    """Per-query and mean metrics of the reranked and baseline orders of a frame of scored pairs; `ranking` is
+    the reranked order (`rank_queries`) where the caller has it."""
     c = config
-    ranked_by, descending = _reranked_by(df, c)
+    ranked_by, _ = _reranked_by(df, c)
     baseline = c.baseline_column if c.baseline_column and c.baseline_column in df.columns else None
     if c.baseline_column and baseline is None:
         print(f"ce-ray eval: note: no {c.baseline_column!r} column, no baseline", file=sys.stderr)
     if baseline == ranked_by:
         print(f"ce-ray eval: note: {baseline!r} gives the reranked order: no baseline", file=sys.stderr)
         baseline = None
+    lists, query_ids, reranked = ranking or rank_queries(df, c)
     notes = {}
     if qrels is not None:
         # As trec_eval: a query the qrels do not judge is not evaluated (TREC DL judges a few of its queries).
         # A document listed twice for a query (candidates merged from two retrievers, passages of one document)
         # counts once, at its best rank in each order (`_first_of_each_pair`), where trec_eval refuses the run.
-        judged_rows = df[c.query_id_column].astype(str).isin(qrels.keys())
-        notes["queries_not_in_qrels"] = int(df.loc[~judged_rows, c.query_id_column].nunique())
-        notes["queries_in_qrels"] = int(df.loc[judged_rows, c.query_id_column].nunique())
-        df = df[judged_rows].reset_index(drop=True)
-        repeated = df.duplicated([c.query_id_column, c.doc_id_column]).to_numpy()
+        judged_query = np.array([q in qrels for q in query_ids], dtype=bool)
+        in_qrels = judged_query[lists]
+        notes["queries_not_in_qrels"] = int((~judged_query).sum())
+        notes["queries_in_qrels"] = int(judged_query.sum())
+        repeated = in_qrels & df.duplicated([c.query_id_column, c.doc_id_column]).to_numpy()
         notes["repeated_pairs_dropped"] = int(repeated.sum())
-    else:
-        repeated = np.zeros(len(df), dtype=bool)  # without qrels each row is a candidate, as in the evaluator
-    keys = df[c.query_id_column].astype(str)
-    lists, query_ids = pd.factorize(keys, sort=False)  # queries numbered in the order they first come
-    if qrels is not None:
         grades = pd.DataFrame([(q, d, g) for q, judged in qrels.items() for d, g in judged.items()],
                               columns=["query", "doc", "grade"])
-        pairs = pd.DataFrame({"query": keys.to_numpy(), "doc": df[c.doc_id_column].astype(str).to_numpy()})
+        pairs = pd.DataFrame({"query": query_ids[lists], "doc": df[c.doc_id_column].astype(str).to_numpy()})
         graded = pairs.merge(grades, how="left", on=["query", "doc"])["grade"]
         notes["judged_pairs"] = int(graded.notna().sum())
         gains = graded.fillna(0).to_numpy(np.float64)
@@ -167,22 +191,25 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
         total = np.array([sum(g > 0 for g in grades) for grades in judged])
         ideal = np.array([dcg(sorted(grades, reverse=True), c.k) for grades in judged])
     else:
+        judged_query, in_qrels = np.ones(len(query_ids), dtype=bool), np.ones(len(df), dtype=bool)
+        repeated = np.zeros(len(df), dtype=bool)  # without qrels each row is a candidate, as in the evaluator
         gains = pd.to_numeric(df[c.label_column], errors="coerce").fillna(0).to_numpy(dtype=np.float64)
         total, ideal = np.bincount(lists, weights=gains > 0, minlength=len(query_ids)), None
-    orders = {"reranked": (ranked_by, descending)} | ({"baseline": (baseline, c.baseline_descending)}
-                                                      if baseline else {})
+    orders = {"reranked": (ranked_by, None)} | ({"baseline": (baseline, c.baseline_descending)} if baseline else {})
     metrics = {}
     for name, (column, higher_first) in orders.items():
-        rows = _ranked(lists, df[column], higher_first)
+        rows = reranked if name == "reranked" else _ranked(lists, df[column], higher_first)
+        rows = rows[in_qrels[rows]]
         if repeated.any():
             rows = _first_of_each_pair(rows, lists, df[c.doc_id_column])
         if name == "reranked":  # the scores a run of this order gets (`write_trec_run`), as trec_eval sees them
             notes["tied_pairs"] = _tied_pairs(lists[rows], _run_scores(df, rows, lists[rows], c, ranked_by)[0])
+        # Queries the qrels do not judge are lists without rows here, and are not counted below.
         metrics[name] = lists_metrics(lists[rows], gains[rows], len(query_ids), c.k, c.recall_k, total, ideal)
     has_relevant = total > 0
-    counted = np.flatnonzero(has_relevant | (not c.only_with_relevant))
-    skipped = len(query_ids) - len(counted)
-    without_relevant = int((~has_relevant).sum()) - skipped
+    counted = np.flatnonzero(judged_query & (has_relevant | (not c.only_with_relevant)))
+    without_relevant = int((judged_query & ~has_relevant).sum())
+    skipped = without_relevant if c.only_with_relevant else 0
     candidates = np.bincount(lists[~repeated], minlength=len(query_ids))
     per_query = [{"query_id": query_ids[q], "candidates": int(candidates[q]),
                   **{name: {m: float(values[q]) for m, values in metrics[name].items()} for name in orders}}
@@ -190,10 +217,12 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
     result = {
         "queries": len(per_query),
         "queries_skipped_without_relevant": skipped,
-        "queries_without_relevant": without_relevant,  # counted, at 0
+        "queries_without_relevant": without_relevant - skipped,  # counted, at 0
+        # One candidate ranks first in any order: such a query scores alike before and after reranking.
+        "queries_with_one_candidate": int((candidates[counted] == 1).sum()),
         "counted": ("queries with a relevant document" if c.only_with_relevant
                     else "all queries, those without a relevant document at 0"),
-        "pairs": int((~repeated).sum()),
+        "pairs": int(candidates[counted].sum()),  # those of the counted queries
         "reranked_by": ranked_by,
         "baseline_by": baseline,
         "reranked": mean_metrics(e["reranked"] for e in per_query),
@@ -208,21 +237,43 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
     return result
 
 
-def write_trec_run(uri: str, df: pd.DataFrame, c: EvalConfig) -> bool:
-    """The reranked order as a TREC run file, one line per pair: `query_id Q0 doc_id rank score ce-ray`,
-    queries in input order. trec_eval orders a query's documents by score and breaks ties by document id,
-    where ce-ray keeps the input order: only equal scores can rank differently there. True where the scores
-    written are the negated ranks (`_run_scores`)."""
-    ranked_by, descending = _reranked_by(df, c)
-    lists, query_ids = pd.factorize(df[c.query_id_column], sort=False)  # a missing query id is -1: left out
-    rows = _ranked(lists, df[ranked_by], descending)
-    rows = rows[lists[rows] >= 0]
-    ranks = np.arange(len(rows)) - np.searchsorted(lists[rows], lists[rows]) + 1
-    scores, by_rank = _run_scores(df, rows, lists[rows], c, ranked_by)
-    lines = [f"{query_id} Q0 {doc_id} {rank} {score:.9g} ce-ray" for query_id, doc_id, rank, score
-             in zip(query_ids[lists[rows]], df[c.doc_id_column].to_numpy()[rows], ranks, scores)]
-    write_file(uri, ("\n".join(lines) + "\n").encode())
-    return by_rank
+def write_trec_run(uri: str, df: pd.DataFrame, c: EvalConfig, ranking: Optional[tuple] = None) -> dict:
+    """The reranked order (`rank_queries`) as a TREC run file, one line per pair: `query_id Q0 doc_id rank score
+    ce-ray`, queries in input order, each score as its column holds it (shortest form), so that the run orders
+    as the column does. trec_eval orders a query's documents by score and breaks ties by document id, where
+    ce-ray keeps the input order: only equal scores can rank differently there. A row without a document id
+    is left out, and a repeated (query, document) pair written once, at its best rank: trec_eval refuses a run
+    that repeats one. Returns those counts, and whether the scores written are the negated ranks
+    (`_run_scores`)."""
+    ranked_by, _ = _reranked_by(df, c)
+    lists, query_ids, rows = ranking or rank_queries(df, c)
+    docs = df[c.doc_id_column]
+    identified = rows[docs.notna().to_numpy()[rows]]
+    kept = _first_of_each_pair(identified, lists, docs)
+    ranks = np.arange(len(kept)) - np.searchsorted(lists[kept], lists[kept]) + 1
+    scores, by_rank = _run_scores(df, kept, lists[kept], c, ranked_by)
+    if not by_rank and c.score_column in df.columns and df[c.score_column].dtype == np.float32:
+        scores = scores.astype(np.float32)  # exact: written as float32's shortest form, "0.1", not "0.100000001"
+    n = len(kept)
+    table = pa.table({"query": _run_field(pa.array(query_ids).take(lists[kept]), "query"),
+                      "q0": pa.array(["Q0"]).take(np.zeros(n, dtype=np.int64)),
+                      "doc": _run_field(pa.array(docs).take(kept), "document"), "rank": ranks, "score": scores,
+                      "tag": pa.array(["ce-ray"]).take(np.zeros(n, dtype=np.int64))})
+    lines = pa.BufferOutputStream()
+    pcsv.write_csv(table, lines, pcsv.WriteOptions(include_header=False, delimiter=" ", quoting_style="none"))
+    write_file(uri, lines.getvalue().to_pybytes())
+    return {"by_rank": by_rank, "rows_without_doc_id": len(rows) - len(identified),
+            "repeated_pairs": len(identified) - n}
+
+
+def _run_field(ids: pa.Array, what: str) -> pa.Array:
+    """Ids as a run's field: text without blanks, which would split it into other fields."""
+    text = ids.cast(pa.string())
+    blank = pc.match_substring_regex(text, r"\s")
+    if pc.any(blank).as_py():
+        example = text.filter(blank)[0].as_py()
+        raise InputError(f"{what} id {example!r} holds a blank: a TREC run's fields are separated by blanks")
+    return text
 
 
 def _run_scores(df: pd.DataFrame, rows: np.ndarray, lists: np.ndarray, c: EvalConfig, ranked_by: str) -> tuple:
@@ -329,16 +380,24 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     required = [c.query_id_column] + ([c.doc_id_column] if qrels is not None or c.run_output else []) + (
         [c.label_column] if qrels is None else [])
     wanted = [name for name in required + [c.rank_column, c.score_column, c.baseline_column] if name]
-    if is_trec_run(c.input):
+    from_run = is_trec_run(c.input)
+    if from_run:
         if qrels is None:
             raise ConfigError(f"{c.input} is a TREC run, which holds no grades: give --qrels")
         df = read_trec_run(c.input, c)
     else:
+        # A row without a document id is measured by its label (the run alone leaves it out); with qrels it
+        # matches no judgment, so it is left out as one without a query id.
+        needed_ids = [c.query_id_column] + ([c.doc_id_column] if qrels is not None else [])
         df = read_columns(c.input, list(dict.fromkeys(wanted)), required,
-                          [name for name in required if name in (c.query_id_column, c.doc_id_column)])
+                          [name for name in required if name in (c.query_id_column, c.doc_id_column)], needed_ids)
     if not len(df):
-        raise InputError(f"{c.input} has no scored rows")
-    result = evaluate_frame(df, c, qrels) | {"rows_without_ids": df.attrs.get("rows_without_ids", 0)} | job_notes
+        without = df.attrs.get("rows_without_ids", 0)  # all of them: say so, not that the input is empty
+        ids = "a query id" if qrels is None else "a query and a document id"
+        raise InputError(f"{c.input} has no scored rows" + (f" with {ids} ({without:,} without)" if without else ""))
+    ranking = rank_queries(df, c)  # measured and written as a run alike
+    result = evaluate_frame(df, c, qrels, ranking) | {"rows_without_ids": df.attrs.get("rows_without_ids", 0)}
+    result |= job_notes
     if qrels is not None and not result["queries_in_qrels"]:
         example = df[c.query_id_column].astype(str).iloc[0]
         raise InputError(f"none of the {result['queries_not_in_qrels']:,} query ids of {c.input} is in the qrels "
@@ -346,10 +405,11 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
                          f"the query id column ({c.query_id_column})")
     if not result["queries"]:
         raise ConfigError("no query to evaluate (none has a relevant document)")
+    run = write_trec_run(c.run_output, df, c, ranking) if c.run_output else {}
+    if run:
+        result["run"] = run
     write_file(output, json.dumps(result, indent=2).encode())
-    run_by_rank = bool(c.run_output) and write_trec_run(c.run_output, df, c)
-    counted = result["counted"]
-    lines = [f"{title}: {result['queries']:,} queries ({counted}), {result['pairs']:,} pairs"]
+    lines = [f"{title}: {_queries(result['queries'])} ({result['counted']}), {result['pairs']:,} pairs"]
     if result["queries_skipped_without_relevant"]:
         lines.append(f"  left out {_queries(result['queries_skipped_without_relevant'])} without a relevant document")
     if result["queries_without_relevant"]:
@@ -358,12 +418,19 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
         lines.append(f"  left out {_queries(result['queries_not_in_qrels'])} the qrels do not judge (as trec_eval)")
     if result.get("repeated_pairs_dropped"):
         lines.append(f"  counted once {result['repeated_pairs_dropped']:,} repeated (query, document) pair(s)")
-    if result.get("tied_pairs"):
+    if result.get("tied_pairs") and from_run:
+        lines.append(f"  {result['tied_pairs']:,} pairs share a score with another of their query: ordered by "
+                     "document id, descending, as trec_eval orders them")
+    elif result.get("tied_pairs"):
         lines.append(f"  {result['tied_pairs']:,} pairs share a score with another of their query: ce-ray keeps their "
                      f"order ({result['reranked_by']}, then input order), trec_eval orders them by document id, "
                      "descending, so its figures can differ")
+    if result["queries_with_one_candidate"]:
+        lines.append(f"  {_queries(result['queries_with_one_candidate'])} with a single candidate: counted, alike in "
+                     "any order")
     if result.get("rows_without_ids"):
-        lines.append(f"  left out {result['rows_without_ids']:,} rows without a query or document id")
+        lines.append(f"  left out {result['rows_without_ids']:,} row(s) without a query"
+                     + (" or document id" if qrels is not None else " id"))
     if qrels is not None and not result.get("judged_pairs"):
         lines.append(f"  warning: the qrels judge none of the input's (query, document) pairs, so every metric is 0: "
                      f"check the document id column ({c.doc_id_column})")
@@ -375,7 +442,12 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     lines.append(f"  reranked by {result['reranked_by']}" + (f", baseline by {result['baseline_by']}"
                                                              if result["baseline_by"] else ""))
     lines += table_lines(result, c)
-    if run_by_rank:
+    if run.get("rows_without_doc_id"):
+        lines.append(f"  the run leaves out {run['rows_without_doc_id']:,} row(s) without a document id")
+    if run.get("repeated_pairs"):
+        lines.append(f"  the run holds each (query, document) pair once, at its best rank (trec_eval refuses a "
+                     f"repeated one): left out {run['repeated_pairs']:,} row(s)")
+    if run.get("by_rank"):
         lines.append(f"  the run's scores are the negated {result['reranked_by']} (its order): {c.score_column} does "
                      "not follow it, and trec_eval orders a run by its scores")
     lines.append(f"  written to {output}" + (f", the run to {c.run_output}" if c.run_output else ""))

@@ -131,7 +131,7 @@ def test_eval_counts_as_trec_eval_does_where_rows_repeat_lack_ids_or_are_not_jud
     assert max(v for name in ("reranked", "baseline") for v in result[name].values()) <= 1.0
     assert (result["repeated_pairs_dropped"], result["rows_without_ids"], result["queries_not_in_qrels"]) == (1, 1, 1)
     printed = capsys.readouterr().out
-    for line in ("left out 1 query the qrels do not judge", "counted once 1 repeated", "left out 1 rows without"):
+    for line in ("left out 1 query the qrels do not judge", "counted once 1 repeated", "left out 1 row(s) without"):
         assert line in printed
     # Written as floats (pandas' integers around a missing value, without its Int64), the ids are the same.
     rows.astype({"query_id": "float64"}).to_parquet(tmp_path / "floats.parquet")
@@ -170,6 +170,15 @@ def test_equal_scores_are_counted_and_said(tmp_path, capsys):
     assert "2 pairs share a score with another of their query: ce-ray keeps their order" in capsys.readouterr().out
     assert evaluate_frame(rows.assign(score=[0.9, 0.5, 0.2, 0.9, 0.5, 0.4]), EvalConfig(),
                           {"q": {"a": 1}})["tied_pairs"] == 0
+    # A run (a BM25 run ties often) is measured as trec_eval measures it, equal scores by document id, descending,
+    # whatever the order of its lines: b before a, as trec_eval gives it (MRR 0.5, where the file's order gave 1).
+    for lines in ("q Q0 a 1 0.5 bm25\nq Q0 b 2 0.5 bm25\nq Q0 c 3 0.2 bm25\n",
+                  "q Q0 c 3 0.2 bm25\nq Q0 b 2 0.5 bm25\nq Q0 a 1 0.5 bm25\n"):
+        (tmp_path / "bm25.run").write_text(lines)
+        run = run_eval(EvalConfig(input=str(tmp_path / "bm25.run"), qrels=str(tmp_path / "qrels.txt")))
+        assert (run["reranked"]["mrr@10"], run["tied_pairs"]) == (0.5, 2)
+        assert "2 pairs share a score with another of their query: ordered by document id, descending, as " \
+               "trec_eval orders them" in capsys.readouterr().out
 
 
 def test_trec_qrels_read_as_beir_qrels(tmp_path):
@@ -205,7 +214,7 @@ def test_the_reranked_order_is_written_as_a_trec_run(tmp_path):
     assert run.read_text().splitlines()[:3] == ["7 Q0 d2 1 0.75 ce-ray", "7 Q0 d3 2 0.25 ce-ray",
                                                 "7 Q0 d1 3 0.25 ce-ray"]
     # A run file is itself an input (any system's), with qrels: the metrics of the order it holds (by score,
-    # equal scores in file order: here d3 before d1, as the rank column put them).
+    # equal scores by document id, descending, as trec_eval: here d3 before d1, as the rank column put them).
     (tmp_path / "qrels.txt").write_text("7 0 d3 1\n3 0 d4 2\n")
     json_out = str(tmp_path / "r.json")
     from_run = run_eval(EvalConfig(input=str(run), qrels=str(tmp_path / "qrels.txt"), output=json_out))
@@ -286,3 +295,91 @@ def test_same_numbers_as_cross_encoder_reranking_evaluator(ray_local, tiny_model
             assert ours["reranked"][name] == pytest.approx(expected[name], abs=1e-6), name
             assert ours["baseline"][name] == pytest.approx(expected[f"base_{name}"], abs=1e-6), name
     assert 0 < ours["reranked"]["map"] < 1
+
+
+def test_queries_of_one_candidate_or_none_relevant_count_as_the_evaluator_and_trec_eval_count_them(tiny_model,
+                                                                                                     tmp_path, capsys):
+    """A query without a relevant candidate counts 0 (the evaluator's and trec_eval's way; `only_with_relevant`
+    leaves it out), one with a single candidate counts as that candidate (trec_eval: 1 where it is relevant,
+    where the evaluator's NDCG refuses a list of one): the same numbers as the evaluator wherever it gives
+    some, and the summary says how many queries of each kind it counted and the pairs of those it counted."""
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
+
+    pairs = wikiqa_pairs("test", 400)
+    # Query id: (WikiQA question, relevant rows, rows): questions whose sentences the tiny model scores apart.
+    kinds = {"one wrong": (3, 0, 1), "none right": (4, 0, 6), "one right of five": (5, 1, 5), "two right": (9, 2, 6)}
+    rows = []
+    for qid, (question, right, size) in kinds.items():
+        group = pairs[pairs["query_id"] == pairs["query_id"].unique()[question]].head(size)
+        rows.append(group.assign(query_id=qid, label=[1] * right + [0] * (size - right),
+                                 doc_id=[f"{qid}-{i}" for i in range(size)]))
+    frame = pd.concat(rows, ignore_index=True)
+    frame = frame.assign(query=frame["query_id"] + ": " + frame["query"], original_rank=frame.groupby(
+        "query_id", sort=False).cumcount() + 1)
+    model = CrossEncoder(str(spread_model(tiny_model, tmp_path / "spread")), device="cpu")
+    frame["score"] = model.predict(list(zip(frame["query"], frame["document"])))
+    # Both sides must see one order: two scores of a query differ by more than CrossEncoder parity (~1e-7).
+    gaps = frame.groupby("query_id")["score"].apply(lambda scores: scores.sort_values().diff().min())
+    assert (gaps.fillna(1.0) > 2e-6).all(), gaps
+
+    for only_with_relevant in (False, True):
+        subset = frame[frame.groupby("query_id")["label"].transform("max") > 0] if only_with_relevant else frame
+        expected = CrossEncoderRerankingEvaluator(evaluator_samples(subset), at_k=10, always_rerank_positives=False,
+                                                  write_csv=False)(model)
+        frame.to_parquet(tmp_path / "scored.parquet")
+        ours = run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "eval.json"),
+                                   baseline_column="original_rank", only_with_relevant=only_with_relevant))
+        for name in ("map", "mrr@10", "ndcg@10"):
+            assert ours["reranked"][name] == pytest.approx(expected[name], abs=1e-6), name
+            assert ours["baseline"][name] == pytest.approx(expected[f"base_{name}"], abs=1e-6), name
+        assert (ours["queries"], ours["pairs"]) == ((2, 11) if only_with_relevant else (4, 18))
+        assert ours["queries_with_one_candidate"] == (0 if only_with_relevant else 1)
+    printed = capsys.readouterr().out
+    assert "4 queries (all queries, those without a relevant document at 0), 18 pairs" in printed
+    assert "2 queries without a relevant document: counted as 0" in printed
+    assert "1 query with a single candidate: counted, alike in any order" in printed
+    assert "2 queries (queries with a relevant document), 11 pairs\n  left out 2 queries without a relevant" in printed
+
+    # A single relevant candidate: 1 everywhere, as trec_eval counts it; the evaluator refuses the query.
+    single = frame[frame["query_id"] == "one right of five"].head(1)
+    assert evaluate_frame(single, EvalConfig(baseline_column=""))["reranked"] == {
+        "ndcg@10": 1.0, "mrr@10": 1.0, "map": 1.0, "recall@100": 1.0}
+    with pytest.raises(ValueError, match="more than 1 document"):
+        CrossEncoderRerankingEvaluator(evaluator_samples(single), always_rerank_positives=False)(model)
+
+
+def test_the_run_file_holds_each_pair_once_and_leaves_the_metrics_as_they_are(tmp_path, capsys):
+    """`--run-output` changes no metric: a row without a document id is measured by its label and left out of
+    the run alone; a repeated pair is written once, at its best rank (trec_eval refuses a run that repeats one);
+    scores are written in full (a float64 score's 9 digits made two scores equal, which trec_eval then orders by
+    document id); the run read back with the qrels gives the metrics of the rows it came from. An input whose
+    rows all lack a query id says so, not just that it has no rows."""
+    rows = pd.DataFrame({"query_id": [5, 5, 5, 5, 6, 6], "doc_id": ["a", None, "b", "a", "c", "d"],
+                         "score": [0.1234567891, 0.9, 0.1234567892, 0.05, 0.5, 0.7], "label": [0, 1, 0, 0, 1, 0]})
+    rows.to_parquet(tmp_path / "scored.parquet")
+    measured = {}
+    for run in ("", str(tmp_path / "run.txt")):
+        measured[run] = run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "e.json"),
+                                            run_output=run))
+    assert measured[""]["reranked"] == measured[run]["reranked"] and measured[run]["reranked"]["mrr@10"] == 0.75
+    lines = (tmp_path / "run.txt").read_text().splitlines()
+    assert lines == ["5 Q0 b 1 0.1234567892 ce-ray", "5 Q0 a 2 0.1234567891 ce-ray", "6 Q0 d 1 0.7 ce-ray",
+                     "6 Q0 c 2 0.5 ce-ray"]
+    assert measured[run]["run"] == {"by_rank": False, "rows_without_doc_id": 1, "repeated_pairs": 1}
+    printed = capsys.readouterr().out
+    assert "the run leaves out 1 row(s) without a document id" in printed
+    assert "the run holds each (query, document) pair once, at its best rank" in printed
+    # Read back, with qrels of the same grades: the metrics of those rows (the one without an id left out).
+    (tmp_path / "qrels.txt").write_text("5 0 b 1\n6 0 c 1\n")
+    back = run_eval(EvalConfig(input=str(tmp_path / "run.txt"), qrels=str(tmp_path / "qrels.txt"),
+                               output=str(tmp_path / "r.json")))
+    direct = evaluate_frame(rows.dropna(), EvalConfig(), {"5": {"b": 1}, "6": {"c": 1}})
+    assert back["reranked"] == direct["reranked"] and back["reranked"]["mrr@10"] == 0.75
+    rows.assign(query_id=None).to_parquet(tmp_path / "scored.parquet")
+    with pytest.raises(InputError, match=r"scored.parquet has no scored rows with a query id \(6 without\)"):
+        run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "e.json")))
+    rows.assign(doc_id=["a b", "x", "y", "z", "c", "d"]).to_parquet(tmp_path / "scored.parquet")
+    with pytest.raises(InputError, match="document id 'a b' holds a blank: a TREC run's fields are separated"):
+        run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "e.json"),
+                            run_output=str(tmp_path / "run.txt")))
