@@ -40,7 +40,7 @@ def read_columns(uri: str, wanted: List[str], required: List[str], ids: List[str
                  ) -> pd.DataFrame:
     """The wanted columns (those present) of an output folder's results/ (`list_files`), or of parquet files;
     a row without one of `needed_ids` is left out, and `ids` columns of whole floats are integers."""
-    files, _, fs = list_files(uri, "parquet")
+    files, _, fs, _ = list_files(uri, "parquet")
     tables = []
     for file in files:
         with fs.open_input_file(file) as f:

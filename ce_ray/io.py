@@ -17,7 +17,7 @@ import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -137,14 +137,17 @@ def s3_retries() -> dict:
 class _S3Handler(pafs.FSSpecHandler):
     """pyarrow's handler asks `isfile` before opening a file for reading, which answers False for any error: a
     store that timed out or could not be reached read as `FileNotFoundError: <path>` (a score job's input file,
-    after 15 minutes of a store that did not answer). Here the store's own error goes through."""
+    after 15 minutes of a store that did not answer). Here the store's own error goes through, from s3fs's own
+    look-up of the file as it opens it (its size, and the ETag its reads are held to): one HEAD request, where a
+    look-up before it cost a second one for each file a job reads."""
 
     def _file(self, path: str):
         from pyarrow import PythonFile
 
-        if self.fs.info(path)["type"] != "file":  # FileNotFoundError where there is nothing
+        f = self.fs.open(path, mode="rb")  # FileNotFoundError where there is nothing
+        if f.details["type"] != "file":  # a folder
             raise FileNotFoundError(path)
-        return PythonFile(self.fs.open(path, mode="rb"), mode="r")
+        return PythonFile(f, mode="r")
 
     def open_input_stream(self, path):
         return self._file(path)
@@ -173,6 +176,32 @@ def remove(fs: pafs.FileSystem, path: str) -> None:
         fs.delete_dir(path)
     elif info.type == pafs.FileType.File:
         fs.delete_file(path)
+
+
+BULK_DELETE_KEYS = 1000  # the most keys S3 deletes in one request (DeleteObjects)
+
+
+def delete_files(fs: pafs.FileSystem, paths: Sequence[str]) -> None:
+    """Deletes files. On S3 in one request per 1,000 (DeleteObjects), where deleting each file costs two (pyarrow's
+    look-up, the delete): a resume of 1,000 parts cut short deleted them in 2,000 requests. A key the store did not
+    delete (its answer lists it) fails the call, naming it: s3fs's own bulk delete passes over those."""
+    handler = getattr(fs, "handler", None)
+    if not isinstance(handler, pafs.FSSpecHandler):
+        in_parallel(fs.delete_file, paths)
+        return
+    s3 = handler.fs
+    buckets: Dict[str, List[str]] = {}
+    for path in paths:
+        bucket, key, _ = s3.split_path(path)
+        buckets.setdefault(bucket, []).append(key)
+    for bucket, keys in buckets.items():
+        for start in range(0, len(keys), BULK_DELETE_KEYS):
+            objects = [{"Key": key} for key in keys[start:start + BULK_DELETE_KEYS]]
+            answer = s3.call_s3("delete_objects", Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+            failed = answer.get("Errors") or []
+            if failed:
+                raise OSError(f"the store did not delete {len(failed)} of {len(objects)} object(s), e.g. "
+                              f"{bucket}/{failed[0].get('Key')}: {failed[0].get('Code')} {failed[0].get('Message')}")
 
 
 FOOTER_BYTES = 64 << 10  # read from a parquet file's end: its footer and more, for all but very wide tables
@@ -314,11 +343,18 @@ def job_summary(uri: str) -> Optional[dict]:
         return summary | {"settings": {}}
 
 
-def list_files(uri: str, input_format: str = "auto",
-               column_names: Optional[List[str]] = None) -> Tuple[List[str], str, pafs.FileSystem]:
+class Listing(NamedTuple):
+    """An input's data files (paths as the filesystem names them, no scheme), their format, the filesystem, and
+    each file's size and stamp as the listing gave them (`size_and_stamp`'s; none for a file named alone)."""
+    files: List[str]
+    input_format: str
+    fs: pafs.FileSystem
+    stamps: Dict[str, Tuple[int, str]]
+
+
+def list_files(uri: str, input_format: str = "auto", column_names: Optional[List[str]] = None) -> Listing:
     """Expands a file, a folder (recursively) or a glob into data files, all of one format.
 
-    Returns the paths as the filesystem names them (no scheme), the format and the filesystem.
     Hidden and underscore files (`_SUCCESS`, `.crc`) are skipped, as Spark and Arrow do, and in a folder or
     glob the files of other formats. An output folder of ce-ray gives its `results/` (refused unless its job
     finished). `column_names`, for files without a header line, is refused for formats whose files name their
@@ -335,6 +371,7 @@ def list_files(uri: str, input_format: str = "auto",
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"input {uri} does not exist")
     named = info.type == pafs.FileType.File and not has_glob  # one file, named: read whatever its name
+    listed: Dict[str, Tuple[int, str]] = {}
     if info.type == pafs.FileType.Directory and not has_glob and is_output(fs, path):
         # An earlier job's output (a cascade reranks one again, eval measures one): its results are the rows.
         if fs.get_file_info(f"{path}/{SUCCESS}").type == pafs.FileType.NotFound:
@@ -347,15 +384,14 @@ def list_files(uri: str, input_format: str = "auto",
         files = [path]
     else:
         try:
-            infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+            listed = list_tree(fs, base)
         except OSError as e:
             raise InputError(f"cannot list input {uri}: {e}") from e
         files = sorted(
-            i.path
-            for i in infos
-            if i.type == pafs.FileType.File
-            and not any(part.startswith(("_", ".")) for part in i.path[len(base) :].split("/") if part)
-            and (not has_glob or fnmatch.fnmatch(i.path, path))
+            file
+            for file in listed
+            if not any(part.startswith(("_", ".")) for part in file[len(base) :].split("/") if part)
+            and (not has_glob or fnmatch.fnmatch(file, path))
         )
     if has_glob and not files:
         raise InputError(f"input {uri} matches no files")
@@ -384,7 +420,7 @@ def list_files(uri: str, input_format: str = "auto",
     if column_names and input_format not in DELIMITED:
         raise InputError(f"column_names names the columns of CSV or TSV files without a header line; {uri} is "
                          f"{input_format}, whose files name their columns")
-    return files, input_format, fs
+    return Listing(files, input_format, fs, {file: listed[file] for file in files if file in listed})
 
 
 @dataclass
@@ -402,13 +438,38 @@ class FileCheck:
 
 def size_and_stamp(fs: pafs.FileSystem, path: str) -> Tuple[int, str]:
     """A file's size in bytes, and its stamp: `<bytes>:<modified, ns>` of a local file, `<bytes>:<ETag>` of an
-    S3 object (s3fs gives Arrow no time, and a new upload gets a new ETag)."""
+    S3 object (s3fs gives Arrow no time, and a new upload gets a new ETag). One look-up (a HEAD on S3): a listing
+    gives the same of every file it holds (`list_tree`)."""
     handler = getattr(fs, "handler", None)
     if isinstance(handler, pafs.FSSpecHandler):
-        info = handler.fs.info(path)
-        return info.get("size"), f"{info.get('size')}:{info.get('ETag') or info.get('LastModified') or ''}"
-    info = fs.get_file_info(path)
+        return _object_stamp(handler.fs.info(path))
+    return _stat_stamp(fs.get_file_info(path))
+
+
+def _object_stamp(info: dict) -> Tuple[int, str]:
+    """An S3 object's size and stamp from s3fs's details of it, a HEAD's or a listing's: both give the ETag as S3
+    does, in its quotes, the stamp that `_ce_ray/inputs.json` of earlier runs holds."""
+    return info.get("size"), f"{info.get('size')}:{info.get('ETag') or info.get('LastModified') or ''}"
+
+
+def _stat_stamp(info: pafs.FileInfo) -> Tuple[int, str]:
     return info.size, f"{info.size}:{info.mtime_ns or ''}"
+
+
+def list_tree(fs: pafs.FileSystem, folder: str) -> Dict[str, Tuple[int, str]]:
+    """Every file under `folder` (none where there is no folder), at any depth, with its size and stamp as the
+    listing gives them (`size_and_stamp`'s, without a request a file). On S3 one listing (a request per 1,000
+    objects): pyarrow's listing of a folder asks first whether it is one, which s3fs answers by listing it as well,
+    and drops the ETags."""
+    handler = getattr(fs, "handler", None)
+    if isinstance(handler, pafs.FSSpecHandler):
+        try:
+            found = handler.fs.find(folder, withdirs=False, detail=True)
+        except FileNotFoundError:  # no bucket
+            return {}
+        return {path: _object_stamp(info) for path, info in found.items() if info.get("type") == "file"}
+    infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
+    return {info.path: _stat_stamp(info) for info in infos if info.type == pafs.FileType.File}
 
 
 def _text_bytes(path: str, size: int, head: bytes, whole: bool) -> int:
@@ -434,9 +495,12 @@ def _head(f) -> Tuple[bytes, bool]:
     return b"".join(chunks), len(chunks[-1]) < HEAD_BYTES
 
 
-def _check_one(fs: pafs.FileSystem, path: str, input_format: str, column_names: Optional[List[str]]) -> FileCheck:
+def _check_one(fs: pafs.FileSystem, path: str, input_format: str, column_names: Optional[List[str]],
+               listed: Optional[Tuple[int, str]] = None) -> FileCheck:
+    """`listed`: the file's size and stamp from the input's listing, taken before its rows are read (so is a look-up
+    here): a file rewritten meanwhile differs later."""
     try:
-        size, stamp = size_and_stamp(fs, path)  # before its rows are read: a file rewritten meanwhile differs later
+        size, stamp = listed or size_and_stamp(fs, path)
     except OSError as e:
         raise InputError(f"cannot read {path}: {e}") from e
     return replace(_read_schema(fs, path, size, input_format, column_names), stamp=stamp)
@@ -544,7 +608,8 @@ def _as_read(types: dict, required: Sequence[str], lists: Sequence[str]) -> dict
 def check_inputs(
     fs: pafs.FileSystem, files: List[str], input_format: str, required: List[str],
     column_names: Optional[List[str]] = None, present: Sequence[str] = (), lists: Sequence[str] = (),
-    written: Optional[Dict[str, str]] = None, read: Optional[Sequence[str]] = None,
+    written: Optional[Dict[str, str]] = None, listed: Optional[Dict[str, Tuple[int, str]]] = None,
+    read: Optional[Sequence[str]] = None,
 ) -> Tuple[List[FileCheck], pa.Schema]:
     """Reads each file's schema (parquet footer, CSV header, first JSON line) before any work starts, and returns
     the files' checks and the input's schema (`agreed_schema`), which the job writes its output parts in.
@@ -552,10 +617,13 @@ def check_inputs(
     Fails naming the file and the column when a required (text) column or a `present` one (of any type: an
     id) is missing or a required one is not text (nor a list of texts, for those in `lists`), a file has a
     column the job writes (`written`: each name with what the user can do about it), a file is unreadable,
-    or there are no rows at all. With `read` (a job that reads only those columns: training), only their types
-    must agree from file to file, and only they make the schema: the others may differ.
+    or there are no rows at all. `listed`: each file's size and stamp from the input's listing (`Listing.stamps`),
+    where a file not in it costs a look-up (a HEAD on S3) more than its schema's read. With `read` (a job that
+    reads only those columns: training), only their types must agree from file to file, and only they make
+    the schema: the others may differ.
     """
-    checks = in_parallel(lambda p: _check_one(fs, p, input_format, column_names), files)
+    listed = listed or {}
+    checks = in_parallel(lambda p: _check_one(fs, p, input_format, column_names, listed.get(p)), files)
     if input_format == "jsonl":
         checks = [replace(c, types=_as_read(c.types, required, lists)) for c in checks]
     for check in checks:

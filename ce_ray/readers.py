@@ -48,9 +48,9 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     """
     import ray.data
 
-    files, input_format, fs = list_files(uri, input_format, column_names)
+    files, input_format, fs, listed = list_files(uri, input_format, column_names)
     checks, schema = check_inputs(fs, files, input_format, list(required or []), column_names, present, lists,
-                                  written, read)
+                                  written, listed, read)
     checks = [c for c in checks if c.rows != 0]
     todo = [c for c in checks if keep is None or keep(c)]
     if not todo:

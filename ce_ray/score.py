@@ -527,6 +527,10 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     if earlier.damaged:
         print(f"{title}: note: {len(earlier.damaged)} part(s) of the output cannot be read (cut short, or not parquet; "
               f"e.g. {earlier.damaged[0]}): their input files are scored again", file=sys.stderr, flush=True)
+    lost = earlier.lost(stamps)
+    if lost:
+        print(f"{title}: note: the output of the finished job lost parts of {len(lost)} input file(s) since (deleted "
+              f"or lost by the store; e.g. {lost[0]}-r*.parquet): they are scored again", file=sys.stderr, flush=True)
     rewritten = sorted(key for key in done if key in stamps and not earlier.done(key, stamps[key]))
     if rewritten:
         print(f"{title}: note: {len(rewritten)} input file(s) that an earlier run completed were rewritten since "

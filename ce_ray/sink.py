@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import re
 import time
 import uuid
@@ -34,8 +35,8 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from .batching import REJECT
-from .io import (JOB, REJECTS, RESULTS, RESUME, STATE, SUCCESS, filesystem, in_parallel, is_remote, parquet_footer,
-                 read_state, remove)
+from .io import (JOB, REJECTS, RESULTS, RESUME, STATE, SUCCESS, delete_files, filesystem, in_parallel, is_remote,
+                 list_tree, parquet_footer, read_state, remove)
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 from .runtime import work
 
@@ -72,8 +73,7 @@ def has_results(output: str) -> bool:
     fs, path = filesystem(output)
     if fs.get_file_info(f"{path}/{SUCCESS}").type != pafs.FileType.NotFound:
         return True
-    return any(info.type == pafs.FileType.File for sub in (RESULTS, REJECTS)
-               for info in fs.get_file_info(pafs.FileSelector(f"{path}/{sub}", recursive=True, allow_not_found=True)))
+    return any(list_tree(fs, f"{path}/{sub}") for sub in (RESULTS, REJECTS))
 
 
 @dataclass
@@ -97,6 +97,7 @@ class ResumeState:
     other: list  # files that belong to no input: temporaries of a killed run, task-indexed parts
     # input key -> its file's stamp when the earlier run read it (empty for outputs of versions without them)
     stamps: Dict[str, str] = field(default_factory=dict)
+    finished: bool = False  # the earlier job wrote `_SUCCESS`: every input it read was complete then
 
     @property
     def complete(self) -> Set[str]:
@@ -111,15 +112,25 @@ class ResumeState:
         """Every part held, and its rows."""
         return {file: rows for parts in self.parts.values() for file, rows in parts.files.items()}
 
+    def lost(self, stamps: Dict[str, str]) -> list:
+        """The input files (key -> stamp now) that the earlier job, finished, completed as they are now, and whose
+        parts the output no longer holds (deleted or lost since; those that cannot be read are `damaged`)."""
+        if not self.finished:
+            return []
+        damaged = {key for key, parts in self.parts.items() if None in parts.files.values()}
+        return sorted(key for key, stamp in stamps.items() if self.stamps.get(key) == stamp
+                      and key not in self.complete and key not in damaged)
+
     def done(self, key: str, stamp: str) -> bool:
         """Whether the earlier run completed the input file `key` as the file is now (`stamp`): one rewritten
         since (another size, time or ETag) is scored again."""
         return key in self.parts and self.parts[key].complete and self.stamps.get(key, stamp) == stamp
 
 
-def _list(fs: pafs.FileSystem, folder: str) -> list:
-    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-    return [i for i in infos if i.type == pafs.FileType.File]
+def _list(fs: pafs.FileSystem, folder: str) -> Dict[str, int]:
+    """The files in `folder` (none where there is no folder), each with its size: on S3 one listing, where pyarrow's
+    took two (asking first whether the folder is one, which s3fs answers by listing it)."""
+    return {file: size for file, (size, _) in list_tree(fs, folder).items() if posixpath.dirname(file) == folder}
 
 
 @dataclass
@@ -155,9 +166,9 @@ def scan_parts(output: str) -> ResumeState:
     fs, path = filesystem(output)
     named, other = [], []
     for sub in (RESULTS, REJECTS):
-        for info in _list(fs, f"{path}/{sub}"):
-            match = _PART.match(info.base_name)
-            (named if match else other).append((sub, f"{path}/{sub}/{info.base_name}", match, info.size))
+        for file, size in _list(fs, f"{path}/{sub}").items():
+            match = _PART.match(posixpath.basename(file))
+            (named if match else other).append((sub, file, match, size))
 
     footers = read_footers(fs, {file: size for _, file, _, size in named})
     parts: Dict[str, InputParts] = {}
@@ -206,6 +217,7 @@ def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:
             )
     state = scan_parts(output)
     state.stamps = read_state(fs, path, INPUTS) or {}
+    state.finished = fs.get_file_info(f"{path}/{SUCCESS}").type == pafs.FileType.File
     if any(not f.rsplit("/", 1)[-1].startswith(".") for f in state.other):  # not a temporary: a foreign part
         raise ResumeError(
             f"{output} holds parts not named after an input file (written by a job that regroups rows, "
@@ -250,7 +262,7 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: O
                     kept.parts[key] = parts
                 else:
                     dropped += parts.files
-            in_parallel(fs.delete_file, dropped)  # on S3 two requests a file (a look-up, the delete)
+            delete_files(fs, dropped)
         else:
             raise ValueError(f"unknown mode {mode!r}")
     with writing(output):  # the job's first write: a place it cannot write fails here, before any work
@@ -419,8 +431,8 @@ class PairsSink(Datasink):
 def _differences(fs: pafs.FileSystem, path: str, expected: Dict[str, int]) -> list:
     """What results/ and rejects/ hold otherwise than `expected` (part -> rows), each said in a few words: parts
     missing, of other row counts or unreadable (from their footers alone), and parts that no one expected."""
-    held = {f"{path}/{sub}/{info.base_name}": info.size for sub in (RESULTS, REJECTS)
-            for info in _list(fs, f"{path}/{sub}") if not info.base_name.startswith(".")}  # a temporary is no part
+    held = {file: size for sub in (RESULTS, REJECTS) for file, size in _list(fs, f"{path}/{sub}").items()
+            if not posixpath.basename(file).startswith(".")}  # a temporary is no part
     footers = read_footers(fs, {file: size for file, size in held.items() if file in expected})
     said = []
     for file, rows in sorted(expected.items()):

@@ -155,6 +155,29 @@ def test_resume_scores_again_the_inputs_of_parts_cut_short_or_short_of_rows(ray_
     np.testing.assert_allclose(got["score"], want["score"], atol=1e-6)
 
 
+def test_a_finished_job_whose_output_lost_parts_since_is_made_whole_by_resume(ray_local, tmp_path, tiny_model,
+                                                                             wikiqa_files, reference, capsys):
+    """A finished job (`_SUCCESS` written) whose output lost parts since, every part of one input and one part of
+    another: the default mode refuses it, naming --mode resume; a resume scores those inputs again, says so, and
+    writes `_SUCCESS` for the whole output. It scored them again without a word of why."""
+    folder, _ = wikiqa_files
+    out = copy_of(reference, tmp_path)
+    whole, one = (input_key(str(folder / f"shard-{i}.parquet")) for i in (2, 6))
+    for part in [*(out / "results").glob(f"{whole}-r*"), *(out / "rejects").glob(f"{whole}-r*"),
+                 sorted((out / "results").glob(f"{one}-r*"))[0]]:
+        os.remove(part)
+    with pytest.raises(OutputExistsError, match="--mode resume"):
+        run_score(config_for(out, tiny_model, folder))
+    summary = run_score(config_for(out, tiny_model, folder, mode="resume"))
+    assert ("the output of the finished job lost parts of 2 input file(s) since (deleted or lost by the store; e.g. "
+            f"{min(whole, one)}-r*.parquet): they are scored again") in capsys.readouterr().err
+    assert (summary.files_kept, summary.rows_in) == (FILES - 2, FILES * ROWS_PER_FILE)
+    assert json.loads((out / "_SUCCESS").read_text())["rows_in"] == FILES * ROWS_PER_FILE
+    got, want = results(out), results(reference)
+    pd.testing.assert_frame_equal(got.drop(columns="score"), want.drop(columns="score"))
+    np.testing.assert_allclose(got["score"], want["score"], atol=1e-6)
+
+
 @pytest.mark.parametrize("sink_class, finish", [(PairsSink, "--mode resume finishes it"),
                                                 (RankedSink, "rerun it with --mode overwrite")])
 def test_success_is_written_only_where_the_output_holds_every_part_the_job_wrote(ray_local, tmp_path, sink_class,

@@ -348,20 +348,24 @@ def test_parts_a_store_lost_after_it_took_them_fail_the_check_before_success(s3_
 @pytest.fixture
 def counting_store(monkeypatch):
     """A moto S3 server that answers each request after 50 ms, as a store across a network does, and records it as
-    (method, path) in `requests`, and the most requests it answered at once in `most_at_once`; the process's S3
-    settings point at it."""
+    (method, path) in `requests`, the prefix of each whole listing (not one of a key or two, a look-up) in `listings`,
+    and the most requests it answered at once in `most_at_once`; the process's S3 settings point at it."""
     import threading
     import time
+    import urllib.parse
     from types import SimpleNamespace
 
     import s3fs
 
-    counted = SimpleNamespace(requests=[], at_once=0, most_at_once=0)
+    counted = SimpleNamespace(requests=[], listings=[], at_once=0, most_at_once=0)
     lock = threading.Lock()
 
     def store(environ, start_response, moto):
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
         with lock:
             counted.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
+            if "list-type" in query and "max-keys" not in query:
+                counted.listings.append(query.get("prefix", [""])[0])
             counted.at_once += 1
             counted.most_at_once = max(counted.most_at_once, counted.at_once)
         try:
@@ -383,16 +387,19 @@ def counting_store(monkeypatch):
 
 def test_an_input_of_many_files_costs_a_few_requests_a_file_before_any_work(counting_store):
     """Users keep pairs as hundreds or thousands of parquet files (Spark's parts). Before any work a job reads each
-    input file's size and ETag (one HEAD) and its footer (one ranged GET of its end), and a resume reads each part's
-    footer (one GET), 16 at a time: at moto's ~20 ms a request, what a file costs is a job's start. Opening each
-    input file as pyarrow does cost two HEAD requests more, 4 requests a file."""
+    input file's footer (one ranged GET of its end), its size and ETag coming from the input's listing, and a resume
+    reads each part's footer (one GET), 16 at a time: at moto's ~20 ms a request, what a file costs is a job's
+    start. Opening each input file as pyarrow does cost two HEAD requests more, and its size and ETag one more: 4
+    requests a file, then 2. The stamps are those that a HEAD gives, that earlier runs recorded for resume. A read
+    task opens its file with one look-up, where it made two. A folder is listed once, where pyarrow listed it twice
+    (asking first whether it is a folder, which s3fs answers by listing it)."""
     import collections
 
     import pyarrow as pa
     import pyarrow.parquet as pq
     import s3fs
 
-    from ce_ray import io
+    from ce_ray import io, readers
     from ce_ray.sink import scan_parts
 
     requests, bucket, files = counting_store.requests, "ce-ray-many-files", 20
@@ -407,21 +414,33 @@ def test_an_input_of_many_files_costs_a_few_requests_a_file_before_any_work(coun
         return collections.Counter(method for method, path in requests if path.startswith(f"/{bucket}/{prefix}"))
 
     requests.clear()
-    paths, input_format, input_fs = io.list_files(f"s3://{bucket}/in/")
-    checks, schema = io.check_inputs(input_fs, paths, input_format, ["query", "document"])
+    counting_store.listings.clear()
+    paths, input_format, input_fs, listed = io.list_files(f"s3://{bucket}/in/")
+    checks, schema = io.check_inputs(input_fs, paths, input_format, ["query", "document"], listed=listed)
     assert [check.rows for check in checks] == [3] * files and schema.names == ["query", "document"]
-    assert each_file("in/part-") == {"HEAD": files, "GET": files}
-    assert len(requests) <= 2 * files + 10  # the listing and the look-ups of the job, not of each file
+    assert each_file("in/part-") == {"GET": files}
+    assert len(requests) <= files + 10  # the listing and the look-ups of the job, not of each file
+    assert counting_store.listings == ["in/"]  # once: pyarrow's listing of a folder lists it twice
+    # as a HEAD gives them (the ETag in its quotes), and as `_ce_ray/inputs.json` of earlier runs holds them
+    assert {check.path: check.stamp for check in checks} == {
+        path: io.size_and_stamp(input_fs, path)[1] for path in paths}
+    assert all(check.stamp.endswith('"') for check in checks)
+    requests.clear()  # as a read task reads a file: one look-up (its size, the ETag its reads are held to), its bytes
+    [whole] = readers.read_ranges(checks[0], 1000)
+    assert sum(chunk.num_rows for chunk in readers.read_range(input_fs, whole, 1000)) == 3
+    assert each_file("in/part-")["HEAD"] == 1
     requests.clear()
+    counting_store.listings.clear()
     assert len(scan_parts(f"s3://{bucket}/out").parts) == files
     assert each_file(f"out/{io.RESULTS}/part-") == {"GET": files}
     assert len(requests) <= files + 10
+    assert counting_store.listings.count(f"out/{io.RESULTS}/") == 1
 
 
-def test_a_resume_deletes_the_parts_of_unfinished_inputs_several_at_a_time(counting_store):
+def test_a_resume_deletes_the_parts_of_unfinished_inputs_in_one_request(counting_store):
     """A resume deletes the parts of the inputs an earlier run did not finish (and temporaries) before it scores:
-    on S3 two requests a part (pyarrow's look-up, the delete), one part after another, 40 s for 1,000 parts at
-    moto's ~20 ms a request. They go 16 at a time, as the footers are read."""
+    on S3 two requests a part (pyarrow's look-up, the delete), 2,000 requests for 1,000 parts. They go in one
+    request per 1,000 (S3's DeleteObjects)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import s3fs
@@ -437,8 +456,10 @@ def test_a_resume_deletes_the_parts_of_unfinished_inputs_several_at_a_time(count
             pq.write_table(pa.table({"query": ["a query"], "document": ["a document"]}), f)
     state = resume_state(output)
     assert state.parts and not state.complete
-    counting_store.most_at_once = 0
+    requests = counting_store.requests
+    requests.clear()
     assert not prepare_output(output, "resume", resume=state).parts
     fs.invalidate_cache()
     assert not fs.find(f"{bucket}/out/{io.RESULTS}")
-    assert counting_store.most_at_once > 1
+    assert not [path for _, path in requests if path.startswith(f"/{bucket}/out/{io.RESULTS}/")]  # none a part
+    assert requests.count(("POST", f"/{bucket}")) == 1  # DeleteObjects, of the 8
