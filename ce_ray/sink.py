@@ -248,8 +248,8 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: O
     Returns what was kept."""
     fs, path = filesystem(output)
     kept = ResumeState({}, [])
-    check_output(output, mode, resumable)
-    if has_results(output):
+    check_output(output, mode, resumable)  # in mode error, it refused an output that has results
+    if mode != "error" and has_results(output):
         if mode == "overwrite":
             for sub in (SUCCESS, RESULTS, REJECTS, STATE):
                 remove(fs, f"{path}/{sub}")

@@ -463,3 +463,18 @@ def test_a_resume_deletes_the_parts_of_unfinished_inputs_in_one_request(counting
     assert not fs.find(f"{bucket}/out/{io.RESULTS}")
     assert not [path for _, path in requests if path.startswith(f"/{bucket}/out/{io.RESULTS}/")]  # none a part
     assert requests.count(("POST", f"/{bucket}")) == 1  # DeleteObjects, of the 8
+
+
+def test_a_new_output_is_looked_up_once_before_a_job_writes_it(counting_store):
+    """Preparing an output in the default mode looked up whether it had results twice (its `_SUCCESS`, a listing
+    of results/ and of rejects/ each time): the check that refuses one, then again to clear it."""
+    import s3fs
+
+    from ce_ray import io
+    from ce_ray.sink import prepare_output
+
+    bucket = "ce-ray-new-output"
+    s3fs.S3FileSystem().mkdir(bucket)
+    counting_store.listings.clear()
+    prepare_output(f"s3://{bucket}/out", "error", job={"model": "m"})
+    assert counting_store.listings.count(f"out/{io.RESULTS}/") == 1
