@@ -278,6 +278,11 @@ def input_key(path: str) -> str:
     return f"{stem}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
 
 
+def input_sources(checks: Sequence[FileCheck]) -> Dict[str, str]:
+    """The input files' paths by the key their rows carry (`input_key`), to name the file of a row."""
+    return {input_key(check.path): check.path for check in checks}
+
+
 def plain_columns(table: pa.Table) -> pa.Table:
     """The columns in the types they are read as (`io.read_type`): the same values, in types that every stage
     and Ray Data's group-by take, and the same in every file (a categorical in one file, plain text in another,

@@ -331,9 +331,9 @@ def default_partitions(input_bytes: int) -> int:
 def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSummary:
     """The `ce-ray rerank` job: read, score, rank per query, keep the top k, write results and rejects."""
     from .io import check_apart, check_s3_access, parse_names
-    from .readers import input_key, read_dataset
+    from .readers import input_key, input_sources, read_dataset
     from .runtime import surfaced_errors, work
-    from .score import input_sources, job_settings, say_input, scoring_model, written_columns
+    from .score import job_settings, say_input, scoring_model, written_columns
     from .sink import check_output, prepare_output
 
     require(config, "model", "input", "output")

@@ -130,8 +130,8 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
     Example: `ce_ray.score(ray.data.read_parquet(...), model="cross-encoder/ms-marco-MiniLM-L6-v2")`.
     With `announce` (a job's title), one line says how the pairs will be scored: the device, the replicas,
     the tokenizer, the forward passes' token budget. `checked`: `scoring_model(config)`, where a job checked it
-    (its config is then the one used). `sources`: a job's input files by their key (`input_sources`), so that a
-    row that on_invalid=fail stops at names its file.
+    (its config is then the one used). `sources`: a job's input files by their key (`readers.input_sources`), so
+    that a row that on_invalid=fail stops at names its file.
     """
     require_dataset(ds)
     config = with_settings(config or ScoreConfig(), settings)
@@ -464,13 +464,6 @@ def job_settings(config: ScoreConfig) -> dict:
         {"activation": config.activation} if config.activation else {})
 
 
-def input_sources(files) -> Dict[str, str]:
-    """The input files' paths by the key their rows carry (`readers.input_key`)."""
-    from .readers import input_key
-
-    return {input_key(f.path): f.path for f in files}
-
-
 def say_input(title: str, files) -> None:
     """The pairs a job is to score (known from parquet footers; a text file's rows are counted as it is read):
     Ray Data's progress gives the scoring stage's rows against its own estimate of the total, which may be far
@@ -488,7 +481,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     not rewritten since) and redoes the rest. A transform regroups rows across files, so its jobs cannot resume.
     """
     from .io import OVERWRITE, RESUME, check_apart, check_s3_access, parse_names
-    from .readers import input_key, read_dataset
+    from .readers import input_key, input_sources, read_dataset
     from .sink import WRITE_REMOTE_ARGS, PairsSink, ResumeState, check_output, prepare_output, resume_state
 
     require(config, "model", "input", "output")

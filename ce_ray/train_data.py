@@ -297,7 +297,7 @@ def _tokenized(ds, config: TrainConfig, encoder: PairEncoder, max_length: int, l
 def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str]):
     """The rows at `uri`, in any shape `training_pairs` takes, as labelled pairs; the config naming their
     label column; and the files' paths by their input keys (`ROW_INPUT`)."""
-    from .readers import input_key, read_dataset
+    from .readers import input_sources, read_dataset
 
     documents = [config.document_column, *negatives]  # each a column of texts or of lists of texts
     labels = [] if negatives else [config.label_column]
@@ -312,7 +312,7 @@ def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str]):
         label_column=config.label_column), batch_format="pyarrow", batch_size=None)
     if negatives:
         config = dataclasses.replace(config, label_column=LABEL_OF_NEGATIVES)
-    return ds, config, {input_key(check.path): check.path for check in checks}
+    return ds, config, input_sources(checks)
 
 
 def top_reasons(stats: dict, count: int = 3) -> str:
