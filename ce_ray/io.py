@@ -46,6 +46,7 @@ _EXTENSIONS = {
 RESULTS = "results"
 REJECTS = "rejects"
 SUCCESS = "_SUCCESS"
+RESULT_PARTS = "result_parts"  # in `_SUCCESS`: the parts of results/ when the job finished
 # What finishes a job that stopped or failed mid-way: a score job resumes, a job that regroups rows cannot.
 RESUME, OVERWRITE = "--mode resume finishes it", "rerun it with --mode overwrite"
 STATE = "_ce_ray"
@@ -343,6 +344,21 @@ def job_summary(uri: str) -> Optional[dict]:
         return summary | {"settings": {}}
 
 
+def _finished_job(fs: pafs.FileSystem, path: str, uri: str) -> dict:
+    """The summary (`_SUCCESS`) of the job whose output `path` is; refused where the job did not finish."""
+    try:
+        with fs.open_input_stream(f"{path}/{SUCCESS}") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise InputError(f"input {uri} is the output of a job that did not finish (no {SUCCESS}): its results "
+                         "are partial; finish or rerun that job first") from None
+    try:
+        summary = json.loads(data or b"{}")
+    except ValueError:  # an empty or foreign marker: nothing to hold the parts to
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
 class Listing(NamedTuple):
     """An input's data files (paths as the filesystem names them, no scheme), their format, the filesystem, and
     each file's size and stamp as the listing gave them (`size_and_stamp`'s; none for a file named alone)."""
@@ -372,11 +388,10 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
         raise InputError(f"input {uri} does not exist")
     named = info.type == pafs.FileType.File and not has_glob  # one file, named: read whatever its name
     listed: Dict[str, Tuple[int, str]] = {}
+    finished: Optional[dict] = None  # the `_SUCCESS` of an earlier job whose output is the input
     if info.type == pafs.FileType.Directory and not has_glob and is_output(fs, path):
         # An earlier job's output (a cascade reranks one again, eval measures one): its results are the rows.
-        if fs.get_file_info(f"{path}/{SUCCESS}").type == pafs.FileType.NotFound:
-            raise InputError(f"input {uri} is the output of a job that did not finish (no {SUCCESS}): its results "
-                             "are partial; finish or rerun that job first")
+        finished = _finished_job(fs, path, uri)
         base = path = f"{path}/{RESULTS}"
         if fs.get_file_info(path).type == pafs.FileType.NotFound:  # S3 keeps no empty folder
             raise InputError(f"input {uri} is the output of a job that scored no row (see its {REJECTS}/)")
@@ -395,6 +410,10 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
         )
     if has_glob and not files:
         raise InputError(f"input {uri} matches no files")
+    if finished is not None and finished.get(RESULT_PARTS, len(files)) != len(files):
+        raise InputError(f"input {uri} is the output of a job that finished with {finished[RESULT_PARTS]:,} part(s) "
+                         f"in {RESULTS}/, which now holds {len(files):,}: parts were lost or added since; rerun that "
+                         "job (a score job's --mode resume scores again only the inputs whose parts are gone)")
     given = input_format != "auto"
     if input_format == "auto":
         formats = {detect_format(f) for f in files} - {None}

@@ -35,8 +35,8 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from .batching import REJECT
-from .io import (JOB, REJECTS, RESULTS, RESUME, STATE, SUCCESS, delete_files, filesystem, in_parallel, is_remote,
-                 list_tree, parquet_footer, read_state, remove)
+from .io import (JOB, REJECTS, RESULT_PARTS, RESULTS, RESUME, STATE, SUCCESS, delete_files, filesystem, in_parallel,
+                 is_remote, list_tree, parquet_footer, read_state, remove)
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 from .runtime import work
 
@@ -422,9 +422,11 @@ class PairsSink(Datasink):
     def write_success(self, summary: dict, kept: Optional[ResumeState] = None) -> None:
         """Writes `_SUCCESS`, once the output is seen to hold every part this job wrote and kept, whole."""
         fs, path = filesystem(self.output)
-        expected = {f"{path}/{name}": rows for name, rows in self.parts.items()}
+        expected = {f"{path}/{name}": rows for name, rows in self.parts.items()} | (kept.files() if kept else {})
         with work():  # a part lost during the work fails the job, as an error of its tasks does
-            check_parts(self.output, expected | (kept.files() if kept else {}), self.finish)
+            check_parts(self.output, expected, self.finish)
+        # How many parts results/ holds, so that a job reading this output later tells one that lost parts since.
+        summary = summary | {RESULT_PARTS: sum(file.startswith(f"{path}/{RESULTS}/") for file in expected)}
         _write_bytes(fs, f"{path}/{SUCCESS}", json.dumps(summary, indent=2).encode(), is_remote(self.output))
 
 

@@ -159,13 +159,21 @@ def test_a_finished_job_whose_output_lost_parts_since_is_made_whole_by_resume(ra
                                                                              wikiqa_files, reference, capsys):
     """A finished job (`_SUCCESS` written) whose output lost parts since, every part of one input and one part of
     another: the default mode refuses it, naming --mode resume; a resume scores those inputs again, says so, and
-    writes `_SUCCESS` for the whole output. It scored them again without a word of why."""
+    writes `_SUCCESS` for the whole output. It scored them again without a word of why. A job reading the output
+    in between (a cascade, eval) refuses it, where it read the rows left as the whole."""
     folder, _ = wikiqa_files
     out = copy_of(reference, tmp_path)
     whole, one = (input_key(str(folder / f"shard-{i}.parquet")) for i in (2, 6))
-    for part in [*(out / "results").glob(f"{whole}-r*"), *(out / "rejects").glob(f"{whole}-r*"),
-                 sorted((out / "results").glob(f"{one}-r*"))[0]]:
+    parts = len(list((out / "results").iterdir()))
+    lost = [*(out / "results").glob(f"{whole}-r*"), *(out / "rejects").glob(f"{whole}-r*"),
+            sorted((out / "results").glob(f"{one}-r*"))[0]]
+    for part in lost:
         os.remove(part)
+    held = len(list((out / "results").iterdir()))
+    assert held < parts
+    with pytest.raises(io.InputError, match=re.escape(f"finished with {parts} part(s) in results/, which now holds "
+                                                      f"{held}: parts were lost or added since")):
+        io.list_files(str(out))
     with pytest.raises(OutputExistsError, match="--mode resume"):
         run_score(config_for(out, tiny_model, folder))
     summary = run_score(config_for(out, tiny_model, folder, mode="resume"))
@@ -173,6 +181,7 @@ def test_a_finished_job_whose_output_lost_parts_since_is_made_whole_by_resume(ra
             f"{min(whole, one)}-r*.parquet): they are scored again") in capsys.readouterr().err
     assert (summary.files_kept, summary.rows_in) == (FILES - 2, FILES * ROWS_PER_FILE)
     assert json.loads((out / "_SUCCESS").read_text())["rows_in"] == FILES * ROWS_PER_FILE
+    assert len(io.list_files(str(out)).files) == parts
     got, want = results(out), results(reference)
     pd.testing.assert_frame_equal(got.drop(columns="score"), want.drop(columns="score"))
     np.testing.assert_allclose(got["score"], want["score"], atol=1e-6)
