@@ -51,11 +51,12 @@ def training_batch_tokens(config: TrainConfig, use_gpu: bool) -> Optional[int]:
     return GPU_TRAIN_BATCH_TOKENS if use_gpu else CPU_TRAIN_BATCH_TOKENS
 
 
-def numeric_labels(table: pa.Table, label_column: str) -> pa.Array:
+def numeric_labels(table: pa.Table, label_column: str, files: Optional[Dict[str, str]] = None) -> pa.Array:
     """The label column as float32 (null stays null). A CSV's labels come as text: each is read as a number
     (`True` and `False`, as pandas writes booleans, as 1 and 0, as parquet's and JSON's booleans are), and one
     that is none (`NA`) becomes null, its row rejected (`_tokenize_train_block`); a column of other kinds, or
-    of text where no value is a number, fails naming it."""
+    of text where no value is a number, fails naming it and the block's files (`files`: each input key's
+    path, `_block_files`)."""
     column = table.column(label_column)
     try:
         return pc.cast(column, pa.float32())
@@ -69,7 +70,7 @@ def numeric_labels(table: pa.Table, label_column: str) -> pa.Array:
             numbers = values[indices]
             return pa.array(numbers, pa.float32(), mask=np.isnan(numbers))
     kind = "text" if is_text(column.type) else column.type
-    raise InputError(f"label column {label_column!r} is {kind}, not a number")
+    raise InputError(f"{_block_files(table, files)}label column {label_column!r} is {kind}, not a number")
 
 
 BOOLEAN_TEXTS = {"true": 1.0, "false": 0.0}
@@ -93,10 +94,7 @@ def _tokenize_train_block(table: pa.Table, encoder: PairEncoder, query_column: s
     if TYPES in out.column_names:
         columns[TYPES] = out.column(TYPES)
     if label_column is not None:
-        try:
-            labels = numeric_labels(out, label_column)
-        except InputError as e:
-            raise InputError(f"{_block_files(out, files)}{e}") from None
+        labels = numeric_labels(out, label_column, files)
         values = labels.to_numpy(zero_copy_only=False)
         bad = np.isnan(values) | (values < 0) | (values > 1)
         given = out.column(label_column).is_valid().to_numpy(zero_copy_only=False)
@@ -247,10 +245,7 @@ def _eval_rows(config: TrainConfig, negatives: List[str]):
     table = pa.concat_tables(ray.get(ds.to_arrow_refs()), promote_options="permissive")
     queries, query_reasons = text_column(table, config.query_column)
     documents, document_reasons = text_column(table, config.document_column)
-    try:
-        labels = numeric_labels(table, config.label_column).to_numpy(zero_copy_only=False)
-    except InputError as e:
-        raise InputError(f"{_block_files(table, files)}{e}") from None
+    labels = numeric_labels(table, config.label_column, files).to_numpy(zero_copy_only=False)
     usable = (query_reasons == "") & (document_reasons == "") & ~np.isnan(labels)
     if REJECT in table.column_names:
         usable &= table.column(REJECT).is_null().to_numpy(zero_copy_only=False)
