@@ -46,7 +46,8 @@ _EXTENSIONS = {
 RESULTS = "results"
 REJECTS = "rejects"
 SUCCESS = "_SUCCESS"
-RESULT_PARTS = "result_parts"  # in `_SUCCESS`: the parts of results/ when the job finished
+RESULT_PARTS = "result_parts"  # in `_SUCCESS`: how many parts results/ held when the job finished
+RESULT_ROWS = "result_rows"  # in `_SUCCESS`: each part of results/ (its name) and its rows, when the job finished
 # What finishes a job that stopped or failed mid-way: a score job resumes, a job that regroups rows cannot.
 RESUME, OVERWRITE = "--mode resume finishes it", "rerun it with --mode overwrite"
 STATE = "_ce_ray"
@@ -147,6 +148,7 @@ class _S3Handler(pafs.FSSpecHandler):
 
         f = self.fs.open(path, mode="rb")  # FileNotFoundError where there is nothing
         if f.details["type"] != "file":  # a folder
+            f.close()
             raise FileNotFoundError(path)
         return PythonFile(f, mode="r")
 
@@ -326,26 +328,26 @@ def read_state(fs: pafs.FileSystem, path: str, name: str = JOB) -> Optional[dict
 
 
 def job_summary(uri: str) -> Optional[dict]:
-    """The summary (`_SUCCESS`) of the finished job whose output folder `uri` is, with the job's settings
-    (`_ce_ray/job.json`) as its "settings", or None for any other input."""
+    """The summary (`_SUCCESS`, `finished_job`) of the finished job whose output folder `uri` is, with the job's
+    settings (`_ce_ray/job.json`) as its "settings", or None for any other input."""
     if is_glob(uri):
         return None
     fs, path = filesystem(uri)
     if fs.get_file_info(path).type != pafs.FileType.Directory or not is_output(fs, path):
         return None
-    try:
-        with fs.open_input_stream(f"{path}/{SUCCESS}") as f:
-            summary = json.loads(f.read() or b"{}")
-    except (OSError, ValueError):  # not finished (refused when read), or an empty marker of another writer
-        return None
+    summary = finished_job(fs, path, uri)
     try:
         return summary | {"settings": read_state(fs, path) or {}}
     except (OSError, ValueError):
         return summary | {"settings": {}}
 
 
-def _finished_job(fs: pafs.FileSystem, path: str, uri: str) -> dict:
-    """The summary (`_SUCCESS`) of the job whose output `path` is; refused where the job did not finish."""
+def finished_job(fs: pafs.FileSystem, path: str, uri: str) -> dict:
+    """The summary (`_SUCCESS`) of the ce-ray job whose output folder `path` is, as every job that reads the
+    output (a cascade, eval) reads it. Refused where the job did not finish (no `_SUCCESS`), and where the marker
+    is not the JSON object that ce-ray writes (empty, as Spark's and Hadoop's are, or other text): another hand
+    wrote it, and whether the job finished is unknown. A folder without `_ce_ray/` is no output of ce-ray: its
+    `_SUCCESS` is its writer's own, never read."""
     try:
         with fs.open_input_stream(f"{path}/{SUCCESS}") as f:
             data = f.read()
@@ -353,10 +355,32 @@ def _finished_job(fs: pafs.FileSystem, path: str, uri: str) -> dict:
         raise InputError(f"input {uri} is the output of a job that did not finish (no {SUCCESS}): its results "
                          "are partial; finish or rerun that job first") from None
     try:
-        summary = json.loads(data or b"{}")
-    except ValueError:  # an empty or foreign marker: nothing to hold the parts to
-        return {}
-    return summary if isinstance(summary, dict) else {}
+        summary = json.loads(data)
+    except ValueError:
+        summary = None
+    if not isinstance(summary, dict):
+        raise InputError(f"input {uri} is the output of a ce-ray job whose {SUCCESS} is not the summary ce-ray "
+                         f"writes ({'empty' if not data.strip() else 'not a JSON object'}): whether that job "
+                         f"finished is unknown; rerun it, or give its {RESULTS}/ folder to read the rows it holds")
+    return summary
+
+
+def counted_parts(summary: dict, folder: str) -> Dict[str, int]:
+    """The parts of `folder` (an output's results/) and their rows as the finished job's `_SUCCESS` counts them;
+    none where it does not (outputs of versions that did not count them)."""
+    return {f"{folder}/{name}": rows for name, rows in (summary.get(RESULT_ROWS) or {}).items()}
+
+
+def refuse_changed_parts(uri: str, rows: Dict[str, Optional[int]], counted: Dict[str, int]) -> None:
+    """Refuses an earlier job's output whose parts hold other rows than its `_SUCCESS` counts (`counted`, by path),
+    `rows` being each part's rows now (from its footer): a part rewritten since with fewer rows, whose rows left
+    were read as the whole."""
+    changed = sorted(path for path, now in rows.items() if path in counted and now != counted[path])
+    if changed:
+        first, more = changed[0], f" ({len(changed)} parts changed)" if len(changed) > 1 else ""
+        raise InputError(f"input {uri} is the output of a job that finished with {counted[first]:,} rows in {first}, "
+                         f"which now holds {rows[first]:,}{more}: it was rewritten since; rerun that job (a score "
+                         "job's --mode resume scores again the inputs of parts cut short or short of rows)")
 
 
 class Listing(NamedTuple):
@@ -366,15 +390,19 @@ class Listing(NamedTuple):
     input_format: str
     fs: pafs.FileSystem
     stamps: Dict[str, Tuple[int, str]]
+    # Where the input is a finished job's output: each part's rows as its `_SUCCESS` counts them
+    # (`refuse_changed_parts` holds the footers to them); empty for any other input.
+    counted: Dict[str, int]
 
 
 def list_files(uri: str, input_format: str = "auto", column_names: Optional[List[str]] = None) -> Listing:
     """Expands a file, a folder (recursively) or a glob into data files, all of one format.
 
     Hidden and underscore files (`_SUCCESS`, `.crc`) are skipped, as Spark and Arrow do, and in a folder or
-    glob the files of other formats. An output folder of ce-ray gives its `results/` (refused unless its job
-    finished). `column_names`, for files without a header line, is refused for formats whose files name their
-    columns.
+    glob the files of other formats: a folder that Spark, Hadoop or DuckDB wrote reads as its parts. An output folder
+    of ce-ray gives its `results/` (refused unless its job finished, `finished_job`, and its parts are those that
+    job's `_SUCCESS` counts). `column_names`, for files without a header line, is refused for formats whose files
+    name their columns.
     """
     check_s3_access(uri)
     fs, path = filesystem(uri)
@@ -391,7 +419,7 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
     finished: Optional[dict] = None  # the `_SUCCESS` of an earlier job whose output is the input
     if info.type == pafs.FileType.Directory and not has_glob and is_output(fs, path):
         # An earlier job's output (a cascade reranks one again, eval measures one): its results are the rows.
-        finished = _finished_job(fs, path, uri)
+        finished = finished_job(fs, path, uri)
         base = path = f"{path}/{RESULTS}"
         if fs.get_file_info(path).type == pafs.FileType.NotFound:  # S3 keeps no empty folder
             raise InputError(f"input {uri} is the output of a job that scored no row (see its {REJECTS}/)")
@@ -410,10 +438,10 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
         )
     if has_glob and not files:
         raise InputError(f"input {uri} matches no files")
-    if finished is not None and finished.get(RESULT_PARTS, len(files)) != len(files):
-        raise InputError(f"input {uri} is the output of a job that finished with {finished[RESULT_PARTS]:,} part(s) "
-                         f"in {RESULTS}/, which now holds {len(files):,}: parts were lost or added since; rerun that "
-                         "job (a score job's --mode resume scores again only the inputs whose parts are gone)")
+    counted: Dict[str, int] = {}
+    if finished is not None:
+        counted = counted_parts(finished, base)
+        _refuse_lost_parts(uri, finished, counted, files)
     given = input_format != "auto"
     if input_format == "auto":
         formats = {detect_format(f) for f in files} - {None}
@@ -439,7 +467,22 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
     if column_names and input_format not in DELIMITED:
         raise InputError(f"column_names names the columns of CSV or TSV files without a header line; {uri} is "
                          f"{input_format}, whose files name their columns")
-    return Listing(files, input_format, fs, {file: listed[file] for file in files if file in listed})
+    return Listing(files, input_format, fs, {file: listed[file] for file in files if file in listed}, counted)
+
+
+def _refuse_lost_parts(uri: str, finished: dict, counted: Dict[str, int], files: List[str]) -> None:
+    """Refuses a finished job's output whose results/ holds other parts than its `_SUCCESS` names (`counted`), or,
+    for outputs of the version that counted them alone, as many (`RESULT_PARTS`): its rows left read as the whole."""
+    if counted:
+        lost, added = sorted(set(counted) - set(files)), sorted(set(files) - set(counted))
+        example = f" ({lost[0]} is missing)" if lost else f" ({added[0]} was not written by it)" if added else ""
+        then = len(counted)
+    else:
+        example, then = "", finished.get(RESULT_PARTS, len(files))
+    if example or then != len(files):
+        raise InputError(f"input {uri} is the output of a job that finished with {then:,} part(s) in {RESULTS}/, "
+                         f"which now holds {len(files):,}: parts were lost or added since{example}; rerun that job "
+                         "(a score job's --mode resume scores again only the inputs whose parts are gone)")
 
 
 @dataclass
@@ -475,6 +518,12 @@ def _stat_stamp(info: pafs.FileInfo) -> Tuple[int, str]:
     return info.size, f"{info.size}:{info.mtime_ns or ''}"
 
 
+# The empty objects that tools write on S3 to show a folder (the console's and Hadoop S3A's `<folder>/`, EMRFS's
+# `<folder>_$folder$`), which s3fs lists as files: read as data they failed an input given its format, and were
+# named as files skipped (an empty name) where it was not given.
+FOLDER_MARKERS = ("/", "_$folder$")
+
+
 def list_tree(fs: pafs.FileSystem, folder: str) -> Dict[str, Tuple[int, str]]:
     """Every file under `folder` (none where there is no folder), at any depth, with its size and stamp as the
     listing gives them (`size_and_stamp`'s, without a request a file). On S3 one listing (a request per 1,000
@@ -486,7 +535,8 @@ def list_tree(fs: pafs.FileSystem, folder: str) -> Dict[str, Tuple[int, str]]:
             found = handler.fs.find(folder, withdirs=False, detail=True)
         except FileNotFoundError:  # no bucket
             return {}
-        return {path: _object_stamp(info) for path, info in found.items() if info.get("type") == "file"}
+        return {path: _object_stamp(info) for path, info in found.items()
+                if info.get("type") == "file" and not path.endswith(FOLDER_MARKERS)}
     infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
     return {info.path: _stat_stamp(info) for info in infos if info.type == pafs.FileType.File}
 

@@ -352,7 +352,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
         {"rank_column": config.rank_column} if config.rank_column != RANK else {})
     say_input(title, files)
     scored = score(ds, config, announce=title, checked=checked, sources=input_sources(files))
-    prepare_output(config.output, config.mode, job=job, resumable=False)
+    prepare_output(config.output, config.mode, job=job, resumable=False, checked=True)
     partitions = config.rank_partitions or default_partitions(input_bytes)
     print(f"{title}: ranks the rows of each {config.query_id_column} in {partitions} partition(s)"
           + (f", keeping the best {config.top_k}" if config.top_k else ""), flush=True)

@@ -529,7 +529,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         print(f"{title}: note: {len(rewritten)} input file(s) that an earlier run completed were rewritten since "
               f"(another size, time or ETag, e.g. {rewritten[0]}): they are scored again", file=sys.stderr, flush=True)
     kept = prepare_output(config.output, config.mode, job=job, resume=earlier, stamps=stamps,
-                          resumable=transform is None)
+                          resumable=transform is None, checked=True)
     sink = PairsSink(config.output, written_columns(config), schema,
                      finish=RESUME if transform is None else OVERWRITE)
     if scored is not None:

@@ -6,7 +6,8 @@ Layout of an output folder:
     _ce_ray/job.json                              the settings that decide the scores (checked by resume)
     _ce_ray/inputs.json                           each input file's size and time or ETag (for resume)
     _SUCCESS                                      JSON summary, written last: the output is complete, as
-                                                  its parts' footers show (`check_parts`)
+                                                  its parts' footers show (`check_parts`); it names each
+                                                  part of results/ and its rows (`result_rows`)
 `<stem>-<hash8>` names the input file (its name, and a hash of its path), and `r<first row>` the first
 row of that file the part holds. The names depend only on the input, so a retried write task rewrites its
 own files and a re-run never adds a second copy of a row. The part holding a file's last row records the
@@ -35,8 +36,8 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from .batching import REJECT
-from .io import (JOB, REJECTS, RESULT_PARTS, RESULTS, RESUME, STATE, SUCCESS, delete_files, filesystem, in_parallel,
-                 is_remote, list_tree, parquet_footer, read_state, remove)
+from .io import (JOB, REJECTS, RESULT_PARTS, RESULT_ROWS, RESULTS, RESUME, STATE, SUCCESS, delete_files, filesystem,
+                 in_parallel, is_remote, list_tree, parquet_footer, read_state, remove)
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 from .runtime import work
 
@@ -71,9 +72,12 @@ def has_results(output: str) -> bool:
     """Whether a job wrote rows or finished here. A job that failed before its first write leaves only its
     settings (`_ce_ray/job.json`): nothing to keep or to resume from."""
     fs, path = filesystem(output)
-    if fs.get_file_info(f"{path}/{SUCCESS}").type != pafs.FileType.NotFound:
-        return True
-    return any(list_tree(fs, f"{path}/{sub}") for sub in (RESULTS, REJECTS))
+    return _has_results(fs, path, fs.get_file_info(f"{path}/{SUCCESS}").type)
+
+
+def _has_results(fs: pafs.FileSystem, path: str, success: pafs.FileType) -> bool:
+    """`has_results`, where the output's `_SUCCESS` was looked up (`success`: its type)."""
+    return success != pafs.FileType.NotFound or any(list_tree(fs, f"{path}/{sub}") for sub in (RESULTS, REJECTS))
 
 
 @dataclass
@@ -203,7 +207,8 @@ def _as_recorded_now(job: dict) -> dict:
 def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:
     """Read-only: what a `--mode resume` run would keep. Refuses an output written with other settings."""
     fs, path = filesystem(output)
-    if not has_results(output):
+    success = fs.get_file_info(f"{path}/{SUCCESS}").type  # looked up once: whether there are results, and finished
+    if not _has_results(fs, path, success):
         return ResumeState({}, [])
     earlier = read_state(fs, path)
     if earlier is not None:
@@ -217,7 +222,7 @@ def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:
             )
     state = scan_parts(output)
     state.stamps = read_state(fs, path, INPUTS) or {}
-    state.finished = fs.get_file_info(f"{path}/{SUCCESS}").type == pafs.FileType.File
+    state.finished = success == pafs.FileType.File
     if any(not f.rsplit("/", 1)[-1].startswith(".") for f in state.other):  # not a temporary: a foreign part
         raise ResumeError(
             f"{output} holds parts not named after an input file (written by a job that regroups rows, "
@@ -240,37 +245,52 @@ def check_output(output: str, mode: str, resumable: bool = True) -> None:
 
 
 def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: Optional[ResumeState] = None,
-                   stamps: Optional[Dict[str, str]] = None, resumable: bool = True) -> ResumeState:
+                   stamps: Optional[Dict[str, str]] = None, resumable: bool = True, checked: bool = False
+                   ) -> ResumeState:
     """mode error: refuse an output that has results; overwrite: clear them first; resume: keep the parts
     of complete inputs (of those still in the input, and as they were then, where `stamps` gives the input
     files' keys and stamps now), remove everything else (parts of unfinished or rewritten inputs, temporaries,
     `_SUCCESS`). Records the job's settings in `_ce_ray/job.json`, and `stamps` in `_ce_ray/inputs.json`.
-    Returns what was kept."""
+    `checked`: the job ran `check_output` before its work; only mode error's refusal is checked again, here just
+    before the first write (another job may have written results meanwhile). Returns what was kept."""
     fs, path = filesystem(output)
     kept = ResumeState({}, [])
-    check_output(output, mode, resumable)  # in mode error, it refused an output that has results
-    if mode != "error" and has_results(output):
-        if mode == "overwrite":
-            for sub in (SUCCESS, RESULTS, REJECTS, STATE):
-                remove(fs, f"{path}/{sub}")
-        elif mode == "resume":
-            resume = resume or resume_state(output, job)
-            remove(fs, f"{path}/{SUCCESS}")  # incomplete again until this run ends
-            dropped = list(resume.other)
-            for key, parts in resume.parts.items():
-                if parts.complete if stamps is None else key in stamps and resume.done(key, stamps[key]):
-                    kept.parts[key] = parts
-                else:
-                    dropped += parts.files
-            delete_files(fs, dropped)
-        else:
-            raise ValueError(f"unknown mode {mode!r}")
+    if mode == "error" or not checked:
+        check_output(output, mode, resumable)  # in mode error, it refused an output that has results
+    if mode == "overwrite" and has_results(output):
+        with writing(output):
+            _clear(fs, path, is_remote(output))
+    elif mode == "resume":
+        resume = resume or resume_state(output, job)  # it read what the output holds: nothing to look up again
+        if resume.finished:
+            delete_files(fs, [f"{path}/{SUCCESS}"])  # incomplete again until this run ends; first, alone
+        dropped = list(resume.other)
+        for key, parts in resume.parts.items():
+            if parts.complete if stamps is None else key in stamps and resume.done(key, stamps[key]):
+                kept.parts[key] = parts
+            else:
+                dropped += parts.files
+        delete_files(fs, dropped)
+    elif mode != "error":
+        raise ValueError(f"unknown mode {mode!r}")
     with writing(output):  # the job's first write: a place it cannot write fails here, before any work
         fs.create_dir(f"{path}/{STATE}", recursive=True)
         for name, state in ((JOB, job), (INPUTS, stamps)):
             if state is not None:
                 _write_bytes(fs, f"{path}/{STATE}/{name}", json.dumps(state, indent=2).encode(), is_remote(output))
     return kept
+
+
+def _clear(fs: pafs.FileSystem, path: str, remote: bool) -> None:
+    """Deletes what a job writes in its output folder `path`, `_SUCCESS` first; other files stay. On S3, the objects
+    of one listing of each folder, in bulk (`delete_files`), which fails naming an object the store did not delete:
+    s3fs's recursive delete passed over those, and the job went on beside the old parts."""
+    if not remote:
+        for sub in (SUCCESS, RESULTS, REJECTS, STATE):
+            remove(fs, f"{path}/{sub}")
+        return
+    delete_files(fs, [f"{path}/{SUCCESS}"])
+    delete_files(fs, [file for sub in (RESULTS, REJECTS, STATE) for file in list_tree(fs, f"{path}/{sub}")])
 
 
 @contextlib.contextmanager
@@ -425,8 +445,11 @@ class PairsSink(Datasink):
         expected = {f"{path}/{name}": rows for name, rows in self.parts.items()} | (kept.files() if kept else {})
         with work():  # a part lost during the work fails the job, as an error of its tasks does
             check_parts(self.output, expected, self.finish)
-        # How many parts results/ holds, so that a job reading this output later tells one that lost parts since.
-        summary = summary | {RESULT_PARTS: sum(file.startswith(f"{path}/{RESULTS}/") for file in expected)}
+        # The parts of results/ and their rows, so that a job reading this output later tells one that lost parts
+        # since, or whose parts were cut short or rewritten (`io.list_files`, `io.refuse_changed_parts`).
+        results = f"{path}/{RESULTS}/"
+        rows = {file[len(results):]: count for file, count in sorted(expected.items()) if file.startswith(results)}
+        summary = summary | {RESULT_PARTS: len(rows), RESULT_ROWS: rows}
         _write_bytes(fs, f"{path}/{SUCCESS}", json.dumps(summary, indent=2).encode(), is_remote(self.output))
 
 

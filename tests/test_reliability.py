@@ -192,7 +192,7 @@ def test_a_csv_or_tsv_file_without_a_header_line_is_read_with_column_names(ray_l
         ["1048585", "7187158", "Paula Deen and her brother Earl W. Bubba Hiers"]]
     assert pd.read_parquet(tmp_path / "out" / "rejects")["reason"].str.endswith(
         "a row of 3 field(s) where the column names have 4 ('2\\t3\\tcut short')").all()
-    files, input_format, fs, _ = list_files(str(tmp_path / "in"), "auto", names.split(","))
+    files, input_format, fs, _, _ = list_files(str(tmp_path / "in"), "auto", names.split(","))
     check_inputs(fs, files, input_format, ["query"], names.split(","), present=["query_id"])  # as rerank checks
 
     with pytest.raises(InputError, match=r"missing column\(s\) 'query', 'document' \(columns: 1048585, 7187158, "

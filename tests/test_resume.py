@@ -172,7 +172,7 @@ def test_a_finished_job_whose_output_lost_parts_since_is_made_whole_by_resume(ra
     held = len(list((out / "results").iterdir()))
     assert held < parts
     with pytest.raises(io.InputError, match=re.escape(f"finished with {parts} part(s) in results/, which now holds "
-                                                      f"{held}: parts were lost or added since")):
+                                                      f"{held}: parts were lost or added since (") + r"\S+ is missing\)"):
         io.list_files(str(out))
     with pytest.raises(OutputExistsError, match="--mode resume"):
         run_score(config_for(out, tiny_model, folder))
@@ -185,6 +185,63 @@ def test_a_finished_job_whose_output_lost_parts_since_is_made_whole_by_resume(ra
     got, want = results(out), results(reference)
     pd.testing.assert_frame_equal(got.drop(columns="score"), want.drop(columns="score"))
     np.testing.assert_allclose(got["score"], want["score"], atol=1e-6)
+
+
+def test_an_output_read_again_gets_one_answer_for_each_success_marker(tmp_path, reference):
+    """The `_SUCCESS` of an output given as input is read by a later job (a cascade: `list_files`) and by eval (its
+    settings: `job_summary`, then its rows: `list_files`), which read it each their own way: an empty marker (as
+    Spark and Hadoop write) passed both, other text passed the job and made eval read the folder as no output, a
+    JSON list failed eval with a TypeError. One reader now, one answer a case; an earlier version's summary (no
+    counts) is read as it was."""
+    out = copy_of(reference, tmp_path)
+    marker = out / "_SUCCESS"
+    not_ours = "whose _SUCCESS is not the summary ce-ray writes"
+    for content, answer in ((None, r"did not finish \(no _SUCCESS\)"), (b"", rf"{not_ours} \(empty\)"),
+                            (b"done\n", rf"{not_ours} \(not a JSON object\)"), (b"[1]", "not a JSON object")):
+        if content is None:
+            marker.unlink()
+        else:
+            marker.write_bytes(content)
+        for read in (io.list_files, io.job_summary):
+            with pytest.raises(io.InputError, match=answer):
+                read(str(out))
+    marker.write_text(json.dumps({"rows_in": FILES * ROWS_PER_FILE}))
+    assert len(io.list_files(str(out)).files) == len(os.listdir(out / "results"))
+    assert io.job_summary(str(out))["settings"]["query_column"] == "query"
+    marker.unlink()  # the way out that the refusal names: its results/ folder, read as plain files
+    assert len(io.list_files(str(out / "results")).files) == len(os.listdir(out / "results"))
+
+
+def test_a_finished_output_whose_part_was_rewritten_or_cut_short_since_is_refused_as_input(ray_local, tmp_path,
+                                                                                          reference):
+    """A part of a finished output replaced since by one of fewer rows (its footer whole) was read by a later job
+    (a cascade) and by eval, the rows left taken as the whole; one cut short failed eval with pyarrow's `Parquet
+    magic bytes not found`, naming no file. `_SUCCESS` holds each part's rows (`result_rows`), which the footers
+    that the input check reads anyway are held to. An output of a version that did not count them reads as before."""
+    from ce_ray.config import EvalConfig
+    from ce_ray.evaluate import run_eval
+
+    out = copy_of(reference, tmp_path)
+    summary = json.loads((out / "_SUCCESS").read_text())
+    part = sorted((out / "results").iterdir())[0]
+    assert summary["result_rows"][part.name] == pq.read_metadata(part).num_rows
+    table = pq.read_table(part)
+    pq.write_table(table.slice(1), part)
+    rewritten = re.escape(f"input {out} is the output of a job that finished with {table.num_rows} rows in {part}, "
+                          f"which now holds {table.num_rows - 1}: it was rewritten since; rerun that job")
+    with pytest.raises(io.InputError, match=rewritten):
+        readers.read_dataset(str(out), required=["query", "document"])
+    with pytest.raises(io.InputError, match=rewritten):
+        run_eval(EvalConfig(input=str(out)))
+    part.write_bytes(part.read_bytes()[:100])
+    with pytest.raises(io.InputError, match=rf"cannot read {re.escape(str(part))}: .*magic bytes"):
+        run_eval(EvalConfig(input=str(out)))
+    pq.write_table(table.slice(1), part)
+    for count in ("result_rows", "result_parts"):  # as earlier versions wrote it: the rows read as they are
+        summary.pop(count)
+        (out / "_SUCCESS").write_text(json.dumps(summary))
+        _, checks, _, _ = readers.read_dataset(str(out), required=["query", "document"])
+        assert sum(check.rows for check in checks) == summary["rows_scored"] - 1
 
 
 @pytest.mark.parametrize("sink_class, finish", [(PairsSink, "--mode resume finishes it"),

@@ -415,7 +415,7 @@ def test_an_input_of_many_files_costs_a_few_requests_a_file_before_any_work(coun
 
     requests.clear()
     counting_store.listings.clear()
-    paths, input_format, input_fs, listed = io.list_files(f"s3://{bucket}/in/")
+    paths, input_format, input_fs, listed, _ = io.list_files(f"s3://{bucket}/in/")
     checks, schema = io.check_inputs(input_fs, paths, input_format, ["query", "document"], listed=listed)
     assert [check.rows for check in checks] == [3] * files and schema.names == ["query", "document"]
     assert each_file("in/part-") == {"GET": files}
@@ -478,3 +478,158 @@ def test_a_new_output_is_looked_up_once_before_a_job_writes_it(counting_store):
     counting_store.listings.clear()
     prepare_output(f"s3://{bucket}/out", "error", job={"model": "m"})
     assert counting_store.listings.count(f"out/{io.RESULTS}/") == 1
+
+
+def test_a_folder_that_spark_or_hadoop_wrote_is_read_as_its_parts(counting_store, tmp_path, capsys):
+    """Spark, Hadoop, Hive and Databricks write a folder of parts with an empty `_SUCCESS` (Spark `.crc` files too),
+    and on S3 the empty objects that show a folder (`<folder>/`: the console's, Hadoop S3A's; `<folder>_$folder$`:
+    EMRFS's). The parts are the rows, of score and rerank (`list_files`, `check_inputs`) and of eval alike. The
+    markers were listed as files: read as parquet where the format was given (a Hadoop `part-r-00000` needs it),
+    failing the job, and said to be skipped, by an empty name, where it was not."""
+    import s3fs
+
+    from ce_ray import io
+    from ce_ray.config import EvalConfig
+    from ce_ray.evaluate import run_eval
+
+    bucket = "ce-ray-spark-folder"
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(bucket)
+    pairs = pd.DataFrame({"query_id": ["1", "1", "2"], "query": ["q1", "q1", "q2"], "document": ["a", "b", "c"],
+                          "label": [1, 0, 1], "score": [0.9, 0.1, 0.5]})
+    names = [f"part-{i:05d}-5e1d7c2a-c000.snappy.parquet" for i in range(2)]
+    for name, rows in zip(names, (pairs.iloc[:2], pairs.iloc[2:])):
+        with fs.open(f"{bucket}/spark/{name}", "wb") as f:
+            rows.to_parquet(f)
+        fs.pipe(f"{bucket}/spark/.{name}.crc", b"crc")
+    fs.pipe({f"{bucket}/spark/_SUCCESS": b"", f"{bucket}/spark/._SUCCESS.crc": b"crc"})
+    for marker in ("spark/", "spark/_temporary/", "spark/day=1/", "spark/day=1_$folder$"):
+        fs.call_s3("put_object", Bucket=bucket, Key=marker, Body=b"")
+    uri = f"s3://{bucket}/spark"
+    for input_format in ("auto", "parquet"):
+        listing = io.list_files(uri, input_format)
+        assert listing.files == [f"{bucket}/spark/{name}" for name in names]
+        checks, _ = io.check_inputs(listing.fs, listing.files, "parquet", ["query", "document"], listed=listing.stamps)
+        assert [check.rows for check in checks] == [2, 1]
+    assert "skipped" not in capsys.readouterr().err
+    assert io.job_summary(uri) is None  # no output of ce-ray: its `_SUCCESS` is Spark's
+    assert run_eval(EvalConfig(input=uri, baseline_column="", output=str(tmp_path / "eval.json")))["pairs"] == 3
+
+
+@pytest.fixture
+def undeletable_store(monkeypatch):
+    """A moto S3 server whose bulk deletes (DeleteObjects) leave the keys that match `keep["keys"]` and name them in
+    their answer, as a store does whose retention or policy stops a delete: (the keys kept, as a dict to set them).
+    The process's S3 settings point at it."""
+    import io
+    import re
+    import urllib.parse
+
+    import s3fs
+
+    keep = {"keys": None}
+
+    def store(environ, start_response, moto):
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        if environ["REQUEST_METHOD"] != "POST" or "delete" not in query or not keep["keys"]:
+            return moto(environ, start_response)
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)).decode()
+        answer = []
+        for key in re.findall(r"<Key>(.*?)</Key>", body):
+            if re.search(keep["keys"], key):
+                answer.append(f"<Error><Key>{key}</Key><Code>AccessDenied</Code><Message>Access Denied</Message>"
+                              "</Error>")
+                continue
+            one = {name: value for name, value in environ.items()
+                   if name not in ("CONTENT_TYPE", "HTTP_CONTENT_MD5", "RAW_URI", "REQUEST_URI")}
+            one |= {"REQUEST_METHOD": "DELETE", "PATH_INFO": f"{environ['PATH_INFO'].rstrip('/')}/{key}",
+                    "QUERY_STRING": "", "CONTENT_LENGTH": "0", "wsgi.input": io.BytesIO()}
+            b"".join(moto(one, lambda *args: None))  # the store deletes the others, one by one
+            answer.append(f"<Deleted><Key>{key}</Key></Deleted>")
+        start_response("200 OK", [("Content-Type", "application/xml")])
+        return [f'<?xml version="1.0" encoding="UTF-8"?><DeleteResult>{"".join(answer)}</DeleteResult>'.encode()]
+
+    with moto_behind(store) as env:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        s3fs.S3FileSystem.clear_instance_cache()
+        try:
+            yield keep
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_an_overwrite_fails_naming_an_old_part_the_store_did_not_delete(undeletable_store):
+    """--mode overwrite deleted the old output through s3fs's recursive delete, which passes over the keys that the
+    store's answer says it did not delete: the job went on, and its output held an old part beside its own. It
+    fails now before any work, naming the part; a store that deletes them all leaves nothing of the old output."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import s3fs
+
+    from ce_ray import io
+    from ce_ray.sink import OutputError, prepare_output
+
+    bucket, output = "ce-ray-overwritten", "s3://ce-ray-overwritten/out"
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(bucket)
+
+    def old_output():
+        for i in range(3):
+            with fs.open(f"{bucket}/out/{io.RESULTS}/part-{i:05d}.parquet", "wb") as f:
+                pq.write_table(pa.table({"query": ["a query"], "score": [0.5]}), f)
+        fs.pipe({f"{bucket}/out/{io.REJECTS}/part-00000.parquet": b"rejected", f"{bucket}/out/_SUCCESS": b"{}",
+                 f"{bucket}/out/{io.STATE}/{io.JOB}": b"{}", f"{bucket}/out/eval.json": b"{}"})
+
+    old_output()
+    undeletable_store["keys"] = r"results/part-00001\.parquet$"
+    with pytest.raises(OutputError, match=rf"cannot write the output {output}: the store did not delete 1 of 5 "
+                                          rf"object\(s\), e.g. {bucket}/out/{io.RESULTS}/part-00001\.parquet: "
+                                          "AccessDenied Access Denied"):
+        prepare_output(output, "overwrite", job={"model": "m"})
+    fs.invalidate_cache()
+    assert not fs.exists(f"{bucket}/out/_SUCCESS")  # deleted first: the old output is no finished one
+    undeletable_store["keys"] = None
+    old_output()
+    prepare_output(output, "overwrite", job={"model": "m"})
+    fs.invalidate_cache()
+    assert sorted(fs.find(f"{bucket}/out")) == [f"{bucket}/out/{io.STATE}/{io.JOB}", f"{bucket}/out/eval.json"]
+
+
+def test_a_resume_looks_up_success_once_and_opens_no_folder_as_a_file(counting_store, monkeypatch):
+    """A resume looked up the output's `_SUCCESS` 5 times (whether the output had results, twice; whether its job
+    finished; before deleting it, twice) and whether the output is a file twice (the job's check, then again as
+    it prepared the output). Once each now, the delete of `_SUCCESS` one request. Opening a folder as a file, which
+    fails, left the file that s3fs opened to look it up open."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import s3fs
+
+    from ce_ray import io
+    from ce_ray.sink import INPUT_ROWS, prepare_output, resume_state
+
+    bucket, output = "ce-ray-resumed", "s3://ce-ray-resumed/out"
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(bucket)
+    for i in range(3):  # a finished output: each input's part holds its row count
+        table = pa.table({"query": ["a query"], "document": ["a document"]})
+        with fs.open(f"{bucket}/out/{io.RESULTS}/in-0000000{i}-r000000000000.parquet", "wb") as f:
+            pq.write_table(table.replace_schema_metadata({INPUT_ROWS: b"1"}), f)
+    fs.pipe({f"{bucket}/out/_SUCCESS": b"{}", f"{bucket}/out/{io.STATE}/{io.JOB}": b'{"model": "m"}'})
+    requests = counting_store.requests
+    requests.clear()
+    state = resume_state(output, {"model": "m"})
+    assert state.finished and len(state.complete) == 3
+    assert len(prepare_output(output, "resume", job={"model": "m"}, resume=state, checked=True).parts) == 3
+    assert [method for method, path in requests if path == f"/{bucket}/out/_SUCCESS"] == ["HEAD"]
+    assert not [path for _, path in requests if path == f"/{bucket}/out"]  # checked by the job, before its work
+    fs.invalidate_cache()
+    assert not fs.exists(f"{bucket}/out/_SUCCESS")
+
+    opened = []
+    input_fs, path = io.filesystem(output)
+    s3, s3_open = input_fs.handler.fs, input_fs.handler.fs.open
+    monkeypatch.setattr(s3, "open", lambda *args, **kwargs: opened.append(s3_open(*args, **kwargs)) or opened[-1])
+    with pytest.raises(FileNotFoundError):
+        input_fs.open_input_file(f"{path}/{io.RESULTS}")
+    assert len(opened) == 1 and opened[0].closed
