@@ -1,6 +1,9 @@
 """ce-ray: score, rerank and fine-tune cross-encoder rerankers at cluster scale on Ray."""
 
-from .config import RerankConfig, ScoreConfig, load_config
+from .config import ConfigError, RerankConfig, ScoreConfig, load_config
+from .io import InputError
+from .model_folder import ModelError
+from .runtime import surfaced_errors
 from .score import predict, rank, run_score, score
 from .rerank import rerank, run_rerank
 from .train import train
@@ -8,4 +11,4 @@ from .train import train
 __version__ = "0.1.0"
 
 __all__ = ["predict", "rank", "score", "run_score", "rerank", "run_rerank", "train", "ScoreConfig", "RerankConfig",
-           "load_config", "__version__"]
+           "load_config", "InputError", "ConfigError", "ModelError", "surfaced_errors", "__version__"]

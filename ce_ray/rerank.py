@@ -141,6 +141,14 @@ def check_key(table: pa.Table, column: str) -> None:
         raise InputError(f"{column} is {dtype}: a query id is one value (text or a number) per row")
 
 
+def check_known_key(ds, column: str) -> None:
+    """`check_key` at the call, where the Dataset knows its columns' Arrow types without running (read from
+    parquet, from Arrow), rather than in a task once its rows were scored."""
+    schema = ds.schema(fetch_if_missing=False)
+    if schema is not None and isinstance(schema.base_schema, pa.Schema):
+        check_key(schema.base_schema.empty_table(), column)
+
+
 def keep_block_top_k(table: pa.Table, top_k: int, query_id_column: str = "query_id",
                      input_order: Optional[List[str]] = None, document_column: str = "document",
                      count_cut: bool = False, score_column: str = SCORE,
@@ -247,6 +255,7 @@ def rerank(ds, config: Optional[RerankConfig] = None, input_order: Optional[List
     config = with_settings(config or RerankConfig(), settings)
     config.validate()
     check_known_columns(ds, {config.query_id_column: "query_id_column"})
+    check_known_key(ds, config.query_id_column)
     if input_order is None:
         ds, input_order = in_row_order(ds)
     return rank(score(ds, config), config.query_id_column, config.top_k, input_order, config.document_column,

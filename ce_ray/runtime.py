@@ -166,6 +166,12 @@ def surfaced_errors():
     one JSON or CSV file, text in another; parquet inputs are checked before the job) fail as an InputError
     naming the column. Any other failure goes through as Ray reports it. Around a job's `work`, either is a
     failure of it; around its checks (train's of its data), ce-ray's own is an error found before the work.
+
+    It is public (`ce_ray.surfaced_errors`) for a caller of `score` or `rerank`, whose Dataset runs where the
+    caller consumes it (`write_parquet`, `take`, `iter_batches`): there Ray raises a RayTaskError of its own
+    UserCodeException, whatever the UDF raised, which no `except ce_ray.InputError` catches (Ray makes a task's
+    error an instance of its cause's class, but Ray Data's cause is always that wrapper, and Ray Data's setting
+    that raises the original instead, `raise_original_map_exception`, has Ray log it as a bug of Ray's own).
     """
     try:
         yield

@@ -10,14 +10,14 @@ import dataclasses
 import sys
 import time
 from collections.abc import Mapping
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, require, with_settings
-from .io import InputError, absolute, refuse_written
+from .io import InputError, absolute, detect_format, is_text, refuse_written
 from .runtime import cluster_resources, ensure_ray, free_failed_actors, surfaced_errors, work
 from .tokenizer_facts import tokenizer_facts
 
@@ -43,29 +43,40 @@ def written_columns(config: ScoreConfig) -> Dict[str, str]:
 
 def _tokenize_block(table: pa.Table, encoder: PairEncoder, query_column: str, document_column: str,
                     max_length: int, on_invalid: str, written: Dict[str, str],
-                    sources: Optional[Dict[str, str]] = None) -> pa.Table:
+                    sources: Optional[Dict[str, str]] = None, input_format: str = "auto") -> pa.Table:
     refuse_written(table.column_names, written, "the input")
     # a caller's Dataset that did not know its columns (a job's input check found them in every file)
     check_columns(table.column_names, {query_column: "query_column", document_column: "document_column"})
     out = tokenize_table(table, encoder, query_column, document_column, max_length)
     if on_invalid == "fail" and out.column(REJECT).null_count < out.num_rows:
-        raise InputError(_unscorable(out, sources or {}))
+        raise InputError(_unscorable(out, sources or {}, input_format, (query_column, document_column)))
     return out
 
 
-def _unscorable(table: pa.Table, sources: Dict[str, str]) -> str:
+def _unscorable(table: pa.Table, sources: Dict[str, str], input_format: str, texts: Sequence[str]) -> str:
     """What on_invalid=fail stops at: how many rows of the block cannot be scored, and the first one's reason,
     with its row and input file where the rows were read from files (`sources`: path by `readers.input_key`),
-    which is what the user has to fix."""
+    else its `texts` (a caller's Dataset has no file to name), which is what the user has to fix."""
     from .readers import ROW_INDEX, ROW_INPUT
 
     reasons = table.column(REJECT)
     first = pc.index(reasons.is_valid(), True).as_py()
     reason = reasons[first].as_py()
     path = sources.get(table.column(ROW_INPUT)[first].as_py()) if ROW_INPUT in table.column_names else None
-    if path and path not in reason:  # a reader's reason names the file and line already
+    if not path:
+        shown = (f"{name} {_cut(table.column(name)[first].as_py())}" for name in texts)
+        reason += f", in the row of {', '.join(shown)}"
+    elif path not in reason:  # a reader's reason names the file and line already
         reason += f", in row {table.column(ROW_INDEX)[first].as_py() + 1:,} of {path}"
+        if (detect_format(path) if input_format == "auto" else input_format) == "jsonl":
+            # A JSON Lines file's rows are its lines that are not blank: where it has blank lines, the row's line
+            # is further down, and a user who opens the file at that line finds another row.
+            reason += " (blank lines not counted)"
     return f"{table.num_rows - reasons.null_count} row(s) cannot be scored, e.g. {reason} (on_invalid=fail)"
+
+
+def _cut(text: Optional[str], most: int = 40) -> str:
+    return repr(text if text is None or len(text) <= most else text[:most] + "...")
 
 
 def check_columns(names: List[str], needed: Dict[str, str]) -> None:
@@ -82,13 +93,32 @@ def require_dataset(ds) -> None:
                          f"(...)), not a {type(ds).__name__}; ce_ray.predict takes a list of pairs")
 
 
-def check_known_columns(ds, needed: Dict[str, str]) -> None:
+def check_known_columns(ds, needed: Dict[str, str], texts: Sequence[str] = ()) -> None:
     """That `ds` is a Dataset, and `check_columns` now where it knows its columns without running (read from
-    files, from pandas), rather than in a task's traceback once its rows were scored."""
+    files, from pandas), rather than in a task's traceback once its rows were scored; and that those of `needed`
+    in `texts` hold text where it knows their types: a column of numbers or of lists would have every row
+    rejected, or stop at its first block with on_invalid=fail, once the rows were read."""
     require_dataset(ds)
     schema = ds.schema(fetch_if_missing=False)
-    if schema is not None:
-        check_columns(list(schema.names), needed)
+    if schema is None:
+        return
+    check_columns(list(schema.names), needed)
+    for column in texts:
+        kind = _known_non_text(schema.base_schema, column)
+        if kind:
+            raise InputError(f"the rows' column {column!r} is {kind}, not text: name the column of texts with "
+                             f"{needed[column]}, or make it text")
+
+
+def _known_non_text(schema, column: str) -> Optional[str]:
+    """The type of a column that a Dataset's schema knows to hold no text (numbers, lists), as it names it; None
+    where it holds text or nothing (all null), or values of any kind (a pandas object column: checked by row)."""
+    names = list(schema.names)
+    dtype = schema.types[names.index(column)]
+    if isinstance(schema, pa.Schema):  # Arrow blocks (read from files, from_arrow, ...)
+        return None if is_text(dtype) or pa.types.is_null(dtype) else str(dtype)
+    # pandas blocks (from_pandas): numpy's kinds of numbers, booleans, dates and durations
+    return str(dtype) if getattr(dtype, "kind", "O") in "iufcbmM" else None
 
 
 @dataclasses.dataclass
@@ -137,7 +167,8 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
     config = with_settings(config or ScoreConfig(), settings)
     require(config, "model")
     config.validate()
-    check_known_columns(ds, {config.query_column: "query_column", config.document_column: "document_column"})
+    texts = {config.query_column: "query_column", config.document_column: "document_column"}
+    check_known_columns(ds, texts, texts=list(texts))
     checked = checked or scoring_model(config)
     config, encoder, prompt = checked.config, checked.encoder, checked.prompt
 
@@ -169,7 +200,7 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
         fn_kwargs=dict(
             encoder=encoder, query_column=config.query_column, document_column=config.document_column,
             max_length=config.max_length, on_invalid=config.on_invalid, written=written_columns(config),
-            sources=sources,
+            sources=sources, input_format=config.input_format,
         ),
         batch_format="pyarrow",
         batch_size=config.rows_per_block,
@@ -230,6 +261,11 @@ def predict(model: str, pairs=None, **settings):
     if isinstance(pairs, Mapping) or hasattr(pairs, "columns"):  # iterated, they give their keys
         raise InputError(f"pairs must be (query, document) pairs, not a {type(pairs).__name__}: a DataFrame's are "
                          "df[[query, document]].itertuples(index=False), or score it with ce_ray.score(Dataset)")
+    if isinstance(pairs, (str, bytes, set, frozenset)):
+        # A text iterated gives its characters ("qd" passed as the pair ("q", "d"); CrossEncoder.predict scores it
+        # as one text), and a set's pairs come in no order that the scores could be matched to.
+        raise InputError(f"pairs must be (query, document) pairs, not a {type(pairs).__name__}: one pair is "
+                         "(query, document), several a list of them")
     pairs = list(pairs)
     single = len(pairs) == 2 and all(isinstance(text, str) for text in pairs)
     if single:  # one pair, as CrossEncoder.predict takes it: its score alone comes back
@@ -241,14 +277,17 @@ def predict(model: str, pairs=None, **settings):
         if (isinstance(pair, (str, bytes, Mapping, set, frozenset)) or not hasattr(pair, "__len__")
                 or len(pair) != 2):
             raise InputError(f"pairs must be (query, document) pairs: pair {number} is {str(pair)[:80]!r}")
+        if isinstance(pair[0], bytes) or isinstance(pair[1], bytes):  # Arrow would take UTF-8 bytes for text
+            raise InputError(f"pairs must be (query, document) texts: pair {number} is {str(pair)[:80]!r}: "
+                             f"{_not_text(pair)}: decode it (CrossEncoder.predict refuses it too)")
     queries, documents = (list(column) for column in zip(*pairs))
     try:
         columns = {"query": pa.array(queries, pa.large_string(), from_pandas=True),
                    "document": pa.array(documents, pa.large_string(), from_pandas=True)}
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeEncodeError) as e:
         bad = next((n for n, pair in enumerate(pairs) if not all(map(_is_text_or_missing, pair))), None)
-        which = f"pair {bad} is {str(pairs[bad])[:80]!r} " if bad is not None else ""
-        raise InputError(f"pairs must be (query, document) texts: {which}({e})") from None
+        which = f"pair {bad} is {str(pairs[bad])[:80]!r}: {_not_text(pairs[bad])}" if bad is not None else f"{e}"
+        raise InputError(f"pairs must be (query, document) texts: {which}") from None
     settings = {"on_invalid": "fail", "query_column": "query", "document_column": "document", **settings}
     if settings["on_invalid"] == "fail":
         _refuse_missing_texts(columns, pairs)
@@ -373,11 +412,24 @@ def _built_alone(kind: type):
         return None
 
 
+def _not_text(pair) -> str:
+    """What of a pair is not text (`_is_text_or_missing`): `its document is int, not text`."""
+    name, text = next((name, text) for name, text in zip(("query", "document"), pair)
+                      if not _is_text_or_missing(text))
+    if isinstance(text, str):
+        return f"its {name} holds a lone surrogate ({_cut(text)}), which UTF-8 cannot write"
+    return f"its {name} is {type(text).__name__}, not text"
+
+
 def _is_text_or_missing(text) -> bool:
-    """What a pair may hold: text that UTF-8 can write (not a lone surrogate), or None or NaN (rejected)."""
+    """What a pair may hold: text that UTF-8 can write (not a lone surrogate), or what Arrow takes for a missing
+    value (None, NaN, pandas' NA: rejected)."""
     if isinstance(text, str):
         return text.encode("utf-8", errors="ignore").decode("utf-8") == text
-    return text is None or (isinstance(text, float) and text != text)
+    try:
+        return pa.array([text], from_pandas=True).null_count == 1
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # an object Arrow cannot read at all
+        return False
 
 
 class ScoringReplica:

@@ -20,6 +20,7 @@ import pytest
 from ce_ray import ScoreConfig, run_score, score
 from ce_ray.config import ConfigError, load_config
 from ce_ray.io import InputError
+from ce_ray.model_folder import ModelError
 from ce_ray.model import MASK_4D_MODEL_TYPES, attention_mask_for, use_shape_free_attention
 from ce_ray.sink import OutputExistsError
 
@@ -409,6 +410,79 @@ def test_on_invalid_fail_stops_the_job_and_frees_its_replica(ray_local, tmp_path
     assert "Traceback" not in errors
 
 
+def test_a_jsonl_row_that_on_invalid_fail_stops_at_is_counted_without_blank_lines(ray_local, tmp_path, tiny_model):
+    """A JSON Lines file's rows are its lines that are not blank: the row named is not its line where blank lines
+    come before it, and the message says so (a user who opened the file at "row 2" found another row)."""
+    (tmp_path / "p.jsonl").write_text('{"query": "q", "document": "d"}\n\n{"query": null, "document": "e"}\n')
+    unscorable = (f"1 row(s) cannot be scored, e.g. query is null, in row 2 of {tmp_path}/p.jsonl (blank lines not "
+                  "counted) (on_invalid=fail)")
+    with pytest.raises(InputError, match=f"^{re.escape(unscorable)}$"):
+        run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "p.jsonl"), output=str(tmp_path / "out"),
+                              on_invalid="fail"))
+
+
+def test_an_error_in_a_lazy_datasets_rows_is_raised_as_ce_rays_own_where_it_is_consumed(ray_local, tiny_model):
+    """`score` and `rerank` are lazy: an error in the rows stops the Dataset where the caller consumes it, and Ray
+    raises a RayTaskError of its own UserCodeException, the message among Ray's lines, which no `except
+    ce_ray.InputError` catches. Around the consuming call, `ce_ray.surfaced_errors()` raises ce-ray's error as
+    itself, its message alone, which names a row of a Dataset (no file, no line to name) by its texts."""
+    import ray.data
+
+    import ce_ray
+
+    assert (ce_ray.InputError, ce_ray.ConfigError, ce_ray.ModelError) == (InputError, ConfigError, ModelError)
+    rows = ray.data.from_items([{"query": "a query", "document": "a document"},
+                                {"query": "another query", "document": None}]).map(lambda row: row)
+    assert rows.schema(fetch_if_missing=False) is None  # its columns are known once it runs
+    scored = ce_ray.score(rows, model=str(tiny_model), on_invalid="fail")
+    unscorable = ("1 row(s) cannot be scored, e.g. document is null, in the row of query 'another query', document "
+                  "None (on_invalid=fail)")
+    # (The error is not kept, `pytest.raises(...) as`: it holds the failed execution, whose actor the next waits for.)
+    with pytest.raises(ce_ray.InputError, match=f"^{re.escape(unscorable)}$"):
+        with ce_ray.surfaced_errors():
+            scored.take_all()
+
+
+def test_a_dataset_that_knows_its_columns_fails_at_the_call_on_a_column_that_is_not_text(ray_local, tiny_model):
+    """Where a Dataset knows its columns' types without running (from pandas, read from parquet), a query or
+    document column of numbers or lists fails at `score` and `rerank`, naming it, before any work: it had every row
+    rejected (`document is int, not text`), or stopped at the first block with on_invalid=fail. A column of no
+    values (all null) is taken: its rows are rejected as null. So does a query id of several values (a list)."""
+    import ray.data
+
+    import ce_ray
+
+    frame = pd.DataFrame({"query_id": [1, 1], "query": ["q", "q"], "document": [1, 2], "tags": [["a"], ["b"]]})
+    for rows in (ray.data.from_pandas(frame), ray.data.from_arrow(pa.Table.from_pandas(frame))):
+        with pytest.raises(InputError, match=r"^the rows' column 'document' is int64, not text: name the column of "
+                                             r"texts with document_column, or make it text$"):
+            ce_ray.score(rows, model=str(tiny_model))
+        with pytest.raises(InputError, match=r"^the rows' column 'tags' is list<(item|element): string>, not text"):
+            ce_ray.rerank(rows, model=str(tiny_model), document_column="tags")
+    ce_ray.score(ray.data.from_arrow(pa.table({"query": ["q"], "document": pa.nulls(1)})), model=str(tiny_model))
+    # a query id of several values, which the group-by cannot take, as rerank's tasks refuse it
+    with pytest.raises(InputError, match=r"^tags is list<(item|element): string>: a query id is one value"):
+        ce_ray.rerank(ray.data.from_arrow(pa.Table.from_pandas(frame)), model=str(tiny_model), query_id_column="tags")
+
+
+def test_predict_refuses_what_cross_encoder_would_not_score_as_pairs(tiny_model):
+    """A text given as the pairs was iterated into its characters: "qd" was scored as the pair ("q", "d"), where
+    CrossEncoder.predict scores the text itself; a set's pairs come in no order the scores could follow; bytes were
+    taken as text, which predict refuses. Each fails before Ray starts, naming what to give; a value that is not
+    text names its place in the pair and its type."""
+    import ce_ray
+
+    for bad in ("qd", b"qd", {("a query", "a document")}):
+        with pytest.raises(InputError, match=rf"^pairs must be \(query, document\) pairs, not a {type(bad).__name__}: "
+                                             r"one pair is \(query, document\), several a list of them$"):
+            ce_ray.predict(tiny_model, bad)
+    with pytest.raises(InputError, match=r"pair 1 is \"\(b'q', 'd'\)\": its query is bytes, not text: decode it"):
+        ce_ray.predict(tiny_model, [("q", "d"), (b"q", "d")])
+    with pytest.raises(InputError, match=r"^pairs must be \(query, document\) texts: pair 0 is \"\('q', 42\)\": its "
+                                         r"document is int, not text$"):
+        ce_ray.predict(tiny_model, [("q", 42)])
+
+
 def test_missing_column_names_file_and_column(tmp_path, tiny_model):
     (tmp_path / "in").mkdir()
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "in" / "a.parquet")
@@ -645,8 +719,9 @@ def test_predict_scores_pairs_in_order_as_cross_encoder_does(ray_local, tiny_mod
         score(rows, model=str(tiny_model))
     with pytest.raises(InputError, match=r"the rows have no column 'query_id' \(columns: q, document"):
         ce_ray.rerank(rows, model=str(tiny_model), query_column="q")
-    with pytest.raises(Exception, match=r"the rows have no column 'query' \(columns: q, document"):
-        score(rows.map(lambda row: row), model=str(tiny_model)).materialize()
+    with pytest.raises(InputError, match=r"^the rows have no column 'query' \(columns: q, document"):
+        with ce_ray.surfaced_errors():  # where the Dataset is consumed: Ray's RayTaskError, else
+            score(rows.map(lambda row: row), model=str(tiny_model)).materialize()
     with pytest.raises(InputError, match=r"come as a Ray Dataset \(ray.data.from_pandas\(frame\), .*not a DataFrame"):
         ce_ray.rerank(pairs_df, model=str(tiny_model))
 
