@@ -4,7 +4,7 @@ Writes --pairs synthetic MS MARCO-like pairs (`common.synthetic_pairs`, 100 cand
 parquet files, starts a local Ray with --cpus CPUs, and runs, in the same Ray session and alternated over
 --repeats rounds after a warm-up, each of these from the files to parquet:
 - no ranking: read (`ce_ray.readers.read_dataset`), a score column, write: what every system below also does;
-- Ray's recipe: `groupby(query_id).map_groups(rank_group)`, Ray's default partitions (200), every row shuffled;
+- Ray's recipe: `groupby(query_id).map_groups(rank_queries)`, Ray's default partitions (200), every row shuffled;
 - the same with ce-ray's partitions (with the top k only: what the partitions alone change);
 - ce-ray: `rerank.rank`, as `ce-ray rerank` runs it: its partitions (`rerank.default_partitions`: one per CPU,
   more for inputs past 256 MiB a CPU) and, with a top k, each block's best k of a query before the shuffle;
@@ -42,7 +42,7 @@ def with_scores(table: pa.Table) -> pa.Table:
 
 def run(folder: str, out: str, system: str, top_k) -> float:
     from ce_ray.readers import input_key, read_dataset
-    from ce_ray.rerank import default_partitions, rank, rank_group
+    from ce_ray.rerank import default_partitions, rank, rank_queries
 
     start = time.perf_counter()
     ds, files, input_bytes, _ = read_dataset(folder, "parquet", ["query", "document"], present=["query_id"])
@@ -51,7 +51,7 @@ def run(folder: str, out: str, system: str, top_k) -> float:
     if system in ("ray", "ray-partitions"):
         partitions = default_partitions(input_bytes) if system == "ray-partitions" else None
         ds = ds.groupby("query_id", num_partitions=partitions).map_groups(
-            rank_group, fn_kwargs=dict(top_k=top_k, input_order=order), batch_format="pyarrow")
+            rank_queries, fn_kwargs=dict(top_k=top_k, input_order=order), batch_format="pyarrow")
     elif system == "ce-ray":
         ds = rank(ds, "query_id", top_k, order, partitions=default_partitions(input_bytes))
     ds.write_parquet(out, mode="overwrite")

@@ -17,7 +17,7 @@ from ce_ray.config import ConfigError, EvalConfig, RerankConfig
 from ce_ray.evaluate import run_eval
 from ce_ray.io import InputError
 from ce_ray.readers import ROW_INDEX, ROW_INPUT
-from ce_ray.rerank import CUT, keep_block_top_k, rank_group, run_rerank, shuffle_input
+from ce_ray.rerank import CUT, keep_block_top_k, rank_queries, run_rerank, shuffle_input
 
 
 def tagged(rows) -> pa.Table:
@@ -29,12 +29,12 @@ def tagged(rows) -> pa.Table:
 
 def test_ties_follow_input_order_across_files():
     table = tagged([("b", 0, 0.5, "b0"), ("a", 3, 0.5, "a3"), ("b", 1, 0.9, "b1"), ("a", 1, 0.5, "a1")])
-    out = rank_group(table, input_order=["a", "b"])
+    out = rank_queries(table, input_order=["a", "b"])
     assert out.column("document").to_pylist() == ["b1", "a1", "a3", "b0"]
     assert out.column("rank").to_pylist() == [1, 2, 3, 4]
     assert ROW_INPUT not in out.column_names and ROW_INDEX not in out.column_names
     # The file order comes from the listing, not from the key's spelling.
-    out = rank_group(table, input_order=["b", "a"])
+    out = rank_queries(table, input_order=["b", "a"])
     assert out.column("document").to_pylist() == ["b1", "b0", "a1", "a3"]
 
 
@@ -42,27 +42,27 @@ def test_top_k_single_candidate_and_rejects():
     table = tagged([("a", 0, 0.1, "x"), ("a", 1, 0.7, "y"), ("a", 2, 0.4, "z"), ("a", 3, 0.2, "w")])
     table = table.append_column(REJECT, pa.array([None, None, None, "document is null"], pa.string()))
     table = table.set_column(2, "score", pa.array([0.1, 0.7, 0.4, None], pa.float32()))
-    out = rank_group(table, top_k=2, input_order=["a"], count_cut=True).to_pandas()
+    out = rank_queries(table, top_k=2, input_order=["a"], count_cut=True).to_pandas()
     ranked = out[out[REJECT].isna()]
     assert ranked["document"].tolist() == ["y", "z"] and ranked["rank"].tolist() == [1, 2]
     assert ranked[CUT].tolist() == [1, 0]  # x was cut, counted once on the best row
     rejected = out[out[REJECT].notna()]
     assert rejected["document"].tolist() == ["w"] and rejected["rank"].isna().all()
 
-    one = rank_group(tagged([("a", 5, 0.3, "only")]), top_k=10, input_order=["a"])
+    one = rank_queries(tagged([("a", 5, 0.3, "only")]), top_k=10, input_order=["a"])
     assert one.column("rank").to_pylist() == [1]
 
 
 def test_null_query_id_is_rejected_not_ranked():
     table = pa.table({"query_id": pa.array([None, None], pa.string()), "document": ["a", "b"],
                       "score": pa.array([0.2, 0.3], pa.float32())})
-    out = rank_group(table)
+    out = rank_queries(table)
     assert out.column(REJECT).to_pylist() == ["query_id is null"] * 2
     assert out.column("rank").null_count == 2 and out.column("score").null_count == 2  # rejected: no score
     # NaN is how pandas writes a missing integer id: rejected too, not ranked together as one query.
     table = pa.table({"query_id": [1.0, float("nan"), float("nan")], "document": ["a", "b", "c"],
                       "score": pa.array([0.2, 0.3, 0.4], pa.float32())})
-    out = rank_group(table)
+    out = rank_queries(table)
     assert out.column(REJECT).to_pylist() == [None, "query_id is NaN", "query_id is NaN"]
     assert out.column("rank").to_pylist() == [1, None, None]
     kept = keep_block_top_k(table, 1, "query_id")
@@ -70,12 +70,12 @@ def test_null_query_id_is_rejected_not_ranked():
 
 
 def ranked_queries(blocks, top_k, input_order=None) -> pd.DataFrame:
-    """rank_group over each query's rows of all blocks, with the rows cut counted, as the group-by runs it."""
+    """rank_queries over each query's rows of all blocks, with the rows cut counted, as the group-by runs it."""
     rows = pa.concat_tables(blocks, promote_options="default")
     ids = rows.column("query_id").to_numpy(zero_copy_only=False)
     groups = [rows.filter(pa.array(ids == q)) for q in sorted(set(ids) - {None})]
     groups.append(rows.filter(pa.array(pd.isna(ids))))
-    out = pd.concat([rank_group(g, top_k=top_k, input_order=input_order, count_cut=True).to_pandas() for g in groups])
+    out = pd.concat([rank_queries(g, top_k=top_k, input_order=input_order, count_cut=True).to_pandas() for g in groups])
     return out.sort_values("doc").reset_index(drop=True)
 
 
@@ -131,6 +131,36 @@ def test_a_query_is_one_list_whatever_type_its_blocks_give_its_ids(ray_local):
     assert len(ranked) == 3 * rows * len(queries) and len(out) - len(ranked) == 1  # the null id: rejected
     for query, ranks in ranked.groupby("query_id")["rank"]:
         assert sorted(ranks) == list(range(1, 3 * rows + 1)), query
+
+
+def test_each_rank_partition_is_ranked_in_one_call(ray_local):
+    """A partition holds the rows of many queries: it is ranked in one sort (a call for each query, as Ray Data's
+    map_groups makes, took a millisecond a query). The ranks are those of a sort of each query's rows by score,
+    then input order (the rows' tags), alone and through `rank`'s shuffle of blocks that split the queries."""
+    from ce_ray.rerank import rank
+
+    rng = np.random.default_rng(3)
+    n, queries = 4000, 300
+    rows = pa.table({"query_id": pa.array(rng.integers(0, queries, n)), "doc": np.arange(n),
+                     "document": [f"d{i}" for i in range(n)],
+                     "score": pa.array(rng.integers(0, 16, n) / 16, pa.float32()),  # many ties
+                     ROW_INPUT: pa.array(rng.choice(["b", "a"], n)), ROW_INDEX: pa.array(rng.permutation(n))})
+    frame = rows.to_pandas().assign(file=lambda f: f[ROW_INPUT].map({"b": 0, "a": 1}))
+    frame = frame.sort_values(["query_id", "score", "file", ROW_INDEX], ascending=[True, False, True, True])
+    frame["expected"] = frame.groupby("query_id").cumcount() + 1
+
+    def check(ranked: pd.DataFrame, top_k) -> None:
+        got = ranked.merge(frame[["doc", "expected"]], on="doc")
+        assert len(got) == (n if top_k is None else (frame["expected"] <= top_k).sum())
+        assert (got["rank"] == got["expected"]).all()
+
+    for top_k in (None, 3):
+        out = rank_queries(rows, top_k=top_k, input_order=["b", "a"], count_cut=True).to_pandas()
+        check(out, top_k)
+        assert out[CUT].sum() == n - len(out)  # each query's rows cut, counted on its best row
+        assert (out.loc[out[CUT] > 0, "rank"] == 1).all()
+        ds = ray_local.data.from_arrow([rows.slice(start, 500) for start in range(0, n, 500)])
+        check(rank(ds, top_k=top_k, input_order=["b", "a"], partitions=2).to_pandas(), top_k)
 
 
 def test_partitions_follow_the_cluster_and_the_input_size(ray_local, tmp_path):
