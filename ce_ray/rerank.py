@@ -4,7 +4,8 @@ Ray Data shuffles the scored rows by query id into partitions, as `groupby(...).
 holds all rows of its queries and is ranked in one task, in one sort (`rank_queries`), so many queries stream
 through many tasks and no process ever holds all pairs. With a top k, each scored block keeps only its best k
 rows of each query before the shuffle (`keep_block_top_k`): the shuffle then moves a fraction of the rows (a
-tenth for 10 of 100 candidates), and the ranks are the same.
+tenth for 10 of 100 candidates in one block; little less than all where a block holds few of each query's rows,
+as files split by document shard do), and the ranks are the same.
 
 Ties are broken by input order, deterministically. Every row read by `ce_ray.readers.read_dataset` carries
 its input file's key and its position in that file (`_ce_input`, `_ce_row`); the input order is the
