@@ -254,7 +254,7 @@ class TrainConfig(ModelConfig):
     warmup_ratio: float = 0.0  # share of the steps the learning rate rises over
     max_grad_norm: float = 1.0  # gradient clipping; 0: none
     pos_weight: Optional[float] = None  # BCE weight of positives
-    seed: int = 42  # dropout and the order of the batches
+    seed: int = 42  # the order of the batches, and dropout (seed + rank on each worker)
     bf16: Optional[bool] = None  # autocast; unset: on GPU
     dtype: Literal["auto"] = "auto"  # auto only: training keeps float32 weights (bf16 sets the autocast)
     # torch.compile the training forward pass (and so its backward) in each worker: fewer, fused kernels per

@@ -31,7 +31,7 @@ import numpy as np
 from .batching import IDS, TYPES, default_batch_tokens, list_parts, pair_encoder, token_budget_batches
 from .config import ConfigError, TrainConfig, require, with_settings
 from .io import filesystem, is_remote, join, upload_folder
-from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, shard_windows, top_reasons,
+from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, shard_spans, top_reasons,
                          training_batch_tokens)
 
 PROGRESS = "progress.json"
@@ -138,6 +138,13 @@ def random_state(device) -> dict:
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
+
+
+def worker_seed(seed: int, rank: int) -> int:
+    """The seed of a worker's dropout: the run's seed on rank 0 (one worker draws as it did), the next ones on
+    the others. Seeded alike, every rank drew the same masks for its other rows: the same units dropped in every
+    row at a place of the batches, where the run's batch should drop them independently, as one device would."""
+    return seed + rank
 
 
 def restore_random_state(state: dict, device) -> None:
@@ -346,9 +353,9 @@ def train_loop(loop_config: dict) -> dict:
     use_gpu = device.type == "cuda"
     bf16 = uses_bf16(config, use_gpu)
     use_shape_free_attention(device)  # the model is loaded on the CPU below, then moved
-    # The data stream starts while the model loads: its first window takes a second or more to come.
+    # The data stream starts while the model loads: its first span takes a second or more to come.
     shard = ray.train.get_dataset_shard("train")
-    windows = prefetched(shard_windows(shard, config))
+    spans = prefetched(shard_spans(shard, config))
 
     # ce-ray's BERT where it reproduces the model: less host work per pass (a step of 16 pairs on a GPU is
     # little else), and loaded and saved without transformers, whose import is seconds of a worker's start.
@@ -361,7 +368,7 @@ def train_loop(loop_config: dict) -> dict:
     net = native if native is not None else reranker.model.train()
     loaded = native if native is not None else reranker  # both know the model's type and pad id
     model_type, pad_id = loaded.model_type, loaded.pad_id
-    torch.manual_seed(config.seed)
+    torch.manual_seed(worker_seed(config.seed, rank))
     if rank == 0:
         code = "ce-ray's BERT" if native is not None else "transformers"
         compiled = f", compiled ({config.compile_mode}) in its first steps" if config.compile else ""
@@ -382,7 +389,7 @@ def train_loop(loop_config: dict) -> dict:
         if os.path.isfile(random_file):  # taken back where the steps start, as it was saved where they stopped
             resumed_random = torch.load(random_file, weights_only=True)
         else:  # a checkpoint of an earlier ce-ray: other dropout masks than the run would have drawn
-            torch.manual_seed(config.seed + progress["step"])
+            torch.manual_seed(worker_seed(config.seed, rank) + progress["step"])
         if rank == 0:  # the step Ray Train resumes from: checkpoints a stopped run wrote after it recorded none
             say(f"ce-ray train: resumed at step {progress['step']:,} of {total:,}, from {checkpoint.path}")
         if not config.deepspeed:
@@ -483,7 +490,7 @@ def train_loop(loop_config: dict) -> dict:
     data = Waiting()
     epoch = micro // per_epoch
     while step < total:
-        for passes in data.over(micro_batches(windows, config, epoch, rank, micro - epoch * per_epoch, pad_id,
+        for passes in data.over(micro_batches(spans, config, epoch, rank, micro - epoch * per_epoch, pad_id,
                                               plan["max_length"])):
             # `accum` batches a step, within an epoch: its last step takes what is left (fewer batches), so
             # that every batch is trained on, as transformers' Trainer does.
@@ -555,7 +562,7 @@ def train_loop(loop_config: dict) -> dict:
             if last:
                 break
         epoch += 1
-        windows = shard_windows(shard, config)
+        spans = shard_spans(shard, config)
     divergence = None if config.deepspeed and config.deepspeed.stage == 3 else _replica_divergence(module)
     return {"log": progress["log"], "resumed_from": progress["resumed_from"], "replica_divergence": divergence,
             "samples": progress["samples"], "seconds": progress["seconds"], "steps": step,

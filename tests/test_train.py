@@ -179,10 +179,10 @@ def test_passes_hold_the_batch_rows_under_the_token_budget(ray_local, tiny_model
                                         "query", "document", "label", 128)
     shard = ray.data.from_arrow(train_data._kept_rows(table))
     config = TrainConfig(batch_size=8, length_window=4)
-    whole = list(train_data.micro_batches(train_data.shard_windows(shard, config), config, epoch=0, rank=0, skip=0,
+    whole = list(train_data.micro_batches(train_data.shard_spans(shard, config), config, epoch=0, rank=0, skip=0,
                                           pad_id=0))
     cut_config = dataclasses.replace(config, batch_tokens=200)
-    windows = train_data.prefetched(train_data.shard_windows(shard, cut_config))
+    windows = train_data.prefetched(train_data.shard_spans(shard, cut_config))
     cut = list(train_data.micro_batches(windows, cut_config, 0, 0, 0, 0))
     assert len(whole) == len(cut) == 8 and all(len(batch) == 1 for batch in whole)
     assert sum(len(batch) for batch in cut) > len(cut)  # the budget did cut batches
@@ -196,6 +196,50 @@ def test_passes_hold_the_batch_rows_under_the_token_budget(ray_local, tiny_model
         assert rows(inputs["input_ids"], inputs["attention_mask"]) == sorted(
             r for p, _ in passes for r in rows(p["input_ids"], p["attention_mask"]))
         assert sorted(labels) == sorted(np.concatenate([l for _, l in passes]))
+
+
+def _batches_of_rows(shard, config, epoch: int, skip: int = 0) -> list:
+    """An epoch of a worker's batches as the sets of their rows (each row's first token is its number)."""
+    spans = train_data.shard_spans(shard, config)
+    return [frozenset(int(i) for p, _ in passes for i in p["input_ids"][:, 0])
+            for passes in train_data.micro_batches(spans, config, epoch, 0, skip, pad_id=0)]
+
+
+def test_each_epoch_deals_a_workers_rows_into_other_batches(ray_local, monkeypatch):
+    """The set is shuffled once, so a worker's shard comes in the same order every epoch. Each epoch deals the
+    rows of a span into windows afresh: dealt into the same windows, whose rows are grouped by length, the
+    same rows met in a batch again (half the pairs of rows that shared a batch shared one in the next epoch).
+    The order is the seed's, the epoch's and the worker's alone, so a resumed run finds the batches it had not
+    seen."""
+    import ray.data
+
+    from ce_ray.config import TrainConfig
+
+    rows = 2400
+    lengths = np.random.default_rng(0).integers(2, 60, rows)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    tokens = np.ones(offsets[-1], np.int32)
+    tokens[offsets[:-1]] = np.arange(rows)  # each row's first token: its number
+    shard = ray.data.from_arrow(pa.table({IDS: pa.ListArray.from_arrays(offsets, tokens),
+                                          train_data.LABEL: np.zeros(rows, np.float32)}))
+    config = TrainConfig(batch_size=8, length_window=10)  # windows of 80 rows, as the default's of 800
+
+    def met(batches) -> set:  # the pairs of rows that shared a batch
+        return {(a, b) for batch in batches for a in batch for b in batch if a < b}
+
+    epochs = [_batches_of_rows(shard, config, epoch) for epoch in range(3)]
+    for batches in epochs:
+        assert len(batches) == rows // 8 and sorted(r for batch in batches for r in batch) == list(range(rows))
+    for before, after in zip(epochs, epochs[1:]):
+        again = len(met(before) & met(after)) / len(met(before))
+        assert again < 0.05, again  # dealt into the same windows: 0.87
+    assert _batches_of_rows(shard, config, 1) == epochs[1]
+    assert _batches_of_rows(shard, config, 1, skip=100) == epochs[1][100:]
+    # A shard of more rows than a span: each batch holds rows of one span, every row once an epoch.
+    monkeypatch.setattr(train_data, "SPAN_ROWS", 1000)  # 12 windows of 80 rows
+    batches = _batches_of_rows(shard, config, 0)
+    assert sorted(r for batch in batches for r in batch) == list(range(rows))
+    assert all(len({r // 960 for r in batch}) == 1 for batch in batches)
 
 
 def test_training_passes_have_a_token_budget_unless_deepspeed_and_the_seeds_batch_stays_whole():
@@ -506,6 +550,35 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, tiny_model, p
                                           num_workers=2, batch_size=2, save_every=4, lr=1e-4))
 
 
+def _random_states(output: Path) -> list:
+    """Each rank's torch random state at the run's last checkpoint."""
+    import torch
+
+    last = sorted((output / "checkpoints" / output.name).glob("checkpoint_0*"))[-1]
+    return [torch.load(last / f"ce-ray-random-{rank}.pt", weights_only=True)["torch"] for rank in (0, 1)]
+
+
+def test_workers_drop_units_of_their_own_and_a_run_repeats_itself(ray_local, tiny_model, tmp_path):
+    """Every rank seeded torch alike, so each drew the same dropout masks as the others for its other rows. Each
+    worker now draws from a seed of its own (the run's seed on rank 0), and a run of the same seed and data
+    still ends with the same weights, bit for bit, and the same random states. The pairs are one text (ranks'
+    batches of one shape, so ranks seeded alike draw alike), labelled 0 and 1."""
+    import torch
+
+    from ce_ray.config import TrainConfig
+
+    pairs = tmp_path / "pairs.parquet"
+    pd.DataFrame({"query": ["what is a reranker"] * 16, "document": ["a model that orders the candidates"] * 16,
+                  "label": np.arange(16, dtype=np.float32) % 2}).to_parquet(pairs)
+    settings = dict(model=str(tiny_model), train_data=str(pairs), num_workers=2, batch_size=4, epochs=1, lr=1e-3)
+    runs = [_train_module().train(TrainConfig(**settings, output=str(tmp_path / name))) for name in ("a", "b")]
+    assert _max_diff(_weights(tmp_path / "a"), _weights(tmp_path / "b")) == 0.0
+    assert [e["loss"] for e in runs[0].log] == [e["loss"] for e in runs[1].log]
+    first, second = _random_states(tmp_path / "a"), _random_states(tmp_path / "b")
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert not torch.equal(*first)  # the same state on both ranks: the same masks
+
+
 def test_ctrl_c_ends_a_training_run_with_a_line_that_says_how_to_resume_it(tiny_model, tmp_path):
     """Ray Train's fit takes Ctrl-C for its own: it aborted the run and failed with Ray's error of the aborted
     controller, exit 1, without ce-ray's line."""
@@ -790,6 +863,32 @@ def test_eval_data_in_the_training_datas_shape_ranks_each_querys_rows(ray_local,
         _train_module().train(TrainConfig(model=str(model_path), train_data=str(tmp_path / "soft.parquet"),
                                           eval_data=str(tmp_path / "soft.parquet"), output=str(tmp_path / "soft"),
                                           max_steps=1))
+
+
+def test_eval_rows_of_several_files_come_in_the_files_order_in_every_run(ray_local, tmp_path):
+    """The eval rows make the eval set in their order: the first eval_max_queries queries are evaluated, and
+    the candidates' ids are their rows. Read as their tasks ended, rows of a later file came first where its
+    task ended first (a fresh Ray's first read, a busy cluster): other queries evaluated, other metrics, from
+    run to run of the same settings."""
+    from ce_ray.config import TrainConfig
+
+    pairs = wikiqa_pairs("test")[["query", "document", "label"]]
+    (tmp_path / "eval").mkdir()
+    files = [pd.concat([pairs.assign(query=pairs["query"] + f" ({part}.{copy})") for copy in range(3)])
+             for part in range(4)]  # each file's own queries
+    for part, rows in enumerate(files):
+        rows.to_parquet(tmp_path / "eval" / f"part-{part}.parquet", row_group_size=1024)
+    in_order = pd.concat(files, ignore_index=True)
+    config = TrainConfig(model="m", output=str(tmp_path / "o"), train_data="t", eval_data=str(tmp_path / "eval"),
+                         eval_max_queries=2000)
+    reads = [train_data._eval_candidates(config, []) for _ in range(3)]
+    for candidates, qrels, _ in reads:
+        # Each candidate's id is its row in the files' order; the queries are the files' first 2,000.
+        rows = in_order.iloc[[int(d) for d in candidates.column("doc_id").to_pylist()]]
+        assert rows["query"].tolist() == candidates.column("query").to_pylist()
+        assert rows["document"].tolist() == candidates.column("document").to_pylist()
+        assert list(qrels) == list(dict.fromkeys(in_order[in_order.label > 0]["query"]))[:2000]
+    assert all(candidates.equals(reads[0][0]) and qrels == reads[0][1] for candidates, qrels, _ in reads)
 
 
 def test_eval_data_in_other_columns_fails_before_the_training_data_is_tokenized(ray_local, tiny_model, tmp_path):
