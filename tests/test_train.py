@@ -208,9 +208,9 @@ def _batches_of_rows(shard, config, epoch: int, skip: int = 0) -> list:
 def test_each_epoch_deals_a_workers_rows_into_other_batches(ray_local, monkeypatch):
     """The set is shuffled once, so a worker's shard comes in the same order every epoch. Each epoch deals the
     rows of a span into windows afresh: dealt into the same windows, whose rows are grouped by length, the
-    same rows met in a batch again (half the pairs of rows that shared a batch shared one in the next epoch).
-    The order is the seed's, the epoch's and the worker's alone, so a resumed run finds the batches it had not
-    seen."""
+    same rows met in a batch again (of the pairs of rows that shared a batch, 52% on WikiQA train, 87% here,
+    shared one in the next epoch). The order is the seed's, the epoch's and the worker's alone, so a resumed
+    run finds the batches it had not seen."""
     import ray.data
 
     from ce_ray.config import TrainConfig
