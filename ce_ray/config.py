@@ -106,9 +106,15 @@ class ScoreConfig(ModelConfig):
     rows_per_block: int = 4096
     # rows a scoring replica takes per call; unset: 32768 on GPU, rows_per_block on CPU
     rows_per_call: Optional[int] = None
-    replicas: Optional[int] = None  # max scoring replicas; unset: one per GPU, or 1 on CPU
-    min_replicas: int = 1  # replicas the pool starts with; it grows up to replicas as resources allow
-    tokenize_cpus: float = 1.0  # CPUs per tokenizing task
+    # max scoring replicas; unset: one per GPU, or on CPUs one per node with CPUs, each running on all its node's
+    # cores (within a pod's CPU limit); several replicas of a node share its cores
+    replicas: Optional[int] = None
+    # replicas the pool starts with; it grows up to replicas as resources allow; unset: 1 on GPUs (an autoscaler
+    # adds GPU nodes as replicas wait for them), one per node on CPUs
+    min_replicas: Optional[int] = None
+    # CPUs per tokenizing task; on CPUs, 1 (the CPU a replica holds) has each replica tokenize its own rows before
+    # it scores them, another value runs tokenize tasks beside the replicas, on the cores they score on
+    tokenize_cpus: float = 1.0
     # torch.compile the model in each replica, which compiles first (seconds to a minute): fused kernels for long
     # jobs on a GPU, where what they gain is not measured yet (on a CPU they gained nothing, bench/README.md)
     compile: bool = False

@@ -7,7 +7,6 @@ torch (and transformers, for a model that ce-ray's BERT does not reproduce).
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Iterator, Tuple
 
@@ -22,6 +21,7 @@ from .batching import IDS, REJECT, TYPES, default_batch_tokens, list_parts, toke
 from .bert import BertCrossEncoder  # noqa: E402
 from .config import ScoreConfig  # noqa: E402
 from .model import ModelError, attention_inputs, load_scoring_model, to_device  # noqa: E402
+from .runtime import usable_cpus  # noqa: E402
 
 IMPORT_SECONDS = time.perf_counter() - _imports_started
 
@@ -36,11 +36,15 @@ class Scorer:
     two threads (`score.replica_pool`): a call keeps all its state in its own frame.
     """
 
-    def __init__(self, config: ScoreConfig, device: str):
+    def __init__(self, config: ScoreConfig, device: str, replicas_per_node: int = 1):
         marks = [("start", time.perf_counter())]  # (what ended, when) for the ready line
+        threads = ""
         if device == "cpu":
-            # Ray pins OMP threads to the actor's CPU share; the model is the bottleneck here, so use the cores.
-            torch.set_num_threads(max(len(os.sched_getaffinity(0)), 1))
+            # The model is the bottleneck here: it runs on the cores of its node (its share of them, where several
+            # replicas share a node), not on the one CPU the actor holds (Ray sets OMP_NUM_THREADS to it). Its
+            # node's: a pod's CPU limit, or a Ray node's CPUs, not all the cores of the machine under them.
+            torch.set_num_threads(max(usable_cpus() // replicas_per_node, 1))
+            threads = f" ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
         else:  # CUDA's start, apart from the model's load
             torch.zeros(1, device=device)
             marks.append(("CUDA", time.perf_counter()))
@@ -66,7 +70,7 @@ class Scorer:
         code = "ce-ray's BERT" if isinstance(self.reranker.model, BertCrossEncoder) else "transformers"
         dtype = str(self.reranker.dtype).removeprefix("torch.")
         took = ", ".join(f"{what} {end - begin:.1f} s" for (_, begin), (what, end) in zip(marks, marks[1:]))
-        print(f"ce-ray replica: {config.model} on {self.reranker.device} in {dtype} "
+        print(f"ce-ray replica: {config.model} on {self.reranker.device}{threads} in {dtype} "
               f"({code}{', compiled' if config.compile else ''}), ready in {marks[-1][1] - marks[0][1]:.1f} s "
               f"({took}; imports before that {IMPORT_SECONDS:.1f} s)", flush=True)
 

@@ -9,6 +9,7 @@ import gc
 import os
 import re
 import sys
+from typing import Optional
 
 from .config import ConfigError
 from .io import InputError
@@ -119,6 +120,65 @@ def cluster_resources() -> dict:
 
     ensure_ray()
     return ray.cluster_resources()
+
+
+def cpu_nodes() -> list:
+    """The CPUs (Ray's CPU resource) of each live node of the cluster that has any: a head started with
+    `--num-cpus 0`, which runs drivers alone, is none."""
+    import ray
+
+    ensure_ray()
+    return [node["Resources"]["CPU"] for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU", 0) > 0]
+
+
+CGROUP = "/sys/fs/cgroup"
+
+
+def cgroup_cpu_limit(root: str = CGROUP) -> Optional[float]:
+    """The CPUs a container's CPU limit gives this process (a Kubernetes pod's `limits: cpu`), from its cgroup's
+    quota: cgroup v2's `cpu.max` ("400000 100000": 4 CPUs; "max 100000": none), else v1's `cpu.cfs_quota_us`
+    over `cpu.cfs_period_us` (-1: none). None where there is no limit, or no cgroup file says one."""
+    v2 = _first_line(os.path.join(root, "cpu.max"))
+    if v2:
+        quota, period = (v2.split() + ["100000"])[:2]
+    else:
+        quota, period = (_first_line(os.path.join(root, "cpu", name)) for name in ("cpu.cfs_quota_us",
+                                                                                  "cpu.cfs_period_us"))
+    try:
+        return float(quota) / float(period) if quota not in ("max", "-1") and float(quota) > 0 else None
+    except (TypeError, ValueError, ZeroDivisionError):  # no such file, or a value that says nothing
+        return None
+
+
+def _first_line(path: str) -> Optional[str]:
+    try:
+        with open(path) as f:
+            return f.readline().strip() or None
+    except OSError:
+        return None
+
+
+def usable_cpus(cgroup: str = CGROUP) -> int:
+    """The cores this process may keep busy: those it may run on (`sched_getaffinity`, all the machine's in a
+    container), within its container's CPU limit (a pod's 4 CPUs of a 64-core machine) and, in a Ray worker,
+    within its Ray node's CPU resource (`ray start --num-cpus`: several nodes on one machine share its cores)."""
+    cpus = float(len(os.sched_getaffinity(0)))
+    limit = cgroup_cpu_limit(cgroup)
+    if limit is not None:
+        cpus = min(cpus, limit)
+    node = _ray_node_cpus()
+    if node:
+        cpus = min(cpus, node)
+    return max(int(cpus), 1)  # a fraction of a core more would only be throttled
+
+
+def _ray_node_cpus() -> float:
+    """The CPU resource of the Ray node this process runs on; 0 outside Ray or on a node without CPUs."""
+    ray = sys.modules.get("ray")  # a process that has not imported Ray is none of its workers
+    if ray is None or not ray.is_initialized():
+        return 0.0
+    here = ray.get_runtime_context().get_node_id()
+    return next((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["NodeID"] == here), 0.0)
 
 
 def free_failed_actors() -> None:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ import pyarrow.compute as pc
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, require, with_settings
 from .io import InputError, absolute, detect_format, is_text, refuse_written
-from .runtime import cluster_resources, ensure_ray, free_failed_actors, surfaced_errors, work
+from .runtime import cluster_resources, cpu_nodes, ensure_ray, free_failed_actors, surfaced_errors, work
 from .tokenizer_facts import tokenizer_facts
 
 # torch is imported by the replica (ce_ray.replica, ce_ray.model) alone: the driver (with the tokenizer's
@@ -29,6 +30,9 @@ SCORE = "score"
 # Rows a GPU replica scores per call. Each call ends by waiting for its scores, and its table goes back
 # through Ray Data, so a call should hold many batches: 32,768 MS MARCO-length pairs are ~36 64k-token batches.
 GPU_ROWS_PER_CALL = 32768
+# CPUs a replica holds: one, so that the others stay free to read and tokenize. On a CPU the model still runs on
+# all its node's cores (`replica.Scorer`): scoring is most of the work there.
+REPLICA_CPUS = 1
 
 
 def written_columns(config: ScoreConfig) -> Dict[str, str]:
@@ -176,25 +180,16 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
     resources = cluster_resources()
     gpus = int(resources.get("GPU", 0))
     use_gpu = config.use_gpu if config.use_gpu is not None else gpus > 0
-    max_replicas = config.replicas or (max(gpus, 1) if use_gpu else 1)
-    min_replicas = min(config.min_replicas, max_replicas)
-    if min_replicas < config.min_replicas:
-        print(f"ce-ray: note: min_replicas {config.min_replicas} is more than the {max_replicas} replica(s) the job "
-              f"may start (replicas; by default one per GPU, one on CPU): starting {min_replicas}",
-              file=sys.stderr, flush=True)
     cpus = int(resources.get("CPU", 1))
-    _check_room(config, use_gpu, gpus, cpus)
-    if not use_gpu and min_replicas >= cpus > 1:
-        # Each CPU replica holds a CPU for the whole job: replicas on all of them would leave none to read
-        # the rows they wait for, and the job would never start.
-        min_replicas = cpus - 1
-        print(f"ce-ray: note: min_replicas {config.min_replicas} would hold all {cpus} CPUs of the cluster, leaving "
-              f"none to read the input: starting {min_replicas}", file=sys.stderr, flush=True)
+    node_cpus = cpu_nodes()
+    _check_room(config, use_gpu, gpus, max(node_cpus, default=cpus))
+    nodes = 0 if use_gpu else max(len(node_cpus), 1)
+    min_replicas, max_replicas, per_node = _replica_counts(config, use_gpu, gpus, cpus, nodes)
     if announce:  # before Ray Data's own lines, which follow the run
         budget = config.batch_tokens or default_batch_tokens(use_gpu)
-        print(f"{announce}: {config.model} on {'GPU' if use_gpu else 'CPU'}, up to {max_replicas} replica(s), "
-              f"tokenizer {'nanotoken' if encoder.fast is not None else 'Hugging Face'}, forward passes of at "
-              f"most {budget:,} tokens" + (f", each query after the prompt {prompt!r}" if prompt else ""), flush=True)
+        print(f"{announce}: {config.model} on {_replicas_said(config, use_gpu, max_replicas, nodes)}, tokenizer "
+              f"{'nanotoken' if encoder.fast is not None else 'Hugging Face'}, forward passes of at most "
+              f"{budget:,} tokens" + (f", each query after the prompt {prompt!r}" if prompt else ""), flush=True)
     tokenized = ds.map_batches(
         _tokenize_block,
         fn_kwargs=dict(
@@ -209,25 +204,67 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
     )
     return tokenized.map_batches(
         ScoringReplica,
-        fn_constructor_kwargs=dict(config=config, device="cuda" if use_gpu else "cpu"),
+        fn_constructor_kwargs=dict(config=config, device="cuda" if use_gpu else "cpu",
+                                   replicas_per_node=per_node),
         batch_format="pyarrow",
         batch_size=config.rows_per_call or (GPU_ROWS_PER_CALL if use_gpu else config.rows_per_block),
         compute=replica_pool(config, use_gpu, min_replicas, max_replicas),
         num_gpus=1 if use_gpu else 0,
-        num_cpus=1,
+        num_cpus=REPLICA_CPUS,
         udf_modifying_row_count=False,
         # A replica that dies (node lost, OOM) is restarted and its blocks are redone: Ray Data's actor
         # pools default to max_restarts=-1 and max_task_retries=-1.
     )
 
 
-def _check_room(config: ScoreConfig, use_gpu: bool, gpus: int, cpus: int) -> None:
-    """A GPU, and the CPUs of a tokenize task, that the cluster does not have (`runtime.refuse_or_wait`)."""
+def _replica_counts(config: ScoreConfig, use_gpu: bool, gpus: int, cpus: int, nodes: int) -> tuple:
+    """The pool's (min, max) replicas and the replicas of a node: by default up to one per GPU, starting with one,
+    or on CPUs one per node that has CPUs (`nodes`), each on its node's cores, so that every node of a CPU cluster
+    scores; `replicas` and `min_replicas` where given. Said where a setting cannot be met as given."""
+    max_replicas = config.replicas or (max(gpus, 1) if use_gpu else nodes)
+    # On CPUs the nodes are there from the start, and each would otherwise only read: a replica on each at once.
+    wanted = config.min_replicas or (1 if use_gpu else nodes)
+    min_replicas = min(wanted, max_replicas)
+    if config.min_replicas and min_replicas < config.min_replicas:
+        print(f"ce-ray: note: min_replicas {config.min_replicas} is more than the {max_replicas} replica(s) the job "
+              f"may start (replicas; by default one per GPU, or one per node on CPUs): starting {min_replicas}",
+              file=sys.stderr, flush=True)
+    if not use_gpu and min_replicas >= cpus > 1:
+        # Each CPU replica holds a CPU for the whole job: replicas on all of them would leave none to read
+        # the rows they wait for, and the job would never start.
+        asked = f"min_replicas {config.min_replicas}" if config.min_replicas else f"{wanted} replicas, one a node,"
+        min_replicas = cpus - 1
+        print(f"ce-ray: note: {asked} would hold all {cpus} CPUs of the cluster, leaving none to read the input: "
+              f"starting {min_replicas}", file=sys.stderr, flush=True)
+    per_node = 1 if use_gpu else math.ceil(max_replicas / nodes)
+    if per_node > 1:
+        print(f"ce-ray: note: replicas {max_replicas} on {nodes} node(s) with CPUs: the replicas of a node share its "
+              f"cores (1/{per_node} each), where one replica a node (the default) runs on them all",
+              file=sys.stderr, flush=True)
+    return min_replicas, max_replicas, per_node
+
+
+def _replicas_said(config: ScoreConfig, use_gpu: bool, max_replicas: int, nodes: int) -> str:
+    """Where the job scores, for its announce line; on CPUs, who tokenizes: the replicas themselves where a
+    tokenize task asks for the replica's CPU (Ray Data then runs both steps in the replica, one after the other,
+    as one), else tokenize tasks beside the replicas, on the cores the replicas run on."""
+    if use_gpu:
+        return f"GPU, up to {max_replicas} replica(s)"
+    shared = max_replicas > nodes
+    cores = "sharing their nodes' cores" if shared else "each on its node's cores"
+    tokenizing = (f" and tokenizing {'their' if shared else 'its'} own rows" if config.tokenize_cpus == REPLICA_CPUS
+                  else f", which tokenize tasks of {config.tokenize_cpus:g} CPU share")
+    return f"CPU, up to {max_replicas} replica(s) on {nodes} node(s), {cores}{tokenizing}"
+
+
+def _check_room(config: ScoreConfig, use_gpu: bool, gpus: int, node_cpus: float) -> None:
+    """A GPU, and the CPUs of a tokenize task, that the cluster does not have (`runtime.refuse_or_wait`). A task
+    runs on one node: its CPUs are bounded by the largest node's (`node_cpus`), not the cluster's."""
     from .runtime import refuse_or_wait
 
     short = (["a GPU (use_gpu; the cluster has none)"] if use_gpu and not gpus else []) + (
-        [f"{config.tokenize_cpus:g} CPUs a tokenize task (tokenize_cpus; the cluster has {cpus})"]
-        if config.tokenize_cpus > cpus else [])
+        [f"{config.tokenize_cpus:g} CPUs a tokenize task (tokenize_cpus; the cluster's largest node has "
+         f"{node_cpus:g})"] if config.tokenize_cpus > node_cpus else [])
     if not short:
         return
     refuse_or_wait(f"the job needs {' and '.join(short)}, which the local Ray it started cannot give",
@@ -436,10 +473,10 @@ class ScoringReplica:
     """The actor pool's class: a `replica.Scorer`, whose module (and torch with it) is imported in the
     replica's process alone. Imported here, it would cost the driver seconds (torch and the CUDA libraries)."""
 
-    def __init__(self, config: ScoreConfig, device: str):
+    def __init__(self, config: ScoreConfig, device: str, replicas_per_node: int = 1):
         from .replica import Scorer
 
-        self.scorer = Scorer(config, device)
+        self.scorer = Scorer(config, device, replicas_per_node)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         return self.scorer(table)

@@ -67,7 +67,7 @@ def test_a_replica_of_a_bert_reranker_loads_neither_transformers_nor_torch_dynam
     run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out.pickle")], input=job, capture_output=True,
                          timeout=120, cwd=ROOT)
     assert run.returncode == 0, run.stderr.decode()
-    assert re.fullmatch(r"ce-ray replica: \S+ on cpu in float32 \(ce-ray's BERT\), ready in \d+\.\d s "
+    assert re.fullmatch(r"ce-ray replica: \S+ on cpu \(\d+ threads?\) in float32 \(ce-ray's BERT\), ready in \d+\.\d s "
                         r"\(model \d+\.\d s; imports before that \d+\.\d s\)\n",
                         run.stdout.decode())
     scores, loaded = pickle.loads((tmp_path / "out.pickle").read_bytes())

@@ -1,6 +1,7 @@
-"""A score job on a multi-node Ray cluster on one machine loses a worker node mid-job and still writes every
-row exactly once, with the right score. The job runs in a driver subprocess of its own (`ray.cluster_utils.
-Cluster`: a head without CPUs and two 3-CPU workers), apart from the session's in-process Ray."""
+"""Score jobs on multi-node Ray clusters on one machine (`ray.cluster_utils.Cluster`: a head without CPUs and
+worker nodes), each in a driver subprocess of its own, apart from the session's in-process Ray: a job that loses
+a worker node mid-job still writes every row exactly once, with the right score; a job on CPU nodes scores on
+each of them, each replica on its own node's CPUs."""
 
 from __future__ import annotations
 
@@ -116,6 +117,28 @@ def scratch():
     shutil.rmtree(path, ignore_errors=True)
 
 
+def run_driver(script: str, tmp_path: Path, scratch: Path, args: list, timeout: float = 480) -> tuple:
+    """Runs a driver script in a process group of its own, with token authentication for its cluster and none of
+    this process's Ray settings; (its exit status, its output). A driver still running at `timeout` is killed."""
+    (scratch / "auth_token").write_text(secrets.token_hex(32))
+    (tmp_path / "driver.py").write_text(script)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(scratch / "auth_token"),
+               RAY_DATA_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false")
+    with open(scratch / "driver.log", "w") as out:
+        driver = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), *args],
+                                  env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            driver.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+                driver.wait(timeout=30)
+    return driver.returncode, (scratch / "driver.log").read_text(errors="replace")
+
+
 def test_score_job_survives_losing_a_worker_node(tmp_path, scratch):
     model = build_tiny_model(tmp_path / "model", seed=5)
     pairs = wikiqa_pairs("train", ROWS)[["query", "document"]].reset_index(drop=True)
@@ -125,29 +148,11 @@ def test_score_job_survives_losing_a_worker_node(tmp_path, scratch):
         pq.write_table(pa.Table.from_pandas(pairs.iloc[part], preserve_index=False),
                        tmp_path / "in" / f"pairs-{i}.parquet")
     (tmp_path / "signals").mkdir()
-    (scratch / "auth_token").write_text(secrets.token_hex(32))
-    (tmp_path / "driver.py").write_text(DRIVER)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(scratch / "auth_token"),
-               RAY_DATA_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false")
+    returncode, log = run_driver(DRIVER, tmp_path, scratch, [
+        str(model), str(tmp_path / "in"), str(tmp_path / "out"), str(tmp_path / "signals"), str(scratch / "ray"),
+        str(GATE_ROW), str(free_port())])
 
-    with open(scratch / "driver.log", "w") as out:
-        driver = subprocess.Popen(
-            [sys.executable, str(tmp_path / "driver.py"), str(model), str(tmp_path / "in"), str(tmp_path / "out"),
-             str(tmp_path / "signals"), str(scratch / "ray"), str(GATE_ROW), str(free_port())],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        try:
-            driver.wait(timeout=480)
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            if driver.poll() is None:
-                os.killpg(driver.pid, signal.SIGKILL)
-                driver.wait(timeout=30)
-    log = (scratch / "driver.log").read_text(errors="replace")
-
-    assert driver.returncode == 0, log[-6000:]
+    assert returncode == 0, log[-6000:]
     report = json.loads(next(line for line in log.splitlines() if line.startswith("REPORT "))[len("REPORT "):])
     print(report)
     assert "error" not in report, report
@@ -159,3 +164,49 @@ def test_score_job_survives_losing_a_worker_node(tmp_path, scratch):
     assert len(out) == ROWS and out["row"].tolist() == list(range(ROWS))  # every row, exactly once
     assert (out[["query", "document"]] == pairs[["query", "document"]]).all().all()
     assert np.abs(out["score"].to_numpy() - reference_scores(model, pairs)).max() <= 1e-5
+
+
+# Two CPU nodes of 2 and 1 CPUs on this machine, as two pods of a CPU cluster: each sees all the machine's cores.
+CPU_NODES_DRIVER = r'''
+import sys
+
+import ray
+from ray.cluster_utils import Cluster
+
+from ce_ray.config import ScoreConfig
+from ce_ray.score import run_score, score
+
+model, input_dir, output, temp_dir = sys.argv[1:5]
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp_dir})
+try:
+    for cpus in (2, 1):
+        cluster.add_node(num_cpus=cpus, temp_dir=temp_dir)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    # A task runs on one node: 2.5 CPUs a tokenize task are more than any node has, though not the cluster.
+    score(ray.data.from_items([{"query": "q", "document": "d"}]), model=model, tokenize_cpus=2.5)  # not run
+    run_score(ScoreConfig(model=model, input=input_dir, output=output, rows_per_block=50))
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+'''
+
+
+def test_a_cpu_cluster_scores_on_every_node_each_replica_on_its_nodes_cores(tmp_path, scratch, tiny_model):
+    """On CPUs a replica per node by default: with one replica, one node scored and the others only read. Each
+    replica runs on its own node's CPUs: a Ray node's CPU resource (as a pod's CPU limit) bounds its threads, where
+    all the machine's cores under it (os.sched_getaffinity) oversubscribed them."""
+    (tmp_path / "in").mkdir()
+    pairs = wikiqa_pairs("test", 400)[["query", "document"]]
+    for i, part in enumerate(np.array_split(np.arange(len(pairs)), 4)):
+        pairs.iloc[part].to_parquet(tmp_path / "in" / f"pairs-{i}.parquet")
+    returncode, log = run_driver(CPU_NODES_DRIVER, tmp_path, scratch, [
+        str(tiny_model), str(tmp_path / "in"), str(tmp_path / "out"), str(scratch / "ray")], timeout=300)
+    assert returncode == 0 and "rows scored   400" in log, log[-6000:]
+    assert "on CPU, up to 2 replica(s) on 2 node(s), each on its node's cores" in log, log[-6000:]
+    assert ("note: the job needs 2.5 CPUs a tokenize task (tokenize_cpus; the cluster's largest node has 2): it "
+            "waits until the cluster has them") in log, log[-6000:]
+    ready = [line for path in scratch.glob("ray/session_latest/logs/worker-*.out")
+             for line in path.read_text(errors="replace").splitlines() if "ce-ray replica:" in line]
+    threads = sorted(line.split(" on cpu (")[1].split(")")[0] for line in ready)
+    assert threads == ["1 thread", "2 threads"], ready

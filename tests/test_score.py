@@ -332,8 +332,8 @@ def test_each_input_format(ray_local, tmp_path, tiny_model, pairs_df, fmt, capsy
     # The job says how it scores before it does: here on the CPU, nanotoken, the CPU's token budget; and how many
     # pairs, where the files say (parquet's footers), against which Ray Data's estimate of the total may be far.
     out = capsys.readouterr().out
-    assert (f"ce-ray score: {tiny_model} on CPU, up to 1 replica(s), tokenizer nanotoken, forward passes of at "
-            "most 2,048 tokens") in out
+    assert (f"ce-ray score: {tiny_model} on CPU, up to 1 replica(s) on 1 node(s), each on its node's cores and "
+            "tokenizing its own rows, tokenizer nanotoken, forward passes of at most 2,048 tokens") in out
     assert (f"ce-ray score: {len(pairs_df):,} pairs in 2 file(s) to score" if fmt in ("folder", "glob")
             else "ce-ray score: 1 file(s) to score") in out
     assert summary.rows_in == summary.rows_scored == len(pairs_df)
@@ -565,14 +565,38 @@ def test_min_replicas_leave_a_cpu_to_read_on_a_cpu_cluster(ray_local, tiny_model
     ds = ray.data.from_pandas(pairs_df.head(20))
     scored = score(ds, model=str(tiny_model), replicas=cpus, min_replicas=cpus).to_pandas()
     assert len(scored) == 20 and scored["score"].notna().all()
-    assert f"min_replicas {cpus} would hold all {cpus} CPUs of the cluster" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert f"min_replicas {cpus} would hold all {cpus} CPUs of the cluster" in said
+    # Replicas past the nodes share their cores, rather than each running on all of them.
+    assert f"replicas {cpus} on 1 node(s) with CPUs: the replicas of a node share its cores (1/{cpus} each)" in said
     score(ds, model=str(tiny_model), min_replicas=2)  # said as the Dataset is planned: nothing to run
     assert "min_replicas 2 is more than the 1 replica(s) the job may start" in capsys.readouterr().err
     # What a local Ray does not have, it never will: the job would wait forever.
     with pytest.raises(ConfigError, match=r"needs a GPU \(use_gpu; the cluster has none\), which the local Ray"):
         score(ds, model=str(tiny_model), use_gpu=True)
-    with pytest.raises(ConfigError, match=f"needs {cpus + 1} CPUs a tokenize task \\(tokenize_cpus; the cluster has"):
+    with pytest.raises(ConfigError, match=f"needs {cpus + 1} CPUs a tokenize task \\(tokenize_cpus; the cluster's"):
         score(ds, model=str(tiny_model), tokenize_cpus=cpus + 1)
+
+
+def test_a_cpu_replicas_threads_stay_within_its_containers_cpu_limit(ray_local, tmp_path):
+    """A pod's CPU limit (its cgroup's quota) bounds a CPU replica's threads: the cores it may run on
+    (os.sched_getaffinity) are all the machine's, 64 for a pod of 4 CPUs, whose threads the quota then throttled."""
+    import ray
+
+    from ce_ray.runtime import cgroup_cpu_limit, usable_cpus
+
+    limits = {"v2-4": ("cpu.max", "400000 100000\n"), "v2-none": ("cpu.max", "max 100000\n"),
+              "v1-1.5": ("cpu/cpu.cfs_quota_us", "150000\n"), "v1-none": ("cpu/cpu.cfs_quota_us", "-1\n")}
+    for name, (path, text) in limits.items():
+        (tmp_path / name / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name / path).write_text(text)
+        if name.startswith("v1"):
+            (tmp_path / name / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    found = {name: cgroup_cpu_limit(str(tmp_path / name)) for name in [*limits, "no-cgroup"]}
+    assert found == {"v2-4": 4.0, "v2-none": None, "v1-1.5": 1.5, "v1-none": None, "no-cgroup": None}
+    cores = len(os.sched_getaffinity(0))
+    assert usable_cpus(str(tmp_path / "v1-1.5")) == 1  # half a core more would only be throttled
+    assert usable_cpus(str(tmp_path / "v2-4")) == min(cores, 4, int(ray.cluster_resources()["CPU"]))
 
 
 def test_python_api_takes_and_returns_a_dataset(ray_local, tiny_model, pairs_df):
