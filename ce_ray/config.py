@@ -110,7 +110,7 @@ class ScoreConfig(ModelConfig):
     # cores (within a pod's CPU limit); several replicas of a node share its cores
     replicas: Optional[int] = None
     # replicas the pool starts with; it grows up to replicas as resources allow; unset: 1 on GPUs (an autoscaler
-    # adds GPU nodes as replicas wait for them), one per node on CPUs
+    # adds GPU nodes as replicas wait for them), all of them on CPUs
     min_replicas: Optional[int] = None
     # CPUs per tokenizing task; on CPUs, 1 (the CPU a replica holds) has each replica tokenize its own rows before
     # it scores them, another value runs tokenize tasks beside the replicas, on the cores they score on

@@ -222,8 +222,9 @@ def _replica_counts(config: ScoreConfig, use_gpu: bool, gpus: int, cpus: int, no
     or on CPUs one per node that has CPUs (`nodes`), each on its node's cores, so that every node of a CPU cluster
     scores; `replicas` and `min_replicas` where given. Said where a setting cannot be met as given."""
     max_replicas = config.replicas or (max(gpus, 1) if use_gpu else nodes)
-    # On CPUs the nodes are there from the start, and each would otherwise only read: a replica on each at once.
-    wanted = config.min_replicas or (1 if use_gpu else nodes)
+    # GPU nodes may come as replicas wait for them (an autoscaler); CPU nodes are there, and each would otherwise
+    # only read: all the replicas at once.
+    wanted = config.min_replicas or (1 if use_gpu else max_replicas)
     min_replicas = min(wanted, max_replicas)
     if config.min_replicas and min_replicas < config.min_replicas:
         print(f"ce-ray: note: min_replicas {config.min_replicas} is more than the {max_replicas} replica(s) the job "
@@ -232,13 +233,15 @@ def _replica_counts(config: ScoreConfig, use_gpu: bool, gpus: int, cpus: int, no
     if not use_gpu and min_replicas >= cpus > 1:
         # Each CPU replica holds a CPU for the whole job: replicas on all of them would leave none to read
         # the rows they wait for, and the job would never start.
-        asked = f"min_replicas {config.min_replicas}" if config.min_replicas else f"{wanted} replicas, one a node,"
+        asked = f"min_replicas {config.min_replicas}" if config.min_replicas else f"{wanted} replicas"
         min_replicas = cpus - 1
         print(f"ce-ray: note: {asked} would hold all {cpus} CPUs of the cluster, leaving none to read the input: "
               f"starting {min_replicas}", file=sys.stderr, flush=True)
-    per_node = 1 if use_gpu else math.ceil(max_replicas / nodes)
+    # The replicas started share their nodes' cores; on CPUs a pool rarely grows past them (Ray Data's did not
+    # on two nodes of 2 and 1 CPUs).
+    per_node = 1 if use_gpu else math.ceil(min_replicas / nodes)
     if per_node > 1:
-        print(f"ce-ray: note: replicas {max_replicas} on {nodes} node(s) with CPUs: the replicas of a node share its "
+        print(f"ce-ray: note: {min_replicas} replicas on {nodes} node(s) with CPUs: the replicas of a node share its "
               f"cores (1/{per_node} each), where one replica a node (the default) runs on them all",
               file=sys.stderr, flush=True)
     return min_replicas, max_replicas, per_node

@@ -565,10 +565,7 @@ def test_min_replicas_leave_a_cpu_to_read_on_a_cpu_cluster(ray_local, tiny_model
     ds = ray.data.from_pandas(pairs_df.head(20))
     scored = score(ds, model=str(tiny_model), replicas=cpus, min_replicas=cpus).to_pandas()
     assert len(scored) == 20 and scored["score"].notna().all()
-    said = capsys.readouterr().err
-    assert f"min_replicas {cpus} would hold all {cpus} CPUs of the cluster" in said
-    # Replicas past the nodes share their cores, rather than each running on all of them.
-    assert f"replicas {cpus} on 1 node(s) with CPUs: the replicas of a node share its cores (1/{cpus} each)" in said
+    assert f"min_replicas {cpus} would hold all {cpus} CPUs of the cluster" in capsys.readouterr().err
     score(ds, model=str(tiny_model), min_replicas=2)  # said as the Dataset is planned: nothing to run
     assert "min_replicas 2 is more than the 1 replica(s) the job may start" in capsys.readouterr().err
     # What a local Ray does not have, it never will: the job would wait forever.
@@ -597,6 +594,23 @@ def test_a_cpu_replicas_threads_stay_within_its_containers_cpu_limit(ray_local, 
     cores = len(os.sched_getaffinity(0))
     assert usable_cpus(str(tmp_path / "v1-1.5")) == 1  # half a core more would only be throttled
     assert usable_cpus(str(tmp_path / "v2-4")) == min(cores, 4, int(ray.cluster_resources()["CPU"]))
+
+
+def test_cpu_replicas_start_at_once_and_share_their_nodes_cores(capsys):
+    """On CPUs every replica starts at once (a pool started with one did not grow on two nodes); replicas past the
+    nodes share each node's cores rather than each running on all of them, and one is left a CPU to read."""
+    from ce_ray.score import _replica_counts
+
+    config = ScoreConfig(model="m")
+    assert _replica_counts(config, use_gpu=False, gpus=0, cpus=16, nodes=4) == (4, 4, 1)  # one a node
+    assert _replica_counts(config, use_gpu=True, gpus=4, cpus=16, nodes=0) == (1, 4, 1)  # GPUs may come later
+    assert capsys.readouterr().err == ""
+    assert _replica_counts(dataclasses.replace(config, replicas=4), False, 0, cpus=8, nodes=1) == (4, 4, 4)
+    assert "4 replicas on 1 node(s) with CPUs: the replicas of a node share its cores (1/4 each)" in (
+        capsys.readouterr().err)
+    # Two replicas of a 2-CPU machine hold both CPUs: one starts, on both cores.
+    assert _replica_counts(dataclasses.replace(config, replicas=2), False, 0, cpus=2, nodes=1) == (1, 2, 1)
+    assert "2 replicas would hold all 2 CPUs of the cluster" in capsys.readouterr().err
 
 
 def test_python_api_takes_and_returns_a_dataset(ray_local, tiny_model, pairs_df):
