@@ -177,7 +177,9 @@ from ce_ray.config import ScoreConfig
 from ce_ray.score import run_score, score
 
 model, input_dir, output, temp_dir = sys.argv[1:5]
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp_dir})
+# No dashboard: another Ray on this machine may hold its port, and this job needs none.
+head = {"num_cpus": 0, "temp_dir": temp_dir, "include_dashboard": False}
+cluster = Cluster(initialize_head=True, head_node_args=head)
 try:
     for cpus in (2, 1):
         cluster.add_node(num_cpus=cpus, temp_dir=temp_dir)
