@@ -837,22 +837,25 @@ def _check_output(output: str, model: str) -> None:
         fs.create_dir(path, recursive=True)
 
 
-def _check_room(config: TrainConfig, use_gpu: bool, have: dict) -> None:
-    """The workers' CPUs (and GPUs) against the cluster's (`have`), which Ray Train would wait for
-    (`runtime.refuse_or_wait`)."""
+def _check_room(config: TrainConfig, use_gpu: bool, have: dict, node_cpus: float = float("inf")) -> None:
+    """The workers' CPUs (and GPUs) against the cluster's (`have`), and a worker's CPUs against the largest
+    node's (`node_cpus`: a worker runs on one node), which Ray Train would wait for (`runtime.refuse_or_wait`)."""
     from .runtime import refuse_or_wait
 
     need = {"CPU": config.num_workers * config.cpus_per_worker} | ({"GPU": config.num_workers} if use_gpu else {})
     short = [f"{count:g} {kind}(s) (the cluster has {have.get(kind, 0):g})" for kind, count in need.items()
              if have.get(kind, 0) < count]
+    if config.cpus_per_worker > node_cpus and have.get("CPU", 0) >= need["CPU"]:  # else said already
+        short.append(f"{config.cpus_per_worker:g} CPUs each (cpus_per_worker; the cluster's largest node has "
+                     f"{node_cpus:g})")
     if not short:
         return
     message = f"{config.num_workers} worker(s) need {' and '.join(short)}"
-    refuse_or_wait(f"{message}: {_room_hint(config, use_gpu, have)}",
+    refuse_or_wait(f"{message}: {_room_hint(config, use_gpu, have, node_cpus)}",
                    f"ce-ray train: {message}: the run waits until the cluster has them")
 
 
-def _room_hint(config: TrainConfig, use_gpu: bool, have: dict) -> str:
+def _room_hint(config: TrainConfig, use_gpu: bool, have: dict, node_cpus: float) -> str:
     """What makes the workers fit: fewer of them, or, on a cluster without GPUs, none asked for (fewer workers
     would still need a GPU each)."""
     hints = []
@@ -860,6 +863,8 @@ def _room_hint(config: TrainConfig, use_gpu: bool, have: dict) -> str:
         hints.append("the cluster has no GPU: train on its CPUs without use_gpu (--no-use-gpu)")
     if use_gpu and have.get("GPU", 0) or have.get("CPU", 0) < config.num_workers * config.cpus_per_worker:
         hints.append("lower num_workers" + ("" if use_gpu and have.get("GPU", 0) else " (or cpus_per_worker)"))
+    elif config.cpus_per_worker > node_cpus:
+        hints.append("lower cpus_per_worker")
     return "; ".join(hints)
 
 
@@ -921,7 +926,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     from .model_folder import (SIGMOID, activation_path, check_max_length, check_safe, check_single_logit,
                                is_sequence_classifier, local_model_path, model_source, query_prompt,
                                saved_architectures, usable_max_length)
-    from .runtime import cluster_resources, ensure_ray, free_failed_actors, surfaced_errors
+    from .runtime import cluster_resources, cpu_nodes, ensure_ray, free_failed_actors, surfaced_errors
     from .tokenizer_facts import tokenizer_facts
 
     config = with_settings(config or TrainConfig(), settings)
@@ -954,7 +959,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     free_failed_actors()
     resources = cluster_resources()
     use_gpu = config.use_gpu if config.use_gpu is not None else resources.get("GPU", 0) > 0
-    _check_room(config, use_gpu, resources)
+    _check_room(config, use_gpu, resources, max(cpu_nodes(), default=resources.get("CPU", 0)))
     if config.deepspeed:
         try:
             _import_deepspeed(use_gpu)

@@ -1083,7 +1083,8 @@ def test_a_base_model_is_refused_for_scoring_and_fine_tuned_with_a_new_head(ray_
 
 def test_workers_that_do_not_fit_say_what_makes_them_fit(monkeypatch):
     """use_gpu on a cluster without GPUs said to lower num_workers (or cpus_per_worker), which cannot help: it
-    now says to leave use_gpu out; too few CPUs, or GPUs, still say to lower num_workers."""
+    now says to leave use_gpu out; too few CPUs, or GPUs, still say to lower num_workers, and a worker larger than
+    every node to lower cpus_per_worker."""
     from ce_ray import runtime
     from ce_ray.config import ConfigError, TrainConfig
 
@@ -1099,6 +1100,11 @@ def test_workers_that_do_not_fit_say_what_makes_them_fit(monkeypatch):
     with pytest.raises(ConfigError, match=r"need 2 CPU\(s\) \(the cluster has 1\): lower num_workers \(or cpus_per"):
         check_room(config, False, {"CPU": 1.0})
     check_room(config, False, {"CPU": 2.0})  # room enough: nothing said
+    # A worker runs on one node: 3 CPUs each fit no node of 2, though the cluster has 4 (the run waited forever).
+    wide = dataclasses.replace(config, num_workers=1, cpus_per_worker=3.0)
+    with pytest.raises(ConfigError, match=r"need 3 CPUs each \(cpus_per_worker; the cluster's largest node has 2\): "
+                                          r"lower cpus_per_worker$"):
+        check_room(wide, False, {"CPU": 4.0}, node_cpus=2.0)
 
 
 def test_the_trained_model_keeps_the_prompts_and_activation_of_the_model_it_started_from(ray_local, tiny_model,
