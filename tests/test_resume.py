@@ -171,8 +171,9 @@ def test_a_finished_job_whose_output_lost_parts_since_is_made_whole_by_resume(ra
         os.remove(part)
     held = len(list((out / "results").iterdir()))
     assert held < parts
-    with pytest.raises(io.InputError, match=re.escape(f"finished with {parts} part(s) in results/, which now holds "
-                                                      f"{held}: parts were lost or added since (") + r"\S+ is missing\)"):
+    lost = re.escape(f"finished with {parts} part(s) in results/, which now holds {held}: parts were lost or added "
+                     "since (") + r"\S+ is missing\)"
+    with pytest.raises(io.InputError, match=lost):
         io.list_files(str(out))
     with pytest.raises(OutputExistsError, match="--mode resume"):
         run_score(config_for(out, tiny_model, folder))
