@@ -257,9 +257,10 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: O
     kept = ResumeState({}, [])
     if mode == "error" or not checked:
         check_output(output, mode, resumable)  # in mode error, it refused an output that has results
-    if mode == "overwrite" and has_results(output):
-        with writing(output):
-            _clear(fs, path, is_remote(output))
+    if mode == "overwrite":
+        if has_results(output):
+            with writing(output):
+                _clear(fs, path, is_remote(output))
     elif mode == "resume":
         resume = resume or resume_state(output, job)  # it read what the output holds: nothing to look up again
         if resume.finished:

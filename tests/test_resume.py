@@ -507,3 +507,15 @@ def test_killed_driver_then_resume_gives_the_uninterrupted_output(tmp_path, tiny
     assert list(rejects["pair_id"]) == [i for i in range(FILES * ROWS_PER_FILE) if i % ROWS_PER_FILE == 7]
     success = json.loads((out / "_SUCCESS").read_text())
     assert (success["rows_in"], success["rows_rejected"]) == (FILES * ROWS_PER_FILE, FILES)
+
+
+def test_every_mode_prepares_an_output_that_holds_nothing_yet(tmp_path):
+    """A new output (or one a failed job left with its settings alone) is prepared in every mode: the first run of
+    a job given --mode overwrite or --mode resume (as the demo runs) writes its settings and goes on."""
+    from ce_ray.sink import prepare_output
+
+    for mode in ("error", "overwrite", "resume"):
+        out = tmp_path / mode
+        assert not prepare_output(str(out), mode, job={"model": "m"}).parts
+        assert json.loads((out / "_ce_ray" / "job.json").read_text()) == {"model": "m"}
+        assert not prepare_output(str(out), mode, job={"model": "m"}).parts  # a job that failed before its writes
