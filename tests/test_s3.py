@@ -259,6 +259,22 @@ def moto_behind(front):
         thread.join()
 
 
+@contextlib.contextmanager
+def moto_in_env(front, monkeypatch):
+    """`moto_behind(front)` as the environment's S3 endpoint and credentials, which jobs read, with s3fs's cached
+    filesystems of other endpoints dropped before and after."""
+    import s3fs
+
+    with moto_behind(front) as env:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        s3fs.S3FileSystem.clear_instance_cache()
+        try:
+            yield
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
+
+
 @pytest.fixture
 def refusing_store():
     """A moto S3 server that refuses (403 AccessDenied) the first PUT of a key that matches `refuse["keys"]`, as a
@@ -355,8 +371,6 @@ def counting_store(monkeypatch):
     import urllib.parse
     from types import SimpleNamespace
 
-    import s3fs
-
     counted = SimpleNamespace(requests=[], listings=[], at_once=0, most_at_once=0)
     lock = threading.Lock()
 
@@ -375,14 +389,8 @@ def counting_store(monkeypatch):
             with lock:
                 counted.at_once -= 1
 
-    with moto_behind(store) as env:
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        s3fs.S3FileSystem.clear_instance_cache()
-        try:
-            yield counted
-        finally:
-            s3fs.S3FileSystem.clear_instance_cache()
+    with moto_in_env(store, monkeypatch):
+        yield counted
 
 
 def test_an_input_of_many_files_costs_a_few_requests_a_file_before_any_work(counting_store):
@@ -525,8 +533,6 @@ def undeletable_store(monkeypatch):
     import re
     import urllib.parse
 
-    import s3fs
-
     keep = {"keys": None}
 
     def store(environ, start_response, moto):
@@ -549,14 +555,8 @@ def undeletable_store(monkeypatch):
         start_response("200 OK", [("Content-Type", "application/xml")])
         return [f'<?xml version="1.0" encoding="UTF-8"?><DeleteResult>{"".join(answer)}</DeleteResult>'.encode()]
 
-    with moto_behind(store) as env:
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        s3fs.S3FileSystem.clear_instance_cache()
-        try:
-            yield keep
-        finally:
-            s3fs.S3FileSystem.clear_instance_cache()
+    with moto_in_env(store, monkeypatch):
+        yield keep
 
 
 def test_an_overwrite_fails_naming_an_old_part_the_store_did_not_delete(undeletable_store):
