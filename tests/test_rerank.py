@@ -163,6 +163,33 @@ def test_each_rank_partition_is_ranked_in_one_call(ray_local):
         check(rank(ds, top_k=top_k, input_order=["b", "a"], partitions=2).to_pandas(), top_k)
 
 
+def test_a_sort_shuffle_strategy_ranks_each_query_as_one_list(ray_local):
+    """Where the Dataset's shuffle strategy is a sort (Ray Data's hash shuffle, which the rank partitions take,
+    refuses keys there), the scored rows are sorted by query instead: each query's rows still come together in
+    one block, ranked as one list, in its order of score then input order, whole or cut to the top k."""
+    from ray.data.context import ShuffleStrategy
+
+    from ce_ray.rerank import rank
+
+    rng = np.random.default_rng(5)
+    n, queries = 3000, 200
+    rows = pa.table({"query_id": pa.array(rng.integers(0, queries, n)), "doc": np.arange(n),
+                     "document": [f"d{i}" for i in range(n)],
+                     "score": pa.array(rng.integers(0, 8, n) / 8, pa.float32()),  # many ties
+                     ROW_INPUT: pa.array(rng.choice(["b", "a"], n)), ROW_INDEX: pa.array(rng.permutation(n))})
+    frame = rows.to_pandas().assign(file=lambda f: f[ROW_INPUT].map({"b": 0, "a": 1}))
+    frame = frame.sort_values(["query_id", "score", "file", ROW_INDEX], ascending=[True, False, True, True])
+    frame["expected"] = frame.groupby("query_id").cumcount() + 1
+    for top_k in (None, 2):
+        ds = ray_local.data.from_arrow([rows.slice(start, 250) for start in range(0, n, 250)])  # queries split
+        ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+        ranked = rank(ds, top_k=top_k, input_order=["b", "a"], partitions=4)
+        got = ranked.to_pandas().merge(frame[["doc", "expected"]], on="doc")
+        assert len(got) == (n if top_k is None else (frame["expected"] <= top_k).sum())
+        assert (got["rank"] == got["expected"]).all()
+        assert "Sort" in ranked.stats()  # the sort ran, not the hash shuffle
+
+
 def test_partitions_follow_the_cluster_and_the_input_size(ray_local, tmp_path):
     """One rank partition per CPU of the cluster, more for a large input, whose size in memory the input check
     gives: parquet footers' row groups, a small text file's text, a large compressed file's size times 4."""
