@@ -73,7 +73,7 @@ def run_demo(model: str = DEFAULT_MODEL, data: str = DEFAULT_DATA, output: str =
         f"  {'':<9}{'original':>10}{'reranked':>10}",
         *(f"  {label:<9}{base[name]:>10.4f}{new[name]:>10.4f}"
           for label, name in (("MAP", "map"), ("MRR@10", "mrr@10"), ("NDCG@10", "ndcg@10"))),
-        f"  {summary.rows_scored:,} pairs in {summary.seconds:.1f} s: {summary.pairs_per_second:,.1f} pairs/s "
+        f"  {summary.rows_in:,} pairs in {summary.seconds:.1f} s: {summary.pairs_per_second:,.1f} pairs/s "
         "(reading, scoring, ranking, writing)",
         f"  outputs: {os.path.join(reranked, 'results')}, {os.path.join(output, 'eval.json')}",
     ]), flush=True)

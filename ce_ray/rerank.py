@@ -348,7 +348,9 @@ class RerankSummary:
 
     @property
     def pairs_per_second(self) -> float:
-        return self.rows_scored / self.seconds if self.seconds else 0.0
+        """Every row in per second, rejected ones too (each was read, checked and written), as `ce-ray score`
+        counts them and as the job's first line counts the pairs it has to score."""
+        return self.rows_in / self.seconds if self.seconds else 0.0
 
     def lines(self, title: str = "ce-ray rerank") -> list:
         return summary_lines(title, [

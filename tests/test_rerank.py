@@ -190,6 +190,18 @@ def test_a_sort_shuffle_strategy_ranks_each_query_as_one_list(ray_local):
         assert "Sort" in ranked.stats()  # the sort ran, not the hash shuffle
 
 
+def test_rerank_counts_pairs_per_second_as_score_does():
+    """pairs/s is every row in over the job's seconds, rejected rows too (each was read, checked and written), in
+    both commands: rerank left its rejected rows out, and gave a lower figure than score for the same job."""
+    from ce_ray.rerank import RerankSummary
+    from ce_ray.score import Summary
+
+    scored = Summary(rows_in=1000, rows_scored=600, rows_rejected=400, seconds=10.0, output="o", files_in=1)
+    reranked = RerankSummary(rows_in=1000, rows_kept=100, rows_cut=500, rows_rejected=400, seconds=10.0, output="o",
+                             files_in=1, top_k=1)
+    assert reranked.pairs_per_second == scored.pairs_per_second == 100.0
+
+
 def test_partitions_follow_the_cluster_and_the_input_size(ray_local, tmp_path):
     """One rank partition per CPU of the cluster, more for a large input, whose size in memory the input check
     gives: parquet footers' row groups, a small text file's text, a large compressed file's size times 4."""
