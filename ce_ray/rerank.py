@@ -313,21 +313,30 @@ def _dataset_partitions(ds) -> int:
 
 class RankedSink(PairsSink):
     """The pairs sink, also counting the rows top-k cut and the query ids of several query texts (the `CUT` and
-    `SHARED` columns, dropped here)."""
+    `SHARED` columns, dropped here), and telling when the rank stage started (`rank_started`)."""
 
     def __init__(self, output: str, written, schema=None):
         super().__init__(output, written, schema, finish=OVERWRITE)
         self.counts |= {"rows_cut": 0, "shared_query_ids": 0}
+        self.rank_started: Optional[float] = None  # time.time() at the first rank task's start
 
     def write(self, blocks, ctx) -> dict:
         from ray.data.block import BlockAccessor
 
-        # Ray fuses this write into the group-by's reduce tasks, which never call on_write_start.
+        # Ray fuses this write into the group-by's reduce tasks, which never call on_write_start. A reduce task
+        # starts once every row was scored (its partition takes rows of every scored block) and calls this before
+        # its rows are ranked: `blocks` runs rank_queries as it is read.
+        started = time.time()  # a wall clock: the tasks run on other nodes than the driver
         self.on_write_start()
         tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
         added = {"rows_cut": _column_sum(tables, CUT), "shared_query_ids": _column_sum(tables, SHARED)}
         tables = [t.drop_columns([c for c in (CUT, SHARED) if c in t.column_names]) for t in tables]
-        return super().write(tables, ctx) | added
+        return super().write(tables, ctx) | added | {"rank_started": started}
+
+    def on_write_complete(self, write_result) -> None:
+        super().on_write_complete(write_result)
+        starts = [returned["rank_started"] for returned in write_result.write_returns]
+        self.rank_started = min(starts) if starts else None
 
 
 @dataclasses.dataclass
@@ -341,6 +350,9 @@ class RerankSummary:
     files_in: int
     top_k: Optional[int]
     shared_query_ids: int = 0  # query ids whose rows carry more than one query text, each ranked as one list
+    # of `seconds`, those from the first rank task's start, once every row was scored, to the end: taking in,
+    # sorting, ranking and writing the partitions; the rest is the start, reading, tokenizing and scoring
+    rank_seconds: float = 0.0
 
     @property
     def rows_scored(self) -> int:
@@ -361,7 +373,8 @@ class RerankSummary:
             ("rows rejected", f"{self.rows_rejected:,}" + ("  (see rejects/)" if self.rows_rejected else "")),
         ] + ([("query ids", f"{self.shared_query_ids:,} with more than one query text, each ranked as one query")]
              if self.shared_query_ids else []) + [
-            ("seconds", f"{self.seconds:.1f}"),
+            ("seconds", f"{self.seconds:.1f}  ({self.seconds - self.rank_seconds:.1f} reading and scoring, "
+                        f"{self.rank_seconds:.1f} ranking and writing)"),
             ("pairs/s", f"{self.pairs_per_second:,.1f}"),
             ("output", self.output),
         ])
@@ -412,17 +425,19 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     sink = RankedSink(config.output, written_columns(config), schema)
     with work(), surfaced_errors():
         ranked.write_datasink(sink)
+    seconds, ended = time.perf_counter() - start, time.time()
     counts = sink.counts
     summary = RerankSummary(
         rows_in=counts["rows_scored"] + counts["rows_cut"] + counts["rows_rejected"],
         rows_kept=counts["rows_scored"],
         rows_cut=counts["rows_cut"],
         rows_rejected=counts["rows_rejected"],
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
         output=config.output,
         files_in=len(files),
         top_k=config.top_k,
         shared_query_ids=counts["shared_query_ids"],
+        rank_seconds=min(max(ended - sink.rank_started, 0.0), seconds) if sink.rank_started else 0.0,
     )
     sink.write_success(dataclasses.asdict(summary) | {"rows_scored": summary.rows_scored,
                                                       "pairs_per_second": summary.pairs_per_second})

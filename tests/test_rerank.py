@@ -271,7 +271,12 @@ def test_rerank_job_over_files_and_blocks(ray_local, tiny_model, tmp_path, capsy
                           rows_per_block=3, rank_partitions=3)
     summary = run_rerank(config)
     assert summary.rows_in == len(inputs) == 23
-    assert "ce-ray rerank: ranks the rows of each query_id in 3 partition(s)\n" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ce-ray rerank: ranks the rows of each query_id in 3 partition(s)\n" in out
+    # The seconds split where the rank stage started: every row scored by then.
+    assert 0 < summary.rank_seconds < summary.seconds
+    said = re.search(r"\n  seconds +([\d.]+)  \(([\d.]+) reading and scoring, ([\d.]+) ranking and writing\)\n", out)
+    assert said and said.group(3) == f"{summary.rank_seconds:.1f}"
     assert (summary.rows_kept, summary.rows_cut, summary.rows_rejected, summary.shared_query_ids) == (22, 0, 1, 0)
 
     results = pd.read_parquet(tmp_path / "all" / "results")
