@@ -32,7 +32,7 @@ from .batching import IDS, TYPES, default_batch_tokens, list_parts, pair_encoder
 from .config import ConfigError, TrainConfig, require, with_settings
 from .io import filesystem, is_remote, join, upload_folder
 from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, shard_spans, top_reasons,
-                         training_batch_tokens)
+                         training_batch_tokens, worker_spans)
 
 PROGRESS = "progress.json"
 STATE = "state.pt"
@@ -353,9 +353,18 @@ def train_loop(loop_config: dict) -> dict:
     use_gpu = device.type == "cuda"
     bf16 = uses_bf16(config, use_gpu)
     use_shape_free_attention(device)  # the model is loaded on the CPU below, then moved
-    # The data stream starts while the model loads: its first span takes a second or more to come.
-    shard = ray.train.get_dataset_shard("train")
-    spans = prefetched(shard_spans(shard, config))
+    checkpoint = ray.train.get_checkpoint()
+    progress = {"step": 0, "micro": 0, "log": [], "samples": 0, "seconds": 0.0, "resumed_from": []}
+    checkpoint_dir, resumed_random = None, None
+    if checkpoint:  # first its place in the data
+        checkpoint_dir = checkpoint.to_directory()
+        shown = f"{plan['checkpoints']}/{os.path.basename(checkpoint.path)}"
+        check_whole(checkpoint_dir, bool(config.deepspeed), shown)  # before any of it is read
+        with open(os.path.join(checkpoint_dir, PROGRESS)) as f:
+            progress = json.load(f)
+    # The epoch's first span comes while the model loads (this worker's rows in spans: `worker_spans`).
+    part = plan["spans"][rank]
+    spans = prefetched(shard_spans(part, config, progress["micro"] // plan["batches_per_epoch"], rank))
 
     # ce-ray's BERT where it reproduces the model: less host work per pass (a step of 16 pairs on a GPU is
     # little else), and loaded and saved without transformers, whose import is seconds of a worker's start.
@@ -375,15 +384,7 @@ def train_loop(loop_config: dict) -> dict:
         say(f"ce-ray train: {plan['model']} on {device} ({code}{', bf16' if bf16 else ''}{compiled})")
     total, per_epoch, accum = plan["total_steps"], plan["batches_per_epoch"], config.grad_accum
 
-    checkpoint = ray.train.get_checkpoint()
-    progress = {"step": 0, "micro": 0, "log": [], "samples": 0, "seconds": 0.0, "resumed_from": []}
-    checkpoint_dir, resumed_random = None, None
     if checkpoint:
-        checkpoint_dir = checkpoint.to_directory()
-        shown = f"{plan['checkpoints']}/{os.path.basename(checkpoint.path)}"
-        check_whole(checkpoint_dir, bool(config.deepspeed), shown)  # before any of it is read
-        with open(os.path.join(checkpoint_dir, PROGRESS)) as f:
-            progress = json.load(f)
         progress["resumed_from"].append(progress["step"])
         random_file = os.path.join(checkpoint_dir, RANDOM_STATE.format(rank=rank))
         if os.path.isfile(random_file):  # taken back where the steps start, as it was saved where they stopped
@@ -562,7 +563,7 @@ def train_loop(loop_config: dict) -> dict:
             if last:
                 break
         epoch += 1
-        spans = shard_spans(shard, config)
+        spans = shard_spans(part, config, epoch, rank)
     divergence = None if config.deepspeed and config.deepspeed.stage == 3 else _replica_divergence(module)
     return {"log": progress["log"], "resumed_from": progress["resumed_from"], "replica_divergence": divergence,
             "samples": progress["samples"], "seconds": progress["seconds"], "steps": step,
@@ -973,7 +974,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     with surfaced_errors():  # a label that is not a number fails a tokenize task
         train_ds, stats, eval_ds, qrels = prepare_data(config, encoder, max_length, eval_encoder)
     data_done = time.perf_counter()
-    per_worker = stats["pairs"] // config.num_workers  # the shards are cut equal so every worker steps together
+    per_worker = stats["pairs"] // config.num_workers  # the parts are cut equal so every worker steps together
     per_epoch = math.ceil(per_worker / config.batch_size)
     # grad_accum batches a step; an epoch's last step takes those left (`train_loop`)
     total = config.max_steps or config.epochs * math.ceil(per_epoch / config.grad_accum)
@@ -983,6 +984,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     activation = (activation_path(model, 1, config.trust_remote_code) if is_sequence_classifier(architectures)
                   else SIGMOID)
     plan = {"model": source, "max_length": max_length, "activation": activation, "batches_per_epoch": per_epoch,
+            "spans": worker_spans(train_ds, config, per_worker, config.num_workers),
             "invocation": uuid.uuid4().hex,  # this command's, apart from earlier ones of the run it resumes
             "checkpoints": run_uri,
             "total_steps": total, "qrels": qrels,
@@ -1000,7 +1002,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     if qrels:
         print(f"ce-ray train: evaluation reranks {stats['eval']}", flush=True)
 
-    datasets = {"train": train_ds} | ({"eval": eval_ds} if eval_ds is not None else {})
+    datasets = {"eval": eval_ds} if eval_ds is not None else {}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": dataclasses.replace(config, batch_tokens=batch_tokens), "plan": plan},
@@ -1013,8 +1015,9 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
             failure_config=FailureConfig(max_failures=config.max_failures),
         ),
         datasets=datasets,
-        # The eval candidates go whole to every worker, which scores its share of them (`evaluate`).
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        # The eval candidates go whole to every worker, which scores its share of them (`evaluate`). The training
+        # rows go as each worker's spans (`worker_spans`), which it reads in another order each epoch.
+        dataset_config=DataConfig(datasets_to_split=[]),
     )
     with quick_health_checks(), ctrl_c_kept():
         result = trainer.fit()

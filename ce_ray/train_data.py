@@ -2,11 +2,11 @@
 
 The driver reads the pairs (or builds them from a BEIR split with BM25 hard negatives, or from rows of a query
 with positives and negatives: `training_pairs`), tokenizes them in Ray Data tasks and counts what it kept and
-rejected (`prepare_data`), and reads the eval data. Each Ray Train worker then takes its shard in spans of
-rows, deals each span's rows into windows of batches afresh each epoch, groups each window's rows by length into
-batches, and cuts each batch into passes of at most `batch_tokens` padded tokens (`micro_batches`), in an order
-that depends only on the seed, the epoch, the worker and the span, so that a resumed run sees the batches it
-had not seen.
+rejected (`prepare_data`), and reads the eval data. Each Ray Train worker then takes its part in spans of
+rows (`worker_spans`), in another order each epoch, deals each span's rows into windows of batches afresh,
+groups each window's rows by length into batches, and cuts each batch into passes of at most `batch_tokens`
+padded tokens (`micro_batches`), in an order that depends only on the seed, the epoch, the worker and the
+span, so that a resumed run sees the batches it had not seen.
 """
 
 from __future__ import annotations
@@ -390,11 +390,12 @@ def length_grouped(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-# Rows of a worker's shard that each epoch deals into windows afresh (`shard_spans`). The shard comes in the
-# same order every epoch (the set is shuffled once): dealt into the same windows each epoch, whose rows are
-# grouped by length, half the pairs of rows that shared a batch shared one again in the next epoch (WikiQA
-# train, batch 16, windows of 50 batches: 52%, against 4% when each epoch shuffles the whole set). A span
-# holds its rows' token ids (65,536 pairs of 128 tokens: 42 MB); a shard of fewer rows is one span.
+# Rows of a worker's part that each epoch deals into windows afresh (`shard_spans`). The part holds the same
+# rows every epoch (the set is shuffled once): dealt into the same windows each epoch, whose rows are grouped
+# by length, half the pairs of rows that shared a batch shared one again in the next epoch (WikiQA train,
+# batch 16, windows of 50 batches: 52%, against 4% when each epoch shuffles the whole set). A span holds its
+# rows' token ids (65,536 pairs of 128 tokens: 42 MB), and a worker holds one at a time; a part of fewer rows
+# is one span.
 SPAN_ROWS = 65536
 
 
@@ -404,9 +405,27 @@ def span_rows(config: TrainConfig) -> int:
     return window * max(1, SPAN_ROWS // window)
 
 
-def shard_spans(shard, config: TrainConfig) -> Iterator[pa.Table]:
-    """One epoch of a worker's shard (a Ray Data iterator or dataset) in spans of `span_rows` rows."""
-    return iter(shard.iter_batches(batch_size=span_rows(config), batch_format="pyarrow"))
+def worker_spans(train_ds, config: TrainConfig, per_worker: int, workers: int) -> List[List[list]]:
+    """Each worker's part of the (materialized) set, its rows [rank * per_worker, (rank + 1) * per_worker),
+    in spans of `span_rows`: each span as the object refs of its Arrow blocks, which the worker fetches in the
+    epoch's order (`shard_spans`). Rows past the last part are left out: every worker steps together."""
+    size = span_rows(config)
+    cuts = [rank * per_worker + start for rank in range(workers) for start in range(0, per_worker, size)]
+    pieces = train_ds.split_at_indices(cuts + [workers * per_worker])[1:-1]  # [0]: before row 0; [-1]: the rest
+    spans: List[List[list]] = [[] for _ in range(workers)]
+    for cut, piece in zip(cuts, pieces):
+        spans[cut // per_worker].append(piece.to_arrow_refs())
+    return spans
+
+
+def shard_spans(spans: List[list], config: TrainConfig, epoch: int, rank: int) -> Iterator[pa.Table]:
+    """One epoch of a worker's part (its `worker_spans`), a span at a time, the spans in an order of the seed,
+    the epoch and the worker: in the same order every epoch, the same rows came first in each of them."""
+    import ray
+
+    order = np.random.default_rng([config.seed, epoch, rank]).permutation(len(spans))
+    for number in order:
+        yield pa.concat_tables(ray.get(spans[number]))
 
 
 def span_windows(rows: int, window: int, rng: np.random.Generator) -> List[np.ndarray]:
@@ -447,7 +466,7 @@ def bucketed_widths(lengths: np.ndarray, multiple: int, max_width: Optional[int]
 
 def micro_batches(spans: Iterator[pa.Table], config: TrainConfig, epoch: int, rank: int, skip: int,
                   pad_id: int, max_width: Optional[int] = None) -> Iterator[list]:
-    """One epoch of a worker's shard, from its `shard_spans`, the first `skip` batches left out (resume).
+    """One epoch of a worker's part, from its `shard_spans`, the first `skip` batches left out (resume).
     Each batch of `batch_size` rows comes as a list of forward passes, (inputs as numpy, labels): one, or with
     `batch_tokens` as many as keep every pass under that many padded tokens. Under CUDA graphs the passes'
     widths are bucketed (`bucketed_widths`), and the budget counts the bucketed widths.

@@ -179,10 +179,11 @@ def test_passes_hold_the_batch_rows_under_the_token_budget(ray_local, tiny_model
                                         "query", "document", "label", 128)
     shard = ray.data.from_arrow(train_data._kept_rows(table))
     config = TrainConfig(batch_size=8, length_window=4)
-    whole = list(train_data.micro_batches(train_data.shard_spans(shard, config), config, epoch=0, rank=0, skip=0,
+    part = train_data.worker_spans(shard, config, shard.count(), 1)[0]
+    whole = list(train_data.micro_batches(train_data.shard_spans(part, config, 0, 0), config, epoch=0, rank=0, skip=0,
                                           pad_id=0))
     cut_config = dataclasses.replace(config, batch_tokens=200)
-    windows = train_data.prefetched(train_data.shard_spans(shard, cut_config))
+    windows = train_data.prefetched(train_data.shard_spans(part, cut_config, 0, 0))
     cut = list(train_data.micro_batches(windows, cut_config, 0, 0, 0, 0))
     assert len(whole) == len(cut) == 8 and all(len(batch) == 1 for batch in whole)
     assert sum(len(batch) for batch in cut) > len(cut)  # the budget did cut batches
@@ -198,11 +199,12 @@ def test_passes_hold_the_batch_rows_under_the_token_budget(ray_local, tiny_model
         assert sorted(labels) == sorted(np.concatenate([l for _, l in passes]))
 
 
-def _batches_of_rows(shard, config, epoch: int, skip: int = 0) -> list:
+def _batches_of_rows(shard, config, epoch: int, skip: int = 0, rank: int = 0, workers: int = 1) -> list:
     """An epoch of a worker's batches as the sets of their rows (each row's first token is its number)."""
-    spans = train_data.shard_spans(shard, config)
+    part = train_data.worker_spans(shard, config, shard.count() // workers, workers)[rank]
+    spans = train_data.shard_spans(part, config, epoch, rank)
     return [frozenset(int(i) for p, _ in passes for i in p["input_ids"][:, 0])
-            for passes in train_data.micro_batches(spans, config, epoch, 0, skip, pad_id=0)]
+            for passes in train_data.micro_batches(spans, config, epoch, rank, skip, pad_id=0)]
 
 
 def test_each_epoch_deals_a_workers_rows_into_other_batches(ray_local, monkeypatch):
@@ -235,11 +237,47 @@ def test_each_epoch_deals_a_workers_rows_into_other_batches(ray_local, monkeypat
         assert again < 0.05, again  # dealt into the same windows: 0.87
     assert _batches_of_rows(shard, config, 1) == epochs[1]
     assert _batches_of_rows(shard, config, 1, skip=100) == epochs[1][100:]
-    # A shard of more rows than a span: each batch holds rows of one span, every row once an epoch.
+    # A part of more rows than a span: each batch holds rows of one span, every row once an epoch.
     monkeypatch.setattr(train_data, "SPAN_ROWS", 1000)  # 12 windows of 80 rows
     batches = _batches_of_rows(shard, config, 0)
     assert sorted(r for batch in batches for r in batch) == list(range(rows))
     assert all(len({r // 960 for r in batch}) == 1 for batch in batches)
+
+
+def _span_order(batches) -> list:
+    """The spans (of 960 rows) in the order an epoch's batches took them."""
+    return list(dict.fromkeys(min(batch) // 960 for batch in batches))
+
+
+def test_each_epoch_takes_a_workers_spans_in_an_order_of_its_own(ray_local, monkeypatch):
+    """A part of more rows than a span (65,536) came span by span in the same order every epoch: its first span's
+    rows always trained first, its last span's last. The spans now come in an order of the seed, the epoch and
+    the worker, a span's token ids at a time, and a resumed run still skips exactly the batches it trained."""
+    import ray.data
+
+    from ce_ray.config import TrainConfig
+
+    rows = 4800
+    lengths = np.random.default_rng(1).integers(2, 60, rows)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    tokens = np.ones(offsets[-1], np.int32)
+    tokens[offsets[:-1]] = np.arange(rows)  # each row's first token: its number
+    shard = ray.data.from_arrow(pa.table({IDS: pa.ListArray.from_arrays(offsets, tokens),
+                                          train_data.LABEL: np.zeros(rows, np.float32)}))
+    config = TrainConfig(batch_size=8, length_window=10)
+    monkeypatch.setattr(train_data, "SPAN_ROWS", 1000)  # spans of 960 rows: 5 in all, or 3 of each of 2 workers
+    epochs = [_batches_of_rows(shard, config, epoch) for epoch in range(4)]
+    orders = [_span_order(batches) for batches in epochs]
+    for batches, order in zip(epochs, orders):
+        assert sorted(r for batch in batches for r in batch) == list(range(rows))
+        assert sorted(order) == list(range(5)) and len(order) == 5  # one span after the other
+    assert len({tuple(order) for order in orders}) > 1, orders  # the same order every epoch: [0, 1, 2, 3, 4]
+    assert _batches_of_rows(shard, config, 2) == epochs[2]
+    assert _batches_of_rows(shard, config, 2, skip=250) == epochs[2][250:]
+    # Two workers: each its own contiguous half, every row of it once an epoch.
+    for rank in (0, 1):
+        batches = _batches_of_rows(shard, config, 1, rank=rank, workers=2)
+        assert sorted(r for batch in batches for r in batch) == list(range(rank * 2400, (rank + 1) * 2400))
 
 
 def test_training_passes_have_a_token_budget_unless_deepspeed_and_the_seeds_batch_stays_whole():
