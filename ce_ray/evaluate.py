@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from .config import ConfigError, EvalConfig, require
 from .io import (REJECTS, InputError, check_s3_access, detect_format, filesystem, glob_base, is_glob, is_output,
-                 is_remote, job_summary, join, list_files, missing_values, refuse_changed_parts)
+                 is_remote, job_summary, join, list_files, missing_values, refuse_changed_output)
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 
 
@@ -41,20 +41,22 @@ def read_columns(uri: str, wanted: List[str], required: List[str], ids: List[str
     """The wanted columns (those present) of an output folder's results/ (`list_files`), or of parquet files;
     a row without one of `needed_ids` is left out, and `ids` columns of whole floats are integers."""
     listing = list_files(uri, "parquet")
-    tables = []
+    tables, rows, lacking = [], {}, []  # lacking: a file that misses a required column, and what it says
     for file in listing.files:
         try:
             with listing.fs.open_input_file(file) as f:
                 parquet = pq.ParquetFile(f)
-                refuse_changed_parts(uri, {file: parquet.metadata.num_rows}, listing.counted)
-                names = parquet.schema_arrow.names
+                rows[file], names = parquet.metadata.num_rows, parquet.schema_arrow.names
                 missing = [c for c in required if c not in names]
-                if missing and parquet.metadata.num_rows:
-                    raise InputError(f"{file}: missing column(s) {', '.join(map(repr, missing))} "
-                                     f"(columns: {', '.join(names[:12])})")
+                if missing and rows[file]:
+                    lacking.append(f"{file}: missing column(s) {', '.join(map(repr, missing))} "
+                                   f"(columns: {', '.join(names[:12])})")
                 tables.append(parquet.read(columns=[c for c in wanted if c in names]))
         except pa.ArrowInvalid as e:  # a file cut short, or not parquet: pyarrow's message names no file
             raise InputError(f"cannot read {file}: {e}") from None
+    refuse_changed_output(uri, listing.finished, rows)  # first: a part lost or rewritten says more than its columns
+    if lacking:
+        raise InputError(lacking[0])
     table = pa.concat_tables([t for t in tables if t.num_rows] or tables, promote_options="default")
     # A row without an id belongs to no query (or matches no judgment); dropped here, in Arrow, so that integer
     # ids stay integers (pandas would make them floats around a null, and `1` would become `1.0`).

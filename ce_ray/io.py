@@ -365,22 +365,18 @@ def finished_job(fs: pafs.FileSystem, path: str, uri: str) -> dict:
     return summary
 
 
-def counted_parts(summary: dict, folder: str) -> Dict[str, int]:
-    """The parts of `folder` (an output's results/) and their rows as the finished job's `_SUCCESS` counts them;
-    none where it does not (outputs of versions that did not count them)."""
-    return {f"{folder}/{name}": rows for name, rows in (summary.get(RESULT_ROWS) or {}).items()}
+class Finished(NamedTuple):
+    """What the `_SUCCESS` of a finished job whose output is the input counts of its results/: each part (path) and
+    its rows (`RESULT_ROWS`); in outputs of the version that counted parts alone, how many (`RESULT_PARTS`, with
+    `rows` empty); neither in outputs of earlier versions, whose rows are read as they are."""
+    rows: Dict[str, int]
+    parts: Optional[int]
 
 
-def refuse_changed_parts(uri: str, rows: Dict[str, Optional[int]], counted: Dict[str, int]) -> None:
-    """Refuses an earlier job's output whose parts hold other rows than its `_SUCCESS` counts (`counted`, by path),
-    `rows` being each part's rows now (from its footer): a part rewritten since with fewer rows, whose rows left
-    were read as the whole."""
-    changed = sorted(path for path, now in rows.items() if path in counted and now != counted[path])
-    if changed:
-        first, more = changed[0], f" ({len(changed)} parts changed)" if len(changed) > 1 else ""
-        raise InputError(f"input {uri} is the output of a job that finished with {counted[first]:,} rows in {first}, "
-                         f"which now holds {rows[first]:,}{more}: it was rewritten since; rerun that job (a score "
-                         "job's --mode resume scores again the inputs of parts cut short or short of rows)")
+def finished_parts(summary: dict, folder: str) -> Finished:
+    """What a finished job's `summary` (its `_SUCCESS`) counts of `folder`, its output's results/."""
+    return Finished({f"{folder}/{name}": rows for name, rows in (summary.get(RESULT_ROWS) or {}).items()},
+                    summary.get(RESULT_PARTS))
 
 
 class Listing(NamedTuple):
@@ -390,9 +386,9 @@ class Listing(NamedTuple):
     input_format: str
     fs: pafs.FileSystem
     stamps: Dict[str, Tuple[int, str]]
-    # Where the input is a finished job's output: each part's rows as its `_SUCCESS` counts them
-    # (`refuse_changed_parts` holds the footers to them); empty for any other input.
-    counted: Dict[str, int]
+    # Where the input is a finished job's output: what its `_SUCCESS` counts, which `refuse_changed_output` holds the
+    # parts read to; None for any other input.
+    finished: Optional[Finished]
 
 
 def list_files(uri: str, input_format: str = "auto", column_names: Optional[List[str]] = None) -> Listing:
@@ -400,8 +396,9 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
 
     Hidden and underscore files (`_SUCCESS`, `.crc`) are skipped, as Spark and Arrow do, and in a folder or
     glob the files of other formats: a folder that Spark, Hadoop or DuckDB wrote reads as its parts. An output folder
-    of ce-ray gives its `results/` (refused unless its job finished, `finished_job`, and its parts are those that
-    job's `_SUCCESS` counts). `column_names`, for files without a header line, is refused for formats whose files
+    of ce-ray gives its `results/` (refused unless its job finished, `finished_job`), and what that job's `_SUCCESS`
+    counts of them (`Listing.finished`), which the readers hold the parts to once their footers are read
+    (`refuse_changed_output`). `column_names`, for files without a header line, is refused for formats whose files
     name their columns.
     """
     check_s3_access(uri)
@@ -438,10 +435,6 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
         )
     if has_glob and not files:
         raise InputError(f"input {uri} matches no files")
-    counted: Dict[str, int] = {}
-    if finished is not None:
-        counted = counted_parts(finished, base)
-        _refuse_lost_parts(uri, finished, counted, files)
     given = input_format != "auto"
     if input_format == "auto":
         formats = {detect_format(f) for f in files} - {None}
@@ -467,22 +460,31 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
     if column_names and input_format not in DELIMITED:
         raise InputError(f"column_names names the columns of CSV or TSV files without a header line; {uri} is "
                          f"{input_format}, whose files name their columns")
-    return Listing(files, input_format, fs, {file: listed[file] for file in files if file in listed}, counted)
+    return Listing(files, input_format, fs, {file: listed[file] for file in files if file in listed},
+                   None if finished is None else finished_parts(finished, base))
 
 
-def _refuse_lost_parts(uri: str, finished: dict, counted: Dict[str, int], files: List[str]) -> None:
-    """Refuses a finished job's output whose results/ holds other parts than its `_SUCCESS` names (`counted`), or,
-    for outputs of the version that counted them alone, as many (`RESULT_PARTS`): its rows left read as the whole."""
+def refuse_changed_output(uri: str, finished: Optional[Finished], rows: Dict[str, Optional[int]]) -> None:
+    """Refuses a finished job's output (`Listing.finished`) whose results/ no longer holds what its `_SUCCESS`
+    counts, `rows` being each part read and its rows now (from its footer): parts lost or added since, or parts
+    rewritten with other rows. Either way the rows left would be read as the whole."""
+    if finished is None:
+        return
+    counted = finished.rows
+    lost, added, then = [], [], len(rows) if finished.parts is None else finished.parts
     if counted:
-        lost, added = sorted(set(counted) - set(files)), sorted(set(files) - set(counted))
+        lost, added, then = sorted(set(counted) - set(rows)), sorted(set(rows) - set(counted)), len(counted)
+    if lost or added or then != len(rows):
         example = f" ({lost[0]} is missing)" if lost else f" ({added[0]} was not written by it)" if added else ""
-        then = len(counted)
-    else:
-        example, then = "", finished.get(RESULT_PARTS, len(files))
-    if example or then != len(files):
         raise InputError(f"input {uri} is the output of a job that finished with {then:,} part(s) in {RESULTS}/, "
-                         f"which now holds {len(files):,}: parts were lost or added since{example}; rerun that job "
+                         f"which now holds {len(rows):,}: parts were lost or added since{example}; rerun that job "
                          "(a score job's --mode resume scores again only the inputs whose parts are gone)")
+    changed = sorted(path for path, now in rows.items() if path in counted and now != counted[path])
+    if changed:
+        first, more = changed[0], f" ({len(changed)} parts changed)" if len(changed) > 1 else ""
+        raise InputError(f"input {uri} is the output of a job that finished with {counted[first]:,} rows in {first}, "
+                         f"which now holds {rows[first]:,}{more}: it was rewritten since; rerun that job (a score "
+                         "job's --mode resume scores again the inputs of parts cut short or short of rows)")
 
 
 @dataclass

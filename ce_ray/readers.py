@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .io import (COMPRESSED, DELIMITED, FileCheck, InputError, check_inputs, holds_texts, is_text, list_files,
-                 one_type, read_type, refuse_changed_parts)
+                 one_type, read_type, refuse_changed_output)
 from .runtime import ensure_ray
 
 
@@ -52,7 +52,7 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     input_format, fs = listing.input_format, listing.fs
     checks, schema = check_inputs(fs, listing.files, input_format, list(required or []), column_names, present,
                                   lists, written, listing.stamps, read)
-    refuse_changed_parts(uri, {check.path: check.rows for check in checks}, listing.counted)
+    refuse_changed_output(uri, listing.finished, {check.path: check.rows for check in checks})
     checks = [c for c in checks if c.rows != 0]
     todo = [c for c in checks if keep is None or keep(c)]
     if not todo:

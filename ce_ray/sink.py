@@ -447,7 +447,7 @@ class PairsSink(Datasink):
         with work():  # a part lost during the work fails the job, as an error of its tasks does
             check_parts(self.output, expected, self.finish)
         # The parts of results/ and their rows, so that a job reading this output later tells one that lost parts
-        # since, or whose parts were cut short or rewritten (`io.list_files`, `io.refuse_changed_parts`).
+        # since, or whose parts were cut short or rewritten (`io.refuse_changed_output`).
         results = f"{path}/{RESULTS}/"
         rows = {file[len(results):]: count for file, count in sorted(expected.items()) if file.startswith(results)}
         summary = summary | {RESULT_PARTS: len(rows), RESULT_ROWS: rows}

@@ -161,6 +161,9 @@ def test_a_finished_job_whose_output_lost_parts_since_is_made_whole_by_resume(ra
     another: the default mode refuses it, naming --mode resume; a resume scores those inputs again, says so, and
     writes `_SUCCESS` for the whole output. It scored them again without a word of why. A job reading the output
     in between (a cascade, eval) refuses it, where it read the rows left as the whole."""
+    from ce_ray.config import EvalConfig
+    from ce_ray.evaluate import run_eval
+
     folder, _ = wikiqa_files
     out = copy_of(reference, tmp_path)
     whole, one = (input_key(str(folder / f"shard-{i}.parquet")) for i in (2, 6))
@@ -174,7 +177,9 @@ def test_a_finished_job_whose_output_lost_parts_since_is_made_whole_by_resume(ra
     lost = re.escape(f"finished with {parts} part(s) in results/, which now holds {held}: parts were lost or added "
                      "since (") + r"\S+ is missing\)"
     with pytest.raises(io.InputError, match=lost):
-        io.list_files(str(out))
+        readers.read_dataset(str(out), required=["query", "document"])
+    with pytest.raises(io.InputError, match=lost):
+        run_eval(EvalConfig(input=str(out)))
     with pytest.raises(OutputExistsError, match="--mode resume"):
         run_score(config_for(out, tiny_model, folder))
     summary = run_score(config_for(out, tiny_model, folder, mode="resume"))
