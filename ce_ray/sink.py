@@ -72,12 +72,8 @@ def has_results(output: str) -> bool:
     """Whether a job wrote rows or finished here. A job that failed before its first write leaves only its
     settings (`_ce_ray/job.json`): nothing to keep or to resume from."""
     fs, path = filesystem(output)
-    return _has_results(fs, path, fs.get_file_info(f"{path}/{SUCCESS}").type)
-
-
-def _has_results(fs: pafs.FileSystem, path: str, success: pafs.FileType) -> bool:
-    """`has_results`, where the output's `_SUCCESS` was looked up (`success`: its type)."""
-    return success != pafs.FileType.NotFound or any(list_tree(fs, f"{path}/{sub}") for sub in (RESULTS, REJECTS))
+    return (fs.get_file_info(f"{path}/{SUCCESS}").type != pafs.FileType.NotFound
+            or any(list_tree(fs, f"{path}/{sub}") for sub in (RESULTS, REJECTS)))
 
 
 @dataclass
@@ -165,15 +161,19 @@ def read_footers(fs: pafs.FileSystem, sizes: Dict[str, int]) -> Dict[str, Footer
     return dict(zip(sizes, in_parallel(lambda file: _footer(fs, file, sizes[file]), list(sizes))))
 
 
-def scan_parts(output: str) -> ResumeState:
-    """Reads the footers of every part in the output: rows per input file, and which files are complete."""
-    fs, path = filesystem(output)
-    named, other = [], []
-    for sub in (RESULTS, REJECTS):
-        for file, size in _list(fs, f"{path}/{sub}").items():
-            match = _PART.match(posixpath.basename(file))
-            (named if match else other).append((sub, file, match, size))
+def _listed_parts(fs: pafs.FileSystem, path: str) -> list:
+    """The files of the output's results/ and rejects/: (folder, file, its name's match of a part's, size)."""
+    return [(sub, file, _PART.match(posixpath.basename(file)), size)
+            for sub in (RESULTS, REJECTS) for file, size in _list(fs, f"{path}/{sub}").items()]
 
+
+def scan_parts(output: str, listed: Optional[list] = None) -> ResumeState:
+    """Reads the footers of every part in the output (`listed`, where the caller listed them: `_listed_parts`):
+    rows per input file, and which files are complete."""
+    fs, path = filesystem(output)
+    listed = _listed_parts(fs, path) if listed is None else listed
+    named = [entry for entry in listed if entry[2]]
+    other = [entry for entry in listed if not entry[2]]
     footers = read_footers(fs, {file: size for _, file, _, size in named})
     parts: Dict[str, InputParts] = {}
     for sub, file, match, _ in named:
@@ -208,7 +208,8 @@ def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:
     """Read-only: what a `--mode resume` run would keep. Refuses an output written with other settings."""
     fs, path = filesystem(output)
     success = fs.get_file_info(f"{path}/{SUCCESS}").type  # looked up once: whether there are results, and finished
-    if not _has_results(fs, path, success):
+    listed = _listed_parts(fs, path)  # listed once: whether there are results, and the parts to read
+    if success == pafs.FileType.NotFound and not listed:
         return ResumeState({}, [])
     earlier = read_state(fs, path)
     if earlier is not None:
@@ -220,7 +221,7 @@ def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:
                 f"{output} was written with other settings ({', '.join(changed)}): resuming would mix "
                 "their scores; pass --mode overwrite, or the same settings"
             )
-    state = scan_parts(output)
+    state = scan_parts(output, listed)
     state.stamps = read_state(fs, path, INPUTS) or {}
     state.finished = success == pafs.FileType.File
     if any(not f.rsplit("/", 1)[-1].startswith(".") for f in state.other):  # not a temporary: a foreign part
@@ -258,9 +259,8 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: O
     if mode == "error" or not checked:
         check_output(output, mode, resumable)  # in mode error, it refused an output that has results
     if mode == "overwrite":
-        if has_results(output):
-            with writing(output):
-                _clear(fs, path, is_remote(output))
+        with writing(output):
+            _clear(fs, path, is_remote(output))
     elif mode == "resume":
         resume = resume or resume_state(output, job)  # it read what the output holds: nothing to look up again
         if resume.finished:
@@ -284,14 +284,18 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: O
 
 def _clear(fs: pafs.FileSystem, path: str, remote: bool) -> None:
     """Deletes what a job writes in its output folder `path`, `_SUCCESS` first; other files stay. On S3, the objects
-    of one listing of each folder, in bulk (`delete_files`), which fails naming an object the store did not delete:
+    of one listing of the output, in bulk (`delete_files`), which fails naming an object the store did not delete:
     s3fs's recursive delete passed over those, and the job went on beside the old parts."""
     if not remote:
         for sub in (SUCCESS, RESULTS, REJECTS, STATE):
             remove(fs, f"{path}/{sub}")
         return
-    delete_files(fs, [f"{path}/{SUCCESS}"])
-    delete_files(fs, [file for sub in (RESULTS, REJECTS, STATE) for file in list_tree(fs, f"{path}/{sub}")])
+    written = [file for file in list_tree(fs, path)
+               if file[len(path) + 1:].split("/", 1)[0] in (SUCCESS, RESULTS, REJECTS, STATE)]
+    success = f"{path}/{SUCCESS}"
+    for files in ([success] if success in written else [], [file for file in written if file != success]):
+        if files:  # `_SUCCESS` alone first: never an output said finished whose parts are gone
+            delete_files(fs, files)
 
 
 @contextlib.contextmanager

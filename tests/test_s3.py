@@ -448,7 +448,8 @@ def test_an_input_of_many_files_costs_a_few_requests_a_file_before_any_work(coun
 def test_a_resume_deletes_the_parts_of_unfinished_inputs_in_one_request(counting_store):
     """A resume deletes the parts of the inputs an earlier run did not finish (and temporaries) before it scores:
     on S3 two requests a part (pyarrow's look-up, the delete), 2,000 requests for 1,000 parts. They go in one
-    request per 1,000 (S3's DeleteObjects)."""
+    request per 1,000 (S3's DeleteObjects). Where the output has no `_SUCCESS`, its results/ and rejects/ are listed
+    once, where the resume listed each twice (whether the output had results, then its parts)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import s3fs
@@ -462,8 +463,10 @@ def test_a_resume_deletes_the_parts_of_unfinished_inputs_in_one_request(counting
     for i in range(8):  # parts without the input's row count (its last part): none of these inputs is complete
         with fs.open(f"{bucket}/out/{io.RESULTS}/part-{i:05d}-0000000{i}-r000000000000.parquet", "wb") as f:
             pq.write_table(pa.table({"query": ["a query"], "document": ["a document"]}), f)
+    counting_store.listings.clear()
     state = resume_state(output)
     assert state.parts and not state.complete
+    assert sorted(counting_store.listings) == [f"out/{io.REJECTS}/", f"out/{io.RESULTS}/"]
     requests = counting_store.requests
     requests.clear()
     assert not prepare_output(output, "resume", resume=state).parts
@@ -486,6 +489,37 @@ def test_a_new_output_is_looked_up_once_before_a_job_writes_it(counting_store):
     counting_store.listings.clear()
     prepare_output(f"s3://{bucket}/out", "error", job={"model": "m"})
     assert counting_store.listings.count(f"out/{io.RESULTS}/") == 1
+
+
+def test_an_overwrite_lists_the_old_output_once(counting_store):
+    """--mode overwrite looked up whether the output had results (its `_SUCCESS`, a listing of results/ and of
+    rejects/ where it had none), then listed results/, rejects/ and `_ce_ray/` again to delete them: 12 requests in
+    all, with the job's own check. One listing of the output tells what to delete."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import s3fs
+
+    from ce_ray import io
+    from ce_ray.sink import check_output, prepare_output
+
+    bucket, output = "ce-ray-overwrite-listed", "s3://ce-ray-overwrite-listed/out"
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(bucket)
+    requests = counting_store.requests
+    for finished in (True, False):
+        for i in range(3):
+            with fs.open(f"{bucket}/out/{io.RESULTS}/part-{i:05d}.parquet", "wb") as f:
+                pq.write_table(pa.table({"query": ["a query"], "score": [0.5]}), f)
+        fs.pipe({f"{bucket}/out/{io.REJECTS}/part-00000.parquet": b"rejected", f"{bucket}/out/eval.json": b"{}"}
+                | ({f"{bucket}/out/_SUCCESS": b"{}"} if finished else {}))
+        requests.clear()
+        counting_store.listings.clear()
+        check_output(output, "overwrite")  # as a job does, before its work
+        prepare_output(output, "overwrite", job={"model": "m"}, checked=True)
+        assert counting_store.listings == ["out/"]
+        assert len(requests) <= 7  # 12 before, of either output
+        fs.invalidate_cache()
+        assert sorted(fs.find(f"{bucket}/out")) == [f"{bucket}/out/{io.STATE}/{io.JOB}", f"{bucket}/out/eval.json"]
 
 
 def test_a_folder_that_spark_or_hadoop_wrote_is_read_as_its_parts(counting_store, tmp_path, capsys):
