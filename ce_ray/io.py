@@ -479,12 +479,18 @@ def refuse_changed_output(uri: str, finished: Optional[Finished], rows: Dict[str
         raise InputError(f"input {uri} is the output of a job that finished with {then:,} part(s) in {RESULTS}/, "
                          f"which now holds {len(rows):,}: parts were lost or added since{example}; rerun that job "
                          "(a score job's --mode resume scores again only the inputs whose parts are gone)")
-    changed = sorted(path for path, now in rows.items() if path in counted and now != counted[path])
+    changed = changed_parts(counted, rows)
     if changed:
         first, more = changed[0], f" ({len(changed)} parts changed)" if len(changed) > 1 else ""
         raise InputError(f"input {uri} is the output of a job that finished with {counted[first]:,} rows in {first}, "
                          f"which now holds {rows[first]:,}{more}: it was rewritten since; rerun that job (a score "
                          "job's --mode resume scores again the inputs of parts cut short or short of rows)")
+
+
+def changed_parts(counted: Dict[str, int], rows: Dict[str, Optional[int]]) -> List[str]:
+    """The parts that a finished job's `_SUCCESS` counts (`counted`: path -> rows) and that hold other rows now
+    (`rows`, from their footers): rewritten since."""
+    return sorted(path for path, now in rows.items() if path in counted and now != counted[path])
 
 
 @dataclass

@@ -574,7 +574,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     """
     from .io import OVERWRITE, RESUME, check_apart, check_s3_access, parse_names
     from .readers import input_key, input_sources, read_dataset
-    from .sink import WRITE_REMOTE_ARGS, PairsSink, ResumeState, check_output, prepare_output, resume_state
+    from .sink import (WRITE_REMOTE_ARGS, PairsSink, ResumeState, check_output, lost_or_rewritten, prepare_output,
+                       resume_state)
 
     require(config, "model", "input", "output")
     config.validate()
@@ -612,10 +613,16 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     if earlier.damaged:
         print(f"{title}: note: {len(earlier.damaged)} part(s) of the output cannot be read (cut short, or not parquet; "
               f"e.g. {earlier.damaged[0]}): their input files are scored again", file=sys.stderr, flush=True)
-    lost = earlier.lost(stamps)
+    lost, rewritten_parts = lost_or_rewritten(config.output, earlier, stamps)
     if lost:
         print(f"{title}: note: the output of the finished job lost parts of {len(lost)} input file(s) since (deleted "
               f"or lost by the store; e.g. {lost[0]}-r*.parquet): they are scored again", file=sys.stderr, flush=True)
+    if rewritten_parts:
+        part, (_, then, now) = min(rewritten_parts.items())
+        inputs = len({key for key, _, _ in rewritten_parts.values()})
+        print(f"{title}: note: {len(rewritten_parts)} part(s) of the finished job's output were rewritten since with "
+              f"other rows (e.g. {part}: {then:,} rows, now {now:,}): their {inputs} input file(s) are scored again",
+              file=sys.stderr, flush=True)
     rewritten = sorted(key for key in done if key in stamps and not earlier.done(key, stamps[key]))
     if rewritten:
         print(f"{title}: note: {len(rewritten)} input file(s) that an earlier run completed were rewritten since "

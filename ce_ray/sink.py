@@ -36,8 +36,9 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from .batching import REJECT
-from .io import (JOB, REJECTS, RESULT_PARTS, RESULT_ROWS, RESULTS, RESUME, STATE, SUCCESS, delete_files, filesystem,
-                 in_parallel, is_remote, list_tree, parquet_footer, read_state, remove)
+from .io import (JOB, REJECTS, RESULT_PARTS, RESULT_ROWS, RESULTS, RESUME, STATE, SUCCESS, InputError, changed_parts,
+                 delete_files, filesystem, finished_job, finished_parts, in_parallel, is_remote, list_tree,
+                 parquet_footer, read_state, remove)
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 from .runtime import work
 
@@ -230,6 +231,25 @@ def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:
             "such as rerank): it cannot be resumed; pass --mode overwrite"
         )
     return state
+
+
+def lost_or_rewritten(output: str, state: ResumeState, stamps: Dict[str, str]) -> tuple:
+    """The inputs that the finished job completed and whose parts the output no longer holds whole
+    (`ResumeState.lost`), as (those whose parts were deleted or lost, {a part of results/ rewritten since with other
+    rows than the job's `_SUCCESS` counts: its input, rows counted, rows now}). `_SUCCESS` is read only where there
+    are such inputs; the parts of rejects/, which it does not count, are said lost."""
+    lost = state.lost(stamps)
+    if not lost:
+        return [], {}
+    fs, path = filesystem(output)
+    try:
+        counted = finished_parts(finished_job(fs, path, output), f"{path}/{RESULTS}").rows
+    except InputError:  # a marker that is not ce-ray's summary: nothing counted to tell a rewritten part by
+        return lost, {}
+    held = {file: (key, rows) for key in lost if key in state.parts for file, rows in state.parts[key].files.items()}
+    rewritten = {file: (held[file][0], counted[file], held[file][1])
+                 for file in changed_parts(counted, {file: rows for file, (_, rows) in held.items()})}
+    return [key for key in lost if key not in {key for key, _, _ in rewritten.values()}], rewritten
 
 
 def check_output(output: str, mode: str, resumable: bool = True) -> None:

@@ -160,7 +160,8 @@ def test_a_finished_job_whose_output_lost_parts_since_is_made_whole_by_resume(ra
     """A finished job (`_SUCCESS` written) whose output lost parts since, every part of one input and one part of
     another: the default mode refuses it, naming --mode resume; a resume scores those inputs again, says so, and
     writes `_SUCCESS` for the whole output. It scored them again without a word of why. A job reading the output
-    in between (a cascade, eval) refuses it, where it read the rows left as the whole."""
+    in between (a cascade, eval) refuses it, where it read the rows left as the whole. A part rewritten with fewer
+    rows (of a third input) is said so, where the note said that parts were lost."""
     from ce_ray.config import EvalConfig
     from ce_ray.evaluate import run_eval
 
@@ -172,6 +173,9 @@ def test_a_finished_job_whose_output_lost_parts_since_is_made_whole_by_resume(ra
             sorted((out / "results").glob(f"{one}-r*"))[0]]
     for part in lost:
         os.remove(part)
+    short = sorted((out / "results").glob(f"{input_key(str(folder / 'shard-4.parquet'))}-r*"))[0]
+    table = pq.read_table(short)
+    pq.write_table(table.slice(1), short)
     held = len(list((out / "results").iterdir()))
     assert held < parts
     lost = re.escape(f"finished with {parts} part(s) in results/, which now holds {held}: parts were lost or added "
@@ -183,9 +187,12 @@ def test_a_finished_job_whose_output_lost_parts_since_is_made_whole_by_resume(ra
     with pytest.raises(OutputExistsError, match="--mode resume"):
         run_score(config_for(out, tiny_model, folder))
     summary = run_score(config_for(out, tiny_model, folder, mode="resume"))
+    said = capsys.readouterr().err
     assert ("the output of the finished job lost parts of 2 input file(s) since (deleted or lost by the store; e.g. "
-            f"{min(whole, one)}-r*.parquet): they are scored again") in capsys.readouterr().err
-    assert (summary.files_kept, summary.rows_in) == (FILES - 2, FILES * ROWS_PER_FILE)
+            f"{min(whole, one)}-r*.parquet): they are scored again") in said
+    assert (f"1 part(s) of the finished job's output were rewritten since with other rows (e.g. {short}: "
+            f"{table.num_rows} rows, now {table.num_rows - 1}): their 1 input file(s) are scored again") in said
+    assert (summary.files_kept, summary.rows_in) == (FILES - 3, FILES * ROWS_PER_FILE)
     assert json.loads((out / "_SUCCESS").read_text())["rows_in"] == FILES * ROWS_PER_FILE
     assert len(io.list_files(str(out)).files) == parts
     got, want = results(out), results(reference)
