@@ -32,7 +32,8 @@ import pyarrow.parquet as pq
 
 from .config import ConfigError, EvalConfig, require
 from .io import (REJECTS, InputError, check_s3_access, detect_format, filesystem, glob_base, is_glob, is_output,
-                 is_remote, job_summary, join, list_files, missing_values, refuse_changed_output)
+                 is_remote, job_summary, join, list_files, missing_values, partition_values,
+                 refuse_changed_output)
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 
 
@@ -46,12 +47,17 @@ def read_columns(uri: str, wanted: List[str], required: List[str], ids: List[str
         try:
             with listing.fs.open_input_file(file) as f:
                 parquet = pq.ParquetFile(f)
-                rows[file], names = parquet.metadata.num_rows, parquet.schema_arrow.names
+                rows[file], own = parquet.metadata.num_rows, parquet.schema_arrow.names
+                keys = {k: v for k, v in partition_values(file).items() if k in wanted and k not in own}
+                names = [*own, *keys]
                 missing = [c for c in required if c not in names]
                 if missing and rows[file]:
                     lacking.append(f"{file}: missing column(s) {', '.join(map(repr, missing))} "
                                    f"(columns: {', '.join(names[:12])})")
-                tables.append(parquet.read(columns=[c for c in wanted if c in names]))
+                table = parquet.read(columns=[c for c in wanted if c in own])
+                for key, value in keys.items():  # a hive-style folder's key, as the jobs read it: text
+                    table = table.append_column(key, pa.repeat(pa.scalar(value, pa.string()), table.num_rows))
+                tables.append(table)
         except pa.ArrowInvalid as e:  # a file cut short, or not parquet: pyarrow's message names no file
             raise InputError(f"cannot read {file}: {e}") from None
     refuse_changed_output(uri, listing.finished, rows)  # first: a part lost or rewritten says more than its columns

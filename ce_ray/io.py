@@ -15,6 +15,7 @@ import os
 import posixpath
 import re
 import sys
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -682,6 +683,24 @@ def _as_read(types: dict, required: Sequence[str], lists: Sequence[str]) -> dict
             if name not in lists or name not in required}
 
 
+def partition_values(path: str) -> Dict[str, str]:
+    """The partition keys of a file's folders, written hive-style as Spark, Hive and Ray Data write them
+    (`.../day=2026-11-30/lang=en/part-0.parquet`), each a column of text, URL-decoded: what Ray Data's readers
+    give by default."""
+    folders = (f.split("=") for f in posixpath.dirname(path).split("/") if f.count("=") == 1)
+    return {key: urllib.parse.unquote(value) for key, value in folders if key}
+
+
+def _with_partition_keys(check: FileCheck) -> FileCheck:
+    """A file's check with the keys of its hive-style folders (`partition_values`) as columns of text, which the
+    reader adds to its rows (`readers._tag`; a column of the file's own of that name wins): a query id kept as a
+    partition key is there, as Ray Data's readers give it."""
+    keys = [key for key in partition_values(check.path) if key not in check.columns]
+    if not keys:
+        return check
+    return replace(check, columns=[*check.columns, *keys], types=check.types | {key: pa.string() for key in keys})
+
+
 def check_inputs(
     fs: pafs.FileSystem, files: List[str], input_format: str, required: List[str],
     column_names: Optional[List[str]] = None, present: Sequence[str] = (), lists: Sequence[str] = (),
@@ -700,7 +719,8 @@ def check_inputs(
     the schema: the others may differ.
     """
     listed = listed or {}
-    checks = in_parallel(lambda p: _check_one(fs, p, input_format, column_names, listed.get(p)), files)
+    checks = [_with_partition_keys(check)
+              for check in in_parallel(lambda p: _check_one(fs, p, input_format, column_names, listed.get(p)), files)]
     if input_format == "jsonl":
         checks = [replace(c, types=_as_read(c.types, required, lists)) for c in checks]
     for check in checks:

@@ -15,7 +15,6 @@ import json
 import os
 import posixpath
 import re
-import urllib.parse
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -24,7 +23,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .io import (COMPRESSED, DELIMITED, FileCheck, InputError, check_inputs, holds_texts, is_text, list_files,
-                 one_type, read_type, refuse_changed_output)
+                 one_type, partition_values, read_type, refuse_changed_output)
 from .runtime import ensure_ray
 
 
@@ -332,14 +331,6 @@ def reject_invalid_utf8(table: pa.Table, what: str) -> pa.Table:
         reasons = [e or r for e, r in zip(earlier, reasons)]
         table = table.drop_columns([REJECT])
     return table.append_column(REJECT, pa.array(reasons, pa.string()))
-
-
-def partition_values(path: str) -> Dict[str, str]:
-    """The partition keys of a file's folders, written hive-style as Spark, Hive and Ray Data write them
-    (`.../day=2026-11-30/lang=en/part-0.parquet`), each a column of text, URL-decoded: what Ray Data's readers
-    give by default."""
-    folders = (f.split("=") for f in posixpath.dirname(path).split("/") if f.count("=") == 1)
-    return {key: urllib.parse.unquote(value) for key, value in folders if key}
 
 
 def _tag(table: pa.Table, key: str, start: int, file_rows: Optional[int], partitions: Dict[str, str]) -> pa.Table:

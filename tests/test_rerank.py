@@ -515,3 +515,22 @@ def test_a_lazy_python_dataset_is_ranked_in_one_partition_per_cpu(ray_local, tin
     assert set(re.findall(r"partitions=(\d+)", ranked.stats())) == {str(default_partitions(0))}
     # once: its map ran for its one block, not again to learn its size
     assert len(re.findall(r"Operator \d+ MapBatches\(<lambda>\)", ranked.stats())) == 1
+
+
+def test_a_query_id_kept_as_a_hive_partition_key_is_read_by_rerank_and_eval(ray_local, tiny_model, tmp_path):
+    """Pairs partitioned by query (`query_id=1/part-0.parquet`, as Spark's `partitionBy` writes them) have the id in
+    their folders alone. The jobs' reader gives each key as a column, as Ray Data's readers do, but the check before
+    the job refused the input (`missing column(s) 'query_id'`), and so did eval, which read the files' columns
+    alone."""
+    for query_id, documents in (("7", ["a", "b", "c"]), ("8", ["d", "e"])):
+        folder = tmp_path / "pairs" / f"query_id={query_id}"
+        folder.mkdir(parents=True)
+        pd.DataFrame({"query": f"query {query_id}", "document": documents, "label": [1] + [0] * (len(documents) - 1),
+                      "bm25_rank": range(1, len(documents) + 1)}).to_parquet(folder / "part-0.parquet")
+    run_rerank(RerankConfig(model=str(tiny_model), input=str(tmp_path / "pairs"), output=str(tmp_path / "out")))
+    got = pd.read_parquet(tmp_path / "out" / "results")
+    assert sorted(got.groupby("query_id")["rank"].apply(sorted).to_dict().items()) == [("7", [1, 2, 3]),
+                                                                                      ("8", [1, 2])]
+    first_stage = run_eval(EvalConfig(input=str(tmp_path / "pairs"), score_column="", rank_column="bm25_rank",
+                                      baseline_column="", output=str(tmp_path / "eval.json")))
+    assert first_stage["queries"] == 2 and first_stage["reranked"]["mrr@10"] == 1.0
