@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, require, with_settings
-from .io import InputError, absolute, detect_format, is_text, refuse_written
+from .io import DELIMITED, InputError, absolute, detect_format, is_text, refuse_written
 from .runtime import cluster_resources, cpu_nodes, ensure_ray, free_failed_actors, surfaced_errors, work
 from .tokenizer_facts import tokenizer_facts
 
@@ -59,20 +59,26 @@ def _tokenize_block(table: pa.Table, encoder: PairEncoder, query_column: str, do
 
 def _unscorable(table: pa.Table, sources: Dict[str, str], input_format: str, texts: Sequence[str]) -> str:
     """What on_invalid=fail stops at: how many rows of the block cannot be scored, and the first one's reason,
-    with its row and input file where the rows were read from files (`sources`: path by `readers.input_key`),
-    else its `texts` (a caller's Dataset has no file to name), which is what the user has to fix."""
+    with its row and input file where the rows were read from files (`sources`: path by `readers.input_key`; a CSV
+    row by its `texts` and file), else its `texts` (a caller's Dataset has no file to name): what the user fixes."""
     from .readers import ROW_INDEX, ROW_INPUT
 
     reasons = table.column(REJECT)
     first = pc.index(reasons.is_valid(), True).as_py()
     reason = reasons[first].as_py()
     path = sources.get(table.column(ROW_INPUT)[first].as_py()) if ROW_INPUT in table.column_names else None
+    shown = ", ".join(f"{name} {_cut(table.column(name)[first].as_py())}" for name in texts)
     if not path:
-        shown = (f"{name} {_cut(table.column(name)[first].as_py())}" for name in texts)
-        reason += f", in the row of {', '.join(shown)}"
+        reason += f", in the row of {shown}"
     elif path not in reason:  # a reader's reason names the file and line already
-        reason += f", in row {table.column(ROW_INDEX)[first].as_py() + 1:,} of {path}"
-        if (detect_format(path) if input_format == "auto" else input_format) == "jsonl":
+        kind = detect_format(path) if input_format == "auto" else input_format
+        if kind in DELIMITED:
+            # A CSV row's place is no line number: a header, blank lines and quoted line breaks come between, and
+            # Arrow's reader gives no line and puts a row of the wrong field count after its chunk: its texts say it.
+            reason += f", in the row of {shown} of {path}"
+        else:
+            reason += f", in row {table.column(ROW_INDEX)[first].as_py() + 1:,} of {path}"
+        if kind == "jsonl":
             # A JSON Lines file's rows are its lines that are not blank: where it has blank lines, the row's line
             # is further down, and a user who opens the file at that line finds another row.
             reason += " (blank lines not counted)"

@@ -421,6 +421,18 @@ def test_a_jsonl_row_that_on_invalid_fail_stops_at_is_counted_without_blank_line
                               on_invalid="fail"))
 
 
+def test_a_csv_row_that_on_invalid_fail_stops_at_is_named_by_its_texts(ray_local, tmp_path, tiny_model):
+    """A CSV file's "row N" was no line a user could open the file at: the header, blank lines and a quoted line
+    break come between, and a row of the wrong field count is put after its chunk (here "row 3" was the line
+    `bad,row,extra`, the row stopped at being line 7). The row is named by its texts, as a Dataset's is."""
+    (tmp_path / "p.csv").write_text('query,document\nq1,d1\n\nq2,"two\nlines"\nbad,row,extra\nq3,\nq4,d4\n')
+    unscorable = (f"2 row(s) cannot be scored, e.g. document is null, in the row of query 'q3', document None of "
+                  f"{tmp_path}/p.csv (on_invalid=fail)")
+    with pytest.raises(InputError, match=f"^{re.escape(unscorable)}$"):
+        run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "p.csv"), output=str(tmp_path / "out"),
+                              on_invalid="fail"))
+
+
 def test_an_error_in_a_lazy_datasets_rows_is_raised_as_ce_rays_own_where_it_is_consumed(ray_local, tiny_model):
     """`score` and `rerank` are lazy: an error in the rows stops the Dataset where the caller consumes it, and Ray
     raises a RayTaskError of its own UserCodeException, the message among Ray's lines, which no `except
