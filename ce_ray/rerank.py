@@ -30,7 +30,7 @@ from .batching import REJECT
 from .config import RerankConfig, require, with_settings
 from .io import OVERWRITE, InputError, missing_values
 from .readers import ROW_INDEX, ROW_INPUT, TAGS, plain_columns
-from .score import SCORE, check_columns, check_known_columns, score, summary_lines
+from .score import SCORE, check_columns, check_known_columns, known_schema, score, summary_lines
 from .sink import PairsSink
 
 RANK = "rank"
@@ -176,7 +176,7 @@ def check_key(table: pa.Table, column: str) -> None:
 def check_known_key(ds, column: str) -> None:
     """`check_key` at the call, where the Dataset knows its columns' Arrow types without running (read from
     parquet, from Arrow), rather than in a task once its rows were scored."""
-    schema = ds.schema(fetch_if_missing=False)
+    schema = known_schema(ds)
     if schema is not None and isinstance(schema.base_schema, pa.Schema):
         check_key(schema.base_schema.empty_table(), column)
 

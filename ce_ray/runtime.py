@@ -222,10 +222,11 @@ def surfaced_errors():
 
     Ray Data wraps an exception of a task or an actor call in a UserCodeException and carries the original
     across processes only as traceback text, so a user would see a page of Ray's frames for an error such
-    as a float16 overflow or on_invalid=fail. Blocks whose column types Ray Data cannot make one (a number in
-    one JSON or CSV file, text in another; parquet inputs are checked before the job) fail as an InputError
-    naming the column. Any other failure goes through as Ray reports it. Around a job's `work`, either is a
-    failure of it; around its checks (train's of its data), ce-ray's own is an error found before the work.
+    as a float16 overflow or on_invalid=fail. Blocks whose column types Ray Data cannot make one in a stage of
+    ce-ray's (`CE_RAY_STAGES`: a number in one part of a caller's Dataset, text in another; input files are checked
+    before the job) fail as an InputError naming the column and the stage. Any other failure goes through as Ray
+    reports it, such a clash in a caller's own stage too. Around a job's `work`, either is a failure of it; around
+    its checks (train's of its data), ce-ray's own is an error found before the work.
 
     It is public (`ce_ray.surfaced_errors`) for a caller of `score` or `rerank`, whose Dataset runs where the
     caller consumes it (`write_parquet`, `take`, `iter_batches`): there Ray raises a RayTaskError of its own
@@ -238,12 +239,13 @@ def surfaced_errors():
     except Exception as e:
         text = getattr(e, "traceback_str", None) or str(e)
         found = re.findall(r"^ce_ray\.\w+\.(ModelError|InputError|ConfigError): (.+)$", text, re.MULTILINE)
-        clash = re.search(r"Unable to merge: Field (\S+) has incompatible types: (.+?) vs (.+?)$", text, re.MULTILINE)
-        if not found and clash:
-            column, one, other = clash.groups()
-            raise InputError(f"column {column!r} is {one} in some rows and {other} in others (a number in one file, "
-                             "text in another): rows of both cannot be put together; write it as one type in "
-                             "every file") from None
+        clash = column_type_clash(text)
+        stage = _ce_ray_stage(text) if from_ray(e) else None
+        if not found and clash and stage:
+            column, one, other = clash
+            raise InputError(f"column {column!r} is {one} in some blocks of the rows and {other} in others, which Ray "
+                             f"Data cannot put together in one batch (in {stage}): a number in one input file or "
+                             "part of the Dataset, text in another; make it one type in every file or part") from None
         if not found:
             raise
         from .model_folder import ModelError
@@ -251,6 +253,29 @@ def surfaced_errors():
         kind, message = found[0]  # the root cause: a chain prints its first exception first
         error = {"ModelError": ModelError, "InputError": InputError, "ConfigError": ConfigError}[kind]
         raise error(message) from None
+
+
+def column_type_clash(text: str) -> Optional[tuple]:
+    """(column, one type, another) where `text` (an error's) says that Arrow cannot make a column's types one."""
+    clash = re.search(r"Unable to merge: Field (\S+) has incompatible types: (.+?) vs (.+?)$", text, re.MULTILINE)
+    return clash.groups() if clash else None
+
+
+# The stages of ce-ray's pipelines, as the Ray task or actor that runs them is named in a task's error (`ray::MapWorker(
+# ReadTaggedFiles->MapBatches(_tokenize_block)->MapBatches(ScoringReplica)).submit()`): the tokenize and scoring
+# stages of score and rerank, rerank's ranking stages, train's. A clash of column types in a caller's own stage
+# (their union of Datasets, consumed in their own map_batches) is no error of ce-ray's, and goes through as it is.
+CE_RAY_STAGES = ("_tokenize_block", "ScoringReplica", "shuffle_input", "rank_queries", "_tokenize_train_block",
+                 "training_pairs", "_block_stats", "_kept_rows")
+
+
+def _ce_ray_stage(text: str) -> Optional[str]:
+    """The Ray task or actor of ce-ray's that a task's error (its printed report, `text`) failed in, as Ray names
+    it; None where it failed in another stage."""
+    for task in re.findall(r"ray::(\S+?)(?:\.submit)?\(\)", text):
+        if any(re.search(rf"\b{name}\b", task) for name in CE_RAY_STAGES):
+            return task
+    return None
 
 
 # How Python prints a chain of exceptions: each one after the one that caused it.

@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, require, with_settings
 from .io import DELIMITED, InputError, absolute, detect_format, is_text, refuse_written
-from .runtime import cluster_resources, cpu_nodes, ensure_ray, free_failed_actors, surfaced_errors, work
+from .runtime import (cluster_resources, column_type_clash, cpu_nodes, ensure_ray, free_failed_actors,
+                      surfaced_errors, work)
 from .tokenizer_facts import tokenizer_facts
 
 # torch is imported by the replica (ce_ray.replica, ce_ray.model) alone: the driver (with the tokenizer's
@@ -109,7 +110,7 @@ def check_known_columns(ds, needed: Dict[str, str], texts: Sequence[str] = ()) -
     in `texts` hold text where it knows their types: a column of numbers or of lists would have every row
     rejected, or stop at its first block with on_invalid=fail, once the rows were read."""
     require_dataset(ds)
-    schema = ds.schema(fetch_if_missing=False)
+    schema = known_schema(ds)
     if schema is None:
         return
     check_columns(list(schema.names), needed)
@@ -118,6 +119,22 @@ def check_known_columns(ds, needed: Dict[str, str], texts: Sequence[str] = ()) -
         if kind:
             raise InputError(f"the rows' column {column!r} is {kind}, not text: name the column of texts with "
                              f"{needed[column]}, or make it text")
+
+
+def known_schema(ds):
+    """The Dataset's schema where it knows it without running, else None. Where its blocks' known types cannot be
+    made one (`ray.data.from_items` of rows that hold a number in a column and text in another row gives each
+    block the types of its own rows), fails naming the column: Ray raised pyarrow's ArrowTypeError at the call."""
+    try:
+        return ds.schema(fetch_if_missing=False)
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as e:
+        clash = column_type_clash(str(e))
+        if clash is None:
+            raise
+        column, one, other = clash
+        raise InputError(f"the rows' column {column!r} is {one} in some blocks of the Dataset and {other} in others, "
+                         "which Ray Data cannot put together in one batch: make it one type in every row (a text "
+                         "column, text in every row: str(value), or None for a missing one)") from None
 
 
 def _known_non_text(schema, column: str) -> Optional[str]:

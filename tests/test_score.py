@@ -455,6 +455,38 @@ def test_an_error_in_a_lazy_datasets_rows_is_raised_as_ce_rays_own_where_it_is_c
             scored.take_all()
 
 
+def test_surfaced_errors_claims_a_clash_of_column_types_in_ce_rays_stages_alone(ray_local, tiny_model):
+    """Blocks whose column types Ray Data cannot put together in one batch: where ce-ray's stage puts them together
+    (score of a Dataset made of parts that disagree), `surfaced_errors` raises an InputError naming the column and
+    the stage; in a caller's own stage (their union, consumed in their own map_batches) it is no error of ce-ray's,
+    and goes through as Ray raised it, where it was an InputError that said to fix ce-ray's input files."""
+    import importlib
+
+    import ray.data
+    from ray.exceptions import RayTaskError
+
+    import ce_ray
+    from ce_ray.runtime import CE_RAY_STAGES
+
+    # the stages it claims are ce-ray's own, by the names Ray gives their tasks
+    modules = [importlib.import_module(f"ce_ray.{name}") for name in ("score", "rerank", "train_data")]
+    assert {name for name in CE_RAY_STAGES if any(hasattr(module, name) for module in modules)} == set(CE_RAY_STAGES)
+
+    def parts():
+        return ray.data.from_arrow(pa.table({"id": [1], "query": ["q"], "document": ["d"]})).union(
+            ray.data.from_arrow(pa.table({"id": ["x2"], "query": ["q"], "document": ["e"]})))
+
+    with pytest.raises(RayTaskError, match="Unable to merge: Field id has incompatible types"):
+        with ce_ray.surfaced_errors():
+            parts().map_batches(lambda batch: batch, batch_size=8, batch_format="pyarrow").take_all()
+    scored = ce_ray.score(parts(), model=str(tiny_model))
+    with pytest.raises(InputError, match=r"^column 'id' is (int64|string) in some blocks of the rows and "
+                                         r"(string|int64) in others, which Ray Data cannot put together in one batch "
+                                         r"\(in \S*MapBatches\(_tokenize_block\)"):
+        with ce_ray.surfaced_errors():
+            scored.take_all()
+
+
 def test_a_dataset_that_knows_its_columns_fails_at_the_call_on_a_column_that_is_not_text(ray_local, tiny_model):
     """Where a Dataset knows its columns' types without running (from pandas, read from parquet), a query or
     document column of numbers or lists fails at `score` and `rerank`, naming it, before any work: it had every row
@@ -475,6 +507,26 @@ def test_a_dataset_that_knows_its_columns_fails_at_the_call_on_a_column_that_is_
     # a query id of several values, which the group-by cannot take, as rerank's tasks refuse it
     with pytest.raises(InputError, match=r"^tags is list<(item|element): string>: a query id is one value"):
         ce_ray.rerank(ray.data.from_arrow(pa.Table.from_pandas(frame)), model=str(tiny_model), query_id_column="tags")
+
+
+def test_a_dataset_whose_blocks_disagree_on_a_columns_type_fails_at_the_call_naming_it(ray_local, tiny_model):
+    """`ray.data.from_items` gives each block the types of its own rows: a column that holds a number in one row and
+    text in another made `score` and `rerank` raise pyarrow's `ArrowTypeError: Unable to merge: Field query has
+    incompatible types`, from the Dataset's schema, at the call. It is ce-ray's InputError naming the column, before
+    any work, as for a column that is no text."""
+    import ray.data
+
+    import ce_ray
+
+    for column in ("query", "query_id"):
+        rows = ray.data.from_items([{"query_id": 1, "query": "q", "document": "d"},
+                                    {"query_id": 2, "query": "q", "document": "e"} | {column: "x2" if column ==
+                                                                                      "query_id" else 7}])
+        clash = rf"^the rows' column '{column}' is (string|int64) in some blocks of the Dataset and (int64|string) in "
+        with pytest.raises(InputError, match=clash):
+            ce_ray.score(rows, model=str(tiny_model))
+        with pytest.raises(InputError, match=clash):
+            ce_ray.rerank(rows, model=str(tiny_model))
 
 
 def test_predict_refuses_what_cross_encoder_would_not_score_as_pairs(tiny_model):
