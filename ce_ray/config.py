@@ -400,9 +400,16 @@ def refuse_loaded_model(model: Any) -> None:
                           f"not a loaded {type(model).__name__}: save it (model.save(path)) and give the path")
 
 
-def with_settings(config: Any, settings: dict) -> Any:
-    """`config` with the Python API's keyword settings on top, checked as YAML keys are; a path may be a
-    `pathlib.Path`, as sentence-transformers takes one."""
+def with_settings(config: Any, settings: dict, kind: type) -> Any:
+    """`config` (a `kind`; None: its defaults) with the Python API's keyword settings on top, checked as YAML keys
+    are; a path may be a `pathlib.Path`, as sentence-transformers takes one. A config of another kind is refused:
+    a dict failed in dataclasses' words (`must be called with a dataclass type or instance`), and rerank's
+    missing settings in a ScoreConfig as an AttributeError."""
+    if config is None:
+        config = kind()
+    if not isinstance(config, kind):
+        raise ConfigError(f"config: a {kind.__module__}.{kind.__name__}, not a {type(config).__name__}: give the "
+                          f"settings as keywords, or as {kind.__name__}(**settings)")
     settings = {key: os.fspath(value) if isinstance(value, os.PathLike) else value for key, value in settings.items()}
     refuse_loaded_model(settings.get("model"))
     return dataclasses.replace(config, **_checked(type(config), settings))

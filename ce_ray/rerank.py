@@ -291,7 +291,7 @@ def rerank(ds, config: Optional[RerankConfig] = None, input_order: Optional[List
     `from_items`, `materialize()`); in a lazy one, whose blocks come in no set order, they go by document text.
     Example: `ce_ray.rerank(ray.data.read_parquet(...), model="cross-encoder/ms-marco-MiniLM-L6-v2", top_k=10)`.
     """
-    config = with_settings(config or RerankConfig(), settings)
+    config = with_settings(config, settings, RerankConfig)
     config.validate()
     check_known_columns(ds, {config.query_id_column: "query_id_column"})
     check_known_key(ds, config.query_id_column)

@@ -191,7 +191,7 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
     that a row that on_invalid=fail stops at names its file.
     """
     require_dataset(ds)
-    config = with_settings(config or ScoreConfig(), settings)
+    config = with_settings(config, settings, ScoreConfig)
     require(config, "model")
     config.validate()
     texts = {config.query_column: "query_column", config.document_column: "document_column"}

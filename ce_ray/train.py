@@ -930,7 +930,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     from .runtime import cluster_resources, cpu_nodes, ensure_ray, free_failed_actors, surfaced_errors
     from .tokenizer_facts import tokenizer_facts
 
-    config = with_settings(config or TrainConfig(), settings)
+    config = with_settings(config, settings, TrainConfig)
     require(config, "model", "train_data", "output")
     config.validate()
     start = time.perf_counter()

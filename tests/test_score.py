@@ -547,6 +547,22 @@ def test_predict_refuses_what_cross_encoder_would_not_score_as_pairs(tiny_model)
         ce_ray.predict(tiny_model, [("q", 42)])
 
 
+def test_a_config_of_another_kind_is_refused_naming_the_one_to_give(ray_local, tiny_model):
+    """`score(ds, config={...})` failed in dataclasses' words (`must be called with a dataclass type or instance`),
+    `rerank(ds, config=ScoreConfig(...))` as an AttributeError on its query id column."""
+    import ray.data
+
+    import ce_ray
+
+    rows = ray.data.from_items([{"query_id": 1, "query": "q", "document": "d"}])
+    with pytest.raises(ConfigError, match=r"^config: a ce_ray\.config\.ScoreConfig, not a dict: give the settings as "
+                                          r"keywords, or as ScoreConfig\(\*\*settings\)$"):
+        ce_ray.score(rows, config={"model": str(tiny_model)})
+    with pytest.raises(ConfigError, match=r"^config: a ce_ray\.config\.RerankConfig, not a ScoreConfig"):
+        ce_ray.rerank(rows, config=ScoreConfig(model=str(tiny_model)))
+    assert ce_ray.rerank(rows, config=ce_ray.RerankConfig(model=str(tiny_model)), top_k=1) is not None
+
+
 def test_missing_column_names_file_and_column(tmp_path, tiny_model):
     (tmp_path / "in").mkdir()
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "in" / "a.parquet")
