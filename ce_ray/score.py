@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import sys
 import time
 from collections.abc import Mapping
@@ -329,6 +330,9 @@ def predict(model: str, pairs=None, **settings):
         # as one text), and a set's pairs come in no order that the scores could be matched to.
         raise InputError(f"pairs must be (query, document) pairs, not a {type(pairs).__name__}: one pair is "
                          "(query, document), several a list of them")
+    if not hasattr(pairs, "__iter__"):  # a number: Python's "'int' object is not iterable" said no more
+        raise InputError(f"pairs must be (query, document) pairs, not a {type(pairs).__name__}: one pair is "
+                         "(query, document), several a list of them")
     pairs = list(pairs)
     single = len(pairs) == 2 and all(isinstance(text, str) for text in pairs)
     if single:  # one pair, as CrossEncoder.predict takes it: its score alone comes back
@@ -382,8 +386,13 @@ def rank(model: str, query: str, documents, top_k: Optional[int] = None, return_
     stable sort orders them; the best `top_k` where given (0: none). Settings are `predict`'s (it refuses and
     takes the same); rank's `convert_to_numpy` and `convert_to_tensor` are taken and change nothing, as in rank.
     """
-    if top_k is not None and top_k < 0:
-        raise ConfigError(f"top_k must be >= 0 (None: all the documents), got {top_k}")
+    if top_k is not None and (not isinstance(top_k, numbers.Integral) or top_k < 0):
+        # checked before the scoring, which a float (1.5) or a text ("3") only failed after, in Python's words
+        raise ConfigError(f"top_k must be a whole number >= 0 (None: all the documents), got {top_k!r}")
+    if isinstance(documents, (str, bytes, Mapping, set, frozenset)) or not hasattr(documents, "__iter__"):
+        # A text was ranked as its characters, a dict as its keys, a set in no order that corpus_id could name.
+        raise InputError(f"documents must be a list of texts, not a {type(documents).__name__}: one document is "
+                         "[document]")
     documents = list(documents)  # a generator's documents are given back with return_documents
     settings = {name: value for name, value in settings.items() if name not in RANK_ARGUMENTS_WITHOUT_EFFECT}
     scores = predict(model, [(query, document) for document in documents], **settings).tolist()

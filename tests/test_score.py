@@ -547,6 +547,24 @@ def test_predict_refuses_what_cross_encoder_would_not_score_as_pairs(tiny_model)
         ce_ray.predict(tiny_model, [("q", 42)])
 
 
+def test_rank_refuses_documents_and_top_k_that_cross_encoder_rank_would_not_take_as_such(tiny_model):
+    """A text given as the documents was ranked as its characters ("abc": three documents), a dict as its keys, a set
+    in no order that corpus_id could name; a top_k of 1.5 or "3" failed in Python's words once every document was
+    scored; pairs that are a number failed as "'int' object is not iterable". Each fails before Ray starts."""
+    import ce_ray
+
+    for bad in ("abc", b"abc", {"a document": 1}, {"a document"}, None, 5):
+        with pytest.raises(InputError, match=rf"^documents must be a list of texts, not a {type(bad).__name__}: one "
+                                             r"document is \[document\]$"):
+            ce_ray.rank(tiny_model, "a query", bad)
+    for bad in (1.5, "3", -1):
+        with pytest.raises(ConfigError, match=rf"^top_k must be a whole number >= 0 \(None: all the documents\), got "
+                                              rf"{re.escape(repr(bad))}$"):
+            ce_ray.rank(tiny_model, "a query", ["a document"], top_k=bad)
+    with pytest.raises(InputError, match=r"^pairs must be \(query, document\) pairs, not a int: one pair is"):
+        ce_ray.predict(tiny_model, 5)
+
+
 def test_a_config_of_another_kind_is_refused_naming_the_one_to_give(ray_local, tiny_model):
     """`score(ds, config={...})` failed in dataclasses' words (`must be called with a dataclass type or instance`),
     `rerank(ds, config=ScoreConfig(...))` as an AttributeError on its query id column."""
@@ -949,7 +967,7 @@ def test_rank_orders_the_documents_as_cross_encoder_rank_does(ray_local, tiny_mo
     np.testing.assert_allclose([row["score"] for row in logits], [row["score"] for row in expected], atol=1e-4)
     assert ce_ray.rank(tiny_model, query, []) == cross_encoder.rank(query, []) == []
     assert ce_ray.rank(tiny_model, query, documents, top_k=0) == []
-    with pytest.raises(ConfigError, match=r"top_k must be >= 0 \(None: all the documents\), got -1"):
+    with pytest.raises(ConfigError, match=r"top_k must be a whole number >= 0 \(None: all the documents\), got -1"):
         ce_ray.rank(tiny_model, query, documents, top_k=-1)
     with pytest.raises(ConfigError, match="^batch_size: predict's batches here are of tokens"):
         ce_ray.rank(tiny_model, query, documents, batch_size=32)
