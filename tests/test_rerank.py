@@ -133,21 +133,28 @@ def test_a_query_is_one_list_whatever_type_its_blocks_give_its_ids(ray_local):
         assert sorted(ranks) == list(range(1, 3 * rows + 1)), query
 
 
+def _tagged_scores(n: int, queries: int, levels: int, seed: int):
+    """`n` scored rows of random queries, with many ties (`levels` scores), tagged with their input file ("b" read
+    before "a") and row; and as pandas, each row's expected rank: by score, then input order."""
+    rng = np.random.default_rng(seed)
+    rows = pa.table({"query_id": pa.array(rng.integers(0, queries, n)), "doc": np.arange(n),
+                     "document": [f"d{i}" for i in range(n)],
+                     "score": pa.array(rng.integers(0, levels, n) / levels, pa.float32()),
+                     ROW_INPUT: pa.array(rng.choice(["b", "a"], n)), ROW_INDEX: pa.array(rng.permutation(n))})
+    frame = rows.to_pandas().assign(file=lambda f: f[ROW_INPUT].map({"b": 0, "a": 1}))
+    frame = frame.sort_values(["query_id", "score", "file", ROW_INDEX], ascending=[True, False, True, True])
+    frame["expected"] = frame.groupby("query_id").cumcount() + 1
+    return rows, frame
+
+
 def test_each_rank_partition_is_ranked_in_one_call(ray_local):
     """A partition holds the rows of many queries: it is ranked in one sort (a call for each query, as Ray Data's
     map_groups makes, took a millisecond a query). The ranks are those of a sort of each query's rows by score,
     then input order (the rows' tags), alone and through `rank`'s shuffle of blocks that split the queries."""
     from ce_ray.rerank import rank
 
-    rng = np.random.default_rng(3)
-    n, queries = 4000, 300
-    rows = pa.table({"query_id": pa.array(rng.integers(0, queries, n)), "doc": np.arange(n),
-                     "document": [f"d{i}" for i in range(n)],
-                     "score": pa.array(rng.integers(0, 16, n) / 16, pa.float32()),  # many ties
-                     ROW_INPUT: pa.array(rng.choice(["b", "a"], n)), ROW_INDEX: pa.array(rng.permutation(n))})
-    frame = rows.to_pandas().assign(file=lambda f: f[ROW_INPUT].map({"b": 0, "a": 1}))
-    frame = frame.sort_values(["query_id", "score", "file", ROW_INDEX], ascending=[True, False, True, True])
-    frame["expected"] = frame.groupby("query_id").cumcount() + 1
+    n = 4000
+    rows, frame = _tagged_scores(n, queries=300, levels=16, seed=3)
 
     def check(ranked: pd.DataFrame, top_k) -> None:
         got = ranked.merge(frame[["doc", "expected"]], on="doc")
@@ -171,15 +178,8 @@ def test_a_sort_shuffle_strategy_ranks_each_query_as_one_list(ray_local):
 
     from ce_ray.rerank import rank
 
-    rng = np.random.default_rng(5)
-    n, queries = 3000, 200
-    rows = pa.table({"query_id": pa.array(rng.integers(0, queries, n)), "doc": np.arange(n),
-                     "document": [f"d{i}" for i in range(n)],
-                     "score": pa.array(rng.integers(0, 8, n) / 8, pa.float32()),  # many ties
-                     ROW_INPUT: pa.array(rng.choice(["b", "a"], n)), ROW_INDEX: pa.array(rng.permutation(n))})
-    frame = rows.to_pandas().assign(file=lambda f: f[ROW_INPUT].map({"b": 0, "a": 1}))
-    frame = frame.sort_values(["query_id", "score", "file", ROW_INDEX], ascending=[True, False, True, True])
-    frame["expected"] = frame.groupby("query_id").cumcount() + 1
+    n = 3000
+    rows, frame = _tagged_scores(n, queries=200, levels=8, seed=5)
     for top_k in (None, 2):
         ds = ray_local.data.from_arrow([rows.slice(start, 250) for start in range(0, n, 250)])  # queries split
         ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED

@@ -199,6 +199,18 @@ def test_passes_hold_the_batch_rows_under_the_token_budget(ray_local, tiny_model
         assert sorted(labels) == sorted(np.concatenate([l for _, l in passes]))
 
 
+def _numbered_rows(rows: int, seed: int):
+    """A Dataset of `rows` tokenized rows of random lengths, each row's first token its number."""
+    import ray.data
+
+    lengths = np.random.default_rng(seed).integers(2, 60, rows)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    tokens = np.ones(offsets[-1], np.int32)
+    tokens[offsets[:-1]] = np.arange(rows)
+    return ray.data.from_arrow(pa.table({IDS: pa.ListArray.from_arrays(offsets, tokens),
+                                         train_data.LABEL: np.zeros(rows, np.float32)}))
+
+
 def _batches_of_rows(shard, config, epoch: int, skip: int = 0, rank: int = 0, workers: int = 1) -> list:
     """An epoch of a worker's batches as the sets of their rows (each row's first token is its number)."""
     part = train_data.worker_spans(shard, config, shard.count() // workers, workers)[rank]
@@ -213,17 +225,10 @@ def test_each_epoch_deals_a_workers_rows_into_other_batches(ray_local, monkeypat
     same rows met in a batch again (of the pairs of rows that shared a batch, 52% on WikiQA train, 87% here,
     shared one in the next epoch). The order is the seed's, the epoch's and the worker's alone, so a resumed
     run finds the batches it had not seen."""
-    import ray.data
-
     from ce_ray.config import TrainConfig
 
     rows = 2400
-    lengths = np.random.default_rng(0).integers(2, 60, rows)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    tokens = np.ones(offsets[-1], np.int32)
-    tokens[offsets[:-1]] = np.arange(rows)  # each row's first token: its number
-    shard = ray.data.from_arrow(pa.table({IDS: pa.ListArray.from_arrays(offsets, tokens),
-                                          train_data.LABEL: np.zeros(rows, np.float32)}))
+    shard = _numbered_rows(rows, seed=0)
     config = TrainConfig(batch_size=8, length_window=10)  # windows of 80 rows, as the default's of 800
 
     def met(batches) -> set:  # the pairs of rows that shared a batch
@@ -253,17 +258,10 @@ def test_each_epoch_takes_a_workers_spans_in_an_order_of_its_own(ray_local, monk
     """A part of more rows than a span (65,536) came span by span in the same order every epoch: its first span's
     rows always trained first, its last span's last. The spans now come in an order of the seed, the epoch and
     the worker, a span's token ids at a time, and a resumed run still skips exactly the batches it trained."""
-    import ray.data
-
     from ce_ray.config import TrainConfig
 
     rows = 4800
-    lengths = np.random.default_rng(1).integers(2, 60, rows)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    tokens = np.ones(offsets[-1], np.int32)
-    tokens[offsets[:-1]] = np.arange(rows)  # each row's first token: its number
-    shard = ray.data.from_arrow(pa.table({IDS: pa.ListArray.from_arrays(offsets, tokens),
-                                          train_data.LABEL: np.zeros(rows, np.float32)}))
+    shard = _numbered_rows(rows, seed=1)
     config = TrainConfig(batch_size=8, length_window=10)
     monkeypatch.setattr(train_data, "SPAN_ROWS", 1000)  # spans of 960 rows: 5 in all, or 3 of each of 2 workers
     epochs = [_batches_of_rows(shard, config, epoch) for epoch in range(4)]
