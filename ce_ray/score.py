@@ -325,12 +325,10 @@ def predict(model: str, pairs=None, **settings):
     if isinstance(pairs, Mapping) or hasattr(pairs, "columns"):  # iterated, they give their keys
         raise InputError(f"pairs must be (query, document) pairs, not a {type(pairs).__name__}: a DataFrame's are "
                          "df[[query, document]].itertuples(index=False), or score it with ce_ray.score(Dataset)")
-    if isinstance(pairs, (str, bytes, set, frozenset)):
+    if isinstance(pairs, (str, bytes, set, frozenset)) or not hasattr(pairs, "__iter__"):
         # A text iterated gives its characters ("qd" passed as the pair ("q", "d"); CrossEncoder.predict scores it
-        # as one text), and a set's pairs come in no order that the scores could be matched to.
-        raise InputError(f"pairs must be (query, document) pairs, not a {type(pairs).__name__}: one pair is "
-                         "(query, document), several a list of them")
-    if not hasattr(pairs, "__iter__"):  # a number: Python's "'int' object is not iterable" said no more
+        # as one text), a set's pairs come in no order that the scores could be matched to, and of a number
+        # Python's "'int' object is not iterable" said no more.
         raise InputError(f"pairs must be (query, document) pairs, not a {type(pairs).__name__}: one pair is "
                          "(query, document), several a list of them")
     pairs = list(pairs)
