@@ -3,7 +3,7 @@
 from .config import ConfigError, RerankConfig, ScoreConfig, load_config
 from .io import InputError
 from .model_folder import ModelError
-from .runtime import surfaced_errors
+from .runtime import RayStartError, surfaced_errors
 from .score import predict, rank, run_score, score
 from .rerank import rerank, run_rerank
 from .train import train
@@ -11,4 +11,5 @@ from .train import train
 __version__ = "0.1.0"
 
 __all__ = ["predict", "rank", "score", "run_score", "rerank", "run_rerank", "train", "ScoreConfig", "RerankConfig",
-           "load_config", "InputError", "ConfigError", "ModelError", "surfaced_errors", "__version__"]
+           "load_config", "InputError", "ConfigError", "ModelError", "RayStartError", "surfaced_errors",
+           "__version__"]
