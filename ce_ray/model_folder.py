@@ -73,10 +73,40 @@ def _hub_snapshot(model_id: str) -> str:
         if not glob.glob(os.path.join(path, "*.safetensors")):
             path = snapshot_download(model_id, allow_patterns=HUB_FILES + ["pytorch_model*.bin"])
     except Exception as e:  # no such repository, no hub reachable, offline without a copy
-        # A mistyped relative folder (`models/reranker`) reads as a hub id: say both.
-        raise ModelError(f"cannot load model {model_id}: no such folder here, and as a Hugging Face hub id: {e}"
-                         ) from None
+        raise ModelError(hub_failure(model_id, e)) from e
     return path
+
+
+def hub_failure(model_id: str, error: Exception) -> str:
+    """Why a model given as a hub id could not be had, in one line, and what to do. Hugging Face's own message
+    for a hub it could not reach is several lines on a retry and an internet connection, where many users are
+    behind a firewall by design; and a mistyped relative folder (`models/reranker`) reads as a hub id."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled,
+                                        RepositoryNotFoundError)
+
+    if isinstance(error, RepositoryNotFoundError):  # the hub's answer; a gated repository's too
+        return (f"model {model_id} is neither a local folder nor a repository of the Hugging Face hub that you may "
+                "read (a private or gated one needs a token: `hf auth login` or HF_TOKEN)")
+    if not isinstance(error, LocalEntryNotFoundError):  # an id the hub cannot name, a proxy's refusal
+        return f"model {model_id} is not a local folder, and the Hugging Face hub could not give it: {one_line(error)}"
+    # Not in the cache, and the hub off, out of reach, or answering with an error (down: a 5xx).
+    cause = error.__cause__
+    if constants.HF_HUB_OFFLINE or isinstance(cause, OfflineModeIsEnabled):
+        hub = "the hub is off (HF_HUB_OFFLINE)"
+    elif isinstance(cause, HfHubHTTPError):
+        hub = f"the hub did not give it ({one_line(cause)})"
+    else:
+        hub = "the hub could not be reached" + (f" ({one_line(cause)})" if cause else "")
+    return (f"model {model_id} is neither a local folder nor in the Hugging Face cache ({constants.HF_HUB_CACHE}), "
+            f"and {hub}: give a folder of it by its path (`hf download {model_id} --local-dir <folder>`, where "
+            "the hub is reachable, makes one), or bring its download into that cache (HF_HOME or HF_HUB_CACHE set "
+            "where it is)")
+
+
+def one_line(error: BaseException) -> str:
+    """An error's type and the first line of its message: the hub client's go on with links and advice."""
+    return f"{type(error).__name__}: " + next((line.strip() for line in str(error).splitlines() if line.strip()), "")
 
 
 def _copy_remote_folder(uri: str) -> str:

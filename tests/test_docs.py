@@ -14,10 +14,11 @@ from ce_ray.cli import COMMANDS
 from conftest import ROOT
 
 MARKDOWN = ["README.md", "docs/reliability.md", "cluster/README.md", "bench/README.md"]
-# Flags of the other tools the docs show beside ce-ray's: ray start, ray job submit/logs, kubectl, git, pip, docker.
+# Flags of the other tools the docs show beside ce-ray's: ray start, ray job submit/logs, kubectl, git, pip, docker,
+# hf download.
 OTHER_TOOLS_FLAGS = {"--head", "--num-cpus", "--port", "--dashboard-port", "--dashboard-host", "--working-dir",
                      "--runtime-env-json", "--follow", "--from-literal", "--prefix", "--format", "--no-cache-dir",
-                     "--chown"}
+                     "--chown", "--local-dir"}
 # How a command line starts: `ce-ray <command>`, or a job's entrypoint, `python jobs/<command>.py`.
 COMMAND_LINE = re.compile(rf"(?:(?:ce-ray|python -m ce_ray\.cli) (?P<command>{'|'.join([*COMMANDS, 'submit'])})\b|"
                           r"python jobs/(?P<job>[a-z]+)\.py)(?P<rest>(?: [^ ]+)*)")

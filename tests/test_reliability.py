@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -635,9 +637,96 @@ def test_unknown_model_path_and_hub_id_fail_before_the_output_is_touched(tmp_pat
     # A file of the model's given for its folder: it said the folder `does not exist`, which the user saw it did
     with pytest.raises(ModelError, match=r"model \S+/model\.safetensors is a file: give the model's folder"):
         job(tiny_model / "model.safetensors", tmp_path / "p.parquet", tmp_path / "out")
-    with pytest.raises(ModelError, match="cannot load model no-such-org/no-such-reranker"):
+    with pytest.raises(ModelError, match="model no-such-org/no-such-reranker is neither a local folder nor in the "):
         job("no-such-org/no-such-reranker", tmp_path / "p.parquet", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@contextlib.contextmanager
+def _hub_answering(monkeypatch):
+    """A Hugging Face hub endpoint on 127.0.0.1 that answers as the hub does a client looking up a repository: 404 with
+    its error code where there is none, 503 where the hub is down (a repository of `down-org`). Yields the paths
+    asked for."""
+    import http.server
+    import threading
+
+    import huggingface_hub.constants
+
+    asked = []
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path)
+            status, code = (503, "") if "/down-org/" in self.path else (404, "RepoNotFound")
+            self.send_response(status)
+            if code:
+                self.send_header("X-Error-Code", code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    try:
+        yield asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_hub_id_neither_cached_nor_reachable_fails_in_one_line_saying_what_to_do(tmp_path, monkeypatch):
+    """A hub id that is not in the Hugging Face cache, where the hub is off (HF_HUB_OFFLINE) or out of reach (behind a
+    firewall; here an endpoint where nothing listens): the error was Hugging Face's text of several lines (check the
+    internet connection; set a variable to 0). It is one line: the id, neither a folder here nor in the cache (named),
+    why the hub did not give it, and what to do; Hugging Face's error is its cause. In the Python API and in
+    `ce-ray score` alike; a mistyped path (`./modles/x`) says it is no folder, and nothing of the hub. A hub that
+    answers (no such repository; down) is said to have answered, not to be out of reach."""
+    import huggingface_hub.constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from test_score import run_cli
+
+    model, cache = "cross-encoder/ms-marco-MiniLM-L6-v2", tmp_path / "hub"
+    with socket.socket() as free:  # a loopback port that nothing listens on once closed
+        free.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{free.getsockname()[1]}"  # never the real hub, whatever the network
+    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "p.parquet")
+
+    def said(hub, model=model):  # the whole line, with why the hub did not give the model
+        return (rf"model {model} is neither a local folder nor in the Hugging Face cache \({re.escape(str(cache))}\), "
+                rf"and {hub}: give a folder of it by its path \(`hf download {model} --local-dir <folder>`, where the "
+                r"hub is reachable, makes one\), or bring its download into that cache \(HF_HOME or HF_HUB_CACHE set "
+                r"where it is\)")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+    offline, unreachable = r"the hub is off \(HF_HUB_OFFLINE\)", r"the hub could not be reached \(\w+: .*refused\)"
+    for hub in (offline, unreachable):
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", hub == offline)
+        with pytest.raises(ModelError) as raised:
+            job(model, tmp_path / "p.parquet", tmp_path / "out")
+        assert re.fullmatch(said(hub), str(raised.value))
+        assert isinstance(raised.value.__cause__, LocalEntryNotFoundError)
+    with pytest.raises(ModelError, match=r"^model folder \./modles/x does not exist$"):
+        job("./modles/x", tmp_path / "p.parquet", tmp_path / "out")
+    # A hub that answers: no such repository (or one this user may not read), or down for a while.
+    with _hub_answering(monkeypatch) as answered:
+        with pytest.raises(ModelError, match=r"^model no-such-org/no-such-reranker is neither a local folder nor a "
+                                             r"repository of the Hugging Face hub that you may read \(a private"):
+            job("no-such-org/no-such-reranker", tmp_path / "p.parquet", tmp_path / "out")
+        with pytest.raises(ModelError) as raised:
+            job("down-org/reranker", tmp_path / "p.parquet", tmp_path / "out")
+        assert re.fullmatch(said(r"the hub did not give it \(HfHubHTTPError: .*503.*\)", "down-org/reranker"),
+                            str(raised.value)) and answered
+    result = run_cli("score", "--model", model, "--input", str(tmp_path / "p.parquet"), "--output",
+                     str(tmp_path / "out"), env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert re.fullmatch(rf"ce-ray score: error: {said(offline)}", result.stderr.splitlines()[-1])
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
 def test_a_bad_model_or_output_fails_before_ray_starts(tmp_path, tiny_model, monkeypatch):
