@@ -239,13 +239,10 @@ def surfaced_errors():
     except Exception as e:
         text = getattr(e, "traceback_str", None) or str(e)
         found = re.findall(r"^ce_ray\.\w+\.(ModelError|InputError|ConfigError): (.+)$", text, re.MULTILINE)
-        clash = column_type_clash(text)
-        stage = _ce_ray_stage(text) if from_ray(e) else None
-        if not found and clash and stage:
-            column, one, other = clash
-            raise InputError(f"column {column!r} is {one} in some blocks of the rows and {other} in others, which Ray "
-                             f"Data cannot put together in one batch (in {stage}): a number in one input file or "
-                             "part of the Dataset, text in another; make it one type in every file or part") from None
+        stage = _ce_ray_stage(text) if from_ray(e) and not found else None
+        clash = column_type_clash(text, stage) if stage else None
+        if clash:
+            raise clash from None
         if not found:
             raise
         from .model_folder import ModelError
@@ -255,10 +252,19 @@ def surfaced_errors():
         raise error(message) from None
 
 
-def column_type_clash(text: str) -> Optional[tuple]:
-    """(column, one type, another) where `text` (an error's) says that Arrow cannot make a column's types one."""
+def column_type_clash(text: str, stage: Optional[str] = None) -> Optional[InputError]:
+    """The InputError naming the column, where `text` (an error's) says that Arrow cannot make a column's types one;
+    None where it says nothing of the kind. `stage`: the task of ce-ray's that met the clash, where one did (a
+    Dataset's schema, read at the call, meets it before any task)."""
     clash = re.search(r"Unable to merge: Field (\S+) has incompatible types: (.+?) vs (.+?)$", text, re.MULTILINE)
-    return clash.groups() if clash else None
+    if clash is None:
+        return None
+    column, one, other = clash.groups()
+    where = f" (in {stage})" if stage else ""
+    return InputError(f"the rows' column {column!r} is {one} in some blocks of the Dataset and {other} in others, "
+                      f"which Ray Data cannot put together in one batch{where}: make it one type in every row, file "
+                      "and part of the Dataset (a text column, text in every row: str(value), or None for a missing "
+                      "one)")
 
 
 # The stages of ce-ray's pipelines, as the Ray task or actor that runs them is named in a task's error (`ray::MapWorker(

@@ -132,10 +132,7 @@ def known_schema(ds):
         clash = column_type_clash(str(e))
         if clash is None:
             raise
-        column, one, other = clash
-        raise InputError(f"the rows' column {column!r} is {one} in some blocks of the Dataset and {other} in others, "
-                         "which Ray Data cannot put together in one batch: make it one type in every row (a text "
-                         "column, text in every row: str(value), or None for a missing one)") from None
+        raise clash from None
 
 
 def _known_non_text(schema, column: str) -> Optional[str]:

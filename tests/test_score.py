@@ -480,9 +480,10 @@ def test_surfaced_errors_claims_a_clash_of_column_types_in_ce_rays_stages_alone(
         with ce_ray.surfaced_errors():
             parts().map_batches(lambda batch: batch, batch_size=8, batch_format="pyarrow").take_all()
     scored = ce_ray.score(parts(), model=str(tiny_model))
-    with pytest.raises(InputError, match=r"^column 'id' is (int64|string) in some blocks of the rows and "
+    with pytest.raises(InputError, match=r"^the rows' column 'id' is (int64|string) in some blocks of the Dataset and "
                                          r"(string|int64) in others, which Ray Data cannot put together in one batch "
-                                         r"\(in \S*MapBatches\(_tokenize_block\)"):
+                                         r"\(in \S*MapBatches\(_tokenize_block\)\S*\): make it one type in every row, "
+                                         r"file and part of the Dataset"):
         with ce_ray.surfaced_errors():
             scored.take_all()
 
