@@ -353,15 +353,18 @@ def predict(model: str, pairs=None, **settings):
     settings = {"on_invalid": "fail", "query_column": "query", "document_column": "document", **settings}
     if settings["on_invalid"] == "fail":
         _refuse_missing_texts(columns, pairs)
+    column = settings.setdefault("score_column", SCORE)
+    config = with_settings(None, {"model": model, **settings}, ScoreConfig)
+    config.validate()
+    checked = scoring_model(config)  # before Ray starts, as in a job: a model that cannot be had fails at once
     ensure_ray()
     # Each pair's position travels with it: Ray Data may hand blocks back in any order.
     table = pa.table(columns | {"position": np.arange(len(pairs))})
-    column = settings.setdefault("score_column", SCORE)
     rows = ray.data.from_arrow(table)
     if progress is not None:  # this call's Dataset alone: Ray Data's setting stays as it is for the others
         rows.context.enable_progress_bars = bool(progress)
     with surfaced_errors():
-        scored = score(rows, model=model, **settings).select_columns(["position", column])
+        scored = score(rows, config=config, checked=checked).select_columns(["position", column])
         out = pa.concat_tables(ray.get(scored.to_arrow_refs()))
     scores = np.empty(len(pairs), np.float32)
     scores[out.column("position").to_numpy()] = out.column(column).to_numpy(zero_copy_only=False)

@@ -730,9 +730,11 @@ def test_a_hub_id_neither_cached_nor_reachable_fails_in_one_line_saying_what_to_
 
 
 def test_a_bad_model_or_output_fails_before_ray_starts(tmp_path, tiny_model, monkeypatch):
-    """The model's checks and the output's refusals come before a job starts Ray (seconds on a laptop)."""
+    """The model's checks and the output's refusals come before a job, or a call of predict or rank, starts Ray
+    (seconds on a laptop)."""
     import importlib
 
+    import ce_ray
     from ce_ray.config import RerankConfig, TrainConfig
     from ce_ray.rerank import run_rerank
     from ce_ray.sink import OutputError, OutputExistsError
@@ -756,6 +758,11 @@ def test_a_bad_model_or_output_fails_before_ray_starts(tmp_path, tiny_model, mon
         run_rerank(RerankConfig(model=str(three), input=str(pairs), output=str(tmp_path / "out")))
     with pytest.raises(ModelError, match="classifier of 3 labels"):
         train(TrainConfig(model=str(three), train_data=str(pairs), output=str(tmp_path / "trained")))
+    # The Python API's predict and rank: they started a local Ray, then failed on the model.
+    with pytest.raises(ModelError, match="classifier of 3 labels"):
+        ce_ray.predict(str(three), [("q", "d")])
+    with pytest.raises(ModelError, match="classifier of 3 labels"):
+        ce_ray.rank(str(three), "q", ["d"])
     with pytest.raises(ModelError, match="has no config.json: not a Hugging Face model folder"):
         job(pairs.parent, pairs, tmp_path / "out")  # a data folder as the model
     (tmp_path / "notes.txt").write_text("a file")
