@@ -78,8 +78,8 @@ def _hub_snapshot(model_id: str) -> str:
 
 
 def hub_failure(model_id: str, error: Exception) -> str:
-    """Why a model given as a hub id could not be had, in one line, and what to do. Hugging Face's own message
-    for a hub it could not reach is several lines on a retry and an internet connection, where many users are
+    """Why a model given as a hub id could not be had, in one line, and what to do. Hugging Face's own message,
+    where the hub could not be reached, is several lines on an internet connection to check, though many users are
     behind a firewall by design; and a mistyped relative folder (`models/reranker`) reads as a hub id."""
     from huggingface_hub import constants
     from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled,
