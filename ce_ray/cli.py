@@ -141,13 +141,20 @@ def command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.Ar
 
 
 def other_commands_hint(command: str, unknown: list) -> str:
-    """Which other commands take the flags `command` does not (rerank's --top-k given to score), as a hint."""
+    """Which other commands take the flags `command` does not (rerank's --top-k given to score), as a hint; a
+    flag of its own written as its YAML key is (--query_column for --query-column), its dashed spelling."""
     hints = []
     for flag in (a.split("=", 1)[0] for a in unknown if a.startswith("--")):
-        owners = [c for c in commands_with_setting(flag[2:].replace("-", "_")) if c != command]
+        setting = flag[2:].replace("-", "_")
+        dashed = "--" + setting.replace("_", "-")
+        if dashed != flag and command in commands_with_setting(setting):
+            hints.append(f"did you mean {dashed}? flags take dashes where YAML keys take underscores")
+            continue
+        owners = [c for c in commands_with_setting(setting) if c != command]
         if owners:
-            hints.append(f"{flag} is a setting of {' and '.join(f'ce-ray {c}' for c in owners)}")
-    return f" ({'; '.join(hints)}, not of ce-ray {command})" if hints else ""
+            hints.append(f"{flag} is a setting of {' and '.join(f'ce-ray {c}' for c in owners)}, not of ce-ray "
+                         f"{command}")
+    return f" ({'; '.join(hints)})" if hints else ""
 
 
 # How a job of each command that stopped mid-way is finished. A score job's output holds the parts of the input

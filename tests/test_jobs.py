@@ -334,3 +334,17 @@ def test_a_setting_of_another_command_is_named_so(tmp_path, capsys):
     with pytest.raises(SystemExit):  # refused before any connection: nothing listens on port 9
         main(["submit", "rerank", "--config", str(config), "--address", "http://127.0.0.1:9", "--qrels", "q"])
     assert "--qrels is a setting of ce-ray eval, not of ce-ray rerank" in capsys.readouterr().err
+
+
+def test_a_flag_written_as_its_yaml_key_is_named_with_its_dashes(capsys):
+    """--query_column, as the YAML key is written, given to score: the error gives the flag's spelling, where it
+    said that --query_column was a setting of rerank and train, not of score, which has it as --query-column."""
+    from ce_ray.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["score", "--model", "m", "--input", "in", "--output", "out", "--query_column", "q", "--top-k", "5"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "did you mean --query-column?" in err
+    assert "not of ce-ray score" in err and "--query_column is a setting" not in err
+    assert "--top-k is a setting of ce-ray candidates and ce-ray rerank, not of ce-ray score" in err
