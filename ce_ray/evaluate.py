@@ -476,7 +476,10 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
         lines.append(f"  warning: the qrels judge none of the input's (query, document) pairs, so every metric is 0: "
                      f"check the document id column ({c.doc_id_column})")
     if result.get("qrels_queries_without_candidates"):
-        examples = ", ".join(result["qrels_queries_without_candidates_examples"][:5])
+        shown = result["qrels_queries_without_candidates_examples"][:5]
+        # The ids shown are a few of them: say so where there are more, or they read as the whole list.
+        more = ", ..." if result["qrels_queries_without_candidates"] > len(shown) else ""
+        examples = ", ".join(shown) + more
         lines.append(f"  qrels name {result['qrels_queries_without_candidates']:,} queries with no candidates, "
                      f"not evaluated, as by trec_eval (with -c it and ir_measures count them at 0): {examples}")
     lines += [f"  {note}" for note in job_notes.values()]

@@ -112,6 +112,24 @@ def test_query_without_relevant_counts_zero_and_unknown_qrels_are_reported(tmp_p
     assert "warning: the qrels judge none of the input's (query, document) pairs" in capsys.readouterr().out
 
 
+def test_the_qrels_queries_without_candidates_shown_say_when_there_are_more(tmp_path, capsys):
+    """SciFact's qrels name 300 queries, a BM25 run of 5 of them leaves 295 without candidates: the line shows a
+    few of their ids and says that more follow, where it read as if those five were all of them."""
+    pd.DataFrame({"query_id": ["a", "a"], "doc_id": ["d1", "d2"], "score": [0.9, 0.1]}).to_parquet(
+        tmp_path / "scored.parquet")
+    unjudged = "".join(f"q{i}\td1\t1\n" for i in range(7))
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\na\td1\t1\n" + unjudged)
+    config = EvalConfig(input=str(tmp_path / "scored.parquet"), qrels=str(tmp_path / "qrels.tsv"),
+                        output=str(tmp_path / "eval.json"))
+    assert run_eval(config)["qrels_queries_without_candidates"] == 7
+    line = next(line for line in capsys.readouterr().out.splitlines() if "with no candidates" in line)
+    assert line.endswith("q0, q1, q2, q3, q4, ...")
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\na\td1\t1\nq0\td1\t1\n")
+    run_eval(config)
+    line = next(line for line in capsys.readouterr().out.splitlines() if "with no candidates" in line)
+    assert line.endswith(": q0")
+
+
 def test_eval_counts_as_trec_eval_does_where_rows_repeat_lack_ids_or_are_not_judged(tmp_path, capsys):
     """A (query, document) pair listed twice counts once (merged candidates), a row without a query id
     (null, or NaN from pandas) is left out with integer ids kept as they are (`1`, not `1.0`), and a query
