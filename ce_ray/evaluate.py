@@ -31,8 +31,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import ConfigError, EvalConfig, require
-from .io import (REJECTS, InputError, check_s3_access, detect_format, filesystem, glob_base, is_glob, is_output,
-                 is_remote, job_summary, join, list_files, missing_values, partition_values,
+from .io import (REJECTS, InputError, check_s3_access, column_list, detect_format, filesystem, glob_base, is_glob,
+                 is_output, is_remote, job_summary, join, list_files, missing_values, partition_values,
                  refuse_changed_output)
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 
@@ -53,7 +53,7 @@ def read_columns(uri: str, wanted: List[str], required: List[str], ids: List[str
                 missing = [c for c in required if c not in names]
                 if missing and rows[file]:
                     lacking.append(f"{file}: missing column(s) {', '.join(map(repr, missing))} "
-                                   f"(columns: {', '.join(names[:12])})")
+                                   f"(columns: {column_list(names)})")
                 table = parquet.read(columns=[c for c in wanted if c in own])
                 for key, value in keys.items():  # a hive-style folder's key, as the jobs read it: text
                     table = table.append_column(key, pa.repeat(pa.scalar(value, pa.string()), table.num_rows))

@@ -652,6 +652,13 @@ def _first_record(data: bytes, input_format: str) -> List[str]:
     return next(csv.reader(io.StringIO(text)))
 
 
+def column_list(names: Sequence[str], most: int = 12) -> str:
+    """The columns an error names, the first `most` of them: where there are more it says so and how many, or a
+    list cut short reads as every column the file has."""
+    shown = ", ".join(names[:most]) or "none"
+    return shown + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
 def refuse_written(columns: Sequence[str], written: Dict[str, str], where: str) -> None:
     """Fails naming the first of `columns` that the job writes (`written`: each name with what the user can do
     about it), which the job would overwrite."""
@@ -737,8 +744,8 @@ def check_inputs(
                              "each column once")
         missing = [c for c in [*required, *present] if c not in check.columns]
         if missing:
-            have = ", ".join(check.columns[:12]) or "none"
-            raise InputError(f"{check.path}: missing column(s) {', '.join(map(repr, missing))} (columns: {have})"
+            raise InputError(f"{check.path}: missing column(s) {', '.join(map(repr, missing))} "
+                             f"(columns: {column_list(check.columns)})"
                              + _missing_columns_hint(check, input_format, column_names, len(missing) < len(
                                  [*required, *present])))
         for column in required:

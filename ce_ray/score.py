@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, require, with_settings
-from .io import DELIMITED, InputError, absolute, detect_format, is_text, refuse_written
+from .io import DELIMITED, InputError, absolute, column_list, detect_format, is_text, refuse_written
 from .runtime import (cluster_resources, column_type_clash, cpu_nodes, ensure_ray, free_failed_actors,
                       surfaced_errors, work)
 from .tokenizer_facts import tokenizer_facts
@@ -95,7 +95,7 @@ def check_columns(names: List[str], needed: Dict[str, str]) -> None:
     """Fails naming a needed column (name -> the setting that names it) that is not among `names`."""
     for column, setting in needed.items():
         if column not in names:
-            raise InputError(f"the rows have no column {column!r} (columns: {', '.join(names[:12])}): name the "
+            raise InputError(f"the rows have no column {column!r} (columns: {column_list(names)}): name the "
                              f"column with {setting}")
 
 

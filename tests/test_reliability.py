@@ -223,6 +223,26 @@ def test_a_csv_or_tsv_file_without_a_header_line_is_read_with_column_names(ray_l
         job(tiny_model, tmp_path / "with-header", tmp_path / "out-header", column_names=names)
 
 
+def test_a_missing_column_of_a_wide_file_says_that_the_columns_named_are_some_of_them(tmp_path):
+    """A file of 20 columns, whose query is `question`, the 15th: the error names the first 12 and says there are
+    20, where it named 12 as if they were all the file has, and the one to give was not among them."""
+    import pyarrow.fs as pafs
+
+    from ce_ray.io import check_inputs
+    from ce_ray.score import check_columns
+
+    names = [f"c{i}" for i in range(14)] + ["question", "document", *[f"x{i}" for i in range(4)]]
+    pq.write_table(pa.table({name: ["t"] for name in names}), tmp_path / "wide.parquet")
+    shown = r"\(columns: c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, \.\.\. \(20 in all\)\)"
+    with pytest.raises(InputError, match=r"wide\.parquet: missing column\(s\) 'query' " + shown):
+        check_inputs(pafs.LocalFileSystem(), [str(tmp_path / "wide.parquet")], "parquet", ["query", "document"])
+    with pytest.raises(InputError, match=shown + ": name the column with query_column"):
+        check_columns(names, {"query": "query_column"})
+    pq.write_table(pa.table({"c0": ["t"], "question": ["q"]}), tmp_path / "narrow.parquet")
+    with pytest.raises(InputError, match=r"\(columns: c0, question\)$"):  # all of them: no more to say
+        check_inputs(pafs.LocalFileSystem(), [str(tmp_path / "narrow.parquet")], "parquet", ["query"])
+
+
 def test_broken_json_line_is_rejected_and_the_rest_scored(jsonl_job):
     bad = rejects(jsonl_job[1])
     assert bad["reason"].str.contains("line 9: not valid JSON").sum() == 1
