@@ -668,9 +668,10 @@ def refuse_written(columns: Sequence[str], written: Dict[str, str], where: str) 
 
 
 def _missing_columns_hint(check: FileCheck, input_format: str, column_names: Optional[List[str]],
-                          some_found: bool) -> str:
+                          some_found: bool, missing: Sequence[str], settings: Dict[str, str]) -> str:
     """What a missing column most likely means: a file read in another format than its own, or (a first line
-    that names none of the columns) a file without a header line, as MS MARCO's files are."""
+    that names none of the columns) a file without a header line, as MS MARCO's files are; else a column of
+    another name, which the setting that names it (`settings`: column -> setting) gives."""
     named = detect_format(check.path)
     one_field = len(check.columns) == 1 and any(mark in check.columns[0] for mark in (",", "\t", "{"))
     if (named and named != input_format) or (input_format in DELIMITED and one_field):
@@ -678,6 +679,10 @@ def _missing_columns_hint(check: FileCheck, input_format: str, column_names: Opt
             ": check input_format")
     if input_format in DELIMITED and not column_names and not some_found:
         return "; for a file without a header line, give its columns' names in column_names (--column-names)"
+    named = [settings[c] for c in missing if c in settings]
+    if named:
+        flags = " and ".join(f"{s} (--{s.replace('_', '-')})" for s in dict.fromkeys(named))
+        return f"; name the {'column' if len(missing) == 1 else 'columns'} with {flags}"
     return ""
 
 
@@ -712,7 +717,7 @@ def check_inputs(
     fs: pafs.FileSystem, files: List[str], input_format: str, required: List[str],
     column_names: Optional[List[str]] = None, present: Sequence[str] = (), lists: Sequence[str] = (),
     written: Optional[Dict[str, str]] = None, listed: Optional[Dict[str, Tuple[int, str]]] = None,
-    read: Optional[Sequence[str]] = None,
+    read: Optional[Sequence[str]] = None, settings: Optional[Dict[str, str]] = None,
 ) -> Tuple[List[FileCheck], pa.Schema]:
     """Reads each file's schema (parquet footer, CSV header, first JSON line) before any work starts, and returns
     the files' checks and the input's schema (`agreed_schema`), which the job writes its output parts in.
@@ -723,7 +728,8 @@ def check_inputs(
     or there are no rows at all. `listed`: each file's size and stamp from the input's listing (`Listing.stamps`),
     where a file not in it costs a look-up (a HEAD on S3) more than its schema's read. With `read` (a job that
     reads only those columns: training), only their types must agree from file to file, and only they make
-    the schema: the others may differ.
+    the schema: the others may differ. `settings`: the setting that names each column (`query_column`), which a
+    missing column's error says to give.
     """
     listed = listed or {}
     checks = [_with_partition_keys(check)
@@ -747,7 +753,7 @@ def check_inputs(
             raise InputError(f"{check.path}: missing column(s) {', '.join(map(repr, missing))} "
                              f"(columns: {column_list(check.columns)})"
                              + _missing_columns_hint(check, input_format, column_names, len(missing) < len(
-                                 [*required, *present])))
+                                 [*required, *present]), missing, settings or {}))
         for column in required:
             dtype = check.types.get(column)
             if dtype is not None and column in lists and is_list(dtype):

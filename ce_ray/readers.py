@@ -31,7 +31,7 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
                  keep=None, rows_per_block: int = 4096, rows_per_read: Optional[int] = None,
                  column_names: Optional[List[str]] = None, present: Sequence[str] = (),
                  lists: Sequence[str] = (), written: Optional[Dict[str, str]] = None,
-                 read: Optional[Sequence[str]] = None):
+                 read: Optional[Sequence[str]] = None, settings: Optional[Dict[str, str]] = None):
     """A Ray Dataset over the input files, after `check_inputs` passed (`required` text columns, or lists of
     texts for those in `lists`; `present` ones of any type; none that the job writes, `written`).
 
@@ -41,7 +41,8 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     to read (resume) from their `FileCheck`. `column_names` names the columns of CSV or TSV files that have no
     header line. `read`: the only columns the job reads, when it does not pass the rows on (training), whose
     types alone must agree from file to file (`check_inputs`): the job drops the others from each block before
-    rows of two files meet. Returns the Dataset (None when `keep` selects nothing), the input files' checks
+    rows of two files meet. `settings`: the setting that names each column, which a missing one's error gives.
+    Returns the Dataset (None when `keep` selects nothing), the input files' checks
     (those with rows), about how many bytes the rows to read take in memory (`FileCheck.size_bytes`), and the
     input's schema (`io.agreed_schema`).
     """
@@ -50,7 +51,7 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     listing = list_files(uri, input_format, column_names)
     input_format, fs = listing.input_format, listing.fs
     checks, schema = check_inputs(fs, listing.files, input_format, list(required or []), column_names, present,
-                                  lists, written, listing.stamps, read)
+                                  lists, written, listing.stamps, read, settings)
     refuse_changed_output(uri, listing.finished, {check.path: check.rows for check in checks})
     checks = [c for c in checks if c.rows != 0]
     todo = [c for c in checks if keep is None or keep(c)]

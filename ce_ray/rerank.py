@@ -30,7 +30,7 @@ from .batching import REJECT
 from .config import RerankConfig, require, with_settings
 from .io import OVERWRITE, InputError, missing_values
 from .readers import ROW_INDEX, ROW_INPUT, TAGS, plain_columns
-from .score import SCORE, check_columns, check_known_columns, known_schema, score, summary_lines
+from .score import SCORE, check_columns, check_known_columns, column_settings, known_schema, score, summary_lines
 from .sink import PairsSink
 
 RANK = "rank"
@@ -410,7 +410,8 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     ds, files, input_bytes, schema = read_dataset(
         config.input, config.input_format, [config.query_column, config.document_column],
         rows_per_block=config.rows_per_block, column_names=parse_names(config.column_names),
-        present=[config.query_id_column], written=written_columns(config))
+        present=[config.query_id_column], written=written_columns(config),
+        settings=column_settings(config) | {config.query_id_column: "query_id_column"})
     job = job_settings(config) | {"query_id_column": config.query_id_column, "top_k": config.top_k} | (
         {"rank_column": config.rank_column} if config.rank_column != RANK else {})
     say_input(title, files)

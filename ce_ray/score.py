@@ -47,6 +47,11 @@ def written_columns(config: ScoreConfig) -> Dict[str, str]:
     return columns
 
 
+def column_settings(config: ScoreConfig) -> Dict[str, str]:
+    """The setting that names each text column the job reads, which an input without that column is told to give."""
+    return {config.query_column: "query_column", config.document_column: "document_column"}
+
+
 def _tokenize_block(table: pa.Table, encoder: PairEncoder, query_column: str, document_column: str,
                     max_length: int, on_invalid: str, written: Dict[str, str],
                     sources: Optional[Dict[str, str]] = None, input_format: str = "auto") -> pa.Table:
@@ -629,7 +634,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     ds, files, _, schema = read_dataset(
         config.input, config.input_format, [config.query_column, config.document_column], keep=to_score,
         rows_per_block=config.rows_per_block, column_names=parse_names(config.column_names),
-        written=written_columns(config))
+        written=written_columns(config), settings=column_settings(config))
     if ds is not None:
         say_input(title, [f for f in files if to_score(f)])
     scored = None if ds is None else score(ds, config, announce=title, checked=checked, sources=input_sources(files))

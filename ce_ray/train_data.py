@@ -294,6 +294,13 @@ def _tokenized(ds, config: TrainConfig, encoder: PairEncoder, max_length: int, l
     ).materialize()
 
 
+def _column_settings(config: TrainConfig, negatives: List[str]) -> Dict[str, str]:
+    """The setting that names each column a training input is read by, which an input without it is told to give."""
+    named = {column: "negative_columns" for column in negatives}
+    return named | {config.query_column: "query_column", config.document_column: "document_column"} | (
+        {} if negatives else {config.label_column: "label_column"})
+
+
 def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str]):
     """The rows at `uri`, in any shape `training_pairs` takes, as labelled pairs; the config naming their
     label column; and the files' paths by their input keys (`ROW_INPUT`)."""
@@ -304,8 +311,8 @@ def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str]):
     # Only these columns are read: the files' other columns may differ from file to file (`training_pairs`).
     ds, checks, _, _ = read_dataset(uri, config.input_format, [config.query_column, *documents],
                                     column_names=parse_names(config.column_names), lists=documents,
-                                    present=labels,
-                                    read=[config.query_column, *documents, *labels])
+                                    present=labels, read=[config.query_column, *documents, *labels],
+                                    settings=_column_settings(config, negatives))
     # Whole blocks: a column may be text in one block and lists in another, which no batch could hold.
     ds = ds.map_batches(training_pairs, fn_kwargs=dict(
         query_column=config.query_column, document_column=config.document_column, negative_columns=negatives,

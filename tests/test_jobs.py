@@ -336,6 +336,32 @@ def test_a_setting_of_another_command_is_named_so(tmp_path, capsys):
     assert "--qrels is a setting of ce-ray eval, not of ce-ray rerank" in capsys.readouterr().err
 
 
+def test_a_missing_column_is_named_with_the_setting_that_names_it(tmp_path, tiny_model, capsys):
+    """WikiQA's columns (QuestionID, Question, Sentence, Label) given to each job that reads pairs: the error
+    names the flag that picks the column the job looked for, as the Python API's does, where it listed the
+    file's columns alone; before any work, exit 2."""
+    from ce_ray.cli import main
+
+    pq.write_table(pa.table({"QuestionID": ["Q1"], "Question": ["q"], "Sentence": ["d"], "Label": [1]}),
+                   tmp_path / "wikiqa.parquet")
+    common = ["--model", str(tiny_model), "--input", str(tmp_path / "wikiqa.parquet")]
+    texts = ["--query-column", "Question", "--document-column", "Sentence"]
+    expected = {
+        ("score", "--output", str(tmp_path / "s")): "missing column(s) 'query', 'document' (columns: QuestionID, "
+        "Question, Sentence, Label); name the columns with query_column (--query-column) and document_column "
+        "(--document-column)",
+        ("rerank", *texts, "--output", str(tmp_path / "r")): "missing column(s) 'query_id' (columns: QuestionID, "
+        "Question, Sentence, Label); name the column with query_id_column (--query-id-column)",
+    }
+    for args, message in expected.items():
+        assert main([args[0], *common, *args[1:]]) == 2
+        assert capsys.readouterr().err.strip().endswith(message)
+    train = ["train", "--model", str(tiny_model), "--train-data", str(tmp_path / "wikiqa.parquet"), *texts,
+             "--output", str(tmp_path / "t")]
+    assert main(train) == 2
+    assert capsys.readouterr().err.strip().endswith("name the column with label_column (--label-column)")
+
+
 def test_a_flag_written_as_its_yaml_key_is_named_with_its_dashes(capsys):
     """--query_column, as the YAML key is written, given to score: the error gives the flag's spelling, where it
     said that --query_column was a setting of rerank and train, not of score, which has it as --query-column."""
