@@ -1,6 +1,6 @@
 """ce-ray: score, rerank and fine-tune cross-encoder rerankers at cluster scale on Ray."""
 
-from .config import ConfigError, RerankConfig, ScoreConfig, load_config
+from .config import ConfigError, RerankConfig, ScoreConfig, TrainConfig, load_config
 from .io import InputError
 from .model_folder import ModelError
 from .runtime import RayStartError, surfaced_errors
@@ -11,5 +11,5 @@ from .train import train
 __version__ = "0.1.0"
 
 __all__ = ["predict", "rank", "score", "run_score", "rerank", "run_rerank", "train", "ScoreConfig", "RerankConfig",
-           "load_config", "InputError", "ConfigError", "ModelError", "RayStartError", "surfaced_errors",
-           "__version__"]
+           "TrainConfig", "load_config", "InputError", "ConfigError", "ModelError", "RayStartError",
+           "surfaced_errors", "__version__"]
