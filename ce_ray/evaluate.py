@@ -405,6 +405,15 @@ def _following_the_job(config: EvalConfig) -> tuple:
     return dataclasses.replace(config, **changes), notes
 
 
+def _score_read_as_rank(df: pd.DataFrame, c: EvalConfig) -> bool:
+    """Whether the baseline, read as a rank, holds numbers no rank has (`bm25_score` for `bm25_rank`): its order
+    would be the first stage's upside down, and its metrics quietly the worst."""
+    if not c.baseline_column or c.baseline_descending or c.baseline_column not in df:
+        return False
+    values = pd.to_numeric(df[c.baseline_column], errors="coerce").dropna().to_numpy(dtype=np.float64)
+    return bool((values != np.round(values)).any())
+
+
 def _queries(count: int) -> str:
     return f"{count:,} query" if count == 1 else f"{count:,} queries"
 
@@ -436,6 +445,10 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
         without = df.attrs.get("rows_without_ids", 0)  # all of them: say so, not that the input is empty
         ids = "a query id" if qrels is None else "a query and a document id"
         raise InputError(f"{c.input} has no scored rows" + (f" with {ids} ({without:,} without)" if without else ""))
+    if _score_read_as_rank(df, c):
+        job_notes["baseline_read_as_rank"] = (
+            f"warning: the baseline {c.baseline_column} holds fractions, as a score does, but is read as a rank (1 "
+            "is best): give --baseline-descending if higher is better")
     ranking = rank_queries(df, c)  # measured and written as a run alike
     result = evaluate_frame(df, c, qrels, ranking) | {"rows_without_ids": df.attrs.get("rows_without_ids", 0)}
     result |= job_notes
