@@ -238,7 +238,7 @@ def _eval_rows(config: TrainConfig, negatives: List[str]):
     import ray
 
     try:
-        ds, config, files = _labelled_rows(config.eval_data, config, negatives)
+        ds, config, files = _labelled_rows(config.eval_data, config, negatives, own_columns=False)
     except InputError as e:  # eval_data has no columns of its own to name: say whose they are
         names = ", ".join(repr(c) for c in [config.query_column, config.document_column,
                                             *(negatives or [config.label_column])])
@@ -301,9 +301,11 @@ def _column_settings(config: TrainConfig, negatives: List[str]) -> Dict[str, str
         {} if negatives else {config.label_column: "label_column"})
 
 
-def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str]):
+def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str], own_columns: bool = True):
     """The rows at `uri`, in any shape `training_pairs` takes, as labelled pairs; the config naming their
-    label column; and the files' paths by their input keys (`ROW_INPUT`)."""
+    label column; and the files' paths by their input keys (`ROW_INPUT`). `own_columns`: the settings name the
+    columns of these rows (a missing one's error says which setting gives it), not of other rows (eval_data's
+    are read in the training data's)."""
     from .readers import input_sources, read_dataset
 
     documents = [config.document_column, *negatives]  # each a column of texts or of lists of texts
@@ -312,7 +314,7 @@ def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str]):
     ds, checks, _, _ = read_dataset(uri, config.input_format, [config.query_column, *documents],
                                     column_names=parse_names(config.column_names), lists=documents,
                                     present=labels, read=[config.query_column, *documents, *labels],
-                                    settings=_column_settings(config, negatives))
+                                    settings=_column_settings(config, negatives) if own_columns else None)
     # Whole blocks: a column may be text in one block and lists in another, which no batch could hold.
     ds = ds.map_batches(training_pairs, fn_kwargs=dict(
         query_column=config.query_column, document_column=config.document_column, negative_columns=negatives,
