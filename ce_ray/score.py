@@ -608,7 +608,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     not rewritten since) and redoes the rest. A transform regroups rows across files, so its jobs cannot resume.
     """
     from .io import OVERWRITE, RESUME, check_apart, check_s3_access, parse_names
-    from .readers import input_key, input_sources, read_dataset
+    from .readers import in_blocks_of, input_key, input_sources, read_dataset
     from .sink import (WRITE_REMOTE_ARGS, PairsSink, ResumeState, check_output, lost_or_rewritten, prepare_output,
                        resume_state)
 
@@ -636,6 +636,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         rows_per_block=config.rows_per_block, column_names=parse_names(config.column_names),
         written=written_columns(config), settings=column_settings(config))
     if ds is not None:
+        ds = in_blocks_of(ds, config.rows_per_block)
         say_input(title, [f for f in files if to_score(f)])
     scored = None if ds is None else score(ds, config, announce=title, checked=checked, sources=input_sources(files))
     if scored is not None and transform is not None:
@@ -665,7 +666,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     kept = prepare_output(config.output, config.mode, job=job, resume=earlier, stamps=stamps,
                           resumable=transform is None, checked=True)
     sink = PairsSink(config.output, written_columns(config), schema,
-                     finish=RESUME if transform is None else OVERWRITE)
+                     finish=RESUME if transform is None else OVERWRITE,
+                     part_bytes=None if ds is None else ds.context.target_max_block_size)
     if scored is not None:
         with work(), surfaced_errors():
             scored.write_datasink(sink, ray_remote_args=WRITE_REMOTE_ARGS)

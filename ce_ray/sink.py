@@ -406,16 +406,25 @@ def _input_groups(table: pa.Table):
 class PairsSink(Datasink):
     """Writes each input file's rows to results/ and rejects/, named after it; `written`: the columns the job
     added (the score's, the rank's), which rejected rows go without; `schema`, the input's columns and types, which
-    every part is written in (`conform`)."""
+    every part is written in (`conform`); `part_bytes`, the bytes of rows a write task gathers before it writes
+    them (Ray Data bundles the blocks it is given up to it), else a block a task."""
 
     def __init__(self, output: str, written: Sequence[str], schema: Optional[pa.Schema] = None,
-                 finish: str = RESUME):
+                 finish: str = RESUME, part_bytes: Optional[int] = None):
         self.output = output
+        self.part_bytes = part_bytes
         self.written = list(written)
         self.schema = schema
         self.finish = finish  # what finishes the job where the output lost parts it wrote
         self.counts = {"rows_scored": 0, "rows_rejected": 0, "files": 0}
         self.parts: Dict[str, int] = {}  # every part written: results/<name> or rejects/<name> -> its rows
+
+    @property
+    def min_bytes_per_write(self) -> Optional[int]:
+        # The blocks that reach the writer are of a replica's call (4,096 rows on CPUs by default): one part each
+        # would be hundreds of parts a file, each a PUT and a footer read before `_SUCCESS`, where the rows of a
+        # file leaving its read in blocks of 128 MiB made a part of each.
+        return self.part_bytes
 
     def on_write_start(self, schema=None) -> None:
         fs, path = filesystem(self.output)

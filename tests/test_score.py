@@ -322,6 +322,30 @@ def test_a_compiled_replica_compiles_before_its_first_call_and_scores_as_eager(t
                                        eager(block).column("score").to_numpy(), atol=1e-5, rtol=0)
 
 
+def test_a_large_file_reaches_the_replicas_in_blocks_of_rows_per_block_and_is_written_in_one_part(
+        ray_local, tmp_path, tiny_model):
+    """A file's rows reach tokenizing and scoring in blocks of `rows_per_block`, each a replica call of its own
+    (Ray Data's stats): they came merged into Ray Data's blocks of 128 MiB, one block for this file, scored in one
+    call by one replica while the others waited. Its written parts stay one per 128 MiB of rows: one here."""
+    rows = 40_000
+    pq.write_table(pa.table({"query": [f"q{i % 97}" for i in range(rows)],
+                             "document": [f"document {i}" for i in range(rows)]}), tmp_path / "large.parquet")
+    scored = []
+
+    def keep_scored(ds):  # the Dataset the job writes, for Ray Data's stats of its run
+        scored.append(ds)
+        return ds
+
+    summary = run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "large.parquet"),
+                                    output=str(tmp_path / "out"), rows_per_block=4096), transform=keep_scored)
+    assert summary.rows_scored == rows
+    stats = scored[0].stats()
+    scoring = re.search(r"Operator \d+ \S*MapBatches\(ScoringReplica\): (\d+) tasks executed", stats)
+    assert scoring and int(scoring.group(1)) == -(-rows // 4096), stats
+    assert re.search(r"StreamingRepartition\[num_rows_per_block=4096", stats), stats
+    assert len(os.listdir(tmp_path / "out" / "results")) == 1
+
+
 @pytest.mark.parametrize("fmt", ["folder", "glob", "jsonl", "csv", "tsv"])
 def test_each_input_format(ray_local, tmp_path, tiny_model, pairs_df, fmt, capsys):
     paths = write_formats(pairs_df, tmp_path / "in")
