@@ -392,7 +392,8 @@ class Listing(NamedTuple):
     finished: Optional[Finished]
 
 
-def list_files(uri: str, input_format: str = "auto", column_names: Optional[List[str]] = None) -> Listing:
+def list_files(uri: str, input_format: str = "auto", column_names: Optional[List[str]] = None,
+               note_skipped: bool = True) -> Listing:
     """Expands a file, a folder (recursively) or a glob into data files, all of one format.
 
     Hidden and underscore files (`_SUCCESS`, `.crc`) are skipped, as Spark and Arrow do, and in a folder or
@@ -400,7 +401,7 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
     of ce-ray gives its `results/` (refused unless its job finished, `finished_job`), and what that job's `_SUCCESS`
     counts of them (`Listing.finished`), which the readers hold the parts to once their footers are read
     (`refuse_changed_output`). `column_names`, for files without a header line, is refused for formats whose files
-    name their columns.
+    name their columns. `note_skipped`: say which files of other formats are skipped (once a job, by its reader).
     """
     check_s3_access(uri)
     fs, path = filesystem(uri)
@@ -451,7 +452,7 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
         # (part-00000, pairs.txt) is read when the format was given, or a glob named it.
         kept = [f for f in files if detect_format(f) == input_format
                 or (detect_format(f) is None and (given or has_glob))]
-        if len(kept) < len(files):
+        if len(kept) < len(files) and note_skipped:
             other = [posixpath.basename(f) for f in sorted(set(files) - set(kept))]
             print(f"ce-ray: note: {uri}: skipped {len(other)} file(s) that are not {input_format}: "
                   + ", ".join(other[:5]) + (", ..." if len(other) > 5 else ""), file=sys.stderr, flush=True)

@@ -32,7 +32,7 @@ from .batching import IDS, TYPES, default_batch_tokens, list_parts, pair_encoder
 from .config import ConfigError, TrainConfig, require, with_settings
 from .io import filesystem, is_remote, join, upload_folder
 from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, shard_spans, top_reasons,
-                         training_batch_tokens, worker_spans)
+                         training_batch_tokens, training_files, worker_spans)
 
 PROGRESS = "progress.json"
 STATE = "state.pt"
@@ -788,6 +788,11 @@ RUN_SETTINGS = ("model", "max_length", "train_data", "input_format", "column_nam
                 "num_workers", "epochs", "max_steps", "batch_size", "grad_accum", "lr", "weight_decay",
                 "warmup_ratio", "max_grad_norm", "pos_weight", "seed", "group_by_length", "length_window", "deepspeed")
 RUN_FILE = "ce-ray-run.json"
+# In the record too: the training data's files and their stamps (`train_data.training_files`). A resumed run skips
+# the batches its checkpoint trained, by their place in the data: files rewritten, added or removed under the same
+# train_data would put other rows in those places (rows trained twice, rows never trained). eval_data is not in the
+# record, as its path is no run setting: it changes no trained row nor their order, only what is measured after.
+TRAIN_FILES = "train_files"
 
 
 def _claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str, shown: str) -> bool:
@@ -809,16 +814,37 @@ def _claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str
             earlier = json.loads(f.read())
     except FileNotFoundError:
         earlier = {}  # a new run, or checkpoints written before runs recorded their settings
-    changed = sorted(key for key in set(settings) | set(earlier) if settings.get(key) != earlier.get(key))
+    changed = sorted(key for key in (set(settings) | set(earlier)) - {TRAIN_FILES}
+                     if settings.get(key) != earlier.get(key))
     if resumes and earlier and changed:
         raise ConfigError(f"{shown} holds the checkpoints of a run with other settings ({', '.join(changed)}), "
                           "which a run of the same name resumes from: give another run_name or output, or delete "
                           f"{shown} to start afresh")
-    if changed:  # a run that stopped before its first checkpoint leaves nothing to resume: its settings go
+    settings[TRAIN_FILES] = training_files(config)
+    # A record of an earlier ce-ray has no files: its run resumes as it did, and its record gets them.
+    files_changed = changed_files(earlier[TRAIN_FILES], settings[TRAIN_FILES]) if TRAIN_FILES in earlier else []
+    if resumes and files_changed:
+        raise ConfigError(f"{shown} holds the checkpoints of a run whose training data changed since "
+                          f"({_listed(files_changed)}): a run of the same name resumes from them and would skip the "
+                          "batches they trained by their place in other rows; give another run_name or output, or "
+                          f"delete {shown} to start afresh")
+    if changed or settings[TRAIN_FILES] != earlier.get(TRAIN_FILES):
+        # a run that stopped before its first checkpoint leaves nothing to resume: its settings go
         fs.create_dir(run_dir, recursive=True)
         with fs.open_output_stream(f"{run_dir}/{RUN_FILE}") as f:
             f.write(json.dumps(settings, indent=2).encode())
     return resumes
+
+
+def changed_files(earlier: Dict[str, str], now: Dict[str, str]) -> List[str]:
+    """`<path> rewritten` (another stamp), `added` or `removed`, of the files of two `training_files`."""
+    return ([f"{path} rewritten" for path in sorted(set(earlier) & set(now)) if earlier[path] != now[path]]
+            + [f"{path} added" for path in sorted(set(now) - set(earlier))]
+            + [f"{path} removed" for path in sorted(set(earlier) - set(now))])
+
+
+def _listed(items: List[str], shown: int = 3) -> str:
+    return ", ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
 def _check_output(output: str, model: str) -> None:

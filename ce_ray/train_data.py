@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from .batching import (IDS, REJECT, TYPES, PairEncoder, list_parts, pad, text_column, token_budget_batches,
                        tokenize_table)
 from .config import ConfigError, TrainConfig
-from .io import InputError, filesystem, is_text, join, parse_names
+from .io import InputError, filesystem, is_text, join, list_files, list_tree, parse_names, size_and_stamp
 from .readers import ROW_INPUT
 from .training_pairs import LABEL_OF_NEGATIVES, training_pairs
 
@@ -181,6 +181,20 @@ def _is_beir(uri: str) -> bool:
 
     fs, path = filesystem(uri)
     return fs.get_file_info(f"{path.rstrip('/')}/corpus.jsonl").type == pafs.FileType.File
+
+
+def training_files(config: TrainConfig) -> Dict[str, str]:
+    """The files the training pairs come from, each with its stamp (`io.size_and_stamp`: its size and modification
+    time, or its S3 ETag): those of `train_data` that the run reads (`io.list_files`), or a BEIR folder's corpus,
+    queries and the training split's qrels. One listing (a look-up for a file named alone)."""
+    if _is_beir(config.train_data):
+        fs, folder = filesystem(config.train_data)
+        folder = folder.rstrip("/")
+        read = {f"{folder}/corpus.jsonl", f"{folder}/queries.jsonl", f"{folder}/qrels/{config.train_split}.tsv"}
+        return {path: stamp for path, (_, stamp) in list_tree(fs, folder).items() if path in read}
+    listing = list_files(config.train_data, config.input_format, parse_names(config.column_names),
+                         note_skipped=False)  # said as the pairs are read
+    return {path: (listing.stamps.get(path) or size_and_stamp(listing.fs, path))[1] for path in listing.files}
 
 
 def beir_training_pairs(folder: str, split: str, hard_negatives: int) -> pa.Table:

@@ -102,9 +102,18 @@ def test_train_job_reads_and_writes_s3(tmp_path, tiny_model, s3_server):
     assert "steps         3" in result.stdout and output in result.stdout
     run = json.loads(fs.cat(f"{bucket}/trained/checkpoints/trained/ce-ray-run.json"))
     assert run["model"] == model and run["num_workers"] == 2
+    assert list(run["train_files"]) == [f"{bucket}/data/pairs.parquet"]  # with its size and ETag
     fs.get(f"{bucket}/trained/", str(tmp_path / "trained"), recursive=True)
     assert CrossEncoder(str(tmp_path / "trained"), device="cpu").predict([("a query", "a document")]).shape == (1,)
     assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
+    # The data uploaded again, other rows under the same key: the run is not resumed from its checkpoints.
+    with fs.open(f"{bucket}/data/pairs.parquet", "wb") as f:
+        wikiqa_pairs("train", 128)[64:][["query", "document", "label"]].to_parquet(f)
+    again = run_cli("train", "--model", model, "--train-data", data, "--output", output, "--num-workers", "2",
+                    "--batch-size", "8", "--max-steps", "3", env={**s3_server, "CE_RAY_CACHE": str(tmp_path / "cache")})
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert (f"s3://{bucket}/trained/checkpoints/trained holds the checkpoints of a run whose training data changed "
+            f"since ({bucket}/data/pairs.parquet rewritten)") in again.stderr
 
 
 def test_a_second_job_of_a_process_sees_the_objects_as_they_are_now(tmp_path, tiny_model, s3_server):

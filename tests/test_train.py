@@ -1020,6 +1020,51 @@ def test_a_checkpoint_that_lacks_files_is_not_resumed_from_nor_made_the_model(ra
     assert train.missing_files(str(checkpoint), deepspeed=False) == ["progress.json"]
 
 
+def test_a_run_whose_training_files_changed_since_its_checkpoints_is_not_resumed(ray_local, tiny_model, tmp_path):
+    """A resumed run skips the batches its checkpoint trained by their place in the data: under the same train_data
+    with a file rewritten, added or removed since, it skipped other rows than it had trained, silently. The run's
+    record holds each file's stamp, and such a run is refused before any work, naming the file; a record of an
+    earlier ce-ray, without them, still resumes, and gets them."""
+    from ce_ray.config import ConfigError, TrainConfig
+    from ce_ray.model_folder import model_source
+
+    train = _train_module()
+    data = tmp_path / "pairs"
+    data.mkdir()
+    pairs = wikiqa_pairs("train", 48)[["query", "document", "label"]]
+    pairs.iloc[:16].to_parquet(data / "a.parquet")
+    pairs.iloc[16:32].to_parquet(data / "b.parquet")
+    settings = TrainConfig(model=str(tiny_model), train_data=str(data), output=str(tmp_path / "o"), max_steps=1,
+                           batch_size=8)
+    train.train(settings)
+    record = tmp_path / "o" / "checkpoints" / "o" / "ce-ray-run.json"
+    assert sorted(json.loads(record.read_text())["train_files"]) == [str(data / "a.parquet"), str(data / "b.parquet")]
+    a_bytes, a_stat = (data / "a.parquet").read_bytes(), (data / "a.parquet").stat()
+
+    def refused(change: str):
+        return pytest.raises(ConfigError, match=re.escape(
+            f"checkpoints/o holds the checkpoints of a run whose training data changed since ({data / change}): a "
+            "run of the same name resumes from them") + ".* give another run_name or output, or delete .* to start "
+                                                        "afresh")
+
+    pairs.iloc[32:48].to_parquet(data / "a.parquet")  # other rows under the same name
+    with refused("a.parquet rewritten"):
+        train.train(settings)
+    (data / "a.parquet").write_bytes(a_bytes)
+    os.utime(data / "a.parquet", ns=(a_stat.st_atime_ns, a_stat.st_mtime_ns))
+    pairs.iloc[32:48].to_parquet(data / "c.parquet")
+    with refused("c.parquet added"):
+        train.train(settings)
+    (data / "c.parquet").unlink()
+    (data / "b.parquet").unlink()
+    with refused("b.parquet removed"):
+        train.train(settings)
+    # A record without the files (an earlier ce-ray's) resumes as then, and records them from now on.
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "train_files"}))
+    assert train._claim_run(settings, model_source(settings.model), *train._storage(settings))
+    assert list(json.loads(record.read_text())["train_files"]) == [str(data / "a.parquet")]
+
+
 def test_labels_outside_zero_one_fail_before_training(ray_local, tiny_model, tmp_path):
     from ce_ray.config import TrainConfig
     from ce_ray.io import InputError
