@@ -37,11 +37,12 @@ from .io import (REJECTS, InputError, check_s3_access, column_list, detect_forma
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 
 
-def read_columns(uri: str, wanted: List[str], required: List[str], ids: List[str], needed_ids: List[str]
-                 ) -> pd.DataFrame:
-    """The wanted columns (those present) of an output folder's results/ (`list_files`), or of parquet files;
-    a row without one of `needed_ids` is left out, and `ids` columns of whole floats are integers."""
-    listing = list_files(uri, "parquet")
+def read_columns(uri: str, wanted: List[str], required: List[str], ids: List[str], needed_ids: List[str],
+                 job: Optional[dict] = None) -> pd.DataFrame:
+    """The wanted columns (those present) of an output folder's results/ (`list_files`; `job`, the summary of the job
+    that wrote it, where the caller read it), or of parquet files; a row without one of `needed_ids` is left out, and
+    `ids` columns of whole floats are integers."""
+    listing = list_files(uri, "parquet", summary=job)
     tables, rows, lacking = [], {}, []  # lacking: a file that misses a required column, and what it says
     for file in listing.files:
         try:
@@ -90,8 +91,11 @@ def _whole_numbers(ids: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.cast(pc.if_else(missing, pa.scalar(None, ids.type), ids), pa.int64())
 
 
-def is_trec_run(uri: str) -> bool:
-    """A single file whose name is not that of a data format (`run.txt`, `bm25.trec`): a TREC run."""
+def is_trec_run(uri: str, job: Optional[dict] = None) -> bool:
+    """A single file whose name is not that of a data format (`run.txt`, `bm25.trec`): a TREC run; never the output
+    of a job (`job`, its summary: `job_summary`)."""
+    if job is not None:
+        return False
     fs, path = filesystem(uri)
     return fs.get_file_info(path).type == pafs.FileType.File and detect_format(path) is None
 
@@ -347,13 +351,16 @@ def table_lines(result: dict, config: EvalConfig) -> List[str]:
     return lines
 
 
-def default_output(uri: str) -> str:
+def default_output(uri: str, of_a_job: Optional[bool] = None) -> str:
     """`eval.json` in an output folder of ce-ray, beside its results/ (which later jobs read); else
-    `<input>.eval.json` beside the input file, folder or glob's folder, where no job reads it as pairs."""
+    `<input>.eval.json` beside the input file, folder or glob's folder, where no job reads it as pairs. `of_a_job`:
+    whether `uri` is an output of ce-ray, where the caller knows (`job_summary`)."""
     if is_glob(uri):
         return glob_base(uri) + ".eval.json"
-    fs, path = filesystem(uri)
-    if fs.get_file_info(path).type == pafs.FileType.Directory and is_output(fs, path):
+    if of_a_job is None:
+        fs, path = filesystem(uri)
+        of_a_job = fs.get_file_info(path).type == pafs.FileType.Directory and is_output(fs, path)
+    if of_a_job:
         return join(uri, "eval.json")
     return uri.rstrip("/") + ".eval.json"
 
@@ -368,7 +375,8 @@ def write_file(uri: str, data: bytes) -> None:
 
 def _following_the_job(config: EvalConfig) -> tuple:
     """Where the input is the output of a ce-ray job, the settings made to follow what the job wrote, and
-    notes to print and keep in eval.json (name -> line).
+    notes to print and keep in eval.json (name -> line); and the job's summary (`job_summary`: None for another
+    input), which the reads of the input take as it is, its `_SUCCESS` read once.
 
     - The job's query id, score and rank columns, where eval's are left at their defaults: a rerank grouped
       by `--query-id-column QuestionID` is measured by that column.
@@ -380,7 +388,7 @@ def _following_the_job(config: EvalConfig) -> tuple:
     """
     job = job_summary(config.input)
     if job is None:
-        return config, {}
+        return config, {}, None
     settings, defaults = job.get("settings", {}), EvalConfig()
     changes = {name: settings[name] for name in ("query_id_column", "score_column", "rank_column")
                if settings.get(name) and getattr(config, name) == getattr(defaults, name) != settings[name]}
@@ -402,7 +410,7 @@ def _following_the_job(config: EvalConfig) -> tuple:
     if job.get("rows_rejected"):
         notes["rejected_rows_left_out"] = (f"left out {job['rows_rejected']:,} row(s) the job rejected (its "
                                            f"{REJECTS}/)" + ("" if config.qrels else ": their labels not counted"))
-    return dataclasses.replace(config, **changes), notes
+    return dataclasses.replace(config, **changes), notes, job
 
 
 def _score_read_as_rank(df: pd.DataFrame, c: EvalConfig) -> bool:
@@ -422,15 +430,15 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     from .candidates import read_qrels
 
     require(config, "input")
-    c, job_notes = _following_the_job(config)
-    output = c.output or default_output(c.input)
+    c, job_notes, job = _following_the_job(config)
+    output = c.output or default_output(c.input, job is not None or None)
     for uri in (output, c.run_output):
         check_s3_access(uri)  # before any work, naming the bucket (s3fs's error names none)
     qrels = read_qrels(c.qrels) if c.qrels else None
     required = [c.query_id_column] + ([c.doc_id_column] if qrels is not None or c.run_output else []) + (
         [c.label_column] if qrels is None else [])
     wanted = [name for name in required + [c.rank_column, c.score_column, c.baseline_column] if name]
-    from_run = is_trec_run(c.input)
+    from_run = is_trec_run(c.input, job)
     if from_run:
         if qrels is None:
             raise ConfigError(f"{c.input} is a TREC run, which holds no grades: give --qrels")
@@ -440,7 +448,8 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
         # matches no judgment, so it is left out as one without a query id.
         needed_ids = [c.query_id_column] + ([c.doc_id_column] if qrels is not None else [])
         df = read_columns(c.input, list(dict.fromkeys(wanted)), required,
-                          [name for name in required if name in (c.query_id_column, c.doc_id_column)], needed_ids)
+                          [name for name in required if name in (c.query_id_column, c.doc_id_column)], needed_ids,
+                          job)
     if not len(df):
         without = df.attrs.get("rows_without_ids", 0)  # all of them: say so, not that the input is empty
         ids = "a query id" if qrels is None else "a query and a document id"

@@ -334,7 +334,7 @@ def job_summary(uri: str) -> Optional[dict]:
     if is_glob(uri):
         return None
     fs, path = filesystem(uri)
-    if fs.get_file_info(path).type != pafs.FileType.Directory or not is_output(fs, path):
+    if not is_output(fs, path):  # a folder of its own, `_ce_ray/`: the input is one (a file holds no folder)
         return None
     summary = finished_job(fs, path, uri)
     try:
@@ -393,7 +393,7 @@ class Listing(NamedTuple):
 
 
 def list_files(uri: str, input_format: str = "auto", column_names: Optional[List[str]] = None,
-               note_skipped: bool = True) -> Listing:
+               note_skipped: bool = True, summary: Optional[dict] = None) -> Listing:
     """Expands a file, a folder (recursively) or a glob into data files, all of one format.
 
     Hidden and underscore files (`_SUCCESS`, `.crc`) are skipped, as Spark and Arrow do, and in a folder or
@@ -402,26 +402,28 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
     counts of them (`Listing.finished`), which the readers hold the parts to once their footers are read
     (`refuse_changed_output`). `column_names`, for files without a header line, is refused for formats whose files
     name their columns. `note_skipped`: say which files of other formats are skipped (once a job, by its reader).
+    `summary`: that job's `_SUCCESS` where the caller read it (`job_summary`), not read again.
     """
     check_s3_access(uri)
     fs, path = filesystem(uri)
     has_glob = is_glob(path)
     base = glob_base(path) if has_glob else path
-    try:
-        info = fs.get_file_info(base)
-    except OSError as e:
-        raise InputError(f"cannot read input {uri}: {e}") from e
-    if info.type == pafs.FileType.NotFound:
-        raise InputError(f"input {uri} does not exist")
-    named = info.type == pafs.FileType.File and not has_glob  # one file, named: read whatever its name
+    named = False  # one file, named: read whatever its name
     listed: Dict[str, Tuple[int, str]] = {}
-    finished: Optional[dict] = None  # the `_SUCCESS` of an earlier job whose output is the input
-    if info.type == pafs.FileType.Directory and not has_glob and is_output(fs, path):
+    finished = summary  # the `_SUCCESS` of an earlier job whose output is the input
+    if finished is None:
+        try:
+            info = fs.get_file_info(base)
+        except OSError as e:
+            raise InputError(f"cannot read input {uri}: {e}") from e
+        if info.type == pafs.FileType.NotFound:
+            raise InputError(f"input {uri} does not exist")
+        named = info.type == pafs.FileType.File and not has_glob
+        if info.type == pafs.FileType.Directory and not has_glob and is_output(fs, path):
+            finished = finished_job(fs, path, uri)
+    if finished is not None:
         # An earlier job's output (a cascade reranks one again, eval measures one): its results are the rows.
-        finished = finished_job(fs, path, uri)
         base = path = f"{path}/{RESULTS}"
-        if fs.get_file_info(path).type == pafs.FileType.NotFound:  # S3 keeps no empty folder
-            raise InputError(f"input {uri} is the output of a job that scored no row (see its {REJECTS}/)")
     if named:
         files = [path]
     else:
@@ -429,6 +431,8 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
             listed = list_tree(fs, base)
         except OSError as e:
             raise InputError(f"cannot list input {uri}: {e}") from e
+        if finished is not None and not listed:  # S3 keeps no empty folder; a local one is as empty
+            raise InputError(f"input {uri} is the output of a job that scored no row (see its {REJECTS}/)")
         files = sorted(
             file
             for file in listed

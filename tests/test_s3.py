@@ -676,3 +676,33 @@ def test_a_resume_looks_up_success_once_and_opens_no_folder_as_a_file(counting_s
     with pytest.raises(FileNotFoundError):
         input_fs.open_input_file(f"{path}/{io.RESULTS}")
     assert len(opened) == 1 and opened[0].closed
+
+
+def test_eval_of_an_output_reads_its_success_once(counting_store):
+    """`ce-ray eval` of a job's output read its `_SUCCESS` twice (for the job's settings, then for the parts it
+    counts), looked up whether the folder is an output three times and whether it is a folder four: 28 requests for
+    an output of one part. Each once now, and the folder's look-up not at all (an output is one)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import s3fs
+
+    from ce_ray import io
+    from ce_ray.config import EvalConfig
+    from ce_ray.evaluate import run_eval
+
+    bucket = "ce-ray-evaluated"
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(bucket)
+    with fs.open(f"{bucket}/out/{io.RESULTS}/part-00000.parquet", "wb") as f:
+        pq.write_table(pa.table({"query_id": ["q1", "q1", "q2", "q2"], "score": [0.9, 0.1, 0.2, 0.8],
+                                 "label": [1, 0, 0, 1]}), f)
+    success = {"rows_in": 4, "rows_scored": 4, io.RESULT_PARTS: 1, io.RESULT_ROWS: {"part-00000.parquet": 4}}
+    fs.pipe({f"{bucket}/out/_SUCCESS": json.dumps(success).encode(), f"{bucket}/out/{io.STATE}/{io.JOB}": b"{}"})
+    requests = counting_store.requests
+    requests.clear()
+    assert run_eval(EvalConfig(input=f"s3://{bucket}/out"))["reranked"]["ndcg@10"] == 1.0
+    assert [method for method, path in requests if path == f"/{bucket}/out/_SUCCESS"] == ["HEAD", "GET"]  # one read
+    assert [path for _, path in requests].count(f"/{bucket}/out/{io.STATE}") == 1
+    assert len(requests) <= 12  # 28 before
