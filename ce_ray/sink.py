@@ -302,20 +302,43 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: O
     return kept
 
 
+WRITTEN = (SUCCESS, STATE, REJECTS, RESULTS)  # what a job writes in its output folder, in the order S3 lists keys
+
+
 def _clear(fs: pafs.FileSystem, path: str, remote: bool) -> None:
-    """Deletes what a job writes in its output folder `path`, `_SUCCESS` first; other files stay. On S3, the objects
-    of one listing of the output, in bulk (`delete_files`), which fails naming an object the store did not delete:
-    s3fs's recursive delete passed over those, and the job went on beside the old parts."""
+    """Deletes what a job writes in its output folder `path` (`WRITTEN`), `_SUCCESS` first; other files stay. On S3,
+    the objects of one listing of the output (`_written_objects`), in bulk (`delete_files`), which fails naming an
+    object the store did not delete: s3fs's recursive delete passed over those, and the job went on beside the old
+    parts."""
     if not remote:
-        for sub in (SUCCESS, RESULTS, REJECTS, STATE):
+        for sub in WRITTEN:
             remove(fs, f"{path}/{sub}")
         return
-    written = [file for file in list_tree(fs, path)
-               if file[len(path) + 1:].split("/", 1)[0] in (SUCCESS, RESULTS, REJECTS, STATE)]
+    written = _written_objects(fs.handler.fs, path)
     success = f"{path}/{SUCCESS}"
     for files in ([success] if success in written else [], [file for file in written if file != success]):
         if files:  # `_SUCCESS` alone first: never an output said finished whose parts are gone
             delete_files(fs, files)
+
+
+def _written_objects(s3, path: str) -> list:
+    """The objects that a job writes (`WRITTEN`) in the S3 output folder `path`, from one listing that starts at the
+    first of them and stops past the last: S3 lists keys in order, and `_SUCCESS` ... `results/` is a range of it.
+    A user's other objects under the output are kept; those outside the range (`Data/`, `scratch/`: a name that comes
+    before `_` or after `results/`) are not even listed, where a listing of the whole output took a request more per
+    1,000 of them. Those inside (`eval.json`) are listed and left: never more requests than the whole listing."""
+    bucket, key, _ = s3.split_path(path)
+    prefix = f"{key}/" if key else ""
+    end = f"{prefix}{RESULTS}0"  # "0" follows "/": after every key under results/
+    request = {"Bucket": bucket, "Prefix": prefix, "StartAfter": f"{prefix}_"}  # "_" comes before "_SUCCESS"
+    keys = []
+    while True:
+        page = s3.call_s3("list_objects_v2", **request)
+        listed = [entry["Key"] for entry in page.get("Contents", [])]
+        keys += [name for name in listed if name < end and name[len(prefix):].split("/", 1)[0] in WRITTEN]
+        if not page.get("IsTruncated") or (listed and listed[-1] >= end):
+            return [f"{bucket}/{name}" for name in keys]
+        request["ContinuationToken"] = page["NextContinuationToken"]
 
 
 @contextlib.contextmanager

@@ -531,6 +531,34 @@ def test_an_overwrite_lists_the_old_output_once(counting_store):
         assert sorted(fs.find(f"{bucket}/out")) == [f"{bucket}/out/{io.STATE}/{io.JOB}", f"{bucket}/out/eval.json"]
 
 
+def test_an_overwrite_deletes_only_what_a_job_writes_and_lists_no_more(counting_store):
+    """A user's objects under an output (a folder beside results/, a file, a folder named `results` deeper down) and
+    beside it (`out-results/`, `outx_SUCCESS`) stay through --mode overwrite. Those under it added a listing request
+    per 1,000, though only `_SUCCESS`, `_ce_ray/`, `rejects/` and `results/` are deleted: the listing starts at the
+    first of them and stops past the last, so 1,001 objects of a `scratch/` folder cost no request, where they cost
+    one more."""
+    import s3fs
+
+    from ce_ray import io
+    from ce_ray.sink import prepare_output
+
+    bucket, output = "ce-ray-overwrite-beside", "s3://ce-ray-overwrite-beside/out"
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(bucket)
+    users = {f"{bucket}/{key}": b"the user's" for key in (
+        "out/Data/a.parquet", "out/eval.json", "out/notes/results/n.txt", "out-results/x.parquet", "outx_SUCCESS",
+        *(f"out/scratch/{i:05d}" for i in range(1001)))}
+    ours = {f"{bucket}/out/{key}": b"{}" for key in (
+        io.SUCCESS, f"{io.STATE}/{io.JOB}", f"{io.REJECTS}/part-00000.parquet",
+        *(f"{io.RESULTS}/part-{i:05d}.parquet" for i in range(3)))}
+    fs.pipe(users | ours)
+    counting_store.listings.clear()
+    prepare_output(output, "overwrite", job={"model": "m"})
+    assert counting_store.listings == ["out/"]  # one page: two for the whole output
+    fs.invalidate_cache()
+    assert sorted(fs.find(bucket)) == sorted([*users, f"{bucket}/out/{io.STATE}/{io.JOB}"])
+
+
 def test_a_folder_that_spark_or_hadoop_wrote_is_read_as_its_parts(counting_store, tmp_path, capsys):
     """Spark, Hadoop, Hive and Databricks write a folder of parts with an empty `_SUCCESS` (Spark `.crc` files too),
     and on S3 the empty objects that show a folder (`<folder>/`: the console's, Hadoop S3A's; `<folder>_$folder$`:
