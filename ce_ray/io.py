@@ -49,6 +49,7 @@ REJECTS = "rejects"
 SUCCESS = "_SUCCESS"
 RESULT_PARTS = "result_parts"  # in `_SUCCESS`: how many parts results/ held when the job finished
 RESULT_ROWS = "result_rows"  # in `_SUCCESS`: each part of results/ (its name) and its rows, when the job finished
+REJECT_ROWS = "reject_rows"  # in `_SUCCESS`: each part of rejects/ and its rows (none in outputs of earlier versions)
 # What finishes a job that stopped or failed mid-way: a score job resumes, a job that regroups rows cannot.
 RESUME, OVERWRITE = "--mode resume finishes it", "rerun it with --mode overwrite"
 STATE = "_ce_ray"
@@ -473,24 +474,48 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
 def refuse_changed_output(uri: str, finished: Optional[Finished], rows: Dict[str, Optional[int]]) -> None:
     """Refuses a finished job's output (`Listing.finished`) whose results/ no longer holds what its `_SUCCESS`
     counts, `rows` being each part read and its rows now (from its footer): parts lost or added since, or parts
-    rewritten with other rows. Either way the rows left would be read as the whole."""
+    rewritten with other rows. Either way the rows left would be read as the whole. The comparison is the one that
+    the job made before it wrote `_SUCCESS` (`part_differences`, `sink.check_parts`), of results/ alone: what a
+    reader reads."""
     if finished is None:
         return
-    counted = finished.rows
-    lost, added, then = [], [], len(rows) if finished.parts is None else finished.parts
-    if counted:
-        lost, added, then = sorted(set(counted) - set(rows)), sorted(set(rows) - set(counted)), len(counted)
-    if lost or added or then != len(rows):
-        example = f" ({lost[0]} is missing)" if lost else f" ({added[0]} was not written by it)" if added else ""
+    if finished.rows:
+        output = posixpath.dirname(posixpath.dirname(next(iter(finished.rows))))  # parts named from it: results/<part>
+        said = part_differences(finished.rows, rows, "the job", f"{output}/")
+        if said:
+            raise InputError(f"input {uri} is the output of a job whose {RESULTS}/ no longer holds what its {SUCCESS} "
+                             f"counts: {briefly(said)}; rerun that job (a score job's --mode resume scores again only "
+                             "the inputs whose parts are gone, cut short or rewritten)")
+        return
+    then = len(rows) if finished.parts is None else finished.parts  # an earlier version's count of parts alone
+    if then != len(rows):
         raise InputError(f"input {uri} is the output of a job that finished with {then:,} part(s) in {RESULTS}/, "
-                         f"which now holds {len(rows):,}: parts were lost or added since{example}; rerun that job "
-                         "(a score job's --mode resume scores again only the inputs whose parts are gone)")
-    changed = changed_parts(counted, rows)
-    if changed:
-        first, more = changed[0], f" ({len(changed)} parts changed)" if len(changed) > 1 else ""
-        raise InputError(f"input {uri} is the output of a job that finished with {counted[first]:,} rows in {first}, "
-                         f"which now holds {rows[first]:,}{more}: it was rewritten since; rerun that job (a score "
-                         "job's --mode resume scores again the inputs of parts cut short or short of rows)")
+                         f"which now holds {len(rows):,}: parts were lost or added since; rerun that job (a score "
+                         "job's --mode resume scores again only the inputs whose parts are gone)")
+
+
+def part_differences(counted: Dict[str, int], held: Dict[str, Optional[int]], job: str, base: str = "") -> List[str]:
+    """What the parts `held` (path -> its rows now, from its footer; None where the footer cannot be read) differ by
+    from those `job` ("this job", "the job") wrote and counted (`counted`: path -> rows), each said in a few words,
+    a part named by its path after `base`: parts missing, unreadable or of other rows, and parts no one counted.
+    The same words where a job checks its output before it writes `_SUCCESS` and where a later job reads it."""
+    def name(path: str) -> str:
+        return path[len(base):] if base and path.startswith(base) else path
+
+    said = []
+    for path, rows in sorted(counted.items()):
+        if path not in held:
+            said.append(f"{name(path)} is missing ({rows:,} rows)")
+        elif held[path] is None:
+            said.append(f"{name(path)} cannot be read as parquet (cut short?; {rows:,} rows written)")
+        elif held[path] != rows:
+            said.append(f"{name(path)} holds {held[path]:,} rows of the {rows:,} written")
+    return said + [f"{name(path)} was not written by {job}" for path in sorted(held.keys() - counted.keys())]
+
+
+def briefly(said: List[str], most: int = 5) -> str:
+    """The first `most` of many things said, and how many more."""
+    return "; ".join(said[:most]) + (f"; and {len(said) - most} more" if len(said) > most else "")
 
 
 def changed_parts(counted: Dict[str, int], rows: Dict[str, Optional[int]]) -> List[str]:

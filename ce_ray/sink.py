@@ -7,7 +7,8 @@ Layout of an output folder:
     _ce_ray/inputs.json                           each input file's size and time or ETag (for resume)
     _SUCCESS                                      JSON summary, written last: the output is complete, as
                                                   its parts' footers show (`check_parts`); it names each
-                                                  part of results/ and its rows (`result_rows`)
+                                                  part of results/ and its rows (`result_rows`), and
+                                                  of rejects/ (`reject_rows`)
 `<stem>-<hash8>` names the input file (its name, and a hash of its path), and `r<first row>` the first
 row of that file the part holds. The names depend only on the input, so a retried write task rewrites its
 own files and a re-run never adds a second copy of a row. The part holding a file's last row records the
@@ -36,9 +37,9 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from .batching import REJECT
-from .io import (JOB, REJECTS, RESULT_PARTS, RESULT_ROWS, RESULTS, RESUME, STATE, SUCCESS, InputError, changed_parts,
-                 delete_files, filesystem, finished_job, finished_parts, in_parallel, is_remote, list_tree,
-                 parquet_footer, read_state, remove)
+from .io import (JOB, REJECT_ROWS, REJECTS, RESULT_PARTS, RESULT_ROWS, RESULTS, RESUME, STATE, SUCCESS, InputError,
+                 briefly, changed_parts, delete_files, filesystem, finished_job, finished_parts, in_parallel,
+                 is_remote, list_tree, parquet_footer, part_differences, read_state, remove)
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 from .runtime import work
 
@@ -235,17 +236,20 @@ def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:
 
 def lost_or_rewritten(output: str, state: ResumeState, stamps: Dict[str, str]) -> tuple:
     """The inputs that the finished job completed and whose parts the output no longer holds whole
-    (`ResumeState.lost`), as (those whose parts were deleted or lost, {a part of results/ rewritten since with other
-    rows than the job's `_SUCCESS` counts: its input, rows counted, rows now}). `_SUCCESS` is read only where there
-    are such inputs; the parts of rejects/, which it does not count, are said lost."""
+    (`ResumeState.lost`), as (those whose parts were deleted or lost, {a part rewritten since with other rows than the
+    job's `_SUCCESS` counts: its input, rows counted, rows now}). `_SUCCESS` is read only where there are such inputs.
+    It counts the parts of results/ and of rejects/; that of an earlier version counts no part of rejects/, whose
+    inputs are said lost."""
     lost = state.lost(stamps)
     if not lost:
         return [], {}
     fs, path = filesystem(output)
     try:
-        counted = finished_parts(finished_job(fs, path, output), f"{path}/{RESULTS}").rows
+        summary = finished_job(fs, path, output)
     except InputError:  # a marker that is not ce-ray's summary: nothing counted to tell a rewritten part by
         return lost, {}
+    counted = finished_parts(summary, f"{path}/{RESULTS}").rows | {
+        f"{path}/{REJECTS}/{name}": rows for name, rows in (summary.get(REJECT_ROWS) or {}).items()}
     held = {file: (key, rows) for key in lost if key in state.parts for file, rows in state.parts[key].files.items()}
     rewritten = {file: (held[file][0], counted[file], held[file][1])
                  for file in changed_parts(counted, {file: rows for file, (_, rows) in held.items()})}
@@ -502,32 +506,25 @@ class PairsSink(Datasink):
         expected = {f"{path}/{name}": rows for name, rows in self.parts.items()} | (kept.files() if kept else {})
         with work():  # a part lost during the work fails the job, as an error of its tasks does
             check_parts(self.output, expected, self.finish)
-        # The parts of results/ and their rows, so that a job reading this output later tells one that lost parts
-        # since, or whose parts were cut short or rewritten (`io.refuse_changed_output`).
-        results = f"{path}/{RESULTS}/"
-        rows = {file[len(results):]: count for file, count in sorted(expected.items()) if file.startswith(results)}
-        summary = summary | {RESULT_PARTS: len(rows), RESULT_ROWS: rows}
+        # The parts of results/ and rejects/ and their rows, so that a job reading this output later tells one that
+        # lost parts since, or whose parts were cut short or rewritten (`io.refuse_changed_output`), and a resume
+        # tells which (`lost_or_rewritten`).
+        rows = {sub: {file[len(f"{path}/{sub}/"):]: count for file, count in sorted(expected.items())
+                      if file.startswith(f"{path}/{sub}/")} for sub in (RESULTS, REJECTS)}
+        summary = summary | {RESULT_PARTS: len(rows[RESULTS]), RESULT_ROWS: rows[RESULTS], REJECT_ROWS: rows[REJECTS]}
         _write_bytes(fs, f"{path}/{SUCCESS}", json.dumps(summary, indent=2).encode(), is_remote(self.output))
 
 
 def _differences(fs: pafs.FileSystem, path: str, expected: Dict[str, int]) -> list:
-    """What results/ and rejects/ hold otherwise than `expected` (part -> rows), each said in a few words: parts
-    missing, of other row counts or unreadable (from their footers alone), and parts that no one expected."""
+    """What results/ and rejects/ hold otherwise than `expected` (part -> rows), each said in a few words
+    (`io.part_differences`, which a later job reading the output holds its results/ to as well): parts missing, of
+    other row counts or unreadable (from their footers alone), and parts that no one expected."""
     held = {file: size for sub in (RESULTS, REJECTS) for file, size in _list(fs, f"{path}/{sub}").items()
             if not posixpath.basename(file).startswith(".")}  # a temporary is no part
     footers = read_footers(fs, {file: size for file, size in held.items() if file in expected})
-    said = []
-    for file, rows in sorted(expected.items()):
-        footer = footers.get(file, Footer(missing=True))
-        name = file[len(path) + 1:]
-        if footer.missing:
-            said.append(f"{name} is missing ({rows:,} rows)")
-        elif footer.rows is None:
-            said.append(f"{name} cannot be read as parquet (cut short?; {rows:,} rows written)")
-        elif footer.rows != rows:
-            said.append(f"{name} holds {footer.rows:,} rows of the {rows:,} written")
-    said += [f"{file[len(path) + 1:]} was not written by this job" for file in sorted(held.keys() - expected.keys())]
-    return said
+    rows = {file: footers[file].rows if file in footers else None for file in held
+            if not footers.get(file, Footer()).missing}  # deleted since the listing: missing
+    return part_differences(expected, rows, "this job", f"{path}/")
 
 
 def check_parts(output: str, expected: Dict[str, int], finish: str) -> None:
@@ -537,6 +534,5 @@ def check_parts(output: str, expected: Dict[str, int], finish: str) -> None:
     fs, path = filesystem(output)
     said = _differences(fs, path, expected)
     if said:
-        shown = "; ".join(said[:5]) + (f"; and {len(said) - 5} more" if len(said) > 5 else "")
-        raise OutputLostError(f"{output} does not hold the parts this job counts: {shown}. "
+        raise OutputLostError(f"{output} does not hold the parts this job counts: {briefly(said)}. "
                               f"No {SUCCESS} written; {finish}")

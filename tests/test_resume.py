@@ -160,8 +160,10 @@ def test_a_finished_job_whose_output_lost_parts_since_is_made_whole_by_resume(ra
     """A finished job (`_SUCCESS` written) whose output lost parts since, every part of one input and one part of
     another: the default mode refuses it, naming --mode resume; a resume scores those inputs again, says so, and
     writes `_SUCCESS` for the whole output. It scored them again without a word of why. A job reading the output
-    in between (a cascade, eval) refuses it, where it read the rows left as the whole. A part rewritten with fewer
-    rows (of a third input) is said so, where the note said that parts were lost."""
+    in between (a cascade, eval) refuses it, where it read the rows left as the whole, naming each part missing or
+    changed in the words of the job's own check before `_SUCCESS` (it named one). A part rewritten with fewer
+    rows (of a third input) is said so, where the note said that parts were lost; so is a part of rejects/ rewritten
+    with other rows (`_SUCCESS` counts them too: `reject_rows`), which was said lost, and one deleted is lost."""
     from ce_ray.config import EvalConfig
     from ce_ray.evaluate import run_eval
 
@@ -176,10 +178,19 @@ def test_a_finished_job_whose_output_lost_parts_since_is_made_whole_by_resume(ra
     short = sorted((out / "results").glob(f"{input_key(str(folder / 'shard-4.parquet'))}-r*"))[0]
     table = pq.read_table(short)
     pq.write_table(table.slice(1), short)
+    rejected, doubled = (sorted((out / "rejects").glob(f"{input_key(str(folder / f'shard-{i}.parquet'))}-r*"))[0]
+                         for i in (1, 0))
+    os.remove(rejected)
+    twice = pq.read_table(doubled)
+    pq.write_table(pa.concat_tables([twice, twice]).replace_schema_metadata(twice.schema.metadata), doubled)
     held = len(list((out / "results").iterdir()))
     assert held < parts
-    lost = re.escape(f"finished with {parts} part(s) in results/, which now holds {held}: parts were lost or added "
-                     "since (") + r"\S+ is missing\)"
+    counted = json.loads((out / "_SUCCESS").read_text())["result_rows"]
+    said = sorted([(part.name, f"is missing ({counted[part.name]} rows)") for part in lost
+                   if part.parent.name == "results"] + [(short.name, f"holds {table.num_rows - 1} rows of the "
+                                                                     f"{table.num_rows} written")])
+    lost = re.escape(f"input {out} is the output of a job whose results/ no longer holds what its _SUCCESS counts: "
+                     + "; ".join(f"results/{name} {what}" for name, what in said) + "; rerun that job")
     with pytest.raises(io.InputError, match=lost):
         readers.read_dataset(str(out), required=["query", "document"])
     with pytest.raises(io.InputError, match=lost):
@@ -188,11 +199,12 @@ def test_a_finished_job_whose_output_lost_parts_since_is_made_whole_by_resume(ra
         run_score(config_for(out, tiny_model, folder))
     summary = run_score(config_for(out, tiny_model, folder, mode="resume"))
     said = capsys.readouterr().err
-    assert ("the output of the finished job lost parts of 2 input file(s) since (deleted or lost by the store; e.g. "
-            f"{min(whole, one)}-r*.parquet): they are scored again") in said
-    assert (f"1 part(s) of the finished job's output were rewritten since with other rows (e.g. {short}: "
-            f"{table.num_rows} rows, now {table.num_rows - 1}): their 1 input file(s) are scored again") in said
-    assert (summary.files_kept, summary.rows_in) == (FILES - 3, FILES * ROWS_PER_FILE)
+    gone = min(whole, one, rejected.name.rsplit("-r", 1)[0])
+    assert ("the output of the finished job lost parts of 3 input file(s) since (deleted or lost by the store; e.g. "
+            f"{gone}-r*.parquet): they are scored again") in said
+    assert (f"2 part(s) of the finished job's output were rewritten since with other rows (e.g. {doubled}: "
+            f"{twice.num_rows} rows, now {2 * twice.num_rows}): their 2 input file(s) are scored again") in said
+    assert (summary.files_kept, summary.rows_in) == (FILES - 5, FILES * ROWS_PER_FILE)
     assert json.loads((out / "_SUCCESS").read_text())["rows_in"] == FILES * ROWS_PER_FILE
     assert len(io.list_files(str(out)).files) == parts
     got, want = results(out), results(reference)
@@ -240,8 +252,9 @@ def test_a_finished_output_whose_part_was_rewritten_or_cut_short_since_is_refuse
     assert summary["result_rows"][part.name] == pq.read_metadata(part).num_rows
     table = pq.read_table(part)
     pq.write_table(table.slice(1), part)
-    rewritten = re.escape(f"input {out} is the output of a job that finished with {table.num_rows} rows in {part}, "
-                          f"which now holds {table.num_rows - 1}: it was rewritten since; rerun that job")
+    rewritten = re.escape(f"input {out} is the output of a job whose results/ no longer holds what its _SUCCESS "
+                          f"counts: results/{part.name} holds {table.num_rows - 1} rows of the {table.num_rows} "
+                          "written; rerun that job")
     with pytest.raises(io.InputError, match=rewritten):
         readers.read_dataset(str(out), required=["query", "document"])
     with pytest.raises(io.InputError, match=rewritten):
