@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from .config import ConfigError, EvalConfig, require
 from .io import (REJECTS, InputError, check_s3_access, column_list, detect_format, filesystem, glob_base, is_glob,
-                 is_output, is_remote, job_summary, join, list_files, missing_values, partition_values,
+                 is_remote, job_summary, join, list_files, missing_values, partition_values,
                  refuse_changed_output)
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 
@@ -351,17 +351,14 @@ def table_lines(result: dict, config: EvalConfig) -> List[str]:
     return lines
 
 
-def default_output(uri: str, of_a_job: Optional[bool] = None) -> str:
-    """`eval.json` in an output folder of ce-ray, beside its results/ (which later jobs read); else
-    `<input>.eval.json` beside the input file, folder or glob's folder, where no job reads it as pairs. `of_a_job`:
-    whether `uri` is an output of ce-ray, where the caller knows (`job_summary`)."""
-    if is_glob(uri):
-        return glob_base(uri) + ".eval.json"
-    if of_a_job is None:
-        fs, path = filesystem(uri)
-        of_a_job = fs.get_file_info(path).type == pafs.FileType.Directory and is_output(fs, path)
+def default_output(uri: str, of_a_job: bool) -> str:
+    """`eval.json` in an output folder of ce-ray (`of_a_job`: `job_summary` found one), beside its results/ (which
+    later jobs read); else `<input>.eval.json` beside the input file, folder or glob's folder, where no job reads it
+    as pairs."""
     if of_a_job:
         return join(uri, "eval.json")
+    if is_glob(uri):
+        return glob_base(uri) + ".eval.json"
     return uri.rstrip("/") + ".eval.json"
 
 
@@ -431,7 +428,7 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
 
     require(config, "input")
     c, job_notes, job = _following_the_job(config)
-    output = c.output or default_output(c.input, job is not None or None)
+    output = c.output or default_output(c.input, job is not None)
     for uri in (output, c.run_output):
         check_s3_access(uri)  # before any work, naming the bucket (s3fs's error names none)
     qrels = read_qrels(c.qrels) if c.qrels else None
