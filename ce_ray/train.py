@@ -30,7 +30,7 @@ import numpy as np
 
 from .batching import IDS, TYPES, default_batch_tokens, list_parts, pair_encoder, token_budget_batches
 from .config import ConfigError, TrainConfig, require, with_settings
-from .io import filesystem, is_remote, join, upload_folder
+from .io import briefly, filesystem, is_remote, join, upload_folder
 from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, shard_spans, top_reasons,
                          training_batch_tokens, training_files, worker_spans)
 
@@ -825,7 +825,7 @@ def _claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str
     files_changed = changed_files(earlier[TRAIN_FILES], settings[TRAIN_FILES]) if TRAIN_FILES in earlier else []
     if resumes and files_changed:
         raise ConfigError(f"{shown} holds the checkpoints of a run whose training data changed since "
-                          f"({_listed(files_changed)}): a run of the same name resumes from them and would skip the "
+                          f"({briefly(files_changed, 3)}): a run of the same name resumes from them and would skip the "
                           "batches they trained by their place in other rows; give another run_name or output, or "
                           f"delete {shown} to start afresh")
     if changed or settings[TRAIN_FILES] != earlier.get(TRAIN_FILES):
@@ -841,10 +841,6 @@ def changed_files(earlier: Dict[str, str], now: Dict[str, str]) -> List[str]:
     return ([f"{path} rewritten" for path in sorted(set(earlier) & set(now)) if earlier[path] != now[path]]
             + [f"{path} added" for path in sorted(set(now) - set(earlier))]
             + [f"{path} removed" for path in sorted(set(earlier) - set(now))])
-
-
-def _listed(items: List[str], shown: int = 3) -> str:
-    return ", ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
 
 def _check_output(output: str, model: str) -> None:
