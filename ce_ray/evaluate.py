@@ -33,15 +33,16 @@ import pyarrow.parquet as pq
 from .config import ConfigError, EvalConfig, require
 from .io import (REJECTS, InputError, check_s3_access, column_list, detect_format, filesystem, glob_base, is_glob,
                  is_remote, job_summary, join, list_files, missing_values, partition_values,
-                 refuse_changed_output)
+                 refuse_changed_output, settings_hint)
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 
 
 def read_columns(uri: str, wanted: List[str], required: List[str], ids: List[str], needed_ids: List[str],
-                 job: Optional[dict] = None) -> pd.DataFrame:
+                 job: Optional[dict] = None, settings: Optional[Dict[str, str]] = None) -> pd.DataFrame:
     """The wanted columns (those present) of an output folder's results/ (`list_files`; `job`, the summary of the job
     that wrote it, where the caller read it), or of parquet files; a row without one of `needed_ids` is left out, and
-    `ids` columns of whole floats are integers."""
+    `ids` columns of whole floats are integers. `settings`: the setting that names each required column, which a
+    file without it is told to give."""
     listing = list_files(uri, "parquet", summary=job)
     tables, rows, lacking = [], {}, []  # lacking: a file that misses a required column, and what it says
     for file in listing.files:
@@ -54,7 +55,7 @@ def read_columns(uri: str, wanted: List[str], required: List[str], ids: List[str
                 missing = [c for c in required if c not in names]
                 if missing and rows[file]:
                     lacking.append(f"{file}: missing column(s) {', '.join(map(repr, missing))} "
-                                   f"(columns: {column_list(names)})")
+                                   f"(columns: {column_list(names)})" + settings_hint(missing, settings or {}))
                 table = parquet.read(columns=[c for c in wanted if c in own])
                 for key, value in keys.items():  # a hive-style folder's key, as the jobs read it: text
                     table = table.append_column(key, pa.repeat(pa.scalar(value, pa.string()), table.num_rows))
@@ -446,7 +447,8 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
         needed_ids = [c.query_id_column] + ([c.doc_id_column] if qrels is not None else [])
         df = read_columns(c.input, list(dict.fromkeys(wanted)), required,
                           [name for name in required if name in (c.query_id_column, c.doc_id_column)], needed_ids,
-                          job)
+                          job, {c.label_column: "label_column", c.doc_id_column: "doc_id_column",
+                                c.query_id_column: "query_id_column"})
     if not len(df):
         without = df.attrs.get("rows_without_ids", 0)  # all of them: say so, not that the input is empty
         ids = "a query id" if qrels is None else "a query and a document id"

@@ -709,11 +709,17 @@ def _missing_columns_hint(check: FileCheck, input_format: str, column_names: Opt
             ": check input_format")
     if input_format in DELIMITED and not column_names and not some_found:
         return "; for a file without a header line, give its columns' names in column_names (--column-names)"
+    return settings_hint(missing, settings)
+
+
+def settings_hint(missing: Sequence[str], settings: Dict[str, str]) -> str:
+    """`; name the column with <setting> (--<flag>)` for the `missing` columns that a setting names (`settings`:
+    column -> setting); empty where none does."""
     named = [settings[c] for c in missing if c in settings]
-    if named:
-        flags = " and ".join(f"{s} (--{s.replace('_', '-')})" for s in dict.fromkeys(named))
-        return f"; name the {'column' if len(missing) == 1 else 'columns'} with {flags}"
-    return ""
+    if not named:
+        return ""
+    flags = " and ".join(f"{s} (--{s.replace('_', '-')})" for s in dict.fromkeys(named))
+    return f"; name the {'column' if len(missing) == 1 else 'columns'} with {flags}"
 
 
 def _as_read(types: dict, required: Sequence[str], lists: Sequence[str]) -> dict:

@@ -259,8 +259,13 @@ def test_the_reranked_order_is_written_as_a_trec_run(tmp_path):
     with pytest.raises(ConfigError, match="is a TREC run, which holds no grades: give --qrels"):
         run_eval(EvalConfig(input=str(run)))
     rows.drop(columns="doc_id").to_parquet(tmp_path / "scored.parquet")
-    with pytest.raises(InputError, match="missing column\\(s\\) 'doc_id'"):
+    with pytest.raises(InputError, match="missing column\\(s\\) 'doc_id' .*; name the column with doc_id_column "
+                                         "\\(--doc-id-column\\)$"):
         run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), run_output=str(run)))
+    # A score job's output read without qrels: the labels' column, named by its setting.
+    with pytest.raises(InputError, match="missing column\\(s\\) 'grade' .*; name the column with label_column "
+                                         "\\(--label-column\\)$"):
+        run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), label_column="grade"))
 
 
 def test_a_run_reads_alike_whatever_blanks_separate_its_fields(tmp_path):
