@@ -6,7 +6,7 @@ on `num_workers` Ray Train workers, checkpoint every `save_every` steps and at e
 NDCG@10 / MRR@10 / MAP on the eval split, and save a folder that `sentence_transformers.CrossEncoder` loads,
 with a model card. A run started again with the same name (and storage) resumes from its last checkpoint:
 weights, optimizer, scheduler, step, data position and each worker's random state, so that it ends as the run
-would have had it not stopped.
+would have had it not stopped (the checkpoints' files and the run's record: `checkpoints`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import functools
 import json
 import math
 import os
-import posixpath
 import re
 import shutil
 import sys
@@ -30,135 +29,12 @@ import numpy as np
 
 from .batching import IDS, TYPES, default_batch_tokens, list_parts, pair_encoder, token_budget_batches
 from .config import ConfigError, TrainConfig, require, with_settings
-from .io import briefly, filesystem, is_remote, join, upload_folder
+from .checkpoints import (DS_TAG, MODEL, PROGRESS, RANDOM_STATE, STATE, best_checkpoint, best_kept, check_whole,
+                          claim_run, random_state, restore_random_state, run_storage, upload_checkpoint,
+                          whole_checkpoint, worker_seed, write_file_list)
+from .io import filesystem, is_remote, upload_folder
 from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, shard_spans, top_reasons,
-                         training_batch_tokens, training_files, worker_spans)
-
-PROGRESS = "progress.json"
-STATE = "state.pt"
-MODEL = "model"
-DS_TAG = "zero"
-FILE_LIST = "ce-ray-files-{rank}.json"  # a checkpoint's files as each rank wrote them: {path: bytes}
-RANDOM_STATE = "ce-ray-random-{rank}.pt"  # each rank's random generators at the checkpoint (`random_state`)
-
-
-class CheckpointUploadError(OSError):
-    """A checkpoint that the store did not take whole."""
-
-
-class IncompleteCheckpoint(FileNotFoundError):
-    """A checkpoint that lacks some of its files."""
-
-
-# ---------------------------------------------------------------- checkpoints: written whole, or not at all
-
-
-def list_files(folder: str, rank: int) -> None:
-    """Writes the list of the files this rank put in a checkpoint's `folder`, with their sizes, so that a
-    checkpoint missing any of them is known for what it is when it is read (`missing_files`)."""
-    files = {}
-    for root, _, names in os.walk(folder):
-        for name in names:
-            local = os.path.join(root, name)
-            files[os.path.relpath(local, folder).replace(os.sep, "/")] = os.path.getsize(local)
-    with open(os.path.join(folder, FILE_LIST.format(rank=rank)), "w") as f:
-        json.dump(files, f)
-
-
-def missing_files(folder: str, deepspeed: bool) -> List[str]:
-    """The files of a checkpoint that its folder lacks (or holds at another size), by the lists its ranks
-    wrote: progress.json says how many. A checkpoint written before the lists has the files that the run
-    reads checked."""
-    def absent(path: str, size: Optional[int] = None) -> bool:
-        local = os.path.join(folder, path)
-        return not os.path.isfile(local) or size is not None and os.path.getsize(local) != size
-
-    if absent(PROGRESS):
-        return [PROGRESS]
-    with open(os.path.join(folder, PROGRESS)) as f:
-        lists = json.load(f).get("file_lists")
-    if lists is None:
-        needed = [f"{MODEL}/config.json"] + ([] if deepspeed else [STATE, f"{MODEL}/model.safetensors"])
-        return [path for path in needed if absent(path)]
-    missing = []
-    for rank in range(lists):
-        name = FILE_LIST.format(rank=rank)
-        if absent(name):
-            missing.append(name)
-            continue
-        with open(os.path.join(folder, name)) as f:
-            missing += [path for path, size in json.load(f).items() if absent(path, size)]
-    return missing
-
-
-def check_whole(folder: str, deepspeed: bool, shown: str) -> None:
-    """Refuses a checkpoint that lacks files: a store that failed some of its uploads, silently, as Ray Train's
-    own upload let it (a run resumed from it would fail on a missing file or, worse, save a model without its
-    weights or configuration)."""
-    missing = missing_files(folder, deepspeed)
-    if missing:
-        shown_missing = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise IncompleteCheckpoint(
-            f"the checkpoint {shown} lacks {shown_missing}: it was not written whole to the store and is not "
-            f"loaded. Delete the run's folder ({posixpath.dirname(shown)}) or give another run_name to start afresh")
-
-
-def upload_checkpoint(checkpoint, dir_name: str, shown: str):
-    """Ray Train's `checkpoint_upload_fn` for object storage: the checkpoint's files go up one by one, and one
-    that the store does not take fails the report, so that Ray Train records no checkpoint (and restarts from
-    the last one, within max_failures). Its own upload, `pyarrow.fs.copy_files`, drops such a failure: a
-    checkpoint without its weights was logged "Checkpoint successfully created", recorded, and resumed from."""
-    import ray.train
-
-    storage = ray.train.get_context().get_storage()
-    path = storage.build_checkpoint_path_from_name(dir_name)
-    try:
-        upload_folder(checkpoint.path, storage.storage_filesystem, path)
-    except Exception as e:
-        raise CheckpointUploadError(f"the checkpoint {shown}/{dir_name} was not written whole to the store "
-                                    f"({type(e).__name__}: {e}); Ray Train records no checkpoint of it") from e
-    return ray.train.Checkpoint(path=path, filesystem=storage.storage_filesystem)
-
-
-# ---------------------------------------------------------------- workers: random state
-
-
-def random_state(device) -> dict:
-    """The state of this process's random generators: torch's (dropout draws from it; the device's too on a
-    GPU), numpy's and Python's global ones. A checkpoint holds each rank's, so that a resumed run draws the
-    dropout masks the run would have drawn had it not stopped."""
-    import random
-
-    import torch
-
-    name, keys, position, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             # torch.load's weights_only takes tensors, not numpy arrays
-             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss)}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def worker_seed(seed: int, rank: int) -> int:
-    """The seed of a worker's dropout: the run's seed on rank 0 (one worker draws as it did), the next ones on
-    the others. Seeded alike, every rank drew the same masks for its other rows: the same units dropped in every
-    row at a place of the batches, where the run's batch should drop them independently, as one device would."""
-    return seed + rank
-
-
-def restore_random_state(state: dict, device) -> None:
-    import random
-
-    import torch
-
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    name, keys, position, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
-    if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-
+                         training_batch_tokens, worker_spans)
 
 # ---------------------------------------------------------------- workers: loss, evaluation
 
@@ -474,7 +350,7 @@ def train_loop(loop_config: dict) -> dict:
                                os.path.join(tmp, STATE))
                 with open(os.path.join(tmp, PROGRESS), "w") as f:
                     json.dump(progress | {"file_lists": world}, f)
-            list_files(tmp, rank)
+            write_file_list(tmp, rank)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_{progress['step']:07d}", checkpoint_upload_fn=upload)
 
@@ -749,100 +625,6 @@ class TrainOutcome:
         return lines + [f"  model         {self.model_path}{best}"]
 
 
-def _whole_checkpoint(checkpoint, folder: str, config: TrainConfig, run_uri: str) -> str:
-    """A checkpoint of the run copied to `folder`, refused where it lacks files: its model is the output."""
-    checkpoint_dir = checkpoint.to_directory(folder)
-    check_whole(checkpoint_dir, bool(config.deepspeed), f"{run_uri}/{os.path.basename(checkpoint.path)}")
-    return checkpoint_dir
-
-
-def _best_kept(config: TrainConfig) -> dict:
-    """Ray Train keeps the best checkpoints by the eval metric (and the latest, which a restart resumes from)."""
-    if not config.best_metric:
-        return {}
-    return {"checkpoint_score_attribute": f"eval_{config.best_metric}", "checkpoint_score_order": "max"}
-
-
-def _best_checkpoint(result, config: TrainConfig):
-    """(checkpoint, metrics) of the best checkpoint by best_metric, the later of equals; None without it."""
-    if not config.best_metric:
-        return None
-    name = f"eval_{config.best_metric}"
-    scored = [(c, m) for c, m in result.best_checkpoints or [] if m.get(name) is not None]
-    return max(scored, key=lambda cm: (cm[1][name], cm[1]["step"]), default=None)
-
-
-def _storage(config: TrainConfig):
-    """Ray Train's storage (filesystem, path), run name, and the run's folder as the user names it;
-    checkpoints default to <output>/checkpoints."""
-    uri = config.storage_path or join(config.output, "checkpoints")
-    fs, path = filesystem(uri)
-    name = config.run_name or os.path.basename(config.output.rstrip("/")) or "ce-ray-train"
-    return fs, path, name, join(uri, name)
-
-
-# The settings that make a run's checkpoints what they are: a run of the same name resumes from them only with
-# the same (`_claim_run`).
-RUN_SETTINGS = ("model", "max_length", "train_data", "input_format", "column_names", "query_column",
-                "document_column", "label_column", "negative_columns", "train_split", "hard_negatives",
-                "num_workers", "epochs", "max_steps", "batch_size", "grad_accum", "lr", "weight_decay",
-                "warmup_ratio", "max_grad_norm", "pos_weight", "seed", "group_by_length", "length_window", "deepspeed")
-RUN_FILE = "ce-ray-run.json"
-# In the record too: the training data's files and their stamps (`train_data.training_files`). A resumed run skips
-# the batches its checkpoint trained, by their place in the data: files rewritten, added or removed under the same
-# train_data would put other rows in those places (rows trained twice, rows never trained). eval_data is not in the
-# record, as its path is no run setting: it changes no trained row nor their order, only what is measured after.
-TRAIN_FILES = "train_files"
-
-
-def _claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str, shown: str) -> bool:
-    """Records the settings of the run whose checkpoints go to <storage>/<name>, and refuses a run of other
-    settings where there are checkpoints: Ray Train resumes a run of the same name from its last one, and
-    another model's, data's or schedule's checkpoint would be loaded into this run (a model's weights partly,
-    silently) or fail it mid-way. True when the run resumes from a checkpoint."""
-    import pyarrow.fs as pafs
-
-    settings = {key: getattr(config, key) for key in RUN_SETTINGS} | {"model": model}
-    if "://" not in config.train_data:
-        settings["train_data"] = os.path.abspath(config.train_data)
-    settings["deepspeed"] = settings["deepspeed"] and dataclasses.asdict(settings["deepspeed"])
-    run_dir = f"{storage_path}/{name}"
-    entries = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
-    resumes = any(os.path.basename(e.path).startswith("checkpoint_") for e in entries)
-    try:
-        with fs.open_input_stream(f"{run_dir}/{RUN_FILE}") as f:
-            earlier = json.loads(f.read())
-    except FileNotFoundError:
-        earlier = {}  # a new run, or checkpoints written before runs recorded their settings
-    changed = sorted(key for key in (set(settings) | set(earlier)) - {TRAIN_FILES}
-                     if settings.get(key) != earlier.get(key))
-    if resumes and earlier and changed:
-        raise ConfigError(f"{shown} holds the checkpoints of a run with other settings ({', '.join(changed)}), "
-                          "which a run of the same name resumes from: give another run_name or output, or delete "
-                          f"{shown} to start afresh")
-    settings[TRAIN_FILES] = training_files(config)
-    # A record of an earlier ce-ray has no files: its run resumes as it did, and its record gets them.
-    files_changed = changed_files(earlier[TRAIN_FILES], settings[TRAIN_FILES]) if TRAIN_FILES in earlier else []
-    if resumes and files_changed:
-        raise ConfigError(f"{shown} holds the checkpoints of a run whose training data changed since "
-                          f"({briefly(files_changed, 3)}): a run of the same name resumes from them and would skip the "
-                          "batches they trained by their place in other rows; give another run_name or output, or "
-                          f"delete {shown} to start afresh")
-    if changed or settings[TRAIN_FILES] != earlier.get(TRAIN_FILES):
-        # a run that stopped before its first checkpoint leaves nothing to resume: its settings go
-        fs.create_dir(run_dir, recursive=True)
-        with fs.open_output_stream(f"{run_dir}/{RUN_FILE}") as f:
-            f.write(json.dumps(settings, indent=2).encode())
-    return resumes
-
-
-def changed_files(earlier: Dict[str, str], now: Dict[str, str]) -> List[str]:
-    """`<path> rewritten` (another stamp), `added` or `removed`, of the files of two `training_files`."""
-    return ([f"{path} rewritten" for path in sorted(set(earlier) & set(now)) if earlier[path] != now[path]]
-            + [f"{path} added" for path in sorted(set(now) - set(earlier))]
-            + [f"{path} removed" for path in sorted(set(earlier) - set(now))])
-
-
 def _check_output(output: str, model: str) -> None:
     """The model is written to `output` after the training: a place it cannot be written fails now, and so
     does the model's own folder, whose weights the run would replace."""
@@ -963,8 +745,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     check_max_length(model, config.model, config.max_length)
     _check_output(config.output, config.model if is_remote(config.model) else model)
     _check_data(config)
-    fs, storage_path, name, run_uri = _storage(config)
-    if _claim_run(config, source, fs, storage_path, name, run_uri):
+    fs, storage_path, name, run_uri = run_storage(config)
+    if claim_run(config, source, fs, storage_path, name, run_uri):
         print(f"ce-ray train: resumes the run {name} from the last checkpoint Ray Train recorded (a finished run only "
               "saves its model again)", flush=True)
     architectures = saved_architectures(model)
@@ -1033,7 +815,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
                                      resources_per_worker={"CPU": config.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})),
         run_config=RunConfig(
             name=name, storage_path=storage_path, storage_filesystem=fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints, **_best_kept(config)),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints, **best_kept(config)),
             failure_config=FailureConfig(max_failures=config.max_failures),
         ),
         datasets=datasets,
@@ -1051,16 +833,16 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         raise result.error
     summary = result.return_value or {}
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint_dir = _whole_checkpoint(result.checkpoint, os.path.join(tmp, "checkpoint"), config, run_uri)
+        checkpoint_dir = whole_checkpoint(result.checkpoint, os.path.join(tmp, "checkpoint"), config, run_uri)
         with open(os.path.join(checkpoint_dir, PROGRESS)) as f:
             progress = json.load(f)
         log = summary.get("log", progress["log"])
         final = next((({k: v for k, v in e.items() if k.startswith("eval_")}) for e in reversed(log)
                       if any(k.startswith("eval_") for k in e)), {})
-        best, best_step = _best_checkpoint(result, config), None
+        best, best_step = best_checkpoint(result, config), None
         if best is not None:  # its model is the output; the latest checkpoint still tells the run's progress
             checkpoint, metrics = best
-            checkpoint_dir = _whole_checkpoint(checkpoint, os.path.join(tmp, "best"), config, run_uri)
+            checkpoint_dir = whole_checkpoint(checkpoint, os.path.join(tmp, "best"), config, run_uri)
             final = {k: v for k, v in metrics.items() if k.startswith("eval_")}
             best_step = metrics["step"]
         seconds = summary.get("seconds", progress["seconds"])

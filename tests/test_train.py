@@ -22,7 +22,7 @@ import pytest
 
 from conftest import SCIFACT, build_tiny_model, spread_model, wikiqa_pairs
 
-from ce_ray import train_data
+from ce_ray import checkpoints, train_data
 from ce_ray.batching import IDS, pair_encoder
 
 pytestmark = pytest.mark.timeout(600)
@@ -1007,17 +1007,17 @@ def test_a_checkpoint_that_lacks_files_is_not_resumed_from_nor_made_the_model(ra
     # What each case lacks: by the lists of the ranks' files, which progress.json counts, or (a checkpoint of an
     # earlier ce-ray, without them) the files the run reads.
     (checkpoint / "model" / "config.json").write_text("{}")
-    assert train.missing_files(str(checkpoint), deepspeed=False) == ["model/config.json"]  # not its size
+    assert checkpoints.missing_files(str(checkpoint), deepspeed=False) == ["model/config.json"]  # not its size
     (checkpoint / "state.pt").unlink()
-    progress = json.loads((checkpoint / train.PROGRESS).read_text())
-    (checkpoint / train.PROGRESS).write_text(json.dumps(progress | {"file_lists": 2}))
-    assert sorted(train.missing_files(str(checkpoint), deepspeed=True)) == [
+    progress = json.loads((checkpoint / checkpoints.PROGRESS).read_text())
+    (checkpoint / checkpoints.PROGRESS).write_text(json.dumps(progress | {"file_lists": 2}))
+    assert sorted(checkpoints.missing_files(str(checkpoint), deepspeed=True)) == [
         "ce-ray-files-1.json", "model/config.json", "state.pt"]
-    (checkpoint / train.PROGRESS).write_text(json.dumps({k: v for k, v in progress.items() if k != "file_lists"}))
-    assert train.missing_files(str(checkpoint), deepspeed=False) == ["state.pt"]
-    assert train.missing_files(str(checkpoint), deepspeed=True) == []
-    (checkpoint / train.PROGRESS).unlink()
-    assert train.missing_files(str(checkpoint), deepspeed=False) == ["progress.json"]
+    (checkpoint / checkpoints.PROGRESS).write_text(json.dumps({k: v for k, v in progress.items() if k != "file_lists"}))
+    assert checkpoints.missing_files(str(checkpoint), deepspeed=False) == ["state.pt"]
+    assert checkpoints.missing_files(str(checkpoint), deepspeed=True) == []
+    (checkpoint / checkpoints.PROGRESS).unlink()
+    assert checkpoints.missing_files(str(checkpoint), deepspeed=False) == ["progress.json"]
 
 
 def test_a_run_whose_training_files_changed_since_its_checkpoints_is_not_resumed(ray_local, tiny_model, tmp_path):
@@ -1061,7 +1061,7 @@ def test_a_run_whose_training_files_changed_since_its_checkpoints_is_not_resumed
         train.train(settings)
     # A record without the files (an earlier ce-ray's) resumes as then, and records them from now on.
     record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "train_files"}))
-    assert train._claim_run(settings, model_source(settings.model), *train._storage(settings))
+    assert checkpoints.claim_run(settings, model_source(settings.model), *checkpoints.run_storage(settings))
     assert list(json.loads(record.read_text())["train_files"]) == [str(data / "a.parquet")]
 
 
