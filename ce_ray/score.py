@@ -609,8 +609,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     """
     from .io import OVERWRITE, RESUME, check_apart, check_s3_access, parse_names
     from .readers import in_blocks_of, input_key, input_sources, read_dataset
-    from .sink import (WRITE_REMOTE_ARGS, PairsSink, ResumeState, check_output, lost_or_rewritten, prepare_output,
-                       resume_state)
+    from .sink import (PART_BYTES, WRITE_REMOTE_ARGS, PairsSink, ResumeState, check_output, lost_or_rewritten,
+                       prepare_output, resume_state)
 
     require(config, "model", "input", "output")
     config.validate()
@@ -667,7 +667,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
                           resumable=transform is None, checked=True)
     sink = PairsSink(config.output, written_columns(config), schema,
                      finish=RESUME if transform is None else OVERWRITE,
-                     part_bytes=None if ds is None else ds.context.target_max_block_size)
+                     part_bytes=PART_BYTES)
     if scored is not None:
         with work(), surfaced_errors():
             scored.write_datasink(sink, ray_remote_args=WRITE_REMOTE_ARGS)

@@ -430,6 +430,12 @@ def _input_groups(table: pa.Table):
         yield f"{key}-r{first:012d}.parquet", rows.drop_columns(list(TAGS)), input_rows
 
 
+# The bytes of rows a score job's write task gathers before it writes their parts, as Ray Data's blocks hold up to
+# (`DataContext.target_max_block_size`): the rows reach the writer in blocks of a replica's call (4,096 rows on CPUs),
+# and a part of each would be hundreds of parts a file, each a PUT and a footer read before `_SUCCESS`.
+PART_BYTES = 128 * 1024 * 1024
+
+
 class PairsSink(Datasink):
     """Writes each input file's rows to results/ and rejects/, named after it; `written`: the columns the job
     added (the score's, the rank's), which rejected rows go without; `schema`, the input's columns and types, which
@@ -448,10 +454,7 @@ class PairsSink(Datasink):
 
     @property
     def min_bytes_per_write(self) -> Optional[int]:
-        # The blocks that reach the writer are of a replica's call (4,096 rows on CPUs by default): one part each
-        # would be hundreds of parts a file, each a PUT and a footer read before `_SUCCESS`, where the rows of a
-        # file leaving its read in blocks of 128 MiB made a part of each.
-        return self.part_bytes
+        return self.part_bytes  # Ray Data bundles a write task's blocks up to it (`PART_BYTES`)
 
     def on_write_start(self, schema=None) -> None:
         fs, path = filesystem(self.output)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ce_ray import ScoreConfig, io, readers, run_score
+from ce_ray import ScoreConfig, io, readers, run_score, sink
 from ce_ray.config import ConfigError
 from ce_ray.readers import input_key
 from ce_ray.rerank import RankedSink
@@ -436,8 +436,11 @@ def _scorer_pids() -> list:
 
 @pytest.mark.timeout(300)
 def test_killed_scoring_replica_is_restarted_and_rows_are_scored_exactly_once(
-        ray_local, tmp_path, tiny_model, wikiqa_files, reference):
+        ray_local, tmp_path, tiny_model, wikiqa_files, reference, monkeypatch):
     folder, _ = wikiqa_files
+    # A part of each scored block, written as it comes, so that the replica is killed with blocks left to score:
+    # gathered up to 128 MiB, the 200 rows would be written only once all are scored.
+    monkeypatch.setattr(sink, "PART_BYTES", None)
     out = tmp_path / "out"
     killed = []
 
