@@ -130,8 +130,10 @@ def wikiqa_pairs(split: str = "test", n: int | None = None):
 
 
 # The whole suite must end inside CI's limit, whatever hangs: past this budget the remaining tests fail at
-# once with a clear reason, so that the run still reports which test used the time.
-SUITE_BUDGET_S = float(os.environ.get("CE_RAY_TEST_BUDGET_S", 3600))
+# once with a clear reason, so that the run still reports which test used the time. CI allows 90 minutes,
+# of which setting up takes ~5: 75 minutes of tests leave the last test and the report ten (the suite took
+# ~50 minutes on a slow CI machine in 2026-12).
+SUITE_BUDGET_S = float(os.environ.get("CE_RAY_TEST_BUDGET_S", 4500))
 _SUITE_START = time.monotonic()
 
 
