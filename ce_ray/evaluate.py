@@ -61,7 +61,7 @@ def read_columns(uri: str, wanted: List[str], required: List[str], ids: List[str
                     table = table.append_column(key, pa.repeat(pa.scalar(value, pa.string()), table.num_rows))
                 tables.append(table)
         except pa.ArrowInvalid as e:  # a file cut short, or not parquet: pyarrow's message names no file
-            raise InputError(f"cannot read {file}: {e}") from None
+            raise InputError(f"cannot read {file}: {e}" + _parquet_only(file)) from None
     refuse_changed_output(uri, listing.finished, rows)  # first: a part lost or rewritten says more than its columns
     if lacking:
         raise InputError(lacking[0])
@@ -90,6 +90,15 @@ def _whole_numbers(ids: pa.ChunkedArray) -> pa.ChunkedArray:
     if not np.array_equal(values, np.round(values)):
         return ids
     return pc.cast(pc.if_else(missing, pa.scalar(None, ids.type), ids), pa.int64())
+
+
+def _parquet_only(file: str) -> str:
+    """What to do where eval was given a file of a text format: it reads scored rows as the jobs write them."""
+    kind = detect_format(file)
+    if kind in (None, "parquet"):
+        return ""
+    return (f" (a {kind.upper()} file: eval reads parquet, a score or rerank output or its files, or a TREC run "
+            f"file; score or rerank these pairs first, or write them as parquet)")
 
 
 def is_trec_run(uri: str, job: Optional[dict] = None) -> bool:

@@ -448,3 +448,14 @@ def test_the_run_file_holds_each_pair_once_and_leaves_the_metrics_as_they_are(tm
     with pytest.raises(InputError, match="document id 'a b' holds a blank: a TREC run's fields are separated"):
         run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "e.json"),
                             run_output=str(tmp_path / "run.txt")))
+
+
+def test_eval_of_pairs_in_a_text_format_says_it_reads_parquet(tmp_path):
+    """A JSON Lines or CSV file of scored pairs failed with pyarrow's "Parquet magic bytes not found" alone."""
+    rows = pd.DataFrame({"query_id": [1, 1], "doc_id": [1, 2], "score": [0.9, 0.1], "label": [1, 0]})
+    rows.to_json(tmp_path / "scored.jsonl", orient="records", lines=True)
+    rows.to_csv(tmp_path / "scored.csv", index=False)
+    for name, kind in (("scored.jsonl", "JSONL"), ("scored.csv", "CSV")):
+        with pytest.raises(InputError, match=rf"cannot read .*{name}: .*\(a {kind} file: eval reads parquet, a score "
+                                             r"or rerank output or its files, or a TREC run file; score or rerank"):
+            run_eval(EvalConfig(input=str(tmp_path / name), baseline_column=""))
