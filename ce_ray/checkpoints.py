@@ -79,9 +79,8 @@ def check_whole(folder: str, deepspeed: bool, shown: str) -> None:
     weights or configuration)."""
     missing = missing_files(folder, deepspeed)
     if missing:
-        shown_missing = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise IncompleteCheckpoint(
-            f"the checkpoint {shown} lacks {shown_missing}: it was not written whole to the store and is not "
+            f"the checkpoint {shown} lacks {briefly(missing)}: it was not written whole to the store and is not "
             f"loaded. Delete the run's folder ({posixpath.dirname(shown)}) or give another run_name to start afresh")
 
 

@@ -1020,6 +1020,17 @@ def test_a_checkpoint_that_lacks_files_is_not_resumed_from_nor_made_the_model(ra
     assert checkpoints.missing_files(str(checkpoint), deepspeed=False) == ["progress.json"]
 
 
+def test_a_checkpoint_that_lacks_many_files_names_the_first_five_and_counts_the_rest(tmp_path):
+    """Many missing files are said as every list of many is (`io.briefly`): the first five, then how many more."""
+    listed = {f"model/part-{n}.bin": 1 for n in range(7)}
+    (tmp_path / checkpoints.PROGRESS).write_text(json.dumps({"file_lists": 1}))
+    (tmp_path / "ce-ray-files-0.json").write_text(json.dumps(listed))
+    with pytest.raises(checkpoints.IncompleteCheckpoint,
+                       match=re.escape("lacks model/part-0.bin; model/part-1.bin; model/part-2.bin; model/part-3.bin; "
+                                       "model/part-4.bin; and 2 more: it was not written whole")):
+        checkpoints.check_whole(str(tmp_path), deepspeed=False, shown="s3://bucket/run/checkpoint_0000001")
+
+
 def test_a_run_whose_training_files_changed_since_its_checkpoints_is_not_resumed(ray_local, tiny_model, tmp_path):
     """A resumed run skips the batches its checkpoint trained by their place in the data: under the same train_data
     with a file rewritten, added or removed since, it skipped other rows than it had trained, silently. The run's
