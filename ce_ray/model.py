@@ -12,8 +12,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .model_folder import (SIGMOID, ModelError, activation_path, check_safe, is_sequence_classifier, local_model_path,
-                           max_length_of)
+from .model_folder import (SIGMOID, ModelError, activation_path, check_safe, dtype_name, is_sequence_classifier,
+                           local_model_path, max_length_of)
 
 
 def activation_from_path(dotted: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -75,9 +75,7 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     1.55e-2: its 8-bit mantissa) and float16 stayed within 2.05e-3, at the same tensor-core speed. float16's
     narrower range can overflow in some models: the Scorer then fails naming bfloat16 and float32.
     """
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype_name(dtype, device.type == "cuda"))
 
 
 def device_and_dtype(device: Optional[str], dtype: str) -> tuple:

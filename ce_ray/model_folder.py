@@ -20,6 +20,11 @@ from .io import check_s3_access, filesystem
 
 SIGMOID = "torch.nn.modules.activation.Sigmoid"
 IDENTITY = "torch.nn.modules.linear.Identity"
+# How many times slower half precision ran than float32 on a CPU without instructions for it, the lesser of two
+# runs: a replica of the shared L12 reranker scoring 100 WikiQA pairs on 2 busy cores of a Xeon kept to AVX2
+# (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2), best of 3 and of 4 (float16 12x and 12x, bfloat16 20x and 9x);
+# with its AMX, float16 ran as fast as float32 and bfloat16 3x faster (300 pairs, best of 6).
+SLOWER_ON_CPU = {"float16": 12, "bfloat16": 9}
 # CrossEncoder's own layout of a folder, beside transformers' files: its modules, their config, its settings.
 SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
@@ -270,6 +275,25 @@ def activation_path(path: str, num_labels: int, trust_remote_code: bool = False)
         if found.startswith("torch.") or trust_remote_code:
             return found
     return SIGMOID if num_labels == 1 else IDENTITY
+
+
+def dtype_name(dtype: str, on_gpu: bool) -> str:
+    """The dtype a replica computes in (`model.pick_dtype` makes it torch's): `dtype`, or for `auto` float16 on a
+    GPU and float32 on CPU. Here, apart from torch, so that a job's driver can say it."""
+    if dtype != "auto":
+        return dtype
+    return "float16" if on_gpu else "float32"
+
+
+def half_precision_on_cpu(dtype: str, setting: str, instead: str) -> str:
+    """A note for half precision (float16, bfloat16) asked of CPUs, else "": a CPU runs it fast only with
+    instructions for it (AMX, AVX-512 FP16 or BF16), which many lack, a laptop's among them (`SLOWER_ON_CPU`).
+    `setting`: how the user asked for it; `instead`: the setting that gives float32."""
+    if dtype not in SLOWER_ON_CPU:
+        return ""
+    kind = "FP16" if dtype == "float16" else "BF16"
+    return (f"ce-ray: note: {setting} on CPUs is fast only where they have {dtype} instructions (AMX, AVX-512 "
+            f"{kind}); without them a forward pass ran {SLOWER_ON_CPU[dtype]}x slower than in float32 ({instead})")
 
 
 def crossencoder_settings(path: str) -> dict:

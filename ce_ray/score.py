@@ -157,13 +157,14 @@ class ScoringModel:
     config: ScoreConfig  # the model as the workers load it, the max length set
     encoder: PairEncoder
     prompt: str
+    activation: str  # the function of the logit the scores are (dotted class name), as the replicas apply it
 
 
 def scoring_model(config: ScoreConfig) -> ScoringModel:
     """Checks the model (its folder, weights, classifier, max length) and reads its tokenizer's facts: a job
     does it before it starts Ray or touches its output, so that a bad model fails at once."""
-    from .model_folder import (ModelError, check_max_length, check_safe, check_scores, local_model_path, model_source,
-                               query_prompt, usable_max_length)
+    from .model_folder import (ModelError, activation_path, check_max_length, check_safe, check_scores,
+                               local_model_path, model_source, query_prompt, usable_max_length)
 
     config = dataclasses.replace(config, model=model_source(config.model))
     path = local_model_path(config.model)
@@ -178,7 +179,9 @@ def scoring_model(config: ScoreConfig) -> ScoringModel:
     encoder = pair_encoder(config.model, config.tokenizer, config.trust_remote_code, facts, prompt)
     if config.max_length is None:
         config = dataclasses.replace(config, max_length=usable_max_length(path, config.model, facts.max_length))
-    return ScoringModel(config, encoder, prompt)
+    # the replica's own choice (`Scorer`, `model.load_scoring_model`): the user's, else the model's
+    activation = config.activation or activation_path(path, 1, config.trust_remote_code)
+    return ScoringModel(config, encoder, prompt, activation)
 
 
 def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked: Optional[ScoringModel] = None,
@@ -189,10 +192,12 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
     `reject_reason` (null for scored rows); with `on_invalid="fail"` they fail the job instead.
     Example: `ce_ray.score(ray.data.read_parquet(...), model="cross-encoder/ms-marco-MiniLM-L6-v2")`.
     With `announce` (a job's title), one line says how the pairs will be scored: the device, the replicas,
-    the tokenizer, the forward passes' token budget. `checked`: `scoring_model(config)`, where a job checked it
+    the tokenizer, the forward passes' dtype and token budget, the activation (as `CrossEncoder.predict`'s). `checked`: `scoring_model(config)`, where a job checked it
     (its config is then the one used). `sources`: a job's input files by their key (`readers.input_sources`), so
     that a row that on_invalid=fail stops at names its file.
     """
+    from .model_folder import dtype_name, half_precision_on_cpu
+
     require_dataset(ds)
     config = with_settings(config, settings, ScoreConfig)
     require(config, "model")
@@ -211,11 +216,16 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
     _check_room(config, use_gpu, gpus, max(node_cpus, default=cpus))
     nodes = 0 if use_gpu else max(len(node_cpus), 1)
     min_replicas, max_replicas, per_node = _replica_counts(config, use_gpu, gpus, cpus, nodes)
+    dtype = dtype_name(config.dtype, use_gpu)
+    slow = "" if use_gpu else half_precision_on_cpu(dtype, f"dtype {dtype}", "dtype auto: float32 on CPUs")
+    if slow:
+        print(slow, file=sys.stderr, flush=True)
     if announce:  # before Ray Data's own lines, which follow the run
         budget = config.batch_tokens or default_batch_tokens(use_gpu)
         print(f"{announce}: {config.model} on {_replicas_said(config, use_gpu, max_replicas, nodes)}, tokenizer "
-              f"{'nanotoken' if encoder.fast is not None else 'Hugging Face'}, forward passes of at most "
-              f"{budget:,} tokens" + (f", each query after the prompt {prompt!r}" if prompt else ""), flush=True)
+              f"{'nanotoken' if encoder.fast is not None else 'Hugging Face'}, forward passes in {dtype} of at most "
+              f"{budget:,} tokens, activation {checked.activation.rsplit('.', 1)[-1]}"
+              + (f", each query after the prompt {prompt!r}" if prompt else ""), flush=True)
     tokenized = ds.map_batches(
         _tokenize_block,
         fn_kwargs=dict(

@@ -729,8 +729,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
 
     from . import card
     from .model_folder import (SIGMOID, activation_path, check_max_length, check_safe, check_single_logit,
-                               is_sequence_classifier, local_model_path, model_source, query_prompt,
-                               saved_architectures, usable_max_length)
+                               half_precision_on_cpu, is_sequence_classifier, local_model_path, model_source,
+                               query_prompt, saved_architectures, usable_max_length)
     from .runtime import cluster_resources, cpu_nodes, ensure_ray, free_failed_actors, surfaced_errors
     from .tokenizer_facts import tokenizer_facts
 
@@ -765,6 +765,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     resources = cluster_resources()
     use_gpu = config.use_gpu if config.use_gpu is not None else resources.get("GPU", 0) > 0
     _check_room(config, use_gpu, resources, max(cpu_nodes(), default=resources.get("CPU", 0)))
+    if not use_gpu and uses_bf16(config, use_gpu):  # a configuration written for GPUs, tried on a laptop
+        print(half_precision_on_cpu("bfloat16", "bf16", "bf16 unset: float32 on CPUs"), file=sys.stderr, flush=True)
     if config.deepspeed:
         try:
             _import_deepspeed(use_gpu)
