@@ -324,7 +324,7 @@ def test_ctrl_c_ends_a_job_with_a_line_that_says_how_to_finish_it(tmp_path, tiny
     command = ["score", "--model", str(tiny_model), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
                "--rows-per-block", "512"]
     # after the job's line saying how it scores: Ray has started, the pairs are read
-    returncode, errors = interrupted_as_in_a_terminal(command, after="forward passes of at most")
+    returncode, errors = interrupted_as_in_a_terminal(command, after="forward passes in ")
     assert returncode == 130, errors[-3000:]
     # Ray's exit may log after it
     assert "\nce-ray score: interrupted; --mode resume finishes it (the input files completed are kept)\n" in errors
