@@ -77,16 +77,6 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     return ray.data.read_datasource(source, override_num_blocks=len(paths)), checks, size_bytes, schema
 
 
-def in_blocks_of(ds, rows: int):
-    """The Dataset's blocks cut to at most `rows` rows each (Ray Data's streaming repartition), so that a large file
-    spreads over tokenize tasks and replicas. A read task's chunks leave it merged into Ray Data's blocks of up to
-    128 MiB (`DataContext.target_max_block_size`), and a stage gives each block whole to one task: a file of 500,000
-    short pairs reached tokenizing and scoring as one block, one replica of two scoring all its rows, the other none
-    (bench/README.md, "Blocks of a large file"). A byte target sized for `rows` (the Dataset's own context) missed
-    it: a parquet footer's sizes are of the encoded pages, far below the rows' in memory where texts repeat."""
-    return ds.repartition(target_num_rows_per_block=rows)
-
-
 def _parse_lines_slowly(lines: List[bytes], numbers: List[int], path: str, text_columns: List[str],
                         list_columns: Sequence[str] = ()) -> pa.Table:
     """Line by line, for a chunk Arrow's JSON reader refused (mixed types, a bad line): nothing is lost.

@@ -394,7 +394,7 @@ def default_partitions(input_bytes: int) -> int:
 def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSummary:
     """The `ce-ray rerank` job: read, score, rank per query, keep the top k, write results and rejects."""
     from .io import check_apart, check_s3_access, parse_names
-    from .readers import in_blocks_of, input_key, input_sources, read_dataset
+    from .readers import input_key, input_sources, read_dataset
     from .runtime import surfaced_errors, work
     from .score import job_settings, say_input, scoring_model, written_columns
     from .sink import check_output, prepare_output
@@ -415,8 +415,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     job = job_settings(config) | {"query_id_column": config.query_id_column, "top_k": config.top_k} | (
         {"rank_column": config.rank_column} if config.rank_column != RANK else {})
     say_input(title, files)
-    scored = score(in_blocks_of(ds, config.rows_per_block), config, announce=title, checked=checked,
-                   sources=input_sources(files))
+    scored = score(ds, config, announce=title, checked=checked, sources=input_sources(files))
     prepare_output(config.output, config.mode, job=job, resumable=False, checked=True)
     partitions = config.rank_partitions or default_partitions(input_bytes)
     print(f"{title}: ranks the rows of each {config.query_id_column} in {partitions} partition(s)"

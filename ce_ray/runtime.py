@@ -268,11 +268,11 @@ def column_type_clash(text: str, stage: Optional[str] = None) -> Optional[InputE
 
 
 # The stages of ce-ray's pipelines, as the Ray task or actor that runs them is named in a task's error (`ray::MapWorker(
-# ReadTaggedFiles->MapBatches(_tokenize_block)->MapBatches(ScoringReplica)).submit()`): the tokenize and scoring
+# MapBatches(_tokenize_block)->MapBatches(ScoringReplica)).submit()`): the cut into blocks, tokenize and scoring
 # stages of score and rerank, rerank's ranking stages, train's. A clash of column types in a caller's own stage
 # (their union of Datasets, consumed in their own map_batches) is no error of ce-ray's, and goes through as it is.
-CE_RAY_STAGES = ("_tokenize_block", "ScoringReplica", "shuffle_input", "rank_queries", "_tokenize_train_block",
-                 "training_pairs", "_block_stats", "_kept_rows")
+CE_RAY_STAGES = ("_cut_into_blocks", "_tokenize_block", "ScoringReplica", "shuffle_input", "rank_queries",
+                 "_tokenize_train_block", "training_pairs", "_block_stats", "_kept_rows")
 
 
 def _ce_ray_stage(text: str) -> Optional[str]:

@@ -190,10 +190,12 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
 
     Rows that cannot be scored (null or non-text query or document) keep a null score and say why in
     `reject_reason` (null for scored rows); with `on_invalid="fail"` they fail the job instead.
+    The rows reach tokenizing and scoring in blocks of at most `rows_per_block` rows (`in_blocks_of`), however the
+    Dataset comes: a job's files, or a caller's DataFrame made one block.
     Example: `ce_ray.score(ray.data.read_parquet(...), model="cross-encoder/ms-marco-MiniLM-L6-v2")`.
     With `announce` (a job's title), one line says how the pairs will be scored: the device, the replicas,
-    the tokenizer, the forward passes' dtype and token budget, the activation (as `CrossEncoder.predict`'s). `checked`: `scoring_model(config)`, where a job checked it
-    (its config is then the one used). `sources`: a job's input files by their key (`readers.input_sources`), so
+    the tokenizer, the forward passes' dtype and token budget, the activation (as `CrossEncoder.predict`'s).
+    `checked`: `scoring_model(config)`, where a job checked it (its config is then the one used). `sources`: a job's input files by their key (`readers.input_sources`), so
     that a row that on_invalid=fail stops at names its file.
     """
     from .model_folder import dtype_name, half_precision_on_cpu
@@ -226,7 +228,7 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
               f"{'nanotoken' if encoder.fast is not None else 'Hugging Face'}, forward passes in {dtype} of at most "
               f"{budget:,} tokens, activation {checked.activation.rsplit('.', 1)[-1]}"
               + (f", each query after the prompt {prompt!r}" if prompt else ""), flush=True)
-    tokenized = ds.map_batches(
+    tokenized = in_blocks_of(ds, config.rows_per_block).map_batches(
         _tokenize_block,
         fn_kwargs=dict(
             encoder=encoder, query_column=config.query_column, document_column=config.document_column,
@@ -251,6 +253,31 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
         # A replica that dies (node lost, OOM) is restarted and its blocks are redone: Ray Data's actor
         # pools default to max_restarts=-1 and max_task_retries=-1.
     )
+
+
+def in_blocks_of(ds, rows: int):
+    """The Dataset's blocks cut to at most `rows` rows each, so that a large block spreads over tokenize tasks and
+    replicas: a stage gives each block whole to one task. A job's read task merges the chunks it reads into Ray Data's
+    blocks of up to 128 MiB (`DataContext.target_max_block_size`), and a caller's Dataset comes as it was made
+    (`ray.data.from_pandas(frame)`: one block): a file of 500,000 short pairs reached tokenizing and scoring as one
+    block, one replica of two scoring all its rows, the other none (bench/README.md, "Blocks of a large file").
+
+    The rows go in batches of `rows` (`_cut_into_blocks`), each kept a block of its own by Ray Data's streaming
+    repartition, which runs in the same task. The repartition alone cuts as well, but where it puts a task's blocks
+    together, a clash of column types met it in a stage that names nothing of ce-ray's (`StreamingRepartition[...]`,
+    as a caller's own is named), and where the caller's Dataset ended in a map_batches that keeps its rows
+    (`udf_modifying_row_count=False`), Ray Data fused the repartition into it and the tokenize and scoring stages
+    after them: one task, one replica call again. A stage that may change its rows' count is not fused into one that
+    takes batches of a set size, hence `udf_modifying_row_count=True` here, though every row is kept.
+    A byte target sized for `rows` (the Dataset's own context) missed it: a parquet footer's sizes are of the encoded
+    pages, far below the rows' in memory where texts repeat."""
+    return ds.map_batches(_cut_into_blocks, batch_size=rows, batch_format=None,
+                          udf_modifying_row_count=True).repartition(target_num_rows_per_block=rows)
+
+
+def _cut_into_blocks(batch):
+    """A batch of `in_blocks_of`'s cut, as it came (in its own format: nothing is converted)."""
+    return batch
 
 
 def _replica_counts(config: ScoreConfig, use_gpu: bool, gpus: int, cpus: int, nodes: int) -> tuple:
@@ -618,7 +645,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     not rewritten since) and redoes the rest. A transform regroups rows across files, so its jobs cannot resume.
     """
     from .io import OVERWRITE, RESUME, check_apart, check_s3_access, parse_names
-    from .readers import in_blocks_of, input_key, input_sources, read_dataset
+    from .readers import input_key, input_sources, read_dataset
     from .sink import (PART_BYTES, WRITE_REMOTE_ARGS, PairsSink, ResumeState, check_output, lost_or_rewritten,
                        prepare_output, resume_state)
 
@@ -646,7 +673,6 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         rows_per_block=config.rows_per_block, column_names=parse_names(config.column_names),
         written=written_columns(config), settings=column_settings(config))
     if ds is not None:
-        ds = in_blocks_of(ds, config.rows_per_block)
         say_input(title, [f for f in files if to_score(f)])
     scored = None if ds is None else score(ds, config, announce=title, checked=checked, sources=input_sources(files))
     if scored is not None and transform is not None:

@@ -347,6 +347,39 @@ def test_a_large_file_reaches_the_replicas_in_blocks_of_rows_per_block_and_is_wr
     assert len(os.listdir(tmp_path / "out" / "results")) == 1
 
 
+def scoring_calls(ds) -> int:
+    """The scoring stage's tasks in Ray Data's stats of a Dataset that has run: one per replica call."""
+    calls = re.search(r"Operator \d+ \S*MapBatches\(ScoringReplica\): (\d+) tasks executed", ds.stats())
+    assert calls, ds.stats()
+    return int(calls.group(1))
+
+
+def test_a_callers_dataset_of_one_block_reaches_the_replicas_in_blocks_of_rows_per_block(ray_local, tiny_model):
+    """A caller's own Dataset is cut into blocks of `rows_per_block` rows too, as a job's files are: a DataFrame
+    given as `ray.data.from_pandas(frame)` is one block, which reached tokenizing and scoring whole, one replica
+    call for all its rows (on a node of 8 GPUs, one replica scored everything). So does one that ends in the caller's
+    own `map_batches(..., udf_modifying_row_count=False)`, where Ray Data fused a streaming repartition alone into
+    that stage and then the tokenize and scoring stages into it: one call again. Rerank's ranks stay whole."""
+    import ray.data
+
+    import ce_ray
+
+    rows, block = 6_000, 1024
+    frame = pd.DataFrame({"query_id": [i % 7 for i in range(rows)], "query": [f"q{i % 7}" for i in range(rows)],
+                          "document": [f"document {i}" for i in range(rows)]})
+    ds = ray.data.from_pandas(frame)
+    assert ds.num_blocks() == 1
+    for pairs in (ds, ds.map_batches(lambda batch: batch, udf_modifying_row_count=False)):
+        scored = ce_ray.score(pairs, model=str(tiny_model), rows_per_block=block).materialize()
+        assert scored.count() == rows and scoring_calls(scored) == -(-rows // block)
+    ranked = ce_ray.rerank(ds, model=str(tiny_model), rows_per_block=block).materialize()
+    assert scoring_calls(ranked) == -(-rows // block)
+    out = ranked.to_pandas().sort_values(["query_id", "rank"])
+    assert len(out) == rows and out.groupby("query_id")["rank"].apply(list).map(
+        lambda ranks: ranks == list(range(1, len(ranks) + 1))).all()
+    assert out.groupby("query_id")["score"].apply(lambda scores: scores.is_monotonic_decreasing).all()
+
+
 @pytest.mark.parametrize("fmt", ["folder", "glob", "jsonl", "csv", "tsv"])
 def test_each_input_format(ray_local, tmp_path, tiny_model, pairs_df, fmt, capsys):
     paths = write_formats(pairs_df, tmp_path / "in")
@@ -534,8 +567,22 @@ def test_surfaced_errors_claims_a_clash_of_column_types_in_ce_rays_stages_alone(
     scored = ce_ray.score(parts(), model=str(tiny_model))
     with pytest.raises(InputError, match=r"^the rows' column 'id' is (int64|string) in some blocks of the Dataset and "
                                          r"(string|int64) in others, which Ray Data cannot put together in one batch "
-                                         r"\(in \S*MapBatches\(_tokenize_block\)\S*\): make it one type in every row, "
+                                         r"\(in \S*MapBatches\(_cut_into_blocks\)\S*\): make it one type in every row, "
                                          r"file and part of the Dataset"):
+        with ce_ray.surfaced_errors():
+            scored.take_all()
+
+    # A task of the caller's that gives blocks of both types: they meet where ce-ray cuts the rows into blocks, a
+    # stage of its own (a streaming repartition alone met them in a stage named as a caller's own is, and Ray's
+    # error went through).
+    def both_types(batch):
+        yield pa.table({"id": [1], "query": ["q"], "document": ["d"]})
+        yield pa.table({"id": ["x2"], "query": ["q"], "document": ["e"]})
+
+    scored = ce_ray.score(ray.data.range(1).map_batches(both_types), model=str(tiny_model))
+    with pytest.raises(InputError, match=r"^the rows' column 'id' is int64 in some blocks of the Dataset and string in "
+                                         r"others, which Ray Data cannot put together in one batch \(in \S*MapBatches"
+                                         r"\(_cut_into_blocks\)\S*\): make it one type"):
         with ce_ray.surfaced_errors():
             scored.take_all()
 
