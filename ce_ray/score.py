@@ -195,8 +195,8 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
     Example: `ce_ray.score(ray.data.read_parquet(...), model="cross-encoder/ms-marco-MiniLM-L6-v2")`.
     With `announce` (a job's title), one line says how the pairs will be scored: the device, the replicas,
     the tokenizer, the forward passes' dtype and token budget, the activation (as `CrossEncoder.predict`'s).
-    `checked`: `scoring_model(config)`, where a job checked it (its config is then the one used). `sources`: a job's input files by their key (`readers.input_sources`), so
-    that a row that on_invalid=fail stops at names its file.
+    `checked`: `scoring_model(config)`, where a job checked it (its config is then the one used). `sources`: a job's
+    input files by their key (`readers.input_sources`), so that a row that on_invalid=fail stops at names its file.
     """
     from .model_folder import dtype_name, half_precision_on_cpu
 
