@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import os
 import re
 import shutil
-import os
 import subprocess
 import sys
 import time
