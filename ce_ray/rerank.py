@@ -373,8 +373,9 @@ class RerankSummary:
             ("rows rejected", f"{self.rows_rejected:,}" + ("  (see rejects/)" if self.rows_rejected else "")),
         ] + ([("query ids", f"{self.shared_query_ids:,} with more than one query text, each ranked as one query")]
              if self.shared_query_ids else []) + [
-            ("seconds", f"{self.seconds:.1f}  ({self.seconds - self.rank_seconds:.1f} reading and scoring, "
-                        f"{self.rank_seconds:.1f} ranking and writing)"),
+            # the first figure holds the job's start (Ray's, the replicas'), which Ray Data's stats cannot place
+            ("seconds", f"{self.seconds:.1f}  ({self.seconds - self.rank_seconds:.1f} starting, reading and "
+                        f"scoring, {self.rank_seconds:.1f} ranking and writing)"),
             ("pairs/s", f"{self.pairs_per_second:,.1f}"),
             ("output", self.output),
         ])

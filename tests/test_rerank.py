@@ -275,7 +275,8 @@ def test_rerank_job_over_files_and_blocks(ray_local, tiny_model, tmp_path, capsy
     assert "ce-ray rerank: ranks the rows of each query_id in 3 partition(s)\n" in out
     # The seconds split where the rank stage started: every row scored by then.
     assert 0 < summary.rank_seconds < summary.seconds
-    said = re.search(r"\n  seconds +([\d.]+)  \(([\d.]+) reading and scoring, ([\d.]+) ranking and writing\)\n", out)
+    said = re.search(r"\n  seconds +([\d.]+)  \(([\d.]+) starting, reading and scoring, ([\d.]+) ranking and "
+                     r"writing\)\n", out)
     assert said and said.group(3) == f"{summary.rank_seconds:.1f}"
     assert (summary.rows_kept, summary.rows_cut, summary.rows_rejected, summary.shared_query_ids) == (22, 0, 1, 0)
 
