@@ -31,11 +31,13 @@ SUCCESS = "_SUCCESS"
 def numbered_lines(uri: str):
     """(line number, line) of a local or s3:// text file (gzip etc. detected from the name)."""
     fs, path = filesystem(uri)
-    try:
-        with fs.open_input_stream(path, compression="detect") as f:
-            data = f.read()  # the whole file: BM25 indexes all of it in memory anyway
-    except FileNotFoundError:
-        raise InputError(f"{uri} does not exist") from None
+    kind = fs.get_file_info(path).type  # NotFound too where a folder of the path is a file (`--data corpus.jsonl`)
+    if kind == pafs.FileType.NotFound:
+        raise InputError(f"{uri} does not exist")
+    if kind == pafs.FileType.Directory:
+        raise InputError(f"{uri} is a folder, not a file")
+    with fs.open_input_stream(path, compression="detect") as f:
+        data = f.read()  # the whole file: BM25 indexes all of it in memory anyway
     for number, line in enumerate(data.split(b"\n"), start=1):
         try:
             yield number, line.decode("utf-8")

@@ -144,3 +144,20 @@ def test_a_folder_in_the_candidates_files_place_is_refused_before_the_work_and_o
     assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out"), "--mode", "overwrite"]) == 0
     assert pd.read_parquet(tmp_path / "out" / "candidates-test.parquet")["doc_id"].tolist() == ["d1"]
     assert (tmp_path / "out" / "_SUCCESS").is_file()
+
+
+def test_a_data_path_that_is_a_file_or_a_qrels_path_that_is_a_folder_fails_in_one_line(tmp_path, capsys):
+    """`--data` naming the corpus file instead of its folder, or eval's `--qrels` naming the qrels folder instead
+    of a file, ended in pyarrow's traceback and, for candidates, `failed: ...; rerun it with --mode overwrite`,
+    exit 1, as if work had been done."""
+    docs = ['{"_id": "d1", "title": "Apples", "text": "red apples are sweet"}']
+    folder = beir_folder(tmp_path / "beir", docs, "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    corpus = folder / "corpus.jsonl"
+    assert main(["candidates", "--data", str(corpus), "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"ce-ray candidates: error: {corpus}/qrels/test.tsv does not exist"]
+    assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out")]) == 0
+    assert main(["eval", "--input", str(tmp_path / "out"), "--score-column", "bm25_score",
+                 "--qrels", str(folder / "qrels")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"ce-ray eval: error: {folder}/qrels is a folder, not a file"]
