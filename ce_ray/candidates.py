@@ -192,12 +192,18 @@ def run_candidates(config: CandidatesConfig) -> dict:
     qrels = read_qrels(join(config.data, "qrels", f"{config.split}.tsv"))
     queries = read_queries(config.data)
     corpus = read_corpus(config.data)
+    # Texts under other keys (`body`, `query`) read as empty: bm25s fails on a corpus without a term, and
+    # queries without one retrieve nothing.
+    if not any(corpus.values()):
+        raise InputError(f"no document of {join(config.data, 'corpus.jsonl')} has a 'title' or 'text'")
     report = check_qrels(qrels, queries, corpus)
     for line in report.lines():
         print(f"ce-ray candidates: warning: {line}", file=sys.stderr, flush=True)
     query_ids = [q for q in qrels if q in queries][: config.max_queries]
     if not query_ids:
         raise InputError(f"no query of qrels/{config.split}.tsv is in {join(config.data, 'queries.jsonl')}")
+    if not any(queries[q].strip() for q in query_ids):
+        raise InputError(f"no query of qrels/{config.split}.tsv has a 'text' in {join(config.data, 'queries.jsonl')}")
     _prepare(config)
     with work():  # from here on an error fails a job that has done work, whatever its type
         return _retrieve(config, corpus, queries, qrels, query_ids, report, start)

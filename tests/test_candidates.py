@@ -161,3 +161,24 @@ def test_a_data_path_that_is_a_file_or_a_qrels_path_that_is_a_folder_fails_in_on
                  "--qrels", str(folder / "qrels")]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"ce-ray eval: error: {folder}/qrels is a folder, not a file"]
+
+
+def test_a_corpus_or_queries_without_text_fail_before_any_work_naming_the_file(tmp_path, capsys):
+    """An empty corpus, or one whose texts are under other keys (`body`), failed in bm25s' index with `max() arg
+    is an empty sequence` and `rerun it with --mode overwrite`, exit 1; queries under other keys (`query`) gave 0
+    pairs and exit 0."""
+    empty = beir_folder(tmp_path / "empty", [], "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    (empty / "corpus.jsonl").write_text("")
+    other_keys = beir_folder(tmp_path / "body", ['{"_id": "d1", "body": "red apples are sweet"}'],
+                             "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    for folder in (empty, other_keys):
+        assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out")]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"ce-ray candidates: error: no document of {folder}/corpus.jsonl has a 'title' or 'text'"]
+    folder = beir_folder(tmp_path / "queries", ['{"_id": "d1", "title": "Apples", "text": "red apples are sweet"}'],
+                         "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "query": "red apples"}\n')
+    assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"ce-ray candidates: error: no query of qrels/test.tsv has a 'text' in {folder}/queries.jsonl"]
+    assert not (tmp_path / "out").exists()
