@@ -35,6 +35,7 @@ from .io import (REJECTS, InputError, check_s3_access, column_list, detect_forma
                  is_remote, job_summary, join, list_files, missing_values, partition_values,
                  refuse_changed_output, settings_hint)
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
+from .train_data import numeric_labels
 
 
 def read_columns(uri: str, wanted: List[str], required: List[str], ids: List[str], needed_ids: List[str],
@@ -248,7 +249,13 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
     else:
         judged_query, in_qrels = np.ones(len(query_ids), dtype=bool), np.ones(len(df), dtype=bool)
         repeated = np.zeros(len(df), dtype=bool)  # without qrels each row is a candidate, as in the evaluator
-        gains = pd.to_numeric(df[c.label_column], errors="coerce").fillna(0).to_numpy(dtype=np.float64)
+        # As training reads labels: text (a CSV's, through rerank) as numbers, `True` and `False` as 1 and 0, and
+        # a column where none is a number refused, where it was read as 0 everywhere.
+        try:
+            labels = numeric_labels(pa.table({c.label_column: pa.array(df[c.label_column])}), c.label_column)
+        except InputError as e:
+            raise InputError(f"{c.input}: {e}: name the grades' column with --label-column, or give --qrels") from None
+        gains = np.nan_to_num(labels.to_numpy(zero_copy_only=False).astype(np.float64), nan=0.0)
         total, ideal = np.bincount(lists, weights=gains > 0, minlength=len(query_ids)), None
     orders = {"reranked": (ranked_by, None)} | ({"baseline": (baseline, c.baseline_descending)} if baseline else {})
     metrics = {}

@@ -459,3 +459,19 @@ def test_eval_of_pairs_in_a_text_format_says_it_reads_parquet(tmp_path):
         with pytest.raises(InputError, match=rf"cannot read .*{name}: .*\(a {kind} file: eval reads parquet, a score "
                                              r"or rerank output or its files, or a TREC run file; score or rerank"):
             run_eval(EvalConfig(input=str(tmp_path / name), baseline_column=""))
+
+
+def test_labels_that_are_text_are_read_as_training_reads_them_or_refused(tmp_path):
+    """Labels as a CSV or TSV brings them through rerank (text: `1`, `True`) are read as numbers, as training
+    reads them; a column of text where no label is a number (`yes`, or `--label-column` naming the query) was read
+    as 0 everywhere: every query without a relevant document, every metric 0, exit 0."""
+    rows = pd.DataFrame({"query_id": ["a", "a", "b", "b"], "doc_id": ["1", "2", "3", "4"],
+                         "score": [0.9, 0.1, 0.2, 0.8]})
+    for labels in (["1", "0", "0", "1"], ["True", "False", "false", "true"]):
+        rows.assign(label=labels).to_parquet(tmp_path / "pairs.parquet")
+        result = run_eval(EvalConfig(input=str(tmp_path / "pairs.parquet"), baseline_column=""))
+        assert result["reranked"]["map"] == 1.0
+    rows.assign(label=["yes", "no", "no", "yes"]).to_parquet(tmp_path / "pairs.parquet")
+    with pytest.raises(InputError, match=r"pairs\.parquet: label column 'label' is text, not a number: name the "
+                                         r"grades' column with --label-column, or give --qrels$"):
+        run_eval(EvalConfig(input=str(tmp_path / "pairs.parquet"), baseline_column=""))
