@@ -446,8 +446,11 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     require(config, "input")
     c, job_notes, job = _following_the_job(config)
     output = c.output or default_output(c.input, job is not None)
-    for uri in (output, c.run_output):
+    for setting, uri in (("output", output), ("run_output", c.run_output)):
         check_s3_access(uri)  # before any work, naming the bucket (s3fs's error names none)
+        fs, path = filesystem(uri) if uri else (None, "")
+        if fs is not None and fs.get_file_info(path).type == pafs.FileType.Directory:  # it failed once written
+            raise ConfigError(f"{setting} {uri} is a folder: give the path of a file")
     qrels = read_qrels(c.qrels) if c.qrels else None
     required = [c.query_id_column] + ([c.doc_id_column] if qrels is not None or c.run_output else []) + (
         [c.label_column] if qrels is None else [])

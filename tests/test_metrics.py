@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ce_ray.cli import main
 from ce_ray.config import ConfigError, EvalConfig
 from ce_ray.evaluate import evaluate_frame, run_eval
 from ce_ray.io import InputError
@@ -475,3 +476,18 @@ def test_labels_that_are_text_are_read_as_training_reads_them_or_refused(tmp_pat
     with pytest.raises(InputError, match=r"pairs\.parquet: label column 'label' is text, not a number: name the "
                                          r"grades' column with --label-column, or give --qrels$"):
         run_eval(EvalConfig(input=str(tmp_path / "pairs.parquet"), baseline_column=""))
+
+
+def test_an_output_or_run_output_that_is_a_folder_is_refused_before_any_work(tmp_path, capsys):
+    """`--output out/` or `--run-output out/` naming a folder failed once every metric was computed, with pyarrow's
+    traceback and `failed: IsADirectoryError`, exit 1."""
+    (tmp_path / "run.txt").write_text("q1 Q0 d1 1 2.0 x\nq1 Q0 d2 2 1.0 x\n")
+    (tmp_path / "qrels.tsv").write_text("q1 0 d1 1\n")
+    (tmp_path / "out").mkdir()
+    for flag in ("--output", "--run-output"):
+        assert main(["eval", "--input", str(tmp_path / "run.txt"), "--qrels", str(tmp_path / "qrels.tsv"),
+                     flag, str(tmp_path / "out")]) == 2
+        setting = flag[2:].replace("-", "_")
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"ce-ray eval: error: {setting} {tmp_path}/out is a folder: give the path of a file")
+    assert not (tmp_path / "run.txt.eval.json").exists()
