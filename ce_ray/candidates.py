@@ -93,6 +93,8 @@ def read_qrels(uri: str) -> Dict[str, Dict[str, int]]:
         except ValueError:
             raise InputError(f"{uri} line {number}: score {parts[2]!r} is not a number") from None
         qrels.setdefault(parts[0], {})[parts[1]] = grade
+    if not qrels:  # nothing to search for or to measure by: said here, not as a fault further on
+        raise InputError(f"{uri} holds no judgment (a query, a document and its grade a line)")
     return qrels
 
 

@@ -491,3 +491,21 @@ def test_an_output_or_run_output_that_is_a_folder_is_refused_before_any_work(tmp
         assert capsys.readouterr().err.splitlines()[-1] == (
             f"ce-ray eval: error: {setting} {tmp_path}/out is a folder: give the path of a file")
     assert not (tmp_path / "run.txt.eval.json").exists()
+
+
+def test_qrels_without_a_judgment_fail_in_one_line(tmp_path, capsys):
+    """An empty qrels file, or one of BEIR's header alone, failed eval with `failed: StopIteration`, exit 1, and
+    candidates with `no query of qrels/test.tsv is in queries.jsonl`."""
+    (tmp_path / "run.txt").write_text("q1 Q0 d1 1 2.0 x\n")
+    for text in ("", "query-id\tcorpus-id\tscore\n"):
+        (tmp_path / "qrels.tsv").write_text(text)
+        assert main(["eval", "--input", str(tmp_path / "run.txt"), "--qrels", str(tmp_path / "qrels.tsv")]) == 2
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"ce-ray eval: error: {tmp_path}/qrels.tsv holds no judgment (a query, a document and its grade a line)")
+    (tmp_path / "beir" / "qrels").mkdir(parents=True)
+    (tmp_path / "beir" / "corpus.jsonl").write_text('{"_id": "d1", "title": "", "text": "red apples"}\n')
+    (tmp_path / "beir" / "queries.jsonl").write_text('{"_id": "q1", "text": "apples"}\n')
+    (tmp_path / "beir" / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n")
+    assert main(["candidates", "--data", str(tmp_path / "beir"), "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (f"ce-ray candidates: error: {tmp_path}/beir/qrels/test.tsv "
+                                                        "holds no judgment (a query, a document and its grade a line)")
