@@ -414,7 +414,10 @@ def conform(table: pa.Table, schema: Optional[pa.Schema]) -> pa.Table:
                 wanted = wanted.with_type(column.type)
             columns.append(column)
         fields.append(wanted)
-    rest = [name for name in table.column_names if name not in schema.names]
+    # The job's own columns, and its `reject_reason` where the input's schema has one too (placed here, after the
+    # input's columns): left out with the input's, the rejects lost their reasons.
+    placed = {field.name for field in fields}
+    rest = [name for name in table.column_names if name not in placed]
     return pa.Table.from_arrays(columns + [table.column(name) for name in rest],
                                 schema=pa.schema(fields + [table.schema.field(name) for name in rest],
                                                  metadata=table.schema.metadata))

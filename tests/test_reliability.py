@@ -356,6 +356,21 @@ def test_a_job_that_fails_mid_way_ends_with_a_line_of_why_and_how_to_finish_it(r
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
+def test_the_rejects_of_a_job_whose_input_had_a_reason_keep_their_reasons_when_scored_again(ray_local, tmp_path,
+                                                                                            tiny_model):
+    """The rejects of a job whose input has a `reason` column hold it and the job's `reject_reason`: scored again
+    (a parquet folder, whose footer names both), a row keeps its earlier reason and a new one gets its own, where
+    the rejects' parts held no `reject_reason` at all."""
+    (tmp_path / "in").mkdir()
+    pd.DataFrame({"id": ["1", "2", "3"], "query": ["q", "q", None], "document": ["a", "b", "c"],
+                  "reason": ["asked by a", "asked by b", "asked by c"],
+                  "reject_reason": [None, "an earlier job's reason", None]}).to_parquet(tmp_path / "in" / "p.parquet")
+    summary = job(tiny_model, tmp_path / "in", tmp_path / "out")
+    assert (summary.rows_scored, summary.rows_rejected) == (1, 2)
+    assert rejects(tmp_path / "out")[["id", "reason", "reject_reason"]].values.tolist() == [
+        ["2", "asked by b", "an earlier job's reason"], ["3", "asked by c", "query is null"]]
+
+
 def test_a_categorical_text_column_is_text(ray_local, tmp_path, tiny_model):
     """pandas writes a categorical column as a dictionary of strings: scored as the same strings would be,
     also where one file has it categorical and another plain (and ids int32 in one, int64 in the other),
