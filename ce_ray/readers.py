@@ -125,7 +125,8 @@ def _parse_lines_slowly(lines: List[bytes], numbers: List[int], path: str, text_
         values = [row.get(name) for row in rows]
         try:
             columns[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types in a passthrough column: all kept as text
+        # mixed types in a passthrough column, or an integer past int64 (a uint64 id): all kept as text
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             columns[name] = as_json_text(values)
     for column in text_columns:
         if column not in columns or pa.types.is_null(columns[column].type):
@@ -165,17 +166,40 @@ def _read_json_as_written(data: bytes) -> pa.Table:
     return pajson.read_json(pa.BufferReader(data), parse_options=pajson.ParseOptions(explicit_schema=schema))
 
 
+INT64_MAX = (1 << 63) - 1
+_LONG_NUMBER = re.compile(rb"-?\d{19,}")  # a number (or a run of digits in a text) that may not fit in int64
+
+
+def _holds_floats(kind: pa.DataType) -> bool:
+    """Whether `kind` is a float, or a struct or list with one in it."""
+    if pa.types.is_floating(kind):
+        return True
+    return any(_holds_floats(kind.field(i).type) for i in range(kind.num_fields))
+
+
+def _rounds_integers(data: bytes, table: pa.Table) -> bool:
+    """Whether Arrow's JSON reader read an integer past int64's range (a uint64 hash id) in `data` as a float,
+    rounded: 12345678901234567890 and ...891 became one value, and the column's other ids floats."""
+    if not any(_holds_floats(field.type) for field in table.schema):
+        return False
+    return any(abs(int(number)) > INT64_MAX for number in _LONG_NUMBER.findall(data))
+
+
 def read_json_lines(lines: List[bytes], numbers: List[int], path: str, text_columns: Sequence[str],
                     list_columns: Sequence[str] = ()) -> pa.Table:
     """JSON Lines `lines` (each line's number in its file, `numbers`) as a table: Arrow's reader for speed, line by
     line (`_parse_lines_slowly`) where it refuses them (mixed types, a bad line) or reads a text column as another
     kind (a query that is a number on every line), so that a text column is text in every block of every file,
     its other values rejected with their rows. A column of `list_columns` (training's documents) is checked value
-    by value where its pairs are made (`training_pairs`), which keeps a row's other pairs."""
+    by value where its pairs are made (`training_pairs`), which keeps a row's other pairs. An integer past int64
+    is kept as the text it was written (`_rounds_integers`)."""
     try:
-        table = _read_json_as_written(b"\n".join(lines))
+        data = b"\n".join(lines)
+        table = _read_json_as_written(data)
         if table.num_rows != len(lines):
             raise pa.ArrowInvalid("row count differs from line count")
+        if _rounds_integers(data, table):
+            raise pa.ArrowInvalid("an integer past int64, read as a float")
         texts = [table.schema.field(c).type for c in text_columns if c in table.column_names and c not in list_columns]
         if all(is_text(dtype) or pa.types.is_null(dtype) for dtype in texts):
             return table

@@ -105,6 +105,19 @@ def test_a_column_of_mixed_types_in_jsonl_is_kept_as_text():
     assert table.column("query_id").to_pylist() == ["1", "1", "1.5", '{"a": 1}', None]
 
 
+def test_jsonl_integers_past_int64_are_kept_exactly_as_text(ray_local, tmp_path, tiny_model):
+    """An id past int64's range (a uint64 hash) is kept as the text it was written: Arrow's reader read it as a
+    float, rounded (two ids one), and a chunk read line by line (a NaN in it) failed the job with OverflowError."""
+    ids = [12345678901234567890, 12345678901234567891, 7]
+    for name, extra in (("rounded", "1.5"), ("overflow", "NaN")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "p.jsonl").write_text("".join(
+            f'{{"id": {i}, "query": "q", "document": "d {i}", "bm25": {extra}}}\n' for i in ids))
+        summary = job(tiny_model, tmp_path / name, tmp_path / f"out-{name}")
+        assert (summary.rows_scored, summary.rows_rejected) == (3, 0)
+        assert sorted(results(tmp_path / f"out-{name}")["id"]) == sorted(map(str, ids))
+
+
 def test_invalid_utf8_in_jsonl_rejects_the_line(jsonl_job):
     bad = rejects(jsonl_job[1])
     reason = bad[bad["reason"].str.contains("line 5")]["reason"].tolist()
