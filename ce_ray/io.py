@@ -648,8 +648,10 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
             raise InputError(f"{path}: line 1 is not valid JSON ({e})") from None
         if not isinstance(first, dict):
             raise InputError(f"{path}: line 1 is not a JSON object")
-        return FileCheck(path, list(first), None, _json_types(lines if whole else lines[:-1] or lines[:1], path),
-                         size_bytes=size)
+        # The columns of the head's lines, not of the first alone: a line may leave a key out (a null), and a query
+        # missing from line 1 alone failed the file as having no query column.
+        types = _json_types(lines if whole else lines[:-1] or lines[:1], path)
+        return FileCheck(path, list(types), None, types, size_bytes=size)
     except InputError:
         raise
     except (OSError, pa.ArrowException) as e:

@@ -262,6 +262,18 @@ def test_broken_json_line_is_rejected_and_the_rest_scored(jsonl_job):
     assert 9 in set(results(jsonl_job[1])["id"])
 
 
+def test_a_jsonl_file_whose_first_line_lacks_a_key_that_later_lines_have_is_read(ray_local, tmp_path, tiny_model):
+    """A JSON object may leave a key out (a null): a first line without a query, where later lines have one, was
+    refused as a file `missing column(s) 'query'`, naming --query-column, though the file has the column."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "p.jsonl").write_text('{"id": 1, "document": "d1"}\n{"id": 2, "query": "q", "document": "d2", '
+                                             '"title": "t"}\n{"id": 3, "query": "q", "document": "d3"}\n')
+    summary = job(tiny_model, tmp_path / "in", tmp_path / "out")
+    assert (summary.rows_scored, summary.rows_rejected) == (2, 1)
+    assert rejects(tmp_path / "out")[["id", "reason"]].values.tolist() == [[1, "query is null"]]
+    assert results(tmp_path / "out")["title"].fillna("none").tolist() == ["t", "none"]
+
+
 def test_blank_lines_in_jsonl_are_skipped_and_a_line_of_two_objects_is_rejected(tmp_path):
     """Blank and whitespace lines (CRLF too) are no rows; two objects on one line are not a JSON line (Arrow's
     reader would take both), so that line is rejected and the others keep their rows."""
