@@ -419,15 +419,17 @@ class ReadRange:
 
 def read_ranges(check: FileCheck, rows_per_read: int) -> List[ReadRange]:
     """The file's row groups in order, cut into ranges of at least `rows_per_read` rows (the last may hold
-    fewer); a row group is never split, so a file of one row group is one range."""
-    ranges, group, first_row = [], 0, 0
-    while group < len(check.row_groups):
+    fewer); a row group is never split, so a file of one row group is one range. Empty row groups are left out:
+    one that made a range of its own (a writer's last, empty write) left the range that ends the file no row to
+    carry the file's row count, and the file was never complete."""
+    groups = [i for i, (rows, _) in enumerate(check.row_groups) if rows]
+    ranges, at, first_row = [], 0, 0
+    while at < len(groups):
         rows = size = 0
-        start = group
-        while group < len(check.row_groups) and rows < rows_per_read:
-            rows, size, group = rows + check.row_groups[group][0], size + check.row_groups[group][1], group + 1
-        ranges.append(ReadRange(check.path, list(range(start, group)), first_row, rows, size,
-                                group == len(check.row_groups)))
+        start = at
+        while at < len(groups) and rows < rows_per_read:
+            rows, size, at = rows + check.row_groups[groups[at]][0], size + check.row_groups[groups[at]][1], at + 1
+        ranges.append(ReadRange(check.path, groups[start:at], first_row, rows, size, at == len(groups)))
         first_row += rows
     return ranges
 

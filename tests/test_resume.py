@@ -422,6 +422,23 @@ def test_a_parquet_file_is_read_in_ranges_of_row_groups_and_resumed_whole(ray_lo
     check_output(out)
 
 
+def test_a_parquet_file_that_ends_in_an_empty_row_group_is_complete(ray_local, tmp_path, tiny_model, monkeypatch):
+    """An empty row group (a writer's last, empty write) that makes a read range of its own: the range holds no row
+    to carry the file's row count, so the file was never complete and every resume scored it again."""
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "p.parquet"
+    table = pa.table({"query": ["q"] * 6, "document": [f"document {i}" for i in range(6)]})
+    with pq.ParquetWriter(path, table.schema) as writer:
+        for rows in (table.slice(0, 3), table.slice(3), table.slice(0, 0)):
+            writer.write_table(rows)
+    monkeypatch.setattr(readers, "PARQUET_ROWS_PER_READ", 3)
+    out = tmp_path / "out"
+    run_score(config_for(out, tiny_model, path.parent))
+    assert scan_parts(str(out)).complete == {input_key(str(path))}
+    summary = run_score(config_for(out, tiny_model, path.parent, mode="resume"))
+    assert (summary.files_kept, summary.rows_kept, summary.rows_in) == (1, 6, 6)
+
+
 def _scorer_pids() -> list:
     """Scoring replicas of this process's own local Ray (named after their class, ScoringReplica, by Ray)."""
     pids = []
