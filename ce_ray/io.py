@@ -642,6 +642,9 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
             return FileCheck(path, first, 0 if len(lines) <= 1 else None, as_text(first), size_bytes=size)
         if not lines:
             return FileCheck(path, [], 0, {})
+        if lines[0].lstrip().startswith(b"["):  # pandas' to_json(orient="records"), on one line or indented
+            raise InputError(f"{path}: a JSON array, where JSON Lines (one object a line) are read: write one object "
+                             "per line (pandas: to_json(orient='records', lines=True))")
         try:
             first = json.loads(lines[0])
         except ValueError as e:

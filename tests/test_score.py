@@ -736,6 +736,13 @@ def test_unreadable_and_empty_inputs_fail_before_scoring(tmp_path, tiny_model):
     (tmp_path / "header.csv").write_text("query,document\n")
     with pytest.raises(InputError, match="no rows"):
         job(tmp_path / "header.csv")
+    # A JSON array (pandas' to_json(orient="records"), on one line or indented) is no JSON Lines: said so, where
+    # an indented one was `line 1 is not valid JSON (Expecting value ...)` of a valid JSON file.
+    records = pd.DataFrame({"query": ["q1", "q2"], "document": ["d1", "d2"]})
+    for indent in (None, 2):
+        records.to_json(tmp_path / "records.json", orient="records", indent=indent)
+        with pytest.raises(InputError, match=r"records\.json: a JSON array, where JSON Lines .*lines=True"):
+            job(tmp_path / "records.json")
     assert not (tmp_path / "out").exists()
 
 
