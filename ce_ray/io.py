@@ -772,6 +772,8 @@ def check_inputs(
     the schema: the others may differ. `settings`: the setting that names each column (`query_column`), which a
     missing column's error says to give.
     """
+    from .batching import REJECT
+
     listed = listed or {}
     checks = [_with_partition_keys(check)
               for check in in_parallel(lambda p: _check_one(fs, p, input_format, column_names, listed.get(p)), files)]
@@ -785,6 +787,10 @@ def check_inputs(
         if own:
             raise InputError(f"{check.path}: has a column {own[0]!r}, a name ce-ray gives its own columns (a row's "
                              "file and place as it travels): rename it")
+        reasons = check.types.get(REJECT)  # taken for an earlier job's reasons (`ce_ray.score`'s Dataset written out)
+        if reasons is not None and not (is_text(reasons) or pa.types.is_null(reasons)):
+            raise InputError(f"{check.path}: has a column {REJECT!r} of {reasons}, where a job reads an earlier job's "
+                             "reasons for rejecting rows (text), and rejects the rows that have one: rename it")
         twice = sorted({name for name in check.columns if check.columns.count(name) > 1})
         if twice:
             raise InputError(f"{check.path}: its header names {', '.join(map(repr, twice))} more than once: name "

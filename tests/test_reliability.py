@@ -337,6 +337,10 @@ def test_long_rows_are_read_and_column_names_the_job_cannot_keep_are_refused(tmp
     (tmp_path / "p.csv").write_text("query,document,reject_reason\nq,d,\n")
     [check], _ = check_inputs(fs, [str(tmp_path / "p.csv")], "csv", ["query", "document"])
     assert check.columns[-1] == "reject_reason"
+    # One of numbers is not: the job failed mid-way in Arrow's cast of its values, offering --mode resume.
+    pq.write_table(pa.table({"query": ["q"], "document": ["d"], "reject_reason": [0]}), tmp_path / "p.parquet")
+    with pytest.raises(InputError, match=r"p\.parquet: has a column 'reject_reason' of int64, .*: rename it"):
+        check_inputs(fs, [str(tmp_path / "p.parquet")], "parquet", ["query", "document"])
 
 
 def test_ctrl_c_ends_a_job_with_a_line_that_says_how_to_finish_it(tmp_path, tiny_model):
