@@ -588,11 +588,17 @@ def test_a_column_the_job_writes_fails_before_scoring_unless_named_otherwise(ray
     assert bad[["reason", "reject_reason"]].values.tolist() == [["r2", "document is null"]]
     assert "ce_score" not in bad.columns
 
+    # A later JSON line's key fails before any work where the check reads it (a file's first MiB), past that at its
+    # block.
     lines = ['{"query": "q", "document": "d"}', '{"query": "q", "document": "e", "score": 1}']
     (tmp_path / "late.jsonl").write_text("\n".join(lines) + "\n")
-    with pytest.raises(InputError, match="the input has a column 'score', which the job writes"):
+    with pytest.raises(InputError, match=r"late\.jsonl: has a column 'score', which the job writes"):
         job(tiny_model, tmp_path / "late.jsonl", tmp_path / "late")
-    assert not (tmp_path / "late" / "_SUCCESS").exists()
+    assert not (tmp_path / "late").exists()
+    (tmp_path / "far.jsonl").write_text("\n".join([lines[0].replace('"d"', f'"{LONG[:1000]}"')] * 1100 + lines) + "\n")
+    with pytest.raises(InputError, match="the input has a column 'score', which the job writes"):
+        job(tiny_model, tmp_path / "far.jsonl", tmp_path / "far")
+    assert not (tmp_path / "far" / "_SUCCESS").exists()
     with pytest.raises(ConfigError, match="score_column must name a column"):
         job(tiny_model, tmp_path / "late.jsonl", tmp_path / "late", score_column="")
 
