@@ -404,6 +404,14 @@ def max_length_of(path: str, tokenizer, config) -> int:
 
 
 def load_tokenizer(model: str, trust_remote_code: bool = False):
+    """The model's tokenizer. A folder without its tokenizer's files (a model saved alone, `save_pretrained` of the
+    model but not of its tokenizer) is refused: transformers makes it an empty tokenizer that knows its special
+    tokens alone, every word then [UNK], and CrossEncoder scores that, text unseen, without a word of warning."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(local_model_path(model), trust_remote_code=trust_remote_code)
+    path = local_model_path(model)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise ModelError(f"{path} has no tokenizer files (tokenizer.json, or vocab.txt and the like): its tokenizer "
+                         "would know no word; save the model's tokenizer into it (tokenizer.save_pretrained(folder))")
+    return tokenizer

@@ -173,6 +173,8 @@ def scoring_model(config: ScoreConfig) -> ScoringModel:
     check_max_length(path, config.model, config.max_length)
     try:
         facts = tokenizer_facts(config.model, config.trust_remote_code)
+    except ModelError:  # says the model already
+        raise
     except (OSError, ValueError) as e:  # not a folder, an unknown hub id, no hub reachable
         raise ModelError(f"cannot load model {config.model}: {e}") from None
     prompt = query_prompt(path, config.prompt, config.prompt_name)

@@ -23,7 +23,7 @@ from ce_ray.config import ConfigError, load_config
 from ce_ray.io import InputError
 from ce_ray.model import ModelError
 
-from conftest import ROOT
+from conftest import ROOT, TOKENIZER_FILES
 
 LONG = "word " * 25_000  # 125,000 characters
 
@@ -908,7 +908,9 @@ def test_pickle_only_weights_are_refused(tmp_path, tiny_model):
 
 
 def test_a_damaged_model_folder_fails_before_the_output_is_touched(tmp_path, tiny_model):
-    """A safetensors file cut short (as an interrupted copy leaves it), a config.json that is not JSON."""
+    """A safetensors file cut short (as an interrupted copy leaves it), a config.json that is not JSON, no tokenizer."""
+    import ce_ray
+
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "p.parquet")
     model = _model_copy(tiny_model, tmp_path, "cut-short")
     weights = model / "model.safetensors"
@@ -920,6 +922,15 @@ def test_a_damaged_model_folder_fails_before_the_output_is_touched(tmp_path, tin
     (model / "config.json").write_text('{"model_type": "bert",\n')
     with pytest.raises(ModelError, match=r"bad-config/config\.json is not valid JSON \(.*line 2"):
         job(model, tmp_path / "p.parquet", tmp_path / "out")
+    # A model saved without its tokenizer: transformers made an empty one, every word [UNK], and the job scored that.
+    model = _model_copy(tiny_model, tmp_path, "no-tokenizer")
+    for name in TOKENIZER_FILES:
+        (model / name).unlink()
+    no_tokenizer = r"no-tokenizer has no tokenizer files \(tokenizer\.json, or vocab\.txt and the like\)"
+    with pytest.raises(ModelError, match=no_tokenizer):
+        job(model, tmp_path / "p.parquet", tmp_path / "out")
+    with pytest.raises(ModelError, match=no_tokenizer):
+        ce_ray.predict(str(model), [("q", "d")])
     assert not (tmp_path / "out").exists()
 
 
