@@ -390,9 +390,11 @@ def usable_max_length(path: str, model: str, own: int) -> int:
 
 
 def max_length_of(path: str, tokenizer, config) -> int:
-    """CrossEncoder's rule: sentence_bert_config.json, else the tokenizer's, capped by the positions."""
+    """CrossEncoder's rule: sentence_bert_config.json, else the tokenizer's, capped by the positions. The first only
+    in CrossEncoder's layout, modules.json beside it: a folder without builds from its transformers files alone
+    (`crossencoder_settings`), and its pairs were cut at another length than `predict` cuts them."""
     file = os.path.join(path, "sentence_bert_config.json") if os.path.isdir(path) else ""
-    if file and os.path.exists(file):
+    if file and os.path.exists(file) and os.path.isfile(os.path.join(path, "modules.json")):
         value = read_json(file).get("max_seq_length")
         if value:
             return int(value)

@@ -1002,6 +1002,27 @@ def test_a_models_saved_prompt_goes_before_each_query_as_predict_puts_it(ray_loc
     assert np.abs(ce_ray.predict(model, pairs) - expected).max() <= 1e-5
 
 
+def test_the_max_length_is_read_as_cross_encoder_reads_it(tmp_path):
+    """sentence_bert_config.json's max_seq_length counts in CrossEncoder's layout alone, modules.json beside it, as
+    its config_sentence_transformers.json does: a folder without builds from its transformers files, and its pairs
+    are cut at the tokenizer's length. ce-ray cut them at the file's, other scores than predict's."""
+    from sentence_transformers import CrossEncoder
+
+    from ce_ray.score import scoring_model
+
+    from conftest import build_tiny_model
+
+    model = tmp_path / "saved"
+    CrossEncoder(str(build_tiny_model(tmp_path / "tiny")), device="cpu", max_length=24).save(str(model))
+    module = json.loads((model / "sentence_bert_config.json").read_text())
+    (model / "sentence_bert_config.json").write_text(json.dumps(module | {"max_seq_length": 16}))
+    for layout in ("CrossEncoder's", "transformers'"):
+        expected = CrossEncoder(str(model), device="cpu").max_length
+        assert scoring_model(ScoreConfig(model=str(model))).config.max_length == expected, layout
+        (model / "modules.json").unlink(missing_ok=True)
+    assert expected == 24  # the tokenizer's, not the file's 16
+
+
 def test_a_hub_id_is_read_from_its_snapshot_as_a_local_folder(pairs_df, tmp_path):
     """`--model org/name`: the repository's snapshot in the hub's cache (here made by hand, offline), read as a
     local folder is: CrossEncoder's activation (Identity), max length and default prompt from its files, and
