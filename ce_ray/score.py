@@ -164,7 +164,7 @@ def scoring_model(config: ScoreConfig) -> ScoringModel:
     """Checks the model (its folder, weights, classifier, max length) and reads its tokenizer's facts: a job
     does it before it starts Ray or touches its output, so that a bad model fails at once."""
     from .model_folder import (ModelError, activation_path, check_max_length, check_safe, check_scores,
-                               local_model_path, model_source, query_prompt, usable_max_length)
+                               local_model_path, model_source, one_line, query_prompt, usable_max_length)
 
     config = dataclasses.replace(config, model=model_source(config.model))
     path = local_model_path(config.model)
@@ -175,8 +175,9 @@ def scoring_model(config: ScoreConfig) -> ScoringModel:
         facts = tokenizer_facts(config.model, config.trust_remote_code)
     except ModelError:  # says the model already
         raise
-    except (OSError, ValueError) as e:  # not a folder, an unknown hub id, no hub reachable
-        raise ModelError(f"cannot load model {config.model}: {e}") from None
+    except (OSError, ValueError) as e:  # not a folder, an unknown hub id, no hub reachable, an unknown model type
+        # transformers' first line says what: the lines after it advise on upgrading it
+        raise ModelError(f"cannot load model {config.model}: {one_line(e)}") from None
     prompt = query_prompt(path, config.prompt, config.prompt_name)
     encoder = pair_encoder(config.model, config.tokenizer, config.trust_remote_code, facts, prompt)
     if config.max_length is None:

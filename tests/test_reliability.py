@@ -931,6 +931,13 @@ def test_a_damaged_model_folder_fails_before_the_output_is_touched(tmp_path, tin
         job(model, tmp_path / "p.parquet", tmp_path / "out")
     with pytest.raises(ModelError, match=no_tokenizer):
         ce_ray.predict(str(model), [("q", "d")])
+    # A model type that transformers does not know: its first line, not its advice on upgrading over two more.
+    model = _model_copy(tiny_model, tmp_path, "unknown-type")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(config | {"model_type": "no-such-type"}))
+    with pytest.raises(ModelError, match=r"^cannot load model \S+unknown-type: ValueError: .*model type `no-such-type`"
+                                         r" but Transformers does not recognize this architecture[^\n]*$"):
+        job(model, tmp_path / "p.parquet", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
