@@ -268,8 +268,11 @@ def activation_path(path: str, num_labels: int, trust_remote_code: bool = False)
     config_file = os.path.join(path, "config.json")
     if os.path.isfile(config_file):
         config = read_json(config_file)
-        candidates += [(config.get("sentence_transformers") or {}).get("activation_fn"),
-                       config.get("sbert_ce_default_activation_function")]
+        block = config.get("sentence_transformers") or {}
+        # CrossEncoder reads sentence-transformers 3's key only where the block names no activation: one it does not
+        # trust (not torch's, without trust_remote_code) gives the default, not the old key's
+        candidates.append(block["activation_fn"] if "activation_fn" in block
+                          else config.get("sbert_ce_default_activation_function"))
     candidates = [found for found in candidates if isinstance(found, str) and found]
     for found in candidates:
         if found.startswith("torch.") or trust_remote_code:

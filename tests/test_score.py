@@ -1023,6 +1023,26 @@ def test_the_max_length_is_read_as_cross_encoder_reads_it(tmp_path):
     assert expected == 24  # the tokenizer's, not the file's 16
 
 
+def test_the_activation_is_read_as_cross_encoder_reads_it(tmp_path):
+    """config.json's `sentence_transformers` activation, and sentence-transformers 3's key only where that names
+    none: an activation there that CrossEncoder does not trust (not torch's) gives its default, sigmoid, and ce-ray
+    took the old key's identity instead, logits where predict gives probabilities."""
+    from sentence_transformers import CrossEncoder
+
+    from ce_ray.score import scoring_model
+
+    from conftest import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "tiny")
+    config = json.loads((model / "config.json").read_text())
+    identity = "torch.nn.modules.linear.Identity"
+    for block, expected in (({"activation_fn": "mypackage.Scaled"}, "Sigmoid"), ({}, "Identity")):
+        (model / "config.json").write_text(json.dumps(
+            config | {"sentence_transformers": block, "sbert_ce_default_activation_function": identity}))
+        assert type(CrossEncoder(str(model), device="cpu").activation_fn).__name__ == expected
+        assert scoring_model(ScoreConfig(model=str(model))).activation.endswith(f".{expected}"), block
+
+
 def test_a_hub_id_is_read_from_its_snapshot_as_a_local_folder(pairs_df, tmp_path):
     """`--model org/name`: the repository's snapshot in the hub's cache (here made by hand, offline), read as a
     local folder is: CrossEncoder's activation (Identity), max length and default prompt from its files, and
