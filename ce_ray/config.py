@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -358,6 +359,10 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
         return float(value)
     if annotation is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
         return float(value)  # YAML reads 1e-4 (an exponent without a dot) as text
+    if annotation is float and isinstance(value, float) and not math.isfinite(value):
+        # YAML's .nan and .inf (and a flag's nan) pass every range check: a NaN lr failed a worker after Ray
+        # started, a NaN weight_decay or an infinite pos_weight trained a model of NaN weights to the end.
+        raise ConfigError(f"{name}: expected a finite number, got {value!r}")
     if annotation in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{name}: expected {annotation.__name__}, got a boolean {value!r}")
     if dataclasses.is_dataclass(annotation):

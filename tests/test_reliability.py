@@ -964,6 +964,26 @@ def test_unknown_and_mistyped_config_keys_fail(tmp_path):
         load_config(ScoreConfig, str(tmp_path / "b.yaml"))
 
 
+def test_settings_that_are_not_finite_numbers_fail_before_any_work(tmp_path):
+    """YAML's .nan and .inf, a flag's nan, a keyword's float("inf"): each passed the range checks (a NaN is
+    neither <= 0 nor < 0), and a NaN weight_decay trained a model of NaN weights to the end."""
+    import ce_ray
+    from ce_ray.config import TrainConfig
+
+    for setting in ("lr: .nan", "weight_decay: .nan", "max_grad_norm: .nan", "pos_weight: .inf",
+                    "warmup_ratio: -.inf", "cpus_per_worker: .inf"):
+        (tmp_path / "t.yaml").write_text(f"model: m\n{setting}\n")
+        name = setting.split(":")[0]
+        with pytest.raises(ConfigError, match=f"{name}: expected a finite number, got -?(nan|inf)"):
+            load_config(TrainConfig, str(tmp_path / "t.yaml"))
+    with pytest.raises(ConfigError, match="lr: expected a finite number, got nan"):
+        load_config(TrainConfig, overrides={"lr": float("nan")})  # as the flag --lr nan gives it
+    with pytest.raises(ConfigError, match="tokenize_cpus: expected a finite number, got inf"):
+        load_config(ScoreConfig, overrides={"tokenize_cpus": float("inf")})
+    with pytest.raises(ConfigError, match="pos_weight: expected a finite number, got inf"):
+        ce_ray.train(model="m", train_data="t", output="o", pos_weight=float("inf"))  # before it reads anything
+
+
 # --- S3 -------------------------------------------------------------------------------------------------
 
 SECRET = "fake-secret-Zq7uV9xK2pLm"
