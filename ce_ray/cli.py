@@ -15,8 +15,8 @@ import tokenize
 import typing
 from typing import Literal, Optional
 
-from .config import (CandidatesConfig, ConfigError, EvalConfig, RerankConfig, ScoreConfig, TrainConfig,
-                     commands_with_setting, load_config)
+from .config import (COMMAND_CONFIGS, CandidatesConfig, ConfigError, EvalConfig, RerankConfig, ScoreConfig,
+                     TrainConfig, commands_with_setting, load_config)
 from .io import OVERWRITE, RESUME
 from .runtime import RayStartError
 
@@ -149,6 +149,10 @@ def other_commands_hint(command: str, unknown: list) -> str:
         dashed = "--" + setting.replace("_", "-")
         if dashed != flag and command in commands_with_setting(setting):
             hints.append(f"did you mean {dashed}? flags take dashes where YAML keys take underscores")
+            continue
+        ours = getattr(COMMAND_CONFIGS.get(command), "TRAINER_NAMES", {}).get(setting)
+        if ours:
+            hints.append(f"{flag} is CrossEncoderTrainer's name: ce-ray's is --{ours.replace('_', '-')}")
             continue
         owners = [c for c in commands_with_setting(setting) if c != command]
         if owners:

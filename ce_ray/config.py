@@ -281,6 +281,16 @@ class TrainConfig(ModelConfig):
     log_every: int = 10  # steps between log lines
     max_failures: int = 0  # worker failures the run recovers from (from its last checkpoint)
     deepspeed: Optional[DeepSpeedConfig] = None  # ZeRO instead of DDP
+    # The names of CrossEncoderTrainer's (transformers') training arguments that a user of it writes, with the
+    # setting of ce-ray that does their job: an unknown key's error says it (eval_steps was said to be
+    # max_steps, the closest spelling, and a user who followed it cut the run short).
+    TRAINER_NAMES: ClassVar[Dict[str, str]] = {
+        "learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+        "gradient_accumulation_steps": "grad_accum", "warmup_steps": "warmup_ratio",
+        "eval_steps": "eval_every", "save_steps": "save_every", "logging_steps": "log_every",
+        "save_total_limit": "keep_checkpoints", "load_best_model_at_end": "best_metric",
+        "metric_for_best_model": "best_metric", "output_dir": "output", "fp16": "bf16",
+    }
 
     def validate(self) -> None:
         super().validate()
@@ -376,6 +386,13 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
     return value
 
 
+def trainer_name_hint(cls: type, key: str) -> str:
+    """` (CrossEncoderTrainer's name: ce-ray's is 'lr')` for the name of a training argument of transformers
+    that a config of `cls` takes under another; else ''."""
+    setting = getattr(cls, "TRAINER_NAMES", {}).get(key)
+    return f" (CrossEncoderTrainer's name: ce-ray's is {setting!r})" if setting else ""
+
+
 def _checked(cls: type, values: dict, prefix: str = "") -> dict:
     """`values` as settings of `cls`; unknown keys and wrong types fail with the key's name."""
     hints = typing.get_type_hints(cls)
@@ -385,8 +402,8 @@ def _checked(cls: type, values: dict, prefix: str = "") -> dict:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             owners = [] if prefix else commands_with_setting(key)
-            hint = (f" (did you mean {close[0]!r}?)" if close else
-                    f" (a setting of {' and '.join(f'ce-ray {c}' for c in owners)})" if owners else "")
+            hint = (trainer_name_hint(cls, key) or (f" (did you mean {close[0]!r}?)" if close else
+                    f" (a setting of {' and '.join(f'ce-ray {c}' for c in owners)})" if owners else ""))
             raise ConfigError(f"unknown setting {prefix}{key!r}{hint}")
         kwargs[key] = _check_type(f"{prefix}{key}", value, hints[key])
     return kwargs

@@ -374,3 +374,28 @@ def test_a_flag_written_as_its_yaml_key_is_named_with_its_dashes(capsys):
     assert "did you mean --query-column?" in err
     assert "not of ce-ray score" in err and "--query_column is a setting" not in err
     assert "--top-k is a setting of ce-ray candidates and ce-ray rerank, not of ce-ray score" in err
+
+
+def test_cross_encoder_trainers_names_of_training_arguments_are_given_ce_rays(tmp_path, capsys):
+    """eval_steps, save_steps, learning_rate, as a CrossEncoderTrainer user writes them: the error names the
+    setting that does their job, where eval_steps and save_steps were said to be max_steps (the closest
+    spelling: a run cut short for whoever followed it), in a YAML key, a flag and a keyword of ce_ray.train."""
+    import ce_ray
+    from ce_ray.cli import main
+    from ce_ray.config import ConfigError
+
+    config = write_config(tmp_path / "train.yaml", model="m", train_data="t", output="o", eval_steps=50)
+    assert main(["train", "--config", str(config)]) == 2
+    assert "unknown setting 'eval_steps' (CrossEncoderTrainer's name: ce-ray's is 'eval_every')" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--config", str(config), "--save-steps", "10", "--learning-rate", "1e-4"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--save-steps is CrossEncoderTrainer's name: ce-ray's is --save-every" in err
+    assert "--learning-rate is CrossEncoderTrainer's name: ce-ray's is --lr" in err
+    with pytest.raises(ConfigError, match="'warmup_steps' \\(CrossEncoderTrainer's name: ce-ray's is 'warmup_ratio'"):
+        ce_ray.train(model="m", train_data="t", output="o", warmup_steps=100)
+    assert main(["score", "--model", "m", "--input", "i", "--output", "o", "--config",
+                 str(write_config(tmp_path / "score.yaml", eval_steps=5))]) == 2
+    assert capsys.readouterr().err.strip().endswith("unknown setting 'eval_steps'")  # no training in a score job
