@@ -89,8 +89,11 @@ def training_pairs(table: pa.Table, query_column: str, document_column: str, neg
     for rows, texts, values, column in parts:
         strings, text_reasons = text_column(pa.table({column: texts}), column)
         reasons = np.where(row_reasons[rows] != "", row_reasons[rows], text_reasons)
-        pairs.append(pa.table({query_column: queries.take(pa.array(rows)), document_column: strings,
-                               label_column: values.cast(label_type),
-                               REJECT: pa.array(np.where(reasons == "", None, reasons), pa.string())}))
+        pair = {query_column: queries.take(pa.array(rows)), document_column: strings,
+                label_column: values.cast(label_type),
+                REJECT: pa.array(np.where(reasons == "", None, reasons), pa.string())}
+        if ROW_INPUT in table.column_names:  # each pair's file, which a label that is no number is named by
+            pair[ROW_INPUT] = table.column(ROW_INPUT).take(pa.array(rows))
+        pairs.append(pa.table(pair))
     return pa.concat_tables(pairs)
 

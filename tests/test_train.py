@@ -1107,6 +1107,15 @@ def test_labels_outside_zero_one_fail_before_training(ray_local, tiny_model, tmp
                                          "not a number$"):
         _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(tmp_path / "words"),
                                           output=str(tmp_path / "o")))
+    # So does one of rows of a list of documents and their one label (it named no file: their pairs, made from
+    # the rows, had lost which file each came from).
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "lists.jsonl").write_text(json.dumps({"query": "q", "document": ["a", "b"],
+                                                                "label": "yes"}) + "\n")
+    with pytest.raises(InputError, match=rf"^{tmp_path / 'lists' / 'lists.jsonl'}: label column 'label' is text, "
+                                         "not a number$"):
+        _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(tmp_path / "lists"),
+                                          output=str(tmp_path / "o")))
 
 
 def test_labels_that_come_as_text_are_read_as_numbers_and_a_word_rejects_its_row(tiny_model):
