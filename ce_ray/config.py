@@ -37,6 +37,16 @@ def _require_names(config, *settings: str) -> None:
         raise ConfigError(f"{' and '.join(settings)} must name different columns, got {names}")
 
 
+def _require_finite(config) -> None:
+    """Every number of a float setting finite. YAML's .nan and .inf, a flag's nan, a float("inf") given in
+    Python pass every range check (a NaN is neither <= 0 nor > 0): a NaN lr failed a worker after Ray
+    started, a NaN weight_decay or an infinite pos_weight trained a model of NaN weights to the end."""
+    for setting in dataclasses.fields(config):
+        value = getattr(config, setting.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{setting.name}: expected a finite number, got {value!r}")
+
+
 MIN_MAX_LENGTH = 8
 
 
@@ -58,6 +68,7 @@ class ModelConfig:
     implementation: Literal["auto", "transformers"] = "auto"
 
     def validate(self) -> None:
+        _require_finite(self)
         # A pair needs its special tokens ([CLS] q [SEP] d [SEP], four for RoBERTa) and some of each text; below
         # that the tokenizers truncate nothing, and the pair runs past the positions the model was given.
         if self.max_length is not None and self.max_length < MIN_MAX_LENGTH:
@@ -369,10 +380,6 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
         return float(value)
     if annotation is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
         return float(value)  # YAML reads 1e-4 (an exponent without a dot) as text
-    if annotation is float and isinstance(value, float) and not math.isfinite(value):
-        # YAML's .nan and .inf (and a flag's nan) pass every range check: a NaN lr failed a worker after Ray
-        # started, a NaN weight_decay or an infinite pos_weight trained a model of NaN weights to the end.
-        raise ConfigError(f"{name}: expected a finite number, got {value!r}")
     if annotation in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{name}: expected {annotation.__name__}, got a boolean {value!r}")
     if dataclasses.is_dataclass(annotation):

@@ -982,6 +982,8 @@ def test_settings_that_are_not_finite_numbers_fail_before_any_work(tmp_path):
         load_config(ScoreConfig, overrides={"tokenize_cpus": float("inf")})
     with pytest.raises(ConfigError, match="pos_weight: expected a finite number, got inf"):
         ce_ray.train(model="m", train_data="t", output="o", pos_weight=float("inf"))  # before it reads anything
+    with pytest.raises(ConfigError, match="weight_decay: expected a finite number, got nan"):
+        ce_ray.train(TrainConfig(model="m", train_data="t", output="o", weight_decay=float("nan")))
 
 
 # --- S3 -------------------------------------------------------------------------------------------------
