@@ -290,8 +290,12 @@ def _eval_rows(config: TrainConfig, negatives: List[str]):
                            "query": queries.take(rows), "document": documents.take(rows)})
     left_out = table.num_rows - int(usable.sum())
     without_relevant = len(qrels) - len(with_relevant)
+    # Said too, so that the queries counted add up to the file's: they were left out of the line unsaid.
+    past_the_first = len(with_relevant) - len(query_ids)
     return (candidates, {q: qrels[q] for q in query_ids},
             f"each query's rows of `{config.eval_data}` ({len(query_ids):,} queries, {len(rows):,} candidates"
+            + (f"; {past_the_first:,} queries past the first {len(query_ids):,} left out (eval_max_queries)"
+               if past_the_first else "")
             + (f"; {without_relevant:,} queries without a row labelled above 0 left out" if without_relevant else "")
             + (f"; {left_out:,} row(s) that cannot be scored left out" if left_out else "") + ")")
 

@@ -925,6 +925,12 @@ def test_eval_rows_of_several_files_come_in_the_files_order_in_every_run(ray_loc
         assert rows["document"].tolist() == candidates.column("document").to_pylist()
         assert list(qrels) == list(dict.fromkeys(in_order[in_order.label > 0]["query"]))[:2000]
     assert all(candidates.equals(reads[0][0]) and qrels == reads[0][1] for candidates, qrels, _ in reads)
+    # What the run says of them adds up to the files' queries: those past the first 2,000 are said too.
+    with_relevant = in_order[in_order.label > 0]["query"].nunique()
+    without = in_order["query"].nunique() - with_relevant
+    said = reads[0][2]
+    assert f"(2,000 queries, {reads[0][0].num_rows:,} candidates; {with_relevant - 2000:,} queries past the first " \
+        f"2,000 left out (eval_max_queries); {without:,} queries without a row labelled above 0 left out)" in said
 
 
 def test_eval_data_in_other_columns_fails_before_the_training_data_is_tokenized(ray_local, tiny_model, tmp_path):
