@@ -448,8 +448,9 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     output = c.output or default_output(c.input, job is not None)
     for setting, uri in (("output", output), ("run_output", c.run_output)):
         check_s3_access(uri)  # before any work, naming the bucket (s3fs's error names none)
-        fs, path = filesystem(uri) if uri else (None, "")
-        if fs is not None and fs.get_file_info(path).type == pafs.FileType.Directory:  # it failed once written
+        # A path the user named may be a folder (it failed once written); ce-ray's own eval.json is not looked up.
+        fs, path = filesystem(uri) if uri and getattr(c, setting) else (None, "")
+        if fs is not None and fs.get_file_info(path).type == pafs.FileType.Directory:
             raise ConfigError(f"{setting} {uri} is a folder: give the path of a file")
     qrels = read_qrels(c.qrels) if c.qrels else None
     required = [c.query_id_column] + ([c.doc_id_column] if qrels is not None or c.run_output else []) + (
