@@ -16,7 +16,7 @@ import typing
 from typing import Literal, Optional
 
 from .config import (COMMAND_CONFIGS, CandidatesConfig, ConfigError, EvalConfig, RerankConfig, ScoreConfig,
-                     TrainConfig, commands_with_setting, load_config)
+                     TrainConfig, commands_with_setting, load_config, setting_for_trainer_name)
 from .io import OVERWRITE, RESUME
 from .runtime import RayStartError
 
@@ -150,7 +150,7 @@ def other_commands_hint(command: str, unknown: list) -> str:
         if dashed != flag and command in commands_with_setting(setting):
             hints.append(f"did you mean {dashed}? flags take dashes where YAML keys take underscores")
             continue
-        ours = getattr(COMMAND_CONFIGS.get(command), "TRAINER_NAMES", {}).get(setting)
+        ours = setting_for_trainer_name(COMMAND_CONFIGS.get(command), setting)
         if ours:
             hints.append(f"{flag} is CrossEncoderTrainer's name: ce-ray's is --{ours.replace('_', '-')}")
             continue

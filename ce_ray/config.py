@@ -393,11 +393,10 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
     return value
 
 
-def trainer_name_hint(cls: type, key: str) -> str:
-    """` (CrossEncoderTrainer's name: ce-ray's is 'lr')` for the name of a training argument of transformers
-    that a config of `cls` takes under another; else ''."""
-    setting = getattr(cls, "TRAINER_NAMES", {}).get(key)
-    return f" (CrossEncoderTrainer's name: ce-ray's is {setting!r})" if setting else ""
+def setting_for_trainer_name(cls: type, key: str) -> Optional[str]:
+    """The setting of a config of `cls` (`lr`) that a training argument of transformers (`learning_rate`) names,
+    for the hint that says so (a YAML key's or a flag's); else None."""
+    return getattr(cls, "TRAINER_NAMES", {}).get(key)
 
 
 def _checked(cls: type, values: dict, prefix: str = "") -> dict:
@@ -409,8 +408,10 @@ def _checked(cls: type, values: dict, prefix: str = "") -> dict:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             owners = [] if prefix else commands_with_setting(key)
-            hint = (trainer_name_hint(cls, key) or (f" (did you mean {close[0]!r}?)" if close else
-                    f" (a setting of {' and '.join(f'ce-ray {c}' for c in owners)})" if owners else ""))
+            ours = setting_for_trainer_name(cls, key)
+            hint = (f" (CrossEncoderTrainer's name: ce-ray's is {ours!r})" if ours else
+                    f" (did you mean {close[0]!r}?)" if close else
+                    f" (a setting of {' and '.join(f'ce-ray {c}' for c in owners)})" if owners else "")
             raise ConfigError(f"unknown setting {prefix}{key!r}{hint}")
         kwargs[key] = _check_type(f"{prefix}{key}", value, hints[key])
     return kwargs

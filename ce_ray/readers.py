@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .io import (COMPRESSED, DELIMITED, FileCheck, InputError, check_inputs, holds_texts, is_text, list_files,
-                 one_type, partition_values, read_type, refuse_changed_output)
+from .io import (COMPRESSED, DELIMITED, FileCheck, InputError, check_inputs, holds_texts, is_list, is_text,
+                 list_files, one_type, partition_values, read_type, refuse_changed_output)
 from .runtime import ensure_ray
 
 
@@ -125,9 +125,11 @@ def _parse_lines_slowly(lines: List[bytes], numbers: List[int], path: str, text_
         values = [row.get(name) for row in rows]
         try:
             columns[name] = pa.array(values)
-        # mixed types in a passthrough column, or an integer past int64 (a uint64 id): all kept as text
+        # mixed types in a passthrough column, or an integer past int64 (a uint64 id): all kept as text (lists of
+        # plain values as lists of texts)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-            columns[name] = as_json_text(values)
+            lists = as_text_lists(values)
+            columns[name] = lists if lists is not None else as_json_text(values)
     for column in text_columns:
         if column not in columns or pa.types.is_null(columns[column].type):
             columns[column] = pa.nulls(len(rows), pa.string())
@@ -138,7 +140,23 @@ def _parse_lines_slowly(lines: List[bytes], numbers: List[int], path: str, text_
 def as_json_text(values: list) -> pa.Array:
     """A passthrough column's values as text: texts as they are and other values as JSON, so that an id written
     `1` on one line and `"1"` on another is one id, where quoting the text too made `"1"` another."""
-    return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pa.string())
+    return pa.array([_json_text(v) for v in values], pa.string())
+
+
+def as_text_lists(values: list) -> Optional[pa.Array]:
+    """A column of lists of plain values, of more than one kind (`[1, 0]` on one line, `["1", "x"]` on another:
+    a list of labels), as lists of texts, each item as `as_json_text` writes it: still lists, where the whole
+    list as text was no list of labels any more (training reads the texts as numbers, rejecting a row with one
+    that is none). None where a value is neither a list of such nor null, or every value is null."""
+    plain = (str, int, float, bool, type(None))
+    if all(v is None for v in values) or not all(
+            v is None or (isinstance(v, list) and all(isinstance(item, plain) for item in v)) for v in values):
+        return None
+    return pa.array([None if v is None else [_json_text(item) for item in v] for v in values], pa.list_(pa.string()))
+
+
+def _json_text(value):
+    return value if value is None or isinstance(value, str) else json.dumps(value)
 
 
 def _dates_as_text(kind: pa.DataType) -> pa.DataType:
@@ -220,8 +238,10 @@ def as_checked_types(table: pa.Table, schema: pa.Schema, numbers: List[int], pat
             agreed = schema.field(field.name).type
             if one_type(agreed, field.type) is not None:
                 continue
-            if is_text(agreed):
-                table = table.set_column(i, field.name, as_json_text(table.column(i).to_pylist()))
+            lists = is_list(agreed) and is_text(agreed.value_type) and is_list(field.type)
+            if is_text(agreed) or lists:
+                values = table.column(i).to_pylist()
+                table = table.set_column(i, field.name, as_text_lists(values) if lists else as_json_text(values))
             else:
                 raise InputError(f"{path}: column {field.name!r} is {field.type} in lines {numbers[0]:,}-"
                                  f"{numbers[-1]:,}{_first_other(table.column(i), agreed, numbers)}, but {agreed} "

@@ -1138,6 +1138,29 @@ def test_labels_that_come_as_text_are_read_as_numbers_and_a_word_rejects_its_row
         train_data.numeric_labels(pa.table({"label": ["yes", "no"]}), "label")
 
 
+def test_a_word_in_a_jsonl_list_of_labels_rejects_its_pair_not_the_job(tiny_model):
+    """Lines of a list of documents and their labels, one label a word (`["1", "x"]` among lines of `[1, 0]`):
+    Arrow's reader refuses the chunk, and the line reader made the whole column JSON text (`"[1, 0]"`), which
+    failed the job as `label column 'label' is text, not a number`. Lists of texts now, read as numbers: only the
+    pair of the word is rejected, as a CSV's `NA` is."""
+    from ce_ray.readers import as_checked_types, read_json_lines
+    from ce_ray.training_pairs import training_pairs
+
+    lines = [json.dumps({"query": "q1", "document": ["a", "b"], "label": [1, 0]}).encode(),
+             json.dumps({"query": "q2", "document": ["c", "d"], "label": ["1", "x"]}).encode(),
+             json.dumps({"query": "q3", "document": ["e"], "label": [True]}).encode()]
+    rows = read_json_lines(lines, [1, 2, 3], "f.jsonl", ["query", "document"], ["document"])
+    assert rows.column("label").to_pylist() == [["1", "0"], ["1", "x"], ["true"]]
+    pairs = training_pairs(rows, "query", "document", [], "label")
+    out = train_data._tokenize_train_block(pairs, pair_encoder(str(tiny_model)), "query", "document", "label", 64)
+    assert out.column(train_data.LABEL).to_pylist() == [1.0, 0.0, 1.0, None, 1.0]
+    assert out.column("reject_reason").to_pylist() == [None, None, None, "label is not a number", None]
+    # A later chunk of numbers alone, where the file's first lines made the column lists of texts, joins them.
+    later = read_json_lines(lines[:1], [4], "f.jsonl", ["query", "document"], ["document"])
+    assert as_checked_types(later, rows.schema, [4], "f.jsonl", ["query", "document"]).column(
+        "label").to_pylist() == [["1", "0"]]
+
+
 def test_an_output_that_cannot_be_written_fails_before_training(tiny_model, tmp_path):
     """The model is written after the training: a place it cannot go fails before any data is read."""
     from ce_ray.config import TrainConfig
