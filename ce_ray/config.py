@@ -317,8 +317,10 @@ class TrainConfig(ModelConfig):
         if self.batch_tokens and self.deepspeed:
             raise ConfigError("batch_tokens works with DDP only: DeepSpeed steps after a fixed number of passes; "
                               "use grad_accum with a smaller batch_size instead")
-        if self.best_metric and not self.eval_data:
-            raise ConfigError(f"best_metric {self.best_metric} needs eval_data, which it is measured on")
+        # Each of these measures on eval_data: without it a run did nothing of what they asked, and said nothing.
+        for name in ("best_metric", "eval_every", "eval_max_queries"):
+            if getattr(self, name) and not self.eval_data:
+                raise ConfigError(f"{name} {getattr(self, name)} needs eval_data, which it is measured on")
         if self.compile and self.deepspeed:
             raise ConfigError("compile works with DDP only: DeepSpeed wraps the model its own way")
         if self.compile_mode != "default" and not self.compile:

@@ -966,6 +966,9 @@ def test_best_metric_makes_the_best_evaluated_checkpoint_the_model(ray_local, ti
                     best_metric="ndcg@10", save_every=1, max_steps=6, batch_size=16, lr=5e-2, log_every=1)
     with pytest.raises(ConfigError, match="best_metric ndcg@10 needs eval_data"):
         _train_module().train(TrainConfig(**settings))
+    for name, value in (("eval_every", 5), ("eval_max_queries", 50)):  # ignored without a word, where they were
+        with pytest.raises(ConfigError, match=rf"^{name} {value} needs eval_data, which it is measured on$"):
+            TrainConfig(**{**settings, "best_metric": "", name: value}).validate()
     outcome = _train_module().train(TrainConfig(**settings, eval_data=str(tmp_path / "eval.parquet")))
 
     evaluated = [entry for entry in outcome.log if entry["step"] > 0]
