@@ -609,7 +609,8 @@ class TrainOutcome:
         metrics = " ".join(f"{k[5:]} {v:.4f}" for k, v in self.final_metrics.items())
         lines = [
             "ce-ray train: done",
-            f"  pairs         {self.stats['pairs']:,} ({self.stats['rejected']:,} rejected)",
+            f"  pairs         {self.stats['pairs']:,} ({self.stats['rejected']:,} rejected"
+            + (f"; {left_out_text(self.stats)}" if self.stats.get("left_out") else "") + ")",
             f"  steps         {self.steps:,}" + (f" (resumed at {self.resumed_from})" if self.resumed_from else ""),
             f"  samples/s     {self.samples_per_second:,.1f}",
             f"  seconds       {self.seconds:.1f}" + (
@@ -623,6 +624,11 @@ class TrainOutcome:
             lines.append(f"  eval          {metrics}")
         best = f" (step {self.best_step}, the best {self.best_metric})" if self.best_step is not None else ""
         return lines + [f"  model         {self.model_path}{best}"]
+
+
+def left_out_text(stats: dict) -> str:
+    """`1 pair(s) never trained, so that the workers take equal parts`: the pairs past the workers' parts."""
+    return f"{stats['left_out']:,} pair(s) never trained, so that the workers take equal parts"
 
 
 def _check_output(output: str, model: str) -> None:
@@ -781,6 +787,9 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         train_ds, stats, eval_ds, qrels = prepare_data(config, encoder, max_length, eval_encoder)
     data_done = time.perf_counter()
     per_worker = stats["pairs"] // config.num_workers  # the parts are cut equal so every worker steps together
+    # The pairs past the last part (fewer than the workers; the same ones every epoch, the set shuffled once) are
+    # never trained, as Ray Train's own equal split drops them: counted, so that no figure says they were.
+    stats["left_out"] = stats["pairs"] - per_worker * config.num_workers
     per_epoch = math.ceil(per_worker / config.batch_size)
     # grad_accum batches a step; an epoch's last step takes those left (`train_loop`)
     total = config.max_steps or config.epochs * math.ceil(per_epoch / config.grad_accum)
@@ -798,8 +807,9 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     batch_tokens = training_batch_tokens(config, use_gpu)
     reasons = top_reasons(stats)
     rejected = f"{stats['rejected']:,} rejected" + (f": {reasons}" if reasons else "")
-    print(f"ce-ray train: {stats['pairs']:,} pairs ({rejected}), {config.num_workers} worker(s), "
-          f"{per_epoch} batch(es) of {config.batch_size} per worker and epoch, {total} step(s)"
+    print(f"ce-ray train: {stats['pairs']:,} pairs ({rejected}), {config.num_workers} worker(s)"
+          + (f" taking {per_worker:,} each ({left_out_text(stats)})" if stats["left_out"] else "")
+          + f", {per_epoch} batch(es) of {config.batch_size} per worker and epoch, {total} step(s)"
           + (f", forward passes of at most {batch_tokens:,} tokens" if batch_tokens else ""), flush=True)
     if stats["positives"] in (0, stats["pairs"]):  # BCE on one class learns that class, whatever the pairs
         print(f"ce-ray train: warning: {'none' if not stats['positives'] else 'every one'} of the {stats['pairs']:,} "

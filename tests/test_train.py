@@ -594,20 +594,31 @@ def _random_states(output: Path) -> list:
     return [torch.load(last / f"ce-ray-random-{rank}.pt", weights_only=True)["torch"] for rank in (0, 1)]
 
 
-def test_workers_drop_units_of_their_own_and_a_run_repeats_itself(ray_local, tiny_model, tmp_path):
+def test_workers_drop_units_of_their_own_and_a_run_repeats_itself(ray_local, tiny_model, tmp_path, capsys):
     """Every rank seeded torch alike, so each drew the same dropout masks as the others for its other rows. Each
     worker now draws from a seed of its own (the run's seed on rank 0), and a run of the same seed and data
     still ends with the same weights, bit for bit, and the same random states. The pairs are one text (ranks'
-    batches of one shape, so ranks seeded alike draw alike), labelled 0 and 1."""
+    batches of one shape, so ranks seeded alike draw alike), labelled 0 and 1.
+    Of 17 pairs the 2 workers take 8 each: the 17th is never trained, where the run's line, its summary and the
+    card said 17 pairs trained."""
     import torch
 
     from ce_ray.config import TrainConfig
 
     pairs = tmp_path / "pairs.parquet"
-    pd.DataFrame({"query": ["what is a reranker"] * 16, "document": ["a model that orders the candidates"] * 16,
-                  "label": np.arange(16, dtype=np.float32) % 2}).to_parquet(pairs)
+    pd.DataFrame({"query": ["what is a reranker"] * 17, "document": ["a model that orders the candidates"] * 17,
+                  "label": np.arange(17, dtype=np.float32) % 2}).to_parquet(pairs)
     settings = dict(model=str(tiny_model), train_data=str(pairs), num_workers=2, batch_size=4, epochs=1, lr=1e-3)
     runs = [_train_module().train(TrainConfig(**settings, output=str(tmp_path / name))) for name in ("a", "b")]
+    out = capsys.readouterr().out
+    assert ("ce-ray train: 17 pairs (0 rejected), 2 worker(s) taking 8 each (1 pair(s) never trained, so that the "
+            "workers take equal parts), 2 batch(es) of 4 per worker and epoch, 2 step(s)") in out
+    never = "1 pair(s) never trained, so that the workers take equal parts"
+    assert f"  pairs         17 (0 rejected; {never})" in runs[0].lines() and runs[0].stats["left_out"] == 1
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert ("- Size: 17 training pairs; 16 trained each epoch: 1 never trained, so that the 2 workers take equal "
+            "parts\n") in card
+    assert runs[0].steps == 2 and runs[0].log[-1]["epoch"] == 1.0
     assert _max_diff(_weights(tmp_path / "a"), _weights(tmp_path / "b")) == 0.0
     assert [e["loss"] for e in runs[0].log] == [e["loss"] for e in runs[1].log]
     first, second = _random_states(tmp_path / "a"), _random_states(tmp_path / "b")
