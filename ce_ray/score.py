@@ -355,7 +355,7 @@ def predict(model: str, pairs=None, **settings):
     Ray Data's setting decides); `apply_softmax` (for several labels) and `num_workers` are taken and change
     nothing. `batch_size`, `device`, `pool`, `chunk_size` and `processing_kwargs` are refused, naming the
     setting that does their work here (`batch_tokens`: batches of tokens bound their memory, where a number
-    of pairs does not). Starts a local Ray if none is.
+    of pairs does not), and so are the settings of a job's files (`JOB_SETTINGS`). Starts a local Ray if none is.
     """
     import numpy as np
     import ray
@@ -481,6 +481,12 @@ PREDICT_ARGUMENTS_REPLACED = {
 }
 
 
+# ScoreConfig's settings of a job's files, which predict (pairs in, scores out) has none of: taken, they changed
+# nothing (an `output` wrote no file) or failed on a column the pairs do not have (`query_column`).
+JOB_SETTINGS = ("input", "output", "input_format", "column_names", "mode", "query_column", "document_column",
+                "score_column")
+
+
 def _given_pairs(pairs, settings: dict):
     """The pairs, given as `pairs` or by one of CrossEncoder.predict's names for them (taken from `settings`)."""
     given = ({"pairs": pairs} if pairs is not None else {}) | {
@@ -498,6 +504,10 @@ def _predict_arguments(settings: dict) -> tuple:
     for name, instead in PREDICT_ARGUMENTS_REPLACED.items():
         if name in settings:
             raise ConfigError(f"{name}: {instead}")
+    for name in JOB_SETTINGS:
+        if name in settings:
+            raise ConfigError(f"{name} is a setting of a job's files (ce_ray.run_score reads and writes them): "
+                              "predict takes (query, document) pairs and returns their scores")
     settings = {name: value for name, value in settings.items() if name not in PREDICT_ARGUMENTS_WITHOUT_EFFECT}
     function = settings.pop("activation_fn", settings.pop("activation_fct", None))  # predict's old name too
     if function is not None:

@@ -647,6 +647,23 @@ def test_predict_refuses_what_cross_encoder_would_not_score_as_pairs(tiny_model)
         ce_ray.predict(tiny_model, [("q", 42)])
 
 
+def test_predict_refuses_the_settings_of_a_jobs_files(tiny_model):
+    """ScoreConfig's settings of a job's files were taken by predict: `output` wrote no file, `mode` and
+    `input_format` changed nothing, without a word, and `query_column` failed on a column the pairs do not have.
+    Each is refused before Ray starts, naming it; rank takes predict's settings and refuses them too."""
+    import ce_ray
+
+    for name, value in (("output", "scored/"), ("input", "pairs.parquet"), ("input_format", "csv"),
+                        ("column_names", "query,document"), ("mode", "overwrite"), ("query_column", "question"),
+                        ("document_column", "passage"), ("score_column", "l12")):
+        with pytest.raises(ConfigError, match=rf"^{name} is a setting of a job's files \(ce_ray.run_score reads and "
+                                              r"writes them\): predict takes \(query, document\) pairs and returns "
+                                              r"their scores$"):
+            ce_ray.predict(str(tiny_model), [("q", "d")], **{name: value})
+    with pytest.raises(ConfigError, match=r"^output is a setting of a job's files"):
+        ce_ray.rank(str(tiny_model), "q", ["d"], output="ranked/")
+
+
 def test_rank_refuses_documents_and_top_k_that_cross_encoder_rank_would_not_take_as_such(tiny_model):
     """A text given as the documents was ranked as its characters ("abc": three documents), a dict as its keys, a set
     in no order that corpus_id could name; a top_k of 1.5 or "3" failed in Python's words once every document was
