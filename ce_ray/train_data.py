@@ -232,14 +232,20 @@ def _eval_candidates(config: TrainConfig, negatives: List[str]):
 
     qrels = read_qrels(join(config.eval_data, "qrels", f"{config.eval_split}.tsv"))
     queries, corpus = read_queries(config.eval_data), read_corpus(config.eval_data)
-    query_ids = [q for q, judged in qrels.items() if q in queries and any(g > 0 for g in judged.values())]
-    query_ids = query_ids[: config.eval_max_queries]
+    with_relevant = [q for q, judged in qrels.items() if q in queries and any(g > 0 for g in judged.values())]
+    query_ids = with_relevant[: config.eval_max_queries]
     if not query_ids:
         raise InputError(f"{config.eval_data}: no query of qrels/{config.eval_split}.tsv has a relevant document")
     table = candidates_table(corpus, queries, qrels, query_ids, config.eval_top_k)
+    # The queries left out are counted, as for eval rows, so that the line adds up to the split's queries.
+    past_the_first, without_relevant = len(with_relevant) - len(query_ids), len(qrels) - len(with_relevant)
     return (table, {q: qrels[q] for q in query_ids},
             f"the BM25 top {config.eval_top_k} of `{config.eval_data}` ({config.eval_split} split, "
-            f"{len(query_ids):,} queries)")
+            f"{len(query_ids):,} queries, {table.num_rows:,} candidates"
+            + (f"; {past_the_first:,} queries past the first {len(query_ids):,} left out (eval_max_queries)"
+               if past_the_first else "")
+            + (f"; {without_relevant:,} queries without a relevant document left out" if without_relevant else "")
+            + ")")
 
 
 def _eval_rows(config: TrainConfig, negatives: List[str]):

@@ -944,6 +944,23 @@ def test_eval_rows_of_several_files_come_in_the_files_order_in_every_run(ray_loc
         f"2,000 left out (eval_max_queries); {without:,} queries without a row labelled above 0 left out)" in said
 
 
+def test_a_beir_eval_splits_queries_left_out_are_counted(tmp_path):
+    """A BEIR eval split's line (and the card's) said `(test split, 1 queries)` of a split of 3: the queries past
+    eval_max_queries and those without a relevant document were left out unsaid, where eval rows count them."""
+    from ce_ray.config import TrainConfig
+
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{n}", "title": "", "text": text}) + "\n"
+                                                   for n, text in enumerate(["red apples", "blue sea", "green tea"])))
+    (tmp_path / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{n}", "text": text}) + "\n"
+                                                    for n, text in enumerate(["apples", "sea", "tea"])))
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td1\t1\nq2\td2\t0\n")
+    table, qrels, said = train_data._eval_candidates(TrainConfig(eval_data=str(tmp_path), eval_max_queries=1), [])
+    assert list(qrels) == ["q0"] and table.column("doc_id").to_pylist() == ["d0"]
+    assert said == (f"the BM25 top 100 of `{tmp_path}` (test split, 1 queries, 1 candidates; 1 queries past the first "
+                    "1 left out (eval_max_queries); 1 queries without a relevant document left out)")
+
+
 def test_eval_data_in_other_columns_fails_before_the_training_data_is_tokenized(ray_local, tiny_model, tmp_path):
     """eval_data is read in the training data's columns: eval rows written with names of their own fail naming
     the file, what it lacks and the columns it is read in (the training data's were not named), and before the
