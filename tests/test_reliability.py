@@ -494,6 +494,31 @@ def test_files_whose_columns_widen_to_one_type_are_written_in_it(ray_local, tmp_
                                                                          "score"]
 
 
+def test_parts_carry_no_pandas_index_of_another_file(ray_local, tmp_path, tiny_model):
+    """Every part carried the pandas metadata of the first input file read: pandas gave a part of another file that
+    file's index (`pair_id` 1000-1002 for a file written with 0-2) and read a file's own stored index as a column
+    in one part and as the index in another. The parts carry no pandas metadata: each part and the folder read
+    back with a default index, an index stored in the file kept as its column, in pandas and Arrow alike."""
+    (tmp_path / "in").mkdir()
+    frame = pd.DataFrame({"id": [0, 1, 2], "query": ["q"] * 3, "document": ["d0", None, "d2"]})
+    frame.set_index(pd.RangeIndex(1000, 1003, name="pair_id")).to_parquet(tmp_path / "in" / "a.parquet")
+    frame.assign(id=[3, 4, 5], document=["d3", "d4", "d5"]).to_parquet(tmp_path / "in" / "b.parquet")
+    frame.assign(id=[6, 7, 8], document=["d6", "d7", "d8"]).set_index(pd.Index(["x", "y", "z"])).to_parquet(
+        tmp_path / "in" / "c.parquet")
+    job(tiny_model, tmp_path / "in", tmp_path / "out")
+    parts = sorted((tmp_path / "out").glob("re*/*.parquet"))
+    assert len(parts) == 4 and [b"pandas" in (pq.read_schema(p).metadata or {}) for p in parts] == [False] * 4
+    columns = ["id", "query", "document", "__index_level_0__"]
+    for part in parts:
+        got = pd.read_parquet(part)
+        assert got.index.equals(pd.RangeIndex(len(got))), (part.name, got.index)
+        assert got.columns.tolist() == columns + (["score"] if part.parent.name == "results" else ["reason"])
+    got = pd.read_parquet(tmp_path / "out" / "results")
+    assert got.index.equals(pd.RangeIndex(8)) and got.equals(pq.read_table(tmp_path / "out" / "results").to_pandas())
+    assert sorted(zip(got["id"], got["__index_level_0__"].fillna("-"))) == [
+        (0, "-"), (2, "-"), (3, "-"), (4, "-"), (5, "-"), (6, "x"), (7, "y"), (8, "z")]
+
+
 def test_a_jsonl_file_whose_query_is_a_number_on_every_line_rejects_its_rows(ray_local, tmp_path, tiny_model):
     """Arrow's reader read such a file's query as numbers, and Ray Data failed the job where its block met
     another file's texts, after the scoring had begun; its rows are rejected, as a number on one line is."""
