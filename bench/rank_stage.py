@@ -45,7 +45,7 @@ def run(folder: str, out: str, system: str, top_k) -> float:
     from ce_ray.rerank import default_partitions, rank, rank_queries
 
     start = time.perf_counter()
-    ds, files, input_bytes, _ = read_dataset(folder, "parquet", ["query", "document"], present=["query_id"])
+    ds, files, input_bytes, _, _ = read_dataset(folder, "parquet", ["query", "document"], present=["query_id"])
     ds = ds.map_batches(with_scores, batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
     order = [input_key(f.path) for f in files]
     if system in ("ray", "ray-partitions"):

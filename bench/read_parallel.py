@@ -27,7 +27,7 @@ def read_seconds(folder: str, rows_per_read: int) -> float:
     from ce_ray.readers import read_dataset
 
     start = time.perf_counter()
-    ds, _, _, _ = read_dataset(folder, "parquet", ["query", "document"], rows_per_read=rows_per_read)
+    ds, _, _, _, _ = read_dataset(folder, "parquet", ["query", "document"], rows_per_read=rows_per_read)
     materialized = ds.materialize()
     seconds = time.perf_counter() - start
     del materialized

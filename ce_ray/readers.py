@@ -43,8 +43,9 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     types alone must agree from file to file (`check_inputs`): the job drops the others from each block before
     rows of two files meet. `settings`: the setting that names each column, which a missing one's error gives.
     Returns the Dataset (None when `keep` selects nothing), the input files' checks
-    (those with rows), about how many bytes the rows to read take in memory (`FileCheck.size_bytes`), and the
-    input's schema (`io.agreed_schema`).
+    (those with rows), about how many bytes the rows to read take in memory (`FileCheck.size_bytes`), the
+    input's schema (`io.agreed_schema`) and how many files the input holds (with a parquet file of no rows, which
+    has no check here: a job's summary counts it among the files in).
     """
     import ray.data
 
@@ -53,16 +54,17 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     checks, schema = check_inputs(fs, listing.files, input_format, list(required or []), column_names, present,
                                   lists, written, listing.stamps, read, settings)
     refuse_changed_output(uri, listing.finished, {check.path: check.rows for check in checks})
+    listed = len(checks)
     checks = [c for c in checks if c.rows != 0]
     todo = [c for c in checks if keep is None or keep(c)]
     if not todo:
-        return None, checks, 0, schema
+        return None, checks, 0, schema, listed
     ensure_ray()  # here, not by Ray Data's own start, which would start the dashboard too
     size_bytes = sum(c.size_bytes for c in todo)
     if input_format == "parquet":
         ranges = [r for c in todo for r in read_ranges(c, rows_per_read or PARQUET_ROWS_PER_READ)]
         return ray.data.read_datasource(tagged_parquet(ranges, fs, rows_per_block),
-                                        override_num_blocks=len(ranges)), checks, size_bytes, schema
+                                        override_num_blocks=len(ranges)), checks, size_bytes, schema, listed
     paths = [c.path for c in todo]
     if input_format in DELIMITED:
         columns = list(dict.fromkeys(name for c in todo for name in c.columns))  # every file's, all read as text
@@ -74,7 +76,7 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
                                                              filesystem=fs, list_columns=lists,
                                                              schema=schema)._read_stream)
     # One read task per file: a file's rows travel together, so files complete one after another.
-    return ray.data.read_datasource(source, override_num_blocks=len(paths)), checks, size_bytes, schema
+    return ray.data.read_datasource(source, override_num_blocks=len(paths)), checks, size_bytes, schema, listed
 
 
 def _parse_lines_slowly(lines: List[bytes], numbers: List[int], path: str, text_columns: List[str],

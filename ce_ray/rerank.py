@@ -408,7 +408,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     check_output(config.output, config.mode, resumable=False)
     checked = scoring_model(config)
     # The query id may be text or a number: present, of any type.
-    ds, files, input_bytes, schema = read_dataset(
+    ds, files, input_bytes, schema, listed = read_dataset(
         config.input, config.input_format, [config.query_column, config.document_column],
         rows_per_block=config.rows_per_block, column_names=parse_names(config.column_names),
         present=[config.query_id_column], written=written_columns(config),
@@ -436,7 +436,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
         rows_rejected=counts["rows_rejected"],
         seconds=seconds,
         output=config.output,
-        files_in=len(files),
+        files_in=listed,
         top_k=config.top_k,
         shared_query_ids=counts["shared_query_ids"],
         rank_seconds=min(max(ended - sink.rank_started, 0.0), seconds) if sink.rank_started else 0.0,

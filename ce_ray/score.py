@@ -681,7 +681,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     def to_score(check) -> bool:  # an input that no earlier run completed as it is now
         return not earlier.done(input_key(check.path), check.stamp)
 
-    ds, files, _, schema = read_dataset(
+    ds, files, _, schema, listed = read_dataset(
         config.input, config.input_format, [config.query_column, config.document_column], keep=to_score,
         rows_per_block=config.rows_per_block, column_names=parse_names(config.column_names),
         written=written_columns(config), settings=column_settings(config))
@@ -729,7 +729,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         rows_rejected=counts["rows_rejected"] + kept_rejected,
         seconds=time.perf_counter() - start,
         output=config.output,
-        files_in=len(files),
+        files_in=listed,
         files_kept=len(kept.parts),
         rows_kept=kept_scored + kept_rejected,
     )

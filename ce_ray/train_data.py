@@ -335,7 +335,7 @@ def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str], own_colu
     documents = [config.document_column, *negatives]  # each a column of texts or of lists of texts
     labels = [] if negatives else [config.label_column]
     # Only these columns are read: the files' other columns may differ from file to file (`training_pairs`).
-    ds, checks, _, _ = read_dataset(uri, config.input_format, [config.query_column, *documents],
+    ds, checks, _, _, _ = read_dataset(uri, config.input_format, [config.query_column, *documents],
                                     column_names=parse_names(config.column_names), lists=documents,
                                     present=labels, read=[config.query_column, *documents, *labels],
                                     settings=_column_settings(config, negatives) if own_columns else None)

@@ -519,6 +519,19 @@ def test_parts_carry_no_pandas_index_of_another_file(ray_local, tmp_path, tiny_m
         (0, "-"), (2, "-"), (3, "-"), (4, "-"), (5, "-"), (6, "x"), (7, "y"), (8, "z")]
 
 
+def test_a_parquet_file_of_no_rows_is_counted_among_the_files_in(ray_local, tmp_path, tiny_model, capsys):
+    """A parquet file of no rows (a writer's last, empty file) was left out of the summary's `files in` (1 for a
+    folder of 2), where an empty JSON Lines file was counted: every file of the input is counted."""
+    (tmp_path / "in").mkdir()
+    frame = pd.DataFrame({"id": [0, 1], "query": ["q"] * 2, "document": ["d0", "d1"]})
+    frame.to_parquet(tmp_path / "in" / "a.parquet")
+    frame.iloc[:0].to_parquet(tmp_path / "in" / "b.parquet")
+    summary = job(tiny_model, tmp_path / "in", tmp_path / "out")
+    assert (summary.files_in, summary.rows_in, summary.rows_scored) == (2, 2, 2)
+    assert "  files in      2\n" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "_SUCCESS").read_text())["files_in"] == 2
+
+
 def test_a_jsonl_file_whose_query_is_a_number_on_every_line_rejects_its_rows(ray_local, tmp_path, tiny_model):
     """Arrow's reader read such a file's query as numbers, and Ray Data failed the job where its block met
     another file's texts, after the scoring had begun; its rows are rejected, as a number on one line is."""

@@ -266,7 +266,7 @@ def test_a_finished_output_whose_part_was_rewritten_or_cut_short_since_is_refuse
     for count in ("result_rows", "result_parts"):  # as earlier versions wrote it: the rows read as they are
         summary.pop(count)
         (out / "_SUCCESS").write_text(json.dumps(summary))
-        _, checks, _, _ = readers.read_dataset(str(out), required=["query", "document"])
+        _, checks, _, _, _ = readers.read_dataset(str(out), required=["query", "document"])
         assert sum(check.rows for check in checks) == summary["rows_scored"] - 1
 
 
