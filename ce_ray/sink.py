@@ -423,15 +423,13 @@ def conform(table: pa.Table, schema: Optional[pa.Schema]) -> pa.Table:
                                                  metadata=table.schema.metadata))
 
 
-def part_metadata(read: Optional[dict], own: dict) -> Optional[dict]:
-    """A part's schema metadata: the rows' own (`own`, ce-ray's), without the pandas index and dtypes that the rows
-    were read with. Those were the first input file's in every part (the first block's, whichever file that was),
-    so pandas gave a part another file's index (a `pair_id` range of 1000-1099 to a file of 0-99) or dropped its
-    own (a file's stored index read back as `__index_level_0__`); and a part holds no input file's whole range of
-    rows anyway (rejects and top-k take rows out; rerank parts mix files). pandas reads every part, and the folder,
-    with a default index, an index the input stored as a column kept as that column."""
-    kept = {key: value for key, value in (read or {}).items() if key != b"pandas"} | own
-    return kept or None
+def part_metadata(own: dict) -> Optional[dict]:
+    """A part's schema metadata: ce-ray's own (`own`), none of what the rows were read with. That was one input
+    file's, the first block's, in every part: its pandas index and dtypes (pandas gave a part another file's index,
+    a `pair_id` range of 1000-1099 to a file of 0-99, or read a file's stored index as the index in one part and
+    a column in another), or an earlier job's `INPUT_ROWS` in a rerank's parts of other rows. pandas reads every
+    part, and the folder, with a default index, an index the input stored as a column kept as that column."""
+    return own or None
 
 
 def _input_groups(table: pa.Table):
@@ -499,7 +497,7 @@ class PairsSink(Datasink):
                 if part is None or not part.num_rows:
                     continue
                 part = conform(part, self.schema)
-                part = part.replace_schema_metadata(part_metadata(part.schema.metadata, metadata))
+                part = part.replace_schema_metadata(part_metadata(metadata))
                 if sub == REJECTS:
                     fs.create_dir(f"{path}/{REJECTS}", recursive=True)
                 write_table_atomic(fs, f"{path}/{sub}/{name}", part, remote)

@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from ce_ray.batching import REJECT
@@ -516,6 +517,20 @@ def test_a_lazy_python_dataset_is_ranked_in_one_partition_per_cpu(ray_local, tin
     assert set(re.findall(r"partitions=(\d+)", ranked.stats())) == {str(default_partitions(0))}
     # once: its map ran for its one block, not again to learn its size
     assert len(re.findall(r"Operator \d+ MapBatches\(<lambda>\)", ranked.stats())) == 1
+
+
+def test_rerank_parts_carry_none_of_the_input_files_metadata(ray_local, tiny_model, tmp_path):
+    """A rerank's parts (rows of any input file, ranked) carried the first input file's schema metadata: an earlier
+    score job's `ce_ray.input_rows` (300 on a part of 160 rows) and its pandas index. They carry none."""
+    (tmp_path / "in").mkdir()
+    frame = pd.DataFrame({"query_id": ["q", "q"], "query": ["q", "q"], "document": ["a", "b"]},
+                         index=pd.RangeIndex(1000, 1002, name="pair_id"))
+    table = pa.Table.from_pandas(frame)
+    pq.write_table(table.replace_schema_metadata(table.schema.metadata | {b"ce_ray.input_rows": b"300"}),
+                   tmp_path / "in" / "a.parquet")
+    run_rerank(RerankConfig(model=str(tiny_model), input=str(tmp_path / "in"), output=str(tmp_path / "out")))
+    parts = sorted((tmp_path / "out" / "results").glob("*.parquet"))
+    assert parts and [pq.read_schema(part).metadata for part in parts] == [None] * len(parts)
 
 
 def test_a_query_id_kept_as_a_hive_partition_key_is_read_by_rerank_and_eval(ray_local, tiny_model, tmp_path):
