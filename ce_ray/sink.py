@@ -423,15 +423,6 @@ def conform(table: pa.Table, schema: Optional[pa.Schema]) -> pa.Table:
                                                  metadata=table.schema.metadata))
 
 
-def part_metadata(own: dict) -> Optional[dict]:
-    """A part's schema metadata: ce-ray's own (`own`), none of what the rows were read with. That was one input
-    file's, the first block's, in every part: its pandas index and dtypes (pandas gave a part another file's index,
-    a `pair_id` range of 1000-1099 to a file of 0-99, or read a file's stored index as the index in one part and
-    a column in another), or an earlier job's `INPUT_ROWS` in a rerank's parts of other rows. pandas reads every
-    part, and the folder, with a default index, an index the input stored as a column kept as that column."""
-    return own or None
-
-
 def _input_groups(table: pa.Table):
     """(part name, rows without tags, input row count or None) for each input file in a block."""
     keys = table.column(ROW_INPUT)
@@ -497,7 +488,11 @@ class PairsSink(Datasink):
                 if part is None or not part.num_rows:
                     continue
                 part = conform(part, self.schema)
-                part = part.replace_schema_metadata(part_metadata(metadata))
+                # ce-ray's own metadata alone, none of what the rows were read with: that was one input file's
+                # (the first block's) in every part, its pandas index and dtypes (pandas gave a part another
+                # file's index, or read a stored index as the index in one part and a column in another), or an
+                # earlier job's INPUT_ROWS in a rerank's parts of other rows.
+                part = part.replace_schema_metadata(metadata or None)
                 if sub == REJECTS:
                     fs.create_dir(f"{path}/{REJECTS}", recursive=True)
                 write_table_atomic(fs, f"{path}/{sub}/{name}", part, remote)

@@ -336,9 +336,9 @@ def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str], own_colu
     labels = [] if negatives else [config.label_column]
     # Only these columns are read: the files' other columns may differ from file to file (`training_pairs`).
     ds, checks, _, _, _ = read_dataset(uri, config.input_format, [config.query_column, *documents],
-                                    column_names=parse_names(config.column_names), lists=documents,
-                                    present=labels, read=[config.query_column, *documents, *labels],
-                                    settings=_column_settings(config, negatives) if own_columns else None)
+                                       column_names=parse_names(config.column_names), lists=documents,
+                                       present=labels, read=[config.query_column, *documents, *labels],
+                                       settings=_column_settings(config, negatives) if own_columns else None)
     # Whole blocks: a column may be text in one block and lists in another, which no batch could hold.
     ds = ds.map_batches(training_pairs, fn_kwargs=dict(
         query_column=config.query_column, document_column=config.document_column, negative_columns=negatives,
