@@ -178,14 +178,3 @@ def test_every_name_of_ce_ray_the_docs_give_is_there():
                 assert hasattr(found, name), f"{path}: {dotted}: {getattr(found, '__name__', found)} has no {name}"
                 found = getattr(found, name)
 
-
-def test_the_training_docs_say_every_evaluation_a_run_makes():
-    """training.md said a run evaluates eval_data every eval_every steps and at each epoch end; a new run also
-    evaluates it before its first step (`ce-ray train: before training ...`, the model card's baseline), one pass
-    more over jobs/configs/train.yaml's 30,000 SciFact candidates, hours on CPU cores, that the README did not
-    count: its fine-tune command, typed on a laptop, ran three such passes without a word."""
-    assert '"ce-ray train: before training "' in (ROOT / "ce_ray/train.py").read_text()
-    training = " ".join((ROOT / "docs/training.md").read_text().split())
-    assert "Before the first step of a new run" in training
-    readme = " ".join((ROOT / "README.md").read_text().split())
-    assert "30,000 SciFact pairs" in readme and "--eval-max-queries" in readme
