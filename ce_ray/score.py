@@ -300,7 +300,9 @@ def _replica_counts(config: ScoreConfig, use_gpu: bool, gpus: int, cpus: int, no
         # Each CPU replica holds a CPU for the whole job: replicas on all of them would leave none to read
         # the rows they wait for, and the job would never start.
         asked = f"min_replicas {config.min_replicas}" if config.min_replicas else f"{wanted} replicas"
-        min_replicas = cpus - 1
+        # Nor may the pool grow to them: its replicas' threads are sized for those it starts with, and grown it
+        # would hold every CPU again (the announce line said `up to 2`, on both cores each).
+        min_replicas = max_replicas = cpus - 1
         print(f"ce-ray: note: {asked} would hold all {cpus} CPUs of the cluster, leaving none to read the input: "
               f"starting {min_replicas}", file=sys.stderr, flush=True)
     # The replicas started share their nodes' cores; on CPUs a pool rarely grows past them (Ray Data's did not
