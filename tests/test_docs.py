@@ -177,4 +177,3 @@ def test_every_name_of_ce_ray_the_docs_give_is_there():
                         pass
                 assert hasattr(found, name), f"{path}: {dotted}: {getattr(found, '__name__', found)} has no {name}"
                 found = getattr(found, name)
-
