@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -229,7 +230,15 @@ def run_submit(args, overrides: Sequence[str] = ()) -> int:
         print(f"ce-ray submit: error: {e}\n{what[0].upper()}{what[1:]}.", file=sys.stderr)
         return 2
     except (ConnectionError, RuntimeError) as e:  # cluster unreachable, or the job server refused the request
-        # The job server's refusal carries its traceback: its last line says why (an id already taken).
-        lines = [line for line in str(e).splitlines() if line.strip()]
-        print(f"ce-ray submit: error: {lines[-1] if 'Traceback' in str(e) else e}", file=sys.stderr)
+        print(f"ce-ray submit: error: {refusal_reason(str(e))}", file=sys.stderr)
         return 2
+
+
+def refusal_reason(message: str) -> str:
+    """Why the job server refused a request. Its refusal carries the tracebacks of the head and of its agent,
+    the agent's error last: that line says why (an id already taken), without its type; the lines after it
+    are the periods that close each wrapping message (the reason was `.` alone)."""
+    if "Traceback" not in message:
+        return message
+    errors = re.findall(r"^\w+(?:Error|Exception): (.+)$", message, flags=re.MULTILINE)
+    return errors[-1] if errors else message

@@ -282,6 +282,22 @@ def test_submission_needs_the_token(cluster, model, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_submission_id_taken_is_said(cluster, model, tmp_path):
+    """An id already given to a job: the job server refuses the request with its tracebacks, whose last line is a
+    period: submit said `error: .`. It says the reason now, in one line."""
+    config = write_config(tmp_path / "score.yaml", model=str(model), input=str(tmp_path / "missing.parquet"),
+                          output=str(tmp_path / "out"))
+    first = cluster.submit("score", config, "--submission-id", "ce-ray-id-taken", "--no-wait")
+    assert first.returncode == 0, first.stdout + first.stderr
+
+    again = cluster.submit("score", config, "--submission-id", "ce-ray-id-taken", "--no-wait")
+
+    assert again.returncode == 2 and "submitted" not in again.stdout
+    said = [line for line in again.stderr.splitlines() if line.startswith("ce-ray submit: ")]
+    assert said == ["ce-ray submit: error: Job with submission_id ce-ray-id-taken already exists. Please use a "
+                    "different submission_id."], again.stderr
+
+
 def test_a_bad_config_fails_before_submission(tmp_path, capsys):
     from ce_ray.cli import main
 
