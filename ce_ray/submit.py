@@ -221,13 +221,19 @@ def run_submit(args, overrides: Sequence[str] = ()) -> int:
         return submit(args.job, args.config, args.address, args.pip, args.env, args.submission_id,
                       args.entrypoint_num_cpus, args.wait, overrides)
     except AuthenticationError as e:
-        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":  # on here, and no token found, or another
+        # Ray's message is a paragraph of generic advice after its first line (what the cluster answered):
+        # that line, then what to do here, in one line.
+        answer = str(e).strip().splitlines()[0].rstrip(".")
+        if "Forbidden" in answer:  # a token was sent, not the cluster's
+            what = ("the token found here is not the cluster's: RAY_AUTH_TOKEN is read first, then the file "
+                    "RAY_AUTH_TOKEN_PATH names, then ~/.ray/auth_token")
+        elif os.environ.get("RAY_AUTH_MODE", "").lower() == "token":  # on here, and no token found
             what = ("RAY_AUTH_MODE=token is set here: put the cluster's token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH "
                     "or ~/.ray/auth_token (a cluster without token authentication needs none: unset RAY_AUTH_MODE)")
         else:
             what = ("the cluster uses token authentication: set RAY_AUTH_MODE=token here, with the cluster's token "
                     "in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token")
-        print(f"ce-ray submit: error: {e}\n{what[0].upper()}{what[1:]}.", file=sys.stderr)
+        print(f"ce-ray submit: error: {answer}; {what}", file=sys.stderr)
         return 2
     except (ConnectionError, RuntimeError) as e:  # cluster unreachable, or the job server refused the request
         print(f"ce-ray submit: error: {refusal_reason(str(e))}", file=sys.stderr)

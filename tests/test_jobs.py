@@ -270,15 +270,26 @@ def test_a_job_that_ce_rays_own_error_stops_says_how_to_finish_it(cluster, model
 
 
 def test_submission_needs_the_token(cluster, model, tmp_path):
+    """No token, or one not the cluster's: one line, what the cluster answered and what to do here (it printed
+    Ray's paragraph of generic advice between them, and told a user whose token was wrong to put one)."""
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "pairs.parquet")
     config = write_config(tmp_path / "score.yaml", model=str(model), input=str(tmp_path / "pairs.parquet"),
                           output=str(tmp_path / "out"))
-    env = dict(cluster.env, RAY_AUTH_MODE="disabled")
+    expected = {
+        "disabled": "Authentication required: Unauthorized: Missing authentication token; the cluster uses token "
+                    "authentication: set RAY_AUTH_MODE=token here, with the cluster's token in RAY_AUTH_TOKEN, "
+                    "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token",
+        "wrong": "Authentication failed: Forbidden: Invalid authentication token; the token found here is not the "
+                 "cluster's: RAY_AUTH_TOKEN is read first, then the file RAY_AUTH_TOKEN_PATH names, then "
+                 "~/.ray/auth_token",
+    }
+    envs = {"disabled": dict(cluster.env, RAY_AUTH_MODE="disabled"), "wrong": dict(cluster.env, RAY_AUTH_TOKEN="0f")}
+    for case, env in envs.items():
+        run = cluster.submit("score", config, env=env)
 
-    run = cluster.submit("score", config, env=env)
-
-    assert run.returncode == 2
-    assert "Authentication required" in run.stderr and "RAY_AUTH_MODE=token" in run.stderr
+        assert run.returncode == 2, case
+        said = [line for line in run.stderr.splitlines() if "INFO" not in line]
+        assert said == [f"ce-ray submit: error: {expected[case]}"], run.stderr
     assert not (tmp_path / "out").exists()
 
 
