@@ -215,7 +215,7 @@ def add_submit_parser(sub, jobs: Sequence[str]) -> None:
 
 
 def run_submit(args, overrides: Sequence[str] = ()) -> int:
-    from ray.exceptions import AuthenticationError
+    from ray.exceptions import AuthenticationError, RpcError
 
     try:
         return submit(args.job, args.config, args.address, args.pip, args.env, args.submission_id,
@@ -234,6 +234,12 @@ def run_submit(args, overrides: Sequence[str] = ()) -> int:
             what = ("the cluster uses token authentication: set RAY_AUTH_MODE=token here, with the cluster's token "
                     "in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token")
         print(f"ce-ray submit: error: {answer}; {what}", file=sys.stderr)
+        return 2
+    except RpcError as e:  # an address without a scheme is a GCS address: no GCS answered there
+        at = args.address or os.environ.get("RAY_ADDRESS")
+        print(f"ce-ray submit: error: {str(e).rstrip('.')} at {at}; an address without "
+              "http:// is a cluster's GCS address (`ray start --port`); its dashboard's is http://HOST:PORT "
+              "(`--dashboard-port`, 8265 by default)", file=sys.stderr)
         return 2
     except (ConnectionError, RuntimeError) as e:  # cluster unreachable, or the job server refused the request
         print(f"ce-ray submit: error: {refusal_reason(str(e))}", file=sys.stderr)
