@@ -184,7 +184,8 @@ def submit(job: str, config: str, address: Optional[str] = None, pip: Sequence[s
               f"it with: ray job logs --follow {job_id} --address {where}", file=sys.stderr)
         return 3
     # A failed job's message repeats the end of its logs, which were just printed: its first line is enough.
-    message = (info.message or "").split("\n", 1)[0].split(", last available logs", 1)[0]
+    # Its closing period goes: the line goes on with how to finish the job (it read `stopped.; --mode resume`).
+    message = (info.message or "").split("\n", 1)[0].split(", last available logs", 1)[0].rstrip(".")
     # How to finish it: a stopped job, and one that failed during its work (its command's exit status FAILED, its
     # log's last line the error that failed it); one refused before any work has nothing to finish.
     stopped_mid_way = info.status == JobStatus.STOPPED or (

@@ -445,3 +445,31 @@ def test_an_address_without_http_is_said_to_be_a_gcs_address(tmp_path):
         "address without http:// is a cluster's GCS address (`ray start --port`); its dashboard's is "
         "http://HOST:PORT (`--dashboard-port`, 8265 by default)")
     assert "Traceback" not in run.stderr
+
+
+def test_a_stopped_job_says_how_to_finish_it(cluster, model, tmp_path):
+    """A job stopped (`ray job stop`) while followed: exit 1 and one line with Ray's message and how to finish the
+    job, which read `Job was intentionally stopped.; --mode resume ...`."""
+    import threading
+
+    wikiqa_pairs("test", 3000)[["query", "document"]].to_parquet(tmp_path / "pairs.parquet", index=False)
+    config = write_config(tmp_path / "score.yaml", model=str(model), input=str(tmp_path / "pairs.parquet"),
+                          output=str(tmp_path / "out"), rows_per_block=16)
+    runs = []
+    follow = threading.Thread(target=lambda: runs.append(cluster.submit("score", config, "--submission-id",
+                                                                        "ce-ray-stopped")))
+    follow.start()
+    status = ""
+    while "RUNNING" not in status and follow.is_alive():
+        time.sleep(1)
+        status = subprocess.run([str(BIN / "ray"), "job", "status", "ce-ray-stopped", "--address", cluster.address],
+                                env=cluster.env, capture_output=True, text=True).stdout
+    subprocess.run([str(BIN / "ray"), "job", "stop", "ce-ray-stopped", "--address", cluster.address],
+                   env=cluster.env, capture_output=True, timeout=120)
+    follow.join(timeout=JOB_TIMEOUT)
+
+    assert runs[0].returncode == 1, runs[0].stdout + runs[0].stderr
+    assert runs[0].stderr.strip().splitlines()[-1] == (
+        "ce-ray submit: job ce-ray-stopped STOPPED: Job was intentionally stopped; --mode resume finishes it (the "
+        "input files completed are kept)")
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
