@@ -182,6 +182,16 @@ def check_single_logit(path: str, model: str) -> None:
     if labels != 1:
         raise ModelError(f"{model} is a classifier of {labels} labels: ce-ray scores and trains rerankers of one "
                          "logit (CrossEncoder(..., num_labels=1)); for a new reranker, start from its base model")
+    check_pad_token(path, model, read_json(config_file))
+
+
+def check_pad_token(path: str, model: str, config: dict) -> None:
+    """Refuses a decoder's classifier (its head named `score`, as transformers names a Qwen's or a Llama's) whose
+    config.json has no pad_token_id: it scores each pair at its last token that is not padding, and without the id
+    transformers fails every batch of more than one pair, in the workers, the job begun."""
+    if config.get("pad_token_id") is None and "score" in weight_prefixes(path):
+        raise ModelError(f"{model} is a decoder's classifier without a pad_token_id in its config.json: it cannot "
+                         "score a batch of pairs; set pad_token_id there (its tokenizer's pad token's id)")
 
 
 def is_bi_encoder(path: str) -> bool:
@@ -197,14 +207,19 @@ def is_bi_encoder(path: str) -> bool:
 def has_classifier_weights(path: str) -> bool:
     """Whether a folder's safetensors weights hold a classifier head (`classifier.*`, or `score.*` as decoders'
     classifiers name it); true where there are none to look in (pickle weights)."""
+    return not glob.glob(os.path.join(path, "*.safetensors")) or bool(weight_prefixes(path) & {"classifier", "score"})
+
+
+def weight_prefixes(path: str) -> set:
+    """The first parts of the names of a folder's safetensors weights (`bert`, `classifier`, ...), read from their
+    headers alone; empty where there are none."""
     from safetensors import safe_open
 
-    files = glob.glob(os.path.join(path, "*.safetensors"))
     names = set()
-    for file in files:
+    for file in glob.glob(os.path.join(path, "*.safetensors")):
         with safe_open(file, framework="numpy") as weights:
-            names.update(weights.keys())
-    return not files or any(name.split(".")[0] in ("classifier", "score") for name in names)
+            names.update(name.split(".")[0] for name in weights.keys())
+    return names
 
 
 def check_scores(path: str, model: str) -> None:

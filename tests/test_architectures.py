@@ -109,3 +109,33 @@ def test_training_from_the_command_line_with_its_own_ray(tmp_path, pairs, rerank
     assert "Failed to query Ray Train Controller" not in result.stderr
     before, after = predict(rerankers["deberta-v2"], pairs), predict(tmp_path / "model", pairs)
     assert np.isfinite(after).all() and np.abs(after - before).max() > 1e-3
+
+
+def test_a_decoder_classifier_without_a_pad_token_id_is_refused_before_any_work(tmp_path, pairs):
+    """A decoder's classifier (a Qwen2's, its head `score`) scores each pair at its last token that is not padding,
+    and with no pad_token_id in its config transformers fails every batch of more than one pair: a score job failed
+    in its replicas with a worker's traceback, its output begun, and training in its workers. Both refuse it now
+    in one line, before Ray starts."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from ce_ray import ModelError, TrainConfig, train
+
+    tokenizer = trained_tokenizer("roberta", list(pairs["query"].unique()) + list(pairs["document"]))
+    config = AutoConfig.for_model("qwen2", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=2, intermediate_size=64, num_labels=1,
+                                  pad_token_id=None)
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "qwen2")
+    tokenizer.save_pretrained(tmp_path / "qwen2")
+    model = str(tmp_path / "qwen2")
+    expected = (f"{model} is a decoder's classifier without a pad_token_id in its config.json: it cannot score a "
+                "batch of pairs; set pad_token_id there (its tokenizer's pad token's id)")
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    with pytest.raises(ModelError) as refused:
+        run_score(ScoreConfig(model=model, input=str(tmp_path / "pairs.parquet"), output=str(tmp_path / "out")))
+    assert str(refused.value) == expected
+    with pytest.raises(ModelError) as refused:
+        train(TrainConfig(model=model, train_data=str(tmp_path / "pairs.parquet"), output=str(tmp_path / "model")))
+    assert str(refused.value) == expected
+    assert not (tmp_path / "out").exists() and not (tmp_path / "model").exists()
