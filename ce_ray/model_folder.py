@@ -16,7 +16,7 @@ import sys
 from typing import Optional
 
 from .config import ConfigError
-from .io import check_s3_access, filesystem
+from .io import check_s3_access, filesystem, list_tree
 
 SIGMOID = "torch.nn.modules.activation.Sigmoid"
 IDENTITY = "torch.nn.modules.linear.Identity"
@@ -115,24 +115,26 @@ def one_line(error: BaseException) -> str:
 
 
 def _copy_remote_folder(uri: str) -> str:
-    """Copies an object-storage folder once into the local cache; a finished copy is marked complete."""
-    import pyarrow.fs as pafs
-
-    target = os.path.join(cache_dir(), "models", hashlib.sha256(uri.encode()).hexdigest()[:16])
-    done = os.path.join(target, ".ce-ray-complete")
-    if os.path.exists(done):
-        return target
+    """Copies an object-storage folder once into the local cache; a finished copy is marked complete. The copy is
+    named by the folder's files as the store lists them now (names, sizes, ETags): a model written again under the
+    same key (a run trained again into its output) is copied afresh, where the first copy was used forever."""
     check_s3_access(uri)
     fs, path = filesystem(uri)
-    infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=True, allow_not_found=True))
-    files = [i for i in infos if i.type == pafs.FileType.File]
+    path = path.rstrip("/")
+    files = list_tree(fs, path)  # one listing, with each object's ETag
     if not files:
         raise ModelError(f"model folder {uri} is empty or does not exist")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+    listed = sorted(f"{name}\t{stamp}" for name, (_, stamp) in files.items())
+    key = hashlib.sha256("\n".join([endpoint, uri, *listed]).encode()).hexdigest()[:16]
+    target = os.path.join(cache_dir(), "models", key)
+    if os.path.exists(os.path.join(target, ".ce-ray-complete")):
+        return target
     partial = f"{target}.partial-{os.getpid()}"
-    for info in files:
-        rel = info.path[len(path.rstrip("/")) + 1 :]
+    for name in files:
+        rel = name[len(path) + 1 :]
         os.makedirs(os.path.dirname(os.path.join(partial, rel)) or partial, exist_ok=True)
-        with fs.open_input_stream(info.path) as src, open(os.path.join(partial, rel), "wb") as dst:
+        with fs.open_input_stream(name) as src, open(os.path.join(partial, rel), "wb") as dst:
             while chunk := src.read(1 << 24):
                 dst.write(chunk)
     open(os.path.join(partial, ".ce-ray-complete"), "w").close()

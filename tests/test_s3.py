@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -734,3 +735,29 @@ def test_eval_of_an_output_reads_its_success_once(counting_store):
     assert [method for method, path in requests if path == f"/{bucket}/out/_SUCCESS"] == ["HEAD", "GET"]  # one read
     assert [path for _, path in requests].count(f"/{bucket}/out/{io.STATE}") == 1
     assert len(requests) <= 12  # 28 before
+
+
+def test_a_model_written_again_under_its_key_is_copied_again(tmp_path, tiny_model, s3_server, monkeypatch):
+    """An `s3://` model was copied into the local cache once and that copy used forever after: a model trained again
+    into the same output (or uploaded again) was scored with its old weights, silently. The copy is named by the
+    objects as the store lists them now (their ETags): the new weights are copied, the unchanged model is not."""
+    from conftest import build_tiny_model
+
+    from ce_ray.model_folder import local_model_path
+
+    for name, value in s3_server.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CE_RAY_CACHE", str(tmp_path / "cache"))
+    bucket, uri = "ce-ray-model-again", "s3://ce-ray-model-again/models/reranker"
+    fs = s3fs_for(s3_server)
+    fs.mkdir(bucket)
+    fs.put(str(tiny_model) + "/", f"{bucket}/models/reranker/", recursive=True)
+    first = local_model_path(uri)
+    assert (Path(first) / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
+    assert local_model_path(uri) == first  # unchanged: the copy is used again
+    retrained = build_tiny_model(tmp_path / "retrained", seed=1)
+    fs.put(str(retrained / "model.safetensors"), f"{bucket}/models/reranker/model.safetensors")
+    again = local_model_path(uri)
+    assert again != first
+    assert (Path(again) / "model.safetensors").read_bytes() == (retrained / "model.safetensors").read_bytes()
+    assert sorted(p.name for p in Path(again).iterdir()) == sorted(p.name for p in Path(first).iterdir())
