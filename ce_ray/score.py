@@ -218,7 +218,7 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
     use_gpu = config.use_gpu if config.use_gpu is not None else gpus > 0
     cpus = int(resources.get("CPU", 1))
     node_cpus = cpu_nodes()
-    _check_room(config, use_gpu, gpus, max(node_cpus, default=cpus))
+    _check_room(config, use_gpu, gpus, max(node_cpus, default=cpus), cpus)
     nodes = 0 if use_gpu else max(len(node_cpus), 1)
     min_replicas, max_replicas, per_node = _replica_counts(config, use_gpu, gpus, cpus, nodes)
     dtype = dtype_name(config.dtype, use_gpu)
@@ -328,12 +328,15 @@ def _replicas_said(config: ScoreConfig, use_gpu: bool, max_replicas: int, nodes:
     return f"CPU, up to {max_replicas} replica(s) on {nodes} node(s), {cores}{tokenizing}"
 
 
-def _check_room(config: ScoreConfig, use_gpu: bool, gpus: int, node_cpus: float) -> None:
+def _check_room(config: ScoreConfig, use_gpu: bool, gpus: int, node_cpus: float, cpus: int) -> None:
     """A GPU, and the CPUs of a tokenize task, that the cluster does not have (`runtime.refuse_or_wait`). A task
-    runs on one node: its CPUs are bounded by the largest node's (`node_cpus`), not the cluster's."""
+    runs on one node: its CPUs are bounded by the largest node's (`node_cpus`), not the cluster's. A cluster of
+    one CPU (`cpus`) has none to read the rows once a replica holds it: the job waited forever."""
     from .runtime import refuse_or_wait
 
     short = (["a GPU (use_gpu; the cluster has none)"] if use_gpu and not gpus else []) + (
+        [f"{REPLICA_CPUS + 1} CPUs (a replica holds {REPLICA_CPUS} for the whole job, and reading the rows takes "
+         f"another; the cluster has {cpus})"] if cpus < REPLICA_CPUS + 1 else []) + (
         [f"{config.tokenize_cpus:g} CPUs a tokenize task (tokenize_cpus; the cluster's largest node has "
          f"{node_cpus:g})"] if config.tokenize_cpus > node_cpus else [])
     if not short:

@@ -797,6 +797,23 @@ def test_min_replicas_leave_a_cpu_to_read_on_a_cpu_cluster(ray_local, tiny_model
         score(ds, model=str(tiny_model), tokenize_cpus=cpus + 1)
 
 
+def test_a_local_ray_of_one_cpu_is_refused_where_the_job_waited_forever(tiny_model, tmp_path):
+    """A replica holds a CPU for the whole job: on a Ray of one CPU (`ray.init(num_cpus=1)`, a 1-core machine's)
+    none was left to read the rows, and `predict` of two pairs waited until it was killed, saying nothing."""
+    code = ("import sys, ray, ce_ray\n"
+            "ray.init(address='local', num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+            "try:\n"
+            "    ce_ray.predict(sys.argv[1], [('q', 'd'), ('q2', 'd2')])\n"
+            "except ce_ray.ConfigError as e:\n"
+            "    print(e)\n")
+    run = subprocess.run([sys.executable, "-c", code, str(tiny_model)], capture_output=True, text=True,
+                         timeout=180, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.splitlines()[-1] == (
+        "the job needs 2 CPUs (a replica holds 1 for the whole job, and reading the rows takes another; the cluster "
+        "has 1), which the local Ray it started cannot give")
+
+
 def test_a_cpu_replicas_threads_stay_within_its_containers_cpu_limit(ray_local, tmp_path):
     """A pod's CPU limit (its cgroup's quota) bounds a CPU replica's threads: the cores it may run on
     (os.sched_getaffinity) are all the machine's, 64 for a pod of 4 CPUs, whose threads the quota then throttled."""

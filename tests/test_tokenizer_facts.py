@@ -32,7 +32,7 @@ def test_recorded_facts_are_transformers_and_a_later_driver_loads_neither_transf
         "import ray\n"
         "from ce_ray import score\n"
         "from ce_ray.tokenizer_facts import tokenizer_facts\n"
-        "ray.init(address='local', num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+        "ray.init(address='local', num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
         "score(ray.data.from_items([{'query': 'q', 'document': 'd'}]), model=sys.argv[1], use_gpu=False)\n"
         "loaded = [m for m in ('transformers', 'torch') if m in sys.modules]\n"
         "pickle.dump((tokenizer_facts(sys.argv[1]), loaded), open(sys.argv[2], 'wb'))\n"
