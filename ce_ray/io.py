@@ -860,6 +860,11 @@ def s3_location(uri: str) -> Tuple[str, str]:
     return bucket, key
 
 
+def s3_endpoint() -> str:
+    """The S3 endpoint the environment names (botocore's variables, the S3-only one first); '' for AWS's own."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+
+
 def check_s3_access(uri: str) -> None:
     """Fails fast, before any work, when the S3 endpoint cannot be reached or refuses the credentials.
 
@@ -874,7 +879,7 @@ def check_s3_access(uri: str) -> None:
 
     bucket, key = s3_location(uri)
     key = re.split(r"[*?\[]", key, maxsplit=1)[0]  # a glob lists from its fixed prefix
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+    endpoint = s3_endpoint() or "AWS S3"
     where = f"s3://{bucket} at {endpoint}"
     fs = s3fs.S3FileSystem(skip_instance_cache=True, config_kwargs={
         "retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 20})

@@ -16,7 +16,7 @@ import sys
 from typing import Optional
 
 from .config import ConfigError
-from .io import check_s3_access, filesystem, list_tree
+from .io import check_s3_access, filesystem, list_tree, s3_endpoint
 
 SIGMOID = "torch.nn.modules.activation.Sigmoid"
 IDENTITY = "torch.nn.modules.linear.Identity"
@@ -124,9 +124,8 @@ def _copy_remote_folder(uri: str) -> str:
     files = list_tree(fs, path)  # one listing, with each object's ETag
     if not files:
         raise ModelError(f"model folder {uri} is empty or does not exist")
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
     listed = sorted(f"{name}\t{stamp}" for name, (_, stamp) in files.items())
-    key = hashlib.sha256("\n".join([endpoint, uri, *listed]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\n".join([s3_endpoint(), uri, *listed]).encode()).hexdigest()[:16]
     target = os.path.join(cache_dir(), "models", key)
     if os.path.exists(os.path.join(target, ".ce-ray-complete")):
         return target
@@ -180,11 +179,12 @@ def check_single_logit(path: str, model: str) -> None:
     config_file = os.path.join(path, "config.json")
     if not os.path.exists(config_file) or not is_sequence_classifier(saved_architectures(path)):
         return
-    labels = label_count(read_json(config_file))
+    config = read_json(config_file)
+    labels = label_count(config)
     if labels != 1:
         raise ModelError(f"{model} is a classifier of {labels} labels: ce-ray scores and trains rerankers of one "
                          "logit (CrossEncoder(..., num_labels=1)); for a new reranker, start from its base model")
-    check_pad_token(path, model, read_json(config_file))
+    check_pad_token(path, model, config)
 
 
 def check_pad_token(path: str, model: str, config: dict) -> None:

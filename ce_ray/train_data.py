@@ -238,14 +238,19 @@ def _eval_candidates(config: TrainConfig, negatives: List[str]):
         raise InputError(f"{config.eval_data}: no query of qrels/{config.eval_split}.tsv has a relevant document")
     table = candidates_table(corpus, queries, qrels, query_ids, config.eval_top_k)
     # The queries left out are counted, as for eval rows, so that the line adds up to the split's queries.
-    past_the_first, without_relevant = len(with_relevant) - len(query_ids), len(qrels) - len(with_relevant)
+    without_relevant = len(qrels) - len(with_relevant)
     return (table, {q: qrels[q] for q in query_ids},
             f"the BM25 top {config.eval_top_k} of `{config.eval_data}` ({config.eval_split} split, "
-            f"{len(query_ids):,} queries, {table.num_rows:,} candidates"
-            + (f"; {past_the_first:,} queries past the first {len(query_ids):,} left out (eval_max_queries)"
-               if past_the_first else "")
+            f"{len(query_ids):,} queries, {table.num_rows:,} candidates{_past_the_first(with_relevant, query_ids)}"
             + (f"; {without_relevant:,} queries without a relevant document left out" if without_relevant else "")
             + ")")
+
+
+def _past_the_first(with_relevant: list, query_ids: list) -> str:
+    """`; N queries past the first M left out (eval_max_queries)` for an eval line, so that the queries it counts
+    add up to the data's; '' where none is."""
+    past = len(with_relevant) - len(query_ids)
+    return f"; {past:,} queries past the first {len(query_ids):,} left out (eval_max_queries)" if past else ""
 
 
 def _eval_rows(config: TrainConfig, negatives: List[str]):
@@ -296,12 +301,9 @@ def _eval_rows(config: TrainConfig, negatives: List[str]):
                            "query": queries.take(rows), "document": documents.take(rows)})
     left_out = table.num_rows - int(usable.sum())
     without_relevant = len(qrels) - len(with_relevant)
-    # Said too, so that the queries counted add up to the file's: they were left out of the line unsaid.
-    past_the_first = len(with_relevant) - len(query_ids)
     return (candidates, {q: qrels[q] for q in query_ids},
             f"each query's rows of `{config.eval_data}` ({len(query_ids):,} queries, {len(rows):,} candidates"
-            + (f"; {past_the_first:,} queries past the first {len(query_ids):,} left out (eval_max_queries)"
-               if past_the_first else "")
+            + _past_the_first(with_relevant, query_ids)
             + (f"; {without_relevant:,} queries without a row labelled above 0 left out" if without_relevant else "")
             + (f"; {left_out:,} row(s) that cannot be scored left out" if left_out else "") + ")")
 
