@@ -30,6 +30,8 @@ class CardFacts:
     samples_per_second: float
     output: str
     best_step: Optional[int] = None  # the model is this step's checkpoint, the best by config.best_metric
+    epochs_trained: float = 0.0  # the epochs the steps covered: a fraction where max_steps ends the run mid-epoch
+    pairs_trained: int = 0  # the pairs the steps took, over all workers
 
 
 def _versions() -> dict:
@@ -49,11 +51,23 @@ def _versions() -> dict:
     return versions
 
 
+def trained_text(steps: int, epochs: float, pairs: int) -> str:
+    """`3 (0.375 epochs, 24 pairs)`: what a run's steps trained, as its summary and its card say it."""
+    return f"{steps:,} ({epochs:.4g} epochs, {pairs:,} pairs)"
+
+
+def _shown_settings(config) -> list:
+    """The settings the card lists: `epochs` not where max_steps ends the run, which then trained the epochs that
+    its steps covered (a fraction, or more than `epochs`), said beside the steps."""
+    hidden = HIDDEN | ({"epochs"} if getattr(config, "max_steps", None) else set())
+    return [field for field in dataclasses.fields(config) if field.name not in hidden]
+
+
 def non_default_settings(config, defaults) -> dict:
     changed = {}
-    for field in dataclasses.fields(config):
+    for field in _shown_settings(config):
         value = getattr(config, field.name)
-        if field.name not in HIDDEN and value != getattr(defaults, field.name):
+        if value != getattr(defaults, field.name):
             changed[field.name] = value
     if getattr(config, "deepspeed", None) is not None:
         changed["deepspeed"] = dataclasses.asdict(config.deepspeed)
@@ -177,10 +191,10 @@ def model_card(facts: CardFacts) -> str:
     changed = non_default_settings(config, facts.defaults)
     lines += [f"- `{k}`: {json.dumps(v)}" for k, v in changed.items()] or ["- none: the defaults below"]
     lines += ["", "<details><summary>All Hyperparameters</summary>", ""]
-    lines += [f"- `{f.name}`: {json.dumps(getattr(config, f.name), default=str)}" for f in dataclasses.fields(config)
-              if f.name not in HIDDEN]
+    lines += [f"- `{f.name}`: {json.dumps(getattr(config, f.name), default=str)}" for f in _shown_settings(config)]
     lines += ["", "</details>", "", "### Training Logs", ""] + _log_table(facts.log)
-    lines += ["", f"Steps: {facts.steps:,}; throughput: {facts.samples_per_second:,.1f} samples/s.", "",
+    trained = trained_text(facts.steps, facts.epochs_trained, facts.pairs_trained)
+    lines += ["", f"Steps: {trained}; throughput: {facts.samples_per_second:,.1f} samples/s.", "",
               "### Framework Versions", ""]
     lines += [f"- {k}: {v}" for k, v in _versions().items()]
     lines += ["", "## Citation", "",

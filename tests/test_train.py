@@ -586,6 +586,23 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_local, tiny_model, p
                                           num_workers=2, batch_size=2, save_every=4, lr=1e-4))
 
 
+def test_a_run_that_max_steps_ends_says_the_epochs_and_pairs_its_steps_trained(ray_local, tiny_model, pairs_file,
+                                                                              tmp_path):
+    """The card listed `epochs: 1` beside `max_steps` whatever the steps covered (here one and a half epochs), and
+    neither it nor the summary said what was trained. Both now say the steps, the epochs they covered and the pairs
+    they took; `epochs`, which max_steps overrides, is no longer listed."""
+    from ce_ray.config import TrainConfig
+
+    # 57 pairs, 2 workers of 28 in batches of 7: 4 steps an epoch, 14 pairs a step.
+    run = _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(pairs_file),
+                                            output=str(tmp_path / "out"), num_workers=2, batch_size=7, max_steps=6))
+    assert run.steps == 6 and run.log[-1]["epoch"] == 1.5
+    assert "  steps         6 (1.5 epochs, 84 pairs)" in run.lines()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "Steps: 6 (1.5 epochs, 84 pairs); throughput: " in card
+    assert "- `max_steps`: 6\n" in card and "`epochs`" not in card
+
+
 def _random_states(output: Path) -> list:
     """Each rank's torch random state at the run's last checkpoint."""
     import torch
