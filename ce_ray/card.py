@@ -162,8 +162,9 @@ def model_card(facts: CardFacts) -> str:
         f"- Size: {stats['pairs']:,} training pairs"
         + (f" ({stats['rejected']:,} rows left out: {json.dumps(stats['reject_reasons'])})"
            if stats["rejected"] else "")
-        + (f"; {stats['pairs'] - stats['left_out']:,} trained each epoch: {stats['left_out']:,} never trained, so "
-           f"that the {facts.num_workers} workers take equal parts" if stats.get("left_out") else ""),
+        + (f"; {stats['pairs'] - stats['left_out']:,} trained each epoch: {stats['left_out']:,} left out of each "
+           f"(others each epoch), so that the {facts.num_workers} workers take equal parts"
+           if stats.get("left_out") else ""),
         f"- Columns: {', '.join(f'`{c}`' for c in stats['columns'])}",
         f"- Positives (label >= 0.5): {stats['positives']:,}; mean label {stats['label_mean']:.4f}",
         "- Statistics of every pair:",

@@ -239,8 +239,8 @@ def train_loop(loop_config: dict) -> dict:
         with open(os.path.join(checkpoint_dir, PROGRESS)) as f:
             progress = json.load(f)
     # The epoch's first span comes while the model loads (this worker's rows in spans: `worker_spans`).
-    part = plan["spans"][rank]
-    spans = prefetched(shard_spans(part, config, progress["micro"] // plan["batches_per_epoch"], rank))
+    part, left_out = plan["spans"][rank], plan["left_out"]
+    spans = prefetched(shard_spans(part, config, progress["micro"] // plan["batches_per_epoch"], rank, left_out))
 
     # ce-ray's BERT where it reproduces the model: less host work per pass (a step of 16 pairs on a GPU is
     # little else), and loaded and saved without transformers, whose import is seconds of a worker's start.
@@ -439,7 +439,7 @@ def train_loop(loop_config: dict) -> dict:
             if last:
                 break
         epoch += 1
-        spans = shard_spans(part, config, epoch, rank)
+        spans = shard_spans(part, config, epoch, rank, left_out)
     divergence = None if config.deepspeed and config.deepspeed.stage == 3 else _replica_divergence(module)
     return {"log": progress["log"], "resumed_from": progress["resumed_from"], "replica_divergence": divergence,
             "samples": progress["samples"], "seconds": progress["seconds"], "steps": step,
@@ -631,8 +631,9 @@ class TrainOutcome:
 
 
 def left_out_text(stats: dict) -> str:
-    """`1 pair(s) never trained, so that the workers take equal parts`: the pairs past the workers' parts."""
-    return f"{stats['left_out']:,} pair(s) never trained, so that the workers take equal parts"
+    """`1 pair(s) left out of each epoch (others each epoch), so that the workers take equal parts`."""
+    return (f"{stats['left_out']:,} pair(s) left out of each epoch (others each epoch), so that the workers take "
+            "equal parts")
 
 
 def _check_output(output: str, model: str) -> None:
@@ -791,8 +792,9 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         train_ds, stats, eval_ds, qrels = prepare_data(config, encoder, max_length, eval_encoder)
     data_done = time.perf_counter()
     per_worker = stats["pairs"] // config.num_workers  # the parts are cut equal so every worker steps together
-    # The pairs past the last part (fewer than the workers; the same ones every epoch, the set shuffled once) are
-    # never trained, as Ray Train's own equal split drops them: counted, so that no figure says they were.
+    # The pairs past the last part (fewer than the workers) are left out of each epoch, as Ray Train's own equal
+    # split drops them; counted, so that no figure says they were. Each epoch trains them in place of as many
+    # others drawn anew (`train_data.LeftOut`): the set is shuffled once, and the same ones were never trained.
     stats["left_out"] = stats["pairs"] - per_worker * config.num_workers
     per_epoch = math.ceil(per_worker / config.batch_size)
     # grad_accum batches a step; an epoch's last step takes those left (`train_loop`)
@@ -802,8 +804,9 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     # stay logits, as CrossEncoderTrainer keeps them); a new head gets CrossEncoder's sigmoid.
     activation = (activation_path(model, 1, config.trust_remote_code) if is_sequence_classifier(architectures)
                   else SIGMOID)
+    spans, left_out = worker_spans(train_ds, config, per_worker, config.num_workers)
     plan = {"model": source, "max_length": max_length, "activation": activation, "batches_per_epoch": per_epoch,
-            "spans": worker_spans(train_ds, config, per_worker, config.num_workers),
+            "spans": spans, "left_out": left_out,
             "invocation": uuid.uuid4().hex,  # this command's, apart from earlier ones of the run it resumes
             "checkpoints": run_uri,
             "total_steps": total, "qrels": qrels,

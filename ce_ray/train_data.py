@@ -3,7 +3,8 @@
 The driver reads the pairs (or builds them from a BEIR split with BM25 hard negatives, or from rows of a query
 with positives and negatives: `training_pairs`), tokenizes them in Ray Data tasks and counts what it kept and
 rejected (`prepare_data`), and reads the eval data. Each Ray Train worker then takes its part in spans of
-rows (`worker_spans`), in another order each epoch, deals each span's rows into windows of batches afresh,
+rows (`worker_spans`), in another order each epoch (the few rows past the workers' equal parts in place of
+others drawn each epoch), deals each span's rows into windows of batches afresh,
 groups each window's rows by length into batches, and cuts each batch into passes of at most `batch_tokens`
 padded tokens (`micro_batches`), in an order that depends only on the seed, the epoch, the worker and the
 span, so that a resumed run sees the batches it had not seen.
@@ -440,27 +441,60 @@ def span_rows(config: TrainConfig) -> int:
     return window * max(1, SPAN_ROWS // window)
 
 
-def worker_spans(train_ds, config: TrainConfig, per_worker: int, workers: int) -> List[List[list]]:
+@dataclasses.dataclass
+class LeftOut:
+    """The rows past the workers' equal parts (fewer than the workers), as the object refs of their Arrow blocks,
+    and the parts' size. Each epoch trains them in place of as many rows of the parts, drawn from the seed and the
+    epoch (`swap`): left out of every epoch, the same rows (the set is shuffled once) were never trained."""
+
+    refs: list
+    rows: int
+    per_worker: int
+    workers: int
+
+    def swap(self, seed: int, epoch: int, rank: int) -> Optional[tuple]:
+        """(a row of the worker's part, a left-out row) that trade places in the epoch, or None. Every worker
+        draws the same (the seed sequence of the epoch and the worker count, which no rank's is), so each left-out
+        row goes to one worker, and a worker takes at most one."""
+        if not self.rows:
+            return None
+        rng = np.random.default_rng([seed, epoch, self.workers])
+        ranks, rows = rng.permutation(self.workers)[: self.rows], rng.integers(self.per_worker, size=self.rows)
+        taker = np.flatnonzero(ranks == rank)
+        return (int(rows[taker[0]]), int(taker[0])) if len(taker) else None
+
+
+def worker_spans(train_ds, config: TrainConfig, per_worker: int, workers: int):
     """Each worker's part of the (materialized) set, its rows [rank * per_worker, (rank + 1) * per_worker),
     in spans of `span_rows`: each span as the object refs of its Arrow blocks, which the worker fetches in the
-    epoch's order (`shard_spans`). Rows past the last part are left out: every worker steps together."""
+    epoch's order (`shard_spans`); and the rows past the last part (`LeftOut`): every worker steps together."""
     size = span_rows(config)
     cuts = [rank * per_worker + start for rank in range(workers) for start in range(0, per_worker, size)]
-    pieces = train_ds.split_at_indices(cuts + [workers * per_worker])[1:-1]  # [0]: before row 0; [-1]: the rest
+    pieces = train_ds.split_at_indices(cuts + [workers * per_worker])  # [0]: before row 0; [-1]: the rest
     spans: List[List[list]] = [[] for _ in range(workers)]
-    for cut, piece in zip(cuts, pieces):
+    for cut, piece in zip(cuts, pieces[1:-1]):
         spans[cut // per_worker].append(piece.to_arrow_refs())
-    return spans
+    rest = pieces[-1]
+    return spans, LeftOut(rest.to_arrow_refs(), rest.count(), per_worker, workers)
 
 
-def shard_spans(spans: List[list], config: TrainConfig, epoch: int, rank: int) -> Iterator[pa.Table]:
+def shard_spans(spans: List[list], config: TrainConfig, epoch: int, rank: int,
+                left_out: Optional[LeftOut] = None) -> Iterator[pa.Table]:
     """One epoch of a worker's part (its `worker_spans`), a span at a time, the spans in an order of the seed,
-    the epoch and the worker: in the same order every epoch, the same rows came first in each of them."""
+    the epoch and the worker: in the same order every epoch, the same rows came first in each of them. A row of
+    the part may give its place to a left-out row for the epoch (`LeftOut.swap`)."""
     import ray
 
+    swap = left_out.swap(config.seed, epoch, rank) if left_out else None
+    size = span_rows(config)
     order = np.random.default_rng([config.seed, epoch, rank]).permutation(len(spans))
     for number in order:
-        yield pa.concat_tables(ray.get(spans[number]))
+        table = pa.concat_tables(ray.get(spans[number]))
+        if swap and swap[0] // size == number:
+            row = swap[0] % size
+            taken = pa.concat_tables(ray.get(left_out.refs)).slice(swap[1], 1).select(table.column_names)
+            table = pa.concat_tables([table.slice(0, row), taken.cast(table.schema), table.slice(row + 1)])
+        yield table
 
 
 def span_windows(rows: int, window: int, rng: np.random.Generator) -> List[np.ndarray]:

@@ -179,7 +179,7 @@ def test_passes_hold_the_batch_rows_under_the_token_budget(ray_local, tiny_model
                                         "query", "document", "label", 128)
     shard = ray.data.from_arrow(train_data._kept_rows(table))
     config = TrainConfig(batch_size=8, length_window=4)
-    part = train_data.worker_spans(shard, config, shard.count(), 1)[0]
+    part = train_data.worker_spans(shard, config, shard.count(), 1)[0][0]
     whole = list(train_data.micro_batches(train_data.shard_spans(part, config, 0, 0), config, epoch=0, rank=0, skip=0,
                                           pad_id=0))
     cut_config = dataclasses.replace(config, batch_tokens=200)
@@ -213,8 +213,8 @@ def _numbered_rows(rows: int, seed: int):
 
 def _batches_of_rows(shard, config, epoch: int, skip: int = 0, rank: int = 0, workers: int = 1) -> list:
     """An epoch of a worker's batches as the sets of their rows (each row's first token is its number)."""
-    part = train_data.worker_spans(shard, config, shard.count() // workers, workers)[rank]
-    spans = train_data.shard_spans(part, config, epoch, rank)
+    parts, left_out = train_data.worker_spans(shard, config, shard.count() // workers, workers)
+    spans = train_data.shard_spans(parts[rank], config, epoch, rank, left_out)
     return [frozenset(int(i) for p, _ in passes for i in p["input_ids"][:, 0])
             for passes in train_data.micro_batches(spans, config, epoch, rank, skip, pad_id=0)]
 
@@ -276,6 +276,27 @@ def test_each_epoch_takes_a_workers_spans_in_an_order_of_its_own(ray_local, monk
     for rank in (0, 1):
         batches = _batches_of_rows(shard, config, 1, rank=rank, workers=2)
         assert sorted(r for batch in batches for r in batch) == list(range(rank * 2400, (rank + 1) * 2400))
+
+
+def test_each_epoch_leaves_out_other_rows_than_the_last_past_the_workers_equal_parts(ray_local):
+    """Of 302 rows, 3 workers take 100 each: the 2 rows past their parts were left out of every epoch (the set is
+    shuffled once), never trained. Each epoch now trains them in place of 2 rows of the parts drawn from the seed
+    and the epoch, other ones each epoch, and a resumed run still skips exactly the batches it trained."""
+    from ce_ray.config import TrainConfig
+
+    shard = _numbered_rows(302, seed=2)
+    config = TrainConfig(batch_size=8, length_window=10)
+    epochs = [[_batches_of_rows(shard, config, epoch, rank=rank, workers=3) for rank in range(3)]
+              for epoch in range(4)]
+    left_out = []
+    for workers in epochs:
+        assert [sum(map(len, batches)) for batches in workers] == [100, 100, 100]
+        rows = [r for batches in workers for batch in batches for r in batch]
+        assert len(set(rows)) == 300 and {300, 301} <= set(rows)
+        left_out.append(frozenset(range(302)) - set(rows))
+    assert len(set(left_out)) == 4, left_out  # {300, 301} in every epoch
+    for rank in range(3):
+        assert _batches_of_rows(shard, config, 2, skip=5, rank=rank, workers=3) == epochs[2][rank][5:]
 
 
 def test_training_passes_have_a_token_budget_unless_deepspeed_and_the_seeds_batch_stays_whole():
@@ -616,7 +637,7 @@ def test_workers_drop_units_of_their_own_and_a_run_repeats_itself(ray_local, tin
     worker now draws from a seed of its own (the run's seed on rank 0), and a run of the same seed and data
     still ends with the same weights, bit for bit, and the same random states. The pairs are one text (ranks'
     batches of one shape, so ranks seeded alike draw alike), labelled 0 and 1.
-    Of 17 pairs the 2 workers take 8 each: the 17th is never trained, where the run's line, its summary and the
+    Of 17 pairs the 2 workers take 8 each: one is left out of the epoch, where the run's line, its summary and the
     card said 17 pairs trained."""
     import torch
 
@@ -628,13 +649,13 @@ def test_workers_drop_units_of_their_own_and_a_run_repeats_itself(ray_local, tin
     settings = dict(model=str(tiny_model), train_data=str(pairs), num_workers=2, batch_size=4, epochs=1, lr=1e-3)
     runs = [_train_module().train(TrainConfig(**settings, output=str(tmp_path / name))) for name in ("a", "b")]
     out = capsys.readouterr().out
-    assert ("ce-ray train: 17 pairs (0 rejected), 2 worker(s) taking 8 each (1 pair(s) never trained, so that the "
-            "workers take equal parts), 2 batch(es) of 4 per worker and epoch, 2 step(s)") in out
-    never = "1 pair(s) never trained, so that the workers take equal parts"
+    never = "1 pair(s) left out of each epoch (others each epoch), so that the workers take equal parts"
+    assert (f"ce-ray train: 17 pairs (0 rejected), 2 worker(s) taking 8 each ({never}), 2 batch(es) of 4 per worker "
+            "and epoch, 2 step(s)") in out
     assert f"  pairs         17 (0 rejected; {never})" in runs[0].lines() and runs[0].stats["left_out"] == 1
     card = (tmp_path / "a" / "README.md").read_text()
-    assert ("- Size: 17 training pairs; 16 trained each epoch: 1 never trained, so that the 2 workers take equal "
-            "parts\n") in card
+    assert ("- Size: 17 training pairs; 16 trained each epoch: 1 left out of each (others each epoch), so that the 2 "
+            "workers take equal parts\n") in card
     assert runs[0].steps == 2 and runs[0].log[-1]["epoch"] == 1.0
     assert _max_diff(_weights(tmp_path / "a"), _weights(tmp_path / "b")) == 0.0
     assert [e["loss"] for e in runs[0].log] == [e["loss"] for e in runs[1].log]
