@@ -420,6 +420,14 @@ def train_loop(loop_config: dict) -> dict:
                      "samples_per_second": global_samples / elapsed if elapsed else 0.0,
                      # The share of the time this worker waited for its next batch: is the data the limit?
                      "data_wait": data.seconds / elapsed if elapsed else 0.0}
+            if not math.isfinite(entry["loss"]):
+                # Every worker holds the same mean: all stop here, before a checkpoint, and the model, of weights
+                # that NaN gradients made NaN (the run saved them and said it was done).
+                first = progress["step"] + 1  # the first step since the last log line
+                raise FloatingPointError(
+                    f"the training loss of step{f's {first:,}-' if first < step else ' '}{step:,} is {entry['loss']}: "
+                    "the run stops without saving its weights (a lower lr or a warmup_ratio keeps a diverging "
+                    "loss finite; a base model of NaN or infinite weights gives one from the first step)")
             progress["samples"] += global_samples
             progress["seconds"] += elapsed
             if evaluating:

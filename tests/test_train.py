@@ -1095,6 +1095,29 @@ def test_a_checkpoint_that_lacks_files_is_not_resumed_from_nor_made_the_model(ra
     assert checkpoints.missing_files(str(checkpoint), deepspeed=False) == ["progress.json"]
 
 
+def test_a_nan_loss_stops_the_run_before_it_saves_a_model(ray_local, tiny_model, tmp_path):
+    """A loss that went NaN (here from a base model of a NaN head) made the weights NaN: the run saved them, in its
+    checkpoints and as the model, and said it was done. It now stops at the log line of that step, naming it,
+    with neither a checkpoint nor a model written."""
+    from safetensors.torch import load_file, save_file
+
+    from ce_ray.config import TrainConfig
+
+    model = shutil.copytree(tiny_model, tmp_path / "nan-head")
+    weights = load_file(model / "model.safetensors")
+    weights["classifier.bias"][:] = float("nan")
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    wikiqa_pairs("train", 32)[["query", "document", "label"]].to_parquet(tmp_path / "pairs.parquet")
+    with pytest.raises(Exception, match=re.escape(
+            "the training loss of step 1 is nan: the run stops without saving its weights (a lower lr or a "
+            "warmup_ratio keeps a diverging loss finite; a base model of NaN or infinite weights gives one from the "
+            "first step)")):
+        _train_module().train(TrainConfig(model=str(model), train_data=str(tmp_path / "pairs.parquet"),
+                                          output=str(tmp_path / "o"), batch_size=8, max_steps=2, log_every=1))
+    assert not (tmp_path / "o" / "model.safetensors").exists()
+    assert not list((tmp_path / "o" / "checkpoints" / "o").glob("checkpoint_*"))
+
+
 def test_bf16_on_cpus_is_noted_before_the_run(ray_local, tiny_model, tmp_path, capsys):
     """A configuration written for GPUs (bf16: true) tried on CPUs trains, with a note that bf16 is fast only on
     CPUs with instructions for it."""
