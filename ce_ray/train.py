@@ -623,7 +623,8 @@ class TrainOutcome:
             "ce-ray train: done",
             f"  pairs         {self.stats['pairs']:,} ({self.stats['rejected']:,} rejected"
             + (f"; {left_out_text(self.stats)}" if self.stats.get("left_out") else "") + ")",
-            f"  steps         {trained_text(self.steps, self.epochs_trained, self.pairs_trained)}" + (f" (resumed at {self.resumed_from})" if self.resumed_from else ""),
+            f"  steps         {trained_text(self.steps, self.epochs_trained, self.pairs_trained)}"
+            + (f" (resumed at {self.resumed_from})" if self.resumed_from else ""),
             f"  samples/s     {self.samples_per_second:,.1f}",
             f"  seconds       {self.seconds:.1f}" + (
                 " (start {start:.1f}, data {data:.1f}, Ray Train {fit:.1f} of which steps {steps:.1f}, "
