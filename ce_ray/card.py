@@ -53,7 +53,7 @@ def _versions() -> dict:
 
 def trained_text(steps: int, epochs: float, pairs: int) -> str:
     """`3 (0.375 epochs, 24 pairs)`: what a run's steps trained, as its summary and its card say it."""
-    return f"{steps:,} ({epochs:.4g} epochs, {pairs:,} pairs)"
+    return f"{steps:,} ({epochs:.4g} epoch{'' if epochs == 1 else 's'}, {pairs:,} pair{'' if pairs == 1 else 's'})"
 
 
 def _shown_settings(config) -> list:

@@ -622,6 +622,9 @@ def test_a_run_that_max_steps_ends_says_the_epochs_and_pairs_its_steps_trained(r
     card = (tmp_path / "out" / "README.md").read_text()
     assert "Steps: 6 (1.5 epochs, 84 pairs); throughput: " in card
     assert "- `max_steps`: 6\n" in card and "`epochs`" not in card
+    from ce_ray.card import trained_text
+
+    assert trained_text(4, 1.0, 1) == "4 (1 epoch, 1 pair)"  # it said "1 epochs"
 
 
 def _random_states(output: Path) -> list:
