@@ -736,6 +736,22 @@ def _check_data(config: TrainConfig) -> None:
         fs, path = filesystem(uri)
         if fs.get_file_info(glob_base(path)).type == pafs.FileType.NotFound:
             raise InputError(f"{name} {uri} does not exist")
+    if config.eval_data and _same_place(config.train_data, config.eval_data):
+        from .train_data import _is_beir
+
+        beir = _is_beir(config.train_data)  # a BEIR folder's eval split may be another than its training one
+        if not beir or config.eval_split == config.train_split:
+            # Said, not refused: a run may mean to measure how it fits. Unsaid, its figures passed for a held-out set's.
+            print("ce-ray train: warning: eval_data is the training data"
+                  + (f" (the {config.train_split} split of both)" if beir else "")
+                  + ": its metrics say how the model fits the pairs it trains on, not how it ranks unseen queries",
+                  file=sys.stderr, flush=True)
+
+
+def _same_place(first: str, second: str) -> bool:
+    if is_remote(first) or is_remote(second):
+        return first.rstrip("/") == second.rstrip("/")
+    return os.path.realpath(first) == os.path.realpath(second)
 
 
 def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:

@@ -1134,6 +1134,24 @@ def test_bf16_on_cpus_is_noted_before_the_run(ray_local, tiny_model, tmp_path, c
             ) in capsys.readouterr().err
 
 
+def test_eval_data_that_is_the_training_data_is_said_to_measure_fit(ray_local, tiny_model, tmp_path, capsys):
+    """eval_data given the training file (or a BEIR folder's training split) ran silently, its figures passing for
+    those of a held-out set. The run now says so before it starts; another split of the same folder is held out."""
+    from ce_ray.config import TrainConfig
+
+    wikiqa_pairs("train", 16)[["query", "document", "label"]].to_parquet(tmp_path / "pairs.parquet")
+    _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(tmp_path / "pairs.parquet"),
+                                      eval_data=str(tmp_path / ".." / tmp_path.name / "pairs.parquet"),
+                                      output=str(tmp_path / "o"), max_steps=1, batch_size=8))
+    assert ("ce-ray train: warning: eval_data is the training data: its metrics say how the model fits the pairs it "
+            "trains on, not how it ranks unseen queries\n") in capsys.readouterr().err
+    check = _train_module()._check_data
+    check(TrainConfig(train_data=str(SCIFACT), eval_data=str(SCIFACT) + "/", eval_split="train"))
+    assert "eval_data is the training data (the train split of both): " in capsys.readouterr().err
+    check(TrainConfig(train_data=str(SCIFACT), eval_data=str(SCIFACT)))  # the test split: held out
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_a_checkpoint_that_lacks_many_files_names_the_first_five_and_counts_the_rest(tmp_path):
     """Many missing files are said as every list of many is (`io.briefly`): the first five, then how many more."""
     listed = {f"model/part-{n}.bin": 1 for n in range(7)}
