@@ -378,10 +378,13 @@ def predict(model: str, pairs=None, **settings):
         # Python's "'int' object is not iterable" said no more.
         raise InputError(f"pairs must be (query, document) pairs, not a {type(pairs).__name__}: one pair is "
                          "(query, document), several a list of them")
-    pairs = list(pairs)
-    single = len(pairs) == 2 and all(isinstance(text, str) for text in pairs)
-    if single:  # one pair, as CrossEncoder.predict takes it: its score alone comes back
-        pairs = [pairs]
+    given, pairs = pairs, list(pairs)
+    # One pair, as CrossEncoder.predict takes it (its score alone comes back): two members of which neither is a pair
+    # itself, texts or not, so that ("q", None) is named as the pair it is, not read as the pairs "q" and None.
+    single = len(pairs) == 2 and not any(hasattr(text, "__len__") and not isinstance(text, (str, bytes))
+                                         for text in pairs)
+    if single:
+        pairs = [given if isinstance(given, (list, tuple)) else pairs]
     if not pairs:
         return _as_returned(np.zeros(0, np.float32), returned)
     for number, pair in enumerate(pairs):

@@ -633,7 +633,8 @@ def test_predict_refuses_what_cross_encoder_would_not_score_as_pairs(tiny_model)
     """A text given as the pairs was iterated into its characters: "qd" was scored as the pair ("q", "d"), where
     CrossEncoder.predict scores the text itself; a set's pairs come in no order the scores could follow; bytes were
     taken as text, which predict refuses. Each fails before Ray starts, naming what to give; a value that is not
-    text names its place in the pair and its type."""
+    text names its place in the pair and its type. One pair given alone, as predict takes it, with a missing or
+    non-text member was read as two pairs (`pair 0 is 'q'`): it is named as the one pair it is."""
     import ce_ray
 
     for bad in ("qd", b"qd", {("a query", "a document")}):
@@ -642,9 +643,16 @@ def test_predict_refuses_what_cross_encoder_would_not_score_as_pairs(tiny_model)
             ce_ray.predict(tiny_model, bad)
     with pytest.raises(InputError, match=r"pair 1 is \"\(b'q', 'd'\)\": its query is bytes, not text: decode it"):
         ce_ray.predict(tiny_model, [("q", "d"), (b"q", "d")])
-    with pytest.raises(InputError, match=r"^pairs must be \(query, document\) texts: pair 0 is \"\('q', 42\)\": its "
-                                         r"document is int, not text$"):
-        ce_ray.predict(tiny_model, [("q", 42)])
+    for pairs in ([("q", 42)], ("q", 42)):
+        with pytest.raises(InputError, match=r"^pairs must be \(query, document\) texts: pair 0 is \"\('q', 42\)\": "
+                                             r"its document is int, not text$"):
+            ce_ray.predict(tiny_model, pairs)
+    with pytest.raises(InputError, match=r"^pair 0 has no document: \"\('q', None\)\"$"):
+        ce_ray.predict(tiny_model, ("q", None))
+    with pytest.raises(InputError, match=r"^pair 0 has no query: \"\[None, 'd'\]\"$"):
+        ce_ray.predict(tiny_model, [None, "d"])
+    with pytest.raises(InputError, match=r"pair 0 is \"\('q', b'd'\)\": its document is bytes, not text"):
+        ce_ray.predict(tiny_model, ("q", b"d"))
 
 
 def test_predict_refuses_the_settings_of_a_jobs_files(tiny_model):
