@@ -434,8 +434,9 @@ def rank(model: str, query: str, documents, top_k: Optional[int] = None, return_
     """`CrossEncoder(model).rank(query, documents)` on the Ray cluster: the documents' scores from `predict`, as
     rank's list of `{"corpus_id": the document's place in documents, "score": a float}` (and `"text"`: the
     document, with `return_documents`), the best first, of equal scores the earlier document first, as rank's
-    stable sort orders them; the best `top_k` where given (0: none). Settings are `predict`'s (it refuses and
-    takes the same); rank's `convert_to_numpy` and `convert_to_tensor` are taken and change nothing, as in rank.
+    stable sort orders them, a document not scored (on_invalid="reject": NaN) last; the best `top_k` where given
+    (0: none). Settings are `predict`'s (it refuses and takes the same); rank's `convert_to_numpy` and
+    `convert_to_tensor` are taken and change nothing, as in rank.
     """
     if top_k is not None and (not isinstance(top_k, numbers.Integral) or top_k < 0):
         # checked before the scoring, which a float (1.5) or a text ("3") only failed after, in Python's words
@@ -449,8 +450,15 @@ def rank(model: str, query: str, documents, top_k: Optional[int] = None, return_
     scores = predict(model, [(query, document) for document in documents], **settings).tolist()
     ranked = [{"corpus_id": number, "score": value} | ({"text": document} if return_documents else {})
               for number, (value, document) in enumerate(zip(scores, documents))]
-    # sorted() keeps equal scores in their order, reversed too, as in rank
-    return sorted(ranked, key=lambda row: row["score"], reverse=True)[:top_k]
+    # sorted() keeps equal scores in their order, as in rank. A document that on_invalid="reject" left unscored (NaN)
+    # goes last: NaN compares neither above nor below a score, and sorted among them it misplaced the others too.
+    return sorted(ranked, key=_best_first)[:top_k]
+
+
+def _best_first(row: dict) -> tuple:
+    """rank's sort key: the highest score first, a NaN (a document not scored) after every score."""
+    unscored = math.isnan(row["score"])
+    return unscored, 0.0 if unscored else -row["score"]
 
 
 def _as_returned(scores, returned: str):

@@ -1164,6 +1164,25 @@ def test_rank_orders_the_documents_as_cross_encoder_rank_does(ray_local, tiny_mo
         ce_ray.rank(tiny_model, query, documents, batch_size=32)
 
 
+def test_rank_puts_the_documents_it_could_not_score_last(ray_local, tiny_model):
+    """With `on_invalid="reject"`, a document that cannot be scored (None) has a NaN score, which compares neither
+    above nor below any other: rank's sort left it where it fell and ordered the others around it wrongly (the best
+    document third). It now comes last, the others in CrossEncoder.rank's order; predict gives it NaN."""
+    from sentence_transformers import CrossEncoder
+
+    import ce_ray
+
+    query = "what is ray"
+    documents = ["a fish", "ray is a framework for distributed python", None, "x", "another doc about ray", "the sea"]
+    ranked = ce_ray.rank(tiny_model, query, documents, on_invalid="reject")
+    scored = [number for number, document in enumerate(documents) if document is not None]
+    expected = CrossEncoder(str(tiny_model), device="cpu").rank(query, [documents[n] for n in scored])
+    assert [row["corpus_id"] for row in ranked] == [scored[row["corpus_id"]] for row in expected] + [2]
+    assert np.isnan(ranked[-1]["score"])
+    assert np.isnan(ce_ray.predict(tiny_model, [(query, documents[2]), (query, "x")], on_invalid="reject")).tolist() \
+        == [True, False]
+
+
 def test_predict_takes_the_pairs_by_cross_encoders_names_and_gives_its_types(ray_local, tiny_model):
     """CrossEncoder.predict's pairs by its names for them (`inputs`, `sentences` before) failed with Python's
     missing-argument error; and no pairs gave a float32 array where predict gives numpy's default, float64. The
