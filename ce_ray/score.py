@@ -110,16 +110,20 @@ def require_dataset(ds) -> None:
                          f"(...)), not a {type(ds).__name__}; ce_ray.predict takes a list of pairs")
 
 
-def check_known_columns(ds, needed: Dict[str, str], texts: Sequence[str] = ()) -> None:
+def check_known_columns(ds, needed: Dict[str, str], texts: Sequence[str] = (),
+                        written: Optional[Dict[str, str]] = None) -> None:
     """That `ds` is a Dataset, and `check_columns` now where it knows its columns without running (read from
-    files, from pandas), rather than in a task's traceback once its rows were scored; and that those of `needed`
-    in `texts` hold text where it knows their types: a column of numbers or of lists would have every row
-    rejected, or stop at its first block with on_invalid=fail, once the rows were read."""
+    files, from pandas), rather than in a task's traceback once its rows were scored; that it has none of the
+    columns the job writes (`written`, `written_columns`: a first stage's `score`), which `_tokenize_block` refuses
+    only once the replicas started; and that those of `needed` in `texts` hold text where it knows their types: a
+    column of numbers or of lists would have every row rejected, or stop at its first block with on_invalid=fail,
+    once the rows were read."""
     require_dataset(ds)
     schema = known_schema(ds)
     if schema is None:
         return
     check_columns(list(schema.names), needed)
+    refuse_written(list(schema.names), written or {}, "the Dataset")
     for column in texts:
         kind = _known_non_text(schema.base_schema, column)
         if kind:
@@ -208,7 +212,7 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
     require(config, "model")
     config.validate()
     texts = {config.query_column: "query_column", config.document_column: "document_column"}
-    check_known_columns(ds, texts, texts=list(texts))
+    check_known_columns(ds, texts, texts=list(texts), written=written_columns(config))
     checked = checked or scoring_model(config)
     config, encoder, prompt = checked.config, checked.encoder, checked.prompt
 

@@ -609,6 +609,30 @@ def test_a_dataset_that_knows_its_columns_fails_at_the_call_on_a_column_that_is_
         ce_ray.rerank(ray.data.from_arrow(pa.Table.from_pandas(frame)), model=str(tiny_model), query_id_column="tags")
 
 
+def test_a_dataset_that_knows_its_columns_fails_at_the_call_on_a_column_the_job_writes(ray_local, tiny_model):
+    """A first stage's `score` in a caller's Dataset (or a rerank's `rank`) that knows its columns without running
+    failed only where it was consumed, in a task, as Ray's RayTaskError, once the model was loaded and the replicas
+    started. It fails at `score` and `rerank`, naming the setting that names the scores otherwise, as a job's file
+    does before any work; named otherwise, it is kept."""
+    import ray.data
+
+    import ce_ray
+
+    frame = pd.DataFrame({"query_id": [1, 1], "query": ["q", "q"], "document": ["d", "e"], "score": [9.5, 7.0]})
+    for rows in (ray.data.from_pandas(frame), ray.data.from_arrow(pa.Table.from_pandas(frame))):
+        for call in (ce_ray.score, ce_ray.rerank):
+            with pytest.raises(InputError, match=r"^the Dataset has a column 'score', which the job writes: name the "
+                                                 r"scores otherwise with score_column \(--score-column\)$"):
+                call(rows, model=str(tiny_model))
+    ranked = ray.data.from_pandas(frame.assign(rank=[1, 2]))
+    with pytest.raises(InputError, match=r"^the Dataset has a column 'rank', which the job writes: name the ranks "
+                                         r"otherwise with rank_column"):
+        ce_ray.rerank(ranked, model=str(tiny_model), score_column="ce_score")
+    ce_ray.score(ranked, model=str(tiny_model), score_column="ce_score")  # a rank is no column that score writes
+    kept = ce_ray.rerank(ray.data.from_pandas(frame), model=str(tiny_model), score_column="ce_score").to_pandas()
+    assert kept.sort_values("document")["score"].tolist() == [9.5, 7.0] and kept["ce_score"].notna().all()
+
+
 def test_a_dataset_whose_blocks_disagree_on_a_columns_type_fails_at_the_call_naming_it(ray_local, tiny_model):
     """`ray.data.from_items` gives each block the types of its own rows: a column that holds a number in one row and
     text in another made `score` and `rerank` raise pyarrow's `ArrowTypeError: Unable to merge: Field query has
