@@ -133,12 +133,43 @@ def _follow(client, job_id: str) -> None:
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 
 
+class AddressError(Exception):
+    """An address that is no dashboard's: the message says what it was taken for."""
+
+
+def not_a_dashboard(what: str, dashboard: str = "http://HOST:PORT") -> str:
+    """What an address given was taken for, then how a dashboard's is written: submit talks to the Ray Jobs API,
+    which the dashboard serves."""
+    return f"{what}; its dashboard's is {dashboard} (`--dashboard-port`, 8265 by default)"
+
+
+def gcs_not_answering(error: str, address: str) -> str:
+    return not_a_dashboard(f"{error.rstrip('.')} at {address}; an address without http:// is a cluster's GCS address "
+                           "(`ray start --port`)")
+
+
+def check_address(address: Optional[str]) -> None:
+    """Refuses before Ray's client tries it a Ray Client address (`ray://HOST:10001`, which `ray.init` takes and
+    the Jobs API does not: Ray's client tried it for ~30 s, then said `ray client connection timeout`)."""
+    from urllib.parse import urlsplit
+
+    if not address:
+        return
+    if address.startswith("ray://"):
+        netloc = urlsplit(address).netloc
+        host, _, port = netloc.rpartition(":")
+        raise AddressError(not_a_dashboard(
+            f"{address} is a Ray Client address (`ray.init`), and submit talks to the Ray Jobs API that the cluster's "
+            "dashboard serves", f"http://{host if port.isdigit() else netloc}:8265"))
+
+
 def job_client(address: Optional[str] = None):
     """Ray's JobSubmissionClient for `address`, else for RAY_ADDRESS. Ray's client lets RAY_ADDRESS override
     the address it is given: `--address` would be ignored wherever RAY_ADDRESS is set (an earlier cluster's,
     or `local`), and the job sent to that cluster, so the given address is passed with those variables unset."""
     from ray.job_submission import JobSubmissionClient
 
+    check_address(address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS"))
     if not address:
         return JobSubmissionClient()
     saved = {name: os.environ.pop(name) for name in ADDRESS_VARIABLES if name in os.environ}
@@ -236,11 +267,12 @@ def run_submit(args, overrides: Sequence[str] = ()) -> int:
                     "in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token")
         print(f"ce-ray submit: error: {answer}; {what}", file=sys.stderr)
         return 2
+    except AddressError as e:
+        print(f"ce-ray submit: error: {e}", file=sys.stderr)
+        return 2
     except RpcError as e:  # an address without a scheme is a GCS address: no GCS answered there
         at = args.address or os.environ.get("RAY_ADDRESS")
-        print(f"ce-ray submit: error: {str(e).rstrip('.')} at {at}; an address without "
-              "http:// is a cluster's GCS address (`ray start --port`); its dashboard's is http://HOST:PORT "
-              "(`--dashboard-port`, 8265 by default)", file=sys.stderr)
+        print(f"ce-ray submit: error: {gcs_not_answering(str(e), at)}", file=sys.stderr)
         return 2
     except (ConnectionError, RuntimeError) as e:  # cluster unreachable, or the job server refused the request
         print(f"ce-ray submit: error: {refusal_reason(str(e))}", file=sys.stderr)

@@ -447,6 +447,30 @@ def test_an_address_without_http_is_said_to_be_a_gcs_address(tmp_path):
     assert "Traceback" not in run.stderr
 
 
+def test_a_ray_client_address_is_said_to_be_no_dashboards(tmp_path, capsys, monkeypatch):
+    """`ray://HOST:10001`, the address `ray.init` takes (Ray Client), given to submit: Ray's client tried it for
+    ~30 s, then said `ray client connection timeout`. Submit talks to the Ray Jobs API, the dashboard's: one line
+    at once saying so, with the dashboard's address on that host, exit 2, as for a GCS address."""
+    import time
+
+    from ce_ray.cli import main
+
+    config = write_config(tmp_path / "score.yaml", model="m", input="s3://b/in", output="s3://b/out")
+    port = free_port()
+    for name in [name for name in os.environ if name.startswith("RAY_")]:
+        monkeypatch.delenv(name)
+    started = time.monotonic()
+    assert main(["submit", "score", "--config", str(config), "--address", f"ray://127.0.0.1:{port}"]) == 2
+    assert time.monotonic() - started < 5
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"ce-ray submit: error: ray://127.0.0.1:{port} is a Ray Client address (`ray.init`), and submit talks to the "
+        "Ray Jobs API that the cluster's dashboard serves; its dashboard's is http://127.0.0.1:8265 "
+        "(`--dashboard-port`, 8265 by default)")
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head.example:10001")  # the address taken from the environment
+    assert main(["submit", "score", "--config", str(config)]) == 2
+    assert "its dashboard's is http://head.example:8265 " in capsys.readouterr().err
+
+
 def test_a_stopped_job_says_how_to_finish_it(cluster, model, tmp_path):
     """A job stopped (`ray job stop`) while followed: exit 1 and one line with Ray's message and how to finish the
     job, which read `Job was intentionally stopped.; --mode resume ...`."""
