@@ -133,6 +133,9 @@ def _follow(client, job_id: str) -> None:
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 
 
+GCS_TIMEOUT = "Timed out while waiting for GCS to become available"  # Ray's words, after ~35 s of retries
+
+
 class AddressError(Exception):
     """An address that is no dashboard's: the message says what it was taken for."""
 
@@ -149,9 +152,13 @@ def gcs_not_answering(error: str, address: str) -> str:
 
 
 def check_address(address: Optional[str]) -> None:
-    """Refuses before Ray's client tries it a Ray Client address (`ray://HOST:10001`, which `ray.init` takes and
-    the Jobs API does not: Ray's client tried it for ~30 s, then said `ray client connection timeout`)."""
+    """Refuses before Ray's client tries it: a Ray Client address (`ray://HOST:10001`, which `ray.init` takes and
+    the Jobs API does not: Ray's client tried it for ~30 s, then said `ray client connection timeout`), and a bare
+    HOST:PORT, a GCS address, where nothing answers (Ray waited ~35 s for a GCS there)."""
+    import socket
     from urllib.parse import urlsplit
+
+    from .runtime import CONNECT_TIMEOUT_S
 
     if not address:
         return
@@ -161,6 +168,13 @@ def check_address(address: Optional[str]) -> None:
         raise AddressError(not_a_dashboard(
             f"{address} is a Ray Client address (`ray.init`), and submit talks to the Ray Jobs API that the cluster's "
             "dashboard serves", f"http://{host if port.isdigit() else netloc}:8265"))
+    host, _, port = address.rpartition(":")
+    if "://" in address or not port.isdigit():  # http(s)://, or an address Ray resolves itself (auto)
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError:
+        raise AddressError(gcs_not_answering(GCS_TIMEOUT, address)) from None
 
 
 def job_client(address: Optional[str] = None):

@@ -428,23 +428,27 @@ def test_cross_encoder_trainers_names_of_training_arguments_are_given_ce_rays(tm
     assert capsys.readouterr().err.strip().endswith("unknown setting 'eval_steps'")  # no training in a score job
 
 
-def test_an_address_without_http_is_said_to_be_a_gcs_address(tmp_path):
+def test_an_address_without_http_is_said_to_be_a_gcs_address(tmp_path, capsys, monkeypatch):
     """The dashboard's host:port without http://, which Ray takes for a GCS address: submit printed Ray's traceback
     and `failed: RpcError`, exit 1 (as if a job had failed), nothing submitted. One line now, exit 2. Nothing listens
-    on the port; Ray's wait for a GCS is cut short."""
+    on the port: the line came after Ray's ~35 s wait for a GCS there; a connection refused now says it at once."""
+    import time
+
+    from ce_ray.cli import main
+
     config = write_config(tmp_path / "score.yaml", model="m", input="s3://b/in", output="s3://b/out")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    run = subprocess.run([str(BIN / "ce-ray"), "submit", "score", "--config", str(config), "--address",
-                          f"127.0.0.1:{port}"], env=dict(env, RAY_py_gcs_connect_timeout_s="3"),
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
-
-    assert run.returncode == 2, run.stderr
-    assert run.stderr.strip().splitlines()[-1] == (
+    for name in [name for name in os.environ if name.startswith("RAY_")]:
+        monkeypatch.delenv(name)
+    started = time.monotonic()
+    assert main(["submit", "score", "--config", str(config), "--address", f"127.0.0.1:{port}"]) == 2
+    assert time.monotonic() - started < 15  # Ray's wait for a GCS: 41 s here (2 busy cores)
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (
         f"ce-ray submit: error: Timed out while waiting for GCS to become available at 127.0.0.1:{port}; an "
         "address without http:// is a cluster's GCS address (`ray start --port`); its dashboard's is "
         "http://HOST:PORT (`--dashboard-port`, 8265 by default)")
-    assert "Traceback" not in run.stderr
+    assert "Traceback" not in err
 
 
 def test_a_ray_client_address_is_said_to_be_no_dashboards(tmp_path, capsys, monkeypatch):
@@ -461,7 +465,7 @@ def test_a_ray_client_address_is_said_to_be_no_dashboards(tmp_path, capsys, monk
         monkeypatch.delenv(name)
     started = time.monotonic()
     assert main(["submit", "score", "--config", str(config), "--address", f"ray://127.0.0.1:{port}"]) == 2
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 15  # Ray's client's wait: 30 s here (2 busy cores)
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"ce-ray submit: error: ray://127.0.0.1:{port} is a Ray Client address (`ray.init`), and submit talks to the "
         "Ray Jobs API that the cluster's dashboard serves; its dashboard's is http://127.0.0.1:8265 "
