@@ -117,7 +117,9 @@ def one_line(error: BaseException) -> str:
 def _copy_remote_folder(uri: str) -> str:
     """Copies an object-storage folder once into the local cache; a finished copy is marked complete. The copy is
     named by the folder's files as the store lists them now (names, sizes, ETags): a model written again under the
-    same key (a run trained again into its output) is copied afresh, where the first copy was used forever."""
+    same key (a run trained again into its output) is copied afresh, where the first copy was used forever. Its
+    name starts with one of the folder's own, so that the folder's older copies are found and removed, where each
+    rewrite left another whole copy forever."""
     check_s3_access(uri)
     fs, path = filesystem(uri)
     path = path.rstrip("/")
@@ -125,10 +127,18 @@ def _copy_remote_folder(uri: str) -> str:
     if not files:
         raise ModelError(f"model folder {uri} is empty or does not exist")
     listed = sorted(f"{name}\t{stamp}" for name, (_, stamp) in files.items())
+    folder = hashlib.sha256(f"{s3_endpoint()}\n{path}".encode()).hexdigest()[:16]
     key = hashlib.sha256("\n".join([s3_endpoint(), uri, *listed]).encode()).hexdigest()[:16]
-    target = os.path.join(cache_dir(), "models", key)
-    if os.path.exists(os.path.join(target, ".ce-ray-complete")):
-        return target
+    target = os.path.join(cache_dir(), "models", f"{folder}-{key}")
+    for _ in range(3):  # a copy removed by a process that listed newer objects, before this one held it
+        if _hold(target):
+            _remove_older_copies(target)
+            return target
+        _copy_files(fs, path, files, target)
+    raise ModelError(f"model folder {uri} changed while it was copied to {target}: run the job again")
+
+
+def _copy_files(fs, path: str, files, target: str) -> None:
     partial = f"{target}.partial-{os.getpid()}"
     for name in files:
         rel = name[len(path) + 1 :]
@@ -144,7 +154,63 @@ def _copy_remote_folder(uri: str) -> str:
         import shutil
 
         shutil.rmtree(partial, ignore_errors=True)  # another process finished first
-    return target
+
+
+# The copies this process uses, each with a shared lock on its folder held while the process lives: a replica or
+# a training worker reads its model's files after it asked for them (and may again), so a copy is removed only
+# where no process holds it. A lock held by a process ends with it, however it ends.
+_HELD: dict = {}
+
+
+def _hold(copy: str) -> bool:
+    """Takes a shared lock on a finished copy for this process's life; False where there is none (not yet copied,
+    or removed as an older copy meanwhile)."""
+    import fcntl
+
+    marker = os.path.join(copy, ".ce-ray-complete")
+    if copy in _HELD:
+        if os.path.exists(marker):
+            return True
+        os.close(_HELD.pop(copy))  # removed by hand meanwhile: copied again
+    try:
+        fd = os.open(copy, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_SH)  # waits while a process removes it: then the folder is gone from its name
+    try:
+        kept = os.path.samestat(os.fstat(fd), os.stat(copy)) and os.path.exists(marker)
+    except FileNotFoundError:
+        kept = False
+    if not kept:
+        os.close(fd)
+        return False
+    _HELD[copy] = fd
+    return True
+
+
+def _remove_older_copies(copy: str) -> None:
+    """Removes the other finished copies of the same folder (its other versions) that no process holds: where a
+    job still runs with the old weights, its copy stays, and goes with the first use of a copy after that job."""
+    import fcntl
+    import shutil
+
+    folder, _ = os.path.basename(copy).split("-")
+    for older in glob.glob(os.path.join(os.path.dirname(copy), f"{folder}-{'[0-9a-f]' * 16}")):
+        if older == copy:
+            continue
+        try:
+            fd = os.open(older, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # refused while any process holds it
+            removed = f"{older}.removed-{os.getpid()}"
+            os.rename(older, removed)  # out of its name first: a process that waited to hold it copies afresh
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        shutil.rmtree(removed, ignore_errors=True)
 
 
 def read_json(file: str) -> dict:

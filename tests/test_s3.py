@@ -741,6 +741,8 @@ def test_a_model_written_again_under_its_key_is_copied_again(tmp_path, tiny_mode
     """An `s3://` model was copied into the local cache once and that copy used forever after: a model trained again
     into the same output (or uploaded again) was scored with its old weights, silently. The copy is named by the
     objects as the store lists them now (their ETags): the new weights are copied, the unchanged model is not."""
+    import shutil
+
     from conftest import build_tiny_model
 
     from ce_ray.model_folder import local_model_path
@@ -761,3 +763,49 @@ def test_a_model_written_again_under_its_key_is_copied_again(tmp_path, tiny_mode
     assert again != first
     assert (Path(again) / "model.safetensors").read_bytes() == (retrained / "model.safetensors").read_bytes()
     assert sorted(p.name for p in Path(again).iterdir()) == sorted(p.name for p in Path(first).iterdir())
+    shutil.rmtree(again)  # removed by hand, though this process holds it: copied again
+    assert local_model_path(uri) == again and (Path(again) / "model.safetensors").is_file()
+
+
+def test_a_models_older_copies_go_once_no_job_reads_them(tmp_path, tiny_model, s3_server):
+    """Each rewrite of an `s3://` model left another whole copy of it in the cache, forever. A new copy removes the
+    folder's older ones, but not one that a running job holds (a process that asked for it, while it lives): that
+    one goes with the first use of a copy after the job. Another folder's copy stays."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, build_tiny_model
+
+    bucket, uri = "ce-ray-model-copies", "s3://ce-ray-model-copies/models/reranker"
+    fs = s3fs_for(s3_server)
+    fs.mkdir(bucket)
+    fs.put(str(tiny_model) + "/", f"{bucket}/models/reranker/", recursive=True)
+    fs.put(str(tiny_model) + "/", f"{bucket}/models/other/", recursive=True)
+    env = {**os.environ, **s3_server, "CE_RAY_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    script = "import sys; from ce_ray.model_folder import local_model_path; print(local_model_path(sys.argv[1]))"
+
+    def copy_of(model: str) -> str:  # a job that copies the model, reads it and ends
+        run = subprocess.run([sys.executable, "-c", script, model], env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == 0, run.stderr
+        return run.stdout.strip()
+
+    # a job still running with the old weights (and another folder's): it holds its copies until it ends
+    running = subprocess.Popen([sys.executable, "-c", script + "; print(local_model_path(sys.argv[2]), flush=True); "
+                                "sys.stdin.read()", uri, f"s3://{bucket}/models/other"],
+                               env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        old, other = running.stdout.readline().strip(), running.stdout.readline().strip()
+        fs.put(str(build_tiny_model(tmp_path / "retrained", seed=1) / "model.safetensors"),
+               f"{bucket}/models/reranker/model.safetensors")
+        new = copy_of(uri)
+        assert new != old and os.path.isdir(old)  # the running job's copy is kept
+    finally:
+        running.communicate("", timeout=60)
+    assert copy_of(uri) == new  # used again, after the job with the old weights ended
+    copies = tmp_path / "cache" / "models"
+    assert sorted(os.listdir(copies)) == sorted([os.path.basename(new), os.path.basename(other)])
+    fs.put(str(build_tiny_model(tmp_path / "third", seed=2) / "model.safetensors"),
+           f"{bucket}/models/reranker/model.safetensors")
+    third = copy_of(uri)  # no job holds the last copy: it goes as soon as the new one is complete
+    assert sorted(os.listdir(copies)) == sorted([os.path.basename(third), os.path.basename(other)])
