@@ -190,11 +190,13 @@ RUN_FILE = "ce-ray-run.json"
 TRAIN_FILES = "train_files"
 
 
-def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str, shown: str) -> bool:
+def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str, shown: str,
+              train_files: Optional[Dict[str, str]] = None) -> bool:
     """Records the settings of the run whose checkpoints go to <storage>/<name>, and refuses a run of other
     settings where there are checkpoints: Ray Train resumes a run of the same name from its last one, and
     another model's, data's or schedule's checkpoint would be loaded into this run (a model's weights partly,
-    silently) or fail it mid-way. True when the run resumes from a checkpoint."""
+    silently) or fail it mid-way. True when the run resumes from a checkpoint. `train_files`: the run's
+    `training_files`, where they were looked up already."""
     import pyarrow.fs as pafs
 
     settings = {key: getattr(config, key) for key in RUN_SETTINGS} | {"model": model}
@@ -215,7 +217,7 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
         raise ConfigError(f"{shown} holds the checkpoints of a run with other settings ({', '.join(changed)}), "
                           "which a run of the same name resumes from: give another run_name or output, or delete "
                           f"{shown} to start afresh")
-    settings[TRAIN_FILES] = training_files(config)
+    settings[TRAIN_FILES] = training_files(config) if train_files is None else train_files
     # A record of an earlier ce-ray has no files: its run resumes as it did, and its record gets them.
     files_changed = changed_files(earlier[TRAIN_FILES], settings[TRAIN_FILES]) if TRAIN_FILES in earlier else []
     if resumes and files_changed:

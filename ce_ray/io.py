@@ -383,7 +383,7 @@ def finished_parts(summary: dict, folder: str) -> Finished:
 
 class Listing(NamedTuple):
     """An input's data files (paths as the filesystem names them, no scheme), their format, the filesystem, and
-    each file's size and stamp as the listing gave them (`size_and_stamp`'s; none for a file named alone)."""
+    each file's size and stamp as the listing gave them (`size_and_stamp`'s; a file named alone's from its look-up)."""
     files: List[str]
     input_format: str
     fs: pafs.FileSystem
@@ -414,13 +414,15 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
     finished = summary  # the `_SUCCESS` of an earlier job whose output is the input
     if finished is None:
         try:
-            info = fs.get_file_info(base)
+            kind, stamp = look_up(fs, base)
         except OSError as e:
             raise InputError(f"cannot read input {uri}: {e}") from e
-        if info.type == pafs.FileType.NotFound:
+        if kind == pafs.FileType.NotFound:
             raise InputError(f"input {uri} does not exist")
-        named = info.type == pafs.FileType.File and not has_glob
-        if info.type == pafs.FileType.Directory and not has_glob and is_output(fs, path):
+        named = kind == pafs.FileType.File and not has_glob
+        if named:  # its size and stamp from the same look-up, where a caller asked for them again (a HEAD on S3)
+            listed = {path: stamp}
+        if kind == pafs.FileType.Directory and not has_glob and is_output(fs, path):
             finished = finished_job(fs, path, uri)
     if finished is not None:
         # An earlier job's output (a cascade reranks one again, eval measures one): its results are the rows.
@@ -545,6 +547,22 @@ def size_and_stamp(fs: pafs.FileSystem, path: str) -> Tuple[int, str]:
     if isinstance(handler, pafs.FSSpecHandler):
         return _object_stamp(handler.fs.info(path))
     return _stat_stamp(fs.get_file_info(path))
+
+
+def look_up(fs: pafs.FileSystem, path: str) -> Tuple[pafs.FileType, Optional[Tuple[int, str]]]:
+    """What `path` is, and a file's size and stamp (`size_and_stamp`'s), in one look-up: pyarrow's of an S3 object
+    drops the ETag, which took a second HEAD."""
+    handler = getattr(fs, "handler", None)
+    if isinstance(handler, pafs.FSSpecHandler):
+        try:
+            info = handler.fs.info(path)
+        except FileNotFoundError:
+            return pafs.FileType.NotFound, None
+        if info.get("type") == "file":
+            return pafs.FileType.File, _object_stamp(info)
+        return pafs.FileType.Directory if info.get("type") == "directory" else pafs.FileType.Unknown, None
+    info = fs.get_file_info(path)
+    return info.type, _stat_stamp(info) if info.type == pafs.FileType.File else None
 
 
 def _object_stamp(info: dict) -> Tuple[int, str]:

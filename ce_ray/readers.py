@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .io import (COMPRESSED, DELIMITED, FileCheck, InputError, check_inputs, holds_texts, is_list, is_text,
+from .io import (COMPRESSED, DELIMITED, FileCheck, InputError, Listing, check_inputs, holds_texts, is_list, is_text,
                  list_files, one_type, partition_values, read_type, refuse_changed_output)
 from .runtime import ensure_ray
 
@@ -31,7 +31,8 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
                  keep=None, rows_per_block: int = 4096, rows_per_read: Optional[int] = None,
                  column_names: Optional[List[str]] = None, present: Sequence[str] = (),
                  lists: Sequence[str] = (), written: Optional[Dict[str, str]] = None,
-                 read: Optional[Sequence[str]] = None, settings: Optional[Dict[str, str]] = None):
+                 read: Optional[Sequence[str]] = None, settings: Optional[Dict[str, str]] = None,
+                 listing: Optional[Listing] = None):
     """A Ray Dataset over the input files, after `check_inputs` passed (`required` text columns, or lists of
     texts for those in `lists`; `present` ones of any type; none that the job writes, `written`).
 
@@ -42,6 +43,7 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     header line. `read`: the only columns the job reads, when it does not pass the rows on (training), whose
     types alone must agree from file to file (`check_inputs`): the job drops the others from each block before
     rows of two files meet. `settings`: the setting that names each column, which a missing one's error gives.
+    `listing`: the input's (`list_files`), where the caller listed it already.
     Returns the Dataset (None when `keep` selects nothing), the input files' checks
     (those with rows), about how many bytes the rows to read take in memory (`FileCheck.size_bytes`), the
     input's schema (`io.agreed_schema`) and how many files the input holds (with a parquet file of no rows, which
@@ -49,7 +51,7 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     """
     import ray.data
 
-    listing = list_files(uri, input_format, column_names)
+    listing = listing or list_files(uri, input_format, column_names)
     input_format, fs = listing.input_format, listing.fs
     checks, schema = check_inputs(fs, listing.files, input_format, list(required or []), column_names, present,
                                   lists, written, listing.stamps, read, settings)

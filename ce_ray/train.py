@@ -34,7 +34,7 @@ from .checkpoints import (DS_TAG, MODEL, PROGRESS, RANDOM_STATE, STATE, best_che
                           whole_checkpoint, worker_seed, write_file_list)
 from .io import filesystem, is_remote, upload_folder
 from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, shard_spans, top_reasons,
-                         training_batch_tokens, worker_spans)
+                         training_batch_tokens, training_input, worker_spans)
 
 # ---------------------------------------------------------------- workers: loss, evaluation
 
@@ -782,7 +782,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     _check_output(config.output, config.model if is_remote(config.model) else model)
     _check_data(config)
     fs, storage_path, name, run_uri = run_storage(config)
-    if claim_run(config, source, fs, storage_path, name, run_uri):
+    data = training_input(config)  # once: for the run's record, then read
+    if claim_run(config, source, fs, storage_path, name, run_uri, data.files):
         print(f"ce-ray train: resumes the run {name} from the last checkpoint Ray Train recorded (a finished run only "
               "saves its model again)", flush=True)
     architectures = saved_architectures(model)
@@ -814,7 +815,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     print(f"ce-ray train: reading, checking and tokenizing {config.train_data}"
           + (f" and {config.eval_data}" if config.eval_data else "") + " on Ray Data", flush=True)
     with surfaced_errors():  # a label that is not a number fails a tokenize task
-        train_ds, stats, eval_ds, qrels = prepare_data(config, encoder, max_length, eval_encoder)
+        train_ds, stats, eval_ds, qrels = prepare_data(config, encoder, max_length, eval_encoder, data)
     data_done = time.perf_counter()
     per_worker = stats["pairs"] // config.num_workers  # the parts are cut equal so every worker steps together
     # The pairs past the last part (fewer than the workers) are left out of each epoch, as Ray Train's own equal

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from .batching import (IDS, REJECT, TYPES, PairEncoder, list_parts, pad, text_column, token_budget_batches,
                        tokenize_table)
 from .config import ConfigError, TrainConfig
-from .io import InputError, filesystem, is_text, join, list_files, list_tree, parse_names, size_and_stamp
+from .io import InputError, Listing, filesystem, is_text, join, list_files, list_tree, parse_names, size_and_stamp
 from .readers import ROW_INPUT
 from .training_pairs import LABEL_OF_NEGATIVES, training_pairs
 
@@ -160,9 +160,9 @@ def _combine_stats(rows: List[dict]) -> dict:
     return stats
 
 
-def _negative_columns(config: TrainConfig) -> List[str]:
+def _negative_columns(config: TrainConfig, beir: bool) -> List[str]:
     names = parse_names(config.negative_columns, "negative_columns") or []
-    if names and _is_beir(config.train_data):
+    if names and beir:
         raise ConfigError("negative_columns is for rows of a query, a positive and negatives; a BEIR folder's "
                           "negatives are BM25's (hard_negatives)")
     if config.document_column in names or config.query_column in names:
@@ -184,7 +184,17 @@ def _is_beir(uri: str) -> bool:
     return fs.get_file_info(f"{path.rstrip('/')}/corpus.jsonl").type == pafs.FileType.File
 
 
-def training_files(config: TrainConfig) -> Dict[str, str]:
+@dataclasses.dataclass(frozen=True)
+class TrainingInput:
+    """`train_data` as a run looks it up, once (it was looked up twice whether it is a BEIR folder, listed twice and
+    its file's ETag asked after each listing): a BEIR folder or files of pairs (their listing, which the run reads),
+    and the files the pairs come from, each with its stamp, which the run's record holds (`checkpoints.claim_run`)."""
+    beir: bool
+    listing: Optional[Listing]  # None for a BEIR folder
+    files: Dict[str, str]
+
+
+def training_input(config: TrainConfig, note_skipped: bool = True) -> TrainingInput:
     """The files the training pairs come from, each with its stamp (`io.size_and_stamp`: its size and modification
     time, or its S3 ETag): those of `train_data` that the run reads (`io.list_files`), or a BEIR folder's corpus,
     queries and the training split's qrels. One listing (a look-up for a file named alone)."""
@@ -192,10 +202,16 @@ def training_files(config: TrainConfig) -> Dict[str, str]:
         fs, folder = filesystem(config.train_data)
         folder = folder.rstrip("/")
         read = {f"{folder}/corpus.jsonl", f"{folder}/queries.jsonl", f"{folder}/qrels/{config.train_split}.tsv"}
-        return {path: stamp for path, (_, stamp) in list_tree(fs, folder).items() if path in read}
-    listing = list_files(config.train_data, config.input_format, parse_names(config.column_names),
-                         note_skipped=False)  # said as the pairs are read
-    return {path: (listing.stamps.get(path) or size_and_stamp(listing.fs, path))[1] for path in listing.files}
+        return TrainingInput(True, None, {path: stamp for path, (_, stamp) in list_tree(fs, folder).items()
+                                          if path in read})
+    listing = list_files(config.train_data, config.input_format, parse_names(config.column_names), note_skipped)
+    return TrainingInput(False, listing, {path: (listing.stamps.get(path) or size_and_stamp(listing.fs, path))[1]
+                                          for path in listing.files})
+
+
+def training_files(config: TrainConfig) -> Dict[str, str]:
+    """`training_input`'s files and stamps."""
+    return training_input(config, note_skipped=False).files  # said as the pairs are read
 
 
 def beir_training_pairs(folder: str, split: str, hard_negatives: int) -> pa.Table:
@@ -328,11 +344,12 @@ def _column_settings(config: TrainConfig, negatives: List[str]) -> Dict[str, str
         {} if negatives else {config.label_column: "label_column"})
 
 
-def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str], own_columns: bool = True):
+def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str], own_columns: bool = True,
+                   listing: Optional[Listing] = None):
     """The rows at `uri`, in any shape `training_pairs` takes, as labelled pairs; the config naming their
     label column; and the files' paths by their input keys (`ROW_INPUT`). `own_columns`: the settings name the
     columns of these rows (a missing one's error says which setting gives it), not of other rows (eval_data's
-    are read in the training data's)."""
+    are read in the training data's). `listing`: `uri`'s, where it was listed already."""
     from .readers import input_sources, read_dataset
 
     documents = [config.document_column, *negatives]  # each a column of texts or of lists of texts
@@ -341,7 +358,8 @@ def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str], own_colu
     ds, checks, _, _, _ = read_dataset(uri, config.input_format, [config.query_column, *documents],
                                        column_names=parse_names(config.column_names), lists=documents,
                                        present=labels, read=[config.query_column, *documents, *labels],
-                                       settings=_column_settings(config, negatives) if own_columns else None)
+                                       settings=_column_settings(config, negatives) if own_columns else None,
+                                       listing=listing)
     # Whole blocks: a column may be text in one block and lists in another, which no batch could hold.
     ds = ds.map_batches(training_pairs, fn_kwargs=dict(
         query_column=config.query_column, document_column=config.document_column, negative_columns=negatives,
@@ -358,20 +376,22 @@ def top_reasons(stats: dict, count: int = 3) -> str:
 
 
 def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int,
-                 eval_encoder: Optional[PairEncoder] = None):
+                 eval_encoder: Optional[PairEncoder] = None, data: Optional[TrainingInput] = None):
     """The tokenized training set (materialized: every epoch reads it again), its statistics, the eval set
-    (tokenized by `eval_encoder` where given: the saved model's default prompt before each query)."""
+    (tokenized by `eval_encoder` where given: the saved model's default prompt before each query). `data`: the
+    run's `training_input`, where it was looked up already."""
     import ray.data
 
-    negatives = _negative_columns(config)
+    data = data or training_input(config)
+    negatives = _negative_columns(config, data.beir)
     eval_config = config
-    if _is_beir(config.train_data):
+    if data.beir:
         table = beir_training_pairs(config.train_data, config.train_split, config.hard_negatives)
         source = f"{config.train_data} (qrels/{config.train_split}.tsv, {config.hard_negatives} BM25 hard negatives per positive)"
         ds, files = ray.data.from_arrow(table), None
         config = dataclasses.replace(config, query_column="query", document_column="document", label_column="label")
     else:
-        ds, config, files = _labelled_rows(config.train_data, config, negatives)
+        ds, config, files = _labelled_rows(config.train_data, config, negatives, listing=data.listing)
         source = config.train_data
     eval_ds, qrels = None, None
     if config.eval_data:  # read before the training data's tokenizing, so that its errors come before that work

@@ -80,27 +80,37 @@ def test_score_job_reads_and_writes_s3(tmp_path, tiny_model, s3_server):
     assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in remote.stdout + remote.stderr
 
 
-def test_train_job_reads_and_writes_s3(tmp_path, tiny_model, s3_server):
+def test_train_job_reads_and_writes_s3(tmp_path, tiny_model, counting_store):
     """Model, training data, checkpoints and the trained model on S3: each worker copies the model for itself
-    (a worker on another node has no copy of the driver's), and the run's settings go beside its checkpoints."""
+    (a worker on another node has no copy of the driver's), and the run's settings go beside its checkpoints.
+    The training file was looked up 6 times and read twice (its footer, its rows): whether it exists, whether the
+    data is a BEIR folder (twice), listed twice (for the run's record, to read it), its ETag asked after each
+    listing. Once each now but its existence and the read task's own look-up (the ETag its reads are held to)."""
+    import collections
     import json
 
+    import s3fs
     from sentence_transformers import CrossEncoder
 
     from conftest import wikiqa_pairs
 
     bucket = "ce-ray-train-test"  # moto keeps one store per process: a bucket the score test did not make
-    fs = s3fs_for(s3_server)
+    fs = s3fs.S3FileSystem()
     fs.mkdir(bucket)
     fs.put(str(tiny_model) + "/", f"{bucket}/models/tiny/", recursive=True)
     with fs.open(f"{bucket}/data/pairs.parquet", "wb") as f:
         wikiqa_pairs("train", 64)[["query", "document", "label"]].to_parquet(f)
     data, model, output = f"s3://{bucket}/data/pairs.parquet", f"s3://{bucket}/models/tiny", f"s3://{bucket}/trained"
+    counting_store.requests.clear()
+    cache = {"CE_RAY_CACHE": str(tmp_path / "cache")}
     result = run_cli("train", "--model", model, "--train-data", data, "--output", output, "--num-workers", "2",
-                     "--batch-size", "8", "--max-steps", "3", timeout=420,
-                     env={**s3_server, "CE_RAY_CACHE": str(tmp_path / "cache")})
+                     "--batch-size", "8", "--max-steps", "3", timeout=420, env=cache)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "steps         3" in result.stdout and output in result.stdout
+    looked_up = collections.Counter((method, path[len(f"/{bucket}/data/"):]) for method, path in counting_store.requests
+                                    if path.startswith(f"/{bucket}/data/"))
+    assert looked_up == {("HEAD", "pairs.parquet"): 3, ("GET", "pairs.parquet"): 2,  # 6 HEAD before
+                         ("HEAD", "pairs.parquet/corpus.jsonl"): 1}, looked_up  # a BEIR folder's? 2 before
     run = json.loads(fs.cat(f"{bucket}/trained/checkpoints/trained/ce-ray-run.json"))
     assert run["model"] == model and run["num_workers"] == 2
     assert list(run["train_files"]) == [f"{bucket}/data/pairs.parquet"]  # with its size and ETag
@@ -111,7 +121,7 @@ def test_train_job_reads_and_writes_s3(tmp_path, tiny_model, s3_server):
     with fs.open(f"{bucket}/data/pairs.parquet", "wb") as f:
         wikiqa_pairs("train", 128)[64:][["query", "document", "label"]].to_parquet(f)
     again = run_cli("train", "--model", model, "--train-data", data, "--output", output, "--num-workers", "2",
-                    "--batch-size", "8", "--max-steps", "3", env={**s3_server, "CE_RAY_CACHE": str(tmp_path / "cache")})
+                    "--batch-size", "8", "--max-steps", "3", env=cache)
     assert again.returncode == 2, again.stderr[-3000:]
     assert (f"s3://{bucket}/trained/checkpoints/trained holds the checkpoints of a run whose training data changed "
             f"since ({bucket}/data/pairs.parquet rewritten)") in again.stderr
