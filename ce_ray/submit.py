@@ -154,7 +154,7 @@ def gcs_not_answering(error: str, address: str) -> str:
 def check_address(address: Optional[str]) -> None:
     """Refuses before Ray's client tries it: a Ray Client address (`ray://HOST:10001`, which `ray.init` takes and
     the Jobs API does not: Ray's client tried it for ~30 s, then said `ray client connection timeout`), and a bare
-    HOST:PORT, a GCS address, where nothing answers (Ray waited ~35 s for a GCS there)."""
+    HOST:PORT, a GCS address, where nothing answers or a dashboard does (Ray waited ~35 s for a GCS there)."""
     import socket
     from urllib.parse import urlsplit
 
@@ -175,6 +175,25 @@ def check_address(address: Optional[str]) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError:
         raise AddressError(gcs_not_answering(GCS_TIMEOUT, address)) from None
+    if answers_http(host.strip("[]"), int(port)):  # the dashboard's HOST:8265 without http://: no GCS answers there
+        raise AddressError(not_a_dashboard(f"{address} answers HTTP, as a dashboard does; an address without http:// "
+                                           "is a cluster's GCS address (`ray start --port`)", f"http://{address}"))
+
+
+def answers_http(host: str, port: int) -> bool:
+    """Whether an HTTP/1.1 server answers at host:port (any status): a GCS speaks gRPC, which answers no such
+    request."""
+    import http.client
+
+    connection = http.client.HTTPConnection(host, port, timeout=3)
+    try:
+        connection.request("GET", "/api/version")
+        connection.getresponse()
+        return True
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
 
 
 def job_client(address: Optional[str] = None):

@@ -451,6 +451,34 @@ def test_an_address_without_http_is_said_to_be_a_gcs_address(tmp_path, capsys, m
     assert "Traceback" not in err
 
 
+def test_a_dashboards_address_without_http_is_said_so_at_once(tmp_path, capsys, monkeypatch):
+    """The dashboard's HOST:8265 without http://, the mistake a user makes most: Ray took it for a GCS address and
+    waited for a GCS there, ~35 s (45 s measured), before the line; a GCS speaks gRPC, and what answers HTTP there is
+    no GCS. The line at once, with the address as it should be written. (An HTTP server stands for the dashboard.)"""
+    import http.server
+    import threading
+    import time
+
+    from ce_ray.cli import main
+
+    config = write_config(tmp_path / "score.yaml", model="m", input="s3://b/in", output="s3://b/out")
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # answers 501
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    for name in [name for name in os.environ if name.startswith("RAY_")]:
+        monkeypatch.delenv(name)
+    try:
+        started = time.monotonic()
+        assert main(["submit", "score", "--config", str(config), "--address", f"127.0.0.1:{port}"]) == 2
+        assert time.monotonic() - started < 15
+    finally:
+        server.shutdown()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"ce-ray submit: error: 127.0.0.1:{port} answers HTTP, as a dashboard does; an address without http:// is a "
+        f"cluster's GCS address (`ray start --port`); its dashboard's is http://127.0.0.1:{port} (`--dashboard-port`, "
+        "8265 by default)")
+
+
 def test_a_ray_client_address_is_said_to_be_no_dashboards(tmp_path, capsys, monkeypatch):
     """`ray://HOST:10001`, the address `ray.init` takes (Ray Client), given to submit: Ray's client tried it for
     ~30 s, then said `ray client connection timeout`. Submit talks to the Ray Jobs API, the dashboard's: one line
