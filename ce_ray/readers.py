@@ -336,9 +336,14 @@ def input_sources(checks: Sequence[FileCheck]) -> Dict[str, str]:
 def plain_columns(table: pa.Table) -> pa.Table:
     """The columns in the types they are read as (`io.read_type`): the same values, in types that every stage
     and Ray Data's group-by take, and the same in every file (a categorical in one file, plain text in another,
-    would fail where Ray Data puts their rows in one block)."""
-    schema = pa.schema([f.with_type(read_type(f.type)) for f in table.schema], metadata=table.schema.metadata)
-    return table if schema == table.schema else table.cast(schema)
+    would fail where Ray Data puts their rows in one block). Without the pandas metadata a writer left: Ray Data's
+    hash shuffle (rerank's) reads a block's key column into pandas with it, and one made by hand (no `columns`)
+    failed it with a KeyError; the output's parts carry none of the input's metadata anyway (`sink.PairsSink`)."""
+    metadata = {k: v for k, v in (table.schema.metadata or {}).items() if k != b"pandas"} or None
+    schema = pa.schema([f.with_type(read_type(f.type)) for f in table.schema], metadata=metadata)
+    if schema.equals(table.schema, check_metadata=True):
+        return table
+    return table.cast(schema) if schema != table.schema else table.replace_schema_metadata(metadata)
 
 
 def reject_invalid_utf8(table: pa.Table, what: str) -> pa.Table:

@@ -533,6 +533,20 @@ def test_rerank_parts_carry_none_of_the_input_files_metadata(ray_local, tiny_mod
     assert parts and [pq.read_schema(part).metadata for part in parts] == [None] * len(parts)
 
 
+def test_a_parquet_input_with_hand_made_pandas_metadata_is_reranked(ray_local, tiny_model, tmp_path):
+    """A parquet file whose schema carries pandas metadata made by hand, without its `columns` key (a writer
+    other than pandas, a tool that copies schemas), failed rerank in Ray Data's shuffle with `KeyError: 'columns'`
+    (it reads the key column into pandas with the block's metadata). The rows are read without it and ranked."""
+    table = pa.table({"query_id": [7, 7, 8], "query": ["q7", "q7", "q8"], "document": ["a", "b", "c"]})
+    pandas = json.dumps({"index_columns": [], "creator": {"library": "hand"}}).encode()
+    pq.write_table(table.replace_schema_metadata({b"pandas": pandas}), tmp_path / "in.parquet")
+    summary = run_rerank(RerankConfig(model=str(tiny_model), input=str(tmp_path / "in.parquet"),
+                                      output=str(tmp_path / "out")))
+    got = pd.read_parquet(tmp_path / "out" / "results").sort_values(["query_id", "rank"])
+    assert (summary.rows_in, summary.rows_scored) == (3, 3)
+    assert list(zip(got["query_id"], got["rank"])) == [(7, 1), (7, 2), (8, 1)]
+
+
 def test_a_query_id_kept_as_a_hive_partition_key_is_read_by_rerank_and_eval(ray_local, tiny_model, tmp_path):
     """Pairs partitioned by query (`query_id=1/part-0.parquet`, as Spark's `partitionBy` writes them) have the id in
     their folders alone. The jobs' reader gives each key as a column, as Ray Data's readers do, but the check before
