@@ -754,12 +754,17 @@ def _as_read(types: dict, required: Sequence[str], lists: Sequence[str]) -> dict
             if name not in lists or name not in required}
 
 
-def partition_values(path: str) -> Dict[str, str]:
+# The folder that Spark and Hive write the rows of a null partition key in (`query_id=__HIVE_DEFAULT_PARTITION__/`).
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+
+
+def partition_values(path: str) -> Dict[str, Optional[str]]:
     """The partition keys of a file's folders, written hive-style as Spark, Hive and Ray Data write them
     (`.../day=2026-11-30/lang=en/part-0.parquet`), each a column of text, URL-decoded: what Ray Data's readers
-    give by default."""
+    give by default. A null key's folder (`HIVE_NULL`) gives a null, as Spark and pyarrow read it: taken as text,
+    the rows of pairs without a query id were ranked as one query."""
     folders = (f.split("=") for f in posixpath.dirname(path).split("/") if f.count("=") == 1)
-    return {key: urllib.parse.unquote(value) for key, value in folders if key}
+    return {key: None if value == HIVE_NULL else urllib.parse.unquote(value) for key, value in folders if key}
 
 
 def _with_partition_keys(check: FileCheck) -> FileCheck:

@@ -564,3 +564,20 @@ def test_a_query_id_kept_as_a_hive_partition_key_is_read_by_rerank_and_eval(ray_
     first_stage = run_eval(EvalConfig(input=str(tmp_path / "pairs"), score_column="", rank_column="bm25_rank",
                                       baseline_column="", output=str(tmp_path / "eval.json")))
     assert first_stage["queries"] == 2 and first_stage["reranked"]["mrr@10"] == 1.0
+
+
+def test_a_null_query_id_partition_is_rejected_not_ranked_as_one_query(ray_local, tiny_model, tmp_path):
+    """Spark and Hive write the rows of a null partition key in `query_id=__HIVE_DEFAULT_PARTITION__/`: its rows,
+    pairs without a query id, were ranked as one query of that id. The key is null there, as Spark and pyarrow
+    read it: those rows are rejected, as a null id in a column is."""
+    for query_id, documents in (("7", ["a", "b"]), ("__HIVE_DEFAULT_PARTITION__", ["c", "d", "e"])):
+        folder = tmp_path / "pairs" / f"query_id={query_id}"
+        folder.mkdir(parents=True)
+        pd.DataFrame({"query": "q", "document": documents}).to_parquet(folder / "part-0.parquet")
+    summary = run_rerank(RerankConfig(model=str(tiny_model), input=str(tmp_path / "pairs"),
+                                      output=str(tmp_path / "out")))
+    got = pd.read_parquet(tmp_path / "out" / "results")
+    rejected = pd.read_parquet(tmp_path / "out" / "rejects")
+    assert (summary.rows_in, summary.rows_scored) == (5, 2)
+    assert sorted(zip(got["query_id"], got["rank"])) == [("7", 1), ("7", 2)]
+    assert sorted(rejected["document"]) == ["c", "d", "e"] and set(rejected["reason"]) == {"query_id is null"}
