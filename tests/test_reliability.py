@@ -519,6 +519,19 @@ def test_parts_carry_no_pandas_index_of_another_file(ray_local, tmp_path, tiny_m
         (0, "-"), (2, "-"), (3, "-"), (4, "-"), (5, "-"), (6, "x"), (7, "y"), (8, "z")]
 
 
+def test_a_nullable_integer_column_keeps_its_arrow_type_for_pandas_to_read_back(ray_local, tmp_path, tiny_model):
+    """The parts carry no pandas metadata, so pandas' nullable `Int64` (an extra column with nulls) is not restored
+    by a plain `pd.read_parquet`, which gives float64: the column stays int64 in the parts, and pandas reads it as
+    `Int64` with `dtype_backend="numpy_nullable"` (docs/scoring.md)."""
+    frame = pd.DataFrame({"query": ["q"] * 3, "document": ["d0", "d1", "d2"],
+                          "hits": pd.array([3, None, 2**53 + 1], dtype="Int64")})
+    frame.to_parquet(tmp_path / "in.parquet")
+    job(tiny_model, tmp_path / "in.parquet", tmp_path / "out")
+    assert pq.read_table(tmp_path / "out" / "results").schema.field("hits").type == pa.int64()
+    got = pd.read_parquet(tmp_path / "out" / "results", dtype_backend="numpy_nullable")
+    assert str(got["hits"].dtype) == "Int64" and got["hits"].tolist() == [3, pd.NA, 2**53 + 1]
+
+
 def test_a_parquet_file_of_no_rows_is_counted_among_the_files_in(ray_local, tmp_path, tiny_model, capsys):
     """A parquet file of no rows (a writer's last, empty file) was left out of the summary's `files in` (1 for a
     folder of 2), where an empty JSON Lines file was counted: every file of the input is counted."""
