@@ -848,22 +848,24 @@ def agreed_schema(checks: List[FileCheck]) -> pa.Schema:
     block, mid-way. Kinds that widen to one type (int32 and int64, an integer and a float, string and
     large_string, timestamp units, an all-null column, structs of other fields) pass, as Ray Data unifies them.
     The types are parquet's footers', a JSON Lines file's first lines' (`HEAD_BYTES`) and text for CSV and TSV."""
-    seen: Dict[str, Tuple[pa.DataType, str]] = {}  # a column's type so far, and a file that has it
+    # a column's type so far, the first file that has it and its type there: the error names that file's own type,
+    # where the widened one (double, after int64 and double files) named a type that file does not have
+    seen: Dict[str, Tuple[pa.DataType, str, pa.DataType]] = {}
     for check in checks:
         if check.rows == 0:
             continue
         for name, dtype in check.types.items():
             dtype = read_type(dtype)
             if name not in seen:
-                seen[name] = dtype, check.path
+                seen[name] = dtype, check.path, dtype
                 continue
-            unified, where = seen[name]
+            unified, where, its_own = seen[name]
             one = one_type(unified, dtype)
             if one is None:
-                raise InputError(f"{check.path}: column {name!r} is {dtype}, but in {where} it is {unified}: rows "
+                raise InputError(f"{check.path}: column {name!r} is {dtype}, but in {where} it is {its_own}: rows "
                                  "of both cannot be put together; write it as one type in every file")
-            seen[name] = one, where
-    return pa.schema([(name, dtype) for name, (dtype, _) in seen.items()])
+            seen[name] = one, where, its_own
+    return pa.schema([(name, dtype) for name, (dtype, _, _) in seen.items()])
 
 
 def one_type(one: pa.DataType, other: pa.DataType) -> Optional[pa.DataType]:

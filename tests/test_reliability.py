@@ -15,12 +15,13 @@ import tempfile
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
 from ce_ray import ScoreConfig, readers, run_score
 from ce_ray.config import ConfigError, load_config
-from ce_ray.io import InputError
+from ce_ray.io import InputError, check_inputs
 from ce_ray.model import ModelError
 
 from conftest import ROOT, TOKENIZER_FILES
@@ -445,6 +446,20 @@ def test_files_whose_column_types_disagree_fail_naming_the_column(ray_local, tmp
     with pytest.raises(InputError, match=r"b\.jsonl: column 'meta' is string, but in \S+a\.jsonl it is struct"):
         job(tiny_model, tmp_path / "jsonl", tmp_path / "out-jsonl")
     assert not (tmp_path / "out-jsonl").exists()
+
+
+def test_a_column_of_kinds_that_make_no_one_type_names_the_first_files_own_type(tmp_path):
+    """Query ids as integers in one file, as floats in another (pandas' integers around a missing value) and as
+    text in a third: the check said the first file's ids were `double`, the type the first two widen to, which
+    that file does not have. It says the first file's own type."""
+    (tmp_path / "in").mkdir()
+    for name, ids in (("a", [1, 2]), ("b", [3.0, None]), ("c", ["5", "6"])):
+        pd.DataFrame({"query_id": ids, "query": ["q", "q"], "document": ["d", "d"]}).to_parquet(
+            tmp_path / "in" / f"{name}.parquet")
+    fs, files = pafs.LocalFileSystem(), sorted(str(p) for p in (tmp_path / "in").iterdir())
+    with pytest.raises(InputError, match=r"c\.parquet: column 'query_id' is (large_)?string, but in \S+a\.parquet "
+                                         r"it is int64: rows of both cannot be put together"):
+        check_inputs(fs, files, "parquet", ["query", "document"])
 
 
 def test_a_jsonl_column_whose_kind_changes_past_the_checked_mib_fails_naming_the_file_and_line(ray_local, tmp_path,
