@@ -275,6 +275,19 @@ def join(uri: str, *parts: str) -> str:
     return posixpath.join(uri.rstrip("/"), *parts) if is_remote(uri) else os.path.join(uri, *parts)
 
 
+# Names that say a file is no data of any format (a dataset's README.md, LICENSE.pdf, a notebook): in a folder they
+# are skipped with the format given too (and by eval, which reads parquet), where they were read as that format and
+# failed the job (`cannot read .../README.md: Parquet file size is 11 bytes`).
+_DOCUMENTS = (".md", ".rst", ".pdf", ".html", ".htm", ".png", ".jpg", ".jpeg", ".svg", ".yaml", ".yml", ".py",
+              ".ipynb", ".log", ".sh", ".zip", ".tar", ".tgz")
+_DOCUMENT_NAMES = ("readme", "license", "licence", "notice", "copying")  # with no extension too
+
+
+def is_document(path: str) -> bool:
+    stem, extension = os.path.splitext(posixpath.basename(path).lower())
+    return extension in _DOCUMENTS or stem in _DOCUMENT_NAMES
+
+
 def detect_format(path: str) -> Optional[str]:
     name = path.lower()
     for suffix in COMPRESSED:
@@ -456,9 +469,9 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
         input_format = formats.pop() if formats else "parquet"
     if not named:
         # A folder's other files (a LICENSE.pdf, a README.md) are not pairs. A file whose name says no format
-        # (part-00000, pairs.txt) is read when the format was given, or a glob named it.
+        # (part-00000, pairs.txt) is read when the format was given and it is no document, or a glob named it.
         kept = [f for f in files if detect_format(f) == input_format
-                or (detect_format(f) is None and (given or has_glob))]
+                or (detect_format(f) is None and (has_glob or (given and not is_document(f))))]
         if len(kept) < len(files) and note_skipped:
             other = [posixpath.basename(f) for f in sorted(set(files) - set(kept))]
             print(f"ce-ray: note: {uri}: skipped {len(other)} file(s) that are not {input_format}: "

@@ -720,6 +720,29 @@ def test_empty_folder_and_a_glob_matching_nothing_fail(tmp_path, tiny_model):
         job(tiny_model, f"{tmp_path}/empty/*.csv", tmp_path / "out")
 
 
+def test_a_folders_documents_are_skipped_with_the_format_given_and_by_eval(tmp_path, capsys):
+    """A folder of parquet files as a dataset comes (a README.md, a LICENSE): with `--input-format parquet`, and in
+    `ce-ray eval` (which reads parquet), its documents were read as parquet and failed the job (`cannot read
+    .../README.md: Parquet file size is 11 bytes ...`). They are skipped and said, as without the format; a file
+    whose name says no format (part-00000) is still read."""
+    from ce_ray.config import EvalConfig
+    from ce_ray.evaluate import run_eval
+    from ce_ray.io import list_files
+
+    (tmp_path / "in").mkdir()
+    frame = pd.DataFrame({"query_id": [1, 1], "query": ["q", "q"], "document": ["a", "b"], "label": [0, 1],
+                          "score": [0.2, 0.9]})
+    frame.to_parquet(tmp_path / "in" / "a.parquet")
+    frame.to_parquet(tmp_path / "in" / "part-00000")
+    (tmp_path / "in" / "README.md").write_text("# not pairs")
+    (tmp_path / "in" / "LICENSE").write_text("not pairs")
+    assert [os.path.basename(f) for f in list_files(str(tmp_path / "in"), "parquet").files] == ["a.parquet",
+                                                                                                "part-00000"]
+    assert "skipped 2 file(s) that are not parquet: LICENSE, README.md" in capsys.readouterr().err
+    got = run_eval(EvalConfig(input=str(tmp_path / "in"), baseline_column="", output=str(tmp_path / "eval.json")))
+    assert got["queries"] == 1 and got["reranked"]["mrr@10"] == 1.0
+
+
 def test_other_files_in_an_input_folder_are_skipped_and_said(ray_local, tmp_path, tiny_model, capsys):
     """A folder as datasets come (WikiQA's has a LICENSE.pdf and a README): its files of the format are read,
     the others skipped with one line; with the format given, a file without an extension (Hadoop's
