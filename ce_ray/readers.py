@@ -217,6 +217,9 @@ def read_json_lines(lines: List[bytes], numbers: List[int], path: str, text_colu
     is kept as the text it was written (`_rounds_integers`)."""
     try:
         data = b"\n".join(lines)
+        # Arrow's reader takes bytes that are no UTF-8 into its strings, which failed the job where the text was
+        # tokenized: such lines are read one by one, and rejected.
+        data.decode("utf-8")
         table = _read_json_as_written(data)
         if table.num_rows != len(lines):
             raise pa.ArrowInvalid("row count differs from line count")
@@ -225,7 +228,7 @@ def read_json_lines(lines: List[bytes], numbers: List[int], path: str, text_colu
         texts = [table.schema.field(c).type for c in text_columns if c in table.column_names and c not in list_columns]
         if all(is_text(dtype) or pa.types.is_null(dtype) for dtype in texts):
             return table
-    except pa.ArrowInvalid:
+    except (pa.ArrowInvalid, UnicodeDecodeError):
         pass
     return _parse_lines_slowly(lines, numbers, path, text_columns, list_columns)
 

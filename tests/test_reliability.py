@@ -126,6 +126,22 @@ def test_invalid_utf8_in_jsonl_rejects_the_line(jsonl_job):
     assert 4 not in set(results(jsonl_job[1])["id"])
 
 
+def test_invalid_utf8_in_jsonl_of_good_lines_else_rejects_the_line(ray_local, tmp_path, tiny_model):
+    """A JSON Lines file whose only fault is a byte that is no UTF-8 in a text (a Latin-1 `\xe9`): Arrow's reader
+    took it into the text, and the job failed where it was tokenized (`UnicodeDecodeError` in a task), its other
+    rows lost. Its line is rejected, as in a chunk of other bad lines, and the others scored."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "rows.jsonl").write_bytes(b'{"id": 0, "query": "q", "document": "d0"}\n'
+                                                  b'{"id": 1, "query": "q", "document": "caf\xe9"}\n'
+                                                  b'{"id": 2, "query": "q", "document": "d2"}\n')
+    summary = job(tiny_model, tmp_path / "in", tmp_path / "out")
+    assert (summary.rows_in, summary.rows_scored, summary.rows_rejected) == (3, 2, 1)
+    assert results(tmp_path / "out")["id"].tolist() == [0, 2]
+    reason = rejects(tmp_path / "out")["reason"].tolist()
+    assert reason == [f"{tmp_path / 'in' / 'rows.jsonl'} line 2: not valid JSON ('utf-8' codec can't decode byte "
+                      "0xe9 in position 40: invalid continuation byte)"]
+
+
 def test_invalid_utf8_in_csv_rejects_the_row(csv_job):
     row = rejects(csv_job[1]).set_index("id").loc["2"]
     assert row["reason"].startswith("query is not valid UTF-8") and row["query"] == "bad \ufffd byte"
