@@ -670,6 +670,7 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
                     raise InputError(f"{path}: its first line is a header naming the columns column_names names: "
                                      "leave column_names out")
                 return FileCheck(path, column_names, None if lines else 0, as_text(column_names), size_bytes=size)
+            _refuse_header_not_utf8(path, lines[0] if lines else b"")
             return FileCheck(path, first, 0 if len(lines) <= 1 else None, as_text(first), size_bytes=size)
         if not lines:
             return FileCheck(path, [], 0, {})
@@ -705,6 +706,18 @@ def _json_types(lines: List[bytes], path: str) -> Dict[str, pa.DataType]:
 
     table = read_json_lines(lines, list(range(1, len(lines) + 1)), path, text_columns=[])
     return {field.name: field.type for field in table.schema if field.name != REJECT}
+
+
+def _refuse_header_not_utf8(path: str, header: bytes) -> None:
+    """A header line that is no UTF-8 (a Latin-1 `café`, a file saved as UTF-16) names no column: Arrow's reader
+    failed the job in its read task (`UnicodeDecodeError`), after the check had read the names with U+FFFD. A row's
+    byte that is no UTF-8 rejects its row alone (`readers.reject_invalid_utf8`)."""
+    try:
+        header.decode("utf-8")
+    except UnicodeDecodeError as e:
+        utf16 = " (UTF-16, as Excel's Unicode Text writes it)" if header[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise InputError(f"{path}: its header line is not UTF-8{utf16}: byte {header[e.start]:#04x} at {e.start}; "
+                         "write the file as UTF-8") from None
 
 
 def _first_record(data: bytes, input_format: str) -> List[str]:
