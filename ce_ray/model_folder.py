@@ -127,8 +127,9 @@ def _copy_remote_folder(uri: str) -> str:
     if not files:
         raise ModelError(f"model folder {uri} is empty or does not exist")
     listed = sorted(f"{name}\t{stamp}" for name, (_, stamp) in files.items())
-    folder = hashlib.sha256(f"{s3_endpoint()}\n{path}".encode()).hexdigest()[:16]
-    key = hashlib.sha256("\n".join([s3_endpoint(), uri, *listed]).encode()).hexdigest()[:16]
+    endpoint = s3_endpoint()
+    folder = hashlib.sha256(f"{endpoint}\n{path}".encode()).hexdigest()[:16]
+    key = hashlib.sha256("\n".join([endpoint, uri, *listed]).encode()).hexdigest()[:16]
     target = os.path.join(cache_dir(), "models", f"{folder}-{key}")
     for _ in range(3):  # a copy removed by a process that listed newer objects, before this one held it
         if _hold(target):

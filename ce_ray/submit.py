@@ -146,9 +146,11 @@ def not_a_dashboard(what: str, dashboard: str = "http://HOST:PORT") -> str:
     return f"{what}; its dashboard's is {dashboard} (`--dashboard-port`, 8265 by default)"
 
 
+BARE_IS_GCS = "an address without http:// is a cluster's GCS address (`ray start --port`)"
+
+
 def gcs_not_answering(error: str, address: str) -> str:
-    return not_a_dashboard(f"{error.rstrip('.')} at {address}; an address without http:// is a cluster's GCS address "
-                           "(`ray start --port`)")
+    return not_a_dashboard(f"{error.rstrip('.')} at {address}; {BARE_IS_GCS}")
 
 
 def check_address(address: Optional[str]) -> None:
@@ -171,13 +173,14 @@ def check_address(address: Optional[str]) -> None:
     host, _, port = address.rpartition(":")
     if "://" in address or not port.isdigit():  # http(s)://, or an address Ray resolves itself (auto)
         return
+    where = (host.strip("[]"), int(port))
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        socket.create_connection(where, timeout=CONNECT_TIMEOUT_S).close()
     except OSError:
         raise AddressError(gcs_not_answering(GCS_TIMEOUT, address)) from None
-    if answers_http(host.strip("[]"), int(port)):  # the dashboard's HOST:8265 without http://: no GCS answers there
-        raise AddressError(not_a_dashboard(f"{address} answers HTTP, as a dashboard does; an address without http:// "
-                                           "is a cluster's GCS address (`ray start --port`)", f"http://{address}"))
+    if answers_http(*where):  # the dashboard's HOST:8265 without http://: no GCS answers there
+        raise AddressError(not_a_dashboard(f"{address} answers HTTP, as a dashboard does; {BARE_IS_GCS}",
+                                           f"http://{address}"))
 
 
 def answers_http(host: str, port: int) -> bool:

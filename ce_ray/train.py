@@ -736,16 +736,18 @@ def _check_data(config: TrainConfig) -> None:
         fs, path = filesystem(uri)
         if fs.get_file_info(glob_base(path)).type == pafs.FileType.NotFound:
             raise InputError(f"{name} {uri} does not exist")
-    if config.eval_data and _same_place(config.train_data, config.eval_data):
-        from .train_data import _is_beir
 
-        beir = _is_beir(config.train_data)  # a BEIR folder's eval split may be another than its training one
-        if not beir or config.eval_split == config.train_split:
-            # Said, not refused: a run may mean to measure how it fits. Unsaid, its figures passed for a held-out set's.
-            print("ce-ray train: warning: eval_data is the training data"
-                  + (f" (the {config.train_split} split of both)" if beir else "")
-                  + ": its metrics say how the model fits the pairs it trains on, not how it ranks unseen queries",
-                  file=sys.stderr, flush=True)
+
+def _warn_of_eval_on_training_data(config: TrainConfig, beir: bool) -> None:
+    """`beir`: whether train_data is a BEIR folder (`training_input`'s), whose eval split may be another than its
+    training one."""
+    if (config.eval_data and _same_place(config.train_data, config.eval_data)
+            and (not beir or config.eval_split == config.train_split)):
+        # Said, not refused: a run may mean to measure how it fits. Unsaid, its figures passed for a held-out set's.
+        print("ce-ray train: warning: eval_data is the training data"
+              + (f" (the {config.train_split} split of both)" if beir else "")
+              + ": its metrics say how the model fits the pairs it trains on, not how it ranks unseen queries",
+              file=sys.stderr, flush=True)
 
 
 def _same_place(first: str, second: str) -> bool:
@@ -783,6 +785,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     _check_data(config)
     fs, storage_path, name, run_uri = run_storage(config)
     data = training_input(config)  # once: for the run's record, then read
+    _warn_of_eval_on_training_data(config, data.beir)
     if claim_run(config, source, fs, storage_path, name, run_uri, data.files):
         print(f"ce-ray train: resumes the run {name} from the last checkpoint Ray Train recorded (a finished run only "
               "saves its model again)", flush=True)

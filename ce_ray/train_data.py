@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from .batching import (IDS, REJECT, TYPES, PairEncoder, list_parts, pad, text_column, token_budget_batches,
                        tokenize_table)
 from .config import ConfigError, TrainConfig
-from .io import InputError, Listing, filesystem, is_text, join, list_files, list_tree, parse_names, size_and_stamp
+from .io import InputError, Listing, filesystem, is_text, join, list_files, list_tree, parse_names
 from .readers import ROW_INPUT
 from .training_pairs import LABEL_OF_NEGATIVES, training_pairs
 
@@ -205,8 +205,8 @@ def training_input(config: TrainConfig, note_skipped: bool = True) -> TrainingIn
         return TrainingInput(True, None, {path: stamp for path, (_, stamp) in list_tree(fs, folder).items()
                                           if path in read})
     listing = list_files(config.train_data, config.input_format, parse_names(config.column_names), note_skipped)
-    return TrainingInput(False, listing, {path: (listing.stamps.get(path) or size_and_stamp(listing.fs, path))[1]
-                                          for path in listing.files})
+    # every file's stamp from the listing: a folder's, or a file named alone's look-up
+    return TrainingInput(False, listing, {path: listing.stamps[path][1] for path in listing.files})
 
 
 def training_files(config: TrainConfig) -> Dict[str, str]:

@@ -1145,7 +1145,11 @@ def test_eval_data_that_is_the_training_data_is_said_to_measure_fit(ray_local, t
                                       output=str(tmp_path / "o"), max_steps=1, batch_size=8))
     assert ("ce-ray train: warning: eval_data is the training data: its metrics say how the model fits the pairs it "
             "trains on, not how it ranks unseen queries\n") in capsys.readouterr().err
-    check = _train_module()._check_data
+    from ce_ray.train_data import training_input
+
+    def check(config):
+        _train_module()._warn_of_eval_on_training_data(config, training_input(config).beir)
+
     check(TrainConfig(train_data=str(SCIFACT), eval_data=str(SCIFACT) + "/", eval_split="train"))
     assert "eval_data is the training data (the train split of both): " in capsys.readouterr().err
     check(TrainConfig(train_data=str(SCIFACT), eval_data=str(SCIFACT)))  # the test split: held out
