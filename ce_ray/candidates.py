@@ -1,9 +1,10 @@
 """BM25 first stage (`bm25s`) over a BEIR folder: the top-k documents of each query, as pairs parquet.
 
 A BEIR folder holds `corpus.jsonl` (`_id`, `title`, `text`), `queries.jsonl` (`_id`, `text`) and
-`qrels/<split>.tsv` (`query-id`, `corpus-id`, `score`). The output has one row per (query, candidate):
-query_id, doc_id, query, document (title and text, joined as BEIR joins them), bm25_score, bm25_rank
-(1 = best) and label (the qrels grade, 0 when unjudged), ready for `ce-ray rerank` and `ce-ray eval`.
+`qrels/<split>.tsv` (`query-id`, `corpus-id`, `score`), any of them gzipped (`corpus.jsonl.gz`: `beir_file`).
+The output has one row per (query, candidate): query_id, doc_id, query, document (title and text, joined as BEIR
+joins them), bm25_score, bm25_rank (1 = best) and label (the qrels grade, 0 when unjudged), ready for
+`ce-ray rerank` and `ce-ray eval`.
 The index lives in one process: BM25 here serves demos, evaluation and hard-negative mining.
 """
 
@@ -14,7 +15,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +46,23 @@ def numbered_lines(uri: str):
             raise InputError(f"{uri} line {number}: not valid UTF-8") from None
 
 
+def find_beir_file(folder: str, name: str) -> Optional[str]:
+    """The path of a BEIR folder's file `name` (`corpus.jsonl`, `qrels/test.tsv`), or of `name.gz` where only that
+    is there: BEIR's downloads are often kept gzipped, and the reads detect the compression from the name. None
+    where neither is a file."""
+    plain = join(folder, name)
+    fs, path = filesystem(plain)
+    for found, uri in ((path, plain), (f"{path}.gz", f"{plain}.gz")):
+        if fs.get_file_info(found).type == pafs.FileType.File:
+            return uri
+    return None
+
+
+def beir_file(folder: str, name: str) -> str:
+    """`find_beir_file`'s path, or the plain one where neither is there, for the error that names it."""
+    return find_beir_file(folder, name) or join(folder, name)
+
+
 def read_jsonl_records(uri: str) -> List[dict]:
     """Every record of a JSON Lines file; a bad line fails with the file and the line number."""
     records = []
@@ -64,11 +82,11 @@ def read_jsonl_records(uri: str) -> List[dict]:
 def read_corpus(folder: str) -> Dict[str, str]:
     """doc id -> document text: title and text joined with a space and stripped, as BEIR's reranker does."""
     return {str(r["_id"]): f"{r.get('title') or ''} {r.get('text') or ''}".strip()
-            for r in read_jsonl_records(join(folder, "corpus.jsonl"))}
+            for r in read_jsonl_records(beir_file(folder, "corpus.jsonl"))}
 
 
 def read_queries(folder: str) -> Dict[str, str]:
-    return {str(r["_id"]): r.get("text") or "" for r in read_jsonl_records(join(folder, "queries.jsonl"))}
+    return {str(r["_id"]): r.get("text") or "" for r in read_jsonl_records(beir_file(folder, "queries.jsonl"))}
 
 
 def read_qrels(uri: str) -> Dict[str, Dict[str, int]]:
@@ -191,21 +209,23 @@ def run_candidates(config: CandidatesConfig) -> dict:
     """The `ce-ray candidates` job: BM25 top-k of every query of a split, written as pairs parquet."""
     require(config, "data", "output")
     start = time.perf_counter()
-    qrels = read_qrels(join(config.data, "qrels", f"{config.split}.tsv"))
+    qrels_file = beir_file(config.data, f"qrels/{config.split}.tsv")
+    qrels = read_qrels(qrels_file)
     queries = read_queries(config.data)
     corpus = read_corpus(config.data)
+    qrels_name = qrels_file[len(join(config.data, "")):]  # `qrels/test.tsv`, or `.tsv.gz`, for the lines below
     # Texts under other keys (`body`, `query`) read as empty: bm25s fails on a corpus without a term, and
     # queries without one retrieve nothing.
     if not any(corpus.values()):
-        raise InputError(f"no document of {join(config.data, 'corpus.jsonl')} has a 'title' or 'text'")
+        raise InputError(f"no document of {beir_file(config.data, 'corpus.jsonl')} has a 'title' or 'text'")
     report = check_qrels(qrels, queries, corpus)
     for line in report.lines():
         print(f"ce-ray candidates: warning: {line}", file=sys.stderr, flush=True)
     query_ids = [q for q in qrels if q in queries][: config.max_queries]
     if not query_ids:
-        raise InputError(f"no query of qrels/{config.split}.tsv is in {join(config.data, 'queries.jsonl')}")
+        raise InputError(f"no query of {qrels_name} is in {beir_file(config.data, 'queries.jsonl')}")
     if not any(queries[q].strip() for q in query_ids):
-        raise InputError(f"no query of qrels/{config.split}.tsv has a 'text' in {join(config.data, 'queries.jsonl')}")
+        raise InputError(f"no query of {qrels_name} has a 'text' in {beir_file(config.data, 'queries.jsonl')}")
     _prepare(config)
     with work():  # from here on an error fails a job that has done work, whatever its type
         return _retrieve(config, corpus, queries, qrels, query_ids, report, start)

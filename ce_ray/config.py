@@ -178,7 +178,7 @@ class RerankConfig(ScoreConfig):
 class CandidatesConfig:
     """`ce-ray candidates`: BM25 top-k of each query of a BEIR split, as pairs parquet."""
 
-    data: str = ""  # BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv; local or s3://
+    data: str = ""  # BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv, each or its .gz; local or s3://
     split: str = "test"  # the qrels file, qrels/<split>.tsv, whose queries are searched
     output: str = ""  # folder; writes candidates-<split>.parquet
     top_k: int = 100  # BM25 candidates per query

@@ -178,10 +178,10 @@ def _kept_rows(table: pa.Table) -> pa.Table:
 
 
 def _is_beir(uri: str) -> bool:
-    import pyarrow.fs as pafs
+    """Whether `uri` is a BEIR folder: one with a `corpus.jsonl`, or a gzipped one (`find_beir_file`)."""
+    from .candidates import find_beir_file
 
-    fs, path = filesystem(uri)
-    return fs.get_file_info(f"{path.rstrip('/')}/corpus.jsonl").type == pafs.FileType.File
+    return find_beir_file(uri, "corpus.jsonl") is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,9 +201,11 @@ def training_input(config: TrainConfig, note_skipped: bool = True) -> TrainingIn
     if _is_beir(config.train_data):
         fs, folder = filesystem(config.train_data)
         folder = folder.rstrip("/")
-        read = {f"{folder}/corpus.jsonl", f"{folder}/queries.jsonl", f"{folder}/qrels/{config.train_split}.tsv"}
-        return TrainingInput(True, None, {path: stamp for path, (_, stamp) in list_tree(fs, folder).items()
-                                          if path in read})
+        files = list_tree(fs, folder)
+        # each file as the run reads it (`beir_file`): plain where there, else gzipped
+        read = {f"{folder}/{name}" if f"{folder}/{name}" in files else f"{folder}/{name}.gz"
+                for name in ("corpus.jsonl", "queries.jsonl", f"qrels/{config.train_split}.tsv")}
+        return TrainingInput(True, None, {path: stamp for path, (_, stamp) in files.items() if path in read})
     listing = list_files(config.train_data, config.input_format, parse_names(config.column_names), note_skipped)
     # every file's stamp from the listing: a folder's, or a file named alone's look-up
     return TrainingInput(False, listing, {path: listing.stamps[path][1] for path in listing.files})
@@ -217,9 +219,9 @@ def training_files(config: TrainConfig) -> Dict[str, str]:
 def beir_training_pairs(folder: str, split: str, hard_negatives: int) -> pa.Table:
     """(query, document, label): every judged positive, and `hard_negatives` BM25 negatives per positive
     (the highest-ranked documents of the query that the qrels do not mark relevant)."""
-    from .candidates import bm25_top_k, read_corpus, read_qrels, read_queries
+    from .candidates import beir_file, bm25_top_k, read_corpus, read_qrels, read_queries
 
-    qrels = read_qrels(join(folder, "qrels", f"{split}.tsv"))
+    qrels = read_qrels(beir_file(folder, f"qrels/{split}.tsv"))
     queries, corpus = read_queries(folder), read_corpus(folder)
     positives = {q: [d for d, g in judged.items() if g > 0 and d in corpus]
                  for q, judged in qrels.items() if q in queries}
@@ -245,9 +247,9 @@ def _eval_candidates(config: TrainConfig, negatives: List[str]):
     """The eval queries' candidates as (query_id, doc_id, query, document), their qrels, and what they are."""
     if not _is_beir(config.eval_data):
         return _eval_rows(config, negatives)
-    from .candidates import candidates_table, read_corpus, read_qrels, read_queries
+    from .candidates import beir_file, candidates_table, read_corpus, read_qrels, read_queries
 
-    qrels = read_qrels(join(config.eval_data, "qrels", f"{config.eval_split}.tsv"))
+    qrels = read_qrels(beir_file(config.eval_data, f"qrels/{config.eval_split}.tsv"))
     queries, corpus = read_queries(config.eval_data), read_corpus(config.eval_data)
     with_relevant = [q for q, judged in qrels.items() if q in queries and any(g > 0 for g in judged.values())]
     query_ids = with_relevant[: config.eval_max_queries]

@@ -104,6 +104,40 @@ def test_unknown_qrels_entries_are_reported(tmp_path, capsys):
     assert top.loc["q2", "document"] == "the blue sea is deep"  # empty title: no leading space
 
 
+def gzipped_copy(folder, path):
+    """`folder`'s files gzipped under `path` (`corpus.jsonl.gz`, `qrels/test.tsv.gz`), as BEIR folders are kept."""
+    import gzip
+
+    for file in folder.rglob("*"):
+        if file.is_file():
+            target = path / file.relative_to(folder)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.with_name(target.name + ".gz").write_bytes(gzip.compress(file.read_bytes()))
+    return path
+
+
+def test_a_gzipped_beir_folder_gives_the_candidates_of_its_plain_copy(tmp_path, capsys):
+    """A BEIR folder kept gzipped (`corpus.jsonl.gz`, `queries.jsonl.gz`, `qrels/test.tsv.gz`) failed in one line,
+    `<data>/qrels/test.tsv does not exist`, exit 2: each file is read gzipped where only that is there."""
+    docs = ['{"_id": "d1", "title": "Apples", "text": "red apples are sweet"}',
+            '{"_id": "d2", "title": "", "text": "the blue sea is deep"}', '{"_id": "d3", "title": "", "text": "green"}']
+    plain = beir_folder(tmp_path / "beir", docs, "query-id\tcorpus-id\tscore\nq1\td1\t2\nq2\td2\t1\n")
+    gzipped = gzipped_copy(plain, tmp_path / "beir-gz")
+    assert sorted(str(p.relative_to(gzipped)) for p in gzipped.rglob("*.gz")) == [
+        "corpus.jsonl.gz", "qrels/test.tsv.gz", "queries.jsonl.gz"]
+    for folder in (plain, gzipped):
+        assert main(["candidates", "--data", str(folder), "--top-k", "2", "--output", str(tmp_path / folder.name)]) == 0
+    assert "pairs         2 (BM25 top 2; fewer for 2 queries" in capsys.readouterr().out
+    expected = pd.read_parquet(tmp_path / "beir" / "candidates-test.parquet")
+    assert expected[["query_id", "doc_id", "label"]].values.tolist() == [["q1", "d1", 2], ["q2", "d2", 1]]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "beir-gz" / "candidates-test.parquet"), expected)
+    # A gzipped file's errors name it as it is.
+    (gzipped / "queries.jsonl.gz").write_bytes(__import__("gzip").compress(b'{"_id": "q1"}\n{"_id": "q2"}\n'))
+    assert main(["candidates", "--data", str(gzipped), "--output", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.strip() == (f"ce-ray candidates: error: no query of qrels/test.tsv.gz has a 'text' "
+                                               f"in {gzipped}/queries.jsonl.gz")
+
+
 def test_bad_corpus_line_names_file_and_line(tmp_path):
     docs = ['{"_id": "d1", "title": "A", "text": "alpha"}', '{"_id": "d2", "title": "B", "text": beta}']
     folder = beir_folder(tmp_path / "beir", docs, "query-id\tcorpus-id\tscore\nq1\td1\t1\n")

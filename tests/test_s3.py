@@ -110,7 +110,8 @@ def test_train_job_reads_and_writes_s3(tmp_path, tiny_model, counting_store):
     looked_up = collections.Counter((method, path[len(f"/{bucket}/data/"):]) for method, path in counting_store.requests
                                     if path.startswith(f"/{bucket}/data/"))
     assert looked_up == {("HEAD", "pairs.parquet"): 3, ("GET", "pairs.parquet"): 2,  # 6 HEAD before
-                         ("HEAD", "pairs.parquet/corpus.jsonl"): 1}, looked_up  # a BEIR folder's? 2 before
+                         ("HEAD", "pairs.parquet/corpus.jsonl"): 1,  # a BEIR folder's? 2 before
+                         ("HEAD", "pairs.parquet/corpus.jsonl.gz"): 1}, looked_up  # or a gzipped one's?
     run = json.loads(fs.cat(f"{bucket}/trained/checkpoints/trained/ce-ray-run.json"))
     assert run["model"] == model and run["num_workers"] == 2
     assert list(run["train_files"]) == [f"{bucket}/data/pairs.parquet"]  # with its size and ETag

@@ -1002,6 +1002,36 @@ def test_a_beir_eval_splits_queries_left_out_are_counted(tmp_path):
                     "1 left out (eval_max_queries); 1 queries without a relevant document left out)")
 
 
+def test_a_gzipped_beir_folder_trains_and_evaluates_as_its_plain_copy(tmp_path):
+    """A BEIR folder kept gzipped (`corpus.jsonl.gz`, `queries.jsonl.gz`, `qrels/<split>.tsv.gz`) was no BEIR folder
+    to train: it was read as files of pairs (`input <folder> mixes formats ['jsonl', 'tsv']: pass input_format`), and
+    as eval_data too. It is one now, its pairs, eval candidates and recorded files those it reads."""
+    import gzip
+
+    from ce_ray.config import TrainConfig
+
+    plain, gzipped = tmp_path / "beir", tmp_path / "beir-gz"
+    files = {"corpus.jsonl": "".join(json.dumps({"_id": f"d{n}", "title": "", "text": text}) + "\n" for n, text in
+                                     enumerate(["red apples", "blue sea", "green tea", "red sea", "apples and tea"])),
+             "queries.jsonl": "".join(json.dumps({"_id": f"q{n}", "text": text}) + "\n"
+                                      for n, text in enumerate(["red apples", "the sea", "green tea"])),
+             "qrels/train.tsv": "query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td1\t1\n",
+             "qrels/test.tsv": "query-id\tcorpus-id\tscore\nq2\td2\t1\n"}
+    for name, text in files.items():
+        for folder, data, suffix in ((plain, text.encode(), ""), (gzipped, gzip.compress(text.encode()), ".gz")):
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / (name + suffix)).write_bytes(data)
+    found = train_data.training_input(TrainConfig(train_data=str(gzipped)))
+    assert found.beir and sorted(found.files) == [f"{gzipped}/{name}" for name in (
+        "corpus.jsonl.gz", "qrels/train.tsv.gz", "queries.jsonl.gz")]
+    pairs = [train_data.beir_training_pairs(str(folder), "train", hard_negatives=1).to_pylist()
+             for folder in (plain, gzipped)]
+    assert pairs[1] == pairs[0] and len(pairs[0]) == 4
+    table, qrels, said = train_data._eval_candidates(TrainConfig(eval_data=str(gzipped), eval_top_k=2), [])
+    assert qrels == {"q2": {"d2": 1}} and table.column("doc_id").to_pylist() == ["d2", "d4"]
+    assert said == f"the BM25 top 2 of `{gzipped}` (test split, 1 queries, 2 candidates)"
+
+
 def test_eval_data_in_other_columns_fails_before_the_training_data_is_tokenized(ray_local, tiny_model, tmp_path):
     """eval_data is read in the training data's columns: eval rows written with names of their own fail naming
     the file, what it lacks and the columns it is read in (the training data's were not named), and before the
