@@ -14,6 +14,7 @@ import csv
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -79,14 +80,28 @@ def read_jsonl_records(uri: str) -> List[dict]:
     return records
 
 
+def _texts_by_id(uri: str, text) -> Dict[str, str]:
+    """id -> `text(record)` of each record of a JSON Lines file. A repeated id (`1` and `"1"` too) keeps its last
+    record, as BEIR's loader keeps it, and is warned of: the earlier records (passages given their document's id)
+    were dropped unsaid, never retrieved or judged."""
+    records = read_jsonl_records(uri)
+    texts = {str(r["_id"]): text(r) for r in records}
+    if len(texts) < len(records):
+        repeated = [i for i, n in Counter(str(r["_id"]) for r in records).items() if n > 1]
+        print(f"ce-ray: warning: {uri}: {len(records) - len(texts):,} record(s) repeat the _id of an earlier one, "
+              f"which only the last of them keeps: {', '.join(repeated[:5])}" + (", ..." if len(repeated) > 5 else ""),
+              file=sys.stderr, flush=True)
+    return texts
+
+
 def read_corpus(folder: str) -> Dict[str, str]:
     """doc id -> document text: title and text joined with a space and stripped, as BEIR's reranker does."""
-    return {str(r["_id"]): f"{r.get('title') or ''} {r.get('text') or ''}".strip()
-            for r in read_jsonl_records(beir_file(folder, "corpus.jsonl"))}
+    return _texts_by_id(beir_file(folder, "corpus.jsonl"),
+                        lambda r: f"{r.get('title') or ''} {r.get('text') or ''}".strip())
 
 
 def read_queries(folder: str) -> Dict[str, str]:
-    return {str(r["_id"]): r.get("text") or "" for r in read_jsonl_records(beir_file(folder, "queries.jsonl"))}
+    return _texts_by_id(beir_file(folder, "queries.jsonl"), lambda r: r.get("text") or "")
 
 
 def read_qrels(uri: str) -> Dict[str, Dict[str, int]]:

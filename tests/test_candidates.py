@@ -138,6 +138,19 @@ def test_a_gzipped_beir_folder_gives_the_candidates_of_its_plain_copy(tmp_path, 
                                                f"in {gzipped}/queries.jsonl.gz")
 
 
+def test_records_that_repeat_an_id_are_warned_of(tmp_path, capsys):
+    """A corpus whose records repeat an `_id` (passages given their document's id; `1` and `"1"`) kept the last of
+    each unsaid: the earlier ones were never retrieved, and the summary counted fewer documents than lines."""
+    docs = ['{"_id": 1, "title": "", "text": "red apples are sweet"}', '{"_id": "1", "title": "", "text": "blue sea"}',
+            '{"_id": "d2", "title": "", "text": "green tea"}', '{"_id": "d2", "title": "", "text": "red tea"}']
+    folder = beir_folder(tmp_path / "beir", docs, "query-id\tcorpus-id\tscore\nq1\t1\t1\n")
+    summary = run_candidates(CandidatesConfig(data=str(folder), output=str(tmp_path / "out"), top_k=3))
+    assert summary["documents"] == 2
+    assert capsys.readouterr().err == (f"ce-ray: warning: {folder}/corpus.jsonl: 2 record(s) repeat the _id of an "
+                                       "earlier one, which only the last of them keeps: 1, d2\n")
+    assert read_corpus(str(folder)) == {"1": "blue sea", "d2": "red tea"}
+
+
 def test_bad_corpus_line_names_file_and_line(tmp_path):
     docs = ['{"_id": "d1", "title": "A", "text": "alpha"}', '{"_id": "d2", "title": "B", "text": beta}']
     folder = beir_folder(tmp_path / "beir", docs, "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
