@@ -461,6 +461,8 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
         if qrels is None:
             raise ConfigError(f"{c.input} is a TREC run, which holds no grades: give --qrels")
         df = read_trec_run(c.input, c)
+        if c.baseline_column == EvalConfig.baseline_column:  # the default, which no run holds: not looked for
+            c = dataclasses.replace(c, baseline_column="")  # (its note said so on every run's eval)
     else:
         # A row without a document id is measured by its label (the run alone leaves it out); with qrels it
         # matches no judgment, so it is left out as one without a query id.

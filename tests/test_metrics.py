@@ -233,6 +233,21 @@ def test_trec_qrels_read_as_beir_qrels(tmp_path):
         read_qrels(str(tmp_path / "bad.tsv"))
 
 
+def test_a_run_is_measured_by_its_scores_without_a_note_of_the_baseline_it_cannot_have(tmp_path, capsys):
+    """A TREC run is ordered by its scores, as trec_eval orders it: its rank field (0 on every line here, or
+    ranks against the scores) is not read. Each run's eval said `note: no 'bm25_rank' column, no baseline`, the
+    default baseline, which no run holds."""
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\nq2\td3\t1\n")
+    (tmp_path / "zero.run").write_text("q1 Q0 d1 0 0.2 x\nq1 Q0 d2 0 0.9 x\nq2 Q0 d3 0 0.1 x\nq2 Q0 d4 0 0.5 x\n")
+    (tmp_path / "ranked.run").write_text("q1 Q0 d1 1 0.2 x\nq1 Q0 d2 2 0.9 x\nq2 Q0 d4 1 0.5 x\nq2 Q0 d3 2 0.1 x\n")
+    for name in ("zero", "ranked"):
+        result = run_eval(EvalConfig(input=str(tmp_path / f"{name}.run"), qrels=str(tmp_path / "qrels.tsv"),
+                                     output=str(tmp_path / f"{name}.json")))
+        assert [q["reranked"]["mrr@10"] for q in result["per_query"]] == [1.0, 0.5]
+        assert result["reranked_by"] == "score" and result["baseline"] is None
+        assert capsys.readouterr().err == ""
+
+
 def test_the_reranked_order_is_written_as_a_trec_run(tmp_path):
     """One line per pair, `query Q0 doc rank score ce-ray`, ranks by the rank column when there is one (its
     ties broken by input order), and by the score otherwise; a run needs the document ids."""
