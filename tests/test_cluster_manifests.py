@@ -118,6 +118,18 @@ def test_launcher_yaml_matches_rays_schema():
         jsonschema.validate(bad, schema)
 
 
+@pytest.mark.parametrize("name", ["raycluster.yaml", "launcher-gpu.yaml"])
+def test_the_submit_line_of_a_cluster_that_rests_without_gpus_asks_for_them(name):
+    """raycluster.yaml and launcher-gpu.yaml rest with a head of no CPUs and no GPU node: a job decides its device
+    from what the cluster has when it starts, so the score job their comments showed (without --use-gpu) found no
+    GPU, and asked for a CPU replica that no node could give. Each submit line they show asks for the GPUs, as
+    cluster/README.md's do."""
+    lines = [line for line in (CLUSTER / name).read_text().splitlines() if "ce-ray submit score" in line]
+    assert lines
+    for line in lines:
+        assert "--use-gpu --replicas 8" in line, line
+
+
 def test_example_job_configs_load_with_their_commands():
     from ce_ray.cli import COMMANDS
     from ce_ray.config import load_config
