@@ -177,3 +177,20 @@ def test_every_name_of_ce_ray_the_docs_give_is_there():
                         pass
                 assert hasattr(found, name), f"{path}: {dotted}: {getattr(found, '__name__', found)} has no {name}"
                 found = getattr(found, name)
+
+
+def test_every_flag_of_a_command_is_named_in_the_docs():
+    """Each setting a command takes is in the docs a user reads, as its flag (`--recall-k`) or its YAML key
+    (`recall_k`), not in `--help` alone: eval's `--baseline-column` and `--recall-k`, candidates' `--max-queries`
+    and train's `--train-split` were named nowhere else."""
+    text = "\n".join((ROOT / path).read_text() for path in USER_DOCS)
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text)) | set(re.findall(r"\b[a-z][a-z0-9_]*\b", text))
+    missing = set()
+    for command, parser in parsers().items():
+        for action in parser._actions:
+            flags = [option for option in action.option_strings if not option.startswith("--no-")]
+            if not flags or flags[0] in ("-h", "--help", "--config"):
+                continue
+            if flags[0] not in named and action.dest not in named:
+                missing.add(f"ce-ray {command} {flags[0]}")
+    assert missing == set()
