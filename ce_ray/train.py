@@ -871,14 +871,17 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         # rows go as each worker's spans (`worker_spans`), which it reads in another order each epoch.
         dataset_config=DataConfig(datasets_to_split=[]),
     )
-    with quick_health_checks(), ctrl_c_kept():
-        result = trainer.fit()
-    fit_done = time.perf_counter()
-    if result.error:
-        hint = memory_hint(str(result.error), config.batch_size, batch_tokens)
+    try:
+        with quick_health_checks(), ctrl_c_kept():
+            result = trainer.fit()
+        if result.error:
+            raise result.error
+    except Exception as error:  # Ray Train's fit raises a failed run's error (result.error) itself
+        hint = memory_hint(str(error), config.batch_size, batch_tokens)
         if hint:
             print(f"ce-ray train: {hint}", file=sys.stderr, flush=True)
-        raise result.error
+        raise
+    fit_done = time.perf_counter()
     summary = result.return_value or {}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint_dir = whole_checkpoint(result.checkpoint, os.path.join(tmp, "checkpoint"), config, run_uri)

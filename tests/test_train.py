@@ -532,6 +532,34 @@ def test_the_runs_first_line_comes_before_ray_datas_lines_for_its_data(ray_local
     assert f"ce-ray train: reading, checking and tokenizing {pairs_file} on Ray Data" in said_before_reading[0]
 
 
+def test_a_run_whose_workers_ran_out_of_memory_says_what_to_lower(ray_local, tiny_model, pairs_file, tmp_path,
+                                                                   monkeypatch, capsys):
+    """Ray Train's fit raises a failed run's error itself, where the run read it from the result that fit returns:
+    a run whose workers Ray's memory monitor killed (the README's SciFact run with 2 workers on a 2-core, 23 GB
+    machine) ended with Ray's page alone, not the line that says to lower batch_tokens."""
+    import ray.train.torch
+
+    from ce_ray.config import TrainConfig
+
+    class Killed(Exception):
+        pass
+
+    class Trainer:  # as Ray's TorchTrainer, whose fit raises result.error
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def fit(self):
+            raise Killed("Training failed due to worker errors: 2 worker(s) were killed due to the node running low "
+                         "on memory.")
+
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", Trainer)
+    with pytest.raises(Killed):
+        _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(pairs_file),
+                                          output=str(tmp_path / "out"), max_steps=1))
+    assert ("ce-ray train: a training worker ran out of memory in forward passes of at most 8,192 padded tokens "
+            "(batches of 16 pairs): set a smaller batch_tokens (--batch-tokens)") in capsys.readouterr().err
+
+
 def test_ray_trains_health_checks_are_quick_during_a_run_unless_the_user_chose(monkeypatch):
     """Ray Train's controller sees a finished run at its next health check: ce-ray sets their interval for
     the run (Ray Train passes it from the driver's environment to its controller), then leaves it as it was."""
