@@ -461,10 +461,13 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
     if input_format == "auto":
         formats = {detect_format(f) for f in files} - {None}
         if len(formats) > 1:
-            raise InputError(f"input {uri} mixes formats {sorted(formats)}: pass input_format")
+            # the flag beside the key: a user of the command line gives the flag
+            raise InputError(f"input {uri} mixes formats {sorted(formats)}: read one with input_format "
+                             f"(--input-format {sorted(formats)[0]}), which skips the other's files")
         if not formats and files:
             raise InputError(
-                f"cannot tell the format of {files[0]} from its name: pass input_format (parquet, jsonl, csv or tsv)"
+                f"cannot tell the format of {files[0]} from its name: pass input_format (--input-format): parquet, "
+                "jsonl, csv or tsv"
             )
         input_format = formats.pop() if formats else "parquet"
     if not named:

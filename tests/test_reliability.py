@@ -753,6 +753,25 @@ def test_empty_folder_and_a_glob_matching_nothing_fail(tmp_path, tiny_model):
         job(tiny_model, f"{tmp_path}/empty/*.csv", tmp_path / "out")
 
 
+def test_a_folder_of_two_formats_or_a_file_of_no_format_names_the_flag_that_reads_it(tmp_path):
+    """The refusal of a folder of two formats, and of a file whose name says no format, said `pass input_format`, a
+    YAML key, where a user of the command line gives `--input-format`, which reads one format and skips the
+    other's files: they name both, as the other settings' messages do."""
+    from ce_ray.io import list_files
+
+    (tmp_path / "in").mkdir()
+    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "in" / "a.parquet")
+    (tmp_path / "in" / "b.tsv").write_text("query\tdocument\nq\td\n")
+    with pytest.raises(InputError, match=r"mixes formats \['parquet', 'tsv'\]: read one with input_format "
+                                         r"\(--input-format parquet\), which skips the other's files$"):
+        list_files(str(tmp_path / "in"), "auto", None)
+    assert list_files(str(tmp_path / "in"), "tsv", None)[0] == [str(tmp_path / "in" / "b.tsv")]
+    (tmp_path / "part-00000").write_text("query\tdocument\nq\td\n")
+    with pytest.raises(InputError, match=r"from its name: pass input_format \(--input-format\): parquet, jsonl, csv "
+                                         r"or tsv$"):
+        list_files(str(tmp_path / "part-00000"), "auto", None)
+
+
 def test_a_folders_documents_are_skipped_with_the_format_given_and_by_eval(tmp_path, capsys):
     """A folder of parquet files as a dataset comes (a README.md, a LICENSE): with `--input-format parquet`, and in
     `ce-ray eval` (which reads parquet), its documents were read as parquet and failed the job (`cannot read
