@@ -681,7 +681,9 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
             raise InputError(f"{path}: a JSON array, where JSON Lines (one object a line) are read: write one object "
                              "per line (pandas: to_json(orient='records', lines=True))")
         try:
-            first = json.loads(lines[0])
+            # A byte that is no UTF-8 rejects its line as the reader rejects any other line's: the check reads past
+            # it (it failed the whole file on line 1 alone).
+            first = json.loads(lines[0].decode("utf-8", errors="replace"))
         except ValueError as e:
             raise InputError(f"{path}: line 1 is not valid JSON ({e})") from None
         if not isinstance(first, dict):
@@ -689,6 +691,8 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
         # The columns of the head's lines, not of the first alone: a line may leave a key out (a null), and a query
         # missing from line 1 alone failed the file as having no query column.
         types = _json_types(lines if whole else lines[:-1] or lines[:1], path)
+        if not types:  # its lines all rejected: the reader would reject them too, and no column names its pairs
+            _refuse_header_not_utf8(path, lines[0], "line 1")
         return FileCheck(path, list(types), None, types, size_bytes=size)
     except InputError:
         raise
@@ -711,15 +715,16 @@ def _json_types(lines: List[bytes], path: str) -> Dict[str, pa.DataType]:
     return {field.name: field.type for field in table.schema if field.name != REJECT}
 
 
-def _refuse_header_not_utf8(path: str, header: bytes) -> None:
+def _refuse_header_not_utf8(path: str, header: bytes, line: str = "its header line") -> None:
     """A header line that is no UTF-8 (a Latin-1 `café`, a file saved as UTF-16) names no column: Arrow's reader
     failed the job in its read task (`UnicodeDecodeError`), after the check had read the names with U+FFFD. A row's
-    byte that is no UTF-8 rejects its row alone (`readers.reject_invalid_utf8`)."""
+    byte that is no UTF-8 rejects its row alone (`readers.reject_invalid_utf8`). A JSON Lines file whose first lines
+    are all rejected has no column to check: its line 1 is named (`line`) where it is no UTF-8."""
     try:
         header.decode("utf-8")
     except UnicodeDecodeError as e:
         utf16 = " (UTF-16, as Excel's Unicode Text writes it)" if header[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
-        raise InputError(f"{path}: its header line is not UTF-8{utf16}: byte {header[e.start]:#04x} at {e.start}; "
+        raise InputError(f"{path}: {line} is not UTF-8{utf16}: byte {header[e.start]:#04x} at {e.start}; "
                          "write the file as UTF-8") from None
 
 

@@ -142,6 +142,28 @@ def test_invalid_utf8_in_jsonl_of_good_lines_else_rejects_the_line(ray_local, tm
                       "0xe9 in position 40: invalid continuation byte)"]
 
 
+def test_invalid_utf8_on_the_first_line_of_jsonl_rejects_that_line(ray_local, tmp_path, tiny_model):
+    """The same byte on line 1 failed the whole job in its file check (`line 1 is not valid JSON`), where on any
+    other line it rejects its line alone. Line 1 is rejected and the rest scored; a file of that line alone, whose
+    columns no line names, fails before any work in one line naming the file and the line."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "rows.jsonl").write_bytes(b'{"id": 0, "query": "q", "document": "caf\xe9"}\n'
+                                                  b'{"id": 1, "query": "q", "document": "d1"}\n'
+                                                  b'{"id": 2, "query": "q", "document": "d2"}\n')
+    summary = job(tiny_model, tmp_path / "in", tmp_path / "out")
+    assert (summary.rows_in, summary.rows_scored, summary.rows_rejected) == (3, 2, 1)
+    assert results(tmp_path / "out")["id"].tolist() == [1, 2]
+    assert rejects(tmp_path / "out")["reason"].tolist() == [
+        f"{tmp_path / 'in' / 'rows.jsonl'} line 1: not valid JSON ('utf-8' codec can't decode byte 0xe9 in position "
+        "40: invalid continuation byte)"]
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "alone" / "rows.jsonl").write_bytes(b'{"id": 0, "query": "q", "document": "caf\xe9"}\n')
+    with pytest.raises(InputError, match=r"^\S+rows\.jsonl: line 1 is not UTF-8: byte 0xe9 at 40; write the file as "
+                                         r"UTF-8$"):
+        job(tiny_model, tmp_path / "alone", tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
 def test_invalid_utf8_in_csv_rejects_the_row(csv_job):
     row = rejects(csv_job[1]).set_index("id").loc["2"]
     assert row["reason"].startswith("query is not valid UTF-8") and row["query"] == "bad \ufffd byte"
