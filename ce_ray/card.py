@@ -11,7 +11,7 @@ import json
 import os
 import platform
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 HIDDEN = {"model", "dtype", "output", "train_data", "eval_data", "storage_path", "run_name", "deepspeed"}
 
@@ -32,6 +32,7 @@ class CardFacts:
     best_step: Optional[int] = None  # the model is this step's checkpoint, the best by config.best_metric
     epochs_trained: float = 0.0  # the epochs the steps covered: a fraction where max_steps ends the run mid-epoch
     pairs_trained: int = 0  # the pairs the steps took, over all workers
+    resumed_at: List[int] = dataclasses.field(default_factory=list)  # the steps the run resumed at, from checkpoints
 
 
 def _versions() -> dict:
@@ -51,9 +52,16 @@ def _versions() -> dict:
     return versions
 
 
-def trained_text(steps: int, epochs: float, pairs: int) -> str:
-    """`3 (0.375 epochs, 24 pairs)`: what a run's steps trained, as its summary and its card say it."""
-    return f"{steps:,} ({epochs:.4g} epoch{'' if epochs == 1 else 's'}, {pairs:,} pair{'' if pairs == 1 else 's'})"
+def trained_text(steps: int, epochs: float, pairs: int, resumed_at: Sequence[int] = ()) -> str:
+    """`3 (0.375 epochs, 24 pairs)`: what a run's steps trained, as its summary and its card say it; and the steps
+    it resumed at from a checkpoint (`3 (0.375 epochs, 24 pairs; resumed at step 1)`)."""
+    resumed = ""
+    if resumed_at:
+        at = [f"{step:,}" for step in resumed_at]
+        resumed = (f"; resumed at step {at[0]}" if len(at) == 1 else
+                   f"; resumed at steps {', '.join(at[:-1])} and {at[-1]}")
+    return (f"{steps:,} ({epochs:.4g} epoch{'' if epochs == 1 else 's'}, {pairs:,} pair{'' if pairs == 1 else 's'}"
+            f"{resumed})")
 
 
 def _shown_settings(config) -> list:
@@ -194,7 +202,7 @@ def model_card(facts: CardFacts) -> str:
     lines += ["", "<details><summary>All Hyperparameters</summary>", ""]
     lines += [f"- `{f.name}`: {json.dumps(getattr(config, f.name), default=str)}" for f in _shown_settings(config)]
     lines += ["", "</details>", "", "### Training Logs", ""] + _log_table(facts.log)
-    trained = trained_text(facts.steps, facts.epochs_trained, facts.pairs_trained)
+    trained = trained_text(facts.steps, facts.epochs_trained, facts.pairs_trained, facts.resumed_at)
     lines += ["", f"Steps: {trained}; throughput: {facts.samples_per_second:,.1f} samples/s.", "",
               "### Framework Versions", ""]
     lines += [f"- {k}: {v}" for k, v in _versions().items()]

@@ -623,8 +623,7 @@ class TrainOutcome:
             "ce-ray train: done",
             f"  pairs         {self.stats['pairs']:,} ({self.stats['rejected']:,} rejected"
             + (f"; {left_out_text(self.stats)}" if self.stats.get("left_out") else "") + ")",
-            f"  steps         {trained_text(self.steps, self.epochs_trained, self.pairs_trained)}"
-            + (f" (resumed at {self.resumed_from})" if self.resumed_from else ""),
+            f"  steps         {trained_text(self.steps, self.epochs_trained, self.pairs_trained, self.resumed_from)}",
             f"  samples/s     {self.samples_per_second:,.1f}",
             f"  seconds       {self.seconds:.1f}" + (
                 " (start {start:.1f}, data {data:.1f}, Ray Train {fit:.1f} of which steps {steps:.1f}, "
@@ -898,17 +897,18 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
             best_step = metrics["step"]
         seconds = summary.get("seconds", progress["seconds"])
         samples = summary.get("samples", progress["samples"])
+        resumed_from = summary.get("resumed_from", progress["resumed_from"])
         facts = card.CardFacts(
             base_model=config.model, config=config, defaults=TrainConfig(), stats=stats, log=log,
             final_metrics=final, max_length=max_length, num_workers=config.num_workers, steps=progress["step"],
             samples_per_second=samples / seconds if seconds else 0.0, output=config.output, best_step=best_step,
-            epochs_trained=progress["micro"] / per_epoch, pairs_trained=samples)
+            epochs_trained=progress["micro"] / per_epoch, pairs_trained=samples, resumed_at=resumed_from)
         _publish(os.path.join(checkpoint_dir, MODEL), config.output, card.model_card(facts))
     outcome = TrainOutcome(
         result=result, model_path=config.output, stats=stats, log=log, final_metrics=final,
         steps=progress["step"], epochs_trained=facts.epochs_trained, pairs_trained=facts.pairs_trained,
         samples_per_second=facts.samples_per_second,
-        seconds=time.perf_counter() - start, resumed_from=summary.get("resumed_from", progress["resumed_from"]),
+        seconds=time.perf_counter() - start, resumed_from=resumed_from,
         replica_divergence=summary.get("replica_divergence"), compiled_graphs=summary.get("compiled_graphs"),
         cuda_graph_skips=summary.get("cuda_graph_skips"), best_step=best_step, best_metric=config.best_metric,
         phases={"start": data_start - start, "data": data_done - data_start, "fit": fit_done - data_done,

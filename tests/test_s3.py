@@ -340,7 +340,9 @@ def test_a_checkpoint_the_store_does_not_take_whole_is_not_recorded(tmp_path, ti
     assert refuse["refused"] == [f"/{bucket}/runs/trained/checkpoint_0000002/model/model.safetensors"]
     assert (f"CheckpointUploadError: the checkpoint s3://{bucket}/runs/trained/checkpoint_0000002 was not written "
             "whole to the store (PermissionError: Access Denied)") in result.stdout + result.stderr
-    assert "steps         2 (0.5 epochs, 16 pairs) (resumed at [1])" in result.stdout
+    assert "steps         2 (0.5 epochs, 16 pairs; resumed at step 1)" in result.stdout
+    assert "Steps: 2 (0.5 epochs, 16 pairs; resumed at step 1); throughput: " in (
+        tmp_path / "trained" / "README.md").read_text()
     recorded = json.loads(fs.cat(f"{bucket}/runs/trained/checkpoint_manager_snapshot.json"))
     assert recorded["latest_checkpoint_result"]["checkpoint_dir_name"] == "checkpoint_0000002"
     assert fs.exists(f"{bucket}/runs/trained/checkpoint_0000002/model/model.safetensors")

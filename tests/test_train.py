@@ -655,6 +655,20 @@ def test_a_run_that_max_steps_ends_says_the_epochs_and_pairs_its_steps_trained(r
     assert trained_text(4, 1.0, 1) == "4 (1 epoch, 1 pair)"  # it said "1 epochs"
 
 
+def test_a_resumed_run_says_the_steps_it_resumed_at_beside_what_its_steps_trained():
+    """The summary read `steps 2 (0.5 epochs, 16 pairs) (resumed at [1])`: two groups in parentheses, and the steps
+    the run resumed at from checkpoints as a Python list. They are one group, the card's too."""
+    from ce_ray.card import trained_text
+    from ce_ray.train import TrainOutcome
+
+    assert trained_text(2, 0.5, 16, [1]) == "2 (0.5 epochs, 16 pairs; resumed at step 1)"
+    assert trained_text(9, 1.0, 1_200, [1, 5, 1_000]) == "9 (1 epoch, 1,200 pairs; resumed at steps 1, 5 and 1,000)"
+    outcome = TrainOutcome(result=None, model_path="out", stats={"pairs": 32, "rejected": 0}, log=[],
+                           final_metrics={}, steps=2, epochs_trained=0.5, pairs_trained=16, samples_per_second=1.0,
+                           seconds=1.0, resumed_from=[1, 2], replica_divergence=None)
+    assert "  steps         2 (0.5 epochs, 16 pairs; resumed at steps 1 and 2)" in outcome.lines()
+
+
 def _random_states(output: Path) -> list:
     """Each rank's torch random state at the run's last checkpoint."""
     import torch
