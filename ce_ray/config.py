@@ -432,6 +432,20 @@ def refuse_loaded_model(model: Any) -> None:
                           f"not a loaded {type(model).__name__}: save it (model.save(path)) and give the path")
 
 
+def settings_set(config: Any, names) -> list:
+    """Those of the settings `names` that `config` has and sets to another value than its default."""
+    defaults = type(config)()
+    return [name for name in names if hasattr(config, name) and getattr(config, name) != getattr(defaults, name)]
+
+
+def refuse_unused(config: Any, names, why: str) -> None:
+    """Fails naming the first of the settings `names` that `config` sets, which the function it was given to does
+    nothing with (`why` says so): `score(ds, config=RerankConfig(top_k=5))` scored every row, and
+    `score(ds, output="scored/")` wrote nothing, without a word."""
+    for name in settings_set(config, names)[:1]:
+        raise ConfigError(f"{name} {why}")
+
+
 def with_settings(config: Any, settings: dict, kind: type) -> Any:
     """`config` (a `kind`; None: its defaults) with the Python API's keyword settings on top, checked as YAML keys
     are; a path may be a `pathlib.Path`, as sentence-transformers takes one. A config of another kind is refused:

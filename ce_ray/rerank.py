@@ -27,10 +27,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .batching import REJECT
-from .config import RerankConfig, require, with_settings
+from .config import RerankConfig, refuse_unused, require, with_settings
 from .io import OVERWRITE, InputError, missing_values
 from .readers import ROW_INDEX, ROW_INPUT, TAGS, plain_columns
-from .score import SCORE, check_columns, check_known_columns, column_settings, known_schema, score, summary_lines
+from .score import (FILE_SETTINGS, SCORE, add_scores, check_columns, check_known_columns, column_settings,
+                    known_schema, summary_lines)
 from .sink import PairsSink
 
 RANK = "rank"
@@ -292,12 +293,14 @@ def rerank(ds, config: Optional[RerankConfig] = None, input_order: Optional[List
     Example: `ce_ray.rerank(ray.data.read_parquet(...), model="cross-encoder/ms-marco-MiniLM-L6-v2", top_k=10)`.
     """
     config = with_settings(config, settings, RerankConfig)
+    refuse_unused(config, FILE_SETTINGS, "is a setting of a job's files (ce_ray.run_rerank reads and writes them): "
+                                         "rerank takes a Dataset and returns it ranked")
     config.validate()
     check_known_columns(ds, {config.query_id_column: "query_id_column"})
     check_known_key(ds, config.query_id_column)
     if input_order is None:
         ds, input_order = in_row_order(ds)
-    return rank(score(ds, config), config.query_id_column, config.top_k, input_order, config.document_column,
+    return rank(add_scores(ds, config), config.query_id_column, config.top_k, input_order, config.document_column,
                 partitions=config.rank_partitions or _dataset_partitions(ds), score_column=config.score_column,
                 rank_column=config.rank_column)
 
@@ -416,7 +419,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     job = job_settings(config) | {"query_id_column": config.query_id_column, "top_k": config.top_k} | (
         {"rank_column": config.rank_column} if config.rank_column != RANK else {})
     say_input(title, files)
-    scored = score(ds, config, announce=title, checked=checked, sources=input_sources(files))
+    scored = add_scores(ds, config, title, checked, input_sources(files))
     prepare_output(config.output, config.mode, job=job, resumable=False, checked=True)
     partitions = config.rank_partitions or default_partitions(input_bytes)
     print(f"{title}: ranks the rows of each {config.query_id_column} in {partitions} partition(s)"

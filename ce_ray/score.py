@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
-from .config import ConfigError, ScoreConfig, refuse_loaded_model, require, with_settings
+from .config import ConfigError, ScoreConfig, refuse_loaded_model, refuse_unused, require, with_settings
 from .io import DELIMITED, InputError, absolute, column_list, detect_format, is_text, refuse_written
 from .runtime import (cluster_resources, column_type_clash, cpu_nodes, ensure_ray, free_failed_actors,
                       surfaced_errors, work)
@@ -191,8 +191,13 @@ def scoring_model(config: ScoreConfig) -> ScoringModel:
     return ScoringModel(config, encoder, prompt, activation)
 
 
-def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked: Optional[ScoringModel] = None,
-          sources: Optional[Dict[str, str]] = None, **settings):
+# ScoreConfig's settings of a job's files, which a function that takes a Dataset and returns one has none of.
+FILE_SETTINGS = ("input", "output", "input_format", "column_names", "mode")
+# RerankConfig's settings of ranking, which score (a RerankConfig is a ScoreConfig) has nothing to do with.
+RANK_SETTINGS = ("query_id_column", "rank_column", "top_k", "rank_partitions")
+
+
+def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settings):
     """Adds a float32 `score` (`score_column`) to every row of a Dataset of (query, document) pairs.
 
     Rows that cannot be scored (null or non-text query or document) keep a null score and say why in
@@ -202,13 +207,25 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", checked:
     Example: `ce_ray.score(ray.data.read_parquet(...), model="cross-encoder/ms-marco-MiniLM-L6-v2")`.
     With `announce` (a job's title), one line says how the pairs will be scored: the device, the replicas,
     the tokenizer, the forward passes' dtype and token budget, the activation (as `CrossEncoder.predict`'s).
+    The settings of a job's files (`FILE_SETTINGS`) and of ranking (`RANK_SETTINGS`, a RerankConfig's) are refused
+    where set, naming the first: score does nothing with them.
+    """
+    config = with_settings(config, settings, ScoreConfig)
+    refuse_unused(config, FILE_SETTINGS, "is a setting of a job's files (ce_ray.run_score reads and writes them): "
+                                         "score takes a Dataset and returns it scored")
+    refuse_unused(config, RANK_SETTINGS, "is a setting of ranking (ce_ray.rerank): score adds the scores alone")
+    return add_scores(ds, config, announce)
+
+
+def add_scores(ds, config: ScoreConfig, announce: str = "", checked: Optional[ScoringModel] = None,
+               sources: Optional[Dict[str, str]] = None):
+    """`score` of a Dataset by a config whose other settings its caller uses (a job's files, a rerank's ranking).
     `checked`: `scoring_model(config)`, where a job checked it (its config is then the one used). `sources`: a job's
     input files by their key (`readers.input_sources`), so that a row that on_invalid=fail stops at names its file.
     """
     from .model_folder import dtype_name, half_precision_on_cpu
 
     require_dataset(ds)
-    config = with_settings(config, settings, ScoreConfig)
     require(config, "model")
     config.validate()
     texts = {config.query_column: "query_column", config.document_column: "document_column"}
@@ -421,7 +438,7 @@ def predict(model: str, pairs=None, **settings):
     if progress is not None:  # this call's Dataset alone: Ray Data's setting stays as it is for the others
         rows.context.enable_progress_bars = bool(progress)
     with surfaced_errors():
-        scored = score(rows, config=config, checked=checked).select_columns(["position", column])
+        scored = add_scores(rows, config, checked=checked).select_columns(["position", column])
         out = pa.concat_tables(ray.get(scored.to_arrow_refs()))
     scores = np.empty(len(pairs), np.float32)
     scores[out.column("position").to_numpy()] = out.column(column).to_numpy(zero_copy_only=False)
@@ -707,7 +724,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         written=written_columns(config), settings=column_settings(config))
     if ds is not None:
         say_input(title, [f for f in files if to_score(f)])
-    scored = None if ds is None else score(ds, config, announce=title, checked=checked, sources=input_sources(files))
+    scored = None if ds is None else add_scores(ds, config, title, checked, input_sources(files))
     if scored is not None and transform is not None:
         scored = transform(scored)
     stamps = {input_key(f.path): f.stamp for f in files}

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ce_ray import ScoreConfig, run_score, score
+from ce_ray import RerankConfig, ScoreConfig, run_score, score
 from ce_ray.config import ConfigError, load_config
 from ce_ray.io import InputError
 from ce_ray.model_folder import ModelError
@@ -728,6 +728,31 @@ def test_a_config_of_another_kind_is_refused_naming_the_one_to_give(ray_local, t
     with pytest.raises(ConfigError, match=r"^config: a ce_ray\.config\.RerankConfig, not a ScoreConfig"):
         ce_ray.rerank(rows, config=ScoreConfig(model=str(tiny_model)))
     assert ce_ray.rerank(rows, config=ce_ray.RerankConfig(model=str(tiny_model)), top_k=1) is not None
+
+
+def test_score_and_rerank_of_a_dataset_refuse_the_settings_they_do_not_use(ray_local, tiny_model):
+    """`score(ds, config=RerankConfig(top_k=5))` scored every row and `score(ds, output="scored/")` wrote nothing,
+    without a word; `rerank(ds, mode="overwrite")` and `input_format="csv"` changed nothing either. Each is refused
+    before any work, naming it, from a config as from a keyword; a RerankConfig's unset ranking settings pass."""
+    import ray.data
+
+    import ce_ray
+
+    rows = ray.data.from_items([{"query_id": 1, "query": "q", "document": "d"}])
+    files = r" is a setting of a job's files \(ce_ray.run_{0} reads and writes them\): {0} takes a Dataset and returns "
+    for name, value in (("output", "scored/"), ("input", "pairs.parquet"), ("input_format", "csv"),
+                        ("column_names", "query,document"), ("mode", "overwrite")):
+        with pytest.raises(ConfigError, match=rf"^{name}{files.format('score')}it scored$"):
+            ce_ray.score(rows, model=str(tiny_model), **{name: value})
+        with pytest.raises(ConfigError, match=rf"^{name}{files.format('rerank')}it ranked$"):
+            ce_ray.rerank(rows, config=RerankConfig(model=str(tiny_model), **{name: value}))
+    with pytest.raises(ConfigError, match=r"^mode is a setting of a job's files"):  # not "use mode overwrite"
+        ce_ray.rerank(rows, model=str(tiny_model), mode="resume")
+    for name, value in (("top_k", 5), ("query_id_column", "qid"), ("rank_column", "r"), ("rank_partitions", 2)):
+        with pytest.raises(ConfigError, match=rf"^{name} is a setting of ranking \(ce_ray.rerank\): score adds the "
+                                              r"scores alone$"):
+            ce_ray.score(rows, config=RerankConfig(model=str(tiny_model), **{name: value}))
+    assert ce_ray.score(rows, config=RerankConfig(model=str(tiny_model), score_column="s")) is not None
 
 
 def test_missing_column_names_file_and_column(tmp_path, tiny_model):
