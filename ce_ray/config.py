@@ -168,7 +168,10 @@ class RerankConfig(ScoreConfig):
             if getattr(self, name) in reasons:
                 raise ConfigError(reasons[getattr(self, name)])
         if self.top_k is not None and self.top_k < 1:
-            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+            # CrossEncoder.rank's top_k=0 gives no document (ce_ray.rank's too); a rerank job that keeps no row of
+            # any query writes an empty output, which no one means: it is refused, saying how to keep every row.
+            raise ConfigError(f"top_k must be >= 1, got {self.top_k}: a rerank keeps the best top_k rows of each "
+                              "query; leave it unset to keep every row, ranked")
         if self.rank_partitions is not None and self.rank_partitions < 1:
             raise ConfigError(f"rank_partitions must be >= 1, got {self.rank_partitions}")
         _require_names(self, "score_column", "rank_column")

@@ -388,6 +388,24 @@ def test_rerank_input_errors(tiny_model, tmp_path, capsys):
         run_rerank(RerankConfig(model=str(tiny_model), input=str(tmp_path), output=str(tmp_path / "o"), top_k=0))
 
 
+def test_a_top_k_of_0_is_refused_by_rerank_saying_how_to_keep_every_row(ray_local, tiny_model, capsys):
+    """`ce_ray.rank(..., top_k=0)` gives no document, as CrossEncoder.rank does; a rerank of top_k 0 would write no
+    row of any query, which no one means: `ce_ray.rerank` and `ce-ray rerank --top-k 0` refuse it, in one line that
+    says that leaving top_k unset keeps every row (it said `top_k must be >= 1, got 0` alone)."""
+    import ray.data
+
+    import ce_ray
+    from ce_ray.cli import main
+
+    said = ("top_k must be >= 1, got 0: a rerank keeps the best top_k rows of each query; leave it unset to keep every "
+            "row, ranked")
+    rows = ray.data.from_items([{"query_id": 1, "query": "q", "document": "d"}])
+    with pytest.raises(ConfigError, match=rf"^{re.escape(said)}$"):
+        ce_ray.rerank(rows, model=str(tiny_model), top_k=0)
+    assert main(["rerank", "--model", str(tiny_model), "--input", "in", "--output", "out", "--top-k", "0"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"ce-ray rerank: error: {said}"
+
+
 def test_eval_reads_an_output_as_its_job_wrote_it(ray_local, tiny_model, tmp_path):
     """eval of a score job's output orders by its scores, not by a `rank` column the input brought (every metric
     was that order's, 1.0); of a rerank's, by the query id and rank columns the rerank wrote (a missing column
