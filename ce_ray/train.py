@@ -33,8 +33,8 @@ from .checkpoints import (DS_TAG, MODEL, PROGRESS, RANDOM_STATE, STATE, best_che
                           claim_run, random_state, restore_random_state, run_storage, upload_checkpoint,
                           whole_checkpoint, worker_seed, write_file_list)
 from .io import filesystem, is_remote, upload_folder
-from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, shard_spans, top_reasons,
-                         training_batch_tokens, training_input, worker_spans)
+from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, refuse_settings_of_beir,
+                         shard_spans, top_reasons, training_batch_tokens, training_input, worker_spans)
 
 # ---------------------------------------------------------------- workers: loss, evaluation
 
@@ -784,6 +784,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     _check_data(config)
     fs, storage_path, name, run_uri = run_storage(config)
     data = training_input(config)  # once: for the run's record, then read
+    refuse_settings_of_beir(config, data.beir)
     _warn_of_eval_on_training_data(config, data.beir)
     if claim_run(config, source, fs, storage_path, name, run_uri, data.files):
         print(f"ce-ray train: resumes the run {name} from the last checkpoint Ray Train recorded (a finished run only "

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from .batching import (IDS, REJECT, TYPES, PairEncoder, list_parts, pad, text_column, token_budget_batches,
                        tokenize_table)
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, refuse_unused, settings_set
 from .io import InputError, Listing, filesystem, is_text, join, list_files, list_tree, parse_names
 from .readers import ROW_INPUT
 from .training_pairs import LABEL_OF_NEGATIVES, training_pairs
@@ -192,6 +192,18 @@ class TrainingInput:
     beir: bool
     listing: Optional[Listing]  # None for a BEIR folder
     files: Dict[str, str]
+
+
+def refuse_settings_of_beir(config: TrainConfig, beir: bool) -> None:
+    """The settings of a BEIR folder's training pairs given for files of pairs, and of a BEIR folder's eval candidates
+    for eval rows: a run did nothing with them and said nothing (`hard_negatives 8` trained on the file's pairs as
+    they are, `eval_top_k 10` evaluated every candidate of each query). `beir`: whether train_data is a folder."""
+    if not beir:
+        refuse_unused(config, ("train_split", "hard_negatives"), "is a setting of a BEIR folder's training pairs (its "
+                      f"qrels' positives and BM25's negatives): train_data {config.train_data} is files of pairs")
+    if config.eval_data and settings_set(config, ("eval_split", "eval_top_k")) and not _is_beir(config.eval_data):
+        refuse_unused(config, ("eval_split", "eval_top_k"), "is a setting of a BEIR folder's eval candidates (its "
+                      f"qrels and BM25's top k): eval_data {config.eval_data} is rows, each query's its candidates")
 
 
 def training_input(config: TrainConfig, note_skipped: bool = True) -> TrainingInput:

@@ -511,6 +511,29 @@ def _ray_train_workers():
     return found
 
 
+def test_the_settings_of_a_beir_folder_are_refused_for_files_of_pairs(tiny_model, pairs_file, tmp_path):
+    """`hard_negatives` and `train_split` given for a file of pairs, `eval_split` and `eval_top_k` for eval rows: the
+    run trained on the pairs as they are and evaluated every candidate of each query, and said nothing. Each is
+    refused before any work, naming it and the data; for a BEIR folder they pass."""
+    from ce_ray.config import ConfigError, TrainConfig
+    from ce_ray.train_data import refuse_settings_of_beir
+
+    settings = dict(model=str(tiny_model), train_data=str(pairs_file), output=str(tmp_path / "out"), max_steps=1)
+    for name, value in (("hard_negatives", 8), ("train_split", "dev")):
+        with pytest.raises(ConfigError, match=rf"^{name} is a setting of a BEIR folder's training pairs \(its qrels' "
+                                              rf"positives and BM25's negatives\): train_data {pairs_file} is files "
+                                              r"of pairs$"):
+            _train_module().train(TrainConfig(**settings, **{name: value}))
+    for name, value in (("eval_split", "dev"), ("eval_top_k", 10)):
+        with pytest.raises(ConfigError, match=rf"^{name} is a setting of a BEIR folder's eval candidates \(its qrels "
+                                              rf"and BM25's top k\): eval_data {pairs_file} is rows, each query's its "
+                                              r"candidates$"):
+            _train_module().train(TrainConfig(**settings, eval_data=str(pairs_file), **{name: value}))
+    assert list((tmp_path / "out").iterdir()) == []  # no run recorded: its output checked as writable alone
+    refuse_settings_of_beir(TrainConfig(**settings, eval_data=str(SCIFACT), eval_top_k=10), beir=False)
+    refuse_settings_of_beir(TrainConfig(**settings | {"train_data": str(SCIFACT)}, hard_negatives=8), beir=True)
+
+
 def test_the_runs_first_line_comes_before_ray_datas_lines_for_its_data(ray_local, tiny_model, pairs_file, tmp_path,
                                                                        monkeypatch, capsys):
     """Where the output is a file, Ray Data's lines for the data's six passes (67 lines) came before the run's
