@@ -324,6 +324,10 @@ class TrainConfig(ModelConfig):
         for name in ("best_metric", "eval_every", "eval_max_queries"):
             if getattr(self, name) and not self.eval_data:
                 raise ConfigError(f"{name} {getattr(self, name)} needs eval_data, which it is measured on")
+        if self.deepspeed and self.deepspeed.offload_params and self.deepspeed.stage != 3:
+            # ZeRO-1 and -2 keep every parameter on each device: DeepSpeed reads offload_param at stage 3 alone
+            raise ConfigError(f"deepspeed.offload_params works with ZeRO stage 3 alone, which partitions the "
+                              f"parameters: set deepspeed.stage 3 (it is {self.deepspeed.stage})")
         if self.compile and self.deepspeed:
             raise ConfigError("compile works with DDP only: DeepSpeed wraps the model its own way")
         if self.compile_mode != "default" and not self.compile:

@@ -170,6 +170,18 @@ def test_cuda_graph_passes_come_in_a_few_widths_and_compile_settings_are_checked
         TrainConfig(compile_mode="reduce-overhead").validate()
 
 
+def test_offloading_the_parameters_is_refused_below_zero_stage_3():
+    """DeepSpeed reads offload_param at ZeRO stage 3 alone: at the default stage 2 a run of offload_params: true
+    kept every parameter on each device, and said nothing."""
+    from ce_ray.config import ConfigError, DeepSpeedConfig, TrainConfig
+
+    for stage in (1, 2):
+        with pytest.raises(ConfigError, match=rf"^deepspeed.offload_params works with ZeRO stage 3 alone, which "
+                                              rf"partitions the parameters: set deepspeed.stage 3 \(it is {stage}\)$"):
+            TrainConfig(deepspeed=DeepSpeedConfig(stage=stage, offload_params=True)).validate()
+    TrainConfig(deepspeed=DeepSpeedConfig(stage=3, offload_params=True)).validate()
+
+
 def test_passes_hold_the_batch_rows_under_the_token_budget(ray_local, tiny_model, pairs_file):
     import ray.data
 
