@@ -219,6 +219,13 @@ class EvalConfig:
     def validate(self) -> None:
         if self.k < 1 or self.recall_k < 1:
             raise ConfigError("k and recall_k must be >= 1")
+        # Each was taken and changed nothing, without a word: the qrels' grades are used, and no baseline is measured.
+        if self.qrels:
+            refuse_unused(self, ["label_column"], f"gives the grades without qrels: with qrels {self.qrels} the grades "
+                                                  "are theirs; leave label_column out")
+        if not self.baseline_column:
+            refuse_unused(self, ["baseline_descending"], "orders the baseline, which an empty baseline_column leaves "
+                                                         "out: name the baseline's column")
 
 
 @dataclass

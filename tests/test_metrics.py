@@ -508,6 +508,28 @@ def test_an_output_or_run_output_that_is_a_folder_is_refused_before_any_work(tmp
     assert not (tmp_path / "run.txt.eval.json").exists()
 
 
+def test_a_label_column_beside_qrels_and_an_order_of_no_baseline_are_refused(tmp_path, capsys):
+    """`--label-column grade` with `--qrels` (the qrels' grades were used) and `--baseline-descending` with
+    `--baseline-column ""` (no baseline was measured) changed nothing, without a word: each is refused before any
+    work, in one line."""
+    (tmp_path / "run.txt").write_text("q1 Q0 d1 1 2.0 x\nq1 Q0 d2 2 1.0 x\n")
+    (tmp_path / "qrels.tsv").write_text("q1 0 d1 1\n")
+    run = ["eval", "--input", str(tmp_path / "run.txt")]
+    assert main(run + ["--qrels", str(tmp_path / "qrels.tsv"), "--label-column", "grade"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"ce-ray eval: error: label_column gives the grades without qrels: with qrels {tmp_path}/qrels.tsv the grades "
+        "are theirs; leave label_column out")
+    assert main(run + ["--baseline-column", "", "--baseline-descending"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "ce-ray eval: error: baseline_descending orders the baseline, which an empty baseline_column leaves out: name "
+        "the baseline's column")
+    with pytest.raises(ConfigError, match=r"^label_column gives the grades without qrels"):  # from Python too
+        run_eval(EvalConfig(input=str(tmp_path / "run.txt"), qrels=str(tmp_path / "qrels.tsv"), label_column="grade"))
+    with pytest.raises(ConfigError, match=r"^k and recall_k must be >= 1$"):
+        run_eval(EvalConfig(input=str(tmp_path / "run.txt"), qrels=str(tmp_path / "qrels.tsv"), k=0))
+    assert not (tmp_path / "run.txt.eval.json").exists()
+
+
 def test_qrels_without_a_judgment_fail_in_one_line(tmp_path, capsys):
     """An empty qrels file, or one of BEIR's header alone, failed eval with `failed: StopIteration`, exit 1, and
     candidates with `no query of qrels/test.tsv is in queries.jsonl`."""
