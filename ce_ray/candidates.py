@@ -223,6 +223,7 @@ def _prepare(config: CandidatesConfig) -> None:
 def run_candidates(config: CandidatesConfig) -> dict:
     """The `ce-ray candidates` job: BM25 top-k of every query of a split, written as pairs parquet."""
     require(config, "data", "output")
+    config.validate()  # as the command's config is: from Python, top_k 0 and max_queries 0 passed
     start = time.perf_counter()
     qrels_file = beir_file(config.data, f"qrels/{config.split}.tsv")
     qrels = read_qrels(qrels_file)

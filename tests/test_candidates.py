@@ -11,7 +11,7 @@ import pytest
 
 from ce_ray.candidates import read_corpus, read_qrels, read_queries, run_candidates
 from ce_ray.cli import main
-from ce_ray.config import CandidatesConfig
+from ce_ray.config import CandidatesConfig, ConfigError
 from ce_ray.io import InputError
 
 from conftest import SCIFACT
@@ -102,6 +102,12 @@ def test_unknown_qrels_entries_are_reported(tmp_path, capsys):
     assert top.loc["q1", "doc_id"] == "d1" and top.loc["q1", "label"] == 2
     assert top.loc["q1", "document"] == "Apples red apples are sweet"
     assert top.loc["q2", "document"] == "the blue sea is deep"  # empty title: no leading space
+    # A config from Python is validated as the command's is: top_k 0 and max_queries 0 passed.
+    for setting in ({"top_k": 0}, {"max_queries": 0}):
+        name, value = next(iter(setting.items()))
+        with pytest.raises(ConfigError, match=rf"^{name} must be >= 1, got {value}$"):
+            run_candidates(CandidatesConfig(data=str(folder), output=str(tmp_path / "zero"), **setting))
+    assert not (tmp_path / "zero").exists()
 
 
 def gzipped_copy(folder, path):
