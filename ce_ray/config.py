@@ -331,6 +331,9 @@ class TrainConfig(ModelConfig):
         for name in ("best_metric", "eval_every", "eval_max_queries"):
             if getattr(self, name) and not self.eval_data:
                 raise ConfigError(f"{name} {getattr(self, name)} needs eval_data, which it is measured on")
+        if self.negative_columns:  # it was taken and read no column: the positive is labelled 1, each negative 0
+            refuse_unused(self, ["label_column"], "names no column of rows of negative_columns, whose positive is "
+                                                  "labelled 1 and each negative 0: leave label_column out")
         if self.deepspeed and self.deepspeed.offload_params and self.deepspeed.stage != 3:
             # ZeRO-1 and -2 keep every parameter on each device: DeepSpeed reads offload_param at stage 3 alone
             raise ConfigError(f"deepspeed.offload_params works with ZeRO stage 3 alone, which partitions the "

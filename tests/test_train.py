@@ -182,6 +182,17 @@ def test_offloading_the_parameters_is_refused_below_zero_stage_3():
     TrainConfig(deepspeed=DeepSpeedConfig(stage=3, offload_params=True)).validate()
 
 
+def test_a_label_column_beside_negative_columns_is_refused():
+    """Rows of a query, a positive and negatives have no label column: a `label_column` given with
+    `negative_columns` was taken and read nothing, without a word."""
+    from ce_ray.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match=r"^label_column names no column of rows of negative_columns, whose "
+                                          r"positive is labelled 1 and each negative 0: leave label_column out$"):
+        TrainConfig(negative_columns="neg", label_column="grade").validate()
+    TrainConfig(negative_columns="neg").validate()
+
+
 def test_passes_hold_the_batch_rows_under_the_token_budget(ray_local, tiny_model, pairs_file):
     import ray.data
 
