@@ -334,6 +334,9 @@ class TrainConfig(ModelConfig):
         if self.negative_columns:  # it was taken and read no column: the positive is labelled 1, each negative 0
             refuse_unused(self, ["label_column"], "names no column of rows of negative_columns, whose positive is "
                                                   "labelled 1 and each negative 0: leave label_column out")
+        if self.deepspeed and None not in (self.bf16, self.deepspeed.bf16) and self.bf16 != self.deepspeed.bf16:
+            # the section's wins (`train.uses_bf16`): the other was taken and changed nothing
+            raise ConfigError(f"bf16 {self.bf16} and deepspeed.bf16 {self.deepspeed.bf16} disagree: set one of them")
         if self.deepspeed and self.deepspeed.offload_params and self.deepspeed.stage != 3:
             # ZeRO-1 and -2 keep every parameter on each device: DeepSpeed reads offload_param at stage 3 alone
             raise ConfigError(f"deepspeed.offload_params works with ZeRO stage 3 alone, which partitions the "

@@ -182,6 +182,17 @@ def test_offloading_the_parameters_is_refused_below_zero_stage_3():
     TrainConfig(deepspeed=DeepSpeedConfig(stage=3, offload_params=True)).validate()
 
 
+def test_bf16_and_deepspeeds_bf16_that_disagree_are_refused():
+    """Under DeepSpeed its section's `bf16` decides: a run's `bf16: false` beside `deepspeed: {bf16: true}` trained in
+    bf16, the run's setting taken and unused, without a word. Both set, they must agree."""
+    from ce_ray.config import ConfigError, DeepSpeedConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match=r"^bf16 False and deepspeed.bf16 True disagree: set one of them$"):
+        TrainConfig(bf16=False, deepspeed=DeepSpeedConfig(bf16=True)).validate()
+    for bf16, section in ((True, True), (None, False), (False, None)):
+        TrainConfig(bf16=bf16, deepspeed=DeepSpeedConfig(bf16=section)).validate()
+
+
 def test_a_label_column_beside_negative_columns_is_refused():
     """Rows of a query, a positive and negatives have no label column: a `label_column` given with
     `negative_columns` was taken and read nothing, without a word."""
