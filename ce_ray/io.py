@@ -561,7 +561,7 @@ def size_and_stamp(fs: pafs.FileSystem, path: str) -> Tuple[int, str]:
     gives the same of every file it holds (`list_tree`)."""
     handler = getattr(fs, "handler", None)
     if isinstance(handler, pafs.FSSpecHandler):
-        return _object_stamp(handler.fs.info(path))
+        return object_stamp(handler.fs.info(path))
     return _stat_stamp(fs.get_file_info(path))
 
 
@@ -575,13 +575,13 @@ def look_up(fs: pafs.FileSystem, path: str) -> Tuple[pafs.FileType, Optional[Tup
         except FileNotFoundError:
             return pafs.FileType.NotFound, None
         if info.get("type") == "file":
-            return pafs.FileType.File, _object_stamp(info)
+            return pafs.FileType.File, object_stamp(info)
         return pafs.FileType.Directory if info.get("type") == "directory" else pafs.FileType.Unknown, None
     info = fs.get_file_info(path)
     return info.type, _stat_stamp(info) if info.type == pafs.FileType.File else None
 
 
-def _object_stamp(info: dict) -> Tuple[int, str]:
+def object_stamp(info: dict) -> Tuple[int, str]:
     """An S3 object's size and stamp from s3fs's details of it, a HEAD's or a listing's: both give the ETag as S3
     does, in its quotes, the stamp that `_ce_ray/inputs.json` of earlier runs holds."""
     return info.get("size"), f"{info.get('size')}:{info.get('ETag') or info.get('LastModified') or ''}"
@@ -608,7 +608,7 @@ def list_tree(fs: pafs.FileSystem, folder: str) -> Dict[str, Tuple[int, str]]:
             found = handler.fs.find(folder, withdirs=False, detail=True)
         except FileNotFoundError:  # no bucket
             return {}
-        return {path: _object_stamp(info) for path, info in found.items()
+        return {path: object_stamp(info) for path, info in found.items()
                 if info.get("type") == "file" and not path.endswith(FOLDER_MARKERS)}
     infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
     return {info.path: _stat_stamp(info) for info in infos if info.type == pafs.FileType.File}

@@ -16,7 +16,7 @@ import sys
 from typing import Optional
 
 from .config import ConfigError
-from .io import check_s3_access, filesystem, list_tree, s3_endpoint
+from .io import check_s3_access, filesystem, list_tree, object_stamp, s3_endpoint
 
 SIGMOID = "torch.nn.modules.activation.Sigmoid"
 IDENTITY = "torch.nn.modules.linear.Identity"
@@ -37,11 +37,12 @@ def cache_dir() -> str:
     return os.environ.get("CE_RAY_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ce-ray"))
 
 
-def local_model_path(model: str) -> str:
+def local_model_path(model: str, files: Optional[dict] = None) -> str:
     """A local folder for `model`: itself, a copy of an `s3://` folder, or a hub repository's snapshot.
-    Every process that loads a model calls it, so each node of a cluster makes its own copy."""
+    Every process that loads a model calls it, so each node of a cluster makes its own copy. `files`: an `s3://`
+    model's objects as a job's driver listed them (`model_files`), the ones copied; listed now where not given."""
     if model.startswith(("s3://", "s3a://")):
-        return _copy_remote_folder(model)
+        return _copy_remote_folder(model, files)
     if model.startswith("file://"):
         model = model[len("file://") :]
     if os.path.isdir(model):
@@ -114,18 +115,30 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: " + next((line.strip() for line in str(error).splitlines() if line.strip()), "")
 
 
-def _copy_remote_folder(uri: str) -> str:
+def model_files(model: str) -> Optional[dict]:
+    """An `s3://` model's objects, each with its size and ETag, in one listing; None for any other model. A job's
+    driver lists them once and its replicas copy exactly these: each replica listing the model as it started, a
+    model written again while a job ran was scored with its new weights by the replicas that started later, one
+    output of two models."""
+    if not model.startswith(("s3://", "s3a://")):
+        return None
+    check_s3_access(model)
+    fs, path = filesystem(model)
+    files = list_tree(fs, path.rstrip("/"))  # one listing, with each object's ETag
+    if not files:
+        raise ModelError(f"model folder {model} is empty or does not exist")
+    return files
+
+
+def _copy_remote_folder(uri: str, files: Optional[dict] = None) -> str:
     """Copies an object-storage folder once into the local cache; a finished copy is marked complete. The copy is
     named by the folder's files as the store lists them now (names, sizes, ETags): a model written again under the
     same key (a run trained again into its output) is copied afresh, where the first copy was used forever. Its
     name starts with one of the folder's own, so that the folder's older copies are found and removed, where each
-    rewrite left another whole copy forever."""
-    check_s3_access(uri)
+    rewrite left another whole copy forever. `files`: the listing to copy (`model_files`), where not listed now."""
+    files = files or model_files(uri)
     fs, path = filesystem(uri)
     path = path.rstrip("/")
-    files = list_tree(fs, path)  # one listing, with each object's ETag
-    if not files:
-        raise ModelError(f"model folder {uri} is empty or does not exist")
     listed = sorted(f"{name}\t{stamp}" for name, (_, stamp) in files.items())
     endpoint = s3_endpoint()
     folder = hashlib.sha256(f"{endpoint}\n{path}".encode()).hexdigest()[:16]
@@ -135,18 +148,32 @@ def _copy_remote_folder(uri: str) -> str:
         if _hold(target):
             _remove_older_copies(target)
             return target
-        _copy_files(fs, path, files, target)
+        _copy_files(uri, fs, path, files, target)
     raise ModelError(f"model folder {uri} changed while it was copied to {target}: run the job again")
 
 
-def _copy_files(fs, path: str, files, target: str) -> None:
+def _copy_files(uri: str, fs, path: str, files, target: str) -> None:
+    """Copies the listed objects, each as it was listed: an object written again since (another ETag) fails the
+    copy, where the copy, named by the listing, would have held the new bytes."""
+    from s3fs.utils import FileExpired
+
     partial = f"{target}.partial-{os.getpid()}"
-    for name in files:
+    s3 = fs.handler.fs  # s3fs's own file: its reads are held to the ETag of its look-up (GET If-Match)
+    for name, (_, stamp) in files.items():
         rel = name[len(path) + 1 :]
         os.makedirs(os.path.dirname(os.path.join(partial, rel)) or partial, exist_ok=True)
-        with fs.open_input_stream(name) as src, open(os.path.join(partial, rel), "wb") as dst:
-            while chunk := src.read(1 << 24):
-                dst.write(chunk)
+        try:
+            with s3.open(name, "rb") as src, open(os.path.join(partial, rel), "wb") as dst:
+                if object_stamp(src.details)[1] != stamp:
+                    raise FileExpired(name, src.details.get("ETag"))
+                while chunk := src.read(1 << 24):
+                    dst.write(chunk)
+        except (FileExpired, FileNotFoundError):
+            import shutil
+
+            shutil.rmtree(partial, ignore_errors=True)
+            raise ModelError(f"model {uri} was written again after this job listed it ({rel} is not the object "
+                             "it listed): the job scores or trains with one model; run it again") from None
     open(os.path.join(partial, ".ce-ray-complete"), "w").close()
     os.makedirs(os.path.dirname(target), exist_ok=True)
     try:

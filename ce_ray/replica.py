@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 # A replica's process imports this module as it starts, and torch is most of its start on a GPU machine:
 # the ready line reports how long the imports took.
@@ -21,6 +21,7 @@ from .batching import IDS, REJECT, TYPES, default_batch_tokens, list_parts, toke
 from .bert import BertCrossEncoder  # noqa: E402
 from .config import ScoreConfig  # noqa: E402
 from .model import ModelError, attention_inputs, load_scoring_model, to_device  # noqa: E402
+from .model_folder import local_model_path  # noqa: E402
 from .runtime import usable_cpus  # noqa: E402
 
 IMPORT_SECONDS = time.perf_counter() - _imports_started
@@ -36,7 +37,7 @@ class Scorer:
     two threads (`score.replica_pool`): a call keeps all its state in its own frame.
     """
 
-    def __init__(self, config: ScoreConfig, device: str, replicas_per_node: int = 1):
+    def __init__(self, config: ScoreConfig, device: str, replicas_per_node: int = 1, files: Optional[dict] = None):
         marks = [("start", time.perf_counter())]  # (what ended, when) for the ready line
         threads = ""
         if device == "cpu":
@@ -48,8 +49,10 @@ class Scorer:
         else:  # CUDA's start, apart from the model's load
             torch.zeros(1, device=device)
             marks.append(("CUDA", time.perf_counter()))
+        # An s3:// model's objects as the job's driver listed them (`files`): every replica loads those weights.
+        model = local_model_path(config.model, files) if files else config.model
         self.reranker = load_scoring_model(
-            config.model, device=device, dtype=config.dtype, allow_pickle=config.allow_pickle,
+            model, device=device, dtype=config.dtype, allow_pickle=config.allow_pickle,
             trust_remote_code=config.trust_remote_code, implementation=config.implementation,
         )
         if config.activation:  # the user's, instead of the model's own

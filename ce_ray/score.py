@@ -162,21 +162,24 @@ class ScoringModel:
     encoder: PairEncoder
     prompt: str
     activation: str  # the function of the logit the scores are (dotted class name), as the replicas apply it
+    files: Optional[dict] = None  # an `s3://` model's objects as listed once (`model_folder.model_files`)
 
 
 def scoring_model(config: ScoreConfig) -> ScoringModel:
     """Checks the model (its folder, weights, classifier, max length) and reads its tokenizer's facts: a job
     does it before it starts Ray or touches its output, so that a bad model fails at once."""
     from .model_folder import (ModelError, activation_path, check_max_length, check_safe, check_scores,
-                               local_model_path, model_source, one_line, query_prompt, usable_max_length)
+                               local_model_path, model_files, model_source, one_line, query_prompt,
+                               usable_max_length)
 
     config = dataclasses.replace(config, model=model_source(config.model))
-    path = local_model_path(config.model)
+    files = model_files(config.model)  # the one listing of an s3:// model: the replicas copy these objects
+    path = local_model_path(config.model, files)
     check_safe(path, config.allow_pickle, config.trust_remote_code)
     check_scores(path, config.model)
     check_max_length(path, config.model, config.max_length)
     try:
-        facts = tokenizer_facts(config.model, config.trust_remote_code)
+        facts = tokenizer_facts(path, config.trust_remote_code)  # the copy checked, not a listing of now
     except ModelError:  # says the model already
         raise
     except (OSError, ValueError) as e:  # not a folder, an unknown hub id, no hub reachable, an unknown model type
@@ -188,7 +191,7 @@ def scoring_model(config: ScoreConfig) -> ScoringModel:
         config = dataclasses.replace(config, max_length=usable_max_length(path, config.model, facts.max_length))
     # the replica's own choice (`Scorer`, `model.load_scoring_model`): the user's, else the model's
     activation = config.activation or activation_path(path, 1, config.trust_remote_code)
-    return ScoringModel(config, encoder, prompt, activation)
+    return ScoringModel(config, encoder, prompt, activation, files)
 
 
 # ScoreConfig's settings of a job's files, which a function that takes a Dataset and returns one has none of.
@@ -267,7 +270,7 @@ def add_scores(ds, config: ScoreConfig, announce: str = "", checked: Optional[Sc
     return tokenized.map_batches(
         ScoringReplica,
         fn_constructor_kwargs=dict(config=config, device="cuda" if use_gpu else "cpu",
-                                   replicas_per_node=per_node),
+                                   replicas_per_node=per_node, files=checked.files),
         batch_format="pyarrow",
         batch_size=config.rows_per_call or (GPU_ROWS_PER_CALL if use_gpu else config.rows_per_block),
         compute=replica_pool(config, use_gpu, min_replicas, max_replicas),
@@ -598,10 +601,10 @@ class ScoringReplica:
     """The actor pool's class: a `replica.Scorer`, whose module (and torch with it) is imported in the
     replica's process alone. Imported here, it would cost the driver seconds (torch and the CUDA libraries)."""
 
-    def __init__(self, config: ScoreConfig, device: str, replicas_per_node: int = 1):
+    def __init__(self, config: ScoreConfig, device: str, replicas_per_node: int = 1, files: Optional[dict] = None):
         from .replica import Scorer
 
-        self.scorer = Scorer(config, device, replicas_per_node)
+        self.scorer = Scorer(config, device, replicas_per_node, files)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         return self.scorer(table)

@@ -245,7 +245,8 @@ def train_loop(loop_config: dict) -> dict:
     # ce-ray's BERT where it reproduces the model: less host work per pass (a step of 16 pairs on a GPU is
     # little else), and loaded and saved without transformers, whose import is seconds of a worker's start.
     torch.manual_seed(config.seed)  # a base model's new head: the same in every run (DDP gives all rank 0's)
-    model_path = local_model_path(plan["model"])  # on this worker's node: a copy of an s3:// or hub model
+    # On this worker's node: a copy of an s3:// model (the objects the driver listed) or a hub model.
+    model_path = local_model_path(plan["model"], plan["model_files"])
     native = bert.trainable(model_path) if config.implementation == "auto" else None
     reranker = None if native is not None else load_reranker(
         model_path, device="cpu", dtype="float32", max_length=plan["max_length"],
@@ -766,8 +767,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
 
     from . import card
     from .model_folder import (SIGMOID, activation_path, check_max_length, check_safe, check_single_logit,
-                               half_precision_on_cpu, is_sequence_classifier, local_model_path, model_source,
-                               query_prompt, saved_architectures, usable_max_length)
+                               half_precision_on_cpu, is_sequence_classifier, local_model_path, model_files,
+                               model_source, query_prompt, saved_architectures, usable_max_length)
     from .runtime import cluster_resources, cpu_nodes, ensure_ray, free_failed_actors, surfaced_errors
     from .tokenizer_facts import tokenizer_facts
 
@@ -775,7 +776,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     require(config, "model", "train_data", "output")
     config.validate()
     start = time.perf_counter()
-    model = local_model_path(config.model)  # this machine's copy, for the checks and the tokenizer's facts
+    files = model_files(config.model)  # an s3:// model listed once: the workers copy these objects
+    model = local_model_path(config.model, files)  # this machine's copy, for the checks and the tokenizer's facts
     source = model_source(config.model)  # what the workers and tokenize tasks load
     check_safe(model, config.allow_pickle, config.trust_remote_code)
     check_single_logit(model, config.model)
@@ -834,7 +836,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     activation = (activation_path(model, 1, config.trust_remote_code) if is_sequence_classifier(architectures)
                   else SIGMOID)
     spans, left_out = worker_spans(train_ds, config, per_worker, config.num_workers)
-    plan = {"model": source, "max_length": max_length, "activation": activation, "batches_per_epoch": per_epoch,
+    plan = {"model": source, "model_files": files, "max_length": max_length, "activation": activation, "batches_per_epoch": per_epoch,
             "spans": spans, "left_out": left_out,
             "invocation": uuid.uuid4().hex,  # this command's, apart from earlier ones of the run it resumes
             "checkpoints": run_uri,

@@ -780,6 +780,68 @@ def test_a_model_written_again_under_its_key_is_copied_again(tmp_path, tiny_mode
     assert local_model_path(uri) == again and (Path(again) / "model.safetensors").is_file()
 
 
+def test_a_job_scores_with_the_model_it_listed_though_it_is_written_again(tmp_path, tiny_model, s3_server):
+    """Each replica listed an `s3://` model again as it started: a model written again while a job ran was scored
+    with its new weights by the replicas that started after, one output of two models, silently. The driver lists it
+    once and the replicas copy those objects: the model rewritten after the driver's listing, before the replicas
+    start, every row is scored with the weights listed."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, build_tiny_model, wikiqa_pairs
+
+    bucket = "ce-ray-model-listed"
+    fs = s3fs_for(s3_server)
+    fs.mkdir(bucket)
+    fs.put(str(tiny_model) + "/", f"{bucket}/models/reranker/", recursive=True)
+    wikiqa_pairs("test", 24)[["query", "document"]].to_parquet(tmp_path / "pairs.parquet")
+    retrained = build_tiny_model(tmp_path / "retrained", seed=1) / "model.safetensors"
+    # The job as the command line runs it, the model written again as soon as its driver has checked it.
+    script = ("import importlib, sys, s3fs\nscore = importlib.import_module('ce_ray.score')\n"
+              "checked = score.scoring_model\ndef rewritten(config):\n    model = checked(config)\n"
+              f"    s3fs.S3FileSystem().put({str(retrained)!r}, '{bucket}/models/reranker/model.safetensors')\n"
+              "    return model\nscore.scoring_model = rewritten\nfrom ce_ray.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, **s3_server, "CE_RAY_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", script, "score", "--model", f"s3://{bucket}/models/reranker",
+                          "--input", str(tmp_path / "pairs.parquet"), "--output", str(tmp_path / "out")],
+                         env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert fs.cat(f"{bucket}/models/reranker/model.safetensors") == retrained.read_bytes()  # rewritten meanwhile
+    listed = run_cli("score", "--model", str(tiny_model), "--input", str(tmp_path / "pairs.parquet"), "--output",
+                     str(tmp_path / "listed"))
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    np.testing.assert_allclose(read_results(tmp_path / "out")["score"], read_results(tmp_path / "listed")["score"],
+                               atol=1e-6)
+
+
+def test_a_model_written_again_after_its_listing_is_not_copied(tmp_path, tiny_model, s3_server, monkeypatch):
+    """A process that copies a model by the job's listing (a replica on another node, no copy there yet) fails
+    naming the model where an object is no longer the one listed, rather than copying other weights."""
+    from conftest import build_tiny_model
+
+    from ce_ray.model_folder import ModelError, local_model_path, model_files
+
+    for name, value in s3_server.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CE_RAY_CACHE", str(tmp_path / "cache"))
+    bucket, uri = "ce-ray-model-relisted", "s3://ce-ray-model-relisted/models/reranker"
+    fs = s3fs_for(s3_server)
+    fs.mkdir(bucket)
+    fs.put(str(tiny_model) + "/", f"{bucket}/models/reranker/", recursive=True)
+    files = model_files(uri)
+    fs.put(str(build_tiny_model(tmp_path / "retrained", seed=1) / "model.safetensors"),
+           f"{bucket}/models/reranker/model.safetensors")
+    with pytest.raises(ModelError) as error:
+        local_model_path(uri, files)
+    assert str(error.value) == (f"model {uri} was written again after this job listed it (model.safetensors is not "
+                                "the object it listed): the job scores or trains with one model; run it again")
+    assert not (tmp_path / "cache" / "models").exists() or not os.listdir(tmp_path / "cache" / "models")
+    fs.put(str(tiny_model / "model.safetensors"), f"{bucket}/models/reranker/model.safetensors")  # as listed again
+    copy = local_model_path(uri, files)
+    assert (Path(copy) / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
+
+
 def test_a_models_older_copies_go_once_no_job_reads_them(tmp_path, tiny_model, s3_server):
     """Each rewrite of an `s3://` model left another whole copy of it in the cache, forever. A new copy removes the
     folder's older ones, but not one that a running job holds (a process that asked for it, while it lives): that
