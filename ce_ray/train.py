@@ -36,6 +36,9 @@ from .io import filesystem, is_remote, upload_folder
 from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, refuse_settings_of_beir,
                          shard_spans, top_reasons, training_batch_tokens, training_input, worker_spans)
 
+# What the workers return where they stopped the run themselves (a non-finite loss): why, which the driver raises.
+STOPPED = "stopped"
+
 # ---------------------------------------------------------------- workers: loss, evaluation
 
 
@@ -421,14 +424,16 @@ def train_loop(loop_config: dict) -> dict:
                      "samples_per_second": global_samples / elapsed if elapsed else 0.0,
                      # The share of the time this worker waited for its next batch: is the data the limit?
                      "data_wait": data.seconds / elapsed if elapsed else 0.0}
+            # A stop is returned, not raised: Ray Train retries a worker's error (max_failures), and this one
+            # would come again. The driver raises it (`stopped`).
             if not math.isfinite(entry["loss"]):
                 # Every worker holds the same mean: all stop here, before a checkpoint, and the model, of weights
                 # that NaN gradients made NaN (the run saved them and said it was done).
                 first = progress["step"] + 1  # the first step since the last log line
-                raise FloatingPointError(
+                return {STOPPED: (
                     f"the training loss of step{f's {first:,}-' if first < step else ' '}{step:,} is {entry['loss']}: "
                     "the run stops without saving its weights (a lower lr or a warmup_ratio keeps a diverging "
-                    "loss finite; a base model of NaN or infinite weights gives one from the first step)")
+                    "loss finite; a base model of NaN or infinite weights gives one from the first step)")}
             progress["samples"] += global_samples
             progress["seconds"] += elapsed
             if evaluating:
@@ -885,6 +890,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         raise
     fit_done = time.perf_counter()
     summary = result.return_value or {}
+    if STOPPED in summary:  # the workers stopped the run (a non-finite loss), and saved nothing
+        raise FloatingPointError(summary[STOPPED])
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint_dir = whole_checkpoint(result.checkpoint, os.path.join(tmp, "checkpoint"), config, run_uri)
         with open(os.path.join(checkpoint_dir, PROGRESS)) as f:

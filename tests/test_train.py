@@ -1250,6 +1250,30 @@ def test_a_nan_loss_stops_the_run_before_it_saves_a_model(ray_local, tiny_model,
     assert not list((tmp_path / "o" / "checkpoints" / "o").glob("checkpoint_*"))
 
 
+def test_a_nan_loss_is_not_retried(tiny_model, tmp_path):
+    """Ray Train retried a run that a NaN loss stopped (`max_failures`), which met the same NaN again, each try a
+    start of the workers for nothing. The stop ends the run at its first try, with the same line and exit status."""
+    from safetensors.torch import load_file, save_file
+
+    from test_score import run_cli
+
+    model = shutil.copytree(tiny_model, tmp_path / "nan-head")
+    weights = load_file(model / "model.safetensors")
+    weights["classifier.bias"][:] = float("nan")
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    wikiqa_pairs("train", 16)[["query", "document", "label"]].to_parquet(tmp_path / "pairs.parquet")
+    result = run_cli("train", "--model", str(model), "--train-data", str(tmp_path / "pairs.parquet"), "--output",
+                     str(tmp_path / "o"), "--batch-size", "8", "--max-steps", "2", "--log-every", "1",
+                     "--max-failures", "2", timeout=420)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert (result.stdout + result.stderr).count(f"ce-ray train: {model} on cpu") == 1  # the workers' start: once
+    assert result.stderr.splitlines()[-1] == (
+        "ce-ray train: failed: FloatingPointError: the training loss of step 1 is nan: the run stops without saving "
+        "its weights (a lower lr or a warmup_ratio keeps a diverging loss finite; a base model of NaN or infinite "
+        "weights gives one from the first step); the same command resumes it from its last checkpoint")
+    assert not (tmp_path / "o" / "model.safetensors").exists()
+
+
 def test_bf16_on_cpus_is_noted_before_the_run(ray_local, tiny_model, tmp_path, capsys):
     """A configuration written for GPUs (bf16: true) tried on CPUs trains, with a note that bf16 is fast only on
     CPUs with instructions for it."""
