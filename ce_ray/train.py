@@ -36,7 +36,8 @@ from .io import filesystem, is_remote, upload_folder
 from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, refuse_settings_of_beir,
                          shard_spans, top_reasons, training_batch_tokens, training_input, worker_spans)
 
-# What the workers return where they stopped the run themselves (a non-finite loss): why, which the driver raises.
+# What the workers return where they stopped the run themselves (a non-finite loss or weights): why, which the
+# driver raises.
 STOPPED = "stopped"
 
 # ---------------------------------------------------------------- workers: loss, evaluation
@@ -185,6 +186,18 @@ def _replica_divergence(module) -> float:
     every = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(every, mine)
     return float(max((e - every[0]).abs().max() for e in every))
+
+
+def _nonfinite_weights(module) -> bool:
+    """Whether any worker's parameters hold a NaN or an infinity: their sum does (a NaN, or infinities of both signs,
+    make it NaN). One pass over the weights and one sync: ~6-24 ms for the 33M of MiniLM-L12 on 2 busy CPU cores,
+    against ~170-380 ms for its save (an elementwise `isfinite` took ~100-200 ms). Under ZeRO-3 a rank's
+    parameters are placeholders: no check there."""
+    import torch
+
+    sums = [p.detach().sum() for p in module.parameters()]
+    bad = float(not torch.isfinite(torch.stack(sums).sum())) if sums else 0.0
+    return _global_mean(bad, 1) > 0
 
 
 def _global_mean(value: float, count: int) -> float:
@@ -434,6 +447,13 @@ def train_loop(loop_config: dict) -> dict:
                     f"the training loss of step{f's {first:,}-' if first < step else ' '}{step:,} is {entry['loss']}: "
                     "the run stops without saving its weights (a lower lr or a warmup_ratio keeps a diverging "
                     "loss finite; a base model of NaN or infinite weights gives one from the first step)")}
+            # The loss of a step is that of the weights before its update: NaN or infinite gradients of the steps
+            # since the last log line made the weights so behind a finite loss, and they were saved as the model.
+            if saving and _nonfinite_weights(module):
+                return {STOPPED: (
+                    f"the weights after step {step:,} are not all finite, though its loss is ({entry['loss']:.4f}): "
+                    "the run stops without saving its weights (a lower lr or a warmup_ratio keeps a diverging "
+                    "run finite)")}
             progress["samples"] += global_samples
             progress["seconds"] += elapsed
             if evaluating:
@@ -890,7 +910,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         raise
     fit_done = time.perf_counter()
     summary = result.return_value or {}
-    if STOPPED in summary:  # the workers stopped the run (a non-finite loss), and saved nothing
+    if STOPPED in summary:  # the workers stopped the run (non-finite loss or weights), and saved nothing
         raise FloatingPointError(summary[STOPPED])
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint_dir = whole_checkpoint(result.checkpoint, os.path.join(tmp, "checkpoint"), config, run_uri)

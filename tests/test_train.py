@@ -1250,6 +1250,30 @@ def test_a_nan_loss_stops_the_run_before_it_saves_a_model(ray_local, tiny_model,
     assert not list((tmp_path / "o" / "checkpoints" / "o").glob("checkpoint_*"))
 
 
+def test_weights_made_non_finite_behind_a_finite_loss_are_not_saved(ray_local, tiny_model, tmp_path):
+    """Weights that are not all finite behind a finite loss (NaN or infinite gradients of the steps since the last log
+    line: a step's loss is that of the weights before its update; here a NaN row of the word embeddings that no pair's
+    tokens reach) were saved, in the checkpoints and as the model, and the run said it was done. It now stops before
+    the save, naming the step, with neither a checkpoint nor a model written."""
+    from safetensors.torch import load_file, save_file
+
+    from ce_ray.config import TrainConfig
+
+    model = shutil.copytree(tiny_model, tmp_path / "nan-row")
+    weights = load_file(model / "model.safetensors")
+    name = next(key for key in weights if key.endswith("word_embeddings.weight"))
+    weights[name][5] = float("nan")  # [unused4]: no text is tokenized to it
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    wikiqa_pairs("train", 16)[["query", "document", "label"]].to_parquet(tmp_path / "pairs.parquet")
+    with pytest.raises(FloatingPointError, match=r"^the weights after step 2 are not all finite, though its loss "
+                       r"is \(\d\.\d{4}\): the run stops without saving its weights \(a lower lr or a "
+                       r"warmup_ratio keeps a diverging run finite\)$"):
+        _train_module().train(TrainConfig(model=str(model), train_data=str(tmp_path / "pairs.parquet"),
+                                          output=str(tmp_path / "o"), batch_size=8, max_steps=2, log_every=1))
+    assert not (tmp_path / "o" / "model.safetensors").exists()
+    assert not list((tmp_path / "o" / "checkpoints" / "o").glob("checkpoint_*"))
+
+
 def test_a_nan_loss_is_not_retried(tiny_model, tmp_path):
     """Ray Train retried a run that a NaN loss stopped (`max_failures`), which met the same NaN again, each try a
     start of the workers for nothing. The stop ends the run at its first try, with the same line and exit status."""
