@@ -820,11 +820,14 @@ def test_a_model_written_again_after_its_listing_is_not_copied(tmp_path, tiny_mo
     naming the model where an object is no longer the one listed, rather than copying other weights."""
     from conftest import build_tiny_model
 
+    import s3fs
+
     from ce_ray.model_folder import ModelError, local_model_path, model_files
 
     for name, value in s3_server.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("CE_RAY_CACHE", str(tmp_path / "cache"))
+    s3fs.S3FileSystem.clear_instance_cache()  # an instance of an earlier test's server, stopped since
     bucket, uri = "ce-ray-model-relisted", "s3://ce-ray-model-relisted/models/reranker"
     fs = s3fs_for(s3_server)
     fs.mkdir(bucket)
