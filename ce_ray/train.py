@@ -190,8 +190,8 @@ def _replica_divergence(module) -> float:
 
 def _nonfinite_weights(module) -> bool:
     """Whether any worker's parameters hold a NaN or an infinity: their sum does (a NaN, or infinities of both signs,
-    make it NaN). One pass over the weights and one sync: ~6-24 ms for the 33M of MiniLM-L12 on 2 busy CPU cores,
-    against ~170-380 ms for its save (an elementwise `isfinite` took ~100-200 ms). Under ZeRO-3 a rank's
+    make it NaN). One pass over the weights and one sync: ~6-30 ms (the best runs) for the 33M of MiniLM-L12 on 2 busy
+    CPU cores, against ~170-600 ms for its save (an elementwise `isfinite` took ~100-200 ms). Under ZeRO-3 a rank's
     parameters are placeholders: no check there."""
     import torch
 
