@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from .batching import (IDS, REJECT, TYPES, PairEncoder, list_parts, pad, text_column, token_budget_batches,
                        tokenize_table)
 from .config import ConfigError, TrainConfig, refuse_unused, settings_set
-from .io import InputError, Listing, filesystem, is_text, join, list_files, list_tree, parse_names
+from .io import InputError, Listing, filesystem, is_text, list_files, list_tree, parse_names
 from .readers import ROW_INPUT
 from .training_pairs import LABEL_OF_NEGATIVES, training_pairs
 
