@@ -126,36 +126,27 @@ def test_invalid_utf8_in_jsonl_rejects_the_line(jsonl_job):
     assert 4 not in set(results(jsonl_job[1])["id"])
 
 
-def test_invalid_utf8_in_jsonl_of_good_lines_else_rejects_the_line(ray_local, tmp_path, tiny_model):
+@pytest.mark.parametrize("bad_line", [1, 2])
+def test_invalid_utf8_in_jsonl_of_good_lines_else_rejects_the_line(ray_local, tmp_path, tiny_model, bad_line):
     """A JSON Lines file whose only fault is a byte that is no UTF-8 in a text (a Latin-1 `\xe9`): Arrow's reader
     took it into the text, and the job failed where it was tokenized (`UnicodeDecodeError` in a task), its other
-    rows lost. Its line is rejected, as in a chunk of other bad lines, and the others scored."""
+    rows lost; on line 1 it failed the whole job in its file check (`line 1 is not valid JSON`). Its line is
+    rejected, as in a chunk of other bad lines, and the others scored, on line 1 as on any other."""
+    lines = [b'{"id": %d, "query": "q", "document": "%s"}\n' % (i, b"caf\xe9" if i + 1 == bad_line else b"d%d" % i)
+             for i in range(3)]
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "rows.jsonl").write_bytes(b'{"id": 0, "query": "q", "document": "d0"}\n'
-                                                  b'{"id": 1, "query": "q", "document": "caf\xe9"}\n'
-                                                  b'{"id": 2, "query": "q", "document": "d2"}\n')
+    (tmp_path / "in" / "rows.jsonl").write_bytes(b"".join(lines))
     summary = job(tiny_model, tmp_path / "in", tmp_path / "out")
     assert (summary.rows_in, summary.rows_scored, summary.rows_rejected) == (3, 2, 1)
-    assert results(tmp_path / "out")["id"].tolist() == [0, 2]
+    assert results(tmp_path / "out")["id"].tolist() == [i for i in range(3) if i + 1 != bad_line]
     reason = rejects(tmp_path / "out")["reason"].tolist()
-    assert reason == [f"{tmp_path / 'in' / 'rows.jsonl'} line 2: not valid JSON ('utf-8' codec can't decode byte "
-                      "0xe9 in position 40: invalid continuation byte)"]
+    assert reason == [f"{tmp_path / 'in' / 'rows.jsonl'} line {bad_line}: not valid JSON ('utf-8' codec can't decode "
+                      "byte 0xe9 in position 40: invalid continuation byte)"]
 
 
-def test_invalid_utf8_on_the_first_line_of_jsonl_rejects_that_line(ray_local, tmp_path, tiny_model):
-    """The same byte on line 1 failed the whole job in its file check (`line 1 is not valid JSON`), where on any
-    other line it rejects its line alone. Line 1 is rejected and the rest scored; a file of that line alone, whose
-    columns no line names, fails before any work in one line naming the file and the line."""
-    (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "rows.jsonl").write_bytes(b'{"id": 0, "query": "q", "document": "caf\xe9"}\n'
-                                                  b'{"id": 1, "query": "q", "document": "d1"}\n'
-                                                  b'{"id": 2, "query": "q", "document": "d2"}\n')
-    summary = job(tiny_model, tmp_path / "in", tmp_path / "out")
-    assert (summary.rows_in, summary.rows_scored, summary.rows_rejected) == (3, 2, 1)
-    assert results(tmp_path / "out")["id"].tolist() == [1, 2]
-    assert rejects(tmp_path / "out")["reason"].tolist() == [
-        f"{tmp_path / 'in' / 'rows.jsonl'} line 1: not valid JSON ('utf-8' codec can't decode byte 0xe9 in position "
-        "40: invalid continuation byte)"]
+def test_a_jsonl_file_of_one_line_not_utf8_fails_before_any_work(ray_local, tmp_path, tiny_model):
+    """A file of that line alone, whose columns no line names, fails before any work in one line naming the file
+    and the line."""
     (tmp_path / "alone").mkdir()
     (tmp_path / "alone" / "rows.jsonl").write_bytes(b'{"id": 0, "query": "q", "document": "caf\xe9"}\n')
     with pytest.raises(InputError, match=r"^\S+rows\.jsonl: line 1 is not UTF-8: byte 0xe9 at 40; write the file as "
