@@ -12,6 +12,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import sys
 from typing import Optional
 
@@ -169,8 +170,6 @@ def _copy_files(uri: str, fs, path: str, files, target: str) -> None:
                 while chunk := src.read(1 << 24):
                     dst.write(chunk)
         except (FileExpired, FileNotFoundError):
-            import shutil
-
             shutil.rmtree(partial, ignore_errors=True)
             raise ModelError(f"model {uri} was written again after this job listed it ({rel} is not the object "
                              "it listed): the job scores or trains with one model; run it again") from None
@@ -179,8 +178,6 @@ def _copy_files(uri: str, fs, path: str, files, target: str) -> None:
     try:
         os.rename(partial, target)  # atomic: concurrent replicas either see the whole copy or none
     except OSError:
-        import shutil
-
         shutil.rmtree(partial, ignore_errors=True)  # another process finished first
 
 
@@ -220,7 +217,6 @@ def _remove_older_copies(copy: str) -> None:
     """Removes the other finished copies of the same folder (its other versions) that no process holds: where a
     job still runs with the old weights, its copy stays, and goes with the first use of a copy after that job."""
     import fcntl
-    import shutil
 
     folder, _ = os.path.basename(copy).split("-")
     for older in glob.glob(os.path.join(os.path.dirname(copy), f"{folder}-{'[0-9a-f]' * 16}")):
