@@ -861,8 +861,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     activation = (activation_path(model, 1, config.trust_remote_code) if is_sequence_classifier(architectures)
                   else SIGMOID)
     spans, left_out = worker_spans(train_ds, config, per_worker, config.num_workers)
-    plan = {"model": source, "model_files": files, "max_length": max_length, "activation": activation, "batches_per_epoch": per_epoch,
-            "spans": spans, "left_out": left_out,
+    plan = {"model": source, "model_files": files, "max_length": max_length, "activation": activation,
+            "batches_per_epoch": per_epoch, "spans": spans, "left_out": left_out,
             "invocation": uuid.uuid4().hex,  # this command's, apart from earlier ones of the run it resumes
             "checkpoints": run_uri,
             "total_steps": total, "qrels": qrels,
