@@ -26,16 +26,22 @@ def free_port() -> int:
 
 @pytest.fixture
 def s3_server():
+    """A moto S3 server on 127.0.0.1, its endpoint and credentials as environment variables to set. s3fs keeps one
+    instance per set of arguments in a process: those of an earlier test's server, stopped since, are cleared
+    before and after, where a test that reads the endpoint from the environment would have asked them."""
+    import s3fs
     from moto.server import ThreadedMotoServer
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     env = {**CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    s3fs.S3FileSystem.clear_instance_cache()
     try:
         yield env
     finally:
         server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
 
 
 def s3fs_for(env):
@@ -357,14 +363,12 @@ def test_parts_a_store_lost_after_it_took_them_fail_the_check_before_success(s3_
 
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import s3fs
 
     from ce_ray.io import RESUME
     from ce_ray.sink import OutputLostError, check_parts
 
     for name, value in s3_server.items():
         monkeypatch.setenv(name, value)
-    s3fs.S3FileSystem.clear_instance_cache()  # an instance of another test's server would answer otherwise
     bucket, fs = "ce-ray-lost-parts", s3fs_for(s3_server)
     fs.mkdir(bucket)
     expected = {}
@@ -381,7 +385,6 @@ def test_parts_a_store_lost_after_it_took_them_fail_the_check_before_success(s3_
     urllib.request.urlopen(reset, timeout=10).close()  # the store restarted empty: no bucket, no object
     with pytest.raises(OutputLostError, match=r"in-0.parquet is missing \(3 rows\); results/in-1.parquet is missing"):
         check_parts(output, expected, RESUME)
-    s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture
@@ -820,14 +823,11 @@ def test_a_model_written_again_after_its_listing_is_not_copied(tmp_path, tiny_mo
     naming the model where an object is no longer the one listed, rather than copying other weights."""
     from conftest import build_tiny_model
 
-    import s3fs
-
     from ce_ray.model_folder import ModelError, local_model_path, model_files
 
     for name, value in s3_server.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("CE_RAY_CACHE", str(tmp_path / "cache"))
-    s3fs.S3FileSystem.clear_instance_cache()  # an instance of an earlier test's server, stopped since
     bucket, uri = "ce-ray-model-relisted", "s3://ce-ray-model-relisted/models/reranker"
     fs = s3fs_for(s3_server)
     fs.mkdir(bucket)
