@@ -753,6 +753,18 @@ def test_eval_of_an_output_reads_its_success_once(counting_store):
     assert len(requests) <= 12  # 28 before
 
 
+def model_in_store(s3_server, monkeypatch, tmp_path, model, bucket: str):
+    """An s3fs of the server, where `model` is uploaded as `s3://<bucket>/models/reranker`; this process reads the
+    server through the environment, and its model copies go into `tmp_path/cache`."""
+    for name, value in s3_server.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CE_RAY_CACHE", str(tmp_path / "cache"))
+    fs = s3fs_for(s3_server)
+    fs.mkdir(bucket)
+    fs.put(str(model) + "/", f"{bucket}/models/reranker/", recursive=True)
+    return fs
+
+
 def test_a_model_written_again_under_its_key_is_copied_again(tmp_path, tiny_model, s3_server, monkeypatch):
     """An `s3://` model was copied into the local cache once and that copy used forever after: a model trained again
     into the same output (or uploaded again) was scored with its old weights, silently. The copy is named by the
@@ -763,13 +775,8 @@ def test_a_model_written_again_under_its_key_is_copied_again(tmp_path, tiny_mode
 
     from ce_ray.model_folder import local_model_path
 
-    for name, value in s3_server.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("CE_RAY_CACHE", str(tmp_path / "cache"))
     bucket, uri = "ce-ray-model-again", "s3://ce-ray-model-again/models/reranker"
-    fs = s3fs_for(s3_server)
-    fs.mkdir(bucket)
-    fs.put(str(tiny_model) + "/", f"{bucket}/models/reranker/", recursive=True)
+    fs = model_in_store(s3_server, monkeypatch, tmp_path, tiny_model, bucket)
     first = local_model_path(uri)
     assert (Path(first) / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
     assert local_model_path(uri) == first  # unchanged: the copy is used again
@@ -825,13 +832,8 @@ def test_a_model_written_again_after_its_listing_is_not_copied(tmp_path, tiny_mo
 
     from ce_ray.model_folder import ModelError, local_model_path, model_files
 
-    for name, value in s3_server.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("CE_RAY_CACHE", str(tmp_path / "cache"))
     bucket, uri = "ce-ray-model-relisted", "s3://ce-ray-model-relisted/models/reranker"
-    fs = s3fs_for(s3_server)
-    fs.mkdir(bucket)
-    fs.put(str(tiny_model) + "/", f"{bucket}/models/reranker/", recursive=True)
+    fs = model_in_store(s3_server, monkeypatch, tmp_path, tiny_model, bucket)
     files = model_files(uri)
     fs.put(str(build_tiny_model(tmp_path / "retrained", seed=1) / "model.safetensors"),
            f"{bucket}/models/reranker/model.safetensors")
