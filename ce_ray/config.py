@@ -462,8 +462,9 @@ def refuse_unused(config: Any, names, why: str) -> None:
     """Fails naming the first of the settings `names` that `config` sets, which the function it was given to does
     nothing with (`why` says so): `score(ds, config=RerankConfig(top_k=5))` scored every row, and
     `score(ds, output="scored/")` wrote nothing, without a word."""
-    for name in settings_set(config, names)[:1]:
-        raise ConfigError(f"{name} {why}")
+    given = settings_set(config, names)
+    if given:
+        raise ConfigError(f"{given[0]} {why}")
 
 
 def with_settings(config: Any, settings: dict, kind: type) -> Any:

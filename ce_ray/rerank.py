@@ -31,7 +31,7 @@ from .config import RerankConfig, refuse_unused, require, with_settings
 from .io import OVERWRITE, InputError, missing_values
 from .readers import ROW_INDEX, ROW_INPUT, TAGS, plain_columns
 from .score import (FILE_SETTINGS, SCORE, add_scores, check_columns, check_known_columns, column_settings,
-                    known_schema, summary_lines)
+                    known_schema, of_a_jobs_files, summary_lines)
 from .sink import PairsSink
 
 RANK = "rank"
@@ -293,8 +293,8 @@ def rerank(ds, config: Optional[RerankConfig] = None, input_order: Optional[List
     Example: `ce_ray.rerank(ray.data.read_parquet(...), model="cross-encoder/ms-marco-MiniLM-L6-v2", top_k=10)`.
     """
     config = with_settings(config, settings, RerankConfig)
-    refuse_unused(config, FILE_SETTINGS, "is a setting of a job's files (ce_ray.run_rerank reads and writes them): "
-                                         "rerank takes a Dataset and returns it ranked")
+    refuse_unused(config, FILE_SETTINGS, of_a_jobs_files("ce_ray.run_rerank",
+                                                         "rerank takes a Dataset and returns it ranked"))
     config.validate()
     check_known_columns(ds, {config.query_id_column: "query_id_column"})
     check_known_key(ds, config.query_id_column)

@@ -196,6 +196,13 @@ def scoring_model(config: ScoreConfig) -> ScoringModel:
 
 # ScoreConfig's settings of a job's files, which a function that takes a Dataset and returns one has none of.
 FILE_SETTINGS = ("input", "output", "input_format", "column_names", "mode")
+
+
+def of_a_jobs_files(job: str, takes: str) -> str:
+    """Why a setting of a job's files (`FILE_SETTINGS`) is refused by a function that has none: `job` is the one that
+    has them, `takes` what the function takes and gives instead."""
+    return f"is a setting of a job's files ({job} reads and writes them): {takes}"
+
 # RerankConfig's settings of ranking, which score (a RerankConfig is a ScoreConfig) has nothing to do with.
 RANK_SETTINGS = ("query_id_column", "rank_column", "top_k", "rank_partitions")
 
@@ -214,8 +221,8 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
     where set, naming the first: score does nothing with them.
     """
     config = with_settings(config, settings, ScoreConfig)
-    refuse_unused(config, FILE_SETTINGS, "is a setting of a job's files (ce_ray.run_score reads and writes them): "
-                                         "score takes a Dataset and returns it scored")
+    refuse_unused(config, FILE_SETTINGS, of_a_jobs_files("ce_ray.run_score",
+                                                         "score takes a Dataset and returns it scored"))
     refuse_unused(config, RANK_SETTINGS, "is a setting of ranking (ce_ray.rerank): score adds the scores alone")
     return add_scores(ds, config, announce)
 
@@ -523,8 +530,7 @@ PREDICT_ARGUMENTS_REPLACED = {
 
 # ScoreConfig's settings of a job's files, which predict (pairs in, scores out) has none of: taken, they changed
 # nothing (an `output` wrote no file) or failed on a column the pairs do not have (`query_column`).
-JOB_SETTINGS = ("input", "output", "input_format", "column_names", "mode", "query_column", "document_column",
-                "score_column")
+JOB_SETTINGS = FILE_SETTINGS + ("query_column", "document_column", "score_column")
 
 
 def _given_pairs(pairs, settings: dict):
@@ -546,8 +552,8 @@ def _predict_arguments(settings: dict) -> tuple:
             raise ConfigError(f"{name}: {instead}")
     for name in JOB_SETTINGS:
         if name in settings:
-            raise ConfigError(f"{name} is a setting of a job's files (ce_ray.run_score reads and writes them): "
-                              "predict takes (query, document) pairs and returns their scores")
+            raise ConfigError(f"{name} " + of_a_jobs_files("ce_ray.run_score", "predict takes (query, document) pairs "
+                                                                                "and returns their scores"))
     settings = {name: value for name, value in settings.items() if name not in PREDICT_ARGUMENTS_WITHOUT_EFFECT}
     function = settings.pop("activation_fn", settings.pop("activation_fct", None))  # predict's old name too
     if function is not None:
