@@ -237,18 +237,20 @@ def run_candidates(config: CandidatesConfig) -> dict:
     report = check_qrels(qrels, queries, corpus)
     for line in report.lines():
         print(f"ce-ray candidates: warning: {line}", file=sys.stderr, flush=True)
-    query_ids = [q for q in qrels if q in queries][: config.max_queries]
+    known = [q for q in qrels if q in queries]
+    query_ids = known[: config.max_queries]
     if not query_ids:
         raise InputError(f"no query of {qrels_name} is in {beir_file(config.data, 'queries.jsonl')}")
     if not any(queries[q].strip() for q in query_ids):
         raise InputError(f"no query of {qrels_name} has a 'text' in {beir_file(config.data, 'queries.jsonl')}")
     _prepare(config)
     with work():  # from here on an error fails a job that has done work, whatever its type
-        return _retrieve(config, corpus, queries, qrels, query_ids, report, start)
+        return _retrieve(config, corpus, queries, qrels, query_ids, len(known) - len(query_ids), report, start)
 
 
 def _retrieve(config: CandidatesConfig, corpus: Dict[str, str], queries: Dict[str, str],
-              qrels: Dict[str, Dict[str, int]], query_ids: List[str], report: QrelsReport, start: float) -> dict:
+              qrels: Dict[str, Dict[str, int]], query_ids: List[str], left_out: int, report: QrelsReport,
+              start: float) -> dict:
     """The work of `run_candidates`, after its checks: the index, the candidates file, `_SUCCESS` and the summary."""
     # Said before the index is built: BM25 over 400,000 documents took 40 s on 2 CPU cores, and a corpus of
     # millions takes many minutes, with nothing else said until the job ends.
@@ -265,7 +267,7 @@ def _retrieve(config: CandidatesConfig, corpus: Dict[str, str], queries: Dict[st
     relevant = sum(sum(g > 0 for g in qrels[q].values()) for q in query_ids)
     summary = {
         "queries": len(query_ids), "documents": len(corpus), "pairs": table.num_rows, "top_k": config.top_k,
-        "queries_with_fewer_matches": short,
+        "queries_with_fewer_matches": short, "queries_left_out": left_out,
         "split": config.split, "judged_pairs": judged, "relevant_retrieved": found, "relevant_total": relevant,
         "unknown_qrels_queries": len(report.unknown_queries),
         "unknown_qrels_queries_examples": report.unknown_queries[:10],
@@ -278,10 +280,12 @@ def _retrieve(config: CandidatesConfig, corpus: Dict[str, str], queries: Dict[st
     recall = found / relevant if relevant else 0.0
     print("\n".join([
         "ce-ray candidates: done",
-        f"  queries       {len(query_ids):,} ({config.split})",
+        f"  queries       {len(query_ids):,} ({config.split}"
+        + (f"; {left_out:,} more left out by --max-queries)" if left_out else ")"),
         f"  documents     {len(corpus):,}",
         f"  pairs         {table.num_rows:,} (BM25 top {config.top_k}"
-        + (f"; fewer for {short:,} queries, whose other documents share no term with them)" if short else ")"),
+        + (f"; fewer for {short:,} {'query' if short == 1 else 'queries'}, whose other documents share no term "
+           f"with {'it' if short == 1 else 'them'})" if short else ")"),
         f"  relevant      {found:,} of {relevant:,} retrieved (recall@{config.top_k} {recall:.3f} over all pairs; "
         "ce-ray eval averages it per query)",
         f"  seconds       {summary['seconds']:.1f}",

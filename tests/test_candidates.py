@@ -157,6 +157,24 @@ def test_records_that_repeat_an_id_are_warned_of(tmp_path, capsys):
     assert read_corpus(str(folder)) == {"1": "blue sea", "d2": "red tea"}
 
 
+def test_the_summary_counts_one_query_in_the_singular_and_says_how_many_max_queries_left_out(tmp_path, capsys):
+    """The summary said "fewer for 1 queries, ... with them", and with `--max-queries` it counted the queries
+    taken, not those it left out."""
+    docs = ['{"_id": "d1", "title": "Apples", "text": "red apples are sweet"}',
+            '{"_id": "d2", "title": "", "text": "the blue sea is deep"}', '{"_id": "d3", "title": "", "text": "green"}']
+    folder = beir_folder(tmp_path / "beir", docs, "query-id\tcorpus-id\tscore\nq1\td1\t2\nq2\td2\t1\n")
+    assert main(["candidates", "--data", str(folder), "--top-k", "2", "--max-queries", "1",
+                 "--output", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "  queries       1 (test; 1 more left out by --max-queries)\n" in out
+    assert "  pairs         1 (BM25 top 2; fewer for 1 query, whose other documents share no term with it)\n" in out
+    assert json.loads((tmp_path / "out" / "_SUCCESS").read_text())["queries_left_out"] == 1
+    assert main(["candidates", "--data", str(folder), "--top-k", "2", "--output", str(tmp_path / "all")]) == 0
+    out = capsys.readouterr().out
+    assert "  queries       2 (test)\n" in out
+    assert "  pairs         2 (BM25 top 2; fewer for 2 queries, whose other documents share no term with them)\n" in out
+
+
 def test_bad_corpus_line_names_file_and_line(tmp_path):
     docs = ['{"_id": "d1", "title": "A", "text": "alpha"}', '{"_id": "d2", "title": "B", "text": beta}']
     folder = beir_folder(tmp_path / "beir", docs, "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
