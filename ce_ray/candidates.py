@@ -107,28 +107,48 @@ def read_queries(folder: str) -> Dict[str, str]:
 def read_qrels(uri: str) -> Dict[str, Dict[str, int]]:
     """query id -> {doc id: grade}, in file order, from a BEIR qrels TSV (header `query-id corpus-id score`)
     or a TREC qrels file (`query iteration document relevance`, split at spaces or tabs, no header: MS
-    MARCO's and TREC DL's)."""
+    MARCO's and TREC DL's). A first line whose grade is not a number is a header, of any words (`qid docid rel`),
+    as BEIR's loader skips its first line whatever it holds. A (query, document) pair listed again keeps its last
+    grade, as BEIR's loader keeps it (trec_eval refuses such qrels), and is warned of."""
     qrels: Dict[str, Dict[str, int]] = {}
+    repeated: List[str] = []
     rows = ((n, line.rstrip("\n\r")) for n, line in numbered_lines(uri))
     for number, line in rows:
         if not line.strip():
             continue
         parts = next(csv.reader([line], delimiter="\t"))
-        if number == 1 and parts[:2] == ["query-id", "corpus-id"]:
-            continue
-        if len(parts) != 3 and len(fields := line.split()) == 4:  # TREC: the iteration (0 or Q0) is not used
-            parts = [fields[0], fields[2], fields[3]]
+        words = line.split()
+        if len(parts) != 3 and len(words) == 4:  # TREC: the iteration (0 or Q0) is not used
+            parts = [words[0], words[2], words[3]]
+        if number == 1 and ((len(parts) == 3 and not _is_number(parts[2]))
+                            or (len(words) in (3, 4) and not _is_number(words[-1]))):
+            continue  # a header, tab- or space-separated
         if len(parts) != 3:
             raise InputError(f"{uri} line {number}: expected BEIR's 3 tab-separated fields (query-id, corpus-id, "
                              f"score) or TREC's 4 (query, iteration, document, relevance), got {len(parts)}")
         try:
             grade = int(float(parts[2]))
-        except ValueError:
+        except (ValueError, OverflowError):  # `nan`, `inf`
             raise InputError(f"{uri} line {number}: score {parts[2]!r} is not a number") from None
-        qrels.setdefault(parts[0], {})[parts[1]] = grade
+        judged = qrels.setdefault(parts[0], {})
+        if parts[1] in judged:
+            repeated.append(f"{parts[0]}/{parts[1]}")
+        judged[parts[1]] = grade
     if not qrels:  # nothing to search for or to measure by: said here, not as a fault further on
         raise InputError(f"{uri} holds no judgment (a query, a document and its grade a line)")
+    if repeated:
+        print(f"ce-ray: warning: {uri}: {len(repeated):,} line(s) repeat the (query, document) pair of an earlier "
+              f"line, whose last grade is kept (query/doc): {repeated[0]}" + (", ..." if len(repeated) > 1 else ""),
+              file=sys.stderr, flush=True)
     return qrels
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass

@@ -233,6 +233,35 @@ def test_trec_qrels_read_as_beir_qrels(tmp_path):
         read_qrels(str(tmp_path / "bad.tsv"))
 
 
+def test_a_qrels_header_of_other_words_is_skipped_and_a_pair_listed_twice_is_warned_of(tmp_path, capsys):
+    """A header other than BEIR's (`qid<TAB>docid<TAB>rel`, `query_id doc_id relevance`) failed on line 1: `score
+    'rel' is not a number`; BEIR's loader skips a first line whatever it holds. A (query, document) pair listed
+    twice kept its last grade unsaid (trec_eval refuses such qrels; BEIR's loader keeps the last grade)."""
+    from ce_ray.candidates import read_qrels
+
+    expected = {"q1": {"d1": 1, "d2": 0}, "q2": {"d3": 2}}
+    for name, header in (("tab.tsv", "qid\tdocid\trel"), ("spaces.tsv", "query_id doc_id relevance"),
+                         ("trec.txt", "qid iter docno rel")):
+        sep = " 0 " if name == "trec.txt" else "\t"
+        (tmp_path / name).write_text(header + "\n" + "".join(f"{q}{sep}{d}\t{g}\n" for q, d, g in (
+            ("q1", "d1", 1), ("q1", "d2", 0), ("q2", "d3", 2))))
+        assert read_qrels(str(tmp_path / name)) == expected
+    assert capsys.readouterr().err == ""
+    # A word past line 1 stays an error naming the file and the line; TREC qrels without a header are read.
+    (tmp_path / "late.tsv").write_text("q1\td1\t1\nqid\tdocid\trel\n")
+    with pytest.raises(InputError, match=f"^{tmp_path}/late.tsv line 2: score 'rel' is not a number$"):
+        read_qrels(str(tmp_path / "late.tsv"))
+    (tmp_path / "plain.txt").write_text("q1 0 d1 1\nq1 0 d2 0\nq2 0 d3 2\n")
+    assert read_qrels(str(tmp_path / "plain.txt")) == expected
+
+    (tmp_path / "twice.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\td2\t0\nq2\td3\t2\n"
+                                        "q1\td1\t1\nq2\td3\t2\n")
+    assert read_qrels(str(tmp_path / "twice.tsv")) == expected
+    assert capsys.readouterr().err == (f"ce-ray: warning: {tmp_path}/twice.tsv: 2 line(s) repeat the (query, "
+                                       "document) pair of an earlier line, whose last grade is kept (query/doc): "
+                                       "q1/d1, ...\n")
+
+
 def test_a_run_is_measured_by_its_scores_without_a_note_of_the_baseline_it_cannot_have(tmp_path, capsys):
     """A TREC run is ordered by its scores, as trec_eval orders it: its rank field (0 on every line here, or
     ranks against the scores) is not read. Each run's eval said `note: no 'bm25_rank' column, no baseline`, the
