@@ -208,8 +208,13 @@ def _reranked_by(df: pd.DataFrame, c: EvalConfig) -> tuple:
     """The column that gives the reranked order, and whether higher comes first: the rank, else the score."""
     ranked_by, descending = (c.rank_column, False) if c.rank_column in df.columns else (c.score_column, True)
     if ranked_by not in df.columns:
+        # A first stage's output (`ce-ray candidates`') holds its own order, the baseline: say which flag reads it.
+        flag = "--score-column" if c.baseline_column and c.baseline_descending else "--rank-column"
+        first_stage = (f", e.g. {flag} {c.baseline_column} for the input's first-stage order"
+                       if c.baseline_column in df.columns else "")
         raise InputError(f"neither {c.rank_column!r} nor {c.score_column!r} is a column of the input: name the "
-                         "order's column with --rank-column (1 is best) or --score-column (higher is better)")
+                         f"order's column with --rank-column (1 is best) or --score-column (higher is better)"
+                         + first_stage)
     return ranked_by, descending
 
 

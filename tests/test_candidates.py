@@ -175,6 +175,24 @@ def test_the_summary_counts_one_query_in_the_singular_and_says_how_many_max_quer
     assert "  pairs         2 (BM25 top 2; fewer for 2 queries, whose other documents share no term with them)\n" in out
 
 
+def test_eval_of_candidates_without_flags_names_the_flag_that_reads_their_order(tmp_path, capsys):
+    """`ce-ray eval` of a candidates output, which holds no `rank` or `score`, said to name the order's column,
+    not that its `bm25_rank` is read with `--rank-column bm25_rank`."""
+    docs = ['{"_id": "d1", "title": "Apples", "text": "red apples are sweet"}',
+            '{"_id": "d2", "title": "", "text": "the blue sea is deep"}']
+    folder = beir_folder(tmp_path / "beir", docs, "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n")
+    assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--input", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "ce-ray eval: error: neither 'rank' nor 'score' is a column of the input: name the order's column with "
+        "--rank-column (1 is best) or --score-column (higher is better), e.g. --rank-column bm25_rank for the "
+        "input's first-stage order"]
+    assert main(["eval", "--input", str(tmp_path / "out"), "--rank-column", "bm25_rank",
+                 "--output", str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["reranked"]["mrr@10"] == 1.0
+
+
 def test_bad_corpus_line_names_file_and_line(tmp_path):
     docs = ['{"_id": "d1", "title": "A", "text": "alpha"}', '{"_id": "d2", "title": "B", "text": beta}']
     folder = beir_folder(tmp_path / "beir", docs, "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
