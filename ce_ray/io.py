@@ -677,22 +677,13 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
             return FileCheck(path, first, 0 if len(lines) <= 1 else None, as_text(first), size_bytes=size)
         if not lines:
             return FileCheck(path, [], 0, {})
-        if lines[0].lstrip().startswith(b"["):  # pandas' to_json(orient="records"), on one line or indented
-            raise InputError(f"{path}: a JSON array, where JSON Lines (one object a line) are read: write one object "
-                             "per line (pandas: to_json(orient='records', lines=True))")
-        try:
-            # A byte that is no UTF-8 rejects its line as the reader rejects any other line's: the check reads past
-            # it (it failed the whole file on line 1 alone).
-            first = json.loads(lines[0].decode("utf-8", errors="replace"))
-        except ValueError as e:
-            raise InputError(f"{path}: line 1 is not valid JSON ({e})") from None
-        if not isinstance(first, dict):
-            raise InputError(f"{path}: line 1 is not a JSON object")
         # The columns of the head's lines, not of the first alone: a line may leave a key out (a null), and a query
-        # missing from line 1 alone failed the file as having no query column.
+        # missing from line 1 alone failed the file as having no query column. A line 1 that is no JSON object (no
+        # UTF-8, cut short, an array) is rejected as the reader rejects any other line: it failed the whole file.
         types = _json_types(lines if whole else lines[:-1] or lines[:1], path)
         if not types:  # its lines all rejected: the reader would reject them too, and no column names its pairs
             _refuse_header_not_utf8(path, lines[0], "line 1")
+            _refuse_line_1(path, lines[0])
         return FileCheck(path, list(types), None, types, size_bytes=size)
     except InputError:
         raise
@@ -726,6 +717,19 @@ def _refuse_header_not_utf8(path: str, header: bytes, line: str = "its header li
         utf16 = " (UTF-16, as Excel's Unicode Text writes it)" if header[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
         raise InputError(f"{path}: {line} is not UTF-8{utf16}: byte {header[e.start]:#04x} at {e.start}; "
                          "write the file as UTF-8") from None
+
+
+def _refuse_line_1(path: str, line: bytes) -> None:
+    """Why a JSON Lines file whose first lines are all rejected is none, named by its line 1."""
+    if line.lstrip().startswith(b"["):  # pandas' to_json(orient="records"), on one line or indented
+        raise InputError(f"{path}: a JSON array, where JSON Lines (one object a line) are read: write one object "
+                         "per line (pandas: to_json(orient='records', lines=True))")
+    try:
+        first = json.loads(line)
+    except ValueError as e:
+        raise InputError(f"{path}: line 1 is not valid JSON ({e})") from None
+    if not isinstance(first, dict):
+        raise InputError(f"{path}: line 1 is not a JSON object")
 
 
 def _first_record(data: bytes, input_format: str) -> List[str]:

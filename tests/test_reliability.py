@@ -155,6 +155,38 @@ def test_a_jsonl_file_of_one_line_not_utf8_fails_before_any_work(ray_local, tmp_
     assert not (tmp_path / "out2").exists()
 
 
+@pytest.mark.parametrize("bad,bad_line", [(b'{"query": "a",', 1), (b'{"query": "a",', 2), (b"[1, 2]", 1), (b"7", 1)])
+def test_a_jsonl_line_that_is_no_json_object_rejects_its_row_on_line_1_as_on_any_other(ray_local, tmp_path, tiny_model,
+                                                                                     bad, bad_line):
+    """A line cut short, or a JSON array or number, not an object: on line 2 its row was rejected and the others
+    scored; on line 1 the whole file failed in its check (`line 1 is not valid JSON`, `line 1 is not a JSON
+    object`, `a JSON array, where JSON Lines ... are read`). A file of such lines alone still fails before any work,
+    naming the file and the line."""
+    lines = [b'{"id": %d, "query": "q", "document": "d%d"}' % (i, i) for i in range(3)]
+    lines[bad_line - 1] = bad
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "rows.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    summary = job(tiny_model, tmp_path / "in", tmp_path / "out")
+    assert (summary.rows_in, summary.rows_scored, summary.rows_rejected) == (3, 2, 1)
+    assert results(tmp_path / "out")["id"].tolist() == [i for i in range(3) if i + 1 != bad_line]
+    because = ("Expecting property name enclosed in double quotes: line 1 column 15 (char 14)" if bad.startswith(b"{")
+               else "not a JSON object")
+    assert rejects(tmp_path / "out")["reason"].tolist() == [
+        f"{tmp_path / 'in' / 'rows.jsonl'} line {bad_line}: not valid JSON ({because})"]
+    if bad_line == 1:
+        (tmp_path / "alone").mkdir()
+        (tmp_path / "alone" / "rows.jsonl").write_bytes(bad + b"\n" + bad + b"\n")
+        said = {b"[": "a JSON array, where JSON Lines (one object a line) are read: write one object per line "
+                      "(pandas: to_json(orient='records', lines=True))",
+                b"7": "line 1 is not a JSON object",
+                b"{": "line 1 is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 15 "
+                      "(char 14))"}[bad[:1]]
+        with pytest.raises(InputError) as failed:
+            job(tiny_model, tmp_path / "alone", tmp_path / "out2")
+        assert str(failed.value) == f"{tmp_path / 'alone' / 'rows.jsonl'}: {said}"
+        assert not (tmp_path / "out2").exists()
+
+
 def test_invalid_utf8_in_csv_rejects_the_row(csv_job):
     row = rejects(csv_job[1]).set_index("id").loc["2"]
     assert row["reason"].startswith("query is not valid UTF-8") and row["query"] == "bad \ufffd byte"
