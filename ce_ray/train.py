@@ -807,11 +807,12 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     check_safe(model, config.allow_pickle, config.trust_remote_code)
     check_single_logit(model, config.model)
     check_max_length(model, config.model, config.max_length)
-    _check_output(config.output, config.model if is_remote(config.model) else model)
     _check_data(config)
     fs, storage_path, name, run_uri = run_storage(config)
     data = training_input(config)  # once: for the run's record, then read
     refuse_settings_of_beir(config, data.beir)
+    # After the data's checks, since it creates the output: a run refused for its data left an empty folder.
+    _check_output(config.output, config.model if is_remote(config.model) else model)
     _warn_of_eval_on_training_data(config, data.beir)
     if claim_run(config, source, fs, storage_path, name, run_uri, data.files):
         print(f"ce-ray train: resumes the run {name} from the last checkpoint Ray Train recorded (a finished run only "

@@ -197,7 +197,9 @@ class TrainingInput:
 def refuse_settings_of_beir(config: TrainConfig, beir: bool) -> None:
     """The settings of a BEIR folder's training pairs given for files of pairs, and of a BEIR folder's eval candidates
     for eval rows: a run did nothing with them and said nothing (`hard_negatives 8` trained on the file's pairs as
-    they are, `eval_top_k 10` evaluated every candidate of each query). `beir`: whether train_data is a folder."""
+    they are, `eval_top_k 10` evaluated every candidate of each query). `beir`: whether train_data is a folder.
+    negative_columns for a BEIR folder too, here before any work (it was refused where the pairs were read)."""
+    _negative_columns(config, beir)
     if not beir:
         refuse_unused(config, ("train_split", "hard_negatives"), "is a setting of a BEIR folder's training pairs (its "
                       f"qrels' positives and BM25's negatives): train_data {config.train_data} is files of pairs")

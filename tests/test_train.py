@@ -548,8 +548,11 @@ def _ray_train_workers():
 def test_the_settings_of_a_beir_folder_are_refused_for_files_of_pairs(tiny_model, pairs_file, tmp_path):
     """`hard_negatives` and `train_split` given for a file of pairs, `eval_split` and `eval_top_k` for eval rows: the
     run trained on the pairs as they are and evaluated every candidate of each query, and said nothing. Each is
-    refused before any work, naming it and the data; for a BEIR folder they pass."""
+    refused before any work, naming it and the data; for a BEIR folder they pass. The refusals (and that of
+    training data not there, or of negative_columns for a BEIR folder, refused once Ray had started) left the output
+    created, an empty folder: nothing is created."""
     from ce_ray.config import ConfigError, TrainConfig
+    from ce_ray.io import InputError
     from ce_ray.train_data import refuse_settings_of_beir
 
     settings = dict(model=str(tiny_model), train_data=str(pairs_file), output=str(tmp_path / "out"), max_steps=1)
@@ -563,7 +566,11 @@ def test_the_settings_of_a_beir_folder_are_refused_for_files_of_pairs(tiny_model
                                               rf"and BM25's top k\): eval_data {pairs_file} is rows, each query's its "
                                               r"candidates$"):
             _train_module().train(TrainConfig(**settings, eval_data=str(pairs_file), **{name: value}))
-    assert list((tmp_path / "out").iterdir()) == []  # no run recorded: its output checked as writable alone
+    with pytest.raises(InputError, match=rf"^train_data {tmp_path}/nowhere.jsonl does not exist$"):
+        _train_module().train(TrainConfig(**settings | {"train_data": str(tmp_path / "nowhere.jsonl")}))
+    with pytest.raises(ConfigError, match=r"^negative_columns is for rows of a query, a positive and negatives; "):
+        _train_module().train(TrainConfig(**settings | {"train_data": str(SCIFACT)}, negative_columns="neg"))
+    assert not (tmp_path / "out").exists()
     refuse_settings_of_beir(TrainConfig(**settings, eval_data=str(SCIFACT), eval_top_k=10), beir=False)
     refuse_settings_of_beir(TrainConfig(**settings | {"train_data": str(SCIFACT)}, hard_negatives=8), beir=True)
 
@@ -1455,14 +1462,15 @@ def test_a_word_in_a_jsonl_list_of_labels_rejects_its_pair_not_the_job(tiny_mode
         "label").to_pylist() == [["1", "0"]]
 
 
-def test_an_output_that_cannot_be_written_fails_before_training(tiny_model, tmp_path):
-    """The model is written after the training: a place it cannot go fails before any data is read."""
+def test_an_output_that_cannot_be_written_fails_before_training(tiny_model, pairs_file, tmp_path):
+    """The model is written after the training: a place it cannot go fails before any data is read (the data's
+    settings checked first, so that a run refused for them creates no output)."""
     from ce_ray.config import TrainConfig
     from ce_ray.sink import OutputError
 
     (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(OutputError, match=r"cannot write the output \S+/a-file/model: .*Not a directory"):
-        _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(tmp_path / "nowhere.parquet"),
+        _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(pairs_file),
                                           output=str(tmp_path / "a-file" / "model")))
 
 
