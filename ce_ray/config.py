@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Dict, Literal, Optional
 
 import yaml
 
-from .io import OWN_COLUMNS
+from .io import OWN_COLUMNS, setting_and_flag
 
 
 class ConfigError(ValueError):
@@ -218,14 +218,14 @@ class EvalConfig:
 
     def validate(self) -> None:
         if self.k < 1 or self.recall_k < 1:
-            raise ConfigError("k and recall_k must be >= 1")
+            raise ConfigError(f"{setting_and_flag('k')} and {setting_and_flag('recall_k')} must be >= 1")
         # Each was taken and changed nothing, without a word: the qrels' grades are used, and no baseline is measured.
         if self.qrels:
             refuse_unused(self, ["label_column"], f"gives the grades without qrels: with qrels {self.qrels} the grades "
-                                                  "are theirs; leave label_column out")
+                                                  "are theirs; leave it out", flags=True)
         if not self.baseline_column:
-            refuse_unused(self, ["baseline_descending"], "orders the baseline, which an empty baseline_column leaves "
-                                                         "out: name the baseline's column")
+            refuse_unused(self, ["baseline_descending"], f"orders the baseline, which an empty "
+                          f"{setting_and_flag('baseline_column')} leaves out: name the baseline's column", flags=True)
 
 
 @dataclass
@@ -330,10 +330,11 @@ class TrainConfig(ModelConfig):
         # Each of these measures on eval_data: without it a run did nothing of what they asked, and said nothing.
         for name in ("best_metric", "eval_every", "eval_max_queries"):
             if getattr(self, name) and not self.eval_data:
-                raise ConfigError(f"{name} {getattr(self, name)} needs eval_data, which it is measured on")
+                raise ConfigError(f"{setting_and_flag(name)} {getattr(self, name)} needs "
+                                  f"{setting_and_flag('eval_data')}, which it is measured on")
         if self.negative_columns:  # it was taken and read no column: the positive is labelled 1, each negative 0
-            refuse_unused(self, ["label_column"], "names no column of rows of negative_columns, whose positive is "
-                                                  "labelled 1 and each negative 0: leave label_column out")
+            refuse_unused(self, ["label_column"], f"names no column of rows of {setting_and_flag('negative_columns')}, "
+                          "whose positive is labelled 1 and each negative 0: leave it out", flags=True)
         if self.deepspeed and None not in (self.bf16, self.deepspeed.bf16) and self.bf16 != self.deepspeed.bf16:
             # the section's wins (`train.uses_bf16`): the other was taken and changed nothing
             raise ConfigError(f"bf16 {self.bf16} and deepspeed.bf16 {self.deepspeed.bf16} disagree: set one of them")
@@ -342,9 +343,11 @@ class TrainConfig(ModelConfig):
             raise ConfigError(f"deepspeed.offload_params works with ZeRO stage 3 alone, which partitions the "
                               f"parameters: set deepspeed.stage 3 (it is {self.deepspeed.stage})")
         if self.compile and self.deepspeed:
-            raise ConfigError("compile works with DDP only: DeepSpeed wraps the model its own way")
+            raise ConfigError(f"{setting_and_flag('compile')} works with DDP only: DeepSpeed wraps the model its "
+                              "own way")
         if self.compile_mode != "default" and not self.compile:
-            raise ConfigError(f"compile_mode {self.compile_mode!r} needs compile: true")
+            raise ConfigError(f"{setting_and_flag('compile_mode')} {self.compile_mode!r} needs "
+                              f"{setting_and_flag('compile')}")
         for name in ("max_steps", "eval_max_queries"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -458,13 +461,14 @@ def settings_set(config: Any, names) -> list:
     return [name for name in names if hasattr(config, name) and getattr(config, name) != getattr(defaults, name)]
 
 
-def refuse_unused(config: Any, names, why: str) -> None:
+def refuse_unused(config: Any, names, why: str, flags: bool = False) -> None:
     """Fails naming the first of the settings `names` that `config` sets, which the function it was given to does
     nothing with (`why` says so): `score(ds, config=RerankConfig(top_k=5))` scored every row, and
-    `score(ds, output="scored/")` wrote nothing, without a word."""
+    `score(ds, output="scored/")` wrote nothing, without a word. `flags`: the settings are a command's, named with
+    their flags too (a Python function's have none)."""
     given = settings_set(config, names)
     if given:
-        raise ConfigError(f"{given[0]} {why}")
+        raise ConfigError(f"{setting_and_flag(given[0]) if flags else given[0]} {why}")
 
 
 def with_settings(config: Any, settings: dict, kind: type) -> Any:

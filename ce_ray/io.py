@@ -773,13 +773,18 @@ def _missing_columns_hint(check: FileCheck, input_format: str, column_names: Opt
     return settings_hint(missing, settings)
 
 
+def setting_and_flag(name: str) -> str:
+    """A setting as a message names it, by its YAML key and its command's flag: `batch_tokens (--batch-tokens)`."""
+    return f"{name} (--{name.replace('_', '-')})"
+
+
 def settings_hint(missing: Sequence[str], settings: Dict[str, str]) -> str:
     """`; name the column with <setting> (--<flag>)` for the `missing` columns that a setting names (`settings`:
     column -> setting); empty where none does."""
     named = [settings[c] for c in missing if c in settings]
     if not named:
         return ""
-    flags = " and ".join(f"{s} (--{s.replace('_', '-')})" for s in dict.fromkeys(named))
+    flags = " and ".join(setting_and_flag(s) for s in dict.fromkeys(named))
     return f"; name the {'column' if len(missing) == 1 else 'columns'} with {flags}"
 
 

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from .batching import (IDS, REJECT, TYPES, PairEncoder, list_parts, pad, text_column, token_budget_batches,
                        tokenize_table)
 from .config import ConfigError, TrainConfig, refuse_unused, settings_set
-from .io import InputError, Listing, filesystem, is_text, list_files, list_tree, parse_names
+from .io import InputError, Listing, filesystem, is_text, list_files, list_tree, parse_names, setting_and_flag
 from .readers import ROW_INPUT
 from .training_pairs import LABEL_OF_NEGATIVES, training_pairs
 
@@ -163,11 +163,11 @@ def _combine_stats(rows: List[dict]) -> dict:
 def _negative_columns(config: TrainConfig, beir: bool) -> List[str]:
     names = parse_names(config.negative_columns, "negative_columns") or []
     if names and beir:
-        raise ConfigError("negative_columns is for rows of a query, a positive and negatives; a BEIR folder's "
-                          "negatives are BM25's (hard_negatives)")
+        raise ConfigError(f"{setting_and_flag('negative_columns')} is for rows of a query, a positive and negatives; "
+                          f"a BEIR folder's negatives are BM25's ({setting_and_flag('hard_negatives')})")
     if config.document_column in names or config.query_column in names:
-        raise ConfigError(f"negative_columns must name other columns than the query and the positive, "
-                          f"got {config.negative_columns!r}")
+        raise ConfigError(f"{setting_and_flag('negative_columns')} must name other columns than the query and the "
+                          f"positive, got {config.negative_columns!r}")
     return names
 
 
@@ -202,10 +202,12 @@ def refuse_settings_of_beir(config: TrainConfig, beir: bool) -> None:
     _negative_columns(config, beir)
     if not beir:
         refuse_unused(config, ("train_split", "hard_negatives"), "is a setting of a BEIR folder's training pairs (its "
-                      f"qrels' positives and BM25's negatives): train_data {config.train_data} is files of pairs")
+                      f"qrels' positives and BM25's negatives): train_data {config.train_data} is files of pairs",
+                      flags=True)
     if config.eval_data and settings_set(config, ("eval_split", "eval_top_k")) and not _is_beir(config.eval_data):
         refuse_unused(config, ("eval_split", "eval_top_k"), "is a setting of a BEIR folder's eval candidates (its "
-                      f"qrels and BM25's top k): eval_data {config.eval_data} is rows, each query's its candidates")
+                      f"qrels and BM25's top k): eval_data {config.eval_data} is rows, each query's its candidates",
+                      flags=True)
 
 
 def training_input(config: TrainConfig, note_skipped: bool = True) -> TrainingInput:

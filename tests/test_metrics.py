@@ -540,21 +540,22 @@ def test_an_output_or_run_output_that_is_a_folder_is_refused_before_any_work(tmp
 def test_a_label_column_beside_qrels_and_an_order_of_no_baseline_are_refused(tmp_path, capsys):
     """`--label-column grade` with `--qrels` (the qrels' grades were used) and `--baseline-descending` with
     `--baseline-column ""` (no baseline was measured) changed nothing, without a word: each is refused before any
-    work, in one line."""
+    work, in one line, naming each setting by its flag too (they named the YAML key alone, `leave label_column
+    out`, to a user who gave `--label-column`)."""
     (tmp_path / "run.txt").write_text("q1 Q0 d1 1 2.0 x\nq1 Q0 d2 2 1.0 x\n")
     (tmp_path / "qrels.tsv").write_text("q1 0 d1 1\n")
     run = ["eval", "--input", str(tmp_path / "run.txt")]
     assert main(run + ["--qrels", str(tmp_path / "qrels.tsv"), "--label-column", "grade"]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"ce-ray eval: error: label_column gives the grades without qrels: with qrels {tmp_path}/qrels.tsv the grades "
-        "are theirs; leave label_column out")
+        f"ce-ray eval: error: label_column (--label-column) gives the grades without qrels: with qrels "
+        f"{tmp_path}/qrels.tsv the grades are theirs; leave it out")
     assert main(run + ["--baseline-column", "", "--baseline-descending"]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "ce-ray eval: error: baseline_descending orders the baseline, which an empty baseline_column leaves out: name "
-        "the baseline's column")
-    with pytest.raises(ConfigError, match=r"^label_column gives the grades without qrels"):  # from Python too
+        "ce-ray eval: error: baseline_descending (--baseline-descending) orders the baseline, which an empty "
+        "baseline_column (--baseline-column) leaves out: name the baseline's column")
+    with pytest.raises(ConfigError, match=r"^label_column \(--label-column\) gives the grades"):  # from Python too
         run_eval(EvalConfig(input=str(tmp_path / "run.txt"), qrels=str(tmp_path / "qrels.tsv"), label_column="grade"))
-    with pytest.raises(ConfigError, match=r"^k and recall_k must be >= 1$"):
+    with pytest.raises(ConfigError, match=r"^k \(--k\) and recall_k \(--recall-k\) must be >= 1$"):
         run_eval(EvalConfig(input=str(tmp_path / "run.txt"), qrels=str(tmp_path / "qrels.tsv"), k=0))
     assert not (tmp_path / "run.txt.eval.json").exists()
 

@@ -164,9 +164,11 @@ def test_cuda_graph_passes_come_in_a_few_widths_and_compile_settings_are_checked
     for config, shapes in ((tight, [(2, 64), (1, 64)]), (dataclasses.replace(tight, compile_mode="default"), [(3, 40)])):
         [passes] = train_data.micro_batches(iter([three]), config, 0, 0, 0, pad_id=0, max_width=512)
         assert [inputs["input_ids"].shape for inputs, _ in passes] == shapes
-    with pytest.raises(ConfigError, match="compile works with DDP only"):
+    with pytest.raises(ConfigError, match=r"^compile \(--compile\) works with DDP only"):
         TrainConfig(compile=True, deepspeed=DeepSpeedConfig()).validate()
-    with pytest.raises(ConfigError, match="compile_mode 'reduce-overhead' needs compile: true"):
+    # It said `needs compile: true`, YAML's words, to a user of --compile-mode.
+    with pytest.raises(ConfigError, match=r"^compile_mode \(--compile-mode\) 'reduce-overhead' needs compile "
+                                          r"\(--compile\)$"):
         TrainConfig(compile_mode="reduce-overhead").validate()
 
 
@@ -195,11 +197,12 @@ def test_bf16_and_deepspeeds_bf16_that_disagree_are_refused():
 
 def test_a_label_column_beside_negative_columns_is_refused():
     """Rows of a query, a positive and negatives have no label column: a `label_column` given with
-    `negative_columns` was taken and read nothing, without a word."""
+    `negative_columns` was taken and read nothing, without a word. Refused, naming both by their flags too."""
     from ce_ray.config import ConfigError, TrainConfig
 
-    with pytest.raises(ConfigError, match=r"^label_column names no column of rows of negative_columns, whose "
-                                          r"positive is labelled 1 and each negative 0: leave label_column out$"):
+    with pytest.raises(ConfigError, match=r"^label_column \(--label-column\) names no column of rows of "
+                                          r"negative_columns \(--negative-columns\), whose positive is labelled 1 "
+                                          r"and each negative 0: leave it out$"):
         TrainConfig(negative_columns="neg", label_column="grade").validate()
     TrainConfig(negative_columns="neg").validate()
 
@@ -557,18 +560,22 @@ def test_the_settings_of_a_beir_folder_are_refused_for_files_of_pairs(tiny_model
 
     settings = dict(model=str(tiny_model), train_data=str(pairs_file), output=str(tmp_path / "out"), max_steps=1)
     for name, value in (("hard_negatives", 8), ("train_split", "dev")):
-        with pytest.raises(ConfigError, match=rf"^{name} is a setting of a BEIR folder's training pairs \(its qrels' "
-                                              rf"positives and BM25's negatives\): train_data {pairs_file} is files "
-                                              r"of pairs$"):
+        flag = name.replace("_", "-")  # named by its flag too: it named the YAML key alone
+        with pytest.raises(ConfigError, match=rf"^{name} \(--{flag}\) is a setting of a BEIR folder's training "
+                                              rf"pairs \(its qrels' positives and BM25's negatives\): train_data "
+                                              rf"{pairs_file} is files of pairs$"):
             _train_module().train(TrainConfig(**settings, **{name: value}))
     for name, value in (("eval_split", "dev"), ("eval_top_k", 10)):
-        with pytest.raises(ConfigError, match=rf"^{name} is a setting of a BEIR folder's eval candidates \(its qrels "
-                                              rf"and BM25's top k\): eval_data {pairs_file} is rows, each query's its "
-                                              r"candidates$"):
+        flag = name.replace("_", "-")
+        with pytest.raises(ConfigError, match=rf"^{name} \(--{flag}\) is a setting of a BEIR folder's eval "
+                                              rf"candidates \(its qrels and BM25's top k\): eval_data {pairs_file} is "
+                                              r"rows, each query's its candidates$"):
             _train_module().train(TrainConfig(**settings, eval_data=str(pairs_file), **{name: value}))
     with pytest.raises(InputError, match=rf"^train_data {tmp_path}/nowhere.jsonl does not exist$"):
         _train_module().train(TrainConfig(**settings | {"train_data": str(tmp_path / "nowhere.jsonl")}))
-    with pytest.raises(ConfigError, match=r"^negative_columns is for rows of a query, a positive and negatives; "):
+    with pytest.raises(ConfigError, match=r"^negative_columns \(--negative-columns\) is for rows of a query, a "
+                                          r"positive and negatives; a BEIR folder's negatives are BM25's "
+                                          r"\(hard_negatives \(--hard-negatives\)\)$"):
         _train_module().train(TrainConfig(**settings | {"train_data": str(SCIFACT)}, negative_columns="neg"))
     assert not (tmp_path / "out").exists()
     refuse_settings_of_beir(TrainConfig(**settings, eval_data=str(SCIFACT), eval_top_k=10), beir=False)
@@ -1169,10 +1176,12 @@ def test_best_metric_makes_the_best_evaluated_checkpoint_the_model(ray_local, ti
     wikiqa_pairs("test", 300)[["query", "document", "label"]].to_parquet(tmp_path / "eval.parquet")
     settings = dict(model=str(model_path), train_data=str(tmp_path / "train.parquet"), output=str(tmp_path / "o"),
                     best_metric="ndcg@10", save_every=1, max_steps=6, batch_size=16, lr=5e-2, log_every=1)
-    with pytest.raises(ConfigError, match="best_metric ndcg@10 needs eval_data"):
+    with pytest.raises(ConfigError, match=r"^best_metric \(--best-metric\) ndcg@10 needs eval_data \(--eval-data\)"):
         _train_module().train(TrainConfig(**settings))
     for name, value in (("eval_every", 5), ("eval_max_queries", 50)):  # ignored without a word, where they were
-        with pytest.raises(ConfigError, match=rf"^{name} {value} needs eval_data, which it is measured on$"):
+        flag = name.replace("_", "-")
+        with pytest.raises(ConfigError, match=rf"^{name} \(--{flag}\) {value} needs eval_data \(--eval-data\), which "
+                                              r"it is measured on$"):
             TrainConfig(**{**settings, "best_metric": "", name: value}).validate()
     outcome = _train_module().train(TrainConfig(**settings, eval_data=str(tmp_path / "eval.parquet")))
 
