@@ -518,7 +518,7 @@ def to_dict(config: Any) -> dict:
 def require(config: Any, *names: str) -> None:
     missing = [n for n in names if not getattr(config, n)]
     if missing:
-        raise ConfigError(f"missing required setting(s): {', '.join(missing)}")
+        raise ConfigError(f"missing required setting(s): {', '.join(map(setting_and_flag, missing))}")
 
 
 __all__ = [

@@ -537,6 +537,15 @@ def test_an_output_or_run_output_that_is_a_folder_is_refused_before_any_work(tmp
     assert not (tmp_path / "run.txt.eval.json").exists()
 
 
+def test_a_missing_setting_is_named_by_its_flag_too(capsys):
+    """`ce-ray eval` without `--input` said `missing required setting(s): input`, the YAML key alone."""
+    assert main(["eval"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["ce-ray eval: error: missing required setting(s): input (--input)"]
+    assert main(["candidates"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "ce-ray candidates: error: missing required setting(s): data (--data), output (--output)"]
+
+
 def test_a_label_column_beside_qrels_and_an_order_of_no_baseline_are_refused(tmp_path, capsys):
     """`--label-column grade` with `--qrels` (the qrels' grades were used) and `--baseline-descending` with
     `--baseline-column ""` (no baseline was measured) changed nothing, without a word: each is refused before any
