@@ -160,7 +160,8 @@ class RerankConfig(ScoreConfig):
     # Values of score's settings that ranking refuses, each with the reason: --help does not offer them, and a job
     # given one is refused before any work, saying why.
     REFUSED: ClassVar[Dict[str, Dict[str, str]]] = {"mode": {
-        "resume": "mode resume works per input file, but ranking groups rows across files; use mode overwrite"}}
+        "resume": "mode (--mode) resume works per input file, but ranking groups rows across files; use mode "
+                  "overwrite (--mode overwrite)"}}
 
     def validate(self) -> None:
         super().validate()

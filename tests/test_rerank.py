@@ -369,15 +369,17 @@ def test_rerank_input_errors(tiny_model, tmp_path, capsys):
     with pytest.raises(ConfigError, match="resume"):
         run_rerank(RerankConfig(model=str(tiny_model), input=str(tmp_path), output=str(tmp_path / "o"),
                                 mode="resume"))
-    # --help offered mode resume, which ranking refuses; given, it is still refused saying why.
+    # --help offered mode resume, which ranking refuses; given, it is still refused saying why, naming the flag (it
+    # named the YAML key alone).
     from ce_ray.cli import build_parser, command_parser, main
 
     usage = command_parser(build_parser(), "rerank").format_help()
     assert "--mode {error,overwrite}" in usage and "resume" not in usage
     assert main(["rerank", "--model", str(tiny_model), "--input", str(tmp_path), "--output", str(tmp_path / "o"),
                  "--mode", "resume"]) == 2
-    assert capsys.readouterr().err.splitlines()[-1] == ("ce-ray rerank: error: mode resume works per input file, but "
-                                                        "ranking groups rows across files; use mode overwrite")
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "ce-ray rerank: error: mode (--mode) resume works per input file, but ranking groups rows across files; use "
+        "mode overwrite (--mode overwrite)")
     assert "--mode {error,overwrite,resume}" in command_parser(build_parser(), "score").format_help()
     # A query id that is no single value fails naming the column, before Ray Data's group-by would fail on it.
     with pytest.raises(InputError, match=r"query_id is list<\w+: int64>: a query id is one value"):
