@@ -72,8 +72,8 @@ class ModelConfig:
         # A pair needs its special tokens ([CLS] q [SEP] d [SEP], four for RoBERTa) and some of each text; below
         # that the tokenizers truncate nothing, and the pair runs past the positions the model was given.
         if self.max_length is not None and self.max_length < MIN_MAX_LENGTH:
-            raise ConfigError(f"max_length must be >= {MIN_MAX_LENGTH} (a pair's special tokens and some of each "
-                              f"text), got {self.max_length}")
+            raise ConfigError(f"{setting_and_flag('max_length')} must be >= {MIN_MAX_LENGTH} (a pair's special tokens "
+                              f"and some of each text), got {self.max_length}")
 
 
 def _check_activation(dotted: str, trust_remote_code: bool) -> None:
@@ -139,9 +139,9 @@ class ScoreConfig(ModelConfig):
         for name in ("batch_tokens", "rows_per_block", "rows_per_call", "replicas", "min_replicas"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value}")
+                raise ConfigError(f"{setting_and_flag(name)} must be >= 1, got {value}")
         if self.tokenize_cpus <= 0:
-            raise ConfigError(f"tokenize_cpus must be > 0, got {self.tokenize_cpus}")
+            raise ConfigError(f"{setting_and_flag('tokenize_cpus')} must be > 0, got {self.tokenize_cpus}")
         _require_names(self, "score_column")
         if self.activation:
             _check_activation(self.activation, self.trust_remote_code)
@@ -171,10 +171,10 @@ class RerankConfig(ScoreConfig):
         if self.top_k is not None and self.top_k < 1:
             # CrossEncoder.rank's top_k=0 gives no document (ce_ray.rank's too); a rerank job that keeps no row of
             # any query writes an empty output, which no one means: it is refused, saying how to keep every row.
-            raise ConfigError(f"top_k must be >= 1, got {self.top_k}: a rerank keeps the best top_k rows of each "
-                              "query; leave it unset to keep every row, ranked")
+            raise ConfigError(f"{setting_and_flag('top_k')} must be >= 1, got {self.top_k}: a rerank keeps the best "
+                              "top_k rows of each query; leave it unset to keep every row, ranked")
         if self.rank_partitions is not None and self.rank_partitions < 1:
-            raise ConfigError(f"rank_partitions must be >= 1, got {self.rank_partitions}")
+            raise ConfigError(f"{setting_and_flag('rank_partitions')} must be >= 1, got {self.rank_partitions}")
         _require_names(self, "score_column", "rank_column")
 
 
@@ -192,9 +192,9 @@ class CandidatesConfig:
 
     def validate(self) -> None:
         if self.top_k < 1:
-            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+            raise ConfigError(f"{setting_and_flag('top_k')} must be >= 1, got {self.top_k}")
         if self.max_queries is not None and self.max_queries < 1:
-            raise ConfigError(f"max_queries must be >= 1, got {self.max_queries}")
+            raise ConfigError(f"{setting_and_flag('max_queries')} must be >= 1, got {self.max_queries}")
 
 
 @dataclass
@@ -319,12 +319,12 @@ class TrainConfig(ModelConfig):
         for name in ("num_workers", "epochs", "batch_size", "grad_accum", "log_every", "eval_top_k",
                      "length_window", "keep_checkpoints"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{setting_and_flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("save_every", "eval_every", "max_failures", "hard_negatives"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{setting_and_flag(name)} must be >= 0, got {getattr(self, name)}")
         if self.batch_tokens is not None and self.batch_tokens < 1:
-            raise ConfigError(f"batch_tokens must be >= 1, got {self.batch_tokens}")
+            raise ConfigError(f"{setting_and_flag('batch_tokens')} must be >= 1, got {self.batch_tokens}")
         if self.batch_tokens and self.deepspeed:
             raise ConfigError("batch_tokens works with DDP only: DeepSpeed steps after a fixed number of passes; "
                               "use grad_accum with a smaller batch_size instead")
@@ -351,18 +351,19 @@ class TrainConfig(ModelConfig):
                               f"{setting_and_flag('compile')}")
         for name in ("max_steps", "eval_max_queries"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{setting_and_flag(name)} must be >= 1, got {getattr(self, name)}")
         if self.seed < 0 or self.cpus_per_worker <= 0:
-            raise ConfigError(f"seed must be >= 0 and cpus_per_worker > 0, got {self.seed} and {self.cpus_per_worker}")
+            raise ConfigError(f"{setting_and_flag('seed')} must be >= 0 and {setting_and_flag('cpus_per_worker')} > 0, "
+                              f"got {self.seed} and {self.cpus_per_worker}")
         if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"{setting_and_flag('lr')} must be > 0, got {self.lr}")
         for name in ("weight_decay", "max_grad_norm"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{setting_and_flag(name)} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            raise ConfigError(f"{setting_and_flag('warmup_ratio')} must be in [0, 1), got {self.warmup_ratio}")
         if self.pos_weight is not None and self.pos_weight <= 0:
-            raise ConfigError(f"pos_weight must be > 0, got {self.pos_weight}")
+            raise ConfigError(f"{setting_and_flag('pos_weight')} must be > 0, got {self.pos_weight}")
 
 
 # The config of each command, for saying which command takes a setting that another was given.

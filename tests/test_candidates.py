@@ -102,10 +102,12 @@ def test_unknown_qrels_entries_are_reported(tmp_path, capsys):
     assert top.loc["q1", "doc_id"] == "d1" and top.loc["q1", "label"] == 2
     assert top.loc["q1", "document"] == "Apples red apples are sweet"
     assert top.loc["q2", "document"] == "the blue sea is deep"  # empty title: no leading space
-    # A config from Python is validated as the command's is: top_k 0 and max_queries 0 passed.
+    # A config from Python is validated as the command's is: top_k 0 and max_queries 0 passed. Each is named by
+    # its YAML key and its flag (it was named by the key alone).
     for setting in ({"top_k": 0}, {"max_queries": 0}):
         name, value = next(iter(setting.items()))
-        with pytest.raises(ConfigError, match=rf"^{name} must be >= 1, got {value}$"):
+        flag = name.replace("_", "-")
+        with pytest.raises(ConfigError, match=rf"^{name} \(--{flag}\) must be >= 1, got {value}$"):
             run_candidates(CandidatesConfig(data=str(folder), output=str(tmp_path / "zero"), **setting))
     assert not (tmp_path / "zero").exists()
 

@@ -393,14 +393,14 @@ def test_rerank_input_errors(tiny_model, tmp_path, capsys):
 def test_a_top_k_of_0_is_refused_by_rerank_saying_how_to_keep_every_row(ray_local, tiny_model, capsys):
     """`ce_ray.rank(..., top_k=0)` gives no document, as CrossEncoder.rank does; a rerank of top_k 0 would write no
     row of any query, which no one means: `ce_ray.rerank` and `ce-ray rerank --top-k 0` refuse it, in one line that
-    says that leaving top_k unset keeps every row (it said `top_k must be >= 1, got 0` alone)."""
+    says that leaving top_k unset keeps every row (it said `top_k must be >= 1, got 0` alone), naming the flag too."""
     import ray.data
 
     import ce_ray
     from ce_ray.cli import main
 
-    said = ("top_k must be >= 1, got 0: a rerank keeps the best top_k rows of each query; leave it unset to keep every "
-            "row, ranked")
+    said = ("top_k (--top-k) must be >= 1, got 0: a rerank keeps the best top_k rows of each query; leave it unset to "
+            "keep every row, ranked")
     rows = ray.data.from_items([{"query_id": 1, "query": "q", "document": "d"}])
     with pytest.raises(ConfigError, match=rf"^{re.escape(said)}$"):
         ce_ray.rerank(rows, model=str(tiny_model), top_k=0)

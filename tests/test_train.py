@@ -998,9 +998,10 @@ def test_every_batch_trains_under_grad_accum_and_eval_every_evaluates_between_lo
         _train_module().train(TrainConfig(**{**settings, "output": str(tmp_path / "wide")}, num_workers=64))
     with pytest.raises(ConfigError, match="dtype: 'bfloat16' is not one of 'auto'"):  # as YAML and flags give it
         load_config(TrainConfig, None, {"dtype": "bfloat16"})
-    for bad, match in (({"seed": -1}, "seed must be"),
-                       ({"cpus_per_worker": 0.0}, "cpus_per_worker > 0"), ({"eval_max_queries": 0}, "eval_max_queries"),
-                       ({"max_length": 0}, "max_length must be >= 8")):
+    for bad, match in (({"seed": -1}, r"^seed \(--seed\) must be"),
+                       ({"cpus_per_worker": 0.0}, r"cpus_per_worker \(--cpus-per-worker\) > 0"),
+                       ({"eval_max_queries": 0}, r"^eval_max_queries \(--eval-max-queries\) must be >= 1"),
+                       ({"max_length": 0}, r"^max_length \(--max-length\) must be >= 8")):
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**settings, **bad).validate()
     assert _train_module().MODEL_FILES.fullmatch("sentencepiece.bpe.model")  # XLM-R's tokenizer, removed too
