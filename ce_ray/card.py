@@ -105,6 +105,18 @@ def _is_hub_id(model: str) -> bool:
     return "://" not in model and not os.path.exists(model) and not model.startswith((".", "/"))
 
 
+def usage_load_lines(output: str) -> List[str]:
+    """The card's lines that load the model. CrossEncoder takes a local folder or a hub id, not an `s3://` URI (it
+    looks the URI up on the hub and fails): a model written to S3 is loaded from a copy of its folder, made without
+    the checkpoints that its default storage_path puts in it."""
+    if "://" not in output:
+        return [f'model = CrossEncoder("{output}")']
+    name = output.rstrip("/").rsplit("/", 1)[-1]
+    return ["# CrossEncoder reads a local folder or a hub id: copy the folder first, e.g.",
+            f'# aws s3 cp --recursive {output.rstrip("/")} {name} --exclude "checkpoints/*"',
+            f'model = CrossEncoder("{name}")']
+
+
 def model_card(facts: CardFacts) -> str:
     config, stats = facts.config, facts.stats
     loss_parameters = {"activation_fn": "torch.nn.modules.linear.Identity", "pos_weight": config.pos_weight}
@@ -141,7 +153,7 @@ def model_card(facts: CardFacts) -> str:
         "```python",
         "from sentence_transformers import CrossEncoder",
         "",
-        f'model = CrossEncoder("{facts.output}")',
+        *usage_load_lines(facts.output),
         "pairs = [",
         '    ["How many people live in Berlin?", "Berlin has a population of 3,520,031 registered inhabitants."],',
         '    ["How many people live in Berlin?", "Berlin is well known for its museums."],',

@@ -1606,3 +1606,27 @@ def test_the_trained_model_keeps_the_prompts_and_activation_of_the_model_it_star
     assert trained.prompts == prompts and trained.default_prompt_name == "rerank"
     assert isinstance(trained.activation_fn, torch.nn.Identity)  # a logits reranker stays one
     assert query_prompt(str(tmp_path / "model")) == "Judge the relevance: "  # as ce-ray scores it
+
+
+def test_the_card_of_a_model_written_to_s3_loads_a_copy_of_its_folder():
+    """The card of a model written to S3 said `CrossEncoder("s3://bucket/models/m")`, which sentence-transformers
+    looks up on the hub and fails: CrossEncoder reads a local folder or a hub id. It now says to copy the folder
+    (without the checkpoints) and loads the copy; a local output is loaded where it is."""
+    from ce_ray.card import CardFacts, model_card
+    from ce_ray.config import TrainConfig
+
+    stats = dict.fromkeys(["pairs", "rejected", "positives", "label_mean", "label_min", "label_max", "query_chars_min",
+                           "query_chars_mean", "query_chars_max", "document_chars_min", "document_chars_mean",
+                           "document_chars_max", "tokens_min", "tokens_mean", "tokens_max"], 0)
+    stats["columns"] = ["query", "document", "label"]
+
+    def card(output):
+        config = TrainConfig(model="/models/base", train_data="/data/pairs.parquet", output=output)
+        return model_card(CardFacts(base_model="/models/base", config=config, defaults=TrainConfig(), stats=stats,
+                                    log=[], final_metrics={}, max_length=512, num_workers=1, steps=1,
+                                    samples_per_second=1.0, output=output))
+
+    assert ("# CrossEncoder reads a local folder or a hub id: copy the folder first, e.g.\n"
+            '# aws s3 cp --recursive s3://bucket/models/m m --exclude "checkpoints/*"\n'
+            'model = CrossEncoder("m")\n') in card("s3://bucket/models/m/")
+    assert 'model = CrossEncoder("/models/trained")\n' in card("/models/trained")
