@@ -14,6 +14,7 @@ import numpy as np
 
 from .config import ConfigError, TrainConfig
 from .io import briefly, filesystem, join, upload_folder
+from .model_folder import CHECKPOINTS
 from .train_data import training_files
 
 PROGRESS = "progress.json"
@@ -170,7 +171,7 @@ def best_checkpoint(result, config: TrainConfig):
 def run_storage(config: TrainConfig):
     """Ray Train's storage (filesystem, path), run name, and the run's folder as the user names it;
     checkpoints default to <output>/checkpoints."""
-    uri = config.storage_path or join(config.output, "checkpoints")
+    uri = config.storage_path or join(config.output, CHECKPOINTS)
     fs, path = filesystem(uri)
     name = config.run_name or os.path.basename(config.output.rstrip("/")) or "ce-ray-train"
     return fs, path, name, join(uri, name)

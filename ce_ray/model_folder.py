@@ -28,6 +28,8 @@ IDENTITY = "torch.nn.modules.linear.Identity"
 SLOWER_ON_CPU = {"float16": 12, "bfloat16": 9}
 # CrossEncoder's own layout of a folder, beside transformers' files: its modules, their config, its settings.
 SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+# The folder of a trained model's checkpoints, inside it, where train's storage_path is not given.
+CHECKPOINTS = "checkpoints"
 
 
 class ModelError(ValueError):
@@ -128,7 +130,11 @@ def model_files(model: str) -> Optional[dict]:
     files = list_tree(fs, path.rstrip("/"))  # one listing, with each object's ETag
     if not files:
         raise ModelError(f"model folder {model} is empty or does not exist")
-    return files
+    # A trained model's folder holds its run's checkpoints (train's default storage_path, <output>/checkpoints):
+    # weights and optimizer state, several times the model's size, that loading it never reads, and that a run
+    # going on rewrites (a copy of them failed as a model written again). The model is the folder's other files.
+    checkpoints = f"{path.rstrip('/')}/{CHECKPOINTS}/"
+    return {name: info for name, info in files.items() if not name.startswith(checkpoints)}
 
 
 def _copy_remote_folder(uri: str, files: Optional[dict] = None) -> str:

@@ -790,6 +790,24 @@ def test_a_model_written_again_under_its_key_is_copied_again(tmp_path, tiny_mode
     assert local_model_path(uri) == again and (Path(again) / "model.safetensors").is_file()
 
 
+def test_a_trained_models_copy_leaves_its_checkpoints_out(tmp_path, tiny_model, s3_server, monkeypatch):
+    """A model that train wrote to S3 holds its run's checkpoints (the default storage_path, <output>/checkpoints):
+    every node's copy of it took them too, weights and optimizer state several times the model's size, and a run
+    writing a checkpoint while a job copied the model failed the copy as a model written again. The copy is the
+    model's files alone, named by them: a new checkpoint leaves it as it is."""
+    from ce_ray.model_folder import local_model_path
+
+    bucket, uri = "ce-ray-model-checkpoints", "s3://ce-ray-model-checkpoints/models/reranker"
+    fs = model_in_store(s3_server, monkeypatch, tmp_path, tiny_model, bucket)
+    fs.put(str(tiny_model) + "/", f"{bucket}/models/reranker/checkpoints/reranker/checkpoint_0000004/model/",
+           recursive=True)
+    fs.pipe(f"{bucket}/models/reranker/checkpoints/reranker/checkpoint_0000004/state.pt", b"optimizer state")
+    copy = local_model_path(uri)
+    assert sorted(p.name for p in Path(copy).iterdir()) == sorted([".ce-ray-complete", *os.listdir(tiny_model)])
+    fs.pipe(f"{bucket}/models/reranker/checkpoints/reranker/checkpoint_0000008/state.pt", b"a later checkpoint")
+    assert local_model_path(uri) == copy
+
+
 def test_a_job_scores_with_the_model_it_listed_though_it_is_written_again(tmp_path, tiny_model, s3_server):
     """Each replica listed an `s3://` model again as it started: a model written again while a job ran was scored
     with its new weights by the replicas that started after, one output of two models, silently. The driver lists it
