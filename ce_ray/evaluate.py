@@ -31,8 +31,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import ConfigError, EvalConfig, require
-from .io import (REJECTS, InputError, check_s3_access, column_list, detect_format, filesystem, glob_base, is_glob,
-                 is_remote, job_summary, join, list_files, missing_values, partition_values,
+from .io import (EVAL_SUFFIX, REJECTS, InputError, check_s3_access, column_list, detect_format, filesystem,
+                 glob_base, is_glob, is_remote, job_summary, join, list_files, missing_values, partition_values,
                  refuse_changed_output, settings_hint)
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 from .train_data import numeric_labels
@@ -380,8 +380,8 @@ def default_output(uri: str, of_a_job: bool) -> str:
     if of_a_job:
         return join(uri, "eval.json")
     if is_glob(uri):
-        return glob_base(uri) + ".eval.json"
-    return uri.rstrip("/") + ".eval.json"
+        return glob_base(uri) + EVAL_SUFFIX
+    return uri.rstrip("/") + EVAL_SUFFIX
 
 
 def write_file(uri: str, data: bytes) -> None:

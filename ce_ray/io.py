@@ -283,13 +283,21 @@ _DOCUMENTS = (".md", ".rst", ".pdf", ".html", ".htm", ".png", ".jpg", ".jpeg", "
 _DOCUMENT_NAMES = ("readme", "license", "licence", "notice", "copying")  # with no extension too
 
 
+# What `ce-ray eval` writes beside a file it measured (`<input>.eval.json`), often in a folder of pairs (the
+# candidates' file, in their folder): no pairs, though `.json` names JSONL. Read as such, the folder that a rerank
+# read next "mixed formats ['jsonl', 'parquet']" and failed.
+EVAL_SUFFIX = ".eval.json"
+
+
 def is_document(path: str) -> bool:
     stem, extension = os.path.splitext(posixpath.basename(path).lower())
-    return extension in _DOCUMENTS or stem in _DOCUMENT_NAMES
+    return extension in _DOCUMENTS or stem in _DOCUMENT_NAMES or path.lower().endswith(EVAL_SUFFIX)
 
 
 def detect_format(path: str) -> Optional[str]:
     name = path.lower()
+    if name.endswith(EVAL_SUFFIX):
+        return None
     for suffix in COMPRESSED:
         if name.endswith(suffix):
             name = name[: -len(suffix)]

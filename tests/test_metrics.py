@@ -585,3 +585,23 @@ def test_qrels_without_a_judgment_fail_in_one_line(tmp_path, capsys):
     assert main(["candidates", "--data", str(tmp_path / "beir"), "--output", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (f"ce-ray candidates: error: {tmp_path}/beir/qrels/test.tsv "
                                                         "holds no judgment (a query, a document and its grade a line)")
+
+
+def test_an_eval_written_beside_a_file_leaves_its_folder_readable_as_pairs(tmp_path, capsys):
+    """`ce-ray eval --input out/candidates/candidates-test.parquet` (the file candidates names) wrote its
+    `candidates-test.parquet.eval.json` beside it, in the candidates' folder, which the rerank of the folder then
+    refused: `input …/candidates mixes formats ['jsonl', 'parquet']`. An eval's JSON is no pairs: a folder's reader
+    skips it and says so, with the format given too."""
+    from ce_ray.io import list_files
+
+    (tmp_path / "candidates").mkdir()
+    file = tmp_path / "candidates" / "candidates-test.parquet"
+    pd.DataFrame({"query_id": ["1", "1"], "doc_id": ["a", "b"], "query": ["q", "q"], "document": ["x", "y"],
+                  "bm25_rank": [1, 2], "label": [0, 1]}).to_parquet(file)
+    run_eval(EvalConfig(input=str(file), rank_column="bm25_rank", baseline_column=""))
+    assert (tmp_path / "candidates" / "candidates-test.parquet.eval.json").exists()
+    capsys.readouterr()
+    assert list_files(str(tmp_path / "candidates")).files == [str(file)]
+    assert capsys.readouterr().err == (f"ce-ray: note: {tmp_path / 'candidates'}: skipped 1 file(s) that are not "
+                                       "parquet: candidates-test.parquet.eval.json\n")
+    assert list_files(str(tmp_path / "candidates"), input_format="parquet").files == [str(file)]
