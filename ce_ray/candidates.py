@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import CandidatesConfig, ConfigError, require
-from .io import InputError, filesystem, join, remove
+from .io import InputError, filesystem, join, n_queries, remove
 from .runtime import work
 
 SUCCESS = "_SUCCESS"
@@ -304,8 +304,8 @@ def _retrieve(config: CandidatesConfig, corpus: Dict[str, str], queries: Dict[st
         + (f"; {left_out:,} more left out by --max-queries)" if left_out else ")"),
         f"  documents     {len(corpus):,}",
         f"  pairs         {table.num_rows:,} (BM25 top {config.top_k}"
-        + (f"; fewer for {short:,} {'query' if short == 1 else 'queries'}, whose other documents share no term "
-           f"with {'it' if short == 1 else 'them'})" if short else ")"),
+        + (f"; fewer for {n_queries(short)}, whose other documents share no term with "
+           f"{'it' if short == 1 else 'them'})" if short else ")"),
         f"  relevant      {found:,} of {relevant:,} retrieved (recall@{config.top_k} {recall:.3f} over all pairs; "
         "ce-ray eval averages it per query)",
         f"  seconds       {summary['seconds']:.1f}",

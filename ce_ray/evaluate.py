@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 
 from .config import ConfigError, EvalConfig, require
 from .io import (EVAL_SUFFIX, REJECTS, InputError, check_s3_access, column_list, detect_format, filesystem,
-                 glob_base, is_glob, is_remote, job_summary, join, list_files, missing_values, partition_values,
-                 refuse_changed_output, settings_hint)
+                 glob_base, is_glob, is_remote, job_summary, join, list_files, missing_values, n_queries,
+                 partition_values, refuse_changed_output, settings_hint)
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 from .train_data import numeric_labels
 
@@ -441,10 +441,6 @@ def _score_read_as_rank(df: pd.DataFrame, c: EvalConfig) -> bool:
     return bool((values != np.round(values)).any())
 
 
-def _queries(count: int) -> str:
-    return f"{count:,} query" if count == 1 else f"{count:,} queries"
-
-
 def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     from .candidates import read_qrels
 
@@ -499,13 +495,14 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     if run:
         result["run"] = run
     write_file(output, json.dumps(result, indent=2).encode())
-    lines = [f"{title}: {_queries(result['queries'])} ({result['counted']}), {result['pairs']:,} pairs"]
+    lines = [f"{title}: {n_queries(result['queries'])} ({result['counted']}), {result['pairs']:,} pairs"]
     if result["queries_skipped_without_relevant"]:
-        lines.append(f"  left out {_queries(result['queries_skipped_without_relevant'])} without a relevant document")
+        lines.append(f"  left out {n_queries(result['queries_skipped_without_relevant'])} without a relevant "
+                     "document")
     if result["queries_without_relevant"]:
-        lines.append(f"  {_queries(result['queries_without_relevant'])} without a relevant document: counted as 0")
+        lines.append(f"  {n_queries(result['queries_without_relevant'])} without a relevant document: counted as 0")
     if result.get("queries_not_in_qrels"):
-        lines.append(f"  left out {_queries(result['queries_not_in_qrels'])} the qrels do not judge (as trec_eval)")
+        lines.append(f"  left out {n_queries(result['queries_not_in_qrels'])} the qrels do not judge (as trec_eval)")
     if result.get("repeated_pairs_dropped"):
         lines.append(f"  counted once {result['repeated_pairs_dropped']:,} repeated (query, document) pair(s)")
     if result.get("tied_pairs") and from_run:
@@ -516,7 +513,7 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
                      f"order ({result['reranked_by']}, then input order), trec_eval orders them by document id, "
                      "descending, so its figures can differ")
     if result["queries_with_one_candidate"]:
-        lines.append(f"  {_queries(result['queries_with_one_candidate'])} with a single candidate: counted, alike in "
+        lines.append(f"  {n_queries(result['queries_with_one_candidate'])} with a single candidate: counted, alike in "
                      "any order")
     if result.get("rows_without_ids"):
         lines.append(f"  left out {result['rows_without_ids']:,} row(s) without a query"

@@ -781,6 +781,11 @@ def _missing_columns_hint(check: FileCheck, input_format: str, column_names: Opt
     return settings_hint(missing, settings)
 
 
+def n_queries(count: int) -> str:
+    """A count of queries as a line says it: `1 query`, `2 queries`."""
+    return f"{count:,} query" if count == 1 else f"{count:,} queries"
+
+
 def setting_and_flag(name: str) -> str:
     """A setting as a message names it, by its YAML key and its command's flag: `batch_tokens (--batch-tokens)`."""
     return f"{name} (--{name.replace('_', '-')})"

@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 from .batching import (IDS, REJECT, TYPES, PairEncoder, list_parts, pad, text_column, token_budget_batches,
                        tokenize_table)
 from .config import ConfigError, TrainConfig, refuse_unused, settings_set
-from .io import InputError, Listing, filesystem, is_text, list_files, list_tree, parse_names, setting_and_flag
+from .io import (InputError, Listing, filesystem, is_text, list_files, list_tree, n_queries, parse_names,
+                 setting_and_flag)
 from .readers import ROW_INPUT
 from .training_pairs import LABEL_OF_NEGATIVES, training_pairs
 
@@ -285,7 +286,7 @@ def _past_the_first(with_relevant: list, query_ids: list) -> str:
     """`; N queries past the first M left out (eval_max_queries)` for an eval line, so that the queries it counts
     add up to the data's; '' where none is."""
     past = len(with_relevant) - len(query_ids)
-    return f"; {past:,} queries past the first {len(query_ids):,} left out (eval_max_queries)" if past else ""
+    return f"; {n_queries(past)} past the first {len(query_ids):,} left out (eval_max_queries)" if past else ""
 
 
 def _eval_rows(config: TrainConfig, negatives: List[str]):
@@ -339,7 +340,7 @@ def _eval_rows(config: TrainConfig, negatives: List[str]):
     return (candidates, {q: qrels[q] for q in query_ids},
             f"each query's rows of `{config.eval_data}` ({len(query_ids):,} queries, {len(rows):,} candidates"
             + _past_the_first(with_relevant, query_ids)
-            + (f"; {without_relevant:,} queries without a row labelled above 0 left out" if without_relevant else "")
+            + (f"; {n_queries(without_relevant)} without a row labelled above 0 left out" if without_relevant else "")
             + (f"; {left_out:,} row(s) that cannot be scored left out" if left_out else "") + ")")
 
 
