@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import ConfigError, EvalConfig, require
-from .io import (EVAL_SUFFIX, REJECTS, InputError, check_s3_access, column_list, detect_format, filesystem,
+from .io import (EVAL, EVAL_SUFFIX, REJECTS, InputError, check_s3_access, column_list, detect_format, filesystem,
                  glob_base, is_glob, is_remote, job_summary, join, list_files, missing_values, n_queries,
                  partition_values, refuse_changed_output, settings_hint)
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
@@ -378,7 +378,7 @@ def default_output(uri: str, of_a_job: bool) -> str:
     later jobs read); else `<input>.eval.json` beside the input file, folder or glob's folder, where no job reads it
     as pairs."""
     if of_a_job:
-        return join(uri, "eval.json")
+        return join(uri, EVAL)
     if is_glob(uri):
         return glob_base(uri) + EVAL_SUFFIX
     return uri.rstrip("/") + EVAL_SUFFIX

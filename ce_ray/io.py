@@ -47,6 +47,7 @@ _EXTENSIONS = {
 RESULTS = "results"
 REJECTS = "rejects"
 SUCCESS = "_SUCCESS"
+EVAL = "eval.json"  # `ce-ray eval`'s measures of results/, beside it
 RESULT_PARTS = "result_parts"  # in `_SUCCESS`: how many parts results/ held when the job finished
 RESULT_ROWS = "result_rows"  # in `_SUCCESS`: each part of results/ (its name) and its rows, when the job finished
 REJECT_ROWS = "reject_rows"  # in `_SUCCESS`: each part of rejects/ and its rows (none in outputs of earlier versions)

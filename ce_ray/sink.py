@@ -37,7 +37,7 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from .batching import REJECT
-from .io import (JOB, REJECT_ROWS, REJECTS, RESULT_PARTS, RESULT_ROWS, RESULTS, RESUME, STATE, SUCCESS, InputError,
+from .io import (EVAL, JOB, REJECT_ROWS, REJECTS, RESULT_PARTS, RESULT_ROWS, RESULTS, RESUME, STATE, SUCCESS, InputError,
                  briefly, changed_parts, delete_files, filesystem, finished_job, finished_parts, in_parallel,
                  is_remote, list_tree, parquet_footer, part_differences, read_state, remove)
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
@@ -306,7 +306,9 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: O
     return kept
 
 
-WRITTEN = (SUCCESS, STATE, REJECTS, RESULTS)  # what a job writes in its output folder, in the order S3 lists keys
+# What a job writes in its output folder, in the order S3 lists keys; with `ce-ray eval`'s measures of its results,
+# which an overwrite replaces: kept, they stood beside other results as theirs.
+WRITTEN = (SUCCESS, STATE, EVAL, REJECTS, RESULTS)
 
 
 def _clear(fs: pafs.FileSystem, path: str, remote: bool) -> None:
@@ -330,7 +332,8 @@ def _written_objects(s3, path: str) -> list:
     first of them and stops past the last: S3 lists keys in order, and `_SUCCESS` ... `results/` is a range of it.
     A user's other objects under the output are kept; those outside the range (`Data/`, `scratch/`: a name that comes
     before `_` or after `results/`) are not even listed, where a listing of the whole output took a request more per
-    1,000 of them. Those inside (`eval.json`) are listed and left: never more requests than the whole listing."""
+    1,000 of them. Those inside (a user's `notes.txt`) are listed and left: never more requests than the whole
+    listing."""
     bucket, key, _ = s3.split_path(path)
     prefix = f"{key}/" if key else ""
     end = f"{prefix}{RESULTS}0"  # "0" follows "/": after every key under results/

@@ -545,15 +545,15 @@ def test_an_overwrite_lists_the_old_output_once(counting_store):
         assert counting_store.listings == ["out/"]
         assert len(requests) <= 7  # 12 before, of either output
         fs.invalidate_cache()
-        assert sorted(fs.find(f"{bucket}/out")) == [f"{bucket}/out/{io.STATE}/{io.JOB}", f"{bucket}/out/eval.json"]
+        assert sorted(fs.find(f"{bucket}/out")) == [f"{bucket}/out/{io.STATE}/{io.JOB}"]  # eval.json measured the old
 
 
 def test_an_overwrite_deletes_only_what_a_job_writes_and_lists_no_more(counting_store):
     """A user's objects under an output (a folder beside results/, a file, a folder named `results` deeper down) and
     beside it (`out-results/`, `outx_SUCCESS`) stay through --mode overwrite. Those under it added a listing request
-    per 1,000, though only `_SUCCESS`, `_ce_ray/`, `rejects/` and `results/` are deleted: the listing starts at the
-    first of them and stops past the last, so 1,001 objects of a `scratch/` folder cost no request, where they cost
-    one more."""
+    per 1,000, though only `_SUCCESS`, `_ce_ray/`, `eval.json`, `rejects/` and `results/` are deleted: the listing
+    starts at the first of them and stops past the last, so 1,001 objects of a `scratch/` folder cost no request,
+    where they cost one more."""
     import s3fs
 
     from ce_ray import io
@@ -563,10 +563,10 @@ def test_an_overwrite_deletes_only_what_a_job_writes_and_lists_no_more(counting_
     fs = s3fs.S3FileSystem()
     fs.mkdir(bucket)
     users = {f"{bucket}/{key}": b"the user's" for key in (
-        "out/Data/a.parquet", "out/eval.json", "out/notes/results/n.txt", "out-results/x.parquet", "outx_SUCCESS",
+        "out/Data/a.parquet", "out/notes.txt", "out/notes/results/n.txt", "out-results/x.parquet", "outx_SUCCESS",
         *(f"out/scratch/{i:05d}" for i in range(1001)))}
     ours = {f"{bucket}/out/{key}": b"{}" for key in (
-        io.SUCCESS, f"{io.STATE}/{io.JOB}", f"{io.REJECTS}/part-00000.parquet",
+        io.SUCCESS, f"{io.STATE}/{io.JOB}", io.EVAL, f"{io.REJECTS}/part-00000.parquet",
         *(f"{io.RESULTS}/part-{i:05d}.parquet" for i in range(3)))}
     fs.pipe(users | ours)
     counting_store.listings.clear()

@@ -821,13 +821,22 @@ def test_unreadable_and_empty_inputs_fail_before_scoring(tmp_path, tiny_model):
 
 
 def test_existing_output_is_refused_unless_overwrite(ray_local, tmp_path, tiny_model, pairs_df):
+    """--mode overwrite replaces the results, and `ce-ray eval`'s measures of them beside them (they stood beside
+    the new results as theirs); a user's own files there stay."""
+    from ce_ray.config import EvalConfig
+    from ce_ray.evaluate import run_eval
+
     pairs_df.head(10).to_parquet(tmp_path / "p.parquet")
     config = ScoreConfig(model=str(tiny_model), input=str(tmp_path / "p.parquet"), output=str(tmp_path / "out"))
     run_score(config)
     with pytest.raises(OutputExistsError, match="already has results"):
         run_score(config)
+    run_eval(EvalConfig(input=str(tmp_path / "out")))
+    (tmp_path / "out" / "notes.txt").write_text("the user's")
+    assert (tmp_path / "out" / "eval.json").exists()
     run_score(ScoreConfig(**{**config.__dict__, "mode": "overwrite"}))
     assert len(read_results(tmp_path / "out")) == 10
+    assert not (tmp_path / "out" / "eval.json").exists() and (tmp_path / "out" / "notes.txt").exists()
     # A job that failed before its first write left its settings alone: nothing to refuse for.
     failed = dataclasses.replace(config, output=str(tmp_path / "failed"))
     (tmp_path / "failed" / "_ce_ray").mkdir(parents=True)
