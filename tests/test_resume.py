@@ -422,6 +422,40 @@ def test_a_parquet_file_is_read_in_ranges_of_row_groups_and_resumed_whole(ray_lo
     check_output(out)
 
 
+def test_small_files_are_read_several_to_a_task_each_in_parts_of_its_own(ray_local, tmp_path, tiny_model,
+                                                                        wikiqa_files, reference, monkeypatch):
+    """40 parquet or JSON Lines files of 5 rows were read one to a task, and came as 40 blocks, each a task of Ray's
+    in every stage (2,000 files of 5-20 rows: 68 s to read, where the model scored them in 3.5 s): now 16 files to
+    a task, a block each. A large file's ranges stay tasks of their own. Each file still has its own parts, complete,
+    and the rows are the uninterrupted run's."""
+    _, pairs = wikiqa_files
+    monkeypatch.setattr(readers, "TASK_FILES", 16, raising=False)
+    monkeypatch.setattr(readers, "PARQUET_ROWS_PER_READ", 3 * ROWS_PER_FILE)
+    for kind in ("parquet", "jsonl"):
+        folder = tmp_path / kind
+        folder.mkdir()
+        for i in range(40):
+            rows = pairs.iloc[i * 5:(i + 1) * 5]
+            if kind == "parquet":
+                rows.to_parquet(folder / f"part-{i:02d}.parquet")
+            else:
+                rows.to_json(folder / f"part-{i:02d}.jsonl", orient="records", lines=True)
+        ds, checks, _, _, _ = readers.read_dataset(str(folder), required=["query", "document"])
+        assert ds.materialize().num_blocks() == 3
+        out = tmp_path / f"out-{kind}"
+        run_score(config_for(out, tiny_model, folder))
+        got, want = results(out), results(reference)
+        pd.testing.assert_frame_equal(got.drop(columns="score"), want.drop(columns="score"), check_dtype=False)
+        np.testing.assert_allclose(got["score"], want["score"], atol=1e-6)
+        assert scan_parts(str(out)).complete == {input_key(c.path) for c in checks}
+        assert len(os.listdir(out / "results")) == 40
+    # a file of 3 ranges before the 40 small ones: 3 tasks, then 3 of the small files
+    pq.write_table(pa.Table.from_pandas(pairs, preserve_index=False), tmp_path / "parquet" / "all.parquet",
+                   row_group_size=ROWS_PER_FILE)
+    ds, _, _, _, _ = readers.read_dataset(str(tmp_path / "parquet"), required=["query", "document"])
+    assert ds.materialize().num_blocks() == 6
+
+
 def test_a_parquet_file_that_ends_in_an_empty_row_group_is_complete(ray_local, tmp_path, tiny_model, monkeypatch):
     """An empty row group (a writer's last, empty write) that makes a read range of its own: the range holds no row
     to carry the file's row count, so the file was never complete and every resume scored it again."""
