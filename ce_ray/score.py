@@ -246,7 +246,7 @@ def add_scores(ds, config: ScoreConfig, announce: str = "", checked: Optional[Sc
     free_failed_actors()
     resources = cluster_resources()
     gpus = int(resources.get("GPU", 0))
-    use_gpu = config.use_gpu if config.use_gpu is not None else gpus > 0
+    use_gpu = on_gpus(config, resources)
     cpus = int(resources.get("CPU", 1))
     node_cpus = cpu_nodes()
     _check_room(config, use_gpu, gpus, max(node_cpus, default=cpus), cpus)
@@ -287,6 +287,13 @@ def add_scores(ds, config: ScoreConfig, announce: str = "", checked: Optional[Sc
         # A replica that dies (node lost, OOM) is restarted and its blocks are redone: Ray Data's actor
         # pools default to max_restarts=-1 and max_task_retries=-1.
     )
+
+
+def on_gpus(config: ScoreConfig, resources: Optional[dict] = None) -> bool:
+    """Whether the replicas score on GPUs: `use_gpu` where set, else where the cluster has GPUs."""
+    if config.use_gpu is not None:
+        return config.use_gpu
+    return int((resources if resources is not None else cluster_resources()).get("GPU", 0)) > 0
 
 
 def in_blocks_of(ds, rows: int):
@@ -705,8 +712,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     """
     from .io import OVERWRITE, RESUME, check_apart, check_s3_access, parse_names
     from .readers import input_key, input_sources, read_dataset
-    from .sink import (PART_BYTES, WRITE_REMOTE_ARGS, PairsSink, ResumeState, check_output, lost_or_rewritten,
-                       prepare_output, resume_state)
+    from .sink import (CPU_PART_BYTES, PART_BYTES, WRITE_REMOTE_ARGS, PairsSink, ResumeState, check_output,
+                       lost_or_rewritten, prepare_output, resume_state)
 
     require(config, "model", "input", "output")
     config.validate()
@@ -762,7 +769,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
                           resumable=transform is None, checked=True)
     sink = PairsSink(config.output, written_columns(config), schema,
                      finish=RESUME if transform is None else OVERWRITE,
-                     part_bytes=PART_BYTES)
+                     part_bytes=PART_BYTES if scored is None or on_gpus(config) else CPU_PART_BYTES)
     if scored is not None:
         with work(), surfaced_errors():
             scored.write_datasink(sink, ray_remote_args=WRITE_REMOTE_ARGS)

@@ -440,6 +440,12 @@ def _input_groups(table: pa.Table):
 # (`DataContext.target_max_block_size`): the rows reach the writer in blocks of a replica's call (4,096 rows on CPUs),
 # and a part of each would be hundreds of parts a file, each a PUT and a footer read before `_SUCCESS`.
 PART_BYTES = 128 * 1024 * 1024
+# On CPUs, 128 MiB of rows is hours of scoring (500,000 short pairs, where the L12 reranker scores ~45 a second on 2
+# cores), and nothing of it is on disk until a write task has gathered them: a job over 48 files of 5,000 pairs killed
+# half-way had written no part, and its resume scored every file again. A CPU job's write task gathers this much
+# (~30,000 short pairs; ~12 minutes of the L12 on 2 cores, seconds of a small model): the files it completes are
+# kept by a resume. A file's parts are kept only once the file is complete: one large file is scored again whole.
+CPU_PART_BYTES = 8 * 1024 * 1024
 
 
 class PairsSink(Datasink):

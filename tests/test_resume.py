@@ -490,8 +490,8 @@ def test_killed_scoring_replica_is_restarted_and_rows_are_scored_exactly_once(
         ray_local, tmp_path, tiny_model, wikiqa_files, reference, monkeypatch):
     folder, _ = wikiqa_files
     # A part of each scored block, written as it comes, so that the replica is killed with blocks left to score:
-    # gathered up to 128 MiB, the 200 rows would be written only once all are scored.
-    monkeypatch.setattr(sink, "PART_BYTES", None)
+    # gathered up to 8 MiB (a CPU job's), the 200 rows would be written only once all are scored.
+    monkeypatch.setattr(sink, "CPU_PART_BYTES", None)
     out = tmp_path / "out"
     killed = []
 
@@ -587,6 +587,32 @@ def test_killed_driver_then_resume_gives_the_uninterrupted_output(tmp_path, tiny
     assert list(rejects["pair_id"]) == [i for i in range(FILES * ROWS_PER_FILE) if i % ROWS_PER_FILE == 7]
     success = json.loads((out / "_SUCCESS").read_text())
     assert (success["rows_in"], success["rows_rejected"]) == (FILES * ROWS_PER_FILE, FILES)
+
+
+def test_a_cpu_jobs_write_tasks_gather_little_so_that_the_files_done_are_on_disk(ray_local, tmp_path, tiny_model,
+                                                                                   wikiqa_files, reference,
+                                                                                   monkeypatch):
+    """A job's write tasks gathered 128 MiB of rows before writing parts, hours of scoring on CPUs: 48 files of
+    5,000 pairs killed half-way had written no part, and the resume scored every file again. On CPUs they gather
+    `CPU_PART_BYTES` (8 MiB; 7 files on disk and kept then): here made a byte, a write task a scored block."""
+    folder, _ = wikiqa_files
+    monkeypatch.setattr(sink, "CPU_PART_BYTES", 1, raising=False)
+    gathered, write_tasks = [], []
+
+    class Counted(PairsSink):
+        def on_write_complete(self, write_result) -> None:
+            gathered.append(self.part_bytes)
+            write_tasks.append(len(write_result.write_returns))
+            super().on_write_complete(write_result)
+
+    monkeypatch.setattr(sink, "PairsSink", Counted)
+    out = tmp_path / "out"
+    run_score(config_for(out, tiny_model, folder))
+    assert gathered == [1]
+    assert write_tasks[0] > 1
+    got, want = results(out), results(reference)
+    pd.testing.assert_frame_equal(got.drop(columns="score"), want.drop(columns="score"))
+    assert len(scan_parts(str(out)).complete) == FILES
 
 
 def test_every_mode_prepares_an_output_that_holds_nothing_yet(tmp_path):
