@@ -493,8 +493,9 @@ def read_range(fs: pafs.FileSystem, part: ReadRange, rows_per_block: int):
 # cores, the input's checks waiting too) cost more than reading a file of a few rows, and 2,000 parquet files of 5-20
 # rows took 68 s to read one to a task, where the model scored them in 3.5 s. A task takes whole files until they
 # hold this many bytes, or this many files, which keeps tasks enough to spread over a cluster's CPUs and a slow
-# store's reads in parallel.
-TASK_BYTES = 64 << 20
+# store's reads in parallel: a file of 16 MiB takes a task far longer to read than the task's start, and is read
+# alone as before (the GPU benchmarks' files of 62,500 pairs, ~25 MiB, one to a task).
+TASK_BYTES = 16 << 20
 TASK_FILES = 64
 
 
