@@ -767,12 +767,17 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
               f"(another size, time or ETag, e.g. {rewritten[0]}): they are scored again", file=sys.stderr, flush=True)
     kept = prepare_output(config.output, config.mode, job=job, resume=earlier, stamps=stamps,
                           resumable=transform is None, checked=True)
+    # On CPUs a write task gathers less (`CPU_PART_BYTES`), so that a killed job keeps the files it finished. So
+    # many small write tasks then ran at once (a quarter of a CPU each, each in a worker process of its own) that the
+    # workers' memory grew by 450-720 MiB over 500,000 short pairs on 2 cores: a write task a node keeps up with CPUs.
+    on_cpus = scored is not None and not on_gpus(config)
     sink = PairsSink(config.output, written_columns(config), schema,
                      finish=RESUME if transform is None else OVERWRITE,
-                     part_bytes=PART_BYTES if scored is None or on_gpus(config) else CPU_PART_BYTES)
+                     part_bytes=CPU_PART_BYTES if on_cpus else PART_BYTES)
     if scored is not None:
         with work(), surfaced_errors():
-            scored.write_datasink(sink, ray_remote_args=WRITE_REMOTE_ARGS)
+            scored.write_datasink(sink, ray_remote_args=WRITE_REMOTE_ARGS,
+                                  concurrency=max(1, len(cpu_nodes())) if on_cpus else None)
     counts = sink.counts
     kept_scored = sum(p.rows_scored for p in kept.parts.values())
     kept_rejected = sum(p.rows_rejected for p in kept.parts.values())
