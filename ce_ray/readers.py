@@ -61,19 +61,23 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
         return None, checks, 0, schema, listed
     ensure_ray()  # here, not by Ray Data's own start, which would start the dashboard too
     size_bytes = sum(c.size_bytes for c in todo)
+    # Small files are read together where the job passes their columns on, which agree from file to file; a job
+    # that reads some columns alone (training) drops the others after the read, and files whose other columns
+    # clash (a `source` of numbers, then of text) failed in the read task that put their rows together.
+    together = read is None
     if input_format == "parquet":
         ranges = [r for c in todo for r in read_ranges(c, rows_per_read or PARQUET_ROWS_PER_READ)]
-        return _read(tagged_parquet(ranges, fs, rows_per_block)), checks, size_bytes, schema, listed
+        return _read(tagged_parquet(ranges, fs, rows_per_block, together)), checks, size_bytes, schema, listed
     paths = [c.path for c in todo]
     if input_format in DELIMITED:
         columns = list(dict.fromkeys(name for c in todo for name in c.columns))  # every file's, all read as text
         source = tagged_files(paths, fs, functools.partial(delimited_chunks, text_columns=columns,
                                                             tab_separated=input_format == "tsv",
-                                                            column_names=column_names))
+                                                            column_names=column_names), together)
     else:
         source = tagged_files(paths, fs, JsonLinesDatasource(paths, text_columns=list(required or []),
                                                              filesystem=fs, list_columns=lists,
-                                                             schema=schema)._read_stream)
+                                                             schema=schema)._read_stream, together)
     # A file is read whole by one task: its rows travel together, so files complete one after another.
     return _read(source), checks, size_bytes, schema, listed
 
@@ -504,7 +508,7 @@ def read_together(tasks: list, whole: Optional[List[bool]] = None) -> list:
     `TASK_BYTES` and `TASK_FILES` allow: each task reads its files one after another, each file's rows tagged as
     before, so that the rows of a file still travel together and the output's parts are the same. A task that
     reads part of a file (`whole` False: a range of a large parquet file) stays alone, so that the file's ranges
-    spread over the CPUs."""
+    spread over the CPUs, as does one of a file that is to be read alone (`whole` False too)."""
     from ray.data.block import BlockMetadata
     from ray.data.datasource import ReadTask
 
@@ -536,10 +540,11 @@ def _total(counts) -> Optional[int]:
     return None if None in counts else sum(counts)
 
 
-def tagged_parquet(ranges: List[ReadRange], filesystem: pafs.FileSystem, rows_per_block: int):
-    """A Ray Data datasource that reads each range in a task, a small file's whole range with others'
-    (`read_together`). The footers were read once, by `check_inputs`: each task knows its rows and size before it
-    runs, as Ray Data's planning wants."""
+def tagged_parquet(ranges: List[ReadRange], filesystem: pafs.FileSystem, rows_per_block: int,
+                   together: bool = True):
+    """A Ray Data datasource that reads each range in a task, a small file's whole range with others' where
+    `together` (`read_together`). The footers were read once, by `check_inputs`: each task knows its rows and size
+    before it runs, as Ray Data's planning wants."""
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
 
@@ -552,7 +557,7 @@ def tagged_parquet(ranges: List[ReadRange], filesystem: pafs.FileSystem, rows_pe
                                            BlockMetadata(num_rows=r.rows, size_bytes=r.size_bytes, exec_stats=None,
                                                          input_files=[r.path]),
                                            per_task_row_limit=per_task_row_limit)
-                                  for r in ranges], [r.first_row == 0 and r.ends_file for r in ranges])
+                                  for r in ranges], [together and r.first_row == 0 and r.ends_file for r in ranges])
 
     return TaggedParquet()
 
@@ -628,16 +633,18 @@ def with_rejected_rows(table: pa.Table, reasons: List[str]) -> pa.Table:
     return pa.concat_tables([table, rejected])
 
 
-def tagged_files(paths: List[str], filesystem: pafs.FileSystem, read_file):
+def tagged_files(paths: List[str], filesystem: pafs.FileSystem, read_file, together: bool = True):
     """A Ray Data datasource over whole text files: `read_file(f, path)` yields a file's chunks, tagged here. Ray
-    Data makes a read task of each file, and small ones are read several to a task (`read_together`)."""
+    Data makes a read task of each file, and small ones are read several to a task where `together`
+    (`read_together`)."""
     from ray.data.datasource import FileBasedDatasource
 
     class TaggedFiles(FileBasedDatasource):
         _FILE_EXTENSIONS = None
 
         def get_read_tasks(self, parallelism: int, **kwargs):  # a task a file, whatever is asked: then together
-            return read_together(super().get_read_tasks(len(paths), **kwargs))
+            tasks = super().get_read_tasks(len(paths), **kwargs)
+            return read_together(tasks, [together] * len(tasks))
 
         def _read_stream(self, f, path):
             yield from tag_rows(read_file(f, path), path)

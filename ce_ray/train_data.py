@@ -277,8 +277,8 @@ def _eval_candidates(config: TrainConfig, negatives: List[str]):
     without_relevant = len(qrels) - len(with_relevant)
     return (table, {q: qrels[q] for q in query_ids},
             f"the BM25 top {config.eval_top_k} of `{config.eval_data}` ({config.eval_split} split, "
-            f"{len(query_ids):,} queries, {table.num_rows:,} candidates{_past_the_first(with_relevant, query_ids)}"
-            + (f"; {without_relevant:,} queries without a relevant document left out" if without_relevant else "")
+            f"{n_queries(len(query_ids))}, {table.num_rows:,} candidates{_past_the_first(with_relevant, query_ids)}"
+            + (f"; {n_queries(without_relevant)} without a relevant document left out" if without_relevant else "")
             + ")")
 
 
@@ -338,7 +338,7 @@ def _eval_rows(config: TrainConfig, negatives: List[str]):
     left_out = table.num_rows - int(usable.sum())
     without_relevant = len(qrels) - len(with_relevant)
     return (candidates, {q: qrels[q] for q in query_ids},
-            f"each query's rows of `{config.eval_data}` ({len(query_ids):,} queries, {len(rows):,} candidates"
+            f"each query's rows of `{config.eval_data}` ({n_queries(len(query_ids))}, {len(rows):,} candidates"
             + _past_the_first(with_relevant, query_ids)
             + (f"; {n_queries(without_relevant)} without a row labelled above 0 left out" if without_relevant else "")
             + (f"; {left_out:,} row(s) that cannot be scored left out" if left_out else "") + ")")

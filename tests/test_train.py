@@ -1112,8 +1112,8 @@ def test_a_beir_eval_splits_queries_left_out_are_counted(tmp_path):
     (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td1\t1\nq2\td2\t0\n")
     table, qrels, said = train_data._eval_candidates(TrainConfig(eval_data=str(tmp_path), eval_max_queries=1), [])
     assert list(qrels) == ["q0"] and table.column("doc_id").to_pylist() == ["d0"]
-    assert said == (f"the BM25 top 100 of `{tmp_path}` (test split, 1 queries, 1 candidates; 1 queries past the first "
-                    "1 left out (eval_max_queries); 1 queries without a relevant document left out)")
+    assert said == (f"the BM25 top 100 of `{tmp_path}` (test split, 1 query, 1 candidates; 1 query past the first "
+                    "1 left out (eval_max_queries); 1 query without a relevant document left out)")
 
 
 def test_a_gzipped_beir_folder_trains_and_evaluates_as_its_plain_copy(tmp_path):
@@ -1143,7 +1143,7 @@ def test_a_gzipped_beir_folder_trains_and_evaluates_as_its_plain_copy(tmp_path):
     assert pairs[1] == pairs[0] and len(pairs[0]) == 4
     table, qrels, said = train_data._eval_candidates(TrainConfig(eval_data=str(gzipped), eval_top_k=2), [])
     assert qrels == {"q2": {"d2": 1}} and table.column("doc_id").to_pylist() == ["d2", "d4"]
-    assert said == f"the BM25 top 2 of `{gzipped}` (test split, 1 queries, 2 candidates)"
+    assert said == f"the BM25 top 2 of `{gzipped}` (test split, 1 query, 2 candidates)"
 
 
 def test_eval_data_in_other_columns_fails_before_the_training_data_is_tokenized(ray_local, tiny_model, tmp_path):
