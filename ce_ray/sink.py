@@ -37,9 +37,9 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from .batching import REJECT
-from .io import (EVAL, JOB, REJECT_ROWS, REJECTS, RESULT_PARTS, RESULT_ROWS, RESULTS, RESUME, STATE, SUCCESS, InputError,
-                 briefly, changed_parts, delete_files, filesystem, finished_job, finished_parts, in_parallel,
-                 is_remote, list_tree, parquet_footer, part_differences, read_state, remove)
+from .io import (EVAL, JOB, REJECT_ROWS, REJECTS, RESULT_PARTS, RESULT_ROWS, RESULTS, RESUME, STATE, SUCCESS,
+                 InputError, briefly, changed_parts, delete_files, filesystem, finished_job, finished_parts,
+                 in_parallel, is_remote, list_tree, parquet_footer, part_differences, read_state, remove)
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 from .runtime import work
 
