@@ -594,7 +594,7 @@ def test_a_cpu_jobs_write_tasks_gather_little_so_that_the_files_done_are_on_disk
                                                                                    monkeypatch):
     """A job's write tasks gathered 128 MiB of rows before writing parts, hours of scoring on CPUs: 48 files of
     5,000 pairs killed half-way had written no part, and the resume scored every file again. On CPUs they gather
-    `CPU_PART_BYTES` (8 MiB; 7 files on disk and kept then): here made a byte, a write task a scored block."""
+    `CPU_PART_BYTES` (8 MiB; 29 files on disk and kept then): here made a byte, a write task a scored block."""
     folder, _ = wikiqa_files
     monkeypatch.setattr(sink, "CPU_PART_BYTES", 1, raising=False)
     gathered, write_tasks = [], []
