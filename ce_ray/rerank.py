@@ -418,8 +418,8 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
         settings=column_settings(config) | {config.query_id_column: "query_id_column"})
     job = job_settings(config) | {"query_id_column": config.query_id_column, "top_k": config.top_k} | (
         {"rank_column": config.rank_column} if config.rank_column != RANK else {})
-    say_input(title, files)
-    scored = add_scores(ds, config, title, checked, input_sources(files))
+    progress = say_input(title, files)
+    scored = add_scores(ds, config, title, checked, input_sources(files), progress)
     prepare_output(config.output, config.mode, job=job, resumable=False, checked=True)
     partitions = config.rank_partitions or default_partitions(input_bytes)
     print(f"{title}: ranks the rows of each {config.query_id_column} in {partitions} partition(s)"
@@ -428,7 +428,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
                   config.document_column, count_cut=True, partitions=partitions, score_column=config.score_column,
                   rank_column=config.rank_column, query_column=config.query_column)
     sink = RankedSink(config.output, written_columns(config), schema)
-    with work(), surfaced_errors():
+    with progress.lines(), work(), surfaced_errors():
         ranked.write_datasink(sink)
     seconds, ended = time.perf_counter() - start, time.time()
     counts = sink.counts

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, refuse_unused, require, with_settings
 from .io import DELIMITED, InputError, absolute, column_list, detect_format, is_text, refuse_written
+from .progress import Progress, count_rows, job_counter
 from .runtime import (cluster_resources, column_type_clash, cpu_nodes, ensure_ray, free_failed_actors,
                       surfaced_errors, work)
 from .tokenizer_facts import tokenizer_facts
@@ -228,10 +229,11 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
 
 
 def add_scores(ds, config: ScoreConfig, announce: str = "", checked: Optional[ScoringModel] = None,
-               sources: Optional[Dict[str, str]] = None):
+               sources: Optional[Dict[str, str]] = None, progress: Optional[Progress] = None):
     """`score` of a Dataset by a config whose other settings its caller uses (a job's files, a rerank's ranking).
     `checked`: `scoring_model(config)`, where a job checked it (its config is then the one used). `sources`: a job's
     input files by their key (`readers.input_sources`), so that a row that on_invalid=fail stops at names its file.
+    `progress`: a job's progress lines (`say_input`), whose counter the replicas tell the rows they finish.
     """
     from .model_folder import dtype_name, half_precision_on_cpu
 
@@ -277,7 +279,8 @@ def add_scores(ds, config: ScoreConfig, announce: str = "", checked: Optional[Sc
     return tokenized.map_batches(
         ScoringReplica,
         fn_constructor_kwargs=dict(config=config, device="cuda" if use_gpu else "cpu",
-                                   replicas_per_node=per_node, files=checked.files),
+                                   replicas_per_node=per_node, files=checked.files,
+                                   progress=progress.name if progress else None),
         batch_format="pyarrow",
         batch_size=config.rows_per_call or (GPU_ROWS_PER_CALL if use_gpu else config.rows_per_block),
         compute=replica_pool(config, use_gpu, min_replicas, max_replicas),
@@ -614,13 +617,17 @@ class ScoringReplica:
     """The actor pool's class: a `replica.Scorer`, whose module (and torch with it) is imported in the
     replica's process alone. Imported here, it would cost the driver seconds (torch and the CUDA libraries)."""
 
-    def __init__(self, config: ScoreConfig, device: str, replicas_per_node: int = 1, files: Optional[dict] = None):
+    def __init__(self, config: ScoreConfig, device: str, replicas_per_node: int = 1, files: Optional[dict] = None,
+                 progress: Optional[str] = None):
         from .replica import Scorer
 
         self.scorer = Scorer(config, device, replicas_per_node, files)
+        self.counter = job_counter(progress)
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        return self.scorer(table)
+        scored = self.scorer(table)
+        count_rows(self.counter, table.num_rows)
+        return scored
 
 
 def replica_pool(config: ScoreConfig, use_gpu: bool, min_replicas: int, max_replicas: int):
@@ -694,13 +701,14 @@ def job_settings(config: ScoreConfig) -> dict:
         {"activation": config.activation} if config.activation else {})
 
 
-def say_input(title: str, files) -> None:
-    """The pairs a job is to score (known from parquet footers; a text file's rows are counted as it is read):
-    Ray Data's progress gives the scoring stage's rows against its own estimate of the total, which may be far
-    from it (1,769,472 for a file of 1,200,000 rows)."""
+def say_input(title: str, files) -> Progress:
+    """The pairs a job is to score (known from parquet footers; a text file's rows are counted as it is read), and
+    its progress lines against them: Ray Data's progress gives the scoring stage's rows against its own estimate of
+    the total, which may be far from it (1,769,472 for a file of 1,200,000 rows)."""
     rows = [f.rows for f in files]
-    pairs = f"{sum(rows):,} pairs in " if rows and None not in rows else ""
-    print(f"{title}: {pairs}{len(files)} file(s) to score", flush=True)
+    total = sum(rows) if rows and None not in rows else None
+    print(f"{title}: {'' if total is None else f'{total:,} pairs in '}{len(files)} file(s) to score", flush=True)
+    return Progress(title, total)
 
 
 def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") -> Summary:
@@ -738,9 +746,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         config.input, config.input_format, [config.query_column, config.document_column], keep=to_score,
         rows_per_block=config.rows_per_block, column_names=parse_names(config.column_names),
         written=written_columns(config), settings=column_settings(config))
-    if ds is not None:
-        say_input(title, [f for f in files if to_score(f)])
-    scored = None if ds is None else add_scores(ds, config, title, checked, input_sources(files))
+    progress = None if ds is None else say_input(title, [f for f in files if to_score(f)])
+    scored = None if ds is None else add_scores(ds, config, title, checked, input_sources(files), progress)
     if scored is not None and transform is not None:
         scored = transform(scored)
     stamps = {input_key(f.path): f.stamp for f in files}
@@ -775,7 +782,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
                      finish=RESUME if transform is None else OVERWRITE,
                      part_bytes=CPU_PART_BYTES if on_cpus else PART_BYTES)
     if scored is not None:
-        with work(), surfaced_errors():
+        with progress.lines(), work(), surfaced_errors():
             scored.write_datasink(sink, ray_remote_args=WRITE_REMOTE_ARGS,
                                   concurrency=max(1, len(cpu_nodes())) if on_cpus else None)
     counts = sink.counts

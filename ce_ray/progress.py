@@ -1,0 +1,157 @@
+"""A long job's progress as ce-ray's own line: the pairs scored of those to score, the rate, the time left.
+
+Where its output is no terminal (a file, a Ray Job's log), Ray Data logs a block of lines per stage once a minute
+(`runtime.pace_logged_progress`), each stage's rows against its own estimate of the total, with no rate and no time
+left. Here the scoring replicas add the rows of each call they finish to a counter, an actor of the job, and the
+driver reads it every `PROGRESS_EVERY_S` seconds and prints one line:
+
+    ce-ray score: 1,234,567 of 5,000,000 pairs scored (24.7%) in 2 min 10 s, 98,765 pairs/s, about 38 s left
+
+The count is of rows out of the replicas (scored or rejected), so a replica restarted after a failure, whose rows
+are scored again, may count some twice: the line never says more than the total.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+import uuid
+from typing import Iterator, Optional
+
+# Seconds between two lines; 0 for none. A 30 s job says nothing, an hour's job 120 lines.
+PROGRESS_EVERY_VAR = "CE_RAY_PROGRESS_SECONDS"
+PROGRESS_EVERY_S = 30.0
+
+
+class RowsDone:
+    """The job's counter of rows the replicas finished: a Ray actor without resources, one per job."""
+
+    def __init__(self):
+        self.rows = 0
+
+    def add(self, rows: int) -> None:
+        self.rows += rows
+
+    def total(self) -> int:
+        return self.rows
+
+
+def progress_every() -> float:
+    """The seconds between two progress lines (`CE_RAY_PROGRESS_SECONDS`, else 30); 0 turns them off."""
+    given = os.environ.get(PROGRESS_EVERY_VAR, "")
+    try:
+        return max(float(given), 0.0) if given else PROGRESS_EVERY_S
+    except ValueError:
+        print(f"ce-ray: note: {PROGRESS_EVERY_VAR}={given!r} is not a number of seconds: progress every "
+              f"{PROGRESS_EVERY_S:.0f} s", file=sys.stderr, flush=True)
+        return PROGRESS_EVERY_S
+
+
+def drawn_by_ray_data() -> bool:
+    """Whether Ray Data draws its progress bars, with rates and times left, in the terminal: then they say it."""
+    from ray.data import DataContext
+
+    return sys.stdout.isatty() and DataContext.get_current().enable_progress_bars
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '2 min 10 s', '1 h 05 min'."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def progress_line(title: str, done: int, total: Optional[int], seconds: float, rate: float) -> str:
+    """One line of progress: `done` pairs of `total` (None: a text file's rows, counted only as read) in `seconds`
+    since the job's work began, at `rate` pairs/s lately."""
+    if total is not None:
+        done = min(done, total)
+        said = f"{done:,} of {total:,} pairs scored ({100 * done / total if total else 100:.1f}%)"
+    else:
+        said = f"{done:,} pairs scored"
+    said += f" in {duration(seconds)}"
+    if rate > 0:
+        said += f", {rate:,.0f} pairs/s"
+        if total is not None and done < total:
+            said += f", about {duration((total - done) / rate)} left"
+    return f"{title}: {said}"
+
+
+class Progress:
+    """A job's progress lines: `name` goes to the replicas (None where no line is to be printed), and `lines()`
+    runs the job's counter under that name and prints a line every `every` seconds while the job's work runs."""
+
+    def __init__(self, title: str, total: Optional[int]):
+        self.title, self.total = title, total
+        self.every = progress_every()
+        on = self.every > 0 and not drawn_by_ray_data()
+        # By name, created only as the work begins: a job refused before it leaves no counter behind.
+        self.name = f"ce-ray-progress-{uuid.uuid4().hex}" if on else None
+
+    @contextlib.contextmanager
+    def lines(self) -> Iterator[None]:
+        if self.name is None:
+            yield
+            return
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # Beside the driver, which asks it every line; no CPU, so that it never waits for one. A named actor is
+        # registered before `remote()` returns, so every replica finds it.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        counter = ray.remote(RowsDone).options(name=self.name, num_cpus=0, scheduling_strategy=here).remote()
+        stop = threading.Event()
+        thread = threading.Thread(target=self._report, args=(counter, stop), name="ce-ray-progress", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=self.every)  # it waits for the counter at most that long
+            with contextlib.suppress(Exception):  # a Ray already shut down (an interrupted job) took it with it
+                ray.kill(counter)
+
+    def _report(self, counter, stop: threading.Event) -> None:
+        import ray
+
+        start = then = time.monotonic()
+        before = 0
+        while not stop.wait(self.every):
+            try:
+                done = ray.get(counter.total.remote(), timeout=self.every)
+            except Exception:  # progress is no part of the job: a line missed is no failure of it
+                continue
+            now = time.monotonic()
+            # Between two lines that both counted rows: the time before the first row is the replicas' start.
+            rate = (done - before) / (now - then) if before else 0.0
+            print(progress_line(self.title, done, self.total, now - start, rate), flush=True)
+            if self.total is not None and done >= self.total:
+                return  # all scored: what is left (writing, ranking) ends with the summary
+            before, then = done, now
+
+
+def job_counter(name: Optional[str]):
+    """In a replica: the counter of its job's progress (`Progress.name`); None where there is none."""
+    if name is None:
+        return None
+    import ray
+
+    try:
+        return ray.get_actor(name)
+    except Exception:  # no counter costs the job its progress lines, not its work
+        return None
+
+
+def count_rows(counter, rows: int) -> None:
+    """A replica's call finished `rows`: told to the job's counter (`job_counter`), without waiting for it."""
+    if counter is not None:
+        try:
+            counter.add.remote(rows)
+        except Exception:  # a counter gone (its node lost) costs the job its progress lines, not its work
+            pass
