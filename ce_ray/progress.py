@@ -5,7 +5,7 @@ Where its output is no terminal (a file, a Ray Job's log), Ray Data logs a block
 left. Here the scoring replicas add the rows of each call they finish to a counter, an actor of the job, and the
 driver reads it every `PROGRESS_EVERY_S` seconds and prints one line:
 
-    ce-ray score: 1,234,567 of 5,000,000 pairs scored (24.7%) in 2 min 10 s, 98,765 pairs/s, about 38 s left
+    ce-ray score: 1,234,567 of 5,000,000 pairs scored (24.7%) in 2m10s, 98,765 pairs/s, ~38s left
 
 The count is of rows out of the replicas (scored or rejected), so a replica restarted after a failure, whose rows
 are scored again, may count some twice: the line never says more than the total.
@@ -58,13 +58,13 @@ def drawn_by_ray_data() -> bool:
 
 
 def duration(seconds: float) -> str:
-    """'45 s', '2 min 10 s', '1 h 05 min'."""
-    seconds = int(round(seconds))
+    """Seconds as a person reads them: 42s, 3m05s, 2h07m (a training run's lines say them so too)."""
+    seconds = round(seconds)
     if seconds < 60:
-        return f"{seconds} s"
+        return f"{seconds}s"
     if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def progress_line(title: str, done: int, total: Optional[int], seconds: float, rate: float) -> str:
@@ -79,7 +79,7 @@ def progress_line(title: str, done: int, total: Optional[int], seconds: float, r
     if rate > 0:
         said += f", {rate:,.0f} pairs/s"
         if total is not None and done < total:
-            said += f", about {duration((total - done) / rate)} left"
+            said += f", ~{duration((total - done) / rate)} left"
     return f"{title}: {said}"
 
 

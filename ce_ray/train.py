@@ -33,6 +33,7 @@ from .checkpoints import (DS_TAG, MODEL, PROGRESS, RANDOM_STATE, STATE, best_che
                           claim_run, random_state, restore_random_state, run_storage, upload_checkpoint,
                           whole_checkpoint, worker_seed, write_file_list)
 from .io import filesystem, is_remote, upload_folder
+from .progress import duration
 from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, refuse_settings_of_beir,
                          shard_spans, top_reasons, training_batch_tokens, training_input, worker_spans)
 
@@ -479,16 +480,6 @@ def train_loop(loop_config: dict) -> dict:
             "samples": progress["samples"], "seconds": progress["seconds"], "steps": step,
             "seconds_here": progress["seconds"] - progress["seconds_before"],
             **_compile_counts(config)}
-
-
-def duration(seconds: float) -> str:
-    """Seconds as a person reads them: 42s, 3m05s, 2h07m."""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def say(line: str) -> None:
