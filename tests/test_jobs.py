@@ -184,6 +184,19 @@ def test_score_job_on_a_local_cluster(cluster, model, tmp_path):
     assert "--config score.yaml --mode overwrite --score-column score_2" in again.stdout
     assert "score_2" in pq.read_schema(next((tmp_path / "out" / "results").glob("*.parquet"))).names
 
+    # The job's progress lines reach its log: its replicas find the job's counter on the cluster by its name.
+    rows = 3_000
+    pq.write_table(pa.table({"query": [f"query {i % 31}" for i in range(rows)],
+                             "document": [f"document {i}" for i in range(rows)]}), tmp_path / "more.parquet")
+    more = write_config(tmp_path / "more.yaml", model=str(model), input=str(tmp_path / "more.parquet"),
+                        output=str(tmp_path / "more"), rows_per_block=16)
+    run = cluster.submit("score", more, "--env", "CE_RAY_PROGRESS_SECONDS",
+                         env=dict(cluster.env, CE_RAY_PROGRESS_SECONDS="0.2"))
+    assert run.returncode == 0, run.stdout + run.stderr
+    done = [int(n.replace(",", "")) for n in re.findall(r"^ce-ray score: ([\d,]+) of 3,000 pairs scored ",
+                                                        run.stdout, re.MULTILINE)]
+    assert done and max(done) > 0, run.stdout[-3000:]
+
 
 def test_a_cluster_that_stops_answering_is_asked_again_then_said(cluster):
     """A port-forward that drops while a job is followed: the job's status is asked again for a while, then
