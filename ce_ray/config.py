@@ -30,11 +30,11 @@ def _require_names(config, *settings: str) -> None:
     names = [getattr(config, s) for s in settings]
     for setting, name in zip(settings, names):
         if not name:
-            raise ConfigError(f"{setting} must name a column")
+            raise ConfigError(f"{setting_and_flag(setting)} must name a column")
         if name == "reject_reason" or name.startswith(OWN_COLUMNS):  # the columns ce-ray itself adds to the rows
-            raise ConfigError(f"{setting} {name!r} is a column ce-ray uses itself: name another")
+            raise ConfigError(f"{setting_and_flag(setting)} {name!r} is a column ce-ray uses itself: name another")
     if len(set(names)) < len(names):
-        raise ConfigError(f"{' and '.join(settings)} must name different columns, got {names}")
+        raise ConfigError(f"{' and '.join(map(setting_and_flag, settings))} must name different columns, got {names}")
 
 
 def _require_finite(config) -> None:
@@ -44,7 +44,7 @@ def _require_finite(config) -> None:
     for setting in dataclasses.fields(config):
         value = getattr(config, setting.name)
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{setting.name}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{setting_and_flag(setting.name)}: expected a finite number, got {value!r}")
 
 
 MIN_MAX_LENGTH = 8
@@ -83,13 +83,14 @@ def _check_activation(dotted: str, trust_remote_code: bool) -> None:
 
     module, _, name = dotted.rpartition(".")
     if not (dotted.startswith("torch.") or trust_remote_code):
-        raise ConfigError(f"activation {dotted!r} is not torch's (torch.nn.Identity for the logit, "
-                          "torch.nn.Sigmoid): code from elsewhere runs only with trust_remote_code")
+        raise ConfigError(f"{setting_and_flag('activation')} {dotted!r} is not torch's (torch.nn.Identity for the "
+                          f"logit, torch.nn.Sigmoid): code from elsewhere runs only with "
+                          f"{setting_and_flag('trust_remote_code')}")
     try:
         getattr(importlib.import_module(module), name)()
     except Exception as e:  # an import, attribute or constructor error: all say the name is wrong
-        raise ConfigError(f"activation {dotted!r} is no class that makes a function with no argument "
-                          f"(torch.nn.Identity, torch.nn.Sigmoid): {type(e).__name__}: {e}") from None
+        raise ConfigError(f"{setting_and_flag('activation')} {dotted!r} is no class that makes a function with no "
+                          f"argument (torch.nn.Identity, torch.nn.Sigmoid): {type(e).__name__}: {e}") from None
 
 
 @dataclass
@@ -160,8 +161,8 @@ class RerankConfig(ScoreConfig):
     # Values of score's settings that ranking refuses, each with the reason: --help does not offer them, and a job
     # given one is refused before any work, saying why.
     REFUSED: ClassVar[Dict[str, Dict[str, str]]] = {"mode": {
-        "resume": "mode (--mode) resume works per input file, but ranking groups rows across files; use mode "
-                  "overwrite (--mode overwrite)"}}
+        "resume": f"{setting_and_flag('mode', 'resume')} works per input file, but ranking groups rows across files; "
+                  f"use {setting_and_flag('mode', 'overwrite')}"}}
 
     def validate(self) -> None:
         super().validate()
@@ -326,8 +327,9 @@ class TrainConfig(ModelConfig):
         if self.batch_tokens is not None and self.batch_tokens < 1:
             raise ConfigError(f"{setting_and_flag('batch_tokens')} must be >= 1, got {self.batch_tokens}")
         if self.batch_tokens and self.deepspeed:
-            raise ConfigError("batch_tokens works with DDP only: DeepSpeed steps after a fixed number of passes; "
-                              "use grad_accum with a smaller batch_size instead")
+            raise ConfigError(f"{setting_and_flag('batch_tokens')} works with DDP only: DeepSpeed steps after a fixed "
+                              f"number of passes; use {setting_and_flag('grad_accum')} with a smaller "
+                              f"{setting_and_flag('batch_size')} instead")
         # Each of these measures on eval_data: without it a run did nothing of what they asked, and said nothing.
         for name in ("best_metric", "eval_every", "eval_max_queries"):
             if getattr(self, name) and not self.eval_data:
@@ -338,7 +340,8 @@ class TrainConfig(ModelConfig):
                           "whose positive is labelled 1 and each negative 0: leave it out", flags=True)
         if self.deepspeed and None not in (self.bf16, self.deepspeed.bf16) and self.bf16 != self.deepspeed.bf16:
             # the section's wins (`train.uses_bf16`): the other was taken and changed nothing
-            raise ConfigError(f"bf16 {self.bf16} and deepspeed.bf16 {self.deepspeed.bf16} disagree: set one of them")
+            raise ConfigError(f"{setting_and_flag('bf16')} {self.bf16} and deepspeed.bf16 {self.deepspeed.bf16} "
+                              "disagree: set one of them")
         if self.deepspeed and self.deepspeed.offload_params and self.deepspeed.stage != 3:
             # ZeRO-1 and -2 keep every parameter on each device: DeepSpeed reads offload_param at stage 3 alone
             raise ConfigError(f"deepspeed.offload_params works with ZeRO stage 3 alone, which partitions the "
@@ -379,6 +382,12 @@ def commands_with_setting(name: str) -> list:
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
+def _named(name: str) -> str:
+    """A setting as a type error names it: a command's setting by its key and flag, a key of a YAML section
+    (`deepspeed.stage`), which has no flag, by its key alone."""
+    return setting_and_flag(name) if name.isidentifier() else name
+
+
 def _check_type(name: str, value: Any, annotation: Any) -> Any:
     """Checks (and mildly coerces: int -> float, `1e-4` text -> float) a YAML or flag value against a dataclass
     annotation."""
@@ -391,15 +400,15 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
         return _check_type(name, value, inner[0])
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(repr, args))}")
+            raise ConfigError(f"{_named(name)}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
     if origin in (list, typing.List):
         if not isinstance(value, list):
-            raise ConfigError(f"{name}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{_named(name)}: expected a list, got {type(value).__name__} {value!r}")
         return [_check_type(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value)] if args else value
     if origin in (dict, typing.Dict):
         if not isinstance(value, dict):
-            raise ConfigError(f"{name}: expected a mapping, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{_named(name)}: expected a mapping, got {type(value).__name__} {value!r}")
         return value
     if annotation is Any:
         return value
@@ -408,15 +417,15 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
     if annotation is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
         return float(value)  # YAML reads 1e-4 (an exponent without a dot) as text
     if annotation in (int, float) and isinstance(value, bool):
-        raise ConfigError(f"{name}: expected {annotation.__name__}, got a boolean {value!r}")
+        raise ConfigError(f"{_named(name)}: expected {annotation.__name__}, got a boolean {value!r}")
     if dataclasses.is_dataclass(annotation):
         if isinstance(value, annotation):
             return value
-        if not isinstance(value, dict):
+        if not isinstance(value, dict):  # a section, which has no flag
             raise ConfigError(f"{name}: expected a mapping, got {type(value).__name__} {value!r}")
         return from_dict(annotation, value, prefix=f"{name}.")
     if isinstance(annotation, type) and not isinstance(value, annotation):
-        raise ConfigError(f"{name}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{_named(name)}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
     return value
 
 

@@ -103,7 +103,7 @@ def parse_names(text: str, setting: str = "column_names") -> Optional[List[str]]
         return None
     names = [name.strip() for name in text.split(",")]
     if not all(names) or len(set(names)) != len(names):
-        raise InputError(f"{setting} must be distinct names separated by commas, got {text!r}")
+        raise InputError(f"{setting_and_flag(setting)} must be distinct names separated by commas, got {text!r}")
     return names
 
 
@@ -471,13 +471,11 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
         formats = {detect_format(f) for f in files} - {None}
         if len(formats) > 1:
             # the flag beside the key: a user of the command line gives the flag
-            raise InputError(f"input {uri} mixes formats {sorted(formats)}: read one with input_format "
-                             f"(--input-format {sorted(formats)[0]}), which skips the other's files")
+            raise InputError(f"input {uri} mixes formats {sorted(formats)}: read one with "
+                             f"{setting_and_flag('input_format', sorted(formats)[0])}, which skips the other's files")
         if not formats and files:
-            raise InputError(
-                f"cannot tell the format of {files[0]} from its name: pass input_format (--input-format): parquet, "
-                "jsonl, csv or tsv"
-            )
+            raise InputError(f"cannot tell the format of {files[0]} from its name: pass "
+                             f"{setting_and_flag('input_format')}: parquet, jsonl, csv or tsv")
         input_format = formats.pop() if formats else "parquet"
     if not named:
         # A folder's other files (a LICENSE.pdf, a README.md) are not pairs. A file whose name says no format
@@ -492,8 +490,8 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
     if not files:
         raise InputError(f"input {uri} holds no {input_format} files")
     if column_names and input_format not in DELIMITED:
-        raise InputError(f"column_names names the columns of CSV or TSV files without a header line; {uri} is "
-                         f"{input_format}, whose files name their columns")
+        raise InputError(f"{setting_and_flag('column_names')} names the columns of CSV or TSV files without a header "
+                         f"line; {uri} is {input_format}, whose files name their columns")
     return Listing(files, input_format, fs, {file: listed[file] for file in files if file in listed},
                    None if finished is None else finished_parts(finished, base))
 
@@ -676,11 +674,12 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
             first = _first_record(head[head.index(lines[0]):], input_format) if lines else []
             if column_names:  # no header line: every line is a row, each of as many fields as there are names
                 if lines and len(first) != len(column_names):
-                    raise InputError(f"{path}: its first line has {len(first)} field(s), column_names names "
-                                     f"{len(column_names)} ({', '.join(column_names)})")
+                    raise InputError(f"{path}: its first line has {len(first)} field(s), "
+                                     f"{setting_and_flag('column_names')} names {len(column_names)} "
+                                     f"({', '.join(column_names)})")
                 if first == column_names:  # it would be scored (or trained on) as a pair
-                    raise InputError(f"{path}: its first line is a header naming the columns column_names names: "
-                                     "leave column_names out")
+                    raise InputError(f"{path}: its first line is a header naming the columns "
+                                     f"{setting_and_flag('column_names')} names: leave it out")
                 return FileCheck(path, column_names, None if lines else 0, as_text(column_names), size_bytes=size)
             _refuse_header_not_utf8(path, lines[0] if lines else b"")
             return FileCheck(path, first, 0 if len(lines) <= 1 else None, as_text(first), size_bytes=size)
@@ -776,9 +775,9 @@ def _missing_columns_hint(check: FileCheck, input_format: str, column_names: Opt
     one_field = len(check.columns) == 1 and any(mark in check.columns[0] for mark in (",", "\t", "{"))
     if (named and named != input_format) or (input_format in DELIMITED and one_field):
         return f"; read as {input_format}" + (f", though its name says {named}" if named else "") + (
-            ": check input_format")
+            f": check {setting_and_flag('input_format')}")
     if input_format in DELIMITED and not column_names and not some_found:
-        return "; for a file without a header line, give its columns' names in column_names (--column-names)"
+        return f"; for a file without a header line, give its columns' names in {setting_and_flag('column_names')}"
     return settings_hint(missing, settings)
 
 
@@ -787,9 +786,11 @@ def n_queries(count: int) -> str:
     return f"{count:,} query" if count == 1 else f"{count:,} queries"
 
 
-def setting_and_flag(name: str) -> str:
-    """A setting as a message names it, by its YAML key and its command's flag: `batch_tokens (--batch-tokens)`."""
-    return f"{name} (--{name.replace('_', '-')})"
+def setting_and_flag(name: str, value: str = "") -> str:
+    """A setting as a message names it, by its YAML key and its command's flag: `batch_tokens (--batch-tokens)`;
+    with a `value`, the setting given it: `mode overwrite (--mode overwrite)`."""
+    flag = f"--{name.replace('_', '-')}"
+    return f"{name} {value} ({flag} {value})" if value else f"{name} ({flag})"
 
 
 def settings_hint(missing: Sequence[str], settings: Dict[str, str]) -> str:

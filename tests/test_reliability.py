@@ -273,28 +273,34 @@ def test_a_csv_or_tsv_file_without_a_header_line_is_read_with_column_names(ray_l
     check_inputs(fs, files, input_format, ["query"], names.split(","), present=["query_id"])  # as rerank checks
 
     with pytest.raises(InputError, match=r"missing column\(s\) 'query', 'document' \(columns: 1048585, 7187158, "
-                                         r"what is .*; for a file without a header line, give its columns' names"):
+                                         r"what is .*; for a file without a header line, give its columns' names in "
+                                         r"column_names \(--column-names\)$"):
         job(tiny_model, tmp_path / "in", tmp_path / "out-no-names", mode="overwrite")
     with pytest.raises(InputError, match=r"missing column\(s\) 'query_id' \(columns: 1048585,"):
         check_inputs(fs, files, input_format, [], None, present=["query_id"])
     # A file read in another format, or a headed file missing a column, is not told to name its columns.
     (tmp_path / "pairs.csv").write_text("query_id,query,document\n1,q,d\n")
     with pytest.raises(InputError, match=r"\(columns: query_id,query,document\); read as tsv, though its name says "
-                                         r"csv: check input_format$"):
+                                         r"csv: check input_format \(--input-format\)$"):
         check_inputs(fs, [str(tmp_path / "pairs.csv")], "tsv", ["query", "document"])
     with pytest.raises(InputError, match=r"missing column\(s\) 'qid' \(columns: query_id, query, document\)$"):
         check_inputs(fs, [str(tmp_path / "pairs.csv")], "csv", ["query", "document"], present=["qid"])
     pq.write_table(pa.table({"query": ["q"], "document": ["d"]}), tmp_path / "p.parquet")
-    with pytest.raises(InputError, match="p.parquet is parquet, whose files name their columns"):
+    # each message names column_names by its flag too (they named the YAML key alone)
+    with pytest.raises(InputError, match=r"^column_names \(--column-names\) names the columns of CSV or TSV files "
+                                         r"without a header line; \S+p\.parquet is parquet, whose files name their "
+                                         r"columns$"):
         job(tiny_model, tmp_path / "p.parquet", tmp_path / "out-parquet", column_names="query,document")
-    with pytest.raises(InputError, match="distinct names"):
+    with pytest.raises(InputError, match=r"^column_names \(--column-names\) must be distinct names separated by "
+                                         r"commas, got 'query,query,document,x'$"):
         job(tiny_model, tmp_path / "in", tmp_path / "out-twice", column_names="query,query,document,x")
-    with pytest.raises(InputError, match=r"top1000.dev.tsv: its first line has 4 field\(s\), column_names names 3 "
-                                         r"\(query_id, doc_id, query\)$"):
+    with pytest.raises(InputError, match=r"top1000.dev.tsv: its first line has 4 field\(s\), column_names "
+                                         r"\(--column-names\) names 3 \(query_id, doc_id, query\)$"):
         job(tiny_model, tmp_path / "in", tmp_path / "out-three", column_names="query_id,doc_id,query")
     (tmp_path / "with-header").mkdir()
     (tmp_path / "with-header" / "top.tsv").write_bytes(b"query_id\tdoc_id\tquery\tdocument\r\n" + lines[0])
-    with pytest.raises(InputError, match="top.tsv: its first line is a header naming the columns"):
+    with pytest.raises(InputError, match=r"top\.tsv: its first line is a header naming the columns column_names "
+                                         r"\(--column-names\) names: leave it out$"):
         job(tiny_model, tmp_path / "with-header", tmp_path / "out-header", column_names=names)
 
 
@@ -743,7 +749,7 @@ def test_a_column_the_job_writes_fails_before_scoring_unless_named_otherwise(ray
     with pytest.raises(InputError, match="the input has a column 'score', which the job writes"):
         job(tiny_model, tmp_path / "far.jsonl", tmp_path / "far")
     assert not (tmp_path / "far" / "_SUCCESS").exists()
-    with pytest.raises(ConfigError, match="score_column must name a column"):
+    with pytest.raises(ConfigError, match=r"^score_column \(--score-column\) must name a column$"):
         job(tiny_model, tmp_path / "late.jsonl", tmp_path / "late", score_column="")
 
 
@@ -807,7 +813,7 @@ def test_a_folder_of_two_formats_or_a_file_of_no_format_names_the_flag_that_read
     (tmp_path / "in").mkdir()
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "in" / "a.parquet")
     (tmp_path / "in" / "b.tsv").write_text("query\tdocument\nq\td\n")
-    with pytest.raises(InputError, match=r"mixes formats \['parquet', 'tsv'\]: read one with input_format "
+    with pytest.raises(InputError, match=r"mixes formats \['parquet', 'tsv'\]: read one with input_format parquet "
                                          r"\(--input-format parquet\), which skips the other's files$"):
         list_files(str(tmp_path / "in"), "auto", None)
     assert list_files(str(tmp_path / "in"), "tsv", None)[0] == [str(tmp_path / "in" / "b.tsv")]
@@ -1146,7 +1152,8 @@ def test_unknown_and_mistyped_config_keys_fail(tmp_path):
     with pytest.raises(ConfigError, match="unknown setting 'rows_per_blok' \\(did you mean 'rows_per_block'\\?\\)"):
         load_config(ScoreConfig, str(tmp_path / "a.yaml"))
     (tmp_path / "b.yaml").write_text("model: m\nmode: resumee\n")
-    with pytest.raises(ConfigError, match="mode: 'resumee' is not one of 'error', 'overwrite', 'resume'"):
+    with pytest.raises(ConfigError, match=r"b\.yaml: mode \(--mode\): 'resumee' is not one of 'error', 'overwrite', "
+                                          r"'resume'$"):
         load_config(ScoreConfig, str(tmp_path / "b.yaml"))
 
 
@@ -1160,15 +1167,16 @@ def test_settings_that_are_not_finite_numbers_fail_before_any_work(tmp_path):
                     "warmup_ratio: -.inf", "cpus_per_worker: .inf"):
         (tmp_path / "t.yaml").write_text(f"model: m\n{setting}\n")
         name = setting.split(":")[0]
-        with pytest.raises(ConfigError, match=f"{name}: expected a finite number, got -?(nan|inf)"):
+        flag = name.replace("_", "-")  # named by its flag too (it named the YAML key alone)
+        with pytest.raises(ConfigError, match=rf"{name} \(--{flag}\): expected a finite number, got -?(nan|inf)$"):
             load_config(TrainConfig, str(tmp_path / "t.yaml"))
-    with pytest.raises(ConfigError, match="lr: expected a finite number, got nan"):
+    with pytest.raises(ConfigError, match=r"^lr \(--lr\): expected a finite number, got nan"):
         load_config(TrainConfig, overrides={"lr": float("nan")})  # as the flag --lr nan gives it
-    with pytest.raises(ConfigError, match="tokenize_cpus: expected a finite number, got inf"):
+    with pytest.raises(ConfigError, match=r"^tokenize_cpus \(--tokenize-cpus\): expected a finite number, got inf"):
         load_config(ScoreConfig, overrides={"tokenize_cpus": float("inf")})
-    with pytest.raises(ConfigError, match="pos_weight: expected a finite number, got inf"):
+    with pytest.raises(ConfigError, match=r"^pos_weight \(--pos-weight\): expected a finite number, got inf"):
         ce_ray.train(model="m", train_data="t", output="o", pos_weight=float("inf"))  # before it reads anything
-    with pytest.raises(ConfigError, match="weight_decay: expected a finite number, got nan"):
+    with pytest.raises(ConfigError, match=r"^weight_decay \(--weight-decay\): expected a finite number, got nan"):
         ce_ray.train(TrainConfig(model="m", train_data="t", output="o", weight_decay=float("nan")))
 
 

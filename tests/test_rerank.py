@@ -344,7 +344,8 @@ def test_rerank_job_over_files_and_blocks(ray_local, tiny_model, tmp_path, capsy
         run_rerank(again)
     with pytest.raises(InputError, match="has a column 'rank', which the job writes: name the ranks otherwise"):
         run_rerank(dataclasses.replace(again, score_column="score_2"))
-    with pytest.raises(ConfigError, match="must name different columns"):
+    with pytest.raises(ConfigError, match=r"^score_column \(--score-column\) and rank_column \(--rank-column\) must "
+                                          r"name different columns, got \['s', 's'\]$"):
         run_rerank(dataclasses.replace(again, score_column="s", rank_column="s"))
     run_rerank(dataclasses.replace(again, score_column="score_2", rank_column="rank_2"))
     two = pd.read_parquet(tmp_path / "two" / "results").sort_values(["query_id", "rank_2"])
@@ -378,8 +379,8 @@ def test_rerank_input_errors(tiny_model, tmp_path, capsys):
     assert main(["rerank", "--model", str(tiny_model), "--input", str(tmp_path), "--output", str(tmp_path / "o"),
                  "--mode", "resume"]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "ce-ray rerank: error: mode (--mode) resume works per input file, but ranking groups rows across files; use "
-        "mode overwrite (--mode overwrite)")
+        "ce-ray rerank: error: mode resume (--mode resume) works per input file, but ranking groups rows across files; "
+        "use mode overwrite (--mode overwrite)")
     assert "--mode {error,overwrite,resume}" in command_parser(build_parser(), "score").format_help()
     # A query id that is no single value fails naming the column, before Ray Data's group-by would fail on it.
     with pytest.raises(InputError, match=r"query_id is list<\w+: int64>: a query id is one value"):

@@ -985,14 +985,17 @@ def test_yaml_config_and_flags_give_the_same_settings(tmp_path):
     with pytest.raises(ConfigError, match="unknown setting 'batch_token' \\(did you mean 'batch_tokens'\\?\\)"):
         load_config(ScoreConfig, str(tmp_path / "typo.yaml"))
     (tmp_path / "type.yaml").write_text("batch_tokens: many\n")
-    with pytest.raises(ConfigError, match="batch_tokens: expected int"):
+    # A value of the wrong type names the setting's flag too (it named the YAML key alone)
+    with pytest.raises(ConfigError, match=r"type\.yaml: batch_tokens \(--batch-tokens\): expected int, got str "
+                                          r"'many'$"):
         load_config(ScoreConfig, str(tmp_path / "type.yaml"))
     for setting, value in (("rows_per_call", 0), ("batch_tokens", -1), ("tokenize_cpus", 0.0), ("max_length", 2)):
         flag = setting.replace("_", "-")  # named by the flag too: it named the YAML key alone
         with pytest.raises(ConfigError, match=rf"^{setting} \(--{flag}\) must be"):
             load_config(ScoreConfig, None, {setting: value})
     for name in ("reject_reason", "_ce_cut"):  # columns ce-ray adds itself
-        with pytest.raises(ConfigError, match=f"score_column '{name}' is a column ce-ray uses itself"):
+        with pytest.raises(ConfigError, match=rf"^score_column \(--score-column\) '{name}' is a column ce-ray uses "
+                                              "itself: name another$"):
             load_config(ScoreConfig, None, {"score_column": name})
 
 
@@ -1088,9 +1091,10 @@ def test_predict_scores_pairs_in_order_as_cross_encoder_does(ray_local, tiny_mod
     assert isinstance(logits, torch.Tensor) and logits.device.type == "cpu" and (logits.numpy() != scores).all()
     np.testing.assert_allclose(logits.numpy(), anchor, atol=1e-5)
     np.testing.assert_allclose(logits.sigmoid().numpy(), scores, atol=1e-6)
-    with pytest.raises(ConfigError, match=r"activation 'os\.system' is not torch's"):
+    with pytest.raises(ConfigError, match=r"^activation \(--activation\) 'os\.system' is not torch's \(.*\): code from "
+                                          r"elsewhere runs only with trust_remote_code \(--trust-remote-code\)$"):
         ce_ray.predict(str(tiny_model), pairs, activation="os.system")
-    with pytest.raises(ConfigError, match=r"activation 'torch\.nn\.Nothing' is no class"):
+    with pytest.raises(ConfigError, match=r"^activation \(--activation\) 'torch\.nn\.Nothing' is no class"):
         ce_ray.predict(str(tiny_model), pairs, activation="torch.nn.Nothing")
     # One pair gives its score alone, as predict does (the model a pathlib.Path, as CrossEncoder takes one);
     # what is not a pair fails naming it.

@@ -186,11 +186,22 @@ def test_offloading_the_parameters_is_refused_below_zero_stage_3():
 
 def test_bf16_and_deepspeeds_bf16_that_disagree_are_refused():
     """Under DeepSpeed its section's `bf16` decides: a run's `bf16: false` beside `deepspeed: {bf16: true}` trained in
-    bf16, the run's setting taken and unused, without a word. Both set, they must agree."""
-    from ce_ray.config import ConfigError, DeepSpeedConfig, TrainConfig
+    bf16, the run's setting taken and unused, without a word. Both set, they must agree. The messages name a setting
+    by its flag too (they named bf16 and batch_tokens by their YAML keys alone); a key of the deepspeed section,
+    which has no flag, by its key alone."""
+    from ce_ray.config import ConfigError, DeepSpeedConfig, TrainConfig, load_config
 
-    with pytest.raises(ConfigError, match=r"^bf16 False and deepspeed.bf16 True disagree: set one of them$"):
+    with pytest.raises(ConfigError, match=r"^bf16 \(--bf16\) False and deepspeed.bf16 True disagree: set one of "
+                                          r"them$"):
         TrainConfig(bf16=False, deepspeed=DeepSpeedConfig(bf16=True)).validate()
+    with pytest.raises(ConfigError, match=r"^batch_tokens \(--batch-tokens\) works with DDP only: DeepSpeed steps "
+                                          r"after a fixed number of passes; use grad_accum \(--grad-accum\) with a smaller "
+                                          r"batch_size \(--batch-size\) instead$"):
+        TrainConfig(batch_tokens=4096, deepspeed=DeepSpeedConfig()).validate()
+    with pytest.raises(ConfigError, match=r"^deepspeed\.stage: 4 is not one of 1, 2, 3$"):
+        load_config(TrainConfig, None, {"deepspeed": {"stage": 4}})
+    with pytest.raises(ConfigError, match=r"^deepspeed: expected a mapping, got int 3$"):
+        load_config(TrainConfig, None, {"deepspeed": 3})
     for bf16, section in ((True, True), (None, False), (False, None)):
         TrainConfig(bf16=bf16, deepspeed=DeepSpeedConfig(bf16=section)).validate()
 
@@ -996,7 +1007,7 @@ def test_every_batch_trains_under_grad_accum_and_eval_every_evaluates_between_lo
 
     with pytest.raises(ConfigError, match=r"64 worker\(s\) need 64 CPU\(s\) \(the cluster has \d+\): lower"):
         _train_module().train(TrainConfig(**{**settings, "output": str(tmp_path / "wide")}, num_workers=64))
-    with pytest.raises(ConfigError, match="dtype: 'bfloat16' is not one of 'auto'"):  # as YAML and flags give it
+    with pytest.raises(ConfigError, match=r"^dtype \(--dtype\): 'bfloat16' is not one of 'auto'$"):  # as YAML gives it
         load_config(TrainConfig, None, {"dtype": "bfloat16"})
     for bad, match in (({"seed": -1}, r"^seed \(--seed\) must be"),
                        ({"cpus_per_worker": 0.0}, r"cpus_per_worker \(--cpus-per-worker\) > 0"),
