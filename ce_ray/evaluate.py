@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from .config import ConfigError, EvalConfig, require
 from .io import (EVAL, EVAL_SUFFIX, REJECTS, InputError, check_s3_access, column_list, detect_format, filesystem,
                  glob_base, is_glob, is_remote, job_summary, join, list_files, missing_values, n_queries,
-                 partition_values, refuse_changed_output, settings_hint)
+                 partition_values, refuse_changed_output, setting_and_flag, settings_hint)
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 from .train_data import numeric_labels
 
@@ -453,7 +453,7 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
         # A path the user named may be a folder (it failed once written); ce-ray's own eval.json is not looked up.
         fs, path = filesystem(uri) if uri and getattr(c, setting) else (None, "")
         if fs is not None and fs.get_file_info(path).type == pafs.FileType.Directory:
-            raise ConfigError(f"{setting} {uri} is a folder: give the path of a file")
+            raise ConfigError(f"{setting_and_flag(setting)} {uri} is a folder: give the path of a file")
     qrels = read_qrels(c.qrels) if c.qrels else None
     required = [c.query_id_column] + ([c.doc_id_column] if qrels is not None or c.run_output else []) + (
         [c.label_column] if qrels is None else [])

@@ -18,7 +18,7 @@ import sys
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -786,11 +786,14 @@ def n_queries(count: int) -> str:
     return f"{count:,} query" if count == 1 else f"{count:,} queries"
 
 
-def setting_and_flag(name: str, value: str = "") -> str:
+def setting_and_flag(name: str, value: Union[str, bool] = "") -> str:
     """A setting as a message names it, by its YAML key and its command's flag: `batch_tokens (--batch-tokens)`;
-    with a `value`, the setting given it: `mode overwrite (--mode overwrite)`."""
-    flag = f"--{name.replace('_', '-')}"
-    return f"{name} {value} ({flag} {value})" if value else f"{name} ({flag})"
+    with a `value`, the setting given it: `mode overwrite (--mode overwrite)`, `use_gpu false (--no-use-gpu)` (a
+    boolean's flag takes no value)."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"{name} {str(value).lower()} (--{'' if value else 'no-'}{flag})"
+    return f"{name} {value} (--{flag} {value})" if value else f"{name} (--{flag})"
 
 
 def settings_hint(missing: Sequence[str], settings: Dict[str, str]) -> str:

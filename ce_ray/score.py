@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, refuse_unused, require, with_settings
-from .io import DELIMITED, InputError, absolute, column_list, detect_format, is_text, refuse_written
+from .io import (DELIMITED, InputError, absolute, column_list, detect_format, is_text, refuse_written,
+                 setting_and_flag)
 from .progress import Progress, count_rows, job_counter
 from .runtime import (cluster_resources, column_type_clash, cpu_nodes, ensure_ray, free_failed_actors,
                       surfaced_errors, work)
@@ -42,9 +43,9 @@ def written_columns(config: ScoreConfig) -> Dict[str, str]:
     """The columns a job adds to the rows, each with what to do about an input column of that name, which the
     job would overwrite: it fails before any work instead (`check_inputs`), or at the block that has it (a
     JSON line's own keys, a caller's Dataset)."""
-    columns = {config.score_column: "name the scores otherwise with score_column (--score-column)"}
+    columns = {config.score_column: f"name the scores otherwise with {setting_and_flag('score_column')}"}
     if getattr(config, "rank_column", None):  # rerank
-        columns[config.rank_column] = "name the ranks otherwise with rank_column (--rank-column)"
+        columns[config.rank_column] = f"name the ranks otherwise with {setting_and_flag('rank_column')}"
     return columns
 
 

@@ -32,7 +32,7 @@ from .config import ConfigError, TrainConfig, require, with_settings
 from .checkpoints import (DS_TAG, MODEL, PROGRESS, RANDOM_STATE, STATE, best_checkpoint, best_kept, check_whole,
                           claim_run, random_state, restore_random_state, run_storage, upload_checkpoint,
                           whole_checkpoint, worker_seed, write_file_list)
-from .io import filesystem, is_remote, upload_folder
+from .io import filesystem, is_remote, setting_and_flag, upload_folder
 from .progress import duration
 from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, refuse_settings_of_beir,
                          shard_spans, top_reasons, training_batch_tokens, training_input, worker_spans)
@@ -446,15 +446,16 @@ def train_loop(loop_config: dict) -> dict:
                 first = progress["step"] + 1  # the first step since the last log line
                 return {STOPPED: (
                     f"the training loss of step{f's {first:,}-' if first < step else ' '}{step:,} is {entry['loss']}: "
-                    "the run stops without saving its weights (a lower lr or a warmup_ratio keeps a diverging "
-                    "loss finite; a base model of NaN or infinite weights gives one from the first step)")}
+                    f"the run stops without saving its weights (a lower {setting_and_flag('lr')} or a "
+                    f"{setting_and_flag('warmup_ratio')} keeps a diverging loss finite; a base model of NaN or "
+                    "infinite weights gives one from the first step)")}
             # The loss of a step is that of the weights before its update: NaN or infinite gradients of the steps
             # since the last log line made the weights so behind a finite loss, and they were saved as the model.
             if saving and _nonfinite_weights(module):
                 return {STOPPED: (
                     f"the weights after step {step:,} are not all finite, though its loss is ({entry['loss']:.4f}): "
-                    "the run stops without saving its weights (a lower lr or a warmup_ratio keeps a diverging "
-                    "run finite)")}
+                    f"the run stops without saving its weights (a lower {setting_and_flag('lr')} or a "
+                    f"{setting_and_flag('warmup_ratio')} keeps a diverging run finite)")}
             progress["samples"] += global_samples
             progress["seconds"] += elapsed
             if evaluating:
@@ -594,9 +595,10 @@ def memory_hint(error: str, batch_size: int, batch_tokens: Optional[int]) -> str
         return ""
     if batch_tokens is None:  # DeepSpeed: whole batches
         return (f"a training worker ran out of memory with whole batches of {batch_size} pairs: set a smaller "
-                f"batch_size (--batch-size) and a grad_accum that keeps batch_size x grad_accum")
+                f"{setting_and_flag('batch_size')} and a {setting_and_flag('grad_accum')} that keeps batch_size x "
+                "grad_accum")
     return (f"a training worker ran out of memory in forward passes of at most {batch_tokens:,} padded tokens "
-            f"(batches of {batch_size} pairs): set a smaller batch_tokens (--batch-tokens); a pass's memory "
+            f"(batches of {batch_size} pairs): set a smaller {setting_and_flag('batch_tokens')}; a pass's memory "
             f"grows with its tokens and, on a CPU, with their length")
 
 
@@ -687,8 +689,8 @@ def _check_room(config: TrainConfig, use_gpu: bool, have: dict, node_cpus: float
     short = [f"{count:g} {kind}(s) (the cluster has {have.get(kind, 0):g})" for kind, count in need.items()
              if have.get(kind, 0) < count]
     if config.cpus_per_worker > node_cpus and have.get("CPU", 0) >= need["CPU"]:  # else said already
-        short.append(f"{config.cpus_per_worker:g} CPUs each (cpus_per_worker; the cluster's largest node has "
-                     f"{node_cpus:g})")
+        short.append(f"{config.cpus_per_worker:g} CPUs each ({setting_and_flag('cpus_per_worker')}; the cluster's "
+                     f"largest node has {node_cpus:g})")
     if not short:
         return
     message = f"{config.num_workers} worker(s) need {' and '.join(short)}"
@@ -701,11 +703,12 @@ def _room_hint(config: TrainConfig, use_gpu: bool, have: dict, node_cpus: float)
     would still need a GPU each)."""
     hints = []
     if use_gpu and not have.get("GPU", 0):
-        hints.append("the cluster has no GPU: train on its CPUs without use_gpu (--no-use-gpu)")
+        hints.append(f"the cluster has no GPU: train on its CPUs with {setting_and_flag('use_gpu', False)}")
     if use_gpu and have.get("GPU", 0) or have.get("CPU", 0) < config.num_workers * config.cpus_per_worker:
-        hints.append("lower num_workers" + ("" if use_gpu and have.get("GPU", 0) else " (or cpus_per_worker)"))
+        hints.append(f"lower {setting_and_flag('num_workers')}"
+                     + ("" if use_gpu and have.get("GPU", 0) else f" (or {setting_and_flag('cpus_per_worker')})"))
     elif config.cpus_per_worker > node_cpus:
-        hints.append("lower cpus_per_worker")
+        hints.append(f"lower {setting_and_flag('cpus_per_worker')}")
     return "; ".join(hints)
 
 
@@ -751,7 +754,7 @@ def _check_data(config: TrainConfig) -> None:
         check_s3_access(uri)
         fs, path = filesystem(uri)
         if fs.get_file_info(glob_base(path)).type == pafs.FileType.NotFound:
-            raise InputError(f"{name} {uri} does not exist")
+            raise InputError(f"{setting_and_flag(name)} {uri} does not exist")
 
 
 def _warn_of_eval_on_training_data(config: TrainConfig, beir: bool) -> None:
@@ -760,7 +763,7 @@ def _warn_of_eval_on_training_data(config: TrainConfig, beir: bool) -> None:
     if (config.eval_data and _same_place(config.train_data, config.eval_data)
             and (not beir or config.eval_split == config.train_split)):
         # Said, not refused: a run may mean to measure how it fits. Unsaid, its figures passed for a held-out set's.
-        print("ce-ray train: warning: eval_data is the training data"
+        print(f"ce-ray train: warning: {setting_and_flag('eval_data')} is the training data"
               + (f" (the {config.train_split} split of both)" if beir else "")
               + ": its metrics say how the model fits the pairs it trains on, not how it ranks unseen queries",
               file=sys.stderr, flush=True)

@@ -203,12 +203,12 @@ def refuse_settings_of_beir(config: TrainConfig, beir: bool) -> None:
     _negative_columns(config, beir)
     if not beir:
         refuse_unused(config, ("train_split", "hard_negatives"), "is a setting of a BEIR folder's training pairs (its "
-                      f"qrels' positives and BM25's negatives): train_data {config.train_data} is files of pairs",
-                      flags=True)
+                      f"qrels' positives and BM25's negatives): {setting_and_flag('train_data')} {config.train_data} "
+                      "is files of pairs", flags=True)
     if config.eval_data and settings_set(config, ("eval_split", "eval_top_k")) and not _is_beir(config.eval_data):
         refuse_unused(config, ("eval_split", "eval_top_k"), "is a setting of a BEIR folder's eval candidates (its "
-                      f"qrels and BM25's top k): eval_data {config.eval_data} is rows, each query's its candidates",
-                      flags=True)
+                      f"qrels and BM25's top k): {setting_and_flag('eval_data')} {config.eval_data} is rows, each "
+                      "query's its candidates", flags=True)
 
 
 def training_input(config: TrainConfig, note_skipped: bool = True) -> TrainingInput:
@@ -303,7 +303,8 @@ def _eval_rows(config: TrainConfig, negatives: List[str]):
     except InputError as e:  # eval_data has no columns of its own to name: say whose they are
         names = ", ".join(repr(c) for c in [config.query_column, config.document_column,
                                             *(negatives or [config.label_column])])
-        raise InputError(f"eval_data {e} (eval rows are read in the training data's columns: {names})") from None
+        raise InputError(f"{setting_and_flag('eval_data')} {e} (eval rows are read in the training data's columns: "
+                         f"{names})") from None
     # In the files' order, as the training rows: the first eval_max_queries queries and the candidates' ids are
     # the same in every run. Read as their tasks ended, several files came in another order from run to run
     # (other queries evaluated, other metrics).

@@ -524,7 +524,8 @@ def test_labels_that_are_text_are_read_as_training_reads_them_or_refused(tmp_pat
 
 def test_an_output_or_run_output_that_is_a_folder_is_refused_before_any_work(tmp_path, capsys):
     """`--output out/` or `--run-output out/` naming a folder failed once every metric was computed, with pyarrow's
-    traceback and `failed: IsADirectoryError`, exit 1."""
+    traceback and `failed: IsADirectoryError`, exit 1. The refusal names the setting by its flag too (it named the
+    YAML key alone)."""
     (tmp_path / "run.txt").write_text("q1 Q0 d1 1 2.0 x\nq1 Q0 d2 2 1.0 x\n")
     (tmp_path / "qrels.tsv").write_text("q1 0 d1 1\n")
     (tmp_path / "out").mkdir()
@@ -533,7 +534,7 @@ def test_an_output_or_run_output_that_is_a_folder_is_refused_before_any_work(tmp
                      flag, str(tmp_path / "out")]) == 2
         setting = flag[2:].replace("-", "_")
         assert capsys.readouterr().err.splitlines()[-1] == (
-            f"ce-ray eval: error: {setting} {tmp_path}/out is a folder: give the path of a file")
+            f"ce-ray eval: error: {setting} ({flag}) {tmp_path}/out is a folder: give the path of a file")
     assert not (tmp_path / "run.txt.eval.json").exists()
 
 

@@ -195,8 +195,8 @@ def test_bf16_and_deepspeeds_bf16_that_disagree_are_refused():
                                           r"them$"):
         TrainConfig(bf16=False, deepspeed=DeepSpeedConfig(bf16=True)).validate()
     with pytest.raises(ConfigError, match=r"^batch_tokens \(--batch-tokens\) works with DDP only: DeepSpeed steps "
-                                          r"after a fixed number of passes; use grad_accum \(--grad-accum\) with a smaller "
-                                          r"batch_size \(--batch-size\) instead$"):
+                                          r"after a fixed number of passes; use grad_accum \(--grad-accum\) with a "
+                                          r"smaller batch_size \(--batch-size\) instead$"):
         TrainConfig(batch_tokens=4096, deepspeed=DeepSpeedConfig()).validate()
     with pytest.raises(ConfigError, match=r"^deepspeed\.stage: 4 is not one of 1, 2, 3$"):
         load_config(TrainConfig, None, {"deepspeed": {"stage": 4}})
@@ -509,9 +509,9 @@ def test_missing_data_fails_before_ray_starts_and_csv_booleans_are_labels(ray_lo
 
     settings = dict(model=str(tiny_model), output=str(tmp_path / "out"), max_steps=1)
     pd.DataFrame({"query": ["q"], "document": ["d"], "label": [1]}).to_parquet(tmp_path / "pairs.parquet")
-    with pytest.raises(InputError, match=r"^train_data .*nope\.parquet does not exist"):
+    with pytest.raises(InputError, match=r"^train_data \(--train-data\) .*nope\.parquet does not exist"):
         _train_module().train(TrainConfig(train_data=str(tmp_path / "nope.parquet"), **settings))
-    with pytest.raises(InputError, match=r"^eval_data .*nope/\*\.parquet does not exist"):
+    with pytest.raises(InputError, match=r"^eval_data \(--eval-data\) .*nope/\*\.parquet does not exist"):
         _train_module().train(TrainConfig(train_data=str(tmp_path / "pairs.parquet"),
                                           eval_data=str(tmp_path / "nope" / "*.parquet"), **settings))
     table = pa.table({"label": ["True", "false", "1", "0.5", "NA", None]})
@@ -574,15 +574,15 @@ def test_the_settings_of_a_beir_folder_are_refused_for_files_of_pairs(tiny_model
         flag = name.replace("_", "-")  # named by its flag too: it named the YAML key alone
         with pytest.raises(ConfigError, match=rf"^{name} \(--{flag}\) is a setting of a BEIR folder's training "
                                               rf"pairs \(its qrels' positives and BM25's negatives\): train_data "
-                                              rf"{pairs_file} is files of pairs$"):
+                                              rf"\(--train-data\) {pairs_file} is files of pairs$"):
             _train_module().train(TrainConfig(**settings, **{name: value}))
     for name, value in (("eval_split", "dev"), ("eval_top_k", 10)):
         flag = name.replace("_", "-")
         with pytest.raises(ConfigError, match=rf"^{name} \(--{flag}\) is a setting of a BEIR folder's eval "
-                                              rf"candidates \(its qrels and BM25's top k\): eval_data {pairs_file} is "
-                                              r"rows, each query's its candidates$"):
+                                              rf"candidates \(its qrels and BM25's top k\): eval_data \(--eval-data\) "
+                                              rf"{pairs_file} is rows, each query's its candidates$"):
             _train_module().train(TrainConfig(**settings, eval_data=str(pairs_file), **{name: value}))
-    with pytest.raises(InputError, match=rf"^train_data {tmp_path}/nowhere.jsonl does not exist$"):
+    with pytest.raises(InputError, match=rf"^train_data \(--train-data\) {tmp_path}/nowhere.jsonl does not exist$"):
         _train_module().train(TrainConfig(**settings | {"train_data": str(tmp_path / "nowhere.jsonl")}))
     with pytest.raises(ConfigError, match=r"^negative_columns \(--negative-columns\) is for rows of a query, a "
                                           r"positive and negatives; a BEIR folder's negatives are BM25's "
@@ -1169,9 +1169,9 @@ def test_eval_data_in_other_columns_fails_before_the_training_data_is_tokenized(
     pd.DataFrame({"question": ["q", "q"], "passage": ["a", "b"], "score": [1, 0]}).to_parquet(tmp_path / "eval.parquet")
     config = TrainConfig(model=str(tiny_model), output=str(tmp_path / "o"), train_data=str(tmp_path / "train.parquet"),
                          eval_data=str(tmp_path / "eval.parquet"))
-    with pytest.raises(InputError, match=r"^eval_data .*eval\.parquet: missing column\(s\) 'query', 'document', "
-                                         r"'label' \(columns: question, passage, score\) \(eval rows are read in the "
-                                         r"training data's columns: 'query', 'document', 'label'\)$"):
+    with pytest.raises(InputError, match=r"^eval_data \(--eval-data\) .*eval\.parquet: missing column\(s\) 'query', "
+                                         r"'document', 'label' \(columns: question, passage, score\) \(eval rows are "
+                                         r"read in the training data's columns: 'query', 'document', 'label'\)$"):
         train_data.prepare_data(config, pair_encoder(str(tiny_model)), 32)
 
 
@@ -1269,9 +1269,9 @@ def test_a_nan_loss_stops_the_run_before_it_saves_a_model(ray_local, tiny_model,
     save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
     wikiqa_pairs("train", 32)[["query", "document", "label"]].to_parquet(tmp_path / "pairs.parquet")
     with pytest.raises(Exception, match=re.escape(
-            "the training loss of step 1 is nan: the run stops without saving its weights (a lower lr or a "
-            "warmup_ratio keeps a diverging loss finite; a base model of NaN or infinite weights gives one from the "
-            "first step)")):
+            "the training loss of step 1 is nan: the run stops without saving its weights (a lower lr (--lr) or a "
+            "warmup_ratio (--warmup-ratio) keeps a diverging loss finite; a base model of NaN or infinite weights "
+            "gives one from the first step)")):
         _train_module().train(TrainConfig(model=str(model), train_data=str(tmp_path / "pairs.parquet"),
                                           output=str(tmp_path / "o"), batch_size=8, max_steps=2, log_every=1))
     assert not (tmp_path / "o" / "model.safetensors").exists()
@@ -1294,8 +1294,8 @@ def test_weights_made_non_finite_behind_a_finite_loss_are_not_saved(ray_local, t
     save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
     wikiqa_pairs("train", 16)[["query", "document", "label"]].to_parquet(tmp_path / "pairs.parquet")
     with pytest.raises(FloatingPointError, match=r"^the weights after step 2 are not all finite, though its loss "
-                       r"is \(\d\.\d{4}\): the run stops without saving its weights \(a lower lr or a "
-                       r"warmup_ratio keeps a diverging run finite\)$"):
+                       r"is \(\d\.\d{4}\): the run stops without saving its weights \(a lower lr \(--lr\) or a "
+                       r"warmup_ratio \(--warmup-ratio\) keeps a diverging run finite\)$"):
         _train_module().train(TrainConfig(model=str(model), train_data=str(tmp_path / "pairs.parquet"),
                                           output=str(tmp_path / "o"), batch_size=8, max_steps=2, log_every=1))
     assert not (tmp_path / "o" / "model.safetensors").exists()
@@ -1321,8 +1321,9 @@ def test_a_nan_loss_is_not_retried(tiny_model, tmp_path):
     assert (result.stdout + result.stderr).count(f"ce-ray train: {model} on cpu") == 1  # the workers' start: once
     assert result.stderr.splitlines()[-1] == (
         "ce-ray train: failed: FloatingPointError: the training loss of step 1 is nan: the run stops without saving "
-        "its weights (a lower lr or a warmup_ratio keeps a diverging loss finite; a base model of NaN or infinite "
-        "weights gives one from the first step); the same command resumes it from its last checkpoint")
+        "its weights (a lower lr (--lr) or a warmup_ratio (--warmup-ratio) keeps a diverging loss finite; a base model "
+        "of NaN or infinite weights gives one from the first step); the same command resumes it from its last "
+        "checkpoint")
     assert not (tmp_path / "o" / "model.safetensors").exists()
 
 
@@ -1348,15 +1349,15 @@ def test_eval_data_that_is_the_training_data_is_said_to_measure_fit(ray_local, t
     _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(tmp_path / "pairs.parquet"),
                                       eval_data=str(tmp_path / ".." / tmp_path.name / "pairs.parquet"),
                                       output=str(tmp_path / "o"), max_steps=1, batch_size=8))
-    assert ("ce-ray train: warning: eval_data is the training data: its metrics say how the model fits the pairs it "
-            "trains on, not how it ranks unseen queries\n") in capsys.readouterr().err
+    assert ("ce-ray train: warning: eval_data (--eval-data) is the training data: its metrics say how the model fits "
+            "the pairs it trains on, not how it ranks unseen queries\n") in capsys.readouterr().err
     from ce_ray.train_data import training_input
 
     def check(config):
         _train_module()._warn_of_eval_on_training_data(config, training_input(config).beir)
 
     check(TrainConfig(train_data=str(SCIFACT), eval_data=str(SCIFACT) + "/", eval_split="train"))
-    assert "eval_data is the training data (the train split of both): " in capsys.readouterr().err
+    assert "eval_data (--eval-data) is the training data (the train split of both): " in capsys.readouterr().err
     check(TrainConfig(train_data=str(SCIFACT), eval_data=str(SCIFACT)))  # the test split: held out
     assert "warning" not in capsys.readouterr().err
 
@@ -1550,7 +1551,8 @@ def test_a_base_model_is_refused_for_scoring_and_fine_tuned_with_a_new_head(ray_
 def test_workers_that_do_not_fit_say_what_makes_them_fit(monkeypatch):
     """use_gpu on a cluster without GPUs said to lower num_workers (or cpus_per_worker), which cannot help: it
     now says to leave use_gpu out; too few CPUs, or GPUs, still say to lower num_workers, and a worker larger than
-    every node to lower cpus_per_worker."""
+    every node to lower cpus_per_worker. Each names the setting by its flag too (they named cpus_per_worker and
+    num_workers by their YAML keys alone)."""
     from ce_ray import runtime
     from ce_ray.config import ConfigError, TrainConfig
 
@@ -1560,16 +1562,18 @@ def test_workers_that_do_not_fit_say_what_makes_them_fit(monkeypatch):
     with pytest.raises(ConfigError) as refused:
         check_room(config, True, {"CPU": 2.0})
     assert str(refused.value) == ("2 worker(s) need 2 GPU(s) (the cluster has 0): the cluster has no GPU: train on "
-                                  "its CPUs without use_gpu (--no-use-gpu)")
-    with pytest.raises(ConfigError, match=r"need 2 GPU\(s\) \(the cluster has 1\): lower num_workers$"):
+                                  "its CPUs with use_gpu false (--no-use-gpu)")
+    with pytest.raises(ConfigError, match=r"need 2 GPU\(s\) \(the cluster has 1\): lower num_workers "
+                                          r"\(--num-workers\)$"):
         check_room(config, True, {"CPU": 8.0, "GPU": 1.0})
-    with pytest.raises(ConfigError, match=r"need 2 CPU\(s\) \(the cluster has 1\): lower num_workers \(or cpus_per"):
+    with pytest.raises(ConfigError, match=r"need 2 CPU\(s\) \(the cluster has 1\): lower num_workers \(--num-workers\) "
+                                          r"\(or cpus_per_worker \(--cpus-per-worker\)\)$"):
         check_room(config, False, {"CPU": 1.0})
     check_room(config, False, {"CPU": 2.0})  # room enough: nothing said
     # A worker runs on one node: 3 CPUs each fit no node of 2, though the cluster has 4 (the run waited forever).
     wide = dataclasses.replace(config, num_workers=1, cpus_per_worker=3.0)
-    with pytest.raises(ConfigError, match=r"need 3 CPUs each \(cpus_per_worker; the cluster's largest node has 2\): "
-                                          r"lower cpus_per_worker$"):
+    with pytest.raises(ConfigError, match=r"need 3 CPUs each \(cpus_per_worker \(--cpus-per-worker\); the cluster's "
+                                          r"largest node has 2\): lower cpus_per_worker \(--cpus-per-worker\)$"):
         check_room(wide, False, {"CPU": 4.0}, node_cpus=2.0)
 
 
