@@ -33,6 +33,9 @@ class CardFacts:
     epochs_trained: float = 0.0  # the epochs the steps covered: a fraction where max_steps ends the run mid-epoch
     pairs_trained: int = 0  # the pairs the steps took, over all workers
     resumed_at: List[int] = dataclasses.field(default_factory=list)  # the steps the run resumed at, from checkpoints
+    # the settings the run did not use, left out of the card (`train_data.unused_settings`: a BEIR folder's for files
+    # of pairs, the evaluation's without eval_data)
+    unused: Sequence[str] = ()
 
 
 def _versions() -> dict:
@@ -64,16 +67,17 @@ def trained_text(steps: int, epochs: float, pairs: int, resumed_at: Sequence[int
             f"{resumed})")
 
 
-def _shown_settings(config) -> list:
-    """The settings the card lists: `epochs` not where max_steps ends the run, which then trained the epochs that
-    its steps covered (a fraction, or more than `epochs`), said beside the steps."""
-    hidden = HIDDEN | ({"epochs"} if getattr(config, "max_steps", None) else set())
+def _shown_settings(config, unused: Sequence[str] = ()) -> list:
+    """The settings the card lists: not those the run did not use (`unused`), nor `epochs` where max_steps ends the
+    run, which then trained the epochs that its steps covered (a fraction, or more than `epochs`), said beside the
+    steps."""
+    hidden = HIDDEN | set(unused) | ({"epochs"} if getattr(config, "max_steps", None) else set())
     return [field for field in dataclasses.fields(config) if field.name not in hidden]
 
 
-def non_default_settings(config, defaults) -> dict:
+def non_default_settings(config, defaults, unused: Sequence[str] = ()) -> dict:
     changed = {}
-    for field in _shown_settings(config):
+    for field in _shown_settings(config, unused):
         value = getattr(config, field.name)
         if value != getattr(defaults, field.name):
             changed[field.name] = value
@@ -106,14 +110,18 @@ def _is_hub_id(model: str) -> bool:
 
 
 def usage_load_lines(output: str) -> List[str]:
-    """The card's lines that load the model. CrossEncoder takes a local folder or a hub id, not an `s3://` URI (it
-    looks the URI up on the hub and fails): a model written to S3 is loaded from a copy of its folder, made without
-    the checkpoints that its default storage_path puts in it."""
+    """The card's lines that load the model. CrossEncoder takes a local folder or a hub id, not a URI (it looks
+    `s3://` up on the hub and fails): a model written to S3 (`s3://`, or `s3a://`, which the AWS CLI does not take)
+    is loaded from a copy of its folder, made without the checkpoints that its default storage_path puts in it; one
+    written to a `file://` URI from its path."""
+    if output.startswith("file://"):
+        output = output[len("file://"):]
     if "://" not in output:
         return [f'model = CrossEncoder("{output}")']
-    name = output.rstrip("/").rsplit("/", 1)[-1]
+    folder = "s3://" + output.split("://", 1)[1].rstrip("/")
+    name = folder.rsplit("/", 1)[-1]
     return ["# CrossEncoder reads a local folder or a hub id: copy the folder first, e.g.",
-            f'# aws s3 cp --recursive {output.rstrip("/")} {name} --exclude "checkpoints/*"',
+            f'# aws s3 cp --recursive {folder} {name} --exclude "checkpoints/*"',
             f'model = CrossEncoder("{name}")']
 
 
@@ -209,10 +217,10 @@ def model_card(facts: CardFacts) -> str:
         "#### Non-Default Hyperparameters",
         "",
     ]
-    changed = non_default_settings(config, facts.defaults)
+    changed = non_default_settings(config, facts.defaults, facts.unused)
     lines += [f"- `{k}`: {json.dumps(v)}" for k, v in changed.items()] or ["- none: the defaults below"]
     lines += ["", "<details><summary>All Hyperparameters</summary>", ""]
-    lines += [f"- `{f.name}`: {json.dumps(getattr(config, f.name), default=str)}" for f in _shown_settings(config)]
+    lines += [f"- `{f.name}`: {json.dumps(getattr(config, f.name), default=str)}" for f in _shown_settings(config, facts.unused)]
     lines += ["", "</details>", "", "### Training Logs", ""] + _log_table(facts.log)
     trained = trained_text(facts.steps, facts.epochs_trained, facts.pairs_trained, facts.resumed_at)
     lines += ["", f"Steps: {trained}; throughput: {facts.samples_per_second:,.1f} samples/s.", "",

@@ -35,7 +35,8 @@ from .checkpoints import (DS_TAG, MODEL, PROGRESS, RANDOM_STATE, STATE, best_che
 from .io import filesystem, is_remote, setting_and_flag, upload_folder
 from .progress import duration
 from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, refuse_settings_of_beir,
-                         shard_spans, top_reasons, training_batch_tokens, training_input, worker_spans)
+                         shard_spans, top_reasons, training_batch_tokens, training_input, unused_settings,
+                         worker_spans)
 
 # What the workers return where they stopped the run themselves (a non-finite loss or weights): why, which the
 # driver raises.
@@ -805,6 +806,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     fs, storage_path, name, run_uri = run_storage(config)
     data = training_input(config)  # once: for the run's record, then read
     refuse_settings_of_beir(config, data.beir)
+    unused = unused_settings(config, data.beir)  # which the model card leaves out
     # After the data's checks, since it creates the output: a run refused for its data left an empty folder.
     _check_output(config.output, config.model if is_remote(config.model) else model)
     _warn_of_eval_on_training_data(config, data.beir)
@@ -927,7 +929,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
             base_model=config.model, config=config, defaults=TrainConfig(), stats=stats, log=log,
             final_metrics=final, max_length=max_length, num_workers=config.num_workers, steps=progress["step"],
             samples_per_second=samples / seconds if seconds else 0.0, output=config.output, best_step=best_step,
-            epochs_trained=progress["micro"] / per_epoch, pairs_trained=samples, resumed_at=resumed_from)
+            epochs_trained=progress["micro"] / per_epoch, pairs_trained=samples, resumed_at=resumed_from,
+            unused=unused)
         _publish(os.path.join(checkpoint_dir, MODEL), config.output, card.model_card(facts))
     outcome = TrainOutcome(
         result=result, model_path=config.output, stats=stats, log=log, final_metrics=final,

@@ -211,6 +211,16 @@ def refuse_settings_of_beir(config: TrainConfig, beir: bool) -> None:
                       "query's its candidates", flags=True)
 
 
+def unused_settings(config: TrainConfig, beir: bool) -> List[str]:
+    """The settings a run did not use, which its model card leaves out (the card of a model trained on a file of
+    pairs listed `hard_negatives: 4` among them): a BEIR folder's training pairs' for files of pairs, a BEIR folder's
+    eval candidates' for eval rows, and the evaluation's without eval_data. `beir`: whether train_data is a folder."""
+    unused = [] if beir else ["train_split", "hard_negatives"]
+    if not config.eval_data:
+        return unused + ["eval_split", "eval_top_k", "eval_max_queries", "eval_every", "best_metric"]
+    return unused + ([] if _is_beir(config.eval_data) else ["eval_split", "eval_top_k"])
+
+
 def training_input(config: TrainConfig, note_skipped: bool = True) -> TrainingInput:
     """The files the training pairs come from, each with its stamp (`io.size_and_stamp`: its size and modification
     time, or its S3 ETag): those of `train_data` that the run reads (`io.list_files`), or a BEIR folder's corpus,

@@ -1645,3 +1645,37 @@ def test_the_card_of_a_model_written_to_s3_loads_a_copy_of_its_folder():
             '# aws s3 cp --recursive s3://bucket/models/m m --exclude "checkpoints/*"\n'
             'model = CrossEncoder("m")\n') in card("s3://bucket/models/m/")
     assert 'model = CrossEncoder("/models/trained")\n' in card("/models/trained")
+    # The other URIs an output may be: s3a:// (Hadoop's name, which the AWS CLI refuses: `aws s3 cp s3a://...` was
+    # said), copied as s3://; file://, which CrossEncoder looked up on the hub, loaded from its path.
+    assert '# aws s3 cp --recursive s3://bucket/models/m m --exclude "checkpoints/*"\n' in card("s3a://bucket/models/m")
+    assert 'model = CrossEncoder("/models/trained")\n' in card("file:///models/trained")
+
+
+def test_the_card_lists_the_settings_the_run_used():
+    """The card of a model trained on a file of pairs, without eval_data, listed among its hyperparameters a BEIR
+    folder's settings (`hard_negatives: 4`, `train_split`) and the evaluation's (`eval_top_k: 100`, `eval_split`),
+    which the run did not use: it lists only those that the run used."""
+    from ce_ray.card import CardFacts, model_card
+    from ce_ray.config import TrainConfig
+    from ce_ray.train_data import unused_settings
+
+    stats = dict.fromkeys(["pairs", "rejected", "positives", "label_mean", "label_min", "label_max", "query_chars_min",
+                           "query_chars_mean", "query_chars_max", "document_chars_min", "document_chars_mean",
+                           "document_chars_max", "tokens_min", "tokens_mean", "tokens_max"], 0)
+    stats["columns"] = ["query", "document", "label"]
+
+    def listed(train_data, eval_data=""):
+        config = TrainConfig(model="/models/base", train_data=train_data, eval_data=eval_data, output="/models/m")
+        card = model_card(CardFacts(base_model="/models/base", config=config, defaults=TrainConfig(), stats=stats,
+                                    log=[], final_metrics={}, max_length=512, num_workers=1, steps=1,
+                                    samples_per_second=1.0, output="/models/m",
+                                    unused=unused_settings(config, train_data == str(SCIFACT))))
+        return {line.split("`")[1] for line in card.split("All Hyperparameters")[1].splitlines() if line[:3] == "- `"}
+
+    beir = {"train_split", "hard_negatives"}
+    evaluation = {"eval_split", "eval_top_k", "eval_max_queries", "eval_every", "best_metric"}
+    pairs = listed("/data/pairs.parquet")
+    assert not pairs & (beir | evaluation) and {"lr", "batch_size", "query_column", "label_column"} <= pairs
+    assert listed("/data/pairs.parquet", "/data/eval.parquet") & (beir | evaluation) == {
+        "eval_max_queries", "eval_every", "best_metric"}  # eval rows: not a BEIR folder's candidates
+    assert listed(str(SCIFACT), str(SCIFACT)) >= beir | evaluation
