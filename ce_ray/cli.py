@@ -197,7 +197,10 @@ def report_failure(command: str, error: BaseException) -> None:
     if not type(error).__module__.startswith(f"{__package__}."):
         traceback.print_exception(error, chain=not from_ray(error), file=sys.stderr)
     cause = failure_cause(error)
-    print(f"ce-ray {command}: failed: {cause}{finishing_hint(command, cause)}", file=sys.stderr, flush=True)
+    # A training run that a loss or weights not finite stopped would stop at the same step again from its last
+    # checkpoint: no way to finish it is said, its cause says what to change.
+    hint = "" if isinstance(error, FloatingPointError) else finishing_hint(command, cause)
+    print(f"ce-ray {command}: failed: {cause}{hint}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:
