@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .config import ConfigError, TrainConfig
-from .io import briefly, filesystem, join, upload_folder
+from .io import briefly, filesystem, join, setting_and_flag, upload_folder
 from .model_folder import CHECKPOINTS
 from .train_data import training_files
 
@@ -191,6 +191,10 @@ RUN_FILE = "ce-ray-run.json"
 TRAIN_FILES = "train_files"
 
 
+# What a run of other settings or data names to keep its own checkpoints apart from an earlier run's.
+OTHER_RUN = f"{setting_and_flag('run_name')} or {setting_and_flag('output')}"
+
+
 def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str, shown: str,
               train_files: Optional[Dict[str, str]] = None) -> bool:
     """Records the settings of the run whose checkpoints go to <storage>/<name>, and refuses a run of other
@@ -216,16 +220,16 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
                      if settings.get(key) != earlier.get(key))
     if resumes and earlier and changed:
         raise ConfigError(f"{shown} holds the checkpoints of a run with other settings ({', '.join(changed)}), "
-                          "which a run of the same name resumes from: give another run_name or output, or delete "
-                          f"{shown} to start afresh")
+                          f"which a run of the same name resumes from: give another {OTHER_RUN}, or delete {shown} to "
+                          "start afresh")
     settings[TRAIN_FILES] = training_files(config) if train_files is None else train_files
     # A record of an earlier ce-ray has no files: its run resumes as it did, and its record gets them.
     files_changed = changed_files(earlier[TRAIN_FILES], settings[TRAIN_FILES]) if TRAIN_FILES in earlier else []
     if resumes and files_changed:
         raise ConfigError(f"{shown} holds the checkpoints of a run whose training data changed since "
                           f"({briefly(files_changed, 3)}): a run of the same name resumes from them and would skip the "
-                          "batches they trained by their place in other rows; give another run_name or output, or "
-                          f"delete {shown} to start afresh")
+                          f"batches they trained by their place in other rows; give another {OTHER_RUN}, or delete "
+                          f"{shown} to start afresh")
     if changed or settings[TRAIN_FILES] != earlier.get(TRAIN_FILES):
         # a run that stopped before its first checkpoint leaves nothing to resume: its settings go
         fs.create_dir(run_dir, recursive=True)

@@ -1377,7 +1377,8 @@ def test_a_run_whose_training_files_changed_since_its_checkpoints_is_not_resumed
     """A resumed run skips the batches its checkpoint trained by their place in the data: under the same train_data
     with a file rewritten, added or removed since, it skipped other rows than it had trained, silently. The run's
     record holds each file's stamp, and such a run is refused before any work, naming the file; a record of an
-    earlier ce-ray, without them, still resumes, and gets them."""
+    earlier ce-ray, without them, still resumes, and gets them. The refusal names run_name and output by their flags
+    too (it named the YAML keys alone)."""
     from ce_ray.config import ConfigError, TrainConfig
     from ce_ray.model_folder import model_source
 
@@ -1397,8 +1398,8 @@ def test_a_run_whose_training_files_changed_since_its_checkpoints_is_not_resumed
     def refused(change: str):
         return pytest.raises(ConfigError, match=re.escape(
             f"checkpoints/o holds the checkpoints of a run whose training data changed since ({data / change}): a "
-            "run of the same name resumes from them") + ".* give another run_name or output, or delete .* to start "
-                                                        "afresh")
+            "run of the same name resumes from them") + r".* give another run_name \(--run-name\) or output "
+                                                        r"\(--output\), or delete .* to start afresh$")
 
     pairs.iloc[32:48].to_parquet(data / "a.parquet")  # other rows under the same name
     with refused("a.parquet rewritten"):
