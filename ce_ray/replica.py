@@ -20,6 +20,7 @@ import torch  # noqa: E402
 from .batching import IDS, REJECT, TYPES, default_batch_tokens, list_parts, token_budget_batches  # noqa: E402
 from .bert import BertCrossEncoder  # noqa: E402
 from .config import ScoreConfig  # noqa: E402
+from .io import setting_and_flag  # noqa: E402
 from .model import ModelError, attention_inputs, load_scoring_model, to_device  # noqa: E402
 from .model_folder import local_model_path  # noqa: E402
 from .runtime import usable_cpus  # noqa: E402
@@ -145,7 +146,7 @@ class Scorer:
                 raise ModelError(
                     f"{self.reranker.path} ran out of GPU memory scoring batches of up to {self.budget:,} padded "
                     f"tokens, {table.num_rows:,} rows a call ({str(e).splitlines()[0]}): set a smaller "
-                    "batch_tokens (--batch-tokens), or rows_per_call (--rows-per-call)") from None
+                    f"{setting_and_flag('batch_tokens')}, or {setting_and_flag('rows_per_call')}") from None
         if results:  # one copy back per block: reading each batch's scores would wait for the GPU every batch
             scores[np.concatenate(order)] = torch.cat(results).cpu().numpy()
         bad = int((~np.isfinite(scores[valid])).sum())
@@ -156,8 +157,8 @@ class Scorer:
                 # The way to finish too: a resume in another dtype is refused over files scored in this one. The
                 # settings by their names in Python and on the command line, as the caller may use either.
                 message += (": float16's range overflowed; score with dtype bfloat16 or float32 (--dtype), a job's "
-                            "output with mode overwrite (--mode overwrite): resuming would mix their scores with "
-                            "float16's")
+                            f"output with {setting_and_flag('mode', 'overwrite')}: resuming would mix their scores "
+                            "with float16's")
             raise ModelError(message)
         table = table.drop_columns([c for c in (IDS, TYPES) if c in table.column_names])
         return table.append_column(self.score_column, pa.array(scores, pa.float32(), mask=~valid))
