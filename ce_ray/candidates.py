@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import CandidatesConfig, ConfigError, require
-from .io import InputError, filesystem, join, n_queries, remove
+from .io import InputError, filesystem, join, n_queries, remove, setting_and_flag
 from .runtime import work
 
 SUCCESS = "_SUCCESS"
@@ -226,7 +226,7 @@ def _prepare(config: CandidatesConfig) -> None:
     fs, path = filesystem(config.output)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
-        raise ConfigError(f"output {config.output} is a file: pass a folder")
+        raise ConfigError(f"{setting_and_flag('output')} {config.output} is a file: pass a folder")
     if info.type == pafs.FileType.NotFound:
         fs.create_dir(path, recursive=True)
         return

@@ -17,7 +17,7 @@ import sys
 from typing import Optional
 
 from .config import ConfigError
-from .io import check_s3_access, filesystem, list_tree, object_stamp, s3_endpoint
+from .io import check_s3_access, filesystem, list_tree, object_stamp, s3_endpoint, setting_and_flag
 
 SIGMOID = "torch.nn.modules.activation.Sigmoid"
 IDENTITY = "torch.nn.modules.linear.Identity"
@@ -455,14 +455,15 @@ def query_prompt(path: str, prompt: Optional[str] = None, prompt_name: Optional[
     prompt given, else the model's saved prompt of that name, else its default prompt
     (config_sentence_transformers.json: `prompts`, `default_prompt_name`), else none ("")."""
     if prompt is not None and prompt_name is not None:
-        raise ConfigError("set prompt or prompt_name, not both")
+        raise ConfigError(f"set {setting_and_flag('prompt')} or {setting_and_flag('prompt_name')}, not both")
     if prompt is not None:
         return prompt
     saved = crossencoder_settings(path)
     prompts = saved.get("prompts") or {}
     if prompt_name is not None:
         if prompt_name not in prompts:
-            raise ConfigError(f"prompt_name {prompt_name!r}: the model's prompts are {sorted(prompts)}")
+            raise ConfigError(f"{setting_and_flag('prompt_name')} {prompt_name!r}: the model's prompts are "
+                              f"{sorted(prompts)}")
         return prompts[prompt_name]
     return prompts.get(saved.get("default_prompt_name"), "") or ""
 
@@ -490,7 +491,8 @@ def check_max_length(path: str, model: str, max_length: Optional[int]) -> None:
     """Refuses a max_length past the tokens a model's learned positions can take, before any work."""
     limit = position_limit(path)
     if max_length is not None and limit is not None and max_length > limit:
-        raise ConfigError(f"max_length {max_length}: {model} takes at most {limit} tokens (its position table)")
+        raise ConfigError(f"{setting_and_flag('max_length')} {max_length}: {model} takes at most {limit} tokens (its "
+                          "position table)")
 
 
 def usable_max_length(path: str, model: str, own: int) -> int:

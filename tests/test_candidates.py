@@ -235,6 +235,10 @@ def test_a_folder_in_the_candidates_files_place_is_refused_before_the_work_and_o
     assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out"), "--mode", "overwrite"]) == 0
     assert pd.read_parquet(tmp_path / "out" / "candidates-test.parquet")["doc_id"].tolist() == ["d1"]
     assert (tmp_path / "out" / "_SUCCESS").is_file()
+    # An output that is a file is refused naming the setting by its flag too (it named the YAML key alone).
+    assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out" / "_SUCCESS")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"ce-ray candidates: error: output (--output) {tmp_path}/out/_SUCCESS is a file: pass a folder")
 
 
 def test_a_data_path_that_is_a_file_or_a_qrels_path_that_is_a_folder_fails_in_one_line(tmp_path, capsys):

@@ -1051,12 +1051,13 @@ def _model_copy(tiny_model, tmp_path, name):
 
 def test_a_max_length_past_the_models_positions_fails_before_any_work(tmp_path, tiny_model):
     """BERT's 512 learned positions: a longer max_length indexed past them (an IndexError on a CPU, on a GPU a
-    device-side assert that ends the replica's process), mid-job. Now it is refused before any work."""
+    device-side assert that ends the replica's process), mid-job. Now it is refused before any work, naming the
+    setting by its flag too (it named the YAML key alone)."""
     from ce_ray.config import TrainConfig
     from ce_ray.train import train
 
     pd.DataFrame({"query": ["q"], "document": ["d " * 900], "label": [1.0]}).to_parquet(tmp_path / "p.parquet")
-    past = r"max_length 1000: \S+ takes at most 512 tokens \(its position table\)"
+    past = r"^max_length \(--max-length\) 1000: \S+ takes at most 512 tokens \(its position table\)$"
     with pytest.raises(ConfigError, match=past):
         job(tiny_model, tmp_path / "p.parquet", tmp_path / "out", max_length=1000)
     with pytest.raises(ConfigError, match=past):

@@ -1145,8 +1145,11 @@ def test_a_models_saved_prompt_goes_before_each_query_as_predict_puts_it(ray_loc
         expected = cross_encoder.predict(pairs, show_progress_bar=False, **settings)
         assert np.abs(scores[name] - expected).max() <= 1e-5, name
     assert np.abs(scores["default"] - scores["none"]).max() > 0.1  # the prompt changes the scores
-    with pytest.raises(ConfigError, match=r"prompt_name 'long': the model's prompts are \['rerank', 'short'\]"):
+    with pytest.raises(ConfigError, match=r"^prompt_name \(--prompt-name\) 'long': the model's prompts are "
+                                          r"\['rerank', 'short'\]$"):
         ce_ray.predict(model, pairs, prompt_name="long")
+    with pytest.raises(ConfigError, match=r"^set prompt \(--prompt\) or prompt_name \(--prompt-name\), not both$"):
+        ce_ray.predict(model, pairs, prompt="q: ", prompt_name="short")
     # Without modules.json, CrossEncoder builds a folder from its transformers files alone and reads neither the
     # prompts nor an activation of config_sentence_transformers.json: ce-ray gave the prompt and the identity.
     settings_file = tmp_path / "prompted" / "config_sentence_transformers.json"
