@@ -214,11 +214,17 @@ def refuse_settings_of_beir(config: TrainConfig, beir: bool) -> None:
 def unused_settings(config: TrainConfig, beir: bool) -> List[str]:
     """The settings a run did not use, which its model card leaves out (the card of a model trained on a file of
     pairs listed `hard_negatives: 4` among them): a BEIR folder's training pairs' for files of pairs, a BEIR folder's
-    eval candidates' for eval rows, and the evaluation's without eval_data. `beir`: whether train_data is a folder."""
+    eval candidates' for eval rows, the evaluation's without eval_data, and those of rows (their format and columns)
+    where no rows are read: a BEIR folder's pairs, evaluated on a BEIR folder or not at all. `beir`: whether
+    train_data is a folder."""
     unused = [] if beir else ["train_split", "hard_negatives"]
+    eval_rows = bool(config.eval_data) and not _is_beir(config.eval_data)
+    if beir and not eval_rows:
+        unused += ["input_format", "column_names", "query_column", "document_column", "label_column",
+                   "negative_columns"]
     if not config.eval_data:
         return unused + ["eval_split", "eval_top_k", "eval_max_queries", "eval_every", "best_metric"]
-    return unused + ([] if _is_beir(config.eval_data) else ["eval_split", "eval_top_k"])
+    return unused + (["eval_split", "eval_top_k"] if eval_rows else [])
 
 
 def training_input(config: TrainConfig, note_skipped: bool = True) -> TrainingInput:

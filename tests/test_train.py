@@ -1680,3 +1680,7 @@ def test_the_card_lists_the_settings_the_run_used():
     assert listed("/data/pairs.parquet", "/data/eval.parquet") & (beir | evaluation) == {
         "eval_max_queries", "eval_every", "best_metric"}  # eval rows: not a BEIR folder's candidates
     assert listed(str(SCIFACT), str(SCIFACT)) >= beir | evaluation
+    # A BEIR folder's pairs read no rows' columns, but eval rows are read in them
+    rows = {"input_format", "column_names", "query_column", "document_column", "label_column", "negative_columns"}
+    assert not listed(str(SCIFACT)) & rows and not listed(str(SCIFACT), str(SCIFACT)) & rows
+    assert listed(str(SCIFACT), "/data/eval.parquet") >= rows
