@@ -39,7 +39,8 @@ from ray.data.block import BlockAccessor
 from .batching import REJECT
 from .io import (EVAL, JOB, REJECT_ROWS, REJECTS, RESULT_PARTS, RESULT_ROWS, RESULTS, RESUME, STATE, SUCCESS,
                  InputError, briefly, changed_parts, delete_files, filesystem, finished_job, finished_parts,
-                 in_parallel, is_remote, list_tree, parquet_footer, part_differences, read_state, remove)
+                 in_parallel, is_remote, list_tree, parquet_footer, part_differences, read_state, remove,
+                 setting_and_flag)
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 from .runtime import work
 
@@ -263,7 +264,7 @@ def check_output(output: str, mode: str, resumable: bool = True) -> None:
     fs, path = filesystem(output)
     with writing(output):
         if fs.get_file_info(path).type == pafs.FileType.File:
-            raise OutputError(f"output {output} is a file: give a folder")
+            raise OutputError(f"{setting_and_flag('output')} {output} is a file: give a folder")
     if mode == "error" and has_results(output):
         raise OutputExistsError(f"{output} already has results: pass --mode overwrite to replace them"
                                 + (", or --mode resume to finish an interrupted job" if resumable else ""))

@@ -673,8 +673,8 @@ def _check_output(output: str, model: str) -> None:
     same = (output.rstrip("/") == model.rstrip("/") if is_remote(output)
             else os.path.isdir(model) and os.path.realpath(output) == os.path.realpath(model))
     if same:
-        raise ConfigError(f"output {output} is the model's own folder, which the trained model would replace: "
-                          "give another output")
+        raise ConfigError(f"{setting_and_flag('output')} {output} is the model's own folder, which the trained model "
+                          "would replace: give another output")
     check_s3_access(output)
     fs, path = filesystem(output)
     with writing(output):

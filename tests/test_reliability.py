@@ -993,7 +993,8 @@ def test_a_hub_id_neither_cached_nor_reachable_fails_in_one_line_saying_what_to_
 
 def test_a_bad_model_or_output_fails_before_ray_starts(tmp_path, tiny_model, monkeypatch):
     """The model's checks and the output's refusals come before a job, or a call of predict or rank, starts Ray
-    (seconds on a laptop)."""
+    (seconds on a laptop). The refusals of an output name the setting by its flag too (they named the YAML key
+    alone)."""
     import importlib
 
     import ce_ray
@@ -1028,7 +1029,7 @@ def test_a_bad_model_or_output_fails_before_ray_starts(tmp_path, tiny_model, mon
     with pytest.raises(ModelError, match="has no config.json: not a Hugging Face model folder"):
         job(pairs.parent, pairs, tmp_path / "out")  # a data folder as the model
     (tmp_path / "notes.txt").write_text("a file")
-    with pytest.raises(OutputError, match="is a file: give a folder"):
+    with pytest.raises(OutputError, match=r"^output \(--output\) \S+notes\.txt is a file: give a folder$"):
         job(tiny_model, pairs, tmp_path / "notes.txt")
     (tmp_path / "done" / "results").mkdir(parents=True)
     (tmp_path / "done" / "_SUCCESS").write_text("{}")
@@ -1036,7 +1037,8 @@ def test_a_bad_model_or_output_fails_before_ray_starts(tmp_path, tiny_model, mon
         job(tiny_model, pairs, tmp_path / "done")
     # Training into the model's own folder would replace the weights it starts from.
     own = _model_copy(tiny_model, tmp_path, "own")
-    with pytest.raises(ConfigError, match="is the model's own folder"):
+    with pytest.raises(ConfigError, match=r"^output \(--output\) \S+own/ is the model's own folder, which the "
+                                          r"trained model would replace: give another output$"):
         train(TrainConfig(model=str(own), train_data=str(pairs), output=str(own) + "/"))
     assert not (tmp_path / "out").exists() and not (tmp_path / "trained").exists()
 
