@@ -84,7 +84,7 @@ def _check_activation(dotted: str, trust_remote_code: bool) -> None:
     module, _, name = dotted.rpartition(".")
     if not (dotted.startswith("torch.") or trust_remote_code):
         raise ConfigError(f"{setting_and_flag('activation')} {dotted!r} is not torch's (torch.nn.Identity for the "
-                          f"logit, torch.nn.Sigmoid): code from elsewhere runs only with "
+                          "logit, torch.nn.Sigmoid): code from elsewhere runs only with "
                           f"{setting_and_flag('trust_remote_code')}")
     try:
         getattr(importlib.import_module(module), name)()
