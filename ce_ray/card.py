@@ -220,7 +220,8 @@ def model_card(facts: CardFacts) -> str:
     changed = non_default_settings(config, facts.defaults, facts.unused)
     lines += [f"- `{k}`: {json.dumps(v)}" for k, v in changed.items()] or ["- none: the defaults below"]
     lines += ["", "<details><summary>All Hyperparameters</summary>", ""]
-    lines += [f"- `{f.name}`: {json.dumps(getattr(config, f.name), default=str)}" for f in _shown_settings(config, facts.unused)]
+    lines += [f"- `{f.name}`: {json.dumps(getattr(config, f.name), default=str)}"
+              for f in _shown_settings(config, facts.unused)]
     lines += ["", "</details>", "", "### Training Logs", ""] + _log_table(facts.log)
     trained = trained_text(facts.steps, facts.epochs_trained, facts.pairs_trained, facts.resumed_at)
     lines += ["", f"Steps: {trained}; throughput: {facts.samples_per_second:,.1f} samples/s.", "",
