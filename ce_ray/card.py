@@ -187,8 +187,9 @@ def model_card(facts: CardFacts) -> str:
         "",
         "### Training Dataset",
         "",
-        f"- Size: {stats['pairs']:,} training pairs"
-        + (f" ({stats['rejected']:,} rows left out: {json.dumps(stats['reject_reasons'])})"
+        f"- Size: {stats['pairs']:,} training pair{'' if stats['pairs'] == 1 else 's'}"
+        + (f" ({stats['rejected']:,} row{'' if stats['rejected'] == 1 else 's'} left out: "
+           f"{json.dumps(stats['reject_reasons'])})"
            if stats["rejected"] else "")
         + (f"; {stats['pairs'] - stats['left_out']:,} trained each epoch: {stats['left_out']:,} left out of each "
            f"(others each epoch), so that the {facts.num_workers} workers take equal parts"

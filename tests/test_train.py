@@ -1684,3 +1684,25 @@ def test_the_card_lists_the_settings_the_run_used():
     rows = {"input_format", "column_names", "query_column", "document_column", "label_column", "negative_columns"}
     assert not listed(str(SCIFACT)) & rows and not listed(str(SCIFACT), str(SCIFACT)) & rows
     assert listed(str(SCIFACT), "/data/eval.parquet") >= rows
+
+
+def test_the_card_counts_one_pair_and_one_row_in_the_singular():
+    """The card's size line said `1 training pairs` and `1 rows left out`."""
+    from ce_ray.card import CardFacts, model_card
+    from ce_ray.config import TrainConfig
+
+    stats = dict.fromkeys(["pairs", "rejected", "positives", "label_mean", "label_min", "label_max", "query_chars_min",
+                           "query_chars_mean", "query_chars_max", "document_chars_min", "document_chars_mean",
+                           "document_chars_max", "tokens_min", "tokens_mean", "tokens_max"], 0)
+    stats |= {"columns": ["query", "document", "label"], "pairs": 1, "rejected": 1,
+              "reject_reasons": {"document is null": 1}}
+    config = TrainConfig(model="/models/base", train_data="/data/pairs.parquet", output="/models/m")
+    card = model_card(CardFacts(base_model="/models/base", config=config, defaults=TrainConfig(), stats=stats, log=[],
+                                final_metrics={}, max_length=512, num_workers=1, steps=1, samples_per_second=1.0,
+                                output="/models/m"))
+    assert '- Size: 1 training pair (1 row left out: {"document is null": 1})\n' in card
+    stats |= {"pairs": 2, "rejected": 2, "reject_reasons": {"document is null": 2}}
+    card = model_card(CardFacts(base_model="/models/base", config=config, defaults=TrainConfig(), stats=stats, log=[],
+                                final_metrics={}, max_length=512, num_workers=1, steps=1, samples_per_second=1.0,
+                                output="/models/m"))
+    assert '- Size: 2 training pairs (2 rows left out: {"document is null": 2})\n' in card
