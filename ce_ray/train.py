@@ -32,7 +32,7 @@ from .config import ConfigError, TrainConfig, require, with_settings
 from .checkpoints import (DS_TAG, MODEL, PROGRESS, RANDOM_STATE, STATE, best_checkpoint, best_kept, check_whole,
                           claim_run, random_state, restore_random_state, run_storage, upload_checkpoint,
                           whole_checkpoint, worker_seed, write_file_list)
-from .io import filesystem, is_remote, setting_and_flag, upload_folder
+from .io import filesystem, is_remote, remove, setting_and_flag, upload_folder
 from .progress import duration
 from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, refuse_settings_of_beir,
                          shard_spans, top_reasons, training_batch_tokens, training_input, unused_settings,
@@ -664,9 +664,10 @@ def left_out_text(stats: dict) -> str:
             "equal parts")
 
 
-def _check_output(output: str, model: str) -> None:
+def _check_output(output: str, model: str) -> Optional[str]:
     """The model is written to `output` after the training: a place it cannot be written fails now, and so
-    does the model's own folder, whose weights the run would replace."""
+    does the model's own folder, whose weights the run would replace. Returns the outermost folder it created
+    (`_missing_folder`)."""
     from .io import check_s3_access
     from .sink import writing
 
@@ -677,8 +678,39 @@ def _check_output(output: str, model: str) -> None:
                           "would replace: give another output")
     check_s3_access(output)
     fs, path = filesystem(output)
+    created = _missing_folder(fs, path)
     with writing(output):
         fs.create_dir(path, recursive=True)
+    return created
+
+
+def _missing_folder(fs, path: str) -> Optional[str]:
+    """The outermost folder of `path` (itself or one above it) that is not there, which creating `path` creates;
+    None where `path` is there. On S3, a prefix that holds no object."""
+    import pyarrow.fs as pafs
+
+    missing = None
+    while fs.get_file_info(path).type == pafs.FileType.NotFound:
+        missing, parent = path, path.rsplit("/", 1)[0]
+        if parent in (path, ""):
+            break
+        path = parent
+    return missing
+
+
+@contextlib.contextmanager
+def removed_unless_trained(created: list) -> Iterator[None]:
+    """The folders a run created before its training, `created` ((filesystem, folder or None), ...), removed
+    where it ends before the training starts: refused once Ray has started (labels outside [0, 1], workers the
+    cluster cannot hold, DeepSpeed missing), or stopped. Such a run left its output folder and the record of
+    its settings, which a later run read as a run of its own. Folders that were there before stay as they are."""
+    try:
+        yield
+    except BaseException:
+        for fs, folder in created:
+            if folder is not None:
+                remove(fs, folder)
+        raise
 
 
 def _check_room(config: TrainConfig, use_gpu: bool, have: dict, node_cpus: float = float("inf")) -> None:
@@ -808,41 +840,48 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     refuse_settings_of_beir(config, data.beir)
     unused = unused_settings(config, data.beir)  # which the model card leaves out
     # After the data's checks, since it creates the output: a run refused for its data left an empty folder.
-    _check_output(config.output, config.model if is_remote(config.model) else model)
-    _warn_of_eval_on_training_data(config, data.beir)
-    if claim_run(config, source, fs, storage_path, name, run_uri, data.files):
-        print(f"ce-ray train: resumes the run {name} from the last checkpoint Ray Train recorded (a finished run only "
-              "saves its model again)", flush=True)
-    architectures = saved_architectures(model)
-    if os.path.isdir(model) and not is_sequence_classifier(architectures):
-        print(f"ce-ray train: {model} has no classifier ({', '.join(architectures) or 'no architectures named'}): "
-              "it gets a new one-logit head, as CrossEncoder gives it", flush=True)
-    facts = tokenizer_facts(model, config.trust_remote_code)  # once: the max length and the encoder's plan
-    max_length = config.max_length or usable_max_length(model, config.model, facts.max_length)
-    encoder = pair_encoder(source, config.tokenizer, config.trust_remote_code, facts)
-    # Training puts no prompt before the queries, as CrossEncoderTrainer's loss does; evaluation scores as the
-    # saved model will, which keeps the base's default prompt, as CrossEncoderRerankingEvaluator's predict does.
-    prompt = query_prompt(model)
-    eval_encoder = pair_encoder(source, config.tokenizer, config.trust_remote_code, facts, prompt) if prompt else None
-    ensure_ray(dashboard=True)  # Ray Train's state queries need it
-    free_failed_actors()
-    resources = cluster_resources()
-    use_gpu = config.use_gpu if config.use_gpu is not None else resources.get("GPU", 0) > 0
-    _check_room(config, use_gpu, resources, max(cpu_nodes(), default=resources.get("CPU", 0)))
-    if not use_gpu and uses_bf16(config, use_gpu):  # a configuration written for GPUs, tried on a laptop
-        print(half_precision_on_cpu("bfloat16", "bf16", "bf16 unset: float32 on CPUs"), file=sys.stderr, flush=True)
-    if config.deepspeed:
-        try:
-            _import_deepspeed(use_gpu)
-        except ImportError as e:
-            raise ConfigError(f"the deepspeed section needs DeepSpeed: pip install 'ce-ray[deepspeed]' ({e})")
+    # Until its training starts, a run that ends (refused once Ray has started, stopped) leaves nothing it created.
+    created = []
+    with removed_unless_trained(created):
+        output_fs = filesystem(config.output)[0]
+        created.append((output_fs, _check_output(config.output, config.model if is_remote(config.model) else model)))
+        _warn_of_eval_on_training_data(config, data.beir)
+        created.append((fs, _missing_folder(fs, f"{storage_path}/{name}")))  # claim_run records the run there
+        if claim_run(config, source, fs, storage_path, name, run_uri, data.files):
+            print(f"ce-ray train: resumes the run {name} from the last checkpoint Ray Train recorded (a finished run "
+                  "only saves its model again)", flush=True)
+        architectures = saved_architectures(model)
+        if os.path.isdir(model) and not is_sequence_classifier(architectures):
+            print(f"ce-ray train: {model} has no classifier ({', '.join(architectures) or 'no architectures named'}): "
+                  "it gets a new one-logit head, as CrossEncoder gives it", flush=True)
+        facts = tokenizer_facts(model, config.trust_remote_code)  # once: the max length and the encoder's plan
+        max_length = config.max_length or usable_max_length(model, config.model, facts.max_length)
+        encoder = pair_encoder(source, config.tokenizer, config.trust_remote_code, facts)
+        # Training puts no prompt before the queries, as CrossEncoderTrainer's loss does; evaluation scores as the
+        # saved model will, which keeps the base's default prompt, as CrossEncoderRerankingEvaluator's predict does.
+        prompt = query_prompt(model)
+        eval_encoder = (pair_encoder(source, config.tokenizer, config.trust_remote_code, facts, prompt) if prompt
+                        else None)
+        ensure_ray(dashboard=True)  # Ray Train's state queries need it
+        free_failed_actors()
+        resources = cluster_resources()
+        use_gpu = config.use_gpu if config.use_gpu is not None else resources.get("GPU", 0) > 0
+        _check_room(config, use_gpu, resources, max(cpu_nodes(), default=resources.get("CPU", 0)))
+        if not use_gpu and uses_bf16(config, use_gpu):  # a configuration written for GPUs, tried on a laptop
+            print(half_precision_on_cpu("bfloat16", "bf16", "bf16 unset: float32 on CPUs"), file=sys.stderr,
+                  flush=True)
+        if config.deepspeed:
+            try:
+                _import_deepspeed(use_gpu)
+            except ImportError as e:
+                raise ConfigError(f"the deepspeed section needs DeepSpeed: pip install 'ce-ray[deepspeed]' ({e})")
 
-    data_start = time.perf_counter()
-    # Said first: Ray Data's lines for the data's several passes (a page in a log file) come before the run's own.
-    print(f"ce-ray train: reading, checking and tokenizing {config.train_data}"
-          + (f" and {config.eval_data}" if config.eval_data else "") + " on Ray Data", flush=True)
-    with surfaced_errors():  # a label that is not a number fails a tokenize task
-        train_ds, stats, eval_ds, qrels = prepare_data(config, encoder, max_length, eval_encoder, data)
+        data_start = time.perf_counter()
+        # Said first: Ray Data's lines for the data's several passes (a page in a log file) come before the run's.
+        print(f"ce-ray train: reading, checking and tokenizing {config.train_data}"
+              + (f" and {config.eval_data}" if config.eval_data else "") + " on Ray Data", flush=True)
+        with surfaced_errors():  # a label that is not a number fails a tokenize task
+            train_ds, stats, eval_ds, qrels = prepare_data(config, encoder, max_length, eval_encoder, data)
     data_done = time.perf_counter()
     per_worker = stats["pairs"] // config.num_workers  # the parts are cut equal so every worker steps together
     # The pairs past the last part (fewer than the workers) are left out of each epoch, as Ray Train's own equal

@@ -1420,14 +1420,30 @@ def test_a_run_whose_training_files_changed_since_its_checkpoints_is_not_resumed
 
 
 def test_labels_outside_zero_one_fail_before_training(ray_local, tiny_model, tmp_path):
-    from ce_ray.config import TrainConfig
+    """A run refused once Ray has started (labels outside [0, 1], workers the cluster cannot hold) left the output
+    folder it created, with the record of its settings in `checkpoints/`; it now leaves nothing it created, and a
+    folder that was there stays as it was."""
+    from ce_ray.config import ConfigError, TrainConfig
     from ce_ray.io import InputError
 
     path = tmp_path / "graded.parquet"
     pd.DataFrame({"query": ["q"] * 4, "document": ["a", "b", "c", "d"], "label": [0.0, 1.0, 2.0, 3.0]}).to_parquet(path)
     with pytest.raises(InputError, match=r"2 label\(s\) of column 'label' outside \[0, 1\] \(e\.g\. 2\.0\): "
                                          r".* \(give graded labels divided by the highest grade\)$"):
-        _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(path), output=str(tmp_path / "o")))
+        _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(path),
+                                          output=str(tmp_path / "new" / "o")))
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("kept")
+    with pytest.raises(InputError, match=r"outside \[0, 1\]"):
+        _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(path), output=str(tmp_path / "mine")))
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    # labels in [0, 1]: the run is refused for its workers, which the local Ray cannot hold
+    pd.DataFrame({"query": ["q"] * 4, "document": ["a", "b", "c", "d"], "label": [0.0, 1.0, 0.0, 1.0]}).to_parquet(path)
+    with pytest.raises(ConfigError, match=r"^3 worker\(s\) need 3 CPU\(s\) \(the cluster has 2\): lower num_workers"):
+        _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(path), output=str(tmp_path / "o"),
+                                          num_workers=3))
+    assert not (tmp_path / "o").exists()
     # A label that is not a number fails in a tokenize task: the error comes back as itself, not in Ray's report,
     # naming the file of the folder whose label column it is.
     (tmp_path / "words").mkdir()
