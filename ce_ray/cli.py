@@ -10,6 +10,7 @@ import functools
 import importlib
 import inspect
 import io
+import signal
 import sys
 import tokenize
 import typing
@@ -170,6 +171,7 @@ HOW_TO_FINISH = {
     "train": "the same command resumes it from its last checkpoint",
 }
 FAILED = 1  # the exit status of a job that failed during its work; 2 is a usage error, found before any work
+STOPPED = 128 + signal.SIGTERM  # a job stopped by SIGTERM, as a shell gives it; Ctrl-C's is 130 (128 + SIGINT)
 # The errors of a usage, found before any work; the same types raised during the work fail the job (`runtime.work`).
 # Ray that cannot be joined or started is one too: no work was done, and a resume would have nothing to keep.
 USAGE_ERRORS = (ConfigError, ValueError, FileExistsError, FileNotFoundError, RayStartError)
@@ -210,9 +212,10 @@ def main(argv=None) -> int:
     if overrides and args.command != "submit":
         command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(overrides)}"
                                                    f"{other_commands_hint(args.command, overrides)}")
-    from .runtime import pace_logged_progress
+    from .runtime import as_a_command, pace_logged_progress
 
     pace_logged_progress()  # the commands and the Ray Jobs' entrypoints, not a user's own pipeline in Python
+    as_a_command()
     try:
         if args.command == "submit":
             from .submit import run_submit
@@ -222,6 +225,17 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: a line, not the traceback of wherever the driver was waiting
         print(f"\nce-ray {args.command}: interrupted{finishing_hint(args.command)}", file=sys.stderr)
         return 130
+    except SystemExit:
+        # SIGTERM (a scheduler's stop, Kubernetes', `kill`, `ray job stop`): ray.init makes it `sys.exit` in the driver,
+        # so that Ray shuts down as the process exits (`runtime.as_a_command`). It ended the job with no word and exit
+        # 15 or 1, where a shell or a scheduler reads 143 (128 + 15) as the signal's; before Ray starts, the signal's
+        # own default ends it so.
+        from .runtime import stopped_by_sigterm
+
+        if not stopped_by_sigterm():
+            raise
+        print(f"\nce-ray {args.command}: stopped (SIGTERM){finishing_hint(args.command)}", file=sys.stderr)
+        return STOPPED
     except Exception as e:
         from .runtime import failed_during_work
 

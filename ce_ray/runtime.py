@@ -52,6 +52,44 @@ def ensure_ray(dashboard: bool = False) -> None:
         ray.init(include_dashboard=None if dashboard else False)  # ignored when joining a cluster
     except Exception as e:  # Ray's own frames say no more than its message
         raise RayStartError(f"cannot {where}: {type(e).__name__}: {_joined(str(e))}") from None
+    if _COMMAND["sigterm"] is not None:
+        _note_sigterm()
+
+
+# A command's (`as_a_command`): whether SIGTERM came once Ray started (None: no command, the process is a user's).
+_COMMAND = {"sigterm": None}
+
+
+def as_a_command() -> None:
+    """This process runs a ce-ray command: a SIGTERM that stops its job is told (`stopped_by_sigterm`)."""
+    _COMMAND["sigterm"] = False
+
+
+def stopped_by_sigterm() -> bool:
+    return bool(_COMMAND["sigterm"])
+
+
+def _note_sigterm() -> None:
+    """Ray's handler of SIGTERM in the driver (ray.init's: `sys.exit`, which shuts Ray down as the process exits,
+    and which Ray's waits raise as SystemExit(1)) kept, the signal noted so that the command says it was stopped.
+
+    Before it, Ray's failure signal handler (abseil's) arms a 3 s alarm that aborts the process, core dump and all
+    (ray-project/ray#64830): a job whose Ray took longer to shut down (a training run, ~3-5 s on 2 cores) died of
+    SIGABRT, exit 134, with no word. The alarm is cancelled as the signal is handled; a second SIGTERM arms it again.
+    """
+    import signal
+    import threading
+
+    rays = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or not callable(rays):
+        return
+
+    def stopped(signum, frame):
+        _COMMAND["sigterm"] = True
+        signal.alarm(0)
+        rays(signum, frame)
+
+    signal.signal(signal.SIGTERM, stopped)
 
 
 class RayStartError(RuntimeError):

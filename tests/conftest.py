@@ -72,10 +72,11 @@ def spread_model(tiny_model, path):
     return path
 
 
-def interrupted_as_in_a_terminal(command: list, after: str, wait: float = 3.0) -> tuple:
+def interrupted_as_in_a_terminal(command: list, after: str, wait: float = 3.0, sent: str = "SIGINT") -> tuple:
     """Runs `ce-ray <command>` as a terminal runs it, Ctrl-C reaching it (a test run started in the background
-    of a shell ignores SIGINT, and so would the job it starts), sends SIGINT `wait` seconds after a line of its
-    output holds `after`, and returns its exit code and stderr."""
+    of a shell ignores SIGINT, and so would the job it starts), sends SIGINT (or the signal `sent`: SIGTERM, a
+    scheduler's stop) `wait` seconds after a line of its output holds `after`, and returns its exit code and
+    stderr."""
     import signal
     import subprocess
     import sys
@@ -90,7 +91,7 @@ def interrupted_as_in_a_terminal(command: list, after: str, wait: float = 3.0) -
             if after in line:
                 break
         time.sleep(wait)
-        job.send_signal(signal.SIGINT)
+        job.send_signal(getattr(signal, sent))
         _, errors = job.communicate(timeout=120)
     finally:
         job.kill()

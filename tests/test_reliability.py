@@ -428,6 +428,24 @@ def test_ctrl_c_ends_a_job_with_a_line_that_says_how_to_finish_it(tmp_path, tiny
     assert "Traceback" not in errors and "KeyboardInterrupt" not in errors
 
 
+def test_sigterm_ends_a_job_with_a_line_and_the_exit_status_of_the_signal(tmp_path, tiny_model):
+    """SIGTERM (a scheduler's stop, Kubernetes', `ray job stop`) ended the job with no word and exit 15, which
+    Ray's handler gives it (`sys.exit(15)`), where shells and schedulers read 143, 128 + the signal's number;
+    where Ray took more than 3 s to shut down, the driver died of SIGABRT (Ray's failure signal handler's alarm)."""
+    from conftest import interrupted_as_in_a_terminal
+
+    (tmp_path / "in").mkdir()
+    pd.DataFrame({"query": ["a query"] * 600_000, "document": [f"document {i}" for i in range(600_000)]}).to_parquet(
+        tmp_path / "in" / "pairs.parquet")
+    command = ["score", "--model", str(tiny_model), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+               "--rows-per-block", "512"]
+    returncode, errors = interrupted_as_in_a_terminal(command, after="forward passes in ", sent="SIGTERM")
+    assert returncode == 143, errors[-3000:]
+    assert ("\nce-ray score: stopped (SIGTERM); --mode resume finishes it (the input files completed are kept)\n"
+            in errors)
+    assert "Traceback" not in errors
+
+
 def test_a_job_that_fails_mid_way_ends_with_a_line_of_why_and_how_to_finish_it(ray_local, tmp_path, tiny_model,
                                                                              capsys):
     """A file whose page cannot be decoded, read mid-way: Ray Data's error of the read task (pyarrow's

@@ -805,6 +805,11 @@ def test_ctrl_c_ends_a_training_run_with_a_line_that_says_how_to_resume_it(tiny_
     # The driver's own: Ray's actors may log theirs (`(PlacementGroupCleaner pid=...)`, where several local Rays run)
     assert "KeyboardInterrupt" not in errors
     assert not [line for line in errors.splitlines() if "Traceback" in line and "pid=" not in line]
+    # SIGTERM, a scheduler's stop: one line too, and 143 (128 + 15). The run ended with no word, and since Ray's
+    # shutdown of a training run takes more than 3 s, its failure signal handler's alarm aborted it (SIGABRT).
+    returncode, errors = interrupted_as_in_a_terminal(command, after="ce-ray train: step ", wait=1.0, sent="SIGTERM")
+    assert returncode == 143, errors[-3000:]
+    assert "\nce-ray train: stopped (SIGTERM); the same command resumes it from its last checkpoint\n" in errors
 
 
 def test_beir_pairs_with_bm25_hard_negatives_train_and_evaluate(ray_local, tiny_model, tmp_path):
