@@ -416,6 +416,8 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
         rows_per_block=config.rows_per_block, column_names=parse_names(config.column_names),
         present=[config.query_id_column], written=written_columns(config),
         settings=column_settings(config) | {config.query_id_column: "query_id_column"})
+    if schema is not None:  # the files' types, from their footers and first lines: refused before any work
+        check_key(schema.empty_table(), config.query_id_column)
     job = job_settings(config) | {"query_id_column": config.query_id_column, "top_k": config.top_k} | (
         {"rank_column": config.rank_column} if config.rank_column != RANK else {})
     progress = say_input(title, files)

@@ -391,6 +391,25 @@ def test_rerank_input_errors(tiny_model, tmp_path, capsys):
         run_rerank(RerankConfig(model=str(tiny_model), input=str(tmp_path), output=str(tmp_path / "o"), top_k=0))
 
 
+def test_a_query_id_of_several_values_in_the_files_is_refused_before_any_work(ray_local, tiny_model, tmp_path,
+                                                                             capsys):
+    """A file whose query id is a list (parquet, JSON Lines): the job failed at its first scored block, exit 1, saying
+    to rerun it, and left the output folder it had made, with `_ce_ray/job.json`. The files' types say it first."""
+    from ce_ray.cli import main
+
+    (tmp_path / "pq").mkdir()
+    pd.DataFrame({"qid": [[1, 2], [3]], "query": ["q", "q"], "document": ["a", "b"]}).to_parquet(
+        tmp_path / "pq" / "a.parquet")
+    (tmp_path / "jsonl").mkdir()
+    (tmp_path / "jsonl" / "a.jsonl").write_text('{"qid": [1, 2], "query": "q", "document": "a"}\n')
+    for folder in ("pq", "jsonl"):
+        assert main(["rerank", "--model", str(tiny_model), "--input", str(tmp_path / folder), "--output",
+                     str(tmp_path / "o"), "--query-id-column", "qid"]) == 2
+        assert re.fullmatch(r"ce-ray rerank: error: qid is list<\w+: int64>: a query id is one value \(text or a "
+                            r"number\) per row", capsys.readouterr().err.splitlines()[-1])
+        assert not (tmp_path / "o").exists()
+
+
 def test_a_top_k_of_0_is_refused_by_rerank_saying_how_to_keep_every_row(ray_local, tiny_model, capsys):
     """`ce_ray.rank(..., top_k=0)` gives no document, as CrossEncoder.rank does; a rerank of top_k 0 would write no
     row of any query, which no one means: `ce_ray.rerank` and `ce-ray rerank --top-k 0` refuse it, in one line that
