@@ -702,14 +702,15 @@ def _missing_folder(fs, path: str) -> Optional[str]:
 def removed_unless_trained(created: list) -> Iterator[None]:
     """The folders a run created before its training, `created` ((filesystem, folder or None), ...), removed
     where it ends before the training starts: refused once Ray has started (labels outside [0, 1], workers the
-    cluster cannot hold, DeepSpeed missing), or stopped. Such a run left its output folder and the record of
-    its settings, which a later run read as a run of its own. Folders that were there before stay as they are."""
+    cluster cannot hold, DeepSpeed missing), or stopped. Such a run left them: an empty output folder, and the
+    record of a run that never trained. Folders that were there before stay as they are."""
     try:
         yield
     except BaseException:
         for fs, folder in created:
             if folder is not None:
-                remove(fs, folder)
+                with contextlib.suppress(OSError):  # the error that ended the run is the one to say
+                    remove(fs, folder)
         raise
 
 
