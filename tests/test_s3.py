@@ -137,18 +137,19 @@ def test_train_job_reads_and_writes_s3(tmp_path, tiny_model, counting_store):
 def test_a_training_run_refused_once_ray_started_leaves_nothing_in_the_bucket(tmp_path, tiny_model, s3_server):
     """Labels outside [0, 1], found once Ray has started: the run left the record of its settings
     (`<output>/checkpoints/<run>/ce-ray-run.json`) in the bucket; it now leaves nothing it wrote, beside a user's."""
+    bucket = "ce-ray-refused-run"  # moto keeps one store per process: a bucket of this test alone
     fs = s3fs_for(s3_server)
-    fs.mkdir(BUCKET)
-    fs.pipe(f"{BUCKET}/mine/notes.txt", b"kept")
+    fs.mkdir(bucket)
+    fs.pipe(f"{bucket}/mine/notes.txt", b"kept")
     pd.DataFrame({"query": ["q"] * 4, "document": ["a", "b", "c", "d"], "label": [0.0, 1.0, 2.0, 3.0]}).to_parquet(
         tmp_path / "graded.parquet")
-    for output in (f"s3://{BUCKET}/new/model", f"s3://{BUCKET}/mine"):
+    for output in (f"s3://{bucket}/new/model", f"s3://{bucket}/mine"):
         refused = run_cli("train", "--model", str(tiny_model), "--train-data", str(tmp_path / "graded.parquet"),
                           "--output", output, env={**s3_server, "RAY_ADDRESS": "local"})
         assert refused.returncode == 2, refused.stderr[-3000:]
         assert "2 label(s) of column 'label' outside [0, 1]" in refused.stderr.splitlines()[-1]
         fs.invalidate_cache()
-        assert fs.find(BUCKET) == [f"{BUCKET}/mine/notes.txt"]
+        assert fs.find(bucket) == [f"{bucket}/mine/notes.txt"]
 
 
 def test_a_second_job_of_a_process_sees_the_objects_as_they_are_now(tmp_path, tiny_model, s3_server):
