@@ -2,8 +2,8 @@
 
 Where its output is no terminal (a file, a Ray Job's log), Ray Data logs a block of lines per stage once a minute
 (`runtime.pace_logged_progress`), each stage's rows against its own estimate of the total, with no rate and no time
-left. Here the scoring replicas add the rows of each call they finish to a counter, an actor of the job, and the
-driver reads it every `PROGRESS_EVERY_S` seconds and prints one line:
+left. Here the scoring replicas add the rows they finish to a counter, an actor of the job (a CPU replica after each
+batch, a GPU one after each call), and the driver reads it every `PROGRESS_EVERY_S` seconds and prints one line:
 
     ce-ray score: 1,234,567 of 5,000,000 pairs scored (24.7%) in 2m10s, 98,765 pairs/s, ~38s left
 
@@ -150,7 +150,7 @@ def job_counter(name: Optional[str]):
 
 def count_rows(counter, rows: int) -> None:
     """A replica's call finished `rows`: told to the job's counter (`job_counter`), without waiting for it."""
-    if counter is not None:
+    if counter is not None and rows:
         try:
             counter.add.remote(rows)
         except Exception:  # a counter gone (its node lost) costs the job its progress lines, not its work

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Iterator, Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 # A replica's process imports this module as it starts, and torch is most of its start on a GPU machine:
 # the ready line reports how long the imports took.
@@ -133,7 +133,8 @@ class Scorer:
                                                          padded=bool(sorted_lengths[last - 1] < width))
             first = last
 
-    def __call__(self, table: pa.Table) -> pa.Table:
+    def __call__(self, table: pa.Table, batch_done: Optional[Callable[[int], None]] = None) -> pa.Table:
+        """`batch_done(rows)` after each batch's forward pass, where that pass ends as it returns (on a CPU)."""
         valid = table.column(REJECT).is_null().to_numpy(zero_copy_only=False)
         scores = np.full(table.num_rows, np.nan, dtype=np.float32)
         order, results = [], []
@@ -142,6 +143,8 @@ class Scorer:
                 for rows, inputs in self.device_batches(table):
                     results.append(self.reranker.scores(self.reranker.logits(self.forward(**inputs))))
                     order.append(rows)
+                    if batch_done is not None:
+                        batch_done(len(rows))
             except torch.OutOfMemoryError as e:  # one line, with the setting to change, for the command line
                 raise ModelError(
                     f"{self.reranker.path} ran out of GPU memory scoring batches of up to {self.budget:,} padded "

@@ -624,10 +624,20 @@ class ScoringReplica:
 
         self.scorer = Scorer(config, device, replicas_per_node, files)
         self.counter = job_counter(progress)
+        # A CPU replica's call of 4,096 pairs runs a minute or more with a real reranker: it counts each batch.
+        # A GPU's batches run in milliseconds, and end only as the call waits for its scores: it counts calls.
+        self.by_batch = device == "cpu" and self.counter is not None
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        scored = self.scorer(table)
-        count_rows(self.counter, table.num_rows)
+        counted = 0
+
+        def batch_done(rows: int) -> None:
+            nonlocal counted
+            counted += rows
+            count_rows(self.counter, rows)
+
+        scored = self.scorer(table, batch_done if self.by_batch else None)
+        count_rows(self.counter, table.num_rows - counted)  # the rest: all its rows, or the rejected ones
         return scored
 
 
