@@ -149,7 +149,8 @@ def job_counter(name: Optional[str]):
 
 
 def count_rows(counter, rows: int) -> None:
-    """A replica's call finished `rows`: told to the job's counter (`job_counter`), without waiting for it."""
+    """A replica finished `rows` (a call's, or a batch's): told to the job's counter (`job_counter`), without waiting
+    for it."""
     if counter is not None and rows:
         try:
             counter.add.remote(rows)

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from .batching import REJECT
 from .config import RerankConfig, refuse_unused, require, with_settings
 from .io import OVERWRITE, InputError, missing_values
+from .progress import Progress
 from .readers import ROW_INDEX, ROW_INPUT, TAGS, plain_columns
 from .score import (FILE_SETTINGS, SCORE, add_scores, check_columns, check_known_columns, column_settings,
                     known_schema, of_a_jobs_files, summary_lines)
@@ -420,7 +421,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
         check_key(schema.empty_table(), config.query_id_column)
     job = job_settings(config) | {"query_id_column": config.query_id_column, "top_k": config.top_k} | (
         {"rank_column": config.rank_column} if config.rank_column != RANK else {})
-    progress = say_input(title, files)
+    progress = Progress(title, say_input(title, files))
     scored = add_scores(ds, config, title, checked, input_sources(files), progress)
     prepare_output(config.output, config.mode, job=job, resumable=False, checked=True)
     partitions = config.rank_partitions or default_partitions(input_bytes)

@@ -234,7 +234,7 @@ def add_scores(ds, config: ScoreConfig, announce: str = "", checked: Optional[Sc
     """`score` of a Dataset by a config whose other settings its caller uses (a job's files, a rerank's ranking).
     `checked`: `scoring_model(config)`, where a job checked it (its config is then the one used). `sources`: a job's
     input files by their key (`readers.input_sources`), so that a row that on_invalid=fail stops at names its file.
-    `progress`: a job's progress lines (`say_input`), whose counter the replicas tell the rows they finish.
+    `progress`: a job's progress lines, whose counter the replicas tell the rows they finish.
     """
     from .model_folder import dtype_name, half_precision_on_cpu
 
@@ -712,14 +712,14 @@ def job_settings(config: ScoreConfig) -> dict:
         {"activation": config.activation} if config.activation else {})
 
 
-def say_input(title: str, files) -> Progress:
-    """The pairs a job is to score (known from parquet footers; a text file's rows are counted as it is read), and
-    its progress lines against them: Ray Data's progress gives the scoring stage's rows against its own estimate of
-    the total, which may be far from it (1,769,472 for a file of 1,200,000 rows)."""
+def say_input(title: str, files) -> Optional[int]:
+    """Says the pairs a job is to score, and returns them (known from parquet footers; None where a text file's rows
+    are counted only as it is read), for its progress lines: Ray Data's progress gives the scoring stage's rows
+    against its own estimate of the total, which may be far from it (1,769,472 for a file of 1,200,000 rows)."""
     rows = [f.rows for f in files]
     total = sum(rows) if rows and None not in rows else None
     print(f"{title}: {'' if total is None else f'{total:,} pairs in '}{len(files)} file(s) to score", flush=True)
-    return Progress(title, total)
+    return total
 
 
 def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") -> Summary:
@@ -757,7 +757,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         config.input, config.input_format, [config.query_column, config.document_column], keep=to_score,
         rows_per_block=config.rows_per_block, column_names=parse_names(config.column_names),
         written=written_columns(config), settings=column_settings(config))
-    progress = None if ds is None else say_input(title, [f for f in files if to_score(f)])
+    progress = None if ds is None else Progress(title, say_input(title, [f for f in files if to_score(f)]))
     scored = None if ds is None else add_scores(ds, config, title, checked, input_sources(files), progress)
     if scored is not None and transform is not None:
         scored = transform(scored)
