@@ -42,7 +42,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from ce_ray import io, readers
+    from ce_ray import readers
+    from ce_ray.input_files import check_inputs
+    from ce_ray.storage import filesystem
 
     with tempfile.TemporaryDirectory() as work:
         table = common.synthetic_pairs(args.pairs)
@@ -50,8 +52,8 @@ def main() -> None:
         del table
         path = os.path.join(work, "pairs.parquet")
         size = os.path.getsize(path)
-        fs, local = io.filesystem(path)
-        [check], _ = io.check_inputs(fs, [local], "parquet", ["query", "document"])
+        fs, local = filesystem(path)
+        [check], _ = check_inputs(fs, [local], "parquet", ["query", "document"])
         ranges = len(readers.read_ranges(check, readers.PARQUET_ROWS_PER_READ))
         common.init_ray(args.cpus)
         systems = {"one task for the file": args.pairs, f"ranges of >= {readers.PARQUET_ROWS_PER_READ:,} rows": None}

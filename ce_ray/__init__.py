@@ -1,7 +1,7 @@
 """ce-ray: score, rerank and fine-tune cross-encoder rerankers at cluster scale on Ray."""
 
 from .config import ConfigError, RerankConfig, ScoreConfig, TrainConfig, load_config
-from .io import InputError
+from .messages import InputError
 from .model_folder import ModelError
 from .runtime import RayStartError, surfaced_errors
 from .score import predict, rank, run_score, score

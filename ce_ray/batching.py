@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import fast_tokenize
+from .arrow_types import is_text
 from .config import ConfigError
-from .io import is_text
 from .tokenizer_facts import TokenizerFacts, tokenizer_facts
 
 IDS = "_ce_input_ids"

@@ -24,8 +24,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import CandidatesConfig, ConfigError, require
-from .io import InputError, filesystem, join, n_queries, remove, setting_and_flag
+from .messages import InputError, n_queries, setting_and_flag
 from .runtime import work
+from .storage import filesystem, join, remove
 
 SUCCESS = "_SUCCESS"
 

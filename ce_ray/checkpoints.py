@@ -13,8 +13,9 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .config import ConfigError, TrainConfig
-from .io import briefly, filesystem, join, setting_and_flag, upload_folder
+from .messages import briefly, setting_and_flag
 from .model_folder import CHECKPOINTS
+from .storage import filesystem, join, upload_folder
 from .train_data import training_files
 
 PROGRESS = "progress.json"

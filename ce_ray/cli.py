@@ -18,7 +18,7 @@ from typing import Literal, Optional
 
 from .config import (COMMAND_CONFIGS, CandidatesConfig, ConfigError, EvalConfig, RerankConfig, ScoreConfig,
                      TrainConfig, commands_with_setting, load_config, setting_for_trainer_name)
-from .io import OVERWRITE, RESUME
+from .output_state import OVERWRITE, RESUME
 from .runtime import RayStartError
 
 

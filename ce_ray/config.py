@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Dict, Literal, Optional
 
 import yaml
 
-from .io import OWN_COLUMNS, setting_and_flag
+from .input_files import OWN_COLUMNS
+from .messages import setting_and_flag
 
 
 class ConfigError(ValueError):

@@ -30,11 +30,13 @@ import pyarrow.csv as pcsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from .arrow_types import missing_values
 from .config import ConfigError, EvalConfig, require
-from .io import (EVAL, EVAL_SUFFIX, REJECTS, InputError, check_s3_access, column_list, detect_format, filesystem,
-                 glob_base, is_glob, is_remote, job_summary, join, list_files, missing_values, n_queries,
-                 partition_values, refuse_changed_output, setting_and_flag, settings_hint)
+from .input_files import EVAL_SUFFIX, detect_format, list_files, partition_values
+from .messages import InputError, column_list, n_queries, setting_and_flag, settings_hint
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
+from .output_state import EVAL, REJECTS, job_summary, refuse_changed_output
+from .storage import check_s3_access, filesystem, glob_base, is_glob, is_remote, join
 from .train_data import numeric_labels
 
 

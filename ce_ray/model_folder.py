@@ -17,7 +17,8 @@ import sys
 from typing import Optional
 
 from .config import ConfigError
-from .io import check_s3_access, filesystem, list_tree, object_stamp, s3_endpoint, setting_and_flag
+from .messages import setting_and_flag
+from .storage import check_s3_access, filesystem, list_tree, object_stamp, s3_endpoint
 
 SIGMOID = "torch.nn.modules.activation.Sigmoid"
 IDENTITY = "torch.nn.modules.linear.Identity"

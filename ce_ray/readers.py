@@ -22,8 +22,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .io import (COMPRESSED, DELIMITED, FileCheck, InputError, Listing, check_inputs, holds_texts, is_list, is_text,
-                 list_files, one_type, partition_values, read_type, refuse_changed_output)
+from .arrow_types import is_list, is_text, one_type, read_type
+from .input_files import COMPRESSED, DELIMITED, FileCheck, Listing, check_inputs, list_files, partition_values
+from .messages import InputError
+from .output_state import refuse_changed_output
 from .runtime import ensure_ray
 
 
@@ -46,8 +48,8 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     missing one's error gives. `listing`: the input's (`list_files`), where the caller listed it already.
     Returns the Dataset (None when `keep` selects nothing), the input files' checks
     (those with rows), about how many bytes the rows to read take in memory (`FileCheck.size_bytes`), the
-    input's schema (`io.agreed_schema`) and how many files the input holds (with a parquet file of no rows, which
-    has no check here: a job's summary counts it among the files in).
+    input's schema (`input_files.agreed_schema`) and how many files the input holds (with a parquet file of no
+    rows, which has no check here: a job's summary counts it among the files in).
     """
     listing = listing or list_files(uri, input_format, column_names)
     input_format, fs = listing.input_format, listing.fs
@@ -89,6 +91,11 @@ def _read(source):
     import ray.data
 
     return ray.data.read_datasource(source, override_num_blocks=len(source.get_read_tasks(1)))
+
+
+def holds_texts(value) -> bool:
+    """A JSON value that a column of texts or of lists of texts takes."""
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
 
 
 def _parse_lines_slowly(lines: List[bytes], numbers: List[int], path: str, text_columns: List[str],
@@ -246,7 +253,7 @@ def read_json_lines(lines: List[bytes], numbers: List[int], path: str, text_colu
 def as_checked_types(table: pa.Table, schema: pa.Schema, numbers: List[int], path: str,
                      own: Sequence[str]) -> pa.Table:
     """A JSON Lines chunk's columns in kinds that can be put together with the types the input's check found
-    (`io.agreed_schema`, from each file's first MiB), where they changed past it: a column of text there takes
+    (`input_files.agreed_schema`, from each file's first MiB), where they changed past it: a column of text there takes
     other values as JSON text (as lines of mixed kinds do, `as_json_text`); any other fails the job naming the
     file and lines (a text past a megabyte of numbers), where Ray Data would fail it where the rows meet, naming
     no file. The query and document (`own`) are the reader's: a value of another kind is rejected with its row."""
@@ -347,7 +354,7 @@ def input_sources(checks: Sequence[FileCheck]) -> Dict[str, str]:
 
 
 def plain_columns(table: pa.Table) -> pa.Table:
-    """The columns in the types they are read as (`io.read_type`): the same values, in types that every stage
+    """The columns in the types they are read as (`arrow_types.read_type`): the same values, in types that every stage
     and Ray Data's group-by take, and the same in every file (a categorical in one file, plain text in another,
     would fail where Ray Data puts their rows in one block). Without the pandas metadata a writer left: Ray Data's
     hash shuffle (rerank's) reads a block's key column into pandas with it, and one made by hand (no `columns`)

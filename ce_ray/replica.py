@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from .batching import IDS, REJECT, TYPES, default_batch_tokens, list_parts, token_budget_batches  # noqa: E402
 from .bert import BertCrossEncoder  # noqa: E402
 from .config import ScoreConfig  # noqa: E402
-from .io import setting_and_flag  # noqa: E402
+from .messages import setting_and_flag  # noqa: E402
 from .model import ModelError, attention_inputs, load_scoring_model, to_device  # noqa: E402
 from .model_folder import local_model_path  # noqa: E402
 from .runtime import usable_cpus  # noqa: E402

@@ -26,9 +26,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .arrow_types import missing_values
 from .batching import REJECT
 from .config import RerankConfig, refuse_unused, require, with_settings
-from .io import OVERWRITE, InputError, missing_values
+from .messages import InputError
+from .output_state import OVERWRITE
 from .progress import Progress
 from .readers import ROW_INDEX, ROW_INPUT, TAGS, plain_columns
 from .score import (FILE_SETTINGS, SCORE, add_scores, check_columns, check_known_columns, column_settings,
@@ -398,11 +400,12 @@ def default_partitions(input_bytes: int) -> int:
 
 def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSummary:
     """The `ce-ray rerank` job: read, score, rank per query, keep the top k, write results and rejects."""
-    from .io import check_apart, check_s3_access, parse_names
+    from .input_files import parse_names
     from .readers import input_key, input_sources, read_dataset
     from .runtime import surfaced_errors, work
     from .score import job_settings, say_input, scoring_model, written_columns
     from .sink import check_output, prepare_output
+    from .storage import check_apart, check_s3_access
 
     require(config, "model", "input", "output")
     config.validate()  # refuses mode resume, saying why

@@ -12,7 +12,7 @@ import sys
 from typing import Optional
 
 from .config import ConfigError
-from .io import InputError
+from .messages import InputError
 
 
 # Where its output is no terminal (a file, a Ray Job's log), Ray Data logs a job's progress as a block of 10-20

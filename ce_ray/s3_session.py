@@ -1,4 +1,4 @@
-"""The HTTP session of ce-ray's S3 client (`io.filesystem`): aiobotocore's, with no wait left without a bound.
+"""The HTTP session of ce-ray's S3 client (`storage.filesystem`): aiobotocore's, with no wait left without a bound.
 
 aiohttp, under aiobotocore and s3fs, bounds a connect (`connect_timeout`) and each read of an answer
 (`read_timeout`, its clock started once the request's body is sent), and nothing else:

@@ -17,13 +17,15 @@ from typing import Dict, List, Optional, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .arrow_types import is_text
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, refuse_unused, require, with_settings
-from .io import (DELIMITED, InputError, absolute, column_list, detect_format, is_text, refuse_written,
-                 setting_and_flag)
+from .input_files import DELIMITED, detect_format, refuse_written
+from .messages import InputError, column_list, setting_and_flag
 from .progress import Progress, count_rows, job_counter
 from .runtime import (cluster_resources, column_type_clash, cpu_nodes, ensure_ray, free_failed_actors,
                       surfaced_errors, work)
+from .storage import absolute
 from .tokenizer_facts import tokenizer_facts
 
 # torch is imported by the replica (ce_ray.replica, ce_ray.model) alone: the driver (with the tokenizer's
@@ -729,10 +731,12 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     Outputs are named per input file; `mode="resume"` keeps the inputs an earlier run completed (and that are
     not rewritten since) and redoes the rest. A transform regroups rows across files, so its jobs cannot resume.
     """
-    from .io import OVERWRITE, RESUME, check_apart, check_s3_access, parse_names
+    from .input_files import parse_names
+    from .output_state import OVERWRITE, RESUME
     from .readers import input_key, input_sources, read_dataset
     from .sink import (CPU_PART_BYTES, PART_BYTES, WRITE_REMOTE_ARGS, PairsSink, ResumeState, check_output,
                        lost_or_rewritten, prepare_output, resume_state)
+    from .storage import check_apart, check_s3_access
 
     require(config, "model", "input", "output")
     config.validate()

@@ -37,15 +37,15 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from .batching import REJECT
-from .io import (EVAL, JOB, REJECT_ROWS, REJECTS, RESULT_PARTS, RESULT_ROWS, RESULTS, RESUME, STATE, SUCCESS,
-                 InputError, briefly, changed_parts, delete_files, filesystem, finished_job, finished_parts,
-                 in_parallel, is_remote, list_tree, parquet_footer, part_differences, read_state, remove,
-                 setting_and_flag)
+from .messages import InputError, briefly, setting_and_flag
+from .output_state import (EVAL, JOB, REJECT_ROWS, REJECTS, RESULT_PARTS, RESULT_ROWS, RESULTS, RESUME, STATE, SUCCESS,
+                           changed_parts, finished_job, finished_parts, part_differences, read_state)
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 from .runtime import work
+from .storage import delete_files, filesystem, in_parallel, is_remote, list_tree, parquet_footer, remove
 
 REASON = "reason"  # why a row of rejects/ was rejected
-INPUTS = "inputs.json"  # input key -> the file's stamp (`io.FileCheck.stamp`) when the job read it
+INPUTS = "inputs.json"  # input key -> the file's stamp (`input_files.FileCheck.stamp`) when the job read it
 INPUT_ROWS = b"ce_ray.input_rows"  # footer key: the input file's row count, on the part with its last row
 # Writing is I/O: a write task asks for a quarter of a core, so it never waits behind tokenizing for one.
 WRITE_REMOTE_ARGS = {"num_cpus": 0.25}
@@ -147,7 +147,7 @@ class Footer:
 
 
 def _footer(fs: pafs.FileSystem, file: str, size: int) -> Footer:
-    """The footer of a part of `size` bytes (`io.parquet_footer`)."""
+    """The footer of a part of `size` bytes (`storage.parquet_footer`)."""
     try:
         meta = parquet_footer(fs, file, size)
     except FileNotFoundError:
@@ -199,7 +199,7 @@ def scan_parts(output: str, listed: Optional[list] = None) -> ResumeState:
 def _as_recorded_now(job: dict) -> dict:
     """An earlier job's settings with its input and model written out as jobs now record them: earlier ones kept
     them as typed (`data/in`, `/models/rr/`), and their outputs resume from the same working directory."""
-    from .io import absolute
+    from .storage import absolute
     from .model_folder import model_source
 
     written_out = {"input": absolute, "model": model_source}
@@ -397,9 +397,9 @@ def split_rejects(table: pa.Table, written: Sequence[str]) -> tuple:
 
 
 def conform(table: pa.Table, schema: Optional[pa.Schema]) -> pa.Table:
-    """A part's rows in the input's columns and types (`io.agreed_schema`): a column that its input file lacks is
-    null, one of a narrower type (int32 for int64, an all-null column) is widened, and the columns come in one
-    order, so that every part of the output has one schema and the folder reads back as one table (Arrow's and
+    """A part's rows in the input's columns and types (`input_files.agreed_schema`): a column that its input file
+    lacks is null, one of a narrower type (int32 for int64, an all-null column) is widened, and the columns come in
+    one order, so that every part of the output has one schema and the folder reads back as one table (Arrow's and
     pandas' readers take the first part's schema, and failed on a later part's `string` for an all-null column
     or dropped a column the first part lacked). The job's own columns (score, rank, reason) follow."""
     if schema is None:
@@ -526,8 +526,8 @@ class PairsSink(Datasink):
         with work():  # a part lost during the work fails the job, as an error of its tasks does
             check_parts(self.output, expected, self.finish)
         # The parts of results/ and rejects/ and their rows, so that a job reading this output later tells one that
-        # lost parts since, or whose parts were cut short or rewritten (`io.refuse_changed_output`), and a resume
-        # tells which (`lost_or_rewritten`).
+        # lost parts since, or whose parts were cut short or rewritten (`output_state.refuse_changed_output`), and a
+        # resume tells which (`lost_or_rewritten`).
         rows = {sub: {file[len(f"{path}/{sub}/"):]: count for file, count in sorted(expected.items())
                       if file.startswith(f"{path}/{sub}/")} for sub in (RESULTS, REJECTS)}
         summary = summary | {RESULT_PARTS: len(rows[RESULTS]), RESULT_ROWS: rows[RESULTS], REJECT_ROWS: rows[REJECTS]}
@@ -536,8 +536,8 @@ class PairsSink(Datasink):
 
 def _differences(fs: pafs.FileSystem, path: str, expected: Dict[str, int]) -> list:
     """What results/ and rejects/ hold otherwise than `expected` (part -> rows), each said in a few words
-    (`io.part_differences`, which a later job reading the output holds its results/ to as well): parts missing, of
-    other row counts or unreadable (from their footers alone), and parts that no one expected."""
+    (`output_state.part_differences`, which a later job reading the output holds its results/ to as well): parts
+    missing, of other row counts or unreadable (from their footers alone), and parts that no one expected."""
     held = {file: size for sub in (RESULTS, REJECTS) for file, size in _list(fs, f"{path}/{sub}").items()
             if not posixpath.basename(file).startswith(".")}  # a temporary is no part
     footers = read_footers(fs, {file: size for file, size in held.items() if file in expected})

@@ -32,8 +32,9 @@ from .config import ConfigError, TrainConfig, require, with_settings
 from .checkpoints import (DS_TAG, MODEL, PROGRESS, RANDOM_STATE, STATE, best_checkpoint, best_kept, check_whole,
                           claim_run, random_state, restore_random_state, run_storage, upload_checkpoint,
                           whole_checkpoint, worker_seed, write_file_list)
-from .io import filesystem, is_remote, remove, setting_and_flag, upload_folder
+from .messages import setting_and_flag
 from .progress import duration
+from .storage import filesystem, is_remote, remove, upload_folder
 from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, refuse_settings_of_beir,
                          shard_spans, top_reasons, training_batch_tokens, training_input, unused_settings,
                          worker_spans)
@@ -668,7 +669,7 @@ def _check_output(output: str, model: str) -> Optional[str]:
     """The model is written to `output` after the training: a place it cannot be written fails now, and so
     does the model's own folder, whose weights the run would replace. Returns the outermost folder it created
     (`_missing_folder`)."""
-    from .io import check_s3_access
+    from .storage import check_s3_access
     from .sink import writing
 
     same = (output.rstrip("/") == model.rstrip("/") if is_remote(output)
@@ -779,7 +780,8 @@ def _check_data(config: TrainConfig) -> None:
     which of the two it is."""
     import pyarrow.fs as pafs
 
-    from .io import InputError, check_s3_access, glob_base
+    from .messages import InputError
+    from .storage import check_s3_access, glob_base
 
     for name in ("train_data", "eval_data"):
         uri = getattr(config, name)

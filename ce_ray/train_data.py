@@ -21,12 +21,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .arrow_types import is_text
 from .batching import (IDS, REJECT, TYPES, PairEncoder, list_parts, pad, text_column, token_budget_batches,
                        tokenize_table)
 from .config import ConfigError, TrainConfig, refuse_unused, settings_set
-from .io import (InputError, Listing, filesystem, is_text, list_files, list_tree, n_queries, parse_names,
-                 setting_and_flag)
+from .input_files import Listing, list_files, parse_names
+from .messages import InputError, n_queries, setting_and_flag
 from .readers import ROW_INPUT
+from .storage import filesystem, list_tree
 from .training_pairs import LABEL_OF_NEGATIVES, training_pairs
 
 LABEL = "_ce_label"
@@ -228,9 +230,9 @@ def unused_settings(config: TrainConfig, beir: bool) -> List[str]:
 
 
 def training_input(config: TrainConfig, note_skipped: bool = True) -> TrainingInput:
-    """The files the training pairs come from, each with its stamp (`io.size_and_stamp`: its size and modification
-    time, or its S3 ETag): those of `train_data` that the run reads (`io.list_files`), or a BEIR folder's corpus,
-    queries and the training split's qrels. One listing (a look-up for a file named alone)."""
+    """The files the training pairs come from, each with its stamp (`storage.size_and_stamp`: its size and
+    modification time, or its S3 ETag): those of `train_data` that the run reads (`input_files.list_files`), or a BEIR
+    folder's corpus, queries and the training split's qrels. One listing (a look-up for a file named alone)."""
     if _is_beir(config.train_data):
         fs, folder = filesystem(config.train_data)
         folder = folder.rstrip("/")

@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .arrow_types import is_list
 from .batching import REJECT, reader_reasons, text_column
-from .io import is_list
 from .readers import ROW_INPUT
 
 LABEL_OF_NEGATIVES = "label"  # the label column of the pairs built with negative_columns

@@ -12,7 +12,7 @@ import pytest
 from ce_ray.candidates import read_corpus, read_qrels, read_queries, run_candidates
 from ce_ray.cli import main
 from ce_ray.config import CandidatesConfig, ConfigError
-from ce_ray.io import InputError
+from ce_ray.messages import InputError
 
 from conftest import SCIFACT
 

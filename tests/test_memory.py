@@ -130,7 +130,7 @@ def test_one_big_row_group_and_one_big_json_lines_file_are_read_in_small_chunks(
     small buffers, and a JSON Lines file in chunks of a few MiB of lines; every row comes, in order."""
     import pyarrow.fs as pafs
 
-    from ce_ray.io import check_inputs
+    from ce_ray.input_files import check_inputs
     from ce_ray.readers import JsonLinesDatasource, read_range, read_ranges, tag_rows
 
     pairs = long_pairs(BIG_FILE_ROWS)

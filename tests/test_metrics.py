@@ -12,7 +12,7 @@ import pytest
 from ce_ray.cli import main
 from ce_ray.config import ConfigError, EvalConfig
 from ce_ray.evaluate import evaluate_frame, run_eval
-from ce_ray.io import InputError
+from ce_ray.messages import InputError
 from ce_ray.metrics import ranking_metrics
 
 from conftest import spread_model, wikiqa_pairs
@@ -593,7 +593,7 @@ def test_an_eval_written_beside_a_file_leaves_its_folder_readable_as_pairs(tmp_p
     `candidates-test.parquet.eval.json` beside it, in the candidates' folder, which the rerank of the folder then
     refused: `input …/candidates mixes formats ['jsonl', 'parquet']`. An eval's JSON is no pairs: a folder's reader
     skips it and says so, with the format given too."""
-    from ce_ray.io import list_files
+    from ce_ray.input_files import list_files
 
     (tmp_path / "candidates").mkdir()
     file = tmp_path / "candidates" / "candidates-test.parquet"

@@ -21,7 +21,8 @@ import pytest
 
 from ce_ray import ScoreConfig, readers, run_score
 from ce_ray.config import ConfigError, load_config
-from ce_ray.io import InputError, check_inputs
+from ce_ray.input_files import check_inputs
+from ce_ray.messages import InputError
 from ce_ray.model import ModelError
 
 from conftest import ROOT, TOKENIZER_FILES
@@ -254,7 +255,7 @@ def test_a_csv_or_tsv_file_without_a_header_line_is_read_with_column_names(ray_l
     """As MS MARCO's top1000 files come (qid, pid, query, passage, no header): `column_names` names the
     columns and the first line is a row. Without it the first row is taken as the header and the job fails
     naming the columns it found; the setting is refused for formats whose files name their columns."""
-    from ce_ray.io import check_inputs, list_files
+    from ce_ray.input_files import check_inputs, list_files
 
     (tmp_path / "in").mkdir()
     lines = [b"1048585\t7187158\twhat is paula deen's brother\tPaula Deen and her brother Earl W. Bubba Hiers",
@@ -309,7 +310,7 @@ def test_a_missing_column_of_a_wide_file_says_that_the_columns_named_are_some_of
     20, where it named 12 as if they were all the file has, and the one to give was not among them."""
     import pyarrow.fs as pafs
 
-    from ce_ray.io import check_inputs
+    from ce_ray.input_files import check_inputs
     from ce_ray.score import check_columns
 
     names = [f"c{i}" for i in range(14)] + ["question", "document", *[f"x{i}" for i in range(4)]]
@@ -386,7 +387,7 @@ def test_long_rows_are_read_and_column_names_the_job_cannot_keep_are_refused(tmp
     import io as memory
     import pyarrow.fs as pafs
 
-    from ce_ray.io import check_inputs
+    from ce_ray.input_files import check_inputs
     from ce_ray.readers import delimited_chunks
 
     big = "x" * 1_200_000
@@ -826,7 +827,7 @@ def test_a_folder_of_two_formats_or_a_file_of_no_format_names_the_flag_that_read
     """The refusal of a folder of two formats, and of a file whose name says no format, said `pass input_format`, a
     YAML key, where a user of the command line gives `--input-format`, which reads one format and skips the
     other's files: they name both, as the other settings' messages do."""
-    from ce_ray.io import list_files
+    from ce_ray.input_files import list_files
 
     (tmp_path / "in").mkdir()
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "in" / "a.parquet")
@@ -848,7 +849,7 @@ def test_a_folders_documents_are_skipped_with_the_format_given_and_by_eval(tmp_p
     whose name says no format (part-00000) is still read."""
     from ce_ray.config import EvalConfig
     from ce_ray.evaluate import run_eval
-    from ce_ray.io import list_files
+    from ce_ray.input_files import list_files
 
     (tmp_path / "in").mkdir()
     frame = pd.DataFrame({"query_id": [1, 1], "query": ["q", "q"], "document": ["a", "b"], "label": [0, 1],
@@ -882,7 +883,7 @@ def test_other_files_in_an_input_folder_are_skipped_and_said(ray_local, tmp_path
     (tmp_path / "txt" / "pairs.txt").write_text("query\tdocument\nq\tc\n")
     assert job(tiny_model, f"{tmp_path}/txt/*.txt", tmp_path / "out4", input_format="tsv").rows_in == 1
     # An output whose every row was rejected has no results/ on S3 (no empty folders there): said so.
-    from ce_ray.io import list_files
+    from ce_ray.input_files import list_files
 
     (tmp_path / "rejected" / "_ce_ray").mkdir(parents=True)
     (tmp_path / "rejected" / "_SUCCESS").write_text("{}")

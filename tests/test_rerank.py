@@ -16,7 +16,7 @@ import pytest
 from ce_ray.batching import REJECT
 from ce_ray.config import ConfigError, EvalConfig, RerankConfig
 from ce_ray.evaluate import run_eval
-from ce_ray.io import InputError
+from ce_ray.messages import InputError
 from ce_ray.readers import ROW_INDEX, ROW_INPUT
 from ce_ray.rerank import CUT, keep_block_top_k, rank_queries, run_rerank, shuffle_input
 
@@ -210,25 +210,26 @@ def test_partitions_follow_the_cluster_and_the_input_size(ray_local, tmp_path):
 
     import pyarrow.parquet as pq
 
-    from ce_ray import io
+    from ce_ray.input_files import HEAD_BYTES, check_inputs
     from ce_ray.rerank import PARTITION_BYTES, default_partitions
+    from ce_ray.storage import filesystem
 
     cpus = int(ray_local.cluster_resources()["CPU"])
     assert default_partitions(0) == cpus and default_partitions(PARTITION_BYTES) == cpus
     assert default_partitions(10 * PARTITION_BYTES + 1) == 11 > cpus
 
-    fs = io.filesystem(str(tmp_path))[0]
+    fs = filesystem(str(tmp_path))[0]
     rows = pa.table({"query": ["q"] * 1000, "document": [f"document {i}" for i in range(1000)]})
     pq.write_table(rows, tmp_path / "a.parquet", row_group_size=400)
     footer = pq.ParquetFile(tmp_path / "a.parquet").metadata
     (tmp_path / "a.jsonl").write_text('{"query": "q", "document": "d"}\n' * 10)
     text = "".join(f'{{"query": "q{i}", "document": "d{i * 7919 % 10007}"}}\n' for i in range(40_000))
     (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(text.encode()))
-    assert len(text) > io.HEAD_BYTES
-    [parquet], _ = io.check_inputs(fs, [str(tmp_path / "a.parquet")], "parquet", ["query", "document"])
+    assert len(text) > HEAD_BYTES
+    [parquet], _ = check_inputs(fs, [str(tmp_path / "a.parquet")], "parquet", ["query", "document"])
     assert parquet.size_bytes == sum(footer.row_group(i).total_byte_size for i in range(3)) > 0
-    (small, large), _ = io.check_inputs(fs, [str(tmp_path / n) for n in ("a.jsonl", "b.jsonl.gz")], "jsonl",
-                                        ["query", "document"])
+    (small, large), _ = check_inputs(fs, [str(tmp_path / n) for n in ("a.jsonl", "b.jsonl.gz")], "jsonl",
+                                     ["query", "document"])
     assert small.size_bytes == 320
     assert large.size_bytes == 4 * os.path.getsize(tmp_path / "b.jsonl.gz")
 

@@ -19,11 +19,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ce_ray import ScoreConfig, io, readers, run_score, sink
+from ce_ray import ScoreConfig, readers, run_score, sink
 from ce_ray.config import ConfigError
+from ce_ray.input_files import check_inputs, list_files
+from ce_ray.messages import InputError
+from ce_ray.output_state import job_summary
 from ce_ray.readers import input_key
 from ce_ray.rerank import RankedSink
 from ce_ray.sink import STALL_ENV, OutputExistsError, OutputLostError, PairsSink, ResumeError, scan_parts
+from ce_ray.storage import filesystem
 
 from conftest import ROOT, wikiqa_pairs
 
@@ -191,9 +195,9 @@ def test_a_finished_job_whose_output_lost_parts_since_is_made_whole_by_resume(ra
                                                                      f"{table.num_rows} written")])
     lost = re.escape(f"input {out} is the output of a job whose results/ no longer holds what its _SUCCESS counts: "
                      + "; ".join(f"results/{name} {what}" for name, what in said) + "; rerun that job")
-    with pytest.raises(io.InputError, match=lost):
+    with pytest.raises(InputError, match=lost):
         readers.read_dataset(str(out), required=["query", "document"])
-    with pytest.raises(io.InputError, match=lost):
+    with pytest.raises(InputError, match=lost):
         run_eval(EvalConfig(input=str(out)))
     with pytest.raises(OutputExistsError, match="--mode resume"):
         run_score(config_for(out, tiny_model, folder))
@@ -206,7 +210,7 @@ def test_a_finished_job_whose_output_lost_parts_since_is_made_whole_by_resume(ra
             f"{twice.num_rows} rows, now {2 * twice.num_rows}): their 2 input file(s) are scored again") in said
     assert (summary.files_kept, summary.rows_in) == (FILES - 5, FILES * ROWS_PER_FILE)
     assert json.loads((out / "_SUCCESS").read_text())["rows_in"] == FILES * ROWS_PER_FILE
-    assert len(io.list_files(str(out)).files) == parts
+    assert len(list_files(str(out)).files) == parts
     got, want = results(out), results(reference)
     pd.testing.assert_frame_equal(got.drop(columns="score"), want.drop(columns="score"))
     np.testing.assert_allclose(got["score"], want["score"], atol=1e-6)
@@ -227,14 +231,14 @@ def test_an_output_read_again_gets_one_answer_for_each_success_marker(tmp_path, 
             marker.unlink()
         else:
             marker.write_bytes(content)
-        for read in (io.list_files, io.job_summary):
-            with pytest.raises(io.InputError, match=answer):
+        for read in (list_files, job_summary):
+            with pytest.raises(InputError, match=answer):
                 read(str(out))
     marker.write_text(json.dumps({"rows_in": FILES * ROWS_PER_FILE}))
-    assert len(io.list_files(str(out)).files) == len(os.listdir(out / "results"))
-    assert io.job_summary(str(out))["settings"]["query_column"] == "query"
+    assert len(list_files(str(out)).files) == len(os.listdir(out / "results"))
+    assert job_summary(str(out))["settings"]["query_column"] == "query"
     marker.unlink()  # the way out that the refusal names: its results/ folder, read as plain files
-    assert len(io.list_files(str(out / "results")).files) == len(os.listdir(out / "results"))
+    assert len(list_files(str(out / "results")).files) == len(os.listdir(out / "results"))
 
 
 def test_a_finished_output_whose_part_was_rewritten_or_cut_short_since_is_refused_as_input(ray_local, tmp_path,
@@ -255,12 +259,12 @@ def test_a_finished_output_whose_part_was_rewritten_or_cut_short_since_is_refuse
     rewritten = re.escape(f"input {out} is the output of a job whose results/ no longer holds what its _SUCCESS "
                           f"counts: results/{part.name} holds {table.num_rows - 1} rows of the {table.num_rows} "
                           "written; rerun that job")
-    with pytest.raises(io.InputError, match=rewritten):
+    with pytest.raises(InputError, match=rewritten):
         readers.read_dataset(str(out), required=["query", "document"])
-    with pytest.raises(io.InputError, match=rewritten):
+    with pytest.raises(InputError, match=rewritten):
         run_eval(EvalConfig(input=str(out)))
     part.write_bytes(part.read_bytes()[:100])
-    with pytest.raises(io.InputError, match=rf"cannot read {re.escape(str(part))}: .*magic bytes"):
+    with pytest.raises(InputError, match=rf"cannot read {re.escape(str(part))}: .*magic bytes"):
         run_eval(EvalConfig(input=str(out)))
     pq.write_table(table.slice(1), part)
     for count in ("result_rows", "result_parts"):  # as earlier versions wrote it: the rows read as they are
@@ -397,8 +401,8 @@ def test_a_parquet_file_is_read_in_ranges_of_row_groups_and_resumed_whole(ray_lo
     path = tmp_path / "in" / "all.parquet"
     pq.write_table(pa.Table.from_pandas(pairs, preserve_index=False), path, row_group_size=ROWS_PER_FILE)
     monkeypatch.setattr(readers, "PARQUET_ROWS_PER_READ", 3 * ROWS_PER_FILE)
-    fs, local = io.filesystem(str(path))
-    [check], _ = io.check_inputs(fs, [local], "parquet", ["query", "document"])
+    fs, local = filesystem(str(path))
+    [check], _ = check_inputs(fs, [local], "parquet", ["query", "document"])
     ranges = readers.read_ranges(check, readers.PARQUET_ROWS_PER_READ)
     assert [(r.row_groups, r.first_row, r.rows, r.ends_file) for r in ranges] == \
         [([0, 1, 2], 0, 75, False), ([3, 4, 5], 75, 75, False), ([6, 7], 150, 50, True)]

@@ -240,9 +240,10 @@ def test_a_store_that_stops_answering_fails_writes_and_reads_in_bounded_time(sil
     """A write waited forever for the `100 Continue` that botocore asks of every upload, and a body the store
     stopped reading blocked its write for good; an input file of a store that did not answer read as
     `FileNotFoundError`. Each now fails after its timeouts and retries, naming the endpoint."""
-    from ce_ray import io, s3_session
+    from ce_ray import s3_session
+    from ce_ray.storage import filesystem
 
-    fs, path = io.filesystem("s3://bucket/out")
+    fs, path = filesystem("s3://bucket/out")
 
     def write(size):
         with fs.open_output_stream(f"{path}/part.parquet") as f:
@@ -260,7 +261,7 @@ def test_a_store_that_stops_answering_fails_writes_and_reads_in_bounded_time(sil
 
 def test_botocores_own_retry_variables_are_honoured(monkeypatch):
     """AWS_MAX_ATTEMPTS and AWS_RETRY_MODE bound a job's retries, where the client's settings overrode them."""
-    from ce_ray.io import s3_retries
+    from ce_ray.storage import s3_retries
 
     monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
     monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
@@ -273,13 +274,13 @@ def test_botocores_own_retry_variables_are_honoured(monkeypatch):
 def test_a_model_upload_that_the_store_does_not_take_fails(silent_store, tmp_path):
     """The trained model's files go up one by one, each failing where the store did not take it: through
     `pyarrow.fs.copy_files` a file whose upload failed was left out without a word."""
-    from ce_ray import io
+    from ce_ray.storage import filesystem, upload_folder
 
     (tmp_path / "model" / "sub").mkdir(parents=True)
     (tmp_path / "model" / "config.json").write_text("{}")
     (tmp_path / "model" / "sub" / "weights.bin").write_bytes(b"w" * 1000)
-    fs, path = io.filesystem("s3://bucket/trained")
-    error, seconds = bounded(lambda: io.upload_folder(str(tmp_path / "model"), fs, path), 30)
+    fs, path = filesystem("s3://bucket/trained")
+    error, seconds = bounded(lambda: upload_folder(str(tmp_path / "model"), fs, path), 30)
     assert "Read timeout on endpoint URL" in str(error) and silent_store in str(error) and seconds < 10
 
 
@@ -382,7 +383,7 @@ def test_parts_a_store_lost_after_it_took_them_fail_the_check_before_success(s3_
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ce_ray.io import RESUME
+    from ce_ray.output_state import RESUME
     from ce_ray.sink import OutputLostError, check_parts
 
     for name, value in s3_server.items():
@@ -451,14 +452,17 @@ def test_an_input_of_many_files_costs_a_few_requests_a_file_before_any_work(coun
     import pyarrow.parquet as pq
     import s3fs
 
-    from ce_ray import io, readers
+    from ce_ray import readers
+    from ce_ray.input_files import check_inputs, list_files
+    from ce_ray.output_state import RESULTS
     from ce_ray.sink import scan_parts
+    from ce_ray.storage import size_and_stamp
 
     requests, bucket, files = counting_store.requests, "ce-ray-many-files", 20
     fs = s3fs.S3FileSystem()
     fs.mkdir(bucket)
     for i in range(files):
-        for key in (f"in/part-{i:05d}.parquet", f"out/{io.RESULTS}/part-{i:05d}-0000000{i % 10}-r000000000000.parquet"):
+        for key in (f"in/part-{i:05d}.parquet", f"out/{RESULTS}/part-{i:05d}-0000000{i % 10}-r000000000000.parquet"):
             with fs.open(f"{bucket}/{key}", "wb") as f:
                 pq.write_table(pa.table({"query": [f"query {i}"] * 3, "document": ["a document"] * 3}), f)
 
@@ -467,15 +471,15 @@ def test_an_input_of_many_files_costs_a_few_requests_a_file_before_any_work(coun
 
     requests.clear()
     counting_store.listings.clear()
-    paths, input_format, input_fs, listed, _ = io.list_files(f"s3://{bucket}/in/")
-    checks, schema = io.check_inputs(input_fs, paths, input_format, ["query", "document"], listed=listed)
+    paths, input_format, input_fs, listed, _ = list_files(f"s3://{bucket}/in/")
+    checks, schema = check_inputs(input_fs, paths, input_format, ["query", "document"], listed=listed)
     assert [check.rows for check in checks] == [3] * files and schema.names == ["query", "document"]
     assert each_file("in/part-") == {"GET": files}
     assert len(requests) <= files + 10  # the listing and the look-ups of the job, not of each file
     assert counting_store.listings == ["in/"]  # once: pyarrow's listing of a folder lists it twice
     # as a HEAD gives them (the ETag in its quotes), and as `_ce_ray/inputs.json` of earlier runs holds them
     assert {check.path: check.stamp for check in checks} == {
-        path: io.size_and_stamp(input_fs, path)[1] for path in paths}
+        path: size_and_stamp(input_fs, path)[1] for path in paths}
     assert all(check.stamp.endswith('"') for check in checks)
     requests.clear()  # as a read task reads a file: one look-up (its size, the ETag its reads are held to), its bytes
     [whole] = readers.read_ranges(checks[0], 1000)
@@ -484,9 +488,9 @@ def test_an_input_of_many_files_costs_a_few_requests_a_file_before_any_work(coun
     requests.clear()
     counting_store.listings.clear()
     assert len(scan_parts(f"s3://{bucket}/out").parts) == files
-    assert each_file(f"out/{io.RESULTS}/part-") == {"GET": files}
+    assert each_file(f"out/{RESULTS}/part-") == {"GET": files}
     assert len(requests) <= files + 10
-    assert counting_store.listings.count(f"out/{io.RESULTS}/") == 1
+    assert counting_store.listings.count(f"out/{RESULTS}/") == 1
 
 
 def test_a_resume_deletes_the_parts_of_unfinished_inputs_in_one_request(counting_store):
@@ -498,25 +502,25 @@ def test_a_resume_deletes_the_parts_of_unfinished_inputs_in_one_request(counting
     import pyarrow.parquet as pq
     import s3fs
 
-    from ce_ray import io
+    from ce_ray.output_state import REJECTS, RESULTS
     from ce_ray.sink import prepare_output, resume_state
 
     bucket, output = "ce-ray-unfinished-parts", "s3://ce-ray-unfinished-parts/out"
     fs = s3fs.S3FileSystem()
     fs.mkdir(bucket)
     for i in range(8):  # parts without the input's row count (its last part): none of these inputs is complete
-        with fs.open(f"{bucket}/out/{io.RESULTS}/part-{i:05d}-0000000{i}-r000000000000.parquet", "wb") as f:
+        with fs.open(f"{bucket}/out/{RESULTS}/part-{i:05d}-0000000{i}-r000000000000.parquet", "wb") as f:
             pq.write_table(pa.table({"query": ["a query"], "document": ["a document"]}), f)
     counting_store.listings.clear()
     state = resume_state(output)
     assert state.parts and not state.complete
-    assert sorted(counting_store.listings) == [f"out/{io.REJECTS}/", f"out/{io.RESULTS}/"]
+    assert sorted(counting_store.listings) == [f"out/{REJECTS}/", f"out/{RESULTS}/"]
     requests = counting_store.requests
     requests.clear()
     assert not prepare_output(output, "resume", resume=state).parts
     fs.invalidate_cache()
-    assert not fs.find(f"{bucket}/out/{io.RESULTS}")
-    assert not [path for _, path in requests if path.startswith(f"/{bucket}/out/{io.RESULTS}/")]  # none a part
+    assert not fs.find(f"{bucket}/out/{RESULTS}")
+    assert not [path for _, path in requests if path.startswith(f"/{bucket}/out/{RESULTS}/")]  # none a part
     assert requests.count(("POST", f"/{bucket}")) == 1  # DeleteObjects, of the 8
 
 
@@ -525,14 +529,14 @@ def test_a_new_output_is_looked_up_once_before_a_job_writes_it(counting_store):
     of results/ and of rejects/ each time): the check that refuses one, then again to clear it."""
     import s3fs
 
-    from ce_ray import io
+    from ce_ray.output_state import RESULTS
     from ce_ray.sink import prepare_output
 
     bucket = "ce-ray-new-output"
     s3fs.S3FileSystem().mkdir(bucket)
     counting_store.listings.clear()
     prepare_output(f"s3://{bucket}/out", "error", job={"model": "m"})
-    assert counting_store.listings.count(f"out/{io.RESULTS}/") == 1
+    assert counting_store.listings.count(f"out/{RESULTS}/") == 1
 
 
 def test_an_overwrite_lists_the_old_output_once(counting_store):
@@ -543,7 +547,7 @@ def test_an_overwrite_lists_the_old_output_once(counting_store):
     import pyarrow.parquet as pq
     import s3fs
 
-    from ce_ray import io
+    from ce_ray.output_state import JOB, REJECTS, RESULTS, STATE
     from ce_ray.sink import check_output, prepare_output
 
     bucket, output = "ce-ray-overwrite-listed", "s3://ce-ray-overwrite-listed/out"
@@ -552,9 +556,9 @@ def test_an_overwrite_lists_the_old_output_once(counting_store):
     requests = counting_store.requests
     for finished in (True, False):
         for i in range(3):
-            with fs.open(f"{bucket}/out/{io.RESULTS}/part-{i:05d}.parquet", "wb") as f:
+            with fs.open(f"{bucket}/out/{RESULTS}/part-{i:05d}.parquet", "wb") as f:
                 pq.write_table(pa.table({"query": ["a query"], "score": [0.5]}), f)
-        fs.pipe({f"{bucket}/out/{io.REJECTS}/part-00000.parquet": b"rejected", f"{bucket}/out/eval.json": b"{}"}
+        fs.pipe({f"{bucket}/out/{REJECTS}/part-00000.parquet": b"rejected", f"{bucket}/out/eval.json": b"{}"}
                 | ({f"{bucket}/out/_SUCCESS": b"{}"} if finished else {}))
         requests.clear()
         counting_store.listings.clear()
@@ -563,7 +567,7 @@ def test_an_overwrite_lists_the_old_output_once(counting_store):
         assert counting_store.listings == ["out/"]
         assert len(requests) <= 7  # 12 before, of either output
         fs.invalidate_cache()
-        assert sorted(fs.find(f"{bucket}/out")) == [f"{bucket}/out/{io.STATE}/{io.JOB}"]  # eval.json measured the old
+        assert sorted(fs.find(f"{bucket}/out")) == [f"{bucket}/out/{STATE}/{JOB}"]  # eval.json measured the old
 
 
 def test_an_overwrite_deletes_only_what_a_job_writes_and_lists_no_more(counting_store):
@@ -574,7 +578,7 @@ def test_an_overwrite_deletes_only_what_a_job_writes_and_lists_no_more(counting_
     where they cost one more."""
     import s3fs
 
-    from ce_ray import io
+    from ce_ray.output_state import EVAL, JOB, REJECTS, RESULTS, STATE, SUCCESS
     from ce_ray.sink import prepare_output
 
     bucket, output = "ce-ray-overwrite-beside", "s3://ce-ray-overwrite-beside/out"
@@ -584,14 +588,14 @@ def test_an_overwrite_deletes_only_what_a_job_writes_and_lists_no_more(counting_
         "out/Data/a.parquet", "out/notes.txt", "out/notes/results/n.txt", "out-results/x.parquet", "outx_SUCCESS",
         *(f"out/scratch/{i:05d}" for i in range(1001)))}
     ours = {f"{bucket}/out/{key}": b"{}" for key in (
-        io.SUCCESS, f"{io.STATE}/{io.JOB}", io.EVAL, f"{io.REJECTS}/part-00000.parquet",
-        *(f"{io.RESULTS}/part-{i:05d}.parquet" for i in range(3)))}
+        SUCCESS, f"{STATE}/{JOB}", EVAL, f"{REJECTS}/part-00000.parquet",
+        *(f"{RESULTS}/part-{i:05d}.parquet" for i in range(3)))}
     fs.pipe(users | ours)
     counting_store.listings.clear()
     prepare_output(output, "overwrite", job={"model": "m"})
     assert counting_store.listings == ["out/"]  # one page: two for the whole output
     fs.invalidate_cache()
-    assert sorted(fs.find(bucket)) == sorted([*users, f"{bucket}/out/{io.STATE}/{io.JOB}"])
+    assert sorted(fs.find(bucket)) == sorted([*users, f"{bucket}/out/{STATE}/{JOB}"])
 
 
 def test_a_folder_that_spark_or_hadoop_wrote_is_read_as_its_parts(counting_store, tmp_path, capsys):
@@ -602,9 +606,10 @@ def test_a_folder_that_spark_or_hadoop_wrote_is_read_as_its_parts(counting_store
     failing the job, and said to be skipped, by an empty name, where it was not."""
     import s3fs
 
-    from ce_ray import io
     from ce_ray.config import EvalConfig
     from ce_ray.evaluate import run_eval
+    from ce_ray.input_files import check_inputs, list_files
+    from ce_ray.output_state import job_summary
 
     bucket = "ce-ray-spark-folder"
     fs = s3fs.S3FileSystem()
@@ -621,12 +626,12 @@ def test_a_folder_that_spark_or_hadoop_wrote_is_read_as_its_parts(counting_store
         fs.call_s3("put_object", Bucket=bucket, Key=marker, Body=b"")
     uri = f"s3://{bucket}/spark"
     for input_format in ("auto", "parquet"):
-        listing = io.list_files(uri, input_format)
+        listing = list_files(uri, input_format)
         assert listing.files == [f"{bucket}/spark/{name}" for name in names]
-        checks, _ = io.check_inputs(listing.fs, listing.files, "parquet", ["query", "document"], listed=listing.stamps)
+        checks, _ = check_inputs(listing.fs, listing.files, "parquet", ["query", "document"], listed=listing.stamps)
         assert [check.rows for check in checks] == [2, 1]
     assert "skipped" not in capsys.readouterr().err
-    assert io.job_summary(uri) is None  # no output of ce-ray: its `_SUCCESS` is Spark's
+    assert job_summary(uri) is None  # no output of ce-ray: its `_SUCCESS` is Spark's
     assert run_eval(EvalConfig(input=uri, baseline_column="", output=str(tmp_path / "eval.json")))["pairs"] == 3
 
 
@@ -673,7 +678,7 @@ def test_an_overwrite_fails_naming_an_old_part_the_store_did_not_delete(undeleta
     import pyarrow.parquet as pq
     import s3fs
 
-    from ce_ray import io
+    from ce_ray.output_state import JOB, REJECTS, RESULTS, STATE
     from ce_ray.sink import OutputError, prepare_output
 
     bucket, output = "ce-ray-overwritten", "s3://ce-ray-overwritten/out"
@@ -682,15 +687,15 @@ def test_an_overwrite_fails_naming_an_old_part_the_store_did_not_delete(undeleta
 
     def old_output():
         for i in range(3):
-            with fs.open(f"{bucket}/out/{io.RESULTS}/part-{i:05d}.parquet", "wb") as f:
+            with fs.open(f"{bucket}/out/{RESULTS}/part-{i:05d}.parquet", "wb") as f:
                 pq.write_table(pa.table({"query": ["a query"], "score": [0.5]}), f)
-        fs.pipe({f"{bucket}/out/{io.REJECTS}/part-00000.parquet": b"rejected", f"{bucket}/out/_SUCCESS": b"{}",
-                 f"{bucket}/out/{io.STATE}/{io.JOB}": b"{}", f"{bucket}/out/eval.json": b"{}"})
+        fs.pipe({f"{bucket}/out/{REJECTS}/part-00000.parquet": b"rejected", f"{bucket}/out/_SUCCESS": b"{}",
+                 f"{bucket}/out/{STATE}/{JOB}": b"{}", f"{bucket}/out/eval.json": b"{}"})
 
     old_output()
     undeletable_store["keys"] = r"results/part-00001\.parquet$"
     with pytest.raises(OutputError, match=rf"cannot write the output {output}: the store did not delete 1 of 6 "
-                                          rf"object\(s\), e.g. {bucket}/out/{io.RESULTS}/part-00001\.parquet: "
+                                          rf"object\(s\), e.g. {bucket}/out/{RESULTS}/part-00001\.parquet: "
                                           "AccessDenied Access Denied"):
         prepare_output(output, "overwrite", job={"model": "m"})
     fs.invalidate_cache()
@@ -699,7 +704,7 @@ def test_an_overwrite_fails_naming_an_old_part_the_store_did_not_delete(undeleta
     old_output()
     prepare_output(output, "overwrite", job={"model": "m"})
     fs.invalidate_cache()
-    assert fs.find(f"{bucket}/out") == [f"{bucket}/out/{io.STATE}/{io.JOB}"]
+    assert fs.find(f"{bucket}/out") == [f"{bucket}/out/{STATE}/{JOB}"]
 
 
 def test_a_resume_looks_up_success_once_and_opens_no_folder_as_a_file(counting_store, monkeypatch):
@@ -711,17 +716,18 @@ def test_a_resume_looks_up_success_once_and_opens_no_folder_as_a_file(counting_s
     import pyarrow.parquet as pq
     import s3fs
 
-    from ce_ray import io
+    from ce_ray.output_state import JOB, RESULTS, STATE
     from ce_ray.sink import INPUT_ROWS, prepare_output, resume_state
+    from ce_ray.storage import filesystem
 
     bucket, output = "ce-ray-resumed", "s3://ce-ray-resumed/out"
     fs = s3fs.S3FileSystem()
     fs.mkdir(bucket)
     for i in range(3):  # a finished output: each input's part holds its row count
         table = pa.table({"query": ["a query"], "document": ["a document"]})
-        with fs.open(f"{bucket}/out/{io.RESULTS}/in-0000000{i}-r000000000000.parquet", "wb") as f:
+        with fs.open(f"{bucket}/out/{RESULTS}/in-0000000{i}-r000000000000.parquet", "wb") as f:
             pq.write_table(table.replace_schema_metadata({INPUT_ROWS: b"1"}), f)
-    fs.pipe({f"{bucket}/out/_SUCCESS": b"{}", f"{bucket}/out/{io.STATE}/{io.JOB}": b'{"model": "m"}'})
+    fs.pipe({f"{bucket}/out/_SUCCESS": b"{}", f"{bucket}/out/{STATE}/{JOB}": b'{"model": "m"}'})
     requests = counting_store.requests
     requests.clear()
     state = resume_state(output, {"model": "m"})
@@ -733,11 +739,11 @@ def test_a_resume_looks_up_success_once_and_opens_no_folder_as_a_file(counting_s
     assert not fs.exists(f"{bucket}/out/_SUCCESS")
 
     opened = []
-    input_fs, path = io.filesystem(output)
+    input_fs, path = filesystem(output)
     s3, s3_open = input_fs.handler.fs, input_fs.handler.fs.open
     monkeypatch.setattr(s3, "open", lambda *args, **kwargs: opened.append(s3_open(*args, **kwargs)) or opened[-1])
     with pytest.raises(FileNotFoundError):
-        input_fs.open_input_file(f"{path}/{io.RESULTS}")
+        input_fs.open_input_file(f"{path}/{RESULTS}")
     assert len(opened) == 1 and opened[0].closed
 
 
@@ -751,23 +757,23 @@ def test_eval_of_an_output_reads_its_success_once(counting_store):
     import pyarrow.parquet as pq
     import s3fs
 
-    from ce_ray import io
     from ce_ray.config import EvalConfig
     from ce_ray.evaluate import run_eval
+    from ce_ray.output_state import JOB, RESULT_PARTS, RESULT_ROWS, RESULTS, STATE
 
     bucket = "ce-ray-evaluated"
     fs = s3fs.S3FileSystem()
     fs.mkdir(bucket)
-    with fs.open(f"{bucket}/out/{io.RESULTS}/part-00000.parquet", "wb") as f:
+    with fs.open(f"{bucket}/out/{RESULTS}/part-00000.parquet", "wb") as f:
         pq.write_table(pa.table({"query_id": ["q1", "q1", "q2", "q2"], "score": [0.9, 0.1, 0.2, 0.8],
                                  "label": [1, 0, 0, 1]}), f)
-    success = {"rows_in": 4, "rows_scored": 4, io.RESULT_PARTS: 1, io.RESULT_ROWS: {"part-00000.parquet": 4}}
-    fs.pipe({f"{bucket}/out/_SUCCESS": json.dumps(success).encode(), f"{bucket}/out/{io.STATE}/{io.JOB}": b"{}"})
+    success = {"rows_in": 4, "rows_scored": 4, RESULT_PARTS: 1, RESULT_ROWS: {"part-00000.parquet": 4}}
+    fs.pipe({f"{bucket}/out/_SUCCESS": json.dumps(success).encode(), f"{bucket}/out/{STATE}/{JOB}": b"{}"})
     requests = counting_store.requests
     requests.clear()
     assert run_eval(EvalConfig(input=f"s3://{bucket}/out"))["reranked"]["ndcg@10"] == 1.0
     assert [method for method, path in requests if path == f"/{bucket}/out/_SUCCESS"] == ["HEAD", "GET"]  # one read
-    assert [path for _, path in requests].count(f"/{bucket}/out/{io.STATE}") == 1
+    assert [path for _, path in requests].count(f"/{bucket}/out/{STATE}") == 1
     assert len(requests) <= 12  # 28 before
 
 

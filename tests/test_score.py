@@ -20,9 +20,9 @@ import pytest
 
 from ce_ray import RerankConfig, ScoreConfig, run_score, score
 from ce_ray.config import ConfigError, load_config
-from ce_ray.io import InputError
-from ce_ray.model_folder import ModelError
+from ce_ray.messages import InputError
 from ce_ray.model import MASK_4D_MODEL_TYPES, attention_mask_for, use_shape_free_attention
+from ce_ray.model_folder import ModelError
 from ce_ray.sink import OutputExistsError
 
 from conftest import L12, ROOT, scifact_pairs, wikiqa_pairs
@@ -820,7 +820,7 @@ def test_missing_column_names_file_and_column(tmp_path, tiny_model):
 def test_an_output_inside_the_input_or_around_it_is_refused(tmp_path, tiny_model):
     """A later run would read the results as pairs (and delete them while reading them, overwriting), or an
     overwrite would delete the input: refused before any work. A sibling folder, or a glob beside it, is fine."""
-    from ce_ray.io import check_apart, filesystem
+    from ce_ray.storage import check_apart, filesystem
 
     assert filesystem("s3://bucket/out/")[1] == filesystem("s3://bucket/out")[1] == "bucket/out"  # one folder
 
@@ -1046,7 +1046,7 @@ def test_predict_scores_pairs_in_order_as_cross_encoder_does(ray_local, tiny_mod
     """`ce_ray.predict(model, pairs)`: CrossEncoder.predict's call on the cluster, the scores in the pairs'
     order although blocks of 16 come back in any order; a pair that cannot be scored fails the call."""
     import ce_ray
-    from ce_ray.io import InputError
+    from ce_ray.messages import InputError
 
     pairs = list(zip(pairs_df["query"], pairs_df["document"]))
     scores = ce_ray.predict(str(tiny_model), pairs, rows_per_block=16)

@@ -505,7 +505,7 @@ def test_missing_data_fails_before_ray_starts_and_csv_booleans_are_labels(ray_lo
     and JSON's booleans are (they failed the run as `label column 'label' is text, not a number`). Pairs all
     of one label train with a warning (silently, before)."""
     from ce_ray.config import TrainConfig
-    from ce_ray.io import InputError
+    from ce_ray.messages import InputError
 
     settings = dict(model=str(tiny_model), output=str(tmp_path / "out"), max_steps=1)
     pd.DataFrame({"query": ["q"], "document": ["d"], "label": [1]}).to_parquet(tmp_path / "pairs.parquet")
@@ -566,7 +566,7 @@ def test_the_settings_of_a_beir_folder_are_refused_for_files_of_pairs(tiny_model
     training data not there, or of negative_columns for a BEIR folder, refused once Ray had started) left the output
     created, an empty folder: nothing is created."""
     from ce_ray.config import ConfigError, TrainConfig
-    from ce_ray.io import InputError
+    from ce_ray.messages import InputError
     from ce_ray.train_data import refuse_settings_of_beir
 
     settings = dict(model=str(tiny_model), train_data=str(pairs_file), output=str(tmp_path / "out"), max_steps=1)
@@ -841,7 +841,7 @@ def test_rows_of_a_query_a_positive_and_negatives_train_as_their_labelled_pairs(
     are lists of texts (JSON Lines), and rows of a list of documents with a list of labels (parquet)."""
     from ce_ray.batching import IDS
     from ce_ray.config import ConfigError, TrainConfig
-    from ce_ray.io import InputError
+    from ce_ray.messages import InputError
 
     frame = wikiqa_pairs("train", 300)
     rows = []
@@ -1036,7 +1036,7 @@ def test_eval_data_in_the_training_datas_shape_ranks_each_querys_rows(ray_local,
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
 
     from ce_ray.config import TrainConfig
-    from ce_ray.io import InputError
+    from ce_ray.messages import InputError
 
     model_path = spread_model(tiny_model, tmp_path / "spread")
     model = CrossEncoder(str(model_path), device="cpu")
@@ -1167,7 +1167,7 @@ def test_eval_data_in_other_columns_fails_before_the_training_data_is_tokenized(
     the file, what it lacks and the columns it is read in (the training data's were not named), and before the
     training data's tokenizing (here failing on a label that is no number), which came first."""
     from ce_ray.config import TrainConfig
-    from ce_ray.io import InputError
+    from ce_ray.messages import InputError
 
     pd.DataFrame({"query": ["q", "q"], "document": ["a", "b"], "label": ["yes", "no"]}).to_parquet(
         tmp_path / "train.parquet")
@@ -1368,7 +1368,7 @@ def test_eval_data_that_is_the_training_data_is_said_to_measure_fit(ray_local, t
 
 
 def test_a_checkpoint_that_lacks_many_files_names_the_first_five_and_counts_the_rest(tmp_path):
-    """Many missing files are said as every list of many is (`io.briefly`): the first five, then how many more."""
+    """Many missing files are said as every list of many is (`messages.briefly`): the first five, then how many more."""
     listed = {f"model/part-{n}.bin": 1 for n in range(7)}
     (tmp_path / checkpoints.PROGRESS).write_text(json.dumps({"file_lists": 1}))
     (tmp_path / "ce-ray-files-0.json").write_text(json.dumps(listed))
@@ -1429,7 +1429,7 @@ def test_labels_outside_zero_one_fail_before_training(ray_local, tiny_model, tmp
     folder it created, with the record of its settings in `checkpoints/`; it now leaves nothing it created, and a
     folder that was there stays as it was."""
     from ce_ray.config import ConfigError, TrainConfig
-    from ce_ray.io import InputError
+    from ce_ray.messages import InputError
 
     path = tmp_path / "graded.parquet"
     pd.DataFrame({"query": ["q"] * 4, "document": ["a", "b", "c", "d"], "label": [0.0, 1.0, 2.0, 3.0]}).to_parquet(path)
@@ -1472,7 +1472,7 @@ def test_labels_outside_zero_one_fail_before_training(ray_local, tiny_model, tmp
 def test_labels_that_come_as_text_are_read_as_numbers_and_a_word_rejects_its_row(tiny_model):
     """A CSV's labels come as text: `1` and `0.5` are numbers, and a row labelled `NA` is rejected with the
     reason; a column where no value is a number fails the job naming it, as a column of another kind does."""
-    from ce_ray.io import InputError
+    from ce_ray.messages import InputError
 
     rows = pa.table({"query": ["q"] * 5, "document": list("abcde"), "label": ["1", "0.5", "NA", None, "2"]})
     out = train_data._tokenize_train_block(rows, pair_encoder(str(tiny_model)), "query", "document", "label", 64)

@@ -1,0 +1,50 @@
+"""Arrow types as ce-ray reads them: which hold texts or lists, the type a column is read as, where an id is
+missing, and the one type that rows of two types are put together in."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pyarrow as pa
+
+
+def is_list(dtype: pa.DataType) -> bool:
+    return pa.types.is_list(dtype) or pa.types.is_large_list(dtype)
+
+
+def is_text(dtype: pa.DataType) -> bool:
+    """Strings, strings dictionary-encoded (a pandas categorical, a Polars categorical written to parquet), or
+    string views (Polars' strings in Arrow)."""
+    if pa.types.is_dictionary(dtype):
+        dtype = dtype.value_type
+    return pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype)
+
+
+def read_type(dtype: pa.DataType) -> pa.DataType:
+    """The type a column of a file is read as (`readers.plain_columns`): string and binary views (Polars') as
+    plain strings and binaries, dictionary-encoded columns (pandas' and Polars' categoricals) as their values."""
+    if pa.types.is_dictionary(dtype):
+        dtype = dtype.value_type
+    return {pa.string_view(): pa.string(), pa.binary_view(): pa.binary()}.get(dtype, dtype)
+
+
+def missing_values(column) -> pa.Array:
+    """Where an id is missing: null, or NaN (how pandas writes a missing integer id)."""
+    import pyarrow.compute as pc
+
+    missing = column.is_null()
+    if pa.types.is_floating(column.type):
+        missing = pc.or_(missing, pc.is_nan(column).fill_null(True))
+    return missing
+
+
+def one_type(one: pa.DataType, other: pa.DataType) -> Optional[pa.DataType]:
+    """The type that rows of both types are put together in, as Ray Data widens them; None where there is none.
+    Extension types (Ray's tensors) Ray Data unifies its own way: the first is kept."""
+    if one == other or isinstance(one, pa.ExtensionType) or isinstance(other, pa.ExtensionType):
+        return one
+    try:
+        return pa.unify_schemas([pa.schema([("c", one)]), pa.schema([("c", other)])],
+                                promote_options="permissive").field("c").type
+    except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None

@@ -1,0 +1,464 @@
+"""An input's files listed (a file, a folder, a glob, an earlier job's output) and their schemas checked before
+any work starts: a bad input fails naming the file and the column. Reading the files is `readers.py`'s."""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import json
+import os
+import posixpath
+import sys
+import urllib.parse
+from dataclasses import dataclass, replace
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from .arrow_types import is_list, is_text, one_type, read_type
+from .messages import InputError, column_list, setting_and_flag, settings_hint
+from .output_state import REJECTS, RESULTS, Finished, finished_job, finished_parts, is_output
+from .storage import (check_s3_access, filesystem, glob_base, in_parallel, is_glob, list_tree, look_up, parquet_footer,
+                      size_and_stamp)
+
+
+FORMATS = ("parquet", "jsonl", "csv", "tsv")
+DELIMITED = ("csv", "tsv")  # read by Arrow's CSV reader, a header line or column_names naming the columns
+COMPRESSED = (".gz", ".bz2", ".zst")  # read through, by the suffix
+# A compressed text file's text, in memory, taken as this many times its size (text compresses 3-5x).
+COMPRESSED_TEXT_RATIO = 4
+HEAD_BYTES = 1 << 20  # what the schema check reads of a text file, and more to the end of its first line
+FIRST_LINE_BYTES = 64 << 20  # a first line longer than this is not read to its end (16 files are checked at once)
+UTF8_BOM = b"\xef\xbb\xbf"  # what some tools (Excel) write first in a text file; Arrow's readers skip it
+_EXTENSIONS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".tsv": "tsv",
+}
+OWN_COLUMNS = "_ce_"  # the prefix of the columns ce-ray adds to rows as they travel (their file and place)
+
+
+def parse_names(text: str, setting: str = "column_names") -> Optional[List[str]]:
+    """A setting that names columns, `query_id,doc_id,query,document`, as a list (None when unset)."""
+    if not text.strip():
+        return None
+    names = [name.strip() for name in text.split(",")]
+    if not all(names) or len(set(names)) != len(names):
+        raise InputError(f"{setting_and_flag(setting)} must be distinct names separated by commas, got {text!r}")
+    return names
+
+
+# Names that say a file is no data of any format (a dataset's README.md, LICENSE.pdf, a notebook): in a folder they
+# are skipped with the format given too (and by eval, which reads parquet), where they were read as that format and
+# failed the job (`cannot read .../README.md: Parquet file size is 11 bytes`).
+_DOCUMENTS = (".md", ".rst", ".pdf", ".html", ".htm", ".png", ".jpg", ".jpeg", ".svg", ".yaml", ".yml", ".py",
+              ".ipynb", ".log", ".sh", ".zip", ".tar", ".tgz")
+_DOCUMENT_NAMES = ("readme", "license", "licence", "notice", "copying")  # with no extension too
+
+
+# What `ce-ray eval` writes beside a file it measured (`<input>.eval.json`), often in a folder of pairs (the
+# candidates' file, in their folder): no pairs, though `.json` names JSONL. Read as such, the folder that a rerank
+# read next "mixed formats ['jsonl', 'parquet']" and failed.
+EVAL_SUFFIX = ".eval.json"
+
+
+def is_document(path: str) -> bool:
+    stem, extension = os.path.splitext(posixpath.basename(path).lower())
+    return extension in _DOCUMENTS or stem in _DOCUMENT_NAMES or path.lower().endswith(EVAL_SUFFIX)
+
+
+def detect_format(path: str) -> Optional[str]:
+    name = path.lower()
+    if name.endswith(EVAL_SUFFIX):
+        return None
+    for suffix in COMPRESSED:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return _EXTENSIONS.get(os.path.splitext(name)[1])
+
+
+class Listing(NamedTuple):
+    """An input's data files (paths as the filesystem names them, no scheme), their format, the filesystem, and
+    each file's size and stamp as the listing gave them (`size_and_stamp`'s; a file named alone's from its look-up)."""
+    files: List[str]
+    input_format: str
+    fs: pafs.FileSystem
+    stamps: Dict[str, Tuple[int, str]]
+    # Where the input is a finished job's output: what its `_SUCCESS` counts, which `refuse_changed_output` holds the
+    # parts read to; None for any other input.
+    finished: Optional[Finished]
+
+
+def list_files(uri: str, input_format: str = "auto", column_names: Optional[List[str]] = None,
+               note_skipped: bool = True, summary: Optional[dict] = None) -> Listing:
+    """Expands a file, a folder (recursively) or a glob into data files, all of one format.
+
+    Hidden and underscore files (`_SUCCESS`, `.crc`) are skipped, as Spark and Arrow do, and in a folder or
+    glob the files of other formats: a folder that Spark, Hadoop or DuckDB wrote reads as its parts. An output folder
+    of ce-ray gives its `results/` (refused unless its job finished, `finished_job`), and what that job's `_SUCCESS`
+    counts of them (`Listing.finished`), which the readers hold the parts to once their footers are read
+    (`refuse_changed_output`). `column_names`, for files without a header line, is refused for formats whose files
+    name their columns. `note_skipped`: say which files of other formats are skipped (once a job, by its reader).
+    `summary`: that job's `_SUCCESS` where the caller read it (`job_summary`), not read again.
+    """
+    check_s3_access(uri)
+    fs, path = filesystem(uri)
+    has_glob = is_glob(path)
+    base = glob_base(path) if has_glob else path
+    named = False  # one file, named: read whatever its name
+    listed: Dict[str, Tuple[int, str]] = {}
+    finished = summary  # the `_SUCCESS` of an earlier job whose output is the input
+    if finished is None:
+        try:
+            kind, stamp = look_up(fs, base)
+        except OSError as e:
+            raise InputError(f"cannot read input {uri}: {e}") from e
+        if kind == pafs.FileType.NotFound:
+            raise InputError(f"input {uri} does not exist")
+        named = kind == pafs.FileType.File and not has_glob
+        if named:  # its size and stamp from the same look-up, where a caller asked for them again (a HEAD on S3)
+            listed = {path: stamp}
+        if kind == pafs.FileType.Directory and not has_glob and is_output(fs, path):
+            finished = finished_job(fs, path, uri)
+    if finished is not None:
+        # An earlier job's output (a cascade reranks one again, eval measures one): its results are the rows.
+        base = path = f"{path}/{RESULTS}"
+    if named:
+        files = [path]
+    else:
+        try:
+            listed = list_tree(fs, base)
+        except OSError as e:
+            raise InputError(f"cannot list input {uri}: {e}") from e
+        if finished is not None and not listed:  # S3 keeps no empty folder; a local one is as empty
+            raise InputError(f"input {uri} is the output of a job that scored no row (see its {REJECTS}/)")
+        files = sorted(
+            file
+            for file in listed
+            if not any(part.startswith(("_", ".")) for part in file[len(base) :].split("/") if part)
+            and (not has_glob or fnmatch.fnmatch(file, path))
+        )
+    if has_glob and not files:
+        raise InputError(f"input {uri} matches no files")
+    given = input_format != "auto"
+    if input_format == "auto":
+        formats = {detect_format(f) for f in files} - {None}
+        if len(formats) > 1:
+            # the flag beside the key: a user of the command line gives the flag
+            raise InputError(f"input {uri} mixes formats {sorted(formats)}: read one with "
+                             f"{setting_and_flag('input_format', sorted(formats)[0])}, which skips the other's files")
+        if not formats and files:
+            raise InputError(f"cannot tell the format of {files[0]} from its name: pass "
+                             f"{setting_and_flag('input_format')}: parquet, jsonl, csv or tsv")
+        input_format = formats.pop() if formats else "parquet"
+    if not named:
+        # A folder's other files (a LICENSE.pdf, a README.md) are not pairs. A file whose name says no format
+        # (part-00000, pairs.txt) is read when the format was given and it is no document, or a glob named it.
+        kept = [f for f in files if detect_format(f) == input_format
+                or (detect_format(f) is None and (has_glob or (given and not is_document(f))))]
+        if len(kept) < len(files) and note_skipped:
+            other = [posixpath.basename(f) for f in sorted(set(files) - set(kept))]
+            print(f"ce-ray: note: {uri}: skipped {len(other)} file(s) that are not {input_format}: "
+                  + ", ".join(other[:5]) + (", ..." if len(other) > 5 else ""), file=sys.stderr, flush=True)
+        files = kept
+    if not files:
+        raise InputError(f"input {uri} holds no {input_format} files")
+    if column_names and input_format not in DELIMITED:
+        raise InputError(f"{setting_and_flag('column_names')} names the columns of CSV or TSV files without a header "
+                         f"line; {uri} is {input_format}, whose files name their columns")
+    return Listing(files, input_format, fs, {file: listed[file] for file in files if file in listed},
+                   None if finished is None else finished_parts(finished, base))
+
+
+@dataclass
+class FileCheck:
+    path: str
+    columns: List[str]
+    rows: Optional[int]  # known for parquet (footer); None for text formats
+    types: dict
+    row_groups: Tuple[Tuple[int, int], ...] = ()  # parquet: (rows, bytes in memory) of each row group
+    size_bytes: int = 0  # about what its rows take in memory: parquet's row groups, a text file's text
+    # Its size and modification time or ETag (`size_and_stamp`): a resumed job tells from it a file rewritten since
+    # the earlier run, whose results it scores again.
+    stamp: str = ""
+
+
+def _text_bytes(path: str, size: int, head: bytes, whole: bool) -> int:
+    """A text file's size in memory: its head when that was all of it, else its size (`size` bytes)."""
+    if whole:
+        return len(head)
+    return size * COMPRESSED_TEXT_RATIO if path.lower().endswith(COMPRESSED) else size
+
+
+def _head(f) -> Tuple[bytes, bool]:
+    """A text file's first `HEAD_BYTES`, or more to the end of its first line where that is longer (a JSON record
+    holding a long document); and whether that is the whole file."""
+    head = f.read(HEAD_BYTES)
+    if len(head) < HEAD_BYTES:
+        return head, True
+    if b"\n" in head.lstrip():
+        return head, False
+    chunks = [head]
+    while len(chunks) < FIRST_LINE_BYTES // HEAD_BYTES:
+        chunks.append(f.read(HEAD_BYTES))
+        if len(chunks[-1]) < HEAD_BYTES or b"\n" in chunks[-1]:
+            break
+    return b"".join(chunks), len(chunks[-1]) < HEAD_BYTES
+
+
+def _check_one(fs: pafs.FileSystem, path: str, input_format: str, column_names: Optional[List[str]],
+               listed: Optional[Tuple[int, str]] = None) -> FileCheck:
+    """`listed`: the file's size and stamp from the input's listing, taken before its rows are read (so is a look-up
+    here): a file rewritten meanwhile differs later."""
+    try:
+        size, stamp = listed or size_and_stamp(fs, path)
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e}") from e
+    return replace(_read_schema(fs, path, size, input_format, column_names), stamp=stamp)
+
+
+def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
+                 column_names: Optional[List[str]]) -> FileCheck:
+    try:
+        if input_format == "parquet":
+            meta = parquet_footer(fs, path, size)  # one ranged GET on S3, where opening the file cost two HEADs more
+            schema = meta.schema.to_arrow_schema()
+            groups = tuple((meta.row_group(i).num_rows, meta.row_group(i).total_byte_size)
+                           for i in range(meta.num_row_groups))
+            return FileCheck(path, schema.names, meta.num_rows, {n: schema.field(n).type for n in schema.names},
+                             groups, sum(size for _, size in groups))
+        with fs.open_input_stream(path, compression="detect") as f:
+            head, whole = _head(f)
+        size = _text_bytes(path, size, head, whole)
+        head = head.removeprefix(UTF8_BOM)
+        lines = [line for line in head.split(b"\n") if line.strip()]
+        if input_format in DELIMITED:
+            first = _first_record(head[head.index(lines[0]):], input_format) if lines else []
+            if column_names:  # no header line: every line is a row, each of as many fields as there are names
+                if lines and len(first) != len(column_names):
+                    raise InputError(f"{path}: its first line has {len(first)} field(s), "
+                                     f"{setting_and_flag('column_names')} names {len(column_names)} "
+                                     f"({', '.join(column_names)})")
+                if first == column_names:  # it would be scored (or trained on) as a pair
+                    raise InputError(f"{path}: its first line is a header naming the columns "
+                                     f"{setting_and_flag('column_names')} names: leave it out")
+                return FileCheck(path, column_names, None if lines else 0, as_text(column_names), size_bytes=size)
+            _refuse_header_not_utf8(path, lines[0] if lines else b"")
+            return FileCheck(path, first, 0 if len(lines) <= 1 else None, as_text(first), size_bytes=size)
+        if not lines:
+            return FileCheck(path, [], 0, {})
+        # The columns of the head's lines, not of the first alone: a line may leave a key out (a null), and a query
+        # missing from line 1 alone failed the file as having no query column. A line 1 that is no JSON object (no
+        # UTF-8, cut short, an array) is rejected as the reader rejects any other line: it failed the whole file.
+        types = _json_types(lines if whole else lines[:-1] or lines[:1], path)
+        if not types:  # its lines all rejected: the reader would reject them too, and no column names its pairs
+            _refuse_header_not_utf8(path, lines[0], "line 1")
+            _refuse_line_1(path, lines[0])
+        return FileCheck(path, list(types), None, types, size_bytes=size)
+    except InputError:
+        raise
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"cannot read {path}: {e}") from e
+
+
+def as_text(columns: Sequence[str]) -> Dict[str, pa.DataType]:
+    """A CSV's or TSV's columns, each read as text (`readers.delimited_chunks`)."""
+    return {name: pa.string() for name in columns}
+
+
+def _json_types(lines: List[bytes], path: str) -> Dict[str, pa.DataType]:
+    """The types a JSON Lines file's first lines (whole lines of its head) are read as, by the reader's own
+    parsing (`readers.read_json_lines`): its columns' types, from a cheap look at the file's start."""
+    from .batching import REJECT
+    from .readers import read_json_lines
+
+    table = read_json_lines(lines, list(range(1, len(lines) + 1)), path, text_columns=[])
+    return {field.name: field.type for field in table.schema if field.name != REJECT}
+
+
+def _refuse_header_not_utf8(path: str, header: bytes, line: str = "its header line") -> None:
+    """A header line that is no UTF-8 (a Latin-1 `café`, a file saved as UTF-16) names no column: Arrow's reader
+    failed the job in its read task (`UnicodeDecodeError`), after the check had read the names with U+FFFD. A row's
+    byte that is no UTF-8 rejects its row alone (`readers.reject_invalid_utf8`). A JSON Lines file whose first lines
+    are all rejected has no column to check: its line 1 is named (`line`) where it is no UTF-8."""
+    try:
+        header.decode("utf-8")
+    except UnicodeDecodeError as e:
+        utf16 = " (UTF-16, as Excel's Unicode Text writes it)" if header[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise InputError(f"{path}: {line} is not UTF-8{utf16}: byte {header[e.start]:#04x} at {e.start}; "
+                         "write the file as UTF-8") from None
+
+
+def _refuse_line_1(path: str, line: bytes) -> None:
+    """Why a JSON Lines file whose first lines are all rejected is none, named by its line 1."""
+    if line.lstrip().startswith(b"["):  # pandas' to_json(orient="records"), on one line or indented
+        raise InputError(f"{path}: a JSON array, where JSON Lines (one object a line) are read: write one object "
+                         "per line (pandas: to_json(orient='records', lines=True))")
+    try:
+        first = json.loads(line)
+    except ValueError as e:
+        raise InputError(f"{path}: line 1 is not valid JSON ({e})") from None
+    if not isinstance(first, dict):
+        raise InputError(f"{path}: line 1 is not a JSON object")
+
+
+def _first_record(data: bytes, input_format: str) -> List[str]:
+    """The fields of the first record of CSV or TSV `data`, split as the reader splits them (a quoted CSV
+    field may hold line breaks)."""
+    import csv
+
+    text = data.decode("utf-8", errors="replace")
+    if input_format == "tsv":
+        return text.split("\n", 1)[0].rstrip("\r").split("\t")
+    return next(csv.reader(io.StringIO(text)))
+
+
+def refuse_written(columns: Sequence[str], written: Dict[str, str], where: str) -> None:
+    """Fails naming the first of `columns` that the job writes (`written`: each name with what the user can do
+    about it), which the job would overwrite."""
+    for column in columns:
+        if column in written:
+            raise InputError(f"{where} has a column {column!r}, which the job writes: {written[column]}")
+
+
+def _missing_columns_hint(check: FileCheck, input_format: str, column_names: Optional[List[str]],
+                          some_found: bool, missing: Sequence[str], settings: Dict[str, str]) -> str:
+    """What a missing column most likely means: a file read in another format than its own, or (a first line
+    that names none of the columns) a file without a header line, as MS MARCO's files are; else a column of
+    another name, which the setting that names it (`settings`: column -> setting) gives."""
+    named = detect_format(check.path)
+    one_field = len(check.columns) == 1 and any(mark in check.columns[0] for mark in (",", "\t", "{"))
+    if (named and named != input_format) or (input_format in DELIMITED and one_field):
+        return f"; read as {input_format}" + (f", though its name says {named}" if named else "") + (
+            f": check {setting_and_flag('input_format')}")
+    if input_format in DELIMITED and not column_names and not some_found:
+        return f"; for a file without a header line, give its columns' names in {setting_and_flag('column_names')}"
+    return settings_hint(missing, settings)
+
+
+def _as_read(types: dict, required: Sequence[str], lists: Sequence[str]) -> dict:
+    """A JSON Lines file's types as its reader gives them: a required text column is text in every block (the
+    reader rejects the rows of other values) whatever its first lines hold, and stays in its place among the
+    file's columns, where the output writes it; a column that may hold lists of texts is checked where its pairs
+    are made, and left out."""
+    return {name: pa.string() if name in required else dtype for name, dtype in types.items()
+            if name not in lists or name not in required}
+
+
+# The folder that Spark and Hive write the rows of a null partition key in (`query_id=__HIVE_DEFAULT_PARTITION__/`).
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+
+
+def partition_values(path: str) -> Dict[str, Optional[str]]:
+    """The partition keys of a file's folders, written hive-style as Spark, Hive and Ray Data write them
+    (`.../day=2026-11-30/lang=en/part-0.parquet`), each a column of text, URL-decoded: what Ray Data's readers
+    give by default. A null key's folder (`HIVE_NULL`) gives a null, as Spark and pyarrow read it: taken as text,
+    the rows of pairs without a query id were ranked as one query."""
+    folders = (f.split("=") for f in posixpath.dirname(path).split("/") if f.count("=") == 1)
+    return {key: None if value == HIVE_NULL else urllib.parse.unquote(value) for key, value in folders if key}
+
+
+def _with_partition_keys(check: FileCheck) -> FileCheck:
+    """A file's check with the keys of its hive-style folders (`partition_values`) as columns of text, which the
+    reader adds to its rows (`readers._tag`; a column of the file's own of that name wins): a query id kept as a
+    partition key is there, as Ray Data's readers give it."""
+    keys = [key for key in partition_values(check.path) if key not in check.columns]
+    if not keys:
+        return check
+    return replace(check, columns=[*check.columns, *keys], types=check.types | {key: pa.string() for key in keys})
+
+
+def check_inputs(
+    fs: pafs.FileSystem, files: List[str], input_format: str, required: List[str],
+    column_names: Optional[List[str]] = None, present: Sequence[str] = (), lists: Sequence[str] = (),
+    written: Optional[Dict[str, str]] = None, listed: Optional[Dict[str, Tuple[int, str]]] = None,
+    read: Optional[Sequence[str]] = None, settings: Optional[Dict[str, str]] = None,
+) -> Tuple[List[FileCheck], pa.Schema]:
+    """Reads each file's schema (parquet footer, CSV header, first JSON line) before any work starts, and returns
+    the files' checks and the input's schema (`agreed_schema`), which the job writes its output parts in.
+
+    Fails naming the file and the column when a required (text) column or a `present` one (of any type: an
+    id) is missing or a required one is not text (nor a list of texts, for those in `lists`), a file has a
+    column the job writes (`written`: each name with what the user can do about it), a file is unreadable,
+    or there are no rows at all. `listed`: each file's size and stamp from the input's listing (`Listing.stamps`),
+    where a file not in it costs a look-up (a HEAD on S3) more than its schema's read. With `read` (a job that
+    reads only those columns: training), only their types must agree from file to file, and only they make
+    the schema: the others may differ. `settings`: the setting that names each column (`query_column`), which a
+    missing column's error says to give.
+    """
+    from .batching import REJECT
+
+    listed = listed or {}
+    checks = [_with_partition_keys(check)
+              for check in in_parallel(lambda p: _check_one(fs, p, input_format, column_names, listed.get(p)), files)]
+    if input_format == "jsonl":
+        checks = [replace(c, types=_as_read(c.types, required, lists)) for c in checks]
+    for check in checks:
+        if check.rows == 0:
+            continue  # an empty file contributes no rows and needs no columns
+        refuse_written(check.columns, written or {}, f"{check.path}:")
+        own = [name for name in check.columns if name.startswith(OWN_COLUMNS)]
+        if own:
+            raise InputError(f"{check.path}: has a column {own[0]!r}, a name ce-ray gives its own columns (a row's "
+                             "file and place as it travels): rename it")
+        reasons = check.types.get(REJECT)  # taken for an earlier job's reasons (`ce_ray.score`'s Dataset written out)
+        if reasons is not None and not (is_text(reasons) or pa.types.is_null(reasons)):
+            raise InputError(f"{check.path}: has a column {REJECT!r} of {reasons}, where a job reads an earlier job's "
+                             "reasons for rejecting rows (text), and rejects the rows that have one: rename it")
+        twice = sorted({name for name in check.columns if check.columns.count(name) > 1})
+        if twice:
+            raise InputError(f"{check.path}: its header names {', '.join(map(repr, twice))} more than once: name "
+                             "each column once")
+        missing = [c for c in [*required, *present] if c not in check.columns]
+        if missing:
+            raise InputError(f"{check.path}: missing column(s) {', '.join(map(repr, missing))} "
+                             f"(columns: {column_list(check.columns)})"
+                             + _missing_columns_hint(check, input_format, column_names, len(missing) < len(
+                                 [*required, *present]), missing, settings or {}))
+        for column in required:
+            dtype = check.types.get(column)
+            if dtype is not None and column in lists and is_list(dtype):
+                dtype = dtype.value_type
+            if dtype is not None and not (is_text(dtype) or pa.types.is_null(dtype)):
+                kind = "text or a list of texts" if column in lists else "text"
+                raise InputError(f"{check.path}: column {column!r} is {check.types[column]}, not {kind}")
+    if all(c.rows == 0 for c in checks):
+        raise InputError(f"input has no rows ({len(files)} file(s), all empty: {', '.join(files[:3])}"
+                         + (", ...)" if len(files) > 3 else ")"))
+    agreeing = checks if read is None else [replace(c, types={n: t for n, t in c.types.items() if n in read})
+                                            for c in checks]
+    return checks, agreed_schema(agreeing)
+
+
+def agreed_schema(checks: List[FileCheck]) -> pa.Schema:
+    """The input's columns, each in one type for every file (in the order files first have them), that the job
+    writes every output part in (`sink.conform`), so that the output reads back as one table.
+
+    Fails naming both files when a column is of kinds in two files that Arrow cannot make one (a number in one,
+    text in the other, a struct in one): Ray Data would fail the job where it first puts rows of both in one
+    block, mid-way. Kinds that widen to one type (int32 and int64, an integer and a float, string and
+    large_string, timestamp units, an all-null column, structs of other fields) pass, as Ray Data unifies them.
+    The types are parquet's footers', a JSON Lines file's first lines' (`HEAD_BYTES`) and text for CSV and TSV."""
+    # a column's type so far, the first file that has it and its type there: the error names that file's own type,
+    # where the widened one (double, after int64 and double files) named a type that file does not have
+    seen: Dict[str, Tuple[pa.DataType, str, pa.DataType]] = {}
+    for check in checks:
+        if check.rows == 0:
+            continue
+        for name, dtype in check.types.items():
+            dtype = read_type(dtype)
+            if name not in seen:
+                seen[name] = dtype, check.path, dtype
+                continue
+            unified, where, its_own = seen[name]
+            one = one_type(unified, dtype)
+            if one is None:
+                raise InputError(f"{check.path}: column {name!r} is {dtype}, but in {where} it is {its_own}: rows "
+                                 "of both cannot be put together; write it as one type in every file")
+            seen[name] = one, where, its_own
+    return pa.schema([(name, dtype) for name, (dtype, _, _) in seen.items()])

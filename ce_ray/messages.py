@@ -1,0 +1,47 @@
+"""How ce-ray's messages say things: `InputError`, the error a user can act on (it names the file, the column or
+the setting), a setting with its command's flag (`setting_and_flag`), lists cut short and counts in words."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Union
+
+
+class InputError(ValueError):
+    """The input cannot be read as pairs: named file, named column."""
+
+
+def briefly(said: List[str], most: int = 5) -> str:
+    """The first `most` of many things said, and how many more."""
+    return "; ".join(said[:most]) + (f"; and {len(said) - most} more" if len(said) > most else "")
+
+
+def column_list(names: Sequence[str], most: int = 12) -> str:
+    """The columns an error names, the first `most` of them: where there are more it says so and how many, or a
+    list cut short reads as every column the file has."""
+    shown = ", ".join(names[:most]) or "none"
+    return shown + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+def n_queries(count: int) -> str:
+    """A count of queries as a line says it: `1 query`, `2 queries`."""
+    return f"{count:,} query" if count == 1 else f"{count:,} queries"
+
+
+def setting_and_flag(name: str, value: Union[str, bool] = "") -> str:
+    """A setting as a message names it, by its YAML key and its command's flag: `batch_tokens (--batch-tokens)`;
+    with a `value`, the setting given it: `mode overwrite (--mode overwrite)`, `use_gpu false (--no-use-gpu)` (a
+    boolean's flag takes no value)."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"{name} {str(value).lower()} (--{'' if value else 'no-'}{flag})"
+    return f"{name} {value} (--{flag} {value})" if value else f"{name} (--{flag})"
+
+
+def settings_hint(missing: Sequence[str], settings: Dict[str, str]) -> str:
+    """`; name the column with <setting> (--<flag>)` for the `missing` columns that a setting names (`settings`:
+    column -> setting); empty where none does."""
+    named = [settings[c] for c in missing if c in settings]
+    if not named:
+        return ""
+    flags = " and ".join(setting_and_flag(s) for s in dict.fromkeys(named))
+    return f"; name the {'column' if len(missing) == 1 else 'columns'} with {flags}"

@@ -1,0 +1,142 @@
+"""An output folder of ce-ray as a later job finds it (its layout: `sink.py`): its names, the settings of the job
+that wrote it (`_ce_ray/`), its summary (`_SUCCESS`, read as every job that reads the output reads it), and
+whether its results/ still hold the parts and rows that the summary counts."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Dict, List, NamedTuple, Optional
+
+import pyarrow.fs as pafs
+
+from .messages import InputError, briefly
+from .storage import filesystem, is_glob
+
+
+# An output folder of ce-ray (its layout: ce_ray/sink.py), which may be the input of a later job.
+RESULTS = "results"
+REJECTS = "rejects"
+SUCCESS = "_SUCCESS"
+EVAL = "eval.json"  # `ce-ray eval`'s measures of results/, beside it
+RESULT_PARTS = "result_parts"  # in `_SUCCESS`: how many parts results/ held when the job finished
+RESULT_ROWS = "result_rows"  # in `_SUCCESS`: each part of results/ (its name) and its rows, when the job finished
+REJECT_ROWS = "reject_rows"  # in `_SUCCESS`: each part of rejects/ and its rows (none in outputs of earlier versions)
+# What finishes a job that stopped or failed mid-way: a score job resumes, a job that regroups rows cannot.
+RESUME, OVERWRITE = "--mode resume finishes it", "rerun it with --mode overwrite"
+STATE = "_ce_ray"
+JOB = "job.json"  # in STATE: the settings of the job that wrote the output
+
+
+def is_output(fs: pafs.FileSystem, path: str) -> bool:
+    """A folder that a ce-ray job wrote: it holds the job's settings (`_ce_ray/`)."""
+    return fs.get_file_info(f"{path}/{STATE}").type == pafs.FileType.Directory
+
+
+def read_state(fs: pafs.FileSystem, path: str, name: str = JOB) -> Optional[dict]:
+    """One of the JSON files in an output's `_ce_ray/` (the job's settings by default), or None where it has none."""
+    try:
+        with fs.open_input_stream(f"{path}/{STATE}/{name}") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+
+
+def job_summary(uri: str) -> Optional[dict]:
+    """The summary (`_SUCCESS`, `finished_job`) of the finished job whose output folder `uri` is, with the job's
+    settings (`_ce_ray/job.json`) as its "settings", or None for any other input."""
+    if is_glob(uri):
+        return None
+    fs, path = filesystem(uri)
+    if not is_output(fs, path):  # a folder of its own, `_ce_ray/`: the input is one (a file holds no folder)
+        return None
+    summary = finished_job(fs, path, uri)
+    try:
+        return summary | {"settings": read_state(fs, path) or {}}
+    except (OSError, ValueError):
+        return summary | {"settings": {}}
+
+
+def finished_job(fs: pafs.FileSystem, path: str, uri: str) -> dict:
+    """The summary (`_SUCCESS`) of the ce-ray job whose output folder `path` is, as every job that reads the
+    output (a cascade, eval) reads it. Refused where the job did not finish (no `_SUCCESS`), and where the marker
+    is not the JSON object that ce-ray writes (empty, as Spark's and Hadoop's are, or other text): another hand
+    wrote it, and whether the job finished is unknown. A folder without `_ce_ray/` is no output of ce-ray: its
+    `_SUCCESS` is its writer's own, never read."""
+    try:
+        with fs.open_input_stream(f"{path}/{SUCCESS}") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise InputError(f"input {uri} is the output of a job that did not finish (no {SUCCESS}): its results "
+                         "are partial; finish or rerun that job first") from None
+    try:
+        summary = json.loads(data)
+    except ValueError:
+        summary = None
+    if not isinstance(summary, dict):
+        raise InputError(f"input {uri} is the output of a ce-ray job whose {SUCCESS} is not the summary ce-ray "
+                         f"writes ({'empty' if not data.strip() else 'not a JSON object'}): whether that job "
+                         f"finished is unknown; rerun it, or give its {RESULTS}/ folder to read the rows it holds")
+    return summary
+
+
+class Finished(NamedTuple):
+    """What the `_SUCCESS` of a finished job whose output is the input counts of its results/: each part (path) and
+    its rows (`RESULT_ROWS`); in outputs of the version that counted parts alone, how many (`RESULT_PARTS`, with
+    `rows` empty); neither in outputs of earlier versions, whose rows are read as they are."""
+    rows: Dict[str, int]
+    parts: Optional[int]
+
+
+def finished_parts(summary: dict, folder: str) -> Finished:
+    """What a finished job's `summary` (its `_SUCCESS`) counts of `folder`, its output's results/."""
+    return Finished({f"{folder}/{name}": rows for name, rows in (summary.get(RESULT_ROWS) or {}).items()},
+                    summary.get(RESULT_PARTS))
+
+
+def refuse_changed_output(uri: str, finished: Optional[Finished], rows: Dict[str, Optional[int]]) -> None:
+    """Refuses a finished job's output (`Listing.finished`) whose results/ no longer holds what its `_SUCCESS`
+    counts, `rows` being each part read and its rows now (from its footer): parts lost or added since, or parts
+    rewritten with other rows. Either way the rows left would be read as the whole. The comparison is the one that
+    the job made before it wrote `_SUCCESS` (`part_differences`, `sink.check_parts`), of results/ alone: what a
+    reader reads."""
+    if finished is None:
+        return
+    if finished.rows:
+        output = posixpath.dirname(posixpath.dirname(next(iter(finished.rows))))  # parts named from it: results/<part>
+        said = part_differences(finished.rows, rows, "the job", f"{output}/")
+        if said:
+            raise InputError(f"input {uri} is the output of a job whose {RESULTS}/ no longer holds what its {SUCCESS} "
+                             f"counts: {briefly(said)}; rerun that job (a score job's --mode resume scores again only "
+                             "the inputs whose parts are gone, cut short or rewritten)")
+        return
+    then = len(rows) if finished.parts is None else finished.parts  # an earlier version's count of parts alone
+    if then != len(rows):
+        raise InputError(f"input {uri} is the output of a job that finished with {then:,} part(s) in {RESULTS}/, "
+                         f"which now holds {len(rows):,}: parts were lost or added since; rerun that job (a score "
+                         "job's --mode resume scores again only the inputs whose parts are gone)")
+
+
+def part_differences(counted: Dict[str, int], held: Dict[str, Optional[int]], job: str, base: str = "") -> List[str]:
+    """What the parts `held` (path -> its rows now, from its footer; None where the footer cannot be read) differ by
+    from those `job` ("this job", "the job") wrote and counted (`counted`: path -> rows), each said in a few words,
+    a part named by its path after `base`: parts missing, unreadable or of other rows, and parts no one counted.
+    The same words where a job checks its output before it writes `_SUCCESS` and where a later job reads it."""
+    def name(path: str) -> str:
+        return path[len(base):] if base and path.startswith(base) else path
+
+    said = []
+    for path, rows in sorted(counted.items()):
+        if path not in held:
+            said.append(f"{name(path)} is missing ({rows:,} rows)")
+        elif held[path] is None:
+            said.append(f"{name(path)} cannot be read as parquet (cut short?; {rows:,} rows written)")
+        elif held[path] != rows:
+            said.append(f"{name(path)} holds {held[path]:,} rows of the {rows:,} written")
+    return said + [f"{name(path)} was not written by {job}" for path in sorted(held.keys() - counted.keys())]
+
+
+def changed_parts(counted: Dict[str, int], rows: Dict[str, Optional[int]]) -> List[str]:
+    """The parts that a finished job's `_SUCCESS` counts (`counted`: path -> rows) and that hold other rows now
+    (`rows`, from their footers): rewritten since."""
+    return sorted(path for path, now in rows.items() if path in counted and now != counted[path])

@@ -1,0 +1,321 @@
+"""URIs to filesystems, local disk and S3: paths joined, files listed with their stamps, looked up, read from
+their end, uploaded and deleted, globs, and S3 access checked before any work.
+
+One code path for local disk and object storage: `filesystem(uri)` is the only place a URI becomes a
+filesystem. `s3://` goes through s3fs, which takes the endpoint and credentials from the environment
+(`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, ...) or the instance role; nothing is read from config files.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .messages import InputError
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def absolute(uri: str) -> str:
+    """A local path written out from the working directory; a URI as it is."""
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
+def s3_retries() -> dict:
+    """botocore's retry settings of the job's S3 client: 8 retries in `adaptive` mode, unless the environment
+    sets botocore's own `AWS_MAX_ATTEMPTS` (attempts in all) or `AWS_RETRY_MODE`, which a client's settings
+    would override.
+
+    They set how long a store that does not answer (stalled, overloaded, its connections taken and left silent)
+    holds a job. Each request is retried by botocore (9 attempts, backoff up to 20 s) and, where botocore gave up,
+    by s3fs (5 times), and each attempt waits s3fs's `read_timeout` (15 s) for an answer and `connect_timeout`
+    (5 s) for a connection (`s3_session` bounds the rest): a look-up or a write fails after about 15 minutes,
+    naming the endpoint's URL (886-921 s against moto under SIGSTOP, 2026-12-01). A read from a file already open
+    is retried by s3fs 5 times more around that, as it retries a broken download: up to 75 minutes, past Ray
+    Data's no-progress limit (30 minutes, which fails the job naming no store). `AWS_MAX_ATTEMPTS=3` brings 15
+    minutes to 4 (measured 233-245 s), 75 to about 20; `AWS_MAX_ATTEMPTS=1`, to 77 s and 387 s (measured). A
+    store that refuses connections (down) fails a request in 35-60 s; a shorter pause is ridden out.
+    """
+    retries = {}
+    if not os.environ.get("AWS_MAX_ATTEMPTS"):
+        retries["max_attempts"] = 8
+    if not os.environ.get("AWS_RETRY_MODE"):
+        retries["mode"] = "adaptive"
+    return retries
+
+
+class _S3Handler(pafs.FSSpecHandler):
+    """pyarrow's handler asks `isfile` before opening a file for reading, which answers False for any error: a
+    store that timed out or could not be reached read as `FileNotFoundError: <path>` (a score job's input file,
+    after 15 minutes of a store that did not answer). Here the store's own error goes through, from s3fs's own
+    look-up of the file as it opens it (its size, and the ETag its reads are held to): one HEAD request, where a
+    look-up before it cost a second one for each file a job reads."""
+
+    def _file(self, path: str):
+        from pyarrow import PythonFile
+
+        f = self.fs.open(path, mode="rb")  # FileNotFoundError where there is nothing
+        if f.details["type"] != "file":  # a folder
+            f.close()
+            raise FileNotFoundError(path)
+        return PythonFile(f, mode="r")
+
+    def open_input_stream(self, path):
+        return self._file(path)
+
+    def open_input_file(self, path):
+        return self._file(path)
+
+
+def read_tail(fs: pafs.FileSystem, path: str, size: int, length: int) -> bytes:
+    """The last `length` bytes of a file whose `size` a listing gave, in one read. On S3 that is one ranged GET:
+    opening the file first, as pyarrow does, costs two HEAD requests more (the handler's and s3fs's own)."""
+    start = max(size - length, 0)
+    if start >= size:  # an empty file (an empty range is no valid HTTP range)
+        return b""
+    handler = getattr(fs, "handler", None)  # a PyFileSystem's
+    if isinstance(handler, _S3Handler):
+        return handler.fs.cat_file(path, start=start, end=size)
+    with fs.open_input_file(path) as f:
+        return f.read_at(size - start, start)
+
+
+def remove(fs: pafs.FileSystem, path: str) -> None:
+    """Deletes the file or the folder at `path`, if there is one."""
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+BULK_DELETE_KEYS = 1000  # the most keys S3 deletes in one request (DeleteObjects)
+
+
+def delete_files(fs: pafs.FileSystem, paths: Sequence[str]) -> None:
+    """Deletes files. On S3 in one request per 1,000 (DeleteObjects), where deleting each file costs two (pyarrow's
+    look-up, the delete): a resume of 1,000 parts cut short deleted them in 2,000 requests. A key the store did not
+    delete (its answer lists it) fails the call, naming it: s3fs's own bulk delete passes over those."""
+    handler = getattr(fs, "handler", None)
+    if not isinstance(handler, pafs.FSSpecHandler):
+        in_parallel(fs.delete_file, paths)
+        return
+    s3 = handler.fs
+    buckets: Dict[str, List[str]] = {}
+    for path in paths:
+        bucket, key, _ = s3.split_path(path)
+        buckets.setdefault(bucket, []).append(key)
+    for bucket, keys in buckets.items():
+        for start in range(0, len(keys), BULK_DELETE_KEYS):
+            objects = [{"Key": key} for key in keys[start:start + BULK_DELETE_KEYS]]
+            answer = s3.call_s3("delete_objects", Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+            failed = answer.get("Errors") or []
+            if failed:
+                raise OSError(f"the store did not delete {len(failed)} of {len(objects)} object(s), e.g. "
+                              f"{bucket}/{failed[0].get('Key')}: {failed[0].get('Code')} {failed[0].get('Message')}")
+
+
+FOOTER_BYTES = 64 << 10  # read from a parquet file's end: its footer and more, for all but very wide tables
+
+
+def parquet_footer(fs: pafs.FileSystem, path: str, size: int) -> pq.FileMetaData:
+    """The footer of a parquet file of `size` bytes, read from its end alone (parquet ends with the footer, its
+    length and `PAR1`): one read for most files, two where the footer is larger than `FOOTER_BYTES`. Raises
+    pyarrow's ArrowInvalid for a file too short for a footer or without parquet's magic."""
+    tail = read_tail(fs, path, size, FOOTER_BYTES)
+    length = int.from_bytes(tail[-8:-4], "little") + 8 if tail[-4:] == b"PAR1" else 0
+    if len(tail) < length <= size:
+        tail = read_tail(fs, path, size, length)
+    return pq.ParquetFile(pa.BufferReader(tail)).metadata
+
+
+def in_parallel(function, items: Sequence) -> list:
+    """`function` of each item, 16 at a time: what a look-up per file (an S3 request, ~20 ms or more) costs a
+    thousand files is the time of 63 rather than 1,000."""
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(function, items))
+
+
+def filesystem(uri: str) -> Tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it, for a local path, `file://` or `s3://` URI."""
+    if uri.startswith("s3://") or uri.startswith("s3a://"):
+        import s3fs
+
+        from .s3_session import BoundedSession
+
+        # s3fs (botocore) reads AWS_ENDPOINT_URL, keys and region from the environment or instance role.
+        # Retries with backoff cover transient errors (throttling, 5xx, dropped connections). s3fs keeps one
+        # instance per process, and by default every listing it made for the process's life: a second job of
+        # a process (the Python API, a notebook) would not see objects written or rewritten since, by another
+        # process (Ray's workers write the outputs), and fail reading a rewritten one (`FileExpired`).
+        # Every request is bounded in time (`s3_session`); how long a store that does not answer holds a job:
+        # `s3_retries`.
+        fs = s3fs.S3FileSystem(use_listings_cache=False,
+                               config_kwargs={"retries": s3_retries(), "http_session_cls": BoundedSession})
+        # `s3://b/out/` and `s3://b/out` are one folder: paths joined to it must not hold `//`.
+        return pafs.PyFileSystem(_S3Handler(fs)), uri.split("://", 1)[1].rstrip("/")
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if "://" in uri:
+        raise InputError(f"unsupported URI scheme in {uri!r}: use a local path or s3://")
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def upload_folder(local_dir: str, fs: pafs.FileSystem, path: str) -> None:
+    """Copies a local folder's files to `path` in `fs`, failing where a file could not be written.
+    `pyarrow.fs.copy_files` is not used: it ignores the error of closing an output stream of a Python filesystem
+    (pyarrow 26), and s3fs uploads a file when it closes it: files that a store down or not answering did not take
+    were left out of a trained model without a word (`config.json` of one, whose run failed only at its next
+    request, a listing)."""
+    for root, _, names in os.walk(local_dir):
+        folder = posixpath.join(path, os.path.relpath(root, local_dir).replace(os.sep, "/")).removesuffix("/.")
+        if names and folder != path:
+            fs.create_dir(folder, recursive=True)
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f, fs.open_output_stream(f"{folder}/{name}") as out:
+                while chunk := f.read(8 << 20):
+                    out.write(chunk)
+
+
+def join(uri: str, *parts: str) -> str:
+    return posixpath.join(uri.rstrip("/"), *parts) if is_remote(uri) else os.path.join(uri, *parts)
+
+
+GLOB_CHARS = "*?["
+
+
+def is_glob(path: str) -> bool:
+    return any(c in path for c in GLOB_CHARS)
+
+
+def glob_base(path: str) -> str:
+    """The folder a glob lists (`data/*.parquet`: `data`; its `*` matches inside subfolders too), else the path."""
+    if is_glob(path):
+        prefix = path[: min(path.index(c) for c in GLOB_CHARS if c in path)]
+        path = (prefix.rsplit("/", 1)[0] or "/") if "/" in prefix else "."
+    return path.rstrip("/") or "/"
+
+
+def check_apart(input_uri: str, output_uri: str) -> None:
+    """Refuses an output inside the input (a later run would read its results as pairs, and delete them as it
+    overwrites its output while reading them) or an input inside the output (overwriting would delete it)."""
+    def inside(path: str, folder: str) -> bool:
+        return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+    fs, source = filesystem(input_uri)
+    source, target = glob_base(source), filesystem(output_uri)[1].rstrip("/") or "/"
+    # Under a file nothing can be written (that write fails, saying so); a folder or a glob's folder is checked.
+    if inside(target, source) and fs.get_file_info(source).type != pafs.FileType.File:
+        raise InputError(f"the output {output_uri} is inside the input {input_uri}: later runs would read its "
+                         "results as pairs; write it elsewhere")
+    if inside(source, target):
+        raise InputError(f"the input {input_uri} is inside the output {output_uri}, whose results a run "
+                         "replaces: write the output elsewhere")
+
+
+def size_and_stamp(fs: pafs.FileSystem, path: str) -> Tuple[int, str]:
+    """A file's size in bytes, and its stamp: `<bytes>:<modified, ns>` of a local file, `<bytes>:<ETag>` of an
+    S3 object (s3fs gives Arrow no time, and a new upload gets a new ETag). One look-up (a HEAD on S3): a listing
+    gives the same of every file it holds (`list_tree`)."""
+    handler = getattr(fs, "handler", None)
+    if isinstance(handler, pafs.FSSpecHandler):
+        return object_stamp(handler.fs.info(path))
+    return _stat_stamp(fs.get_file_info(path))
+
+
+def look_up(fs: pafs.FileSystem, path: str) -> Tuple[pafs.FileType, Optional[Tuple[int, str]]]:
+    """What `path` is, and a file's size and stamp (`size_and_stamp`'s), in one look-up: pyarrow's of an S3 object
+    drops the ETag, which took a second HEAD."""
+    handler = getattr(fs, "handler", None)
+    if isinstance(handler, pafs.FSSpecHandler):
+        try:
+            info = handler.fs.info(path)
+        except FileNotFoundError:
+            return pafs.FileType.NotFound, None
+        if info.get("type") == "file":
+            return pafs.FileType.File, object_stamp(info)
+        return pafs.FileType.Directory if info.get("type") == "directory" else pafs.FileType.Unknown, None
+    info = fs.get_file_info(path)
+    return info.type, _stat_stamp(info) if info.type == pafs.FileType.File else None
+
+
+def object_stamp(info: dict) -> Tuple[int, str]:
+    """An S3 object's size and stamp from s3fs's details of it, a HEAD's or a listing's: both give the ETag as S3
+    does, in its quotes, the stamp that `_ce_ray/inputs.json` of earlier runs holds."""
+    return info.get("size"), f"{info.get('size')}:{info.get('ETag') or info.get('LastModified') or ''}"
+
+
+def _stat_stamp(info: pafs.FileInfo) -> Tuple[int, str]:
+    return info.size, f"{info.size}:{info.mtime_ns or ''}"
+
+
+# The empty objects that tools write on S3 to show a folder (the console's and Hadoop S3A's `<folder>/`, EMRFS's
+# `<folder>_$folder$`), which s3fs lists as files: read as data they failed an input given its format, and were
+# named as files skipped (an empty name) where it was not given.
+FOLDER_MARKERS = ("/", "_$folder$")
+
+
+def list_tree(fs: pafs.FileSystem, folder: str) -> Dict[str, Tuple[int, str]]:
+    """Every file under `folder` (none where there is no folder), at any depth, with its size and stamp as the
+    listing gives them (`size_and_stamp`'s, without a request a file). On S3 one listing (a request per 1,000
+    objects): pyarrow's listing of a folder asks first whether it is one, which s3fs answers by listing it as well,
+    and drops the ETags."""
+    handler = getattr(fs, "handler", None)
+    if isinstance(handler, pafs.FSSpecHandler):
+        try:
+            found = handler.fs.find(folder, withdirs=False, detail=True)
+        except FileNotFoundError:  # no bucket
+            return {}
+        return {path: object_stamp(info) for path, info in found.items()
+                if info.get("type") == "file" and not path.endswith(FOLDER_MARKERS)}
+    infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
+    return {info.path: _stat_stamp(info) for info in infos if info.type == pafs.FileType.File}
+
+
+def s3_location(uri: str) -> Tuple[str, str]:
+    bucket, _, key = uri.split("://", 1)[1].partition("/")
+    return bucket, key
+
+
+def s3_endpoint() -> str:
+    """The S3 endpoint the environment names (botocore's variables, the S3-only one first); '' for AWS's own."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+
+
+def check_s3_access(uri: str) -> None:
+    """Fails fast, before any work, when the S3 endpoint cannot be reached or refuses the credentials.
+
+    The job's own filesystem retries transient errors with backoff for minutes; this one look-up
+    (list one key under the prefix) gives up after a few seconds with a message that names the endpoint
+    and bucket. Credentials are never part of a message.
+    """
+    if not uri.startswith(("s3://", "s3a://")):
+        return
+    import s3fs
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = s3_location(uri)
+    key = re.split(r"[*?\[]", key, maxsplit=1)[0]  # a glob lists from its fixed prefix
+    endpoint = s3_endpoint() or "AWS S3"
+    where = f"s3://{bucket} at {endpoint}"
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, config_kwargs={
+        "retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 20})
+    fs.retries = 1
+    try:
+        fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key, MaxKeys=1)
+    except PermissionError as e:
+        raise InputError(f"{where} refused the credentials from the environment or instance role ({e}): check "
+                         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the role's permissions") from None
+    except FileNotFoundError:
+        raise InputError(f"bucket {bucket} does not exist at {endpoint}") from None
+    except (BotoCoreError, ClientError, OSError) as e:
+        raise InputError(f"cannot reach {where}: {type(e).__name__}: {e}") from None
