@@ -7,6 +7,13 @@ batch, a GPU one after each call), and the driver reads it every `PROGRESS_EVERY
 
     ce-ray score: 1,234,567 of 5,000,000 pairs scored (24.7%) in 2m10s, 98,765 pairs/s, ~38s left
 
+A rerank then ranks the scored rows within each query: Ray Data shuffles them by query id, and rank tasks, which start
+once every row was scored, rank and write a partition each, telling the counter as they start and then the rows they
+took in (kept, cut by the top k, rejected). From the last row scored (where the total is known; else from the first
+rank task's start) the lines say the ranking:
+
+    ce-ray rerank: all 5,000,000 pairs scored; 2,500,000 ranked (50.0%) in 1m05s
+
 The count is of rows out of the replicas (scored or rejected), so a replica restarted after a failure, whose rows
 are scored again, may count some twice: the line never says more than the total.
 """
@@ -19,7 +26,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 # Seconds between two lines; 0 for none. A 30 s job says nothing, an hour's job 120 lines.
 PROGRESS_EVERY_VAR = "CE_RAY_PROGRESS_SECONDS"
@@ -31,12 +38,16 @@ class RowsDone:
 
     def __init__(self):
         self.rows = 0
+        self.ranked: Optional[int] = None  # rows ranked (a rerank's); None until its first rank task started
 
     def add(self, rows: int) -> None:
         self.rows += rows
 
-    def total(self) -> int:
-        return self.rows
+    def add_ranked(self, rows: int) -> None:
+        self.ranked = (self.ranked or 0) + rows
+
+    def counts(self) -> Tuple[int, Optional[int]]:
+        return self.rows, self.ranked
 
 
 def progress_every() -> float:
@@ -83,12 +94,21 @@ def progress_line(title: str, done: int, total: Optional[int], seconds: float, r
     return f"{title}: {said}"
 
 
+def ranking_line(title: str, scored: int, ranked: int, seconds: float) -> str:
+    """One line of a rerank's progress once every row was scored: `ranked` of the `scored` rows in `seconds` since
+    the job's work began."""
+    ranked = min(ranked, scored)
+    return (f"{title}: all {scored:,} pairs scored; {ranked:,} ranked ({100 * ranked / scored if scored else 100:.1f}%)"
+            f" in {duration(seconds)}")
+
+
 class Progress:
     """A job's progress lines: `name` goes to the replicas (None where no line is to be printed), and `lines()`
-    runs the job's counter under that name and prints a line every `every` seconds while the job's work runs."""
+    runs the job's counter under that name and prints a line every `every` seconds while the job's work runs;
+    with `ranks` (a rerank), its lines go on once every row was scored, saying the rows ranked."""
 
-    def __init__(self, title: str, total: Optional[int]):
-        self.title, self.total = title, total
+    def __init__(self, title: str, total: Optional[int], ranks: bool = False):
+        self.title, self.total, self.ranks = title, total, ranks
         self.every = progress_every()
         on = self.every > 0 and not drawn_by_ray_data()
         # By name, created only as the work begins: a job refused before it leaves no counter behind.
@@ -124,15 +144,23 @@ class Progress:
         before = 0
         while not stop.wait(self.every):
             try:
-                done = ray.get(counter.total.remote(), timeout=self.every)
+                done, ranked = ray.get(counter.counts.remote(), timeout=self.every)
             except Exception:  # progress is no part of the job: a line missed is no failure of it
                 continue
             now = time.monotonic()
+            if self.ranks and ranked is None and self.total is not None and done >= self.total:
+                ranked = 0  # every row scored: the shuffle of the rows by query runs before the rank tasks start
+            if ranked is not None:  # a rerank's rows are all scored, and ranked
+                scored = done if self.total is None else min(done, self.total)
+                print(ranking_line(self.title, scored, ranked, now - start), flush=True)
+                if ranked >= scored:
+                    return  # all ranked: the summary follows
+                continue
             # Between two lines that both counted rows: the time before the first row is the replicas' start.
             rate = (done - before) / (now - then) if before else 0.0
             print(progress_line(self.title, done, self.total, now - start, rate), flush=True)
             if self.total is not None and done >= self.total:
-                return  # all scored: what is left (writing, ranking) ends with the summary
+                return  # all scored: what is left (writing) ends with the summary
             before, then = done, now
 
 
@@ -146,6 +174,15 @@ def job_counter(name: Optional[str]):
         return ray.get_actor(name)
     except Exception:  # no counter costs the job its progress lines, not its work
         return None
+
+
+def count_ranked(counter, rows: int) -> None:
+    """A rank task started (`rows` 0) or ranked and wrote its partition's `rows`: told to the job's counter."""
+    if counter is not None:
+        try:
+            counter.add_ranked.remote(rows)
+        except Exception:  # as count_rows
+            pass
 
 
 def count_rows(counter, rows: int) -> None:

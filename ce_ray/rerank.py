@@ -31,7 +31,7 @@ from .batching import REJECT
 from .config import RerankConfig, refuse_unused, require, with_settings
 from .messages import InputError
 from .output_state import OVERWRITE
-from .progress import Progress
+from .progress import Progress, count_ranked, job_counter
 from .readers import ROW_INDEX, ROW_INPUT, TAGS, plain_columns
 from .score import (FILE_SETTINGS, SCORE, add_scores, check_columns, check_known_columns, column_settings,
                     known_schema, of_a_jobs_files, summary_lines)
@@ -319,10 +319,12 @@ def _dataset_partitions(ds) -> int:
 
 class RankedSink(PairsSink):
     """The pairs sink, also counting the rows top-k cut and the query ids of several query texts (the `CUT` and
-    `SHARED` columns, dropped here), and telling when the rank stage started (`rank_started`)."""
+    `SHARED` columns, dropped here), and telling when the rank stage started (`rank_started`); each rank task tells
+    the job's progress counter (`progress`: its name) that it started and then the rows it ranked."""
 
-    def __init__(self, output: str, written, schema=None):
+    def __init__(self, output: str, written, schema=None, progress: Optional[str] = None):
         super().__init__(output, written, schema, finish=OVERWRITE)
+        self.progress = progress
         self.counts |= {"rows_cut": 0, "shared_query_ids": 0}
         self.rank_started: Optional[float] = None  # time.time() at the first rank task's start
 
@@ -333,11 +335,15 @@ class RankedSink(PairsSink):
         # starts once every row was scored (its partition takes rows of every scored block) and calls this before
         # its rows are ranked: `blocks` runs rank_queries as it is read.
         started = time.time()  # a wall clock: the tasks run on other nodes than the driver
+        counter = job_counter(self.progress)
+        count_ranked(counter, 0)
         self.on_write_start()
         tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
         added = {"rows_cut": _column_sum(tables, CUT), "shared_query_ids": _column_sum(tables, SHARED)}
         tables = [t.drop_columns([c for c in (CUT, SHARED) if c in t.column_names]) for t in tables]
-        return super().write(tables, ctx) | added | {"rank_started": started}
+        written = super().write(tables, ctx) | added | {"rank_started": started}
+        count_ranked(counter, sum(t.num_rows for t in tables) + added["rows_cut"])  # every row it took in
+        return written
 
     def on_write_complete(self, write_result) -> None:
         super().on_write_complete(write_result)
@@ -424,7 +430,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
         check_key(schema.empty_table(), config.query_id_column)
     job = job_settings(config) | {"query_id_column": config.query_id_column, "top_k": config.top_k} | (
         {"rank_column": config.rank_column} if config.rank_column != RANK else {})
-    progress = Progress(title, say_input(title, files))
+    progress = Progress(title, say_input(title, files), ranks=True)
     scored = add_scores(ds, config, title, checked, input_sources(files), progress)
     prepare_output(config.output, config.mode, job=job, resumable=False, checked=True)
     partitions = config.rank_partitions or default_partitions(input_bytes)
@@ -433,7 +439,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     ranked = rank(scored, config.query_id_column, config.top_k, [input_key(f.path) for f in files],
                   config.document_column, count_cut=True, partitions=partitions, score_column=config.score_column,
                   rank_column=config.rank_column, query_column=config.query_column)
-    sink = RankedSink(config.output, written_columns(config), schema)
+    sink = RankedSink(config.output, written_columns(config), schema, progress.name)
     with progress.lines(), work(), surfaced_errors():
         ranked.write_datasink(sink)
     seconds, ended = time.perf_counter() - start, time.time()

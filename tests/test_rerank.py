@@ -622,3 +622,29 @@ def test_a_null_query_id_partition_is_rejected_not_ranked_as_one_query(ray_local
     assert (summary.rows_in, summary.rows_scored) == (5, 2)
     assert sorted(zip(got["query_id"], got["rank"])) == [("7", 1), ("7", 2)]
     assert sorted(rejected["document"]) == ["c", "d", "e"] and set(rejected["reason"]) == {"query_id is null"}
+
+
+def test_a_rerank_says_its_ranking_in_its_progress_lines(ray_local, tiny_model, tmp_path, capsys, monkeypatch):
+    """A rerank's progress lines ended with its scoring (with a text input, no total, they went on saying the pairs
+    scored while it ranked): its ranking, after (the shuffle by query id, then the rank tasks), was said only by Ray
+    Data's lines. From the last row scored (with a text input, from the first rank task), its lines say the rows
+    ranked of those scored, and end once all are ranked."""
+    rows = 6_000
+    pairs = pa.table({"query_id": [f"q{i % 60}" for i in range(rows)],
+                      "query": [f"query {i % 60}" for i in range(rows)],
+                      "document": [f"document {i} of some words" for i in range(rows)]})
+    pq.write_table(pairs, tmp_path / "pairs.parquet")
+    pairs.to_pandas().to_json(tmp_path / "pairs.jsonl", orient="records", lines=True)
+    monkeypatch.setenv("CE_RAY_PROGRESS_SECONDS", "0.1")
+    for name, total in (("pairs.parquet", " of 6,000"), ("pairs.jsonl", "")):
+        summary = run_rerank(RerankConfig(model=str(tiny_model), input=str(tmp_path / name), top_k=5,
+                                          output=str(tmp_path / name.replace(".", "-")), rows_per_block=500,
+                                          rank_partitions=4))  # rank tasks that end apart
+        assert (summary.rows_kept, summary.rows_cut) == (300, 5_700)
+        lines = [line for line in capsys.readouterr().out.splitlines() if " pairs scored" in line]
+        scoring = [line for line in lines if re.fullmatch(rf"ce-ray rerank: [\d,]+{total} pairs scored .*", line)]
+        ranking = [re.fullmatch(r"ce-ray rerank: all 6,000 pairs scored; ([\d,]+) ranked \([\d.]+%\) in \d+s", line)
+                   for line in lines[len(scoring):]]
+        assert scoring and ranking and all(ranking), lines
+        ranked = [int(said.group(1).replace(",", "")) for said in ranking]
+        assert ranked == sorted(ranked) and ranked.count(rows) <= 1, lines  # none after all were ranked
