@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from .config import CandidatesConfig, ConfigError, require
 from .messages import InputError, n_queries, setting_and_flag
+from .progress import plural
 from .runtime import work
 from .storage import filesystem, join, remove
 
@@ -275,9 +276,9 @@ def _retrieve(config: CandidatesConfig, corpus: Dict[str, str], queries: Dict[st
     """The work of `run_candidates`, after its checks: the index, the candidates file, `_SUCCESS` and the summary."""
     # Said before the index is built: BM25 over 400,000 documents took 40 s on 2 CPU cores, and a corpus of
     # millions takes many minutes, with nothing else said until the job ends.
-    print(f"ce-ray candidates: {len(corpus):,} documents and {len(query_ids):,} queries ({config.split}) read in "
-          f"{time.perf_counter() - start:.1f} s; indexing them with BM25, then retrieving the top {config.top_k} "
-          "of each query", flush=True)
+    print(f"ce-ray candidates: {plural(len(corpus), 'document')} and {n_queries(len(query_ids))} ({config.split}) "
+          f"read in {time.perf_counter() - start:.1f} s; indexing them with BM25, then retrieving the top "
+          f"{config.top_k} of each query", flush=True)
     table = candidates_table(corpus, queries, qrels, query_ids, config.top_k)
     fs, path = filesystem(output_file(config))
     pq.write_table(table, path, filesystem=fs)

@@ -37,6 +37,7 @@ from .messages import InputError, column_list, n_queries, setting_and_flag, sett
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 from .output_state import EVAL, REJECTS, job_summary, refuse_changed_output
 from .storage import check_s3_access, filesystem, glob_base, is_glob, is_remote, join
+from .progress import plural
 from .train_data import numeric_labels
 
 
@@ -419,14 +420,15 @@ def _following_the_job(config: EvalConfig) -> tuple:
         changes["rank_column"] = ""
     cut = job.get("rows_cut")
     if cut and not config.qrels:
-        raise ConfigError(f"{config.input} holds the reranker's top {job.get('top_k')} of each query ({cut:,} rows "
-                          "cut): the cut rows' labels are gone, so recall, MAP and NDCG would count only the "
-                          "relevant documents it kept; give --qrels, or evaluate a rerank without --top-k")
+        raise ConfigError(f"{config.input} holds the reranker's top {job.get('top_k')} of each query "
+                          f"({plural(cut, 'row')} cut): the cut rows' labels are gone, so recall, MAP and NDCG would "
+                          "count only the relevant documents it kept; give --qrels, or evaluate a rerank without "
+                          "--top-k")
     if cut and config.baseline_column:
         notes["baseline_left_out"] = (
-            f"no baseline: {config.input} holds the reranker's top {job.get('top_k')} of each query ({cut:,} rows "
-            f"cut), so {config.baseline_column} would rank the reranker's choice, not the first stage's list; "
-            "evaluate the baseline on the rerank's input")
+            f"no baseline: {config.input} holds the reranker's top {job.get('top_k')} of each query "
+            f"({plural(cut, 'row')} cut), so {config.baseline_column} would rank the reranker's choice, not the first "
+            "stage's list; evaluate the baseline on the rerank's input")
         changes["baseline_column"] = ""
     if job.get("rows_rejected"):
         notes["rejected_rows_left_out"] = (f"left out {job['rows_rejected']:,} row(s) the job rejected (its "
@@ -497,7 +499,7 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     if run:
         result["run"] = run
     write_file(output, json.dumps(result, indent=2).encode())
-    lines = [f"{title}: {n_queries(result['queries'])} ({result['counted']}), {result['pairs']:,} pairs"]
+    lines = [f"{title}: {n_queries(result['queries'])} ({result['counted']}), {plural(result['pairs'], 'pair')}"]
     if result["queries_skipped_without_relevant"]:
         lines.append(f"  left out {n_queries(result['queries_skipped_without_relevant'])} without a relevant "
                      "document")
@@ -528,7 +530,7 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
         # The ids shown are a few of them: say so where there are more, or they read as the whole list.
         more = ", ..." if result["qrels_queries_without_candidates"] > len(shown) else ""
         examples = ", ".join(shown) + more
-        lines.append(f"  qrels name {result['qrels_queries_without_candidates']:,} queries with no candidates, "
+        lines.append(f"  qrels name {n_queries(result['qrels_queries_without_candidates'])} with no candidates, "
                      f"not evaluated, as by trec_eval (with -c it and ir_measures count them at 0): {examples}")
     lines += [f"  {note}" for note in job_notes.values()]
     lines.append(f"  reranked by {result['reranked_by']}" + (f", baseline by {result['baseline_by']}"

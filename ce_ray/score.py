@@ -22,7 +22,7 @@ from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, t
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, refuse_unused, require, with_settings
 from .input_files import DELIMITED, detect_format, refuse_written
 from .messages import InputError, column_list, setting_and_flag
-from .progress import Progress, count_rows, job_counter
+from .progress import Progress, count_rows, job_counter, plural
 from .runtime import (cluster_resources, column_type_clash, cpu_nodes, ensure_ray, free_failed_actors,
                       surfaced_errors, work)
 from .storage import absolute
@@ -685,7 +685,8 @@ class Summary:
             ("rows in", f"{self.rows_in:,}"),
             ("rows scored", f"{self.rows_scored:,}"),
             ("rows rejected", f"{self.rows_rejected:,}" + ("  (see rejects/)" if self.rows_rejected else "")),
-        ] + ([("kept", f"{self.files_kept} file(s), {self.rows_kept:,} rows (resumed)")] if self.files_kept else []) + [
+        ] + ([("kept", f"{self.files_kept} file(s), {plural(self.rows_kept, 'row')} (resumed)")]
+             if self.files_kept else []) + [
             ("seconds", f"{self.seconds:.1f}"),
             ("pairs/s", f"{self.pairs_per_second:,.1f}"),
             ("output", self.output),
@@ -781,7 +782,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         part, (_, then, now) = min(rewritten_parts.items())
         inputs = len({key for key, _, _ in rewritten_parts.values()})
         print(f"{title}: note: {len(rewritten_parts)} part(s) of the finished job's output were rewritten since with "
-              f"other rows (e.g. {part}: {then:,} rows, now {now:,}): their {inputs} input file(s) are scored again",
+              f"other rows (e.g. {part}: {plural(then, 'row')}, now {now:,}): their {inputs} input file(s) are scored "
+              "again",
               file=sys.stderr, flush=True)
     rewritten = sorted(key for key in done if key in stamps and not earlier.done(key, stamps[key]))
     if rewritten:

@@ -33,7 +33,7 @@ from .checkpoints import (DS_TAG, MODEL, PROGRESS, RANDOM_STATE, STATE, best_che
                           claim_run, random_state, restore_random_state, run_storage, upload_checkpoint,
                           whole_checkpoint, worker_seed, write_file_list)
 from .messages import setting_and_flag
-from .progress import duration
+from .progress import duration, plural
 from .storage import filesystem, is_remote, remove, upload_folder
 from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, refuse_settings_of_beir,
                          shard_spans, top_reasons, training_batch_tokens, training_input, unused_settings,
@@ -909,7 +909,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     batch_tokens = training_batch_tokens(config, use_gpu)
     reasons = top_reasons(stats)
     rejected = f"{stats['rejected']:,} rejected" + (f": {reasons}" if reasons else "")
-    print(f"ce-ray train: {stats['pairs']:,} pairs ({rejected}), {config.num_workers} worker(s)"
+    print(f"ce-ray train: {plural(stats['pairs'], 'pair')} ({rejected}), {config.num_workers} worker(s)"
           + (f" taking {per_worker:,} each ({left_out_text(stats)})" if stats["left_out"] else "")
           + f", {per_epoch} batch(es) of {config.batch_size} per worker and epoch, {total} step(s)"
           + (f", forward passes of at most {batch_tokens:,} tokens" if batch_tokens else ""), flush=True)

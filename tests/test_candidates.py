@@ -84,6 +84,14 @@ def beir_folder(path, corpus_lines, qrels_text):
     return path
 
 
+def test_a_corpus_of_one_document_and_one_query_is_said_in_the_singular(tmp_path, capsys):
+    """The line said `1 documents and 1 queries (test) read in`."""
+    folder = beir_folder(tmp_path / "beir", ['{"_id": "d1", "title": "Apples", "text": "red apples are sweet"}'],
+                         "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    run_candidates(CandidatesConfig(data=str(folder), output=str(tmp_path / "out"), top_k=2))
+    assert "ce-ray candidates: 1 document and 1 query (test) read in " in capsys.readouterr().out
+
+
 def test_unknown_qrels_entries_are_reported(tmp_path, capsys):
     docs = ['{"_id": "d1", "title": "Apples", "text": "red apples are sweet"}',
             '{"_id": "d2", "title": "", "text": "the blue sea is deep"}',

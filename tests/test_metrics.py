@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -130,6 +131,17 @@ def test_the_qrels_queries_without_candidates_shown_say_when_there_are_more(tmp_
     run_eval(config)
     line = next(line for line in capsys.readouterr().out.splitlines() if "with no candidates" in line)
     assert line.endswith(": q0")
+
+
+def test_a_count_of_one_is_said_in_the_singular(tmp_path, capsys):
+    """Eval's lines said `1 pairs` and `qrels name 1 queries with no candidates`."""
+    pd.DataFrame({"query_id": ["a"], "doc_id": ["d1"], "score": [0.9]}).to_parquet(tmp_path / "scored.parquet")
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\na\td1\t1\nq0\td1\t1\n")
+    run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), qrels=str(tmp_path / "qrels.tsv"),
+                        output=str(tmp_path / "eval.json")))
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"ce-ray eval: 1 query \(.*\), 1 pair", lines[0]), lines
+    assert any(line.startswith("  qrels name 1 query with no candidates, ") for line in lines), lines
 
 
 def test_a_baseline_of_scores_read_as_a_rank_is_warned_of(tmp_path, capsys):

@@ -1128,7 +1128,7 @@ def test_a_beir_eval_splits_queries_left_out_are_counted(tmp_path):
     (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td1\t1\nq2\td2\t0\n")
     table, qrels, said = train_data._eval_candidates(TrainConfig(eval_data=str(tmp_path), eval_max_queries=1), [])
     assert list(qrels) == ["q0"] and table.column("doc_id").to_pylist() == ["d0"]
-    assert said == (f"the BM25 top 100 of `{tmp_path}` (test split, 1 query, 1 candidates; 1 query past the first "
+    assert said == (f"the BM25 top 100 of `{tmp_path}` (test split, 1 query, 1 candidate; 1 query past the first "
                     "1 left out (eval_max_queries); 1 query without a relevant document left out)")
 
 
