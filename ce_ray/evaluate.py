@@ -212,12 +212,12 @@ def _reranked_by(df: pd.DataFrame, c: EvalConfig) -> tuple:
     ranked_by, descending = (c.rank_column, False) if c.rank_column in df.columns else (c.score_column, True)
     if ranked_by not in df.columns:
         # A first stage's output (`ce-ray candidates`') holds its own order, the baseline: say which flag reads it.
-        flag = "--score-column" if c.baseline_column and c.baseline_descending else "--rank-column"
-        first_stage = (f", e.g. {flag} {c.baseline_column} for the input's first-stage order"
+        setting = "score_column" if c.baseline_column and c.baseline_descending else "rank_column"
+        first_stage = (f", e.g. {setting_and_flag(setting, c.baseline_column)} for the input's first-stage order"
                        if c.baseline_column in df.columns else "")
         raise InputError(f"neither {c.rank_column!r} nor {c.score_column!r} is a column of the input: name the "
-                         f"order's column with --rank-column (1 is best) or --score-column (higher is better)"
-                         + first_stage)
+                         f"order's column, a rank (1 is best) with {setting_and_flag('rank_column')} or a score "
+                         f"(higher is better) with {setting_and_flag('score_column')}" + first_stage)
     return ranked_by, descending
 
 
@@ -262,7 +262,8 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
         try:
             labels = numeric_labels(pa.table({c.label_column: pa.array(df[c.label_column])}), c.label_column)
         except InputError as e:
-            raise InputError(f"{c.input}: {e}: name the grades' column with --label-column, or give --qrels") from None
+            raise InputError(f"{c.input}: {e}: name the grades' column with {setting_and_flag('label_column')}, or "
+                             f"give {setting_and_flag('qrels')}") from None
         gains = np.nan_to_num(labels.to_numpy(zero_copy_only=False).astype(np.float64), nan=0.0)
         total, ideal = np.bincount(lists, weights=gains > 0, minlength=len(query_ids)), None
     orders = {"reranked": (ranked_by, None)} | ({"baseline": (baseline, c.baseline_descending)} if baseline else {})
@@ -422,8 +423,8 @@ def _following_the_job(config: EvalConfig) -> tuple:
     if cut and not config.qrels:
         raise ConfigError(f"{config.input} holds the reranker's top {job.get('top_k')} of each query "
                           f"({plural(cut, 'row')} cut): the cut rows' labels are gone, so recall, MAP and NDCG would "
-                          "count only the relevant documents it kept; give --qrels, or evaluate a rerank without "
-                          "--top-k")
+                          f"count only the relevant documents it kept; give {setting_and_flag('qrels')}, or evaluate "
+                          f"a rerank without {setting_and_flag('top_k')}")
     if cut and config.baseline_column:
         notes["baseline_left_out"] = (
             f"no baseline: {config.input} holds the reranker's top {job.get('top_k')} of each query "
@@ -465,7 +466,7 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     from_run = is_trec_run(c.input, job)
     if from_run:
         if qrels is None:
-            raise ConfigError(f"{c.input} is a TREC run, which holds no grades: give --qrels")
+            raise ConfigError(f"{c.input} is a TREC run, which holds no grades: give {setting_and_flag('qrels')}")
         df = read_trec_run(c.input, c)
         if c.baseline_column == EvalConfig.baseline_column:  # the default, which no run holds: not looked for
             c = dataclasses.replace(c, baseline_column="")  # (its note said so on every run's eval)
@@ -484,7 +485,7 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     if _score_read_as_rank(df, c):
         job_notes["baseline_read_as_rank"] = (
             f"warning: the baseline {c.baseline_column} holds fractions, as a score does, but is read as a rank (1 "
-            "is best): give --baseline-descending if higher is better")
+            f"is best): give {setting_and_flag('baseline_descending')} if higher is better")
     ranking = rank_queries(df, c)  # measured and written as a run alike
     result = evaluate_frame(df, c, qrels, ranking) | {"rows_without_ids": df.attrs.get("rows_without_ids", 0)}
     result |= job_notes

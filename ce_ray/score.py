@@ -93,7 +93,9 @@ def _unscorable(table: pa.Table, sources: Dict[str, str], input_format: str, tex
             # A JSON Lines file's rows are its lines that are not blank: where it has blank lines, the row's line
             # is further down, and a user who opens the file at that line finds another row.
             reason += " (blank lines not counted)"
-    return f"{table.num_rows - reasons.null_count} row(s) cannot be scored, e.g. {reason} (on_invalid=fail)"
+    # A job's rows come from files (`sources`), and its setting is a flag too; a caller's Dataset is Python's.
+    stop = setting_and_flag("on_invalid", "fail") if sources else 'on_invalid="fail"'
+    return f"{table.num_rows - reasons.null_count} row(s) cannot be scored, e.g. {reason} ({stop})"
 
 
 def _cut(text: Optional[str], most: int = 40) -> str:
@@ -337,13 +339,15 @@ def _replica_counts(config: ScoreConfig, use_gpu: bool, gpus: int, cpus: int, no
     wanted = config.min_replicas or (1 if use_gpu else max_replicas)
     min_replicas = min(wanted, max_replicas)
     if config.min_replicas and min_replicas < config.min_replicas:
-        print(f"ce-ray: note: min_replicas {config.min_replicas} is more than the {max_replicas} replica(s) the job "
-              f"may start (replicas; by default one per GPU, or one per node on CPUs): starting {min_replicas}",
+        print(f"ce-ray: note: {setting_and_flag('min_replicas', str(config.min_replicas))} is more than the "
+              f"{max_replicas} replica(s) the job may start ({setting_and_flag('replicas')}; by default one per GPU, "
+              f"or one per node on CPUs): starting {min_replicas}",
               file=sys.stderr, flush=True)
     if not use_gpu and min_replicas >= cpus > 1:
         # Each CPU replica holds a CPU for the whole job: replicas on all of them would leave none to read
         # the rows they wait for, and the job would never start.
-        asked = f"min_replicas {config.min_replicas}" if config.min_replicas else f"{wanted} replicas"
+        asked = (setting_and_flag("min_replicas", str(config.min_replicas)) if config.min_replicas else
+                 setting_and_flag("replicas", str(config.replicas)) if config.replicas else f"{wanted} replicas")
         # Nor may the pool grow to them: its replicas' threads are sized for those it starts with, and grown it
         # would hold every CPU again (the announce line said `up to 2`, on both cores each).
         min_replicas = max_replicas = cpus - 1
@@ -378,11 +382,11 @@ def _check_room(config: ScoreConfig, use_gpu: bool, gpus: int, node_cpus: float,
     one CPU (`cpus`) has none to read the rows once a replica holds it: the job waited forever."""
     from .runtime import refuse_or_wait
 
-    short = (["a GPU (use_gpu; the cluster has none)"] if use_gpu and not gpus else []) + (
+    short = ([f"a GPU ({setting_and_flag('use_gpu', True)}; the cluster has none)"] if use_gpu and not gpus else []) + (
         [f"{REPLICA_CPUS + 1} CPUs (a replica holds {REPLICA_CPUS} for the whole job, and reading the rows takes "
          f"another; the cluster has {cpus})"] if cpus < REPLICA_CPUS + 1 else []) + (
-        [f"{config.tokenize_cpus:g} CPUs a tokenize task (tokenize_cpus; the cluster's largest node has "
-         f"{node_cpus:g})"] if config.tokenize_cpus > node_cpus else [])
+        [f"{config.tokenize_cpus:g} CPUs a tokenize task ({setting_and_flag('tokenize_cpus')}; the cluster's largest "
+         f"node has {node_cpus:g})"] if config.tokenize_cpus > node_cpus else [])
     if not short:
         return
     refuse_or_wait(f"the job needs {' and '.join(short)}, which the local Ray it started cannot give",

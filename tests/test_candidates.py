@@ -195,9 +195,9 @@ def test_eval_of_candidates_without_flags_names_the_flag_that_reads_their_order(
     capsys.readouterr()
     assert main(["eval", "--input", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        "ce-ray eval: error: neither 'rank' nor 'score' is a column of the input: name the order's column with "
-        "--rank-column (1 is best) or --score-column (higher is better), e.g. --rank-column bm25_rank for the "
-        "input's first-stage order"]
+        "ce-ray eval: error: neither 'rank' nor 'score' is a column of the input: name the order's column, a rank "
+        "(1 is best) with rank_column (--rank-column) or a score (higher is better) with score_column "
+        "(--score-column), e.g. rank_column bm25_rank (--rank-column bm25_rank) for the input's first-stage order"]
     assert main(["eval", "--input", str(tmp_path / "out"), "--rank-column", "bm25_rank",
                  "--output", str(tmp_path / "eval.json")]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["reranked"]["mrr@10"] == 1.0

@@ -276,7 +276,7 @@ def test_a_job_that_ce_rays_own_error_stops_says_how_to_finish_it(cluster, model
     own = [line for line in run.stdout.splitlines() if not re.match(r"^(\x1b\[\d+m)?\(\S.* pid=\d+\)", line)]
     assert "\n".join(own).rstrip().endswith(
         "ce-ray score: failed: InputError: 1 row(s) cannot be scored, e.g. query is null, in row 2 of "
-        f"{tmp_path}/pairs.parquet (on_invalid=fail); {finish}"), \
+        f"{tmp_path}/pairs.parquet (on_invalid fail (--on-invalid fail)); {finish}"), \
         run.stdout[-3000:]
     assert run.stderr.strip().splitlines()[-1].endswith(" FAILED: Job entrypoint command failed with exit code 1; "
                                                         f"{finish}"), run.stderr

@@ -153,7 +153,8 @@ def test_a_baseline_of_scores_read_as_a_rank_is_warned_of(tmp_path, capsys):
     config = EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "eval.json"),
                         baseline_column="bm25_score")
     assert run_eval(config)["baseline"]["mrr@10"] == pytest.approx(1 / 3)
-    warning = "warning: the baseline bm25_score holds fractions, as a score does, but is read as a rank"
+    warning = ("warning: the baseline bm25_score holds fractions, as a score does, but is read as a rank (1 is best): "
+               "give baseline_descending (--baseline-descending) if higher is better")
     assert warning in capsys.readouterr().out
     assert run_eval(dataclasses.replace(config, baseline_descending=True))["baseline"]["mrr@10"] == 1.0
     assert run_eval(dataclasses.replace(config, baseline_column="bm25_rank"))["baseline"]["mrr@10"] == 1.0
@@ -313,7 +314,7 @@ def test_the_reranked_order_is_written_as_a_trec_run(tmp_path):
     from_rows = run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), qrels=str(tmp_path / "qrels.txt"),
                                     output=json_out))
     assert from_run["reranked"] == from_rows["reranked"] and from_run["reranked"]["mrr@10"] == (1 / 2 + 1) / 2
-    with pytest.raises(ConfigError, match="is a TREC run, which holds no grades: give --qrels"):
+    with pytest.raises(ConfigError, match=r"is a TREC run, which holds no grades: give qrels \(--qrels\)$"):
         run_eval(EvalConfig(input=str(run)))
     rows.drop(columns="doc_id").to_parquet(tmp_path / "scored.parquet")
     with pytest.raises(InputError, match="missing column\\(s\\) 'doc_id' .*; name the column with doc_id_column "
@@ -530,7 +531,8 @@ def test_labels_that_are_text_are_read_as_training_reads_them_or_refused(tmp_pat
         assert result["reranked"]["map"] == 1.0
     rows.assign(label=["yes", "no", "no", "yes"]).to_parquet(tmp_path / "pairs.parquet")
     with pytest.raises(InputError, match=r"pairs\.parquet: label column 'label' is text, not a number: name the "
-                                         r"grades' column with --label-column, or give --qrels$"):
+                                         r"grades' column with label_column \(--label-column\), or give qrels "
+                                         r"\(--qrels\)$"):
         run_eval(EvalConfig(input=str(tmp_path / "pairs.parquet"), baseline_column=""))
 
 

@@ -206,8 +206,8 @@ def test_a_cpu_cluster_scores_on_every_node_each_replica_on_its_nodes_cores(tmp_
         str(tiny_model), str(tmp_path / "in"), str(tmp_path / "out"), str(scratch / "ray")], timeout=300)
     assert returncode == 0 and "rows scored   400" in log, log[-6000:]
     assert "on CPU, up to 2 replica(s) on 2 node(s), each on its node's cores" in log, log[-6000:]
-    assert ("note: the job needs 2.5 CPUs a tokenize task (tokenize_cpus; the cluster's largest node has 2): it "
-            "waits until the cluster has them") in log, log[-6000:]
+    assert ("note: the job needs 2.5 CPUs a tokenize task (tokenize_cpus (--tokenize-cpus); the cluster's largest "
+            "node has 2): it waits until the cluster has them") in log, log[-6000:]
     ready = [line for path in scratch.glob("ray/session_latest/logs/worker-*.out")
              for line in path.read_text(errors="replace").splitlines() if "ce-ray replica:" in line]
     threads = sorted(line.split(" on cpu (")[1].split(")")[0] for line in ready)

@@ -460,7 +460,8 @@ def test_eval_reads_an_output_as_its_job_wrote_it(ray_local, tiny_model, tmp_pat
     assert ranked["columns_of_the_job"].startswith("query_id_column 'qid', rank_column 'rank_ce': as the job")
     assert ranked["queries"] == 3 and ranked["baseline"]["map"] == pytest.approx(2 / 3)  # q3: none relevant, 0
     run_rerank(dataclasses.replace(config, output=str(tmp_path / "top"), top_k=2))
-    with pytest.raises(ConfigError, match=r"top 2 of each query \(17 rows cut\): the cut rows' labels are gone"):
+    with pytest.raises(ConfigError, match=r"top 2 of each query \(17 rows cut\): the cut rows' labels are gone, .*; "
+                                          r"give qrels \(--qrels\), or evaluate a rerank without top_k \(--top-k\)$"):
         run_eval(EvalConfig(input=str(tmp_path / "top")))
 
 

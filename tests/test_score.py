@@ -523,7 +523,7 @@ def test_on_invalid_fail_stops_the_job_and_frees_its_replica(ray_local, tmp_path
         # The row and the file to fix: the rows carry their file's key, which the user never sees. (The error is
         # not kept, `pytest.raises(...) as`: it holds the failed execution, whose actor the next job waits for.)
         unscorable = (f"1 row(s) cannot be scored, e.g. query is null, in row 2 of {tmp_path}/p.parquet "
-                      "(on_invalid=fail)")
+                      "(on_invalid fail (--on-invalid fail))")
         with pytest.raises(InputError, match=f"^{re.escape(unscorable)}$"):
             run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "p.parquet"),
                                   output=str(tmp_path / "out"), on_invalid="fail"))
@@ -541,8 +541,8 @@ def test_on_invalid_fail_stops_the_job_and_frees_its_replica(ray_local, tmp_path
                  str(tmp_path / "out"), "--on-invalid", "fail", "--mode", "overwrite"]) == 1
     errors = capsys.readouterr().err
     assert errors.splitlines()[-1] == ("ce-ray score: failed: InputError: 1 row(s) cannot be scored, e.g. query is "
-                                       f"null, in row 2 of {tmp_path}/p.parquet (on_invalid=fail); --mode resume "
-                                       "finishes it (the input files completed are kept)")
+                                       f"null, in row 2 of {tmp_path}/p.parquet (on_invalid fail (--on-invalid "
+                                       "fail)); --mode resume finishes it (the input files completed are kept)")
     assert "Traceback" not in errors
 
 
@@ -551,7 +551,7 @@ def test_a_jsonl_row_that_on_invalid_fail_stops_at_is_counted_without_blank_line
     come before it, and the message says so (a user who opened the file at "row 2" found another row)."""
     (tmp_path / "p.jsonl").write_text('{"query": "q", "document": "d"}\n\n{"query": null, "document": "e"}\n')
     unscorable = (f"1 row(s) cannot be scored, e.g. query is null, in row 2 of {tmp_path}/p.jsonl (blank lines not "
-                  "counted) (on_invalid=fail)")
+                  "counted) (on_invalid fail (--on-invalid fail))")
     with pytest.raises(InputError, match=f"^{re.escape(unscorable)}$"):
         run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "p.jsonl"), output=str(tmp_path / "out"),
                               on_invalid="fail"))
@@ -563,7 +563,7 @@ def test_a_csv_row_that_on_invalid_fail_stops_at_is_named_by_its_texts(ray_local
     `bad,row,extra`, the row stopped at being line 7). The row is named by its texts, as a Dataset's is."""
     (tmp_path / "p.csv").write_text('query,document\nq1,d1\n\nq2,"two\nlines"\nbad,row,extra\nq3,\nq4,d4\n')
     unscorable = (f"2 row(s) cannot be scored, e.g. document is null, in the row of query 'q3', document None of "
-                  f"{tmp_path}/p.csv (on_invalid=fail)")
+                  f"{tmp_path}/p.csv (on_invalid fail (--on-invalid fail))")
     with pytest.raises(InputError, match=f"^{re.escape(unscorable)}$"):
         run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "p.csv"), output=str(tmp_path / "out"),
                               on_invalid="fail"))
@@ -584,7 +584,7 @@ def test_an_error_in_a_lazy_datasets_rows_is_raised_as_ce_rays_own_where_it_is_c
     assert rows.schema(fetch_if_missing=False) is None  # its columns are known once it runs
     scored = ce_ray.score(rows, model=str(tiny_model), on_invalid="fail")
     unscorable = ("1 row(s) cannot be scored, e.g. document is null, in the row of query 'another query', document "
-                  "None (on_invalid=fail)")
+                  "None (on_invalid=\"fail\")")
     # (The error is not kept, `pytest.raises(...) as`: it holds the failed execution, whose actor the next waits for.)
     with pytest.raises(ce_ray.InputError, match=f"^{re.escape(unscorable)}$"):
         with ce_ray.surfaced_errors():
@@ -904,13 +904,17 @@ def test_min_replicas_leave_a_cpu_to_read_on_a_cpu_cluster(ray_local, tiny_model
     ds = ray.data.from_pandas(pairs_df.head(20))
     scored = score(ds, model=str(tiny_model), replicas=cpus, min_replicas=cpus).to_pandas()
     assert len(scored) == 20 and scored["score"].notna().all()
-    assert f"min_replicas {cpus} would hold all {cpus} CPUs of the cluster" in capsys.readouterr().err
+    assert (f"min_replicas {cpus} (--min-replicas {cpus}) would hold all {cpus} CPUs of the cluster"
+            in capsys.readouterr().err)
     score(ds, model=str(tiny_model), min_replicas=2)  # said as the Dataset is planned: nothing to run
-    assert "min_replicas 2 is more than the 1 replica(s) the job may start" in capsys.readouterr().err
+    assert ("min_replicas 2 (--min-replicas 2) is more than the 1 replica(s) the job may start (replicas (--replicas); "
+            "by default") in capsys.readouterr().err
     # What a local Ray does not have, it never will: the job would wait forever.
-    with pytest.raises(ConfigError, match=r"needs a GPU \(use_gpu; the cluster has none\), which the local Ray"):
+    with pytest.raises(ConfigError, match=r"needs a GPU \(use_gpu true \(--use-gpu\); the cluster has none\), which "
+                                          r"the local Ray"):
         score(ds, model=str(tiny_model), use_gpu=True)
-    with pytest.raises(ConfigError, match=f"needs {cpus + 1} CPUs a tokenize task \\(tokenize_cpus; the cluster's"):
+    with pytest.raises(ConfigError, match=f"needs {cpus + 1} CPUs a tokenize task \\(tokenize_cpus "
+                                          f"\\(--tokenize-cpus\\); the cluster's"):
         score(ds, model=str(tiny_model), tokenize_cpus=cpus + 1)
 
 
