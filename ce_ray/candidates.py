@@ -24,12 +24,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import CandidatesConfig, ConfigError, require
-from .messages import InputError, n_queries, setting_and_flag
-from .progress import plural
+from .messages import InputError, plural, setting_and_flag
+from .output_state import SUCCESS
 from .runtime import work
 from .storage import filesystem, join, remove
-
-SUCCESS = "_SUCCESS"
 
 
 def numbered_lines(uri: str):
@@ -276,9 +274,9 @@ def _retrieve(config: CandidatesConfig, corpus: Dict[str, str], queries: Dict[st
     """The work of `run_candidates`, after its checks: the index, the candidates file, `_SUCCESS` and the summary."""
     # Said before the index is built: BM25 over 400,000 documents took 40 s on 2 CPU cores, and a corpus of
     # millions takes many minutes, with nothing else said until the job ends.
-    print(f"ce-ray candidates: {plural(len(corpus), 'document')} and {n_queries(len(query_ids))} ({config.split}) "
-          f"read in {time.perf_counter() - start:.1f} s; indexing them with BM25, then retrieving the top "
-          f"{config.top_k} of each query", flush=True)
+    print(f"ce-ray candidates: {plural(len(corpus), 'document')} and {plural(len(query_ids), 'query')} "
+          f"({config.split}) read in {time.perf_counter() - start:.1f} s; indexing them with BM25, then retrieving "
+          f"the top {config.top_k} of each query", flush=True)
     table = candidates_table(corpus, queries, qrels, query_ids, config.top_k)
     fs, path = filesystem(output_file(config))
     pq.write_table(table, path, filesystem=fs)
@@ -306,7 +304,7 @@ def _retrieve(config: CandidatesConfig, corpus: Dict[str, str], queries: Dict[st
         + (f"; {left_out:,} more left out by --max-queries)" if left_out else ")"),
         f"  documents     {len(corpus):,}",
         f"  pairs         {table.num_rows:,} (BM25 top {config.top_k}"
-        + (f"; fewer for {n_queries(short)}, whose other documents share no term with "
+        + (f"; fewer for {plural(short, 'query')}, whose other documents share no term with "
            f"{'it' if short == 1 else 'them'})" if short else ")"),
         f"  relevant      {found:,} of {relevant:,} retrieved (recall@{config.top_k} {recall:.3f} over all pairs; "
         "ce-ray eval averages it per query)",

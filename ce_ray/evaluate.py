@@ -33,11 +33,10 @@ import pyarrow.parquet as pq
 from .arrow_types import missing_values
 from .config import ConfigError, EvalConfig, require
 from .input_files import EVAL_SUFFIX, detect_format, list_files, partition_values
-from .messages import InputError, column_list, n_queries, setting_and_flag, settings_hint
+from .messages import InputError, column_list, plural, setting_and_flag, settings_hint
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 from .output_state import EVAL, REJECTS, job_summary, refuse_changed_output
 from .storage import check_s3_access, filesystem, glob_base, is_glob, is_remote, join
-from .progress import plural
 from .train_data import numeric_labels
 
 
@@ -500,14 +499,16 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     if run:
         result["run"] = run
     write_file(output, json.dumps(result, indent=2).encode())
-    lines = [f"{title}: {n_queries(result['queries'])} ({result['counted']}), {plural(result['pairs'], 'pair')}"]
+    lines = [f"{title}: {plural(result['queries'], 'query')} ({result['counted']}), {plural(result['pairs'], 'pair')}"]
     if result["queries_skipped_without_relevant"]:
-        lines.append(f"  left out {n_queries(result['queries_skipped_without_relevant'])} without a relevant "
+        lines.append(f"  left out {plural(result['queries_skipped_without_relevant'], 'query')} without a relevant "
                      "document")
     if result["queries_without_relevant"]:
-        lines.append(f"  {n_queries(result['queries_without_relevant'])} without a relevant document: counted as 0")
+        lines.append(f"  {plural(result['queries_without_relevant'], 'query')} without a relevant document: "
+                     "counted as 0")
     if result.get("queries_not_in_qrels"):
-        lines.append(f"  left out {n_queries(result['queries_not_in_qrels'])} the qrels do not judge (as trec_eval)")
+        lines.append(f"  left out {plural(result['queries_not_in_qrels'], 'query')} the qrels do not judge "
+                     "(as trec_eval)")
     if result.get("repeated_pairs_dropped"):
         lines.append(f"  counted once {result['repeated_pairs_dropped']:,} repeated (query, document) pair(s)")
     if result.get("tied_pairs") and from_run:
@@ -518,8 +519,8 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
                      f"order ({result['reranked_by']}, then input order), trec_eval orders them by document id, "
                      "descending, so its figures can differ")
     if result["queries_with_one_candidate"]:
-        lines.append(f"  {n_queries(result['queries_with_one_candidate'])} with a single candidate: counted, alike in "
-                     "any order")
+        lines.append(f"  {plural(result['queries_with_one_candidate'], 'query')} with a single candidate: "
+                     "counted, alike in any order")
     if result.get("rows_without_ids"):
         lines.append(f"  left out {result['rows_without_ids']:,} row(s) without a query"
                      + (" or document id" if qrels is not None else " id"))
@@ -531,7 +532,7 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
         # The ids shown are a few of them: say so where there are more, or they read as the whole list.
         more = ", ..." if result["qrels_queries_without_candidates"] > len(shown) else ""
         examples = ", ".join(shown) + more
-        lines.append(f"  qrels name {n_queries(result['qrels_queries_without_candidates'])} with no candidates, "
+        lines.append(f"  qrels name {plural(result['qrels_queries_without_candidates'], 'query')} with no candidates, "
                      f"not evaluated, as by trec_eval (with -c it and ir_measures count them at 0): {examples}")
     lines += [f"  {note}" for note in job_notes.values()]
     lines.append(f"  reranked by {result['reranked_by']}" + (f", baseline by {result['baseline_by']}"

@@ -23,7 +23,6 @@ from .storage import (check_s3_access, filesystem, glob_base, in_parallel, is_gl
                       size_and_stamp)
 
 
-FORMATS = ("parquet", "jsonl", "csv", "tsv")
 DELIMITED = ("csv", "tsv")  # read by Arrow's CSV reader, a header line or column_names naming the columns
 COMPRESSED = (".gz", ".bz2", ".zst")  # read through, by the suffix
 # A compressed text file's text, in memory, taken as this many times its size (text compresses 3-5x).

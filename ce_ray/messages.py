@@ -22,9 +22,11 @@ def column_list(names: Sequence[str], most: int = 12) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
-def n_queries(count: int) -> str:
-    """A count of queries as a line says it: `1 query`, `2 queries`."""
-    return f"{count:,} query" if count == 1 else f"{count:,} queries"
+def plural(count: int, noun: str) -> str:
+    """A count as a line says it: `1 pair`, `1,234 pairs`, `1 query`, `2 queries`."""
+    if count != 1:
+        noun = noun[:-1] + "ies" if noun.endswith("y") and noun[-2] not in "aeiou" else noun + "s"
+    return f"{count:,} {noun}"
 
 
 def setting_and_flag(name: str, value: Union[str, bool] = "") -> str:

@@ -10,7 +10,7 @@ from typing import Dict, List, NamedTuple, Optional
 
 import pyarrow.fs as pafs
 
-from .messages import InputError, briefly
+from .messages import InputError, briefly, plural
 from .storage import filesystem, is_glob
 
 
@@ -128,11 +128,11 @@ def part_differences(counted: Dict[str, int], held: Dict[str, Optional[int]], jo
     said = []
     for path, rows in sorted(counted.items()):
         if path not in held:
-            said.append(f"{name(path)} is missing ({rows:,} rows)")
+            said.append(f"{name(path)} is missing ({plural(rows, 'row')})")
         elif held[path] is None:
-            said.append(f"{name(path)} cannot be read as parquet (cut short?; {rows:,} rows written)")
+            said.append(f"{name(path)} cannot be read as parquet (cut short?; {plural(rows, 'row')} written)")
         elif held[path] != rows:
-            said.append(f"{name(path)} holds {held[path]:,} rows of the {rows:,} written")
+            said.append(f"{name(path)} holds {plural(held[path], 'row')} of the {rows:,} written")
     return said + [f"{name(path)} was not written by {job}" for path in sorted(held.keys() - counted.keys())]
 
 

@@ -78,11 +78,6 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def plural(count: int, noun: str, nouns: str = "") -> str:
-    """A count as a line says it: `1 pair`, `1,234 pairs` (`nouns`: the plural where it is not the noun and an s)."""
-    return f"{count:,} {noun if count == 1 else nouns or noun + 's'}"
-
-
 def progress_line(title: str, done: int, total: Optional[int], seconds: float, rate: float) -> str:
     """One line of progress: `done` pairs of `total` (None: a text file's rows, counted only as read) in `seconds`
     since the job's work began, at `rate` pairs/s lately."""

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from .batching import IDS, REJECT, TYPES, default_batch_tokens, list_parts, token_budget_batches  # noqa: E402
 from .bert import BertCrossEncoder  # noqa: E402
 from .config import ScoreConfig  # noqa: E402
-from .messages import setting_and_flag  # noqa: E402
+from .messages import plural, setting_and_flag  # noqa: E402
 from .model import ModelError, attention_inputs, load_scoring_model, to_device  # noqa: E402
 from .model_folder import local_model_path  # noqa: E402
 from .runtime import usable_cpus  # noqa: E402
@@ -148,7 +148,7 @@ class Scorer:
             except torch.OutOfMemoryError as e:  # one line, with the setting to change, for the command line
                 raise ModelError(
                     f"{self.reranker.path} ran out of GPU memory scoring batches of up to {self.budget:,} padded "
-                    f"tokens, {table.num_rows:,} rows a call ({str(e).splitlines()[0]}): set a smaller "
+                    f"tokens, {plural(table.num_rows, 'row')} a call ({str(e).splitlines()[0]}): set a smaller "
                     f"{setting_and_flag('batch_tokens')}, or {setting_and_flag('rows_per_call')}") from None
         if results:  # one copy back per block: reading each batch's scores would wait for the GPU every batch
             scores[np.concatenate(order)] = torch.cat(results).cpu().numpy()

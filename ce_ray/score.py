@@ -21,8 +21,8 @@ from .arrow_types import is_text
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, refuse_unused, require, with_settings
 from .input_files import DELIMITED, detect_format, refuse_written
-from .messages import InputError, column_list, setting_and_flag
-from .progress import Progress, count_rows, job_counter, plural
+from .messages import InputError, column_list, plural, setting_and_flag
+from .progress import Progress, count_rows, job_counter
 from .runtime import (cluster_resources, column_type_clash, cpu_nodes, ensure_ray, free_failed_actors,
                       surfaced_errors, work)
 from .storage import absolute

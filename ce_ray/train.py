@@ -32,8 +32,8 @@ from .config import ConfigError, TrainConfig, require, with_settings
 from .checkpoints import (DS_TAG, MODEL, PROGRESS, RANDOM_STATE, STATE, best_checkpoint, best_kept, check_whole,
                           claim_run, random_state, restore_random_state, run_storage, upload_checkpoint,
                           whole_checkpoint, worker_seed, write_file_list)
-from .messages import setting_and_flag
-from .progress import duration, plural
+from .messages import plural, setting_and_flag
+from .progress import duration
 from .storage import filesystem, is_remote, remove, upload_folder
 from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, refuse_settings_of_beir,
                          shard_spans, top_reasons, training_batch_tokens, training_input, unused_settings,

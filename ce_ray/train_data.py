@@ -26,8 +26,7 @@ from .batching import (IDS, REJECT, TYPES, PairEncoder, list_parts, pad, text_co
                        tokenize_table)
 from .config import ConfigError, TrainConfig, refuse_unused, settings_set
 from .input_files import Listing, list_files, parse_names
-from .messages import InputError, n_queries, setting_and_flag
-from .progress import plural
+from .messages import InputError, plural, setting_and_flag
 from .readers import ROW_INPUT
 from .storage import filesystem, list_tree
 from .training_pairs import LABEL_OF_NEGATIVES, training_pairs
@@ -296,9 +295,10 @@ def _eval_candidates(config: TrainConfig, negatives: List[str]):
     without_relevant = len(qrels) - len(with_relevant)
     return (table, {q: qrels[q] for q in query_ids},
             f"the BM25 top {config.eval_top_k} of `{config.eval_data}` ({config.eval_split} split, "
-            f"{n_queries(len(query_ids))}, {plural(table.num_rows, 'candidate')}"
+            f"{plural(len(query_ids), 'query')}, {plural(table.num_rows, 'candidate')}"
             f"{_past_the_first(with_relevant, query_ids)}"
-            + (f"; {n_queries(without_relevant)} without a relevant document left out" if without_relevant else "")
+            + (f"; {plural(without_relevant, 'query')} without a relevant document left out"
+               if without_relevant else "")
             + ")")
 
 
@@ -306,7 +306,7 @@ def _past_the_first(with_relevant: list, query_ids: list) -> str:
     """`; N queries past the first M left out (eval_max_queries)` for an eval line, so that the queries it counts
     add up to the data's; '' where none is."""
     past = len(with_relevant) - len(query_ids)
-    return f"; {n_queries(past)} past the first {len(query_ids):,} left out (eval_max_queries)" if past else ""
+    return f"; {plural(past, 'query')} past the first {len(query_ids):,} left out (eval_max_queries)" if past else ""
 
 
 def _eval_rows(config: TrainConfig, negatives: List[str]):
@@ -359,9 +359,11 @@ def _eval_rows(config: TrainConfig, negatives: List[str]):
     left_out = table.num_rows - int(usable.sum())
     without_relevant = len(qrels) - len(with_relevant)
     return (candidates, {q: qrels[q] for q in query_ids},
-            f"each query's rows of `{config.eval_data}` ({n_queries(len(query_ids))}, {plural(len(rows), 'candidate')}"
+            f"each query's rows of `{config.eval_data}` "
+            f"({plural(len(query_ids), 'query')}, {plural(len(rows), 'candidate')}"
             + _past_the_first(with_relevant, query_ids)
-            + (f"; {n_queries(without_relevant)} without a row labelled above 0 left out" if without_relevant else "")
+            + (f"; {plural(without_relevant, 'query')} without a row labelled above 0 left out"
+               if without_relevant else "")
             + (f"; {left_out:,} row(s) that cannot be scored left out" if left_out else "") + ")")
 
 

@@ -629,3 +629,15 @@ def test_every_mode_prepares_an_output_that_holds_nothing_yet(tmp_path):
         assert not prepare_output(str(out), mode, job={"model": "m"}).parts
         assert json.loads((out / "_ce_ray" / "job.json").read_text()) == {"model": "m"}
         assert not prepare_output(str(out), mode, job={"model": "m"}).parts  # a job that failed before its writes
+
+
+def test_the_parts_that_differ_are_said_with_a_count_of_one_in_the_singular():
+    """A part's words said `is missing (1 rows)` and `holds 1 rows of the 2 written`."""
+    from ce_ray.output_state import part_differences
+
+    counted = {"out/results/a.parquet": 1, "out/results/b.parquet": 1, "out/results/c.parquet": 2}
+    held = {"out/results/b.parquet": None, "out/results/c.parquet": 1, "out/results/d.parquet": 3}
+    assert part_differences(counted, held, "this job", base="out/") == [
+        "results/a.parquet is missing (1 row)",
+        "results/b.parquet cannot be read as parquet (cut short?; 1 row written)",
+        "results/c.parquet holds 1 row of the 2 written", "results/d.parquet was not written by this job"]
