@@ -164,12 +164,16 @@ def other_commands_hint(command: str, unknown: list) -> str:
 
 # How a job of each command that stopped mid-way is finished. A score job's output holds the parts of the input
 # files it completed, which resume keeps; ranking and BM25 regroup rows across files, so their jobs start over.
+# A training run resumes from its last checkpoint where it has one (`training_finish` says which), else the same
+# command starts it over; this is said where the run's record cannot be read.
 HOW_TO_FINISH = {
     "score": f"{RESUME} (the input files completed are kept)",
     "rerank": f"{OVERWRITE} (ranking groups rows across files: it cannot resume)",
     "candidates": OVERWRITE,
-    "train": "the same command resumes it from its last checkpoint",
+    "train": "the same command resumes it from its last checkpoint, or starts it over where it wrote none",
 }
+RESUMES_AT = "the same command resumes it from its last checkpoint"  # then `, step N`
+STARTS_OVER = "it has no checkpoint yet: the same command starts it over"
 FAILED = 1  # the exit status of a job that failed during its work; 2 is a usage error, found before any work
 STOPPED = 128 + signal.SIGTERM  # a job stopped by SIGTERM, as a shell gives it; Ctrl-C's is 130 (128 + SIGINT)
 # The errors of a usage, found before any work; the same types raised during the work fail the job (`runtime.work`).
@@ -177,16 +181,33 @@ STOPPED = 128 + signal.SIGTERM  # a job stopped by SIGTERM, as a shell gives it;
 USAGE_ERRORS = (ConfigError, ValueError, FileExistsError, FileNotFoundError, RayStartError)
 
 
-def finishing_hint(command: str, cause: str = "") -> str:
+def finishing_hint(command: str, cause: str = "", args: Optional[argparse.Namespace] = None) -> str:
     """How a job of this command that was interrupted or failed is finished, for the line that says so; nothing
     where the error's `cause` names a mode already (a score job's output that lost a part: `--mode resume finishes
-    it`; a float16 overflow, whose other dtype a resume would refuse: `--mode overwrite`)."""
+    it`; a float16 overflow, whose other dtype a resume would refuse: `--mode overwrite`). A training run's, with
+    the command's `args`, says whether it has a checkpoint to resume from."""
     if command not in HOW_TO_FINISH or "--mode " in cause:
         return ""
+    if command == "train" and args is not None:
+        return f"; {training_finish(args)}"
     return f"; {HOW_TO_FINISH[command]}"
 
 
-def report_failure(command: str, error: BaseException) -> None:
+def training_finish(args: argparse.Namespace) -> str:
+    """What the same `ce-ray train` command does with the run: resume it from the step of its last checkpoint
+    that Ray Train recorded, or start it over where there is none (stopped before its first checkpoint)."""
+    from .checkpoints import NOT_KNOWN, resumed_step
+
+    try:
+        step = resumed_step(config_from_args(TrainConfig, args))
+    except Exception:  # settings that do not build, a store that does not answer: either may be true
+        return HOW_TO_FINISH["train"]
+    if step is None:
+        return STARTS_OVER
+    return RESUMES_AT + ("" if step == NOT_KNOWN else f", step {step:,}")
+
+
+def report_failure(command: str, error: BaseException, args: Optional[argparse.Namespace] = None) -> None:
     """Prints a job's failure: its traceback, then one line with the error that caused it and how to finish the
     job. A failure in Ray's tasks or workers is printed without the driver's chain of Ray's own exceptions
     (which ones it was handling, a bare marker of Ray Data's), which repeats nothing of the worker's error.
@@ -201,7 +222,7 @@ def report_failure(command: str, error: BaseException) -> None:
     cause = failure_cause(error)
     # A training run that a loss or weights not finite stopped would stop at the same step again from its last
     # checkpoint: no way to finish it is said, its cause says what to change.
-    hint = "" if isinstance(error, FloatingPointError) else finishing_hint(command, cause)
+    hint = "" if isinstance(error, FloatingPointError) else finishing_hint(command, cause, args)
     print(f"ce-ray {command}: failed: {cause}{hint}", file=sys.stderr, flush=True)
 
 
@@ -223,7 +244,7 @@ def main(argv=None) -> int:
             return run_submit(args, overrides)
         return run_command(args.command, args)
     except KeyboardInterrupt:  # Ctrl-C: a line, not the traceback of wherever the driver was waiting
-        print(f"\nce-ray {args.command}: interrupted{finishing_hint(args.command)}", file=sys.stderr)
+        print(f"\nce-ray {args.command}: interrupted{finishing_hint(args.command, args=args)}", file=sys.stderr)
         return 130
     except SystemExit:
         # SIGTERM (a scheduler's stop, Kubernetes', `kill`, `ray job stop`): ray.init makes it `sys.exit` in the driver,
@@ -234,7 +255,7 @@ def main(argv=None) -> int:
 
         if not stopped_by_sigterm():
             raise
-        print(f"\nce-ray {args.command}: stopped (SIGTERM){finishing_hint(args.command)}", file=sys.stderr)
+        print(f"\nce-ray {args.command}: stopped (SIGTERM){finishing_hint(args.command, args=args)}", file=sys.stderr)
         return STOPPED
     except Exception as e:
         from .runtime import failed_during_work
@@ -242,7 +263,7 @@ def main(argv=None) -> int:
         if isinstance(e, USAGE_ERRORS) and not failed_during_work(e):
             print(f"ce-ray {args.command}: error: {e}", file=sys.stderr)
             return 2
-        report_failure(args.command, e)
+        report_failure(args.command, e, args)
         return FAILED
 
 

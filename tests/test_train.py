@@ -530,19 +530,27 @@ def test_a_run_that_fails_mid_way_says_why_and_that_the_same_command_resumes_it(
                                                                                capsys):
     """Training data with a page that cannot be decoded, found as Ray Data reads it: Ray's error, a usage
     error's line and exit 2 (pyarrow's ArrowInvalid is a ValueError, and so is Ray's error of it), naming no
-    file. The last line says what failed and how to go on: the same command, which resumes the run."""
-    from ce_ray.cli import main
+    file. The last line says what failed and how to go on: the same command, which starts the run over where it
+    has no checkpoint (the line said that it resumed it from its last checkpoint, of which there was none), and
+    resumes it from the step of its last one where Ray Train recorded one."""
+    from ce_ray.cli import build_parser, finishing_hint, main
     from conftest import undecodable_parquet
 
     pairs = pd.DataFrame({"query": [f"query {i % 4}" for i in range(40)],
                           "document": [f"document {i % 9}" for i in range(40)], "label": [i % 2 for i in range(40)]})
     undecodable_parquet(tmp_path / "pairs.parquet", pairs)
-    assert main(["train", "--model", str(tiny_model), "--train-data", str(tmp_path / "pairs.parquet"),
-                 "--output", str(tmp_path / "out"), "--max-steps", "1"]) == 1
+    command = ["train", "--model", str(tiny_model), "--train-data", str(tmp_path / "pairs.parquet"),
+               "--output", str(tmp_path / "out"), "--max-steps", "1", "--batch-size", "20"]
+    assert main(command) == 1
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"ce-ray train: failed: ArrowInvalid: Index not in dictionary bounds (reading {tmp_path}/pairs.parquet); "
-        "the same command resumes it from its last checkpoint")
+        "it has no checkpoint yet: the same command starts it over")
     assert not (tmp_path / "out" / "model.safetensors").exists()
+    # The data mended, the run ends with a checkpoint at its step 1, which a run of the same name resumes from.
+    pairs.to_parquet(tmp_path / "pairs.parquet", index=False)
+    assert main(command) == 0
+    assert finishing_hint("train", args=build_parser().parse_args(command)) == (
+        "; the same command resumes it from its last checkpoint, step 1")
 
 
 def _ray_train_workers():
@@ -793,7 +801,8 @@ def test_workers_drop_units_of_their_own_and_a_run_repeats_itself(ray_local, tin
 
 def test_ctrl_c_ends_a_training_run_with_a_line_that_says_how_to_resume_it(tiny_model, tmp_path):
     """Ray Train's fit takes Ctrl-C for its own: it aborted the run and failed with Ray's error of the aborted
-    controller, exit 1, without ce-ray's line."""
+    controller, exit 1, without ce-ray's line. Stopped before its first checkpoint, the line says that the same
+    command starts it over (it said that it resumed it from its last checkpoint, of which there was none)."""
     from conftest import interrupted_as_in_a_terminal
 
     wikiqa_pairs("train", 3000)[["query", "document", "label"]].to_parquet(tmp_path / "pairs.parquet")
@@ -801,7 +810,7 @@ def test_ctrl_c_ends_a_training_run_with_a_line_that_says_how_to_resume_it(tiny_
                "--output", str(tmp_path / "out"), "--batch-size", "2", "--log-every", "5", "--epochs", "5"]
     returncode, errors = interrupted_as_in_a_terminal(command, after="ce-ray train: step 5/", wait=1.0)
     assert returncode == 130, errors[-3000:]
-    assert "\nce-ray train: interrupted; the same command resumes it from its last checkpoint\n" in errors
+    assert "\nce-ray train: interrupted; it has no checkpoint yet: the same command starts it over\n" in errors
     # The driver's own: Ray's actors may log theirs (`(PlacementGroupCleaner pid=...)`, where several local Rays run)
     assert "KeyboardInterrupt" not in errors
     assert not [line for line in errors.splitlines() if "Traceback" in line and "pid=" not in line]
@@ -809,7 +818,7 @@ def test_ctrl_c_ends_a_training_run_with_a_line_that_says_how_to_resume_it(tiny_
     # shutdown of a training run takes more than 3 s, its failure signal handler's alarm aborted it (SIGABRT).
     returncode, errors = interrupted_as_in_a_terminal(command, after="ce-ray train: step ", wait=1.0, sent="SIGTERM")
     assert returncode == 143, errors[-3000:]
-    assert "\nce-ray train: stopped (SIGTERM); the same command resumes it from its last checkpoint\n" in errors
+    assert "\nce-ray train: stopped (SIGTERM); it has no checkpoint yet: the same command starts it over\n" in errors
 
 
 def test_beir_pairs_with_bm25_hard_negatives_train_and_evaluate(ray_local, tiny_model, tmp_path):
