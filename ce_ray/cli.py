@@ -10,6 +10,7 @@ import functools
 import importlib
 import inspect
 import io
+import re
 import signal
 import sys
 import tokenize
@@ -205,6 +206,22 @@ def training_finish(args: argparse.Namespace) -> str:
     if step is None:
         return STARTS_OVER
     return RESUMES_AT + ("" if step == NOT_KNOWN else f", step {step:,}")
+
+
+COMMAND_ENDS = ("failed: ", "interrupted", "stopped (", "error: ")  # how the line that ends a command goes on
+
+
+def finishing_said(command: str, line: str) -> Optional[str]:
+    """The way to finish a job that its command's last line said (`ce-ray score: failed: ...; <how>`), '' where
+    that line said none (a float16 overflow's, whose cause says it; an error found before any work), None where
+    the line is not one that ends the command (the job was killed before it said one)."""
+    if not line.startswith(tuple(f"ce-ray {command}: {end}" for end in COMMAND_ENDS)):
+        return None
+    forms = [re.escape(HOW_TO_FINISH[command])] if command in HOW_TO_FINISH else []
+    if command == "train":
+        forms += [re.escape(RESUMES_AT) + r"(?:, step [\d,]+)?", re.escape(STARTS_OVER)]
+    said = re.search(rf"; (?:{'|'.join(forms)})$", line) if forms else None
+    return said.group(0) if said else ""
 
 
 def report_failure(command: str, error: BaseException, args: Optional[argparse.Namespace] = None) -> None:

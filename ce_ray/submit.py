@@ -108,10 +108,17 @@ def _status(client, job_id: str):
             time.sleep(2)
 
 
-def _follow(client, job_id: str) -> None:
+def _follow(client, job_id: str, job: str) -> Optional[str]:
+    """Prints the job's logs as they come, until it ends; returns the last line of them that its command wrote
+    (`ce-ray <job>: ...`), the one that says how it ended, where the logs were followed to their end."""
+    said, partial = None, ""
+
     async def tail():
+        nonlocal said, partial
         async for lines in client.tail_job_logs(job_id):
             print(lines, end="", flush=True)
+            *whole, partial = (partial + lines).split("\n")
+            said = next((line for line in reversed(whole) if line.startswith(f"ce-ray {job}: ")), said)
 
     from ray.job_submission import JobStatus
 
@@ -125,8 +132,10 @@ def _follow(client, job_id: str) -> None:
         asyncio.run(tail())
     except (RuntimeError, OSError) as e:  # the log stream broke: fall back to asking for the status
         print(f"ce-ray submit: lost the log stream ({e}); waiting for the job to end", file=sys.stderr)
+        said = None  # the job's last lines were not seen
     while not _status(client, job_id).is_terminal():
         time.sleep(2)
+    return partial if partial.startswith(f"ce-ray {job}: ") else said
 
 
 # The variables through which Ray's job client takes its address over the one it is given.
@@ -221,7 +230,7 @@ def submit(job: str, config: str, address: Optional[str] = None, pip: Sequence[s
     """Submits the job; with `wait`, prints its logs as they come and returns its exit status (above)."""
     from ray.job_submission import JobStatus
 
-    from .cli import FAILED, finishing_hint
+    from .cli import FAILED, finishing_hint, finishing_said
 
     if not os.path.isfile(config):
         raise FileNotFoundError(f"config file {config} does not exist")
@@ -240,7 +249,7 @@ def submit(job: str, config: str, address: Optional[str] = None, pip: Sequence[s
         print(f"  follow it with: ray job logs --follow {job_id} --address {where}")
         return 0
     try:
-        _follow(client, job_id)
+        last = _follow(client, job_id, job)
         info = client.get_job_info(job_id)
     except KeyboardInterrupt:
         print(f"\nce-ray submit: job {job_id} keeps running; stop it with: "
@@ -253,12 +262,16 @@ def submit(job: str, config: str, address: Optional[str] = None, pip: Sequence[s
     # A failed job's message repeats the end of its logs, which were just printed: its first line is enough.
     # Its closing period goes: the line goes on with how to finish the job (it read `stopped.; --mode resume`).
     message = (info.message or "").split("\n", 1)[0].split(", last available logs", 1)[0].rstrip(".")
-    # How to finish it: a stopped job, and one that failed during its work (its command's exit status FAILED, its
-    # log's last line the error that failed it); one refused before any work has nothing to finish.
-    stopped_mid_way = info.status == JobStatus.STOPPED or (
-        info.status == JobStatus.FAILED and info.driver_exit_code == FAILED)
-    print(f"ce-ray submit: job {job_id} {info.status}" + (f": {message}" if message else "")
-          + (finishing_hint(job) if stopped_mid_way else ""),
+    # How to finish it: as the line that ended the job's command said (after a float16 overflow, whose cause says
+    # to overwrite in another dtype, or a training run that a NaN stopped, nothing more); where its logs hold no
+    # such line (killed before it said one), a stopped job's way, and that of one that failed during its work (its
+    # command's exit status FAILED); one refused before any work has nothing to finish.
+    hint = finishing_said(job, last) if last and info.status != JobStatus.SUCCEEDED else None
+    if hint is None:
+        stopped_mid_way = info.status == JobStatus.STOPPED or (
+            info.status == JobStatus.FAILED and info.driver_exit_code == FAILED)
+        hint = finishing_hint(job) if stopped_mid_way else ""
+    print(f"ce-ray submit: job {job_id} {info.status}" + (f": {message}" if message else "") + hint,
           file=sys.stdout if info.status == JobStatus.SUCCEEDED else sys.stderr, flush=True)
     return 0 if info.status == JobStatus.SUCCEEDED else 1
 

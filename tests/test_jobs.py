@@ -530,3 +530,36 @@ def test_a_stopped_job_says_how_to_finish_it(cluster, model, tmp_path):
         "ce-ray submit: job ce-ray-stopped STOPPED: Job was intentionally stopped; --mode resume finishes it (the "
         "input files completed are kept)")
     assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_a_job_whose_own_line_says_no_way_to_finish_it_ends_without_one(cluster, model, tmp_path):
+    """submit's FAILED line took its way to finish a job from its exit code alone: after a float16 overflow, whose
+    line says to score in another dtype with --mode overwrite (a resume is refused over float16's files), it added
+    `--mode resume finishes it`; after a training run that a NaN loss stopped, `the same command resumes it from
+    its last checkpoint`, which meets the same NaN. It says what the job's own last line said: here, nothing."""
+    from safetensors.torch import load_file, save_file
+
+    overflowing = shutil.copytree(model, tmp_path / "overflowing")
+    weights = load_file(overflowing / "model.safetensors")
+    name = next(key for key in weights if key.endswith("word_embeddings.weight"))
+    weights[name] = weights[name] * 1e6  # past float16's largest value, 65,504
+    save_file(weights, overflowing / "model.safetensors", metadata={"format": "pt"})
+    nan_head = shutil.copytree(model, tmp_path / "nan-head")
+    weights = load_file(nan_head / "model.safetensors")
+    weights["classifier.bias"][:] = float("nan")
+    save_file(weights, nan_head / "model.safetensors", metadata={"format": "pt"})
+    wikiqa_pairs("train", 16)[["query", "document", "label"]].to_parquet(tmp_path / "pairs.parquet", index=False)
+    configs = {
+        "score": write_config(tmp_path / "score.yaml", model=str(overflowing), input=str(tmp_path / "pairs.parquet"),
+                              output=str(tmp_path / "scored"), dtype="float16"),
+        "train": write_config(tmp_path / "train.yaml", model=str(nan_head), train_data=str(tmp_path / "pairs.parquet"),
+                              output=str(tmp_path / "trained"), batch_size=8, max_steps=2, log_every=1),
+    }
+    for job, config in configs.items():
+        run = cluster.submit(job, config)
+
+        assert run.returncode == 1, run.stdout[-3000:] + run.stderr
+        own = [line for line in run.stdout.splitlines() if line.startswith(f"ce-ray {job}: failed: ")]
+        assert own and "resume" not in own[-1], run.stdout[-3000:]
+        said = run.stderr.strip().splitlines()[-1]
+        assert said.endswith(" FAILED: Job entrypoint command failed with exit code 1"), run.stderr
