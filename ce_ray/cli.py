@@ -182,21 +182,25 @@ STOPPED = 128 + signal.SIGTERM  # a job stopped by SIGTERM, as a shell gives it;
 USAGE_ERRORS = (ConfigError, ValueError, FileExistsError, FileNotFoundError, RayStartError)
 
 
-def finishing_hint(command: str, cause: str = "", args: Optional[argparse.Namespace] = None) -> str:
+def finishing_hint(command: str, cause: str = "", args: Optional[argparse.Namespace] = None,
+                   running: bool = False) -> str:
     """How a job of this command that was interrupted or failed is finished, for the line that says so; nothing
     where the error's `cause` names a mode already (a score job's output that lost a part: `--mode resume finishes
     it`; a float16 overflow, whose other dtype a resume would refuse: `--mode overwrite`). A training run's, with
-    the command's `args`, says whether it has a checkpoint to resume from."""
+    the command's `args`, says whether it has a checkpoint to resume from; `running`: its run may still record one
+    (SIGTERM)."""
     if command not in HOW_TO_FINISH or "--mode " in cause:
         return ""
     if command == "train" and args is not None:
-        return f"; {training_finish(args)}"
+        return f"; {training_finish(args, running)}"
     return f"; {HOW_TO_FINISH[command]}"
 
 
-def training_finish(args: argparse.Namespace) -> str:
+def training_finish(args: argparse.Namespace, running: bool = False) -> str:
     """What the same `ce-ray train` command does with the run: resume it from the step of its last checkpoint
-    that Ray Train recorded, or start it over where there is none (stopped before its first checkpoint)."""
+    that Ray Train recorded, or start it over where there is none (stopped before its first checkpoint). After a
+    SIGTERM (`running`) the run goes on until Ray shuts down, and may record a later checkpoint meanwhile (it
+    resumed at step 100 where the line, said as it stopped, named step 95)."""
     from .checkpoints import NOT_KNOWN, resumed_step
 
     try:
@@ -205,7 +209,7 @@ def training_finish(args: argparse.Namespace) -> str:
         return HOW_TO_FINISH["train"]
     if step is None:
         return STARTS_OVER
-    return RESUMES_AT + ("" if step == NOT_KNOWN else f", step {step:,}")
+    return RESUMES_AT + ("" if step == NOT_KNOWN else f", step {step:,}" + (" or later" if running else ""))
 
 
 COMMAND_ENDS = ("failed: ", "interrupted", "stopped (", "error: ")  # how the line that ends a command goes on
@@ -219,7 +223,7 @@ def finishing_said(command: str, line: str) -> Optional[str]:
         return None
     forms = [re.escape(HOW_TO_FINISH[command])] if command in HOW_TO_FINISH else []
     if command == "train":
-        forms += [re.escape(RESUMES_AT) + r"(?:, step [\d,]+)?", re.escape(STARTS_OVER)]
+        forms += [re.escape(RESUMES_AT) + r"(?:, step [\d,]+(?: or later)?)?", re.escape(STARTS_OVER)]
     said = re.search(rf"; (?:{'|'.join(forms)})$", line) if forms else None
     return said.group(0) if said else ""
 
@@ -272,7 +276,8 @@ def main(argv=None) -> int:
 
         if not stopped_by_sigterm():
             raise
-        print(f"\nce-ray {args.command}: stopped (SIGTERM){finishing_hint(args.command, args=args)}", file=sys.stderr)
+        print(f"\nce-ray {args.command}: stopped (SIGTERM){finishing_hint(args.command, args=args, running=True)}",
+              file=sys.stderr)
         return STOPPED
     except Exception as e:
         from .runtime import failed_during_work

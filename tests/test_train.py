@@ -551,6 +551,9 @@ def test_a_run_that_fails_mid_way_says_why_and_that_the_same_command_resumes_it(
     assert main(command) == 0
     assert finishing_hint("train", args=build_parser().parse_args(command)) == (
         "; the same command resumes it from its last checkpoint, step 1")
+    # Stopped by SIGTERM, a run goes on until Ray shuts down, and may record a later checkpoint meanwhile.
+    assert finishing_hint("train", args=build_parser().parse_args(command), running=True) == (
+        "; the same command resumes it from its last checkpoint, step 1 or later")
 
 
 def _ray_train_workers():
