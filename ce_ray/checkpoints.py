@@ -239,28 +239,23 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
     return resumes
 
 
-# Ray Train's record of a run's checkpoints, in the run's folder: the latest one it records is what a run of the
-# same name resumes from (checkpoints written after a stop are in the folder, not in the record).
+# Ray Train's record of a run's checkpoints, in the run's folder, written as it records each: the latest one it
+# records is what a run of the same name resumes from. Without it a run starts over, whatever checkpoint folders
+# are there (written after a Ctrl-C's abort, or not taken whole by a store: none recorded).
 RECORD = "checkpoint_manager_snapshot.json"
-NOT_KNOWN = -1  # `resumed_step`: the run's folder holds checkpoints, and no record of Ray Train's says which
+NOT_KNOWN = -1  # `resumed_step`: a checkpoint recorded without a step
 
 
 def resumed_step(config: TrainConfig) -> Optional[int]:
     """The step of the checkpoint that the same run resumes from: the latest that Ray Train recorded; None where
-    there is none (the same command starts the run over), NOT_KNOWN where checkpoints are there without that
-    record. Raises OSError where the run's storage does not answer."""
-    import pyarrow.fs as pafs
-
+    it recorded none (the same command starts the run over). Raises OSError where the run's storage does not
+    answer, ValueError where the record does not parse."""
     fs, storage_path, name, _ = run_storage(config)
-    run_dir = f"{storage_path}/{name}"
     try:
-        with fs.open_input_stream(f"{run_dir}/{RECORD}") as f:
+        with fs.open_input_stream(f"{storage_path}/{name}/{RECORD}") as f:
             latest = json.loads(f.read()).get("latest_checkpoint_result")
     except FileNotFoundError:
-        entries = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
-        return NOT_KNOWN if any(os.path.basename(e.path).startswith("checkpoint_") for e in entries) else None
-    except ValueError:  # a record cut short
-        return NOT_KNOWN
+        return None
     if not latest:
         return None
     return (latest.get("metrics") or {}).get("step", NOT_KNOWN)

@@ -30,8 +30,8 @@ import numpy as np
 from .batching import IDS, TYPES, default_batch_tokens, list_parts, pair_encoder, token_budget_batches
 from .config import ConfigError, TrainConfig, require, with_settings
 from .checkpoints import (DS_TAG, MODEL, PROGRESS, RANDOM_STATE, STATE, best_checkpoint, best_kept, check_whole,
-                          claim_run, random_state, restore_random_state, run_storage, upload_checkpoint,
-                          whole_checkpoint, worker_seed, write_file_list)
+                          claim_run, random_state, restore_random_state, resumed_step, run_storage,
+                          upload_checkpoint, whole_checkpoint, worker_seed, write_file_list)
 from .messages import plural, setting_and_flag
 from .progress import duration
 from .storage import filesystem, is_remote, remove, upload_folder
@@ -850,7 +850,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         created.append((output_fs, _check_output(config.output, config.model if is_remote(config.model) else model)))
         _warn_of_eval_on_training_data(config, data.beir)
         created.append((fs, _missing_folder(fs, f"{storage_path}/{name}")))  # claim_run records the run there
-        if claim_run(config, source, fs, storage_path, name, run_uri, data.files):
+        # Checkpoint folders that Ray Train did not record (written after a Ctrl-C's abort) are not resumed from.
+        if claim_run(config, source, fs, storage_path, name, run_uri, data.files) and resumed_step(config) is not None:
             print(f"ce-ray train: resumes the run {name} from the last checkpoint Ray Train recorded (a finished run "
                   "only saves its model again)", flush=True)
         architectures = saved_architectures(model)

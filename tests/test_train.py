@@ -554,6 +554,15 @@ def test_a_run_that_fails_mid_way_says_why_and_that_the_same_command_resumes_it(
     # Stopped by SIGTERM, a run goes on until Ray shuts down, and may record a later checkpoint meanwhile.
     assert finishing_hint("train", args=build_parser().parse_args(command), running=True) == (
         "; the same command resumes it from its last checkpoint, step 1 or later")
+    # Checkpoint folders without Ray Train's record of them (written after a Ctrl-C's abort): the run starts over,
+    # as Ray Train starts it. The lines said that it resumed from the last checkpoint Ray Train recorded.
+    (tmp_path / "out" / "checkpoints" / "out" / "checkpoint_manager_snapshot.json").unlink()
+    assert finishing_hint("train", args=build_parser().parse_args(command)) == (
+        "; it has no checkpoint yet: the same command starts it over")
+    capsys.readouterr()
+    assert main(command) == 0
+    said = capsys.readouterr().out
+    assert "resumes the run" not in said and "  steps         1 (" in said and "resumed at" not in said, said
 
 
 def _ray_train_workers():
