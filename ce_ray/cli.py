@@ -213,12 +213,17 @@ def training_finish(args: argparse.Namespace, running: bool = False) -> str:
 
 
 COMMAND_ENDS = ("failed: ", "interrupted", "stopped (", "error: ")  # how the line that ends a command goes on
+WORK_DONE = "; it had done its work: its output is whole"
 
 
 def finishing_said(command: str, line: str) -> Optional[str]:
     """The way to finish a job that its command's last line said (`ce-ray score: failed: ...; <how>`), '' where
     that line said none (a float16 overflow's, whose cause says it; an error found before any work), None where
-    the line is not one that ends the command (the job was killed before it said one)."""
+    the line is not one that ends the command (the job was killed before it said one). A job stopped, or whose
+    process died, after its summary (`ce-ray score: done`, said once its output is whole) has nothing to finish:
+    a stop that came as it shut down said `--mode resume finishes it`, and the resume kept every file."""
+    if line == f"ce-ray {command}: done":
+        return WORK_DONE
     if not line.startswith(tuple(f"ce-ray {command}: {end}" for end in COMMAND_ENDS)):
         return None
     forms = [re.escape(HOW_TO_FINISH[command])] if command in HOW_TO_FINISH else []

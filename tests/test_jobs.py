@@ -563,3 +563,19 @@ def test_a_job_whose_own_line_says_no_way_to_finish_it_ends_without_one(cluster,
         assert own and "resume" not in own[-1], run.stdout[-3000:]
         said = run.stderr.strip().splitlines()[-1]
         assert said.endswith(" FAILED: Job entrypoint command failed with exit code 1"), run.stderr
+
+
+def test_a_job_stopped_after_its_summary_is_said_to_have_done_its_work():
+    """A job stopped as it shut down, after its summary (`ce-ray score: done`, said once its output is whole), or
+    whose process died then: submit's line said `--mode resume finishes it`, from the job's status alone, and the
+    resume kept every file. It says that the job had done its work; the job's closing lines give their own way."""
+    from ce_ray.cli import finishing_said
+
+    assert finishing_said("score", "ce-ray score: done") == "; it had done its work: its output is whole"
+    assert finishing_said("train", "ce-ray train: done") == "; it had done its work: its output is whole"
+    assert finishing_said("score", "ce-ray score: 10,848 of 24,000 pairs scored (45.2%) in 30s") is None
+    finish = "--mode resume finishes it (the input files completed are kept)"
+    assert finishing_said("score", f"ce-ray score: stopped (SIGTERM); {finish}") == f"; {finish}"
+    assert finishing_said("train", "ce-ray train: stopped (SIGTERM); the same command resumes it from its last "
+                                   "checkpoint, step 95 or later") == (
+        "; the same command resumes it from its last checkpoint, step 95 or later")
