@@ -11,6 +11,7 @@ import posixpath
 from typing import Dict, List, Optional
 
 import numpy as np
+import pyarrow.fs as pafs
 
 from .config import ConfigError, TrainConfig
 from .messages import briefly, setting_and_flag
@@ -247,18 +248,18 @@ NOT_KNOWN = -1  # `resumed_step`: a checkpoint recorded without a step
 
 
 def resumed_step(config: TrainConfig) -> Optional[int]:
-    """The step of the checkpoint that the same run resumes from: the latest that Ray Train recorded; None where
-    it recorded none (the same command starts the run over). Raises OSError where the run's storage does not
-    answer, ValueError where the record does not parse."""
+    """The step of the checkpoint that the same run resumes from: the latest that Ray Train recorded, read as Ray
+    Train reads it (`Result.from_path`); None where it recorded none (the same command starts the run over). Raises
+    OSError where the run's storage does not answer, and Ray Train's error where its record does not parse."""
+    import ray.train
+
     fs, storage_path, name, _ = run_storage(config)
-    try:
-        with fs.open_input_stream(f"{storage_path}/{name}/{RECORD}") as f:
-            latest = json.loads(f.read()).get("latest_checkpoint_result")
-    except FileNotFoundError:
+    if fs.get_file_info(f"{storage_path}/{name}/{RECORD}").type == pafs.FileType.NotFound:
         return None
-    if not latest:
+    result = ray.train.Result.from_path(f"{storage_path}/{name}", storage_filesystem=fs)
+    if result.checkpoint is None:
         return None
-    return (latest.get("metrics") or {}).get("step", NOT_KNOWN)
+    return (result.metrics or {}).get("step", NOT_KNOWN)
 
 
 def changed_files(earlier: Dict[str, str], now: Dict[str, str]) -> List[str]:
