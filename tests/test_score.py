@@ -971,7 +971,7 @@ def test_cpu_replicas_start_at_once_and_share_their_nodes_cores(capsys):
     # Two replicas of a 2-CPU machine hold both CPUs: one starts, on both cores, and the pool stays at one (it
     # could grow to two, each on both cores, holding every CPU again).
     assert _replica_counts(dataclasses.replace(config, replicas=2), False, 0, cpus=2, nodes=1) == (1, 1, 1)
-    assert "2 replicas would hold all 2 CPUs of the cluster" in capsys.readouterr().err
+    assert "replicas 2 (--replicas 2) would hold all 2 CPUs of the cluster" in capsys.readouterr().err
 
 
 def test_python_api_takes_and_returns_a_dataset(ray_local, tiny_model, pairs_df):
