@@ -178,18 +178,20 @@ def job_counter(name: Optional[str]):
 
 def count_ranked(counter, rows: int) -> None:
     """A rank task started (`rows` 0) or ranked and wrote its partition's `rows`: told to the job's counter."""
-    if counter is not None:
-        try:
-            counter.add_ranked.remote(rows)
-        except Exception:  # as count_rows
-            pass
+    _tell(counter, "add_ranked", rows)
 
 
 def count_rows(counter, rows: int) -> None:
     """A replica finished `rows` (a call's, or a batch's): told to the job's counter (`job_counter`), without waiting
     for it."""
-    if counter is not None and rows:
+    if rows:
+        _tell(counter, "add", rows)
+
+
+def _tell(counter, method: str, rows: int) -> None:
+    """Calls the counter's `method` with `rows`, waiting for nothing."""
+    if counter is not None:
         try:
-            counter.add.remote(rows)
+            getattr(counter, method).remote(rows)
         except Exception:  # a counter gone (its node lost) costs the job its progress lines, not its work
             pass
