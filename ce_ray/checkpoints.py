@@ -8,7 +8,7 @@ import dataclasses
 import json
 import os
 import posixpath
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 from .config import ConfigError, TrainConfig
 from .messages import briefly, setting_and_flag
 from .model_folder import CHECKPOINTS
-from .storage import filesystem, join, upload_folder
+from .storage import content_digest, filesystem, in_parallel, is_remote, join, upload_folder
 from .train_data import training_files
 
 PROGRESS = "progress.json"
@@ -191,6 +191,9 @@ RUN_FILE = "ce-ray-run.json"
 # train_data would put other rows in those places (rows trained twice, rows never trained). eval_data is not in the
 # record, as its path is no run setting: it changes no trained row nor their order, only what is measured after.
 TRAIN_FILES = "train_files"
+# And the sha256 of each local training file's bytes (`storage.content_digest`): a file only touched or copied again
+# (another modification time, the same bytes) is the same data, and its run resumes. S3 objects go by their ETag.
+TRAIN_DIGESTS = "train_digests"
 
 
 # What a run of other settings or data names to keep its own checkpoints apart from an earlier run's.
@@ -218,21 +221,25 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
             earlier = json.loads(f.read())
     except FileNotFoundError:
         earlier = {}  # a new run, or checkpoints written before runs recorded their settings
-    changed = sorted(key for key in (set(settings) | set(earlier)) - {TRAIN_FILES}
+    changed = sorted(key for key in (set(settings) | set(earlier)) - {TRAIN_FILES, TRAIN_DIGESTS}
                      if settings.get(key) != earlier.get(key))
     if resumes and earlier and changed:
         raise ConfigError(f"{shown} holds the checkpoints of a run with other settings ({', '.join(changed)}), "
                           f"which a run of the same name resumes from: give another {OTHER_RUN}, or delete {shown} to "
                           "start afresh")
     settings[TRAIN_FILES] = training_files(config) if train_files is None else train_files
+    settings[TRAIN_DIGESTS] = train_digests(config, settings[TRAIN_FILES], earlier)
     # A record of an earlier ce-ray has no files: its run resumes as it did, and its record gets them.
-    files_changed = changed_files(earlier[TRAIN_FILES], settings[TRAIN_FILES]) if TRAIN_FILES in earlier else []
+    files_changed, touched = changed_files(earlier, settings) if TRAIN_FILES in earlier else ([], [])
     if resumes and files_changed:
         raise ConfigError(f"{shown} holds the checkpoints of a run whose training data changed since "
                           f"({briefly(files_changed, 3)}): a run of the same name resumes from them and would skip the "
                           f"batches they trained by their place in other rows; give another {OTHER_RUN}, or delete "
                           f"{shown} to start afresh")
-    if changed or settings[TRAIN_FILES] != earlier.get(TRAIN_FILES):
+    if resumes and touched:
+        print(f"ce-ray train: {briefly(touched, 3)}: another modification time than the run's record holds, the same "
+              "bytes (sha256): the same training data, the run resumes from its checkpoints", flush=True)
+    if settings != earlier:
         # a run that stopped before its first checkpoint leaves nothing to resume: its settings go
         fs.create_dir(run_dir, recursive=True)
         with fs.open_output_stream(f"{run_dir}/{RUN_FILE}") as f:
@@ -262,8 +269,27 @@ def resumed_step(config: TrainConfig) -> Optional[int]:
     return (result.metrics or {}).get("step", NOT_KNOWN)
 
 
-def changed_files(earlier: Dict[str, str], now: Dict[str, str]) -> List[str]:
-    """`<path> rewritten` (another stamp), `added` or `removed`, of the files of two `training_files`."""
-    return ([f"{path} rewritten" for path in sorted(set(earlier) & set(now)) if earlier[path] != now[path]]
-            + [f"{path} added" for path in sorted(set(now) - set(earlier))]
-            + [f"{path} removed" for path in sorted(set(earlier) - set(now))])
+def train_digests(config: TrainConfig, files: Dict[str, str], earlier: dict) -> Dict[str, str]:
+    """The sha256 of each local training file of `files` (`training_files`), none of files on S3. A file at the stamp
+    that the `earlier` record holds keeps the digest recorded with it: a resume of files left as they were reads
+    none of them, a new run reads each once."""
+    if is_remote(config.train_data):
+        return {}
+    known, stamps = earlier.get(TRAIN_DIGESTS) or {}, earlier.get(TRAIN_FILES) or {}
+    unknown = [path for path in files if path not in known or stamps.get(path) != files[path]]
+    read = dict(zip(unknown, in_parallel(content_digest, unknown)))
+    return {path: read[path] if path in read else known[path] for path in files}
+
+
+def changed_files(earlier: dict, now: dict) -> Tuple[List[str], List[str]]:
+    """`<path> rewritten` (another stamp, and another digest where both records hold one), `added` or `removed`,
+    of the training files of two records (`claim_run`'s); and the files only touched or copied again (another stamp,
+    the same digest)."""
+    before, after = earlier[TRAIN_FILES], now[TRAIN_FILES]
+    digests_before, digests_after = earlier.get(TRAIN_DIGESTS) or {}, now.get(TRAIN_DIGESTS) or {}
+    restamped = [path for path in sorted(set(before) & set(after)) if before[path] != after[path]]
+    touched = [path for path in restamped
+               if path in digests_before and digests_before[path] == digests_after.get(path)]
+    return ([f"{path} rewritten" for path in restamped if path not in touched]
+            + [f"{path} added" for path in sorted(set(after) - set(before))]
+            + [f"{path} removed" for path in sorted(set(before) - set(after))]), touched

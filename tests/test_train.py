@@ -4,6 +4,7 @@ model against CrossEncoder, training pairs from BEIR with BM25 hard negatives, b
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -1399,12 +1400,15 @@ def test_a_checkpoint_that_lacks_many_files_names_the_first_five_and_counts_the_
         checkpoints.check_whole(str(tmp_path), deepspeed=False, shown="s3://bucket/run/checkpoint_0000001")
 
 
-def test_a_run_whose_training_files_changed_since_its_checkpoints_is_not_resumed(ray_local, tiny_model, tmp_path):
+def test_a_run_whose_training_files_changed_since_its_checkpoints_is_not_resumed(ray_local, tiny_model, tmp_path,
+                                                                                 capsys):
     """A resumed run skips the batches its checkpoint trained by their place in the data: under the same train_data
     with a file rewritten, added or removed since, it skipped other rows than it had trained, silently. The run's
     record holds each file's stamp, and such a run is refused before any work, naming the file; a record of an
     earlier ce-ray, without them, still resumes, and gets them. The refusal names run_name and output by their flags
-    too (it named the YAML keys alone)."""
+    too (it named the YAML keys alone). A file only touched or copied again (another modification time, the same
+    bytes) was refused as rewritten: the record holds each local file's sha256 too, and the run resumes, saying so;
+    a record without them compares the stamps alone."""
     from ce_ray.config import ConfigError, TrainConfig
     from ce_ray.model_folder import model_source
 
@@ -1432,6 +1436,29 @@ def test_a_run_whose_training_files_changed_since_its_checkpoints_is_not_resumed
         train.train(settings)
     (data / "a.parquet").write_bytes(a_bytes)
     os.utime(data / "a.parquet", ns=(a_stat.st_atime_ns, a_stat.st_mtime_ns))
+    assert json.loads(record.read_text())["train_digests"][str(data / "a.parquet")] == hashlib.sha256(a_bytes).hexdigest()
+
+    # Touched: the same bytes at another modification time. The run resumes from its checkpoint, and says why.
+    os.utime(data / "a.parquet", ns=(a_stat.st_atime_ns, a_stat.st_mtime_ns + 10**9))
+    capsys.readouterr()
+    assert train.train(settings).resumed_from == [1]
+    assert (f"ce-ray train: {data / 'a.parquet'}: another modification time than the run's record holds, the same "
+            "bytes (sha256): the same training data, the run resumes from its checkpoints") in capsys.readouterr().out
+    touched = json.loads(record.read_text())["train_files"][str(data / "a.parquet")]
+    assert touched.endswith(str(a_stat.st_mtime_ns + 10**9))  # the record holds the new stamp
+    # Copied again from a copy of it: resumes too.
+    shutil.copyfile(data / "a.parquet", tmp_path / "a-copy.parquet")
+    shutil.copyfile(tmp_path / "a-copy.parquet", data / "a.parquet")
+    assert (data / "a.parquet").stat().st_mtime_ns != a_stat.st_mtime_ns + 10**9
+    assert checkpoints.claim_run(settings, model_source(settings.model), *checkpoints.run_storage(settings))
+    # A record without digests (an earlier ce-ray's) compares stamps alone: touched is rewritten, as then.
+    full = record.read_text()
+    record.write_text(json.dumps({k: v for k, v in json.loads(full).items() if k != "train_digests"}))
+    os.utime(data / "a.parquet", ns=(a_stat.st_atime_ns, a_stat.st_mtime_ns))
+    with refused("a.parquet rewritten"):
+        checkpoints.claim_run(settings, model_source(settings.model), *checkpoints.run_storage(settings))
+    record.write_text(full)
+
     pairs.iloc[32:48].to_parquet(data / "c.parquet")
     with refused("c.parquet added"):
         train.train(settings)
