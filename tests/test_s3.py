@@ -121,6 +121,7 @@ def test_train_job_reads_and_writes_s3(tmp_path, tiny_model, counting_store):
     run = json.loads(fs.cat(f"{bucket}/trained/checkpoints/trained/ce-ray-run.json"))
     assert run["model"] == model and run["num_workers"] == 2
     assert list(run["train_files"]) == [f"{bucket}/data/pairs.parquet"]  # with its size and ETag
+    assert run["train_digests"] == {}  # an object goes by its ETag: not read for a digest
     fs.get(f"{bucket}/trained/", str(tmp_path / "trained"), recursive=True)
     assert CrossEncoder(str(tmp_path / "trained"), device="cpu").predict([("a query", "a document")]).shape == (1,)
     assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
