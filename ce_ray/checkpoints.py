@@ -200,6 +200,35 @@ TRAIN_DIGESTS = "train_digests"
 OTHER_RUN = f"{setting_and_flag('run_name')} or {setting_and_flag('output')}"
 
 
+def other_run(config: TrainConfig) -> str:
+    """`OTHER_RUN`, or run_name alone where a storage_path is set: the checkpoints go there, not under the output, and
+    a run named by its output's folder (`run_storage`) is the same run in another output of the same folder name."""
+    return setting_and_flag("run_name") if config.storage_path else OTHER_RUN
+
+
+def has_checkpoints(fs, run_dir: str) -> bool:
+    """Whether a run's folder holds checkpoints, which a run of its name resumes from (`claim_run`)."""
+    entries = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
+    return any(os.path.basename(e.path).startswith("checkpoint_") for e in entries)
+
+
+def as_a_new_run(config: TrainConfig, shown: str) -> str:
+    """What a hint to change settings of the run's record (`RUN_SETTINGS`) adds where the run has checkpoints in
+    `shown`: the same command with other settings is refused (`claim_run`), so they make another run."""
+    return (f"; with other settings it is a new run: give another {other_run(config)}, as {shown} holds checkpoints "
+            "that a run of the same name resumes from with the same settings only")
+
+
+def new_run_hint(config: TrainConfig, fs, run_dir: str, shown: str) -> str:
+    """`as_a_new_run` where the run's folder holds checkpoints (or a store that does not answer leaves it unknown),
+    else ''."""
+    try:
+        checkpointed = has_checkpoints(fs, run_dir)
+    except OSError:
+        checkpointed = True
+    return as_a_new_run(config, shown) if checkpointed else ""
+
+
 def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str, shown: str,
               train_files: Optional[Dict[str, str]] = None) -> bool:
     """Records the settings of the run whose checkpoints go to <storage>/<name>, and refuses a run of other
@@ -207,15 +236,12 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
     another model's, data's or schedule's checkpoint would be loaded into this run (a model's weights partly,
     silently) or fail it mid-way. True when the run resumes from a checkpoint. `train_files`: the run's
     `training_files`, where they were looked up already."""
-    import pyarrow.fs as pafs
-
     settings = {key: getattr(config, key) for key in RUN_SETTINGS} | {"model": model}
     if "://" not in config.train_data:
         settings["train_data"] = os.path.abspath(config.train_data)
     settings["deepspeed"] = settings["deepspeed"] and dataclasses.asdict(settings["deepspeed"])
     run_dir = f"{storage_path}/{name}"
-    entries = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
-    resumes = any(os.path.basename(e.path).startswith("checkpoint_") for e in entries)
+    resumes = has_checkpoints(fs, run_dir)
     try:
         with fs.open_input_stream(f"{run_dir}/{RUN_FILE}") as f:
             earlier = json.loads(f.read())
@@ -225,8 +251,8 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
                      if settings.get(key) != earlier.get(key))
     if resumes and earlier and changed:
         raise ConfigError(f"{shown} holds the checkpoints of a run with other settings ({', '.join(changed)}), "
-                          f"which a run of the same name resumes from: give another {OTHER_RUN}, or delete {shown} to "
-                          "start afresh")
+                          f"which a run of the same name resumes from: give another {other_run(config)}, or delete "
+                          f"{shown} to start afresh")
     settings[TRAIN_FILES] = training_files(config) if train_files is None else train_files
     settings[TRAIN_DIGESTS] = train_digests(config, settings[TRAIN_FILES], earlier)
     # A record of an earlier ce-ray has no files: its run resumes as it did, and its record gets them.
@@ -234,8 +260,8 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
     if resumes and files_changed:
         raise ConfigError(f"{shown} holds the checkpoints of a run whose training data changed since "
                           f"({briefly(files_changed, 3)}): a run of the same name resumes from them and would skip the "
-                          f"batches they trained by their place in other rows; give another {OTHER_RUN}, or delete "
-                          f"{shown} to start afresh")
+                          f"batches they trained by their place in other rows; give another {other_run(config)}, or "
+                          f"delete {shown} to start afresh")
     if resumes and touched:
         print(f"ce-ray train: {briefly(touched, 3)}: another modification time than the run's record holds, the same "
               "bytes (sha256): the same training data, the run resumes from its checkpoints", flush=True)

@@ -241,14 +241,17 @@ def report_failure(command: str, error: BaseException, args: Optional[argparse.N
     line alone: their message says all, and the traceback would be the driver's wait for the work."""
     import traceback
 
+    from .checkpoints import IncompleteCheckpoint
     from .runtime import failure_cause, from_ray
 
     if not type(error).__module__.startswith(f"{__package__}."):
         traceback.print_exception(error, chain=not from_ray(error), file=sys.stderr)
     cause = failure_cause(error)
     # A training run that a loss or weights not finite stopped would stop at the same step again from its last
-    # checkpoint: no way to finish it is said, its cause says what to change.
-    hint = "" if isinstance(error, FloatingPointError) else finishing_hint(command, cause, args)
+    # checkpoint: no way to finish it is said, its cause says what to change. Nor where the checkpoint it resumes
+    # from lacks files, which the same command would refuse again: its cause says how to start afresh.
+    hint = ("" if isinstance(error, FloatingPointError) or cause.startswith(f"{IncompleteCheckpoint.__name__}: ")
+            else finishing_hint(command, cause, args))
     print(f"ce-ray {command}: failed: {cause}{hint}", file=sys.stderr, flush=True)
 
 

@@ -30,8 +30,8 @@ import numpy as np
 from .batching import IDS, TYPES, default_batch_tokens, list_parts, pair_encoder, token_budget_batches
 from .config import ConfigError, TrainConfig, require, with_settings
 from .checkpoints import (DS_TAG, MODEL, PROGRESS, RANDOM_STATE, STATE, best_checkpoint, best_kept, check_whole,
-                          claim_run, random_state, restore_random_state, resumed_step, run_storage,
-                          upload_checkpoint, whole_checkpoint, worker_seed, write_file_list)
+                          as_a_new_run, claim_run, new_run_hint, random_state, restore_random_state, resumed_step,
+                          run_storage, upload_checkpoint, whole_checkpoint, worker_seed, write_file_list)
 from .messages import plural, setting_and_flag
 from .progress import duration
 from .storage import filesystem, is_remote, remove, upload_folder
@@ -715,9 +715,11 @@ def removed_unless_trained(created: list) -> Iterator[None]:
         raise
 
 
-def _check_room(config: TrainConfig, use_gpu: bool, have: dict, node_cpus: float = float("inf")) -> None:
+def _check_room(config: TrainConfig, use_gpu: bool, have: dict, node_cpus: float = float("inf"),
+                new_run: str = "") -> None:
     """The workers' CPUs (and GPUs) against the cluster's (`have`), and a worker's CPUs against the largest
-    node's (`node_cpus`: a worker runs on one node), which Ray Train would wait for (`runtime.refuse_or_wait`)."""
+    node's (`node_cpus`: a worker runs on one node), which Ray Train would wait for (`runtime.refuse_or_wait`).
+    `new_run`: what a hint to lower num_workers adds where the run has checkpoints (`checkpoints.as_a_new_run`)."""
     from .runtime import refuse_or_wait
 
     need = {"CPU": config.num_workers * config.cpus_per_worker} | ({"GPU": config.num_workers} if use_gpu else {})
@@ -729,19 +731,21 @@ def _check_room(config: TrainConfig, use_gpu: bool, have: dict, node_cpus: float
     if not short:
         return
     message = f"{config.num_workers} worker(s) need {' and '.join(short)}"
-    refuse_or_wait(f"{message}: {_room_hint(config, use_gpu, have, node_cpus)}",
+    refuse_or_wait(f"{message}: {_room_hint(config, use_gpu, have, node_cpus, new_run)}",
                    f"ce-ray train: {message}: the run waits until the cluster has them")
 
 
-def _room_hint(config: TrainConfig, use_gpu: bool, have: dict, node_cpus: float) -> str:
+def _room_hint(config: TrainConfig, use_gpu: bool, have: dict, node_cpus: float, new_run: str = "") -> str:
     """What makes the workers fit: fewer of them, or, on a cluster without GPUs, none asked for (fewer workers
-    would still need a GPU each)."""
+    would still need a GPU each). Where the run has checkpoints, fewer workers make a new run (`new_run` says so):
+    num_workers is a setting of the run's record, as cpus_per_worker and use_gpu are not."""
     hints = []
     if use_gpu and not have.get("GPU", 0):
         hints.append(f"the cluster has no GPU: train on its CPUs with {setting_and_flag('use_gpu', False)}")
     if use_gpu and have.get("GPU", 0) or have.get("CPU", 0) < config.num_workers * config.cpus_per_worker:
         hints.append(f"lower {setting_and_flag('num_workers')}"
-                     + ("" if use_gpu and have.get("GPU", 0) else f" (or {setting_and_flag('cpus_per_worker')})"))
+                     + ("" if use_gpu and have.get("GPU", 0) else f" (or {setting_and_flag('cpus_per_worker')})")
+                     + new_run)
     elif config.cpus_per_worker > node_cpus:
         hints.append(f"lower {setting_and_flag('cpus_per_worker')}")
     return "; ".join(hints)
@@ -851,7 +855,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         _warn_of_eval_on_training_data(config, data.beir)
         created.append((fs, _missing_folder(fs, f"{storage_path}/{name}")))  # claim_run records the run there
         # Checkpoint folders that Ray Train did not record (written after a Ctrl-C's abort) are not resumed from.
-        if claim_run(config, source, fs, storage_path, name, run_uri, data.files) and resumed_step(config) is not None:
+        checkpointed = claim_run(config, source, fs, storage_path, name, run_uri, data.files)
+        if checkpointed and resumed_step(config) is not None:
             print(f"ce-ray train: resumes the run {name} from the last checkpoint Ray Train recorded (a finished run "
                   "only saves its model again)", flush=True)
         architectures = saved_architectures(model)
@@ -870,7 +875,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         free_failed_actors()
         resources = cluster_resources()
         use_gpu = config.use_gpu if config.use_gpu is not None else resources.get("GPU", 0) > 0
-        _check_room(config, use_gpu, resources, max(cpu_nodes(), default=resources.get("CPU", 0)))
+        _check_room(config, use_gpu, resources, max(cpu_nodes(), default=resources.get("CPU", 0)),
+                    as_a_new_run(config, run_uri) if checkpointed else "")
         if not use_gpu and uses_bf16(config, use_gpu):  # a configuration written for GPUs, tried on a laptop
             print(half_precision_on_cpu("bfloat16", "bf16", "bf16 unset: float32 on CPUs"), file=sys.stderr,
                   flush=True)
@@ -945,13 +951,16 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
             raise result.error
     except Exception as error:  # Ray Train's fit raises a failed run's error (result.error) itself
         hint = memory_hint(str(error), config.batch_size, batch_tokens)
+        if hint and batch_tokens is None:  # batch_size and grad_accum are in the run's record (batch_tokens is not)
+            hint += new_run_hint(config, fs, f"{storage_path}/{name}", run_uri)
         if hint:
             print(f"ce-ray train: {hint}", file=sys.stderr, flush=True)
         raise
     fit_done = time.perf_counter()
     summary = result.return_value or {}
     if STOPPED in summary:  # the workers stopped the run (non-finite loss or weights), and saved nothing
-        raise FloatingPointError(summary[STOPPED])
+        # Its hint (a lower lr, a warmup) changes the run's settings: where it has checkpoints, they make a new run.
+        raise FloatingPointError(summary[STOPPED] + new_run_hint(config, fs, f"{storage_path}/{name}", run_uri))
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint_dir = whole_checkpoint(result.checkpoint, os.path.join(tmp, "checkpoint"), config, run_uri)
         with open(os.path.join(checkpoint_dir, PROGRESS)) as f:

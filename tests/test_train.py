@@ -661,6 +661,27 @@ def test_a_run_whose_workers_ran_out_of_memory_says_what_to_lower(ray_local, tin
                                           output=str(tmp_path / "out"), max_steps=1))
     assert ("ce-ray train: a training worker ran out of memory in forward passes of at most 8,192 padded tokens "
             "(batches of 16 pairs): set a smaller batch_tokens (--batch-tokens)") in capsys.readouterr().err
+    # Under DeepSpeed it says to lower batch_size, a setting of the run's record: where the run has a checkpoint (an
+    # earlier try's), the same command with it is refused, and the hint says to give the new run another name.
+    # batch_tokens is none: the same command with a smaller one resumes, and its hint says nothing more.
+    from ce_ray.config import DeepSpeedConfig
+
+    for run in ("out", "ds"):
+        (tmp_path / run / "checkpoints" / run / "checkpoint_0000001").mkdir(parents=True)
+    with pytest.raises(Killed):
+        _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(pairs_file),
+                                          output=str(tmp_path / "out"), max_steps=1))
+    assert capsys.readouterr().err.endswith("set a smaller batch_tokens (--batch-tokens); a pass's memory grows with "
+                                            "its tokens and, on a CPU, with their length\n")
+    with pytest.raises(Killed):
+        _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(pairs_file),
+                                          output=str(tmp_path / "ds"), max_steps=1, deepspeed=DeepSpeedConfig()))
+    assert capsys.readouterr().err.endswith(
+        "ce-ray train: a training worker ran out of memory with whole batches of 16 pairs: set a smaller batch_size "
+        "(--batch-size) and a grad_accum (--grad-accum) that keeps batch_size x grad_accum; with other settings it is "
+        "a new run: give another run_name (--run-name) or output (--output), as "
+        f"{tmp_path / 'ds' / 'checkpoints' / 'ds'} holds checkpoints that a run of the same name resumes from with "
+        "the same settings only\n")
 
 
 def test_ray_trains_health_checks_are_quick_during_a_run_unless_the_user_chose(monkeypatch):
@@ -1242,10 +1263,14 @@ def test_best_metric_makes_the_best_evaluated_checkpoint_the_model(ray_local, ti
     assert f"(step {best['step']}, the best ndcg@10)" in outcome.lines()[-1]
 
 
-def test_a_checkpoint_that_lacks_files_is_not_resumed_from_nor_made_the_model(ray_local, tiny_model, tmp_path):
+def test_a_checkpoint_that_lacks_files_is_not_resumed_from_nor_made_the_model(ray_local, tiny_model, tmp_path,
+                                                                              capsys):
     """A recorded checkpoint whose folder lacks a file (a store that dropped an upload, as Ray Train's own upload
     let it, or lost it since) is refused, naming the file, when the run resumes from it. A run of the same name
-    after a finished one saved that checkpoint's model again: a model folder without its config.json."""
+    after a finished one saved that checkpoint's model again: a model folder without its config.json. The line
+    that ends the command says how to start afresh, and no more `the same command resumes it`, which meets the
+    same checkpoint again."""
+    from ce_ray.cli import report_failure
     from ce_ray.config import TrainConfig
 
     train = _train_module()
@@ -1263,8 +1288,14 @@ def test_a_checkpoint_that_lacks_files_is_not_resumed_from_nor_made_the_model(ra
     assert train.train(settings).resumed_from == [1]
     (checkpoint / "model" / "config.json").unlink()
     with pytest.raises(Exception, match=re.escape(f"the checkpoint {checkpoint} lacks model/config.json: it was not "
-                                                  "written whole to the store and is not loaded")):
+                                                  "written whole to the store and is not loaded")) as failed:
         train.train(settings)
+    capsys.readouterr()
+    report_failure("train", failed.value)
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"ce-ray train: failed: IncompleteCheckpoint: the checkpoint {checkpoint} lacks model/config.json: it was not "
+        f"written whole to the store and is not loaded. Delete the run's folder ({checkpoint.parent}) or give another "
+        "run_name to start afresh")
 
     # What each case lacks: by the lists of the ranks' files, which progress.json counts, or (a checkpoint of an
     # earlier ce-ray, without them) the files the run reads.
@@ -1327,6 +1358,31 @@ def test_weights_made_non_finite_behind_a_finite_loss_are_not_saved(ray_local, t
                                           output=str(tmp_path / "o"), batch_size=8, max_steps=2, log_every=1))
     assert not (tmp_path / "o" / "model.safetensors").exists()
     assert not list((tmp_path / "o" / "checkpoints" / "o").glob("checkpoint_*"))
+
+
+def test_a_run_stopped_by_non_finite_weights_after_a_checkpoint_says_to_start_a_new_run(ray_local, tiny_model,
+                                                                                       tmp_path):
+    """A run stopped by a loss or weights not finite says that a lower lr or a warmup keeps it finite; where it had
+    written a checkpoint before, the same command with either was refused as other settings. Its message now says to
+    give the new run another run_name or output. (The first step's lr is 0, under a warmup of one step, and its
+    checkpoint is written; the second's, 1e36, makes the weights infinite.)"""
+    from ce_ray.config import ConfigError, TrainConfig
+
+    train = _train_module()
+    wikiqa_pairs("train", 16)[["query", "document", "label"]].to_parquet(tmp_path / "pairs.parquet")
+    settings = TrainConfig(model=str(tiny_model), train_data=str(tmp_path / "pairs.parquet"), output=str(tmp_path / "o"),
+                           batch_size=8, max_steps=2, log_every=1, save_every=1, warmup_ratio=0.5, lr=1e36)
+    run_uri = tmp_path / "o" / "checkpoints" / "o"
+    with pytest.raises(FloatingPointError, match=r"^the weights after step 2 are not all finite, though its loss is "
+                       r"\(\d\.\d{4}\): the run stops without saving its weights \(a lower lr \(--lr\) or a "
+                       r"warmup_ratio \(--warmup-ratio\) keeps a diverging run finite\)" + re.escape(
+                           "; with other settings it is a new run: give another run_name (--run-name) or output "
+                           f"(--output), as {run_uri} holds checkpoints that a run of the same name resumes from with "
+                           "the same settings only") + "$"):
+        train.train(settings)
+    assert [p.name for p in run_uri.glob("checkpoint_0*")] == ["checkpoint_0000001"]
+    with pytest.raises(ConfigError, match=r"holds the checkpoints of a run with other settings \(lr\)"):
+        train.train(dataclasses.replace(settings, lr=1e-5))
 
 
 def test_a_nan_loss_is_not_retried(tiny_model, tmp_path):
@@ -1436,7 +1492,8 @@ def test_a_run_whose_training_files_changed_since_its_checkpoints_is_not_resumed
         train.train(settings)
     (data / "a.parquet").write_bytes(a_bytes)
     os.utime(data / "a.parquet", ns=(a_stat.st_atime_ns, a_stat.st_mtime_ns))
-    assert json.loads(record.read_text())["train_digests"][str(data / "a.parquet")] == hashlib.sha256(a_bytes).hexdigest()
+    digests = json.loads(record.read_text())["train_digests"]
+    assert digests[str(data / "a.parquet")] == hashlib.sha256(a_bytes).hexdigest()
 
     # Touched: the same bytes at another modification time. The run resumes from its checkpoint, and says why.
     os.utime(data / "a.parquet", ns=(a_stat.st_atime_ns, a_stat.st_mtime_ns + 10**9))
@@ -1645,6 +1702,50 @@ def test_workers_that_do_not_fit_say_what_makes_them_fit(monkeypatch):
     with pytest.raises(ConfigError, match=r"need 3 CPUs each \(cpus_per_worker \(--cpus-per-worker\); the cluster's "
                                           r"largest node has 2\): lower cpus_per_worker \(--cpus-per-worker\)$"):
         check_room(wide, False, {"CPU": 4.0}, node_cpus=2.0)
+    # Where the run has checkpoints, fewer workers are a new run (num_workers is in the run's record: the same command
+    # with fewer was refused as other settings); use_gpu and cpus_per_worker are not, and their hints go alone.
+    new_run = checkpoints.as_a_new_run(config, "o/checkpoints/o")
+    with pytest.raises(ConfigError) as refused:
+        check_room(config, False, {"CPU": 1.0}, new_run=new_run)
+    assert str(refused.value) == (
+        "2 worker(s) need 2 CPU(s) (the cluster has 1): lower num_workers (--num-workers) (or cpus_per_worker "
+        "(--cpus-per-worker)); with other settings it is a new run: give another run_name (--run-name) or output "
+        "(--output), as o/checkpoints/o holds checkpoints that a run of the same name resumes from with the same "
+        "settings only")
+    with pytest.raises(ConfigError, match=r"train on its CPUs with use_gpu false \(--no-use-gpu\)$"):
+        check_room(config, True, {"CPU": 2.0}, new_run=new_run)
+    with pytest.raises(ConfigError, match=r"lower cpus_per_worker \(--cpus-per-worker\)$"):
+        check_room(wide, False, {"CPU": 4.0}, node_cpus=2.0, new_run=new_run)
+
+
+def test_a_hint_to_change_a_runs_settings_says_to_start_a_new_run_where_it_has_checkpoints(tmp_path):
+    """A hint after a stop (a NaN loss: a lower lr; out of memory: a smaller batch_size) said to change settings that
+    the run's record holds; where the run had checkpoints, the same command with them was refused as other settings.
+    The hint says to give the new run another name where the run's folder holds checkpoints, and nothing more where
+    it does not; with a storage_path, run_name alone (another output of the same folder name is the same run)."""
+    from ce_ray.config import ConfigError, TrainConfig
+
+    config = TrainConfig(model="m", train_data="d", output=str(tmp_path / "o"))
+    fs, storage_path, name, run_uri = checkpoints.run_storage(config)
+    run_dir = tmp_path / "o" / "checkpoints" / "o"
+    assert checkpoints.new_run_hint(config, fs, str(run_dir), run_uri) == ""  # no folder yet
+    run_dir.mkdir(parents=True)
+    (run_dir / checkpoints.RUN_FILE).write_text("{}")
+    assert checkpoints.new_run_hint(config, fs, str(run_dir), run_uri) == ""
+    (run_dir / "checkpoint_0000001").mkdir()
+    assert checkpoints.new_run_hint(config, fs, str(run_dir), run_uri) == (
+        f"; with other settings it is a new run: give another run_name (--run-name) or output (--output), as {run_uri} "
+        "holds checkpoints that a run of the same name resumes from with the same settings only")
+    stored = dataclasses.replace(config, storage_path=str(tmp_path / "runs"))
+    assert checkpoints.as_a_new_run(stored, "runs/o").startswith(
+        "; with other settings it is a new run: give another run_name (--run-name), as runs/o holds")
+    # The refusals of claim_run name the same: run_name alone where a storage_path is set.
+    (tmp_path / "runs" / "o" / "checkpoint_0000001").mkdir(parents=True)
+    (tmp_path / "runs" / "o" / checkpoints.RUN_FILE).write_text(json.dumps({"lr": 1.0}))
+    with pytest.raises(ConfigError, match=r"other settings \(.*\), which a run of the same name resumes from: give "
+                                          r"another run_name \(--run-name\), or delete .*runs/o to start afresh$"):
+        checkpoints.claim_run(stored, "m", *checkpoints.run_storage(stored)[:2], "o", str(tmp_path / "runs" / "o"),
+                              train_files={})
 
 
 def test_the_trained_model_keeps_the_prompts_and_activation_of_the_model_it_started_from(ray_local, tiny_model,
