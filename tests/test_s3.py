@@ -494,6 +494,41 @@ def test_an_input_of_many_files_costs_a_few_requests_a_file_before_any_work(coun
     assert counting_store.listings.count(f"out/{RESULTS}/") == 1
 
 
+def test_a_read_task_reads_its_small_files_a_few_at_once_each_row_once_and_in_order(counting_store):
+    """A read task of many small files (Spark's parts) read them one after another, each waiting on the store's
+    latency (its look-up, then its bytes) before the next began. It reads up to `READ_AHEAD` of them at once, and
+    gives their rows in the files' order, each file's rows together and in order, each row once."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    import s3fs
+
+    from ce_ray import readers
+    from ce_ray.input_files import check_inputs, list_files
+
+    bucket, files, rows = "ce-ray-read-ahead", 40, 3
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(bucket)
+    for i in range(files):
+        with fs.open(f"{bucket}/in/part-{i:05d}.parquet", "wb") as f:
+            pq.write_table(pa.table({"query": [f"query {i}"] * rows, "document": ["a document"] * rows,
+                                     "n": list(range(i * rows, (i + 1) * rows))}), f)
+    paths, input_format, input_fs, listed, _ = list_files(f"s3://{bucket}/in/")
+    checks, _ = check_inputs(input_fs, paths, input_format, ["query", "document"], listed=listed)
+    ranges = [r for check in checks for r in readers.read_ranges(check, 1000)]
+    [task] = readers.tagged_parquet(ranges, input_fs, 1000).get_read_tasks(1)  # the 40 small files in one task
+    counting_store.requests.clear()
+    counting_store.most_at_once = 0
+    table = pa.concat_tables(task())
+    assert table.column("n").to_pylist() == list(range(files * rows))  # each row once, in the files' order
+    assert table.column(readers.ROW_INPUT).to_pylist() == [readers.input_key(p) for p in paths for _ in range(rows)]
+    assert table.column(readers.ROW_INDEX).to_pylist() == [*range(rows)] * files
+    assert pc.max(table.column(readers.FILE_ROWS)).as_py() == rows
+    reads = [method for method, path in counting_store.requests if path.startswith(f"/{bucket}/in/")]
+    assert reads.count("GET") == files and reads.count("HEAD") == files  # each file opened and read once
+    assert 2 <= counting_store.most_at_once <= readers.READ_AHEAD  # one at a time, it was 1
+
+
 def test_a_resume_deletes_the_parts_of_unfinished_inputs_in_one_request(counting_store):
     """A resume deletes the parts of the inputs an earlier run did not finish (and temporaries) before it scores:
     on S3 two requests a part (pyarrow's look-up, the delete), 2,000 requests for 1,000 parts. They go in one
