@@ -27,7 +27,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Optional, Sequence, Set
+from typing import Dict, Iterable, Optional, Sequence, Set, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -88,6 +88,8 @@ class InputParts:
     rows_rejected: int = 0
     input_rows: Optional[int] = None  # known once the part with the file's last row is written
     files: Dict[str, Optional[int]] = field(default_factory=dict)  # part -> its rows; None: its footer is unreadable
+    # part -> its size and time or ETag (`storage.list_tree`'s stamp) as listed when its footer was read
+    stamps: Dict[str, str] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -115,6 +117,12 @@ class ResumeState:
         """Every part held, and its rows."""
         return {file: rows for parts in self.parts.values() for file, rows in parts.files.items()}
 
+    def footers_read(self) -> Dict[str, Tuple[str, Optional[int]]]:
+        """Every part held -> (its stamp as listed when its footer was read, the rows the footer gave): what
+        `check_parts` need not read again of a part listed with the same stamp."""
+        return {file: (parts.stamps.get(file), rows)
+                for parts in self.parts.values() for file, rows in parts.files.items()}
+
     def lost(self, stamps: Dict[str, str]) -> list:
         """The input files (key -> stamp now) that the earlier job, finished, completed as they are now, and whose
         parts the output no longer holds (deleted or lost since; those that cannot be read are `damaged`)."""
@@ -130,10 +138,11 @@ class ResumeState:
         return key in self.parts and self.parts[key].complete and self.stamps.get(key, stamp) == stamp
 
 
-def _list(fs: pafs.FileSystem, folder: str) -> Dict[str, int]:
-    """The files in `folder` (none where there is no folder), each with its size: on S3 one listing, where pyarrow's
-    took two (asking first whether the folder is one, which s3fs answers by listing it)."""
-    return {file: size for file, (size, _) in list_tree(fs, folder).items() if posixpath.dirname(file) == folder}
+def _list(fs: pafs.FileSystem, folder: str) -> Dict[str, Tuple[int, str]]:
+    """The files in `folder` (none where there is no folder), each with its size and stamp (`storage.list_tree`): on
+    S3 one listing, where pyarrow's took two (asking first whether the folder is one, which s3fs answers by listing
+    it)."""
+    return {file: listed for file, listed in list_tree(fs, folder).items() if posixpath.dirname(file) == folder}
 
 
 @dataclass
@@ -165,9 +174,9 @@ def read_footers(fs: pafs.FileSystem, sizes: Dict[str, int]) -> Dict[str, Footer
 
 
 def _listed_parts(fs: pafs.FileSystem, path: str) -> list:
-    """The files of the output's results/ and rejects/: (folder, file, its name's match of a part's, size)."""
-    return [(sub, file, _PART.match(posixpath.basename(file)), size)
-            for sub in (RESULTS, REJECTS) for file, size in _list(fs, f"{path}/{sub}").items()]
+    """The files of the output's results/ and rejects/: (folder, file, its name's match of a part's, size, stamp)."""
+    return [(sub, file, _PART.match(posixpath.basename(file)), size, stamp)
+            for sub in (RESULTS, REJECTS) for file, (size, stamp) in _list(fs, f"{path}/{sub}").items()]
 
 
 def scan_parts(output: str, listed: Optional[list] = None) -> ResumeState:
@@ -177,9 +186,9 @@ def scan_parts(output: str, listed: Optional[list] = None) -> ResumeState:
     listed = _listed_parts(fs, path) if listed is None else listed
     named = [entry for entry in listed if entry[2]]
     other = [entry for entry in listed if not entry[2]]
-    footers = read_footers(fs, {file: size for _, file, _, size in named})
+    footers = read_footers(fs, {file: size for _, file, _, size, _ in named})
     parts: Dict[str, InputParts] = {}
-    for sub, file, match, _ in named:
+    for sub, file, match, _, stamp in named:
         footer = footers[file]
         if footer.missing:  # deleted since the listing
             continue
@@ -193,7 +202,8 @@ def scan_parts(output: str, listed: Optional[list] = None) -> ResumeState:
         if footer.input_rows is not None:
             entry.input_rows = footer.input_rows
         entry.files[file] = footer.rows
-    return ResumeState(parts, [file for _, file, _, _ in other])
+        entry.stamps[file] = stamp
+    return ResumeState(parts, [file for _, file, *_ in other])
 
 
 def _as_recorded_now(job: dict) -> dict:
@@ -524,7 +534,7 @@ class PairsSink(Datasink):
         fs, path = filesystem(self.output)
         expected = {f"{path}/{name}": rows for name, rows in self.parts.items()} | (kept.files() if kept else {})
         with work():  # a part lost during the work fails the job, as an error of its tasks does
-            check_parts(self.output, expected, self.finish)
+            check_parts(self.output, expected, self.finish, kept.footers_read() if kept else None)
         # The parts of results/ and rejects/ and their rows, so that a job reading this output later tells one that
         # lost parts since, or whose parts were cut short or rewritten (`output_state.refuse_changed_output`), and a
         # resume tells which (`lost_or_rewritten`).
@@ -534,24 +544,32 @@ class PairsSink(Datasink):
         _write_bytes(fs, f"{path}/{SUCCESS}", json.dumps(summary, indent=2).encode(), is_remote(self.output))
 
 
-def _differences(fs: pafs.FileSystem, path: str, expected: Dict[str, int]) -> list:
+def _differences(fs: pafs.FileSystem, path: str, expected: Dict[str, int],
+                 read: Dict[str, Tuple[str, Optional[int]]]) -> list:
     """What results/ and rejects/ hold otherwise than `expected` (part -> rows), each said in a few words
     (`output_state.part_differences`, which a later job reading the output holds its results/ to as well): parts
-    missing, of other row counts or unreadable (from their footers alone), and parts that no one expected."""
-    held = {file: size for sub in (RESULTS, REJECTS) for file, size in _list(fs, f"{path}/{sub}").items()
+    missing, of other row counts or unreadable (from their footers alone), and parts that no one expected. A part
+    whose footer was `read` by the job (part -> (its stamp then, its rows)) and that is listed with the same stamp
+    now is the file that was read: its rows are taken as read."""
+    held = {file: listed for sub in (RESULTS, REJECTS) for file, listed in _list(fs, f"{path}/{sub}").items()
             if not posixpath.basename(file).startswith(".")}  # a temporary is no part
-    footers = read_footers(fs, {file: size for file, size in held.items() if file in expected})
-    rows = {file: footers[file].rows if file in footers else None for file in held
+    known = {file: read[file][1] for file, (_, stamp) in held.items() if file in read and read[file][0] == stamp}
+    footers = read_footers(fs, {file: size for file, (size, _) in held.items()
+                                if file in expected and file not in known})
+    rows = {file: known[file] if file in known else footers[file].rows if file in footers else None for file in held
             if not footers.get(file, Footer()).missing}  # deleted since the listing: missing
     return part_differences(expected, rows, "this job", f"{path}/")
 
 
-def check_parts(output: str, expected: Dict[str, int], finish: str) -> None:
+def check_parts(output: str, expected: Dict[str, int], finish: str,
+                read: Optional[Dict[str, Tuple[str, Optional[int]]]] = None) -> None:
     """Fails unless the output holds exactly the parts `expected` (path -> rows), so that `_SUCCESS` never counts
     rows that are not there: a store that lost writes it had taken, a folder cleared by another hand, a part
-    deleted by another job's --mode overwrite."""
+    deleted by another job's --mode overwrite. `read`: the parts whose footers the job read already (a resume's kept
+    parts, `ResumeState.footers_read`), each with its stamp as listed then and its rows: one listed now with the same
+    stamp (size, and time or ETag) is not read again, where a resume read each kept part's footer twice."""
     fs, path = filesystem(output)
-    said = _differences(fs, path, expected)
+    said = _differences(fs, path, expected, read or {})
     if said:
         raise OutputLostError(f"{output} does not hold the parts this job counts: {briefly(said)}. "
                               f"No {SUCCESS} written; {finish}")
