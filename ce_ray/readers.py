@@ -516,9 +516,9 @@ def read_together(tasks: list, whole: Optional[List[bool]] = None) -> list:
     """`tasks` (Ray Data's read tasks, each of a file or a range of one) put together in order, as few to a task as
     `TASK_BYTES` and `TASK_FILES` allow: each task reads its files a few at once (`read_ahead`) and gives their rows
     in order, each file's rows tagged as before, so that the rows of a file still travel together and the output's
-    parts are the same. A task that
-    reads part of a file (`whole` False: a range of a large parquet file) stays alone, so that the file's ranges
-    spread over the CPUs, as does one of a file that is to be read alone (`whole` False too)."""
+    parts are the same. A task that reads part of a file (`whole` False: a range of a large parquet file) stays
+    alone, so that the file's ranges spread over the CPUs, as does one of a file that is to be read alone (`whole`
+    False too)."""
     from ray.data.block import BlockMetadata
     from ray.data.datasource import ReadTask
 
@@ -544,8 +544,8 @@ def read_together(tasks: list, whole: Optional[List[bool]] = None) -> list:
 # waited on the store's latency before the next began (on S3 a HEAD as it is opened, then a GET or more, ~20-50 ms
 # each), and a task of 64 small files spent nearly all its time waiting: the reads are I/O, which threads overlap
 # (pyarrow and s3fs release the GIL as they wait). 1,000 parquet files of 10 pairs on moto, 30 ms added to each
-# request, took 40-50 s to read, now 11-15 s (docs/inputs.md). At most this many files' rows are held at once: a file's rows
-# are read whole before they are given on, in order, so that a file's rows still travel together.
+# request, took 40-50 s to read, now 11-15 s (docs/inputs.md). At most this many files' rows are held at once: a
+# file's rows are read whole before they are given on, in order, so that a file's rows still travel together.
 READ_AHEAD = 8
 
 
