@@ -84,7 +84,8 @@ def check_whole(folder: str, deepspeed: bool, shown: str) -> None:
     if missing:
         raise IncompleteCheckpoint(
             f"the checkpoint {shown} lacks {briefly(missing)}: it was not written whole to the store and is not "
-            f"loaded. Delete the run's folder ({posixpath.dirname(shown)}) or give another run_name to start afresh")
+            f"loaded. Delete the run's folder ({posixpath.dirname(shown)}) or give another "
+            f"{setting_and_flag('run_name')} to start afresh")
 
 
 def upload_checkpoint(checkpoint, dir_name: str, shown: str):
@@ -264,7 +265,7 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
                           f"delete {shown} to start afresh")
     if resumes and touched:
         print(f"ce-ray train: {briefly(touched, 3)}: another modification time than the run's record holds, the same "
-              "bytes (sha256): the same training data, the run resumes from its checkpoints", flush=True)
+              "bytes (sha256): the same training data as its checkpoints'", flush=True)
     if settings != earlier:
         # a run that stopped before its first checkpoint leaves nothing to resume: its settings go
         fs.create_dir(run_dir, recursive=True)

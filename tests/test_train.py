@@ -1295,7 +1295,7 @@ def test_a_checkpoint_that_lacks_files_is_not_resumed_from_nor_made_the_model(ra
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"ce-ray train: failed: IncompleteCheckpoint: the checkpoint {checkpoint} lacks model/config.json: it was not "
         f"written whole to the store and is not loaded. Delete the run's folder ({checkpoint.parent}) or give another "
-        "run_name to start afresh")
+        "run_name (--run-name) to start afresh")
 
     # What each case lacks: by the lists of the ranks' files, which progress.json counts, or (a checkpoint of an
     # earlier ce-ray, without them) the files the run reads.
@@ -1500,7 +1500,7 @@ def test_a_run_whose_training_files_changed_since_its_checkpoints_is_not_resumed
     capsys.readouterr()
     assert train.train(settings).resumed_from == [1]
     assert (f"ce-ray train: {data / 'a.parquet'}: another modification time than the run's record holds, the same "
-            "bytes (sha256): the same training data, the run resumes from its checkpoints") in capsys.readouterr().out
+            "bytes (sha256): the same training data as its checkpoints'") in capsys.readouterr().out
     touched = json.loads(record.read_text())["train_files"][str(data / "a.parquet")]
     assert touched.endswith(str(a_stat.st_mtime_ns + 10**9))  # the record holds the new stamp
     # Copied again from a copy of it: resumes too.
