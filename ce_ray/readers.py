@@ -18,7 +18,7 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -36,14 +36,16 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
                  column_names: Optional[List[str]] = None, present: Sequence[str] = (),
                  lists: Sequence[str] = (), written: Optional[Dict[str, str]] = None,
                  read: Optional[Sequence[str]] = None, settings: Optional[Dict[str, str]] = None,
-                 listing: Optional[Listing] = None):
+                 listing: Optional[Listing] = None, held=None):
     """A Ray Dataset over the input files, after `check_inputs` passed (`required` text columns, or lists of
     texts for those in `lists`; `present` ones of any type; none that the job writes, `written`).
 
     Files are streamed in chunks of `rows_per_block` rows, and every row is tagged with its input file's key
     and position (`TAGS`). A text file is read whole by one task; a parquet file in ranges of `rows_per_read` rows
     (`PARQUET_ROWS_PER_READ`), in whole row groups (`ReadRange`); small files several to a task (`read_together`).
-    `keep(check)`, when given, selects the files to read (resume) from their `FileCheck`. `column_names` names the
+    `keep(check)`, when given, selects the files to read (resume) from their `FileCheck`; `held(check)`, the rows of a
+    parquet file to leave out, as runs [start, stop) of its row numbers (those a resumed output holds already):
+    its row groups wholly held are not read, the other rows keep their numbers. `column_names` names the
     columns of CSV or TSV files that have no header line. `read`: the only columns the job reads, when it does not
     pass the rows on (training), whose types alone must agree from file to file (`check_inputs`): the job drops the
     others from each block before rows of two files meet. `settings`: the setting that names each column, which a
@@ -70,7 +72,8 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     # clash (a `source` of numbers, then of text) failed in the read task that put their rows together.
     together = read is None
     if input_format == "parquet":
-        ranges = [r for c in todo for r in read_ranges(c, rows_per_read or PARQUET_ROWS_PER_READ)]
+        ranges = [r for c in todo for r in read_ranges(c, rows_per_read or PARQUET_ROWS_PER_READ,
+                                                       held(c) if held else ())]
         return _read(tagged_parquet(ranges, fs, rows_per_block, together)), checks, size_bytes, schema, listed
     paths = [c.path for c in todo]
     if input_format in DELIMITED:
@@ -463,26 +466,44 @@ class ReadRange:
     path: str
     row_groups: List[int]
     first_row: int  # the file's row number of the range's first row
-    rows: int
+    rows: int  # the rows it yields: those of its row groups, less those it skips
     size_bytes: int  # in memory, as the footer gives it
     ends_file: bool
+    skip: Tuple[Tuple[int, int], ...] = ()  # runs [start, stop) of the file's rows in the range that are not read
 
 
-def read_ranges(check: FileCheck, rows_per_read: int) -> List[ReadRange]:
+def read_ranges(check: FileCheck, rows_per_read: int, held: Sequence[Sequence[int]] = ()) -> List[ReadRange]:
     """The file's row groups in order, cut into ranges of at least `rows_per_read` rows (the last may hold
     fewer); a row group is never split, so a file of one row group is one range. Empty row groups are left out:
     one that made a range of its own (a writer's last, empty write) left the range that ends the file no row to
-    carry the file's row count, and the file was never complete."""
-    groups = [i for i, (rows, _) in enumerate(check.row_groups) if rows]
-    ranges, at, first_row = [], 0, 0
+    carry the file's row count, and the file was never complete. `held`: runs [start, stop) of rows not to read
+    (a resume's, sorted, apart): a row group wholly inside them is left out and ends the range before it, and a
+    range skips those of its rows that are (`ReadRange.skip`), so that a resumed file reads only its rows missing."""
+    groups, first_row = [], 0  # (row group, its first row in the file, rows, bytes) of each non-empty row group
+    for i, (rows, size) in enumerate(check.row_groups):
+        if rows:
+            groups.append((i, first_row, rows, size))
+            first_row += rows
+    ranges, at = [], 0
     while at < len(groups):
-        rows = size = 0
-        start = at
-        while at < len(groups) and rows < rows_per_read:
-            rows, size, at = rows + check.row_groups[groups[at]][0], size + check.row_groups[groups[at]][1], at + 1
-        ranges.append(ReadRange(check.path, groups[start:at], first_row, rows, size, at == len(groups)))
-        first_row += rows
+        if _held_rows(held, groups[at][1], groups[at][1] + groups[at][2]) == groups[at][2]:
+            at += 1  # held whole: not read
+            continue
+        start, rows = at, 0
+        while (at < len(groups) and rows < rows_per_read
+               and _held_rows(held, groups[at][1], groups[at][1] + groups[at][2]) < groups[at][2]):
+            rows, at = rows + groups[at][2], at + 1
+        first, stop = groups[start][1], groups[start][1] + rows
+        skip = tuple((max(a, first), min(b, stop)) for a, b in held if a < stop and b > first)
+        ranges.append(ReadRange(check.path, [g[0] for g in groups[start:at]], first,
+                                rows - _held_rows(held, first, stop), sum(g[3] for g in groups[start:at]),
+                                at == len(groups), skip))
     return ranges
+
+
+def _held_rows(held: Sequence[Sequence[int]], start: int, stop: int) -> int:
+    """How many of the rows [start, stop) the runs `held` hold."""
+    return sum(max(0, min(b, stop) - max(a, start)) for a, b in held)
 
 
 # A parquet file is read through a buffer of this many bytes per column, page after page, rather than whole
@@ -499,7 +520,23 @@ def read_range(fs: pafs.FileSystem, part: ReadRange, rows_per_block: int):
         parquet = pq.ParquetFile(f, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
         batches = parquet.iter_batches(batch_size=rows_per_block, row_groups=part.row_groups)
         chunks = (reject_invalid_utf8(plain_columns(pa.Table.from_batches([b])), part.path) for b in batches)
-        yield from tag_rows(chunks, part.path, part.first_row, part.ends_file)
+        for table in tag_rows(chunks, part.path, part.first_row, part.ends_file):
+            table = without_rows(table, part.skip)
+            if table.num_rows:
+                yield table
+
+
+def without_rows(table: pa.Table, runs: Sequence[Sequence[int]]) -> pa.Table:
+    """The tagged rows of `table` whose row numbers (`ROW_INDEX`) are in none of the runs [start, stop)."""
+    if not runs:
+        return table
+    import numpy as np
+
+    numbers = table.column(ROW_INDEX).to_numpy()
+    keep = np.ones(len(numbers), dtype=bool)
+    for start, stop in runs:
+        keep &= (numbers < start) | (numbers >= stop)
+    return table if keep.all() else table.filter(pa.array(keep))
 
 
 # Small files are read several to a task: a Ray task's scheduling and start (~25 ms on 2 CPU

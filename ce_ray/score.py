@@ -676,8 +676,9 @@ class Summary:
     seconds: float
     output: str
     files_in: int
-    files_kept: int = 0  # --mode resume: inputs complete from an earlier run, not redone
+    files_kept: int = 0  # --mode resume: inputs whose parts an earlier run wrote are kept, not redone
     rows_kept: int = 0  # their rows (scored and rejected), counted in rows_in
+    files_kept_in_part: int = 0  # of files_kept, parquet files left unfinished: only their rows missing were scored
 
     @property
     def pairs_per_second(self) -> float:
@@ -689,12 +690,24 @@ class Summary:
             ("rows in", f"{self.rows_in:,}"),
             ("rows scored", f"{self.rows_scored:,}"),
             ("rows rejected", f"{self.rows_rejected:,}" + ("  (see rejects/)" if self.rows_rejected else "")),
-        ] + ([("kept", f"{self.files_kept} file(s), {plural(self.rows_kept, 'row')} (resumed)")]
+        ] + ([("kept", f"{self.files_kept} file(s), {plural(self.rows_kept, 'row')} (resumed"
+                           + (f"; {self.files_kept_in_part} of them in part)" if self.files_kept_in_part else ")"))]
              if self.files_kept else []) + [
             ("seconds", f"{self.seconds:.1f}"),
             ("pairs/s", f"{self.pairs_per_second:,.1f}"),
             ("output", self.output),
         ])
+
+
+def _scored_again(keys: list, in_part: dict) -> str:
+    """What a resume scores of the input files `keys`: all their rows, or those that their parts left lack (parquet
+    files whose parts say which rows they hold: `in_part`)."""
+    partly = sum(key in in_part for key in keys)
+    if not partly:
+        return "they are scored again"
+    if partly == len(keys):
+        return "their rows missing are scored again"
+    return f"they are scored again ({partly} of them only their rows missing)"
 
 
 def summary_lines(title: str, fields: list) -> list:
@@ -719,12 +732,13 @@ def job_settings(config: ScoreConfig) -> dict:
         {"activation": config.activation} if config.activation else {})
 
 
-def say_input(title: str, files) -> Optional[int]:
+def say_input(title: str, files, held: int = 0) -> Optional[int]:
     """Says the pairs a job is to score, and returns them (known from parquet footers; None where a text file's rows
     are counted only as it is read), for its progress lines: Ray Data's progress gives the scoring stage's rows
-    against its own estimate of the total, which may be far from it (1,769,472 for a file of 1,200,000 rows)."""
+    against its own estimate of the total, which may be far from it (1,769,472 for a file of 1,200,000 rows).
+    `held`: rows of those files that a resumed output holds already, not read."""
     rows = [f.rows for f in files]
-    total = sum(rows) if rows and None not in rows else None
+    total = sum(rows) - held if rows and None not in rows else None
     print(f"{title}: {'' if total is None else f'{total:,} pairs in '}{len(files)} file(s) to score", flush=True)
     return total
 
@@ -734,7 +748,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
 
     `transform` (Dataset -> Dataset), when given, runs between scoring and writing.
     Outputs are named per input file; `mode="resume"` keeps the inputs an earlier run completed (and that are
-    not rewritten since) and redoes the rest. A transform regroups rows across files, so its jobs cannot resume.
+    not rewritten since), and the parts of parquet files it left unfinished, whose rows missing alone it reads
+    (`ResumeState.held_rows`); it redoes the rest. A transform regroups rows across files, so its jobs cannot resume.
     """
     from .input_files import parse_names
     from .output_state import OVERWRITE, RESUME
@@ -762,11 +777,18 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     def to_score(check) -> bool:  # an input that no earlier run completed as it is now
         return not earlier.done(input_key(check.path), check.stamp)
 
+    def held(check) -> list:  # the rows of a parquet file (rows known) that the output holds and keeps
+        if check.rows is None or not to_score(check):
+            return []
+        return earlier.held_rows(input_key(check.path), check.stamp, check.rows) or []
+
     ds, files, _, schema, listed = read_dataset(
         config.input, config.input_format, [config.query_column, config.document_column], keep=to_score,
         rows_per_block=config.rows_per_block, column_names=parse_names(config.column_names),
-        written=written_columns(config), settings=column_settings(config))
-    progress = None if ds is None else Progress(title, say_input(title, [f for f in files if to_score(f)]))
+        written=written_columns(config), settings=column_settings(config), held=held)
+    in_part = {input_key(f.path): runs for f in files if (runs := held(f))}  # parquet files resumed in part
+    rows_held = sum(stop - start for runs in in_part.values() for start, stop in runs)
+    progress = None if ds is None else Progress(title, say_input(title, [f for f in files if to_score(f)], rows_held))
     scored = None if ds is None else add_scores(ds, config, title, checked, input_sources(files), progress)
     if scored is not None and transform is not None:
         scored = transform(scored)
@@ -781,7 +803,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     lost, rewritten_parts = lost_or_rewritten(config.output, earlier, stamps)
     if lost:
         print(f"{title}: note: the output of the finished job lost parts of {len(lost)} input file(s) since (deleted "
-              f"or lost by the store; e.g. {lost[0]}-r*.parquet): they are scored again", file=sys.stderr, flush=True)
+              f"or lost by the store; e.g. {lost[0]}-r*.parquet): {_scored_again(lost, in_part)}",
+              file=sys.stderr, flush=True)
     if rewritten_parts:
         part, (_, then, now) = min(rewritten_parts.items())
         inputs = len({key for key, _, _ in rewritten_parts.values()})
@@ -794,7 +817,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         print(f"{title}: note: {len(rewritten)} input file(s) that an earlier run completed were rewritten since "
               f"(another size, time or ETag, e.g. {rewritten[0]}): they are scored again", file=sys.stderr, flush=True)
     kept = prepare_output(config.output, config.mode, job=job, resume=earlier, stamps=stamps,
-                          resumable=transform is None, checked=True)
+                          resumable=transform is None, checked=True, in_part=in_part)
     # On CPUs a write task gathers less (`CPU_PART_BYTES`), so that a killed job keeps the files it finished. So
     # many small write tasks then ran at once (a quarter of a CPU each, each in a worker process of its own) that the
     # workers' memory grew by 450-720 MiB over 500,000 short pairs on 2 cores: a write task a node keeps up with CPUs.
@@ -818,6 +841,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         files_in=listed,
         files_kept=len(kept.parts),
         rows_kept=kept_scored + kept_rejected,
+        files_kept_in_part=len(in_part.keys() & kept.parts.keys()),
     )
     sink.write_success(dataclasses.asdict(summary) | {"pairs_per_second": summary.pairs_per_second}, kept=kept)
     print("\n".join(summary.lines(title)), flush=True)

@@ -12,7 +12,9 @@ Layout of an output folder:
 `<stem>-<hash8>` names the input file (its name, and a hash of its path), and `r<first row>` the first
 row of that file the part holds. The names depend only on the input, so a retried write task rewrites its
 own files and a re-run never adds a second copy of a row. The part holding a file's last row records the
-file's row count in its footer, so the output alone tells which inputs are complete (see `scan_parts`).
+file's row count in its footer, so the output alone tells which inputs are complete (see `scan_parts`); every
+part records which rows of its file it holds (`ROW_RUNS`), so that a resume of a parquet file left unfinished
+keeps its parts and reads only the rows they lack (`ResumeState.held_rows`).
 Rows without input tags (a transform that regroups rows, the Python API) get task-indexed names.
 Each file is written under a hidden temporary name and renamed; an S3 put is atomic by itself.
 """
@@ -47,6 +49,9 @@ from .storage import delete_files, filesystem, in_parallel, is_remote, list_tree
 REASON = "reason"  # why a row of rejects/ was rejected
 INPUTS = "inputs.json"  # input key -> the file's stamp (`input_files.FileCheck.stamp`) when the job read it
 INPUT_ROWS = b"ce_ray.input_rows"  # footer key: the input file's row count, on the part with its last row
+# Footer key: the rows of its input file a part holds, as JSON runs [[start, stop], ...] of row numbers (stop not
+# included), in order: a write task's rows of a file need not be consecutive (blocks come as they are scored).
+ROW_RUNS = b"ce_ray.row_runs"
 # Writing is I/O: a write task asks for a quarter of a core, so it never waits behind tokenizing for one.
 WRITE_REMOTE_ARGS = {"num_cpus": 0.25}
 # Fault injection, for tests only: the write of rows from an input whose key contains this value hangs, as
@@ -90,6 +95,8 @@ class InputParts:
     files: Dict[str, Optional[int]] = field(default_factory=dict)  # part -> its rows; None: its footer is unreadable
     # part -> its size and time or ETag (`storage.list_tree`'s stamp) as listed when its footer was read
     stamps: Dict[str, str] = field(default_factory=dict)
+    # part -> the runs of the input's rows it holds (`ROW_RUNS`); None where its footer has none (an earlier version's)
+    runs: Dict[str, Optional[list]] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -137,6 +144,62 @@ class ResumeState:
         since (another size, time or ETag) is scored again."""
         return key in self.parts and self.parts[key].complete and self.stamps.get(key, stamp) == stamp
 
+    def held_rows(self, key: str, stamp: str, rows: int) -> Optional[list]:
+        """The rows of the unfinished input file `key` (of `rows` rows) that its parts hold, as sorted runs
+        [start, stop), where a resume keeps those parts and reads only the other rows: the file as the earlier run
+        read it (`stamp`, recorded), and every part of it saying which rows it holds (`ROW_RUNS`), as many as its
+        footer counts, none held twice, none past the file's end. None otherwise (a part of an earlier version, one
+        cut short or rewritten since): the file is scored again whole."""
+        parts = self.parts.get(key)
+        if parts is None or not parts.files or key not in self.stamps or self.stamps[key] != stamp:
+            return None
+        runs = []
+        for file, count in parts.files.items():
+            held = parts.runs.get(file)
+            if count is None or held is None or count != sum(stop - start for start, stop in held):
+                return None
+            runs += held
+        runs.sort()
+        if runs[0][0] < 0 or runs[-1][1] > rows or any(a[1] > b[0] for a, b in zip(runs, runs[1:])):
+            return None
+        return _merged(runs)
+
+
+def _merged(runs: list) -> list:
+    """Sorted runs [start, stop) that do not overlap, those that touch made one."""
+    merged = []
+    for start, stop in runs:
+        if merged and merged[-1][1] == start:
+            merged[-1][1] = stop
+        else:
+            merged.append([start, stop])
+    return merged
+
+
+def row_runs(numbers) -> list:
+    """Sorted row numbers (numpy) as runs [[start, stop], ...] of consecutive numbers, stop not included."""
+    import numpy as np
+
+    if not len(numbers):
+        return []
+    breaks = np.flatnonzero(np.diff(numbers) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(numbers)]])
+    return [[int(numbers[a]), int(numbers[b - 1]) + 1] for a, b in zip(starts, stops)]
+
+
+def _runs_in(metadata: dict) -> Optional[list]:
+    """A footer's `ROW_RUNS`, or None where it has none or not as ce-ray writes them."""
+    try:
+        runs = json.loads(metadata[ROW_RUNS])
+    except (KeyError, ValueError):
+        return None
+    if not isinstance(runs, list) or not all(
+            isinstance(run, list) and len(run) == 2 and all(type(n) is int for n in run) and run[0] < run[1]
+            for run in runs):
+        return None
+    return runs
+
 
 def _list(fs: pafs.FileSystem, folder: str) -> Dict[str, Tuple[int, str]]:
     """The files in `folder` (none where there is no folder), each with its size and stamp (`storage.list_tree`): on
@@ -153,6 +216,7 @@ class Footer:
     rows: Optional[int] = None
     input_rows: Optional[int] = None
     missing: bool = False
+    runs: Optional[list] = None  # the input's rows the part holds (`ROW_RUNS`), where its footer says
 
 
 def _footer(fs: pafs.FileSystem, file: str, size: int) -> Footer:
@@ -165,7 +229,7 @@ def _footer(fs: pafs.FileSystem, file: str, size: int) -> Footer:
         return Footer()
     # Any other error (a store that does not answer) fails the caller: a part not read is no damaged part.
     input_rows = (meta.metadata or {}).get(INPUT_ROWS)
-    return Footer(meta.num_rows, None if input_rows is None else int(input_rows))
+    return Footer(meta.num_rows, None if input_rows is None else int(input_rows), runs=_runs_in(meta.metadata or {}))
 
 
 def read_footers(fs: pafs.FileSystem, sizes: Dict[str, int]) -> Dict[str, Footer]:
@@ -203,6 +267,7 @@ def scan_parts(output: str, listed: Optional[list] = None) -> ResumeState:
             entry.input_rows = footer.input_rows
         entry.files[file] = footer.rows
         entry.stamps[file] = stamp
+        entry.runs[file] = footer.runs
     return ResumeState(parts, [file for _, file, *_ in other])
 
 
@@ -281,11 +346,12 @@ def check_output(output: str, mode: str, resumable: bool = True) -> None:
 
 
 def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: Optional[ResumeState] = None,
-                   stamps: Optional[Dict[str, str]] = None, resumable: bool = True, checked: bool = False
-                   ) -> ResumeState:
+                   stamps: Optional[Dict[str, str]] = None, resumable: bool = True, checked: bool = False,
+                   in_part: Iterable[str] = ()) -> ResumeState:
     """mode error: refuse an output that has results; overwrite: clear them first; resume: keep the parts
     of complete inputs (of those still in the input, and as they were then, where `stamps` gives the input
-    files' keys and stamps now), remove everything else (parts of unfinished or rewritten inputs, temporaries,
+    files' keys and stamps now) and of the unfinished inputs `in_part` (whose other rows the job reads:
+    `ResumeState.held_rows`), remove everything else (parts of other unfinished or rewritten inputs, temporaries,
     `_SUCCESS`). Records the job's settings in `_ce_ray/job.json`, and `stamps` in `_ce_ray/inputs.json`.
     `checked`: the job ran `check_output` before its work; only mode error's refusal is checked again, here just
     before the first write (another job may have written results meanwhile). Returns what was kept."""
@@ -301,8 +367,10 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: O
         if resume.finished:
             delete_files(fs, [f"{path}/{SUCCESS}"])  # incomplete again until this run ends; first, alone
         dropped = list(resume.other)
+        in_part = set(in_part)
         for key, parts in resume.parts.items():
-            if parts.complete if stamps is None else key in stamps and resume.done(key, stamps[key]):
+            complete = parts.complete if stamps is None else key in stamps and resume.done(key, stamps[key])
+            if complete or key in in_part:
                 kept.parts[key] = parts
             else:
                 dropped += parts.files
@@ -438,13 +506,14 @@ def conform(table: pa.Table, schema: Optional[pa.Schema]) -> pa.Table:
 
 
 def _input_groups(table: pa.Table):
-    """(part name, rows without tags, input row count or None) for each input file in a block."""
+    """(part name, rows without tags but their row numbers (`ROW_INDEX`), input row count or None) for each input
+    file in a block."""
     keys = table.column(ROW_INPUT)
     for key in pc.unique(keys).to_pylist():
         rows = table.filter(pc.equal(keys, key)).sort_by(ROW_INDEX)
         first = rows.column(ROW_INDEX)[0].as_py()
         input_rows = pc.max(rows.column(FILE_ROWS)).as_py()
-        yield f"{key}-r{first:012d}.parquet", rows.drop_columns(list(TAGS)), input_rows
+        yield f"{key}-r{first:012d}.parquet", rows.drop_columns([ROW_INPUT, FILE_ROWS]), input_rows
 
 
 # The bytes of rows a score job's write task gathers before it writes their parts, as Ray Data's blocks hold up to
@@ -455,7 +524,7 @@ PART_BYTES = 128 * 1024 * 1024
 # cores), and nothing of it is on disk until a write task has gathered them: a job over 48 files of 5,000 pairs killed
 # half-way had written no part, and its resume scored every file again. A CPU job's write task gathers this much
 # (~30,000 short pairs; ~12 minutes of the L12 on 2 cores, seconds of a small model): the files it completes are
-# kept by a resume. A file's parts are kept only once the file is complete: one large file is scored again whole.
+# kept by a resume, and so are the parts of a parquet file left unfinished, whose other rows alone it scores.
 CPU_PART_BYTES = 8 * 1024 * 1024
 
 
@@ -503,10 +572,14 @@ class PairsSink(Datasink):
             if stall and stall in name:
                 time.sleep(3600)
             good, bad = split_rejects(rows, self.written)
-            metadata = {} if input_rows is None else {INPUT_ROWS: str(input_rows).encode()}
             for sub, part in ((RESULTS, good), (REJECTS, bad)):
                 if part is None or not part.num_rows:
                     continue
+                metadata = {} if input_rows is None else {INPUT_ROWS: str(input_rows).encode()}
+                if ROW_INDEX in part.column_names:  # rows of an input file: which of its rows the part holds
+                    runs = row_runs(part.column(ROW_INDEX).to_numpy())
+                    metadata[ROW_RUNS] = json.dumps(runs, separators=(",", ":")).encode()
+                    part = part.drop_columns([ROW_INDEX])
                 part = conform(part, self.schema)
                 # ce-ray's own metadata alone, none of what the rows were read with: that was one input file's
                 # (the first block's) in every part, its pandas index and dtypes (pandas gave a part another

@@ -81,8 +81,8 @@ def copy_of(out, tmp_path):
 
 
 def config_for(out, model, folder, **settings) -> ScoreConfig:
-    return ScoreConfig(model=str(model), input=str(folder), output=str(out), rows_per_block=ROWS_PER_BLOCK,
-                       **settings)
+    return ScoreConfig(model=str(model), input=str(folder), output=str(out),
+                       **({"rows_per_block": ROWS_PER_BLOCK} | settings))
 
 
 def test_output_names_come_from_the_input_and_are_stable(ray_local, tmp_path, tiny_model, wikiqa_files,
@@ -119,23 +119,35 @@ def test_resume_of_a_complete_output_redoes_nothing(ray_local, tmp_path, tiny_mo
 
 
 def test_resume_removes_partial_parts_and_temporaries(ray_local, tmp_path, tiny_model, wikiqa_files, reference):
-    """An input whose parts do not add up to its row count is redone from scratch; complete ones are kept."""
+    """A parquet input whose parts do not add up to its row count keeps them and has only the rows they lack scored;
+    a JSON Lines one is redone from scratch; complete ones are kept; temporaries are removed."""
     folder, pairs = wikiqa_files
-    out = copy_of(reference, tmp_path)
-    damaged = input_key(str(folder / "shard-3.parquet"))
-    last_part = sorted(n for n in os.listdir(out / "results") if n.startswith(damaged))[-1]
-    os.remove(out / "results" / last_part)  # as if the driver died before this part was written
-    (out / "results" / f".{last_part}.1234abcd.tmp").write_bytes(b"half a parquet file")
-    os.remove(out / "_SUCCESS")
-    before = part_files(out)
-    summary = run_score(config_for(out, tiny_model, folder, mode="resume"))
-    after = part_files(out)
-    assert summary.files_kept == FILES - 1
-    for name, stat in before.items():
-        if damaged not in name:
-            assert after[name] == stat, f"{name} of a complete input was rewritten"
-    assert not [n for n in os.listdir(out / "results") if n.startswith(".")]
-    pd.testing.assert_frame_equal(results(out), results(reference))
+    jsonl = tmp_path / "jsonl"
+    jsonl.mkdir()
+    for i in range(FILES):
+        pairs.iloc[i * ROWS_PER_FILE:(i + 1) * ROWS_PER_FILE].to_json(jsonl / f"shard-{i}.jsonl", orient="records",
+                                                                       lines=True)
+    run_score(config_for(tmp_path / "out-jsonl", tiny_model, jsonl))
+    for inputs, kind, out, in_part in ((folder, "parquet", copy_of(reference, tmp_path), 1),
+                                       (jsonl, "jsonl", tmp_path / "out-jsonl", 0)):
+        damaged = input_key(str(inputs / f"shard-3.{kind}"))
+        last_part = sorted(n for n in os.listdir(out / "results") if n.startswith(damaged))[-1]
+        os.remove(out / "results" / last_part)  # as if the driver died before this part was written
+        (out / "results" / f".{last_part}.1234abcd.tmp").write_bytes(b"half a parquet file")
+        os.remove(out / "_SUCCESS")
+        before = part_files(out)
+        summary = run_score(config_for(out, tiny_model, inputs, mode="resume"))
+        after = part_files(out)
+        assert (summary.files_kept, summary.files_kept_in_part) == (FILES - 1 + in_part, in_part)
+        for name, stat in before.items():
+            if in_part or damaged not in name:
+                assert after[name] == stat, f"{name} was rewritten"
+            else:
+                assert after[name] != stat, f"{name} of a JSON Lines input left unfinished was kept"
+        assert not [n for n in os.listdir(out / "results") if n.startswith(".")]
+        got, want = results(out), results(reference)
+        pd.testing.assert_frame_equal(got.drop(columns="score"), want.drop(columns="score"), check_dtype=False)
+        np.testing.assert_allclose(got["score"], want["score"], atol=1e-6)
 
 
 def test_resume_scores_again_the_inputs_of_parts_cut_short_or_short_of_rows(ray_local, tmp_path, tiny_model,
@@ -204,11 +216,12 @@ def test_a_finished_job_whose_output_lost_parts_since_is_made_whole_by_resume(ra
     summary = run_score(config_for(out, tiny_model, folder, mode="resume"))
     said = capsys.readouterr().err
     gone = min(whole, one, rejected.name.rsplit("-r", 1)[0])
+    # Those with parts left (one of results/, one of rejects/) keep them: only their rows missing are scored.
     assert ("the output of the finished job lost parts of 3 input file(s) since (deleted or lost by the store; e.g. "
-            f"{gone}-r*.parquet): they are scored again") in said
+            f"{gone}-r*.parquet): they are scored again (2 of them only their rows missing)") in said
     assert (f"2 part(s) of the finished job's output were rewritten since with other rows (e.g. {doubled}: "
             f"{twice.num_rows} row{'s' if twice.num_rows != 1 else ''}, now {2 * twice.num_rows}): their 2 input file(s) are scored again") in said
-    assert (summary.files_kept, summary.rows_in) == (FILES - 5, FILES * ROWS_PER_FILE)
+    assert (summary.files_kept, summary.files_kept_in_part, summary.rows_in) == (FILES - 3, 2, FILES * ROWS_PER_FILE)
     assert json.loads((out / "_SUCCESS").read_text())["rows_in"] == FILES * ROWS_PER_FILE
     assert len(list_files(str(out)).files) == parts
     got, want = results(out), results(reference)
@@ -392,37 +405,73 @@ def test_resume_follows_the_input_files_not_how_their_path_is_spelled(ray_local,
     assert sorted(results(tmp_path / "three")["pair_id"] // ROWS_PER_FILE) == [0] * 24 + [2] * 9
 
 
-def test_a_parquet_file_is_read_in_ranges_of_row_groups_and_resumed_whole(ray_local, tmp_path, tiny_model,
-                                                                           wikiqa_files, reference, monkeypatch):
+def test_a_parquet_file_is_read_in_ranges_of_row_groups_and_resumed_in_part(ray_local, tmp_path, tiny_model,
+                                                                            wikiqa_files, reference, monkeypatch,
+                                                                            capsys):
     """One file of 8 row groups read by 3 tasks: every row once, numbered by its row in the file, the file
-    complete; the part holding the middle range lost, resume redoes the whole file."""
+    complete, each part saying which rows it holds (`ce_ray.row_runs`). With the parts of two row groups lost (as a
+    killed job leaves a file), resume keeps the others, reads only the rows they lack and writes each row once,
+    where it scored the whole file again; a part without the key (an earlier version's) has the file redone whole."""
     _, pairs = wikiqa_files
     (tmp_path / "in").mkdir()
     path = tmp_path / "in" / "all.parquet"
     pq.write_table(pa.Table.from_pandas(pairs, preserve_index=False), path, row_group_size=ROWS_PER_FILE)
     monkeypatch.setattr(readers, "PARQUET_ROWS_PER_READ", 3 * ROWS_PER_FILE)
+    monkeypatch.setattr(sink, "CPU_PART_BYTES", None)  # a part of each scored block: a row group here
     fs, local = filesystem(str(path))
     [check], _ = check_inputs(fs, [local], "parquet", ["query", "document"])
     ranges = readers.read_ranges(check, readers.PARQUET_ROWS_PER_READ)
     assert [(r.row_groups, r.first_row, r.rows, r.ends_file) for r in ranges] == \
         [([0, 1, 2], 0, 75, False), ([3, 4, 5], 75, 75, False), ([6, 7], 150, 50, True)]
+    held = [[0, 75], [100, 150], [175, 200]]
+    assert [(r.row_groups, r.first_row, r.rows, r.ends_file, r.skip) for r in
+            readers.read_ranges(check, readers.PARQUET_ROWS_PER_READ, [[0, 80], [100, 150], [175, 200]])] == \
+        [([3], 75, 20, False, ((75, 80),)), ([6], 150, 25, False, ())]
 
     def check_output(out):
         got, want = results(out), results(reference)
         pd.testing.assert_frame_equal(got.drop(columns="score"), want.drop(columns="score"))
         np.testing.assert_allclose(got["score"], want["score"], atol=1e-6)
+        rejects = pd.read_parquet(out / "rejects")
+        assert sorted([*got["pair_id"], *rejects["pair_id"]]) == list(range(FILES * ROWS_PER_FILE))  # each row once
         state = scan_parts(str(out))
         assert state.complete == {input_key(local)}
         assert state.parts[input_key(local)].input_rows == FILES * ROWS_PER_FILE
 
     out = tmp_path / "out"
-    run_score(config_for(out, tiny_model, path.parent))
+    run_score(config_for(out, tiny_model, path.parent, rows_per_block=ROWS_PER_FILE))
     check_output(out)
-    # Parts hold a write task's rows of a file (up to 128 MiB): the one holding the middle range's first row.
-    first_row = {n: int(n.rsplit("-r", 1)[1][:12]) for n in os.listdir(out / "results")}
-    os.remove(out / "results" / max((n for n in first_row if first_row[n] <= 75), key=first_row.get))
+    for name in part_files(out):  # the rows each part holds, as its pair ids give them
+        ids = pq.read_table(out / name).column("pair_id").to_pylist()
+        assert json.loads(pq.read_schema(out / name).metadata[sink.ROW_RUNS]) == sink.row_runs(np.array(ids))
+    lost = [name for name in part_files(out) if not any(a <= int(name.rsplit("-r", 1)[1][:12]) < b for a, b in held)]
+    lost_rows = sum(pq.read_metadata(out / name).num_rows for name in lost)
+    assert lost and lost_rows == 2 * ROWS_PER_FILE
+    for name in lost:
+        os.remove(out / name)
+    os.remove(out / "_SUCCESS")
+    kept = part_files(out)
+    capsys.readouterr()
     summary = run_score(config_for(out, tiny_model, path.parent, mode="resume"))
-    assert (summary.files_kept, summary.rows_in) == (0, FILES * ROWS_PER_FILE)
+    assert (summary.files_kept, summary.files_kept_in_part, summary.rows_kept, summary.rows_in) == \
+        (1, 1, FILES * ROWS_PER_FILE - lost_rows, FILES * ROWS_PER_FILE)
+    said = capsys.readouterr().out
+    assert f"ce-ray score: {lost_rows} pairs in 1 file(s) to score" in said
+    assert f"kept          1 file(s), {FILES * ROWS_PER_FILE - lost_rows} rows (resumed; 1 of them in part)" in said
+    assert json.loads((out / "_SUCCESS").read_text())["files_kept_in_part"] == 1
+    assert {name: stat for name, stat in part_files(out).items() if name in kept} == kept, "a kept part was rewritten"
+    check_output(out)
+
+    # An earlier version's part, which does not say its rows: the file is scored again whole.
+    first, second = sorted(n for n in part_files(out) if n.startswith("results/"))[:2]
+    table = pq.read_table(out / first)
+    pq.write_table(table.replace_schema_metadata({k: v for k, v in table.schema.metadata.items()
+                                                  if k != sink.ROW_RUNS}), out / first)
+    os.remove(out / second)
+    os.remove(out / "_SUCCESS")
+    summary = run_score(config_for(out, tiny_model, path.parent, mode="resume"))
+    assert (summary.files_kept, summary.files_kept_in_part, summary.rows_in) == (0, 0, FILES * ROWS_PER_FILE)
+    assert f"ce-ray score: {FILES * ROWS_PER_FILE} pairs in 1 file(s) to score" in capsys.readouterr().out
     check_output(out)
 
 
@@ -521,11 +570,18 @@ def test_killed_scoring_replica_is_restarted_and_rows_are_scored_exactly_once(
     np.testing.assert_allclose(got["score"], want["score"], atol=1e-6)
 
 
-def _cli(*args, **env_vars):
+# `ce-ray score` whose write tasks write a part of each scored block (`CPU_PART_BYTES`, as the tests in process set
+# it), so that one file is written in many parts and a job killed part-way leaves some of them.
+PARTS_OF_BLOCKS = ("import sys; from ce_ray import cli, sink; sink.CPU_PART_BYTES = None; "
+                   "sys.exit(cli.main(['score', *sys.argv[1:]]))")
+
+
+def _cli(*args, parts_of_blocks: bool = False, **env_vars):
     env = {**os.environ, **env_vars, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
            "RAY_ADDRESS": "local"}  # a Ray of its own, never a cluster another program started
+    command = ["-c", PARTS_OF_BLOCKS] if parts_of_blocks else ["-m", "ce_ray.cli", "score"]
     # A session of its own: the driver and every process of the local Ray it starts can be found and killed.
-    return subprocess.Popen([sys.executable, "-m", "ce_ray.cli", "score", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, *command, *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -591,6 +647,55 @@ def test_killed_driver_then_resume_gives_the_uninterrupted_output(tmp_path, tiny
     assert list(rejects["pair_id"]) == [i for i in range(FILES * ROWS_PER_FILE) if i % ROWS_PER_FILE == 7]
     success = json.loads((out / "_SUCCESS").read_text())
     assert (success["rows_in"], success["rows_rejected"]) == (FILES * ROWS_PER_FILE, FILES)
+
+
+@pytest.mark.timeout(400)
+def test_a_parquet_file_killed_part_way_resumes_scoring_only_its_rows_missing(tmp_path, tiny_model, wikiqa_files,
+                                                                             reference):
+    """One parquet file of 200 pairs, its job killed with part of its rows written: the resume kept nothing of it
+    and scored it again from its first row. It keeps the parts written (untouched), scores only the rows they lack
+    and says so; the output holds every input row once, scored as an uninterrupted run scores it."""
+    _, pairs = wikiqa_files
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "all.parquet"
+    pq.write_table(pa.Table.from_pandas(pairs, preserve_index=False), path, row_group_size=ROWS_PER_FILE)
+    key = input_key(str(path))
+    out = tmp_path / "out"
+    args = ["--model", str(tiny_model), "--input", str(path.parent), "--output", str(out),
+            "--rows-per-block", str(ROWS_PER_BLOCK)]
+    # The write of a part whose first row is 100-199 hangs (test-only fault injection): the file is never complete.
+    job = _cli(*args, parts_of_blocks=True, **{STALL_ENV: f"{key}-r0000000001"})
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and job.poll() is None:
+            if (out / "results").exists() and scan_parts(str(out)).parts.get(key, sink.InputParts()).rows >= 50:
+                break
+            time.sleep(0.2)
+    finally:
+        _kill_session(job)
+        log, _ = job.communicate(timeout=60)
+    assert job.returncode == -signal.SIGKILL, log[-3000:]
+    state = scan_parts(str(out))
+    held = state.parts[key].rows
+    assert 50 <= held < FILES * ROWS_PER_FILE and not state.complete, log[-3000:]
+    written = part_files(out)
+
+    resumed = _cli(*args, "--mode", "resume")
+    log, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, log[-3000:]
+    assert f"ce-ray score: {FILES * ROWS_PER_FILE - held} pairs in 1 file(s) to score" in log, log[-1500:]
+    assert f"kept          1 file(s), {held} rows (resumed; 1 of them in part)" in log, log[-1500:]
+    after = part_files(out)
+    assert {name: after.get(name) for name in written} == written, "a part written before the kill was redone"
+    got, want = results(out), results(reference)
+    rejects = pd.read_parquet(out / "rejects")
+    assert sorted([*got["pair_id"], *rejects["pair_id"]]) == list(range(FILES * ROWS_PER_FILE))  # each row once
+    pd.testing.assert_frame_equal(got.drop(columns="score"), want.drop(columns="score"))
+    np.testing.assert_allclose(got["score"], want["score"], atol=1e-6)
+    success = json.loads((out / "_SUCCESS").read_text())
+    assert (success["rows_in"], success["rows_kept"], success["files_kept"], success["files_kept_in_part"]) == \
+        (FILES * ROWS_PER_FILE, held, 1, 1)
+    assert scan_parts(str(out)).complete == {key}
 
 
 def test_a_cpu_jobs_write_tasks_gather_little_so_that_the_files_done_are_on_disk(ray_local, tmp_path, tiny_model,
