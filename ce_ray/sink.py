@@ -506,14 +506,21 @@ def conform(table: pa.Table, schema: Optional[pa.Schema]) -> pa.Table:
 
 
 def _input_groups(table: pa.Table):
-    """(part name, rows without tags but their row numbers (`ROW_INDEX`), input row count or None) for each input
-    file in a block."""
+    """(input key, rows in order without tags but their row numbers (`ROW_INDEX`), input row count or None) for each
+    input file in a block."""
     keys = table.column(ROW_INPUT)
     for key in pc.unique(keys).to_pylist():
         rows = table.filter(pc.equal(keys, key)).sort_by(ROW_INDEX)
-        first = rows.column(ROW_INDEX)[0].as_py()
         input_rows = pc.max(rows.column(FILE_ROWS)).as_py()
-        yield f"{key}-r{first:012d}.parquet", rows.drop_columns([ROW_INPUT, FILE_ROWS]), input_rows
+        yield key, rows.drop_columns([ROW_INPUT, FILE_ROWS]), input_rows
+
+
+def _part_name(key: str, part: pa.Table) -> str:
+    """`<key>-r<first row>.parquet`: named after the first row the part itself holds, not that of the rows it was
+    split from (results and rejects), so that a part a resume writes never takes the name of one it kept (its rows
+    are those no kept part holds): a results part named after a rejected first row would take it, where its rejects
+    part was lost and that row is read again with rows that are scored."""
+    return f"{key}-r{part.column(ROW_INDEX)[0].as_py():012d}.parquet"
 
 
 # The bytes of rows a score job's write task gathers before it writes their parts, as Ray Data's blocks hold up to
@@ -563,20 +570,21 @@ class PairsSink(Datasink):
             groups = list(_input_groups(table))
         else:
             table = table.drop_columns([c for c in TAGS if c in table.column_names])
-            groups = [(f"part-{ctx.task_idx:06d}.parquet", table, None)]
+            groups = [(None, table, None)]
         fs, path = filesystem(self.output)
         remote = is_remote(self.output)
         stall = os.environ.get(STALL_ENV)
         written = {}  # part (results/<name>, rejects/<name>) -> its rows, checked before _SUCCESS is written
-        for name, rows, input_rows in groups:
-            if stall and stall in name:
-                time.sleep(3600)
+        for key, rows, input_rows in groups:
             good, bad = split_rejects(rows, self.written)
             for sub, part in ((RESULTS, good), (REJECTS, bad)):
                 if part is None or not part.num_rows:
                     continue
+                name = f"part-{ctx.task_idx:06d}.parquet" if key is None else _part_name(key, part)
+                if stall and stall in name:
+                    time.sleep(3600)
                 metadata = {} if input_rows is None else {INPUT_ROWS: str(input_rows).encode()}
-                if ROW_INDEX in part.column_names:  # rows of an input file: which of its rows the part holds
+                if key is not None:  # rows of an input file: which of its rows the part holds
                     runs = row_runs(part.column(ROW_INDEX).to_numpy())
                     metadata[ROW_RUNS] = json.dumps(runs, separators=(",", ":")).encode()
                     part = part.drop_columns([ROW_INDEX])

@@ -526,6 +526,34 @@ def test_a_parquet_file_that_ends_in_an_empty_row_group_is_complete(ray_local, t
     assert (summary.files_kept, summary.rows_kept, summary.rows_in) == (1, 6, 6)
 
 
+def test_each_part_records_its_rows_and_is_named_after_its_own_first_row(tmp_path):
+    """A write task's rows of a file (here rows 100-104 and 110-111, row 100 rejected): the results part and the
+    rejects part each record the rows they hold (`ce_ray.row_runs`) and are named after their own first row, so that
+    a resume that reads row 100 again with others never writes over the results part it kept."""
+    from types import SimpleNamespace
+
+    from ce_ray.batching import REJECT
+
+    rows = [100, 101, 102, 103, 104, 110, 111]
+    block = pa.table({"query": [f"q{i}" for i in rows], "score": [None] + [0.5] * 6,
+                      REJECT: ["query is null"] + [None] * 6, readers.ROW_INPUT: ["in-0123abcd"] * 7,
+                      readers.ROW_INDEX: rows, readers.FILE_ROWS: [None] * 6 + [112]})
+    pairs_sink = PairsSink(str(tmp_path / "out"), ["score"])
+    pairs_sink.on_write_start()
+    written = pairs_sink.write([block], SimpleNamespace(task_idx=0))
+    assert written["parts"] == {"results/in-0123abcd-r000000000101.parquet": 6,
+                                "rejects/in-0123abcd-r000000000100.parquet": 1}
+    runs = {name: json.loads(pq.read_schema(tmp_path / "out" / name).metadata[sink.ROW_RUNS])
+            for name in written["parts"]}
+    assert runs == {"results/in-0123abcd-r000000000101.parquet": [[101, 105], [110, 112]],
+                    "rejects/in-0123abcd-r000000000100.parquet": [[100, 101]]}
+    state = scan_parts(str(tmp_path / "out"))
+    state.stamps = {"in-0123abcd": "stamp"}
+    assert state.held_rows("in-0123abcd", "stamp", 112) == [[100, 105], [110, 112]]
+    assert state.held_rows("in-0123abcd", "rewritten", 112) is None  # another stamp: the file redone whole
+    assert state.held_rows("in-0123abcd", "stamp", 111) is None  # rows past the file's end: not its parts
+
+
 def _scorer_pids() -> list:
     """Scoring replicas of this process's own local Ray (named after their class, ScoringReplica, by Ray)."""
     pids = []
