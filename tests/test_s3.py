@@ -193,6 +193,44 @@ print("RESUMED", json.dumps([summary.files_in, summary.files_kept, summary.rows_
     assert sorted(scored["pair_id"]) == [*range(10), *range(40, 90)]
 
 
+def test_a_parquet_object_left_unfinished_resumes_from_the_rows_its_parts_lack(tmp_path, tiny_model, s3_server):
+    """A parquet object of 90 pairs written in 3 parts, one of them lost (as a killed job leaves it): the resume on S3
+    reads the parts' footers for the rows they hold, keeps them and scores only the 30 rows missing; every row once."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, wikiqa_pairs
+
+    bucket = "ce-ray-resumed-in-part"  # moto keeps one store per process: a bucket of this test alone
+    s3fs_for(s3_server).mkdir(bucket)
+    pairs = wikiqa_pairs("test", 90)[["query", "document"]].reset_index(drop=True)
+    pairs["pair_id"] = np.arange(len(pairs))
+    pairs.to_parquet(tmp_path / "pairs.parquet", row_group_size=30)
+    script = f"""
+import json, s3fs
+from ce_ray import ScoreConfig, run_score, sink
+fs = s3fs.S3FileSystem()
+fs.put({str(tmp_path / "pairs.parquet")!r}, "{bucket}/in/pairs.parquet")
+sink.CPU_PART_BYTES = None  # a part of each scored block of 30 rows
+def job(mode):
+    return run_score(ScoreConfig(model={str(tiny_model)!r}, input="s3://{bucket}/in/", output="s3://{bucket}/out",
+                                 mode=mode, rows_per_block=30))
+job("error")
+fs.rm([sorted(fs.ls("{bucket}/out/results"))[1], "{bucket}/out/_SUCCESS"])
+summary = job("resume")
+print("RESUMED", json.dumps([summary.files_kept, summary.files_kept_in_part, summary.rows_kept, summary.rows_in]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                            env={**os.environ, **s3_server})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [line for line in result.stdout.splitlines() if line.endswith("file(s) to score")] == [
+        "ce-ray score: 90 pairs in 1 file(s) to score", "ce-ray score: 30 pairs in 1 file(s) to score"]
+    assert "RESUMED [1, 1, 60, 90]" in result.stdout
+    fs = s3fs_for(s3_server)
+    scored = pd.concat(pd.read_parquet(fs.open(p, "rb")) for p in fs.glob(f"{bucket}/out/results/*.parquet"))
+    assert sorted(scored["pair_id"]) == list(range(90))
+
+
 @pytest.fixture
 def silent_store(monkeypatch):
     """An endpoint whose connections are taken and never read or answered: a store that stalled (a paused
