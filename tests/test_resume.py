@@ -613,6 +613,20 @@ def _cli(*args, parts_of_blocks: bool = False, **env_vars):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+def _killed_once(job: subprocess.Popen, ready, seconds: float = 240) -> str:
+    """Kills the job's session (`_kill_session`) once `ready()` holds, or after `seconds`; its log. The job must not
+    have ended by itself first."""
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline and job.poll() is None and not ready():
+            time.sleep(0.2)
+    finally:
+        _kill_session(job)
+        log, _ = job.communicate(timeout=60)
+    assert job.returncode == -signal.SIGKILL, log[-3000:]
+    return log
+
+
 def _kill_session(job: subprocess.Popen) -> None:
     """SIGKILL to every process of the session the job started (driver, GCS, raylet, workers)."""
     job.kill()  # the driver first, reaped by Popen itself so that its return code is kept
@@ -644,16 +658,7 @@ def test_killed_driver_then_resume_gives_the_uninterrupted_output(tmp_path, tiny
     # The write of the last file hangs (test-only fault injection), so the kill lands at a known point:
     # seven inputs complete, one not.
     job = _cli(*args, **{STALL_ENV: "shard-7-"})
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and job.poll() is None:
-            if (out / "results").exists() and len(scan_parts(str(out)).complete) == FILES - 1:
-                break
-            time.sleep(0.2)
-    finally:
-        _kill_session(job)
-        log, _ = job.communicate(timeout=60)
-    assert job.returncode == -signal.SIGKILL, log[-3000:]
+    _killed_once(job, lambda: (out / "results").exists() and len(scan_parts(str(out)).complete) == FILES - 1)
     assert not (out / "_SUCCESS").exists()
     state = scan_parts(str(out))
     assert len(state.complete) == FILES - 1, {k: (p.rows, p.input_rows) for k, p in state.parts.items()}
@@ -693,16 +698,8 @@ def test_a_parquet_file_killed_part_way_resumes_scoring_only_its_rows_missing(tm
             "--rows-per-block", str(ROWS_PER_BLOCK)]
     # The write of a part whose first row is 100-199 hangs (test-only fault injection): the file is never complete.
     job = _cli(*args, parts_of_blocks=True, **{STALL_ENV: f"{key}-r0000000001"})
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and job.poll() is None:
-            if (out / "results").exists() and scan_parts(str(out)).parts.get(key, sink.InputParts()).rows >= 50:
-                break
-            time.sleep(0.2)
-    finally:
-        _kill_session(job)
-        log, _ = job.communicate(timeout=60)
-    assert job.returncode == -signal.SIGKILL, log[-3000:]
+    log = _killed_once(job, lambda: (out / "results").exists()
+                       and scan_parts(str(out)).parts.get(key, sink.InputParts()).rows >= 50)
     state = scan_parts(str(out))
     held = state.parts[key].rows
     assert 50 <= held < FILES * ROWS_PER_FILE and not state.complete, log[-3000:]
