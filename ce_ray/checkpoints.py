@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from .config import ConfigError, TrainConfig
-from .messages import briefly, setting_and_flag
+from .messages import briefly, plural, setting_and_flag
 from .model_folder import CHECKPOINTS
 from .storage import content_digest, filesystem, in_parallel, is_remote, join, upload_folder
 from .train_data import training_files
@@ -296,6 +296,10 @@ def resumed_step(config: TrainConfig) -> Optional[int]:
     return (result.metrics or {}).get("step", NOT_KNOWN)
 
 
+# From this many bytes of training files to read for their digests (~1 s a GiB and core), the run says so first.
+SAY_DIGESTS_BYTES = 1 << 30
+
+
 def train_digests(config: TrainConfig, files: Dict[str, str], earlier: dict) -> Dict[str, str]:
     """The sha256 of each local training file of `files` (`training_files`), none of files on S3. A file at the stamp
     that the `earlier` record holds keeps the digest recorded with it: a resume of files left as they were reads
@@ -304,6 +308,10 @@ def train_digests(config: TrainConfig, files: Dict[str, str], earlier: dict) -> 
         return {}
     known, stamps = earlier.get(TRAIN_DIGESTS) or {}, earlier.get(TRAIN_FILES) or {}
     unknown = [path for path in files if path not in known or stamps.get(path) != files[path]]
+    size = sum(os.path.getsize(path) for path in unknown)
+    if size >= SAY_DIGESTS_BYTES:  # a pause before the training's first line, which would otherwise be unexplained
+        print(f"ce-ray train: reads the sha256 of {plural(len(unknown), 'training file')} ({size / 2**30:,.1f} GiB) "
+              "for the run's record, by which a resume tells a file only touched or copied again", flush=True)
     read = dict(zip(unknown, in_parallel(content_digest, unknown)))
     return {path: read[path] if path in read else known[path] for path in files}
 

@@ -168,7 +168,7 @@ def other_commands_hint(command: str, unknown: list) -> str:
 # A training run resumes from its last checkpoint where it has one (`training_finish` says which), else the same
 # command starts it over; this is said where the run's record cannot be read.
 HOW_TO_FINISH = {
-    "score": f"{RESUME} (the input files completed are kept)",
+    "score": f"{RESUME} (the input files completed are kept, and the rows written of parquet files)",
     "rerank": f"{OVERWRITE} (ranking groups rows across files: it cannot resume)",
     "candidates": OVERWRITE,
     "train": "the same command resumes it from its last checkpoint, or starts it over where it wrote none",

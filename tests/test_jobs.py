@@ -250,7 +250,7 @@ def test_a_job_that_fails_mid_way_says_why_and_how_to_finish_it(cluster, model, 
     run = cluster.submit("score", config)
 
     assert run.returncode == 1, run.stdout + run.stderr
-    finish = "--mode resume finishes it (the input files completed are kept)"
+    finish = "--mode resume finishes it (the input files completed are kept, and the rows written of parquet files)"
     logged = [line for line in run.stdout.splitlines() if line.startswith("ce-ray score: ")]
     assert logged[-1] == (f"ce-ray score: failed: ArrowInvalid: Index not in dictionary bounds (reading "
                           f"{tmp_path}/in/pairs.parquet); {finish}")
@@ -271,7 +271,7 @@ def test_a_job_that_ce_rays_own_error_stops_says_how_to_finish_it(cluster, model
     run = cluster.submit("score", config)
 
     assert run.returncode == 1, run.stdout + run.stderr
-    finish = "--mode resume finishes it (the input files completed are kept)"
+    finish = "--mode resume finishes it (the input files completed are kept, and the rows written of parquet files)"
     # The job's own lines: a worker's (prefixed `(MapWorker(...) pid=N)`) may reach the log after the driver's last
     own = [line for line in run.stdout.splitlines() if not re.match(r"^(\x1b\[\d+m)?\(\S.* pid=\d+\)", line)]
     assert "\n".join(own).rstrip().endswith(
@@ -528,7 +528,7 @@ def test_a_stopped_job_says_how_to_finish_it(cluster, model, tmp_path):
     assert runs[0].returncode == 1, runs[0].stdout + runs[0].stderr
     assert runs[0].stderr.strip().splitlines()[-1] == (
         "ce-ray submit: job ce-ray-stopped STOPPED: Job was intentionally stopped; --mode resume finishes it (the "
-        "input files completed are kept)")
+        "input files completed are kept, and the rows written of parquet files)")
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
@@ -574,7 +574,7 @@ def test_a_job_stopped_after_its_summary_is_said_to_have_done_its_work():
     assert finishing_said("score", "ce-ray score: done") == "; it had done its work: its output is whole"
     assert finishing_said("train", "ce-ray train: done") == "; it had done its work: its output is whole"
     assert finishing_said("score", "ce-ray score: 10,848 of 24,000 pairs scored (45.2%) in 30s") is None
-    finish = "--mode resume finishes it (the input files completed are kept)"
+    finish = "--mode resume finishes it (the input files completed are kept, and the rows written of parquet files)"
     assert finishing_said("score", f"ce-ray score: stopped (SIGTERM); {finish}") == f"; {finish}"
     assert finishing_said("train", "ce-ray train: stopped (SIGTERM); the same command resumes it from its last "
                                    "checkpoint, step 95 or later") == (

@@ -425,7 +425,8 @@ def test_ctrl_c_ends_a_job_with_a_line_that_says_how_to_finish_it(tmp_path, tiny
     returncode, errors = interrupted_as_in_a_terminal(command, after="forward passes in ")
     assert returncode == 130, errors[-3000:]
     # Ray's exit may log after it
-    assert "\nce-ray score: interrupted; --mode resume finishes it (the input files completed are kept)\n" in errors
+    assert ("\nce-ray score: interrupted; --mode resume finishes it (the input files completed are kept, and the rows "
+            "written of parquet files)\n") in errors
     assert "Traceback" not in errors and "KeyboardInterrupt" not in errors
 
 
@@ -442,8 +443,8 @@ def test_sigterm_ends_a_job_with_a_line_and_the_exit_status_of_the_signal(tmp_pa
                "--rows-per-block", "512"]
     returncode, errors = interrupted_as_in_a_terminal(command, after="forward passes in ", sent="SIGTERM")
     assert returncode == 143, errors[-3000:]
-    assert ("\nce-ray score: stopped (SIGTERM); --mode resume finishes it (the input files completed are kept)\n"
-            in errors)
+    assert ("\nce-ray score: stopped (SIGTERM); --mode resume finishes it (the input files completed are kept, and "
+            "the rows written of parquet files)\n") in errors
     assert "Traceback" not in errors
 
 
@@ -467,7 +468,7 @@ def test_a_job_that_fails_mid_way_ends_with_a_line_of_why_and_how_to_finish_it(r
     errors = capsys.readouterr().err
     assert errors.splitlines()[-1] == (
         f"ce-ray score: failed: ArrowInvalid: Index not in dictionary bounds (reading {tmp_path}/in/p1.parquet); "
-        "--mode resume finishes it (the input files completed are kept)")
+        "--mode resume finishes it (the input files completed are kept, and the rows written of parquet files)")
     assert "Traceback" in errors and "ce-ray score: error" not in errors
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 

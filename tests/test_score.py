@@ -542,7 +542,8 @@ def test_on_invalid_fail_stops_the_job_and_frees_its_replica(ray_local, tmp_path
     errors = capsys.readouterr().err
     assert errors.splitlines()[-1] == ("ce-ray score: failed: InputError: 1 row(s) cannot be scored, e.g. query is "
                                        f"null, in row 2 of {tmp_path}/p.parquet (on_invalid fail (--on-invalid "
-                                       "fail)); --mode resume finishes it (the input files completed are kept)")
+                                       "fail)); --mode resume finishes it (the input files completed are kept, and "
+                                       "the rows written of parquet files)")
     assert "Traceback" not in errors
 
 

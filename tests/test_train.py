@@ -1748,6 +1748,34 @@ def test_a_hint_to_change_a_runs_settings_says_to_start_a_new_run_where_it_has_c
                               train_files={})
 
 
+def test_a_run_says_so_before_it_reads_the_digests_of_large_training_files(tmp_path, monkeypatch, capsys):
+    """A new run reads every local training file for its sha256 (`train_digests`), ~1 s a GiB: 100 GiB of pairs made
+    a pause of a minute or more before its first line, unexplained. From `SAY_DIGESTS_BYTES` on, it says so first;
+    a resume of files as they were reads none, and says nothing."""
+    import hashlib
+
+    from ce_ray.config import TrainConfig
+
+    data = tmp_path / "pairs"
+    data.mkdir()
+    for name in ("a.parquet", "b.parquet"):
+        (data / name).write_bytes(name.encode() * 1000)
+    config = TrainConfig(model="m", train_data=str(data), output=str(tmp_path / "o"))
+    files = {str(data / name): f"stamp of {name}" for name in ("a.parquet", "b.parquet")}
+    monkeypatch.setattr(checkpoints, "SAY_DIGESTS_BYTES", 18_000)
+    digests = checkpoints.train_digests(config, files, {})
+    assert digests == {path: hashlib.sha256(open(path, "rb").read()).hexdigest() for path in files}
+    assert capsys.readouterr().out == (
+        "ce-ray train: reads the sha256 of 2 training files (0.0 GiB) for the run's record, by which a resume tells a "
+        "file only touched or copied again\n")
+    earlier = {checkpoints.TRAIN_FILES: files, checkpoints.TRAIN_DIGESTS: digests}
+    assert checkpoints.train_digests(config, files, earlier) == digests and capsys.readouterr().out == ""
+    (data / "a.parquet").write_bytes(b"other bytes")  # its stamp too: read again, under the size said from
+    assert checkpoints.train_digests(config, files | {str(data / "a.parquet"): "another stamp"}, earlier)[
+        str(data / "a.parquet")] == hashlib.sha256(b"other bytes").hexdigest()
+    assert capsys.readouterr().out == ""
+
+
 def test_the_trained_model_keeps_the_prompts_and_activation_of_the_model_it_started_from(ray_local, tiny_model,
                                                                                         pairs_file, tmp_path):
     """A reranker saved with prompts and a default prompt (sentence-transformers' `prompts`,
