@@ -710,14 +710,6 @@ def _scored_again(keys: list, in_part: dict) -> str:
     return f"they are scored again ({partly} of them only their rows missing)"
 
 
-def _rows_unsaid(earlier, key: str) -> bool:
-    """Whether the output holds parts of the input file `key`, all readable, some of which do not say which rows
-    they hold (`sink.ROW_RUNS`): a resume cannot keep them in part."""
-    parts = earlier.parts.get(key)
-    return (parts is not None and bool(parts.files) and None not in parts.files.values()
-            and None in parts.runs.values())
-
-
 def summary_lines(title: str, fields: list) -> list:
     """A job's closing summary: its title, then one aligned (label, value) line per field."""
     return [f"{title}: done"] + [f"  {label:<13} {value}" for label, value in fields]
@@ -797,7 +789,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     in_part = {input_key(f.path): runs for f in files if (runs := held(f))}  # parquet files resumed in part
     rows_held = sum(stop - start for runs in in_part.values() for start, stop in runs)
     unsaid = [key for f in files if (key := input_key(f.path)) not in in_part and f.rows is not None and to_score(f)
-              and _rows_unsaid(earlier, key)]
+              and earlier.rows_unsaid(key)]
     if unsaid:
         print(f"{title}: note: {len(unsaid)} parquet file(s) left unfinished are scored again whole: their parts were "
               f"written by an earlier ce-ray, which did not record the rows each holds (e.g. {unsaid[0]})",

@@ -164,6 +164,13 @@ class ResumeState:
             return None
         return _merged(runs)
 
+    def rows_unsaid(self, key: str) -> bool:
+        """Whether the output holds parts of the input file `key`, all readable, some of which do not say which rows
+        they hold (`ROW_RUNS`: an earlier ce-ray's), for which `held_rows` keeps none of them."""
+        parts = self.parts.get(key)
+        return (parts is not None and bool(parts.files) and None not in parts.files.values()
+                and None in parts.runs.values())
+
 
 def _merged(runs: list) -> list:
     """Sorted runs [start, stop) that do not overlap, those that touch made one."""
