@@ -61,10 +61,10 @@ step score 240 python3 bench/score_gpu.py --layers 6 12 --anchor-pairs 10000 --r
 step scale 180 python3 bench/scale.py --layers 6 --sizes 1000000 5000000 --work /tmp/ce-ray-scale
 # L12's "1M+" rate: 5M pairs, one job (~100 s at its 1M rate after the start), on the inputs scale made.
 step scale12 150 python3 bench/scale.py --layers 12 --sizes 5000000 --work /tmp/ce-ray-scale
-# The trainer's anchors, ce-ray at batch 16, then at 256 (the quality-checked large-batch recipe) and 2,048,
-# each in passes of at most 65,536 tokens (140 s were too few for one large batch, 2026-11-30), and last at
-# batch 16 in fp32 ((c4): a small step without autocast's casts).
-step train 200 python3 bench/train_gpu.py --layers 6 --pairs 100000 --anchor-steps 200
+# The trainer's anchors, ce-ray at batch 16 in bf16 and in fp32 ((c4): a small step without autocast's casts),
+# then at 256 (the quality-checked large-batch recipe) and 2,048, each in passes of at most 65,536 tokens: ~40 s
+# a ce-ray run on the H200, most of it Ray Train's start and stop (190 s held all but (c4), 2026-12-04).
+step train 240 python3 bench/train_gpu.py --layers 6 --pairs 100000 --anchor-steps 200
 # torch.compile against eager, model alone and end to end, on fewer pairs: the compiling takes a minute.
 step compile 180 python3 bench/score_gpu.py --layers 6 --pairs 300000 --skip predict recipe --repeats 1 --compile \
     --name score_gpu_compile
