@@ -193,9 +193,11 @@ def _replica_divergence(module) -> float:
 
 def _nonfinite_weights(module) -> bool:
     """Whether any worker's parameters hold a NaN or an infinity: their sum does (a NaN, or infinities of both signs,
-    make it NaN). One pass over the weights and one sync: ~6-30 ms (the best runs) for the 33M of MiniLM-L12 on 2 busy
-    CPU cores, against ~170-600 ms for its save (an elementwise `isfinite` took ~100-200 ms). Under ZeRO-3 a rank's
-    parameters are placeholders: no check there."""
+    make it NaN). Finite weights of ~1e34 and more sum past float32's range as well, and count the same: a run there
+    has diverged as surely (a step of lr 1e36 takes weights there), and its next loss would not be finite. One pass
+    over the weights and one sync: ~6-30 ms (the best runs) for the 33M of MiniLM-L12 on 2 busy CPU cores, against
+    ~170-600 ms for its save (an elementwise `isfinite` took ~100-200 ms). Under ZeRO-3 a rank's parameters are
+    placeholders: no check there."""
     import torch
 
     sums = [p.detach().sum() for p in module.parameters()]

@@ -1365,7 +1365,7 @@ def test_a_run_stopped_by_non_finite_weights_after_a_checkpoint_says_to_start_a_
     """A run stopped by a loss or weights not finite says that a lower lr or a warmup keeps it finite; where it had
     written a checkpoint before, the same command with either was refused as other settings. Its message now says to
     give the new run another run_name or output. (The first step's lr is 0, under a warmup of one step, and its
-    checkpoint is written; the second's, 1e36, makes the weights infinite.)"""
+    checkpoint is written; the second's, 1e36, takes the weights to ~1e36, past float32's range in their sum.)"""
     from ce_ray.config import ConfigError, TrainConfig
 
     train = _train_module()
