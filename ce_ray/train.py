@@ -233,6 +233,8 @@ def uses_bf16(config: TrainConfig, use_gpu: bool) -> bool:
 
 def train_loop(loop_config: dict) -> dict:
     """One Ray Train worker: reads like a single-device loop, with the distributed parts where they act."""
+    # Before the imports: where Ray Train's part of a run goes, told by rank 0's `marks` (`fit_phases`).
+    marks = {"function": time.time(), "process": _process_start(), "loop": None, "eval": 0.0, "checkpoints": 0.0}
     import ray.train
     import ray.train.torch
     import torch
@@ -345,8 +347,11 @@ def train_loop(loop_config: dict) -> dict:
     share = dict(rank=0, world=1) if zero3 else dict(rank=rank, world=world)
 
     def run_eval() -> dict:
-        return evaluate(model if config.deepspeed else module, eval_shard, plan["qrels"], device, pad_id,
-                        plan["eval_batch_tokens"], model_type, activation=plan["activation"], **share)
+        started = time.perf_counter()
+        metrics = evaluate(model if config.deepspeed else module, eval_shard, plan["qrels"], device, pad_id,
+                           plan["eval_batch_tokens"], model_type, activation=plan["activation"], **share)
+        marks["eval"] += time.perf_counter() - started
+        return metrics
 
     # Object storage: ce-ray's upload, which fails where a file was not written. Local storage keeps Ray Train's.
     upload = functools.partial(upload_checkpoint, shown=plan["checkpoints"]) if is_remote(plan["checkpoints"]) else None
@@ -354,6 +359,7 @@ def train_loop(loop_config: dict) -> dict:
     def save(metrics: dict) -> None:
         """Every worker reports (a barrier) its random state; rank 0 writes the model and the state, DeepSpeed
         ranks their shards."""
+        started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(random_state(device), os.path.join(tmp, RANDOM_STATE.format(rank=rank)))
             if config.deepspeed:
@@ -375,7 +381,9 @@ def train_loop(loop_config: dict) -> dict:
             write_file_list(tmp, rank)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_{progress['step']:07d}", checkpoint_upload_fn=upload)
+        marks["checkpoints"] += time.perf_counter() - started
 
+    marks["loop"] = time.time()  # the model ready: loaded, restored, wrapped; the baseline's evaluation is "eval"
     if plan["qrels"] and progress["step"] == 0:
         baseline = run_eval()
         progress["log"].append({"epoch": 0.0, "step": 0, **baseline})
@@ -483,8 +491,17 @@ def train_loop(loop_config: dict) -> dict:
     divergence = None if config.deepspeed and config.deepspeed.stage == 3 else _replica_divergence(module)
     return {"log": progress["log"], "resumed_from": progress["resumed_from"], "replica_divergence": divergence,
             "samples": progress["samples"], "seconds": progress["seconds"], "steps": step,
-            "seconds_here": progress["seconds"] - progress["seconds_before"],
+            "seconds_here": progress["seconds"] - progress["seconds_before"], "marks": marks,
             **_compile_counts(config)}
+
+
+def _process_start() -> float:
+    """When this worker's process started (wall clock). Ray Train's workers are actors with a runtime environment
+    of their own (Ray Train's variables from the driver's); where Ray hands one a process it started before the
+    run, `fit_phases` counts it as there at fit's call."""
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 def say(line: str) -> None:
@@ -633,7 +650,8 @@ class TrainOutcome:
     cuda_graph_skips: Optional[int] = None  # with reduce-overhead: compiled graphs left without CUDA graphs
     # Where `seconds` went: "start" (the model folder's checks, Ray's start), "data" (reading, tokenizing,
     # checking the pairs), "fit" (Ray Train: workers starting, the model loading, the steps, checkpoints),
-    # "steps" (inside fit: the training loop's logged windows), "output" (the model and its card written)
+    # "steps" (inside fit: the training loop's logged windows), "output" (the model and its card written); and
+    # inside fit, where the worker said (`fit_phases`): "workers", "worker_process", "model", "eval", "checkpoints"
     phases: Dict[str, float] = dataclasses.field(default_factory=dict)
     best_step: Optional[int] = None  # with best_metric: the step of the checkpoint that is the model
     best_metric: str = ""
@@ -648,9 +666,7 @@ class TrainOutcome:
             + (f"; {left_out_text(self.stats)}" if self.stats.get("left_out") else "") + ")",
             f"  steps         {trained_text(self.steps, self.epochs_trained, self.pairs_trained, self.resumed_from)}",
             f"  samples/s     {self.samples_per_second:,.1f}",
-            f"  seconds       {self.seconds:.1f}" + (
-                " (start {start:.1f}, data {data:.1f}, Ray Train {fit:.1f} of which steps {steps:.1f}, "
-                "output {output:.1f})".format(**self.phases) if self.phases else ""),
+            f"  seconds       {self.seconds:.1f}" + (f" ({phases_text(self.phases)})" if self.phases else ""),
         ]
         if self.compiled_graphs is not None:
             skips = f"; CUDA graphs skipped {self.cuda_graph_skips} time(s)" if self.cuda_graph_skips else ""
@@ -659,6 +675,40 @@ class TrainOutcome:
             lines.append(f"  eval          {metrics}")
         best = f" (step {self.best_step}, the best {self.best_metric})" if self.best_step is not None else ""
         return lines + [f"  model         {self.model_path}{best}"]
+
+
+def fit_phases(marks: Optional[dict], fit_called: float) -> Dict[str, float]:
+    """Where Ray Train's part of a run went, from rank 0's `marks` (`train_loop`) and the wall clock at fit's call:
+    "workers", to the worker's function (Ray Train's controller, the placement group, the worker's process, its
+    imports and process group), of which "worker_process" to the process's start; "model", from there to the
+    steps (the model loaded, restored, moved, wrapped for DDP or DeepSpeed); "eval" and "checkpoints", what the
+    evaluations and the saves took, which the steps' seconds leave out. The rest of "fit" is Ray Train's end.
+
+    The wall clocks of one node agree; a worker on another node has its own, and the clamps keep a skew from
+    making a phase negative. A group of workers restarted within the command (max_failures) started its function
+    after the first group's steps, which its "workers" then hold as well. {} without marks.
+    """
+    if not marks or marks.get("loop") is None:
+        return {}
+    function = max(marks["function"], fit_called)
+    return {"workers": function - fit_called,
+            "worker_process": min(max(marks["process"], fit_called), function) - fit_called,
+            "model": max(0.0, marks["loop"] - marks["function"]),
+            "eval": marks["eval"], "checkpoints": marks["checkpoints"]}
+
+
+def phases_text(phases: Dict[str, float]) -> str:
+    """`start 0.6, data 4.4, Ray Train 34.1: workers' start 18.6, model 1.2, steps 8.9, saves 0.9; output 0.2`
+    (eval where the run evaluated), Ray Train's part as its steps alone where the worker returned no marks
+    (`fit_phases`). One line: the worker's process (`worker_process`) is in `phases`, not in it."""
+    p = {name: f"{seconds:.1f}" for name, seconds in phases.items()}
+    if "workers" not in phases:
+        inside = f" of which steps {p['steps']}, "
+    else:
+        evaluated = f", eval {p['eval']}" if phases["eval"] else ""
+        inside = (f": workers' start {p['workers']}, model {p['model']}, steps {p['steps']}{evaluated}, "
+                  f"saves {p['checkpoints']}; ")
+    return f"start {p['start']}, data {p['data']}, Ray Train {p['fit']}{inside}output {p['output']}"
 
 
 def left_out_text(stats: dict) -> str:
@@ -948,6 +998,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     )
     try:
         with quick_health_checks(), ctrl_c_kept():
+            fit_called = time.time()  # the wall clock, as the worker's marks are (`fit_phases`)
             result = trainer.fit()
         if result.error:
             raise result.error
@@ -994,6 +1045,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         replica_divergence=summary.get("replica_divergence"), compiled_graphs=summary.get("compiled_graphs"),
         cuda_graph_skips=summary.get("cuda_graph_skips"), best_step=best_step, best_metric=config.best_metric,
         phases={"start": data_start - start, "data": data_done - data_start, "fit": fit_done - data_done,
-                "steps": summary.get("seconds_here", seconds), "output": time.perf_counter() - fit_done})
+                "steps": summary.get("seconds_here", seconds), "output": time.perf_counter() - fit_done}
+        | fit_phases(summary.get("marks"), fit_called))
     print("\n".join(outcome.lines()), flush=True)
     return outcome

@@ -102,13 +102,41 @@ def test_replicas_stay_identical_and_match_one_worker_with_twice_the_batch(data_
     assert losses == pytest.approx([entry["loss"] for entry in one.log], abs=1e-5)
     # Each log line says what share of its time the worker waited for data.
     assert all(0.0 <= entry["data_wait"] < 1.0 for entry in two.log + one.log if "samples_per_second" in entry)
-    # The summary says where the run's seconds went: its phases add up to them, the steps inside Ray Train's.
+    # The summary says where the run's seconds went: its phases add up to them, and Ray Train's part holds the
+    # workers' start (their processes' within it), the model's setup, the steps and the checkpoints' saves.
     for run in (two, one):
         phases = run.phases
         assert min(phases.values()) >= 0 and 0 < phases["steps"] < phases["fit"]
         assert phases["start"] + phases["data"] + phases["fit"] + phases["output"] == pytest.approx(run.seconds,
                                                                                                    abs=0.05)
-        assert f"of which steps {phases['steps']:.1f}" in "\n".join(run.lines())
+        assert phases["workers"] > 0 and phases["model"] > 0 and phases["checkpoints"] > 0
+        assert phases["worker_process"] <= phases["workers"] and phases["eval"] == 0.0  # no eval data
+        inside = phases["workers"] + phases["model"] + phases["steps"] + phases["checkpoints"]
+        assert inside <= phases["fit"] + 0.05  # the worker's clock and the driver's: one node's
+        summary = "\n".join(run.lines())
+        assert (f"Ray Train {phases['fit']:.1f}: workers' start {phases['workers']:.1f}, model {phases['model']:.1f}, "
+                f"steps {phases['steps']:.1f}, saves {phases['checkpoints']:.1f}; output") in summary
+
+
+def test_ray_trains_part_is_told_from_the_workers_marks_and_without_them_as_its_steps():
+    """The worker's wall clock against the driver's: a worker on another node, its clock behind or ahead, gives no
+    negative phase; a process Ray started before the run counts as there at fit's call. Without the worker's marks
+    the summary says Ray Train's seconds and its steps'."""
+    train = _train_module()
+    fit_called = 1000.0
+    marks = {"process": 990.0, "function": 1005.0, "loop": 1006.5, "eval": 0.0, "checkpoints": 0.25}
+    assert train.fit_phases(marks, fit_called) == {"workers": 5.0, "worker_process": 0.0, "model": 1.5, "eval": 0.0,
+                                                    "checkpoints": 0.25}
+    behind = train.fit_phases(marks | {"process": 995.0, "function": 998.0, "loop": 999.0}, fit_called)
+    assert behind["workers"] == behind["worker_process"] == 0.0 and behind["model"] == 1.0
+    assert train.fit_phases(marks | {"process": 1002.0}, fit_called)["worker_process"] == 2.0
+    assert train.fit_phases(None, fit_called) == {} == train.fit_phases(marks | {"loop": None}, fit_called)
+    phases = {"start": 0.6, "data": 4.4, "fit": 34.1, "steps": 8.9, "output": 0.2}
+    assert train.phases_text(phases) == "start 0.6, data 4.4, Ray Train 34.1 of which steps 8.9, output 0.2"
+    phases |= train.fit_phases(marks, fit_called)
+    assert train.phases_text(phases) == ("start 0.6, data 4.4, Ray Train 34.1: workers' start 5.0, model 1.5, "
+                                         "steps 8.9, saves 0.2; output 0.2")
+    assert "eval 2.0, saves" in train.phases_text(phases | {"eval": 2.0})
 
 
 def test_batches_cut_into_token_budget_passes_train_the_same_weights(data_parallel_runs):
@@ -525,6 +553,7 @@ def test_missing_data_fails_before_ray_starts_and_csv_booleans_are_labels(ray_lo
     # summary counted the earlier command's, past its own Ray Train's).
     again = _train_module().train(TrainConfig(train_data=str(tmp_path / "pairs.csv"), **settings))
     assert again.resumed_from == [1] and again.phases["steps"] == 0.0
+    assert again.phases["checkpoints"] == 0.0 and "workers' start" in "\n".join(again.lines())  # nothing saved
 
 
 def test_a_run_that_fails_mid_way_says_why_and_that_the_same_command_resumes_it(ray_local, tiny_model, tmp_path,
@@ -1049,6 +1078,8 @@ def test_every_batch_trains_under_grad_accum_and_eval_every_evaluates_between_lo
     trained = [entry for entry in outcome.log if entry["step"] > 0]
     assert outcome.steps == 2 and [(e["step"], e["epoch"]) for e in trained] == [(1, 0.75), (2, 1.0)]
     assert all("eval_ndcg@10" in entry for entry in trained)
+    # The evaluations (before the steps and at each of them) have their own seconds in the summary.
+    assert outcome.phases["eval"] > 0 and f"eval {outcome.phases['eval']:.1f}, saves" in "\n".join(outcome.lines())
     assert not (out / "config_sentence_transformers.json").exists() and (out / "notes.txt").read_text() == "mine"
     assert "what an earlier model left there: config_sentence_transformers.json" in capsys.readouterr().out
     assert type(CrossEncoder(str(out), device="cpu").activation_fn).__name__ == "Identity"
