@@ -72,8 +72,11 @@ step compile 180 python3 bench/score_gpu.py --layers 6 --pairs 300000 --skip pre
 # for the ratios): the compiling falls in a compiled run's first log window, its steady rate in the later ones.
 step train_compile 300 python3 bench/train_gpu.py --layers 6 --anchor-steps 200 --large-batch --compile \
     --name train_gpu_compile
+# Each stage alone (the Scorer without Ray: the replica's own rate S), then the sweeps; rows a call against the
+# default 32,768, whose per-call sorting pads 3.5% of tokens (1.8% at 65,536). Each job's `timeline:` line gives
+# its rate between its first call and its last, free of its start.
 step profile 200 python3 bench/profile_stages.py --layers 6 --pairs 300000 --hf-pairs 5000 \
-    --batch-tokens 16384 65536 131072 --rows-per-call 4096 --tokenize-cpus 1 3 --replicas
+    --batch-tokens 16384 65536 131072 --rows-per-call 32768 65536 --tokenize-cpus 1 3 --replicas
 # rerank's rank stage on the machine's 16 CPUs (no GPU): Ray's plain group-by against ce-ray's.
 step rank 120 python3 bench/rank_stage.py --pairs 1000000 --files 16 --repeats 1 --name rank_stage_16cpu
 pack
