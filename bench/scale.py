@@ -6,7 +6,9 @@ one's files) and a random reranker. A sampler reads, every 0.5 s, the resident m
 and of each Ray worker (resident, and heap alone), and on a GPU the device memory in use. It prints, per
 size, the seconds, the job's pairs/s and the peaks; then, given two sizes, the cost fitted to them (seconds =
 fixed + pairs / rate: the rate is what each further pair costs, free of Ray's start and the model load) and
-how much each peak grew. `--command rerank` runs `ce-ray rerank` instead: the same, and the rank stage's
+how much each peak grew. Before the timed jobs, a process asks transformers for the model's tokenizer facts, as
+the first job with a model folder does once (later jobs read its record): its seconds are printed and kept apart
+from the jobs' (L12's 5M job of 2026-12-04 paid them within its own). `--command rerank` runs `ce-ray rerank` instead: the same, and the rank stage's
 shuffle (query ids start again in each file, so a query gathers 100 rows from each: 400 at 1M, 2,000 at 5M).
 
     python3 bench/scale.py --layers 6                          # GPU machine (see bench/README.md)
@@ -113,9 +115,28 @@ def sample(pid: int, stop: threading.Event, peaks: dict) -> None:
         stop.wait(SAMPLE_S)
 
 
+def record_tokenizer_facts(model: str) -> float:
+    """Seconds a job's driver spent asking transformers for the model's tokenizer facts, in a process of its own
+    as a job's driver is (0 where an earlier run recorded them). Only the first job with a model folder pays
+    them (`ce_ray.tokenizer_facts`: transformers and torch imported, the answer recorded); the timed jobs come
+    after, as a user's later jobs do, so that this one-off cost does not count as part of the cost per job."""
+    code = ("import sys, time; from ce_ray.tokenizer_facts import tokenizer_facts; "
+            "start = time.perf_counter(); tokenizer_facts(sys.argv[1]); print(time.perf_counter() - start)")
+    done = subprocess.run([sys.executable, "-c", code, model], cwd=common.ROOT, env=job_env(), capture_output=True,
+                          text=True, timeout=600)
+    if done.returncode != 0:
+        sys.exit(f"asking transformers for {model}'s tokenizer facts failed:\n{done.stderr[-4000:]}")
+    return float(done.stdout.split()[-1])
+
+
+def job_env() -> dict:
+    """A job's environment: a local Ray of its own, and the working tree's ce_ray."""
+    return {**os.environ, "RAY_ADDRESS": "local", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+            "PYTHONPATH": os.pathsep.join([common.ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+
+
 def run_job(model: str, folder: str, out: str, settings: list, timeout: float, command: str = "score") -> dict:
-    env = {**os.environ, "RAY_ADDRESS": "local", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-           "PYTHONPATH": os.pathsep.join([common.ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    env = job_env()
     peaks = {"driver": 0, "worker_rss": 0, "workers_rss": 0, "worker_anon": 0, "workers_anon": 0, "gpu": 0}
     stop = threading.Event()
     start = time.perf_counter()
@@ -156,6 +177,9 @@ def main() -> None:
     device = common.pick_device("auto")
     work = args.work or tempfile.mkdtemp(prefix="ce-ray-scale-")
     model = common.build_model(os.path.join(work, f"model-l{args.layers}"), args.layers, hidden=args.hidden)
+    facts_seconds = record_tokenizer_facts(model)
+    print(f"the model's tokenizer facts asked of transformers in {facts_seconds:.1f} s (a cost of the first job with "
+          "the folder alone; ~0 where an earlier run recorded them)", flush=True)
     print(f"writing inputs ({max(args.sizes):,} pairs) to {work}", flush=True)
     folders = write_inputs(work, sorted(args.sizes))
 
@@ -185,6 +209,7 @@ def main() -> None:
     path = common.write_result(name, {**common.header(device), "command": args.command, "layers": args.layers,
                                       "hidden": args.hidden or 384,
                                       "settings": settings, "rows_per_file": ROWS_PER_FILE,
+                                      "first_job_tokenizer_facts_seconds": facts_seconds,
                                       "points": {str(k): v for k, v in points.items()}, "fit": fit})
     print(f"wrote {path}")
     if not args.work:
