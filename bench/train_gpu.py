@@ -10,6 +10,11 @@ five) and the same random MiniLM reranker (6 or 12 layers) for every system:
   (c4) on a GPU, right after (c), (c) in fp32 (`bf16=False`, no autocast): a step of 16 pairs is the host
       launching kernels, and autocast adds a cast of each weight and of its gradient (198 of a 6-layer model's 1,148
       operations a step), where fp32's slower matrix products are small at ~1,150 tokens a pass
+  (c5) the step alone: (c)'s training step (ce-ray's BERT, its batches, autocast on a GPU, clipping, AdamW, the
+      schedule), in this process without Ray Train, as `train.train_loop` runs it on one worker; with the host's
+      share of a step spent preparing its batch, and on a GPU the kernels a step launches and the share of the step's
+      time they keep the GPU busy (torch.profiler). Against (c)'s steady rate it says what of a step is the step
+      itself (and whether the GPU or the host launching it is its limit) and what is the worker around it; in fp32 too
 With --compile, also (c2): (c) with `compile=True`, and (c3): with `compile_mode="reduce-overhead"` too (CUDA
 graphs, the passes' widths bucketed). Their first log window includes the compiling; the steady rate is the
 one between later log lines.
@@ -112,6 +117,78 @@ def ce_ray_rate(model_dir: str, table: pa.Table, work: str, name: str, cpus: int
             "compiled_graphs": outcome.compiled_graphs, "cuda_graph_skips": outcome.cuda_graph_skips}
 
 
+def step_alone_rate(model_dir: str, table: pa.Table, device: str, bf16: bool, steps: int) -> dict:
+    """(c5): `train.train_loop`'s step on one worker, outside Ray: the same model, batches, loss, clipping,
+    optimizer and schedule (its DDP and DeepSpeed branches aside), timed over `steps` steps after 20 of warm-up."""
+    import torch
+
+    from ce_ray import bert
+    from ce_ray.batching import IDS, TYPES, pair_encoder
+    from ce_ray.config import TrainConfig
+    from ce_ray.model import Reranker, to_device, use_shape_free_attention
+    from ce_ray.train import _on_device, _parameter_groups, linear_schedule
+    from ce_ray.train_data import LABEL, micro_batches
+
+    config = TrainConfig(model=model_dir, batch_size=BATCH, lr=5e-5, seed=42)
+    ids, types = pair_encoder(model_dir).encode(table.column("query").combine_chunks(),
+                                                table.column("document").combine_chunks(), 512)
+    span = pa.table({IDS: ids, TYPES: types, LABEL: table.column("label")})
+    dev = torch.device(device)
+    use_shape_free_attention(dev)
+    torch.manual_seed(42)
+    net = bert.trainable(model_dir).to(dev)
+    optimizer = torch.optim.AdamW(_parameter_groups(net, config.weight_decay), lr=config.lr,
+                                  fused=True if dev.type == "cuda" else None)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(0, 10 * steps))
+    loss_fn = torch.nn.BCEWithLogitsLoss(reduction="sum")
+
+    def batches():  # the epoch's batches again and again: (c)'s data, as the worker's loop gets it
+        for epoch in range(10**6):
+            yield from micro_batches(iter([span]), config, epoch, 0, 0, net.pad_id, 512)
+
+    def step(passes) -> None:
+        rows = sum(len(labels) for _, labels in passes)
+        for inputs, labels in passes:
+            inputs, target = _on_device(inputs, dev, net.model_type), to_device(labels, dev)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = Reranker.logits(net(**inputs))
+            (loss_fn(logits.float().view(-1), target) / rows).backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    stream = batches()
+    for _ in range(20):
+        step(next(stream))
+    common.sync(device)
+    start, preparing = time.perf_counter(), 0.0
+    for _ in range(steps):
+        began = time.perf_counter()
+        passes = next(stream)
+        preparing += time.perf_counter() - began
+        step(passes)
+    common.sync(device)
+    seconds = time.perf_counter() - start
+    figures = {"samples_per_second": steps * BATCH / seconds, "ms_per_step": 1e3 * seconds / steps,
+               "batch_preparing_share": preparing / seconds, "bf16": bf16}
+    if dev.type == "cuda":  # what the GPU did in 20 steps: kernels (and copies) launched, their time against the steps'
+        profiled = 20
+        try:  # the timing above stands where the profiler fails
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+                began = time.perf_counter()
+                for _ in range(profiled):
+                    step(next(stream))
+                common.sync(device)
+                wall = time.perf_counter() - began
+            kernels = [e for e in profile.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+            figures |= {"kernels_per_step": len(kernels) / profiled,
+                        "gpu_busy_share": sum(e.device_time_total for e in kernels) / 1e6 / wall}
+        except Exception as e:  # noqa: BLE001 (recorded in the results)
+            figures["profile_error"] = f"{type(e).__name__}: {e}"[:500]
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=6)
@@ -156,6 +233,14 @@ def main() -> int:
         if gpu:  # beside (c): the two answer whether batch 16 runs faster without autocast's casts
             record("ce_ray_b16_fp32", ce_ray_rate(model_dir, anchor, work, "b16_fp32", cpus, batch_size=BATCH,
                                                   log_every=max(args.anchor_steps // 4, 1), bf16=False))
+        for bf16 in ([True, False] if gpu else [False]):
+            figures = step_alone_rate(model_dir, anchor, device, bf16, steps=max(args.anchor_steps, 50))
+            common.free(device)  # the step's model and optimizer, gone with its frame
+            print(f"step alone{'' if bf16 else ', fp32'}: {figures['ms_per_step']:.2f} ms a step, "
+                  f"{figures['batch_preparing_share']:.0%} of it preparing the batch"
+                  + (f"; {figures['kernels_per_step']:.0f} kernels a step, the GPU busy {figures['gpu_busy_share']:.0%} "
+                     "of the time" if "kernels_per_step" in figures else ""), flush=True)
+            record("step_alone_b16" + ("" if bf16 or not gpu else "_fp32"), figures)
         if args.compile:
             for name, mode in (("compiled", "default"), ("graphs", "reduce-overhead")):
                 try:  # a compiler that fails on this machine is recorded, and the other systems still run
