@@ -137,8 +137,7 @@ def step_alone_rate(model_dir: str, table: pa.Table, device: str, bf16: bool, st
     use_shape_free_attention(dev)
     torch.manual_seed(42)
     net = bert.trainable(model_dir).to(dev)
-    optimizer = torch.optim.AdamW(_parameter_groups(net, config.weight_decay), lr=config.lr,
-                                  fused=True if dev.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(_parameter_groups(net, config.weight_decay), lr=config.lr, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(0, 10 * steps))
     loss_fn = torch.nn.BCEWithLogitsLoss(reduction="sum")
 
