@@ -8,8 +8,9 @@ size, the seconds, the job's pairs/s and the peaks; then, given two sizes, the c
 fixed + pairs / rate: the rate is what each further pair costs, free of Ray's start and the model load) and
 how much each peak grew. Before the timed jobs, a process asks transformers for the model's tokenizer facts, as
 the first job with a model folder does once (later jobs read its record): its seconds are printed and kept apart
-from the jobs' (L12's 5M job of 2026-12-04 paid them within its own). `--command rerank` runs `ce-ray rerank` instead: the same, and the rank stage's
-shuffle (query ids start again in each file, so a query gathers 100 rows from each: 400 at 1M, 2,000 at 5M).
+from the jobs' (L12's 5M job of 2026-12-04 paid them within its own). `--command rerank` runs `ce-ray rerank`
+instead: the same, and the rank stage's shuffle (query ids start again in each file, so a query gathers 100 rows
+from each: 400 at 1M, 2,000 at 5M).
 
     python3 bench/scale.py --layers 6                          # GPU machine (see bench/README.md)
     python3 bench/scale.py --layers 12 --sizes 5000000         # one size: L12's rate at 5M pairs
@@ -122,8 +123,8 @@ def record_tokenizer_facts(model: str) -> float:
     after, as a user's later jobs do, so that this one-off cost does not count as part of the cost per job."""
     code = ("import sys, time; from ce_ray.tokenizer_facts import tokenizer_facts; "
             "start = time.perf_counter(); tokenizer_facts(sys.argv[1]); print(time.perf_counter() - start)")
-    done = subprocess.run([sys.executable, "-c", code, model], cwd=common.ROOT, env=job_env(), capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", code, model], cwd=common.ROOT, env=job_env(),
+                          capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         sys.exit(f"asking transformers for {model}'s tokenizer facts failed:\n{done.stderr[-4000:]}")
     return float(done.stdout.split()[-1])

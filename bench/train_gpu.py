@@ -171,7 +171,7 @@ def step_alone_rate(model_dir: str, table: pa.Table, device: str, bf16: bool, st
     seconds = time.perf_counter() - start
     figures = {"samples_per_second": steps * BATCH / seconds, "ms_per_step": 1e3 * seconds / steps,
                "batch_preparing_share": preparing / seconds, "bf16": bf16}
-    if dev.type == "cuda":  # what the GPU did in 20 steps: kernels (and copies) launched, their time against the steps'
+    if dev.type == "cuda":  # what the GPU did in 20 steps: the kernels (and copies) launched, their time
         profiled = 20
         try:  # the timing above stands where the profiler fails
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
@@ -235,10 +235,10 @@ def main() -> int:
         for bf16 in ([True, False] if gpu else [False]):
             figures = step_alone_rate(model_dir, anchor, device, bf16, steps=max(args.anchor_steps, 50))
             common.free(device)  # the step's model and optimizer, gone with its frame
+            on_gpu = (f"; {figures['kernels_per_step']:.0f} kernels a step, the GPU busy "
+                      f"{figures['gpu_busy_share']:.0%} of the time" if "kernels_per_step" in figures else "")
             print(f"step alone{'' if bf16 else ', fp32'}: {figures['ms_per_step']:.2f} ms a step, "
-                  f"{figures['batch_preparing_share']:.0%} of it preparing the batch"
-                  + (f"; {figures['kernels_per_step']:.0f} kernels a step, the GPU busy {figures['gpu_busy_share']:.0%} "
-                     "of the time" if "kernels_per_step" in figures else ""), flush=True)
+                  f"{figures['batch_preparing_share']:.0%} of it preparing the batch{on_gpu}", flush=True)
             record("step_alone_b16" + ("" if bf16 or not gpu else "_fp32"), figures)
         if args.compile:
             for name, mode in (("compiled", "default"), ("graphs", "reduce-overhead")):
