@@ -35,6 +35,7 @@ bench/results/train_gpu.json (train_gpu_cpu.json on CPU; or --name's).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
@@ -142,7 +143,7 @@ def step_alone_rate(model_dir: str, table: pa.Table, device: str, bf16: bool, st
     loss_fn = torch.nn.BCEWithLogitsLoss(reduction="sum")
 
     def batches():  # the epoch's batches again and again: (c)'s data, as the worker's loop gets it
-        for epoch in range(10**6):
+        for epoch in itertools.count():
             yield from micro_batches(iter([span]), config, epoch, 0, 0, net.pad_id, 512)
 
     def step(passes) -> None:
