@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU bench in one call on the GPU machine, most important first, within a time budget.
 #
-#   bash bench/gpu_suite.sh [SECONDS] [STEP...]     # default 560 s; steps: smoke score scale scale12 train
-#                                                   # compile train_compile profile rank
+#   bash bench/gpu_suite.sh [SECONDS] [STEP...]     # default 560 s; steps: smoke score scale scale12 scale6 train
+#                                                   # compile train_compile rows profile rank
 #
 # The machine comes bare and is lent for minutes (15 of device time a session, its start included), so one
 # call does what fits: it installs the carried wheels (.whl, see bench/README.md), records the machine, then
@@ -14,7 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 budget=${1:-560}
 shift || true
-steps=${*:-smoke score scale scale12 train compile train_compile profile rank}
+steps=${*:-smoke score scale scale12 scale6 train compile train_compile rows profile rank}
 deadline=$(( $(date +%s) + budget ))
 logs=$(mktemp -d)
 wanted() { [[ " $steps " == *" $1 "* ]]; }
@@ -61,6 +61,8 @@ step score 240 python3 bench/score_gpu.py --layers 6 12 --anchor-pairs 10000 --r
 step scale 180 python3 bench/scale.py --layers 6 --sizes 1000000 5000000 --work /tmp/ce-ray-scale
 # L12's "1M+" rate: 5M pairs, one job (~100 s at its 1M rate after the start), on the inputs scale made.
 step scale12 150 python3 bench/scale.py --layers 12 --sizes 5000000 --work /tmp/ce-ray-scale
+# L6's 5M job alone, on the same inputs (~60 s).
+step scale6 100 python3 bench/scale.py --layers 6 --sizes 5000000 --work /tmp/ce-ray-scale --name scale_l6_5m
 # The trainer's anchors, ce-ray at batch 16 in bf16 and in fp32 ((c4): a small step without autocast's casts),
 # then at 256 (the quality-checked large-batch recipe) and 2,048, each in passes of at most 65,536 tokens: ~40 s
 # a ce-ray run on the H200, most of it Ray Train's start and stop (190 s held all but (c4), 2026-12-04).
@@ -72,6 +74,9 @@ step compile 180 python3 bench/score_gpu.py --layers 6 --pairs 300000 --skip pre
 # for the ratios): the compiling falls in a compiled run's first log window, its steady rate in the later ones.
 step train_compile 300 python3 bench/train_gpu.py --layers 6 --anchor-steps 200 --large-batch --compile \
     --name train_gpu_compile
+# L6's 5M job at 65,536 rows a call (32,768 by default), whose per-call sorting pads 1.8% of the tokens, not 3.5%.
+step rows 100 python3 bench/scale.py --layers 6 --sizes 5000000 --work /tmp/ce-ray-scale --name scale_l6_rows65536 \
+    -- --rows-per-call 65536
 # Each stage alone (the Scorer without Ray: the replica's own rate S), then the sweeps; rows a call against the
 # default 32,768, whose per-call sorting pads 3.5% of tokens (1.8% at 65,536). Each job's `timeline:` line gives
 # its rate between its first call and its last, free of its start.

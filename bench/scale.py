@@ -172,6 +172,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one job may take")
     parser.add_argument("--command", choices=["score", "rerank"], default="score",
                         help="rerank: the same inputs, ranked per query (a query gathers 100 rows from each file)")
+    parser.add_argument("--name", default=None, help="results file name (default: scale_l<layers>, ...; the command's "
+                        "settings after -- call for one of their own)")
     parser.add_argument("settings", nargs=argparse.REMAINDER, help="after --: more flags of the command")
     args = parser.parse_args()
     settings = [s for s in args.settings if s != "--"]
@@ -205,7 +207,7 @@ def main() -> None:
                "peak_growth_mib": {k: points[large][k] - points[small][k] for k in points[small] if k.endswith("_mib")}}
         print(f"\nseconds = {fit['fixed_seconds']:.1f} + pairs / {rate:,.0f}; job pairs/s at {large:,} / at "
               f"{small:,} = {fit['job_rate_ratio']:.2f}; peak growth MiB {fit['peak_growth_mib']}")
-    name = (("scale_rerank" if args.command == "rerank" else "scale") + f"_l{args.layers}"
+    name = args.name or (("scale_rerank" if args.command == "rerank" else "scale") + f"_l{args.layers}"
             + (f"_h{args.hidden}" if args.hidden else "") + ("" if device == "cuda" else "_cpu"))
     path = common.write_result(name, {**common.header(device), "command": args.command, "layers": args.layers,
                                       "hidden": args.hidden or 384,
