@@ -59,10 +59,12 @@ step score 240 python3 bench/score_gpu.py --layers 6 12 --anchor-pairs 10000 --r
 # 1M and 5M pairs through the `ce-ray score` command, each in its own process and Ray: cost per pair and
 # memory at scale, and the "1M+" rate, which a 5M job can reach where a 1M one cannot (its start is seconds).
 step scale 180 python3 bench/scale.py --layers 6 --sizes 1000000 5000000 --work /tmp/ce-ray-scale
-# L12's "1M+" rate: 5M pairs, one job (~100 s at its 1M rate after the start), on the inputs scale made.
-step scale12 150 python3 bench/scale.py --layers 12 --sizes 5000000 --work /tmp/ce-ray-scale
-# L6's 5M job alone, on the same inputs (~60 s).
-step scale6 100 python3 bench/scale.py --layers 6 --sizes 5000000 --work /tmp/ce-ray-scale --name scale_l6_5m
+# L12's "1M+" rate: 5M pairs, one job (~107 s), on the inputs scale made (written first where it did not run). Each
+# scale.py first asks transformers for its new model folder's tokenizer facts, apart from the timed jobs: 16 s on
+# the H200 machine (2026-12-04), where the 150 s this step had cut it short.
+step scale12 200 python3 bench/scale.py --layers 12 --sizes 5000000 --work /tmp/ce-ray-scale
+# L6's 5M job alone, on the same inputs: 84 s with the facts recorded, ~100 s with them.
+step scale6 120 python3 bench/scale.py --layers 6 --sizes 5000000 --work /tmp/ce-ray-scale --name scale_l6_5m
 # The trainer's anchors, ce-ray at batch 16 in bf16 and in fp32 ((c4): a small step without autocast's casts),
 # then at 256 (the quality-checked large-batch recipe) and 2,048, each in passes of at most 65,536 tokens: ~40 s
 # a ce-ray run on the H200, most of it Ray Train's start and stop (190 s held all but (c4), 2026-12-04).
@@ -71,12 +73,15 @@ step train 240 python3 bench/train_gpu.py --layers 6 --pairs 100000 --anchor-ste
 step compile 180 python3 bench/score_gpu.py --layers 6 --pairs 300000 --skip predict recipe --repeats 1 --compile \
     --name score_gpu_compile
 # ce-ray train at batch 16 eager, under torch.compile, and with CUDA graphs too (the trainer's anchors again,
-# for the ratios): the compiling falls in a compiled run's first log window, its steady rate in the later ones.
-step train_compile 300 python3 bench/train_gpu.py --layers 6 --anchor-steps 200 --large-batch --compile \
+# for the ratios): the compiling falls in a compiled run's first log window, its steady rate in the later ones. The
+# uncompiled systems take ~170 s, and (c2)'s first 50 steps took 43 s on the H200 (2026-12-04), where 287 s ended
+# before its second window: a call of its own.
+step train_compile 560 python3 bench/train_gpu.py --layers 6 --anchor-steps 200 --large-batch --compile \
     --name train_gpu_compile
-# L6's 5M job at 65,536 rows a call (32,768 by default), whose per-call sorting pads 1.8% of the tokens, not 3.5%.
-step rows 100 python3 bench/scale.py --layers 6 --sizes 5000000 --work /tmp/ce-ray-scale --name scale_l6_rows65536 \
-    -- --rows-per-call 65536
+# L6's 5M job at 16,384 rows a call (32,768 by default): at 65,536, whose sorting pads 1.8% of the tokens against 3.5%,
+# it ran 87,986 pairs/s against the default's 92,919 (2026-12-04, once each; `scale_l6_rows65536.json`).
+step rows 110 python3 bench/scale.py --layers 6 --sizes 5000000 --work /tmp/ce-ray-scale --name scale_l6_rows16384 \
+    -- --rows-per-call 16384
 # Each stage alone (the Scorer without Ray: the replica's own rate S), then the sweeps; rows a call against the
 # default 32,768, whose per-call sorting pads 3.5% of tokens (1.8% at 65,536). Each job's `timeline:` line gives
 # its rate between its first call and its last, free of its start.
