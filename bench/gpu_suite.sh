@@ -4,7 +4,7 @@
 #   bash bench/gpu_suite.sh [SECONDS] [STEP...]     # default 560 s; steps: smoke score scale scale12 scale6 train
 #                                                   # compile train_compile rows profile rank
 #
-# The machine comes bare and is lent for minutes (15 of device time a session, its start included), so one
+# The machine comes bare and is held for minutes (15 at a time, its start included), so one
 # call does what fits: it installs the carried wheels (.whl, see bench/README.md), records the machine, then
 # runs each step under `timeout` with what is left of the budget. The first step is a small end-to-end run
 # that stops the suite early if ce-ray fails on the GPU, before the long steps. Logs and results gather in a
