@@ -208,7 +208,7 @@ def main() -> None:
         print(f"\nseconds = {fit['fixed_seconds']:.1f} + pairs / {rate:,.0f}; job pairs/s at {large:,} / at "
               f"{small:,} = {fit['job_rate_ratio']:.2f}; peak growth MiB {fit['peak_growth_mib']}")
     name = args.name or (("scale_rerank" if args.command == "rerank" else "scale") + f"_l{args.layers}"
-            + (f"_h{args.hidden}" if args.hidden else "") + ("" if device == "cuda" else "_cpu"))
+                         + (f"_h{args.hidden}" if args.hidden else "") + ("" if device == "cuda" else "_cpu"))
     path = common.write_result(name, {**common.header(device), "command": args.command, "layers": args.layers,
                                       "hidden": args.hidden or 384,
                                       "settings": settings, "rows_per_file": ROWS_PER_FILE,
