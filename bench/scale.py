@@ -132,8 +132,9 @@ def record_tokenizer_facts(model: str) -> float:
 
 def job_env() -> dict:
     """A job's environment: a local Ray of its own, and the working tree's ce_ray."""
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {**os.environ, "RAY_ADDRESS": "local", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-            "PYTHONPATH": os.pathsep.join([common.ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+            "PYTHONPATH": os.pathsep.join([common.ROOT] + inherited)}
 
 
 def run_job(model: str, folder: str, out: str, settings: list, timeout: float, command: str = "score") -> dict:
@@ -191,7 +192,8 @@ def main() -> None:
         point = run_job(model, folders[size], os.path.join(work, f"out-{size}"), settings, args.timeout, args.command)
         points[size] = point
         print(f"{size:>11,} pairs  {point['seconds']:8.1f} s  job {common.fmt_rate(point['job_pairs_per_s'])} "
-              f"pairs/s  peak MiB: driver {point['peak_driver_mib']:,}; largest worker rss {point['peak_worker_rss_mib']:,} "
+              f"pairs/s  peak MiB: driver {point['peak_driver_mib']:,}; "
+              f"largest worker rss {point['peak_worker_rss_mib']:,} "
               f"({point.get('peak_worker_rss_name')}), heap {point['peak_worker_anon_mib']:,} "
               f"({point.get('peak_worker_anon_name')}); all workers rss {point['peak_workers_rss_mib']:,}, heap "
               f"{point['peak_workers_anon_mib']:,} ({point.get('peak_workers_anon_count')} processes); "
