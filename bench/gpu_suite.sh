@@ -74,10 +74,10 @@ step compile 180 python3 bench/score_gpu.py --layers 6 --pairs 300000 --skip pre
     --name score_gpu_compile
 # ce-ray train at batch 16 eager, under torch.compile, and with CUDA graphs too (the trainer's anchors again,
 # for the ratios): the compiling falls in a compiled run's first log window, its steady rate in the later ones. The
-# uncompiled systems take ~170 s, and (c2)'s first 50 steps took 43 s on the H200 (2026-12-04), where 287 s ended
-# before its second window: a call of its own.
+# systems before them took ~170 s and (c2)'s first 50 steps 43 s on the H200 (2026-12-04), where 287 s ended before
+# its second window: a call of its own, without (c4) and (c5), which that run measured (~70 s).
 step train_compile 560 python3 bench/train_gpu.py --layers 6 --anchor-steps 200 --large-batch --compile \
-    --name train_gpu_compile
+    --skip fp32 alone --name train_gpu_compile
 # L6's 5M job at 16,384 rows a call (32,768 by default): at 65,536, whose sorting pads 1.8% of the tokens against 3.5%,
 # it ran 87,986 pairs/s against the default's 92,919 (2026-12-04, once each; `scale_l6_rows65536.json`).
 step rows 110 python3 bench/scale.py --layers 6 --sizes 5000000 --work /tmp/ce-ray-scale --name scale_l6_rows16384 \

@@ -29,7 +29,8 @@ bench/results/train_gpu.json (train_gpu_cpu.json on CPU; or --name's).
     python3 bench/train_gpu.py                        # GPU: L6, 200,000 pairs for (d), batches of 256 and 2,048
     .venv/bin/python bench/train_gpu.py --layers 2 --pairs 1024 --anchor-steps 16 --large-batch 64 \
         --batch-tokens 2048                            # CPU smoke
-    python3 bench/train_gpu.py --anchor-steps 200 --large-batch --compile --name train_gpu_compile   # (c2), (c3), no (d)
+    python3 bench/train_gpu.py --anchor-steps 200 --large-batch --compile --name train_gpu_compile   # (c2), (c3)
+        # and no (d); --skip fp32 alone leaves out (c4) and (c5) too
 """
 
 from __future__ import annotations
@@ -199,6 +200,8 @@ def main() -> int:
     parser.add_argument("--batch-tokens", type=int, default=65536, help="padded tokens per forward pass of (d)")
     parser.add_argument("--compile", action="store_true",
                         help="also (c2) and (c3): ce-ray at batch 16 under torch.compile, without and with CUDA graphs")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["fp32", "alone"],
+                        help="systems left out: (c4) fp32, (c5) the step alone (measured, say, and the budget short)")
     parser.add_argument("--name", default=None, help="results file name (default: train_gpu, train_gpu_cpu on CPU)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
@@ -230,10 +233,11 @@ def main() -> int:
         result["ray_start_seconds"] = common.init_ray(log_to_driver=True)
         record("ce_ray_b16", ce_ray_rate(model_dir, anchor, work, "b16", cpus, batch_size=BATCH,
                                          log_every=max(args.anchor_steps // 4, 1)))
-        if gpu:  # beside (c): the two answer whether batch 16 runs faster without autocast's casts
+        if gpu and "fp32" not in args.skip:  # beside (c): whether batch 16 runs faster without autocast's casts
             record("ce_ray_b16_fp32", ce_ray_rate(model_dir, anchor, work, "b16_fp32", cpus, batch_size=BATCH,
                                                   log_every=max(args.anchor_steps // 4, 1), bf16=False))
-        for bf16 in ([True, False] if gpu else [False]):
+        precisions = [True, False] if gpu else [False]  # (c5) in bf16, and in fp32
+        for bf16 in [] if "alone" in args.skip else precisions:
             figures = step_alone_rate(model_dir, anchor, device, bf16, steps=max(args.anchor_steps, 50))
             common.free(device)  # the step's model and optimizer, gone with its frame
             on_gpu = (f"; {figures['kernels_per_step']:.0f} kernels a step, the GPU busy "
