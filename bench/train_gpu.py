@@ -128,7 +128,7 @@ def step_alone_rate(model_dir: str, table: pa.Table, device: str, bf16: bool, st
     from ce_ray.batching import IDS, TYPES, pair_encoder
     from ce_ray.config import TrainConfig
     from ce_ray.model import Reranker, to_device, use_shape_free_attention
-    from ce_ray.train import _on_device, _parameter_groups, linear_schedule
+    from ce_ray.train import _on_device, adamw, linear_schedule
     from ce_ray.train_data import LABEL, micro_batches
 
     config = TrainConfig(model=model_dir, batch_size=BATCH, lr=5e-5, seed=42)
@@ -139,7 +139,7 @@ def step_alone_rate(model_dir: str, table: pa.Table, device: str, bf16: bool, st
     use_shape_free_attention(dev)
     torch.manual_seed(42)
     net = bert.trainable(model_dir).to(dev)
-    optimizer = torch.optim.AdamW(_parameter_groups(net, config.weight_decay), lr=config.lr, fused=True)
+    optimizer = adamw(net, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(0, 10 * steps))
     loss_fn = torch.nn.BCEWithLogitsLoss(reduction="sum")
 
