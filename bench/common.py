@@ -254,6 +254,14 @@ def header(device: str) -> dict:
             "machine": device_info(device), "versions": versions()}
 
 
+def tree_on_path() -> str:
+    """PYTHONPATH with the working tree first where it is not on it: the working tree's ce_ray must reach Ray's
+    workers and the jobs' processes (it is not installed on the GPU machine)."""
+    value = os.environ.get("PYTHONPATH", "")
+    paths = [p for p in value.split(os.pathsep) if p]
+    return value if ROOT in paths else os.pathsep.join([ROOT] + paths)
+
+
 def init_ray(num_cpus: Optional[int] = None, log_to_driver: bool = False):
     """A local Ray of its own; `log_to_driver` prints the workers' lines here (training's per-window lines,
     so that a run cut short by the suite's budget still shows how far it got)."""
@@ -263,11 +271,8 @@ def init_ray(num_cpus: Optional[int] = None, log_to_driver: bool = False):
     if ray.is_initialized():
         ray.shutdown()
     start = time.perf_counter()
-    # The working tree's ce_ray must reach the workers (it is not installed on the GPU machine); the
-    # local cluster's processes inherit this environment.
-    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    if ROOT not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in paths if p])
+    # The local cluster's processes inherit this environment.
+    os.environ["PYTHONPATH"] = tree_on_path()
     for attempt in range(3):  # a loaded machine can take longer than Ray's 30 s to start a raylet
         try:
             # "local": a cluster of its own, never one that `ray start` left recorded in /tmp/ray.

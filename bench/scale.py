@@ -132,9 +132,8 @@ def record_tokenizer_facts(model: str) -> float:
 
 def job_env() -> dict:
     """A job's environment: a local Ray of its own, and the working tree's ce_ray."""
-    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {**os.environ, "RAY_ADDRESS": "local", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-            "PYTHONPATH": os.pathsep.join([common.ROOT] + inherited)}
+            "PYTHONPATH": common.tree_on_path()}
 
 
 def run_job(model: str, folder: str, out: str, settings: list, timeout: float, command: str = "score") -> dict:
