@@ -10,11 +10,12 @@ five) and the same random MiniLM reranker (6 or 12 layers) for every system:
   (c4) on a GPU, right after (c), (c) in fp32 (`bf16=False`, no autocast): a step of 16 pairs is the host
       launching kernels, and autocast adds a cast of each weight and of its gradient (198 of a 6-layer model's 1,148
       operations a step), where fp32's slower matrix products are small at ~1,150 tokens a pass
-  (c5) the step alone: (c)'s training step (ce-ray's BERT, its batches, autocast on a GPU, clipping, AdamW, the
-      schedule), in this process without Ray Train, as `train.train_loop` runs it on one worker; with the host's
-      share of a step spent preparing its batch, and on a GPU the kernels a step launches and the share of the step's
-      time they keep the GPU busy (torch.profiler). Against (c)'s steady rate it says what of a step is the step
-      itself (and whether the GPU or the host launching it is its limit) and what is the worker around it; in fp32 too
+  (c5) the step alone: (c)'s training step (ce-ray's BERT, its batches, the loop's own `training_pass` and
+      `optimizer_step`: autocast on a GPU, clipping, AdamW, the schedule), in this process without Ray Train, as
+      `train.train_loop` runs it on one worker; with the host's share of a step spent preparing its batch, and on a
+      GPU the kernels a step launches and the share of the step's time they keep the GPU busy (torch.profiler).
+      Against (c)'s steady rate it says what of a step is the step itself (and whether the GPU or the host
+      launching it is its limit) and what is the worker around it; in fp32 too
 With --compile, also (c2): (c) with `compile=True`, and (c3): with `compile_mode="reduce-overhead"` too (CUDA
 graphs, the passes' widths bucketed). Their first log window includes the compiling; the steady rate is the
 one between later log lines.
@@ -120,15 +121,16 @@ def ce_ray_rate(model_dir: str, table: pa.Table, work: str, name: str, cpus: int
 
 
 def step_alone_rate(model_dir: str, table: pa.Table, device: str, bf16: bool, steps: int) -> dict:
-    """(c5): `train.train_loop`'s step on one worker, outside Ray: the same model, batches, loss, clipping,
-    optimizer and schedule (its DDP and DeepSpeed branches aside), timed over `steps` steps after 20 of warm-up."""
+    """(c5): `train.train_loop`'s step on one worker, outside Ray: the same model, batches and loss, and the loop's
+    own `training_pass` and `optimizer_step` (its DDP and DeepSpeed branches aside), timed over `steps` steps after
+    20 of warm-up."""
     import torch
 
     from ce_ray import bert
     from ce_ray.batching import IDS, TYPES, pair_encoder
     from ce_ray.config import TrainConfig
-    from ce_ray.model import Reranker, to_device, use_shape_free_attention
-    from ce_ray.train import _on_device, adamw, linear_schedule
+    from ce_ray.model import to_device, use_shape_free_attention
+    from ce_ray.train import _on_device, adamw, linear_schedule, optimizer_step, training_pass
     from ce_ray.train_data import LABEL, micro_batches
 
     config = TrainConfig(model=model_dir, batch_size=BATCH, lr=5e-5, seed=42)
@@ -147,17 +149,14 @@ def step_alone_rate(model_dir: str, table: pa.Table, device: str, bf16: bool, st
         for epoch in itertools.count():
             yield from micro_batches(iter([span]), config, epoch, 0, 0, net.pad_id, 512)
 
-    def step(passes) -> None:
+    autocast = lambda: torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+
+    def step(passes) -> None:  # the loop's step on one worker: one batch, no accumulation
         rows = sum(len(labels) for _, labels in passes)
         for inputs, labels in passes:
-            inputs, target = _on_device(inputs, dev, net.model_type), to_device(labels, dev)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = Reranker.logits(net(**inputs))
-            (loss_fn(logits.float().view(-1), target) / rows).backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+            training_pass(net, _on_device(inputs, dev, net.model_type), to_device(labels, dev), loss_fn, rows, 1,
+                          autocast)
+        optimizer_step(net, optimizer, scheduler, config.max_grad_norm)
 
     stream = batches()
     for _ in range(20):

@@ -132,6 +132,30 @@ def adamw(model, config: TrainConfig):
                              fused=None if config.deepspeed else True)
 
 
+def training_pass(forward, inputs: dict, target, loss_fn, rows: int, group: int, autocast):
+    """One forward and backward pass of a step (DeepSpeed's aside): the loss is the mean over the batch's `rows`
+    (each pass of it adds its sum), its gradient the mean over the step's `group` batches. Returns the loss."""
+    from .model import Reranker
+
+    with autocast():
+        logits = Reranker.logits(forward(**inputs))
+    loss = loss_fn(logits.float().view(-1), target) / rows
+    (loss / group).backward()
+    return loss
+
+
+def optimizer_step(model, optimizer, scheduler, max_grad_norm: float) -> None:
+    """A step's update after its passes (DeepSpeed's aside): gradients clipped, AdamW, the schedule, gradients
+    cleared."""
+    import torch
+
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def _parameter_groups(model, weight_decay: float) -> list:
     """No weight decay on biases and LayerNorm weights, as transformers' Trainer does."""
     import torch
@@ -426,18 +450,10 @@ def train_loop(loop_config: dict) -> dict:
                     # may cut their batches into different numbers of passes; only that last one syncs.
                     synced = world == 1 or (boundary and number == len(passes) - 1)
                     with contextlib.nullcontext() if synced else model.no_sync():
-                        with autocast():
-                            logits = Reranker.logits(forward(**inputs))
-                        # The batch's mean, whatever the passes: each pass adds its sum over the batch's rows.
-                        loss = loss_fn(logits.float().view(-1), target) / rows
-                        (loss / group).backward()
+                        loss = training_pass(forward, inputs, target, loss_fn, rows, group, autocast)
                 loss_sum = loss_sum + loss.detach()  # stays on the device: no sync until it is logged
             if not config.deepspeed and boundary:
-                if config.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(model, optimizer, scheduler, config.max_grad_norm)
             micro += 1
             loss_count, samples = loss_count + 1, samples + rows
             if not boundary:
