@@ -116,18 +116,22 @@ def sample(pid: int, stop: threading.Event, peaks: dict) -> None:
         stop.wait(SAMPLE_S)
 
 
-def record_tokenizer_facts(model: str) -> float:
+def record_tokenizer_facts(model: str) -> dict:
     """Seconds a job's driver spent asking transformers for the model's tokenizer facts, in a process of its own
-    as a job's driver is (0 where an earlier run recorded them). Only the first job with a model folder pays
-    them (`ce_ray.tokenizer_facts`: transformers and torch imported, the answer recorded); the timed jobs come
-    after, as a user's later jobs do, so that this one-off cost does not count as part of the cost per job."""
+    as a job's driver is (~0 where an earlier run recorded them), and of those the import of torch (transformers
+    imports it), as Python's -X importtime tells. Only the first job with a model folder pays them
+    (`ce_ray.tokenizer_facts`: transformers and torch imported, the answer recorded); the timed jobs come after,
+    as a user's later jobs do, so that this one-off cost does not count as part of the cost per job."""
     code = ("import sys, time; from ce_ray.tokenizer_facts import tokenizer_facts; "
             "start = time.perf_counter(); tokenizer_facts(sys.argv[1]); print(time.perf_counter() - start)")
-    done = subprocess.run([sys.executable, "-c", code, model], cwd=common.ROOT, env=job_env(),
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", code, model], cwd=common.ROOT, env=job_env(),
                           capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         sys.exit(f"asking transformers for {model}'s tokenizer facts failed:\n{done.stderr[-4000:]}")
-    return float(done.stdout.split()[-1])
+    # "import time: self [us] | cumulative | name", the name indented by its depth
+    torch_us = [int(line.split("|")[1]) for line in done.stderr.splitlines()
+                if line.startswith("import time:") and line.split("|")[-1].strip() == "torch"]
+    return {"seconds": float(done.stdout.split()[-1]), "import_torch_seconds": max(torch_us, default=0) / 1e6}
 
 
 def job_env() -> dict:
@@ -180,9 +184,10 @@ def main() -> None:
     device = common.pick_device("auto")
     work = args.work or tempfile.mkdtemp(prefix="ce-ray-scale-")
     model = common.build_model(os.path.join(work, f"model-l{args.layers}"), args.layers, hidden=args.hidden)
-    facts_seconds = record_tokenizer_facts(model)
-    print(f"the model's tokenizer facts asked of transformers in {facts_seconds:.1f} s (a cost of the first job with "
-          "the folder alone; ~0 where an earlier run recorded them)", flush=True)
+    facts = record_tokenizer_facts(model)
+    print(f"the model's tokenizer facts asked of transformers in {facts['seconds']:.1f} s, torch's import "
+          f"{facts['import_torch_seconds']:.1f} s of them (a cost of the first job with the folder alone; ~0 where "
+          "an earlier run recorded them)", flush=True)
     print(f"writing inputs ({max(args.sizes):,} pairs) to {work}", flush=True)
     folders = write_inputs(work, sorted(args.sizes))
 
@@ -213,7 +218,8 @@ def main() -> None:
     path = common.write_result(name, {**common.header(device), "command": args.command, "layers": args.layers,
                                       "hidden": args.hidden or 384,
                                       "settings": settings, "rows_per_file": ROWS_PER_FILE,
-                                      "first_job_tokenizer_facts_seconds": facts_seconds,
+                                      "first_job_tokenizer_facts_seconds": facts["seconds"],
+                                      "first_job_torch_import_seconds": facts["import_torch_seconds"],
                                       "points": {str(k): v for k, v in points.items()}, "fit": fit})
     print(f"wrote {path}")
     if not args.work:
