@@ -21,6 +21,8 @@ from .messages import InputError
 LOGGED_PROGRESS_INTERVAL_VAR = "RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL"
 LOGGED_PROGRESS_INTERVAL_S = "60"
 
+LOCAL_MIN_CPUS = 2  # of a local Ray a job starts: a scoring replica's, and one to read with
+
 
 def pace_logged_progress() -> None:
     """Ray Data's progress, where it is logged rather than drawn, once a minute unless the user says otherwise.
@@ -48,8 +50,15 @@ def ensure_ray(dashboard: bool = False) -> None:
     where = f"join the Ray cluster at {address}" if address else "start a local Ray"
     if address:
         _refuse_silent(address)
+    # A local Ray takes the machine's cores as its CPUs: on a machine of one (a 1-CPU VM, a pod limited to one
+    # CPU) that is one, which a scoring replica holds for the whole job, none left to read its rows (refused,
+    # `score._check_room`). Two CPUs of Ray's then share the core. A cluster joined (here or through Ray Client)
+    # has CPUs of its own, and ray.init refuses them.
+    local = not address and "://" not in os.environ.get("RAY_ADDRESS", "")
+    num_cpus = LOCAL_MIN_CPUS if local and usable_cpus() < LOCAL_MIN_CPUS else None
     try:
-        ray.init(include_dashboard=None if dashboard else False)  # ignored when joining a cluster
+        # (include_dashboard is ignored when joining a cluster)
+        ray.init(include_dashboard=None if dashboard else False, num_cpus=num_cpus)
     except Exception as e:  # Ray's own frames say no more than its message
         raise RayStartError(f"cannot {where}: {type(e).__name__}: {_joined(str(e))}") from None
     if _COMMAND["sigterm"] is not None:

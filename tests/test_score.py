@@ -936,6 +936,21 @@ def test_a_local_ray_of_one_cpu_is_refused_where_the_job_waited_forever(tiny_mod
         "has 1), which the local Ray it started cannot give")
 
 
+def test_a_local_ray_started_on_a_machine_of_one_core_scores_on_two_cpus_of_it(tiny_model):
+    """On a machine of one core (a 1-CPU VM, a pod limited to one CPU: what ce-ray and Ray count its cores as,
+    set so in the process) the local Ray a job starts has 2 CPUs, which share the core: with Ray's count, 1, the
+    replica held the only one and the job was refused. A Ray the user starts with one CPU is still refused (above)."""
+    code = ("import sys, ray, ray._private.utils, ce_ray, ce_ray.runtime\n"
+            "ray._private.utils.get_num_cpus = lambda *args, **kwargs: 1\n"
+            "ce_ray.runtime.usable_cpus = lambda *args, **kwargs: 1\n"
+            "scores = ce_ray.predict(sys.argv[1], [('q', 'd'), ('q2', 'd2')])\n"
+            "print(ray.cluster_resources()['CPU'], len(scores))\n")
+    run = subprocess.run([sys.executable, "-c", code, str(tiny_model)], capture_output=True, text=True,
+                         timeout=180, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": "local"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.splitlines()[-1] == "2.0 2"
+
+
 def test_a_cpu_replicas_threads_stay_within_its_containers_cpu_limit(ray_local, tmp_path):
     """A pod's CPU limit (its cgroup's quota) bounds a CPU replica's threads: the cores it may run on
     (os.sched_getaffinity) are all the machine's, 64 for a pod of 4 CPUs, whose threads the quota then throttled."""
