@@ -54,7 +54,7 @@ def ensure_ray(dashboard: bool = False) -> None:
     # CPU) that is one, which a scoring replica holds for the whole job, none left to read its rows (refused,
     # `score._check_room`). Two CPUs of Ray's then share the core. A cluster joined (here or through Ray Client)
     # has CPUs of its own, and ray.init refuses them.
-    local = not address and "://" not in os.environ.get("RAY_ADDRESS", "")
+    local = not address and not _through_ray_client()
     num_cpus = LOCAL_MIN_CPUS if local and usable_cpus() < LOCAL_MIN_CPUS else None
     try:
         # (include_dashboard is ignored when joining a cluster)
@@ -118,12 +118,17 @@ def _address_source() -> str:
     return f"RAY_ADDRESS={given}" if given else "the cluster `ray start` ran on this machine"
 
 
+def _through_ray_client() -> bool:
+    """Whether ray.init() joins through Ray Client (`RAY_ADDRESS=ray://host:port`)."""
+    return "://" in os.environ.get("RAY_ADDRESS", "")
+
+
 def _cluster_address() -> str:
     """The address of the cluster that ray.init() joins as `host:port` (RAY_ADDRESS, or the one `ray start`
     recorded on this machine); "" where it starts a local Ray or joins through Ray Client (`ray://`)."""
     from ray._private.services import canonicalize_bootstrap_address
 
-    if "://" in os.environ.get("RAY_ADDRESS", ""):
+    if _through_ray_client():
         return ""
     try:
         return canonicalize_bootstrap_address(None) or ""
