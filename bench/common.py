@@ -150,7 +150,8 @@ def write_pairs(table: pa.Table, folder: str, files: int) -> str:
     os.makedirs(folder, exist_ok=True)
     bounds = np.linspace(0, table.num_rows, files + 1).astype(int)
     for i in range(files):
-        pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]), os.path.join(folder, f"pairs-{i:03d}.parquet"))
+        pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]),
+                       os.path.join(folder, f"pairs-{i:03d}.parquet"))
     return folder
 
 

@@ -306,7 +306,8 @@ def main() -> None:
                         help="CPUs left for read/tokenize/write tasks; default 1 2 4 8 and all but one")
     parser.add_argument("--replicas", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--rows-per-call", type=int, nargs="*", default=None,
-                        help="sweep of rows a replica scores per call; default 4096 16384 32768 65536 on GPU, none on CPU")
+                        help="sweep of rows a replica scores per call; default 4096 16384 32768 65536 on GPU, "
+                             "none on CPU")
     parser.add_argument("--fixed-pairs", type=int, default=1000)
     parser.add_argument("--files", type=int, default=16)
     parser.add_argument("--no-sweeps", action="store_true")
@@ -336,7 +337,8 @@ def main() -> None:
     table = common.synthetic_pairs(args.pairs, seed=args.seed)
     common.write_pairs(table, os.path.join(work, "pairs"), args.files)
     common.write_pairs(table.slice(0, args.fixed_pairs), os.path.join(work, "fixed"), 1)
-    model_dir = common.build_model(os.path.join(work, "model"), 1 if args.cpu_stages_only else args.layers, seed=args.seed)
+    model_dir = common.build_model(os.path.join(work, "model"), 1 if args.cpu_stages_only else args.layers,
+                                   seed=args.seed)
     model_name = "no model" if args.cpu_stages_only else f"MiniLM-L{args.layers} (random)"
     print(f"{model_name}, {args.pairs:,} pairs, {device}, {cpus} CPUs", flush=True)
 

@@ -305,7 +305,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=1_000_000, help="pairs for ce-ray and the ceiling")
     parser.add_argument("--anchor-pairs", type=int, default=50_000, help="the first N pairs for (a)-(c)")
     parser.add_argument("--layers", type=int, nargs="+", default=[6, 12])
-    parser.add_argument("--batch-tokens", type=int, default=None, help="default: the library's (65536 on GPU, 2048 on CPU)")
+    parser.add_argument("--batch-tokens", type=int, default=None,
+                        help="default: the library's (65536 on GPU, 2048 on CPU)")
     parser.add_argument("--files", type=int, default=16, help="parquet files the pairs are written as")
     parser.add_argument("--recipe-rows", type=int, default=1024, help="rows per predict call in (c)")
     parser.add_argument("--defaults-pairs", type=int, default=200_000, help="the first N pairs for (d2)")

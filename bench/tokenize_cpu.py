@@ -64,8 +64,9 @@ def versions() -> dict:
     import transformers
     from importlib.metadata import version
 
-    return {"python": platform.python_version(), "nanotoken": version("nanotoken"), "tokenizers": tokenizers.__version__,
-            "transformers": transformers.__version__, "pyarrow": pyarrow.__version__, "numpy": np.__version__}
+    return {"python": platform.python_version(), "nanotoken": version("nanotoken"),
+            "tokenizers": tokenizers.__version__, "transformers": transformers.__version__,
+            "pyarrow": pyarrow.__version__, "numpy": np.__version__}
 
 
 def main() -> None:

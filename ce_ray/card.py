@@ -229,6 +229,6 @@ def model_card(facts: CardFacts) -> str:
               "### Framework Versions", ""]
     lines += [f"- {k}: {v}" for k, v in _versions().items()]
     lines += ["", "## Citation", "",
-              "Sentence-BERT: Reimers and Gurevych, \"Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks\", "
-              "EMNLP 2019.", ""]
+              "Sentence-BERT: Reimers and Gurevych, \"Sentence-BERT: Sentence Embeddings using Siamese "
+              "BERT-Networks\", EMNLP 2019.", ""]
     return "\n".join(lines)

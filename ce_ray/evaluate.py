@@ -362,7 +362,8 @@ def _run_scores(df: pd.DataFrame, rows: np.ndarray, lists: np.ndarray, c: EvalCo
 def table_lines(result: dict, config: EvalConfig) -> List[str]:
     names = metric_names(config.k, config.recall_k)
     base = result.get("baseline")
-    head = f"  {'metric':<12}" + (f"{'baseline':>12}" if base else "") + f"{'reranked':>12}" + ("  change" if base else "")
+    head = (f"  {'metric':<12}" + (f"{'baseline':>12}" if base else "") + f"{'reranked':>12}"
+            + ("  change" if base else ""))
     lines = [head]
     for name in names:
         value = result["reranked"].get(name, 0.0)

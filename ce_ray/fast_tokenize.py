@@ -117,7 +117,8 @@ def _pair_template(post: Optional[dict]) -> Optional[Tuple[int, int]]:
         return int(post["cls"][1]), int(post["sep"][1])
     if post.get("type") != "TemplateProcessing":
         return None
-    pieces = [(kind, value.get("id"), value.get("type_id")) for item in post.get("pair") or [] for kind, value in item.items()]
+    pieces = [(kind, value.get("id"), value.get("type_id"))
+              for item in post.get("pair") or [] for kind, value in item.items()]
     kinds = [p[0] for p in pieces]
     if kinds != ["SpecialToken", "Sequence", "SpecialToken", "Sequence", "SpecialToken"]:
         return None

@@ -396,7 +396,7 @@ def train_loop(loop_config: dict) -> dict:
             torch.save(random_state(device), os.path.join(tmp, RANDOM_STATE.format(rank=rank)))
             if config.deepspeed:
                 model.save_checkpoint(tmp, tag=DS_TAG)
-            full_state = model._zero3_consolidated_16bit_state_dict() if config.deepspeed and config.deepspeed.stage == 3 else None
+            full_state = model._zero3_consolidated_16bit_state_dict() if zero3 else None
             if rank == 0:
                 if native is not None:
                     bert.save(module.state_dict() if full_state is None else full_state, model_path,
@@ -1008,8 +1008,9 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         train_loop,
         train_loop_config={"config": dataclasses.replace(config, batch_tokens=batch_tokens), "plan": plan},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": config.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})),
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers, use_gpu=use_gpu,
+            resources_per_worker={"CPU": config.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})),
         run_config=RunConfig(
             name=name, storage_path=storage_path, storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints, **best_kept(config)),

@@ -429,7 +429,8 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int,
     eval_config = config
     if data.beir:
         table = beir_training_pairs(config.train_data, config.train_split, config.hard_negatives)
-        source = f"{config.train_data} (qrels/{config.train_split}.tsv, {config.hard_negatives} BM25 hard negatives per positive)"
+        source = (f"{config.train_data} (qrels/{config.train_split}.tsv, {config.hard_negatives} BM25 hard negatives "
+                  "per positive)")
         ds, files = ray.data.from_arrow(table), None
         config = dataclasses.replace(config, query_column="query", document_column="document", label_column="label")
     else:

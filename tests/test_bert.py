@@ -106,7 +106,8 @@ def test_a_model_it_does_not_reproduce_is_loaded_with_transformers(tmp_path, cha
         if change == "no_pooler":  # transformers would initialise it at random: never silently here
             weights = {k: v for k, v in weights.items() if not k.startswith("bert.pooler.")}
         else:
-            weights["bert.encoder.layer.0.attention.self.distance_embedding.weight"] = weights["classifier.weight"].clone()
+            name = "bert.encoder.layer.0.attention.self.distance_embedding.weight"
+            weights[name] = weights["classifier.weight"].clone()
         save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
     else:
         implementation = "transformers"

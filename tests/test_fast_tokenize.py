@@ -66,7 +66,8 @@ def assert_same(tokenizer, queries, documents, max_length):
 def random_texts(count: int, seed: int = 0, lengths=(0, 1, 5, 30, 200)):
     """Seeded random text mixing ASCII words, Latin accents, CJK, emoji, spaces and control characters."""
     rng = random.Random(seed)
-    pools = ["abcdefghij KLMNOP,.!?'-", "àéîõüçñßæøÅÉ", "中文字日本語한국", "😀🏽‍👍", " \t\n\u00a0\u200b", "\x00\x01\x0b\x0c\x7f\u0301"]
+    pools = ["abcdefghij KLMNOP,.!?'-", "àéîõüçñßæøÅÉ", "中文字日本語한국", "😀🏽‍👍", " \t\n\u00a0\u200b",
+             "\x00\x01\x0b\x0c\x7f\u0301"]
     texts = []
     for _ in range(count):
         length = rng.choice(lengths)

@@ -220,7 +220,8 @@ def test_a_finished_job_whose_output_lost_parts_since_is_made_whole_by_resume(ra
     assert ("the output of the finished job lost parts of 3 input file(s) since (deleted or lost by the store; e.g. "
             f"{gone}-r*.parquet): they are scored again (2 of them only their rows missing)") in said
     assert (f"2 part(s) of the finished job's output were rewritten since with other rows (e.g. {doubled}: "
-            f"{twice.num_rows} row{'s' if twice.num_rows != 1 else ''}, now {2 * twice.num_rows}): their 2 input file(s) are scored again") in said
+            f"{twice.num_rows} row{'s' if twice.num_rows != 1 else ''}, now {2 * twice.num_rows}): their 2 input "
+            "file(s) are scored again") in said
     assert (summary.files_kept, summary.files_kept_in_part, summary.rows_in) == (FILES - 3, 2, FILES * ROWS_PER_FILE)
     assert json.loads((out / "_SUCCESS").read_text())["rows_in"] == FILES * ROWS_PER_FILE
     assert len(list_files(str(out)).files) == parts

@@ -129,7 +129,8 @@ def test_scorer_pads_each_batch_on_the_device_as_batching_pad(tiny_model):
     assert "attention_mask" not in inputs and inputs["input_ids"].shape == (len(same), lengths[same[0]])
     with torch.inference_mode():
         unmasked = scorer.reranker.logits(scorer.reranker.model(**inputs))
-        masked = scorer.reranker.logits(scorer.reranker.model(**inputs, attention_mask=torch.ones_like(inputs["input_ids"])))
+        ones = torch.ones_like(inputs["input_ids"])
+        masked = scorer.reranker.logits(scorer.reranker.model(**inputs, attention_mask=ones))
     assert len(same) > 1 and torch.allclose(unmasked, masked, atol=1e-6, rtol=0)
 
 

@@ -190,7 +190,8 @@ def test_cuda_graph_passes_come_in_a_few_widths_and_compile_settings_are_checked
     three = pa.table({train_data.IDS: pa.ListArray.from_arrays(np.arange(0, 121, 40, dtype=np.int32),
                                                           np.arange(1, 121, dtype=np.int32)),
                       train_data.LABEL: pa.array(np.ones(3, np.float32))})
-    for config, shapes in ((tight, [(2, 64), (1, 64)]), (dataclasses.replace(tight, compile_mode="default"), [(3, 40)])):
+    eager_widths = dataclasses.replace(tight, compile_mode="default")
+    for config, shapes in ((tight, [(2, 64), (1, 64)]), (eager_widths, [(3, 40)])):
         [passes] = train_data.micro_batches(iter([three]), config, 0, 0, 0, pad_id=0, max_width=512)
         assert [inputs["input_ids"].shape for inputs, _ in passes] == shapes
     with pytest.raises(ConfigError, match=r"^compile \(--compile\) works with DDP only"):
@@ -1401,8 +1402,9 @@ def test_a_run_stopped_by_non_finite_weights_after_a_checkpoint_says_to_start_a_
 
     train = _train_module()
     wikiqa_pairs("train", 16)[["query", "document", "label"]].to_parquet(tmp_path / "pairs.parquet")
-    settings = TrainConfig(model=str(tiny_model), train_data=str(tmp_path / "pairs.parquet"), output=str(tmp_path / "o"),
-                           batch_size=8, max_steps=2, log_every=1, save_every=1, warmup_ratio=0.5, lr=1e36)
+    settings = TrainConfig(model=str(tiny_model), train_data=str(tmp_path / "pairs.parquet"),
+                           output=str(tmp_path / "o"), batch_size=8, max_steps=2, log_every=1, save_every=1,
+                           warmup_ratio=0.5, lr=1e36)
     run_uri = tmp_path / "o" / "checkpoints" / "o"
     with pytest.raises(FloatingPointError, match=r"^the weights after step 2 are not all finite, though its loss is "
                        r"\(\d\.\d{4}\): the run stops without saving its weights \(a lower lr \(--lr\) or a "
