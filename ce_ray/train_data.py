@@ -268,11 +268,14 @@ def beir_training_pairs(folder: str, split: str, hard_negatives: int) -> pa.Tabl
     rows = [(q, d, 1.0) for q in query_ids for d in positives[q]]
     if hard_negatives:
         most = max(len(p) for p in positives.values())
-        indices, _ = bm25_top_k([corpus[d] for d in doc_ids], [queries[q] for q in query_ids],
-                                most * (hard_negatives + 1))
-        for q, ranked in zip(query_ids, indices):
+        indices, scores = bm25_top_k([corpus[d] for d in doc_ids], [queries[q] for q in query_ids],
+                                     most * (hard_negatives + 1))
+        for q, ranked, ranked_scores in zip(query_ids, indices, scores):
             judged = qrels[q]
-            negatives = [doc_ids[i] for i in ranked if judged.get(doc_ids[i], 0) <= 0]
+            # Only documents BM25 retrieved (score > 0): where fewer match, bm25s fills the k with documents
+            # that share no term with the query, in arbitrary order, which are no hard negatives.
+            negatives = [doc_ids[i] for i, score in zip(ranked, ranked_scores)
+                         if score > 0 and judged.get(doc_ids[i], 0) <= 0]
             rows.extend((q, d, 0.0) for d in negatives[: hard_negatives * len(positives[q])])
     return pa.table({"query": [queries[q] for q, _, _ in rows], "document": [corpus[d] for _, d, _ in rows],
                      "label": pa.array([label for _, _, label in rows], pa.float32())})
@@ -291,14 +294,24 @@ def _eval_candidates(config: TrainConfig, negatives: List[str]):
     if not query_ids:
         raise InputError(f"{config.eval_data}: no query of qrels/{config.eval_split}.tsv has a relevant document")
     table = candidates_table(corpus, queries, qrels, query_ids, config.eval_top_k)
+    # A query that shares no term with any document has no candidate: it is not evaluated, as `ce-ray eval` and
+    # trec_eval leave out a query the ranking lacks, so that the run's figures are ce-ray eval's of its candidates.
+    found = set(table.column("query_id").to_pylist())
+    evaluated = [q for q in query_ids if q in found]
+    if not evaluated:
+        raise InputError(f"{config.eval_data}: BM25 finds no candidate for any eval query of "
+                         f"qrels/{config.eval_split}.tsv (none shares a term with a document)")
     # The queries left out are counted, as for eval rows, so that the line adds up to the split's queries.
     without_relevant = len(qrels) - len(with_relevant)
-    return (table, {q: qrels[q] for q in query_ids},
+    without_candidates = len(query_ids) - len(evaluated)
+    return (table, {q: qrels[q] for q in evaluated},
             f"the BM25 top {config.eval_top_k} of `{config.eval_data}` ({config.eval_split} split, "
-            f"{plural(len(query_ids), 'query')}, {plural(table.num_rows, 'candidate')}"
+            f"{plural(len(evaluated), 'query')}, {plural(table.num_rows, 'candidate')}"
             f"{_past_the_first(with_relevant, query_ids)}"
             + (f"; {plural(without_relevant, 'query')} without a relevant document left out"
                if without_relevant else "")
+            + (f"; {plural(without_candidates, 'query')} without a BM25 candidate left out"
+               if without_candidates else "")
             + ")")
 
 

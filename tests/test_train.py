@@ -1190,21 +1190,58 @@ def test_eval_rows_of_several_files_come_in_the_files_order_in_every_run(ray_loc
         f"2,000 left out (eval_max_queries); {without:,} queries without a row labelled above 0 left out)" in said
 
 
+def write_beir_folder(folder, documents: list, queries: list, qrels: dict) -> None:
+    """A BEIR folder of documents d0, d1, ... and queries q0, q1, ...; `qrels`: split -> its tsv's lines."""
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{n}", "title": "", "text": text}) + "\n"
+                                                 for n, text in enumerate(documents)))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{n}", "text": text}) + "\n"
+                                                  for n, text in enumerate(queries)))
+    for split, lines in qrels.items():
+        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+            f"{line}\n" for line in lines))
+
+
 def test_a_beir_eval_splits_queries_left_out_are_counted(tmp_path):
     """A BEIR eval split's line (and the card's) said `(test split, 1 queries)` of a split of 3: the queries past
     eval_max_queries and those without a relevant document were left out unsaid, where eval rows count them."""
     from ce_ray.config import TrainConfig
 
-    (tmp_path / "qrels").mkdir()
-    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{n}", "title": "", "text": text}) + "\n"
-                                                   for n, text in enumerate(["red apples", "blue sea", "green tea"])))
-    (tmp_path / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{n}", "text": text}) + "\n"
-                                                    for n, text in enumerate(["apples", "sea", "tea"])))
-    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td1\t1\nq2\td2\t0\n")
+    write_beir_folder(tmp_path, ["red apples", "blue sea", "green tea"], ["apples", "sea", "tea"],
+                      {"test": ["q0\td0\t1", "q1\td1\t1", "q2\td2\t0"]})
     table, qrels, said = train_data._eval_candidates(TrainConfig(eval_data=str(tmp_path), eval_max_queries=1), [])
     assert list(qrels) == ["q0"] and table.column("doc_id").to_pylist() == ["d0"]
     assert said == (f"the BM25 top 100 of `{tmp_path}` (test split, 1 query, 1 candidate; 1 query past the first "
                     "1 left out (eval_max_queries); 1 query without a relevant document left out)")
+
+
+def test_a_beir_eval_query_without_a_bm25_candidate_is_left_out_as_ce_ray_eval_leaves_it(tmp_path):
+    """A query that shares no term with any document has no BM25 candidate. The run's evaluation counted it as 0
+    (NDCG, MRR and MAP 0.5 where its one other query ranked its relevant document first), where `ce-ray eval` of the
+    same candidates, as trec_eval, leaves it out (1.0): the run's figures were not ce-ray eval's of them."""
+    from ce_ray.config import TrainConfig
+    from ce_ray.messages import InputError
+
+    write_beir_folder(tmp_path, ["apples grow on apple trees", "the apple harvest", "cars drive on roads"],
+                      ["apple trees", "zebra"], {"test": ["q0\td0\t1", "q1\td2\t1"]})
+    table, qrels, said = train_data._eval_candidates(TrainConfig(eval_data=str(tmp_path)), [])
+    assert list(qrels) == ["q0"] and set(table.column("query_id").to_pylist()) == {"q0"}
+    assert said == (f"the BM25 top 100 of `{tmp_path}` (test split, 1 query, 2 candidates; 1 query without a BM25 "
+                    "candidate left out)")
+    write_beir_folder(tmp_path / "none", ["cars drive on roads"], ["zebra"], {"test": ["q0\td0\t1"]})
+    with pytest.raises(InputError, match=r"BM25 finds no candidate for any eval query of qrels/test.tsv"):
+        train_data._eval_candidates(TrainConfig(eval_data=str(tmp_path / "none")), [])
+
+
+def test_beir_hard_negatives_are_documents_bm25_retrieved_for_the_query(tmp_path):
+    """Where fewer documents than asked share a term with the query, bm25s fills its top k with ones that share
+    none, in arbitrary order: they were taken as the query's hard negatives (3 of 6 here). Only retrieved ones are."""
+    write_beir_folder(tmp_path, ["cats purr softly", "cats chase mice", "dogs chase cats", "cats sleep a lot",
+                                 "mountains are tall", "music has rhythm", "oceans are deep"],
+                      ["why do cats purr"], {"train": ["q0\td0\t1"]})
+    pairs = train_data.beir_training_pairs(str(tmp_path), "train", hard_negatives=6).to_pylist()
+    negatives = sorted(row["document"] for row in pairs if row["label"] == 0)
+    assert negatives == ["cats chase mice", "cats sleep a lot", "dogs chase cats"]
 
 
 def test_a_gzipped_beir_folder_trains_and_evaluates_as_its_plain_copy(tmp_path):
