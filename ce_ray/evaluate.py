@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from .arrow_types import missing_values
 from .config import ConfigError, EvalConfig, require
-from .input_files import EVAL_SUFFIX, detect_format, list_files, partition_values
+from .input_files import EVAL_SUFFIX, FileCheck, agreed_schema, detect_format, list_files, partition_values
 from .messages import InputError, column_list, plural, setting_and_flag, settings_hint
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 from .output_state import EVAL, REJECTS, job_summary, refuse_changed_output
@@ -68,7 +68,12 @@ def read_columns(uri: str, wanted: List[str], required: List[str], ids: List[str
     refuse_changed_output(uri, listing.finished, rows)  # first: a part lost or rewritten says more than its columns
     if lacking:
         raise InputError(lacking[0])
-    table = pa.concat_tables([t for t in tables if t.num_rows] or tables, promote_options="default")
+    # One type per column, as the jobs widen their input's (docs/inputs.md): an int64 label in one file and a double
+    # in another make a double; kinds of no one type (a number and text) are refused naming both files.
+    schema = agreed_schema([FileCheck(file, t.column_names, t.num_rows, dict(zip(t.column_names, t.schema.types)))
+                            for file, t in zip(listing.files, tables)])
+    typed = [t.cast(pa.schema([schema.field(name) for name in t.column_names])) for t in tables if t.num_rows]
+    table = pa.concat_tables(typed or tables, promote_options="permissive")
     # A row without an id belongs to no query (or matches no judgment); dropped here, in Arrow, so that integer
     # ids stay integers (pandas would make them floats around a null, and `1` would become `1.0`).
     identified = pa.array(np.ones(table.num_rows, dtype=bool))

@@ -519,6 +519,27 @@ def test_eval_of_pairs_in_a_text_format_says_it_reads_parquet(tmp_path):
             run_eval(EvalConfig(input=str(tmp_path / name), baseline_column=""))
 
 
+def test_files_whose_columns_widen_to_one_type_are_read_as_one_and_others_refused_naming_both(tmp_path):
+    """Scored files with an int64 label in one and a double in the other (pandas writes 0/1 labels as either)
+    failed with a traceback and Arrow's `Unable to merge: Field label has incompatible types: int64 vs double`,
+    where the jobs widen such columns to one type (docs/inputs.md)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"query_id": ["a", "a"], "doc_id": ["1", "2"], "score": [0.9, 0.1],
+                             "label": pa.array([1, 0], pa.int64())}), tmp_path / "in" / "p1.parquet")
+    pq.write_table(pa.table({"query_id": ["b", "b"], "doc_id": ["3", "4"], "score": [0.2, 0.8],
+                             "label": pa.array([1.0, 0.0])}), tmp_path / "in" / "p2.parquet")
+    result = run_eval(EvalConfig(input=str(tmp_path / "in"), baseline_column=""))
+    assert result["reranked"]["mrr@10"] == 0.75 and result["queries"] == 2
+    pq.write_table(pa.table({"query_id": ["b", "b"], "doc_id": ["3", "4"], "score": [0.2, 0.8],
+                             "label": ["1", "0"]}), tmp_path / "in" / "p2.parquet")
+    with pytest.raises(InputError, match=r"p2\.parquet: column 'label' is string, but in .*p1\.parquet it is int64: "
+                                         r"rows of both cannot be put together"):
+        run_eval(EvalConfig(input=str(tmp_path / "in"), baseline_column=""))
+
+
 def test_labels_that_are_text_are_read_as_training_reads_them_or_refused(tmp_path):
     """Labels as a CSV or TSV brings them through rerank (text: `1`, `True`) are read as numbers, as training
     reads them; a column of text where no label is a number (`yes`, or `--label-column` naming the query) was read
