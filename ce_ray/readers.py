@@ -265,18 +265,30 @@ def as_checked_types(table: pa.Table, schema: pa.Schema, numbers: List[int], pat
     for i, field in enumerate(table.schema):
         if field.name in schema.names and field.name not in own and not pa.types.is_null(field.type):
             agreed = schema.field(field.name).type
-            if one_type(agreed, field.type) is not None:
-                continue
             lists = is_list(agreed) and is_text(agreed.value_type) and is_list(field.type)
-            if is_text(agreed) or lists:
+            if one_type(agreed, field.type) is not None:
+                # Written in the agreed type (`sink.conform`), which must hold its values: a float past a megabyte
+                # of integers (0.5 after 1) would be a part of another schema, and the output no longer one table.
+                if pa.types.is_null(agreed) or _casts_to(table.column(i), agreed):
+                    continue
+            elif is_text(agreed) or lists:
                 values = table.column(i).to_pylist()
                 table = table.set_column(i, field.name, as_text_lists(values) if lists else as_json_text(values))
-            else:
-                raise InputError(f"{path}: column {field.name!r} is {field.type} in lines {numbers[0]:,}-"
-                                 f"{numbers[-1]:,}{_first_other(table.column(i), agreed, numbers)}, but {agreed} "
-                                 "where the check before the job read the input (each file's first MiB): rows of "
-                                 "both cannot be put together; write it as one type in every file")
+                continue
+            raise InputError(f"{path}: column {field.name!r} is {field.type} in lines {numbers[0]:,}-"
+                             f"{numbers[-1]:,}{_first_other(table.column(i), agreed, numbers)}, but {agreed} "
+                             "where the check before the job read the input (each file's first MiB): rows of "
+                             "both cannot be put together; write it as one type in every file")
     return table
+
+
+def _casts_to(column: pa.ChunkedArray, dtype: pa.DataType) -> bool:
+    """Whether every value of `column` is one of `dtype` too (Arrow's safe cast: none changed)."""
+    try:
+        column.cast(dtype)
+        return True
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return False
 
 
 def _first_other(column: pa.ChunkedArray, agreed: pa.DataType, numbers: List[int]) -> str:

@@ -481,12 +481,14 @@ def split_rejects(table: pa.Table, written: Sequence[str]) -> tuple:
     return good, bad
 
 
-def conform(table: pa.Table, schema: Optional[pa.Schema]) -> pa.Table:
+def conform(table: pa.Table, schema: Optional[pa.Schema], rows_of: str = "the job's rows") -> pa.Table:
     """A part's rows in the input's columns and types (`input_files.agreed_schema`): a column that its input file
     lacks is null, one of a narrower type (int32 for int64, an all-null column) is widened, and the columns come in
     one order, so that every part of the output has one schema and the folder reads back as one table (Arrow's and
     pandas' readers take the first part's schema, and failed on a later part's `string` for an all-null column
-    or dropped a column the first part lacked). The job's own columns (score, rank, reason) follow."""
+    or dropped a column the first part lacked). The job's own columns (score, rank, reason) follow. Values that the
+    input's type cannot hold (an integer id past 2^53 in a file, float ids in another) fail the job, naming them
+    (`rows_of`): a part in a type of its own left an output that reads back as no one table."""
     if schema is None:
         return table
     columns, fields = [], []
@@ -499,8 +501,12 @@ def conform(table: pa.Table, schema: Optional[pa.Schema]) -> pa.Table:
             column = table.column(wanted.name)
             try:
                 column = column if column.type == wanted.type else column.cast(wanted.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a type past what the check saw: kept as it is
-                wanted = wanted.with_type(column.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                if not pa.types.is_null(wanted.type):
+                    raise InputError(f"{rows_of}: column {wanted.name!r} is {column.type}, of values that the type "
+                                     f"the input's files make of it, {wanted.type}, cannot hold ({e}): write it as "
+                                     "one type in every file") from None
+                wanted = wanted.with_type(column.type)  # all null where the check read it: its values' type
             columns.append(column)
         fields.append(wanted)
     # The job's own columns, and its `reject_reason` where the input's schema has one too (placed here, after the
@@ -595,7 +601,7 @@ class PairsSink(Datasink):
                     runs = row_runs(part.column(ROW_INDEX).to_numpy())
                     metadata[ROW_RUNS] = json.dumps(runs, separators=(",", ":")).encode()
                     part = part.drop_columns([ROW_INDEX])
-                part = conform(part, self.schema)
+                part = conform(part, self.schema, "a block" if key is None else f"the rows of input {key}")
                 # ce-ray's own metadata alone, none of what the rows were read with: that was one input file's
                 # (the first block's) in every part, its pandas index and dtypes (pandas gave a part another
                 # file's index, or read a stored index as the index in one part and a column in another), or an

@@ -575,6 +575,37 @@ def test_a_jsonl_column_whose_kind_changes_past_the_checked_mib_fails_naming_the
     assert sorted(got["id"]) == sorted(["a", *map(str, range(1, 90))]) and got["score"].notna().all()
 
 
+def test_values_that_the_checked_type_cannot_hold_fail_the_job_not_a_part_of_another_schema(ray_local, tmp_path,
+                                                                                            tiny_model):
+    """A label that is 1 in a JSON Lines file's first MiB and 0.5 past it, or an integer id past 2^53 in one
+    parquet file beside float ids in another (the input's type: double), were written in a part of their own type:
+    the job said done, and its output read back as no one table (`Float value 0.500000 was truncated converting to
+    int64`). Whole floats past a MiB of integers (1.0 after 1) are the same values, written as integers."""
+    (tmp_path / "in").mkdir()
+    pad = "x" * 1000  # 1,100 lines of 1 KB: past the first MiB
+    lines = [{"id": n, "query": "q", "document": "d", "label": 1, "pad": pad} for n in range(1100)]
+    lines[1090]["label"] = 1.0
+    (tmp_path / "in" / "a.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    job(tiny_model, tmp_path / "in", tmp_path / "whole")
+    assert results(tmp_path / "whole")["label"].tolist() == [1] * 1100
+    lines[1090]["label"] = 0.5
+    (tmp_path / "in" / "a.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(InputError, match=r"a\.jsonl: column 'label' is double in lines 1-1,100 \(e\.g\. line 1,091: "
+                                         r"'0\.5'\), but int64 where the check before the job read the input"):
+        job(tiny_model, tmp_path / "in", tmp_path / "half")
+    # A part's rows in the input's types (`sink.conform`, as a write task puts them): where two files' blocks never
+    # met in one read task, the int64 file's part was written in int64, the other's in double.
+    from ce_ray.sink import conform
+
+    part = pa.table({"id": [2**53 + 1], "query": ["q"], "document": ["d"], "score": pa.array([0.5], pa.float32())})
+    schema = pa.schema([("id", pa.float64()), ("query", pa.string()), ("document", pa.string())])
+    with pytest.raises(InputError, match=r"^the rows of input a-1: column 'id' is int64, of values that the type the "
+                                         r"input's files make of it, double, cannot hold \(Integer value "
+                                         r"9007199254740993 not in range"):
+        conform(part, schema, "the rows of input a-1")
+    assert conform(part.set_column(0, "id", pa.array([7])), schema).schema == schema.append(part.schema.field("score"))
+
+
 def test_files_whose_columns_widen_to_one_type_are_written_in_it(ray_local, tmp_path, tiny_model):
     """Files of one input whose columns differ but widen to one type (int32 and int64, an all-null column and
     text), that lack a column another has, or hold their columns in another order: each results part was
