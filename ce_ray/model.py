@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 
 from .model_folder import (SIGMOID, ModelError, activation_path, check_safe, dtype_name, is_sequence_classifier,
-                           local_model_path, max_length_of)
+                           load_tokenizer, local_model_path, max_length_of)
 
 
 def activation_from_path(dotted: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -123,7 +123,7 @@ def load_reranker(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
 ) -> Reranker:
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     path = local_model_path(model)
     check_safe(path, allow_pickle, trust_remote_code)
@@ -132,7 +132,7 @@ def load_reranker(
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         if not is_sequence_classifier(config.architectures):
             config.num_labels = 1  # a base model: a new one-logit head, as CrossEncoder adds to fine-tune it
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(path, trust_remote_code)  # as CrossEncoder loads it, for its max length
         net = AutoModelForSequenceClassification.from_pretrained(
             path,
             config=config,

@@ -444,6 +444,13 @@ def keep_prompts(base: str, saved: str, activation: str, max_length: int) -> Non
     module = read_json(files["sentence_bert_config.json"]) if os.path.isfile(files["sentence_bert_config.json"]) else {}
     if "max_seq_length" in module:  # CrossEncoder's max length before the tokenizer's
         module["max_seq_length"] = max_length
+    # and those that come before it (`max_length_of`): the tokenizer's arguments', the processing's
+    for arguments in (module.get("tokenizer_args"), module.get("processor_kwargs")):
+        if isinstance(arguments, dict) and "model_max_length" in arguments:
+            arguments["model_max_length"] = max_length
+    text = (module.get("processing_kwargs") or {}).get("text")
+    if isinstance(text, dict) and "max_length" in text:
+        text["max_length"] = max_length
     written = {"modules.json": read_json(files["modules.json"]), "sentence_bert_config.json": module,
                "config_sentence_transformers.json": settings | {"activation_fn": activation}}
     for name, content in written.items():
@@ -508,31 +515,84 @@ def usable_max_length(path: str, model: str, own: int) -> int:
     return limit
 
 
+# sentence-transformers' files of its Transformer module's settings, the first found read (its older names after)
+MODULE_SETTINGS_FILES = ("sentence_bert_config.json", "sentence_roberta_config.json",
+                         "sentence_distilbert_config.json", "sentence_camembert_config.json",
+                         "sentence_albert_config.json", "sentence_xlm-roberta_config.json", "sentence_xlnet_config.json")
+
+
+def module_settings(path: str) -> dict:
+    """The settings of a folder's Transformer module (sentence_bert_config.json) where CrossEncoder reads them: in
+    its own layout, modules.json beside them, as `crossencoder_settings`; {} elsewhere."""
+    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "modules.json")):
+        return {}
+    files = [os.path.join(path, name) for name in MODULE_SETTINGS_FILES]
+    return next((read_json(file) for file in files if os.path.isfile(file)), {})
+
+
+def tokenizer_arguments(settings: dict) -> dict:
+    """What CrossEncoder gives its tokenizer's from_pretrained from the module's `settings`: their
+    processor_kwargs (tokenizer_args, the older name, in their place), and max_seq_length as model_max_length
+    where those name none. No repository code: sentence-transformers lets no settings file allow it."""
+    arguments = dict(settings.get("tokenizer_args", settings.get("processor_kwargs")) or {})
+    arguments.pop("trust_remote_code", None)
+    if settings.get("max_seq_length") and "model_max_length" not in arguments:
+        arguments["model_max_length"] = settings["max_seq_length"]
+    return arguments
+
+
 def max_length_of(path: str, tokenizer, config) -> int:
-    """CrossEncoder's rule: sentence_bert_config.json, else the tokenizer's, capped by the positions. The first only
-    in CrossEncoder's layout, modules.json beside it: a folder without builds from its transformers files alone
-    (`crossencoder_settings`), and its pairs were cut at another length than `predict` cuts them."""
-    file = os.path.join(path, "sentence_bert_config.json") if os.path.isdir(path) else ""
-    if file and os.path.exists(file) and os.path.isfile(os.path.join(path, "modules.json")):
-        value = read_json(file).get("max_seq_length")
-        if value:
-            return int(value)
+    """CrossEncoder's rule for the `tokenizer` that `load_tokenizer` gives: the module's processing_kwargs' text
+    max_length, else the tokenizer's (its model_max_length, which the module's settings may give), capped by the
+    positions unless the settings gave it. The settings only in CrossEncoder's layout, modules.json beside them: a
+    folder without builds from its transformers files alone (`crossencoder_settings`), and its pairs were cut at
+    another length than `predict` cuts them."""
+    settings = module_settings(path)
+    text = ((settings.get("processing_kwargs") or {}).get("text")) or {}
+    if text.get("max_length"):
+        return int(text["max_length"])
     length = tokenizer.model_max_length
     positions = getattr(config, "max_position_embeddings", None)
-    if positions and positions > 0 and (length is None or length > positions):
+    if "model_max_length" not in tokenizer_arguments(settings) and positions and positions > 0 and (
+            length is None or length > positions):
         length = positions
     return int(length)
 
 
 def load_tokenizer(model: str, trust_remote_code: bool = False):
-    """The model's tokenizer. A folder without its tokenizer's files (a model saved alone, `save_pretrained` of the
-    model but not of its tokenizer) is refused: transformers makes it an empty tokenizer that knows its special
-    tokens alone, every word then [UNK], and CrossEncoder scores that, text unseen, without a word of warning."""
+    """The model's tokenizer, as CrossEncoder loads it (`tokenizer_arguments`, and a lowercasing first where the
+    module's settings say do_lower_case over a tokenizer that does not lowercase). A folder without its tokenizer's
+    files (a model saved alone, `save_pretrained` of the model but not of its tokenizer) is refused: transformers
+    makes it an empty tokenizer that knows its special tokens alone, every word then [UNK], and CrossEncoder scores
+    that, text unseen, without a word of warning."""
     from transformers import AutoTokenizer
 
     path = local_model_path(model)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    settings = module_settings(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                              **tokenizer_arguments(settings))
     if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
         raise ModelError(f"{path} has no tokenizer files (tokenizer.json, or vocab.txt and the like): its tokenizer "
                          "would know no word; save the model's tokenizer into it (tokenizer.save_pretrained(folder))")
+    if settings.get("do_lower_case"):
+        _lowercase_first(tokenizer)
     return tokenizer
+
+
+def _lowercase_first(tokenizer) -> None:
+    """A Lowercase normalizer before the tokenizer's own, where it has none, as sentence-transformers adds it (a
+    BertNormalizer that lowercases is no Lowercase to it: it adds one there too). The plan of such a tokenizer is
+    no nanotoken one (`fast_tokenize`): its pairs are encoded by the Hugging Face tokenizer."""
+    from tokenizers.normalizers import Lowercase, Sequence
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow tokenizer (transformers 4): its own setting, as sentence-transformers sets it
+        try:
+            tokenizer.do_lower_case = True
+        except AttributeError:
+            tokenizer.basic_tokenizer.do_lower_case = True
+        return
+    normalizer = backend.normalizer
+    parts = list(normalizer) if isinstance(normalizer, Sequence) else [] if normalizer is None else [normalizer]
+    if not any(isinstance(part, Lowercase) for part in parts):
+        backend.normalizer = Sequence([Lowercase(), *parts])

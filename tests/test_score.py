@@ -1205,6 +1205,41 @@ def test_the_max_length_is_read_as_cross_encoder_reads_it(tmp_path):
     assert expected == 24  # the tokenizer's, not the file's 16
 
 
+def test_the_tokenizer_settings_of_cross_encoders_layout_are_read_as_it_reads_them(tmp_path):
+    """In CrossEncoder's layout, sentence_bert_config.json's do_lower_case puts a lowercasing before a tokenizer that
+    does not lowercase, and its processor_kwargs (or tokenizer_args, their older name) and processing_kwargs give
+    the max length. ce-ray read its max_seq_length alone: a cased tokenizer over a lowercase vocabulary made every
+    word of `What Is PARIS` [UNK], and pairs were cut at 512 tokens, not 24: other scores than predict's."""
+    import pyarrow as pa
+    from sentence_transformers import CrossEncoder
+
+    from ce_ray.batching import pair_encoder
+    from ce_ray.score import scoring_model
+
+    from conftest import build_tiny_model
+
+    model = tmp_path / "saved"
+    CrossEncoder(str(build_tiny_model(tmp_path / "tiny")), device="cpu").save(str(model))
+    # A cased tokenizer over the uncased vocabulary: transformers reads the casing from both files.
+    spec = json.loads((model / "tokenizer.json").read_text())
+    spec["normalizer"] |= {"lowercase": False, "strip_accents": False}
+    (model / "tokenizer.json").write_text(json.dumps(spec))
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps(config | {"do_lower_case": False, "strip_accents": False}))
+    module = json.loads((model / "sentence_bert_config.json").read_text())
+    pair = ("What Is PARIS " + "Word " * 30, "Paris Is The Capital " + "City " * 30)
+    for settings in ({"do_lower_case": True}, {"tokenizer_args": {"model_max_length": 24}},
+                     {"processor_kwargs": {"model_max_length": 24}}, {"processing_kwargs": {"text": {"max_length": 24}}},
+                     {"do_lower_case": True, "max_seq_length": 24}):
+        (model / "sentence_bert_config.json").write_text(json.dumps(module | settings))
+        expected = CrossEncoder(str(model), device="cpu")[0].preprocess([list(pair)])["input_ids"][0].tolist()
+        max_length = scoring_model(ScoreConfig(model=str(model))).config.max_length
+        ids, _ = pair_encoder(str(model)).encode(pa.array(pair[:1]), pa.array(pair[1:]), max_length)
+        assert ids.to_pylist() == [expected], settings
+        assert len(expected) == (24 if "do_lower_case" not in settings or "max_seq_length" in settings else 70)
+        assert (100 in expected) == ("do_lower_case" not in settings), settings  # [UNK]: the cased words
+
+
 def test_the_activation_is_read_as_cross_encoder_reads_it(tmp_path):
     """config.json's `sentence_transformers` activation, and sentence-transformers 3's key only where that names
     none: an activation there that CrossEncoder does not trust (not torch's) gives its default, sigmoid, and ce-ray

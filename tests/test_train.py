@@ -1892,6 +1892,27 @@ def test_the_trained_model_keeps_the_prompts_and_activation_of_the_model_it_star
     assert query_prompt(str(tmp_path / "model")) == "Judge the relevance: "  # as ce-ray scores it
 
 
+def test_a_trained_models_kept_layout_gives_its_trained_max_length_wherever_the_base_named_one(tiny_model, tmp_path):
+    """The layout files a trained model keeps from its base (`keep_prompts`) gave the trained max length as
+    max_seq_length alone; a length in the base's tokenizer arguments or processing, which CrossEncoder reads before
+    it, still cut the trained model's pairs at the base's."""
+    from sentence_transformers import CrossEncoder
+
+    from ce_ray.model_folder import keep_prompts
+
+    CrossEncoder(str(tiny_model), device="cpu", prompts={"q": "q: "}, default_prompt_name="q").save(
+        str(tmp_path / "base"))
+    module = json.loads((tmp_path / "base" / "sentence_bert_config.json").read_text())
+    (tmp_path / "base" / "sentence_bert_config.json").write_text(json.dumps(module | {
+        "max_seq_length": 24, "processor_kwargs": {"model_max_length": 24},
+        "processing_kwargs": {"text": {"max_length": 24}}}))
+    (tmp_path / "trained").mkdir()
+    keep_prompts(str(tmp_path / "base"), str(tmp_path / "trained"), "torch.nn.modules.activation.Sigmoid", 64)
+    kept = json.loads((tmp_path / "trained" / "sentence_bert_config.json").read_text())
+    assert (kept["max_seq_length"], kept["processor_kwargs"], kept["processing_kwargs"]) == (
+        64, {"model_max_length": 64}, {"text": {"max_length": 64}})
+
+
 def test_the_card_of_a_model_written_to_s3_loads_a_copy_of_its_folder():
     """The card of a model written to S3 said `CrossEncoder("s3://bucket/models/m")`, which sentence-transformers
     looks up on the hub and fails: CrossEncoder reads a local folder or a hub id. It now says to copy the folder
