@@ -48,6 +48,18 @@ def _require_finite(config) -> None:
             raise ConfigError(f"{setting_and_flag(setting.name)}: expected a finite number, got {value!r}")
 
 
+def _require_types(config) -> None:
+    """Every setting of its annotated type, as a YAML key's or a flag's is checked (`_check_type`, which takes a
+    whole number for a float and a settings section's mapping): a config built in Python skipped that check, and a
+    float batch_tokens failed the job in its replicas (`slice indices must be integers`). A path may be a
+    `pathlib.Path`, as a keyword's may: it becomes text."""
+    hints = typing.get_type_hints(type(config))
+    for setting in dataclasses.fields(config):
+        value = getattr(config, setting.name)
+        value = os.fspath(value) if isinstance(value, os.PathLike) else value
+        setattr(config, setting.name, _check_type(setting.name, value, hints[setting.name]))
+
+
 MIN_MAX_LENGTH = 8
 
 
@@ -69,6 +81,7 @@ class ModelConfig:
     implementation: Literal["auto", "transformers"] = "auto"
 
     def validate(self) -> None:
+        _require_types(self)
         _require_finite(self)
         # A pair needs its special tokens ([CLS] q [SEP] d [SEP], four for RoBERTa) and some of each text; below
         # that the tokenizers truncate nothing, and the pair runs past the positions the model was given.
@@ -193,6 +206,7 @@ class CandidatesConfig:
     mode: Literal["error", "overwrite"] = "error"
 
     def validate(self) -> None:
+        _require_types(self)
         if self.top_k < 1:
             raise ConfigError(f"{setting_and_flag('top_k')} must be >= 1, got {self.top_k}")
         if self.max_queries is not None and self.max_queries < 1:
@@ -220,6 +234,7 @@ class EvalConfig:
     only_with_relevant: bool = False  # skip queries without a relevant document instead of counting 0
 
     def validate(self) -> None:
+        _require_types(self)
         if self.k < 1 or self.recall_k < 1:
             raise ConfigError(f"{setting_and_flag('k')} and {setting_and_flag('recall_k')} must be >= 1")
         # Each was taken and changed nothing, without a word: the qrels' grades are used, and no baseline is measured.

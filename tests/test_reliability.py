@@ -1234,6 +1234,27 @@ def test_settings_that_are_not_finite_numbers_fail_before_any_work(tmp_path):
         ce_ray.train(TrainConfig(model="m", train_data="t", output="o", weight_decay=float("nan")))
 
 
+def test_a_config_built_in_python_is_checked_as_yaml_and_flags_are(tmp_path):
+    """`ce_ray.score(ds, config=ScoreConfig(batch_tokens=4096.0))` and `run_score(ScoreConfig(max_length="512"))`
+    skipped the check that YAML keys, flags and keywords get: the first failed the job in its replicas (`slice
+    indices must be integers`), the second in Python's words (`'<' not supported between instances of 'str' and
+    'int'`). A path is taken as text, as a keyword's is; a whole number as a float; a section as its mapping."""
+    from ce_ray.config import CandidatesConfig, DeepSpeedConfig, EvalConfig, TrainConfig
+
+    for config, message in ((ScoreConfig(model="m", batch_tokens=4096.0), r"^batch_tokens \(--batch-tokens\): "
+                             r"expected int, got float 4096\.0$"),
+                            (ScoreConfig(model="m", max_length="512"), r"^max_length \(--max-length\): expected int, "
+                             r"got str '512'$"),
+                            (TrainConfig(model="m", dtype="float64"), r"^dtype \(--dtype\): 'float64' is not one of"),
+                            (EvalConfig(input="i", k="10"), r"^k \(--k\): expected int, got str '10'$"),
+                            (CandidatesConfig(data="d", top_k=2.5), r"^top_k \(--top-k\): expected int, got float")):
+        with pytest.raises(ConfigError, match=message):
+            config.validate()
+    config = TrainConfig(model=tmp_path / "m", lr=1, deepspeed={"stage": 3})
+    config.validate()
+    assert (config.model, config.lr, config.deepspeed) == (str(tmp_path / "m"), 1.0, DeepSpeedConfig(stage=3))
+
+
 # --- S3 -------------------------------------------------------------------------------------------------
 
 SECRET = "fake-secret-Zq7uV9xK2pLm"
