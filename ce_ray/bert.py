@@ -78,7 +78,9 @@ class BertCrossEncoder(nn.Module):
         super().__init__()
         hidden, dropout = config["hidden_size"], config.get("hidden_dropout_prob", 0.1)
         self.pad_id = config.get("pad_token_id") or 0
-        self.word = nn.Embedding(config["vocab_size"], hidden)
+        # padding_idx as transformers': a [PAD] written in a text (the tokenizer reads it as the pad token) trains no
+        # embedding there either.
+        self.word = nn.Embedding(config["vocab_size"], hidden, padding_idx=config.get("pad_token_id"))
         self.position = nn.Embedding(config["max_position_embeddings"], hidden)
         self.token_type = nn.Embedding(config["type_vocab_size"], hidden)
         self.embedding_norm = nn.LayerNorm(hidden, eps=config["layer_norm_eps"])
