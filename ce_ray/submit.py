@@ -97,12 +97,13 @@ class LostContact(Exception):
 
 
 def _status(client, job_id: str):
-    """The job's status, asked again while the cluster does not answer (a port-forward restarting)."""
+    """The job's status, asked again while the cluster does not answer (a port-forward restarting) or answers an
+    HTTP error (Ray's client raises a RuntimeError for one: a proxy's 502 while the head restarts)."""
     deadline = time.monotonic() + UNANSWERED_SECONDS
     while True:
         try:
             return client.get_job_status(job_id)
-        except OSError as e:  # requests' connection errors are OSErrors (not the built-in ConnectionError)
+        except (OSError, RuntimeError) as e:  # requests' connection errors are OSErrors, not ConnectionErrors
             if time.monotonic() > deadline:
                 raise LostContact(str(e)) from None
             time.sleep(2)
@@ -122,11 +123,11 @@ def _follow(client, job_id: str, job: str) -> Optional[str]:
 
     from ray.job_submission import JobStatus
 
-    waited, said = time.monotonic(), False
+    waited, pending_said = time.monotonic(), False
     while _status(client, job_id) == JobStatus.PENDING:  # nothing to tail yet: say why, where it waits a while
-        if not said and time.monotonic() - waited > PENDING_SAID_AFTER:
+        if not pending_said and time.monotonic() - waited > PENDING_SAID_AFTER:
             print(f"ce-ray submit: job {job_id} is pending: {client.get_job_info(job_id).message}", flush=True)
-            said = True
+            pending_said = True
         time.sleep(1)
     try:
         asyncio.run(tail())
@@ -255,7 +256,7 @@ def submit(job: str, config: str, address: Optional[str] = None, pip: Sequence[s
         print(f"\nce-ray submit: job {job_id} keeps running; stop it with: "
               f"ray job stop {job_id} --address {where}", file=sys.stderr)
         return 130
-    except (LostContact, OSError) as e:
+    except (LostContact, OSError, RuntimeError) as e:  # RuntimeError: the Jobs API's HTTP error, past submission
         print(f"ce-ray submit: lost the connection to {where} ({e}); job {job_id} may still be running: follow "
               f"it with: ray job logs --follow {job_id} --address {where}", file=sys.stderr)
         return 3

@@ -221,6 +221,58 @@ except submit.LostContact:
     assert int(run.stdout.split("lost after ")[1]) >= 3
 
 
+def test_a_proxy_answering_http_errors_is_asked_again_then_said(cluster):
+    """An ingress that answers 502 while the head restarts: Ray's client raises a RuntimeError for it, which the
+    follow did not catch, and submit said `error: Request failed with status code 502` and exit 2, nothing
+    submitted, of a job that was. Its status is asked again, as where the cluster does not answer, then said."""
+    script = f"""
+import http.server, threading, time
+from ray.job_submission import JobSubmissionClient
+from ce_ray import submit
+
+class BadGateway(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_error(502)
+    def log_message(self, *args):
+        pass
+
+proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BadGateway)
+threading.Thread(target=proxy.serve_forever, daemon=True).start()
+client = JobSubmissionClient({cluster.address!r})
+client._address = f"http://127.0.0.1:{{proxy.server_address[1]}}"
+submit.UNANSWERED_SECONDS = 3.0
+started = time.monotonic()
+try:
+    submit._status(client, "a-job")
+except submit.LostContact as e:
+    print("lost after", round(time.monotonic() - started), e)
+"""
+    run = subprocess.run([sys.executable, "-c", script], env=cluster.env, capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert int(run.stdout.split("lost after ")[1].split()[0]) >= 3 and "502" in run.stdout
+
+
+def test_a_job_that_waited_to_start_and_ended_without_its_commands_line_is_followed_to_its_end(cluster):
+    """A job pending past the time its wait is said (its cluster's CPUs held by another job), then failing before
+    its command said a line (a runtime environment that failed to install, a driver killed): the follow returned
+    its flag of the wait said (True) as the command's last line, and submit failed on it (`'bool' object has no
+    attribute 'startswith'`), its job's FAILED and message unsaid."""
+    script = f"""
+from ray.job_submission import JobStatus, JobSubmissionClient
+from ce_ray import submit
+client = JobSubmissionClient({cluster.address!r})
+blocker = client.submit_job(entrypoint="python -c 'import time; time.sleep(8)'", entrypoint_num_cpus=2)
+job = client.submit_job(entrypoint="python -c 'import sys; sys.exit(3)'", entrypoint_num_cpus=1)
+submit.PENDING_SAID_AFTER = 0.0
+print("last line:", repr(submit._follow(client, job, "score")), client.get_job_status(job))
+"""
+    run = subprocess.run([sys.executable, "-c", script], env=cluster.env, capture_output=True, text=True,
+                         timeout=180, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "is pending: " in run.stdout and "last line: None FAILED" in run.stdout, run.stdout[-3000:]
+
+
 def test_failing_job_reports_its_status_and_message(cluster, model, tmp_path):
     pq.write_table(pa.table({"query": ["what is ray?"] * 3, "passage": ["a", "b", "c"]}), tmp_path / "bad.parquet")
     config = write_config(tmp_path / "bad.yaml", model=str(model), input=str(tmp_path / "bad.parquet"),
