@@ -495,7 +495,13 @@ def rank(model: str, query: str, documents, top_k: Optional[int] = None, return_
                          "[document]")
     documents = list(documents)  # a generator's documents are given back with return_documents
     settings = {name: value for name, value in settings.items() if name not in RANK_ARGUMENTS_WITHOUT_EFFECT}
-    scores = predict(model, [(query, document) for document in documents], **settings).tolist()
+    # Each text scored once, its copies given its score: scored in batches of other widths, two copies of a
+    # document differed in their ninth digit, and ranked by that, not in their order as rank's equal scores are.
+    firsts: dict = {}
+    first = [firsts.setdefault(d, n) if isinstance(d, str) else n for n, d in enumerate(documents)]
+    distinct = sorted(set(first))
+    scored = dict(zip(distinct, predict(model, [(query, documents[n]) for n in distinct], **settings).tolist()))
+    scores = [scored[n] for n in first]
     ranked = [{"corpus_id": number, "score": value} | ({"text": document} if return_documents else {})
               for number, (value, document) in enumerate(zip(scores, documents))]
     # sorted() keeps equal scores in their order, as in rank. A document that on_invalid="reject" left unscored (NaN)

@@ -1321,6 +1321,13 @@ def test_rank_orders_the_documents_as_cross_encoder_rank_does(ray_local, tiny_mo
     np.testing.assert_allclose([row["score"] for row in ranked], [row["score"] for row in expected], atol=1e-5)
     tied = [row["corpus_id"] for row in ranked if row["text"] == documents[1]]
     assert tied == [1, 5], "equal scores keep the documents' order"
+    # Copies that the token budget's batches part (after 8 other documents): scored in batches of other widths,
+    # they differed in the ninth digit, and the last copy came first.
+    copies = list(wikiqa["document"].iloc[:8]) + [wikiqa["document"].iloc[1]] * 2
+    expected = cross_encoder.rank(wikiqa["query"].iloc[0], copies, show_progress_bar=False)
+    ranked = ce_ray.rank(L12, wikiqa["query"].iloc[0], copies)
+    assert [row["corpus_id"] for row in ranked] == [row["corpus_id"] for row in expected]
+    assert len({row["score"] for row in ranked if row["corpus_id"] in (1, 8, 9)}) == 1
     # top_k, by keyword as rank takes them all; the logits with activation_fn; rank's and predict's arguments without
     # effect taken
     logits = ce_ray.rank(model=L12, query=query, documents=iter(documents[:4]), top_k=2,
