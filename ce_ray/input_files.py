@@ -8,6 +8,7 @@ import io
 import json
 import os
 import posixpath
+import re
 import sys
 import urllib.parse
 from dataclasses import dataclass, replace
@@ -143,7 +144,12 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
             and (not has_glob or fnmatch.fnmatch(file, path))
         )
     if has_glob and not files:
-        raise InputError(f"input {uri} matches no files")
+        # A folder or file whose own name holds one of them (`pairs[v2]/`) is a pattern too, matching nothing.
+        kind = fs.get_file_info(path).type
+        as_written = re.sub(r"([*?[])", r"[\1]", uri.rstrip("/")) + ("/*" if kind == pafs.FileType.Directory else "")
+        raise InputError(f"input {uri} matches no files" + (
+            f": `[`, `*` and `?` make a path a pattern, and {path} is a name that holds them; to read it as it is, "
+            f"give {as_written}" if kind != pafs.FileType.NotFound else ""))
     given = input_format != "auto"
     if input_format == "auto":
         formats = {detect_format(f) for f in files} - {None}

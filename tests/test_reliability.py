@@ -851,8 +851,17 @@ def test_empty_folder_and_a_glob_matching_nothing_fail(tmp_path, tiny_model):
     with pytest.raises(InputError, match="holds no parquet files"):
         job(tiny_model, tmp_path / "empty", tmp_path / "out")
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "empty" / "p.parquet")
-    with pytest.raises(InputError, match=r"input \S+/empty/\*\.csv matches no files"):
+    with pytest.raises(InputError, match=r"input \S+/empty/\*\.csv matches no files$"):
         job(tiny_model, f"{tmp_path}/empty/*.csv", tmp_path / "out")
+    # A folder whose name holds `[`: a pattern, matching nothing, which said nothing of why; matched as written `[[]`
+    (tmp_path / "in" / "pairs[v2]").mkdir(parents=True)
+    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "in" / "pairs[v2]" / "p.parquet")
+    with pytest.raises(InputError) as refused:
+        job(tiny_model, tmp_path / "in" / "pairs[v2]", tmp_path / "out")
+    assert str(refused.value) == (f"input {tmp_path}/in/pairs[v2] matches no files: `[`, `*` and `?` make a path a "
+                                  f"pattern, and {tmp_path}/in/pairs[v2] is a name that holds them; to read it as it "
+                                  f"is, give {tmp_path}/in/pairs[[]v2]/*")
+    assert job(tiny_model, f"{tmp_path}/in/pairs[[]v2]/*", tmp_path / "out").rows_scored == 1
 
 
 def test_a_folder_of_two_formats_or_a_file_of_no_format_names_the_flag_that_reads_it(tmp_path):
