@@ -208,9 +208,12 @@ def other_run(config: TrainConfig) -> str:
 
 
 def has_checkpoints(fs, run_dir: str) -> bool:
-    """Whether a run's folder holds checkpoints, which a run of its name resumes from (`claim_run`)."""
+    """Whether a run's folder holds checkpoints that a run of its name resumes from (`claim_run`): those Ray Train
+    recorded (`RECORD`), as `resumed_step` reads them. A checkpoint's folder it never recorded (written as Ctrl-C
+    stopped the run) is resumed from by no run, which a changed setting was refused for."""
     entries = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
-    return any(os.path.basename(e.path).startswith("checkpoint_") for e in entries)
+    names = {os.path.basename(e.path) for e in entries}
+    return RECORD in names and any(name.startswith("checkpoint_") for name in names)
 
 
 def as_a_new_run(config: TrainConfig, shown: str) -> str:

@@ -1803,6 +1803,9 @@ def test_a_hint_to_change_a_runs_settings_says_to_start_a_new_run_where_it_has_c
     (run_dir / checkpoints.RUN_FILE).write_text("{}")
     assert checkpoints.new_run_hint(config, fs, str(run_dir), run_uri) == ""
     (run_dir / "checkpoint_0000001").mkdir()
+    # A checkpoint's folder that Ray Train never recorded (Ctrl-C as it was written): no run resumes from it
+    assert checkpoints.new_run_hint(config, fs, str(run_dir), run_uri) == ""
+    (run_dir / checkpoints.RECORD).write_text("{}")
     assert checkpoints.new_run_hint(config, fs, str(run_dir), run_uri) == (
         f"; with other settings it is a new run: give another run_name (--run-name) or output (--output), as {run_uri} "
         "holds checkpoints that a run of the same name resumes from with the same settings only")
@@ -1812,6 +1815,10 @@ def test_a_hint_to_change_a_runs_settings_says_to_start_a_new_run_where_it_has_c
     # The refusals of claim_run name the same: run_name alone where a storage_path is set.
     (tmp_path / "runs" / "o" / "checkpoint_0000001").mkdir(parents=True)
     (tmp_path / "runs" / "o" / checkpoints.RUN_FILE).write_text(json.dumps({"lr": 1.0}))
+    assert not checkpoints.claim_run(stored, "m", *checkpoints.run_storage(stored)[:2], "o",
+                                     str(tmp_path / "runs" / "o"), train_files={})  # unrecorded: a new run
+    (tmp_path / "runs" / "o" / checkpoints.RUN_FILE).write_text(json.dumps({"lr": 1.0}))
+    (tmp_path / "runs" / "o" / checkpoints.RECORD).write_text("{}")
     with pytest.raises(ConfigError, match=r"other settings \(.*\), which a run of the same name resumes from: give "
                                           r"another run_name \(--run-name\), or delete .*runs/o to start afresh$"):
         checkpoints.claim_run(stored, "m", *checkpoints.run_storage(stored)[:2], "o", str(tmp_path / "runs" / "o"),
