@@ -50,15 +50,21 @@ class RowsDone:
         return self.rows, self.ranked
 
 
+# Seconds from which the lines are off, as 0 turns them off: `inf` (or NaN) said "never", and Python's waits take no
+# timeout past ~9e9 s (an OverflowError as the job's work ended).
+NEVER_S = 365 * 24 * 3600.0
+
+
 def progress_every() -> float:
-    """The seconds between two progress lines (`CE_RAY_PROGRESS_SECONDS`, else 30); 0 turns them off."""
+    """The seconds between two progress lines (`CE_RAY_PROGRESS_SECONDS`, else 30); 0 (or `inf`) turns them off."""
     given = os.environ.get(PROGRESS_EVERY_VAR, "")
     try:
-        return max(float(given), 0.0) if given else PROGRESS_EVERY_S
+        every = float(given) if given else PROGRESS_EVERY_S
     except ValueError:
         print(f"ce-ray: note: {PROGRESS_EVERY_VAR}={given!r} is not a number of seconds: progress every "
               f"{PROGRESS_EVERY_S:.0f} s", file=sys.stderr, flush=True)
         return PROGRESS_EVERY_S
+    return max(every, 0.0) if every < NEVER_S else 0.0
 
 
 def drawn_by_ray_data() -> bool:
