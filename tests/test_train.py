@@ -665,6 +665,20 @@ def test_the_runs_first_line_comes_before_ray_datas_lines_for_its_data(ray_local
     assert f"ce-ray train: reading, checking and tokenizing {pairs_file} on Ray Data" in said_before_reading[0]
 
 
+def ray_train_record(step: int) -> str:
+    """Ray Train's record of a run's checkpoints (`checkpoints.RECORD`), the last of them `step`'s, as its checkpoint
+    manager writes it."""
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import (_CheckpointManagerState,
+                                                                               _TrainingResultState)
+
+    result = _TrainingResultState(checkpoint_dir_name=f"checkpoint_{step:07d}", metrics={"step": step})
+    return _CheckpointManagerState(
+        checkpoint_results=[result], checkpoint_report_indices=[0], latest_checkpoint_result=result,
+        pending_training_results=[], pending_validation_specs=[], current_report_index=1,
+        validated_checkpoint_dir_names=[], timed_out_validation_checkpoint_dir_names=[],
+        failed_validation_checkpoint_dir_names=[]).json()
+
+
 def test_a_run_whose_workers_ran_out_of_memory_says_what_to_lower(ray_local, tiny_model, pairs_file, tmp_path,
                                                                    monkeypatch, capsys):
     """Ray Train's fit raises a failed run's error itself, where the run read it from the result that fit returns:
@@ -696,8 +710,9 @@ def test_a_run_whose_workers_ran_out_of_memory_says_what_to_lower(ray_local, tin
     # batch_tokens is none: the same command with a smaller one resumes, and its hint says nothing more.
     from ce_ray.config import DeepSpeedConfig
 
-    for run in ("out", "ds"):
+    for run in ("out", "ds"):  # a checkpoint and Ray Train's record of it
         (tmp_path / run / "checkpoints" / run / "checkpoint_0000001").mkdir(parents=True)
+        (tmp_path / run / "checkpoints" / run / checkpoints.RECORD).write_text(ray_train_record(1))
     with pytest.raises(Killed):
         _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(pairs_file),
                                           output=str(tmp_path / "out"), max_steps=1))
@@ -1805,7 +1820,7 @@ def test_a_hint_to_change_a_runs_settings_says_to_start_a_new_run_where_it_has_c
     (run_dir / "checkpoint_0000001").mkdir()
     # A checkpoint's folder that Ray Train never recorded (Ctrl-C as it was written): no run resumes from it
     assert checkpoints.new_run_hint(config, fs, str(run_dir), run_uri) == ""
-    (run_dir / checkpoints.RECORD).write_text("{}")
+    (run_dir / checkpoints.RECORD).write_text(ray_train_record(1))
     assert checkpoints.new_run_hint(config, fs, str(run_dir), run_uri) == (
         f"; with other settings it is a new run: give another run_name (--run-name) or output (--output), as {run_uri} "
         "holds checkpoints that a run of the same name resumes from with the same settings only")
@@ -1818,7 +1833,7 @@ def test_a_hint_to_change_a_runs_settings_says_to_start_a_new_run_where_it_has_c
     assert not checkpoints.claim_run(stored, "m", *checkpoints.run_storage(stored)[:2], "o",
                                      str(tmp_path / "runs" / "o"), train_files={})  # unrecorded: a new run
     (tmp_path / "runs" / "o" / checkpoints.RUN_FILE).write_text(json.dumps({"lr": 1.0}))
-    (tmp_path / "runs" / "o" / checkpoints.RECORD).write_text("{}")
+    (tmp_path / "runs" / "o" / checkpoints.RECORD).write_text(ray_train_record(1))
     with pytest.raises(ConfigError, match=r"other settings \(.*\), which a run of the same name resumes from: give "
                                           r"another run_name \(--run-name\), or delete .*runs/o to start afresh$"):
         checkpoints.claim_run(stored, "m", *checkpoints.run_storage(stored)[:2], "o", str(tmp_path / "runs" / "o"),
