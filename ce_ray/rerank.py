@@ -409,7 +409,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     from .input_files import parse_names
     from .readers import input_key, input_sources, read_dataset
     from .runtime import surfaced_errors, work
-    from .score import job_settings, say_input, scoring_model, written_columns
+    from .score import job_settings, say_input, scoring_model_ahead, written_columns
     from .sink import check_output, prepare_output
     from .storage import check_apart, check_s3_access
 
@@ -419,7 +419,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     check_apart(config.input, config.output)
     check_s3_access(config.output)  # a bucket that is not there is an error, where writing would create it
     check_output(config.output, config.mode, resumable=False)
-    checked = scoring_model(config)
+    checking = scoring_model_ahead(config)  # its tokenizer's facts asked while Ray starts, in `read_dataset`
     # The query id may be text or a number: present, of any type.
     ds, files, input_bytes, schema, listed = read_dataset(
         config.input, config.input_format, [config.query_column, config.document_column],
@@ -430,6 +430,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
         check_key(schema.empty_table(), config.query_id_column)
     job = job_settings(config) | {"query_id_column": config.query_id_column, "top_k": config.top_k} | (
         {"rank_column": config.rank_column} if config.rank_column != RANK else {})
+    checked = checking()
     progress = Progress(title, say_input(title, files), ranks=True)
     scored = add_scores(ds, config, title, checked, input_sources(files), progress)
     prepare_output(config.output, config.mode, job=job, resumable=False, checked=True)

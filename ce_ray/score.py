@@ -12,7 +12,7 @@ import numbers
 import sys
 import time
 from collections.abc import Mapping
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,11 +26,11 @@ from .progress import Progress, count_rows, job_counter
 from .runtime import (cluster_resources, column_type_clash, cpu_nodes, ensure_ray, free_failed_actors,
                       surfaced_errors, work)
 from .storage import absolute
-from .tokenizer_facts import tokenizer_facts
+from .tokenizer_facts import facts_ahead
 
-# torch is imported by the replica (ce_ray.replica, ce_ray.model) alone: the driver (with the tokenizer's
-# facts recorded, `tokenizer_facts`) and the read, tokenize and write tasks import this module and the
-# package, and would otherwise each load it for nothing.
+# torch is imported by the replica (ce_ray.replica, ce_ray.model) alone: the driver (whose tokenizer's facts
+# another process asks, `tokenizer_facts.facts_ahead`) and the read, tokenize and write tasks import this module
+# and the package, and would otherwise each load it for nothing.
 
 SCORE = "score"
 # Rows a GPU replica scores per call. Each call ends by waiting for its scores, and its table goes back
@@ -174,9 +174,15 @@ class ScoringModel:
 def scoring_model(config: ScoreConfig) -> ScoringModel:
     """Checks the model (its folder, weights, classifier, max length) and reads its tokenizer's facts: a job
     does it before it starts Ray or touches its output, so that a bad model fails at once."""
-    from .model_folder import (ModelError, activation_path, check_max_length, check_safe, check_scores,
-                               local_model_path, model_files, model_source, one_line, query_prompt,
-                               usable_max_length)
+    return scoring_model_ahead(config)()
+
+
+def scoring_model_ahead(config: ScoreConfig) -> Callable[[], ScoringModel]:
+    """`scoring_model` in two parts: the model's checks now, and the function that gives it. A first job with a
+    model's tokenizer asks for its facts in another process meanwhile (`tokenizer_facts.facts_ahead`), so that a
+    job checks the model, starts Ray, then takes the model: a tokenizer that cannot be loaded fails it then."""
+    from .model_folder import (activation_path, check_max_length, check_safe, check_scores, local_model_path,
+                               model_files, model_source, query_prompt, usable_max_length)
 
     config = dataclasses.replace(config, model=model_source(config.model))
     files = model_files(config.model)  # the one listing of an s3:// model: the replicas copy these objects
@@ -184,20 +190,33 @@ def scoring_model(config: ScoreConfig) -> ScoringModel:
     check_safe(path, config.allow_pickle, config.trust_remote_code)
     check_scores(path, config.model)
     check_max_length(path, config.model, config.max_length)
+    prompt = query_prompt(path, config.prompt, config.prompt_name)
+    # the copy checked, not a listing of now
+    asked = _model_loading(config.model, lambda: facts_ahead(path, config.trust_remote_code))
+
+    def checked() -> ScoringModel:
+        facts = _model_loading(config.model, asked)
+        encoder = pair_encoder(config.model, config.tokenizer, config.trust_remote_code, facts, prompt)
+        max_length = (usable_max_length(path, config.model, facts.max_length) if config.max_length is None
+                      else config.max_length)
+        # the replica's own choice (`Scorer`, `model.load_scoring_model`): the user's, else the model's
+        activation = config.activation or activation_path(path, 1, config.trust_remote_code)
+        return ScoringModel(dataclasses.replace(config, max_length=max_length), encoder, prompt, activation, files)
+
+    return checked
+
+
+def _model_loading(model: str, load: Callable):
+    """`load()`, where a model that cannot be loaded fails as a ModelError."""
+    from .model_folder import ModelError, one_line
+
     try:
-        facts = tokenizer_facts(path, config.trust_remote_code)  # the copy checked, not a listing of now
+        return load()
     except ModelError:  # says the model already
         raise
     except (OSError, ValueError) as e:  # not a folder, an unknown hub id, no hub reachable, an unknown model type
         # transformers' first line says what: the lines after it advise on upgrading it
-        raise ModelError(f"cannot load model {config.model}: {one_line(e)}") from None
-    prompt = query_prompt(path, config.prompt, config.prompt_name)
-    encoder = pair_encoder(config.model, config.tokenizer, config.trust_remote_code, facts, prompt)
-    if config.max_length is None:
-        config = dataclasses.replace(config, max_length=usable_max_length(path, config.model, facts.max_length))
-    # the replica's own choice (`Scorer`, `model.load_scoring_model`): the user's, else the model's
-    activation = config.activation or activation_path(path, 1, config.trust_remote_code)
-    return ScoringModel(config, encoder, prompt, activation, files)
+        raise ModelError(f"cannot load model {model}: {one_line(e)}") from None
 
 
 # ScoreConfig's settings of a job's files, which a function that takes a Dataset and returns one has none of.
@@ -457,8 +476,9 @@ def predict(model: str, pairs=None, **settings):
     column = settings.setdefault("score_column", SCORE)
     config = with_settings(None, {"model": model, **settings}, ScoreConfig)
     config.validate()
-    checked = scoring_model(config)  # before Ray starts, as in a job: a model that cannot be had fails at once
+    checking = scoring_model_ahead(config)  # before Ray starts, as in a job: a model that cannot be had fails at once
     ensure_ray()
+    checked = checking()
     # Each pair's position travels with it: Ray Data may hand blocks back in any order.
     table = pa.table(columns | {"position": np.arange(len(pairs))})
     rows = ray.data.from_arrow(table)
@@ -778,7 +798,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     done = earlier.complete
     # The model is checked before Ray starts, except where an earlier run completed inputs: a resume with nothing
     # left needs no model (checked in score(), where there is).
-    checked = None if done else scoring_model(config)
+    # (its tokenizer's facts asked while Ray starts, in `read_dataset`)
+    checking = None if done else scoring_model_ahead(config)
 
     def to_score(check) -> bool:  # an input that no earlier run completed as it is now
         return not earlier.done(input_key(check.path), check.stamp)
@@ -800,6 +821,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         print(f"{title}: note: {len(unsaid)} parquet file(s) left unfinished are scored again whole: their parts were "
               f"written by an earlier ce-ray, which did not record the rows each holds (e.g. {unsaid[0]})",
               file=sys.stderr, flush=True)
+    checked = checking() if checking else None
     progress = None if ds is None else Progress(title, say_input(title, [f for f in files if to_score(f)], rows_held))
     scored = None if ds is None else add_scores(ds, config, title, checked, input_sources(files), progress)
     if scored is not None and transform is not None:

@@ -969,9 +969,9 @@ def test_a_job_scores_with_the_model_it_listed_though_it_is_written_again(tmp_pa
     retrained = build_tiny_model(tmp_path / "retrained", seed=1) / "model.safetensors"
     # The job as the command line runs it, the model written again as soon as its driver has checked it.
     script = ("import importlib, sys, s3fs\nscore = importlib.import_module('ce_ray.score')\n"
-              "checked = score.scoring_model\ndef rewritten(config):\n    model = checked(config)\n"
+              "checking = score.scoring_model_ahead\ndef rewritten(config):\n    model = checking(config)\n"
               f"    s3fs.S3FileSystem().put({str(retrained)!r}, '{bucket}/models/reranker/model.safetensors')\n"
-              "    return model\nscore.scoring_model = rewritten\nfrom ce_ray.cli import main\n"
+              "    return model\nscore.scoring_model_ahead = rewritten\nfrom ce_ray.cli import main\n"
               "sys.exit(main(sys.argv[1:]))")
     env = {**os.environ, **s3_server, "CE_RAY_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     run = subprocess.run([sys.executable, "-c", script, "score", "--model", f"s3://{bucket}/models/reranker",
