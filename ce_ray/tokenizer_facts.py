@@ -66,12 +66,11 @@ def facts_ahead(model: str, trust_remote_code: bool = False) -> Callable[[], Tok
     facts = _read(record) if record else None
     if facts is not None:
         return lambda: facts
-    if record is None or "torch" in sys.modules:
+    if record is None or "torch" in sys.modules or not sys.executable:  # (no executable: an embedded Python)
         return lambda: tokenizer_facts(model, trust_remote_code)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this ce_ray, wherever it came from
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        asking = subprocess.Popen([sys.executable, "-c", ASK, path], env=env, stdin=subprocess.DEVNULL,
+        asking = subprocess.Popen([sys.executable, "-c", ASK, path, package_root], stdin=subprocess.DEVNULL,
                                   stdout=subprocess.PIPE)
     except OSError:
         return lambda: tokenizer_facts(model, trust_remote_code)
@@ -84,16 +83,18 @@ def facts_ahead(model: str, trust_remote_code: bool = False) -> Callable[[], Tok
             error = None
         if isinstance(error, (OSError, ValueError)):  # the model's (a ModelError is a ValueError)
             raise error
-        recorded = _read(record) if asking.returncode == 0 and not said else None
-        return recorded or tokenizer_facts(model, trust_remote_code)
+        return _read(record) or tokenizer_facts(model, trust_remote_code)  # not recorded: asked here
 
     return answer
 
 
 # The asking process. A Ctrl-C that stops the job ends it without a traceback of its own (the job says it stopped).
+# Its sys.path ends with the folder of this ce_ray: where this process was given it otherwise (a path added at run
+# time), the same ce_ray is imported.
 ASK = ("import signal, sys\n"
        "if signal.getsignal(signal.SIGINT) is signal.default_int_handler:\n"
        "    signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+       "sys.path.append(sys.argv[2])\n"
        "from ce_ray.tokenizer_facts import _answer\n"
        "_answer(sys.argv[1])\n")
 
