@@ -8,7 +8,9 @@ size, the seconds, the job's pairs/s and the peaks; then, given two sizes, the c
 fixed + pairs / rate: the rate is what each further pair costs, free of Ray's start and the model load) and
 how much each peak grew. Before the timed jobs, a process asks transformers for the model's tokenizer facts, as
 the first job with a model folder does once (later jobs read its record): its seconds are printed and kept apart
-from the jobs' (L12's 5M job of 2026-12-04 paid them within its own). `--command rerank` runs `ce-ray rerank`
+from the jobs' (L12's 5M job of 2026-12-04 paid them within its own). With `--first-job` each job is a first one
+instead (a cache of its own): its driver has the facts asked while Ray starts, within its seconds.
+`--command rerank` runs `ce-ray rerank`
 instead: the same, and the rank stage's shuffle (query ids start again in each file, so a query gathers 100 rows
 from each: 400 at 1M, 2,000 at 5M).
 
@@ -30,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -134,14 +137,15 @@ def record_tokenizer_facts(model: str) -> dict:
     return {"seconds": float(done.stdout.split()[-1]), "import_torch_seconds": max(torch_us, default=0) / 1e6}
 
 
-def job_env() -> dict:
-    """A job's environment: a local Ray of its own, and the working tree's ce_ray."""
+def job_env(cache: Optional[str] = None) -> dict:
+    """A job's environment: a local Ray of its own, and the working tree's ce_ray; with `cache`, ce-ray's cache."""
     return {**os.environ, "RAY_ADDRESS": "local", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-            "PYTHONPATH": common.tree_on_path()}
+            "PYTHONPATH": common.tree_on_path(), **({"CE_RAY_CACHE": cache} if cache else {})}
 
 
-def run_job(model: str, folder: str, out: str, settings: list, timeout: float, command: str = "score") -> dict:
-    env = job_env()
+def run_job(model: str, folder: str, out: str, settings: list, timeout: float, command: str = "score",
+            cache: Optional[str] = None) -> dict:
+    env = job_env(cache)
     peaks = {"driver": 0, "worker_rss": 0, "workers_rss": 0, "worker_anon": 0, "workers_anon": 0, "gpu": 0}
     stop = threading.Event()
     start = time.perf_counter()
@@ -176,6 +180,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one job may take")
     parser.add_argument("--command", choices=["score", "rerank"], default="score",
                         help="rerank: the same inputs, ranked per query (a query gathers 100 rows from each file)")
+    parser.add_argument("--first-job", action="store_true",
+                        help="each job the first with its model folder (a new cache): the facts within its seconds")
     parser.add_argument("--name", default=None, help="results file name (default: scale_l<layers>, ...; the command's "
                         "settings after -- call for one of their own)")
     parser.add_argument("settings", nargs=argparse.REMAINDER, help="after --: more flags of the command")
@@ -184,16 +190,20 @@ def main() -> None:
     device = common.pick_device("auto")
     work = args.work or tempfile.mkdtemp(prefix="ce-ray-scale-")
     model = common.build_model(os.path.join(work, f"model-l{args.layers}"), args.layers, hidden=args.hidden)
-    facts = record_tokenizer_facts(model)
-    print(f"the model's tokenizer facts asked of transformers in {facts['seconds']:.1f} s, torch's import "
-          f"{facts['import_torch_seconds']:.1f} s of them (a cost of the first job with the folder alone; ~0 where "
-          "an earlier run recorded them)", flush=True)
+    facts = {"seconds": None, "import_torch_seconds": None}
+    if not args.first_job:
+        facts = record_tokenizer_facts(model)
+        print(f"the model's tokenizer facts asked of transformers in {facts['seconds']:.1f} s, torch's import "
+              f"{facts['import_torch_seconds']:.1f} s of them (a cost of the first job with the folder alone; ~0 "
+              "where an earlier run recorded them)", flush=True)
     print(f"writing inputs ({max(args.sizes):,} pairs) to {work}", flush=True)
     folders = write_inputs(work, sorted(args.sizes))
 
     points = {}
     for size in sorted(args.sizes):
-        point = run_job(model, folders[size], os.path.join(work, f"out-{size}"), settings, args.timeout, args.command)
+        cache = tempfile.mkdtemp(prefix="ce-ray-cache-", dir=work) if args.first_job else None
+        point = run_job(model, folders[size], os.path.join(work, f"out-{size}"), settings, args.timeout, args.command,
+                        cache)
         points[size] = point
         print(f"{size:>11,} pairs  {point['seconds']:8.1f} s  job {common.fmt_rate(point['job_pairs_per_s'])} "
               f"pairs/s  peak MiB: driver {point['peak_driver_mib']:,}; "
@@ -202,7 +212,9 @@ def main() -> None:
               f"({point.get('peak_worker_anon_name')}); all workers rss {point['peak_workers_rss_mib']:,}, heap "
               f"{point['peak_workers_anon_mib']:,} ({point.get('peak_workers_anon_count')} processes); "
               f"GPU {point['peak_gpu_mib']:,}", flush=True)
-        shutil.rmtree(os.path.join(work, f"out-{size}"), ignore_errors=True)
+        for folder in (os.path.join(work, f"out-{size}"), cache):
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
 
     fit = None
     if len(points) > 1:  # one size (L12 at 5M, say) has no cost to fit
@@ -218,6 +230,7 @@ def main() -> None:
     path = common.write_result(name, {**common.header(device), "command": args.command, "layers": args.layers,
                                       "hidden": args.hidden or 384,
                                       "settings": settings, "rows_per_file": ROWS_PER_FILE,
+                                      "first_jobs": args.first_job,
                                       "first_job_tokenizer_facts_seconds": facts["seconds"],
                                       "first_job_torch_import_seconds": facts["import_torch_seconds"],
                                       "points": {str(k): v for k, v in points.items()}, "fit": fit})
