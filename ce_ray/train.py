@@ -905,7 +905,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
                                half_precision_on_cpu, is_sequence_classifier, local_model_path, model_files,
                                model_source, query_prompt, saved_architectures, usable_max_length)
     from .runtime import cluster_resources, cpu_nodes, ensure_ray, free_failed_actors, surfaced_errors
-    from .tokenizer_facts import facts_ahead
+    from .tokenizer_facts import tokenizer_facts
 
     config = with_settings(config, settings, TrainConfig)
     require(config, "model", "train_data", "output")
@@ -917,7 +917,6 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     check_safe(model, config.allow_pickle, config.trust_remote_code)
     check_single_logit(model, config.model)
     check_max_length(model, config.model, config.max_length)
-    asked = facts_ahead(model, config.trust_remote_code)  # the tokenizer's facts, asked while the run starts Ray
     _check_data(config)
     fs, storage_path, name, run_uri = run_storage(config)
     data = training_input(config)  # once: for the run's record, then read
@@ -940,8 +939,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         if os.path.isdir(model) and not is_sequence_classifier(architectures):
             print(f"ce-ray train: {model} has no classifier ({', '.join(architectures) or 'no architectures named'}): "
                   "it gets a new one-logit head, as CrossEncoder gives it", flush=True)
-        ensure_ray(dashboard=True)  # Ray Train's state queries need it
-        facts = asked()  # once: the max length and the encoder's plan
+        facts = tokenizer_facts(model, config.trust_remote_code)  # once: the max length and the encoder's plan
         max_length = config.max_length or usable_max_length(model, config.model, facts.max_length)
         encoder = pair_encoder(source, config.tokenizer, config.trust_remote_code, facts)
         # Training puts no prompt before the queries, as CrossEncoderTrainer's loss does; evaluation scores as the
@@ -949,6 +947,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         prompt = query_prompt(model)
         eval_encoder = (pair_encoder(source, config.tokenizer, config.trust_remote_code, facts, prompt) if prompt
                         else None)
+        ensure_ray(dashboard=True)  # Ray Train's state queries need it
         free_failed_actors()
         resources = cluster_resources()
         use_gpu = config.use_gpu if config.use_gpu is not None else resources.get("GPU", 0) > 0
