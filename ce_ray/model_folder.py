@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 from .config import ConfigError
 from .messages import setting_and_flag
@@ -117,6 +117,17 @@ def hub_failure(model_id: str, error: Exception) -> str:
 def one_line(error: BaseException) -> str:
     """An error's type and the first line of its message: the hub client's go on with links and advice."""
     return f"{type(error).__name__}: " + next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+
+
+def model_loading(model: str, load: Callable):
+    """`load()`, where a model that cannot be loaded fails as a ModelError that says so in one line."""
+    try:
+        return load()
+    except ModelError:  # says the model already
+        raise
+    except (OSError, ValueError) as e:  # not a folder, an unknown hub id, no hub reachable, an unknown model type
+        # transformers' first line says what: the lines after it advise on upgrading it
+        raise ModelError(f"cannot load model {model}: {one_line(e)}") from None
 
 
 def model_files(model: str) -> Optional[dict]:

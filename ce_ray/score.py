@@ -182,7 +182,7 @@ def scoring_model_ahead(config: ScoreConfig) -> Callable[[], ScoringModel]:
     model's tokenizer asks for its facts in another process meanwhile (`tokenizer_facts.facts_ahead`), so that a
     job checks the model, starts Ray, then takes the model: a tokenizer that cannot be loaded fails it then."""
     from .model_folder import (activation_path, check_max_length, check_safe, check_scores, local_model_path,
-                               model_files, model_source, query_prompt, usable_max_length)
+                               model_files, model_loading, model_source, query_prompt, usable_max_length)
 
     config = dataclasses.replace(config, model=model_source(config.model))
     files = model_files(config.model)  # the one listing of an s3:// model: the replicas copy these objects
@@ -192,10 +192,10 @@ def scoring_model_ahead(config: ScoreConfig) -> Callable[[], ScoringModel]:
     check_max_length(path, config.model, config.max_length)
     prompt = query_prompt(path, config.prompt, config.prompt_name)
     # the copy checked, not a listing of now
-    asked = _model_loading(config.model, lambda: facts_ahead(path, config.trust_remote_code))
+    asked = model_loading(config.model, lambda: facts_ahead(path, config.trust_remote_code))
 
     def checked() -> ScoringModel:
-        facts = _model_loading(config.model, asked)
+        facts = model_loading(config.model, asked)
         encoder = pair_encoder(config.model, config.tokenizer, config.trust_remote_code, facts, prompt)
         max_length = (usable_max_length(path, config.model, facts.max_length) if config.max_length is None
                       else config.max_length)
@@ -204,19 +204,6 @@ def scoring_model_ahead(config: ScoreConfig) -> Callable[[], ScoringModel]:
         return ScoringModel(dataclasses.replace(config, max_length=max_length), encoder, prompt, activation, files)
 
     return checked
-
-
-def _model_loading(model: str, load: Callable):
-    """`load()`, where a model that cannot be loaded fails as a ModelError."""
-    from .model_folder import ModelError, one_line
-
-    try:
-        return load()
-    except ModelError:  # says the model already
-        raise
-    except (OSError, ValueError) as e:  # not a folder, an unknown hub id, no hub reachable, an unknown model type
-        # transformers' first line says what: the lines after it advise on upgrading it
-        raise ModelError(f"cannot load model {model}: {one_line(e)}") from None
 
 
 # ScoreConfig's settings of a job's files, which a function that takes a Dataset and returns one has none of.

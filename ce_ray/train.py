@@ -672,8 +672,8 @@ class TrainOutcome:
     replica_divergence: Optional[float]
     compiled_graphs: Optional[int] = None  # with `compile`: the graphs rank 0 compiled
     cuda_graph_skips: Optional[int] = None  # with reduce-overhead: compiled graphs left without CUDA graphs
-    # Where `seconds` went: "start" (the model folder's checks, Ray's start), "data" (reading, tokenizing,
-    # checking the pairs), "fit" (Ray Train: workers starting, the model loading, the steps, checkpoints),
+    # Where `seconds` went: "start" (the model folder's checks, Ray Train's imports, Ray's start), "data" (reading,
+    # tokenizing, checking the pairs), "fit" (Ray Train: workers starting, the model loading, the steps, checkpoints),
     # "steps" (inside fit: the training loop's logged windows), "output" (the model and its card written); and
     # inside fit, where the worker said (`fit_phases`): "workers", "worker_process", "model", "eval", "checkpoints"
     phases: Dict[str, float] = dataclasses.field(default_factory=dict)
@@ -897,15 +897,12 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     Settings come as a `ce_ray.config.TrainConfig`, as keywords on top of it, or both; returns a `TrainOutcome`.
     Example: `ce_ray.train(model=..., train_data="pairs.parquet", output="s3://b/model", num_workers=4)`.
     """
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from . import card
     from .model_folder import (SIGMOID, activation_path, check_max_length, check_safe, check_single_logit,
                                half_precision_on_cpu, is_sequence_classifier, local_model_path, model_files,
-                               model_source, query_prompt, saved_architectures, usable_max_length)
+                               model_loading, model_source, query_prompt, saved_architectures, usable_max_length)
     from .runtime import cluster_resources, cpu_nodes, ensure_ray, free_failed_actors, surfaced_errors
-    from .tokenizer_facts import tokenizer_facts
+    from .tokenizer_facts import facts_ahead
 
     config = with_settings(config, settings, TrainConfig)
     require(config, "model", "train_data", "output")
@@ -917,6 +914,11 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     check_safe(model, config.allow_pickle, config.trust_remote_code)
     check_single_logit(model, config.model)
     check_max_length(model, config.model, config.max_length)
+    # Asked before Ray Train's torch backend is imported (torch with it), so that another process asks meanwhile.
+    asked = model_loading(config.model, lambda: facts_ahead(model, config.trust_remote_code))
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
     _check_data(config)
     fs, storage_path, name, run_uri = run_storage(config)
     data = training_input(config)  # once: for the run's record, then read
@@ -939,7 +941,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         if os.path.isdir(model) and not is_sequence_classifier(architectures):
             print(f"ce-ray train: {model} has no classifier ({', '.join(architectures) or 'no architectures named'}): "
                   "it gets a new one-logit head, as CrossEncoder gives it", flush=True)
-        facts = tokenizer_facts(model, config.trust_remote_code)  # once: the max length and the encoder's plan
+        ensure_ray(dashboard=True)  # Ray Train's state queries need it
+        facts = model_loading(config.model, asked)  # once: the max length and the encoder's plan
         max_length = config.max_length or usable_max_length(model, config.model, facts.max_length)
         encoder = pair_encoder(source, config.tokenizer, config.trust_remote_code, facts)
         # Training puts no prompt before the queries, as CrossEncoderTrainer's loss does; evaluation scores as the
@@ -947,7 +950,6 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         prompt = query_prompt(model)
         eval_encoder = (pair_encoder(source, config.tokenizer, config.trust_remote_code, facts, prompt) if prompt
                         else None)
-        ensure_ray(dashboard=True)  # Ray Train's state queries need it
         free_failed_actors()
         resources = cluster_resources()
         use_gpu = config.use_gpu if config.use_gpu is not None else resources.get("GPU", 0) > 0

@@ -1708,6 +1708,24 @@ def test_an_output_that_cannot_be_written_fails_before_training(tiny_model, pair
                                           output=str(tmp_path / "a-file" / "model")))
 
 
+def test_a_model_that_transformers_cannot_load_fails_the_run_in_one_line_and_leaves_nothing(ray_local, tiny_model,
+                                                                                         pairs_file, tmp_path):
+    """As a score job says it (`model_folder.model_loading`): transformers' first line, not its advice on upgrading it
+    over two more."""
+    from ce_ray.config import TrainConfig
+    from ce_ray.model_folder import ModelError
+
+    model = tmp_path / "unknown-type"
+    shutil.copytree(tiny_model, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(config | {"model_type": "no-such-type"}))
+    with pytest.raises(ModelError, match=r"^cannot load model \S+unknown-type: ValueError: .*model type `no-such-type` "
+                                         r"but Transformers does not recognize this architecture[^\n]*$"):
+        _train_module().train(TrainConfig(model=str(model), train_data=str(pairs_file), output=str(tmp_path / "out"),
+                                          storage_path=str(tmp_path / "runs")))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+
+
 def test_a_base_model_is_refused_for_scoring_and_fine_tuned_with_a_new_head(ray_local, tiny_model, pairs_file,
                                                                               tmp_path, capsys):
     """A base model (a MaskedLM, no classifier, no labels in its config), as CrossEncoder takes one to fine-tune:
