@@ -9,10 +9,9 @@ fixed + pairs / rate: the rate is what each further pair costs, free of Ray's st
 how much each peak grew. Before the timed jobs, a process asks transformers for the model's tokenizer facts, as
 the first job with a model folder does once (later jobs read its record): its seconds are printed and kept apart
 from the jobs' (L12's 5M job of 2026-12-04 paid them within its own). With `--first-job` each job is a first one
-instead (a cache of its own): its driver has the facts asked while Ray starts, within its seconds.
-`--command rerank` runs `ce-ray rerank`
-instead: the same, and the rank stage's shuffle (query ids start again in each file, so a query gathers 100 rows
-from each: 400 at 1M, 2,000 at 5M).
+instead (a cache of its own): its driver has the facts asked while Ray starts, within its seconds. `--command
+rerank` runs `ce-ray rerank` instead: the same, and the rank stage's shuffle (query ids start again in each file,
+so a query gathers 100 rows from each: 400 at 1M, 2,000 at 5M).
 
     python3 bench/scale.py --layers 6                          # GPU machine (see bench/README.md)
     python3 bench/scale.py --layers 12 --sizes 5000000         # one size: L12's rate at 5M pairs
