@@ -16,6 +16,7 @@ start takes 3-8 s.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -44,13 +45,23 @@ class TokenizerFacts:
 def tokenizer_facts(model: str, trust_remote_code: bool = False) -> TokenizerFacts:
     """The facts of `model`'s tokenizer: from the record of an earlier job, else from transformers (then
     recorded)."""
+    path, record, facts = _recorded(model, trust_remote_code)
+    return facts or _asked(path, trust_remote_code, record)
+
+
+def _recorded(model: str, trust_remote_code: bool) -> tuple:
+    """The model's local folder, the path of its facts' record (None: they are not recorded), and the facts
+    recorded there (None: none yet)."""
     path = local_model_path(model)
     record = None if trust_remote_code or not os.path.isdir(path) else _record_path(path)
-    facts = _read(record) if record else None
-    if facts is None:
-        facts = _from_transformers(path, trust_remote_code)
-        if record:
-            _write(record, facts)
+    return path, record, _read(record) if record else None
+
+
+def _asked(path: str, trust_remote_code: bool, record: Optional[str]) -> TokenizerFacts:
+    """The facts from transformers, recorded where they are recordable."""
+    facts = _from_transformers(path, trust_remote_code)
+    if record:
+        _write(record, facts)
     return facts
 
 
@@ -61,19 +72,18 @@ def facts_ahead(model: str, trust_remote_code: bool = False) -> Callable[[], Tok
     the cache cannot be written) or fails other than as a model that cannot be loaded, this process asks, so that
     the error is its own. Facts that are not recorded (repository code), and a process that has torch already (a
     notebook's, a benchmark's), are asked here: another process would import it all again, each time."""
-    path = local_model_path(model)
-    record = None if trust_remote_code or not os.path.isdir(path) else _record_path(path)
-    facts = _read(record) if record else None
+    path, record, facts = _recorded(model, trust_remote_code)
     if facts is not None:
         return lambda: facts
+    ask_here = functools.partial(_asked, path, trust_remote_code, record)  # the folder hashed once, above
     if record is None or "torch" in sys.modules or not sys.executable:  # (no executable: an embedded Python)
-        return lambda: tokenizer_facts(model, trust_remote_code)
+        return ask_here
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         asking = subprocess.Popen([sys.executable, "-c", ASK, path, package_root], stdin=subprocess.DEVNULL,
                                   stdout=subprocess.PIPE)
     except OSError:
-        return lambda: tokenizer_facts(model, trust_remote_code)
+        return ask_here
 
     def answer() -> TokenizerFacts:
         said = asking.communicate()[0]
@@ -83,7 +93,7 @@ def facts_ahead(model: str, trust_remote_code: bool = False) -> Callable[[], Tok
             error = None
         if isinstance(error, (OSError, ValueError)):  # the model's (a ModelError is a ValueError)
             raise error
-        return _read(record) or tokenizer_facts(model, trust_remote_code)  # not recorded: asked here
+        return _read(record) or ask_here()  # not recorded: asked here
 
     return answer
 
