@@ -19,6 +19,8 @@ L12 = SHARED / "models" / "ms-marco-MiniLM-L12-v2"
 WIKIQA = SHARED / "data" / "wikiqa"
 SCIFACT = SHARED / "data" / "scifact"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+# A time in a progress line (`progress.duration`): 42s, 3m05s, 2h07m. A test job on a busy machine runs past a minute.
+DURATION = r"(?:\d+s|\d+m\d\ds|\d+h\d\dm)"
 
 
 def build_tiny_model(path: Path, layers: int = 2, hidden: int = 32, seed: int = 0, init_range: float = 0.02) -> Path:

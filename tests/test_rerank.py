@@ -20,6 +20,8 @@ from ce_ray.messages import InputError
 from ce_ray.readers import ROW_INDEX, ROW_INPUT
 from ce_ray.rerank import CUT, keep_block_top_k, rank_queries, run_rerank, shuffle_input
 
+from conftest import DURATION
+
 
 def tagged(rows) -> pa.Table:
     """Rows (file key, row in file, score, doc) of one query, tagged as the reader tags them."""
@@ -644,7 +646,8 @@ def test_a_rerank_says_its_ranking_in_its_progress_lines(ray_local, tiny_model, 
         assert (summary.rows_kept, summary.rows_cut) == (300, 5_700)
         lines = [line for line in capsys.readouterr().out.splitlines() if " pairs scored" in line]
         scoring = [line for line in lines if re.fullmatch(rf"ce-ray rerank: [\d,]+{total} pairs scored .*", line)]
-        ranking = [re.fullmatch(r"ce-ray rerank: all 6,000 pairs scored; ([\d,]+) ranked \([\d.]+%\) in \d+s", line)
+        ranking = [re.fullmatch(rf"ce-ray rerank: all 6,000 pairs scored; ([\d,]+) ranked \([\d.]+%\) in {DURATION}",
+                                line)
                    for line in lines[len(scoring):]]
         assert scoring and ranking and all(ranking), lines
         ranked = [int(said.group(1).replace(",", "")) for said in ranking]

@@ -25,7 +25,7 @@ from ce_ray.model import MASK_4D_MODEL_TYPES, attention_mask_for, use_shape_free
 from ce_ray.model_folder import ModelError
 from ce_ray.sink import OutputExistsError
 
-from conftest import L12, ROOT, scifact_pairs, wikiqa_pairs
+from conftest import DURATION, L12, ROOT, scifact_pairs, wikiqa_pairs
 
 
 def read_results(out) -> pd.DataFrame:
@@ -381,13 +381,13 @@ def test_a_job_prints_its_progress_against_the_pairs_to_score_and_leaves_no_coun
     summary = run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "pairs.parquet"),
                                     output=str(tmp_path / "out"), rows_per_block=rows))
     assert summary.rows_scored == rows
-    lines = re.findall(r"^ce-ray score: ([\d,]+) of 24,000 pairs scored \([\d.]+%\) in \d+s(.*)$",
+    lines = re.findall(rf"^ce-ray score: ([\d,]+) of 24,000 pairs scored \([\d.]+%\) in {DURATION}(.*)$",
                        capsys.readouterr().out, re.MULTILINE)
     assert lines, "no progress line"
     done = [int(n.replace(",", "")) for n, _ in lines]
     assert done == sorted(done) and done[-1] <= rows
     assert any(0 < n < rows for n in done), done  # within the call
-    assert all(re.fullmatch(r"(, [\d,]+ pairs/s(, ~\d+s left)?)?", rest) for _, rest in lines), lines
+    assert all(re.fullmatch(rf"(, [\d,]+ pairs/s(, ~{DURATION} left)?)?", rest) for _, rest in lines), lines
     deadline = time.monotonic() + 10
     while any(name.startswith("ce-ray-progress-") for name in ray.util.list_named_actors()):
         assert time.monotonic() < deadline, ray.util.list_named_actors()

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import SCIFACT, build_tiny_model, spread_model, wikiqa_pairs
+from conftest import DURATION, SCIFACT, build_tiny_model, spread_model, wikiqa_pairs
 
 from ce_ray import checkpoints, train_data
 from ce_ray.batching import IDS, pair_encoder
@@ -507,7 +507,7 @@ def test_a_workers_lines_come_once_and_say_how_long_is_left(data_parallel_runs, 
     # The three data-parallel runs: 3 steps each, every one logged (log_every 1).
     assert len(lines) >= 9 and set(lines.values()) == {1}, lines.most_common(3)
     for _, line in lines:
-        left = re.search(r"\(waiting for data \d+%\), ~(\d+s|\d+m\d\ds|\d+h\d\dm) left$", line)
+        left = re.search(rf"\(waiting for data \d+%\), ~{DURATION} left$", line)
         assert (left is None) == (" step 3/3 " in line), line
     assert [_train_module().duration(s) for s in (0.4, 42, 185, 7620)] == ["0s", "42s", "3m05s", "2h07m"]
 
