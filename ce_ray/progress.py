@@ -2,8 +2,9 @@
 
 Where its output is no terminal (a file, a Ray Job's log), Ray Data logs a block of lines per stage once a minute
 (`runtime.pace_logged_progress`), each stage's rows against its own estimate of the total, with no rate and no time
-left. Here the scoring replicas add the rows they finish to a counter, an actor of the job (a CPU replica after each
-batch, a GPU one after each call), and the driver reads it every `PROGRESS_EVERY_S` seconds and prints one line:
+left. Here the scoring replicas add the rows they finish to a counter, an actor of the job (a CPU replica every
+`Progress.tell_every` seconds of a call and as it ends, a GPU one after each call), and the driver reads it every
+`PROGRESS_EVERY_S` seconds and prints one line:
 
     ce-ray score: 1,234,567 of 5,000,000 pairs scored (24.7%) in 2m10s, 98,765 pairs/s, ~38s left
 
@@ -31,6 +32,9 @@ from typing import Iterator, Optional, Tuple
 # Seconds between two lines; 0 for none. A 30 s job says nothing, an hour's job 120 lines.
 PROGRESS_EVERY_VAR = "CE_RAY_PROGRESS_SECONDS"
 PROGRESS_EVERY_S = 30.0
+# Seconds between a CPU replica's tells of the rows it scored within a call (it tells the rest as the call ends), at
+# most: twice a line where lines come more often.
+TELL_EVERY_S = 1.0
 
 
 class RowsDone:
@@ -119,6 +123,7 @@ class Progress:
         on = self.every > 0 and not drawn_by_ray_data()
         # By name, created only as the work begins: a job refused before it leaves no counter behind.
         self.name = f"ce-ray-progress-{uuid.uuid4().hex}" if on else None
+        self.tell_every = min(TELL_EVERY_S, self.every / 2)
 
     @contextlib.contextmanager
     def lines(self) -> Iterator[None]:

@@ -22,7 +22,7 @@ from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, t
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, refuse_unused, require, with_settings
 from .input_files import DELIMITED, detect_format, refuse_written
 from .messages import InputError, column_list, plural, setting_and_flag
-from .progress import Progress, count_rows, job_counter
+from .progress import TELL_EVERY_S, Progress, count_rows, job_counter
 from .runtime import (cluster_resources, column_type_clash, cpu_nodes, ensure_ray, free_failed_actors,
                       surfaced_errors, work)
 from .storage import absolute
@@ -291,7 +291,8 @@ def add_scores(ds, config: ScoreConfig, announce: str = "", checked: Optional[Sc
         ScoringReplica,
         fn_constructor_kwargs=dict(config=config, device="cuda" if use_gpu else "cpu",
                                    replicas_per_node=per_node, files=checked.files,
-                                   progress=progress.name if progress else None),
+                                   progress=progress.name if progress else None,
+                                   tell_every=progress.tell_every if progress else TELL_EVERY_S),
         batch_format="pyarrow",
         batch_size=config.rows_per_call or (GPU_ROWS_PER_CALL if use_gpu else config.rows_per_block),
         compute=replica_pool(config, use_gpu, min_replicas, max_replicas),
@@ -638,22 +639,28 @@ class ScoringReplica:
     replica's process alone. Imported here, it would cost the driver seconds (torch and the CUDA libraries)."""
 
     def __init__(self, config: ScoreConfig, device: str, replicas_per_node: int = 1, files: Optional[dict] = None,
-                 progress: Optional[str] = None):
+                 progress: Optional[str] = None, tell_every: float = TELL_EVERY_S):
         from .replica import Scorer
 
         self.scorer = Scorer(config, device, replicas_per_node, files)
         self.counter = job_counter(progress)
-        # A CPU replica's call of 4,096 pairs runs a minute or more with a real reranker: it counts each batch.
-        # A GPU's batches run in milliseconds, and end only as the call waits for its scores: it counts calls.
+        # A CPU replica's call of 4,096 pairs runs a minute or more with a real reranker: it counts its batches as
+        # they end. A GPU's batches run in milliseconds, and end only as the call waits for its scores: it counts calls.
         self.by_batch = device == "cpu" and self.counter is not None
+        self.tell_every = tell_every
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        counted = 0
+        done = counted = 0
+        told = time.monotonic()
 
         def batch_done(rows: int) -> None:
-            nonlocal counted
-            counted += rows
-            count_rows(self.counter, rows)
+            # Told every `tell_every` seconds, not every batch: a small model's batches end every millisecond or
+            # so on a CPU, and a tell each (a Ray call) took 30% of its job's time.
+            nonlocal done, counted, told
+            done += rows
+            if time.monotonic() - told >= self.tell_every:
+                count_rows(self.counter, done - counted)
+                counted, told = done, time.monotonic()
 
         scored = self.scorer(table, batch_done if self.by_batch else None)
         count_rows(self.counter, table.num_rows - counted)  # the rest: all its rows, or the rejected ones

@@ -25,7 +25,7 @@ from ce_ray.model import MASK_4D_MODEL_TYPES, attention_mask_for, use_shape_free
 from ce_ray.model_folder import ModelError
 from ce_ray.sink import OutputExistsError
 
-from conftest import DURATION, L12, ROOT, scifact_pairs, wikiqa_pairs
+from conftest import DURATION, L12, ROOT, build_tiny_model, scifact_pairs, wikiqa_pairs
 
 
 def read_results(out) -> pd.DataFrame:
@@ -372,13 +372,16 @@ def test_a_job_prints_its_progress_against_the_pairs_to_score_and_leaves_no_coun
     import ray
 
     rows = 24_000
+    # Wider than the tiny model, so that its one call lasts seconds: a CPU replica tells its rows within a call
+    # every `Progress.tell_every` seconds (half a line's), not every forward pass.
+    model = build_tiny_model(tmp_path / "model", layers=4, hidden=128)
     pq.write_table(pa.table({"query": [f"q{i % 97}" for i in range(rows)],
                              "document": [f"document {i} of some words" for i in range(rows)]}),
                    tmp_path / "pairs.parquet")
     monkeypatch.setenv("CE_RAY_PROGRESS_SECONDS", "0.5")
     # One replica call for all the rows: a CPU replica counts each batch (a call of 4,096 pairs of the real
     # reranker runs over a minute on 2 cores, and the demo's line said 0 pairs scored until it ended).
-    summary = run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "pairs.parquet"),
+    summary = run_score(ScoreConfig(model=str(model), input=str(tmp_path / "pairs.parquet"),
                                     output=str(tmp_path / "out"), rows_per_block=rows))
     assert summary.rows_scored == rows
     lines = re.findall(rf"^ce-ray score: ([\d,]+) of 24,000 pairs scored \([\d.]+%\) in {DURATION}(.*)$",
