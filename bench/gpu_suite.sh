@@ -2,7 +2,8 @@
 # Every GPU bench in one call on the GPU machine, most important first, within a time budget.
 #
 #   bash bench/gpu_suite.sh [SECONDS] [STEP...]     # default 560 s; steps: smoke score scale scale12 first12
-#                                                   # scale6 train compile train_compile rows profile rank
+#                                                   # running6 running12 scale6 train compile train_compile rows
+#                                                   # profile rank
 #
 # The machine comes bare and is held for minutes (15 at a time, its start included), so one
 # call does what fits: it installs the carried wheels (.whl, see bench/README.md), records the machine, then
@@ -14,7 +15,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 budget=${1:-560}
 shift || true
-steps=${*:-smoke score scale scale12 first12 scale6 train compile train_compile rows profile rank}
+steps=${*:-smoke score scale scale12 first12 running6 running12 scale6 train compile train_compile rows profile rank}
 deadline=$(( $(date +%s) + budget ))
 logs=$(mktemp -d)
 wanted() { [[ " $steps " == *" $1 "* ]]; }
@@ -68,6 +69,12 @@ step scale12 200 python3 bench/scale.py --layers 12 --sizes 5000000 --work /tmp/
 # The same job as the first with its model folder (a new cache): the facts asked while Ray starts, within its time.
 step first12 200 python3 bench/scale.py --layers 12 --sizes 5000000 --work /tmp/ce-ray-scale --first-job \
     --name scale_l12_first
+# The jobs as on a cluster: joined to a Ray started once before them, so that their seconds hold no Ray start (5-8 s
+# on the H200). L6 at 1M and 5M (the fit's fixed seconds are the job's own start), then L12 at 5M.
+step running6 180 python3 bench/scale.py --layers 6 --sizes 1000000 5000000 --work /tmp/ce-ray-scale --running-ray \
+    --name scale_l6_running
+step running12 180 python3 bench/scale.py --layers 12 --sizes 5000000 --work /tmp/ce-ray-scale --running-ray \
+    --name scale_l12_running
 # L6's 5M job alone, on the same inputs: 84 s with the facts recorded, ~100 s with them.
 step scale6 120 python3 bench/scale.py --layers 6 --sizes 5000000 --work /tmp/ce-ray-scale --name scale_l6_5m
 # The trainer's anchors, ce-ray at batch 16 in bf16 and in fp32 ((c4): a small step without autocast's casts),

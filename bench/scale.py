@@ -9,7 +9,9 @@ fixed + pairs / rate: the rate is what each further pair costs, free of Ray's st
 how much each peak grew. Before the timed jobs, a process asks transformers for the model's tokenizer facts, as
 the first job with a model folder does once (later jobs read its record): its seconds are printed and kept apart
 from the jobs' (L12's 5M job of 2026-12-04 paid them within its own). With `--first-job` each job is a first one
-instead (a cache of its own): its driver has the facts asked while Ray starts, within its seconds. `--command
+instead (a cache of its own): its driver has the facts asked while Ray starts, within its seconds. With
+`--running-ray` the jobs join a Ray started once before them (`ray start --head`), as jobs on a cluster do: their
+seconds hold no Ray start (5-8 s on the GPU machine). `--command
 rerank` runs `ce-ray rerank` instead: the same, and the rank stage's shuffle (query ids start again in each file,
 so a query gathers 100 rows from each: 400 at 1M, 2,000 at 5M).
 
@@ -26,6 +28,7 @@ import argparse
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -89,7 +92,9 @@ def anonymous_memory(pid: int) -> int:
     return 0
 
 
-def sample(pid: int, stop: threading.Event, peaks: dict) -> None:
+def sample(pid: int, stop: threading.Event, peaks: dict, running_ray: bool = False) -> None:
+    """Peaks of the job's memory; with `running_ray` its workers are the Ray's started before it (the raylet's
+    children), else the driver's own Ray's."""
     import ray  # noqa: F401  Ray puts the psutil it carries on the path (the GPU machine has no other)
     import psutil
 
@@ -97,7 +102,7 @@ def sample(pid: int, stop: threading.Event, peaks: dict) -> None:
     while not stop.is_set():
         try:
             workers = []
-            for process in driver.children(recursive=True):
+            for process in psutil.process_iter() if running_ray else driver.children(recursive=True):
                 try:
                     if process.name().startswith("ray::") or "default_worker" in " ".join(process.cmdline()):
                         workers.append(({"rss": process.memory_info().rss, "anon": anonymous_memory(process.pid)},
@@ -136,10 +141,40 @@ def record_tokenizer_facts(model: str) -> dict:
     return {"seconds": float(done.stdout.split()[-1]), "import_torch_seconds": max(torch_us, default=0) / 1e6}
 
 
+# The Ray the jobs join (`--running-ray`: `start_ray`'s address and token); unset, each job starts its own.
+RUNNING_RAY: dict = {}
+
+
 def job_env(cache: Optional[str] = None) -> dict:
-    """A job's environment: a local Ray of its own, and the working tree's ce_ray; with `cache`, ce-ray's cache."""
-    return {**os.environ, "RAY_ADDRESS": "local", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    """A job's environment: a local Ray of its own (or the running one), and the working tree's ce_ray; with
+    `cache`, ce-ray's cache."""
+    return {**os.environ, "RAY_ADDRESS": "local", "RAY_DATA_DISABLE_PROGRESS_BARS": "1", **RUNNING_RAY,
             "PYTHONPATH": common.tree_on_path(), **({"CE_RAY_CACHE": cache} if cache else {})}
+
+
+def start_ray(work: str) -> float:
+    """`ray start --head` on this machine, with a token of its own, for the jobs to join (`RUNNING_RAY`); its
+    seconds."""
+    import secrets
+
+    token = os.path.join(work, "ray-token")
+    with open(token, "w") as f:
+        f.write(secrets.token_hex(32))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token}
+    with socket.socket() as probe:  # a port free now on the loopback, for Ray's GCS
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}",
+                    "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats"],
+                   env=env, check=True, stdout=subprocess.DEVNULL, timeout=300)
+    RUNNING_RAY.update(RAY_ADDRESS=f"127.0.0.1:{port}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token)
+    return time.perf_counter() - start
+
+
+def stop_ray() -> None:
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True,
+                   timeout=300)
 
 
 def run_job(model: str, folder: str, out: str, settings: list, timeout: float, command: str = "score",
@@ -151,7 +186,7 @@ def run_job(model: str, folder: str, out: str, settings: list, timeout: float, c
     job = subprocess.Popen([sys.executable, "-m", "ce_ray.cli", command, "--model", model, "--input", folder,
                             "--output", out, "--mode", "overwrite", *settings],
                            cwd=common.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    sampler = threading.Thread(target=sample, args=(job.pid, stop, peaks), daemon=True)
+    sampler = threading.Thread(target=sample, args=(job.pid, stop, peaks, bool(RUNNING_RAY)), daemon=True)
     sampler.start()
     try:
         log, _ = job.communicate(timeout=timeout)
@@ -169,6 +204,24 @@ def run_job(model: str, folder: str, out: str, settings: list, timeout: float, c
                v if k.endswith(("_name", "_count")) else round(v / 2**20) for k, v in peaks.items()}}
 
 
+def timed_job(args, model: str, folder: str, work: str, settings: list, size: int) -> dict:
+    """One `ce-ray` job on `folder`'s `size` pairs, its figures printed; its output removed after."""
+    cache = tempfile.mkdtemp(prefix="ce-ray-cache-", dir=work) if args.first_job else None
+    out = os.path.join(work, f"out-{size}")
+    point = run_job(model, folder, out, settings, args.timeout, args.command, cache)
+    print(f"{size:>11,} pairs  {point['seconds']:8.1f} s  job {common.fmt_rate(point['job_pairs_per_s'])} "
+          f"pairs/s  peak MiB: driver {point['peak_driver_mib']:,}; "
+          f"largest worker rss {point['peak_worker_rss_mib']:,} "
+          f"({point.get('peak_worker_rss_name')}), heap {point['peak_worker_anon_mib']:,} "
+          f"({point.get('peak_worker_anon_name')}); all workers rss {point['peak_workers_rss_mib']:,}, heap "
+          f"{point['peak_workers_anon_mib']:,} ({point.get('peak_workers_anon_count')} processes); "
+          f"GPU {point['peak_gpu_mib']:,}", flush=True)
+    for made in (out, cache):
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
+    return point
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000])
@@ -181,6 +234,8 @@ def main() -> None:
                         help="rerank: the same inputs, ranked per query (a query gathers 100 rows from each file)")
     parser.add_argument("--first-job", action="store_true",
                         help="each job the first with its model folder (a new cache): the facts within its seconds")
+    parser.add_argument("--running-ray", action="store_true",
+                        help="the jobs join a Ray started once before them, as on a cluster: no Ray start in them")
     parser.add_argument("--name", default=None, help="results file name (default: scale_l<layers>, ...; the command's "
                         "settings after -- call for one of their own)")
     parser.add_argument("settings", nargs=argparse.REMAINDER, help="after --: more flags of the command")
@@ -198,22 +253,17 @@ def main() -> None:
     print(f"writing inputs ({max(args.sizes):,} pairs) to {work}", flush=True)
     folders = write_inputs(work, sorted(args.sizes))
 
+    ray_start = None
+    if args.running_ray:
+        ray_start = start_ray(work)
+        print(f"the jobs join a Ray started in {ray_start:.1f} s (`ray start --head`), as on a cluster", flush=True)
     points = {}
-    for size in sorted(args.sizes):
-        cache = tempfile.mkdtemp(prefix="ce-ray-cache-", dir=work) if args.first_job else None
-        point = run_job(model, folders[size], os.path.join(work, f"out-{size}"), settings, args.timeout, args.command,
-                        cache)
-        points[size] = point
-        print(f"{size:>11,} pairs  {point['seconds']:8.1f} s  job {common.fmt_rate(point['job_pairs_per_s'])} "
-              f"pairs/s  peak MiB: driver {point['peak_driver_mib']:,}; "
-              f"largest worker rss {point['peak_worker_rss_mib']:,} "
-              f"({point.get('peak_worker_rss_name')}), heap {point['peak_worker_anon_mib']:,} "
-              f"({point.get('peak_worker_anon_name')}); all workers rss {point['peak_workers_rss_mib']:,}, heap "
-              f"{point['peak_workers_anon_mib']:,} ({point.get('peak_workers_anon_count')} processes); "
-              f"GPU {point['peak_gpu_mib']:,}", flush=True)
-        for folder in (os.path.join(work, f"out-{size}"), cache):
-            if folder:
-                shutil.rmtree(folder, ignore_errors=True)
+    try:
+        for size in sorted(args.sizes):
+            points[size] = timed_job(args, model, folders[size], work, settings, size)
+    finally:
+        if args.running_ray:
+            stop_ray()
 
     fit = None
     if len(points) > 1:  # one size (L12 at 5M, say) has no cost to fit
@@ -229,7 +279,7 @@ def main() -> None:
     path = common.write_result(name, {**common.header(device), "command": args.command, "layers": args.layers,
                                       "hidden": args.hidden or 384,
                                       "settings": settings, "rows_per_file": ROWS_PER_FILE,
-                                      "first_jobs": args.first_job,
+                                      "first_jobs": args.first_job, "running_ray_start_seconds": ray_start,
                                       "first_job_tokenizer_facts_seconds": facts["seconds"],
                                       "first_job_torch_import_seconds": facts["import_torch_seconds"],
                                       "points": {str(k): v for k, v in points.items()}, "fit": fit})
