@@ -93,8 +93,8 @@ def anonymous_memory(pid: int) -> int:
 
 
 def sample(pid: int, stop: threading.Event, peaks: dict, running_ray: bool = False) -> None:
-    """Peaks of the job's memory; with `running_ray` its workers are the Ray's started before it (the raylet's
-    children), else the driver's own Ray's."""
+    """Peaks of the job's memory: its driver's and its Ray workers' (with `running_ray`, every Ray worker of the
+    machine, the running Ray's; else the driver's children, its own Ray's)."""
     import ray  # noqa: F401  Ray puts the psutil it carries on the path (the GPU machine has no other)
     import psutil
 
