@@ -28,6 +28,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -152,9 +153,10 @@ def job_env(cache: Optional[str] = None) -> dict:
             "PYTHONPATH": common.tree_on_path(), **({"CE_RAY_CACHE": cache} if cache else {})}
 
 
-def start_ray(work: str) -> float:
-    """`ray start --head` on this machine, with a token of its own, for the jobs to join (`RUNNING_RAY`); its
-    seconds."""
+def start_ray(work: str) -> subprocess.Popen:
+    """`ray start --head --block` on this machine, with a token of its own, for the jobs to join (`RUNNING_RAY`),
+    once it says it started; `stop_ray` stops it (and no other Ray of the machine, as `ray stop` would). Its files
+    in `work`: the address it records there is none that a later `ray.init()` of the machine would join."""
     import secrets
 
     token = os.path.join(work, "ray-token")
@@ -164,17 +166,31 @@ def start_ray(work: str) -> float:
     with socket.socket() as probe:  # a port free now on the loopback, for Ray's GCS
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}",
-                    "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats"],
-                   env=env, check=True, stdout=subprocess.DEVNULL, timeout=300)
+    log = os.path.join(work, "ray-start.log")
+    with open(log, "w") as out:
+        head = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+                                 f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+                                 "--disable-usage-stats", f"--temp-dir={os.path.join(work, 'ray')}"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while "Ray runtime started" not in open(log).read():
+        if head.poll() is not None or time.monotonic() > deadline:
+            stop_ray(head)
+            sys.exit(f"ray start --head did not start:\n{open(log).read()[-4000:]}")
+        time.sleep(0.1)
     RUNNING_RAY.update(RAY_ADDRESS=f"127.0.0.1:{port}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token)
-    return time.perf_counter() - start
+    return head
 
 
-def stop_ray() -> None:
-    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True,
-                   timeout=300)
+def stop_ray(head: subprocess.Popen) -> None:
+    """`ray start --block` stops its node (GCS, raylet and their workers) on SIGTERM."""
+    if head.poll() is None:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
 
 
 def run_job(model: str, folder: str, out: str, settings: list, timeout: float, command: str = "score",
@@ -253,17 +269,18 @@ def main() -> None:
     print(f"writing inputs ({max(args.sizes):,} pairs) to {work}", flush=True)
     folders = write_inputs(work, sorted(args.sizes))
 
-    ray_start = None
+    head, ray_start, points = None, None, {}
     if args.running_ray:
-        ray_start = start_ray(work)
+        start = time.perf_counter()
+        head = start_ray(work)
+        ray_start = time.perf_counter() - start
         print(f"the jobs join a Ray started in {ray_start:.1f} s (`ray start --head`), as on a cluster", flush=True)
-    points = {}
     try:
         for size in sorted(args.sizes):
             points[size] = timed_job(args, model, folders[size], work, settings, size)
     finally:
-        if args.running_ray:
-            stop_ray()
+        if head is not None:
+            stop_ray(head)
 
     fit = None
     if len(points) > 1:  # one size (L12 at 5M, say) has no cost to fit
