@@ -379,8 +379,8 @@ def test_a_job_prints_its_progress_against_the_pairs_to_score_and_leaves_no_coun
                              "document": [f"document {i} of some words" for i in range(rows)]}),
                    tmp_path / "pairs.parquet")
     monkeypatch.setenv("CE_RAY_PROGRESS_SECONDS", "0.5")
-    # One replica call for all the rows: a CPU replica counts each batch (a call of 4,096 pairs of the real
-    # reranker runs over a minute on 2 cores, and the demo's line said 0 pairs scored until it ended).
+    # One replica call for all the rows: a CPU replica tells its finished batches within a call (a call of 4,096
+    # pairs of the real reranker runs over a minute on 2 cores, and the demo's line said 0 pairs scored until it ended).
     summary = run_score(ScoreConfig(model=str(model), input=str(tmp_path / "pairs.parquet"),
                                     output=str(tmp_path / "out"), rows_per_block=rows))
     assert summary.rows_scored == rows
