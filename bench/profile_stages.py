@@ -198,7 +198,8 @@ def end_to_end(model_dir: str, folder: str, out: str, device: str, **settings) -
             "gpu": gpu, "timeline": timeline} | settings
 
 
-def sweeps(args, work: str, model_dir: str, device: str, n: int) -> dict:
+def sweeps(args, work: str, model_dir: str, device: str, n: int, result: dict, save) -> None:
+    """Fills `result` with the sweeps' points, calling `save` after each: a run cut short keeps what it measured."""
     import torch
 
     folder, fixed_folder = os.path.join(work, "pairs"), os.path.join(work, "fixed")
@@ -206,7 +207,7 @@ def sweeps(args, work: str, model_dir: str, device: str, n: int) -> dict:
     cpus = os.cpu_count()
     # A GPU replica takes a GPU; a CPU replica takes a CPU, and one CPU must stay for the read/tokenize tasks.
     devices = torch.cuda.device_count() if device.startswith("cuda") else max(cpus - 1, 1)
-    result = {"batch_tokens": [], "rows_per_call": [], "tokenize_cpus": [], "replicas": [], "fixed": []}
+    result.update({"batch_tokens": [], "rows_per_call": [], "tokenize_cpus": [], "replicas": [], "fixed": []})
 
     def run(kind, labels=None, **settings):
         point = end_to_end(model_dir, folder, out, device, rows_per_block=args.rows_per_block, **settings)
@@ -218,11 +219,13 @@ def sweeps(args, work: str, model_dir: str, device: str, n: int) -> dict:
         steady = point["steady_pairs_per_s"]
         print(f"  {kind} {labels or settings}: {point['pairs_per_s']:,.0f} pairs/s end to end, "
               f"{'-' if steady is None else f'{steady:,.0f}'} without the fixed cost", flush=True)
+        save()
 
     def fixed_cost(label):
         point = end_to_end(model_dir, fixed_folder, out, device, batch_tokens=args.stage_batch_tokens)
         result["fixed"].append(point | {"ray": label})
         print(f"  fixed cost of a job ({args.fixed_pairs} pairs, {label}): {point['seconds']:.1f} s", flush=True)
+        save()
 
     common.init_ray()
     fixed_cost(f"{cpus} CPUs")
@@ -233,6 +236,7 @@ def sweeps(args, work: str, model_dir: str, device: str, n: int) -> dict:
     for replicas in args.replicas:
         if replicas > devices:
             result["replicas"].append({"replicas": replicas, "skipped": f"room for {devices} replica(s) here"})
+            save()
             continue
         run("replicas", batch_tokens=args.stage_batch_tokens, replicas=replicas, min_replicas=replicas)
     for k in args.tokenize_cpus:
@@ -242,7 +246,6 @@ def sweeps(args, work: str, model_dir: str, device: str, n: int) -> dict:
     import ray
 
     ray.shutdown()
-    return result
 
 
 def cost_model(stages: dict, cpus_for_tasks: int) -> dict:
@@ -290,7 +293,7 @@ def plot(result: dict, path: str) -> None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    plt.close(fig)
 
 
 def main() -> None:
@@ -322,6 +325,7 @@ def main() -> None:
 
         with open(args.plot) as f:
             plot(json.load(f), args.plot[: -len(".json")] + ".png")
+        print(f"wrote {args.plot[: -len('.json')]}.png")
         return
 
     device = common.pick_device(args.device)
@@ -350,18 +354,27 @@ def main() -> None:
         print(f"wrote {common.write_result(name, result)}")
         return
     result["cost_model"] = cost_model(stages, max(cpus - 1, 1))
-    if not args.no_sweeps:
-        result["sweeps"] = sweeps(args, work, model_dir, device, args.pairs)
     cm = result["cost_model"]
     print(f"\ncost model: read+tokenize+write {cm['read_tokenize_write_per_cpu']:,.0f} pairs/s per CPU; "
           f"{cm['cpus_to_feed_model']:.2f} CPUs feed the model; with {cm['cpus_for_tasks']} CPUs: "
-          f"{cm['predicted_pairs_per_s']:,.0f} pairs/s per replica, bound by {cm['bound_by']}")
+          f"{cm['predicted_pairs_per_s']:,.0f} pairs/s per replica, bound by {cm['bound_by']}", flush=True)
     name = f"profile_l{args.layers}" + ("" if cuda else "_cpu")
-    print(f"wrote {common.write_result(name, result)}")
-    try:
-        plot(result, os.path.join(common.RESULTS, f"{name}.png"))
-    except ImportError:
-        print(f"matplotlib is missing: draw the plot elsewhere with --plot bench/results/{name}.json")
+
+    def save() -> str:
+        """The JSON and the PNG as they stand, written after the stages and after each point of the sweeps, so
+        that a run cut short keeps what it measured. Returns what was written."""
+        written = common.write_result(name, result)
+        try:
+            plot(result, os.path.join(common.RESULTS, f"{name}.png"))
+        except ImportError:
+            return f"{written} (matplotlib is missing: draw the PNG elsewhere with --plot {written})"
+        return f"{written} and its PNG"
+
+    save()
+    if not args.no_sweeps:
+        result["sweeps"] = {}
+        sweeps(args, work, model_dir, device, args.pairs, result["sweeps"], save)
+    print(f"wrote {save()}")
     shutil.rmtree(work, ignore_errors=True)
 
 
