@@ -245,7 +245,8 @@ def free(device: str) -> None:
 def write_result(name: str, result: dict) -> str:
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{name}.json")
-    with open(f"{path}.partial", "w") as f:  # renamed into place: a bench stopped as it writes leaves the last whole one
+    # Renamed into place: a bench stopped as it writes keeps its last whole file.
+    with open(f"{path}.partial", "w") as f:
         json.dump(result, f, indent=2, default=float)
     os.replace(f"{path}.partial", path)
     return path
