@@ -269,7 +269,20 @@ def main() -> None:
     print(f"writing inputs ({max(args.sizes):,} pairs) to {work}", flush=True)
     folders = write_inputs(work, sorted(args.sizes))
 
+    name = args.name or (("scale_rerank" if args.command == "rerank" else "scale") + f"_l{args.layers}"
+                         + (f"_h{args.hidden}" if args.hidden else "") + ("" if device == "cuda" else "_cpu"))
     head, ray_start, points = None, None, {}
+
+    def save(fit: Optional[dict] = None) -> str:
+        """The results as they stand: written after each job too, so that a run cut short keeps its jobs."""
+        return common.write_result(name, {**common.header(device), "command": args.command, "layers": args.layers,
+                                          "hidden": args.hidden or 384,
+                                          "settings": settings, "rows_per_file": ROWS_PER_FILE,
+                                          "first_jobs": args.first_job, "running_ray_start_seconds": ray_start,
+                                          "first_job_tokenizer_facts_seconds": facts["seconds"],
+                                          "first_job_torch_import_seconds": facts["import_torch_seconds"],
+                                          "points": {str(k): v for k, v in points.items()}, "fit": fit})
+
     if args.running_ray:
         start = time.perf_counter()
         head = start_ray(work)
@@ -278,6 +291,7 @@ def main() -> None:
     try:
         for size in sorted(args.sizes):
             points[size] = timed_job(args, model, folders[size], work, settings, size)
+            save()
     finally:
         if head is not None:
             stop_ray(head)
@@ -291,16 +305,7 @@ def main() -> None:
                "peak_growth_mib": {k: points[large][k] - points[small][k] for k in points[small] if k.endswith("_mib")}}
         print(f"\nseconds = {fit['fixed_seconds']:.1f} + pairs / {rate:,.0f}; job pairs/s at {large:,} / at "
               f"{small:,} = {fit['job_rate_ratio']:.2f}; peak growth MiB {fit['peak_growth_mib']}")
-    name = args.name or (("scale_rerank" if args.command == "rerank" else "scale") + f"_l{args.layers}"
-                         + (f"_h{args.hidden}" if args.hidden else "") + ("" if device == "cuda" else "_cpu"))
-    path = common.write_result(name, {**common.header(device), "command": args.command, "layers": args.layers,
-                                      "hidden": args.hidden or 384,
-                                      "settings": settings, "rows_per_file": ROWS_PER_FILE,
-                                      "first_jobs": args.first_job, "running_ray_start_seconds": ray_start,
-                                      "first_job_tokenizer_facts_seconds": facts["seconds"],
-                                      "first_job_torch_import_seconds": facts["import_torch_seconds"],
-                                      "points": {str(k): v for k, v in points.items()}, "fit": fit})
-    print(f"wrote {path}")
+    print(f"wrote {save(fit)}")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
 
