@@ -2,8 +2,8 @@
 # Every GPU bench in one call on the GPU machine, most important first, within a time budget.
 #
 #   bash bench/gpu_suite.sh [SECONDS] [STEP...]     # default 560 s; steps: smoke score scale scale12 first12
-#                                                   # running6 running12 scale6 train compile train_compile rows
-#                                                   # profile rank
+#                                                   # running6 running12 scale6 train compile train_compile graphs
+#                                                   # rows profile rank
 #
 # The machine comes bare and is held for minutes (15 at a time, its start included), so one
 # call does what fits: it installs the carried wheels (.whl, see bench/README.md), records the machine, then
@@ -15,7 +15,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 budget=${1:-560}
 shift || true
-steps=${*:-smoke score scale scale12 first12 running6 running12 scale6 train compile train_compile rows profile rank}
+every="smoke score scale scale12 first12 running6 running12 scale6 train compile train_compile graphs rows profile rank"
+steps=${*:-$every}
 deadline=$(( $(date +%s) + budget ))
 logs=$(mktemp -d)
 wanted() { [[ " $steps " == *" $1 "* ]]; }
@@ -90,6 +91,9 @@ step compile 180 python3 bench/score_gpu.py --layers 6 --pairs 300000 --skip pre
 # its second window: a call of its own, without (c4) and (c5), which that run measured (~70 s).
 step train_compile 560 python3 bench/train_gpu.py --layers 6 --anchor-steps 200 --large-batch --compile \
     --skip fp32 alone --name train_gpu_compile
+# Steps of several passes under CUDA graphs: their gradients against eager ones, with the loop's copy of them between
+# passes and without it (torch's own behaviour, which overwrote them in the torch versions of pytorch issue 169545).
+step graphs 120 python3 bench/graph_gradients.py
 # L6's 5M job at 16,384 rows a call (32,768 by default): at 65,536, whose sorting pads 1.8% of the tokens against 3.5%,
 # it ran 87,986 pairs/s against the default's 92,919 (2026-12-04, once each; `scale_l6_rows65536.json`).
 step rows 110 python3 bench/scale.py --layers 6 --sizes 5000000 --work /tmp/ce-ray-scale --name scale_l6_rows16384 \

@@ -156,6 +156,22 @@ def optimizer_step(model, optimizer, scheduler, max_grad_norm: float) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+def gradients_out_of_graphs(module) -> None:
+    """Under CUDA graphs (`compile_mode: reduce-overhead`), where more passes of the step follow: each gradient
+    the pass left, copied out of the graphs' memory.
+
+    A parameter's first gradient of a step is the compiled backward's output tensor itself (autograd keeps it as
+    `.grad` rather than copy it), and that tensor lives in the memory of torch's CUDA graph trees, which the next
+    pass's replay writes over: the step's gradient would be the last pass's alone, silently, or the replay fails
+    ("accessing tensor output of CUDAGraphs that has been overwritten"). pytorch/pytorch issues 169545 and 96693
+    show it with gradient accumulation; newer torch copies them itself. A copy a parameter a pass is nothing
+    beside a pass of a batch cut by the token budget; a step of one pass (the seeds' batch of 16, whose
+    launches CUDA graphs are for) needs none: the optimizer reads its gradients before any replay."""
+    for parameter in module.parameters():
+        if parameter.grad is not None:
+            parameter.grad = parameter.grad.clone()
+
+
 def _parameter_groups(model, weight_decay: float) -> list:
     """No weight decay on biases and LayerNorm weights, as transformers' Trainer does."""
     import torch
@@ -369,6 +385,7 @@ def train_loop(loop_config: dict) -> dict:
     # width) of the length-grouped batches; a pass with padding and one without are two. Evaluation stays
     # eager: it runs rarely, in eval mode, which would be graphs of its own.
     forward = torch.compile(model, dynamic=True, mode=config.compile_mode) if config.compile else model
+    graphs = config.compile and config.compile_mode == "reduce-overhead"
     loss_fn = torch.nn.BCEWithLogitsLoss(
         reduction="sum", pos_weight=torch.tensor(config.pos_weight, device=device) if config.pos_weight else None)
     eval_shard = ray.train.get_dataset_shard("eval") if plan["qrels"] else None
@@ -448,9 +465,11 @@ def train_loop(loop_config: dict) -> dict:
                 else:
                     # Gradients cross workers once a step: at the last pass of the boundary batch. Workers
                     # may cut their batches into different numbers of passes; only that last one syncs.
-                    synced = world == 1 or (boundary and number == len(passes) - 1)
-                    with contextlib.nullcontext() if synced else model.no_sync():
+                    step_ends = boundary and number == len(passes) - 1
+                    with contextlib.nullcontext() if world == 1 or step_ends else model.no_sync():
                         loss = training_pass(forward, inputs, target, loss_fn, rows, group, autocast)
+                    if graphs and not step_ends:
+                        gradients_out_of_graphs(module)
                 loss_sum = loss_sum + loss.detach()  # stays on the device: no sync until it is logged
             if not config.deepspeed and boundary:
                 optimizer_step(model, optimizer, scheduler, config.max_grad_norm)
