@@ -163,10 +163,10 @@ def gradients_out_of_graphs(module) -> None:
     A parameter's first gradient of a step is the compiled backward's output tensor itself (autograd keeps it as
     `.grad` rather than copy it), and that tensor lives in the memory of torch's CUDA graph trees, which the next
     pass's replay writes over: the step's gradient would be the last pass's alone, silently, or the replay fails
-    ("accessing tensor output of CUDAGraphs that has been overwritten"). pytorch/pytorch issues 169545 and 96693
-    show it with gradient accumulation; newer torch copies them itself. A copy a parameter a pass is nothing
-    beside a pass of a batch cut by the token budget; a step of one pass (the seeds' batch of 16, whose
-    launches CUDA graphs are for) needs none: the optimizer reads its gradients before any replay."""
+    ("accessing tensor output of CUDAGraphs that has been overwritten"): pytorch/pytorch issues 169545 and 96693,
+    with gradient accumulation; `bench/graph_gradients.py` tells whether a torch still does it. A copy a parameter
+    a pass is nothing beside a pass of a batch cut by the token budget; a step of one pass (the seeds' batch of
+    16, whose launches CUDA graphs are for) needs none: the optimizer reads its gradients before any replay."""
     for parameter in module.parameters():
         if parameter.grad is not None:
             parameter.grad = parameter.grad.clone()
