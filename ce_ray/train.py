@@ -164,12 +164,17 @@ def gradients_out_of_graphs(module) -> None:
     `.grad` rather than copy it), and that tensor lives in the memory of torch's CUDA graph trees, which the next
     pass's replay writes over: the step's gradient would be the last pass's alone, silently, or the replay fails
     ("accessing tensor output of CUDAGraphs that has been overwritten"): pytorch/pytorch issues 169545 and 96693,
-    with gradient accumulation; `bench/graph_gradients.py` tells whether a torch still does it. A copy a parameter
-    a pass is nothing beside a pass of a batch cut by the token budget; a step of one pass (the seeds' batch of
-    16, whose launches CUDA graphs are for) needs none: the optimizer reads its gradients before any replay."""
-    for parameter in module.parameters():
-        if parameter.grad is not None:
-            parameter.grad = parameter.grad.clone()
+    with gradient accumulation; `bench/graph_gradients.py` tells whether a torch still does it. The copies are
+    made by one multi-tensor product by 1.0 (a copy to the bit), a few launches on a GPU rather than one a
+    parameter: steps of small passes (`grad_accum` batches of 16) are what CUDA graphs are for. A step of one pass
+    needs none: the optimizer reads its gradients before any replay."""
+    import torch
+
+    parameters = [parameter for parameter in module.parameters() if parameter.grad is not None]
+    if parameters:  # torch's multi-tensor operations take no empty list
+        copies = torch._foreach_mul([parameter.grad for parameter in parameters], 1.0)
+        for parameter, copy in zip(parameters, copies):
+            parameter.grad = copy
 
 
 def _parameter_groups(model, weight_decay: float) -> list:

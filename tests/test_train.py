@@ -167,6 +167,25 @@ def test_compiled_passes_train_the_same_weights_as_eager_ones(data_parallel_runs
     assert [e["loss"] for e in compiled.log] == pytest.approx([e["loss"] for e in passes.log], abs=1e-6)
 
 
+def test_gradients_copied_out_of_graphs_keep_their_values_and_leave_the_first_pass_tensors_alone():
+    """Between a step's passes under CUDA graphs the gradients become copies: the next pass accumulates into them,
+    not into the tensors the first pass's backward gave (in a GPU's graph memory, which its replay writes over)."""
+    import torch
+
+    train = _train_module()
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    train.gradients_out_of_graphs(model)  # before any backward: nothing to copy
+    model(torch.tensor([[1.0, -2.0, 0.5]])).sum().backward()
+    first = {name: p.grad for name, p in model.named_parameters()}
+    values = {name: grad.clone() for name, grad in first.items()}
+    train.gradients_out_of_graphs(model)
+    for name, p in model.named_parameters():
+        assert torch.equal(p.grad, values[name]) and p.grad.data_ptr() != first[name].data_ptr()
+    model(torch.tensor([[1.0, -2.0, 0.5]])).sum().backward()  # the second pass: the same gradient again
+    for name, p in model.named_parameters():
+        assert torch.equal(p.grad, 2 * values[name]) and torch.equal(first[name], values[name])
+
+
 def test_cuda_graph_passes_come_in_a_few_widths_and_compile_settings_are_checked():
     from ce_ray.config import ConfigError, DeepSpeedConfig, TrainConfig
 
