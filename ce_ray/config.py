@@ -331,6 +331,11 @@ class TrainConfig(ModelConfig):
         "metric_for_best_model": "best_metric", "output_dir": "output", "fp16": "bf16",
     }
 
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the training passes run under CUDA graphs (on a GPU): compiled with reduce-overhead."""
+        return self.compile and self.compile_mode == "reduce-overhead"
+
     def validate(self) -> None:
         super().validate()
         for name in ("num_workers", "epochs", "batch_size", "grad_accum", "log_every", "eval_top_k",

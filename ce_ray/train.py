@@ -390,7 +390,6 @@ def train_loop(loop_config: dict) -> dict:
     # width) of the length-grouped batches; a pass with padding and one without are two. Evaluation stays
     # eager: it runs rarely, in eval mode, which would be graphs of its own.
     forward = torch.compile(model, dynamic=True, mode=config.compile_mode) if config.compile else model
-    graphs = config.compile and config.compile_mode == "reduce-overhead"
     loss_fn = torch.nn.BCEWithLogitsLoss(
         reduction="sum", pos_weight=torch.tensor(config.pos_weight, device=device) if config.pos_weight else None)
     eval_shard = ray.train.get_dataset_shard("eval") if plan["qrels"] else None
@@ -473,7 +472,7 @@ def train_loop(loop_config: dict) -> dict:
                     step_ends = boundary and number == len(passes) - 1
                     with contextlib.nullcontext() if world == 1 or step_ends else model.no_sync():
                         loss = training_pass(forward, inputs, target, loss_fn, rows, group, autocast)
-                    if graphs and not step_ends:
+                    if config.cuda_graphs and not step_ends:
                         gradients_out_of_graphs(module)
                 loss_sum = loss_sum + loss.detach()  # stays on the device: no sync until it is logged
             if not config.deepspeed and boundary:
@@ -568,9 +567,8 @@ def _compile_counts(config: TrainConfig) -> dict:
         return {"compiled_graphs": None, "cuda_graph_skips": None}
     from torch._dynamo.utils import counters
 
-    graphs = config.compile_mode == "reduce-overhead"
     return {"compiled_graphs": counters["stats"]["unique_graphs"],
-            "cuda_graph_skips": counters["inductor"]["cudagraph_skips"] if graphs else None}
+            "cuda_graph_skips": counters["inductor"]["cudagraph_skips"] if config.cuda_graphs else None}
 
 
 class Waiting:

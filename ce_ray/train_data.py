@@ -618,14 +618,13 @@ def micro_batches(spans: Iterator[pa.Table], config: TrainConfig, epoch: int, ra
 
     The order depends only on (seed, epoch, rank, span), so a resumed run sees the batches it had not seen.
     """
-    graphs = config.compile and config.compile_mode == "reduce-overhead"
     seen = 0
     for number, table in enumerate(spans):
         ids, offsets = list_parts(table.column(IDS))
         types = list_parts(table.column(TYPES))[0] if TYPES in table.column_names else None
         labels = table.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float32)
         lengths = np.diff(offsets)
-        widths = bucketed_widths(lengths, GRAPH_WIDTH_MULTIPLE, max_width) if graphs else lengths
+        widths = bucketed_widths(lengths, GRAPH_WIDTH_MULTIPLE, max_width) if config.cuda_graphs else lengths
         rng = np.random.default_rng([config.seed, epoch, rank, number])
         windows = span_windows(table.num_rows, config.batch_size * config.length_window, rng)
         for rows in (window[batch] for window in windows
