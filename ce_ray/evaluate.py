@@ -84,6 +84,10 @@ def read_columns(uri: str, wanted: List[str], required: List[str], ids: List[str
         if name in kept.column_names:
             kept = kept.set_column(kept.schema.get_field_index(name), name, _whole_numbers(kept.column(name)))
     df = kept.to_pandas()
+    for name in ids:  # integer ids around a null (a document's, kept without qrels): as Arrow holds them, where pandas
+        # made them floats, written in a run as `1.2345678901e+10`, and of 2**53 or more, two ids as one
+        if name in df.columns and pa.types.is_integer(kept.schema.field(name).type) and kept.column(name).null_count:
+            df[name] = kept.column(name).to_pandas(types_mapper=pd.ArrowDtype)
     df.attrs["rows_without_ids"] = table.num_rows - len(df)
     return df
 

@@ -417,9 +417,10 @@ def test_same_numbers_as_cross_encoder_reranking_evaluator(ray_local, tiny_model
 def test_queries_of_one_candidate_or_none_relevant_count_as_the_evaluator_and_trec_eval_count_them(tiny_model,
                                                                                                      tmp_path, capsys):
     """A query without a relevant candidate counts 0 (the evaluator's and trec_eval's way; `only_with_relevant`
-    leaves it out), one with a single candidate counts as that candidate (trec_eval: 1 where it is relevant,
-    where the evaluator's NDCG refuses a list of one): the same numbers as the evaluator wherever it gives
-    some, and the summary says how many queries of each kind it counted and the pairs of those it counted."""
+    leaves it out), one with a single candidate counts as that candidate (trec_eval: 1 where it is relevant, as
+    sentence-transformers 6.3's evaluator; an older one's NDCG refused a list of one): the same numbers as the
+    evaluator wherever it gives some, and the summary says how many queries of each kind it counted and the
+    pairs of those it counted."""
     from sentence_transformers import CrossEncoder
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
 
@@ -506,6 +507,23 @@ def test_the_run_file_holds_each_pair_once_and_leaves_the_metrics_as_they_are(tm
     with pytest.raises(InputError, match="document id 'a b' holds a blank: a TREC run's fields are separated"):
         run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "e.json"),
                             run_output=str(tmp_path / "run.txt")))
+
+
+def test_integer_document_ids_beside_a_missing_one_are_written_in_the_run_as_they_are(tmp_path):
+    """An integer column of document ids with a null (Arrow, Polars and Spark write them so, and pandas' float ids
+    with a NaN read as such) came through pandas as floats: the run said `1.2345678901e+10` for 12345678901,
+    which matches no qrels, and two ids past 2**53 as one, one of them left out as a repeated pair."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = pa.array([12345678901, 2**53 + 1, 2**53, None], pa.int64())
+    pq.write_table(pa.table({"query_id": [1, 1, 1, 1], "doc_id": ids, "score": [0.9, 0.5, 0.3, 0.1],
+                             "label": [1, 0, 0, 0]}), tmp_path / "scored.parquet")
+    measured = run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "e.json"),
+                                   run_output=str(tmp_path / "run.txt")))
+    assert (tmp_path / "run.txt").read_text().splitlines() == [
+        "1 Q0 12345678901 1 0.9 ce-ray", "1 Q0 9007199254740993 2 0.5 ce-ray", "1 Q0 9007199254740992 3 0.3 ce-ray"]
+    assert measured["run"] == {"by_rank": False, "rows_without_doc_id": 1, "repeated_pairs": 0}
 
 
 def test_eval_of_pairs_in_a_text_format_says_it_reads_parquet(tmp_path):
