@@ -1,5 +1,5 @@
-"""Arrow types as ce-ray reads them: which hold texts or lists, the type a column is read as, where an id is
-missing, and the one type that rows of two types are put together in."""
+"""Arrow types as ce-ray reads them: which hold texts or lists, which parquet cannot write, the type a column is
+read as, where an id is missing, and the one type that rows of two types are put together in."""
 
 from __future__ import annotations
 
@@ -18,6 +18,18 @@ def is_text(dtype: pa.DataType) -> bool:
     if pa.types.is_dictionary(dtype):
         dtype = dtype.value_type
     return pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype)
+
+
+def holds_empty_struct(dtype: pa.DataType) -> bool:
+    """A struct without fields, itself or inside (a list's values, a struct's field, a map's): what Arrow reads a
+    JSON object of no keys as, `{}`, and what parquet cannot write."""
+    if pa.types.is_struct(dtype):
+        return dtype.num_fields == 0 or any(holds_empty_struct(dtype.field(i).type) for i in range(dtype.num_fields))
+    if pa.types.is_map(dtype):
+        return holds_empty_struct(dtype.key_type) or holds_empty_struct(dtype.item_type)
+    if is_list(dtype) or pa.types.is_fixed_size_list(dtype) or pa.types.is_list_view(dtype):
+        return holds_empty_struct(dtype.value_type)
+    return False
 
 
 def read_type(dtype: pa.DataType) -> pa.DataType:

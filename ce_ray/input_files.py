@@ -17,7 +17,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from .arrow_types import is_list, is_text, one_type, read_type
+from .arrow_types import holds_empty_struct, is_list, is_text, one_type, read_type
 from .messages import InputError, column_list, setting_and_flag, settings_hint
 from .output_state import REJECTS, RESULTS, Finished, finished_job, finished_parts, is_output
 from .storage import (check_s3_access, filesystem, glob_base, in_parallel, is_glob, list_tree, look_up, parquet_footer,
@@ -162,10 +162,11 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
                              f"{setting_and_flag('input_format')}: parquet, jsonl, csv or tsv")
         input_format = formats.pop() if formats else "parquet"
     if not named:
-        # A folder's other files (a LICENSE.pdf, a README.md) are not pairs. A file whose name says no format
-        # (part-00000, pairs.txt) is read when the format was given and it is no document, or a glob named it.
+        # A folder's other files (a LICENSE.pdf, a README.md, an eval's .eval.json) are not pairs, nor a glob's
+        # (`folder/*`). A file whose name says no format (part-00000, pairs.txt) is read when the format was given,
+        # or a glob named it.
         kept = [f for f in files if detect_format(f) == input_format
-                or (detect_format(f) is None and (has_glob or (given and not is_document(f))))]
+                or (detect_format(f) is None and (has_glob or given) and not is_document(f))]
         if len(kept) < len(files) and note_skipped:
             other = [posixpath.basename(f) for f in sorted(set(files) - set(kept))]
             print(f"ce-ray: note: {uri}: skipped {len(other)} file(s) that are not {input_format}: "
@@ -444,10 +445,12 @@ def agreed_schema(checks: List[FileCheck]) -> pa.Schema:
     """The input's columns, each in one type for every file (in the order files first have them), that the job
     writes every output part in (`sink.conform`), so that the output reads back as one table.
 
-    Fails naming both files when a column is of kinds in two files that Arrow cannot make one (a number in one,
-    text in the other, a struct in one): Ray Data would fail the job where it first puts rows of both in one
-    block, mid-way. Kinds that widen to one type (int32 and int64, an integer and a float, string and
-    large_string, timestamp units, an all-null column, structs of other fields) pass, as Ray Data unifies them.
+    Fails naming the file where a column holds objects without keys, which parquet cannot write (`{}` on every
+    line of a JSON Lines file's start), and naming both files when a column is of kinds in two files that Arrow
+    cannot make one (a number in one, text in the other, a struct in one): Ray Data would fail the job where it
+    first puts rows of both in one block, mid-way. Kinds that widen to one type (int32 and int64, an integer and a
+    float, string and large_string, timestamp units, an all-null column, structs of other fields) pass, as Ray Data
+    unifies them.
     The types are parquet's footers', a JSON Lines file's first lines' (`HEAD_BYTES`) and text for CSV and TSV."""
     # a column's type so far, the first file that has it and its type there: the error names that file's own type,
     # where the widened one (double, after int64 and double files) named a type that file does not have
@@ -457,6 +460,10 @@ def agreed_schema(checks: List[FileCheck]) -> pa.Schema:
             continue
         for name, dtype in check.types.items():
             dtype = read_type(dtype)
+            if holds_empty_struct(dtype):  # the job would score every row, then fail at its first write
+                raise InputError(f"{check.path}: column {name!r} is {dtype}: it holds JSON objects without keys ({{}}) "
+                                 "on every line checked, which parquet cannot write; give them a key, or leave the "
+                                 "column out of the file")
             if name not in seen:
                 seen[name] = dtype, check.path, dtype
                 continue

@@ -156,6 +156,23 @@ def test_a_jsonl_file_of_one_line_not_utf8_fails_before_any_work(ray_local, tmp_
     assert not (tmp_path / "out2").exists()
 
 
+@pytest.mark.parametrize("meta", ["{}", '{"n": {}}', "[{}]"])
+def test_a_jsonl_column_of_objects_without_keys_fails_before_any_work(ray_local, tmp_path, tiny_model, meta):
+    """`"metadata": {}` on every line (as BEIR's corpus files have it) reads as a struct without fields, which
+    parquet cannot write: the job scored every row, then failed at its first write with Arrow's message, and a
+    resume failed alike. Refused before any work, naming the file and the column; a list of nothing scores."""
+    (tmp_path / "in").mkdir()
+    lines = [f'{{"query": "q{i}", "document": "d", "meta": {meta}, "tags": []}}' for i in range(3)]
+    (tmp_path / "in" / "a.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"^\S+a\.jsonl: column 'meta' is .*struct<>.*: it holds JSON objects "
+                                         r"without keys \(\{\}\) on every line checked, which parquet cannot "
+                                         r"write; give them a key, or leave the column out of the file$"):
+        job(tiny_model, tmp_path / "in", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "in" / "a.jsonl").write_text("\n".join(line.replace(f'"meta": {meta}, ', "") for line in lines))
+    assert job(tiny_model, tmp_path / "in", tmp_path / "out").rows_scored == 3
+
+
 @pytest.mark.parametrize("bad,bad_line", [(b'{"query": "a",', 1), (b'{"query": "a",', 2), (b"[1, 2]", 1), (b"7", 1)])
 def test_a_jsonl_line_that_is_no_json_object_rejects_its_row_on_line_1_as_on_any_other(ray_local, tmp_path, tiny_model,
                                                                                      bad, bad_line):
@@ -909,7 +926,8 @@ def test_a_folders_documents_are_skipped_with_the_format_given_and_by_eval(tmp_p
 def test_other_files_in_an_input_folder_are_skipped_and_said(ray_local, tmp_path, tiny_model, capsys):
     """A folder as datasets come (WikiQA's has a LICENSE.pdf and a README): its files of the format are read,
     the others skipped with one line; with the format given, a file without an extension (Hadoop's
-    part-00000) is read too; a file named alone is read whatever its name."""
+    part-00000) is read too, and a glob of the folder's files skips the same documents; a file named alone is
+    read whatever its name."""
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "LICENSE.pdf").write_bytes(b"%PDF-1.5 not pairs")
     (tmp_path / "in" / "README.md").write_text("# not pairs")
@@ -919,6 +937,9 @@ def test_other_files_in_an_input_folder_are_skipped_and_said(ray_local, tmp_path
     (tmp_path / "in" / "part-00000").write_text("query\tdocument\nq\tb\n")
     assert job(tiny_model, tmp_path / "in", tmp_path / "out2", input_format="tsv").rows_in == 2
     assert job(tiny_model, tmp_path / "in" / "part-00000", tmp_path / "out3", input_format="tsv").rows_in == 1
+    # `in/*` is the folder too: its documents were read as pairs and failed the job.
+    assert job(tiny_model, f"{tmp_path}/in/*", tmp_path / "out5", input_format="tsv").rows_in == 2
+    assert "skipped 2 file(s) that are not tsv: LICENSE.pdf, README.md" in capsys.readouterr().err
     # A glob names its files: read as the format given, whatever their names say.
     (tmp_path / "txt").mkdir()
     (tmp_path / "txt" / "pairs.txt").write_text("query\tdocument\nq\tc\n")
