@@ -149,6 +149,22 @@ def model_files(model: str) -> Optional[dict]:
     return {name: info for name, info in files.items() if not name.startswith(checkpoints)}
 
 
+def model_version(model: str) -> str:
+    """What tells the model a job loads (`model_source`'s) from the same folder or name written again: a resume must
+    not add another model's scores to the ones an output holds. An `s3://` folder: its objects' names and ETags, as
+    its copies are named; a hub repository: the commit of its snapshot; a local folder: the names, sizes and times
+    of its files but hidden ones (the same on every node that mounts it; a trained model's checkpoints, a folder in
+    it, are left out, as loading it leaves them)."""
+    if model.startswith(("s3://", "s3a://")):
+        return _listing_key(model, model_files(model))
+    path = local_model_path(model)
+    if path != model.removeprefix("file://"):  # a hub repository's snapshot: snapshots/<commit>
+        return os.path.basename(path)
+    stamps = sorted(f"{entry.name}\t{entry.stat().st_size}\t{entry.stat().st_mtime_ns}"
+                    for entry in os.scandir(path) if entry.is_file() and not entry.name.startswith("."))
+    return hashlib.sha256("\n".join(stamps).encode()).hexdigest()[:16]
+
+
 def _copy_remote_folder(uri: str, files: Optional[dict] = None) -> str:
     """Copies an object-storage folder once into the local cache; a finished copy is marked complete. The copy is
     named by the folder's files as the store lists them now (names, sizes, ETags): a model written again under the
@@ -158,17 +174,20 @@ def _copy_remote_folder(uri: str, files: Optional[dict] = None) -> str:
     files = files or model_files(uri)
     fs, path = filesystem(uri)
     path = path.rstrip("/")
-    listed = sorted(f"{name}\t{stamp}" for name, (_, stamp) in files.items())
-    endpoint = s3_endpoint()
-    folder = hashlib.sha256(f"{endpoint}\n{path}".encode()).hexdigest()[:16]
-    key = hashlib.sha256("\n".join([endpoint, uri, *listed]).encode()).hexdigest()[:16]
-    target = os.path.join(cache_dir(), "models", f"{folder}-{key}")
+    folder = hashlib.sha256(f"{s3_endpoint()}\n{path}".encode()).hexdigest()[:16]
+    target = os.path.join(cache_dir(), "models", f"{folder}-{_listing_key(uri, files)}")
     for _ in range(3):  # a copy removed by a process that listed newer objects, before this one held it
         if _hold(target):
             _remove_older_copies(target)
             return target
         _copy_files(uri, fs, path, files, target)
     raise ModelError(f"model folder {uri} changed while it was copied to {target}: run the job again")
+
+
+def _listing_key(uri: str, files: dict) -> str:
+    """An `s3://` folder's objects as listed (`model_files`: names, sizes, ETags), in 16 hex digits."""
+    listed = sorted(f"{name}\t{stamp}" for name, (_, stamp) in files.items())
+    return hashlib.sha256("\n".join([s3_endpoint(), uri, *listed]).encode()).hexdigest()[:16]
 
 
 def _copy_files(uri: str, fs, path: str, files, target: str) -> None:

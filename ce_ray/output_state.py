@@ -26,6 +26,7 @@ REJECT_ROWS = "reject_rows"  # in `_SUCCESS`: each part of rejects/ and its rows
 RESUME, OVERWRITE = "--mode resume finishes it", "rerun it with --mode overwrite"
 STATE = "_ce_ray"
 JOB = "job.json"  # in STATE: the settings of the job that wrote the output
+MODEL_VERSION = "model_version"  # in JOB: which version of the model scored it (`model_folder.model_version`)
 
 
 def is_output(fs: pafs.FileSystem, path: str) -> bool:

@@ -22,6 +22,7 @@ from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, t
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, refuse_unused, require, with_settings
 from .input_files import DELIMITED, detect_format, refuse_written
 from .messages import InputError, column_list, plural, setting_and_flag
+from .output_state import MODEL_VERSION
 from .progress import TELL_EVERY_S, Progress, count_rows, job_counter
 from .runtime import (cluster_resources, column_type_clash, cpu_nodes, ensure_ray, free_failed_actors,
                       surfaced_errors, work)
@@ -737,13 +738,15 @@ def summary_lines(title: str, fields: list) -> list:
 
 def job_settings(config: ScoreConfig) -> dict:
     """The settings that decide an output's rows and scores: a resumed run must share them."""
-    from .model_folder import model_source
+    from .model_folder import model_source, model_version
 
     names = ("input_format", "query_column", "document_column", "max_length", "dtype",
              "tokenizer", "on_invalid", "allow_pickle", "trust_remote_code")
     # The model and the input as they are wherever the job runs from: a relative path is the same folder
     # from another working directory only when it is written out.
     where = {"model": model_source(config.model), "input": absolute(config.input)}
+    # And which version of the model: a folder trained again in place, a hub repository's new commit, is another.
+    where[MODEL_VERSION] = model_version(where["model"])
     # column_names and score_column only when set, so that outputs written before they existed still resume
     return where | {name: getattr(config, name) for name in names} | (
         {"column_names": config.column_names} if config.column_names else {}) | (

@@ -40,8 +40,8 @@ from ray.data.block import BlockAccessor
 
 from .batching import REJECT
 from .messages import InputError, briefly, setting_and_flag
-from .output_state import (EVAL, JOB, REJECT_ROWS, REJECTS, RESULT_PARTS, RESULT_ROWS, RESULTS, RESUME, STATE, SUCCESS,
-                           changed_parts, finished_job, finished_parts, part_differences, read_state)
+from .output_state import (EVAL, JOB, MODEL_VERSION, REJECT_ROWS, REJECTS, RESULT_PARTS, RESULT_ROWS, RESULTS, RESUME,
+                           STATE, SUCCESS, changed_parts, finished_job, finished_parts, part_differences, read_state)
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 from .runtime import work
 from .storage import delete_files, filesystem, in_parallel, is_remote, list_tree, parquet_footer, remove
@@ -300,7 +300,14 @@ def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:
     if earlier is not None:
         earlier = _as_recorded_now(earlier)
     if job is not None and earlier is not None:
-        changed = sorted(k for k in set(job) | set(earlier) if job.get(k) != earlier.get(k))
+        # An output of a ce-ray that did not record the model's version (`job_settings`) is taken as of this one.
+        changed = sorted(k for k in set(job) | set(earlier) if job.get(k) != earlier.get(k)
+                         and (k != MODEL_VERSION or k in earlier))
+        if changed == [MODEL_VERSION]:
+            raise ResumeError(
+                f"{output} was scored by another version of {job['model']} (its files changed since): resuming "
+                "would mix two models' scores; pass --mode overwrite, or score with the model it was scored with"
+            )
         if changed:
             raise ResumeError(
                 f"{output} was written with other settings ({', '.join(changed)}): resuming would mix "

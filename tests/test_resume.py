@@ -365,6 +365,35 @@ def test_resume_refuses_other_settings_and_regrouping_jobs(ray_local, tmp_path, 
         run_score(config_for(out, tiny_model, folder, mode="resume"), transform=lambda ds: ds)
 
 
+def test_resume_refuses_another_version_of_the_same_model(ray_local, tmp_path, tiny_model, wikiqa_files):
+    """An output records its model by path: a folder trained again in place (or a hub id at a new commit) resumed
+    with the new weights after the old ones' parts, one output of two models' scores, `done`. The model's version
+    is now recorded too (its files' names, sizes and times here) and another one is refused; an output of an
+    earlier ce-ray, without it, resumes as before."""
+    from safetensors.torch import load_file, save_file
+
+    folder, _ = wikiqa_files
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    one = tmp_path / "in"
+    one.mkdir()
+    shutil.copy(folder / "shard-0.parquet", one)
+    out = tmp_path / "out"
+    run_score(config_for(out, model, one))
+    weights = load_file(model / "model.safetensors")
+    save_file({name: tensor * 1.5 for name, tensor in weights.items()}, model / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(ResumeError, match=rf"^{re.escape(str(out))} was scored by another version of "
+                                          rf"{re.escape(str(model))} \(its files changed since\): resuming would mix "
+                                          r"two models' scores; pass --mode overwrite, or score with the model it "
+                                          r"was scored with$"):
+        run_score(config_for(out, model, one, mode="resume"))
+    job_file = out / "_ce_ray" / "job.json"
+    earlier = {k: v for k, v in json.loads(job_file.read_text()).items() if k != "model_version"}
+    job_file.write_text(json.dumps(earlier))
+    assert run_score(config_for(out, model, one, mode="resume")).files_kept == 1
+
+
 def test_resume_follows_the_input_files_not_how_their_path_is_spelled(ray_local, tmp_path, tiny_model,
                                                                         wikiqa_files, reference, monkeypatch,
                                                                         capsys):
