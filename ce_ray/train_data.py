@@ -616,27 +616,38 @@ def micro_batches(spans: Iterator[pa.Table], config: TrainConfig, epoch: int, ra
     `batch_tokens` as many as keep every pass under that many padded tokens. Under CUDA graphs the passes'
     widths are bucketed (`bucketed_widths`), and the budget counts the bucketed widths.
 
-    The order depends only on (seed, epoch, rank, span), so a resumed run sees the batches it had not seen.
+    The order depends only on (seed, epoch, rank, span), so a resumed run sees the batches it had not seen. A part
+    that is no whole number of batches has one short batch, which comes last, on every worker alike: each step's
+    batches then hold as many rows on every worker, as DDP's average of the workers' gradients (each the mean over
+    its own rows) and the run's count of pairs (rank 0's times the workers) take them to.
     """
-    seen = 0
+    seen, short = 0, None
     for number, table in enumerate(spans):
         ids, offsets = list_parts(table.column(IDS))
         types = list_parts(table.column(TYPES))[0] if TYPES in table.column_names else None
         labels = table.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float32)
         lengths = np.diff(offsets)
         widths = bucketed_widths(lengths, GRAPH_WIDTH_MULTIPLE, max_width) if config.cuda_graphs else lengths
+
+        def passes_of(rows: np.ndarray) -> list:
+            passes = ([rows[part] for part in token_budget_batches(widths[rows], config.batch_tokens)]
+                      if config.batch_tokens else [rows])
+            # Without CUDA graphs the widths are the lengths: each pass as wide as its longest row.
+            return [(padded_inputs(ids, types, offsets, part, pad_id, int(widths[part].max())), labels[part])
+                    for part in passes]
+
         rng = np.random.default_rng([config.seed, epoch, rank, number])
         windows = span_windows(table.num_rows, config.batch_size * config.length_window, rng)
         for rows in (window[batch] for window in windows
                      for batch in length_grouped(lengths[window], config.batch_size, rng, config.group_by_length)):
-            seen += 1
-            if seen <= skip:
+            if len(rows) < config.batch_size:  # the one short batch (the last window's of the last span): made now,
+                short = passes_of(rows)  # so that its span's arrays are not held to the end
                 continue
-            passes = ([rows[part] for part in token_budget_batches(widths[rows], config.batch_tokens)]
-                      if config.batch_tokens else [rows])
-            # Without CUDA graphs the widths are the lengths: each pass as wide as its longest row.
-            yield [(padded_inputs(ids, types, offsets, part, pad_id, int(widths[part].max())), labels[part])
-                   for part in passes]
+            seen += 1
+            if seen > skip:
+                yield passes_of(rows)
+    if short is not None and seen + 1 > skip:
+        yield short
 
 
 def padded_inputs(ids: np.ndarray, types: Optional[np.ndarray], offsets: np.ndarray, rows: np.ndarray,

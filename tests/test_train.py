@@ -396,6 +396,28 @@ def test_each_epoch_leaves_out_other_rows_than_the_last_past_the_workers_equal_p
         assert _batches_of_rows(shard, config, 2, skip=5, rank=rank, workers=3) == epochs[2][rank][5:]
 
 
+def test_a_parts_short_batch_comes_last_on_every_worker(ray_local, monkeypatch):
+    """A worker's part that is no whole number of batches has one short batch, which came wherever its window's
+    shuffle put it, at another step on each worker: a step of 8 rows on one worker and 5 on another, whose
+    gradients DDP averages as if each were the mean over as many rows, and a count of pairs (rank 0's rows times
+    the workers) that was wrong until the epoch's end. It now comes last, on every worker, every epoch."""
+    from ce_ray.config import TrainConfig
+
+    config = TrainConfig(batch_size=8, length_window=10)
+    shard = _numbered_rows(302, seed=3)  # 3 workers of 100 rows: 12 batches of 8, then 4
+    for epoch in range(3):
+        for rank in range(3):
+            assert [len(b) for b in _batches_of_rows(shard, config, epoch, rank=rank, workers=3)] == [8] * 12 + [4]
+    monkeypatch.setattr(train_data, "SPAN_ROWS", 1000)  # spans of 960 rows, and one of 45 each worker
+    shard = _numbered_rows(2010, seed=4)
+    for epoch in range(3):
+        for rank in range(2):
+            batches = _batches_of_rows(shard, config, epoch, rank=rank, workers=2)
+            assert [len(b) for b in batches] == [8] * 125 + [5]
+            assert sorted(r for batch in batches for r in batch) == list(range(rank * 1005, (rank + 1) * 1005))
+            assert _batches_of_rows(shard, config, epoch, skip=124, rank=rank, workers=2) == batches[124:]
+
+
 def test_training_passes_have_a_token_budget_unless_deepspeed_and_the_seeds_batch_stays_whole():
     from ce_ray.config import DeepSpeedConfig, TrainConfig
 
