@@ -405,7 +405,8 @@ def predict(model: str, pairs=None, **settings):
     """`CrossEncoder(model).predict(pairs)` on the Ray cluster: (query, document) pairs in, their float32
     scores out as a numpy array, in order, scored by the cluster's replicas (its GPUs where it has them).
     One pair, `(query, document)`, gives its score alone, as predict does; no pairs give predict's empty array
-    (`np.array([])`, float64). The pairs may come by predict's names for them, `inputs=` (or `sentences=`).
+    (`np.array([])`, float64), the model and the settings checked as for any pairs (without starting Ray). The
+    pairs may come by predict's names for them, `inputs=` (or `sentences=`).
 
     For pairs that fit in the driver's memory; `score` (a Dataset) or `run_score` (files) for more. A pair
     that cannot be scored (a query or document that is None or not text) fails the call, as in CrossEncoder,
@@ -441,7 +442,13 @@ def predict(model: str, pairs=None, **settings):
                                          for text in pairs)
     if single:
         pairs = [given if isinstance(given, (list, tuple)) else pairs]
-    if not pairs:
+    settings = {"on_invalid": "fail", "query_column": "query", "document_column": "document", **settings}
+    column = settings.setdefault("score_column", SCORE)
+    config = with_settings(None, {"model": model, **settings}, ScoreConfig)
+    config.validate()
+    checking = scoring_model_ahead(config)  # before Ray starts, as in a job: a model that cannot be had fails at once
+    if not pairs:  # the settings and the model checked as for any pairs: a wrong call fails whatever it is given
+        checking()
         return _as_returned(np.zeros(0, np.float32), returned)
     for number, pair in enumerate(pairs):
         # A dict's two keys or a set's two texts would pass as a pair: keys, and in no set order.
@@ -459,13 +466,8 @@ def predict(model: str, pairs=None, **settings):
         bad = next((n for n, pair in enumerate(pairs) if not all(map(_is_text_or_missing, pair))), None)
         which = f"pair {bad} is {str(pairs[bad])[:80]!r}: {_not_text(pairs[bad])}" if bad is not None else f"{e}"
         raise InputError(f"pairs must be (query, document) texts: {which}") from None
-    settings = {"on_invalid": "fail", "query_column": "query", "document_column": "document", **settings}
-    if settings["on_invalid"] == "fail":
+    if config.on_invalid == "fail":
         _refuse_missing_texts(columns, pairs)
-    column = settings.setdefault("score_column", SCORE)
-    config = with_settings(None, {"model": model, **settings}, ScoreConfig)
-    config.validate()
-    checking = scoring_model_ahead(config)  # before Ray starts, as in a job: a model that cannot be had fails at once
     ensure_ray()
     checked = checking()
     # Each pair's position travels with it: Ray Data may hand blocks back in any order.

@@ -1078,6 +1078,11 @@ def test_predict_scores_pairs_in_order_as_cross_encoder_does(ray_local, tiny_mod
     assert scores.dtype == np.float32 and scores.shape == (len(pairs),)
     np.testing.assert_allclose(scores, expected_scores(tiny_model, pairs_df), atol=1e-5)
     assert ce_ray.predict(str(tiny_model), []).shape == (0,)
+    # No pairs are checked as any: a wrong model or setting passed where there were none to score.
+    with pytest.raises(ConfigError, match=r"unknown setting 'batch_tokns' \(did you mean 'batch_tokens'\?\)"):
+        ce_ray.predict(str(tiny_model), [], batch_tokns=5)
+    with pytest.raises(ModelError, match="model folder /no/such/model does not exist"):
+        ce_ray.rank("/no/such/model", "q", [])
     with pytest.raises(InputError, match=r"pair 1 has no query: \"\(None, 'a document'\)\""):
         ce_ray.predict(str(tiny_model), [("a query", "a document"), (None, "a document")])
     with pytest.raises(InputError, match="pairs must be \\(query, document\\) texts: pair 1 is \"\\('q', 42\\)\""):
