@@ -446,9 +446,8 @@ def predict(model: str, pairs=None, **settings):
     column = settings.setdefault("score_column", SCORE)
     config = with_settings(None, {"model": model, **settings}, ScoreConfig)
     config.validate()
-    checking = scoring_model_ahead(config)  # before Ray starts, as in a job: a model that cannot be had fails at once
-    if not pairs:  # the settings and the model checked as for any pairs: a wrong call fails whatever it is given
-        checking()
+    if not pairs:  # the model checked as for any pairs: a wrong call fails whatever it is given
+        scoring_model(config)
         return _as_returned(np.zeros(0, np.float32), returned)
     for number, pair in enumerate(pairs):
         # A dict's two keys or a set's two texts would pass as a pair: keys, and in no set order.
@@ -468,6 +467,7 @@ def predict(model: str, pairs=None, **settings):
         raise InputError(f"pairs must be (query, document) texts: {which}") from None
     if config.on_invalid == "fail":
         _refuse_missing_texts(columns, pairs)
+    checking = scoring_model_ahead(config)  # before Ray starts, as in a job: a model that cannot be had fails at once
     ensure_ray()
     checked = checking()
     # Each pair's position travels with it: Ray Data may hand blocks back in any order.
