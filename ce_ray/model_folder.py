@@ -149,14 +149,15 @@ def model_files(model: str) -> Optional[dict]:
     return {name: info for name, info in files.items() if not name.startswith(checkpoints)}
 
 
-def model_version(model: str) -> str:
+def model_version(model: str, files: Optional[dict] = None) -> str:
     """What tells the model a job loads (`model_source`'s) from the same folder or name written again: a resume must
     not add another model's scores to the ones an output holds. An `s3://` folder: its objects' names and ETags, as
     its copies are named; a hub repository: the commit of its snapshot; a local folder: the names, sizes and times
     of its files but hidden ones (the same on every node that mounts it; a trained model's checkpoints, a folder in
-    it, are left out, as loading it leaves them)."""
+    it, are left out, as loading it leaves them). `files`: an `s3://` model's listing (`model_files`), where the job
+    has it."""
     if model.startswith(("s3://", "s3a://")):
-        return _listing_key(model, model_files(model))
+        return _listing_key(model, files or model_files(model))
     path = local_model_path(model)
     if path != model.removeprefix("file://"):  # a hub repository's snapshot: snapshots/<commit>
         return os.path.basename(path)

@@ -409,7 +409,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     from .input_files import parse_names
     from .readers import input_key, input_sources, read_dataset
     from .runtime import surfaced_errors, work
-    from .score import job_settings, say_input, scoring_model_ahead, written_columns
+    from .score import job_listing, job_settings, say_input, scoring_model_ahead, written_columns
     from .sink import check_output, prepare_output
     from .storage import check_apart, check_s3_access
 
@@ -419,7 +419,8 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     check_apart(config.input, config.output)
     check_s3_access(config.output)  # a bucket that is not there is an error, where writing would create it
     check_output(config.output, config.mode, resumable=False)
-    checking = scoring_model_ahead(config)  # its tokenizer's facts asked while Ray starts, in `read_dataset`
+    listing = job_listing(config)
+    checking = scoring_model_ahead(config, listing)  # its tokenizer's facts asked while Ray starts, in `read_dataset`
     # The query id may be text or a number: present, of any type.
     ds, files, input_bytes, schema, listed = read_dataset(
         config.input, config.input_format, [config.query_column, config.document_column],
@@ -428,7 +429,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
         settings=column_settings(config) | {config.query_id_column: "query_id_column"})
     if schema is not None:  # the files' types, from their footers and first lines: refused before any work
         check_key(schema.empty_table(), config.query_id_column)
-    job = job_settings(config) | {"query_id_column": config.query_id_column, "top_k": config.top_k} | (
+    job = job_settings(config, listing) | {"query_id_column": config.query_id_column, "top_k": config.top_k} | (
         {"rank_column": config.rank_column} if config.rank_column != RANK else {})
     checked = checking()
     progress = Progress(title, say_input(title, files), ranks=True)

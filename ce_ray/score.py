@@ -178,15 +178,16 @@ def scoring_model(config: ScoreConfig) -> ScoringModel:
     return scoring_model_ahead(config)()
 
 
-def scoring_model_ahead(config: ScoreConfig) -> Callable[[], ScoringModel]:
+def scoring_model_ahead(config: ScoreConfig, files: Optional[dict] = None) -> Callable[[], ScoringModel]:
     """`scoring_model` in two parts: the model's checks now, and the function that gives it. A first job with a
     model's tokenizer asks for its facts in another process meanwhile (`tokenizer_facts.facts_ahead`), so that a
-    job checks the model, starts Ray, then takes the model: a tokenizer that cannot be loaded fails it then."""
+    job checks the model, starts Ray, then takes the model: a tokenizer that cannot be loaded fails it then.
+    `files`: an `s3://` model's listing (`model_files`), where the job listed it already (`job_listing`)."""
     from .model_folder import (activation_path, check_max_length, check_safe, check_scores, local_model_path,
                                model_files, model_loading, model_source, query_prompt, usable_max_length)
 
     config = dataclasses.replace(config, model=model_source(config.model))
-    files = model_files(config.model)  # the one listing of an s3:// model: the replicas copy these objects
+    files = files or model_files(config.model)  # the one listing of an s3:// model: the replicas copy these objects
     path = local_model_path(config.model, files)
     check_safe(path, config.allow_pickle, config.trust_remote_code)
     check_scores(path, config.model)
@@ -738,8 +739,18 @@ def summary_lines(title: str, fields: list) -> list:
     return [f"{title}: done"] + [f"  {label:<13} {value}" for label, value in fields]
 
 
-def job_settings(config: ScoreConfig) -> dict:
-    """The settings that decide an output's rows and scores: a resumed run must share them."""
+def job_listing(config: ScoreConfig) -> Optional[dict]:
+    """An `s3://` model's objects, listed once for the job (None for any other model): the version its output
+    records (`job_settings`) and the objects its replicas copy (`scoring_model_ahead`) are one listing's. Listed
+    twice, a model written again between the two was recorded as the one version and scored as the other."""
+    from .model_folder import model_files, model_source
+
+    return model_files(model_source(config.model))
+
+
+def job_settings(config: ScoreConfig, files: Optional[dict] = None) -> dict:
+    """The settings that decide an output's rows and scores: a resumed run must share them. `files`: the job's
+    listing of an `s3://` model (`job_listing`)."""
     from .model_folder import model_source, model_version
 
     names = ("input_format", "query_column", "document_column", "max_length", "dtype",
@@ -748,7 +759,7 @@ def job_settings(config: ScoreConfig) -> dict:
     # from another working directory only when it is written out.
     where = {"model": model_source(config.model), "input": absolute(config.input)}
     # And which version of the model: a folder trained again in place, a hub repository's new commit, is another.
-    where[MODEL_VERSION] = model_version(where["model"])
+    where[MODEL_VERSION] = model_version(where["model"], files)
     # column_names and score_column only when set, so that outputs written before they existed still resume
     return where | {name: getattr(config, name) for name in names} | (
         {"column_names": config.column_names} if config.column_names else {}) | (
@@ -792,13 +803,14 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     check_apart(config.input, config.output)
     check_s3_access(config.output)
     check_output(config.output, config.mode, resumable=transform is None)
-    job = job_settings(config)
+    listing = job_listing(config)
+    job = job_settings(config, listing)
     earlier = resume_state(config.output, job) if config.mode == "resume" else ResumeState({}, [])
     done = earlier.complete
     # The model is checked before Ray starts, except where an earlier run completed inputs: a resume with nothing
     # left needs no model (checked in score(), where there is).
     # (its tokenizer's facts asked while Ray starts, in `read_dataset`)
-    checking = None if done else scoring_model_ahead(config)
+    checking = None if done else scoring_model_ahead(config, listing)
 
     def to_score(check) -> bool:  # an input that no earlier run completed as it is now
         return not earlier.done(input_key(check.path), check.stamp)

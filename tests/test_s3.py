@@ -951,32 +951,39 @@ def test_a_trained_models_copy_leaves_its_checkpoints_out(tmp_path, tiny_model, 
     assert local_model_path(uri) == copy
 
 
-def test_a_job_scores_with_the_model_it_listed_though_it_is_written_again(tmp_path, tiny_model, s3_server):
-    """Each replica listed an `s3://` model again as it started: a model written again while a job ran was scored
-    with its new weights by the replicas that started after, one output of two models, silently. The driver lists it
-    once and the replicas copy those objects: the model rewritten after the driver's listing, before the replicas
-    start, every row is scored with the weights listed."""
+def score_rewriting_the_model_after(step: str, tmp_path, tiny_model, s3_server, bucket: str):
+    """`ce-ray score` of 24 WikiQA pairs with `s3://<bucket>/models/reranker` (`tiny_model`), as the command line
+    runs it, the model's weights written again (another seed's) as soon as the job's `score.<step>` returns. Gives
+    the job's run, an s3fs of the server, and the weights written."""
     import subprocess
     import sys
 
     from conftest import ROOT, build_tiny_model, wikiqa_pairs
 
-    bucket = "ce-ray-model-listed"
     fs = s3fs_for(s3_server)
     fs.mkdir(bucket)
     fs.put(str(tiny_model) + "/", f"{bucket}/models/reranker/", recursive=True)
     wikiqa_pairs("test", 24)[["query", "document"]].to_parquet(tmp_path / "pairs.parquet")
     retrained = build_tiny_model(tmp_path / "retrained", seed=1) / "model.safetensors"
-    # The job as the command line runs it, the model written again as soon as its driver has checked it.
-    script = ("import importlib, sys, s3fs\nscore = importlib.import_module('ce_ray.score')\n"
-              "checking = score.scoring_model_ahead\ndef rewritten(config):\n    model = checking(config)\n"
+    script = (f"import importlib, sys, s3fs\nscore = importlib.import_module('ce_ray.score')\nstep = score.{step}\n"
+              "def rewritten(*args):\n    done = step(*args)\n"
               f"    s3fs.S3FileSystem().put({str(retrained)!r}, '{bucket}/models/reranker/model.safetensors')\n"
-              "    return model\nscore.scoring_model_ahead = rewritten\nfrom ce_ray.cli import main\n"
-              "sys.exit(main(sys.argv[1:]))")
+              f"    return done\nscore.{step} = rewritten\nfrom ce_ray.cli import main\nsys.exit(main(sys.argv[1:]))")
     env = {**os.environ, **s3_server, "CE_RAY_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     run = subprocess.run([sys.executable, "-c", script, "score", "--model", f"s3://{bucket}/models/reranker",
                           "--input", str(tmp_path / "pairs.parquet"), "--output", str(tmp_path / "out")],
                          env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    return run, fs, retrained
+
+
+def test_a_job_scores_with_the_model_it_listed_though_it_is_written_again(tmp_path, tiny_model, s3_server):
+    """Each replica listed an `s3://` model again as it started: a model written again while a job ran was scored
+    with its new weights by the replicas that started after, one output of two models, silently. The driver lists it
+    once and the replicas copy those objects: the model rewritten after the driver's listing, before the replicas
+    start, every row is scored with the weights listed."""
+    bucket = "ce-ray-model-listed"
+    run, fs, retrained = score_rewriting_the_model_after("scoring_model_ahead", tmp_path, tiny_model, s3_server,
+                                                         bucket)
     assert run.returncode == 0, run.stderr[-3000:]
     assert fs.cat(f"{bucket}/models/reranker/model.safetensors") == retrained.read_bytes()  # rewritten meanwhile
     listed = run_cli("score", "--model", str(tiny_model), "--input", str(tmp_path / "pairs.parquet"), "--output",
@@ -984,6 +991,20 @@ def test_a_job_scores_with_the_model_it_listed_though_it_is_written_again(tmp_pa
     assert listed.returncode == 0, listed.stderr[-3000:]
     np.testing.assert_allclose(read_results(tmp_path / "out")["score"], read_results(tmp_path / "listed")["score"],
                                atol=1e-6)
+
+
+def test_the_version_a_job_records_is_the_one_it_scores_with(tmp_path, tiny_model, s3_server):
+    """A job listed an `s3://` model twice: for the version its output records (which a resume must share), then for
+    the objects its replicas copy. A model written again between the two was recorded as the old and scored as the
+    new: a resume after the rewrite, refused by version, was the one that would not have mixed two models. One
+    listing now serves both: a model written again after it is not copied (a clear error, nothing written)."""
+    bucket = "ce-ray-model-version"
+    run, fs, retrained = score_rewriting_the_model_after("job_settings", tmp_path, tiny_model, s3_server, bucket)
+    assert fs.cat(f"{bucket}/models/reranker/model.safetensors") == retrained.read_bytes()
+    assert run.returncode != 0
+    assert (f"model s3://{bucket}/models/reranker was written again after this job listed it (model.safetensors is "
+            "not the object it listed)") in run.stderr, run.stderr[-3000:]
+    assert not (tmp_path / "out").exists() or not (tmp_path / "out" / "_SUCCESS").exists()
 
 
 def test_a_model_written_again_after_its_listing_is_not_copied(tmp_path, tiny_model, s3_server, monkeypatch):
