@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import CandidatesConfig, ConfigError, require
+from .input_files import UTF8_BOM, compression_of
 from .messages import InputError, plural, setting_and_flag
 from .output_state import SUCCESS
 from .runtime import work
@@ -38,9 +39,11 @@ def numbered_lines(uri: str):
         raise InputError(f"{uri} does not exist")
     if kind == pafs.FileType.Directory:
         raise InputError(f"{uri} is a folder, not a file")
-    with fs.open_input_stream(path, compression="detect") as f:
+    with fs.open_input_stream(path, compression=compression_of(path)) as f:
         data = f.read()  # the whole file: BM25 indexes all of it in memory anyway
-    for number, line in enumerate(data.split(b"\n"), start=1):
+    # A byte order mark at its start is skipped (Windows' editors write one), as a JSON Lines input's is: BEIR's
+    # corpus failed as no JSON, and a TREC qrels' first query id began with it, its judgment another query's.
+    for number, line in enumerate(data.removeprefix(UTF8_BOM).split(b"\n"), start=1):
         try:
             yield number, line.decode("utf-8")
         except UnicodeDecodeError:

@@ -32,7 +32,8 @@ import pyarrow.parquet as pq
 
 from .arrow_types import missing_values
 from .config import ConfigError, EvalConfig, require
-from .input_files import EVAL_SUFFIX, FileCheck, agreed_schema, detect_format, list_files, partition_values
+from .input_files import (EVAL_SUFFIX, FileCheck, agreed_schema, compression_of, detect_format, list_files,
+                          partition_values)
 from .messages import InputError, column_list, plural, setting_and_flag, settings_hint
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 from .output_state import EVAL, REJECTS, job_summary, refuse_changed_output
@@ -148,7 +149,7 @@ def _single_spaced_run(uri: str, names: List[str]) -> Optional[pd.DataFrame]:
     fields = ["query", "q0", "doc", "rank", "score", "tag"]
     fs, path = filesystem(uri)
     try:
-        with fs.open_input_stream(path, compression="detect") as f:
+        with fs.open_input_stream(path, compression=compression_of(path)) as f:
             table = pcsv.read_csv(f, read_options=pcsv.ReadOptions(column_names=fields),
                                   parse_options=pcsv.ParseOptions(delimiter=" ", quote_char=False),
                                   convert_options=pcsv.ConvertOptions(

@@ -25,7 +25,8 @@ from .storage import (check_s3_access, filesystem, glob_base, in_parallel, is_gl
 
 
 DELIMITED = ("csv", "tsv")  # read by Arrow's CSV reader, a header line or column_names naming the columns
-COMPRESSED = (".gz", ".bz2", ".zst")  # read through, by the suffix
+CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}  # read through, by the suffix
+COMPRESSED = tuple(CODECS)
 # A compressed text file's text, in memory, taken as this many times its size (text compresses 3-5x).
 COMPRESSED_TEXT_RATIO = 4
 HEAD_BYTES = 1 << 20  # what the schema check reads of a text file, and more to the end of its first line
@@ -70,6 +71,12 @@ EVAL_SUFFIX = ".eval.json"
 def is_document(path: str) -> bool:
     stem, extension = os.path.splitext(posixpath.basename(path).lower())
     return extension in _DOCUMENTS or stem in _DOCUMENT_NAMES or path.lower().endswith(EVAL_SUFFIX)
+
+
+def compression_of(path: str) -> Optional[str]:
+    """A text file's codec, by its name's suffix in any case: Arrow's and Ray Data's detection know `.gz`, not `.GZ`
+    (a Windows name), whose compressed bytes they read as its text (refused as no UTF-8)."""
+    return next((codec for suffix, codec in CODECS.items() if path.lower().endswith(suffix)), None)
 
 
 def detect_format(path: str) -> Optional[str]:
@@ -236,15 +243,18 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
             schema = meta.schema.to_arrow_schema()
             groups = tuple((meta.row_group(i).num_rows, meta.row_group(i).total_byte_size)
                            for i in range(meta.num_row_groups))
-            return FileCheck(path, schema.names, meta.num_rows, {n: schema.field(n).type for n in schema.names},
+            # (a name given twice, which pyarrow writes, is refused by `check_inputs`, not here by `schema.field`)
+            return FileCheck(path, schema.names, meta.num_rows, dict(zip(schema.names, schema.types)),
                              groups, sum(size for _, size in groups))
-        with fs.open_input_stream(path, compression="detect") as f:
+        with fs.open_input_stream(path, compression=compression_of(path)) as f:
             head, whole = _head(f)
         size = _text_bytes(path, size, head, whole)
         head = head.removeprefix(UTF8_BOM)
-        lines = [line for line in head.split(b"\n") if line.strip()]
+        # A CSV or TSV line may end in "\r" alone, as Arrow's reader reads it (bytes' splitlines splits at no other).
+        lines = [line for line in (head.splitlines() if input_format in DELIMITED else head.split(b"\n"))
+                 if line.strip()]
         if input_format in DELIMITED:
-            first = _first_record(head[head.index(lines[0]):], input_format) if lines else []
+            first = _first_record(head[head.index(lines[0]):], input_format, path) if lines else []
             if column_names:  # no header line: every line is a row, each of as many fields as there are names
                 if lines and len(first) != len(column_names):
                     raise InputError(f"{path}: its first line has {len(first)} field(s), "
@@ -261,6 +271,10 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
         # The columns of the head's lines, not of the first alone: a line may leave a key out (a null), and a query
         # missing from line 1 alone failed the file as having no query column. A line 1 that is no JSON object (no
         # UTF-8, cut short, an array) is rejected as the reader rejects any other line: it failed the whole file.
+        if lines[0].lstrip().startswith(b"[") and not _is_json(lines[0]):
+            # An array's opening line, an object a line after it: its last object parses, and was scored, its other
+            # lines rejected (its "[" too) where the file was small enough for the check to read to its end.
+            _refuse_line_1(path, lines[0])
         types = _json_types(lines if whole else lines[:-1] or lines[:1], path)
         if not types:  # its lines all rejected: the reader would reject them too, and no column names its pairs
             _refuse_header_not_utf8(path, lines[0], "line 1")
@@ -300,6 +314,14 @@ def _refuse_header_not_utf8(path: str, header: bytes, line: str = "its header li
                          "write the file as UTF-8") from None
 
 
+def _is_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
 def _refuse_line_1(path: str, line: bytes) -> None:
     """Why a JSON Lines file whose first lines are all rejected is none, named by its line 1."""
     if line.lstrip().startswith(b"["):  # pandas' to_json(orient="records"), on one line or indented
@@ -313,15 +335,21 @@ def _refuse_line_1(path: str, line: bytes) -> None:
         raise InputError(f"{path}: line 1 is not a JSON object")
 
 
-def _first_record(data: bytes, input_format: str) -> List[str]:
+def _first_record(data: bytes, input_format: str, path: str) -> List[str]:
     """The fields of the first record of CSV or TSV `data`, split as the reader splits them (a quoted CSV
     field may hold line breaks)."""
     import csv
 
     text = data.decode("utf-8", errors="replace")
     if input_format == "tsv":
-        return text.split("\n", 1)[0].rstrip("\r").split("\t")
-    return next(csv.reader(io.StringIO(text)))
+        return re.split(r"\r\n|\r|\n", text, maxsplit=1)[0].split("\t")
+    # Python's csv module refuses a field past 131,072 characters, which Arrow reads: the limit (the process's own)
+    # is raised to the head's length. newline="": a line may end in "\r" alone (Excel for Mac), as Arrow reads it.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))
+    try:
+        return next(csv.reader(io.StringIO(text, newline="")), [])
+    except csv.Error as e:
+        raise InputError(f"{path}: its first record cannot be read as CSV ({e})") from None
 
 
 def refuse_written(columns: Sequence[str], written: Dict[str, str], where: str) -> None:
@@ -418,7 +446,8 @@ def check_inputs(
                              "reasons for rejecting rows (text), and rejects the rows that have one: rename it")
         twice = sorted({name for name in check.columns if check.columns.count(name) > 1})
         if twice:
-            raise InputError(f"{check.path}: its header names {', '.join(map(repr, twice))} more than once: name "
+            naming = "its header" if input_format in DELIMITED else "its schema"
+            raise InputError(f"{check.path}: {naming} names {', '.join(map(repr, twice))} more than once: name "
                              "each column once")
         missing = [c for c in [*required, *present] if c not in check.columns]
         if missing:

@@ -25,7 +25,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .arrow_types import is_list, is_text, one_type, read_type
-from .input_files import COMPRESSED, DELIMITED, FileCheck, Listing, check_inputs, list_files, partition_values
+from .input_files import (COMPRESSED, DELIMITED, FileCheck, Listing, check_inputs, compression_of, list_files,
+                          partition_values)
 from .messages import InputError
 from .output_state import refuse_changed_output
 from .runtime import ensure_ray
@@ -686,7 +687,10 @@ def delimited_chunks(f, path: str, text_columns: List[str], tab_separated: bool 
                              f"({row.text!r})")
         return "skip"
 
-    parse = pacsv.ParseOptions(invalid_row_handler=reject_row, **(TAB_SEPARATED if tab_separated else {}))
+    # A quoted CSV field may hold line breaks: Arrow cuts its blocks at a line break that is not in one only when
+    # told so. Cut inside one, a file past a block lost or cut rows silently, its quoting out of step from there.
+    parse = pacsv.ParseOptions(invalid_row_handler=reject_row,
+                               **(TAB_SEPARATED if tab_separated else {"newlines_in_values": True}))
     # One thread, so that where a rejected row lands depends on the file alone (a retried task must give the
     # same rows): with threads, Arrow parses blocks ahead, as they happen to run. It reads as fast (~3.8M
     # rows/s here), and a task has one CPU.
@@ -734,6 +738,9 @@ def tagged_files(paths: List[str], filesystem: pafs.FileSystem, read_file, toget
         def get_read_tasks(self, parallelism: int, **kwargs):  # a task a file, whatever is asked: then together
             tasks = super().get_read_tasks(len(paths), **kwargs)
             return read_together(tasks, [together] * len(tasks))
+
+        def resolve_compression(self, path: str, open_args: dict) -> Optional[str]:
+            return open_args.get("compression") or compression_of(path)  # `.GZ` too
 
         def _read_stream(self, f, path):
             yield from tag_rows(read_file(f, path), path)

@@ -203,6 +203,19 @@ def test_eval_of_candidates_without_flags_names_the_flag_that_reads_their_order(
     assert json.loads((tmp_path / "eval.json").read_text())["reranked"]["mrr@10"] == 1.0
 
 
+def test_a_byte_order_mark_at_a_beir_or_trec_files_start_is_skipped(tmp_path):
+    """A UTF-8 byte order mark (Windows' editors write one) failed a BEIR corpus as no JSON, and began a TREC qrels'
+    first query id: query 1's judgment went to a query `\ufeff1` that no run has, and query 1 lost its relevant
+    document, the metrics wrong with a warning of an unknown query alone."""
+    docs = ['{"_id": "d1", "title": "", "text": "red apples"}', '{"_id": "d2", "title": "", "text": "blue sea"}']
+    folder = beir_folder(tmp_path / "beir", docs, "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    corpus = folder / "corpus.jsonl"
+    corpus.write_bytes(b"\xef\xbb\xbf" + corpus.read_bytes())
+    assert read_corpus(str(folder)) == {"d1": "red apples", "d2": "blue sea"}
+    (tmp_path / "trec.qrels").write_bytes("\ufeff1 0 d1 1\n1 0 d2 0\n".encode())
+    assert read_qrels(str(tmp_path / "trec.qrels")) == {"1": {"d1": 1, "d2": 0}}
+
+
 def test_bad_corpus_line_names_file_and_line(tmp_path):
     docs = ['{"_id": "d1", "title": "A", "text": "alpha"}', '{"_id": "d2", "title": "B", "text": beta}']
     folder = beir_folder(tmp_path / "beir", docs, "query-id\tcorpus-id\tscore\nq1\td1\t1\n")

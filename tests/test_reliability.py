@@ -226,7 +226,10 @@ def test_a_csv_row_whose_fields_do_not_match_the_header_is_rejected(csv_job):
 def test_tsv_is_tab_separated_text_without_quotes(ray_local, tmp_path, tiny_model):
     """As WikiQA, MS MARCO and BEIR's qrels are written: split at every tab, a quote is text. All of WikiQA
     test (.tsv.gz) is read as pandas reads it with quoting off (with CSV's quoting, 49 of its rows would merge
-    into others), then a file with a row cut at a tab inside a field, a CRLF line and invalid UTF-8."""
+    into others), then a file with a row cut at a tab inside a field, a CRLF line and invalid UTF-8, gzipped and
+    named as Windows names it (`.TSV.GZ`: Arrow and Ray Data decompress `.gz` alone, and it was refused as no UTF-8)."""
+    import gzip
+
     from conftest import WIKIQA
 
     wikiqa = WIKIQA / "WikiQA-test.tsv.gz"
@@ -242,13 +245,14 @@ def test_tsv_is_tab_separated_text_without_quotes(ray_local, tmp_path, tiny_mode
     (tmp_path / "in").mkdir()
     lines = [b"id\tquery\tdocument", b'0\t"quoted\tsays "hi"', b"1\ta tab\tinside\ta field", b"2\tq\td\r",
              b"3\tbad \xfe byte\td"]
-    (tmp_path / "in" / "rows.tsv").write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / "in" / "rows.TSV.GZ").write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
     summary = job(tiny_model, tmp_path / "in", tmp_path / "out")
     assert (summary.rows_in, summary.rows_scored, summary.rows_rejected) == (4, 2, 2)
     assert results(tmp_path / "out")[["id", "query", "document"]].to_dict("list") == {
         "id": ["0", "2"], "query": ['"quoted', "q"], "document": ['says "hi"', "d"]}
     malformed, utf8 = sorted(rejects(tmp_path / "out")["reason"])
-    assert malformed.endswith("rows.tsv: a row of 4 field(s) where the header has 3 ('1\\ta tab\\tinside\\ta field')")
+    assert malformed.endswith("rows.TSV.GZ: a row of 4 field(s) where the header has 3 "
+                              "('1\\ta tab\\tinside\\ta field')")
     assert utf8.startswith("query is not valid UTF-8 in")
 
 
@@ -427,6 +431,62 @@ def test_long_rows_are_read_and_column_names_the_job_cannot_keep_are_refused(tmp
     pq.write_table(pa.table({"query": ["q"], "document": ["d"], "reject_reason": [0]}), tmp_path / "p.parquet")
     with pytest.raises(InputError, match=r"p\.parquet: has a column 'reject_reason' of int64, .*: rename it"):
         check_inputs(fs, [str(tmp_path / "p.parquet")], "parquet", ["query", "document"])
+
+
+def test_a_csvs_quoted_line_breaks_are_read_whole_across_the_readers_blocks(monkeypatch):
+    """Arrow cut a CSV's blocks (64 MiB) at a line break inside a quoted field: a file past one block lost rows and
+    cut others, with no error (a job of 1,081 rows of multi-line documents scored a document cut short and rejected
+    its rest as a row of 51 fields). Here blocks of 4 KiB over 300 such rows: each read as written."""
+    import csv
+    import io as memory
+
+    from ce_ray import readers
+
+    monkeypatch.setattr(readers, "CSV_BLOCK_BYTES", 4096)
+    rows = [(f"query {i}", f'line one of {i}\nline two, with a comma\r\nand "quotes"\n' * (1 + i % 7))
+            for i in range(300)]
+    written = memory.StringIO(newline="")
+    csv.writer(written).writerows([("query", "document"), *rows])
+    table = pa.concat_tables(readers.delimited_chunks(memory.BytesIO(written.getvalue().encode()), "p.csv",
+                                                      ["query", "document"]))
+    assert table.column_names == ["query", "document"]  # no row rejected
+    assert list(zip(table["query"].to_pylist(), table["document"].to_pylist())) == rows
+
+
+def test_first_lines_as_their_writers_write_them_are_checked_as_the_reader_reads_them(tmp_path):
+    """The check of a text file's first record, before any work, and the reader disagreed. A headerless CSV whose first
+    document passed 131,072 characters (Python's csv limit) failed the job with a traceback and a resume hint, and a
+    CSV whose lines end in "\r" alone (Excel for Mac) failed so too, though Arrow reads both. A JSON array written an
+    object a line (`[`, the objects, `]`) was scored in part where the check read it whole (its last object parsed;
+    the other lines rejected). A parquet file naming a column twice failed with pyarrow's KeyError."""
+    import pyarrow.fs as pafs
+
+    from ce_ray.input_files import check_inputs
+    from ce_ray.readers import delimited_chunks
+
+    fs = pafs.LocalFileSystem()
+    long_document = "word " * 40_000
+    (tmp_path / "long.csv").write_text(f"1,a query,{long_document}\n2,another,short\n")
+    [check], _ = check_inputs(fs, [str(tmp_path / "long.csv")], "csv", ["query", "document"],
+                              column_names=["id", "query", "document"])
+    assert check.columns == ["id", "query", "document"]
+    mac = {"mac.csv": ("query,document\rq1,d1\rq2,\"d2, quoted\"\r", [("q1", "d1"), ("q2", "d2, quoted")]),
+           "mac.tsv": ("query\tdocument\rq1\td1\r", [("q1", "d1")])}
+    for name, (text, rows) in mac.items():
+        (tmp_path / name).write_text(text, newline="")
+        [check], _ = check_inputs(fs, [str(tmp_path / name)], name[-3:], ["query", "document"])
+        assert check.columns == ["query", "document"] and check.rows is None  # rows to read, not an empty file
+        with open(tmp_path / name, "rb") as f:
+            read = pa.concat_tables(delimited_chunks(f, name, check.columns, tab_separated=name.endswith("tsv")))
+        assert list(zip(read["query"].to_pylist(), read["document"].to_pylist())) == rows
+    (tmp_path / "array.jsonl").write_text('[\n{"query": "q1", "document": "d1"},\n'
+                                          '{"query": "q2", "document": "d2"}\n]\n')
+    with pytest.raises(InputError, match=r"array\.jsonl: a JSON array, where JSON Lines \(one object a line\)"):
+        check_inputs(fs, [str(tmp_path / "array.jsonl")], "jsonl", ["query", "document"])
+    twice = pa.Table.from_arrays([pa.array(["q"]), pa.array(["d"]), pa.array(["q"])], ["query", "document", "query"])
+    pq.write_table(twice, tmp_path / "twice.parquet")
+    with pytest.raises(InputError, match=r"twice\.parquet: its schema names 'query' more than once"):
+        check_inputs(fs, [str(tmp_path / "twice.parquet")], "parquet", ["query", "document"])
 
 
 def test_ctrl_c_ends_a_job_with_a_line_that_says_how_to_finish_it(tmp_path, tiny_model):
