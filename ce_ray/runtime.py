@@ -47,9 +47,14 @@ def ensure_ray(dashboard: bool = False) -> None:
     if ray.is_initialized():
         return
     address = _cluster_address()
-    where = f"join the Ray cluster at {address}" if address else "start a local Ray"
-    if address:
-        _refuse_silent(address)
+    given = os.environ.get("RAY_ADDRESS", "")
+    if _through_ray_client():
+        where = f"join the Ray cluster at {given} through Ray Client"
+        _refuse_silent(_client_server(given))
+    else:
+        where = f"join the Ray cluster at {address}" if address else "start a local Ray"
+        if address:
+            _refuse_silent(address)
     # A local Ray takes the machine's cores as its CPUs: on a machine of one (a 1-CPU VM, a pod limited to one
     # CPU) that is one, which a scoring replica holds for the whole job, none left to read its rows (refused,
     # `score._check_room`). Two CPUs of Ray's then share the core. A cluster joined (here or through Ray Client)
@@ -123,6 +128,19 @@ def _through_ray_client() -> bool:
     return "://" in os.environ.get("RAY_ADDRESS", "")
 
 
+def _client_server(address: str) -> str:
+    """The `host:port` of a Ray Client address (`ray://host:10001`); a dashboard's (`http://host:8265`), which
+    `ce-ray submit` takes and `ray.init` does not, is refused (Ray's own message blamed a local Ray's start)."""
+    from urllib.parse import urlsplit
+
+    scheme, netloc = urlsplit(address).scheme, urlsplit(address).netloc
+    if scheme in ("http", "https"):
+        raise RayStartError(f"cannot join a Ray cluster (RAY_ADDRESS={address}): that is a dashboard's address, which "
+                            f"`ce-ray submit --address {address}` sends the job to; a job run here joins a cluster by "
+                            "its GCS address (`host:6379`) or through Ray Client (`ray://host:10001`)")
+    return netloc if ":" in netloc else f"{netloc}:10001"  # Ray Client's default port
+
+
 def _cluster_address() -> str:
     """The address of the cluster that ray.init() joins as `host:port` (RAY_ADDRESS, or the one `ray start`
     recorded on this machine); "" where it starts a local Ray or joins through Ray Client (`ray://`)."""
@@ -140,13 +158,22 @@ def _refuse_silent(address: str) -> None:
     """Fails at once where nothing answers at the cluster's address, rather than in Ray's retries."""
     import socket
 
+    from .submit import answers_http
+
     host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise RayStartError(f"cannot join the Ray cluster at {address} ({_address_source()}): no port (`host:6379`)")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
-    except (OSError, ValueError) as e:
+    except OSError as e:
         raise RayStartError(f"cannot join the Ray cluster at {address} ({_address_source()}): nothing answers there "
                             f"({e}); start it (`ray start --head`), or set RAY_ADDRESS=local to start a local Ray "
                             "for the job") from None
+    if not _through_ray_client() and answers_http(host.strip("[]"), int(port)):  # Ray waited minutes for a GCS there
+        raise RayStartError(f"cannot join the Ray cluster at {address} ({_address_source()}): it answers HTTP, as "
+                            "a dashboard does, where a cluster's GCS address is asked (`ray start --port`, 6379 by "
+                            f"default); to send the job to the cluster through its dashboard: `ce-ray submit` with "
+                            f"`--address http://{address}`") from None
 
 
 def started_here() -> bool:

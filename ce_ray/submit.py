@@ -47,10 +47,14 @@ def stage_job(job: str, config: str, into: Path, overrides: Sequence[str] = ()) 
     return shlex.join(command + ["--config", config_name, *overrides])
 
 
-def runtime_env(working_dir: Path, pip: Sequence[str] = (), env: Sequence[str] = ()) -> dict:
+def check_env(env: Sequence[str]) -> None:
+    """Variables of --env that are not set here: said before the cluster is asked anything."""
     missing = [name for name in env if name not in os.environ]
     if missing:
         raise ValueError(f"--env names variable(s) not set here: {', '.join(missing)}")
+
+
+def runtime_env(working_dir: Path, pip: Sequence[str] = (), env: Sequence[str] = ()) -> dict:
     out = {"working_dir": str(working_dir), "py_modules": [str(PACKAGE_DIR)], "excludes": EXCLUDES}
     if env:
         out["env_vars"] = {name: os.environ[name] for name in env}
@@ -109,17 +113,29 @@ def _status(client, job_id: str):
             time.sleep(2)
 
 
+# A log stream that breaks (a port-forward restarting, a proxy's idle timeout) is opened again while the job runs;
+# after this many breaks in a row with nothing new between them (an ingress that passes no websockets), the job's
+# status alone is followed.
+STREAM_TRIES = 3
+
+
 def _follow(client, job_id: str, job: str) -> Optional[str]:
     """Prints the job's logs as they come, until it ends; returns the last line of them that its command wrote
     (`ce-ray <job>: ...`), the one that says how it ended, where the logs were followed to their end."""
-    said, partial = None, ""
+    import aiohttp
 
-    async def tail():
-        nonlocal said, partial
+    said, partial, printed = None, "", 0
+
+    async def tail():  # a stream opened again gives the logs from their start: what was printed is skipped
+        nonlocal said, partial, printed
+        seen = 0
         async for lines in client.tail_job_logs(job_id):
-            print(lines, end="", flush=True)
-            *whole, partial = (partial + lines).split("\n")
-            said = next((line for line in reversed(whole) if line.startswith(f"ce-ray {job}: ")), said)
+            new, seen = lines[max(0, printed - seen):], seen + len(lines)
+            if new:
+                print(new, end="", flush=True)
+                printed += len(new)
+                *whole, partial = (partial + new).split("\n")
+                said = next((line for line in reversed(whole) if line.startswith(f"ce-ray {job}: ")), said)
 
     from ray.job_submission import JobStatus
 
@@ -129,21 +145,31 @@ def _follow(client, job_id: str, job: str) -> Optional[str]:
             print(f"ce-ray submit: job {job_id} is pending: {client.get_job_info(job_id).message}", flush=True)
             pending_said = True
         time.sleep(1)
-    try:
-        asyncio.run(tail())
-    except (RuntimeError, OSError) as e:  # the log stream broke: fall back to asking for the status
-        print(f"ce-ray submit: lost the log stream ({e}); waiting for the job to end", file=sys.stderr)
-        said = None  # the job's last lines were not seen
+    tries = 0
+    while True:
+        before = printed
+        try:
+            asyncio.run(tail())
+            break
+        # requests' and aiohttp's errors: a refused handshake (a proxy's 502) is an aiohttp.ClientError alone
+        except (RuntimeError, OSError, aiohttp.ClientError) as e:
+            tries = 1 if printed > before else tries + 1
+            if tries >= STREAM_TRIES:
+                print(f"ce-ray submit: lost the log stream ({e}); waiting for the job to end", file=sys.stderr)
+                said = None  # the job's last lines were not seen
+                break
+            print(f"ce-ray submit: lost the log stream ({e}); opening it again", file=sys.stderr, flush=True)
+            _status(client, job_id)  # a cluster that does not answer for a while is said as such (LostContact)
+            time.sleep(2)
     while not _status(client, job_id).is_terminal():
         time.sleep(2)
+    if partial:  # the logs ended mid-line: what submit says next starts a line of its own
+        print(flush=True)
     return partial if partial.startswith(f"ce-ray {job}: ") else said
 
 
 # The variables through which Ray's job client takes its address over the one it is given.
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
-
-
-GCS_TIMEOUT = "Timed out while waiting for GCS to become available"  # Ray's words, after ~35 s of retries
 
 
 class AddressError(Exception):
@@ -186,8 +212,8 @@ def check_address(address: Optional[str]) -> None:
     where = (host.strip("[]"), int(port))
     try:
         socket.create_connection(where, timeout=CONNECT_TIMEOUT_S).close()
-    except OSError:
-        raise AddressError(gcs_not_answering(GCS_TIMEOUT, address)) from None
+    except OSError as e:  # refused, no such host, no answer: said as it is
+        raise AddressError(gcs_not_answering(f"nothing answers ({e})", address)) from None
     if answers_http(*where):  # the dashboard's HOST:8265 without http://: no GCS answers there
         raise AddressError(not_a_dashboard(f"{address} answers HTTP, as a dashboard does; {BARE_IS_GCS}",
                                            f"http://{address}"))
@@ -215,14 +241,27 @@ def job_client(address: Optional[str] = None):
     or `local`), and the job sent to that cluster, so the given address is passed with those variables unset."""
     from ray.job_submission import JobSubmissionClient
 
-    check_address(address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS"))
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
     if not address:
-        return JobSubmissionClient()
+        address = started_on_this_machine()
+    check_address(address)
     saved = {name: os.environ.pop(name) for name in ADDRESS_VARIABLES if name in os.environ}
     try:
         return JobSubmissionClient(address)
     finally:
         os.environ.update(saved)
+
+
+def started_on_this_machine() -> str:
+    """The address of the cluster `ray start` runs on this machine, as recorded: Ray's client, given none, took any
+    Ray it found running where there was no record, a local one that another job started for itself among them."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    address = canonicalize_bootstrap_address(None)
+    if not address:
+        raise AddressError("no cluster to submit to: give its dashboard's address, --address http://HOST:8265 "
+                           "(or RAY_ADDRESS), or run `ray start --head` on this machine")
+    return address
 
 
 def submit(job: str, config: str, address: Optional[str] = None, pip: Sequence[str] = (),
@@ -236,6 +275,7 @@ def submit(job: str, config: str, address: Optional[str] = None, pip: Sequence[s
     if not os.path.isfile(config):
         raise FileNotFoundError(f"config file {config} does not exist")
     check_config(job, config, overrides)
+    check_env(env)
     client = job_client(address)
     with tempfile.TemporaryDirectory(prefix=f"ce-ray-{job}-") as staging:
         entrypoint = stage_job(job, config, Path(staging), overrides)

@@ -253,6 +253,81 @@ except submit.LostContact as e:
     assert int(run.stdout.split("lost after ")[1].split()[0]) >= 3 and "502" in run.stdout
 
 
+# A TCP proxy in front of the dashboard, as a port-forward or an ingress is: "drop" cuts the first log stream (a
+# websocket) 2.5 s after it opened, "refuse" answers each websocket's handshake with a 502; other requests pass.
+LOG_STREAM_PROXY = """
+import socket, threading
+
+def pipe(source, target):
+    try:
+        while data := source.recv(65536):
+            target.sendall(data)
+    except OSError:
+        pass
+    for end in (source, target):
+        try:
+            end.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+def serve(listener, upstream, mode):
+    cut = False
+    while True:
+        conn, _ = listener.accept()
+        head = conn.recv(65536)
+        if b"upgrade: websocket" in head.lower():
+            if mode == "refuse":
+                conn.sendall(b"HTTP/1.1 502 Bad Gateway\\r\\nContent-Length: 0\\r\\nConnection: close\\r\\n\\r\\n")
+                conn.close()
+                continue
+            if not cut:
+                cut = True
+                threading.Timer(2.5, conn.shutdown, (socket.SHUT_RDWR,)).start()
+        up = socket.create_connection(upstream)
+        up.sendall(head)
+        for ends in ((conn, up), (up, conn)):
+            threading.Thread(target=pipe, args=ends, daemon=True).start()
+
+def proxy(upstream, mode):
+    listener = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=serve, args=(listener, upstream, mode), daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}"
+"""
+
+
+@pytest.mark.parametrize("mode", ["drop", "refuse"])
+def test_a_broken_log_stream_is_opened_again_and_a_refused_one_leaves_the_status(cluster, mode):
+    """A log stream that broke once (a port-forward restarting, a proxy's idle timeout: a websocket closed 1006)
+    ended the logs for the rest of the job: no progress, no summary, its last line unseen. It is opened again, and
+    what was printed is not printed twice (a stream gives the logs from their start). A proxy that refuses the
+    websocket's handshake (a 502, aiohttp's WSServerHandshakeError) failed submit with a traceback and exit 1, as if
+    the job had failed, while it ran on: the job's status is followed then, to its end."""
+    from ce_ray.submit import STREAM_TRIES
+
+    port = int(cluster.address.rsplit(":", 1)[1])
+    script = LOG_STREAM_PROXY + f"""
+from ray.job_submission import JobSubmissionClient
+from ce_ray import submit
+client = JobSubmissionClient({cluster.address!r})
+job = client.submit_job(entrypoint="python -c 'import time\\nfor i in range(6): print(\\"line\\", i, flush=True); "
+                                   "time.sleep(1)\\nprint(\\"ce-ray score: done\\")'")
+client._address = proxy(("127.0.0.1", {port}), {mode!r})
+print("last line:", repr(submit._follow(client, job, "score")), client.get_job_status(job))
+"""
+    run = subprocess.run([sys.executable, "-c", script], env=cluster.env, capture_output=True, text=True,
+                         timeout=180, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    if mode == "drop":
+        assert re.findall(r"^line \d", run.stdout, re.MULTILINE) == [f"line {i}" for i in range(6)], run.stdout
+        assert "; opening it again" in run.stderr and "waiting for the job" not in run.stderr, run.stderr
+        assert run.stdout.endswith("last line: 'ce-ray score: done' SUCCEEDED\n"), run.stdout
+    else:
+        assert run.stderr.count("ce-ray submit: lost the log stream (") == STREAM_TRIES, run.stderr
+        assert run.stderr.rstrip().endswith("; waiting for the job to end"), run.stderr
+        assert run.stdout.endswith("last line: None SUCCEEDED\n"), run.stdout
+
+
 def test_a_job_that_waited_to_start_and_ended_without_its_commands_line_is_followed_to_its_end(cluster):
     """A job pending past the time its wait is said (its cluster's CPUs held by another job), then failing before
     its command said a line (a runtime environment that failed to install, a driver killed): the follow returned
@@ -513,10 +588,46 @@ def test_an_address_without_http_is_said_to_be_a_gcs_address(tmp_path, capsys, m
     assert time.monotonic() - started < 25  # not Ray's wait for a GCS: 41 s here (2 busy cores)
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == (
-        f"ce-ray submit: error: Timed out while waiting for GCS to become available at 127.0.0.1:{port}; an "
+        f"ce-ray submit: error: nothing answers ([Errno 111] Connection refused) at 127.0.0.1:{port}; an "
         "address without http:// is a cluster's GCS address (`ray start --port`); its dashboard's is "
         "http://HOST:PORT (`--dashboard-port`, 8265 by default)")
     assert "Traceback" not in err
+
+
+def test_submit_without_an_address_takes_the_cluster_ray_start_runs_here_alone(tmp_path, capsys, monkeypatch):
+    """Without --address nor RAY_ADDRESS, Ray's client took any Ray it found running on the machine where `ray start`
+    had left no record: a local Ray that another job started for itself, which ends with that job (and with two,
+    `Found multiple active Ray instances`). The record alone is taken (Ray's temp folder, RAY_TMPDIR here); without
+    one, one line says what to give, exit 2."""
+    from ce_ray.cli import main
+
+    config = write_config(tmp_path / "score.yaml", model="m", input="s3://b/in", output="s3://b/out")
+    for name in [name for name in os.environ if name.startswith("RAY_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # no `ray start` recorded there
+    assert main(["submit", "score", "--config", str(config)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "ce-ray submit: error: no cluster to submit to: give its dashboard's address, --address http://HOST:8265 (or "
+        "RAY_ADDRESS), or run `ray start --head` on this machine")
+    port = free_port()
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{port}")  # as `ray start` records its GCS
+    assert main(["submit", "score", "--config", str(config)]) == 2
+    assert re.fullmatch(rf"ce-ray submit: error: nothing answers \(.*\) at \S+:{port}; an address without http:// "
+                        r"is a cluster's GCS address .*", capsys.readouterr().err.strip().splitlines()[-1])
+
+
+def test_an_env_variable_not_set_here_is_said_before_the_cluster_is_asked(tmp_path, capsys, monkeypatch):
+    """`--env NAME` of a variable not set here was said after submit had asked the cluster: where that failed (an
+    address where nothing answers), its error came first, and the variable's after the user had mended it."""
+    from ce_ray.cli import main
+
+    config = write_config(tmp_path / "score.yaml", model="m", input="s3://b/in", output="s3://b/out")
+    monkeypatch.delenv("CE_RAY_NOT_SET", raising=False)
+    assert main(["submit", "score", "--config", str(config), "--address", f"127.0.0.1:{free_port()}", "--env",
+                 "CE_RAY_NOT_SET"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "ce-ray submit: error: --env names variable(s) not set here: CE_RAY_NOT_SET")
 
 
 def test_a_dashboards_address_without_http_is_said_so_at_once(tmp_path, capsys, monkeypatch):

@@ -1051,6 +1051,44 @@ def test_a_cluster_address_where_nothing_listens_is_an_error_before_any_work(tmp
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
+def test_an_address_that_names_no_cluster_to_join_is_said_at_once(tmp_path, tiny_model, pairs_df):
+    """RAY_ADDRESS as a dashboard's `HOST:8265` (an HTTP server stands for it): Ray waited minutes for a GCS there,
+    its warnings the only lines; as `http://HOST:8265` (submit's address), and as a Ray Client address where nothing
+    answers (32 s): `cannot start a local Ray` with Ray's words. Each said at once, exit 2, before any work."""
+    import http.server
+    import socket
+    import threading
+
+    # On 127.0.0.2, a loopback address that Ray keeps as it is (127.0.0.1 it takes for the machine's own address, on
+    # which nothing answers: said at once already), as a cluster's dashboard on its host's address is joined.
+    server = http.server.HTTPServer(("127.0.0.2", 0), http.server.BaseHTTPRequestHandler)  # answers 501
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    dashboard = server.server_address[1]
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    pairs_df.head(4).to_parquet(tmp_path / "pairs.parquet")
+    at, http_at, client_at = f"127.0.0.2:{dashboard}", f"http://127.0.0.2:{dashboard}", f"ray://127.0.0.1:{port}"
+    said = {
+        at: (f"cannot join the Ray cluster at {at} (RAY_ADDRESS={at}): it answers HTTP, as a dashboard does, where a "
+             "cluster's GCS address is asked (`ray start --port`, 6379 by default); to send the job to the cluster "
+             f"through its dashboard: `ce-ray submit` with `--address http://{at}`"),
+        http_at: (f"cannot join a Ray cluster (RAY_ADDRESS={http_at}): that is a dashboard's address, which `ce-ray "
+                  f"submit --address {http_at}` sends the job to; a job run here joins a cluster by its GCS address "
+                  "(`host:6379`) or through Ray Client (`ray://host:10001`)"),
+        client_at: f"cannot join the Ray cluster at 127.0.0.1:{port} (RAY_ADDRESS={client_at}): nothing answers "}
+    try:
+        for address, line in said.items():
+            started = time.perf_counter()
+            result = run_cli("score", "--model", str(tiny_model), "--input", str(tmp_path / "pairs.parquet"),
+                             "--output", str(tmp_path / "out"), env={"RAY_ADDRESS": address}, timeout=120)
+            assert result.returncode == 2 and time.perf_counter() - started < 30, result.stderr[-3000:]
+            assert result.stderr.splitlines()[-1].startswith(f"ce-ray score: error: {line}"), result.stderr[-3000:]
+            assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+    finally:
+        server.shutdown()
+
+
 def test_cli_with_config_file_prints_a_summary(tmp_path, tiny_model, pairs_df):
     pairs_df.head(40).to_csv(tmp_path / "pairs.csv", index=False)
     (tmp_path / "job.yaml").write_text(
