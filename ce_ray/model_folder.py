@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 from .config import ConfigError
 from .messages import setting_and_flag
-from .storage import check_s3_access, filesystem, list_tree, object_stamp, s3_endpoint
+from .storage import absolute, check_s3_access, filesystem, list_tree, object_stamp, s3_endpoint
 
 SIGMOID = "torch.nn.modules.activation.Sigmoid"
 IDENTITY = "torch.nn.modules.linear.Identity"
@@ -61,7 +61,10 @@ def local_model_path(model: str, files: Optional[dict] = None) -> str:
 
 def model_source(model: str) -> str:
     """What a job's workers load: a local folder by its absolute path (they may run in another working
-    directory), an `s3://` or hub model by its name, which each node copies for itself (`local_model_path`)."""
+    directory), an `s3://` or hub model by its name, which each node copies for itself (`local_model_path`); an
+    `s3://` one in one spelling (`storage.absolute`), as a job records it."""
+    if model.startswith(("s3://", "s3a://")):
+        return absolute(model)
     return os.path.abspath(model) if "://" not in model and os.path.isdir(model) else model
 
 

@@ -362,7 +362,10 @@ def input_key(path: str) -> str:
     for suffix in COMPRESSED:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.splitext(name)[0])[:64] or "input"
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.splitext(name)[0])[:64]
+    # Not "_" or "." first (`ü.parquet`, `#1.csv`, `(copy).jsonl`): pyarrow, pandas and Spark skip such files as
+    # metadata or hidden, and the output's rows of that input were lost to them, without a word.
+    stem = stem.lstrip("_.-") or "input"
     return f"{stem}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
 
 

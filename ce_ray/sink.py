@@ -280,13 +280,13 @@ def scan_parts(output: str, listed: Optional[list] = None) -> ResumeState:
 
 def _as_recorded_now(job: dict) -> dict:
     """An earlier job's settings with its input and model written out as jobs now record them: earlier ones kept
-    them as typed (`data/in`, `/models/rr/`), and their outputs resume from the same working directory."""
+    them as typed (`data/in`, `/models/rr/`, `s3a://b/in/`), and their outputs resume from the same working
+    directory, or spelled another way."""
     from .storage import absolute
     from .model_folder import model_source
 
     written_out = {"input": absolute, "model": model_source}
-    return job | {name: write(job[name]) for name, write in written_out.items()
-                  if isinstance(job.get(name), str) and "://" not in job[name]}
+    return job | {name: write(job[name]) for name, write in written_out.items() if isinstance(job.get(name), str)}
 
 
 def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:

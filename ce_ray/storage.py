@@ -26,7 +26,10 @@ def is_remote(uri: str) -> bool:
 
 
 def absolute(uri: str) -> str:
-    """A local path written out from the working directory; a URI as it is."""
+    """A local path written out from the working directory; an `s3://` URI in one spelling (`s3a://`, a trailing
+    `/`: the same objects), so that a resume spelled otherwise is the same job; another URI as it is."""
+    if uri.startswith(("s3://", "s3a://")):
+        return "s3://" + uri.split("://", 1)[1].rstrip("/")
     return uri if "://" in uri else os.path.abspath(uri)
 
 

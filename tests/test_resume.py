@@ -394,6 +394,36 @@ def test_resume_refuses_another_version_of_the_same_model(ray_local, tmp_path, t
     assert run_score(config_for(out, model, one, mode="resume")).files_kept == 1
 
 
+def test_parts_of_inputs_of_any_name_are_read_and_an_s3_input_spelled_otherwise_resumes(tmp_path):
+    """An input whose name began with a letter outside ASCII or a sign (`ü.parquet`, `#1.parquet`, `(copy).parquet`)
+    had its parts named `_…`, which pyarrow, pandas and Spark skip as metadata: its rows were lost to whoever read
+    the output, and a job reading the output refused it as missing a part. And an `s3://` input or model was recorded
+    as typed: the same one resumed as `s3a://` or with a `/` more was refused as other settings."""
+    from ce_ray.model_folder import model_source
+    from ce_ray.sink import INPUT_ROWS, resume_state
+    from ce_ray.storage import absolute
+
+    names = ["ü.parquet", "#1.parquet", " 2024.parquet", "(copy).parquet", "é-fr.jsonl", "_x.csv.gz"]
+    keys = [input_key(f"s3://b/in/{name}") for name in names]
+    assert not [key for key in keys if key.startswith(("_", ".", "-"))]
+    (tmp_path / "results").mkdir()
+    for i, key in enumerate(keys):
+        pq.write_table(pa.table({"row": [i]}), tmp_path / "results" / f"{key}-r000000000000.parquet")
+    assert sorted(pq.read_table(tmp_path / "results")["row"].to_pylist()) == list(range(len(names)))
+    assert len(pd.read_parquet(tmp_path / "results")) == len(names)
+
+    out = tmp_path / "out"
+    (out / "_ce_ray").mkdir(parents=True)
+    (out / "_ce_ray" / "job.json").write_text(json.dumps({"model": "s3a://b/models/rr/", "input": "s3a://b/in/"}))
+    (out / "results").mkdir()
+    part = pa.table({"query": ["q"]}).replace_schema_metadata({INPUT_ROWS: b"1"})
+    pq.write_table(part, out / "results" / f"{input_key('s3://b/in/a.parquet')}-r000000000000.parquet")
+    job = {"model": model_source("s3://b/models/rr"), "input": absolute("s3://b/in")}
+    assert len(resume_state(str(out), job).complete) == 1
+    with pytest.raises(ResumeError, match=r"other settings \(input\)"):
+        resume_state(str(out), job | {"input": absolute("s3://b/in2/")})
+
+
 def test_resume_follows_the_input_files_not_how_their_path_is_spelled(ray_local, tmp_path, tiny_model,
                                                                         wikiqa_files, reference, monkeypatch,
                                                                         capsys):
