@@ -482,9 +482,10 @@ def keep_prompts(base: str, saved: str, activation: str, max_length: int) -> Non
     for arguments in (module.get("tokenizer_args"), module.get("processor_kwargs")):
         if isinstance(arguments, dict) and "model_max_length" in arguments:
             arguments["model_max_length"] = max_length
-    text = (module.get("processing_kwargs") or {}).get("text")
-    if isinstance(text, dict) and "max_length" in text:
-        text["max_length"] = max_length
+    for bucket in ("text", "common"):
+        processing = (module.get("processing_kwargs") or {}).get(bucket)
+        if isinstance(processing, dict) and "max_length" in processing:
+            processing["max_length"] = max_length
     written = {"modules.json": read_json(files["modules.json"]), "sentence_bert_config.json": module,
                "config_sentence_transformers.json": settings | {"activation_fn": activation}}
     for name, content in written.items():
@@ -513,8 +514,10 @@ def query_prompt(path: str, prompt: Optional[str] = None, prompt_name: Optional[
 # Model types whose positions are a learned table of max_position_embeddings rows: a longer input indexes past
 # it (an IndexError on a CPU, a device-side assert that ends the process on a GPU). RoBERTa's kin number their
 # positions from pad_token_id + 1. Rotary (ModernBERT) and relative (DeBERTa-v2) positions have no such bound.
-LEARNED_POSITIONS = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "albert"})
-OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert"})
+OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "mpnet", "data2vec-text", "xlm-roberta-xl",
+                              "ibert", "longformer"})
+LEARNED_POSITIONS = OFFSET_POSITIONS | {"bert", "electra", "distilbert", "albert", "ernie", "megatron-bert",
+                                        "mobilebert"}
 
 
 def position_limit(path: str) -> Optional[int]:
@@ -575,16 +578,38 @@ def tokenizer_arguments(settings: dict) -> dict:
     return arguments
 
 
+def pair_processing(settings: dict) -> dict:
+    """What CrossEncoder's call of its tokenizer takes of the module's `processing_kwargs`: their `text` settings,
+    then their `common` ones over them (sentence-transformers 6 calls a tokenizer with `{**text, **common}`)."""
+    processing = settings.get("processing_kwargs") or {}
+    return {**(processing.get("text") or {}), **(processing.get("common") or {})}
+
+
+def check_pair_cutting(path: str, model: str) -> None:
+    """Refuses, before any work, a model whose saved settings cut or build its pairs otherwise than ce-ray does
+    (`longest_first`, CrossEncoder's default, with the special tokens): its pairs would be scored as others than
+    `predict` scores (`only_second` keeps a query whole and cuts the document alone)."""
+    processing = pair_processing(module_settings(path))
+    cut = processing.get("truncation", "longest_first")
+    if cut is not True and cut != "longest_first":
+        raise ModelError(f"{model} cuts its pairs with truncation {cut!r} (processing_kwargs in its "
+                         "sentence_bert_config.json), which ce-ray does not reproduce: it cuts them longest_first, as "
+                         "CrossEncoder does by default; remove the setting to score it so")
+    if processing.get("add_special_tokens", True) is not True:
+        raise ModelError(f"{model} builds its pairs without special tokens (processing_kwargs in its "
+                         "sentence_bert_config.json), which ce-ray does not reproduce")
+
+
 def max_length_of(path: str, tokenizer, config) -> int:
-    """CrossEncoder's rule for the `tokenizer` that `load_tokenizer` gives: the module's processing_kwargs' text
-    max_length, else the tokenizer's (its model_max_length, which the module's settings may give), capped by the
-    positions unless the settings gave it. The settings only in CrossEncoder's layout, modules.json beside them: a
+    """CrossEncoder's rule for the `tokenizer` that `load_tokenizer` gives: the module's processing_kwargs'
+    max_length (`pair_processing`), else the tokenizer's (its model_max_length, which the module's settings may
+    give), capped by the positions unless the settings gave it. The settings only in CrossEncoder's layout, modules.json beside them: a
     folder without builds from its transformers files alone (`crossencoder_settings`), and its pairs were cut at
     another length than `predict` cuts them."""
     settings = module_settings(path)
-    text = ((settings.get("processing_kwargs") or {}).get("text")) or {}
-    if text.get("max_length"):
-        return int(text["max_length"])
+    processing = pair_processing(settings)
+    if processing.get("max_length"):
+        return int(processing["max_length"])
     length = tokenizer.model_max_length
     positions = getattr(config, "max_position_embeddings", None)
     if "model_max_length" not in tokenizer_arguments(settings) and positions and positions > 0 and (

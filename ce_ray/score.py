@@ -183,8 +183,9 @@ def scoring_model_ahead(config: ScoreConfig, files: Optional[dict] = None) -> Ca
     model's tokenizer asks for its facts in another process meanwhile (`tokenizer_facts.facts_ahead`), so that a
     job checks the model, starts Ray, then takes the model: a tokenizer that cannot be loaded fails it then.
     `files`: an `s3://` model's listing (`model_files`), where the job listed it already (`job_listing`)."""
-    from .model_folder import (activation_path, check_max_length, check_safe, check_scores, local_model_path,
-                               model_files, model_loading, model_source, query_prompt, usable_max_length)
+    from .model_folder import (activation_path, check_max_length, check_pair_cutting, check_safe, check_scores,
+                               local_model_path, model_files, model_loading, model_source, query_prompt,
+                               usable_max_length)
 
     config = dataclasses.replace(config, model=model_source(config.model))
     files = files or model_files(config.model)  # the one listing of an s3:// model: the replicas copy these objects
@@ -192,6 +193,7 @@ def scoring_model_ahead(config: ScoreConfig, files: Optional[dict] = None) -> Ca
     check_safe(path, config.allow_pickle, config.trust_remote_code)
     check_scores(path, config.model)
     check_max_length(path, config.model, config.max_length)
+    check_pair_cutting(path, config.model)
     prompt = query_prompt(path, config.prompt, config.prompt_name)
     # the copy checked, not a listing of now
     asked = model_loading(config.model, lambda: facts_ahead(path, config.trust_remote_code))

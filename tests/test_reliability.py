@@ -1217,6 +1217,10 @@ def test_a_max_length_past_the_models_positions_fails_before_any_work(tmp_path, 
     assert usable_max_length(str(tmp_path / "roberta"), "r", 514) == 512
     assert usable_max_length(str(tmp_path / "roberta"), "r", 256) == 256
     assert usable_max_length(str(tiny_model), "t", 512) == 512
+    # RoBERTa's kin number them so too: an MPNet of 130 positions had no bound, and a long pair failed mid-job.
+    (tmp_path / "roberta" / "config.json").write_text(json.dumps(
+        {"model_type": "mpnet", "max_position_embeddings": 130, "pad_token_id": 1}))
+    assert usable_max_length(str(tmp_path / "roberta"), "m", 512) == 128
 
 
 def test_model_needing_remote_code_is_refused(tmp_path, tiny_model):

@@ -1256,11 +1256,15 @@ def test_the_tokenizer_settings_of_cross_encoders_layout_are_read_as_it_reads_th
     """In CrossEncoder's layout, sentence_bert_config.json's do_lower_case puts a lowercasing before a tokenizer that
     does not lowercase, and its processor_kwargs (or tokenizer_args, their older name) and processing_kwargs give
     the max length. ce-ray read its max_seq_length alone: a cased tokenizer over a lowercase vocabulary made every
-    word of `What Is PARIS` [UNK], and pairs were cut at 512 tokens, not 24: other scores than predict's."""
+    word of `What Is PARIS` [UNK], and pairs were cut at 512 tokens, not 24: other scores than predict's. So were they
+    where processing_kwargs' `common` settings gave it (sentence-transformers 6 gives a tokenizer those over the
+    `text` ones). Settings that cut or build the pairs otherwise than ce-ray (`truncation: only_second`, which keeps
+    the query whole) are refused before any work: their pairs were scored cut otherwise than predict's."""
     import pyarrow as pa
     from sentence_transformers import CrossEncoder
 
     from ce_ray.batching import pair_encoder
+    from ce_ray.model_folder import ModelError
     from ce_ray.score import scoring_model
 
     from conftest import build_tiny_model
@@ -1277,6 +1281,8 @@ def test_the_tokenizer_settings_of_cross_encoders_layout_are_read_as_it_reads_th
     pair = ("What Is PARIS " + "Word " * 30, "Paris Is The Capital " + "City " * 30)
     for settings in ({"do_lower_case": True}, {"tokenizer_args": {"model_max_length": 24}},
                      {"processor_kwargs": {"model_max_length": 24}}, {"processing_kwargs": {"text": {"max_length": 24}}},
+                     {"processing_kwargs": {"common": {"max_length": 24}}},
+                     {"processing_kwargs": {"text": {"max_length": 40}, "common": {"max_length": 24}}},
                      {"do_lower_case": True, "max_seq_length": 24}):
         (model / "sentence_bert_config.json").write_text(json.dumps(module | settings))
         expected = CrossEncoder(str(model), device="cpu")[0].preprocess([list(pair)])["input_ids"][0].tolist()
@@ -1285,6 +1291,12 @@ def test_the_tokenizer_settings_of_cross_encoders_layout_are_read_as_it_reads_th
         assert ids.to_pylist() == [expected], settings
         assert len(expected) == (24 if "do_lower_case" not in settings or "max_seq_length" in settings else 70)
         assert (100 in expected) == ("do_lower_case" not in settings), settings  # [UNK]: the cased words
+    for processing, said in (({"common": {"truncation": "only_second"}}, "with truncation 'only_second'"),
+                             ({"text": {"truncation": False}}, "with truncation False"),
+                             ({"text": {"add_special_tokens": False}}, "without special tokens")):
+        (model / "sentence_bert_config.json").write_text(json.dumps(module | {"processing_kwargs": processing}))
+        with pytest.raises(ModelError, match=f"{model} (cuts|builds) its pairs {said} "):
+            scoring_model(ScoreConfig(model=str(model)))
 
 
 def test_the_activation_is_read_as_cross_encoder_reads_it(tmp_path):

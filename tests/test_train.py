@@ -1975,8 +1975,8 @@ def test_the_trained_model_keeps_the_prompts_and_activation_of_the_model_it_star
 
 def test_a_trained_models_kept_layout_gives_its_trained_max_length_wherever_the_base_named_one(tiny_model, tmp_path):
     """The layout files a trained model keeps from its base (`keep_prompts`) gave the trained max length as
-    max_seq_length alone; a length in the base's tokenizer arguments or processing, which CrossEncoder reads before
-    it, still cut the trained model's pairs at the base's."""
+    max_seq_length alone; a length in the base's tokenizer arguments or processing (`text` or `common`), which
+    CrossEncoder reads before it, still cut the trained model's pairs at the base's."""
     from sentence_transformers import CrossEncoder
 
     from ce_ray.model_folder import keep_prompts
@@ -1986,12 +1986,12 @@ def test_a_trained_models_kept_layout_gives_its_trained_max_length_wherever_the_
     module = json.loads((tmp_path / "base" / "sentence_bert_config.json").read_text())
     (tmp_path / "base" / "sentence_bert_config.json").write_text(json.dumps(module | {
         "max_seq_length": 24, "processor_kwargs": {"model_max_length": 24},
-        "processing_kwargs": {"text": {"max_length": 24}}}))
+        "processing_kwargs": {"text": {"max_length": 24}, "common": {"max_length": 24}}}))
     (tmp_path / "trained").mkdir()
     keep_prompts(str(tmp_path / "base"), str(tmp_path / "trained"), "torch.nn.modules.activation.Sigmoid", 64)
     kept = json.loads((tmp_path / "trained" / "sentence_bert_config.json").read_text())
     assert (kept["max_seq_length"], kept["processor_kwargs"], kept["processing_kwargs"]) == (
-        64, {"model_max_length": 64}, {"text": {"max_length": 64}})
+        64, {"model_max_length": 64}, {"text": {"max_length": 64}, "common": {"max_length": 64}})
 
 
 def test_the_card_of_a_model_written_to_s3_loads_a_copy_of_its_folder():
