@@ -603,9 +603,9 @@ def check_pair_cutting(path: str, model: str) -> None:
 def max_length_of(path: str, tokenizer, config) -> int:
     """CrossEncoder's rule for the `tokenizer` that `load_tokenizer` gives: the module's processing_kwargs'
     max_length (`pair_processing`), else the tokenizer's (its model_max_length, which the module's settings may
-    give), capped by the positions unless the settings gave it. The settings only in CrossEncoder's layout, modules.json beside them: a
-    folder without builds from its transformers files alone (`crossencoder_settings`), and its pairs were cut at
-    another length than `predict` cuts them."""
+    give), capped by the positions unless the settings gave it. The settings only in CrossEncoder's layout,
+    modules.json beside them: a folder without builds from its transformers files alone (`crossencoder_settings`),
+    and its pairs were cut at another length than `predict` cuts them."""
     settings = module_settings(path)
     processing = pair_processing(settings)
     if processing.get("max_length"):
