@@ -205,7 +205,7 @@ def _text_bytes(path: str, size: int, head: bytes, whole: bool) -> int:
     """A text file's size in memory: its head when that was all of it, else its size (`size` bytes)."""
     if whole:
         return len(head)
-    return size * COMPRESSED_TEXT_RATIO if path.lower().endswith(COMPRESSED) else size
+    return size * COMPRESSED_TEXT_RATIO if compression_of(path) else size
 
 
 def _head(f) -> Tuple[bytes, bool]:

@@ -55,6 +55,7 @@ def ensure_ray(dashboard: bool = False) -> None:
         where = f"join the Ray cluster at {address}" if address else "start a local Ray"
         if address:
             _refuse_silent(address)
+            _refuse_dashboard(address)
     # A local Ray takes the machine's cores as its CPUs: on a machine of one (a 1-CPU VM, a pod limited to one
     # CPU) that is one, which a scoring replica holds for the whole job, none left to read its rows (refused,
     # `score._check_room`). Two CPUs of Ray's then share the core. A cluster joined (here or through Ray Client)
@@ -133,7 +134,8 @@ def _client_server(address: str) -> str:
     `ce-ray submit` takes and `ray.init` does not, is refused (Ray's own message blamed a local Ray's start)."""
     from urllib.parse import urlsplit
 
-    scheme, netloc = urlsplit(address).scheme, urlsplit(address).netloc
+    parts = urlsplit(address)
+    scheme, netloc = parts.scheme, parts.netloc
     if scheme in ("http", "https"):
         raise RayStartError(f"cannot join a Ray cluster (RAY_ADDRESS={address}): that is a dashboard's address, which "
                             f"`ce-ray submit --address {address}` sends the job to; a job run here joins a cluster by "
@@ -158,8 +160,6 @@ def _refuse_silent(address: str) -> None:
     """Fails at once where nothing answers at the cluster's address, rather than in Ray's retries."""
     import socket
 
-    from .submit import answers_http
-
     host, _, port = address.rpartition(":")
     if not port.isdigit():
         raise RayStartError(f"cannot join the Ray cluster at {address} ({_address_source()}): no port (`host:6379`)")
@@ -169,11 +169,19 @@ def _refuse_silent(address: str) -> None:
         raise RayStartError(f"cannot join the Ray cluster at {address} ({_address_source()}): nothing answers there "
                             f"({e}); start it (`ray start --head`), or set RAY_ADDRESS=local to start a local Ray "
                             "for the job") from None
-    if not _through_ray_client() and answers_http(host.strip("[]"), int(port)):  # Ray waited minutes for a GCS there
+
+
+def _refuse_dashboard(address: str) -> None:
+    """Fails at once where a GCS address (`host:port`, something answering there) answers HTTP, as a dashboard does:
+    Ray waited minutes for a GCS there."""
+    from .submit import answers_http
+
+    host, _, port = address.rpartition(":")
+    if answers_http(host.strip("[]"), int(port)):
         raise RayStartError(f"cannot join the Ray cluster at {address} ({_address_source()}): it answers HTTP, as "
                             "a dashboard does, where a cluster's GCS address is asked (`ray start --port`, 6379 by "
                             f"default); to send the job to the cluster through its dashboard: `ce-ray submit` with "
-                            f"`--address http://{address}`") from None
+                            f"`--address http://{address}`")
 
 
 def started_here() -> bool:
