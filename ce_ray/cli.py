@@ -180,6 +180,11 @@ STOPPED = 128 + signal.SIGTERM  # a job stopped by SIGTERM, as a shell gives it;
 # The errors of a usage, found before any work; the same types raised during the work fail the job (`runtime.work`).
 # Ray that cannot be joined or started is one too: no work was done, and a resume would have nothing to keep.
 USAGE_ERRORS = (ConfigError, ValueError, FileExistsError, FileNotFoundError, RayStartError)
+# A package that the command imports and this Python lacks (a cluster's image without ce-ray's dependencies) is
+# found before any work too: a resume would fail the same way.
+MISSING_PACKAGES = ("ce-ray's dependencies are not all installed where the command runs: pip install this project "
+                    "there, or build the cluster's image with them (cluster/README.md), or pass them with `ce-ray "
+                    "submit --pip`")
 
 
 def finishing_hint(command: str, cause: str = "", args: Optional[argparse.Namespace] = None,
@@ -290,8 +295,9 @@ def main(argv=None) -> int:
     except Exception as e:
         from .runtime import failed_during_work
 
-        if isinstance(e, USAGE_ERRORS) and not failed_during_work(e):
-            print(f"ce-ray {args.command}: error: {e}", file=sys.stderr)
+        if isinstance(e, (*USAGE_ERRORS, ImportError)) and not failed_during_work(e):
+            missing = f"; {MISSING_PACKAGES}" if isinstance(e, ImportError) else ""
+            print(f"ce-ray {args.command}: error: {e}{missing}", file=sys.stderr)
             return 2
         report_failure(args.command, e, args)
         return FAILED

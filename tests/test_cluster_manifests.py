@@ -178,3 +178,42 @@ def test_every_flag_says_what_it_sets():
     # best_metric's empty choice ("none") stays valid without showing as a leading comma in the usage
     assert "[--best-metric {ndcg@10,mrr@10,map}]" in " ".join(commands["train"].format_usage().split())
     assert commands["train"].parse_args(["--best-metric", ""]).best_metric == ""
+
+
+def test_every_cluster_asks_for_a_token():
+    """Every pod holds the S3 Secret: a Jobs API open to whoever reaches its port would run their code beside it.
+    The RayJobs' clusters set no `authOptions`, and Ray starts a head without one open."""
+    clusters = [manifest("raycluster.yaml")["spec"],
+                *(manifest(name)["spec"]["rayClusterSpec"] for name in ("rayjob-score.yaml", "rayjob-train.yaml"))]
+    for spec in clusters:
+        assert spec.get("authOptions", {}).get("mode") == "token", spec
+
+
+def package_names(requirements) -> set:
+    return {re.split(r"[\[<>=!~ ;]", requirement)[0].lower() for requirement in requirements}
+
+
+def project_dependencies() -> set:
+    """The names of the packages ce-ray needs that Ray's images lack: pyproject's dependencies but Ray and what
+    Ray itself installs (pyarrow, numpy, pyyaml)."""
+    import tomllib
+
+    needed = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return package_names(needed) - {"ray", "pyarrow", "numpy", "pyyaml"}
+
+
+def test_what_runs_on_rays_images_installs_the_dependencies_they_lack():
+    """Ray's images hold none of ce-ray's dependencies: the RayJobs install them (`runtimeEnvYAML.pip`), and the
+    submit line of raycluster.yaml, and of cluster/README.md's section on it, passes them (`--pip`); its line
+    had none, and the job failed on the cluster at its first import."""
+    for name in ("rayjob-score.yaml", "rayjob-train.yaml"):
+        pip = yaml.safe_load(manifest(name)["spec"]["runtimeEnvYAML"])["pip"]
+        assert project_dependencies() <= package_names(pip), name
+    readme = (CLUSTER / "README.md").read_text()
+    section = readme[readme.index("- `raycluster.yaml`"):readme.index("- `rayjob-score.yaml`")]
+    comments = "\n".join(line.lstrip("# ") for line in (CLUSTER / "raycluster.yaml").read_text().splitlines())
+    for text in (section, comments):
+        line = re.search(r"ce-ray submit score .*?(?<!\\)\n", text, re.S).group(0).replace("\\\n", " ")
+        argv = shlex.split(line)
+        pip = [argv[i + 1] for i, flag in enumerate(argv) if flag == "--pip"]
+        assert project_dependencies() <= package_names(pip), line

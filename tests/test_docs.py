@@ -46,7 +46,9 @@ def code_of(path) -> list:
     text = (ROOT / path).read_text()
     if path.endswith(".md"):
         return markdown_code(text)
-    return [(re.split(r"`| {2,}|;", line.lstrip("# "))[0], True) for line in text.splitlines()]
+    # A line that ends in `\` is joined to the next, whose indent lstrip took.
+    lines = "\n".join(line.lstrip("# ") for line in text.splitlines()).replace("\\\n", "").splitlines()
+    return [(re.split(r"`| {2,}|;", line)[0], True) for line in lines]
 
 
 def command_lines(path) -> list:
@@ -58,7 +60,7 @@ def command_lines(path) -> list:
             if re.match(r" [a-z]+:", match["rest"]):  # a job's line, `ce-ray score: done`
                 continue
             words = shlex.split(match["rest"])
-            if any(re.search(r"[<\[]|\.\.\.|…", w) for w in words):
+            if any(re.search(r"<(?!=)|\[|\.\.\.|…", w) for w in words):  # `<=` of a requirement is none
                 continue
             found.append((match["command"] or match["job"], words, whole))
     return found

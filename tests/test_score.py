@@ -1089,6 +1089,22 @@ def test_an_address_that_names_no_cluster_to_join_is_said_at_once(tmp_path, tiny
         server.shutdown()
 
 
+def test_a_package_the_job_lacks_is_said_before_any_work(tmp_path, tiny_model, pairs_df):
+    """A cluster's image without ce-ray's dependencies (Ray's own images hold none of them): the job failed with
+    a traceback, exit 1 and `--mode resume finishes it`, which would fail the same way. One line, exit 2, naming
+    the package and how to install it, before Ray starts."""
+    pairs_df.head(4).to_parquet(tmp_path / "pairs.parquet")
+    lacking = ("import sys; sys.modules['safetensors'] = None; from ce_ray.cli import main; "
+               "sys.exit(main(sys.argv[1:]))")  # `import safetensors` raises ModuleNotFoundError, as where it lacks
+    result = subprocess.run([sys.executable, "-c", lacking, "score", "--model", str(tiny_model), "--input",
+                             str(tmp_path / "pairs.parquet"), "--output", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.splitlines()[-1].startswith("ce-ray score: error: import of safetensors halted"), result.stderr
+    assert "ce-ray's dependencies are not all installed where the command runs" in result.stderr
+    assert "Traceback" not in result.stderr and "resume" not in result.stderr and not (tmp_path / "out").exists()
+
+
 def test_cli_with_config_file_prints_a_summary(tmp_path, tiny_model, pairs_df):
     pairs_df.head(40).to_csv(tmp_path / "pairs.csv", index=False)
     (tmp_path / "job.yaml").write_text(
