@@ -126,10 +126,13 @@ def run_command(name: str, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ce-ray", description="Cross-encoder rerankers at cluster scale, on Ray")
+    # No abbreviated flags: `ce-ray train --mode resume` (a flag of the other commands) was taken for `--model
+    # resume`, and `--k 10` (eval's) for `--keep-checkpoints 10`, without a word.
+    parser = argparse.ArgumentParser(prog="ce-ray", description="Cross-encoder rerankers at cluster scale, on Ray",
+                                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (cls, _, help_text) in COMMANDS.items():
-        add_config_flags(sub.add_parser(name, help=help_text, description=help_text), cls)
+        add_config_flags(sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False), cls)
     from .submit import add_submit_parser
 
     add_submit_parser(sub, list(COMMANDS))

@@ -283,7 +283,7 @@ class TrainConfig(ModelConfig):
     eval_max_queries: Optional[int] = None  # the first n queries (with a relevant document); unset: all
     output: str = ""  # final model folder; local or s3://
     storage_path: str = ""  # checkpoints; default: <output>/checkpoints
-    run_name: str = ""  # a run started again with the same name resumes; default: the output's name
+    run_name: str = ""  # a run started again with this name and storage_path resumes; default: the output's name
     num_workers: int = 1  # data-parallel workers, one GPU each on a GPU cluster
     use_gpu: Optional[bool] = None  # unset: when the cluster has GPUs
     cpus_per_worker: float = 1.0  # CPUs each training worker holds
@@ -420,7 +420,7 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _check_type(name, value, inner[0])
     if origin is Literal:
-        if value not in args:
+        if not any(value == choice and type(value) is type(choice) for choice in args):  # true == 1, 2.0 == 2
             raise ConfigError(f"{_named(name)}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
     if origin in (list, typing.List):
@@ -462,6 +462,9 @@ def _checked(cls: type, values: dict, prefix: str = "") -> dict:
     known = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
+        if not isinstance(key, str):  # YAML's `1:`, or `on:` and `yes:`, which it reads as True
+            read_as = " (YAML reads on, off, yes and no as true or false)" if isinstance(key, bool) else ""
+            raise ConfigError(f"unknown setting {prefix}{key!r}: a setting's name is text{read_as}")
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             owners = [] if prefix else commands_with_setting(key)
@@ -527,6 +530,8 @@ def load_config(cls: type, path: Optional[str] = None, overrides: Optional[dict]
                 loaded = yaml.safe_load(f) or {}
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text ({e})") from e
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
         if not isinstance(loaded, dict):

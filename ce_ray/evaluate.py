@@ -36,7 +36,7 @@ from .input_files import (EVAL_SUFFIX, FileCheck, agreed_schema, compression_of,
                           partition_values)
 from .messages import InputError, column_list, plural, setting_and_flag, settings_hint
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
-from .output_state import EVAL, REJECTS, job_summary, refuse_changed_output
+from .output_state import EVAL, REJECTS, job_of_results, job_summary, refuse_changed_output, rows_cut_before
 from .storage import check_s3_access, filesystem, glob_base, is_glob, is_remote, join
 from .train_data import numeric_labels
 
@@ -157,7 +157,10 @@ def _single_spaced_run(uri: str, names: List[str]) -> Optional[pd.DataFrame]:
                                       include_columns=["query", "doc", "score"]))
     except (pa.ArrowInvalid, OSError):
         return None
-    return None if table.column("score").null_count else table.rename_columns(names).to_pandas()
+    empty = pc.any(pc.or_(pc.equal(table.column("query"), ""), pc.equal(table.column("doc"), ""))).as_py()
+    if table.column("score").null_count or empty:  # `a Q0  1 0.9 x`, its document id lost: `_run_lines` refuses it
+        return None
+    return table.rename_columns(names).to_pandas()
 
 
 def _run_lines(uri: str):
@@ -347,12 +350,14 @@ def write_trec_run(uri: str, df: pd.DataFrame, c: EvalConfig, ranking: Optional[
 
 
 def _run_field(ids: pa.Array, what: str) -> pa.Array:
-    """Ids as a run's field: text without blanks, which would split it into other fields."""
+    """Ids as a run's field: text without blanks, which would split it into other fields, and not empty, which
+    would leave the line a field short (trec_eval refuses both lines)."""
     text = ids.cast(pa.string())
-    blank = pc.match_substring_regex(text, r"\s")
+    blank = pc.match_substring_regex(text, r"^$|\s")
     if pc.any(blank).as_py():
         example = text.filter(blank)[0].as_py()
-        raise InputError(f"{what} id {example!r} holds a blank: a TREC run's fields are separated by blanks")
+        said = "is empty" if example == "" else f"{example!r} holds a blank"
+        raise InputError(f"{what} id {said}: a TREC run's fields are separated by blanks")
     return text
 
 
@@ -415,34 +420,38 @@ def _following_the_job(config: EvalConfig) -> tuple:
       by `--query-id-column QuestionID` is measured by that column.
     - A score job writes no rank: a `rank` column there is the input's own (a first stage's), so its order is
       the job's scores.
-    - A rerank that kept each query's top k: no baseline (its order of the reranker's choice is not the first
-      stage's list), and without qrels no metric at all, since the cut rows' labels are gone: recall, MAP and
-      NDCG's ideal order would count only the relevant documents the reranker kept.
+    - A rerank that kept each query's top k, or a job over such a rerank's output (a cascade): no baseline (its
+      order of the reranker's choice is not the first stage's list), and without qrels no metric at all, since the
+      cut rows' labels are gone: recall, MAP and NDCG's ideal order would count only the relevant documents kept.
+
+    The same where the input is in a job's results/ (`job_of_results`), though its files are read as they are.
     """
     job = job_summary(config.input)
-    if job is None:
+    wrote = job or job_of_results(config.input)
+    if wrote is None:
         return config, {}, None
-    settings, defaults = job.get("settings", {}), EvalConfig()
+    settings, defaults = wrote.get("settings", {}), EvalConfig()
     changes = {name: settings[name] for name in ("query_id_column", "score_column", "rank_column")
                if settings.get(name) and getattr(config, name) == getattr(defaults, name) != settings[name]}
     notes = {"columns_of_the_job": ", ".join(f"{name} {value!r}" for name, value in changes.items())
              + f": as the job that wrote {config.input}"} if changes else {}
-    if "rows_cut" not in job and config.rank_column == defaults.rank_column:  # a score job's: rerank's counts cuts
+    if "rows_cut" not in wrote and config.rank_column == defaults.rank_column:  # a score job's: rerank's counts cuts
         changes["rank_column"] = ""
-    cut = job.get("rows_cut")
+    cut = rows_cut_before(wrote)
+    if cut:
+        whose = "the reranker's" if wrote.get("rows_cut") else "an earlier reranker's (the job's input's)"
+        holds = f"{config.input} holds {whose} top {cut['top_k']} of each query ({plural(cut['rows_cut'], 'row')} cut)"
     if cut and not config.qrels:
-        raise ConfigError(f"{config.input} holds the reranker's top {job.get('top_k')} of each query "
-                          f"({plural(cut, 'row')} cut): the cut rows' labels are gone, so recall, MAP and NDCG would "
-                          f"count only the relevant documents it kept; give {setting_and_flag('qrels')}, or evaluate "
-                          f"a rerank without {setting_and_flag('top_k')}")
+        raise ConfigError(f"{holds}: the cut rows' labels are gone, so recall, MAP and NDCG would count only the "
+                          f"relevant documents it kept; give {setting_and_flag('qrels')}, or evaluate a rerank "
+                          f"without {setting_and_flag('top_k')}")
     if cut and config.baseline_column:
         notes["baseline_left_out"] = (
-            f"no baseline: {config.input} holds the reranker's top {job.get('top_k')} of each query "
-            f"({plural(cut, 'row')} cut), so {config.baseline_column} would rank the reranker's choice, not the first "
+            f"no baseline: {holds}, so {config.baseline_column} would rank the reranker's choice, not the first "
             "stage's list; evaluate the baseline on the rerank's input")
         changes["baseline_column"] = ""
-    if job.get("rows_rejected"):
-        notes["rejected_rows_left_out"] = (f"left out {job['rows_rejected']:,} row(s) the job rejected (its "
+    if wrote.get("rows_rejected"):
+        notes["rejected_rows_left_out"] = (f"left out {wrote['rows_rejected']:,} row(s) the job rejected (its "
                                            f"{REJECTS}/)" + ("" if config.qrels else ": their labels not counted"))
     return dataclasses.replace(config, **changes), notes, job
 

@@ -11,7 +11,7 @@ from typing import Dict, List, NamedTuple, Optional
 import pyarrow.fs as pafs
 
 from .messages import InputError, briefly, plural
-from .storage import filesystem, is_glob
+from .storage import filesystem, glob_base, is_glob
 
 
 # An output folder of ce-ray (its layout: ce_ray/sink.py), which may be the input of a later job.
@@ -27,6 +27,9 @@ RESUME, OVERWRITE = "--mode resume finishes it", "rerun it with --mode overwrite
 STATE = "_ce_ray"
 JOB = "job.json"  # in STATE: the settings of the job that wrote the output
 MODEL_VERSION = "model_version"  # in JOB: which version of the model scored it (`model_folder.model_version`)
+# In `_SUCCESS`: the cut of a rerank whose output this job's input is, or was at some step before (a cascade):
+# {"top_k": k, "rows_cut": n}. Its rows are that reranker's choice, whichever later job scored them again.
+INPUT_CUT = "input_cut"
 
 
 def is_output(fs: pafs.FileSystem, path: str) -> bool:
@@ -56,6 +59,40 @@ def job_summary(uri: str) -> Optional[dict]:
         return summary | {"settings": read_state(fs, path) or {}}
     except (OSError, ValueError):
         return summary | {"settings": {}}
+
+
+def job_of_results(uri: str) -> Optional[dict]:
+    """As `job_summary`, for an input inside a ce-ray output's results/ (the folder, a part of it, a glob of its
+    parts) where that job finished: the rows are that job's, written as its settings say, though they are read as
+    the files they are (the way to read them past a `_SUCCESS` that is not ce-ray's). None for any other input."""
+    fs, path = filesystem(glob_base(uri))
+    names = path.rstrip("/").split("/")
+    if RESULTS not in names[1:]:
+        return None
+    output = "/".join(names[: len(names) - 1 - names[::-1].index(RESULTS)])
+    if not is_output(fs, output):
+        return None
+    try:
+        summary = finished_job(fs, output, uri)
+    except InputError:  # not finished, or its marker not ce-ray's: the rows as they are, as before
+        return None
+    return summary | {"settings": read_state(fs, output) or {}}
+
+
+def rows_cut_before(summary: dict) -> Optional[dict]:
+    """The cut (`INPUT_CUT`) that an output's rows went through, from the summary of the job that wrote it: its own
+    (a rerank that kept each query's top k and cut rows) or its input's; None where none was cut."""
+    if summary.get("rows_cut"):
+        return {"top_k": summary.get("top_k"), "rows_cut": summary["rows_cut"]}
+    return summary.get(INPUT_CUT)
+
+
+def input_cut_record(uri: str) -> dict:
+    """For a job's `_SUCCESS`: the cut that the rows of its input `uri` went through (`rows_cut_before`), where that
+    is a ce-ray output or in one's results/, so that eval knows the rows for an earlier reranker's choice."""
+    job = job_summary(uri) or job_of_results(uri)
+    cut = rows_cut_before(job) if job else None
+    return {INPUT_CUT: cut} if cut else {}
 
 
 def finished_job(fs: pafs.FileSystem, path: str, uri: str) -> dict:

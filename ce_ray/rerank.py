@@ -30,7 +30,7 @@ from .arrow_types import missing_values
 from .batching import REJECT
 from .config import RerankConfig, refuse_unused, require, with_settings
 from .messages import InputError
-from .output_state import OVERWRITE
+from .output_state import OVERWRITE, input_cut_record
 from .progress import Progress, count_ranked, job_counter
 from .readers import ROW_INDEX, ROW_INPUT, TAGS, plain_columns
 from .score import (FILE_SETTINGS, SCORE, add_scores, check_columns, check_known_columns, column_settings,
@@ -459,6 +459,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
         rank_seconds=min(max(ended - sink.rank_started, 0.0), seconds) if sink.rank_started else 0.0,
     )
     sink.write_success(dataclasses.asdict(summary) | {"rows_scored": summary.rows_scored,
-                                                      "pairs_per_second": summary.pairs_per_second})
+                                                      "pairs_per_second": summary.pairs_per_second}
+                       | input_cut_record(config.input))
     print("\n".join(summary.lines(title)), flush=True)
     return summary

@@ -22,7 +22,7 @@ from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, t
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, refuse_unused, require, with_settings
 from .input_files import DELIMITED, detect_format, refuse_written
 from .messages import InputError, column_list, plural, setting_and_flag
-from .output_state import MODEL_VERSION
+from .output_state import MODEL_VERSION, input_cut_record
 from .progress import TELL_EVERY_S, Progress, count_rows, job_counter
 from .runtime import (cluster_resources, column_type_clash, cpu_nodes, ensure_ray, free_failed_actors,
                       surfaced_errors, work)
@@ -890,6 +890,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         rows_kept=kept_scored + kept_rejected,
         files_kept_in_part=len(in_part.keys() & kept.parts.keys()),
     )
-    sink.write_success(dataclasses.asdict(summary) | {"pairs_per_second": summary.pairs_per_second}, kept=kept)
+    sink.write_success(dataclasses.asdict(summary) | {"pairs_per_second": summary.pairs_per_second}
+                       | input_cut_record(config.input), kept=kept)
     print("\n".join(summary.lines(title)), flush=True)
     return summary

@@ -75,7 +75,7 @@ def check_config(job: str, config: str, overrides: Sequence[str] = ()) -> None:
 
     from .cli import COMMANDS, add_config_flags, config_from_args, other_commands_hint
 
-    parser = argparse.ArgumentParser(prog=f"ce-ray submit {job} --config {config}", add_help=False)
+    parser = argparse.ArgumentParser(prog=f"ce-ray submit {job} --config {config}", add_help=False, allow_abbrev=False)
     add_config_flags(parser, COMMANDS[job][0])
     args, unknown = parser.parse_known_args(["--config", config, *overrides])
     if unknown:
@@ -319,7 +319,7 @@ def submit(job: str, config: str, address: Optional[str] = None, pip: Sequence[s
 
 def add_submit_parser(sub, jobs: Sequence[str]) -> None:
     help_text = "run a command (score, rerank, ...) as a Ray Job on a cluster and follow its logs"
-    p = sub.add_parser("submit", help=help_text, description=help_text,
+    p = sub.add_parser("submit", help=help_text, description=help_text, allow_abbrev=False,
                        epilog="The command's own flags (ce-ray <command> --help) may follow: they override the config "
                               "there, as locally. Exit status: 0 succeeded, 1 failed or stopped, 2 not submitted, "
                               "3 the job's end not seen (the cluster stopped answering), 130 Ctrl-C.")

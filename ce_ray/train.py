@@ -34,7 +34,7 @@ from .checkpoints import (DS_TAG, MODEL, PROGRESS, RANDOM_STATE, STATE, best_che
                           run_storage, upload_checkpoint, whole_checkpoint, worker_seed, write_file_list)
 from .messages import plural, setting_and_flag
 from .progress import duration
-from .storage import filesystem, is_remote, remove, upload_folder
+from .storage import check_apart, filesystem, is_remote, remove, upload_folder
 from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, refuse_settings_of_beir,
                          shard_spans, top_reasons, training_batch_tokens, training_input, unused_settings,
                          worker_spans)
@@ -943,6 +943,10 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
 
     _check_data(config)
     fs, storage_path, name, run_uri = run_storage(config)
+    for read in ("train_data", "eval_data"):  # a model or checkpoints read as pairs by the next run: it cannot resume
+        for written, what in ((config.output, "output"), (run_uri, "run's checkpoints (storage_path)")):
+            if getattr(config, read):
+                check_apart(getattr(config, read), written, setting_and_flag(read), what)
     data = training_input(config)  # once: for the run's record, then read
     refuse_settings_of_beir(config, data.beir)
     unused = unused_settings(config, data.beir)  # which the model card leaves out

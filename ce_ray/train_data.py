@@ -240,6 +240,13 @@ def training_input(config: TrainConfig, note_skipped: bool = True) -> TrainingIn
         # each file as the run reads it (`beir_file`): plain where there, else gzipped
         read = {f"{folder}/{name}" if f"{folder}/{name}" in files else f"{folder}/{name}.gz"
                 for name in ("corpus.jsonl", "queries.jsonl", f"qrels/{config.train_split}.tsv")}
+        missing = sorted(path.removesuffix(".gz") for path in read if path not in files)
+        if missing:  # before Ray starts: the pairs are read after it (it failed 20 s in, saying so)
+            qrels = f"{folder}/qrels/"
+            splits = sorted({path[len(qrels):].split(".")[0] for path in files if path.startswith(qrels)})
+            raise InputError(f"{setting_and_flag('train_data')} {config.train_data}: {missing[0]} does not exist" + (
+                f" (its qrels' splits: {', '.join(splits)}; {setting_and_flag('train_split')} names one)"
+                if "/qrels/" in missing[0] and splits else ""))
         return TrainingInput(True, None, {path: stamp for path, (_, stamp) in files.items() if path in read})
     listing = list_files(config.train_data, config.input_format, parse_names(config.column_names), note_skipped)
     # every file's stamp from the listing: a folder's, or a file named alone's look-up

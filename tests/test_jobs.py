@@ -543,6 +543,27 @@ def test_a_flag_written_as_its_yaml_key_is_named_with_its_dashes(capsys):
     assert "--top-k is a setting of ce-ray candidates and ce-ray rerank, not of ce-ray score" in err
 
 
+def test_a_flag_is_never_taken_for_a_longer_one_it_begins(capsys, tmp_path):
+    """argparse takes a prefix of a flag for it: `ce-ray train --mode resume` (the other commands' flag, as the
+    README gives submit's overrides) set `--model resume`, and the error blamed the model its YAML named; `--k 10`
+    (eval's) set `--keep-checkpoints 10` without a word; `submit train ... --mode resume` sent it so."""
+    from ce_ray.cli import main
+    from ce_ray.submit import check_config
+
+    (tmp_path / "train.yaml").write_text("model: m\ntrain_data: t\noutput: o\n")
+    for flags, said in ((["--mode", "resume"], "--mode is a setting of ce-ray score and ce-ray candidates and ce-ray "
+                                               "rerank, not of ce-ray train"),
+                        (["--k", "10"], "--k is a setting of ce-ray eval, not of ce-ray train"),
+                        (["--input", "x"], "--input is a setting of")):
+        with pytest.raises(SystemExit) as stop:
+            main(["train", "--config", str(tmp_path / "train.yaml"), *flags])
+        assert stop.value.code == 2
+        assert f"unrecognized arguments: {' '.join(flags)} ({said}" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as stop:
+            check_config("train", str(tmp_path / "train.yaml"), flags)
+        assert stop.value.code == 2 and f"unrecognized arguments: {' '.join(flags)}" in capsys.readouterr().err
+
+
 def test_cross_encoder_trainers_names_of_training_arguments_are_given_ce_rays(tmp_path, capsys):
     """eval_steps, save_steps, learning_rate, as a CrossEncoderTrainer user writes them: the error names the
     setting that does their job, where eval_steps and save_steps were said to be max_steps (the closest

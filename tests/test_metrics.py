@@ -507,6 +507,17 @@ def test_the_run_file_holds_each_pair_once_and_leaves_the_metrics_as_they_are(tm
     with pytest.raises(InputError, match="document id 'a b' holds a blank: a TREC run's fields are separated"):
         run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "e.json"),
                             run_output=str(tmp_path / "run.txt")))
+    # An empty id left its line a field short (`5 Q0  1 0.9 ce-ray`), which trec_eval refuses, and eval read back.
+    for column, said in (("doc_id", "document id is empty"), ("query_id", "query id is empty")):
+        rows.assign(**{column: ["", "x", "y", "z", "c", "d"]}).to_parquet(tmp_path / "scored.parquet")
+        with pytest.raises(InputError, match=f"{said}: a TREC run's fields are separated by blanks"):
+            run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "e.json"),
+                                run_output=str(tmp_path / "run.txt")))
+    for line, fields in (("5 Q0  1 0.9 ce-ray", 5), (" Q0 b 1 0.9 ce-ray", 5)):
+        (tmp_path / "short.run").write_text(f"6 Q0 c 1 0.5 ce-ray\n{line}\n")
+        with pytest.raises(InputError, match=f"short.run line 2: a TREC run line has 6 fields .*, got {fields}"):
+            run_eval(EvalConfig(input=str(tmp_path / "short.run"), qrels=str(tmp_path / "qrels.txt"),
+                                output=str(tmp_path / "r.json")))
 
 
 def test_integer_document_ids_beside_a_missing_one_are_written_in_the_run_as_they_are(tmp_path):

@@ -1303,6 +1303,24 @@ def test_unknown_and_mistyped_config_keys_fail(tmp_path):
     with pytest.raises(ConfigError, match=r"b\.yaml: mode \(--mode\): 'resumee' is not one of 'error', 'overwrite', "
                                           r"'resume'$"):
         load_config(ScoreConfig, str(tmp_path / "b.yaml"))
+    # A key that is not text (`1:`; `on:`, which YAML reads as true) failed in the did-you-mean lookup: a TypeError's
+    # traceback, exit 1 and `--mode resume finishes it`; a file not UTF-8, an error that named no file.
+    from ce_ray.config import TrainConfig
+
+    for text, said in (("1: 2", "unknown setting 1: a setting's name is text$"),
+                       ("on: 2", r"unknown setting True: a setting's name is text \(YAML reads on, off, yes and no"),
+                       ("deepspeed:\n  2: 1", r"unknown setting deepspeed\.2: a setting's name is text$")):
+        (tmp_path / "c.yaml").write_text(f"model: m\n{text}\n")
+        with pytest.raises(ConfigError, match=rf"^{tmp_path}/c\.yaml: {said}"):
+            load_config(TrainConfig, str(tmp_path / "c.yaml"))
+    (tmp_path / "d.yaml").write_bytes(b"\xff\xfemodel: m\n")
+    with pytest.raises(ConfigError, match=rf"^config file {tmp_path}/d\.yaml is not UTF-8 text \('utf-8' codec"):
+        load_config(ScoreConfig, str(tmp_path / "d.yaml"))
+    # A choice of numbers takes no YAML true (== 1) nor 2.0 (== 2): DeepSpeed was given stage True.
+    for stage in ("true", "2.0"):
+        (tmp_path / "e.yaml").write_text(f"model: m\ndeepspeed:\n  stage: {stage}\n")
+        with pytest.raises(ConfigError, match=r"deepspeed\.stage: (True|2\.0) is not one of 1, 2, 3$"):
+            load_config(TrainConfig, str(tmp_path / "e.yaml"))
 
 
 def test_settings_that_are_not_finite_numbers_fail_before_any_work(tmp_path):

@@ -466,6 +466,33 @@ def test_eval_reads_an_output_as_its_job_wrote_it(ray_local, tiny_model, tmp_pat
                                           r"give qrels \(--qrels\), or evaluate a rerank without top_k \(--top-k\)$"):
         run_eval(EvalConfig(input=str(tmp_path / "top")))
 
+    # Its results/ folder, or a glob of its parts, read as the files they are, as the job wrote them: they were
+    # measured as any parquet files, by the input's own `rank` (the reranker's scores unread) and by the cut labels.
+    for parts in ("scored/results", "scored/results/", "scored/results/*.parquet"):
+        read = run_eval(dataclasses.replace(by_qid, input=str(tmp_path / parts), output=str(tmp_path / "e.json")))
+        assert read["reranked_by"] == "score" and read["reranked"] == scored["reranked"], parts
+    for parts in ("top/results", "top/results/*.parquet"):
+        with pytest.raises(ConfigError, match=r"holds the reranker's top 2 of each query \(17 rows cut\): the cut"):
+            run_eval(EvalConfig(input=str(tmp_path / parts), output=str(tmp_path / "e.json")))
+    # A cascade over the cut output (its rows the first reranker's choice, whatever scored them after), and a score
+    # job over it: no labels without qrels (every query said to have no relevant document left: metrics of 0.25
+    # for 0.13), and no baseline with them (it ranked the first reranker's choice).
+    run_rerank(dataclasses.replace(config, input=str(tmp_path / "top"), output=str(tmp_path / "cascade"),
+                                   rank_column="rank_l2", score_column="score_l2"))
+    run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "top" / "results"),
+                          output=str(tmp_path / "top-scored"), score_column="score_l2"))
+    for later in ("cascade", "top-scored", "cascade/results"):
+        with pytest.raises(ConfigError, match=r"holds an earlier reranker's \(the job's input's\) top 2 of each query "
+                                              r"\(17 rows cut\): the cut rows' labels are gone"):
+            run_eval(EvalConfig(input=str(tmp_path / later), query_id_column="qid", output=str(tmp_path / "e.json")))
+    assert json.loads((tmp_path / "cascade" / "_SUCCESS").read_text())["input_cut"] == {"top_k": 2, "rows_cut": 17}
+    grades = "".join(f"{q} 0 {d} {g}\n" for q, d, g in zip(inputs["qid"], inputs["doc_id"], inputs["label"]))
+    (tmp_path / "qrels.txt").write_text(grades)
+    judged = run_eval(EvalConfig(input=str(tmp_path / "cascade"), qrels=str(tmp_path / "qrels.txt"),
+                                 baseline_column="rank", output=str(tmp_path / "e.json")))
+    assert judged["baseline_by"] is None and judged["reranked_by"] == "rank_l2"
+    assert judged["baseline_left_out"].startswith(f"no baseline: {tmp_path / 'cascade'} holds an earlier reranker's")
+
 
 def test_a_rerank_that_fails_mid_way_says_why_and_that_it_reruns_with_overwrite(ray_local, tiny_model, tmp_path,
                                                                                capsys):

@@ -570,6 +570,45 @@ def test_model_card_reports_what_the_run_saw(data_parallel_runs):
     assert _is_hub_id("cross-encoder/ms-marco-MiniLM-L6-v2") and not _is_hub_id("s3://bucket/models/reranker")
 
 
+def test_a_run_that_would_write_into_its_data_or_reads_a_split_not_there_fails_before_ray_starts(
+        tiny_model, tmp_path, monkeypatch):
+    """An output or checkpoints inside the training or eval data: the first run trained, and the next (a resume,
+    the same command again) read the model's files as data, refused as `mixes formats ['jsonl', 'parquet']`; a BEIR
+    folder's training split that is not there failed once Ray had started, 20 s in."""
+    import ce_ray.runtime
+    from ce_ray.config import TrainConfig
+    from ce_ray.messages import InputError
+
+    def ray_started(*args, **kwargs):
+        raise AssertionError("Ray started")
+
+    monkeypatch.setattr(ce_ray.runtime, "ensure_ray", ray_started)
+    (tmp_path / "data").mkdir()
+    pd.DataFrame({"query": ["q", "q"], "document": ["d", "e"], "label": [1, 0]}).to_parquet(
+        tmp_path / "data" / "pairs.parquet")
+    settings = dict(model=str(tiny_model), train_data=str(tmp_path / "data"), max_steps=1)
+    for extra, said in (
+            (dict(output=str(tmp_path / "data" / "reranker")),
+             rf"the output {tmp_path}/data/reranker is inside the train_data \(--train-data\) {tmp_path}/data: "),
+            (dict(output=str(tmp_path / "out"), eval_data=str(tmp_path / "data"), storage_path=str(tmp_path / "data")),
+             rf"the run's checkpoints \(storage_path\) {tmp_path}/data/out is inside the train_data "),
+            (dict(output=str(tmp_path / "out"), train_data=str(tmp_path / "data" / "pairs.parquet"),
+                  eval_data=str(tmp_path / "data"), storage_path=str(tmp_path / "data")),
+             rf"the run's checkpoints \(storage_path\) {tmp_path}/data/out is inside the eval_data \(--eval-data\) ")):
+        with pytest.raises(InputError, match=f"^{said}"):
+            _train_module().train(TrainConfig(**settings | extra))
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text('{"_id": "d1", "text": "a document"}\n')
+    (beir / "queries.jsonl").write_text('{"_id": "q1", "text": "a query"}\n')
+    (beir / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    with pytest.raises(InputError, match=rf"^train_data \(--train-data\) {beir}: {beir}/qrels/dev.tsv does not exist "
+                                         r"\(its qrels' splits: train; train_split \(--train-split\) names one\)$"):
+        _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(beir), train_split="dev",
+                                          output=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists() and os.listdir(tmp_path / "data") == ["pairs.parquet"]
+
+
 def test_missing_data_fails_before_ray_starts_and_csv_booleans_are_labels(ray_local, tiny_model, tmp_path, capsys):
     """A training or eval data path that is not there fails naming which (it failed after Ray's start, ~15 s in,
     as `input ... does not exist`); a CSV's True and False (pandas' booleans) are labels 1 and 0, as parquet's
