@@ -104,7 +104,8 @@ def read_corpus(folder: str) -> Dict[str, str]:
 
 
 def read_queries(folder: str) -> Dict[str, str]:
-    return _texts_by_id(beir_file(folder, "queries.jsonl"), lambda r: r.get("text") or "")
+    """query id -> its text, as text whatever JSON gave (`2024`), as a document's is."""
+    return _texts_by_id(beir_file(folder, "queries.jsonl"), lambda r: f"{r.get('text') or ''}")
 
 
 def read_qrels(uri: str) -> Dict[str, Dict[str, int]]:
@@ -130,9 +131,12 @@ def read_qrels(uri: str) -> Dict[str, Dict[str, int]]:
             raise InputError(f"{uri} line {number}: expected BEIR's 3 tab-separated fields (query-id, corpus-id, "
                              f"score) or TREC's 4 (query, iteration, document, relevance), got {len(parts)}")
         try:
-            grade = int(float(parts[2]))
+            grade = float(parts[2])
+            whole = int(grade)
         except (ValueError, OverflowError):  # `nan`, `inf`
             raise InputError(f"{uri} line {number}: score {parts[2]!r} is not a number") from None
+        if whole != grade:  # 0.5 was read as 0, not relevant; BEIR's loader and trec_eval read whole grades alone
+            raise InputError(f"{uri} line {number}: score {parts[2]!r} is not a whole number (a grade: 0, 1, 2, ...)")
         judged = qrels.setdefault(parts[0], {})
         if parts[1] in judged:
             repeated.append(f"{parts[0]}/{parts[1]}")
@@ -181,14 +185,26 @@ def check_qrels(qrels: Dict[str, Dict[str, int]], queries: Dict[str, str], corpu
     return report
 
 
-def bm25_top_k(corpus_texts: List[str], query_texts: List[str], k: int):
-    """(doc indices, scores), each [queries, k], best first."""
+def bm25_tokens(corpus: Dict[str, str], corpus_file: str):
+    """The documents' texts (in the corpus' order) as bm25s indexes them; refused where none keeps a word, which
+    bm25s' index fails on (`max() arg is an empty sequence`): it drops English stopwords and one-letter words."""
+    import bm25s
+
+    tokens = bm25s.tokenize(list(corpus.values()), stopwords="en", show_progress=False)
+    if not tokens.vocab:
+        raise InputError(f"no document of {corpus_file} has a word BM25 indexes (English stopwords and words of one "
+                         "letter are left out)")
+    return tokens
+
+
+def bm25_top_k(corpus_tokens, query_texts: List[str], k: int):
+    """(doc indices, scores), each [queries, k], best first, over the documents of `bm25_tokens`."""
     import bm25s
 
     retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(corpus_texts, stopwords="en", show_progress=False), show_progress=False)
+    retriever.index(corpus_tokens, show_progress=False)
     query_tokens = bm25s.tokenize(query_texts, stopwords="en", return_ids=False, show_progress=False)
-    k = min(k, len(corpus_texts))
+    k = min(k, len(corpus_tokens.ids))
     return retriever.retrieve(query_tokens, k=k, show_progress=False, n_threads=0)
 
 
@@ -199,10 +215,11 @@ SCHEMA = pa.schema([
 
 
 def candidates_table(corpus: Dict[str, str], queries: Dict[str, str], qrels: Dict[str, Dict[str, int]],
-                     query_ids: List[str], k: int) -> pa.Table:
+                     query_ids: List[str], k: int, corpus_tokens) -> pa.Table:
+    """The BM25 top k of each query (`corpus_tokens`: `bm25_tokens` of the corpus) as pairs, with their grades."""
     doc_ids = list(corpus)
     texts = [corpus[d] for d in doc_ids]
-    indices, scores = bm25_top_k(texts, [queries[q] for q in query_ids], k)
+    indices, scores = bm25_top_k(corpus_tokens, [queries[q] for q in query_ids], k)
     per_query = indices.shape[1]
     rows_doc = [doc_ids[i] for i in indices.ravel()]
     rows_query = np.repeat(np.array(query_ids, dtype=object), per_query)
@@ -225,21 +242,30 @@ def output_file(config: CandidatesConfig) -> str:
     return join(config.output, f"candidates-{config.split}.parquet")
 
 
-def _prepare(config: CandidatesConfig) -> None:
+def _check_output(config: CandidatesConfig) -> Optional[List[str]]:
+    """What of a job's own the output holds (`mode overwrite` replaces it), None where there is no output folder;
+    refused before the corpus is read (minutes and gigabytes for millions of passages)."""
     fs, path = filesystem(config.output)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
         raise ConfigError(f"{setting_and_flag('output')} {config.output} is a file: pass a folder")
     if info.type == pafs.FileType.NotFound:
-        fs.create_dir(path, recursive=True)
-        return
+        return None
     # A folder in the place of either (a parquet dataset of that name) is replaced as a file is, before any work:
     # the write would fail on it after the index was built.
     ours = [filesystem(output_file(config))[1], f"{path}/{SUCCESS}"]
     present = [p for p in ours if fs.get_file_info(p).type != pafs.FileType.NotFound]
     if present and config.mode == "error":
         raise FileExistsError(f"{config.output} already has candidates: pass --mode overwrite to replace them")
-    for p in present:
+    return present
+
+
+def _prepare(config: CandidatesConfig, present: Optional[List[str]]) -> None:
+    """The output folder made, or what of a job's own it held (`_check_output`) removed."""
+    fs, path = filesystem(config.output)
+    if present is None:
+        fs.create_dir(path, recursive=True)
+    for p in present or []:
         remove(fs, p)
 
 
@@ -248,6 +274,7 @@ def run_candidates(config: CandidatesConfig) -> dict:
     require(config, "data", "output")
     config.validate()  # as the command's config is: from Python, top_k 0 and max_queries 0 passed
     start = time.perf_counter()
+    present = _check_output(config)
     qrels_file = beir_file(config.data, f"qrels/{config.split}.tsv")
     qrels = read_qrels(qrels_file)
     queries = read_queries(config.data)
@@ -266,21 +293,23 @@ def run_candidates(config: CandidatesConfig) -> dict:
         raise InputError(f"no query of {qrels_name} is in {beir_file(config.data, 'queries.jsonl')}")
     if not any(queries[q].strip() for q in query_ids):
         raise InputError(f"no query of {qrels_name} has a 'text' in {beir_file(config.data, 'queries.jsonl')}")
-    _prepare(config)
-    with work():  # from here on an error fails a job that has done work, whatever its type
-        return _retrieve(config, corpus, queries, qrels, query_ids, len(known) - len(query_ids), report, start)
-
-
-def _retrieve(config: CandidatesConfig, corpus: Dict[str, str], queries: Dict[str, str],
-              qrels: Dict[str, Dict[str, int]], query_ids: List[str], left_out: int, report: QrelsReport,
-              start: float) -> dict:
-    """The work of `run_candidates`, after its checks: the index, the candidates file, `_SUCCESS` and the summary."""
     # Said before the index is built: BM25 over 400,000 documents took 40 s on 2 CPU cores, and a corpus of
     # millions takes many minutes, with nothing else said until the job ends.
     print(f"ce-ray candidates: {plural(len(corpus), 'document')} and {plural(len(query_ids), 'query')} "
           f"({config.split}) read in {time.perf_counter() - start:.1f} s; indexing them with BM25, then retrieving "
           f"the top {config.top_k} of each query", flush=True)
-    table = candidates_table(corpus, queries, qrels, query_ids, config.top_k)
+    tokens = bm25_tokens(corpus, beir_file(config.data, "corpus.jsonl"))  # a corpus of no word is refused
+    _prepare(config, present)
+    with work():  # from here on an error fails a job that has done work, whatever its type
+        return _retrieve(config, corpus, tokens, queries, qrels, query_ids, len(known) - len(query_ids), report,
+                         start)
+
+
+def _retrieve(config: CandidatesConfig, corpus: Dict[str, str], corpus_tokens, queries: Dict[str, str],
+              qrels: Dict[str, Dict[str, int]], query_ids: List[str], left_out: int, report: QrelsReport,
+              start: float) -> dict:
+    """The work of `run_candidates`, after its checks: the index, the candidates file, `_SUCCESS` and the summary."""
+    table = candidates_table(corpus, queries, qrels, query_ids, config.top_k, corpus_tokens)
     fs, path = filesystem(output_file(config))
     pq.write_table(table, path, filesystem=fs)
     judged = sum(len(qrels[q]) for q in query_ids)

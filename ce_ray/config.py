@@ -311,12 +311,12 @@ class TrainConfig(ModelConfig):
     compile_mode: Literal["default", "reduce-overhead"] = "default"
     group_by_length: bool = True  # batches of pairs of similar lengths, which pad little
     length_window: int = 50  # batches sorted by length together
-    save_every: int = 0  # steps between checkpoints; 0: at each epoch end only
+    save_every: int = 0  # steps between checkpoints; 0: at each epoch end and the last step only
     keep_checkpoints: int = 2  # the latest ones; with best_metric, the best ones (and the latest, to resume from)
     # The output is the checkpoint with the best eval metric (each checkpoint is then evaluated), as
     # CrossEncoderTrainer's load_best_model_at_end; empty: the last one
     best_metric: Literal["", "ndcg@10", "mrr@10", "map"] = ""
-    eval_every: int = 0  # steps between evaluations; 0: at each epoch end only
+    eval_every: int = 0  # steps between evaluations; 0: at each epoch end and the last step only
     log_every: int = 10  # steps between log lines
     max_failures: int = 0  # worker failures the run recovers from (from its last checkpoint)
     deepspeed: Optional[DeepSpeedConfig] = None  # ZeRO instead of DDP

@@ -261,7 +261,7 @@ def training_files(config: TrainConfig) -> Dict[str, str]:
 def beir_training_pairs(folder: str, split: str, hard_negatives: int) -> pa.Table:
     """(query, document, label): every judged positive, and `hard_negatives` BM25 negatives per positive
     (the highest-ranked documents of the query that the qrels do not mark relevant)."""
-    from .candidates import beir_file, bm25_top_k, read_corpus, read_qrels, read_queries
+    from .candidates import beir_file, bm25_tokens, bm25_top_k, read_corpus, read_qrels, read_queries
 
     qrels = read_qrels(beir_file(folder, f"qrels/{split}.tsv"))
     queries, corpus = read_queries(folder), read_corpus(folder)
@@ -275,8 +275,8 @@ def beir_training_pairs(folder: str, split: str, hard_negatives: int) -> pa.Tabl
     rows = [(q, d, 1.0) for q in query_ids for d in positives[q]]
     if hard_negatives:
         most = max(len(p) for p in positives.values())
-        indices, scores = bm25_top_k([corpus[d] for d in doc_ids], [queries[q] for q in query_ids],
-                                     most * (hard_negatives + 1))
+        indices, scores = bm25_top_k(bm25_tokens(corpus, beir_file(folder, "corpus.jsonl")),
+                                     [queries[q] for q in query_ids], most * (hard_negatives + 1))
         for q, ranked, ranked_scores in zip(query_ids, indices, scores):
             judged = qrels[q]
             # Only documents BM25 retrieved (score > 0): where fewer match, bm25s fills the k with documents
@@ -292,7 +292,7 @@ def _eval_candidates(config: TrainConfig, negatives: List[str]):
     """The eval queries' candidates as (query_id, doc_id, query, document), their qrels, and what they are."""
     if not _is_beir(config.eval_data):
         return _eval_rows(config, negatives)
-    from .candidates import beir_file, candidates_table, read_corpus, read_qrels, read_queries
+    from .candidates import beir_file, bm25_tokens, candidates_table, read_corpus, read_qrels, read_queries
 
     qrels = read_qrels(beir_file(config.eval_data, f"qrels/{config.eval_split}.tsv"))
     queries, corpus = read_queries(config.eval_data), read_corpus(config.eval_data)
@@ -300,7 +300,8 @@ def _eval_candidates(config: TrainConfig, negatives: List[str]):
     query_ids = with_relevant[: config.eval_max_queries]
     if not query_ids:
         raise InputError(f"{config.eval_data}: no query of qrels/{config.eval_split}.tsv has a relevant document")
-    table = candidates_table(corpus, queries, qrels, query_ids, config.eval_top_k)
+    table = candidates_table(corpus, queries, qrels, query_ids, config.eval_top_k,
+                             bm25_tokens(corpus, beir_file(config.eval_data, "corpus.jsonl")))
     # A query that shares no term with any document has no candidate: it is not evaluated, as `ce-ray eval` and
     # trec_eval leave out a query the ranking lacks, so that the run's figures are ce-ray eval's of its candidates.
     found = set(table.column("query_id").to_pylist())

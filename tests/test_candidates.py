@@ -7,6 +7,7 @@ import math
 from collections import Counter
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from ce_ray.candidates import read_corpus, read_qrels, read_queries, run_candidates
@@ -298,3 +299,31 @@ def test_a_corpus_or_queries_without_text_fail_before_any_work_naming_the_file(t
     assert capsys.readouterr().err.splitlines() == [
         f"ce-ray candidates: error: no query of qrels/test.tsv has a 'text' in {folder}/queries.jsonl"]
     assert not (tmp_path / "out").exists()
+    # A corpus of stopwords and one-letter words alone: texts, which bm25s' index keeps no word of (its ValueError
+    # failed the job, `rerun it with --mode overwrite`, exit 1).
+    stopwords = beir_folder(tmp_path / "stopwords", ['{"_id": "d1", "text": "the of and"}',
+                                                     '{"_id": "d2", "title": "a", "text": "I"}'],
+                            "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    assert main(["candidates", "--data", str(stopwords), "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"ce-ray candidates: error: no document of {stopwords}/corpus.jsonl has a word BM25 indexes (English stopwords "
+        "and words of one letter are left out)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_query_of_a_number_is_its_text_and_an_output_with_candidates_is_refused_before_the_corpus_is_read(
+        tmp_path, capsys):
+    """A query whose JSON text is a number (`2024`) failed the job in bm25s (`'int' object has no attribute
+    'lower'`), where a document's is read as text; an output that has candidates was refused once the corpus was
+    read (minutes and gigabytes for millions of passages): a corpus that is no JSON shows which comes first."""
+    folder = beir_folder(tmp_path / "beir", ['{"_id": "d1", "text": "the 2024 harvest of red apples"}',
+                                             '{"_id": "d2", "text": "blue sea"}'],
+                         "query-id\tcorpus-id\tscore\nq7\td1\t1\n")
+    (folder / "queries.jsonl").write_text('{"_id": "q7", "text": 2024}\n')
+    assert run_candidates(CandidatesConfig(data=str(folder), output=str(tmp_path / "out")))["pairs"] == 1
+    table = pq.read_table(tmp_path / "out" / "candidates-test.parquet")
+    assert table.column("query").to_pylist() == ["2024"] and table.column("doc_id").to_pylist() == ["d1"]
+    (folder / "corpus.jsonl").write_text("not json\n")
+    assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"ce-ray candidates: error: {tmp_path}/out already has candidates: pass --mode overwrite to replace them")

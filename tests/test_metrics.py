@@ -266,6 +266,10 @@ def test_a_qrels_header_of_other_words_is_skipped_and_a_pair_listed_twice_is_war
         read_qrels(str(tmp_path / "late.tsv"))
     (tmp_path / "plain.txt").write_text("q1 0 d1 1\nq1 0 d2 0\nq2 0 d3 2\n")
     assert read_qrels(str(tmp_path / "plain.txt")) == expected
+    # A grade that is no whole number was cut to one (0.5: 0, not relevant); BEIR's loader and trec_eval refuse it.
+    (tmp_path / "half.tsv").write_text("q1\td1\t1.0\nq1\td2\t0.5\n")
+    with pytest.raises(InputError, match=f"^{tmp_path}/half.tsv line 2: score '0.5' is not a whole number"):
+        read_qrels(str(tmp_path / "half.tsv"))
 
     (tmp_path / "twice.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\td2\t0\nq2\td3\t2\n"
                                         "q1\td1\t1\nq2\td3\t2\n")
