@@ -54,7 +54,11 @@ def job_summary(uri: str) -> Optional[dict]:
     fs, path = filesystem(uri)
     if not is_output(fs, path):  # a folder of its own, `_ce_ray/`: the input is one (a file holds no folder)
         return None
-    summary = finished_job(fs, path, uri)
+    return _with_settings(finished_job(fs, path, uri), fs, path)
+
+
+def _with_settings(summary: dict, fs: pafs.FileSystem, path: str) -> dict:
+    """A finished job's summary with its settings (`_ce_ray/job.json`, none where unreadable) as its "settings"."""
     try:
         return summary | {"settings": read_state(fs, path) or {}}
     except (OSError, ValueError):
@@ -76,7 +80,7 @@ def job_of_results(uri: str) -> Optional[dict]:
         summary = finished_job(fs, output, uri)
     except InputError:  # not finished, or its marker not ce-ray's: the rows as they are, as before
         return None
-    return summary | {"settings": read_state(fs, output) or {}}
+    return _with_settings(summary, fs, output)
 
 
 def rows_cut_before(summary: dict) -> Optional[dict]:

@@ -429,6 +429,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
         settings=column_settings(config) | {config.query_id_column: "query_id_column"})
     if schema is not None:  # the files' types, from their footers and first lines: refused before any work
         check_key(schema.empty_table(), config.query_id_column)
+    cut_before = input_cut_record(config.input)  # read before the work: a store's failure then fails no work
     job = job_settings(config, listing) | {"query_id_column": config.query_id_column, "top_k": config.top_k} | (
         {"rank_column": config.rank_column} if config.rank_column != RANK else {})
     checked = checking()
@@ -460,6 +461,6 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     )
     sink.write_success(dataclasses.asdict(summary) | {"rows_scored": summary.rows_scored,
                                                       "pairs_per_second": summary.pairs_per_second}
-                       | input_cut_record(config.input))
+                       | cut_before)
     print("\n".join(summary.lines(title)), flush=True)
     return summary

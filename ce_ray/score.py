@@ -826,6 +826,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         config.input, config.input_format, [config.query_column, config.document_column], keep=to_score,
         rows_per_block=config.rows_per_block, column_names=parse_names(config.column_names),
         written=written_columns(config), settings=column_settings(config), held=held)
+    cut_before = input_cut_record(config.input)  # read before the work: a store's failure then fails no work
     in_part = {input_key(f.path): runs for f in files if (runs := held(f))}  # parquet files resumed in part
     rows_held = sum(stop - start for runs in in_part.values() for start, stop in runs)
     unsaid = [key for f in files if (key := input_key(f.path)) not in in_part and f.rows is not None and to_score(f)
@@ -891,6 +892,6 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         files_kept_in_part=len(in_part.keys() & kept.parts.keys()),
     )
     sink.write_success(dataclasses.asdict(summary) | {"pairs_per_second": summary.pairs_per_second}
-                       | input_cut_record(config.input), kept=kept)
+                       | cut_before, kept=kept)
     print("\n".join(summary.lines(title)), flush=True)
     return summary

@@ -35,9 +35,9 @@ from .checkpoints import (DS_TAG, MODEL, PROGRESS, RANDOM_STATE, STATE, best_che
 from .messages import plural, setting_and_flag
 from .progress import duration
 from .storage import check_apart, filesystem, is_remote, remove, upload_folder
-from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, refuse_settings_of_beir,
-                         shard_spans, top_reasons, training_batch_tokens, training_input, unused_settings,
-                         worker_spans)
+from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, refuse_missing_split,
+                         refuse_settings_of_beir, shard_spans, top_reasons, training_batch_tokens, training_input,
+                         unused_settings, worker_spans)
 
 # What the workers return where they stopped the run themselves (a non-finite loss or weights): why, which the
 # driver raises.
@@ -893,6 +893,7 @@ def _check_data(config: TrainConfig) -> None:
         fs, path = filesystem(uri)
         if fs.get_file_info(glob_base(path)).type == pafs.FileType.NotFound:
             raise InputError(f"{setting_and_flag(name)} {uri} does not exist")
+        refuse_missing_split(uri, config.train_split if name == "train_data" else config.eval_split, name)
 
 
 def _warn_of_eval_on_training_data(config: TrainConfig, beir: bool) -> None:

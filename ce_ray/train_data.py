@@ -187,6 +187,24 @@ def _is_beir(uri: str) -> bool:
     return find_beir_file(uri, "corpus.jsonl") is not None
 
 
+def refuse_missing_split(uri: str, split: str, setting: str) -> None:
+    """A BEIR folder (`setting`'s: train_data or eval_data) without the qrels of the split asked: refused before Ray
+    starts, naming the splits it has (it failed once Ray had started, 20 s in). Files of pairs pass."""
+    import pyarrow.fs as pafs
+
+    from .candidates import find_beir_file
+    from .storage import join
+
+    if not _is_beir(uri) or find_beir_file(uri, f"qrels/{split}.tsv") is not None:
+        return
+    fs, qrels = filesystem(join(uri, "qrels"))
+    splits = sorted({info.base_name.split(".")[0] for info in fs.get_file_info(pafs.FileSelector(
+        qrels, allow_not_found=True)) if info.type == pafs.FileType.File})
+    split_setting = setting_and_flag(setting.replace("_data", "_split"))
+    raise InputError(f"{setting_and_flag(setting)} {uri}: {join(uri, f'qrels/{split}.tsv')} does not exist"
+                     + (f" (its qrels' splits: {', '.join(splits)}; {split_setting} names one)" if splits else ""))
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingInput:
     """`train_data` as a run looks it up, once (it was looked up twice whether it is a BEIR folder, listed twice and
@@ -240,13 +258,6 @@ def training_input(config: TrainConfig, note_skipped: bool = True) -> TrainingIn
         # each file as the run reads it (`beir_file`): plain where there, else gzipped
         read = {f"{folder}/{name}" if f"{folder}/{name}" in files else f"{folder}/{name}.gz"
                 for name in ("corpus.jsonl", "queries.jsonl", f"qrels/{config.train_split}.tsv")}
-        missing = sorted(path.removesuffix(".gz") for path in read if path not in files)
-        if missing:  # before Ray starts: the pairs are read after it (it failed 20 s in, saying so)
-            qrels = f"{folder}/qrels/"
-            splits = sorted({path[len(qrels):].split(".")[0] for path in files if path.startswith(qrels)})
-            raise InputError(f"{setting_and_flag('train_data')} {config.train_data}: {missing[0]} does not exist" + (
-                f" (its qrels' splits: {', '.join(splits)}; {setting_and_flag('train_split')} names one)"
-                if "/qrels/" in missing[0] and splits else ""))
         return TrainingInput(True, None, {path: stamp for path, (_, stamp) in files.items() if path in read})
     listing = list_files(config.train_data, config.input_format, parse_names(config.column_names), note_skipped)
     # every file's stamp from the listing: a folder's, or a file named alone's look-up

@@ -606,6 +606,10 @@ def test_a_run_that_would_write_into_its_data_or_reads_a_split_not_there_fails_b
                                          r"\(its qrels' splits: train; train_split \(--train-split\) names one\)$"):
         _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(beir), train_split="dev",
                                           output=str(tmp_path / "out")))
+    with pytest.raises(InputError, match=rf"^eval_data \(--eval-data\) {beir}: {beir}/qrels/test.tsv does not exist "
+                                         r"\(its qrels' splits: train; eval_split \(--eval-split\) names one\)$"):
+        _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(beir), eval_data=str(beir),
+                                          output=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists() and os.listdir(tmp_path / "data") == ["pairs.parquet"]
 
 
