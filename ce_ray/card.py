@@ -109,15 +109,23 @@ def _is_hub_id(model: str) -> bool:
     return "://" not in model and not os.path.exists(model) and not model.startswith((".", "/"))
 
 
+def shown(path: str) -> str:
+    """A model or data path as a card meant for the hub shows it: a hub id or a URI as it is, a local path by its
+    name alone (`/home/alice/data/pairs.parquet` said whose machine it was, and nothing to a reader of the hub)."""
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    if "://" in path or _is_hub_id(path):
+        return path
+    return os.path.basename(path.rstrip("/")) or path
+
+
 def usage_load_lines(output: str) -> List[str]:
     """The card's lines that load the model. CrossEncoder takes a local folder or a hub id, not a URI (it looks
     `s3://` up on the hub and fails): a model written to S3 (`s3://`, or `s3a://`, which the AWS CLI does not take)
     is loaded from a copy of its folder, made without the checkpoints that its default storage_path puts in it; one
-    written to a `file://` URI from its path."""
-    if output.startswith("file://"):
-        output = output[len("file://"):]
-    if "://" not in output:
-        return [f'model = CrossEncoder("{output}")']
+    written to a local path or a `file://` URI from its folder, named alone (`shown`)."""
+    if "://" not in output or output.startswith("file://"):
+        return [f'model = CrossEncoder("{shown(output)}")  # this folder, or its hub id once uploaded']
     folder = "s3://" + output.split("://", 1)[1].rstrip("/")
     name = folder.rsplit("/", 1)[-1]
     return ["# CrossEncoder reads a local folder or a hub id: copy the folder first, e.g.",
@@ -127,6 +135,7 @@ def usage_load_lines(output: str) -> List[str]:
 
 def model_card(facts: CardFacts) -> str:
     config, stats = facts.config, facts.stats
+    trained_on = shown(config.train_data)
     loss_parameters = {"activation_fn": "torch.nn.modules.linear.Identity", "pos_weight": config.pos_weight}
     lines = [
         "---",
@@ -137,20 +146,20 @@ def model_card(facts: CardFacts) -> str:
         *([f"base_model: {facts.base_model}"] if _is_hub_id(facts.base_model) else []),
         "---",
         "",
-        f"# CrossEncoder based on {facts.base_model}",
+        f"# CrossEncoder based on {shown(facts.base_model)}",
         "",
         f"This is a [Cross Encoder](https://www.sbert.net/docs/cross_encoder/usage/usage.html) model finetuned from "
-        f"`{facts.base_model}` with ce-ray on Ray Train ({facts.num_workers} worker(s), "
+        f"`{shown(facts.base_model)}` with ce-ray on Ray Train ({facts.num_workers} worker(s), "
         f"{'DeepSpeed ZeRO-%d' % config.deepspeed.stage if config.deepspeed else 'DDP'}). "
         "It computes a relevance score for a (query, document) pair and can rerank search results.",
         "",
         "## Model Details",
         "",
         "- **Model Type:** Cross Encoder",
-        f"- **Base model:** `{facts.base_model}`",
+        f"- **Base model:** `{shown(facts.base_model)}`",
         f"- **Maximum Sequence Length:** {facts.max_length} tokens",
         "- **Number of Output Labels:** 1 label",
-        f"- **Training Dataset:** {stats.get('source', config.train_data)}",
+        f"- **Training Dataset:** {stats.get('source', config.train_data).replace(config.train_data, trained_on, 1)}",
         "",
         "## Usage",
         "",
@@ -175,7 +184,7 @@ def model_card(facts: CardFacts) -> str:
     ]
     if facts.final_metrics:
         lines += ["## Evaluation", "",
-                  f"Reranking {stats['eval']}."
+                  f"Reranking {stats['eval'].replace(f'`{config.eval_data}`', f'`{shown(config.eval_data)}`')}."
                   + (f" The model is the checkpoint of step {facts.best_step}, the best by {config.best_metric} of "
                      "the checkpoints (the base model, evaluated at step 0, is none)."
                      if facts.best_step is not None else ""),

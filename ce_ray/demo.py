@@ -89,6 +89,14 @@ def main(argv=None) -> int:
                         help="folder of the pairs (input/), the reranked pairs (reranked/) and eval.json")
     parser.add_argument("--max-questions", type=int, default=None, help="the first n questions; unset: all")
     args = parser.parse_args(argv)
+    if args.max_questions is not None and args.max_questions < 1:  # 0 ran every question, -1 all but the last
+        parser.error(f"--max-questions must be 1 or more, got {args.max_questions}")
+    # The data and the default model come from ../shared: without it, one line, before Ray starts (a traceback,
+    # and for the model 24 s in).
+    for flag, path in (("--data", args.data), ("--model", args.model if args.model == DEFAULT_MODEL else None)):
+        if path is not None and not os.path.exists(path):
+            parser.exit(2, f"{parser.prog}: error: {path} does not exist: the demo reads WikiQA and the reranker from "
+                           f"{os.path.normpath(SHARED)} beside the project (see its README.md), or give {flag}\n")
     run_demo(args.model, args.data, args.output, args.max_questions)
     return 0
 

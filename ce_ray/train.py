@@ -589,13 +589,20 @@ class Waiting:
 
 
 def save_reranker(module, tokenizer, path: str, max_length: int, activation: str, state_dict=None) -> None:
-    """The CrossEncoder layout; `state_dict` holds the gathered weights when ZeRO-3 partitions the module."""
-    from .model import save_reranker as save_full
+    """The CrossEncoder layout, in float32 as ce-ray's BERT saves it (`bert.save`); `state_dict` holds the gathered
+    weights when ZeRO-3 partitions the module. DeepSpeed's bf16 casts the module itself: saved as it was, a model
+    of transformers' code came out in bf16, and CrossEncoder loaded and scored it so, unlike ce-ray."""
+    import torch
 
-    if state_dict is None:
-        return save_full(module, tokenizer, path, max_length, activation)
+    state = module.state_dict() if state_dict is None else state_dict
+    state = {name: tensor.to("cpu", torch.float32) for name, tensor in state.items()}
     module.config.sentence_transformers = {"activation_fn": activation}
-    module.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
+    module.save_pretrained(path, state_dict=state, safe_serialization=True)
+    with open(os.path.join(path, "config.json")) as f:  # transformers names the module's dtype there: the weights'
+        config = json.load(f)
+    config.pop("torch_dtype", None)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config | {"dtype": "float32"}, f, indent=2)
     tokenizer.model_max_length = max_length
     tokenizer.save_pretrained(path)
 
@@ -767,10 +774,10 @@ def _check_output(output: str, model: str) -> Optional[str]:
     """The model is written to `output` after the training: a place it cannot be written fails now, and so
     does the model's own folder, whose weights the run would replace. Returns the outermost folder it created
     (`_missing_folder`)."""
-    from .storage import check_s3_access
+    from .storage import absolute, check_s3_access
     from .sink import writing
 
-    same = (output.rstrip("/") == model.rstrip("/") if is_remote(output)
+    same = (absolute(output) == absolute(model) if is_remote(output)  # `s3a://b/m` is `s3://b/m/`
             else os.path.isdir(model) and os.path.realpath(output) == os.path.realpath(model))
     if same:
         raise ConfigError(f"{setting_and_flag('output')} {output} is the model's own folder, which the trained model "

@@ -33,3 +33,14 @@ def test_demo_help_describes_each_option(capsys):
     described = " ".join(capsys.readouterr().out.split())
     assert "--output OUTPUT folder of the pairs (input/), the reranked pairs (reranked/) and eval.json" in described
     assert "--max-questions MAX_QUESTIONS the first n questions; unset: all" in described
+
+
+def test_data_or_a_model_not_there_and_no_questions_are_one_line(tmp_path, capsys):
+    """Without ../shared the demo failed with a traceback, its model 24 s in (Ray started); `--max-questions 0` ran
+    every question and -1 all but the last."""
+    for argv, said in ((["--data", str(tmp_path / "WikiQA-test.tsv.gz")], f"{tmp_path}/WikiQA-test.tsv.gz does not "
+                        "exist: the demo reads WikiQA and the reranker from "),
+                       (["--max-questions", "0"], "--max-questions must be 1 or more, got 0")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2 and said in capsys.readouterr().err

@@ -151,6 +151,14 @@ def test_a_training_run_refused_once_ray_started_leaves_nothing_in_the_bucket(tm
         assert "2 label(s) of column 'label' outside [0, 1]" in refused.stderr.splitlines()[-1]
         fs.invalidate_cache()
         assert fs.find(bucket) == [f"{bucket}/mine/notes.txt"]
+    # An output that is the s3:// model's own folder spelled s3a:// (the same objects) was taken: the trained model
+    # would have been written over the one it started from.
+    fs.put(str(tiny_model), f"{bucket}/base", recursive=True)
+    refused = run_cli("train", "--model", f"s3://{bucket}/base", "--train-data", str(tmp_path / "graded.parquet"),
+                      "--output", f"s3a://{bucket}/base/", env={**s3_server, "RAY_ADDRESS": "local"})
+    assert refused.returncode == 2 and refused.stderr.splitlines()[-1] == (
+        f"ce-ray train: error: output (--output) s3a://{bucket}/base/ is the model's own folder, which the trained "
+        "model would replace: give another output"), refused.stderr[-3000:]
 
 
 def test_a_second_job_of_a_process_sees_the_objects_as_they_are_now(tmp_path, tiny_model, s3_server):

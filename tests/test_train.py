@@ -2058,11 +2058,17 @@ def test_the_card_of_a_model_written_to_s3_loads_a_copy_of_its_folder():
     assert ("# CrossEncoder reads a local folder or a hub id: copy the folder first, e.g.\n"
             '# aws s3 cp --recursive s3://bucket/models/m m --exclude "checkpoints/*"\n'
             'model = CrossEncoder("m")\n') in card("s3://bucket/models/m/")
-    assert 'model = CrossEncoder("/models/trained")\n' in card("/models/trained")
+    # A local path by its folder's name alone, as the base model's and the data's: a card meant for the hub showed
+    # whose machine it was (`/home/alice/...`), and a path no reader of the hub has.
+    local = card("/home/alice/models/trained")
+    assert 'model = CrossEncoder("trained")  # this folder, or its hub id once uploaded\n' in local
+    assert "/home/alice" not in local and "/models/base" not in local and "/data/pairs.parquet" not in local
+    assert "- **Base model:** `base`" in local and "- **Training Dataset:** pairs.parquet" in local
     # The other URIs an output may be: s3a:// (Hadoop's name, which the AWS CLI refuses: `aws s3 cp s3a://...` was
     # said), copied as s3://; file://, which CrossEncoder looked up on the hub, loaded from its path.
     assert '# aws s3 cp --recursive s3://bucket/models/m m --exclude "checkpoints/*"\n' in card("s3a://bucket/models/m")
-    assert 'model = CrossEncoder("/models/trained")\n' in card("file:///models/trained")
+    assert 'model = CrossEncoder("trained")  # this folder, or its hub id once uploaded\n' in card(
+        "file:///models/trained")
 
 
 def test_the_card_lists_the_settings_the_run_used():
