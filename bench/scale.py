@@ -173,11 +173,14 @@ def start_ray(work: str) -> subprocess.Popen:
                                  "--disable-usage-stats", f"--temp-dir={os.path.join(work, 'ray')}"],
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
-    while "Ray runtime started" not in open(log).read():
-        if head.poll() is not None or time.monotonic() > deadline:
-            stop_ray(head)
-            sys.exit(f"ray start --head did not start:\n{open(log).read()[-4000:]}")
-        time.sleep(0.1)
+    try:
+        while "Ray runtime started" not in open(log).read():
+            if head.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"ray start --head did not start:\n{open(log).read()[-4000:]}")
+            time.sleep(0.1)
+    except BaseException:  # its failure, or a SIGTERM as it starts (`main`): the head, in its own session, stopped
+        stop_ray(head)
+        raise
     RUNNING_RAY.update(RAY_ADDRESS=f"127.0.0.1:{port}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token)
     return head
 

@@ -188,6 +188,14 @@ USAGE_ERRORS = (ConfigError, ValueError, FileExistsError, FileNotFoundError, Ray
 MISSING_PACKAGES = ("ce-ray's dependencies are not all installed where the command runs: pip install this project "
                     "there, or build the cluster's image with them (cluster/README.md), or pass them with `ce-ray "
                     "submit --pip`")
+# Those packages (pyproject.toml's, and theirs that ce-ray imports): another import error (a package a model's own
+# code needs, a name that cannot be imported) is no missing dependency, and keeps its traceback.
+DEPENDENCIES = ("ray", "torch", "transformers", "safetensors", "tokenizers", "huggingface_hub", "pyarrow", "numpy",
+                "pandas", "yaml", "s3fs", "fsspec", "botocore", "bm25s", "nanotoken", "deepspeed", "hjson")
+
+
+def missing_dependency(error: BaseException) -> bool:
+    return isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in DEPENDENCIES
 
 
 def finishing_hint(command: str, cause: str = "", args: Optional[argparse.Namespace] = None,
@@ -298,8 +306,8 @@ def main(argv=None) -> int:
     except Exception as e:
         from .runtime import failed_during_work
 
-        if isinstance(e, (*USAGE_ERRORS, ImportError)) and not failed_during_work(e):
-            missing = f"; {MISSING_PACKAGES}" if isinstance(e, ImportError) else ""
+        if (isinstance(e, USAGE_ERRORS) or missing_dependency(e)) and not failed_during_work(e):
+            missing = f"; {MISSING_PACKAGES}" if missing_dependency(e) else ""
             print(f"ce-ray {args.command}: error: {e}{missing}", file=sys.stderr)
             return 2
         report_failure(args.command, e, args)

@@ -95,8 +95,9 @@ def main(argv=None) -> int:
     # and for the model 24 s in).
     for flag, path in (("--data", args.data), ("--model", args.model if args.model == DEFAULT_MODEL else None)):
         if path is not None and not os.path.exists(path):
-            parser.exit(2, f"{parser.prog}: error: {path} does not exist: the demo reads WikiQA and the reranker from "
-                           f"{os.path.normpath(SHARED)} beside the project (see its README.md), or give {flag}\n")
+            parser.exit(2, f"{parser.prog}: error: {path} does not exist: the demo reads WikiQA and the reranker "
+                           f"from {os.path.normpath(SHARED)} beside the project (see its README.md), or another with "
+                           f"{flag}\n")
     run_demo(args.model, args.data, args.output, args.max_questions)
     return 0
 

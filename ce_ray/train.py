@@ -2,8 +2,8 @@
 
 `train(config)` is the whole job: read and tokenize the pairs (or build them from a BEIR split with BM25
 hard negatives: `train_data`, which also cuts each worker's shard into batches and passes), run `train_loop`
-on `num_workers` Ray Train workers, checkpoint every `save_every` steps and at each epoch end, evaluate
-NDCG@10 / MRR@10 / MAP on the eval split, and save a folder that `sentence_transformers.CrossEncoder` loads,
+on `num_workers` Ray Train workers, checkpoint every `save_every` steps, at each epoch end and at the last step,
+evaluate NDCG@10 / MRR@10 / MAP on the eval split, and save a folder that `sentence_transformers.CrossEncoder` loads,
 with a model card. A run started again with the same name (and storage) resumes from its last checkpoint:
 weights, optimizer, scheduler, step, data position and each worker's random state, so that it ends as the run
 would have had it not stopped (the checkpoints' files and the run's record: `checkpoints`).
@@ -34,7 +34,7 @@ from .checkpoints import (DS_TAG, MODEL, PROGRESS, RANDOM_STATE, STATE, best_che
                           run_storage, upload_checkpoint, whole_checkpoint, worker_seed, write_file_list)
 from .messages import plural, setting_and_flag
 from .progress import duration
-from .storage import check_apart, filesystem, is_remote, remove, upload_folder
+from .storage import filesystem, is_remote, refuse_written_inside, remove, upload_folder
 from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, refuse_missing_split,
                          refuse_settings_of_beir, shard_spans, top_reasons, training_batch_tokens, training_input,
                          unused_settings, worker_spans)
@@ -595,7 +595,8 @@ def save_reranker(module, tokenizer, path: str, max_length: int, activation: str
     import torch
 
     state = module.state_dict() if state_dict is None else state_dict
-    state = {name: tensor.to("cpu", torch.float32) for name, tensor in state.items()}
+    state = {name: tensor.to("cpu", torch.float32) if tensor.is_floating_point() else tensor.cpu()
+             for name, tensor in state.items()}
     module.config.sentence_transformers = {"activation_fn": activation}
     module.save_pretrained(path, state_dict=state, safe_serialization=True)
     with open(os.path.join(path, "config.json")) as f:  # transformers names the module's dtype there: the weights'
@@ -777,8 +778,9 @@ def _check_output(output: str, model: str) -> Optional[str]:
     from .storage import absolute, check_s3_access
     from .sink import writing
 
+    local = output[len("file://"):] if output.startswith("file://") else output
     same = (absolute(output) == absolute(model) if is_remote(output)  # `s3a://b/m` is `s3://b/m/`
-            else os.path.isdir(model) and os.path.realpath(output) == os.path.realpath(model))
+            else os.path.isdir(model) and os.path.realpath(local) == os.path.realpath(model))
     if same:
         raise ConfigError(f"{setting_and_flag('output')} {output} is the model's own folder, which the trained model "
                           "would replace: give another output")
@@ -954,7 +956,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     for read in ("train_data", "eval_data"):  # a model or checkpoints read as pairs by the next run: it cannot resume
         for written, what in ((config.output, "output"), (run_uri, "run's checkpoints (storage_path)")):
             if getattr(config, read):
-                check_apart(getattr(config, read), written, setting_and_flag(read), what)
+                refuse_written_inside(getattr(config, read), written, setting_and_flag(read), what)
     data = training_input(config)  # once: for the run's record, then read
     refuse_settings_of_beir(config, data.beir)
     unused = unused_settings(config, data.beir)  # which the model card leaves out

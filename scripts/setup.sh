@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Creates .venv in the project and installs ce-ray with what it needs. Safe to run again: it reinstalls only
-# when pyproject.toml changed. Torch: the CPU build where there is no GPU, the newest up to 2.14.1 where there is
-# one; TORCH_SPEC chooses another version (on the first install), TORCH_INDEX another index (a CUDA build of
-# PyTorch's own index for an older driver, https://download.pytorch.org/whl/cpu for the CPU build elsewhere).
+# when pyproject.toml changed. Torch: 2.13.0 where there is no GPU (the CPU build where the index has it; PyPI's
+# Linux wheels are CUDA builds), the newest up to 2.14.1 where there is one; TORCH_SPEC chooses another version (on
+# the first install), TORCH_INDEX another index (https://download.pytorch.org/whl/cpu for the CPU build, a CUDA
+# build of PyTorch's own index for an older driver).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "$PWD" in
@@ -15,13 +16,14 @@ case "$PWD" in
 esac
 extras=${1:-dev}
 python=${PYTHON:-python3}
-if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
-  echo "ce-ray: needs Python 3.10 or later; $python is $("$python" -V 2>/dev/null || echo "not found"): set PYTHON" >&2
-  exit 2
-fi
 # A .venv left half-made (a first run interrupted, python3-venv missing then installed) or whose interpreter is
 # gone is made again: it was reused, and every later run failed on it.
 if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+    found=$("$python" -V 2>/dev/null) || found="not found"
+    echo "ce-ray: needs Python 3.10 or later; $python is $found: set PYTHON" >&2
+    exit 2
+  fi
   "$python" -m venv --clear .venv
 fi
 stamp=".venv/.ce-ray-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$extras"

@@ -1103,6 +1103,13 @@ def test_a_package_the_job_lacks_is_said_before_any_work(tmp_path, tiny_model, p
     assert result.stderr.splitlines()[-1].startswith("ce-ray score: error: import of safetensors halted"), result.stderr
     assert "ce-ray's dependencies are not all installed where the command runs" in result.stderr
     assert "Traceback" not in result.stderr and "resume" not in result.stderr and not (tmp_path / "out").exists()
+    # An import error of another kind (a package a model's own code needs, a name that cannot be imported) is no
+    # missing dependency: it fails as any other error, with its traceback.
+    from ce_ray.cli import missing_dependency
+
+    assert missing_dependency(ModuleNotFoundError("No module named 'torch.cuda'", name="torch.cuda"))
+    assert not missing_dependency(ModuleNotFoundError("No module named 'einops'", name="einops"))
+    assert not missing_dependency(ImportError("cannot import name 'lists_metrics' from 'ce_ray.metrics'"))
 
 
 def test_cli_with_config_file_prints_a_summary(tmp_path, tiny_model, pairs_df):
