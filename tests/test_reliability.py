@@ -1181,6 +1181,8 @@ def test_a_bad_model_or_output_fails_before_ray_starts(tmp_path, tiny_model, mon
     with pytest.raises(ConfigError, match=r"^output \(--output\) \S+own/ is the model's own folder, which the "
                                           r"trained model would replace: give another output$"):
         train(TrainConfig(model=str(own), train_data=str(pairs), output=str(own) + "/"))
+    with pytest.raises(ConfigError, match=r"^output \(--output\) file://\S+own is the model's own folder"):
+        train(TrainConfig(model=str(own), train_data=str(pairs), output=f"file://{own}"))  # it was taken
     assert not (tmp_path / "out").exists() and not (tmp_path / "trained").exists()
 
 
