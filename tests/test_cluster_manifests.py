@@ -194,11 +194,12 @@ def package_names(requirements) -> set:
 
 
 def project_dependencies() -> set:
-    """The names of the packages ce-ray needs that Ray's images lack: pyproject's dependencies but Ray and what
-    Ray itself installs (pyarrow, numpy, pyyaml)."""
-    import tomllib
+    """The names of the packages ce-ray needs that Ray's images lack: pyproject's dependencies (as the installed
+    project's metadata holds them: tomllib is Python 3.11's), but Ray and what Ray itself installs (pyarrow, numpy,
+    pyyaml)."""
+    import importlib.metadata
 
-    needed = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    needed = [r for r in importlib.metadata.requires("ce-ray") if "extra ==" not in r]
     return package_names(needed) - {"ray", "pyarrow", "numpy", "pyyaml"}
 
 
