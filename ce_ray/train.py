@@ -892,7 +892,7 @@ def _check_data(config: TrainConfig) -> None:
     import pyarrow.fs as pafs
 
     from .messages import InputError
-    from .storage import check_s3_access, glob_base
+    from .storage import check_s3_access, glob_base, is_glob
 
     for name in ("train_data", "eval_data"):
         uri = getattr(config, name)
@@ -900,9 +900,11 @@ def _check_data(config: TrainConfig) -> None:
             continue
         check_s3_access(uri)
         fs, path = filesystem(uri)
-        if fs.get_file_info(glob_base(path)).type == pafs.FileType.NotFound:
+        kind = fs.get_file_info(glob_base(path)).type
+        if kind == pafs.FileType.NotFound:
             raise InputError(f"{setting_and_flag(name)} {uri} does not exist")
-        refuse_missing_split(uri, config.train_split if name == "train_data" else config.eval_split, name)
+        if kind == pafs.FileType.Directory and not is_glob(uri):  # a BEIR folder's split (a file is none: no look-up)
+            refuse_missing_split(uri, config.train_split if name == "train_data" else config.eval_split, name)
 
 
 def _warn_of_eval_on_training_data(config: TrainConfig, beir: bool) -> None:
