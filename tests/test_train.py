@@ -1247,7 +1247,8 @@ def test_eval_data_in_the_training_datas_shape_ranks_each_querys_rows(ray_local,
     candidates = sum(len(s["positive"]) + len(s["negative"]) for s in with_positive)
     card = open(tmp_path / "o1" / "README.md").read()
     without = len({s["query"] for s in samples if s["negative"]}) - len(with_positive)
-    assert f"Reranking each query's rows of `{tmp_path / 'triples.jsonl'}` ({len(with_positive)} queries, " \
+    # The card names a local path by its name alone (`card.shown`): it is meant for the hub.
+    assert f"Reranking each query's rows of `triples.jsonl` ({len(with_positive)} queries, " \
            f"{candidates} candidates; {without} queries without a row labelled above 0 left out)." in card
     soft = pd.DataFrame({"query": ["q", "q"], "document": ["a", "b"], "label": [0.9, 0.1]})
     soft.to_parquet(tmp_path / "soft.parquet")
