@@ -212,13 +212,18 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
+def _folders(input_uri: str, output_uri: str) -> tuple:
+    """The input's filesystem, its folder (a glob's), and the output's path, as `check_apart` compares them."""
+    fs, source = filesystem(input_uri)
+    return fs, glob_base(source), filesystem(output_uri)[1].rstrip("/") or "/"
+
+
 def refuse_written_inside(input_uri: str, output_uri: str, input_name: str = "input",
                           output_name: str = "output") -> None:
     """Refuses an output inside the input: a later run would read what it holds as pairs (a score job's results, and
     delete them as it overwrites its output while reading them; a training run's model and checkpoints, and could not
     resume). The names: what the two are to the job (a training run's `train_data`, its checkpoints)."""
-    fs, source = filesystem(input_uri)
-    source, target = glob_base(source), filesystem(output_uri)[1].rstrip("/") or "/"
+    fs, source, target = _folders(input_uri, output_uri)
     # Under a file nothing can be written (that write fails, saying so); a folder or a glob's folder is checked.
     if _inside(target, source) and fs.get_file_info(source).type != pafs.FileType.File:
         raise InputError(f"the {output_name} {output_uri} is inside the {input_name} {input_uri}: later runs would "
@@ -229,7 +234,7 @@ def check_apart(input_uri: str, output_uri: str) -> None:
     """Refuses an output inside the input (`refuse_written_inside`) or an input inside the output (overwriting
     would delete it)."""
     refuse_written_inside(input_uri, output_uri)
-    source, target = glob_base(filesystem(input_uri)[1]), filesystem(output_uri)[1].rstrip("/") or "/"
+    _, source, target = _folders(input_uri, output_uri)
     if _inside(source, target):
         raise InputError(f"the input {input_uri} is inside the output {output_uri}, whose results a run "
                          "replaces: write the output elsewhere")
