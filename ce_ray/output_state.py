@@ -27,6 +27,7 @@ RESUME, OVERWRITE = "--mode resume finishes it", "rerun it with --mode overwrite
 STATE = "_ce_ray"
 JOB = "job.json"  # in STATE: the settings of the job that wrote the output
 MODEL_VERSION = "model_version"  # in JOB: which version of the model scored it (`model_folder.model_version`)
+DTYPE_SCORED = "dtype_scored"  # in JOB: the dtype the replicas computed in (`auto` resolved where they ran)
 # In `_SUCCESS`: the cut of a rerank whose output this job's input is, or was at some step before (a cascade):
 # {"top_k": k, "rows_cut": n}. Its rows are that reranker's choice, whichever later job scored them again.
 INPUT_CUT = "input_cut"

@@ -22,7 +22,7 @@ from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, t
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, refuse_unused, require, with_settings
 from .input_files import DELIMITED, detect_format, refuse_written
 from .messages import InputError, column_list, plural, setting_and_flag
-from .output_state import MODEL_VERSION, input_cut_record
+from .output_state import DTYPE_SCORED, MODEL_VERSION, input_cut_record
 from .progress import TELL_EVERY_S, Progress, count_rows, job_counter
 from .runtime import (cluster_resources, column_type_clash, cpu_nodes, ensure_ray, free_failed_actors,
                       surfaced_errors, work)
@@ -313,6 +313,13 @@ def on_gpus(config: ScoreConfig, resources: Optional[dict] = None) -> bool:
     if config.use_gpu is not None:
         return config.use_gpu
     return int((resources if resources is not None else cluster_resources()).get("GPU", 0)) > 0
+
+
+def scored_dtype(config: ScoreConfig) -> str:
+    """The dtype the replicas compute in (`dtype_name`): for `auto`, it asks the cluster whether they run on GPUs."""
+    from .model_folder import dtype_name
+
+    return config.dtype if config.dtype != "auto" else dtype_name("auto", on_gpus(config))
 
 
 def in_blocks_of(ds, rows: int):
@@ -807,6 +814,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     check_output(config.output, config.mode, resumable=transform is None)
     listing = job_listing(config)
     job = job_settings(config, listing)
+    if config.mode == "resume":  # compared with the dtype the earlier run scored in: asks the cluster for `auto`
+        job[DTYPE_SCORED] = scored_dtype(config)
     earlier = resume_state(config.output, job) if config.mode == "resume" else ResumeState({}, [])
     done = earlier.complete
     # The model is checked before Ray starts, except where an earlier run completed inputs: a resume with nothing
@@ -864,6 +873,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     if rewritten:
         print(f"{title}: note: {len(rewritten)} input file(s) that an earlier run completed were rewritten since "
               f"(another size, time or ETag, e.g. {rewritten[0]}): they are scored again", file=sys.stderr, flush=True)
+    job.setdefault(DTYPE_SCORED, scored_dtype(config))  # Ray has started: `auto`'s device is known
     kept = prepare_output(config.output, config.mode, job=job, resume=earlier, stamps=stamps,
                           resumable=transform is None, checked=True, in_part=in_part)
     # On CPUs a write task gathers less (`CPU_PART_BYTES`), so that a killed job keeps the files it finished. So

@@ -40,8 +40,9 @@ from ray.data.block import BlockAccessor
 
 from .batching import REJECT
 from .messages import InputError, briefly, setting_and_flag
-from .output_state import (EVAL, JOB, MODEL_VERSION, REJECT_ROWS, REJECTS, RESULT_PARTS, RESULT_ROWS, RESULTS, RESUME,
-                           STATE, SUCCESS, changed_parts, finished_job, finished_parts, part_differences, read_state)
+from .output_state import (DTYPE_SCORED, EVAL, JOB, MODEL_VERSION, REJECT_ROWS, REJECTS, RESULT_PARTS, RESULT_ROWS,
+                           RESULTS, RESUME, STATE, SUCCESS, changed_parts, finished_job, finished_parts,
+                           part_differences, read_state)
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 from .runtime import work
 from .storage import delete_files, filesystem, in_parallel, is_remote, list_tree, parquet_footer, remove
@@ -76,12 +77,18 @@ class OutputLostError(ValueError):
     """The output does not hold what the job wrote to it: the job is not done."""
 
 
+def is_temporary(file: str) -> bool:
+    """A part being written (`.<name>.<random>.tmp`, renamed to its name once whole), or left by a job killed then."""
+    return posixpath.basename(file).startswith(".")
+
+
 def has_results(output: str) -> bool:
     """Whether a job wrote rows or finished here. A job that failed before its first write leaves only its
-    settings (`_ce_ray/job.json`): nothing to keep or to resume from."""
+    settings (`_ce_ray/job.json`), and perhaps the temporary of a part it was writing: nothing to keep or to
+    resume from."""
     fs, path = filesystem(output)
     return (fs.get_file_info(f"{path}/{SUCCESS}").type != pafs.FileType.NotFound
-            or any(list_tree(fs, f"{path}/{sub}") for sub in (RESULTS, REJECTS)))
+            or any(not is_temporary(file) for sub in (RESULTS, REJECTS) for file in list_tree(fs, f"{path}/{sub}")))
 
 
 @dataclass
@@ -300,23 +307,28 @@ def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:
     if earlier is not None:
         earlier = _as_recorded_now(earlier)
     if job is not None and earlier is not None:
-        # An output of a ce-ray that did not record the model's version (`job_settings`) is taken as of this one.
+        # An output of a ce-ray that did not record the model's version or the dtype it scored in (`job_settings`)
+        # is taken as of this one. Where both record the dtype scored, the dtype as typed does not count: `auto` is
+        # float16 on GPUs and float32 on CPUs (a resume on the other device mixed them), `float32` CPUs' `auto`.
+        recorded = {MODEL_VERSION, DTYPE_SCORED} & set(earlier)
+        as_typed = set() if DTYPE_SCORED not in recorded or DTYPE_SCORED not in job else {"dtype"}
         changed = sorted(k for k in set(job) | set(earlier) if job.get(k) != earlier.get(k)
-                         and (k != MODEL_VERSION or k in earlier))
+                         and (k not in (MODEL_VERSION, DTYPE_SCORED) or k in recorded) and k not in as_typed)
         if changed == [MODEL_VERSION]:
             raise ResumeError(
                 f"{output} was scored by another version of {job['model']} (its files changed since): resuming "
                 "would mix two models' scores; pass --mode overwrite, or score with the model it was scored with"
             )
         if changed:
+            said = {DTYPE_SCORED: f"dtype: scored in {earlier.get(DTYPE_SCORED)}, here {job.get(DTYPE_SCORED)}"}
             raise ResumeError(
-                f"{output} was written with other settings ({', '.join(changed)}): resuming would mix "
-                "their scores; pass --mode overwrite, or the same settings"
+                f"{output} was written with other settings ({', '.join(said.get(k, k) for k in changed)}): resuming "
+                "would mix their scores; pass --mode overwrite, or the same settings"
             )
     state = scan_parts(output, listed)
     state.stamps = read_state(fs, path, INPUTS) or {}
     state.finished = success == pafs.FileType.File
-    if any(not f.rsplit("/", 1)[-1].startswith(".") for f in state.other):  # not a temporary: a foreign part
+    if any(not is_temporary(f) for f in state.other):  # a foreign part
         raise ResumeError(
             f"{output} holds parts not named after an input file (written by a job that regroups rows, "
             "such as rerank): it cannot be resumed; pass --mode overwrite"
@@ -653,7 +665,7 @@ def _differences(fs: pafs.FileSystem, path: str, expected: Dict[str, int],
     whose footer was `read` by the job (part -> (its stamp then, its rows)) and that is listed with the same stamp
     now is the file that was read: its rows are taken as read."""
     held = {file: listed for sub in (RESULTS, REJECTS) for file, listed in _list(fs, f"{path}/{sub}").items()
-            if not posixpath.basename(file).startswith(".")}  # a temporary is no part
+            if not is_temporary(file)}
     known = {file: read[file][1] for file, (_, stamp) in held.items() if file in read and read[file][0] == stamp}
     footers = read_footers(fs, {file: size for file, (size, _) in held.items()
                                 if file in expected and file not in known})

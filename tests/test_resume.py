@@ -394,6 +394,26 @@ def test_resume_refuses_another_version_of_the_same_model(ray_local, tmp_path, t
     assert run_score(config_for(out, model, one, mode="resume")).files_kept == 1
 
 
+def test_resume_compares_the_dtype_the_earlier_run_scored_in(ray_local, tmp_path, tiny_model, wikiqa_files,
+                                                             reference):
+    """dtype `auto` is float16 on GPUs and float32 on CPUs: an output scored on GPUs and resumed on CPUs (or the
+    reverse), `auto` both times, was taken, its float16 scores mixed with float32 ones; and `--dtype float32` over CPUs'
+    `auto` (the dtype it scored in) was refused as other settings. The dtype a run scored in is recorded and
+    compared now; an output of an earlier ce-ray, without it, is compared by the dtype as typed, as before."""
+    folder, _ = wikiqa_files
+    out = copy_of(reference, tmp_path)
+    job_file = out / "_ce_ray" / "job.json"
+    assert json.loads(job_file.read_text())["dtype_scored"] == "float32"
+    assert run_score(config_for(out, tiny_model, folder, mode="resume", dtype="float32")).files_kept == FILES
+    on_gpus = json.loads(job_file.read_text()) | {"dtype": "auto", "dtype_scored": "float16"}  # as a GPU's run records
+    job_file.write_text(json.dumps(on_gpus))
+    with pytest.raises(ResumeError, match=r"other settings \(dtype: scored in float16, here float32\): resuming "
+                                          r"would mix their scores"):
+        run_score(config_for(out, tiny_model, folder, mode="resume"))
+    job_file.write_text(json.dumps({k: v for k, v in on_gpus.items() if k != "dtype_scored"}))
+    assert run_score(config_for(out, tiny_model, folder, mode="resume")).files_kept == FILES
+
+
 def test_parts_of_inputs_of_any_name_are_read_and_an_s3_input_spelled_otherwise_resumes(tmp_path):
     """An input whose name began with a letter outside ASCII or a sign (`ü.parquet`, `#1.parquet`, `(copy).parquet`)
     had its parts named `_…`, which pyarrow, pandas and Spark skip as metadata: its rows were lost to whoever read
@@ -822,6 +842,21 @@ def test_every_mode_prepares_an_output_that_holds_nothing_yet(tmp_path):
         assert not prepare_output(str(out), mode, job={"model": "m"}).parts
         assert json.loads((out / "_ce_ray" / "job.json").read_text()) == {"model": "m"}
         assert not prepare_output(str(out), mode, job={"model": "m"}).parts  # a job that failed before its writes
+
+
+def test_an_output_that_holds_only_a_temporary_has_no_results(tmp_path):
+    """A job killed as it wrote its first part left its settings and that part's temporary: the next run of the
+    same command was refused as an output that `already has results`, which it had not."""
+    from ce_ray.sink import check_output
+
+    out = tmp_path / "out"
+    (out / "_ce_ray").mkdir(parents=True)
+    (out / "results").mkdir()
+    (out / "results" / ".shard-0-abcd1234-r000000000000.parquet.1a2b3c4d.tmp").write_bytes(b"PAR1")
+    check_output(str(out), "error")
+    (out / "results" / "shard-0-abcd1234-r000000000000.parquet").write_bytes(b"PAR1")
+    with pytest.raises(OutputExistsError, match="already has results"):
+        check_output(str(out), "error")
 
 
 def test_the_parts_that_differ_are_said_with_a_count_of_one_in_the_singular():
