@@ -40,6 +40,22 @@ def read_type(dtype: pa.DataType) -> pa.DataType:
     return {pa.string_view(): pa.string(), pa.binary_view(): pa.binary()}.get(dtype, dtype)
 
 
+def nulls_as_text(dtype: pa.DataType) -> pa.DataType:
+    """`dtype` with text where it is null (a column, a list's values, a struct's fields): the type a JSON Lines column
+    is read in where the lines the input's check read (each file's first MiB) held no value of it in any file.
+    Later lines may (a title, tags after `[]`): text takes any (`readers.as_checked_types`), where null took none
+    and the parts were written in their own types (null and string: no one table), or, in a list or a struct,
+    the job failed mid-way."""
+    if pa.types.is_null(dtype):
+        return pa.string()
+    if is_list(dtype):
+        values = dtype.value_field.with_type(nulls_as_text(dtype.value_type))
+        return pa.large_list(values) if pa.types.is_large_list(dtype) else pa.list_(values)
+    if pa.types.is_struct(dtype):
+        return pa.struct([field.with_type(nulls_as_text(field.type)) for field in dtype])
+    return dtype
+
+
 def missing_values(column) -> pa.Array:
     """Where an id is missing: null, or NaN (how pandas writes a missing integer id)."""
     import pyarrow.compute as pc

@@ -17,7 +17,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from .arrow_types import holds_empty_struct, is_list, is_text, one_type, read_type
+from .arrow_types import holds_empty_struct, is_list, is_text, nulls_as_text, one_type, read_type
 from .messages import InputError, column_list, setting_and_flag, settings_hint
 from .output_state import REJECTS, RESULTS, Finished, finished_job, finished_parts, is_output
 from .storage import (check_s3_access, filesystem, glob_base, in_parallel, is_glob, list_tree, look_up, parquet_footer,
@@ -254,6 +254,10 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
         lines = [line for line in (head.splitlines() if input_format in DELIMITED else head.split(b"\n"))
                  if line.strip()]
         if input_format in DELIMITED:
+            # Arrow's reader skips empty lines alone: a first line of spaces is the header it reads, of one column
+            if not column_names and lines and not next(line for line in head.splitlines() if line).strip():
+                raise InputError(f"{path}: its first line holds spaces or tabs alone, which is read as its header: "
+                                 "remove that line")
             first = _first_record(head[head.index(lines[0]):], input_format, path) if lines else []
             if column_names:  # no header line: every line is a row, each of as many fields as there are names
                 if lines and len(first) != len(column_names):
@@ -366,10 +370,16 @@ def _missing_columns_hint(check: FileCheck, input_format: str, column_names: Opt
     that names none of the columns) a file without a header line, as MS MARCO's files are; else a column of
     another name, which the setting that names it (`settings`: column -> setting) gives."""
     named = detect_format(check.path)
-    one_field = len(check.columns) == 1 and any(mark in check.columns[0] for mark in (",", "\t", "{"))
-    if (named and named != input_format) or (input_format in DELIMITED and one_field):
-        return f"; read as {input_format}" + (f", though its name says {named}" if named else "") + (
+    one_field = check.columns[0] if len(check.columns) == 1 and input_format in DELIMITED else ""
+    # the format a header of one field reads in: split at a mark this format does not split at
+    fits = next((form for mark, form in ((",", "csv"), ("\t", "tsv"), ("{", "jsonl")) if mark in one_field), None)
+    if (named and named != input_format) or fits:
+        return f"; read as {input_format}" + (f", though its name says {named}" if named and named != input_format
+                                              else f", though its first line reads as {fits}") + (
             f": check {setting_and_flag('input_format')}")
+    if any(mark in one_field for mark in ";|"):
+        return (f"; its header is one field, {one_field[:60]!r}: CSV files are read split at commas and TSV files at "
+                "tabs (write it with either)")
     if input_format in DELIMITED and not column_names and not some_found:
         return f"; for a file without a header line, give its columns' names in {setting_and_flag('column_names')}"
     return settings_hint(missing, settings)
@@ -467,7 +477,10 @@ def check_inputs(
                          + (", ...)" if len(files) > 3 else ")"))
     agreeing = checks if read is None else [replace(c, types={n: t for n, t in c.types.items() if n in read})
                                             for c in checks]
-    return checks, agreed_schema(agreeing)
+    schema = agreed_schema(agreeing)
+    if input_format == "jsonl":  # a column null in every file's lines checked: text, which takes later values
+        schema = pa.schema([field.with_type(nulls_as_text(field.type)) for field in schema])
+    return checks, schema
 
 
 def agreed_schema(checks: List[FileCheck]) -> pa.Schema:

@@ -346,6 +346,32 @@ def test_a_missing_column_of_a_wide_file_says_that_the_columns_named_are_some_of
         check_inputs(pafs.LocalFileSystem(), [str(tmp_path / "narrow.parquet")], "parquet", ["query"])
 
 
+def test_a_delimited_files_first_line_that_is_no_header_of_its_format_is_refused_saying_why(tmp_path):
+    """A CSV whose first line holds spaces alone passed the check (which skipped it) and the reader took it for
+    the header: every row rejected, then the job failed mid-way naming query_column. A header split at `;` (a
+    European Excel export) was told to name its columns, as if it had no header; a TSV's header read as CSV was
+    said to be `read as csv, though its name says csv`."""
+    import pyarrow.fs as pafs
+
+    from ce_ray.input_files import check_inputs
+
+    def refusal(name: str, text: str, input_format: str) -> str:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(InputError) as refused:
+            check_inputs(pafs.LocalFileSystem(), [str(tmp_path / name)], input_format, ["query", "document"])
+        return str(refused.value).removeprefix(f"{tmp_path}/")
+
+    assert refusal("spaces.csv", "   \nquery,document\nq,d\n", "csv") == (
+        "spaces.csv: its first line holds spaces or tabs alone, which is read as its header: remove that line")
+    assert refusal("semicolons.csv", "query;document\nq;d\n", "csv") == (
+        "semicolons.csv: missing column(s) 'query', 'document' (columns: query;document); its header is one field, "
+        "'query;document': CSV files are read split at commas and TSV files at tabs (write it with either)")
+    assert refusal("tabs.csv", "query\tdocument\nq\td\n", "csv").endswith(
+        "; read as csv, though its first line reads as tsv: check input_format (--input-format)")
+    (tmp_path / "empty-first.csv").write_text("\nquery,document\nq,d\n")  # an empty line Arrow's reader skips too
+    check_inputs(pafs.LocalFileSystem(), [str(tmp_path / "empty-first.csv")], "csv", ["query", "document"])
+
+
 def test_broken_json_line_is_rejected_and_the_rest_scored(jsonl_job):
     bad = rejects(jsonl_job[1])
     assert bad["reason"].str.contains("line 9: not valid JSON").sum() == 1
@@ -681,6 +707,29 @@ def test_values_that_the_checked_type_cannot_hold_fail_the_job_not_a_part_of_ano
                                          r"9007199254740993 not in range"):
         conform(part, schema, "the rows of input a-1")
     assert conform(part.set_column(0, "id", pa.array([7])), schema).schema == schema.append(part.schema.field("score"))
+
+
+def test_a_jsonl_column_null_where_checked_takes_the_values_past_the_checked_mib(ray_local, tmp_path, tiny_model):
+    """A JSON Lines column null in every file's first MiB (a title, tags `[]`, an object's `null` field) and
+    filled past it: the plain column's parts were written in their own types (null, string), the output no longer
+    one table (`Unsupported cast from string to null`), though the job said done; the list and the object failed
+    the job mid-way, telling to write the file in one type, which it was. Such a column is text where checked."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text('{"query": "q", "document": "a", "title": null}\n')
+    pad = "x" * 1000  # 1,100 lines of 1 KB: past the first MiB
+    lines = [{"query": "q", "document": f"d{n}", "title": None, "tags": [], "meta": {"url": None}, "pad": pad}
+             for n in range(1100)]
+    lines[1090] |= {"title": "A title", "tags": ["news"], "meta": {"url": "http://x"}}
+    lines[1091] |= {"title": 7, "tags": [1]}  # other kinds past the MiB: their JSON text, as in a column of text
+    (tmp_path / "in" / "b.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    job(tiny_model, tmp_path / "in", tmp_path / "out")
+    table = pq.read_table(tmp_path / "out" / "results")  # one table: failed on the parts' two types
+    got = table.to_pandas().set_index("document")
+    assert len(got) == 1101 and got["score"].notna().all()
+    assert (got.loc["d1090", "title"], list(got.loc["d1090", "tags"]), got.loc["d1090", "meta"]) == (
+        "A title", ["news"], {"url": "http://x"})
+    assert (got.loc["d1091", "title"], list(got.loc["d1091", "tags"])) == ("7", ["1"])
+    assert got["title"].isna().sum() == 1099 and table.schema.field("title").type == pa.string()
 
 
 def test_files_whose_columns_widen_to_one_type_are_written_in_it(ray_local, tmp_path, tiny_model):
