@@ -155,7 +155,10 @@ def load_reranker(
         device=dev,
         dtype=torch_dtype,
         model_type=config.model_type,
-        pad_id=tokenizer.pad_token_id or 0,
+        # The model's own pad id first: a decoder's classifier (Llama's, Qwen's) scores a pair at its last token
+        # that is not it, and a tokenizer without a pad token, or with another (Llama 3's), padded pairs scored at
+        # their padding.
+        pad_id=next((pad for pad in (config.pad_token_id, tokenizer.pad_token_id) if pad is not None), 0),
         input_names=tuple(tokenizer.model_input_names),
     )
 

@@ -355,11 +355,32 @@ def weight_prefixes(path: str) -> set:
     return names
 
 
+def check_embeddings(path: str, tokenizer, config) -> None:
+    """Refuses a tokenizer that gives ids past its model's embeddings: tokens added to it without resizing the model
+    (`resize_token_embeddings`), token types that the model has no row for. A text with one failed the job mid-way,
+    at that batch (on a GPU, a device-side assert), and a resume failed again."""
+    tokens, words = len(tokenizer), getattr(config, "vocab_size", None)
+    if words and tokens > words:
+        raise ModelError(f"{path}: its tokenizer has {tokens:,} tokens, its model's embeddings {words:,} (vocab_size "
+                         "in config.json): a text with one of the others fails the model; resize the model's "
+                         "embeddings to the tokenizer (resize_token_embeddings) and save both")
+    types, rows = tokenizer("a", "b").get("token_type_ids"), getattr(config, "type_vocab_size", None)
+    if types and rows and max(types) >= rows:
+        raise ModelError(f"{path}: its tokenizer gives a pair's second text token type {max(types)}, its model has "
+                         f"{rows} (type_vocab_size in config.json): every pair fails the model; give it its own "
+                         "model's tokenizer")
+
+
 def check_scores(path: str, model: str) -> None:
     """Refuses to score with a model that has no classifier (its head would be drawn at random, as
     CrossEncoder draws one to fine-tune it, and every score would mean nothing) or more than one logit. Where
     config.json names no architecture, the weights tell."""
     architectures = saved_architectures(path)
+    if any(name.endswith("ForCausalLM") for name in architectures or ()):
+        raise ModelError(f"{model} is a {', '.join(architectures)}, a language model: CrossEncoder scores it by the "
+                         "logits of its answer tokens (a LogitScore module, as Qwen3-Reranker is scored), which ce-ray "
+                         "does not; score a conversion of it to a sequence classifier (one logit: the answer tokens' "
+                         "difference), or fine-tune one from it (ce-ray train)")
     if is_bi_encoder(path):
         what = "a sentence-transformers bi-encoder (it embeds each text alone)"
     elif architectures and not is_sequence_classifier(architectures):

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 from . import fast_tokenize
-from .model_folder import cache_dir, load_tokenizer, local_model_path, max_length_of
+from .model_folder import cache_dir, check_embeddings, load_tokenizer, local_model_path, max_length_of
 
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ckpt", ".gguf", ".ot")
 LARGEST = 64 << 20  # bytes: a larger file is no tokenizer's (XLM-R's tokenizer.json is 17 MB), left out too
@@ -149,6 +149,8 @@ def _from_transformers(path: str, trust_remote_code: bool) -> TokenizerFacts:
     # A folder of a tokenizer alone has no model config (nor positions to cap the length).
     alone = os.path.isdir(path) and not os.path.exists(os.path.join(path, "config.json"))
     config = None if alone else AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if config is not None:
+        check_embeddings(path, tokenizer, config)
     return TokenizerFacts(fast_tokenize.pair_plan(tokenizer), type(tokenizer).__name__,
                           max_length_of(path, tokenizer, config))
 

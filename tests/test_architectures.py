@@ -138,4 +138,62 @@ def test_a_decoder_classifier_without_a_pad_token_id_is_refused_before_any_work(
     with pytest.raises(ModelError) as refused:
         train(TrainConfig(model=model, train_data=str(tmp_path / "pairs.parquet"), output=str(tmp_path / "model")))
     assert str(refused.value) == expected
+
+
+
+def test_a_language_model_reranker_is_refused_saying_what_it_is(tmp_path, pairs):
+    """A causal language model (Qwen3-Reranker's kind, which CrossEncoder scores by its answer tokens' logits) was
+    refused as a base model whose scores `would be random`, told to fine-tune it first: it is said what it is."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ce_ray import ModelError
+
+    tokenizer = trained_tokenizer("roberta", list(pairs["query"].unique()) + list(pairs["document"]))
+    config = AutoConfig.for_model("qwen2", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=2, intermediate_size=64, pad_token_id=1)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    with pytest.raises(ModelError) as refused:
+        run_score(ScoreConfig(model=str(tmp_path / "lm"), input=str(tmp_path / "pairs.parquet"),
+                              output=str(tmp_path / "out")))
+    assert str(refused.value) == (
+        f"{tmp_path}/lm is a Qwen2ForCausalLM, a language model: CrossEncoder scores it by the logits of its answer "
+        "tokens (a LogitScore module, as Qwen3-Reranker is scored), which ce-ray does not; score a conversion of it "
+        "to a sequence classifier (one logit: the answer tokens' difference), or fine-tune one from it (ce-ray train)")
+    assert not (tmp_path / "out").exists()
     assert not (tmp_path / "out").exists() and not (tmp_path / "model").exists()
+
+
+def test_a_decoder_classifier_pads_with_its_own_pad_token_id(ray_local, tmp_path, pairs):
+    """A decoder's classifier scores each pair at its last token that is not its config's pad_token_id, which its
+    tokenizer may not pad with (Llama 3's fine-tunes: eos in the config, another pad token or none in the
+    tokenizer). Pairs were padded with the tokenizer's id (0 without one): each pair shorter than the longest of
+    its batch was scored at its padding, 0.71 off its own score, without a word. They pad with the model's id now."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    tokenizer = trained_tokenizer("roberta", list(pairs["query"].unique()) + list(pairs["document"]))
+    tokenizer.model_max_length = 128
+    config = AutoConfig.for_model("qwen2", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=2, intermediate_size=64, num_labels=1,
+                                  initializer_range=0.5, pad_token_id=tokenizer.eos_token_id)
+    assert tokenizer.pad_token_id != config.pad_token_id
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config)
+    model.config.sentence_transformers = {"activation_fn": SIGMOID}
+    model.save_pretrained(tmp_path / "qwen2")
+    tokenizer.save_pretrained(tmp_path / "qwen2")
+    few = pairs.iloc[:48].assign(pair_id=np.arange(48))
+    few.to_parquet(tmp_path / "pairs.parquet")
+    run_score(ScoreConfig(model=str(tmp_path / "qwen2"), input=str(tmp_path / "pairs.parquet"),
+                          output=str(tmp_path / "out")))
+    scores = read_results(tmp_path / "out").sort_values("pair_id")["score"].to_numpy()
+    from sentence_transformers import CrossEncoder
+
+    alone = CrossEncoder(str(tmp_path / "qwen2"), device="cpu").predict(  # a pair a batch: no padding
+        list(zip(few["query"], few["document"])), batch_size=1, show_progress_bar=False)
+    assert alone.std() > 0.05, "the random model's scores must spread for parity to mean something"
+    assert np.abs(scores - alone).max() <= 1e-5

@@ -710,6 +710,35 @@ def test_a_dataset_whose_blocks_disagree_on_a_columns_type_fails_at_the_call_nam
             ce_ray.rerank(rows, model=str(tiny_model))
 
 
+def test_a_tokenizer_that_gives_ids_past_its_models_embeddings_is_refused_before_any_work(ray_local, tmp_path,
+                                                                                            tiny_model, pairs_df):
+    """Tokens added to a tokenizer without resizing its model (a common slip), or token types that the model has no
+    row for: a job failed mid-way, at the first batch with one, with a traceback and `--mode resume finishes it`,
+    which failed again. Refused now, before the output is begun."""
+    from transformers import AutoTokenizer
+
+    pairs_df.to_parquet(tmp_path / "pairs.parquet")
+    added, one_type = tmp_path / "added", tmp_path / "one-type"
+    for folder in (added, one_type):
+        shutil.copytree(tiny_model, folder)
+    tokenizer = AutoTokenizer.from_pretrained(added)
+    tokenizer.add_tokens(["<product>", "<brand>"])
+    tokenizer.save_pretrained(added)
+    config = json.loads((one_type / "config.json").read_text())
+    (one_type / "config.json").write_text(json.dumps(config | {"type_vocab_size": 1}))
+    for folder, said in ((added, "its tokenizer has 30,524 tokens, its model's embeddings 30,522 (vocab_size in "
+                                 "config.json): a text with one of the others fails the model; resize the model's "
+                                 "embeddings to the tokenizer (resize_token_embeddings) and save both"),
+                         (one_type, "its tokenizer gives a pair's second text token type 1, its model has 1 "
+                                    "(type_vocab_size in config.json): every pair fails the model; give it its own "
+                                    "model's tokenizer")):
+        with pytest.raises(ModelError) as refused:
+            run_score(ScoreConfig(model=str(folder), input=str(tmp_path / "pairs.parquet"),
+                                  output=str(tmp_path / "out")))
+        assert str(refused.value) == f"{folder}: {said}"
+        assert not (tmp_path / "out").exists()
+
+
 def test_predict_refuses_what_cross_encoder_would_not_score_as_pairs(tiny_model):
     """A text given as the pairs was iterated into its characters: "qd" was scored as the pair ("q", "d"), where
     CrossEncoder.predict scores the text itself; a set's pairs come in no order the scores could follow; bytes were
