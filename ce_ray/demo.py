@@ -82,7 +82,8 @@ def run_demo(model: str = DEFAULT_MODEL, data: str = DEFAULT_DATA, output: str =
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ce_ray.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ce_ray.demo", description=__doc__.split("\n")[0],
+                                     allow_abbrev=False)  # as the commands': `--max 5` is no `--max-questions 5`
     parser.add_argument("--model", default=DEFAULT_MODEL, help="reranker: folder or hub id")
     parser.add_argument("--data", default=DEFAULT_DATA, help="WikiQA's test split, WikiQA-test.tsv.gz")
     parser.add_argument("--output", default=os.path.join(".", "out", "demo"),

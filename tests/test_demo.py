@@ -37,10 +37,11 @@ def test_demo_help_describes_each_option(capsys):
 
 def test_data_or_a_model_not_there_and_no_questions_are_one_line(tmp_path, capsys):
     """Without ../shared the demo failed with a traceback, its model 24 s in (Ray started); `--max-questions 0` ran
-    every question and -1 all but the last."""
+    every question and -1 all but the last; `--max 5` was taken for `--max-questions 5`, unlike the commands."""
     for argv, said in ((["--data", str(tmp_path / "WikiQA-test.tsv.gz")], f"{tmp_path}/WikiQA-test.tsv.gz does not "
                         "exist: the demo reads WikiQA and the reranker from "),
-                       (["--max-questions", "0"], "--max-questions must be 1 or more, got 0")):
+                       (["--max-questions", "0"], "--max-questions must be 1 or more, got 0"),
+                       (["--max", "5"], "unrecognized arguments: --max 5")):
         with pytest.raises(SystemExit) as stop:
             main(argv)
         assert stop.value.code == 2 and said in capsys.readouterr().err
