@@ -72,7 +72,12 @@ def one_type(one: pa.DataType, other: pa.DataType) -> Optional[pa.DataType]:
     if one == other or isinstance(one, pa.ExtensionType) or isinstance(other, pa.ExtensionType):
         return one
     try:
-        return pa.unify_schemas([pa.schema([("c", one)]), pa.schema([("c", other)])],
-                                promote_options="permissive").field("c").type
+        unified = pa.unify_schemas([pa.schema([("c", one)]), pa.schema([("c", other)])],
+                                   promote_options="permissive").field("c").type
+        if pa.types.is_decimal(unified):  # an integer and a decimal: too few digits for any integer but null
+            for side in (one, other):
+                if pa.types.is_integer(side):
+                    pa.array([1], side).cast(unified)
+        return unified
     except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None

@@ -75,7 +75,7 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     if input_format == "parquet":
         ranges = [r for c in todo for r in read_ranges(c, rows_per_read or PARQUET_ROWS_PER_READ,
                                                        held(c) if held else ())]
-        return _read(tagged_parquet(ranges, fs, rows_per_block, together)), checks, size_bytes, schema, listed
+        return _read(tagged_parquet(ranges, fs, rows_per_block, together, schema)), checks, size_bytes, schema, listed
     paths = [c.path for c in todo]
     if input_format in DELIMITED:
         columns = list(dict.fromkeys(name for c in todo for name in c.columns))  # every file's, all read as text
@@ -530,16 +530,36 @@ def _held_rows(held: Sequence[Sequence[int]], start: int, stop: int) -> int:
 PARQUET_BUFFER_BYTES = 8 << 20
 
 
-def read_range(fs: pafs.FileSystem, part: ReadRange, rows_per_block: int):
-    """A range's rows in chunks of `rows_per_block`, tagged with their file's key and row numbers."""
+def read_range(fs: pafs.FileSystem, part: ReadRange, rows_per_block: int, schema: Optional[pa.Schema] = None):
+    """A range's rows in chunks of `rows_per_block`, tagged with their file's key and row numbers; in the input's
+    types (`schema`, `in_input_types`) where given."""
     with fs.open_input_file(part.path) as f:
         parquet = pq.ParquetFile(f, pre_buffer=False, buffer_size=PARQUET_BUFFER_BYTES)
         batches = parquet.iter_batches(batch_size=rows_per_block, row_groups=part.row_groups)
-        chunks = (reject_invalid_utf8(plain_columns(pa.Table.from_batches([b])), part.path) for b in batches)
+        chunks = (in_input_types(reject_invalid_utf8(plain_columns(pa.Table.from_batches([b])), part.path), schema,
+                                 part.path) for b in batches)
         for table in tag_rows(chunks, part.path, part.first_row, part.ends_file):
             table = without_rows(table, part.skip)
             if table.num_rows:
                 yield table
+
+
+def in_input_types(table: pa.Table, schema: Optional[pa.Schema], path: str) -> pa.Table:
+    """A parquet chunk's plain columns (numbers, text, times) in the input's types (`input_files.agreed_schema`)
+    where its file has another: small files are read together, and a value that type cannot hold (an id past 2^53
+    among another file's doubles, a uint64 past int64) failed the job in Ray's block of both, naming neither the
+    column nor the file. Nested and extension columns are left as they are, for Ray Data to put together."""
+    for i, field in enumerate(table.schema):
+        agreed = schema.field(field.name).type if schema is not None and field.name in schema.names else field.type
+        if agreed == field.type or pa.types.is_nested(agreed) or isinstance(agreed, pa.ExtensionType):
+            continue
+        try:
+            table = table.set_column(i, field.name, table.column(i).cast(agreed))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+            raise InputError(f"{path}: column {field.name!r} is {field.type}, of values that the type the input's "
+                             f"files make of it, {agreed}, cannot hold ({e}): write it as one type in every "
+                             "file") from None
+    return table
 
 
 def without_rows(table: pa.Table, runs: Sequence[Sequence[int]]) -> pa.Table:
@@ -634,10 +654,10 @@ def _total(counts) -> Optional[int]:
 
 
 def tagged_parquet(ranges: List[ReadRange], filesystem: pafs.FileSystem, rows_per_block: int,
-                   together: bool = True):
+                   together: bool = True, schema: Optional[pa.Schema] = None):
     """A Ray Data datasource that reads each range in a task, a small file's whole range with others' where
-    `together` (`read_together`). The footers were read once, by `check_inputs`: each task knows its rows and size
-    before it runs, as Ray Data's planning wants."""
+    `together` (`read_together`), in the input's types (`schema`) where given. The footers were read once, by
+    `check_inputs`: each task knows its rows and size before it runs, as Ray Data's planning wants."""
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
 
@@ -646,7 +666,7 @@ def tagged_parquet(ranges: List[ReadRange], filesystem: pafs.FileSystem, rows_pe
             return sum(r.size_bytes for r in ranges)
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> List[ReadTask]:
-            return read_together([ReadTask(functools.partial(read_range, filesystem, r, rows_per_block),
+            return read_together([ReadTask(functools.partial(read_range, filesystem, r, rows_per_block, schema),
                                            BlockMetadata(num_rows=r.rows, size_bytes=r.size_bytes, exec_stats=None,
                                                          input_files=[r.path]),
                                            per_task_row_limit=per_task_row_limit)

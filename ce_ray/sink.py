@@ -520,7 +520,7 @@ def conform(table: pa.Table, schema: Optional[pa.Schema], rows_of: str = "the jo
             column = table.column(wanted.name)
             try:
                 column = column if column.type == wanted.type else column.cast(wanted.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
                 if not pa.types.is_null(wanted.type):
                     raise InputError(f"{rows_of}: column {wanted.name!r} is {column.type}, of values that the type "
                                      f"the input's files make of it, {wanted.type}, cannot hold ({e}): write it as "

@@ -707,6 +707,25 @@ def test_values_that_the_checked_type_cannot_hold_fail_the_job_not_a_part_of_ano
                                          r"9007199254740993 not in range"):
         conform(part, schema, "the rows of input a-1")
     assert conform(part.set_column(0, "id", pa.array([7])), schema).schema == schema.append(part.schema.field("score"))
+    # In a job, small files are read together: the rows met in Ray's block before any part was written, and the job
+    # failed there in Ray's traceback, naming neither column nor file. They are read in the input's types now.
+    (tmp_path / "ids").mkdir()
+    pq.write_table(pa.table({"id": [2**53 + 1, 7], "query": ["q"] * 2, "document": ["d", "e"]}),
+                   tmp_path / "ids" / "a.parquet")
+    pq.write_table(pa.table({"id": [1.5, 2.0], "query": ["q"] * 2, "document": ["f", "g"]}),
+                   tmp_path / "ids" / "b.parquet")
+    with pytest.raises(InputError, match=rf"^{tmp_path}/ids/a\.parquet: column 'id' is int64, of values that the type "
+                                         r"the input's files make of it, double, cannot hold \(Integer value "
+                                         r"9007199254740993 not in range"):
+        job(tiny_model, tmp_path / "ids", tmp_path / "past-2-53")
+    # An integer and a decimal whose digits cannot hold any integer (decimal128(20, 2) of int64 and decimal(10, 2)):
+    # every job failed mid-way; refused before any work now.
+    pq.write_table(pa.table({"id": pa.array([5], pa.decimal128(10, 2)), "query": ["q"], "document": ["f"]}),
+                   tmp_path / "ids" / "b.parquet")
+    with pytest.raises(InputError, match=r"column 'id' is decimal128\(10, 2\), but in \S+a\.parquet it is int64: rows "
+                                         "of both cannot be put together"):
+        job(tiny_model, tmp_path / "ids", tmp_path / "decimals")
+    assert not (tmp_path / "decimals").exists()
 
 
 def test_a_jsonl_column_null_where_checked_takes_the_values_past_the_checked_mib(ray_local, tmp_path, tiny_model):
