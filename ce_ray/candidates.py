@@ -28,7 +28,7 @@ from .input_files import UTF8_BOM, compression_of
 from .messages import InputError, plural, setting_and_flag
 from .output_state import SUCCESS
 from .runtime import work
-from .storage import filesystem, join, remove
+from .storage import check_s3_access, filesystem, join, remove
 
 
 def numbered_lines(uri: str):
@@ -274,6 +274,8 @@ def run_candidates(config: CandidatesConfig) -> dict:
     require(config, "data", "output")
     config.validate()  # as the command's config is: from Python, top_k 0 and max_queries 0 passed
     start = time.perf_counter()
+    for uri in (config.data, config.output):  # a bucket that is not there is an error, where writing would create it
+        check_s3_access(uri)
     present = _check_output(config)
     qrels_file = beir_file(config.data, f"qrels/{config.split}.tsv")
     qrels = read_qrels(qrels_file)

@@ -470,6 +470,8 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
 
     require(config, "input")
     config.validate()  # as the command's config is: from Python, k=0 and the settings eval does not use passed
+    for uri in (config.input, config.qrels):  # first: the input's job is looked up on the store next
+        check_s3_access(uri)
     c, job_notes, job = _following_the_job(config)
     output = c.output or default_output(c.input, job is not None)
     for setting, uri in (("output", output), ("run_output", c.run_output)):

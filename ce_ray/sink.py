@@ -390,8 +390,9 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: O
             _clear(fs, path, is_remote(output))
     elif mode == "resume":
         resume = resume or resume_state(output, job)  # it read what the output holds: nothing to look up again
-        if resume.finished:
-            delete_files(fs, [f"{path}/{SUCCESS}"])  # incomplete again until this run ends; first, alone
+        if resume.finished:  # incomplete again until this run ends; first, alone, with eval's measures of it
+            finished = [f"{path}/{name}" for name in (SUCCESS, EVAL, RESULTS_EVAL)]
+            delete_files(fs, finished if is_remote(output) else [file for file in finished if os.path.exists(file)])
         dropped = list(resume.other)
         in_part = set(in_part)
         for key, parts in resume.parts.items():
@@ -411,9 +412,12 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: O
     return kept
 
 
+# `ce-ray eval`'s measures of the results as it writes them for `<output>/results/` given as its input
+# (`evaluate.default_output`), beside results/.
+RESULTS_EVAL = f"{RESULTS}.eval.json"
 # What a job writes in its output folder, in the order S3 lists keys; with `ce-ray eval`'s measures of its results,
 # which an overwrite replaces: kept, they stood beside other results as theirs.
-WRITTEN = (SUCCESS, STATE, EVAL, REJECTS, RESULTS)
+WRITTEN = (SUCCESS, STATE, EVAL, REJECTS, RESULTS_EVAL, RESULTS)
 
 
 def _clear(fs: pafs.FileSystem, path: str, remote: bool) -> None:

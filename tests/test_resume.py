@@ -118,6 +118,25 @@ def test_resume_of_a_complete_output_redoes_nothing(ray_local, tmp_path, tiny_mo
     assert json.loads((out / "_SUCCESS").read_text())["rows_in"] == FILES * ROWS_PER_FILE
 
 
+def test_resume_and_overwrite_remove_evals_measures_of_the_results_they_change(ray_local, tmp_path, tiny_model,
+                                                                               wikiqa_files):
+    """`ce-ray eval` writes its measures beside the results (`eval.json`; `results.eval.json` for the results/ folder
+    given). A resume that scored a rewritten input again kept them, figures of other scores than the output's; and
+    an overwrite left `results.eval.json`."""
+    folder, pairs = wikiqa_files
+    shutil.copytree(folder, tmp_path / "in")
+    out = tmp_path / "out"
+    run_score(config_for(out, tiny_model, tmp_path / "in"))
+    for name in ("eval.json", "results.eval.json"):
+        (out / name).write_text('{"reranked": {"ndcg@10": 0.5}}')
+    pairs.iloc[:10].to_parquet(tmp_path / "in" / "shard-0.parquet")  # rewritten since
+    assert run_score(config_for(out, tiny_model, tmp_path / "in", mode="resume")).files_kept == FILES - 1
+    assert not (out / "eval.json").exists() and not (out / "results.eval.json").exists()
+    (out / "results.eval.json").write_text("{}")
+    run_score(config_for(out, tiny_model, tmp_path / "in", mode="overwrite"))
+    assert not (out / "results.eval.json").exists()
+
+
 def test_resume_removes_partial_parts_and_temporaries(ray_local, tmp_path, tiny_model, wikiqa_files, reference):
     """A parquet input whose parts do not add up to its row count keeps them and has only the rows they lack scored;
     a JSON Lines one is redone from scratch; complete ones are kept; temporaries are removed."""

@@ -901,7 +901,38 @@ def test_eval_of_an_output_reads_its_success_once(counting_store):
     assert run_eval(EvalConfig(input=f"s3://{bucket}/out"))["reranked"]["ndcg@10"] == 1.0
     assert [method for method, path in requests if path == f"/{bucket}/out/_SUCCESS"] == ["HEAD", "GET"]  # one read
     assert [path for _, path in requests].count(f"/{bucket}/out/{STATE}") == 1
-    assert len(requests) <= 12  # 28 before
+    assert len(requests) <= 13  # 28 before; one the look-up of the input's bucket, before any work
+
+
+def test_candidates_and_eval_look_at_their_buckets_before_anything_else(tmp_path, s3_server, monkeypatch, capsys):
+    """`ce-ray candidates` into a bucket that is not there made it (s3fs makes a bucket asked for a folder in it: on
+    AWS, a typo's bucket in the user's account), where score and rerank refuse it; without credentials it, and
+    `ce-ray eval` of an `s3://` input, failed in a traceback, exit 1, candidates saying `rerun it with --mode
+    overwrite`. Both look at their buckets first now: one line, exit 2."""
+    from ce_ray.cli import main
+    from conftest import SCIFACT
+
+    for name, value in s3_server.items():
+        monkeypatch.setenv(name, value)
+    fs = s3fs_for(s3_server)
+    fs.mkdir("ce-ray-there")
+    endpoint = s3_server["AWS_ENDPOINT_URL"]
+    assert main(["candidates", "--data", str(SCIFACT), "--output", "s3://typo-bucket/cand"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"ce-ray candidates: error: bucket typo-bucket does not exist at {endpoint}")
+    assert "typo-bucket" not in [bucket.rstrip("/") for bucket in fs.ls("", refresh=True)]
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for argv in (["candidates", "--data", str(SCIFACT), "--output", "s3://ce-ray-there/cand"],
+                 ["eval", "--input", "s3://ce-ray-there/out"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1].startswith(f"ce-ray {argv[0]}: error: cannot reach s3://ce-ray-there at "
+                                               f"{endpoint}: NoCredentialsError"), err[-2000:]
+        assert "Traceback" not in err
 
 
 def model_in_store(s3_server, monkeypatch, tmp_path, model, bucket: str):
