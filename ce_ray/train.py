@@ -341,7 +341,8 @@ def train_loop(loop_config: dict) -> dict:
     total, per_epoch, accum = plan["total_steps"], plan["batches_per_epoch"], config.grad_accum
 
     if checkpoint:
-        progress["resumed_from"].append(progress["step"])
+        if progress["step"] < total:  # a finished run run again resumes nothing: its steps are all done
+            progress["resumed_from"].append(progress["step"])
         random_file = os.path.join(checkpoint_dir, RANDOM_STATE.format(rank=rank))
         if os.path.isfile(random_file):  # taken back where the steps start, as it was saved where they stopped
             resumed_random = torch.load(random_file, weights_only=True)
@@ -1084,8 +1085,10 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         with open(os.path.join(checkpoint_dir, PROGRESS)) as f:
             progress = json.load(f)
         log = summary.get("log", progress["log"])
+        # The measures of this command's eval data: a run resumed without it holds earlier ones in its log, of
+        # another command's data (which its card would have had to name).
         final = next((({k: v for k, v in e.items() if k.startswith("eval_")}) for e in reversed(log)
-                      if any(k.startswith("eval_") for k in e)), {})
+                      if any(k.startswith("eval_") for k in e)), {}) if config.eval_data else {}
         best, best_step = best_checkpoint(result, config), None
         if best is not None:  # its model is the output; the latest checkpoint still tells the run's progress
             checkpoint, metrics = best
