@@ -356,6 +356,15 @@ def _first_record(data: bytes, input_format: str, path: str) -> List[str]:
         raise InputError(f"{path}: its first record cannot be read as CSV ({e})") from None
 
 
+def refuse_reasons_of(kind, where: str) -> None:
+    """Fails for a `reject_reason` column of `kind`, not text, where a job or `ce_ray.score` takes an earlier job's
+    reasons for rejecting rows (`ce_ray.score`'s Dataset written out): every row of it failed the job mid-way."""
+    from .batching import REJECT
+
+    raise InputError(f"{where} has a column {REJECT!r} of {kind}, where a job reads an earlier job's reasons for "
+                     "rejecting rows (text), and rejects the rows that have one: rename it")
+
+
 def refuse_written(columns: Sequence[str], written: Dict[str, str], where: str) -> None:
     """Fails naming the first of `columns` that the job writes (`written`: each name with what the user can do
     about it), which the job would overwrite."""
@@ -452,8 +461,7 @@ def check_inputs(
                              "file and place as it travels): rename it")
         reasons = check.types.get(REJECT)  # taken for an earlier job's reasons (`ce_ray.score`'s Dataset written out)
         if reasons is not None and not (is_text(reasons) or pa.types.is_null(reasons)):
-            raise InputError(f"{check.path}: has a column {REJECT!r} of {reasons}, where a job reads an earlier job's "
-                             "reasons for rejecting rows (text), and rejects the rows that have one: rename it")
+            refuse_reasons_of(reasons, f"{check.path}:")
         twice = sorted({name for name in check.columns if check.columns.count(name) > 1})
         if twice:
             naming = "its header" if input_format in DELIMITED else "its schema"

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from .arrow_types import is_text
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, refuse_unused, require, with_settings
-from .input_files import DELIMITED, detect_format, refuse_written
+from .input_files import DELIMITED, detect_format, refuse_reasons_of, refuse_written
 from .messages import InputError, column_list, plural, setting_and_flag
 from .output_state import DTYPE_SCORED, MODEL_VERSION, input_cut_record
 from .progress import TELL_EVERY_S, Progress, count_rows, job_counter
@@ -131,6 +131,9 @@ def check_known_columns(ds, needed: Dict[str, str], texts: Sequence[str] = (),
         return
     check_columns(list(schema.names), needed)
     refuse_written(list(schema.names), written or {}, "the Dataset")
+    reasons = _known_non_text(schema.base_schema, REJECT) if REJECT in schema.names else None
+    if reasons:  # taken for an earlier job's reasons, as a job's input's is
+        refuse_reasons_of(reasons, "the Dataset")
     for column in texts:
         kind = _known_non_text(schema.base_schema, column)
         if kind:
@@ -236,10 +239,14 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
     The settings of a job's files (`FILE_SETTINGS`) and of ranking (`RANK_SETTINGS`, a RerankConfig's) are refused
     where set, naming the first: score does nothing with them.
     """
+    ranking = "is a setting of ranking (ce_ray.rerank): score adds the scores alone"
+    given = [name for name in RANK_SETTINGS if name in settings]  # as keywords: no ScoreConfig setting holds them
+    if given:
+        raise ConfigError(f"{given[0]} {ranking}")
     config = with_settings(config, settings, ScoreConfig)
     refuse_unused(config, FILE_SETTINGS, of_a_jobs_files("ce_ray.run_score",
                                                          "score takes a Dataset and returns it scored"))
-    refuse_unused(config, RANK_SETTINGS, "is a setting of ranking (ce_ray.rerank): score adds the scores alone")
+    refuse_unused(config, RANK_SETTINGS, ranking)
     return add_scores(ds, config, announce)
 
 

@@ -838,7 +838,27 @@ def test_score_and_rerank_of_a_dataset_refuse_the_settings_they_do_not_use(ray_l
         with pytest.raises(ConfigError, match=rf"^{name} is a setting of ranking \(ce_ray.rerank\): score adds the "
                                               r"scores alone$"):
             ce_ray.score(rows, config=RerankConfig(model=str(tiny_model), **{name: value}))
+        # as a keyword too: it was refused as an `unknown setting`, of the commands that take it
+        with pytest.raises(ConfigError, match=rf"^{name} is a setting of ranking \(ce_ray.rerank\): score adds the "
+                                              r"scores alone$"):
+            ce_ray.score(rows, model=str(tiny_model), **{name: value})
     assert ce_ray.score(rows, config=RerankConfig(model=str(tiny_model), score_column="s")) is not None
+
+
+def test_a_datasets_reject_reason_of_numbers_is_refused_at_the_call(ray_local, tiny_model, pairs_df):
+    """A job refuses an input's `reject_reason` that is no text before any work (it is read as an earlier job's
+    reasons for rejecting rows); a caller's Dataset with one was taken, and failed in a replica's tokenize task,
+    in pyarrow's traceback. Refused at the call now, where the Dataset knows its columns."""
+    import ray.data
+
+    import ce_ray
+
+    for rows in (ray.data.from_pandas(pairs_df.assign(reject_reason=0)),
+                 ray.data.from_items([{"query": "q", "document": "d", "reject_reason": 0}])):
+        with pytest.raises(InputError, match=r"^the Dataset has a column 'reject_reason' of int64, where a job reads "
+                                             r"an earlier job's reasons for rejecting rows \(text\), and rejects the "
+                                             r"rows that have one: rename it$"):
+            ce_ray.score(rows, model=str(tiny_model))
 
 
 def test_missing_column_names_file_and_column(tmp_path, tiny_model):
