@@ -341,8 +341,7 @@ def train_loop(loop_config: dict) -> dict:
     total, per_epoch, accum = plan["total_steps"], plan["batches_per_epoch"], config.grad_accum
 
     if checkpoint:
-        if progress["step"] < total:  # a finished run run again resumes nothing: its steps are all done
-            progress["resumed_from"].append(progress["step"])
+        progress["resumed_from"].append(progress["step"])
         random_file = os.path.join(checkpoint_dir, RANDOM_STATE.format(rank=rank))
         if os.path.isfile(random_file):  # taken back where the steps start, as it was saved where they stopped
             resumed_random = torch.load(random_file, weights_only=True)
