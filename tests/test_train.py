@@ -1134,7 +1134,6 @@ def test_a_run_resumed_without_its_eval_data_publishes_its_model(ray_local, tiny
     frame.assign(query_id=frame["query"]).to_parquet(tmp_path / "eval.parquet")
     _train_module().train(TrainConfig(**settings, eval_data=str(tmp_path / "eval.parquet"), eval_every=2))
     assert "## Evaluation" in (tmp_path / "model" / "README.md").read_text()
-    capsys.readouterr()
     outcome = _train_module().train(TrainConfig(**settings))
     card_text = (tmp_path / "model" / "README.md").read_text()
     assert outcome.final_metrics == {} and outcome.resumed_from == [4] and outcome.steps == 4
