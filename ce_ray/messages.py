@@ -47,3 +47,10 @@ def settings_hint(missing: Sequence[str], settings: Dict[str, str]) -> str:
         return ""
     flags = " and ".join(setting_and_flag(s) for s in dict.fromkeys(named))
     return f"; name the {'column' if len(missing) == 1 else 'columns'} with {flags}"
+
+
+def cannot_hold(rows_of: str, column: str, dtype, agreed, error: Exception) -> InputError:
+    """The error of a column whose values the type the input's files make of it cannot hold (`readers.in_input_types`
+    as a parquet file is read, `sink.conform` as a part is written)."""
+    return InputError(f"{rows_of}: column {column!r} is {dtype}, of values that the type the input's files make of "
+                      f"it, {agreed}, cannot hold ({error}): write it as one type in every file")

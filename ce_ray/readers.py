@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from .arrow_types import is_list, is_text, one_type, read_type
 from .input_files import (COMPRESSED, DELIMITED, FileCheck, Listing, check_inputs, compression_of, list_files,
                           partition_values)
-from .messages import InputError
+from .messages import InputError, cannot_hold
 from .output_state import refuse_changed_output
 from .runtime import ensure_ray
 
@@ -556,9 +556,7 @@ def in_input_types(table: pa.Table, schema: Optional[pa.Schema], path: str) -> p
         try:
             table = table.set_column(i, field.name, table.column(i).cast(agreed))
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
-            raise InputError(f"{path}: column {field.name!r} is {field.type}, of values that the type the input's "
-                             f"files make of it, {agreed}, cannot hold ({e}): write it as one type in every "
-                             "file") from None
+            raise cannot_hold(path, field.name, field.type, agreed, e) from None
     return table
 
 

@@ -880,7 +880,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     if rewritten:
         print(f"{title}: note: {len(rewritten)} input file(s) that an earlier run completed were rewritten since "
               f"(another size, time or ETag, e.g. {rewritten[0]}): they are scored again", file=sys.stderr, flush=True)
-    job.setdefault(DTYPE_SCORED, scored_dtype(config))  # Ray has started: `auto`'s device is known
+    if DTYPE_SCORED not in job:  # (a resume asked already) Ray has started: `auto`'s device is known
+        job[DTYPE_SCORED] = scored_dtype(config)
     kept = prepare_output(config.output, config.mode, job=job, resume=earlier, stamps=stamps,
                           resumable=transform is None, checked=True, in_part=in_part)
     # On CPUs a write task gathers less (`CPU_PART_BYTES`), so that a killed job keeps the files it finished. So

@@ -39,10 +39,11 @@ from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
 from .batching import REJECT
-from .messages import InputError, briefly, setting_and_flag
+from .messages import InputError, briefly, cannot_hold, setting_and_flag
 from .output_state import (DTYPE_SCORED, EVAL, JOB, MODEL_VERSION, REJECT_ROWS, REJECTS, RESULT_PARTS, RESULT_ROWS,
                            RESULTS, RESUME, STATE, SUCCESS, changed_parts, finished_job, finished_parts,
                            part_differences, read_state)
+from .input_files import EVAL_SUFFIX
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 from .runtime import work
 from .storage import delete_files, filesystem, in_parallel, is_remote, list_tree, parquet_footer, remove
@@ -414,7 +415,7 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: O
 
 # `ce-ray eval`'s measures of the results as it writes them for `<output>/results/` given as its input
 # (`evaluate.default_output`), beside results/.
-RESULTS_EVAL = f"{RESULTS}.eval.json"
+RESULTS_EVAL = RESULTS + EVAL_SUFFIX
 # What a job writes in its output folder, in the order S3 lists keys; with `ce-ray eval`'s measures of its results,
 # which an overwrite replaces: kept, they stood beside other results as theirs.
 WRITTEN = (SUCCESS, STATE, EVAL, REJECTS, RESULTS_EVAL, RESULTS)
@@ -526,9 +527,7 @@ def conform(table: pa.Table, schema: Optional[pa.Schema], rows_of: str = "the jo
                 column = column if column.type == wanted.type else column.cast(wanted.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
                 if not pa.types.is_null(wanted.type):
-                    raise InputError(f"{rows_of}: column {wanted.name!r} is {column.type}, of values that the type "
-                                     f"the input's files make of it, {wanted.type}, cannot hold ({e}): write it as "
-                                     "one type in every file") from None
+                    raise cannot_hold(rows_of, wanted.name, column.type, wanted.type, e) from None
                 wanted = wanted.with_type(column.type)  # all null where the check read it: its values' type
             columns.append(column)
         fields.append(wanted)
