@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -155,19 +156,24 @@ def write_pairs(table: pa.Table, folder: str, files: int) -> str:
     return folder
 
 
-def model_flops(config, lengths: np.ndarray) -> float:
+def model_flops(config, lengths: np.ndarray, last_layer_one_row: bool = False) -> float:
     """Forward FLOPs of a BERT sequence classifier over sequences of these (unpadded) lengths.
 
     2 FLOPs per multiply-add: every token through each layer's Q, K, V, O and two FFN matrices, the
     attention scores and weighted sum (4 x L^2 x hidden per layer per sequence), and the pooler and
     classifier once per sequence. Embedding lookups, norms and activations are left out, as in MFU usage.
+    `last_layer_one_row`: the work ce-ray's scoring BERT does (`bert.Layer`'s `first_only`): its last layer
+    projects Q, K and V for every token, then attends, projects and runs the FFN for the first token alone.
+    Counting the skipped rows would credit work never done (an MFU above 1 for a one-layer model).
     """
     h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     lengths = np.asarray(lengths, dtype=np.float64)
-    per_token = 2.0 * n * (4 * h * h + 2 * h * i)
-    attention = 4.0 * n * h * float((lengths**2).sum())
-    head = 2.0 * (h * h + h) * len(lengths)
-    return per_token * float(lengths.sum()) + attention + head
+    tokens, sequences, squares = float(lengths.sum()), len(lengths), float((lengths**2).sum())
+    full_layers = n - 1 if last_layer_one_row else n
+    flops = 2.0 * full_layers * (4 * h * h + 2 * h * i) * tokens + 4.0 * full_layers * h * squares
+    if last_layer_one_row:
+        flops += 2.0 * 3 * h * h * tokens + 2.0 * (h * h + 2 * h * i) * sequences + 4.0 * h * tokens
+    return flops + 2.0 * (h * h + h) * sequences
 
 
 def matmul_peak(device: str, seconds: float = 2.0) -> Dict[str, float]:
@@ -209,7 +215,7 @@ def versions() -> dict:
 
     out = {"python": platform.python_version()}
     for name in ("torch", "transformers", "sentence-transformers", "ray", "pyarrow", "numpy", "nanotoken",
-                 "tokenizers"):
+                 "tokenizers", "datasets"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -252,9 +258,25 @@ def write_result(name: str, result: dict) -> str:
     return path
 
 
+def commit() -> Optional[str]:
+    """The ce-ray commit measured: git's where the tree is a checkout, else the one `bench/kit.sh` recorded
+    beside the carried assets (the tree travels to the GPU machine without .git); `+changes` where the tree
+    differed from it."""
+    recorded = os.path.join(ASSETS, "commit")
+    if not os.path.exists(os.path.join(ROOT, ".git")):
+        return open(recorded).read().strip() if os.path.exists(recorded) else None
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        changed = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+        return head.stdout.strip() + ("+changes" if changed else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def header(device: str) -> dict:
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": device_info(device), "versions": versions()}
+            "commit": commit(), "machine": device_info(device), "versions": versions()}
 
 
 def tree_on_path() -> str:

@@ -17,6 +17,9 @@ budget=${1:-560}
 shift || true
 every="smoke score scale scale12 first12 running6 running12 scale6 train compile train_compile graphs rows profile rank"
 steps=${*:-$every}
+for name in $steps; do  # a misspelt step ran nothing, silently, on a machine held for minutes
+  [[ " $every " == *" $name "* ]] || { echo "gpu_suite: no step $name (steps: $every)" >&2; exit 2; }
+done
 deadline=$(( $(date +%s) + budget ))
 logs=$(mktemp -d)
 touch "$logs/started"
@@ -82,8 +85,9 @@ step scale12 200 python3 bench/scale.py --layers 12 --sizes 5000000 --work /tmp/
 step first12 200 python3 bench/scale.py --layers 12 --sizes 5000000 --work /tmp/ce-ray-scale --first-job \
     --name scale_l12_first
 # The jobs as on a cluster: joined to a Ray started once before them, so that their seconds hold no Ray start (5-8 s
-# on the H200). L6 at 1M and 5M (the fit's fixed seconds are the job's own start), then L12 at 5M.
-step running6 180 python3 bench/scale.py --layers 6 --sizes 1000000 5000000 --work /tmp/ce-ray-scale --running-ray \
+# on the H200). L6 at 5M, then L12 at 5M (~116 s with its facts): both within a call of 230 s, where L6's 1M job too
+# would leave L12's cut short of its only figure.
+step running6 120 python3 bench/scale.py --layers 6 --sizes 5000000 --work /tmp/ce-ray-scale --running-ray \
     --name scale_l6_running
 step running12 180 python3 bench/scale.py --layers 12 --sizes 5000000 --work /tmp/ce-ray-scale --running-ray \
     --name scale_l12_running

@@ -69,8 +69,11 @@ def flops_per_pair(model_dir: str, table: pa.Table, sample: int = 5000) -> float
     return common.model_flops(AutoConfig.from_pretrained(model_dir), lengths) / len(lengths)
 
 
-def trainer_rate(model_dir: str, table: pa.Table, device: str, bf16: bool, work: str) -> dict:
+def trainer_rate(model_dir: str, table: pa.Table, device: str, bf16: bool, work: str, first_window: int) -> dict:
+    """CrossEncoderTrainer's `train_samples_per_second` (the whole run), and its steady rate: the steps after the
+    first `first_window`, as ce-ray's steady rate leaves out its first log window (the first steps' warm-up)."""
     from datasets import Dataset
+    from transformers import TrainerCallback
     from sentence_transformers.cross_encoder import (CrossEncoder, CrossEncoderTrainer,
                                                      CrossEncoderTrainingArguments)
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
@@ -81,12 +84,24 @@ def trainer_rate(model_dir: str, table: pa.Table, device: str, bf16: bool, work:
         learning_rate=5e-5, bf16=bf16, save_strategy="no", logging_steps=50, report_to="none",
         use_cpu=not device.startswith("cuda"), dataloader_num_workers=0, seed=42)
     dataset = Dataset.from_pandas(table.to_pandas(), preserve_index=False)
-    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=BinaryCrossEntropyLoss(model))
+    class StepEnds(TrainerCallback):
+        def __init__(self):
+            self.ends = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter())
+
+    step_ends = StepEnds()
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=BinaryCrossEntropyLoss(model),
+                                  callbacks=[step_ends])
     output = trainer.train()
     del trainer, model
     common.free(device)
-    return {"samples_per_second": output.metrics["train_samples_per_second"], "steps": output.global_step,
-            "final_loss": output.training_loss}
+    ends = step_ends.ends
+    steady = (BATCH * (len(ends) - first_window) / (ends[-1] - ends[first_window - 1])
+              if len(ends) > first_window else None)
+    return {"samples_per_second": output.metrics["train_samples_per_second"], "steady_samples_per_second": steady,
+            "steady_after_steps": first_window, "steps": output.global_step, "final_loss": output.training_loss}
 
 
 def ce_ray_rate(model_dir: str, table: pa.Table, work: str, name: str, cpus: int, **settings) -> dict:
@@ -214,7 +229,8 @@ def main() -> int:
     cpus = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as work:
         model_dir = common.build_model(os.path.join(work, "model"), args.layers)
-        table = labelled_pairs(max(args.pairs, args.anchor_steps * BATCH), args.seed)
+        # All --pairs only for the large batches, (d): 200,000 pairs took 3.7 s to make where none was asked.
+        table = labelled_pairs(max(args.pairs if args.large_batch else 0, args.anchor_steps * BATCH), args.seed)
         anchor = table.slice(0, args.anchor_steps * BATCH)
         per_pair = flops_per_pair(model_dir, table)
         result["flops_per_pair_forward"] = per_pair
@@ -226,12 +242,13 @@ def main() -> int:
             print(f"{name}: {figures['samples_per_second']:,.1f} samples/s, MFU {figures['mfu']:.3f}", flush=True)
             common.write_result(results_name, result)
 
-        record("trainer_fp32_b16", trainer_rate(model_dir, anchor, device, bf16=False, work=work))
+        window = max(args.anchor_steps // 4, 1)  # ce-ray's log lines at batch 16: the steady rates after the first
+        record("trainer_fp32_b16", trainer_rate(model_dir, anchor, device, bf16=False, work=work, first_window=window))
         if gpu:
-            record("trainer_bf16_b16", trainer_rate(model_dir, anchor, device, bf16=True, work=work))
+            record("trainer_bf16_b16", trainer_rate(model_dir, anchor, device, bf16=True, work=work,
+                                                    first_window=window))
         result["ray_start_seconds"] = common.init_ray(log_to_driver=True)
-        record("ce_ray_b16", ce_ray_rate(model_dir, anchor, work, "b16", cpus, batch_size=BATCH,
-                                         log_every=max(args.anchor_steps // 4, 1)))
+        record("ce_ray_b16", ce_ray_rate(model_dir, anchor, work, "b16", cpus, batch_size=BATCH, log_every=window))
         # The large batches (the 10,000 samples/s target) before the batch-16 variants below: a step cut short by
         # its time limit (240 s in the suite) lost them, the last systems, where (c4) and (c5) had taken ~70 s.
         for batch in args.large_batch:
@@ -241,7 +258,7 @@ def main() -> int:
                 batch_tokens=args.batch_tokens, log_every=max(steps // 4, 1)))
         if gpu and "fp32" not in args.skip:  # beside (c): whether batch 16 runs faster without autocast's casts
             record("ce_ray_b16_fp32", ce_ray_rate(model_dir, anchor, work, "b16_fp32", cpus, batch_size=BATCH,
-                                                  log_every=max(args.anchor_steps // 4, 1), bf16=False))
+                                                  log_every=window, bf16=False))
         precisions = [True, False] if gpu else [False]  # (c5) in bf16, and in fp32
         for bf16 in [] if "alone" in args.skip else precisions:
             figures = step_alone_rate(model_dir, anchor, device, bf16, steps=max(args.anchor_steps, 50))
@@ -256,24 +273,29 @@ def main() -> int:
                 try:  # a compiler that fails on this machine is recorded, and the other systems still run
                     record(f"ce_ray_b16_{name}", ce_ray_rate(
                         model_dir, anchor, work, f"b16_{name}", cpus, batch_size=BATCH,
-                        log_every=max(args.anchor_steps // 4, 1), compile=True, compile_mode=mode))
+                        log_every=window, compile=True, compile_mode=mode))
                 except Exception as e:  # noqa: BLE001 (recorded in the results)
                     result.setdefault("compile_errors", {})[name] = f"{type(e).__name__}: {e}"[:2000]
                     print(f"ce_ray_b16_{name} failed: {result['compile_errors'][name]}", flush=True)
                     common.write_result(results_name, result)
 
-    fp32 = systems["trainer_fp32_b16"]["samples_per_second"]
-    bf16 = systems.get("trainer_bf16_b16", {}).get("samples_per_second")
-    rows = [("system", "samples/s", "steady", "x trainer fp32", "x trainer bf16", "MFU")]
+    def ratio(figures: dict, anchor: str, key: str) -> str:
+        ours, theirs = figures.get(key), systems.get(anchor, {}).get(key)
+        return f"{ours / theirs:.2f}" if ours and theirs else "-"
+
+    rows = [("system", "samples/s", "steady", "x trainer fp32", "x trainer bf16", "steady x fp32", "steady x bf16",
+             "MFU")]
     for name, figures in systems.items():
-        rate = figures["samples_per_second"]
-        rows.append((name, common.fmt_rate(rate), common.fmt_rate(figures.get("steady_samples_per_second")),
-                     f"{rate / fp32:.2f}", f"{rate / bf16:.2f}" if bf16 else "-", f"{figures['mfu']:.3f}"))
+        rows.append((name, common.fmt_rate(figures["samples_per_second"]),
+                     common.fmt_rate(figures.get("steady_samples_per_second")),
+                     *(ratio(figures, anchor, key) for key in ("samples_per_second", "steady_samples_per_second")
+                       for anchor in ("trainer_fp32_b16", "trainer_bf16_b16")),
+                     f"{figures['mfu']:.3f}"))
     print(f"\nL{args.layers} on {result['machine'].get('gpu', device)}, peak "
           f"{result['peak']['flops_per_s'] / 1e12:.1f} TFLOP/s ({result['peak']['dtype']})")
-    print(common.table(rows, (22, 10, 10, 15, 15, 6)))
-    print("steady: the rate between log lines after the first (which holds the data stream's start, and the "
-          "compiling with compile=True); the ratios are of the whole run's rate")
+    print(common.table(rows, (22, 10, 10, 15, 15, 14, 14, 6)))
+    print("steady: the rate after the first log window (which holds the data stream's start, and the compiling "
+          "with compile=True), the trainer's after as many steps; x: whole runs' rates, steady x: steady rates")
     print(f"written to {common.write_result(results_name, result)}")
     return 0
 

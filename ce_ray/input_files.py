@@ -165,7 +165,9 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
             raise InputError(f"input {uri} mixes formats {sorted(formats)}: read one with "
                              f"{setting_and_flag('input_format', sorted(formats)[0])}, which skips the other's files")
         if not formats and files:
-            raise InputError(f"cannot tell the format of {files[0]} from its name: pass "
+            # the data file (a part-00000), not a README beside it that sorts first and would be skipped
+            unknown = next((f for f in files if not is_document(f)), files[0])
+            raise InputError(f"cannot tell the format of {unknown} from its name: pass "
                              f"{setting_and_flag('input_format')}: parquet, jsonl, csv or tsv")
         input_format = formats.pop() if formats else "parquet"
     if not named:

@@ -81,11 +81,17 @@ def check_config(job: str, config: str, overrides: Sequence[str] = ()) -> None:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}{other_commands_hint(job, unknown)}")
     settings = config_from_args(COMMANDS[job][0], args)
-    relative = [f"{name}: {value}" for name in PATH_SETTINGS if isinstance(value := getattr(settings, name, ""), str)
+    flags = {given.split("=")[0] for given in overrides}
+
+    def named(name: str, value: str) -> str:  # where the path was written: the file, or a flag after it
+        flag = "--" + name.replace("_", "-")
+        return f"{name}: {value}" + (f" (from {flag})" if flag in flags else f" (in {config})")
+
+    relative = [named(name, value) for name in PATH_SETTINGS if isinstance(value := getattr(settings, name, ""), str)
                 and value and "://" not in value and not os.path.isabs(value)
                 and (name != "model" or os.path.exists(value))]  # else a hub id
     if relative:
-        print(f"ce-ray submit: warning: relative path(s) in {config} ({'; '.join(relative)}): on the cluster the "
+        print(f"ce-ray submit: warning: relative path(s) ({'; '.join(relative)}): on the cluster the "
               "job reads them in its working directory, which holds the config file alone (and which Ray deletes "
               "after the job); give absolute paths on the cluster's shared storage, or s3://", file=sys.stderr,
               flush=True)
@@ -242,11 +248,13 @@ def job_client(address: Optional[str] = None):
     from ray.job_submission import JobSubmissionClient
 
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
-    if not address:
-        address = started_on_this_machine()
-    check_address(address)
+    # `local` starts a Ray for a job run here (the hint of runtime.py); to Ray's client it meant any Ray running on
+    # the machine (another job's own, or, with two, `Found multiple active Ray instances`): a cluster is asked for.
     saved = {name: os.environ.pop(name) for name in ADDRESS_VARIABLES if name in os.environ}
     try:
+        if not address or address == "local":
+            address = started_on_this_machine()
+        check_address(address)
         return JobSubmissionClient(address)
     finally:
         os.environ.update(saved)

@@ -13,15 +13,16 @@ all gives one rejected pair with the reason, and a value that is not text (a num
 
 from __future__ import annotations
 
+import json
 from typing import List, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .arrow_types import is_list
+from .arrow_types import is_list, is_text
 from .batching import REJECT, reader_reasons, text_column
-from .readers import ROW_INPUT
+from .readers import ROW_INPUT, _json_text
 
 LABEL_OF_NEGATIVES = "label"  # the label column of the pairs built with negative_columns
 
@@ -32,6 +33,26 @@ def _texts(table: pa.Table, column: str) -> Tuple[np.ndarray, pa.Array]:
     if is_list(values.type):
         return pc.list_parent_indices(values).to_numpy(), pc.list_flatten(values)
     return np.arange(len(values)), values
+
+
+def _mixed_labels(labels: pa.Array, documents: pa.Array) -> pa.Array:
+    """A text label column beside lists of documents as lists of labels: a JSON Lines column that mixed lists of
+    labels (`[1, 0]`) with single labels (`1`, for every document of its row) is read as text, each list as its
+    JSON, which was rejected as no number, with every pair of its row. A single label is given to each document."""
+    counts = pc.list_value_length(documents).fill_null(0).to_numpy(zero_copy_only=False)
+    lists = []
+    for value, count in zip(labels.to_pylist(), counts):
+        parsed = None
+        if value is not None and value.lstrip().startswith("["):
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                pass
+        if isinstance(parsed, list):
+            lists.append([_json_text(v) for v in parsed])  # each label as the reader writes it
+        else:
+            lists.append([value] * int(count))
+    return pa.array(lists, pa.list_(pa.string()))
 
 
 def training_pairs(table: pa.Table, query_column: str, document_column: str, negative_columns: List[str],
@@ -57,6 +78,8 @@ def training_pairs(table: pa.Table, query_column: str, document_column: str, neg
             parts.append((rows, texts, pa.array(np.zeros(len(rows), np.float32)), column))
     else:
         labels = table.column(label_column).combine_chunks()
+        if is_text(labels.type):
+            labels = _mixed_labels(labels, table.column(document_column).combine_chunks())
         rows, texts = _texts(table, document_column)
         if is_list(labels.type):
             counts = pc.list_value_length(table.column(document_column)).fill_null(0).to_numpy(zero_copy_only=False)

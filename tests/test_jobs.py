@@ -467,7 +467,12 @@ def test_relative_paths_are_said_before_submission(tmp_path, capsys):
                           input="s3://bucket/pairs", output="out/scored")
     check_config("score", str(config))
     err = capsys.readouterr().err
-    assert "relative path(s)" in err and "output: out/scored" in err and "model" not in err and "input" not in err
+    assert "relative path(s)" in err and f"output: out/scored (in {config})" in err
+    assert "model" not in err and "input" not in err
+    # A relative path given by a flag after the config is said to come from it, not from the file.
+    check_config("score", str(config), ["--input", "pairs.parquet"])
+    err = capsys.readouterr().err
+    assert "input: pairs.parquet (from --input)" in err and f"output: out/scored (in {config})" in err
 
 
 def test_the_address_given_wins_over_ray_address(tmp_path, capsys, monkeypatch):
@@ -618,18 +623,21 @@ def test_an_address_without_http_is_said_to_be_a_gcs_address(tmp_path, capsys, m
 def test_submit_without_an_address_takes_the_cluster_ray_start_runs_here_alone(tmp_path, capsys, monkeypatch):
     """Without --address nor RAY_ADDRESS, Ray's client took any Ray it found running on the machine where `ray start`
     had left no record: a local Ray that another job started for itself, which ends with that job (and with two,
-    `Found multiple active Ray instances`). The record alone is taken (Ray's temp folder, RAY_TMPDIR here); without
-    one, one line says what to give, exit 2."""
+    `Found multiple active Ray instances`); so with RAY_ADDRESS=local, which starts a Ray for a job run here. The
+    record alone is taken (Ray's temp folder, RAY_TMPDIR here); without one, one line says what to give, exit 2."""
     from ce_ray.cli import main
 
     config = write_config(tmp_path / "score.yaml", model="m", input="s3://b/in", output="s3://b/out")
     for name in [name for name in os.environ if name.startswith("RAY_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # no `ray start` recorded there
-    assert main(["submit", "score", "--config", str(config)]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "ce-ray submit: error: no cluster to submit to: give its dashboard's address, --address http://HOST:8265 (or "
-        "RAY_ADDRESS), or run `ray start --head` on this machine")
+    for address in (None, "local"):  # RAY_ADDRESS=local, which starts a Ray for a job run here, names no cluster
+        if address:
+            monkeypatch.setenv("RAY_ADDRESS", address)
+        assert main(["submit", "score", "--config", str(config)]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            "ce-ray submit: error: no cluster to submit to: give its dashboard's address, --address http://HOST:8265 "
+            "(or RAY_ADDRESS), or run `ray start --head` on this machine")
     port = free_port()
     (tmp_path / "ray").mkdir()
     (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{port}")  # as `ray start` records its GCS

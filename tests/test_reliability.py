@@ -1032,7 +1032,7 @@ def test_a_folders_documents_are_skipped_with_the_format_given_and_by_eval(tmp_p
     """A folder of parquet files as a dataset comes (a README.md, a LICENSE): with `--input-format parquet`, and in
     `ce-ray eval` (which reads parquet), its documents were read as parquet and failed the job (`cannot read
     .../README.md: Parquet file size is 11 bytes ...`). They are skipped and said, as without the format; a file
-    whose name says no format (part-00000) is still read."""
+    whose name says no format (part-00000) is still read; without the format, it is what the error names."""
     from ce_ray.config import EvalConfig
     from ce_ray.evaluate import run_eval
     from ce_ray.input_files import list_files
@@ -1047,6 +1047,11 @@ def test_a_folders_documents_are_skipped_with_the_format_given_and_by_eval(tmp_p
     assert [os.path.basename(f) for f in list_files(str(tmp_path / "in"), "parquet").files] == ["a.parquet",
                                                                                                 "part-00000"]
     assert "skipped 2 file(s) that are not parquet: LICENSE, README.md" in capsys.readouterr().err
+    # Without the format the error names the file it cannot read, not the README that sorts before it.
+    os.remove(tmp_path / "in" / "a.parquet")
+    with pytest.raises(InputError, match=r"cannot tell the format of \S+/part-00000 from its name"):
+        list_files(str(tmp_path / "in"), "auto", None)
+    frame.to_parquet(tmp_path / "in" / "a.parquet")
     got = run_eval(EvalConfig(input=str(tmp_path / "in"), baseline_column="", output=str(tmp_path / "eval.json")))
     assert got["queries"] == 1 and got["reranked"]["mrr@10"] == 1.0
 

@@ -1799,6 +1799,27 @@ def test_a_word_in_a_jsonl_list_of_labels_rejects_its_pair_not_the_job(tiny_mode
         "label").to_pylist() == [["1", "0"]]
 
 
+def test_jsonl_lists_of_labels_beside_single_labels_train_every_pair(tiny_model):
+    """Lines of a list of documents with a list of labels beside lines whose label is one number for all (as the
+    docs allow), or whose document is one text: the reader made the label column JSON text, and every pair of a
+    list of labels was rejected as `label is not a number` while the run went on. Each takes its labels now."""
+    from ce_ray.readers import read_json_lines
+    from ce_ray.training_pairs import training_pairs
+
+    lines = [json.dumps({"query": "q1", "document": ["a", "b"], "label": [1, 0]}).encode(),
+             json.dumps({"query": "q2", "document": ["c", "d"], "label": [0.7, "x"]}).encode(),
+             json.dumps({"query": "q3", "document": ["e", "f"], "label": 1}).encode(),
+             json.dumps({"query": "q4", "document": "g", "label": 0}).encode(),
+             json.dumps({"query": "q5", "document": ["h"], "label": None}).encode()]
+    rows = read_json_lines(lines, [1, 2, 3, 4, 5], "f.jsonl", ["query", "document"], ["document"])
+    pairs = training_pairs(rows, "query", "document", [], "label")
+    out = train_data._tokenize_train_block(pairs, pair_encoder(str(tiny_model)), "query", "document", "label", 64)
+    assert pairs.column("document").to_pylist() == list("abcdefgh")
+    assert out.column(train_data.LABEL).to_pylist() == pytest.approx([1, 0, 0.7, None, 1, 1, 0, None])
+    assert out.column("reject_reason").to_pylist() == [None, None, None, "label is not a number", None, None,
+                                                        None, "label is null"]
+
+
 def test_an_output_that_cannot_be_written_fails_before_training(tiny_model, pairs_file, tmp_path):
     """The model is written after the training: a place it cannot go fails before any data is read (the data's
     settings checked first, so that a run refused for them creates no output)."""
