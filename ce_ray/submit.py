@@ -308,9 +308,7 @@ def submit(job: str, config: str, address: Optional[str] = None, pip: Sequence[s
         print(f"ce-ray submit: lost the connection to {where} ({e}); job {job_id} may still be running: follow "
               f"it with: ray job logs --follow {job_id} --address {where}", file=sys.stderr)
         return 3
-    # A failed job's message repeats the end of its logs, which were just printed: its first line is enough.
-    # Its closing period goes: the line goes on with how to finish the job (it read `stopped.; --mode resume`).
-    message = (info.message or "").split("\n", 1)[0].split(", last available logs", 1)[0].rstrip(".")
+    message = job_message(info.message or "")
     # How to finish it: as the line that ended the job's command said (after a float16 overflow, whose cause says
     # to overwrite in another dtype, or a training run that a NaN stopped, nothing more); where its logs hold no
     # such line (killed before it said one), a stopped job's way, and that of one that failed during its work (its
@@ -323,6 +321,18 @@ def submit(job: str, config: str, address: Optional[str] = None, pip: Sequence[s
     print(f"ce-ray submit: job {job_id} {info.status}" + (f": {message}" if message else "") + hint,
           file=sys.stdout if info.status == JobStatus.SUCCEEDED else sys.stderr, flush=True)
     return 0 if info.status == JobStatus.SUCCEEDED else 1
+
+
+def job_message(message: str) -> str:
+    """The line of a finished job's message that says why. A failed job's message repeats the end of its logs,
+    which were just printed: its first line is enough, its closing period gone (the line goes on with how to
+    finish the job: it read `stopped.; --mode resume`). A runtime environment that failed to install (`--pip`)
+    says why in pip's last `ERROR:` line, below a first line that says only that it failed."""
+    first = message.split("\n", 1)[0].split(", last available logs", 1)[0].rstrip(".")
+    errors = [line.strip() for line in message.splitlines()[1:] if line.strip().startswith("ERROR:")]
+    if message.startswith("runtime_env setup failed") and errors:
+        return f"{first}: {errors[-1]}"
+    return first
 
 
 def add_submit_parser(sub, jobs: Sequence[str]) -> None:

@@ -458,6 +458,22 @@ def test_a_bad_config_fails_before_submission(tmp_path, capsys):
     assert "unknown setting 'rows_per_blok' (did you mean 'rows_per_block'?)" in capsys.readouterr().err
 
 
+def test_a_failed_pip_install_is_said_by_pips_own_error():
+    """A `--pip` requirement that cannot be installed fails the job with Ray's `runtime_env setup failed: Failed to
+    set up runtime environment.` and pip's output below it: the first line alone, which submit printed, said not
+    why. Pip's last `ERROR:` line is kept; another failed job's message keeps its first line."""
+    from ce_ray.submit import job_message
+
+    ray_said = ("runtime_env setup failed: Failed to set up runtime environment.\nTraceback (most recent call last):\n"
+                "  ...\nRuntimeError: Failed to install pip requirements:\nCollecting nonexistent-package-xyz==0.0.1\n"
+                "ERROR: Could not find a version that satisfies the requirement nonexistent-package-xyz==0.0.1\n"
+                "ERROR: No matching distribution found for nonexistent-package-xyz==0.0.1\n")
+    assert job_message(ray_said) == ("runtime_env setup failed: Failed to set up runtime environment: ERROR: No "
+                                     "matching distribution found for nonexistent-package-xyz==0.0.1")
+    assert job_message("Job entrypoint command failed with exit code 1, last available logs (truncated to 20,000 "
+                       "chars):\nERROR: x") == "Job entrypoint command failed with exit code 1"
+
+
 def test_relative_paths_are_said_before_submission(tmp_path, capsys):
     """On the cluster a relative path is read in the job's working directory, which Ray deletes after the job:
     a relative output would be lost. A hub id is no path."""
