@@ -53,7 +53,10 @@ def copy_assets() -> None:
     os.makedirs(ASSETS, exist_ok=True)
     for name in ASSET_FILES:
         shutil.copy(os.path.join(SHARED_MODEL, name), os.path.join(ASSETS, name))
-    print(f"copied {', '.join(ASSET_FILES)} to {ASSETS}")
+    # The tree travels without .git: the commit it holds, for the results' `commit` there.
+    with open(os.path.join(ASSETS, "commit"), "w") as f:
+        f.write(f"{commit()}\n")
+    print(f"copied {', '.join(ASSET_FILES)} to {ASSETS}, and the commit")
 
 
 def build_model(dest: str, layers: int, seed: int = 0, logit_std: float = 2.0, hidden: Optional[int] = None) -> str:

@@ -13,10 +13,7 @@ bash ../shared/device/ray-wheels.sh .whl >/dev/null
 # The GPU machine's Python is 3.12; these are pure Python or abi3 wheels.
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux2014_x86_64 -d .whl nanotoken==0.1.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
-.venv/bin/python bench/common.py assets
-# The tree travels without .git: the commit it holds, for the results' `commit` (common.commit).
-changes=$(git status --porcelain --untracked-files=no)
-echo "$(git rev-parse HEAD)${changes:+ +changes}" | tr -d ' ' > .cache/bench-assets/commit
+.venv/bin/python bench/common.py assets  # with the commit the tree holds (common.commit)
 carried=$(du -cm .whl .cache/bench-assets | tail -1 | cut -f1)
 echo "kit: $(ls .whl | wc -l) wheels in .whl, assets in .cache/bench-assets, ${carried} MiB to carry (64 at most)"
 (( carried < 64 )) || { echo "kit: over the 64 MiB a device call carries" >&2; exit 1; }
