@@ -19,6 +19,7 @@ from typing import Literal, Optional
 
 from .config import (COMMAND_CONFIGS, CandidatesConfig, ConfigError, EvalConfig, RerankConfig, ScoreConfig,
                      TrainConfig, commands_with_setting, load_config, setting_for_trainer_name)
+from .messages import UNSCORABLE
 from .output_state import OVERWRITE, RESUME
 from .runtime import RayStartError
 
@@ -177,6 +178,9 @@ HOW_TO_FINISH = {
     "train": "the same command resumes it from its last checkpoint, or starts it over where it wrote none",
 }
 RESUMES_AT = "the same command resumes it from its last checkpoint"  # then `, step N`
+# A job that on_invalid=fail stopped at a row would stop there again: the rows are mended, or set aside, first (a
+# resume takes --on-invalid reject after fail: the rows written are the same, `sink.resume_state`).
+MEND_ROWS = "mend those rows, or pass --on-invalid reject to set them aside in rejects/; then "
 STARTS_OVER = "it has no checkpoint yet: the same command starts it over"
 FAILED = 1  # the exit status of a job that failed during its work; 2 is a usage error, found before any work
 STOPPED = 128 + signal.SIGTERM  # a job stopped by SIGTERM, as a shell gives it; Ctrl-C's is 130 (128 + SIGINT)
@@ -209,7 +213,7 @@ def finishing_hint(command: str, cause: str = "", args: Optional[argparse.Namesp
         return ""
     if command == "train" and args is not None:
         return f"; {training_finish(args, running)}"
-    return f"; {HOW_TO_FINISH[command]}"
+    return f"; {MEND_ROWS if UNSCORABLE in cause else ''}{HOW_TO_FINISH[command]}"
 
 
 def training_finish(args: argparse.Namespace, running: bool = False) -> str:
@@ -242,7 +246,7 @@ def finishing_said(command: str, line: str) -> Optional[str]:
         return WORK_DONE
     if not line.startswith(tuple(f"ce-ray {command}: {end}" for end in COMMAND_ENDS)):
         return None
-    forms = [re.escape(HOW_TO_FINISH[command])] if command in HOW_TO_FINISH else []
+    forms = [f"(?:{re.escape(MEND_ROWS)})?{re.escape(HOW_TO_FINISH[command])}"] if command in HOW_TO_FINISH else []
     if command == "train":
         forms += [re.escape(RESUMES_AT) + r"(?:, step [\d,]+(?: or later)?)?", re.escape(STARTS_OVER)]
     said = re.search(rf"; (?:{'|'.join(forms)})$", line) if forms else None

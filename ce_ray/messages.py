@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence, Union
 
+# What on_invalid=fail stops a job with (`score._unscorable`), which the line that ends the command reads.
+UNSCORABLE = "row(s) cannot be scored"
+
 
 class InputError(ValueError):
     """The input cannot be read as pairs: named file, named column."""

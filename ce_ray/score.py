@@ -21,7 +21,7 @@ from .arrow_types import is_text
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, refuse_unused, require, with_settings
 from .input_files import DELIMITED, detect_format, refuse_reasons_of, refuse_written
-from .messages import InputError, column_list, plural, setting_and_flag
+from .messages import UNSCORABLE, InputError, column_list, plural, setting_and_flag
 from .output_state import DTYPE_SCORED, MODEL_VERSION, input_cut_record
 from .progress import TELL_EVERY_S, Progress, count_rows, job_counter
 from .runtime import (cluster_resources, column_type_clash, cpu_nodes, ensure_ray, free_failed_actors,
@@ -96,7 +96,7 @@ def _unscorable(table: pa.Table, sources: Dict[str, str], input_format: str, tex
             reason += " (blank lines not counted)"
     # A job's rows come from files (`sources`), and its setting is a flag too; a caller's Dataset is Python's.
     stop = setting_and_flag("on_invalid", "fail") if sources else 'on_invalid="fail"'
-    return f"{table.num_rows - reasons.null_count} row(s) cannot be scored, e.g. {reason} ({stop})"
+    return f"{table.num_rows - reasons.null_count} {UNSCORABLE}, e.g. {reason} ({stop})"
 
 
 def _cut(text: Optional[str], most: int = 40) -> str:

@@ -313,6 +313,10 @@ def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:
         # float16 on GPUs and float32 on CPUs (a resume on the other device mixed them), `float32` CPUs' `auto`.
         recorded = {MODEL_VERSION, DTYPE_SCORED} & set(earlier)
         as_typed = set() if DTYPE_SCORED not in recorded or DTYPE_SCORED not in job else {"dtype"}
+        # A job that on_invalid=fail stopped wrote rows that any on_invalid writes alike: it resumes setting the rows
+        # it stopped at aside (`--on-invalid reject`), as the line that ended it says.
+        if earlier.get("on_invalid") == "fail":
+            as_typed.add("on_invalid")
         changed = sorted(k for k in set(job) | set(earlier) if job.get(k) != earlier.get(k)
                          and (k not in (MODEL_VERSION, DTYPE_SCORED) or k in recorded) and k not in as_typed)
         if changed == [MODEL_VERSION]:

@@ -398,7 +398,8 @@ def test_a_job_that_ce_rays_own_error_stops_says_how_to_finish_it(cluster, model
     run = cluster.submit("score", config)
 
     assert run.returncode == 1, run.stdout + run.stderr
-    finish = "--mode resume finishes it (the input files completed are kept, and the rows written of parquet files)"
+    finish = ("mend those rows, or pass --on-invalid reject to set them aside in rejects/; then --mode resume "
+              "finishes it (the input files completed are kept, and the rows written of parquet files)")
     # The job's own lines: a worker's (prefixed `(MapWorker(...) pid=N)`) may reach the log after the driver's last
     own = [line for line in run.stdout.splitlines() if not re.match(r"^(\x1b\[\d+m)?\(\S.* pid=\d+\)", line)]
     assert "\n".join(own).rstrip().endswith(
@@ -784,6 +785,9 @@ def test_a_job_stopped_after_its_summary_is_said_to_have_done_its_work():
     assert finishing_said("score", "ce-ray score: 10,848 of 24,000 pairs scored (45.2%) in 30s") is None
     finish = "--mode resume finishes it (the input files completed are kept, and the rows written of parquet files)"
     assert finishing_said("score", f"ce-ray score: stopped (SIGTERM); {finish}") == f"; {finish}"
+    mend = f"mend those rows, or pass --on-invalid reject to set them aside in rejects/; then {finish}"
+    assert finishing_said("score", "ce-ray score: failed: InputError: 1 row(s) cannot be scored, e.g. query is null "
+                                   f"(on_invalid fail (--on-invalid fail)); {mend}") == f"; {mend}"
     assert finishing_said("train", "ce-ray train: stopped (SIGTERM); the same command resumes it from its last "
                                    "checkpoint, step 95 or later") == (
         "; the same command resumes it from its last checkpoint, step 95 or later")

@@ -541,15 +541,28 @@ def test_on_invalid_fail_stops_the_job_and_frees_its_replica(ray_local, tmp_path
         gc.enable()
     assert summary.rows_scored == 1
     # On the command line a failure during the work, with the way to finish: the files completed are kept (it
-    # ended `error:`, exit 2, the status of an error found before any work, and said no way to finish).
-    assert main(["score", "--model", str(tiny_model), "--input", str(tmp_path / "p.parquet"), "--output",
-                 str(tmp_path / "out"), "--on-invalid", "fail", "--mode", "overwrite"]) == 1
+    # ended `error:`, exit 2, the status of an error found before any work, and said no way to finish), once the
+    # rows are mended or set aside (it said `--mode resume finishes it` alone, which stopped at the same row).
+    (tmp_path / "in").mkdir()
+    for name in ("p.parquet", "good.parquet"):
+        (tmp_path / "in" / name).write_bytes((tmp_path / name).read_bytes())
+    command = ["score", "--model", str(tiny_model), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    assert main([*command, "--on-invalid", "fail", "--mode", "overwrite"]) == 1
     errors = capsys.readouterr().err
     assert errors.splitlines()[-1] == ("ce-ray score: failed: InputError: 1 row(s) cannot be scored, e.g. query is "
-                                       f"null, in row 2 of {tmp_path}/p.parquet (on_invalid fail (--on-invalid "
-                                       "fail)); --mode resume finishes it (the input files completed are kept, and "
-                                       "the rows written of parquet files)")
+                                       f"null, in row 2 of {tmp_path}/in/p.parquet (on_invalid fail (--on-invalid "
+                                       "fail)); mend those rows, or pass --on-invalid reject to set them aside in "
+                                       "rejects/; then --mode resume finishes it (the input files completed are "
+                                       "kept, and the rows written of parquet files)")
     assert "Traceback" not in errors
+    # The resume it names: rows that on_invalid=fail wrote are those reject writes (it was refused, `written with
+    # other settings (on_invalid)`, so that the job was done again from its start).
+    assert main([*command, "--on-invalid", "reject", "--mode", "resume"]) == 0
+    assert sorted(pd.read_parquet(tmp_path / "out" / "results")["query"]) == ["q", "q"]
+    assert pd.read_parquet(tmp_path / "out" / "rejects")["document"].tolist() == ["e"]
+    # Not the other way: an output holding rejects is no output of on_invalid=fail.
+    assert main([*command, "--on-invalid", "fail", "--mode", "resume"]) == 2
+    assert "written with other settings (on_invalid)" in capsys.readouterr().err
 
 
 def test_a_jsonl_row_that_on_invalid_fail_stops_at_is_counted_without_blank_lines(ray_local, tmp_path, tiny_model):
