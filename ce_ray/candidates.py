@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import CandidatesConfig, ConfigError, require
-from .input_files import UTF8_BOM, compression_of
+from .input_files import EVAL_SUFFIX, UTF8_BOM, compression_of
 from .messages import InputError, plural, setting_and_flag
 from .output_state import SUCCESS
 from .runtime import work
@@ -252,8 +252,10 @@ def _check_output(config: CandidatesConfig) -> Optional[List[str]]:
     if info.type == pafs.FileType.NotFound:
         return None
     # A folder in the place of either (a parquet dataset of that name) is replaced as a file is, before any work:
-    # the write would fail on it after the index was built.
-    ours = [filesystem(output_file(config))[1], f"{path}/{SUCCESS}"]
+    # the write would fail on it after the index was built. And `ce-ray eval`'s figures of the candidates, which
+    # would be read as the new ones' (it was left beside them).
+    candidates = filesystem(output_file(config))[1]
+    ours = [candidates, f"{path}/{SUCCESS}", candidates + EVAL_SUFFIX]
     present = [p for p in ours if fs.get_file_info(p).type != pafs.FileType.NotFound]
     if present and config.mode == "error":
         raise FileExistsError(f"{config.output} already has candidates: pass --mode overwrite to replace them")
@@ -317,11 +319,12 @@ def _retrieve(config: CandidatesConfig, corpus: Dict[str, str], corpus_tokens, q
     judged = sum(len(qrels[q]) for q in query_ids)
     counts = table.group_by("query_id").aggregate([("doc_id", "count")]).column("doc_id_count").to_numpy()
     short = len(query_ids) - int((counts == min(config.top_k, len(corpus))).sum())  # queries with fewer than k
+    unmatched = len(query_ids) - len(counts)  # of those, queries with none: no word of theirs is in the index
     found = int(pa.compute.sum(pa.compute.greater(table.column("label"), 0)).as_py() or 0)
     relevant = sum(sum(g > 0 for g in qrels[q].values()) for q in query_ids)
     summary = {
         "queries": len(query_ids), "documents": len(corpus), "pairs": table.num_rows, "top_k": config.top_k,
-        "queries_with_fewer_matches": short, "queries_left_out": left_out,
+        "queries_with_fewer_matches": short, "queries_without_matches": unmatched, "queries_left_out": left_out,
         "split": config.split, "judged_pairs": judged, "relevant_retrieved": found, "relevant_total": relevant,
         "unknown_qrels_queries": len(report.unknown_queries),
         "unknown_qrels_queries_examples": report.unknown_queries[:10],
@@ -339,10 +342,13 @@ def _retrieve(config: CandidatesConfig, corpus: Dict[str, str], corpus_tokens, q
         f"  documents     {len(corpus):,}",
         f"  pairs         {table.num_rows:,} (BM25 top {config.top_k}"
         + (f"; fewer for {plural(short, 'query')}, whose other documents share no term with "
-           f"{'it' if short == 1 else 'them'})" if short else ")"),
+           f"{'it' if short == 1 else 'them'}" + (f"; none for {unmatched:,} of them" if unmatched else "") + ")"
+           if short else ")"),
         f"  relevant      {found:,} of {relevant:,} retrieved (recall@{config.top_k} {recall:.3f} over all pairs; "
         "ce-ray eval averages it per query)",
         f"  seconds       {summary['seconds']:.1f}",
         f"  output        {summary['output']}",
-    ]), flush=True)
+    ] + ([f"  warning: no query shares a term with the corpus: {output_file(config)} holds no pair to rerank (are "
+          "the queries and the corpus of one language, and their text fields the ones read?)"]
+         if not table.num_rows else [])), flush=True)
     return summary

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 from typing import Dict, List, Optional
@@ -115,12 +116,19 @@ def _parquet_only(file: str) -> str:
 
 
 def is_trec_run(uri: str, job: Optional[dict] = None) -> bool:
-    """A single file whose name is not that of a data format (`run.txt`, `bm25.trec`): a TREC run; never the output
-    of a job (`job`, its summary: `job_summary`)."""
+    """A single file whose name is not that of a data format (`run.txt`, `bm25.trec`) and that is no parquet file
+    (a Spark-style `part-00000`, which it was taken for): a TREC run; never the output of a job (`job`, its summary:
+    `job_summary`)."""
     if job is not None:
         return False
     fs, path = filesystem(uri)
-    return fs.get_file_info(path).type == pafs.FileType.File and detect_format(path) is None
+    if fs.get_file_info(path).type != pafs.FileType.File or detect_format(path) is not None:
+        return False
+    with fs.open_input_stream(path) as f:
+        return f.read(len(PARQUET_MAGIC)) != PARQUET_MAGIC
+
+
+PARQUET_MAGIC = b"PAR1"  # a parquet file's first bytes
 
 
 def read_trec_run(uri: str, c: EvalConfig) -> pd.DataFrame:
@@ -158,7 +166,8 @@ def _single_spaced_run(uri: str, names: List[str]) -> Optional[pd.DataFrame]:
     except (pa.ArrowInvalid, OSError):
         return None
     empty = pc.any(pc.or_(pc.equal(table.column("query"), ""), pc.equal(table.column("doc"), ""))).as_py()
-    if table.column("score").null_count or empty:  # `a Q0  1 0.9 x`, its document id lost: `_run_lines` refuses it
+    # `a Q0  1 0.9 x`, its document id lost, and a score `nan`: `_run_lines` refuses them, naming the line
+    if table.column("score").null_count or empty or pc.any(pc.is_nan(table.column("score"))).as_py():
         return None
     return table.rename_columns(names).to_pandas()
 
@@ -175,18 +184,40 @@ def _run_lines(uri: str):
             raise InputError(f"{uri} line {number}: a TREC run line has 6 fields (query Q0 document rank score "
                              f"tag), got {len(fields)}")
         try:
-            yield fields[0], fields[2], float(fields[4])
+            score = float(fields[4])
         except ValueError:
-            raise InputError(f"{uri} line {number}: score {fields[4]!r} is not a number") from None
+            score = math.nan
+        if math.isnan(score):  # `nan` too: trec_eval ranks it nowhere in particular (its comparisons all false)
+            raise InputError(f"{uri} line {number}: score {fields[4]!r} is not a number")
+        yield fields[0], fields[2], score
 
 
-def _ranked(lists: np.ndarray, values: pd.Series, descending: bool) -> np.ndarray:
+def _ranked(lists: np.ndarray, values: pd.Series, descending: bool, docs: Optional[pd.Series] = None) -> np.ndarray:
     """Row positions with each list's rows together (lists in ascending number) in the order of `values`,
-    missing ones last, equal ones in file order (numpy's lexsort is stable)."""
-    if not pd.api.types.is_numeric_dtype(values):  # a rank or score that came as text (a CSV's column)
-        values = pd.to_numeric(values, errors="coerce")
-    key = values.to_numpy(np.float64, na_value=np.nan)  # NaN sorts last, negated too
-    return np.lexsort((-key if descending else key, lists))
+    missing ones last, equal ones in file order (numpy's lexsort is stable), or with `docs` by document id,
+    descending, as trec_eval orders them."""
+    key = _as_numbers(values).to_numpy(np.float64, na_value=np.nan)  # NaN sorts last, negated too
+    ties = () if docs is None else (-pd.factorize(docs.astype(str), sort=True)[0],)
+    return np.lexsort((*ties, -key if descending else key, lists))
+
+
+def _as_numbers(values: pd.Series) -> pd.Series:
+    """A rank or score column as numbers: one that came as text (a CSV's column) read so, other text missing."""
+    return values if pd.api.types.is_numeric_dtype(values) else pd.to_numeric(values, errors="coerce")
+
+
+def _ordered_rows(df: pd.DataFrame, c: EvalConfig) -> pd.DataFrame:
+    """The rows that have the value that orders them, a score or a rank. A row of a caller's Dataset that ce-ray
+    could not score has a null score (its `reject_reason` says why), and a NaN ranks nowhere in particular in
+    trec_eval's order: they ranked last, and the run held `nan`. They are left out, as a job's rejected rows are
+    (its rejects/), and counted (`rows_without_order`)."""
+    ranked_by = c.rank_column if c.rank_column in df.columns else c.score_column
+    missing = _as_numbers(df[ranked_by]).isna().to_numpy() if ranked_by in df.columns else None
+    if missing is None or not missing.any():
+        return df
+    kept = df[~missing].reset_index(drop=True)
+    kept.attrs = df.attrs | {"rows_without_order": int(missing.sum())}
+    return kept
 
 
 def _first_of_each_pair(rows: np.ndarray, lists: np.ndarray, docs: pd.Series) -> np.ndarray:
@@ -281,7 +312,10 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
     orders = {"reranked": (ranked_by, None)} | ({"baseline": (baseline, c.baseline_descending)} if baseline else {})
     metrics = {}
     for name, (column, higher_first) in orders.items():
-        rows = reranked if name == "reranked" else _ranked(lists, df[column], higher_first)
+        # A baseline's equal values rank as trec_eval ranks them, by document id: in the file's order they took the
+        # reranker's (a rerank's output is written in it), and a tied first stage (BM25 scores) borrowed its figures.
+        rows = reranked if name == "reranked" else _ranked(lists, df[column], higher_first,
+                                                           df.get(c.doc_id_column))
         rows = rows[in_qrels[rows]]
         if repeated.any():
             rows = _first_of_each_pair(rows, lists, df[c.doc_id_column])
@@ -483,7 +517,8 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     qrels = read_qrels(c.qrels) if c.qrels else None
     required = [c.query_id_column] + ([c.doc_id_column] if qrels is not None or c.run_output else []) + (
         [c.label_column] if qrels is None else [])
-    wanted = [name for name in required + [c.rank_column, c.score_column, c.baseline_column] if name]
+    # the document ids where they are there, for a baseline's equal values (`evaluate_frame`)
+    wanted = [name for name in required + [c.rank_column, c.score_column, c.baseline_column, c.doc_id_column] if name]
     from_run = is_trec_run(c.input, job)
     if from_run:
         if qrels is None:
@@ -499,16 +534,20 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
                           [name for name in required if name in (c.query_id_column, c.doc_id_column)], needed_ids,
                           job, {c.label_column: "label_column", c.doc_id_column: "doc_id_column",
                                 c.query_id_column: "query_id_column"})
+        df = _ordered_rows(df, c)
     if not len(df):
         without = df.attrs.get("rows_without_ids", 0)  # all of them: say so, not that the input is empty
         ids = "a query id" if qrels is None else "a query and a document id"
-        raise InputError(f"{c.input} has no scored rows" + (f" with {ids} ({without:,} without)" if without else ""))
+        unordered = df.attrs.get("rows_without_order", 0)
+        raise InputError(f"{c.input} has no scored rows" + (f" with {ids} ({without:,} without)" if without else "")
+                         + (f" ({unordered:,} without a {_reranked_by(df, c)[0]})" if unordered else ""))
     if _score_read_as_rank(df, c):
         job_notes["baseline_read_as_rank"] = (
             f"warning: the baseline {c.baseline_column} holds fractions, as a score does, but is read as a rank (1 "
             f"is best): give {setting_and_flag('baseline_descending')} if higher is better")
     ranking = rank_queries(df, c)  # measured and written as a run alike
-    result = evaluate_frame(df, c, qrels, ranking) | {"rows_without_ids": df.attrs.get("rows_without_ids", 0)}
+    result = evaluate_frame(df, c, qrels, ranking) | {name: df.attrs.get(name, 0)
+                                                      for name in ("rows_without_ids", "rows_without_order")}
     result |= job_notes
     if qrels is not None and not result["queries_in_qrels"]:
         example = df[c.query_id_column].astype(str).iloc[0]
@@ -546,6 +585,9 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     if result.get("rows_without_ids"):
         lines.append(f"  left out {result['rows_without_ids']:,} row(s) without a query"
                      + (" or document id" if qrels is not None else " id"))
+    if result.get("rows_without_order"):
+        lines.append(f"  left out {result['rows_without_order']:,} row(s) without a {result['reranked_by']} (null or "
+                     "not a number: rows that could not be scored)" + ("" if qrels else ": their labels not counted"))
     if qrels is not None and not result.get("judged_pairs"):
         lines.append(f"  warning: the qrels judge none of the input's (query, document) pairs, so every metric is 0: "
                      f"check the document id column ({c.doc_id_column})")

@@ -327,3 +327,24 @@ def test_a_query_of_a_number_is_its_text_and_an_output_with_candidates_is_refuse
     assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"ce-ray candidates: error: {tmp_path}/out already has candidates: pass --mode overwrite to replace them")
+
+
+def test_queries_with_no_candidate_are_said_and_overwrite_removes_the_eval_of_the_candidates(tmp_path, capsys):
+    """A query none of whose words is in the index was counted among those with fewer candidates, and candidates of
+    no pair at all said `done` alone; `--mode overwrite` left `ce-ray eval`'s figures of the former candidates beside
+    the new ones, where a job's overwrite deletes its eval.json."""
+    docs = ['{"_id": "d1", "title": "Apples", "text": "red apples are sweet"}',
+            '{"_id": "d2", "title": "", "text": "the blue sea is deep"}']
+    folder = beir_folder(tmp_path / "beir", docs, "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n")
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "red apples"}\n{"_id": "q2", "text": "zzzz"}\n')
+    output = tmp_path / "out"
+    summary = run_candidates(CandidatesConfig(data=str(folder), output=str(output), top_k=2))
+    assert (summary["pairs"], summary["queries_with_fewer_matches"], summary["queries_without_matches"]) == (1, 2, 1)
+    assert "(BM25 top 2; fewer for 2 queries, whose other documents share no term with them; none for 1 of them)" \
+        in capsys.readouterr().out
+    assert main(["eval", "--input", str(output / "candidates-test.parquet"), "--rank-column", "bm25_rank"]) == 0
+    assert (output / "candidates-test.parquet.eval.json").exists()
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "zzzz"}\n{"_id": "q2", "text": "yyyy"}\n')
+    assert main(["candidates", "--data", str(folder), "--output", str(output), "--mode", "overwrite"]) == 0
+    assert "  warning: no query shares a term with the corpus: " in capsys.readouterr().out
+    assert not (output / "candidates-test.parquet.eval.json").exists()

@@ -674,3 +674,54 @@ def test_an_eval_written_beside_a_file_leaves_its_folder_readable_as_pairs(tmp_p
     assert capsys.readouterr().err == (f"ce-ray: note: {tmp_path / 'candidates'}: skipped 1 file(s) that are not "
                                        "parquet: candidates-test.parquet.eval.json\n")
     assert list_files(str(tmp_path / "candidates"), input_format="parquet").files == [str(file)]
+
+
+def test_rows_without_a_score_are_left_out_and_a_run_scoring_nan_is_refused(tmp_path, capsys):
+    """A row of `ce_ray.score`'s Dataset that could not be scored (a null score) or a NaN ranked last with no word,
+    was counted as tied with another, and its run line held `nan`, which trec_eval ranks nowhere in particular: such
+    rows are left out and counted, as a job's rejected rows are; a run line scoring `nan` fails naming its line, as
+    a score that is no number does (it was read, and said to be ordered as trec_eval orders it)."""
+    rows = pd.DataFrame({"query_id": ["q"] * 4, "doc_id": ["a", "b", "c", "d"], "score": [0.9, None, 0.5, np.nan],
+                         "label": [0, 1, 1, 0]})
+    rows.to_parquet(tmp_path / "scored.parquet")
+    (tmp_path / "qrels.txt").write_text("q 0 b 1\nq 0 c 1\n")
+    result = run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), qrels=str(tmp_path / "qrels.txt"),
+                                 run_output=str(tmp_path / "out.run")))
+    assert (result["rows_without_order"], result["pairs"], result["tied_pairs"]) == (2, 2, 0)
+    assert result["reranked"]["map"] == pytest.approx(0.25)  # c at rank 2 of 2 relevant; b not retrieved
+    assert (tmp_path / "out.run").read_text() == "q Q0 a 1 0.9 ce-ray\nq Q0 c 2 0.5 ce-ray\n"
+    assert ("left out 2 row(s) without a score (null or not a number: rows that could not be scored)\n"
+            in capsys.readouterr().out)
+    labels = run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "eval.json")))
+    assert (labels["rows_without_order"], labels["reranked"]["mrr@10"]) == (2, 0.5)
+    assert "rows that could not be scored): their labels not counted" in capsys.readouterr().out
+    rows.assign(score=None).to_parquet(tmp_path / "scored.parquet")
+    with pytest.raises(InputError, match=r"scored\.parquet has no scored rows \(4 without a score\)$"):
+        run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), qrels=str(tmp_path / "qrels.txt")))
+    for separator in (" ", "\t"):  # Arrow's reader of single spaces, and the reader of any other
+        (tmp_path / "nan.run").write_text(f"q Q0 a 1 0.9 x\nq{separator}Q0 b 2 nan x\n")
+        with pytest.raises(InputError, match=r"nan\.run line 2: score 'nan' is not a number$"):
+            run_eval(EvalConfig(input=str(tmp_path / "nan.run"), qrels=str(tmp_path / "qrels.txt")))
+
+
+def test_a_baselines_equal_values_rank_by_document_id_whatever_the_files_order():
+    """A rerank's output is written in the reranker's order, which a baseline's ties took: BM25 scores tie often,
+    and the first stage borrowed the reranker's figures (MRR 1.0 here in its order, 0.5 in the other). They rank as
+    trec_eval ranks them, by document id, descending."""
+    rows = pd.DataFrame({"query_id": ["q", "q"], "doc_id": ["a", "b"], "score": [0.9, 0.1], "label": [1, 0],
+                         "bm25_score": [3.0, 3.0]})
+    config = EvalConfig(baseline_column="bm25_score", baseline_descending=True)
+    for frame in (rows, rows.iloc[::-1].reset_index(drop=True)):
+        result = evaluate_frame(frame, config)
+        assert (result["baseline"]["mrr@10"], result["reranked"]["mrr@10"]) == (0.5, 1.0)
+
+
+def test_a_parquet_file_named_without_a_format_is_read_as_parquet_not_as_a_run(tmp_path):
+    """A Spark-style `part-00000` given alone was taken for a TREC run: `is a TREC run, which holds no grades`, and
+    with qrels `line 1: not valid UTF-8`."""
+    pd.DataFrame({"query_id": ["q", "q"], "doc_id": ["a", "b"], "score": [0.9, 0.1], "label": [1, 0]}).to_parquet(
+        tmp_path / "part-00000")
+    (tmp_path / "qrels.txt").write_text("q 0 b 1\n")
+    assert run_eval(EvalConfig(input=str(tmp_path / "part-00000")))["reranked"]["mrr@10"] == 1.0
+    assert run_eval(EvalConfig(input=str(tmp_path / "part-00000"), qrels=str(tmp_path / "qrels.txt")))[
+        "reranked"]["mrr@10"] == 0.5
