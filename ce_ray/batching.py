@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from . import fast_tokenize
 from .arrow_types import is_text
 from .config import ConfigError
+from .messages import setting_and_flag
 from .tokenizer_facts import TokenizerFacts, tokenizer_facts
 
 IDS = "_ce_input_ids"
@@ -108,7 +109,12 @@ def chosen_plan(plan, choice: str, tokenizer_class: str):
     if choice == "hf":
         return None
     if choice == "fast" and plan is None:
-        raise ConfigError(f"tokenizer {tokenizer_class} is not BERT WordPiece: use tokenizer='hf'")
+        # A BertTokenizer may be refused too (said to be no BERT WordPiece, where it truncated on the left): what
+        # nanotoken reproduces is said, and the setting by its key and flag, as a command's user gives it.
+        raise ConfigError(f"{setting_and_flag('tokenizer', 'fast')}: nanotoken does not reproduce this "
+                          f"{tokenizer_class} (it reproduces BERT WordPiece tokenizers as transformers saves them, "
+                          "cutting on the right, special tokens whole, no normalizer added by the model's settings): "
+                          f"give {setting_and_flag('tokenizer', 'hf')}, or auto, which picks the one that fits")
     return plan
 
 

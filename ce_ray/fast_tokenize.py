@@ -45,8 +45,17 @@ class PairPlan:
         return _encode(self, queries, documents, max_length, parallel)
 
 
-# tokenizer -> (its vocabulary size, its plan or None): a changed vocabulary (added tokens) rebuilds it.
+# tokenizer -> (its pipeline's `_fingerprint`, its plan or None): a tokenizer changed since rebuilds it.
 _plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(tokenizer, backend) -> tuple:
+    """What of a tokenizer's pipeline a caller may change between calls, cheaply (~5 µs, where the whole pipeline's
+    JSON takes ~2 ms): its size, normalizer, pre-tokenizer, pair template and added tokens. Its size alone kept a
+    stale plan, whose ids then differed from the tokenizer's, after `add_tokens` of words already in the vocabulary
+    (its size unchanged) or a normalizer replaced."""
+    return (len(tokenizer), str(backend.normalizer), str(backend.pre_tokenizer), str(backend.post_processor),
+            str(backend.get_added_tokens_decoder()))
 
 
 def supports(tokenizer) -> bool:
@@ -65,16 +74,16 @@ def pair_plan(tokenizer) -> Optional[PairPlan]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or getattr(backend, "encode_special_tokens", False):
         return None
-    size = len(tokenizer)
+    fingerprint = _fingerprint(tokenizer, backend)
     try:
         cached = _plans.get(tokenizer)
     except TypeError:  # not weak-referenceable: built on every call
         cached = None
-    if cached is not None and cached[0] == size:
+    if cached is not None and cached[0] == fingerprint:
         return cached[1]
     plan = _build_plan(tokenizer)
     try:
-        _plans[tokenizer] = (size, plan)
+        _plans[tokenizer] = (fingerprint, plan)
     except TypeError:
         pass
     return plan

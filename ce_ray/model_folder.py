@@ -561,11 +561,21 @@ def check_max_length(path: str, model: str, max_length: Optional[int]) -> None:
                           "position table)")
 
 
+# transformers' model_max_length where a tokenizer's files name none (1e30): no length at all
+NO_MAX_LENGTH = 1 << 31
+
+
 def usable_max_length(path: str, model: str, own: int) -> int:
     """The model's own max length (CrossEncoder's rule, `max_length_of`) within its position table: a RoBERTa
     whose tokenizer names no length gets its 514 positions, two of them before the first token's, and a long
-    pair then failed the job (as it fails CrossEncoder.predict)."""
+    pair then failed the job (as it fails CrossEncoder.predict). A model of no length and no position table (an
+    XLNet whose tokenizer names none) is refused: it failed the job with an OverflowError in its tokenize tasks,
+    where CrossEncoder.predict cuts no pair, and ce-ray's batches of tokens want a bound."""
     limit = position_limit(path)
+    if limit is None and own >= NO_MAX_LENGTH:
+        raise ModelError(f"{model} names no max length (neither its tokenizer's files, model_max_length, nor its "
+                         f"config, max_position_embeddings): give {setting_and_flag('max_length')}, the tokens its "
+                         "pairs are cut at")
     if limit is None or own <= limit:
         return own
     print(f"ce-ray: note: {model}'s own max length, {own}, is past its position table: pairs are cut at {limit} "

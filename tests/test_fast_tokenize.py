@@ -164,6 +164,24 @@ def test_model_without_token_types(tokenizer):
     assert expected_types is None and types is None and ids.equals(expected_ids)
 
 
+def test_a_tokenizer_changed_between_calls_gets_its_own_ids():
+    """The plan of a tokenizer was kept by its size alone: after `add_tokens` of words already in the vocabulary
+    (its size the same) or a normalizer replaced, the ids were the former tokenizer's, not Hugging Face's."""
+    from tokenizers import normalizers
+
+    from ce_ray.model_folder import load_tokenizer
+
+    changed = load_tokenizer(str(L12))
+    queries, documents = ["q", "Café"], ["foobar snowboarding", "Crème brûlée"]
+    assert_same(changed, queries, documents, 64)
+    size = len(changed)
+    changed.add_tokens(["foo", "snow"])
+    assert len(changed) == size
+    assert_same(changed, queries, documents, 64)
+    changed.backend_tokenizer.normalizer = normalizers.BertNormalizer(lowercase=False)
+    assert_same(changed, queries, documents, 64)
+
+
 def wordpiece_variant(normalizer, post_processor=None):
     """A BERT WordPiece tokenizer on the shared vocab with another normalizer or pair template."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -221,7 +239,9 @@ def test_unsupported_tokenizers_fall_back_to_hugging_face(tokenizer, tmp_path):
     for name, tok in unsupported_tokenizers().items():
         assert not fast_tokenize.supports(tok), name
         assert batching.fast_plan(tok, "auto") is None, name
-        with pytest.raises(ValueError, match="not BERT WordPiece"):
+        # named by the setting and flag, not as no BERT WordPiece (a BertTokenizer that cuts on the left was)
+        with pytest.raises(ValueError, match=r"^tokenizer fast \(--tokenizer fast\): nanotoken does not reproduce "
+                                             r"this \w+ .*: give tokenizer hf \(--tokenizer hf\), or auto"):
             batching.fast_plan(tok, "fast")
         with pytest.raises(ValueError, match="not a supported"):
             fast_tokenize.encode_pairs(tok, ["a b"], ["b a"], 8)

@@ -1356,6 +1356,32 @@ def test_a_damaged_model_folder_fails_before_the_output_is_touched(tmp_path, tin
     assert not (tmp_path / "out").exists()
 
 
+def test_a_model_that_names_no_max_length_is_refused_before_the_work(tmp_path, tiny_model):
+    """An XLNet (no position table) whose tokenizer's files name no model_max_length: transformers gives it 1e30,
+    and every tokenize task failed with `OverflowError: Python int too large to convert to C long`, the job's last
+    line `--mode resume finishes it`. Refused before the output is touched, naming the flag; with it, scored."""
+    import shutil
+
+    import torch
+    from transformers import XLNetConfig, XLNetForSequenceClassification
+
+    model = tmp_path / "xlnet"
+    torch.manual_seed(0)
+    XLNetForSequenceClassification(XLNetConfig(vocab_size=30522, d_model=32, n_layer=1, n_head=2, d_inner=64,
+                                               num_labels=1)).save_pretrained(model)
+    for name in TOKENIZER_FILES:
+        shutil.copy(tiny_model / name, model / name)
+    settings = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in settings.items()
+                                                             if k != "model_max_length"}))
+    pd.DataFrame({"query": ["q"], "document": ["d " * 600]}).to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(ModelError, match=r"xlnet names no max length \(neither its tokenizer's files, model_max_length, "
+                                         r"nor its config, max_position_embeddings\): give max_length \(--max-length\)"):
+        job(model, tmp_path / "p.parquet", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert job(model, tmp_path / "p.parquet", tmp_path / "out", max_length=64).rows_scored == 1
+
+
 def test_checkpoints_are_loaded_with_weights_only():
     """Every torch.load in the library passes weights_only=True (no pickle code runs from a checkpoint)."""
     calls = []
