@@ -178,10 +178,10 @@ HOW_TO_FINISH = {
     "train": "the same command resumes it from its last checkpoint, or starts it over where it wrote none",
 }
 RESUMES_AT = "the same command resumes it from its last checkpoint"  # then `, step N`
+STARTS_OVER = "it has no checkpoint yet: the same command starts it over"
 # A job that on_invalid=fail stopped at a row would stop there again: the rows are mended, or set aside, first (a
 # resume takes --on-invalid reject after fail: the rows written are the same, `sink.resume_state`).
 MEND_ROWS = "mend those rows, or pass --on-invalid reject to set them aside in rejects/; then "
-STARTS_OVER = "it has no checkpoint yet: the same command starts it over"
 FAILED = 1  # the exit status of a job that failed during its work; 2 is a usage error, found before any work
 STOPPED = 128 + signal.SIGTERM  # a job stopped by SIGTERM, as a shell gives it; Ctrl-C's is 130 (128 + SIGINT)
 # The errors of a usage, found before any work; the same types raised during the work fail the job (`runtime.work`).

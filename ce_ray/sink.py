@@ -315,10 +315,9 @@ def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:
         as_typed = set() if DTYPE_SCORED not in recorded or DTYPE_SCORED not in job else {"dtype"}
         # A job that on_invalid=fail stopped wrote rows that any on_invalid writes alike: it resumes setting the rows
         # it stopped at aside (`--on-invalid reject`), as the line that ended it says.
-        if earlier.get("on_invalid") == "fail":
-            as_typed.add("on_invalid")
+        uncompared = as_typed | ({"on_invalid"} if earlier.get("on_invalid") == "fail" else set())
         changed = sorted(k for k in set(job) | set(earlier) if job.get(k) != earlier.get(k)
-                         and (k not in (MODEL_VERSION, DTYPE_SCORED) or k in recorded) and k not in as_typed)
+                         and (k not in (MODEL_VERSION, DTYPE_SCORED) or k in recorded) and k not in uncompared)
         if changed == [MODEL_VERSION]:
             raise ResumeError(
                 f"{output} was scored by another version of {job['model']} (its files changed since): resuming "

@@ -1375,8 +1375,9 @@ def test_a_model_that_names_no_max_length_is_refused_before_the_work(tmp_path, t
     (model / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in settings.items()
                                                              if k != "model_max_length"}))
     pd.DataFrame({"query": ["q"], "document": ["d " * 600]}).to_parquet(tmp_path / "p.parquet")
-    with pytest.raises(ModelError, match=r"xlnet names no max length \(neither its tokenizer's files, model_max_length, "
-                                         r"nor its config, max_position_embeddings\): give max_length \(--max-length\)"):
+    with pytest.raises(ModelError, match=r"xlnet names no max length \(neither its tokenizer's files, "
+                                         r"model_max_length, nor its config, max_position_embeddings\): give "
+                                         r"max_length \(--max-length\)"):
         job(model, tmp_path / "p.parquet", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert job(model, tmp_path / "p.parquet", tmp_path / "out", max_length=64).rows_scored == 1
