@@ -187,10 +187,15 @@ RUN_SETTINGS = ("model", "max_length", "train_data", "input_format", "column_nam
                 "num_workers", "epochs", "max_steps", "batch_size", "grad_accum", "lr", "weight_decay",
                 "warmup_ratio", "max_grad_norm", "pos_weight", "seed", "group_by_length", "length_window", "deepspeed")
 RUN_FILE = "ce-ray-run.json"
+# And what the run measures its checkpoints on, and by: they change no trained row, but a run's figures are of its
+# eval data, and best_metric compares its checkpoints by them. A run resumed (or a finished one run again) with
+# other eval data kept the figures measured on the former under the latter's name, on screen and in its model card,
+# and chose among checkpoints measured on two sets. Compared only where the record holds them: an earlier ce-ray's
+# record does not, and its run resumes as then.
+EVAL_SETTINGS = ("eval_data", "eval_split", "eval_top_k", "eval_max_queries", "best_metric")
 # In the record too: the training data's files and their stamps (`train_data.training_files`). A resumed run skips
 # the batches its checkpoint trained, by their place in the data: files rewritten, added or removed under the same
-# train_data would put other rows in those places (rows trained twice, rows never trained). eval_data is not in the
-# record, as its path is no run setting: it changes no trained row nor their order, only what is measured after.
+# train_data would put other rows in those places (rows trained twice, rows never trained).
 TRAIN_FILES = "train_files"
 # And the sha256 of each local training file's bytes (`storage.content_digest`): a file only touched or copied again
 # (another modification time, the same bytes) is the same data, and its run resumes. S3 objects go by their ETag.
@@ -240,9 +245,10 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
     another model's, data's or schedule's checkpoint would be loaded into this run (a model's weights partly,
     silently) or fail it mid-way. True when the run resumes from a checkpoint. `train_files`: the run's
     `training_files`, where they were looked up already."""
-    settings = {key: getattr(config, key) for key in RUN_SETTINGS} | {"model": model}
-    if "://" not in config.train_data:
-        settings["train_data"] = os.path.abspath(config.train_data)
+    settings = {key: getattr(config, key) for key in RUN_SETTINGS + EVAL_SETTINGS} | {"model": model}
+    for data in ("train_data", "eval_data"):
+        if settings[data] and "://" not in settings[data]:
+            settings[data] = os.path.abspath(settings[data])
     settings["deepspeed"] = settings["deepspeed"] and dataclasses.asdict(settings["deepspeed"])
     run_dir = f"{storage_path}/{name}"
     resumes = has_checkpoints(fs, run_dir)
@@ -252,7 +258,7 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
     except FileNotFoundError:
         earlier = {}  # a new run, or checkpoints written before runs recorded their settings
     changed = sorted(key for key in (set(settings) | set(earlier)) - {TRAIN_FILES, TRAIN_DIGESTS}
-                     if settings.get(key) != earlier.get(key))
+                     if settings.get(key) != earlier.get(key) and (key not in EVAL_SETTINGS or key in earlier))
     if resumes and earlier and changed:
         raise ConfigError(f"{shown} holds the checkpoints of a run with other settings ({', '.join(changed)}), "
                           f"which a run of the same name resumes from: give another {other_run(config)}, or delete "

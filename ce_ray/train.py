@@ -488,6 +488,9 @@ def train_loop(loop_config: dict) -> dict:
             evaluating = plan["qrels"] and (
                 (config.eval_every and step % config.eval_every == 0) or epoch_end or last
                 or (config.best_metric and saving))
+            # With best_metric each evaluation is a checkpoint too: one between checkpoints could beat the model
+            # chosen, unsaved, which the summary called the best (transformers refuses such steps).
+            saving = saving or bool(config.best_metric and evaluating)
             if not (step % config.log_every == 0 or saving or evaluating):
                 continue
             elapsed = time.perf_counter() - tick

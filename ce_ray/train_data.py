@@ -365,7 +365,11 @@ def _eval_rows(config: TrainConfig, negatives: List[str]):
     queries, query_reasons = text_column(table, config.query_column)
     documents, document_reasons = text_column(table, config.document_column)
     labels = numeric_labels(table, config.label_column, files).to_numpy(zero_copy_only=False)
-    usable = (query_reasons == "") & (document_reasons == "") & ~np.isnan(labels)
+    # A row without a label (null, no number) is a candidate of grade 0, as `ce-ray eval` counts it: left out as a
+    # row that "cannot be scored", it raised the figures above those of eval of the same rows.
+    unlabelled = np.isnan(labels)
+    labels = np.where(unlabelled, 0.0, labels)
+    usable = (query_reasons == "") & (document_reasons == "")
     if REJECT in table.column_names:
         usable &= table.column(REJECT).is_null().to_numpy(zero_copy_only=False)
     soft = labels[usable & (labels != np.round(labels))]
@@ -389,6 +393,7 @@ def _eval_rows(config: TrainConfig, negatives: List[str]):
     candidates = pa.table({"query_id": queries.take(rows), "doc_id": pa.array(rows.astype(str)),
                            "query": queries.take(rows), "document": documents.take(rows)})
     left_out = table.num_rows - int(usable.sum())
+    unlabelled_kept = int((unlabelled & usable).sum())
     without_relevant = len(qrels) - len(with_relevant)
     return (candidates, {q: qrels[q] for q in query_ids},
             f"each query's rows of `{config.eval_data}` "
@@ -396,7 +401,8 @@ def _eval_rows(config: TrainConfig, negatives: List[str]):
             + _past_the_first(with_relevant, query_ids)
             + (f"; {plural(without_relevant, 'query')} without a row labelled above 0 left out"
                if without_relevant else "")
-            + (f"; {left_out:,} row(s) that cannot be scored left out" if left_out else "") + ")")
+            + (f"; {left_out:,} row(s) that cannot be scored left out" if left_out else "")
+            + (f"; {unlabelled_kept:,} row(s) without a label taken as not relevant" if unlabelled_kept else "") + ")")
 
 
 def _tokenized(ds, config: TrainConfig, encoder: PairEncoder, max_length: int, labels: bool,

@@ -1276,6 +1276,21 @@ def test_eval_data_in_the_training_datas_shape_ranks_each_querys_rows(ray_local,
                                           max_steps=1))
 
 
+def test_eval_rows_without_a_label_are_candidates_of_grade_0_as_eval_counts_them(ray_local, tmp_path):
+    """An eval row whose label is null was left out as a row that "cannot be scored", and the run's figures rose
+    above those of `ce-ray eval` of the same rows, which counts it at grade 0."""
+    from ce_ray.config import TrainConfig
+
+    pd.DataFrame({"query": ["q"] * 4 + ["r"], "document": ["a", "b", "c", "d", None],
+                  "label": [1.0, None, 0.0, None, 1.0]}).to_parquet(tmp_path / "eval.parquet")
+    config = TrainConfig(eval_data=str(tmp_path / "eval.parquet"))
+    table, qrels, said = train_data._eval_candidates(config, [])
+    assert table.column("document").to_pylist() == ["a", "b", "c", "d"]
+    assert qrels == {"q": {"0": 1.0, "1": 0.0, "2": 0.0, "3": 0.0}}
+    assert said.endswith("(1 query, 4 candidates; 1 row(s) that cannot be scored left out; 2 row(s) without a label "
+                         "taken as not relevant)")
+
+
 def test_eval_rows_of_several_files_come_in_the_files_order_in_every_run(ray_local, tmp_path):
     """The eval rows make the eval set in their order: the first eval_max_queries queries are evaluated, and
     the candidates' ids are their rows. Read as their tasks ended, rows of a later file came first where its
@@ -1411,9 +1426,11 @@ def test_eval_data_in_other_columns_fails_before_the_training_data_is_tokenized(
 
 
 def test_best_metric_makes_the_best_evaluated_checkpoint_the_model(ray_local, tiny_model, tmp_path):
-    """With best_metric every checkpoint is evaluated, Ray Train keeps the best ones and the latest (which a
-    restart resumes from), and the output is the best one's model, as CrossEncoderTrainer's
-    load_best_model_at_end makes it."""
+    """With best_metric every checkpoint is evaluated, and each evaluation saves one (an evaluation between
+    checkpoints, unsaved, could beat the model chosen, which the summary called the best), Ray Train keeps the best
+    ones and the latest (which a restart resumes from), and the output is the best one's model, as
+    CrossEncoderTrainer's load_best_model_at_end makes it. The run again with other eval data is refused: it kept
+    the former's figures under the latter's name."""
     from safetensors.numpy import load_file
 
     from ce_ray.config import ConfigError, TrainConfig
@@ -1422,14 +1439,15 @@ def test_best_metric_makes_the_best_evaluated_checkpoint_the_model(ray_local, ti
     wikiqa_pairs("train", 400)[["query", "document", "label"]].to_parquet(tmp_path / "train.parquet")
     wikiqa_pairs("test", 300)[["query", "document", "label"]].to_parquet(tmp_path / "eval.parquet")
     settings = dict(model=str(model_path), train_data=str(tmp_path / "train.parquet"), output=str(tmp_path / "o"),
-                    best_metric="ndcg@10", save_every=1, max_steps=6, batch_size=16, lr=5e-2, log_every=1)
+                    best_metric="ndcg@10", save_every=4, eval_every=1, max_steps=6, batch_size=16, lr=5e-2,
+                    log_every=1)
     with pytest.raises(ConfigError, match=r"^best_metric \(--best-metric\) ndcg@10 needs eval_data \(--eval-data\)"):
         _train_module().train(TrainConfig(**settings))
     for name, value in (("eval_every", 5), ("eval_max_queries", 50)):  # ignored without a word, where they were
         flag = name.replace("_", "-")
         with pytest.raises(ConfigError, match=rf"^{name} \(--{flag}\) {value} needs eval_data \(--eval-data\), which "
                                               r"it is measured on$"):
-            TrainConfig(**{**settings, "best_metric": "", name: value}).validate()
+            TrainConfig(**{**settings, "best_metric": "", "eval_every": 0, name: value}).validate()
     outcome = _train_module().train(TrainConfig(**settings, eval_data=str(tmp_path / "eval.parquet")))
 
     evaluated = [entry for entry in outcome.log if entry["step"] > 0]
@@ -1448,6 +1466,9 @@ def test_best_metric_makes_the_best_evaluated_checkpoint_the_model(ray_local, ti
     assert f"The model is the checkpoint of step {best['step']}, the best by ndcg@10" in (
         tmp_path / "o" / "README.md").read_text()
     assert f"(step {best['step']}, the best ndcg@10)" in outcome.lines()[-1]
+    wikiqa_pairs("test", 300).iloc[150:][["query", "document", "label"]].to_parquet(tmp_path / "other.parquet")
+    with pytest.raises(ConfigError, match=r"holds the checkpoints of a run with other settings \(eval_data\)"):
+        _train_module().train(TrainConfig(**settings, eval_data=str(tmp_path / "other.parquet")))
 
 
 def test_a_checkpoint_that_lacks_files_is_not_resumed_from_nor_made_the_model(ray_local, tiny_model, tmp_path,
