@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 def is_list(dtype: pa.DataType) -> bool:
@@ -18,6 +19,13 @@ def is_text(dtype: pa.DataType) -> bool:
     if pa.types.is_dictionary(dtype):
         dtype = dtype.value_type
     return pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype)
+
+
+def whole_number_text(ids):
+    """Text ids written as whole numbers with a fraction of zeros (`7.0`, as pandas writes an integer id column with a
+    missing value, in a CSV too) as the integer's text (`7`), so that they are one id with `7`; others as they are
+    (`0042`, `7.5`). Strings, large or not."""
+    return pc.replace_substring_regex(ids, r"^(-?\d+)\.0+$", r"\1")
 
 
 def holds_empty_struct(dtype: pa.DataType) -> bool:

@@ -31,7 +31,7 @@ import pyarrow.csv as pcsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .arrow_types import missing_values
+from .arrow_types import is_text, missing_values, whole_number_text
 from .config import ConfigError, EvalConfig, require
 from .input_files import (EVAL_SUFFIX, FileCheck, agreed_schema, compression_of, detect_format, list_files,
                           partition_values)
@@ -96,7 +96,10 @@ def read_columns(uri: str, wanted: List[str], required: List[str], ids: List[str
 
 def _whole_numbers(ids: pa.ChunkedArray) -> pa.ChunkedArray:
     """Float ids that are all whole numbers (how pandas writes an integer id column with a missing value) as
-    integers, so that `1.0` matches the qrels' `1`; a missing one stays missing."""
+    integers, so that `1.0` matches the qrels' `1`; a missing one stays missing. Text ids so written (a CSV's, through
+    rerank) as the integer's text."""
+    if is_text(ids.type) and not pa.types.is_dictionary(ids.type):
+        return whole_number_text(ids)
     if not pa.types.is_floating(ids.type) or not len(ids):
         return ids
     missing = missing_values(ids)

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .arrow_types import missing_values
+from .arrow_types import missing_values, whole_number_text
 from .batching import REJECT
 from .config import RerankConfig, refuse_unused, require, with_settings
 from .messages import InputError
@@ -217,11 +217,12 @@ def keep_block_top_k(table: pa.Table, top_k: int, query_id_column: str = "query_
 
 
 def group_key(column) -> pa.Array:
-    """The query ids as one type in every block (`GROUP`): their text (7 and 7.0 alike), "" where missing (those
-    rows are rejected), and binary ids as they are."""
+    """The query ids as one type in every block (`GROUP`): their text (7 and 7.0 alike, as numbers and as a CSV's
+    text: two lists of one query, each with its rank 1, where one file held `7.0`), "" where missing (those rows are
+    rejected), and binary ids as they are."""
     if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
         return column
-    return pc.fill_null(pc.cast(column, pa.string()), "")
+    return pc.fill_null(whole_number_text(pc.cast(column, pa.string())), "")
 
 
 def shuffle_input(table: pa.Table, column: str, top_k: Optional[int] = None, **ranking) -> pa.Table:

@@ -637,6 +637,25 @@ def test_a_query_id_kept_as_a_hive_partition_key_is_read_by_rerank_and_eval(ray_
     assert first_stage["queries"] == 2 and first_stage["reranked"]["mrr@10"] == 1.0
 
 
+def test_csv_query_ids_written_as_whole_floats_are_one_query_with_their_integers(ray_local, tiny_model, tmp_path):
+    """pandas writes an integer id column beside a missing id as `7.0`, in a CSV too: a CSV's ids are text, and `7`
+    in one file and `7.0` in another were two queries, each with its rank 1 (and its top k), and eval measured
+    them apart, `7.0` matching no qrels' `7`. They are one, as parquet's 7 and 7.0 are; `0042` stays itself."""
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "a.csv").write_text("query_id,query,document,doc_id\n7,what is x,doc a,a\n42,y,doc d,d\n")
+    (tmp_path / "pairs" / "b.csv").write_text("query_id,query,document,doc_id\n7.0,what is x,doc b,b\n"
+                                              ",what is x,doc c,c\n0042,y,doc e,e\n")
+    summary = run_rerank(RerankConfig(model=str(tiny_model), input=str(tmp_path / "pairs"),
+                                      output=str(tmp_path / "out")))
+    assert (summary.rows_scored, summary.rows_rejected) == (4, 1)
+    got = pd.read_parquet(tmp_path / "out" / "results")
+    ranks = got.assign(key=got["query_id"].str.replace(".0", "", regex=False)).groupby("key")["rank"]
+    assert sorted(ranks.apply(sorted).to_dict().items()) == [("0042", [1]), ("42", [1]), ("7", [1, 2])]
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n7\tb\t1\n42\td\t1\n")
+    result = run_eval(EvalConfig(input=str(tmp_path / "out"), qrels=str(tmp_path / "qrels.tsv")))
+    assert (result["queries"], result["pairs"], result["queries_not_in_qrels"]) == (2, 3, 1)
+
+
 def test_a_null_query_id_partition_is_rejected_not_ranked_as_one_query(ray_local, tiny_model, tmp_path):
     """Spark and Hive write the rows of a null partition key in `query_id=__HIVE_DEFAULT_PARTITION__/`: its rows,
     pairs without a query id, were ranked as one query of that id. The key is null there, as Spark and pyarrow
