@@ -65,12 +65,13 @@ def nulls_as_text(dtype: pa.DataType) -> pa.DataType:
 
 
 def missing_values(column) -> pa.Array:
-    """Where an id is missing: null, or NaN (how pandas writes a missing integer id)."""
-    import pyarrow.compute as pc
-
+    """Where an id is missing: null, NaN (how pandas writes a missing integer id), or empty text (a parquet's or JSON
+    Lines' `""`, where a CSV's empty field is null: those rows were ranked together as one query)."""
     missing = column.is_null()
     if pa.types.is_floating(column.type):
         missing = pc.or_(missing, pc.is_nan(column).fill_null(True))
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        missing = pc.or_(missing, pc.equal(column, "").fill_null(True))
     return missing
 
 

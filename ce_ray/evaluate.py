@@ -368,7 +368,8 @@ def write_trec_run(uri: str, df: pd.DataFrame, c: EvalConfig, ranking: Optional[
     ranked_by, _ = _reranked_by(df, c)
     lists, query_ids, rows = ranking or rank_queries(df, c)
     docs = df[c.doc_id_column]
-    identified = rows[docs.notna().to_numpy()[rows]]
+    present = docs.notna().to_numpy() & (docs.astype(str) != "").to_numpy()  # an empty id is none, as a null
+    identified = rows[present[rows]]
     kept = _first_of_each_pair(identified, lists, docs)
     ranks = np.arange(len(kept)) - np.searchsorted(lists[kept], lists[kept]) + 1
     scores, by_rank = _run_scores(df, kept, lists[kept], c, ranked_by)

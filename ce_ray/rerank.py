@@ -51,7 +51,7 @@ PARTITION_BYTES = 256 << 20  # about the most that one rank partition's rows tak
 
 
 def _reject_null_query_ids(table: pa.Table, query_id_column: str) -> pa.Table:
-    """Rows without a query id (null or NaN) belong to no query: they are rejected, not ranked together."""
+    """Rows without a query id (null, NaN or empty) belong to no query: they are rejected, not ranked together."""
     if query_id_column not in table.column_names:
         return table
     column = table.column(query_id_column)
@@ -59,7 +59,8 @@ def _reject_null_query_ids(table: pa.Table, query_id_column: str) -> pa.Table:
     if not pc.any(missing).as_py():
         return table
     reasons = table.column(REJECT) if REJECT in table.column_names else pa.nulls(table.num_rows, pa.string())
-    why = pc.if_else(column.is_null(), f"{query_id_column} is null", f"{query_id_column} is NaN")
+    kind = "NaN" if pa.types.is_floating(column.type) else "empty"
+    why = pc.if_else(column.is_null(), f"{query_id_column} is null", f"{query_id_column} is {kind}")
     reasons = pc.if_else(pc.and_(missing, reasons.is_null()), why, reasons)
     table = table.drop_columns([REJECT]) if REJECT in table.column_names else table
     return table.append_column(REJECT, reasons)

@@ -725,3 +725,13 @@ def test_a_parquet_file_named_without_a_format_is_read_as_parquet_not_as_a_run(t
     assert run_eval(EvalConfig(input=str(tmp_path / "part-00000")))["reranked"]["mrr@10"] == 1.0
     assert run_eval(EvalConfig(input=str(tmp_path / "part-00000"), qrels=str(tmp_path / "qrels.txt")))[
         "reranked"]["mrr@10"] == 0.5
+
+
+def test_an_empty_id_is_no_id_and_the_run_leaves_it_out(tmp_path):
+    """A query or document id of "" (a parquet's, where a CSV's empty field is null) was a query of its own, and an
+    empty document id failed `--run-output` once every metric was computed (`document id is empty`)."""
+    pd.DataFrame({"query_id": ["q", "q", "", "r"], "doc_id": ["a", "", "b", "c"], "score": [0.9, 0.5, 0.4, 0.3],
+                  "label": [1, 0, 1, 1]}).to_parquet(tmp_path / "scored.parquet")
+    result = run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), run_output=str(tmp_path / "out.run")))
+    assert (result["queries"], result["pairs"], result["rows_without_ids"]) == (2, 3, 1)
+    assert (tmp_path / "out.run").read_text() == "q Q0 a 1 0.9 ce-ray\nr Q0 c 1 0.3 ce-ray\n"
