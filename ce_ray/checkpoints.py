@@ -190,8 +190,8 @@ RUN_FILE = "ce-ray-run.json"
 # And what the run measures its checkpoints on, and by: they change no trained row, but a run's figures are of its
 # eval data, and best_metric compares its checkpoints by them. A run resumed (or a finished one run again) with
 # other eval data kept the figures measured on the former under the latter's name, on screen and in its model card,
-# and chose among checkpoints measured on two sets. Compared only where the record holds them: an earlier ce-ray's
-# record does not, and its run resumes as then.
+# and chose among checkpoints measured on two sets. Compared only where the record holds them (an earlier ce-ray's
+# record does not, and its run resumes as then), and where the run has eval data (without, it measures nothing).
 EVAL_SETTINGS = ("eval_data", "eval_split", "eval_top_k", "eval_max_queries", "best_metric")
 # In the record too: the training data's files and their stamps (`train_data.training_files`). A resumed run skips
 # the batches its checkpoint trained, by their place in the data: files rewritten, added or removed under the same
@@ -257,6 +257,8 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
             earlier = json.loads(f.read())
     except FileNotFoundError:
         earlier = {}  # a new run, or checkpoints written before runs recorded their settings
+    if not config.eval_data:  # it measures nothing, and labels no figure: what its checkpoints were measured on stays
+        settings |= {key: earlier[key] for key in EVAL_SETTINGS if key in earlier}
     changed = sorted(key for key in (set(settings) | set(earlier)) - {TRAIN_FILES, TRAIN_DIGESTS}
                      if settings.get(key) != earlier.get(key) and (key not in EVAL_SETTINGS or key in earlier))
     if resumes and earlier and changed:

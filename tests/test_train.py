@@ -1123,9 +1123,10 @@ def test_the_training_set_is_shuffled_once_with_the_runs_seed(ray_local, tiny_mo
 
 
 def test_a_run_resumed_without_its_eval_data_publishes_its_model(ray_local, tiny_model, pairs_file, tmp_path):
-    """`eval_data` is not among the settings a resume must share, but a run resumed (or a finished one run again)
-    without it took the last measures of its log for its card, which then failed naming the eval data it lacked
-    (`KeyError: 'eval'`) after every step, the model never published, each time."""
+    """A run resumed (or a finished one run again) without its `eval_data` (which measures nothing, and is not
+    refused as other eval data is) took the last measures of its log for its card, which then failed naming the
+    eval data it lacked (`KeyError: 'eval'`) after every step, the model never published, each time. Its record
+    keeps the eval data its checkpoints were measured on: the run with it again resumes."""
     from ce_ray.config import TrainConfig
 
     settings = dict(model=str(tiny_model), train_data=str(pairs_file), output=str(tmp_path / "model"),
@@ -1138,6 +1139,8 @@ def test_a_run_resumed_without_its_eval_data_publishes_its_model(ray_local, tiny
     card_text = (tmp_path / "model" / "README.md").read_text()
     assert outcome.final_metrics == {} and outcome.resumed_from == [4] and outcome.steps == 4
     assert "## Evaluation" not in card_text
+    again = _train_module().train(TrainConfig(**settings, eval_data=str(tmp_path / "eval.parquet"), eval_every=2))
+    assert again.resumed_from == [4] and again.final_metrics
 
 
 def test_columns_the_run_does_not_read_may_differ_from_file_to_file(ray_local, tiny_model, tmp_path):
