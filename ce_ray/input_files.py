@@ -392,8 +392,23 @@ def _missing_columns_hint(check: FileCheck, input_format: str, column_names: Opt
         return (f"; its header is one field, {one_field[:60]!r}: CSV files are read split at commas and TSV files at "
                 "tabs (write it with either)")
     if input_format in DELIMITED and not column_names and not some_found:
-        return f"; for a file without a header line, give its columns' names in {setting_and_flag('column_names')}"
+        headless = f"for a file without a header line, give its columns' names in {setting_and_flag('column_names')}"
+        named_otherwise = settings_hint(missing, settings)
+        # A first line of names alone (WikiQA's `QuestionID, Question, ...`) is a header whose columns are named
+        # otherwise, where a number among them (MS MARCO's `1048585, 7187158, ...`) is a row: both said, the likelier
+        # first (a header was told only to give column_names).
+        if named_otherwise and not any(_is_number(name) for name in check.columns):
+            return f"{named_otherwise}; or, {headless}"
+        return f"; {headless}"
     return settings_hint(missing, settings)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _as_read(types: dict, required: Sequence[str], lists: Sequence[str]) -> dict:

@@ -54,6 +54,10 @@ def ensure_ray(dashboard: bool = False) -> None:
     else:
         where = f"join the Ray cluster at {address}" if address else "start a local Ray"
         if address:
+            if given != address and given.rpartition(":")[2].isdigit():
+                # As written too: Ray takes a loopback address (a local `ray start`'s dashboard, on 127.0.0.1 by
+                # default) for the machine's own, where nothing answers, and it was said to start the cluster.
+                _refuse_dashboard(given)
             _refuse_silent(address)
             _refuse_dashboard(address)
     # A local Ray takes the machine's cores as its CPUs: on a machine of one (a 1-CPU VM, a pod limited to one

@@ -200,11 +200,21 @@ def is_glob(path: str) -> bool:
     return any(c in path for c in GLOB_CHARS)
 
 
+# A glob character written as a class of itself (`[[]`, `[*]`, `[?]`) is that character, as fnmatch reads it: the
+# way the "matches no files" error says to name a folder whose name holds one (`pairs[[]v2]/*`).
+_ESCAPED = re.compile(r"\[([*?\[])\]")
+
+
 def glob_base(path: str) -> str:
-    """The folder a glob lists (`data/*.parquet`: `data`; its `*` matches inside subfolders too), else the path."""
+    """The folder a glob lists (`data/*.parquet`: `data`; its `*` matches inside subfolders too), else the path: the
+    folders before the first name that holds a glob character of its own, their escaped characters as themselves
+    (`pairs[[]v2]/*`: `pairs[v2]`, where the `[` of the escape made the base the folder above, and every output
+    beside the input was refused as inside it)."""
     if is_glob(path):
-        prefix = path[: min(path.index(c) for c in GLOB_CHARS if c in path)]
-        path = (prefix.rsplit("/", 1)[0] or "/") if "/" in prefix else "."
+        names = path.split("/")
+        first = next((i for i, name in enumerate(names) if is_glob(_ESCAPED.sub("", name))), len(names) - 1)
+        prefix = "/".join(_ESCAPED.sub(r"\1", name) for name in names[:first])
+        path = (prefix or "/") if first else "."
     return path.rstrip("/") or "/"
 
 
@@ -213,9 +223,13 @@ def _inside(path: str, folder: str) -> bool:
 
 
 def _folders(input_uri: str, output_uri: str) -> tuple:
-    """The input's filesystem, its folder (a glob's), and the output's path, as `check_apart` compares them."""
+    """The input's filesystem, its folder (a glob's), and the output's path, as `check_apart` compares them. A path
+    whose own name holds a glob character and is there as written (`pairs[v2]`) is a pattern that matches no file,
+    which the listing says next, with the way to name it: it is taken as written here, where its parent was the
+    glob's folder, and an output beside it was refused as inside it."""
     fs, source = filesystem(input_uri)
-    return fs, glob_base(source), filesystem(output_uri)[1].rstrip("/") or "/"
+    written = is_glob(source) and fs.get_file_info(source).type != pafs.FileType.NotFound
+    return fs, source if written else glob_base(source), filesystem(output_uri)[1].rstrip("/") or "/"
 
 
 def refuse_written_inside(input_uri: str, output_uri: str, input_name: str = "input",

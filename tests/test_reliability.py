@@ -307,6 +307,14 @@ def test_a_csv_or_tsv_file_without_a_header_line_is_read_with_column_names(ray_l
         check_inputs(fs, [str(tmp_path / "pairs.csv")], "tsv", ["query", "document"])
     with pytest.raises(InputError, match=r"missing column\(s\) 'qid' \(columns: query_id, query, document\)$"):
         check_inputs(fs, [str(tmp_path / "pairs.csv")], "csv", ["query", "document"], present=["qid"])
+    # A header of names alone (WikiQA's) names its columns otherwise, more likely than it is a row: it was told only
+    # to give column_names.
+    (tmp_path / "wikiqa.tsv").write_text("QuestionID\tQuestion\tSentence\nQ1\twhat is x\tx is y\n")
+    with pytest.raises(InputError, match=r"\(columns: QuestionID, Question, Sentence\); name the columns with "
+                                         r"query_column \(--query-column\) and document_column \(--document-column\); "
+                                         r"or, for a file without a header line, give its columns' names in "
+                                         r"column_names \(--column-names\)$"):
+        job(tiny_model, tmp_path / "wikiqa.tsv", tmp_path / "out-wikiqa")
     pq.write_table(pa.table({"query": ["q"], "document": ["d"]}), tmp_path / "p.parquet")
     # each message names column_names by its flag too (they named the YAML key alone)
     with pytest.raises(InputError, match=r"^column_names \(--column-names\) names the columns of CSV or TSV files "
@@ -1007,6 +1015,11 @@ def test_empty_folder_and_a_glob_matching_nothing_fail(tmp_path, tiny_model):
                                   f"pattern, and {tmp_path}/in/pairs[v2] is a name that holds them; to read it as it "
                                   f"is, give {tmp_path}/in/pairs[[]v2]/*")
     assert job(tiny_model, f"{tmp_path}/in/pairs[[]v2]/*", tmp_path / "out").rows_scored == 1
+    # An output beside it: the escape's `[` made the folder above the glob's, and the output was refused as inside the
+    # input, with the hint's own form; as written, that refusal came before the hint.
+    with pytest.raises(InputError, match=r"matches no files: .*give \S+/in/pairs\[\[\]v2\]/\*$"):
+        job(tiny_model, tmp_path / "in" / "pairs[v2]", tmp_path / "in" / "out")
+    assert job(tiny_model, f"{tmp_path}/in/pairs[[]v2]/*", tmp_path / "in" / "out").rows_scored == 1
 
 
 def test_a_folder_of_two_formats_or_a_file_of_no_format_names_the_flag_that_reads_it(tmp_path):

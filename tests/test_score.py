@@ -1126,6 +1126,11 @@ def test_an_address_that_names_no_cluster_to_join_is_said_at_once(tmp_path, tiny
     server = http.server.HTTPServer(("127.0.0.2", 0), http.server.BaseHTTPRequestHandler)  # answers 501
     threading.Thread(target=server.serve_forever, daemon=True).start()
     dashboard = server.server_address[1]
+    # And on 127.0.0.1, where `ray start --head` serves its dashboard: Ray's rewrite of the address reaches nothing,
+    # and the job was told to start the cluster.
+    local = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=local.serve_forever, daemon=True).start()
+    local_at = f"127.0.0.1:{local.server_address[1]}"
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
@@ -1138,7 +1143,8 @@ def test_an_address_that_names_no_cluster_to_join_is_said_at_once(tmp_path, tiny
         http_at: (f"cannot join a Ray cluster (RAY_ADDRESS={http_at}): that is a dashboard's address, which `ce-ray "
                   f"submit --address {http_at}` sends the job to; a job run here joins a cluster by its GCS address "
                   "(`host:6379`) or through Ray Client (`ray://host:10001`)"),
-        client_at: f"cannot join the Ray cluster at 127.0.0.1:{port} (RAY_ADDRESS={client_at}): nothing answers "}
+        client_at: f"cannot join the Ray cluster at 127.0.0.1:{port} (RAY_ADDRESS={client_at}): nothing answers ",
+        local_at: f"cannot join the Ray cluster at {local_at} (RAY_ADDRESS={local_at}): it answers HTTP, as a dashboard "}
     try:
         for address, line in said.items():
             started = time.perf_counter()
@@ -1149,6 +1155,7 @@ def test_an_address_that_names_no_cluster_to_join_is_said_at_once(tmp_path, tiny
             assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
     finally:
         server.shutdown()
+        local.shutdown()
 
 
 def test_a_package_the_job_lacks_is_said_before_any_work(tmp_path, tiny_model, pairs_df):
