@@ -511,12 +511,14 @@ def test_the_run_file_holds_each_pair_once_and_leaves_the_metrics_as_they_are(tm
     with pytest.raises(InputError, match="document id 'a b' holds a blank: a TREC run's fields are separated"):
         run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "e.json"),
                             run_output=str(tmp_path / "run.txt")))
-    # An empty id left its line a field short (`5 Q0  1 0.9 ce-ray`), which trec_eval refuses, and eval read back.
-    for column, said in (("doc_id", "document id is empty"), ("query_id", "query id is empty")):
+    # An empty id left its line a field short (`5 Q0  1 0.9 ce-ray`), which trec_eval refuses, and eval read back;
+    # then it was refused; it is no id now, as a null one (`test_an_empty_id_is_no_id_and_the_run_leaves_it_out`).
+    for column, left_out in (("doc_id", "rows_without_doc_id"), ("query_id", "rows_without_ids")):
         rows.assign(**{column: ["", "x", "y", "z", "c", "d"]}).to_parquet(tmp_path / "scored.parquet")
-        with pytest.raises(InputError, match=f"{said}: a TREC run's fields are separated by blanks"):
-            run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "e.json"),
-                                run_output=str(tmp_path / "run.txt")))
+        result = run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "e.json"),
+                                     run_output=str(tmp_path / "run.txt")))
+        assert {**result, **result["run"]}[left_out] == 1
+        assert "  " not in (tmp_path / "run.txt").read_text()
     for line, fields in (("5 Q0  1 0.9 ce-ray", 5), (" Q0 b 1 0.9 ce-ray", 5)):
         (tmp_path / "short.run").write_text(f"6 Q0 c 1 0.5 ce-ray\n{line}\n")
         with pytest.raises(InputError, match=f"short.run line 2: a TREC run line has 6 fields .*, got {fields}"):
