@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import CandidatesConfig, ConfigError, require
-from .input_files import EVAL_SUFFIX, UTF8_BOM, compression_of
+from .input_files import EVAL_SUFFIX, UTF8_BOM, compression_of, is_number
 from .messages import InputError, plural, setting_and_flag
 from .output_state import SUCCESS
 from .runtime import work
@@ -124,8 +124,8 @@ def read_qrels(uri: str) -> Dict[str, Dict[str, int]]:
         words = line.split()
         if len(parts) != 3 and len(words) == 4:  # TREC: the iteration (0 or Q0) is not used
             parts = [words[0], words[2], words[3]]
-        if number == 1 and ((len(parts) == 3 and not _is_number(parts[2]))
-                            or (len(words) in (3, 4) and not _is_number(words[-1]))):
+        if number == 1 and ((len(parts) == 3 and not is_number(parts[2]))
+                            or (len(words) in (3, 4) and not is_number(words[-1]))):
             continue  # a header, tab- or space-separated
         if len(parts) != 3:
             raise InputError(f"{uri} line {number}: expected BEIR's 3 tab-separated fields (query-id, corpus-id, "
@@ -148,14 +148,6 @@ def read_qrels(uri: str) -> Dict[str, Dict[str, int]]:
               f"line, whose last grade is kept (query/doc): {repeated[0]}" + (", ..." if len(repeated) > 1 else ""),
               file=sys.stderr, flush=True)
     return qrels
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass

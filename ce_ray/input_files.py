@@ -397,13 +397,13 @@ def _missing_columns_hint(check: FileCheck, input_format: str, column_names: Opt
         # A first line of names alone (WikiQA's `QuestionID, Question, ...`) is a header whose columns are named
         # otherwise, where a number among them (MS MARCO's `1048585, 7187158, ...`) is a row: both said, the likelier
         # first (a header was told only to give column_names).
-        if named_otherwise and not any(_is_number(name) for name in check.columns):
+        if named_otherwise and not any(is_number(name) for name in check.columns):
             return f"{named_otherwise}; or, {headless}"
         return f"; {headless}"
     return settings_hint(missing, settings)
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:

@@ -1144,7 +1144,7 @@ def test_an_address_that_names_no_cluster_to_join_is_said_at_once(tmp_path, tiny
                   f"submit --address {http_at}` sends the job to; a job run here joins a cluster by its GCS address "
                   "(`host:6379`) or through Ray Client (`ray://host:10001`)"),
         client_at: f"cannot join the Ray cluster at 127.0.0.1:{port} (RAY_ADDRESS={client_at}): nothing answers ",
-        local_at: f"cannot join the Ray cluster at {local_at} (RAY_ADDRESS={local_at}): it answers HTTP, as a dashboard "}
+        local_at: f"cannot join the Ray cluster at {local_at} (RAY_ADDRESS={local_at}): it answers HTTP, as a "}
     try:
         for address, line in said.items():
             started = time.perf_counter()
