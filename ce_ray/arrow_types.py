@@ -65,13 +65,14 @@ def nulls_as_text(dtype: pa.DataType) -> pa.DataType:
 
 
 def missing_values(column) -> pa.Array:
-    """Where an id is missing: null, NaN (how pandas writes a missing integer id), or empty text (a parquet's or JSON
-    Lines' `""`, where a CSV's empty field is null: those rows were ranked together as one query)."""
+    """Where an id is missing: null, NaN (how pandas writes a missing integer id), or text empty or of blanks alone (a
+    parquet's or JSON Lines' `""`, where a CSV's empty field is null: those rows were ranked together as one query,
+    and an id of blanks, which a run's line cannot hold, failed `ce-ray eval --run-output`)."""
     missing = column.is_null()
     if pa.types.is_floating(column.type):
         missing = pc.or_(missing, pc.is_nan(column).fill_null(True))
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        missing = pc.or_(missing, pc.equal(column, "").fill_null(True))
+        missing = pc.or_(missing, pc.equal(pc.utf8_trim_whitespace(column), "").fill_null(True))
     return missing
 
 

@@ -264,7 +264,9 @@ def report_failure(command: str, error: BaseException, args: Optional[argparse.N
     from .checkpoints import IncompleteCheckpoint
     from .runtime import failure_cause, from_ray
 
-    if not type(error).__module__.startswith(f"{__package__}."):
+    # (a training run's stop at a loss or weights not finite too: ce-ray's own, though Python's type, whose
+    # traceback was the driver's raise of it, its message said twice)
+    if not type(error).__module__.startswith(f"{__package__}.") and not isinstance(error, FloatingPointError):
         traceback.print_exception(error, chain=not from_ray(error), file=sys.stderr)
     cause = failure_cause(error)
     # A training run that a loss or weights not finite stopped would stop at the same step again from its last

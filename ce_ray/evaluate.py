@@ -295,7 +295,7 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
                               columns=["query", "doc", "grade"])
         pairs = pd.DataFrame({"query": query_ids[lists], "doc": df[c.doc_id_column].astype(str).to_numpy()})
         graded = pairs.merge(grades, how="left", on=["query", "doc"])["grade"]
-        notes["judged_pairs"] = int(graded.notna().sum())
+        notes["judged_pairs"] = int(graded.notna().to_numpy()[~repeated].sum())  # each pair once, as measured
         gains = graded.fillna(0).to_numpy(np.float64)
         judged = [list(qrels.get(q, {}).values()) for q in query_ids]
         total = np.array([sum(g > 0 for g in grades) for grades in judged])

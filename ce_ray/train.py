@@ -1008,7 +1008,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         data_start = time.perf_counter()
         # Said first: Ray Data's lines for the data's several passes (a page in a log file) come before the run's.
         print(f"ce-ray train: reading, checking and tokenizing {config.train_data}"
-              + (f" and {config.eval_data}" if config.eval_data else "") + " on Ray Data", flush=True)
+              + (f" and {config.eval_data}" if config.eval_data and config.eval_data != config.train_data else "")
+              + " on Ray Data", flush=True)
         with surfaced_errors():  # a label that is not a number fails a tokenize task
             train_ds, stats, eval_ds, qrels = prepare_data(config, encoder, max_length, eval_encoder, data)
     data_done = time.perf_counter()

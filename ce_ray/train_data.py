@@ -450,9 +450,12 @@ def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str], own_colu
 
 
 def top_reasons(stats: dict, count: int = 3) -> str:
-    """The most frequent reasons rows were rejected, with how many: `label is null (12), ...`."""
-    reasons = sorted(stats["reject_reasons"].items(), key=lambda item: -item[1])[:count]
-    return ", ".join(f"{reason} ({rows:,})" for reason, rows in reasons)
+    """The most frequent reasons rows were rejected, with how many: `label is null (12), ...`, and how many reasons
+    more (their counts did not add up to the rows rejected, and nothing said why)."""
+    reasons = sorted(stats["reject_reasons"].items(), key=lambda item: -item[1])
+    more = len(reasons) - count
+    return ", ".join(f"{reason} ({rows:,})" for reason, rows in reasons[:count]) + (
+        f", and {more} reason(s) more ({sum(rows for _, rows in reasons[count:]):,})" if more > 0 else "")
 
 
 def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int,

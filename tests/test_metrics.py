@@ -179,6 +179,7 @@ def test_eval_counts_as_trec_eval_does_where_rows_repeat_lack_ids_or_are_not_jud
     assert result["baseline"]["map"] == pytest.approx((1.0 + 0.5) / 2)  # ranks "2" before "10"
     assert max(v for name in ("reranked", "baseline") for v in result[name].values()) <= 1.0
     assert (result["repeated_pairs_dropped"], result["rows_without_ids"], result["queries_not_in_qrels"]) == (1, 1, 1)
+    assert result["judged_pairs"] == 2  # the repeated pair once, as measured (it counted both rows)
     printed = capsys.readouterr().out
     for line in ("left out 1 query the qrels do not judge", "counted once 1 repeated", "left out 1 row(s) without"):
         assert line in printed
@@ -732,8 +733,8 @@ def test_a_parquet_file_named_without_a_format_is_read_as_parquet_not_as_a_run(t
 def test_an_empty_id_is_no_id_and_the_run_leaves_it_out(tmp_path):
     """A query or document id of "" (a parquet's, where a CSV's empty field is null) was a query of its own, and an
     empty document id failed `--run-output` once every metric was computed (`document id is empty`)."""
-    pd.DataFrame({"query_id": ["q", "q", "", "r"], "doc_id": ["a", "", "b", "c"], "score": [0.9, 0.5, 0.4, 0.3],
-                  "label": [1, 0, 1, 1]}).to_parquet(tmp_path / "scored.parquet")
+    pd.DataFrame({"query_id": ["q", "q", "", "r", " "], "doc_id": ["a", "", "b", "c", "e"],
+                  "score": [0.9, 0.5, 0.4, 0.3, 0.2], "label": [1, 0, 1, 1, 1]}).to_parquet(tmp_path / "scored.parquet")
     result = run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), run_output=str(tmp_path / "out.run")))
-    assert (result["queries"], result["pairs"], result["rows_without_ids"]) == (2, 3, 1)
+    assert (result["queries"], result["pairs"], result["rows_without_ids"]) == (2, 3, 2)
     assert (tmp_path / "out.run").read_text() == "q Q0 a 1 0.9 ce-ray\nr Q0 c 1 0.3 ce-ray\n"

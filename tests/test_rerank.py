@@ -72,7 +72,7 @@ def test_null_query_id_is_rejected_not_ranked():
     assert kept.num_rows == 3  # the NaN rows pass on, to be rejected, not cut as one query's
     # An empty id (a parquet's or JSON Lines' "", where a CSV's empty field is null) is none either: such rows were
     # ranked together as one query.
-    table = pa.table({"query_id": ["7", "", ""], "document": ["a", "b", "c"],
+    table = pa.table({"query_id": ["7", "", " \t"], "document": ["a", "b", "c"],
                       "score": pa.array([0.2, 0.3, 0.4], pa.float32())})
     assert rank_queries(table).column(REJECT).to_pylist() == [None, "query_id is empty", "query_id is empty"]
     assert keep_block_top_k(table, 1, "query_id").num_rows == 3

@@ -1619,6 +1619,9 @@ def test_a_nan_loss_is_not_retried(tiny_model, tmp_path):
         "ce-ray train: failed: FloatingPointError: the training loss of step 1 is nan: the run stops without saving "
         "its weights (a lower lr (--lr) or a warmup_ratio (--warmup-ratio) keeps a diverging loss finite; a base model "
         "of NaN or infinite weights gives one from the first step)")
+    # The line alone, as ce-ray's own errors: the driver's traceback of its raise said the message twice (Ray's own
+    # actors may print theirs, prefixed by the actor's name).
+    assert not [line for line in result.stderr.splitlines() if line.startswith("Traceback")]
     assert not (tmp_path / "o" / "model.safetensors").exists()
 
 
@@ -2189,3 +2192,13 @@ def test_the_card_counts_one_pair_and_one_row_in_the_singular():
                                 final_metrics={}, max_length=512, num_workers=1, steps=1, samples_per_second=1.0,
                                 output="/models/m"))
     assert '- Size: 2 training pairs (2 rows left out: {"document is null": 2})\n' in card
+
+
+def test_the_reasons_of_rejected_rows_say_those_left_unnamed():
+    """Three reasons were named and a fourth dropped without a word: their counts did not add up to the rows
+    rejected that the same line gave."""
+    stats = {"reject_reasons": {"label is not a number": 3, "query is null": 1, "document holds no text": 2,
+                                "label is null": 1}}
+    assert train_data.top_reasons(stats) == ("label is not a number (3), document holds no text (2), query is null "
+                                             "(1), and 1 reason(s) more (1)")
+    assert train_data.top_reasons({"reject_reasons": {"query is null": 2}}) == "query is null (2)"
