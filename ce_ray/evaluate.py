@@ -214,7 +214,7 @@ def _ordered_rows(df: pd.DataFrame, c: EvalConfig) -> pd.DataFrame:
     could not score has a null score (its `reject_reason` says why), and a NaN ranks nowhere in particular in
     trec_eval's order: they ranked last, and the run held `nan`. They are left out, as a job's rejected rows are
     (its rejects/), and counted (`rows_without_order`)."""
-    ranked_by = c.rank_column if c.rank_column in df.columns else c.score_column
+    ranked_by, _ = _order_column(df, c)
     missing = _as_numbers(df[ranked_by]).isna().to_numpy() if ranked_by in df.columns else None
     if missing is None or not missing.any():
         return df
@@ -253,9 +253,14 @@ def rank_queries(df: pd.DataFrame, c: EvalConfig) -> tuple:
     return lists, np.asarray(query_ids, dtype=object), _ranked(lists, df[ranked_by], descending)
 
 
+def _order_column(df: pd.DataFrame, c: EvalConfig) -> tuple:
+    """`_reranked_by`'s choice, the score's name where the input has neither (which it refuses)."""
+    return (c.rank_column, False) if c.rank_column in df.columns else (c.score_column, True)
+
+
 def _reranked_by(df: pd.DataFrame, c: EvalConfig) -> tuple:
     """The column that gives the reranked order, and whether higher comes first: the rank, else the score."""
-    ranked_by, descending = (c.rank_column, False) if c.rank_column in df.columns else (c.score_column, True)
+    ranked_by, descending = _order_column(df, c)
     if ranked_by not in df.columns:
         # A first stage's output (`ce-ray candidates`') holds its own order, the baseline: say which flag reads it.
         setting = "score_column" if c.baseline_column and c.baseline_descending else "rank_column"
@@ -521,8 +526,9 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     qrels = read_qrels(c.qrels) if c.qrels else None
     required = [c.query_id_column] + ([c.doc_id_column] if qrels is not None or c.run_output else []) + (
         [c.label_column] if qrels is None else [])
-    # the document ids where they are there, for a baseline's equal values (`evaluate_frame`)
-    wanted = [name for name in required + [c.rank_column, c.score_column, c.baseline_column, c.doc_id_column] if name]
+    # the document ids where they are there, for a baseline's equal values (`evaluate_frame`): read for a baseline only
+    ties = c.doc_id_column if c.baseline_column else ""
+    wanted = [name for name in required + [c.rank_column, c.score_column, c.baseline_column, ties] if name]
     from_run = is_trec_run(c.input, job)
     if from_run:
         if qrels is None:
