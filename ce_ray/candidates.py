@@ -265,7 +265,7 @@ def _prepare(config: CandidatesConfig, present: Optional[List[str]]) -> None:
 
 def run_candidates(config: CandidatesConfig) -> dict:
     """The `ce-ray candidates` job: BM25 top-k of every query of a split, written as pairs parquet."""
-    require(config, "data", "output")
+    require(config)
     config.validate()  # as the command's config is: from Python, top_k 0 and max_queries 0 passed
     start = time.perf_counter()
     for uri in (config.data, config.output):  # a bucket that is not there is an error, where writing would create it

@@ -38,13 +38,16 @@ class CardFacts:
     unused: Sequence[str] = ()
 
 
-def _versions() -> dict:
+def _versions(deepspeed: bool) -> dict:
+    """The versions of what the run used: DeepSpeed's only for a run of it (every card named it where installed)."""
     import importlib.metadata as md
 
     versions = {"Python": platform.python_version()}
-    for name, package in (("ce-ray", "ce-ray"), ("Ray", "ray"), ("PyTorch", "torch"),
-                          ("Transformers", "transformers"), ("Sentence Transformers", "sentence-transformers"),
-                          ("DeepSpeed", "deepspeed")):
+    packages = [("ce-ray", "ce-ray"), ("Ray", "ray"), ("PyTorch", "torch"), ("Transformers", "transformers"),
+                ("Sentence Transformers", "sentence-transformers")]
+    if deepspeed:
+        packages.append(("DeepSpeed", "deepspeed"))
+    for name, package in packages:
         try:
             versions[name] = md.version(package)
         except md.PackageNotFoundError:
@@ -236,7 +239,7 @@ def model_card(facts: CardFacts) -> str:
     trained = trained_text(facts.steps, facts.epochs_trained, facts.pairs_trained, facts.resumed_at)
     lines += ["", f"Steps: {trained}; throughput: {facts.samples_per_second:,.1f} samples/s.", "",
               "### Framework Versions", ""]
-    lines += [f"- {k}: {v}" for k, v in _versions().items()]
+    lines += [f"- {k}: {v}" for k, v in _versions(bool(facts.config.deepspeed)).items()]
     lines += ["", "## Citation", "",
               "Sentence-BERT: Reimers and Gurevych, \"Sentence-BERT: Sentence Embeddings using Siamese "
               "BERT-Networks\", EMNLP 2019.", ""]

@@ -111,6 +111,8 @@ def _check_activation(dotted: str, trust_remote_code: bool) -> None:
 class ScoreConfig(ModelConfig):
     """`ce-ray score`: pairs in, the same rows with a `score` column out."""
 
+    REQUIRED: ClassVar[tuple] = ("model", "input", "output")  # the command's, checked by `require`
+
     input: str = ""  # file, folder or glob; local or s3://
     output: str = ""  # folder; local or s3://
     input_format: Literal["auto", "parquet", "jsonl", "csv", "tsv"] = "auto"  # auto: from the files' names
@@ -197,6 +199,8 @@ class RerankConfig(ScoreConfig):
 class CandidatesConfig:
     """`ce-ray candidates`: BM25 top-k of each query of a BEIR split, as pairs parquet."""
 
+    REQUIRED: ClassVar[tuple] = ("data", "output")
+
     data: str = ""  # BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv, each or its .gz; local or s3://
     split: str = "test"  # the qrels file, qrels/<split>.tsv, whose queries are searched
     output: str = ""  # folder; writes candidates-<split>.parquet
@@ -216,6 +220,8 @@ class CandidatesConfig:
 @dataclass
 class EvalConfig:
     """`ce-ray eval`: NDCG, MRR, MAP and Recall of a scored or ranked output, beside a baseline order."""
+
+    REQUIRED: ClassVar[tuple] = ("input",)
 
     input: str = ""  # rerank/score output folder (its results/), parquet files, or a TREC run file (with qrels)
     qrels: str = ""  # BEIR qrels TSV or TREC qrels (MS MARCO's); empty: the label column gives the grades
@@ -259,6 +265,8 @@ class DeepSpeedConfig:
 @dataclass
 class TrainConfig(ModelConfig):
     """`ce-ray train`: fine-tune a reranker on Ray Train. Defaults are the seeds' recipe."""
+
+    REQUIRED: ClassVar[tuple] = ("model", "train_data", "output")
 
     train_data: str = ""  # pairs (parquet/jsonl/csv/tsv: query, document, label in [0, 1]) or a BEIR folder
     input_format: Literal["auto", "parquet", "jsonl", "csv", "tsv"] = "auto"  # auto: from the files' names
@@ -456,6 +464,18 @@ def setting_for_trainer_name(cls: type, key: str) -> Optional[str]:
     return getattr(cls, "TRAINER_NAMES", {}).get(key)
 
 
+# The settings that name files or folders.
+PATH_SETTINGS = ("input", "output", "model", "train_data", "eval_data", "storage_path", "qrels", "data", "run_output")
+
+
+def _home_expanded(name: str, value: Any) -> Any:
+    """A local path's leading `~` as the shell's: `output: ~/scored` wrote into a folder named `~` in the working
+    directory, and `input: ~/pairs` did not exist."""
+    if name in PATH_SETTINGS and isinstance(value, str) and (value == "~" or value.startswith("~/")):
+        return os.path.expanduser(value)
+    return value
+
+
 def _checked(cls: type, values: dict, prefix: str = "") -> dict:
     """`values` as settings of `cls`; unknown keys and wrong types fail with the key's name."""
     hints = typing.get_type_hints(cls)
@@ -469,11 +489,13 @@ def _checked(cls: type, values: dict, prefix: str = "") -> dict:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             owners = [] if prefix else commands_with_setting(key)
             ours = setting_for_trainer_name(cls, key)
+            # another command's setting is said before a close spelling: qrels given to score was "did you mean
+            # 'replicas'", and batch_size "did you mean 'batch_tokens'", a budget of tokens, not of rows
             hint = (f" (CrossEncoderTrainer's name: ce-ray's is {ours!r})" if ours else
-                    f" (did you mean {close[0]!r}?)" if close else
-                    f" (a setting of {' and '.join(f'ce-ray {c}' for c in owners)})" if owners else "")
-            raise ConfigError(f"unknown setting {prefix}{key!r}{hint}")
-        kwargs[key] = _check_type(f"{prefix}{key}", value, hints[key])
+                    f" (a setting of {' and '.join(f'ce-ray {c}' for c in owners)})" if owners else
+                    f" (did you mean {close[0]!r}?)" if close else "")
+            raise ConfigError(f"unknown setting {prefix + key!r}{hint}")
+        kwargs[key] = _home_expanded(key, _check_type(f"{prefix}{key}", value, hints[key]))
     return kwargs
 
 
@@ -521,22 +543,63 @@ def with_settings(config: Any, settings: dict, kind: type) -> Any:
     return dataclasses.replace(config, **_checked(type(config), settings))
 
 
+class _UniqueKeysLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: the last one won without a word, and a line
+    added to an example config (which sets mode at its end) changed nothing."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                continue  # PyYAML's own error says so
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"{key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_error(e: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: its problem and where (its own text runs over several lines)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    return f"{getattr(e, 'problem', None) or ' '.join(str(e).split())}{where}"
+
+
+def _read_yaml(path: str) -> dict:
+    try:
+        with open(path) as f:
+            loaded = yaml.load(f, Loader=_UniqueKeysLoader)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path!r}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({e})") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_error(e)}") from e
+    if loaded is None:  # an empty file, or comments alone
+        return {}
+    if not isinstance(loaded, dict):  # `false` and `[]` too, which `or {}` took for an empty file
+        raise ConfigError(f"config file {path} must hold a mapping of settings, not {type(loaded).__name__} "
+                          f"{loaded!r}")
+    return loaded
+
+
+def _refuse_empty_sections(cls: type, loaded: dict, path: str) -> None:
+    """A section's key with nothing under it (`deepspeed:` uncommented alone, its keys left commented) is YAML's
+    null, which means no section: the run was DDP without a word."""
+    hints = typing.get_type_hints(cls)
+    for key, value in loaded.items():
+        if value is None and any(dataclasses.is_dataclass(a) for a in typing.get_args(hints.get(key))):
+            raise ConfigError(f"config file {path}: the section {key}: is empty: write `{key}: {{}}` for its "
+                              f"defaults, or leave it out")
+
+
 def load_config(cls: type, path: Optional[str] = None, overrides: Optional[dict] = None) -> Any:
     """YAML file (optional) first, then overrides (flags that were given) on top."""
     values: dict = {}
-    if path:
-        try:
-            with open(path) as f:
-                loaded = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"config file {path} is not UTF-8 text ({e})") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of settings")
-        values.update(loaded)
+    if path is not None:
+        values.update(_read_yaml(path))
+        _refuse_empty_sections(cls, values, path)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         config = from_dict(cls, values)
@@ -553,6 +616,8 @@ def to_dict(config: Any) -> dict:
 
 
 def require(config: Any, *names: str) -> None:
+    """Fails naming the settings of `names` (default: the command's REQUIRED) that `config` leaves empty."""
+    names = names or config.REQUIRED
     missing = [n for n in names if not getattr(config, n)]
     if missing:
         raise ConfigError(f"missing required setting(s): {', '.join(map(setting_and_flag, missing))}")

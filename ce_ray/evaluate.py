@@ -209,12 +209,32 @@ def _as_numbers(values: pd.Series) -> pd.Series:
     return values if pd.api.types.is_numeric_dtype(values) else pd.to_numeric(values, errors="coerce")
 
 
+def _refuse_text_order(df: pd.DataFrame, column: str, setting: str) -> None:
+    """An order's column of text (`--baseline-column document`) has no number to order by: its every row was
+    left out as one without a score, or the baseline was the document ids' order, said to be the column's."""
+    values = df[column].dropna() if column in df.columns else ()
+    if len(values) and _as_numbers(values).isna().all():
+        example = str(values.iloc[0])[:40]
+        raise InputError(f"{setting_and_flag(setting, column)}: the column holds no numbers ({example!r}): name a "
+                         "column of ranks (1 is best) or of scores (higher is better)")
+
+
+def _holds_fractions(df: pd.DataFrame, column: str) -> bool:
+    """Whether `column`, read as a rank, holds numbers no rank has: a score's, whose order read so is upside down,
+    its metrics quietly the worst."""
+    if column not in df.columns:
+        return False
+    values = pd.to_numeric(df[column], errors="coerce").dropna().to_numpy(dtype=np.float64)
+    return bool((values != np.round(values)).any())
+
+
 def _ordered_rows(df: pd.DataFrame, c: EvalConfig) -> pd.DataFrame:
     """The rows that have the value that orders them, a score or a rank. A row of a caller's Dataset that ce-ray
     could not score has a null score (its `reject_reason` says why), and a NaN ranks nowhere in particular in
     trec_eval's order: they ranked last, and the run held `nan`. They are left out, as a job's rejected rows are
     (its rejects/), and counted (`rows_without_order`)."""
     ranked_by, _ = _order_column(df, c)
+    _refuse_text_order(df, ranked_by, "rank_column" if ranked_by == c.rank_column else "score_column")
     missing = _as_numbers(df[ranked_by]).isna().to_numpy() if ranked_by in df.columns else None
     if missing is None or not missing.any():
         return df
@@ -499,24 +519,34 @@ def _following_the_job(config: EvalConfig) -> tuple:
     return dataclasses.replace(config, **changes), notes, job
 
 
-def _score_read_as_rank(df: pd.DataFrame, c: EvalConfig) -> bool:
-    """Whether the baseline, read as a rank, holds numbers no rank has (`bm25_score` for `bm25_rank`): its order
-    would be the first stage's upside down, and its metrics quietly the worst."""
-    if not c.baseline_column or c.baseline_descending or c.baseline_column not in df:
-        return False
-    values = pd.to_numeric(df[c.baseline_column], errors="coerce").dropna().to_numpy(dtype=np.float64)
-    return bool((values != np.round(values)).any())
+def _refuse_overwriting(c: EvalConfig, output: str) -> None:
+    """The files eval writes are neither what it reads nor each other: `--output` naming the input parquet
+    file replaced it with JSON, a `--run-output` naming the qrels replaced them, and one path for both files
+    kept the last."""
+    def same(a: str, b: str) -> bool:
+        return bool(a and b) and (a.rstrip("/") == b.rstrip("/") if is_remote(a) or is_remote(b)
+                                  else os.path.realpath(a) == os.path.realpath(b))
+
+    if same(output, c.run_output):
+        raise ConfigError(f"{setting_and_flag('output')} and {setting_and_flag('run_output')} name one file, "
+                          f"{output}: give each its own path")
+    for setting, written in (("output", output), ("run_output", c.run_output)):
+        for read in ("input", "qrels"):
+            if same(written, getattr(c, read)):
+                raise ConfigError(f"{setting_and_flag(setting)} {written} is the {read} that eval reads, which "
+                                  "writing it would replace: give another path")
 
 
 def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     from .candidates import read_qrels
 
-    require(config, "input")
+    require(config)
     config.validate()  # as the command's config is: from Python, k=0 and the settings eval does not use passed
     for uri in (config.input, config.qrels):  # first: the input's job is looked up on the store next
         check_s3_access(uri)
     c, job_notes, job = _following_the_job(config)
     output = c.output or default_output(c.input, job is not None)
+    _refuse_overwriting(c, output)
     for setting, uri in (("output", output), ("run_output", c.run_output)):
         check_s3_access(uri)  # before any work, naming the bucket (s3fs's error names none)
         # A path the user named may be a folder (it failed once written); ce-ray's own eval.json is not looked up.
@@ -551,7 +581,13 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
         unordered = df.attrs.get("rows_without_order", 0)
         raise InputError(f"{c.input} has no scored rows" + (f" with {ids} ({without:,} without)" if without else "")
                          + (f" ({unordered:,} without a {_reranked_by(df, c)[0]})" if unordered else ""))
-    if _score_read_as_rank(df, c):
+    if c.baseline_column:
+        _refuse_text_order(df, c.baseline_column, "baseline_column")
+    if _order_column(df, c)[0] == c.rank_column and _holds_fractions(df, c.rank_column):  # `--rank-column score`
+        job_notes["rank_read_as_rank"] = (
+            f"warning: the rank column {c.rank_column} holds fractions, as a score does, but is read as a rank (1 "
+            f"is best): name it with {setting_and_flag('score_column')} instead if higher is better")
+    if not c.baseline_descending and _holds_fractions(df, c.baseline_column):  # `bm25_score` for `bm25_rank`
         job_notes["baseline_read_as_rank"] = (
             f"warning: the baseline {c.baseline_column} holds fractions, as a score does, but is read as a rank (1 "
             f"is best): give {setting_and_flag('baseline_descending')} if higher is better")

@@ -304,15 +304,33 @@ def label_count(config: dict) -> int:
     return len(config["id2label"]) if "id2label" in config else config.get("num_labels", 2)
 
 
+def classifier_outputs(path: str) -> Optional[int]:
+    """The logits of a folder's saved classifier head, from its safetensors headers: the rows of its last layer
+    (BERT's `classifier.weight`, RoBERTa's `classifier.out_proj.weight`, a decoder's `score.weight`); None where
+    there is none to read."""
+    from safetensors import safe_open
+
+    for file in glob.glob(os.path.join(path, "*.safetensors")):
+        with safe_open(file, framework="numpy") as weights:
+            names = set(weights.keys())
+            for name in ("classifier.weight", "classifier.out_proj.weight", "score.weight"):
+                if name in names:
+                    return weights.get_slice(name).get_shape()[0]
+    return None
+
+
 def check_single_logit(path: str, model: str) -> None:
     """Refuses a classifier of several labels (an NLI model's 3, a 2-way classifier's 2): ce-ray scores and trains
-    rerankers of one logit, as CrossEncoder's rerankers are, and found out only in its workers otherwise."""
+    rerankers of one logit, as CrossEncoder's rerankers are, and found out only in its workers otherwise. Where
+    config.json names no architecture, its head's weights tell (its workers built a head of one logit and failed
+    to load the saved one)."""
     config_file = os.path.join(path, "config.json")
-    if not os.path.exists(config_file) or not is_sequence_classifier(saved_architectures(path)):
+    architectures = saved_architectures(path)
+    if not os.path.exists(config_file) or architectures and not is_sequence_classifier(architectures):
         return
     config = read_json(config_file)
-    labels = label_count(config)
-    if labels != 1:
+    labels = label_count(config) if architectures else classifier_outputs(path)
+    if labels not in (1, None):
         raise ModelError(f"{model} is a classifier of {labels} labels: ce-ray scores and trains rerankers of one "
                          "logit (CrossEncoder(..., num_labels=1)); for a new reranker, start from its base model")
     check_pad_token(path, model, config)
@@ -341,6 +359,13 @@ def has_classifier_weights(path: str) -> bool:
     """Whether a folder's safetensors weights hold a classifier head (`classifier.*`, or `score.*` as decoders'
     classifiers name it); true where there are none to look in (pickle weights)."""
     return not glob.glob(os.path.join(path, "*.safetensors")) or bool(weight_prefixes(path) & {"classifier", "score"})
+
+
+def has_classifier(path: str) -> bool:
+    """Whether a model folder holds a reranker's classifier head: its config.json names a sequence classifier, or
+    names no architecture and its weights hold one (as CrossEncoder and `check_scores` take it)."""
+    architectures = saved_architectures(path)
+    return is_sequence_classifier(architectures) if architectures else has_classifier_weights(path)
 
 
 def weight_prefixes(path: str) -> set:
@@ -477,25 +502,16 @@ def crossencoder_settings(path: str) -> dict:
     return read_json(settings) if os.path.isfile(settings) and os.path.isfile(modules) else {}
 
 
-def saved_prompts(path: str) -> dict:
-    """The settings of a folder in CrossEncoder's layout where they hold prompts (`prompts`,
-    `default_prompt_name`); {} otherwise."""
-    settings = crossencoder_settings(path)
-    return settings if settings.get("prompts") or settings.get("default_prompt_name") else {}
-
-
-def keep_prompts(base: str, saved: str, activation: str, max_length: int) -> None:
-    """Gives the folder of a model trained from `base` the prompts that `base` had (sentence-transformers'
-    `prompts` and `default_prompt_name`), as CrossEncoder.save keeps them for a model CrossEncoderTrainer
-    trained: without them, the trained model's queries went without the prompt that the base put before each.
-
-    CrossEncoder reads them only in its own layout (`modules.json` beside them), so the base's layout files
-    come too: its settings with the trained model's activation, its module config with the trained max length.
-    """
-    settings = saved_prompts(base)
-    if not settings:
-        return
+def keep_layout(base: str, saved: str, activation: str, max_length: int) -> None:
+    """Gives the folder of a model trained from `base` the files of CrossEncoder's layout that `base` had, as
+    CrossEncoder.save keeps them for a model CrossEncoderTrainer trained: its settings (sentence-transformers'
+    `prompts` and `default_prompt_name`) with the trained model's activation, its module config (the tokenizer's
+    settings, `do_lower_case` among them) with the trained max length. Without them the trained model's queries
+    went without the prompt that the base put before each, and a base that lowercased by its module config over
+    a cased tokenizer (as training did) gave a model that read each capitalised word as [UNK]."""
     files = {name: os.path.join(base, name) for name in SENTENCE_TRANSFORMERS_FILES}
+    if not os.path.isfile(files["modules.json"]):  # not CrossEncoder's layout: config.json holds it all
+        return
     module = read_json(files["sentence_bert_config.json"]) if os.path.isfile(files["sentence_bert_config.json"]) else {}
     if "max_seq_length" in module:  # CrossEncoder's max length before the tokenizer's
         module["max_seq_length"] = max_length
@@ -507,8 +523,10 @@ def keep_prompts(base: str, saved: str, activation: str, max_length: int) -> Non
         processing = (module.get("processing_kwargs") or {}).get(bucket)
         if isinstance(processing, dict) and "max_length" in processing:
             processing["max_length"] = max_length
-    written = {"modules.json": read_json(files["modules.json"]), "sentence_bert_config.json": module,
-               "config_sentence_transformers.json": settings | {"activation_fn": activation}}
+    written = {"modules.json": read_json(files["modules.json"]), "sentence_bert_config.json": module}
+    settings = crossencoder_settings(base)
+    if settings:
+        written["config_sentence_transformers.json"] = settings | {"activation_fn": activation}
     for name, content in written.items():
         with open(os.path.join(saved, name), "w") as f:
             json.dump(content, f, indent=2)

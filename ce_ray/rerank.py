@@ -415,7 +415,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     from .sink import check_output, prepare_output
     from .storage import check_apart, check_s3_access
 
-    require(config, "model", "input", "output")
+    require(config)
     config.validate()  # refuses mode resume, saying why
     start = time.perf_counter()
     check_apart(config.input, config.output)

@@ -398,7 +398,7 @@ def failure_cause(error: BaseException) -> str:
     WorkerGroupError and ControllerError), with the notes added to it (which file was being read)."""
     if not from_ray(error):
         return _one_line(error)
-    from ray.exceptions import RayTaskError, UserCodeException
+    from ray.exceptions import RayActorError, RayTaskError, UserCodeException
 
     printed = ""  # the last worker's traceback passed, as Ray prints it
     for _ in range(16):  # wrappers within wrappers: a few at most
@@ -410,9 +410,12 @@ def failure_cause(error: BaseException) -> str:
             error = error.worker_failures[min(error.worker_failures)]
         elif getattr(error, "controller_failure", None) is not None:
             error = error.controller_failure
+        elif isinstance(error, RayActorError) and error.actor_init_failed:
+            printed = str(error)  # a replica that failed as it started: its error is in Ray's text alone
+            break
         else:
             break
-    if isinstance(error, UserCodeException):
+    if isinstance(error, UserCodeException) or isinstance(error, RayActorError) and error.actor_init_failed:
         # Ray Data's wrapper of a UDF's error came from the worker without the error, which it only printed.
         return _original_printed(printed) or _one_line(error)
     return _one_line(error)

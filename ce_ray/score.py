@@ -810,7 +810,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
                        lost_or_rewritten, prepare_output, resume_state)
     from .storage import check_apart, check_s3_access
 
-    require(config, "model", "input", "output")
+    require(config)
     config.validate()
     if config.mode == "resume" and transform is not None:
         raise ConfigError("mode resume works per input file, but this job groups rows across "

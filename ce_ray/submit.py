@@ -63,10 +63,6 @@ def runtime_env(working_dir: Path, pip: Sequence[str] = (), env: Sequence[str] =
     return out
 
 
-# The settings that name files or folders.
-PATH_SETTINGS = ("input", "output", "model", "train_data", "eval_data", "storage_path", "qrels", "data", "run_output")
-
-
 def check_config(job: str, config: str, overrides: Sequence[str] = ()) -> None:
     """Builds the job's config here first, with its overriding flags, so that a typo fails before anything is
     submitted; and says which of its paths are relative: on the cluster they are read in the job's own working
@@ -74,6 +70,7 @@ def check_config(job: str, config: str, overrides: Sequence[str] = ()) -> None:
     import argparse
 
     from .cli import COMMANDS, add_config_flags, config_from_args, other_commands_hint
+    from .config import PATH_SETTINGS, require
 
     parser = argparse.ArgumentParser(prog=f"ce-ray submit {job} --config {config}", add_help=False, allow_abbrev=False)
     add_config_flags(parser, COMMANDS[job][0])
@@ -81,6 +78,7 @@ def check_config(job: str, config: str, overrides: Sequence[str] = ()) -> None:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}{other_commands_hint(job, unknown)}")
     settings = config_from_args(COMMANDS[job][0], args)
+    require(settings)  # a config without its model failed on the cluster alone
     flags = {given.split("=")[0] for given in overrides}
 
     def named(name: str, value: str) -> str:  # where the path was written: the file, or a flag after it

@@ -298,7 +298,7 @@ def train_loop(loop_config: dict) -> dict:
 
     from . import bert
     from .model import Reranker, load_reranker, to_device, use_shape_free_attention
-    from .model_folder import keep_prompts, local_model_path
+    from .model_folder import keep_layout, local_model_path
 
     config: TrainConfig = loop_config["config"]
     plan: dict = loop_config["plan"]
@@ -425,7 +425,7 @@ def train_loop(loop_config: dict) -> dict:
                 else:
                     save_reranker(module, reranker.tokenizer, os.path.join(tmp, MODEL), plan["max_length"],
                                   plan["activation"], state_dict=full_state)
-                keep_prompts(model_path, os.path.join(tmp, MODEL), plan["activation"], plan["max_length"])
+                keep_layout(model_path, os.path.join(tmp, MODEL), plan["activation"], plan["max_length"])
                 if not config.deepspeed:
                     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
                                os.path.join(tmp, STATE))
@@ -936,13 +936,13 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     """
     from . import card
     from .model_folder import (SIGMOID, activation_path, check_max_length, check_safe, check_single_logit,
-                               half_precision_on_cpu, is_sequence_classifier, local_model_path, model_files,
+                               half_precision_on_cpu, has_classifier, local_model_path, model_files,
                                model_loading, model_source, query_prompt, saved_architectures, usable_max_length)
     from .runtime import cluster_resources, cpu_nodes, ensure_ray, free_failed_actors, surfaced_errors
     from .tokenizer_facts import facts_ahead
 
     config = with_settings(config, settings, TrainConfig)
-    require(config, "model", "train_data", "output")
+    require(config)
     config.validate()
     start = time.perf_counter()
     files = model_files(config.model)  # an s3:// model listed once: the workers copy these objects
@@ -978,8 +978,11 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         if checkpointed and resumed_step(config) is not None:
             print(f"ce-ray train: resumes the run {name} from the last checkpoint Ray Train recorded (a finished run "
                   "only saves its model again)", flush=True)
-        architectures = saved_architectures(model)
-        if os.path.isdir(model) and not is_sequence_classifier(architectures):
+        # A folder that names no architecture is a reranker where its weights hold a classifier, as for scoring:
+        # it was said to get a new head (it kept its own) and its saved activation was set to the sigmoid.
+        has_head = os.path.isdir(model) and has_classifier(model)
+        if os.path.isdir(model) and not has_head:
+            architectures = saved_architectures(model)
             print(f"ce-ray train: {model} has no classifier ({', '.join(architectures) or 'no architectures named'}): "
                   "it gets a new one-logit head, as CrossEncoder gives it", flush=True)
         ensure_ray(dashboard=True)  # Ray Train's state queries need it
@@ -1024,8 +1027,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     # Evaluation keeps no activations: its passes take the scoring budget, not the training one.
     # A reranker keeps the activation it had (CrossEncoder's, read as it reads it: a logits reranker's scores
     # stay logits, as CrossEncoderTrainer keeps them); a new head gets CrossEncoder's sigmoid.
-    activation = (activation_path(model, 1, config.trust_remote_code) if is_sequence_classifier(architectures)
-                  else SIGMOID)
+    activation = activation_path(model, 1, config.trust_remote_code) if has_head else SIGMOID
     spans, left_out = worker_spans(train_ds, config, per_worker, config.num_workers)
     plan = {"model": source, "model_files": files, "max_length": max_length, "activation": activation,
             "batches_per_epoch": per_epoch, "spans": spans, "left_out": left_out,

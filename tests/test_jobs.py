@@ -478,6 +478,7 @@ def test_a_failed_pip_install_is_said_by_pips_own_error():
 def test_relative_paths_are_said_before_submission(tmp_path, capsys):
     """On the cluster a relative path is read in the job's working directory, which Ray deletes after the job:
     a relative output would be lost. A hub id is no path."""
+    from ce_ray.config import ConfigError
     from ce_ray.submit import check_config
 
     config = write_config(tmp_path / "score.yaml", model="cross-encoder/ms-marco-MiniLM-L6-v2",
@@ -490,6 +491,9 @@ def test_relative_paths_are_said_before_submission(tmp_path, capsys):
     check_config("score", str(config), ["--input", "pairs.parquet"])
     err = capsys.readouterr().err
     assert "input: pairs.parquet (from --input)" in err and f"output: out/scored (in {config})" in err
+    # A config without a setting the job needs failed on the cluster alone.
+    with pytest.raises(ConfigError, match=r"^missing required setting\(s\): model \(--model\)$"):
+        check_config("score", str(write_config(tmp_path / "nomodel.yaml", input="/x", output="/y")))
 
 
 def test_the_address_given_wins_over_ray_address(tmp_path, capsys, monkeypatch):

@@ -161,6 +161,41 @@ def test_a_baseline_of_scores_read_as_a_rank_is_warned_of(tmp_path, capsys):
     assert "warning" not in capsys.readouterr().out
 
 
+def test_an_order_column_of_text_or_of_scores_named_as_a_rank_is_said(tmp_path, capsys):
+    """`--rank-column score` read the scores as ranks, the best last, under the header of a right run;
+    `--baseline-column document` was the document ids' order, said to be the column's; `--rank-column document`
+    was "no scored rows (3 without a document)"."""
+    pd.DataFrame({"query_id": ["a", "a", "a"], "doc_id": ["d1", "d2", "d3"], "document": ["x", "y", "z"],
+                  "score": [0.9, 0.5, 0.1], "label": [1, 0, 0], "bm25_rank": [1, 2, 3]}).to_parquet(
+        tmp_path / "scored.parquet")
+    config = EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "eval.json"))
+    assert run_eval(dataclasses.replace(config, rank_column="score"))["reranked"]["mrr@10"] == pytest.approx(1 / 3)
+    assert ("warning: the rank column score holds fractions, as a score does, but is read as a rank (1 is best): name "
+            "it with score_column (--score-column) instead if higher is better") in capsys.readouterr().out
+    for setting in ("rank_column", "baseline_column"):
+        flag = "--" + setting.replace("_", "-")
+        said = rf"^{setting} document \({flag} document\): the column holds no numbers \('x'\): name a column of ranks"
+        with pytest.raises(InputError, match=said):
+            run_eval(dataclasses.replace(config, **{setting: "document"}))
+    assert "warning" not in capsys.readouterr().out + str(run_eval(config))
+
+
+def test_eval_writes_neither_over_what_it_reads_nor_its_two_files_over_each_other(tmp_path):
+    """`--output` naming the input parquet file replaced it with JSON; `--run-output` naming the qrels replaced
+    them; one path for both files kept one of them."""
+    scored, qrels = tmp_path / "scored.parquet", tmp_path / "qrels.tsv"
+    pd.DataFrame({"query_id": ["a", "a"], "doc_id": ["d1", "d2"], "score": [0.9, 0.1]}).to_parquet(scored)
+    qrels.write_text("query-id\tcorpus-id\tscore\na\td1\t1\n")
+    before = scored.read_bytes(), qrels.read_text()
+    for settings, said in (({"output": str(scored)}, rf"output \(--output\) {scored} is the input that eval reads"),
+                           ({"run_output": str(qrels)}, rf"run_output \(--run-output\) {qrels} is the qrels"),
+                           ({"output": str(tmp_path / "x"), "run_output": f"{tmp_path}/./x"},
+                            r"output \(--output\) and run_output \(--run-output\) name one file")):
+        with pytest.raises(ConfigError, match=said):
+            run_eval(EvalConfig(input=str(scored), qrels=str(qrels), **settings))
+    assert (scored.read_bytes(), qrels.read_text()) == before and not (tmp_path / "x").exists()
+
+
 def test_eval_counts_as_trec_eval_does_where_rows_repeat_lack_ids_or_are_not_judged(tmp_path, capsys):
     """A (query, document) pair listed twice counts once (merged candidates), a row without a query id
     (null, or NaN from pandas) is left out with integer ids kept as they are (`1`, not `1.0`), and a query

@@ -1253,6 +1253,19 @@ def test_a_bad_model_or_output_fails_before_ray_starts(tmp_path, tiny_model, mon
         ce_ray.predict(str(three), [("q", "d")])
     with pytest.raises(ModelError, match="classifier of 3 labels"):
         ce_ray.rank(str(three), "q", ["d"])
+    # Without `architectures` in config.json, its head's weights tell: the replicas failed to load it, in Ray.
+    from safetensors.torch import load_file, save_file
+
+    two = _model_copy(tiny_model, tmp_path, "two")
+    weights = load_file(two / "model.safetensors")
+    for name in ("classifier.weight", "classifier.bias"):
+        weights[name] = weights[name].repeat(2, *[1] * (weights[name].dim() - 1))
+    save_file(weights, two / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((two / "config.json").read_text())
+    config.pop("architectures")
+    (two / "config.json").write_text(json.dumps(config | {"id2label": {"0": "LABEL_0", "1": "LABEL_1"}}))
+    with pytest.raises(ModelError, match="is a classifier of 2 labels"):
+        job(two, pairs, tmp_path / "out")
     with pytest.raises(ModelError, match="has no config.json: not a Hugging Face model folder"):
         job(pairs.parent, pairs, tmp_path / "out")  # a data folder as the model
     (tmp_path / "notes.txt").write_text("a file")
@@ -1270,6 +1283,25 @@ def test_a_bad_model_or_output_fails_before_ray_starts(tmp_path, tiny_model, mon
     with pytest.raises(ConfigError, match=r"^output \(--output\) file://\S+own is the model's own folder"):
         train(TrainConfig(model=str(own), train_data=str(pairs), output=f"file://{own}"))  # it was taken
     assert not (tmp_path / "out").exists() and not (tmp_path / "trained").exists()
+
+
+def test_a_replica_that_fails_as_it_starts_is_said_by_its_error(ray_local):
+    """An error of a replica's start (a model that transformers cannot load) came as Ray's ActorDiedError, whose
+    text alone holds it: the job's last line was its whole traceback, 2,500 characters of it."""
+    import ray
+
+    from ce_ray.runtime import failure_cause
+
+    class _ReplicaThatCannotStart:  # defined here, so that Ray's workers get it by value
+        def __init__(self):
+            raise RuntimeError("the model cannot load")
+
+        def __call__(self, batch):
+            return batch
+
+    with pytest.raises(ray.exceptions.ActorDiedError) as failed:
+        ray.data.range(4).map_batches(_ReplicaThatCannotStart, concurrency=1).materialize()
+    assert failure_cause(failed.value) == "RuntimeError: the model cannot load"
 
 
 def _model_copy(tiny_model, tmp_path, name):
@@ -1436,6 +1468,41 @@ def test_unknown_and_mistyped_config_keys_fail(tmp_path):
         (tmp_path / "e.yaml").write_text(f"model: m\ndeepspeed:\n  stage: {stage}\n")
         with pytest.raises(ConfigError, match=r"deepspeed\.stage: (True|2\.0) is not one of 1, 2, 3$"):
             load_config(TrainConfig, str(tmp_path / "e.yaml"))
+
+
+def test_a_config_file_says_what_it_holds_or_is_refused(tmp_path, monkeypatch):
+    """Each of these ran other settings than the file's without a word: a key given twice kept the last, a
+    `deepspeed:` section with its keys left commented trained with DDP, a file of `false` was no settings, a
+    leading `~` made a folder named `~`. Another command's setting was said to be a close spelling (qrels to
+    score: "did you mean 'replicas'"); PyYAML's error ran over two lines."""
+    from ce_ray.config import TrainConfig
+
+    def refused(text: str, said: str, cls=ScoreConfig) -> None:
+        (tmp_path / "c.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=said):
+            load_config(cls, str(tmp_path / "c.yaml"))
+
+    refused("model: m\noutput: /new\nmode: error\noutput: /old\n",
+            r"c\.yaml is not valid YAML: 'output' is given twice \(line 4, column 1\)$")
+    refused("model: m\ndeepspeed:\n#  stage: 2\n", r"c\.yaml: the section deepspeed: is empty: write `deepspeed: "
+            r"\{\}` for its defaults, or leave it out$", TrainConfig)
+    assert load_config(TrainConfig, None, {"model": "m"}).deepspeed is None
+    for text in ("false", "0", "[]", '""'):
+        refused(text + "\n", r"c\.yaml must hold a mapping of settings, not ")
+    refused("model: m\nqrels: q.tsv\n", r"unknown setting 'qrels' \(a setting of ce-ray eval\)$")
+    refused("model: [m\n", r"c\.yaml is not valid YAML: [^\n]+ \(line \d+, column \d+\)$")
+    refused("model: m\ndeepspeed:\n  stag: 2\n", r"unknown setting 'deepspeed\.stag' \(did you mean 'stage'\?\)$",
+            TrainConfig)
+    with pytest.raises(ConfigError, match="cannot read config file '': "):
+        load_config(ScoreConfig, "")
+    (tmp_path / "c.yaml").write_text("# nothing set yet\n")
+    assert load_config(ScoreConfig, str(tmp_path / "c.yaml")) == ScoreConfig()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "c.yaml").write_text("model: ~/tiny\ninput: ~/pairs.parquet\noutput: ~\nprompt: ~/not a path\n")
+    config = load_config(ScoreConfig, str(tmp_path / "c.yaml"), {"output": "~/scored"})
+    assert (config.model, config.input, config.output) == (f"{tmp_path}/tiny", f"{tmp_path}/pairs.parquet",
+                                                           f"{tmp_path}/scored")
+    assert config.prompt == "~/not a path"
 
 
 def test_settings_that_are_not_finite_numbers_fail_before_any_work(tmp_path):

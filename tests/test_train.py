@@ -2083,13 +2083,50 @@ def test_the_trained_model_keeps_the_prompts_and_activation_of_the_model_it_star
     assert query_prompt(str(tmp_path / "model")) == "Judge the relevance: "  # as ce-ray scores it
 
 
+def test_a_reranker_that_lowercases_by_its_layout_and_names_no_architecture_trains_as_it_is(
+        ray_local, tiny_model, pairs_file, tmp_path, capsys):
+    """A base in CrossEncoder's layout without prompts, whose module config lowercases (`do_lower_case`) over a
+    cased tokenizer, trained lowercased and gave a model without its layout, which read every capitalised word as
+    [UNK]; a reranker whose config.json names no architecture (its weights hold the classifier, as for scoring)
+    was said to get a new head, which it did not, and its logits activation became the sigmoid."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    import ce_ray
+    from ce_ray.config import TrainConfig
+
+    base = tmp_path / "base"
+    CrossEncoder(str(spread_model(tiny_model, tmp_path / "spread")), device="cpu",
+                 activation_fn=torch.nn.Identity()).save(str(base))
+    tokenizer = json.loads((base / "tokenizer.json").read_text())
+    tokenizer["normalizer"]["lowercase"] = False
+    (base / "tokenizer.json").write_text(json.dumps(tokenizer))
+    for name, changes in (("tokenizer_config.json", {"do_lower_case": False}),
+                          ("sentence_bert_config.json", {"do_lower_case": True})):
+        (base / name).write_text(json.dumps(json.loads((base / name).read_text()) | changes))
+    config = json.loads((base / "config.json").read_text())
+    del config["architectures"]
+    (base / "config.json").write_text(json.dumps(config))
+    pairs = [("WHAT IS A CAT", "A CAT IS AN ANIMAL"), ("what is a cat", "a cat is an animal")]
+    upper, lower = CrossEncoder(str(base), device="cpu").predict(pairs)
+    assert upper == pytest.approx(lower, abs=1e-6)  # the base lowercases
+    _train_module().train(TrainConfig(model=str(base), train_data=str(pairs_file), output=str(tmp_path / "model"),
+                                      batch_size=8, max_steps=1))
+    assert "new one-logit head" not in capsys.readouterr().out
+    trained = CrossEncoder(str(tmp_path / "model"), device="cpu")
+    assert isinstance(trained.activation_fn, torch.nn.Identity)
+    upper, lower = trained.predict(pairs)
+    assert upper == pytest.approx(lower, abs=1e-6)
+    assert np.abs(np.asarray(ce_ray.predict(str(tmp_path / "model"), pairs)) - [upper, lower]).max() <= 1e-5
+
+
 def test_a_trained_models_kept_layout_gives_its_trained_max_length_wherever_the_base_named_one(tiny_model, tmp_path):
-    """The layout files a trained model keeps from its base (`keep_prompts`) gave the trained max length as
+    """The layout files a trained model keeps from its base (`keep_layout`) gave the trained max length as
     max_seq_length alone; a length in the base's tokenizer arguments or processing (`text` or `common`), which
     CrossEncoder reads before it, still cut the trained model's pairs at the base's."""
     from sentence_transformers import CrossEncoder
 
-    from ce_ray.model_folder import keep_prompts
+    from ce_ray.model_folder import keep_layout
 
     CrossEncoder(str(tiny_model), device="cpu", prompts={"q": "q: "}, default_prompt_name="q").save(
         str(tmp_path / "base"))
@@ -2098,7 +2135,7 @@ def test_a_trained_models_kept_layout_gives_its_trained_max_length_wherever_the_
         "max_seq_length": 24, "processor_kwargs": {"model_max_length": 24},
         "processing_kwargs": {"text": {"max_length": 24}, "common": {"max_length": 24}}}))
     (tmp_path / "trained").mkdir()
-    keep_prompts(str(tmp_path / "base"), str(tmp_path / "trained"), "torch.nn.modules.activation.Sigmoid", 64)
+    keep_layout(str(tmp_path / "base"), str(tmp_path / "trained"), "torch.nn.modules.activation.Sigmoid", 64)
     kept = json.loads((tmp_path / "trained" / "sentence_bert_config.json").read_text())
     assert (kept["max_seq_length"], kept["processor_kwargs"], kept["processing_kwargs"]) == (
         64, {"model_max_length": 64}, {"text": {"max_length": 64}, "common": {"max_length": 64}})
@@ -2116,8 +2153,8 @@ def test_the_card_of_a_model_written_to_s3_loads_a_copy_of_its_folder():
                            "document_chars_max", "tokens_min", "tokens_mean", "tokens_max"], 0)
     stats["columns"] = ["query", "document", "label"]
 
-    def card(output):
-        config = TrainConfig(model="/models/base", train_data="/data/pairs.parquet", output=output)
+    def card(output, **settings):
+        config = TrainConfig(model="/models/base", train_data="/data/pairs.parquet", output=output, **settings)
         return model_card(CardFacts(base_model="/models/base", config=config, defaults=TrainConfig(), stats=stats,
                                     log=[], final_metrics={}, max_length=512, num_workers=1, steps=1,
                                     samples_per_second=1.0, output=output))
@@ -2131,6 +2168,10 @@ def test_the_card_of_a_model_written_to_s3_loads_a_copy_of_its_folder():
     assert 'model = CrossEncoder("trained")  # this folder, or its hub id once uploaded\n' in local
     assert "/home/alice" not in local and "/models/base" not in local and "/data/pairs.parquet" not in local
     assert "- **Base model:** `base`" in local and "- **Training Dataset:** pairs.parquet" in local
+    # The versions of what the run used: DeepSpeed's was on every card where it was installed.
+    from ce_ray.config import DeepSpeedConfig
+
+    assert "- DeepSpeed: " not in local and "- DeepSpeed: " in card("/m", deepspeed=DeepSpeedConfig())
     # The other URIs an output may be: s3a:// (Hadoop's name, which the AWS CLI refuses: `aws s3 cp s3a://...` was
     # said), copied as s3://; file://, which CrossEncoder looked up on the hub, loaded from its path.
     assert '# aws s3 cp --recursive s3://bucket/models/m m --exclude "checkpoints/*"\n' in card("s3a://bucket/models/m")
