@@ -489,9 +489,13 @@ def _checked(cls: type, values: dict, prefix: str = "") -> dict:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             owners = [] if prefix else commands_with_setting(key)
             ours = setting_for_trainer_name(cls, key)
-            # another command's setting is said before a close spelling: qrels given to score was "did you mean
-            # 'replicas'", and batch_size "did you mean 'batch_tokens'", a budget of tokens, not of rows
+            section = [name for name, kind in hints.items() for a in typing.get_args(kind)
+                       if dataclasses.is_dataclass(a) and key in {f.name for f in dataclasses.fields(a)}]
+            # another command's setting, or a section's key (`stage: 3` beside `deepspeed:`), is said before a close
+            # spelling: qrels given to score was "did you mean 'replicas'", and batch_size "did you mean
+            # 'batch_tokens'", a budget of tokens, not of rows
             hint = (f" (CrossEncoderTrainer's name: ce-ray's is {ours!r})" if ours else
+                    f" (a key of the {section[0]}: section)" if section and not prefix else
                     f" (a setting of {' and '.join(f'ce-ray {c}' for c in owners)})" if owners else
                     f" (did you mean {close[0]!r}?)" if close else "")
             raise ConfigError(f"unknown setting {prefix + key!r}{hint}")

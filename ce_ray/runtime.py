@@ -411,12 +411,13 @@ def failure_cause(error: BaseException) -> str:
         elif getattr(error, "controller_failure", None) is not None:
             error = error.controller_failure
         elif isinstance(error, RayActorError) and error.actor_init_failed:
-            printed = str(error)  # a replica that failed as it started: its error is in Ray's text alone
+            printed = str(error)
             break
         else:
             break
     if isinstance(error, UserCodeException) or isinstance(error, RayActorError) and error.actor_init_failed:
-        # Ray Data's wrapper of a UDF's error came from the worker without the error, which it only printed.
+        # Ray Data's wrapper of a UDF's error came from the worker without the error, which it only printed; so
+        # does Ray's error of an actor that failed as it started (a replica whose model does not load).
         return _original_printed(printed) or _one_line(error)
     return _one_line(error)
 

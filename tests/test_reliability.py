@@ -1493,6 +1493,7 @@ def test_a_config_file_says_what_it_holds_or_is_refused(tmp_path, monkeypatch):
     refused("model: [m\n", r"c\.yaml is not valid YAML: [^\n]+ \(line \d+, column \d+\)$")
     refused("model: m\ndeepspeed:\n  stag: 2\n", r"unknown setting 'deepspeed\.stag' \(did you mean 'stage'\?\)$",
             TrainConfig)
+    refused("model: m\nstage: 3\n", r"unknown setting 'stage' \(a key of the deepspeed: section\)$", TrainConfig)
     with pytest.raises(ConfigError, match="cannot read config file '': "):
         load_config(ScoreConfig, "")
     (tmp_path / "c.yaml").write_text("# nothing set yet\n")
