@@ -200,7 +200,7 @@ def model_card(facts: CardFacts) -> str:
         "### Training Dataset",
         "",
         f"- Size: {stats['pairs']:,} training pair{'' if stats['pairs'] == 1 else 's'}"
-        + (f" ({stats['rejected']:,} row{'' if stats['rejected'] == 1 else 's'} left out: "
+        + (f" ({stats['rejected']:,} pair{'' if stats['rejected'] == 1 else 's'} rejected: "
            f"{json.dumps(stats['reject_reasons'])})"
            if stats["rejected"] else "")
         + (f"; {stats['pairs'] - stats['left_out']:,} trained each epoch: {stats['left_out']:,} left out of each "

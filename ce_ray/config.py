@@ -38,6 +38,17 @@ def _require_names(config, *settings: str) -> None:
         raise ConfigError(f"{' and '.join(map(setting_and_flag, settings))} must name different columns, got {names}")
 
 
+def _require_file_names(config, *settings: str) -> None:
+    """Settings that become a file's or a folder's name (a split's, a run's): one name, not a path. `--run-name
+    ../x` put the checkpoints outside the storage path, and `--split sub/x` failed writing its file once the
+    index was built."""
+    for setting in settings:
+        name = getattr(config, setting)
+        if "/" in name or "\\" in name or name in (".", ".."):
+            raise ConfigError(f"{setting_and_flag(setting)} {name!r} becomes a file's or a folder's name: give a name "
+                              "without / or \\, not . or ..")
+
+
 def _require_finite(config) -> None:
     """Every number of a float setting finite. YAML's .nan and .inf, a flag's nan, a float("inf") given in
     Python pass every range check (a NaN is neither <= 0 nor > 0): a NaN lr failed a worker after Ray
@@ -211,6 +222,7 @@ class CandidatesConfig:
 
     def validate(self) -> None:
         _require_types(self)
+        _require_file_names(self, "split")
         if self.top_k < 1:
             raise ConfigError(f"{setting_and_flag('top_k')} must be >= 1, got {self.top_k}")
         if self.max_queries is not None and self.max_queries < 1:
@@ -346,6 +358,7 @@ class TrainConfig(ModelConfig):
 
     def validate(self) -> None:
         super().validate()
+        _require_file_names(self, "run_name")
         for name in ("num_workers", "epochs", "batch_size", "grad_accum", "log_every", "eval_top_k",
                      "length_window", "keep_checkpoints"):
             if getattr(self, name) < 1:

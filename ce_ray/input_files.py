@@ -468,6 +468,9 @@ def check_inputs(
               for check in in_parallel(lambda p: _check_one(fs, p, input_format, column_names, listed.get(p)), files)]
     if input_format == "jsonl":
         checks = [replace(c, types=_as_read(c.types, required, lists)) for c in checks]
+    # A JSON Lines line may leave a key out (Spark's writer leaves out a null field), and so may every line of a
+    # file of a few: a column that another file has is null in its rows, whose rows are rejected as nulls are.
+    elsewhere = {name for c in checks if c.rows != 0 for name in c.columns} if input_format == "jsonl" else set()
     for check in checks:
         if check.rows == 0:
             continue  # an empty file contributes no rows and needs no columns
@@ -484,7 +487,7 @@ def check_inputs(
             naming = "its header" if input_format in DELIMITED else "its schema"
             raise InputError(f"{check.path}: {naming} names {', '.join(map(repr, twice))} more than once: name "
                              "each column once")
-        missing = [c for c in [*required, *present] if c not in check.columns]
+        missing = [c for c in [*required, *present] if c not in check.columns and c not in elsewhere]
         if missing:
             raise InputError(f"{check.path}: missing column(s) {', '.join(map(repr, missing))} "
                              f"(columns: {column_list(check.columns)})"

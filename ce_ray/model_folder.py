@@ -431,7 +431,10 @@ def check_safe(path: str, allow_pickle: bool, trust_remote_code: bool) -> None:
             f"{path} needs code from its repository (auto_map in config.json); "
             "pass --trust-remote-code only if you trust it"
         )
-    has_safetensors = bool(glob.glob(os.path.join(path, "*.safetensors")))
+    # The weights transformers loads (`model.safetensors`, or the shards its index names): another safetensors file
+    # beside pickle weights (an adapter's) passed as safe, and the job failed once begun, finding none.
+    has_safetensors = any(os.path.isfile(os.path.join(path, name))
+                          for name in ("model.safetensors", "model.safetensors.index.json"))
     has_pickle = bool(glob.glob(os.path.join(path, "*.bin")) + glob.glob(os.path.join(path, "*.pt")))
     if not has_safetensors and has_pickle and not allow_pickle:
         raise ModelError(
@@ -439,7 +442,7 @@ def check_safe(path: str, allow_pickle: bool, trust_remote_code: bool) -> None:
             "convert them to safetensors, or pass --allow-pickle if you trust the file"
         )
     if not has_safetensors and not has_pickle:
-        raise ModelError(f"{path} has no weights (*.safetensors)")
+        raise ModelError(f"{path} has no weights (model.safetensors)")
     check_weights_files(path)
 
 

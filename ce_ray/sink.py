@@ -42,7 +42,7 @@ from .batching import REJECT
 from .messages import InputError, briefly, cannot_hold, setting_and_flag
 from .output_state import (DTYPE_SCORED, EVAL, JOB, MODEL_VERSION, REJECT_ROWS, REJECTS, RESULT_PARTS, RESULT_ROWS,
                            RESULTS, RESUME, STATE, SUCCESS, changed_parts, finished_job, finished_parts,
-                           part_differences, read_state)
+                           is_output, part_differences, read_state)
 from .input_files import EVAL_SUFFIX
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 from .runtime import work
@@ -370,6 +370,11 @@ def check_output(output: str, mode: str, resumable: bool = True) -> None:
     with writing(output):
         if fs.get_file_info(path).type == pafs.FileType.File:
             raise OutputError(f"{setting_and_flag('output')} {output} is a file: give a folder")
+    if has_results(output) and not is_output(fs, path):
+        # A folder of a user's own results/ (a project's, a home folder's) or another tool's `_SUCCESS` (Spark's):
+        # an overwrite deleted them, files ce-ray never wrote.
+        raise OutputError(f"{setting_and_flag('output')} {output} holds {RESULTS}/, {REJECTS}/ or {SUCCESS} that no "
+                          f"ce-ray job wrote (it has no {STATE}/): give another output folder")
     if mode == "error" and has_results(output):
         raise OutputExistsError(f"{output} already has results: pass --mode overwrite to replace them"
                                 + (", or --mode resume to finish an interrupted job" if resumable else ""))
@@ -390,8 +395,9 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: O
     if mode == "error" or not checked:
         check_output(output, mode, resumable)  # in mode error, it refused an output that has results
     if mode == "overwrite":
-        with writing(output):
-            _clear(fs, path, is_remote(output))
+        if is_output(fs, path):  # else nothing there is a job's (`check_output` refused a user's results/)
+            with writing(output):
+                _clear(fs, path, is_remote(output))
     elif mode == "resume":
         resume = resume or resume_state(output, job)  # it read what the output holds: nothing to look up again
         if resume.finished:  # incomplete again until this run ends; first, alone, with eval's measures of it

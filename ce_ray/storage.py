@@ -226,10 +226,14 @@ def _folders(input_uri: str, output_uri: str) -> tuple:
     """The input's filesystem, its folder (a glob's), and the output's path, as `check_apart` compares them. A path
     whose own name holds a glob character and is there as written (`pairs[v2]`) is a pattern that matches no file,
     which the listing says next, with the way to name it: it is taken as written here, where its parent was the
-    glob's folder, and an output beside it was refused as inside it."""
+    glob's folder, and an output beside it was refused as inside it. Local paths are compared where their links
+    lead: an input reached by a link into the output's results/ was deleted by an overwrite."""
     fs, source = filesystem(input_uri)
     written = is_glob(source) and fs.get_file_info(source).type != pafs.FileType.NotFound
-    return fs, source if written else glob_base(source), filesystem(output_uri)[1].rstrip("/") or "/"
+    source, target = source if written else glob_base(source), filesystem(output_uri)[1].rstrip("/") or "/"
+    if not is_remote(input_uri) and not is_remote(output_uri):
+        source, target = os.path.realpath(source), os.path.realpath(target)
+    return fs, source, target
 
 
 def refuse_written_inside(input_uri: str, output_uri: str, input_name: str = "input",
@@ -354,7 +358,10 @@ def check_s3_access(uri: str) -> None:
 
     bucket, key = s3_location(uri)
     key = re.split(r"[*?\[]", key, maxsplit=1)[0]  # a glob lists from its fixed prefix
-    endpoint = s3_endpoint() or "AWS S3"
+    # An endpoint that holds a user and password (`http://user:pass@host`) is named without them, here and in
+    # botocore's words, which repeat it.
+    written = s3_endpoint()
+    endpoint = re.sub(r"(?<=://)[^/@]*@", "", written) or "AWS S3"
     where = f"s3://{bucket} at {endpoint}"
     fs = s3fs.S3FileSystem(skip_instance_cache=True, config_kwargs={
         "retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 20})
@@ -367,4 +374,5 @@ def check_s3_access(uri: str) -> None:
     except FileNotFoundError:
         raise InputError(f"bucket {bucket} does not exist at {endpoint}") from None
     except (BotoCoreError, ClientError, OSError) as e:
-        raise InputError(f"cannot reach {where}: {type(e).__name__}: {e}") from None
+        said = str(e).replace(written, endpoint) if written else str(e)
+        raise InputError(f"cannot reach {where}: {type(e).__name__}: {said}") from None

@@ -219,6 +219,19 @@ def _import_deepspeed(use_gpu: bool):
     return deepspeed
 
 
+def _load_weights_only(path: str, map_location=None):
+    """A file of a DeepSpeed checkpoint, read as ce-ray reads its own (`torch.load(weights_only=True)`): DeepSpeed's
+    own engine unpickles it, and a checkpoint put in the run's storage ran its code on every worker that resumed.
+    Its files hold tensors, numbers and dicts, and these of DeepSpeed's own classes, which are let in by name."""
+    import torch
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def _fingerprint(module):
     """Per-tensor sums in float64: equal on every replica when data parallelism keeps them in sync."""
     import torch
@@ -369,6 +382,7 @@ def train_loop(loop_config: dict) -> dict:
         model, optimizer, _, scheduler = deepspeed.initialize(
             model=net, optimizer=optimizer, lr_scheduler=scheduler, config=_deepspeed_config(config, bf16))
         if checkpoint_dir:
+            model.checkpoint_engine.load = _load_weights_only
             model.load_checkpoint(checkpoint_dir, tag=DS_TAG)
         module, autocast = model.module, contextlib.nullcontext  # DeepSpeed casts the model itself
     else:
@@ -789,10 +803,33 @@ def _check_output(output: str, model: str) -> Optional[str]:
                           "would replace: give another output")
     check_s3_access(output)
     fs, path = filesystem(output)
+    _refuse_files_of_another(fs, path, output)
     created = _missing_folder(fs, path)
     with writing(output):
         fs.create_dir(path, recursive=True)
     return created
+
+
+# A model's weights, by the names transformers saves them under: with config.json, the folder holds a model.
+WEIGHTS = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)|(model\.safetensors|pytorch_model\.bin)"
+                     r"\.index\.json")
+
+
+def _refuse_files_of_another(fs, path: str, output: str) -> None:
+    """An output folder that holds files but no model (config.json and weights) is refused: the model's files
+    replaced those of their names (a user's config.json, vocab.txt, README.md), and those of a model's names it
+    lacks were removed as an earlier model's (any `*.model`). An earlier model's folder is replaced, as documented;
+    a folder that holds the run's checkpoints alone (`<output>/checkpoints`, a run stopped before its end) is its."""
+    import pyarrow.fs as pafs
+
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return
+    names = {info.base_name for info in fs.get_file_info(pafs.FileSelector(path))}
+    if names - {"checkpoints"} and not ("config.json" in names and any(map(WEIGHTS.fullmatch, names))):
+        shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+        raise ConfigError(f"{setting_and_flag('output')} {output} holds files and no model ({shown}): the trained "
+                          "model's files would replace some of them; give a new or empty folder, or an earlier "
+                          "model's")
 
 
 def _missing_folder(fs, path: str) -> Optional[str]:
@@ -811,17 +848,26 @@ def _missing_folder(fs, path: str) -> Optional[str]:
 
 @contextlib.contextmanager
 def removed_unless_trained(created: list) -> Iterator[None]:
-    """The folders a run created before its training, `created` ((filesystem, folder or None), ...), removed
-    where it ends before the training starts: refused once Ray has started (labels outside [0, 1], workers the
-    cluster cannot hold, DeepSpeed missing), or stopped. Such a run left them: an empty output folder, and the
-    record of a run that never trained. Folders that were there before stay as they are."""
+    """The folders a run created before its training, `created` ((filesystem, the outermost folder it created or
+    None, its own folder), ...), removed where it ends before the training starts: refused once Ray has started
+    (labels outside [0, 1], workers the cluster cannot hold, DeepSpeed missing), or stopped. Such a run left them:
+    an empty output folder, and the record of a run that never trained. Its own folder goes with what it wrote
+    there, the folders above it only while empty: another run's output beside it, begun meanwhile, was removed with
+    them. Folders that were there before stay as they are."""
+    import pyarrow.fs as pafs
+
     try:
         yield
     except BaseException:
-        for fs, folder in created:
-            if folder is not None:
-                with contextlib.suppress(OSError):  # the error that ended the run is the one to say
-                    remove(fs, folder)
+        for fs, outermost, own in created:
+            with contextlib.suppress(OSError):  # the error that ended the run is the one to say
+                if outermost is not None:
+                    remove(fs, own)
+                while outermost is not None and own != outermost:
+                    own = own.rsplit("/", 1)[0]
+                    if fs.get_file_info(pafs.FileSelector(own, allow_not_found=True)):
+                        break
+                    remove(fs, own)
         raise
 
 
@@ -866,8 +912,7 @@ def _room_hint(config: TrainConfig, use_gpu: bool, have: dict, node_cpus: float,
 # config_sentence_transformers.json would set the activation).
 MODEL_FILES = re.compile(r"(config_sentence_transformers|modules|sentence_bert_config|config|generation_config|"
                          r"tokenizer|tokenizer_config|special_tokens_map|added_tokens|vocab)\.json|vocab\.txt|"
-                         r"merges\.txt|[\w.-]*\.model|(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)|"
-                         r"(model\.safetensors|pytorch_model\.bin)\.index\.json")
+                         r"merges\.txt|[\w.-]*\.model|" + WEIGHTS.pattern)
 
 
 def _publish(model_dir: str, output: str, card_text: str) -> None:
@@ -969,10 +1014,12 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     # Until its training starts, a run that ends (refused once Ray has started, stopped) leaves nothing it created.
     created = []
     with removed_unless_trained(created):
-        output_fs = filesystem(config.output)[0]
-        created.append((output_fs, _check_output(config.output, config.model if is_remote(config.model) else model)))
+        output_fs, output_path = filesystem(config.output)
+        created.append((output_fs, _check_output(config.output, config.model if is_remote(config.model) else model),
+                        output_path))
         _warn_of_eval_on_training_data(config, data.beir)
-        created.append((fs, _missing_folder(fs, f"{storage_path}/{name}")))  # claim_run records the run there
+        run_folder = f"{storage_path}/{name}"  # claim_run records the run there
+        created.append((fs, _missing_folder(fs, run_folder), run_folder))
         # Checkpoint folders that Ray Train did not record (written after a Ctrl-C's abort) are not resumed from.
         checkpointed = claim_run(config, source, fs, storage_path, name, run_uri, data.files)
         if checkpointed and resumed_step(config) is not None:

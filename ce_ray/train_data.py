@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -269,13 +269,19 @@ def training_files(config: TrainConfig) -> Dict[str, str]:
     return training_input(config, note_skipped=False).files  # said as the pairs are read
 
 
-def beir_training_pairs(folder: str, split: str, hard_negatives: int) -> pa.Table:
+def beir_training_pairs(folder: str, split: str, hard_negatives: int) -> Tuple[pa.Table, Dict[str, int]]:
     """(query, document, label): every judged positive, and `hard_negatives` BM25 negatives per positive
-    (the highest-ranked documents of the query that the qrels do not mark relevant)."""
+    (the highest-ranked documents of the query that the qrels do not mark relevant); and the judged positives
+    that give no pair, by reason (their query or document is not in the folder), counted as rejected pairs: they
+    were left out without a word."""
     from .candidates import beir_file, bm25_tokens, bm25_top_k, read_corpus, read_qrels, read_queries
 
     qrels = read_qrels(beir_file(folder, f"qrels/{split}.tsv"))
     queries, corpus = read_queries(folder), read_corpus(folder)
+    judged_positives = [(q, d) for q, judged in qrels.items() for d, g in judged.items() if g > 0]
+    dropped = {reason: n for reason, n in (
+        ("query not in queries.jsonl", sum(q not in queries for q, _ in judged_positives)),
+        ("document not in corpus.jsonl", sum(q in queries and d not in corpus for q, d in judged_positives))) if n}
     positives = {q: [d for d, g in judged.items() if g > 0 and d in corpus]
                  for q, judged in qrels.items() if q in queries}
     positives = {q: docs for q, docs in positives.items() if docs}
@@ -296,7 +302,7 @@ def beir_training_pairs(folder: str, split: str, hard_negatives: int) -> pa.Tabl
                          if score > 0 and judged.get(doc_ids[i], 0) <= 0]
             rows.extend((q, d, 0.0) for d in negatives[: hard_negatives * len(positives[q])])
     return pa.table({"query": [queries[q] for q, _, _ in rows], "document": [corpus[d] for _, d, _ in rows],
-                     "label": pa.array([label for _, _, label in rows], pa.float32())})
+                     "label": pa.array([label for _, _, label in rows], pa.float32())}), dropped
 
 
 def _eval_candidates(config: TrainConfig, negatives: List[str]):
@@ -321,7 +327,8 @@ def _eval_candidates(config: TrainConfig, negatives: List[str]):
         raise InputError(f"{config.eval_data}: BM25 finds no candidate for any eval query of "
                          f"qrels/{config.eval_split}.tsv (none shares a term with a document)")
     # The queries left out are counted, as for eval rows, so that the line adds up to the split's queries.
-    without_relevant = len(qrels) - len(with_relevant)
+    without_text = sum(q not in queries for q in qrels)  # were said to have no relevant document
+    without_relevant = len(qrels) - len(with_relevant) - without_text
     without_candidates = len(query_ids) - len(evaluated)
     return (table, {q: qrels[q] for q in evaluated},
             f"the BM25 top {config.eval_top_k} of `{config.eval_data}` ({config.eval_split} split, "
@@ -329,6 +336,7 @@ def _eval_candidates(config: TrainConfig, negatives: List[str]):
             f"{_past_the_first(with_relevant, query_ids)}"
             + (f"; {plural(without_relevant, 'query')} without a relevant document left out"
                if without_relevant else "")
+            + (f"; {plural(without_text, 'query')} not in queries.jsonl left out" if without_text else "")
             + (f"; {plural(without_candidates, 'query')} without a BM25 candidate left out"
                if without_candidates else "")
             + ")")
@@ -469,14 +477,14 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int,
     negatives = _negative_columns(config, data.beir)
     eval_config = config
     if data.beir:
-        table = beir_training_pairs(config.train_data, config.train_split, config.hard_negatives)
+        table, dropped = beir_training_pairs(config.train_data, config.train_split, config.hard_negatives)
         source = (f"{config.train_data} (qrels/{config.train_split}.tsv, {config.hard_negatives} BM25 hard negatives "
                   "per positive)")
         ds, files = ray.data.from_arrow(table), None
         config = dataclasses.replace(config, query_column="query", document_column="document", label_column="label")
     else:
         ds, config, files = _labelled_rows(config.train_data, config, negatives, listing=data.listing)
-        source = config.train_data
+        source, dropped = config.train_data, {}
     eval_ds, qrels = None, None
     if config.eval_data:  # read before the training data's tokenizing, so that its errors come before that work
         eval_table, qrels, eval_source = _eval_candidates(eval_config, negatives)
@@ -485,6 +493,9 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int,
     ds.context.execution_options.preserve_order = True
     tokenized = _tokenized(ds, config, encoder, max_length, labels=True, files=files)
     stats = _combine_stats(tokenized.map_batches(_block_stats, batch_format="pyarrow", batch_size=None).take_all())
+    for reason, pairs in dropped.items():  # a BEIR folder's judged positives that give no pair
+        stats["reject_reasons"][f"qrels positive's {reason}"] = pairs
+        stats["rejected"] += pairs
     stats["source"] = source
     stats["columns"] = [config.query_column, config.document_column, *(negatives or [config.label_column])]
     label_errors = {r: n for r, n in stats["reject_reasons"].items() if "outside [0, 1]" in r}

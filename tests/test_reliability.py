@@ -396,6 +396,12 @@ def test_a_jsonl_file_whose_first_line_lacks_a_key_that_later_lines_have_is_read
     assert (summary.rows_scored, summary.rows_rejected) == (2, 1)
     assert rejects(tmp_path / "out")[["id", "reason"]].values.tolist() == [[1, "query is null"]]
     assert results(tmp_path / "out")["title"].fillna("none").tolist() == ["t", "none"]
+    # So may every line of a file of a few (Spark's writer leaves out null fields): the whole job was refused.
+    (tmp_path / "in" / "q.jsonl").write_text('{"id": 4, "query": "q"}\n')
+    summary = job(tiny_model, tmp_path / "in", tmp_path / "out", mode="overwrite")
+    assert (summary.rows_scored, summary.rows_rejected) == (2, 2)
+    assert sorted(rejects(tmp_path / "out")[["id", "reason"]].values.tolist()) == [[1, "query is null"],
+                                                                                    [4, "document is null"]]
 
 
 def test_blank_lines_in_jsonl_are_skipped_and_a_line_of_two_objects_is_rejected(tmp_path):
@@ -1273,6 +1279,16 @@ def test_a_bad_model_or_output_fails_before_ray_starts(tmp_path, tiny_model, mon
         job(tiny_model, pairs, tmp_path / "notes.txt")
     (tmp_path / "done" / "results").mkdir(parents=True)
     (tmp_path / "done" / "_SUCCESS").write_text("{}")
+    # A folder that no ce-ray job wrote (no _ce_ray/): a user's own results/ and eval.json, which an overwrite
+    # deleted, and a resume was refused pointing to the overwrite.
+    (tmp_path / "done" / "results" / "thesis.txt").write_text("mine")
+    (tmp_path / "done" / "eval.json").write_text("{}")
+    for mode in ("error", "overwrite", "resume"):
+        with pytest.raises(OutputError, match=r"^output \(--output\) \S+done holds results/, rejects/ or _SUCCESS "
+                                              r"that no ce-ray job wrote \(it has no _ce_ray/\): give another output"):
+            job(tiny_model, pairs, tmp_path / "done", mode=mode)
+    assert sorted(p.name for p in (tmp_path / "done").rglob("*")) == ["_SUCCESS", "eval.json", "results", "thesis.txt"]
+    (tmp_path / "done" / "_ce_ray").mkdir()
     with pytest.raises(OutputExistsError, match="already has results"):
         job(tiny_model, pairs, tmp_path / "done")
     # Training into the model's own folder would replace the weights it starts from.
@@ -1282,6 +1298,16 @@ def test_a_bad_model_or_output_fails_before_ray_starts(tmp_path, tiny_model, mon
         train(TrainConfig(model=str(own), train_data=str(pairs), output=str(own) + "/"))
     with pytest.raises(ConfigError, match=r"^output \(--output\) file://\S+own is the model's own folder"):
         train(TrainConfig(model=str(own), train_data=str(pairs), output=f"file://{own}"))  # it was taken
+    # A folder of a user's files that is no model (`--output /tmp`, a project's folder): the model's files replaced
+    # those of their names, and any `*.model` was removed as an earlier model's.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("config.json", "notes.txt", "spm.model"):
+        (mine / name).write_text("mine")
+    with pytest.raises(ConfigError, match=r"^output \(--output\) \S+mine holds files and no model \(config\.json, "
+                                          r"notes\.txt, spm\.model\): the trained model's files would replace some"):
+        train(TrainConfig(model=str(tiny_model), train_data=str(pairs), output=str(mine)))
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", "notes.txt", "spm.model"]
     assert not (tmp_path / "out").exists() and not (tmp_path / "trained").exists()
 
 
@@ -1365,6 +1391,14 @@ def test_pickle_only_weights_are_refused(tmp_path, tiny_model):
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "p.parquet")
     with pytest.raises(ModelError, match="only pickle weights"):
         job(model, tmp_path / "p.parquet", tmp_path / "out")
+    # Another safetensors file beside them (an adapter's) is not the model's weights: it passed as safe, and the
+    # job failed once begun, finding no model.safetensors.
+    from safetensors.torch import save_file
+
+    save_file({"lora_A": torch.zeros(2, 2)}, model / "adapter_model.safetensors")
+    with pytest.raises(ModelError, match="only pickle weights"):
+        job(model, tmp_path / "p.parquet", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_damaged_model_folder_fails_before_the_output_is_touched(tmp_path, tiny_model):
@@ -1494,6 +1528,12 @@ def test_a_config_file_says_what_it_holds_or_is_refused(tmp_path, monkeypatch):
     refused("model: m\ndeepspeed:\n  stag: 2\n", r"unknown setting 'deepspeed\.stag' \(did you mean 'stage'\?\)$",
             TrainConfig)
     refused("model: m\nstage: 3\n", r"unknown setting 'stage' \(a key of the deepspeed: section\)$", TrainConfig)
+    # A name that becomes a file's or a folder's (a run's checkpoints, a split's candidates) is no path.
+    from ce_ray.config import CandidatesConfig
+
+    refused("model: m\nrun_name: ../escaped\n", r"run_name \(--run-name\) '\.\./escaped' becomes a file's or a "
+            r"folder's name: give a name without / or \\, not \. or \.\.$", TrainConfig)
+    refused("data: d\nsplit: sub/x\n", r"split \(--split\) 'sub/x' becomes a file's", CandidatesConfig)
     with pytest.raises(ConfigError, match="cannot read config file '': "):
         load_config(ScoreConfig, "")
     (tmp_path / "c.yaml").write_text("# nothing set yet\n")

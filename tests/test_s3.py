@@ -1110,3 +1110,20 @@ def test_a_models_older_copies_go_once_no_job_reads_them(tmp_path, tiny_model, s
            f"{bucket}/models/reranker/model.safetensors")
     third = copy_of(uri)  # no job holds the last copy: it goes as soon as the new one is complete
     assert sorted(os.listdir(copies)) == sorted([os.path.basename(third), os.path.basename(other)])
+
+
+def test_an_endpoint_that_holds_a_password_is_named_without_it(monkeypatch):
+    """`AWS_ENDPOINT_URL=http://user:pass@host` (which never works: the client refuses a user in the URL) was
+    printed whole in the error that said so, the password with it."""
+    from ce_ray.messages import InputError
+    from ce_ray.storage import check_s3_access
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: nothing answers there
+        for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": f"http://admin:PASSWORDinURL@127.0.0.1:{port}",
+                            "AWS_MAX_ATTEMPTS": "1"}.items():
+            monkeypatch.setenv(name, value)
+        with pytest.raises(InputError, match=rf"^cannot reach s3://bkt at http://127\.0\.0\.1:{port}: ") as refused:
+            check_s3_access("s3://bkt/pairs")
+    assert "PASSWORDinURL" not in str(refused.value) and "admin" not in str(refused.value)

@@ -907,6 +907,11 @@ def test_an_output_inside_the_input_or_around_it_is_refused(tmp_path, tiny_model
         run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "data"),
                               output=str(tmp_path / "data" / "scored")))
     assert not (tmp_path / "data" / "scored").exists()
+    # An input reached by a link into the output's results/: an overwrite deleted it, then failed reading it.
+    (tmp_path / "proj" / "results").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "proj" / "results")
+    with pytest.raises(InputError, match=r"the input \S+link/a\.parquet is inside the output \S+proj"):
+        check_apart(str(tmp_path / "link" / "a.parquet"), str(tmp_path / "proj"))
 
 
 def test_unreadable_and_empty_inputs_fail_before_scoring(tmp_path, tiny_model):

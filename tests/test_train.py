@@ -989,7 +989,7 @@ def test_beir_pairs_with_bm25_hard_negatives_train_and_evaluate(ray_local, tiny_
     from ce_ray.config import TrainConfig
 
     train = _train_module()
-    table = train_data.beir_training_pairs(str(SCIFACT), "train", hard_negatives=2).to_pandas()
+    table = train_data.beir_training_pairs(str(SCIFACT), "train", hard_negatives=2)[0].to_pandas()
     qrels = read_qrels(str(SCIFACT / "qrels" / "train.tsv"))
     positives = sum(sum(g > 0 for g in judged.values()) for judged in qrels.values())
     assert (table.label == 1.0).sum() == positives
@@ -1374,10 +1374,17 @@ def test_beir_hard_negatives_are_documents_bm25_retrieved_for_the_query(tmp_path
     none, in arbitrary order: they were taken as the query's hard negatives (3 of 6 here). Only retrieved ones are."""
     write_beir_folder(tmp_path, ["cats purr softly", "cats chase mice", "dogs chase cats", "cats sleep a lot",
                                  "mountains are tall", "music has rhythm", "oceans are deep"],
-                      ["why do cats purr"], {"train": ["q0\td0\t1"]})
-    pairs = train_data.beir_training_pairs(str(tmp_path), "train", hard_negatives=6).to_pylist()
-    negatives = sorted(row["document"] for row in pairs if row["label"] == 0)
+                      ["why do cats purr"], {"train": ["q0\td0\t1", "q7\td1\t1", "q0\td99\t1"]})
+    pairs, dropped = train_data.beir_training_pairs(str(tmp_path), "train", hard_negatives=6)
+    negatives = sorted(row["document"] for row in pairs.to_pylist() if row["label"] == 0)
     assert negatives == ["cats chase mice", "cats sleep a lot", "dogs chase cats"]
+    # The judged positives that give no pair are counted (they were left out without a word); as eval data, a
+    # query without its text was said to have no relevant document.
+    assert dropped == {"query not in queries.jsonl": 1, "document not in corpus.jsonl": 1}
+    from ce_ray.config import TrainConfig
+
+    said = train_data._eval_candidates(TrainConfig(eval_data=str(tmp_path), eval_split="train", eval_top_k=2), [])[2]
+    assert said.endswith("; 1 query not in queries.jsonl left out)") and "without a relevant" not in said
 
 
 def test_a_gzipped_beir_folder_trains_and_evaluates_as_its_plain_copy(tmp_path):
@@ -1402,7 +1409,7 @@ def test_a_gzipped_beir_folder_trains_and_evaluates_as_its_plain_copy(tmp_path):
     found = train_data.training_input(TrainConfig(train_data=str(gzipped)))
     assert found.beir and sorted(found.files) == [f"{gzipped}/{name}" for name in (
         "corpus.jsonl.gz", "qrels/train.tsv.gz", "queries.jsonl.gz")]
-    pairs = [train_data.beir_training_pairs(str(folder), "train", hard_negatives=1).to_pylist()
+    pairs = [train_data.beir_training_pairs(str(folder), "train", hard_negatives=1)[0].to_pylist()
              for folder in (plain, gzipped)]
     assert pairs[1] == pairs[0] and len(pairs[0]) == 4
     table, qrels, said = train_data._eval_candidates(TrainConfig(eval_data=str(gzipped), eval_top_k=2), [])
@@ -1758,11 +1765,25 @@ def test_labels_outside_zero_one_fail_before_training(ray_local, tiny_model, tmp
         _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(path),
                                           output=str(tmp_path / "new" / "o")))
     assert not (tmp_path / "new").exists()
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "notes.txt").write_text("kept")
+    (tmp_path / "mine" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "mine" / "checkpoints" / "notes.txt").write_text("kept")
     with pytest.raises(InputError, match=r"outside \[0, 1\]"):
         _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(path), output=str(tmp_path / "mine")))
-    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    assert [p.relative_to(tmp_path).as_posix() for p in sorted((tmp_path / "mine").rglob("*"))] == [
+        "mine/checkpoints", "mine/checkpoints/notes.txt"]
+    # Another run's output beside the refused one's, begun meanwhile in a folder the refused run created, stays:
+    # it was removed with that folder.
+    import pyarrow.fs as pafs
+
+    experiments = tmp_path / "experiments"
+    with pytest.raises(RuntimeError, match="refused"):
+        with _train_module().removed_unless_trained([(pafs.LocalFileSystem(), str(experiments),
+                                                      str(experiments / "run1"))]):
+            (experiments / "run1").mkdir(parents=True)
+            (experiments / "run2").mkdir()
+            (experiments / "run2" / "model.safetensors").write_text("theirs")
+            raise RuntimeError("refused")
+    assert [p.name for p in experiments.iterdir()] == ["run2"]
     # labels in [0, 1]: the run is refused for its workers, which the local Ray cannot hold
     pd.DataFrame({"query": ["q"] * 4, "document": ["a", "b", "c", "d"], "label": [0.0, 1.0, 0.0, 1.0]}).to_parquet(path)
     with pytest.raises(ConfigError, match=r"^3 worker\(s\) need 3 CPU\(s\) \(the cluster has 2\): lower num_workers"):
@@ -2227,12 +2248,12 @@ def test_the_card_counts_one_pair_and_one_row_in_the_singular():
     card = model_card(CardFacts(base_model="/models/base", config=config, defaults=TrainConfig(), stats=stats, log=[],
                                 final_metrics={}, max_length=512, num_workers=1, steps=1, samples_per_second=1.0,
                                 output="/models/m"))
-    assert '- Size: 1 training pair (1 row left out: {"document is null": 1})\n' in card
+    assert '- Size: 1 training pair (1 pair rejected: {"document is null": 1})\n' in card
     stats |= {"pairs": 2, "rejected": 2, "reject_reasons": {"document is null": 2}}
     card = model_card(CardFacts(base_model="/models/base", config=config, defaults=TrainConfig(), stats=stats, log=[],
                                 final_metrics={}, max_length=512, num_workers=1, steps=1, samples_per_second=1.0,
                                 output="/models/m"))
-    assert '- Size: 2 training pairs (2 rows left out: {"document is null": 2})\n' in card
+    assert '- Size: 2 training pairs (2 pairs rejected: {"document is null": 2})\n' in card
 
 
 def test_the_reasons_of_rejected_rows_say_those_left_unnamed():

@@ -43,6 +43,29 @@ def test_zero2_trains_and_saves_a_crossencoder(ray_local, tiny_model, tmp_path):
     scores = model.predict(list(zip(frame["query"], frame["document"])))
     assert scores.shape == (32,) and np.all((scores > 0) & (scores < 1))
     assert "DeepSpeed ZeRO-2" in (out / "README.md").read_text()
+    # A resume reads the checkpoint's files without unpickling code (DeepSpeed's own engine unpickled them): each
+    # file DeepSpeed wrote loads so, and one that would run code is refused.
+    import pickle
+
+    import torch
+
+    load = sys.modules["ce_ray.train"]._load_weights_only
+    for name in os.listdir(checkpoint):
+        load(os.path.join(checkpoint, name), map_location="cpu")
+    torch.save({"step": Payload(str(tmp_path / "ran"))}, tmp_path / "planted.pt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        load(str(tmp_path / "planted.pt"))
+    assert not (tmp_path / "ran").exists()
+
+
+class Payload:
+    """An object whose unpickling runs code: it makes the folder `path`."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.makedirs, (self.path,))
 
 
 def test_a_bf16_run_of_transformers_model_is_saved_in_float32(ray_local, tiny_model, tmp_path):
