@@ -380,7 +380,7 @@ class RerankSummary:
 
     def lines(self, title: str = "ce-ray rerank") -> list:
         return summary_lines(title, [
-            ("files in", f"{self.files_in}"),
+            ("files in", f"{self.files_in:,}"),
             ("rows in", f"{self.rows_in:,}"),
             ("rows scored", f"{self.rows_scored:,}"),
             ("rows kept", f"{self.rows_kept:,}" + (f"  (top {self.top_k} of each query)" if self.top_k else "")),

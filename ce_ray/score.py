@@ -726,11 +726,11 @@ class Summary:
 
     def lines(self, title: str = "ce-ray score") -> list:
         return summary_lines(title, [
-            ("files in", f"{self.files_in}"),
+            ("files in", f"{self.files_in:,}"),
             ("rows in", f"{self.rows_in:,}"),
             ("rows scored", f"{self.rows_scored:,}"),
             ("rows rejected", f"{self.rows_rejected:,}" + ("  (see rejects/)" if self.rows_rejected else "")),
-        ] + ([("kept", f"{self.files_kept} file(s), {plural(self.rows_kept, 'row')} (resumed"
+        ] + ([("kept", f"{self.files_kept:,} file(s), {plural(self.rows_kept, 'row')} (resumed"
                            + (f"; {self.files_kept_in_part} of them in part)" if self.files_kept_in_part else ")"))]
              if self.files_kept else []) + [
             ("seconds", f"{self.seconds:.1f}"),

@@ -835,6 +835,11 @@ def test_a_parquet_file_of_no_rows_is_counted_among_the_files_in(ray_local, tmp_
     assert (summary.files_in, summary.rows_in, summary.rows_scored) == (2, 2, 2)
     assert "  files in      2\n" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "_SUCCESS").read_text())["files_in"] == 2
+    # Counts of files have their thousands' commas, as those of rows (`files in 1000` beside `rows in 1,531`).
+    from ce_ray.score import Summary
+
+    lines = Summary(1531, 1531, 0, 1.0, "out", files_in=1000, files_kept=1000, rows_kept=1531).lines()
+    assert "  files in      1,000" in lines and any(line.startswith("  kept          1,000 file(s), ") for line in lines)
 
 
 def test_a_jsonl_file_whose_query_is_a_number_on_every_line_rejects_its_rows(ray_local, tmp_path, tiny_model):
