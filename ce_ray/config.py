@@ -567,6 +567,8 @@ class _UniqueKeysLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`, whose keys a key given may override
+                continue
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, typing.Hashable):
                 continue  # PyYAML's own error says so
@@ -614,7 +616,7 @@ def _refuse_empty_sections(cls: type, loaded: dict, path: str) -> None:
 def load_config(cls: type, path: Optional[str] = None, overrides: Optional[dict] = None) -> Any:
     """YAML file (optional) first, then overrides (flags that were given) on top."""
     values: dict = {}
-    if path is not None:
+    if path:  # `--config ""` is none (a script's `--config "${CONFIG:-}"`)
         values.update(_read_yaml(path))
         _refuse_empty_sections(cls, values, path)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})

@@ -469,7 +469,8 @@ def check_inputs(
     if input_format == "jsonl":
         checks = [replace(c, types=_as_read(c.types, required, lists)) for c in checks]
     # A JSON Lines line may leave a key out (Spark's writer leaves out a null field), and so may every line of a
-    # file of a few: a column that another file has is null in its rows, whose rows are rejected as nulls are.
+    # file of a few: a text column that another file has is null in its rows (the reader gives it), whose rows are
+    # rejected as nulls are. A `present` one (an id, a label), which no reader fills, is still the file's to have.
     elsewhere = {name for c in checks if c.rows != 0 for name in c.columns} if input_format == "jsonl" else set()
     for check in checks:
         if check.rows == 0:
@@ -487,7 +488,8 @@ def check_inputs(
             naming = "its header" if input_format in DELIMITED else "its schema"
             raise InputError(f"{check.path}: {naming} names {', '.join(map(repr, twice))} more than once: name "
                              "each column once")
-        missing = [c for c in [*required, *present] if c not in check.columns and c not in elsewhere]
+        missing = [c for c in required if c not in check.columns and c not in elsewhere] + [
+            c for c in present if c not in check.columns]
         if missing:
             raise InputError(f"{check.path}: missing column(s) {', '.join(map(repr, missing))} "
                              f"(columns: {column_list(check.columns)})"

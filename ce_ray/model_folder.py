@@ -513,7 +513,9 @@ def keep_layout(base: str, saved: str, activation: str, max_length: int) -> None
     went without the prompt that the base put before each, and a base that lowercased by its module config over
     a cased tokenizer (as training did) gave a model that read each capitalised word as [UNK]."""
     files = {name: os.path.join(base, name) for name in SENTENCE_TRANSFORMERS_FILES}
-    if not os.path.isfile(files["modules.json"]):  # not CrossEncoder's layout: config.json holds it all
+    # Not CrossEncoder's layout (config.json holds it all), or a bi-encoder's, whose pooling modules would make
+    # the trained reranker one (`is_bi_encoder`), which scoring refuses.
+    if not os.path.isfile(files["modules.json"]) or is_bi_encoder(base):
         return
     module = read_json(files["sentence_bert_config.json"]) if os.path.isfile(files["sentence_bert_config.json"]) else {}
     if "max_seq_length" in module:  # CrossEncoder's max length before the tokenizer's

@@ -374,7 +374,7 @@ def check_output(output: str, mode: str, resumable: bool = True) -> None:
         # A folder of a user's own results/ (a project's, a home folder's) or another tool's `_SUCCESS` (Spark's):
         # an overwrite deleted them, files ce-ray never wrote.
         raise OutputError(f"{setting_and_flag('output')} {output} holds {RESULTS}/, {REJECTS}/ or {SUCCESS} that no "
-                          f"ce-ray job wrote (it has no {STATE}/): give another output folder")
+                          f"ce-ray score or rerank job wrote (it has no {STATE}/): give another output folder")
     if mode == "error" and has_results(output):
         raise OutputExistsError(f"{output} already has results: pass --mode overwrite to replace them"
                                 + (", or --mode resume to finish an interrupted job" if resumable else ""))

@@ -788,10 +788,10 @@ def left_out_text(stats: dict) -> str:
             "equal parts")
 
 
-def _check_output(output: str, model: str) -> Optional[str]:
+def _check_output(output: str, model: str, checkpoints: str = "") -> Optional[str]:
     """The model is written to `output` after the training: a place it cannot be written fails now, and so
     does the model's own folder, whose weights the run would replace. Returns the outermost folder it created
-    (`_missing_folder`)."""
+    (`_missing_folder`). `checkpoints`: the run's storage path (its checkpoints are its own, where inside)."""
     from .storage import absolute, check_s3_access
     from .sink import writing
 
@@ -803,7 +803,9 @@ def _check_output(output: str, model: str) -> Optional[str]:
                           "would replace: give another output")
     check_s3_access(output)
     fs, path = filesystem(output)
-    _refuse_files_of_another(fs, path, output)
+    storage = filesystem(checkpoints)[1] if checkpoints else ""
+    inside = storage[len(path) + 1:].split("/")[0] if storage.startswith(path.rstrip("/") + "/") else ""
+    _refuse_files_of_another(fs, path, output, inside)
     created = _missing_folder(fs, path)
     with writing(output):
         fs.create_dir(path, recursive=True)
@@ -815,21 +817,24 @@ WEIGHTS = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)|(m
                      r"\.index\.json")
 
 
-def _refuse_files_of_another(fs, path: str, output: str) -> None:
-    """An output folder that holds files but no model (config.json and weights) is refused: the model's files
-    replaced those of their names (a user's config.json, vocab.txt, README.md), and those of a model's names it
-    lacks were removed as an earlier model's (any `*.model`). An earlier model's folder is replaced, as documented;
-    a folder that holds the run's checkpoints alone (`<output>/checkpoints`, a run stopped before its end) is its."""
+def _refuse_files_of_another(fs, path: str, output: str, checkpoints: str = "") -> None:
+    """An output folder that holds other files than a model's and no model (config.json and weights) is refused:
+    the model's files replaced those of their names (a user's config.json, README.md), and those of a model's
+    names it lacks were removed as an earlier model's (any `*.model`). An earlier model's folder is replaced, as
+    documented, and one of a model's files alone (a publish cut short) too; the run's checkpoints (`checkpoints`:
+    their folder's name, where inside) and hidden files (`.gitkeep`) are no one else's."""
     import pyarrow.fs as pafs
 
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return
     names = {info.base_name for info in fs.get_file_info(pafs.FileSelector(path))}
-    if names - {"checkpoints"} and not ("config.json" in names and any(map(WEIGHTS.fullmatch, names))):
-        shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
-        raise ConfigError(f"{setting_and_flag('output')} {output} holds files and no model ({shown}): the trained "
-                          "model's files would replace some of them; give a new or empty folder, or an earlier "
-                          "model's")
+    others = sorted(name for name in names - {checkpoints or "checkpoints"}
+                    if not (name.startswith(".") or name == "README.md" or MODEL_FILES.fullmatch(name)))
+    if others and not ("config.json" in names and any(map(WEIGHTS.fullmatch, names))):
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise ConfigError(f"{setting_and_flag('output')} {output} holds other files than a model's ({shown}) and no "
+                          "model: the trained model's files would replace those of their names; give a new or empty "
+                          "folder, or an earlier model's")
 
 
 def _missing_folder(fs, path: str) -> Optional[str]:
@@ -1015,8 +1020,8 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     created = []
     with removed_unless_trained(created):
         output_fs, output_path = filesystem(config.output)
-        created.append((output_fs, _check_output(config.output, config.model if is_remote(config.model) else model),
-                        output_path))
+        created.append((output_fs, _check_output(config.output, config.model if is_remote(config.model) else model,
+                                                  run_uri), output_path))
         _warn_of_eval_on_training_data(config, data.beir)
         run_folder = f"{storage_path}/{name}"  # claim_run records the run there
         created.append((fs, _missing_folder(fs, run_folder), run_folder))

@@ -402,6 +402,13 @@ def test_a_jsonl_file_whose_first_line_lacks_a_key_that_later_lines_have_is_read
     assert (summary.rows_scored, summary.rows_rejected) == (2, 2)
     assert sorted(rejects(tmp_path / "out")[["id", "reason"]].values.tolist()) == [[1, "query is null"],
                                                                                     [4, "document is null"]]
+    # A column of any type the job needs (rerank's query id, a label), which no reader fills, is still each file's.
+    (tmp_path / "ids").mkdir()
+    (tmp_path / "ids" / "a.jsonl").write_text('{"id": 1, "query": "q", "document": "d"}\n')
+    (tmp_path / "ids" / "b.jsonl").write_text('{"query": "q", "document": "d"}\n')
+    with pytest.raises(InputError, match=r"b\.jsonl: missing column\(s\) 'id'"):
+        check_inputs(pafs.LocalFileSystem(), [str(tmp_path / "ids" / name) for name in ("a.jsonl", "b.jsonl")],
+                     "jsonl", ["query", "document"], present=["id"])
 
 
 def test_blank_lines_in_jsonl_are_skipped_and_a_line_of_two_objects_is_rejected(tmp_path):
@@ -1290,7 +1297,7 @@ def test_a_bad_model_or_output_fails_before_ray_starts(tmp_path, tiny_model, mon
     (tmp_path / "done" / "eval.json").write_text("{}")
     for mode in ("error", "overwrite", "resume"):
         with pytest.raises(OutputError, match=r"^output \(--output\) \S+done holds results/, rejects/ or _SUCCESS "
-                                              r"that no ce-ray job wrote \(it has no _ce_ray/\): give another output"):
+                                              r"that no ce-ray score or rerank job wrote \(it has no _ce_ray/\)"):
             job(tiny_model, pairs, tmp_path / "done", mode=mode)
     assert sorted(p.name for p in (tmp_path / "done").rglob("*")) == ["_SUCCESS", "eval.json", "results", "thesis.txt"]
     (tmp_path / "done" / "_ce_ray").mkdir()
@@ -1309,10 +1316,18 @@ def test_a_bad_model_or_output_fails_before_ray_starts(tmp_path, tiny_model, mon
     mine.mkdir()
     for name in ("config.json", "notes.txt", "spm.model"):
         (mine / name).write_text("mine")
-    with pytest.raises(ConfigError, match=r"^output \(--output\) \S+mine holds files and no model \(config\.json, "
-                                          r"notes\.txt, spm\.model\): the trained model's files would replace some"):
+    with pytest.raises(ConfigError, match=r"^output \(--output\) \S+mine holds other files than a model's "
+                                          r"\(notes\.txt\) and no model: the trained model's files would replace"):
         train(TrainConfig(model=str(tiny_model), train_data=str(pairs), output=str(mine)))
     assert sorted(p.name for p in mine.iterdir()) == ["config.json", "notes.txt", "spm.model"]
+    # Not a model's files of a publish cut short, nor the run's own checkpoints (its storage_path inside), nor a
+    # hidden file: each is taken, as the same command finishes the run.
+    from ce_ray.train import _refuse_files_of_another
+
+    (mine / "notes.txt").unlink()
+    for name in ("README.md", ".gitkeep", "ckpt"):
+        (mine / name).write_text("")
+    _refuse_files_of_another(pafs.LocalFileSystem(), str(mine), str(mine), "ckpt")
     assert not (tmp_path / "out").exists() and not (tmp_path / "trained").exists()
 
 
@@ -1539,8 +1554,9 @@ def test_a_config_file_says_what_it_holds_or_is_refused(tmp_path, monkeypatch):
     refused("model: m\nrun_name: ../escaped\n", r"run_name \(--run-name\) '\.\./escaped' becomes a file's or a "
             r"folder's name: give a name without / or \\, not \. or \.\.$", TrainConfig)
     refused("data: d\nsplit: sub/x\n", r"split \(--split\) 'sub/x' becomes a file's", CandidatesConfig)
-    with pytest.raises(ConfigError, match="cannot read config file '': "):
-        load_config(ScoreConfig, "")
+    assert load_config(ScoreConfig, "") == ScoreConfig()  # a script's `--config "${CONFIG:-}"`
+    (tmp_path / "c.yaml").write_text("defaults: &d\n  model: m\n")
+    refused("x: &d {model: m}\n<<: *d\ninput: i\n", r"unknown setting 'x'")  # a merge key is no key given twice
     (tmp_path / "c.yaml").write_text("# nothing set yet\n")
     assert load_config(ScoreConfig, str(tmp_path / "c.yaml")) == ScoreConfig()
     monkeypatch.setenv("HOME", str(tmp_path))

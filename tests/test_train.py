@@ -2160,6 +2160,13 @@ def test_a_trained_models_kept_layout_gives_its_trained_max_length_wherever_the_
     kept = json.loads((tmp_path / "trained" / "sentence_bert_config.json").read_text())
     assert (kept["max_seq_length"], kept["processor_kwargs"], kept["processing_kwargs"]) == (
         64, {"model_max_length": 64}, {"text": {"max_length": 64}, "common": {"max_length": 64}})
+    # A bi-encoder's layout is not kept: its pooling modules made the trained reranker one, which scoring refused.
+    shutil.copytree(tmp_path / "base", tmp_path / "bi")
+    (tmp_path / "bi" / "config_sentence_transformers.json").write_text(
+        json.dumps({"model_type": "SentenceTransformer"}))
+    (tmp_path / "from-bi").mkdir()
+    keep_layout(str(tmp_path / "bi"), str(tmp_path / "from-bi"), "torch.nn.modules.activation.Sigmoid", 64)
+    assert not list((tmp_path / "from-bi").iterdir())
 
 
 def test_the_card_of_a_model_written_to_s3_loads_a_copy_of_its_folder():
