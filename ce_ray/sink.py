@@ -370,12 +370,17 @@ def check_output(output: str, mode: str, resumable: bool = True) -> None:
     with writing(output):
         if fs.get_file_info(path).type == pafs.FileType.File:
             raise OutputError(f"{setting_and_flag('output')} {output} is a file: give a folder")
-    if has_results(output) and not is_output(fs, path):
+    # A job's settings (`_ce_ray/job.json`, written before its first part) tell its output: one request (a folder's
+    # look-up on S3 took three), and whether it has results is looked up where needed alone (a store's requests
+    # are counted: an overwrite of a job's output needs no listing here).
+    ours = fs.get_file_info(f"{path}/{STATE}/{JOB}").type == pafs.FileType.File
+    results = has_results(output) if mode == "error" or not ours else False
+    if results and not ours:
         # A folder of a user's own results/ (a project's, a home folder's) or another tool's `_SUCCESS` (Spark's):
         # an overwrite deleted them, files ce-ray never wrote.
         raise OutputError(f"{setting_and_flag('output')} {output} holds {RESULTS}/, {REJECTS}/ or {SUCCESS} that no "
                           f"ce-ray score or rerank job wrote (it has no {STATE}/): give another output folder")
-    if mode == "error" and has_results(output):
+    if mode == "error" and results:
         raise OutputExistsError(f"{output} already has results: pass --mode overwrite to replace them"
                                 + (", or --mode resume to finish an interrupted job" if resumable else ""))
 
@@ -395,9 +400,8 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: O
     if mode == "error" or not checked:
         check_output(output, mode, resumable)  # in mode error, it refused an output that has results
     if mode == "overwrite":
-        if is_output(fs, path):  # else nothing there is a job's (`check_output` refused a user's results/)
-            with writing(output):
-                _clear(fs, path, is_remote(output))
+        with writing(output):
+            _clear(fs, path, is_remote(output))
     elif mode == "resume":
         resume = resume or resume_state(output, job)  # it read what the output holds: nothing to look up again
         if resume.finished:  # incomplete again until this run ends; first, alone, with eval's measures of it
@@ -434,12 +438,16 @@ def _clear(fs: pafs.FileSystem, path: str, remote: bool) -> None:
     """Deletes what a job writes in its output folder `path` (`WRITTEN`), `_SUCCESS` first; other files stay. On S3,
     the objects of one listing of the output (`_written_objects`), in bulk (`delete_files`), which fails naming an
     object the store did not delete: s3fs's recursive delete passed over those, and the job went on beside the old
-    parts."""
+    parts. A folder without `_ce_ray/` holds nothing of a job's (`check_output` refused one with results/): a
+    user's `eval.json` there stays."""
     if not remote:
-        for sub in WRITTEN:
-            remove(fs, f"{path}/{sub}")
+        if is_output(fs, path):
+            for sub in WRITTEN:
+                remove(fs, f"{path}/{sub}")
         return
     written = _written_objects(fs.handler.fs, path)
+    if not any(file.startswith(f"{path}/{STATE}/") for file in written):  # from the same listing: no request more
+        return
     success = f"{path}/{SUCCESS}"
     for files in ([success] if success in written else [], [file for file in written if file != success]):
         if files:  # `_SUCCESS` alone first: never an output said finished whose parts are gone

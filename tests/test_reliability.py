@@ -1301,6 +1301,7 @@ def test_a_bad_model_or_output_fails_before_ray_starts(tmp_path, tiny_model, mon
             job(tiny_model, pairs, tmp_path / "done", mode=mode)
     assert sorted(p.name for p in (tmp_path / "done").rglob("*")) == ["_SUCCESS", "eval.json", "results", "thesis.txt"]
     (tmp_path / "done" / "_ce_ray").mkdir()
+    (tmp_path / "done" / "_ce_ray" / "job.json").write_text("{}")
     with pytest.raises(OutputExistsError, match="already has results"):
         job(tiny_model, pairs, tmp_path / "done")
     # Training into the model's own folder would replace the weights it starts from.

@@ -870,6 +870,7 @@ def test_an_output_that_holds_only_a_temporary_has_no_results(tmp_path):
 
     out = tmp_path / "out"
     (out / "_ce_ray").mkdir(parents=True)
+    (out / "_ce_ray" / "job.json").write_text("{}")
     (out / "results").mkdir()
     (out / "results" / ".shard-0-abcd1234-r000000000000.parquet.1a2b3c4d.tmp").write_bytes(b"PAR1")
     check_output(str(out), "error")

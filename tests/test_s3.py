@@ -141,7 +141,7 @@ def test_a_training_run_refused_once_ray_started_leaves_nothing_in_the_bucket(tm
     bucket = "ce-ray-refused-run"  # moto keeps one store per process: a bucket of this test alone
     fs = s3fs_for(s3_server)
     fs.mkdir(bucket)
-    fs.pipe(f"{bucket}/mine/notes.txt", b"kept")
+    fs.pipe(f"{bucket}/mine/.keep", b"kept")  # a folder's marker, as consoles make them
     pd.DataFrame({"query": ["q"] * 4, "document": ["a", "b", "c", "d"], "label": [0.0, 1.0, 2.0, 3.0]}).to_parquet(
         tmp_path / "graded.parquet")
     for output in (f"s3://{bucket}/new/model", f"s3://{bucket}/mine"):
@@ -150,7 +150,7 @@ def test_a_training_run_refused_once_ray_started_leaves_nothing_in_the_bucket(tm
         assert refused.returncode == 2, refused.stderr[-3000:]
         assert "2 label(s) of column 'label' outside [0, 1]" in refused.stderr.splitlines()[-1]
         fs.invalidate_cache()
-        assert fs.find(bucket) == [f"{bucket}/mine/notes.txt"]
+        assert fs.find(bucket) == [f"{bucket}/mine/.keep"]
     # An output that is the s3:// model's own folder spelled s3a:// (the same objects) was taken: the trained model
     # would have been written over the one it started from.
     fs.put(str(tiny_model), f"{bucket}/base", recursive=True)
@@ -632,9 +632,12 @@ def test_a_resume_deletes_the_parts_of_unfinished_inputs_in_one_request(counting
     from ce_ray.output_state import REJECTS, RESULTS
     from ce_ray.sink import prepare_output, resume_state
 
+    from ce_ray.output_state import JOB, STATE
+
     bucket, output = "ce-ray-unfinished-parts", "s3://ce-ray-unfinished-parts/out"
     fs = s3fs.S3FileSystem()
     fs.mkdir(bucket)
+    fs.pipe({f"{bucket}/out/{STATE}/{JOB}": b"{}"})  # a job's output
     for i in range(8):  # parts without the input's row count (its last part): none of these inputs is complete
         with fs.open(f"{bucket}/out/{RESULTS}/part-{i:05d}-0000000{i}-r000000000000.parquet", "wb") as f:
             pq.write_table(pa.table({"query": ["a query"], "document": ["a document"]}), f)
@@ -685,14 +688,15 @@ def test_an_overwrite_lists_the_old_output_once(counting_store):
         for i in range(3):
             with fs.open(f"{bucket}/out/{RESULTS}/part-{i:05d}.parquet", "wb") as f:
                 pq.write_table(pa.table({"query": ["a query"], "score": [0.5]}), f)
+        # a job's output: its settings (the first time; then the last overwrite's), its summary where finished
         fs.pipe({f"{bucket}/out/{REJECTS}/part-00000.parquet": b"rejected", f"{bucket}/out/eval.json": b"{}"}
-                | ({f"{bucket}/out/_SUCCESS": b"{}"} if finished else {}))
+                | ({f"{bucket}/out/_SUCCESS": b"{}", f"{bucket}/out/{STATE}/{JOB}": b"{}"} if finished else {}))
         requests.clear()
         counting_store.listings.clear()
         check_output(output, "overwrite")  # as a job does, before its work
         prepare_output(output, "overwrite", job={"model": "m"}, checked=True)
         assert counting_store.listings == ["out/"]
-        assert len(requests) <= 7  # 12 before, of either output
+        assert len(requests) <= 9  # 12 before, of either output; and the look-up of the old job's settings
         fs.invalidate_cache()
         assert sorted(fs.find(f"{bucket}/out")) == [f"{bucket}/out/{STATE}/{JOB}"]  # eval.json measured the old
 

@@ -1183,8 +1183,7 @@ def test_every_batch_trains_under_grad_accum_and_eval_every_evaluates_between_lo
 
     from ce_ray.config import ConfigError, TrainConfig, load_config
 
-    out = tmp_path / "o"
-    out.mkdir()
+    out = shutil.copytree(tiny_model, tmp_path / "o")  # an earlier model's folder
     identity = '{"activation_fn": "torch.nn.modules.linear.Identity"}'
     (out / "config_sentence_transformers.json").write_text(identity)
     (out / "notes.txt").write_text("mine")
