@@ -224,7 +224,7 @@ def _holds_fractions(df: pd.DataFrame, column: str) -> bool:
     its metrics quietly the worst."""
     if column not in df.columns:
         return False
-    values = pd.to_numeric(df[column], errors="coerce").dropna().to_numpy(dtype=np.float64)
+    values = _as_numbers(df[column]).dropna().to_numpy(dtype=np.float64)
     return bool((values != np.round(values)).any())
 
 

@@ -411,13 +411,13 @@ def failure_cause(error: BaseException) -> str:
         elif getattr(error, "controller_failure", None) is not None:
             error = error.controller_failure
         elif isinstance(error, RayActorError) and error.actor_init_failed:
-            printed = str(error)
-            break
+            # An actor that failed as it started (a replica whose model does not load): its error is in Ray's
+            # text alone, as a UDF's below.
+            return _original_printed(str(error)) or _one_line(error)
         else:
             break
-    if isinstance(error, UserCodeException) or isinstance(error, RayActorError) and error.actor_init_failed:
-        # Ray Data's wrapper of a UDF's error came from the worker without the error, which it only printed; so
-        # does Ray's error of an actor that failed as it started (a replica whose model does not load).
+    if isinstance(error, UserCodeException):
+        # Ray Data's wrapper of a UDF's error came from the worker without the error, which it only printed.
         return _original_printed(printed) or _one_line(error)
     return _one_line(error)
 

@@ -865,10 +865,11 @@ def removed_unless_trained(created: list) -> Iterator[None]:
         yield
     except BaseException:
         for fs, outermost, own in created:
+            if outermost is None:  # the folder was there before
+                continue
             with contextlib.suppress(OSError):  # the error that ended the run is the one to say
-                if outermost is not None:
-                    remove(fs, own)
-                while outermost is not None and own != outermost:
+                remove(fs, own)
+                while own != outermost:
                     own = own.rsplit("/", 1)[0]
                     if fs.get_file_info(pafs.FileSelector(own, allow_not_found=True)):
                         break
