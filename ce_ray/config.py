@@ -13,7 +13,7 @@ import os
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Literal, Optional
 
 import yaml
@@ -444,16 +444,6 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
         if not any(value == choice and type(value) is type(choice) for choice in args):  # true == 1, 2.0 == 2
             raise ConfigError(f"{_named(name)}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
-    if origin in (list, typing.List):
-        if not isinstance(value, list):
-            raise ConfigError(f"{_named(name)}: expected a list, got {type(value).__name__} {value!r}")
-        return [_check_type(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value)] if args else value
-    if origin in (dict, typing.Dict):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{_named(name)}: expected a mapping, got {type(value).__name__} {value!r}")
-        return value
-    if annotation is Any:
-        return value
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
@@ -630,10 +620,6 @@ def load_config(cls: type, path: Optional[str] = None, overrides: Optional[dict]
     return config
 
 
-def to_dict(config: Any) -> dict:
-    return dataclasses.asdict(config)
-
-
 def require(config: Any, *names: str) -> None:
     """Fails naming the settings of `names` (default: the command's REQUIRED) that `config` leaves empty."""
     names = names or config.REQUIRED
@@ -653,7 +639,5 @@ __all__ = [
     "DeepSpeedConfig",
     "load_config",
     "from_dict",
-    "to_dict",
     "require",
-    "field",
 ]

@@ -38,7 +38,7 @@ from .input_files import (EVAL_SUFFIX, FileCheck, agreed_schema, compression_of,
 from .messages import InputError, column_list, plural, setting_and_flag, settings_hint
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 from .output_state import EVAL, REJECTS, job_of_results, job_summary, refuse_changed_output, rows_cut_before
-from .storage import absolute, check_s3_access, filesystem, glob_base, is_glob, is_remote, join
+from .storage import check_s3_access, filesystem, glob_base, is_glob, is_remote, join, same_place
 from .train_data import numeric_labels
 
 
@@ -524,8 +524,7 @@ def _refuse_overwriting(c: EvalConfig, output: str) -> None:
     file replaced it with JSON, a `--run-output` naming the qrels replaced them, and one path for both files
     kept the last."""
     def same(a: str, b: str) -> bool:
-        return bool(a and b) and (absolute(a) == absolute(b) if is_remote(a) or is_remote(b)
-                                  else os.path.realpath(a) == os.path.realpath(b))
+        return bool(a and b) and same_place(a, b)
 
     if same(output, c.run_output):
         raise ConfigError(f"{setting_and_flag('output')} and {setting_and_flag('run_output')} name one file, "

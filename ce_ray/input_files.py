@@ -212,18 +212,18 @@ def _text_bytes(path: str, size: int, head: bytes, whole: bool) -> int:
 
 def _head(f) -> Tuple[bytes, bool]:
     """A text file's first `HEAD_BYTES`, or more to the end of its first line where that is longer (a JSON record
-    holding a long document); and whether that is the whole file."""
-    head = f.read(HEAD_BYTES)
-    if len(head) < HEAD_BYTES:
-        return head, True
-    if b"\n" in head.lstrip():
-        return head, False
-    chunks = [head]
-    while len(chunks) < FIRST_LINE_BYTES // HEAD_BYTES:
-        chunks.append(f.read(HEAD_BYTES))
-        if len(chunks[-1]) < HEAD_BYTES or b"\n" in chunks[-1]:
-            break
-    return b"".join(chunks), len(chunks[-1]) < HEAD_BYTES
+    holding a long document); and whether that is the whole file. Empty lines that open the file, which every
+    reader skips, are passed over: a head of them alone said a file of rows had none, and it was left out."""
+    chunks = []
+    while True:
+        chunk = f.read(HEAD_BYTES)
+        if not chunks and len(chunk) == HEAD_BYTES and not chunk.removeprefix(UTF8_BOM).strip(b"\r\n"):
+            continue
+        chunks.append(chunk)
+        if len(chunk) < HEAD_BYTES:
+            return b"".join(chunks), True
+        if b"\n" in (chunk if len(chunks) > 1 else chunk.lstrip()) or len(chunks) >= FIRST_LINE_BYTES // HEAD_BYTES:
+            return b"".join(chunks), False
 
 
 def _check_one(fs: pafs.FileSystem, path: str, input_format: str, column_names: Optional[List[str]],
@@ -269,11 +269,14 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
                 if first == column_names:  # it would be scored (or trained on) as a pair
                     raise InputError(f"{path}: its first line is a header naming the columns "
                                      f"{setting_and_flag('column_names')} names: leave it out")
-                return FileCheck(path, column_names, None if lines else 0, as_text(column_names), size_bytes=size)
+                return FileCheck(path, column_names, None if lines or not whole else 0, as_text(column_names),
+                                 size_bytes=size)
             _refuse_header_not_utf8(path, lines[0] if lines else b"")
-            return FileCheck(path, first, 0 if len(lines) <= 1 else None, as_text(first), size_bytes=size)
-        if not lines:
+            return FileCheck(path, first, 0 if whole and len(lines) <= 1 else None, as_text(first), size_bytes=size)
+        if not lines and whole:
             return FileCheck(path, [], 0, {})
+        if not lines:
+            raise InputError(f"{path}: its first {FIRST_LINE_BYTES >> 20} MiB hold no line but blank ones (spaces, tabs)")
         # The columns of the head's lines, not of the first alone: a line may leave a key out (a null), and a query
         # missing from line 1 alone failed the file as having no query column. A line 1 that is no JSON object (no
         # UTF-8, cut short, an array) is rejected as the reader rejects any other line: it failed the whole file.

@@ -308,15 +308,9 @@ def classifier_outputs(path: str) -> Optional[int]:
     """The logits of a folder's saved classifier head, from its safetensors headers: the rows of its last layer
     (BERT's `classifier.weight`, RoBERTa's `classifier.out_proj.weight`, a decoder's `score.weight`); None where
     there is none to read."""
-    from safetensors import safe_open
-
-    for file in glob.glob(os.path.join(path, "*.safetensors")):
-        with safe_open(file, framework="numpy") as weights:
-            names = set(weights.keys())
-            for name in ("classifier.weight", "classifier.out_proj.weight", "score.weight"):
-                if name in names:
-                    return weights.get_slice(name).get_shape()[0]
-    return None
+    shapes = weight_shapes(path)
+    return next((shapes[name][0] for name in ("classifier.weight", "classifier.out_proj.weight", "score.weight")
+                 if name in shapes), None)
 
 
 def check_single_logit(path: str, model: str) -> None:
@@ -368,16 +362,21 @@ def has_classifier(path: str) -> bool:
     return is_sequence_classifier(architectures) if architectures else has_classifier_weights(path)
 
 
-def weight_prefixes(path: str) -> set:
-    """The first parts of the names of a folder's safetensors weights (`bert`, `classifier`, ...), read from their
-    headers alone; empty where there are none."""
+def weight_shapes(path: str) -> dict:
+    """The name and shape of each of a folder's safetensors weights, read from their headers alone; empty where
+    there are none."""
     from safetensors import safe_open
 
-    names = set()
+    shapes = {}
     for file in glob.glob(os.path.join(path, "*.safetensors")):
         with safe_open(file, framework="numpy") as weights:
-            names.update(name.split(".")[0] for name in weights.keys())
-    return names
+            shapes.update((name, weights.get_slice(name).get_shape()) for name in weights.keys())
+    return shapes
+
+
+def weight_prefixes(path: str) -> set:
+    """The first parts of the names of a folder's safetensors weights (`bert`, `classifier`, ...)."""
+    return {name.split(".")[0] for name in weight_shapes(path)}
 
 
 def check_embeddings(path: str, tokenizer, config) -> None:
@@ -408,10 +407,8 @@ def check_scores(path: str, model: str) -> None:
                          "difference), or fine-tune one from it (ce-ray train)")
     if is_bi_encoder(path):
         what = "a sentence-transformers bi-encoder (it embeds each text alone)"
-    elif architectures and not is_sequence_classifier(architectures):
-        what = f"a {', '.join(architectures)}"
-    elif not architectures and not has_classifier_weights(path):
-        what = "a model whose weights hold no classifier"
+    elif not has_classifier(path):
+        what = f"a {', '.join(architectures)}" if architectures else "a model whose weights hold no classifier"
     else:
         return check_single_logit(path, model)
     raise ModelError(f"{model} is {what}, not a sequence classifier: it has no reranker's classifier, and its scores "

@@ -83,9 +83,8 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
                                                             tab_separated=input_format == "tsv",
                                                             column_names=column_names), together)
     else:
-        source = tagged_files(paths, fs, JsonLinesDatasource(paths, text_columns=list(required or []),
-                                                             filesystem=fs, list_columns=lists,
-                                                             schema=schema)._read_stream, together)
+        source = tagged_files(paths, fs, functools.partial(json_lines_chunks, text_columns=list(required or []),
+                                                            list_columns=lists, schema=schema), together)
     # A file is read whole by one task: its rows travel together, so files complete one after another.
     return _read(source), checks, size_bytes, schema, listed
 
@@ -303,47 +302,38 @@ def _first_other(column: pa.ChunkedArray, agreed: pa.DataType, numbers: List[int
     return ""
 
 
-class JsonLinesDatasource:
-    """Streams JSON Lines files in chunks of whole lines: Arrow's reader for speed, line by line when a
-    chunk has mixed types or bad lines, so that one odd record never fails the whole file."""
+# A chunk of a JSON Lines file is held several times over while it is parsed (the bytes, its lines, their join,
+# Arrow's table, the chunk before it), beside the 128 MiB block Ray Data gathers: for one file of 800k pairs of ~60
+# words (420 MB), chunks of 32 MiB took its read task to 677 MiB of its own memory, 8 MiB to 535 MiB (and 536 for
+# 1.6M pairs), no slower (2-core CPU, 2026-12-02; docs/reliability.md).
+JSON_LINES_CHUNK_BYTES = 8 << 20
 
-    # A chunk is held several times over while it is parsed (the bytes, its lines, their join, Arrow's table, the
-    # chunk before it), beside the 128 MiB block Ray Data gathers: for one file of 800k pairs of ~60 words
-    # (420 MB), chunks of 32 MiB took its read task to 677 MiB of its own memory, 8 MiB to 535 MiB (and 536 for
-    # 1.6M pairs), no slower (2-core CPU, 2026-12-02; docs/reliability.md).
-    CHUNK_BYTES = 8 << 20
 
-    def __new__(cls, paths, text_columns, filesystem, list_columns: Sequence[str] = (),
-                schema: Optional[pa.Schema] = None):
-        from ray.data.datasource import FileBasedDatasource
+def json_lines_chunks(f, path: str, text_columns: Sequence[str], list_columns: Sequence[str] = (),
+                      schema: Optional[pa.Schema] = None):
+    """A JSON Lines file's rows, in tables of whole lines: Arrow's reader for speed, line by line where a chunk has
+    mixed types or bad lines, so that one odd record never fails the whole file. `schema`: the types the input check
+    agreed, which each table is given (`as_checked_types`)."""
+    from .batching import REJECT
 
-        from .batching import REJECT
-
-        own = [*text_columns, *list_columns, REJECT]  # the columns the reader checks value by value
-
-        class _JsonLines(FileBasedDatasource):
-            _FILE_EXTENSIONS = None
-
-            def _read_stream(self, f, path):
-                pending, line_number = b"", 1
-                while True:
-                    data = f.read(cls.CHUNK_BYTES)
-                    chunk = pending + data
-                    if data:
-                        cut = chunk.rfind(b"\n") + 1
-                        chunk, pending = chunk[:cut], chunk[cut:]
-                    else:
-                        pending = b""
-                    numbered = [(line_number + i, line) for i, line in enumerate(chunk.split(b"\n")) if line.strip()]
-                    if numbered:
-                        numbers, lines = (list(values) for values in zip(*numbered))
-                        table = read_json_lines(lines, numbers, path, text_columns, list_columns)
-                        yield as_checked_types(table, schema, numbers, path, own) if schema else table
-                    line_number += chunk.count(b"\n")
-                    if not data:
-                        return
-
-        return _JsonLines(paths, filesystem=filesystem)
+    own = [*text_columns, *list_columns, REJECT]  # the columns the reader checks value by value
+    pending, line_number = b"", 1
+    while True:
+        data = f.read(JSON_LINES_CHUNK_BYTES)
+        chunk = pending + data
+        if data:
+            cut = chunk.rfind(b"\n") + 1
+            chunk, pending = chunk[:cut], chunk[cut:]
+        else:
+            pending = b""
+        numbered = [(line_number + i, line) for i, line in enumerate(chunk.split(b"\n")) if line.strip()]
+        if numbered:
+            numbers, lines = (list(values) for values in zip(*numbered))
+            table = read_json_lines(lines, numbers, path, text_columns, list_columns)
+            yield as_checked_types(table, schema, numbers, path, own) if schema else table
+        line_number += chunk.count(b"\n")
+        if not data:
+            return
 
 
 # Every row read by `read_dataset` carries where it came from, so that outputs can be named after their
@@ -583,7 +573,7 @@ TASK_BYTES = 16 << 20
 TASK_FILES = 64
 
 
-def read_together(tasks: list, whole: Optional[List[bool]] = None) -> list:
+def read_together(tasks: list, whole: List[bool]) -> list:
     """`tasks` (Ray Data's read tasks, each of a file or a range of one) put together in order, as few to a task as
     `TASK_BYTES` and `TASK_FILES` allow: each task reads its files a few at once (`read_ahead`) and gives their rows
     in order, each file's rows tagged as before, so that the rows of a file still travel together and the output's
@@ -594,7 +584,7 @@ def read_together(tasks: list, whole: Optional[List[bool]] = None) -> list:
     from ray.data.datasource import ReadTask
 
     groups, size, open_ = [], 0, False  # open_: the last group may take more
-    for task, of_whole_file in zip(tasks, whole or [True] * len(tasks)):
+    for task, of_whole_file in zip(tasks, whole):
         bytes_ = task.metadata.size_bytes or 0
         if not (of_whole_file and open_ and len(groups[-1]) < TASK_FILES and size + bytes_ <= TASK_BYTES):
             groups.append([])

@@ -262,7 +262,7 @@ def add_scores(ds, config: ScoreConfig, announce: str = "", checked: Optional[Sc
     require_dataset(ds)
     require(config, "model")
     config.validate()
-    texts = {config.query_column: "query_column", config.document_column: "document_column"}
+    texts = column_settings(config)
     check_known_columns(ds, texts, texts=list(texts), written=written_columns(config))
     checked = checked or scoring_model(config)
     config, encoder, prompt = checked.config, checked.encoder, checked.prompt

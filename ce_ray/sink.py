@@ -168,7 +168,7 @@ class ResumeState:
                 return None
             runs += held
         runs.sort()
-        if runs[0][0] < 0 or runs[-1][1] > rows or any(a[1] > b[0] for a, b in zip(runs, runs[1:])):
+        if runs and (runs[0][0] < 0 or runs[-1][1] > rows) or any(a[1] > b[0] for a, b in zip(runs, runs[1:])):
             return None
         return _merged(runs)
 
@@ -363,8 +363,9 @@ def lost_or_rewritten(output: str, state: ResumeState, stamps: Dict[str, str]) -
 
 
 def check_output(output: str, mode: str, resumable: bool = True) -> None:
-    """What `prepare_output` would refuse, checked before a job starts its work: an output that is a file, and
-    in mode error one that has results. The refusal names --mode resume only for a job that can resume
+    """What `prepare_output` would refuse, checked before a job starts its work: an output that is a file, one
+    holding results/, rejects/ or `_SUCCESS` that no job wrote (in every mode: an overwrite deleted them), and in
+    mode error one that has results. The refusal names --mode resume only for a job that can resume
     (`resumable`: not one that regroups rows across input files, such as rerank)."""
     fs, path = filesystem(output)
     with writing(output):
@@ -600,7 +601,7 @@ class PairsSink(Datasink):
         self.written = list(written)
         self.schema = schema
         self.finish = finish  # what finishes the job where the output lost parts it wrote
-        self.counts = {"rows_scored": 0, "rows_rejected": 0, "files": 0}
+        self.counts = {"rows_scored": 0, "rows_rejected": 0}
         self.parts: Dict[str, int] = {}  # every part written: results/<name> or rejects/<name> -> its rows
 
     @property
@@ -614,7 +615,7 @@ class PairsSink(Datasink):
     def write(self, blocks: Iterable, ctx) -> dict:
         tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
         tables = [t for t in tables if t.num_rows]
-        counts = {"rows_scored": 0, "rows_rejected": 0, "files": 0}
+        counts = {"rows_scored": 0, "rows_rejected": 0}
         if not tables:
             return counts | {"parts": {}}
         table = pa.concat_tables(tables, promote_options="permissive")  # blocks of one file read in other types
@@ -649,7 +650,6 @@ class PairsSink(Datasink):
                 if sub == REJECTS:
                     fs.create_dir(f"{path}/{REJECTS}", recursive=True)
                 write_table_atomic(fs, f"{path}/{sub}/{name}", part, remote)
-                counts["files"] += 1
                 written[f"{sub}/{name}"] = part.num_rows
             counts["rows_scored"] += good.num_rows
             counts["rows_rejected"] += 0 if bad is None else bad.num_rows

@@ -33,6 +33,15 @@ def absolute(uri: str) -> str:
     return uri if "://" in uri else os.path.abspath(uri)
 
 
+def same_place(first: str, second: str) -> bool:
+    """Whether two paths name one file or folder: S3's in any spelling (`absolute`), local ones where their links
+    lead (a `file://` URI as its path)."""
+    if is_remote(first) or is_remote(second):
+        return absolute(first) == absolute(second)
+    first, second = (path.removeprefix("file://") for path in (first, second))
+    return os.path.realpath(first) == os.path.realpath(second)
+
+
 def s3_retries() -> dict:
     """botocore's retry settings of the job's S3 client: 8 retries in `adaptive` mode, unless the environment
     sets botocore's own `AWS_MAX_ATTEMPTS` (attempts in all) or `AWS_RETRY_MODE`, which a client's settings

@@ -34,7 +34,7 @@ from .checkpoints import (DS_TAG, MODEL, PROGRESS, RANDOM_STATE, STATE, best_che
                           run_storage, upload_checkpoint, whole_checkpoint, worker_seed, write_file_list)
 from .messages import plural, setting_and_flag
 from .progress import duration
-from .storage import filesystem, is_remote, refuse_written_inside, remove, upload_folder
+from .storage import filesystem, is_remote, refuse_written_inside, remove, same_place, upload_folder
 from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, refuse_missing_split,
                          refuse_settings_of_beir, shard_spans, top_reasons, training_batch_tokens, training_input,
                          unused_settings, worker_spans)
@@ -552,7 +552,7 @@ def train_loop(loop_config: dict) -> dict:
                 break
         epoch += 1
         spans = shard_spans(part, config, epoch, rank, left_out)
-    divergence = None if config.deepspeed and config.deepspeed.stage == 3 else _replica_divergence(module)
+    divergence = None if zero3 else _replica_divergence(module)
     return {"log": progress["log"], "resumed_from": progress["resumed_from"], "replica_divergence": divergence,
             "samples": progress["samples"], "seconds": progress["seconds"], "steps": step,
             "seconds_here": progress["seconds"] - progress["seconds_before"], "marks": marks,
@@ -792,13 +792,10 @@ def _check_output(output: str, model: str, checkpoints: str = "") -> Optional[st
     """The model is written to `output` after the training: a place it cannot be written fails now, and so
     does the model's own folder, whose weights the run would replace. Returns the outermost folder it created
     (`_missing_folder`). `checkpoints`: the run's storage path (its checkpoints are its own, where inside)."""
-    from .storage import absolute, check_s3_access
+    from .storage import check_s3_access
     from .sink import writing
 
-    local = output[len("file://"):] if output.startswith("file://") else output
-    same = (absolute(output) == absolute(model) if is_remote(output)  # `s3a://b/m` is `s3://b/m/`
-            else os.path.isdir(model) and os.path.realpath(local) == os.path.realpath(model))
-    if same:
+    if (is_remote(output) or os.path.isdir(model)) and same_place(output, model):
         raise ConfigError(f"{setting_and_flag('output')} {output} is the model's own folder, which the trained model "
                           "would replace: give another output")
     check_s3_access(output)
@@ -964,19 +961,13 @@ def _check_data(config: TrainConfig) -> None:
 def _warn_of_eval_on_training_data(config: TrainConfig, beir: bool) -> None:
     """`beir`: whether train_data is a BEIR folder (`training_input`'s), whose eval split may be another than its
     training one."""
-    if (config.eval_data and _same_place(config.train_data, config.eval_data)
+    if (config.eval_data and same_place(config.train_data, config.eval_data)
             and (not beir or config.eval_split == config.train_split)):
         # Said, not refused: a run may mean to measure how it fits. Unsaid, its figures passed for a held-out set's.
         print(f"ce-ray train: warning: {setting_and_flag('eval_data')} is the training data"
               + (f" (the {config.train_split} split of both)" if beir else "")
               + ": its metrics say how the model fits the pairs it trains on, not how it ranks unseen queries",
               file=sys.stderr, flush=True)
-
-
-def _same_place(first: str, second: str) -> bool:
-    if is_remote(first) or is_remote(second):
-        return first.rstrip("/") == second.rstrip("/")
-    return os.path.realpath(first) == os.path.realpath(second)
 
 
 def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
@@ -1077,7 +1068,6 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
     per_epoch = math.ceil(per_worker / config.batch_size)
     # grad_accum batches a step; an epoch's last step takes those left (`train_loop`)
     total = config.max_steps or config.epochs * math.ceil(per_epoch / config.grad_accum)
-    # Evaluation keeps no activations: its passes take the scoring budget, not the training one.
     # A reranker keeps the activation it had (CrossEncoder's, read as it reads it: a logits reranker's scores
     # stay logits, as CrossEncoderTrainer keeps them); a new head gets CrossEncoder's sigmoid.
     activation = activation_path(model, 1, config.trust_remote_code) if has_head else SIGMOID
@@ -1087,6 +1077,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
             "invocation": uuid.uuid4().hex,  # this command's, apart from earlier ones of the run it resumes
             "checkpoints": run_uri,
             "total_steps": total, "qrels": qrels,
+            # Evaluation keeps no activations: its passes take the scoring budget, not the training one.
             "eval_batch_tokens": config.batch_tokens or default_batch_tokens(use_gpu)}
     batch_tokens = training_batch_tokens(config, use_gpu)
     reasons = top_reasons(stats)

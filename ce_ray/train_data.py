@@ -207,9 +207,9 @@ def refuse_missing_split(uri: str, split: str, setting: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingInput:
-    """`train_data` as a run looks it up, once (it was looked up twice whether it is a BEIR folder, listed twice and
-    its file's ETag asked after each listing): a BEIR folder or files of pairs (their listing, which the run reads),
-    and the files the pairs come from, each with its stamp, which the run's record holds (`checkpoints.claim_run`)."""
+    """`train_data` as a run reads it, listed once (it was listed twice, its files' ETags asked after each listing):
+    a BEIR folder or files of pairs (their listing, which the run reads), and the files the pairs come from, each
+    with its stamp, which the run's record holds (`checkpoints.claim_run`)."""
     beir: bool
     listing: Optional[Listing]  # None for a BEIR folder
     files: Dict[str, str]

@@ -131,7 +131,7 @@ def test_one_big_row_group_and_one_big_json_lines_file_are_read_in_small_chunks(
     import pyarrow.fs as pafs
 
     from ce_ray.input_files import check_inputs
-    from ce_ray.readers import JsonLinesDatasource, read_range, read_ranges, tag_rows
+    from ce_ray.readers import json_lines_chunks, read_range, read_ranges, tag_rows
 
     pairs = long_pairs(BIG_FILE_ROWS)
     size = pairs.nbytes
@@ -145,7 +145,6 @@ def test_one_big_row_group_and_one_big_json_lines_file_are_read_in_small_chunks(
     assert ids == list(range(BIG_FILE_ROWS)) and peak < size / 4, (peak, size)
 
     pairs.to_pandas().to_json(lines, orient="records", lines=True)
-    source = JsonLinesDatasource([lines], text_columns=["query", "document"], filesystem=fs)
     with fs.open_input_stream(lines) as f:
-        ids, peak = read_with_peak(tag_rows(source._read_stream(f, lines), lines))
+        ids, peak = read_with_peak(tag_rows(json_lines_chunks(f, lines, text_columns=["query", "document"]), lines))
     assert ids == list(range(BIG_FILE_ROWS)) and peak < size, (peak, size)

@@ -411,21 +411,44 @@ def test_a_jsonl_file_whose_first_line_lacks_a_key_that_later_lines_have_is_read
                      "jsonl", ["query", "document"], present=["id"])
 
 
+def test_megabytes_of_blank_lines_opening_a_file_hide_no_rows(ray_local, tiny_model, tmp_path, monkeypatch):
+    """The input check reads a text file's head: one of empty lines alone said the file had no rows, and the job
+    left its rows out, saying nothing; a CSV's header followed by empty lines past the head did too."""
+    from ce_ray import input_files
+    from ce_ray.input_files import HEAD_BYTES
+
+    monkeypatch.setattr(input_files, "FIRST_LINE_BYTES", 4 * HEAD_BYTES)  # what a first line may take: 64 MiB
+    blank = b"\n" * (2 * HEAD_BYTES) + b"\r\n" * 10
+    rows = [(b'{"id": %d, "query": "q", "document": "d"}' % i) for i in range(3)]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_bytes(blank + b"\n".join(rows) + b"\n")
+    (tmp_path / "in" / "b.jsonl").write_bytes(b'{"id": 3, "query": "q", "document": "d"}\n')
+    (tmp_path / "a.csv").write_bytes(b"id,query,document\n" + blank + b"0,q,d\n")
+    (tmp_path / "b.csv").write_bytes(blank + b"0,q,d\n")
+    (tmp_path / "c.jsonl").write_bytes(b"\n" * (2 * HEAD_BYTES) + b" \t\n" * (5 * HEAD_BYTES // 3) + rows[0])
+    fs = pafs.LocalFileSystem()
+    for path, kind, names in ((tmp_path / "in" / "a.jsonl", "jsonl", None), (tmp_path / "a.csv", "csv", None),
+                              (tmp_path / "b.csv", "csv", ["id", "query", "document"])):
+        [check], _ = check_inputs(fs, [str(path)], kind, ["query", "document"], column_names=names)
+        assert check.rows is None and check.columns == ["id", "query", "document"]
+    with pytest.raises(InputError, match=r"c\.jsonl: its first 4 MiB hold no line but blank ones"):
+        check_inputs(fs, [str(tmp_path / "c.jsonl")], "jsonl", ["query", "document"])
+    summary = job(tiny_model, tmp_path / "in", tmp_path / "out")
+    assert summary.rows_scored == 4 and sorted(results(tmp_path / "out")["id"]) == [0, 1, 2, 3]
+
+
 def test_blank_lines_in_jsonl_are_skipped_and_a_line_of_two_objects_is_rejected(tmp_path):
     """Blank and whitespace lines (CRLF too) are no rows; two objects on one line are not a JSON line (Arrow's
     reader would take both), so that line is rejected and the others keep their rows."""
-    import pyarrow.fs as pafs
-
     from ce_ray.batching import REJECT
-    from ce_ray.readers import JsonLinesDatasource
+    from ce_ray.readers import json_lines_chunks
 
     def read(data: bytes) -> list:
         """(id, reject reason) of each row the reader gives."""
         path = tmp_path / "rows.jsonl"
         path.write_bytes(data)
-        source = JsonLinesDatasource([str(path)], text_columns=["query"], filesystem=pafs.LocalFileSystem())
         with open(path, "rb") as f:
-            tables = list(source._read_stream(f, str(path)))
+            tables = list(json_lines_chunks(f, str(path), text_columns=["query"]))
         return [(row.get("id"), row.get(REJECT)) for table in tables for row in table.to_pylist()]
 
     rows = [b'{"id": %d, "query": "q"}' % i for i in range(5)]
@@ -441,9 +464,8 @@ def test_blank_lines_in_jsonl_are_skipped_and_a_line_of_two_objects_is_rejected(
     # Strings that look like dates are the strings they are (Arrow's reader made them timestamps, the query
     # then "datetime, not text" and a timestamp's zone dropped).
     (tmp_path / "dated.jsonl").write_text('{"query": "2021-03-04", "meta": {"created": "2026-01-01T10:00:00Z"}}\n' * 3)
-    source = JsonLinesDatasource([str(tmp_path / "dated.jsonl")], ["query"], pafs.LocalFileSystem())
     with open(tmp_path / "dated.jsonl", "rb") as f:
-        dated = pa.concat_tables(source._read_stream(f, str(tmp_path / "dated.jsonl")))
+        dated = pa.concat_tables(json_lines_chunks(f, str(tmp_path / "dated.jsonl"), ["query"]))
     assert dated.schema.types == [pa.string(), pa.struct([("created", pa.string())])]
     assert dated.to_pylist()[0] == {"query": "2021-03-04", "meta": {"created": "2026-01-01T10:00:00Z"}}
 
@@ -690,7 +712,7 @@ def test_a_jsonl_column_whose_kind_changes_past_the_checked_mib_fails_naming_the
     assert str(failed.value) == (f"{tmp_path}/in/b.jsonl: column 'id' is string in lines 1-1,100 (e.g. line 1,091: "
                                  "'x7'), but int64 where the check before the job read the input (each file's first "
                                  "MiB): rows of both cannot be put together; write it as one type in every file")
-    # Text in the file's first chunk of lines (`JsonLinesDatasource.CHUNK_BYTES`), numbers alone in the next
+    # Text in the file's first chunk of lines (`readers.JSON_LINES_CHUNK_BYTES`), numbers alone in the next
     pad = "x" * 100_000
     lines = [{"id": "a" if n == 0 else n, "query": "q", "document": "d", "pad": pad} for n in range(90)]
     (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))

@@ -654,6 +654,11 @@ def test_each_part_records_its_rows_and_is_named_after_its_own_first_row(tmp_pat
     assert state.held_rows("in-0123abcd", "stamp", 112) == [[100, 105], [110, 112]]
     assert state.held_rows("in-0123abcd", "rewritten", 112) is None  # another stamp: the file redone whole
     assert state.held_rows("in-0123abcd", "stamp", 111) is None  # rows past the file's end: not its parts
+    # A part of no rows (none a job writes; a file put there) holds none: it failed the resume with an IndexError.
+    empty = sink.InputParts(files={"in-0123abcd-r000000000000.parquet": 0},
+                            runs={"in-0123abcd-r000000000000.parquet": []})
+    state = sink.ResumeState({"in-0123abcd": empty}, [], {"in-0123abcd": "stamp"})
+    assert state.held_rows("in-0123abcd", "stamp", 112) == []
 
 
 def _scorer_pids() -> list:

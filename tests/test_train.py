@@ -1664,6 +1664,10 @@ def test_eval_data_that_is_the_training_data_is_said_to_measure_fit(ray_local, t
     assert "eval_data (--eval-data) is the training data (the train split of both): " in capsys.readouterr().err
     check(TrainConfig(train_data=str(SCIFACT), eval_data=str(SCIFACT)))  # the test split: held out
     assert "warning" not in capsys.readouterr().err
+    # S3 in two spellings of one object (s3a:// is s3://): no look-up of the store is made to say so.
+    _train_module()._warn_of_eval_on_training_data(
+        TrainConfig(train_data="s3a://bucket/pairs.parquet", eval_data="s3://bucket/pairs.parquet/"), beir=False)
+    assert "eval_data (--eval-data) is the training data: " in capsys.readouterr().err
 
 
 def test_a_checkpoint_that_lacks_many_files_names_the_first_five_and_counts_the_rest(tmp_path):
