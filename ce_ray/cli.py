@@ -13,6 +13,7 @@ import io
 import re
 import signal
 import sys
+import threading
 import tokenize
 import typing
 from typing import Literal, Optional
@@ -183,7 +184,8 @@ STARTS_OVER = "it has no checkpoint yet: the same command starts it over"
 # resume takes --on-invalid reject after fail: the rows written are the same, `sink.resume_state`).
 MEND_ROWS = "mend those rows, or pass --on-invalid reject to set them aside in rejects/; then "
 FAILED = 1  # the exit status of a job that failed during its work; 2 is a usage error, found before any work
-STOPPED = 128 + signal.SIGTERM  # a job stopped by SIGTERM, as a shell gives it; Ctrl-C's is 130 (128 + SIGINT)
+STOPPED = 128 + signal.SIGTERM  # a job stopped by SIGTERM, as a shell gives it
+INTERRUPTED = 128 + signal.SIGINT  # by Ctrl-C: 130
 # The errors of a usage, found before any work; the same types raised during the work fail the job (`runtime.work`).
 # Ray that cannot be joined or started is one too: no work was done, and a resume would have nothing to keep.
 USAGE_ERRORS = (ConfigError, ValueError, FileExistsError, FileNotFoundError, RayStartError)
@@ -278,6 +280,33 @@ def report_failure(command: str, error: BaseException, args: Optional[argparse.N
 
 
 def main(argv=None) -> int:
+    from .runtime import ray_is_up, shut_ray_down
+
+    joined = ray_is_up()  # a caller's own Ray (a notebook's, a test's) is left up
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        return run_main(argv)
+    except KeyboardInterrupt:  # outside the command's own handling: as its imports load, or a second one before it
+        return INTERRUPTED
+    finally:
+        # Ray's shutdown, made here with Ctrl-C ignored: one pressed meanwhile (a second, impatient one, or one just
+        # after `done`) printed a page of the traceback of Ray's shutdown as the process exited (its atexit hook),
+        # and the command ended with status 1, not 130, after the line that said how to finish it.
+        _handle_ctrl_c(signal.SIG_IGN)
+        try:
+            if not joined:
+                shut_ray_down()
+        finally:
+            _handle_ctrl_c(handler)
+
+
+def _handle_ctrl_c(handler) -> None:
+    """SIGINT's `handler` set, in the main thread (which signals reach; a command run in another thread has none)."""
+    if handler is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, handler)
+
+
+def run_main(argv=None) -> int:
     parser = build_parser()
     # `ce-ray submit <command>` takes the command's own flags too, which override its config (checked there).
     args, overrides = parser.parse_known_args(argv)
@@ -295,8 +324,9 @@ def main(argv=None) -> int:
             return run_submit(args, overrides)
         return run_command(args.command, args)
     except KeyboardInterrupt:  # Ctrl-C: a line, not the traceback of wherever the driver was waiting
+        _handle_ctrl_c(signal.SIG_IGN)  # from here to the end of Ray's shutdown (`main`)
         print(f"\nce-ray {args.command}: interrupted{finishing_hint(args.command, args=args)}", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except SystemExit:
         # SIGTERM (a scheduler's stop, Kubernetes', `kill`, `ray job stop`): ray.init makes it `sys.exit` in the driver,
         # so that Ray shuts down as the process exits (`runtime.as_a_command`). It ended the job with no word and exit

@@ -26,6 +26,8 @@ REJECT_ROWS = "reject_rows"  # in `_SUCCESS`: each part of rejects/ and its rows
 RESUME, OVERWRITE = "--mode resume finishes it", "rerun it with --mode overwrite"
 STATE = "_ce_ray"
 JOB = "job.json"  # in STATE: the settings of the job that wrote the output
+# In STATE: the run that writes the output now (`sink.PairsSink.run`); a job begun on it meanwhile replaces it.
+RUN = "run.json"
 MODEL_VERSION = "model_version"  # in JOB: which version of the model scored it (`model_folder.model_version`)
 DTYPE_SCORED = "dtype_scored"  # in JOB: the dtype the replicas computed in (`auto` resolved where they ran)
 # In `_SUCCESS`: the cut of a rerank whose output this job's input is, or was at some step before (a cascade):

@@ -437,14 +437,14 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     checked = checking()
     progress = Progress(title, say_input(title, files), ranks=True)
     scored = add_scores(ds, config, title, checked, input_sources(files), progress)
-    prepare_output(config.output, config.mode, job=job, resumable=False, checked=True)
+    sink = RankedSink(config.output, written_columns(config), schema, progress.name)
+    prepare_output(config.output, config.mode, job=job, resumable=False, checked=True, run=sink.run)
     partitions = config.rank_partitions or default_partitions(input_bytes)
     print(f"{title}: ranks the rows of each {config.query_id_column} in {partitions} partition(s)"
           + (f", keeping the best {config.top_k}" if config.top_k else ""), flush=True)
     ranked = rank(scored, config.query_id_column, config.top_k, [input_key(f.path) for f in files],
                   config.document_column, count_cut=True, partitions=partitions, score_column=config.score_column,
                   rank_column=config.rank_column, query_column=config.query_column)
-    sink = RankedSink(config.output, written_columns(config), schema, progress.name)
     with progress.lines(), work(), surfaced_errors():
         ranked.write_datasink(sink)
     seconds, ended = time.perf_counter() - start, time.time()

@@ -79,6 +79,17 @@ def ensure_ray(dashboard: bool = False) -> None:
 _COMMAND = {"sigterm": None}
 
 
+def ray_is_up() -> bool:
+    """Whether this process has joined or started Ray (without importing Ray where nothing did)."""
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def shut_ray_down() -> None:
+    """Ray's shutdown, which its atexit hook makes as the process exits where nothing made it before."""
+    if ray_is_up():
+        sys.modules["ray"].shutdown()
+
+
 def as_a_command() -> None:
     """This process runs a ce-ray command: a SIGTERM that stops its job is told (`stopped_by_sigterm`)."""
     _COMMAND["sigterm"] = False

@@ -882,8 +882,6 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
               f"(another size, time or ETag, e.g. {rewritten[0]}): they are scored again", file=sys.stderr, flush=True)
     if DTYPE_SCORED not in job:  # (a resume asked already) Ray has started: `auto`'s device is known
         job[DTYPE_SCORED] = scored_dtype(config)
-    kept = prepare_output(config.output, config.mode, job=job, resume=earlier, stamps=stamps,
-                          resumable=transform is None, checked=True, in_part=in_part)
     # On CPUs a write task gathers less (`CPU_PART_BYTES`), so that a killed job keeps the files it finished. So
     # many small write tasks then ran at once (a quarter of a CPU each, each in a worker process of its own) that the
     # workers' memory grew by 450-720 MiB over 500,000 short pairs on 2 cores: a write task a node keeps up with CPUs.
@@ -891,6 +889,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     sink = PairsSink(config.output, written_columns(config), schema,
                      finish=RESUME if transform is None else OVERWRITE,
                      part_bytes=CPU_PART_BYTES if on_cpus else PART_BYTES)
+    kept = prepare_output(config.output, config.mode, job=job, resume=earlier, stamps=stamps,
+                          resumable=transform is None, checked=True, in_part=in_part, run=sink.run)
     if scored is not None:
         with progress.lines(), work(), surfaced_errors():
             scored.write_datasink(sink, ray_remote_args=WRITE_REMOTE_ARGS,

@@ -5,6 +5,8 @@ Layout of an output folder:
     rejects/<stem>-<hash8>-r<first row>.parquet   rows that could not be scored, with a `reason` column
     _ce_ray/job.json                              the settings that decide the scores (checked by resume)
     _ce_ray/inputs.json                           each input file's size and time or ETag (for resume)
+    _ce_ray/run.json                              the run writing the output (another begun on it meanwhile:
+                                                  neither writes `_SUCCESS` over the other's parts)
     _SUCCESS                                      JSON summary, written last: the output is complete, as
                                                   its parts' footers show (`check_parts`); it names each
                                                   part of results/ and its rows (`result_rows`), and
@@ -41,7 +43,7 @@ from ray.data.block import BlockAccessor
 from .batching import REJECT
 from .messages import InputError, briefly, cannot_hold, setting_and_flag
 from .output_state import (DTYPE_SCORED, EVAL, JOB, MODEL_VERSION, REJECT_ROWS, REJECTS, RESULT_PARTS, RESULT_ROWS,
-                           RESULTS, RESUME, STATE, SUCCESS, changed_parts, finished_job, finished_parts,
+                           RESULTS, RESUME, RUN, STATE, SUCCESS, changed_parts, finished_job, finished_parts,
                            is_output, part_differences, read_state)
 from .input_files import EVAL_SUFFIX
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
@@ -388,12 +390,13 @@ def check_output(output: str, mode: str, resumable: bool = True) -> None:
 
 def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: Optional[ResumeState] = None,
                    stamps: Optional[Dict[str, str]] = None, resumable: bool = True, checked: bool = False,
-                   in_part: Iterable[str] = ()) -> ResumeState:
+                   in_part: Iterable[str] = (), run: Optional[str] = None) -> ResumeState:
     """mode error: refuse an output that has results; overwrite: clear them first; resume: keep the parts
     of complete inputs (of those still in the input, and as they were then, where `stamps` gives the input
     files' keys and stamps now) and of the unfinished inputs `in_part` (whose other rows the job reads:
     `ResumeState.held_rows`), remove everything else (parts of other unfinished or rewritten inputs, temporaries,
-    `_SUCCESS`). Records the job's settings in `_ce_ray/job.json`, and `stamps` in `_ce_ray/inputs.json`.
+    `_SUCCESS`). Records the job's settings in `_ce_ray/job.json`, `stamps` in `_ce_ray/inputs.json`, and the
+    sink's `run` in `_ce_ray/run.json` (`PairsSink.write_success` tells by it a job begun on the output meanwhile).
     `checked`: the job ran `check_output` before its work; only mode error's refusal is checked again, here just
     before the first write (another job may have written results meanwhile). Returns what was kept."""
     fs, path = filesystem(output)
@@ -421,7 +424,7 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: O
         raise ValueError(f"unknown mode {mode!r}")
     with writing(output):  # the job's first write: a place it cannot write fails here, before any work
         fs.create_dir(f"{path}/{STATE}", recursive=True)
-        for name, state in ((JOB, job), (INPUTS, stamps)):
+        for name, state in ((JOB, job), (INPUTS, stamps), (RUN, run and {"run": run})):
             if state is not None:
                 _write_bytes(fs, f"{path}/{STATE}/{name}", json.dumps(state, indent=2).encode(), is_remote(output))
     return kept
@@ -601,6 +604,7 @@ class PairsSink(Datasink):
         self.written = list(written)
         self.schema = schema
         self.finish = finish  # what finishes the job where the output lost parts it wrote
+        self.run = uuid.uuid4().hex  # this run's, in the output's `_ce_ray/run.json` (`prepare_output`)
         self.counts = {"rows_scored": 0, "rows_rejected": 0}
         self.parts: Dict[str, int] = {}  # every part written: results/<name> or rejects/<name> -> its rows
 
@@ -663,8 +667,17 @@ class PairsSink(Datasink):
                 self.parts[name] = self.parts.get(name, 0) + rows
 
     def write_success(self, summary: dict, kept: Optional[ResumeState] = None) -> None:
-        """Writes `_SUCCESS`, once the output is seen to hold every part this job wrote and kept, whole."""
+        """Writes `_SUCCESS`, once the output is seen to hold every part this job wrote and kept, whole, and no other
+        job has begun on it since this one did: two jobs at once on one output (a command run again while the
+        first still ran) wrote their parts under the same names, of other rows, and the first to end wrote `_SUCCESS`
+        over the other's, rows twice in results/."""
         fs, path = filesystem(self.output)
+        with writing(self.output):
+            run = read_state(fs, path, RUN)
+        if run != {"run": self.run}:
+            raise OutputLostError(f"another job began writing {self.output} while this one did ({STATE}/{RUN} is not "
+                                  f"this job's): their parts are mixed. No {SUCCESS} written; once no job writes it, "
+                                  f"{self.finish}")
         expected = {f"{path}/{name}": rows for name, rows in self.parts.items()} | (kept.files() if kept else {})
         with work():  # a part lost during the work fails the job, as an error of its tasks does
             check_parts(self.output, expected, self.finish, kept.footers_read() if kept else None)

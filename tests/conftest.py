@@ -74,11 +74,12 @@ def spread_model(tiny_model, path):
     return path
 
 
-def interrupted_as_in_a_terminal(command: list, after: str, wait: float = 3.0, sent: str = "SIGINT") -> tuple:
+def interrupted_as_in_a_terminal(command: list, after: str, wait: float = 3.0, sent: str = "SIGINT",
+                                 again: str = "") -> tuple:
     """Runs `ce-ray <command>` as a terminal runs it, Ctrl-C reaching it (a test run started in the background
     of a shell ignores SIGINT, and so would the job it starts), sends SIGINT (or the signal `sent`: SIGTERM, a
-    scheduler's stop) `wait` seconds after a line of its output holds `after`, and returns its exit code and
-    stderr."""
+    scheduler's stop) `wait` seconds after a line of its output holds `after`, and SIGINT again as soon as a line
+    of its errors holds `again` (a second, impatient Ctrl-C), and returns its exit code and stderr."""
     import signal
     import subprocess
     import sys
@@ -94,10 +95,16 @@ def interrupted_as_in_a_terminal(command: list, after: str, wait: float = 3.0, s
                 break
         time.sleep(wait)
         job.send_signal(getattr(signal, sent))
+        said = []
+        for line in job.stderr if again else ():
+            said.append(line)
+            if again in line:
+                job.send_signal(signal.SIGINT)
+                break
         _, errors = job.communicate(timeout=120)
     finally:
         job.kill()
-    return job.returncode, errors
+    return job.returncode, "".join(said) + errors
 
 
 def undecodable_parquet(path: Path, frame) -> Path:

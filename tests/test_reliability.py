@@ -559,7 +559,8 @@ def test_first_lines_as_their_writers_write_them_are_checked_as_the_reader_reads
 
 
 def test_ctrl_c_ends_a_job_with_a_line_that_says_how_to_finish_it(tmp_path, tiny_model):
-    """Ctrl-C printed the traceback of wherever the driver was waiting (~30 lines of Ray's internals)."""
+    """Ctrl-C printed the traceback of wherever the driver was waiting (~30 lines of Ray's internals). A second
+    one, pressed as Ray shut down after that line, printed the traceback of Ray's shutdown, and the status was 1."""
     from conftest import interrupted_as_in_a_terminal
 
     (tmp_path / "in").mkdir()
@@ -574,6 +575,9 @@ def test_ctrl_c_ends_a_job_with_a_line_that_says_how_to_finish_it(tmp_path, tiny
     assert ("\nce-ray score: interrupted; --mode resume finishes it (the input files completed are kept, and the rows "
             "written of parquet files)\n") in errors
     assert "Traceback" not in errors and "KeyboardInterrupt" not in errors
+    command[-3] = str(tmp_path / "again")  # the output
+    returncode, errors = interrupted_as_in_a_terminal(command, after="forward passes in ", again="interrupted")
+    assert returncode == 130 and "Traceback" not in errors and "KeyboardInterrupt" not in errors, errors[-3000:]
 
 
 def test_sigterm_ends_a_job_with_a_line_and_the_exit_status_of_the_signal(tmp_path, tiny_model):
@@ -1424,8 +1428,10 @@ def test_model_needing_remote_code_is_refused(tmp_path, tiny_model):
     assert not (tmp_path / "out").exists()
 
 
-def test_pickle_only_weights_are_refused(tmp_path, tiny_model):
+def test_pickle_only_weights_are_refused_unless_allowed(ray_local, tmp_path, tiny_model):
     import torch
+
+    import ce_ray
     from safetensors.torch import load_file
 
     model = _model_copy(tiny_model, tmp_path, "pickled")
@@ -1442,6 +1448,11 @@ def test_pickle_only_weights_are_refused(tmp_path, tiny_model):
     with pytest.raises(ModelError, match="only pickle weights"):
         job(model, tmp_path / "p.parquet", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    # --allow-pickle (a folder one trusts) scores with them: the model's own weights, as its safetensors give them.
+    os.remove(model / "adapter_model.safetensors")
+    pairs = [("what is a cell", "the basic unit of life"), ("river", "a tax on music")]
+    pickled = ce_ray.predict(str(model), pairs, allow_pickle=True)
+    assert pickled.tolist() == ce_ray.predict(str(tiny_model), pairs).tolist()
 
 
 def test_a_damaged_model_folder_fails_before_the_output_is_touched(tmp_path, tiny_model):

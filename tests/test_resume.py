@@ -315,8 +315,11 @@ def test_success_is_written_only_where_the_output_holds_every_part_the_job_wrote
     --mode overwrite) failed nothing: `_SUCCESS` counted rows that were not there. The footers are checked first."""
     import ray
 
+    from ce_ray.sink import prepare_output
+
     out = tmp_path / "out"
     sink = sink_class(str(out), ["score"])
+    prepare_output(str(out), "error", run=sink.run)
     ray.data.range(30, override_num_blocks=3).write_datasink(sink)
     parts = sorted((out / "results").iterdir())
     assert [pq.read_metadata(p).num_rows for p in parts] == [10, 10, 10] and sink.counts["rows_scored"] == 30
@@ -334,6 +337,31 @@ def test_success_is_written_only_where_the_output_holds_every_part_the_job_wrote
         f"results/{parts[2].name} holds 4 rows of the 10 written; "
         f"results/part-of-another-job.parquet was not written by this job. No _SUCCESS written; {finish}")
     assert not (out / "_SUCCESS").exists()
+
+
+def test_a_job_begun_on_the_output_meanwhile_leaves_neither_said_finished(ray_local, tmp_path):
+    """Two jobs at once on one output (a command run again while the first still ran, the second begun before the
+    first wrote a part: mode error refused nothing) wrote their parts under the same names, of other rows, and the
+    first to end wrote `_SUCCESS` over both: rows twice in results/. The first to end finds the output begun again
+    (`_ce_ray/run.json` is the other's) and writes none; the other, finding parts it did not write, none either."""
+    import ray
+
+    from ce_ray.sink import prepare_output
+
+    out = str(tmp_path / "out")
+    first, second = PairsSink(out, ["score"]), PairsSink(out, ["score"])
+    prepare_output(out, "error", job={"model": "m"}, run=first.run)
+    prepare_output(out, "error", job={"model": "m"}, run=second.run)  # no results yet: nothing refuses it
+    ray.data.range(30, override_num_blocks=3).write_datasink(first)
+    with pytest.raises(OutputLostError) as begun:
+        first.write_success({"rows_in": 30})
+    assert str(begun.value) == (f"another job began writing {out} while this one did (_ce_ray/run.json is not this "
+                                "job's): their parts are mixed. No _SUCCESS written; once no job writes it, --mode "
+                                "resume finishes it")
+    ray.data.range(20, override_num_blocks=2).write_datasink(second)
+    with pytest.raises(OutputLostError, match=r"results/part-000002\.parquet was not written by this job"):
+        second.write_success({"rows_in": 20})
+    assert not os.path.exists(f"{out}/_SUCCESS")
 
 
 @pytest.mark.timeout(90)

@@ -600,9 +600,8 @@ def test_a_resume_reads_the_footer_of_each_kept_part_once(counting_store):
     fs.pipe({f"{bucket}/out/{SUCCESS}": b"{}", f"{bucket}/out/{STATE}/{JOB}": b'{"model": "m"}'})
 
     def resume() -> tuple:
-        state = resume_state(output, {"model": "m"})
-        kept = prepare_output(output, "resume", job={"model": "m"}, resume=state, checked=True)
-        return kept, PairsSink(output, ["score"])
+        state, sink = resume_state(output, {"model": "m"}), PairsSink(output, ["score"])
+        return prepare_output(output, "resume", job={"model": "m"}, resume=state, checked=True, run=sink.run), sink
 
     counting_store.requests.clear()
     kept, sink = resume()

@@ -100,6 +100,11 @@ def test_replicas_stay_identical_and_match_one_worker_with_twice_the_batch(data_
     assert _max_diff(w2, w1) < 1e-5  # ...and both runs changed them the same way
     losses = [entry["loss"] for entry in two.log]
     assert losses == pytest.approx([entry["loss"] for entry in one.log], abs=1e-5)
+    # The learning rate falls linearly to 0 at the last step (no warmup), as each step's log line says it.
+    assert [entry["lr"] for entry in one.log if "lr" in entry] == pytest.approx([1e-3 * 2 / 3, 1e-3 / 3, 0.0])
+    # A checkpoint at each epoch's end (save_every unset), the latest two kept (keep_checkpoints).
+    kept = sorted(p.name for p in (Path(one.model_path) / "checkpoints" / "one").glob("checkpoint_*") if p.is_dir())
+    assert kept == ["checkpoint_0000002", "checkpoint_0000003"]
     # Each log line says what share of its time the worker waited for data.
     assert all(0.0 <= entry["data_wait"] < 1.0 for entry in two.log + one.log if "samples_per_second" in entry)
     # The summary says where the run's seconds went: its phases add up to them, and Ray Train's part holds the
@@ -116,6 +121,33 @@ def test_replicas_stay_identical_and_match_one_worker_with_twice_the_batch(data_
         summary = "\n".join(run.lines())
         assert (f"Ray Train {phases['fit']:.1f}: workers' start {phases['workers']:.1f}, model {phases['model']:.1f}, "
                 f"steps {phases['steps']:.1f}, saves {phases['checkpoints']:.1f}; output") in summary
+
+
+def test_a_step_clips_its_gradients_and_the_learning_rate_follows_transformers_linear_schedule():
+    """The recipe's step, as CrossEncoderTrainer takes it: the gradients clipped to max_grad_norm as a whole, then
+    the update, then the schedule: transformers' linear one, rising over the warmup and falling to 0 at the end."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    train = _train_module()
+    for warmup, total in ((0, 4), (2, 7), (3, 3)):
+        rates = []
+        for schedule in (lambda o: torch.optim.lr_scheduler.LambdaLR(o, train.linear_schedule(warmup, total)),
+                         lambda o: get_linear_schedule_with_warmup(o, warmup, total)):
+            optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+            scheduler = schedule(optimizer)
+            rates.append([scheduler.get_last_lr()[0]] + [(optimizer.step(), scheduler.step(),
+                                                          scheduler.get_last_lr()[0])[-1] for _ in range(total)])
+        assert rates[0] == pytest.approx(rates[1]) and rates[0][-1] == 0.0
+
+    for max_grad_norm, moved in ((1.0, [0.06, 0.08]), (0.0, [0.3, 0.4])):  # a gradient of norm 5; 0: no clipping
+        layer = torch.nn.Linear(2, 1, bias=False)
+        layer.weight.data.zero_()
+        layer.weight.grad = torch.tensor([[3.0, 4.0]])
+        optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+        train.optimizer_step(layer, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+                             max_grad_norm)
+        assert (-layer.weight.data[0]).tolist() == pytest.approx(moved) and layer.weight.grad is None
 
 
 def test_ray_trains_part_is_told_from_the_workers_marks_and_without_them_as_its_steps():
