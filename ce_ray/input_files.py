@@ -210,14 +210,15 @@ def _text_bytes(path: str, size: int, head: bytes, whole: bool) -> int:
     return size * COMPRESSED_TEXT_RATIO if compression_of(path) else size
 
 
-def _head(f) -> Tuple[bytes, bool]:
+def _head(f, blank: bytes = b"\r\n") -> Tuple[bytes, bool]:
     """A text file's first `HEAD_BYTES`, or more to the end of its first line where that is longer (a JSON record
-    holding a long document); and whether that is the whole file. Empty lines that open the file, which every
-    reader skips, are passed over: a head of them alone said a file of rows had none, and it was left out."""
+    holding a long document); and whether that is the whole file. The lines of `blank` characters alone that open
+    the file, which its reader skips (a CSV's empty lines; a JSON Lines file's of spaces and tabs too), are passed
+    over: a head of them alone said a file of rows had none, and it was left out."""
     chunks = []
     while True:
         chunk = f.read(HEAD_BYTES)
-        if not chunks and len(chunk) == HEAD_BYTES and not chunk.removeprefix(UTF8_BOM).strip(b"\r\n"):
+        if not chunks and len(chunk) == HEAD_BYTES and not chunk.removeprefix(UTF8_BOM).strip(blank):
             continue
         chunks.append(chunk)
         if len(chunk) < HEAD_BYTES:
@@ -249,7 +250,8 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
             return FileCheck(path, schema.names, meta.num_rows, dict(zip(schema.names, schema.types)),
                              groups, sum(size for _, size in groups))
         with fs.open_input_stream(path, compression=compression_of(path)) as f:
-            head, whole = _head(f)
+            # Arrow's CSV reader reads a line of spaces as a row (a header, refused below); JSON Lines' reader skips it
+            head, whole = _head(f, b"\r\n" if input_format in DELIMITED else b" \t\r\n")
         size = _text_bytes(path, size, head, whole)
         head = head.removeprefix(UTF8_BOM)
         # A CSV or TSV line may end in "\r" alone, as Arrow's reader reads it (bytes' splitlines splits at no other).
@@ -273,10 +275,8 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
                                  size_bytes=size)
             _refuse_header_not_utf8(path, lines[0] if lines else b"")
             return FileCheck(path, first, 0 if whole and len(lines) <= 1 else None, as_text(first), size_bytes=size)
-        if not lines and whole:
+        if not lines:  # (the head is the whole file: its blank lines are passed over)
             return FileCheck(path, [], 0, {})
-        if not lines:
-            raise InputError(f"{path}: its first {FIRST_LINE_BYTES >> 20} MiB hold no line but blank ones (spaces, tabs)")
         # The columns of the head's lines, not of the first alone: a line may leave a key out (a null), and a query
         # missing from line 1 alone failed the file as having no query column. A line 1 that is no JSON object (no
         # UTF-8, cut short, an array) is rejected as the reader rejects any other line: it failed the whole file.

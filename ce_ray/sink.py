@@ -5,8 +5,9 @@ Layout of an output folder:
     rejects/<stem>-<hash8>-r<first row>.parquet   rows that could not be scored, with a `reason` column
     _ce_ray/job.json                              the settings that decide the scores (checked by resume)
     _ce_ray/inputs.json                           each input file's size and time or ETag (for resume)
-    _ce_ray/run.json                              the run writing the output (another begun on it meanwhile:
-                                                  neither writes `_SUCCESS` over the other's parts)
+    _ce_ray/run.json                              the run writing the output, as each of its parts' footers
+                                                  says too (`RUN_ID`): of two jobs at once on one output,
+                                                  neither writes `_SUCCESS` over the other's parts
     _SUCCESS                                      JSON summary, written last: the output is complete, as
                                                   its parts' footers show (`check_parts`); it names each
                                                   part of results/ and its rows (`result_rows`), and
@@ -43,12 +44,13 @@ from ray.data.block import BlockAccessor
 from .batching import REJECT
 from .messages import InputError, briefly, cannot_hold, setting_and_flag
 from .output_state import (DTYPE_SCORED, EVAL, JOB, MODEL_VERSION, REJECT_ROWS, REJECTS, RESULT_PARTS, RESULT_ROWS,
-                           RESULTS, RESUME, RUN, STATE, SUCCESS, changed_parts, finished_job, finished_parts,
+                           OVERWRITE, RESULTS, RESUME, RUN, STATE, SUCCESS, changed_parts, finished_job, finished_parts,
                            is_output, part_differences, read_state)
 from .input_files import EVAL_SUFFIX
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 from .runtime import work
-from .storage import delete_files, filesystem, in_parallel, is_remote, list_tree, parquet_footer, remove
+from .storage import (delete_files, filesystem, in_parallel, is_remote, list_tree, parquet_footer, read_bytes,
+                      remove)
 
 REASON = "reason"  # why a row of rejects/ was rejected
 INPUTS = "inputs.json"  # input key -> the file's stamp (`input_files.FileCheck.stamp`) when the job read it
@@ -56,6 +58,7 @@ INPUT_ROWS = b"ce_ray.input_rows"  # footer key: the input file's row count, on 
 # Footer key: the rows of its input file a part holds, as JSON runs [[start, stop], ...] of row numbers (stop not
 # included), in order: a write task's rows of a file need not be consecutive (blocks come as they are scored).
 ROW_RUNS = b"ce_ray.row_runs"
+RUN_ID = b"ce_ray.run"  # footer key: the run that wrote the part (`PairsSink.run`)
 # Writing is I/O: a write task asks for a quarter of a core, so it never waits behind tokenizing for one.
 WRITE_REMOTE_ARGS = {"num_cpus": 0.25}
 # Fault injection, for tests only: the write of rows from an input whose key contains this value hangs, as
@@ -234,6 +237,7 @@ class Footer:
     input_rows: Optional[int] = None
     missing: bool = False
     runs: Optional[list] = None  # the input's rows the part holds (`ROW_RUNS`), where its footer says
+    run: Optional[bytes] = None  # the run that wrote it (`RUN_ID`), where its footer says
 
 
 def _footer(fs: pafs.FileSystem, file: str, size: int) -> Footer:
@@ -245,8 +249,10 @@ def _footer(fs: pafs.FileSystem, file: str, size: int) -> Footer:
     except pa.ArrowInvalid:  # pyarrow's error for a file too short for a footer, or without parquet's magic
         return Footer()
     # Any other error (a store that does not answer) fails the caller: a part not read is no damaged part.
-    input_rows = (meta.metadata or {}).get(INPUT_ROWS)
-    return Footer(meta.num_rows, None if input_rows is None else int(input_rows), runs=_runs_in(meta.metadata or {}))
+    metadata = meta.metadata or {}
+    input_rows = metadata.get(INPUT_ROWS)
+    return Footer(meta.num_rows, None if input_rows is None else int(input_rows), runs=_runs_in(metadata),
+                  run=metadata.get(RUN_ID))
 
 
 def read_footers(fs: pafs.FileSystem, sizes: Dict[str, int]) -> Dict[str, Footer]:
@@ -640,7 +646,9 @@ class PairsSink(Datasink):
                 name = f"part-{ctx.task_idx:06d}.parquet" if key is None else _part_name(key, part)
                 if stall and stall in name:
                     time.sleep(3600)
-                metadata = {} if input_rows is None else {INPUT_ROWS: str(input_rows).encode()}
+                metadata = {RUN_ID: self.run.encode()}
+                if input_rows is not None:
+                    metadata[INPUT_ROWS] = str(input_rows).encode()
                 if key is not None:  # rows of an input file: which of its rows the part holds
                     runs = row_runs(part.column(ROW_INDEX).to_numpy())
                     metadata[ROW_RUNS] = json.dumps(runs, separators=(",", ":")).encode()
@@ -650,7 +658,7 @@ class PairsSink(Datasink):
                 # (the first block's) in every part, its pandas index and dtypes (pandas gave a part another
                 # file's index, or read a stored index as the index in one part and a column in another), or an
                 # earlier job's INPUT_ROWS in a rerank's parts of other rows.
-                part = part.replace_schema_metadata(metadata or None)
+                part = part.replace_schema_metadata(metadata)
                 if sub == REJECTS:
                     fs.create_dir(f"{path}/{REJECTS}", recursive=True)
                 write_table_atomic(fs, f"{path}/{sub}/{name}", part, remote)
@@ -668,19 +676,19 @@ class PairsSink(Datasink):
 
     def write_success(self, summary: dict, kept: Optional[ResumeState] = None) -> None:
         """Writes `_SUCCESS`, once the output is seen to hold every part this job wrote and kept, whole, and no other
-        job has begun on it since this one did: two jobs at once on one output (a command run again while the
-        first still ran) wrote their parts under the same names, of other rows, and the first to end wrote `_SUCCESS`
-        over the other's, rows twice in results/."""
+        job has begun on it since this one did, nor written its parts again: two jobs at once on one output (a
+        command run again while the first still ran) wrote their parts under the same names, of other rows, and the
+        first to end wrote `_SUCCESS` over the other's, rows twice in results/."""
         fs, path = filesystem(self.output)
-        with writing(self.output):
-            run = read_state(fs, path, RUN)
-        if run != {"run": self.run}:
-            raise OutputLostError(f"another job began writing {self.output} while this one did ({STATE}/{RUN} is not "
-                                  f"this job's): their parts are mixed. No {SUCCESS} written; once no job writes it, "
-                                  f"{self.finish}")
         expected = {f"{path}/{name}": rows for name, rows in self.parts.items()} | (kept.files() if kept else {})
-        with work():  # a part lost during the work fails the job, as an error of its tasks does
-            check_parts(self.output, expected, self.finish, kept.footers_read() if kept else None)
+        with work():  # a part lost during the work, or another job's, fails the job, as an error of its tasks does
+            with writing(self.output):
+                run = _recorded_run(fs, path)
+            if run != self.run:
+                raise OutputLostError(f"another job began writing {self.output} while this one did ({STATE}/{RUN} is "
+                                      f"not this job's): their parts are mixed. No {SUCCESS} written; {BEGUN_AGAIN}")
+            check_parts(self.output, expected, self.finish, kept.footers_read() if kept else None, self.run,
+                        {f"{path}/{name}" for name in self.parts})
         # The parts of results/ and rejects/ and their rows, so that a job reading this output later tells one that
         # lost parts since, or whose parts were cut short or rewritten (`output_state.refuse_changed_output`), and a
         # resume tells which (`lost_or_rewritten`).
@@ -690,13 +698,27 @@ class PairsSink(Datasink):
         _write_bytes(fs, f"{path}/{SUCCESS}", json.dumps(summary, indent=2).encode(), is_remote(self.output))
 
 
-def _differences(fs: pafs.FileSystem, path: str, expected: Dict[str, int],
-                 read: Dict[str, Tuple[str, Optional[int]]]) -> list:
+# What finishes a job whose output another job wrote at the same time: only starting over tells whose rows are whose
+# (its settings, `_ce_ray/job.json`, are the other job's, which a resume would take the other's parts by).
+BEGUN_AGAIN = f"once no other job writes it, {OVERWRITE}"
+
+
+def _recorded_run(fs: pafs.FileSystem, path: str) -> Optional[str]:
+    """The run that `_ce_ray/run.json` says writes the output now (`prepare_output`); None where none is."""
+    try:
+        return json.loads(read_bytes(fs, f"{path}/{STATE}/{RUN}")).get("run")
+    except FileNotFoundError:
+        return None
+
+
+def _differences(fs: pafs.FileSystem, path: str, expected: Dict[str, int], read: Dict[str, Tuple[str, Optional[int]]],
+                 run: Optional[str] = None, own: Set[str] = frozenset()) -> Tuple[list, list]:
     """What results/ and rejects/ hold otherwise than `expected` (part -> rows), each said in a few words
     (`output_state.part_differences`, which a later job reading the output holds its results/ to as well): parts
-    missing, of other row counts or unreadable (from their footers alone), and parts that no one expected. A part
-    whose footer was `read` by the job (part -> (its stamp then, its rows)) and that is listed with the same stamp
-    now is the file that was read: its rows are taken as read."""
+    missing, of other row counts or unreadable (from their footers alone), and parts that no one expected; and,
+    apart, the parts of `own` (those the job of `run` wrote) that another run wrote again since, under their names.
+    A part whose footer was `read` by the job (part -> (its stamp then, its rows)) and that is listed with the same
+    stamp now is the file that was read: its rows are taken as read."""
     held = {file: listed for sub in (RESULTS, REJECTS) for file, listed in _list(fs, f"{path}/{sub}").items()
             if not is_temporary(file)}
     known = {file: read[file][1] for file, (_, stamp) in held.items() if file in read and read[file][0] == stamp}
@@ -704,18 +726,22 @@ def _differences(fs: pafs.FileSystem, path: str, expected: Dict[str, int],
                                 if file in expected and file not in known})
     rows = {file: known[file] if file in known else footers[file].rows if file in footers else None for file in held
             if not footers.get(file, Footer()).missing}  # deleted since the listing: missing
-    return part_differences(expected, rows, "this job", f"{path}/")
+    again = [f"{file[len(path) + 1:]} was written again by another job" for file in sorted(own)
+             if run and rows.get(file) is not None and file in footers and footers[file].run != run.encode()]
+    return part_differences(expected, rows, "this job", f"{path}/"), again
 
 
 def check_parts(output: str, expected: Dict[str, int], finish: str,
-                read: Optional[Dict[str, Tuple[str, Optional[int]]]] = None) -> None:
+                read: Optional[Dict[str, Tuple[str, Optional[int]]]] = None, run: Optional[str] = None,
+                own: Set[str] = frozenset()) -> None:
     """Fails unless the output holds exactly the parts `expected` (path -> rows), so that `_SUCCESS` never counts
     rows that are not there: a store that lost writes it had taken, a folder cleared by another hand, a part
     deleted by another job's --mode overwrite. `read`: the parts whose footers the job read already (a resume's kept
     parts, `ResumeState.footers_read`), each with its stamp as listed then and its rows: one listed now with the same
-    stamp (size, and time or ETag) is not read again, where a resume read each kept part's footer twice."""
+    stamp (size, and time or ETag) is not read again, where a resume read each kept part's footer twice. `run`
+    and `own`: the job's run, and the parts it wrote, which another job may have written again (`_differences`)."""
     fs, path = filesystem(output)
-    said = _differences(fs, path, expected, read or {})
-    if said:
-        raise OutputLostError(f"{output} does not hold the parts this job counts: {briefly(said)}. "
-                              f"No {SUCCESS} written; {finish}")
+    said, again = _differences(fs, path, expected, read or {}, run, own)
+    if said or again:
+        raise OutputLostError(f"{output} does not hold the parts this job counts: {briefly(said + again)}. "
+                              f"No {SUCCESS} written; {BEGUN_AGAIN if again else finish}")

@@ -101,6 +101,15 @@ def read_tail(fs: pafs.FileSystem, path: str, size: int, length: int) -> bytes:
         return f.read_at(size - start, start)
 
 
+def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    """A small file's bytes, in one read: on S3 one GET, where opening the file cost two HEAD requests more."""
+    handler = getattr(fs, "handler", None)
+    if isinstance(handler, _S3Handler):
+        return handler.fs.cat_file(path)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
 def remove(fs: pafs.FileSystem, path: str) -> None:
     """Deletes the file or the folder at `path`, if there is one."""
     info = fs.get_file_info(path)

@@ -598,7 +598,10 @@ def test_a_lazy_python_dataset_is_ranked_in_one_partition_per_cpu(ray_local, tin
 
 def test_rerank_parts_carry_none_of_the_input_files_metadata(ray_local, tiny_model, tmp_path):
     """A rerank's parts (rows of any input file, ranked) carried the first input file's schema metadata: an earlier
-    score job's `ce_ray.input_rows` (300 on a part of 160 rows) and its pandas index. They carry none."""
+    score job's `ce_ray.input_rows` (300 on a part of 160 rows) and its pandas index. They carry the run that wrote
+    them alone (`sink.RUN_ID`)."""
+    from ce_ray.sink import RUN_ID
+
     (tmp_path / "in").mkdir()
     frame = pd.DataFrame({"query_id": ["q", "q"], "query": ["q", "q"], "document": ["a", "b"]},
                          index=pd.RangeIndex(1000, 1002, name="pair_id"))
@@ -607,7 +610,7 @@ def test_rerank_parts_carry_none_of_the_input_files_metadata(ray_local, tiny_mod
                    tmp_path / "in" / "a.parquet")
     run_rerank(RerankConfig(model=str(tiny_model), input=str(tmp_path / "in"), output=str(tmp_path / "out")))
     parts = sorted((tmp_path / "out" / "results").glob("*.parquet"))
-    assert parts and [pq.read_schema(part).metadata for part in parts] == [None] * len(parts)
+    assert parts and all(pq.read_schema(part).metadata.keys() == {RUN_ID} for part in parts)
 
 
 def test_a_parquet_input_with_hand_made_pandas_metadata_is_reranked(ray_local, tiny_model, tmp_path):

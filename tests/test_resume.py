@@ -356,11 +356,22 @@ def test_a_job_begun_on_the_output_meanwhile_leaves_neither_said_finished(ray_lo
     with pytest.raises(OutputLostError) as begun:
         first.write_success({"rows_in": 30})
     assert str(begun.value) == (f"another job began writing {out} while this one did (_ce_ray/run.json is not this "
-                                "job's): their parts are mixed. No _SUCCESS written; once no job writes it, --mode "
-                                "resume finishes it")
+                                "job's): their parts are mixed. No _SUCCESS written; once no other job writes it, "
+                                "rerun it with --mode overwrite")
     ray.data.range(20, override_num_blocks=2).write_datasink(second)
     with pytest.raises(OutputLostError, match=r"results/part-000002\.parquet was not written by this job"):
         second.write_success({"rows_in": 20})
+    # Parts of the same names and rows, written again by the other job: its rows, which the counts do not tell.
+    third = PairsSink(out, ["score"])
+    prepare_output(out, "overwrite", job={"model": "m"}, run=third.run)
+    ray.data.range(20, override_num_blocks=2).write_datasink(third)
+    ray.data.range(20, override_num_blocks=2).map(lambda row: {"id": -row["id"]}).write_datasink(second)
+    with pytest.raises(OutputLostError) as again:
+        third.write_success({"rows_in": 20})
+    assert str(again.value) == (f"{out} does not hold the parts this job counts: results/part-000000.parquet was "
+                                "written again by another job; results/part-000001.parquet was written again by "
+                                "another job. No _SUCCESS written; once no other job writes it, rerun it with --mode "
+                                "overwrite")
     assert not os.path.exists(f"{out}/_SUCCESS")
 
 
