@@ -11,7 +11,7 @@ from typing import Dict, List, NamedTuple, Optional
 import pyarrow.fs as pafs
 
 from .messages import InputError, briefly, plural
-from .storage import filesystem, glob_base, is_glob
+from .storage import filesystem, glob_base, is_glob, read_bytes
 
 
 # An output folder of ce-ray (its layout: ce_ray/sink.py), which may be the input of a later job.
@@ -41,10 +41,10 @@ def is_output(fs: pafs.FileSystem, path: str) -> bool:
 
 
 def read_state(fs: pafs.FileSystem, path: str, name: str = JOB) -> Optional[dict]:
-    """One of the JSON files in an output's `_ce_ray/` (the job's settings by default), or None where it has none."""
+    """One of the JSON files in an output's `_ce_ray/` (the job's settings by default), or None where it has none;
+    one request on S3 (`storage.read_bytes`)."""
     try:
-        with fs.open_input_stream(f"{path}/{STATE}/{name}") as f:
-            return json.loads(f.read())
+        return json.loads(read_bytes(fs, f"{path}/{STATE}/{name}"))
     except FileNotFoundError:
         return None
 

@@ -49,8 +49,7 @@ from .output_state import (DTYPE_SCORED, EVAL, JOB, MODEL_VERSION, REJECT_ROWS, 
 from .input_files import EVAL_SUFFIX
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 from .runtime import work
-from .storage import (delete_files, filesystem, in_parallel, is_remote, list_tree, parquet_footer, read_bytes,
-                      remove)
+from .storage import delete_files, filesystem, in_parallel, is_remote, list_tree, parquet_footer, remove
 
 REASON = "reason"  # why a row of rejects/ was rejected
 INPUTS = "inputs.json"  # input key -> the file's stamp (`input_files.FileCheck.stamp`) when the job read it
@@ -683,8 +682,8 @@ class PairsSink(Datasink):
         expected = {f"{path}/{name}": rows for name, rows in self.parts.items()} | (kept.files() if kept else {})
         with work():  # a part lost during the work, or another job's, fails the job, as an error of its tasks does
             with writing(self.output):
-                run = _recorded_run(fs, path)
-            if run != self.run:
+                run = read_state(fs, path, RUN)  # the run that writes the output now (`prepare_output`)
+            if run != {"run": self.run}:
                 raise OutputLostError(f"another job began writing {self.output} while this one did ({STATE}/{RUN} is "
                                       f"not this job's): their parts are mixed. No {SUCCESS} written; {BEGUN_AGAIN}")
             check_parts(self.output, expected, self.finish, kept.footers_read() if kept else None, self.run,
@@ -701,14 +700,6 @@ class PairsSink(Datasink):
 # What finishes a job whose output another job wrote at the same time: only starting over tells whose rows are whose
 # (its settings, `_ce_ray/job.json`, are the other job's, which a resume would take the other's parts by).
 BEGUN_AGAIN = f"once no other job writes it, {OVERWRITE}"
-
-
-def _recorded_run(fs: pafs.FileSystem, path: str) -> Optional[str]:
-    """The run that `_ce_ray/run.json` says writes the output now (`prepare_output`); None where none is."""
-    try:
-        return json.loads(read_bytes(fs, f"{path}/{STATE}/{RUN}")).get("run")
-    except FileNotFoundError:
-        return None
 
 
 def _differences(fs: pafs.FileSystem, path: str, expected: Dict[str, int], read: Dict[str, Tuple[str, Optional[int]]],
