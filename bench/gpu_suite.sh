@@ -85,8 +85,8 @@ step scale12 200 python3 bench/scale.py --layers 12 --sizes 5000000 --work /tmp/
 step first12 200 python3 bench/scale.py --layers 12 --sizes 5000000 --work /tmp/ce-ray-scale --first-job \
     --name scale_l12_first
 # The jobs as on a cluster: joined to a Ray started once before them, so that their seconds hold no Ray start (5-8 s
-# on the H200). L6 at 5M, then L12 at 5M (~116 s with its facts): both within a call of 230 s, where L6's 1M job too
-# would leave L12's cut short of its only figure.
+# on the H200). L6 at 5M (~100 s with its facts, its model's build and the suite's start), then L12 at 5M (~125 s):
+# both within a call of 330 s, where L6's 1M job too would leave L12's cut short of its only figure.
 step running6 120 python3 bench/scale.py --layers 6 --sizes 5000000 --work /tmp/ce-ray-scale --running-ray \
     --name scale_l6_running
 step running12 180 python3 bench/scale.py --layers 12 --sizes 5000000 --work /tmp/ce-ray-scale --running-ray \

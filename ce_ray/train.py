@@ -203,6 +203,9 @@ def _deepspeed_config(config: TrainConfig, bf16: bool) -> dict:
         "zero_optimization": zero,
         "bf16": {"enabled": bf16},
         "zero_allow_untested_optimizer": True,  # torch's AdamW: nothing to compile, runs on CPU too
+        # and steps the offloaded states too: DeepSpeed refused any optimizer but its own compiled CPU Adam there,
+        # and every worker failed as the engine started
+        "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 1 << 62,
         "wall_clock_breakdown": False,
     }
