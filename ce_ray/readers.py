@@ -18,7 +18,7 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -32,12 +32,24 @@ from .output_state import refuse_changed_output
 from .runtime import ensure_ray
 
 
+class InputRead(NamedTuple):
+    """What `read_dataset` read: the Dataset (None when nothing is left to read), the input files' checks (those
+    with rows), about how many bytes the rows to read take in memory (`FileCheck.size_bytes`), the input's schema
+    (`input_files.agreed_schema`) and how many files the input holds (with a parquet file of no rows, which has no
+    check here: a job's summary counts it among the files in)."""
+    dataset: Any
+    checks: List[FileCheck]
+    size_bytes: int
+    schema: Optional[pa.Schema]
+    listed: int
+
+
 def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[str]] = None,
                  keep=None, rows_per_block: int = 4096, rows_per_read: Optional[int] = None,
                  column_names: Optional[List[str]] = None, present: Sequence[str] = (),
                  lists: Sequence[str] = (), written: Optional[Dict[str, str]] = None,
                  read: Optional[Sequence[str]] = None, settings: Optional[Dict[str, str]] = None,
-                 listing: Optional[Listing] = None, held=None):
+                 listing: Optional[Listing] = None, held=None) -> InputRead:
     """A Ray Dataset over the input files, after `check_inputs` passed (`required` text columns, or lists of
     texts for those in `lists`; `present` ones of any type; none that the job writes, `written`).
 
@@ -51,10 +63,6 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     pass the rows on (training), whose types alone must agree from file to file (`check_inputs`): the job drops the
     others from each block before rows of two files meet. `settings`: the setting that names each column, which a
     missing one's error gives. `listing`: the input's (`list_files`), where the caller listed it already.
-    Returns the Dataset (None when `keep` selects nothing), the input files' checks
-    (those with rows), about how many bytes the rows to read take in memory (`FileCheck.size_bytes`), the
-    input's schema (`input_files.agreed_schema`) and how many files the input holds (with a parquet file of no
-    rows, which has no check here: a job's summary counts it among the files in).
     """
     listing = listing or list_files(uri, input_format, column_names)
     input_format, fs = listing.input_format, listing.fs
@@ -65,7 +73,7 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     checks = [c for c in checks if c.rows != 0]
     todo = [c for c in checks if keep is None or keep(c)]
     if not todo:
-        return None, checks, 0, schema, listed
+        return InputRead(None, checks, 0, schema, listed)
     ensure_ray()  # here, not by Ray Data's own start, which would start the dashboard too
     size_bytes = sum(c.size_bytes for c in todo)
     # Small files are read together where the job passes their columns on, which agree from file to file; a job
@@ -75,7 +83,8 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     if input_format == "parquet":
         ranges = [r for c in todo for r in read_ranges(c, rows_per_read or PARQUET_ROWS_PER_READ,
                                                        held(c) if held else ())]
-        return _read(tagged_parquet(ranges, fs, rows_per_block, together, schema)), checks, size_bytes, schema, listed
+        source = tagged_parquet(ranges, fs, rows_per_block, together, schema)
+        return InputRead(_read(source), checks, size_bytes, schema, listed)
     paths = [c.path for c in todo]
     if input_format in DELIMITED:
         columns = list(dict.fromkeys(name for c in todo for name in c.columns))  # every file's, all read as text
@@ -86,7 +95,7 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
         source = tagged_files(paths, fs, functools.partial(json_lines_chunks, text_columns=list(required or []),
                                                             list_columns=lists, schema=schema), together)
     # A file is read whole by one task: its rows travel together, so files complete one after another.
-    return _read(source), checks, size_bytes, schema, listed
+    return InputRead(_read(source), checks, size_bytes, schema, listed)
 
 
 def _read(source):

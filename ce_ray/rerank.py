@@ -429,8 +429,8 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
         rows_per_block=config.rows_per_block, column_names=parse_names(config.column_names),
         present=[config.query_id_column], written=written_columns(config),
         settings=column_settings(config) | {config.query_id_column: "query_id_column"})
-    if schema is not None:  # the files' types, from their footers and first lines: refused before any work
-        check_key(schema.empty_table(), config.query_id_column)
+    # The files' types, from their footers and first lines: a query id that cannot be ranked is refused before any work.
+    check_key(schema.empty_table(), config.query_id_column)
     cut_before = input_cut_record(config.input)  # read before the work: a store's failure then fails no work
     job = job_settings(config, listing) | {"query_id_column": config.query_id_column, "top_k": config.top_k} | (
         {"rank_column": config.rank_column} if config.rank_column != RANK else {})

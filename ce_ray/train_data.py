@@ -443,18 +443,17 @@ def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str], own_colu
     documents = [config.document_column, *negatives]  # each a column of texts or of lists of texts
     labels = [] if negatives else [config.label_column]
     # Only these columns are read: the files' other columns may differ from file to file (`training_pairs`).
-    ds, checks, _, _, _ = read_dataset(uri, config.input_format, [config.query_column, *documents],
-                                       column_names=parse_names(config.column_names), lists=documents,
-                                       present=labels, read=[config.query_column, *documents, *labels],
-                                       settings=_column_settings(config, negatives) if own_columns else None,
-                                       listing=listing)
+    read = read_dataset(uri, config.input_format, [config.query_column, *documents],
+                        column_names=parse_names(config.column_names), lists=documents, present=labels,
+                        read=[config.query_column, *documents, *labels],
+                        settings=_column_settings(config, negatives) if own_columns else None, listing=listing)
     # Whole blocks: a column may be text in one block and lists in another, which no batch could hold.
-    ds = ds.map_batches(training_pairs, fn_kwargs=dict(
+    ds = read.dataset.map_batches(training_pairs, fn_kwargs=dict(
         query_column=config.query_column, document_column=config.document_column, negative_columns=negatives,
         label_column=config.label_column), batch_format="pyarrow", batch_size=None)
     if negatives:
         config = dataclasses.replace(config, label_column=LABEL_OF_NEGATIVES)
-    return ds, config, input_sources(checks)
+    return ds, config, input_sources(read.checks)
 
 
 def top_reasons(stats: dict, count: int = 3) -> str:
