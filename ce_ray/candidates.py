@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import CandidatesConfig, ConfigError, require
-from .input_files import EVAL_SUFFIX, UTF8_BOM, compression_of, is_number
+from .input_files import EVAL_SUFFIX, UTF8_BOM, compression_of, eval_beside, is_number
 from .messages import InputError, plural, setting_and_flag
 from .output_state import SUCCESS
 from .runtime import work
@@ -245,9 +245,10 @@ def _check_output(config: CandidatesConfig) -> Optional[List[str]]:
         return None
     # A folder in the place of either (a parquet dataset of that name) is replaced as a file is, before any work:
     # the write would fail on it after the index was built. And `ce-ray eval`'s figures of the candidates, which
-    # would be read as the new ones' (it was left beside them).
+    # would be read as the new ones' (it was left beside them), named as an earlier ce-ray named them too.
     candidates = filesystem(output_file(config))[1]
-    ours = [candidates, f"{path}/{SUCCESS}", candidates + EVAL_SUFFIX]
+    measured = filesystem(eval_beside(output_file(config)))[1]
+    ours = [candidates, f"{path}/{SUCCESS}", measured, candidates + EVAL_SUFFIX]
     present = [p for p in ours if fs.get_file_info(p).type != pafs.FileType.NotFound]
     if present and config.mode == "error":
         raise FileExistsError(f"{config.output} already has candidates: pass --mode overwrite to replace them")

@@ -237,7 +237,8 @@ class EvalConfig:
 
     input: str = ""  # rerank/score output folder (its results/), parquet files, or a TREC run file (with qrels)
     qrels: str = ""  # BEIR qrels TSV or TREC qrels (MS MARCO's); empty: the label column gives the grades
-    output: str = ""  # JSON file; default <output folder>/eval.json, else <input>.eval.json beside the input
+    # JSON file; default <output folder>/eval.json, else beside the input: _<file>.eval.json, <folder>.eval.json
+    output: str = ""
     # also the reranked order as a TREC run file (`query_id Q0 doc_id rank score ce-ray`), for trec_eval
     run_output: str = ""
     query_id_column: str = "query_id"  # the rows of one query are evaluated together

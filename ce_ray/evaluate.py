@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from .arrow_types import is_text, missing_values, whole_number_text
 from .config import ConfigError, EvalConfig, require
-from .input_files import (EVAL_SUFFIX, FileCheck, agreed_schema, compression_of, detect_format, list_files,
+from .input_files import (FileCheck, agreed_schema, compression_of, detect_format, eval_beside, list_files,
                           partition_values)
 from .messages import InputError, column_list, plural, setting_and_flag, settings_hint
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
@@ -457,13 +457,11 @@ def table_lines(result: dict, config: EvalConfig) -> List[str]:
 
 def default_output(uri: str, of_a_job: bool) -> str:
     """`eval.json` in an output folder of ce-ray (`of_a_job`: `job_summary` found one), beside its results/ (which
-    later jobs read); else `<input>.eval.json` beside the input file, folder or glob's folder, where no job reads it
-    as pairs."""
+    later jobs read); else beside the input file, folder or glob's folder (`eval_beside`), where no job reads it as
+    pairs."""
     if of_a_job:
         return join(uri, EVAL)
-    if is_glob(uri):
-        return glob_base(uri) + EVAL_SUFFIX
-    return uri.rstrip("/") + EVAL_SUFFIX
+    return eval_beside(glob_base(uri) if is_glob(uri) else uri)
 
 
 def write_file(uri: str, data: bytes) -> None:

@@ -62,10 +62,22 @@ _DOCUMENTS = (".md", ".rst", ".pdf", ".html", ".htm", ".png", ".jpg", ".jpeg", "
 _DOCUMENT_NAMES = ("readme", "license", "licence", "notice", "copying")  # with no extension too
 
 
-# What `ce-ray eval` writes beside a file it measured (`<input>.eval.json`), often in a folder of pairs (the
-# candidates' file, in their folder): no pairs, though `.json` names JSONL. Read as such, the folder that a rerank
-# read next "mixed formats ['jsonl', 'parquet']" and failed.
+# What `ce-ray eval` writes beside a folder it measured (`<input>.eval.json`), and by an earlier ce-ray beside a file,
+# in a folder of pairs (the candidates' file, in their folder): no pairs, though `.json` names JSONL. Read as such,
+# the folder that a rerank read next "mixed formats ['jsonl', 'parquet']" and failed.
 EVAL_SUFFIX = ".eval.json"
+
+
+def eval_beside(uri: str) -> str:
+    """Where `ce-ray eval` writes its measures of `uri` by default, beside it: `_<file>.eval.json` for a file (a
+    name that says its format), whose folder pandas, Arrow, Spark and Ray Data then read as they did, passing over
+    it as over `_SUCCESS` (`<file>.eval.json` failed their reads, Parquet magic bytes not found), `<input>.eval.json`
+    for a folder, in its parent."""
+    place = uri.rstrip("/")
+    folder, sep, name = place.rpartition("/")
+    if detect_format(name) is None or folder.endswith(":/"):
+        return place + EVAL_SUFFIX
+    return f"{folder}{sep}_{name}{EVAL_SUFFIX}"
 
 
 def is_document(path: str) -> bool:

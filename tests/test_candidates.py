@@ -343,8 +343,8 @@ def test_queries_with_no_candidate_are_said_and_overwrite_removes_the_eval_of_th
     assert "(BM25 top 2; fewer for 2 queries, whose other documents share no term with them; none for 1 of them)" \
         in capsys.readouterr().out
     assert main(["eval", "--input", str(output / "candidates-test.parquet"), "--rank-column", "bm25_rank"]) == 0
-    assert (output / "candidates-test.parquet.eval.json").exists()
+    assert (output / "_candidates-test.parquet.eval.json").exists()
     (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "zzzz"}\n{"_id": "q2", "text": "yyyy"}\n')
     assert main(["candidates", "--data", str(folder), "--output", str(output), "--mode", "overwrite"]) == 0
     assert "  warning: no query shares a term with the corpus: " in capsys.readouterr().out
-    assert not (output / "candidates-test.parquet.eval.json").exists()
+    assert not (output / "_candidates-test.parquet.eval.json").exists()

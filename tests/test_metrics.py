@@ -226,7 +226,7 @@ def test_eval_counts_as_trec_eval_does_where_rows_repeat_lack_ids_or_are_not_jud
     # The default output goes beside the input, where no job reads it as pairs (not a file named after a glob).
     glob = run_eval(EvalConfig(input=str(tmp_path / "*.parquet"), qrels=str(tmp_path / "qrels.txt")))
     assert glob["queries"] == 2 and (tmp_path.parent / f"{tmp_path.name}.eval.json").exists()
-    assert (tmp_path / "scored.parquet.eval.json").exists() and not (tmp_path / "eval.json").exists()
+    assert (tmp_path / "_scored.parquet.eval.json").exists() and not (tmp_path / "eval.json").exists()
 
 
 def test_a_document_listed_twice_counts_at_its_best_rank_in_each_order():
@@ -695,10 +695,13 @@ def test_qrels_without_a_judgment_fail_in_one_line(tmp_path, capsys):
 
 
 def test_an_eval_written_beside_a_file_leaves_its_folder_readable_as_pairs(tmp_path, capsys):
-    """`ce-ray eval --input out/candidates/candidates-test.parquet` (the file candidates names) wrote its
-    `candidates-test.parquet.eval.json` beside it, in the candidates' folder, which the rerank of the folder then
-    refused: `input …/candidates mixes formats ['jsonl', 'parquet']`. An eval's JSON is no pairs: a folder's reader
-    skips it and says so, with the format given too."""
+    """`ce-ray eval --input out/candidates/candidates-test.parquet` (the file candidates names; or a part of a job's
+    results/) wrote its `candidates-test.parquet.eval.json` beside it, in the candidates' folder, which the rerank
+    of the folder then refused: `input …/candidates mixes formats ['jsonl', 'parquet']`, and pandas' and Arrow's
+    reads failed (Parquet magic bytes not found). It is `_candidates-test.parquet.eval.json`, which they pass over
+    as over `_SUCCESS`; a folder's reader skips an earlier ce-ray's JSON too and says so, with the format given."""
+    import pyarrow.dataset
+
     from ce_ray.input_files import list_files
 
     (tmp_path / "candidates").mkdir()
@@ -706,8 +709,14 @@ def test_an_eval_written_beside_a_file_leaves_its_folder_readable_as_pairs(tmp_p
     pd.DataFrame({"query_id": ["1", "1"], "doc_id": ["a", "b"], "query": ["q", "q"], "document": ["x", "y"],
                   "bm25_rank": [1, 2], "label": [0, 1]}).to_parquet(file)
     run_eval(EvalConfig(input=str(file), rank_column="bm25_rank", baseline_column=""))
-    assert (tmp_path / "candidates" / "candidates-test.parquet.eval.json").exists()
+    assert (tmp_path / "candidates" / "_candidates-test.parquet.eval.json").exists()
+    assert len(pd.read_parquet(tmp_path / "candidates")) == 2
+    assert pyarrow.dataset.dataset(tmp_path / "candidates").count_rows() == 2
     capsys.readouterr()
+    assert list_files(str(tmp_path / "candidates")).files == [str(file)]
+    assert capsys.readouterr().err == ""
+    (tmp_path / "candidates" / "_candidates-test.parquet.eval.json").rename(
+        tmp_path / "candidates" / "candidates-test.parquet.eval.json")
     assert list_files(str(tmp_path / "candidates")).files == [str(file)]
     assert capsys.readouterr().err == (f"ce-ray: note: {tmp_path / 'candidates'}: skipped 1 file(s) that are not "
                                        "parquet: candidates-test.parquet.eval.json\n")
