@@ -72,6 +72,7 @@ def _require_types(config) -> None:
 
 
 MIN_MAX_LENGTH = 8
+MAX_RANK_PARTITIONS = 10_000  # 2.5 TB of input at the default's 256 MiB a partition
 
 
 @dataclass
@@ -111,11 +112,25 @@ def _check_activation(dotted: str, trust_remote_code: bool) -> None:
         raise ConfigError(f"{setting_and_flag('activation')} {dotted!r} is not torch's (torch.nn.Identity for the "
                           "logit, torch.nn.Sigmoid): code from elsewhere runs only with "
                           f"{setting_and_flag('trust_remote_code')}")
+    import torch
+
     try:
-        getattr(importlib.import_module(module), name)()
+        made = getattr(importlib.import_module(module), name)()
+        # A class that builds with no argument but is no function of the logits (torch.Tensor, torch.nn.Module,
+        # torch.Generator) failed every replica's first batch, after Ray started and the model loaded.
+        logits = torch.zeros(2, 1)
+        if not (isinstance(made, torch.nn.Module) and made(logits).shape == logits.shape):
+            raise TypeError(f"{type(made).__name__} gives no scores of the logits")
     except Exception as e:  # an import, attribute or constructor error: all say the name is wrong
         raise ConfigError(f"{setting_and_flag('activation')} {dotted!r} is no class that makes a function with no "
                           f"argument (torch.nn.Identity, torch.nn.Sigmoid): {type(e).__name__}: {e}") from None
+
+
+def _require_two_texts(config) -> None:
+    """A query and a document column that are one: each query would be scored or trained against itself."""
+    if config.query_column == config.document_column:
+        raise ConfigError(f"{setting_and_flag('query_column')} and {setting_and_flag('document_column')} are both "
+                          f"{config.query_column!r}: name the query's column and the document's")
 
 
 @dataclass
@@ -170,7 +185,11 @@ class ScoreConfig(ModelConfig):
                 raise ConfigError(f"{setting_and_flag(name)} must be >= 1, got {value}")
         if self.tokenize_cpus <= 0:
             raise ConfigError(f"{setting_and_flag('tokenize_cpus')} must be > 0, got {self.tokenize_cpus}")
+        if None not in (self.replicas, self.min_replicas) and self.min_replicas > self.replicas:
+            raise ConfigError(f"{setting_and_flag('min_replicas')} {self.min_replicas} is more than "
+                              f"{setting_and_flag('replicas')} {self.replicas}, the most the job starts")
         _require_names(self, "score_column")
+        _require_two_texts(self)
         if self.activation:
             _check_activation(self.activation, self.trust_remote_code)
 
@@ -201,8 +220,11 @@ class RerankConfig(ScoreConfig):
             # any query writes an empty output, which no one means: it is refused, saying how to keep every row.
             raise ConfigError(f"{setting_and_flag('top_k')} must be >= 1, got {self.top_k}: a rerank keeps the best "
                               "top_k rows of each query; leave it unset to keep every row, ranked")
-        if self.rank_partitions is not None and self.rank_partitions < 1:
-            raise ConfigError(f"{setting_and_flag('rank_partitions')} must be >= 1, got {self.rank_partitions}")
+        if self.rank_partitions is not None and not 1 <= self.rank_partitions <= MAX_RANK_PARTITIONS:
+            # Each partition is a task of every block's shuffle and a file of its own: 100,000 of them ranked 3 rows
+            # for minutes without an end, where the default makes one per 256 MiB of input.
+            raise ConfigError(f"{setting_and_flag('rank_partitions')} must be from 1 to {MAX_RANK_PARTITIONS:,}, got "
+                              f"{self.rank_partitions:,}")
         _require_names(self, "score_column", "rank_column")
 
 
@@ -378,6 +400,7 @@ class TrainConfig(ModelConfig):
             if getattr(self, name) and not self.eval_data:
                 raise ConfigError(f"{setting_and_flag(name)} {getattr(self, name)} needs "
                                   f"{setting_and_flag('eval_data')}, which it is measured on")
+        _require_two_texts(self)
         if self.negative_columns:  # it was taken and read no column: the positive is labelled 1, each negative 0
             refuse_unused(self, ["label_column"], f"names no column of rows of {setting_and_flag('negative_columns')}, "
                           "whose positive is labelled 1 and each negative 0: leave it out", flags=True)
@@ -398,9 +421,11 @@ class TrainConfig(ModelConfig):
         for name in ("max_steps", "eval_max_queries"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{setting_and_flag(name)} must be >= 1, got {getattr(self, name)}")
-        if self.seed < 0 or self.cpus_per_worker <= 0:
-            raise ConfigError(f"{setting_and_flag('seed')} must be >= 0 and {setting_and_flag('cpus_per_worker')} > 0, "
-                              f"got {self.seed} and {self.cpus_per_worker}")
+        # Ray Data's shuffle seeds numpy with the seed plus a block's number, which must stay below 2**32: 2**32
+        # failed the run after its data was read, in a task, saying to run it again.
+        if not 0 <= self.seed < 2**31 or self.cpus_per_worker <= 0:
+            raise ConfigError(f"{setting_and_flag('seed')} must be from 0 to 2**31 - 1 and "
+                              f"{setting_and_flag('cpus_per_worker')} > 0, got {self.seed} and {self.cpus_per_worker}")
         if self.lr <= 0:
             raise ConfigError(f"{setting_and_flag('lr')} must be > 0, got {self.lr}")
         for name in ("weight_decay", "max_grad_norm"):

@@ -1625,6 +1625,33 @@ def test_settings_that_are_not_finite_numbers_fail_before_any_work(tmp_path):
         ce_ray.train(TrainConfig(model="m", train_data="t", output="o", weight_decay=float("nan")))
 
 
+def test_settings_that_failed_in_the_work_are_refused_before_it():
+    """Each passed the checks, then failed or hung once Ray started: a seed of 2**32 in Ray Data's shuffle after the
+    data was read (saying to run the same command again), an activation that builds but is no function of the
+    logits in every replica, 100,000 rank partitions ranking 3 rows for minutes; min_replicas above replicas was a
+    note, and one column for the query and the document scored each query against itself."""
+    from ce_ray.config import RerankConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match=r"^seed \(--seed\) must be from 0 to 2\*\*31 - 1 .*got 4294967296 "):
+        load_config(TrainConfig, overrides={"model": "m", "seed": 2**32})
+    assert load_config(TrainConfig, overrides={"model": "m", "seed": 2**31 - 1}).seed == 2**31 - 1
+    for activation in ("torch.Tensor", "torch.nn.Module", "torch.Generator"):
+        with pytest.raises(ConfigError, match=rf"^activation \(--activation\) '{activation}' is no class that makes "
+                                              r"a function .*: (TypeError|NotImplementedError): "):
+            load_config(ScoreConfig, overrides={"model": "m", "activation": activation})
+    assert load_config(ScoreConfig, overrides={"model": "m", "activation": "torch.nn.Tanh"}).activation
+    with pytest.raises(ConfigError, match=r"^rank_partitions \(--rank-partitions\) must be from 1 to 10,000, got "
+                                          r"100,000$"):
+        load_config(RerankConfig, overrides={"model": "m", "rank_partitions": 100_000})
+    with pytest.raises(ConfigError, match=r"^min_replicas \(--min-replicas\) 5 is more than replicas "
+                                          r"\(--replicas\) 2, the most the job starts$"):
+        load_config(ScoreConfig, overrides={"model": "m", "replicas": 2, "min_replicas": 5})
+    for cls in (ScoreConfig, RerankConfig, TrainConfig):
+        with pytest.raises(ConfigError, match=r"^query_column \(--query-column\) and document_column "
+                                              r"\(--document-column\) are both 'text': name the query's column"):
+            load_config(cls, overrides={"model": "m", "query_column": "text", "document_column": "text"})
+
+
 def test_a_config_built_in_python_is_checked_as_yaml_and_flags_are(tmp_path):
     """`ce_ray.score(ds, config=ScoreConfig(batch_tokens=4096.0))` and `run_score(ScoreConfig(max_length="512"))`
     skipped the check that YAML keys, flags and keywords get: the first failed the job in its replicas (`slice
