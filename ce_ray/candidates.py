@@ -28,7 +28,7 @@ from .input_files import EVAL_SUFFIX, UTF8_BOM, compression_of, eval_beside, is_
 from .messages import InputError, plural, setting_and_flag
 from .output_state import SUCCESS
 from .runtime import work
-from .storage import check_s3_access, filesystem, join, remove
+from .storage import check_s3_access, file_in_the_way, filesystem, join, remove
 
 
 def numbered_lines(uri: str):
@@ -241,6 +241,8 @@ def _check_output(config: CandidatesConfig) -> Optional[List[str]]:
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
         raise ConfigError(f"{setting_and_flag('output')} {config.output} is a file: pass a folder")
+    if blocker := file_in_the_way(config.output):  # found as the output was made, after the corpus was indexed
+        raise ConfigError(f"{setting_and_flag('output')} {config.output}: {blocker} is a file, not a folder")
     if info.type == pafs.FileType.NotFound:
         return None
     # A folder in the place of either (a parquet dataset of that name) is replaced as a file is, before any work:

@@ -38,7 +38,8 @@ from .input_files import (FileCheck, agreed_schema, compression_of, detect_forma
 from .messages import InputError, column_list, plural, setting_and_flag, settings_hint
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 from .output_state import EVAL, REJECTS, job_of_results, job_summary, refuse_changed_output, rows_cut_before
-from .storage import check_s3_access, filesystem, glob_base, is_glob, is_remote, join, same_place
+from .storage import (check_s3_access, file_in_the_way, filesystem, glob_base, is_glob, is_remote, join,
+                      same_place)
 from .train_data import numeric_labels
 
 
@@ -541,6 +542,11 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     config.validate()  # as the command's config is: from Python, k=0 and the settings eval does not use passed
     for uri in (config.input, config.qrels):  # first: the input's job is looked up on the store next
         check_s3_access(uri)
+    defaults = EvalConfig()
+    if config.score_column != defaults.score_column and config.rank_column == defaults.rank_column:
+        # A score named alone gives the order: an input's rank beside it (a cascade's first reranker's) measured
+        # that instead, and the setting changed nothing.
+        config = dataclasses.replace(config, rank_column="")
     c, job_notes, job = _following_the_job(config)
     output = c.output or default_output(c.input, job is not None)
     _refuse_overwriting(c, output)
@@ -550,6 +556,9 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
         fs, path = filesystem(uri) if uri and getattr(c, setting) else (None, "")
         if fs is not None and fs.get_file_info(path).type == pafs.FileType.Directory:
             raise ConfigError(f"{setting_and_flag(setting)} {uri} is a folder: give the path of a file")
+        # found as the file was written, after the measures (a run's file written first: the measures' not)
+        if uri and (blocker := file_in_the_way(os.path.dirname(uri) or ".")):
+            raise ConfigError(f"{setting_and_flag(setting)} {uri}: {blocker} is a file, not a folder")
     qrels = read_qrels(c.qrels) if c.qrels else None
     required = [c.query_id_column] + ([c.doc_id_column] if qrels is not None or c.run_output else []) + (
         [c.label_column] if qrels is None else [])
@@ -580,11 +589,17 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
                          + (f" ({unordered:,} without a {_reranked_by(df, c)[0]})" if unordered else ""))
     if c.baseline_column:
         _refuse_text_order(df, c.baseline_column, "baseline_column")
-    if _order_column(df, c)[0] == c.rank_column and _holds_fractions(df, c.rank_column):  # `--rank-column score`
+    if c.rank_column not in ("", defaults.rank_column, *df.columns) and not from_run:  # not the scores' order
+        raise InputError(f"{setting_and_flag('rank_column')} {c.rank_column!r} is no column of {c.input}: name the "
+                         f"order's column, a rank (1 is best), or leave it out for the scores' order "
+                         f"({setting_and_flag('score_column')} {c.score_column})")
+    ordered_by = _order_column(df, c)[0]
+    if ordered_by == c.rank_column and _holds_fractions(df, c.rank_column):  # `--rank-column score`
         job_notes["rank_read_as_rank"] = (
             f"warning: the rank column {c.rank_column} holds fractions, as a score does, but is read as a rank (1 "
             f"is best): name it with {setting_and_flag('score_column')} instead if higher is better")
-    if not c.baseline_descending and _holds_fractions(df, c.baseline_column):  # `bm25_score` for `bm25_rank`
+    if (not c.baseline_descending and c.baseline_column != ordered_by  # then no baseline, said
+            and _holds_fractions(df, c.baseline_column)):  # `bm25_score` for `bm25_rank`
         job_notes["baseline_read_as_rank"] = (
             f"warning: the baseline {c.baseline_column} holds fractions, as a score does, but is read as a rank (1 "
             f"is best): give {setting_and_flag('baseline_descending')} if higher is better")

@@ -42,6 +42,17 @@ def same_place(first: str, second: str) -> bool:
     return os.path.realpath(first) == os.path.realpath(second)
 
 
+def file_in_the_way(uri: str) -> Optional[str]:
+    """The file on the way to a local path that a job would write (`out.yaml` of `out.yaml/results`), which no
+    folder can be made under; None where there is none, and on S3, whose keys hold any path."""
+    if is_remote(uri):
+        return None
+    path = os.path.abspath(uri.removeprefix("file://"))
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path if os.path.exists(path) and not os.path.isdir(path) else None
+
+
 def s3_retries() -> dict:
     """botocore's retry settings of the job's S3 client: 8 retries in `adaptive` mode, unless the environment
     sets botocore's own `AWS_MAX_ATTEMPTS` (attempts in all) or `AWS_RETRY_MODE`, which a client's settings

@@ -261,6 +261,10 @@ def test_a_folder_in_the_candidates_files_place_is_refused_before_the_work_and_o
     assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out" / "_SUCCESS")]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"ce-ray candidates: error: output (--output) {tmp_path}/out/_SUCCESS is a file: pass a folder")
+    # One under a file: a traceback once the corpus was indexed, saying to rerun it with --mode overwrite.
+    assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out" / "_SUCCESS" / "c")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (f"ce-ray candidates: error: output (--output) {tmp_path}/out/"
+                                                        f"_SUCCESS/c: {tmp_path}/out/_SUCCESS is a file, not a folder")
 
 
 def test_a_data_path_that_is_a_file_or_a_qrels_path_that_is_a_folder_fails_in_one_line(tmp_path, capsys):
