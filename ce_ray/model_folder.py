@@ -441,6 +441,15 @@ def check_safe(path: str, allow_pickle: bool, trust_remote_code: bool) -> None:
     if not has_safetensors and not has_pickle:
         raise ModelError(f"{path} has no weights (model.safetensors)")
     check_weights_files(path)
+    if not trust_remote_code and not any(glob.glob(os.path.join(path, name)) for name in TOKENIZER_FILES):
+        raise ModelError(NO_TOKENIZER.format(path=path))  # said here, before Ray starts, not in `load_tokenizer`
+
+
+# The files a tokenizer of transformers reads its words from (WordPiece's, BPE's, SentencePiece's), of which a folder
+# with a tokenizer holds one or more: `tokenizer_config.json` alone makes a tokenizer of its special tokens alone.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "*.model", "*.spm", "bpe.codes")
+NO_TOKENIZER = ("{path} has no tokenizer files (tokenizer.json, or vocab.txt and the like): its tokenizer would know "
+                "no word; save the model's tokenizer into it (tokenizer.save_pretrained(folder))")
 
 
 def check_weights_files(path: str) -> None:
@@ -682,8 +691,7 @@ def load_tokenizer(model: str, trust_remote_code: bool = False):
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
                                               **tokenizer_arguments(settings))
     if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
-        raise ModelError(f"{path} has no tokenizer files (tokenizer.json, or vocab.txt and the like): its tokenizer "
-                         "would know no word; save the model's tokenizer into it (tokenizer.save_pretrained(folder))")
+        raise ModelError(NO_TOKENIZER.format(path=path))
     if settings.get("do_lower_case"):
         _lowercase_first(tokenizer)
     return tokenizer

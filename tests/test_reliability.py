@@ -1464,6 +1464,7 @@ def test_pickle_only_weights_are_refused_unless_allowed(ray_local, tmp_path, tin
 def test_a_damaged_model_folder_fails_before_the_output_is_touched(tmp_path, tiny_model):
     """A safetensors file cut short (as an interrupted copy leaves it), a config.json that is not JSON, no tokenizer."""
     import ce_ray
+    from ce_ray.model_folder import check_safe
 
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "p.parquet")
     model = _model_copy(tiny_model, tmp_path, "cut-short")
@@ -1485,6 +1486,8 @@ def test_a_damaged_model_folder_fails_before_the_output_is_touched(tmp_path, tin
         job(model, tmp_path / "p.parquet", tmp_path / "out")
     with pytest.raises(ModelError, match=no_tokenizer):
         ce_ray.predict(str(model), [("q", "d")])
+    with pytest.raises(ModelError, match=no_tokenizer):  # among the folder's checks before Ray starts (it came after)
+        check_safe(str(model), allow_pickle=False, trust_remote_code=False)
     # A model type that transformers does not know: its first line, not its advice on upgrading over two more.
     model = _model_copy(tiny_model, tmp_path, "unknown-type")
     config = json.loads((model / "config.json").read_text())
