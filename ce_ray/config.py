@@ -44,9 +44,9 @@ def _require_file_names(config, *settings: str) -> None:
     index was built."""
     for setting in settings:
         name = getattr(config, setting)
-        if "/" in name or "\\" in name or name in (".", ".."):
+        if "/" in name or "\\" in name or name in (".", "..") or (not name and setting.endswith("split")):
             raise ConfigError(f"{setting_and_flag(setting)} {name!r} becomes a file's or a folder's name: give a name "
-                              "without / or \\, not . or ..")
+                              "without / or \\, not . or .." + (", nor empty" if setting.endswith("split") else ""))
 
 
 def _require_finite(config) -> None:
@@ -381,7 +381,7 @@ class TrainConfig(ModelConfig):
 
     def validate(self) -> None:
         super().validate()
-        _require_file_names(self, "run_name")
+        _require_file_names(self, "run_name", "train_split", "eval_split")  # a split's is qrels/<split>.tsv
         for name in ("num_workers", "epochs", "batch_size", "grad_accum", "log_every", "eval_top_k",
                      "length_window", "keep_checkpoints"):
             if getattr(self, name) < 1:

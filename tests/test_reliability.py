@@ -1637,7 +1637,7 @@ def test_settings_that_failed_in_the_work_are_refused_before_it():
     """Each passed the checks, then failed or hung once Ray started: a seed of 2**32 in Ray Data's shuffle after the
     data was read (saying to run the same command again), an activation that builds but is no function of the
     logits in every replica, 100,000 rank partitions ranking 3 rows for minutes; min_replicas above replicas was a
-    note, and one column for the query and the document scored each query against itself."""
+    note, one column for the query and the document scored each query against itself; a split's name as below."""
     from ce_ray.config import RerankConfig, TrainConfig
 
     with pytest.raises(ConfigError, match=r"^seed \(--seed\) must be from 0 to 2\*\*31 - 1 .*got 4294967296 "):
@@ -1658,6 +1658,15 @@ def test_settings_that_failed_in_the_work_are_refused_before_it():
         with pytest.raises(ConfigError, match=r"^query_column \(--query-column\) and document_column "
                                               r"\(--document-column\) are both 'text': name the query's column"):
             load_config(cls, overrides={"model": "m", "query_column": "text", "document_column": "text"})
+    # A split is a file's name, qrels/<split>.tsv: ../qrels/test read outside qrels/ once Ray had started, and an
+    # empty one wrote candidates-.parquet.
+    from ce_ray.config import CandidatesConfig
+
+    for cls, setting, value in ((TrainConfig, "eval_split", "../qrels/test"), (TrainConfig, "train_split", ""),
+                                (CandidatesConfig, "split", "")):
+        with pytest.raises(ConfigError, match=rf"^{setting} \(--{setting.replace('_', '-')}\) '{re.escape(value)}' "
+                                              r"becomes a file's or a folder's name: .*, nor empty$"):
+            load_config(cls, overrides={"model": "m", setting: value} if cls is TrainConfig else {setting: value})
 
 
 def test_a_config_built_in_python_is_checked_as_yaml_and_flags_are(tmp_path):
