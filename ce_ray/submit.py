@@ -49,6 +49,10 @@ def stage_job(job: str, config: str, into: Path, overrides: Sequence[str] = ()) 
 
 def check_env(env: Sequence[str]) -> None:
     """Variables of --env that are not set here: said before the cluster is asked anything."""
+    # `--env ''` said `not set here: ` and no name; a value given is not printed (a token's)
+    wrong = [repr(name.split("=", 1)[0] + ("=…" if "=" in name else "")) for name in env if not name or "=" in name]
+    if wrong:
+        raise ValueError(f"--env takes a variable's name, whose value is this environment's: got {', '.join(wrong)}")
     missing = [name for name in env if name not in os.environ]
     if missing:
         raise ValueError(f"--env names variable(s) not set here: {', '.join(missing)}")

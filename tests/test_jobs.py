@@ -678,6 +678,11 @@ def test_an_env_variable_not_set_here_is_said_before_the_cluster_is_asked(tmp_pa
                  "CE_RAY_NOT_SET"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "ce-ray submit: error: --env names variable(s) not set here: CE_RAY_NOT_SET")
+    for given, said in (("", "''"), ("TOKEN=abc", "'TOKEN=…'")):  # no name (it said `not set here: `), a value
+        assert main(["submit", "score", "--config", str(config), "--address", f"127.0.0.1:{free_port()}", "--env",
+                     given]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"ce-ray submit: error: --env takes a variable's name, whose value is this environment's: got {said}")
 
 
 def test_a_dashboards_address_without_http_is_said_so_at_once(tmp_path, capsys, monkeypatch):
