@@ -1,6 +1,6 @@
 """The demo: rerank every WikiQA test question's candidate sentences on local Ray, then evaluate.
 
-    python -m ce_ray.demo [--model PATH] [--data WikiQA-test.tsv.gz] [--output ./out/demo] [--max-questions N]
+    python -m ce_ray.demo [--model PATH] [--data WikiQA-test.tsv.gz] [--output out/demo] [--max-questions N]
 
 WikiQA lists, for each question, the sentences of a Wikipedia summary in their original order; the
 demo reranks them with a cross-encoder (`ce_ray.rerank`), then compares the original order with the
@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(ROOT, "..", "shared")
 DEFAULT_MODEL = os.path.normpath(os.path.join(SHARED, "models", "ms-marco-MiniLM-L12-v2"))
 DEFAULT_DATA = os.path.normpath(os.path.join(SHARED, "data", "wikiqa", "WikiQA-test.tsv.gz"))
+DEFAULT_OUTPUT = os.path.join(ROOT, "out", "demo")  # the project's, wherever the demo is run from
 
 
 def wikiqa_pairs(path: str, max_questions=None):
@@ -33,7 +34,7 @@ def wikiqa_pairs(path: str, max_questions=None):
     return df.assign(original_rank=df.groupby("query_id", sort=False).cumcount() + 1)
 
 
-def run_demo(model: str = DEFAULT_MODEL, data: str = DEFAULT_DATA, output: str = os.path.join(".", "out", "demo"),
+def run_demo(model: str = DEFAULT_MODEL, data: str = DEFAULT_DATA, output: str = DEFAULT_OUTPUT,
              max_questions=None) -> dict:
     """Reranks and evaluates, prints the table, and returns what it measured (the benches record it)."""
     import dataclasses
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
                                      allow_abbrev=False)  # as the commands': `--max 5` is no `--max-questions 5`
     parser.add_argument("--model", default=DEFAULT_MODEL, help="reranker: folder or hub id")
     parser.add_argument("--data", default=DEFAULT_DATA, help="WikiQA's test split, WikiQA-test.tsv.gz")
-    parser.add_argument("--output", default=os.path.join(".", "out", "demo"),
+    parser.add_argument("--output", default=DEFAULT_OUTPUT,
                         help="folder of the pairs (input/), the reranked pairs (reranked/) and eval.json")
     parser.add_argument("--max-questions", type=int, default=None, help="the first n questions; unset: all")
     args = parser.parse_args(argv)
@@ -99,7 +100,20 @@ def main(argv=None) -> int:
             parser.exit(2, f"{parser.prog}: error: {path} does not exist: the demo reads WikiQA and the reranker "
                            f"from {os.path.normpath(SHARED)} beside the project (see its README.md), or another with "
                            f"{flag}\n")
-    run_demo(args.model, args.data, args.output, args.max_questions)
+    try:
+        run_demo(args.model, args.data, args.output, args.max_questions)
+    except KeyboardInterrupt:  # a line, not the traceback of wherever the demo was waiting
+        print(f"\n{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # as the commands say theirs: a wrong setting in one line, a failure with its cause
+        from .cli import USAGE_ERRORS, report_failure
+        from .runtime import failed_during_work
+
+        if isinstance(e, USAGE_ERRORS + (OSError,)) and not failed_during_work(e):
+            print(f"{parser.prog}: error: {e}", file=sys.stderr)
+            return 2
+        report_failure("demo", e)
+        return 1
     return 0
 
 

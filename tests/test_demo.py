@@ -26,6 +26,15 @@ def test_demo_on_a_few_questions(ray_local, tiny_model, tmp_path, capsys):
     ranked = pd.read_parquet(tmp_path / "reranked" / "results")
     assert ranked["query_id"].nunique() == 8
     assert {"rank", "score", "original_rank", "label", "DocumentTitle"} <= set(ranked.columns)
+    # A model folder that is none: one line and status 2, as the commands say it (a traceback of 15 frames, status 1).
+    (tmp_path / "no-model").mkdir()
+    (tmp_path / "no-model" / "notes.txt").write_text("not a model")
+    capsys.readouterr()
+    assert main(["--model", str(tmp_path / "no-model"), "--max-questions", "1", "--output", str(tmp_path / "again"),
+                 "--data", str(WIKIQA / "WikiQA-test.tsv.gz")]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"python -m ce_ray.demo: error: {tmp_path}/no-model has no config.json: not a " \
+        "Hugging Face model folder" and "Traceback" not in err
 
 
 def test_demo_help_describes_each_option(capsys):
