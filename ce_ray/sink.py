@@ -447,21 +447,25 @@ WRITTEN = (SUCCESS, STATE, EVAL, REJECTS, RESULTS_EVAL, RESULTS)
 
 
 def _clear(fs: pafs.FileSystem, path: str, remote: bool) -> None:
-    """Deletes what a job writes in its output folder `path` (`WRITTEN`), `_SUCCESS` first; other files stay. On S3,
-    the objects of one listing of the output (`_written_objects`), in bulk (`delete_files`), which fails naming an
-    object the store did not delete: s3fs's recursive delete passed over those, and the job went on beside the old
-    parts. A folder without `_ce_ray/` holds nothing of a job's (`check_output` refused one with results/): a
-    user's `eval.json` there stays."""
+    """Deletes what a job writes in its output folder `path` (`WRITTEN`), `_SUCCESS` first, `_ce_ray/` last; other
+    files stay. On S3, the objects of one listing of the output (`_written_objects`), in bulk (`delete_files`), which
+    fails naming an object the store did not delete: s3fs's recursive delete passed over those, and the job went on
+    beside the old parts. A folder without `_ce_ray/` holds nothing of a job's (`check_output` refused one with
+    results/): a user's `eval.json` there stays, and so `_ce_ray/` goes last: an overwrite killed after it went left
+    results/ that every later job refused as no job's, the overwrite that would finish the clearing too."""
     if not remote:
         if is_output(fs, path):
-            for sub in WRITTEN:
+            for sub in sorted(WRITTEN, key=lambda sub: sub == STATE):
                 remove(fs, f"{path}/{sub}")
         return
     written = _written_objects(fs.handler.fs, path)
-    if not any(file.startswith(f"{path}/{STATE}/") for file in written):  # from the same listing: no request more
+    state = [file for file in written if file.startswith(f"{path}/{STATE}/")]
+    if not state:  # from the same listing: no request more
         return
     success = f"{path}/{SUCCESS}"
-    for files in ([success] if success in written else [], [file for file in written if file != success]):
+    # `_ce_ray/`'s keys in the last request: a request sent is carried out whole, the client killed or not.
+    others = [file for file in written if file != success and file not in state] + state
+    for files in ([success] if success in written else [], others):
         if files:  # `_SUCCESS` alone first: never an output said finished whose parts are gone
             delete_files(fs, files)
 

@@ -352,3 +352,28 @@ def test_queries_with_no_candidate_are_said_and_overwrite_removes_the_eval_of_th
     assert main(["candidates", "--data", str(folder), "--output", str(output), "--mode", "overwrite"]) == 0
     assert "  warning: no query shares a term with the corpus: " in capsys.readouterr().out
     assert not (output / "_candidates-test.parquet.eval.json").exists()
+
+
+def test_the_summary_counts_the_queries_kept_and_a_negative_grade_is_no_relevant_document(tmp_path):
+    """What no test pinned (each changed, the suite stayed green): `--max-queries` keeps the qrels' first queries,
+    in the qrels' order; the summary's judged and relevant counts are those of the queries kept, the others left out
+    (an unknown one not among them); a corpus smaller than top_k short of no query that retrieves all of it; a
+    negative grade written as it is and relevant to no count; a qrels line of five words refused."""
+    docs = ['{"_id": "d1", "title": "", "text": "red apples"}', '{"_id": "d2", "title": "", "text": "red sea apples"}',
+            '{"_id": "d3", "title": "", "text": "blue sea"}']
+    qrels = "query-id\tcorpus-id\tscore\nq3\td2\t1\nq1\td1\t1\nq1\td2\t-1\nq2\td3\t2\nq9\td1\t1\n"
+    folder = beir_folder(tmp_path / "beir", docs, qrels)
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "red apples"}\n{"_id": "q2", "text": "blue sea"}\n'
+                                          '{"_id": "q3", "text": "apples sea"}\n')
+    first = run_candidates(CandidatesConfig(data=str(folder), output=str(tmp_path / "first"), top_k=10, max_queries=1))
+    assert pd.read_parquet(tmp_path / "first" / "candidates-test.parquet")["query_id"].unique().tolist() == ["q3"]
+    assert (first["queries_left_out"], first["judged_pairs"], first["relevant_total"], first["relevant_retrieved"],
+            first["queries_with_fewer_matches"]) == (2, 1, 1, 1, 0)
+    every = run_candidates(CandidatesConfig(data=str(folder), output=str(tmp_path / "every"), top_k=10))
+    pairs = pd.read_parquet(tmp_path / "every" / "candidates-test.parquet")
+    assert pairs.set_index(["query_id", "doc_id"])["label"].to_dict()[("q1", "d2")] == -1
+    assert (every["queries"], every["judged_pairs"], every["relevant_total"], every["relevant_retrieved"],
+            every["unknown_qrels_queries"]) == (3, 4, 3, 3, 1)
+    (tmp_path / "five.tsv").write_text("q1 0 d1 1\nq1 0 d2 1 extra\n")
+    with pytest.raises(InputError, match=r"five\.tsv.* 2"):
+        read_qrels(str(tmp_path / "five.tsv"))

@@ -814,3 +814,41 @@ def test_the_order_asked_for_is_the_one_measured_and_a_file_in_the_way_is_said_b
             f"ce-ray eval: error: {setting} ({flag}) {tmp_path}/notes.txt/{name}: {tmp_path}/notes.txt is a file, "
             "not a folder")
     assert not (tmp_path / "_cascade.parquet.eval.json").exists()
+
+
+def test_each_count_and_metric_of_an_eval_as_trec_eval_and_its_summary_say_them(tmp_path):
+    """What no test pinned (each changed, the suite stayed green): MRR@10 of ce-ray eval's lists cut at 10, graded
+    labels read as grades, a negative grade relevant to no denominator (MAP, Recall), unjudged queries counted as
+    none of the judged ones, the table's change signed as reranked less baseline, a float32 score written as its
+    shortest form in a run, and no query to measure refused."""
+    from ce_ray.evaluate import table_lines, write_trec_run
+    from ce_ray.metrics import lists_metrics
+
+    past_the_cut = lists_metrics(np.zeros(12, int), np.array([0.0] * 11 + [1.0]), 1)
+    assert past_the_cut["mrr@10"][0] == 0.0 and past_the_cut["recall@100"][0] == 1.0
+    graded = evaluate_frame(pd.DataFrame({"query_id": ["a"] * 3, "score": [3.0, 2.0, 1.0], "label": [1, 2, 0]}),
+                            EvalConfig(baseline_column=""))
+    assert graded["reranked"]["ndcg@10"] == pytest.approx((1 + 2 / np.log2(3)) / (2 + 1 / np.log2(3)), abs=1e-9)
+    rows = pd.DataFrame({"query_id": ["a"] * 3, "doc_id": ["d1", "d2", "d5"], "score": [3.0, 2.0, 1.0]})
+    junk = evaluate_frame(rows, EvalConfig(baseline_column=""), {"a": {"d1": -1, "d2": 1, "d3": 2, "d4": -2}})
+    assert (junk["reranked"]["map"], junk["reranked"]["recall@100"]) == (pytest.approx(0.25), pytest.approx(0.5))
+    labelled = evaluate_frame(rows.assign(label=[-1, 1, 0]), EvalConfig(baseline_column=""))
+    assert (labelled["reranked"]["map"], labelled["reranked"]["recall@100"]) == (pytest.approx(0.5), 1.0)
+    # Query b is judged by no qrels: left out as such, not a judged query without a relevant document.
+    two = pd.DataFrame({"query_id": ["a", "a", "b"], "doc_id": ["d1", "d2", "d1"], "score": [2.0, 1.0, 1.0]})
+    for only in (False, True):
+        result = evaluate_frame(two, EvalConfig(baseline_column="", only_with_relevant=only), {"a": {"d1": 1}})
+        assert (result["queries"], result["queries_without_relevant"], result["queries_not_in_qrels"],
+                result["queries_skipped_without_relevant"]) == (1, 0, 1, 0)
+    # A query without a relevant document, left out: counted once, as left out (not also as counted at 0).
+    none = evaluate_frame(two.assign(label=[1, 0, 0]), EvalConfig(baseline_column="", only_with_relevant=True))
+    assert (none["queries"], none["queries_skipped_without_relevant"], none["queries_without_relevant"]) == (1, 1, 0)
+    changed = table_lines({"reranked": {"ndcg@10": 0.6, "mrr@10": 0.5, "map": 0.5, "recall@100": 1.0},
+                           "baseline": {"ndcg@10": 0.5, "mrr@10": 0.5, "map": 0.5, "recall@100": 1.0}}, EvalConfig())
+    assert next(line for line in changed if "ndcg@10" in line).endswith("+0.1000")
+    scored = pd.DataFrame({"query_id": ["a", "a"], "doc_id": ["d1", "d2"], "score": np.array([0.1, 0.7], np.float32)})
+    write_trec_run(str(tmp_path / "run.txt"), scored, EvalConfig(baseline_column=""))
+    assert (tmp_path / "run.txt").read_text() == "a Q0 d2 1 0.7 ce-ray\na Q0 d1 2 0.1 ce-ray\n"
+    scored.assign(label=[0, 0]).to_parquet(tmp_path / "unanswered.parquet")
+    with pytest.raises(ConfigError, match=r"^no query to evaluate \(none has a relevant document\)$"):
+        run_eval(EvalConfig(input=str(tmp_path / "unanswered.parquet"), baseline_column="", only_with_relevant=True))

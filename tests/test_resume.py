@@ -137,6 +137,32 @@ def test_resume_and_overwrite_remove_evals_measures_of_the_results_they_change(r
     assert not (out / "results.eval.json").exists()
 
 
+def test_an_overwrite_killed_as_it_clears_the_output_is_run_again(ray_local, tmp_path, tiny_model, wikiqa_files,
+                                                                    monkeypatch):
+    """An overwrite deleted `_ce_ray/` before results/: killed between the two, it left results/ that every later job
+    refused as no job's (`holds results/ ... that no ce-ray score or rerank job wrote`), the overwrite that would
+    finish the clearing too, and the user had to delete the folder by hand. `_ce_ray/` goes last."""
+    import ce_ray.sink
+
+    folder, _ = wikiqa_files
+    out = tmp_path / "out"
+    run_score(config_for(out, tiny_model, folder))
+    removing = ce_ray.sink.remove
+
+    def killed_at_the_results(fs, path):
+        if path.endswith("/results"):
+            raise KeyboardInterrupt  # as a kill there leaves the output
+        removing(fs, path)
+
+    monkeypatch.setattr(ce_ray.sink, "remove", killed_at_the_results)
+    with pytest.raises(KeyboardInterrupt):
+        run_score(config_for(out, tiny_model, folder, mode="overwrite"))
+    assert (out / "results").is_dir() and (out / "_ce_ray").is_dir() and not (out / "_SUCCESS").exists()
+    monkeypatch.setattr(ce_ray.sink, "remove", removing)
+    assert run_score(config_for(out, tiny_model, folder, mode="overwrite")).rows_scored > 0
+    assert (out / "_SUCCESS").is_file()
+
+
 def test_resume_removes_partial_parts_and_temporaries(ray_local, tmp_path, tiny_model, wikiqa_files, reference):
     """A parquet input whose parts do not add up to its row count keeps them and has only the rows they lack scored;
     a JSON Lines one is redone from scratch; complete ones are kept; temporaries are removed."""

@@ -2296,6 +2296,15 @@ def test_the_card_counts_one_pair_and_one_row_in_the_singular():
                                 final_metrics={}, max_length=512, num_workers=1, steps=1, samples_per_second=1.0,
                                 output="/models/m"))
     assert '- Size: 2 training pairs (2 pairs rejected: {"document is null": 2})\n' in card
+    # The evaluation's metrics by their names, and a value of 0 in the log as the others are written (it said `0`).
+    stats |= {"eval": "the BM25 top 10 of `/data/beir`"}
+    log = [{"epoch": 1.0, "step": 4, "loss": 0.5, "eval_ndcg@10": 0.0}, {"epoch": 2.0, "step": 8, "loss": 0.25,
+                                                                        "eval_ndcg@10": 0.75}]
+    card = model_card(CardFacts(base_model="/models/base", config=config, defaults=TrainConfig(), stats=stats, log=log,
+                                final_metrics={"eval_ndcg@10": 0.75, "eval_mrr@10": 0.5}, max_length=512,
+                                num_workers=1, steps=8, samples_per_second=1.0, output="/models/m"))
+    assert "| Metric | Value |\n|:--|:--|\n| ndcg@10 | 0.7500 |\n| mrr@10 | 0.5000 |\n" in card
+    assert "| 1.0000 | 4 | 0.5000 | 0.0000 |\n| 2.0000 | 8 | 0.2500 | 0.7500 |" in card
 
 
 def test_the_reasons_of_rejected_rows_say_those_left_unnamed():
