@@ -267,7 +267,7 @@ class EvalConfig:
     doc_id_column: str = "doc_id"  # matched against the qrels' document ids
     label_column: str = "label"  # the grade of each row, without qrels
     score_column: str = "score"  # higher is better
-    rank_column: str = "rank"  # used when present (and score_column is not named alone), else score_column's order
+    rank_column: str = "rank"  # used when present ("": never), else the order of score_column
     baseline_column: str = "bm25_rank"  # empty: no baseline
     baseline_descending: bool = False  # False: 1 is best (a rank); True: higher is better (a score)
     k: int = 10  # NDCG@k, MRR@k

@@ -1,6 +1,6 @@
 """The demo: rerank every WikiQA test question's candidate sentences on local Ray, then evaluate.
 
-    python -m ce_ray.demo [--model PATH] [--data WikiQA-test.tsv.gz] [--output out/demo] [--max-questions N]
+    python -m ce_ray.demo [--model PATH] [--data WikiQA-test.tsv.gz] [--output <project>/out/demo] [--max-questions N]
 
 WikiQA lists, for each question, the sentences of a Wikipedia summary in their original order; the
 demo reranks them with a cross-encoder (`ce_ray.rerank`), then compares the original order with the

@@ -543,10 +543,6 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
     for uri in (config.input, config.qrels):  # first: the input's job is looked up on the store next
         check_s3_access(uri)
     defaults = EvalConfig()
-    if config.score_column != defaults.score_column and config.rank_column == defaults.rank_column:
-        # A score named alone gives the order: an input's rank beside it (a cascade's first reranker's) measured
-        # that instead, and the setting changed nothing.
-        config = dataclasses.replace(config, rank_column="")
     c, job_notes, job = _following_the_job(config)
     output = c.output or default_output(c.input, job is not None)
     _refuse_overwriting(c, output)
@@ -594,6 +590,12 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
                          f"order's column, a rank (1 is best), or leave it out for the scores' order "
                          f"({setting_and_flag('score_column')} {c.score_column})")
     ordered_by = _order_column(df, c)[0]
+    if ordered_by == c.rank_column == defaults.rank_column and config.score_column != defaults.score_column:
+        # `--score-column score_l12` over a cascade's output: its `rank` (the first reranker's) gives the order, as
+        # documented, where the score named changed nothing without a word.
+        job_notes["rank_before_score"] = (
+            f"note: the order is the input's {c.rank_column} column's, which comes before the score's "
+            f"({c.score_column}): give {setting_and_flag('rank_column')} '' to measure the score's order")
     if ordered_by == c.rank_column and _holds_fractions(df, c.rank_column):  # `--rank-column score`
         job_notes["rank_read_as_rank"] = (
             f"warning: the rank column {c.rank_column} holds fractions, as a score does, but is read as a rank (1 "

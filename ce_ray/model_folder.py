@@ -445,9 +445,11 @@ def check_safe(path: str, allow_pickle: bool, trust_remote_code: bool) -> None:
         raise ModelError(NO_TOKENIZER.format(path=path))  # said here, before Ray starts, not in `load_tokenizer`
 
 
-# The files a tokenizer of transformers reads its words from (WordPiece's, BPE's, SentencePiece's), of which a folder
-# with a tokenizer holds one or more: `tokenizer_config.json` alone makes a tokenizer of its special tokens alone.
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "*.model", "*.spm", "bpe.codes")
+# The files a tokenizer of transformers is saved in, of which a folder with a tokenizer holds one or more (a model
+# saved alone, `save_pretrained` of the model, has none). `tokenizer_config.json` alone may be one of its special
+# tokens alone, which `load_tokenizer` refuses, or a whole one: a character's or a byte's (CANINE, ByT5).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt", "*.model",
+                   "*.spm", "bpe.codes")
 NO_TOKENIZER = ("{path} has no tokenizer files (tokenizer.json, or vocab.txt and the like): its tokenizer would know "
                 "no word; save the model's tokenizer into it (tokenizer.save_pretrained(folder))")
 

@@ -20,8 +20,8 @@ esac
 extras=${1:-dev}
 python=${PYTHON:-python3}
 # Two setups at once (the README's two commands, started together) made the .venv under each other: one failed in pip.
-if command -v flock >/dev/null 2>&1; then
-  exec 9>.venv.lock
+# (Where the project is read-only, an installed .venv is used as it is: no lock there.)
+if command -v flock >/dev/null 2>&1 && { exec 9>.venv.lock; } 2>/dev/null; then
   flock 9
 fi
 # A .venv left half-made (a first run interrupted, python3-venv missing then installed), whose interpreter is gone
@@ -36,8 +36,8 @@ if ! .venv/bin/python -c "$new_python" 2>/dev/null || ! .venv/bin/python -m pip 
   fi
   "$python" -m venv --clear .venv
 fi
-torch_found=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('torch'))" 2>/dev/null || true)
-if [ -n "${TORCH_SPEC:-}${TORCH_INDEX:-}" ] && [ -n "$torch_found" ]; then
+if [ -n "${TORCH_SPEC:-}${TORCH_INDEX:-}" ] &&
+    torch_found=$(.venv/bin/python -c "import torch; print(torch.__version__)" 2>/dev/null); then
   # They were taken by a new .venv alone, and a later setup with them changed nothing, without a word.
   echo "ce-ray: .venv has torch $torch_found already: TORCH_SPEC and TORCH_INDEX choose the torch of a new .venv" \
     "(rm -rf .venv, then run this again)" >&2

@@ -786,22 +786,27 @@ def test_an_empty_id_is_no_id_and_the_run_leaves_it_out(tmp_path):
 
 def test_the_order_asked_for_is_the_one_measured_and_a_file_in_the_way_is_said_before_any_work(tmp_path, capsys):
     """`--score-column score_l12` over a cascade's output (a `rank` of its first reranker beside it) measured the
-    first reranker's rank, and a `--rank-column` the input lacks its scores, both without a word; a baseline that
+    first reranker's rank, and a `--rank-column` the input lacks its scores, both without a word (the first is said
+    now, and `--rank-column ''` reads no rank; the second refused); a baseline that
     is the order's column was said to be none, then warned of as read as a rank; an `--output` or `--run-output`
     under a file failed once measured, `[Errno 17] File exists`, naming neither."""
     pd.DataFrame({"query_id": ["q"] * 3, "doc_id": ["a", "b", "c"], "label": [0, 0, 1], "rank": [1, 2, 3],
                   "score_l12": [0.1, 0.2, 0.9], "score": [0.9, 0.5, 0.1]}).to_parquet(tmp_path / "cascade.parquet")
-    measured = run_eval(EvalConfig(input=str(tmp_path / "cascade.parquet"), score_column="score_l12",
+    by_rank = run_eval(EvalConfig(input=str(tmp_path / "cascade.parquet"), score_column="score_l12",
+                                  baseline_column=""))
+    assert by_rank["reranked"]["ndcg@10"] == 0.5 and by_rank["rank_before_score"] == (
+        "note: the order is the input's rank column's, which comes before the score's (score_l12): give rank_column "
+        "(--rank-column) '' to measure the score's order")
+    assert "rank_before_score" not in run_eval(EvalConfig(input=str(tmp_path / "cascade.parquet"), baseline_column=""))
+    measured = run_eval(EvalConfig(input=str(tmp_path / "cascade.parquet"), score_column="score_l12", rank_column="",
                                    baseline_column=""))
     assert measured["reranked"]["ndcg@10"] == 1.0
-    assert run_eval(EvalConfig(input=str(tmp_path / "cascade.parquet"), baseline_column=""))["reranked"]["ndcg@10"] \
-        == 0.5  # the rank, where no score was named
     with pytest.raises(InputError, match=r"^rank_column \(--rank-column\) 'rank_l12' is no column of "
                                          r".*cascade\.parquet: name the order's column"):
         run_eval(EvalConfig(input=str(tmp_path / "cascade.parquet"), rank_column="rank_l12", baseline_column=""))
     capsys.readouterr()
     assert main(["eval", "--input", str(tmp_path / "cascade.parquet"), "--score-column", "score_l12",
-                 "--baseline-column", "score_l12"]) == 0
+                 "--rank-column", "", "--baseline-column", "score_l12"]) == 0
     err = capsys.readouterr().err
     assert "'score_l12' gives the reranked order: no baseline" in err and "warning" not in err
     (tmp_path / "notes.txt").write_text("a file")

@@ -1488,6 +1488,10 @@ def test_a_damaged_model_folder_fails_before_the_output_is_touched(tmp_path, tin
         ce_ray.predict(str(model), [("q", "d")])
     with pytest.raises(ModelError, match=no_tokenizer):  # among the folder's checks before Ray starts (it came after)
         check_safe(str(model), allow_pickle=False, trust_remote_code=False)
+    from transformers import CanineTokenizer  # a tokenizer of characters: its tokenizer_config.json alone
+
+    CanineTokenizer().save_pretrained(model)
+    check_safe(str(model), allow_pickle=False, trust_remote_code=False)
     # A model type that transformers does not know: its first line, not its advice on upgrading over two more.
     model = _model_copy(tiny_model, tmp_path, "unknown-type")
     config = json.loads((model / "config.json").read_text())
