@@ -590,7 +590,8 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
                          f"order's column, a rank (1 is best), or leave it out for the scores' order "
                          f"({setting_and_flag('score_column')} {c.score_column})")
     ordered_by = _order_column(df, c)[0]
-    if ordered_by == c.rank_column == defaults.rank_column and config.score_column != defaults.score_column:
+    if (ordered_by == c.rank_column == defaults.rank_column and config.score_column != defaults.score_column
+            and job is None):  # (a job's output: its rank is its scores', or a score job's input's, not read)
         # `--score-column score_l12` over a cascade's output: its `rank` (the first reranker's) gives the order, as
         # documented, where the score named changed nothing without a word.
         job_notes["rank_before_score"] = (

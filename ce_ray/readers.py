@@ -40,7 +40,7 @@ class InputRead(NamedTuple):
     dataset: Any
     checks: List[FileCheck]
     size_bytes: int
-    schema: Optional[pa.Schema]
+    schema: pa.Schema
     listed: int
 
 
