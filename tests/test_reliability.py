@@ -1145,16 +1145,16 @@ def test_other_files_in_an_input_folder_are_skipped_and_said(ray_local, tmp_path
 
 
 def test_an_output_that_cannot_be_made_fails_before_any_work(tmp_path, tiny_model):
-    """An output under a file was refused as it was made: once Ray had started and the model was loaded."""
-    import ray
-
-    from ce_ray.sink import OutputError
+    """An output under a file was refused as it was made: once Ray had started and the model was loaded. It is
+    among the output's checks before Ray starts (`check_output`)."""
+    from ce_ray.sink import OutputError, check_output
 
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "p.parquet")
-    with pytest.raises(OutputError, match=r"^cannot write the output \S+/p\.parquet/out: \S+/p\.parquet is a file, "
-                                          r"not a folder$"):
-        job(tiny_model, tmp_path / "p.parquet", tmp_path / "p.parquet" / "out")  # under a file
-    assert not ray.is_initialized()
+    under_a_file = r"^cannot write the output \S+/p\.parquet/out: \S+/p\.parquet is a file, not a folder$"
+    with pytest.raises(OutputError, match=under_a_file):
+        job(tiny_model, tmp_path / "p.parquet", tmp_path / "p.parquet" / "out")
+    with pytest.raises(OutputError, match=under_a_file):
+        check_output(str(tmp_path / "p.parquet" / "out"), "error")
 
 
 def test_zero_rows_fail(tmp_path, tiny_model):
