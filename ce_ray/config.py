@@ -38,15 +38,15 @@ def _require_names(config, *settings: str) -> None:
         raise ConfigError(f"{' and '.join(map(setting_and_flag, settings))} must name different columns, got {names}")
 
 
-def _require_file_names(config, *settings: str) -> None:
-    """Settings that become a file's or a folder's name (a split's, a run's): one name, not a path. `--run-name
-    ../x` put the checkpoints outside the storage path, and `--split sub/x` failed writing its file once the
-    index was built."""
+def _require_file_names(config, *settings: str, empty: bool = False) -> None:
+    """Settings that become a file's or a folder's name (a split's, a run's): one name, not a path, and not empty
+    unless `empty` (a run's: its default). `--run-name ../x` put the checkpoints outside the storage path, and
+    `--split sub/x` failed writing its file once the index was built."""
     for setting in settings:
         name = getattr(config, setting)
-        if "/" in name or "\\" in name or name in (".", "..") or (not name and setting.endswith("split")):
+        if "/" in name or "\\" in name or name in (".", "..") or not (name or empty):
             raise ConfigError(f"{setting_and_flag(setting)} {name!r} becomes a file's or a folder's name: give a name "
-                              "without / or \\, not . or .." + (", nor empty" if setting.endswith("split") else ""))
+                              "without / or \\, not . or .." + ("" if empty else ", nor empty"))
 
 
 def _require_finite(config) -> None:
@@ -381,7 +381,8 @@ class TrainConfig(ModelConfig):
 
     def validate(self) -> None:
         super().validate()
-        _require_file_names(self, "run_name", "train_split", "eval_split")  # a split's is qrels/<split>.tsv
+        _require_file_names(self, "run_name", empty=True)
+        _require_file_names(self, "train_split", "eval_split")  # a split's is qrels/<split>.tsv
         for name in ("num_workers", "epochs", "batch_size", "grad_accum", "log_every", "eval_top_k",
                      "length_window", "keep_checkpoints"):
             if getattr(self, name) < 1:
