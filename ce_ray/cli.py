@@ -340,14 +340,22 @@ def run_main(argv=None) -> int:
               file=sys.stderr)
         return STOPPED
     except Exception as e:
-        from .runtime import failed_during_work
+        return report_error(f"ce-ray {args.command}", args.command, e, args)
 
-        if (isinstance(e, USAGE_ERRORS) or missing_dependency(e)) and not failed_during_work(e):
-            missing = f"; {MISSING_PACKAGES}" if missing_dependency(e) else ""
-            print(f"ce-ray {args.command}: error: {e}{missing}", file=sys.stderr)
-            return 2
-        report_failure(args.command, e, args)
-        return FAILED
+
+def report_error(program: str, command: str, error: Exception, args: Optional[argparse.Namespace] = None,
+                 usage_errors: tuple = USAGE_ERRORS) -> int:
+    """How a command (or the demo, `program` its name) that raised `error` ends: a wrong setting or input, or a
+    missing package, said in one line before any work (exit 2); a failure with its cause and how to finish the job
+    (`report_failure`, exit 1)."""
+    from .runtime import failed_during_work
+
+    if (isinstance(error, usage_errors) or missing_dependency(error)) and not failed_during_work(error):
+        missing = f"; {MISSING_PACKAGES}" if missing_dependency(error) else ""
+        print(f"{program}: error: {error}{missing}", file=sys.stderr)
+        return 2
+    report_failure(command, error, args)
+    return FAILED
 
 
 if __name__ == "__main__":

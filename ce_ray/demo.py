@@ -106,14 +106,9 @@ def main(argv=None) -> int:
         print(f"\n{parser.prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # as the commands say theirs: a wrong setting in one line, a failure with its cause
-        from .cli import USAGE_ERRORS, report_failure
-        from .runtime import failed_during_work
+        from .cli import USAGE_ERRORS, report_error
 
-        if isinstance(e, USAGE_ERRORS + (OSError,)) and not failed_during_work(e):
-            print(f"{parser.prog}: error: {e}", file=sys.stderr)
-            return 2
-        report_failure("demo", e)
-        return 1
+        return report_error(parser.prog, "demo", e, usage_errors=USAGE_ERRORS + (OSError,))
     return 0
 
 

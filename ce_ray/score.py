@@ -851,6 +851,13 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         print(f"{title}: note: {len(unsaid)} parquet file(s) left unfinished are scored again whole: their parts were "
               f"written by an earlier ce-ray, which did not record the rows each holds (e.g. {unsaid[0]})",
               file=sys.stderr, flush=True)
+    # A text file's rows are counted only as it is read: its parts are deleted (`prepare_output`) and it is read again.
+    text = [key for f in files if f.rows is None and to_score(f) and (key := input_key(f.path)) in earlier.parts
+            and not earlier.parts[key].complete and earlier.parts[key].files]
+    if text:
+        print(f"{title}: note: {len(text)} JSON Lines or CSV file(s) left unfinished are scored again whole, their "
+              f"parts written replaced: a resume keeps the rows written of a parquet file alone (e.g. {text[0]})",
+              file=sys.stderr, flush=True)
     checked = checking() if checking else None
     progress = None if ds is None else Progress(title, say_input(title, [f for f in files if to_score(f)], rows_held))
     scored = None if ds is None else add_scores(ds, config, title, checked, input_sources(files), progress)

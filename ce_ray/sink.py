@@ -25,6 +25,7 @@ Each file is written under a hidden temporary name and renamed; an S3 put is ato
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import posixpath
@@ -430,6 +431,8 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: O
         delete_files(fs, dropped)
     elif mode != "error":
         raise ValueError(f"unknown mode {mode!r}")
+    if not is_remote(output):
+        delete_files(fs, _leftover_temporaries(path))
     with writing(output):  # the job's first write: a place it cannot write fails here, before any work
         fs.create_dir(f"{path}/{STATE}", recursive=True)
         for name, state in ((JOB, job), (INPUTS, stamps), (RUN, run and {"run": run})):
@@ -498,6 +501,14 @@ def writing(output: str):
         yield
     except OSError as e:
         raise OutputError(f"cannot write the output {output}: {e}") from None
+
+
+def _leftover_temporaries(path: str) -> list:
+    """The temporaries of `_SUCCESS` and of `_ce_ray/`'s files (`_write_bytes`) in the local output folder `path`
+    that a job killed as it wrote them left: those of `results/` and `rejects/` a resume deletes with their parts,
+    these stayed for good beside the output (S3's writes are whole objects, no temporaries)."""
+    folder = glob.escape(path)
+    return glob.glob(f"{folder}/.{SUCCESS}.*.tmp") + glob.glob(f"{folder}/{STATE}/.*.tmp")
 
 
 def _temporary(path: str) -> str:

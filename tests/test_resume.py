@@ -163,9 +163,26 @@ def test_an_overwrite_killed_as_it_clears_the_output_is_run_again(ray_local, tmp
     assert (out / "_SUCCESS").is_file()
 
 
-def test_resume_removes_partial_parts_and_temporaries(ray_local, tmp_path, tiny_model, wikiqa_files, reference):
+def test_the_temporaries_of_a_kill_as_success_or_the_settings_were_written_go(ray_local, tmp_path, tiny_model,
+                                                                             wikiqa_files, reference):
+    """A job killed as it wrote `_SUCCESS` or `_ce_ray/job.json` left their hidden temporaries beside the output for
+    good: a resume and an overwrite passed them over."""
+    folder, _ = wikiqa_files
+    out = copy_of(reference, tmp_path)
+    for mode in ("resume", "overwrite"):
+        left = [out / "._SUCCESS.1234abcd.tmp", out / "_ce_ray" / ".job.json.5678abcd.tmp"]
+        for file in left:
+            file.write_bytes(b'{"half": ')
+        run_score(config_for(out, tiny_model, folder, mode=mode))
+        assert not [file for file in left if file.exists()], mode
+        assert (out / "_SUCCESS").is_file() and (out / "_ce_ray" / "job.json").is_file()
+
+
+def test_resume_removes_partial_parts_and_temporaries(ray_local, tmp_path, tiny_model, wikiqa_files, reference,
+                                                      capsys):
     """A parquet input whose parts do not add up to its row count keeps them and has only the rows they lack scored;
-    a JSON Lines one is redone from scratch; complete ones are kept; temporaries are removed."""
+    a JSON Lines one is redone from scratch, saying so (it was done without a word); complete ones are kept;
+    temporaries are removed."""
     folder, pairs = wikiqa_files
     jsonl = tmp_path / "jsonl"
     jsonl.mkdir()
@@ -181,8 +198,12 @@ def test_resume_removes_partial_parts_and_temporaries(ray_local, tmp_path, tiny_
         (out / "results" / f".{last_part}.1234abcd.tmp").write_bytes(b"half a parquet file")
         os.remove(out / "_SUCCESS")
         before = part_files(out)
+        capsys.readouterr()
         summary = run_score(config_for(out, tiny_model, inputs, mode="resume"))
         after = part_files(out)
+        said = ("ce-ray score: note: 1 JSON Lines or CSV file(s) left unfinished are scored again whole, their parts "
+                f"written replaced: a resume keeps the rows written of a parquet file alone (e.g. {damaged})\n")
+        assert (said in capsys.readouterr().err) == (not in_part)
         assert (summary.files_kept, summary.files_kept_in_part) == (FILES - 1 + in_part, in_part)
         for name, stat in before.items():
             if in_part or damaged not in name:
