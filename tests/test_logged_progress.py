@@ -1,10 +1,12 @@
 """What a job's log holds where its output is no terminal (a file, a Ray Job's log): Ray Data's progress once a
-minute, not a block of lines every 10 s, unless the user asks for another pace."""
+minute, not a block of lines every 10 s, unless the user asks for another pace; and ce-ray's own progress lines."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,3 +37,84 @@ def test_commands_log_progress_once_a_minute():
 
 def test_users_pace_for_logged_progress_is_kept():
     assert _pace("5") == 5
+
+
+class _StopAfter:
+    """A `threading.Event` whose waits time out `n` times, then say it was set."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def wait(self, timeout=None) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+
+def _progress_lines(monkeypatch, capsys, title, total, counts, times, ranks=False) -> list:
+    """The lines that `Progress._report` prints where the job's counter says `counts` (done, ranked) at the clock's
+    `times` (the first: the start); no Ray started."""
+    import ray
+
+    from ce_ray import progress
+
+    said = iter(counts)
+
+    class Counter:
+        class counts:
+            @staticmethod
+            def remote():
+                return next(said)
+
+    clock = iter(times)
+    monkeypatch.setattr(ray, "get", lambda ref, timeout=None: ref)
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    job = progress.Progress(title, total, ranks=ranks)
+    job.every = 10.0
+    capsys.readouterr()
+    job._report(Counter(), _StopAfter(len(counts)))
+    return capsys.readouterr().out.splitlines()
+
+
+def test_the_rate_is_that_between_the_last_two_lines_and_the_time_left_from_it(monkeypatch, capsys):
+    lines = _progress_lines(monkeypatch, capsys, "ce-ray score", 10_000, [(1_000, None), (3_000, None), (4_000, None)],
+                            [0.0, 10.0, 20.0, 40.0])
+    assert lines == ["ce-ray score: 1,000 of 10,000 pairs scored (10.0%) in 10s",
+                     "ce-ray score: 3,000 of 10,000 pairs scored (30.0%) in 20s, 200 pairs/s, ~35s left",
+                     "ce-ray score: 4,000 of 10,000 pairs scored (40.0%) in 40s, 50 pairs/s, ~2m00s left"]
+
+
+def test_the_lines_end_with_the_one_that_says_every_pair_scored(monkeypatch, capsys):
+    """Not again and again while the job writes its last parts."""
+    lines = _progress_lines(monkeypatch, capsys, "ce-ray score", 100, [(60, None), (100, None), (100, None)],
+                            [0.0, 10.0, 20.0, 30.0])
+    assert lines == ["ce-ray score: 60 of 100 pairs scored (60.0%) in 10s",
+                     "ce-ray score: 100 of 100 pairs scored (100.0%) in 20s, 4 pairs/s"]
+
+
+def test_a_reranks_lines_say_its_ranking_once_every_row_is_scored_and_end_once_all_are_ranked(monkeypatch, capsys):
+    lines = _progress_lines(monkeypatch, capsys, "ce-ray rerank", 100,
+                            [(100, None), (100, 40), (100, 100), (100, 100)], [0.0, 10.0, 20.0, 30.0, 40.0],
+                            ranks=True)
+    assert lines == ["ce-ray rerank: all 100 pairs scored; 0 ranked (0.0%) in 10s",
+                     "ce-ray rerank: all 100 pairs scored; 40 ranked (40.0%) in 20s",
+                     "ce-ray rerank: all 100 pairs scored; 100 ranked (100.0%) in 30s"]
+
+
+def test_the_ranking_line_never_says_more_ranked_than_scored_and_durations_read_as_a_person_reads_them():
+    """A replica restarted counts its rows again: the line said more rows ranked than scored (over 100%)."""
+    from ce_ray.progress import duration, ranking_line
+
+    assert ranking_line("ce-ray rerank", 100, 120, 65) == ("ce-ray rerank: all 100 pairs scored; 100 ranked (100.0%) "
+                                                           "in 1m05s")
+    assert ranking_line("ce-ray rerank", 0, 0, 3) == "ce-ray rerank: all 0 pairs scored; 0 ranked (100.0%) in 3s"
+    assert [duration(s) for s in (59.6, 185, 3599, 3600, 7620, 7659)] == ["1m00s", "3m05s", "59m59s", "1h00m",
+                                                                         "2h07m", "2h07m"]
+
+
+@pytest.mark.parametrize("given, every", [("0.5", 0.5), ("", 30.0), ("0", 0.0), ("-3", 0.0), ("inf", 0.0),
+                                          ("1e12", 0.0), ("nan", 0.0), ("soon", 30.0)])
+def test_progress_every_as_given(monkeypatch, given, every):
+    from ce_ray.progress import progress_every
+
+    monkeypatch.setenv("CE_RAY_PROGRESS_SECONDS", given)
+    assert progress_every() == every

@@ -980,3 +980,83 @@ def test_the_parts_that_differ_are_said_with_a_count_of_one_in_the_singular():
         "results/a.parquet is missing (1 row)",
         "results/b.parquet cannot be read as parquet (cut short?; 1 row written)",
         "results/c.parquet holds 1 row of the 2 written", "results/d.parquet was not written by this job"]
+
+
+def test_the_parts_of_results_and_rejects_are_counted_as_scored_and_rejected(tmp_path):
+    """What a resume keeps is counted so in its summary and `_SUCCESS` (`kept_scored`, `kept_rejected`)."""
+    for sub, rows, first in (("results", 3, 0), ("rejects", 1, 3)):
+        (tmp_path / sub).mkdir()
+        table = pa.table({"id": list(range(first, first + rows))}).replace_schema_metadata(
+            {sink.INPUT_ROWS: b"4", sink.ROW_RUNS: f"[[{first},{first + rows}]]".encode()})
+        pq.write_table(table, tmp_path / sub / f"in-0123abcd-r{first:012d}.parquet")
+    parts = scan_parts(str(tmp_path)).parts["in-0123abcd"]
+    assert (parts.rows, parts.rows_scored, parts.rows_rejected, parts.input_rows, parts.complete) == (4, 3, 1, 4, True)
+
+
+def test_results_get_no_reject_reason_column_where_the_input_had_one():
+    """An input holding `reject_reason` (an earlier job's rejects): its rows scored now are written without it,
+    and the rows rejected again carry this job's reason in it, after the input's columns."""
+    from ce_ray.batching import REJECT
+
+    schema = pa.schema([("id", pa.int64()), ("query", pa.string()), (REJECT, pa.string())])
+    scored = sink.conform(pa.table({"id": [1], "query": ["q"], "score": pa.array([0.5], pa.float32())}), schema)
+    assert scored.column_names == ["id", "query", "score"]
+    rejected = sink.conform(pa.table({"id": [2], "query": [None], "reason": ["r"], REJECT: ["query is null"]}), schema)
+    assert rejected.column_names == ["id", "query", "reason", REJECT]
+
+
+def test_success_counts_the_parts_of_results_and_rejects_apart(tmp_path):
+    """`_SUCCESS` says how many parts results/ holds (`result_parts`), and each part of results/ and rejects/ with
+    its rows; a part of rejects/ is none of results/."""
+    out = tmp_path / "out"
+    written = PairsSink(str(out), ["score"])
+    sink.prepare_output(str(out), "error", job={"model": "m"}, run=written.run)
+    for sub, name, rows in (("results", "in-0123abcd-r000000000000.parquet", 3),
+                            ("results", "in-0123abcd-r000000000004.parquet", 2),
+                            ("rejects", "in-0123abcd-r000000000003.parquet", 1)):
+        (out / sub).mkdir(exist_ok=True)
+        pq.write_table(pa.table({"id": list(range(rows))}).replace_schema_metadata(
+            {b"ce_ray.run": written.run.encode()}), out / sub / name)
+        written.parts[f"{sub}/{name}"] = rows
+    written.write_success({"rows_scored": 5, "rows_rejected": 1})
+    success = json.loads((out / "_SUCCESS").read_text())
+    assert success["result_parts"] == 2
+    assert success["result_rows"] == {"in-0123abcd-r000000000000.parquet": 3, "in-0123abcd-r000000000004.parquet": 2}
+    assert success["reject_rows"] == {"in-0123abcd-r000000000003.parquet": 1}
+
+
+def test_an_earlier_versions_output_that_counted_parts_alone_is_refused_with_parts_lost_or_added():
+    """`_SUCCESS` of the version that counted parts alone (`result_parts`, no `result_rows`): results/ now holding
+    fewer or more parts is refused, saying both counts; the same count reads."""
+    from ce_ray.output_state import Finished, refuse_changed_output
+
+    held = {"out/results/a.parquet": 5}
+    with pytest.raises(InputError, match=r"finished with 2 part\(s\) in results/, which now holds 1: parts were lost"):
+        refuse_changed_output("out", Finished({}, 2), held)
+    with pytest.raises(InputError, match=r"finished with 1 part\(s\) in results/, which now holds 2"):
+        refuse_changed_output("out", Finished({}, 1), held | {"out/results/b.parquet": 3})
+    refuse_changed_output("out", Finished({}, 1), held)
+    refuse_changed_output("out", Finished({}, None), held | {"out/results/b.parquet": 3})  # older: nothing counted
+
+
+def test_results_of_an_output_inside_a_folder_named_results_are_that_outputs(tmp_path):
+    """The output whose results/ an input is in is the one right above its last `results`, not its first."""
+    from ce_ray.output_state import job_of_results
+
+    out = tmp_path / "results" / "job"
+    (out / "_ce_ray").mkdir(parents=True)
+    (out / "_ce_ray" / "job.json").write_text(json.dumps({"model": "m"}))
+    (out / "results").mkdir()
+    (out / "_SUCCESS").write_text(json.dumps({"rows_scored": 1, "rows_cut": 3, "top_k": 1}))
+    job = job_of_results(str(out / "results"))
+    assert job is not None and job["rows_cut"] == 3 and job["settings"] == {"model": "m"}
+
+
+def test_a_success_marker_of_blank_lines_is_said_empty(tmp_path):
+    """A `_SUCCESS` holding only a newline (`echo > _SUCCESS`) is empty, as Spark's, not "not a JSON object"."""
+    from ce_ray.output_state import finished_job
+
+    (tmp_path / "_SUCCESS").write_text("\n")
+    fs, path = filesystem(str(tmp_path))
+    with pytest.raises(InputError, match=r"is not the summary ce-ray writes \(empty\)"):
+        finished_job(fs, path, str(tmp_path))

@@ -1580,3 +1580,80 @@ def test_show_progress_bar_shows_ray_datas_progress_for_the_call(ray_local, tiny
     finally:
         context.enable_progress_bars = before
         logging.getLogger("ray.data").removeHandler(handler)
+
+
+def test_a_row_without_either_text_is_rejected_for_its_query_and_a_nan_has_no_text():
+    """The reason names the query where both texts are null, the document where only it is; NaN, how pandas writes a
+    missing value, is no text ("is null"), as a null is."""
+    from ce_ray.batching import REJECT, pair_encoder, text_column, tokenize_table
+
+    table = pa.table({"query": pa.array([None, None, "q", "q"], pa.string()),
+                      "document": pa.array([None, "d", None, "d"], pa.string())})
+    out = tokenize_table(table, pair_encoder(str(L12), "hf"), "query", "document", 32)
+    assert out.column(REJECT).to_pylist() == ["query is null", "query is null", "document is null", None]
+    text, reasons = text_column(pa.table({"query": pa.array([1.5, float("nan"), None])}), "query")
+    assert reasons.tolist() == ["query is float, not text", "query is null", "query is null"]
+    assert text.to_pylist() == ["1.5", None, None]
+
+
+def test_token_budget_batches_hold_every_row_once_within_the_budget():
+    """`batch_tokens` bounds a forward pass's padded tokens (what the out-of-memory message tells to lower): rows x
+    the batch's longest row <= budget, unless one row alone is past it."""
+    from ce_ray.batching import token_budget_batches
+
+    lengths = np.random.default_rng(0).integers(1, 300, size=500)
+    batches = list(token_budget_batches(lengths, 1000))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(500))
+    for batch in batches:
+        assert len(batch) * lengths[batch].max() <= 1000 or len(batch) == 1
+        assert lengths[batch[0]] == lengths[batch].max()
+
+
+def _tokenized_pairs(model, rows=40, rejected=(3, 7)) -> pa.Table:
+    """`rows` WikiQA pairs tokenized for `model`, those at `rejected` without a document."""
+    from ce_ray.batching import pair_encoder, tokenize_table
+
+    frame = wikiqa_pairs("test", rows)[["query", "document"]].copy()
+    frame.loc[list(rejected), "document"] = None
+    return tokenize_table(pa.Table.from_pandas(frame, preserve_index=False), pair_encoder(str(model)),
+                          "query", "document", 512)
+
+
+def test_a_cpu_call_tells_its_progress_batch_by_batch_in_pairs(tiny_model):
+    """`batch_done` (a CPU replica's progress within a call) gets each batch's rows, so that the progress line
+    counts pairs, each valid one once."""
+    from ce_ray.replica import Scorer
+
+    told = []
+    Scorer(ScoreConfig(model=str(tiny_model), batch_tokens=300), device="cpu")(_tokenized_pairs(tiny_model),
+                                                                                told.append)
+    assert len(told) > 1 and sum(told) == 38
+
+
+def test_a_model_giving_non_finite_scores_says_how_many(tmp_path):
+    """The count is of the valid rows whose score is not finite (here all 38; the 2 rejected rows, NaN in the
+    scores too, are not counted)."""
+    from safetensors.torch import load_file, save_file
+
+    from ce_ray.replica import Scorer
+
+    model = build_tiny_model(tmp_path / "model")
+    weights = load_file(model / "model.safetensors")
+    weights["classifier.bias"][:] = float("nan")  # a broken model: every score NaN
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelError, match=r" gave 38 non-finite score\(s\) in float32$"):
+        Scorer(ScoreConfig(model=str(model), dtype="float32", batch_tokens=300), device="cpu")(_tokenized_pairs(model))
+
+
+def test_ids_written_as_whole_floats_are_their_integers_text_and_null_types_read_as_text():
+    """A query id 7.00 or -3.0 (a float column written as text) is the query 7 or -3, as 7.0 is: a rerank took it
+    for another query. A column of nulls reads as text, keeping its list kind."""
+    from ce_ray.arrow_types import nulls_as_text, whole_number_text
+
+    ids = pa.array(["7.0", "7.00", "-3.0", "-3", "0042", "7.5", "7", "1e3", "-0.50"])
+    assert whole_number_text(ids).to_pylist() == ["7", "7", "-3", "-3", "0042", "7.5", "7", "1e3", "-0.50"]
+    assert nulls_as_text(pa.null()) == pa.string()
+    assert nulls_as_text(pa.large_list(pa.null())) == pa.large_list(pa.string())
+    assert nulls_as_text(pa.list_(pa.null())) == pa.list_(pa.string())
+    assert nulls_as_text(pa.struct([("a", pa.null()), ("b", pa.int64())])) == pa.struct(
+        [("a", pa.string()), ("b", pa.int64())])
