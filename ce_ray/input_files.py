@@ -330,7 +330,8 @@ def _refuse_header_not_utf8(path: str, header: bytes, line: str = "its header li
     try:
         header.decode("utf-8")
     except UnicodeDecodeError as e:
-        utf16 = " (UTF-16, as Excel's Unicode Text writes it)" if header[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        writer = "Excel's Unicode Text" if line == "its header line" else "Windows PowerShell 5's Out-File"
+        utf16 = f" (UTF-16, as {writer} writes it)" if header[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
         raise InputError(f"{path}: {line} is not UTF-8{utf16}: byte {header[e.start]:#04x} at {e.start}; "
                          "write the file as UTF-8") from None
 

@@ -25,8 +25,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .arrow_types import is_list, is_text, one_type, read_type
-from .input_files import (COMPRESSED, DELIMITED, FileCheck, Listing, check_inputs, compression_of, list_files,
-                          partition_values)
+from .input_files import (COMPRESSED, DELIMITED, UTF8_BOM, FileCheck, Listing, check_inputs, compression_of,
+                          list_files, partition_values)
 from .messages import InputError, cannot_hold
 from .output_state import refuse_changed_output
 from .runtime import ensure_ray
@@ -44,12 +44,33 @@ class InputRead(NamedTuple):
     listed: int
 
 
+class CheckedInput(NamedTuple):
+    """An input's listing, its files' checks and its schema (`check_input`), which `read_dataset` reads."""
+    listing: Listing
+    checks: List[FileCheck]
+    schema: Optional[pa.Schema]
+
+
+def check_input(uri: str, input_format: str = "auto", required: Optional[List[str]] = None,
+                column_names: Optional[List[str]] = None, present: Sequence[str] = (), lists: Sequence[str] = (),
+                written: Optional[Dict[str, str]] = None, read: Optional[Sequence[str]] = None,
+                settings: Optional[Dict[str, str]] = None, listing: Optional[Listing] = None) -> CheckedInput:
+    """`read_dataset`'s checks of the input, without Ray: a job that reads its input after Ray's start (training)
+    checks it first, and passes the result to `read_dataset`."""
+    listing = listing or list_files(uri, input_format, column_names)
+    checks, schema = check_inputs(listing.fs, listing.files, listing.input_format, list(required or []),
+                                  column_names, present, lists, written, listing.stamps, read, settings)
+    refuse_changed_output(uri, listing.finished, {check.path: check.rows for check in checks})
+    return CheckedInput(listing, checks, schema)
+
+
 def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[str]] = None,
                  keep=None, rows_per_block: int = 4096, rows_per_read: Optional[int] = None,
                  column_names: Optional[List[str]] = None, present: Sequence[str] = (),
                  lists: Sequence[str] = (), written: Optional[Dict[str, str]] = None,
                  read: Optional[Sequence[str]] = None, settings: Optional[Dict[str, str]] = None,
-                 listing: Optional[Listing] = None, held=None) -> InputRead:
+                 listing: Optional[Listing] = None, held=None,
+                 checked: Optional[CheckedInput] = None) -> InputRead:
     """A Ray Dataset over the input files, after `check_inputs` passed (`required` text columns, or lists of
     texts for those in `lists`; `present` ones of any type; none that the job writes, `written`).
 
@@ -63,12 +84,12 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
     pass the rows on (training), whose types alone must agree from file to file (`check_inputs`): the job drops the
     others from each block before rows of two files meet. `settings`: the setting that names each column, which a
     missing one's error gives. `listing`: the input's (`list_files`), where the caller listed it already.
+    `checked`: the input's `check_input`, where the caller checked it already (the settings that only its checks
+    take then go unused).
     """
-    listing = listing or list_files(uri, input_format, column_names)
+    listing, checks, schema = checked or check_input(uri, input_format, required, column_names, present, lists,
+                                                     written, read, settings, listing)
     input_format, fs = listing.input_format, listing.fs
-    checks, schema = check_inputs(fs, listing.files, input_format, list(required or []), column_names, present,
-                                  lists, written, listing.stamps, read, settings)
-    refuse_changed_output(uri, listing.finished, {check.path: check.rows for check in checks})
     listed = len(checks)
     checks = [c for c in checks if c.rows != 0]
     todo = [c for c in checks if keep is None or keep(c)]
@@ -128,7 +149,10 @@ def _parse_lines_slowly(lines: List[bytes], numbers: List[int], path: str, text_
     rows, reasons = [], []
     for number, line in zip(numbers, lines):
         try:
-            record = json.loads(line)
+            # Decoded as UTF-8, as Arrow's reader reads: json.loads of bytes guessed UTF-16 from a line's byte order
+            # mark, and a file saved so (Windows PowerShell 5's `>`) had its line 1 scored, every other line rejected
+            # as cut out of step at its bytes `\n`, and a line more counted than the file has.
+            record = json.loads(line.removeprefix(UTF8_BOM).decode("utf-8"))
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
             json.dumps(record, ensure_ascii=False).encode("utf-8")  # fails on a lone surrogate

@@ -901,7 +901,8 @@ def test_jsonl_columns_are_written_in_the_input_order(ray_local, tmp_path, tiny_
 def test_a_csv_header_that_is_not_utf8_fails_before_any_work_naming_the_file(ray_local, tmp_path, tiny_model):
     """A CSV saved as Latin-1 with a `café` column, or a TSV saved as UTF-16 (Excel's Unicode Text): the check read
     their header with U+FFFD (or said the query column was missing, among garbled names), and the job failed in its
-    read task with `UnicodeDecodeError`. Both fail before any work, in one line naming the file."""
+    read task with `UnicodeDecodeError`. A JSON Lines file saved as UTF-16 (PowerShell's `>`) had its line 1 scored,
+    its other lines rejected, and a line more counted. Each fails before any work, in one line naming the file."""
     (tmp_path / "latin1").mkdir()
     (tmp_path / "latin1" / "p.csv").write_bytes("query,document,café\nq,d,x\n".encode("latin-1"))
     with pytest.raises(InputError, match=r"^\S+p\.csv: its header line is not UTF-8: byte 0xe9 at 18; write the "
@@ -911,6 +912,12 @@ def test_a_csv_header_that_is_not_utf8_fails_before_any_work_naming_the_file(ray
     (tmp_path / "utf16" / "p.tsv").write_bytes("query\tdocument\nq\td\n".encode("utf-16"))
     with pytest.raises(InputError, match=r"p\.tsv: its header line is not UTF-8 \(UTF-16, as Excel's Unicode Text "
                                          r"writes it\): byte 0xff at 0;"):
+        job(tiny_model, tmp_path / "utf16", tmp_path / "out")
+    (tmp_path / "utf16" / "p.tsv").unlink()
+    (tmp_path / "utf16" / "p.jsonl").write_bytes('{"query": "q", "document": "d1"}\n{"query": "q", "document": "d2"}\n'
+                                                 .encode("utf-16"))
+    with pytest.raises(InputError, match=r"p\.jsonl: line 1 is not UTF-8 \(UTF-16, as Windows PowerShell 5's Out-File "
+                                         r"writes it\): byte 0xff at 0; write the file as UTF-8$"):
         job(tiny_model, tmp_path / "utf16", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
