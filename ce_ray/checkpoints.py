@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import posixpath
 from typing import Dict, List, Optional, Tuple
@@ -193,6 +194,10 @@ RUN_FILE = "ce-ray-run.json"
 # and chose among checkpoints measured on two sets. Compared only where the record holds them (an earlier ce-ray's
 # record does not, and its run resumes as then), and where the run has eval data (without, it measures nothing).
 EVAL_SETTINGS = ("eval_data", "eval_split", "eval_top_k", "eval_max_queries", "best_metric")
+# And the precision of its passes: a run resumed with another `bf16` trained the steps after its checkpoint so, with
+# no word, and its model card said the other for them all. Compared only where the record holds it (an earlier
+# ce-ray's does not, and its run resumes as then).
+PRECISION_SETTINGS = ("bf16",)
 # In the record too: the training data's files and their stamps (`train_data.training_files`). A resumed run skips
 # the batches its checkpoint trained, by their place in the data: files rewritten, added or removed under the same
 # train_data would put other rows in those places (rows trained twice, rows never trained).
@@ -245,7 +250,8 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
     another model's, data's or schedule's checkpoint would be loaded into this run (a model's weights partly,
     silently) or fail it mid-way. True when the run resumes from a checkpoint. `train_files`: the run's
     `training_files`, where they were looked up already."""
-    settings = {key: getattr(config, key) for key in RUN_SETTINGS + EVAL_SETTINGS} | {"model": model}
+    settings = {key: getattr(config, key) for key in RUN_SETTINGS + PRECISION_SETTINGS + EVAL_SETTINGS} | {
+        "model": model}
     for data in ("train_data", "eval_data"):
         if settings[data] and "://" not in settings[data]:
             settings[data] = os.path.abspath(settings[data])
@@ -260,7 +266,8 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
     if not config.eval_data:  # it measures nothing, and labels no figure: what its checkpoints were measured on stays
         settings |= {key: earlier[key] for key in EVAL_SETTINGS if key in earlier}
     changed = sorted(key for key in (set(settings) | set(earlier)) - {TRAIN_FILES, TRAIN_DIGESTS}
-                     if settings.get(key) != earlier.get(key) and (key not in EVAL_SETTINGS or key in earlier))
+                     if settings.get(key) != earlier.get(key)
+                     and (key not in EVAL_SETTINGS + PRECISION_SETTINGS or key in earlier))
     if resumes and earlier and changed:
         raise ConfigError(f"{shown} holds the checkpoints of a run with other settings ({', '.join(changed)}), "
                           f"which a run of the same name resumes from: give another {other_run(config)}, or delete "
@@ -290,6 +297,10 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
 # are there (written after a Ctrl-C's abort, or not taken whole by a store: none recorded).
 RECORD = "checkpoint_manager_snapshot.json"
 NOT_KNOWN = -1  # `resumed_step`: a checkpoint recorded without a step
+# Ray Train's reader of the record, which logs a page at INFO as it reads one: that the snapshot is loaded, and to
+# configure a new `RunConfig(name)` for a new run (no setting of ce-ray's; `run_name` is). It stood above the line
+# that ends a stopped or failed run (`cli.training_finish`), which promises one line.
+RECORD_LOGGER = "ray.train.v2._internal.execution.checkpoint.checkpoint_manager"
 
 
 def resumed_step(config: TrainConfig) -> Optional[int]:
@@ -301,7 +312,13 @@ def resumed_step(config: TrainConfig) -> Optional[int]:
     fs, storage_path, name, _ = run_storage(config)
     if fs.get_file_info(f"{storage_path}/{name}/{RECORD}").type == pafs.FileType.NotFound:
         return None
-    result = ray.train.Result.from_path(f"{storage_path}/{name}", storage_filesystem=fs)
+    logger = logging.getLogger(RECORD_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        result = ray.train.Result.from_path(f"{storage_path}/{name}", storage_filesystem=fs)
+    finally:
+        logger.setLevel(level)
     if result.checkpoint is None:
         return None
     return (result.metrics or {}).get("step", NOT_KNOWN)

@@ -202,8 +202,14 @@ def filesystem(uri: str) -> Tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
-def upload_folder(local_dir: str, fs: pafs.FileSystem, path: str) -> None:
-    """Copies a local folder's files to `path` in `fs`, failing where a file could not be written.
+def last_ones_last(names: Sequence[str], last: Sequence[str]) -> List[str]:
+    """`names` with those of `last` moved to the end, in `last`'s order."""
+    return [name for name in names if name not in last] + [name for name in last if name in names]
+
+
+def upload_folder(local_dir: str, fs: pafs.FileSystem, path: str, last: Sequence[str] = ()) -> None:
+    """Copies a local folder's files to `path` in `fs`, failing where a file could not be written; those of a
+    folder named in `last` after its others, in that order.
     `pyarrow.fs.copy_files` is not used: it ignores the error of closing an output stream of a Python filesystem
     (pyarrow 26), and s3fs uploads a file when it closes it: files that a store down or not answering did not take
     were left out of a trained model without a word (`config.json` of one, whose run failed only at its next
@@ -212,7 +218,7 @@ def upload_folder(local_dir: str, fs: pafs.FileSystem, path: str) -> None:
         folder = posixpath.join(path, os.path.relpath(root, local_dir).replace(os.sep, "/")).removesuffix("/.")
         if names and folder != path:
             fs.create_dir(folder, recursive=True)
-        for name in names:
+        for name in last_ones_last(names, last):
             with open(os.path.join(root, name), "rb") as f, fs.open_output_stream(f"{folder}/{name}") as out:
                 while chunk := f.read(8 << 20):
                     out.write(chunk)

@@ -34,10 +34,11 @@ from .checkpoints import (DS_TAG, MODEL, PROGRESS, RANDOM_STATE, STATE, best_che
                           run_storage, upload_checkpoint, whole_checkpoint, worker_seed, write_file_list)
 from .messages import plural, setting_and_flag
 from .progress import duration
-from .storage import filesystem, is_remote, refuse_written_inside, remove, same_place, upload_folder
-from .train_data import (micro_batches, padded_inputs, prefetched, prepare_data, refuse_missing_split,
-                         refuse_settings_of_beir, shard_spans, top_reasons, training_batch_tokens, training_input,
-                         unused_settings, worker_spans)
+from .storage import (filesystem, is_remote, last_ones_last, refuse_written_inside, remove, same_place,
+                      upload_folder)
+from .train_data import (checked_columns, micro_batches, padded_inputs, prefetched, prepare_data,
+                         refuse_missing_split, refuse_settings_of_beir, shard_spans, top_reasons, training_batch_tokens,
+                         training_input, unused_settings, worker_spans)
 
 # What the workers return where they stopped the run themselves (a non-finite loss or weights): why, which the
 # driver raises.
@@ -921,6 +922,14 @@ MODEL_FILES = re.compile(r"(config_sentence_transformers|modules|sentence_bert_c
                          r"merges\.txt|[\w.-]*\.model|" + WEIGHTS.pattern)
 
 
+# What a model is told by, written after its other files: a publish cut short (the driver killed as it copied) left
+# the card of a finished run beside weights cut short, and no config.json, where it now leaves none of the new files
+# (a local output) or the earlier ones of these (s3://).
+PUBLISHED_LAST = ("config.json", "README.md")
+# A local output's new files, copied in here first, then moved into the output: moves that take milliseconds.
+STAGING = ".ce-ray-publishing"
+
+
 def _publish(model_dir: str, output: str, card_text: str) -> None:
     """Copies the final model folder (and its card) to the output, local or s3://."""
     import pyarrow.fs as pafs
@@ -929,7 +938,17 @@ def _publish(model_dir: str, output: str, card_text: str) -> None:
         f.write(card_text)
     fs, path = filesystem(output)
     fs.create_dir(path, recursive=True)
-    upload_folder(model_dir, fs, path)
+    if is_remote(output):
+        upload_folder(model_dir, fs, path, last=PUBLISHED_LAST)
+    else:
+        staging = os.path.join(path, STAGING)
+        shutil.rmtree(staging, ignore_errors=True)  # a publish cut short's
+        shutil.copytree(model_dir, staging)
+        for name in last_ones_last(os.listdir(staging), PUBLISHED_LAST):
+            if os.path.isdir(os.path.join(path, name)):
+                shutil.rmtree(os.path.join(path, name))
+            os.replace(os.path.join(staging, name), os.path.join(path, name))
+        os.rmdir(staging)
     new = set(os.listdir(model_dir))
     stale = [info for info in fs.get_file_info(pafs.FileSelector(path)) if info.type == pafs.FileType.File
              and info.base_name not in new and MODEL_FILES.fullmatch(info.base_name)]
@@ -1009,6 +1028,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
                 refuse_written_inside(getattr(config, read), written, setting_and_flag(read), what)
     data = training_input(config)  # once: for the run's record, then read
     refuse_settings_of_beir(config, data.beir)
+    data = checked_columns(config, data)
     unused = unused_settings(config, data.beir)  # which the model card leaves out
     # After the data's checks, since it creates the output: a run refused for its data left an empty folder.
     # Until its training starts, a run that ends (refused once Ray has started, stopped) leaves nothing it created.

@@ -27,7 +27,7 @@ from .batching import (IDS, REJECT, TYPES, PairEncoder, list_parts, pad, text_co
 from .config import ConfigError, TrainConfig, refuse_unused, settings_set
 from .input_files import Listing, list_files, parse_names
 from .messages import InputError, plural, setting_and_flag
-from .readers import ROW_INPUT
+from .readers import ROW_INPUT, CheckedInput
 from .storage import filesystem, list_tree
 from .training_pairs import LABEL_OF_NEGATIVES, training_pairs
 
@@ -213,6 +213,21 @@ class TrainingInput:
     beir: bool
     listing: Optional[Listing]  # None for a BEIR folder
     files: Dict[str, str]
+    # "train_data" and "eval_data" -> their files of rows checked before the run starts Ray (`checked_columns`)
+    checked: Dict[str, CheckedInput] = dataclasses.field(default_factory=dict)
+
+
+def checked_columns(config: TrainConfig, data: TrainingInput) -> TrainingInput:
+    """`data` with the columns and types of the training and eval rows in files (not BEIR folders) checked, which
+    a run does before Ray starts: a column missing failed once Ray had started, ~30 s in (score and rerank checked
+    theirs first). The rows are read then (`prepare_data`) without a second look at the files."""
+    negatives = _negative_columns(config, data.beir)
+    checked = {}
+    if not data.beir:
+        checked["train_data"] = _checked_rows(config.train_data, config, negatives, listing=data.listing)
+    if config.eval_data and not _is_beir(config.eval_data):
+        checked["eval_data"] = _checked_eval_rows(config, negatives)
+    return dataclasses.replace(data, checked=checked)
 
 
 def refuse_settings_of_beir(config: TrainConfig, beir: bool) -> None:
@@ -305,10 +320,11 @@ def beir_training_pairs(folder: str, split: str, hard_negatives: int) -> Tuple[p
                      "label": pa.array([label for _, _, label in rows], pa.float32())}), dropped
 
 
-def _eval_candidates(config: TrainConfig, negatives: List[str]):
-    """The eval queries' candidates as (query_id, doc_id, query, document), their qrels, and what they are."""
+def _eval_candidates(config: TrainConfig, negatives: List[str], checked: Optional[CheckedInput] = None):
+    """The eval queries' candidates as (query_id, doc_id, query, document), their qrels, and what they are.
+    `checked`: eval rows' files checked already (`checked_columns`)."""
     if not _is_beir(config.eval_data):
-        return _eval_rows(config, negatives)
+        return _eval_rows(config, negatives, checked)
     from .candidates import beir_file, bm25_tokens, candidates_table, read_corpus, read_qrels, read_queries
 
     qrels = read_qrels(beir_file(config.eval_data, f"qrels/{config.eval_split}.tsv"))
@@ -349,7 +365,17 @@ def _past_the_first(with_relevant: list, query_ids: list) -> str:
     return f"; {plural(past, 'query')} past the first {len(query_ids):,} left out (eval_max_queries)" if past else ""
 
 
-def _eval_rows(config: TrainConfig, negatives: List[str]):
+def _checked_eval_rows(config: TrainConfig, negatives: List[str]) -> CheckedInput:
+    try:
+        return _checked_rows(config.eval_data, config, negatives, own_columns=False)
+    except InputError as e:  # eval_data has no columns of its own to name: say whose they are
+        names = ", ".join(repr(c) for c in [config.query_column, config.document_column,
+                                            *(negatives or [config.label_column])])
+        raise InputError(f"{setting_and_flag('eval_data')} {e} (eval rows are read in the training data's columns: "
+                         f"{names})") from None
+
+
+def _eval_rows(config: TrainConfig, negatives: List[str], checked: Optional[CheckedInput] = None):
     """eval_data in train_data's shape (the same columns): the rows of a query (by its text) are its candidates
     and their labels its grades, as CrossEncoderRerankingEvaluator ranks a sample's positives and negatives.
     A document given twice for a query (triples repeat the positive on each row) is one candidate, of its
@@ -358,13 +384,8 @@ def _eval_rows(config: TrainConfig, negatives: List[str]):
     relevant."""
     import ray
 
-    try:
-        ds, config, files = _labelled_rows(config.eval_data, config, negatives, own_columns=False)
-    except InputError as e:  # eval_data has no columns of its own to name: say whose they are
-        names = ", ".join(repr(c) for c in [config.query_column, config.document_column,
-                                            *(negatives or [config.label_column])])
-        raise InputError(f"{setting_and_flag('eval_data')} {e} (eval rows are read in the training data's columns: "
-                         f"{names})") from None
+    ds, config, files = _labelled_rows(config.eval_data, config, negatives,
+                                       checked=checked or _checked_eval_rows(config, negatives))
     # In the files' order, as the training rows: the first eval_max_queries queries and the candidates' ids are
     # the same in every run. Read as their tasks ended, several files came in another order from run to run
     # (other queries evaluated, other metrics).
@@ -432,21 +453,39 @@ def _column_settings(config: TrainConfig, negatives: List[str]) -> Dict[str, str
         {} if negatives else {config.label_column: "label_column"})
 
 
-def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str], own_columns: bool = True,
-                   listing: Optional[Listing] = None):
+def _pair_columns(config: TrainConfig, negatives: List[str]) -> Tuple[List[str], List[str]]:
+    """The columns of documents (each of texts or of lists of texts) and of labels that training rows are read by."""
+    return [config.document_column, *negatives], [] if negatives else [config.label_column]
+
+
+def _checked_rows(uri: str, config: TrainConfig, negatives: List[str], own_columns: bool = True,
+                  listing: Optional[Listing] = None) -> CheckedInput:
+    """The files of rows at `uri` checked (`readers.check_input`) for the columns `training_pairs` reads.
+    `own_columns`: the settings name the columns of these rows (a missing one's error says which setting gives it),
+    not of other rows (eval_data's are read in the training data's). `listing`: `uri`'s, where it was listed
+    already."""
+    from .readers import check_input
+
+    documents, labels = _pair_columns(config, negatives)
+    # Only these columns are read: the files' other columns may differ from file to file (`training_pairs`).
+    return check_input(uri, config.input_format, [config.query_column, *documents],
+                       column_names=parse_names(config.column_names), lists=documents, present=labels,
+                       read=[config.query_column, *documents, *labels],
+                       settings=_column_settings(config, negatives) if own_columns else None, listing=listing)
+
+
+def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str], listing: Optional[Listing] = None,
+                   checked: Optional[CheckedInput] = None):
     """The rows at `uri`, in any shape `training_pairs` takes, as labelled pairs; the config naming their
-    label column; and the files' paths by their input keys (`ROW_INPUT`). `own_columns`: the settings name the
-    columns of these rows (a missing one's error says which setting gives it), not of other rows (eval_data's
-    are read in the training data's). `listing`: `uri`'s, where it was listed already."""
+    label column; and the files' paths by their input keys (`ROW_INPUT`). `checked`: the files' `_checked_rows`,
+    where they were checked already; `listing`: `uri`'s, where it was listed already."""
     from .readers import input_sources, read_dataset
 
-    documents = [config.document_column, *negatives]  # each a column of texts or of lists of texts
-    labels = [] if negatives else [config.label_column]
-    # Only these columns are read: the files' other columns may differ from file to file (`training_pairs`).
+    documents, labels = _pair_columns(config, negatives)
     read = read_dataset(uri, config.input_format, [config.query_column, *documents],
-                        column_names=parse_names(config.column_names), lists=documents, present=labels,
+                        column_names=parse_names(config.column_names), lists=documents,
                         read=[config.query_column, *documents, *labels],
-                        settings=_column_settings(config, negatives) if own_columns else None, listing=listing)
+                        checked=checked or _checked_rows(uri, config, negatives, listing=listing))
     # Whole blocks: a column may be text in one block and lists in another, which no batch could hold.
     ds = read.dataset.map_batches(training_pairs, fn_kwargs=dict(
         query_column=config.query_column, document_column=config.document_column, negative_columns=negatives,
@@ -482,11 +521,12 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int,
         ds, files = ray.data.from_arrow(table), None
         config = dataclasses.replace(config, query_column="query", document_column="document", label_column="label")
     else:
-        ds, config, files = _labelled_rows(config.train_data, config, negatives, listing=data.listing)
+        ds, config, files = _labelled_rows(config.train_data, config, negatives, listing=data.listing,
+                                           checked=data.checked.get("train_data"))
         source, dropped = config.train_data, {}
     eval_ds, qrels = None, None
     if config.eval_data:  # read before the training data's tokenizing, so that its errors come before that work
-        eval_table, qrels, eval_source = _eval_candidates(eval_config, negatives)
+        eval_table, qrels, eval_source = _eval_candidates(eval_config, negatives, data.checked.get("eval_data"))
     # The same rows in the same order in every run of these settings, for the shuffle below and for a resumed
     # run's place in the data (this set's own setting, shared by the sets made from it).
     ds.context.execution_options.preserve_order = True

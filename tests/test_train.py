@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -606,7 +607,9 @@ def test_a_run_that_would_write_into_its_data_or_reads_a_split_not_there_fails_b
         tiny_model, tmp_path, monkeypatch):
     """An output or checkpoints inside the training or eval data: the first run trained, and the next (a resume,
     the same command again) read the model's files as data, refused as `mixes formats ['jsonl', 'parquet']`; a BEIR
-    folder's training split that is not there failed once Ray had started, 20 s in."""
+    folder's training split that is not there, and training or eval rows without the columns read, failed once Ray
+    had started, 20-30 s in."""
+    import ce_ray.readers
     import ce_ray.runtime
     from ce_ray.config import TrainConfig
     from ce_ray.messages import InputError
@@ -615,6 +618,7 @@ def test_a_run_that_would_write_into_its_data_or_reads_a_split_not_there_fails_b
         raise AssertionError("Ray started")
 
     monkeypatch.setattr(ce_ray.runtime, "ensure_ray", ray_started)
+    monkeypatch.setattr(ce_ray.readers, "ensure_ray", ray_started)
     (tmp_path / "data").mkdir()
     pd.DataFrame({"query": ["q", "q"], "document": ["d", "e"], "label": [1, 0]}).to_parquet(
         tmp_path / "data" / "pairs.parquet")
@@ -642,6 +646,17 @@ def test_a_run_that_would_write_into_its_data_or_reads_a_split_not_there_fails_b
                                          r"\(its qrels' splits: train; eval_split \(--eval-split\) names one\)$"):
         _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(beir), eval_data=str(beir),
                                           output=str(tmp_path / "out")))
+    pd.DataFrame({"question": ["q"], "passage": ["d"], "label": [1]}).to_parquet(tmp_path / "other.parquet")
+    with pytest.raises(InputError, match=rf"^{tmp_path}/other.parquet: missing column\(s\) 'query', 'document' "
+                                         r"\(columns: question, passage, label\); name the columns with query_column "
+                                         r"\(--query-column\) and document_column \(--document-column\)$"):
+        _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(tmp_path / "other.parquet"),
+                                          output=str(tmp_path / "out")))
+    with pytest.raises(InputError, match=rf"^eval_data \(--eval-data\) {tmp_path}/other.parquet: missing column\(s\) "
+                                         r"'query', 'document' \(columns: question, passage, label\) \(eval rows are "
+                                         r"read in the training data's columns: 'query', 'document', 'label'\)$"):
+        _train_module().train(TrainConfig(model=str(tiny_model), train_data=str(tmp_path / "data" / "pairs.parquet"),
+                                          eval_data=str(tmp_path / "other.parquet"), output=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists() and os.listdir(tmp_path / "data") == ["pairs.parquet"]
 
 
@@ -1152,6 +1167,55 @@ def test_the_training_set_is_shuffled_once_with_the_runs_seed(ray_local, tiny_mo
     assert first == labels(42) and first != labels(7) and sum(first) == 200
     for part in (first[:200], first[200:], *(first[i : i + 80] for i in range(0, 400, 80))):
         assert 0.25 < np.mean(part) < 0.75, part
+
+
+def test_a_publish_cut_short_leaves_the_earlier_model_whole_and_the_next_one_replaces_it(tmp_path, monkeypatch):
+    """The driver killed as it copied the model into the output left the new card beside weights cut short and no
+    config.json (an earlier model's, where there was one): a folder that looked finished and loaded as no model. A
+    local output keeps its files until every new one is copied beside them; on S3 the card and config.json go last."""
+    import pyarrow.fs as pafs
+
+    from ce_ray.storage import upload_folder
+    from ce_ray.train import _publish
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for name, data in (("config.json", b'{"new": 1}'), ("model.safetensors", os.urandom(1 << 20)),
+                       ("vocab.txt", b"[PAD]\n")):
+        (model / name).write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = {"config.json": b'{"old": 1}', "model.safetensors": b"old weights", "README.md": b"old card"}
+    for name, data in earlier.items():
+        (out / name).write_bytes(data)
+
+    def killed_mid_copy(source, target, **_):
+        os.makedirs(target)
+        shutil.copyfile(os.path.join(source, "config.json"), os.path.join(target, "config.json"))
+        with open(os.path.join(target, "model.safetensors"), "wb") as f:
+            f.write((model / "model.safetensors").read_bytes()[:1000])
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(shutil, "copytree", killed_mid_copy)
+        with pytest.raises(KeyboardInterrupt):
+            _publish(str(model), str(out), "new card")
+    assert {name: (out / name).read_bytes() for name in earlier} == earlier and not (out / "vocab.txt").exists()
+    _publish(str(model), str(out), "new card")
+    assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors", "vocab.txt"]
+    assert (out / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
+    assert (out / "README.md").read_text() == "new card"
+
+    class Recorded(pafs.LocalFileSystem):  # an upload's order, as a store takes its objects
+        written: list = []
+
+        def open_output_stream(self, path, *args, **kwargs):
+            self.written.append(os.path.basename(path))
+            return super().open_output_stream(path, *args, **kwargs)
+
+    (tmp_path / "uploaded").mkdir()
+    upload_folder(str(model), Recorded(), str(tmp_path / "uploaded"), last=("config.json", "README.md"))
+    assert Recorded.written[-2:] == ["config.json", "README.md"] and len(Recorded.written) == 4
 
 
 def test_a_run_resumed_without_its_eval_data_publishes_its_model(ray_local, tiny_model, pairs_file, tmp_path):
@@ -1721,7 +1785,7 @@ def test_a_run_whose_training_files_changed_since_its_checkpoints_is_not_resumed
     earlier ce-ray, without them, still resumes, and gets them. The refusal names run_name and output by their flags
     too (it named the YAML keys alone). A file only touched or copied again (another modification time, the same
     bytes) was refused as rewritten: the record holds each local file's sha256 too, and the run resumes, saying so;
-    a record without them compares the stamps alone."""
+    a record without them compares the stamps alone. A resume in another precision (bf16) is refused too."""
     from ce_ray.config import ConfigError, TrainConfig
     from ce_ray.model_folder import model_source
 
@@ -1784,6 +1848,23 @@ def test_a_run_whose_training_files_changed_since_its_checkpoints_is_not_resumed
     record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "train_files"}))
     assert checkpoints.claim_run(settings, model_source(settings.model), *checkpoints.run_storage(settings))
     assert list(json.loads(record.read_text())["train_files"]) == [str(data / "a.parquet")]
+    # Its precision too: a resume with another bf16 trained the steps after the checkpoint so, without a word. A
+    # record without it (an earlier ce-ray's) resumes as then.
+    # The step it resumes from, said in one line: Ray Train's reader of the record logged a page before it (to the
+    # terminal's stderr, through Ray's own handler, which capsys does not see: a handler of the test's sees it).
+    logged = logging.Handler()
+    logged.emit = lambda record: pytest.fail(f"logged: {record.getMessage()[:80]}")
+    reader = logging.getLogger("ray.train.v2._internal.execution.checkpoint.checkpoint_manager")
+    reader.addHandler(logged)
+    try:
+        assert checkpoints.resumed_step(settings) == 1
+    finally:
+        reader.removeHandler(logged)
+    in_bf16 = dataclasses.replace(settings, bf16=True)
+    with pytest.raises(ConfigError, match=r"holds the checkpoints of a run with other settings \(bf16\), which a run "):
+        checkpoints.claim_run(in_bf16, model_source(settings.model), *checkpoints.run_storage(settings))
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "bf16"}))
+    assert checkpoints.claim_run(in_bf16, model_source(settings.model), *checkpoints.run_storage(settings))
 
 
 def test_labels_outside_zero_one_fail_before_training(ray_local, tiny_model, tmp_path):
