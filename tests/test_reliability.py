@@ -1828,3 +1828,69 @@ def test_credentials_never_reach_outputs_logs_or_configs(tmp_path, tiny_model):
     for secret in (SECRET, KEY_ID):
         leaks = [where for where, data in texts.items() if secret.encode() in data]
         assert not leaks, f"{secret} found in {leaks}"
+
+
+def test_a_line_of_several_values_that_are_not_text_is_rejected_for_its_first():
+    """_parse_lines_slowly: a line whose query is a number and whose document a list is rejected for the first
+    column checked (the query), as `text_column` names the first reason; each value is kept as JSON text."""
+    from ce_ray.batching import REJECT
+
+    lines = [b'{"query": 1, "document": [2]}', b'{"query": "q", "document": {"a": 1}}',
+             b'{"query": "q", "document": "d"}']
+    table = readers._parse_lines_slowly(lines, [1, 2, 3], "f.jsonl", ["query", "document"])
+    assert table.column(REJECT).to_pylist() == ["query is int, not text", "document is dict, not text", None]
+    assert table.column("query").to_pylist() == ["1", "q", "q"]
+    assert table.column("document").to_pylist() == ["[2]", '{"a": 1}', "d"]
+
+
+def test_a_bad_lines_number_counts_the_blank_lines_of_earlier_chunks(tmp_path, monkeypatch):
+    """json_lines_chunks: the line a reason names is the file's line, blank lines of earlier chunks counted, so that
+    a user finds it with `sed -n Np` (the first chunk's numbers alone were checked)."""
+    from ce_ray.batching import REJECT
+
+    monkeypatch.setattr(readers, "JSON_LINES_CHUNK_BYTES", 64)
+    lines = [b'{"query": "q%d"}' % i for i in range(3)] + [b"", b"", b"  "]
+    lines += [b'{"query": "q%d"}' % i for i in range(3, 9)] + [b"{not json"] + [b'{"query": "q9"}']
+    (tmp_path / "rows.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    with open(tmp_path / "rows.jsonl", "rb") as f:
+        tables = list(readers.json_lines_chunks(f, str(tmp_path / "rows.jsonl"), ["query"]))
+    assert len(tables) > 2  # several chunks
+    reasons = [r for t in tables if REJECT in t.column_names for r in t.column(REJECT).to_pylist() if r]
+    assert len(reasons) == 1 and reasons[0].startswith(f"{tmp_path / 'rows.jsonl'} line 13: not valid JSON")
+
+
+def test_an_input_of_three_empty_files_names_them_all_without_an_ellipsis(tmp_path):
+    """The files' names end with `...` only where more are left unnamed; so do the skipped files' below."""
+    files = []
+    for name in "abc":
+        (tmp_path / f"{name}.jsonl").write_text("")
+        files.append(str(tmp_path / f"{name}.jsonl"))
+    with pytest.raises(InputError, match=r"\(3 file\(s\), all empty: \S+/a\.jsonl, \S+/b\.jsonl, \S+/c\.jsonl\)$"):
+        check_inputs(pafs.LocalFileSystem(), files, "jsonl", ["query", "document"])
+    (tmp_path / "d.jsonl").write_text("")
+    with pytest.raises(InputError, match=r"all empty: \S+/a\.jsonl, \S+/b\.jsonl, \S+/c\.jsonl, \.\.\.\)$"):
+        check_inputs(pafs.LocalFileSystem(), files + [str(tmp_path / "d.jsonl")], "jsonl", ["query", "document"])
+
+
+def test_five_skipped_files_are_named_without_an_ellipsis(tmp_path, capsys):
+    from ce_ray.input_files import list_files
+
+    (tmp_path / "pairs.tsv").write_text("query\tdocument\nq\td\n")
+    for name in ("a.md", "b.md", "c.md", "d.md", "e.md"):
+        (tmp_path / name).write_text("# not pairs")
+    list_files(str(tmp_path), "auto")
+    said = capsys.readouterr().err.rstrip()
+    assert said.endswith("skipped 5 file(s) that are not tsv: a.md, b.md, c.md, d.md, e.md")
+    (tmp_path / "f.md").write_text("# not pairs")
+    list_files(str(tmp_path), "auto")
+    assert capsys.readouterr().err.rstrip().endswith("e.md, ...")
+
+
+def test_an_empty_file_beside_files_of_rows_is_no_error(tmp_path):
+    """check_inputs: an input fails for having no rows only where every file is empty; an empty file (a writer's
+    last) beside files of rows contributes none and needs no columns."""
+    (tmp_path / "a.jsonl").write_text('{"query": "q", "document": "d"}\n')
+    (tmp_path / "b.jsonl").write_text("")
+    checks, schema = check_inputs(pafs.LocalFileSystem(), [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")],
+                                  "jsonl", ["query", "document"])
+    assert [c.rows for c in checks][1] == 0 and set(schema.names) >= {"query", "document"}

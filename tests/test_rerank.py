@@ -707,3 +707,22 @@ def test_a_rerank_says_its_ranking_in_its_progress_lines(ray_local, tiny_model, 
         assert scoring and ranking and all(ranking), lines
         ranked = [int(said.group(1).replace(",", "")) for said in ranking]
         assert ranked == sorted(ranked) and ranked.count(rows) <= 1, lines  # none after all were ranked
+
+
+def test_equal_scores_without_the_readers_tags_are_ordered_by_document_text():
+    """A lazy Dataset's rows carry no input order: equal scores are ordered by document text (docs/python.md),
+    ascending, the same in the block top k and in the ranking."""
+    table = pa.table({"query_id": ["q"] * 4, "document": ["b", "c", "a", "d"],
+                      "score": pa.array([0.5, 0.5, 0.5, 0.9], pa.float32())})
+    out = rank_queries(table)
+    assert out.column("document").to_pylist() == ["d", "a", "b", "c"]
+    assert out.column("rank").to_pylist() == [1, 2, 3, 4]
+    assert keep_block_top_k(table, 2).column("document").to_pylist() == ["d", "a"]
+
+
+def test_a_row_rejected_before_keeps_its_reason_when_its_query_id_is_missing_too():
+    """A row the reader rejected (`document is null`) that also has no query id keeps the first reason."""
+    table = pa.table({"query_id": pa.array(["q", None], pa.string()), "document": ["a", None],
+                      "score": pa.array([0.5, None], pa.float32()),
+                      REJECT: pa.array([None, "document is null"], pa.string())})
+    assert rank_queries(table).column(REJECT).to_pylist() == [None, "document is null"]

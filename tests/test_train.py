@@ -2396,3 +2396,130 @@ def test_the_reasons_of_rejected_rows_say_those_left_unnamed():
     assert train_data.top_reasons(stats) == ("label is not a number (3), document holds no text (2), query is null "
                                              "(1), and 1 reason(s) more (1)")
     assert train_data.top_reasons({"reject_reasons": {"query is null": 2}}) == "query is null (2)"
+
+
+def test_the_cards_figures_are_those_of_the_kept_pairs_over_every_block(tiny_model):
+    """_block_stats/_combine_stats: the card's counts, means, minima and maxima are over the pairs kept (a rejected
+    row counts in none of them), each column's own, and over all blocks (the maximum in a later block)."""
+    encoder = pair_encoder(str(tiny_model))
+    first = pa.table({"query": ["q", "qq"], "document": ["short", "a longer document"], "label": [1.0, 0.0]})
+    second = pa.table({"query": ["a much longer query", "q", "q"],
+                       "document": ["d", "the longest document of them all", "rejected"],
+                       "label": pa.array([0.5, 1.0, None], pa.float64())})
+    blocks = [train_data._tokenize_train_block(t, encoder, "query", "document", "label", 64) for t in (first, second)]
+    stats = train_data._combine_stats([train_data._block_stats(b).to_pylist()[0] for b in blocks])
+    kept = pd.concat([first.to_pandas(), second.to_pandas().iloc[:2]])
+    tokens = [len(ids) for b in blocks for ids, why in zip(b.column(IDS).to_pylist(),
+                                                           b.column("reject_reason").to_pylist()) if why is None]
+    assert (stats["rows"], stats["pairs"], stats["rejected"]) == (5, 4, 1)
+    assert stats["reject_reasons"] == {"label is null": 1}
+    assert stats["positives"] == 3  # 1.0, 0.5, 1.0
+    assert stats["label_mean"] == pytest.approx(kept.label.mean())  # 0.625, not over the rejected row
+    assert (stats["label_min"], stats["label_max"]) == (0.0, 1.0)
+    lengths = {"query_chars": kept["query"].str.len(), "document_chars": kept.document.str.len()}
+    for name, values in lengths.items():
+        assert (stats[f"{name}_min"], stats[f"{name}_max"]) == (values.min(), values.max()), name
+        assert stats[f"{name}_mean"] == pytest.approx(values.mean()), name
+    assert (stats["tokens_min"], stats["tokens_max"]) == (min(tokens), max(tokens))
+    assert stats["tokens_mean"] == pytest.approx(np.mean(tokens))
+
+
+def test_every_pass_carries_the_labels_of_its_own_rows():
+    """micro_batches: each pass's labels are its rows' labels, row for row (a label beside another row's tokens
+    trains the model on the wrong target), with and without a token budget."""
+    from ce_ray.config import TrainConfig
+
+    rows = 64
+    lengths = np.random.default_rng(0).integers(2, 40, rows)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    tokens = np.ones(offsets[-1], np.int32)
+    tokens[offsets[:-1]] = np.arange(rows) + 2  # each row's first token: its number + 2
+    table = pa.table({IDS: pa.ListArray.from_arrays(offsets, tokens),
+                      train_data.LABEL: pa.array(np.arange(rows) / rows, pa.float32())})
+    config = TrainConfig(batch_size=8, length_window=4)
+    for settings in (config, dataclasses.replace(config, batch_tokens=100)):
+        seen = []
+        for passes in train_data.micro_batches(iter([table]), settings, 0, 0, 0, pad_id=0):
+            for inputs, labels in passes:
+                numbers = inputs["input_ids"][:, 0] - 2
+                assert labels.tolist() == pytest.approx((numbers / rows).tolist())
+                seen += numbers.tolist()
+        assert sorted(seen) == list(range(rows))
+
+
+def test_a_document_given_twice_for_a_query_is_one_candidate_of_its_highest_grade(ray_local, tmp_path):
+    """_eval_rows: a (query, document) given on two rows with other grades (a document listed as a negative of one
+    row and a positive of another, or graded 1 and 2) is one candidate of the higher grade, as the docstring says."""
+    from ce_ray.config import TrainConfig
+
+    pd.DataFrame({"query": ["q"] * 4, "document": ["a", "b", "a", "c"],
+                  "label": [0.0, 1.0, 2.0, 0.0]}).to_parquet(tmp_path / "eval.parquet")
+    table, qrels, said = train_data._eval_candidates(TrainConfig(eval_data=str(tmp_path / "eval.parquet")), [])
+    assert table.column("document").to_pylist() == ["a", "b", "c"]
+    assert qrels == {"q": {"0": 2.0, "1": 1.0, "3": 0.0}}
+    pd.DataFrame({"query": ["q", "q", "q"], "document": ["a", "a", "b"],
+                  "label": [1.0, 0.0, 0.0]}).to_parquet(tmp_path / "eval.parquet")
+    table, qrels, said = train_data._eval_candidates(TrainConfig(eval_data=str(tmp_path / "eval.parquet")), [])
+    assert qrels == {"q": {"0": 1.0, "2": 0.0}}
+
+
+def test_unlabelled_eval_rows_that_cannot_be_scored_are_counted_once(ray_local, tmp_path):
+    """_eval_rows' line: a row without a label and without a document is one row left out, not also one taken as
+    not relevant (the line's counts add up to the rows)."""
+    from ce_ray.config import TrainConfig
+
+    pd.DataFrame({"query": ["q"] * 4, "document": ["a", "b", None, "d"],
+                  "label": [1.0, None, None, 0.0]}).to_parquet(tmp_path / "eval.parquet")
+    _, _, said = train_data._eval_candidates(TrainConfig(eval_data=str(tmp_path / "eval.parquet")), [])
+    assert said.endswith("(1 query, 3 candidates; 1 row(s) that cannot be scored left out; 1 row(s) without a label "
+                         "taken as not relevant)")
+
+
+def test_the_best_checkpoint_is_the_later_of_equals():
+    """best_checkpoint: by best_metric, the later of equal scores (its docstring), a checkpoint without the metric
+    never."""
+    from ce_ray.config import TrainConfig
+
+    config = TrainConfig(best_metric="ndcg@10")
+    from types import SimpleNamespace
+
+    result = SimpleNamespace(best_checkpoints=[("c4", {"eval_ndcg@10": 0.5, "step": 4}),
+                                               ("c8", {"eval_ndcg@10": 0.5, "step": 8}),
+                                               ("c12", {"eval_ndcg@10": 0.25, "step": 12}),
+                                               ("c16", {"step": 16})])
+    assert checkpoints.best_checkpoint(result, config)[0] == "c8"
+    assert checkpoints.best_checkpoint(result, TrainConfig()) is None
+
+
+def test_checkpoint_folders_that_ray_train_never_recorded_are_not_resumed_from(tmp_path):
+    """has_checkpoints: a checkpoint's folder without Ray Train's record (written as Ctrl-C stopped the run) is
+    resumed from by no run, so it does not make a run of other settings refused."""
+    import pyarrow.fs as pafs
+
+    fs = pafs.LocalFileSystem()
+    (tmp_path / "run" / "checkpoint_0000001").mkdir(parents=True)
+    assert not checkpoints.has_checkpoints(fs, str(tmp_path / "run"))
+    (tmp_path / "run" / checkpoints.RECORD).write_text("{}")
+    assert checkpoints.has_checkpoints(fs, str(tmp_path / "run"))
+
+
+def test_a_file_of_another_stamp_and_other_bytes_is_rewritten_not_touched(tmp_path):
+    """changed_files/train_digests: a file whose stamp changed is `touched` only where its sha256 is the same;
+    with other bytes it is `rewritten`, which refuses a resume."""
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"query": "q", "document": "d", "label": 1}\n')
+    from ce_ray.config import TrainConfig
+
+    config = TrainConfig(train_data=str(data))
+    first = {str(data): "1-a"}
+    earlier = {checkpoints.TRAIN_FILES: first,
+               checkpoints.TRAIN_DIGESTS: checkpoints.train_digests(config, first, {})}
+    touched = {str(data): "1-b"}
+    now = {checkpoints.TRAIN_FILES: touched,
+           checkpoints.TRAIN_DIGESTS: checkpoints.train_digests(config, touched, earlier)}
+    assert checkpoints.changed_files(earlier, now) == ([], [str(data)])
+    data.write_text('{"query": "q", "document": "d", "label": 0}\n')
+    rewritten = {str(data): "1-c"}
+    now = {checkpoints.TRAIN_FILES: rewritten,
+           checkpoints.TRAIN_DIGESTS: checkpoints.train_digests(config, rewritten, earlier)}
+    assert checkpoints.changed_files(earlier, now) == ([f"{data} rewritten"], [])
