@@ -194,10 +194,11 @@ RUN_FILE = "ce-ray-run.json"
 # and chose among checkpoints measured on two sets. Compared only where the record holds them (an earlier ce-ray's
 # record does not, and its run resumes as then), and where the run has eval data (without, it measures nothing).
 EVAL_SETTINGS = ("eval_data", "eval_split", "eval_top_k", "eval_max_queries", "best_metric")
-# And the precision of its passes: a run resumed with another `bf16` trained the steps after its checkpoint so, with
-# no word, and its model card said the other for them all. Compared only where the record holds it (an earlier
-# ce-ray's does not, and its run resumes as then).
-PRECISION_SETTINGS = ("bf16",)
+# And whether its passes train in bf16 (`train.uses_bf16`: `bf16` or DeepSpeed's, unset on GPUs): a run resumed in
+# another precision trained the steps after its checkpoint so, with no word, and its card said the other for them
+# all. Known once the run knows whether it has GPUs (after Ray's start: `claim_precision`); compared only where the
+# record holds it (an earlier ce-ray's does not, and its run resumes as then).
+PRECISION = "bf16_passes"
 # In the record too: the training data's files and their stamps (`train_data.training_files`). A resumed run skips
 # the batches its checkpoint trained, by their place in the data: files rewritten, added or removed under the same
 # train_data would put other rows in those places (rows trained twice, rows never trained).
@@ -250,8 +251,7 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
     another model's, data's or schedule's checkpoint would be loaded into this run (a model's weights partly,
     silently) or fail it mid-way. True when the run resumes from a checkpoint. `train_files`: the run's
     `training_files`, where they were looked up already."""
-    settings = {key: getattr(config, key) for key in RUN_SETTINGS + PRECISION_SETTINGS + EVAL_SETTINGS} | {
-        "model": model}
+    settings = {key: getattr(config, key) for key in RUN_SETTINGS + EVAL_SETTINGS} | {"model": model}
     for data in ("train_data", "eval_data"):
         if settings[data] and "://" not in settings[data]:
             settings[data] = os.path.abspath(settings[data])
@@ -265,9 +265,10 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
         earlier = {}  # a new run, or checkpoints written before runs recorded their settings
     if not config.eval_data:  # it measures nothing, and labels no figure: what its checkpoints were measured on stays
         settings |= {key: earlier[key] for key in EVAL_SETTINGS if key in earlier}
+    if PRECISION in earlier:  # kept, for `claim_precision` to compare once the run knows whether it has GPUs
+        settings[PRECISION] = earlier[PRECISION]
     changed = sorted(key for key in (set(settings) | set(earlier)) - {TRAIN_FILES, TRAIN_DIGESTS}
-                     if settings.get(key) != earlier.get(key)
-                     and (key not in EVAL_SETTINGS + PRECISION_SETTINGS or key in earlier))
+                     if settings.get(key) != earlier.get(key) and (key not in EVAL_SETTINGS or key in earlier))
     if resumes and earlier and changed:
         raise ConfigError(f"{shown} holds the checkpoints of a run with other settings ({', '.join(changed)}), "
                           f"which a run of the same name resumes from: give another {other_run(config)}, or delete "
@@ -290,6 +291,23 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
         with fs.open_output_stream(f"{run_dir}/{RUN_FILE}") as f:
             f.write(json.dumps(settings, indent=2).encode())
     return resumes
+
+
+def claim_precision(config: TrainConfig, fs, storage_path: str, name: str, shown: str, bf16: bool,
+                    resumes: bool) -> None:
+    """Records in the run's record (`claim_run`'s) whether its passes train in bf16 (`PRECISION`), and refuses a run
+    that `resumes` from checkpoints trained in the other precision."""
+    path = f"{storage_path}/{name}/{RUN_FILE}"
+    with fs.open_input_stream(path) as f:
+        record = json.loads(f.read())
+    if resumes and record.get(PRECISION, bf16) != bf16:
+        passes = {True: "bf16", False: "float32"}
+        raise ConfigError(f"{shown} holds the checkpoints of a run with other settings (bf16: its passes trained in "
+                          f"{passes[record[PRECISION]]}, this run's in {passes[bf16]}), which a run of the same name "
+                          f"resumes from: give another {other_run(config)}, or delete {shown} to start afresh")
+    if record.get(PRECISION) != bf16:
+        with fs.open_output_stream(path) as f:
+            f.write(json.dumps(record | {PRECISION: bf16}, indent=2).encode())
 
 
 # Ray Train's record of a run's checkpoints, in the run's folder, written as it records each: the latest one it

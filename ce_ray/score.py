@@ -855,8 +855,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     text = [key for f in files if f.rows is None and to_score(f) and (key := input_key(f.path)) in earlier.parts
             and not earlier.parts[key].complete and earlier.parts[key].files]
     if text:
-        print(f"{title}: note: {len(text)} JSON Lines or CSV file(s) left unfinished are scored again whole, their "
-              f"parts written replaced: a resume keeps the rows written of a parquet file alone (e.g. {text[0]})",
+        print(f"{title}: note: {len(text)} JSON Lines, CSV or TSV file(s) left unfinished are scored again whole, "
+              f"their parts written replaced: a resume keeps the rows written of a parquet file alone (e.g. {text[0]})",
               file=sys.stderr, flush=True)
     checked = checking() if checking else None
     progress = None if ds is None else Progress(title, say_input(title, [f for f in files if to_score(f)], rows_held))

@@ -30,8 +30,8 @@ import numpy as np
 from .batching import IDS, TYPES, default_batch_tokens, list_parts, pair_encoder, token_budget_batches
 from .config import ConfigError, TrainConfig, require, with_settings
 from .checkpoints import (DS_TAG, MODEL, PROGRESS, RANDOM_STATE, STATE, best_checkpoint, best_kept, check_whole,
-                          as_a_new_run, claim_run, new_run_hint, random_state, restore_random_state, resumed_step,
-                          run_storage, upload_checkpoint, whole_checkpoint, worker_seed, write_file_list)
+                          as_a_new_run, claim_precision, claim_run, new_run_hint, random_state, restore_random_state,
+                          resumed_step, run_storage, upload_checkpoint, whole_checkpoint, worker_seed, write_file_list)
 from .messages import plural, setting_and_flag
 from .progress import duration
 from .storage import (filesystem, is_remote, last_ones_last, refuse_written_inside, remove, same_place,
@@ -1066,6 +1066,7 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         use_gpu = config.use_gpu if config.use_gpu is not None else resources.get("GPU", 0) > 0
         _check_room(config, use_gpu, resources, max(cpu_nodes(), default=resources.get("CPU", 0)),
                     as_a_new_run(config, run_uri) if checkpointed else "")
+        claim_precision(config, fs, storage_path, name, run_uri, uses_bf16(config, use_gpu), checkpointed)
         if not use_gpu and uses_bf16(config, use_gpu):  # a configuration written for GPUs, tried on a laptop
             print(half_precision_on_cpu("bfloat16", "bf16", "bf16 unset: float32 on CPUs"), file=sys.stderr,
                   flush=True)

@@ -453,9 +453,14 @@ def _column_settings(config: TrainConfig, negatives: List[str]) -> Dict[str, str
         {} if negatives else {config.label_column: "label_column"})
 
 
-def _pair_columns(config: TrainConfig, negatives: List[str]) -> Tuple[List[str], List[str]]:
-    """The columns of documents (each of texts or of lists of texts) and of labels that training rows are read by."""
-    return [config.document_column, *negatives], [] if negatives else [config.label_column]
+def _row_columns(config: TrainConfig, negatives: List[str]) -> dict:
+    """The columns training rows are read by, as `readers.check_input` and `read_dataset` take them: the query's and
+    the documents' texts (a document column's may be lists of texts) and the label's. Only these are read: the
+    files' other columns may differ from file to file (`training_pairs`)."""
+    documents = [config.document_column, *negatives]
+    labels = [] if negatives else [config.label_column]
+    return dict(required=[config.query_column, *documents], column_names=parse_names(config.column_names),
+                lists=documents, present=labels, read=[config.query_column, *documents, *labels])
 
 
 def _checked_rows(uri: str, config: TrainConfig, negatives: List[str], own_columns: bool = True,
@@ -466,11 +471,7 @@ def _checked_rows(uri: str, config: TrainConfig, negatives: List[str], own_colum
     already."""
     from .readers import check_input
 
-    documents, labels = _pair_columns(config, negatives)
-    # Only these columns are read: the files' other columns may differ from file to file (`training_pairs`).
-    return check_input(uri, config.input_format, [config.query_column, *documents],
-                       column_names=parse_names(config.column_names), lists=documents, present=labels,
-                       read=[config.query_column, *documents, *labels],
+    return check_input(uri, config.input_format, **_row_columns(config, negatives),
                        settings=_column_settings(config, negatives) if own_columns else None, listing=listing)
 
 
@@ -481,10 +482,7 @@ def _labelled_rows(uri: str, config: TrainConfig, negatives: List[str], listing:
     where they were checked already; `listing`: `uri`'s, where it was listed already."""
     from .readers import input_sources, read_dataset
 
-    documents, labels = _pair_columns(config, negatives)
-    read = read_dataset(uri, config.input_format, [config.query_column, *documents],
-                        column_names=parse_names(config.column_names), lists=documents,
-                        read=[config.query_column, *documents, *labels],
+    read = read_dataset(uri, config.input_format, **_row_columns(config, negatives),
                         checked=checked or _checked_rows(uri, config, negatives, listing=listing))
     # Whole blocks: a column may be text in one block and lists in another, which no batch could hold.
     ds = read.dataset.map_batches(training_pairs, fn_kwargs=dict(

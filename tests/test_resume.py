@@ -201,8 +201,8 @@ def test_resume_removes_partial_parts_and_temporaries(ray_local, tmp_path, tiny_
         capsys.readouterr()
         summary = run_score(config_for(out, tiny_model, inputs, mode="resume"))
         after = part_files(out)
-        said = ("ce-ray score: note: 1 JSON Lines or CSV file(s) left unfinished are scored again whole, their parts "
-                f"written replaced: a resume keeps the rows written of a parquet file alone (e.g. {damaged})\n")
+        said = ("ce-ray score: note: 1 JSON Lines, CSV or TSV file(s) left unfinished are scored again whole, their "
+                f"parts written replaced: a resume keeps the rows written of a parquet file alone (e.g. {damaged})\n")
         assert (said in capsys.readouterr().err) == (not in_part)
         assert (summary.files_kept, summary.files_kept_in_part) == (FILES - 1 + in_part, in_part)
         for name, stat in before.items():

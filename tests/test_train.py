@@ -1175,7 +1175,6 @@ def test_a_publish_cut_short_leaves_the_earlier_model_whole_and_the_next_one_rep
     local output keeps its files until every new one is copied beside them; on S3 the card and config.json go last."""
     import pyarrow.fs as pafs
 
-    from ce_ray.storage import upload_folder
     from ce_ray.train import _publish
 
     model = tmp_path / "model"
@@ -1213,9 +1212,11 @@ def test_a_publish_cut_short_leaves_the_earlier_model_whole_and_the_next_one_rep
             self.written.append(os.path.basename(path))
             return super().open_output_stream(path, *args, **kwargs)
 
-    (tmp_path / "uploaded").mkdir()
-    upload_folder(str(model), Recorded(), str(tmp_path / "uploaded"), last=("config.json", "README.md"))
+    monkeypatch.setattr(_train_module(), "filesystem", lambda output: (Recorded(), str(tmp_path / "uploaded")))
+    monkeypatch.setattr(_train_module(), "is_remote", lambda output: True)
+    _publish(str(model), "s3://bucket/model", "new card")
     assert Recorded.written[-2:] == ["config.json", "README.md"] and len(Recorded.written) == 4
+    assert (tmp_path / "uploaded" / "README.md").read_text() == "new card"
 
 
 def test_a_run_resumed_without_its_eval_data_publishes_its_model(ray_local, tiny_model, pairs_file, tmp_path):
@@ -1785,7 +1786,7 @@ def test_a_run_whose_training_files_changed_since_its_checkpoints_is_not_resumed
     earlier ce-ray, without them, still resumes, and gets them. The refusal names run_name and output by their flags
     too (it named the YAML keys alone). A file only touched or copied again (another modification time, the same
     bytes) was refused as rewritten: the record holds each local file's sha256 too, and the run resumes, saying so;
-    a record without them compares the stamps alone. A resume in another precision (bf16) is refused too."""
+    a record without them compares the stamps alone. A resume whose passes train in another precision is refused."""
     from ce_ray.config import ConfigError, TrainConfig
     from ce_ray.model_folder import model_source
 
@@ -1848,8 +1849,6 @@ def test_a_run_whose_training_files_changed_since_its_checkpoints_is_not_resumed
     record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "train_files"}))
     assert checkpoints.claim_run(settings, model_source(settings.model), *checkpoints.run_storage(settings))
     assert list(json.loads(record.read_text())["train_files"]) == [str(data / "a.parquet")]
-    # Its precision too: a resume with another bf16 trained the steps after the checkpoint so, without a word. A
-    # record without it (an earlier ce-ray's) resumes as then.
     # The step it resumes from, said in one line: Ray Train's reader of the record logged a page before it (to the
     # terminal's stderr, through Ray's own handler, which capsys does not see: a handler of the test's sees it).
     logged = logging.Handler()
@@ -1860,11 +1859,20 @@ def test_a_run_whose_training_files_changed_since_its_checkpoints_is_not_resumed
         assert checkpoints.resumed_step(settings) == 1
     finally:
         reader.removeHandler(logged)
-    in_bf16 = dataclasses.replace(settings, bf16=True)
-    with pytest.raises(ConfigError, match=r"holds the checkpoints of a run with other settings \(bf16\), which a run "):
-        checkpoints.claim_run(in_bf16, model_source(settings.model), *checkpoints.run_storage(settings))
-    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "bf16"}))
-    assert checkpoints.claim_run(in_bf16, model_source(settings.model), *checkpoints.run_storage(settings))
+    # Its precision too: a resume whose passes train in another (bf16 set, or unset on GPUs) trained the steps after
+    # the checkpoint so, without a word. The same command keeps the record's; one without it (an earlier ce-ray's)
+    # resumes as then, and gets it.
+    assert json.loads(record.read_text())[checkpoints.PRECISION] is False  # on CPUs, bf16 unset
+    assert checkpoints.claim_run(settings, model_source(settings.model), *checkpoints.run_storage(settings))
+    assert json.loads(record.read_text())[checkpoints.PRECISION] is False
+    with pytest.raises(ConfigError, match=r"^\S+checkpoints/o holds the checkpoints of a run with other settings "
+                                         r"\(bf16: its passes trained in float32, this run's in bf16\), which a run "):
+        checkpoints.claim_precision(settings, *checkpoints.run_storage(settings), bf16=True, resumes=True)
+    checkpoints.claim_precision(settings, *checkpoints.run_storage(settings), bf16=False, resumes=True)
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items()
+                                  if k != checkpoints.PRECISION}))
+    checkpoints.claim_precision(settings, *checkpoints.run_storage(settings), bf16=True, resumes=True)
+    assert json.loads(record.read_text())[checkpoints.PRECISION] is True
 
 
 def test_labels_outside_zero_one_fail_before_training(ray_local, tiny_model, tmp_path):
