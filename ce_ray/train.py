@@ -34,7 +34,7 @@ from .checkpoints import (DS_TAG, MODEL, PROGRESS, RANDOM_STATE, STATE, best_che
                           resumed_step, run_storage, upload_checkpoint, whole_checkpoint, worker_seed, write_file_list)
 from .messages import plural, setting_and_flag
 from .progress import duration
-from .storage import (filesystem, is_remote, last_ones_last, refuse_written_inside, remove, same_place,
+from .storage import (delete_files, filesystem, is_remote, last_ones_last, refuse_written_inside, remove, same_place,
                       upload_folder)
 from .train_data import (checked_columns, micro_batches, padded_inputs, prefetched, prepare_data,
                          refuse_missing_split, refuse_settings_of_beir, shard_spans, top_reasons, training_batch_tokens,
@@ -923,8 +923,9 @@ MODEL_FILES = re.compile(r"(config_sentence_transformers|modules|sentence_bert_c
 
 
 # What a model is told by, written after its other files: a publish cut short (the driver killed as it copied) left
-# the card of a finished run beside weights cut short, and no config.json, where it now leaves none of the new files
-# (a local output) or the earlier ones of these (s3://).
+# the card of a finished run beside weights cut short, and no config.json, or an earlier model's config.json and card
+# beside new weights, which loaded as one model. It now leaves none of the new files (a local output), or no
+# config.json (s3://: an earlier model's two are deleted first).
 PUBLISHED_LAST = ("config.json", "README.md")
 # A local output's new files, copied in here first, then moved into the output: moves that take milliseconds.
 STAGING = ".ce-ray-publishing"
@@ -939,6 +940,8 @@ def _publish(model_dir: str, output: str, card_text: str) -> None:
     fs, path = filesystem(output)
     fs.create_dir(path, recursive=True)
     if is_remote(output):
+        earlier = [f"{path}/{name}" for name in PUBLISHED_LAST]
+        delete_files(fs, [info.path for info in fs.get_file_info(earlier) if info.type == pafs.FileType.File])
         upload_folder(model_dir, fs, path, last=PUBLISHED_LAST)
     else:
         staging = os.path.join(path, STAGING)

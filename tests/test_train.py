@@ -1172,7 +1172,8 @@ def test_the_training_set_is_shuffled_once_with_the_runs_seed(ray_local, tiny_mo
 def test_a_publish_cut_short_leaves_the_earlier_model_whole_and_the_next_one_replaces_it(tmp_path, monkeypatch):
     """The driver killed as it copied the model into the output left the new card beside weights cut short and no
     config.json (an earlier model's, where there was one): a folder that looked finished and loaded as no model. A
-    local output keeps its files until every new one is copied beside them; on S3 the card and config.json go last."""
+    local output keeps its files until every new one is copied beside them; on S3 an earlier model's card and
+    config.json are deleted first, and the new ones go last."""
     import pyarrow.fs as pafs
 
     from ce_ray.train import _publish
@@ -1207,16 +1208,29 @@ def test_a_publish_cut_short_leaves_the_earlier_model_whole_and_the_next_one_rep
 
     class Recorded(pafs.LocalFileSystem):  # an upload's order, as a store takes its objects
         written: list = []
+        killed = False  # the driver killed as the first object is uploaded
 
         def open_output_stream(self, path, *args, **kwargs):
+            if self.killed:
+                raise KeyboardInterrupt
             self.written.append(os.path.basename(path))
             return super().open_output_stream(path, *args, **kwargs)
 
-    monkeypatch.setattr(_train_module(), "filesystem", lambda output: (Recorded(), str(tmp_path / "uploaded")))
+    uploaded = tmp_path / "uploaded"
+    uploaded.mkdir()
+    for name, data in earlier.items():
+        (uploaded / name).write_bytes(data)
+    monkeypatch.setattr(_train_module(), "filesystem", lambda output: (Recorded(), str(uploaded)))
     monkeypatch.setattr(_train_module(), "is_remote", lambda output: True)
+    Recorded.killed = True
+    with pytest.raises(KeyboardInterrupt):
+        _publish(str(model), "s3://bucket/model", "new card")
+    # No config.json beside the earlier weights: no model loads from the folder, none of two models' files
+    assert sorted(os.listdir(uploaded)) == ["model.safetensors"]
+    Recorded.killed = False
     _publish(str(model), "s3://bucket/model", "new card")
     assert Recorded.written[-2:] == ["config.json", "README.md"] and len(Recorded.written) == 4
-    assert (tmp_path / "uploaded" / "README.md").read_text() == "new card"
+    assert (uploaded / "README.md").read_text() == "new card"
 
 
 def test_a_run_resumed_without_its_eval_data_publishes_its_model(ray_local, tiny_model, pairs_file, tmp_path):
