@@ -1069,8 +1069,9 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         use_gpu = config.use_gpu if config.use_gpu is not None else resources.get("GPU", 0) > 0
         _check_room(config, use_gpu, resources, max(cpu_nodes(), default=resources.get("CPU", 0)),
                     as_a_new_run(config, run_uri) if checkpointed else "")
-        claim_precision(config, fs, storage_path, name, run_uri, uses_bf16(config, use_gpu), checkpointed)
-        if not use_gpu and uses_bf16(config, use_gpu):  # a configuration written for GPUs, tried on a laptop
+        bf16 = uses_bf16(config, use_gpu)
+        claim_precision(config, fs, storage_path, name, run_uri, bf16, checkpointed)
+        if not use_gpu and bf16:  # a configuration written for GPUs, tried on a laptop
             print(half_precision_on_cpu("bfloat16", "bf16", "bf16 unset: float32 on CPUs"), file=sys.stderr,
                   flush=True)
         if config.deepspeed:
