@@ -4,6 +4,7 @@ minute, not a block of lines every 10 s, unless the user asks for another pace; 
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,9 @@ def _progress_lines(monkeypatch, capsys, title, total, counts, times, ranks=Fals
 
     clock = iter(times)
     monkeypatch.setattr(ray, "get", lambda ref, timeout=None: ref)
-    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    # The clock of `progress` alone: `time.monotonic` itself is every thread's (a Ray left up by earlier tests, its
+    # asyncio loops), which a clock of a few readings stopped, and later jobs of the suite waited for good.
+    monkeypatch.setattr(progress, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
     job = progress.Progress(title, total, ranks=ranks)
     job.every = 10.0
     capsys.readouterr()
