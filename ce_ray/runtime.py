@@ -289,8 +289,8 @@ def free_failed_actors() -> None:
 
     Ray Data lets a failed execution's actors go by reference counting, but its error and the executor's
     state reference each other: the actors live, holding their resources, until the garbage collector
-    breaks that cycle, and on a small cluster the next job would wait for them forever. (While something
-    still holds the error, such as a logging handler that keeps records, nothing can free them.)
+    breaks that cycle, and on a small cluster the next job would wait for them forever. (An error that
+    `surfaced_errors` let through holds none of them, kept or not: `_release_frames`.)
     """
     gc.collect()
 
@@ -328,7 +328,8 @@ def surfaced_errors():
     ce-ray's (`CE_RAY_STAGES`: a number in one part of a caller's Dataset, text in another; input files are checked
     before the job) fail as an InputError naming the column and the stage. Any other failure goes through as Ray
     reports it, such a clash in a caller's own stage too. Around a job's `work`, either is a failure of it; around
-    its checks (train's of its data), ce-ray's own is an error found before the work.
+    its checks (train's of its data), ce-ray's own is an error found before the work. Either way the error holds
+    none of the failed execution's actors (`_release_frames`), whose frames a debugger's post-mortem finds empty.
 
     It is public (`ce_ray.surfaced_errors`) for a caller of `score` or `rerank`, whose Dataset runs where the
     caller consumes it (`write_parquet`, `take`, `iter_batches`): there Ray raises a RayTaskError of its own
@@ -339,19 +340,51 @@ def surfaced_errors():
     try:
         yield
     except Exception as e:
-        text = getattr(e, "traceback_str", None) or str(e)
-        found = re.findall(r"^ce_ray\.\w+\.(ModelError|InputError|ConfigError): (.+)$", text, re.MULTILINE)
-        stage = _ce_ray_stage(text) if from_ray(e) and not found else None
-        clash = column_type_clash(text, stage) if stage else None
-        if clash:
-            raise clash from None
-        if not found:
+        surfaced = _surfaced(e)
+        _release_frames(e)  # the caller may keep the error, which chains Ray's
+        if surfaced is None:
             raise
-        from .model_folder import ModelError
+        raise surfaced from None
 
-        kind, message = found[0]  # the root cause: a chain prints its first exception first
-        error = {"ModelError": ModelError, "InputError": InputError, "ConfigError": ConfigError}[kind]
-        raise error(message) from None
+
+def _surfaced(e: Exception) -> Optional[Exception]:
+    """ce-ray's own error that `e` (an error of a job's work) carries, or the InputError of a column's types that
+    cannot be made one in a stage of ce-ray's; None for any other."""
+    text = getattr(e, "traceback_str", None) or str(e)
+    found = re.findall(r"^ce_ray\.\w+\.(ModelError|InputError|ConfigError): (.+)$", text, re.MULTILINE)
+    stage = _ce_ray_stage(text) if from_ray(e) and not found else None
+    if stage:
+        return column_type_clash(text, stage)
+    if not found:
+        return None
+    from .model_folder import ModelError
+
+    kind, message = found[0]  # the root cause: a chain prints its first exception first
+    return {"ModelError": ModelError, "InputError": InputError, "ConfigError": ConfigError}[kind](message)
+
+
+def _release_frames(error: BaseException) -> None:
+    """Clears the local variables of the ended frames that `error` and the errors it chains went through, and of
+    their callers'. Among them are those of the thread of Ray Data's execution (an error it handled there is in the
+    chain), which hold the job's executor and so its actors: Ray Data lets them go by reference counting alone, so
+    while a caller kept the error (pytest does, a notebook keeps the last one, a service may log it) the actors held
+    their CPUs, and the next job in the process waited for them forever. The printed traceback is the same."""
+    errors, seen = [error], set()
+    while errors:
+        error = errors.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        tb = error.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            while frame is not None and id(frame) not in seen:
+                seen.add(id(frame))
+                with contextlib.suppress(RuntimeError):  # a frame still running (the caller's) keeps its variables
+                    frame.clear()
+                frame = frame.f_back
+            tb = tb.tb_next
+        errors += [error.__cause__, error.__context__]
 
 
 def column_type_clash(text: str, stage: Optional[str] = None) -> Optional[InputError]:
