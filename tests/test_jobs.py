@@ -800,3 +800,34 @@ def test_a_job_stopped_after_its_summary_is_said_to_have_done_its_work():
     assert finishing_said("train", "ce-ray train: stopped (SIGTERM); the same command resumes it from its last "
                                    "checkpoint, step 95 or later") == (
         "; the same command resumes it from its last checkpoint, step 95 or later")
+
+
+def test_what_submit_sends_holds_the_commands_flags_its_package_variables_and_requirements(tmp_path, monkeypatch):
+    """The job's entrypoint runs the config with the flags given after it (`--mode overwrite` ran the config's
+    mode where they were dropped), in a runtime env of the staged folder, ce-ray's package (else the cluster's own
+    ce-ray, or none), the variables of --env and the requirements of --pip; an address Ray resolves itself (`auto`)
+    is passed on as it is."""
+    from ce_ray.submit import PACKAGE_DIR, check_address, runtime_env, stage_job
+
+    config = write_config(tmp_path / "score.yaml", model="m", input="in", output="out")
+    (tmp_path / "staged").mkdir()
+    entrypoint = stage_job("score", str(config), tmp_path / "staged", ["--mode", "overwrite"])
+    assert entrypoint.endswith("--config score.yaml --mode overwrite")
+    assert (tmp_path / "staged" / "score.yaml").read_text() == config.read_text()
+    monkeypatch.setenv("CE_RAY_SENT", "value")
+    assert runtime_env(tmp_path / "staged", ["bm25s"], ["CE_RAY_SENT"]) == {
+        "working_dir": str(tmp_path / "staged"), "py_modules": [str(PACKAGE_DIR)], "excludes": ["__pycache__", "*.pyc"],
+        "env_vars": {"CE_RAY_SENT": "value"}, "pip": ["bm25s"]}
+    assert check_address("auto") is None
+
+
+def test_the_way_to_finish_a_failed_job_says_to_mend_its_rows_and_names_no_mode_its_cause_named():
+    """A job stopped at a row that cannot be scored is finished once the rows are mended or set aside (a resume
+    alone stopped at the same row); a cause that names a mode already (a float16 overflow's `--mode overwrite`)
+    gets no other."""
+    from ce_ray.cli import finishing_hint
+
+    assert finishing_hint("score", "1 row(s) cannot be scored, e.g. query is null").startswith(
+        "; mend those rows, or pass --on-invalid reject to set them aside in rejects/; then --mode resume finishes")
+    assert finishing_hint("score", "a part was lost").startswith("; --mode resume finishes it")
+    assert finishing_hint("score", "scores overflow float16: score again in float32 with --mode overwrite") == ""

@@ -555,7 +555,7 @@ def test_the_run_file_holds_each_pair_once_and_leaves_the_metrics_as_they_are(tm
                                      run_output=str(tmp_path / "run.txt")))
         assert {**result, **result["run"]}[left_out] == 1
         assert "  " not in (tmp_path / "run.txt").read_text()
-    for line, fields in (("5 Q0  1 0.9 ce-ray", 5), (" Q0 b 1 0.9 ce-ray", 5)):
+    for line, fields in (("5 Q0  1 0.9 ce-ray", 5), (" Q0 b 1 0.9 ce-ray", 5), ("5 Q0 b 1 0.9 ce-ray more", 7)):
         (tmp_path / "short.run").write_text(f"6 Q0 c 1 0.5 ce-ray\n{line}\n")
         with pytest.raises(InputError, match=f"short.run line 2: a TREC run line has 6 fields .*, got {fields}"):
             run_eval(EvalConfig(input=str(tmp_path / "short.run"), qrels=str(tmp_path / "qrels.txt"),

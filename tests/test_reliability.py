@@ -1894,3 +1894,91 @@ def test_an_empty_file_beside_files_of_rows_is_no_error(tmp_path):
     checks, schema = check_inputs(pafs.LocalFileSystem(), [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")],
                                   "jsonl", ["query", "document"])
     assert [c.rows for c in checks][1] == 0 and set(schema.names) >= {"query", "document"}
+
+
+@pytest.mark.parametrize("command, settings, refused", [
+    ("score", {"replicas": 2, "min_replicas": 2}, None),
+    ("score", {"replicas": 2, "min_replicas": 3}, r"min_replicas \(--min-replicas\) 3 is more than"),
+    ("score", {"max_length": 8}, None),
+    ("score", {"max_length": 7}, r"max_length \(--max-length\) must be >= 8"),
+    ("rerank", {"rank_partitions": 10_000}, None),
+    ("rerank", {"rank_partitions": 10_001}, r"rank_partitions \(--rank-partitions\) must be from 1 to 10,000"),
+    ("rerank", {"rank_partitions": 0}, r"rank_partitions \(--rank-partitions\) must be from 1 to 10,000"),
+    ("rerank", {"rank_column": "score"}, "must name different columns"),
+    ("train", {"keep_checkpoints": 0}, r"keep_checkpoints \(--keep-checkpoints\) must be >= 1"),
+    ("train", {"hard_negatives": 0}, None),
+    ("train", {"hard_negatives": -1}, r"hard_negatives \(--hard-negatives\) must be >= 0"),
+    ("train", {"lr": 0.0}, r"lr \(--lr\) must be > 0"),
+    ("train", {"warmup_ratio": 0.99}, None),
+    ("train", {"warmup_ratio": 1.0}, r"warmup_ratio \(--warmup-ratio\) must be in \[0, 1\)"),
+    ("train", {"pos_weight": 0.0}, r"pos_weight \(--pos-weight\) must be > 0"),
+    ("train", {"run_name": ".."}, r"run_name \(--run-name\) '\.\.' becomes a file's or a folder's name"),
+    ("train", {"train_split": "."}, r"train_split \(--train-split\) '\.' becomes a file's or a folder's name"),
+])
+def test_each_setting_is_refused_past_its_bound_and_taken_at_it(command, settings, refused):
+    """Each bound where its message puts it: a warmup over the whole run never decayed the rate, an lr of 0 or a
+    pos_weight of 0 (then dropped) trained to no end, 0 checkpoints kept failed the run once it had trained, a run
+    name `..` put the checkpoints beside the storage path, ranks named `score` wrote over the scores."""
+    from ce_ray.config import RerankConfig, TrainConfig
+
+    cls = {"score": ScoreConfig, "rerank": RerankConfig, "train": TrainConfig}[command]
+    if refused is None:
+        load_config(cls, None, {"model": "m", **settings})
+    else:
+        with pytest.raises(ConfigError, match=refused):
+            load_config(cls, None, {"model": "m", **settings})
+
+
+def test_a_yaml_boolean_is_no_number(tmp_path):
+    """YAML reads `yes` as true, which Python takes for 1: `batch_size: yes` trained in batches of one."""
+    from ce_ray.config import TrainConfig
+
+    (tmp_path / "c.yaml").write_text("model: m\nbatch_size: yes\n")
+    with pytest.raises(ConfigError, match=r"batch_size.*: expected int, got a boolean True$"):
+        load_config(TrainConfig, str(tmp_path / "c.yaml"))
+
+
+def test_a_long_list_of_columns_says_how_many_there_are():
+    from ce_ray.messages import column_list
+
+    assert column_list([f"c{i}" for i in range(12)]) == ", ".join(f"c{i}" for i in range(12))
+    assert column_list([f"c{i}" for i in range(13)]).endswith("c11, ... (13 in all)")
+
+
+def test_a_relative_model_folder_that_is_missing_is_said_so_and_max_length_is_taken_to_the_last_position(
+        tmp_path, tiny_model):
+    """`./my-modl` (a typo) was asked of the model hub; a max_length of the model's last position is taken, one
+    past it refused before any work."""
+    from ce_ray.model_folder import check_max_length, local_model_path
+
+    with pytest.raises(ModelError, match=r"^model folder \./no-such-model does not exist$"):
+        local_model_path("./no-such-model")
+    check_max_length(str(tiny_model), "m", 512)
+    with pytest.raises(ConfigError, match=r"max_length \(--max-length\) 513: m takes at most 512 tokens"):
+        check_max_length(str(tiny_model), "m", 513)
+
+
+def test_a_dashboards_https_address_is_no_ray_address():
+    from ce_ray.runtime import RayStartError, _client_server
+
+    assert _client_server("ray://head:10001") == "head:10001"
+    with pytest.raises(RayStartError, match=r"RAY_ADDRESS=https://head:8265\): that is a dashboard's address"):
+        _client_server("https://head:8265")
+
+
+def test_input_checks_of_json_lines_files_named_ndjson_keys_left_out_and_null_columns(tmp_path):
+    """`.ndjson` is JSON Lines; a file whose every line leaves out a key that another file has, or whose lines
+    checked hold only nulls in a text column, is checked as the reader reads it (nulls, rejected row by row); a
+    hive key that the file has as a column of its own is the file's."""
+    from ce_ray.input_files import list_files
+
+    (tmp_path / "in" / "query_id=7").mkdir(parents=True)
+    (tmp_path / "in" / "a.ndjson").write_text('{"query": "q", "document": "d"}\n')
+    (tmp_path / "in" / "b.ndjson").write_text('{"query": "q"}\n')
+    (tmp_path / "in" / "c.ndjson").write_text('{"query": null, "document": "d"}\n')
+    (tmp_path / "in" / "query_id=7" / "d.ndjson").write_text('{"query_id": "own", "query": "q", "document": "d"}\n')
+    files, input_format, fs, _, _ = list_files(str(tmp_path / "in"))
+    assert input_format == "jsonl" and len(files) == 4
+    checks, _ = check_inputs(fs, files, input_format, ["query", "document"])
+    own = next(c for c in checks if c.path.endswith("d.ndjson"))
+    assert own.columns.count("query_id") == 1
