@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import inspect
 import os
 import re
 import sys
@@ -289,9 +290,11 @@ def free_failed_actors() -> None:
 
     Ray Data lets a failed execution's actors go by reference counting, but its error and the executor's
     state reference each other: the actors live, holding their resources, until the garbage collector
-    breaks that cycle, and on a small cluster the next job would wait for them forever. (An error that
-    `surfaced_errors` let through holds none of them, kept or not: `_release_frames`.)
+    breaks that cycle, and on a small cluster the next job would wait for them forever. An error that
+    `surfaced_errors` let through holds none of them, kept or not (`_release_frames`), nor does, from here, the
+    last error of an interactive session (a notebook's, the REPL's), which a Dataset consumed without it raised.
     """
+    _release_frames(getattr(sys, "last_value", None))
     gc.collect()
 
 
@@ -363,7 +366,10 @@ def _surfaced(e: Exception) -> Optional[Exception]:
     return {"ModelError": ModelError, "InputError": InputError, "ConfigError": ConfigError}[kind](message)
 
 
-def _release_frames(error: BaseException) -> None:
+GENERATOR_CODE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def _release_frames(error: Optional[BaseException]) -> None:
     """Clears the local variables of the ended frames that `error` and the errors it chains went through, and of
     their callers'. Among them are those of the thread of Ray Data's execution (an error it handled there is in the
     chain), which hold the job's executor and so its actors: Ray Data lets them go by reference counting alone, so
@@ -380,8 +386,10 @@ def _release_frames(error: BaseException) -> None:
             frame = tb.tb_frame
             while frame is not None and id(frame) not in seen:
                 seen.add(id(frame))
-                with contextlib.suppress(RuntimeError):  # a frame still running (the caller's) keeps its variables
-                    frame.clear()
+                # A generator's frame is left as it is: clearing a paused one closes the generator.
+                if not frame.f_code.co_flags & GENERATOR_CODE:
+                    with contextlib.suppress(RuntimeError):  # a frame still running (the caller's) keeps its variables
+                        frame.clear()
                 frame = frame.f_back
             tb = tb.tb_next
         errors += [error.__cause__, error.__context__]

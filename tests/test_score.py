@@ -595,7 +595,8 @@ def test_a_csv_row_that_on_invalid_fail_stops_at_is_named_by_its_texts(ray_local
                               on_invalid="fail"))
 
 
-def test_an_error_in_a_lazy_datasets_rows_is_raised_as_ce_rays_own_where_it_is_consumed(ray_local, tiny_model):
+def test_an_error_in_a_lazy_datasets_rows_is_raised_as_ce_rays_own_where_it_is_consumed(ray_local, tiny_model,
+                                                                                         monkeypatch):
     """`score` and `rerank` are lazy: an error in the rows stops the Dataset where the caller consumes it, and Ray
     raises a RayTaskError of its own UserCodeException, the message among Ray's lines, which no `except
     ce_ray.InputError` catches. Around the consuming call, `ce_ray.surfaced_errors()` raises ce-ray's error as
@@ -615,6 +616,41 @@ def test_an_error_in_a_lazy_datasets_rows_is_raised_as_ce_rays_own_where_it_is_c
         with ce_ray.surfaced_errors():
             scored.take_all()
     assert all_cpus_free(ray_local), failed.value  # the error kept holds no actor of the failed execution
+    # Consumed without it, Ray's error holds them (Ray Data's own way) while kept: a notebook's or the REPL's last
+    # error is let go as the next job starts (that job waited for them forever).
+    from ce_ray.runtime import free_failed_actors
+
+    with pytest.raises(Exception, match="cannot be scored") as raw:
+        scored.take_all()
+    assert not isinstance(raw.value, InputError)
+    monkeypatch.setattr(sys, "last_value", raw.value, raising=False)
+    free_failed_actors()
+    assert all_cpus_free(ray_local), raw.value
+
+
+def test_surfaced_errors_leaves_the_generators_of_the_errors_it_lets_through_as_they_are():
+    """The frames that an error let through went through keep no variables (a kept error held a failed job's
+    actors), but a paused generator's frame among them is not cleared: that would close the generator, whose
+    next values were lost."""
+    import ce_ray
+
+    def helper():
+        raise ValueError("first")
+
+    def steps():
+        try:
+            helper()
+        except ValueError as e:
+            error = e
+        yield error
+        yield "second step"
+
+    generator = steps()
+    first = next(generator)
+    with pytest.raises(RuntimeError, match="job failed") as failed:
+        with ce_ray.surfaced_errors():
+            raise RuntimeError("job failed") from first
+    assert failed.value.__cause__ is first and next(generator) == "second step"
 
 
 def all_cpus_free(ray, within_s: float = 60.0) -> bool:
