@@ -656,7 +656,7 @@ def test_surfaced_errors_leaves_the_generators_of_the_errors_it_lets_through_as_
 def all_cpus_free(ray, within_s: float = 60.0) -> bool:
     """Whether every CPU of the (in-process) Ray is free again within `within_s` seconds: Ray frees an ended
     job's actors a moment after it ends."""
-    gc.collect()  # the most that `free_failed_actors` does before a job
+    gc.collect()  # as `free_failed_actors` does before a job (which also lets a session's last error go)
     deadline = time.monotonic() + within_s
     while ray.available_resources().get("CPU", 0.0) < ray.cluster_resources()["CPU"]:
         if time.monotonic() > deadline:
