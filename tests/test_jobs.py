@@ -439,8 +439,16 @@ def test_a_submission_id_taken_is_said(cluster, model, tmp_path):
     period: submit said `error: .`. It says the reason now, in one line."""
     config = write_config(tmp_path / "score.yaml", model=str(model), input=str(tmp_path / "missing.parquet"),
                           output=str(tmp_path / "out"))
-    first = cluster.submit("score", config, "--submission-id", "ce-ray-id-taken", "--no-wait")
+    first = cluster.submit("score", config, "--submission-id", "ce-ray-id-taken", "--no-wait",
+                           "--entrypoint-num-cpus", "0.5")
     assert first.returncode == 0, first.stdout + first.stderr
+    # The CPUs asked for the job's driver are those the cluster reserved for it: its supervisor actor's.
+    asked = subprocess.run(
+        [sys.executable, "-c", "import sys; from ray.util.state import list_actors; "
+         "print([a.required_resources for a in list_actors(sys.argv[1], detail=True, filters=[('name', '=', "
+         "'_ray_internal_job_actor_ce-ray-id-taken')])])", cluster.address],
+        env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert asked.stdout.strip() == "[{'CPU': 0.5}]", asked.stdout + asked.stderr
 
     again = cluster.submit("score", config, "--submission-id", "ce-ray-id-taken", "--no-wait")
 
