@@ -395,6 +395,40 @@ def check_embeddings(path: str, tokenizer, config) -> None:
                          "model's tokenizer")
 
 
+def check_weight_shapes(path: str, config) -> None:
+    """Refuses weights of another model than its config.json describes (a config edited, or copied from another
+    size of the model): transformers failed each replica as it loaded them, the job begun, and Ray started the
+    replica again (40 s and hundreds of lines of tracebacks on a 2-core CPU, then `--mode resume finishes it`). The
+    shapes of the weights' headers against those of the model built from config.json on the meta device (no
+    memory); a weight named otherwise (an older checkpoint's names, which transformers renames) is not compared."""
+    saved = weight_shapes(path)
+    if not saved or getattr(config, "auto_map", None):
+        return  # no safetensors weights to read; repository code is not run here
+    import copy
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    if not is_sequence_classifier(config.architectures):  # as the replicas and workers load it: one logit
+        config = copy.deepcopy(config)
+        config.num_labels = 1
+    try:
+        with torch.device("meta"):
+            net = AutoModelForSequenceClassification.from_config(config)
+    except Exception:  # a model transformers cannot build from its config alone: the replica's load says why
+        return
+    # A base model's checkpoint (saved from BertModel) names its weights without the classifier's prefix (`bert.`).
+    prefix = f"{net.base_model_prefix}."
+    wrong = []
+    for name, tensor in net.state_dict().items():
+        shape = saved.get(name, saved.get(name[len(prefix):]) if name.startswith(prefix) else None)
+        if shape is not None and list(shape) != list(tensor.shape):
+            wrong.append(f"{name} {list(shape)} (config.json: {list(tensor.shape)})")
+    if wrong:
+        raise ModelError(f"{path}: its weights are not the model its config.json describes: {len(wrong)} weights' "
+                         f"shapes differ, the first {wrong[0]}; give the folder the config.json saved with them")
+
+
 def check_scores(path: str, model: str) -> None:
     """Refuses to score with a model that has no classifier (its head would be drawn at random, as
     CrossEncoder draws one to fine-tune it, and every score would mean nothing) or more than one logit. Where

@@ -1,13 +1,15 @@
 """What a job's driver needs of a model's tokenizer, kept on disk so that later jobs with the same model need
 neither transformers nor torch in the driver (2 s of a job on a 2-core CPU): nanotoken's plan, the
-tokenizer's class, and CrossEncoder's max length.
+tokenizer's class, and CrossEncoder's max length. Asking them also checks the model against its tokenizer and its
+weights against its config.json (`check_embeddings`, `check_weight_shapes`): a record says they passed.
 
 transformers settles these from the folder's files (tokenizer.json, tokenizer_config.json, the special
 tokens, config.json, sentence_bert_config.json) by rules that change between its versions, so ce-ray does
 not reproduce them. The first job with a folder asks transformers and records its answer under a key made of
-the bytes of every file of the folder but the weights (and files too large for a tokenizer), the versions
-of transformers, tokenizers and nanotoken, and the source of the ce-ray code that derives the answer: any
-change to any of them is another key, asked again. Models with repository code are not recorded.
+the bytes of every file of the folder but the weights (of those, their shapes; files too large for a tokenizer
+are left out), the versions of transformers, tokenizers and nanotoken, and the source of the ce-ray code that
+derives the answer: any change to any of them is another key, asked again. Models with repository code are not
+recorded.
 
 A job asks in a process of its own while it starts Ray (`facts_ahead`): transformers' imports, torch's among
 them, are most of the cost of asking (2.0 of 2.3 s on a 2-core CPU; 16 s in all on the H200 machine), and Ray's
@@ -28,7 +30,8 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 from . import fast_tokenize
-from .model_folder import cache_dir, check_embeddings, load_tokenizer, local_model_path, max_length_of
+from .model_folder import (cache_dir, check_embeddings, check_weight_shapes, load_tokenizer, local_model_path,
+                           max_length_of, weight_shapes)
 
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ckpt", ".gguf", ".ot")
 LARGEST = 64 << 20  # bytes: a larger file is no tokenizer's (XLM-R's tokenizer.json is 17 MB), left out too
@@ -151,6 +154,7 @@ def _from_transformers(path: str, trust_remote_code: bool) -> TokenizerFacts:
     config = None if alone else AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     if config is not None:
         check_embeddings(path, tokenizer, config)
+        check_weight_shapes(path, config)
     return TokenizerFacts(fast_tokenize.pair_plan(tokenizer), type(tokenizer).__name__,
                           max_length_of(path, tokenizer, config))
 
@@ -171,6 +175,8 @@ def _record_path(path: str) -> str:
         if os.path.isfile(file) and not name.endswith(WEIGHTS) and os.path.getsize(file) <= LARGEST:
             with open(file, "rb") as f:
                 key.update(f"\n{name} {os.path.getsize(file)}\n".encode() + f.read())
+    # The weights' shapes, which `check_weight_shapes` holds to config.json: read from their headers alone.
+    key.update(json.dumps(sorted(weight_shapes(path).items())).encode())
     return os.path.join(cache_dir(), "tokenizers", f"{key.hexdigest()[:32]}.json")
 
 

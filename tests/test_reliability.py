@@ -1093,6 +1093,17 @@ def test_a_folder_of_two_formats_or_a_file_of_no_format_names_the_flag_that_read
         list_files(str(tmp_path / "part-00000"), "auto", None)
 
 
+def test_a_folders_hidden_files_and_folders_are_not_read(tmp_path):
+    """A folder a notebook edited holds `.ipynb_checkpoints/` (a copy of each file: every pair twice), one copied
+    from a Mac `._` files (AppleDouble, not the format their names say): hidden, as Spark and Arrow take them."""
+    from ce_ray.input_files import list_files
+
+    for name in ("pairs.jsonl", ".ipynb_checkpoints/pairs-checkpoint.jsonl", "._pairs.jsonl", "_tmp/pairs.jsonl"):
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / name).write_text('{"query": "q", "document": "d"}\n')
+    assert list_files(str(tmp_path / "in"), "auto", None).files == [str(tmp_path / "in" / "pairs.jsonl")]
+
+
 def test_a_folders_documents_are_skipped_with_the_format_given_and_by_eval(tmp_path, capsys):
     """A folder of parquet files as a dataset comes (a README.md, a LICENSE): with `--input-format parquet`, and in
     `ce-ray eval` (which reads parquet), its documents were read as parquet and failed the job (`cannot read

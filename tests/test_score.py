@@ -807,6 +807,33 @@ def test_a_tokenizer_that_gives_ids_past_its_models_embeddings_is_refused_before
         assert not (tmp_path / "out").exists()
 
 
+def test_weights_of_another_model_than_its_config_describes_are_refused_before_any_work(ray_local, tmp_path,
+                                                                                          tiny_model, pairs_df):
+    """A config.json edited, or copied from another size of the model: each replica failed as transformers loaded
+    the weights, and Ray started it again, for 40 s and hundreds of lines of tracebacks, then said `--mode resume
+    finishes it`. Refused now, before the output is begun, from the weights' headers."""
+    pairs_df.to_parquet(tmp_path / "pairs.parquet")
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps(config | {"intermediate_size": 48}))
+    with pytest.raises(ModelError) as refused:
+        run_score(ScoreConfig(model=str(other), input=str(tmp_path / "pairs.parquet"), output=str(tmp_path / "out")))
+    assert str(refused.value) == (
+        f"{other}: its weights are not the model its config.json describes: 6 weights' shapes differ, the first "
+        "bert.encoder.layer.0.intermediate.dense.weight [64, 32] (config.json: [48, 32]); give the folder the "
+        "config.json saved with them")
+    assert not (tmp_path / "out").exists()
+    # A config.json that names no architecture nor labels (2 by default) is loaded with a head of one logit, as
+    # its weights hold it: not refused.
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model, bare)
+    (bare / "config.json").write_text(json.dumps({key: value for key, value in config.items()
+                                                  if key not in ("architectures", "id2label", "label2id")}))
+    run_score(ScoreConfig(model=str(bare), input=str(tmp_path / "pairs.parquet"), output=str(tmp_path / "out")))
+    assert len(read_results(tmp_path / "out")) == len(pairs_df)
+
+
 def test_predict_refuses_what_cross_encoder_would_not_score_as_pairs(tiny_model):
     """A text given as the pairs was iterated into its characters: "qd" was scored as the pair ("q", "d"), where
     CrossEncoder.predict scores the text itself; a set's pairs come in no order the scores could follow; bytes were
