@@ -81,8 +81,8 @@ def edit_config(path, **changes) -> None:
     (path / "config.json").write_text(json.dumps(config | changes))
 
 
-@pytest.mark.parametrize("change", ["gelu_new", "relative_key", "two_labels", "no_pooler", "extra_weight",
-                                    "transformers"])
+@pytest.mark.parametrize("change", ["gelu_new", "relative_key", "is_decoder", "two_labels", "no_pooler",
+                                    "extra_weight", "transformers"])
 def test_a_model_it_does_not_reproduce_is_loaded_with_transformers(tmp_path, change):
     from safetensors.torch import load_file, save_file
 
@@ -92,6 +92,8 @@ def test_a_model_it_does_not_reproduce_is_loaded_with_transformers(tmp_path, cha
         edit_config(model, hidden_act="gelu_new")
     elif change == "relative_key":
         edit_config(model, position_embedding_type="relative_key")
+    elif change == "is_decoder":  # transformers' attention is causal then, as ce-ray's BERT's is not
+        edit_config(model, is_decoder=True)
     elif change == "two_labels":
         edit_config(model, id2label={"0": "no", "1": "yes"}, label2id={"no": 0, "yes": 1})
         weights = load_file(model / "model.safetensors")
@@ -114,6 +116,18 @@ def test_a_model_it_does_not_reproduce_is_loaded_with_transformers(tmp_path, cha
     reranker = load_scoring_model(str(model), device="cpu", implementation=implementation)
     assert type(reranker.model).__name__ == "BertForSequenceClassification"
     assert reranker.tokenizer is not None and reranker.model_type == "bert"
+
+
+def test_ce_rays_bert_drops_out_before_its_classifier_as_transformers_model(tmp_path):
+    """A model's own `classifier_dropout` is the one before its classifier, as in transformers' model; the
+    layers' dropout elsewhere."""
+    from ce_ray import bert
+
+    model = build_tiny_model(tmp_path / "model")
+    edit_config(model, classifier_dropout=0.0)
+    theirs = load_reranker(str(model), "cpu").model
+    ours = bert.from_transformers(theirs)
+    assert theirs.dropout.p == ours.classifier_dropout.p == 0.0 and ours.dropout.p == 0.1
 
 
 def test_training_steps_with_ce_rays_bert_update_the_weights_as_transformers_model(tmp_path):

@@ -449,6 +449,8 @@ def test_a_parts_short_batch_comes_last_on_every_worker(ray_local, monkeypatch):
             assert [len(b) for b in batches] == [8] * 125 + [5]
             assert sorted(r for batch in batches for r in batch) == list(range(rank * 1005, (rank + 1) * 1005))
             assert _batches_of_rows(shard, config, epoch, skip=124, rank=rank, workers=2) == batches[124:]
+            # resumed after the last whole batch: the short one is still to come
+            assert _batches_of_rows(shard, config, epoch, skip=125, rank=rank, workers=2) == batches[125:]
 
 
 def test_training_passes_have_a_token_budget_unless_deepspeed_and_the_seeds_batch_stays_whole():
@@ -499,6 +501,11 @@ def test_training_eval_ranks_equal_scores_in_the_candidates_order_as_ce_ray_eval
     train = _train_module()
     alone = train.evaluate(model, shard, qrels, "cpu", 0, 2048, "bert")
     assert alone["eval_mrr@10"] == pytest.approx(1 / 4) and alone["eval_map"] == pytest.approx(1 / 4)
+    # A relevant document that is no candidate of its query counts, as `ce-ray eval --qrels` and trec_eval count
+    # it: MAP over both relevant ones, and the ideal ranking holds both.
+    missed = train.evaluate(model, shard, {"q": {"d0": 1, "dX": 1}}, "cpu", 0, 2048, "bert")
+    assert missed["eval_map"] == pytest.approx(1 / 8)
+    assert missed["eval_ndcg@10"] == pytest.approx((1 / np.log2(5)) / (1 + 1 / np.log2(3)))
 
 
 def test_training_eval_ranks_by_the_saved_models_scores_where_its_sigmoid_rounds_logits_to_one(ray_local,
@@ -1589,6 +1596,10 @@ def test_best_metric_makes_the_best_evaluated_checkpoint_the_model(ray_local, ti
     wikiqa_pairs("test", 300).iloc[150:][["query", "document", "label"]].to_parquet(tmp_path / "other.parquet")
     with pytest.raises(ConfigError, match=r"holds the checkpoints of a run with other settings \(eval_data\)"):
         _train_module().train(TrainConfig(**settings, eval_data=str(tmp_path / "other.parquet")))
+    # Without eval_every, each checkpoint is still evaluated: one saved unevaluated could never be chosen.
+    sparse = dict(settings, eval_every=0, save_every=2, max_steps=4, output=str(tmp_path / "o2"))
+    outcome = _train_module().train(TrainConfig(**sparse, eval_data=str(tmp_path / "eval.parquet")))
+    assert [entry["step"] for entry in outcome.log if entry["step"] > 0 and "eval_ndcg@10" in entry] == [2, 4]
 
 
 def test_a_checkpoint_that_lacks_files_is_not_resumed_from_nor_made_the_model(ray_local, tiny_model, tmp_path,
@@ -1948,16 +1959,30 @@ def test_labels_outside_zero_one_fail_before_training(ray_local, tiny_model, tmp
                                           output=str(tmp_path / "o")))
 
 
+def test_fewer_trainable_pairs_than_workers_are_refused_naming_why(ray_local, tiny_model, tmp_path):
+    """A worker without a pair of its own would train no step (a division by zero in each worker, as Ray Train
+    tried them again): refused before training, with the reasons of the rows left out."""
+    from ce_ray.config import TrainConfig
+    from ce_ray.messages import InputError
+
+    data = tmp_path / "one.parquet"
+    pd.DataFrame({"query": ["q", "q"], "document": ["a", None], "label": [1.0, 0.0]}).to_parquet(data)
+    config = TrainConfig(model=str(tiny_model), train_data=str(data), output=str(tmp_path / "o"), num_workers=2)
+    with pytest.raises(InputError) as refused:
+        train_data.prepare_data(config, pair_encoder(str(tiny_model)), 128)
+    assert str(refused.value) == f"{data}: 1 trainable pair(s) for 2 worker(s); rejected: document is null (1)"
+
+
 def test_labels_that_come_as_text_are_read_as_numbers_and_a_word_rejects_its_row(tiny_model):
     """A CSV's labels come as text: `1` and `0.5` are numbers, and a row labelled `NA` is rejected with the
     reason; a column where no value is a number fails the job naming it, as a column of another kind does."""
     from ce_ray.messages import InputError
 
-    rows = pa.table({"query": ["q"] * 5, "document": list("abcde"), "label": ["1", "0.5", "NA", None, "2"]})
+    rows = pa.table({"query": ["q"] * 6, "document": list("abcdef"), "label": ["1", "0.5", "NA", None, "2", "-1"]})
     out = train_data._tokenize_train_block(rows, pair_encoder(str(tiny_model)), "query", "document", "label", 64)
-    assert out.column(train_data.LABEL).to_pylist() == [1.0, 0.5, None, None, 2.0]
+    assert out.column(train_data.LABEL).to_pylist() == [1.0, 0.5, None, None, 2.0, -1.0]
     assert out.column("reject_reason").to_pylist() == [None, None, "label is not a number", "label is null",
-                                                       "label outside [0, 1]: 2.0"]
+                                                       "label outside [0, 1]: 2.0", "label outside [0, 1]: -1.0"]
     with pytest.raises(InputError, match=r"^label column 'label' is text, not a number$"):
         train_data.numeric_labels(pa.table({"label": ["yes", "no"]}), "label")
 
@@ -2377,6 +2402,15 @@ def test_the_card_lists_the_settings_the_run_used():
     rows = {"input_format", "column_names", "query_column", "document_column", "label_column", "negative_columns"}
     assert not listed(str(SCIFACT)) & rows and not listed(str(SCIFACT), str(SCIFACT)) & rows
     assert listed(str(SCIFACT), "/data/eval.parquet") >= rows
+    # A setting changed to a value that is false (no clipping, no grouping by length, seed 0) is changed too.
+    config = TrainConfig(model="/models/base", train_data="/data/pairs.parquet", output="/models/m",
+                         max_grad_norm=0.0, group_by_length=False, seed=0, bf16=False)
+    card = model_card(CardFacts(base_model="/models/base", config=config, defaults=TrainConfig(), stats=stats, log=[],
+                                final_metrics={}, max_length=512, num_workers=1, steps=1, samples_per_second=1.0,
+                                output="/models/m", unused=[]))
+    changed = card.split("#### Non-Default Hyperparameters")[1].split("All Hyperparameters")[0]
+    assert [line for line in changed.splitlines() if line.startswith("- ")] == [
+        "- `max_grad_norm`: 0.0", "- `seed`: 0", "- `bf16`: false", "- `group_by_length`: false"]
 
 
 def test_the_card_counts_one_pair_and_one_row_in_the_singular():
