@@ -120,6 +120,16 @@ def test_jsonl_integers_past_int64_are_kept_exactly_as_text(ray_local, tmp_path,
         assert sorted(results(tmp_path / f"out-{name}")["id"]) == sorted(map(str, ids))
 
 
+def test_invalid_utf8_in_a_row_an_earlier_job_rejected_keeps_that_jobs_reason():
+    from ce_ray.batching import REJECT
+
+    query = pa.array([b"\xff", b"q"], pa.binary()).view(pa.string())  # as a parquet file can hold it
+    table = pa.table({"query": query, REJECT: ["document is null", None]})
+    checked = readers.reject_invalid_utf8(table, "f.parquet")
+    assert checked.column(REJECT).to_pylist() == ["document is null", None]
+    assert checked.column("query").to_pylist() == ["\ufffd", "q"]
+
+
 def test_invalid_utf8_in_jsonl_rejects_the_line(jsonl_job):
     bad = rejects(jsonl_job[1])
     reason = bad[bad["reason"].str.contains("line 5")]["reason"].tolist()

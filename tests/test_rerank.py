@@ -209,6 +209,11 @@ def test_rerank_counts_pairs_per_second_as_score_does():
     reranked = RerankSummary(rows_in=1000, rows_kept=100, rows_cut=500, rows_rejected=400, seconds=10.0, output="o",
                              files_in=1, top_k=1)
     assert reranked.pairs_per_second == scored.pairs_per_second == 100.0
+    assert "  rows rejected 400  (see rejects/)" in scored.lines()
+    # A resume's rows kept were neither read nor scored again: not in its pairs/s.
+    resumed = Summary(rows_in=1000, rows_scored=1000, rows_rejected=0, seconds=10.0, output="o", files_in=2,
+                      files_kept=1, rows_kept=900)
+    assert resumed.pairs_per_second == 10.0
 
 
 def test_partitions_follow_the_cluster_and_the_input_size(ray_local, tmp_path):
@@ -435,6 +440,17 @@ def test_a_top_k_of_0_is_refused_by_rerank_saying_how_to_keep_every_row(ray_loca
         ce_ray.rerank(rows, model=str(tiny_model), top_k=0)
     assert main(["rerank", "--model", str(tiny_model), "--input", "in", "--output", "out", "--top-k", "0"]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"ce-ray rerank: error: {said}"
+
+
+def test_the_cut_an_outputs_rows_went_through_is_its_own_jobs_first():
+    """A top-k rerank of rows an earlier rerank cut: eval's `the reranker's top k` is this job's cut, not its
+    input's; an output that cut nothing says its input's."""
+    from ce_ray.output_state import INPUT_CUT, rows_cut_before
+
+    earlier = {"top_k": 3, "rows_cut": 10}
+    assert rows_cut_before({"top_k": 1, "rows_cut": 5, INPUT_CUT: earlier}) == {"top_k": 1, "rows_cut": 5}
+    assert rows_cut_before({"rows_cut": 0, INPUT_CUT: earlier}) == earlier
+    assert rows_cut_before({"rows_scored": 4}) is None
 
 
 def test_eval_reads_an_output_as_its_job_wrote_it(ray_local, tiny_model, tmp_path):

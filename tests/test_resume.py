@@ -735,7 +735,11 @@ def test_each_part_records_its_rows_and_is_named_after_its_own_first_row(tmp_pat
             for name in written["parts"]}
     assert runs == {"results/in-0123abcd-r000000000101.parquet": [[101, 105], [110, 112]],
                     "rejects/in-0123abcd-r000000000100.parquet": [[100, 101]]}
+    # The rows of the input file, from its last row (FILE_ROWS): a resume keeps a file whose parts hold them all,
+    # where a JSON Lines, CSV or TSV file was scored again whole.
+    assert {pq.read_schema(tmp_path / "out" / name).metadata[sink.INPUT_ROWS] for name in written["parts"]} == {b"112"}
     state = scan_parts(str(tmp_path / "out"))
+    assert state.parts["in-0123abcd"].input_rows == 112
     state.stamps = {"in-0123abcd": "stamp"}
     assert state.held_rows("in-0123abcd", "stamp", 112) == [[100, 105], [110, 112]]
     assert state.held_rows("in-0123abcd", "rewritten", 112) is None  # another stamp: the file redone whole
@@ -970,16 +974,32 @@ def test_an_output_that_holds_only_a_temporary_has_no_results(tmp_path):
         check_output(str(out), "error")
 
 
+def test_a_part_that_two_write_tasks_wrote_is_counted_with_the_rows_of_both(tmp_path):
+    """Two tasks writing one part's name (rows of one input file that reached two writers): the second file took
+    the first's place, and the rows of both are counted, so that the check before `_SUCCESS` finds rows lost."""
+    from types import SimpleNamespace
+
+    pairs_sink = PairsSink(str(tmp_path / "out"), ["score"])
+    returns = [{"rows_scored": rows, "rows_rejected": 0, "parts": {"results/in-0123abcd-r000000000000.parquet": rows}}
+               for rows in (3, 2)]
+    pairs_sink.on_write_complete(SimpleNamespace(write_returns=returns))
+    assert pairs_sink.parts == {"results/in-0123abcd-r000000000000.parquet": 5}
+    assert pairs_sink.counts == {"rows_scored": 5, "rows_rejected": 0}
+
+
 def test_the_parts_that_differ_are_said_with_a_count_of_one_in_the_singular():
     """A part's words said `is missing (1 rows)` and `holds 1 rows of the 2 written`."""
     from ce_ray.output_state import part_differences
 
-    counted = {"out/results/a.parquet": 1, "out/results/b.parquet": 1, "out/results/c.parquet": 2}
-    held = {"out/results/b.parquet": None, "out/results/c.parquet": 1, "out/results/d.parquet": 3}
+    counted = {"out/results/a.parquet": 1, "out/results/b.parquet": 1, "out/results/c.parquet": 2,
+               "out/results/e.parquet": 2}
+    held = {"out/results/b.parquet": None, "out/results/c.parquet": 1, "out/results/d.parquet": 3,
+            "out/results/e.parquet": 3}
     assert part_differences(counted, held, "this job", base="out/") == [
         "results/a.parquet is missing (1 row)",
         "results/b.parquet cannot be read as parquet (cut short?; 1 row written)",
-        "results/c.parquet holds 1 row of the 2 written", "results/d.parquet was not written by this job"]
+        "results/c.parquet holds 1 row of the 2 written", "results/e.parquet holds 3 rows of the 2 written",
+        "results/d.parquet was not written by this job"]
 
 
 def test_the_parts_of_results_and_rejects_are_counted_as_scored_and_rejected(tmp_path):

@@ -1138,6 +1138,10 @@ def test_cpu_replicas_start_at_once_and_share_their_nodes_cores(capsys):
     assert _replica_counts(dataclasses.replace(config, replicas=4), False, 0, cpus=8, nodes=1) == (4, 4, 4)
     assert "4 replicas on 1 node(s) with CPUs: the replicas of a node share its cores (1/4 each)" in (
         capsys.readouterr().err)
+    # Replicas that do not fill the nodes evenly: as many a node as the fullest one holds.
+    assert _replica_counts(dataclasses.replace(config, replicas=3), False, 0, cpus=8, nodes=2) == (3, 3, 2)
+    assert "the replicas of a node share its cores (1/2 each)" in capsys.readouterr().err
+    assert _replica_counts(dataclasses.replace(config, replicas=1), False, 0, cpus=8, nodes=2) == (1, 1, 1)
     # Two replicas of a 2-CPU machine hold both CPUs: one starts, on both cores, and the pool stays at one (it
     # could grow to two, each on both cores, holding every CPU again).
     assert _replica_counts(dataclasses.replace(config, replicas=2), False, 0, cpus=2, nodes=1) == (1, 1, 1)
