@@ -12,12 +12,13 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 from .config import ConfigError
-from .messages import setting_and_flag
+from .messages import plural, setting_and_flag
 from .storage import absolute, check_s3_access, filesystem, list_tree, object_stamp, s3_endpoint
 
 SIGMOID = "torch.nn.modules.activation.Sigmoid"
@@ -395,12 +396,26 @@ def check_embeddings(path: str, tokenizer, config) -> None:
                          "model's tokenizer")
 
 
+# A stack of numbered layers in a weight's name (`encoder.layer.3.`, `layers.11.`): its path and the layer's number.
+LAYER = re.compile(r"^(.*?\blayers?)\.(\d+)\.")
+
+
+def _layers(names) -> Dict[str, set]:
+    """The numbers of the layers of each stack that the weights `names` hold."""
+    stacks: Dict[str, set] = {}
+    for found in filter(None, map(LAYER.match, names)):
+        stacks.setdefault(found[1], set()).add(int(found[2]))
+    return stacks
+
+
 def check_weight_shapes(path: str, config) -> None:
     """Refuses weights of another model than its config.json describes (a config edited, or copied from another
-    size of the model): transformers failed each replica as it loaded them, the job begun, and Ray started the
-    replica again (40 s and hundreds of lines of tracebacks on a 2-core CPU, then `--mode resume finishes it`). The
-    shapes of the weights' headers against those of the model built from config.json on the meta device (no
-    memory); a weight named otherwise (an older checkpoint's names, which transformers renames) is not compared."""
+    size of the model): weights of other shapes failed each replica as transformers loaded them, the job begun, and
+    Ray started the replica again (40 s and hundreds of lines of tracebacks on a 2-core CPU, then `--mode resume
+    finishes it`); layers the weights lack were drawn at random, and layers past the config's left out, without a
+    word (MiniLM-L12's config.json over L6's weights: the same shapes, 6 random layers). The weights' headers
+    against the model built from config.json on the meta device (no memory); a weight named otherwise (an older
+    checkpoint's names, which transformers renames) is not compared."""
     saved = weight_shapes(path)
     if not saved or getattr(config, "auto_map", None):
         return  # no safetensors weights to read; repository code is not run here
@@ -419,14 +434,21 @@ def check_weight_shapes(path: str, config) -> None:
         return
     # A base model's checkpoint (saved from BertModel) names its weights without the classifier's prefix (`bert.`).
     prefix = f"{net.base_model_prefix}."
+    own = net.state_dict()
     wrong = []
-    for name, tensor in net.state_dict().items():
+    for name, tensor in own.items():
         shape = saved.get(name, saved.get(name[len(prefix):]) if name.startswith(prefix) else None)
         if shape is not None and list(shape) != list(tensor.shape):
             wrong.append(f"{name} {list(shape)} (config.json: {list(tensor.shape)})")
-    if wrong:
-        raise ModelError(f"{path}: its weights are not the model its config.json describes: {len(wrong)} weights' "
-                         f"shapes differ, the first {wrong[0]}; give the folder the config.json saved with them")
+    said = [f"{len(wrong)} weights' shapes differ, the first {wrong[0]}"] if wrong else []
+    unprefixed = functools.partial(re.sub, f"^{re.escape(prefix)}", "")
+    held = _layers(map(unprefixed, saved))
+    for stack, layers in sorted(_layers(map(unprefixed, own)).items()):
+        if stack in held and held[stack] != layers:
+            said.append(f"{stack} has {plural(len(layers), 'layer')} by config.json, {len(held[stack])} in the weights")
+    if said:
+        raise ModelError(f"{path}: its weights are not the model its config.json describes: {'; '.join(said)}; give "
+                         "the folder the config.json saved with them")
 
 
 def check_scores(path: str, model: str) -> None:

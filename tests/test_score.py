@@ -824,6 +824,17 @@ def test_weights_of_another_model_than_its_config_describes_are_refused_before_a
         "bert.encoder.layer.0.intermediate.dense.weight [64, 32] (config.json: [48, 32]); give the folder the "
         "config.json saved with them")
     assert not (tmp_path / "out").exists()
+    # Another number of layers (MiniLM-L12's config.json over L6's weights): the same shapes, and the layers the
+    # weights lack were drawn at random, those past the config's left out, without a word.
+    for layers, said in ((3, "3 layers by config.json, 2"), (1, "1 layer by config.json, 2")):
+        (other / "config.json").write_text(json.dumps(config | {"num_hidden_layers": layers}))
+        with pytest.raises(ModelError) as refused:
+            run_score(ScoreConfig(model=str(other), input=str(tmp_path / "pairs.parquet"),
+                                  output=str(tmp_path / "out")))
+        assert str(refused.value) == (f"{other}: its weights are not the model its config.json describes: "
+                                      f"encoder.layer has {said} in the weights; give the folder the config.json "
+                                      "saved with them")
+    assert not (tmp_path / "out").exists()
     # A config.json that names no architecture nor labels (2 by default) is loaded with a head of one logit, as
     # its weights hold it: not refused.
     bare = tmp_path / "bare"
