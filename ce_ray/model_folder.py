@@ -396,8 +396,9 @@ def check_embeddings(path: str, tokenizer, config) -> None:
                          "model's tokenizer")
 
 
-# A stack of numbered layers in a weight's name (`encoder.layer.3.`, `layers.11.`): its path and the layer's number.
-LAYER = re.compile(r"^(.*?\blayers?)\.(\d+)\.")
+# A stack of numbered layers in a weight's name: its path before its first number and the number (`encoder.layer`
+# and 3 of `encoder.layer.3.`, T5's `encoder.block` of `encoder.block.3.layer.0.`, GPT-2's `h` of `h.3.`).
+LAYER = re.compile(r"^(.*?)\.(\d+)\.")
 
 
 def _layers(names) -> Dict[str, set]:
@@ -415,16 +416,19 @@ def check_weight_shapes(path: str, config) -> None:
     finishes it`); layers the weights lack were drawn at random, and layers past the config's left out, without a
     word (MiniLM-L12's config.json over L6's weights: the same shapes, 6 random layers). The weights' headers
     against the model built from config.json on the meta device (no memory); a weight named otherwise (an older
-    checkpoint's names, which transformers renames) is not compared."""
+    checkpoint's names, which transformers renames) is not compared, nor one transformers is told to leave out."""
     saved = weight_shapes(path)
-    if not saved or getattr(config, "auto_map", None):
-        return  # no safetensors weights to read; repository code is not run here
+    # No safetensors weights to read; repository code is not run here; quantized weights (bitsandbytes' 4 bits) are
+    # stored packed, in shapes of their own.
+    if not saved or getattr(config, "auto_map", None) or getattr(config, "quantization_config", None):
+        return
     import copy
 
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    if not is_sequence_classifier(config.architectures):  # as the replicas and workers load it: one logit
+    new_head = not is_sequence_classifier(config.architectures)
+    if new_head:  # as the replicas and workers load it: a head of one logit
         config = copy.deepcopy(config)
         config.num_labels = 1
     try:
@@ -432,6 +436,8 @@ def check_weight_shapes(path: str, config) -> None:
             net = AutoModelForSequenceClassification.from_config(config)
     except Exception:  # a model transformers cannot build from its config alone: the replica's load says why
         return
+    left_out = [re.compile(pattern) for pattern in getattr(net, "_keys_to_ignore_on_load_unexpected", None) or ()]
+    saved = {name: shape for name, shape in saved.items() if not any(p.search(name) for p in left_out)}
     # A base model's checkpoint (saved from BertModel) names its weights without the classifier's prefix (`bert.`).
     prefix = f"{net.base_model_prefix}."
     own = net.state_dict()
@@ -439,8 +445,16 @@ def check_weight_shapes(path: str, config) -> None:
     for name, tensor in own.items():
         shape = saved.get(name, saved.get(name[len(prefix):]) if name.startswith(prefix) else None)
         if shape is not None and list(shape) != list(tensor.shape):
-            wrong.append(f"{name} {list(shape)} (config.json: {list(tensor.shape)})")
-    said = [f"{len(wrong)} weights' shapes differ, the first {wrong[0]}"] if wrong else []
+            wrong.append((name, list(shape), list(tensor.shape)))
+    if wrong and new_head and not any(name.startswith(prefix) for name, _, _ in wrong):
+        # The 1 is ce-ray's: config.json, the one saved with the weights, names another kind of model.
+        name, shape, _ = wrong[0]
+        kind = f"a {', '.join(config.architectures)}" if config.architectures else "a model of no architecture"
+        raise ModelError(f"{path}: its weights hold a head that is no reranker's one-logit classifier ({name} "
+                         f"{shape}); {kind} is given a new one to be fine-tuned: start from its base model, saved "
+                         "without that head")
+    said = [f"{len(wrong)} weights' shapes differ, the first {wrong[0][0]} {wrong[0][1]} (config.json: {wrong[0][2]})"
+            ] if wrong else []
     unprefixed = functools.partial(re.sub, f"^{re.escape(prefix)}", "")
     held = _layers(map(unprefixed, saved))
     for stack, layers in sorted(_layers(map(unprefixed, own)).items()):

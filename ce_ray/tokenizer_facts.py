@@ -24,14 +24,15 @@ import importlib.metadata
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 from . import fast_tokenize
-from .model_folder import (cache_dir, check_embeddings, check_weight_shapes, load_tokenizer, local_model_path,
-                           max_length_of, weight_shapes)
+from .model_folder import (ModelError, cache_dir, check_embeddings, check_weight_shapes, load_tokenizer,
+                           local_model_path, max_length_of, weight_shapes)
 
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".ckpt", ".gguf", ".ot")
 LARGEST = 64 << 20  # bytes: a larger file is no tokenizer's (XLM-R's tokenizer.json is 17 MB), left out too
@@ -144,6 +145,17 @@ def _read(record: str) -> Optional[TokenizerFacts]:
 
 
 def _from_transformers(path: str, trust_remote_code: bool) -> TokenizerFacts:
+    from huggingface_hub.errors import StrictDataclassError
+
+    try:
+        return _facts_of(path, trust_remote_code)
+    except StrictDataclassError as e:  # config.json's values disagree (num_hidden_layers edited, not layer_types)
+        # Not a ValueError, and its first line names the check alone: the job failed with a traceback.
+        cause = re.sub(r"^\w+: ", "", str(e).strip().splitlines()[-1].strip())
+        raise ModelError(f"{path}/config.json does not hold together: {cause}") from None
+
+
+def _facts_of(path: str, trust_remote_code: bool) -> TokenizerFacts:
     from transformers import AutoConfig
 
     # Loaded afresh (not `batching.cached_tokenizer`'s, which a process keeps per path): the files may have

@@ -3,6 +3,8 @@ whose attention has no SDPA (DeBERTa-v2's, as mxbai's rerankers), scored and tra
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -109,6 +111,32 @@ def test_training_from_the_command_line_with_its_own_ray(tmp_path, pairs, rerank
     assert "Failed to query Ray Train Controller" not in result.stderr
     before, after = predict(rerankers["deberta-v2"], pairs), predict(tmp_path / "model", pairs)
     assert np.isfinite(after).all() and np.abs(after - before).max() > 1e-3
+
+
+def test_a_config_whose_values_disagree_is_refused_in_one_line(tmp_path, pairs):
+    """A Qwen2's config.json with num_hidden_layers edited and its layer_types not: transformers refuses it with an
+    error that is no ValueError, whose first line names its check alone, and a job failed with a traceback."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from ce_ray import ModelError
+
+    tokenizer = trained_tokenizer("roberta", list(pairs["query"].unique()) + list(pairs["document"]))
+    config = AutoConfig.for_model("qwen2", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=2, intermediate_size=64, num_labels=1,
+                                  pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "qwen2")
+    tokenizer.save_pretrained(tmp_path / "qwen2")
+    saved = json.loads((tmp_path / "qwen2" / "config.json").read_text())
+    (tmp_path / "qwen2" / "config.json").write_text(json.dumps(saved | {"num_hidden_layers": 2}))
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    with pytest.raises(ModelError) as refused:
+        run_score(ScoreConfig(model=str(tmp_path / "qwen2"), input=str(tmp_path / "pairs.parquet"),
+                              output=str(tmp_path / "out")))
+    assert str(refused.value) == (f"{tmp_path / 'qwen2'}/config.json does not hold together: `num_hidden_layers` (2) "
+                                  "must be equal to the number of `layer_types` (1)")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_decoder_classifier_without_a_pad_token_id_is_refused_before_any_work(tmp_path, pairs):

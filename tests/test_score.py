@@ -845,6 +845,25 @@ def test_weights_of_another_model_than_its_config_describes_are_refused_before_a
     assert len(read_results(tmp_path / "out")) == len(pairs_df)
 
 
+def test_a_token_classifiers_head_is_said_to_be_no_rerankers_not_its_config_wrong(tmp_path, tiny_model):
+    """A model that is no sequence classifier is given a new one-logit head to be fine-tuned, and transformers
+    fails on a saved head of other shapes (a token classifier's of 9 labels): its config.json is the one saved with
+    it, which the refusal is not to blame."""
+    from transformers import AutoConfig, BertForTokenClassification
+
+    from ce_ray.model_folder import check_weight_shapes
+
+    config = AutoConfig.from_pretrained(tiny_model)
+    config.architectures, config.num_labels = None, 9
+    BertForTokenClassification(config).save_pretrained(tmp_path / "tagger")
+    with pytest.raises(ModelError) as refused:
+        check_weight_shapes(str(tmp_path / "tagger"), AutoConfig.from_pretrained(tmp_path / "tagger"))
+    assert str(refused.value) == (
+        f"{tmp_path / 'tagger'}: its weights hold a head that is no reranker's one-logit classifier (classifier.weight "
+        "[9, 32]); a BertForTokenClassification is given a new one to be fine-tuned: start from its base model, "
+        "saved without that head")
+
+
 def test_predict_refuses_what_cross_encoder_would_not_score_as_pairs(tiny_model):
     """A text given as the pairs was iterated into its characters: "qd" was scored as the pair ("q", "d"), where
     CrossEncoder.predict scores the text itself; a set's pairs come in no order the scores could follow; bytes were
