@@ -864,6 +864,33 @@ def test_a_token_classifiers_head_is_said_to_be_no_rerankers_not_its_config_wron
         "saved without that head")
 
 
+def test_the_weights_check_counts_t5s_blocks_and_leaves_quantized_weights_alone(tmp_path, tiny_model):
+    """T5's layers are numbered blocks (`encoder.block.1.layer.0.`), which a check of stacks named `layer(s)` left
+    out; quantized weights (bitsandbytes' 4 bits) are stored packed, in shapes other than the model's."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from ce_ray.model_folder import check_weight_shapes
+
+    config = AutoConfig.for_model("t5", vocab_size=100, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
+                                  num_labels=1)
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "t5")
+    check_weight_shapes(str(tmp_path / "t5"), AutoConfig.from_pretrained(tmp_path / "t5"))
+    saved = json.loads((tmp_path / "t5" / "config.json").read_text())
+    (tmp_path / "t5" / "config.json").write_text(json.dumps(saved | {"num_layers": 3}))
+    with pytest.raises(ModelError, match=r"encoder\.block has 3 layers by config\.json, 2 in the weights; give"):
+        check_weight_shapes(str(tmp_path / "t5"), AutoConfig.from_pretrained(tmp_path / "t5"))
+    shutil.copytree(tiny_model, tmp_path / "packed")
+    packed = json.loads((tmp_path / "packed" / "config.json").read_text()) | {"intermediate_size": 48}
+    (tmp_path / "packed" / "config.json").write_text(json.dumps(packed))
+    with pytest.raises(ModelError, match="6 weights' shapes differ"):
+        check_weight_shapes(str(tmp_path / "packed"), AutoConfig.from_pretrained(tmp_path / "packed"))
+    quantized = packed | {"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}
+    (tmp_path / "packed" / "config.json").write_text(json.dumps(quantized))
+    check_weight_shapes(str(tmp_path / "packed"), AutoConfig.from_pretrained(tmp_path / "packed"))
+
+
 def test_predict_refuses_what_cross_encoder_would_not_score_as_pairs(tiny_model):
     """A text given as the pairs was iterated into its characters: "qd" was scored as the pair ("q", "d"), where
     CrossEncoder.predict scores the text itself; a set's pairs come in no order the scores could follow; bytes were
