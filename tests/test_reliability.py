@@ -1105,7 +1105,7 @@ def test_a_folder_of_two_formats_or_a_file_of_no_format_names_the_flag_that_read
 
 def test_a_folders_hidden_files_and_folders_are_not_read(tmp_path):
     """A folder a notebook edited holds `.ipynb_checkpoints/` (a copy of each file: every pair twice), one copied
-    from a Mac `._` files (AppleDouble, not the format their names say): hidden, as Spark and Arrow take them."""
+    from a Mac holds `._` files (AppleDouble, not the format their names say): hidden, as Spark and Arrow take them."""
     from ce_ray.input_files import list_files
 
     for name in ("pairs.jsonl", ".ipynb_checkpoints/pairs-checkpoint.jsonl", "._pairs.jsonl", "_tmp/pairs.jsonl"):

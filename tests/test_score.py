@@ -847,8 +847,8 @@ def test_weights_of_another_model_than_its_config_describes_are_refused_before_a
 
 def test_a_token_classifiers_head_is_said_to_be_no_rerankers_not_its_config_wrong(tmp_path, tiny_model):
     """A model that is no sequence classifier is given a new one-logit head to be fine-tuned, and transformers
-    fails on a saved head of other shapes (a token classifier's of 9 labels): its config.json is the one saved with
-    it, which the refusal is not to blame."""
+    fails on a saved head of other shapes (a token classifier's of 9 labels): the refusal says so, and does not
+    blame its config.json, the one saved with it."""
     from transformers import AutoConfig, BertForTokenClassification
 
     from ce_ray.model_folder import check_weight_shapes
