@@ -12,8 +12,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .model_folder import (SIGMOID, ModelError, activation_path, check_safe, dtype_name, is_sequence_classifier,
-                           load_tokenizer, local_model_path, max_length_of)
+from .model_folder import (SIGMOID, ModelError, activation_path, as_loaded, check_safe, dtype_name, load_tokenizer,
+                           local_model_path, max_length_of)
 
 
 def activation_from_path(dotted: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -130,8 +130,7 @@ def load_reranker(
     dev, torch_dtype = device_and_dtype(device, dtype)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        if not is_sequence_classifier(config.architectures):
-            config.num_labels = 1  # a base model: a new one-logit head, as CrossEncoder adds to fine-tune it
+        config = as_loaded(config)  # a base model: a new one-logit head, as CrossEncoder adds to fine-tune it
         tokenizer = load_tokenizer(path, trust_remote_code)  # as CrossEncoder loads it, for its max length
         net = AutoModelForSequenceClassification.from_pretrained(
             path,

@@ -409,6 +409,18 @@ def _layers(names) -> Dict[str, set]:
     return stacks
 
 
+def as_loaded(config):
+    """`config` as the replicas and workers load the model: a base model (no sequence classifier) is given a new
+    head of one logit, as CrossEncoder adds one to fine-tune it. A copy where it changes."""
+    if is_sequence_classifier(config.architectures):
+        return config
+    import copy
+
+    config = copy.deepcopy(config)
+    config.num_labels = 1
+    return config
+
+
 def check_weight_shapes(path: str, config) -> None:
     """Refuses weights of another model than its config.json describes (a config edited, or copied from another
     size of the model): weights of other shapes failed each replica as transformers loaded them, the job begun, and
@@ -422,28 +434,25 @@ def check_weight_shapes(path: str, config) -> None:
     # stored packed, in shapes of their own.
     if not saved or getattr(config, "auto_map", None) or getattr(config, "quantization_config", None):
         return
-    import copy
-
     import torch
     from transformers import AutoModelForSequenceClassification
 
     new_head = not is_sequence_classifier(config.architectures)
-    if new_head:  # as the replicas and workers load it: a head of one logit
-        config = copy.deepcopy(config)
-        config.num_labels = 1
     try:
         with torch.device("meta"):
-            net = AutoModelForSequenceClassification.from_config(config)
+            net = AutoModelForSequenceClassification.from_config(as_loaded(config))
     except Exception:  # a model transformers cannot build from its config alone: the replica's load says why
         return
     left_out = [re.compile(pattern) for pattern in getattr(net, "_keys_to_ignore_on_load_unexpected", None) or ()]
-    saved = {name: shape for name, shape in saved.items() if not any(p.search(name) for p in left_out)}
-    # A base model's checkpoint (saved from BertModel) names its weights without the classifier's prefix (`bert.`).
+    # A base model's checkpoint (saved from BertModel) names its weights without the classifier's prefix (`bert.`):
+    # names are compared without it.
     prefix = f"{net.base_model_prefix}."
+    unprefixed = functools.partial(re.sub, f"^{re.escape(prefix)}", "")
+    saved = {unprefixed(name): shape for name, shape in saved.items() if not any(p.search(name) for p in left_out)}
     own = net.state_dict()
     wrong = []
     for name, tensor in own.items():
-        shape = saved.get(name, saved.get(name[len(prefix):]) if name.startswith(prefix) else None)
+        shape = saved.get(unprefixed(name))
         if shape is not None and list(shape) != list(tensor.shape):
             wrong.append((name, list(shape), list(tensor.shape)))
     if wrong and new_head and not any(name.startswith(prefix) for name, _, _ in wrong):
@@ -455,8 +464,7 @@ def check_weight_shapes(path: str, config) -> None:
                          "without that head")
     said = [f"{len(wrong)} weights' shapes differ, the first {wrong[0][0]} {wrong[0][1]} (config.json: {wrong[0][2]})"
             ] if wrong else []
-    unprefixed = functools.partial(re.sub, f"^{re.escape(prefix)}", "")
-    held = _layers(map(unprefixed, saved))
+    held = _layers(saved)
     for stack, layers in sorted(_layers(map(unprefixed, own)).items()):
         if stack in held and held[stack] != layers:
             said.append(f"{stack} has {plural(len(layers), 'layer')} by config.json, {len(held[stack])} in the weights")
