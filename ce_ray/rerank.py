@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from .arrow_types import missing_values, whole_number_text
 from .batching import REJECT
-from .config import RerankConfig, refuse_unused, require, with_settings
+from .config import MAX_RANK_PARTITIONS, RerankConfig, refuse_unused, require, with_settings
 from .messages import InputError
 from .output_state import OVERWRITE, input_cut_record
 from .progress import Progress, count_ranked, job_counter
@@ -398,12 +398,14 @@ class RerankSummary:
 def default_partitions(input_bytes: int) -> int:
     """The group-by's partitions for an input of this size in memory: one per CPU of the cluster, so that
     ranking runs on all of them, and more for a large input, so that none holds much more than
-    `PARTITION_BYTES`. Each partition is gathered, sorted and ranked in one task and written as its own file(s).
-    (Ray's default, 200, gave a small input 200 files of a few rows, and a large one partitions that grow
-    with it.)"""
+    `PARTITION_BYTES`, up to `MAX_RANK_PARTITIONS`, as a setting may give (past 2.5 TB in memory, larger
+    partitions: 100,000 ranked 3 rows for minutes without an end). Each partition is gathered, sorted and ranked
+    in one task and written as its own file(s). (Ray's default, 200, gave a small input 200 files of a few rows,
+    and a large one partitions that grow with it.)"""
     from .runtime import cluster_resources
 
-    return max(int(cluster_resources().get("CPU", 1)), -(-input_bytes // PARTITION_BYTES), 1)
+    wanted = max(int(cluster_resources().get("CPU", 1)), -(-input_bytes // PARTITION_BYTES), 1)
+    return min(wanted, MAX_RANK_PARTITIONS)
 
 
 def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSummary:

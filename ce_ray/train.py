@@ -392,9 +392,13 @@ def train_loop(loop_config: dict) -> dict:
     else:
         model = ray.train.torch.prepare_model(net)  # DDP: gradients averaged across workers
         if checkpoint_dir:
-            state = torch.load(os.path.join(checkpoint_dir, STATE), weights_only=True)
+            # Onto this worker's device: a GPU run's state names the GPU of its rank 0, which a run resumed on CPUs
+            # lacks (it failed in every worker), and where each worker of a node sees its GPUs, the other ranks held
+            # a copy on their node's first GPU for the rest of the run.
+            state = torch.load(os.path.join(checkpoint_dir, STATE), weights_only=True, map_location=device)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            del state
         module = model.module if hasattr(model, "module") else model
         autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     if checkpoint_dir:

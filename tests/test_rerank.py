@@ -224,12 +224,15 @@ def test_partitions_follow_the_cluster_and_the_input_size(ray_local, tmp_path):
     import pyarrow.parquet as pq
 
     from ce_ray.input_files import HEAD_BYTES, check_inputs
+    from ce_ray.config import MAX_RANK_PARTITIONS
     from ce_ray.rerank import PARTITION_BYTES, default_partitions
     from ce_ray.storage import filesystem
 
     cpus = int(ray_local.cluster_resources()["CPU"])
     assert default_partitions(0) == cpus and default_partitions(PARTITION_BYTES) == cpus
     assert default_partitions(10 * PARTITION_BYTES + 1) == 11 > cpus
+    # No more than a setting may give (the README's "10,000 at most"): 3 TB in memory made 12,000.
+    assert default_partitions(12_000 * PARTITION_BYTES) == MAX_RANK_PARTITIONS == 10_000
 
     fs = filesystem(str(tmp_path))[0]
     rows = pa.table({"query": ["q"] * 1000, "document": [f"document {i}" for i in range(1000)]})

@@ -1130,6 +1130,24 @@ def test_min_replicas_leave_a_cpu_to_read_on_a_cpu_cluster(ray_local, tiny_model
         score(ds, model=str(tiny_model), tokenize_cpus=cpus + 1)
 
 
+def test_a_cluster_without_cpus_yet_is_said_to_have_none(ray_local, tiny_model, pairs_df, monkeypatch):
+    """A cluster whose head runs drivers alone (`--num-cpus 0`, as the KubeRay manifest's) and whose workers are yet
+    to come has no CPU in Ray's resources: the job's line said the cluster had 1."""
+    import importlib
+
+    import ray.data
+
+    from ce_ray import runtime
+
+    score_module = importlib.import_module("ce_ray.score")  # the module: ce_ray.score is its function too
+    monkeypatch.setattr(score_module, "cluster_resources", lambda: {"memory": 1e9})  # Ray's, with no node of CPUs
+    monkeypatch.setattr(score_module, "cpu_nodes", lambda: [])
+    monkeypatch.setattr(runtime, "started_here", lambda: True)  # refused, not waited for: the test can read it
+    with pytest.raises(ConfigError, match=r"the job needs 2 CPUs \(a replica holds 1 for the whole job, and reading "
+                                          r"the rows takes another; the cluster has 0\) and 1 CPUs a tokenize task"):
+        score(ray.data.from_pandas(pairs_df.head(2)), model=str(tiny_model))
+
+
 def test_a_local_ray_of_one_cpu_is_refused_where_the_job_waited_forever(tiny_model, tmp_path):
     """A replica holds a CPU for the whole job: on a Ray of one CPU (`ray.init(num_cpus=1)`, a 1-core machine's)
     none was left to read the rows, and `predict` of two pairs waited until it was killed, saying nothing."""

@@ -1259,6 +1259,22 @@ def test_a_run_resumed_without_its_eval_data_publishes_its_model(ray_local, tiny
     assert "## Evaluation" not in card_text
     again = _train_module().train(TrainConfig(**settings, eval_data=str(tmp_path / "eval.parquet"), eval_every=2))
     assert again.resumed_from == [4] and again.final_metrics
+    # Its checkpoints as a GPU run writes them, the optimizer's state on rank 0's GPU (torch records each tensor's
+    # device), resumed on CPUs: every worker failed, "Attempting to deserialize object on a CUDA device".
+    from unittest import mock
+
+    import torch.serialization
+
+    states = list((tmp_path / "model" / "checkpoints").rglob("state.pt"))
+    assert states
+    for path in states:
+        state = torch.load(path, weights_only=True)
+        with mock.patch.object(torch.serialization, "location_tag", lambda storage: "cuda:0"):
+            torch.save(state, path)
+    with pytest.raises(RuntimeError, match="on a CUDA device"):
+        torch.load(states[0], weights_only=True)
+    from_gpu = _train_module().train(TrainConfig(**settings))
+    assert from_gpu.resumed_from == [4] and from_gpu.steps == 4
 
 
 def test_columns_the_run_does_not_read_may_differ_from_file_to_file(ray_local, tiny_model, tmp_path):
