@@ -144,6 +144,7 @@ def record_tokenizer_facts(model: str) -> dict:
 
 # The Ray the jobs join (`--running-ray`: `start_ray`'s address and token); unset, each job starts its own.
 RUNNING_RAY: dict = {}
+TERMINATED = threading.Event()  # this process got SIGTERM (the suite's `timeout`): it is stopping
 
 
 def job_env(cache: Optional[str] = None) -> dict:
@@ -185,12 +186,19 @@ def start_ray(work: str) -> subprocess.Popen:
     return head
 
 
+def exit_terminated(signum, frame) -> None:
+    TERMINATED.set()
+    sys.exit(128 + signum)
+
+
 def stop_ray(head: subprocess.Popen) -> None:
-    """`ray start --block` stops its node (GCS, raylet and their workers) on SIGTERM."""
+    """`ray start --block` stops its node (GCS, raylet and their workers) on SIGTERM. Where this process was
+    stopped itself, the suite's `timeout -k 10` kills it 10 s later: the head, in a session of its own, would then
+    outlive it into the later steps' timings, so it has 5 s to stop before it is killed."""
     if head.poll() is None:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=90)
+            head.wait(timeout=5 if TERMINATED.is_set() else 90)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(timeout=30)
@@ -289,7 +297,7 @@ def main() -> None:
     if args.running_ray:
         # The suite's `timeout` stops this process with SIGTERM, whose default skips `finally`: the head, in a
         # session of its own, ran on into the later steps' timings. As an exit, the head is stopped.
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        signal.signal(signal.SIGTERM, exit_terminated)
         start = time.perf_counter()
         head = start_ray(work)
         ray_start = time.perf_counter() - start
