@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 from .config import ConfigError, TrainConfig
 from .messages import briefly, plural, setting_and_flag
 from .model_folder import CHECKPOINTS
-from .storage import content_digest, filesystem, in_parallel, is_remote, join, upload_folder
+from .storage import absolute, content_digest, filesystem, in_parallel, is_remote, join, upload_folder
 from .train_data import training_files
 
 PROGRESS = "progress.json"
@@ -188,6 +188,7 @@ RUN_SETTINGS = ("model", "max_length", "train_data", "input_format", "column_nam
                 "num_workers", "epochs", "max_steps", "batch_size", "grad_accum", "lr", "weight_decay",
                 "warmup_ratio", "max_grad_norm", "pos_weight", "seed", "group_by_length", "length_window", "deepspeed")
 RUN_FILE = "ce-ray-run.json"
+DATA_SETTINGS = ("train_data", "eval_data")  # recorded as `storage.absolute` writes them: a path, or one spelling
 # And what the run measures its checkpoints on, and by: they change no trained row, but a run's figures are of its
 # eval data, and best_metric compares its checkpoints by them. A run resumed (or a finished one run again) with
 # other eval data kept the figures measured on the former under the latter's name, on screen and in its model card,
@@ -252,9 +253,7 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
     silently) or fail it mid-way. True when the run resumes from a checkpoint. `train_files`: the run's
     `training_files`, where they were looked up already."""
     settings = {key: getattr(config, key) for key in RUN_SETTINGS + EVAL_SETTINGS} | {"model": model}
-    for data in ("train_data", "eval_data"):
-        if settings[data] and "://" not in settings[data]:
-            settings[data] = os.path.abspath(settings[data])
+    settings |= {data: absolute(settings[data]) for data in DATA_SETTINGS if settings[data]}
     settings["deepspeed"] = settings["deepspeed"] and dataclasses.asdict(settings["deepspeed"])
     run_dir = f"{storage_path}/{name}"
     resumes = has_checkpoints(fs, run_dir)
@@ -263,6 +262,8 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
             earlier = json.loads(f.read())
     except FileNotFoundError:
         earlier = {}  # a new run, or checkpoints written before runs recorded their settings
+    # The same objects spelled otherwise (`s3a://`, a trailing `/`), as an earlier ce-ray recorded them: the same data.
+    earlier |= {data: absolute(earlier[data]) for data in DATA_SETTINGS if earlier.get(data)}
     if not config.eval_data:  # it measures nothing, and labels no figure: what its checkpoints were measured on stays
         settings |= {key: earlier[key] for key in EVAL_SETTINGS if key in earlier}
     if PRECISION in earlier:  # kept, for `claim_precision` to compare once the run knows whether it has GPUs

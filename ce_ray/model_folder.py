@@ -181,11 +181,19 @@ def _copy_remote_folder(uri: str, files: Optional[dict] = None) -> str:
     path = path.rstrip("/")
     folder = hashlib.sha256(f"{s3_endpoint()}\n{path}".encode()).hexdigest()[:16]
     target = os.path.join(cache_dir(), "models", f"{folder}-{_listing_key(uri, files)}")
-    for _ in range(3):  # a copy removed by a process that listed newer objects, before this one held it
-        if _hold(target):
-            _remove_older_copies(target)
-            return target
-        _copy_files(uri, fs, path, files, target)
+    try:
+        for _ in range(3):  # a copy removed by a process that listed newer objects, before this one held it
+            if _hold(target):
+                _remove_older_copies(target)
+                return target
+            _copy_files(uri, fs, path, files, target)
+    except OSError as e:
+        # A cache that cannot be written (a container's HOME of another user, read-only): Python's error, after a
+        # traceback, and a last line that said --mode resume finishes the job, which failed the same way.
+        if not str(e.filename or "").startswith(cache_dir()):
+            raise
+        raise ModelError(f"cannot copy model {uri} into ce-ray's cache: {e.strerror}: {e.filename} "
+                         "(CE_RAY_CACHE: a folder to copy models into)") from None
     raise ModelError(f"model folder {uri} changed while it was copied to {target}: run the job again")
 
 

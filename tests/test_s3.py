@@ -975,6 +975,21 @@ def test_a_model_written_again_under_its_key_is_copied_again(tmp_path, tiny_mode
     assert local_model_path(uri) == again and (Path(again) / "model.safetensors").is_file()
 
 
+def test_a_cache_that_cannot_be_written_is_named(tmp_path, tiny_model, s3_server, monkeypatch):
+    """An `s3://` model is copied into ce-ray's cache: one that cannot be written (a container's HOME of another
+    user, a read-only folder; here under a file) failed the job with a traceback and Python's PermissionError, its
+    last line saying that --mode resume finishes it, which failed the same way."""
+    from ce_ray.model_folder import ModelError, local_model_path
+
+    model_in_store(s3_server, monkeypatch, tmp_path, tiny_model, "ce-ray-cache-refused")
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("CE_RAY_CACHE", str(tmp_path / "file" / "ce-ray"))
+    with pytest.raises(ModelError, match=r"^cannot copy model s3://ce-ray-cache-refused/models/reranker into "
+                                         r"ce-ray's cache: Not a directory: \S+/file/ce-ray/models/\w+-\w+ "
+                                         r"\(CE_RAY_CACHE: a folder to copy models into\)$"):
+        local_model_path("s3://ce-ray-cache-refused/models/reranker")
+
+
 def test_a_trained_models_copy_leaves_its_checkpoints_out(tmp_path, tiny_model, s3_server, monkeypatch):
     """A model that train wrote to S3 holds its run's checkpoints (the default storage_path, <output>/checkpoints):
     every node's copy of it took them too, weights and optimizer state several times the model's size, and a run

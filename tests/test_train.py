@@ -2209,6 +2209,31 @@ def test_a_hint_to_change_a_runs_settings_says_to_start_a_new_run_where_it_has_c
                               train_files={})
 
 
+def test_a_run_resumes_with_its_s3_data_spelled_otherwise(tmp_path):
+    """The same S3 objects as training or eval data, spelled with a trailing `/` once and without it, or `s3a://`:
+    the resume was refused as a run of other settings (train_data), saying to delete its checkpoints. A record of an
+    earlier ce-ray, which holds the spelling it was given, resumes too; other data is still refused."""
+    from ce_ray.config import ConfigError, TrainConfig
+
+    def claim(train_data, eval_data="s3://bucket/eval/"):
+        config = TrainConfig(model="m", train_data=train_data, eval_data=eval_data, output="o",
+                             storage_path=str(tmp_path / "runs"))
+        return checkpoints.claim_run(config, "m", *checkpoints.run_storage(config)[:2], "o",
+                                     str(tmp_path / "runs" / "o"), train_files={})
+
+    run = tmp_path / "runs" / "o"
+    (run / "checkpoint_0000001").mkdir(parents=True)
+    (run / checkpoints.RECORD).write_text(ray_train_record(1))
+    assert claim("s3://bucket/train/")  # the first run's record, written as it resumes a checkpoint
+    record = json.loads((run / checkpoints.RUN_FILE).read_text())
+    assert (record["train_data"], record["eval_data"]) == ("s3://bucket/train", "s3://bucket/eval")
+    assert claim("s3://bucket/train") and claim("s3a://bucket/train/", "s3a://bucket/eval")
+    (run / checkpoints.RUN_FILE).write_text(json.dumps(record | {"train_data": "s3a://bucket/train/"}))
+    assert claim("s3://bucket/train")
+    with pytest.raises(ConfigError, match=r"other settings \(train_data\)"):
+        claim("s3://bucket/train2")
+
+
 def test_a_run_says_so_before_it_reads_the_digests_of_large_training_files(tmp_path, monkeypatch, capsys):
     """A new run reads every local training file for its sha256 (`train_digests`), ~1 s a GiB: 100 GiB of pairs made
     a pause of a minute or more before its first line, unexplained. From `SAY_DIGESTS_BYTES` on, it says so first;
