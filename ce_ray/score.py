@@ -807,7 +807,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     from .output_state import OVERWRITE, RESUME
     from .readers import input_key, input_sources, read_dataset
     from .sink import (CPU_PART_BYTES, PART_BYTES, WRITE_REMOTE_ARGS, PairsSink, ResumeState, check_output,
-                       lost_or_rewritten, prepare_output, resume_state)
+                       lost_or_rewritten, prepare_output, refuse_other_columns, resume_state)
     from .storage import check_apart, check_s3_access
 
     require(config)
@@ -844,6 +844,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         written=written_columns(config), settings=column_settings(config), held=held)
     cut_before = input_cut_record(config.input)  # read before the work: a store's failure then fails no work
     in_part = {input_key(f.path): runs for f in files if (runs := held(f))}  # parquet files resumed in part
+    kept_inputs = [input_key(f.path) for f in files if not to_score(f)] + list(in_part)
+    refuse_other_columns(config.output, earlier, kept_inputs, schema, written_columns(config))
     rows_held = sum(stop - start for runs in in_part.values() for start, stop in runs)
     unsaid = [key for f in files if (key := input_key(f.path)) not in in_part and f.rows is not None and to_score(f)
               and earlier.rows_unsaid(key)]

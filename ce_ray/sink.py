@@ -111,6 +111,7 @@ class InputParts:
     stamps: Dict[str, str] = field(default_factory=dict)
     # part -> the runs of the input's rows it holds (`ROW_RUNS`); None where its footer has none (an earlier version's)
     runs: Dict[str, Optional[list]] = field(default_factory=dict)
+    columns: Dict[str, Optional[list]] = field(default_factory=dict)  # part -> its columns (`Footer.columns`)
 
     @property
     def complete(self) -> bool:
@@ -239,6 +240,7 @@ class Footer:
     missing: bool = False
     runs: Optional[list] = None  # the input's rows the part holds (`ROW_RUNS`), where its footer says
     run: Optional[bytes] = None  # the run that wrote it (`RUN_ID`), where its footer says
+    columns: Optional[list] = None  # its columns: (name, Arrow type)
 
 
 def _footer(fs: pafs.FileSystem, file: str, size: int) -> Footer:
@@ -252,8 +254,9 @@ def _footer(fs: pafs.FileSystem, file: str, size: int) -> Footer:
     # Any other error (a store that does not answer) fails the caller: a part not read is no damaged part.
     metadata = meta.metadata or {}
     input_rows = metadata.get(INPUT_ROWS)
+    columns = [(column.name, column.type) for column in meta.schema.to_arrow_schema()]
     return Footer(meta.num_rows, None if input_rows is None else int(input_rows), runs=_runs_in(metadata),
-                  run=metadata.get(RUN_ID))
+                  run=metadata.get(RUN_ID), columns=columns)
 
 
 def read_footers(fs: pafs.FileSystem, sizes: Dict[str, int]) -> Dict[str, Footer]:
@@ -292,7 +295,42 @@ def scan_parts(output: str, listed: Optional[list] = None) -> ResumeState:
         entry.files[file] = footer.rows
         entry.stamps[file] = stamp
         entry.runs[file] = footer.runs
+        entry.columns[file] = footer.columns
     return ResumeState(parts, [file for _, file, *_ in other])
+
+
+def refuse_other_columns(output: str, state: ResumeState, kept: Iterable[str], schema: Optional[pa.Schema],
+                         written: Sequence[str]) -> None:
+    """Refuses a resume whose input's columns (`schema`, as `conform` writes every part) are not those of the parts it
+    would keep (of the input files `kept`): a file added with another column, or a wider type, gave its parts the
+    input's columns now and left the kept ones as they were, and the output read back as no one table (a type
+    that did not fit: ArrowInvalid), or as the first part's columns, silently."""
+    if schema is None:
+        return
+    wanted = [(column.name, column.type) for column in schema if column.name != REJECT]
+    # The job's own: the score, and the reason of a row of rejects/ (`reject_reason` where the input has a `reason`)
+    own = {REJECT, *written} | ({REASON} if REASON not in dict(wanted) else set())
+    for key in kept:
+        for part, columns in state.parts[key].columns.items():
+            held = [(name, kind) for name, kind in columns or () if name not in own]
+            change = _column_change(held, wanted) if columns is not None else None
+            if change:
+                raise ResumeError(f"{output} holds parts written from input of other columns ({part}: {change}): "
+                                  "kept, they would not read back as one table with the parts written now; pass "
+                                  "--mode overwrite")
+
+
+def _column_change(held: list, wanted: list) -> Optional[str]:
+    """How a part's input columns differ from the input's (each (name, Arrow type)); None where they agree. A column
+    that the input's types give as null (all null where they were agreed) takes any type, as `conform` writes it."""
+    kinds = dict(held)
+    for name, kind in wanted:
+        if name not in kinds:
+            return f"no column {name!r}, which the input has now"
+        if kinds[name] != kind and not pa.types.is_null(kind):
+            return f"{name!r} of {kinds[name]}, the input's now of {kind}"
+    gone = [name for name, _ in held if name not in dict(wanted)]
+    return f"a column {gone[0]!r}, which the input no longer has" if gone else None  # (in any order: read by name)
 
 
 def _as_recorded_now(job: dict) -> dict:

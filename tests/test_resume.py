@@ -499,6 +499,36 @@ def test_resume_refuses_another_version_of_the_same_model(ray_local, tmp_path, t
     assert run_score(config_for(out, model, one, mode="resume")).files_kept == 1
 
 
+def test_resume_refuses_input_files_added_with_other_columns_than_its_kept_parts(ray_local, tmp_path, tiny_model):
+    """A file added to the input with a wider type (int64 ids past int32's range) or a column more: its parts were
+    written in the input's columns now and the kept parts left as they were, `done`, and the results read back as
+    no one table (`Integer value 3000000000 not in range`), or, with small ids, as the first part's columns, the new
+    column dropped. Such a resume is refused before any work; a file added with the same columns resumes (an input
+    column named `reason`, as the rows of rejects/ name theirs, among them)."""
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    pairs = {"query": ["q"] * 20, "document": [None] + [f"document {i}" for i in range(1, 20)], "reason": ["r"] * 20}
+    pq.write_table(pa.table({"qid": pa.array(range(20), pa.int32()), **pairs}), folder / "a.parquet")
+    run_score(config_for(out, tiny_model, folder))
+    pq.write_table(pa.table({"qid": pa.array(range(20), pa.int32()), **pairs}), folder / "b.parquet")
+    assert run_score(config_for(out, tiny_model, folder, mode="resume")).files_kept == 1
+    kept = part_files(out)
+    wider = {"qid": pa.array(range(3_000_000_000, 3_000_000_020), pa.int64()), **pairs, "source": ["web"] * 20}
+    pq.write_table(pa.table(wider), folder / "c.parquet")
+    with pytest.raises(ResumeError, match=rf"^{re.escape(str(out))} holds parts written from input of other columns "
+                                          rf"\({re.escape(str(out))}/results/a-\S+\.parquet: 'qid' of int32, the "
+                                          r"input's now of int64\): kept, they would not read back as one table with "
+                                          r"the parts written now; pass --mode overwrite$"):
+        run_score(config_for(out, tiny_model, folder, mode="resume"))
+    assert part_files(out) == kept  # nothing done
+    pq.write_table(pa.table({"qid": pa.array(range(20), pa.int32()), **pairs, "source": ["web"] * 20}),
+                   folder / "c.parquet")
+    with pytest.raises(ResumeError, match=r"\(\S+/a-\S+\.parquet: no column 'source', which the input has now\)"):
+        run_score(config_for(out, tiny_model, folder, mode="resume"))
+    assert run_score(config_for(out, tiny_model, folder, mode="overwrite")).files_kept == 0
+    assert pq.read_table(out / "results").num_rows == 57 and pq.read_table(out / "rejects").num_rows == 3
+
+
 def test_resume_compares_the_dtype_the_earlier_run_scored_in(ray_local, tmp_path, tiny_model, wikiqa_files,
                                                              reference):
     """dtype `auto` is float16 on GPUs and float32 on CPUs: an output scored on GPUs and resumed on CPUs (or the
