@@ -200,6 +200,11 @@ EVAL_SETTINGS = ("eval_data", "eval_split", "eval_top_k", "eval_max_queries", "b
 # all. Known once the run knows whether it has GPUs (after Ray's start: `claim_precision`); compared only where the
 # record holds it (an earlier ce-ray's does not, and its run resumes as then).
 PRECISION = "bf16_passes"
+# And the implementation it trains with (`implementation`): ce-ray's BERT holds a layer's query, key and value weights
+# in one tensor, transformers' in three, and the optimizer's state of one does not load into the other (`loaded state
+# dict contains a parameter group that doesn't match`, in every worker, each retry). Compared only where the record
+# holds it (an earlier ce-ray's does not, and its run resumes as then).
+CODE_SETTINGS = ("implementation",)
 # In the record too: the training data's files and their stamps (`train_data.training_files`). A resumed run skips
 # the batches its checkpoint trained, by their place in the data: files rewritten, added or removed under the same
 # train_data would put other rows in those places (rows trained twice, rows never trained).
@@ -252,7 +257,7 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
     another model's, data's or schedule's checkpoint would be loaded into this run (a model's weights partly,
     silently) or fail it mid-way. True when the run resumes from a checkpoint. `train_files`: the run's
     `training_files`, where they were looked up already."""
-    settings = {key: getattr(config, key) for key in RUN_SETTINGS + EVAL_SETTINGS} | {"model": model}
+    settings = {key: getattr(config, key) for key in RUN_SETTINGS + EVAL_SETTINGS + CODE_SETTINGS} | {"model": model}
     settings |= {data: absolute(settings[data]) for data in DATA_SETTINGS if settings[data]}
     settings["deepspeed"] = settings["deepspeed"] and dataclasses.asdict(settings["deepspeed"])
     run_dir = f"{storage_path}/{name}"
@@ -269,7 +274,8 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
     if PRECISION in earlier:  # kept, for `claim_precision` to compare once the run knows whether it has GPUs
         settings[PRECISION] = earlier[PRECISION]
     changed = sorted(key for key in (set(settings) | set(earlier)) - {TRAIN_FILES, TRAIN_DIGESTS}
-                     if settings.get(key) != earlier.get(key) and (key not in EVAL_SETTINGS or key in earlier))
+                     if settings.get(key) != earlier.get(key)
+                     and (key not in EVAL_SETTINGS + CODE_SETTINGS or key in earlier))
     if resumes and earlier and changed:
         raise ConfigError(f"{shown} holds the checkpoints of a run with other settings ({', '.join(changed)}), "
                           f"which a run of the same name resumes from: give another {other_run(config)}, or delete "

@@ -2212,7 +2212,8 @@ def test_a_hint_to_change_a_runs_settings_says_to_start_a_new_run_where_it_has_c
 def test_a_run_resumes_with_its_s3_data_spelled_otherwise(tmp_path):
     """The same S3 objects as training or eval data, spelled with a trailing `/` once and without it, or `s3a://`:
     the resume was refused as a run of other settings (train_data), saying to delete its checkpoints. A record of an
-    earlier ce-ray, which holds the spelling it was given, resumes too; other data is still refused."""
+    earlier ce-ray, which holds the spelling it was given, resumes too; other data is still refused, and so is
+    another implementation."""
     from ce_ray.config import ConfigError, TrainConfig
 
     def claim(train_data, eval_data="s3://bucket/eval/"):
@@ -2232,6 +2233,16 @@ def test_a_run_resumes_with_its_s3_data_spelled_otherwise(tmp_path):
     assert claim("s3://bucket/train")
     with pytest.raises(ConfigError, match=r"other settings \(train_data\)"):
         claim("s3://bucket/train2")
+    # The implementation too: ce-ray's BERT's optimizer state does not load into transformers' (every worker failed,
+    # each retry, and the last line said the same command resumes the run). A record without it (an earlier
+    # ce-ray's) resumes as then.
+    other = TrainConfig(model="m", train_data="s3://bucket/train", eval_data="s3://bucket/eval", output="o",
+                        storage_path=str(tmp_path / "runs"), implementation="transformers")
+    with pytest.raises(ConfigError, match=r"other settings \(implementation\)"):
+        checkpoints.claim_run(other, "m", *checkpoints.run_storage(other)[:2], "o", str(run), train_files={})
+    assert record["implementation"] == "auto"
+    (run / checkpoints.RUN_FILE).write_text(json.dumps({k: v for k, v in record.items() if k != "implementation"}))
+    assert checkpoints.claim_run(other, "m", *checkpoints.run_storage(other)[:2], "o", str(run), train_files={})
 
 
 def test_a_run_says_so_before_it_reads_the_digests_of_large_training_files(tmp_path, monkeypatch, capsys):
