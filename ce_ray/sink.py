@@ -309,7 +309,7 @@ def refuse_other_columns(output: str, state: ResumeState, kept: Iterable[str], s
         return
     wanted = [(column.name, column.type) for column in schema if column.name != REJECT]
     # The job's own: the score, and the reason of a row of rejects/ (`reject_reason` where the input has a `reason`)
-    own = {REJECT, *written} | ({REASON} if REASON not in dict(wanted) else set())
+    own = {REJECT, *written} | ({REASON} if all(name != REASON for name, _ in wanted) else set())
     for key in kept:
         for part, columns in state.parts[key].columns.items():
             held = [(name, kind) for name, kind in columns or () if name not in own]
@@ -323,13 +323,13 @@ def refuse_other_columns(output: str, state: ResumeState, kept: Iterable[str], s
 def _column_change(held: list, wanted: list) -> Optional[str]:
     """How a part's input columns differ from the input's (each (name, Arrow type)); None where they agree. A column
     that the input's types give as null (all null where they were agreed) takes any type, as `conform` writes it."""
-    kinds = dict(held)
+    kinds, wanted_kinds = dict(held), dict(wanted)
     for name, kind in wanted:
         if name not in kinds:
             return f"no column {name!r}, which the input has now"
         if kinds[name] != kind and not pa.types.is_null(kind):
             return f"{name!r} of {kinds[name]}, the input's now of {kind}"
-    gone = [name for name, _ in held if name not in dict(wanted)]
+    gone = [name for name, _ in held if name not in wanted_kinds]
     return f"a column {gone[0]!r}, which the input no longer has" if gone else None  # (in any order: read by name)
 
 

@@ -2216,9 +2216,9 @@ def test_a_run_resumes_with_its_s3_data_spelled_otherwise(tmp_path):
     another implementation."""
     from ce_ray.config import ConfigError, TrainConfig
 
-    def claim(train_data, eval_data="s3://bucket/eval/"):
+    def claim(train_data, eval_data="s3://bucket/eval/", **settings):
         config = TrainConfig(model="m", train_data=train_data, eval_data=eval_data, output="o",
-                             storage_path=str(tmp_path / "runs"))
+                             storage_path=str(tmp_path / "runs"), **settings)
         return checkpoints.claim_run(config, "m", *checkpoints.run_storage(config)[:2], "o",
                                      str(tmp_path / "runs" / "o"), train_files={})
 
@@ -2236,13 +2236,11 @@ def test_a_run_resumes_with_its_s3_data_spelled_otherwise(tmp_path):
     # The implementation too: ce-ray's BERT's optimizer state does not load into transformers' (every worker failed,
     # each retry, and the last line said the same command resumes the run). A record without it (an earlier
     # ce-ray's) resumes as then.
-    other = TrainConfig(model="m", train_data="s3://bucket/train", eval_data="s3://bucket/eval", output="o",
-                        storage_path=str(tmp_path / "runs"), implementation="transformers")
     with pytest.raises(ConfigError, match=r"other settings \(implementation\)"):
-        checkpoints.claim_run(other, "m", *checkpoints.run_storage(other)[:2], "o", str(run), train_files={})
+        claim("s3://bucket/train", implementation="transformers")
     assert record["implementation"] == "auto"
     (run / checkpoints.RUN_FILE).write_text(json.dumps({k: v for k, v in record.items() if k != "implementation"}))
-    assert checkpoints.claim_run(other, "m", *checkpoints.run_storage(other)[:2], "o", str(run), train_files={})
+    assert claim("s3://bucket/train", implementation="transformers")
 
 
 def test_a_run_says_so_before_it_reads_the_digests_of_large_training_files(tmp_path, monkeypatch, capsys):
