@@ -3,6 +3,7 @@ read as, where an id is missing, and the one type that rows of two types are put
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 import pyarrow as pa
@@ -21,11 +22,20 @@ def is_text(dtype: pa.DataType) -> bool:
     return pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype)
 
 
+WHOLE_NUMBER = r"(-?[0-9]+)\.0+"  # an id written as a whole number with a fraction of zeros: `7.0`
+
+
 def whole_number_text(ids):
     """Text ids written as whole numbers with a fraction of zeros (`7.0`, as pandas writes an integer id column with a
     missing value, in a CSV too) as the integer's text (`7`), so that they are one id with `7`; others as they are
     (`0042`, `7.5`). Strings, large or not."""
-    return pc.replace_substring_regex(ids, r"^(-?\d+)\.0+$", r"\1")
+    return pc.replace_substring_regex(ids, f"^{WHOLE_NUMBER}$", r"\1")
+
+
+def whole_number_id(text: str) -> str:
+    """`whole_number_text` of one id."""
+    whole = re.fullmatch(WHOLE_NUMBER, text)
+    return whole.group(1) if whole else text
 
 
 def holds_empty_struct(dtype: pa.DataType) -> bool:

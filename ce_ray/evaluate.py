@@ -31,7 +31,7 @@ import pyarrow.csv as pcsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .arrow_types import is_text, missing_values, whole_number_text
+from .arrow_types import is_text, missing_values, whole_number_id, whole_number_text
 from .config import ConfigError, EvalConfig, require
 from .input_files import (FileCheck, agreed_schema, compression_of, detect_format, eval_beside, list_files,
                           partition_values)
@@ -117,6 +117,16 @@ def _parquet_only(file: str) -> str:
         return ""
     return (f" (a {kind.upper()} file: eval reads parquet, a score or rerank output or its files, or a TREC run "
             f"file; score or rerank these pairs first, or write them as parquet)")
+
+
+def _whole_number_qrels(qrels: Dict[str, Dict[str, int]]) -> Dict[str, Dict[str, int]]:
+    """The qrels with their ids as `_whole_numbers` reads an input's: `7.0` as `7`, so that an id written so in both
+    files is one (a TREC run's ids are read as written, as the qrels')."""
+    whole: Dict[str, Dict[str, int]] = {}
+    for query, judged in qrels.items():
+        grades = whole.setdefault(whole_number_id(query), {})
+        grades.update((whole_number_id(doc), grade) for doc, grade in judged.items())
+    return whole
 
 
 def is_trec_run(uri: str, job: Optional[dict] = None) -> bool:
@@ -337,6 +347,11 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
             raise InputError(f"{c.input}: {e}: name the grades' column with {setting_and_flag('label_column')}, or "
                              f"give {setting_and_flag('qrels')}") from None
         gains = np.nan_to_num(labels.to_numpy(zero_copy_only=False).astype(np.float64), nan=0.0)
+        soft = gains[gains != np.round(gains)]
+        if len(soft):  # a teacher's scores, say: every row above 0 was relevant, MAP and Recall near 1
+            raise InputError(f"{c.input}: evaluation takes labels as grades, which documents are relevant, and "
+                             f"{c.label_column} {soft[0]:g} is none: give a column of 0 and 1 (or whole grades) with "
+                             f"{setting_and_flag('label_column')}, or {setting_and_flag('qrels')}")
         total, ideal = np.bincount(lists, weights=gains > 0, minlength=len(query_ids)), None
     orders = {"reranked": (ranked_by, None)} | ({"baseline": (baseline, c.baseline_descending)} if baseline else {})
     metrics = {}
@@ -577,6 +592,7 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
                           job, {c.label_column: "label_column", c.doc_id_column: "doc_id_column",
                                 c.query_id_column: "query_id_column"})
         df = _ordered_rows(df, c)
+        qrels = qrels and _whole_number_qrels(qrels)  # its ids read as the input's (`_whole_numbers`)
     if not len(df):
         without = df.attrs.get("rows_without_ids", 0)  # all of them: say so, not that the input is empty
         ids = "a query id" if qrels is None else "a query and a document id"

@@ -628,6 +628,34 @@ def test_labels_that_are_text_are_read_as_training_reads_them_or_refused(tmp_pat
         run_eval(EvalConfig(input=str(tmp_path / "pairs.parquet"), baseline_column=""))
 
 
+def test_soft_labels_are_refused_as_training_refuses_them_in_its_eval_data(tmp_path):
+    """Labels of a teacher's scores in [0, 1] were taken as grades: every row above 0 relevant, MAP and MRR 1.0000,
+    exit 0, where qrels of such a grade and training's eval data are refused."""
+    rows = pd.DataFrame({"query_id": ["a", "a", "a"], "doc_id": ["1", "2", "3"], "score": [0.9, 0.1, 0.5]})
+    rows.assign(label=[0.05, 0.9, 0.1]).to_parquet(tmp_path / "pairs.parquet")
+    with pytest.raises(InputError, match=r"pairs\.parquet: evaluation takes labels as grades, which documents are "
+                                         r"relevant, and label 0\.05 is none: give a column of 0 and 1 \(or whole "
+                                         r"grades\) with label_column \(--label-column\), or qrels \(--qrels\)$"):
+        run_eval(EvalConfig(input=str(tmp_path / "pairs.parquet"), baseline_column=""))
+    rows.assign(label=[0.0, 2.0, 1.0]).to_parquet(tmp_path / "pairs.parquet")  # whole grades, as floats
+    assert run_eval(EvalConfig(input=str(tmp_path / "pairs.parquet"), baseline_column=""))["reranked"]["mrr@10"] == 0.5
+
+
+def test_ids_written_as_whole_numbers_with_zeros_match_qrels_written_alike(tmp_path):
+    """The input's ids `7.0` are read as `7` (an integer id column with a missing value, as pandas writes it), and
+    qrels that spelled them the same way, `7.0`, were read as written: the query matched none (exit 2), or its
+    documents none (every metric 0). The qrels' ids are read as the input's; a TREC run's as written, as the qrels'."""
+    pd.DataFrame({"query_id": ["7.0", "7.0", "8"], "doc_id": ["10.0", "11.0", "12"],
+                  "score": [0.2, 0.9, 0.4]}).to_parquet(tmp_path / "pairs.parquet")
+    (tmp_path / "qrels.tsv").write_text("7.0\t10.0\t1\n8.0\t12\t1\n")
+    (tmp_path / "run.txt").write_text("7.0 Q0 10.0 1 0.2 x\n7.0 Q0 11.0 2 0.9 x\n")
+    measured = run_eval(EvalConfig(input=str(tmp_path / "pairs.parquet"), qrels=str(tmp_path / "qrels.tsv"),
+                                   baseline_column=""))
+    assert (measured["queries"], measured["reranked"]["mrr@10"]) == (2, 0.75)
+    measured = run_eval(EvalConfig(input=str(tmp_path / "run.txt"), qrels=str(tmp_path / "qrels.tsv")))
+    assert (measured["queries"], measured["reranked"]["mrr@10"]) == (1, 0.5)
+
+
 def test_an_output_or_run_output_that_is_a_folder_is_refused_before_any_work(tmp_path, capsys):
     """`--output out/` or `--run-output out/` naming a folder failed once every metric was computed, with pyarrow's
     traceback and `failed: IsADirectoryError`, exit 1. The refusal names the setting by its flag too (it named the
