@@ -367,7 +367,7 @@ def replica_lines(since: float) -> list:
     from the worker logs of Ray's session: the benches start Ray without sending them to the driver."""
     logs = os.path.join(tempfile.gettempdir(), "ray", "session_latest", "logs")
     lines = []
-    for path in sorted(glob.glob(os.path.join(logs, "worker-*.out"))):
+    for path in sorted(glob.glob(os.path.join(logs, "worker-*.err"))):
         if os.path.getmtime(path) >= since:  # a replica of this job, not of one before
             with open(path, errors="replace") as f:
                 lines += [line.strip() for line in f if line.startswith("ce-ray replica:")]

@@ -30,6 +30,11 @@ JOB = "job.json"  # in STATE: the settings of the job that wrote the output
 RUN = "run.json"
 MODEL_VERSION = "model_version"  # in JOB: which version of the model scored it (`model_folder.model_version`)
 DTYPE_SCORED = "dtype_scored"  # in JOB: the dtype the replicas computed in (`auto` resolved where they ran)
+# In JOB: the tokens the pairs were cut at and the activation applied, the model's own where none was given, as the job
+# resolved them once its model was checked (`score.resolved_settings`): an upgrade of ce-ray or transformers may
+# resolve them otherwise, and a resume then mixed pairs cut at two lengths under one `max_length: null`.
+MAX_LENGTH_SCORED, ACTIVATION_SCORED = "max_length_scored", "activation_scored"
+RESOLVED_LATE = (MAX_LENGTH_SCORED, ACTIVATION_SCORED)
 # In `_SUCCESS`: the cut of a rerank whose output this job's input is, or was at some step before (a cascade):
 # {"top_k": k, "rows_cut": n}. Its rows are that reranker's choice, whichever later job scored them again.
 INPUT_CUT = "input_cut"

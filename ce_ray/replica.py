@@ -7,6 +7,7 @@ torch (and transformers, for a model that ce-ray's BERT does not reproduce).
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from typing import Callable, Iterator, Optional, Tuple
 
@@ -70,13 +71,14 @@ class Scorer:
             self._compile_graphs()
             marks.append(("compiling", time.perf_counter()))
         # One line per replica (Ray shows it with the worker's name): which forward pass runs, and where its
-        # start went.
+        # start went. On stderr: Ray gives a worker's stdout to the driver's, where a caller of `predict` writes its
+        # own output (`> scores.json`).
         code = "ce-ray's BERT" if isinstance(self.reranker.model, BertCrossEncoder) else "transformers"
         dtype = str(self.reranker.dtype).removeprefix("torch.")
         took = ", ".join(f"{what} {end - begin:.1f} s" for (_, begin), (what, end) in zip(marks, marks[1:]))
         print(f"ce-ray replica: {config.model} on {self.reranker.device}{threads} in {dtype} "
               f"({code}{', compiled' if config.compile else ''}), ready in {marks[-1][1] - marks[0][1]:.1f} s "
-              f"({took}; imports before that {IMPORT_SECONDS:.1f} s)", flush=True)
+              f"({took}; imports before that {IMPORT_SECONDS:.1f} s)", file=sys.stderr, flush=True)
 
     def _compile_graphs(self) -> None:
         """Compiles every graph that calls will meet, before the first call, so that the compiling overlaps

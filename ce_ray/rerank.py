@@ -413,7 +413,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     from .input_files import parse_names
     from .readers import input_key, input_sources, read_dataset
     from .runtime import surfaced_errors, work
-    from .score import job_listing, job_settings, say_input, scoring_model_ahead, written_columns
+    from .score import job_listing, job_settings, resolved_settings, say_input, scoring_model_ahead, written_columns
     from .sink import check_output, prepare_output
     from .storage import check_apart, check_s3_access
 
@@ -437,6 +437,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     job = job_settings(config, listing) | {"query_id_column": config.query_id_column, "top_k": config.top_k} | (
         {"rank_column": config.rank_column} if config.rank_column != RANK else {})
     checked = checking()
+    job |= resolved_settings(checked)
     progress = Progress(title, say_input(title, files), ranks=True)
     scored = add_scores(ds, config, title, checked, input_sources(files), progress)
     sink = RankedSink(config.output, written_columns(config), schema, progress.name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -22,7 +23,8 @@ from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, t
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, refuse_unused, require, with_settings
 from .input_files import DELIMITED, detect_format, refuse_reasons_of, refuse_written
 from .messages import UNSCORABLE, InputError, column_list, plural, setting_and_flag
-from .output_state import DTYPE_SCORED, MODEL_VERSION, input_cut_record
+from .output_state import (ACTIVATION_SCORED, DTYPE_SCORED, MAX_LENGTH_SCORED, MODEL_VERSION, RESOLVED_LATE,
+                           input_cut_record)
 from .progress import TELL_EVERY_S, Progress, count_rows, job_counter
 from .runtime import (cluster_resources, column_type_clash, cpu_nodes, ensure_ray, free_failed_actors,
                       surfaced_errors, work)
@@ -410,8 +412,8 @@ def _check_room(config: ScoreConfig, use_gpu: bool, gpus: int, node_cpus: float,
     short = ([f"a GPU ({setting_and_flag('use_gpu', True)}; the cluster has none)"] if use_gpu and not gpus else []) + (
         [f"{REPLICA_CPUS + 1} CPUs (a replica holds {REPLICA_CPUS} for the whole job, and reading the rows takes "
          f"another; the cluster has {cpus})"] if cpus < REPLICA_CPUS + 1 else []) + (
-        [f"{config.tokenize_cpus:g} CPUs a tokenize task ({setting_and_flag('tokenize_cpus')}; the cluster's largest "
-         f"node has {node_cpus:g})"] if config.tokenize_cpus > node_cpus else [])
+        [f"{config.tokenize_cpus:g} CPU{'' if config.tokenize_cpus == 1 else 's'} a tokenize task "
+         f"({setting_and_flag('tokenize_cpus')}; the cluster's largest node has {node_cpus:g})"] if config.tokenize_cpus > node_cpus else [])
     if not short:
         return
     refuse_or_wait(f"the job needs {' and '.join(short)}, which the local Ray it started cannot give",
@@ -528,7 +530,10 @@ def rank(model: str, query: str, documents, top_k: Optional[int] = None, return_
     firsts: dict = {}
     first = [firsts.setdefault(d, n) if isinstance(d, str) else n for n, d in enumerate(documents)]
     distinct = sorted(set(first))
-    scored = dict(zip(distinct, predict(model, [(query, documents[n]) for n in distinct], **settings).tolist()))
+    try:
+        scored = dict(zip(distinct, predict(model, [(query, documents[n]) for n in distinct], **settings).tolist()))
+    except InputError as e:  # predict numbers the pairs it was given: a pair of a document after a copy came sooner
+        raise type(e)(re.sub(r"\bpair (\d+)", lambda m: f"pair {distinct[int(m.group(1))]}", str(e), count=1)) from None
     scores = [scored[n] for n in first]
     ranked = [{"corpus_id": number, "score": value} | ({"text": document} if return_documents else {})
               for number, (value, document) in enumerate(zip(scores, documents))]
@@ -784,6 +789,12 @@ def job_settings(config: ScoreConfig, files: Optional[dict] = None) -> dict:
         {"activation": config.activation} if config.activation else {})
 
 
+def resolved_settings(checked: ScoringModel) -> dict:
+    """What a job's record holds of the settings its replicas resolve from the model, where none was given
+    (`output_state.RESOLVED_LATE`): the tokens its pairs are cut at, the activation applied."""
+    return {MAX_LENGTH_SCORED: checked.config.max_length, ACTIVATION_SCORED: checked.activation}
+
+
 def say_input(title: str, files, held: int = 0) -> Optional[int]:
     """Says the pairs a job is to score, and returns them (known from parquet footers; None where a text file's rows
     are counted only as it is read), for its progress lines: Ray Data's progress gives the scoring stage's rows
@@ -807,7 +818,7 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     from .output_state import OVERWRITE, RESUME
     from .readers import input_key, input_sources, read_dataset
     from .sink import (CPU_PART_BYTES, PART_BYTES, WRITE_REMOTE_ARGS, PairsSink, ResumeState, check_output,
-                       lost_or_rewritten, prepare_output, refuse_other_columns, resume_state)
+                       lost_or_rewritten, prepare_output, refuse_other_columns, refuse_other_settings, resume_state)
     from .storage import check_apart, check_s3_access
 
     require(config)
@@ -860,7 +871,13 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
         print(f"{title}: note: {len(text)} JSON Lines, CSV or TSV file(s) left unfinished are scored again whole, "
               f"their parts written replaced: a resume keeps the rows written of a parquet file alone (e.g. {text[0]})",
               file=sys.stderr, flush=True)
+    if checking is None and ds is not None:  # a resume of inputs left to score: the model is checked now
+        checking = scoring_model_ahead(config, listing)
     checked = checking() if checking else None
+    # Known now, the model checked; a run with nothing left to score keeps the earlier run's.
+    job |= resolved_settings(checked) if checked else {k: v for k, v in earlier.record.items() if k in RESOLVED_LATE}
+    if earlier.record:
+        refuse_other_settings(config.output, earlier.record, job)
     progress = None if ds is None else Progress(title, say_input(title, [f for f in files if to_score(f)], rows_held))
     scored = None if ds is None else add_scores(ds, config, title, checked, input_sources(files), progress)
     if scored is not None and transform is not None:

@@ -44,9 +44,9 @@ from ray.data.block import BlockAccessor
 
 from .batching import REJECT
 from .messages import InputError, briefly, cannot_hold, setting_and_flag
-from .output_state import (DTYPE_SCORED, EVAL, JOB, MODEL_VERSION, REJECT_ROWS, REJECTS, RESULT_PARTS, RESULT_ROWS,
-                           OVERWRITE, RESULTS, RESUME, RUN, STATE, SUCCESS, changed_parts, finished_job, finished_parts,
-                           is_output, part_differences, read_state)
+from .output_state import (ACTIVATION_SCORED, DTYPE_SCORED, EVAL, JOB, MAX_LENGTH_SCORED, MODEL_VERSION,
+                           REJECT_ROWS, REJECTS, RESOLVED_LATE, RESULT_PARTS, RESULT_ROWS, OVERWRITE, RESULTS, RESUME, RUN, STATE,
+                           SUCCESS, changed_parts, finished_job, finished_parts, is_output, part_differences, read_state)
 from .input_files import EVAL_SUFFIX
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 from .runtime import work
@@ -125,6 +125,7 @@ class ResumeState:
     # input key -> its file's stamp when the earlier run read it (empty for outputs of versions without them)
     stamps: Dict[str, str] = field(default_factory=dict)
     finished: bool = False  # the earlier job wrote `_SUCCESS`: every input it read was complete then
+    record: dict = field(default_factory=dict)  # the earlier job's settings (its `job.json`), where it has any
 
     @property
     def complete(self) -> Set[str]:
@@ -344,6 +345,37 @@ def _as_recorded_now(job: dict) -> dict:
     return job | {name: write(job[name]) for name, write in written_out.items() if isinstance(job.get(name), str)}
 
 
+def refuse_other_settings(output: str, earlier: dict, job: dict) -> None:
+    """Refuses to resume an output whose record (`earlier`, its `job.json` as `_as_recorded_now` reads it) holds other
+    settings than the `job`'s. What the job resolves once its model is checked (`RESOLVED_LATE`: the pairs' cut and the
+    activation) is compared where both hold it: `score.run_score` asks again with them."""
+    # An output of a ce-ray that did not record the model's version or the dtype it scored in (`job_settings`)
+    # is taken as of this one. Where both record the dtype scored, the dtype as typed does not count: `auto` is
+    # float16 on GPUs and float32 on CPUs (a resume on the other device mixed them), `float32` CPUs' `auto`.
+    recorded = {MODEL_VERSION, DTYPE_SCORED} & set(earlier)
+    as_typed = set() if DTYPE_SCORED not in recorded or DTYPE_SCORED not in job else {"dtype"}
+    # A job that on_invalid=fail stopped wrote rows that any on_invalid writes alike: it resumes setting the rows
+    # it stopped at aside (`--on-invalid reject`), as the line that ended it says.
+    uncompared = as_typed | ({"on_invalid"} if earlier.get("on_invalid") == "fail" else set())
+    uncompared |= {k for k in RESOLVED_LATE if k not in job or k not in earlier}
+    changed = sorted(k for k in set(job) | set(earlier) if job.get(k) != earlier.get(k)
+                     and (k not in (MODEL_VERSION, DTYPE_SCORED) or k in recorded) and k not in uncompared)
+    if changed == [MODEL_VERSION]:
+        raise ResumeError(
+            f"{output} was scored by another version of {job['model']} (its files changed since): resuming "
+            "would mix two models' scores; pass --mode overwrite, or score with the model it was scored with"
+        )
+    if changed:
+        said = {DTYPE_SCORED: f"dtype: scored in {earlier.get(DTYPE_SCORED)}, here {job.get(DTYPE_SCORED)}",
+                MAX_LENGTH_SCORED: f"max_length: pairs cut at {earlier.get(MAX_LENGTH_SCORED)} tokens, here "
+                                   f"{job.get(MAX_LENGTH_SCORED)}",
+                ACTIVATION_SCORED: f"activation: {earlier.get(ACTIVATION_SCORED)}, here {job.get(ACTIVATION_SCORED)}"}
+        raise ResumeError(
+            f"{output} was written with other settings ({', '.join(said.get(k, k) for k in changed)}): resuming "
+            "would mix their scores; pass --mode overwrite, or the same settings"
+        )
+
+
 def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:
     """Read-only: what a `--mode resume` run would keep. Refuses an output written with other settings."""
     fs, path = filesystem(output)
@@ -355,28 +387,9 @@ def resume_state(output: str, job: Optional[dict] = None) -> ResumeState:
     if earlier is not None:
         earlier = _as_recorded_now(earlier)
     if job is not None and earlier is not None:
-        # An output of a ce-ray that did not record the model's version or the dtype it scored in (`job_settings`)
-        # is taken as of this one. Where both record the dtype scored, the dtype as typed does not count: `auto` is
-        # float16 on GPUs and float32 on CPUs (a resume on the other device mixed them), `float32` CPUs' `auto`.
-        recorded = {MODEL_VERSION, DTYPE_SCORED} & set(earlier)
-        as_typed = set() if DTYPE_SCORED not in recorded or DTYPE_SCORED not in job else {"dtype"}
-        # A job that on_invalid=fail stopped wrote rows that any on_invalid writes alike: it resumes setting the rows
-        # it stopped at aside (`--on-invalid reject`), as the line that ended it says.
-        uncompared = as_typed | ({"on_invalid"} if earlier.get("on_invalid") == "fail" else set())
-        changed = sorted(k for k in set(job) | set(earlier) if job.get(k) != earlier.get(k)
-                         and (k not in (MODEL_VERSION, DTYPE_SCORED) or k in recorded) and k not in uncompared)
-        if changed == [MODEL_VERSION]:
-            raise ResumeError(
-                f"{output} was scored by another version of {job['model']} (its files changed since): resuming "
-                "would mix two models' scores; pass --mode overwrite, or score with the model it was scored with"
-            )
-        if changed:
-            said = {DTYPE_SCORED: f"dtype: scored in {earlier.get(DTYPE_SCORED)}, here {job.get(DTYPE_SCORED)}"}
-            raise ResumeError(
-                f"{output} was written with other settings ({', '.join(said.get(k, k) for k in changed)}): resuming "
-                "would mix their scores; pass --mode overwrite, or the same settings"
-            )
+        refuse_other_settings(output, earlier, job)
     state = scan_parts(output, listed)
+    state.record = earlier or {}
     state.stamps = read_state(fs, path, INPUTS) or {}
     state.finished = success == pafs.FileType.File
     if any(not is_temporary(f) for f in state.other):  # a foreign part

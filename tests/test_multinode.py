@@ -208,7 +208,7 @@ def test_a_cpu_cluster_scores_on_every_node_each_replica_on_its_nodes_cores(tmp_
     assert "on CPU, up to 2 replica(s) on 2 node(s), each on its node's cores" in log, log[-6000:]
     assert ("note: the job needs 2.5 CPUs a tokenize task (tokenize_cpus (--tokenize-cpus); the cluster's largest "
             "node has 2): it waits until the cluster has them") in log, log[-6000:]
-    ready = [line for path in scratch.glob("ray/session_latest/logs/worker-*.out")
+    ready = [line for path in scratch.glob("ray/session_latest/logs/worker-*.err")
              for line in path.read_text(errors="replace").splitlines() if "ce-ray replica:" in line]
     threads = sorted(line.split(" on cpu (")[1].split(")")[0] for line in ready)
     assert threads == ["1 thread", "2 threads"], ready

@@ -549,6 +549,41 @@ def test_resume_compares_the_dtype_the_earlier_run_scored_in(ray_local, tmp_path
     assert run_score(config_for(out, tiny_model, folder, mode="resume")).files_kept == FILES
 
 
+def test_resume_compares_the_cut_and_the_activation_the_earlier_run_resolved(ray_local, tmp_path, tiny_model,
+                                                                             wikiqa_files, reference):
+    """A job given no max_length or activation takes the model's own, and the record held them as given (null): a
+    resume after an upgrade of ce-ray or transformers that resolved them otherwise (a position table's bound, a config
+    key read anew) mixed pairs cut at two lengths, or two activations, under the same settings. Those resolved are
+    recorded and compared where the record holds them; a resume with nothing to score keeps them; a record of an
+    earlier ce-ray, without them, resumes as then and holds them after."""
+    folder, _ = wikiqa_files
+    out = copy_of(reference, tmp_path)
+    job_file = out / "_ce_ray" / "job.json"
+    recorded = json.loads(job_file.read_text())
+    assert (recorded["max_length"], recorded["activation_scored"]) == (None, "torch.nn.modules.activation.Sigmoid")
+    cut = recorded["max_length_scored"]
+    lost = next((out / "results").glob("*.parquet"))
+
+    def resumed_after(record: dict, left_to_score: bool = True):
+        job_file.write_text(json.dumps(record))
+        if left_to_score:
+            lost.unlink(missing_ok=True)  # an input scored again: the model is checked, its cut and activation known
+        return run_score(config_for(out, tiny_model, folder, mode="resume"))
+
+    with pytest.raises(ResumeError, match=rf"other settings \(max_length: pairs cut at 64 tokens, here {cut}\): "
+                                          "resuming would mix their scores"):
+        resumed_after(recorded | {"max_length_scored": 64})
+    with pytest.raises(ResumeError, match=r"other settings \(activation: torch.nn.Identity, here "
+                                          r"torch.nn.modules.activation.Sigmoid\)"):
+        resumed_after(recorded | {"activation_scored": "torch.nn.Identity"})
+    assert lost.exists() is False  # nothing written
+    earlier = {k: v for k, v in recorded.items() if k not in ("max_length_scored", "activation_scored")}
+    assert resumed_after(earlier).files_kept_in_part == 1  # the input of the part lost: its other parts kept
+    assert json.loads(job_file.read_text()) == recorded
+    assert resumed_after(recorded | {"max_length_scored": 64}, left_to_score=False).files_kept == FILES
+    assert json.loads(job_file.read_text())["max_length_scored"] == 64  # kept: nothing was scored with another
+
+
 def test_parts_of_inputs_of_any_name_are_read_and_an_s3_input_spelled_otherwise_resumes(tmp_path):
     """An input whose name began with a letter outside ASCII or a sign (`ü.parquet`, `#1.parquet`, `(copy).parquet`)
     had its parts named `_…`, which pyarrow, pandas and Spark skip as metadata: its rows were lost to whoever read

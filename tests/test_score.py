@@ -950,6 +950,13 @@ def test_rank_refuses_documents_and_top_k_that_cross_encoder_rank_would_not_take
             ce_ray.rank(tiny_model, "a query", ["a document"], top_k=bad)
     with pytest.raises(InputError, match=r"^pairs must be \(query, document\) pairs, not a int: one pair is"):
         ce_ray.predict(tiny_model, 5)
+    # A document that cannot be scored after a copy of another was named by its place among the documents scored
+    # (each text once): `pair 2`, where the caller's documents[2] is "b".
+    with pytest.raises(InputError, match=r"^pair 3 has no document: \"\('a query', None\)\"$"):
+        ce_ray.rank(tiny_model, "a query", ["a", "a", "b", None])
+    with pytest.raises(InputError, match=r"^pairs must be \(query, document\) texts: pair 3 is \"\('a query', 7\)\": "
+                                         r"its document is int, not text$"):
+        ce_ray.rank(tiny_model, "a query", ["a", "a", "b", 7])
 
 
 def test_a_config_of_another_kind_is_refused_naming_the_one_to_give(ray_local, tiny_model):
@@ -1144,7 +1151,7 @@ def test_a_cluster_without_cpus_yet_is_said_to_have_none(ray_local, tiny_model, 
     monkeypatch.setattr(score_module, "cpu_nodes", lambda: [])
     monkeypatch.setattr(runtime, "started_here", lambda: True)  # refused, not waited for: the test can read it
     with pytest.raises(ConfigError, match=r"the job needs 2 CPUs \(a replica holds 1 for the whole job, and reading "
-                                          r"the rows takes another; the cluster has 0\) and 1 CPUs a tokenize task"):
+                                          r"the rows takes another; the cluster has 0\) and 1 CPU a tokenize task"):
         score(ray.data.from_pandas(pairs_df.head(2)), model=str(tiny_model))
 
 
