@@ -644,7 +644,14 @@ def load_config(cls: type, path: Optional[str] = None, overrides: Optional[dict]
     validate = getattr(config, "validate", None)
     if validate:
         validate()
+    config._given = frozenset(values)  # (`given_settings`)
     return config
+
+
+def given_settings(config: Any) -> Optional[frozenset]:
+    """The settings that a config's file and flags gave (`load_config`), a setting given at its default value among
+    them; None for a config built in Python, whose settings at their defaults cannot be told from those given."""
+    return getattr(config, "_given", None)
 
 
 def require(config: Any, *names: str) -> None:
@@ -665,6 +672,7 @@ __all__ = [
     "TrainConfig",
     "DeepSpeedConfig",
     "load_config",
+    "given_settings",
     "from_dict",
     "require",
 ]

@@ -32,7 +32,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .arrow_types import is_text, missing_values, whole_number_id, whole_number_text
-from .config import ConfigError, EvalConfig, require
+from .config import ConfigError, EvalConfig, given_settings, require
 from .input_files import (FileCheck, agreed_schema, compression_of, detect_format, eval_beside, list_files,
                           partition_values)
 from .messages import InputError, column_list, plural, setting_and_flag, settings_hint
@@ -493,10 +493,10 @@ def _following_the_job(config: EvalConfig) -> tuple:
     notes to print and keep in eval.json (name -> line); and the job's summary (`job_summary`: None for another
     input), which the reads of the input take as it is, its `_SUCCESS` read once.
 
-    - The job's query id, score and rank columns, where eval's are left at their defaults: a rerank grouped
-      by `--query-id-column QuestionID` is measured by that column.
+    - The job's query id, score and rank columns, where eval's are not given (`given_settings`; from Python, where
+      they are at their defaults): a rerank grouped by `--query-id-column QuestionID` is measured by that column.
     - A score job writes no rank: a `rank` column there is the input's own (a first stage's), so its order is
-      the job's scores.
+      the job's scores, unless the rank column is given.
     - A rerank that kept each query's top k, or a job over such a rerank's output (a cascade): no baseline (its
       order of the reranker's choice is not the first stage's list), and without qrels no metric at all, since the
       cut rows' labels are gone: recall, MAP and NDCG's ideal order would count only the relevant documents kept.
@@ -507,12 +507,16 @@ def _following_the_job(config: EvalConfig) -> tuple:
     wrote = job or job_of_results(config.input)
     if wrote is None:
         return config, {}, None
-    settings, defaults = wrote.get("settings", {}), EvalConfig()
+    settings, defaults, given = wrote.get("settings", {}), EvalConfig(), given_settings(config)
+
+    def left_alone(name: str) -> bool:  # given at the default value (`--rank-column rank`), it is given all the same
+        return name not in given if given is not None else getattr(config, name) == getattr(defaults, name)
+
     changes = {name: settings[name] for name in ("query_id_column", "score_column", "rank_column")
-               if settings.get(name) and getattr(config, name) == getattr(defaults, name) != settings[name]}
+               if settings.get(name) and left_alone(name) and getattr(config, name) != settings[name]}
     notes = {"columns_of_the_job": ", ".join(f"{name} {value!r}" for name, value in changes.items())
              + f": as the job that wrote {config.input}"} if changes else {}
-    if "rows_cut" not in wrote and config.rank_column == defaults.rank_column:  # a score job's: rerank's counts cuts
+    if "rows_cut" not in wrote and left_alone("rank_column"):  # a score job's: rerank's counts cuts
         changes["rank_column"] = ""
     cut = rows_cut_before(wrote)
     if cut:

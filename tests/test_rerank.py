@@ -486,6 +486,16 @@ def test_eval_reads_an_output_as_its_job_wrote_it(ray_local, tiny_model, tmp_pat
     assert ranked["reranked_by"] == "rank_ce" and ranked["baseline_by"] == "rank"
     assert ranked["columns_of_the_job"].startswith("query_id_column 'qid', rank_column 'rank_ce': as the job")
     assert ranked["queries"] == 3 and ranked["baseline"]["map"] == pytest.approx(2 / 3)  # q3: none relevant, 0
+    # A column given at its default's name is given all the same (a cascade's first reranker's order, the input's
+    # own rank of a score job's output): it was taken for one left alone, and the job's measured instead.
+    from ce_ray.cli import main
+
+    for output, as_given in (("ranked", ranked["baseline"]), ("scored", ranked["baseline"])):
+        assert main(["eval", "--input", str(tmp_path / output), "--rank-column", "rank", "--query-id-column", "qid",
+                     "--baseline-column", "", "--output", str(tmp_path / "given.json")]) == 0
+        measured = json.loads((tmp_path / "given.json").read_text())
+        assert (measured["reranked_by"], measured["reranked"]) == ("rank", as_given), output
+        assert "columns_of_the_job" not in measured
     run_rerank(dataclasses.replace(config, output=str(tmp_path / "top"), top_k=2))
     with pytest.raises(ConfigError, match=r"top 2 of each query \(17 rows cut\): the cut rows' labels are gone, .*; "
                                           r"give qrels \(--qrels\), or evaluate a rerank without top_k \(--top-k\)$"):
