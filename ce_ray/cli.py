@@ -25,6 +25,20 @@ from .output_state import OVERWRITE, RESUME
 from .runtime import RayStartError
 
 
+# What an optional number's flag takes to leave the setting unset where the --config file sets it (`--top-k none`
+# over a file's `top_k: 10`): the file's value is dropped, the setting's default (unset) kept.
+UNSET = "none"
+
+
+def _or_unset(kind):
+    """argparse's type of an optional number's flag: the number, or `UNSET` (any case)."""
+    def parse(text: str):
+        return UNSET if text.strip().lower() == UNSET else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error: `invalid int value: 'x'`
+    return parse
+
+
 def _flag_type(annotation):
     """argparse type and choices for a config field's annotation."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -88,13 +102,16 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
         elif kind in (int, float, str):
+            unsettable = kind is not str and field.default is None
+            if unsettable:
+                help_text += f" ({UNSET}: unset, over the --config file's)"
             # The usage lists the choices offered: not an empty one (best_metric's "none", which would show as a
             # leading comma), nor one the command refuses (rerank's mode resume), which is taken to say why.
             refused = getattr(cls, "REFUSED", {}).get(field.name, {})
             offered = [c for c in choices or [] if c and c not in refused]
             metavar = "{" + ",".join(offered) + "}" if choices and len(offered) < len(choices) else None
-            parser.add_argument(flag, dest=field.name, type=kind, choices=choices, default=None, help=help_text,
-                                metavar=metavar)
+            parser.add_argument(flag, dest=field.name, type=_or_unset(kind) if unsettable else kind, choices=choices,
+                                default=None, help=help_text, metavar=metavar)
     if sections:
         parser.epilog = "Sections of the YAML file (--config), without flags: " + "; ".join(sections)
 
@@ -102,7 +119,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
 def config_from_args(cls, args: argparse.Namespace):
     names = {f.name for f in dataclasses.fields(cls)}
     overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    return load_config(cls, args.config, overrides)
+    unset = [k for k, v in overrides.items() if v == UNSET]
+    return load_config(cls, args.config, {k: v for k, v in overrides.items() if k not in unset}, unset)
 
 
 # command: (config class, "module:function" that runs it, help); the module is imported when the command runs.

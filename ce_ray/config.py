@@ -14,7 +14,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Literal, Optional
+from typing import Any, ClassVar, Dict, Literal, Optional, Sequence
 
 import yaml
 
@@ -219,7 +219,8 @@ class RerankConfig(ScoreConfig):
             # CrossEncoder.rank's top_k=0 gives no document (ce_ray.rank's too); a rerank job that keeps no row of
             # any query writes an empty output, which no one means: it is refused, saying how to keep every row.
             raise ConfigError(f"{setting_and_flag('top_k')} must be >= 1, got {self.top_k}: a rerank keeps the best "
-                              "top_k rows of each query; leave it unset to keep every row, ranked")
+                              "top_k rows of each query; leave it unset to keep every row, ranked (--top-k none over a "
+                              "--config file's)")
         if self.rank_partitions is not None and not 1 <= self.rank_partitions <= MAX_RANK_PARTITIONS:
             # Each partition is a task of every block's shuffle and a file of its own: 100,000 of them ranked 3 rows
             # for minutes without an end, where the default makes one per 256 MiB of input.
@@ -630,13 +631,17 @@ def _refuse_empty_sections(cls: type, loaded: dict, path: str) -> None:
                               f"defaults, or leave it out")
 
 
-def load_config(cls: type, path: Optional[str] = None, overrides: Optional[dict] = None) -> Any:
-    """YAML file (optional) first, then overrides (flags that were given) on top."""
+def load_config(cls: type, path: Optional[str] = None, overrides: Optional[dict] = None,
+                unset: Sequence[str] = ()) -> Any:
+    """YAML file (optional) first, then overrides (flags that were given) on top; the settings `unset` (flags given
+    `none`) left at their defaults, whatever the file sets."""
     values: dict = {}
     if path:  # `--config ""` is none (a script's `--config "${CONFIG:-}"`)
         values.update(_read_yaml(path))
         _refuse_empty_sections(cls, values, path)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for name in unset:
+        values.pop(name, None)
     try:
         config = from_dict(cls, values)
     except ConfigError as e:

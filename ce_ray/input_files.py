@@ -301,10 +301,20 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
             _refuse_header_not_utf8(path, lines[0], "line 1")
             _refuse_line_1(path, lines[0])
         return FileCheck(path, list(types), None, types, size_bytes=size)
-    except InputError:
-        raise
+    except InputError as e:
+        raise InputError(f"{e}{_read_otherwise(path, input_format)}") from None
     except (OSError, pa.ArrowException) as e:
-        raise InputError(f"cannot read {path}: {e}") from e
+        raise InputError(f"cannot read {path}: {e}{_read_otherwise(path, input_format)}") from e
+
+
+def _read_otherwise(path: str, input_format: str) -> str:
+    """Where a file's name says another format than the one it is read as (a config's `input_format: csv` over
+    parquet files): said after what its read found, which was of the format it is not (`its header line is not
+    UTF-8`)."""
+    named = detect_format(path)
+    if named is None or named == input_format:
+        return ""
+    return f" (read as {input_format}, though its name says {named}: check {setting_and_flag('input_format')})"
 
 
 def as_text(columns: Sequence[str]) -> Dict[str, pa.DataType]:

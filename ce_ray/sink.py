@@ -51,7 +51,7 @@ from .input_files import EVAL_SUFFIX
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 from .runtime import work
 from .storage import (delete_files, file_in_the_way, filesystem, in_parallel, is_remote, list_tree, parquet_footer,
-                      remove)
+                      remove, try_local_folder)
 
 REASON = "reason"  # why a row of rejects/ was rejected
 INPUTS = "inputs.json"  # input key -> the file's stamp (`input_files.FileCheck.stamp`) when the job read it
@@ -433,6 +433,8 @@ def check_output(output: str, mode: str, resumable: bool = True) -> None:
             raise OutputError(f"{setting_and_flag('output')} {output} is a file: give a folder")
     if blocker := file_in_the_way(output):  # found as the output was made, once Ray had started
         raise OutputError(f"cannot write the output {output}: {blocker} is a file, not a folder")
+    with writing(output):  # a folder that cannot be made or written: found as the first part was, Ray started
+        try_local_folder(output)
     # A job's settings (`_ce_ray/job.json`, written before its first part) tell its output: one request (a folder's
     # look-up on S3 took three), and whether it has results is looked up where needed alone (a store's requests
     # are counted: an overwrite of a job's output needs no listing here).

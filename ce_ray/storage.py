@@ -8,6 +8,7 @@ filesystem. `s3://` goes through s3fs, which takes the endpoint and credentials 
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import re
@@ -51,6 +52,29 @@ def file_in_the_way(uri: str) -> Optional[str]:
     while not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
     return path if os.path.exists(path) and not os.path.isdir(path) else None
+
+
+def try_local_folder(uri: str) -> None:
+    """Raises the OSError of making the local folder `uri` (a folder of another user, a read-only mount, `/proc`),
+    before a job starts Ray: the folders it lacks are made and removed again, and one that is there is looked at for
+    writing. Nothing on S3, where any key can be written that the bucket's policy lets."""
+    if is_remote(uri):
+        return
+    path = os.path.abspath(uri.removeprefix("file://"))
+    if os.path.isdir(path):
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return
+    made, lacking = [], path
+    while not os.path.exists(lacking) and os.path.dirname(lacking) != lacking:
+        made.append(lacking)
+        lacking = os.path.dirname(lacking)
+    os.makedirs(path)
+    for folder in made:  # deepest first; one another job filled meanwhile is its own
+        try:
+            os.rmdir(folder)
+        except OSError:
+            break
 
 
 def s3_retries() -> dict:

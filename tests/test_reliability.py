@@ -317,6 +317,15 @@ def test_a_csv_or_tsv_file_without_a_header_line_is_read_with_column_names(ray_l
         check_inputs(fs, [str(tmp_path / "pairs.csv")], "tsv", ["query", "document"])
     with pytest.raises(InputError, match=r"missing column\(s\) 'qid' \(columns: query_id, query, document\)$"):
         check_inputs(fs, [str(tmp_path / "pairs.csv")], "csv", ["query", "document"], present=["qid"])
+    # A file that cannot be read as the format given, which its name is not (a config's `input_format: csv` over
+    # parquet files), was said to be not UTF-8, or not parquet, alone.
+    (tmp_path / "named.parquet").write_bytes(b"PAR1\x15\x92\x00query\n")  # a parquet file's first bytes, as csv
+    with pytest.raises(InputError, match=r"named\.parquet: its header line is not UTF-8: .* \(read as csv, though its "
+                                         r"name says parquet: check input_format \(--input-format\)\)$"):
+        check_inputs(fs, [str(tmp_path / "named.parquet")], "csv", ["query", "document"])
+    with pytest.raises(InputError, match=r"^cannot read \S+pairs\.csv: .* \(read as parquet, though its name says csv: "
+                                         r"check input_format \(--input-format\)\)$"):
+        check_inputs(fs, [str(tmp_path / "pairs.csv")], "parquet", ["query", "document"])
     # A header of names alone (WikiQA's) names its columns otherwise, more likely than it is a row: it was told only
     # to give column_names.
     (tmp_path / "wikiqa.tsv").write_text("QuestionID\tQuestion\tSentence\nQ1\twhat is x\tx is y\n")
@@ -1183,6 +1192,12 @@ def test_an_output_that_cannot_be_made_fails_before_any_work(tmp_path, tiny_mode
         job(tiny_model, tmp_path / "p.parquet", tmp_path / "p.parquet" / "out")
     with pytest.raises(OutputError, match=under_a_file):
         check_output(str(tmp_path / "p.parquet" / "out"), "error")
+    # A folder that cannot be made (here /proc's, as one of another user or on a read-only mount) was found as the
+    # first part was written, Ray started (39 s on 2 CPUs). One that can is made and removed again: nothing left.
+    with pytest.raises(OutputError, match=r"^cannot write the output /proc/ce-ray-out/o: \[Errno \d+\] "):
+        check_output("/proc/ce-ray-out/o", "error")
+    check_output(str(tmp_path / "new" / "out"), "error")
+    assert not (tmp_path / "new").exists()
 
 
 def test_zero_rows_fail(tmp_path, tiny_model):

@@ -406,6 +406,22 @@ def test_rerank_input_errors(tiny_model, tmp_path, capsys):
     assert shuffle_input(categorical, "query_id").column("query_id").type == pa.string()
     with pytest.raises(ConfigError, match="top_k"):
         run_rerank(RerankConfig(model=str(tiny_model), input=str(tmp_path), output=str(tmp_path / "o"), top_k=0))
+    # A --config file's top_k (jobs/configs/rerank.yaml's 10) could not be unset from the command line, which the
+    # refusal of 0 told to do: `--top-k none` unsets it, as any optional number's flag does.
+    from ce_ray.cli import config_from_args
+
+    (tmp_path / "rerank.yaml").write_text("model: m\ninput: i\noutput: o\ntop_k: 10\nmax_length: 64\n")
+    parser = command_parser(build_parser(), "rerank")
+    given = ["--config", str(tmp_path / "rerank.yaml"), "--top-k", "None", "--max-length", "none"]
+    config = config_from_args(RerankConfig, parser.parse_args(given))
+    assert (config.top_k, config.max_length, config.model) == (None, None, "m")
+    assert config_from_args(RerankConfig, parser.parse_args(given[:2])).top_k == 10
+    with pytest.raises(ConfigError, match=r"leave it unset to keep every row, ranked \(--top-k none over a --config "
+                                          r"file's\)$"):
+        config_from_args(RerankConfig, parser.parse_args(given[:2] + ["--top-k", "0"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(given[:2] + ["--top-k", "nine"])
+    assert "argument --top-k: invalid int value: 'nine'" in capsys.readouterr().err
 
 
 def test_a_query_id_of_several_values_in_the_files_is_refused_before_any_work(ray_local, tiny_model, tmp_path,
@@ -476,6 +492,10 @@ def test_eval_reads_an_output_as_its_job_wrote_it(ray_local, tiny_model, tmp_pat
     scored = run_eval(dataclasses.replace(by_qid, input=str(tmp_path / "scored")))
     results = pd.read_parquet(tmp_path / "scored" / "results")
     assert scored["reranked_by"] == "score"
+    # A score named that the output lacks: its rank column, which a score job's output is not read by, is not named
+    # (it said `neither '' nor 'nope'`).
+    with pytest.raises(InputError, match=r"^'nope' is not a column of the input: name the order's column"):
+        run_eval(dataclasses.replace(by_qid, input=str(tmp_path / "scored"), score_column="nope"))
     assert scored["reranked"] == evaluate_frame(results.drop(columns="rank"), by_qid)["reranked"] != \
         evaluate_frame(results, by_qid)["reranked"]
 
