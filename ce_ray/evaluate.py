@@ -297,7 +297,8 @@ def _reranked_by(df: pd.DataFrame, c: EvalConfig) -> tuple:
         setting = "score_column" if c.baseline_column and c.baseline_descending else "rank_column"
         first_stage = (f", e.g. {setting_and_flag(setting, c.baseline_column)} for the input's first-stage order"
                        if c.baseline_column in df.columns else "")
-        named = f"neither {c.rank_column!r} nor {c.score_column!r} is" if c.rank_column else f"{c.score_column!r} is not"
+        named = (f"neither {c.rank_column!r} nor {c.score_column!r} is" if c.rank_column
+                 else f"{c.score_column!r} is not")
         raise InputError(f"{named} a column of the input: name the "
                          f"order's column, a rank (1 is best) with {setting_and_flag('rank_column')} or a score "
                          f"(higher is better) with {setting_and_flag('score_column')}" + first_stage)
