@@ -413,7 +413,8 @@ def _check_room(config: ScoreConfig, use_gpu: bool, gpus: int, node_cpus: float,
         [f"{REPLICA_CPUS + 1} CPUs (a replica holds {REPLICA_CPUS} for the whole job, and reading the rows takes "
          f"another; the cluster has {cpus})"] if cpus < REPLICA_CPUS + 1 else []) + (
         [f"{config.tokenize_cpus:g} CPU{'' if config.tokenize_cpus == 1 else 's'} a tokenize task "
-         f"({setting_and_flag('tokenize_cpus')}; the cluster's largest node has {node_cpus:g})"] if config.tokenize_cpus > node_cpus else [])
+         f"({setting_and_flag('tokenize_cpus')}; the cluster's largest node has {node_cpus:g})"]
+        if config.tokenize_cpus > node_cpus else [])
     if not short:
         return
     refuse_or_wait(f"the job needs {' and '.join(short)}, which the local Ray it started cannot give",
@@ -533,7 +534,8 @@ def rank(model: str, query: str, documents, top_k: Optional[int] = None, return_
     try:
         scored = dict(zip(distinct, predict(model, [(query, documents[n]) for n in distinct], **settings).tolist()))
     except InputError as e:  # predict numbers the pairs it was given: a pair of a document after a copy came sooner
-        raise type(e)(re.sub(r"\bpair (\d+)", lambda m: f"pair {distinct[int(m.group(1))]}", str(e), count=1)) from None
+        named = re.sub(r"\bpair (\d+)", lambda m: f"pair {distinct[int(m.group(1))]}", str(e), count=1)
+        raise type(e)(named) from None
     scores = [scored[n] for n in first]
     ranked = [{"corpus_id": number, "score": value} | ({"text": document} if return_documents else {})
               for number, (value, document) in enumerate(zip(scores, documents))]

@@ -44,9 +44,10 @@ from ray.data.block import BlockAccessor
 
 from .batching import REJECT
 from .messages import InputError, briefly, cannot_hold, setting_and_flag
-from .output_state import (ACTIVATION_SCORED, DTYPE_SCORED, EVAL, JOB, MAX_LENGTH_SCORED, MODEL_VERSION,
-                           REJECT_ROWS, REJECTS, RESOLVED_LATE, RESULT_PARTS, RESULT_ROWS, OVERWRITE, RESULTS, RESUME, RUN, STATE,
-                           SUCCESS, changed_parts, finished_job, finished_parts, is_output, part_differences, read_state)
+from .output_state import (ACTIVATION_SCORED, DTYPE_SCORED, EVAL, JOB, MAX_LENGTH_SCORED, MODEL_VERSION, OVERWRITE,
+                           REJECT_ROWS, REJECTS, RESOLVED_LATE, RESULT_PARTS, RESULT_ROWS, RESULTS, RESUME, RUN, STATE,
+                           SUCCESS, changed_parts, finished_job, finished_parts, is_output, part_differences,
+                           read_state)
 from .input_files import EVAL_SUFFIX
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 from .runtime import work

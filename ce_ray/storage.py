@@ -69,7 +69,7 @@ def try_local_folder(uri: str) -> None:
     while not os.path.exists(lacking) and os.path.dirname(lacking) != lacking:
         made.append(lacking)
         lacking = os.path.dirname(lacking)
-    os.makedirs(path)
+    os.makedirs(path, exist_ok=True)  # (made meanwhile by another job on the same output)
     for folder in made:  # deepest first; one another job filled meanwhile is its own
         try:
             os.rmdir(folder)
