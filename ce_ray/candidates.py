@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import json
+import posixpath
+import re
 import sys
 import time
 from collections import Counter
@@ -24,9 +26,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .config import CandidatesConfig, ConfigError, require
-from .input_files import EVAL_SUFFIX, UTF8_BOM, compression_of, eval_beside, is_number
+from .input_files import EVAL_SUFFIX, UTF8_BOM, compression_of, is_number
 from .messages import InputError, plural, setting_and_flag
-from .output_state import SUCCESS
+from .output_state import REJECTS, RESULTS, STATE, SUCCESS
 from .runtime import work
 from .storage import check_s3_access, file_in_the_way, filesystem, join, remove
 
@@ -68,8 +70,10 @@ def beir_file(folder: str, name: str) -> str:
 
 
 def read_jsonl_records(uri: str) -> List[dict]:
-    """Every record of a JSON Lines file; a bad line fails with the file and the line number."""
-    records = []
+    """Every record of a JSON Lines file; a bad line fails with the file and the line number. A lone surrogate
+    (`\\ud83d`, an emoji cut in two by a scraper: valid JSON, no UTF-8) is read as U+FFFD, and warned of: the job
+    failed writing its pairs, once the corpus was indexed, with Arrow's traceback."""
+    records, mended = [], []
     for number, line in numbered_lines(uri):
         if not line.strip():
             continue
@@ -77,10 +81,22 @@ def read_jsonl_records(uri: str) -> List[dict]:
             record = json.loads(line)
         except ValueError as e:
             raise InputError(f"{uri} line {number}: not valid JSON ({str(e)[:80]})") from None
-        if not isinstance(record, dict) or "_id" not in record:
-            raise InputError(f"{uri} line {number}: expected a JSON object with an '_id'")
+        if not isinstance(record, dict) or not isinstance(record.get("_id"), (str, int, float)):
+            # a null id was the document "None", one with every other null id
+            raise InputError(f"{uri} line {number}: expected a JSON object with an '_id' (a text or a number)")
+        text = json.dumps(record, ensure_ascii=False)
+        if LONE_SURROGATE.search(text):
+            record = json.loads(LONE_SURROGATE.sub("\ufffd", text))
+            mended.append(number)
         records.append(record)
+    if mended:
+        print(f"ce-ray: warning: {uri}: {plural(len(mended), 'line')} with a lone surrogate (\\ud800-\\udfff, no "
+              f"UTF-8 text), read as U+FFFD (line {mended[0]}" + (", ...)" if len(mended) > 1 else ")"),
+              file=sys.stderr, flush=True)
     return records
+
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _texts_by_id(uri: str, text) -> Dict[str, str]:
@@ -230,6 +246,11 @@ def candidates_table(corpus: Dict[str, str], queries: Dict[str, str], qrels: Dic
     return table.filter(pa.compute.greater(table.column("bm25_score"), 0))
 
 
+# A job's candidates of any split, and `ce-ray eval`'s figures of them (`input_files.eval_beside`'s name, and an
+# earlier ce-ray's)
+CANDIDATES_FILE = re.compile(rf"_?candidates-.+\.parquet(?:{re.escape(EVAL_SUFFIX)})?")
+
+
 def output_file(config: CandidatesConfig) -> str:
     return join(config.output, f"candidates-{config.split}.parquet")
 
@@ -245,15 +266,24 @@ def _check_output(config: CandidatesConfig) -> Optional[List[str]]:
         raise ConfigError(f"{setting_and_flag('output')} {config.output}: {blocker} is a file, not a folder")
     if info.type == pafs.FileType.NotFound:
         return None
-    # A folder in the place of either (a parquet dataset of that name) is replaced as a file is, before any work:
-    # the write would fail on it after the index was built. And `ce-ray eval`'s figures of the candidates, which
-    # would be read as the new ones' (it was left beside them), named as an earlier ce-ray named them too.
-    candidates = filesystem(output_file(config))[1]
-    measured = filesystem(eval_beside(output_file(config)))[1]
-    ours = [candidates, f"{path}/{SUCCESS}", measured, candidates + EVAL_SUFFIX]
-    present = [p for p in ours if fs.get_file_info(p).type != pafs.FileType.NotFound]
+    entries = fs.get_file_info(pafs.FileSelector(path))
+    names = {posixpath.basename(e.path) for e in entries}
+    if names & {STATE, RESULTS, REJECTS}:
+        # Its `_SUCCESS` is a score or rerank job's, which an overwrite replaced: `ce-ray eval` then measured a
+        # rerank cut to its top k from the cut labels, with the candidates' order for a baseline.
+        raise ConfigError(f"{setting_and_flag('output')} {config.output} is the output of a score or rerank job (it "
+                          f"holds {STATE}/, {RESULTS}/ or {REJECTS}/): give another folder")
+    # A folder in the place of the file (a parquet dataset of that name) is replaced as a file is, before any work:
+    # the write would fail on it after the index was built. The candidates of another split too: `_SUCCESS` says one
+    # split's, and a rerank or eval of the folder read both, each query's documents twice with two labels. And
+    # `ce-ray eval`'s figures of the candidates, which would be read as the new ones' (it was left beside them),
+    # named as an earlier ce-ray named them too.
+    present = sorted(e.path for e in entries if CANDIDATES_FILE.fullmatch(posixpath.basename(e.path))
+                     or posixpath.basename(e.path) == SUCCESS)
     if present and config.mode == "error":
-        raise FileExistsError(f"{config.output} already has candidates: pass --mode overwrite to replace them")
+        shown = ", ".join(posixpath.basename(p) for p in present if p.endswith(".parquet")) or SUCCESS
+        raise FileExistsError(f"{config.output} already has candidates ({shown}): pass --mode overwrite to replace "
+                              "them, or give another output folder for another split's")
     return present
 
 

@@ -240,7 +240,8 @@ class CandidatesConfig:
     output: str = ""  # folder; writes candidates-<split>.parquet
     top_k: int = 100  # BM25 candidates per query
     max_queries: Optional[int] = None  # the first n queries of the qrels
-    # what to do when the output holds candidates (candidates-<split>.parquet or _SUCCESS); other files stay
+    # what to do when the output holds candidates (candidates-<split>.parquet of any split, or _SUCCESS); other files
+    # stay
     mode: Literal["error", "overwrite"] = "error"
 
     def validate(self) -> None:

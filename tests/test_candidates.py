@@ -253,7 +253,8 @@ def test_a_folder_in_the_candidates_files_place_is_refused_before_the_work_and_o
     (tmp_path / "out" / "candidates-test.parquet" / "part-0.parquet").write_bytes(b"")
     assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"ce-ray candidates: error: {tmp_path}/out already has candidates: pass --mode overwrite to replace them")
+        f"ce-ray candidates: error: {tmp_path}/out already has candidates (candidates-test.parquet): pass --mode "
+        "overwrite to replace them, or give another output folder for another split's")
     assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out"), "--mode", "overwrite"]) == 0
     assert pd.read_parquet(tmp_path / "out" / "candidates-test.parquet")["doc_id"].tolist() == ["d1"]
     assert (tmp_path / "out" / "_SUCCESS").is_file()
@@ -265,6 +266,36 @@ def test_a_folder_in_the_candidates_files_place_is_refused_before_the_work_and_o
     assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out" / "_SUCCESS" / "c")]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (f"ce-ray candidates: error: output (--output) {tmp_path}/out/"
                                                         f"_SUCCESS/c: {tmp_path}/out/_SUCCESS is a file, not a folder")
+
+
+def test_an_output_of_another_split_or_job_and_odd_ids_and_texts(tmp_path, capsys):
+    """`--mode overwrite` with another split left the first split's candidates beside the new ones, and `_SUCCESS`
+    said the second alone: a rerank of the folder read both, each query's documents twice with two labels. Over a
+    score or rerank job's output it replaced that job's `_SUCCESS`, and eval measured a rerank cut to its top k from
+    the cut labels. A null `_id` was the document `None`; a lone surrogate (an emoji cut in two) failed the job with
+    Arrow's traceback once the corpus was indexed."""
+    docs = ['{"_id": "d1", "title": "Apples", "text": "red apples are sweet \\ud83d"}', '{"_id": "d2", "text": "sea"}']
+    folder = beir_folder(tmp_path / "beir", docs, "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    (folder / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq2\td2\t1\n")
+    out = tmp_path / "out"
+    assert run_candidates(CandidatesConfig(data=str(folder), output=str(out), split="dev"))["pairs"] == 1
+    assert "corpus.jsonl: 1 line with a lone surrogate (\\ud800-\\udfff, no UTF-8 text), read as U+FFFD (line 1)" \
+        in capsys.readouterr().err
+    with pytest.raises(FileExistsError, match=r"already has candidates \(candidates-dev\.parquet\): pass --mode "
+                                              r"overwrite to replace them, or give another output folder"):
+        run_candidates(CandidatesConfig(data=str(folder), output=str(out)))
+    run_candidates(CandidatesConfig(data=str(folder), output=str(out), mode="overwrite"))
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "candidates-test.parquet"]
+    assert pq.read_table(out / "candidates-test.parquet").column("document").to_pylist()[0].endswith("sweet \ufffd")
+    for job_folder in ("_ce_ray", "results"):
+        (tmp_path / job_folder / job_folder).mkdir(parents=True)
+        with pytest.raises(ConfigError, match=rf"^output \(--output\) {tmp_path}/{job_folder} is the output of a "
+                                              r"score or rerank job \(it holds _ce_ray/, results/ or rejects/\)"):
+            run_candidates(CandidatesConfig(data=str(folder), output=str(tmp_path / job_folder), mode="overwrite"))
+    (folder / "corpus.jsonl").write_text('{"_id": "d1", "text": "a"}\n{"_id": null, "text": "b"}\n')
+    with pytest.raises(InputError, match=r"corpus\.jsonl line 2: expected a JSON object with an '_id' \(a text or a "
+                                         r"number\)$"):
+        run_candidates(CandidatesConfig(data=str(folder), output=str(tmp_path / "other")))
 
 
 def test_a_data_path_that_is_a_file_or_a_qrels_path_that_is_a_folder_fails_in_one_line(tmp_path, capsys):
@@ -330,7 +361,8 @@ def test_a_query_of_a_number_is_its_text_and_an_output_with_candidates_is_refuse
     (folder / "corpus.jsonl").write_text("not json\n")
     assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"ce-ray candidates: error: {tmp_path}/out already has candidates: pass --mode overwrite to replace them")
+        f"ce-ray candidates: error: {tmp_path}/out already has candidates (candidates-test.parquet): pass --mode "
+        "overwrite to replace them, or give another output folder for another split's")
 
 
 def test_queries_with_no_candidate_are_said_and_overwrite_removes_the_eval_of_the_candidates(tmp_path, capsys):
