@@ -297,18 +297,18 @@ def submit(job: str, config: str, address: Optional[str] = None, pip: Sequence[s
     where = client.get_address()
     print(f"ce-ray submit: job {job_id} submitted to {where}: {entrypoint}", flush=True)
     if not wait:
-        print(f"  follow it with: ray job logs --follow {job_id} --address {where}")
+        print(f"  follow it with: {ray_job_command('logs --follow', job_id, where)}")
         return 0
     try:
         last = _follow(client, job_id, job)
         info = client.get_job_info(job_id)
     except KeyboardInterrupt:
         print(f"\nce-ray submit: job {job_id} keeps running; stop it with: "
-              f"ray job stop {job_id} --address {where}", file=sys.stderr)
+              f"{ray_job_command('stop', job_id, where)}", file=sys.stderr)
         return 130
     except (LostContact, OSError, RuntimeError) as e:  # RuntimeError: the Jobs API's HTTP error, past submission
         print(f"ce-ray submit: lost the connection to {where} ({e}); job {job_id} may still be running: follow "
-              f"it with: ray job logs --follow {job_id} --address {where}", file=sys.stderr)
+              f"it with: {ray_job_command('logs --follow', job_id, where)}", file=sys.stderr)
         return 3
     message = job_message(info.message or "")
     # How to finish it: as the line that ended the job's command said (after a float16 overflow, whose cause says
@@ -356,6 +356,15 @@ def add_submit_parser(sub, jobs: Sequence[str]) -> None:
     p.add_argument("--no-wait", dest="wait", action="store_false", help="return once submitted")
 
 
+def ray_job_command(action: str, job_id: str, where: str) -> str:
+    """The `ray job <action>` line of the job submitted to `where`, to run in this shell: Ray's CLI takes
+    RAY_API_SERVER_ADDRESS, then RAY_ADDRESS, over its `--address`, so where either is set here to another address
+    (another cluster's, `local`), the line sets the first to the job's."""
+    command = f"ray job {action} {job_id} --address {shlex.quote(where)}"
+    elsewhere = any(os.environ.get(name) not in (None, "", where) for name in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"))
+    return f"RAY_API_SERVER_ADDRESS={shlex.quote(where)} {command}" if elsewhere else command
+
+
 def run_submit(args, overrides: Sequence[str] = ()) -> int:
     from ray.exceptions import AuthenticationError, RpcError
 
@@ -363,9 +372,9 @@ def run_submit(args, overrides: Sequence[str] = ()) -> int:
         return submit(args.job, args.config, args.address, args.pip, args.env, args.submission_id,
                       args.entrypoint_num_cpus, args.wait, overrides)
     except AuthenticationError as e:
-        # Ray's message is a paragraph of generic advice after its first line (what the cluster answered):
-        # that line, then what to do here, in one line.
-        answer = str(e).strip().splitlines()[0].rstrip(".")
+        # Ray's message is a paragraph of generic advice after its own (what the cluster answered, or that no token
+        # was found here), which its `str` appends on the same line: its own first line, then what to do here.
+        answer = (getattr(e, "message", None) or str(e)).strip().splitlines()[0].rstrip(".")
         if "Forbidden" in answer:  # a token was sent, not the cluster's
             what = ("the token found here is not the cluster's: RAY_AUTH_TOKEN is read first, then the file "
                     "RAY_AUTH_TOKEN_PATH names, then ~/.ray/auth_token")

@@ -173,7 +173,7 @@ def test_every_flag_says_what_it_sets():
     assert evaluate["input"].endswith("parquet files, or a TREC run file (with qrels)")
     assert train["batch_size"] == "per device (default: 16)"
     assert train["batch_tokens"].startswith("Padded tokens of one forward pass at most: a larger batch runs in")
-    assert train["batch_tokens"].endswith("DeepSpeed runs whole batches.")
+    assert train["batch_tokens"].endswith("DeepSpeed runs whole batches. (none: unset, over the --config file's)")
     assert score["trust_remote_code"].startswith("run the model folder's own code")  # from ModelConfig
     # best_metric's empty choice ("none") stays valid without showing as a leading comma in the usage
     assert "[--best-metric {ndcg@10,mrr@10,map}]" in " ".join(commands["train"].format_usage().split())

@@ -518,6 +518,44 @@ def test_the_address_given_wins_over_ray_address(tmp_path, capsys, monkeypatch):
     assert os.environ["RAY_ADDRESS"] == f"http://127.0.0.1:{other}"  # the environment as it was
 
 
+def test_the_ray_job_lines_said_reach_the_cluster_the_job_went_to(monkeypatch):
+    """The lines that say how to follow or stop the job (`--no-wait`, Ctrl-C, a lost connection) gave `--address`,
+    which Ray's CLI takes RAY_API_SERVER_ADDRESS and RAY_ADDRESS over: with RAY_ADDRESS set here to another
+    cluster, as it was when `--address` was given, `ray job logs` asked that one."""
+    from ce_ray.submit import ray_job_command
+
+    where = "http://127.0.0.1:8265"
+    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    assert ray_job_command("stop", "raysubmit_1", where) == f"ray job stop raysubmit_1 --address {where}"
+    monkeypatch.setenv("RAY_ADDRESS", where)  # the same cluster: nothing to override
+    assert ray_job_command("stop", "raysubmit_1", where) == f"ray job stop raysubmit_1 --address {where}"
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:1")
+    assert ray_job_command("logs --follow", "raysubmit_1", where) == (
+        f"RAY_API_SERVER_ADDRESS={where} ray job logs --follow raysubmit_1 --address {where}")
+
+
+def test_no_token_found_here_is_said_in_ce_rays_line_alone(tmp_path, capsys, monkeypatch):
+    """With RAY_AUTH_MODE=token and no token here, Ray's error is one line of ~900 characters (its advice appended to
+    its message), which ce-ray's own advice then repeated."""
+    from ray.exceptions import AuthenticationError
+
+    from ce_ray import submit
+    from ce_ray.cli import main
+
+    def no_token(*args):
+        raise AuthenticationError("Token authentication is enabled but no authentication token was found")
+
+    monkeypatch.setattr(submit, "submit", no_token)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    config = write_config(tmp_path / "score.yaml", model="m", input="s3://b/in", output="s3://b/out")
+    assert main(["submit", "score", "--config", str(config), "--address", "http://127.0.0.1:9"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "ce-ray submit: error: Token authentication is enabled but no authentication token was found; RAY_AUTH_MODE="
+        "token is set here: put the cluster's token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (a "
+        "cluster without token authentication needs none: unset RAY_AUTH_MODE)")
+
+
 def test_a_setting_of_another_command_is_named_so(tmp_path, capsys):
     """rerank's --top-k given to score, eval's --qrels to rerank, in a flag or a YAML key: the error names the
     command that takes it, with the usage of the command given (ce-ray's own usage hid which one it was)."""
