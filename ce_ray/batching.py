@@ -180,8 +180,13 @@ def tokenize_table(
         take = pa.array(position, mask=~valid)
         ids = ids.take(take)
         types = types.take(take) if types is not None else None
-    table = table.set_column(table.schema.get_field_index(query_column), query_column, queries)
-    table = table.set_column(table.schema.get_field_index(document_column), document_column, documents)
+    for name, text in ((query_column, queries), (document_column, documents)):
+        # Texts stay as they came (a caller's large strings, pandas' and Ray Data's, were given back as strings);
+        # other values (a number among them, a mixed pandas block) as the JSON text the rejects keep, and a
+        # categorical's as its strings.
+        given = table.column(name).type
+        if not is_text(given) or pa.types.is_dictionary(given):
+            table = table.set_column(table.schema.get_field_index(name), name, text)
     table = table.append_column(IDS, ids)
     if types is not None:
         table = table.append_column(TYPES, types)

@@ -244,7 +244,8 @@ def _read_json_as_written(data: bytes) -> pa.Table:
 
 
 INT64_MAX = (1 << 63) - 1
-_LONG_NUMBER = re.compile(rb"-?\d{19,}")  # a number (or a run of digits in a text) that may not fit in int64
+FLOAT_EXACT = 1 << 53  # the integers a double holds each exactly: up to 2^53
+_LONG_NUMBER = re.compile(rb"-?\d{16,}")  # a number (or a run of digits in a text) that a double may not hold
 
 
 def _holds_floats(kind: pa.DataType) -> bool:
@@ -255,11 +256,13 @@ def _holds_floats(kind: pa.DataType) -> bool:
 
 
 def _rounds_integers(data: bytes, table: pa.Table) -> bool:
-    """Whether Arrow's JSON reader read an integer past int64's range (a uint64 hash id) in `data` as a float,
-    rounded: 12345678901234567890 and ...891 became one value, and the column's other ids floats."""
+    """Whether Arrow's JSON reader may have read an integer of `data` as a float, rounded: one past int64's range (a
+    uint64 hash id), or past 2^53 in a column that holds a float too (`0.5` beside `9007199254740993`, pandas' ids
+    beside a missing one): 12345678901234567890 and ...891 became one value. A chunk with a float column and such a
+    number anywhere is read line by line, where it is kept exactly or as the text it was written."""
     if not any(_holds_floats(field.type) for field in table.schema):
         return False
-    return any(abs(int(number)) > INT64_MAX for number in _LONG_NUMBER.findall(data))
+    return any(abs(int(number)) > FLOAT_EXACT for number in _LONG_NUMBER.findall(data))
 
 
 def read_json_lines(lines: List[bytes], numbers: List[int], path: str, text_columns: Sequence[str],
@@ -299,10 +302,20 @@ def as_checked_types(table: pa.Table, schema: pa.Schema, numbers: List[int], pat
         if field.name in schema.names and field.name not in own and not pa.types.is_null(field.type):
             agreed = schema.field(field.name).type
             lists = is_list(agreed) and is_text(agreed.value_type) and is_list(field.type)
-            if one_type(agreed, field.type) is not None:
+            if (widest := one_type(agreed, field.type)) is not None:
                 # Written in the agreed type (`sink.conform`), which must hold its values: a float past a megabyte
                 # of integers (0.5 after 1) would be a part of another schema, and the output no longer one table.
-                if pa.types.is_null(agreed) or _casts_to(table.column(i), agreed):
+                try:
+                    if not pa.types.is_null(agreed):
+                        table.column(i).cast(agreed)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+                    if widest == agreed:  # of a kind the agreed type takes, with values it cannot hold (an id past
+                        # 2^53 beside another file's floats): no type changed past the check, as said below
+                        raise cannot_hold(f"{path} lines {numbers[0]:,}-{numbers[-1]:,}", field.name, field.type,
+                                          agreed, e) from None
+                else:
+                    if pa.types.is_nested(agreed):
+                        table = table.set_column(i, field.name, in_nested_type(table.column(i), agreed))
                     continue
             elif is_text(agreed) or lists:
                 values = table.column(i).to_pylist()
@@ -313,15 +326,6 @@ def as_checked_types(table: pa.Table, schema: pa.Schema, numbers: List[int], pat
                              "where the check before the job read the input (each file's first MiB): rows of "
                              "both cannot be put together; write it as one type in every file")
     return table
-
-
-def _casts_to(column: pa.ChunkedArray, dtype: pa.DataType) -> bool:
-    """Whether every value of `column` is one of `dtype` too (Arrow's safe cast: none changed)."""
-    try:
-        column.cast(dtype)
-        return True
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        return False
 
 
 def _first_other(column: pa.ChunkedArray, agreed: pa.DataType, numbers: List[int]) -> str:
@@ -571,16 +575,34 @@ def in_input_types(table: pa.Table, schema: Optional[pa.Schema], path: str) -> p
     """A parquet chunk's plain columns (numbers, text, times) in the input's types (`input_files.agreed_schema`)
     where its file has another: small files are read together, and a value that type cannot hold (an id past 2^53
     among another file's doubles, a uint64 past int64) failed the job in Ray's block of both, naming neither the
-    column nor the file. Nested and extension columns are left as they are, for Ray Data to put together."""
+    column nor the file. Nested columns too (`in_nested_type`); extension columns are left as they are, for Ray Data
+    to put together."""
     for i, field in enumerate(table.schema):
         agreed = schema.field(field.name).type if schema is not None and field.name in schema.names else field.type
-        if agreed == field.type or pa.types.is_nested(agreed) or isinstance(agreed, pa.ExtensionType):
+        if agreed == field.type or isinstance(agreed, pa.ExtensionType):
+            continue
+        if pa.types.is_nested(agreed):
+            table = table.set_column(i, field.name, in_nested_type(table.column(i), agreed))
             continue
         try:
             table = table.set_column(i, field.name, table.column(i).cast(agreed))
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
             raise cannot_hold(path, field.name, field.type, agreed, e) from None
     return table
+
+
+def in_nested_type(column: pa.ChunkedArray, agreed: pa.DataType) -> pa.ChunkedArray:
+    """A struct, list or map column in the input's type where that type holds all of it (every field, by name): Ray
+    Data's concat of blocks of two struct types (`struct<a>` and `struct<b>`, `year` int32 and int64) dropped the
+    structs' nulls, a null row coming back as `{'a': None, 'b': None}`, or with the 0 Arrow stores under a null
+    (`{'year': 0}`). A type that lacks some of it (a JSON key past the check's first MiB) is left as it is: a cast
+    drops the fields its target lacks."""
+    if one_type(agreed, column.type) != agreed:
+        return column
+    try:
+        return column.cast(agreed)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return column  # for Ray Data to put together, as before
 
 
 def without_rows(table: pa.Table, runs: Sequence[Sequence[int]]) -> pa.Table:

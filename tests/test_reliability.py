@@ -490,6 +490,53 @@ def test_blank_lines_in_jsonl_are_skipped_and_a_line_of_two_objects_is_rejected(
     assert dated.to_pylist()[0] == {"query": "2021-03-04", "meta": {"created": "2026-01-01T10:00:00Z"}}
 
 
+def test_a_null_struct_stays_null_where_the_files_structs_differ(ray_local, tmp_path, tiny_model):
+    """Files whose struct columns differ (`struct<year: int32>` and `int64`; JSON objects of other keys) were put
+    together by Ray Data, whose concat of two struct types dropped the structs' nulls: a null row came back as
+    `{'year': None}`, or from a JSON Lines file read line by line (a line cut short) as `{'year': 0}`, the 0 Arrow
+    stores under a null. Each chunk is read in the input's agreed type now."""
+    (tmp_path / "pin").mkdir()
+    meta = [{"year": 2020}, None]
+    pq.write_table(pa.table({"id": [0, 1], "query": ["q", "q"], "document": ["d", "d"],
+                             "meta": pa.array(meta, pa.struct([("year", pa.int32())]))}),
+                   tmp_path / "pin" / "a.parquet")
+    pq.write_table(pa.table({"id": [2], "query": ["q"], "document": ["d"],
+                             "meta": pa.array([{"year": 2**40}], pa.struct([("year", pa.int64())]))}),
+                   tmp_path / "pin" / "b.parquet")
+    job(tiny_model, tmp_path / "pin", tmp_path / "pout")
+    assert results(tmp_path / "pout")["meta"].tolist() == [{"year": 2020}, None, {"year": 2**40}]
+    (tmp_path / "jin").mkdir()
+    (tmp_path / "jin" / "a.jsonl").write_text('{"id": 0, "query": "q", "document": "d", "meta": {"year": 2020}}\n'
+                                              '{"id": 1, "query": "q", "document": "d", "meta": null}\n'
+                                              '{"id": 2, "query": "q", "document": "d", "meta": {"year": 2021}\n')
+    (tmp_path / "jin" / "b.jsonl").write_text('{"id": 3, "query": "q", "document": "d", "meta": {"source": "web"}}\n')
+    job(tiny_model, tmp_path / "jin", tmp_path / "jout")
+    assert results(tmp_path / "jout")["meta"].tolist() == [{"year": 2020, "source": None}, None,
+                                                           {"year": None, "source": "web"}]
+    assert pd.read_parquet(tmp_path / "jout" / "rejects")["meta"].tolist() == [None]  # the line cut short
+
+
+def test_json_integers_past_2_53_beside_floats_are_kept_as_written():
+    """A JSON Lines column of `0.5` and ids past 2^53 was read by Arrow as doubles, the ids rounded, two of them one
+    (`1.2345678901234568e+18`), exit 0. Kept as the text they were written, as integers past int64 are."""
+    from ce_ray.readers import read_json_lines
+
+    ids = [b"0.5", b"9007199254740993", b"1234567890123456789", b"1234567890123456788"]
+    lines = [b'{"query": "q", "document": "d", "x": %s}' % x for x in ids]
+    table = read_json_lines(lines, [1, 2, 3, 4], "f.jsonl", ["query", "document"])
+    assert table.column("x").to_pylist() == [x.decode() for x in ids]
+    exact = read_json_lines([b'{"query": "q", "x": 1.5, "id": 9007199254740993}'], [1], "f.jsonl", ["query"])
+    assert exact.column("id").type == pa.int64() and exact.column("id").to_pylist() == [2**53 + 1]
+    # Such an id in a file of its own, beside another file's floats (the input's type: double), fails as the type
+    # that cannot hold it, as in parquet: it was said to have changed past the check's first MiB, which it had not.
+    from ce_ray.readers import as_checked_types
+
+    with pytest.raises(InputError, match=r"^b\.jsonl lines 1-1: column 'x' is int64, of values that the type the "
+                                         r"input's files make of it, double, cannot hold \(Integer value "
+                                         r"9007199254740993 not in range"):
+        as_checked_types(pa.table({"x": [2**53 + 1]}), pa.schema([("x", pa.float64())]), [1], "b.jsonl", [])
+
+
 def test_long_rows_are_read_and_column_names_the_job_cannot_keep_are_refused(tmp_path):
     """A CSV row of two 1.2 MB fields failed its file (Arrow's blocks of 1 MiB), and a JSON Lines file whose first
     line passed 1 MiB was refused as not JSON. A header naming a column twice, or a column named as ce-ray's own

@@ -443,6 +443,23 @@ def test_a_callers_dataset_of_one_block_reaches_the_replicas_in_blocks_of_rows_p
     assert out.groupby("query_id")["score"].apply(lambda scores: scores.is_monotonic_decreasing).all()
 
 
+def test_a_callers_text_columns_come_back_in_their_types(ray_local, tiny_model):
+    """`ce_ray.score` and `rerank` gave a caller's large strings back as strings (pandas' and Ray Data's text is
+    large strings): the values the same, the types not the caller's, and a block past 2 GiB of text would not hold
+    in them. The query and document come back as they were given."""
+    import ray.data
+
+    import ce_ray
+
+    texts = pa.table({"query_id": [1, 1, 2], "query": pa.array(["q1", "q1", "q2"], pa.large_string()),
+                      "document": pa.array(["a", "b", "c"], pa.large_string())})
+    for scored in (ce_ray.score(ray.data.from_arrow(texts), model=str(tiny_model)),
+                   ce_ray.rerank(ray.data.from_arrow(texts), model=str(tiny_model))):
+        out = pa.concat_tables(ray.get(scored.to_arrow_refs()))
+        assert out.schema.field("query").type == out.schema.field("document").type == pa.large_string()
+        assert sorted(out.column("document").to_pylist()) == ["a", "b", "c"]
+
+
 @pytest.mark.parametrize("fmt", ["folder", "glob", "jsonl", "csv", "tsv"])
 def test_each_input_format(ray_local, tmp_path, spread, pairs_df, fmt, capsys):
     paths = write_formats(pairs_df, tmp_path / "in")
