@@ -453,7 +453,7 @@ def test_a_top_k_of_0_is_refused_by_rerank_saying_how_to_keep_every_row(ray_loca
     from ce_ray.cli import main
 
     said = ("top_k (--top-k) must be >= 1, got 0: a rerank keeps the best top_k rows of each query; leave it unset to "
-            "keep every row, ranked")
+            "keep every row, ranked (--top-k none over a --config file's)")
     rows = ray.data.from_items([{"query_id": 1, "query": "q", "document": "d"}])
     with pytest.raises(ConfigError, match=rf"^{re.escape(said)}$"):
         ce_ray.rerank(rows, model=str(tiny_model), top_k=0)
