@@ -306,16 +306,15 @@ def as_checked_types(table: pa.Table, schema: pa.Schema, numbers: List[int], pat
                 # Written in the agreed type (`sink.conform`), which must hold its values: a float past a megabyte
                 # of integers (0.5 after 1) would be a part of another schema, and the output no longer one table.
                 try:
-                    if not pa.types.is_null(agreed):
-                        table.column(i).cast(agreed)
+                    held = table.column(i) if pa.types.is_null(agreed) else table.column(i).cast(agreed)
                 except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
                     if widest == agreed:  # of a kind the agreed type takes, with values it cannot hold (an id past
                         # 2^53 beside another file's floats): no type changed past the check, as said below
                         raise cannot_hold(f"{path} lines {numbers[0]:,}-{numbers[-1]:,}", field.name, field.type,
                                           agreed, e) from None
                 else:
-                    if pa.types.is_nested(agreed):
-                        table = table.set_column(i, field.name, in_nested_type(table.column(i), agreed))
+                    if pa.types.is_nested(agreed) and widest == agreed:  # as `in_nested_type` puts it, cast once
+                        table = table.set_column(i, field.name, held)
                     continue
             elif is_text(agreed) or lists:
                 values = table.column(i).to_pylist()
