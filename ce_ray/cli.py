@@ -105,15 +105,25 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
             unsettable = kind is not str and field.default is None
             if unsettable:
                 help_text += f" ({UNSET}: unset, over the --config file's)"
-            # The usage lists the choices offered: not an empty one (best_metric's "none", which would show as a
-            # leading comma), nor one the command refuses (rerank's mode resume), which is taken to say why.
             refused = getattr(cls, "REFUSED", {}).get(field.name, {})
-            offered = [c for c in choices or [] if c and c not in refused]
-            metavar = "{" + ",".join(offered) + "}" if choices and len(offered) < len(choices) else None
-            parser.add_argument(flag, dest=field.name, type=_or_unset(kind) if unsettable else kind, choices=choices,
-                                default=None, help=help_text, metavar=metavar)
+            parser.add_argument(flag, dest=field.name, type=_or_unset(kind) if unsettable else kind,
+                                choices=_Choices(choices, refused) if choices else None, default=None, help=help_text)
     if sections:
         parser.epilog = "Sections of the YAML file (--config), without flags: " + "; ".join(sections)
+
+
+class _Choices(list):
+    """A flag's choices as the usage and an invalid choice's message list them: not an empty one (best_metric's
+    "none", which would show as a leading comma or ''), nor one the command refuses (rerank's mode resume: a typo
+    of it was answered with a list that offered it). Those are taken all the same, the refused ones for the command
+    to say why."""
+
+    def __init__(self, choices, refused):
+        super().__init__(c for c in choices if c and c not in refused)
+        self.taken = set(choices)
+
+    def __contains__(self, value) -> bool:
+        return value in self.taken
 
 
 def config_from_args(cls, args: argparse.Namespace):

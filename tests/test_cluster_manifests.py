@@ -143,7 +143,7 @@ def test_example_job_configs_load_with_their_commands():
             load_config(COMMANDS[job][0], str(path))
 
 
-def test_every_flag_says_what_it_sets():
+def test_every_flag_says_what_it_sets(capsys):
     """`ce-ray <command> --help` describes each setting with its comment in ce_ray/config.py (the lines above
     it, then its line's own) and its default."""
     import argparse
@@ -178,6 +178,9 @@ def test_every_flag_says_what_it_sets():
     # best_metric's empty choice ("none") stays valid without showing as a leading comma in the usage
     assert "[--best-metric {ndcg@10,mrr@10,map}]" in " ".join(commands["train"].format_usage().split())
     assert commands["train"].parse_args(["--best-metric", ""]).best_metric == ""
+    with pytest.raises(SystemExit):  # nor as '' in an invalid choice's list
+        commands["train"].parse_args(["--best-metric", "mrr"])
+    assert capsys.readouterr().err.splitlines()[-1].endswith("(choose from 'ndcg@10', 'mrr@10', 'map')")
 
 
 def test_every_cluster_asks_for_a_token():

@@ -398,6 +398,12 @@ def test_rerank_input_errors(tiny_model, tmp_path, capsys):
     assert capsys.readouterr().err.splitlines()[-1] == (
         "ce-ray rerank: error: mode resume (--mode resume) works per input file, but ranking groups rows across files; "
         "use mode overwrite (--mode overwrite)")
+    # A typo of a mode is answered with the modes offered: the list offered resume too.
+    with pytest.raises(SystemExit):
+        main(["rerank", "--model", str(tiny_model), "--input", str(tmp_path), "--output", str(tmp_path / "o"),
+              "--mode", "resum"])
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "invalid choice: 'resum' (choose from 'error', 'overwrite')")
     assert "--mode {error,overwrite,resume}" in command_parser(build_parser(), "score").format_help()
     # A query id that is no single value fails naming the column, before Ray Data's group-by would fail on it.
     with pytest.raises(InputError, match=r"query_id is list<\w+: int64>: a query id is one value"):
