@@ -367,7 +367,11 @@ def object_stamp(info: dict) -> Tuple[int, str]:
 
 
 def _stat_stamp(info: pafs.FileInfo) -> Tuple[int, str]:
-    return info.size, f"{info.size}:{info.mtime_ns or ''}"
+    return _stamp(info.size, info.mtime_ns)
+
+
+def _stamp(size: int, mtime_ns: Optional[int]) -> Tuple[int, str]:
+    return size, f"{size}:{mtime_ns or ''}"
 
 
 # The empty objects that tools write on S3 to show a folder (the console's and Hadoop S3A's `<folder>/`, EMRFS's
@@ -389,8 +393,36 @@ def list_tree(fs: pafs.FileSystem, folder: str) -> Dict[str, Tuple[int, str]]:
             return {}
         return {path: object_stamp(info) for path, info in found.items()
                 if info.get("type") == "file" and not path.endswith(FOLDER_MARKERS)}
-    infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
-    return {info.path: _stat_stamp(info) for info in infos if info.type == pafs.FileType.File}
+    return _local_tree(folder)
+
+
+def _local_tree(folder: str) -> Dict[str, Tuple[int, str]]:
+    """`list_tree` of a local folder, each file once: a link that leads to a file or folder inside `folder` (a
+    `latest -> 2024-01-02` beside the dated folders, a link back to a folder above) is left out, its files listed at
+    their own place, and one that leads out of it is followed, a folder once. pyarrow's listing followed every link:
+    those files were read twice, and a loop's some 40 times over, exit 0."""
+    top = os.path.realpath(folder)
+    files: Dict[str, Tuple[int, str]] = {}
+    walked = set()
+
+    def walk(path: str) -> None:
+        walked.add(os.path.realpath(path))
+        for entry in sorted(os.scandir(path), key=lambda entry: entry.name):
+            target = os.path.realpath(entry.path)
+            if entry.is_symlink() and (target == top or target.startswith(top + os.sep) or target in walked):
+                continue
+            if entry.is_dir():
+                walk(entry.path)
+            elif entry.is_file():
+                stat = entry.stat()
+                files[entry.path] = _stamp(stat.st_size, stat.st_mtime_ns)
+
+    try:
+        walk(folder)
+    except FileNotFoundError:
+        if os.path.exists(folder):  # a file or folder gone while listed: as pyarrow, said
+            raise
+    return files
 
 
 def s3_location(uri: str) -> Tuple[str, str]:

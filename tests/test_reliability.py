@@ -1228,6 +1228,29 @@ def test_other_files_in_an_input_folder_are_skipped_and_said(ray_local, tmp_path
         list_files(str(tmp_path / "rejected"))
 
 
+def test_a_file_reached_again_through_a_link_is_read_once(tmp_path):
+    """A `latest` link beside the dated folders it leads to gave its files twice, and a link back to a folder above
+    some 40 times over (pyarrow's listing follows links), exit 0. A link inside the input is left out, its files read
+    at their own place; one that leads out of it is followed, once."""
+    from ce_ray.input_files import list_files
+
+    for day in ("2024-01-01", "2024-01-02"):
+        (tmp_path / "in" / day).mkdir(parents=True)
+        pd.DataFrame({"query": ["q"], "document": [day]}).to_parquet(tmp_path / "in" / day / "p.parquet")
+    (tmp_path / "in" / "latest").symlink_to("2024-01-02")
+    (tmp_path / "in" / "2024-01-01" / "loop").symlink_to("..")
+    (tmp_path / "in" / "again.parquet").symlink_to(tmp_path / "in" / "2024-01-01" / "p.parquet")
+    (tmp_path / "elsewhere").mkdir()
+    pd.DataFrame({"query": ["q"], "document": ["e"]}).to_parquet(tmp_path / "elsewhere" / "e.parquet")
+    (tmp_path / "in" / "extra").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "back").symlink_to(tmp_path / "elsewhere")
+    files = list_files(str(tmp_path / "in")).files
+    assert [f[len(str(tmp_path / "in")) + 1:] for f in files] == [
+        "2024-01-01/p.parquet", "2024-01-02/p.parquet", "extra/e.parquet"]
+    # The input given as the link itself is read through it.
+    assert list_files(str(tmp_path / "in" / "latest")).files == [str(tmp_path / "in" / "latest" / "p.parquet")]
+
+
 def test_an_output_that_cannot_be_made_fails_before_any_work(tmp_path, tiny_model):
     """An output under a file was refused as it was made: once Ray had started and the model was loaded. It is
     among the output's checks before Ray starts (`check_output`)."""
