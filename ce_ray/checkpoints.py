@@ -5,10 +5,12 @@ training files (`claim_run`): a run of the same name resumes from the checkpoint
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import posixpath
+import unicodedata
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -177,8 +179,18 @@ def run_storage(config: TrainConfig):
     checkpoints default to <output>/checkpoints."""
     uri = config.storage_path or join(config.output, CHECKPOINTS)
     fs, path = filesystem(uri)
-    name = config.run_name or os.path.basename(config.output.rstrip("/")) or "ce-ray-train"
+    name = config.run_name or _ascii_name(os.path.basename(config.output.rstrip("/")))
     return fs, path, name, join(uri, name)
+
+
+def _ascii_name(name: str) -> str:
+    """A run's default name, its output folder's, in ASCII: Ray Train tags its metrics with it, and one of other
+    letters (an output `modèle`) failed the run once Ray Train had started, and the same command again. Where it is
+    not, its letters without their accents (`modele`) and a digest of it, which tells `modèle` from `modéle`."""
+    if name.isascii():
+        return name or "ce-ray-train"
+    plain = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    return f"{plain or 'ce-ray-train'}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 # The settings that make a run's checkpoints what they are: a run of the same name resumes from them only with

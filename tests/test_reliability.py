@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -2020,6 +2021,8 @@ def test_an_empty_file_beside_files_of_rows_is_no_error(tmp_path):
     ("train", {"pos_weight": 0.0}, r"pos_weight \(--pos-weight\) must be > 0"),
     ("train", {"run_name": ".."}, r"run_name \(--run-name\) '\.\.' becomes a file's or a folder's name"),
     ("train", {"train_split": "."}, r"train_split \(--train-split\) '\.' becomes a file's or a folder's name"),
+    ("train", {"run_name": "modèle"}, r"run_name \(--run-name\) 'modèle': Ray Train takes a run's name in ASCII alone "
+                                       r"\(it tags its metrics with it\): give one without 'è'$"),
 ])
 def test_each_setting_is_refused_past_its_bound_and_taken_at_it(command, settings, refused):
     """Each bound where its message puts it: a warmup over the whole run never decayed the rate, an lr of 0 or a
@@ -2033,6 +2036,21 @@ def test_each_setting_is_refused_past_its_bound_and_taken_at_it(command, setting
     else:
         with pytest.raises(ConfigError, match=refused):
             load_config(cls, None, {"model": "m", **settings})
+
+
+def test_a_runs_default_name_is_its_output_folders_in_ascii():
+    """Ray Train tags its metrics with the run's name: an output `modèle` failed the run once Ray Train had started
+    (`UnicodeEncodeError`), and the same command again, which the failure told to run."""
+    from ce_ray.checkpoints import run_storage
+    from ce_ray.config import TrainConfig
+
+    def name(output):
+        return run_storage(load_config(TrainConfig, None, {"model": "m", "output": output}))[2]
+
+    assert name("/data/runs/minilm-v2/") == "minilm-v2"
+    assert name("/data/modèle") == "modele-" + hashlib.sha256("modèle".encode()).hexdigest()[:8]
+    assert name("/data/modéle") != name("/data/modèle") and name("/data/模型").startswith("ce-ray-train-")
+    assert all(name(f"/data/{n}").isascii() for n in ("模型", "modèle", "🙂"))
 
 
 def test_a_yaml_boolean_is_no_number(tmp_path):
