@@ -71,6 +71,20 @@ def _require_types(config) -> None:
         setattr(config, setting.name, _check_type(setting.name, value, hints[setting.name]))
 
 
+def _require_s3_keys(config) -> None:
+    """An S3 place a job writes whose key begins with `/` (`s3://bkt//out`, a script's empty prefix between the
+    two): the objects were written under keys that s3fs's listing does not show, and the job, its work done,
+    failed as if they were lost (and `--mode resume` again), or a candidates job wrote a file no job could read."""
+    for name in ("output", "storage_path", "run_output"):
+        value = getattr(config, name, "")
+        scheme, _, place = value.partition("://")
+        bucket, _, key = place.partition("/")
+        if scheme in ("s3", "s3a") and key.startswith("/"):
+            raise ConfigError(f"{setting_and_flag(name)} {value}: its key begins with / (an empty name after the "
+                              f"bucket), which S3 stores but s3fs does not list: the job could not read back what it "
+                              f"wrote. Give {scheme}://{bucket}/{key.lstrip('/')}")
+
+
 MIN_MAX_LENGTH = 8
 MAX_RANK_PARTITIONS = 10_000  # 2.5 TB of input at the default's 256 MiB a partition
 
@@ -94,6 +108,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         _require_types(self)
+        _require_s3_keys(self)
         _require_finite(self)
         # A pair needs its special tokens ([CLS] q [SEP] d [SEP], four for RoBERTa) and some of each text; below
         # that the tokenizers truncate nothing, and the pair runs past the positions the model was given.
@@ -246,6 +261,7 @@ class CandidatesConfig:
 
     def validate(self) -> None:
         _require_types(self)
+        _require_s3_keys(self)
         _require_file_names(self, "split")
         if self.top_k < 1:
             raise ConfigError(f"{setting_and_flag('top_k')} must be >= 1, got {self.top_k}")
@@ -278,6 +294,7 @@ class EvalConfig:
 
     def validate(self) -> None:
         _require_types(self)
+        _require_s3_keys(self)
         if self.k < 1 or self.recall_k < 1:
             raise ConfigError(f"{setting_and_flag('k')} and {setting_and_flag('recall_k')} must be >= 1")
         # Each was taken and changed nothing, without a word: the qrels' grades are used, and no baseline is measured.

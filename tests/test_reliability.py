@@ -2038,6 +2038,23 @@ def test_each_setting_is_refused_past_its_bound_and_taken_at_it(command, setting
             load_config(cls, None, {"model": "m", **settings})
 
 
+def test_an_s3_place_written_whose_key_begins_with_a_slash_is_refused():
+    """`s3://bkt//out` (a script's empty prefix): the parts went under keys that s3fs does not list, and the job
+    failed once its work was done, as if they were lost (`--mode resume` again); candidates wrote a file no later
+    job could read. A `//` further in is listed, and works."""
+    from ce_ray.config import CandidatesConfig, EvalConfig, TrainConfig
+
+    for cls, settings in [(ScoreConfig, {"model": "m", "output": "s3://bkt//out"}),
+                          (TrainConfig, {"model": "m", "storage_path": "s3a://bkt///ck/"}),
+                          (CandidatesConfig, {"data": "d", "output": "s3://bkt//c"}),
+                          (EvalConfig, {"input": "i", "run_output": "s3://bkt//run.txt"})]:
+        with pytest.raises(ConfigError, match=r"its key begins with / \(an empty name after the bucket\), which S3 "
+                                              r"stores but s3fs does not list: .* Give s3a?://bkt/(out|ck/|c|run\.txt)$"):
+            load_config(cls, None, settings)
+    for place in ("s3://bkt", "s3://bkt/", "s3://bkt/a//out", "/local//out"):
+        load_config(ScoreConfig, None, {"model": "m", "output": place})
+
+
 def test_a_runs_default_name_is_its_output_folders_in_ascii():
     """Ray Train tags its metrics with the run's name: an output `modèle` failed the run once Ray Train had started
     (`UnicodeEncodeError`), and the same command again, which the failure told to run."""
