@@ -229,6 +229,21 @@ def test_eval_counts_as_trec_eval_does_where_rows_repeat_lack_ids_or_are_not_jud
     assert (tmp_path / "_scored.parquet.eval.json").exists() and not (tmp_path / "eval.json").exists()
 
 
+def test_evals_default_output_of_the_working_folder_or_a_buckets_root_is_beside_or_in_it(tmp_path, monkeypatch):
+    """`ce-ray eval --input .` (or `*.parquet`) wrote `..eval.json`, a hidden file, in the folder it measured, and of
+    `s3://bucket` (its root) named the bucket `bucket.eval.json`, which does not exist."""
+    from ce_ray.evaluate import default_output
+
+    (tmp_path / "in").mkdir()
+    monkeypatch.chdir(tmp_path / "in")
+    for given in (".", "./", "*.parquet", "file://."):
+        assert default_output(given, of_a_job=False) == f"{tmp_path}/in.eval.json"
+    assert default_output("p.parquet", of_a_job=False) == f"{tmp_path}/in/_p.parquet.eval.json"
+    for given in ("s3://bucket", "s3://bucket/", "s3://bucket/*.parquet"):
+        assert default_output(given, of_a_job=False) == "s3://bucket/_eval.json"
+    assert default_output("s3://bucket/pairs/", of_a_job=False) == "s3://bucket/pairs.eval.json"
+
+
 def test_a_document_listed_twice_counts_at_its_best_rank_in_each_order():
     """Passages of one document scored apart (or one document from two retrievers) count once, at the best
     rank each order gives the document, whatever the file's order: the first row in the file (here the
