@@ -20,6 +20,7 @@ import yaml
 
 from .input_files import OWN_COLUMNS
 from .messages import setting_and_flag
+from .storage import local_path
 
 
 class ConfigError(ValueError):
@@ -523,10 +524,13 @@ PATH_SETTINGS = ("input", "output", "model", "train_data", "eval_data", "storage
 
 def _home_expanded(name: str, value: Any) -> Any:
     """A local path's leading `~` as the shell's: `output: ~/scored` wrote into a folder named `~` in the working
-    directory, and `input: ~/pairs` did not exist."""
-    if name in PATH_SETTINGS and isinstance(value, str) and (value == "~" or value.startswith("~/")):
-        return os.path.expanduser(value)
-    return value
+    directory, and `input: ~/pairs` did not exist. A `file://` URI as its path (`local_path`): a job given one and
+    resumed with the path (or the other way) was refused as a job of other settings."""
+    if name not in PATH_SETTINGS or not isinstance(value, str):
+        return value
+    if value.startswith("file://"):
+        return local_path(value)
+    return os.path.expanduser(value) if value == "~" or value.startswith("~/") else value
 
 
 def _checked(cls: type, values: dict, prefix: str = "") -> dict:

@@ -20,8 +20,8 @@ import pyarrow.fs as pafs
 from .arrow_types import holds_empty_struct, is_list, is_text, nulls_as_text, one_type, read_type
 from .messages import InputError, column_list, setting_and_flag, settings_hint
 from .output_state import REJECTS, RESULTS, Finished, finished_job, finished_parts, is_output
-from .storage import (check_s3_access, filesystem, glob_base, in_parallel, is_glob, is_remote, list_tree, look_up,
-                      parquet_footer, size_and_stamp)
+from .storage import (check_s3_access, filesystem, glob_base, in_parallel, is_glob, is_remote, list_tree,
+                      local_path, look_up, parquet_footer, size_and_stamp)
 
 
 DELIMITED = ("csv", "tsv")  # read by Arrow's CSV reader, a header line or column_names naming the columns
@@ -75,7 +75,7 @@ def eval_beside(uri: str) -> str:
     for a folder, in its parent; a bucket's `_eval.json`, in it. A local path as written out from the working
     directory: `.` was written `..eval.json` there (a hidden file), and `s3://bucket` `s3://bucket.eval.json`, which
     no bucket holds."""
-    place = uri.rstrip("/") if is_remote(uri) else os.path.abspath(uri.removeprefix("file://"))
+    place = uri.rstrip("/") if is_remote(uri) else os.path.abspath(local_path(uri))
     if is_remote(place) and "/" not in place.split("://", 1)[1]:
         return f"{place}/_{EVAL_SUFFIX[1:]}"
     folder, sep, name = place.rpartition("/")

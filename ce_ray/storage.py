@@ -12,6 +12,7 @@ import errno
 import os
 import posixpath
 import re
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -26,12 +27,18 @@ def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
+def local_path(uri: str) -> str:
+    """A `file://` URI's path, URL-decoded as pyarrow and Ray Data read one (`file:///data/a%20b` is the folder
+    `a b`: it was looked for as `a%20b`, and did not exist); a path as it is."""
+    return urllib.parse.unquote(uri[len("file://"):]) if uri.startswith("file://") else uri
+
+
 def absolute(uri: str) -> str:
     """A local path written out from the working directory; an `s3://` URI in one spelling (`s3a://`, a trailing
     `/`: the same objects), so that a resume spelled otherwise is the same job; another URI as it is."""
     if uri.startswith(("s3://", "s3a://")):
         return "s3://" + uri.split("://", 1)[1].rstrip("/")
-    return uri if "://" in uri else os.path.abspath(uri)
+    return uri if is_remote(uri) else os.path.abspath(local_path(uri))
 
 
 def same_place(first: str, second: str) -> bool:
@@ -39,7 +46,7 @@ def same_place(first: str, second: str) -> bool:
     lead (a `file://` URI as its path)."""
     if is_remote(first) or is_remote(second):
         return absolute(first) == absolute(second)
-    first, second = (path.removeprefix("file://") for path in (first, second))
+    first, second = map(local_path, (first, second))
     return os.path.realpath(first) == os.path.realpath(second)
 
 
@@ -48,7 +55,7 @@ def file_in_the_way(uri: str) -> Optional[str]:
     folder can be made under; None where there is none, and on S3, whose keys hold any path."""
     if is_remote(uri):
         return None
-    path = os.path.abspath(uri.removeprefix("file://"))
+    path = os.path.abspath(local_path(uri))
     while not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
     return path if os.path.exists(path) and not os.path.isdir(path) else None
@@ -60,7 +67,7 @@ def try_local_folder(uri: str) -> None:
     writing. Nothing on S3, where any key can be written that the bucket's policy lets."""
     if is_remote(uri):
         return
-    path = os.path.abspath(uri.removeprefix("file://"))
+    path = os.path.abspath(local_path(uri))
     if os.path.isdir(path):
         if not os.access(path, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, "Permission denied", path)
@@ -219,8 +226,7 @@ def filesystem(uri: str) -> Tuple[pafs.FileSystem, str]:
                                config_kwargs={"retries": s3_retries(), "http_session_cls": BoundedSession})
         # `s3://b/out/` and `s3://b/out` are one folder: paths joined to it must not hold `//`.
         return pafs.PyFileSystem(_S3Handler(fs)), uri.split("://", 1)[1].rstrip("/")
-    if uri.startswith("file://"):
-        uri = uri[len("file://") :]
+    uri = local_path(uri)
     if "://" in uri:
         raise InputError(f"unsupported URI scheme in {uri!r}: use a local path or s3://")
     return pafs.LocalFileSystem(), os.path.abspath(uri)

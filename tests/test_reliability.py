@@ -1252,6 +1252,22 @@ def test_a_file_reached_again_through_a_link_is_read_once(tmp_path):
     assert list_files(str(tmp_path / "in" / "latest")).files == [str(tmp_path / "in" / "latest" / "p.parquet")]
 
 
+def test_a_file_uri_is_its_path_url_decoded(tmp_path):
+    """A job given `file:///…/p.parquet` and resumed with the path (or the other way) was refused as a job of other
+    settings (`input`), recorded as typed; `file:///…/a%20b/p.parquet` was looked for in a folder `a%20b`, where
+    pyarrow and Ray Data read the folder `a b`."""
+    from ce_ray.input_files import list_files
+    from ce_ray.storage import absolute
+
+    (tmp_path / "a b").mkdir()
+    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "a b" / "p.parquet")
+    config = load_config(ScoreConfig, None, {"model": f"file://{tmp_path}/m/../m", "input": f"file://{tmp_path}/a%20b",
+                                             "output": f"file://{tmp_path}/out"})
+    assert (config.input, config.output) == (f"{tmp_path}/a b", f"{tmp_path}/out")
+    assert absolute(config.model) == absolute(f"{tmp_path}/m") == absolute(f"file://{tmp_path}/m/")
+    assert list_files(f"file://{tmp_path}/a%20b/p.parquet").files == [f"{tmp_path}/a b/p.parquet"]
+
+
 def test_an_output_that_cannot_be_made_fails_before_any_work(tmp_path, tiny_model):
     """An output under a file was refused as it was made: once Ray had started and the model was loaded. It is
     among the output's checks before Ray starts (`check_output`)."""
