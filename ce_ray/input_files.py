@@ -27,6 +27,10 @@ from .storage import (check_s3_access, filesystem, glob_base, in_parallel, is_gl
 DELIMITED = ("csv", "tsv")  # read by Arrow's CSV reader, a header line or column_names naming the columns
 CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}  # read through, by the suffix
 COMPRESSED = tuple(CODECS)
+# Codecs of text files that ce-ray does not read: a file of pairs so compressed was skipped as "not csv" in a folder,
+# its rows lost, and named alone was said to be of no format it could tell, or given one, not UTF-8.
+UNREAD_CODECS = {".xz": "xz", ".lzma": "lzma", ".lz4": "lz4", ".br": "brotli", ".deflate": "deflate",
+                 ".snappy": "snappy", ".lzo": "lzo", ".gzip": "gzip", ".zip": "zip", ".7z": "7z", ".z": "compress"}
 # A compressed text file's text, in memory, taken as this many times its size (text compresses 3-5x).
 COMPRESSED_TEXT_RATIO = 4
 HEAD_BYTES = 1 << 20  # what the schema check reads of a text file, and more to the end of its first line
@@ -82,6 +86,16 @@ def eval_beside(uri: str) -> str:
     if detect_format(name) is None or folder.endswith(":/"):
         return place + EVAL_SUFFIX
     return f"{folder}{sep}_{name}{EVAL_SUFFIX}"
+
+
+def _refuse_unread_codecs(files: List[str], read_whatever_the_name: bool) -> None:
+    """Refuses a file of pairs compressed by a codec ce-ray does not read (`b.csv.xz`, or any file so named that would
+    be read: named alone, by a glob, or with its format given), naming it and the codecs it reads."""
+    for file in files:
+        suffix = next((s for s in UNREAD_CODECS if file.lower().endswith(s)), None)
+        if suffix and (read_whatever_the_name or detect_format(file[: -len(suffix)]) is not None):
+            raise InputError(f"{file} is compressed with {UNREAD_CODECS[suffix]} ({suffix}), which ce-ray does not "
+                             f"read: recompress it as {', '.join(COMPRESSED[:-1])} or {COMPRESSED[-1]}")
 
 
 def is_document(path: str) -> bool:
@@ -173,6 +187,7 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
         raise InputError(f"input {uri} matches no files" + (
             f": `[`, `*` and `?` make a path a pattern, and {path} is a name that holds them; to read it as it is, "
             f"give {as_written}" if kind != pafs.FileType.NotFound else ""))
+    _refuse_unread_codecs(files, named or has_glob or input_format != "auto")
     given = input_format != "auto"
     if input_format == "auto":
         formats = {detect_format(f) for f in files} - {None}

@@ -1252,6 +1252,25 @@ def test_a_file_reached_again_through_a_link_is_read_once(tmp_path):
     assert list_files(str(tmp_path / "in" / "latest")).files == [str(tmp_path / "in" / "latest" / "p.parquet")]
 
 
+def test_a_file_of_pairs_compressed_by_a_codec_ce_ray_does_not_read_is_refused_naming_it(tmp_path):
+    """`b.csv.xz` beside `a.csv` was skipped as a file that is not csv, its rows lost; named alone it was of no format
+    ce-ray could tell, and given one, `its header line is not UTF-8`."""
+    import lzma
+
+    from ce_ray.input_files import list_files
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.csv").write_text("query,document\nq,a\n")
+    (tmp_path / "in" / "b.csv.xz").write_bytes(lzma.compress(b"query,document\nq,b\n"))
+    (tmp_path / "in" / "notes.zip").write_bytes(b"PK")  # an archive of no format's name: skipped, as documents are
+    refused = r"/in/b\.csv\.xz is compressed with xz \(\.xz\), which ce-ray does not read: recompress it as \.gz, \.bz2 or \.zst$"
+    for given, input_format in [("in", "auto"), ("in/b.csv.xz", "auto"), ("in/b.csv.xz", "csv"), ("in/*", "csv")]:
+        with pytest.raises(InputError, match=refused):
+            list_files(str(tmp_path / given), input_format)
+    (tmp_path / "in" / "b.csv.xz").unlink()
+    assert [os.path.basename(f) for f in list_files(str(tmp_path / "in")).files] == ["a.csv"]
+
+
 def test_a_file_uri_is_its_path_url_decoded(tmp_path):
     """A job given `file:///…/p.parquet` and resumed with the path (or the other way) was refused as a job of other
     settings (`input`), recorded as typed; `file:///…/a%20b/p.parquet` was looked for in a folder `a%20b`, where
