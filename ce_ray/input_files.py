@@ -88,6 +88,27 @@ def eval_beside(uri: str) -> str:
     return f"{folder}{sep}_{name}{EVAL_SUFFIX}"
 
 
+# A table format's own folder of metadata: its data folder keeps the parquet files of every version (those an update,
+# a delete or a compaction replaced too) beside the current ones, which the metadata alone tells apart. Read as a
+# folder of parquet files, a Delta table's earlier rows came again, exit 0.
+TABLE_FORMATS = {"_delta_log": ("Delta Lake", "read_delta"), ".hoodie": ("Apache Hudi", "read_hudi"),
+                 "metadata": ("Apache Iceberg", "read_iceberg")}
+
+
+def _refuse_tables(uri: str, base: str, listed: Dict[str, Tuple[int, str]]) -> None:
+    """Refuses a folder that holds a Delta Lake, Hudi or Iceberg table (its metadata folder among the files listed
+    under `base`): its parquet files are not its rows."""
+    for file in listed:
+        parts = file[len(base):].split("/")
+        for folder in parts[:-1]:
+            if folder in TABLE_FORMATS and (folder != "metadata" or parts[-1].endswith(".metadata.json")):
+                table, reader = TABLE_FORMATS[folder]
+                raise InputError(f"input {uri} holds a {table} table ({folder}/): its folder keeps the files of the "
+                                 f"table's earlier versions too, which would be read as rows. Read it with Ray Data's "
+                                 f"ray.data.{reader} and score the Dataset with ce_ray.score or ce_ray.rerank "
+                                 "(docs/python.md), or give the files of one version")
+
+
 def _refuse_unread_codecs(files: List[str], read_whatever_the_name: bool) -> None:
     """Refuses a file of pairs compressed by a codec ce-ray does not read (`b.csv.xz`, or any file so named that would
     be read: named alone, by a glob, or with its format given), naming it and the codecs it reads."""
@@ -172,6 +193,7 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
             listed = list_tree(fs, base)
         except OSError as e:
             raise InputError(f"cannot list input {uri}: {e}") from e
+        _refuse_tables(uri, base, listed)
         if finished is not None and not listed:  # S3 keeps no empty folder; a local one is as empty
             raise InputError(f"input {uri} is the output of a job that scored no row (see its {REJECTS}/)")
         files = sorted(

@@ -1271,6 +1271,28 @@ def test_a_file_of_pairs_compressed_by_a_codec_ce_ray_does_not_read_is_refused_n
     assert [os.path.basename(f) for f in list_files(str(tmp_path / "in")).files] == ["a.csv"]
 
 
+def test_a_folder_of_a_delta_hudi_or_iceberg_table_is_refused(tmp_path):
+    """A Delta Lake table's folder keeps the parquet files of its earlier versions (an update's, a delete's, a
+    compaction's) beside the current ones, which its `_delta_log/` alone tells apart: read as a folder of parquet
+    files, the rows replaced came again, exit 0."""
+    from ce_ray.input_files import list_files
+
+    for table, marker, reader in [("delta", "_delta_log/00000000000000000000.json", "read_delta"),
+                                  ("hudi", ".hoodie/hoodie.properties", "read_hudi"),
+                                  ("iceberg", "metadata/v1.metadata.json", "read_iceberg")]:
+        (tmp_path / table / marker).parent.mkdir(parents=True)
+        (tmp_path / table / marker).write_text("{}")
+        pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / table / "part-0.parquet")
+        with pytest.raises(InputError, match=rf"^input \S+/{table} holds a .* table \({marker.split('/')[0]}/\): its "
+                                             rf"folder keeps .* Read it with Ray Data's ray.data.{reader} and score"):
+            list_files(str(tmp_path / table))
+    # A folder of its own named metadata, without Iceberg's files, is read as any.
+    (tmp_path / "mine" / "metadata").mkdir(parents=True)
+    (tmp_path / "mine" / "metadata" / "notes.json").write_text("{}")
+    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "mine" / "p.parquet")
+    assert len(list_files(str(tmp_path / "mine"), "parquet").files) == 1
+
+
 def test_a_file_uri_is_its_path_url_decoded(tmp_path):
     """A job given `file:///…/p.parquet` and resumed with the path (or the other way) was refused as a job of other
     settings (`input`), recorded as typed; `file:///…/a%20b/p.parquet` was looked for in a folder `a%20b`, where
