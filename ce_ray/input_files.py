@@ -254,6 +254,7 @@ class FileCheck:
     # Its size and modification time or ETag (`size_and_stamp`): a resumed job tells from it a file rewritten since
     # the earlier run, whose results it scores again.
     stamp: str = ""
+    row_bytes: float = 0.0  # about what a row takes in memory: parquet's row groups over its rows, a text head's lines
 
 
 def _text_bytes(path: str, size: int, head: bytes, whole: bool) -> int:
@@ -300,8 +301,9 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
             groups = tuple((meta.row_group(i).num_rows, meta.row_group(i).total_byte_size)
                            for i in range(meta.num_row_groups))
             # (a name given twice, which pyarrow writes, is refused by `check_inputs`, not here by `schema.field`)
+            in_memory = sum(size for _, size in groups)
             return FileCheck(path, schema.names, meta.num_rows, dict(zip(schema.names, schema.types)),
-                             groups, sum(size for _, size in groups))
+                             groups, in_memory, row_bytes=in_memory / max(meta.num_rows, 1))
         with fs.open_input_stream(path, compression=compression_of(path)) as f:
             # Arrow's CSV reader reads a line of spaces as a row (a header, refused below); JSON Lines' reader skips it
             head, whole = _head(f, b"\r\n" if input_format in DELIMITED else b" \t\r\n")
@@ -310,6 +312,8 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
         # A CSV or TSV line may end in "\r" alone, as Arrow's reader reads it (bytes' splitlines splits at no other).
         lines = [line for line in (head.splitlines() if input_format in DELIMITED else head.split(b"\n"))
                  if line.strip()]
+        rows = lines if whole or len(lines) < 2 else lines[:-1]  # the head's last line cut short where it ends mid-file
+        row_bytes = sum(len(line) + 1 for line in rows) / max(len(rows), 1)
         if input_format in DELIMITED:
             # Arrow's reader skips empty lines alone: a first line of spaces is the header it reads, of one column
             if not column_names and lines and not next(line for line in head.splitlines() if line).strip():
@@ -325,9 +329,10 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
                     raise InputError(f"{path}: its first line is a header naming the columns "
                                      f"{setting_and_flag('column_names')} names: leave it out")
                 return FileCheck(path, column_names, None if lines or not whole else 0, as_text(column_names),
-                                 size_bytes=size)
+                                 size_bytes=size, row_bytes=row_bytes)
             _refuse_header_not_utf8(path, lines[0] if lines else b"")
-            return FileCheck(path, first, 0 if whole and len(lines) <= 1 else None, as_text(first), size_bytes=size)
+            return FileCheck(path, first, 0 if whole and len(lines) <= 1 else None, as_text(first), size_bytes=size,
+                             row_bytes=row_bytes)
         if not lines:  # (the head is the whole file: its blank lines are passed over)
             return FileCheck(path, [], 0, {})
         # The columns of the head's lines, not of the first alone: a line may leave a key out (a null), and a query
@@ -341,7 +346,7 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
         if not types:  # its lines all rejected: the reader would reject them too, and no column names its pairs
             _refuse_header_not_utf8(path, lines[0], "line 1")
             _refuse_line_1(path, lines[0])
-        return FileCheck(path, list(types), None, types, size_bytes=size)
+        return FileCheck(path, list(types), None, types, size_bytes=size, row_bytes=row_bytes)
     except InputError as e:
         raise InputError(f"{e}{_read_otherwise(path, input_format)}") from None
     except (OSError, pa.ArrowException) as e:

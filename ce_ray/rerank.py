@@ -413,7 +413,8 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     from .input_files import parse_names
     from .readers import input_key, input_sources, read_dataset
     from .runtime import surfaced_errors, work
-    from .score import job_listing, job_settings, resolved_settings, say_input, scoring_model_ahead, written_columns
+    from .score import (job_listing, job_row_bytes, job_settings, resolved_settings, say_input, scoring_model_ahead,
+                        written_columns)
     from .sink import check_output, prepare_output
     from .storage import check_apart, check_s3_access
 
@@ -439,7 +440,7 @@ def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSumm
     checked = checking()
     job |= resolved_settings(checked)
     progress = Progress(title, say_input(title, files), ranks=True)
-    scored = add_scores(ds, config, title, checked, input_sources(files), progress)
+    scored = add_scores(ds, config, title, checked, input_sources(files), progress, job_row_bytes(files))
     sink = RankedSink(config.output, written_columns(config), schema, progress.name)
     prepare_output(config.output, config.mode, job=job, resumable=False, checked=True, run=sink.run)
     partitions = config.rank_partitions or default_partitions(input_bytes)

@@ -13,7 +13,7 @@ import re
 import sys
 import time
 from collections.abc import Mapping
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,6 +39,10 @@ SCORE = "score"
 # Rows a GPU replica scores per call. Each call ends by waiting for its scores, and its table goes back
 # through Ray Data, so a call should hold many batches: 32,768 MS MARCO-length pairs are ~36 64k-token batches.
 GPU_ROWS_PER_CALL = 32768
+# What a block's rows, and a replica call's, take in memory at most where a job's input has long rows (whole web pages
+# as documents): their rows are cut to fit (`rows_that_fit`). A block's is Ray Data's own target for a block.
+BLOCK_BYTES = 128 << 20
+GPU_CALL_BYTES = 512 << 20
 # CPUs a replica holds: one, so that the others stay free to read and tokenize. On a CPU the model still runs on
 # all its node's cores (`replica.Scorer`): scoring is most of the work there.
 REPLICA_CPUS = 1
@@ -253,11 +257,12 @@ def score(ds, config: Optional[ScoreConfig] = None, announce: str = "", **settin
 
 
 def add_scores(ds, config: ScoreConfig, announce: str = "", checked: Optional[ScoringModel] = None,
-               sources: Optional[Dict[str, str]] = None, progress: Optional[Progress] = None):
+               sources: Optional[Dict[str, str]] = None, progress: Optional[Progress] = None, row_bytes: float = 0.0):
     """`score` of a Dataset by a config whose other settings its caller uses (a job's files, a rerank's ranking).
     `checked`: `scoring_model(config)`, where a job checked it (its config is then the one used). `sources`: a job's
     input files by their key (`readers.input_sources`), so that a row that on_invalid=fail stops at names its file.
-    `progress`: a job's progress lines, whose counter the replicas tell the rows they finish.
+    `progress`: a job's progress lines, whose counter the replicas tell the rows they finish. `row_bytes`: what a
+    row takes in memory, a job's estimate from its files (`job_row_bytes`), which bounds the rows of a block and a call.
     """
     from .model_folder import dtype_name, half_precision_on_cpu
 
@@ -288,7 +293,13 @@ def add_scores(ds, config: ScoreConfig, announce: str = "", checked: Optional[Sc
               f"{'nanotoken' if encoder.fast is not None else 'Hugging Face'}, forward passes in {dtype} of at most "
               f"{budget:,} tokens, activation {checked.activation.rsplit('.', 1)[-1]}"
               + (f", each query after the prompt {prompt!r}" if prompt else ""), flush=True)
-    tokenized = in_blocks_of(ds, config.rows_per_block).map_batches(
+    block_rows, call_rows = rows_that_fit(config, use_gpu, row_bytes)
+    if announce and block_rows < config.rows_per_block:
+        print(f"{announce}: note: rows of ~{row_bytes / 2**20:,.1f} MiB in memory (the input's longest on average): "
+              f"blocks of {plural(block_rows, 'row')} and replica calls of {call_rows:,}, where "
+              f"{setting_and_flag('rows_per_block')} asks {config.rows_per_block:,}, so that a block holds at most "
+              f"{BLOCK_BYTES >> 20} MiB", file=sys.stderr, flush=True)
+    tokenized = in_blocks_of(ds, block_rows).map_batches(
         _tokenize_block,
         fn_kwargs=dict(
             encoder=encoder, query_column=config.query_column, document_column=config.document_column,
@@ -296,7 +307,7 @@ def add_scores(ds, config: ScoreConfig, announce: str = "", checked: Optional[Sc
             sources=sources, input_format=config.input_format,
         ),
         batch_format="pyarrow",
-        batch_size=config.rows_per_block,
+        batch_size=block_rows,
         num_cpus=config.tokenize_cpus,
         udf_modifying_row_count=False,
     )
@@ -307,7 +318,7 @@ def add_scores(ds, config: ScoreConfig, announce: str = "", checked: Optional[Sc
                                    progress=progress.name if progress else None,
                                    tell_every=progress.tell_every if progress else TELL_EVERY_S),
         batch_format="pyarrow",
-        batch_size=config.rows_per_call or (GPU_ROWS_PER_CALL if use_gpu else config.rows_per_block),
+        batch_size=call_rows,
         compute=replica_pool(config, use_gpu, min_replicas, max_replicas),
         num_gpus=1 if use_gpu else 0,
         num_cpus=REPLICA_CPUS,
@@ -315,6 +326,25 @@ def add_scores(ds, config: ScoreConfig, announce: str = "", checked: Optional[Sc
         # A replica that dies (node lost, OOM) is restarted and its blocks are redone: Ray Data's actor
         # pools default to max_restarts=-1 and max_task_retries=-1.
     )
+
+
+def rows_that_fit(config: ScoreConfig, use_gpu: bool, row_bytes: float) -> Tuple[int, int]:
+    """The rows of a block (`rows_per_block`) and of a replica's call (`rows_per_call`; by default 32,768 on a GPU,
+    a block's on CPUs), fewer where rows of `row_bytes` would take more than `BLOCK_BYTES` a block (`GPU_CALL_BYTES` a
+    call on a GPU). Ray Data batches by rows alone: 300 rows of 2.2 MB documents came to a replica as one call of
+    625 MiB, its memory 3.6 GiB, and at the default 4,096 rows a call would have held ~8 GiB."""
+    block = config.rows_per_block
+    call = config.rows_per_call or (GPU_ROWS_PER_CALL if use_gpu else block)
+    if row_bytes > 0:
+        block = max(1, min(block, int(BLOCK_BYTES // row_bytes)))
+        call = max(1, min(call, int((GPU_CALL_BYTES if use_gpu else BLOCK_BYTES) // row_bytes)))
+    return block, call
+
+
+def job_row_bytes(files) -> float:
+    """What a row of the job's input takes in memory, by the file whose rows are the longest on average (its
+    `FileCheck.row_bytes`), where the rows of one file may be far longer than another's."""
+    return max((f.row_bytes for f in files), default=0.0)
 
 
 def on_gpus(config: ScoreConfig, resources: Optional[dict] = None) -> bool:
@@ -881,7 +911,8 @@ def run_score(config: ScoreConfig, transform=None, title: str = "ce-ray score") 
     if earlier.record:
         refuse_other_settings(config.output, earlier.record, job)
     progress = None if ds is None else Progress(title, say_input(title, [f for f in files if to_score(f)], rows_held))
-    scored = None if ds is None else add_scores(ds, config, title, checked, input_sources(files), progress)
+    scored = None if ds is None else add_scores(ds, config, title, checked, input_sources(files), progress,
+                                                job_row_bytes([f for f in files if to_score(f)]))
     if scored is not None and transform is not None:
         scored = transform(scored)
     stamps = {input_key(f.path): f.stamp for f in files}

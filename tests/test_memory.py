@@ -148,3 +148,43 @@ def test_one_big_row_group_and_one_big_json_lines_file_are_read_in_small_chunks(
     with fs.open_input_stream(lines) as f:
         ids, peak = read_with_peak(tag_rows(json_lines_chunks(f, lines, text_columns=["query", "document"]), lines))
     assert ids == list(range(BIG_FILE_ROWS)) and peak < size, (peak, size)
+
+
+def test_long_rows_come_to_tokenizing_and_scoring_in_blocks_that_fit(tmp_path, ray_local, tiny_model, monkeypatch,
+                                                                      capsys):
+    """Ray Data batches by rows alone: 300 rows of 2.2 MB documents (a web page each) came to a replica as one call
+    of 625 MiB, its memory 3.6 GiB, and at the default 4,096 rows a call would have held ~8 GiB. A job's rows of a
+    block and of a call are cut where its files' rows are long (`FileCheck.row_bytes`, the longest file's on
+    average) to fit `BLOCK_BYTES` (here made small)."""
+    import pyarrow.fs as pafs
+
+    import importlib
+
+    from ce_ray.config import ScoreConfig
+    from ce_ray.input_files import check_inputs
+    from ce_ray.score import job_row_bytes, rows_that_fit, run_score
+
+    fs = pafs.LocalFileSystem()
+    words = " ".join(WORDS)
+    long_docs = pa.table({"query": ["q"] * 40, "document": [f"{i} " + words * 500 for i in range(40)]})  # 64 KB
+    pq.write_table(long_docs, tmp_path / "long.parquet")
+    pq.write_table(pa.table({"query": ["q"] * 40, "document": ["d"] * 40}), tmp_path / "short.parquet")
+    long_docs.to_pandas().to_json(tmp_path / "long.jsonl", orient="records", lines=True)
+    checks, _ = check_inputs(fs, [str(tmp_path / n) for n in ("long.parquet", "short.parquet")], "parquet", ["query"])
+    row_bytes = job_row_bytes(checks)
+    (line_check,), _ = check_inputs(fs, [str(tmp_path / "long.jsonl")], "jsonl", ["query"])
+    for estimate in (row_bytes, line_check.row_bytes):
+        assert 64_000 < estimate < 64_100, estimate  # the long file's, not the two files' mean
+    config = ScoreConfig(model="m")
+    assert rows_that_fit(config, False, 0.0) == (4096, 4096) and rows_that_fit(config, True, 0.0) == (4096, 32768)
+    assert rows_that_fit(config, False, 2.2e6) == (61, 61) and rows_that_fit(config, True, 2.2e6) == (61, 244)
+    assert rows_that_fit(ScoreConfig(model="m", rows_per_block=16), False, 2.2e6) == (16, 16)
+
+    monkeypatch.setattr(importlib.import_module("ce_ray.score"), "BLOCK_BYTES", 1 << 20)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "long.parquet").rename(tmp_path / "in" / "long.parquet")
+    summary = run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "in"), output=str(tmp_path / "out")))
+    assert summary.rows_scored == 40
+    assert ("rows of ~0.1 MiB in memory (the input's longest on average): blocks of 16 rows and replica calls of 16, "
+            "where rows_per_block (--rows-per-block) asks 4,096, so that a block holds at most 1 MiB"
+            ) in capsys.readouterr().err
