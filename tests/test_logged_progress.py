@@ -1,7 +1,9 @@
 """What a job's log holds where its output is no terminal (a file, a Ray Job's log): Ray Data's progress once a
-minute, not a block of lines every 10 s, unless the user asks for another pace; and ce-ray's own progress lines."""
+minute, not a block of lines every 10 s, unless the user asks for another pace; and ce-ray's own progress lines,
+in a terminal too."""
 
 import os
+import re
 import subprocess
 import sys
 import types
@@ -121,3 +123,47 @@ def test_progress_every_as_given(monkeypatch, given, every):
 
     monkeypatch.setenv("CE_RAY_PROGRESS_SECONDS", given)
     assert progress_every() == every
+
+
+def test_a_job_in_a_terminal_prints_its_progress_lines_above_ray_datas_bars(tmp_path, tiny_model):
+    """In a terminal of 120 columns Ray Data's scoring bar showed its stage's name and resources alone, cut before its
+    count, rate and time left, and the job's bar counted the rows written: ce-ray's own lines, which said them, were
+    off wherever Ray Data drew its bars. They are printed there too."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    import pandas as pd
+
+    pd.DataFrame({"query": ["what is ray"] * 20_000, "document": [f"ray is a framework {i}" for i in range(20_000)]}
+                 ).to_parquet(tmp_path / "pairs.parquet")
+    main, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_DATA_DISABLE_PROGRESS_BARS", "RAY_ADDRESS")}
+    env |= {"CE_RAY_PROGRESS_SECONDS": "1", "TERM": "xterm", "PYTHONPATH": str(ROOT)}
+    job = subprocess.Popen([sys.executable, "-m", "ce_ray.cli", "score", "--model", str(tiny_model), "--input",
+                            str(tmp_path / "pairs.parquet"), "--output", str(tmp_path / "out"), "--rows-per-block",
+                            "1024"], stdin=terminal, stdout=terminal, stderr=terminal, env=env, cwd=tmp_path)
+    os.close(terminal)
+    seen = b""
+    try:
+        while True:
+            ready, _, _ = select.select([main], [], [], 300)
+            if not ready:
+                break
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the terminal closed with the job
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        job.wait(timeout=60)
+        os.close(main)
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", seen.decode(errors="replace")).replace("\r", "\n")  # as shown
+    assert job.returncode == 0, text[-3000:]
+    assert "Running Dataset" in text and "- MapBatches(_tokenize_block)" in text, text[-3000:]  # Ray Data's bars
+    assert re.search(r"^ce-ray score: [\d,]+ of 20,000 pairs scored \(", text, re.MULTILINE), text[-3000:]
