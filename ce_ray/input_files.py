@@ -33,6 +33,9 @@ UNREAD_CODECS = {".xz": "xz", ".lzma": "lzma", ".lz4": "lz4", ".br": "brotli", "
                  ".snappy": "snappy", ".lzo": "lzo", ".gzip": "gzip", ".zip": "zip", ".7z": "7z", ".z": "compress"}
 # A compressed text file's text, in memory, taken as this many times its size (text compresses 3-5x).
 COMPRESSED_TEXT_RATIO = 4
+# What a block's rows take in memory at most where an input's rows are long (whole web pages as documents): Ray Data's
+# own target for a block, which it keeps by bytes where it reads, but batches after by rows alone (`rows_within`).
+BLOCK_BYTES = 128 << 20
 HEAD_BYTES = 1 << 20  # what the schema check reads of a text file, and more to the end of its first line
 FIRST_LINE_BYTES = 64 << 20  # a first line longer than this is not read to its end (16 files are checked at once)
 UTF8_BOM = b"\xef\xbb\xbf"  # what some tools (Excel) write first in a text file; Arrow's readers skip it
@@ -93,6 +96,11 @@ def eval_beside(uri: str) -> str:
 # folder of parquet files, a Delta table's earlier rows came again, exit 0.
 TABLE_FORMATS = {"_delta_log": ("Delta Lake", "read_delta"), ".hoodie": ("Apache Hudi", "read_hudi"),
                  "metadata": ("Apache Iceberg", "read_iceberg")}
+
+
+def rows_within(rows: int, row_bytes: float, limit: int = BLOCK_BYTES) -> int:
+    """`rows`, or fewer where rows of `row_bytes` (`FileCheck.row_bytes`) would take more than `limit` bytes."""
+    return max(1, min(rows, int(limit // row_bytes))) if row_bytes > 0 else rows
 
 
 def _refuse_tables(uri: str, base: str, listed: Dict[str, Tuple[int, str]]) -> None:

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from .arrow_types import is_text
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, refuse_unused, require, with_settings
-from .input_files import DELIMITED, detect_format, refuse_reasons_of, refuse_written
+from .input_files import BLOCK_BYTES, DELIMITED, detect_format, refuse_reasons_of, refuse_written, rows_within
 from .messages import UNSCORABLE, InputError, column_list, plural, setting_and_flag
 from .output_state import (ACTIVATION_SCORED, DTYPE_SCORED, MAX_LENGTH_SCORED, MODEL_VERSION, RESOLVED_LATE,
                            input_cut_record)
@@ -39,10 +39,7 @@ SCORE = "score"
 # Rows a GPU replica scores per call. Each call ends by waiting for its scores, and its table goes back
 # through Ray Data, so a call should hold many batches: 32,768 MS MARCO-length pairs are ~36 64k-token batches.
 GPU_ROWS_PER_CALL = 32768
-# What a block's rows, and a replica call's, take in memory at most where a job's input has long rows (whole web pages
-# as documents): their rows are cut to fit (`rows_that_fit`). A block's is Ray Data's own target for a block.
-BLOCK_BYTES = 128 << 20
-GPU_CALL_BYTES = 512 << 20
+GPU_CALL_BYTES = 512 << 20  # what a replica call's rows take in memory at most on a GPU (`rows_that_fit`)
 # CPUs a replica holds: one, so that the others stay free to read and tokenize. On a CPU the model still runs on
 # all its node's cores (`replica.Scorer`): scoring is most of the work there.
 REPLICA_CPUS = 1
@@ -331,14 +328,11 @@ def add_scores(ds, config: ScoreConfig, announce: str = "", checked: Optional[Sc
 def rows_that_fit(config: ScoreConfig, use_gpu: bool, row_bytes: float) -> Tuple[int, int]:
     """The rows of a block (`rows_per_block`) and of a replica's call (`rows_per_call`; by default 32,768 on a GPU,
     a block's on CPUs), fewer where rows of `row_bytes` would take more than `BLOCK_BYTES` a block (`GPU_CALL_BYTES` a
-    call on a GPU). Ray Data batches by rows alone: 300 rows of 2.2 MB documents came to a replica as one call of
-    625 MiB, its memory 3.6 GiB, and at the default 4,096 rows a call would have held ~8 GiB."""
-    block = config.rows_per_block
-    call = config.rows_per_call or (GPU_ROWS_PER_CALL if use_gpu else block)
-    if row_bytes > 0:
-        block = max(1, min(block, int(BLOCK_BYTES // row_bytes)))
-        call = max(1, min(call, int((GPU_CALL_BYTES if use_gpu else BLOCK_BYTES) // row_bytes)))
-    return block, call
+    call on a GPU). Ray Data batches by rows alone: 300 rows of 2.1 MB documents came to a replica as one call of
+    625 MiB, 4 GiB of its memory, and at the default 4,096 rows a call would have held ~8 GiB."""
+    block = rows_within(config.rows_per_block, row_bytes, BLOCK_BYTES)
+    call = config.rows_per_call or (GPU_ROWS_PER_CALL if use_gpu else config.rows_per_block)
+    return block, rows_within(call, row_bytes, GPU_CALL_BYTES if use_gpu else BLOCK_BYTES)
 
 
 def job_row_bytes(files) -> float:
