@@ -98,11 +98,6 @@ TABLE_FORMATS = {"_delta_log": ("Delta Lake", "read_delta"), ".hoodie": ("Apache
                  "metadata": ("Apache Iceberg", "read_iceberg")}
 
 
-def rows_within(rows: int, row_bytes: float, limit: int = BLOCK_BYTES) -> int:
-    """`rows`, or fewer where rows of `row_bytes` (`FileCheck.row_bytes`) would take more than `limit` bytes."""
-    return max(1, min(rows, int(limit // row_bytes))) if row_bytes > 0 else rows
-
-
 def _refuse_tables(uri: str, base: str, listed: Dict[str, Tuple[int, str]]) -> None:
     """Refuses a folder that holds a Delta Lake, Hudi or Iceberg table (its metadata folder among the files listed
     under `base`): its parquet files are not its rows."""
@@ -263,6 +258,11 @@ class FileCheck:
     # the earlier run, whose results it scores again.
     stamp: str = ""
     row_bytes: float = 0.0  # about what a row takes in memory: parquet's row groups over its rows, a text head's lines
+
+
+def rows_within(rows: int, row_bytes: float, limit: int = BLOCK_BYTES) -> int:
+    """`rows`, or fewer where rows of `row_bytes` (`FileCheck.row_bytes`) would take more than `limit` bytes."""
+    return max(1, min(rows, int(limit // row_bytes))) if row_bytes > 0 else rows
 
 
 def _text_bytes(path: str, size: int, head: bytes, whole: bool) -> int:

@@ -414,9 +414,10 @@ def _local_tree(folder: str) -> Dict[str, Tuple[int, str]]:
     def walk(path: str) -> None:
         walked.add(os.path.realpath(path))
         for entry in sorted(os.scandir(path), key=lambda entry: entry.name):
-            target = os.path.realpath(entry.path)
-            if entry.is_symlink() and (target == top or target.startswith(top + os.sep) or target in walked):
-                continue
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if target == top or target.startswith(top + os.sep) or target in walked:
+                    continue
             if entry.is_dir():
                 walk(entry.path)
             elif entry.is_file():
