@@ -13,6 +13,8 @@ import platform
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
+from .storage import local_path
+
 HIDDEN = {"model", "dtype", "output", "train_data", "eval_data", "storage_path", "run_name", "deepspeed"}
 
 
@@ -115,8 +117,7 @@ def _is_hub_id(model: str) -> bool:
 def shown(path: str) -> str:
     """A model or data path as a card meant for the hub shows it: a hub id or a URI as it is, a local path by its
     name alone (`/home/alice/data/pairs.parquet` said whose machine it was, and nothing to a reader of the hub)."""
-    if path.startswith("file://"):
-        path = path[len("file://"):]
+    path = local_path(path)
     if "://" in path or _is_hub_id(path):
         return path
     return os.path.basename(path.rstrip("/")) or path

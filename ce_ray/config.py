@@ -404,8 +404,8 @@ class TrainConfig(ModelConfig):
         _require_file_names(self, "run_name", empty=True)
         if not self.run_name.isascii():  # the run failed once Ray Train had started, and the same command again
             other = next(c for c in self.run_name if not c.isascii())
-            raise ConfigError(f"{setting_and_flag('run_name')} {self.run_name!r}: Ray Train takes a run's name in ASCII "
-                              f"alone (it tags its metrics with it): give one without {other!r}")
+            raise ConfigError(f"{setting_and_flag('run_name')} {self.run_name!r}: Ray Train takes a run's name in "
+                              f"ASCII alone (it tags its metrics with it): give one without {other!r}")
         _require_file_names(self, "train_split", "eval_split")  # a split's is qrels/<split>.tsv
         for name in ("num_workers", "epochs", "batch_size", "grad_accum", "log_every", "eval_top_k",
                      "length_window", "keep_checkpoints"):

@@ -39,7 +39,7 @@ from .messages import InputError, column_list, plural, setting_and_flag, setting
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 from .output_state import EVAL, REJECTS, job_of_results, job_summary, refuse_changed_output, rows_cut_before
 from .storage import (check_s3_access, file_in_the_way, filesystem, glob_base, is_glob, is_remote, join,
-                      same_place)
+                      same_place, try_local_folder)
 from .train_data import numeric_labels
 
 
@@ -576,6 +576,11 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
         # found as the file was written, after the measures (a run's file written first: the measures' not)
         if uri and (blocker := file_in_the_way(os.path.dirname(uri) or ".")):
             raise ConfigError(f"{setting_and_flag(setting)} {uri}: {blocker} is a file, not a folder")
+        try:  # a folder that cannot be made or written (`--input .` under a folder of another user's): found as well
+            if uri:
+                try_local_folder(os.path.dirname(uri) or ".")
+        except OSError as e:
+            raise ConfigError(f"{setting_and_flag(setting)} {uri} cannot be written ({e}): give another path") from None
     qrels = read_qrels(c.qrels) if c.qrels else None
     required = [c.query_id_column] + ([c.doc_id_column] if qrels is not None or c.run_output else []) + (
         [c.label_column] if qrels is None else [])

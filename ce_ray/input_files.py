@@ -98,26 +98,49 @@ TABLE_FORMATS = {"_delta_log": ("Delta Lake", "read_delta"), ".hoodie": ("Apache
                  "metadata": ("Apache Iceberg", "read_iceberg")}
 
 
-def _refuse_tables(uri: str, base: str, listed: Dict[str, Tuple[int, str]]) -> None:
-    """Refuses a folder that holds a Delta Lake, Hudi or Iceberg table (its metadata folder among the files listed
-    under `base`): its parquet files are not its rows."""
-    for file in listed:
-        parts = file[len(base):].split("/")
-        for folder in parts[:-1]:
+def _refuse_tables(uri: str, base: str, listed: Dict[str, Tuple[int, str]], files: List[str]) -> None:
+    """Refuses the files to read (`files`) where they lie in a Delta Lake, Hudi or Iceberg table's folder (its
+    metadata folder among the files listed under `base`): its parquet files are not its rows. A table beside them
+    (in a glob's base folder) is not theirs."""
+    for path in listed:
+        parts = path[len(base):].split("/")
+        for at, folder in enumerate(parts[:-1]):
             if folder in TABLE_FORMATS and (folder != "metadata" or parts[-1].endswith(".metadata.json")):
-                table, reader = TABLE_FORMATS[folder]
-                raise InputError(f"input {uri} holds a {table} table ({folder}/): its folder keeps the files of the "
-                                 f"table's earlier versions too, which would be read as rows. Read it with Ray Data's "
-                                 f"ray.data.{reader} and score the Dataset with ce_ray.score or ce_ray.rerank "
-                                 "(docs/python.md), or give the files of one version")
+                table_folder = base + "/".join(parts[:at])
+                if any(file.startswith(table_folder.rstrip("/") + "/") for file in files):
+                    table, reader = TABLE_FORMATS[folder]
+                    raise InputError(
+                        f"input {uri} holds a {table} table ({folder}/): its folder keeps the files of the table's "
+                        f"earlier versions too, which would be read as rows. Read it with Ray Data's "
+                        f"ray.data.{reader} and score the Dataset with ce_ray.score or ce_ray.rerank (docs/python.md), "
+                        "or give the files of one version")
 
 
-def _refuse_unread_codecs(files: List[str], read_whatever_the_name: bool) -> None:
-    """Refuses a file of pairs compressed by a codec ce-ray does not read (`b.csv.xz`, or any file so named that would
-    be read: named alone, by a glob, or with its format given), naming it and the codecs it reads."""
+def each_file_once(files: List[str], base: str) -> List[str]:
+    """Local `files`, a file reached by two names (`latest/p.parquet` and `2024-01-02/p.parquet`, where `latest` is a
+    link; two links to one file) once: by the name of its own place under `base` where it has one, else the first.
+    Its rows were read once a name."""
+    top = os.path.realpath(base)
+    by_target: Dict[str, str] = {}
+    for file in files:
+        target = os.path.realpath(file)
+        own_place = target == os.path.join(top, os.path.relpath(file, base))
+        if target not in by_target or own_place:
+            by_target[target] = file
+    kept = set(by_target.values())
+    return [file for file in files if file in kept]
+
+
+def _refuse_unread_codecs(files: List[str], named: bool, read_as_given: bool) -> None:
+    """Refuses a file of pairs compressed by a codec ce-ray does not read: one whose name says a format before the
+    codec's suffix (`b.csv.xz`), one named alone, or one a glob or the format given would read (not a document, an
+    archive of images); naming it and what to do."""
     for file in files:
         suffix = next((s for s in UNREAD_CODECS if file.lower().endswith(s)), None)
-        if suffix and (read_whatever_the_name or detect_format(file[: -len(suffix)]) is not None):
+        if suffix and (named or detect_format(file[: -len(suffix)]) is not None
+                       or (read_as_given and not is_document(file))):
+            if suffix == ".gzip":
+                raise InputError(f"{file} ends in .gzip, which ce-ray does not read as gzip: name it .gz")
             raise InputError(f"{file} is compressed with {UNREAD_CODECS[suffix]} ({suffix}), which ce-ray does not "
                              f"read: recompress it as {', '.join(COMPRESSED[:-1])} or {COMPRESSED[-1]}")
 
@@ -196,7 +219,6 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
             listed = list_tree(fs, base)
         except OSError as e:
             raise InputError(f"cannot list input {uri}: {e}") from e
-        _refuse_tables(uri, base, listed)
         if finished is not None and not listed:  # S3 keeps no empty folder; a local one is as empty
             raise InputError(f"input {uri} is the output of a job that scored no row (see its {REJECTS}/)")
         files = sorted(
@@ -205,6 +227,7 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
             if not any(part.startswith(("_", ".")) for part in file[len(base) :].split("/") if part)
             and (not has_glob or fnmatch.fnmatch(file, path))
         )
+        _refuse_tables(uri, base, listed, files)
     if has_glob and not files:
         # A folder or file whose own name holds one of them (`pairs[v2]/`) is a pattern too, matching nothing.
         kind = fs.get_file_info(path).type
@@ -212,7 +235,7 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
         raise InputError(f"input {uri} matches no files" + (
             f": `[`, `*` and `?` make a path a pattern, and {path} is a name that holds them; to read it as it is, "
             f"give {as_written}" if kind != pafs.FileType.NotFound else ""))
-    _refuse_unread_codecs(files, named or has_glob or input_format != "auto")
+    _refuse_unread_codecs(files, named, has_glob or input_format != "auto")
     given = input_format != "auto"
     if input_format == "auto":
         formats = {detect_format(f) for f in files} - {None}
@@ -236,7 +259,7 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
             other = [posixpath.basename(f) for f in sorted(set(files) - set(kept))]
             print(f"ce-ray: note: {uri}: skipped {len(other)} file(s) that are not {input_format}: "
                   + ", ".join(other[:5]) + (", ..." if len(other) > 5 else ""), file=sys.stderr, flush=True)
-        files = kept
+        files = kept if is_remote(uri) else each_file_once(kept, base)
     if not files:
         raise InputError(f"input {uri} holds no {input_format} files")
     if column_names and input_format not in DELIMITED:
@@ -320,8 +343,11 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
         # A CSV or TSV line may end in "\r" alone, as Arrow's reader reads it (bytes' splitlines splits at no other).
         lines = [line for line in (head.splitlines() if input_format in DELIMITED else head.split(b"\n"))
                  if line.strip()]
-        rows = lines if whole or len(lines) < 2 else lines[:-1]  # the head's last line cut short where it ends mid-file
-        row_bytes = sum(len(line) + 1 for line in rows) / max(len(rows), 1)
+        # What a row takes: the head's rows past a CSV's header, those it holds whole, else the one it cut short (a
+        # row at least that long). The header counted as a row, and a cut row was left out: rows of 1.3 MB, 0 bytes.
+        rows = lines[1:] if input_format in DELIMITED and not column_names else lines
+        sample = (rows if whole else rows[:-1]) or rows[-1:]
+        row_bytes = sum(len(line) + 1 for line in sample) / max(len(sample), 1)
         if input_format in DELIMITED:
             # Arrow's reader skips empty lines alone: a first line of spaces is the header it reads, of one column
             if not column_names and lines and not next(line for line in head.splitlines() if line).strip():

@@ -19,7 +19,7 @@ from typing import Callable, Dict, Optional
 
 from .config import ConfigError
 from .messages import plural, setting_and_flag
-from .storage import absolute, check_s3_access, filesystem, list_tree, object_stamp, s3_endpoint
+from .storage import absolute, check_s3_access, filesystem, list_tree, local_path, object_stamp, s3_endpoint
 
 SIGMOID = "torch.nn.modules.activation.Sigmoid"
 IDENTITY = "torch.nn.modules.linear.Identity"
@@ -48,8 +48,7 @@ def local_model_path(model: str, files: Optional[dict] = None) -> str:
     model's objects as a job's driver listed them (`model_files`), the ones copied; listed now where not given."""
     if model.startswith(("s3://", "s3a://")):
         return _copy_remote_folder(model, files)
-    if model.startswith("file://"):
-        model = model[len("file://") :]
+    model = local_path(model)
     if os.path.isdir(model):
         return model
     if os.path.exists(model):  # a weights or config file given for its folder
@@ -163,7 +162,7 @@ def model_version(model: str, files: Optional[dict] = None) -> str:
     if model.startswith(("s3://", "s3a://")):
         return _listing_key(model, files or model_files(model))
     path = local_model_path(model)
-    if path != model.removeprefix("file://"):  # a hub repository's snapshot: snapshots/<commit>
+    if path != local_path(model):  # a hub repository's snapshot: snapshots/<commit>
         return os.path.basename(path)
     stamps = sorted(f"{entry.name}\t{entry.stat().st_size}\t{entry.stat().st_mtime_ns}"
                     for entry in os.scandir(path) if entry.is_file() and not entry.name.startswith("."))

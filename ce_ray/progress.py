@@ -71,6 +71,15 @@ def progress_every() -> float:
     return max(every, 0.0) if every < NEVER_S else 0.0
 
 
+def bars_a_line_breaks() -> bool:
+    """Whether Ray Data draws tqdm's own bars in this terminal (`RAY_TQDM=0`), which a line printed among them breaks:
+    Ray's bars, its default, are kept whole by the `print` it puts in the driver's place."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    return sys.stdout.isatty() and context.enable_progress_bars and not context.use_ray_tqdm
+
+
 def duration(seconds: float) -> str:
     """Seconds as a person reads them: 42s, 3m05s, 2h07m (a training run's lines say them so too)."""
     seconds = round(seconds)
@@ -113,10 +122,10 @@ class Progress:
     def __init__(self, title: str, total: Optional[int], ranks: bool = False):
         self.title, self.total, self.ranks = title, total, ranks
         self.every = progress_every()
-        # In a terminal too, above Ray Data's bars (Ray's own `print` there keeps them whole): at the widths terminals
-        # have (80 to 200 columns), the scoring stage's bar showed its name and its resources alone, cut before its
-        # count, rate and time left, and the job's bar counted the rows written, none until a rerank ended.
-        on = self.every > 0
+        # In a terminal too, above Ray Data's bars: at the widths terminals have (80 to 200 columns), the scoring
+        # stage's bar showed its name and its resources alone, cut before its count, rate and time left, and the job's
+        # bar counted the rows written, none until a rerank ended.
+        on = self.every > 0 and not bars_a_line_breaks()
         # By name, created only as the work begins: a job refused before it leaves no counter behind.
         self.name = f"ce-ray-progress-{uuid.uuid4().hex}" if on else None
         self.tell_every = min(TELL_EVERY_S, self.every / 2)

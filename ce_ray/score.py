@@ -292,7 +292,8 @@ def add_scores(ds, config: ScoreConfig, announce: str = "", checked: Optional[Sc
               + (f", each query after the prompt {prompt!r}" if prompt else ""), flush=True)
     block_rows, call_rows = rows_that_fit(config, use_gpu, row_bytes)
     if announce and block_rows < config.rows_per_block:
-        print(f"{announce}: note: rows of ~{row_bytes / 2**20:,.1f} MiB in memory (the input's longest on average): "
+        size = f"{row_bytes / 2**20:,.1f} MiB" if row_bytes >= 2**20 else f"{row_bytes / 2**10:,.0f} KiB"
+        print(f"{announce}: note: rows of ~{size} in memory (the input's longest on average): "
               f"blocks of {plural(block_rows, 'row')} and replica calls of {call_rows:,}, where "
               f"{setting_and_flag('rows_per_block')} asks {config.rows_per_block:,}, so that a block holds at most "
               f"{BLOCK_BYTES >> 20} MiB", file=sys.stderr, flush=True)

@@ -403,32 +403,34 @@ def list_tree(fs: pafs.FileSystem, folder: str) -> Dict[str, Tuple[int, str]]:
 
 
 def _local_tree(folder: str) -> Dict[str, Tuple[int, str]]:
-    """`list_tree` of a local folder, each file once: a link that leads to a file or folder inside `folder` (a
-    `latest -> 2024-01-02` beside the dated folders, a link back to a folder above) is left out, its files listed at
-    their own place, and one that leads out of it is followed, a folder once. pyarrow's listing followed every link:
-    those files were read twice, and a loop's some 40 times over, exit 0."""
-    top = os.path.realpath(folder)
+    """`list_tree` of a local folder: its files under their own names, links followed (a file reached by two names,
+    `latest -> 2024-01-02`, is read once: `input_files.each_file_once`), but not a link to a folder on the way to it
+    or above it, a loop, which pyarrow's listing went round some 40 times, its files read as many times, exit 0.
+    A file or folder gone while it is listed (a temporary renamed) is passed over, as pyarrow's listing passed over
+    it."""
     files: Dict[str, Tuple[int, str]] = {}
-    walked = set()
 
-    def walk(path: str) -> None:
-        walked.add(os.path.realpath(path))
-        for entry in sorted(os.scandir(path), key=lambda entry: entry.name):
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if target == top or target.startswith(top + os.sep) or target in walked:
-                    continue
-            if entry.is_dir():
-                walk(entry.path)
-            elif entry.is_file():
-                stat = entry.stat()
-                files[entry.path] = _stamp(stat.st_size, stat.st_mtime_ns)
+    def walk(path: str, real: str, above: frozenset) -> None:
+        try:
+            entries = sorted(os.scandir(path), key=lambda entry: entry.name)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            try:
+                link = entry.is_symlink()
+                target = os.path.realpath(entry.path) if link else os.path.join(real, entry.name)
+                if entry.is_dir():
+                    if not (link and any(target == on_the_way or on_the_way.startswith(target + os.sep)
+                                         for on_the_way in above)):
+                        walk(entry.path, target, above | {target})
+                elif entry.is_file():
+                    stat = entry.stat()
+                    files[entry.path] = _stamp(stat.st_size, stat.st_mtime_ns)
+            except FileNotFoundError:
+                continue
 
-    try:
-        walk(folder)
-    except FileNotFoundError:
-        if os.path.exists(folder):  # a file or folder gone while listed: as pyarrow, said
-            raise
+    top = os.path.realpath(folder)
+    walk(folder, top, frozenset({top}))
     return files
 
 

@@ -167,3 +167,19 @@ def test_a_job_in_a_terminal_prints_its_progress_lines_above_ray_datas_bars(tmp_
     assert job.returncode == 0, text[-3000:]
     assert "Running Dataset" in text and "- MapBatches(_tokenize_block)" in text, text[-3000:]  # Ray Data's bars
     assert re.search(r"^ce-ray score: [\d,]+ of 20,000 pairs scored \(", text, re.MULTILINE), text[-3000:]
+
+
+def test_no_line_is_printed_among_tqdms_own_bars(monkeypatch):
+    """With `RAY_TQDM=0` Ray Data draws tqdm's own bars, which a line printed among them broke (`… in 2sResource…`,
+    overwritten by the bars); Ray's bars, its default, are kept whole."""
+    from ray.data import DataContext
+
+    from ce_ray.progress import Progress
+
+    context = DataContext.get_current()
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(context, "enable_progress_bars", True)
+    monkeypatch.setattr(context, "use_ray_tqdm", False)
+    assert Progress("ce-ray score", 10).name is None
+    monkeypatch.setattr(context, "use_ray_tqdm", True)
+    assert Progress("ce-ray score", 10).name is not None

@@ -175,6 +175,10 @@ def test_long_rows_come_to_tokenizing_and_scoring_in_blocks_that_fit(tmp_path, r
     (line_check,), _ = check_inputs(fs, [str(tmp_path / "long.jsonl")], "jsonl", ["query"])
     for estimate in (row_bytes, line_check.row_bytes):
         assert 64_000 < estimate < 64_100, estimate  # the long file's, not the two files' mean
+    # A TSV's header is no row, and a row its first MiB cuts short is at least that long: rows of 1.3 MB were 0 bytes.
+    (tmp_path / "long.tsv").write_text("query\tdocument\n" + "".join(f"q\t{words * 10_000}\n" for _ in range(3)))
+    (tsv_check,), _ = check_inputs(fs, [str(tmp_path / "long.tsv")], "tsv", ["query"])
+    assert tsv_check.row_bytes > 1_000_000, tsv_check.row_bytes
     config = ScoreConfig(model="m")
     assert rows_that_fit(config, False, 0.0) == (4096, 4096) and rows_that_fit(config, True, 0.0) == (4096, 32768)
     assert rows_that_fit(config, False, 2.2e6) == (61, 61) and rows_that_fit(config, True, 2.2e6) == (61, 244)
@@ -185,6 +189,6 @@ def test_long_rows_come_to_tokenizing_and_scoring_in_blocks_that_fit(tmp_path, r
     (tmp_path / "long.parquet").rename(tmp_path / "in" / "long.parquet")
     summary = run_score(ScoreConfig(model=str(tiny_model), input=str(tmp_path / "in"), output=str(tmp_path / "out")))
     assert summary.rows_scored == 40
-    assert ("rows of ~0.1 MiB in memory (the input's longest on average): blocks of 16 rows and replica calls of 16, "
+    assert ("rows of ~63 KiB in memory (the input's longest on average): blocks of 16 rows and replica calls of 16, "
             "where rows_per_block (--rows-per-block) asks 4,096, so that a block holds at most 1 MiB"
             ) in capsys.readouterr().err

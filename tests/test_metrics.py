@@ -244,6 +244,15 @@ def test_evals_default_output_of_the_working_folder_or_a_buckets_root_is_beside_
     assert default_output("s3://bucket/pairs/", of_a_job=False) == "s3://bucket/pairs.eval.json"
 
 
+def test_an_eval_whose_output_cannot_be_written_fails_before_it_measures(tmp_path):
+    """`ce-ray eval --input .` in a folder whose parent is another user's (a container's working folder under `/`)
+    measured, then failed writing with a traceback; so did an `--output` in a folder that cannot be made."""
+    pd.DataFrame({"query_id": [1, 1], "score": [0.9, 0.1], "label": [1, 0]}).to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(ConfigError, match=r"^output \(--output\) /proc/ce-ray-eval/e\.json cannot be written "
+                                          r"\(\[Errno \d+\] .*\): give another path$"):
+        run_eval(EvalConfig(input=str(tmp_path / "p.parquet"), output="/proc/ce-ray-eval/e.json"))
+
+
 def test_a_document_listed_twice_counts_at_its_best_rank_in_each_order():
     """Passages of one document scored apart (or one document from two retrievers) count once, at the best
     rank each order gives the document, whatever the file's order: the first row in the file (here the

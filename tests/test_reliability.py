@@ -1231,8 +1231,9 @@ def test_other_files_in_an_input_folder_are_skipped_and_said(ray_local, tmp_path
 
 def test_a_file_reached_again_through_a_link_is_read_once(tmp_path):
     """A `latest` link beside the dated folders it leads to gave its files twice, and a link back to a folder above
-    some 40 times over (pyarrow's listing follows links), exit 0. A link inside the input is left out, its files read
-    at their own place; one that leads out of it is followed, once."""
+    some 40 times over (pyarrow's listing follows links), exit 0. A file reached by two names is read once, at its own
+    place where it has one; a link to a file the folder's listing passes over (in a hidden folder, as git-annex and
+    the Hugging Face cache keep them) is read by its name, and a glob matches links as files."""
     from ce_ray.input_files import list_files
 
     for day in ("2024-01-01", "2024-01-02"):
@@ -1250,6 +1251,41 @@ def test_a_file_reached_again_through_a_link_is_read_once(tmp_path):
         "2024-01-01/p.parquet", "2024-01-02/p.parquet", "extra/e.parquet"]
     # The input given as the link itself is read through it.
     assert list_files(str(tmp_path / "in" / "latest")).files == [str(tmp_path / "in" / "latest" / "p.parquet")]
+    assert list_files(f"{tmp_path}/in/late*/p.parquet").files == [f"{tmp_path}/in/latest/p.parquet"]
+    (tmp_path / "annex" / ".versions").mkdir(parents=True)
+    pd.DataFrame({"query": ["q"], "document": ["v3"]}).to_parquet(tmp_path / "annex" / ".versions" / "v3.parquet")
+    (tmp_path / "annex" / "current.parquet").symlink_to(".versions/v3.parquet")
+    (tmp_path / "annex" / "up").symlink_to(tmp_path)  # a link above the input: a loop
+    assert list_files(str(tmp_path / "annex")).files == [str(tmp_path / "annex" / "current.parquet")]
+
+
+def test_a_folder_gone_while_its_input_is_listed_is_passed_over(tmp_path, monkeypatch):
+    """A Spark job's `_temporary/` removed as the input is listed (a job writing beside it, or the output's own
+    listing as another job writes): passed over, as pyarrow's listing passed over it, where it failed the input."""
+    import shutil
+
+    from ce_ray.storage import list_tree
+
+    (tmp_path / "in" / "_temporary" / "0").mkdir(parents=True)
+    (tmp_path / "in" / "_temporary" / "0" / "part-0.parquet").write_text("x")
+    (tmp_path / "in" / "p.parquet").write_text("x")
+    listing = os.scandir
+
+    class Entries(list):  # as os.scandir's iterator, a context manager too
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *_):
+            return False
+
+    def listed_then_removed(path="."):
+        entries = Entries(listing(path))
+        if path == str(tmp_path / "in"):
+            shutil.rmtree(tmp_path / "in" / "_temporary")
+        return entries
+
+    monkeypatch.setattr(os, "scandir", listed_then_removed)
+    assert list(list_tree(pafs.LocalFileSystem(), str(tmp_path / "in"))) == [str(tmp_path / "in" / "p.parquet")]
 
 
 def test_a_file_of_pairs_compressed_by_a_codec_ce_ray_does_not_read_is_refused_naming_it(tmp_path):
@@ -1263,12 +1299,18 @@ def test_a_file_of_pairs_compressed_by_a_codec_ce_ray_does_not_read_is_refused_n
     (tmp_path / "in" / "a.csv").write_text("query,document\nq,a\n")
     (tmp_path / "in" / "b.csv.xz").write_bytes(lzma.compress(b"query,document\nq,b\n"))
     (tmp_path / "in" / "notes.zip").write_bytes(b"PK")  # an archive of no format's name: skipped, as documents are
-    refused = r"/in/b\.csv\.xz is compressed with xz \(\.xz\), which ce-ray does not read: recompress it as \.gz, \.bz2 or \.zst$"
+    refused = (r"/in/b\.csv\.xz is compressed with xz \(\.xz\), which ce-ray does not read: "
+               r"recompress it as \.gz, \.bz2 or \.zst$")
     for given, input_format in [("in", "auto"), ("in/b.csv.xz", "auto"), ("in/b.csv.xz", "csv"), ("in/*", "csv")]:
         with pytest.raises(InputError, match=refused):
             list_files(str(tmp_path / given), input_format)
     (tmp_path / "in" / "b.csv.xz").unlink()
-    assert [os.path.basename(f) for f in list_files(str(tmp_path / "in")).files] == ["a.csv"]
+    for given, input_format in [("in", "auto"), ("in", "csv"), ("in/*", "csv")]:  # the archive skipped as documents are
+        assert [os.path.basename(f) for f in list_files(str(tmp_path / given), input_format).files] == ["a.csv"]
+    (tmp_path / "in" / "c.csv.gzip").write_bytes(b"")
+    with pytest.raises(InputError, match=r"c\.csv\.gzip ends in \.gzip, which ce-ray does not read as gzip: "
+                                         r"name it \.gz$"):
+        list_files(str(tmp_path / "in"))
 
 
 def test_a_folder_of_a_delta_hudi_or_iceberg_table_is_refused(tmp_path):
@@ -1286,6 +1328,12 @@ def test_a_folder_of_a_delta_hudi_or_iceberg_table_is_refused(tmp_path):
         with pytest.raises(InputError, match=rf"^input \S+/{table} holds a .* table \({marker.split('/')[0]}/\): its "
                                              rf"folder keeps .* Read it with Ray Data's ray.data.{reader} and score"):
             list_files(str(tmp_path / table))
+    # A table beside a glob's files is not theirs.
+    for folder in ("g/a", "g/lake/_delta_log"):
+        (tmp_path / folder).mkdir(parents=True)
+    pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "g" / "a" / "pairs.parquet")
+    (tmp_path / "g" / "lake" / "_delta_log" / "0.json").write_text("{}")
+    assert list_files(f"{tmp_path}/g/*/pairs.parquet").files == [f"{tmp_path}/g/a/pairs.parquet"]
     # A folder of its own named metadata, without Iceberg's files, is read as any.
     (tmp_path / "mine" / "metadata").mkdir(parents=True)
     (tmp_path / "mine" / "metadata" / "notes.json").write_text("{}")
@@ -1307,6 +1355,9 @@ def test_a_file_uri_is_its_path_url_decoded(tmp_path):
     assert (config.input, config.output) == (f"{tmp_path}/a b", f"{tmp_path}/out")
     assert absolute(config.model) == absolute(f"{tmp_path}/m") == absolute(f"file://{tmp_path}/m/")
     assert list_files(f"file://{tmp_path}/a%20b/p.parquet").files == [f"{tmp_path}/a b/p.parquet"]
+    from ce_ray.model_folder import local_model_path  # a model of a config built directly, not read by load_config
+
+    assert local_model_path(f"file://{tmp_path}/a%20b") == f"{tmp_path}/a b"
 
 
 def test_an_output_that_cannot_be_made_fails_before_any_work(tmp_path, tiny_model):
@@ -2078,8 +2129,9 @@ def test_an_empty_file_beside_files_of_rows_is_no_error(tmp_path):
     ("train", {"pos_weight": 0.0}, r"pos_weight \(--pos-weight\) must be > 0"),
     ("train", {"run_name": ".."}, r"run_name \(--run-name\) '\.\.' becomes a file's or a folder's name"),
     ("train", {"train_split": "."}, r"train_split \(--train-split\) '\.' becomes a file's or a folder's name"),
-    ("train", {"run_name": "modèle"}, r"run_name \(--run-name\) 'modèle': Ray Train takes a run's name in ASCII alone "
-                                       r"\(it tags its metrics with it\): give one without 'è'$"),
+    ("train", {"run_name": "modèle"},
+     r"run_name \(--run-name\) 'modèle': Ray Train takes a run's name in ASCII alone \(it tags its metrics with it\): "
+     r"give one without 'è'$"),
 ])
 def test_each_setting_is_refused_past_its_bound_and_taken_at_it(command, settings, refused):
     """Each bound where its message puts it: a warmup over the whole run never decayed the rate, an lr of 0 or a
@@ -2106,7 +2158,8 @@ def test_an_s3_place_written_whose_key_begins_with_a_slash_is_refused():
                           (CandidatesConfig, {"data": "d", "output": "s3://bkt//c"}),
                           (EvalConfig, {"input": "i", "run_output": "s3://bkt//run.txt"})]:
         with pytest.raises(ConfigError, match=r"its key begins with / \(an empty name after the bucket\), which S3 "
-                                              r"stores but s3fs does not list: .* Give s3a?://bkt/(out|ck/|c|run\.txt)$"):
+                                              r"stores but s3fs does not list: .* "
+                                              r"Give s3a?://bkt/(out|ck/|c|run\.txt)$"):
             load_config(cls, None, settings)
     for place in ("s3://bkt", "s3://bkt/", "s3://bkt/a//out", "/local//out"):
         load_config(ScoreConfig, None, {"model": "m", "output": place})
