@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -141,8 +142,9 @@ def test_a_job_in_a_terminal_prints_its_progress_lines_above_ray_datas_bars(tmp_
                  ).to_parquet(tmp_path / "pairs.parquet")
     main, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_DATA_DISABLE_PROGRESS_BARS", "RAY_ADDRESS")}
-    env |= {"CE_RAY_PROGRESS_SECONDS": "1", "TERM": "xterm", "PYTHONPATH": str(ROOT)}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_DATA_DISABLE_PROGRESS_BARS"}
+    env |= {"CE_RAY_PROGRESS_SECONDS": "1", "TERM": "xterm", "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "local",
+            "RAY_TMPDIR": tempfile.mkdtemp(prefix="cer-", dir="/tmp")}  # a Ray of its own, as conftest's jobs
     job = subprocess.Popen([sys.executable, "-m", "ce_ray.cli", "score", "--model", str(tiny_model), "--input",
                             str(tmp_path / "pairs.parquet"), "--output", str(tmp_path / "out"), "--rows-per-block",
                             "1024"], stdin=terminal, stdout=terminal, stderr=terminal, env=env, cwd=tmp_path)
