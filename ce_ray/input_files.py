@@ -86,7 +86,7 @@ def eval_beside(uri: str) -> str:
     if is_remote(place) and "/" not in place.split("://", 1)[1]:
         return f"{place}/_{EVAL_SUFFIX[1:]}"
     folder, sep, name = place.rpartition("/")
-    if detect_format(name) is None or folder.endswith(":/"):
+    if detect_format(name) is None:
         return place + EVAL_SUFFIX
     return f"{folder}{sep}_{name}{EVAL_SUFFIX}"
 
@@ -102,18 +102,19 @@ def _refuse_tables(uri: str, base: str, listed: Dict[str, Tuple[int, str]], file
     """Refuses the files to read (`files`) where they lie in a Delta Lake, Hudi or Iceberg table's folder (its
     metadata folder among the files listed under `base`): its parquet files are not its rows. A table beside them
     (in a glob's base folder) is not theirs."""
+    tables = {}  # a table's folder (with a trailing /) -> its metadata folder's name
     for path in listed:
         parts = path[len(base):].split("/")
         for at, folder in enumerate(parts[:-1]):
             if folder in TABLE_FORMATS and (folder != "metadata" or parts[-1].endswith(".metadata.json")):
-                table_folder = base + "/".join(parts[:at])
-                if any(file.startswith(table_folder.rstrip("/") + "/") for file in files):
-                    table, reader = TABLE_FORMATS[folder]
-                    raise InputError(
-                        f"input {uri} holds a {table} table ({folder}/): its folder keeps the files of the table's "
-                        f"earlier versions too, which would be read as rows. Read it with Ray Data's "
-                        f"ray.data.{reader} and score the Dataset with ce_ray.score or ce_ray.rerank (docs/python.md), "
-                        "or give the files of one version")
+                tables[(base + "/".join(parts[:at])).rstrip("/") + "/"] = folder
+    for table_folder, folder in tables.items():
+        if any(file.startswith(table_folder) for file in files):
+            table, reader = TABLE_FORMATS[folder]
+            raise InputError(
+                f"input {uri} holds a {table} table ({folder}/): its folder keeps the files of the table's earlier "
+                f"versions too, which would be read as rows. Read it with Ray Data's ray.data.{reader} and score the "
+                "Dataset with ce_ray.score or ce_ray.rerank (docs/python.md), or give the files of one version")
 
 
 def each_file_once(files: List[str], base: str) -> List[str]:
@@ -281,6 +282,12 @@ class FileCheck:
     # the earlier run, whose results it scores again.
     stamp: str = ""
     row_bytes: float = 0.0  # about what a row takes in memory: parquet's row groups over its rows, a text head's lines
+
+
+def job_row_bytes(checks) -> float:
+    """What a row of a job's input takes in memory, by the file whose rows are the longest on average (its
+    `FileCheck.row_bytes`), where the rows of one file may be far longer than another's."""
+    return max((check.row_bytes for check in checks), default=0.0)
 
 
 def rows_within(rows: int, row_bytes: float, limit: int = BLOCK_BYTES) -> int:

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from .arrow_types import is_list, is_text, one_type, read_type
 from .input_files import (COMPRESSED, DELIMITED, UTF8_BOM, FileCheck, Listing, check_inputs, compression_of,
-                          list_files, partition_values, rows_within)
+                          job_row_bytes, list_files, partition_values, rows_within)
 from .messages import InputError, cannot_hold
 from .output_state import refuse_changed_output
 from .runtime import ensure_ray
@@ -105,7 +105,7 @@ def read_dataset(uri: str, input_format: str = "auto", required: Optional[List[s
         ranges = [r for c in todo for r in read_ranges(c, rows_per_read or PARQUET_ROWS_PER_READ,
                                                        held(c) if held else ())]
         # Long rows read in fewer a chunk: 300 rows of 2.1 MB documents were one chunk of 625 MiB in the read task.
-        rows_per_block = rows_within(rows_per_block, max(c.row_bytes for c in todo))
+        rows_per_block = rows_within(rows_per_block, job_row_bytes(todo))
         source = tagged_parquet(ranges, fs, rows_per_block, together, schema)
         return InputRead(_read(source), checks, size_bytes, schema, listed)
     paths = [c.path for c in todo]

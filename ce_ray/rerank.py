@@ -410,11 +410,10 @@ def default_partitions(input_bytes: int) -> int:
 
 def run_rerank(config: RerankConfig, title: str = "ce-ray rerank") -> RerankSummary:
     """The `ce-ray rerank` job: read, score, rank per query, keep the top k, write results and rejects."""
-    from .input_files import parse_names
+    from .input_files import job_row_bytes, parse_names
     from .readers import input_key, input_sources, read_dataset
     from .runtime import surfaced_errors, work
-    from .score import (job_listing, job_row_bytes, job_settings, resolved_settings, say_input, scoring_model_ahead,
-                        written_columns)
+    from .score import job_listing, job_settings, resolved_settings, say_input, scoring_model_ahead, written_columns
     from .sink import check_output, prepare_output
     from .storage import check_apart, check_s3_access
 

@@ -21,7 +21,8 @@ import pyarrow.compute as pc
 from .arrow_types import is_text
 from .batching import REJECT, PairEncoder, default_batch_tokens, pair_encoder, tokenize_table
 from .config import ConfigError, ScoreConfig, refuse_loaded_model, refuse_unused, require, with_settings
-from .input_files import BLOCK_BYTES, DELIMITED, detect_format, refuse_reasons_of, refuse_written, rows_within
+from .input_files import (BLOCK_BYTES, DELIMITED, detect_format, job_row_bytes, refuse_reasons_of, refuse_written,
+                          rows_within)
 from .messages import UNSCORABLE, InputError, column_list, plural, setting_and_flag
 from .output_state import (ACTIVATION_SCORED, DTYPE_SCORED, MAX_LENGTH_SCORED, MODEL_VERSION, RESOLVED_LATE,
                            input_cut_record)
@@ -334,12 +335,6 @@ def rows_that_fit(config: ScoreConfig, use_gpu: bool, row_bytes: float) -> Tuple
     block = rows_within(config.rows_per_block, row_bytes, BLOCK_BYTES)
     call = config.rows_per_call or (GPU_ROWS_PER_CALL if use_gpu else config.rows_per_block)
     return block, rows_within(call, row_bytes, GPU_CALL_BYTES if use_gpu else BLOCK_BYTES)
-
-
-def job_row_bytes(files) -> float:
-    """What a row of the job's input takes in memory, by the file whose rows are the longest on average (its
-    `FileCheck.row_bytes`), where the rows of one file may be far longer than another's."""
-    return max((f.row_bytes for f in files), default=0.0)
 
 
 def on_gpus(config: ScoreConfig, resources: Optional[dict] = None) -> bool:

@@ -161,8 +161,8 @@ def test_long_rows_come_to_tokenizing_and_scoring_in_blocks_that_fit(tmp_path, r
     import importlib
 
     from ce_ray.config import ScoreConfig
-    from ce_ray.input_files import check_inputs
-    from ce_ray.score import job_row_bytes, rows_that_fit, run_score
+    from ce_ray.input_files import check_inputs, job_row_bytes
+    from ce_ray.score import rows_that_fit, run_score
 
     fs = pafs.LocalFileSystem()
     words = " ".join(WORDS)
