@@ -111,10 +111,45 @@ def _refuse_tables(uri: str, base: str, listed: Dict[str, Tuple[int, str]], file
     for table_folder, folder in tables.items():
         if any(file.startswith(table_folder) for file in files):
             table, reader = TABLE_FORMATS[folder]
-            raise InputError(
-                f"input {uri} holds a {table} table ({folder}/): its folder keeps the files of the table's earlier "
-                f"versions too, which would be read as rows. Read it with Ray Data's ray.data.{reader} and score the "
-                "Dataset with ce_ray.score or ce_ray.rerank (docs/python.md), or give the files of one version")
+            raise InputError(f"input {uri} holds a {table} table ({folder}/): {_read_the_table(reader)}")
+
+
+def _read_the_table(reader: str) -> str:
+    return (f"its folder keeps the files of the table's earlier versions too, which would be read as rows. Read it "
+            f"with Ray Data's ray.data.{reader} and score the Dataset with ce_ray.score or ce_ray.rerank "
+            "(docs/python.md), or give the files of one version")
+
+
+def _refuse_table_above(uri: str, fs: pafs.FileSystem, folder: str) -> None:
+    """Refuses an input folder inside a table's: a Delta Lake or Hudi table's partition (`table/dt=2024-01-01/`,
+    its metadata folder beside the first `key=value` folder), an Iceberg table's data (`table/data/…`, Iceberg's
+    `metadata/` beside `data/`). `_refuse_tables` finds a table's metadata under the input only, and a partition
+    folder was read with the files of the table's earlier versions in it, exit 0."""
+    parts = folder.rstrip("/").split("/")
+    above = []  # (a folder above the input, the metadata folder that would make it a table's)
+    partition = next((at for at, part in enumerate(parts) if at and "=" in part.strip("=")), None)
+    if partition is not None:
+        above += [("/".join(parts[:partition]), marker) for marker in ("_delta_log", ".hoodie")]
+    data = max((at for at, part in enumerate(parts) if at and part == "data"), default=None)
+    if data is not None:
+        above.append(("/".join(parts[:data]), "metadata"))
+    for table, marker in above:
+        if _is_table_metadata(fs, f"{table}/{marker}"):
+            name, reader = TABLE_FORMATS[marker]
+            raise InputError(f"input {uri} lies in the folder of the {name} table at {table}/ ({marker}/): "
+                             f"{_read_the_table(reader)}")
+
+
+def _is_table_metadata(fs: pafs.FileSystem, folder: str) -> bool:
+    """Whether `folder` is a table's metadata folder (`TABLE_FORMATS`): a folder of its own named `metadata` holds
+    Iceberg's `*.metadata.json`. One that cannot be looked into (no permission) is not known to be one."""
+    try:
+        if not folder.endswith("/metadata"):
+            return fs.get_file_info(folder).type == pafs.FileType.Directory
+        return any(info.path.endswith(".metadata.json")
+                   for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)))
+    except OSError:
+        return False
 
 
 def each_file_once(files: List[str], base: str) -> List[str]:
@@ -210,6 +245,8 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
             listed = {path: stamp}
         if kind == pafs.FileType.Directory and not has_glob and is_output(fs, path):
             finished = finished_job(fs, path, uri)
+        if not named and finished is None:
+            _refuse_table_above(uri, fs, base)
     if finished is not None:
         # An earlier job's output (a cascade reranks one again, eval measures one): its results are the rows.
         base = path = f"{path}/{RESULTS}"

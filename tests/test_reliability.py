@@ -1341,6 +1341,36 @@ def test_a_folder_of_a_delta_hudi_or_iceberg_table_is_refused(tmp_path):
     assert len(list_files(str(tmp_path / "mine"), "parquet").files) == 1
 
 
+def test_a_folder_inside_a_delta_hudi_or_iceberg_table_is_refused(tmp_path):
+    """A partition folder of a Delta Lake table (`table/dt=2024-01-01/`) holds its earlier versions' files too,
+    and its `_delta_log/` lies above it: it was read as a folder of parquet files, exit 0. A file named alone is read
+    (the files of one version); a folder of its own named `data` beside one named `metadata` is read as any."""
+    from ce_ray.input_files import list_files
+
+    def table(folder, marker, partition):
+        (tmp_path / folder / marker).parent.mkdir(parents=True)
+        (tmp_path / folder / marker).write_text("{}")
+        (tmp_path / folder / partition).mkdir(parents=True)
+        pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / folder / partition / "p.parquet")
+
+    table("delta", "_delta_log/00000000000000000000.json", "dt=2024-01-01/lang=en")
+    table("hudi", ".hoodie/hoodie.properties", "dt=2024-01-01")
+    table("iceberg", "metadata/v1.metadata.json", "data/dt=2024-01-01")
+    for given, name, marker in [("delta/dt=2024-01-01", "Delta Lake", "_delta_log"),
+                                ("delta/dt=2024-01-01/lang=en/*.parquet", "Delta Lake", "_delta_log"),
+                                ("hudi/dt=2024-01-01/", "Apache Hudi", ".hoodie"),
+                                ("iceberg/data", "Apache Iceberg", "metadata"),
+                                ("iceberg/data/dt=2024-01-01", "Apache Iceberg", "metadata")]:
+        top = given.split("/")[0]
+        with pytest.raises(InputError, match=rf"^input \S+/{re.escape(given)} lies in the folder of the {name} table "
+                                             rf"at \S+/{top}/ \({marker}/\): its folder keeps .* ray\.data\.read_"):
+            list_files(f"{tmp_path}/{given}")
+    one = f"{tmp_path}/delta/dt=2024-01-01/lang=en/p.parquet"
+    assert list_files(one).files == [one]
+    table("mine", "metadata/notes.json", "data/k=v")
+    assert list_files(f"{tmp_path}/mine/data/k=v").files == [f"{tmp_path}/mine/data/k=v/p.parquet"]
+
+
 def test_a_file_uri_is_its_path_url_decoded(tmp_path):
     """A job given `file:///…/p.parquet` and resumed with the path (or the other way) was refused as a job of other
     settings (`input`), recorded as typed; `file:///…/a%20b/p.parquet` was looked for in a folder `a%20b`, where

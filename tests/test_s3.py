@@ -765,6 +765,30 @@ def test_a_folder_that_spark_or_hadoop_wrote_is_read_as_its_parts(counting_store
     assert run_eval(EvalConfig(input=uri, baseline_column="", output=str(tmp_path / "eval.json")))["pairs"] == 3
 
 
+def test_a_partition_folder_of_a_delta_table_in_a_bucket_is_refused(counting_store):
+    """A Delta Lake table's partition folder (`table/dt=1/`) keeps its earlier versions' files, and its
+    `_delta_log/` lies above it, which two look-ups find; a partition folder of no table is read."""
+    import s3fs
+
+    from ce_ray.input_files import list_files
+    from ce_ray.messages import InputError
+
+    bucket = "ce-ray-delta-partition"
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(bucket)
+    for table in ("table", "plain"):
+        with fs.open(f"{bucket}/{table}/dt=1/part-0.parquet", "wb") as f:
+            pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(f)
+    fs.pipe(f"{bucket}/table/_delta_log/00000000000000000000.json", b"{}")
+    with pytest.raises(InputError, match=rf"^input s3://{bucket}/table/dt=1/ lies in the folder of the Delta Lake "
+                                         rf"table at {bucket}/table/ \(_delta_log/\): .* ray\.data\.read_delta"):
+        list_files(f"s3://{bucket}/table/dt=1/")
+    counting_store.requests.clear()
+    assert list_files(f"s3://{bucket}/plain/dt=1/").files == [f"{bucket}/plain/dt=1/part-0.parquet"]
+    # the input's look-up (a HEAD, a listing), `_ce_ray/`'s, `_delta_log/`'s and `.hoodie/`'s; its listing
+    assert len(counting_store.requests) <= 10
+
+
 @pytest.fixture
 def undeletable_store(monkeypatch):
     """A moto S3 server whose bulk deletes (DeleteObjects) leave the keys that match `keep["keys"]` and name them in
