@@ -23,14 +23,14 @@ from typing import Dict, List, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from .config import CandidatesConfig, ConfigError, require
 from .input_files import EVAL_SUFFIX, UTF8_BOM, compression_of, is_number
 from .messages import InputError, plural, setting_and_flag
 from .output_state import REJECTS, RESULTS, STATE, SUCCESS
 from .runtime import work
-from .storage import check_s3_access, file_in_the_way, filesystem, join, remove
+from .storage import (check_s3_access, file_in_the_way, filesystem, is_remote, join, remove, write_bytes_atomic,
+                      write_table_atomic)
 
 
 def numbered_lines(uri: str):
@@ -340,7 +340,7 @@ def _retrieve(config: CandidatesConfig, corpus: Dict[str, str], corpus_tokens, q
     """The work of `run_candidates`, after its checks: the index, the candidates file, `_SUCCESS` and the summary."""
     table = candidates_table(corpus, queries, qrels, query_ids, config.top_k, corpus_tokens)
     fs, path = filesystem(output_file(config))
-    pq.write_table(table, path, filesystem=fs)
+    write_table_atomic(fs, path, table, is_remote(config.output))
     judged = sum(len(qrels[q]) for q in query_ids)
     counts = table.group_by("query_id").aggregate([("doc_id", "count")]).column("doc_id_count").to_numpy()
     short = len(query_ids) - int((counts == min(config.top_k, len(corpus))).sum())  # queries with fewer than k
@@ -357,8 +357,9 @@ def _retrieve(config: CandidatesConfig, corpus: Dict[str, str], corpus_tokens, q
         "unknown_qrels_documents_examples": [list(p) for p in report.unknown_documents[:10]],
         "seconds": time.perf_counter() - start, "output": output_file(config),
     }
-    with fs.open_output_stream(filesystem(join(config.output, SUCCESS))[1]) as f:
-        f.write(json.dumps(summary, indent=2).encode())
+    # whole or not at all: a disk that filled left an empty _SUCCESS, which says a folder is finished
+    write_bytes_atomic(fs, filesystem(join(config.output, SUCCESS))[1], json.dumps(summary, indent=2).encode(),
+                       is_remote(config.output))
     recall = found / relevant if relevant else 0.0
     print("\n".join([
         "ce-ray candidates: done",

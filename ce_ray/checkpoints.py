@@ -19,7 +19,8 @@ import pyarrow.fs as pafs
 from .config import ConfigError, TrainConfig
 from .messages import briefly, plural, setting_and_flag
 from .model_folder import CHECKPOINTS
-from .storage import absolute, content_digest, filesystem, in_parallel, is_remote, join, upload_folder
+from .storage import (absolute, content_digest, filesystem, in_parallel, is_remote, join, upload_folder,
+                      write_bytes_atomic)
 from .train_data import training_files
 
 PROGRESS = "progress.json"
@@ -307,9 +308,14 @@ def claim_run(config: TrainConfig, model: str, fs, storage_path: str, name: str,
     if settings != earlier:
         # a run that stopped before its first checkpoint leaves nothing to resume: its settings go
         fs.create_dir(run_dir, recursive=True)
-        with fs.open_output_stream(f"{run_dir}/{RUN_FILE}") as f:
-            f.write(json.dumps(settings, indent=2).encode())
+        _write_record(fs, f"{run_dir}/{RUN_FILE}", settings)
     return resumes
+
+
+def _write_record(fs, path: str, record: dict) -> None:
+    """The run's record, whole or not at all: written in place, a disk that filled left it empty, and every later
+    run of the same name failed reading it."""
+    write_bytes_atomic(fs, path, json.dumps(record, indent=2).encode(), remote=isinstance(fs, pafs.PyFileSystem))
 
 
 def claim_precision(config: TrainConfig, fs, storage_path: str, name: str, shown: str, bf16: bool,
@@ -325,8 +331,7 @@ def claim_precision(config: TrainConfig, fs, storage_path: str, name: str, shown
                           f"{passes[record[PRECISION]]}, this run's in {passes[bf16]}), which a run of the same name "
                           f"resumes from: give another {other_run(config)}, or delete {shown} to start afresh")
     if record.get(PRECISION) != bf16:
-        with fs.open_output_stream(path) as f:
-            f.write(json.dumps(record | {PRECISION: bf16}, indent=2).encode())
+        _write_record(fs, path, record | {PRECISION: bf16})
 
 
 # Ray Train's record of a run's checkpoints, in the run's folder, written as it records each: the latest one it
@@ -343,10 +348,13 @@ RECORD_LOGGER = "ray.train.v2._internal.execution.checkpoint.checkpoint_manager"
 def resumed_step(config: TrainConfig) -> Optional[int]:
     """The step of the checkpoint that the same run resumes from: the latest that Ray Train recorded, read as Ray
     Train reads it (`Result.from_path`); None where it recorded none (the same command starts the run over). Raises
-    OSError where the run's storage does not answer, and Ray Train's error where its record does not parse."""
+    OSError where the run's storage does not answer, and ConfigError where its record does not read: Ray Train
+    writes it in place, and a disk that filled as it did left it empty, which failed every later try of the run, the
+    failures saying that the same command resumes it."""
     import ray.train
+    from ray.train.v2._internal.exceptions import CheckpointManagerInitializationError
 
-    fs, storage_path, name, _ = run_storage(config)
+    fs, storage_path, name, run_folder = run_storage(config)
     if fs.get_file_info(f"{storage_path}/{name}/{RECORD}").type == pafs.FileType.NotFound:
         return None
     logger = logging.getLogger(RECORD_LOGGER)
@@ -354,6 +362,10 @@ def resumed_step(config: TrainConfig) -> Optional[int]:
     logger.setLevel(logging.WARNING)
     try:
         result = ray.train.Result.from_path(f"{storage_path}/{name}", storage_filesystem=fs)
+    except CheckpointManagerInitializationError as e:
+        raise ConfigError(f"Ray Train's record of the run's checkpoints, {join(run_folder, RECORD)}, does not read "
+                          f"({e}): it was cut short as it was written (a disk that filled), or another Ray version "
+                          "wrote it. The run cannot resume from it: delete it to start the run over") from None
     finally:
         logger.setLevel(level)
     if result.checkpoint is None:

@@ -254,8 +254,14 @@ def training_finish(args: argparse.Namespace, running: bool = False) -> str:
     from .checkpoints import NOT_KNOWN, resumed_step
 
     try:
-        step = resumed_step(config_from_args(TrainConfig, args))
-    except Exception:  # settings that do not build, a store that does not answer: either may be true
+        config = config_from_args(TrainConfig, args)
+    except Exception:  # settings that do not build: either may be true
+        return HOW_TO_FINISH["train"]
+    try:
+        step = resumed_step(config)
+    except ConfigError as e:  # its record of checkpoints does not read (emptied by a disk that filled)
+        return str(e)
+    except Exception:  # a store that does not answer: either may be true
         return HOW_TO_FINISH["train"]
     if step is None:
         return STARTS_OVER

@@ -39,7 +39,7 @@ from .messages import InputError, column_list, plural, setting_and_flag, setting
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 from .output_state import EVAL, REJECTS, job_of_results, job_summary, refuse_changed_output, rows_cut_before
 from .storage import (check_s3_access, file_in_the_way, filesystem, glob_base, is_glob, is_remote, join,
-                      same_place, try_local_folder)
+                      same_place, try_local_folder, write_bytes_atomic)
 from .train_data import numeric_labels
 
 
@@ -483,11 +483,12 @@ def default_output(uri: str, of_a_job: bool) -> str:
 
 
 def write_file(uri: str, data: bytes) -> None:
+    """Whole or not at all: written in place, a disk that filled left a run file cut short for trec_eval to read,
+    or an empty eval.json over the last one."""
     fs, path = filesystem(uri)
     if not is_remote(uri):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with fs.open_output_stream(path) as f:
-        f.write(data)
+    write_bytes_atomic(fs, path, data, is_remote(uri))
 
 
 def _following_the_job(config: EvalConfig) -> tuple:
@@ -520,6 +521,14 @@ def _following_the_job(config: EvalConfig) -> tuple:
              + f": as the job that wrote {config.input}"} if changes else {}
     if "rows_cut" not in wrote and left_alone("rank_column"):  # a score job's: rerank's counts cuts
         changes["rank_column"] = ""
+    elif (left_alone("rank_column") and not left_alone("score_column") and settings.get("rank_column")
+          and config.score_column != settings.get("score_column")):
+        # `--score-column score` over a cascade's output: the job's rank (by its own score) gives the order, as over
+        # any input with a rank, where the score named changed nothing without a word.
+        notes["rank_before_score"] = (
+            f"note: the order is the job's {settings['rank_column']} column's (its rank by "
+            f"{settings.get('score_column')}), which comes before the score's ({config.score_column}): give "
+            f"{setting_and_flag('rank_column')} '' to measure the score's order")
     cut = rows_cut_before(wrote)
     if cut:
         whose = "the reranker's" if wrote.get("rows_cut") else "an earlier reranker's (the job's input's)"

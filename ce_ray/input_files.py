@@ -152,6 +152,23 @@ def _is_table_metadata(fs: pafs.FileSystem, folder: str) -> bool:
         return False
 
 
+def _named_as_a_pattern(fs: pafs.FileSystem, uri: str, path: str) -> str:
+    """Where a folder or file whose own name holds `[`, `*` or `?` (`pairs[v2]/`) is a pattern too, matching nothing:
+    the input given that name escaped, the rest as given (`pairs[v2]/*`: `pairs[[]v2]/*`), to read it as it is."""
+    parts, given = path.rstrip("/").split("/"), uri.rstrip("/").split("/")
+    for end in range(len(parts), 0, -1):
+        named = "/".join(parts[:end])
+        if not is_glob(parts[end - 1]) or fs.get_file_info(named).type == pafs.FileType.NotFound:
+            continue
+        rest = given[len(given) - (len(parts) - end):] if end < len(parts) else []
+        escaped = re.sub(r"([*?[])", r"[\1]", "/".join(given[:len(given) - len(rest)]))
+        if not rest and fs.get_file_info(named).type == pafs.FileType.Directory:
+            rest = ["*"]
+        return (f": `[`, `*` and `?` make a path a pattern, and {named} is a name that holds them; to read it as it "
+                f"is, give {'/'.join([escaped, *rest])}")
+    return ""
+
+
 def each_file_once(files: List[str], base: str) -> List[str]:
     """Local `files`, a file reached by two names (`latest/p.parquet` and `2024-01-02/p.parquet`, where `latest` is a
     link; two links to one file) once: by the name of its own place under `base` where it has one, else the first.
@@ -267,12 +284,7 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
         )
         _refuse_tables(uri, base, listed, files)
     if has_glob and not files:
-        # A folder or file whose own name holds one of them (`pairs[v2]/`) is a pattern too, matching nothing.
-        kind = fs.get_file_info(path).type
-        as_written = re.sub(r"([*?[])", r"[\1]", uri.rstrip("/")) + ("/*" if kind == pafs.FileType.Directory else "")
-        raise InputError(f"input {uri} matches no files" + (
-            f": `[`, `*` and `?` make a path a pattern, and {path} is a name that holds them; to read it as it is, "
-            f"give {as_written}" if kind != pafs.FileType.NotFound else ""))
+        raise InputError(f"input {uri} matches no files" + _named_as_a_pattern(fs, uri, path))
     _refuse_unread_codecs(files, named, has_glob or input_format != "auto")
     given = input_format != "auto"
     if input_format == "auto":

@@ -7,6 +7,7 @@ A job's driver needs only these, and importing torch would cost it seconds: `ce_
 
 from __future__ import annotations
 
+import errno
 import functools
 import glob
 import hashlib
@@ -209,20 +210,26 @@ def _copy_files(uri: str, fs, path: str, files, target: str) -> None:
 
     partial = f"{target}.partial-{os.getpid()}"
     s3 = fs.handler.fs  # s3fs's own file: its reads are held to the ETag of its look-up (GET If-Match)
-    for name, (_, stamp) in files.items():
-        rel = name[len(path) + 1 :]
-        os.makedirs(os.path.dirname(os.path.join(partial, rel)) or partial, exist_ok=True)
-        try:
-            with s3.open(name, "rb") as src, open(os.path.join(partial, rel), "wb") as dst:
-                if object_stamp(src.details)[1] != stamp:
-                    raise FileExpired(name, src.details.get("ETag"))
-                while chunk := src.read(1 << 24):
-                    dst.write(chunk)
-        except (FileExpired, FileNotFoundError):
-            shutil.rmtree(partial, ignore_errors=True)
-            raise ModelError(f"model {uri} was written again after this job listed it ({rel} is not the object "
-                             "it listed): the job scores or trains with one model; run it again") from None
-    open(os.path.join(partial, ".ce-ray-complete"), "w").close()
+    try:
+        for name, (_, stamp) in files.items():
+            rel = name[len(path) + 1 :]
+            os.makedirs(os.path.dirname(os.path.join(partial, rel)) or partial, exist_ok=True)
+            try:
+                with s3.open(name, "rb") as src, open(os.path.join(partial, rel), "wb") as dst:
+                    if object_stamp(src.details)[1] != stamp:
+                        raise FileExpired(name, src.details.get("ETag"))
+                    while chunk := src.read(1 << 24):
+                        dst.write(chunk)
+            except (FileExpired, FileNotFoundError):
+                raise ModelError(f"model {uri} was written again after this job listed it ({rel} is not the object "
+                                 "it listed): the job scores or trains with one model; run it again") from None
+        open(os.path.join(partial, ".ce-ray-complete"), "w").close()
+    except BaseException as e:
+        # A cache that filled: each try left its part of a copy behind, and a write's error names no file.
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) and not e.filename:
+            e.filename = os.path.dirname(target)
+        raise
     os.makedirs(os.path.dirname(target), exist_ok=True)
     try:
         os.rename(partial, target)  # atomic: concurrent replicas either see the whole copy or none

@@ -38,7 +38,6 @@ from typing import Dict, Iterable, Optional, Sequence, Set, Tuple
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 from ray.data import Datasink
 from ray.data.block import BlockAccessor
 
@@ -52,7 +51,7 @@ from .input_files import EVAL_SUFFIX
 from .readers import FILE_ROWS, ROW_INDEX, ROW_INPUT, TAGS
 from .runtime import work
 from .storage import (delete_files, file_in_the_way, filesystem, in_parallel, is_remote, list_tree, parquet_footer,
-                      remove, try_local_folder)
+                      remove, try_local_folder, write_bytes_atomic, write_table_atomic)
 
 REASON = "reason"  # why a row of rejects/ was rejected
 INPUTS = "inputs.json"  # input key -> the file's stamp (`input_files.FileCheck.stamp`) when the job read it
@@ -491,7 +490,8 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: O
         fs.create_dir(f"{path}/{STATE}", recursive=True)
         for name, state in ((JOB, job), (INPUTS, stamps), (RUN, run and {"run": run})):
             if state is not None:
-                _write_bytes(fs, f"{path}/{STATE}/{name}", json.dumps(state, indent=2).encode(), is_remote(output))
+                write_bytes_atomic(fs, f"{path}/{STATE}/{name}", json.dumps(state, indent=2).encode(),
+                                   is_remote(output))
     return kept
 
 
@@ -558,33 +558,11 @@ def writing(output: str):
 
 
 def _leftover_temporaries(path: str) -> list:
-    """The temporaries of `_SUCCESS` and of `_ce_ray/`'s files (`_write_bytes`) in the local output folder `path`
+    """The temporaries of `_SUCCESS` and of `_ce_ray/`'s files (`write_bytes_atomic`) in the local output folder `path`
     that a job killed as it wrote them left: those of `results/` and `rejects/` a resume deletes with their parts,
     these stayed for good beside the output (S3's writes are whole objects, no temporaries)."""
     folder = glob.escape(path)
     return glob.glob(f"{folder}/.{SUCCESS}.*.tmp") + glob.glob(f"{folder}/{STATE}/.*.tmp")
-
-
-def _temporary(path: str) -> str:
-    folder, name = path.rsplit("/", 1)
-    return f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"  # hidden: readers of the folder skip it
-
-
-def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes, remote: bool) -> None:
-    target = path if remote else _temporary(path)
-    with fs.open_output_stream(target) as f:
-        f.write(data)
-    if not remote:
-        fs.move(target, path)
-
-
-def write_table_atomic(fs: pafs.FileSystem, path: str, table: pa.Table, remote: bool) -> None:
-    if remote:
-        pq.write_table(table, path, filesystem=fs)
-        return
-    tmp = _temporary(path)
-    pq.write_table(table, tmp, filesystem=fs)
-    fs.move(tmp, path)
 
 
 def split_rejects(table: pa.Table, written: Sequence[str]) -> tuple:
@@ -766,7 +744,8 @@ class PairsSink(Datasink):
         rows = {sub: {file[len(f"{path}/{sub}/"):]: count for file, count in sorted(expected.items())
                       if file.startswith(f"{path}/{sub}/")} for sub in (RESULTS, REJECTS)}
         summary = summary | {RESULT_PARTS: len(rows[RESULTS]), RESULT_ROWS: rows[RESULTS], REJECT_ROWS: rows[REJECTS]}
-        _write_bytes(fs, f"{path}/{SUCCESS}", json.dumps(summary, indent=2).encode(), is_remote(self.output))
+        with writing(self.output):  # a disk that filled: the error named no file
+            write_bytes_atomic(fs, f"{path}/{SUCCESS}", json.dumps(summary, indent=2).encode(), is_remote(self.output))
 
 
 # What finishes a job whose output another job wrote at the same time: only starting over tells whose rows are whose

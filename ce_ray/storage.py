@@ -8,11 +8,13 @@ filesystem. `s3://` goes through s3fs, which takes the endpoint and credentials 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import posixpath
 import re
 import urllib.parse
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -476,3 +478,38 @@ def check_s3_access(uri: str) -> None:
     except (BotoCoreError, ClientError, OSError) as e:
         said = str(e).replace(written, endpoint) if written else str(e)
         raise InputError(f"cannot reach {where}: {type(e).__name__}: {said}") from None
+
+
+def _temporary(path: str) -> str:
+    folder, name = path.rsplit("/", 1)
+    return f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"  # hidden: readers of the folder skip it
+
+
+def _atomically(fs: pafs.FileSystem, path: str, remote: bool, write) -> None:
+    """`write(target)` writes `path` whole or not at all: an S3 object is, a local file is written into a hidden
+    temporary moved into place. An error removes the temporary, which a disk that filled left beside the output (a
+    file written in place was left cut short), and names `path`, where the filesystem's (ENOSPC) named no file."""
+    target = path if remote else _temporary(path)
+    try:
+        write(target)
+        if not remote:
+            fs.move(target, path)
+    except Exception as e:
+        if not remote:
+            with contextlib.suppress(OSError):
+                fs.delete_file(target)
+        if path not in str(e):
+            e.add_note(f"writing {path}")
+        raise
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes, remote: bool) -> None:
+    def write(target: str) -> None:
+        with fs.open_output_stream(target) as f:
+            f.write(data)
+
+    _atomically(fs, path, remote, write)
+
+
+def write_table_atomic(fs: pafs.FileSystem, path: str, table: pa.Table, remote: bool) -> None:
+    _atomically(fs, path, remote, lambda target: pq.write_table(table, target, filesystem=fs))

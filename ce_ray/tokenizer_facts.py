@@ -18,6 +18,7 @@ start takes 3-8 s.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -193,12 +194,14 @@ def _record_path(path: str) -> str:
 
 
 def _write(record: str, facts: TokenizerFacts) -> None:
-    """Written whole or not at all (renamed into place); a cache that cannot be written is skipped."""
+    """Written whole or not at all (renamed into place); a cache that cannot be written is skipped, and what it
+    took of the record removed (a full disk's: two files a job, left for good)."""
+    partial = f"{record}.partial-{os.getpid()}"
     try:
         os.makedirs(os.path.dirname(record), exist_ok=True)
-        partial = f"{record}.partial-{os.getpid()}"
         with open(partial, "w") as f:
             json.dump(asdict(facts), f)
         os.replace(partial, record)
     except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            os.remove(partial)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
@@ -131,6 +132,23 @@ def undecodable_parquet(path: Path, frame) -> Path:
         except Exception:  # another failure (a page header that cannot be read): another offset
             pass
     raise AssertionError("no offset in the document column's page makes the file undecodable")
+
+
+@contextlib.contextmanager
+def files_of_at_most(size: int):
+    """A disk that does not take a file past `size` bytes, as a full one does not: this process's writes beyond it
+    fail (EFBIG; `RLIMIT_FSIZE`, its signal ignored), other processes' (Ray's) are as they were."""
+    import resource
+    import signal
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
 
 
 def wikiqa_pairs(split: str = "test", n: int | None = None):

@@ -93,6 +93,19 @@ def test_a_corpus_of_one_document_and_one_query_is_said_in_the_singular(tmp_path
     assert "ce-ray candidates: 1 document and 1 query (test) read in " in capsys.readouterr().out
 
 
+def test_candidates_the_disk_does_not_take_whole_leave_no_file_that_says_they_are_done(tmp_path, capsys):
+    """A disk that filled as `_SUCCESS` was written left it empty, which says a folder is finished; the candidates
+    file, written in place, would be cut short. Each is written whole or not at all, the error naming it."""
+    from conftest import files_of_at_most
+
+    folder = beir_folder(tmp_path / "beir", ['{"_id": "d1", "title": "Apples", "text": "red apples are sweet"}'],
+                         "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    with files_of_at_most(1000), pytest.raises(OSError) as failed:  # (what it says goes to capsys' memory)
+        run_candidates(CandidatesConfig(data=str(folder), output=str(tmp_path / "out"), top_k=2))
+    assert f"writing {tmp_path}/out/candidates-test.parquet" in getattr(failed.value, "__notes__", []), failed.value
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_unknown_qrels_entries_are_reported(tmp_path, capsys):
     docs = ['{"_id": "d1", "title": "Apples", "text": "red apples are sweet"}',
             '{"_id": "d2", "title": "", "text": "the blue sea is deep"}',
@@ -226,20 +239,22 @@ def test_bad_corpus_line_names_file_and_line(tmp_path):
 
 
 def test_a_job_that_fails_mid_way_says_why_and_that_it_reruns_with_overwrite(tmp_path, capsys):
-    """A write that fails after the index was built (here the candidates file a link to a folder that is not
-    there): Python's traceback and its error, which, of a usage error's type (FileNotFoundError), ended the job
-    as one found before any work, `error:`, exit 2. The traceback stays; the last line says what failed and how
-    to finish the job."""
+    """A write that fails after the index was built (a disk that takes no file past 1,000 bytes; a link to a folder
+    that is not there, before the file was written whole and moved into place): Python's traceback and its error,
+    which, of a usage error's type (FileNotFoundError), ended the job as one found before any work, `error:`, exit 2.
+    The traceback stays; the last line says what failed, in which file, and how to finish the job."""
+    from conftest import files_of_at_most
+
     docs = ['{"_id": "d1", "title": "Apples", "text": "red apples are sweet"}',
             '{"_id": "d2", "title": "", "text": "the blue sea is deep"}']
     folder = beir_folder(tmp_path / "beir", docs, "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "candidates-test.parquet").symlink_to(tmp_path / "gone" / "candidates.parquet")
-    assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out")]) == 1
+    with files_of_at_most(1000):  # (what it says goes to capsys' memory)
+        assert main(["candidates", "--data", str(folder), "--output", str(tmp_path / "out")]) == 1
     errors = capsys.readouterr().err
     assert "Traceback" in errors
-    assert errors.splitlines()[-1].startswith("ce-ray candidates: failed: FileNotFoundError: ")
-    assert errors.splitlines()[-1].endswith("; rerun it with --mode overwrite")
+    assert errors.splitlines()[-1].startswith("ce-ray candidates: failed: OSError: ")
+    assert errors.splitlines()[-1].endswith(f"(writing {tmp_path}/out/candidates-test.parquet); rerun it with "
+                                            "--mode overwrite")
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 

@@ -390,6 +390,27 @@ def test_the_reranked_order_is_written_as_a_trec_run(tmp_path):
         run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), label_column="grade"))
 
 
+def test_a_run_file_or_eval_json_the_disk_does_not_take_whole_leaves_the_last_one_as_it_was(tmp_path, capsys):
+    """Written in place, a run file that a full disk cut short was left for trec_eval to read (1,955 lines of 3,000,
+    its last cut), and an eval.json emptied over the last one, the error naming no file. Each is written whole or not
+    at all, and the error names it."""
+    from conftest import files_of_at_most
+
+    rows = pd.DataFrame({"query_id": np.arange(400) // 10, "doc_id": [f"d{i}" for i in range(400)],
+                         "score": np.linspace(0, 1, 400, dtype=np.float32), "label": np.arange(400) % 2})
+    rows.to_parquet(tmp_path / "scored.parquet")
+    run, measures = tmp_path / "ce-ray.run", tmp_path / "eval.json"
+    run.write_text("1 Q0 d1 1 0.5 earlier\n")
+    measures.write_text("{}")
+    for settings, cut in (({"run_output": str(run)}, run), ({}, measures)):
+        with files_of_at_most(1000 if cut == run else 100), pytest.raises(OSError) as failed:
+            # (what it says goes to capsys' memory, not to a file of pytest's that the limit would cut)
+            run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(measures), **settings))
+        assert f"writing {cut}" in getattr(failed.value, "__notes__", []), failed.value
+    assert run.read_text() == "1 Q0 d1 1 0.5 earlier\n" and measures.read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ce-ray.run", "eval.json", "scored.parquet"]
+
+
 def test_a_run_reads_alike_whatever_blanks_separate_its_fields(tmp_path):
     """A run of single spaces (ce-ray's, most systems') is read by Arrow, a million lines in a second or two
     where reading line by line took 6-9 s; tabs, runs of blanks, blank lines or a score that is no number

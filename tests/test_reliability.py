@@ -1118,7 +1118,7 @@ def test_corrupt_parquet_among_good_ones_fails_before_scoring(tmp_path, tiny_mod
     assert not (tmp_path / "out").exists()
 
 
-def test_empty_folder_and_a_glob_matching_nothing_fail(tmp_path, tiny_model):
+def test_empty_folder_and_a_glob_matching_nothing_fail(tmp_path, tiny_model, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no parquet files"):
         job(tiny_model, tmp_path / "empty", tmp_path / "out")
@@ -1134,6 +1134,13 @@ def test_empty_folder_and_a_glob_matching_nothing_fail(tmp_path, tiny_model):
                                   f"pattern, and {tmp_path}/in/pairs[v2] is a name that holds them; to read it as it "
                                   f"is, give {tmp_path}/in/pairs[[]v2]/*")
     assert job(tiny_model, f"{tmp_path}/in/pairs[[]v2]/*", tmp_path / "out").rows_scored == 1
+    # A glob of its files, as users write one (docs/inputs.md's example), said no more than that it matched nothing.
+    from ce_ray.input_files import list_files
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=r"matches no files: .* and \S+/in/pairs\[v2\] is a name that holds them; to "
+                                         r"read it as it is, give in/pairs\[\[\]v2\]/\*\.parquet$"):
+        list_files("in/pairs[v2]/*.parquet")
     # An output beside it: the escape's `[` made the folder above the glob's, and the output was refused as inside the
     # input, with the hint's own form; as written, that refusal came before the hint.
     with pytest.raises(InputError, match=r"matches no files: .*give \S+/in/pairs\[\[\]v2\]/\*$"):

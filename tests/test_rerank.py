@@ -368,6 +368,16 @@ def test_rerank_job_over_files_and_blocks(ray_local, tiny_model, tmp_path, capsy
     two = pd.read_parquet(tmp_path / "two" / "results").sort_values(["query_id", "rank_2"])
     assert two["doc_id"].tolist() == best["doc_id"].tolist() and (two["rank_2"] == two["rank"]).all()
     np.testing.assert_allclose(two["score_2"], two["score"], atol=1e-6)
+    # `--score-column score` (the first reranker's) over it: the job's rank_2 (by score_2) was measured, without a word.
+    from ce_ray.cli import main
+
+    capsys.readouterr()
+    for given, note in ((["--score-column", "score"], True), ([], False)):
+        assert main(["eval", "--input", str(tmp_path / "two"), "--qrels", str(tmp_path / "qrels.tsv"), *given,
+                     "--output", str(tmp_path / "two.json")]) == 0
+        assert ("note: the order is the job's rank_2 column's (its rank by score_2), which comes before the score's "
+                "(score): give rank_column (--rank-column) '' to measure the score's order"
+                in capsys.readouterr().out) == note
     # An output whose job did not finish is partial: refused as an input (and by eval, which reads it alike).
     (tmp_path / "two" / "_SUCCESS").unlink()
     with pytest.raises(InputError, match=r"is the output of a job that did not finish \(no _SUCCESS\)"):

@@ -1039,6 +1039,29 @@ def test_an_output_that_holds_only_a_temporary_has_no_results(tmp_path):
         check_output(str(out), "error")
 
 
+def test_a_part_or_success_the_disk_does_not_take_whole_is_removed_and_named(tmp_path, capsys):
+    """A disk that filled as a part was written failed the job naming no file (the output's disk, Ray's spill or the
+    cache: which?), and left the part's temporary; one that filled at `_SUCCESS` left its temporary beside the
+    output until a resume. The error names what was being written, the temporary removed."""
+    from conftest import files_of_at_most
+
+    from ce_ray.storage import write_table_atomic
+
+    fs, path = filesystem(str(tmp_path))
+    table = pa.table({"query": ["q"] * 1000, "document": [f"document {i}" for i in range(1000)]})
+    with files_of_at_most(2000), pytest.raises(OSError) as failed:
+        write_table_atomic(fs, f"{path}/part-0.parquet", table, remote=False)
+    assert failed.value.__notes__ == [f"writing {path}/part-0.parquet"]
+    sink_of = PairsSink(str(tmp_path / "out"), schema=None, written=["score"])
+    sink_of.run = "r"
+    (tmp_path / "out" / "_ce_ray").mkdir(parents=True)
+    (tmp_path / "out" / "_ce_ray" / "run.json").write_text('{"run": "r"}')
+    with files_of_at_most(20), pytest.raises(sink.OutputError, match=rf"^cannot write the output {tmp_path}/out: "
+                                                                      r"\[Errno 27\] .*File too large"):
+        sink_of.write_success({"rows": 0, "padding": "x" * 100})
+    assert os.listdir(tmp_path) == ["out"] and os.listdir(tmp_path / "out") == ["_ce_ray"]
+
+
 def test_a_part_that_two_write_tasks_wrote_is_counted_with_the_rows_of_both(tmp_path):
     """Two tasks writing one part's name (rows of one input file that reached two writers): the second file took
     the first's place, and the rows of both are counted, so that the check before `_SUCCESS` finds rows lost."""

@@ -1012,6 +1012,33 @@ def test_a_cache_that_cannot_be_written_is_named(tmp_path, tiny_model, s3_server
                                          r"ce-ray's cache: Not a directory: \S+/file/ce-ray/models/\w+-\w+ "
                                          r"\(CE_RAY_CACHE: a folder to copy models into\)$"):
         local_model_path("s3://ce-ray-cache-refused/models/reranker")
+    # A cache whose disk fills as the model is copied: a write's error names no file, and it failed the same way,
+    # each try leaving its part of a copy behind.
+    import builtins
+    import errno
+
+    from ce_ray import model_folder
+
+    class Full:
+        def __init__(self, file):
+            self.file = file
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setenv("CE_RAY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(model_folder, "open", lambda path, mode="r": Full(builtins.open(path, mode)) if mode == "wb"
+                        else builtins.open(path, mode), raising=False)
+    with pytest.raises(ModelError, match=r"^cannot copy model s3://ce-ray-cache-refused/models/reranker into "
+                                         rf"ce-ray's cache: No space left on device: {tmp_path}/cache/models "):
+        local_model_path("s3://ce-ray-cache-refused/models/reranker")
+    assert os.listdir(tmp_path / "cache" / "models") == []
 
 
 def test_a_trained_models_copy_leaves_its_checkpoints_out(tmp_path, tiny_model, s3_server, monkeypatch):

@@ -732,6 +732,16 @@ def test_a_run_that_fails_mid_way_says_why_and_that_the_same_command_resumes_it(
     assert main(command) == 0
     said = capsys.readouterr().out
     assert "resumes the run" not in said and "  steps         1 (" in said and "resumed at" not in said, said
+    # Ray Train writes its record in place: a disk that filled as it wrote left it empty, which failed every later
+    # try once Ray Train read it, each failure saying that the same command resumes the run.
+    record = tmp_path / "out" / "checkpoints" / "out" / "checkpoint_manager_snapshot.json"
+    record.write_text("")
+    refusal = (f"Ray Train's record of the run's checkpoints, {record}, does not read (Expecting value: line 1 column "
+               "1 (char 0)): it was cut short as it was written (a disk that filled), or another Ray version wrote "
+               "it. The run cannot resume from it: delete it to start the run over")
+    assert finishing_hint("train", args=build_parser().parse_args(command)) == f"; {refusal}"
+    assert main(command) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"ce-ray train: error: {refusal}"
 
 
 def _ray_train_workers():
