@@ -926,6 +926,10 @@ MODEL_FILES = re.compile(r"(config_sentence_transformers|modules|sentence_bert_c
                          r"merges\.txt|[\w.-]*\.model|" + WEIGHTS.pattern)
 
 
+# sentence-transformers' exports of a model (`CrossEncoder(path, backend="onnx")` loads the one it finds there, and
+# exports none): an earlier model's, left beside a new model's weights, served the earlier model without a word.
+EXPORTS = ("onnx", "openvino")
+
 # What a model is told by, written after its other files: a publish cut short (the driver killed as it copied) left
 # the card of a finished run beside weights cut short, and no config.json, or an earlier model's config.json and card
 # beside new weights, which loaded as one model. It now leaves none of the new files (a local output), or no
@@ -957,13 +961,29 @@ def _publish(model_dir: str, output: str, card_text: str) -> None:
             os.replace(os.path.join(staging, name), os.path.join(path, name))
         os.rmdir(staging)
     new = set(os.listdir(model_dir))
-    stale = [info for info in fs.get_file_info(pafs.FileSelector(path)) if info.type == pafs.FileType.File
-             and info.base_name not in new and MODEL_FILES.fullmatch(info.base_name)]
+    listed = [info for info in fs.get_file_info(pafs.FileSelector(path)) if info.base_name not in new]
+    stale = [info for info in listed if info.type == pafs.FileType.File and MODEL_FILES.fullmatch(info.base_name)]
+    exports = [info for info in listed if info.type == pafs.FileType.Directory and info.base_name in EXPORTS]
     for info in stale:
         fs.delete_file(info.path)
-    if stale:
+    for info in exports:
+        fs.delete_dir(info.path)
+    if stale or exports:
         print(f"ce-ray train: removed from {output} what an earlier model left there: "
-              + ", ".join(sorted(info.base_name for info in stale)), flush=True)
+              + ", ".join(sorted([info.base_name for info in stale] + [f"{info.base_name}/" for info in exports])),
+              flush=True)
+
+
+def one_label_warning(stats: dict) -> Optional[str]:
+    """Where every pair has one label, that the model learns no ranking from them: BCE on one label learns it,
+    whatever the pairs. Soft labels (a teacher's scores) all below 0.5, or all above, rank the pairs all the same:
+    they were warned of as one class."""
+    if not stats["pairs"] or stats["label_min"] != stats["label_max"]:
+        return None
+    label = stats["label_min"]
+    said = {0: "none of the {} pairs is labelled relevant", 1: "every one of the {} pairs is labelled relevant"}.get(
+        label, f"every one of the {{}} pairs is labelled {label:g}")
+    return said.format(f"{stats['pairs']:,}") + ": the model learns no ranking from them"
 
 
 def _check_data(config: TrainConfig) -> None:
@@ -1118,10 +1138,9 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
           + (f" taking {per_worker:,} each ({left_out_text(stats)})" if stats["left_out"] else "")
           + f", {per_epoch} batch(es) of {config.batch_size} per worker and epoch, {total} step(s)"
           + (f", forward passes of at most {batch_tokens:,} tokens" if batch_tokens else ""), flush=True)
-    if stats["positives"] in (0, stats["pairs"]):  # BCE on one class learns that class, whatever the pairs
-        print(f"ce-ray train: warning: {'none' if not stats['positives'] else 'every one'} of the {stats['pairs']:,} "
-              "pairs is labelled relevant (0.5 or above): the model learns no ranking from them", file=sys.stderr,
-              flush=True)
+    warning = one_label_warning(stats)
+    if warning:
+        print(f"ce-ray train: warning: {warning}", file=sys.stderr, flush=True)
     if qrels:
         print(f"ce-ray train: evaluation reranks {stats['eval']}", flush=True)
 

@@ -688,6 +688,14 @@ def test_missing_data_fails_before_ray_starts_and_csv_booleans_are_labels(ray_lo
         tmp_path / "pairs.csv", index=False)
     assert _train_module().train(TrainConfig(train_data=str(tmp_path / "pairs.csv"), **settings)).steps == 1
     assert "warning: every one of the 2 pairs is labelled relevant" in capsys.readouterr().err
+    # Soft labels (a teacher's scores) all below 0.5 rank the pairs all the same: they were warned of as one class.
+    warning = _train_module().one_label_warning
+    stats = {"pairs": 2_000, "label_min": 0.05, "label_max": 0.45}
+    assert warning(stats) is None and warning(stats | {"label_min": 0.5, "label_max": 0.9}) is None
+    assert warning(stats | {"label_min": 0.0, "label_max": 0.0}) == (
+        "none of the 2,000 pairs is labelled relevant: the model learns no ranking from them")
+    assert warning(stats | {"label_min": 0.3, "label_max": 0.3}) == (
+        "every one of the 2,000 pairs is labelled 0.3: the model learns no ranking from them")
     # The same command again finds the run finished: it saves the model again, and took no step's seconds (the
     # summary counted the earlier command's, past its own Ray Train's).
     again = _train_module().train(TrainConfig(train_data=str(tmp_path / "pairs.csv"), **settings))
@@ -1331,6 +1339,8 @@ def test_every_batch_trains_under_grad_accum_and_eval_every_evaluates_between_lo
     identity = '{"activation_fn": "torch.nn.modules.linear.Identity"}'
     (out / "config_sentence_transformers.json").write_text(identity)
     (out / "notes.txt").write_text("mine")
+    (out / "onnx").mkdir()  # its export, which CrossEncoder(backend="onnx") loads where it finds one
+    (out / "onnx" / "model.onnx").write_text("the earlier model")
     logits = shutil.copytree(tiny_model, tmp_path / "logits")
     # Where CrossEncoder reads a folder's activation without its own layout (modules.json): config.json's
     config = json.loads((logits / "config.json").read_text())
@@ -1345,7 +1355,8 @@ def test_every_batch_trains_under_grad_accum_and_eval_every_evaluates_between_lo
     # The evaluations (before the steps and at each of them) have their own seconds in the summary.
     assert outcome.phases["eval"] > 0 and f"eval {outcome.phases['eval']:.1f}, saves" in "\n".join(outcome.lines())
     assert not (out / "config_sentence_transformers.json").exists() and (out / "notes.txt").read_text() == "mine"
-    assert "what an earlier model left there: config_sentence_transformers.json" in capsys.readouterr().out
+    assert "what an earlier model left there: config_sentence_transformers.json, onnx/" in capsys.readouterr().out
+    assert not (out / "onnx").exists()
     assert type(CrossEncoder(str(out), device="cpu").activation_fn).__name__ == "Identity"
 
     with pytest.raises(ConfigError, match=r"64 worker\(s\) need 64 CPU\(s\) \(the cluster has \d+\): lower"):
