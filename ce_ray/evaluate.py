@@ -37,7 +37,8 @@ from .input_files import (FileCheck, agreed_schema, compression_of, detect_forma
                           partition_values)
 from .messages import InputError, column_list, plural, setting_and_flag, settings_hint
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
-from .output_state import EVAL, REJECTS, job_of_results, job_summary, refuse_changed_output, rows_cut_before
+from .output_state import (EVAL, REJECTS, RESULTS, SUCCESS, in_unfinished_results, job_of_results, job_summary,
+                           refuse_changed_output, rows_cut_before)
 from .storage import (check_s3_access, file_in_the_way, filesystem, glob_base, is_glob, is_remote, join,
                       same_place, try_local_folder, write_bytes_atomic)
 from .train_data import numeric_labels
@@ -509,6 +510,10 @@ def _following_the_job(config: EvalConfig) -> tuple:
     job = job_summary(config.input)
     wrote = job or job_of_results(config.input)
     if wrote is None:
+        if in_unfinished_results(config.input):  # measured 1,459 of a rerank's 3,000 pairs without a word
+            return config, {"unfinished_job": f"note: {config.input} is in the {RESULTS}/ of a job that did not "
+                                              f"finish (no {SUCCESS}): its rows as they are, which may be some of "
+                                              "the job's only"}, None
         return config, {}, None
     settings, defaults, given = wrote.get("settings", {}), EvalConfig(), given_settings(config)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import pyarrow.fs as pafs
 
@@ -77,18 +77,31 @@ def job_of_results(uri: str) -> Optional[dict]:
     """As `job_summary`, for an input inside a ce-ray output's results/ (the folder, a part of it, a glob of its
     parts) where that job finished: the rows are that job's, written as its settings say, though they are read as
     the files they are (the way to read them past a `_SUCCESS` that is not ce-ray's). None for any other input."""
-    fs, path = filesystem(glob_base(uri))
-    names = path.rstrip("/").split("/")
-    if RESULTS not in names[1:]:
-        return None
-    output = "/".join(names[: len(names) - 1 - names[::-1].index(RESULTS)])
-    if not is_output(fs, output):
+    fs, output = _output_of_results(uri)
+    if output is None:
         return None
     try:
         summary = finished_job(fs, output, uri)
     except InputError:  # not finished, or its marker not ce-ray's: the rows as they are, as before
         return None
     return _with_settings(summary, fs, output)
+
+
+def in_unfinished_results(uri: str) -> bool:
+    """Whether `uri` is inside the results/ of a ce-ray output whose job did not finish (no `_SUCCESS`): its rows
+    as they are now, which may be some of the job's only."""
+    fs, output = _output_of_results(uri)
+    return output is not None and fs.get_file_info(f"{output}/{SUCCESS}").type == pafs.FileType.NotFound
+
+
+def _output_of_results(uri: str) -> Tuple[pafs.FileSystem, Optional[str]]:
+    """The filesystem of `uri`, and the ce-ray output folder whose results/ it is in (None where it is in none)."""
+    fs, path = filesystem(glob_base(uri))
+    names = path.rstrip("/").split("/")
+    if RESULTS not in names[1:]:
+        return fs, None
+    output = "/".join(names[: len(names) - 1 - names[::-1].index(RESULTS)])
+    return fs, output if is_output(fs, output) else None
 
 
 def rows_cut_before(summary: dict) -> Optional[dict]:

@@ -383,6 +383,15 @@ def test_rerank_job_over_files_and_blocks(ray_local, tiny_model, tmp_path, capsy
     with pytest.raises(InputError, match=r"is the output of a job that did not finish \(no _SUCCESS\)"):
         run_rerank(dataclasses.replace(again, input=str(tmp_path / "two"), output=str(tmp_path / "three"),
                                        score_column="score_3", rank_column="rank_3"))
+    # Its results/, read as they are (as documented), were measured without a word that they may be some only.
+    for given in ("two/results", "two/results/*.parquet"):
+        measured = run_eval(EvalConfig(input=str(tmp_path / given), qrels=str(tmp_path / "qrels.tsv"),
+                                       rank_column="rank_2", output=str(tmp_path / "two.json")))
+        assert measured["unfinished_job"] == (f"note: {tmp_path / given} is in the results/ of a job that did not "
+                                              "finish (no _SUCCESS): its rows as they are, which may be some of the "
+                                              "job's only")
+    assert "unfinished_job" not in run_eval(EvalConfig(input=str(tmp_path / "all" / "results"), output=str(
+        tmp_path / "all.json"), qrels=str(tmp_path / "qrels.tsv")))
     # A bad model fails before an output it would overwrite is touched.
     with pytest.raises(Exception, match="does not exist"):
         run_rerank(dataclasses.replace(config, model=str(tmp_path / "no-model"), mode="overwrite"))
