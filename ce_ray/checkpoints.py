@@ -363,14 +363,27 @@ def resumed_step(config: TrainConfig) -> Optional[int]:
     try:
         result = ray.train.Result.from_path(f"{storage_path}/{name}", storage_filesystem=fs)
     except CheckpointManagerInitializationError as e:
-        raise ConfigError(f"Ray Train's record of the run's checkpoints, {join(run_folder, RECORD)}, does not read "
-                          f"({e}): it was cut short as it was written (a disk that filled), or another Ray version "
-                          "wrote it. The run cannot resume from it: delete it to start the run over") from None
+        record = join(run_folder, RECORD)
+        if not _is_json(fs, f"{storage_path}/{name}/{RECORD}"):
+            raise ConfigError(f"Ray Train's record of the run's checkpoints, {record}, does not read ({e}): it was "
+                              "cut short as it was written (a disk that filled). The run cannot resume from it: "
+                              "delete it to start the run over") from None
+        # Another Ray version's record, or one naming a checkpoint folder since deleted: Ray Train's own words
+        raise ConfigError(f"Ray Train cannot resume the run from its record of checkpoints, {record}: {e}") from None
     finally:
         logger.setLevel(level)
     if result.checkpoint is None:
         return None
     return (result.metrics or {}).get("step", NOT_KNOWN)
+
+
+def _is_json(fs, path: str) -> bool:
+    try:
+        with fs.open_input_stream(path) as f:
+            json.loads(f.read())
+        return True
+    except ValueError:
+        return False
 
 
 # From this many bytes of training files to read for their digests (~1 s a GiB and core), the run says so first.

@@ -122,17 +122,17 @@ def _read_the_table(reader: str) -> str:
 
 def _refuse_table_above(uri: str, fs: pafs.FileSystem, folder: str) -> None:
     """Refuses an input folder inside a table's: a Delta Lake or Hudi table's partition (`table/dt=2024-01-01/`,
-    its metadata folder beside the first `key=value` folder), an Iceberg table's data (`table/data/…`, Iceberg's
-    `metadata/` beside `data/`). `_refuse_tables` finds a table's metadata under the input only, and a partition
-    folder was read with the files of the table's earlier versions in it, exit 0."""
+    its metadata folder beside a `key=value` folder), an Iceberg table's data (`table/data/…`, Iceberg's `metadata/`
+    beside `data/`). `_refuse_tables` finds a table's metadata under the input only, and a partition folder was read
+    with the files of the table's earlier versions in it, exit 0. Each such folder on the way is looked beside (a
+    table may lie in another's partition, `lake/env=prod/table/dt=1/`): a look-up or two of each."""
     parts = folder.rstrip("/").split("/")
     above = []  # (a folder above the input, the metadata folder that would make it a table's)
-    partition = next((at for at, part in enumerate(parts) if at and "=" in part.strip("=")), None)
-    if partition is not None:
-        above += [("/".join(parts[:partition]), marker) for marker in ("_delta_log", ".hoodie")]
-    data = max((at for at, part in enumerate(parts) if at and part == "data"), default=None)
-    if data is not None:
-        above.append(("/".join(parts[:data]), "metadata"))
+    for at, part in enumerate(parts):
+        if at and "=" in part.strip("=") and "=" not in parts[at - 1].strip("="):  # a table's first partition key
+            above += [("/".join(parts[:at]), marker) for marker in ("_delta_log", ".hoodie")]
+        if at and part == "data":
+            above.append(("/".join(parts[:at]), "metadata"))
     for table, marker in above:
         if _is_table_metadata(fs, f"{table}/{marker}"):
             name, reader = TABLE_FORMATS[marker]

@@ -744,7 +744,8 @@ class PairsSink(Datasink):
         rows = {sub: {file[len(f"{path}/{sub}/"):]: count for file, count in sorted(expected.items())
                       if file.startswith(f"{path}/{sub}/")} for sub in (RESULTS, REJECTS)}
         summary = summary | {RESULT_PARTS: len(rows[RESULTS]), RESULT_ROWS: rows[RESULTS], REJECT_ROWS: rows[REJECTS]}
-        with writing(self.output):  # a disk that filled: the error named no file
+        # a disk that filled: the error named no file. Once the work is done: its line says --mode resume finishes it.
+        with work(), writing(self.output):
             write_bytes_atomic(fs, f"{path}/{SUCCESS}", json.dumps(summary, indent=2).encode(), is_remote(self.output))
 
 

@@ -488,14 +488,19 @@ def _temporary(path: str) -> str:
 def _atomically(fs: pafs.FileSystem, path: str, remote: bool, write) -> None:
     """`write(target)` writes `path` whole or not at all: an S3 object is, a local file is written into a hidden
     temporary moved into place. An error removes the temporary, which a disk that filled left beside the output (a
-    file written in place was left cut short), and names `path`, where the filesystem's (ENOSPC) named no file."""
-    target = path if remote else _temporary(path)
+    file written in place was left cut short), and names `path`, where the filesystem's (ENOSPC) named no file. A
+    link is written through, to its file; what is no file (`eval --output /dev/null`, a FIFO a reader waits on) is
+    written in place, as moving a file over it would replace it."""
+    if not remote:
+        path = os.path.realpath(path)
+    in_place = remote or (os.path.exists(path) and not os.path.isfile(path))
+    target = path if in_place else _temporary(path)
     try:
         write(target)
-        if not remote:
+        if not in_place:
             fs.move(target, path)
     except Exception as e:
-        if not remote:
+        if not in_place:
             with contextlib.suppress(OSError):
                 fs.delete_file(target)
         if path not in str(e):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import stat
 
 import numpy as np
 import pandas as pd
@@ -409,6 +411,20 @@ def test_a_run_file_or_eval_json_the_disk_does_not_take_whole_leaves_the_last_on
         assert f"writing {cut}" in getattr(failed.value, "__notes__", []), failed.value
     assert run.read_text() == "1 Q0 d1 1 0.5 earlier\n" and measures.read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ce-ray.run", "eval.json", "scored.parquet"]
+    # A link is written through, to its file; what is no file is written in place (a file moved over a FIFO that a
+    # reader waits on, or over /dev/null, would replace it).
+    import threading
+
+    (tmp_path / "link.run").symlink_to(run)
+    os.mkfifo(tmp_path / "fifo")
+    read = []
+    reader = threading.Thread(target=lambda: read.append(json.loads((tmp_path / "fifo").read_text())), daemon=True)
+    reader.start()
+    run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "fifo"),
+                        run_output=str(tmp_path / "link.run")))
+    reader.join(timeout=60)
+    assert read[0]["pairs"] == 400 and stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode)
+    assert os.path.islink(tmp_path / "link.run") and len(run.read_text().splitlines()) == 400
 
 
 def test_a_run_reads_alike_whatever_blanks_separate_its_fields(tmp_path):

@@ -1363,12 +1363,14 @@ def test_a_folder_inside_a_delta_hudi_or_iceberg_table_is_refused(tmp_path):
     table("delta", "_delta_log/00000000000000000000.json", "dt=2024-01-01/lang=en")
     table("hudi", ".hoodie/hoodie.properties", "dt=2024-01-01")
     table("iceberg", "metadata/v1.metadata.json", "data/dt=2024-01-01")
-    for given, name, marker in [("delta/dt=2024-01-01", "Delta Lake", "_delta_log"),
+    table("lake/env=prod/delta", "_delta_log/00000000000000000000.json", "dt=1")  # a table in another's partition
+    for given, name, marker in [("lake/env=prod/delta/dt=1", "Delta Lake", "_delta_log"),
+                                ("delta/dt=2024-01-01", "Delta Lake", "_delta_log"),
                                 ("delta/dt=2024-01-01/lang=en/*.parquet", "Delta Lake", "_delta_log"),
                                 ("hudi/dt=2024-01-01/", "Apache Hudi", ".hoodie"),
                                 ("iceberg/data", "Apache Iceberg", "metadata"),
                                 ("iceberg/data/dt=2024-01-01", "Apache Iceberg", "metadata")]:
-        top = given.split("/")[0]
+        top = re.escape(given.split("/dt=")[0].split("/data")[0])
         with pytest.raises(InputError, match=rf"^input \S+/{re.escape(given)} lies in the folder of the {name} table "
                                              rf"at \S+/{top}/ \({marker}/\): its folder keeps .* ray\.data\.read_"):
             list_files(f"{tmp_path}/{given}")

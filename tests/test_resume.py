@@ -1045,6 +1045,7 @@ def test_a_part_or_success_the_disk_does_not_take_whole_is_removed_and_named(tmp
     output until a resume. The error names what was being written, the temporary removed."""
     from conftest import files_of_at_most
 
+    from ce_ray.runtime import failed_during_work
     from ce_ray.storage import write_table_atomic
 
     fs, path = filesystem(str(tmp_path))
@@ -1057,8 +1058,10 @@ def test_a_part_or_success_the_disk_does_not_take_whole_is_removed_and_named(tmp
     (tmp_path / "out" / "_ce_ray").mkdir(parents=True)
     (tmp_path / "out" / "_ce_ray" / "run.json").write_text('{"run": "r"}')
     with files_of_at_most(20), pytest.raises(sink.OutputError, match=rf"^cannot write the output {tmp_path}/out: "
-                                                                      r"\[Errno 27\] .*File too large"):
+                                                                      r"\[Errno 27\] .*File too large") as failed:
         sink_of.write_success({"rows": 0, "padding": "x" * 100})
+    # after the job's work, which `--mode resume` finishes (an error of a usage error's type: exit 2, none said)
+    assert failed_during_work(failed.value)
     assert os.listdir(tmp_path) == ["out"] and os.listdir(tmp_path / "out") == ["_ce_ray"]
 
 

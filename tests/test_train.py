@@ -745,11 +745,16 @@ def test_a_run_that_fails_mid_way_says_why_and_that_the_same_command_resumes_it(
     record = tmp_path / "out" / "checkpoints" / "out" / "checkpoint_manager_snapshot.json"
     record.write_text("")
     refusal = (f"Ray Train's record of the run's checkpoints, {record}, does not read (Expecting value: line 1 column "
-               "1 (char 0)): it was cut short as it was written (a disk that filled), or another Ray version wrote "
-               "it. The run cannot resume from it: delete it to start the run over")
+               "1 (char 0)): it was cut short as it was written (a disk that filled). The run cannot resume from it: "
+               "delete it to start the run over")
     assert finishing_hint("train", args=build_parser().parse_args(command)) == f"; {refusal}"
     assert main(command) == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"ce-ray train: error: {refusal}"
+    # A whole record of a checkpoint since deleted: Ray Train's words, not a record cut short.
+    record.write_text(ray_train_record(7))
+    assert finishing_hint("train", args=build_parser().parse_args(command)).startswith(
+        f"; Ray Train cannot resume the run from its record of checkpoints, {record}: The run snapshot contains a "
+        "reference to a checkpoint that does not exist")
 
 
 def _ray_train_workers():
