@@ -527,7 +527,7 @@ def _following_the_job(config: EvalConfig) -> tuple:
     if "rows_cut" not in wrote and left_alone("rank_column"):  # a score job's: rerank's counts cuts
         changes["rank_column"] = ""
     elif (left_alone("rank_column") and not left_alone("score_column") and settings.get("rank_column")
-          and config.score_column != settings.get("score_column")):
+          and settings.get("score_column") not in (None, config.score_column)):
         # `--score-column score` over a cascade's output: the job's rank (by its own score) gives the order, as over
         # any input with a rank, where the score named changed nothing without a word.
         notes["rank_before_score"] = (
