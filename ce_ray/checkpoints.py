@@ -21,6 +21,7 @@ from .messages import briefly, plural, setting_and_flag
 from .model_folder import CHECKPOINTS
 from .storage import (absolute, content_digest, filesystem, in_parallel, is_remote, join, upload_folder,
                       write_bytes_atomic)
+from .input_files import is_json
 from .train_data import training_files
 
 PROGRESS = "progress.json"
@@ -364,7 +365,9 @@ def resumed_step(config: TrainConfig) -> Optional[int]:
         result = ray.train.Result.from_path(f"{storage_path}/{name}", storage_filesystem=fs)
     except CheckpointManagerInitializationError as e:
         record = join(run_folder, RECORD)
-        if not _is_json(fs, f"{storage_path}/{name}/{RECORD}"):
+        with fs.open_input_stream(f"{storage_path}/{name}/{RECORD}") as f:
+            cut_short = not is_json(f.read())
+        if cut_short:
             raise ConfigError(f"Ray Train's record of the run's checkpoints, {record}, does not read ({e}): it was "
                               "cut short as it was written (a disk that filled). The run cannot resume from it: "
                               "delete it to start the run over") from None
@@ -375,15 +378,6 @@ def resumed_step(config: TrainConfig) -> Optional[int]:
     if result.checkpoint is None:
         return None
     return (result.metrics or {}).get("step", NOT_KNOWN)
-
-
-def _is_json(fs, path: str) -> bool:
-    try:
-        with fs.open_input_stream(path) as f:
-            json.loads(f.read())
-        return True
-    except ValueError:
-        return False
 
 
 # From this many bytes of training files to read for their digests (~1 s a GiB and core), the run says so first.

@@ -530,10 +530,8 @@ def _following_the_job(config: EvalConfig) -> tuple:
           and settings.get("score_column") not in (None, config.score_column)):
         # `--score-column score` over a cascade's output: the job's rank (by its own score) gives the order, as over
         # any input with a rank, where the score named changed nothing without a word.
-        notes["rank_before_score"] = (
-            f"note: the order is the job's {settings['rank_column']} column's (its rank by "
-            f"{settings.get('score_column')}), which comes before the score's ({config.score_column}): give "
-            f"{setting_and_flag('rank_column')} '' to measure the score's order")
+        job_rank = f"the job's {settings['rank_column']} column's (its rank by {settings['score_column']})"
+        notes["rank_before_score"] = _rank_before_score(job_rank, config.score_column)
     cut = rows_cut_before(wrote)
     if cut:
         whose = "the reranker's" if wrote.get("rows_cut") else "an earlier reranker's (the job's input's)"
@@ -551,6 +549,12 @@ def _following_the_job(config: EvalConfig) -> tuple:
         notes["rejected_rows_left_out"] = (f"left out {wrote['rows_rejected']:,} row(s) the job rejected (its "
                                            f"{REJECTS}/)" + ("" if config.qrels else ": their labels not counted"))
     return dataclasses.replace(config, **changes), notes, job
+
+
+def _rank_before_score(order: str, score_column: str) -> str:
+    """The note that a rank column (`order`: whose) orders the rows where a score column was named, as documented."""
+    return (f"note: the order is {order}, which comes before the score's ({score_column}): give "
+            f"{setting_and_flag('rank_column')} '' to measure the score's order")
 
 
 def _refuse_overwriting(c: EvalConfig, output: str) -> None:
@@ -635,9 +639,7 @@ def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:
             and job is None):  # (a job's output: its rank is its scores', or a score job's input's, not read)
         # `--score-column score_l12` over a cascade's output: its `rank` (the first reranker's) gives the order, as
         # documented, where the score named changed nothing without a word.
-        job_notes["rank_before_score"] = (
-            f"note: the order is the input's {c.rank_column} column's, which comes before the score's "
-            f"({c.score_column}): give {setting_and_flag('rank_column')} '' to measure the score's order")
+        job_notes["rank_before_score"] = _rank_before_score(f"the input's {c.rank_column} column's", c.score_column)
     if ordered_by == c.rank_column and _holds_fractions(df, c.rank_column):  # `--rank-column score`
         job_notes["rank_read_as_rank"] = (
             f"warning: the rank column {c.rank_column} holds fractions, as a score does, but is read as a rank (1 "

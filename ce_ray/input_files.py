@@ -158,11 +158,12 @@ def _named_as_a_pattern(fs: pafs.FileSystem, uri: str, path: str) -> str:
     parts, given = path.rstrip("/").split("/"), uri.rstrip("/").split("/")
     for end in range(len(parts), 0, -1):
         named = "/".join(parts[:end])
-        if not is_glob(parts[end - 1]) or fs.get_file_info(named).type == pafs.FileType.NotFound:
+        kind = fs.get_file_info(named).type if is_glob(parts[end - 1]) else pafs.FileType.NotFound
+        if kind == pafs.FileType.NotFound:
             continue
         rest = given[len(given) - (len(parts) - end):] if end < len(parts) else []
         escaped = re.sub(r"([*?[])", r"[\1]", "/".join(given[:len(given) - len(rest)]))
-        if not rest and fs.get_file_info(named).type == pafs.FileType.Directory:
+        if not rest and kind == pafs.FileType.Directory:
             rest = ["*"]
         return (f": `[`, `*` and `?` make a path a pattern, and {named} is a name that holds them; to read it as it "
                 f"is, give {'/'.join([escaped, *rest])}")
@@ -428,7 +429,7 @@ def _read_schema(fs: pafs.FileSystem, path: str, size: int, input_format: str,
         # The columns of the head's lines, not of the first alone: a line may leave a key out (a null), and a query
         # missing from line 1 alone failed the file as having no query column. A line 1 that is no JSON object (no
         # UTF-8, cut short, an array) is rejected as the reader rejects any other line: it failed the whole file.
-        if lines[0].lstrip().startswith(b"[") and not _is_json(lines[0]):
+        if lines[0].lstrip().startswith(b"[") and not is_json(lines[0]):
             # An array's opening line, an object a line after it: its last object parses, and was scored, its other
             # lines rejected (its "[" too) where the file was small enough for the check to read to its end.
             _refuse_line_1(path, lines[0])
@@ -482,7 +483,7 @@ def _refuse_header_not_utf8(path: str, header: bytes, line: str = "its header li
                          "write the file as UTF-8") from None
 
 
-def _is_json(line: bytes) -> bool:
+def is_json(line: bytes) -> bool:
     try:
         json.loads(line)
     except ValueError:
