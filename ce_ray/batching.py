@@ -35,8 +35,10 @@ def default_batch_tokens(on_gpu: bool) -> int:
 
 
 @functools.lru_cache(maxsize=4)
-def cached_tokenizer(path: str, trust_remote_code: bool = False):
-    """One tokenizer per worker process, reused by every task that runs there."""
+def cached_tokenizer(path: str, trust_remote_code: bool = False, version: str = ""):
+    """One tokenizer per worker process, reused by every task that runs there. `version`: the folder's
+    (`model_folder.model_version`), a key alone: Ray's task workers outlive a job in a Python session, and a
+    folder saved again (a model trained again into it) was tokenized by its first tokenizer, without a word."""
     from .model_folder import load_tokenizer
 
     return load_tokenizer(path, trust_remote_code)
@@ -131,6 +133,7 @@ class PairEncoder:
     trust_remote_code: bool = False
     fast: Optional[fast_tokenize.PairPlan] = None
     prompt: str = ""  # put before each query, as CrossEncoder.predict puts its prompt (`model_folder.query_prompt`)
+    version: str = ""  # the model folder's files, as they were when the encoder was made (`cached_tokenizer`)
 
     def encode(self, queries: pa.Array, documents: pa.Array, max_length: int):
         """(ids, token types or None) Arrow list arrays, the Hugging Face pair encoding id for id."""
@@ -139,17 +142,21 @@ class PairEncoder:
                                                   pa.scalar("", queries.type))
         if self.fast is not None:
             return self.fast.encode(queries, documents, max_length)
-        tokenizer = cached_tokenizer(self.model, self.trust_remote_code)
+        tokenizer = cached_tokenizer(self.model, self.trust_remote_code, self.version)
         return encode_pairs_hf(tokenizer, queries.to_pylist(), documents.to_pylist(), max_length)
 
 
 def pair_encoder(model: str, choice: str = "auto", trust_remote_code: bool = False,
-                 facts: Optional[TokenizerFacts] = None, prompt: str = "") -> PairEncoder:
+                 facts: Optional[TokenizerFacts] = None, prompt: str = "", files: Optional[dict] = None) -> PairEncoder:
     """The encoder of a model's pairs for `tokenize_table`; choice "fast" fails for a tokenizer nanotoken
     cannot reproduce. The plan comes from the model's `tokenizer_facts` (after a first job, without
-    transformers), or from `facts` where the caller has them already."""
+    transformers), or from `facts` where the caller has them already. `files`: an `s3://` model's listing, where
+    the caller has it (`model_folder.model_files`)."""
+    from .model_folder import model_version
+
     facts = facts or tokenizer_facts(model, trust_remote_code)
-    return PairEncoder(model, trust_remote_code, chosen_plan(facts.plan, choice, facts.tokenizer_class), prompt)
+    return PairEncoder(model, trust_remote_code, chosen_plan(facts.plan, choice, facts.tokenizer_class), prompt,
+                       model_version(model, files))
 
 
 def reader_reasons(table: pa.Table) -> np.ndarray:

@@ -302,16 +302,24 @@ def read_json(file: str) -> dict:
             raise ModelError(f"{file} is not valid JSON ({e})") from None
 
 
-def is_sequence_classifier(architectures) -> bool:
+def is_sequence_classifier(architectures, auto_map: Optional[dict] = None) -> bool:
     """CrossEncoder's rule: a model saved as a sequence classifier has its classifier; any other (a base
-    model's MaskedLM, a bi-encoder's BertModel, or none named) gets a new one-logit head."""
-    return any(name.endswith("ForSequenceClassification") for name in architectures or ())
+    model's MaskedLM, a bi-encoder's BertModel, or none named) gets a new one-logit head. A repository's own class
+    is one where its config's `auto_map` loads it as AutoModelForSequenceClassification, whatever its name: a
+    reranker's `MyModel` was refused as having no classifier, where CrossEncoder scores with its trained head."""
+    remote = str((auto_map or {}).get("AutoModelForSequenceClassification", "")).rsplit(".", 1)[-1]
+    return any(name.endswith("ForSequenceClassification") or name == remote for name in architectures or ())
+
+
+def saved_config(path: str) -> dict:
+    """A model folder's config.json (empty where it has none)."""
+    config_file = os.path.join(path, "config.json")
+    return read_json(config_file) if os.path.exists(config_file) else {}
 
 
 def saved_architectures(path: str) -> list:
     """The architectures a model folder's config.json names (empty where it names none)."""
-    config_file = os.path.join(path, "config.json")
-    return (read_json(config_file).get("architectures") or []) if os.path.exists(config_file) else []
+    return saved_config(path).get("architectures") or []
 
 
 def label_count(config: dict) -> int:
@@ -333,15 +341,18 @@ def check_single_logit(path: str, model: str) -> None:
     rerankers of one logit, as CrossEncoder's rerankers are, and found out only in its workers otherwise. Where
     config.json names no architecture, its head's weights tell (its workers built a head of one logit and failed
     to load the saved one)."""
-    config_file = os.path.join(path, "config.json")
-    architectures = saved_architectures(path)
-    if not os.path.exists(config_file) or architectures and not is_sequence_classifier(architectures):
+    config = saved_config(path)
+    architectures = config.get("architectures")
+    if not config or architectures and not is_sequence_classifier(architectures, config.get("auto_map")):
         return
-    config = read_json(config_file)
     labels = label_count(config) if architectures else classifier_outputs(path)
     if labels not in (1, None):
+        # A 2-way classifier's score is its softmax's of label 1, which one logit gives exactly: said how.
+        conversion = ("; to score with it, save it with one logit, its classifier's second row less its first (weight "
+                      "and bias): that logit's sigmoid is its softmax's score of label 1") if labels == 2 else ""
         raise ModelError(f"{model} is a classifier of {labels} labels: ce-ray scores and trains rerankers of one "
-                         "logit (CrossEncoder(..., num_labels=1)); for a new reranker, start from its base model")
+                         f"logit (CrossEncoder(..., num_labels=1)){conversion}; for a new reranker, start from its "
+                         "base model")
     check_pad_token(path, model, config)
 
 
@@ -373,8 +384,10 @@ def has_classifier_weights(path: str) -> bool:
 def has_classifier(path: str) -> bool:
     """Whether a model folder holds a reranker's classifier head: its config.json names a sequence classifier, or
     names no architecture and its weights hold one (as CrossEncoder and `check_scores` take it)."""
-    architectures = saved_architectures(path)
-    return is_sequence_classifier(architectures) if architectures else has_classifier_weights(path)
+    config = saved_config(path)
+    architectures = config.get("architectures")
+    return (is_sequence_classifier(architectures, config.get("auto_map")) if architectures
+            else has_classifier_weights(path))
 
 
 def weight_shapes(path: str) -> dict:
@@ -426,7 +439,7 @@ def _layers(names) -> Dict[str, set]:
 def as_loaded(config):
     """`config` as the replicas and workers load the model: a base model (no sequence classifier) is given a new
     head of one logit, as CrossEncoder adds one to fine-tune it. A copy where it changes."""
-    if is_sequence_classifier(config.architectures):
+    if is_sequence_classifier(config.architectures, getattr(config, "auto_map", None)):
         return config
     import copy
 
@@ -518,7 +531,7 @@ def check_safe(path: str, allow_pickle: bool, trust_remote_code: bool) -> None:
     if config.get("auto_map") and not trust_remote_code:
         raise ModelError(
             f"{path} needs code from its repository (auto_map in config.json); "
-            "pass --trust-remote-code only if you trust it"
+            f"give {setting_and_flag('trust_remote_code', True)} only if you trust it"
         )
     # The weights transformers loads (`model.safetensors`, or the shards its index names): another safetensors file
     # beside pickle weights (an adapter's) passed as safe, and the job failed once begun, finding none.
@@ -528,7 +541,7 @@ def check_safe(path: str, allow_pickle: bool, trust_remote_code: bool) -> None:
     if not has_safetensors and has_pickle and not allow_pickle:
         raise ModelError(
             f"{path} has only pickle weights (.bin/.pt), which can run code when loaded; "
-            "convert them to safetensors, or pass --allow-pickle if you trust the file"
+            f"convert them to safetensors, or give {setting_and_flag('allow_pickle', True)} if you trust the file"
         )
     if not has_safetensors and not has_pickle:
         raise ModelError(f"{path} has no weights (model.safetensors)")

@@ -207,7 +207,7 @@ def scoring_model_ahead(config: ScoreConfig, files: Optional[dict] = None) -> Ca
 
     def checked() -> ScoringModel:
         facts = model_loading(config.model, asked)
-        encoder = pair_encoder(config.model, config.tokenizer, config.trust_remote_code, facts, prompt)
+        encoder = pair_encoder(config.model, config.tokenizer, config.trust_remote_code, facts, prompt, files)
         max_length = (usable_max_length(path, config.model, facts.max_length) if config.max_length is None
                       else config.max_length)
         # the replica's own choice (`Scorer`, `model.load_scoring_model`): the user's, else the model's

@@ -289,3 +289,21 @@ def test_a_tokenize_task_imports_neither_transformers_nor_torch():
     assert run.returncode == 0, run.stderr.decode()
     out, loaded = pickle.loads(run.stdout)
     assert loaded == [] and out.equals(expected)
+
+
+def test_a_tokenizer_saved_again_is_the_one_used(tmp_path):
+    """A process's tokenizers are cached (a Ray task worker outlives a job in a Python session): a folder whose
+    tokenizer was saved again since (a model trained again into it) is tokenized by the new one. The first was
+    used, without a word, and the scores were another tokenizer's ids through the new model."""
+    from conftest import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "model", layers=1)
+    texts = pa.array(["hello"]), pa.array(["world"])
+    before, _ = batching.pair_encoder(str(model), "hf").encode(*texts, 16)
+    saved = json.loads((model / "tokenizer.json").read_text())
+    vocab = saved["model"]["vocab"]
+    vocab["hello"], vocab["world"] = vocab["world"], vocab["hello"]
+    (model / "tokenizer.json").write_text(json.dumps(saved))
+    after, _ = batching.pair_encoder(str(model), "hf").encode(*texts, 16)
+    hello, world = before.to_pylist()[0][1], before.to_pylist()[0][3]
+    assert after.to_pylist()[0][1:4:2] == [world, hello]

@@ -1575,7 +1575,8 @@ def test_a_bad_model_or_output_fails_before_ray_starts(tmp_path, tiny_model, mon
     config = json.loads((two / "config.json").read_text())
     config.pop("architectures")
     (two / "config.json").write_text(json.dumps(config | {"id2label": {"0": "LABEL_0", "1": "LABEL_1"}}))
-    with pytest.raises(ModelError, match="is a classifier of 2 labels"):
+    with pytest.raises(ModelError, match=r"is a classifier of 2 labels: .* to score with it, save it with one "
+                                         r"logit, its classifier's second row less its first"):
         job(two, pairs, tmp_path / "out")
     with pytest.raises(ModelError, match="has no config.json: not a Hugging Face model folder"):
         job(pairs.parent, pairs, tmp_path / "out")  # a data folder as the model
@@ -1690,9 +1691,34 @@ def test_model_needing_remote_code_is_refused(tmp_path, tiny_model):
     (model / "config.json").write_text(json.dumps(config))
     (model / "modeling_evil.py").write_text("raise SystemExit('repository code ran')\n")
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "p.parquet")
-    with pytest.raises(ModelError, match="needs code from its repository"):
+    with pytest.raises(ModelError, match=r"needs code from its repository .* trust_remote_code true \(--trust-r"):
         job(model, tmp_path / "p.parquet", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_repository_classifier_of_any_name_scores_with_its_head(ray_local, tmp_path, tiny_model):
+    """A reranker whose repository code is trusted is a sequence classifier where its config's auto_map loads its
+    class as one, whatever the class's name: `MyModel` was refused as having no classifier (and training said it
+    would get a new head), where CrossEncoder scores with its trained one."""
+    import ce_ray
+    from ce_ray.model_folder import has_classifier
+
+    model = _model_copy(tiny_model, tmp_path, "remote-named")
+    config = json.loads((model / "config.json").read_text())
+    config |= {"architectures": ["MyModel"], "model_type": "mybert",
+               "auto_map": {"AutoConfig": "custom.MyConfig", "AutoModelForSequenceClassification": "custom.MyModel"}}
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "custom.py").write_text(
+        "from transformers import BertConfig, BertForSequenceClassification\n"
+        "class MyConfig(BertConfig):\n    model_type = 'mybert'\n"
+        "class MyModel(BertForSequenceClassification):\n    config_class = MyConfig\n")
+    pairs = [("what is a cell", "the basic unit of life"), ("river", "a tax on music")]
+    scores = ce_ray.predict(str(model), pairs, trust_remote_code=True)
+    np.testing.assert_allclose(scores, ce_ray.predict(str(tiny_model), pairs), atol=1e-6)
+    # A class the auto_map loads as another kind (a base model) has no classifier, whatever it inherits.
+    config["auto_map"] = {"AutoConfig": "custom.MyConfig", "AutoModel": "custom.MyModel"}
+    (model / "config.json").write_text(json.dumps(config))
+    assert not has_classifier(str(model))
 
 
 def test_pickle_only_weights_are_refused_unless_allowed(ray_local, tmp_path, tiny_model):
@@ -1705,7 +1731,7 @@ def test_pickle_only_weights_are_refused_unless_allowed(ray_local, tmp_path, tin
     torch.save(load_file(model / "model.safetensors"), model / "pytorch_model.bin")
     os.remove(model / "model.safetensors")
     pd.DataFrame({"query": ["q"], "document": ["d"]}).to_parquet(tmp_path / "p.parquet")
-    with pytest.raises(ModelError, match="only pickle weights"):
+    with pytest.raises(ModelError, match=r"only pickle weights .* give allow_pickle true \(--allow-pickle\) if"):
         job(model, tmp_path / "p.parquet", tmp_path / "out")
     # Another safetensors file beside them (an adapter's) is not the model's weights: it passed as safe, and the
     # job failed once begun, finding no model.safetensors.
