@@ -334,6 +334,16 @@ def main(argv=None) -> int:
             _handle_ctrl_c(handler)
 
 
+def command(argv=None) -> int:
+    """The `ce-ray` command (its console script, `python -m ce_ray.cli`): `main`, and Ctrl-C ignored once it
+    returns, as the process exits (a second or two): one pressed then, just after `done`, ended the command by the
+    signal, status 130, its work done and said. (`main` gives a caller in process its own handler back.)"""
+    try:
+        return main(argv)
+    finally:
+        _handle_ctrl_c(signal.SIG_IGN)
+
+
 def _handle_ctrl_c(handler) -> None:
     """SIGINT's `handler` set, in the main thread (which signals reach; a command run in another thread has none)."""
     if handler is not None and threading.current_thread() is threading.main_thread():
@@ -393,4 +403,4 @@ def report_error(program: str, command: str, error: Exception, args: Optional[ar
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

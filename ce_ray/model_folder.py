@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from typing import Callable, Dict, Optional
 
 from .config import ConfigError
@@ -39,6 +40,11 @@ class ModelError(ValueError):
     """The model cannot be loaded safely or at all."""
 
 
+# A model given by one of its files (config.json, the weights), locally or on S3.
+MODEL_IS_A_FILE = ("model {model} is a file: give the model's folder (its config.json, weights and tokenizer files, as "
+                   "CrossEncoder.save writes them)")
+
+
 def cache_dir() -> str:
     return os.environ.get("CE_RAY_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ce-ray"))
 
@@ -53,8 +59,7 @@ def local_model_path(model: str, files: Optional[dict] = None) -> str:
     if os.path.isdir(model):
         return model
     if os.path.exists(model):  # a weights or config file given for its folder
-        raise ModelError(f"model {model} is a file: give the model's folder (its config.json, weights and tokenizer"
-                         " files, as CrossEncoder.save writes them)")
+        raise ModelError(MODEL_IS_A_FILE.format(model=model))
     if model.startswith((".", "/")) or model.count("/") > 1:
         raise ModelError(f"model folder {model} does not exist")
     return _hub_snapshot(model)
@@ -146,6 +151,8 @@ def model_files(model: str) -> Optional[dict]:
     files = list_tree(fs, path.rstrip("/"))  # one listing, with each object's ETag
     if not files:
         raise ModelError(f"model folder {model} is empty or does not exist")
+    if list(files) == [path.rstrip("/")]:  # an object, named alone (it was copied as a file named '')
+        raise ModelError(MODEL_IS_A_FILE.format(model=model))
     # A trained model's folder holds its run's checkpoints (train's default storage_path, <output>/checkpoints):
     # weights and optimizer state, several times the model's size, that loading it never reads, and that a run
     # going on rewrites (a copy of them failed as a model written again). The model is the folder's other files.
@@ -179,7 +186,7 @@ def _copy_remote_folder(uri: str, files: Optional[dict] = None) -> str:
     files = files or model_files(uri)
     fs, path = filesystem(uri)
     path = path.rstrip("/")
-    folder = hashlib.sha256(f"{s3_endpoint()}\n{path}".encode()).hexdigest()[:16]
+    folder = hashlib.sha256(f"{s3_endpoint().rstrip('/').lower()}\n{path}".encode()).hexdigest()[:16]
     target = os.path.join(cache_dir(), "models", f"{folder}-{_listing_key(uri, files)}")
     try:
         for _ in range(3):  # a copy removed by a process that listed newer objects, before this one held it
@@ -198,17 +205,33 @@ def _copy_remote_folder(uri: str, files: Optional[dict] = None) -> str:
 
 
 def _listing_key(uri: str, files: dict) -> str:
-    """An `s3://` folder's objects as listed (`model_files`: names, sizes, ETags), in 16 hex digits."""
+    """An `s3://` folder's objects as listed (`model_files`: names, sizes, ETags), in 16 hex digits. Not the
+    endpoint: its spelling (a trailing `/`, `localhost`, the AWS config file's `endpoint_url` in place of
+    AWS_ENDPOINT_URL) made the same objects another version, and a resume was refused as of another model."""
     listed = sorted(f"{name}\t{stamp}" for name, (_, stamp) in files.items())
-    return hashlib.sha256("\n".join([s3_endpoint(), uri, *listed]).encode()).hexdigest()[:16]
+    return hashlib.sha256("\n".join([uri, *listed]).encode()).hexdigest()[:16]
 
 
 def _copy_files(uri: str, fs, path: str, files, target: str) -> None:
     """Copies the listed objects, each as it was listed: an object written again since (another ETag) fails the
     copy, where the copy, named by the listing, would have held the new bytes."""
-    from s3fs.utils import FileExpired
+    import fcntl
 
     partial = f"{target}.partial-{os.getpid()}"
+    os.makedirs(partial, exist_ok=True)
+    # Locked while this process copies: a copy whose process was killed (SIGKILL, out of memory) is unlocked, and
+    # removed as a folder's older copies are (`_remove_older_copies`), where it stayed in the cache for good.
+    lock = os.open(partial, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        _copy_locked(uri, fs, path, files, target, partial)
+    finally:
+        os.close(lock)
+
+
+def _copy_locked(uri: str, fs, path: str, files, target: str, partial: str) -> None:
+    from s3fs.utils import FileExpired
+
     s3 = fs.handler.fs  # s3fs's own file: its reads are held to the ETag of its look-up (GET If-Match)
     try:
         for name, (_, stamp) in files.items():
@@ -269,14 +292,27 @@ def _hold(copy: str) -> bool:
     return True
 
 
+# A copy begun this long ago holds its lock (`_copy_files` takes it at once); one begun since may not hold it yet.
+ABANDONED_S = 60
+
+
+def _begun_lately(partial: str) -> bool:
+    try:
+        return time.time() - os.stat(partial).st_mtime < ABANDONED_S
+    except OSError:  # removed meanwhile
+        return True
+
+
 def _remove_older_copies(copy: str) -> None:
     """Removes the other finished copies of the same folder (its other versions) that no process holds: where a
-    job still runs with the old weights, its copy stays, and goes with the first use of a copy after that job."""
+    job still runs with the old weights, its copy stays, and goes with the first use of a copy after that job. So
+    do copies of it that a killed process left part-way, which no process holds either."""
     import fcntl
 
     folder, _ = os.path.basename(copy).split("-")
-    for older in glob.glob(os.path.join(os.path.dirname(copy), f"{folder}-{'[0-9a-f]' * 16}")):
-        if older == copy:
+    copies = os.path.join(os.path.dirname(copy), f"{folder}-{'[0-9a-f]' * 16}")
+    for older in glob.glob(copies) + glob.glob(f"{copies}.partial-*") + glob.glob(f"{copies}.removed-*"):
+        if older == copy or ".partial-" in os.path.basename(older) and _begun_lately(older):
             continue
         try:
             fd = os.open(older, os.O_RDONLY | os.O_DIRECTORY)

@@ -446,6 +446,15 @@ def s3_endpoint() -> str:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
 
 
+def _client_endpoint(fs) -> str:
+    """The endpoint an s3fs client took: the environment's, else the AWS config file's (`endpoint_url`), which
+    errors called AWS S3; '' for AWS's own."""
+    endpoint = s3_endpoint()
+    with contextlib.suppress(Exception):  # no client made (a configuration botocore refused)
+        endpoint = endpoint or fs.s3.meta.endpoint_url
+    return "" if re.fullmatch(r"https://s3[\w.-]*\.amazonaws\.com(\.cn)?/?", endpoint) else endpoint
+
+
 def check_s3_access(uri: str) -> None:
     """Fails fast, before any work, when the S3 endpoint cannot be reached or refuses the credentials.
 
@@ -460,24 +469,28 @@ def check_s3_access(uri: str) -> None:
 
     bucket, key = s3_location(uri)
     key = re.split(r"[*?\[]", key, maxsplit=1)[0]  # a glob lists from its fixed prefix
-    # An endpoint that holds a user and password (`http://user:pass@host`) is named without them, here and in
-    # botocore's words, which repeat it.
-    written = s3_endpoint()
-    endpoint = re.sub(r"(?<=://)[^/@]*@", "", written) or "AWS S3"
-    where = f"s3://{bucket} at {endpoint}"
     fs = s3fs.S3FileSystem(skip_instance_cache=True, config_kwargs={
         "retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 20})
     fs.retries = 1
     try:
         fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key, MaxKeys=1)
-    except PermissionError as e:
-        raise InputError(f"{where} refused the credentials from the environment or instance role ({e}): check "
-                         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the role's permissions") from None
-    except FileNotFoundError:
-        raise InputError(f"bucket {bucket} does not exist at {endpoint}") from None
     except (BotoCoreError, ClientError, OSError) as e:
-        said = str(e).replace(written, endpoint) if written else str(e)
-        raise InputError(f"cannot reach {where}: {type(e).__name__}: {said}") from None
+        raise _access_error(e, bucket, _client_endpoint(fs)) from None
+
+
+def _access_error(e: Exception, bucket: str, written: str) -> InputError:
+    """`check_s3_access`'s error of its look-up in `bucket`, at the endpoint `written` ('' for AWS's own)."""
+    # An endpoint that holds a user and password (`http://user:pass@host`) is named without them, here and in
+    # botocore's words, which repeat it.
+    endpoint = re.sub(r"(?<=://)[^/@]*@", "", written) or "AWS S3"
+    where = f"s3://{bucket} at {endpoint}"
+    if isinstance(e, PermissionError):
+        return InputError(f"{where} refused the credentials from the environment or instance role ({e}): check "
+                          "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the role's permissions")
+    if isinstance(e, FileNotFoundError):
+        return InputError(f"bucket {bucket} does not exist at {endpoint}")
+    said = str(e).replace(written, endpoint) if written else str(e)
+    return InputError(f"cannot reach {where}: {type(e).__name__}: {said}")
 
 
 def _temporary(path: str) -> str:

@@ -648,6 +648,27 @@ def test_ctrl_c_ends_a_job_with_a_line_that_says_how_to_finish_it(tmp_path, tiny
     assert returncode == 130 and "Traceback" not in errors and "KeyboardInterrupt" not in errors, errors[-3000:]
 
 
+def test_ctrl_c_as_the_command_exits_leaves_its_status(tmp_path):
+    """The `ce-ray` command's process lives a second or two past its last line (Ray's shutdown, Python's exit):
+    a Ctrl-C pressed then, just after `done`, ended it by the signal, status 130, its work done and said. The
+    command (its console script, `python -m ce_ray.cli`) ignores Ctrl-C once it returned; `main`, as a caller
+    in process calls it, gives the caller its handler back."""
+    import signal
+
+    from ce_ray import cli
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        assert cli.main(["eval", "--input", str(tmp_path / "none")]) == 2
+        assert signal.getsignal(signal.SIGINT) is before
+        assert cli.command(["eval", "--input", str(tmp_path / "none")]) == 2
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+    scripts = (ROOT / "pyproject.toml").read_text()
+    assert 'ce-ray = "ce_ray.cli:command"' in scripts
+
+
 def test_sigterm_ends_a_job_with_a_line_and_the_exit_status_of_the_signal(tmp_path, tiny_model):
     """SIGTERM (a scheduler's stop, Kubernetes', `ray job stop`) ended the job with no word and exit 15, which
     Ray's handler gives it (`sys.exit(15)`), where shells and schedulers read 143, 128 + the signal's number;

@@ -974,6 +974,56 @@ def model_in_store(s3_server, monkeypatch, tmp_path, model, bucket: str):
     return fs
 
 
+def test_an_s3_model_is_its_objects_whatever_spells_the_endpoint(tmp_path, tiny_model, s3_server, monkeypatch):
+    """The same objects are the same model where the endpoint is spelt otherwise (a trailing `/`): it was another
+    version, and the resume of an output scored with it was refused as of another model. A file of the model named
+    for its folder is said to be one, as a local one is (it failed as a cache that cannot be written). An endpoint
+    the AWS config file gives (`endpoint_url`) is the one errors name: they said AWS S3."""
+    from ce_ray.messages import InputError
+    from ce_ray.model_folder import ModelError, local_model_path, model_version
+    from ce_ray.storage import check_s3_access
+
+    bucket, uri = "ce-ray-model-spelt", "s3://ce-ray-model-spelt/models/reranker"
+    model_in_store(s3_server, monkeypatch, tmp_path, tiny_model, bucket)
+    version, copy = model_version(uri), local_model_path(uri)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server["AWS_ENDPOINT_URL"] + "/")
+    assert model_version(uri) == version and local_model_path(uri) == copy
+    with pytest.raises(ModelError, match=rf"^model {uri}/config.json is a file: give the model's folder"):
+        local_model_path(f"{uri}/config.json")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    (tmp_path / "aws-config").write_text(f"[default]\nendpoint_url = {s3_server['AWS_ENDPOINT_URL']}\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    with pytest.raises(InputError, match=rf"^bucket no-such-bucket does not exist at {s3_server['AWS_ENDPOINT_URL']}$"):
+        check_s3_access("s3://no-such-bucket/pairs/")
+
+
+def test_a_copy_left_by_a_killed_process_is_removed(tmp_path, tiny_model, s3_server, monkeypatch):
+    """A copy of an `s3://` model that its process left part-way, killed (SIGKILL, out of memory), stayed in the
+    cache for good (a model's size on each node, at each kill). It is removed with the folder's older copies, once
+    no process holds it; one a process copies still, or began this minute (not yet held), stays."""
+    import fcntl
+
+    from ce_ray.model_folder import local_model_path
+
+    model_in_store(s3_server, monkeypatch, tmp_path, tiny_model, "ce-ray-model-killed")
+    copy = local_model_path("s3://ce-ray-model-killed/models/reranker")
+    left, copying, begun = (Path(f"{copy}.partial-{pid}") for pid in (999991, 999992, 999993))
+    for partial in (left, copying, begun):
+        partial.mkdir()
+        (partial / "model.safetensors").write_bytes(b"part of a copy")
+    for partial in (left, copying):
+        os.utime(partial, (0, 0))
+    held = os.open(copying, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        assert local_model_path("s3://ce-ray-model-killed/models/reranker") == copy
+        assert not left.exists() and copying.exists() and begun.exists()
+        assert sorted(p.name for p in Path(copy).parent.iterdir()) == sorted([Path(copy).name, copying.name,
+                                                                              begun.name])
+    finally:
+        os.close(held)
+
+
 def test_a_model_written_again_under_its_key_is_copied_again(tmp_path, tiny_model, s3_server, monkeypatch):
     """An `s3://` model was copied into the local cache once and that copy used forever after: a model trained again
     into the same output (or uploaded again) was scored with its old weights, silently. The copy is named by the
