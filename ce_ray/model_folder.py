@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 import time
+import uuid
 from typing import Callable, Dict, Optional
 
 from .config import ConfigError
@@ -186,7 +187,7 @@ def _copy_remote_folder(uri: str, files: Optional[dict] = None) -> str:
     files = files or model_files(uri)
     fs, path = filesystem(uri)
     path = path.rstrip("/")
-    folder = hashlib.sha256(f"{s3_endpoint().rstrip('/').lower()}\n{path}".encode()).hexdigest()[:16]
+    folder = hashlib.sha256(f"{_endpoint_key()}\n{path}".encode()).hexdigest()[:16]
     target = os.path.join(cache_dir(), "models", f"{folder}-{_listing_key(uri, files)}")
     try:
         for _ in range(3):  # a copy removed by a process that listed newer objects, before this one held it
@@ -204,12 +205,17 @@ def _copy_remote_folder(uri: str, files: Optional[dict] = None) -> str:
     raise ModelError(f"model folder {uri} changed while it was copied to {target}: run the job again")
 
 
+def _endpoint_key() -> str:
+    """The S3 endpoint as a model's version and its copy's name take it: without a trailing `/`, which made the same
+    objects another version, and a resume was refused as of another model. (Written so, the keys are those that
+    earlier versions of ce-ray recorded.)"""
+    return s3_endpoint().rstrip("/")
+
+
 def _listing_key(uri: str, files: dict) -> str:
-    """An `s3://` folder's objects as listed (`model_files`: names, sizes, ETags), in 16 hex digits. Not the
-    endpoint: its spelling (a trailing `/`, `localhost`, the AWS config file's `endpoint_url` in place of
-    AWS_ENDPOINT_URL) made the same objects another version, and a resume was refused as of another model."""
+    """An `s3://` folder's objects as listed (`model_files`: names, sizes, ETags), in 16 hex digits."""
     listed = sorted(f"{name}\t{stamp}" for name, (_, stamp) in files.items())
-    return hashlib.sha256("\n".join([uri, *listed]).encode()).hexdigest()[:16]
+    return hashlib.sha256("\n".join([_endpoint_key(), uri, *listed]).encode()).hexdigest()[:16]
 
 
 def _copy_files(uri: str, fs, path: str, files, target: str) -> None:
@@ -217,8 +223,10 @@ def _copy_files(uri: str, fs, path: str, files, target: str) -> None:
     copy, where the copy, named by the listing, would have held the new bytes."""
     import fcntl
 
-    partial = f"{target}.partial-{os.getpid()}"
-    os.makedirs(partial, exist_ok=True)
+    # Its own, each call: two threads of a process copying at once shared one, and one waited for ever on its lock
+    # (its process's shared lock on the copy it became, held for life); a pid used again took a killed one's files.
+    partial = f"{target}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.makedirs(partial)
     # Locked while this process copies: a copy whose process was killed (SIGKILL, out of memory) is unlocked, and
     # removed as a folder's older copies are (`_remove_older_copies`), where it stayed in the cache for good.
     lock = os.open(partial, os.O_RDONLY | os.O_DIRECTORY)

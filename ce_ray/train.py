@@ -1082,11 +1082,11 @@ def train(config: Optional[TrainConfig] = None, **settings) -> TrainOutcome:
         ensure_ray(dashboard=True)  # Ray Train's state queries need it
         facts = model_loading(config.model, asked)  # once: the max length and the encoder's plan
         max_length = config.max_length or usable_max_length(model, config.model, facts.max_length)
-        encoder = pair_encoder(source, config.tokenizer, config.trust_remote_code, facts)
+        encoder = pair_encoder(source, config.tokenizer, config.trust_remote_code, facts, files=files)
         # Training puts no prompt before the queries, as CrossEncoderTrainer's loss does; evaluation scores as the
         # saved model will, which keeps the base's default prompt, as CrossEncoderRerankingEvaluator's predict does.
         prompt = query_prompt(model)
-        eval_encoder = (pair_encoder(source, config.tokenizer, config.trust_remote_code, facts, prompt) if prompt
+        eval_encoder = (pair_encoder(source, config.tokenizer, config.trust_remote_code, facts, prompt, files) if prompt
                         else None)
         free_failed_actors()
         resources = cluster_resources()
