@@ -115,7 +115,8 @@ def test_train_job_reads_and_writes_s3(tmp_path, tiny_model, counting_store):
     assert "steps         3" in result.stdout and output in result.stdout
     looked_up = collections.Counter((method, path[len(f"/{bucket}/data/"):]) for method, path in counting_store.requests
                                     if path.startswith(f"/{bucket}/data/"))
-    assert looked_up == {("HEAD", "pairs.parquet"): 3, ("GET", "pairs.parquet"): 2,  # 6 HEAD before
+    # (and a HEAD and a GET of the job's check that decodes its first rows, `input_files._as_decoded`)
+    assert looked_up == {("HEAD", "pairs.parquet"): 4, ("GET", "pairs.parquet"): 3,  # 6 HEAD before
                          ("HEAD", "pairs.parquet/corpus.jsonl"): 1,  # a BEIR folder's? 2 before
                          ("HEAD", "pairs.parquet/corpus.jsonl.gz"): 1}, looked_up  # or a gzipped one's?
     run = json.loads(fs.cat(f"{bucket}/trained/checkpoints/trained/ce-ray-run.json"))
@@ -521,7 +522,8 @@ def test_an_input_of_many_files_costs_a_few_requests_a_file_before_any_work(coun
     paths, input_format, input_fs, listed, _ = list_files(f"s3://{bucket}/in/")
     checks, schema = check_inputs(input_fs, paths, input_format, ["query", "document"], listed=listed)
     assert [check.rows for check in checks] == [3] * files and schema.names == ["query", "document"]
-    assert each_file("in/part-") == {"GET": files}
+    # and one file's first rows decoded (`input_files._as_decoded`): a look-up and a read, once a job
+    assert each_file("in/part-") == {"GET": files + 1, "HEAD": 1}
     assert len(requests) <= files + 10  # the listing and the look-ups of the job, not of each file
     assert counting_store.listings == ["in/"]  # once: pyarrow's listing of a folder lists it twice
     # as a HEAD gives them (the ETag in its quotes), and as `_ce_ray/inputs.json` of earlier runs holds them
