@@ -618,15 +618,13 @@ def check_weights_files(path: str) -> None:
 
 def activation_path(path: str, num_labels: int, trust_remote_code: bool = False) -> str:
     """The activation CrossEncoder applies: from the saved configs, else sigmoid for one label."""
-    candidates = [crossencoder_settings(path).get("activation_fn")]
-    config_file = os.path.join(path, "config.json")
-    if os.path.isfile(config_file):
-        config = read_json(config_file)
-        block = config.get("sentence_transformers") or {}
-        # CrossEncoder reads sentence-transformers 3's key only where the block names no activation: one it does not
-        # trust (not torch's, without trust_remote_code) gives the default, not the old key's
-        candidates.append(block["activation_fn"] if "activation_fn" in block
-                          else config.get("sbert_ce_default_activation_function"))
+    config = saved_config(path)
+    block = config.get("sentence_transformers") or {}
+    # CrossEncoder reads sentence-transformers 3's key only where the block names no activation: one it does not
+    # trust (not torch's, without trust_remote_code) gives the default, not the old key's
+    older = config.get("sbert_ce_default_activation_function")
+    candidates = [crossencoder_settings(path).get("activation_fn"),
+                  block["activation_fn"] if "activation_fn" in block else older]
     candidates = [found for found in candidates if isinstance(found, str) and found]
     for found in candidates:
         if found.startswith("torch.") or trust_remote_code:
@@ -723,10 +721,7 @@ LEARNED_POSITIONS = OFFSET_POSITIONS | {"bert", "electra", "distilbert", "albert
 
 def position_limit(path: str) -> Optional[int]:
     """The most tokens a model's learned positions can take; None where nothing bounds them."""
-    config_file = os.path.join(path, "config.json")
-    if not os.path.exists(config_file):
-        return None
-    config = read_json(config_file)
+    config = saved_config(path)
     positions, model_type = config.get("max_position_embeddings"), config.get("model_type")
     if not positions or model_type not in LEARNED_POSITIONS:
         return None
