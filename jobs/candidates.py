@@ -8,7 +8,7 @@ config override it, as they do for the command.
 
 import sys
 
-from ce_ray.cli import main
+from ce_ray.cli import command
 
 if __name__ == "__main__":
-    sys.exit(main(["candidates", *sys.argv[1:]]))
+    sys.exit(command(["candidates", *sys.argv[1:]]))

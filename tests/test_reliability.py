@@ -667,6 +667,8 @@ def test_ctrl_c_as_the_command_exits_leaves_its_status(tmp_path):
         signal.signal(signal.SIGINT, before)
     scripts = (ROOT / "pyproject.toml").read_text()
     assert 'ce-ray = "ce_ray.cli:command"' in scripts
+    for job in sorted((ROOT / "jobs").glob("*.py")):  # the Ray Jobs' entrypoints, the same process
+        assert f'sys.exit(command(["{job.stem}", *sys.argv[1:]]))' in job.read_text(), job.name
 
 
 def test_sigterm_ends_a_job_with_a_line_and_the_exit_status_of_the_signal(tmp_path, tiny_model):
