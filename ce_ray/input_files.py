@@ -261,6 +261,10 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
             raise InputError(f"cannot read input {uri}: {e}") from e
         if kind == pafs.FileType.NotFound:
             raise InputError(f"input {uri} does not exist")
+        if kind == pafs.FileType.File and is_remote(uri) and uri.endswith("/"):
+            # `s3://b/dup/` is the prefix `dup/`, though an object `dup` is beside it (S3 holds both): it read the
+            # object. s3fs lists an object so named where no key starts with its prefix: `s3://b/p.parquet/` reads it.
+            kind = pafs.FileType.Directory
         named = kind == pafs.FileType.File and not has_glob
         if named:  # its size and stamp from the same look-up, where a caller asked for them again (a HEAD on S3)
             listed = {path: stamp}

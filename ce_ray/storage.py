@@ -468,6 +468,8 @@ def check_s3_access(uri: str) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = s3_location(uri)
+    if not bucket:  # `s3://`, `s3:///pairs`: botocore's refusal of the name was said as an endpoint not reached
+        raise InputError(f"{uri} names no bucket: an S3 location is s3://<bucket>/<prefix>")
     key = re.split(r"[*?\[]", key, maxsplit=1)[0]  # a glob lists from its fixed prefix
     fs = s3fs.S3FileSystem(skip_instance_cache=True, config_kwargs={
         "retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 20})

@@ -999,6 +999,30 @@ def test_an_s3_model_is_its_objects_whatever_spells_the_endpoint(tmp_path, tiny_
         check_s3_access("s3://no-such-bucket/pairs/")
 
 
+def test_a_prefix_is_read_as_one_though_an_object_has_its_name_and_a_location_without_a_bucket_is_named(
+        s3_server, monkeypatch):
+    """`s3://b/dup/` read the object `dup` where S3 held it beside the prefix `dup/` (a format it could not tell, or
+    other rows, exit 0); an object named with a `/` after it is still read, as a local file is. `s3://` and
+    `s3:///pairs/` failed as `cannot reach s3:// at <endpoint>` with botocore's regex of bucket names."""
+    from ce_ray.input_files import list_files
+    from ce_ray.messages import InputError
+
+    for name, value in s3_server.items():
+        monkeypatch.setenv(name, value)
+    fs = s3fs_for(s3_server)
+    fs.mkdir("ce-ray-dup")
+    frame = pd.DataFrame({"query": ["q"], "document": ["d"]})
+    for key in ("dup", "dup/part.parquet", "alone.parquet"):
+        with fs.open(f"ce-ray-dup/{key}", "wb") as f:
+            frame.to_parquet(f)
+    assert list_files("s3://ce-ray-dup/dup/").files == ["ce-ray-dup/dup/part.parquet"]
+    assert list_files("s3://ce-ray-dup/dup", input_format="parquet").files == ["ce-ray-dup/dup"]
+    assert list_files("s3://ce-ray-dup/alone.parquet/").files == ["ce-ray-dup/alone.parquet"]
+    for uri in ("s3://", "s3:///pairs/"):
+        with pytest.raises(InputError, match=rf"^{uri} names no bucket: an S3 location is s3://<bucket>/<prefix>$"):
+            list_files(uri)
+
+
 def test_a_copy_left_by_a_killed_process_is_removed(tmp_path, tiny_model, s3_server, monkeypatch):
     """A copy of an `s3://` model that its process left part-way, killed (SIGKILL, out of memory), stayed in the
     cache for good (a model's size on each node, at each kill). It is removed with the folder's older copies, once
