@@ -16,9 +16,12 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 Texts = Union[Sequence[str], pa.Array, pa.ChunkedArray]
 PAIR_SPECIALS = 3  # [CLS] q [SEP] d [SEP]
+# A text of more characters than this many a token of the room is encoded by its first words (`_encoded_texts`).
+PREFIX_CHARS_PER_TOKEN = 8
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,9 @@ class PairPlan:
     cls_id: int
     sep_id: int
     with_types: bool
+    # Whether a text's first words give the tokens they give in the whole text: not where an added token holds a
+    # space, which a cut before the space would split.
+    prefixes_hold: bool = False
 
     @property
     def encoder(self):  # nanotoken.Tokenizer, built once per process
@@ -115,7 +121,9 @@ def _build_plan(tokenizer) -> Optional[PairPlan]:
     if _encoder(spec) is None:
         return None
     with_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ["token_type_ids"])
-    return PairPlan(spec, template[0], template[1], with_types)
+    prefixes_hold = not any(c.isspace() for token in json.loads(spec).get("added_tokens") or []
+                            for c in token.get("content", ""))
+    return PairPlan(spec, template[0], template[1], with_types, prefixes_hold)
 
 
 def _pair_template(post: Optional[dict]) -> Optional[Tuple[int, int]]:
@@ -213,6 +221,52 @@ def encode_pairs(
     return plan.encode(queries, documents, max_length, parallel)
 
 
+def _encoded_texts(plan: PairPlan, arrays: Sequence[pa.Array], query_index: np.ndarray, document_index: np.ndarray,
+                   max_length: int, parallel: Optional[bool]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tokens of each distinct text of `arrays`, without special tokens: all their ids (int32), and where each
+    text's start among them and how many they are. The rows are pairs of texts: `query_index` and `document_index`.
+
+    A text far longer than a pair keeps (a web page of 250 KB, where a pair keeps 512 tokens) is encoded by its
+    words up to a space some `PREFIX_CHARS_PER_TOKEN` characters a token of the room in: whole, it took seconds and
+    GBs a block. BERT's normalizer changes each character alone and its pre-tokenizer splits at every space, so
+    those words give the tokens they give in the whole text. Where they are more than the room, the pair's
+    truncation keeps some of them alone, as of the whole text (`truncated_lengths`), unless its other side is
+    more than the room too: `longest_first` then compares the two sides' whole lengths, and the texts are encoded
+    whole, as are those whose first words give no more tokens than the room (long words, few spaces).
+    """
+    parallel = _parallel() if parallel is None else parallel
+    room = max_length - PAIR_SPECIALS
+    texts = [text for array in arrays for text in array.to_pylist()]
+    words = texts
+    cut = np.zeros(len(texts), bool)
+    if plan.prefixes_hold and room > 0:
+        limit = PREFIX_CHARS_PER_TOKEN * (room + 1)
+        characters = np.concatenate([pc.utf8_length(array).to_numpy(zero_copy_only=False) for array in arrays])
+        for i in np.flatnonzero(characters > limit):
+            end = texts[i].rfind(" ", limit // 2, limit)
+            if end > 0:
+                if words is texts:
+                    words = list(texts)
+                words[i], cut[i] = texts[i][:end], True
+    encoded = plan.encoder.encode_batch(words, add_special_tokens=False, parallel=parallel)
+    token_ids = encoded.ids.astype(np.int32)
+    starts, lengths = encoded.offsets[:-1].astype(np.int64), np.diff(encoded.offsets).astype(np.int64)
+    if cut.any():
+        over_room = lengths > room
+        both_over = over_room[query_index] & over_room[document_index]
+        whole = cut & ~over_room
+        whole[query_index[both_over]] = True
+        whole[document_index[both_over]] = True
+        whole &= cut
+        if whole.any():
+            again = np.flatnonzero(whole)
+            encoded = plan.encoder.encode_batch([texts[i] for i in again], add_special_tokens=False, parallel=parallel)
+            starts[again] = len(token_ids) + encoded.offsets[:-1]
+            lengths[again] = np.diff(encoded.offsets)
+            token_ids = np.concatenate([token_ids, encoded.ids.astype(np.int32)])
+    return token_ids, starts, lengths
+
+
 def _encode(plan: PairPlan, queries: Texts, documents: Texts, max_length: int, parallel: Optional[bool]):
     if len(queries) != len(documents):
         raise ValueError(f"{len(queries)} queries but {len(documents)} documents")
@@ -223,17 +277,13 @@ def _encode(plan: PairPlan, queries: Texts, documents: Texts, max_length: int, p
 
     query_texts, query_index = _distinct(queries, "queries")
     document_texts, document_index = _distinct(documents, "documents")
-    encoded = plan.encoder.encode_batch(
-        query_texts.to_pylist() + document_texts.to_pylist(),
-        add_special_tokens=False,
-        parallel=_parallel() if parallel is None else parallel,
-    )
-    starts, lengths = encoded.offsets[:-1], np.diff(encoded.offsets)
     document_index = document_index + len(query_texts)
+    token_ids, starts, lengths = _encoded_texts(plan, [query_texts, document_texts], query_index, document_index,
+                                                max_length, parallel)
     keep_query, keep_document = truncated_lengths(lengths[query_index], lengths[document_index], max_length)
 
     # Every row is five segments, gathered from one pool holding [CLS], [SEP] and all encoded texts.
-    pool = np.concatenate([np.array([plan.cls_id, plan.sep_id], np.int32), encoded.ids.astype(np.int32)])
+    pool = np.concatenate([np.array([plan.cls_id, plan.sep_id], np.int32), token_ids])
     total = int(keep_query.sum() + keep_document.sum()) + PAIR_SPECIALS * rows
     if total >= 2**31:
         raise ValueError(f"{total} tokens in one batch do not fit list<int32> offsets: use smaller batches")

@@ -121,6 +121,49 @@ def test_edge_cases(tokenizer, max_length):
     assert_same(tokenizer, queries, documents, max_length)
 
 
+@pytest.mark.parametrize("max_length", [32, 35, 128, 512])
+def test_a_long_text_is_encoded_by_its_first_words_to_the_same_ids(tokenizer, max_length):
+    """A text of more characters than `PREFIX_CHARS_PER_TOKEN` a token of the room is encoded by its words up to a
+    space there: the same ids, whether the pair's other side is short, over the room too (longer or shorter: it
+    is then encoded whole), or of words too long for the vocabulary before the cut (one [UNK] each: too few tokens,
+    encoded whole); CJK without spaces is not cut. Whole, a 250 KB page took seconds and GBs a block."""
+    _, abstracts = scifact_pairs()
+    limit = fast_tokenize.PREFIX_CHARS_PER_TOKEN * (max_length - 2)
+    # Twice the limit: Hugging Face crosses both sides' overflow pieces, gigabytes for long against long.
+    joined = " ".join(abstracts[:12])[: 2 * limit]
+    spaced_at_the_limit = "word " * (limit // 5) + "tail " * 40
+    long_texts = [joined, joined[: len(joined) // 2], joined[::-1], ("x" * 150 + " ") * (limit // 150) + joined,
+                  "日本語のテキスト" * (limit // 4), "naïve Café, ÅNGSTRÖM résumé! " * (limit // 15), spaced_at_the_limit,
+                  spaced_at_the_limit[:-1], joined.replace(" ", "\t")]
+    short_texts = ["", "a short query", abstracts[12][:max_length * 3], abstracts[13]]
+    texts = long_texts + short_texts
+    queries = [q for q in texts for _ in texts]
+    documents = [d for _ in texts for d in texts]
+    assert_same(tokenizer, queries, documents, max_length)
+
+    plan = fast_tokenize.pair_plan(tokenizer)
+    assert plan.prefixes_hold
+    whole = fast_tokenize.encode_pairs(tokenizer, [""], [joined], 10**6)[0].value_lengths()[0].as_py() - 3
+    assert whole > 3 * max_length
+    _, _, lengths = fast_tokenize._encoded_texts(plan, [pa.array(["a query"]), pa.array([joined])], np.array([0]),
+                                                 np.array([1]), max_length, False)
+    assert max_length - 3 < lengths[1] < whole * 2 / 3  # its first words, more tokens than the pair keeps
+
+
+def test_a_tokenizer_whose_added_token_holds_a_space_encodes_long_texts_whole():
+    """An added token that holds a space would be split by a cut before the space: such a tokenizer's texts are
+    encoded whole, whatever their length."""
+    from tokenizers import normalizers
+
+    tok = wordpiece_variant(normalizers.BertNormalizer())
+    tok.add_tokens(["new york"])
+    plan = fast_tokenize.pair_plan(tok)
+    assert plan is not None and not plan.prefixes_hold
+    long_text = "in new york " * 40 + "new york"
+    assert_same(tok, ["new york", long_text], [long_text, "york new"], 16)
+    del plan
+
+
 def test_longest_first_on_every_length_pair(tokenizer):
     """All (query, document) token counts 0..14 under every small max_length: HF's split, tie included."""
     counts = [(nq, nd) for nq in range(15) for nd in range(15)]
