@@ -19,8 +19,8 @@ import pyarrow.fs as pafs
 from .config import ConfigError, TrainConfig
 from .messages import briefly, plural, setting_and_flag
 from .model_folder import CHECKPOINTS
-from .storage import (absolute, content_digest, filesystem, in_parallel, is_remote, join, upload_folder,
-                      write_bytes_atomic)
+from .storage import (absolute, content_digest, filesystem, in_parallel, is_remote, join, leaves_its_folder,
+                      upload_folder, write_bytes_atomic)
 from .input_files import is_json
 from .train_data import training_files
 
@@ -93,6 +93,21 @@ def check_whole(folder: str, deepspeed: bool, shown: str) -> None:
             f"{setting_and_flag('run_name')} to start afresh")
 
 
+def checkpoint_folder(checkpoint, shown: str, folder: Optional[str] = None) -> str:
+    """`checkpoint.to_directory(folder)`, its files' names checked first: an object store's key may lead out of the
+    checkpoint's folder (`checkpoint_0000002/../../../x`, planted in the run's storage), and Ray's copy (pyarrow's
+    `copy_files`) wrote it where it led, anywhere the run's user may write."""
+    base = checkpoint.path.rstrip("/")
+    if not isinstance(checkpoint.filesystem, pafs.LocalFileSystem):  # a local folder's names are its files'
+        for info in checkpoint.filesystem.get_file_info(pafs.FileSelector(base, recursive=True)):
+            if info.type == pafs.FileType.File and leaves_its_folder(info.path[len(base) + 1 :]):
+                raise IncompleteCheckpoint(
+                    f"the checkpoint {shown} holds a file whose name leads out of its folder, "
+                    f"{info.path[len(base) + 1 :]!r}: it is not loaded. Remove it from the store, or give another "
+                    f"{setting_and_flag('run_name')} to start afresh")
+    return checkpoint.to_directory(folder)
+
+
 def upload_checkpoint(checkpoint, dir_name: str, shown: str):
     """Ray Train's `checkpoint_upload_fn` for object storage: the checkpoint's files go up one by one, and one
     that the store does not take fails the report, so that Ray Train records no checkpoint (and restarts from
@@ -155,7 +170,7 @@ def restore_random_state(state: dict, device) -> None:
 
 def whole_checkpoint(checkpoint, folder: str, config: TrainConfig, run_uri: str) -> str:
     """A checkpoint of the run copied to `folder`, refused where it lacks files: its model is the output."""
-    checkpoint_dir = checkpoint.to_directory(folder)
+    checkpoint_dir = checkpoint_folder(checkpoint, f"{run_uri}/{os.path.basename(checkpoint.path)}", folder)
     check_whole(checkpoint_dir, bool(config.deepspeed), f"{run_uri}/{os.path.basename(checkpoint.path)}")
     return checkpoint_dir
 

@@ -39,7 +39,7 @@ from .messages import InputError, column_list, plural, setting_and_flag, setting
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 from .output_state import (EVAL, REJECTS, RESULTS, SUCCESS, in_unfinished_results, job_of_results, job_summary,
                            refuse_changed_output, rows_cut_before)
-from .storage import (check_s3_access, file_in_the_way, filesystem, glob_base, is_glob, is_remote, join,
+from .storage import (check_s3_access, file_in_the_way, filesystem, glob_base, is_glob, is_inside, is_remote, join,
                       same_place, try_local_folder, write_bytes_atomic)
 from .train_data import numeric_labels
 
@@ -572,6 +572,20 @@ def _refuse_overwriting(c: EvalConfig, output: str) -> None:
             if same(written, getattr(c, read)):
                 raise ConfigError(f"{setting_and_flag(setting)} {written} is the {read} that eval reads, which "
                                   "writing it would replace: give another path")
+        # One of a folder's files (a job's results/ part): it was replaced with JSON, exit 0, the output unreadable.
+        if written and is_inside(written, c.input) and any(same(written, file) for file in _files_read(c.input)):
+            raise ConfigError(f"{setting_and_flag(setting)} {written} is a file of the input {c.input}, which eval "
+                              "reads and writing it would replace: give another path")
+
+
+def _files_read(uri: str) -> List[str]:
+    """The parquet files eval reads of the input `uri` (a job's results/ parts), as paths or `s3://` URIs; none where
+    it cannot be read, which reading it says next."""
+    try:
+        listing = list_files(uri, "parquet", note_skipped=False)
+    except InputError:
+        return []
+    return [f"s3://{file}" if is_remote(uri) else file for file in listing.files]
 
 
 def run_eval(config: EvalConfig, title: str = "ce-ray eval") -> dict:

@@ -22,7 +22,8 @@ from typing import Callable, Dict, Optional
 
 from .config import ConfigError
 from .messages import plural, setting_and_flag
-from .storage import absolute, check_s3_access, filesystem, list_tree, local_path, object_stamp, s3_endpoint
+from .storage import (absolute, check_s3_access, filesystem, leaves_its_folder, list_tree, local_path, object_stamp,
+                      s3_endpoint)
 
 SIGMOID = "torch.nn.modules.activation.Sigmoid"
 IDENTITY = "torch.nn.modules.linear.Identity"
@@ -157,8 +158,13 @@ def model_files(model: str) -> Optional[dict]:
     # A trained model's folder holds its run's checkpoints (train's default storage_path, <output>/checkpoints):
     # weights and optimizer state, several times the model's size, that loading it never reads, and that a run
     # going on rewrites (a copy of them failed as a model written again). The model is the folder's other files.
-    checkpoints = f"{path.rstrip('/')}/{CHECKPOINTS}/"
-    return {name: info for name, info in files.items() if not name.startswith(checkpoints)}
+    root = path.rstrip("/")
+    files = {name: info for name, info in files.items() if not name.startswith(f"{root}/{CHECKPOINTS}/")}
+    outside = next((name[len(root) + 1 :] for name in files if leaves_its_folder(name[len(root) + 1 :])), None)
+    if outside:  # copied, it was written where its name led, before any check of the model
+        raise ModelError(f"model {model} holds an object whose name leads out of its folder, {outside!r}: it is "
+                         "not copied; remove it from the store")
+    return files
 
 
 def model_version(model: str, files: Optional[dict] = None) -> str:

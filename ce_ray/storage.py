@@ -263,6 +263,13 @@ def join(uri: str, *parts: str) -> str:
 GLOB_CHARS = "*?["
 
 
+def leaves_its_folder(name: str) -> bool:
+    """Whether a name under a folder, as an object store lists it, reaches outside a local folder it is joined to:
+    an empty, `.` or `..` part (`model/../../x`), or an absolute rest (`model//home/u/x`, which `os.path.join` takes
+    whole). An object store holds such keys; a copy that wrote them wrote anywhere its user may."""
+    return any(part in ("", ".", "..") for part in name.split("/"))
+
+
 def is_glob(path: str) -> bool:
     return any(c in path for c in GLOB_CHARS)
 
@@ -313,6 +320,12 @@ def refuse_written_inside(input_uri: str, output_uri: str, input_name: str = "in
     if _inside(target, source) and fs.get_file_info(source).type != pafs.FileType.File:
         raise InputError(f"the {output_name} {output_uri} is inside the {input_name} {input_uri}: later runs would "
                          "read its results as pairs; write it elsewhere")
+
+
+def is_inside(uri: str, folder_uri: str) -> bool:
+    """Whether `uri` is in the folder `folder_uri` (a glob's folder), or is it, as `refuse_written_inside` sees it."""
+    _, folder, path = _folders(folder_uri, uri)
+    return _inside(path, folder)
 
 
 def check_apart(input_uri: str, output_uri: str) -> None:

@@ -30,8 +30,9 @@ import numpy as np
 from .batching import IDS, TYPES, default_batch_tokens, list_parts, pair_encoder, token_budget_batches
 from .config import ConfigError, TrainConfig, require, with_settings
 from .checkpoints import (DS_TAG, MODEL, PROGRESS, RANDOM_STATE, STATE, best_checkpoint, best_kept, check_whole,
-                          as_a_new_run, claim_precision, claim_run, new_run_hint, random_state, restore_random_state,
-                          resumed_step, run_storage, upload_checkpoint, whole_checkpoint, worker_seed, write_file_list)
+                          as_a_new_run, checkpoint_folder, claim_precision, claim_run, new_run_hint, random_state,
+                          restore_random_state, resumed_step, run_storage, upload_checkpoint, whole_checkpoint,
+                          worker_seed, write_file_list)
 from .messages import plural, setting_and_flag
 from .progress import duration
 from .storage import (delete_files, filesystem, is_remote, last_ones_last, refuse_written_inside, remove, same_place,
@@ -329,8 +330,8 @@ def train_loop(loop_config: dict) -> dict:
     progress = {"step": 0, "micro": 0, "log": [], "samples": 0, "seconds": 0.0, "resumed_from": []}
     checkpoint_dir, resumed_random = None, None
     if checkpoint:  # first its place in the data
-        checkpoint_dir = checkpoint.to_directory()
         shown = f"{plan['checkpoints']}/{os.path.basename(checkpoint.path)}"
+        checkpoint_dir = checkpoint_folder(checkpoint, shown)
         check_whole(checkpoint_dir, bool(config.deepspeed), shown)  # before any of it is read
         with open(os.path.join(checkpoint_dir, PROGRESS)) as f:
             progress = json.load(f)

@@ -196,6 +196,15 @@ def test_eval_writes_neither_over_what_it_reads_nor_its_two_files_over_each_othe
         with pytest.raises(ConfigError, match=said):
             run_eval(EvalConfig(input=str(scored), qrels=str(qrels), **settings))
     assert (scored.read_bytes(), qrels.read_text()) == before and not (tmp_path / "x").exists()
+    # One of a folder's files, as a job's results/ part is: it was replaced with JSON, exit 0. A file of the folder
+    # that eval does not read may be written.
+    for setting in ("output", "run_output"):
+        flag = "--" + setting.replace("_", "-")
+        with pytest.raises(ConfigError, match=rf"^{setting} \({flag}\) {scored} is a file of the input {tmp_path}, "
+                                              "which eval reads and writing it would replace: give another path$"):
+            run_eval(EvalConfig(input=str(tmp_path), qrels=str(qrels), **{setting: str(scored)}))
+    assert (scored.read_bytes(), qrels.read_text()) == before
+    assert run_eval(EvalConfig(input=str(tmp_path), qrels=str(qrels), output=str(tmp_path / "eval.json")))["queries"]
 
 
 def test_eval_counts_as_trec_eval_does_where_rows_repeat_lack_ids_or_are_not_judged(tmp_path, capsys):

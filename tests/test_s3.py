@@ -1023,6 +1023,40 @@ def test_a_prefix_is_read_as_one_though_an_object_has_its_name_and_a_location_wi
             list_files(uri)
 
 
+def test_objects_whose_names_lead_out_of_a_model_or_checkpoint_are_not_copied(tmp_path, tiny_model, s3_server,
+                                                                              monkeypatch):
+    """An object store holds keys with `..` or `//` parts: an `s3://` model with `model/../../<path>` or
+    `model//<absolute path>`, or such a file planted in a run's checkpoint, was copied where its name led, before
+    any check (exit 2 for a model of no weights, the file written all the same; a run resumed from the checkpoint).
+    Neither is copied now: each is refused, naming the object."""
+    import pyarrow.fs as pafs
+    import ray.train
+
+    from ce_ray.checkpoints import IncompleteCheckpoint, checkpoint_folder
+    from ce_ray.model_folder import ModelError, local_model_path
+
+    fs = model_in_store(s3_server, monkeypatch, tmp_path, tiny_model, "ce-ray-planted")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    depth = "../" * len(outside.parts)
+    for key in (f"models/reranker/{depth}{outside}/up.txt", f"models/reranker/{outside}/absolute.txt"):
+        fs.pipe(f"ce-ray-planted/{key}", b"x")
+    names = fs.find("ce-ray-planted/models/reranker")
+    assert any("/../" in name for name in names) and any("reranker//" in name for name in names), names
+    with pytest.raises(ModelError, match=r"^model s3://ce-ray-planted/models/reranker holds an object whose name "
+                                         r"leads out of its folder, '.*': it is not copied; remove it from the store$"):
+        local_model_path("s3://ce-ray-planted/models/reranker")
+
+    fs.put(str(tiny_model) + "/", "ce-ray-planted/run/checkpoint_000002/", recursive=True)
+    fs.pipe(f"ce-ray-planted/run/checkpoint_000002/{depth}{outside}/resumed.txt", b"x")
+    checkpoint = ray.train.Checkpoint("ce-ray-planted/run/checkpoint_000002",
+                                      filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(fs)))
+    with pytest.raises(IncompleteCheckpoint, match=r"^the checkpoint s3://ce-ray-planted/run/checkpoint_000002 holds "
+                                                   r"a file whose name leads out of its folder, '(\.\./)+"):
+        checkpoint_folder(checkpoint, "s3://ce-ray-planted/run/checkpoint_000002", str(tmp_path / "into"))
+    assert list(outside.iterdir()) == [] and not (tmp_path / "into").exists()
+
+
 def test_a_copy_left_by_a_killed_process_is_removed(tmp_path, tiny_model, s3_server, monkeypatch):
     """A copy of an `s3://` model that its process left part-way, killed (SIGKILL, out of memory), stayed in the
     cache for good (a model's size on each node, at each kill). It is removed with the folder's older copies, once
