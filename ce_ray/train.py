@@ -834,13 +834,34 @@ def _refuse_files_of_another(fs, path: str, output: str, checkpoints: str = "") 
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return
     names = {info.base_name for info in fs.get_file_info(pafs.FileSelector(path))}
-    others = sorted(name for name in names - {checkpoints or "checkpoints"}
-                    if not (name.startswith(".") or name == "README.md" or MODEL_FILES.fullmatch(name)))
-    if others and not ("config.json" in names and any(map(WEIGHTS.fullmatch, names))):
+    others = [name for name in names - {checkpoints or "checkpoints"}
+              if not (name.startswith(".") or name == "README.md" or MODEL_FILES.fullmatch(name))]
+    a_model = "config.json" in names and any(map(WEIGHTS.fullmatch, names))
+    if not a_model:  # a project's own config.json and README.md were replaced, without a word
+        others += [name for name in ("config.json", "README.md") if name in names and not _a_models(fs, path, name)]
+    others.sort()
+    if others and not a_model:
         shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
         raise ConfigError(f"{setting_and_flag('output')} {output} holds other files than a model's ({shown}) and no "
                           "model: the trained model's files would replace those of their names; give a new or empty "
                           "folder, or an earlier model's")
+
+
+def _a_models(fs, path: str, name: str) -> bool:
+    """Whether a folder's config.json or README.md is a model's: transformers' configuration (its `model_type`), a
+    model card (its YAML header, `---`)."""
+    try:
+        with fs.open_input_stream(f"{path}/{name}") as f:
+            head = f.read(1 << 20)
+    except OSError:
+        return False
+    if name == "README.md":
+        return head.startswith(b"---")
+    try:
+        config = json.loads(head)
+    except ValueError:
+        return False
+    return isinstance(config, dict) and "model_type" in config
 
 
 def _missing_folder(fs, path: str) -> Optional[str]:

@@ -1635,15 +1635,23 @@ def test_a_bad_model_or_output_fails_before_ray_starts(tmp_path, tiny_model, mon
     for name in ("config.json", "notes.txt", "spm.model"):
         (mine / name).write_text("mine")
     with pytest.raises(ConfigError, match=r"^output \(--output\) \S+mine holds other files than a model's "
-                                          r"\(notes\.txt\) and no model: the trained model's files would replace"):
+                                          r"\(config\.json, notes\.txt\) and no model: the trained model's files "
+                                          r"would replace"):
         train(TrainConfig(model=str(tiny_model), train_data=str(pairs), output=str(mine)))
     assert sorted(p.name for p in mine.iterdir()) == ["config.json", "notes.txt", "spm.model"]
-    # Not a model's files of a publish cut short, nor the run's own checkpoints (its storage_path inside), nor a
-    # hidden file: each is taken, as the same command finishes the run.
+    # A project's own config.json and README.md, of a model's names, were replaced without a word.
     from ce_ray.train import _refuse_files_of_another
 
     (mine / "notes.txt").unlink()
-    for name in ("README.md", ".gitkeep", "ckpt"):
+    (mine / "README.md").write_text("# My project\n")
+    with pytest.raises(ConfigError, match=r"^output \(--output\) \S+mine holds other files than a model's "
+                                          r"\(README\.md, config\.json\) and no model"):
+        _refuse_files_of_another(pafs.LocalFileSystem(), str(mine), str(mine))
+    # Not a model's files of a publish cut short (its configuration, its card), nor the run's own checkpoints (its
+    # storage_path inside), nor a hidden file: each is taken, as the same command finishes the run.
+    (mine / "config.json").write_text('{"model_type": "bert"}')
+    (mine / "README.md").write_text("---\nlibrary_name: sentence-transformers\n---\n")
+    for name in (".gitkeep", "ckpt"):
         (mine / name).write_text("")
     _refuse_files_of_another(pafs.LocalFileSystem(), str(mine), str(mine), "ckpt")
     assert not (tmp_path / "out").exists() and not (tmp_path / "trained").exists()
