@@ -28,12 +28,15 @@ from .runtime import RayStartError
 # What an optional number's flag takes to leave the setting unset where the --config file sets it (`--top-k none`
 # over a file's `top_k: 10`): the file's value is dropped, the setting's default (unset) kept.
 UNSET = "none"
+# What `_or_unset` gives for it: not the text, which a text flag's own value equals (`--baseline-column none`, a column
+# of that name, as YAML's `baseline_column: none` is), and which unset it, its default taken, without a word.
+UNSET_GIVEN = object()
 
 
 def _or_unset(kind):
-    """argparse's type of an optional number's flag: the number, or `UNSET` (any case)."""
+    """argparse's type of an optional number's flag: the number, or `UNSET_GIVEN` for `UNSET` (any case)."""
     def parse(text: str):
-        return UNSET if text.strip().lower() == UNSET else kind(text)
+        return UNSET_GIVEN if text.strip().lower() == UNSET else kind(text)
 
     parse.__name__ = kind.__name__  # argparse names the type in its error: `invalid int value: 'x'`
     return parse
@@ -129,7 +132,7 @@ class _Choices(list):
 def config_from_args(cls, args: argparse.Namespace):
     names = {f.name for f in dataclasses.fields(cls)}
     overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    unset = [k for k, v in overrides.items() if v == UNSET]
+    unset = [k for k, v in overrides.items() if v is UNSET_GIVEN]
     return load_config(cls, args.config, {k: v for k, v in overrides.items() if k not in unset}, unset)
 
 
