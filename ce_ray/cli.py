@@ -320,37 +320,41 @@ def main(argv=None) -> int:
     from .runtime import ray_is_up, shut_ray_down
 
     joined = ray_is_up()  # a caller's own Ray (a notebook's, a test's) is left up
-    handler = signal.getsignal(signal.SIGINT)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         return run_main(argv)
     except KeyboardInterrupt:  # outside the command's own handling: as its imports load, or a second one before it
         return INTERRUPTED
     finally:
-        # Ray's shutdown, made here with Ctrl-C ignored: one pressed meanwhile (a second, impatient one, or one just
-        # after `done`) printed a page of the traceback of Ray's shutdown as the process exited (its atexit hook),
-        # and the command ended with status 1, not 130, after the line that said how to finish it.
-        _handle_ctrl_c(signal.SIG_IGN)
+        # Ray's shutdown, made here with Ctrl-C and SIGTERM ignored: one sent meanwhile (a second, impatient one, or
+        # one just after `done`) printed a page of the traceback of Ray's shutdown as the process exited (its atexit
+        # hook), and the command ended with status 1, not 130, after the line that said how to finish it; a SIGTERM
+        # just after `done` ended it with Ray's `sys.exit(15)`, the output whole.
+        _handle_signals(signal.SIG_IGN)
         try:
             if not joined:
                 shut_ray_down()
         finally:
-            _handle_ctrl_c(handler)
+            for signum, handler in handlers.items():
+                _handle_signals(handler, signum)
 
 
 def command(argv=None) -> int:
-    """The `ce-ray` command (its console script, `python -m ce_ray.cli`): `main`, and Ctrl-C ignored once it
-    returns, as the process exits (a second or two): one pressed then, just after `done`, ended the command by the
-    signal, status 130, its work done and said. (`main` gives a caller in process its own handler back.)"""
+    """The `ce-ray` command (its console script, `python -m ce_ray.cli`): `main`, and Ctrl-C and SIGTERM ignored
+    once it returns, as the process exits (a second or two): one sent then, just after `done`, ended the command by
+    the signal, status 130 or 143, its work done and said. (`main` gives a caller in process its own handlers back.)"""
     try:
         return main(argv)
     finally:
-        _handle_ctrl_c(signal.SIG_IGN)
+        _handle_signals(signal.SIG_IGN)
 
 
-def _handle_ctrl_c(handler) -> None:
-    """SIGINT's `handler` set, in the main thread (which signals reach; a command run in another thread has none)."""
+def _handle_signals(handler, *signums) -> None:
+    """The `handler` of each of `signums` (by default SIGINT and SIGTERM) set, in the main thread (which signals
+    reach; a command run in another thread has none)."""
     if handler is not None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, handler)
+        for signum in signums or (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, handler)
 
 
 def run_main(argv=None) -> int:
@@ -371,17 +375,17 @@ def run_main(argv=None) -> int:
             return run_submit(args, overrides)
         return run_command(args.command, args)
     except KeyboardInterrupt:  # Ctrl-C: a line, not the traceback of wherever the driver was waiting
-        _handle_ctrl_c(signal.SIG_IGN)  # from here to the end of Ray's shutdown (`main`)
+        _handle_signals(signal.SIG_IGN, signal.SIGINT)  # from here to the end of Ray's shutdown (`main`)
         print(f"\nce-ray {args.command}: interrupted{finishing_hint(args.command, args=args)}", file=sys.stderr)
         return INTERRUPTED
-    except SystemExit:
+    except SystemExit as e:
         # SIGTERM (a scheduler's stop, Kubernetes', `kill`, `ray job stop`): ray.init makes it `sys.exit` in the driver,
         # so that Ray shuts down as the process exits (`runtime.as_a_command`). It ended the job with no word and exit
         # 15 or 1, where a shell or a scheduler reads 143 (128 + 15) as the signal's; before Ray starts, the signal's
-        # own default ends it so.
+        # own default ends it so. One during ray.init, before the signal is noted, is Ray's `sys.exit(15)`.
         from .runtime import stopped_by_sigterm
 
-        if not stopped_by_sigterm():
+        if not (stopped_by_sigterm() or e.code == signal.SIGTERM):
             raise
         print(f"\nce-ray {args.command}: stopped (SIGTERM){finishing_hint(args.command, args=args, running=True)}",
               file=sys.stderr)

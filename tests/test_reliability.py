@@ -657,14 +657,15 @@ def test_ctrl_c_as_the_command_exits_leaves_its_status(tmp_path):
 
     from ce_ray import cli
 
-    before = signal.getsignal(signal.SIGINT)
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         assert cli.main(["eval", "--input", str(tmp_path / "none")]) == 2
-        assert signal.getsignal(signal.SIGINT) is before
+        assert {signum: signal.getsignal(signum) for signum in before} == before
         assert cli.command(["eval", "--input", str(tmp_path / "none")]) == 2
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert {signum: signal.getsignal(signum) for signum in before} == dict.fromkeys(before, signal.SIG_IGN)
     finally:
-        signal.signal(signal.SIGINT, before)
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
     scripts = (ROOT / "pyproject.toml").read_text()
     assert 'ce-ray = "ce_ray.cli:command"' in scripts
     for job in sorted((ROOT / "jobs").glob("*.py")):  # the Ray Jobs' entrypoints, the same process
@@ -687,6 +688,55 @@ def test_sigterm_ends_a_job_with_a_line_and_the_exit_status_of_the_signal(tmp_pa
     assert ("\nce-ray score: stopped (SIGTERM); --mode resume finishes it (the input files completed are kept, and "
             "the rows written of parquet files)\n") in errors
     assert "Traceback" not in errors
+
+
+def test_sigterm_as_ray_starts_or_as_the_command_exits_ends_it_with_a_line_or_its_status(tmp_path, tiny_model):
+    """SIGTERM during ray.init (Ray's handler there, `sys.exit(15)`, before ce-ray notes the signal) ended the job
+    with no word and exit 15; one just after `done`, as Ray shut down, ended it with exit 15 too, its output whole.
+    Now the first is `stopped (SIGTERM)`, exit 143, and the second is ignored: exit 0. The signal is sent as soon as
+    the process catches it (/proc's SigCgt): Ray's handler, installed as ray.init starts."""
+    import signal
+    import time
+
+    (tmp_path / "in").mkdir()
+    pd.DataFrame({"query": ["q"] * 50, "document": [f"d {i}" for i in range(50)]}).to_parquet(
+        tmp_path / "in" / "p.parquet")
+    env = {**os.environ, "RAY_ADDRESS": "local", "RAY_TMPDIR": tempfile.mkdtemp(prefix="cer-", dir="/tmp")}
+
+    def started(output: str):
+        argv = ["score", "--model", str(tiny_model), "--input", str(tmp_path / "in"), "--output", str(tmp_path / output)]
+        return subprocess.Popen([sys.executable, "-m", "ce_ray.cli", *argv], cwd=ROOT, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def catches_sigterm(pid: int) -> bool:
+        with open(f"/proc/{pid}/status") as f:
+            caught = next(line for line in f if line.startswith("SigCgt:"))
+        return bool(int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+
+    job = started("early")
+    try:
+        deadline = time.monotonic() + 120
+        while not catches_sigterm(job.pid) and time.monotonic() < deadline and job.poll() is None:
+            time.sleep(0.005)
+        job.send_signal(signal.SIGTERM)
+        _, errors = job.communicate(timeout=120)
+    finally:
+        job.kill()
+    assert job.returncode == 143, errors[-3000:]
+    assert "\nce-ray score: stopped (SIGTERM);" in errors and "Traceback" not in errors
+
+    job = started("late")
+    try:
+        for line in job.stdout:
+            if line.startswith("  output"):  # then Ray's shutdown, a second or two (the line's own return: µs)
+                time.sleep(0.2)
+                job.send_signal(signal.SIGTERM)
+                break
+        job.communicate(timeout=120)
+    finally:
+        job.kill()
+    assert job.returncode == 0
+    assert (tmp_path / "late" / "_SUCCESS").exists()
 
 
 def test_a_job_that_fails_mid_way_ends_with_a_line_of_why_and_how_to_finish_it(ray_local, tmp_path, tiny_model,
