@@ -491,6 +491,8 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _check_type(name, value, inner[0])
+    if value is None and (annotation is str or (origin is Literal and "" in args)):
+        return ""  # YAML's empty value (`qrels:`) of a text whose empty means none: refused as NoneType
     if origin is Literal:
         if not any(value == choice and type(value) is type(choice) for choice in args):  # true == 1, 2.0 == 2
             raise ConfigError(f"{_named(name)}: {value!r} is not one of {', '.join(map(repr, args))}")

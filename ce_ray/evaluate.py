@@ -263,9 +263,9 @@ def _first_of_each_pair(rows: np.ndarray, lists: np.ndarray, docs: pd.Series) ->
     return rows[~pd.Series(pairs[rows]).duplicated().to_numpy()]
 
 
-def _tied_pairs(lists: np.ndarray, scores: np.ndarray) -> int:
-    """Rows whose score another row of their query shares: ce-ray keeps their order (the rank column's, else the
-    file's; a TREC run's, read, is trec_eval's), trec_eval orders them by document id (descending) and other
+def _tied_pairs(lists: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Which rows have a score that another row of their query shares: ce-ray keeps their order (the rank column's,
+    else the file's; a TREC run's, read, is trec_eval's), trec_eval orders them by document id (descending) and other
     tools otherwise, so only there can their figures differ. The rows come ranked, a query's scores never rising
     (`_run_scores`): equal ones are neighbours."""
     equal = (scores[1:] == scores[:-1]) | (np.isnan(scores[1:]) & np.isnan(scores[:-1]))
@@ -273,7 +273,7 @@ def _tied_pairs(lists: np.ndarray, scores: np.ndarray) -> int:
     tied = np.zeros(len(lists), dtype=bool)
     tied[1:] |= tie
     tied[:-1] |= tie
-    return int(tied.sum())
+    return tied
 
 
 def rank_queries(df: pd.DataFrame, c: EvalConfig) -> tuple:
@@ -367,12 +367,14 @@ def evaluate_frame(df: pd.DataFrame, config: EvalConfig, qrels: Optional[Dict[st
         if repeated.any():
             rows = _first_of_each_pair(rows, lists, df[c.doc_id_column])
         if name == "reranked":  # the scores a run of this order gets (`write_trec_run`), as trec_eval sees them
-            notes["tied_pairs"] = _tied_pairs(lists[rows], _run_scores(df, rows, lists[rows], c, ranked_by)[0])
+            tied = lists[rows][_tied_pairs(lists[rows], _run_scores(df, rows, lists[rows], c, ranked_by)[0])]
         # Queries the qrels do not judge are lists without rows here, and are not counted below.
         metrics[name] = lists_metrics(lists[rows], gains[rows], len(query_ids), c.k, c.recall_k, total, ideal)
     has_relevant = total > 0
     counted = np.flatnonzero(judged_query & (has_relevant | (not c.only_with_relevant)))
     without_relevant = int((judged_query & ~has_relevant).sum())
+    # Those of the counted queries: a tie in a query left out (no relevant document) was said to change its figures.
+    notes["tied_pairs"] = int(np.isin(tied, counted).sum())
     skipped = without_relevant if c.only_with_relevant else 0
     candidates = np.bincount(lists[~repeated], minlength=len(query_ids))
     per_query = [{"query_id": query_ids[q], "candidates": int(candidates[q]),

@@ -29,6 +29,10 @@ def pace_logged_progress() -> None:
     """Ray Data's progress, where it is logged rather than drawn, once a minute unless the user says otherwise.
     Ray Data reads the variable when a job first runs a Dataset, so this comes before any."""
     os.environ.setdefault(LOGGED_PROGRESS_INTERVAL_VAR, LOGGED_PROGRESS_INTERVAL_S)
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        # Ray colours its workers' lines' prefixes, `(RayTrainWorker pid=…)`, in a file or a pipe too: 45 terminal
+        # codes in a training run's log, one a line.
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 
 
 def ensure_ray(dashboard: bool = False) -> None:
@@ -480,6 +484,9 @@ def failure_cause(error: BaseException) -> str:
 _RETRIED = re.compile(r" after \d+/\d+ attempts \(total backoff [\d.]+s\)\.")
 
 
+RAY_MEMORY_USERS = "Top 10 memory users:"
+
+
 def _without_retries(text: str) -> str:
     retried = _RETRIED.search(text)
     start = text.rfind("Failed to ", 0, retried.start()) if retried else -1
@@ -492,8 +499,10 @@ def _one_line(error: BaseException) -> str:
 
 
 def _joined(text: str) -> str:
-    """The lines of an error's message as one, without what Ray Data added to it."""
-    return " ".join(line.strip() for line in _without_retries(text).splitlines() if line.strip())
+    """The lines of an error's message as one, without what Ray Data added to it, nor the list of a node's largest
+    users of memory that Ray's memory monitor adds to its error (its traceback above holds it): a line of 5.7 KB."""
+    text = _without_retries(text).split(RAY_MEMORY_USERS, 1)[0]
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _original_printed(traceback_text: str) -> str:

@@ -39,7 +39,7 @@ from .storage import (delete_files, filesystem, is_remote, last_ones_last, refus
                       upload_folder)
 from .train_data import (checked_columns, micro_batches, padded_inputs, prefetched, prepare_data,
                          refuse_missing_split, refuse_settings_of_beir, shard_spans, top_reasons, training_batch_tokens,
-                         training_input, unused_settings, worker_spans)
+                         training_input, unused_settings, without_bars_note, worker_spans)
 
 # What the workers return where they stopped the run themselves (a non-finite loss or weights): why, which the
 # driver raises.
@@ -317,6 +317,8 @@ def train_loop(loop_config: dict) -> dict:
     from . import bert
     from .model import Reranker, load_reranker, to_device, use_shape_free_attention
     from .model_folder import keep_layout, local_model_path
+
+    without_bars_note()
 
     config: TrainConfig = loop_config["config"]
     plan: dict = loop_config["plan"]
@@ -694,6 +696,12 @@ def memory_hint(error: str, batch_size: int, batch_tokens: Optional[int]) -> str
     failed), else ''."""
     if "running low on memory" not in error and "CUDA out of memory" not in error:
         return ""
+    node = re.search(r"was ([\d.]+)GB used / ([\d.]+)GB limit", error)
+    held = sum(float(used) for used in re.findall(r"actual memory used=([\d.]+)GB", error))
+    if node and held < float(node.group(1)) / 2:  # Ray's memory monitor kills the latest task, not the largest
+        return (f"the node ran low on memory ({node.group(1)} GB used of {node.group(2)} GB) where the training "
+                f"worker(s) it stopped held {held:.2f} GB: other processes held the rest (Ray's report above lists "
+                "the largest); give the run a node with room")
     if batch_tokens is None:  # DeepSpeed: whole batches
         return (f"a training worker ran out of memory with whole batches of {batch_size} pairs: set a smaller "
                 f"{setting_and_flag('batch_size')} and a {setting_and_flag('grad_accum')} that keeps batch_size x "

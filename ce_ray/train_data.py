@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -562,7 +563,22 @@ def prepare_data(config: TrainConfig, encoder: PairEncoder, max_length: int,
     for ds in (train_ds, eval_ds):
         if ds is not None:
             ds.context.enable_progress_bars = False
+    without_bars_note()
     return train_ds, stats, eval_ds, qrels
+
+
+class _BarsOffNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Progress bars disabled")
+
+
+_BARS_OFF_NOTE = _BarsOffNote()
+
+
+def without_bars_note() -> None:
+    """Ray Data's warning, in each process that runs the training sets (the driver, each worker), that their progress
+    bars are off, and how to turn them on: ce-ray turns them off (`prepare_data`)."""
+    logging.getLogger("ray.data._internal.progress").addFilter(_BARS_OFF_NOTE)
 
 
 # ---------------------------------------------------------------- workers: a shard's batches and passes

@@ -290,6 +290,13 @@ def test_equal_scores_are_counted_and_said(tmp_path, capsys):
     assert "2 pairs share a score with another of their query: ce-ray keeps their order" in capsys.readouterr().out
     assert evaluate_frame(rows.assign(score=[0.9, 0.5, 0.2, 0.9, 0.5, 0.4]), EvalConfig(),
                           {"q": {"a": 1}})["tied_pairs"] == 0
+    # A tie of a query left out (no relevant document, only_with_relevant) was counted, and said to change figures.
+    untied = rows.assign(score=[0.9, 0.5, 0.2, 0.9, 0.5, 0.4])
+    tie = pd.DataFrame({"query_id": ["s", "s"], "doc_id": ["x", "y"], "score": [0.3, 0.3]})
+    unjudged_tie = pd.concat([untied, tie])
+    judged = {"q": {"a": 1}, "s": {"x": 0}}
+    assert evaluate_frame(unjudged_tie, EvalConfig(only_with_relevant=True), judged)["tied_pairs"] == 0
+    assert evaluate_frame(unjudged_tie, EvalConfig(only_with_relevant=False), judged)["tied_pairs"] == 2
     # A run (a BM25 run ties often) is measured as trec_eval measures it, equal scores by document id, descending,
     # whatever the order of its lines: b before a, as trec_eval gives it (MRR 0.5, where the file's order gave 1).
     for lines in ("q Q0 a 1 0.5 bm25\nq Q0 b 2 0.5 bm25\nq Q0 c 3 0.2 bm25\n",

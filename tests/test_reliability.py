@@ -2333,6 +2333,11 @@ def test_a_yaml_boolean_is_no_number(tmp_path):
     (tmp_path / "c.yaml").write_text("model: m\nbatch_size: yes\n")
     with pytest.raises(ConfigError, match=r"batch_size.*: expected int, got a boolean True$"):
         load_config(TrainConfig, str(tmp_path / "c.yaml"))
+    # An empty value (`eval_data:`) of a text whose empty means none is that: it was refused, `expected str, got
+    # NoneType None`, though the help says `empty: …`. An optional number's stays unset.
+    (tmp_path / "c.yaml").write_text("model: m\neval_data:\nbest_metric:\nstorage_path:\neval_max_queries:\n")
+    config = load_config(TrainConfig, str(tmp_path / "c.yaml"))
+    assert (config.eval_data, config.best_metric, config.storage_path, config.eval_max_queries) == ("", "", "", None)
 
 
 def test_a_long_list_of_columns_says_how_many_there_are():

@@ -110,9 +110,15 @@ def test_train_job_reads_and_writes_s3(tmp_path, tiny_model, counting_store):
     counting_store.requests.clear()
     cache = {"CE_RAY_CACHE": str(tmp_path / "cache")}
     result = run_cli("train", "--model", model, "--train-data", data, "--output", output, "--num-workers", "2",
-                     "--batch-size", "8", "--max-steps", "3", timeout=420, env=cache)
+                     "--batch-size", "8", "--max-steps", "3", timeout=420,
+                     env=cache | {"RAY_DATA_DISABLE_PROGRESS_BARS": "0"})  # as a user runs it: the tests turn them off
     assert result.returncode == 0, result.stderr[-3000:]
     assert "steps         3" in result.stdout and output in result.stdout
+    # A log that is a file: no terminal codes on the workers' lines (Ray coloured their prefixes: one a line), nor
+    # Ray Data's warning that the bars ce-ray turns off for the training sets are off.
+    workers = [line for line in (result.stdout + result.stderr).splitlines() if "RayTrainWorker pid=" in line]
+    assert workers and not [line for line in workers if "\x1b[" in line], workers[:3]
+    assert "Progress bars disabled" not in result.stdout + result.stderr
     looked_up = collections.Counter((method, path[len(f"/{bucket}/data/"):]) for method, path in counting_store.requests
                                     if path.startswith(f"/{bucket}/data/"))
     # (and a HEAD and a GET of the job's check that decodes its first rows, `input_files._as_decoded`)

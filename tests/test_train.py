@@ -467,6 +467,23 @@ def test_training_passes_have_a_token_budget_unless_deepspeed_and_the_seeds_batc
     assert "--batch-tokens" in train.memory_hint(ray_monitor, 256, cpu)
     assert "grad_accum" in train.memory_hint("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate", 256, None)
     assert train.memory_hint("Training failed due to worker errors: ValueError: bad label", 16, cpu) == ""
+    # Ray's monitor stops the latest task, not the largest: where another process filled the node (a test suite of
+    # 19 GB beside a worker of 0.29), the run was told to set a smaller batch_tokens. Its last line, `failed: …`,
+    # held Ray's whole report (the node's largest users, its advice): 5.7 KB.
+    from ce_ray.runtime import failure_cause
+
+    filled = ("1 worker(s) were killed due to the node running low on memory. Memory on the node (IP: 10.0.0.2, ID: "
+              "ab12) was 22.45GB used / 23.54GB limit (0.953658)\nSelected to kill: (task name=RayTrainWorker.__init__,"
+              " pid=13054, actual memory used=0.29GB, worker ID=cd34)\nTop 10 memory users:\nPID\tMEM(GB)\tCOMMAND\n"
+              "11725\t19.18\tpython -m pytest\n13054\t0.29\tray::RayTrainWorker\n"
+              + "Refer to the documentation. " * 40)
+    assert train.memory_hint(filled, 16, cpu) == (
+        "the node ran low on memory (22.45 GB used of 23.54 GB) where the training worker(s) it stopped held 0.29 GB: "
+        "other processes held the rest (Ray's report above lists the largest); give the run a node with room")
+    assert "--batch-tokens" in train.memory_hint(filled.replace("used=0.29GB", "used=20.10GB"), 16, cpu)
+    said = failure_cause(MemoryError(filled))
+    assert said.endswith("(0.953658) Selected to kill: (task name=RayTrainWorker.__init__, pid=13054, actual memory "
+                         "used=0.29GB, worker ID=cd34)") and len(said) < 400
 
 
 def test_a_pass_without_padding_goes_to_the_model_without_a_mask():
