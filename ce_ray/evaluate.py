@@ -491,7 +491,7 @@ def write_file(uri: str, data: bytes) -> None:
     fs, path = filesystem(uri)
     if not is_remote(uri):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    write_bytes_atomic(fs, path, data, is_remote(uri))
+    write_bytes_atomic(fs, path, data, is_remote(uri), through_links=True)
 
 
 def _following_the_job(config: EvalConfig) -> tuple:

@@ -422,6 +422,16 @@ def lost_or_rewritten(output: str, state: ResumeState, stamps: Dict[str, str]) -
     return [key for key in lost if key not in {key for key, _, _ in rewritten.values()}], rewritten
 
 
+def _refuse_linked_folders(output: str, path: str) -> None:
+    """A job writes and clears its own folders in its output: one that was a link (planted in a shared output
+    folder, `/tmp/scored/results -> ~/work`) took its files where it led, and an overwrite deleted what was there."""
+    linked = next((name for name in (STATE, RESULTS, REJECTS)
+                   if not is_remote(output) and os.path.islink(f"{path}/{name}")), None)
+    if linked:
+        raise OutputError(f"{output}/{linked} is a link: a job writes its own folders in its output, not through "
+                          "links; remove it, or write the output elsewhere")
+
+
 def check_output(output: str, mode: str, resumable: bool = True) -> None:
     """What `prepare_output` would refuse, checked before a job starts its work: an output that is a file, one
     holding results/, rejects/ or `_SUCCESS` that no job wrote (in every mode: an overwrite deleted them), and in
@@ -435,6 +445,7 @@ def check_output(output: str, mode: str, resumable: bool = True) -> None:
         raise OutputError(f"cannot write the output {output}: {blocker} is a file, not a folder")
     with writing(output):  # a folder that cannot be made or written: found as the first part was, Ray started
         try_local_folder(output)
+    _refuse_linked_folders(output, path)
     # A job's settings (`_ce_ray/job.json`, written before its first part) tell its output: one request (a folder's
     # look-up on S3 took three), and whether it has results is looked up where needed alone (a store's requests
     # are counted: an overwrite of a job's output needs no listing here).
@@ -463,6 +474,7 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: O
     before the first write (another job may have written results meanwhile). Returns what was kept."""
     fs, path = filesystem(output)
     kept = ResumeState({}, [])
+    _refuse_linked_folders(output, path)  # checked before the work too (`check_output`), and again as it writes
     if mode == "error" or not checked:
         check_output(output, mode, resumable)  # in mode error, it refused an output that has results
     if mode == "overwrite":

@@ -513,15 +513,18 @@ def _temporary(path: str) -> str:
     return f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"  # hidden: readers of the folder skip it
 
 
-def _atomically(fs: pafs.FileSystem, path: str, remote: bool, write) -> None:
+def _atomically(fs: pafs.FileSystem, path: str, remote: bool, write, through_links: bool = False) -> None:
     """`write(target)` writes `path` whole or not at all: an S3 object is, a local file is written into a hidden
     temporary moved into place. An error removes the temporary, which a disk that filled left beside the output (a
-    file written in place was left cut short), and names `path`, where the filesystem's (ENOSPC) named no file. A
-    link is written through, to its file; what is no file (`eval --output /dev/null`, a FIFO a reader waits on) is
-    written in place, as moving a file over it would replace it."""
-    if not remote:
+    file written in place was left cut short), and names `path`, where the filesystem's (ENOSPC) named no file.
+    A link at `path` is replaced, unless `through_links` (a path the user named, `eval --output`), when its file is
+    written; what is no file (`eval --output /dev/null`, a FIFO a reader waits on) is written in place then, as
+    moving a file over it would replace it. A job's own files through links were written where they led: a link
+    planted in a shared output folder (`/tmp/scored/_ce_ray/job.json -> ~/notes.txt`) had the job write over its
+    target."""
+    if not remote and through_links:
         path = os.path.realpath(path)
-    in_place = remote or (os.path.exists(path) and not os.path.isfile(path))
+    in_place = remote or (not os.path.islink(path) and os.path.exists(path) and not os.path.isfile(path))
     target = path if in_place else _temporary(path)
     try:
         write(target)
@@ -536,12 +539,13 @@ def _atomically(fs: pafs.FileSystem, path: str, remote: bool, write) -> None:
         raise
 
 
-def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes, remote: bool) -> None:
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes, remote: bool,
+                       through_links: bool = False) -> None:
     def write(target: str) -> None:
         with fs.open_output_stream(target) as f:
             f.write(data)
 
-    _atomically(fs, path, remote, write)
+    _atomically(fs, path, remote, write, through_links)
 
 
 def write_table_atomic(fs: pafs.FileSystem, path: str, table: pa.Table, remote: bool) -> None:

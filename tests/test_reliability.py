@@ -1707,6 +1707,38 @@ def test_a_bad_model_or_output_fails_before_ray_starts(tmp_path, tiny_model, mon
     assert not (tmp_path / "out").exists() and not (tmp_path / "trained").exists()
 
 
+def test_links_planted_in_an_output_folder_lead_no_write_of_the_job_elsewhere(ray_local, tmp_path, tiny_model):
+    """A shared output folder (`/tmp/scored`) that another user made first, links in it: `_ce_ray/job.json` led to a
+    file of the user's, which the job replaced with its settings (exit 0), and a `results` link to a folder of theirs
+    took the job's parts there, an overwrite deleting what was there. The file's link is replaced, the folder's
+    refused before any work; `ce-ray eval --output` a link still writes its file, as the user named it."""
+    from ce_ray.sink import OutputError
+
+    pd.DataFrame({"id": [1, 2], "query": ["q", "q"], "document": ["a", "b"]}).to_parquet(tmp_path / "p.parquet")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("precious")
+    shared = tmp_path / "shared"
+    (shared / "_ce_ray").mkdir(parents=True)
+    (shared / "_ce_ray" / "job.json").symlink_to(victim / "notes.txt")
+    job(tiny_model, tmp_path / "p.parquet", shared)
+    assert (victim / "notes.txt").read_text() == "precious"
+    assert not (shared / "_ce_ray" / "job.json").is_symlink() and len(results(shared)) == 2
+    for mode in ("error", "overwrite"):
+        linked = tmp_path / f"linked-{mode}"
+        linked.mkdir()
+        (linked / "results").symlink_to(victim)
+        with pytest.raises(OutputError, match=rf"^{linked}/results is a link: a job writes its own folders in its "
+                                              "output, not through links; remove it, or write the output elsewhere$"):
+            job(tiny_model, tmp_path / "p.parquet", linked, mode=mode)
+    assert sorted(p.name for p in victim.iterdir()) == ["notes.txt"]
+    from ce_ray.evaluate import write_file
+
+    (tmp_path / "eval.json").symlink_to(victim / "eval.json")
+    write_file(str(tmp_path / "eval.json"), b"{}")
+    assert (victim / "eval.json").read_text() == "{}" and (tmp_path / "eval.json").is_symlink()
+
+
 def test_a_replica_that_fails_as_it_starts_is_said_by_its_error(ray_local):
     """An error of a replica's start (a model that transformers cannot load) came as Ray's ActorDiedError, whose
     text alone holds it: the job's last line was its whole traceback, 2,500 characters of it."""
