@@ -585,8 +585,11 @@ def check_safe(path: str, allow_pickle: bool, trust_remote_code: bool) -> None:
         )
     # The weights transformers loads (`model.safetensors`, or the shards its index names): another safetensors file
     # beside pickle weights (an adapter's) passed as safe, and the job failed once begun, finding none.
-    has_safetensors = any(os.path.isfile(os.path.join(path, name))
-                          for name in ("model.safetensors", "model.safetensors.index.json"))
+    # An index's shards of pickle (`weight_map` naming `pytorch_model.bin`) passed as safe: transformers loads them.
+    index = os.path.join(path, "model.safetensors.index.json")
+    shards = set((read_json(index).get("weight_map") or {}).values()) if os.path.isfile(index) else set()
+    has_safetensors = os.path.isfile(os.path.join(path, "model.safetensors")) or bool(shards) and all(
+        str(shard).endswith(".safetensors") for shard in shards)
     has_pickle = bool(glob.glob(os.path.join(path, "*.bin")) + glob.glob(os.path.join(path, "*.pt")))
     if not has_safetensors and has_pickle and not allow_pickle:
         raise ModelError(

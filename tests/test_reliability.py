@@ -1854,6 +1854,15 @@ def test_pickle_only_weights_are_refused_unless_allowed(ray_local, tmp_path, tin
     with pytest.raises(ModelError, match="only pickle weights"):
         job(model, tmp_path / "p.parquet", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    # Nor is a safetensors index whose shards are the pickle file: the job began its output, and failed in the
+    # replicas, where torch's weights-only load alone stopped it.
+    weights = list(torch.load(model / "pytorch_model.bin", weights_only=True))
+    (model / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": dict.fromkeys(weights, "pytorch_model.bin")}))
+    with pytest.raises(ModelError, match="only pickle weights"):
+        job(model, tmp_path / "p.parquet", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    os.remove(model / "model.safetensors.index.json")
     # --allow-pickle (a folder one trusts) scores with them: the model's own weights, as its safetensors give them.
     os.remove(model / "adapter_model.safetensors")
     pairs = [("what is a cell", "the basic unit of life"), ("river", "a tax on music")]
