@@ -251,19 +251,23 @@ def _encoded_texts(plan: PairPlan, arrays: Sequence[pa.Array], query_index: np.n
     encoded = plan.encoder.encode_batch(words, add_special_tokens=False, parallel=parallel)
     token_ids = encoded.ids.astype(np.int32)
     starts, lengths = encoded.offsets[:-1].astype(np.int64), np.diff(encoded.offsets).astype(np.int64)
-    if cut.any():
+    # Rounds until no cut text is to be encoded whole: one whose first words gave too few tokens may, whole, be over
+    # the room beside a cut side, which is then encoded whole too (a second round; its own side was over the room).
+    while cut.any():
         over_room = lengths > room
         both_over = over_room[query_index] & over_room[document_index]
         whole = cut & ~over_room
         whole[query_index[both_over]] = True
         whole[document_index[both_over]] = True
         whole &= cut
-        if whole.any():
-            again = np.flatnonzero(whole)
-            encoded = plan.encoder.encode_batch([texts[i] for i in again], add_special_tokens=False, parallel=parallel)
-            starts[again] = len(token_ids) + encoded.offsets[:-1]
-            lengths[again] = np.diff(encoded.offsets)
-            token_ids = np.concatenate([token_ids, encoded.ids.astype(np.int32)])
+        if not whole.any():
+            break
+        again = np.flatnonzero(whole)
+        encoded = plan.encoder.encode_batch([texts[i] for i in again], add_special_tokens=False, parallel=parallel)
+        starts[again] = len(token_ids) + encoded.offsets[:-1]
+        lengths[again] = np.diff(encoded.offsets)
+        token_ids = np.concatenate([token_ids, encoded.ids.astype(np.int32)])
+        cut &= ~whole
     return token_ids, starts, lengths
 
 

@@ -134,12 +134,18 @@ def test_a_long_text_is_encoded_by_its_first_words_to_the_same_ids(tokenizer, ma
     spaced_at_the_limit = "word " * (limit // 5) + "tail " * 40
     long_texts = [joined, joined[: len(joined) // 2], joined[::-1], ("x" * 150 + " ") * (limit // 150) + joined,
                   "日本語のテキスト" * (limit // 4), "naïve Café, ÅNGSTRÖM résumé! " * (limit // 15), spaced_at_the_limit,
-                  spaced_at_the_limit[:-1], joined.replace(" ", "\t")]
+                  spaced_at_the_limit[:-1], joined.replace(" ", "\t"),
+                  # too few tokens before the cut (a page indented by spaces): encoded whole, and over the room, beside
+                  # a long side cut in the first round, which is then encoded whole in a second (whole, the indented
+                  # page is longer than the other side's first words, shorter than all of them)
+                  "Menu" + " " * limit + joined[: limit * 3 // 2], "Menu" + " " * limit + joined[: limit * 5 // 4]]
     short_texts = ["", "a short query", abstracts[12][:max_length * 3], abstracts[13]]
     texts = long_texts + short_texts
     queries = [q for q in texts for _ in texts]
     documents = [d for _ in texts for d in texts]
     assert_same(tokenizer, queries, documents, max_length)
+    for indented in long_texts[-2:]:  # alone with a long side: in a batch, other pairs had it encoded whole
+        assert_same(tokenizer, [joined, indented], [indented, joined], max_length)
 
     plan = fast_tokenize.pair_plan(tokenizer)
     assert plan.prefixes_hold
