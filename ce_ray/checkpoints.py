@@ -100,10 +100,11 @@ def checkpoint_folder(checkpoint, shown: str, folder: Optional[str] = None) -> s
     base = checkpoint.path.rstrip("/")
     if not isinstance(checkpoint.filesystem, pafs.LocalFileSystem):  # a local folder's names are its files'
         for info in checkpoint.filesystem.get_file_info(pafs.FileSelector(base, recursive=True)):
-            if info.type == pafs.FileType.File and leaves_its_folder(info.path[len(base) + 1 :]):
+            name = info.path[len(base) + 1 :]
+            if info.type == pafs.FileType.File and not name.endswith("/") and leaves_its_folder(name):  # no marker
                 raise IncompleteCheckpoint(
                     f"the checkpoint {shown} holds a file whose name leads out of its folder, "
-                    f"{info.path[len(base) + 1 :]!r}: it is not loaded. Remove it from the store, or give another "
+                    f"{name!r}: it is not loaded. Remove it from the store, or give another "
                     f"{setting_and_flag('run_name')} to start afresh")
     return checkpoint.to_directory(folder)
 

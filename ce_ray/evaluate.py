@@ -40,7 +40,7 @@ from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 from .output_state import (EVAL, REJECTS, RESULTS, SUCCESS, in_unfinished_results, job_of_results, job_summary,
                            refuse_changed_output, rows_cut_before)
 from .storage import (check_s3_access, file_in_the_way, filesystem, glob_base, is_glob, is_inside, is_remote, join,
-                      same_place, try_local_folder, write_bytes_atomic)
+                      named_as_a_folder, same_place, try_local_folder, write_bytes_atomic)
 from .train_data import numeric_labels
 
 
@@ -137,7 +137,7 @@ def is_trec_run(uri: str, job: Optional[dict] = None) -> bool:
     if job is not None:
         return False
     fs, path = filesystem(uri)
-    if fs.get_file_info(path).type != pafs.FileType.File or detect_format(path) is not None:
+    if named_as_a_folder(uri) or fs.get_file_info(path).type != pafs.FileType.File or detect_format(path) is not None:
         return False
     with fs.open_input_stream(path) as f:
         return f.read(len(PARQUET_MAGIC)) != PARQUET_MAGIC

@@ -21,7 +21,7 @@ from .arrow_types import holds_empty_struct, is_list, is_text, nulls_as_text, on
 from .messages import InputError, column_list, setting_and_flag, settings_hint
 from .output_state import REJECTS, RESULTS, Finished, finished_job, finished_parts, is_output
 from .storage import (check_s3_access, filesystem, glob_base, in_parallel, is_glob, is_remote, list_tree,
-                      local_path, look_up, parquet_footer, size_and_stamp)
+                      local_path, look_up, named_as_a_folder, parquet_footer, size_and_stamp)
 
 
 DELIMITED = ("csv", "tsv")  # read by Arrow's CSV reader, a header line or column_names naming the columns
@@ -261,9 +261,9 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
             raise InputError(f"cannot read input {uri}: {e}") from e
         if kind == pafs.FileType.NotFound:
             raise InputError(f"input {uri} does not exist")
-        if kind == pafs.FileType.File and is_remote(uri) and uri.endswith("/"):
-            # `s3://b/dup/` is the prefix `dup/`, though an object `dup` is beside it (S3 holds both): it read the
-            # object. s3fs lists an object so named where no key starts with its prefix: `s3://b/p.parquet/` reads it.
+        if kind == pafs.FileType.File and named_as_a_folder(uri):
+            # It read the object. s3fs lists an object so named where no key starts with its prefix: `s3://b/p.parquet/`
+            # reads it.
             kind = pafs.FileType.Directory
         named = kind == pafs.FileType.File and not has_glob
         if named:  # its size and stamp from the same look-up, where a caller asked for them again (a HEAD on S3)

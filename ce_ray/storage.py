@@ -317,9 +317,16 @@ def refuse_written_inside(input_uri: str, output_uri: str, input_name: str = "in
     resume). The names: what the two are to the job (a training run's `train_data`, its checkpoints)."""
     fs, source, target = _folders(input_uri, output_uri)
     # Under a file nothing can be written (that write fails, saying so); a folder or a glob's folder is checked.
-    if _inside(target, source) and fs.get_file_info(source).type != pafs.FileType.File:
+    if _inside(target, source) and (named_as_a_folder(input_uri)
+                                    or fs.get_file_info(source).type != pafs.FileType.File):
         raise InputError(f"the {output_name} {output_uri} is inside the {input_name} {input_uri}: later runs would "
                          "read its results as pairs; write it elsewhere")
+
+
+def named_as_a_folder(uri: str) -> bool:
+    """Whether `uri` names a folder as it is written: an `s3://` URI with a last `/` is the prefix, where an object
+    of its name is beside it too (S3 holds both; `s3://b/dup/` and the object `dup`)."""
+    return is_remote(uri) and uri.endswith("/")
 
 
 def is_inside(uri: str, folder_uri: str) -> bool:

@@ -1018,15 +1018,23 @@ def test_a_prefix_is_read_as_one_though_an_object_has_its_name_and_a_location_wi
     fs = s3fs_for(s3_server)
     fs.mkdir("ce-ray-dup")
     frame = pd.DataFrame({"query": ["q"], "document": ["d"]})
-    for key in ("dup", "dup/part.parquet", "alone.parquet"):
+    for key in ("dup/part.parquet", "alone.parquet"):
         with fs.open(f"ce-ray-dup/{key}", "wb") as f:
             frame.to_parquet(f)
+    fs.pipe("ce-ray-dup/dup", b"q Q0 d 1 0.5 bm25\n")  # a TREC run
     assert list_files("s3://ce-ray-dup/dup/").files == ["ce-ray-dup/dup/part.parquet"]
     assert list_files("s3://ce-ray-dup/dup", input_format="parquet").files == ["ce-ray-dup/dup"]
     assert list_files("s3://ce-ray-dup/alone.parquet/").files == ["ce-ray-dup/alone.parquet"]
     for uri in ("s3://", "s3:///pairs/"):
         with pytest.raises(InputError, match=rf"^{uri} names no bucket: an S3 location is s3://<bucket>/<prefix>$"):
             list_files(uri)
+    # So for eval (the object a TREC run), and for an output inside the prefix, refused as inside its input.
+    from ce_ray.evaluate import is_trec_run
+    from ce_ray.storage import refuse_written_inside
+
+    assert is_trec_run("s3://ce-ray-dup/dup") and not is_trec_run("s3://ce-ray-dup/dup/")
+    with pytest.raises(InputError, match=r"^the output s3://ce-ray-dup/dup/scored is inside the input"):
+        refuse_written_inside("s3://ce-ray-dup/dup/", "s3://ce-ray-dup/dup/scored")
 
 
 def test_objects_whose_names_lead_out_of_a_model_or_checkpoint_are_not_copied(tmp_path, tiny_model, s3_server,
