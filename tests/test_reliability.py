@@ -704,7 +704,8 @@ def test_sigterm_as_ray_starts_or_as_the_command_exits_ends_it_with_a_line_or_it
     env = {**os.environ, "RAY_ADDRESS": "local", "RAY_TMPDIR": tempfile.mkdtemp(prefix="cer-", dir="/tmp")}
 
     def started(output: str):
-        argv = ["score", "--model", str(tiny_model), "--input", str(tmp_path / "in"), "--output", str(tmp_path / output)]
+        argv = ["score", "--model", str(tiny_model), "--input", str(tmp_path / "in"), "--output",
+                str(tmp_path / output)]
         return subprocess.Popen([sys.executable, "-m", "ce_ray.cli", *argv], cwd=ROOT, env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
