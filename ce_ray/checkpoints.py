@@ -171,8 +171,9 @@ def restore_random_state(state: dict, device) -> None:
 
 def whole_checkpoint(checkpoint, folder: str, config: TrainConfig, run_uri: str) -> str:
     """A checkpoint of the run copied to `folder`, refused where it lacks files: its model is the output."""
-    checkpoint_dir = checkpoint_folder(checkpoint, f"{run_uri}/{os.path.basename(checkpoint.path)}", folder)
-    check_whole(checkpoint_dir, bool(config.deepspeed), f"{run_uri}/{os.path.basename(checkpoint.path)}")
+    shown = f"{run_uri}/{os.path.basename(checkpoint.path)}"
+    checkpoint_dir = checkpoint_folder(checkpoint, shown, folder)
+    check_whole(checkpoint_dir, bool(config.deepspeed), shown)
     return checkpoint_dir
 
 

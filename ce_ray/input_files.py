@@ -262,8 +262,8 @@ def list_files(uri: str, input_format: str = "auto", column_names: Optional[List
         if kind == pafs.FileType.NotFound:
             raise InputError(f"input {uri} does not exist")
         if kind == pafs.FileType.File and named_as_a_folder(uri):
-            # It read the object. s3fs lists an object so named where no key starts with its prefix: `s3://b/p.parquet/`
-            # reads it.
+            # The prefix, where it read the object of its name. s3fs lists the object where no key starts with the
+            # prefix: `s3://b/p.parquet/` reads it.
             kind = pafs.FileType.Directory
         named = kind == pafs.FileType.File and not has_glob
         if named:  # its size and stamp from the same look-up, where a caller asked for them again (a HEAD on S3)
