@@ -329,7 +329,8 @@ def main(argv=None) -> int:
         # Ray's shutdown, made here with Ctrl-C and SIGTERM ignored: one sent meanwhile (a second, impatient one, or
         # one just after `done`) printed a page of the traceback of Ray's shutdown as the process exited (its atexit
         # hook), and the command ended with status 1, not 130, after the line that said how to finish it; a SIGTERM
-        # just after `done` ended it with Ray's `sys.exit(15)`, the output whole.
+        # just after `done` ended it with Ray's `sys.exit(15)`, the output whole. (Ray's shutdown puts SIGTERM's
+        # default action back as its core worker stops: one in the second after that still ends the process, 143.)
         _handle_signals(signal.SIG_IGN)
         try:
             if not joined:

@@ -443,8 +443,8 @@ def test_rerank_input_errors(tiny_model, tmp_path, capsys):
     assert config_from_args(RerankConfig, parser.parse_args(given[:2])).top_k == 10
     # A text flag's `none` is that text, as YAML's is: it unset the setting, without a word (`--baseline-column none`
     # measured the default's baseline, `--activation none` scored with the model's own).
-    texts = config_from_args(RerankConfig, parser.parse_args(given + ["--activation", "none", "--prompt", "none"]))
-    assert (texts.activation, texts.prompt, texts.top_k) == ("none", "none", None)
+    texts = config_from_args(RerankConfig, parser.parse_args(given + ["--query-column", "none", "--prompt", "none"]))
+    assert (texts.query_column, texts.prompt, texts.top_k) == ("none", "none", None)
     with pytest.raises(ConfigError, match=r"leave it unset to keep every row, ranked \(--top-k none over a --config "
                                           r"file's\)$"):
         config_from_args(RerankConfig, parser.parse_args(given[:2] + ["--top-k", "0"]))
