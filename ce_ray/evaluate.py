@@ -575,7 +575,9 @@ def _refuse_overwriting(c: EvalConfig, output: str) -> None:
                 raise ConfigError(f"{setting_and_flag(setting)} {written} is the {read} that eval reads, which "
                                   "writing it would replace: give another path")
         # One of a folder's files (a job's results/ part): it was replaced with JSON, exit 0, the output unreadable.
-        if written and is_inside(written, c.input) and any(same(written, file) for file in _files_read(c.input)):
+        # A path the user named (eval's own beside the results is none), listed where it is in the input alone.
+        named = getattr(c, setting)
+        if named and is_inside(named, c.input) and any(same(named, file) for file in _files_read(c.input)):
             raise ConfigError(f"{setting_and_flag(setting)} {written} is a file of the input {c.input}, which eval "
                               "reads and writing it would replace: give another path")
 
