@@ -474,9 +474,10 @@ def prepare_output(output: str, mode: str, job: Optional[dict] = None, resume: O
     before the first write (another job may have written results meanwhile). Returns what was kept."""
     fs, path = filesystem(output)
     kept = ResumeState({}, [])
-    _refuse_linked_folders(output, path)  # checked before the work too (`check_output`), and again as it writes
     if mode == "error" or not checked:
         check_output(output, mode, resumable)  # in mode error, it refused an output that has results
+    else:  # checked before the work (`check_output`), and again as it writes
+        _refuse_linked_folders(output, path)
     if mode == "overwrite":
         with writing(output):
             _clear(fs, path, is_remote(output))
