@@ -202,7 +202,7 @@ def model_card(facts: CardFacts) -> str:
         "",
         f"- Size: {stats['pairs']:,} training pair{'' if stats['pairs'] == 1 else 's'}"
         + (f" ({stats['rejected']:,} pair{'' if stats['rejected'] == 1 else 's'} rejected: "
-           f"{json.dumps(stats['reject_reasons'])})"
+           f"{json.dumps(stats['reject_reasons'], ensure_ascii=False)})"
            if stats["rejected"] else "")
         + (f"; {stats['pairs'] - stats['left_out']:,} trained each epoch: {stats['left_out']:,} left out of each "
            f"(others each epoch), so that the {facts.num_workers} workers take equal parts"

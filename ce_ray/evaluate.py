@@ -35,7 +35,7 @@ from .arrow_types import is_text, missing_values, whole_number_id, whole_number_
 from .config import ConfigError, EvalConfig, given_settings, require
 from .input_files import (FileCheck, agreed_schema, compression_of, detect_format, eval_beside, list_files,
                           partition_values)
-from .messages import InputError, column_list, plural, setting_and_flag, settings_hint
+from .messages import InputError, column_list, lookalikes_hint, plural, setting_and_flag, settings_hint
 from .metrics import dcg, lists_metrics, mean_metrics, metric_names
 from .output_state import (EVAL, REJECTS, RESULTS, SUCCESS, in_unfinished_results, job_of_results, job_summary,
                            refuse_changed_output, rows_cut_before)
@@ -62,7 +62,8 @@ def read_columns(uri: str, wanted: List[str], required: List[str], ids: List[str
                 missing = [c for c in required if c not in names]
                 if missing and rows[file]:
                     lacking.append(f"{file}: missing column(s) {', '.join(map(repr, missing))} "
-                                   f"(columns: {column_list(names)})" + settings_hint(missing, settings or {}))
+                                   f"(columns: {column_list(names)})" + settings_hint(missing, settings or {})
+                                   + lookalikes_hint(missing, names))
                 table = parquet.read(columns=[c for c in wanted if c in own])
                 for key, value in keys.items():  # a hive-style folder's key, as the jobs read it: text
                     table = table.append_column(key, pa.repeat(pa.scalar(value, pa.string()), table.num_rows))
@@ -421,23 +422,25 @@ def write_trec_run(uri: str, df: pd.DataFrame, c: EvalConfig, ranking: Optional[
     scores, by_rank = _run_scores(df, kept, lists[kept], c, ranked_by)
     if not by_rank and c.score_column in df.columns and df[c.score_column].dtype == np.float32:
         scores = scores.astype(np.float32)  # exact: written as float32's shortest form, "0.1", not "0.100000001"
-    n = len(kept)
-    table = pa.table({"query": _run_field(pa.array(query_ids).take(lists[kept]), "query"),
-                      "q0": pa.array(["Q0"]).take(np.zeros(n, dtype=np.int64)),
-                      "doc": _run_field(pa.array(docs).take(kept), "document"), "rank": ranks, "score": scores,
-                      "tag": pa.array(["ce-ray"]).take(np.zeros(n, dtype=np.int64))})
-    lines = pa.BufferOutputStream()
-    pcsv.write_csv(table, lines, pcsv.WriteOptions(include_header=False, delimiter=" ", quoting_style="none"))
-    write_file(uri, lines.getvalue().to_pybytes())
+    # Joined by Arrow, not written as CSV: its writer refused an id holding a quote (`"Weird Al" Yankovic`), which
+    # a run's blank-separated fields hold as any other character. A number as text is the CSV writer's, its cast.
+    lines = pc.binary_join_element_wise(_run_field(pa.array(query_ids).take(lists[kept]), "query"), "Q0",
+                                        _run_field(pa.array(docs).take(kept), "document"),
+                                        pa.array(ranks).cast(pa.string()), pa.array(scores).cast(pa.string()),
+                                        "ce-ray", " ").cast(pa.large_string())
+    run = pc.binary_join(pa.LargeListArray.from_arrays([0, len(lines)], lines), pa.scalar("\n", pa.large_string()))
+    write_file(uri, (run[0].as_py() + "\n").encode() if len(lines) else b"")
     return {"by_rank": by_rank, "rows_without_doc_id": len(rows) - len(identified),
-            "repeated_pairs": len(identified) - n}
+            "repeated_pairs": len(identified) - len(kept)}
 
 
 def _run_field(ids: pa.Array, what: str) -> pa.Array:
     """Ids as a run's field: text without blanks, which would split it into other fields, and not empty, which
-    would leave the line a field short (trec_eval refuses both lines)."""
+    would leave the line a field short (trec_eval refuses both lines). A blank is any character that Python's
+    `str.split` splits at (ir_measures reads a run so, as `_run_lines` does): a vertical tab, Unicode's spaces. RE2's
+    `\\s` is ASCII's alone: a run with a no-break space in an id was written, then read as a line of 7 fields."""
     text = ids.cast(pa.string())
-    blank = pc.match_substring_regex(text, r"^$|\s")
+    blank = pc.match_substring_regex(text, r"^$|[\pZ\t\n\v\f\r\x1c-\x1f\x85]")
     if pc.any(blank).as_py():
         example = text.filter(blank)[0].as_py()
         said = "is empty" if example == "" else f"{example!r} holds a blank"

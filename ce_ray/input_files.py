@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from .arrow_types import holds_empty_struct, is_list, is_text, nulls_as_text, one_type, read_type
-from .messages import InputError, column_list, setting_and_flag, settings_hint
+from .messages import InputError, column_list, lookalikes_hint, setting_and_flag, settings_hint
 from .output_state import REJECTS, RESULTS, Finished, finished_job, finished_parts, is_output
 from .storage import (check_s3_access, filesystem, glob_base, in_parallel, is_glob, is_remote, list_tree,
                       local_path, look_up, named_as_a_folder, parquet_footer, size_and_stamp)
@@ -664,7 +664,8 @@ def check_inputs(
             raise InputError(f"{check.path}: missing column(s) {', '.join(map(repr, missing))} "
                              f"(columns: {column_list(check.columns)})"
                              + _missing_columns_hint(check, input_format, column_names, len(missing) < len(
-                                 [*required, *present]), missing, settings or {}))
+                                 [*required, *present]), missing, settings or {})
+                             + lookalikes_hint(missing, check.columns))
         for column in required:
             dtype = check.types.get(column)
             if dtype is not None and column in lists and is_list(dtype):

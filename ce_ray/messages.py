@@ -3,6 +3,7 @@ the setting), a setting with its command's flag (`setting_and_flag`), lists cut 
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Dict, List, Sequence, Union
 
 # What on_invalid=fail stops a job with (`score._unscorable`), which the line that ends the command reads.
@@ -50,6 +51,22 @@ def settings_hint(missing: Sequence[str], settings: Dict[str, str]) -> str:
         return ""
     flags = " and ".join(setting_and_flag(s) for s in dict.fromkeys(named))
     return f"; name the {'column' if len(missing) == 1 else 'columns'} with {flags}"
+
+
+def lookalikes_hint(missing: Sequence[str], columns: Sequence[str]) -> str:
+    """`; the file has 'Query' for 'query' ...` for the `missing` columns that `columns` holds under a name that
+    differs in case, in blanks at its ends, or in Unicode's form alone: `requête` written decomposed (NFD) and
+    composed (NFC) print alike, and a message naming both as they are read as nonsense. Both names are written in
+    ASCII, their escapes showing the difference."""
+    def looks(name: str) -> str:
+        return unicodedata.normalize("NFC", name).strip().casefold()
+
+    found = [f"{ascii(column)} for {ascii(name)}" for name in missing
+             for column in columns if column != name and looks(column) == looks(name)]
+    if not found:
+        return ""
+    return (f"; the file has {', '.join(found)}, which differ in case, blanks or Unicode form: name "
+            f"{'it' if len(found) == 1 else 'them'} as the file does")
 
 
 def cannot_hold(rows_of: str, column: str, dtype, agreed, error: Exception) -> InputError:

@@ -656,6 +656,33 @@ def test_integer_document_ids_beside_a_missing_one_are_written_in_the_run_as_the
     assert measured["run"] == {"by_rank": False, "rows_without_doc_id": 1, "repeated_pairs": 0}
 
 
+def test_a_run_holds_ids_with_quotes_and_refuses_ids_with_any_blank_python_splits_at(tmp_path):
+    """An id holding a quote (a title, `"Weird Al" Yankovic`) failed `--run-output` with Arrow's CSV writer's
+    message, nothing written; an id holding a vertical tab or a Unicode space (a no-break space, an ideographic
+    one) was written, and its line read back as 7 fields where any line of the run had a tab."""
+    rows = pd.DataFrame({"query_id": ['q"1', 'q"1', "q'2"], "doc_id": ['"Weird_Al"_Yankovic', "d,2", "d3"],
+                         "score": [0.9, 0.5, 0.3], "label": [1, 0, 1]})
+    rows.to_parquet(tmp_path / "scored.parquet")
+    measured = run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "e.json"),
+                                   run_output=str(tmp_path / "run.txt")))
+    assert (tmp_path / "run.txt").read_text() == ('q"1 Q0 "Weird_Al"_Yankovic 1 0.9 ce-ray\nq"1 Q0 d,2 2 0.5 ce-ray\n'
+                                                  "q'2 Q0 d3 1 0.3 ce-ray\n")
+    (tmp_path / "qrels.txt").write_text('q"1 0 "Weird_Al"_Yankovic 1\nq\'2 0 d3 1\n')
+    back = run_eval(EvalConfig(input=str(tmp_path / "run.txt"), qrels=str(tmp_path / "qrels.txt"),
+                               output=str(tmp_path / "back.json")))
+    assert back["reranked"] == measured["reranked"] and back["reranked"]["mrr@10"] == 1.0
+    for blank in ("\v", "\x1c", "\x85", "\u00a0", "\u2003", "\u2028", "\u3000"):
+        rows.assign(doc_id=["a", f"b{blank}c", "d"]).to_parquet(tmp_path / "scored.parquet")
+        with pytest.raises(InputError, match="document id 'b.+c' holds a blank"):
+            run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "e.json"),
+                                run_output=str(tmp_path / "run.txt")))
+        assert len(f"b{blank}c".split()) == 2  # as ir_measures and `_run_lines` would read it
+    rows.assign(doc_id=["a", "b\u200bc", "d"]).to_parquet(tmp_path / "scored.parquet")  # zero-width: no blank
+    run_eval(EvalConfig(input=str(tmp_path / "scored.parquet"), output=str(tmp_path / "e.json"),
+                        run_output=str(tmp_path / "run.txt")))
+    assert "b\u200bc" in (tmp_path / "run.txt").read_text().split()
+
+
 def test_eval_of_pairs_in_a_text_format_says_it_reads_parquet(tmp_path):
     """A JSON Lines or CSV file of scored pairs failed with pyarrow's "Parquet magic bytes not found" alone."""
     rows = pd.DataFrame({"query_id": [1, 1], "doc_id": [1, 2], "score": [0.9, 0.1], "label": [1, 0]})

@@ -238,7 +238,8 @@ def test_tsv_is_tab_separated_text_without_quotes(ray_local, tmp_path, tiny_mode
     """As WikiQA, MS MARCO and BEIR's qrels are written: split at every tab, a quote is text. All of WikiQA
     test (.tsv.gz) is read as pandas reads it with quoting off (with CSV's quoting, 49 of its rows would merge
     into others), then a file with a row cut at a tab inside a field, a CRLF line and invalid UTF-8, gzipped and
-    named as Windows names it (`.TSV.GZ`: Arrow and Ray Data decompress `.gz` alone, and it was refused as no UTF-8)."""
+    named as Windows names it (`.TSV.GZ`: Arrow and Ray Data decompress `.gz` alone, and it was refused as no UTF-8),
+    and a line break inside a document, which ends its row there as the docs say (a TSV field cannot hold one)."""
     import gzip
 
     from conftest import WIKIQA
@@ -255,15 +256,16 @@ def test_tsv_is_tab_separated_text_without_quotes(ray_local, tmp_path, tiny_mode
 
     (tmp_path / "in").mkdir()
     lines = [b"id\tquery\tdocument", b'0\t"quoted\tsays "hi"', b"1\ta tab\tinside\ta field", b"2\tq\td\r",
-             b"3\tbad \xfe byte\td"]
+             b"3\tbad \xfe byte\td", b"4\tq\tits first line\rits second"]
     (tmp_path / "in" / "rows.TSV.GZ").write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
     summary = job(tiny_model, tmp_path / "in", tmp_path / "out")
-    assert (summary.rows_in, summary.rows_scored, summary.rows_rejected) == (4, 2, 2)
+    assert (summary.rows_in, summary.rows_scored, summary.rows_rejected) == (6, 3, 3)
     assert results(tmp_path / "out")[["id", "query", "document"]].to_dict("list") == {
-        "id": ["0", "2"], "query": ['"quoted', "q"], "document": ['says "hi"', "d"]}
-    malformed, utf8 = sorted(rejects(tmp_path / "out")["reason"])
+        "id": ["0", "2", "4"], "query": ['"quoted', "q", "q"], "document": ['says "hi"', "d", "its first line"]}
+    second_line, malformed, utf8 = sorted(rejects(tmp_path / "out")["reason"])
     assert malformed.endswith("rows.TSV.GZ: a row of 4 field(s) where the header has 3 "
                               "('1\\ta tab\\tinside\\ta field')")
+    assert second_line.endswith("rows.TSV.GZ: a row of 1 field(s) where the header has 3 ('its second')")
     assert utf8.startswith("query is not valid UTF-8 in")
 
 
@@ -398,6 +400,29 @@ def test_a_delimited_files_first_line_that_is_no_header_of_its_format_is_refused
         "; read as csv, though its first line reads as tsv: check input_format (--input-format)")
     (tmp_path / "empty-first.csv").write_text("\nquery,document\nq,d\n")  # an empty line Arrow's reader skips too
     check_inputs(pafs.LocalFileSystem(), [str(tmp_path / "empty-first.csv")], "csv", ["query", "document"])
+
+
+def test_a_missing_column_the_file_holds_in_another_case_or_unicode_form_is_named_as_the_file_has_it(tmp_path):
+    """A column named `requête` composed (NFC, as typed) where the file has it decomposed (NFD) was refused as
+    `missing column(s) 'requête' (columns: ..., requête, ...)`: both print alike. eval said the same."""
+    import unicodedata
+
+    from ce_ray.config import EvalConfig
+    from ce_ray.evaluate import run_eval
+
+    typed, written = "requête", unicodedata.normalize("NFD", "requête")
+    pq.write_table(pa.table({written: ["q"], " Document": ["d"], "label": [1]}), tmp_path / "p.parquet")
+    with pytest.raises(InputError) as refused:
+        check_inputs(pafs.LocalFileSystem(), [str(tmp_path / "p.parquet")], "parquet", [typed, "document"],
+                     settings={typed: "query_column"})
+    assert str(refused.value).endswith(
+        "(--query-column); the file has 'reque\\u0302te' for 'requ\\xeate', ' Document' for 'document', which differ "
+        "in case, blanks or Unicode form: name them as the file does")
+    with pytest.raises(InputError, match=r"the file has 'reque\\u0302te' for 'requ\\xeate', which .+: name it as"):
+        run_eval(EvalConfig(input=str(tmp_path / "p.parquet"), query_id_column=typed, output=str(tmp_path / "e.json")))
+    pq.write_table(pa.table({"query_id": ["q"], "doc": ["d"]}), tmp_path / "p.parquet")  # no look-alike: as before
+    with pytest.raises(InputError, match=r"\(columns: query_id, doc\)$"):
+        check_inputs(pafs.LocalFileSystem(), [str(tmp_path / "p.parquet")], "parquet", ["document"])
 
 
 def test_broken_json_line_is_rejected_and_the_rest_scored(jsonl_job):

@@ -2507,7 +2507,8 @@ def test_the_card_lists_the_settings_the_run_used():
 
 
 def test_the_card_counts_one_pair_and_one_row_in_the_singular():
-    """The card's size line said `1 training pairs` and `1 rows left out`."""
+    """The card's size line said `1 training pairs` and `1 rows left out`, and escaped a column's name in another
+    script."""
     from ce_ray.card import CardFacts, model_card
     from ce_ray.config import TrainConfig
 
@@ -2526,6 +2527,12 @@ def test_the_card_counts_one_pair_and_one_row_in_the_singular():
                                 final_metrics={}, max_length=512, num_workers=1, steps=1, samples_per_second=1.0,
                                 output="/models/m"))
     assert '- Size: 2 training pairs (2 pairs rejected: {"document is null": 2})\n' in card
+    # A column named in another script is written as it is, not escaped (`{"requ\\u00eate is null": 1}`).
+    stats |= {"reject_reasons": {"requête is null": 2}}
+    card = model_card(CardFacts(base_model="/models/base", config=config, defaults=TrainConfig(), stats=stats, log=[],
+                                final_metrics={}, max_length=512, num_workers=1, steps=1, samples_per_second=1.0,
+                                output="/models/m"))
+    assert '- Size: 2 training pairs (2 pairs rejected: {"requête is null": 2})\n' in card
     # The evaluation's metrics by their names, and a value of 0 in the log as the others are written (it said `0`).
     stats |= {"eval": "the BM25 top 10 of `/data/beir`"}
     log = [{"epoch": 1.0, "step": 4, "loss": 0.5, "eval_ndcg@10": 0.0}, {"epoch": 2.0, "step": 8, "loss": 0.25,
