@@ -124,6 +124,14 @@ def _check_activation(dotted: str, trust_remote_code: bool) -> None:
     import importlib
 
     module, _, name = dotted.rpartition(".")
+    if not module:  # CrossEncoder's habit names the class (`sigmoid` was sent to trust_remote_code, then failed)
+        import torch.nn
+
+        like = next((n for n in dir(torch.nn) if n.lower() == name.lower() and isinstance(getattr(torch.nn, n), type)),
+                    None)
+        raise ConfigError(f"{setting_and_flag('activation')} {dotted!r} is no class's dotted path: "
+                          + (f"did you mean torch.nn.{like}?" if like else
+                             "give one, as torch.nn.Sigmoid (the default) or torch.nn.Identity (the logit)"))
     if not (dotted.startswith("torch.") or trust_remote_code):
         raise ConfigError(f"{setting_and_flag('activation')} {dotted!r} is not torch's (torch.nn.Identity for the "
                           "logit, torch.nn.Sigmoid): code from elsewhere runs only with "

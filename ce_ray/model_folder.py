@@ -570,13 +570,26 @@ def check_scores(path: str, model: str) -> None:
                      "would be random; fine-tune it first (ce-ray train)")
 
 
+def _checkpoint_model_within(path: str) -> Optional[str]:
+    """The model of the latest ce-ray train checkpoint a folder is or holds (`checkpoint_0000010/model`, Ray Train's
+    names, which sort in their order), a run's folder of them or the checkpoints' folder above it: `--model`
+    given one of them was told it was no model folder alone."""
+    models = [f"{path}/model"] + sorted(glob.glob(f"{glob.escape(path)}/checkpoint_*/model")) + sorted(
+        glob.glob(f"{glob.escape(path)}/*/checkpoint_*/model"))
+    found = [model for model in models if os.path.isfile(f"{model}/config.json")]
+    return os.path.normpath(found[-1]) if found else None
+
+
 def check_safe(path: str, allow_pickle: bool, trust_remote_code: bool) -> None:
     """Refuses pickle-only weights and repository code before anything is loaded."""
     if not os.path.isdir(path):
         return  # not a folder: transformers enforces use_safetensors and trust_remote_code itself
     config_file = os.path.join(path, "config.json")
     if not os.path.exists(config_file):
-        raise ModelError(f"{path} has no config.json: not a Hugging Face model folder")
+        within = _checkpoint_model_within(path)
+        raise ModelError(f"{path} has no config.json: not a Hugging Face model folder" + (
+            f"; it holds ce-ray train's checkpoints, whose model is {within} (the run's --output holds the model it "
+            "published)" if within else ""))
     config = read_json(config_file)
     if config.get("auto_map") and not trust_remote_code:
         raise ModelError(

@@ -1663,8 +1663,19 @@ def test_a_bad_model_or_output_fails_before_ray_starts(tmp_path, tiny_model, mon
     with pytest.raises(ModelError, match=r"is a classifier of 2 labels: .* to score with it, save it with one "
                                          r"logit, its classifier's second row less its first"):
         job(two, pairs, tmp_path / "out")
-    with pytest.raises(ModelError, match="has no config.json: not a Hugging Face model folder"):
+    with pytest.raises(ModelError, match="has no config.json: not a Hugging Face model folder$"):
         job(pairs.parent, pairs, tmp_path / "out")  # a data folder as the model
+    # ce-ray train's checkpoints, a run's folder of them or one of them, as the model: where its model is
+    import shutil
+
+    run = tmp_path / "a-run" / "checkpoints" / "run"
+    for step in ("checkpoint_0000002", "checkpoint_0000010"):
+        shutil.copytree(tiny_model, run / step / "model")
+    for given in (run.parent, run, run / "checkpoint_0000010"):
+        with pytest.raises(ModelError, match=rf"^{given} has no config.json: not a Hugging Face model folder; it "
+                                             rf"holds ce-ray train's checkpoints, whose model is {run}/checkpoint_"
+                                             r"0000010/model \(the run's --output holds the model it published\)$"):
+            job(given, pairs, tmp_path / "out")
     (tmp_path / "notes.txt").write_text("a file")
     with pytest.raises(OutputError, match=r"^output \(--output\) \S+notes\.txt is a file: give a folder$"):
         job(tiny_model, pairs, tmp_path / "notes.txt")
@@ -2073,6 +2084,15 @@ def test_settings_that_failed_in_the_work_are_refused_before_it():
                                               r"a function .*: (TypeError|NotImplementedError): "):
             load_config(ScoreConfig, overrides={"model": "m", "activation": activation})
     assert load_config(ScoreConfig, overrides={"model": "m", "activation": "torch.nn.Tanh"}).activation
+    # A class's name alone, as a CrossEncoder user types it, was told to give trust_remote_code, which then failed.
+    for activation, said in (("sigmoid", "did you mean torch.nn.Sigmoid?"),
+                             ("identity", "did you mean torch.nn.Identity?"),
+                             ("logit", "give one, as torch.nn.Sigmoid (the default) or torch.nn.Identity (the logit)")):
+        for trusted in (False, True):
+            with pytest.raises(ConfigError) as refused:
+                load_config(ScoreConfig, overrides={"model": "m", "activation": activation,
+                                                    "trust_remote_code": trusted})
+            assert str(refused.value) == f"activation (--activation) {activation!r} is no class's dotted path: {said}"
     with pytest.raises(ConfigError, match=r"^rank_partitions \(--rank-partitions\) must be from 1 to 10,000, got "
                                           r"100,000$"):
         load_config(RerankConfig, overrides={"model": "m", "rank_partitions": 100_000})
