@@ -121,33 +121,47 @@ class ModelConfig:
 def _check_activation(dotted: str, trust_remote_code: bool) -> None:
     """An activation names a class that makes the function with no argument (torch.nn.Identity, Sigmoid): of
     torch, as CrossEncoder loads a saved one, or of other code where trust_remote_code runs it."""
-    import importlib
-
     module, _, name = dotted.rpartition(".")
     if not module:  # CrossEncoder's habit names the class (`sigmoid` was sent to trust_remote_code, then failed)
         import torch.nn
 
-        like = next((n for n in dir(torch.nn) if n.lower() == name.lower() and isinstance(getattr(torch.nn, n), type)),
-                    None)
+        like = next((f"torch.nn.{n}" for n in dir(torch.nn) if n.lower() == name.lower()), None)
         raise ConfigError(f"{setting_and_flag('activation')} {dotted!r} is no class's dotted path: "
-                          + (f"did you mean torch.nn.{like}?" if like else
+                          + (f"did you mean {like}?" if like and not _activation_error(like) else
                              "give one, as torch.nn.Sigmoid (the default) or torch.nn.Identity (the logit)"))
     if not (dotted.startswith("torch.") or trust_remote_code):
         raise ConfigError(f"{setting_and_flag('activation')} {dotted!r} is not torch's (torch.nn.Identity for the "
                           "logit, torch.nn.Sigmoid): code from elsewhere runs only with "
                           f"{setting_and_flag('trust_remote_code')}")
+    error = _activation_error(dotted)
+    if error:
+        raise ConfigError(f"{setting_and_flag('activation')} {dotted!r} is no class that makes a function with no "
+                          f"argument (torch.nn.Identity, torch.nn.Sigmoid): {error}")
+
+
+def _activation_error(dotted: str) -> Optional[str]:
+    """Why the class `dotted` names makes no function of a reranker's logits, or None where it does."""
+    import importlib
+    import warnings
+
     import torch
 
+    module, _, name = dotted.rpartition(".")
     try:
-        made = getattr(importlib.import_module(module), name)()
+        with warnings.catch_warnings():  # Softmax's of its implicit dimension, said as it is refused
+            warnings.simplefilter("ignore")
+            made = getattr(importlib.import_module(module), name)()
+            scores = made(logits := torch.tensor([[-2.0], [0.0], [2.0]]))
         # A class that builds with no argument but is no function of the logits (torch.Tensor, torch.nn.Module,
         # torch.Generator) failed every replica's first batch, after Ray started and the model loaded.
-        logits = torch.zeros(2, 1)
-        if not (isinstance(made, torch.nn.Module) and made(logits).shape == logits.shape):
+        if not (isinstance(made, torch.nn.Module) and scores.shape == logits.shape):
             raise TypeError(f"{type(made).__name__} gives no scores of the logits")
+        # A softmax over a reranker's one logit is 1 for every pair (Softmax, Softmin; LogSoftmax's 0): no order.
+        if torch.unique(scores).numel() == 1:
+            raise TypeError(f"{type(made).__name__} gives every logit one score, {scores[0].item():g}")
     except Exception as e:  # an import, attribute or constructor error: all say the name is wrong
-        raise ConfigError(f"{setting_and_flag('activation')} {dotted!r} is no class that makes a function with no "
-                          f"argument (torch.nn.Identity, torch.nn.Sigmoid): {type(e).__name__}: {e}") from None
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def _require_two_texts(config) -> None:

@@ -422,16 +422,26 @@ def write_trec_run(uri: str, df: pd.DataFrame, c: EvalConfig, ranking: Optional[
     scores, by_rank = _run_scores(df, kept, lists[kept], c, ranked_by)
     if not by_rank and c.score_column in df.columns and df[c.score_column].dtype == np.float32:
         scores = scores.astype(np.float32)  # exact: written as float32's shortest form, "0.1", not "0.100000001"
-    # Joined by Arrow, not written as CSV: its writer refused an id holding a quote (`"Weird Al" Yankovic`), which
-    # a run's blank-separated fields hold as any other character. A number as text is the CSV writer's, its cast.
-    lines = pc.binary_join_element_wise(_run_field(pa.array(query_ids).take(lists[kept]), "query"), "Q0",
-                                        _run_field(pa.array(docs).take(kept), "document"),
-                                        pa.array(ranks).cast(pa.string()), pa.array(scores).cast(pa.string()),
-                                        "ce-ray", " ").cast(pa.large_string())
-    run = pc.binary_join(pa.LargeListArray.from_arrays([0, len(lines)], lines), pa.scalar("\n", pa.large_string()))
-    write_file(uri, (run[0].as_py() + "\n").encode() if len(lines) else b"")
+    fields = [_run_field(pa.array(query_ids).take(lists[kept]), "query"), "Q0",
+              _run_field(pa.array(docs).take(kept), "document"), pa.array(ranks), pa.array(scores), "ce-ray\n"]
+    write_file(uri, _joined_lines(fields))
     return {"by_rank": by_rank, "rows_without_doc_id": len(rows) - len(identified),
             "repeated_pairs": len(identified) - len(kept)}
+
+
+def _joined_lines(fields: list) -> pa.Buffer:
+    """Each row's fields as text joined by spaces, the last ending the line. Joined by Arrow, not written as CSV:
+    its writer refused an id holding a quote (`"Weird Al" Yankovic`), which a run's blank-separated fields hold as
+    any other character; a number's text is the CSV writer's, its cast. Large strings throughout: a run of ~50M
+    lines passes 2 GiB, a string array's most, and the fields of several files come in chunks."""
+    def large(field):
+        if isinstance(field, str):
+            return pa.scalar(field, pa.large_string())
+        return (field if isinstance(field, pa.ChunkedArray) else pa.chunked_array([field])).cast(pa.large_string())
+
+    lines = pc.binary_join_element_wise(*map(large, fields), large(" ")).combine_chunks()
+    run = pc.binary_join(pa.LargeListArray.from_arrays(pa.array([0, len(lines)], pa.int64()), lines), large(""))
+    return run[0].as_buffer()
 
 
 def _run_field(ids: pa.Array, what: str) -> pa.Array:

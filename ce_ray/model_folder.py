@@ -571,13 +571,14 @@ def check_scores(path: str, model: str) -> None:
 
 
 def _checkpoint_model_within(path: str) -> Optional[str]:
-    """The model of the latest ce-ray train checkpoint a folder is or holds (`checkpoint_0000010/model`, Ray Train's
-    names, which sort in their order), a run's folder of them or the checkpoints' folder above it: `--model`
-    given one of them was told it was no model folder alone."""
-    models = [f"{path}/model"] + sorted(glob.glob(f"{glob.escape(path)}/checkpoint_*/model")) + sorted(
-        glob.glob(f"{glob.escape(path)}/*/checkpoint_*/model"))
-    found = [model for model in models if os.path.isfile(f"{model}/config.json")]
-    return os.path.normpath(found[-1]) if found else None
+    """The model of the latest ce-ray train checkpoint (`checkpoint_0000010/model`) that a folder is or holds: one
+    checkpoint, a run's folder of them, the checkpoints' folder above it, or a run's output that published no model
+    yet (`<output>/checkpoints/<run>/checkpoint_*`, a run stopped). `--model` given one of them was told it was no
+    model folder alone."""
+    base = glob.escape(path)
+    found = [model for pattern in ("", "/checkpoint_*", "/*/checkpoint_*", f"/{CHECKPOINTS}/*/checkpoint_*")
+             for model in glob.glob(f"{base}{pattern}/model") if os.path.isfile(f"{model}/config.json")]
+    return os.path.normpath(max(found, key=lambda model: os.stat(f"{model}/config.json").st_mtime)) if found else None
 
 
 def check_safe(path: str, allow_pickle: bool, trust_remote_code: bool) -> None:

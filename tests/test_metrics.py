@@ -654,6 +654,14 @@ def test_integer_document_ids_beside_a_missing_one_are_written_in_the_run_as_the
     assert (tmp_path / "run.txt").read_text().splitlines() == [
         "1 Q0 12345678901 1 0.9 ce-ray", "1 Q0 9007199254740993 2 0.5 ce-ray", "1 Q0 9007199254740992 3 0.3 ce-ray"]
     assert measured["run"] == {"by_rank": False, "rows_without_doc_id": 1, "repeated_pairs": 0}
+    # in two files, as a job's results/ parts: the ids' column comes in chunks (the run's join of them failed)
+    (tmp_path / "parts").mkdir()
+    for part, query in (("a", 1), ("b", 2)):
+        pq.write_table(pa.table({"query_id": [query] * 2, "doc_id": pa.array([query * 10, None], pa.int64()),
+                                 "score": [0.9, 0.5], "label": [1, 0]}), tmp_path / "parts" / f"{part}.parquet")
+    run_eval(EvalConfig(input=str(tmp_path / "parts"), output=str(tmp_path / "e.json"),
+                        run_output=str(tmp_path / "run.txt")))
+    assert (tmp_path / "run.txt").read_text().splitlines() == ["1 Q0 10 1 0.9 ce-ray", "2 Q0 20 1 0.9 ce-ray"]
 
 
 def test_a_run_holds_ids_with_quotes_and_refuses_ids_with_any_blank_python_splits_at(tmp_path):

@@ -1669,9 +1669,13 @@ def test_a_bad_model_or_output_fails_before_ray_starts(tmp_path, tiny_model, mon
     import shutil
 
     run = tmp_path / "a-run" / "checkpoints" / "run"
-    for step in ("checkpoint_0000002", "checkpoint_0000010"):
+    for step, written in (("checkpoint_0000002", 1_000), ("checkpoint_0000010", 2_000)):
         shutil.copytree(tiny_model, run / step / "model")
-    for given in (run.parent, run, run / "checkpoint_0000010"):
+        os.utime(run / step / "model" / "config.json", (written, written))
+    # the latest by time, not by name: a run named after another in a shared storage_path
+    shutil.copytree(tiny_model, run.parent / "zeta" / "checkpoint_0000001" / "model")
+    os.utime(run.parent / "zeta" / "checkpoint_0000001" / "model" / "config.json", (500, 500))
+    for given in (run.parent.parent, run.parent, run, run / "checkpoint_0000010"):  # the output of a run stopped too
         with pytest.raises(ModelError, match=rf"^{given} has no config.json: not a Hugging Face model folder; it "
                                              rf"holds ce-ray train's checkpoints, whose model is {run}/checkpoint_"
                                              r"0000010/model \(the run's --output holds the model it published\)$"):
@@ -2087,12 +2091,19 @@ def test_settings_that_failed_in_the_work_are_refused_before_it():
     # A class's name alone, as a CrossEncoder user types it, was told to give trust_remote_code, which then failed.
     for activation, said in (("sigmoid", "did you mean torch.nn.Sigmoid?"),
                              ("identity", "did you mean torch.nn.Identity?"),
-                             ("logit", "give one, as torch.nn.Sigmoid (the default) or torch.nn.Identity (the logit)")):
+                             ("logit", "give one, as torch.nn.Sigmoid (the default) or torch.nn.Identity (the logit)"),
+                             ("softmax", "give one, as torch.nn.Sigmoid")):  # no hint of a class refused below
         for trusted in (False, True):
             with pytest.raises(ConfigError) as refused:
                 load_config(ScoreConfig, overrides={"model": "m", "activation": activation,
                                                     "trust_remote_code": trusted})
-            assert str(refused.value) == f"activation (--activation) {activation!r} is no class's dotted path: {said}"
+            assert str(refused.value).startswith(f"activation (--activation) {activation!r} is no class's dotted path: "
+                                                 + said)
+    # A softmax over one logit scores every pair 1 (LogSoftmax 0): no order, without a word
+    for activation, score in (("torch.nn.Softmax", 1), ("torch.nn.Softmin", 1), ("torch.nn.LogSoftmax", 0)):
+        with pytest.raises(ConfigError, match=rf"^activation \(--activation\) '{activation}' is no class .*: "
+                                              rf"TypeError: {activation[9:]} gives every logit one score, {score}$"):
+            load_config(ScoreConfig, overrides={"model": "m", "activation": activation})
     with pytest.raises(ConfigError, match=r"^rank_partitions \(--rank-partitions\) must be from 1 to 10,000, got "
                                           r"100,000$"):
         load_config(RerankConfig, overrides={"model": "m", "rank_partitions": 100_000})
