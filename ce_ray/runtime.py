@@ -10,7 +10,8 @@ import inspect
 import os
 import re
 import sys
-from typing import Optional
+import threading
+from typing import Callable, Optional
 
 from .config import ConfigError
 from .messages import InputError
@@ -49,8 +50,41 @@ def ensure_ray(dashboard: bool = False) -> None:
     """
     import ray
 
-    if ray.is_initialized():
-        return
+    # Two threads' first calls at once (a service's first requests) each found Ray down and started one.
+    with _STARTING:
+        if not ray.is_initialized():
+            _in_a_lasting_thread(lambda: _start_or_join(dashboard))
+
+
+_STARTING = threading.Lock()
+
+
+def _in_a_lasting_thread(start: Callable[[], None]) -> None:
+    """Runs `start` in the main thread, or else in a thread that lasts as long as the process. A local Ray's
+    processes die with the thread that started them (Linux's parent-death signal, which Ray asks for, follows the
+    thread): started by a service's request thread, they were killed as it ended, and the process with them at
+    its next call, with exit status 0 and no word."""
+    if threading.current_thread() is threading.main_thread():
+        return start()
+    started, failed = threading.Event(), []
+
+    def keep() -> None:
+        try:
+            start()
+        except BaseException as e:  # noqa: B036 (raised again in the caller's thread)
+            failed.append(e)
+        started.set()
+        threading.Event().wait()  # parked for the process's life
+
+    threading.Thread(target=keep, name="ce-ray: Ray's start", daemon=True).start()
+    started.wait()
+    if failed:
+        raise failed[0]
+
+
+def _start_or_join(dashboard: bool) -> None:
+    import ray
+
     address = _cluster_address()
     given = os.environ.get("RAY_ADDRESS", "")
     if _through_ray_client():

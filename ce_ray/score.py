@@ -11,6 +11,7 @@ import math
 import numbers
 import re
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -515,13 +516,20 @@ def predict(model: str, pairs=None, **settings):
     rows = ray.data.from_arrow(table)
     if progress is not None:  # this call's Dataset alone: Ray Data's setting stays as it is for the others
         rows.context.enable_progress_bars = bool(progress)
-    with surfaced_errors():
+    with _ONE_CALL_AT_A_TIME, surfaced_errors():
         scored = add_scores(rows, config, checked=checked).select_columns(["position", column])
         out = pa.concat_tables(ray.get(scored.to_arrow_refs()))
     scores = np.empty(len(pairs), np.float32)
     scores[out.column("position").to_numpy()] = out.column(column).to_numpy(zero_copy_only=False)
     scores = _as_returned(scores, returned)
     return scores[0] if single else scores
+
+
+# A call's replicas each hold a CPU for its whole run, and its rows need another to be read: calls from several
+# threads at once (a service's requests) each held a replica and waited for the CPUs the others held, for ever and
+# without a word, where the Ray had fewer CPUs than twice the calls. One at a time in a process: each call's
+# replicas already spread over the cluster's GPUs or CPUs (`add_scores`).
+_ONE_CALL_AT_A_TIME = threading.Lock()
 
 
 # CrossEncoder.rank's arguments that it takes and that change nothing there: its scores are Python floats.

@@ -1189,6 +1189,30 @@ def test_a_local_ray_of_one_cpu_is_refused_where_the_job_waited_forever(tiny_mod
         "has 1), which the local Ray it started cannot give")
 
 
+def test_predict_from_threads_at_once_starts_one_ray_and_each_call_scores(tiny_model):
+    """A service's first requests at once each started a local Ray, and one failed (`Perhaps you called ray.init
+    twice by accident?`); the Ray a request's thread started died as the thread ended (Linux's parent-death
+    signal), and the process with it at its next call, exit status 0. On a Ray of 2 CPUs, calls at once each held
+    a replica's CPU and waited for the other's, for ever: they run one at a time."""
+    code = ("import sys, threading, ce_ray\n"
+            "pairs = [('q%d' % n, 'document %d' % n) for n in range(5)]\n"
+            "results = {}\n"
+            "def call(n):\n"
+            "    try:\n"
+            "        results[n] = ce_ray.predict(sys.argv[1], pairs[n:]).tolist()\n"
+            "    except Exception as e:\n"
+            "        results[n] = repr(e)\n"
+            "threads = [threading.Thread(target=call, args=(n,)) for n in range(3)]\n"
+            "[t.start() for t in threads]\n"
+            "[t.join() for t in threads]\n"
+            "alone = ce_ray.predict(sys.argv[1], pairs).tolist()\n"
+            "print([results[n] == alone[n:] for n in range(3)])\n")
+    run = subprocess.run([sys.executable, "-c", code, str(tiny_model)], capture_output=True, text=True,
+                         timeout=240, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": "local"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.splitlines()[-1] == "[True, True, True]", run.stdout[-2000:]
+
+
 def test_a_local_ray_started_on_a_machine_of_one_core_scores_on_two_cpus_of_it(tiny_model):
     """On a machine of one core (a 1-CPU VM, a pod limited to one CPU: what ce-ray and Ray count its cores as,
     set so in the process) the local Ray a job starts has 2 CPUs, which share the core: with Ray's count, 1, the
