@@ -743,7 +743,8 @@ def delimited_chunks(f, path: str, text_columns: List[str], tab_separated: bool 
     A row whose fields do not match the header (a stray delimiter, a tab inside a TSV field, a line cut short)
     is rejected with the reason and its text, and the others are read: it never fails the file. A TSV field
     cannot hold a line break (there is no quoting): one ends the row, read as it stands where it has the header's
-    fields, and what follows is a row of its own. Arrow does not say where such a row was: it comes after the chunk being read when it was found."""
+    fields, and what follows is a row of its own. Arrow does not say where such a row was: it comes after the
+    chunk being read when it was found."""
     import pyarrow.csv as pacsv
 
     malformed = []
