@@ -71,7 +71,7 @@ def _in_a_lasting_thread(start: Callable[[], None]) -> None:
     def keep() -> None:
         try:
             start()
-        except BaseException as e:  # noqa: B036 (raised again in the caller's thread)
+        except BaseException as e:  # raised again in the caller's thread
             failed.append(e)
         started.set()
         threading.Event().wait()  # parked for the process's life
