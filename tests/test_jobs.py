@@ -598,7 +598,9 @@ def test_a_missing_column_is_named_with_the_setting_that_names_it(tmp_path, tiny
     train = ["train", "--model", str(tiny_model), "--train-data", str(tmp_path / "wikiqa.parquet"), *texts,
              "--output", str(tmp_path / "t")]
     assert main(train) == 2
-    assert capsys.readouterr().err.strip().endswith("name the column with label_column (--label-column)")
+    assert capsys.readouterr().err.strip().endswith(  # and the file's `Label`, as the file names it
+        "name the column with label_column (--label-column); the file has 'Label' for 'label', which differ in case, "
+        "blanks or Unicode form: name it as the file does")
 
 
 def test_a_flag_written_as_its_yaml_key_is_named_with_its_dashes(capsys):
