@@ -107,11 +107,40 @@ def _start_or_join(dashboard: bool) -> None:
     num_cpus = LOCAL_MIN_CPUS if local and usable_cpus() < LOCAL_MIN_CPUS else None
     try:
         # (include_dashboard is ignored when joining a cluster)
-        ray.init(include_dashboard=None if dashboard else False, num_cpus=num_cpus)
+        command = _COMMAND["sigterm"] is not None and threading.current_thread() is threading.main_thread()
+        with _sigterm_kept() if command else contextlib.nullcontext():
+            ray.init(include_dashboard=None if dashboard else False, num_cpus=num_cpus)
     except Exception as e:  # Ray's own frames say no more than its message
         raise RayStartError(f"cannot {where}: {type(e).__name__}: {_joined(str(e))}") from None
     if _COMMAND["sigterm"] is not None:
         _note_sigterm()
+
+
+@contextlib.contextmanager
+def _sigterm_kept():
+    """A command's ray.init, where a SIGTERM during it is not lost. Ray's handler raises SystemExit wherever Python
+    runs, and a signal that came during a fork (ray.init forks its processes) was handled in the fork's hooks
+    (filelock's), where Python said `Exception ignored in ...` and a traceback, and went on: the job went on
+    (seen once in a test suite's run). That exit is raised once ray.init returns, and what the fork's other
+    hook said of the state the first left (filelock's KeyError) is dropped with it."""
+    import signal
+
+    lost = []
+    said = sys.unraisablehook
+
+    def keep(unraisable) -> None:
+        if lost or (unraisable.exc_type is SystemExit and unraisable.exc_value.code == signal.SIGTERM):
+            lost.append(unraisable.exc_value)
+        else:
+            said(unraisable)
+
+    sys.unraisablehook = keep
+    try:
+        yield
+    finally:
+        sys.unraisablehook = said
+    if lost:
+        raise SystemExit(signal.SIGTERM)
 
 
 # A command's (`as_a_command`): whether SIGTERM came once Ray started (None: no command, the process is a user's).

@@ -751,6 +751,34 @@ def test_sigterm_as_ray_starts_ends_the_job_with_a_line(tmp_path, tiny_model):
     assert "\nce-ray score: stopped (SIGTERM);" in errors and "Traceback" not in errors
 
 
+def test_a_sigterm_whose_exit_python_lost_in_a_hook_during_ray_init_still_stops_the_job(monkeypatch):
+    """A SIGTERM that came as ray.init forked was handled in the fork's hook (filelock's), where Python printed
+    `Exception ignored in ...`, Ray's `SystemExit: 15` and a traceback, then the hook's next one's KeyError, and the
+    job went on (the test above, once in a suite's run). A `__del__`'s exception is lost the same way."""
+    import signal
+
+    from ce_ray.runtime import _sigterm_kept
+
+    class Raises:
+        def __init__(self, error):
+            self.error = error
+
+        def __del__(self):
+            raise self.error
+
+    said = []  # what Python's hook (pytest's here) was given
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: said.append(repr(unraisable.exc_value)))
+    before = sys.unraisablehook
+    with pytest.raises(SystemExit) as stopped:
+        with _sigterm_kept():
+            Raises(SystemExit(signal.SIGTERM))
+            Raises(KeyError(140393221720960))  # the next hook's, of the state the first left
+    assert stopped.value.code == signal.SIGTERM and sys.unraisablehook is before and said == []
+    with _sigterm_kept():  # another lost error is said as Python says it, and the job goes on
+        Raises(KeyError("x"))
+    assert said == ["KeyError('x')"] and sys.unraisablehook is before
+
+
 def test_a_job_that_fails_mid_way_ends_with_a_line_of_why_and_how_to_finish_it(ray_local, tmp_path, tiny_model,
                                                                              capsys):
     """A file whose page cannot be decoded, read mid-way: Ray Data's error of the read task (pyarrow's
