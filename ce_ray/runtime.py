@@ -105,14 +105,14 @@ def _start_or_join(dashboard: bool) -> None:
     # has CPUs of its own, and ray.init refuses them.
     local = not address and not _through_ray_client()
     num_cpus = LOCAL_MIN_CPUS if local and usable_cpus() < LOCAL_MIN_CPUS else None
+    command = _COMMAND["sigterm"] is not None
     try:
         # (include_dashboard is ignored when joining a cluster)
-        command = _COMMAND["sigterm"] is not None and threading.current_thread() is threading.main_thread()
         with _sigterm_kept() if command else contextlib.nullcontext():
             ray.init(include_dashboard=None if dashboard else False, num_cpus=num_cpus)
     except Exception as e:  # Ray's own frames say no more than its message
         raise RayStartError(f"cannot {where}: {type(e).__name__}: {_joined(str(e))}") from None
-    if _COMMAND["sigterm"] is not None:
+    if command:
         _note_sigterm()
 
 

@@ -1181,9 +1181,7 @@ def test_a_local_ray_of_one_cpu_is_refused_where_the_job_waited_forever(tiny_mod
             "    ce_ray.predict(sys.argv[1], [('q', 'd'), ('q2', 'd2')])\n"
             "except ce_ray.ConfigError as e:\n"
             "    print(e)\n")
-    run = subprocess.run([sys.executable, "-c", code, str(tiny_model)], capture_output=True, text=True,
-                         timeout=180, cwd=ROOT)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = _python_run(code, tiny_model)
     assert run.stdout.splitlines()[-1] == (
         "the job needs 2 CPUs (a replica holds 1 for the whole job, and reading the rows takes another; the cluster "
         "has 1), which the local Ray it started cannot give")
@@ -1207,9 +1205,7 @@ def test_predict_from_threads_at_once_starts_one_ray_and_each_call_scores(tiny_m
             "[t.join() for t in threads]\n"
             "alone = ce_ray.predict(sys.argv[1], pairs).tolist()\n"
             "print([results[n] == alone[n:] for n in range(3)])\n")
-    run = subprocess.run([sys.executable, "-c", code, str(tiny_model)], capture_output=True, text=True,
-                         timeout=240, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": "local"})
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = _python_run(code, tiny_model, timeout=240, RAY_ADDRESS="local")
     assert run.stdout.splitlines()[-1] == "[True, True, True]", run.stdout[-2000:]
 
 
@@ -1222,10 +1218,17 @@ def test_a_local_ray_started_on_a_machine_of_one_core_scores_on_two_cpus_of_it(t
             "ce_ray.runtime.usable_cpus = lambda *args, **kwargs: 1\n"
             "scores = ce_ray.predict(sys.argv[1], [('q', 'd'), ('q2', 'd2')])\n"
             "print(ray.cluster_resources()['CPU'], len(scores))\n")
-    run = subprocess.run([sys.executable, "-c", code, str(tiny_model)], capture_output=True, text=True,
-                         timeout=180, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": "local"})
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = _python_run(code, tiny_model, RAY_ADDRESS="local")
     assert run.stdout.splitlines()[-1] == "2.0 2"
+
+
+def _python_run(code: str, tiny_model, timeout: int = 180, **env) -> subprocess.CompletedProcess:
+    """`code` run by a new Python in the project, the model's path its argument, `env` over this one's; its exit
+    status checked to be 0."""
+    run = subprocess.run([sys.executable, "-c", code, str(tiny_model)], capture_output=True, text=True,
+                         timeout=timeout, cwd=ROOT, env={**os.environ, **env})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
 
 
 def test_a_cpu_replicas_threads_stay_within_its_containers_cpu_limit(ray_local, tmp_path):
